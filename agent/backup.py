@@ -1,0 +1,181 @@
+"""Back up one object event: read the exact version, store it durably, record it.
+
+Order of effects, so that a crash at any point loses nothing:
+copy durable on the volume → journal line fsynced → DynamoDB record. Only then does the
+consumer delete the SQS message. Every step is idempotent, so redelivery is harmless.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import botocore.exceptions
+import structlog
+
+from agent.aws import classify
+from agent.errors import ObjectGone, PermanentError
+from agent.events import EventKind, ObjectEvent
+from agent.journal import Journal
+from agent.ledger import Ledger
+from agent.records import VersionRecord
+from agent.store import CompressionSettings, Expectation, StoredCopy, Volume
+
+log = structlog.get_logger("agent.backup")
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"  # new bytes written
+    DEDUPLICATED = "deduplicated"  # same content already on the volume; recorded
+    ALREADY_DONE = "already_done"  # a duplicate delivery
+    TOMBSTONED = "tombstoned"  # a delete recorded
+    GONE = "gone"  # deleted or replaced since the event; the newer event covers it
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    outcome: Outcome
+    event: ObjectEvent
+    record: VersionRecord | None = None
+    copy: StoredCopy | None = None
+
+
+class BackupService:
+    """The per-object write path. Clients, volume, ledger and clock are passed in."""
+
+    def __init__(
+        self,
+        *,
+        s3: Any,
+        volume: Volume,
+        journal: Journal,
+        ledger: Ledger,
+        volume_id: str,
+        buckets: frozenset[str],
+        compression: CompressionSettings,
+        expected_bucket_owner: str | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.s3 = s3
+        self.volume = volume
+        self.journal = journal
+        self.ledger = ledger
+        self.volume_id = volume_id
+        self.buckets = buckets
+        self.compression = compression
+        self.expected_bucket_owner = expected_bucket_owner
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def process(self, event: ObjectEvent) -> Result:
+        if event.bucket not in self.buckets:
+            raise PermanentError(f"bucket {event.bucket!r} is not in the configured buckets")
+        if event.kind is EventKind.REMOVED:
+            return self._record_delete(event)
+        return self._back_up(event)
+
+    def _record_delete(self, event: ObjectEvent) -> Result:
+        record = VersionRecord.for_event(event, backup_time=self.clock(), volume_id=self.volume_id)
+        if self.ledger.get_version(event.bucket, event.key, record.version_token):
+            self.ledger.record(record)  # LATEST may still need advancing after a crash
+            return Result(Outcome.ALREADY_DONE, event, record)
+        self.volume.ensure_ready()
+        self.journal.append(record)
+        self.ledger.record(record)
+        log.info(
+            "backup.tombstoned", bucket=event.bucket, key=event.key, event_name=event.event_name
+        )
+        return Result(Outcome.TOMBSTONED, event, record)
+
+    def _back_up(self, event: ObjectEvent) -> Result:
+        known = self.ledger.get_version(event.bucket, event.key, event.version_token)
+        if known and known.sha256 and self.volume.has_copy(known.sha256):
+            self.ledger.record(known)
+            return Result(Outcome.ALREADY_DONE, event, known)
+        self.volume.ensure_ready()
+        if event.size:
+            self.volume.ensure_room(event.size)
+        try:
+            copy = self._download_and_store(event)
+        except ObjectGone as gone:
+            log.warning(
+                "backup.object_gone",
+                bucket=event.bucket,
+                key=event.key,
+                version_id=event.version_id,
+                reason=str(gone),
+            )
+            return Result(Outcome.GONE, event)
+        record = VersionRecord.for_event(
+            event,
+            backup_time=self.clock(),
+            volume_id=self.volume_id,
+            sha256=copy.sha256,
+            size=copy.size,
+            stored_size=copy.stored_size,
+        )
+        self.journal.append(record)
+        self.ledger.record(record)
+        outcome = Outcome.DEDUPLICATED if copy.deduplicated else Outcome.STORED
+        log.info(
+            "backup.stored",
+            bucket=event.bucket,
+            key=event.key,
+            version_id=event.version_id,
+            sha256=copy.sha256,
+            bytes=copy.size,
+            stored_bytes=copy.stored_size,
+            ratio=round(copy.size / copy.stored_size, 2) if copy.stored_size else None,
+            deduplicated=copy.deduplicated,
+        )
+        return Result(outcome, event, record, copy)
+
+    def _download_and_store(self, event: ObjectEvent) -> StoredCopy:
+        response = self._get_object(event)
+        length = int(response["ContentLength"])
+        if event.size is not None and length != event.size:
+            raise ObjectGone(f"S3 holds {length} bytes, the event said {event.size}: replaced")
+        body = response["Body"]
+        try:
+            return self.volume.write_copy(
+                _chunks(body, self.compression.chunk_bytes),
+                self.compression,
+                Expectation(size=length, md5_hex=_md5_from_etag(response)),
+            )
+        except (botocore.exceptions.BotoCoreError, ConnectionError, TimeoutError) as exc:
+            raise classify(exc, f"S3 read of s3://{event.bucket}/{event.key}") from exc
+        finally:
+            body.close()
+
+    def _get_object(self, event: ObjectEvent) -> dict[str, Any]:
+        request: dict[str, Any] = {"Bucket": event.bucket, "Key": event.key}
+        if event.version_id and event.version_id != "null":
+            request["VersionId"] = event.version_id
+        elif event.etag:
+            request["IfMatch"] = f'"{event.etag.strip(chr(34))}"'
+        if self.expected_bucket_owner:
+            request["ExpectedBucketOwner"] = self.expected_bucket_owner
+        try:
+            response: dict[str, Any] = self.s3.get_object(**request)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, f"S3 GetObject s3://{event.bucket}/{event.key}") from exc
+        return response
+
+
+def _chunks(body: Any, size: int) -> Iterator[bytes]:
+    while chunk := body.read(size):
+        yield chunk
+
+
+def _md5_from_etag(response: dict[str, Any]) -> str | None:
+    """A single-part, SSE-S3 or unencrypted object's eTag is the MD5 of its bytes."""
+    etag = str(response.get("ETag", "")).strip('"')
+    if not etag or "-" in etag or len(etag) != 32:
+        return None
+    if response.get("ServerSideEncryption") not in (None, "AES256"):
+        return None  # SSE-KMS / SSE-C eTags are not MD5 digests
+    if response.get("SSECustomerAlgorithm"):
+        return None
+    return etag.lower()

@@ -1,0 +1,198 @@
+"""Create the AWS resources the agent needs; leave what exists. Safe to run again.
+
+Queue + dead-letter queue with a redrive policy, the queue policy that lets S3 send,
+the bucket notifications for created and removed objects, and the DynamoDB table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import botocore.exceptions
+
+from agent.aws import Clients, build_clients, error_code
+from agent.config import Config, load_config, resolve_config_path
+from agent.errors import ConfigError
+from agent.ledger import table_definition
+
+NOTIFICATION_ID = "backup-agent"
+RETENTION_SECONDS = 14 * 24 * 3600
+
+
+@dataclass
+class Report:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+    def add(self, what: str, created: bool) -> None:
+        (self.created if created else self.existing).append(what)
+
+
+def queue_name(url: str) -> str:
+    return urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def dead_letter_name(config: Config) -> str:
+    if config.queue.dead_letter_url:
+        return queue_name(config.queue.dead_letter_url)
+    return queue_name(config.queue.url) + "-dlq"
+
+
+class Bootstrap:
+    def __init__(self, config: Config, clients: Clients) -> None:
+        self.config = config
+        self.clients = clients
+        self.report = Report()
+
+    def run(self, *, create_buckets: bool = False) -> Report:
+        if create_buckets:
+            for bucket in self.config.buckets:
+                self.ensure_bucket(bucket)
+        _dlq_url, dlq_arn = self.ensure_queue(dead_letter_name(self.config), {})
+        queue_url, queue_arn = self.ensure_queue(
+            queue_name(self.config.queue.url),
+            {
+                "RedrivePolicy": json.dumps(
+                    {
+                        "deadLetterTargetArn": dlq_arn,
+                        "maxReceiveCount": str(self.config.queue.max_receive_count),
+                    }
+                ),
+                "VisibilityTimeout": str(self.config.queue.visibility_timeout),
+                "ReceiveMessageWaitTimeSeconds": str(self.config.queue.wait_time_seconds),
+            },
+        )
+        self.ensure_queue_policy(queue_url, queue_arn)
+        for bucket in self.config.buckets:
+            self.ensure_notification(bucket, queue_arn)
+        self.ensure_table()
+        return self.report
+
+    def ensure_bucket(self, bucket: str) -> None:
+        s3 = self.clients.s3
+        try:
+            s3.head_bucket(Bucket=bucket)
+            self.report.add(f"bucket {bucket}", False)
+        except botocore.exceptions.ClientError:
+            kwargs: dict[str, Any] = {"Bucket": bucket}
+            if self.config.aws.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.config.aws.region}
+            s3.create_bucket(**kwargs)
+            self.report.add(f"bucket {bucket}", True)
+
+    def ensure_queue(self, name: str, attributes: dict[str, str]) -> tuple[str, str]:
+        sqs = self.clients.sqs
+        try:
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            created = False
+        except botocore.exceptions.ClientError as exc:
+            if "NonExistentQueue" not in error_code(exc):
+                raise
+            url = sqs.create_queue(
+                QueueName=name,
+                Attributes={
+                    "MessageRetentionPeriod": str(RETENTION_SECONDS),
+                    "SqsManagedSseEnabled": "true",
+                    **attributes,
+                },
+            )["QueueUrl"]
+            created = True
+        if not created and attributes:
+            sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        self.report.add(f"queue {name}", created)
+        return url, arn
+
+    def ensure_queue_policy(self, queue_url: str, queue_arn: str) -> None:
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "AllowS3Notifications",
+                    "Effect": "Allow",
+                    "Principal": {"Service": "s3.amazonaws.com"},
+                    "Action": "sqs:SendMessage",
+                    "Resource": queue_arn,
+                    "Condition": {
+                        "ArnLike": {
+                            "aws:SourceArn": [f"arn:aws:s3:::{b}" for b in self.config.buckets]
+                        }
+                    },
+                }
+            ],
+        }
+        self.clients.sqs.set_queue_attributes(
+            QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)}
+        )
+        self.report.add("queue policy for S3", True)
+
+    def ensure_notification(self, bucket: str, queue_arn: str) -> None:
+        s3 = self.clients.s3
+        current = s3.get_bucket_notification_configuration(Bucket=bucket)
+        current.pop("ResponseMetadata", None)
+        queues = current.get("QueueConfigurations", [])
+        if any(q.get("QueueArn") == queue_arn for q in queues):
+            self.report.add(f"notification {bucket} → queue", False)
+            return
+        queues = [q for q in queues if q.get("Id") != NOTIFICATION_ID]
+        queues.append(
+            {
+                "Id": NOTIFICATION_ID,
+                "QueueArn": queue_arn,
+                "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+            }
+        )
+        current["QueueConfigurations"] = queues
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
+        self.report.add(f"notification {bucket} → queue", True)
+
+    def ensure_table(self) -> None:
+        db = self.clients.dynamodb
+        name = self.config.state.table
+        try:
+            db.describe_table(TableName=name)
+            self.report.add(f"table {name}", False)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "ResourceNotFoundException":
+                raise
+        db.create_table(**table_definition(name))
+        db.get_waiter("table_exists").wait(TableName=name)
+        self.report.add(f"table {name}", True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bootstrap-aws", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="FILE")
+    parser.add_argument(
+        "--create-buckets",
+        action="store_true",
+        help="also create the configured buckets (demos and tests)",
+    )
+    args = parser.parse_args(argv)
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    report = Bootstrap(config, build_clients(config)).run(create_buckets=args.create_buckets)
+    for what in report.created:
+        print(f"created  {what}")
+    for what in report.existing:
+        print(f"exists   {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

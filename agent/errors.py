@@ -1,0 +1,43 @@
+"""The error tree. Each class says what an operator (or the consumer) can do about it."""
+
+from __future__ import annotations
+
+
+class BackupAgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+
+class ConfigError(BackupAgentError):
+    """The configuration is missing, unreadable or invalid; `problems` lists each one."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class VolumeNotReady(BackupAgentError):
+    """The backup root is missing, unmounted or lacks the volume marker."""
+
+
+class RetryableError(BackupAgentError):
+    """A transient failure (throttling, 5xx, full disk): release the message and try later."""
+
+
+class DiskFull(RetryableError):
+    """The backup volume has no room left (ENOSPC)."""
+
+
+class PermanentError(BackupAgentError):
+    """A failure that retrying soon will not fix (AccessDenied): leave it for the DLQ redrive."""
+
+
+class MalformedMessage(PermanentError):
+    """An SQS message body that is not an S3 event in any shape the agent knows."""
+
+
+class ObjectGone(BackupAgentError):
+    """The object or version named by an event no longer exists (deleted or replaced)."""
+
+
+class IntegrityError(BackupAgentError):
+    """Bytes did not match their recorded size, eTag or SHA-256."""

@@ -1,0 +1,248 @@
+"""SQS message bodies → typed object events.
+
+Every shape S3 events reach SQS in is accepted:
+
+* S3 event notifications (``{"Records": [...]}``, keys URL-encoded, ``+`` is a space);
+* the same inside an SNS envelope (``{"Type": "Notification", "Message": "<json>"}``),
+  or delivered raw by SNS (then it is the plain notification);
+* EventBridge ``Object Created`` / ``Object Deleted`` events (keys not encoded);
+* ``s3:TestEvent`` (sent when a notification is configured: acknowledged, nothing to do).
+
+Anything else raises MalformedMessage; the consumer releases it for the DLQ redrive.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+from agent.errors import MalformedMessage
+
+MAX_KEY_BYTES = 1024
+SEQUENCER_WIDTH = 64
+
+
+class EventKind(enum.Enum):
+    CREATED = "created"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectEvent:
+    """One object-level change, as the event reported it (not yet verified against S3)."""
+
+    kind: EventKind
+    bucket: str
+    key: str
+    event_name: str
+    event_time: datetime
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    sequencer: str | None = None
+    delete_marker: bool = False
+
+    @property
+    def order_key(self) -> str:
+        """Total order of events of one key: the sequencer when S3 gave one, else the time.
+
+        Sequencers of one key compare as hex strings after right-padding the shorter
+        with zeros (S3's documented rule); padding to a fixed width makes plain
+        string comparison do exactly that. A sequencer always sorts after a time.
+        """
+        if self.sequencer:
+            return "s" + self.sequencer.upper().ljust(SEQUENCER_WIDTH, "0")
+        return "t" + self.event_time.strftime("%Y%m%dT%H%M%S.%fZ")
+
+    @property
+    def version_token(self) -> str:
+        """A stable id for this version of the key, identical across duplicate deliveries."""
+        if self.version_id and self.version_id != "null":
+            return "v:" + self.version_id
+        if self.sequencer:
+            return "s:" + self.sequencer.upper().ljust(SEQUENCER_WIDTH, "0")
+        return f"t:{self.event_time.strftime('%Y%m%dT%H%M%S.%fZ')}:{self.etag or '-'}"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """What one SQS message carries: object events, or nothing (a test event)."""
+
+    events: tuple[ObjectEvent, ...]
+    is_test_event: bool = False
+
+
+def parse_message(body: str | bytes) -> ParsedMessage:
+    """Parse one SQS message body; raise MalformedMessage with the reason."""
+    document = _load_json(body)
+    if isinstance(document, dict) and document.get("Type") == "Notification":
+        document = _load_json(_require_str(document, "Message", "SNS envelope"))
+    return _parse_document(document)
+
+
+def _parse_document(document: Any) -> ParsedMessage:
+    if not isinstance(document, dict):
+        raise MalformedMessage(f"expected a JSON object, got {type(document).__name__}")
+    if document.get("Event") == "s3:TestEvent":
+        return ParsedMessage(events=(), is_test_event=True)
+    if "Records" in document:
+        records = document["Records"]
+        if not isinstance(records, list) or not records:
+            raise MalformedMessage("'Records' is not a non-empty list")
+        return ParsedMessage(events=tuple(_parse_record(r, i) for i, r in enumerate(records)))
+    if document.get("source") == "aws.s3" and "detail" in document:
+        return ParsedMessage(events=(_parse_eventbridge(document),))
+    raise MalformedMessage("not an S3 notification, SNS envelope, EventBridge or test event")
+
+
+def _parse_record(record: Any, index: int) -> ObjectEvent:
+    where = f"Records[{index}]"
+    if not isinstance(record, dict):
+        raise MalformedMessage(f"{where} is not an object")
+    name = _require_str(record, "eventName", where)
+    s3 = _require_dict(record, "s3", where)
+    bucket = _require_str(_require_dict(s3, "bucket", where + ".s3"), "name", where + ".s3.bucket")
+    obj = _require_dict(s3, "object", where + ".s3")
+    key = decode_notification_key(_require_str(obj, "key", where + ".s3.object"))
+    kind = _kind_from_event_name(name, where)
+    return ObjectEvent(
+        kind=kind,
+        bucket=bucket,
+        key=_checked_key(key, where),
+        event_name=name,
+        event_time=_parse_time(record.get("eventTime"), where + ".eventTime"),
+        version_id=_optional_str(obj, "versionId", where),
+        etag=_optional_str(obj, "eTag", where),
+        size=_optional_size(obj.get("size"), where),
+        sequencer=_optional_sequencer(obj.get("sequencer"), where),
+        delete_marker=name.endswith("DeleteMarkerCreated"),
+    )
+
+
+def _parse_eventbridge(document: dict[str, Any]) -> ObjectEvent:
+    detail_type = document.get("detail-type")
+    detail = _require_dict(document, "detail", "EventBridge event")
+    obj = _require_dict(detail, "object", "detail")
+    bucket = _require_str(_require_dict(detail, "bucket", "detail"), "name", "detail.bucket")
+    if detail_type == "Object Created":
+        kind, name = EventKind.CREATED, "ObjectCreated:" + str(detail.get("reason", "PutObject"))
+    elif detail_type == "Object Deleted":
+        kind, name = EventKind.REMOVED, "ObjectRemoved:" + str(detail.get("reason", "DeleteObject"))
+    else:
+        raise MalformedMessage(f"EventBridge detail-type {detail_type!r} is not handled")
+    deletion_type = detail.get("deletion-type", "")
+    return ObjectEvent(
+        kind=kind,
+        bucket=bucket,
+        key=_checked_key(_require_str(obj, "key", "detail.object"), "detail.object"),
+        event_name=name,
+        event_time=_parse_time(document.get("time"), "time"),
+        version_id=_optional_str(obj, "version-id", "detail.object"),
+        etag=_optional_str(obj, "etag", "detail.object"),
+        size=_optional_size(obj.get("size"), "detail.object"),
+        sequencer=_optional_sequencer(obj.get("sequencer"), "detail.object"),
+        delete_marker=deletion_type == "Delete Marker Created",
+    )
+
+
+def decode_notification_key(raw: str) -> str:
+    """S3 notification keys are form-encoded: ``+`` is a space, ``%XX`` UTF-8 bytes."""
+    try:
+        return unquote_plus(raw, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise MalformedMessage(
+            f"object key {raw[:80]!r} is not valid percent-encoded UTF-8"
+        ) from None
+
+
+def _kind_from_event_name(name: str, where: str) -> EventKind:
+    bare = name.removeprefix("s3:")
+    if bare.startswith("ObjectCreated:"):
+        return EventKind.CREATED
+    if bare.startswith("ObjectRemoved:"):
+        return EventKind.REMOVED
+    raise MalformedMessage(
+        f"{where}.eventName {name!r} is not an ObjectCreated/ObjectRemoved event"
+    )
+
+
+def _checked_key(key: str, where: str) -> str:
+    if not key:
+        raise MalformedMessage(f"{where}: empty object key")
+    if "\x00" in key:
+        raise MalformedMessage(f"{where}: object key contains NUL")
+    if len(key.encode("utf-8", errors="surrogatepass")) > MAX_KEY_BYTES:
+        raise MalformedMessage(f"{where}: object key longer than {MAX_KEY_BYTES} bytes")
+    return key
+
+
+def _load_json(body: str | bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, TypeError) as exc:
+        raise MalformedMessage(f"body is not JSON ({exc})") from None
+
+
+def _require_dict(parent: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = parent.get(name)
+    if not isinstance(value, dict):
+        raise MalformedMessage(f"{where}.{name} is missing or not an object")
+    return value
+
+
+def _require_str(parent: dict[str, Any], name: str, where: str) -> str:
+    value = parent.get(name)
+    if not isinstance(value, str):
+        raise MalformedMessage(f"{where}.{name} is missing or not a string")
+    return value
+
+
+def _optional_str(parent: dict[str, Any], name: str, where: str) -> str | None:
+    value = parent.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise MalformedMessage(f"{where}.{name} is not a string")
+    return value
+
+
+def _optional_size(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise MalformedMessage(f"{where}.size is not a number")
+    try:
+        size = int(value)
+    except ValueError:
+        raise MalformedMessage(f"{where}.size is not a number") from None
+    if size < 0:
+        raise MalformedMessage(f"{where}.size is negative")
+    return size
+
+
+def _optional_sequencer(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > SEQUENCER_WIDTH:
+        raise MalformedMessage(f"{where}.sequencer is not a hex string")
+    try:
+        int(value, 16)
+    except ValueError:
+        raise MalformedMessage(f"{where}.sequencer is not a hex string") from None
+    return value
+
+
+def _parse_time(value: Any, where: str) -> datetime:
+    if not isinstance(value, str):
+        raise MalformedMessage(f"{where} is missing or not a string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise MalformedMessage(f"{where} {value!r} is not an ISO-8601 time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)

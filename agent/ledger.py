@@ -1,0 +1,174 @@
+"""DynamoDB: one item per (bucket, key, version) and a LATEST pointer per key.
+
+Table layout (created by scripts/bootstrap-aws)::
+
+    pk  = "<bucket>/<key>"           partition: one object key
+    sk  = "V#<version token>"        one item per version (or tombstone)
+        = "LATEST"                   the newest version by sequencer (or event time)
+    GSI "by-key": gsi_bucket (hash), gsi_key (range) — only on LATEST items, so
+        "keys under a prefix" is a Query, never a Scan.
+
+Every write is conditional: a duplicate delivery is a no-op, and an older event never
+replaces the newer LATEST of its key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import botocore.exceptions
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from agent.aws import classify, error_code
+from agent.records import VersionRecord
+
+LATEST = "LATEST"
+VERSION_PREFIX = "V#"
+KEY_INDEX = "by-key"
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def object_pk(bucket: str, key: str) -> str:
+    return f"{bucket}/{key}"
+
+
+class Ledger:
+    def __init__(self, dynamodb: Any, table: str) -> None:
+        self._db = dynamodb
+        self.table = table
+
+    # -- writes ----------------------------------------------------------------------
+
+    def record(self, record: VersionRecord) -> bool:
+        """Record a version and advance LATEST when it is newer. False if already known."""
+        fresh = self._put_version(record)
+        self._advance_latest(record)
+        return fresh
+
+    def _put_version(self, record: VersionRecord) -> bool:
+        item = self._item(record, VERSION_PREFIX + record.version_token)
+        try:
+            self._db.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise classify(exc, "DynamoDB PutItem") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise classify(exc, "DynamoDB PutItem") from exc
+        return True
+
+    def _advance_latest(self, record: VersionRecord) -> None:
+        item = self._item(record, LATEST)
+        item["gsi_bucket"] = {"S": record.bucket}
+        item["gsi_key"] = {"S": record.key}
+        try:
+            self._db.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR order_key < :order",
+                ExpressionAttributeValues={":order": {"S": record.order_key}},
+            )
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise classify(exc, "DynamoDB PutItem LATEST") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise classify(exc, "DynamoDB PutItem LATEST") from exc
+
+    def _item(self, record: VersionRecord, sk: str) -> dict[str, Any]:
+        item = {k: _serializer.serialize(v) for k, v in record.to_dict().items()}
+        item["pk"] = {"S": object_pk(record.bucket, record.key)}
+        item["sk"] = {"S": sk}
+        return item
+
+    # -- reads -----------------------------------------------------------------------
+
+    def get_version(self, bucket: str, key: str, version_token: str) -> VersionRecord | None:
+        return self._get(bucket, key, VERSION_PREFIX + version_token)
+
+    def latest(self, bucket: str, key: str) -> VersionRecord | None:
+        return self._get(bucket, key, LATEST)
+
+    def versions(self, bucket: str, key: str) -> list[VersionRecord]:
+        """Every version and tombstone of a key, oldest first (by sequencer/time)."""
+        items = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
+            ExpressionAttributeValues={
+                ":pk": {"S": object_pk(bucket, key)},
+                ":v": {"S": VERSION_PREFIX},
+            },
+            ConsistentRead=True,
+        )
+        return sorted((_record(i) for i in items), key=lambda r: r.order_key)
+
+    def keys(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
+        """LATEST of every key under `prefix`, in key order (a Query on the key index)."""
+        condition = "gsi_bucket = :b"
+        values: dict[str, Any] = {":b": {"S": bucket}}
+        if prefix:
+            condition += " AND begins_with(gsi_key, :p)"
+            values[":p"] = {"S": prefix}
+        for item in self._query(
+            IndexName=KEY_INDEX,
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
+        ):
+            yield _record(item)
+
+    def _get(self, bucket: str, key: str, sk: str) -> VersionRecord | None:
+        try:
+            response = self._db.get_item(
+                TableName=self.table,
+                Key={"pk": {"S": object_pk(bucket, key)}, "sk": {"S": sk}},
+                ConsistentRead=True,
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, "DynamoDB GetItem") from exc
+        item = response.get("Item")
+        return _record(item) if item else None
+
+    def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        paginator = self._db.get_paginator("query")
+        try:
+            for page in paginator.paginate(TableName=self.table, **kwargs):
+                yield from page.get("Items", [])
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, "DynamoDB Query") from exc
+
+
+def _record(item: dict[str, Any]) -> VersionRecord:
+    return VersionRecord.from_dict({k: _deserializer.deserialize(v) for k, v in item.items()})
+
+
+def table_definition(table: str) -> dict[str, Any]:
+    """CreateTable arguments (used by bootstrap and tests)."""
+    return {
+        "TableName": table,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+            {"AttributeName": "gsi_bucket", "AttributeType": "S"},
+            {"AttributeName": "gsi_key", "AttributeType": "S"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": KEY_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "gsi_bucket", "KeyType": "HASH"},
+                    {"AttributeName": "gsi_key", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }

@@ -1,0 +1,51 @@
+"""Thread-safe running figures of the agent, read by metrics, STATUS= and the digest."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    started_at: float = field(default_factory=time.time)
+    backups_succeeded: int = 0
+    backups_failed: int = 0
+    bytes_backed_up: int = 0
+    bytes_stored: int = 0
+    last_success_at: float | None = None
+    last_lag_seconds: float | None = None
+    messages_in_flight: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: Counter[str] = field(default_factory=Counter)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record_success(
+        self, outcome: str, size: int, stored: int, lag: float | None, now: float | None = None
+    ) -> None:
+        with self._lock:
+            self.outcomes[outcome] += 1
+            self.backups_succeeded += 1
+            self.bytes_backed_up += size
+            self.bytes_stored += stored
+            self.last_success_at = now if now is not None else time.time()
+            if lag is not None:
+                self.last_lag_seconds = lag
+
+    def record_failure(self, reason: str) -> None:
+        with self._lock:
+            self.backups_failed += 1
+            self.failures[reason] += 1
+
+    def set_in_flight(self, count: int) -> None:
+        with self._lock:
+            self.messages_in_flight = count
+
+    def status_line(self) -> str:
+        with self._lock:
+            return (
+                f"backed up {self.backups_succeeded}, failed {self.backups_failed},"
+                f" in flight {self.messages_in_flight}"
+            )

@@ -1,0 +1,281 @@
+"""The backup volume: content-addressed, zstd-compressed, checksummed copies.
+
+Layout under the backup root::
+
+    .backup-agent-volume      marker (JSON: volume id, format); no marker, no writes
+    objects/ab/<sha256>.zst   one zstd frame per distinct content, content checksum on
+    tmp/                      partial writes; removed at start-up
+    journal/                  the volume's own record of every version (see journal.py)
+
+A copy is written once, in one streaming pass: chunks feed SHA-256 (and MD5 when the
+caller wants to check a single-part eTag) and a zstd stream into a temp file on the
+same filesystem; then fsync, rename, fsync of the directory. No S3 key ever becomes a
+path: copies are named by the SHA-256 of their content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from agent.errors import DiskFull, IntegrityError, VolumeNotReady
+
+MARKER_NAME = ".backup-agent-volume"
+FORMAT_VERSION = 1
+READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionSettings:
+    level: int = 3
+    threads: int = 0  # 0: one zstd worker per CPU
+    chunk_bytes: int = 1 << 20
+
+    @property
+    def zstd_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeMarker:
+    volume_id: str
+    created_at: str
+    format: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCopy:
+    """A durable copy on the volume."""
+
+    sha256: str
+    size: int
+    stored_size: int
+    path: Path
+    deduplicated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What the bytes must be; checked before the copy is moved into place."""
+
+    size: int | None = None
+    md5_hex: str | None = None
+
+
+class Volume:
+    """The backup root. Every write goes through here; nothing else builds paths."""
+
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        self.objects_dir = self.root / "objects"
+        self.tmp_dir = self.root / "tmp"
+        self.journal_dir = self.root / "journal"
+        self.marker_path = self.root / MARKER_NAME
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def initialise(self, volume_id: str | None = None) -> VolumeMarker:
+        """Write the marker (idempotent: an existing marker is kept and returned)."""
+        if not self.root.is_dir():
+            raise VolumeNotReady(f"{self.root} is not a directory")
+        with contextlib.suppress(VolumeNotReady):
+            return self.read_marker()
+        marker = VolumeMarker(
+            volume_id=volume_id or "vol-" + uuid.uuid4().hex[:17],
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        self._make_dirs()
+        atomic_write_bytes(
+            self.marker_path, json.dumps(dataclasses.asdict(marker), indent=2).encode()
+        )
+        return marker
+
+    def read_marker(self) -> VolumeMarker:
+        """Return the marker or raise VolumeNotReady saying what is wrong."""
+        if not self.root.is_dir():
+            raise VolumeNotReady(f"backup root {self.root} does not exist or is not a directory")
+        try:
+            data = json.loads(self.marker_path.read_bytes())
+            return VolumeMarker(**data)
+        except FileNotFoundError:
+            raise VolumeNotReady(
+                f"backup root {self.root} has no {MARKER_NAME} marker: the volume is not mounted"
+                " or not initialised (run: backup-agent init-volume)"
+            ) from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise VolumeNotReady(f"volume marker {self.marker_path} is unreadable: {exc}") from None
+
+    def open(self) -> VolumeMarker:
+        """Check the marker, create missing directories, remove crash leftovers."""
+        marker = self.read_marker()
+        self._make_dirs()
+        self.remove_temp_files()
+        return marker
+
+    def remove_temp_files(self) -> int:
+        removed = 0
+        for leftover in self.tmp_dir.glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+    def _make_dirs(self) -> None:
+        for directory in (self.objects_dir, self.tmp_dir, self.journal_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # -- copies ----------------------------------------------------------------------
+
+    def copy_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        return self.objects_dir / sha256[:2] / f"{sha256}.zst"
+
+    def has_copy(self, sha256: str) -> bool:
+        return self.copy_path(sha256).is_file()
+
+    def ensure_ready(self) -> None:
+        """Cheap check before each write: an unmounted volume loses its marker."""
+        if not self.marker_path.is_file():
+            self.read_marker()  # raises with the precise reason
+
+    def ensure_room(self, incoming_bytes: int) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free - incoming_bytes < self.min_free_bytes:
+            raise DiskFull(
+                f"backup volume {self.root}: {free} bytes free, need {incoming_bytes}"
+                f" plus the {self.min_free_bytes}-byte reserve"
+            )
+
+    def write_copy(
+        self,
+        chunks: Iterable[bytes],
+        compression: CompressionSettings,
+        expect: Expectation = Expectation(),
+    ) -> StoredCopy:
+        """Stream `chunks` into a durable, content-addressed copy."""
+        self.ensure_ready()
+        temp_path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            digest, size, stored_size = _compress_to(temp_path, chunks, compression, expect)
+            return self._commit(temp_path, digest, size, stored_size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"backup volume {self.root} is full: {exc.strerror}") from exc
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp_path.unlink()
+
+    def _commit(self, temp_path: Path, sha256: str, size: int, stored_size: int) -> StoredCopy:
+        final = self.copy_path(sha256)
+        if final.exists():
+            os.utime(final)  # fresh mtime: garbage collection's grace period starts again
+            return StoredCopy(sha256, size, final.stat().st_size, final, deduplicated=True)
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            fsync_directory(self.objects_dir)
+        os.rename(temp_path, final)
+        fsync_directory(final.parent)
+        return StoredCopy(sha256, size, stored_size, final, deduplicated=False)
+
+    # -- reading ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_copy(self, sha256: str) -> Iterator[IO[bytes]]:
+        """A reader of the original bytes of a copy (decompressing as it goes)."""
+        with self.copy_path(sha256).open("rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ_CHUNK)
+            with reader:
+                yield reader
+
+    def verify_copy(self, sha256: str, size: int | None = None) -> None:
+        """Decompress a copy and check its SHA-256 (and size); raise IntegrityError."""
+        digest = hashlib.sha256()
+        total = 0
+        try:
+            with self.open_copy(sha256) as reader:
+                while chunk := reader.read(READ_CHUNK):
+                    digest.update(chunk)
+                    total += len(chunk)
+        except FileNotFoundError:
+            raise IntegrityError(f"copy {sha256} is missing") from None
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"copy {sha256} is corrupt: {exc}") from None
+        if digest.hexdigest() != sha256:
+            raise IntegrityError(f"copy {sha256} has SHA-256 {digest.hexdigest()}")
+        if size is not None and total != size:
+            raise IntegrityError(f"copy {sha256} holds {total} bytes, expected {size}")
+
+    def usage(self) -> Any:
+        return shutil.disk_usage(self.root)
+
+
+def _compress_to(
+    path: Path, chunks: Iterable[bytes], settings: CompressionSettings, expect: Expectation
+) -> tuple[str, int, int]:
+    sha = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False) if expect.md5_hex else None
+    size = 0
+    compressor = zstandard.ZstdCompressor(
+        level=settings.level, write_checksum=True, threads=settings.zstd_threads
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "wb") as sink:
+        writer = compressor.stream_writer(
+            sink, size=expect.size if expect.size is not None else -1, closefd=False
+        )
+        with writer:
+            for chunk in chunks:
+                sha.update(chunk)
+                if md5 is not None:
+                    md5.update(chunk)
+                writer.write(chunk)
+                size += len(chunk)
+                if expect.size is not None and size > expect.size:
+                    raise IntegrityError(f"object is longer than the expected {expect.size} bytes")
+            if expect.size is not None and size != expect.size:
+                raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+        if md5 is not None and md5.hexdigest() != expect.md5_hex:
+            raise IntegrityError(f"MD5 {md5.hexdigest()} does not match eTag {expect.md5_hex}")
+        sink.flush()
+        os.fsync(sink.fileno())
+        stored_size = sink.tell()
+    return sha.hexdigest(), size, stored_size
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a small file atomically: temp, fsync, rename, fsync directory."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        fsync_directory(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
