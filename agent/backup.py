@@ -7,8 +7,10 @@ consumer delete the SQS message. Every step is idempotent, so redelivery is harm
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -68,13 +70,16 @@ class BackupService:
         self.compression = compression
         self.expected_bucket_owner = expected_bucket_owner
         self.clock = clock or (lambda: datetime.now(UTC))
+        self._locks = KeyedLocks()
 
     def process(self, event: ObjectEvent) -> Result:
         if event.bucket not in self.buckets:
             raise PermanentError(f"bucket {event.bucket!r} is not in the configured buckets")
-        if event.kind is EventKind.REMOVED:
-            return self._record_delete(event)
-        return self._back_up(event)
+        # Two deliveries of one version at once: the second waits, then finds it recorded.
+        with self._locks.hold((event.bucket, event.key, event.version_token)):
+            if event.kind is EventKind.REMOVED:
+                return self._record_delete(event)
+            return self._back_up(event)
 
     def _record_delete(self, event: ObjectEvent) -> Result:
         record = VersionRecord.for_event(event, backup_time=self.clock(), volume_id=self.volume_id)
@@ -92,7 +97,13 @@ class BackupService:
     def _back_up(self, event: ObjectEvent) -> Result:
         known = self.ledger.get_version(event.bucket, event.key, event.version_token)
         if known and known.sha256 and self.volume.has_copy(known.sha256):
-            self.ledger.record(known)
+            self.ledger.record(known)  # LATEST may still need advancing after a crash
+            log.info(
+                "backup.duplicate",
+                bucket=event.bucket,
+                key=event.key,
+                version_token=event.version_token,
+            )
             return Result(Outcome.ALREADY_DONE, event, known)
         self.volume.ensure_ready()
         if event.size:
@@ -162,6 +173,30 @@ class BackupService:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, f"S3 GetObject s3://{event.bucket}/{event.key}") from exc
         return response
+
+
+class KeyedLocks:
+    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[Hashable, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: Hashable) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
 
 
 def _chunks(body: Any, size: int) -> Iterator[bytes]:

@@ -28,6 +28,7 @@ from agent.stats import Stats
 log = structlog.get_logger("agent.consumer")
 
 MAX_VISIBILITY = 43_200  # SQS caps a message's total invisibility at 12 hours
+EMPTY_RECEIVE_PAUSE = 0.2
 LOST_HANDLE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
 
 
@@ -174,7 +175,10 @@ class Consumer:
             free = self._wait_for_free_worker()
             if free <= 0:
                 continue
+            started = self.clock()
             messages = self._receive(free)
+            if not messages and self.clock() - started < EMPTY_RECEIVE_PAUSE:
+                self._sleep_unless_stopping(EMPTY_RECEIVE_PAUSE)  # short polls must not spin
             for message in messages:
                 self._accept(message)
 

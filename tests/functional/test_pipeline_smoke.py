@@ -1,0 +1,45 @@
+"""Given a bootstrapped moto account, when objects are uploaded, the consumer backs them up."""
+
+from __future__ import annotations
+
+import time
+
+from agent.backup import BackupService
+from agent.consumer import Consumer
+from agent.daemon import compression_settings, consumer_settings
+from agent.journal import Journal
+from agent.ledger import Ledger
+from tests.conftest import BUCKET, TABLE
+
+
+def test_uploaded_objects_are_backed_up_and_messages_deleted(aws, config, volume):
+    service = BackupService(
+        s3=aws.s3,
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        ledger=Ledger(aws.dynamodb, TABLE),
+        volume_id="vol-test",
+        buckets=frozenset([BUCKET]),
+        compression=compression_settings(config),
+    )
+    consumer = Consumer(aws.sqs, service.process, consumer_settings(config))
+    aws.s3.put_object(Bucket=BUCKET, Key="reports/q1 summary.txt", Body=b"numbers " * 1000)
+    consumer.start()
+    try:
+        deadline = time.monotonic() + 10
+        ledger = Ledger(aws.dynamodb, TABLE)
+        while time.monotonic() < deadline and not ledger.latest(BUCKET, "reports/q1 summary.txt"):
+            time.sleep(0.05)
+        latest = ledger.latest(BUCKET, "reports/q1 summary.txt")
+    finally:
+        consumer.stop(5)
+    assert latest is not None and latest.size == 8000
+    volume.verify_copy(latest.sha256, 8000)
+    attrs = aws.sqs.get_queue_attributes(
+        QueueUrl=config.queue.url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    assert attrs == {
+        "ApproximateNumberOfMessages": "0",
+        "ApproximateNumberOfMessagesNotVisible": "0",
+    }
