@@ -223,6 +223,8 @@ class Reconciler:
             self.stats.count("reconcile.up_to_date")
             return
         for entry in missing:
+            if entry is current and entry is not missing[0]:
+                seen = self.ledger.latest(bucket, key)  # older versions may have moved it
             record = self._back_up(bucket, entry, report)
             if entry is current and record is not None:
                 self._settle_latest(bucket, key, entries, current, seen, record)
@@ -230,7 +232,10 @@ class Reconciler:
     def _wanted(self, bucket: str, entries: Sequence[Listed], current: Listed) -> set[str]:
         if not self.settings.include_noncurrent:
             return {current.token(bucket)}
-        listed = [Entry(e.token(bucket), e.last_modified, e.delete_marker) for e in entries]
+        listed = [
+            Entry(e.token(bucket), e.last_modified, e.delete_marker, tiebreak=f"{i:09d}")
+            for i, e in enumerate(entries)
+        ]
         return self.policy.kept(listed, current.token(bucket), self.clock())
 
     def _missing(
@@ -367,21 +372,25 @@ class Reconciler:
 
 
 def _group(entries: Iterable[Listed]) -> Iterator[tuple[str, list[Listed]]]:
-    """Consecutive entries of one key, sorted oldest first (pages may split a key)."""
+    """Consecutive entries of one key, oldest first (pages may split a key)."""
     key: str | None = None
     bunch: list[Listed] = []
     for entry in entries:
         if entry.key != key and bunch:
-            yield key or "", sorted(bunch, key=_age_order)
+            yield key or "", _oldest_first(bunch)
             bunch = []
         key = entry.key
         bunch.append(entry)
     if bunch:
-        yield key or "", sorted(bunch, key=_age_order)
+        yield key or "", _oldest_first(bunch)
 
 
-def _age_order(entry: Listed) -> tuple[datetime, bool]:
-    return (entry.last_modified, entry.is_latest)
+def _oldest_first(bunch: list[Listed]) -> list[Listed]:
+    """S3 lists versions (and, separately, markers) newest first; LastModified has whole
+    seconds, so ties keep the listing's order reversed, and the current one goes last."""
+    versions = [e for e in bunch if not e.delete_marker][::-1]
+    markers = [e for e in bunch if e.delete_marker][::-1]
+    return sorted(versions + markers, key=lambda e: (e.is_latest, e.last_modified))
 
 
 def _known(entry: Listed, bucket: str, known: Sequence[VersionRecord]) -> bool:

@@ -45,6 +45,7 @@ class Entry:
     token: str
     created: datetime
     deleted: bool
+    tiebreak: str = ""  # orders versions created in the same instant (order key, backup time)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class RetentionPolicy:
 
     def kept(self, entries: Sequence[Entry], current: str | None, now: datetime) -> set[str]:
         """Tokens to keep among `entries`; `current` is the key's LATEST (default: newest)."""
-        ordered = sorted(entries, key=lambda e: e.created)
+        ordered = sorted(entries, key=lambda e: (e.created, e.tiebreak))
         if not ordered:
             return set()
         if self.keeps_everything:
@@ -113,7 +114,12 @@ class RetentionPolicy:
 
 
 def entry_of(record: VersionRecord) -> Entry:
-    return Entry(record.version_token, parse_time(record.event_time), record.deleted)
+    return Entry(
+        record.version_token,
+        parse_time(record.event_time),
+        record.deleted,
+        tiebreak=f"{record.order_key}|{parse_time(record.backup_time).isoformat()}",
+    )
 
 
 @dataclass
