@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+import structlog
 import yaml
 
 from agent.cli import EXIT_OK, main
 from agent.ledger import Ledger
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
 from tests.functional.lifecycle_support import put
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() configures logging onto pytest's captured stream: undo that afterwards."""
+    handlers = list(logging.root.handlers)
+    yield
+    structlog.reset_defaults()
+    logging.root.handlers[:] = handlers
 
 
 def write_config(tmp_path, root):
