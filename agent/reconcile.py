@@ -12,7 +12,10 @@ with the ledger:
   versions are backed up only when retention would keep them (else the next
   retention run would only expire them again), and only with ``include_noncurrent``;
 * a delete marker that is the current version and a ledger whose LATEST is live:
-  a tombstone is recorded.
+  a tombstone is recorded;
+* a key the ledger holds as live that the listing lacks (a lost delete): a tombstone
+  is recorded once HeadObject confirms the key is gone (a merge of the ledger's
+  key index with the listing, both in UTF-8 byte order).
 
 Backups go through `BackupService.process`, exactly like live events. Listings carry
 no sequencer, so a reconciled record cannot win LATEST's order-key comparison against
@@ -41,7 +44,7 @@ import structlog
 from agent.aws import classify
 from agent.backup import BackupService, Outcome
 from agent.config import ReconcileConfig
-from agent.errors import BackupAgentError
+from agent.errors import BackupAgentError, ObjectGone
 from agent.events import EventKind, ObjectEvent
 from agent.ledger import Ledger
 from agent.lifecycle import Clock, LifecycleContext, RateLimiter, StateFile, parse_time, utc_now
@@ -193,9 +196,12 @@ class Reconciler:
         report: ReconcileReport,
     ) -> None:
         since_checkpoint = 0
+        absent = _LedgerWalk(self.ledger.keys(bucket), after=progress["after"])
         for key, entries in self.list_bucket(bucket, after=progress["after"]):
             if self.stop.is_set():
                 break
+            for gone in absent.before(key):
+                self.reconcile_absent(gone, report)
             report.keys += 1
             report.listed += len(entries)
             self.stats.count("reconcile.listed", len(entries))
@@ -206,7 +212,44 @@ class Reconciler:
                 self._save(state, report.dry_run)
                 since_checkpoint = 0
                 log.info("reconcile.progress", bucket=bucket, after=key, **_summary(report))
+        if not self.stop.is_set():
+            for gone in absent.before(None):
+                self.reconcile_absent(gone, report)
         self._save(state, report.dry_run)
+
+    def reconcile_absent(self, latest: VersionRecord, report: ReconcileReport) -> None:
+        """A key the ledger holds as live but the listing lacks: a delete whose event was lost.
+
+        Confirmed with HeadObject before a tombstone is recorded (a key created after
+        the listing passed it is simply there)."""
+        if latest.deleted or self._exists(latest.bucket, latest.key):
+            return
+        log.info("reconcile.absent", bucket=latest.bucket, key=latest.key)
+        event = ObjectEvent(
+            kind=EventKind.REMOVED,
+            bucket=latest.bucket,
+            key=latest.key,
+            event_name="ObjectRemoved:ReconcileAbsent",
+            event_time=self.clock(),
+        )
+        entry = Listed(latest.key, event.event_time, is_latest=True, delete_marker=True)
+        record = self._back_up(latest.bucket, entry, report, event)
+        now = self.ledger.latest(latest.bucket, latest.key)
+        if record is not None and now is not None and now.version_token == latest.version_token:
+            self.ledger.replace_latest(record, latest.version_token)
+
+    def _exists(self, bucket: str, key: str) -> bool:
+        request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if self.service.expected_bucket_owner:
+            request["ExpectedBucketOwner"] = self.service.expected_bucket_owner
+        try:
+            self.s3.head_object(**request)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            error = classify(exc, f"S3 HeadObject s3://{bucket}/{key}")
+            if isinstance(error, ObjectGone):
+                return False
+            raise error from exc
+        return True
 
     # -- one key ---------------------------------------------------------------------
 
@@ -264,7 +307,17 @@ class Reconciler:
             candidates = [e for e in others if not _known(e, bucket, known)] + candidates
         return candidates
 
-    def _back_up(self, bucket: str, entry: Listed, report: ReconcileReport) -> VersionRecord | None:
+    def _back_up(
+        self,
+        bucket: str,
+        entry: Listed,
+        report: ReconcileReport,
+        event: ObjectEvent | None = None,
+    ) -> VersionRecord | None:
+        if report.dry_run and entry.delete_marker:
+            report.would_back_up.append((bucket, entry.key, "(deleted)"))
+            report.tombstoned += 1
+            return None
         if report.dry_run:
             report.would_back_up.append((bucket, entry.key, entry.version_id))
             report.backed_up += 1
@@ -272,7 +325,7 @@ class Reconciler:
             return None
         self.limiter.acquire()
         try:
-            result = self.service.process(entry.event(bucket))
+            result = self.service.process(event or entry.event(bucket))
         except BackupAgentError as exc:
             report.failed += 1
             self.stats.count("reconcile.failed")
@@ -369,6 +422,33 @@ class Reconciler:
             yield from self.s3.get_paginator(operation).paginate(**kwargs)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, f"S3 {operation} {kwargs['Bucket']}") from exc
+
+
+class _LedgerWalk:
+    """The ledger's keys of a bucket in the listing's order (UTF-8 bytes), to spot keys
+    the listing lacks by a merge, never holding a bucket's keys in memory."""
+
+    def __init__(self, latest: Iterator[VersionRecord], after: str | None) -> None:
+        self._latest = latest
+        self._after = after.encode() if after is not None else None
+        self._pending: VersionRecord | None = None
+
+    def before(self, key: str | None) -> Iterator[VersionRecord]:
+        """Ledger keys before `key` (None: all that remain); `key` itself is consumed."""
+        bound = key.encode() if key is not None else None
+        while True:
+            record = self._pending or next(self._latest, None)
+            self._pending = None
+            if record is None:
+                return
+            mine = record.key.encode()
+            if self._after is not None and mine <= self._after:
+                continue
+            if bound is not None and mine >= bound:
+                if mine > bound:
+                    self._pending = record  # not reached yet
+                return
+            yield record
 
 
 def _group(entries: Iterable[Listed]) -> Iterator[tuple[str, list[Listed]]]:

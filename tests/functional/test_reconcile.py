@@ -186,3 +186,30 @@ def test_backups_are_paced_by_the_rate_limiter(aws, config, volume):
     reconciler.run_once()
     assert waits == [0.5, 0.5, 0.5]
     assert reconciler.stats.lifecycle["reconcile.backed_up"] == 4
+
+
+def test_deletes_whose_events_were_lost_are_recorded_as_tombstones(aws, config, volume):
+    service = make_service(aws, config, volume)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    for i, key in enumerate(["a.txt", "b.txt", "c.txt"]):
+        response = put(aws, key, key.encode() * 10)
+        service.process(created(key, response, 50, at=an_hour_ago, sequencer=f"0B{i}"))
+    for key in ("b.txt", "c.txt"):  # the middle key and the last one
+        aws.s3.delete_object(Bucket=BUCKET, Key=key)
+    lose_all_events(aws)
+
+    dry = make_reconciler(aws, config, volume).run_once(dry_run=True)
+    assert sorted(dry.would_back_up) == [
+        (BUCKET, "b.txt", "(deleted)"),
+        (BUCKET, "c.txt", "(deleted)"),
+    ]
+    report = make_reconciler(aws, config, volume).run_once()
+
+    ledger = Ledger(aws.dynamodb, TABLE)
+    assert report.tombstoned == 2
+    assert not ledger.latest(BUCKET, "a.txt").deleted
+    for key in ("b.txt", "c.txt"):
+        assert ledger.latest(BUCKET, key).deleted  # LATEST moved past the sequenced put
+        kept = [r for r in ledger.versions(BUCKET, key) if not r.deleted]
+        volume.verify_copy(kept[0].sha256, 50)  # still restorable
+    assert make_reconciler(aws, config, volume).run_once().tombstoned == 0
