@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
     init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
+    reconcile = command(
+        "reconcile", cmd_reconcile, "List the buckets and back up what the ledger lacks."
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="report, back up nothing")
+    retention = command("retention", cmd_retention, "Expire versions the retention policy drops.")
+    retention.add_argument("--dry-run", action="store_true", help="report, expire nothing")
+    gc = command("gc", cmd_gc, "Remove copies no record references (after the grace period).")
+    gc.add_argument("--dry-run", action="store_true", help="report what would go and its size")
+    command("scrub", cmd_scrub, "Verify the next share of stored copies; heal bad ones from S3.")
     return parser
 
 
@@ -99,6 +108,75 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
     marker = Volume(config.storage.root).initialise(args.volume_id)
     print(f"{config.storage.root}: backup volume {marker.volume_id}")
     return EXIT_OK
+
+
+def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.lifecycle import build_context, job_lock
+    from agent.reconcile import Reconciler
+
+    ctx = build_context(config, build_clients(config))
+    with job_lock(ctx.volume, "reconcile"):
+        report = Reconciler.from_context(ctx).run_once(dry_run=args.dry_run)
+    verb = "would back up" if args.dry_run else "backed up"
+    print(
+        f"reconcile: {report.keys} keys, {verb} {report.backed_up} ({report.bytes} bytes),"
+        f" {report.tombstoned} deletes, {report.up_to_date} up to date, {report.failed} failed"
+    )
+    for bucket, key, version in report.would_back_up:
+        print(f"  s3://{bucket}/{key}" + (f" ({version})" if version else ""))
+    return EXIT_FAILURE if report.failed else EXIT_OK
+
+
+def cmd_retention(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.lifecycle import build_context, job_lock
+    from agent.retention import Retention
+
+    ctx = build_context(config, build_clients(config))
+    with job_lock(ctx.volume, "retention"):
+        report = Retention.from_context(ctx).run_once(dry_run=args.dry_run)
+    verb = "would expire" if args.dry_run else "expired"
+    print(
+        f"retention: {report.keys} keys, {report.versions} versions, {verb} {report.expired}"
+        f" ({report.keys_expired} whole keys, {report.expired_stored_bytes} stored bytes"
+        " referenced; gc frees what no other version shares)"
+    )
+    for record in report.would_expire:
+        print(f"  s3://{record.bucket}/{record.key} {record.version_token}")
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.gc import GarbageCollector
+    from agent.lifecycle import build_context, job_lock
+
+    ctx = build_context(config, build_clients(config))
+    with job_lock(ctx.volume, "gc"):
+        report = GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run)
+    if args.dry_run:
+        for sha, size in report.would_remove:
+            print(f"  {sha} {size} bytes")
+        print(f"gc: would remove {len(report.would_remove)} copies, {report.bytes_freed} bytes")
+    else:
+        print(f"gc: removed {report.removed} copies, freed {report.bytes_freed} bytes")
+    return EXIT_OK
+
+
+def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.lifecycle import build_context, job_lock
+    from agent.scrub import Scrubber
+
+    ctx = build_context(config, build_clients(config))
+    with job_lock(ctx.volume, "scrub"):
+        report = Scrubber.from_context(ctx).run_once()
+    print(
+        f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
+        f" {report.healed} healed, {report.unrecoverable} unrecoverable"
+    )
+    return EXIT_FAILURE if report.unrecoverable else EXIT_OK
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:

@@ -7,11 +7,20 @@ each key and what is wrong with it (``queue.url: field required``).
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from agent.errors import ConfigError
 
@@ -85,6 +94,63 @@ class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (like 90s, 15m, 12h, 30d, 2w)")
+    return timedelta(seconds=float(match[1]) * _DURATION_UNITS[match[2]])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Schedule = Annotated[
+    str | None, Field(default=None, description="cron expression; null: not scheduled")
+]
+
+
+class ReconcileConfig(Section):
+    """Backfill: list the buckets and back up what the ledger lacks (agent/reconcile.py)."""
+
+    schedule: Schedule = None
+    objects_per_second: float = Field(default=20.0, gt=0)
+    checkpoint_every: int = Field(default=100, ge=1)
+    include_noncurrent: bool = True
+
+
+class RetentionConfig(Section):
+    """Which recorded versions to keep (agent/retention.py). Unset rules keep everything."""
+
+    schedule: Schedule = None
+    keep_last_versions: int | None = Field(default=None, ge=1)
+    keep_younger_than: Duration | None = None
+    keep_deleted_days: float | None = Field(default=None, ge=0)
+
+
+class GcConfig(Section):
+    """Remove copies no record references (agent/gc.py)."""
+
+    schedule: Schedule = None
+    grace_period: Duration = timedelta(hours=24)
+
+
+class ScrubConfig(Section):
+    """Re-read and verify stored copies (agent/scrub.py)."""
+
+    schedule: Schedule = None
+    cycle_days: float = Field(default=30.0, gt=0)
+    share_per_run: float | None = Field(
+        default=None, gt=0, le=1, description="fraction per run; default 1/cycle_days (daily)"
+    )
+
+
 class Config(Section):
     aws: AwsConfig = AwsConfig()
     queue: QueueConfig
@@ -93,6 +159,10 @@ class Config(Section):
     state: StateConfig
     consumer: ConsumerConfig = ConsumerConfig()
     logging: LoggingConfig = LoggingConfig()
+    reconcile: ReconcileConfig = ReconcileConfig()
+    retention: RetentionConfig = RetentionConfig()
+    gc: GcConfig = GcConfig()
+    scrub: ScrubConfig = ScrubConfig()
 
     @field_validator("buckets")
     @classmethod

@@ -3,6 +3,11 @@
 Append-only JSON lines in daily segments (``journal/YYYY-MM-DD.jsonl``). Each append
 is written whole and fsynced before the DynamoDB write, so a version the ledger knows
 is always in the journal too. Replaying the journal (`read_all`) rebuilds the ledger.
+
+Besides version records the journal holds *notes*: lines with a ``kind`` field
+(``"expired"`` when retention forgets a version, ``"scrub"`` for a scrub outcome).
+`read_all` never yields a note, and forgets a version whose last mention is an
+``expired`` note, so a replay does not bring expired versions back.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from agent.records import VersionRecord
 from agent.store import fsync_directory
@@ -32,7 +38,14 @@ class Journal:
         self._lock = threading.Lock()
 
     def append(self, record: VersionRecord) -> JournalPosition:
-        line = json.dumps(record.to_dict(), ensure_ascii=False, separators=(",", ":")) + "\n"
+        return self._append_line(record.to_dict())
+
+    def append_note(self, kind: str, fields: dict[str, Any]) -> JournalPosition:
+        """Append a note line ``{"kind": kind, **fields}`` (fsynced like a record)."""
+        return self._append_line({"kind": kind, **fields})
+
+    def _append_line(self, document: dict[str, Any]) -> JournalPosition:
+        line = json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
         data = line.encode("utf-8", errors="surrogatepass")
         segment = self.directory / f"{self._clock().strftime('%Y-%m-%d')}.jsonl"
         with self._lock:
@@ -56,22 +69,62 @@ class Journal:
         return JournalPosition(segments[-1].name, segments[-1].stat().st_size)
 
     def read_all(self) -> Iterator[VersionRecord]:
-        """Every record, oldest segment first; a torn last line (crash mid-write) is skipped."""
+        """Every live record, oldest segment first (two passes: expired versions are forgotten).
+
+        A torn last line (crash mid-write) is skipped. A record appended again after its
+        ``expired`` note (backed up anew) is live again: the last mention wins.
+        """
+        expired_at: dict[tuple[str, str, str], int] = {}
+        for index, data in enumerate(self._documents()):
+            if data.get("kind") == "expired":
+                expired_at[_identity(data)] = index
+        for index, data in enumerate(self._documents()):
+            if "kind" in data:
+                continue
+            if expired_at.get(_identity(data), -1) > index:
+                continue
+            yield VersionRecord.from_dict(data)
+
+    def read_notes(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every note (of `kind`, when given), oldest first."""
+        for data in self._documents():
+            if "kind" in data and (kind is None or data["kind"] == kind):
+                yield data
+
+    def read_since(self, position: JournalPosition | None) -> Iterator[dict[str, Any]]:
+        """Every line (record or note, as a dict) appended after `position`."""
         for segment in self._segments():
-            with segment.open("rb") as handle:
-                for raw in handle:
-                    if not raw.endswith(b"\n"):
-                        break
-                    try:
-                        data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
-                    except ValueError:
-                        continue
-                    yield VersionRecord.from_dict(data)
+            if position is not None and segment.name < position.segment:
+                continue
+            start = position.offset if position and segment.name == position.segment else 0
+            yield from _documents_of(segment, start)
+
+    def _documents(self) -> Iterator[dict[str, Any]]:
+        for segment in self._segments():
+            yield from _documents_of(segment, 0)
 
     def _segments(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
         return sorted(self.directory.glob("*.jsonl"))
+
+
+def _documents_of(segment: Path, start: int) -> Iterator[dict[str, Any]]:
+    with segment.open("rb") as handle:
+        handle.seek(start)
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                yield data
+
+
+def _identity(data: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(data.get("bucket")), str(data.get("key")), str(data.get("version_token")))
 
 
 def _write_all(fd: int, data: bytes) -> None:

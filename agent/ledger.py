@@ -81,6 +81,55 @@ class Ledger:
         except botocore.exceptions.BotoCoreError as exc:
             raise classify(exc, "DynamoDB PutItem LATEST") from exc
 
+    def replace_latest(self, record: VersionRecord, seen_token: str | None) -> bool:
+        """Point LATEST at `record` if it still holds `seen_token` (None: no LATEST yet).
+
+        For reconcile, whose records carry no sequencer and so cannot win the order-key
+        comparison against an older, sequenced LATEST. False if LATEST moved meanwhile.
+        """
+        item = self._item(record, LATEST)
+        item["gsi_bucket"] = {"S": record.bucket}
+        item["gsi_key"] = {"S": record.key}
+        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        if seen_token is not None:
+            condition = {
+                "ConditionExpression": "version_token = :seen",
+                "ExpressionAttributeValues": {":seen": {"S": seen_token}},
+            }
+        return self._conditional("PutItem LATEST", self._db.put_item, Item=item, **condition)
+
+    def delete_version(self, record: VersionRecord) -> None:
+        """Forget one version item (retention). LATEST is never touched here."""
+        self._conditional(
+            "DeleteItem",
+            self._db.delete_item,
+            Key=self._key(record.bucket, record.key, VERSION_PREFIX + record.version_token),
+        )
+
+    def delete_latest(self, bucket: str, key: str, expected_token: str) -> bool:
+        """Forget a key's LATEST only if it still points at `expected_token`."""
+        return self._conditional(
+            "DeleteItem LATEST",
+            self._db.delete_item,
+            Key=self._key(bucket, key, LATEST),
+            ConditionExpression="version_token = :seen",
+            ExpressionAttributeValues={":seen": {"S": expected_token}},
+        )
+
+    def _conditional(self, what: str, call: Any, **kwargs: Any) -> bool:
+        try:
+            call(TableName=self.table, **kwargs)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise classify(exc, "DynamoDB " + what) from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise classify(exc, "DynamoDB " + what) from exc
+        return True
+
+    def _key(self, bucket: str, key: str, sk: str) -> dict[str, Any]:
+        return {"pk": {"S": object_pk(bucket, key)}, "sk": {"S": sk}}
+
     def _item(self, record: VersionRecord, sk: str) -> dict[str, Any]:
         item = {k: _serializer.serialize(v) for k, v in record.to_dict().items()}
         item["pk"] = {"S": object_pk(record.bucket, record.key)}

@@ -20,6 +20,7 @@ class Stats:
     messages_in_flight: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
+    lifecycle: Counter[str] = field(default_factory=Counter)  # "reconcile.listed", "gc.bytes_freed"
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_success(
@@ -38,6 +39,11 @@ class Stats:
         with self._lock:
             self.backups_failed += 1
             self.failures[reason] += 1
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a lifecycle counter (reconcile, retention, gc, scrub progress)."""
+        with self._lock:
+            self.lifecycle[name] += amount
 
     def set_in_flight(self, count: int) -> None:
         with self._lock:

@@ -184,8 +184,11 @@ class Volume:
     def _commit(self, temp_path: Path, sha256: str, size: int, stored_size: int) -> StoredCopy:
         final = self.copy_path(sha256)
         if final.exists():
-            os.utime(final)  # fresh mtime: garbage collection's grace period starts again
-            return StoredCopy(sha256, size, final.stat().st_size, final, deduplicated=True)
+            try:
+                os.utime(final)  # fresh mtime: garbage collection's grace period starts again
+                return StoredCopy(sha256, size, final.stat().st_size, final, deduplicated=True)
+            except FileNotFoundError:
+                pass  # garbage collection took it just now: store these bytes afresh
         if not final.parent.is_dir():
             final.parent.mkdir(exist_ok=True)
             fsync_directory(self.objects_dir)

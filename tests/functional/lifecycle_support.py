@@ -1,0 +1,91 @@
+"""Helpers for the lifecycle tests: a backup service on moto, a settable clock, events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agent.backup import BackupService
+from agent.config import Config
+from agent.daemon import compression_settings
+from agent.events import EventKind, ObjectEvent
+from agent.journal import Journal
+from agent.ledger import Ledger
+from agent.store import Volume
+from tests.conftest import BUCKET, TABLE
+
+
+@dataclass
+class FakeClock:
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+def make_service(aws: Any, config: Config, volume: Volume, clock: Any = None) -> BackupService:
+    return BackupService(
+        s3=aws.s3,
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        ledger=Ledger(aws.dynamodb, TABLE),
+        volume_id="vol-test",
+        buckets=frozenset([BUCKET]),
+        compression=compression_settings(config),
+        clock=clock,
+    )
+
+
+def put(aws: Any, key: str, body: bytes) -> dict[str, Any]:
+    response: dict[str, Any] = aws.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    return response
+
+
+def created(
+    key: str,
+    response: dict[str, Any],
+    size: int,
+    *,
+    at: datetime,
+    sequencer: str | None = None,
+) -> ObjectEvent:
+    """The event S3 would have sent for a put (hand-made: moto's lack versionId/sequencer)."""
+    return ObjectEvent(
+        kind=EventKind.CREATED,
+        bucket=BUCKET,
+        key=key,
+        event_name="ObjectCreated:Put",
+        event_time=at,
+        version_id=response.get("VersionId"),
+        etag=response["ETag"].strip('"'),
+        size=size,
+        sequencer=sequencer,
+    )
+
+
+def deleted(key: str, marker_version: str | None, *, at: datetime) -> ObjectEvent:
+    return ObjectEvent(
+        kind=EventKind.REMOVED,
+        bucket=BUCKET,
+        key=key,
+        event_name="ObjectRemoved:DeleteMarkerCreated",
+        event_time=at,
+        version_id=marker_version,
+        delete_marker=True,
+    )
+
+
+def enable_versioning(aws: Any) -> None:
+    aws.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+
+
+def journal_records(volume: Volume) -> list[Any]:
+    return list(Journal(volume.journal_dir).read_all())
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)

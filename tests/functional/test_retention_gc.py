@@ -1,0 +1,245 @@
+"""Retention forgets exactly the versions the policy drops; GC frees only unreferenced copies."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+from agent.gc import TRASH_DIR, GarbageCollector
+from agent.journal import Journal
+from agent.ledger import Ledger
+from agent.retention import Retention, RetentionPolicy
+from tests.conftest import BUCKET, TABLE
+from tests.functional.lifecycle_support import (
+    FakeClock,
+    created,
+    deleted,
+    enable_versioning,
+    journal_records,
+    make_service,
+    put,
+)
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+T0 = NOW - timedelta(days=10)
+
+
+def day(n: float) -> datetime:
+    return T0 + timedelta(days=n)
+
+
+def back_up_versions(aws, config, volume, key, bodies_and_days):
+    """Put each body as a new version and process its event, dated `day(d)`."""
+    service = make_service(aws, config, volume, clock=FakeClock(NOW))
+    ids = []
+    for i, (body, d) in enumerate(bodies_and_days):
+        response = put(aws, key, body)
+        service.process(
+            created(key, response, len(body), at=day(d), sequencer=f"{d * 1000 + i:016X}")
+        )
+        ids.append(response["VersionId"])
+    return service, ids
+
+
+def retention(aws, volume, clock, **policy) -> Retention:
+    return Retention(
+        ledger=Ledger(aws.dynamodb, TABLE),
+        journal=Journal(volume.journal_dir),
+        policy=RetentionPolicy(**policy),
+        buckets=[BUCKET],
+        clock=clock,
+    )
+
+
+def collector(volume, *, now=NOW + timedelta(hours=2), after_scan=None) -> GarbageCollector:
+    return GarbageCollector(
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        grace_period=timedelta(hours=1),
+        clock=FakeClock(now),
+        after_scan=after_scan,
+    )
+
+
+def version_ids(aws, key):
+    return {r.version_id for r in Ledger(aws.dynamodb, TABLE).versions(BUCKET, key)}
+
+
+def test_retention_keeps_exactly_the_right_versions_and_gc_frees_the_rest(aws, config, volume):
+    enable_versioning(aws)
+    bodies = [b"one" * 100, b"shared" * 100, b"three" * 100, b"shared" * 100, b"five" * 100]
+    dated = zip(bodies, [0, 2, 4, 8, 9], strict=True)
+    _, ids = back_up_versions(aws, config, volume, "doc.txt", dated)
+    ledger = Ledger(aws.dynamodb, TABLE)
+    digests = {r.version_id: r.sha256 for r in ledger.versions(BUCKET, "doc.txt")}
+
+    report = retention(
+        aws, volume, FakeClock(day(10)), keep_last_versions=2, keep_younger_than=timedelta(days=3)
+    ).run_once()
+
+    # v4, v5: the last two; v3: replaced on day 8, younger than 3 days; v1, v2: expired
+    assert version_ids(aws, "doc.txt") == set(ids[2:])
+    assert ledger.latest(BUCKET, "doc.txt").version_id == ids[4]
+    assert report.expired == 2 and report.keys_expired == 0
+    assert {r.version_id for r in journal_records(volume)} == set(ids[2:])  # replay forgets
+    expired_notes = list(Journal(volume.journal_dir).read_notes("expired"))
+    assert {n["version_id"] for n in expired_notes} == set(ids[:2])
+
+    gc = collector(volume).run_once()
+
+    assert gc.removed == 1 and gc.bytes_freed > 0  # v1's copy; v2 shares v4's content
+    assert not volume.has_copy(digests[ids[0]])
+    for version in ids[1:]:
+        volume.verify_copy(digests[version])
+
+
+def test_retention_dry_run_changes_nothing(aws, config, volume):
+    enable_versioning(aws)
+    _, ids = back_up_versions(aws, config, volume, "a.txt", [(b"1", 0), (b"2", 1), (b"3", 2)])
+    report = retention(aws, volume, FakeClock(day(10)), keep_last_versions=1).run_once(dry_run=True)
+    assert {r.version_id for r in report.would_expire} == set(ids[:2])
+    assert version_ids(aws, "a.txt") == set(ids)
+    assert list(Journal(volume.journal_dir).read_notes("expired")) == []
+
+
+def test_a_deleted_file_stays_restorable_until_keep_deleted_days_expire(aws, config, volume):
+    enable_versioning(aws)
+    service, ids = back_up_versions(
+        aws, config, volume, "gone.txt", [(b"first" * 50, 0), (b"last words" * 50, 1)]
+    )
+    marker = aws.s3.delete_object(Bucket=BUCKET, Key="gone.txt")["VersionId"]
+    service.process(deleted("gone.txt", marker, at=day(5)))
+    ledger = Ledger(aws.dynamodb, TABLE)
+    last = ledger.get_version(BUCKET, "gone.txt", "v:" + ids[1])
+    policy = {"keep_last_versions": 1, "keep_deleted": timedelta(days=7)}
+
+    # three days after the delete: the tombstone and the last version stay
+    retention(aws, volume, FakeClock(day(8)), **policy).run_once()
+    collector(volume).run_once()
+    assert ledger.latest(BUCKET, "gone.txt").deleted
+    assert version_ids(aws, "gone.txt") == {ids[1], marker}
+    with volume.open_copy(last.sha256) as reader:
+        assert reader.read() == b"last words" * 50
+
+    # eight days after the delete: the whole key expires, and its copies go
+    report = retention(aws, volume, FakeClock(day(12)), **policy).run_once()
+    assert report.keys_expired == 1
+    assert ledger.latest(BUCKET, "gone.txt") is None
+    assert ledger.versions(BUCKET, "gone.txt") == []
+    collector(volume).run_once()
+    assert not volume.has_copy(last.sha256)
+    assert [r for r in journal_records(volume) if r.key == "gone.txt"] == []
+
+
+def test_the_delete_pipeline_records_a_tombstone_and_keeps_the_versions(aws, config, volume):
+    enable_versioning(aws)
+    service, ids = back_up_versions(aws, config, volume, "x.txt", [(b"keep me", 0)])
+    marker = aws.s3.delete_object(Bucket=BUCKET, Key="x.txt")["VersionId"]
+    result = service.process(deleted("x.txt", marker, at=day(1)))
+    ledger = Ledger(aws.dynamodb, TABLE)
+    assert result.outcome.value == "tombstoned"
+    assert ledger.latest(BUCKET, "x.txt").deleted
+    kept = ledger.get_version(BUCKET, "x.txt", "v:" + ids[0])
+    volume.verify_copy(kept.sha256)
+
+
+def orphan(volume, config, body: bytes, age: timedelta):
+    """A copy no record references, with an mtime `age` before NOW."""
+    from agent.daemon import compression_settings
+
+    copy = volume.write_copy([body], compression_settings(config))
+    stamp = (NOW - age).timestamp()
+    os.utime(copy.path, (stamp, stamp))
+    return copy
+
+
+def test_gc_removes_old_orphans_only_and_dry_run_only_reports(aws, config, volume):
+    old = orphan(volume, config, b"old orphan" * 100, timedelta(days=2))
+    young = orphan(volume, config, b"young orphan" * 100, timedelta(minutes=-90))
+
+    dry = collector(volume).run_once(dry_run=True)
+    assert dry.would_remove == [(old.sha256, old.path.stat().st_size)]
+    assert volume.has_copy(old.sha256)
+
+    report = collector(volume).run_once()
+    assert report.removed == 1 and report.bytes_freed == dry.bytes_freed
+    assert not volume.has_copy(old.sha256) and volume.has_copy(young.sha256)
+    assert not any((volume.root / TRASH_DIR).iterdir())
+
+
+def test_gc_racing_a_backup_of_the_same_content_keeps_the_copy(aws, config, volume):
+    body = b"popular content" * 200
+    copy = orphan(volume, config, body, timedelta(days=2))
+    service = make_service(aws, config, volume)
+
+    def backup_of_same_content():  # between GC's scan and its unlink
+        response = put(aws, "late/upload.txt", body)
+        service.process(created("late/upload.txt", response, len(body), at=NOW))
+
+    gc = collector(volume, now=datetime.now(UTC), after_scan=backup_of_same_content)
+    report = gc.run_once()
+
+    assert report.removed == 0 and report.kept_in_use == 1
+    volume.verify_copy(copy.sha256, len(body))
+    latest = Ledger(aws.dynamodb, TABLE).latest(BUCKET, "late/upload.txt")
+    assert latest.sha256 == copy.sha256
+
+
+def test_gc_keeps_a_copy_referenced_after_the_scan_even_with_an_old_mtime(aws, config, volume):
+    copy = orphan(volume, config, b"restored reference" * 50, timedelta(days=2))
+    journal = Journal(volume.journal_dir)
+    record = journal_line_for(copy)
+
+    report = collector(volume, after_scan=lambda: journal.append(record)).run_once()
+
+    assert report.kept_in_use == 1 and volume.has_copy(copy.sha256)
+
+
+def journal_line_for(copy):
+    from agent.records import VersionRecord
+
+    return VersionRecord(
+        bucket=BUCKET,
+        key="k",
+        version_token="v:x",
+        order_key="tX",
+        event_name="ObjectCreated:Put",
+        event_time=NOW.isoformat(),
+        backup_time=NOW.isoformat(),
+        volume_id="vol-test",
+        sha256=copy.sha256,
+        size=copy.size,
+    )
+
+
+def test_gc_recovers_a_copy_left_in_its_trash_by_a_crash(aws, config, volume):
+    copy = orphan(volume, config, b"half removed" * 50, timedelta(days=2))
+    Journal(volume.journal_dir).append(journal_line_for(copy))
+    trash = volume.root / TRASH_DIR
+    trash.mkdir()
+    os.rename(copy.path, trash / copy.path.name)  # crashed after step 1
+
+    collector(volume).run_once()
+
+    volume.verify_copy(copy.sha256)
+    assert not any(trash.iterdir())
+
+
+def test_a_deduplicating_backup_survives_gc_taking_the_copy_mid_commit(
+    aws, config, volume, monkeypatch
+):
+    body = b"raced" * 100
+    copy = orphan(volume, config, body, timedelta(days=2))
+    real_utime = os.utime
+
+    def gc_got_there_first(path, *args, **kwargs):
+        os.unlink(path)  # GC renamed it away between exists() and utime()
+        return real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr("agent.store.os.utime", gc_got_there_first)
+    from agent.daemon import compression_settings
+
+    again = volume.write_copy([body], compression_settings(config))
+    monkeypatch.undo()
+    assert not again.deduplicated
+    volume.verify_copy(copy.sha256, len(body))
