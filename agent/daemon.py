@@ -94,7 +94,8 @@ class Daemon:
             queue=self.config.queue.url,
             workers=self.config.consumer.workers,
         )
-        while not self.stopping.wait(MAIN_LOOP_SECONDS):
+        interval = self.notifier.ping_interval(MAIN_LOOP_SECONDS)
+        while not self.stopping.wait(interval):
             self.notifier.watchdog(self.stats.status_line())
         self.stop()
         return 0
@@ -134,7 +135,7 @@ class Daemon:
                     )
                     self.notifier.status(f"waiting for backup volume: {exc}")
                     reported = str(exc)
-                self.stopping.wait(VOLUME_RETRY_SECONDS)
+                self.stopping.wait(self.notifier.ping_interval(VOLUME_RETRY_SECONDS))
                 self.notifier.watchdog()
                 continue
             removed = self.volume.remove_temp_files()
