@@ -74,4 +74,3 @@ def test_ready_only_after_volume_marker_then_watchdog_at_the_requested_rate(stac
     final = notify_socket.read_until(lambda ms: _count(ms, "STOPPING") == 1)
     assert agent.process.wait(30) == 0
     assert final[-1]["STATUS"].startswith("stopping")
-
