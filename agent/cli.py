@@ -74,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
     init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
+    iam = command(
+        "iam-policy", cmd_iam_policy, "Print the least-privilege IAM policy for this config."
+    )
+    iam.add_argument(
+        "--role-document",
+        action="store_true",
+        help="print the EC2 instance-profile trust policy instead",
+    )
+    iam.add_argument(
+        "--without-restore",
+        action="store_true",
+        help="leave out s3:PutObject (restores to S3 run with other credentials)",
+    )
     return parser
 
 
@@ -98,6 +111,19 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
 
     marker = Volume(config.storage.root).initialise(args.volume_id)
     print(f"{config.storage.root}: backup volume {marker.volume_id}")
+    return EXIT_OK
+
+
+def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from agent.iam import policy_document, trust_document
+
+    if args.role_document:
+        document = trust_document(config)
+    else:
+        document = policy_document(config, restore_to_s3=not args.without_restore)
+    print(json.dumps(document, indent=2))
     return EXIT_OK
 
 
