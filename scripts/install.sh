@@ -14,6 +14,7 @@
 # What it does: creates the system user `backup-agent`; a virtualenv under
 # /opt/backup-agent/venv with the package from this checkout; /etc/backup-agent/config.yaml
 # from the example only when it does not exist (an operator's edits are never replaced);
+# /usr/local/bin/backup-agent pointing into the virtualenv;
 # the systemd unit (paths and storage root filled in), enabled; then `check-config`.
 set -eu
 
@@ -46,6 +47,7 @@ UNIT_DIR=$PREFIX/etc/systemd/system
 UNIT=$UNIT_DIR/backup-agent.service
 DROPIN_DIR=$UNIT_DIR/backup-agent.service.d
 CONFIG=$ETC_DIR/config.yaml
+LINK=$PREFIX/usr/local/bin/backup-agent
 DEFAULT_ROOT=/mnt/backups
 
 say() { echo "install.sh: $*"; }
@@ -78,6 +80,11 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC"
     say "installed $("$VENV/bin/backup-agent" --version) into $VENV"
+}
+
+link_command() {
+    mkdir -p "$(dirname "$LINK")"
+    ln -sfn "$VENV/bin/backup-agent" "$LINK"
 }
 
 ensure_config() {
@@ -155,6 +162,9 @@ uninstall() {
     rm -f "$UNIT"
     rm -rf "$DROPIN_DIR"
     systemctl_ daemon-reload
+    if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$APP_DIR/venv/bin/backup-agent" ]; then
+        rm -f "$LINK"
+    fi
     rm -rf "$APP_DIR"
     say "removed the program and the unit"
     say "kept: $ETC_DIR, /var/lib/backup-agent, the backup volume and the user $USER_NAME"
@@ -170,6 +180,7 @@ if [ "$SYSTEM" = 1 ] && [ "$(id -u)" != 0 ]; then
 fi
 ensure_user
 ensure_venv
+link_command
 ensure_config
 install_unit
 check_config

@@ -44,6 +44,9 @@ def test_fresh_install_writes_example_config_unit_and_reports_check_config(tmp_p
     unit = (tmp_path / "etc/systemd/system/backup-agent.service").read_text()
     assert f"ExecStart={VENV}/bin/backup-agent run" in unit
     assert f"BACKUP_AGENT_CONFIG={tmp_path}/etc/backup-agent/config.yaml" in unit
+    assert (tmp_path / "usr/local/bin/backup-agent").resolve() == (
+        VENV / "bin/backup-agent"
+    ).resolve()
     # the example's /mnt/backups does not exist here: check-config fails and says what to do
     assert "storage.root: /mnt/backups is not a directory" in result.stderr
     assert "edit " in result.stdout and "init-volume" in result.stdout
