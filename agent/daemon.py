@@ -104,7 +104,10 @@ class Daemon:
         )
         if self.reloader is not None:
             self.reloader.start()
-        self.check_volume_encryption()
+        # In the background: a slow EC2 API must not hold up the watchdog pings below.
+        threading.Thread(
+            target=self.check_volume_encryption, name="encryption-check", daemon=True
+        ).start()
         interval = self.notifier.ping_interval(MAIN_LOOP_SECONDS)
         while not self.stopping.wait(interval):
             self.notifier.watchdog(self.stats.status_line())

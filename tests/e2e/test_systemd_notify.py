@@ -62,7 +62,7 @@ def test_ready_only_after_volume_marker_then_watchdog_at_the_requested_rate(stac
     messages = notify_socket.read_until(lambda ms: _count(ms, "READY") == 1)
     ready = next(m for m in messages if "READY" in m)
     assert ready["READY"] == "1" and ready["STATUS"].startswith("backed up 0")
-    assert agent.log_events_named("agent.started")  # READY=1 follows the start, never precedes it
+    assert agent.wait_for("agent.started")[0]["volume_id"] == "vol-late"
 
     # WATCHDOG_USEC=1 s: pings every 0.5 s, not the 2 s default of the main loop
     started = time.monotonic()
