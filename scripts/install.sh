@@ -5,11 +5,12 @@
 #   sudo scripts/install.sh --uninstall  remove program and unit; keep config, state and backups
 #
 # Options (mostly for tests and packagers):
-#   --prefix DIR     install below DIR (/opt, /etc … become DIR/opt, DIR/etc); implies
-#                    --no-system: no user, no chown, no systemctl
+#   --prefix DIR     install below DIR (/opt, /etc … become DIR/opt, DIR/etc); then no
+#                    user, no chown and no systemctl (a private, unprivileged install)
 #   --no-systemctl   do not call systemctl (containers, image builds)
 #   --venv DIR       use this existing virtualenv instead of creating one
-#   --python PY      interpreter for the virtualenv (default: python3, 3.11 or later)
+#   --python PY      interpreter for the virtualenv (default: the newest python3.1x >= 3.11;
+#                    Amazon Linux 2023: dnf install python3.11)
 #
 # What it does: creates the system user `backup-agent`; a virtualenv under
 # /opt/backup-agent/venv with the package from this checkout; /etc/backup-agent/config.yaml
@@ -23,11 +24,11 @@ PREFIX=""
 SYSTEM=1
 SYSTEMCTL=1
 VENV=""
-PYTHON=python3
+PYTHON=""
 ACTION=install
 USER_NAME=backup-agent
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -73,8 +74,17 @@ ensure_venv() {
         return 0
     fi
     VENV=$APP_DIR/venv
-    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-        { echo "install.sh: $PYTHON is older than 3.11" >&2; exit 1; }
+    if [ -z "$PYTHON" ]; then
+        for candidate in python3.13 python3.12 python3.11 python3; do
+            if command -v "$candidate" >/dev/null 2>&1 &&
+                "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+                PYTHON=$candidate
+                break
+            fi
+        done
+    fi
+    [ -n "$PYTHON" ] && "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        { echo "install.sh: need Python 3.11 or later (dnf/apt install python3.11)" >&2; exit 1; }
     mkdir -p "$APP_DIR"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip

@@ -90,6 +90,31 @@ def test_uninstall_removes_program_and_unit_but_keeps_config_and_backups(tmp_pat
     assert VENV.exists()  # a --venv given by the caller is never removed
 
 
+def test_an_old_python_is_refused_before_anything_is_installed(tmp_path):
+    old_python = tmp_path / "python3.9"
+    old_python.write_text("#!/bin/sh\nexit 1\n")  # what `sys.version_info < (3, 11)` returns
+    old_python.chmod(0o755)
+    prefix = tmp_path / "root"
+    prefix.mkdir()
+
+    result = subprocess.run(
+        ["sh", str(INSTALL), "--prefix", str(prefix), "--python", str(old_python)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "need Python 3.11 or later" in result.stderr
+    assert not (prefix / "etc").exists()
+
+
+def test_help_lists_the_options():
+    result = subprocess.run(["sh", str(INSTALL), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--uninstall" in result.stdout and "--prefix DIR" in result.stdout
+
+
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
 def test_installed_unit_passes_systemd_analyze_verify(tmp_path):
     root = tmp_path / "volume"
