@@ -2,6 +2,8 @@
 
 Queue + dead-letter queue with a redrive policy, the queue policy that lets S3 send,
 the bucket notifications for created and removed objects, and the DynamoDB table.
+When the config has an `alerts:` section: the SNS topic (`alerts.sns_topic_arn`) and the SES
+verification of the sender (`alerts.email.sender`; SES mails the address a link to click).
 """
 
 from __future__ import annotations
@@ -72,7 +74,40 @@ class Bootstrap:
         for bucket in self.config.buckets:
             self.ensure_notification(bucket, queue_arn)
         self.ensure_table()
+        self.ensure_alerting()
         return self.report
+
+    def ensure_alerting(self) -> None:
+        """Forward-compatible: reads the alerts section by name when the config has one."""
+        alerts = getattr(self.config, "alerts", None)
+        topic_arn = getattr(alerts, "sns_topic_arn", None)
+        sender = getattr(getattr(alerts, "email", None), "sender", None)
+        if topic_arn:
+            self.ensure_topic(topic_arn)
+        if sender:
+            self.ensure_email_identity(sender)
+
+    def ensure_topic(self, topic_arn: str) -> None:
+        sns = self.clients.client("sns")
+        try:
+            sns.get_topic_attributes(TopicArn=topic_arn)
+            self.report.add(f"topic {topic_arn}", False)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in {"NotFound", "NotFoundException"}:
+                raise
+        created = sns.create_topic(Name=topic_arn.rsplit(":", 1)[-1])["TopicArn"]
+        self.report.add(f"topic {created}", True)
+
+    def ensure_email_identity(self, sender: str) -> None:
+        ses = self.clients.client("ses")
+        attributes = ses.get_identity_verification_attributes(Identities=[sender])
+        status = attributes["VerificationAttributes"].get(sender, {}).get("VerificationStatus")
+        if status in {"Success", "Pending"}:
+            self.report.add(f"SES identity {sender} ({status.lower()})", False)
+            return
+        ses.verify_email_identity(EmailAddress=sender)
+        self.report.add(f"SES identity {sender} (verification mail sent)", True)
 
     def ensure_bucket(self, bucket: str) -> None:
         s3 = self.clients.s3

@@ -83,6 +83,19 @@ def build_parser() -> argparse.ArgumentParser:
     gc = command("gc", cmd_gc, "Remove copies no record references (after the grace period).")
     gc.add_argument("--dry-run", action="store_true", help="report what would go and its size")
     command("scrub", cmd_scrub, "Verify the next share of stored copies; heal bad ones from S3.")
+    iam = command(
+        "iam-policy", cmd_iam_policy, "Print the least-privilege IAM policy for this config."
+    )
+    iam.add_argument(
+        "--role-document",
+        action="store_true",
+        help="print the EC2 instance-profile trust policy instead",
+    )
+    iam.add_argument(
+        "--without-restore",
+        action="store_true",
+        help="leave out s3:PutObject (restores to S3 run with other credentials)",
+    )
     return parser
 
 
@@ -177,6 +190,19 @@ def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
         f" {report.healed} healed, {report.unrecoverable} unrecoverable"
     )
     return EXIT_FAILURE if report.unrecoverable else EXIT_OK
+
+
+def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from agent.iam import policy_document, trust_document
+
+    if args.role_document:
+        document = trust_document(config)
+    else:
+        document = policy_document(config, restore_to_s3=not args.without_restore)
+    print(json.dumps(document, indent=2))
+    return EXIT_OK
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:

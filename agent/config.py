@@ -42,6 +42,18 @@ class AwsConfig(Section):
     )
     max_attempts: int = Field(default=8, ge=1, le=20)
     retry_mode: Literal["standard", "adaptive"] = "adaptive"
+    kms_key_arns: list[str] = Field(
+        default_factory=list,
+        description="KMS keys of SSE-KMS objects; the IAM policy grants kms:Decrypt on these only.",
+    )
+
+    @field_validator("kms_key_arns")
+    @classmethod
+    def _key_arns(cls, value: list[str]) -> list[str]:
+        for arn in value:
+            if not arn.startswith("arn:") or ":kms:" not in arn:
+                raise ValueError(f"{arn!r} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/…)")
+        return value
 
 
 class QueueConfig(Section):
@@ -70,6 +82,11 @@ class StorageConfig(Section):
     )
     chunk_bytes: int = Field(default=1 << 20, ge=64 << 10, le=64 << 20)
     min_free_bytes: int = Field(default=256 << 20, ge=0)
+    volume_id: str | None = Field(
+        default=None,
+        pattern=r"^vol-[0-9a-f]{8,17}$",
+        description="EBS volume id of the root (checked to be encrypted); default: discovered.",
+    )
 
     @field_validator("root")
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from agent import logs
 from agent.aws import Clients
 from agent.backup import BackupService
 from agent.config import Config
@@ -26,6 +27,7 @@ from agent.errors import VolumeNotReady
 from agent.journal import Journal
 from agent.ledger import Ledger
 from agent.notify import Notifier
+from agent.reload import ConfigReloader
 from agent.stats import Stats
 from agent.store import CompressionSettings, Volume, VolumeMarker
 
@@ -66,6 +68,7 @@ class Daemon:
         *,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
+        alert: Callable[[str, str], None] | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -77,6 +80,11 @@ class Daemon:
         self._signals = 0
         self.consumer: Consumer | None = None
         self.service: BackupService | None = None
+        self.alert = alert
+        self.reloader: ConfigReloader | None = None
+        if config_path is not None:
+            self.reloader = ConfigReloader(config_path, config, on_rejected=self._config_rejected)
+            self.reloader.subscribe(self.apply_live)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -94,7 +102,14 @@ class Daemon:
             queue=self.config.queue.url,
             workers=self.config.consumer.workers,
         )
-        while not self.stopping.wait(MAIN_LOOP_SECONDS):
+        if self.reloader is not None:
+            self.reloader.start()
+        # In the background: a slow EC2 API must not hold up the watchdog pings below.
+        threading.Thread(
+            target=self.check_volume_encryption, name="encryption-check", daemon=True
+        ).start()
+        interval = self.notifier.ping_interval(MAIN_LOOP_SECONDS)
+        while not self.stopping.wait(interval):
             self.notifier.watchdog(self.stats.status_line())
         self.stop()
         return 0
@@ -117,6 +132,8 @@ class Daemon:
 
     def stop(self) -> None:
         self.notifier.stopping()
+        if self.reloader is not None:
+            self.reloader.stop()
         if self.consumer is not None:
             self.consumer.stop(self.config.consumer.drain_timeout)
         log.info("agent.stopped", status=self.stats.status_line())
@@ -134,7 +151,7 @@ class Daemon:
                     )
                     self.notifier.status(f"waiting for backup volume: {exc}")
                     reported = str(exc)
-                self.stopping.wait(VOLUME_RETRY_SECONDS)
+                self.stopping.wait(self.notifier.ping_interval(VOLUME_RETRY_SECONDS))
                 self.notifier.watchdog()
                 continue
             removed = self.volume.remove_temp_files()
@@ -145,6 +162,32 @@ class Daemon:
             return marker
         return None
 
+    # -- live configuration and start-up checks ---------------------------------------
+
+    def apply_live(self, old: Config, new: Config) -> None:
+        """Apply what can change without a restart; in-flight work keeps its settings."""
+        self.config = new
+        if self.consumer is not None and new.consumer.workers != old.consumer.workers:
+            self.consumer.set_workers(new.consumer.workers)
+        if new.logging != old.logging:
+            logs.configure(new.logging.level, new.logging.format)
+        if self.service is not None and new.storage != old.storage:
+            self.service.compression = compression_settings(new)
+
+    def _config_rejected(self, problems: list[str]) -> None:
+        if self.alert is not None:
+            self.alert("configuration edit rejected", "; ".join(problems))
+
+    def check_volume_encryption(self) -> None:
+        from agent.encryption import check_at_startup
+
+        try:
+            ec2 = self.clients.client("ec2")
+        except Exception:  # a start-up check must never stop the agent
+            log.exception("volume.encryption_check_failed")
+            return
+        check_at_startup(ec2, self.config.storage.volume_id, self.volume.root, self.alert)
+
     # -- signals ---------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
@@ -152,6 +195,13 @@ class Daemon:
             return
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.reloader is None:
+            log.warning("config.reload_unavailable", reason="started without a config file")
+            return
+        self.reloader.request("SIGHUP", force=True)
 
     def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals += 1

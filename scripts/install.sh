@@ -1,0 +1,196 @@
+#!/bin/sh
+# Install, upgrade or remove backup-agent on an Amazon Linux 2023 or Ubuntu host.
+#
+#   sudo scripts/install.sh              install or upgrade (run it again to upgrade)
+#   sudo scripts/install.sh --uninstall  remove program and unit; keep config, state and backups
+#
+# Options (mostly for tests and packagers):
+#   --prefix DIR     install below DIR (/opt, /etc … become DIR/opt, DIR/etc); then no
+#                    user, no chown and no systemctl (a private, unprivileged install)
+#   --no-systemctl   do not call systemctl (containers, image builds)
+#   --venv DIR       use this existing virtualenv instead of creating one
+#   --python PY      interpreter for the virtualenv (default: the newest python3.1x >= 3.11;
+#                    Amazon Linux 2023: dnf install python3.11)
+#
+# What it does: creates the system user `backup-agent`; a virtualenv under
+# /opt/backup-agent/venv with the package from this checkout; /etc/backup-agent/config.yaml
+# from the example only when it does not exist (an operator's edits are never replaced);
+# /usr/local/bin/backup-agent pointing into the virtualenv;
+# the systemd unit (paths and storage root filled in), enabled; then `check-config`.
+set -eu
+
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+PREFIX=""
+SYSTEM=1
+SYSTEMCTL=1
+VENV=""
+PYTHON=""
+ACTION=install
+USER_NAME=backup-agent
+
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --prefix) PREFIX=$(cd "$2" && pwd); SYSTEM=0; SYSTEMCTL=0; shift 2 ;;
+        --no-systemctl) SYSTEMCTL=0; shift ;;
+        --venv) VENV=$2; shift 2 ;;
+        --python) PYTHON=$2; shift 2 ;;
+        --uninstall) ACTION=uninstall; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "install.sh: unknown option $1" >&2; usage 2 >&2 ;;
+    esac
+done
+
+APP_DIR=$PREFIX/opt/backup-agent
+ETC_DIR=$PREFIX/etc/backup-agent
+UNIT_DIR=$PREFIX/etc/systemd/system
+UNIT=$UNIT_DIR/backup-agent.service
+DROPIN_DIR=$UNIT_DIR/backup-agent.service.d
+CONFIG=$ETC_DIR/config.yaml
+LINK=$PREFIX/usr/local/bin/backup-agent
+DEFAULT_ROOT=/mnt/backups
+
+say() { echo "install.sh: $*"; }
+
+systemctl_() {
+    if [ "$SYSTEMCTL" = 1 ]; then systemctl "$@"; else say "(skipped) systemctl $*"; fi
+}
+
+ensure_user() {
+    [ "$SYSTEM" = 1 ] || return 0
+    if ! id "$USER_NAME" >/dev/null 2>&1; then
+        nologin=$(command -v nologin || echo /sbin/nologin)
+        useradd --system --user-group --home-dir /var/lib/backup-agent --no-create-home \
+            --shell "$nologin" --comment "backup-agent daemon" "$USER_NAME"
+        say "created user $USER_NAME"
+    fi
+}
+
+ensure_venv() {
+    if [ -n "$VENV" ]; then
+        VENV=$(cd "$VENV" && pwd)
+        say "using the existing virtualenv $VENV"
+        return 0
+    fi
+    VENV=$APP_DIR/venv
+    if [ -z "$PYTHON" ]; then
+        for candidate in python3.13 python3.12 python3.11 python3; do
+            if command -v "$candidate" >/dev/null 2>&1 &&
+                "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+                PYTHON=$candidate
+                break
+            fi
+        done
+    fi
+    [ -n "$PYTHON" ] && "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        { echo "install.sh: need Python 3.11 or later (dnf/apt install python3.11)" >&2; exit 1; }
+    mkdir -p "$APP_DIR"
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC"
+    say "installed $("$VENV/bin/backup-agent" --version) into $VENV"
+}
+
+link_command() {
+    mkdir -p "$(dirname "$LINK")"
+    ln -sfn "$VENV/bin/backup-agent" "$LINK"
+}
+
+ensure_config() {
+    mkdir -p "$ETC_DIR"
+    if [ -e "$CONFIG" ]; then
+        say "kept the existing $CONFIG"
+    else
+        cp "$SRC/config.yaml" "$CONFIG"
+        say "wrote $CONFIG from the example: edit it"
+    fi
+    if [ "$SYSTEM" = 1 ]; then
+        chown root:"$USER_NAME" "$ETC_DIR" "$CONFIG"
+        chmod 0750 "$ETC_DIR"
+        chmod 0640 "$CONFIG"
+    fi
+}
+
+storage_root() {
+    "$VENV/bin/python" - "$CONFIG" <<'EOF' 2>/dev/null || echo "$DEFAULT_ROOT"
+import sys
+from agent.config import load_config
+print(load_config(sys.argv[1]).storage.root)
+EOF
+}
+
+install_unit() {
+    mkdir -p "$UNIT_DIR"
+    sed -e "s|/opt/backup-agent/venv|$VENV|g" \
+        -e "s|/etc/backup-agent/|$ETC_DIR/|g" \
+        "$SRC/systemd/backup-agent.service" >"$UNIT.tmp"
+    mv "$UNIT.tmp" "$UNIT"
+    root=$(storage_root)
+    if [ "$root" != "$DEFAULT_ROOT" ]; then
+        mkdir -p "$DROPIN_DIR"
+        cat >"$DROPIN_DIR/10-storage-root.conf" <<EOF
+# Written by install.sh from storage.root in $CONFIG.
+[Unit]
+RequiresMountsFor=$root
+
+[Service]
+ReadWritePaths=
+ReadWritePaths=$root
+EOF
+        say "storage root $root: wrote $DROPIN_DIR/10-storage-root.conf"
+    else
+        rm -f "$DROPIN_DIR/10-storage-root.conf"
+    fi
+    if [ "$SYSTEM" = 1 ] && [ -d "$root" ]; then
+        chown "$USER_NAME:$USER_NAME" "$root"
+    fi
+    systemctl_ daemon-reload
+    systemctl_ enable backup-agent.service
+    say "installed $UNIT"
+}
+
+check_config() {
+    if "$VENV/bin/backup-agent" check-config --config "$CONFIG"; then
+        if [ "$SYSTEMCTL" = 1 ] && systemctl is-active --quiet backup-agent.service; then
+            systemctl restart backup-agent.service
+            say "upgraded: restarted backup-agent (in-flight work was drained)"
+        else
+            say "ready: systemctl start backup-agent"
+        fi
+    else
+        say "edit $CONFIG until 'backup-agent check-config' passes, then:"
+        say "  sudo -u $USER_NAME $VENV/bin/backup-agent init-volume --config $CONFIG"
+        say "  systemctl start backup-agent"
+    fi
+}
+
+uninstall() {
+    if [ "$SYSTEMCTL" = 1 ]; then
+        systemctl disable --now backup-agent.service 2>/dev/null || true
+    fi
+    rm -f "$UNIT"
+    rm -rf "$DROPIN_DIR"
+    systemctl_ daemon-reload
+    if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$APP_DIR/venv/bin/backup-agent" ]; then
+        rm -f "$LINK"
+    fi
+    rm -rf "$APP_DIR"
+    say "removed the program and the unit"
+    say "kept: $ETC_DIR, /var/lib/backup-agent, the backup volume and the user $USER_NAME"
+}
+
+if [ "$ACTION" = uninstall ]; then
+    uninstall
+    exit 0
+fi
+if [ "$SYSTEM" = 1 ] && [ "$(id -u)" != 0 ]; then
+    echo "install.sh: run as root (or use --prefix DIR for a private install)" >&2
+    exit 1
+fi
+ensure_user
+ensure_venv
+link_command
+ensure_config
+install_unit
+check_config

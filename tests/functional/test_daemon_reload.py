@@ -1,0 +1,41 @@
+"""The daemon's reload wiring: a valid edit reaches the running consumer and backup service."""
+
+from __future__ import annotations
+
+import yaml
+
+from agent.daemon import Daemon
+from tests.conftest import make_config
+
+
+def test_reload_applies_workers_compression_and_drain_timeout_to_the_running_agent(
+    aws, backup_root, volume, tmp_path
+):
+    config = make_config(backup_root)
+    path = tmp_path / "config.yaml"
+    raw = config.model_dump(mode="json")
+    path.write_text(yaml.safe_dump(raw))
+    rejected: list[tuple[str, str]] = []
+    daemon = Daemon(config, aws, config_path=path, alert=lambda s, d: rejected.append((s, d)))
+    daemon.start(daemon.wait_for_volume())
+    try:
+        raw["consumer"].update(workers=6, drain_timeout=3)
+        raw["storage"].update(compression_level=12)
+        path.write_text(yaml.safe_dump(raw))
+        outcome = daemon.reloader.reload("test")
+
+        assert outcome.applied == (
+            "consumer.drain_timeout",
+            "consumer.workers",
+            "storage.compression_level",
+        )
+        assert daemon.consumer._capacity == 6 and len(daemon.consumer._workers) == 6
+        assert daemon.service.compression.level == 12
+        assert daemon.config.consumer.drain_timeout == 3
+
+        path.write_text("queue: [not, a, mapping]\n")
+        assert daemon.reloader.reload("test").status == "rejected"
+        assert rejected and rejected[0][0] == "configuration edit rejected"
+        assert daemon.config.consumer.workers == 6  # still the last valid configuration
+    finally:
+        daemon.stop()
