@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationError,
     field_validator,
 )
@@ -127,7 +128,17 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=float(match[1]) * _DURATION_UNITS[match[2]])
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def format_duration(value: timedelta) -> str:
+    """The inverse of parse_duration, so a dumped config reads back the same."""
+    seconds = value.total_seconds()
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds}s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
 Schedule = Annotated[
     str | None, Field(default=None, description="cron expression; null: not scheduled")
 ]
