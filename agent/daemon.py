@@ -25,6 +25,7 @@ from agent.consumer import Consumer, ConsumerSettings
 from agent.errors import VolumeNotReady
 from agent.journal import Journal
 from agent.ledger import Ledger
+from agent.monitoring import Monitoring
 from agent.notify import Notifier
 from agent.stats import Stats
 from agent.store import CompressionSettings, Volume, VolumeMarker
@@ -77,6 +78,7 @@ class Daemon:
         self._signals = 0
         self.consumer: Consumer | None = None
         self.service: BackupService | None = None
+        self.monitoring: Monitoring | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -85,7 +87,11 @@ class Daemon:
         marker = self.wait_for_volume()
         if marker is None:
             return 0  # stopped before the volume was ready
-        self.start(marker)
+        try:
+            self.start(marker)
+        except Exception as exc:
+            self._stopped_on_error(exc)
+            raise
         self.notifier.ready(self.stats.status_line())
         log.info(
             "agent.started",
@@ -94,8 +100,12 @@ class Daemon:
             queue=self.config.queue.url,
             workers=self.config.consumer.workers,
         )
-        while not self.stopping.wait(MAIN_LOOP_SECONDS):
-            self.notifier.watchdog(self.stats.status_line())
+        try:
+            while not self.stopping.wait(MAIN_LOOP_SECONDS):
+                self.notifier.watchdog(self.stats.status_line())
+        except Exception as exc:
+            self._stopped_on_error(exc)
+            raise
         self.stop()
         return 0
 
@@ -110,8 +120,20 @@ class Daemon:
             compression=compression_settings(self.config),
             expected_bucket_owner=self.config.aws.expected_bucket_owner,
         )
+        self.monitoring = Monitoring(
+            self.config,
+            self.clients,
+            self.stats,
+            workers=lambda: self.config.consumer.workers,
+            workers_busy=lambda: self.consumer.in_flight() if self.consumer else 0,
+        )
+        self.monitoring.start()
         self.consumer = Consumer(
-            self.clients.sqs, self.service.process, consumer_settings(self.config), stats=self.stats
+            self.clients.sqs,
+            self.monitoring.observe(self.service.process),
+            consumer_settings(self.config),
+            stats=self.stats,
+            on_gave_up=self.monitoring.on_gave_up,
         )
         self.consumer.start()
 
@@ -119,7 +141,19 @@ class Daemon:
         self.notifier.stopping()
         if self.consumer is not None:
             self.consumer.stop(self.config.consumer.drain_timeout)
+        if self.monitoring is not None:
+            self.monitoring.stop()  # after the drain: the last figures and alerts go out
         log.info("agent.stopped", status=self.stats.status_line())
+
+    def _stopped_on_error(self, error: Exception) -> None:
+        """Alert, then stop in order; the caller re-raises (systemd restarts the unit)."""
+        log.error("agent.failed", error=str(error), error_type=type(error).__name__)
+        if self.monitoring is not None:
+            self.monitoring.agent_failed(error)
+        try:
+            self.stop()
+        except Exception:
+            log.exception("agent.stop_failed")
 
     def wait_for_volume(self) -> VolumeMarker | None:
         """Retry until the volume is mounted and marked; report, never crash-loop."""
