@@ -411,7 +411,7 @@ def backup_gave_up(message_id: str, reasons: Sequence[str]) -> Alert:
         AlertKind.BACKUP_FAILED,
         key=message_id,
         summary=f"message {message_id}: {first}",
-        details={"message_id": message_id, "reasons": "; ".join(reasons[:5])},
+        details={f"also {n}": r for n, r in enumerate(reasons[1:5], start=2)},
     )
 
 

@@ -11,6 +11,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import botocore.exceptions
+
+from agent.aws import error_code
 from agent.bootstrap import dead_letter_name
 from agent.config import Config
 
@@ -147,7 +150,9 @@ class Dashboard:
         try:
             existing = self.cloudwatch.get_dashboard(DashboardName=self.name)
             previous = json.loads(existing["DashboardBody"])
-        except self.cloudwatch.exceptions.DashboardNotFoundError:
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "ResourceNotFound":
+                raise
             previous = None
         if previous == body:
             return "unchanged"

@@ -44,7 +44,9 @@ class Recorder:
 
 
 def failure(n: int, at: float = 0.0) -> Alert:
-    return Alert(AlertKind.BACKUP_FAILED, key=f"msg-{n}", summary=f"object {n}: AccessDenied", at=at)
+    return Alert(
+        AlertKind.BACKUP_FAILED, key=f"msg-{n}", summary=f"object {n}: AccessDenied", at=at
+    )
 
 
 def test_a_storm_of_ten_thousand_failures_yields_one_alert_and_one_summary_per_window():

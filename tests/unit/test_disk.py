@@ -26,7 +26,10 @@ class Readings:
 def run(*percents: float, threshold: float = 85, margin: float = 5) -> list:
     alerts: list = []
     monitor = DiskMonitor(
-        Path("/mnt/backups"), alerts.append, threshold=threshold, margin=margin,
+        Path("/mnt/backups"),
+        alerts.append,
+        threshold=threshold,
+        margin=margin,
         usage=Readings(*percents),
     )
     for _ in percents:

@@ -108,5 +108,9 @@ def test_a_schedule_for_no_known_job_is_reported():
     with capture_logs() as logs:
         jobs.start()
         jobs.stop()
-    assert {"event": "job.unknown_schedule", "job": "metircs", "known": ["metrics"],
-            "log_level": "warning"} in logs
+    assert {
+        "event": "job.unknown_schedule",
+        "job": "metircs",
+        "known": ["metrics"],
+        "log_level": "warning",
+    } in logs

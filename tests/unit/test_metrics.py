@@ -144,7 +144,9 @@ class FlakyCloudWatch:
 
 def points(n: int) -> list[Datapoint]:
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    return [Datapoint("BackupsSucceeded", 1.0, "Count", start + timedelta(seconds=i)) for i in range(n)]
+    return [
+        Datapoint("BackupsSucceeded", 1.0, "Count", start + timedelta(seconds=i)) for i in range(n)
+    ]
 
 
 def test_datapoints_are_sent_in_batches():
