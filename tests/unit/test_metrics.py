@@ -89,12 +89,12 @@ def test_dimensions_are_instance_and_volume(backup_root):
 class FakeImds(BaseHTTPRequestHandler):
     token = "tok-123"
 
-    def do_PUT(self):  # noqa: N802 - http.server's naming
+    def do_PUT(self):
         assert self.path == "/latest/api/token"
         assert self.headers["X-aws-ec2-metadata-token-ttl-seconds"]
         self._reply(self.token)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if self.headers.get("X-aws-ec2-metadata-token") != self.token:
             self.send_response(401)
             self.end_headers()
@@ -136,7 +136,7 @@ class FlakyCloudWatch:
         self.down = False
         self.calls: list[list[dict]] = []
 
-    def put_metric_data(self, Namespace: str, MetricData: list[dict]) -> None:  # noqa: N803
+    def put_metric_data(self, Namespace: str, MetricData: list[dict]) -> None:
         if self.down:
             raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://monitoring")
         self.calls.append(MetricData)
