@@ -72,6 +72,8 @@ class Bootstrap:
         for bucket in self.config.buckets:
             self.ensure_notification(bucket, queue_arn)
         self.ensure_table()
+        if self.config.alerts.sns_topic_arn:
+            self.ensure_topic(self.config.alerts.sns_topic_arn)
         return self.report
 
     def ensure_bucket(self, bucket: str) -> None:
@@ -167,6 +169,22 @@ class Bootstrap:
         db.create_table(**table_definition(name))
         db.get_waiter("table_exists").wait(TableName=name)
         self.report.add(f"table {name}", True)
+
+
+    def ensure_topic(self, arn: str) -> None:
+        """The alert topic named by alerts.sns_topic_arn (subscribing people is up to you)."""
+        sns = self.clients.client("sns")
+        try:
+            sns.get_topic_attributes(TopicArn=arn)
+            self.report.add(f"topic {arn}", False)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in ("NotFound", "NotFoundException"):
+                raise
+        created = sns.create_topic(Name=arn.rsplit(":", 1)[-1])["TopicArn"]
+        if created != arn:
+            raise ConfigError([f"alerts.sns_topic_arn: {arn} is not in this account/region"])
+        self.report.add(f"topic {arn}", True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -315,3 +315,43 @@ def test_a_rejected_configuration_is_reported_once_per_hour(aws, topic, tmp_path
     assert len(messages) == 2
     assert messages[0]["MessageAttributes"]["kind"]["Value"] == AlertKind.CONFIG_REJECTED.value
     assert "not a queue URL" in messages[0]["Message"]
+
+
+def test_bootstrap_creates_the_alert_topic_once(aws, backup_root):
+    from agent.bootstrap import Bootstrap
+
+    arn = "arn:aws:sns:us-east-1:123456789012:backup-alerts"
+    config = make_config(backup_root, alerts={"sns_topic_arn": arn})
+    first = Bootstrap(config, aws).run()
+    again = Bootstrap(config, aws).run()
+    assert f"topic {arn}" in first.created and f"topic {arn}" in again.existing
+    topics = aws.session.client("sns").list_topics()["Topics"]
+    assert topics == [{"TopicArn": arn}]
+
+
+def test_the_daily_digest_is_an_email_with_the_days_figures(aws, backup_root, topic):
+    from agent.monitoring import Monitoring
+
+    ses = aws.session.client("ses")
+    ses.verify_email_identity(EmailAddress=SENDER)
+    config = make_config(
+        backup_root,
+        alerts={
+            "sns_topic_arn": topic[0],
+            "digest": True,
+            "email": {"sender": SENDER, "recipients": [OPS]},
+        },
+        metrics={"instance_id": "i-0digest", "prometheus": None},
+    )
+    stats = Stats()
+    monitoring = Monitoring(config, aws, stats, disk=usage_87)
+    assert monitoring.jobs.record("digest").schedule.cron == "0 8 * * *"
+    stats.record_success("stored", 5000, 1000, 1.0)
+    stats.record_failure("RetryableError")
+    assert monitoring.jobs.run_now("digest")
+    monitoring.alerts.stop()
+    (email,) = sent_emails()
+    assert email.subject == "[backup-agent] Daily backup digest on i-0digest"
+    assert "1 backups, 5000 bytes, 1 failed attempts" in email.body
+    assert "<th>free_bytes</th><td>130</td>" in email.body
+    assert inbox_messages(aws, topic[1]) == []  # the digest is not an SNS alert
