@@ -170,7 +170,6 @@ class Bootstrap:
         db.get_waiter("table_exists").wait(TableName=name)
         self.report.add(f"table {name}", True)
 
-
     def ensure_topic(self, arn: str) -> None:
         """The alert topic named by alerts.sns_topic_arn (subscribing people is up to you)."""
         sns = self.clients.client("sns")

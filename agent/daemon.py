@@ -1,9 +1,11 @@
 """The long-running agent: wires config, clients, volume, ledger and consumer together.
 
-Start order: volume ready (marker checked, temp files removed) → consumer → READY=1.
+Start order: volume ready (marker checked, temp files removed) → monitoring (alerts,
+Prometheus, scheduled jobs) → consumer → READY=1.
 Stop order (SIGTERM/SIGINT): stop receiving → drain in-flight work until the deadline →
-release unfinished messages → exit 0. A second signal exits at once (nothing is lost:
-undeleted messages simply become visible again).
+release unfinished messages → stop jobs, flush metrics and pending alerts → exit 0.
+A second signal exits at once (nothing is lost: undeleted messages simply become visible
+again). Stopping on an unexpected error alerts first, then stops in the same order.
 """
 
 from __future__ import annotations

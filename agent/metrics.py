@@ -152,6 +152,7 @@ class Sampler:
         self.counters = counters
         self.clock = clock
         self._previous: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def totals(self) -> dict[str, int]:
         stats = self.stats.snapshot()
@@ -170,6 +171,11 @@ class Sampler:
         return max(0.0, now - since)
 
     def sample(self) -> list[Datapoint]:
+        """Datapoints since the previous sample (one caller at a time)."""
+        with self._lock:
+            return self._sample()
+
+    def _sample(self) -> list[Datapoint]:
         now = self.clock()
         stamp = datetime.fromtimestamp(now, UTC)
         points = []

@@ -206,7 +206,7 @@ class Monitoring:
 
     def stop(self) -> None:
         """After the consumer drained: last datapoints out, pending alerts sent."""
-        self.jobs.stop(wait=True)
+        self.jobs.stop(wait=False)  # a job stuck on a slow AWS call must not hold up exit
         if self.publisher is not None:
             self.publisher.add(self.sampler.sample())
             flusher = threading.Thread(
