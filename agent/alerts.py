@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import botocore.exceptions
 import structlog
 
 from agent.aws import error_code
@@ -365,7 +364,7 @@ class AlertDispatcher:
                 continue
             try:
                 channel.send(notice, message)
-            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the delivery thread must outlive any failure
                 self.delivery_failures[channel.name] += 1
                 if channel.name not in self._failing:
                     self._failing.add(channel.name)

@@ -133,6 +133,7 @@ def _alert_rejected_config(path: Path, problems: list[str]) -> None:
     """Best effort: the agent cannot start, so tell the operator through the alert channels."""
     from agent.alerts import report_rejected_config
 
+    logs.configure()  # the config's own logging settings are not usable
     try:
         report_rejected_config(path, problems)
     except Exception as exc:  # noqa: BLE001 - the exit code and stderr already say it

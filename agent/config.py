@@ -122,7 +122,7 @@ class MetricsConfig(Section):
 
 class EmailConfig(Section):
     sender: str = Field(min_length=3)
-    recipients: list[str] = Field(min_length=1)
+    recipients: list[str] = Field(min_length=1, max_length=50)  # SES: 50 per message
 
 
 class AlertsConfig(Section):

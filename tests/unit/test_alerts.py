@@ -181,3 +181,22 @@ def test_without_channels_alerts_are_dropped_quietly():
     dispatcher.submit(failure(1))
     dispatcher.stop()
     assert not dispatcher.enabled and dispatcher.sent == {}
+
+
+class Crashing(Broken):
+    name = "email"
+
+    def send(self, notice, message) -> None:
+        self.calls += 1
+        raise KeyError("template")
+
+
+def test_an_unexpected_channel_error_does_not_stop_delivery_to_other_channels():
+    crashing, recorder = Crashing(), Recorder()
+    dispatcher = AlertDispatcher([crashing, recorder], window_seconds=300, tick_seconds=0.01)
+    dispatcher.start()
+    dispatcher.submit(failure(1))
+    dispatcher.submit(Alert(AlertKind.DISK_SPACE_LOW, key="/mnt", summary="90% used"))
+    dispatcher.stop()
+    assert crashing.calls == 2
+    assert [n.kind for n in recorder.notices] == [AlertKind.BACKUP_FAILED, AlertKind.DISK_SPACE_LOW]
