@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -169,3 +170,64 @@ def test_the_queue_job_alerts_when_the_dead_letter_queue_grows(aws, monitored_co
     assert gauge.labels("main", "visible")._value.get() == 1
     (message,) = inbox_messages(aws, inbox)
     assert "1 message(s) moved to the dead-letter queue" in message["Message"]
+
+
+def test_backups_go_on_while_cloudwatch_and_sns_hang(aws, backup_root, volume, topic):  # noqa: F811
+    config = make_config(
+        backup_root,
+        metrics={"instance_id": INSTANCE, "prometheus": None},
+        alerts={"sns_topic_arn": topic[0], "disk_used_percent": 0.001},  # alerts at once
+        schedules={"metrics": 0.1, "disk": 0.1},
+    )
+    gate = threading.Event()
+    hung: set[str] = set()
+
+    def hang(request, **_):
+        hung.add(request.url)
+        gate.wait(30)  # an AWS endpoint that does not answer
+
+    aws.session.events.register("before-send.cloudwatch.PutMetricData", hang)
+    aws.session.events.register("before-send.sns.Publish", hang)
+    daemon = Daemon(config, aws)
+    daemon.start(volume.open())
+    try:
+        wait_until(lambda: len(hung) == 2)  # both the metrics job and the alert thread stuck
+        for n in range(3):
+            aws.s3.put_object(Bucket=BUCKET, Key=f"k{n}.txt", Body=b"data %d" % n)
+        wait_until(lambda: daemon.stats.backups_succeeded == 3)
+    finally:
+        gate.set()
+        daemon.stop()
+    assert daemon.stats.backups_failed == 0
+
+
+def test_a_cloudwatch_outage_is_logged_once_and_the_datapoints_arrive_later(aws):
+    import botocore.config
+    from structlog.testing import capture_logs
+
+    from agent.metrics import CloudWatchPublisher, Datapoint
+
+    cloudwatch = aws.session.client(
+        "cloudwatch", config=botocore.config.Config(retries={"max_attempts": 1})
+    )
+    down = [True]
+
+    def unavailable(**_):
+        if down[0]:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://monitoring")
+
+    cloudwatch.meta.events.register("before-send.cloudwatch.PutMetricData", unavailable)
+    publisher = CloudWatchPublisher(cloudwatch, "BackupAgent", {"InstanceId": INSTANCE})
+    now = datetime.now(UTC)
+    with capture_logs() as logs:
+        for minute in range(5):
+            publisher.add(
+                [Datapoint("BackupsSucceeded", 1.0, "Count", now - timedelta(minutes=minute))]
+            )
+            publisher.flush()
+        down[0] = False
+        publisher.flush()
+    events = [e["event"] for e in logs]
+    assert events.count("metrics.publish_failed") == 1
+    assert events.count("metrics.publish_recovered") == 1
+    assert cloudwatch_sum(aws, "BackupsSucceeded", [{"Name": "InstanceId", "Value": INSTANCE}]) == 5
