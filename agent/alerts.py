@@ -312,6 +312,10 @@ class AlertDispatcher:
         if self.channels:
             self._outbox.put(notice)
 
+    def sent_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.sent)
+
     def suppressed(self) -> dict[str, int]:
         with self._lock:
             return dict(self.limiter.suppressed)
@@ -380,7 +384,8 @@ class AlertDispatcher:
             if channel.name in self._failing:
                 self._failing.discard(channel.name)
                 log.info("alert.delivery_recovered", channel=channel.name)
-            self.sent[notice.kind.value] += 1
+            with self._lock:
+                self.sent[notice.kind.value] += 1
             log.info(
                 "alert.sent",
                 channel=channel.name,

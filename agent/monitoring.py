@@ -172,7 +172,7 @@ class Monitoring:
                 workers_busy=workers_busy,
                 jobs=self.jobs.records,
                 counters=self.totals,
-                alerts_sent=lambda: dict(self.alerts.sent),
+                alerts_sent=self.alerts.sent_counts,
                 alerts_suppressed=self.alerts.suppressed,
                 clock=clock,
             )
