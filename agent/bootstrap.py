@@ -78,26 +78,12 @@ class Bootstrap:
         return self.report
 
     def ensure_alerting(self) -> None:
-        """Forward-compatible: reads the alerts section by name when the config has one."""
-        alerts = getattr(self.config, "alerts", None)
-        topic_arn = getattr(alerts, "sns_topic_arn", None)
-        sender = getattr(getattr(alerts, "email", None), "sender", None)
-        if topic_arn:
-            self.ensure_topic(topic_arn)
-        if sender:
-            self.ensure_email_identity(sender)
-
-    def ensure_topic(self, topic_arn: str) -> None:
-        sns = self.clients.client("sns")
-        try:
-            sns.get_topic_attributes(TopicArn=topic_arn)
-            self.report.add(f"topic {topic_arn}", False)
-            return
-        except botocore.exceptions.ClientError as exc:
-            if error_code(exc) not in {"NotFound", "NotFoundException"}:
-                raise
-        created = sns.create_topic(Name=topic_arn.rsplit(":", 1)[-1])["TopicArn"]
-        self.report.add(f"topic {created}", True)
+        """The SNS topic and the SES sender identity, when the alerts section names them."""
+        alerts = self.config.alerts
+        if alerts.sns_topic_arn:
+            self.ensure_topic(alerts.sns_topic_arn)
+        if alerts.email is not None:
+            self.ensure_email_identity(alerts.email.sender)
 
     def ensure_email_identity(self, sender: str) -> None:
         ses = self.clients.client("ses")
@@ -202,6 +188,21 @@ class Bootstrap:
         db.create_table(**table_definition(name))
         db.get_waiter("table_exists").wait(TableName=name)
         self.report.add(f"table {name}", True)
+
+    def ensure_topic(self, arn: str) -> None:
+        """The alert topic named by alerts.sns_topic_arn (subscribing people is up to you)."""
+        sns = self.clients.client("sns")
+        try:
+            sns.get_topic_attributes(TopicArn=arn)
+            self.report.add(f"topic {arn}", False)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in ("NotFound", "NotFoundException"):
+                raise
+        created = sns.create_topic(Name=arn.rsplit(":", 1)[-1])["TopicArn"]
+        if created != arn:
+            raise ConfigError([f"alerts.sns_topic_arn: {arn} is not in this account/region"])
+        self.report.add(f"topic {arn}", True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

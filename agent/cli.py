@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path)
     except ConfigError as exc:
         _print_problems(path, exc.problems)
+        if args.handler is cmd_run:
+            _alert_rejected_config(path, exc.problems)
         return EXIT_CONFIG
     logs.configure(config.logging.level, config.logging.format)
     args.config_path = path
@@ -96,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out s3:PutObject (restores to S3 run with other credentials)",
     )
+    alarms = command("alarms", cmd_alarms, "Create or update the CloudWatch alarms (idempotent).")
+    alarms.add_argument("--dry-run", action="store_true", help="show the changes, make none")
+    dashboard = command(
+        "dashboard", cmd_dashboard, "Create or update the CloudWatch dashboard (idempotent)."
+    )
+    dashboard.add_argument("--dry-run", action="store_true", help="show the change, make none")
     return parser
 
 
@@ -203,6 +211,37 @@ def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
         document = policy_document(config, restore_to_s3=not args.without_restore)
     print(json.dumps(document, indent=2))
     return EXIT_OK
+
+
+def cmd_alarms(args: argparse.Namespace, config: Config) -> int:
+    from agent import alarms
+    from agent.aws import build_clients
+    from agent.metrics import resolve_dimensions
+
+    cloudwatch = build_clients(config).client("cloudwatch")
+    return alarms.run(config, cloudwatch, resolve_dimensions(config), args.dry_run)
+
+
+def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.dashboard import Dashboard
+    from agent.metrics import resolve_dimensions
+
+    board = Dashboard(build_clients(config).client("cloudwatch"), config)
+    action = board.apply(resolve_dimensions(config), dry_run=args.dry_run)
+    print(f"{action:<16} dashboard {board.name}")
+    return EXIT_OK
+
+
+def _alert_rejected_config(path: Path, problems: list[str]) -> None:
+    """Best effort: the agent cannot start, so tell the operator through the alert channels."""
+    from agent.alerts import report_rejected_config
+
+    logs.configure()  # the config's own logging settings are not usable
+    try:
+        report_rejected_config(path, problems)
+    except Exception as exc:  # noqa: BLE001 - the exit code and stderr already say it
+        log.debug("alert.config_rejected_failed", error=str(exc))
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:

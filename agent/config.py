@@ -21,6 +21,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from agent.errors import ConfigError
@@ -139,15 +140,44 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
-Schedule = Annotated[
-    str | None, Field(default=None, description="cron expression; null: not scheduled")
-]
+
+
+class Schedule(Section):
+    """When a job runs: `every` N seconds or a crontab line (UTC by default)."""
+
+    every: float | None = Field(default=None, gt=0)
+    cron: str | None = None
+    timezone: str = "UTC"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return {"every": value}
+        if isinstance(value, str):
+            return {"cron": value}
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of every (seconds) or cron")
+        if self.cron is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+            except (ValueError, LookupError) as exc:
+                raise ValueError(f"cron {self.cron!r}: {exc}") from None
+        return self
 
 
 class ReconcileConfig(Section):
     """Backfill: list the buckets and back up what the ledger lacks (agent/reconcile.py)."""
 
-    schedule: Schedule = None
+    schedule: Schedule | None = Field(
+        default=None, description="cron line or seconds; null: on demand only"
+    )
     objects_per_second: float = Field(default=20.0, gt=0)
     checkpoint_every: int = Field(default=100, ge=1)
     include_noncurrent: bool = True
@@ -156,7 +186,9 @@ class ReconcileConfig(Section):
 class RetentionConfig(Section):
     """Which recorded versions to keep (agent/retention.py). Unset rules keep everything."""
 
-    schedule: Schedule = None
+    schedule: Schedule | None = Field(
+        default=None, description="cron line or seconds; null: on demand only"
+    )
     keep_last_versions: int | None = Field(default=None, ge=1)
     keep_younger_than: Duration | None = None
     keep_deleted_days: float | None = Field(default=None, ge=0)
@@ -165,17 +197,91 @@ class RetentionConfig(Section):
 class GcConfig(Section):
     """Remove copies no record references (agent/gc.py)."""
 
-    schedule: Schedule = None
+    schedule: Schedule | None = Field(
+        default=None, description="cron line or seconds; null: on demand only"
+    )
     grace_period: Duration = timedelta(hours=24)
 
 
 class ScrubConfig(Section):
     """Re-read and verify stored copies (agent/scrub.py)."""
 
-    schedule: Schedule = None
+    schedule: Schedule | None = Field(
+        default=None, description="cron line or seconds; null: on demand only"
+    )
     cycle_days: float = Field(default=30.0, gt=0)
     share_per_run: float | None = Field(
         default=None, gt=0, le=1, description="fraction per run; default 1/cycle_days (daily)"
+    )
+
+
+class MetricsConfig(Section):
+    namespace: str = Field(default="BackupAgent", min_length=1, max_length=255)
+    prometheus: str | None = Field(
+        default="127.0.0.1:9108", description="HOST:PORT of the Prometheus endpoint; null = off."
+    )
+    cloudwatch: bool = True
+    instance_id: str | None = Field(
+        default=None, description="InstanceId dimension; default: IMDSv2, then the hostname."
+    )
+    volume: str | None = Field(
+        default=None, description="Volume dimension; default: storage.root as a string."
+    )
+    extra_dimensions: dict[str, str] = Field(default_factory=dict, max_length=8)
+    imds_timeout: float = Field(default=1.0, gt=0, le=10)
+    buffer_size: int = Field(default=20_000, ge=100)
+    dashboard: str = Field(default="backup-agent", min_length=1, max_length=255)
+
+    @field_validator("prometheus")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT (127.0.0.1:9108), or null to turn off")
+        return value
+
+
+class EmailConfig(Section):
+    sender: str = Field(min_length=3)
+    recipients: list[str] = Field(min_length=1, max_length=50)  # SES: 50 per message
+
+
+class AlertsConfig(Section):
+    sns_topic_arn: str | None = None
+    email: EmailConfig | None = None
+    disk_used_percent: float = Field(default=85.0, gt=0, lt=100)
+    disk_recovery_margin: float = Field(
+        default=5.0, ge=0, lt=100, description="Recovered when used % < threshold - margin."
+    )
+    window_seconds: float = Field(
+        default=300.0, ge=1, description="At most one alert per kind per window; the rest summed."
+    )
+    max_examples: int = Field(default=5, ge=1, le=50)
+    digest: bool = Field(default=False, description="Send a daily digest email.")
+
+    @field_validator("sns_topic_arn")
+    @classmethod
+    def _topic_arn(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("arn:"):
+            raise ValueError(f"{value!r} is not an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)")
+        return value
+
+
+class AlarmsConfig(Section):
+    name_prefix: str = Field(default="backup-agent", min_length=1, max_length=100)
+    disk_used_percent: float | None = Field(
+        default=None, gt=0, lt=100, description="Default: alerts.disk_used_percent."
+    )
+    disk_periods: int = Field(default=2, ge=1, le=100)
+    period_seconds: int = Field(default=300, ge=60)
+    no_backup_hours: float = Field(default=24.0, gt=0)
+    failed_backups: int = Field(
+        default=0, ge=0, description="Alarm when more failures than this in one period."
+    )
+    dead_letter_messages: int = Field(
+        default=0, ge=0, description="Alarm when the DLQ holds more messages than this."
     )
 
 
@@ -191,6 +297,12 @@ class Config(Section):
     retention: RetentionConfig = RetentionConfig()
     gc: GcConfig = GcConfig()
     scrub: ScrubConfig = ScrubConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
+    schedules: dict[str, Schedule | None] = Field(
+        default_factory=dict, description="Job name → schedule; null turns the job off."
+    )
 
     @field_validator("buckets")
     @classmethod

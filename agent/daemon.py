@@ -1,9 +1,11 @@
 """The long-running agent: wires config, clients, volume, ledger and consumer together.
 
-Start order: volume ready (marker checked, temp files removed) → consumer → READY=1.
+Start order: volume ready (marker checked, temp files removed) → monitoring (alerts,
+Prometheus, scheduled jobs) → consumer → READY=1.
 Stop order (SIGTERM/SIGINT): stop receiving → drain in-flight work until the deadline →
-release unfinished messages → exit 0. A second signal exits at once (nothing is lost:
-undeleted messages simply become visible again).
+release unfinished messages → stop jobs, flush metrics and pending alerts → exit 0.
+A second signal exits at once (nothing is lost: undeleted messages simply become visible
+again). Stopping on an unexpected error alerts first, then stops in the same order.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import structlog
 
 from agent import logs
+from agent.alerts import integrity_failure
 from agent.aws import Clients
 from agent.backup import BackupService
 from agent.config import Config
@@ -26,6 +29,7 @@ from agent.consumer import Consumer, ConsumerSettings
 from agent.errors import VolumeNotReady
 from agent.journal import Journal
 from agent.ledger import Ledger
+from agent.monitoring import Monitoring
 from agent.notify import Notifier
 from agent.reload import ConfigReloader
 from agent.stats import Stats
@@ -69,6 +73,7 @@ class Daemon:
         config_path: Path | None = None,
         notifier: Notifier | None = None,
         alert: Callable[[str, str], None] | None = None,
+        monitoring: Monitoring | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -80,7 +85,8 @@ class Daemon:
         self._signals = 0
         self.consumer: Consumer | None = None
         self.service: BackupService | None = None
-        self.alert = alert
+        self.monitoring = monitoring
+        self._alert_hook = alert
         self.reloader: ConfigReloader | None = None
         if config_path is not None:
             self.reloader = ConfigReloader(config_path, config, on_rejected=self._config_rejected)
@@ -90,10 +96,17 @@ class Daemon:
 
     def run(self) -> int:
         self.install_signal_handlers()
+        if self.monitoring is None:
+            self.monitoring = self.build_monitoring()
+        self.monitoring.alerts.start()  # a volume that never mounts must still alert
         marker = self.wait_for_volume()
         if marker is None:
             return 0  # stopped before the volume was ready
-        self.start(marker)
+        try:
+            self.start(marker)
+        except Exception as exc:
+            self._stopped_on_error(exc)
+            raise
         self.notifier.ready(self.stats.status_line())
         log.info(
             "agent.started",
@@ -109,8 +122,12 @@ class Daemon:
             target=self.check_volume_encryption, name="encryption-check", daemon=True
         ).start()
         interval = self.notifier.ping_interval(MAIN_LOOP_SECONDS)
-        while not self.stopping.wait(interval):
-            self.notifier.watchdog(self.stats.status_line())
+        try:
+            while not self.stopping.wait(interval):
+                self.notifier.watchdog(self.stats.status_line())
+        except Exception as exc:
+            self._stopped_on_error(exc)
+            raise
         self.stop()
         return 0
 
@@ -125,10 +142,80 @@ class Daemon:
             compression=compression_settings(self.config),
             expected_bucket_owner=self.config.aws.expected_bucket_owner,
         )
+        if self.monitoring is None:
+            self.monitoring = self.build_monitoring()
+        self.register_lifecycle_jobs(marker)
+        self.monitoring.start()
         self.consumer = Consumer(
-            self.clients.sqs, self.service.process, consumer_settings(self.config), stats=self.stats
+            self.clients.sqs,
+            self.monitoring.observe(self.service.process),
+            consumer_settings(self.config),
+            stats=self.stats,
+            on_gave_up=self.monitoring.on_gave_up,
         )
         self.consumer.start()
+
+    def build_monitoring(self) -> Monitoring:
+        return Monitoring(
+            self.config,
+            self.clients,
+            self.stats,
+            workers=lambda: self.config.consumer.workers,
+            workers_busy=lambda: self.consumer.in_flight() if self.consumer else 0,
+        )
+
+    def register_lifecycle_jobs(self, marker: VolumeMarker) -> None:
+        """Reconcile, retention, gc and scrub run on the scheduler when a schedule is set.
+
+        They share the daemon's BackupService (its per-version locks) and Stats.
+        """
+        from agent.gc import GarbageCollector
+        from agent.lifecycle import LifecycleContext
+        from agent.reconcile import Reconciler
+        from agent.retention import Retention
+        from agent.scrub import Scrubber
+
+        assert self.service is not None and self.monitoring is not None
+        ctx = LifecycleContext(
+            config=self.config,
+            clients=self.clients,
+            volume=self.volume,
+            volume_id=marker.volume_id,
+            journal=self.service.journal,
+            ledger=self.service.ledger,
+            service=self.service,
+            stats=self.stats,
+        )
+        jobs = {
+            "reconcile": (
+                self.config.reconcile.schedule,
+                lambda: Reconciler.from_context(ctx, stop=self.stopping).run_once(),
+            ),
+            "retention": (
+                self.config.retention.schedule,
+                lambda: Retention.from_context(ctx).run_once(),
+            ),
+            "gc": (self.config.gc.schedule, lambda: GarbageCollector.from_context(ctx).run_once()),
+            "scrub": (
+                self.config.scrub.schedule,
+                lambda: Scrubber.from_context(ctx, on_alert=self._scrub_alert).run_once(),
+            ),
+        }
+        for name, (schedule, run) in jobs.items():
+            if schedule is not None:
+                self.monitoring.jobs.register(name, run, schedule)
+
+    def _scrub_alert(self, event: str, details: dict[str, Any]) -> None:
+        if self.monitoring is not None:
+            where = str(details.get("sha256") or details.get("key") or event)
+            self.monitoring.alerts.submit(integrity_failure(where, f"{event}: {details}"))
+
+    def alert(self, subject: str, detail: str) -> None:
+        """Operational alerts (volume not ready or unencrypted, rejected edits)."""
+        if self._alert_hook is not None:
+            self._alert_hook(subject, detail)
+        if self.monitoring is not None:
+            self.monitoring.alert(subject, detail)
 
     def stop(self) -> None:
         self.notifier.stopping()
@@ -136,7 +223,19 @@ class Daemon:
             self.reloader.stop()
         if self.consumer is not None:
             self.consumer.stop(self.config.consumer.drain_timeout)
+        if self.monitoring is not None:
+            self.monitoring.stop()  # after the drain: the last figures and alerts go out
         log.info("agent.stopped", status=self.stats.status_line())
+
+    def _stopped_on_error(self, error: Exception) -> None:
+        """Alert, then stop in order; the caller re-raises (systemd restarts the unit)."""
+        log.error("agent.failed", error=str(error), error_type=type(error).__name__)
+        if self.monitoring is not None:
+            self.monitoring.agent_failed(error)
+        try:
+            self.stop()
+        except Exception:
+            log.exception("agent.stop_failed")
 
     def wait_for_volume(self) -> VolumeMarker | None:
         """Retry until the volume is mounted and marked; report, never crash-loop."""
@@ -150,6 +249,7 @@ class Daemon:
                         "volume.not_ready", reason=str(exc), retry_seconds=VOLUME_RETRY_SECONDS
                     )
                     self.notifier.status(f"waiting for backup volume: {exc}")
+                    self.alert("backup volume not ready", str(exc))
                     reported = str(exc)
                 self.stopping.wait(self.notifier.ping_interval(VOLUME_RETRY_SECONDS))
                 self.notifier.watchdog()
@@ -175,8 +275,10 @@ class Daemon:
             self.service.compression = compression_settings(new)
 
     def _config_rejected(self, problems: list[str]) -> None:
-        if self.alert is not None:
-            self.alert("configuration edit rejected", "; ".join(problems))
+        if self._alert_hook is not None:
+            self._alert_hook("configuration edit rejected", "; ".join(problems))
+        if self.monitoring is not None:
+            self.monitoring.config_rejected(str(self.config_path), problems)
 
     def check_volume_encryption(self) -> None:
         from agent.encryption import check_at_startup

@@ -55,3 +55,19 @@ class Stats:
                 f"backed up {self.backups_succeeded}, failed {self.backups_failed},"
                 f" in flight {self.messages_in_flight}"
             )
+
+    def snapshot(self) -> Stats:
+        """A consistent copy for readers on other threads (metrics, digest)."""
+        with self._lock:
+            return Stats(
+                started_at=self.started_at,
+                backups_succeeded=self.backups_succeeded,
+                backups_failed=self.backups_failed,
+                bytes_backed_up=self.bytes_backed_up,
+                bytes_stored=self.bytes_stored,
+                last_success_at=self.last_success_at,
+                last_lag_seconds=self.last_lag_seconds,
+                messages_in_flight=self.messages_in_flight,
+                outcomes=Counter(self.outcomes),
+                failures=Counter(self.failures),
+            )

@@ -1,0 +1,233 @@
+"""Monitoring wired into the daemon and the consumer, against in-process moto."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent.consumer import Consumer
+from agent.daemon import Daemon, consumer_settings
+from agent.errors import IntegrityError
+from agent.events import parse_message
+from agent.ledger import Ledger
+from agent.monitoring import Monitoring
+from agent.stats import Stats
+from tests.conftest import BUCKET, QUEUE_URL, TABLE, make_config
+from tests.functional.test_monitoring_aws import inbox_messages, topic  # noqa: F401 - fixture
+
+INSTANCE = "i-0daemon"
+
+
+def wait_until(condition, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def monitored_config(backup_root, topic):  # noqa: F811
+    return make_config(
+        backup_root,
+        metrics={"instance_id": INSTANCE, "prometheus": "127.0.0.1:0"},
+        alerts={"sns_topic_arn": topic[0]},
+    )
+
+
+def cloudwatch_sum(aws, name: str, dimensions: list[dict]) -> float:
+    now = datetime.now(UTC)
+    points = aws.session.client("cloudwatch").get_metric_statistics(
+        Namespace="BackupAgent",
+        MetricName=name,
+        Dimensions=dimensions,
+        StartTime=now - timedelta(minutes=10),
+        EndTime=now + timedelta(minutes=10),
+        Period=60,
+        Statistics=["Sum"],
+    )["Datapoints"]
+    return sum(p["Sum"] for p in points)
+
+
+def test_the_daemon_serves_prometheus_and_flushes_metrics_on_stop(aws, monitored_config, volume):
+    daemon = Daemon(monitored_config, aws)
+    daemon.start(volume.open())
+    try:
+        aws.s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"hello " * 100)
+        ledger = Ledger(aws.dynamodb, TABLE)
+        wait_until(lambda: ledger.latest(BUCKET, "a.txt") is not None)
+        wait_until(lambda: daemon.stats.backups_succeeded == 1)
+        port = daemon.monitoring.prometheus_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    finally:
+        daemon.stop()
+    assert families["backup_agent_backup_lag_seconds"].samples
+    assert families["backup_agent_workers"].samples[0].value == 2
+    dims = [
+        {"Name": "InstanceId", "Value": INSTANCE},
+        {"Name": "Volume", "Value": str(volume.root)},
+    ]
+    listed = aws.session.client("cloudwatch").list_metrics(Namespace="BackupAgent")["Metrics"]
+    assert all(m["Dimensions"] == dims for m in listed)
+    assert cloudwatch_sum(aws, "BackupsSucceeded", dims) == 1  # sent by the flush on stop
+    assert cloudwatch_sum(aws, "BytesBackedUp", dims) == 600
+
+
+def test_a_message_given_up_on_alerts_through_sns(aws, monitored_config, topic):  # noqa: F811
+    _, inbox = topic
+    monitoring = Monitoring(monitored_config, aws, stats=Stats())
+    monitoring.alerts.start()
+
+    def refuse(event):
+        from agent.errors import PermanentError
+
+        raise PermanentError(f"bucket {event.bucket!r} is not in the configured buckets")
+
+    settings = consumer_settings(monitored_config)
+    settings = type(settings)(**{**settings.__dict__, "max_receive_count": 1})
+    consumer = Consumer(
+        aws.sqs, monitoring.observe(refuse), settings, on_gave_up=monitoring.on_gave_up
+    )
+    aws.s3.put_object(Bucket=BUCKET, Key="x.bin", Body=b"x")
+    consumer.start()
+    try:
+        wait_until(lambda: monitoring.totals()["BackupsGaveUp"] == 1)
+    finally:
+        consumer.stop(5)
+        monitoring.alerts.stop()
+    (message,) = inbox_messages(aws, inbox)
+    assert message["Subject"] == f"[backup-agent] Backup failed for good on {INSTANCE}"
+    assert "is not in the configured buckets" in message["Message"]
+
+
+def test_an_integrity_failure_alerts_and_still_fails_the_backup(aws, monitored_config, topic):  # noqa: F811
+    _, inbox = topic
+    monitoring = Monitoring(monitored_config, aws, stats=Stats())
+
+    def corrupt(event):
+        raise IntegrityError("MD5 0000 does not match eTag 1111")
+
+    body = json.dumps(
+        {
+            "Records": [
+                {
+                    "eventVersion": "2.1",
+                    "eventSource": "aws:s3",
+                    "awsRegion": "us-east-1",
+                    "eventTime": "2026-01-01T00:00:00.000Z",
+                    "eventName": "ObjectCreated:Put",
+                    "s3": {
+                        "bucket": {"name": BUCKET},
+                        "object": {"key": "b.txt", "size": 1, "eTag": "1111"},
+                    },
+                }
+            ]
+        }
+    )
+    (event,) = parse_message(body).events
+    with pytest.raises(IntegrityError):
+        monitoring.observe(corrupt)(event)
+    monitoring.alerts.stop()
+    (message,) = inbox_messages(aws, inbox)
+    assert message["MessageAttributes"]["kind"]["Value"] == "integrity_failure"
+    assert f"s3://{BUCKET}/b.txt: MD5 0000 does not match" in message["Message"]
+
+
+def test_the_agent_stopping_on_an_error_alerts(aws, monitored_config, volume, topic, monkeypatch):  # noqa: F811
+    _, inbox = topic
+    daemon = Daemon(monitored_config, aws)
+    monkeypatch.setattr(daemon, "install_signal_handlers", lambda: None)
+
+    def broken_start(self):
+        raise OSError("receiver thread could not start")
+
+    monkeypatch.setattr(Consumer, "start", broken_start)
+    with pytest.raises(OSError):
+        daemon.run()
+    (message,) = inbox_messages(aws, inbox)
+    assert message["Subject"] == f"[backup-agent] Backup agent stopped on an error on {INSTANCE}"
+    assert "OSError: receiver thread could not start" in message["Message"]
+
+
+def test_the_queue_job_alerts_when_the_dead_letter_queue_grows(aws, monitored_config, topic):  # noqa: F811
+    _, inbox = topic
+    monitoring = Monitoring(monitored_config, aws, stats=Stats())
+    dlq = aws.sqs.get_queue_url(QueueName="backup-events-dlq")["QueueUrl"]
+    monitoring.sample_queues()  # the baseline
+    aws.sqs.send_message(QueueUrl=dlq, MessageBody="{}")
+    aws.sqs.send_message(QueueUrl=QUEUE_URL, MessageBody="{}")
+    monitoring.sample_queues()
+    monitoring.alerts.stop()
+    gauge = monitoring.prometheus.queue_messages
+    assert gauge.labels("dead_letter", "visible")._value.get() == 1
+    assert gauge.labels("main", "visible")._value.get() == 1
+    (message,) = inbox_messages(aws, inbox)
+    assert "1 message(s) moved to the dead-letter queue" in message["Message"]
+
+
+def test_backups_go_on_while_cloudwatch_and_sns_hang(aws, backup_root, volume, topic):  # noqa: F811
+    config = make_config(
+        backup_root,
+        metrics={"instance_id": INSTANCE, "prometheus": None},
+        alerts={"sns_topic_arn": topic[0], "disk_used_percent": 0.001},  # alerts at once
+        schedules={"metrics": 0.1, "disk": 0.1},
+    )
+    gate = threading.Event()
+    hung: set[str] = set()
+
+    def hang(request, **_):
+        hung.add(request.url)
+        gate.wait(30)  # an AWS endpoint that does not answer
+
+    aws.session.events.register("before-send.cloudwatch.PutMetricData", hang)
+    aws.session.events.register("before-send.sns.Publish", hang)
+    daemon = Daemon(config, aws)
+    daemon.start(volume.open())
+    try:
+        wait_until(lambda: len(hung) == 2)  # both the metrics job and the alert thread stuck
+        for n in range(3):
+            aws.s3.put_object(Bucket=BUCKET, Key=f"k{n}.txt", Body=b"data %d" % n)
+        wait_until(lambda: daemon.stats.backups_succeeded == 3)
+    finally:
+        gate.set()
+        daemon.stop()
+    assert daemon.stats.backups_failed == 0
+
+
+def test_a_cloudwatch_outage_is_logged_once_and_the_datapoints_arrive_later(aws):
+    import botocore.config
+    from structlog.testing import capture_logs
+
+    from agent.metrics import CloudWatchPublisher, Datapoint
+
+    cloudwatch = aws.session.client(
+        "cloudwatch", config=botocore.config.Config(retries={"max_attempts": 1})
+    )
+    down = [True]
+
+    def unavailable(**_):
+        if down[0]:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url="https://monitoring")
+
+    cloudwatch.meta.events.register("before-send.cloudwatch.PutMetricData", unavailable)
+    publisher = CloudWatchPublisher(cloudwatch, "BackupAgent", {"InstanceId": INSTANCE})
+    now = datetime.now(UTC)
+    with capture_logs() as logs:
+        for minute in range(5):
+            publisher.add(
+                [Datapoint("BackupsSucceeded", 1.0, "Count", now - timedelta(minutes=minute))]
+            )
+            publisher.flush()
+        down[0] = False
+        publisher.flush()
+    events = [e["event"] for e in logs]
+    assert events.count("metrics.publish_failed") == 1
+    assert events.count("metrics.publish_recovered") == 1
+    assert cloudwatch_sum(aws, "BackupsSucceeded", [{"Name": "InstanceId", "Value": INSTANCE}]) == 5

@@ -1,0 +1,106 @@
+"""The Prometheus endpoint, scraped over HTTP on loopback and parsed with prometheus-client."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
+
+from agent.jobs import JobRecord, every
+from agent.metrics import DiskUsage
+from agent.prometheus import PrometheusMetrics, Sources
+from agent.stats import Stats
+
+
+def scrape(port: int) -> dict[str, dict]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, dict] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted(sample.labels.items()))
+            samples.setdefault(sample.name, {})[labels] = sample.value
+    return samples
+
+
+@pytest.fixture
+def exporter():
+    stats = Stats(started_at=1000.0)
+    stats.record_success("stored", 2048, 512, 3.0, now=1100.0)
+    stats.record_success("deduplicated", 1024, 0, 1.0, now=1150.0)
+    stats.record_failure("PermanentError")
+    stats.set_in_flight(3)
+    job = JobRecord("metrics", every(60), runs=5, failures=2, last_duration=0.25)
+    metrics = PrometheusMetrics(
+        Sources(
+            stats=stats,
+            root=Path("/mnt/backups"),
+            disk=lambda root: DiskUsage(1000, 600, 400, 60.0),
+            workers=lambda: 4,
+            workers_busy=lambda: 3,
+            jobs=lambda: [job],
+            counters=lambda: {"BackupsGaveUp": 7},
+            alerts_sent=lambda: {"backup_failed": 2},
+            alerts_suppressed=lambda: {"backup_failed": 98},
+            clock=lambda: 1200.0,
+        )
+    )
+    metrics.lag.observe(3.0)
+    metrics.lag.observe(1.0)
+    metrics.object_bytes.observe(2048)
+    metrics.queue_messages.labels("dead_letter", "visible").set(4)
+    port = metrics.serve("127.0.0.1:0")
+    assert port
+    yield metrics, port
+    metrics.close()
+
+
+def test_the_endpoint_serves_counters_gauges_and_histograms(exporter):
+    _, port = exporter
+    s = scrape(port)
+    assert s["backup_agent_backups_succeeded_total"] == {
+        (("outcome", "deduplicated"),): 1.0,
+        (("outcome", "stored"),): 1.0,
+    }
+    assert s["backup_agent_backups_failed_total"] == {(("reason", "PermanentError"),): 1.0}
+    assert s["backup_agent_bytes_backed_up_total"][()] == 3072
+    assert s["backup_agent_bytes_stored_total"][()] == 512
+    assert s["backup_agent_backups_gave_up_total"][()] == 7
+    assert s["backup_agent_seconds_since_last_backup"][()] == 50
+    assert s["backup_agent_messages_in_flight"][()] == 3
+    assert s["backup_agent_workers"][()] == 4 and s["backup_agent_workers_busy"][()] == 3
+    assert s["backup_agent_disk_used_percent"][()] == 60.0
+    assert s["backup_agent_disk_free_bytes"][()] == 400
+    assert s["backup_agent_job_runs_total"] == {(("job", "metrics"),): 5.0}
+    assert s["backup_agent_job_failures_total"] == {(("job", "metrics"),): 2.0}
+    assert s["backup_agent_alerts_suppressed_total"] == {(("kind", "backup_failed"),): 98.0}
+    assert s["backup_agent_queue_messages"] == {
+        (("queue", "dead_letter"), ("state", "visible")): 4.0
+    }
+    assert s["backup_agent_backup_lag_seconds_count"][()] == 2
+    assert s["backup_agent_backup_lag_seconds_sum"][()] == 4.0
+    assert s["backup_agent_backup_lag_seconds_bucket"][(("le", "2.0"),)] == 1
+    assert s["backup_agent_object_bytes_count"][()] == 1
+
+
+def test_several_agents_in_one_process_have_separate_registries(exporter):
+    _, port = exporter
+    other = PrometheusMetrics(Sources(stats=Stats()))
+    other_port = other.serve("127.0.0.1:0")
+    try:
+        assert scrape(other_port)["backup_agent_bytes_backed_up_total"][()] == 0
+        assert scrape(port)["backup_agent_bytes_backed_up_total"][()] == 3072
+    finally:
+        other.close()
+
+
+def test_a_busy_port_is_logged_and_does_not_raise(exporter):
+    _, port = exporter
+    second = PrometheusMetrics(Sources(stats=Stats()))
+    with capture_logs() as logs:
+        assert second.serve(f"127.0.0.1:{port}") is None
+    assert logs[0]["event"] == "prometheus.listen_failed"
+    second.close()
