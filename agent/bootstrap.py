@@ -72,6 +72,8 @@ class Bootstrap:
         for bucket in self.config.buckets:
             self.ensure_notification(bucket, queue_arn)
         self.ensure_table()
+        if self.config.restore.staging_bucket:
+            self.ensure_share_staging()
         return self.report
 
     def ensure_bucket(self, bucket: str) -> None:
@@ -167,6 +169,15 @@ class Bootstrap:
         db.create_table(**table_definition(name))
         db.get_waiter("table_exists").wait(TableName=name)
         self.report.add(f"table {name}", True)
+
+    def ensure_share_staging(self) -> None:
+        """The `share` staging bucket: encrypted, private, staged copies expire."""
+        from agent.share import ensure_staging, staging_bucket
+
+        bucket = staging_bucket(self.config.restore, self.config.buckets)
+        self.ensure_bucket(bucket)
+        for what, changed in ensure_staging(self.clients.s3, self.config.restore, bucket):
+            self.report.add(what, changed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
     init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
+    reindex = command(
+        "reindex", cmd_reindex, "Rebuild the DynamoDB table from the volume's journal."
+    )
+    reindex.add_argument(
+        "--root", metavar="MOUNT", help="read the journal of another copy of the volume"
+    )
+    reindex.add_argument("--workers", type=int, default=8, help="parallel writes (default 8)")
     return parser
 
 
@@ -98,6 +105,28 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
 
     marker = Volume(config.storage.root).initialise(args.volume_id)
     print(f"{config.storage.root}: backup volume {marker.volume_id}")
+    return EXIT_OK
+
+
+def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.journal import Journal
+    from agent.reindex import reindex
+    from agent.store import Volume
+
+    volume = Volume(Path(args.root) if args.root else config.storage.root)
+    volume.read_marker()
+    report = reindex(
+        Journal(volume.journal_dir).read_all(),
+        build_clients(config).dynamodb,
+        config.state.table,
+        workers=max(1, args.workers),
+    )
+    created = " (table created)" if report.table_created else ""
+    print(
+        f"{config.state.table}{created}: {report.records} journal records,"
+        f" {report.added} added, {report.known} already known"
+    )
     return EXIT_OK
 
 

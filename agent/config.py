@@ -85,6 +85,53 @@ class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 presigned URLs live at most 7 days
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``30m``, ``1h``, ``7d`` (or plain seconds) → seconds; ValueError otherwise."""
+    value = text.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:], 0)
+    number = value[:-1] if unit else value
+    if not number.isdigit() or int(number) <= 0:
+        raise ValueError(f"{text!r} is not a duration like 90s, 30m, 1h or 7d")
+    return int(number) * (unit or 1)
+
+
+class RestoreConfig(Section):
+    """Restores and `share`: where shared copies are staged, and for how long."""
+
+    staging_bucket: str | None = Field(
+        default=None, description="Bucket for `backup-restore share`; null disables share."
+    )
+    staging_prefix: str = "backup-agent-share/"
+    share_expiry: str = Field(
+        default="1d",
+        description="Lifetime of a shared copy: the lifecycle rule and the longest URL.",
+    )
+    workers: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("share_expiry")
+    @classmethod
+    def _expiry(cls, value: str) -> str:
+        seconds = parse_duration(value)
+        if seconds > MAX_PRESIGN_SECONDS:
+            raise ValueError(f"{value!r} is longer than 7d (the longest presigned URL)")
+        return value
+
+    @field_validator("staging_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or not value.endswith("/") or value.startswith("/"):
+            raise ValueError(f"{value!r} must be a non-empty prefix ending in '/' like 'share/'")
+        return value
+
+    @property
+    def share_expiry_seconds(self) -> int:
+        return parse_duration(self.share_expiry)
+
+
 class Config(Section):
     aws: AwsConfig = AwsConfig()
     queue: QueueConfig
@@ -93,6 +140,7 @@ class Config(Section):
     state: StateConfig
     consumer: ConsumerConfig = ConsumerConfig()
     logging: LoggingConfig = LoggingConfig()
+    restore: RestoreConfig = RestoreConfig()
 
     @field_validator("buckets")
     @classmethod
