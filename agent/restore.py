@@ -276,8 +276,7 @@ class DirectoryTarget:
 
     def __init__(self, volume: Volume, directory: Path, *, overwrite: bool = False) -> None:
         self.volume = volume
-        directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory.resolve(strict=True)
+        self.directory = directory.resolve()  # created on the first write, never by dry runs
         self.overwrite = overwrite
 
     def destination(self, item: Item) -> str:
@@ -324,6 +323,7 @@ class DirectoryTarget:
         return item.placement.parts
 
     def _make_parents(self, parts: tuple[str, ...]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
         current = self.directory
         for part in parts:
             current = current / part

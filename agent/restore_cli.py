@@ -336,7 +336,9 @@ def cmd_restore(rt: Runtime) -> int:
         raise UsageError("--bucket and --to-prefix go with --to-s3")
     bucket = rt.one_bucket()
     scope = Scope(key=args.key) if args.key else Scope(prefix=args.prefix or "")
-    selector = Selector(version=args.version, at=args.at, include_deleted=args.include_deleted)
+    # A key asked for by name is restored even when deleted in S3: that is the usual rescue.
+    include_deleted = args.include_deleted or args.key is not None
+    selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
     volume = rt.volume()
     chosen = plan(rt.source, bucket, scope, selector)
     target: Target
