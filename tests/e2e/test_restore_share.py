@@ -72,11 +72,11 @@ def test_shared_url_serves_the_exact_bytes_of_the_chosen_version(share_stack):
     assert code == 0, err
     url = out.strip()
     assert url.startswith(share_stack.server.endpoint) and "Signature" in url
-    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback moto
+    with urllib.request.urlopen(url, timeout=10) as response:
         assert response.read() == old
     assert latest_code == 0
     shared = json.loads(latest_out)
-    with urllib.request.urlopen(shared["url"], timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(shared["url"], timeout=10) as response:
         assert response.read() == b"replaced later"
     staged_key = shared["staged"].removeprefix(f"s3://{STAGING}/")
     head = share_stack.clients.s3.head_object(Bucket=STAGING, Key=staged_key)
