@@ -127,7 +127,9 @@ def _choices(
         yield select(scope.key, source.history(bucket, scope.key), selector)
         return
     for latest in source.latest(bucket, scope.prefix or ""):
-        if latest.deleted or selector.needs_history:
+        if latest.deleted and not (selector.include_deleted or selector.needs_history):
+            yield Choice(latest.key, None, f"deleted in S3 at {latest.event_time}", True)
+        elif latest.deleted or selector.needs_history:
             yield select(latest.key, source.history(bucket, latest.key), selector)
         else:
             yield Choice(latest.key, latest)

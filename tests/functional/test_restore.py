@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import tracemalloc
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from agent import cli as agent_cli
 from agent.ledger import Ledger
-from agent.restore import Restorer, S3Target, Scope, Status, plan
+from agent.restore import DirectoryTarget, Restorer, S3Target, Scope, Status, place, plan
 from agent.restore_cli import main
 from agent.restore_source import LedgerSource, Selector
 from tests.backed_up import T0, BackedUp, write_config
@@ -479,3 +480,20 @@ def test_usage_and_configuration_errors_exit_2(restore, tmp_path, backups):
     out, err = io.StringIO(), io.StringIO()
     assert main(["list", "--config", str(tmp_path / "missing.yaml")], out=out, err=err) == 2
     assert "no such file" in err.getvalue()
+
+
+def test_a_large_file_streams_with_flat_memory(backups, volume, aws, tmp_path):
+    backups.put("huge.bin", os.urandom(40 << 20))
+    source = LedgerSource(Ledger(aws.dynamodb, TABLE))
+    restore_plan = place(plan(source, BUCKET, Scope(key="huge.bin"), Selector()))
+    target = DirectoryTarget(volume, tmp_path / "out")
+
+    tracemalloc.start()
+    try:
+        summary = Restorer(target, workers=1).run(restore_plan)
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert summary.ok and (tmp_path / "out" / "huge.bin").stat().st_size == 40 << 20
+    assert peak < 8 << 20  # a few 1 MiB chunks, never the whole 40 MiB
