@@ -117,10 +117,10 @@ class Runtime:
     def emit(self, data: dict[str, Any]) -> None:
         self.out.write(json.dumps(data, ensure_ascii=False) + "\n")
 
-    def progress(self) -> Progress:
+    def progress(self, kind: str = "restore") -> Progress:
         if self.err.isatty():
             return TtyProgress(self.err)
-        return LogProgress()
+        return LogProgress(kind)
 
 
 Handler = Callable[[Runtime], int]
@@ -361,7 +361,7 @@ def cmd_restore(rt: Runtime) -> int:
     )
     _report_restore(rt, summary)
     if not chosen.items and not chosen.missing:
-        print("backup-restore: nothing matched; nothing restored", file=rt.err)
+        print("backup-restore: nothing to restore", file=rt.err)
         return EXIT_FAILED
     return EXIT_OK if summary.ok else EXIT_FAILED
 
@@ -462,7 +462,7 @@ def cmd_verify(rt: Runtime) -> int:
         sample=args.sample,
         rng=random.Random(args.seed),  # noqa: S311 - sampling, not cryptography
         workers=max(1, args.workers or rt.config.restore.workers),
-        progress=rt.progress(),
+        progress=rt.progress("verify"),
     )
     if args.json:
         for problem in report.problems:
@@ -489,16 +489,23 @@ def cmd_verify(rt: Runtime) -> int:
 # -- progress ------------------------------------------------------------------------
 
 
+_EVENTS = {
+    "restore": ("restore.started", "restore.item", "restore.finished"),
+    "verify": ("verify.started", "verify.item", "verify.finished"),
+}
+
+
 class LogProgress:
     """Not a TTY: one log line per finished item, one at the end."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str = "restore") -> None:
+        self._started, self._item, self._finished = _EVENTS[kind]
         self._done = 0
         self._files = 0
 
     def start(self, files: int, total_bytes: int) -> None:
         self._files = files
-        log.info("restore.started", files=files, bytes=total_bytes)
+        log.info(self._started, files=files, bytes=total_bytes)
 
     def advance(self, nbytes: int) -> None:
         pass
@@ -507,7 +514,7 @@ class LogProgress:
         self._done += 1
         if result.ok:
             log.info(
-                "restore.item",
+                self._item,
                 key=result.item.key,
                 destination=result.destination,
                 status=result.status.value,
@@ -517,7 +524,7 @@ class LogProgress:
             )
 
     def close(self) -> None:
-        log.info("restore.finished", done=self._done, files=self._files)
+        log.info(self._finished, done=self._done, files=self._files)
 
 
 class TtyProgress:
