@@ -171,6 +171,8 @@ def verified_chunks(
                 yield data
     except FileNotFoundError:
         raise CorruptCopy(record, f"stored copy {record.sha256} is missing") from None
+    except ValueError as exc:  # the record's sha256 is not a digest at all
+        raise CorruptCopy(record, f"the record names no valid copy ({exc})") from None
     except zstandard.ZstdError as exc:
         raise CorruptCopy(record, f"stored copy {record.sha256} is corrupt ({exc})") from None
     if digest.hexdigest() != record.sha256:
@@ -418,7 +420,7 @@ class S3Target:
     def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
         try:
             response: dict[str, Any] = self.s3.head_object(Bucket=bucket, Key=key, **self._owner())
-        except botocore.exceptions.ClientError as exc:
+        except AWS_ERRORS as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise classify(exc, f"S3 HeadObject s3://{bucket}/{key}") from exc
@@ -429,8 +431,12 @@ class S3Target:
 
 
 def _same_content(head: dict[str, Any], record: VersionRecord) -> bool:
+    """Restored earlier (our metadata), or still the very upload that was backed up (eTag)."""
     metadata = head.get("Metadata") or {}
-    return bool(record.sha256) and metadata.get(SHA256_METADATA) == record.sha256
+    if record.sha256 and metadata.get(SHA256_METADATA) == record.sha256:
+        return True
+    etag = str(head.get("ETag", "")).strip('"')
+    return bool(record.etag) and etag == (record.etag or "").strip('"')
 
 
 def upload_verified(
@@ -482,7 +488,10 @@ def _multipart(
     on_bytes: Callable[[int], None],
     what: str,
 ) -> None:
-    upload_id = s3.create_multipart_upload(**arguments)["UploadId"]
+    try:
+        upload_id = s3.create_multipart_upload(**arguments)["UploadId"]
+    except AWS_ERRORS as exc:
+        raise classify(exc, what) from exc
     target = {"Bucket": arguments["Bucket"], "Key": arguments["Key"], "UploadId": upload_id}
     owner = {k: v for k, v in arguments.items() if k == "ExpectedBucketOwner"}
     try:
@@ -544,10 +553,18 @@ class Summary:
 class Restorer:
     """Runs a plan against a target with a pool of threads; one item's failure is its own."""
 
-    def __init__(self, target: Target, *, workers: int = 8, progress: Progress | None = None):
+    def __init__(
+        self,
+        target: Target,
+        *,
+        workers: int = 8,
+        progress: Progress | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.target = target
         self.workers = workers
         self.progress = progress or NoProgress()
+        self.stop = stop or threading.Event()  # set: items not yet started are skipped
 
     def run(self, plan: Plan, *, dry_run: bool = False) -> Summary:
         self.progress.start(len(plan.items), plan.total_bytes)
@@ -555,11 +572,19 @@ class Restorer:
             if dry_run:
                 results = [self._dry(item) for item in plan.items]
             else:
-                with ThreadPoolExecutor(self.workers, thread_name_prefix="restore") as pool:
-                    results = list(pool.map(self._one, plan.items))
+                results = self._in_parallel(plan.items)
         finally:
             self.progress.close()
         return Summary(results, plan)
+
+    def _in_parallel(self, items: list[Item]) -> list[ItemResult]:
+        """Files in progress always finish or clean up; an exception cancels the rest."""
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore")
+        try:
+            futures = [pool.submit(self._one, item) for item in items]
+            return [future.result() for future in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _dry(self, item: Item) -> ItemResult:
         result = ItemResult(
@@ -570,6 +595,10 @@ class Restorer:
 
     def _one(self, item: Item) -> ItemResult:
         destination = self.target.destination(item)
+        if self.stop.is_set():
+            result = ItemResult(item, destination, Status.FAILED, error="interrupted: not started")
+            self.progress.finished(result)
+            return result
         written = 0
 
         def on_bytes(nbytes: int) -> None:

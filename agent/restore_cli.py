@@ -8,8 +8,10 @@ own journal (--root MOUNT reads another copy of the volume, e.g. a mounted snaps
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import signal
 import sys
 import threading
 import time
@@ -17,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 import structlog
@@ -159,6 +162,13 @@ def main(
     except BackupAgentError as exc:
         hint = "" if args.offline else " (DynamoDB unreachable? --offline reads the volume)"
         print(f"backup-restore: {exc}{hint}", file=err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            "backup-restore: interrupted; files already in place are complete,"
+            " the rest were not started or were cleaned up",
+            file=err,
+        )
         return EXIT_FAILED
 
 
@@ -356,9 +366,10 @@ def cmd_restore(rt: Runtime) -> int:
         target = DirectoryTarget(volume, Path(args.to), overwrite=args.overwrite)
     workers = args.workers or rt.config.restore.workers
     progress = NoProgress() if args.dry_run else rt.progress()
-    summary = Restorer(target, workers=max(1, workers), progress=progress).run(
-        chosen, dry_run=args.dry_run
-    )
+    stop = threading.Event()
+    restorer = Restorer(target, workers=max(1, workers), progress=progress, stop=stop)
+    with first_interrupt_sets(stop, rt.err):
+        summary = restorer.run(chosen, dry_run=args.dry_run)
     _report_restore(rt, summary)
     if not chosen.items and not chosen.missing:
         print("backup-restore: nothing to restore", file=rt.err)
@@ -412,6 +423,32 @@ def _section(out: IO[str], title: str, lines: list[str]) -> None:
         out.write(f"{title}:\n")
         for line in lines:
             out.write(f"  {line}\n")
+
+
+@contextlib.contextmanager
+def first_interrupt_sets(stop: threading.Event, err: IO[str]) -> Iterator[None]:
+    """Ctrl-C once: finish the files in progress, skip the rest, print the summary.
+
+    Ctrl-C twice: stop at once (files in progress still remove their temp files).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "\nbackup-restore: stopping after the files in progress (Ctrl-C again to abort)",
+            file=err,
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- share ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@ import io
 import json
 import os
 import shutil
+import signal
+import threading
 import tracemalloc
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,7 +22,7 @@ import pytest
 from agent import cli as agent_cli
 from agent.ledger import Ledger
 from agent.restore import DirectoryTarget, Restorer, S3Target, Scope, Status, place, plan
-from agent.restore_cli import main
+from agent.restore_cli import first_interrupt_sets, main
 from agent.restore_source import LedgerSource, Selector
 from tests.backed_up import T0, BackedUp, write_config
 from tests.conftest import BUCKET, TABLE
@@ -497,3 +499,54 @@ def test_a_large_file_streams_with_flat_memory(backups, volume, aws, tmp_path):
 
     assert summary.ok and (tmp_path / "out" / "huge.bin").stat().st_size == 40 << 20
     assert peak < 8 << 20  # a few 1 MiB chunks, never the whole 40 MiB
+
+
+def test_to_s3_leaves_objects_that_are_still_the_backed_up_upload(history, restore, aws):
+    result = restore("restore", "--all", "--at", "2026-11-01T11:45:00Z", "--to-s3", "--json")
+
+    assert result.code == 0, result.out
+    assert {k: f["status"] for k, f in result.files().items()} == {
+        "doc": "restored",  # deleted in S3 since: put back
+        "late": "unchanged",  # S3 still holds exactly that upload
+    }
+
+
+def test_an_interrupted_restore_finishes_started_files_and_skips_the_rest(backups, aws):
+    for index in range(12):
+        backups.put(f"f{index:02}", b"x")
+    source = LedgerSource(Ledger(aws.dynamodb, TABLE))
+    stop = threading.Event()
+    attempted = []
+
+    class Interrupted:
+        def destination(self, item):
+            return item.key
+
+        def check(self, item):
+            return None
+
+        def restore(self, item, on_bytes):
+            attempted.append(item.key)
+            if len(attempted) == 2:
+                stop.set()  # what the first Ctrl-C does
+            return Status.RESTORED
+
+    restorer = Restorer(Interrupted(), workers=1, stop=stop)
+    summary = restorer.run(plan(source, BUCKET, Scope(prefix=""), Selector()))
+
+    assert attempted == ["f00", "f01"]
+    assert summary.count(Status.RESTORED) == 2 and len(summary.failed) == 10
+    assert summary.failed[0].error == "interrupted: not started"
+
+
+def test_first_ctrl_c_sets_the_stop_flag_and_the_second_aborts():
+    stop = threading.Event()
+    err = io.StringIO()
+    before = signal.getsignal(signal.SIGINT)
+
+    with first_interrupt_sets(stop, err):
+        signal.raise_signal(signal.SIGINT)
+        assert stop.is_set() and "Ctrl-C again to abort" in err.getvalue()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
