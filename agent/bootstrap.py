@@ -197,7 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    report = Bootstrap(config, build_clients(config)).run(create_buckets=args.create_buckets)
+    try:
+        report = Bootstrap(config, build_clients(config)).run(create_buckets=args.create_buckets)
+    except ConfigError as exc:
+        print(f"{path}: configuration problem", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     for what in report.created:
         print(f"created  {what}")
     for what in report.existing:

@@ -388,7 +388,8 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
         out.write("dry run: nothing written\n")
         for result in summary.results:
             note = f"  [{result.note}]" if result.note else ""
-            out.write(f"  {_printable(result.item.key)} → {result.destination}{note}\n")
+            destination = _printable(result.destination)
+            out.write(f"  {_printable(result.item.key)} → {destination}{note}\n")
     _section(out, "renamed keys (unsafe or colliding as paths)", _renamed_lines(summary.plan))
     _section(
         out,
@@ -400,10 +401,12 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
         "not restored",
         [f"{_printable(c.key)}: {c.reason}" for c in summary.plan.missing + summary.plan.skipped],
     )
+    dry = rt.args.dry_run
     out.write(
-        f"{'planned' if rt.args.dry_run else 'restored'}"
-        f" {summary.count(Status.PLANNED if rt.args.dry_run else Status.RESTORED)} files"
-        f" ({_human(summary.bytes)}), unchanged {summary.count(Status.UNCHANGED)},"
+        f"{'planned' if dry else 'restored'}"
+        f" {summary.count(Status.PLANNED if dry else Status.RESTORED)} files"
+        f" ({_human(summary.plan.total_bytes if dry else summary.bytes)}),"
+        f" unchanged {summary.count(Status.UNCHANGED)},"
         f" failed {len(summary.failed) + len(summary.plan.missing)},"
         f" skipped {len(summary.plan.skipped)}\n"
     )
@@ -414,7 +417,7 @@ def _renamed_lines(restore_plan: Plan) -> list[str]:
     for item in restore_plan.renamed:
         assert item.placement is not None
         why = "collision" if item.placement.collided else "escaped"
-        lines.append(f"{_printable(item.key)} → {item.placement.relative}  ({why})")
+        lines.append(f"{_printable(item.key)} → {_printable(item.placement.relative)}  ({why})")
     return lines
 
 
