@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from agent.records import VersionRecord
@@ -51,7 +53,15 @@ def test_bar_names_failures_on_their_own_line():
     assert "failed: broken\\nname\n" in stream.getvalue()
 
 
-def test_plain_output_is_one_log_event_per_file():
+@pytest.fixture
+def default_logging():
+    """Earlier CLI runs in this process may have raised the level (logging.level: WARNING)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+def test_plain_output_is_one_log_event_per_file(default_logging):
     progress = LogProgress()
     with capture_logs() as events:
         progress.start(files=1, total_bytes=10)
