@@ -75,6 +75,8 @@ class Bootstrap:
             self.ensure_notification(bucket, queue_arn)
         self.ensure_table()
         self.ensure_alerting()
+        if self.config.restore.staging_bucket:
+            self.ensure_share_staging()
         return self.report
 
     def ensure_alerting(self) -> None:
@@ -204,6 +206,15 @@ class Bootstrap:
             raise ConfigError([f"alerts.sns_topic_arn: {arn} is not in this account/region"])
         self.report.add(f"topic {arn}", True)
 
+    def ensure_share_staging(self) -> None:
+        """The `share` staging bucket: encrypted, private, staged copies expire."""
+        from agent.share import ensure_staging, staging_bucket
+
+        bucket = staging_bucket(self.config.restore, self.config.buckets)
+        self.ensure_bucket(bucket)
+        for what, changed in ensure_staging(self.clients.s3, self.config.restore, bucket):
+            self.report.add(what, changed)
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bootstrap-aws", description=__doc__.splitlines()[0])
@@ -222,7 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 2
-    report = Bootstrap(config, build_clients(config)).run(create_buckets=args.create_buckets)
+    try:
+        report = Bootstrap(config, build_clients(config)).run(create_buckets=args.create_buckets)
+    except ConfigError as exc:
+        print(f"{path}: configuration problem", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
     for what in report.created:
         print(f"created  {what}")
     for what in report.existing:

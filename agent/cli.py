@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard", cmd_dashboard, "Create or update the CloudWatch dashboard (idempotent)."
     )
     dashboard.add_argument("--dry-run", action="store_true", help="show the change, make none")
+    reindex = command(
+        "reindex", cmd_reindex, "Rebuild the DynamoDB table from the volume's journal."
+    )
+    reindex.add_argument(
+        "--root", metavar="MOUNT", help="read the journal of another copy of the volume"
+    )
+    reindex.add_argument("--workers", type=int, default=8, help="parallel writes (default 8)")
     return parser
 
 
@@ -242,6 +249,28 @@ def _alert_rejected_config(path: Path, problems: list[str]) -> None:
         report_rejected_config(path, problems)
     except Exception as exc:  # noqa: BLE001 - the exit code and stderr already say it
         log.debug("alert.config_rejected_failed", error=str(exc))
+
+
+def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.journal import Journal
+    from agent.reindex import reindex
+    from agent.store import Volume
+
+    volume = Volume(Path(args.root) if args.root else config.storage.root)
+    volume.read_marker()
+    report = reindex(
+        Journal(volume.journal_dir).read_all(),
+        build_clients(config).dynamodb,
+        config.state.table,
+        workers=max(1, args.workers),
+    )
+    created = " (table created)" if report.table_created else ""
+    print(
+        f"{config.state.table}{created}: {report.records} journal records,"
+        f" {report.added} added, {report.known} already known"
+    )
+    return EXIT_OK
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:

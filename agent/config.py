@@ -285,6 +285,51 @@ class AlarmsConfig(Section):
     )
 
 
+MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 presigned URLs live at most 7 days
+
+
+def duration_seconds(text: str) -> int:
+    """A positive whole number of seconds from ``90s``, ``30m``, ``1h``, ``7d`` or ``45``."""
+    text = text.strip()
+    seconds = float(text) if text.isdigit() else parse_duration(text).total_seconds()
+    if seconds <= 0 or seconds != int(seconds):
+        raise ValueError(f"{text!r} is not a duration of whole seconds above zero (90s, 1h, 7d)")
+    return int(seconds)
+
+
+class RestoreConfig(Section):
+    """Restores and `share`: where shared copies are staged, and for how long."""
+
+    staging_bucket: str | None = Field(
+        default=None, description="Bucket for `backup-restore share`; null disables share."
+    )
+    staging_prefix: str = "backup-agent-share/"
+    share_expiry: str = Field(
+        default="1d",
+        description="Lifetime of a shared copy: the lifecycle rule and the longest URL.",
+    )
+    workers: int = Field(default=8, ge=1, le=256)
+
+    @field_validator("share_expiry")
+    @classmethod
+    def _expiry(cls, value: str) -> str:
+        seconds = duration_seconds(value)
+        if seconds > MAX_PRESIGN_SECONDS:
+            raise ValueError(f"{value!r} is longer than 7d (the longest presigned URL)")
+        return value
+
+    @field_validator("staging_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or not value.endswith("/") or value.startswith("/"):
+            raise ValueError(f"{value!r} must be a non-empty prefix ending in '/' like 'share/'")
+        return value
+
+    @property
+    def share_expiry_seconds(self) -> int:
+        return duration_seconds(self.share_expiry)
+
+
 class Config(Section):
     aws: AwsConfig = AwsConfig()
     queue: QueueConfig
@@ -303,6 +348,7 @@ class Config(Section):
     schedules: dict[str, Schedule | None] = Field(
         default_factory=dict, description="Job name → schedule; null turns the job off."
     )
+    restore: RestoreConfig = RestoreConfig()
 
     @field_validator("buckets")
     @classmethod

@@ -101,3 +101,22 @@ def receive_all(clients: Clients, queue_url: str = QUEUE_URL) -> list[dict[str, 
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     os.environ.pop("BACKUP_AGENT_CONFIG", None)
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """A test that runs `cli.main()` points structlog at pytest's captured stream; undo it."""
+    import logging
+
+    import structlog
+
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if (
+            isinstance(handler, logging.StreamHandler)
+            and not isinstance(handler, logging.FileHandler)
+            and type(handler).__module__ == "logging"
+        ):
+            root.removeHandler(handler)

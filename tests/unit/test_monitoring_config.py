@@ -68,7 +68,7 @@ def test_mistakes_are_named(backup_root, sections, problem):
 def test_the_commented_example_in_config_yaml_is_valid():
     text = (Path(__file__).parents[2] / "config.yaml").read_text()
     raw = yaml.safe_load(text)
-    block = text.split("# Monitoring (optional")[1].split("\n", 1)[1]
+    block = text.split("# Monitoring (optional")[1].split("\n", 1)[1].split("\n\n")[0]
     raw.update(yaml.safe_load("\n".join(re.sub(r"^# ?", "", line) for line in block.splitlines())))
     config = parse_config(raw)
     assert config.alerts.sns_topic_arn and config.schedules["digest"].cron == "0 8 * * *"

@@ -1,0 +1,84 @@
+"""The progress display: a bar on a terminal, log lines otherwise."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from agent.records import VersionRecord
+from agent.restore import Item, ItemResult, Status
+from agent.restore_cli import LogProgress, Runtime, TtyProgress
+
+
+def _result(key: str, status: Status = Status.RESTORED) -> ItemResult:
+    record = VersionRecord(
+        bucket="b", key=key, version_token="v:1", order_key="s1", event_name="ObjectCreated:Put",
+        event_time="2026-11-01T09:00:00+00:00", backup_time="2026-11-01T09:00:01+00:00",
+        volume_id="vol", sha256="0" * 64, size=10,
+    )  # fmt: skip
+    return ItemResult(Item(record), f"/restore/{key}", status, bytes=10, error="boom")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bar_shows_files_bytes_rate_and_eta():
+    clock = Clock()
+    progress = TtyProgress(io.StringIO(), clock=clock)
+    progress.start(files=4, total_bytes=4 << 20)
+    clock.now += 2.0
+    progress.advance(2 << 20)
+    progress.finished(_result("one"))
+
+    assert progress.line() == (
+        "[############............] 1/4 files  2.0 MiB/4.0 MiB  1.0 MiB/s  ETA 00:00:02"
+    )
+
+
+def test_bar_names_failures_on_their_own_line():
+    stream = io.StringIO()
+    progress = TtyProgress(stream, clock=Clock())
+    progress.start(files=1, total_bytes=10)
+    progress.finished(_result("broken\nname", Status.FAILED))
+    progress.close()
+
+    assert "failed: broken\\nname\n" in stream.getvalue()
+
+
+@pytest.fixture
+def default_logging():
+    """Earlier CLI runs in this process may have raised the level (logging.level: WARNING)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+def test_plain_output_is_one_log_event_per_file(default_logging):
+    progress = LogProgress()
+    with capture_logs() as events:
+        progress.start(files=1, total_bytes=10)
+        progress.finished(_result("one"))
+        progress.close()
+
+    assert [e["event"] for e in events] == ["restore.started", "restore.item", "restore.finished"]
+    assert events[1]["key"] == "one" and events[1]["status"] == "restored"
+
+
+def test_a_terminal_gets_the_bar_and_a_pipe_gets_log_lines():
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    on_tty = Runtime(args=None, config=None, out=io.StringIO(), err=Terminal())  # type: ignore[arg-type]
+    piped = Runtime(args=None, config=None, out=io.StringIO(), err=io.StringIO())  # type: ignore[arg-type]
+
+    assert isinstance(on_tty.progress(), TtyProgress)
+    assert isinstance(piped.progress(), LogProgress)
