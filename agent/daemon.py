@@ -20,6 +20,7 @@ import structlog
 
 from agent.aws import Clients
 from agent.backup import BackupService
+from agent.barrier import WriteBarrier
 from agent.config import Config
 from agent.consumer import Consumer, ConsumerSettings
 from agent.errors import VolumeNotReady
@@ -109,6 +110,7 @@ class Daemon:
             buckets=frozenset(self.config.buckets),
             compression=compression_settings(self.config),
             expected_bucket_owner=self.config.aws.expected_bucket_owner,
+            barrier=WriteBarrier(self.volume.root),  # shared with `backup-agent snapshot`
         )
         self.consumer = Consumer(
             self.clients.sqs, self.service.process, consumer_settings(self.config), stats=self.stats
