@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
     init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
+    snap = command("snapshot", cmd_snapshot, "Take an EBS snapshot of the backup volume now.")
+    snap.add_argument(
+        "--dry-run", action="store_true", help="show the volume, tags and retention; change nothing"
+    )
     return parser
 
 
@@ -99,6 +103,17 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
     marker = Volume(config.storage.root).initialise(args.volume_id)
     print(f"{config.storage.root}: backup volume {marker.volume_id}")
     return EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.snapshots import build_snapshot_manager, describe_run
+    from agent.store import Volume
+
+    Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
+    run = build_snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
+    describe_run(run)
+    return EXIT_OK if run.ok else EXIT_FAILURE
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:
