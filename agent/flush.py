@@ -1,8 +1,8 @@
 """Make the backup filesystem's on-disk state complete before a snapshot starts.
 
-`fsfreeze --freeze` where the agent may (CAP_SYS_ADMIN, the tool installed, and the
-backup root is its own mount, never `/`); otherwise `sync()` plus `syncfs()` of the
-backup filesystem. Either way the snapshot is at least crash-consistent, and every
+`fsfreeze --freeze` where the agent may and it is safe (CAP_SYS_ADMIN, the tool
+installed, and the backup root is itself a mount point, never `/`); otherwise `sync()`
+plus `syncfs()` of the backup filesystem. Either way the snapshot is at least crash-consistent, and every
 copy, journal line and marker written before the barrier is in it.
 """
 
@@ -38,10 +38,12 @@ class Flusher:
         proc_root: Path = Path("/proc"),
         which: Callable[[str], str | None] = shutil.which,
         run: Callable[..., Any] = subprocess.run,
+        sync: Callable[[Path], None] | None = None,
     ) -> None:
         self.proc_root = proc_root
         self._which = which
         self._run = run
+        self._sync = sync or sync_filesystem
 
     @contextlib.contextmanager
     def flushed(self, root: Path) -> Iterator[str]:
@@ -53,7 +55,7 @@ class Flusher:
             finally:
                 self._unfreeze(mount_point)
             return
-        sync_filesystem(root)
+        self._sync(root)
         yield "sync"
 
     def freezable_mount(self, root: Path) -> Path | None:
@@ -68,6 +70,8 @@ class Flusher:
             return None
         if mount_point == Path("/"):
             return None  # freezing the root filesystem would hang the whole instance
+        if mount_point != Path(root).resolve():
+            return None  # a directory on a shared filesystem: freezing would stall others
         return mount_point
 
     def _freeze(self, mount_point: Path) -> bool:
