@@ -2,8 +2,9 @@
 
 `fsfreeze --freeze` where the agent may and it is safe (CAP_SYS_ADMIN, the tool
 installed, and the backup root is itself a mount point, never `/`); otherwise `sync()`
-plus `syncfs()` of the backup filesystem. Either way the snapshot is at least crash-consistent, and every
-copy, journal line and marker written before the barrier is in it.
+plus `syncfs()` of the backup filesystem. Either way the snapshot is at least
+crash-consistent, and every copy, journal line and marker written before the barrier
+is in it.
 """
 
 from __future__ import annotations
