@@ -21,9 +21,12 @@ def test_shared_holders_do_not_exclude_each_other(tmp_path):
 def test_exclusive_times_out_while_a_copy_holds_the_room(tmp_path):
     ticks = iter(range(1000))
     barrier = WriteBarrier(tmp_path, monotonic=lambda: float(next(ticks)), sleep=lambda _: None)
-    with barrier.shared(), pytest.raises(BarrierTimeout, match="critical section"):
-        with barrier.exclusive(timeout=5):
-            pass
+    with (
+        barrier.shared(),
+        pytest.raises(BarrierTimeout, match="critical section"),
+        barrier.exclusive(timeout=5),
+    ):
+        pass
     with barrier.exclusive(timeout=5):  # free again once the copy left
         pass
 
@@ -62,9 +65,8 @@ def test_the_barrier_holds_across_processes(tmp_path):
         assert any(line.strip() == "closed" for line in lines)
         ticks = iter(range(1000))
         probe = WriteBarrier(tmp_path, monotonic=lambda: float(next(ticks)), sleep=lambda _: None)
-        with pytest.raises(BarrierTimeout, match="new copies"):
-            with probe.exclusive(timeout=3):
-                pass
+        with pytest.raises(BarrierTimeout, match="new copies"), probe.exclusive(timeout=3):
+            pass
     finally:
         other.stdin.write("\n")
         other.stdin.flush()
