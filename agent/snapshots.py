@@ -458,12 +458,16 @@ class SnapshotManager:
                     TableName=self.table,
                     Key={"pk": item["pk"], "sk": item["sk"]},
                     UpdateExpression="SET #s = :s, deleted_at = :d",
+                    ConditionExpression="attribute_exists(pk)",  # only snapshots we recorded
                     ExpressionAttributeNames={"#s": "state"},
                     ExpressionAttributeValues={":s": item["state"], ":d": item["deleted_at"]},
                 )
             else:
                 self.dynamodb.put_item(TableName=self.table, Item=item)
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                log.warning("snapshot.record_failed", where="dynamodb", error=str(exc))
+        except botocore.exceptions.BotoCoreError as exc:
             log.warning("snapshot.record_failed", where="dynamodb", error=str(exc))
 
     def _alert(self, kind: str, message: str) -> None:
@@ -700,14 +704,7 @@ def build_snapshot_manager(
     """The manager as the daemon's job and `backup-agent snapshot` use it."""
     ec2 = clients.client("ec2")
     root = config.storage.root
-    copy_ec2 = None
-    if config.snapshots.copy_to_region:
-        kwargs: dict[str, Any] = {"config": client_config(config)}
-        if config.aws.endpoint_url:
-            kwargs["endpoint_url"] = config.aws.endpoint_url
-        copy_ec2 = boto3.session.Session().client(
-            "ec2", region_name=config.snapshots.copy_to_region, **kwargs
-        )
+    copy_ec2 = copy_region_client(config)
 
     def volume_id() -> str:
         return discover_volume_id(root, configured=config.storage.volume_id, imds=Imds(), ec2=ec2)
@@ -726,6 +723,32 @@ def build_snapshot_manager(
         copy_ec2=copy_ec2,
         on_alert=on_alert,
     )
+
+
+def copy_region_client(config: Config) -> Any:
+    """An EC2 client in `snapshots.copy_to_region`, or None."""
+    region = config.snapshots.copy_to_region
+    if not region:
+        return None
+    kwargs: dict[str, Any] = {"config": client_config(config)}
+    if config.aws.endpoint_url:
+        kwargs["endpoint_url"] = config.aws.endpoint_url
+    return boto3.session.Session().client("ec2", region_name=region, **kwargs)
+
+
+def snapshot_listing(
+    config: Config, clients: Clients, volume_id: str | None = None
+) -> list[Snapshot]:
+    """Every agent snapshot (of `volume_id`, or of any volume) in the region and the copy region.
+
+    For `backup-restore snapshots`: works when the instance and volume are gone, because
+    it reads EC2's tags, not the volume. Print it with `print_snapshots`.
+    """
+    found = list_snapshots(clients.client("ec2"), config.aws.region, volume_id)
+    copy_ec2 = copy_region_client(config)
+    if copy_ec2 is not None and config.snapshots.copy_to_region:
+        found += list_snapshots(copy_ec2, config.snapshots.copy_to_region, volume_id)
+    return found
 
 
 def describe_run(run: SnapshotRun, out: TextIO | None = None) -> None:

@@ -26,9 +26,10 @@ from agent.snapshots import (
     VOLUME_TAG,
     list_snapshots,
     read_records,
+    snapshot_listing,
     tag_dict,
 )
-from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
+from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 from tests.snapshot_support import FakeClock, make_manager, make_volume
 
 T0 = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
@@ -155,6 +156,8 @@ def test_snapshots_are_copied_to_the_second_region_and_pruned_there_too(aws, ec2
         volume.root,
         volume_id,
         copy_ec2=copy_ec2,
+        dynamodb=aws.dynamodb,
+        table=TABLE,
         settings={
             "copy_to_region": "eu-west-1",
             "retain": {"last": 2, "daily": 0, "weekly": 0},
@@ -176,6 +179,18 @@ def test_snapshots_are_copied_to_the_second_region_and_pruned_there_too(aws, ec2
             copy_ec2.describe_snapshots(SnapshotIds=[copies[0].snapshot_id])["Snapshots"][0]["Tags"]
         )[SOURCE_TAG]
         == runs[1].snapshot_id
+    )
+    states = {i["snapshot_id"]["S"]: i["state"]["S"] for i in snapshot_items(aws, volume_id)}
+    assert states == {
+        runs[0].snapshot_id: "deleted",
+        runs[1].snapshot_id: "completed",
+        runs[2].snapshot_id: "completed",
+    }
+    # The listing `backup-restore snapshots` prints: both regions, found from EC2 alone
+    config = make_config(volume.root, snapshots={"copy_to_region": "eu-west-1"})
+    listing = snapshot_listing(config, aws)
+    assert sorted((s.region, s.snapshot_id) for s in listing) == sorted(
+        [(REGION, r.snapshot_id) for r in runs[1:]] + [("eu-west-1", c.snapshot_id) for c in copies]
     )
 
 
@@ -232,6 +247,8 @@ def test_cli_dry_run_changes_nothing_then_a_real_run_snapshots(aws, ec2, volume,
     assert new.snapshot_id != old and f"snapshot {new.snapshot_id}" in out
     assert f"deleted {old}" in out
     assert len(read_records(volume.root)) == 2  # the new one, and the old one's deletion
+    [item] = snapshot_items(aws, volume_id)  # the hand-made one was never recorded: no stray item
+    assert item["snapshot_id"]["S"] == new.snapshot_id and item["state"]["S"] == "completed"
 
 
 def test_cli_refuses_a_root_without_the_volume_marker(aws, ec2, tmp_path):
