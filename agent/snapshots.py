@@ -277,7 +277,11 @@ class SnapshotManager:
             return run
         log.info("snapshot.completed", snapshot_id=run.snapshot_id, duration_seconds=duration)
         copy_id = self._copy(run)
-        deleted = self.apply_retention()
+        try:
+            deleted = self.apply_retention()
+        except BackupAgentError as exc:  # the snapshot is good; pruning waits for the next run
+            self._alert("snapshot.retention_failed", f"retention after {run.snapshot_id}: {exc}")
+            deleted = []
         return _replace(run, copy_snapshot_id=copy_id, deleted=tuple(deleted))
 
     def _dry_run(self, volume_id: str) -> SnapshotRun:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import botocore.exceptions
 import pytest
 import yaml
 
@@ -127,6 +128,27 @@ def test_a_snapshot_pending_past_the_timeout_is_alerted_as_stuck(aws, ec2, volum
     assert run.state == "stuck"
     assert [kind for kind, _ in alerts] == ["snapshot.stuck"]
     assert clock.sleeps == [600] * 6  # polled until the hour was up, then gave up
+
+
+def test_a_retention_failure_is_alerted_and_the_good_snapshot_still_recorded(aws, ec2, volume):
+    volume_id = make_volume(ec2)
+
+    def deny_listing(params, **_):
+        if "Filters" in params:  # the retention listing, not the completion poll
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "UnauthorizedOperation", "Message": "denied"}},
+                "DescribeSnapshots",
+            )
+
+    ec2.meta.events.register("provide-client-params.ec2.DescribeSnapshots", deny_listing)
+    alerts: list[tuple[str, str]] = []
+    manager = make_manager(ec2, FakeClock(T0), volume.root, volume_id, alerts=alerts)
+
+    run = manager.take()
+
+    assert run.state == "completed"
+    assert [kind for kind, _ in alerts] == ["snapshot.retention_failed"]
+    assert read_records(volume.root)[0]["state"] == "completed"
 
 
 def test_run_scheduled_alerts_instead_of_raising_when_create_fails(aws, ec2, volume):
