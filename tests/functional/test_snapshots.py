@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import botocore.exceptions
 import pytest
+import structlog
 import yaml
 
 from agent import cli
@@ -219,6 +221,17 @@ def test_snapshots_are_copied_to_the_second_region_and_pruned_there_too(aws, ec2
 # -- the CLI ------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def restore_logging():
+    """cli.main configures structlog and logging for the process: undo it after the test,
+    or later tests log to this test's (closed) captured stream."""
+    saved = structlog.get_config()
+    handlers = list(logging.getLogger().handlers)
+    yield
+    structlog.configure(**saved)
+    logging.getLogger().handlers[:] = handlers
+
+
 def write_config(path: Path, root: Path, volume_id: str) -> Path:
     raw = {
         "aws": {"region": REGION},
@@ -236,7 +249,9 @@ def write_config(path: Path, root: Path, volume_id: str) -> Path:
     return path
 
 
-def test_cli_dry_run_changes_nothing_then_a_real_run_snapshots(aws, ec2, volume, tmp_path, capsys):
+def test_cli_dry_run_changes_nothing_then_a_real_run_snapshots(
+    aws, ec2, volume, tmp_path, capsys, restore_logging
+):
     volume_id = make_volume(ec2)
     old = ec2.create_snapshot(
         VolumeId=volume_id,
@@ -273,7 +288,7 @@ def test_cli_dry_run_changes_nothing_then_a_real_run_snapshots(aws, ec2, volume,
     assert item["snapshot_id"]["S"] == new.snapshot_id and item["state"]["S"] == "completed"
 
 
-def test_cli_refuses_a_root_without_the_volume_marker(aws, ec2, tmp_path):
+def test_cli_refuses_a_root_without_the_volume_marker(aws, ec2, tmp_path, restore_logging):
     empty = tmp_path / "unmounted"
     empty.mkdir()
     config = write_config(tmp_path / "config.yaml", empty, make_volume(ec2))
