@@ -489,7 +489,16 @@ class SnapshotManager:
     def metrics(self) -> dict[str, float]:
         """Plain values for the metrics publisher (see `snapshot_metrics`)."""
         snapshots = list_snapshots(self.ec2, self.region, self.volume_id)
-        return snapshot_metrics(snapshots, self.clock(), self.last_run)
+        values = snapshot_metrics(snapshots, self.clock(), self.last_run)
+        if "SnapshotDurationSeconds" not in values:  # after a restart: the volume's record
+            durations = [
+                float(r["duration_seconds"])
+                for r in read_records(self.root)
+                if r.get("state") == "completed" and r.get("duration_seconds") is not None
+            ]
+            if durations:
+                values["SnapshotDurationSeconds"] = durations[-1]
+        return values
 
 
 def snapshot_metrics(

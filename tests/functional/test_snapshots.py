@@ -82,6 +82,14 @@ def test_a_snapshot_is_tagged_recorded_on_the_volume_and_in_dynamodb(aws, ec2, v
     assert item["journal_position"]["S"] == tags[JOURNAL_TAG]
     assert "gsi_bucket" not in item  # outside the object key space: no key listing sees it
     assert list(Ledger(aws.dynamodb, TABLE).keys(BUCKET)) == []
+    # Metrics from EC2 and, after a restart, the duration from the volume's record
+    manager.clock.advance(hours=2)
+    restarted = make_manager(ec2, manager.clock, volume.root, volume_id)
+    assert restarted.metrics() == {
+        "SnapshotCount": 1.0,
+        "SnapshotAgeSeconds": 7200.0,
+        "SnapshotDurationSeconds": 0.0,
+    }
 
 
 def test_a_failed_snapshot_is_alerted_and_recorded(aws, ec2, volume):
