@@ -60,7 +60,7 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
         "OKActions": [topic],
         "ComparisonOperator": "GreaterThanThreshold",
     }
-    return [
+    specs = [
         {
             **common,
             "AlarmName": f"{prefix}-disk-space",
@@ -125,6 +125,20 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
             "TreatMissingData": "notBreaching",
         },
     ]
+    if config.snapshots.enabled:
+        from agent.snapshots import snapshot_age_alarm
+
+        specs.append(
+            snapshot_age_alarm(
+                config.snapshots,
+                alarm_name=f"{prefix}-snapshot-age",
+                namespace=namespace,
+                dimensions=dims,
+                alarm_actions=[topic],
+                period_seconds=period,
+            )
+        )
+    return specs
 
 
 def _comparable(alarm: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import botocore.exceptions
 import structlog
 
 from agent.aws import classify
+from agent.barrier import Barrier, NoBarrier
 from agent.errors import ObjectGone, PermanentError
 from agent.events import EventKind, ObjectEvent
 from agent.journal import Journal
@@ -60,6 +61,7 @@ class BackupService:
         compression: CompressionSettings,
         expected_bucket_owner: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        barrier: Barrier | None = None,
     ) -> None:
         self.s3 = s3
         self.volume = volume
@@ -71,6 +73,8 @@ class BackupService:
         self.expected_bucket_owner = expected_bucket_owner
         self.clock = clock or (lambda: datetime.now(UTC))
         self._locks = KeyedLocks()
+        # Held shared from the rename to the DynamoDB record (see agent/barrier.py).
+        self.barrier: Barrier = barrier or NoBarrier()
 
     def process(self, event: ObjectEvent) -> Result:
         if event.bucket not in self.buckets:
@@ -87,8 +91,9 @@ class BackupService:
             self.ledger.record(record)  # LATEST may still need advancing after a crash
             return Result(Outcome.ALREADY_DONE, event, record)
         self.volume.ensure_ready()
-        self.journal.append(record)
-        self.ledger.record(record)
+        with self.barrier.shared():
+            self.journal.append(record)
+            self.ledger.record(record)
         log.info(
             "backup.tombstoned", bucket=event.bucket, key=event.key, event_name=event.event_name
         )
@@ -108,27 +113,30 @@ class BackupService:
         self.volume.ensure_ready()
         if event.size:
             self.volume.ensure_room(event.size)
-        try:
-            copy = self._download_and_store(event)
-        except ObjectGone as gone:
-            log.warning(
-                "backup.object_gone",
-                bucket=event.bucket,
-                key=event.key,
-                version_id=event.version_id,
-                reason=str(gone),
+        with contextlib.ExitStack() as critical:
+            try:
+                copy = self._download_and_store(
+                    event, before_commit=lambda: critical.enter_context(self.barrier.shared())
+                )
+            except ObjectGone as gone:
+                log.warning(
+                    "backup.object_gone",
+                    bucket=event.bucket,
+                    key=event.key,
+                    version_id=event.version_id,
+                    reason=str(gone),
+                )
+                return Result(Outcome.GONE, event)
+            record = VersionRecord.for_event(
+                event,
+                backup_time=self.clock(),
+                volume_id=self.volume_id,
+                sha256=copy.sha256,
+                size=copy.size,
+                stored_size=copy.stored_size,
             )
-            return Result(Outcome.GONE, event)
-        record = VersionRecord.for_event(
-            event,
-            backup_time=self.clock(),
-            volume_id=self.volume_id,
-            sha256=copy.sha256,
-            size=copy.size,
-            stored_size=copy.stored_size,
-        )
-        self.journal.append(record)
-        self.ledger.record(record)
+            self.journal.append(record)
+            self.ledger.record(record)
         outcome = Outcome.DEDUPLICATED if copy.deduplicated else Outcome.STORED
         log.info(
             "backup.stored",
@@ -143,7 +151,9 @@ class BackupService:
         )
         return Result(outcome, event, record, copy)
 
-    def _download_and_store(self, event: ObjectEvent) -> StoredCopy:
+    def _download_and_store(
+        self, event: ObjectEvent, before_commit: Callable[[], object] | None = None
+    ) -> StoredCopy:
         response = self._get_object(event)
         length = int(response["ContentLength"])
         if event.size is not None and length != event.size:
@@ -154,6 +164,7 @@ class BackupService:
                 _chunks(body, self.compression.chunk_bytes),
                 self.compression,
                 Expectation(size=length, md5_hex=_md5_from_etag(response)),
+                before_commit=before_commit,
             )
         except (botocore.exceptions.BotoCoreError, ConnectionError, TimeoutError) as exc:
             raise classify(exc, f"S3 read of s3://{event.bucket}/{event.key}") from exc

@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--root", metavar="MOUNT", help="read the journal of another copy of the volume"
     )
     reindex.add_argument("--workers", type=int, default=8, help="parallel writes (default 8)")
+    snap = command("snapshot", cmd_snapshot, "Take an EBS snapshot of the backup volume now.")
+    snap.add_argument(
+        "--dry-run", action="store_true", help="show the volume, tags and retention; change nothing"
+    )
     return parser
 
 
@@ -271,6 +275,17 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
         f" {report.added} added, {report.known} already known"
     )
     return EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.snapshots import build_snapshot_manager, describe_run
+    from agent.store import Volume
+
+    Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
+    run = build_snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
+    describe_run(run)
+    return EXIT_OK if run.ok else EXIT_FAILURE
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:

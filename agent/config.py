@@ -86,9 +86,15 @@ class StorageConfig(Section):
     min_free_bytes: int = Field(default=256 << 20, ge=0)
     volume_id: str | None = Field(
         default=None,
-        pattern=r"^vol-[0-9a-f]{8,17}$",
-        description="EBS volume id of the root (checked to be encrypted); default: discovered.",
+        description="EBS volume id of the backup root; default: discovered from the mount.",
     )
+
+    @field_validator("volume_id")
+    @classmethod
+    def _ebs_volume_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"vol-[0-9a-f]{8,17}", value):
+            raise ValueError(f"{value!r} is not an EBS volume id (vol-0123456789abcdef0)")
+        return value
 
     @field_validator("root")
     @classmethod
@@ -106,6 +112,45 @@ class ConsumerConfig(Section):
     workers: int = Field(default=4, ge=1, le=256)
     max_bytes_in_flight: int = Field(default=2 << 30, ge=1 << 20)
     drain_timeout: float = Field(default=60.0, ge=0)
+
+
+class SnapshotRetention(Section):
+    last: int = Field(default=7, ge=1, le=1000)
+    daily: int = Field(default=7, ge=0, le=3650)
+    weekly: int = Field(default=4, ge=0, le=520)
+
+
+class SnapshotsConfig(Section):
+    """EBS snapshots of the backup volume (see agent/snapshots.py)."""
+
+    enabled: bool = False
+    schedule: str = Field(default="0 3 * * *", description="cron (UTC) or an interval: 6h, 1d")
+    retain: SnapshotRetention = SnapshotRetention()
+    tags: dict[str, str] = Field(default_factory=dict)
+    copy_to_region: str | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        from agent.snapshot_schedule import parse_schedule
+
+        parse_schedule(value)  # raises ValueError naming the problem
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.lower().startswith(("aws:", "backup-agent:")):
+                raise ValueError(f"tag {key!r}: the aws: and backup-agent: prefixes are reserved")
+        return value
+
+    @field_validator("copy_to_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", value):
+            raise ValueError(f"{value!r} is not a region name (eu-west-1)")
+        return value
 
 
 class LoggingConfig(Section):
@@ -349,6 +394,7 @@ class Config(Section):
         default_factory=dict, description="Job name → schedule; null turns the job off."
     )
     restore: RestoreConfig = RestoreConfig()
+    snapshots: SnapshotsConfig = SnapshotsConfig()
 
     @field_validator("buckets")
     @classmethod

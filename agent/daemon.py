@@ -14,6 +14,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,6 +25,7 @@ from agent import logs
 from agent.alerts import integrity_failure
 from agent.aws import Clients
 from agent.backup import BackupService
+from agent.barrier import WriteBarrier
 from agent.config import Config
 from agent.consumer import Consumer, ConsumerSettings
 from agent.errors import VolumeNotReady
@@ -141,6 +143,7 @@ class Daemon:
             buckets=frozenset(self.config.buckets),
             compression=compression_settings(self.config),
             expected_bucket_owner=self.config.aws.expected_bucket_owner,
+            barrier=WriteBarrier(self.volume.root),  # shared with `backup-agent snapshot`
         )
         if self.monitoring is None:
             self.monitoring = self.build_monitoring()
@@ -204,6 +207,38 @@ class Daemon:
         for name, (schedule, run) in jobs.items():
             if schedule is not None:
                 self.monitoring.jobs.register(name, run, schedule)
+        if self.config.snapshots.enabled:
+            self.register_snapshot_jobs()
+
+    def register_snapshot_jobs(self) -> None:
+        """The scheduled EBS snapshot and its figures (age, count, duration) for CloudWatch."""
+        from agent.config import Schedule
+        from agent.metrics import Datapoint
+        from agent.snapshot_schedule import parse_schedule
+        from agent.snapshots import build_snapshot_manager
+
+        assert self.monitoring is not None
+        monitoring = self.monitoring
+        manager = build_snapshot_manager(self.config, self.clients, on_alert=self.alert)
+        parsed = parse_schedule(self.config.snapshots.schedule)
+        schedule = (
+            Schedule(every=parsed.interval.total_seconds())
+            if parsed.interval is not None
+            else Schedule(cron=parsed.cron)
+        )
+        monitoring.jobs.register("snapshots", manager.run_scheduled, schedule)
+
+        def publish_snapshot_metrics() -> None:
+            now = datetime.now(UTC)
+            units = {"SnapshotCount": "Count"}
+            points = [
+                Datapoint(name, value, units.get(name, "Seconds"), now)
+                for name, value in manager.metrics().items()
+            ]
+            if monitoring.publisher is not None:
+                monitoring.publisher.add(points)
+
+        monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, Schedule(every=300))
 
     def _scrub_alert(self, event: str, details: dict[str, Any]) -> None:
         if self.monitoring is not None:

@@ -118,6 +118,7 @@ class LifecycleContext:
 
 def build_context(config: Config, clients: Clients, stats: Stats | None = None) -> LifecycleContext:
     """Open the volume (raises VolumeNotReady) and wire the pieces the jobs use."""
+    from agent.barrier import WriteBarrier
     from agent.daemon import compression_settings
 
     volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
@@ -133,6 +134,7 @@ def build_context(config: Config, clients: Clients, stats: Stats | None = None) 
         buckets=frozenset(config.buckets),
         compression=compression_settings(config),
         expected_bucket_owner=config.aws.expected_bucket_owner,
+        barrier=WriteBarrier(volume.root),  # a snapshot pauses these writes too
     )
     return LifecycleContext(
         config=config,

@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--seed", type=int, help="make --sample repeatable")
     check.add_argument("--workers", type=int, help="copies at once (default restore.workers)")
+
+    snaps = command("snapshots", cmd_snapshots, "List the agent's EBS snapshots of the volume.")
+    snaps.add_argument("--volume-id", metavar="VOL", help="only this volume's (default: any)")
     return parser
 
 
@@ -275,6 +278,28 @@ def _fraction(text: str) -> float:
 
 
 # -- list ----------------------------------------------------------------------------
+
+
+def cmd_snapshots(rt: Runtime) -> int:
+    """Works when the instance and volume are gone: it reads EC2's tags, not the volume."""
+    from agent.snapshots import print_snapshots, snapshot_listing
+
+    snapshots = snapshot_listing(rt.config, rt.clients, rt.args.volume_id)
+    if rt.args.json:
+        for snap in snapshots:
+            rt.emit(
+                {
+                    "snapshot_id": snap.snapshot_id,
+                    "volume_id": snap.volume_id,
+                    "region": snap.region,
+                    "state": snap.state,
+                    "taken_at": snap.taken_at.isoformat(),
+                    "journal_position": snap.journal_position,
+                }
+            )
+        return EXIT_OK
+    print_snapshots(snapshots, out=rt.out)
+    return EXIT_OK
 
 
 def cmd_list(rt: Runtime) -> int:

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,12 +166,19 @@ class Volume:
         chunks: Iterable[bytes],
         compression: CompressionSettings,
         expect: Expectation = Expectation(),
+        before_commit: Callable[[], object] | None = None,
     ) -> StoredCopy:
-        """Stream `chunks` into a durable, content-addressed copy."""
+        """Stream `chunks` into a durable, content-addressed copy.
+
+        `before_commit` runs after the temp file is durable and just before the rename
+        (the write barrier is entered there, so a snapshot never waits for a download).
+        """
         self.ensure_ready()
         temp_path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             digest, size, stored_size = _compress_to(temp_path, chunks, compression, expect)
+            if before_commit is not None:
+                before_commit()
             return self._commit(temp_path, digest, size, stored_size)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

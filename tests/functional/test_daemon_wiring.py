@@ -1,0 +1,110 @@
+"""The daemon wires features together: alerts before the volume, scheduled jobs, snapshots."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import yaml
+
+from agent import restore_cli
+from agent.daemon import Daemon
+from tests.conftest import make_config
+
+
+def _subscribed_inbox(aws):
+    sns = aws.client("sns")
+    topic = sns.create_topic(Name="backup-alerts")["TopicArn"]
+    inbox = aws.sqs.create_queue(QueueName="alert-inbox")["QueueUrl"]
+    arn = aws.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    return topic, inbox
+
+
+def _wait_for_messages(aws, inbox, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = aws.sqs.receive_message(QueueUrl=inbox, MaxNumberOfMessages=10).get("Messages")
+        if found:
+            return [json.loads(m["Body"]) for m in found]
+        time.sleep(0.1)
+    return []
+
+
+def test_a_volume_that_is_not_mounted_is_alerted_while_the_agent_waits(aws, backup_root):
+    topic, inbox = _subscribed_inbox(aws)
+    config = make_config(
+        backup_root,
+        alerts={"sns_topic_arn": topic, "window_seconds": 1},
+        metrics={"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+    )
+    daemon = Daemon(config, aws)  # no marker at the root: the volume is "not mounted"
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        messages = _wait_for_messages(aws, inbox)
+    finally:
+        daemon.request_stop()
+        runner.join(15)
+    assert messages, "no alert reached the SNS topic"
+    assert "backup volume not ready" in messages[0]["Message"]
+    assert "init-volume" in messages[0]["Message"]
+    assert not runner.is_alive()
+
+
+def test_scheduled_lifecycle_and_snapshot_jobs_are_registered(aws, backup_root, volume):
+    ec2 = aws.client("ec2")
+    volume_id = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    config = make_config(
+        backup_root,
+        storage={"root": str(backup_root), "min_free_bytes": 0, "volume_id": volume_id},
+        metrics={"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+        reconcile={"schedule": 3600},
+        scrub={"schedule": "0 5 * * *"},
+        snapshots={"enabled": True, "schedule": "6h"},
+    )
+    daemon = Daemon(config, aws)
+    daemon.start(volume.read_marker())
+    try:
+        names = {record.name for record in daemon.monitoring.jobs.records()}
+        schedules = {r.name: r.schedule for r in daemon.monitoring.jobs.records()}
+    finally:
+        daemon.stop()
+    assert {"reconcile", "scrub", "snapshots", "snapshot-metrics"} <= names
+    assert "retention" not in names and "gc" not in names  # no schedule: on demand only
+    assert schedules["snapshots"].every == 6 * 3600
+    assert schedules["scrub"].cron == "0 5 * * *"
+
+
+def test_backup_restore_snapshots_lists_the_agents_snapshots(aws, backup_root, volume, tmp_path):
+    ec2 = aws.client("ec2")
+    volume_id = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    raw = {
+        "queue": {"url": "https://sqs.us-east-1.amazonaws.com/123456789012/backup-events"},
+        "buckets": ["company-documents"],
+        "storage": {"root": str(backup_root), "volume_id": volume_id},
+        "state": {"table": "backup-agent-objects"},
+        "snapshots": {"enabled": True, "schedule": "0 3 * * *"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    from agent.snapshots import build_snapshot_manager
+
+    config = make_config(
+        backup_root,
+        storage=raw["storage"],
+        snapshots=raw["snapshots"],
+    )
+    run = build_snapshot_manager(config, aws).take()
+    out = io.StringIO()
+
+    code = restore_cli.main(["snapshots", "--config", str(path), "--json"], out=out)
+
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert code == 0
+    assert [r["snapshot_id"] for r in rows] == [run.snapshot_id]
+    assert rows[0]["volume_id"] == volume_id
