@@ -148,6 +148,7 @@ class ConfigReloader:
         observer.start()
         self._observer = observer
         log.info("config.watching", path=str(self.path))
+        self.request("changed before watching started")  # an edit made during start-up
 
     def stop(self) -> None:
         self._stopped.set()
