@@ -148,7 +148,8 @@ class ConfigReloader:
         observer.start()
         self._observer = observer
         log.info("config.watching", path=str(self.path))
-        self.request("changed before watching started")  # an edit made during start-up
+        if self._digest() != self._seen:  # an edit made during start-up
+            self.request("changed before watching started")
 
     def stop(self) -> None:
         self._stopped.set()
