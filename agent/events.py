@@ -52,11 +52,12 @@ class ObjectEvent:
 
         Sequencers of one key compare as hex strings after right-padding the shorter
         with zeros (S3's documented rule); padding to a fixed width makes plain
-        string comparison do exactly that. A sequencer always sorts after a time.
+        string comparison do exactly that. A sequencer always sorts after a time
+        (prefix "s" > "e"): a real S3 event wins over one that carries only a time.
         """
         if self.sequencer:
             return "s" + self.sequencer.upper().ljust(SEQUENCER_WIDTH, "0")
-        return "t" + self.event_time.strftime("%Y%m%dT%H%M%S.%fZ")
+        return "e" + self.event_time.strftime("%Y%m%dT%H%M%S.%fZ")
 
     @property
     def version_token(self) -> str:
