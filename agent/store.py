@@ -239,17 +239,19 @@ def _compress_to(
         writer = compressor.stream_writer(
             sink, size=expect.size if expect.size is not None else -1, closefd=False
         )
-        with writer:
-            for chunk in chunks:
-                sha.update(chunk)
-                if md5 is not None:
-                    md5.update(chunk)
-                writer.write(chunk)
-                size += len(chunk)
-                if expect.size is not None and size > expect.size:
-                    raise IntegrityError(f"object is longer than the expected {expect.size} bytes")
-            if expect.size is not None and size != expect.size:
-                raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+        # Sizes are checked before zstd sees the bytes: it enforces the pledged size itself
+        # and would otherwise replace the IntegrityError with its own "Src size is incorrect".
+        for chunk in chunks:
+            if expect.size is not None and size + len(chunk) > expect.size:
+                raise IntegrityError(f"object is longer than the expected {expect.size} bytes")
+            sha.update(chunk)
+            if md5 is not None:
+                md5.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+        if expect.size is not None and size != expect.size:
+            raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+        writer.flush(zstandard.FLUSH_FRAME)  # ends the frame, content checksum included
         if md5 is not None and md5.hexdigest() != expect.md5_hex:
             raise IntegrityError(f"MD5 {md5.hexdigest()} does not match eTag {expect.md5_hex}")
         sink.flush()
