@@ -24,11 +24,21 @@ class Call:
 
 @dataclass
 class CallLog:
-    """Every call a client made, in order (thread-safe); `on_call` sees each as it happens."""
+    """Every call a client made, in order (thread-safe); `on_call` sees each as it happens.
+
+    `received` keeps every message SQS ReceiveMessage returned (to map receipt handles)."""
 
     calls: list[Call] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
     on_call: Callable[[Call], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def message_id(self, receipt_handle: str) -> str:
+        with self._lock:
+            for message in self.received:
+                if message["ReceiptHandle"] == receipt_handle:
+                    return str(message["MessageId"])
+        raise KeyError(receipt_handle)
 
     def operations(self) -> list[str]:
         with self._lock:
@@ -50,11 +60,16 @@ def record_calls(client: Any, log: CallLog | None = None) -> CallLog:
     log = log or CallLog()
     service = client.meta.service_model.service_id.hyphenize()
 
-    def remember(params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
-        context["recorded_params"] = dict(params)
+    def remember(params: dict[str, Any], model: Any, **_: Any) -> None:
         log.add(Call(model.name, dict(params)))
 
+    def keep_messages(parsed: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "ReceiveMessage":
+            with log._lock:
+                log.received.extend(parsed.get("Messages", []))
+
     client.meta.events.register(f"provide-client-params.{service}", remember)
+    client.meta.events.register(f"after-call.{service}", keep_messages)
     return log
 
 
