@@ -85,6 +85,7 @@ class Volume:
         self.tmp_dir = self.root / "tmp"
         self.journal_dir = self.root / "journal"
         self.marker_path = self.root / MARKER_NAME
+        self.temp_files_removed = 0  # by the last open()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class Volume:
         """Check the marker, create missing directories, remove crash leftovers."""
         marker = self.read_marker()
         self._make_dirs()
-        self.remove_temp_files()
+        self.temp_files_removed = self.remove_temp_files()
         return marker
 
     def remove_temp_files(self) -> int:
