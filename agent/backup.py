@@ -146,9 +146,10 @@ class BackupService:
     def _download_and_store(self, event: ObjectEvent) -> StoredCopy:
         response = self._get_object(event)
         length = int(response["ContentLength"])
-        if event.size is not None and length != event.size:
-            raise ObjectGone(f"S3 holds {length} bytes, the event said {event.size}: replaced")
         body = response["Body"]
+        if event.size is not None and length != event.size:
+            body.close()  # give the connection back to the pool
+            raise ObjectGone(f"S3 holds {length} bytes, the event said {event.size}: replaced")
         try:
             return self.volume.write_copy(
                 _chunks(body, self.compression.chunk_bytes),

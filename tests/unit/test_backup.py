@@ -322,3 +322,45 @@ def test_s3_errors_are_classified(aws, service, code, status, error):
         return
     with pytest.raises(error, match=code):
         service.process(event)
+
+
+class WatchedBody:
+    """Wraps a GetObject StreamingBody to see whether the backup closes it."""
+
+    def __init__(self, body) -> None:
+        self._body = body
+        self.closed = False
+
+    def read(self, *args):
+        return self._body.read(*args)
+
+    def close(self) -> None:
+        self.closed = True
+        self._body.close()
+
+
+def watch_bodies(s3) -> list[WatchedBody]:
+    bodies: list[WatchedBody] = []
+
+    def wrap(parsed, **_):
+        if "Body" in parsed:
+            parsed["Body"] = WatchedBody(parsed["Body"])
+            bodies.append(parsed["Body"])
+
+    s3.meta.events.register("after-call.s3.GetObject", wrap)
+    return bodies
+
+
+def test_the_response_body_is_closed_when_the_size_does_not_match(aws, service):
+    """An unclosed body keeps its HTTP connection out of the pool."""
+    etag = put(aws, "doc.txt", b"twelve bytes")["eTag"]
+    bodies = watch_bodies(aws.s3)
+    assert service.process(created("doc.txt", b"eleven byte", eTag=etag)).outcome is Outcome.GONE
+    assert [b.closed for b in bodies] == [True]
+
+
+def test_the_response_body_is_closed_after_a_copy(aws, service):
+    etag = put(aws, "doc.txt", b"some bytes")["eTag"]
+    bodies = watch_bodies(aws.s3)
+    service.process(created("doc.txt", b"some bytes", eTag=etag))
+    assert [b.closed for b in bodies] == [True]
