@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 import pytest
 from structlog.testing import capture_logs
@@ -364,3 +365,32 @@ def test_the_response_body_is_closed_after_a_copy(aws, service):
     bodies = watch_bodies(aws.s3)
     service.process(created("doc.txt", b"some bytes", eTag=etag))
     assert [b.closed for b in bodies] == [True]
+
+
+def test_two_deliveries_of_one_version_at_once_read_it_once(aws, service):
+    """The second waits for the first, then finds the version recorded."""
+    etag = put(aws, "doc.txt", b"delivered twice")["eTag"]
+    event = created("doc.txt", b"delivered twice", eTag=etag)
+    reads = record_calls(aws.s3)
+    second_read = threading.Event()
+    reads.on_call = lambda call: (
+        call.operation == "GetObject" and len(reads.of("GetObject")) == 2 and second_read.set()
+    )
+
+    def slow_first_read(params, **_):
+        if len(reads.of("GetObject")) == 1:
+            second_read.wait(0.5)  # a second read would happen now if nothing held it back
+
+    aws.s3.meta.events.register("provide-client-params.s3.GetObject", slow_first_read)
+    outcomes: list[Outcome] = []
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(service.process(event).outcome))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(o.value for o in outcomes) == ["already_done", "stored"]
+    assert len(reads.of("GetObject")) == 1
+    assert service._locks._locks == {}  # the per-version lock is dropped afterwards

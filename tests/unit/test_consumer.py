@@ -15,10 +15,13 @@ from structlog.testing import capture_logs
 
 import agent.consumer as consumer_module
 from agent.backup import Outcome, Result
+from agent.config import parse_config
 from agent.consumer import MAX_VISIBILITY, ByteBudget, Consumer, ConsumerSettings, InFlight
+from agent.daemon import consumer_settings
 from agent.errors import PermanentError, RetryableError
 from agent.events import ObjectEvent
 from tests.aws_hooks import CallLog, Fault, inject, record_calls
+from tests.conftest import QUEUE_URL
 from tests.event_fixtures import EVENTS_DIR, event_text, notification, s3_record
 from tests.waiting import wait_until
 
@@ -322,6 +325,32 @@ def test_extension_respects_the_12_hour_cap():
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
         "message.visibility_cap_reached"
     ]
+
+
+def test_receives_ask_for_the_configured_poll_visibility_and_receive_count(
+    sqs, queue_url, make_consumer
+):
+    calls = record_calls(sqs)
+    make_consumer(FakeProcessor(), workers=4, visibility_timeout=45).start()
+    wait_until(lambda: calls.of("ReceiveMessage"), what="a receive")
+    first = calls.of("ReceiveMessage")[0]
+    assert first["QueueUrl"] == queue_url
+    assert (first["MaxNumberOfMessages"], first["WaitTimeSeconds"]) == (4, 0)
+    assert first["VisibilityTimeout"] == 45
+    assert "ApproximateReceiveCount" in first["MessageSystemAttributeNames"]
+
+
+def test_the_default_configuration_long_polls_for_up_to_ten_messages(tmp_path):
+    config = parse_config(
+        {
+            "queue": {"url": QUEUE_URL},
+            "buckets": ["company-documents"],
+            "storage": {"root": str(tmp_path)},
+            "state": {"table": "backup-agent-objects"},
+        }
+    )
+    settings = consumer_settings(config)
+    assert (settings.wait_time_seconds, settings.max_messages) == (20, 10)
 
 
 # -- concurrency limits ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,6 +130,24 @@ def test_verify_copy_checks_the_size(volume):
     copy = volume.write_copy([b"12345"], SETTINGS)
     with pytest.raises(IntegrityError, match="holds 5 bytes, expected 6"):
         volume.verify_copy(copy.sha256, 6)
+
+
+def test_memory_stays_flat_whatever_the_size(volume):
+    """32 MiB streamed in 1 MiB chunks: Python never holds more than a few chunks."""
+    total = 32 << 20
+
+    def source() -> Iterator[bytes]:
+        for _ in range(total >> 20):
+            yield os.urandom(1 << 20)
+
+    tracemalloc.start()
+    try:
+        copy = volume.write_copy(source(), SETTINGS, Expectation(size=total))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert copy.size == total
+    assert peak < 6 << 20, f"peak {peak} bytes"
 
 
 # -- nothing partial is ever visible --------------------------------------------------------
