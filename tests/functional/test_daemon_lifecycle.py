@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import threading
+from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
@@ -75,3 +77,36 @@ def test_run_backs_up_and_returns_0_when_asked_to_stop(aws, config, volume):
     assert exit_codes == [0]
     for thread in daemon.consumer._threads:
         thread.join(10)
+
+
+class Exited(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _raise_exited(code: int) -> None:
+    raise Exited(code)
+
+
+@pytest.fixture
+def restore_signal_handlers() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_the_first_signal_asks_for_a_drain_and_the_second_exits_at_once(
+    config, monkeypatch, restore_signal_handlers
+):
+    monkeypatch.setattr(daemon_module.os, "_exit", _raise_exited)
+    daemon = Daemon(config, NO_AWS)
+    daemon.install_signal_handlers()
+    with capture_logs() as logs:
+        signal.raise_signal(signal.SIGTERM)
+        assert daemon.stopping.is_set()  # warm: run() now drains and returns 0
+        with pytest.raises(Exited) as exited:
+            signal.raise_signal(signal.SIGINT)
+    assert exited.value.code == daemon_module.EXIT_IMMEDIATELY == 130
+    assert [e["event"] for e in logs] == ["agent.stop_requested", "agent.stop_now"]
