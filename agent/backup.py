@@ -150,6 +150,10 @@ class BackupService:
         if event.size is not None and length != event.size:
             body.close()  # give the connection back to the pool
             raise ObjectGone(f"S3 holds {length} bytes, the event said {event.size}: replaced")
+        held_etag = str(response.get("ETag", "")).strip('"')
+        if event.etag and held_etag and held_etag != event.etag.strip('"'):
+            body.close()
+            raise ObjectGone(f"S3 holds eTag {held_etag}, the event said {event.etag}: replaced")
         try:
             return self.volume.write_copy(
                 _chunks(body, self.compression.chunk_bytes),

@@ -394,3 +394,27 @@ def test_two_deliveries_of_one_version_at_once_read_it_once(aws, service):
     assert sorted(o.value for o in outcomes) == ["already_done", "stored"]
     assert len(reads.of("GetObject")) == 1
     assert service._locks._locks == {}  # the per-version lock is dropped afterwards
+
+
+def test_an_etag_that_differs_from_the_event_is_reported_not_stored(versioned, volume):
+    """With a VersionId S3 does not compare eTags (IfMatch is not sent): the agent does."""
+    service = make_service(versioned, volume)
+    version = put(versioned, "doc.txt", b"the real bytes")
+    bodies = watch_bodies(versioned.s3)
+    with capture_logs() as logs:
+        result = service.process(
+            created("doc.txt", b"the real bytes", versionId=version["versionId"], eTag="0" * 32)
+        )
+    assert result.outcome is Outcome.GONE
+    assert [b.closed for b in bodies] == [True]
+    (gone,) = [entry for entry in logs if entry["event"] == "backup.object_gone"]
+    assert f"S3 holds eTag {version['eTag']}, the event said {'0' * 32}" in gone["reason"]
+    assert list(volume.objects_dir.rglob("*.zst")) == []
+
+
+def test_a_quoted_etag_in_the_event_matches(versioned, volume):
+    version = put(versioned, "doc.txt", b"quoted")
+    event = created(
+        "doc.txt", b"quoted", versionId=version["versionId"], eTag=f'"{version["eTag"]}"'
+    )
+    assert make_service(versioned, volume).process(event).outcome is Outcome.STORED
