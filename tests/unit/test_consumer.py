@@ -383,6 +383,17 @@ def test_never_receives_more_messages_than_free_workers(sqs, queue_url, make_con
     assert all(1 <= wanted <= 3 - busy for wanted, busy in asked), asked
 
 
+def test_one_slow_object_never_stalls_the_others(sqs, queue_url, make_consumer, gate):
+    for key in ("slow.iso", "a.txt", "b.txt", "c.txt"):
+        send(sqs, queue_url, put_message(key))
+    processor = FakeProcessor(lambda event: event.key == "slow.iso" and gate.wait(15))
+    consumer = make_consumer(processor, workers=2)
+    consumer.start()
+    wait_until(lambda: processor.finished == 3, what="the three small objects")
+    assert {e.key for e in processor.events} == {"slow.iso", "a.txt", "b.txt", "c.txt"}
+    assert consumer.in_flight() == 1  # only the slow one is still running
+
+
 class WatchedBudget(ByteBudget):
     """A ByteBudget that says when a second reservation has been asked for."""
 
