@@ -370,3 +370,35 @@ def test_version_token_depends_only_on_the_version_id_when_present(key, version)
     one = event_with("01", key=key, version_id=version)
     other = event_with("02", key=key, version_id=version, time=datetime(2027, 1, 1, tzinfo=UTC))
     assert one.version_token == other.version_token == "v:" + version
+
+
+@pytest.mark.parametrize("sequencer", ["0x1F", "-1F", "+1F", " 1F", "1_F", "1F\n"])
+def test_sequencers_must_be_plain_hex_digits(sequencer):
+    with pytest.raises(MalformedMessage, match=r"Records\[0\]\.sequencer is not a hex string"):
+        parse_message(put_with(sequencer=sequencer))
+
+
+@pytest.mark.parametrize(
+    "size", ["1_024", " 1024", "-0", "1e3", "\uff11\uff10"]
+)  # the last: fullwidth digits
+def test_sizes_given_as_text_must_be_plain_digits(size):
+    with pytest.raises(MalformedMessage, match=r"Records\[0\]\.size is not a number"):
+        parse_message(put_with(size=size))
+
+
+def test_a_size_given_as_text_is_accepted():
+    (event,) = parse_message(put_with(size="1024")).events
+    assert event.size == 1024
+
+
+@pytest.mark.parametrize("shape", ["s3", "eventbridge"])
+def test_keys_that_are_not_valid_unicode_are_malformed(shape):
+    lone_surrogate = "bad\ud800key"
+    if shape == "s3":
+        body = put_with(key=lone_surrogate)
+    else:
+        document = load_event("eventbridge-object-created.json")
+        document["detail"]["object"]["key"] = lone_surrogate
+        body = json.dumps(document)
+    with pytest.raises(MalformedMessage, match="object key is not valid UTF-8"):
+        parse_message(body)
