@@ -418,3 +418,28 @@ def test_a_quoted_etag_in_the_event_matches(versioned, volume):
         "doc.txt", b"quoted", versionId=version["versionId"], eTag=f'"{version["eTag"]}"'
     )
     assert make_service(versioned, volume).process(event).outcome is Outcome.STORED
+
+
+def test_deleting_an_old_version_does_not_mark_the_key_deleted(versioned, volume):
+    """ObjectRemoved:Delete with a VersionId removes that version only; S3 still serves v2."""
+    service = make_service(versioned, volume)
+    v1 = put(versioned, "doc.txt", b"first")
+    v2 = put(versioned, "doc.txt", b"second")
+    service.process(created("doc.txt", b"first", sequencer="10", **v1))
+    service.process(created("doc.txt", b"second", sequencer="20", **v2))
+    versioned.s3.delete_object(Bucket=BUCKET, Key="doc.txt", VersionId=v1["versionId"])
+    delete = removed("doc.txt", "ObjectRemoved:Delete", versionId=v1["versionId"], sequencer="30")
+
+    assert service.process(delete).outcome is Outcome.TOMBSTONED
+    assert service.process(delete).outcome is Outcome.ALREADY_DONE
+
+    latest = Ledger(versioned.dynamodb, TABLE).latest(BUCKET, "doc.txt")
+    assert latest.version_id == v2["versionId"] and latest.deleted is False
+
+
+def test_a_delete_marker_marks_the_key_deleted_whatever_its_version_id(versioned, volume):
+    service = make_service(versioned, volume)
+    v1 = put(versioned, "doc.txt", b"first")
+    service.process(created("doc.txt", b"first", sequencer="10", **v1))
+    service.process(removed("doc.txt", versionId="marker-id", sequencer="20"))
+    assert Ledger(versioned.dynamodb, TABLE).latest(BUCKET, "doc.txt").deleted is True

@@ -43,6 +43,7 @@ def event(
     kind: EventKind = EventKind.CREATED,
     bucket: str = BUCKET,
     etag: str | None = "d41d8cd98f00b204e9800998ecf8427e",
+    delete_marker: bool = False,
 ) -> ObjectEvent:
     return ObjectEvent(
         kind=kind,
@@ -54,6 +55,7 @@ def event(
         etag=etag if kind is EventKind.CREATED else None,
         size=10 if kind is EventKind.CREATED else None,
         sequencer=sequencer,
+        delete_marker=delete_marker,
     )
 
 
@@ -151,11 +153,36 @@ def test_a_time_only_event_never_replaces_a_sequenced_latest(ledger):
 
 def test_a_delete_becomes_latest_and_a_late_older_put_does_not_resurrect_the_key(ledger):
     ledger.record(stored(event(sequencer="10", version_id="v1")))
-    gone = tombstone(event(sequencer="20", version_id="marker", kind=EventKind.REMOVED))
+    gone = tombstone(
+        event(sequencer="20", version_id="marker", kind=EventKind.REMOVED, delete_marker=True)
+    )
     ledger.record(gone)
     ledger.record(stored(event(sequencer="15", version_id="v0")))  # arrives late
     latest = ledger.latest(BUCKET, "reports/q1.txt")
     assert latest == gone and latest.deleted is True and latest.sha256 is None
+
+
+def test_a_permanent_delete_of_an_older_version_leaves_latest_alone(ledger):
+    ledger.record(stored(event(sequencer="10", version_id="v1")))
+    current = stored(event(sequencer="20", version_id="v2"))
+    ledger.record(current)
+    gone_v1 = tombstone(event(sequencer="30", version_id="v1", kind=EventKind.REMOVED))
+    ledger.record(gone_v1)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == current  # S3 still serves v2
+    assert gone_v1 in ledger.versions(BUCKET, "reports/q1.txt")
+
+
+def test_a_permanent_delete_of_the_latest_version_becomes_latest(ledger):
+    ledger.record(stored(event(sequencer="10", version_id="v1")))
+    gone_v1 = tombstone(event(sequencer="30", version_id="v1", kind=EventKind.REMOVED))
+    ledger.record(gone_v1)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == gone_v1
+
+
+def test_a_permanent_delete_of_an_unknown_key_becomes_latest(ledger):
+    gone = tombstone(event(sequencer="30", version_id="v9", kind=EventKind.REMOVED))
+    ledger.record(gone)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == gone
 
 
 # -- queries --------------------------------------------------------------------------------
@@ -164,7 +191,9 @@ def test_a_delete_becomes_latest_and_a_late_older_put_does_not_resurrect_the_key
 def test_versions_are_oldest_first_whatever_the_arrival_order(ledger):
     for sequencer, version in [("30", "c"), ("10", "a"), ("2", "d"), ("20", "b")]:
         ledger.record(stored(event(sequencer=sequencer, version_id=version)))
-    marker = tombstone(event(sequencer="25", version_id="m", kind=EventKind.REMOVED))
+    marker = tombstone(
+        event(sequencer="25", version_id="m", kind=EventKind.REMOVED, delete_marker=True)
+    )
     ledger.record(marker)
     versions = ledger.versions(BUCKET, "reports/q1.txt")
     assert [v.version_id for v in versions] == ["a", "b", "d", "m", "c"]  # "2" pads to "20"
