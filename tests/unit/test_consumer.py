@@ -264,10 +264,10 @@ def test_visibility_is_extended_at_half_time_while_work_runs(sqs, queue_url, mak
     )
 
     processor = FakeProcessor(lambda _event: extended_twice.wait(15))
-    make_consumer(processor, visibility_timeout=3).start()
+    make_consumer(processor, visibility_timeout=4).start()
     wait_until(lambda: deleted_ids(calls) == [message], what="the message deleted")
 
-    assert visibility_changes(calls)[:2] == [(message, 3), (message, 3)]
+    assert visibility_changes(calls)[:2] == [(message, 4), (message, 4)]
     assert processor.calls == 1  # never redelivered while it ran
 
 
@@ -286,7 +286,7 @@ def test_extension_stops_when_the_receipt_handle_is_invalid(sqs, queue_url, make
         sqs, Fault("ChangeMessageVisibility", "ReceiptHandleIsInvalid", when=first_handle_is_lost)
     )
     processor = FakeProcessor(lambda _event: gate.wait(15))
-    make_consumer(processor, workers=2, visibility_timeout=3).start()
+    make_consumer(processor, workers=2, visibility_timeout=4).start()
 
     def extensions_of_the_other_after_the_loss() -> int:
         handles = [p["ReceiptHandle"] for p in calls.of("ChangeMessageVisibility")]
