@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 
 from agent.events import EventKind, ObjectEvent
@@ -67,3 +68,19 @@ def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path):
 
 def test_a_missing_directory_reads_as_empty(tmp_path):
     assert list(Journal(tmp_path / "absent").read_all()) == []
+
+
+def test_each_append_is_fsynced_and_a_new_segment_directory_entry_too(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    journal = Journal(tmp_path, clock=lambda: T0)
+    journal.append(record("a"))
+    journal.append(record("b"))
+    segment = str(tmp_path / "2026-11-23.jsonl")
+    assert synced == [segment, str(tmp_path), segment]

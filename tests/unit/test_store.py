@@ -354,3 +354,26 @@ def test_atomic_write_bytes_replaces_whole_and_leaves_no_temp(tmp_path):
     atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert sorted(os.listdir(tmp_path)) == ["file.json"]
+
+
+@pytest.fixture
+def fsynced(monkeypatch) -> list[str]:
+    """Paths passed to os.fsync, in order (the real fsync still runs)."""
+    paths: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return paths
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_the_copy_is_fsynced_then_its_directory_after_the_rename(volume, fsynced):
+    copy = volume.write_copy([b"durable"], SETTINGS)
+    temp = [p for p in fsynced if p.startswith(str(volume.tmp_dir))]
+    assert len(temp) == 1 and temp[0].endswith(".part")
+    assert fsynced.index(temp[0]) < fsynced.index(str(copy.path.parent))
+    assert str(volume.objects_dir) in fsynced  # the new objects/ab directory entry
