@@ -156,9 +156,14 @@ class BackupService:
     ) -> StoredCopy:
         response = self._get_object(event)
         length = int(response["ContentLength"])
-        if event.size is not None and length != event.size:
-            raise ObjectGone(f"S3 holds {length} bytes, the event said {event.size}: replaced")
         body = response["Body"]
+        if event.size is not None and length != event.size:
+            body.close()  # give the connection back to the pool
+            raise ObjectGone(f"S3 holds {length} bytes, the event said {event.size}: replaced")
+        held_etag = str(response.get("ETag", "")).strip('"')
+        if event.etag and held_etag and held_etag != event.etag.strip('"'):
+            body.close()
+            raise ObjectGone(f"S3 holds eTag {held_etag}, the event said {event.etag}: replaced")
         try:
             return self.volume.write_copy(
                 _chunks(body, self.compression.chunk_bytes),

@@ -24,6 +24,7 @@ from agent.errors import ConfigError
 from agent.ledger import table_definition
 
 NOTIFICATION_ID = "backup-agent"
+POLICY_SID = "AllowS3Notifications"
 RETENTION_SECONDS = 14 * 24 * 3600
 
 
@@ -127,7 +128,10 @@ class Bootstrap:
             )["QueueUrl"]
             created = True
         if not created and attributes:
-            sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+            current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            changed = {k: v for k, v in attributes.items() if not _same(k, current.get(k), v)}
+            if changed:  # only what differs: setting attributes is not free of side effects
+                sqs.set_queue_attributes(QueueUrl=url, Attributes=changed)
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
@@ -135,23 +139,28 @@ class Bootstrap:
         return url, arn
 
     def ensure_queue_policy(self, queue_url: str, queue_arn: str) -> None:
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "AllowS3Notifications",
-                    "Effect": "Allow",
-                    "Principal": {"Service": "s3.amazonaws.com"},
-                    "Action": "sqs:SendMessage",
-                    "Resource": queue_arn,
-                    "Condition": {
-                        "ArnLike": {
-                            "aws:SourceArn": [f"arn:aws:s3:::{b}" for b in self.config.buckets]
-                        }
-                    },
-                }
-            ],
+        """Add (or update) our statement; other statements in the policy are kept."""
+        ours = {
+            "Sid": POLICY_SID,
+            "Effect": "Allow",
+            "Principal": {"Service": "s3.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": {
+                "ArnLike": {"aws:SourceArn": [f"arn:aws:s3:::{b}" for b in self.config.buckets]}
+            },
         }
+        current = self.clients.sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["Policy"]
+        ).get("Attributes", {})
+        policy = json.loads(current.get("Policy") or '{"Version": "2012-10-17"}')
+        statements = policy.get("Statement", [])
+        if isinstance(statements, dict):
+            statements = [statements]
+        if ours in statements:
+            self.report.add("queue policy for S3", False)
+            return
+        policy["Statement"] = [s for s in statements if s.get("Sid") != POLICY_SID] + [ours]
         self.clients.sqs.set_queue_attributes(
             QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)}
         )
@@ -214,6 +223,18 @@ class Bootstrap:
         self.ensure_bucket(bucket)
         for what, changed in ensure_staging(self.clients.s3, self.config.restore, bucket):
             self.report.add(what, changed)
+
+
+def _same(name: str, current: str | None, wanted: str) -> bool:
+    if current is None:
+        return False
+    if name == "RedrivePolicy":
+        have, want = json.loads(current), json.loads(wanted)
+        return bool(
+            have.get("deadLetterTargetArn") == want.get("deadLetterTargetArn")
+            and str(have.get("maxReceiveCount")) == str(want.get("maxReceiveCount"))
+        )
+    return str(current) == wanted
 
 
 def main(argv: Sequence[str] | None = None) -> int:

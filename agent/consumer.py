@@ -339,15 +339,19 @@ class Consumer:
         self, message: dict[str, Any], *, delete: bool = False, release_after: float | None = None
     ) -> None:
         with self._lock:
-            item = self._in_flight.pop(message["ReceiptHandle"], None)
-            self.stats.set_in_flight(len(self._in_flight))
-            self._lock.notify_all()
+            item = self._in_flight.get(message["ReceiptHandle"])
         if item is None:
             return  # already released by a shutdown
+        # Settle first, then leave in_flight: stop() must not return (and the process exit)
+        # while a delete is still on its way.
         if delete:
             self._delete(item)
         elif release_after is not None:
             self._change_visibility(item, int(release_after), "released_for_retry")
+        with self._lock:
+            self._in_flight.pop(message["ReceiptHandle"], None)
+            self.stats.set_in_flight(len(self._in_flight))
+            self._lock.notify_all()
 
     def _delete(self, item: InFlight) -> None:
         try:

@@ -289,7 +289,7 @@ class Daemon:
                 self.stopping.wait(self.notifier.ping_interval(VOLUME_RETRY_SECONDS))
                 self.notifier.watchdog()
                 continue
-            removed = self.volume.remove_temp_files()
+            removed = self.volume.temp_files_removed  # open() already removed them
             if reported:
                 log.info("volume.ready", root=str(self.volume.root))
             if removed:

@@ -24,6 +24,7 @@ from agent.errors import MalformedMessage
 
 MAX_KEY_BYTES = 1024
 SEQUENCER_WIDTH = 64
+HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 class EventKind(enum.Enum):
@@ -52,11 +53,12 @@ class ObjectEvent:
 
         Sequencers of one key compare as hex strings after right-padding the shorter
         with zeros (S3's documented rule); padding to a fixed width makes plain
-        string comparison do exactly that. A sequencer always sorts after a time.
+        string comparison do exactly that. A sequencer always sorts after a time
+        (prefix "s" > "e"): a real S3 event wins over one that carries only a time.
         """
         if self.sequencer:
             return "s" + self.sequencer.upper().ljust(SEQUENCER_WIDTH, "0")
-        return "t" + self.event_time.strftime("%Y%m%dT%H%M%S.%fZ")
+        return "e" + self.event_time.strftime("%Y%m%dT%H%M%S.%fZ")
 
     @property
     def version_token(self) -> str:
@@ -175,7 +177,11 @@ def _checked_key(key: str, where: str) -> str:
         raise MalformedMessage(f"{where}: empty object key")
     if "\x00" in key:
         raise MalformedMessage(f"{where}: object key contains NUL")
-    if len(key.encode("utf-8", errors="surrogatepass")) > MAX_KEY_BYTES:
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+        raise MalformedMessage(f"{where}: object key is not valid UTF-8") from None
+    if len(encoded) > MAX_KEY_BYTES:
         raise MalformedMessage(f"{where}: object key longer than {MAX_KEY_BYTES} bytes")
     return key
 
@@ -215,10 +221,9 @@ def _optional_size(value: Any, where: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise MalformedMessage(f"{where}.size is not a number")
-    try:
-        size = int(value)
-    except ValueError:
-        raise MalformedMessage(f"{where}.size is not a number") from None
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise MalformedMessage(f"{where}.size is not a number")  # int() takes "1_0", " 1"
+    size = int(value)
     if size < 0:
         raise MalformedMessage(f"{where}.size is negative")
     return size
@@ -227,12 +232,12 @@ def _optional_size(value: Any, where: str) -> int | None:
 def _optional_sequencer(value: Any, where: str) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > SEQUENCER_WIDTH:
+    if (
+        not isinstance(value, str)
+        or len(value) > SEQUENCER_WIDTH
+        or not all(c in HEX_DIGITS for c in value)  # int(v, 16) takes "0x1F", "-1", "1_F"
+    ):
         raise MalformedMessage(f"{where}.sequencer is not a hex string")
-    try:
-        int(value, 16)
-    except ValueError:
-        raise MalformedMessage(f"{where}.sequencer is not a hex string") from None
     return value
 
 

@@ -43,7 +43,11 @@ class Ledger:
     # -- writes ----------------------------------------------------------------------
 
     def record(self, record: VersionRecord) -> bool:
-        """Record a version and advance LATEST when it is newer. False if already known."""
+        """Record a version and advance LATEST when it is newer. False if already known.
+
+        A permanent delete of one S3 version moves LATEST only when LATEST is that version:
+        deleting an older version leaves the key's current one in place.
+        """
         fresh = self._put_version(record)
         self._advance_latest(record)
         return fresh
@@ -68,12 +72,17 @@ class Ledger:
         item = self._item(record, LATEST)
         item["gsi_bucket"] = {"S": record.bucket}
         item["gsi_key"] = {"S": record.key}
+        condition = "attribute_not_exists(pk) OR order_key < :order"
+        values = {":order": {"S": record.order_key}}
+        if record.removes_one_version and record.version_id:
+            condition = "attribute_not_exists(pk) OR (order_key < :order AND version_id = :v)"
+            values[":v"] = {"S": record.version_id}
         try:
             self._db.put_item(
                 TableName=self.table,
                 Item=item,
-                ConditionExpression="attribute_not_exists(pk) OR order_key < :order",
-                ExpressionAttributeValues={":order": {"S": record.order_key}},
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
             )
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":

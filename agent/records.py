@@ -23,6 +23,7 @@ class VersionRecord:
     backup_time: str
     volume_id: str
     deleted: bool = False
+    delete_marker: bool = False
     version_id: str | None = None
     sequencer: str | None = None
     etag: str | None = None
@@ -46,6 +47,7 @@ class VersionRecord:
             backup_time=backup_time.isoformat(),
             volume_id=volume_id,
             deleted=deleted,
+            delete_marker=event.delete_marker,
             version_id=event.version_id,
             sequencer=event.sequencer,
             etag=event.etag,
@@ -63,4 +65,16 @@ class VersionRecord:
             if values.get(number) is not None:
                 values[number] = int(values[number])
         values["deleted"] = bool(values.get("deleted", False))
+        values["delete_marker"] = bool(values.get("delete_marker", False))
         return cls(**values)
+
+    @property
+    def removes_one_version(self) -> bool:
+        """A permanent delete of one S3 version (not a delete marker): the key's other
+        versions remain, so it says nothing about the key's current version."""
+        return (
+            self.deleted
+            and not self.delete_marker
+            and self.version_id is not None
+            and self.version_id != "null"
+        )

@@ -85,6 +85,7 @@ class Volume:
         self.tmp_dir = self.root / "tmp"
         self.journal_dir = self.root / "journal"
         self.marker_path = self.root / MARKER_NAME
+        self.temp_files_removed = 0  # by the last open()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -123,7 +124,7 @@ class Volume:
         """Check the marker, create missing directories, remove crash leftovers."""
         marker = self.read_marker()
         self._make_dirs()
-        self.remove_temp_files()
+        self.temp_files_removed = self.remove_temp_files()
         return marker
 
     def remove_temp_files(self) -> int:
@@ -249,17 +250,19 @@ def _compress_to(
         writer = compressor.stream_writer(
             sink, size=expect.size if expect.size is not None else -1, closefd=False
         )
-        with writer:
-            for chunk in chunks:
-                sha.update(chunk)
-                if md5 is not None:
-                    md5.update(chunk)
-                writer.write(chunk)
-                size += len(chunk)
-                if expect.size is not None and size > expect.size:
-                    raise IntegrityError(f"object is longer than the expected {expect.size} bytes")
-            if expect.size is not None and size != expect.size:
-                raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+        # Sizes are checked before zstd sees the bytes: it enforces the pledged size itself
+        # and would otherwise replace the IntegrityError with its own "Src size is incorrect".
+        for chunk in chunks:
+            if expect.size is not None and size + len(chunk) > expect.size:
+                raise IntegrityError(f"object is longer than the expected {expect.size} bytes")
+            sha.update(chunk)
+            if md5 is not None:
+                md5.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+        if expect.size is not None and size != expect.size:
+            raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+        writer.flush(zstandard.FLUSH_FRAME)  # ends the frame, content checksum included
         if md5 is not None and md5.hexdigest() != expect.md5_hex:
             raise IntegrityError(f"MD5 {md5.hexdigest()} does not match eTag {expect.md5_hex}")
         sink.flush()

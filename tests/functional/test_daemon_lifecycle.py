@@ -1,0 +1,112 @@
+"""The Daemon in-process: waits for its volume, cleans crash leftovers, runs, stops with 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+
+import pytest
+from structlog.testing import capture_logs
+
+import agent.daemon as daemon_module
+from agent.aws import Clients
+from agent.daemon import Daemon
+from agent.ledger import Ledger
+from agent.store import MARKER_NAME, Volume
+from tests.conftest import BUCKET, TABLE
+from tests.waiting import wait_until
+
+NO_AWS = Clients(s3=None, sqs=None, dynamodb=None)
+
+
+@pytest.fixture
+def quick_volume_retries(monkeypatch):
+    monkeypatch.setattr(daemon_module, "VOLUME_RETRY_SECONDS", 0.05)
+
+
+def test_temp_files_left_by_a_crash_are_removed_and_reported_at_start_up(config, volume):
+    for name in ("1.part", "2.part"):
+        (volume.tmp_dir / name).write_bytes(b"interrupted copy")
+    with capture_logs() as logs:
+        marker = Daemon(config, NO_AWS).wait_for_volume()
+    assert marker is not None and marker.volume_id == "vol-test"
+    assert list(volume.tmp_dir.iterdir()) == []
+    assert {"event": "volume.temp_files_removed", "count": 2, "log_level": "info"} in logs
+
+
+def test_the_daemon_waits_for_the_volume_marker_and_says_why(
+    config, backup_root, quick_volume_retries
+):
+    daemon = Daemon(config, NO_AWS)
+    result: list[object] = []
+    with capture_logs() as logs:
+        waiter = threading.Thread(target=lambda: result.append(daemon.wait_for_volume()))
+        waiter.start()
+        wait_until(lambda: any(e["event"] == "volume.not_ready" for e in logs), what="report")
+        assert waiter.is_alive()  # still waiting: nothing is written to the bare root
+        Volume(backup_root).initialise("vol-late")
+        waiter.join(10)
+    assert result[0].volume_id == "vol-late"
+    not_ready = [e for e in logs if e["event"] == "volume.not_ready"]
+    assert len(not_ready) == 1  # reported once, not once per retry
+    assert "run: backup-agent init-volume" in not_ready[0]["reason"]
+    assert any(e["event"] == "volume.ready" for e in logs)
+
+
+def test_a_stop_while_waiting_for_the_volume_returns_cleanly(config, quick_volume_retries):
+    daemon = Daemon(config, NO_AWS)
+    daemon.request_stop()
+    assert daemon.wait_for_volume() is None
+    assert not (config.storage.root / MARKER_NAME).exists()
+
+
+def test_run_backs_up_and_returns_0_when_asked_to_stop(aws, config, volume):
+    daemon = Daemon(config, aws)
+    exit_codes: list[int] = []
+    runner = threading.Thread(target=lambda: exit_codes.append(daemon.run()))
+    runner.start()
+    try:
+        wait_until(lambda: daemon.consumer is not None, what="the consumer started")
+        aws.s3.put_object(Bucket=BUCKET, Key="via daemon.txt", Body=b"daemon " * 100)
+        ledger = Ledger(aws.dynamodb, TABLE)
+        wait_until(lambda: ledger.latest(BUCKET, "via daemon.txt"), what="the backup")
+    finally:
+        daemon.request_stop()
+        runner.join(30)
+    assert exit_codes == [0]
+    for thread in daemon.consumer._threads:
+        thread.join(10)
+
+
+class Exited(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _raise_exited(code: int) -> None:
+    raise Exited(code)
+
+
+@pytest.fixture
+def restore_signal_handlers() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+def test_the_first_signal_asks_for_a_drain_and_the_second_exits_at_once(
+    config, monkeypatch, restore_signal_handlers
+):
+    monkeypatch.setattr(daemon_module.os, "_exit", _raise_exited)
+    daemon = Daemon(config, NO_AWS)
+    daemon.install_signal_handlers()
+    with capture_logs() as logs:
+        signal.raise_signal(signal.SIGTERM)
+        assert daemon.stopping.is_set()  # warm: run() now drains and returns 0
+        with pytest.raises(Exited) as exited:
+            signal.raise_signal(signal.SIGINT)
+    assert exited.value.code == daemon_module.EXIT_IMMEDIATELY == 130
+    assert [e["event"] for e in logs] == ["agent.stop_requested", "agent.stop_now"]

@@ -1,0 +1,159 @@
+"""scripts/bootstrap-aws (moto): creates what is missing, leaves what exists, runs twice."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from agent.aws import Clients
+from agent.bootstrap import NOTIFICATION_ID, Bootstrap, dead_letter_name
+from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    with mock_aws():
+        session = boto3.session.Session(region_name=REGION)
+        yield Clients(
+            s3=session.client("s3"),
+            sqs=session.client("sqs"),
+            dynamodb=session.client("dynamodb"),
+            session=session,
+        )
+
+
+@pytest.fixture
+def config(backup_root):
+    return make_config(
+        backup_root, queue={"url": QUEUE_URL, "max_receive_count": 5, "visibility_timeout": 120}
+    )
+
+
+def queue_attributes(clients: Clients, url: str) -> dict[str, str]:
+    return dict(
+        clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    )
+
+
+def test_a_first_run_creates_everything(clients, config):
+    report = Bootstrap(config, clients).run(create_buckets=True)
+    assert report.existing == []
+    assert sorted(report.created) == sorted(
+        [
+            f"bucket {BUCKET}",
+            "queue backup-events-dlq",
+            "queue backup-events",
+            "queue policy for S3",
+            f"notification {BUCKET} → queue",
+            f"table {TABLE}",
+        ]
+    )
+
+
+def test_the_queue_redrives_to_the_dead_letter_queue(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    dlq_url = clients.sqs.get_queue_url(QueueName=dead_letter_name(config))["QueueUrl"]
+    dlq_arn = queue_attributes(clients, dlq_url)["QueueArn"]
+    attributes = queue_attributes(clients, QUEUE_URL)
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == dlq_arn
+    assert int(redrive["maxReceiveCount"]) == 5 >= 3
+    assert attributes["VisibilityTimeout"] == "120"
+
+
+def test_the_queue_policy_lets_only_the_configured_buckets_send(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    attributes = queue_attributes(clients, QUEUE_URL)
+    (statement,) = json.loads(attributes["Policy"])["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Resource"] == attributes["QueueArn"]
+    assert statement["Condition"]["ArnLike"]["aws:SourceArn"] == [f"arn:aws:s3:::{BUCKET}"]
+
+
+def test_the_bucket_notifies_created_and_removed_objects(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    notification = clients.s3.get_bucket_notification_configuration(Bucket=BUCKET)
+    (queue,) = notification["QueueConfigurations"]
+    assert queue["Id"] == NOTIFICATION_ID
+    assert queue["QueueArn"] == queue_attributes(clients, QUEUE_URL)["QueueArn"]
+    assert sorted(queue["Events"]) == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+
+
+def test_the_table_has_its_key_index(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    table = clients.dynamodb.describe_table(TableName=TABLE)["Table"]
+    assert [k["AttributeName"] for k in table["KeySchema"]] == ["pk", "sk"]
+    (index,) = table["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "by-key"
+    assert [k["AttributeName"] for k in index["KeySchema"]] == ["gsi_bucket", "gsi_key"]
+
+
+def test_a_second_run_creates_nothing(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    clients.sqs.purge_queue(QueueUrl=QUEUE_URL)
+    report = Bootstrap(config, clients).run(create_buckets=True)
+    assert report.created == []
+    assert len(report.existing) == 6
+    messages = clients.sqs.receive_message(QueueUrl=QUEUE_URL, WaitTimeSeconds=0).get(
+        "Messages", []
+    )
+    assert messages == []  # the notification was not set again (that sends an s3:TestEvent)
+
+
+def test_existing_notifications_of_the_bucket_are_kept(clients, config):
+    clients.s3.create_bucket(Bucket=BUCKET)
+    other = clients.sqs.create_queue(QueueName="analytics")["QueueUrl"]
+    other_arn = queue_attributes(clients, other)["QueueArn"]
+    clients.s3.put_bucket_notification_configuration(
+        Bucket=BUCKET,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {"Id": "analytics", "QueueArn": other_arn, "Events": ["s3:ObjectCreated:*"]}
+            ]
+        },
+    )
+    Bootstrap(config, clients).run(create_buckets=True)
+    notification = clients.s3.get_bucket_notification_configuration(Bucket=BUCKET)
+    assert sorted(q["Id"] for q in notification["QueueConfigurations"]) == [
+        "analytics",
+        NOTIFICATION_ID,
+    ]
+
+
+def test_other_statements_of_the_queue_policy_are_kept(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    operator_statement = {
+        "Sid": "OperatorAudit",
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::123456789012:role/audit"},
+        "Action": "sqs:GetQueueAttributes",
+        "Resource": queue_attributes(clients, QUEUE_URL)["QueueArn"],
+    }
+    operator_policy = {"Version": "2012-10-17", "Statement": [operator_statement]}
+    clients.sqs.set_queue_attributes(
+        QueueUrl=QUEUE_URL, Attributes={"Policy": json.dumps(operator_policy)}
+    )
+
+    report = Bootstrap(config, clients).run(create_buckets=True)
+
+    assert report.created == ["queue policy for S3"]
+    statements = json.loads(queue_attributes(clients, QUEUE_URL)["Policy"])["Statement"]
+    assert statements[0] == operator_statement
+    assert [s["Sid"] for s in statements] == ["OperatorAudit", "AllowS3Notifications"]
+
+
+def test_a_changed_setting_is_applied_to_an_existing_queue(clients, config, backup_root):
+    Bootstrap(config, clients).run(create_buckets=True)
+    changed = make_config(
+        backup_root, queue={"url": QUEUE_URL, "max_receive_count": 7, "visibility_timeout": 120}
+    )
+    Bootstrap(changed, clients).run(create_buckets=True)
+    redrive = json.loads(queue_attributes(clients, QUEUE_URL)["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == 7
+    assert "Policy" in queue_attributes(clients, QUEUE_URL)  # S3 may still send

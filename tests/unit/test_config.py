@@ -1,0 +1,268 @@
+"""config.yaml validation: precise problems, check-config exit codes, which file is read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import structlog
+import yaml
+
+from agent import cli
+from agent.config import (
+    CONFIG_ENV_VAR,
+    DEFAULT_CONFIG_PATH,
+    load_config,
+    parse_config,
+    resolve_config_path,
+)
+from agent.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """cli.main() points structlog at this test's captured stderr; undo that afterwards."""
+    yield
+    structlog.reset_defaults()
+
+
+def valid(root: Path) -> dict:
+    return {
+        "aws": {"region": "us-east-1"},
+        "queue": {"url": "https://sqs.us-east-1.amazonaws.com/123456789012/backup-events"},
+        "buckets": ["company-documents"],
+        "storage": {"root": str(root)},
+        "state": {"table": "backup-agent-objects"},
+    }
+
+
+def problems_of(raw: object) -> list[str]:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(raw)
+    return raised.value.problems
+
+
+def write(path: Path, raw: object) -> Path:
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+# -- problems name the key and say what is wrong --------------------------------------------
+
+
+def test_a_minimal_config_is_valid_and_fills_defaults(tmp_path):
+    config = parse_config(valid(tmp_path))
+    assert config.queue.wait_time_seconds == 20
+    assert config.storage.compression_level == 3
+    assert config.aws.endpoint_url is None
+
+
+def test_missing_queue_url_is_reported_by_its_path(tmp_path):
+    raw = valid(tmp_path)
+    raw["queue"] = {}
+    assert problems_of(raw) == ["queue.url: field required"]
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    raw = valid(tmp_path)
+    del raw["state"]
+    raw["queue"] = {"wait_time_seconds": 20}
+    raw["buckets"] = []
+    assert sorted(problems_of(raw)) == [
+        "buckets: list should have at least 1 item after validation, not 0",
+        "queue.url: field required",
+        "state: field required",
+    ]
+
+
+def test_unknown_keys_are_errors_at_any_level(tmp_path):
+    raw = valid(tmp_path)
+    raw["queue"]["ulr"] = "typo"
+    raw["bucket"] = ["typo"]
+    assert sorted(problems_of(raw)) == ["bucket: unknown key", "queue.ulr: unknown key"]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "problem"),
+    [
+        (
+            "consumer",
+            "workers",
+            "many",
+            "consumer.workers: input should be a valid integer, unable to parse string as an"
+            " integer",
+        ),
+        ("consumer", "workers", 0, "consumer.workers: input should be greater than or equal to 1"),
+        (
+            "storage",
+            "compression_level",
+            23,
+            "storage.compression_level: input should be less than or equal to 22",
+        ),
+        ("aws", "retry_mode", "eager", "aws.retry_mode: input should be 'standard' or 'adaptive'"),
+        ("queue", "url", "sqs/backup-events", "queue.url: 'sqs/backup-events' is not a queue URL"),
+    ],
+)
+def test_wrong_values_name_the_key(tmp_path, section, key, value, problem):
+    raw = valid(tmp_path)
+    raw.setdefault(section, {})[key] = value
+    (reported,) = problems_of(raw)
+    assert reported.startswith(problem)
+
+
+def test_a_section_of_the_wrong_type(tmp_path):
+    raw = valid(tmp_path)
+    raw["storage"] = "/mnt/backups"
+    (reported,) = problems_of(raw)
+    assert reported.startswith("storage: input should be a valid dictionary")
+
+
+def test_storage_root_must_be_absolute(tmp_path):
+    raw = valid(tmp_path)
+    raw["storage"]["root"] = "mnt/backups"
+    assert problems_of(raw) == ["storage.root: mnt/backups is not an absolute path"]
+
+
+def test_bucket_names_are_checked(tmp_path):
+    raw = valid(tmp_path)
+    raw["buckets"] = ["company-documents", "a/b"]
+    assert problems_of(raw) == ["buckets: 'a/b' is not a bucket name"]
+
+
+def test_a_top_level_list_is_not_a_config():
+    assert problems_of(["queue"]) == ["(top level): expected a mapping of sections, got list"]
+
+
+def test_sections_are_frozen(tmp_path):
+    config = parse_config(valid(tmp_path))
+    with pytest.raises(ValueError, match="frozen"):
+        config.queue.url = "https://elsewhere"
+
+
+# -- the file itself -------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "nope.yaml")
+    assert raised.value.problems == [f"{tmp_path / 'nope.yaml'}: no such file"]
+
+
+def test_unreadable_file(tmp_path):
+    # A directory where the file should be: unreadable even for root (tests may run as root).
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path)
+    assert raised.value.problems == [f"{tmp_path}: cannot read (Is a directory)"]
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"queue:\n  url: caf\xe9\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.problems == [f"{path}: not UTF-8 text"]
+
+
+def test_bad_yaml_reports_the_line(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("queue:\n  url: https://x\n\tbuckets: [a]\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.problems == [f"{path}: not valid YAML at line 3, column 1"]
+
+
+def test_empty_file_lists_every_required_section(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("# nothing yet\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert sorted(raised.value.problems) == [
+        "buckets: field required",
+        "queue: field required",
+        "state: field required",
+        "storage: field required",
+    ]
+
+
+def test_the_shipped_example_config_is_valid():
+    config = load_config(REPO / "config.yaml")
+    assert config.buckets == ["company-documents"]
+    assert str(config.storage.root) == "/mnt/backups"
+
+
+# -- backup-agent check-config ---------------------------------------------------------------
+
+
+def test_check_config_exits_0_for_a_good_file(tmp_path, capsys):
+    path = write(tmp_path / "config.yaml", valid(tmp_path))
+    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_OK
+    assert capsys.readouterr().out == f"{path}: OK\n"
+
+
+def test_check_config_exits_2_and_prints_every_problem(tmp_path, capsys):
+    raw = valid(tmp_path)
+    raw["queue"] = {}
+    raw["extra"] = 1
+    path = write(tmp_path / "config.yaml", raw)
+    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        f"{path}: invalid configuration",
+        "  queue.url: field required",
+        "  extra: unknown key",
+    ]
+
+
+def test_check_config_reports_a_root_that_is_not_a_directory(tmp_path, capsys):
+    raw = valid(tmp_path / "x")
+    path = write(tmp_path / "config.yaml", raw)
+    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_CONFIG
+    assert f"  storage.root: {tmp_path / 'x'} is not a directory" in capsys.readouterr().err
+
+
+def test_check_config_with_a_missing_file_exits_2(tmp_path, capsys):
+    missing = tmp_path / "missing.yaml"
+    assert cli.main(["check-config", "--config", str(missing)]) == cli.EXIT_CONFIG
+    assert f"{missing}: no such file" in capsys.readouterr().err
+
+
+# -- which file: --config, then $BACKUP_AGENT_CONFIG, then /etc/backup-agent/config.yaml ---
+
+
+def test_resolution_order(monkeypatch):
+    monkeypatch.delenv(CONFIG_ENV_VAR, raising=False)
+    assert resolve_config_path(None) == DEFAULT_CONFIG_PATH == Path("/etc/backup-agent/config.yaml")
+    monkeypatch.setenv(CONFIG_ENV_VAR, "/from/env.yaml")
+    assert resolve_config_path(None) == Path("/from/env.yaml")
+    assert resolve_config_path("/from/flag.yaml") == Path("/from/flag.yaml")
+
+
+def test_check_config_reads_the_environment_variable_without_flag(tmp_path, monkeypatch, capsys):
+    path = write(tmp_path / "env.yaml", valid(tmp_path))
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
+    assert cli.main(["check-config"]) == cli.EXIT_OK
+    assert capsys.readouterr().out == f"{path}: OK\n"
+
+
+def test_the_flag_wins_over_the_environment_variable(tmp_path, monkeypatch, capsys):
+    good = write(tmp_path / "env.yaml", valid(tmp_path))
+    bad = write(tmp_path / "flag.yaml", {"queue": {}})
+    monkeypatch.setenv(CONFIG_ENV_VAR, str(good))
+    assert cli.main(["check-config", "--config", str(bad)]) == cli.EXIT_CONFIG
+    assert f"{bad}: invalid configuration" in capsys.readouterr().err
+
+
+def test_init_volume_writes_the_marker_and_check_config_still_passes(tmp_path, capsys):
+    path = write(tmp_path / "config.yaml", valid(tmp_path))
+    assert cli.main(["init-volume", "--config", str(path), "--volume-id", "vol-abc"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path}: backup volume vol-abc\n"
+    assert (tmp_path / ".backup-agent-volume").is_file()
+    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_OK
+
+
+def test_init_volume_on_a_missing_root_exits_3(tmp_path, capsys):
+    path = write(tmp_path / "config.yaml", valid(tmp_path / "unmounted"))
+    assert cli.main(["init-volume", "--config", str(path)]) == cli.EXIT_VOLUME
+    assert "backup volume not ready" in capsys.readouterr().err

@@ -1,0 +1,560 @@
+"""The SQS consumer against moto SQS, with a stand-in processor: what happens to each message."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from structlog.testing import capture_logs
+
+import agent.consumer as consumer_module
+from agent.backup import Outcome, Result
+from agent.config import parse_config
+from agent.consumer import MAX_VISIBILITY, ByteBudget, Consumer, ConsumerSettings, InFlight
+from agent.daemon import consumer_settings
+from agent.errors import PermanentError, RetryableError
+from agent.events import ObjectEvent
+from tests.aws_hooks import CallLog, Fault, inject, record_calls
+from tests.conftest import QUEUE_URL
+from tests.event_fixtures import EVENTS_DIR, event_text, notification, s3_record
+from tests.waiting import wait_until
+
+
+class FakeProcessor:
+    """Stands in for BackupService.process: records each event, then runs `behaviour`."""
+
+    def __init__(self, behaviour: Callable[[ObjectEvent], None] | None = None) -> None:
+        self.behaviour = behaviour or (lambda _event: None)
+        self.events: list[ObjectEvent] = []
+        self.finished = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, event: ObjectEvent) -> Result:
+        with self._lock:
+            self.events.append(event)
+        try:
+            self.behaviour(event)
+        finally:
+            with self._lock:
+                self.finished += 1
+        return Result(Outcome.STORED, event)
+
+    @property
+    def calls(self) -> int:
+        with self._lock:
+            return len(self.events)
+
+
+@pytest.fixture
+def sqs() -> Iterator[Any]:
+    with mock_aws():
+        yield boto3.client("sqs", region_name="us-east-1")
+
+
+@pytest.fixture
+def queue_url(sqs) -> str:
+    return str(
+        sqs.create_queue(QueueName="backup-events", Attributes={"VisibilityTimeout": "30"})[
+            "QueueUrl"
+        ]
+    )
+
+
+@pytest.fixture
+def gate() -> Iterator[threading.Event]:
+    """Holds slow processors; always opened at teardown so no worker is left blocked."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def make_consumer(sqs, queue_url, gate) -> Iterator[Callable[..., Consumer]]:
+    made: list[Consumer] = []
+
+    def make(process: Callable[[ObjectEvent], Result], **settings: Any) -> Consumer:
+        base = ConsumerSettings(
+            queue_url=queue_url, workers=2, wait_time_seconds=0, visibility_timeout=30
+        )
+        consumer = Consumer(sqs, process, replace(base, **settings))
+        made.append(consumer)
+        return consumer
+
+    yield make
+    gate.set()
+    for consumer in made:  # every thread ends before moto goes away
+        consumer.stop(5)
+        for thread in consumer._threads:
+            thread.join(10)
+            assert not thread.is_alive(), thread.name
+
+
+def send(sqs, queue_url: str, body: str) -> str:
+    return str(sqs.send_message(QueueUrl=queue_url, MessageBody=body)["MessageId"])
+
+
+def put_message(key: str, size: int = 100) -> str:
+    return notification(s3_record(key, size=size, sequencer="0A"))
+
+
+def depth(sqs, queue_url: str) -> tuple[int, int]:
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attributes["ApproximateNumberOfMessages"]),
+        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+def visibility_changes(calls: CallLog) -> list[tuple[str, int]]:
+    """(message id, seconds) of every ChangeMessageVisibility, in order."""
+    return [
+        (calls.message_id(p["ReceiptHandle"]), p["VisibilityTimeout"])
+        for p in calls.of("ChangeMessageVisibility")
+    ]
+
+
+def deleted_ids(calls: CallLog) -> list[str]:
+    return [calls.message_id(p["ReceiptHandle"]) for p in calls.of("DeleteMessage")]
+
+
+# -- what happens to each kind of message ---------------------------------------------------
+
+
+def test_every_documented_shape_is_processed_and_deleted(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    ids = [send(sqs, queue_url, event_text(p.name)) for p in sorted(EVENTS_DIR.glob("*.json"))]
+    processor = FakeProcessor()
+    consumer = make_consumer(processor)
+    consumer.start()
+    wait_until(lambda: len(calls.of("DeleteMessage")) == len(ids), what="every message deleted")
+    assert sorted(deleted_ids(calls)) == sorted(ids)
+    assert processor.calls == 9  # 7 one-record messages, one with two, the test event none
+    assert depth(sqs, queue_url) == (0, 0)
+
+
+def test_the_s3_test_event_is_acknowledged_without_processing(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    test_event = send(sqs, queue_url, event_text("s3-test-event.json"))
+    processor = FakeProcessor()
+    with capture_logs() as logs:
+        make_consumer(processor).start()
+        wait_until(lambda: calls.of("DeleteMessage"), what="the test event deleted")
+    assert deleted_ids(calls) == [test_event]
+    assert processor.calls == 0
+    assert {"event": "message.test_event", "message_id": test_event, "log_level": "info"} in logs
+
+
+def test_a_malformed_message_is_released_at_once_and_work_goes_on(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    bad = send(sqs, queue_url, "{not json")
+    processor = FakeProcessor()
+    consumer = make_consumer(processor)
+    with capture_logs() as logs:
+        consumer.start()
+        wait_until(lambda: calls.of("ChangeMessageVisibility"), what="the release")
+        good = send(sqs, queue_url, put_message("after-poison.txt"))
+        wait_until(lambda: good in deleted_ids(calls), what="the good message deleted")
+    assert visibility_changes(calls)[0] == (bad, 0)
+    assert bad not in deleted_ids(calls)
+    malformed = [e for e in logs if e["event"] == "message.malformed"]
+    assert malformed[0]["message_id"] == bad
+    assert "body is not JSON" in malformed[0]["reason"]
+    assert consumer.stats.failures["malformed"] >= 1
+    assert [e.key for e in processor.events] == ["after-poison.txt"]
+
+
+def test_a_retryable_failure_is_released_with_a_delay_that_grows_with_receives(
+    sqs, queue_url, make_consumer
+):
+    calls = record_calls(sqs)
+    veteran = send(sqs, queue_url, put_message("veteran.txt"))
+    for _ in range(3):  # three earlier receives: the consumer's is the fourth
+        sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=0)
+    newcomer = send(sqs, queue_url, put_message("newcomer.txt"))
+
+    def fail(_event: ObjectEvent) -> None:
+        raise RetryableError("S3 GetObject: SlowDown")
+
+    make_consumer(FakeProcessor(fail), retry_base_seconds=5).start()
+    wait_until(lambda: len(calls.of("ChangeMessageVisibility")) == 2, what="both released")
+
+    delays = dict(visibility_changes(calls))
+    assert 4 <= delays[newcomer] <= 6  # 5 s, jittered ±20 %
+    assert 32 <= delays[veteran] <= 48  # 5 s * 2**3
+    assert calls.of("DeleteMessage") == []
+
+
+def test_retry_delays_double_up_to_the_cap():
+    consumer = Consumer(
+        None,
+        FakeProcessor(),
+        ConsumerSettings(queue_url="q", retry_base_seconds=5, retry_max_seconds=900),
+    )
+    for count in range(1, 12):
+        expected = min(900, 5 * 2 ** (count - 1))
+        assert 0.8 * expected <= consumer.retry_delay(count) <= 1.2 * expected
+
+
+def test_a_release_never_asks_sqs_for_more_than_12_hours(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    send(sqs, queue_url, put_message("slow-outage.txt"))
+
+    def fail(_event: ObjectEvent) -> None:
+        raise RetryableError("still down")
+
+    make_consumer(FakeProcessor(fail), retry_base_seconds=40_000, retry_max_seconds=43_200).start()
+    wait_until(lambda: calls.of("ChangeMessageVisibility"), what="the release")
+    (release,) = calls.of("ChangeMessageVisibility")
+    assert 32_000 <= release["VisibilityTimeout"] <= MAX_VISIBILITY
+
+
+def test_a_permanent_failure_is_left_for_the_redrive(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    send(sqs, queue_url, put_message("forbidden.txt"))
+
+    def deny(_event: ObjectEvent) -> None:
+        raise PermanentError("S3 GetObject: AccessDenied")
+
+    processor = FakeProcessor(deny)
+    consumer = make_consumer(processor)
+    with capture_logs() as logs:
+        consumer.start()
+        wait_until(lambda: processor.finished == 1 and consumer.is_idle(), what="the failure")
+    assert calls.of("ChangeMessageVisibility") == []
+    assert calls.of("DeleteMessage") == []
+    assert depth(sqs, queue_url) == (0, 1)  # invisible until its timeout, then redriven
+    (failed,) = [e for e in logs if e["event"] == "backup.failed"]
+    assert failed["retryable"] is False and "AccessDenied" in failed["error"]
+
+
+def test_giving_up_is_reported_at_the_last_receive(sqs, queue_url, make_consumer):
+    gave_up: list[tuple[str, list[str]]] = []
+    message = send(sqs, queue_url, put_message("doomed.txt"))
+    for _ in range(2):
+        sqs.receive_message(QueueUrl=queue_url, VisibilityTimeout=0)
+
+    def deny(_event: ObjectEvent) -> None:
+        raise PermanentError("AccessDenied")
+
+    consumer = make_consumer(FakeProcessor(deny), max_receive_count=3)
+    consumer.on_gave_up = lambda message_id, reasons: gave_up.append((message_id, reasons))
+    consumer.start()
+    wait_until(lambda: gave_up, what="the give-up report")
+    assert gave_up == [(message, ["doomed.txt: AccessDenied"])]
+
+
+# -- visibility is extended while work runs -------------------------------------------------
+
+
+def test_visibility_is_extended_at_half_time_while_work_runs(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    message = send(sqs, queue_url, put_message("large.iso"))
+    extended_twice = threading.Event()
+    calls.on_call = lambda call: (
+        len(calls.of("ChangeMessageVisibility")) >= 2 and extended_twice.set()
+    )
+
+    processor = FakeProcessor(lambda _event: extended_twice.wait(15))
+    make_consumer(processor, visibility_timeout=4).start()
+    wait_until(lambda: deleted_ids(calls) == [message], what="the message deleted")
+
+    assert visibility_changes(calls)[:2] == [(message, 4), (message, 4)]
+    assert processor.calls == 1  # never redelivered while it ran
+
+
+def test_extension_stops_when_the_receipt_handle_is_invalid(sqs, queue_url, make_consumer, gate):
+    calls = record_calls(sqs)
+    for key in ("a.bin", "b.bin"):
+        send(sqs, queue_url, put_message(key))
+    lost: list[str] = []
+
+    def first_handle_is_lost(params: dict[str, Any]) -> bool:
+        if not lost:
+            lost.append(params["ReceiptHandle"])
+        return params["ReceiptHandle"] == lost[0]
+
+    inject(
+        sqs, Fault("ChangeMessageVisibility", "ReceiptHandleIsInvalid", when=first_handle_is_lost)
+    )
+    processor = FakeProcessor(lambda _event: gate.wait(15))
+    make_consumer(processor, workers=2, visibility_timeout=4).start()
+
+    def extensions_of_the_other_after_the_loss() -> int:
+        handles = [p["ReceiptHandle"] for p in calls.of("ChangeMessageVisibility")]
+        if not lost:
+            return 0
+        after = handles[handles.index(lost[0]) + 1 :]
+        return sum(1 for h in after if h != lost[0])
+
+    wait_until(lambda: extensions_of_the_other_after_the_loss() >= 2, what="two heartbeats")
+    handles = [p["ReceiptHandle"] for p in calls.of("ChangeMessageVisibility")]
+    assert handles.count(lost[0]) == 1  # tried once, never again
+
+
+def test_extension_respects_the_12_hour_cap():
+    class RecordingSQS:
+        def __init__(self) -> None:
+            self.requests: list[dict[str, Any]] = []
+
+        def change_message_visibility(self, **request: Any) -> None:
+            self.requests.append(request)
+
+    now = [0.0]
+    sqs = RecordingSQS()
+    consumer = Consumer(
+        sqs,
+        FakeProcessor(),
+        ConsumerSettings(queue_url="q", visibility_timeout=300),
+        clock=lambda: now[0],
+    )
+    item = InFlight("m-1", "handle-1", 1, received_at=0.0, extended_at=0.0)
+    with capture_logs() as logs:
+        for now[0] in (150.0, MAX_VISIBILITY - 100.0, MAX_VISIBILITY - 30.0):
+            consumer._extend(item, 300)
+    assert [r["VisibilityTimeout"] for r in sqs.requests] == [300, 40]
+    assert item.extendable is False
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == [
+        "message.visibility_cap_reached"
+    ]
+
+
+def test_receives_ask_for_the_configured_poll_visibility_and_receive_count(
+    sqs, queue_url, make_consumer
+):
+    calls = record_calls(sqs)
+    make_consumer(FakeProcessor(), workers=4, visibility_timeout=45).start()
+    wait_until(lambda: calls.of("ReceiveMessage"), what="a receive")
+    first = calls.of("ReceiveMessage")[0]
+    assert first["QueueUrl"] == queue_url
+    assert (first["MaxNumberOfMessages"], first["WaitTimeSeconds"]) == (4, 0)
+    assert first["VisibilityTimeout"] == 45
+    assert "ApproximateReceiveCount" in first["MessageSystemAttributeNames"]
+
+
+def test_the_default_configuration_long_polls_for_up_to_ten_messages(tmp_path):
+    config = parse_config(
+        {
+            "queue": {"url": QUEUE_URL},
+            "buckets": ["company-documents"],
+            "storage": {"root": str(tmp_path)},
+            "state": {"table": "backup-agent-objects"},
+        }
+    )
+    settings = consumer_settings(config)
+    assert (settings.wait_time_seconds, settings.max_messages) == (20, 10)
+
+
+# -- concurrency limits ---------------------------------------------------------------------
+
+
+def test_never_receives_more_messages_than_free_workers(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    for n in range(5):
+        send(sqs, queue_url, put_message(f"object-{n}"))
+    holder: list[Consumer] = []
+    asked: list[tuple[int, int]] = []  # (MaxNumberOfMessages, messages in flight) per receive
+    calls.on_call = lambda call: (
+        call.operation == "ReceiveMessage"
+        and asked.append((call.params["MaxNumberOfMessages"], holder[0].in_flight()))
+    )
+    release = threading.Semaphore(0)
+    processor = FakeProcessor(lambda _event: release.acquire(timeout=15))
+    holder.append(make_consumer(processor, workers=3))
+    holder[0].start()
+
+    wait_until(lambda: processor.calls == 3, what="three workers busy")
+    release.release()  # one worker becomes free
+    wait_until(lambda: processor.calls == 4, what="a fourth message")
+    assert asked[-1] == (1, 2)  # it asked for exactly the one free worker
+    for _ in range(4):
+        release.release()
+    wait_until(lambda: processor.finished == 5 and holder[0].is_idle(), what="all done")
+
+    assert asked[0] == (3, 0)
+    assert all(1 <= wanted <= 3 - busy for wanted, busy in asked), asked
+
+
+def test_one_slow_object_never_stalls_the_others(sqs, queue_url, make_consumer, gate):
+    for key in ("slow.iso", "a.txt", "b.txt", "c.txt"):
+        send(sqs, queue_url, put_message(key))
+    processor = FakeProcessor(lambda event: event.key == "slow.iso" and gate.wait(15))
+    consumer = make_consumer(processor, workers=2)
+    consumer.start()
+    wait_until(lambda: processor.finished == 3, what="the three small objects")
+    assert {e.key for e in processor.events} == {"slow.iso", "a.txt", "b.txt", "c.txt"}
+    assert consumer.in_flight() == 1  # only the slow one is still running
+
+
+class WatchedBudget(ByteBudget):
+    """A ByteBudget that says when a second reservation has been asked for."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.second_request = threading.Event()
+        self._requests = 0
+        self._count_lock = threading.Lock()
+
+    def acquire(self, amount: int) -> int:
+        with self._count_lock:
+            self._requests += 1
+            if self._requests >= 2:
+                self.second_request.set()
+        return super().acquire(amount)
+
+
+@pytest.mark.parametrize(("limit", "peak"), [(1000, 600), (2000, 1200)])
+def test_the_byte_budget_caps_the_bytes_being_copied_at_once(
+    sqs, queue_url, make_consumer, limit, peak
+):
+    for key in ("first.bin", "second.bin"):
+        send(sqs, queue_url, put_message(key, size=600))
+    budget = WatchedBudget(limit)
+    lock = threading.Lock()
+    running = {"bytes": 0, "peak": 0, "entered": 0}
+    other_started = threading.Event()
+
+    def copy(event: ObjectEvent) -> None:
+        with lock:
+            running["bytes"] += event.size or 0
+            running["peak"] = max(running["peak"], running["bytes"])
+            running["entered"] += 1
+            first = running["entered"] == 1
+        if first:
+            budget.second_request.wait(10)
+            other_started.wait(0.3)  # the other copy would start now if the budget let it
+        else:
+            other_started.set()
+        with lock:
+            running["bytes"] -= event.size or 0
+
+    processor = FakeProcessor(copy)
+    consumer = make_consumer(processor, workers=2, max_bytes_in_flight=limit)
+    consumer.budget = budget
+    consumer.start()
+    wait_until(lambda: processor.finished == 2, what="both copies")
+    assert running["peak"] == peak
+
+
+def test_an_object_larger_than_the_whole_budget_still_goes_through(sqs, queue_url, make_consumer):
+    send(sqs, queue_url, put_message("huge.bin", size=50 << 20))
+    processor = FakeProcessor()
+    make_consumer(processor, max_bytes_in_flight=1 << 20).start()
+    wait_until(lambda: processor.finished == 1, what="the copy")
+
+
+# -- stopping -------------------------------------------------------------------------------
+
+
+def test_stop_drains_in_flight_work_then_returns(sqs, queue_url, make_consumer, gate):
+    calls = record_calls(sqs)
+    message = send(sqs, queue_url, put_message("in-flight.bin"))
+    processor = FakeProcessor(lambda _event: gate.wait(15))
+    consumer = make_consumer(processor)
+    consumer.start()
+    wait_until(lambda: processor.calls == 1, what="work in flight")
+    with capture_logs() as logs:
+        stopper = threading.Thread(target=consumer.stop, args=(10,))
+        stopper.start()
+        wait_until(lambda: any(e["event"] == "consumer.stopping" for e in logs), what="stopping")
+        gate.set()  # the work finishes within the drain deadline
+        stopper.join(15)
+    assert not stopper.is_alive()
+    assert deleted_ids(calls) == [message]
+    assert calls.of("ChangeMessageVisibility") == []
+    assert {"event": "consumer.stopped", "released": 0, "log_level": "info"} in logs
+    assert depth(sqs, queue_url) == (0, 0)
+
+
+def test_stop_releases_unfinished_messages_at_the_deadline(sqs, queue_url, make_consumer, gate):
+    calls = record_calls(sqs)
+    message = send(sqs, queue_url, put_message("too-slow.bin"))
+    processor = FakeProcessor(lambda _event: gate.wait(15))
+    consumer = make_consumer(processor)
+    consumer.start()
+    wait_until(lambda: processor.calls == 1, what="work in flight")
+
+    consumer.stop(0.2)
+
+    assert visibility_changes(calls) == [(message, 0)]
+    again = sqs.receive_message(
+        QueueUrl=queue_url, MessageSystemAttributeNames=["ApproximateReceiveCount"]
+    )["Messages"]
+    assert [m["MessageId"] for m in again] == [message]  # visible again at once
+    assert again[0]["Attributes"]["ApproximateReceiveCount"] == "2"
+    gate.set()  # the late work finishes after the release ...
+    for worker in consumer._workers:
+        worker.join(10)
+    assert calls.of("DeleteMessage") == []  # ... and must not delete a message it gave back
+
+
+def test_stop_stops_receiving(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    consumer = make_consumer(FakeProcessor())
+    consumer.start()
+    wait_until(lambda: calls.of("ReceiveMessage"), what="a first receive")
+    consumer.stop(1)
+    receiver = consumer._threads[0]
+    receiver.join(10)
+    assert not receiver.is_alive()
+    send(sqs, queue_url, put_message("after-stop.txt"))
+    assert depth(sqs, queue_url) == (1, 0)
+
+
+# -- receive errors back off ----------------------------------------------------------------
+
+
+class FakeTime:
+    """Stands in for the `time` module inside agent.consumer: sleeping only moves a clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+        threading.Event().wait(0.001)  # let other threads run, as a real sleep would
+
+
+def test_receive_errors_back_off_instead_of_spinning(sqs, queue_url, make_consumer, monkeypatch):
+    fake = FakeTime()
+    monkeypatch.setattr(consumer_module, "time", fake)
+    calls = record_calls(sqs)
+    attempts: list[float] = []
+    calls.on_call = lambda call: call.operation == "ReceiveMessage" and attempts.append(fake.now)
+    inject(sqs, Fault("ReceiveMessage", "ServiceUnavailable", status=503, times=5))
+    consumer = Consumer(
+        sqs,
+        FakeProcessor(),
+        ConsumerSettings(queue_url=queue_url, wait_time_seconds=0),
+        clock=fake.monotonic,
+    )
+    with capture_logs() as logs:
+        consumer.start()
+        wait_until(lambda: len(attempts) >= 7, what="recovery")
+        consumer.stop(1)
+    for thread in consumer._threads:
+        thread.join(10)
+
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
+    for failure, gap in enumerate(gaps[:5], start=1):
+        assert gap >= 0.5 * 2**failure, gaps  # jittered exponential back-off after each error
+    assert gaps[5] < 1  # recovered: back to polling
+    names = [e["event"] for e in logs if e["event"].startswith("receive.")]
+    assert names[0] == "receive.failed"  # one error line, not one per attempt
+    assert names.count("receive.failed") == 1
+    recovered = next(e for e in logs if e["event"] == "receive.recovered")
+    assert recovered["after_attempts"] == 5

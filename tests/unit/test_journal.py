@@ -1,0 +1,86 @@
+"""The volume journal: every recorded version as a fsynced JSON line, readable back whole."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+
+from agent.events import EventKind, ObjectEvent
+from agent.journal import Journal, JournalPosition
+from agent.records import VersionRecord
+
+T0 = datetime(2026, 11, 23, 23, 59, tzinfo=UTC)
+
+
+def record(key: str, n: int = 1, *, deleted: bool = False) -> VersionRecord:
+    event = ObjectEvent(
+        kind=EventKind.REMOVED if deleted else EventKind.CREATED,
+        bucket="company-documents",
+        key=key,
+        event_name="ObjectRemoved:Delete" if deleted else "ObjectCreated:Put",
+        event_time=T0,
+        version_id=f"v{n}",
+        sequencer=f"{n:02X}",
+    )
+    if deleted:
+        return VersionRecord.for_event(event, backup_time=T0, volume_id="vol-test")
+    return VersionRecord.for_event(
+        event, backup_time=T0, volume_id="vol-test", sha256="c" * 64, size=n, stored_size=n
+    )
+
+
+def test_appended_records_read_back_equal_and_in_order(tmp_path):
+    journal = Journal(tmp_path)
+    written = [record("a"), record("ünïcødé/✓ key", 2), record("a", 3, deleted=True)]
+    for item in written:
+        journal.append(item)
+    assert list(Journal(tmp_path).read_all()) == written
+
+
+def test_segments_are_daily_and_read_oldest_first(tmp_path):
+    now = [T0]
+    journal = Journal(tmp_path, clock=lambda: now[0])
+    journal.append(record("day-one"))
+    now[0] = datetime(2026, 11, 24, 0, 1, tzinfo=UTC)
+    journal.append(record("day-two"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-11-23.jsonl", "2026-11-24.jsonl"]
+    assert [r.key for r in journal.read_all()] == ["day-one", "day-two"]
+
+
+def test_position_is_the_end_of_the_newest_segment(tmp_path):
+    journal = Journal(tmp_path, clock=lambda: T0)
+    assert journal.position() is None
+    returned = journal.append(record("a"))
+    assert (
+        journal.position()
+        == returned
+        == JournalPosition("2026-11-23.jsonl", (tmp_path / "2026-11-23.jsonl").stat().st_size)
+    )
+
+
+def test_a_torn_last_line_from_a_crash_is_skipped(tmp_path):
+    journal = Journal(tmp_path, clock=lambda: T0)
+    journal.append(record("whole"))
+    with (tmp_path / "2026-11-23.jsonl").open("ab") as segment:
+        segment.write(b'{"bucket":"company-documents","key":"torn')
+    assert [r.key for r in journal.read_all()] == ["whole"]
+
+
+def test_a_missing_directory_reads_as_empty(tmp_path):
+    assert list(Journal(tmp_path / "absent").read_all()) == []
+
+
+def test_each_append_is_fsynced_and_a_new_segment_directory_entry_too(tmp_path, monkeypatch):
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    journal = Journal(tmp_path, clock=lambda: T0)
+    journal.append(record("a"))
+    journal.append(record("b"))
+    segment = str(tmp_path / "2026-11-23.jsonl")
+    assert synced == [segment, str(tmp_path), segment]

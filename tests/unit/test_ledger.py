@@ -1,0 +1,284 @@
+"""The DynamoDB ledger (moto): idempotent records, LATEST only moves forward, no scans."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from agent.errors import PermanentError, RetryableError
+from agent.events import EventKind, ObjectEvent
+from agent.ledger import Ledger, table_definition
+from agent.records import VersionRecord
+from tests.aws_hooks import Fault, inject, record_calls
+
+BUCKET = "company-documents"
+TABLE = "backup-agent-objects"
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+BACKED_UP = datetime(2026, 11, 23, 10, 5, tzinfo=UTC)
+
+
+@pytest.fixture
+def dynamodb() -> Iterator[object]:
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(**table_definition(TABLE))
+        yield client
+
+
+@pytest.fixture
+def ledger(dynamodb) -> Ledger:
+    return Ledger(dynamodb, TABLE)
+
+
+def event(
+    key: str = "reports/q1.txt",
+    *,
+    sequencer: str | None = None,
+    version_id: str | None = None,
+    time: datetime = T0,
+    kind: EventKind = EventKind.CREATED,
+    bucket: str = BUCKET,
+    etag: str | None = "d41d8cd98f00b204e9800998ecf8427e",
+    delete_marker: bool = False,
+) -> ObjectEvent:
+    return ObjectEvent(
+        kind=kind,
+        bucket=bucket,
+        key=key,
+        event_name="ObjectCreated:Put" if kind is EventKind.CREATED else "ObjectRemoved:Delete",
+        event_time=time,
+        version_id=version_id,
+        etag=etag if kind is EventKind.CREATED else None,
+        size=10 if kind is EventKind.CREATED else None,
+        sequencer=sequencer,
+        delete_marker=delete_marker,
+    )
+
+
+def stored(e: ObjectEvent, sha: str = "a" * 64) -> VersionRecord:
+    return VersionRecord.for_event(
+        e, backup_time=BACKED_UP, volume_id="vol-test", sha256=sha, size=10, stored_size=7
+    )
+
+
+def tombstone(e: ObjectEvent) -> VersionRecord:
+    return VersionRecord.for_event(e, backup_time=BACKED_UP, volume_id="vol-test")
+
+
+def item_count(dynamodb) -> int:
+    return len(dynamodb.scan(TableName=TABLE)["Items"])  # test-side inspection only
+
+
+# -- idempotence ----------------------------------------------------------------------------
+
+
+def test_a_record_round_trips_every_field(ledger):
+    record = stored(event(sequencer="0055AED6DCD90281E5", version_id="v1"), sha="b" * 64)
+    assert ledger.record(record) is True
+    assert ledger.get_version(BUCKET, "reports/q1.txt", "v:v1") == record
+    assert ledger.latest(BUCKET, "reports/q1.txt") == record
+
+
+def test_a_duplicate_delivery_is_a_no_op(ledger, dynamodb):
+    record = stored(event(sequencer="0A", version_id="v1"))
+    assert ledger.record(record) is True
+    items = item_count(dynamodb)
+    later_copy = VersionRecord.for_event(
+        event(sequencer="0A", version_id="v1"),
+        backup_time=BACKED_UP + timedelta(hours=1),
+        volume_id="vol-other",
+        sha256="a" * 64,
+        size=10,
+        stored_size=7,
+    )
+    assert ledger.record(later_copy) is False
+    assert item_count(dynamodb) == items
+    assert ledger.get_version(BUCKET, "reports/q1.txt", "v:v1") == record  # first one kept
+    assert ledger.latest(BUCKET, "reports/q1.txt") == record
+
+
+def test_unknown_keys_and_versions_are_none(ledger):
+    assert ledger.latest(BUCKET, "nothing") is None
+    assert ledger.get_version(BUCKET, "nothing", "v:x") is None
+    assert ledger.versions(BUCKET, "nothing") == []
+
+
+# -- LATEST only moves forward --------------------------------------------------------------
+
+
+def test_an_older_sequencer_never_replaces_latest(ledger):
+    newer = stored(event(sequencer="0055AED6DCD90281F0", version_id="new"))
+    older = stored(event(sequencer="0055AED6DCD90281E5", version_id="old"))
+    ledger.record(newer)
+    assert ledger.record(older) is True  # the version itself is recorded
+    assert ledger.latest(BUCKET, "reports/q1.txt") == newer
+    assert ledger.get_version(BUCKET, "reports/q1.txt", "v:old") == older
+
+
+def test_a_newer_sequencer_replaces_latest(ledger):
+    ledger.record(stored(event(sequencer="0055AED6DCD90281E5", version_id="old")))
+    newer = stored(event(sequencer="0055AED6DCD90281F0", version_id="new"))
+    ledger.record(newer)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == newer
+
+
+def test_sequencers_of_different_length_compare_after_right_padding(ledger):
+    # "1" pads to "10", which is after "0F"; as numbers it would be the other way round.
+    padded_larger = stored(event(sequencer="1", version_id="a"))
+    ledger.record(padded_larger)
+    ledger.record(stored(event(sequencer="0F", version_id="b")))
+    assert ledger.latest(BUCKET, "reports/q1.txt") == padded_larger
+
+
+def test_without_sequencers_an_earlier_event_never_replaces_latest(ledger):
+    later = stored(event(time=T0 + timedelta(seconds=1), etag="22"))
+    ledger.record(later)
+    ledger.record(stored(event(time=T0, etag="11")))
+    assert ledger.latest(BUCKET, "reports/q1.txt") == later
+    newest = stored(event(time=T0 + timedelta(seconds=2), etag="33"))
+    ledger.record(newest)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == newest
+
+
+def test_a_time_only_event_never_replaces_a_sequenced_latest(ledger):
+    sequenced = stored(event(sequencer="0055AED6DCD90281E5", version_id="real"))
+    ledger.record(sequenced)
+    ledger.record(stored(event(time=T0 + timedelta(days=365), version_id="synthetic")))
+    assert ledger.latest(BUCKET, "reports/q1.txt") == sequenced
+
+
+def test_a_delete_becomes_latest_and_a_late_older_put_does_not_resurrect_the_key(ledger):
+    ledger.record(stored(event(sequencer="10", version_id="v1")))
+    gone = tombstone(
+        event(sequencer="20", version_id="marker", kind=EventKind.REMOVED, delete_marker=True)
+    )
+    ledger.record(gone)
+    ledger.record(stored(event(sequencer="15", version_id="v0")))  # arrives late
+    latest = ledger.latest(BUCKET, "reports/q1.txt")
+    assert latest == gone and latest.deleted is True and latest.sha256 is None
+
+
+def test_a_permanent_delete_of_an_older_version_leaves_latest_alone(ledger):
+    ledger.record(stored(event(sequencer="10", version_id="v1")))
+    current = stored(event(sequencer="20", version_id="v2"))
+    ledger.record(current)
+    gone_v1 = tombstone(event(sequencer="30", version_id="v1", kind=EventKind.REMOVED))
+    ledger.record(gone_v1)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == current  # S3 still serves v2
+    assert gone_v1 in ledger.versions(BUCKET, "reports/q1.txt")
+
+
+def test_a_permanent_delete_of_the_latest_version_becomes_latest(ledger):
+    ledger.record(stored(event(sequencer="10", version_id="v1")))
+    gone_v1 = tombstone(event(sequencer="30", version_id="v1", kind=EventKind.REMOVED))
+    ledger.record(gone_v1)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == gone_v1
+
+
+def test_a_permanent_delete_of_an_unknown_key_becomes_latest(ledger):
+    gone = tombstone(event(sequencer="30", version_id="v9", kind=EventKind.REMOVED))
+    ledger.record(gone)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == gone
+
+
+# -- queries --------------------------------------------------------------------------------
+
+
+def test_versions_are_oldest_first_whatever_the_arrival_order(ledger):
+    for sequencer, version in [("30", "c"), ("10", "a"), ("2", "d"), ("20", "b")]:
+        ledger.record(stored(event(sequencer=sequencer, version_id=version)))
+    marker = tombstone(
+        event(sequencer="25", version_id="m", kind=EventKind.REMOVED, delete_marker=True)
+    )
+    ledger.record(marker)
+    versions = ledger.versions(BUCKET, "reports/q1.txt")
+    assert [v.version_id for v in versions] == ["a", "b", "d", "m", "c"]  # "2" pads to "20"
+    assert [v.deleted for v in versions] == [False, False, False, True, False]
+
+
+def test_versions_of_one_key_exclude_other_keys_sharing_its_prefix(ledger):
+    ledger.record(stored(event("a/b", version_id="1")))
+    ledger.record(stored(event("a/b/c", version_id="2")))
+    ledger.record(stored(event("a/bc", version_id="3")))
+    assert [v.key for v in ledger.versions(BUCKET, "a/b")] == ["a/b"]
+
+
+def test_keys_under_a_prefix_use_the_key_index_and_never_scan(ledger, dynamodb):
+    for key in ["reports/b.txt", "reports/a.txt", "reports/sub/c.txt", "reportsX.txt", "z.txt"]:
+        ledger.record(stored(event(key, sequencer="01")))
+        ledger.record(stored(event(key, sequencer="02", etag="ff")))  # two versions each
+    ledger.record(stored(event("reports/a.txt", bucket="other-bucket", sequencer="01")))
+    calls = record_calls(dynamodb)
+
+    found = list(ledger.keys(BUCKET, "reports/"))
+
+    assert [r.key for r in found] == ["reports/a.txt", "reports/b.txt", "reports/sub/c.txt"]
+    assert all(r.sequencer == "02" for r in found)  # LATEST of each key, one per key
+    assert set(calls.operations()) == {"Query"}
+    assert all(p["IndexName"] == "by-key" for p in calls.of("Query"))
+
+
+def test_keys_without_prefix_lists_the_whole_bucket_by_query(ledger, dynamodb):
+    for key in ["b", "a", "c/d"]:
+        ledger.record(stored(event(key)))
+    calls = record_calls(dynamodb)
+    assert [r.key for r in ledger.keys(BUCKET)] == ["a", "b", "c/d"]
+    assert "Scan" not in calls.operations()
+
+
+def test_no_ledger_operation_ever_scans(ledger, dynamodb):
+    calls = record_calls(dynamodb)
+    record = stored(event(sequencer="01", version_id="v"))
+    ledger.record(record)
+    ledger.record(record)
+    ledger.latest(BUCKET, record.key)
+    ledger.get_version(BUCKET, record.key, record.version_token)
+    ledger.versions(BUCKET, record.key)
+    list(ledger.keys(BUCKET, "reports/"))
+    assert calls.operations()
+    assert "Scan" not in calls.operations()
+
+
+def test_unicode_and_hostile_keys_are_just_data(ledger):
+    keys = ["ünïcødé/✓ data.csv", "../../etc/passwd", "with space+plus%25.txt"]
+    for key in keys:
+        ledger.record(stored(event(key)))
+    assert sorted(r.key for r in ledger.keys(BUCKET)) == sorted(keys)
+
+
+# -- failures are classified ----------------------------------------------------------------
+
+
+def test_throttling_is_retryable(ledger, dynamodb):
+    inject(dynamodb, Fault("PutItem", "ProvisionedThroughputExceededException"))
+    with pytest.raises(RetryableError, match="ProvisionedThroughputExceededException"):
+        ledger.record(stored(event()))
+
+
+def test_access_denied_is_permanent(ledger, dynamodb):
+    inject(dynamodb, Fault("GetItem", "AccessDeniedException"))
+    with pytest.raises(PermanentError, match="AccessDeniedException"):
+        ledger.latest(BUCKET, "reports/q1.txt")
+
+
+def test_a_failure_advancing_latest_is_raised_and_a_redelivery_repairs_it(ledger, dynamodb):
+    inject(
+        dynamodb,
+        Fault(
+            "PutItem",
+            "InternalServerError",
+            status=500,
+            when=lambda params: params["Item"]["sk"]["S"] == "LATEST",
+            times=1,
+        ),
+    )
+    record = stored(event(version_id="v"))
+    with pytest.raises(RetryableError):
+        ledger.record(record)
+    assert ledger.latest(BUCKET, record.key) is None
+    assert ledger.record(record) is False  # the version was already in
+    assert ledger.latest(BUCKET, record.key) == record

@@ -1,0 +1,379 @@
+"""The backup volume: atomic, content-addressed, checksummed zstd copies, and its guards."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from agent.errors import DiskFull, IntegrityError, RetryableError, VolumeNotReady
+from agent.store import (
+    MARKER_NAME,
+    CompressionSettings,
+    Expectation,
+    Volume,
+    atomic_write_bytes,
+)
+
+SETTINGS = CompressionSettings(level=3, threads=1, chunk_bytes=64 << 10)
+TEXT = b"The quick brown fox jumps over the lazy dog.\n" * 2000
+
+
+def chunks_of(data: bytes, size: int = 8192) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and path.name != MARKER_NAME
+    )
+
+
+def objects_and_tmp(volume: Volume) -> list[str]:
+    return [f for f in files_under(volume.root) if not f.startswith("journal")]
+
+
+# -- a copy is durable, content-addressed and a plain .zst file ------------------------------
+
+
+def test_copy_is_named_by_the_sha256_of_the_original_bytes(volume):
+    copy = volume.write_copy(chunks_of(TEXT), SETTINGS)
+    sha = hashlib.sha256(TEXT).hexdigest()
+    assert copy.sha256 == sha
+    assert copy.path == volume.root / "objects" / sha[:2] / f"{sha}.zst"
+    assert (copy.size, copy.deduplicated) == (len(TEXT), False)
+    assert copy.stored_size == copy.path.stat().st_size < len(TEXT)
+    assert objects_and_tmp(volume) == [f"objects/{sha[:2]}/{sha}.zst"]
+
+
+def test_identical_content_is_stored_once(volume):
+    first = volume.write_copy(chunks_of(TEXT), SETTINGS)
+    second = volume.write_copy(chunks_of(TEXT, 1000), SETTINGS)  # other chunking, same bytes
+    assert second.deduplicated is True
+    assert second.path == first.path
+    assert second.stored_size == first.stored_size
+    assert len(objects_and_tmp(volume)) == 1
+
+
+def test_different_content_gets_different_copies(volume):
+    one = volume.write_copy([b"one"], SETTINGS)
+    two = volume.write_copy([b"two"], SETTINGS)
+    assert one.path != two.path
+    assert len(objects_and_tmp(volume)) == 2
+
+
+def test_empty_object_is_a_valid_copy(volume):
+    copy = volume.write_copy([], SETTINGS, Expectation(size=0))
+    assert copy.sha256 == hashlib.sha256(b"").hexdigest()
+    volume.verify_copy(copy.sha256, 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_copy_carries_a_frame_content_checksum_and_size(volume, threads):
+    settings = CompressionSettings(level=3, threads=threads)
+    copy = volume.write_copy(chunks_of(TEXT), settings, Expectation(size=len(TEXT)))
+    volume.verify_copy(copy.sha256, len(TEXT))
+    params = zstandard.get_frame_parameters(copy.path.read_bytes())
+    assert params.has_checksum is True
+    assert params.content_size == len(TEXT)
+
+
+def test_open_copy_and_verify_copy_read_the_original_bytes(volume):
+    copy = volume.write_copy(chunks_of(TEXT), SETTINGS)
+    with volume.open_copy(copy.sha256) as reader:
+        assert reader.read() == TEXT
+    volume.verify_copy(copy.sha256, len(TEXT))
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="the zstd command-line tool is absent")
+def test_the_zstd_cli_decodes_and_checks_a_copy(volume, tmp_path):
+    copy = volume.write_copy(chunks_of(TEXT), SETTINGS)
+    out = tmp_path / "restored"
+    subprocess.run(["zstd", "-q", "-d", str(copy.path), "-o", str(out)], check=True)
+    assert out.read_bytes() == TEXT
+    listing = subprocess.run(
+        ["zstd", "-lv", str(copy.path)], check=True, capture_output=True, text=True
+    ).stdout
+    assert "Check: XXH64" in listing
+
+
+def test_a_corrupted_copy_fails_verification(volume):
+    copy = volume.write_copy(chunks_of(TEXT), SETTINGS)
+    data = bytearray(copy.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"is corrupt|has SHA-256"):
+        volume.verify_copy(copy.sha256)
+
+
+def test_a_missing_copy_fails_verification(volume):
+    sha = hashlib.sha256(b"never stored").hexdigest()
+    with pytest.raises(IntegrityError, match=f"copy {sha} is missing"):
+        volume.verify_copy(sha)
+
+
+def test_verify_copy_checks_the_size(volume):
+    copy = volume.write_copy([b"12345"], SETTINGS)
+    with pytest.raises(IntegrityError, match="holds 5 bytes, expected 6"):
+        volume.verify_copy(copy.sha256, 6)
+
+
+def test_memory_stays_flat_whatever_the_size(volume):
+    """32 MiB streamed in 1 MiB chunks: Python never holds more than a few chunks."""
+    total = 32 << 20
+
+    def source() -> Iterator[bytes]:
+        for _ in range(total >> 20):
+            yield os.urandom(1 << 20)
+
+    tracemalloc.start()
+    try:
+        copy = volume.write_copy(source(), SETTINGS, Expectation(size=total))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert copy.size == total
+    assert peak < 6 << 20, f"peak {peak} bytes"
+
+
+# -- nothing partial is ever visible --------------------------------------------------------
+
+
+class SourceFailed(Exception):
+    pass
+
+
+def failing_after(data: bytes, good_chunks: int, error: BaseException) -> Iterator[bytes]:
+    for index, chunk in enumerate(chunks_of(data)):
+        if index == good_chunks:
+            raise error
+        yield chunk
+
+
+def test_a_source_failing_midway_leaves_no_copy_and_no_temp_file(volume):
+    with pytest.raises(SourceFailed):
+        volume.write_copy(failing_after(TEXT, 3, SourceFailed("connection reset")), SETTINGS)
+    assert objects_and_tmp(volume) == []
+    assert not volume.has_copy(hashlib.sha256(TEXT).hexdigest())
+
+
+@pytest.mark.parametrize(
+    ("expect", "reason"),
+    [
+        (Expectation(size=len(TEXT) + 1), f"read {len(TEXT)} bytes, expected {len(TEXT) + 1}"),
+        (Expectation(size=len(TEXT) - 1), f"longer than the expected {len(TEXT) - 1} bytes"),
+        (Expectation(md5_hex="0" * 32), "does not match eTag " + "0" * 32),
+    ],
+    ids=["short", "long", "md5"],
+)
+def test_bytes_that_do_not_match_the_expectation_are_never_moved_into_place(volume, expect, reason):
+    with pytest.raises(IntegrityError) as raised:
+        volume.write_copy(chunks_of(TEXT), SETTINGS, expect)
+    assert reason in str(raised.value)
+    assert objects_and_tmp(volume) == []
+
+
+def test_a_matching_md5_and_size_are_accepted(volume):
+    expect = Expectation(size=len(TEXT), md5_hex=hashlib.md5(TEXT).hexdigest())
+    assert volume.write_copy(chunks_of(TEXT), SETTINGS, expect).size == len(TEXT)
+
+
+def test_enospc_from_the_volume_becomes_disk_full_and_leaves_nothing(volume):
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(DiskFull, match="is full: No space left on device"):
+        volume.write_copy(failing_after(TEXT, 2, full), SETTINGS)
+    assert objects_and_tmp(volume) == []
+
+
+def test_disk_full_is_retryable():
+    assert issubclass(DiskFull, RetryableError)
+
+
+def test_the_free_space_reserve_is_enforced_before_writing(backup_root):
+    volume = Volume(backup_root, min_free_bytes=shutil.disk_usage(backup_root).total * 2)
+    with pytest.raises(DiskFull, match="reserve"):
+        volume.ensure_room(1)
+
+
+TMPFS_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    from pathlib import Path
+    from agent.errors import DiskFull
+    from agent.store import CompressionSettings, Volume
+
+    root = Path(sys.argv[1])
+    volume = Volume(root)
+    volume.initialise("vol-tmpfs")
+    volume.open()
+    data = os.urandom(4 << 20)  # incompressible, four times the file system
+    result = {}
+    try:
+        volume.write_copy((data[i : i + 65536] for i in range(0, len(data), 65536)),
+                          CompressionSettings(threads=1))
+        result["error"] = None
+    except DiskFull as exc:
+        result["error"] = "DiskFull"
+        result["message"] = str(exc)
+    result["files"] = sorted(
+        str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+    )
+    small = volume.write_copy([b"fits"], CompressionSettings(threads=1))
+    result["after"] = small.size
+    print(json.dumps(result))
+    """
+)
+
+
+def test_a_really_full_file_system_raises_disk_full_and_keeps_no_partial_copy(tmp_path):
+    """A 1 MiB tmpfs in a private mount namespace (unshare -rm): a real ENOSPC."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) is not installed")
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    script = tmp_path / "fill.py"
+    script.write_text(TMPFS_SCRIPT)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1"', "sh", mount_point],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    run = subprocess.run(
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" "$3" "$1"',
+            "sh",
+            mount_point,
+            sys.executable,
+            script,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["error"] == "DiskFull"
+    assert "No space left on device" in result["message"]
+    assert result["files"] == [MARKER_NAME]  # no partial copy, no temp file
+    assert result["after"] == 4  # the space was given back
+
+
+# -- the volume marker ----------------------------------------------------------------------
+
+
+def test_a_root_without_marker_is_refused_with_a_clear_message(backup_root):
+    with pytest.raises(VolumeNotReady) as raised:
+        Volume(backup_root).open()
+    message = str(raised.value)
+    assert f"backup root {backup_root} has no {MARKER_NAME} marker" in message
+    assert "not mounted or not initialised (run: backup-agent init-volume)" in message
+    assert list(backup_root.iterdir()) == []  # nothing was created on the root disk
+
+
+def test_a_missing_root_is_refused(tmp_path):
+    with pytest.raises(VolumeNotReady, match="does not exist or is not a directory"):
+        Volume(tmp_path / "unmounted").open()
+
+
+def test_an_unreadable_marker_is_refused(backup_root):
+    (backup_root / MARKER_NAME).write_text("{not json")
+    with pytest.raises(VolumeNotReady, match="is unreadable"):
+        Volume(backup_root).open()
+
+
+def test_writes_stop_when_the_volume_loses_its_marker(volume):
+    (volume.root / MARKER_NAME).unlink()  # what an unmounted EBS volume looks like
+    with pytest.raises(VolumeNotReady, match=r"has no \.backup-agent-volume marker"):
+        volume.write_copy([b"data"], SETTINGS)
+    assert objects_and_tmp(volume) == []
+
+
+def test_initialise_is_idempotent_and_keeps_the_first_id(backup_root):
+    first = Volume(backup_root).initialise("vol-first")
+    again = Volume(backup_root).initialise("vol-second")
+    assert again.volume_id == first.volume_id == "vol-first"
+    assert json.loads((backup_root / MARKER_NAME).read_text())["volume_id"] == "vol-first"
+
+
+def test_initialise_generates_an_id_when_none_is_given(backup_root):
+    marker = Volume(backup_root).initialise()
+    assert marker.volume_id.startswith("vol-")
+    assert Volume(backup_root).open() == marker
+
+
+def test_initialise_refuses_a_missing_root(tmp_path):
+    with pytest.raises(VolumeNotReady, match="is not a directory"):
+        Volume(tmp_path / "nope").initialise()
+
+
+def test_open_removes_temp_files_left_by_a_crash(volume):
+    for name in ("a.part", "b.part"):
+        (volume.tmp_dir / name).write_bytes(b"half a copy")
+    marker = volume.open()
+    assert marker.volume_id == "vol-test"
+    assert list(volume.tmp_dir.iterdir()) == []
+
+
+# -- no S3 key ever becomes a path ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../../etc/passwd", "/etc/passwd", "a" * 63, "A" * 64, "g" * 64, "0" * 63 + "/"],
+)
+def test_only_sha256_hex_digests_name_copies(volume, name):
+    with pytest.raises(ValueError, match="not a SHA-256 hex digest"):
+        volume.copy_path(name)
+
+
+def test_atomic_write_bytes_replaces_whole_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "file.json"
+    atomic_write_bytes(target, b"first")
+    atomic_write_bytes(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert sorted(os.listdir(tmp_path)) == ["file.json"]
+
+
+@pytest.fixture
+def fsynced(monkeypatch) -> list[str]:
+    """Paths passed to os.fsync, in order (the real fsync still runs)."""
+    paths: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    return paths
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_the_copy_is_fsynced_then_its_directory_after_the_rename(volume, fsynced):
+    copy = volume.write_copy([b"durable"], SETTINGS)
+    temp = [p for p in fsynced if p.startswith(str(volume.tmp_dir))]
+    assert len(temp) == 1 and temp[0].endswith(".part")
+    assert fsynced.index(temp[0]) < fsynced.index(str(copy.path.parent))
+    assert str(volume.objects_dir) in fsynced  # the new objects/ab directory entry
