@@ -67,8 +67,12 @@ def created(
     )
 
 
-def deleted(key: str, marker_version: str | None, *, at: datetime) -> ObjectEvent:
+def deleted(
+    key: str, marker_version: str | None, *, at: datetime, sequencer: str | None = None
+) -> ObjectEvent:
+    """A delete-marker event; real S3 gives every PUT and DELETE event a sequencer."""
     return ObjectEvent(
+        sequencer=sequencer,
         kind=EventKind.REMOVED,
         bucket=BUCKET,
         key=key,

@@ -108,7 +108,7 @@ def test_a_deleted_file_stays_restorable_until_keep_deleted_days_expire(aws, con
         aws, config, volume, "gone.txt", [(b"first" * 50, 0), (b"last words" * 50, 1)]
     )
     marker = aws.s3.delete_object(Bucket=BUCKET, Key="gone.txt")["VersionId"]
-    service.process(deleted("gone.txt", marker, at=day(5)))
+    service.process(deleted("gone.txt", marker, at=day(5), sequencer=f"{5 * 1000:016X}"))
     ledger = Ledger(aws.dynamodb, TABLE)
     last = ledger.get_version(BUCKET, "gone.txt", "v:" + ids[1])
     policy = {"keep_last_versions": 1, "keep_deleted": timedelta(days=7)}
@@ -135,7 +135,7 @@ def test_the_delete_pipeline_records_a_tombstone_and_keeps_the_versions(aws, con
     enable_versioning(aws)
     service, ids = back_up_versions(aws, config, volume, "x.txt", [(b"keep me", 0)])
     marker = aws.s3.delete_object(Bucket=BUCKET, Key="x.txt")["VersionId"]
-    result = service.process(deleted("x.txt", marker, at=day(1)))
+    result = service.process(deleted("x.txt", marker, at=day(1), sequencer=f"{1000:016X}"))
     ledger = Ledger(aws.dynamodb, TABLE)
     assert result.outcome.value == "tombstoned"
     assert ledger.latest(BUCKET, "x.txt").deleted
