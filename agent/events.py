@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +25,7 @@ from agent.errors import MalformedMessage
 
 MAX_KEY_BYTES = 1024
 SEQUENCER_WIDTH = 64
+_HEX = re.compile(r"[0-9A-Fa-f]+")
 
 
 class EventKind(enum.Enum):
@@ -175,6 +177,10 @@ def _checked_key(key: str, where: str) -> str:
         raise MalformedMessage(f"{where}: empty object key")
     if "\x00" in key:
         raise MalformedMessage(f"{where}: object key contains NUL")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no S3 key looks like it
+        raise MalformedMessage(f"{where}: object key is not valid Unicode") from None
     if len(key.encode("utf-8", errors="surrogatepass")) > MAX_KEY_BYTES:
         raise MalformedMessage(f"{where}: object key longer than {MAX_KEY_BYTES} bytes")
     return key
@@ -227,12 +233,10 @@ def _optional_size(value: Any, where: str) -> int | None:
 def _optional_sequencer(value: Any, where: str) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > SEQUENCER_WIDTH:
+    # Only hex digits: int(value, 16) would also take "-1", " 1", "1_0" and "0x1F",
+    # which then sort wrongly against real sequencers.
+    if not isinstance(value, str) or not _HEX.fullmatch(value) or len(value) > SEQUENCER_WIDTH:
         raise MalformedMessage(f"{where}.sequencer is not a hex string")
-    try:
-        int(value, 16)
-    except ValueError:
-        raise MalformedMessage(f"{where}.sequencer is not a hex string") from None
     return value
 
 
@@ -241,8 +245,8 @@ def _parse_time(value: Any, where: str) -> datetime:
         raise MalformedMessage(f"{where} is missing or not a string")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise MalformedMessage(f"{where} {value!r} is not an ISO-8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: outside years 1-9999 once in UTC
+        raise MalformedMessage(f"{where} {value[:64]!r} is not an ISO-8601 time") from None
