@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from agent.local_aws import MotoServer
 from agent.store import Volume
@@ -59,3 +60,10 @@ def make_pipeline(tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
 @pytest.fixture
 def pipeline(make_pipeline: Callable[..., Pipeline]) -> Pipeline:
     return make_pipeline()
+
+
+def point_agent_at(stack: Stack, endpoint: str) -> None:
+    """Rewrite the agent's config file so its AWS calls go through `endpoint` (a proxy)."""
+    raw = yaml.safe_load(stack.config_path.read_text(encoding="utf-8"))
+    raw["aws"]["endpoint_url"] = endpoint
+    stack.config_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
