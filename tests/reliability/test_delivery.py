@@ -8,9 +8,11 @@ import hashlib
 import json
 import os
 
+import pytest
 from structlog.testing import capture_logs
 
 from tests.conftest import BUCKET
+from tests.e2e.conftest import make_stack
 from tests.reliability.pipeline import (
     UNAVAILABLE,
     Faults,
@@ -188,3 +190,23 @@ def test_poison_messages_reach_the_dead_letter_queue_while_good_ones_flow(make_p
     malformed = [e for e in logs if e["event"] == "message.malformed"]
     assert len(malformed) >= len(poison) * 3  # each seen max_receive_count times
     assert all(len(e["reason"]) < 2000 for e in malformed)  # the huge body is not logged whole
+
+
+@pytest.mark.e2e
+def test_the_real_agent_redrives_poison_to_the_dead_letter_queue(tmp_path, moto_server):
+    stack = make_stack(tmp_path, moto_server, queue={"max_receive_count": 3})
+    dlq = stack.clients.sqs.get_queue_url(QueueName="backup-events-dlq")["QueueUrl"]
+    poison = ["{not json", json.dumps({"Records": [{"bogus": 1}]}), "x" * 250_000]
+    for body in poison:
+        stack.clients.sqs.send_message(QueueUrl=stack.config.queue.url, MessageBody=body)
+    agent = stack.start_agent()
+    try:
+        agent.wait_for("agent.started", timeout=30)
+        stack.clients.s3.put_object(Bucket=BUCKET, Key="e2e/good.txt", Body=b"flows")
+        wait_until(lambda: stack.queue_depth(dlq)[0] == len(poison), timeout=60, every=0.2)
+        agent.wait_for("backup.stored", timeout=30)
+        wait_until(lambda: stack.queue_depth() == (0, 0), timeout=30, every=0.2)
+        assert agent.process.poll() is None
+    finally:
+        assert agent.stop(timeout=30) == 0
+    assert len(agent.log_events_named("message.malformed")) >= 3 * len(poison)
