@@ -37,9 +37,9 @@ class Journal:
         segment = self.directory / f"{self._clock().strftime('%Y-%m-%d')}.jsonl"
         with self._lock:
             created = not segment.exists()
-            fd = os.open(segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
-                _write_all(fd, data)
+                _write_all(fd, _after_torn_tail(fd) + data)
                 os.fsync(fd)
                 offset = os.lseek(fd, 0, os.SEEK_END)
             finally:
@@ -72,6 +72,15 @@ class Journal:
         if not self.directory.is_dir():
             return []
         return sorted(self.directory.glob("*.jsonl"))
+
+
+def _after_torn_tail(fd: int) -> bytes:
+    """A newline when the segment ends mid-line (a crash or ENOSPC cut the last append):
+    without it the next record would join the torn bytes and be skipped by `read_all`."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    if end and os.pread(fd, 1, end - 1) != b"\n":
+        return b"\n"
+    return b""
 
 
 def _write_all(fd: int, data: bytes) -> None:
