@@ -191,6 +191,8 @@ def _load_json(body: str | bytes) -> Any:
         return json.loads(body)
     except (ValueError, TypeError) as exc:
         raise MalformedMessage(f"body is not JSON ({exc})") from None
+    except RecursionError:  # "[[[[…" nested deeper than the parser goes
+        raise MalformedMessage("body is JSON nested too deeply") from None
 
 
 def _require_dict(parent: dict[str, Any], name: str, where: str) -> dict[str, Any]:

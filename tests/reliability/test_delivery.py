@@ -170,6 +170,7 @@ def test_poison_messages_reach_the_dead_letter_queue_while_good_ones_flow(make_p
         json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": []}]}),
         json.dumps({"Type": "Notification", "Message": "<html>"}),
         json.dumps({"Records": [{"padding": "x" * 250_000}]}),  # ~250 KB, just under SQS's cap
+        "[" * 100_000 + "]" * 100_000,  # nested past the JSON parser's recursion limit
     ]
     for body in poison:
         pipeline.send(body or " ")
@@ -190,6 +191,7 @@ def test_poison_messages_reach_the_dead_letter_queue_while_good_ones_flow(make_p
     malformed = [e for e in logs if e["event"] == "message.malformed"]
     assert len(malformed) >= len(poison) * 3  # each seen max_receive_count times
     assert all(len(e["reason"]) < 2000 for e in malformed)  # the huge body is not logged whole
+    assert "message.handler_crashed" not in [e["event"] for e in logs]
 
 
 @pytest.mark.e2e

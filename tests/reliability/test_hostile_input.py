@@ -135,6 +135,19 @@ def test_record_fields_of_the_wrong_kind_are_malformed(field, value):
         parse_message(json.dumps(notification(_record_with(field, value, top=True))))
 
 
+NESTED = "[" * 100_000 + "]" * 100_000  # 200 KB: fits in one SQS message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [NESTED, json.dumps({"Type": "Notification", "Message": NESTED}), "1e999999", "NaN", "\ud800"],
+    ids=["nested", "nested-in-sns", "huge-number", "nan", "lone-surrogate"],
+)
+def test_bodies_built_to_break_the_json_parser_are_malformed(body):
+    with pytest.raises(MalformedMessage):
+        parse_message(body)
+
+
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
     lambda inner: (
