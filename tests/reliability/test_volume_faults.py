@@ -1,4 +1,5 @@
-"""Disk full: the backup root on a size-limited tmpfs under the real agent process.
+"""The backup volume failing under the real agent process: full (a size-limited tmpfs), and
+unmounted while the agent runs (a bind mount taken away).
 
 A full volume must leave no partial copy and no leaked space, keep the message, keep the
 agent up (logging `backup.failed` with DiskFull), and resume by itself once space is freed.
@@ -121,3 +122,49 @@ def test_a_full_volume_keeps_the_message_leaves_nothing_and_resumes_when_freed(
             assert latest is not None and latest.sha256 == hashlib.sha256(body).hexdigest()
             volume.verify_copy(latest.sha256, len(body))
         assert list(volume.tmp_dir.iterdir()) == []
+
+
+@contextlib.contextmanager
+def bind_mount(source: Path, target: Path) -> Iterator[None]:
+    if os.geteuid() != 0:
+        pytest.skip("bind-mounting the volume needs root")
+    done = subprocess.run(
+        ["mount", "--bind", str(source), str(target)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"mount not permitted here: {done.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def test_a_volume_unmounted_under_the_agent_is_never_written_through(tmp_path, moto_server):
+    stack = make_stack(tmp_path, moto_server, init_volume=False)
+    device = tmp_path / "device"  # stands in for the EBS volume
+    device.mkdir()
+    Volume(device).initialise("vol-ebs")
+    with bind_mount(device, stack.root):
+        agent = stack.start_agent()
+        try:
+            agent.wait_for("agent.started", timeout=30)
+            stack.clients.s3.put_object(Bucket=BUCKET, Key="mount/before.txt", Body=b"one")
+            agent.wait_for("backup.stored", timeout=30)
+
+            subprocess.run(["umount", str(stack.root)], check=True)  # the volume goes away
+            stack.clients.s3.put_object(Bucket=BUCKET, Key="mount/during.txt", Body=b"two")
+            failed = agent.wait_for("backup.failed", timeout=30)
+            assert failed[0]["error_type"] == "VolumeNotReady"
+            assert list(stack.root.iterdir()) == []  # nothing written to the bare mount point
+            assert agent.process.poll() is None
+
+            subprocess.run(["mount", "--bind", str(device), str(stack.root)], check=True)
+            agent.wait_for("backup.stored", count=2, timeout=30)
+            wait_until(lambda: stack.queue_depth() == (0, 0), timeout=30, every=0.2)
+        finally:
+            assert agent.stop(timeout=30) == 0
+    ledger = Ledger(stack.clients.dynamodb, TABLE)
+    for key in ("mount/before.txt", "mount/during.txt"):
+        latest = ledger.latest(BUCKET, key)
+        assert latest is not None
+        Volume(device).verify_copy(latest.sha256, latest.size)
