@@ -134,13 +134,14 @@ def test_a_batch_whose_second_record_fails_is_retried_without_redoing_the_first(
             s3_record(BUCKET, "batch/b.bin", size=len(second), etag=put_b["etag"]),
         )
     )
-    # The first record's GetObject succeeds; the second's fails all four attempts.
-    faults.script("s3.GetObject")
+    # The first record's GetObject succeeds; the second's first delivery fails all four
+    # attempts (botocore's max_attempts 3 counts retries).
     original = pipeline.service.process
+    armed = []
 
-    def fail_second_once(event, _state={"failed": False}):  # noqa: B006 - per-test state
-        if event.key == "batch/b.bin" and not _state["failed"]:
-            _state["failed"] = True
+    def fail_second_once(event):
+        if event.key == "batch/b.bin" and not armed:
+            armed.append(True)
             faults.script("s3.GetObject", *[UNAVAILABLE] * 4)
         return original(event)
 
