@@ -132,6 +132,7 @@ def test_kill_9_at_random_points_loses_and_doubles_nothing(tmp_path, moto_server
 
 @pytest.mark.e2e
 @pytest.mark.soak
+@pytest.mark.timeout(1800)
 def test_kill_9_soak(tmp_path, moto_server):
     iterations = int(os.environ.get("RELIABILITY_KILL_ITERATIONS", "40"))
     kills = run_kill_scenario(tmp_path, moto_server, seed=SEED + 1, iterations=iterations)

@@ -139,6 +139,7 @@ def test_a_short_soak_shows_no_memory_or_descriptor_growth(tmp_path, moto_server
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(3600)  # ~30 events/s on 2 shared cores: about 11 minutes
 def test_a_20000_event_soak_shows_no_memory_or_descriptor_growth(tmp_path, moto_server):
     events = int(os.environ.get("RELIABILITY_SOAK_EVENTS", "20000"))
     samples = run_soak(tmp_path, moto_server, events)
