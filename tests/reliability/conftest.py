@@ -1,4 +1,5 @@
-"""Reliability fixtures: the e2e stack (moto_server + real agent) and in-process pipelines.
+"""Reliability fixtures: moto_server for the real agent (tests build their stack with the
+e2e `make_stack`, each with its own config sections), and in-process pipelines.
 
 Every test here is marked `reliability`; the end-to-end ones also `e2e`. `make test` runs
 them all except the `soak` variants (`make soak`).
@@ -16,7 +17,7 @@ import yaml
 
 from agent.local_aws import MotoServer
 from agent.store import Volume
-from tests.e2e.conftest import Stack, make_stack
+from tests.e2e.conftest import Stack
 from tests.reliability.pipeline import Pipeline, local_pipeline, pipeline_config
 
 
@@ -31,14 +32,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
     with MotoServer(log_path=tmp_path / "moto.log") as server:
         yield server
-
-
-@pytest.fixture
-def stack(tmp_path: Path, moto_server: MotoServer) -> Iterator[Stack]:
-    built = make_stack(tmp_path, moto_server)
-    yield built
-    for agent in built.agents:
-        agent.stop(timeout=30)
 
 
 @pytest.fixture
