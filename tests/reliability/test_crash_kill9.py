@@ -6,6 +6,7 @@ is backed up exactly once, every copy verifies, and no temp file outlives a rest
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -137,3 +138,22 @@ def test_kill_9_soak(tmp_path, moto_server):
     iterations = int(os.environ.get("RELIABILITY_KILL_ITERATIONS", "40"))
     kills = run_kill_scenario(tmp_path, moto_server, seed=SEED + 1, iterations=iterations)
     print("kill points:", kills)
+
+
+def test_the_delete_audit_flags_a_message_deleted_before_its_copy(pipeline):
+    """The audit itself can fail: a DeleteMessage for an event not yet backed up."""
+    from tests.reliability.pipeline import notification, s3_record
+    from tests.reliability.proxy import Exchange
+
+    audit = DeleteAudit(pipeline.ledger, pipeline.volume)
+    body = json.dumps(notification(s3_record(BUCKET, "early.txt", size=1, sequencer="01")))
+    received = json.dumps({"Messages": [{"ReceiptHandle": "h-1", "Body": body}]}).encode()
+    audit.observe(Exchange("sqs", "ReceiveMessage", b"{}", 200, received))
+
+    audit.audit(Exchange("sqs", "DeleteMessage", json.dumps({"ReceiptHandle": "h-1"}).encode()))
+    audit.audit(Exchange("sqs", "DeleteMessage", json.dumps({"ReceiptHandle": "h-?"}).encode()))
+
+    assert audit.violations == [
+        "early.txt: deleted before its ledger record existed",
+        "DeleteMessage for a receipt handle never received",
+    ]
