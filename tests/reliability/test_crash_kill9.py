@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.journal import Journal
 from agent.ledger import Ledger
 from agent.local_aws import MotoServer
 from agent.store import Volume
@@ -89,6 +90,13 @@ def run_kill_scenario(workdir: Path, server: MotoServer, *, seed: int, iteration
     assert audit.audited >= len(expected)
     assert_backed_up_once(ledger, volume, BUCKET, expected)
     assert sum(1 for k in kills if k.temp_files_left) >= 1, kills  # some kills hit a copy
+    # The volume's own record knows every version the ledger knows. A kill between the
+    # journal line and the DynamoDB write may leave a version there twice (replay is
+    # idempotent), never missing.
+    journal = [(r.key, r.version_token) for r in Journal(volume.journal_dir).read_all()]
+    for key in expected:
+        assert (key, ledger.versions(BUCKET, key)[0].version_token) in journal, key
+    print("journal lines repeated after a kill:", len(journal) - len(set(journal)))
     return kills
 
 
