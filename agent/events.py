@@ -191,6 +191,8 @@ def _load_json(body: str | bytes) -> Any:
         return json.loads(body)
     except (ValueError, TypeError) as exc:
         raise MalformedMessage(f"body is not JSON ({exc})") from None
+    except RecursionError:  # "[[[[…" nested deeper than the parser goes
+        raise MalformedMessage("body is JSON nested too deeply") from None
 
 
 def _require_dict(parent: dict[str, Any], name: str, where: str) -> dict[str, Any]:
@@ -246,8 +248,8 @@ def _parse_time(value: Any, where: str) -> datetime:
         raise MalformedMessage(f"{where} is missing or not a string")
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise MalformedMessage(f"{where} {value!r} is not an ISO-8601 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: outside years 1-9999 once in UTC
+        raise MalformedMessage(f"{where} {value[:64]!r} is not an ISO-8601 time") from None

@@ -50,9 +50,9 @@ class Journal:
         segment = self.directory / f"{self._clock().strftime('%Y-%m-%d')}.jsonl"
         with self._lock:
             created = not segment.exists()
-            fd = os.open(segment, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
-                _write_all(fd, data)
+                _write_all(fd, _after_torn_tail(fd) + data)
                 os.fsync(fd)
                 offset = os.lseek(fd, 0, os.SEEK_END)
             finally:
@@ -125,6 +125,15 @@ def _documents_of(segment: Path, start: int) -> Iterator[dict[str, Any]]:
 
 def _identity(data: dict[str, Any]) -> tuple[str, str, str]:
     return (str(data.get("bucket")), str(data.get("key")), str(data.get("version_token")))
+
+
+def _after_torn_tail(fd: int) -> bytes:
+    """A newline when the segment ends mid-line (a crash or ENOSPC cut the last append):
+    without it the next record would join the torn bytes and be skipped by `read_all`."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    if end and os.pread(fd, 1, end - 1) != b"\n":
+        return b"\n"
+    return b""
 
 
 def _write_all(fd: int, data: bytes) -> None:
