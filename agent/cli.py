@@ -96,7 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     iam.add_argument(
         "--without-restore",
         action="store_true",
-        help="leave out s3:PutObject (restores to S3 run with other credentials)",
+        help="operator role: leave out writing restored objects back to the buckets",
+    )
+    iam.add_argument(
+        "--role",
+        choices=("agent", "operator"),
+        default="agent",
+        help="agent: the instance role (default); operator: bootstrap, alarms, dashboard,"
+        " reindex, restore --to-s3, share, mount-snapshot",
     )
     alarms = command("alarms", cmd_alarms, "Create or update the CloudWatch alarms (idempotent).")
     alarms.add_argument("--dry-run", action="store_true", help="show the changes, make none")
@@ -219,7 +226,7 @@ def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
     if args.role_document:
         document = trust_document(config)
     else:
-        document = policy_document(config, restore_to_s3=not args.without_restore)
+        document = policy_document(config, role=args.role, restore_to_s3=not args.without_restore)
     print(json.dumps(document, indent=2))
     return EXIT_OK
 

@@ -1,12 +1,27 @@
-"""The least-privilege IAM policy for the agent's instance role, generated from the config.
+"""Least-privilege IAM policies generated from the config: the agent's and the operator's.
 
-Every statement names only the configured queue, dead-letter queue, buckets, table (and its
-index), topic, e-mail identity, KMS keys and metric namespace. `iam_action()` maps an API
-call to the IAM action it needs; the tests record every call the agent makes during a real
-backup and check each one is allowed (and that nothing else is granted without a reason).
+Two roles, because what runs unattended on the instance must not be able to do what an
+operator does by hand:
 
-    backup-agent iam-policy --config FILE                  # the permissions policy
-    backup-agent iam-policy --config FILE --role-document  # the EC2 trust policy
+* ``agent`` — the EC2 instance role. Everything `backup-agent run` does (consume events,
+  read objects, write the ledger, metrics, alerts, the volume encryption check, scheduled
+  snapshots with their copy and retention) and the jobs it schedules or an operator runs
+  with the same identity (reconcile, retention, gc, scrub, snapshot, `backup-restore
+  list|restore --to DIR|verify|snapshots`). It cannot write to the backed-up buckets.
+* ``operator`` — a person or CI role for the commands that change AWS resources:
+  `scripts/bootstrap-aws`, `backup-agent alarms|dashboard|reindex`, `backup-restore
+  restore --to-s3` and `share`, and `scripts/mount-snapshot`. Self-contained: it includes
+  the ledger reads those commands need.
+
+Every statement has a Sid saying its purpose and names only the configured queue, dead-letter
+queue, buckets, table (and its index), topic, e-mail identity, KMS keys, metric namespace,
+alarm prefix, dashboard, staging bucket and the agent's own snapshots (by tag).
+
+    backup-agent iam-policy --config FILE [--role agent|operator] [--without-restore]
+    backup-agent iam-policy --config FILE --role-document   # the EC2 trust policy
+
+`iam_action()` maps an API call to the IAM action it needs; tests/functional/test_iam_roles.py
+records every call of every feature against moto and checks it against these policies.
 """
 
 from __future__ import annotations
@@ -17,55 +32,66 @@ from urllib.parse import urlparse
 
 from agent.config import Config
 from agent.ledger import KEY_INDEX
+from agent.mount_snapshot import RESTORE_TAG
+from agent.snapshots import MANAGED_TAG
 
-DEFAULT_METRICS_NAMESPACE = "BackupAgent"
 VERSION = "2012-10-17"
+ROLES = ("agent", "operator")
 
 # botocore signing name → IAM service prefix, where they differ
 _IAM_PREFIX = {"monitoring": "cloudwatch", "email": "ses"}
-# S3 operations whose IAM action has another name (the version-specific ones below)
+# S3 operations whose IAM action has another name
 _S3_ACTIONS = {
     "HeadObject": "GetObject",
     "ListObjects": "ListBucket",
     "ListObjectsV2": "ListBucket",
     "ListObjectVersions": "ListBucketVersions",
     "HeadBucket": "ListBucket",
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+    "PutBucketEncryption": "PutEncryptionConfiguration",
+    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
+    "GetBucketLifecycleConfiguration": "GetLifecycleConfiguration",
+    "PutBucketLifecycleConfiguration": "PutLifecycleConfiguration",
+    "GetBucketNotificationConfiguration": "GetBucketNotification",
+    "PutBucketNotificationConfiguration": "PutBucketNotification",
 }
 
-NOT_EXERCISED_BY_BACKUP = {
-    "s3:PutObject": "restore --to-s3 writes restored objects back to the buckets",
-    "s3:ListBucket": "verify and restore list keys under a prefix",
-    "s3:ListBucketVersions": "verify and restore list versions of a key",
-    "kms:Decrypt": "called by S3 on the agent's behalf (kms:ViaService) for SSE-KMS reads",
-    "cloudwatch:PutMetricData": "metrics, flushed on a timer",
-    "sqs:GetQueueAttributes": "queue depth and dead-letter queue metrics",
-    "sqs:ChangeMessageVisibility": "extending long copies, retry back-off, release on shutdown",
-    "sns:Publish": "alerts",
-    "ses:SendEmail": "alert and digest e-mail",
-    "ses:SendRawEmail": "alert and digest e-mail with attachments",
-    "ec2:CreateSnapshot": "scheduled EBS snapshots of the backup volume",
-    "ec2:CreateTags": "tags on the agent's snapshots, at creation only",
-    "ec2:DescribeSnapshots": "snapshot retention",
-    "ec2:DeleteSnapshot": "snapshot retention, only snapshots the agent tagged",
+# Granted, but no flow against moto makes the call itself; the tests require a reason here.
+NOT_EXERCISED: dict[str, str] = {
+    "s3:ListBucket": (
+        "real S3 answers GetObject/HeadObject of a missing key with 403 instead of 404 without it"
+        " (moto does not check); the operator's restore --to-s3 needs it for that alone"
+    ),
+    "kms:Decrypt": "S3 calls KMS on the agent's behalf (kms:ViaService) to read SSE-KMS objects",
+    "s3:AbortMultipartUpload": "restore --to-s3 / share abort a multipart upload that failed",
 }
 
 
 @dataclass(frozen=True)
 class Scope:
-    """What the policy is scoped to, read from the config (other features' sections by name)."""
+    """What the policies are scoped to, read from the config."""
 
     partition: str
     region: str
     account: str
-    queue_arns: tuple[str, ...]
+    queue_arn: str
+    dead_letter_arn: str
     buckets: tuple[str, ...]
     table: str
     kms_key_arns: tuple[str, ...] = ()
-    metrics_namespace: str = DEFAULT_METRICS_NAMESPACE
+    metrics_namespace: str = "BackupAgent"
+    cloudwatch_metrics: bool = True
     sns_topic_arn: str | None = None
     email_sender: str | None = None
     snapshots: bool = False
+    copy_region: str | None = None
     volume_id: str | None = None
+    alarm_prefix: str = "backup-agent"
+    dashboard: str = "backup-agent"
+    staging_bucket: str | None = None
+    staging_prefix: str = "backup-agent-share/"
     restore_to_s3: bool = True
 
     @classmethod
@@ -73,30 +99,52 @@ class Scope:
         region = config.aws.region
         partition = partition_for(region)
         queue = sqs_arn(config.queue.url, region, partition)
-        account = queue.split(":")[4]
         if config.queue.dead_letter_url:
             dlq = sqs_arn(config.queue.dead_letter_url, region, partition)
         else:
-            dlq = queue + "-dlq"  # bootstrap's default name
-        alerts = getattr(config, "alerts", None)
-        email = getattr(alerts, "email", None)
-        metrics = getattr(config, "metrics", None)
-        snapshots = getattr(config, "snapshots", None)
+            dlq = queue + "-dlq"  # bootstrap.dead_letter_name
+        email = config.alerts.email
         return cls(
             partition=partition,
             region=region,
-            account=account,
-            queue_arns=(queue, dlq),
+            account=queue.split(":")[4],
+            queue_arn=queue,
+            dead_letter_arn=dlq,
             buckets=tuple(config.buckets),
             table=config.state.table,
             kms_key_arns=tuple(config.aws.kms_key_arns),
-            metrics_namespace=getattr(metrics, "namespace", None) or DEFAULT_METRICS_NAMESPACE,
-            sns_topic_arn=getattr(alerts, "sns_topic_arn", None),
-            email_sender=getattr(email, "sender", None),
-            snapshots=bool(snapshots) and getattr(snapshots, "enabled", True) is not False,
+            metrics_namespace=config.metrics.namespace,
+            cloudwatch_metrics=config.metrics.cloudwatch,
+            sns_topic_arn=config.alerts.sns_topic_arn,
+            email_sender=email.sender if email else None,
+            snapshots=config.snapshots.enabled,
+            copy_region=config.snapshots.copy_to_region if config.snapshots.enabled else None,
             volume_id=config.storage.volume_id,
+            alarm_prefix=config.alarms.name_prefix,
+            dashboard=config.metrics.dashboard,
+            staging_bucket=config.restore.staging_bucket,
+            staging_prefix=config.restore.staging_prefix,
             restore_to_s3=restore_to_s3,
         )
+
+    def arn(self, service: str, resource: str, *, region: str | None = None) -> str:
+        """arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE (S3 and snapshots have no account)."""
+        return f"arn:{self.partition}:{service}:{region or self.region}:{self.account}:{resource}"
+
+    @property
+    def table_arns(self) -> list[str]:
+        table = self.arn("dynamodb", f"table/{self.table}")
+        return [table, f"{table}/index/{KEY_INDEX}"]
+
+    @property
+    def snapshot_regions(self) -> list[str]:
+        return [self.region] + ([self.copy_region] if self.copy_region else [])
+
+    def snapshot_arns(self, regions: list[str] | None = None) -> list[str]:
+        return [f"arn:{self.partition}:ec2:{r}::snapshot/*" for r in regions or [self.region]]
+
+    def bucket_arns(self, suffix: str = "") -> list[str]:
+        return [f"arn:{self.partition}:s3:::{b}{suffix}" for b in self.buckets]
 
 
 def partition_for(region: str) -> str:
@@ -118,11 +166,11 @@ def sqs_arn(url: str, region: str, partition: str) -> str:
     return f"arn:{partition}:sqs:{region}:{account}:{name}"
 
 
-def statements(scope: Scope) -> list[dict[str, Any]]:
-    p, region, account = scope.partition, scope.region, scope.account
-    objects = [f"arn:{p}:s3:::{b}/*" for b in scope.buckets]
-    table = f"arn:{p}:dynamodb:{region}:{account}:table/{scope.table}"
-    found: list[dict[str, Any]] = [
+# -- the agent's instance role ------------------------------------------------------------
+
+
+def agent_statements(scope: Scope) -> list[dict[str, Any]]:
+    found = [
         _statement(
             "ConsumeBackupEvents",
             [
@@ -131,54 +179,60 @@ def statements(scope: Scope) -> list[dict[str, Any]]:
                 "sqs:ChangeMessageVisibility",
                 "sqs:GetQueueAttributes",
             ],
-            list(scope.queue_arns),
-        ),
-        _statement("ReadObjects", ["s3:GetObject", "s3:GetObjectVersion"], objects),
-        _statement(
-            "ListObjects",
-            ["s3:ListBucket", "s3:ListBucketVersions"],
-            [f"arn:{p}:s3:::{b}" for b in scope.buckets],
+            [scope.queue_arn],
         ),
         _statement(
-            "Ledger",
-            ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"],
-            [table, f"{table}/index/{KEY_INDEX}"],
+            "WatchDeadLetterQueue",  # its depth metric and alert; the URL is looked up by name
+            ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
+            [scope.dead_letter_arn],
         ),
         _statement(
-            "Metrics",
-            ["cloudwatch:PutMetricData"],
-            ["*"],  # PutMetricData has no resource type; the namespace condition scopes it
-            {"StringEquals": {"cloudwatch:namespace": scope.metrics_namespace}},
+            "ReadObjects",  # backup, scrub heal, reconcile's HeadObject
+            ["s3:GetObject", "s3:GetObjectVersion"],
+            scope.bucket_arns("/*"),
         ),
         _statement(
-            "CheckBackupVolumeEncryption",
+            "ListBucketsForReconcile",
+            ["s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketVersioning"],
+            scope.bucket_arns(),
+        ),
+        _statement(
+            "Ledger",  # PutItem: backups; DeleteItem: retention; Query/GetItem: everything
+            ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"],
+            scope.table_arns,
+        ),
+        _statement(
+            "CheckBackupVolume",  # the encryption check and the volume id discovery
             ["ec2:DescribeVolumes"],
             ["*"],  # Describe* actions support no resource-level permissions
         ),
     ]
-    if scope.restore_to_s3:
-        found.insert(3, _statement("RestoreToS3", ["s3:PutObject"], objects))
+    if scope.cloudwatch_metrics:
+        found.append(
+            _statement(
+                "PublishMetrics",
+                ["cloudwatch:PutMetricData"],
+                ["*"],  # PutMetricData has no resource type; the namespace condition scopes it
+                {"StringEquals": {"cloudwatch:namespace": scope.metrics_namespace}},
+            )
+        )
     if scope.kms_key_arns:
         found.append(
             _statement(
                 "DecryptSseKmsObjects",
                 ["kms:Decrypt"],
                 list(scope.kms_key_arns),
-                {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+                {"StringEquals": {"kms:ViaService": f"s3.{scope.region}.amazonaws.com"}},
             )
         )
     if scope.sns_topic_arn:
-        found.append(_statement("Alerts", ["sns:Publish"], [scope.sns_topic_arn]))
+        found.append(_statement("AlertTopic", ["sns:Publish"], [scope.sns_topic_arn]))
     if scope.email_sender:
-        identities = [f"arn:{p}:ses:{region}:{account}:identity/{scope.email_sender}"]
-        domain = scope.email_sender.rpartition("@")[2]
-        if domain and domain != scope.email_sender:
-            identities.append(f"arn:{p}:ses:{region}:{account}:identity/{domain}")
         found.append(
             _statement(
                 "AlertEmail",
-                ["ses:SendEmail", "ses:SendRawEmail"],
-                identities,
+                ["ses:SendEmail"],  # the agent sends no raw (MIME) mail
+                _identity_arns(scope, scope.email_sender),
                 {"StringEquals": {"ses:FromAddress": scope.email_sender}},
             )
         )
@@ -187,26 +241,213 @@ def statements(scope: Scope) -> list[dict[str, Any]]:
     return found
 
 
+def _identity_arns(scope: Scope, sender: str) -> list[str]:
+    """SES authorises a send against the address identity or its domain's, whichever is verified."""
+    identities = [scope.arn("ses", f"identity/{sender}")]
+    domain = sender.rpartition("@")[2]
+    if domain and domain != sender:
+        identities.append(scope.arn("ses", f"identity/{domain}"))
+    return identities
+
+
 def _snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
-    p, region, account = scope.partition, scope.region, scope.account
-    volume = f"arn:{p}:ec2:{region}:{account}:volume/{scope.volume_id or '*'}"
-    snapshot = f"arn:{p}:ec2:{region}::snapshot/*"
-    return [
-        _statement("SnapshotBackupVolume", ["ec2:CreateSnapshot"], [volume, snapshot]),
+    managed = {f"aws:RequestTag/{MANAGED_TAG}": "true"}
+    found = [
         _statement(
-            "TagNewSnapshots",
+            "SnapshotBackupVolume",
+            ["ec2:CreateSnapshot"],
+            [scope.arn("ec2", f"volume/{scope.volume_id or '*'}")],
+        ),
+        _statement(
+            "CreateOnlyManagedSnapshots",  # the new snapshot must carry the agent's tag
+            ["ec2:CreateSnapshot"],
+            scope.snapshot_arns(),
+            {"StringEquals": managed},
+        ),
+        _statement(
+            "TagSnapshotsAtCreation",
             ["ec2:CreateTags"],
-            [snapshot],
-            {"StringEquals": {"ec2:CreateAction": "CreateSnapshot"}},
+            scope.snapshot_arns(scope.snapshot_regions),
+            {"StringEquals": {"ec2:CreateAction": ["CreateSnapshot", "CopySnapshot"]}},
         ),
         _statement("ListSnapshots", ["ec2:DescribeSnapshots"], ["*"]),
         _statement(
-            "ExpireOwnSnapshots",
+            "ExpireOnlyManagedSnapshots",
             ["ec2:DeleteSnapshot"],
-            [snapshot],
-            {"StringEquals": {"aws:ResourceTag/backup-agent": "true"}},
+            scope.snapshot_arns(scope.snapshot_regions),
+            {"StringEquals": {f"aws:ResourceTag/{MANAGED_TAG}": "true"}},
+        ),
+        _statement(
+            "RecordSnapshots",  # a deleted snapshot's ledger item is marked, not removed
+            ["dynamodb:UpdateItem"],
+            scope.table_arns[:1],
         ),
     ]
+    if scope.copy_region:
+        found[2:2] = [
+            _statement(
+                "CopyFromManagedSnapshots",  # the source must be a snapshot the agent took
+                ["ec2:CopySnapshot"],
+                scope.snapshot_arns(),
+                {"StringEquals": {f"aws:ResourceTag/{MANAGED_TAG}": "true"}},
+            ),
+            _statement(
+                "CopyToManagedSnapshots",  # the copy in the other region is tagged again
+                ["ec2:CopySnapshot"],
+                scope.snapshot_arns([scope.copy_region]),
+                {"StringEquals": managed},
+            ),
+        ]
+    return found
+
+
+# -- the operator's role ------------------------------------------------------------------
+
+
+def operator_statements(scope: Scope) -> list[dict[str, Any]]:
+    p = scope.partition
+    queues = [scope.queue_arn, scope.dead_letter_arn]
+    found = [
+        _statement(
+            "BootstrapQueues",
+            [
+                "sqs:GetQueueUrl",
+                "sqs:CreateQueue",
+                "sqs:GetQueueAttributes",
+                "sqs:SetQueueAttributes",
+            ],
+            queues,
+        ),
+        _statement(
+            "BootstrapBucketNotifications",
+            [
+                "s3:GetBucketNotification",
+                "s3:PutBucketNotification",
+            ],
+            scope.bucket_arns(),
+        ),
+        _statement(
+            "BootstrapAndReindexTable",
+            ["dynamodb:DescribeTable", "dynamodb:CreateTable", "dynamodb:PutItem"],
+            scope.table_arns[:1],
+        ),
+        _statement("ReadLedger", ["dynamodb:Query"], scope.table_arns),
+    ]
+    if scope.restore_to_s3:
+        found.extend(
+            [
+                _statement(
+                    "RestoreToS3",  # HeadObject of the target first (GetObject), then the upload
+                    ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                    scope.bucket_arns("/*"),
+                ),
+                _statement(
+                    "RestoreToS3SeeMissingKeys",  # HeadObject of a missing key: 404, not 403
+                    ["s3:ListBucket"],
+                    scope.bucket_arns(),
+                ),
+            ]
+        )
+    if scope.staging_bucket:
+        staging = f"arn:{p}:s3:::{scope.staging_bucket}"
+        found.extend(
+            [
+                _statement(
+                    "PrepareShareStagingBucket",
+                    [
+                        "s3:ListBucket",
+                        "s3:CreateBucket",
+                        "s3:PutEncryptionConfiguration",
+                        "s3:PutBucketPublicAccessBlock",
+                        "s3:GetLifecycleConfiguration",
+                        "s3:PutLifecycleConfiguration",
+                    ],
+                    [staging],
+                ),
+                _statement(
+                    "ShareStagedFiles",  # GetObject: what the presigned URL is signed for
+                    ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"],
+                    [f"{staging}/{scope.staging_prefix}*"],
+                ),
+            ]
+        )
+    if scope.sns_topic_arn:
+        found.append(
+            _statement(
+                "BootstrapAlertTopic",
+                ["sns:GetTopicAttributes", "sns:CreateTopic"],
+                [scope.sns_topic_arn],
+            )
+        )
+    if scope.email_sender:
+        found.append(
+            _statement(
+                "BootstrapAlertEmailIdentity",
+                ["ses:GetIdentityVerificationAttributes", "ses:VerifyEmailIdentity"],
+                ["*"],  # SES identity management supports no resource-level permissions
+            )
+        )
+    found.extend(
+        [
+            _statement(
+                "Alarms",
+                ["cloudwatch:DescribeAlarms", "cloudwatch:PutMetricAlarm"],
+                [scope.arn("cloudwatch", f"alarm:{scope.alarm_prefix}-*")],
+            ),
+            _statement(
+                "Dashboard",
+                ["cloudwatch:GetDashboard", "cloudwatch:PutDashboard"],
+                [f"arn:{p}:cloudwatch::{scope.account}:dashboard/{scope.dashboard}"],
+            ),
+            _statement(
+                "DiscoverDashboardMetrics",
+                ["cloudwatch:ListMetrics"],
+                ["*"],  # ListMetrics supports no resource-level permissions
+            ),
+        ]
+    )
+    if scope.snapshots:
+        found.extend(_mount_snapshot_statements(scope))
+    return found
+
+
+def _mount_snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
+    restore_tagged = {"Null": {f"aws:RequestTag/{RESTORE_TAG}": "false"}}
+    return [
+        _statement(
+            "FindSnapshotInstanceAndVolume",
+            ["ec2:DescribeSnapshots", "ec2:DescribeInstances", "ec2:DescribeVolumes"],
+            ["*"],  # Describe* actions support no resource-level permissions
+        ),
+        _statement(
+            "VolumeFromManagedSnapshot",  # only from a snapshot the agent took
+            ["ec2:CreateVolume"],
+            scope.snapshot_arns(),
+            {"StringEquals": {f"aws:ResourceTag/{MANAGED_TAG}": "true"}},
+        ),
+        _statement(
+            "CreateRestoreVolume",  # the new volume must carry the restore-of tag
+            ["ec2:CreateVolume"],
+            [scope.arn("ec2", "volume/*")],
+            restore_tagged,
+        ),
+        _statement(
+            "TagRestoreVolumeAtCreation",
+            ["ec2:CreateTags"],
+            [scope.arn("ec2", "volume/*")],
+            {"StringEquals": {"ec2:CreateAction": "CreateVolume"}},
+        ),
+        _statement(
+            "AttachRestoreVolume",  # only volumes made from a snapshot, to any instance
+            ["ec2:AttachVolume"],
+            [scope.arn("ec2", "volume/*")],
+            {"Null": {f"aws:ResourceTag/{RESTORE_TAG}": "false"}},
+        ),
+        _statement("AttachToInstance", ["ec2:AttachVolume"], [scope.arn("ec2", "instance/*")]),
+    ]
+
+
+# -- documents ----------------------------------------------------------------------------
 
 
 def _statement(
@@ -223,9 +464,19 @@ def _statement(
     return statement
 
 
-def policy_document(config: Config, *, restore_to_s3: bool = True) -> dict[str, Any]:
+def statements(scope: Scope, role: str = "agent") -> list[dict[str, Any]]:
+    if role == "agent":
+        return agent_statements(scope)
+    if role == "operator":
+        return operator_statements(scope)
+    raise ValueError(f"role: {role!r} is not one of {', '.join(ROLES)}")
+
+
+def policy_document(
+    config: Config, *, role: str = "agent", restore_to_s3: bool = True
+) -> dict[str, Any]:
     scope = Scope.from_config(config, restore_to_s3=restore_to_s3)
-    return {"Version": VERSION, "Statement": statements(scope)}
+    return {"Version": VERSION, "Statement": statements(scope, role)}
 
 
 def trust_document(config: Config | None = None) -> dict[str, Any]:

@@ -1,180 +1,419 @@
-"""The generated IAM policy allows every API call the agent makes during a backup, and
-grants nothing that has no caller."""
+"""The generated IAM policies allow every AWS call the product makes, for the role that makes
+it, and grant nothing no flow exercises (unless `iam.NOT_EXERCISED` says why).
+
+One moto world, configured with every optional section (iam/example-config.yaml), runs a
+representative flow of every feature through its real entry point while `Recorder` notes each
+call: bootstrap-aws (operator), the daemon (backup, SSE-KMS, delete, metrics, SNS + SES alert,
+DLQ sampling, volume encryption check), reconcile, retention, gc, scrub with a heal, two
+snapshots with retention and a cross-region copy, backup-restore list / restore --to DIR /
+verify / snapshots (agent), then restore --to-s3, share, reindex, alarms, dashboard and
+mount-snapshot --no-mount (operator).
+"""
 
 from __future__ import annotations
 
-import fnmatch
+import contextlib
+import io
 import json
+import logging
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import boto3
+import pytest
+import structlog
+import yaml
+from moto import mock_aws
 
-from agent.aws import Clients
+from agent import bootstrap, cli, mount_snapshot, restore_cli
+from agent.aws import build_clients
+from agent.config import load_config
 from agent.daemon import Daemon
-from agent.iam import (
-    NOT_EXERCISED_BY_BACKUP,
-    granted_actions,
-    iam_action,
-    policy_document,
-    sqs_arn,
-    trust_document,
-)
+from agent.iam import NOT_EXERCISED, granted_actions, policy_document, trust_document
 from agent.ledger import Ledger
 from agent.store import Volume
-from tests.conftest import BUCKET, REGION, TABLE, make_config
+from tests.aws_hooks import Fault, inject
+from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
+from tests.iam_support import Call, Check, Recorder, UnknownOperation, checks, matching_statements
+from tests.waiting import wait_until
+
+pytestmark = pytest.mark.xdist_group("iam-world")  # one moto world for the module's tests
 
 REPO = Path(__file__).resolve().parents[2]
-ACCOUNT = "123456789012"
+EXAMPLE = REPO / "iam" / "example-config.yaml"
+COPY_REGION = "eu-west-1"
+AZ = "us-east-1a"
+STAGING = "company-recovery-shares"
+ARCHIVE = "company-archive"  # the example's second, unversioned bucket
 
 
-class CallRecorder:
-    """botocore `before-parameter-build` hook: (IAM action, resource ARN) of every call made."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, str]] = []
-
-    def __call__(self, model: Any, params: dict[str, Any], **_kwargs: Any) -> None:
-        signing = model.service_model.signing_name
-        self.calls.append((iam_action(signing, model.name, params), model.name, _arn(params)))
-
-
-def _arn(args: dict[str, Any]) -> str:
-    if "QueueUrl" in args:
-        return sqs_arn(args["QueueUrl"], REGION, "aws")
-    if "TableName" in args:
-        table = f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{args['TableName']}"
-        return f"{table}/index/{args['IndexName']}" if args.get("IndexName") else table
-    if "Bucket" in args:
-        return f"arn:aws:s3:::{args['Bucket']}" + (f"/{args['Key']}" if "Key" in args else "")
-    return "*"
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLIs configure structlog and logging for the process: undo it after the test."""
+    saved = structlog.get_config()
+    handlers = list(logging.getLogger().handlers)
+    yield
+    structlog.configure(**saved)
+    logging.getLogger().handlers[:] = handlers
 
 
-def _allowed(policy: dict[str, Any], action: str, arn: str) -> bool:
-    return any(
-        action in statement["Action"]
-        and any(fnmatch.fnmatchcase(arn, pattern) for pattern in statement["Resource"])
-        for statement in policy["Statement"]
-    )
-
-
-def _recording_clients(recorder: CallRecorder) -> Clients:
-    session = boto3.session.Session(region_name=REGION)
-    session.events.register("before-parameter-build", recorder)
-    return Clients(
-        s3=session.client("s3"),
-        sqs=session.client("sqs"),
-        dynamodb=session.client("dynamodb"),
-        session=session,
-    )
-
-
-def _wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def test_every_call_of_a_real_backup_is_allowed_and_every_grant_has_a_caller(aws, backup_root):
-    ec2 = aws.client("ec2")
-    volume_id = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1, Encrypted=True)["VolumeId"]
-    kms_key = aws.client("kms").create_key()["KeyMetadata"]["Arn"]
-    config = make_config(
-        backup_root,
-        aws={"region": REGION, "kms_key_arns": [kms_key]},
-        storage={"root": str(backup_root), "min_free_bytes": 0, "volume_id": volume_id},
-    )
-    Volume(backup_root).initialise("vol-iam")
-    aws.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
-    recorder = CallRecorder()
-    daemon = Daemon(config, _recording_clients(recorder))
-
-    daemon.start(daemon.wait_for_volume())
-    daemon.check_volume_encryption()
+@contextlib.contextmanager
+def quiet(recorder: Recorder) -> Iterator[None]:
+    """The test's own calls (set-up, waiting) are not the product's: keep them out."""
+    recorder._local.quiet = True
     try:
-        version = aws.s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"a" * 1000)["VersionId"]
-        aws.s3.put_object(
-            Bucket=BUCKET,
-            Key="kms.txt",
-            Body=b"k" * 1000,
-            ServerSideEncryption="aws:kms",
-            SSEKMSKeyId=kms_key,
-        )
-        _send_versioned_event(aws, "a.txt", version, 1000)  # real S3 events carry versionId
-        ledger = Ledger(aws.dynamodb, TABLE)
-        _wait_until(
-            lambda: ledger.latest(BUCKET, "kms.txt") and len(ledger.versions(BUCKET, "a.txt")) == 2
-        )
+        yield
     finally:
-        daemon.stop()
-    list(Ledger(daemon.clients.dynamodb, TABLE).keys(BUCKET))  # restore's Query on the index
-
-    policy = policy_document(config)
-    denied = [(a, op, arn) for a, op, arn in recorder.calls if not _allowed(policy, a, arn)]
-    assert denied == []
-    made = {action for action, _op, _arn in recorder.calls}
-    assert {
-        "s3:GetObject",
-        "s3:GetObjectVersion",
-        "sqs:ReceiveMessage",
-        "sqs:DeleteMessage",
-        "dynamodb:PutItem",
-        "dynamodb:GetItem",
-        "dynamodb:Query",
-        "ec2:DescribeVolumes",
-    } <= made
-    unexercised = granted_actions(policy) - made
-    assert unexercised <= set(NOT_EXERCISED_BY_BACKUP), unexercised - set(NOT_EXERCISED_BY_BACKUP)
+        recorder._local.quiet = False
 
 
-def _send_versioned_event(aws, key: str, version: str, size: int) -> None:
+def write_config(tmp_path: Path, root: Path, volume_id: str, kms_key: str) -> Path:
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["aws"]["kms_key_arns"] = [kms_key]
+    raw["queue"].update(wait_time_seconds=0, retry_base_seconds=1)
+    raw["storage"].update(
+        root=str(root), volume_id=volume_id, min_free_bytes=0, compression_threads=1
+    )
+    raw["consumer"] = {"workers": 2, "drain_timeout": 10}
+    raw["snapshots"]["retain"] = {"last": 1, "daily": 0, "weekly": 0}
+    raw["metrics"].update(instance_id="i-0iamtest", prometheus=None)
+    raw["retention"] = {"keep_last_versions": 1}
+    raw["scrub"] = {"share_per_run": 1.0}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def send_event(sqs: Any, name: str, key: str, version: str | None, size: int = 0) -> None:
+    obj: dict[str, Any] = {"key": key, "size": size, "sequencer": "00B1"}
+    if version:
+        obj["versionId"] = version
     record = {
         "eventVersion": "2.1",
         "eventSource": "aws:s3",
         "awsRegion": REGION,
         "eventTime": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "bucket": {"name": BUCKET, "arn": f"arn:aws:s3:::{BUCKET}"},
-            "object": {"key": key, "size": size, "versionId": version, "sequencer": "00A1"},
-        },
+        "eventName": name,
+        "s3": {"bucket": {"name": BUCKET, "arn": f"arn:aws:s3:::{BUCKET}"}, "object": obj},
     }
-    queue_url = aws.sqs.get_queue_url(QueueName="backup-events")["QueueUrl"]
-    aws.sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"Records": [record]}))
+    sqs.send_message(QueueUrl=QUEUE_URL, MessageBody=json.dumps({"Records": [record]}))
 
 
-def test_policy_has_no_wildcard_actions_and_only_scoped_wildcard_resources(backup_root):
-    policy = policy_document(make_config(backup_root))
-    for statement in policy["Statement"]:
-        assert all("*" not in action for action in statement["Action"]), statement
-        if statement["Resource"] == ["*"]:
-            # only actions without resource-level permissions, and those scoped by a condition
-            assert statement["Action"] in (["cloudwatch:PutMetricData"], ["ec2:DescribeVolumes"])
-        else:
-            assert all(r.startswith("arn:aws:") for r in statement["Resource"])
-    assert "RestoreToS3" not in {
-        s["Sid"]
-        for s in policy_document(make_config(backup_root), restore_to_s3=False)["Statement"]
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Recorder, Path, Any]]:
+    """Every flow of the product run once against moto; the recorded calls and the config."""
+    tmp_path = tmp_path_factory.mktemp("iam")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
+        }.items():
+            mp.setenv(name, value)
+        mp.delenv("AWS_ENDPOINT_URL", raising=False)
+        saved = structlog.get_config()
+        handlers = list(logging.getLogger().handlers)
+        try:
+            with mock_aws(), Recorder().installed() as recorder:
+                yield recorder, *run_every_flow(recorder, tmp_path)
+        finally:
+            structlog.configure(**saved)
+            logging.getLogger().handlers[:] = handlers
+
+
+def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
+    s3 = boto3.client("s3", region_name=REGION)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    s3.create_bucket(Bucket=ARCHIVE)
+    s3.put_object(Bucket=ARCHIVE, Key="old.txt", Body=b"before any event: reconcile finds it")
+    volume_id = ec2.create_volume(AvailabilityZone=AZ, Size=1, Encrypted=True)["VolumeId"]
+    kms_key = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["Arn"]
+    instance = ec2.run_instances(
+        ImageId="ami-12c6146b",
+        MinCount=1,
+        MaxCount=1,
+        Placement={"AvailabilityZone": AZ},
+    )["Instances"][0]["InstanceId"]
+    root = tmp_path / "backups"
+    root.mkdir()
+    Volume(root).initialise("vol-iam")
+    path = write_config(tmp_path, root, volume_id, kms_key)
+    config = load_config(path)
+    out = io.StringIO()
+
+    with recorder.role("operator"):
+        assert bootstrap.main(["--config", str(path)]) == 0
+    sqs = boto3.client("sqs", region_name=REGION)
+    sqs.purge_queue(QueueUrl=QUEUE_URL)  # the notification's s3:TestEvent
+
+    with recorder.role("agent"):
+        run_the_daemon(recorder, config, s3, sqs)
+        with quiet(recorder):  # gone without an event reaching the agent: reconcile notices
+            s3.delete_object(Bucket=ARCHIVE, Key="new.txt")
+        for command in ("reconcile", "retention", "gc"):
+            assert cli.main([command, "--config", str(path)]) == cli.EXIT_OK, command
+        with quiet(recorder):
+            corrupt_copy_of(root, config, "kms.txt")  # scrub heals it from S3
+        assert cli.main(["scrub", "--config", str(path)]) == cli.EXIT_OK
+        assert cli.main(["snapshot", "--config", str(path)]) == cli.EXIT_OK
+        assert cli.main(["snapshot", "--config", str(path)]) == cli.EXIT_OK  # + retention
+        target = tmp_path / "restored"
+        for argv in (
+            ["list"],
+            ["restore", "--source-bucket", BUCKET, "--all", "--to", str(target)],
+            ["verify"],
+            ["snapshots"],
+        ):
+            assert restore_cli.main([argv[0], "--config", str(path), *argv[1:]], out=out) == 0
+
+    with recorder.role("operator"):
+        to_s3 = ["restore", "--config", str(path), "--source-bucket", BUCKET, "--all", "--to-s3"]
+        to_s3 += ["--to-prefix", "restored/"]
+        assert restore_cli.main(to_s3, out=out) == 0
+        share = ["share", "--config", str(path), "--source-bucket", BUCKET, "--key", "a.txt"]
+        assert restore_cli.main(share, out=out) == 0
+        with quiet(recorder):
+            staged = s3.list_objects_v2(Bucket=STAGING)["Contents"][0]["Key"]
+        # the presigned URL is signed by the operator: its GET is authorised against them
+        recorder.add("operator", "s3", REGION, "GetObject", Bucket=STAGING, Key=staged)
+        for command in ("reindex", "alarms", "dashboard"):
+            assert cli.main([command, "--config", str(path)]) == cli.EXIT_OK, command
+        with quiet(recorder):
+            [snapshot] = ec2.describe_snapshots(
+                Filters=[{"Name": "tag:backup-agent:managed", "Values": ["true"]}]
+            )["Snapshots"]
+        mount = [snapshot["SnapshotId"], "--config", str(path), "--instance-id", instance]
+        assert mount_snapshot.main([*mount, "--az", AZ, "--no-mount"]) == 0
+    return path, config
+
+
+def run_the_daemon(recorder: Recorder, config: Any, s3: Any, sqs: Any) -> None:
+    daemon = Daemon(config, build_clients(config))
+    # one retryable failure: the message is hidden for a back-off (ChangeMessageVisibility)
+    retried = inject(daemon.clients.s3, Fault("GetObject", "SlowDown", status=503, times=1))
+    daemon.check_volume_encryption()
+    daemon.start(daemon.wait_for_volume())
+    ledger = Ledger(boto3.client("dynamodb", region_name=REGION), TABLE)
+    try:
+        with quiet(recorder):
+            first = s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"a" * 1000)["VersionId"]
+            second = s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"b" * 1000)["VersionId"]
+            key_arn = config.aws.kms_key_arns[0]
+            s3.put_object(
+                Bucket=BUCKET,
+                Key="kms.txt",
+                Body=b"k" * 1000,
+                ServerSideEncryption="aws:kms",
+                SSEKMSKeyId=key_arn,
+            )
+            # real S3 events carry the versionId; moto's do not
+            send_event(sqs, "ObjectCreated:Put", "a.txt", first, 1000)
+            send_event(sqs, "ObjectCreated:Put", "a.txt", second, 1000)
+            s3.put_object(Bucket=ARCHIVE, Key="new.txt", Body=b"n")
+            s3.put_object(Bucket=BUCKET, Key="gone.txt", Body=b"g")
+            wait_until(lambda: ledger.latest(BUCKET, "gone.txt") is not None)
+            marker = s3.delete_object(Bucket=BUCKET, Key="gone.txt")["VersionId"]
+            send_event(sqs, "ObjectRemoved:DeleteMarkerCreated", "gone.txt", marker)
+            wait_until(
+                lambda: (
+                    ledger.latest(BUCKET, "kms.txt") is not None
+                    and len(ledger.versions(BUCKET, "a.txt")) >= 2
+                    and (ledger.latest(BUCKET, "gone.txt") or _Live()).deleted
+                    and ledger.latest(ARCHIVE, "new.txt") is not None
+                ),
+                timeout=20,
+            )
+        assert retried.injected == 1
+        assert daemon.monitoring is not None
+        daemon.alert("IAM test", "an operational alert: SNS and SES")
+        daemon.monitoring.sample_queues()
+        daemon.monitoring.publish_metrics()
+    finally:
+        daemon.stop()  # flushes the metrics and the alert
+
+
+class _Live:
+    deleted = False
+
+
+def corrupt_copy_of(root: Path, config: Any, key: str) -> None:
+    record = Ledger(boto3.client("dynamodb", region_name=REGION), TABLE).latest(BUCKET, key)
+    assert record is not None and record.sha256
+    Volume(root).copy_path(record.sha256).write_bytes(b"not zstd")
+
+
+# -- the proofs ---------------------------------------------------------------------------
+
+
+def role_policy(config: Any, role: str) -> dict[str, Any]:
+    return policy_document(config, role=role)
+
+
+def test_every_call_of_every_feature_is_allowed_for_the_role_that_makes_it(world):
+    recorder, _path, config = world
+    denied: list[tuple[str, Check]] = []
+    unknown: list[str] = []
+    for call in recorder.calls:
+        try:
+            for check in checks(call):
+                if not matching_statements(role_policy(config, call.role), check):
+                    denied.append((call.role, check))
+        except UnknownOperation as exc:
+            unknown.append(str(exc))
+    assert unknown == []
+    assert denied == []
+
+
+def test_every_flow_ran_and_made_the_calls_it_stands_for(world):
+    recorder, _path, _config = world
+    made = {(c.role, c.service, c.operation) for c in recorder.calls}
+    expected = {
+        ("agent", "s3", "GetObject"),
+        ("agent", "s3", "ListObjectVersions"),
+        ("agent", "s3", "HeadObject"),
+        ("agent", "s3", "ListObjectsV2"),
+        ("agent", "sqs", "ChangeMessageVisibility"),
+        ("agent", "dynamodb", "DeleteItem"),
+        ("agent", "dynamodb", "UpdateItem"),
+        ("agent", "monitoring", "PutMetricData"),
+        ("agent", "sns", "Publish"),
+        ("agent", "ses", "SendEmail"),
+        ("agent", "sqs", "GetQueueUrl"),
+        ("agent", "ec2", "CreateSnapshot"),
+        ("agent", "ec2", "CopySnapshot"),
+        ("agent", "ec2", "DeleteSnapshot"),
+        ("agent", "ec2", "DescribeVolumes"),
+        ("operator", "s3", "PutObject"),
+        ("operator", "s3", "PutBucketLifecycleConfiguration"),
+        ("operator", "dynamodb", "CreateTable"),
+        ("operator", "monitoring", "PutMetricAlarm"),
+        ("operator", "monitoring", "PutDashboard"),
+        ("operator", "ec2", "CreateVolume"),
+        ("operator", "ec2", "AttachVolume"),
     }
+    assert expected - made == set()
+    regions = {c.region for c in recorder.calls if c.operation == "DeleteSnapshot"}
+    assert regions == {REGION, COPY_REGION}  # retention ran in both regions
 
 
-def test_committed_example_policies_match_the_example_config():
-    def generate(*extra: str) -> dict:
-        out = subprocess.run(
-            [sys.executable, "-m", "agent.cli", "iam-policy", "--config", "config.yaml", *extra],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return json.loads(out)
+def test_every_granted_action_of_every_statement_is_exercised_or_explained(world):
+    recorder, _path, config = world
+    used: dict[str, set[tuple[str, str]]] = {"agent": set(), "operator": set()}
+    for call in recorder.calls:
+        policy = role_policy(config, call.role)
+        for check in checks(call):
+            for sid in matching_statements(policy, check):
+                used[call.role].add((sid, check.action))
+    for role, exercised in used.items():
+        unused = [
+            (s["Sid"], action)
+            for s in role_policy(config, role)["Statement"]
+            for action in s["Action"]
+            if (s["Sid"], action) not in exercised and action not in NOT_EXERCISED
+        ]
+        assert unused == [], role
 
-    message = "regenerate: backup-agent iam-policy --config config.yaml > iam/…"
-    assert generate() == json.loads((REPO / "iam/backup-agent-policy.json").read_text()), message
-    assert generate("--role-document") == json.loads((REPO / "iam/trust-policy.json").read_text())
+
+def test_the_agent_role_cannot_write_to_the_buckets_or_change_aws_resources(world):
+    _recorder, _path, config = world
+    agent = granted_actions(role_policy(config, "agent"))
+    forbidden = {
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:CreateBucket",
+        "dynamodb:CreateTable",
+        "dynamodb:DeleteTable",
+        "sqs:CreateQueue",
+        "sqs:SetQueueAttributes",
+        "cloudwatch:PutMetricAlarm",
+        "cloudwatch:PutDashboard",
+        "ec2:CreateVolume",
+        "ec2:AttachVolume",
+    }
+    assert agent & forbidden == set()
+
+
+def test_denials_are_detected_a_policy_without_a_statement_fails(world):
+    """The check is not vacuous: drop one statement and its calls are denied."""
+    recorder, _path, config = world
+    policy = role_policy(config, "agent")
+    policy["Statement"] = [
+        s for s in policy["Statement"] if s["Sid"] != "ExpireOnlyManagedSnapshots"
+    ]
+    deletes = [c for c in recorder.calls if c.operation == "DeleteSnapshot"]
+    assert deletes and all(
+        not matching_statements(policy, check) for c in deletes for check in checks(c)
+    )
+    # and a snapshot the agent did not tag could not be deleted even with the statement
+    untagged = Call("agent", "ec2", REGION, "DeleteSnapshot", {"SnapshotId": "snap-1"})
+    assert not any(matching_statements(role_policy(config, "agent"), c) for c in checks(untagged))
+
+
+def test_policies_use_no_wildcard_actions_and_star_only_where_aws_has_no_resource():
+    config = load_config(EXAMPLE)
+    unscoped = {
+        "cloudwatch:PutMetricData",
+        "cloudwatch:ListMetrics",
+        "ec2:DescribeVolumes",
+        "ec2:DescribeSnapshots",
+        "ec2:DescribeInstances",
+        "ses:GetIdentityVerificationAttributes",
+        "ses:VerifyEmailIdentity",
+    }
+    for role in ("agent", "operator"):
+        policy = policy_document(config, role=role)
+        sids = [s["Sid"] for s in policy["Statement"]]
+        assert len(sids) == len(set(sids)), role
+        for statement in policy["Statement"]:
+            assert all("*" not in action for action in statement["Action"]), statement
+            if "*" in statement["Resource"]:
+                assert set(statement["Action"]) <= unscoped, statement
+            else:
+                assert all(r.startswith("arn:aws:") for r in statement["Resource"])
+    operator = policy_document(config, role="operator", restore_to_s3=False)
+    assert "RestoreToS3" not in {s["Sid"] for s in operator["Statement"]}
+
+
+def test_a_minimal_config_gets_no_statements_for_sections_it_does_not_use(tmp_path):
+    minimal = tmp_path / "config.yaml"
+    minimal.write_text(
+        yaml.safe_dump(
+            {
+                "queue": {"url": QUEUE_URL},
+                "buckets": [BUCKET],
+                "storage": {"root": str(tmp_path)},
+                "state": {"table": TABLE},
+            }
+        )
+    )
+    config = load_config(minimal)
+    agent = granted_actions(policy_document(config))
+    assert not {a for a in agent if a.startswith(("ec2:Create", "ec2:Delete", "sns:", "ses:"))}
+    assert "kms:Decrypt" not in agent
+    operator = {s["Sid"] for s in policy_document(config, role="operator")["Statement"]}
+    assert not {"ShareStagedFiles", "CreateRestoreVolume", "BootstrapAlertTopic"} & operator
+
+
+def test_committed_policies_match_the_example_config():
+    def generate(*extra: str) -> dict[str, Any]:
+        argv = [sys.executable, "-m", "agent.cli", "iam-policy", "--config", str(EXAMPLE)]
+        run = subprocess.run([*argv, *extra], cwd=REPO, capture_output=True, text=True, check=True)
+        return json.loads(run.stdout)
+
+    message = "regenerate the iam/*.json files (commands in iam/example-config.yaml)"
+    committed = {p.name: json.loads(p.read_text()) for p in (REPO / "iam").glob("*.json")}
+    assert committed == {
+        "backup-agent-policy.json": generate(),
+        "backup-agent-operator-policy.json": generate("--role", "operator"),
+        "trust-policy.json": generate("--role-document"),
+    }, message
     assert trust_document()["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}

@@ -1,0 +1,295 @@
+"""Record every AWS call the code makes, turn each into the IAM checks AWS would make, and
+evaluate those checks against a generated policy.
+
+`Recorder` patches `botocore.client.BaseClient._make_api_call`, so it sees the calls of
+every client however it was built (`build_clients`, `Clients.client`, the copy-region EC2
+client, mount-snapshot's own, alerts' standalone one). Calls are recorded only inside
+`with recorder.role("agent"):`, so test set-up stays out of the record.
+
+`checks()` is a small model of AWS authorisation for the operations the agent uses: the
+IAM action (`iam.iam_action`), the resource ARNs and the condition keys (request tags,
+resource tags looked up from moto before the call, `ec2:CreateAction`, the CloudWatch
+namespace, the SES sender). An operation it does not know fails the test, so a new call
+added to the code cannot slip past the policy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import botocore.client
+
+from agent.iam import iam_action, sqs_arn
+
+ACCOUNT = "123456789012"  # moto's account
+
+
+@dataclass(frozen=True)
+class Check:
+    """One authorisation AWS makes for a call: action on resource, with these context keys."""
+
+    action: str
+    resource: str
+    context: tuple[tuple[str, str], ...] = ()
+
+    def keys(self) -> dict[str, str]:
+        return dict(self.context)
+
+
+@dataclass
+class Call:
+    role: str
+    service: str  # the signing name: s3, sqs, dynamodb, monitoring, sns, ses, ec2
+    region: str
+    operation: str
+    params: dict[str, Any]
+    resource_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # ARN -> tags
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self._role: str | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def role(self, name: str) -> Iterator[None]:
+        self._role = name
+        try:
+            yield
+        finally:
+            self._role = None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[Recorder]:
+        original = botocore.client.BaseClient._make_api_call
+        recorder = self
+
+        def make_api_call(client: Any, operation: str, params: dict[str, Any]) -> Any:
+            if recorder._role is not None and not getattr(recorder._local, "quiet", False):
+                recorder._record(client, operation, params)
+            return original(client, operation, params)
+
+        botocore.client.BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
+        try:
+            yield self
+        finally:
+            botocore.client.BaseClient._make_api_call = original  # type: ignore[method-assign]
+
+    def add(self, role: str, service: str, region: str, operation: str, **params: Any) -> None:
+        """A call made outside botocore (the recipient of a presigned URL)."""
+        with self._lock:
+            self.calls.append(Call(role, service, region, operation, params))
+
+    def _record(self, client: Any, operation: str, params: dict[str, Any]) -> None:
+        assert self._role is not None
+        service = client.meta.service_model.signing_name
+        region = client.meta.region_name
+        call = Call(self._role, service, region, operation, dict(params))
+        if service == "ec2":
+            call.resource_tags = self._ec2_tags(region, operation, params)
+        with self._lock:
+            self.calls.append(call)
+
+    def _ec2_tags(self, region: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Tags of the existing resources a call names (for aws:ResourceTag), read unrecorded."""
+        self._local.quiet = True
+        try:
+            found: dict[str, dict[str, str]] = {}
+            snapshot = params.get("SnapshotId") or params.get("SourceSnapshotId")
+            if snapshot:
+                where = params.get("SourceRegion", region)
+                ec2 = boto3.client("ec2", region_name=where)
+                items = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
+                found[snapshot_arn(where, snapshot)] = _tags(items[0]) if items else {}
+            if operation == "AttachVolume":
+                ec2 = boto3.client("ec2", region_name=region)
+                items = ec2.describe_volumes(VolumeIds=[params["VolumeId"]])["Volumes"]
+                found[volume_arn(region, params["VolumeId"])] = _tags(items[0]) if items else {}
+            return found
+        finally:
+            self._local.quiet = False
+
+
+def _tags(item: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in item.get("Tags", [])}
+
+
+def snapshot_arn(region: str, snapshot_id: str) -> str:
+    return f"arn:aws:ec2:{region}::snapshot/{snapshot_id}"
+
+
+def volume_arn(region: str, volume_id: str) -> str:
+    return f"arn:aws:ec2:{region}:{ACCOUNT}:volume/{volume_id}"
+
+
+# -- the model of AWS authorisation -------------------------------------------------------
+
+_S3_OBJECT_OPERATIONS = {
+    "GetObject",
+    "HeadObject",
+    "PutObject",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "AbortMultipartUpload",
+}
+_S3_BUCKET_OPERATIONS = {
+    "ListObjects",
+    "ListObjectsV2",
+    "ListObjectVersions",
+    "HeadBucket",
+    "CreateBucket",
+    "GetBucketVersioning",
+    "GetBucketNotificationConfiguration",
+    "PutBucketNotificationConfiguration",
+    "PutBucketEncryption",
+    "PutPublicAccessBlock",
+    "GetBucketLifecycleConfiguration",
+    "PutBucketLifecycleConfiguration",
+}
+_UNSCOPED = {  # actions with no resource-level permissions: checked against "*"
+    ("monitoring", "ListMetrics"),
+    ("ses", "GetIdentityVerificationAttributes"),
+    ("ses", "VerifyEmailIdentity"),
+    ("ec2", "DescribeVolumes"),
+    ("ec2", "DescribeSnapshots"),
+    ("ec2", "DescribeInstances"),
+}
+
+
+class UnknownOperation(AssertionError):
+    pass
+
+
+def checks(call: Call) -> list[Check]:
+    """The authorisations AWS makes for `call` (raises UnknownOperation for an unmodelled one)."""
+    action = iam_action(call.service, call.operation, call.params)
+    p, region, op, service = call.params, call.region, call.operation, call.service
+    if (service, op) in _UNSCOPED:
+        return [Check(action, "*")]
+    if service == "sqs":
+        if "QueueUrl" in p:
+            return [Check(action, sqs_arn(p["QueueUrl"], region, "aws"))]
+        return [Check(action, f"arn:aws:sqs:{region}:{ACCOUNT}:{p['QueueName']}")]
+    if service == "dynamodb":
+        table = f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{p['TableName']}"
+        return [Check(action, f"{table}/index/{p['IndexName']}" if p.get("IndexName") else table)]
+    if service == "s3":
+        if op in _S3_OBJECT_OPERATIONS:
+            return [Check(action, f"arn:aws:s3:::{p['Bucket']}/{p['Key']}")]
+        if op in _S3_BUCKET_OPERATIONS:
+            return [Check(action, f"arn:aws:s3:::{p['Bucket']}")]
+    if service == "monitoring":
+        if op == "PutMetricData":
+            return [Check(action, "*", (("cloudwatch:namespace", p["Namespace"]),))]
+        if op in ("PutMetricAlarm", "DescribeAlarms"):
+            names = [p["AlarmName"]] if op == "PutMetricAlarm" else p.get("AlarmNames", ["*"])
+            return [
+                Check(action, f"arn:aws:cloudwatch:{region}:{ACCOUNT}:alarm:{n}") for n in names
+            ]
+        if op in ("GetDashboard", "PutDashboard"):
+            return [Check(action, f"arn:aws:cloudwatch::{ACCOUNT}:dashboard/{p['DashboardName']}")]
+    if service == "sns":
+        if op == "CreateTopic":
+            return [Check(action, f"arn:aws:sns:{region}:{ACCOUNT}:{p['Name']}")]
+        if "TopicArn" in p:
+            return [Check(action, p["TopicArn"])]
+    if service == "ses" and op in ("SendEmail", "SendRawEmail"):
+        source = p["Source"].rpartition("<")[2].rstrip(">")
+        identity = f"arn:aws:ses:{region}:{ACCOUNT}:identity/{source}"
+        return [Check(action, identity, (("ses:FromAddress", source),))]
+    if service == "ec2":
+        return _ec2_checks(call, action)
+    raise UnknownOperation(f"no authorisation model for {service}:{op} — add it to checks()")
+
+
+def _request_tags(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    tags = [t for spec in params.get("TagSpecifications", []) for t in spec["Tags"]]
+    return tuple((f"aws:RequestTag/{t['Key']}", t["Value"]) for t in tags)
+
+
+def _resource_tags(call: Call, arn: str) -> tuple[tuple[str, str], ...]:
+    return tuple((f"aws:ResourceTag/{k}", v) for k, v in call.resource_tags.get(arn, {}).items())
+
+
+def _ec2_checks(call: Call, action: str) -> list[Check]:
+    p, region, op = call.params, call.region, call.operation
+    request = _request_tags(p)
+    new_snapshot = f"arn:aws:ec2:{region}::snapshot/*"
+    tagging: list[Check] = []
+    if p.get("TagSpecifications"):
+        what = "volume/*" if op == "CreateVolume" else "snapshot/*"
+        resource = (
+            f"arn:aws:ec2:{region}:{ACCOUNT}:{what}" if op == "CreateVolume" else new_snapshot
+        )
+        tagging = [Check("ec2:CreateTags", resource, (("ec2:CreateAction", op), *request))]
+    if op == "CreateSnapshot":
+        return [
+            Check(action, volume_arn(region, p["VolumeId"]), request),
+            Check(action, new_snapshot, request),
+            *tagging,
+        ]
+    if op == "CopySnapshot":
+        source = snapshot_arn(p["SourceRegion"], p["SourceSnapshotId"])
+        return [
+            Check(action, source, _resource_tags(call, source) + request),
+            Check(action, new_snapshot, request),
+            *tagging,
+        ]
+    if op == "DeleteSnapshot":
+        arn = snapshot_arn(region, p["SnapshotId"])
+        return [Check(action, arn, _resource_tags(call, arn))]
+    if op == "CreateVolume":
+        source = snapshot_arn(region, p["SnapshotId"])
+        return [
+            Check(action, source, _resource_tags(call, source) + request),
+            Check(action, f"arn:aws:ec2:{region}:{ACCOUNT}:volume/*", request),
+            *tagging,
+        ]
+    if op == "AttachVolume":
+        volume = volume_arn(region, p["VolumeId"])
+        return [
+            Check(action, f"arn:aws:ec2:{region}:{ACCOUNT}:instance/{p['InstanceId']}"),
+            Check(action, volume, _resource_tags(call, volume)),
+        ]
+    raise UnknownOperation(f"no authorisation model for ec2:{op} — add it to checks()")
+
+
+# -- evaluating a policy ------------------------------------------------------------------
+
+
+def matching_statements(policy: dict[str, Any], check: Check) -> list[str]:
+    """Sids of the Allow statements that grant `check` (IAM semantics, the subset we use)."""
+    return [
+        s["Sid"]
+        for s in policy["Statement"]
+        if s["Effect"] == "Allow"
+        and any(fnmatch.fnmatchcase(check.action, a) for a in s["Action"])
+        and any(fnmatch.fnmatchcase(check.resource, r) for r in s["Resource"])
+        and _conditions_hold(s.get("Condition", {}), check.keys())
+    ]
+
+
+def _conditions_hold(condition: dict[str, dict[str, Any]], keys: dict[str, str]) -> bool:
+    for operator, tests in condition.items():
+        for key, wanted in tests.items():
+            values = wanted if isinstance(wanted, list) else [wanted]
+            present = key in keys
+            if operator == "Null":
+                if values != [str(not present).lower()]:
+                    return False
+            elif operator in ("StringEquals", "StringLike"):
+                match = fnmatch.fnmatchcase if operator == "StringLike" else str.__eq__
+                if not present or not any(match(keys[key], v) for v in values):
+                    return False
+            else:
+                raise AssertionError(f"condition operator {operator} is not modelled")
+    return True
