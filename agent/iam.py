@@ -64,7 +64,11 @@ NOT_EXERCISED: dict[str, str] = {
         "real S3 answers GetObject/HeadObject of a missing key with 403 instead of 404 without it"
         " (moto does not check); the operator's restore --to-s3 needs it for that alone"
     ),
-    "kms:Decrypt": "S3 calls KMS on the agent's behalf (kms:ViaService) to read SSE-KMS objects",
+    "kms:Decrypt": "S3 calls KMS on the caller's behalf (kms:ViaService) for SSE-KMS objects",
+    "kms:GenerateDataKey": (
+        "S3 calls KMS on the operator's behalf when restore --to-s3 writes into a bucket whose"
+        " default encryption is SSE-KMS"
+    ),
     "s3:AbortMultipartUpload": "restore --to-s3 / share abort a multipart upload that failed",
 }
 
@@ -347,6 +351,15 @@ def operator_statements(scope: Scope) -> list[dict[str, Any]]:
                     scope.bucket_arns(),
                 ),
             ]
+        )
+    if scope.restore_to_s3 and scope.kms_key_arns:
+        found.append(
+            _statement(
+                "EncryptRestoredObjects",  # SSE-KMS default encryption; Decrypt: multipart
+                ["kms:GenerateDataKey", "kms:Decrypt"],
+                list(scope.kms_key_arns),
+                {"StringEquals": {"kms:ViaService": f"s3.{scope.region}.amazonaws.com"}},
+            )
         )
     if scope.staging_bucket:
         staging = f"arn:{p}:s3:::{scope.staging_bucket}"
