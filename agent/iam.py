@@ -20,7 +20,7 @@ alarm prefix, dashboard, staging bucket and the agent's own snapshots (by tag).
     backup-agent iam-policy --config FILE [--role agent|operator] [--without-restore]
     backup-agent iam-policy --config FILE --role-document   # the EC2 trust policy
 
-`iam_action()` maps an API call to the IAM action it needs; tests/functional/test_iam_roles.py
+`iam_action()` maps an API call to the IAM action it needs; tests/functional/test_iam_policy.py
 records every call of every feature against moto and checks it against these policies.
 """
 
