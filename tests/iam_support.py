@@ -68,6 +68,15 @@ class Recorder:
             self._role = None
 
     @contextlib.contextmanager
+    def quiet(self) -> Iterator[None]:
+        """Calls on this thread are not the product's (test set-up, waiting): leave them out."""
+        self._local.quiet = True
+        try:
+            yield
+        finally:
+            self._local.quiet = False
+
+    @contextlib.contextmanager
     def installed(self) -> Iterator[Recorder]:
         original = botocore.client.BaseClient._make_api_call
         recorder = self
@@ -100,8 +109,7 @@ class Recorder:
 
     def _ec2_tags(self, region: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         """Tags of the existing resources a call names (for aws:ResourceTag), read unrecorded."""
-        self._local.quiet = True
-        try:
+        with self.quiet():
             found: dict[str, dict[str, str]] = {}
             snapshot = params.get("SnapshotId") or params.get("SourceSnapshotId")
             if snapshot:
@@ -114,8 +122,6 @@ class Recorder:
                 items = ec2.describe_volumes(VolumeIds=[params["VolumeId"]])["Volumes"]
                 found[volume_arn(region, params["VolumeId"])] = _tags(items[0]) if items else {}
             return found
-        finally:
-            self._local.quiet = False
 
 
 def _tags(item: dict[str, Any]) -> dict[str, str]:

@@ -12,7 +12,6 @@ mount-snapshot --no-mount (operator).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -59,16 +58,6 @@ def restore_logging() -> Iterator[None]:
     yield
     structlog.configure(**saved)
     logging.getLogger().handlers[:] = handlers
-
-
-@contextlib.contextmanager
-def quiet(recorder: Recorder) -> Iterator[None]:
-    """The test's own calls (set-up, waiting) are not the product's: keep them out."""
-    recorder._local.quiet = True
-    try:
-        yield
-    finally:
-        recorder._local.quiet = False
 
 
 def write_config(tmp_path: Path, root: Path, volume_id: str, kms_key: str) -> Path:
@@ -157,11 +146,11 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
 
     with recorder.role("agent"):
         run_the_daemon(recorder, config, s3, sqs)
-        with quiet(recorder):  # gone without an event reaching the agent: reconcile notices
+        with recorder.quiet():  # gone without an event reaching the agent: reconcile notices
             s3.delete_object(Bucket=ARCHIVE, Key="new.txt")
         for command in ("reconcile", "retention", "gc"):
             assert cli.main([command, "--config", str(path)]) == cli.EXIT_OK, command
-        with quiet(recorder):
+        with recorder.quiet():
             corrupt_copy_of(root, config, "kms.txt")  # scrub heals it from S3
         assert cli.main(["scrub", "--config", str(path)]) == cli.EXIT_OK
         assert cli.main(["snapshot", "--config", str(path)]) == cli.EXIT_OK
@@ -181,13 +170,13 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
         assert restore_cli.main(to_s3, out=out) == 0
         share = ["share", "--config", str(path), "--source-bucket", BUCKET, "--key", "a.txt"]
         assert restore_cli.main(share, out=out) == 0
-        with quiet(recorder):
+        with recorder.quiet():
             staged = s3.list_objects_v2(Bucket=STAGING)["Contents"][0]["Key"]
         # the presigned URL is signed by the operator: its GET is authorised against them
         recorder.add("operator", "s3", REGION, "GetObject", Bucket=STAGING, Key=staged)
         for command in ("reindex", "alarms", "dashboard"):
             assert cli.main([command, "--config", str(path)]) == cli.EXIT_OK, command
-        with quiet(recorder):
+        with recorder.quiet():
             [snapshot] = ec2.describe_snapshots(
                 Filters=[{"Name": "tag:backup-agent:managed", "Values": ["true"]}]
             )["Snapshots"]
@@ -204,7 +193,7 @@ def run_the_daemon(recorder: Recorder, config: Any, s3: Any, sqs: Any) -> None:
     daemon.start(daemon.wait_for_volume())
     ledger = Ledger(boto3.client("dynamodb", region_name=REGION), TABLE)
     try:
-        with quiet(recorder):
+        with recorder.quiet():
             first = s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"a" * 1000)["VersionId"]
             second = s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"b" * 1000)["VersionId"]
             key_arn = config.aws.kms_key_arns[0]
