@@ -140,3 +140,74 @@ def _depth(stack: Stack, url: str) -> int:
     return int(attributes["ApproximateNumberOfMessages"]) + int(
         attributes["ApproximateNumberOfMessagesNotVisible"]
     )
+
+
+def _rewrite(path: Path, edit) -> None:
+    """Save-through-rename, as editors and deployment tools do."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    edit(raw)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    os.replace(temp, path)
+
+
+def test_a_rejected_config_edit_under_load_alerts_loses_nothing_and_keeps_the_old_config(
+    tmp_path, moto_server
+):
+    import hashlib
+    import threading
+
+    from agent.ledger import Ledger
+    from tests.conftest import TABLE
+
+    stack = _alerting_stack(tmp_path, moto_server)
+    Volume(stack.root).initialise("vol-reload")
+    inbox = Inbox(stack)
+    objects = {f"load/{i:03d}.bin": os.urandom(20_000 + i) for i in range(40)}
+    agent = stack.start_agent()
+    try:
+        agent.wait_for("agent.started", timeout=30)
+        keys = list(objects)
+        first, rest = keys[:20], keys[20:]
+        uploader = threading.Thread(
+            target=lambda: [
+                stack.clients.s3.put_object(Bucket=BUCKET, Key=k, Body=objects[k]) for k in first
+            ]
+        )
+        uploader.start()
+        agent.wait_for("backup.stored", count=3, timeout=30)  # backups are flowing
+
+        def broken(raw: dict) -> None:
+            raw["consumer"]["workers"] = "many"
+            raw["consumer"]["wrokers"] = 3
+
+        _rewrite(stack.config_path, broken)
+        rejected = agent.wait_for("config.reload_rejected", timeout=30)[0]
+        assert any("consumer.workers" in p for p in rejected["problems"])
+        alert = inbox.wait_for("config_rejected")
+        assert "consumer.workers" in alert["text"]
+        uploader.join()
+        for key in rest:  # more load after the rejection
+            stack.clients.s3.put_object(Bucket=BUCKET, Key=key, Body=objects[key])
+        agent.wait_for("backup.stored", count=len(objects), timeout=60)
+
+        def valid(raw: dict) -> None:
+            raw["consumer"].pop("wrokers")
+            raw["consumer"]["workers"] = 3
+
+        _rewrite(stack.config_path, valid)
+        reloaded = agent.wait_for("config.reloaded", timeout=30)
+        # the diff is against the configuration kept running, not the rejected file
+        assert reloaded[0]["applied"] == ["consumer.workers"]
+        wait_until(lambda: stack.queue_depth() == (0, 0), timeout=30, every=0.2)
+    finally:
+        assert agent.stop(timeout=30) == 0
+    assert len(agent.log_events_named("backup.stored")) == len(objects)  # each exactly once
+    ledger = Ledger(stack.clients.dynamodb, TABLE)
+    volume = Volume(stack.root)
+    for key, body in objects.items():
+        versions = ledger.versions(BUCKET, key)
+        assert [v.sha256 for v in versions] == [hashlib.sha256(body).hexdigest()]
+        volume.verify_copy(versions[0].sha256, len(body))
