@@ -9,6 +9,7 @@ yields one alert, then one summary per window while the storm lasts.
 
 from __future__ import annotations
 
+import collections
 import enum
 import hashlib
 import html
@@ -277,6 +278,8 @@ class AlertDispatcher:
         max_examples: int = 5,
         clock: Callable[[], float] = time.time,
         tick_seconds: float = 1.0,
+        retry_seconds: float = 30.0,
+        max_unsent: int = 100,
     ) -> None:
         self.channels = list(channels)
         self.context = dict(context or {})
@@ -290,6 +293,13 @@ class AlertDispatcher:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing: set[str] = set()
+        # notices a channel failed to deliver, retried every `retry_seconds` until it answers
+        self.retry_seconds = retry_seconds
+        self._unsent: collections.deque[tuple[Notice, Channel]] = collections.deque(
+            maxlen=max_unsent
+        )
+        self._next_retry = 0.0
+        self.dropped = 0
 
     @property
     def enabled(self) -> bool:
@@ -348,30 +358,48 @@ class AlertDispatcher:
             if notice is not None:
                 self._deliver(notice)
             elif self._stopping.is_set() and self._outbox.empty():
+                self._retry_unsent(force=True)
                 return
             with self._lock:
                 due = self.limiter.due(self.clock())
             for summary in due:
                 self._deliver(summary)
+            self._retry_unsent()
 
     def _drain(self) -> None:
         while True:
             try:
                 notice = self._outbox.get_nowait()
             except queue.Empty:
+                self._retry_unsent(force=True)
                 return
             if notice is not None:
                 self._deliver(notice)
 
-    def _deliver(self, notice: Notice) -> None:
+    def _retry_unsent(self, *, force: bool = False) -> None:
+        """Deliver again what a channel failed to take (once per `retry_seconds`)."""
+        if not self._unsent or (not force and time.monotonic() < self._next_retry):
+            return
+        self._next_retry = time.monotonic() + self.retry_seconds
+        for _ in range(len(self._unsent)):
+            notice, channel = self._unsent.popleft()
+            self._deliver(notice, only=channel)
+
+    def _deliver(self, notice: Notice, only: Channel | None = None) -> None:
         message = render(notice, self.context)
-        for channel in self.channels:
+        for channel in self.channels if only is None else [only]:
             if not channel.wants(notice.kind):
                 continue
             try:
                 channel.send(notice, message)
             except Exception as exc:  # noqa: BLE001 - the delivery thread must outlive any failure
                 self.delivery_failures[channel.name] += 1
+                if len(self._unsent) == self._unsent.maxlen:
+                    self.dropped += 1
+                    log.warning("alert.unsent_dropped", channel=channel.name, dropped=self.dropped)
+                elif not self._unsent:
+                    self._next_retry = time.monotonic() + self.retry_seconds
+                self._unsent.append((notice, channel))
                 if channel.name not in self._failing:
                     self._failing.add(channel.name)
                     log.error(

@@ -51,6 +51,7 @@ log = structlog.get_logger("agent.monitoring")
 
 Processor = Callable[[ObjectEvent], Result]
 FINAL_FLUSH_SECONDS = 10.0
+ALERT_RETRY_SECONDS = 30.0
 
 DEFAULT_SCHEDULES = {
     "metrics": every(60),
@@ -148,6 +149,8 @@ class Monitoring:
             context=context,
             window_seconds=config.alerts.window_seconds,
             max_examples=config.alerts.max_examples,
+            # an undelivered alert is retried no later than the next summary would go out
+            retry_seconds=min(ALERT_RETRY_SECONDS, config.alerts.window_seconds),
         )
         self.sampler = Sampler(
             stats,

@@ -210,6 +210,11 @@ _JSON_ERRORS = {
     ("sqs", SERVER_ERROR): (500, "com.amazonaws.sqs#InternalError"),
     ("sqs", UNAVAILABLE): (503, "com.amazonaws.sqs#ServiceUnavailable"),
 }
+_QUERY_ERRORS = {  # SNS, SES (and CloudWatch's error shape): XML ErrorResponse
+    THROTTLE: (400, "Throttling"),
+    SERVER_ERROR: (500, "InternalFailure"),
+    UNAVAILABLE: (503, "ServiceUnavailable"),
+}
 _S3_ERRORS = {
     THROTTLE: (503, "SlowDown"),
     SERVER_ERROR: (500, "InternalError"),
@@ -285,7 +290,11 @@ class Faults:
             raise botocore.exceptions.ReadTimeoutError(endpoint_url=request.url)
         if fault == RESET:
             raise botocore.exceptions.ConnectionClosedError(endpoint_url=request.url)
-        return _error_response(service, fault, request.url)
+        url = request.url
+        # botocore calls every before-send handler and takes the first response: point the
+        # request nowhere so moto's handler (after this one) does not do the work as well.
+        request.url = "http://fault-injected.invalid/"
+        return _error_response(service, fault, url)
 
     def _after_call(self, event_name: str, parsed: dict[str, Any], **_kwargs: Any) -> None:
         service, operation = _service_operation(event_name)
@@ -315,6 +324,13 @@ def _error_response(service: str, fault: str, url: str) -> AWSResponse:
             f"<Error><Code>{code}</Code><Message>injected {fault}</Message></Error>"
         ).encode()
         return AWSResponse(url, status, {"Content-Type": "application/xml"}, _Raw(body))
+    if (service, fault) not in _JSON_ERRORS:
+        status, code = _QUERY_ERRORS[fault]
+        body = (
+            "<ErrorResponse><Error><Type>Sender</Type>"
+            f"<Code>{code}</Code><Message>injected {fault}</Message></Error></ErrorResponse>"
+        ).encode()
+        return AWSResponse(url, status, {"Content-Type": "text/xml"}, _Raw(body))
     status, kind = _JSON_ERRORS[(service, fault)]
     body = json.dumps({"__type": kind, "message": f"injected {fault}"}).encode()
     return AWSResponse(url, status, {"Content-Type": "application/x-amz-json-1.0"}, _Raw(body))

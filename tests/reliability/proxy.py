@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
@@ -42,8 +43,22 @@ Rule = Callable[[str, str], str | None]
 Observer = Callable[[Exchange], None]
 
 
-def classify_request(method: str, path: str, headers: Any) -> tuple[str, str]:
+SIGNED_SERVICES = {"monitoring": "cloudwatch", "sns": "sns", "email": "ses", "ses": "ses"}
+_SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([a-z0-9-]+)/aws4_request")
+
+
+def classify_request(method: str, path: str, headers: Any, body: bytes = b"") -> tuple[str, str]:
     target = headers.get("X-Amz-Target", "")
+    scope = _SCOPE.search(headers.get("Authorization", ""))
+    if scope and scope[1] in SIGNED_SERVICES:  # CloudWatch (JSON or CBOR), SNS and SES (query)
+        parts = urlparse(path).path.split("/")
+        if target:
+            operation = target.split(".")[-1]
+        elif "operation" in parts:  # smithy RPC v2 CBOR: /service/<name>/operation/<op>
+            operation = parts[-1]
+        else:
+            operation = parse_qs(body.decode("utf-8", "replace")).get("Action", ["?"])[0]
+        return SIGNED_SERVICES[scope[1]], operation
     if target.startswith("AmazonSQS."):
         return "sqs", target.split(".", 1)[1]
     if target.startswith("DynamoDB_"):
@@ -59,6 +74,12 @@ def classify_request(method: str, path: str, headers: Any) -> tuple[str, str]:
 
 
 def error_body(service: str, fault: str) -> tuple[int, str, bytes]:
+    if service in ("sns", "ses"):  # query protocol: an XML ErrorResponse
+        status, code = (400, "Throttling") if fault == THROTTLE else (500, "InternalFailure")
+        body = (
+            f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code></Error></ErrorResponse>"
+        )
+        return status, "text/xml", body.encode()
     if service == "s3":
         status, code = (503, "SlowDown") if fault == THROTTLE else (500, "InternalError")
         body = f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code></Error>"
@@ -67,6 +88,7 @@ def error_body(service: str, fault: str) -> tuple[int, str, bytes]:
         kind = {
             "dynamodb": "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
             "sqs": "com.amazonaws.sqs#ThrottlingException",
+            "cloudwatch": "Throttling",
         }.get(service, "ThrottlingException")
         status = 400
     else:
@@ -136,7 +158,7 @@ class FaultProxy:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                service, operation = classify_request(self.command, self.path, self.headers)
+                service, operation = classify_request(self.command, self.path, self.headers, body)
                 exchange = Exchange(service, operation, body)
                 fault = proxy.fault_for(service, operation)
                 if fault == DROP:

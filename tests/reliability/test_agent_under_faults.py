@@ -67,3 +67,98 @@ def test_the_agent_rides_out_faults_on_s3_sqs_and_dynamodb(tmp_path, moto_server
     assert code == 0
     assert audit.violations == []
     assert_backed_up_once(ledger, volume, BUCKET, {**objects, "faulty/after.txt": b"healthy"})
+
+
+def _sum_in_cloudwatch(cloudwatch, metric: str) -> float:
+    from datetime import UTC, datetime, timedelta
+
+    now, total = datetime.now(UTC), 0.0
+    listed = cloudwatch.list_metrics(Namespace="BackupAgent", MetricName=metric)["Metrics"]
+    distinct = {tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])) for m in listed}
+    for dimensions in distinct:
+        points = cloudwatch.get_metric_statistics(
+            Namespace="BackupAgent",
+            MetricName=metric,
+            Dimensions=[{"Name": n, "Value": v} for n, v in dimensions],
+            StartTime=now - timedelta(hours=1),
+            EndTime=now + timedelta(hours=1),
+            Period=3600,
+            Statistics=["Sum"],
+        )["Datapoints"]
+        total += sum(p["Sum"] for p in points)
+    return total
+
+
+def test_cloudwatch_sns_and_ses_down_backups_flow_and_alerts_arrive_after(tmp_path, moto_server):
+    """CloudWatch, SNS and SES fail every call (throttle, 500, dropped connection) from the
+    start: the "volume not ready" alert cannot go out, backups flow regardless, the
+    CloudWatch outage is logged once; after recovery the alert is delivered by SNS and SES
+    and every backup is counted in CloudWatch."""
+    from tests.reliability.test_alerts_e2e import TOPIC, Inbox
+
+    rng = random.Random(77)
+    stack = make_stack(
+        tmp_path,
+        moto_server,
+        init_volume=False,
+        aws={"max_attempts": 2, "retry_mode": "standard"},
+        alerts={
+            "sns_topic_arn": TOPIC,
+            "email": {"sender": "backup@example.com", "recipients": ["ops@example.com"]},
+            "window_seconds": 2,
+        },
+        metrics={"prometheus": None},
+        schedules={"metrics": 1, "disk": 60, "queues": 60},
+    )
+    inbox = Inbox(stack)
+    ses = stack.clients.client("ses")
+    ses.verify_email_identity(EmailAddress="backup@example.com")
+    ledger = Ledger(stack.clients.dynamodb, TABLE)
+    objects = {f"cw/{i:02d}.bin": rng.randbytes(rng.randrange(1, 300_000)) for i in range(10)}
+    monitoring = ("cloudwatch", "sns", "ses")
+    with FaultProxy(moto_server.endpoint) as proxy:
+        outage = [THROTTLE, SERVER_ERROR, DROP]
+        proxy.rules.append(lambda s, _o: rng.choice(outage) if s in monitoring else None)
+        point_agent_at(stack, proxy.endpoint)
+        agent = stack.start_agent()
+        try:
+            failed = agent.wait_for("alert.delivery_failed", count=2, timeout=60)
+            assert {e["channel"] for e in failed} == {"sns", "email"}
+            Volume(stack.root).initialise("vol-cw")  # the volume appears
+            agent.wait_for("agent.started", timeout=30)
+            for key, body in objects.items():
+                stack.clients.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+            wait_until(
+                lambda: (
+                    stack.queue_depth() == (0, 0) and all(ledger.latest(BUCKET, k) for k in objects)
+                ),
+                timeout=60,
+                every=0.2,
+            )
+            # more than one metrics flush failed meanwhile (each is 3 attempts)
+            wait_until(lambda: proxy.calls["cloudwatch.PutMetricData"] >= 6, timeout=30)
+            assert (
+                proxy.injected["sns.Publish:" + THROTTLE]
+                + proxy.injected["sns.Publish:" + SERVER_ERROR]
+                + proxy.injected["sns.Publish:" + DROP]
+                > 0
+            )
+
+            proxy.rules.clear()
+            back = agent.wait_for("metrics.publish_recovered", timeout=30)[0]
+            assert back["failed_attempts"] >= 2 and back["dropped"] == 0
+            recovered = agent.wait_for("alert.delivery_recovered", count=2, timeout=60)
+            assert {e["channel"] for e in recovered} == {"sns", "email"}
+            alert = inbox.wait_for("operational")
+            assert "backup volume not ready" in alert["text"]
+            assert ses.get_send_quota()["SentLast24Hours"] >= 1
+            assert agent.process.poll() is None
+        finally:
+            code = agent.stop(signal.SIGTERM, timeout=30)
+    assert code == 0
+    assert len(agent.log_events_named("metrics.publish_failed")) == 1  # once per outage
+    assert len(agent.log_events_named("metrics.publish_recovered")) == 1
+    assert _sum_in_cloudwatch(stack.clients.client("cloudwatch"), "BackupsSucceeded") == len(
+        objects
+    )
+    assert_backed_up_once(ledger, Volume(stack.root), BUCKET, objects)

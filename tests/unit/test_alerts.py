@@ -198,5 +198,35 @@ def test_an_unexpected_channel_error_does_not_stop_delivery_to_other_channels():
     dispatcher.submit(failure(1))
     dispatcher.submit(Alert(AlertKind.DISK_SPACE_LOW, key="/mnt", summary="90% used"))
     dispatcher.stop()
-    assert crashing.calls == 2
+    assert crashing.calls == 4  # both notices, then both once more at stop (kept for retry)
     assert [n.kind for n in recorder.notices] == [AlertKind.BACKUP_FAILED, AlertKind.DISK_SPACE_LOW]
+
+
+def wait_for(predicate, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)
+
+
+def test_a_notice_a_channel_failed_to_take_is_retried_until_it_answers():
+    class Flaky(Recorder):
+        name = "sns"
+        down = True
+
+        def send(self, notice, message) -> None:
+            if self.down:
+                raise ConnectionError("sns down")
+            super().send(notice, message)
+
+    flaky = Flaky()
+    dispatcher = AlertDispatcher([flaky], tick_seconds=0.01, retry_seconds=0.01)
+    dispatcher.start()
+    dispatcher.submit(failure(1))
+    wait_for(lambda: dispatcher.delivery_failures["sns"] >= 2)  # retried while down
+    flaky.down = False
+    wait_for(lambda: dispatcher.sent_counts() == {"backup_failed": 1})
+    dispatcher.stop()
+    assert [n.kind for n in flaky.notices] == [AlertKind.BACKUP_FAILED]  # delivered once
