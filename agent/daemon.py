@@ -52,6 +52,23 @@ def compression_settings(config: Config) -> CompressionSettings:
     )
 
 
+def backup_service(
+    config: Config, clients: Clients, volume: Volume, volume_id: str
+) -> BackupService:
+    """The write path as configured: the daemon's and the lifecycle jobs' one recipe."""
+    return BackupService(
+        s3=clients.s3,
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        ledger=Ledger(clients.dynamodb, config.state.table),
+        volume_id=volume_id,
+        buckets=frozenset(config.buckets),
+        compression=compression_settings(config),
+        expected_bucket_owner=config.aws.expected_bucket_owner,
+        barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
+    )
+
+
 def consumer_settings(config: Config) -> ConsumerSettings:
     return ConsumerSettings(
         queue_url=config.queue.url,
@@ -134,17 +151,7 @@ class Daemon:
         return 0
 
     def start(self, marker: VolumeMarker) -> None:
-        self.service = BackupService(
-            s3=self.clients.s3,
-            volume=self.volume,
-            journal=Journal(self.volume.journal_dir),
-            ledger=Ledger(self.clients.dynamodb, self.config.state.table),
-            volume_id=marker.volume_id,
-            buckets=frozenset(self.config.buckets),
-            compression=compression_settings(self.config),
-            expected_bucket_owner=self.config.aws.expected_bucket_owner,
-            barrier=WriteBarrier(self.volume.root),  # shared with `backup-agent snapshot`
-        )
+        self.service = backup_service(self.config, self.clients, self.volume, marker.volume_id)
         if self.monitoring is None:
             self.monitoring = self.build_monitoring()
         self.register_lifecycle_jobs(marker)

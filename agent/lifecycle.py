@@ -118,31 +118,18 @@ class LifecycleContext:
 
 def build_context(config: Config, clients: Clients, stats: Stats | None = None) -> LifecycleContext:
     """Open the volume (raises VolumeNotReady) and wire the pieces the jobs use."""
-    from agent.barrier import WriteBarrier
-    from agent.daemon import compression_settings
+    from agent.daemon import backup_service
 
     volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
     marker = volume.read_marker()
-    journal = Journal(volume.journal_dir)
-    ledger = Ledger(clients.dynamodb, config.state.table)
-    service = BackupService(
-        s3=clients.s3,
-        volume=volume,
-        journal=journal,
-        ledger=ledger,
-        volume_id=marker.volume_id,
-        buckets=frozenset(config.buckets),
-        compression=compression_settings(config),
-        expected_bucket_owner=config.aws.expected_bucket_owner,
-        barrier=WriteBarrier(volume.root),  # a snapshot pauses these writes too
-    )
+    service = backup_service(config, clients, volume, marker.volume_id)
     return LifecycleContext(
         config=config,
         clients=clients,
         volume=volume,
         volume_id=marker.volume_id,
-        journal=journal,
-        ledger=ledger,
+        journal=service.journal,
+        ledger=service.ledger,
         service=service,
         stats=stats or Stats(),
     )
