@@ -18,6 +18,7 @@ from agent.consumer import Consumer
 from agent.daemon import compression_settings, consumer_settings
 from agent.journal import Journal
 from agent.ledger import Ledger
+from tests import service
 from tests.aws_hooks import Fault, inject, record_calls
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 from tests.event_fixtures import notification, s3_record
@@ -25,15 +26,7 @@ from tests.waiting import wait_until
 
 
 def make_service(aws: Clients, config, volume) -> BackupService:
-    return BackupService(
-        s3=aws.s3,
-        volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=Ledger(aws.dynamodb, TABLE),
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
-        compression=compression_settings(config),
-    )
+    return service.make_service(aws, volume, compression=compression_settings(config))
 
 
 @pytest.fixture

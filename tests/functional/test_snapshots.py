@@ -15,7 +15,7 @@ import structlog
 import yaml
 
 from agent import cli
-from agent.backup import BackupService, Outcome
+from agent.backup import Outcome
 from agent.barrier import WriteBarrier
 from agent.daemon import compression_settings
 from agent.events import EventKind, ObjectEvent
@@ -33,6 +33,7 @@ from agent.snapshots import (
     tag_dict,
 )
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from tests.service import make_service
 from tests.snapshot_support import FakeClock, make_manager, make_volume
 
 T0 = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
@@ -381,13 +382,11 @@ def test_a_backup_in_flight_finishes_before_the_snapshot_and_a_new_one_waits(
     for key in ("first.txt", "second.txt"):
         aws.s3.put_object(Bucket=BUCKET, Key=key, Body=key.encode() * 1000)
     barrier = ProbedBarrier(volume.root)
-    service = BackupService(
-        s3=aws.s3,
-        volume=volume,
+    service = make_service(
+        aws,
+        volume,
         journal=OrderedJournal(volume.journal_dir),
         ledger=GatedLedger(aws.dynamodb, TABLE),
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
         compression=compression_settings(config),
         barrier=barrier,
     )
