@@ -180,7 +180,7 @@ class Daemon:
         They share the daemon's BackupService (its per-version locks) and Stats.
         """
         from agent.gc import GarbageCollector
-        from agent.lifecycle import LifecycleContext
+        from agent.lifecycle import LifecycleContext, run_exclusive
         from agent.reconcile import Reconciler
         from agent.retention import Retention
         from agent.scrub import Scrubber
@@ -213,7 +213,8 @@ class Daemon:
         }
         for name, (schedule, run) in jobs.items():
             if schedule is not None:
-                self.monitoring.jobs.register(name, run, schedule)
+                # The same lock as `backup-agent gc` and friends: never two runs at once.
+                self.monitoring.jobs.register(name, run_exclusive(self.volume, name, run), schedule)
         if self.config.snapshots.enabled:
             self.register_snapshot_jobs()
 

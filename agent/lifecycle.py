@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from agent.aws import Clients
 from agent.backup import BackupService
 from agent.config import Config
@@ -28,6 +30,8 @@ from agent.journal import Journal
 from agent.ledger import Ledger
 from agent.stats import Stats
 from agent.store import Volume, atomic_write_bytes
+
+log = structlog.get_logger("agent.lifecycle")
 
 STATE_DIR = "state"
 
@@ -76,6 +80,22 @@ def job_lock(volume: Volume, job: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def run_exclusive(volume: Volume, job: str, run: Callable[[], object]) -> Callable[[], None]:
+    """`run` under `job_lock`, skipped (logged, not failed) while another process runs it.
+
+    For the daemon's scheduled runs, so they and `backup-agent JOB` never overlap.
+    """
+
+    def locked() -> None:
+        try:
+            with job_lock(volume, job):
+                run()
+        except JobBusy as busy:
+            log.info("job.skipped_busy", job=job, reason=str(busy))
+
+    return locked
 
 
 class RateLimiter:
