@@ -25,8 +25,11 @@ from agent.ledger import Ledger
 from agent.snapshots import (
     JOURNAL_TAG,
     MANAGED_TAG,
+    RECORDS_DIR,
+    RECORDS_FILE,
     SOURCE_TAG,
     VOLUME_TAG,
+    append_record,
     list_snapshots,
     read_records,
     snapshot_listing,
@@ -91,6 +94,19 @@ def test_a_snapshot_is_tagged_recorded_on_the_volume_and_in_dynamodb(aws, ec2, v
         "SnapshotAgeSeconds": 7200.0,
         "SnapshotDurationSeconds": 0.0,
     }
+
+
+def test_a_record_appended_after_a_torn_line_is_kept(tmp_path):
+    append_record(tmp_path, {"snapshot_id": "snap-1", "state": "pending", "taken_at": "1"})
+    with (tmp_path / RECORDS_DIR / RECORDS_FILE).open("ab") as records:
+        records.write(b'{"snapshot_id": "snap-1", "sta')  # a crash cut this append short
+
+    append_record(tmp_path, {"snapshot_id": "snap-2", "state": "completed", "taken_at": "2"})
+
+    assert [(r["snapshot_id"], r["state"]) for r in read_records(tmp_path)] == [
+        ("snap-1", "pending"),
+        ("snap-2", "completed"),
+    ]
 
 
 def test_a_failed_snapshot_is_alerted_and_recorded(aws, ec2, volume):
