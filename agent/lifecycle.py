@@ -153,8 +153,3 @@ def build_context(config: Config, clients: Clients, stats: Stats | None = None) 
         service=service,
         stats=stats or Stats(),
     )
-
-
-def parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
