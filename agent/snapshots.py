@@ -40,6 +40,7 @@ from agent.errors import BackupAgentError
 from agent.flush import Flusher
 from agent.imds import Imds
 from agent.journal import Journal, after_torn_tail
+from agent.records import parse_time
 from agent.snapshot_schedule import parse_schedule
 from agent.store import Volume, fsync_directory
 from agent.volume_id import discover_volume_id
@@ -695,10 +696,9 @@ def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        parsed = datetime.fromisoformat(text)
+        return parse_time(text)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _replace(run: SnapshotRun, **changes: Any) -> SnapshotRun:
