@@ -28,7 +28,7 @@ from agent.backup import BackupService
 from agent.barrier import WriteBarrier
 from agent.config import Config
 from agent.consumer import Consumer, ConsumerSettings
-from agent.errors import VolumeNotReady
+from agent.errors import BackupAgentError, VolumeNotReady
 from agent.journal import Journal
 from agent.ledger import Ledger
 from agent.monitoring import Monitoring
@@ -143,6 +143,10 @@ class Daemon:
         interval = self.notifier.ping_interval(MAIN_LOOP_SECONDS)
         try:
             while not self.stopping.wait(interval):
+                if self.consumer is not None and not self.consumer.alive():
+                    # No receiving, or no visibility extension: exit so systemd restarts us
+                    # rather than feed the watchdog of an agent that backs nothing up.
+                    raise BackupAgentError("a consumer thread died; see the traceback above")
                 self.notifier.watchdog(self.stats.status_line())
         except Exception as exc:
             self._stopped_on_error(exc)
