@@ -344,7 +344,7 @@ class AlertDispatcher:
             return
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.warning("alerts.stop_timed_out", unsent=self._outbox.qsize())
+            log.warning("alert.stop_timed_out", unsent=self._outbox.qsize())
         self._thread = None
 
     def _loop(self) -> None:

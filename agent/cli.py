@@ -10,12 +10,18 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
 from agent import __version__, logs
 from agent.config import Config, environment_problems, load_config, resolve_config_path
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
+
+if TYPE_CHECKING:
+    from agent.lifecycle import LifecycleContext
+
+R = TypeVar("R")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -149,14 +155,22 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
     return EXIT_OK
 
 
-def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
+def _locked_job(config: Config, job: str, run: Callable[[LifecycleContext], R]) -> R:
+    """Wire the lifecycle context and run one job under its volume lock (JobBusy if held)."""
     from agent.aws import build_clients
     from agent.lifecycle import build_context, job_lock
-    from agent.reconcile import Reconciler
 
     ctx = build_context(config, build_clients(config))
-    with job_lock(ctx.volume, "reconcile"):
-        report = Reconciler.from_context(ctx).run_once(dry_run=args.dry_run)
+    with job_lock(ctx.volume, job):
+        return run(ctx)
+
+
+def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
+    from agent.reconcile import Reconciler
+
+    report = _locked_job(
+        config, "reconcile", lambda ctx: Reconciler.from_context(ctx).run_once(dry_run=args.dry_run)
+    )
     verb = "would back up" if args.dry_run else "backed up"
     print(
         f"reconcile: {report.keys} keys, {verb} {report.backed_up} ({report.bytes} bytes),"
@@ -168,13 +182,11 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_retention(args: argparse.Namespace, config: Config) -> int:
-    from agent.aws import build_clients
-    from agent.lifecycle import build_context, job_lock
     from agent.retention import Retention
 
-    ctx = build_context(config, build_clients(config))
-    with job_lock(ctx.volume, "retention"):
-        report = Retention.from_context(ctx).run_once(dry_run=args.dry_run)
+    report = _locked_job(
+        config, "retention", lambda ctx: Retention.from_context(ctx).run_once(dry_run=args.dry_run)
+    )
     verb = "would expire" if args.dry_run else "expired"
     print(
         f"retention: {report.keys} keys, {report.versions} versions, {verb} {report.expired}"
@@ -187,13 +199,11 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, config: Config) -> int:
-    from agent.aws import build_clients
     from agent.gc import GarbageCollector
-    from agent.lifecycle import build_context, job_lock
 
-    ctx = build_context(config, build_clients(config))
-    with job_lock(ctx.volume, "gc"):
-        report = GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run)
+    report = _locked_job(
+        config, "gc", lambda ctx: GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run)
+    )
     if args.dry_run:
         for sha, size in report.would_remove:
             print(f"  {sha} {size} bytes")
@@ -204,13 +214,9 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
-    from agent.aws import build_clients
-    from agent.lifecycle import build_context, job_lock
     from agent.scrub import Scrubber
 
-    ctx = build_context(config, build_clients(config))
-    with job_lock(ctx.volume, "scrub"):
-        report = Scrubber.from_context(ctx).run_once()
+    report = _locked_job(config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once())
     print(
         f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
         f" {report.healed} healed, {report.unrecoverable} unrecoverable"

@@ -158,20 +158,24 @@ class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_DURATION = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(value: Any) -> timedelta:
-    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, or a number of seconds."""
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``1h30m``, or a number of seconds.
+
+    The one duration parser: config durations, `duration_seconds` and snapshot intervals.
+    """
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
         return timedelta(seconds=value)
-    match = _DURATION.match(str(value)) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(f"{value!r} is not a duration (like 90s, 15m, 12h, 30d, 2w)")
-    return timedelta(seconds=float(match[1]) * _DURATION_UNITS[match[2]])
+    if not isinstance(value, str) or not _DURATION.fullmatch(value):
+        raise ValueError(f"{value!r} is not a duration (like 90s, 15m, 12h, 30d, 2w, 1h30m)")
+    parts = _DURATION_PART.findall(value)
+    return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts))
 
 
 def format_duration(value: timedelta) -> str:

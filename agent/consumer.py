@@ -150,6 +150,10 @@ class Consumer:
             self._work.put(None)
         log.info("consumer.stopped", released=len(unfinished))
 
+    def alive(self) -> bool:
+        """False once the receiver or heartbeat thread has died (stop() also ends them)."""
+        return all(t.is_alive() for t in self._threads if t not in self._workers)
+
     def in_flight(self) -> int:
         with self._lock:
             return len(self._in_flight)

@@ -28,7 +28,7 @@ from agent.backup import BackupService
 from agent.barrier import WriteBarrier
 from agent.config import Config
 from agent.consumer import Consumer, ConsumerSettings
-from agent.errors import VolumeNotReady
+from agent.errors import BackupAgentError, VolumeNotReady
 from agent.journal import Journal
 from agent.ledger import Ledger
 from agent.monitoring import Monitoring
@@ -49,6 +49,23 @@ def compression_settings(config: Config) -> CompressionSettings:
         level=config.storage.compression_level,
         threads=config.storage.compression_threads,
         chunk_bytes=config.storage.chunk_bytes,
+    )
+
+
+def backup_service(
+    config: Config, clients: Clients, volume: Volume, volume_id: str
+) -> BackupService:
+    """The write path as configured: the daemon's and the lifecycle jobs' one recipe."""
+    return BackupService(
+        s3=clients.s3,
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        ledger=Ledger(clients.dynamodb, config.state.table),
+        volume_id=volume_id,
+        buckets=frozenset(config.buckets),
+        compression=compression_settings(config),
+        expected_bucket_owner=config.aws.expected_bucket_owner,
+        barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
     )
 
 
@@ -126,6 +143,10 @@ class Daemon:
         interval = self.notifier.ping_interval(MAIN_LOOP_SECONDS)
         try:
             while not self.stopping.wait(interval):
+                if self.consumer is not None and not self.consumer.alive():
+                    # No receiving, or no visibility extension: exit so systemd restarts us
+                    # rather than feed the watchdog of an agent that backs nothing up.
+                    raise BackupAgentError("a consumer thread died; see the traceback above")
                 self.notifier.watchdog(self.stats.status_line())
         except Exception as exc:
             self._stopped_on_error(exc)
@@ -134,17 +155,7 @@ class Daemon:
         return 0
 
     def start(self, marker: VolumeMarker) -> None:
-        self.service = BackupService(
-            s3=self.clients.s3,
-            volume=self.volume,
-            journal=Journal(self.volume.journal_dir),
-            ledger=Ledger(self.clients.dynamodb, self.config.state.table),
-            volume_id=marker.volume_id,
-            buckets=frozenset(self.config.buckets),
-            compression=compression_settings(self.config),
-            expected_bucket_owner=self.config.aws.expected_bucket_owner,
-            barrier=WriteBarrier(self.volume.root),  # shared with `backup-agent snapshot`
-        )
+        self.service = backup_service(self.config, self.clients, self.volume, marker.volume_id)
         if self.monitoring is None:
             self.monitoring = self.build_monitoring()
         self.register_lifecycle_jobs(marker)
@@ -173,7 +184,7 @@ class Daemon:
         They share the daemon's BackupService (its per-version locks) and Stats.
         """
         from agent.gc import GarbageCollector
-        from agent.lifecycle import LifecycleContext
+        from agent.lifecycle import LifecycleContext, run_exclusive
         from agent.reconcile import Reconciler
         from agent.retention import Retention
         from agent.scrub import Scrubber
@@ -206,7 +217,8 @@ class Daemon:
         }
         for name, (schedule, run) in jobs.items():
             if schedule is not None:
-                self.monitoring.jobs.register(name, run, schedule)
+                # The same lock as `backup-agent gc` and friends: never two runs at once.
+                self.monitoring.jobs.register(name, run_exclusive(self.volume, name, run), schedule)
         if self.config.snapshots.enabled:
             self.register_snapshot_jobs()
 

@@ -8,7 +8,6 @@ instances, from the NVMe serial number of the device mounted at the backup root.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +17,13 @@ import botocore.exceptions
 import structlog
 
 from agent.aws import error_code
+from agent.errors import BackupAgentError
+from agent.volume_id import disk_of, mount_in, nvme_volume_id
 
 log = structlog.get_logger("agent.encryption")
 
 AlertHook = Callable[[str, str], None]
 """alert(subject, detail): the alerts feature plugs in here."""
-
-_SERIAL = re.compile(r"^vol-?([0-9a-f]{8,17})$")
-_PARTITION = re.compile(r"^(nvme\d+n\d+)p\d+$")
 
 
 @dataclass(frozen=True)
@@ -42,41 +40,12 @@ def discover_volume_id(
     mountinfo: Path = Path("/proc/self/mountinfo"),
     sys_block: Path = Path("/sys/block"),
 ) -> str | None:
-    """The EBS volume id behind `root` (Nitro NVMe devices report it as their serial)."""
-    device = _mount_source(root, mountinfo)
-    if device is None or not device.startswith("/dev/"):
-        return None
-    name = Path(device).name
-    match = _PARTITION.match(name)
-    disk = match.group(1) if match else name
+    """The EBS volume id behind `root` from its NVMe serial (see agent/volume_id.py), or None."""
+    sys_root = sys_block.parent
     try:
-        serial = (sys_block / disk / "device" / "serial").read_text().strip()
-    except OSError:
+        return nvme_volume_id(disk_of(mount_in(root, mountinfo), sys_root), sys_root)
+    except (OSError, BackupAgentError):
         return None
-    found = _SERIAL.match(serial)
-    return f"vol-{found.group(1)}" if found else None
-
-
-def _mount_source(root: Path, mountinfo: Path) -> str | None:
-    """Source device of the mount that holds `root` (the longest matching mount point)."""
-    try:
-        lines = mountinfo.read_text().splitlines()
-    except OSError:
-        return None
-    best: tuple[int, str] | None = None
-    target = str(root)
-    for line in lines:
-        fields = line.split()
-        if " - " not in line or len(fields) < 5:
-            continue
-        point = fields[4].replace("\\040", " ")
-        after = line.split(" - ", 1)[1].split()
-        if len(after) < 2:
-            continue
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) > best[0]):
-            best = (len(point), after[1])
-    return best[1] if best else None
 
 
 def check_volume(ec2: Any, volume_id: str) -> VolumeEncryption:

@@ -67,7 +67,7 @@ class Flusher:
         try:
             mount_point = mount_of(root, self.proc_root).mount_point
         except (OSError, BackupAgentError) as exc:
-            log.warning("snapshot.flush.no_mount", root=str(root), reason=str(exc))
+            log.warning("snapshot.flush_no_mount", root=str(root), reason=str(exc))
             return None
         if mount_point == Path("/"):
             return None  # freezing the root filesystem would hang the whole instance
@@ -81,7 +81,7 @@ class Flusher:
         )
         if result.returncode != 0:
             log.warning(
-                "snapshot.flush.freeze_failed", mount=str(mount_point), stderr=result.stderr.strip()
+                "snapshot.freeze_failed", mount=str(mount_point), stderr=result.stderr.strip()
             )
             return False
         return True
@@ -97,7 +97,7 @@ class Flusher:
             if result.returncode == 0:
                 return
             log.error(
-                "snapshot.flush.unfreeze_failed",
+                "snapshot.unfreeze_failed",
                 mount=str(mount_point),
                 attempt=attempt,
                 stderr=result.stderr.strip(),

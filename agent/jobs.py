@@ -110,7 +110,7 @@ class Jobs:
             self._add(name)
         self._scheduler.start()
         schedules = {name: _describe(job.record.schedule) for name, job in self._jobs.items()}
-        log.info("jobs.started", jobs=schedules)
+        log.info("job.scheduler_started", jobs=schedules)
 
     def stop(self, wait: bool = True) -> None:
         """Stop scheduling; with `wait`, let running jobs finish. Idempotent."""

@@ -52,7 +52,7 @@ class Journal:
             created = not segment.exists()
             fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
-                _write_all(fd, _after_torn_tail(fd) + data)
+                _write_all(fd, after_torn_tail(fd) + data)
                 os.fsync(fd)
                 offset = os.lseek(fd, 0, os.SEEK_END)
             finally:
@@ -127,7 +127,7 @@ def _identity(data: dict[str, Any]) -> tuple[str, str, str]:
     return (str(data.get("bucket")), str(data.get("key")), str(data.get("version_token")))
 
 
-def _after_torn_tail(fd: int) -> bytes:
+def after_torn_tail(fd: int) -> bytes:
     """A newline when the segment ends mid-line (a crash or ENOSPC cut the last append):
     without it the next record would join the torn bytes and be skipped by `read_all`."""
     end = os.lseek(fd, 0, os.SEEK_END)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from agent.aws import Clients
 from agent.backup import BackupService
 from agent.config import Config
@@ -28,6 +30,8 @@ from agent.journal import Journal
 from agent.ledger import Ledger
 from agent.stats import Stats
 from agent.store import Volume, atomic_write_bytes
+
+log = structlog.get_logger("agent.lifecycle")
 
 STATE_DIR = "state"
 
@@ -78,6 +82,22 @@ def job_lock(volume: Volume, job: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
+def run_exclusive(volume: Volume, job: str, run: Callable[[], object]) -> Callable[[], None]:
+    """`run` under `job_lock`, skipped (logged, not failed) while another process runs it.
+
+    For the daemon's scheduled runs, so they and `backup-agent JOB` never overlap.
+    """
+
+    def locked() -> None:
+        try:
+            with job_lock(volume, job):
+                run()
+        except JobBusy as busy:
+            log.info("job.skipped_busy", job=job, reason=str(busy))
+
+    return locked
+
+
 class RateLimiter:
     """At most `rate` acquisitions per second, evenly spaced (no bursts)."""
 
@@ -118,36 +138,18 @@ class LifecycleContext:
 
 def build_context(config: Config, clients: Clients, stats: Stats | None = None) -> LifecycleContext:
     """Open the volume (raises VolumeNotReady) and wire the pieces the jobs use."""
-    from agent.barrier import WriteBarrier
-    from agent.daemon import compression_settings
+    from agent.daemon import backup_service
 
     volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
     marker = volume.read_marker()
-    journal = Journal(volume.journal_dir)
-    ledger = Ledger(clients.dynamodb, config.state.table)
-    service = BackupService(
-        s3=clients.s3,
-        volume=volume,
-        journal=journal,
-        ledger=ledger,
-        volume_id=marker.volume_id,
-        buckets=frozenset(config.buckets),
-        compression=compression_settings(config),
-        expected_bucket_owner=config.aws.expected_bucket_owner,
-        barrier=WriteBarrier(volume.root),  # a snapshot pauses these writes too
-    )
+    service = backup_service(config, clients, volume, marker.volume_id)
     return LifecycleContext(
         config=config,
         clients=clients,
         volume=volume,
         volume_id=marker.volume_id,
-        journal=journal,
-        ledger=ledger,
+        journal=service.journal,
+        ledger=service.ledger,
         service=service,
         stats=stats or Stats(),
     )
-
-
-def parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

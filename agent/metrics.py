@@ -13,8 +13,6 @@ import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,11 +25,11 @@ import structlog
 
 from agent.aws import error_code
 from agent.config import Config
+from agent.imds import DEFAULT_ENDPOINT, Imds, MetadataUnavailable
 from agent.stats import Stats
 
 log = structlog.get_logger("agent.metrics")
 
-IMDS_ENDPOINT = "http://169.254.169.254"
 BATCH_SIZE = 500  # PutMetricData takes 1,000 metrics and 1 MB; half keeps well inside both
 
 
@@ -210,22 +208,10 @@ def imds_instance_id(timeout: float = 1.0, endpoint: str | None = None) -> str |
     """The EC2 instance id through IMDSv2 (token first), or None off EC2 / when disabled."""
     if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true":
         return None
-    base = endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or IMDS_ENDPOINT
-    base = base.rstrip("/")
+    base = endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_ENDPOINT
     try:
-        token_request = urllib.request.Request(  # noqa: S310 - the fixed link-local IMDS address
-            f"{base}/latest/api/token",
-            method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"},
-        )
-        with urllib.request.urlopen(token_request, timeout=timeout) as response:  # noqa: S310
-            token = response.read().decode("ascii").strip()
-        id_request = urllib.request.Request(  # noqa: S310
-            f"{base}/latest/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": token}
-        )
-        with urllib.request.urlopen(id_request, timeout=timeout) as response:  # noqa: S310
-            value = response.read().decode("ascii").strip()
-    except (OSError, urllib.error.URLError, UnicodeDecodeError, ValueError) as exc:
+        value = Imds(base, timeout=timeout).instance_id().strip()
+    except MetadataUnavailable as exc:
         log.debug("metrics.imds_unavailable", error=str(exc))
         return None
     return value or None

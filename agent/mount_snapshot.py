@@ -25,6 +25,7 @@ from agent.config import load_config
 from agent.errors import BackupAgentError, ConfigError
 from agent.imds import Imds, MetadataUnavailable
 from agent.snapshots import JOURNAL_TAG, TAKEN_AT_TAG, VOLUME_TAG, tag_dict, tag_list
+from agent.volume_id import nvme_volume_id
 
 DEVICE_LETTERS = "fghijklmnop"  # the range EC2 recommends for EBS data volumes
 RESTORE_TAG = "backup-agent:restore-of"
@@ -272,13 +273,11 @@ def local_device(
     volume_id: str, ec2_device: str, sys_root: Path = Path("/sys"), dev_root: Path = Path("/dev")
 ) -> Path | None:
     """The disk (or its only partition) the kernel made of `volume_id`, once it exists."""
-    serial = volume_id.replace("-", "")
     block = sys_root / "block"
     disk: str | None = None
     if block.is_dir():
         for entry in sorted(block.iterdir()):
-            path = entry / "device" / "serial"
-            if path.is_file() and path.read_text(errors="replace").strip() == serial:
+            if nvme_volume_id(entry.name, sys_root) == volume_id:
                 disk = entry.name
                 break
     if disk is None:

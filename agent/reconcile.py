@@ -47,8 +47,8 @@ from agent.config import ReconcileConfig
 from agent.errors import BackupAgentError, ObjectGone
 from agent.events import EventKind, ObjectEvent
 from agent.ledger import Ledger
-from agent.lifecycle import Clock, LifecycleContext, RateLimiter, StateFile, parse_time, utc_now
-from agent.records import VersionRecord
+from agent.lifecycle import Clock, LifecycleContext, RateLimiter, StateFile, utc_now
+from agent.records import VersionRecord, parse_time
 from agent.retention import Entry, RetentionPolicy
 from agent.stats import Stats
 from agent.store import Volume

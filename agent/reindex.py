@@ -73,5 +73,5 @@ def reindex(
             pending.add(pool.submit(write, record))
         for future in pending:
             future.result()
-    log.info("reindex.done", table=table, records=report.records, added=report.added)
+    log.info("reindex.finished", table=table, records=report.records, added=report.added)
     return report

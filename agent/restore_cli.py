@@ -27,7 +27,7 @@ import structlog
 from agent import __version__, logs
 from agent.config import Config, duration_seconds, load_config, resolve_config_path
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
-from agent.records import VersionRecord
+from agent.records import VersionRecord, parse_time
 from agent.restore import (
     DirectoryTarget,
     ItemResult,
@@ -51,7 +51,6 @@ from agent.restore_source import (
     RestoreSource,
     Selector,
     newest_stored,
-    parse_time,
     select,
 )
 from agent.store import Volume

@@ -11,12 +11,12 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from agent.journal import Journal
 from agent.ledger import Ledger
-from agent.records import VersionRecord
+from agent.records import VersionRecord, parse_time
 
 
 class RestoreSource(Protocol):
@@ -144,11 +144,3 @@ def _at(key: str, history: list[VersionRecord], at: datetime) -> Choice:
 
 def event_datetime(record: VersionRecord) -> datetime:
     return parse_time(record.event_time)
-
-
-def parse_time(text: str) -> datetime:
-    """ISO-8601 (``2026-11-23T10:00:00Z``, ``2026-11-23 10:00``); naive means UTC."""
-    parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)

@@ -31,8 +31,8 @@ import structlog
 from agent.config import RetentionConfig
 from agent.journal import Journal
 from agent.ledger import Ledger
-from agent.lifecycle import Clock, LifecycleContext, parse_time, utc_now
-from agent.records import VersionRecord
+from agent.lifecycle import Clock, LifecycleContext, utc_now
+from agent.records import VersionRecord, parse_time
 from agent.stats import Stats
 
 log = structlog.get_logger("agent.retention")

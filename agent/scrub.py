@@ -35,8 +35,8 @@ from agent.errors import BackupAgentError, IntegrityError
 from agent.events import EventKind, ObjectEvent
 from agent.gc import stored_copies
 from agent.journal import Journal
-from agent.lifecycle import Clock, LifecycleContext, StateFile, parse_time, utc_now
-from agent.records import VersionRecord
+from agent.lifecycle import Clock, LifecycleContext, StateFile, utc_now
+from agent.records import VersionRecord, parse_time
 from agent.stats import Stats
 from agent.store import Volume, fsync_directory
 

@@ -15,10 +15,10 @@ from typing import Any
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from agent.config import parse_duration
+
 MIN_INTERVAL = timedelta(minutes=5)
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _INTERVAL = re.compile(r"(?:every\s+)?((?:\d+\s*[smhdw]\s*)+)", re.IGNORECASE)
-_PART = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
 # A cron schedule's longest gap is measured over this window (covers weekly and monthly).
 _GAP_WINDOW = timedelta(days=62)
 
@@ -61,8 +61,7 @@ def parse_schedule(text: str) -> Schedule:
     stripped = text.strip()
     match = _INTERVAL.fullmatch(stripped)
     if match:
-        seconds = sum(int(n) * _UNITS[u.lower()] for n, u in _PART.findall(match.group(1)))
-        interval = timedelta(seconds=seconds)
+        interval = parse_duration(match.group(1))
         if interval < MIN_INTERVAL:
             raise ValueError(f"interval {text!r} is shorter than {MIN_INTERVAL}")
         return Schedule(stripped, interval=interval)

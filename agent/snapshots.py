@@ -39,7 +39,8 @@ from agent.config import Config, SnapshotRetention, SnapshotsConfig
 from agent.errors import BackupAgentError
 from agent.flush import Flusher
 from agent.imds import Imds
-from agent.journal import Journal
+from agent.journal import Journal, after_torn_tail
+from agent.records import parse_time
 from agent.snapshot_schedule import parse_schedule
 from agent.store import Volume, fsync_directory
 from agent.volume_id import discover_volume_id
@@ -632,9 +633,10 @@ def append_record(root: Path, entry: Mapping[str, Any]) -> None:
         directory.mkdir()
         fsync_directory(directory.parent)
     line = (json.dumps(dict(entry), separators=(",", ":"), sort_keys=True) + "\n").encode()
-    fd = os.open(directory / RECORDS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    fd = os.open(directory / RECORDS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
-        os.write(fd, line)
+        # After a torn last line, start a new one: joined to it, this record would be lost.
+        os.write(fd, after_torn_tail(fd) + line)
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -694,10 +696,9 @@ def _parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        parsed = datetime.fromisoformat(text)
+        return parse_time(text)
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _replace(run: SnapshotRun, **changes: Any) -> SnapshotRun:

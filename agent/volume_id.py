@@ -77,9 +77,14 @@ def discover_volume_id(
 
 def mount_of(root: Path, proc_root: Path = Path("/proc")) -> Mount:
     """The mount holding `root`: the longest mount point that is a prefix of it."""
+    return mount_in(root, proc_root / "self" / "mountinfo")
+
+
+def mount_in(root: Path, mountinfo: Path) -> Mount:
+    """`mount_of` reading the given mountinfo file."""
     target = Path(root).resolve()
     best: Mount | None = None
-    text = (proc_root / "self" / "mountinfo").read_text(encoding="utf-8")
+    text = mountinfo.read_text(encoding="utf-8")
     for line in text.splitlines():
         mount = _parse_mountinfo_line(line)
         if mount is None or not target.is_relative_to(mount.mount_point):

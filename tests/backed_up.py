@@ -16,10 +16,10 @@ import yaml
 from agent.aws import Clients
 from agent.backup import BackupService, Result
 from agent.events import EventKind, ObjectEvent
-from agent.journal import Journal
 from agent.ledger import Ledger
 from agent.store import CompressionSettings, Volume
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
+from tests.service import make_service
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 
@@ -40,12 +40,10 @@ class BackedUp:
         self.clients.s3.put_bucket_versioning(
             Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
         )
-        self.service = BackupService(
-            s3=self.clients.s3,
-            volume=self.volume,
-            journal=Journal(self.volume.journal_dir),
+        self.service = make_service(
+            self.clients,
+            self.volume,
             ledger=Ledger(self.clients.dynamodb, self.table),
-            volume_id="vol-test",
             buckets=frozenset([self.bucket]),
             compression=CompressionSettings(level=1, threads=1),
             clock=lambda: self.clock,

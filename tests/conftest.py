@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,13 @@ def volume(backup_root: Path) -> Volume:
 @pytest.fixture
 def aws(config: Config) -> Iterator[Clients]:
     """In-process moto with the bucket, queues, notification and table bootstrapped."""
+    with bootstrapped_aws(config) as clients:
+        yield clients
+
+
+@contextlib.contextmanager
+def bootstrapped_aws(config: Config) -> Iterator[Clients]:
+    """`aws` for a config of the test's own (another queue setting, say)."""
     with mock_aws():
         session = boto3.session.Session(region_name=REGION)
         clients = Clients(

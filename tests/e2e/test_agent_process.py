@@ -12,6 +12,7 @@ import zstandard
 
 from agent.ledger import Ledger
 from tests.conftest import BUCKET, TABLE
+from tests.waiting import wait_until
 
 AWKWARD_KEYS = [
     "plain.txt",
@@ -84,7 +85,7 @@ def test_duplicate_delivery_is_a_no_op(stack):
     agent = stack.start_agent()
 
     agent.wait_for("backup.stored", count=1)
-    _wait_until(lambda: stack.queue_depth() == (0, 0))
+    wait_until(lambda: stack.queue_depth() == (0, 0), timeout=30)
 
     versions = Ledger(stack.clients.dynamodb, TABLE).versions(BUCKET, "dup.txt")
     assert [v.sha256 for v in versions] == [sha]
@@ -103,7 +104,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero(stack):
     names = [e["event"] for e in agent.log_events()]
     assert "consumer.stopped" in names and "agent.stopped" in names
     assert names.index("agent.stop_requested") < names.index("agent.stopped")
-    _wait_until(lambda: stack.queue_depth()[1] == 0)  # nothing left invisible behind us
+    wait_until(lambda: stack.queue_depth()[1] == 0, timeout=30)  # nothing left invisible behind us
 
 
 def test_missing_volume_marker_blocks_writes_until_initialised(stack):
@@ -133,11 +134,3 @@ def test_unparseable_message_is_released_and_the_agent_keeps_working(stack):
     agent.wait_for("backup.stored")
     assert all("message_id" in e for e in malformed)
     assert agent.process.poll() is None
-
-
-def _wait_until(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.2)

@@ -11,9 +11,9 @@ from agent.config import Config
 from agent.daemon import compression_settings
 from agent.events import EventKind, ObjectEvent
 from agent.journal import Journal
-from agent.ledger import Ledger
 from agent.store import Volume
-from tests.conftest import BUCKET, TABLE
+from tests import service
+from tests.conftest import BUCKET
 
 
 @dataclass
@@ -28,16 +28,7 @@ class FakeClock:
 
 
 def make_service(aws: Any, config: Config, volume: Volume, clock: Any = None) -> BackupService:
-    return BackupService(
-        s3=aws.s3,
-        volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=Ledger(aws.dynamodb, TABLE),
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
-        compression=compression_settings(config),
-        clock=clock,
-    )
+    return service.make_service(aws, volume, compression=compression_settings(config), clock=clock)
 
 
 def put(aws: Any, key: str, body: bytes) -> dict[str, Any]:

@@ -7,33 +7,24 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from agent.aws import Clients
 from agent.backup import BackupService
-from agent.bootstrap import Bootstrap, dead_letter_name
+from agent.bootstrap import dead_letter_name
 from agent.consumer import Consumer
 from agent.daemon import compression_settings, consumer_settings
 from agent.journal import Journal
 from agent.ledger import Ledger
+from tests import service
 from tests.aws_hooks import Fault, inject, record_calls
-from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from tests.conftest import BUCKET, QUEUE_URL, TABLE, bootstrapped_aws, make_config
 from tests.event_fixtures import notification, s3_record
 from tests.waiting import wait_until
 
 
 def make_service(aws: Clients, config, volume) -> BackupService:
-    return BackupService(
-        s3=aws.s3,
-        volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=Ledger(aws.dynamodb, TABLE),
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
-        compression=compression_settings(config),
-    )
+    return service.make_service(aws, volume, compression=compression_settings(config))
 
 
 @pytest.fixture
@@ -158,16 +149,7 @@ def redriving(backup_root) -> Iterator[tuple[Clients, Any]]:
         backup_root,
         queue={"url": QUEUE_URL, "wait_time_seconds": 0, "max_receive_count": 3},
     )
-    with mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        clients = Clients(
-            s3=session.client("s3"),
-            sqs=session.client("sqs"),
-            dynamodb=session.client("dynamodb"),
-            session=session,
-        )
-        Bootstrap(config, clients).run(create_buckets=True)
-        clients.sqs.purge_queue(QueueUrl=QUEUE_URL)
+    with bootstrapped_aws(config) as clients:
         yield clients, config
 
 

@@ -110,3 +110,30 @@ def test_the_first_signal_asks_for_a_drain_and_the_second_exits_at_once(
             signal.raise_signal(signal.SIGINT)
     assert exited.value.code == daemon_module.EXIT_IMMEDIATELY == 130
     assert [e["event"] for e in logs] == ["agent.stop_requested", "agent.stop_now"]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the point
+def test_run_exits_with_an_error_when_the_receiver_thread_dies(aws, config, volume):
+    def broken_receive(**_kwargs):
+        raise RuntimeError("a bug outside the AWS error handling")
+
+    daemon = Daemon(config, aws)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            daemon.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        wait_until(lambda: daemon.consumer is not None, what="the consumer started")
+        aws.sqs.meta.events.register("before-call.sqs.ReceiveMessage", broken_receive)
+        wait_until(lambda: not runner.is_alive(), timeout=20, what="run() giving up")
+    finally:
+        daemon.request_stop()
+        runner.join(30)
+    assert [type(e).__name__ for e in errors] == ["BackupAgentError"]
+    assert "consumer thread died" in str(errors[0])

@@ -8,9 +8,11 @@ import threading
 import time
 
 import yaml
+from structlog.testing import capture_logs
 
 from agent import restore_cli
 from agent.daemon import Daemon
+from agent.lifecycle import job_lock
 from tests.conftest import make_config
 
 
@@ -78,6 +80,27 @@ def test_scheduled_lifecycle_and_snapshot_jobs_are_registered(aws, backup_root, 
     assert "retention" not in names and "gc" not in names  # no schedule: on demand only
     assert schedules["snapshots"].every == 6 * 3600
     assert schedules["scrub"].cron == "0 5 * * *"
+
+
+def test_a_scheduled_job_skips_while_a_command_line_run_holds_its_lock(aws, backup_root, volume):
+    config = make_config(
+        backup_root,
+        storage={"root": str(backup_root), "min_free_bytes": 0},
+        metrics={"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+        gc={"schedule": 3600},
+    )
+    daemon = Daemon(config, aws)
+    daemon.start(volume.read_marker())
+    try:
+        with job_lock(volume, "gc"), capture_logs() as busy_logs:  # `backup-agent gc` running
+            assert daemon.monitoring.jobs.run_now("gc")
+        with capture_logs() as free_logs:
+            assert daemon.monitoring.jobs.run_now("gc")
+    finally:
+        daemon.stop()
+    busy = [e["event"] for e in busy_logs]
+    assert "job.skipped_busy" in busy and "gc.finished" not in busy
+    assert "gc.finished" in [e["event"] for e in free_logs]
 
 
 def test_backup_restore_snapshots_lists_the_agents_snapshots(aws, backup_root, volume, tmp_path):

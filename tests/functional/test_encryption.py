@@ -14,9 +14,8 @@ from agent.backup import BackupService, Outcome, _md5_from_etag
 from agent.daemon import Daemon, compression_settings
 from agent.encryption import check_at_startup, discover_volume_id
 from agent.events import EventKind, ObjectEvent
-from agent.journal import Journal
-from agent.ledger import Ledger
-from tests.conftest import BUCKET, TABLE, make_config
+from tests.conftest import BUCKET, make_config
+from tests.service import make_service
 
 KMS_ETAG = "8d3f0c1a2b4e5f60718293a4b5c6d7e8"  # real S3: not the MD5 of the bytes under SSE-KMS
 
@@ -36,15 +35,7 @@ def _event(key: str, size: int, etag: str) -> ObjectEvent:
 
 
 def _service(aws, volume, config) -> BackupService:
-    return BackupService(
-        s3=aws.s3,
-        volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=Ledger(aws.dynamodb, TABLE),
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
-        compression=compression_settings(config),
-    )
+    return make_service(aws, volume, compression=compression_settings(config))
 
 
 def test_sse_kms_object_is_backed_up_although_its_etag_is_not_an_md5(aws, volume, config):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 
@@ -20,16 +19,9 @@ from agent.monitoring import Monitoring
 from agent.stats import Stats
 from tests.conftest import BUCKET, QUEUE_URL, TABLE, make_config
 from tests.functional.test_monitoring_aws import inbox_messages, topic  # noqa: F401 - fixture
+from tests.waiting import wait_until
 
 INSTANCE = "i-0daemon"
-
-
-def wait_until(condition, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -61,8 +53,8 @@ def test_the_daemon_serves_prometheus_and_flushes_metrics_on_stop(aws, monitored
     try:
         aws.s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"hello " * 100)
         ledger = Ledger(aws.dynamodb, TABLE)
-        wait_until(lambda: ledger.latest(BUCKET, "a.txt") is not None)
-        wait_until(lambda: daemon.stats.backups_succeeded == 1)
+        wait_until(lambda: ledger.latest(BUCKET, "a.txt") is not None, timeout=15)
+        wait_until(lambda: daemon.stats.backups_succeeded == 1, timeout=15)
         port = daemon.monitoring.prometheus_port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
@@ -98,7 +90,7 @@ def test_a_message_given_up_on_alerts_through_sns(aws, monitored_config, topic):
     aws.s3.put_object(Bucket=BUCKET, Key="x.bin", Body=b"x")
     consumer.start()
     try:
-        wait_until(lambda: monitoring.totals()["BackupsGaveUp"] == 1)
+        wait_until(lambda: monitoring.totals()["BackupsGaveUp"] == 1, timeout=15)
     finally:
         consumer.stop(5)
         monitoring.alerts.stop()
@@ -191,10 +183,11 @@ def test_backups_go_on_while_cloudwatch_and_sns_hang(aws, backup_root, volume, t
     daemon = Daemon(config, aws)
     daemon.start(volume.open())
     try:
-        wait_until(lambda: len(hung) == 2)  # both the metrics job and the alert thread stuck
+        # both the metrics job and the alert thread stuck
+        wait_until(lambda: len(hung) == 2, timeout=15)
         for n in range(3):
             aws.s3.put_object(Bucket=BUCKET, Key=f"k{n}.txt", Body=b"data %d" % n)
-        wait_until(lambda: daemon.stats.backups_succeeded == 3)
+        wait_until(lambda: daemon.stats.backups_succeeded == 3, timeout=15)
     finally:
         gate.set()
         daemon.stop()

@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import time
 
-from agent.backup import BackupService
 from agent.consumer import Consumer
 from agent.daemon import compression_settings, consumer_settings
-from agent.journal import Journal
 from agent.ledger import Ledger
 from tests.conftest import BUCKET, TABLE
+from tests.service import make_service
 
 
 def test_uploaded_objects_are_backed_up_and_messages_deleted(aws, config, volume):
-    service = BackupService(
-        s3=aws.s3,
-        volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=Ledger(aws.dynamodb, TABLE),
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
-        compression=compression_settings(config),
-    )
+    service = make_service(aws, volume, compression=compression_settings(config))
     consumer = Consumer(aws.sqs, service.process, consumer_settings(config))
     aws.s3.put_object(Bucket=BUCKET, Key="reports/q1 summary.txt", Body=b"numbers " * 1000)
     consumer.start()

@@ -15,7 +15,7 @@ import structlog
 import yaml
 
 from agent import cli
-from agent.backup import BackupService, Outcome
+from agent.backup import Outcome
 from agent.barrier import WriteBarrier
 from agent.daemon import compression_settings
 from agent.events import EventKind, ObjectEvent
@@ -25,14 +25,18 @@ from agent.ledger import Ledger
 from agent.snapshots import (
     JOURNAL_TAG,
     MANAGED_TAG,
+    RECORDS_DIR,
+    RECORDS_FILE,
     SOURCE_TAG,
     VOLUME_TAG,
+    append_record,
     list_snapshots,
     read_records,
     snapshot_listing,
     tag_dict,
 )
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from tests.service import make_service
 from tests.snapshot_support import FakeClock, make_manager, make_volume
 
 T0 = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
@@ -90,6 +94,19 @@ def test_a_snapshot_is_tagged_recorded_on_the_volume_and_in_dynamodb(aws, ec2, v
         "SnapshotAgeSeconds": 7200.0,
         "SnapshotDurationSeconds": 0.0,
     }
+
+
+def test_a_record_appended_after_a_torn_line_is_kept(tmp_path):
+    append_record(tmp_path, {"snapshot_id": "snap-1", "state": "pending", "taken_at": "1"})
+    with (tmp_path / RECORDS_DIR / RECORDS_FILE).open("ab") as records:
+        records.write(b'{"snapshot_id": "snap-1", "sta')  # a crash cut this append short
+
+    append_record(tmp_path, {"snapshot_id": "snap-2", "state": "completed", "taken_at": "2"})
+
+    assert [(r["snapshot_id"], r["state"]) for r in read_records(tmp_path)] == [
+        ("snap-1", "pending"),
+        ("snap-2", "completed"),
+    ]
 
 
 def test_a_failed_snapshot_is_alerted_and_recorded(aws, ec2, volume):
@@ -381,13 +398,11 @@ def test_a_backup_in_flight_finishes_before_the_snapshot_and_a_new_one_waits(
     for key in ("first.txt", "second.txt"):
         aws.s3.put_object(Bucket=BUCKET, Key=key, Body=key.encode() * 1000)
     barrier = ProbedBarrier(volume.root)
-    service = BackupService(
-        s3=aws.s3,
-        volume=volume,
+    service = make_service(
+        aws,
+        volume,
         journal=OrderedJournal(volume.journal_dir),
         ledger=GatedLedger(aws.dynamodb, TABLE),
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
         compression=compression_settings(config),
         barrier=barrier,
     )

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from agent.backup import BackupService
 from agent.events import parse_message
 from agent.journal import Journal
 from agent.ledger import Ledger, table_definition
 from agent.store import CompressionSettings
 from tests.conftest import BUCKET, TABLE
 from tests.event_fixtures import notification, s3_record
+from tests.service import make_service
 
 
 def test_replaying_the_journal_rebuilds_the_ledger(aws, volume):
     aws.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     ledger = Ledger(aws.dynamodb, TABLE)
-    service = BackupService(
-        s3=aws.s3,
-        volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=ledger,
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
-        compression=CompressionSettings(threads=1),
-    )
+    service = make_service(aws, volume, ledger=ledger, compression=CompressionSettings(threads=1))
     uploads = [("a.txt", b"one"), ("a.txt", b"two"), ("dir/b.txt", b"three")]
     versions = []
     for sequencer, (key, body) in enumerate(uploads, start=1):

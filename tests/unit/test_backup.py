@@ -12,28 +12,14 @@ from structlog.testing import capture_logs
 from agent.backup import BackupService, Outcome
 from agent.errors import DiskFull, ObjectGone, PermanentError, RetryableError, VolumeNotReady
 from agent.events import ObjectEvent, parse_message
-from agent.journal import Journal
 from agent.ledger import Ledger
-from agent.store import MARKER_NAME, CompressionSettings
+from agent.store import MARKER_NAME
 from tests.aws_hooks import Fault, inject, record_calls
 from tests.conftest import BUCKET, TABLE
 from tests.event_fixtures import notification, s3_record
+from tests.service import make_service
 
 OWNER = "123456789012"
-
-
-def make_service(aws, volume, **overrides) -> BackupService:
-    options = {
-        "s3": aws.s3,
-        "volume": volume,
-        "journal": Journal(volume.journal_dir),
-        "ledger": Ledger(aws.dynamodb, TABLE),
-        "volume_id": "vol-test",
-        "buckets": frozenset([BUCKET]),
-        "compression": CompressionSettings(threads=1, chunk_bytes=64 << 10),
-    }
-    options.update(overrides)
-    return BackupService(**options)
 
 
 @pytest.fixture

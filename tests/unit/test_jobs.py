@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
@@ -12,14 +11,7 @@ from structlog.testing import capture_logs
 
 from agent.config import Schedule
 from agent.jobs import Jobs, cron, every, trigger_for
-
-
-def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        time.sleep(0.01)
+from tests.waiting import wait_until
 
 
 def test_a_failing_job_is_counted_and_the_scheduler_keeps_running_it():
@@ -34,7 +26,7 @@ def test_a_failing_job_is_counted_and_the_scheduler_keeps_running_it():
     with capture_logs() as logs:
         jobs.start()
         try:
-            wait_until(lambda: failures.failures >= 3 and healthy.runs >= 3)
+            wait_until(lambda: failures.failures >= 3 and healthy.runs >= 3, timeout=10)
         finally:
             jobs.stop()
     assert failures.last_error == "RuntimeError: disk check exploded"
@@ -62,10 +54,10 @@ def test_a_job_never_overlaps_itself():
     record = jobs.register("slow", slow, every(0.01))
     jobs.start()
     try:
-        wait_until(lambda: running == 1)
+        wait_until(lambda: running == 1, timeout=10)
         assert jobs.run_now("slow") is True  # skipped: already running
         release.set()
-        wait_until(lambda: record.runs >= 2)
+        wait_until(lambda: record.runs >= 2, timeout=10)
     finally:
         release.set()
         jobs.stop()

@@ -22,6 +22,14 @@ def test_durations_parse(text, expected):
     assert parse_duration(text) == timedelta(seconds=expected)
 
 
+def test_compound_durations_parse_as_snapshot_intervals_do():
+    assert parse_duration("1h30m") == timedelta(minutes=90)
+    assert parse_duration("1d 12H") == timedelta(hours=36)
+    for bad in ("", "1y", "h", "1h soon", "-1h"):
+        with pytest.raises(ValueError, match="not a duration"):
+            parse_duration(bad)
+
+
 def test_lifecycle_sections_are_optional_and_validated(tmp_path):
     config = make_config(tmp_path)
     assert config.retention.keep_last_versions is None
