@@ -33,7 +33,7 @@ from agent.alerts import (
 from agent.backup import Result
 from agent.config import Config
 from agent.disk import DiskMonitor
-from agent.errors import IntegrityError
+from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.events import ObjectEvent
 from agent.jobs import Jobs, cron, every
 from agent.metrics import (
@@ -256,6 +256,12 @@ class Monitoring:
                 result = process(event)
             except IntegrityError as exc:
                 self.alerts.submit(integrity_failure(f"s3://{event.bucket}/{event.key}", str(exc)))
+                raise
+            except VolumeNotReady as exc:  # unmounted under the running agent
+                self.alerts.submit(operational("backup volume not ready", str(exc)))
+                raise
+            except DiskFull as exc:  # the rate limiter folds a storm into one summary
+                self.alerts.submit(operational("backup volume full", str(exc)))
                 raise
             self.prometheus.duration.observe(time.monotonic() - started)
             lag = max(0.0, self.clock() - event.event_time.timestamp())

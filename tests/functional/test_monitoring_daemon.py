@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.consumer import Consumer
 from agent.daemon import Daemon, consumer_settings
-from agent.errors import IntegrityError
+from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.events import parse_message
 from agent.ledger import Ledger
 from agent.monitoring import Monitoring
@@ -224,3 +224,44 @@ def test_a_cloudwatch_outage_is_logged_once_and_the_datapoints_arrive_later(aws)
     assert events.count("metrics.publish_failed") == 1
     assert events.count("metrics.publish_recovered") == 1
     assert cloudwatch_sum(aws, "BackupsSucceeded", [{"Name": "InstanceId", "Value": INSTANCE}]) == 5
+
+
+@pytest.mark.parametrize(
+    ("error", "subject"),
+    [
+        (VolumeNotReady("backup root /mnt/backups has no marker"), "backup volume not ready"),
+        (DiskFull("backup volume /mnt/backups is full"), "backup volume full"),
+    ],
+)
+def test_a_volume_lost_or_full_while_running_alerts_and_the_backup_is_retried(
+    aws,
+    monitored_config,
+    topic,  # noqa: F811
+    error,
+    subject,
+):
+    _, inbox = topic
+    monitoring = Monitoring(monitored_config, aws, stats=Stats())
+
+    def failing(event):
+        raise error
+
+    (event,) = parse_message(
+        json.dumps(
+            {
+                "Records": [
+                    {
+                        "eventTime": "2026-01-01T00:00:00.000Z",
+                        "eventName": "ObjectCreated:Put",
+                        "s3": {"bucket": {"name": BUCKET}, "object": {"key": "c.txt"}},
+                    }
+                ]
+            }
+        )
+    ).events
+    with pytest.raises(type(error)):  # still raised: the consumer releases it for a retry
+        monitoring.observe(failing)(event)
+    monitoring.alerts.stop()
+    (message,) = inbox_messages(aws, inbox)
+    assert message["MessageAttributes"]["kind"]["Value"] == "operational"
+    assert subject in message["Message"]
