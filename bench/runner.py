@@ -127,7 +127,9 @@ class Benchmark:
                 notify=False,
                 workers=workers,
             )
+            before = self.endpoint.requests()
             agent, stored = small.agent_run(setup, objects, s.queue_depth)
+            agent_calls = self.calls_per_object(before, len(objects))
             ceiling_setup = make_setup(
                 self.root,
                 self.endpoint.url,
@@ -136,14 +138,16 @@ class Benchmark:
                 notify=False,
                 workers=workers,
             )
+            before = self.endpoint.requests()
             ceiling = small.ceiling_run(ceiling_setup, objects, s.queue_depth)
+            ceiling_calls = self.calls_per_object(before, len(objects))
             ratio = agent.rate / ceiling.rate
             ratios.append(ratio)
             self.report.line(
                 f"{workers} worker(s): agent / ceiling",
                 f"{agent.rate:.0f} / {ceiling.rate:.0f} obj/s",
-                f"{ratio:.2f}x  (outstanding {agent.mean_outstanding:.0f} / "
-                f"{ceiling.mean_outstanding:.0f})",
+                f"{ratio:.2f}x  (requests/object {agent_calls} / {ceiling_calls};"
+                f" outstanding {agent.mean_outstanding:.0f} / {ceiling.mean_outstanding:.0f})",
             )
             self.outcome.small_copies = [
                 Copy(str(e["sha256"]), int(e["bytes"]), small.BUCKET, str(e["key"])) for e in stored
@@ -151,6 +155,12 @@ class Benchmark:
             self.outcome.small_volume = setup.config.storage.root
         self.report.line("target", ">= 0.8x")
         self.report.add_summary(f"small {min(ratios):.2f}-{max(ratios):.2f}x ceiling")
+
+    def calls_per_object(self, before: int | None, count: int) -> str:
+        after = self.endpoint.requests()
+        if before is None or after is None:
+            return "?"
+        return f"{(after - before) / count:.2f}"
 
     # -- 3. restore -------------------------------------------------------------------
 

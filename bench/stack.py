@@ -48,6 +48,15 @@ class Endpoint:
         if self.server:
             self.server.stop()
 
+    def requests(self) -> int | None:
+        """Requests served so far (moto_server logs one line each); None for other endpoints."""
+        if not self.server or not self.server.log_path or not self.server.log_path.exists():
+            return None
+        with self.server.log_path.open("rb") as handle:
+            return sum(
+                chunk.count(b' HTTP/1.1" ') for chunk in iter(lambda: handle.read(1 << 20), b"")
+            )
+
     @property
     def pid(self) -> int | None:
         process = self.server._process if self.server else None
@@ -192,9 +201,14 @@ class LogTail:
         self.path = path
         self._offset = 0
         self._partial = b""
+        self._lock = threading.Lock()  # the feeder thread polls too
         self.events: dict[str, list[dict[str, Any]]] = {}
 
     def poll(self) -> None:
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
         if not self.path.exists():
             return
         with self.path.open("rb") as handle:
