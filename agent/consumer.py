@@ -188,14 +188,24 @@ class Consumer:
                 self._accept(message)
 
     def _wait_for_free_worker(self) -> int:
+        """How many messages to receive next: wait until no received message is waiting.
+
+        While the workers are busy, one batch is fetched ahead (its messages are in flight,
+        so the heartbeat keeps them invisible): receives stay full batches of up to
+        `max_messages` even with one worker, and a worker finds its next message waiting.
+        """
         with self._lock:
             self._lock.wait_for(
-                lambda: not self._receiving.is_set() or len(self._in_flight) < self._capacity,
-                timeout=1.0,
+                lambda: not self._receiving.is_set() or self._room() > 0, timeout=1.0
             )
             if not self._receiving.is_set():
                 return 0
-            return min(self.settings.max_messages, self._capacity - len(self._in_flight))
+            return min(self.settings.max_messages, self._room())
+
+    def _room(self) -> int:
+        if not self._work.empty():
+            return 0
+        return self._capacity + self.settings.max_messages - len(self._in_flight)
 
     def _receive(self, count: int) -> list[dict[str, Any]]:
         try:
@@ -249,6 +259,8 @@ class Consumer:
             message = self._work.get()
             if message is None:
                 return
+            with self._lock:
+                self._lock.notify_all()  # the receiver may fetch the next batch now
             try:
                 self._handle(message)
             except Exception:

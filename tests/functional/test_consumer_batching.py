@@ -1,4 +1,4 @@
-"""The consumer deletes finished messages in batches, and never before their work is done."""
+"""The consumer receives and deletes in batches, and never deletes before the work is done."""
 
 from __future__ import annotations
 
@@ -101,3 +101,29 @@ def test_stop_sends_the_deletes_still_waiting_for_a_batch(aws, config):
 
     assert consumer._deletes.pending() == 0
     assert _queue_counts(aws) == (0, 0)
+
+
+def test_one_worker_still_receives_full_batches(aws, config):
+    asked: list[int] = []
+    aws.sqs.meta.events.register(
+        "before-parameter-build.sqs.ReceiveMessage",
+        lambda params, **_: asked.append(params["MaxNumberOfMessages"]),
+    )
+    processed: list[str] = []
+    settings = consumer_settings(config)
+    consumer = Consumer(
+        aws.sqs,
+        lambda event: processed.append(event.key) or Result(Outcome.STORED, event),
+        type(settings)(**{**settings.__dict__, "workers": 1}),
+    )
+    for index in range(12):
+        aws.s3.put_object(Bucket=BUCKET, Key=f"one/{index}.txt", Body=b"x")
+
+    consumer.start()
+    try:
+        assert _wait_until(lambda: len(processed) == 12 and _queue_counts(aws) == (0, 0))
+    finally:
+        consumer.stop(5)
+
+    assert asked[0] == 10
+    assert sorted(processed) == sorted(f"one/{i}.txt" for i in range(12))
