@@ -20,6 +20,7 @@ from agent.config import Config, load_config
 from agent.ledger import table_definition
 from agent.local_aws import FAKE_CREDENTIALS, AgentProcess, MotoServer
 from agent.store import Volume
+from bench import profile
 
 ACCOUNT = "123456789012"
 
@@ -251,13 +252,22 @@ class AgentRun:
         self.process = process
         self.log = LogTail(process.log_path)
         self.rss: RssSampler | None = None
+        self.profiler: profile.Profiler | None = None
 
     def start(self) -> None:
         self.process.start()
         self.rss = RssSampler(self.process.pid).start()
         self.log.wait_for("agent.started", timeout=60)
+        if profile.enabled():
+            output = self.process.log_path.with_name(f"profile-{self.process.log_path.stem}.txt")
+            self.profiler = profile.Profiler(self.process.pid, output)
 
     def stop(self) -> None:
         if self.rss:
             self.rss.stop()
+        if self.profiler:
+            self.profiler.stop()
+            print(f"  profile of the agent ({self.profiler.output}), share of samples:")
+            for share, frame in profile.top_frames(self.profiler.output):
+                print(f"    {share:6.1%}  {frame}")
         self.process.stop(timeout=30)
