@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from bench.stack import Setup
 from bench.timing import MiB, run_timed
@@ -29,6 +32,8 @@ class AgentBackup:
     idle_rss: int
     peak_rss: int
     sha256: str
+    agent_cpu: float  # CPU seconds the agent process used for this object
+    endpoint_cpu: float | None  # and the endpoint (moto_server), when it runs here
 
 
 @dataclass(frozen=True)
@@ -47,39 +52,61 @@ def upload(setup: Setup, path: Path, key: str) -> str:
     setup.clients.s3.upload_file(str(path), BUCKET, key)
     bodies: list[str] = []
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # take every event of the upload off the queue
         messages = setup.clients.sqs.receive_message(
             QueueUrl=setup.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
         ).get("Messages", [])
+        if not messages and bodies:
+            break
         for message in messages:
             bodies.append(message["Body"])
             setup.clients.sqs.delete_message(
                 QueueUrl=setup.queue_url, ReceiptHandle=message["ReceiptHandle"]
             )
-        if any("CompleteMultipartUpload" in body for body in bodies) or (bodies and not messages):
-            break
     if not bodies:
         raise RuntimeError(f"no S3 event for {key}")
-    return bodies[-1]
+    complete = [body for body in bodies if "CompleteMultipartUpload" in body]
+    return (complete or bodies)[-1]
 
 
-def agent_backup(setup: Setup, event_body: str, size: int) -> AgentBackup:
+def agent_backup(
+    setup: Setup, event_body: str, size: int, endpoint_pid: int | None = None
+) -> AgentBackup:
     """Start a fresh agent, hand it the object's event, time it until `backup.stored`."""
     run = setup.start_agent()
     try:
         assert run.rss is not None
+        agent = run.rss.process
+        endpoint = psutil.Process(endpoint_pid) if endpoint_pid else None
         idle = run.rss.reset()
         before = len(run.log.named("backup.stored"))
+        cpu = (cpu_seconds(agent), cpu_seconds(endpoint) if endpoint else 0.0)
         started = time.perf_counter()
         setup.clients.sqs.send_message(QueueUrl=setup.queue_url, MessageBody=event_body)
         stored = run.log.wait_for("backup.stored", before + 1)[-1]
         seconds = time.perf_counter() - started
+        agent_cpu = cpu_seconds(agent) - cpu[0]
+        endpoint_cpu = cpu_seconds(endpoint) - cpu[1] if endpoint else None
         run.rss.sample()
         if int(stored["bytes"]) != size:
             raise RuntimeError(f"agent stored {stored['bytes']} bytes, expected {size}")
-        return AgentBackup(size, seconds, idle, run.rss.peak, str(stored["sha256"]))
+        return AgentBackup(
+            size, seconds, idle, run.rss.peak, str(stored["sha256"]), agent_cpu, endpoint_cpu
+        )
     finally:
         run.stop()
+
+
+def cpu_seconds(process: psutil.Process | None) -> float:
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def plain_get(setup: Setup, key: str) -> float:
@@ -91,8 +118,11 @@ def plain_get(setup: Setup, key: str) -> float:
     return time.perf_counter() - started
 
 
-def zstd_cli(path: Path, threads: int, level: int = 3) -> float:
-    return run_timed(["zstd", f"-{level}", f"-T{threads}", "-q", "-c", str(path)])
+def zstd_cli(path: Path, threads: int, level: int = 3) -> tuple[float, float]:
+    """Seconds and CPU seconds of `zstd -3 -T<threads>` of the file."""
+    cpu = children_cpu_seconds()
+    seconds = run_timed(["zstd", f"-{level}", f"-T{threads}", "-q", "-c", str(path)])
+    return seconds, children_cpu_seconds() - cpu
 
 
 def scripted(setup: Setup, key: str, workdir: Path) -> Scripted:

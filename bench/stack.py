@@ -84,6 +84,10 @@ class Setup:
         return Volume(self.config.storage.root)
 
     def start_agent(self) -> AgentRun:
+        # A stopped agent's last long poll lives on in the endpoint and would take (and
+        # hide for the visibility timeout) a message sent before it ends: wait it out.
+        stopped = max((run.stopped_at for run in self.agents), default=0.0)
+        time.sleep(max(0.0, stopped + self.config.queue.wait_time_seconds + 0.5 - time.monotonic()))
         run = AgentRun(
             AgentProcess(self.config_path, self.workdir / f"agent-{len(self.agents)}.log")
         )
@@ -252,6 +256,7 @@ class AgentRun:
         self.process = process
         self.log = LogTail(process.log_path)
         self.rss: RssSampler | None = None
+        self.stopped_at = 0.0
         self.profiler: profile.Profiler | None = None
 
     def start(self) -> None:
@@ -271,3 +276,4 @@ class AgentRun:
             for share, frame in profile.top_frames(self.profiler.output):
                 print(f"    {share:6.1%}  {frame}")
         self.process.stop(timeout=30)
+        self.stopped_at = time.monotonic()
