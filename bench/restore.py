@@ -9,6 +9,7 @@ template and the same figures come from it, e.g.
 
 from __future__ import annotations
 
+import resource
 import shlex
 import subprocess
 import time
@@ -64,27 +65,51 @@ class CommandRestorer:
         subprocess.run(shlex.split(command), check=True, stdout=subprocess.DEVNULL)
 
 
-def restore_all(restorer: Restorer, copies: Sequence[Copy], target: Path) -> float:
-    """Restore every copy into `target`; seconds taken. Checks the sizes afterwards."""
+@dataclass(frozen=True)
+class Timing:
+    seconds: float
+    cpu: float  # CPU seconds of whoever did the work (this process, or the child)
+
+
+def restore_all(restorer: Restorer, copies: Sequence[Copy], target: Path) -> Timing:
+    """Restore every copy into `target`. Checks the sizes afterwards."""
     target.mkdir(parents=True, exist_ok=True)
+    cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     for index, copy in enumerate(copies):
         restorer.restore(copy, target / f"{index:05d}")
     seconds = time.perf_counter() - started
+    cpu = _cpu(resource.RUSAGE_SELF) + _cpu(resource.RUSAGE_CHILDREN) - cpu
     for index, copy in enumerate(copies):
         if (target / f"{index:05d}").stat().st_size != copy.size:
             raise RuntimeError(f"{restorer.name} restored the wrong size for {copy.sha256}")
-    return seconds
+    return Timing(seconds, cpu)
 
 
-def zstd_decompress_all(volume: Volume, copies: Sequence[Copy], target: Path) -> float:
+def _cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def zstd_decompress_all(volume: Volume, copies: Sequence[Copy], target: Path) -> Timing:
     """`zstd -d` of the same copies into `target` (one process; many files via --filelist)."""
     target.mkdir(parents=True, exist_ok=True)
+    cpu = _cpu(resource.RUSAGE_CHILDREN)
     if len(copies) == 1:
         path = volume.copy_path(copies[0].sha256)
-        return run_timed(["zstd", "-d", "-q", "-f", str(path), "-o", str(target / "00000")])
-    filelist = target.parent / f"{target.name}.filelist"
-    filelist.write_text("".join(f"{volume.copy_path(c.sha256)}\n" for c in copies))
-    return run_timed(
-        ["zstd", "-d", "-q", "-f", "--filelist", str(filelist), "--output-dir-flat", str(target)]
-    )
+        command = ["zstd", "-d", "-q", "-f", str(path), "-o", str(target / "00000")]
+    else:
+        filelist = target.parent / f"{target.name}.filelist"
+        filelist.write_text("".join(f"{volume.copy_path(c.sha256)}\n" for c in copies))
+        command = [
+            "zstd",
+            "-d",
+            "-q",
+            "-f",
+            "--filelist",
+            str(filelist),
+            "--output-dir-flat",
+            str(target),
+        ]
+    seconds = run_timed(command)
+    return Timing(seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu)

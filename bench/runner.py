@@ -205,18 +205,34 @@ class Benchmark:
             )
             shutil.rmtree(target / "large-zstd")
             size = o.large_copy.size
-            self.report.line(f"large: {restorer.name}", f"{mb_per_s(size, ours):.0f} MB/s")
-            self.report.line("large: zstd -d", f"{mb_per_s(size, theirs):.0f} MB/s")
-            parts.append(f"restore {theirs / ours:.2f}x zstd -d")
+            self.report.line(
+                f"large: {restorer.name}",
+                f"{mb_per_s(size, ours.seconds):.0f} MB/s",
+                f"CPU {ours.cpu:.2f} s",
+            )
+            self.report.line(
+                "large: zstd -d",
+                f"{mb_per_s(size, theirs.seconds):.0f} MB/s",
+                f"CPU {theirs.cpu:.2f} s",
+            )
+            parts.append(f"restore {theirs.seconds / ours.seconds:.2f}x zstd -d")
         if o.small_copies and o.small_volume:
             copies = o.small_copies
             restorer = self.restorer(o.small_volume, None)
             ours = restore_all(restorer, copies, target / "small-ours")
             theirs = zstd_decompress_all(Volume(o.small_volume), copies, target / "small-zstd")
             shutil.rmtree(target)
-            self.report.line(f"small: {restorer.name}", f"{len(copies) / ours:.0f} files/s")
-            self.report.line("small: zstd -d --filelist", f"{len(copies) / theirs:.0f} files/s")
-            parts.append(f"{theirs / ours:.2f}x for small files")
+            self.report.line(
+                f"small: {restorer.name}",
+                f"{len(copies) / ours.seconds:.0f} files/s",
+                f"CPU {ours.cpu:.2f} s",
+            )
+            self.report.line(
+                "small: zstd -d --filelist",
+                f"{len(copies) / theirs.seconds:.0f} files/s",
+                f"CPU {theirs.cpu:.2f} s",
+            )
+            parts.append(f"{theirs.seconds / ours.seconds:.2f}x for small files")
         if parts:
             self.report.add_summary(
                 " ".join(parts[:1]) + (f" ({parts[1]})" if len(parts) > 1 else "")
