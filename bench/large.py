@@ -1,0 +1,156 @@
+"""Scenario 1: one large object, end to end, next to its ceiling and the scripted pipeline."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from boto3.s3.transfer import TransferConfig
+
+from bench.stack import Setup
+from bench.timing import MiB, run_timed
+
+BUCKET = "bench-large"
+CHUNK = 1 << 20
+
+# The awscli splits downloads above 8 MiB into ranged GETs; moto charges each one for the whole
+# object, so the scripted pipeline gets one plain GET (its best case against this endpoint).
+AWSCLI_CONFIG = """[default]
+region = us-east-1
+s3 =
+  multipart_threshold = 64GB
+"""
+
+
+@dataclass(frozen=True)
+class AgentBackup:
+    size: int
+    seconds: float
+    idle_rss: int
+    peak_rss: int
+    sha256: str
+    agent_cpu: float  # CPU seconds the agent process used for this object
+    endpoint_cpu: float | None  # and the endpoint (moto_server), when it runs here
+
+
+@dataclass(frozen=True)
+class Scripted:
+    download: float
+    compress: float
+    checksum: float
+
+    @property
+    def seconds(self) -> float:
+        return self.download + self.compress + self.checksum
+
+
+def upload(setup: Setup, path: Path, key: str) -> str:
+    """Upload `path` (multipart) and return the body of its S3 event, taken off the queue."""
+    setup.clients.s3.upload_file(str(path), BUCKET, key)
+    bodies: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # take every event of the upload off the queue
+        messages = setup.clients.sqs.receive_message(
+            QueueUrl=setup.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", [])
+        if not messages and bodies:
+            break
+        for message in messages:
+            bodies.append(message["Body"])
+            setup.clients.sqs.delete_message(
+                QueueUrl=setup.queue_url, ReceiptHandle=message["ReceiptHandle"]
+            )
+    if not bodies:
+        raise RuntimeError(f"no S3 event for {key}")
+    complete = [body for body in bodies if "CompleteMultipartUpload" in body]
+    return (complete or bodies)[-1]
+
+
+def agent_backup(
+    setup: Setup, event_body: str, size: int, endpoint_pid: int | None = None
+) -> AgentBackup:
+    """Start a fresh agent, hand it the object's event, time it until `backup.stored`."""
+    run = setup.start_agent()
+    try:
+        assert run.rss is not None
+        agent = run.rss.process
+        endpoint = psutil.Process(endpoint_pid) if endpoint_pid else None
+        idle = run.rss.reset()
+        before = len(run.log.named("backup.stored"))
+        cpu = (cpu_seconds(agent), cpu_seconds(endpoint) if endpoint else 0.0)
+        started = time.perf_counter()
+        setup.clients.sqs.send_message(QueueUrl=setup.queue_url, MessageBody=event_body)
+        stored = run.log.wait_for("backup.stored", before + 1)[-1]
+        seconds = time.perf_counter() - started
+        agent_cpu = cpu_seconds(agent) - cpu[0]
+        endpoint_cpu = cpu_seconds(endpoint) - cpu[1] if endpoint else None
+        run.rss.sample()
+        if int(stored["bytes"]) != size:
+            raise RuntimeError(f"agent stored {stored['bytes']} bytes, expected {size}")
+        return AgentBackup(
+            size, seconds, idle, run.rss.peak, str(stored["sha256"]), agent_cpu, endpoint_cpu
+        )
+    finally:
+        run.stop()
+
+
+def cpu_seconds(process: psutil.Process | None) -> float:
+    if process is None:
+        return 0.0
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def plain_get(setup: Setup, key: str) -> float:
+    """A streaming GET of the object to nowhere, in the agent's chunk size."""
+    started = time.perf_counter()
+    body = setup.clients.s3.get_object(Bucket=BUCKET, Key=key)["Body"]
+    while body.read(CHUNK):
+        pass
+    return time.perf_counter() - started
+
+
+def zstd_cli(path: Path, threads: int, level: int = 3) -> tuple[float, float]:
+    """Seconds and CPU seconds of `zstd -3 -T<threads>` of the file."""
+    cpu = children_cpu_seconds()
+    seconds = run_timed(["zstd", f"-{level}", f"-T{threads}", "-q", "-c", str(path)])
+    return seconds, children_cpu_seconds() - cpu
+
+
+def scripted(setup: Setup, key: str, workdir: Path) -> Scripted:
+    """`aws s3 cp` to a file, `zstd -3` of it, `sha256sum` of it — each timed."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    target = workdir / "download.log"
+    aws_config = workdir / "awscli.ini"
+    aws_config.write_text(AWSCLI_CONFIG, encoding="utf-8")
+    env = {**os.environ, "AWS_CONFIG_FILE": str(aws_config)}
+    endpoint = setup.config.aws.endpoint_url or ""
+    source = f"s3://{BUCKET}/{key}"
+    if shutil.which("aws"):
+        command = ["aws", "s3", "cp", "--only-show-errors", "--endpoint-url", endpoint]
+        download = run_timed([*command, source, str(target)], env=env)
+    else:  # no awscli here: boto3's download_file stands in for it (one GET, as above)
+        started = time.perf_counter()
+        setup.clients.s3.download_file(
+            BUCKET, key, str(target), Config=TransferConfig(multipart_threshold=1 << 40)
+        )
+        download = time.perf_counter() - started
+    compress = run_timed(["zstd", "-3", "-q", "-f", str(target), "-o", f"{target}.zst"])
+    checksum = run_timed(["sha256sum", str(target)])
+    target.unlink()
+    Path(f"{target}.zst").unlink()
+    return Scripted(download, compress, checksum)
+
+
+def rss_mib(value: int) -> float:
+    return value / MiB

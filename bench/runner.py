@@ -1,0 +1,303 @@
+"""Runs the scenarios in order, side by side with their references, and prints the figures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import compression, large, latency, small
+from bench.data import write_data_file
+from bench.report import Report, machine
+from bench.restore import (
+    CommandRestorer,
+    Copy,
+    Restorer,
+    VolumeRestorer,
+    restore_all,
+    zstd_decompress_all,
+)
+from bench.settings import Settings
+from bench.stack import Endpoint, make_setup
+from bench.timing import MiB, mb_per_s
+
+LARGE_KEY = "large/app-{mb}MiB.log"
+
+
+@dataclass
+class Outcome:
+    """Figures later sections and the summary need."""
+
+    large_copy: Copy | None = None
+    large_volume: Path | None = None
+    large_config: Path | None = None
+    small_copies: list[Copy] = field(default_factory=list)
+    small_volume: Path | None = None
+    peak_rss: int = 0
+
+
+class Benchmark:
+    def __init__(self, settings: Settings, root: Path, endpoint: Endpoint, report: Report) -> None:
+        self.settings = settings
+        self.root = root
+        self.endpoint = endpoint
+        self.report = report
+        self.outcome = Outcome()
+        self.cpus = os.cpu_count() or 1
+
+    def run(self) -> None:
+        for name in ("large", "small", "restore", "compression", "latency"):
+            if name in self.settings.sections:
+                getattr(self, name)()
+
+    def data_file(self, mb: int) -> Path:
+        return write_data_file(self.root / f"data-{mb}MiB.log", mb * MiB)
+
+    # -- 1. large objects -------------------------------------------------------------
+
+    def large(self) -> None:
+        s = self.settings
+        self.report.section(f"1. large object: {s.large_mb} MiB of JSON log lines")
+        setup = make_setup(
+            self.root,
+            self.endpoint.url,
+            "large",
+            bucket=large.BUCKET,
+            notify=True,
+            wait_time_seconds=2,
+        )
+        sizes = sorted({s.rss_mb, s.large_mb})
+        events = {}
+        for mb in sizes:
+            events[mb] = large.upload(setup, self.data_file(mb), LARGE_KEY.format(mb=mb))
+        backups = {
+            mb: large.agent_backup(setup, events[mb], mb * MiB, self.endpoint.pid) for mb in sizes
+        }
+        size = s.large_mb * MiB
+        key = LARGE_KEY.format(mb=s.large_mb)
+        data = self.data_file(s.large_mb)
+        get = large.plain_get(setup, key)
+        squeeze, squeeze_cpu = large.zstd_cli(data, self.cpus)
+        script = large.scripted(setup, key, self.root / "scripted")
+        agent = backups[s.large_mb]
+        ceiling = max(get, squeeze)
+        r = self.report
+        r.line(
+            "agent, event → durable and recorded",
+            f"{mb_per_s(size, agent.seconds):.0f} MB/s",
+            f"{agent.seconds:.2f} s",
+        )
+        r.line("plain streaming GET to nowhere", f"{mb_per_s(size, get):.0f} MB/s", f"{get:.2f} s")
+        r.line(f"zstd -3 -T{self.cpus}", f"{mb_per_s(size, squeeze):.0f} MB/s", f"{squeeze:.2f} s")
+        r.line("ceiling (slower of the two)", f"{mb_per_s(size, ceiling):.0f} MB/s")
+        r.line(
+            f"scripted: {'aws s3 cp' if shutil.which('aws') else 'download_file'};"
+            " zstd -3; sha256sum",
+            f"{mb_per_s(size, script.seconds):.0f} MB/s",
+            f"{script.download:.2f} + {script.compress:.2f} + {script.checksum:.2f} s",
+        )
+        if agent.endpoint_cpu is not None:
+            busy = agent.agent_cpu + agent.endpoint_cpu
+            r.line(
+                "CPU seconds: agent + endpoint",
+                f"{agent.agent_cpu:.1f} + {agent.endpoint_cpu:.1f} s",
+                f"{busy / self.cpus:.2f} s on {self.cpus} CPUs at best;"
+                f" zstd -T{self.cpus} alone {squeeze_cpu:.1f} s",
+            )
+        vs_ceiling = ceiling / agent.seconds
+        vs_script = script.seconds / agent.seconds
+        r.line("agent / ceiling", f"{vs_ceiling:.2f}x", "target >= 0.9x")
+        r.line("agent / scripted", f"{vs_script:.2f}x", "target >= 1.5x")
+        for mb, backup in backups.items():
+            r.line(f"agent peak RSS, {mb} MiB object", f"{backup.peak_rss / MiB:.0f} MiB")
+        peak = max(b.peak_rss for b in backups.values())
+        self.outcome.peak_rss = max(self.outcome.peak_rss, peak)
+        self.outcome.large_copy = Copy(agent.sha256, size, large.BUCKET, key)
+        self.outcome.large_volume = setup.config.storage.root
+        self.outcome.large_config = setup.config_path
+        r.add_summary(f"large {vs_ceiling:.2f}x ceiling {vs_script:.2f}x scripted")
+
+    # -- 2. small objects -------------------------------------------------------------
+
+    def small(self) -> None:
+        s = self.settings
+        self.report.section(
+            f"2. small objects: {s.small_count} x {s.small_kb} KiB, queued → durable and recorded,"
+            f" at most {s.queue_depth} messages outstanding"
+        )
+        self.report.text(
+            f"ceiling loop: receive 10, GET + conditional PutItem each, DeleteMessageBatch;"
+            f" on the first {s.ceiling_count} objects"
+        )
+        uploads = make_setup(
+            self.root, self.endpoint.url, "small-upload", bucket=small.BUCKET, notify=False
+        )
+        objects = small.upload_objects(uploads.clients, s.small_count, s.small_kb << 10)
+        ratios = []
+        for workers in s.workers:
+            setup = make_setup(
+                self.root,
+                self.endpoint.url,
+                f"small-w{workers}",
+                bucket=small.BUCKET,
+                notify=False,
+                workers=workers,
+            )
+            before = self.endpoint.requests()
+            agent, stored = small.agent_run(setup, objects, s.queue_depth)
+            agent_calls = self.calls_per_object(before, len(objects))
+            ceiling_setup = make_setup(
+                self.root,
+                self.endpoint.url,
+                f"ceiling-w{workers}",
+                bucket=small.BUCKET,
+                notify=False,
+                workers=workers,
+            )
+            before = self.endpoint.requests()
+            subset = objects[: s.ceiling_count]
+            ceiling = small.ceiling_run(ceiling_setup, subset, s.queue_depth)
+            ceiling_calls = self.calls_per_object(before, len(subset))
+            ratio = agent.rate / ceiling.rate
+            ratios.append(ratio)
+            self.report.line(
+                f"{workers} worker(s): agent / ceiling",
+                f"{agent.rate:.0f} / {ceiling.rate:.0f} obj/s",
+                f"{ratio:.2f}x  (requests/object {agent_calls} / {ceiling_calls};"
+                f" outstanding {agent.mean_outstanding:.0f} / {ceiling.mean_outstanding:.0f})",
+            )
+            self.outcome.small_copies = [
+                Copy(str(e["sha256"]), int(e["bytes"]), small.BUCKET, str(e["key"])) for e in stored
+            ]
+            self.outcome.small_volume = setup.config.storage.root
+        self.report.line("target", ">= 0.8x")
+        self.report.add_summary(f"small {min(ratios):.2f}-{max(ratios):.2f}x ceiling")
+
+    def calls_per_object(self, before: int | None, count: int) -> str:
+        after = self.endpoint.requests()
+        if before is None or after is None:
+            return "?"
+        return f"{(after - before) / count:.2f}"
+
+    # -- 3. restore -------------------------------------------------------------------
+
+    def restorer(self, volume_root: Path, config: Path | None) -> Restorer:
+        from agent.store import Volume
+
+        if self.settings.restore_cmd and config:
+            return CommandRestorer(self.settings.restore_cmd, config)
+        return VolumeRestorer(Volume(volume_root))
+
+    def restore(self) -> None:
+        from agent.store import Volume
+
+        self.report.section("3. restore: stored copies → files")
+        o = self.outcome
+        parts = []
+        target = self.root / "restored"
+        if o.large_copy and o.large_volume:
+            restorer = self.restorer(o.large_volume, o.large_config)
+            ours = restore_all(restorer, [o.large_copy], target / "large-ours")
+            shutil.rmtree(target / "large-ours")
+            theirs = zstd_decompress_all(
+                Volume(o.large_volume), [o.large_copy], target / "large-zstd"
+            )
+            shutil.rmtree(target / "large-zstd")
+            size = o.large_copy.size
+            self.report.line(
+                f"large: {restorer.name}",
+                f"{mb_per_s(size, ours.seconds):.0f} MB/s",
+                f"CPU {ours.cpu:.2f} s",
+            )
+            self.report.line(
+                "large: zstd -d",
+                f"{mb_per_s(size, theirs.seconds):.0f} MB/s",
+                f"CPU {theirs.cpu:.2f} s",
+            )
+            parts.append(f"restore {theirs.seconds / ours.seconds:.2f}x zstd -d")
+        if o.small_copies and o.small_volume:
+            copies = o.small_copies
+            restorer = self.restorer(o.small_volume, None)
+            ours = restore_all(restorer, copies, target / "small-ours")
+            theirs = zstd_decompress_all(Volume(o.small_volume), copies, target / "small-zstd")
+            shutil.rmtree(target)
+            self.report.line(
+                f"small: {restorer.name}",
+                f"{len(copies) / ours.seconds:.0f} files/s",
+                f"CPU {ours.cpu:.2f} s",
+            )
+            self.report.line(
+                "small: zstd -d --filelist",
+                f"{len(copies) / theirs.seconds:.0f} files/s",
+                f"CPU {theirs.cpu:.2f} s",
+            )
+            parts.append(f"{theirs.seconds / ours.seconds:.2f}x for small files")
+        if parts:
+            self.report.add_summary(
+                " ".join(parts[:1]) + (f" ({parts[1]})" if len(parts) > 1 else "")
+            )
+        else:
+            self.report.text("nothing to restore: run the large and small sections too")
+
+    # -- 4. compression ---------------------------------------------------------------
+
+    def compression(self) -> None:
+        mb = min(32, self.settings.large_mb)
+        self.report.section(f"4. zstd levels on {mb} MiB of the benchmark data, one thread")
+        for result in compression.measure_levels(self.data_file(mb), mb * MiB):
+            self.report.line(
+                f"level {result.level}",
+                f"ratio {result.ratio:.2f}",
+                f"{mb_per_s(result.size, result.compress_seconds):.0f} MB/s compress, "
+                f"{mb_per_s(result.size, result.decompress_seconds):.0f} MB/s decompress",
+            )
+
+    # -- 5. latency -------------------------------------------------------------------
+
+    def latency(self) -> None:
+        s = self.settings
+        self.report.section(
+            f"5. latency: event time → durable and recorded, {s.latency_rate:g} uploads/s"
+            f" for {s.latency_seconds:g} s (1-256 KiB)"
+        )
+        setup = make_setup(
+            self.root, self.endpoint.url, "latency", bucket=latency.BUCKET, notify=True
+        )
+        result = latency.steady_uploads(setup, s.latency_rate, s.latency_seconds)
+        self.report.line("p50", f"{result.p50 * 1000:.0f} ms", f"{result.count} objects")
+        self.report.line(
+            "p99", f"{result.p99 * 1000:.0f} ms", f"worst {result.worst * 1000:.0f} ms"
+        )
+        self.report.add_summary(
+            f"latency p50 {result.p50 * 1000:.0f} ms p99 {result.p99 * 1000:.0f} ms"
+        )
+
+
+def main() -> int:
+    from bench.settings import HELP
+
+    settings = Settings.from_env()
+    report = Report()
+    root = Path(settings.workdir or tempfile.mkdtemp(prefix="backup-agent-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    print("backup-agent benchmarks (settings from the environment:)")
+    print("".join(f"  {line}\n" for line in HELP.splitlines()))
+    for name, value in machine():
+        print(f"  {name:<8} {value}")
+    try:
+        with Endpoint(root, settings.endpoint) as endpoint:
+            print(f"  endpoint {endpoint.description}")
+            print(f"  workdir  {root}", flush=True)
+            bench = Benchmark(settings, root, endpoint, report)
+            try:
+                bench.run()
+            finally:
+                if bench.outcome.peak_rss:
+                    report.add_summary(f"peak RSS {bench.outcome.peak_rss / MiB:.0f} MiB")
+    finally:
+        if not settings.workdir:
+            shutil.rmtree(root, ignore_errors=True)
+    report.finish()
+    return 0

@@ -1,0 +1,73 @@
+"""What a benchmark run measures, from the environment (all optional)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+SECTIONS = ("large", "small", "restore", "compression", "latency")
+
+HELP = """\
+BENCH_SCALE=0.1            scale every size and count (default 1: 1 GiB, 10,000 objects)
+BENCH_LARGE_MB=1024        the large object; RSS is also measured at BENCH_RSS_MB=64
+BENCH_SMALL_COUNT=10000    small objects per run, of BENCH_SMALL_KB=4 KiB
+BENCH_CEILING_COUNT=2500   of them through the ceiling loop (a steady rate; saves minutes)
+BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
+BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
+BENCH_LATENCY_RATE=20      uploads per second for BENCH_LATENCY_SECONDS=30
+BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency)
+BENCH_ENDPOINT=http://…    an existing endpoint instead of a fresh moto_server
+BENCH_WORKDIR=/path        keep data and volumes there (default: a temp dir, removed)
+BENCH_RESTORE_CMD='…'      restore through a command instead of Volume.open_copy
+BENCH_PROFILE=1            py-spy each agent process and print its top frames
+"""
+
+
+def _number(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    scale: float
+    large_mb: int
+    rss_mb: int
+    small_count: int
+    ceiling_count: int
+    small_kb: int
+    workers: tuple[int, ...]
+    queue_depth: int
+    latency_rate: float
+    latency_seconds: float
+    sections: tuple[str, ...]
+    endpoint: str | None
+    workdir: str | None
+    restore_cmd: str | None
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        scale = _number("BENCH_SCALE", 1.0)
+        large_mb = max(1, int(_number("BENCH_LARGE_MB", 1024 * scale)))
+        only = os.environ.get("BENCH_ONLY", "")
+        sections = tuple(s.strip() for s in only.split(",") if s.strip()) or SECTIONS
+        unknown = set(sections) - set(SECTIONS)
+        if unknown:
+            raise SystemExit(f"BENCH_ONLY: unknown sections {sorted(unknown)}; known: {SECTIONS}")
+        small_count = max(10, int(_number("BENCH_SMALL_COUNT", 10_000 * scale)))
+        return cls(
+            scale=scale,
+            large_mb=large_mb,
+            rss_mb=min(large_mb, int(_number("BENCH_RSS_MB", 64))),
+            small_count=small_count,
+            ceiling_count=min(small_count, int(_number("BENCH_CEILING_COUNT", 2500))),
+            small_kb=int(_number("BENCH_SMALL_KB", 4)),
+            workers=tuple(int(w) for w in os.environ.get("BENCH_WORKERS", "1,2,4,8").split(",")),
+            queue_depth=int(_number("BENCH_QUEUE_DEPTH", 50)),
+            latency_rate=_number("BENCH_LATENCY_RATE", 20),
+            latency_seconds=max(2.0, _number("BENCH_LATENCY_SECONDS", 30 * min(1.0, scale))),
+            sections=sections,
+            endpoint=os.environ.get("BENCH_ENDPOINT") or None,
+            workdir=os.environ.get("BENCH_WORKDIR") or None,
+            restore_cmd=os.environ.get("BENCH_RESTORE_CMD") or None,
+        )
