@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 
 from agent import __version__, logs
-from agent.config import Config, environment_problems, load_config, resolve_config_path
+from agent.config import (
+    Config,
+    add_config_option,
+    environment_problems,
+    load_config,
+    resolve_config_path,
+)
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 
 if TYPE_CHECKING:
@@ -70,11 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--config",
-            metavar="FILE",
-            help="default: $BACKUP_AGENT_CONFIG, then /etc/backup-agent/config.yaml",
-        )
+        add_config_option(sub)
         sub.set_defaults(handler=handler)
         return sub
 

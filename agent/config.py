@@ -409,6 +409,14 @@ class Config(Section):
         return value
 
 
+CONFIG_OPTION_HELP = "default: $BACKUP_AGENT_CONFIG, then /etc/backup-agent/config.yaml"
+
+
+def add_config_option(parser: Any) -> None:
+    """`--config FILE` after the command name, the same for every command of both CLIs."""
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_OPTION_HELP)
+
+
 def resolve_config_path(cli_value: str | os.PathLike[str] | None) -> Path:
     """`--config` wins, then $BACKUP_AGENT_CONFIG, then /etc/backup-agent/config.yaml."""
     if cli_value:

@@ -25,7 +25,13 @@ from typing import IO, Any
 import structlog
 
 from agent import __version__, logs
-from agent.config import Config, duration_seconds, load_config, resolve_config_path
+from agent.config import (
+    Config,
+    add_config_option,
+    duration_seconds,
+    load_config,
+    resolve_config_path,
+)
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import VersionRecord, parse_time
 from agent.restore import (
@@ -178,11 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
-        sub.add_argument(
-            "--config",
-            metavar="FILE",
-            help="default: $BACKUP_AGENT_CONFIG, then /etc/backup-agent/config.yaml",
-        )
+        add_config_option(sub)
         sub.add_argument(
             "--offline",
             action="store_true",
