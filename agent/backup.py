@@ -18,6 +18,7 @@ from typing import Any
 import botocore.exceptions
 import structlog
 
+from agent import delivery
 from agent.aws import classify
 from agent.barrier import Barrier, NoBarrier
 from agent.errors import ObjectGone, PermanentError
@@ -100,16 +101,12 @@ class BackupService:
         return Result(Outcome.TOMBSTONED, event, record)
 
     def _back_up(self, event: ObjectEvent) -> Result:
-        known = self.ledger.get_version(event.bucket, event.key, event.version_token)
-        if known and known.sha256 and self.volume.has_copy(known.sha256):
-            self.ledger.record(known)  # LATEST may still need advancing after a crash
-            log.info(
-                "backup.duplicate",
-                bucket=event.bucket,
-                key=event.key,
-                version_token=event.version_token,
-            )
-            return Result(Outcome.ALREADY_DONE, event, known)
+        if _may_be_done(delivery.current()):
+            known = self.ledger.get_version(event.bucket, event.key, event.version_token)
+            if known and known.sha256 and self.volume.has_copy(known.sha256):
+                self.ledger.record(known)  # LATEST may still need advancing after a crash
+                self._log_duplicate(event)
+                return Result(Outcome.ALREADY_DONE, event, known)
         self.volume.ensure_ready()
         if event.size:
             self.volume.ensure_room(event.size)
@@ -136,7 +133,11 @@ class BackupService:
                 stored_size=copy.stored_size,
             )
             self.journal.append(record)
-            self.ledger.record(record)
+            fresh = self.ledger.record(record)
+        if not fresh and copy.deduplicated:
+            # A first delivery skips the look-up; the conditional write caught the duplicate.
+            self._log_duplicate(event)
+            return Result(Outcome.ALREADY_DONE, event, record)
         outcome = Outcome.DEDUPLICATED if copy.deduplicated else Outcome.STORED
         log.info(
             "backup.stored",
@@ -150,6 +151,14 @@ class BackupService:
             deduplicated=copy.deduplicated,
         )
         return Result(outcome, event, record, copy)
+
+    def _log_duplicate(self, event: ObjectEvent) -> None:
+        log.info(
+            "backup.duplicate",
+            bucket=event.bucket,
+            key=event.key,
+            version_token=event.version_token,
+        )
 
     def _download_and_store(
         self, event: ObjectEvent, before_commit: Callable[[], object] | None = None
@@ -189,6 +198,16 @@ class BackupService:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, f"S3 GetObject s3://{event.bucket}/{event.key}") from exc
         return response
+
+
+def _may_be_done(current: delivery.Delivery | None) -> bool:
+    """Whether to look the version up before downloading it.
+
+    On a message's first receive no earlier attempt can have stored it, so the look-up
+    (a DynamoDB GetItem per object) is skipped: a duplicate event in another message is
+    still caught by the conditional ledger write, at the price of one extra download.
+    """
+    return current is None or not current.first
 
 
 class KeyedLocks:

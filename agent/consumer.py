@@ -21,6 +21,7 @@ import structlog
 
 from agent.aws import error_code
 from agent.backup import Result
+from agent.delivery import Delivery, delivering
 from agent.errors import MalformedMessage, PermanentError
 from agent.events import ObjectEvent, ParsedMessage, parse_message
 from agent.stats import Stats
@@ -267,7 +268,10 @@ class Consumer:
             log.info("message.test_event", message_id=message_id)
             self._finish(message, delete=True)
             return
-        failures = self._process_all(parsed)
+        item = self._lookup(message)
+        attempt = Delivery(message_id, item.receive_count if item else 1)
+        with delivering(attempt):
+            failures = self._process_all(parsed)
         self._settle(message, failures)
 
     def _process_all(self, parsed: ParsedMessage) -> _Failures:
