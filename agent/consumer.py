@@ -3,7 +3,8 @@ run, delete only after every record is durable and recorded.
 
 Lifecycle: `start()`, then `stop(timeout)`: stop receiving → let in-flight work finish
 until the deadline → make what is unfinished visible again → return.
-Threads: one receiver, N workers, one heartbeat (visibility extension).
+Threads: one receiver, N workers, one heartbeat (visibility extension), one that deletes
+finished messages in batches (agent/deletes.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import structlog
 
 from agent.aws import error_code
 from agent.backup import Result
+from agent.deletes import DeleteBatcher
 from agent.delivery import Delivery, delivering
 from agent.errors import MalformedMessage, PermanentError
 from agent.events import ObjectEvent, ParsedMessage, parse_message
@@ -115,6 +117,7 @@ class Consumer:
         self._threads: list[threading.Thread] = []
         self._workers: list[threading.Thread] = []
         self._receive_failures = 0
+        self._deletes = DeleteBatcher(sqs, settings.queue_url)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -146,6 +149,7 @@ class Consumer:
             self._in_flight.clear()
         for item in unfinished:
             self._change_visibility(item, 0, "released_on_shutdown")
+        self._deletes.close()  # finished messages still waiting for their batch
         self._stopped.set()
         for _ in self._workers:
             self._work.put(None)
@@ -362,13 +366,8 @@ class Consumer:
             self._lock.notify_all()
 
     def _delete(self, item: InFlight) -> None:
-        try:
-            self.sqs.delete_message(
-                QueueUrl=self.settings.queue_url, ReceiptHandle=item.receipt_handle
-            )
-        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            # The work is durable; a redelivery will be a no-op.
-            log.warning("message.delete_failed", message_id=item.message_id, error=str(exc))
+        # Batched with other finished messages and sent within milliseconds (agent/deletes.py).
+        self._deletes.add(item.message_id, item.receipt_handle)
 
     def _change_visibility(self, item: InFlight, seconds: int, why: str) -> str:
         """Returns "ok", "lost" (the handle is no longer valid) or "failed" (try again)."""
