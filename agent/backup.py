@@ -25,6 +25,7 @@ from agent.errors import ObjectGone, PermanentError
 from agent.events import EventKind, ObjectEvent
 from agent.journal import Journal
 from agent.ledger import Ledger
+from agent.recent import RecentVersions
 from agent.records import VersionRecord
 from agent.store import CompressionSettings, Expectation, StoredCopy, Volume
 
@@ -74,6 +75,7 @@ class BackupService:
         self.expected_bucket_owner = expected_bucket_owner
         self.clock = clock or (lambda: datetime.now(UTC))
         self._locks = KeyedLocks()
+        self._recent = RecentVersions()
         # Held shared from the rename to the DynamoDB record (see agent/barrier.py).
         self.barrier: Barrier = barrier or NoBarrier()
 
@@ -101,12 +103,10 @@ class BackupService:
         return Result(Outcome.TOMBSTONED, event, record)
 
     def _back_up(self, event: ObjectEvent) -> Result:
-        if _may_be_done(delivery.current()):
-            known = self.ledger.get_version(event.bucket, event.key, event.version_token)
-            if known and known.sha256 and self.volume.has_copy(known.sha256):
-                self.ledger.record(known)  # LATEST may still need advancing after a crash
-                self._log_duplicate(event)
-                return Result(Outcome.ALREADY_DONE, event, known)
+        duplicate = self._duplicate(event)
+        if duplicate is not None:
+            self._log_duplicate(event)
+            return duplicate
         self.volume.ensure_ready()
         if event.size:
             self.volume.ensure_room(event.size)
@@ -134,6 +134,7 @@ class BackupService:
             )
             self.journal.append(record)
             fresh = self.ledger.record(record)
+        self._recent.remember(event.bucket, event.key, event.version_token, copy.sha256)
         if not fresh and copy.deduplicated:
             # A first delivery skips the look-up; the conditional write caught the duplicate.
             self._log_duplicate(event)
@@ -151,6 +152,25 @@ class BackupService:
             deduplicated=copy.deduplicated,
         )
         return Result(outcome, event, record, copy)
+
+    def _duplicate(self, event: ObjectEvent) -> Result | None:
+        """ALREADY_DONE if this version is recorded and its copy is on the volume.
+
+        On a message's first receive no earlier attempt can have stored it, so only the
+        versions this process recorded lately are consulted (no request): the same event in
+        another message. Otherwise (a redelivery, or outside the consumer) the ledger is
+        asked. A duplicate missed here is caught by the conditional ledger write.
+        """
+        if _first_receive(delivery.current()):
+            sha256 = self._recent.sha256_of(event.bucket, event.key, event.version_token)
+            if sha256 is not None and self.volume.has_copy(sha256):
+                return Result(Outcome.ALREADY_DONE, event)
+            return None
+        known = self.ledger.get_version(event.bucket, event.key, event.version_token)
+        if known and known.sha256 and self.volume.has_copy(known.sha256):
+            self.ledger.record(known)  # LATEST may still need advancing after a crash
+            return Result(Outcome.ALREADY_DONE, event, known)
+        return None
 
     def _log_duplicate(self, event: ObjectEvent) -> None:
         log.info(
@@ -200,14 +220,8 @@ class BackupService:
         return response
 
 
-def _may_be_done(current: delivery.Delivery | None) -> bool:
-    """Whether to look the version up before downloading it.
-
-    On a message's first receive no earlier attempt can have stored it, so the look-up
-    (a DynamoDB GetItem per object) is skipped: a duplicate event in another message is
-    still caught by the conditional ledger write, at the price of one extra download.
-    """
-    return current is None or not current.first
+def _first_receive(current: delivery.Delivery | None) -> bool:
+    return current is not None and current.first
 
 
 class KeyedLocks:

@@ -63,10 +63,11 @@ def test_first_delivery_is_stored_without_a_ledger_lookup(aws, service, calls):
     assert latest is not None and latest.sha256 == result.copy.sha256
 
 
-def test_duplicate_event_in_a_second_message_is_recorded_once(aws, service, journal_lines):
+def test_duplicate_event_in_a_second_message_is_answered_from_memory(aws, service, calls):
     event = _uploaded_event(aws, "twice.txt", b"same event twice " * 50)
     with delivering(Delivery("m-1", receive_count=1)):
         first = service.process(event)
+    calls.clear()
 
     with capture_logs() as logs, delivering(Delivery("m-2", receive_count=1)):
         second = service.process(event)
@@ -74,7 +75,31 @@ def test_duplicate_event_in_a_second_message_is_recorded_once(aws, service, jour
     assert first.outcome is Outcome.STORED
     assert second.outcome is Outcome.ALREADY_DONE
     assert [e["event"] for e in logs if e["event"].startswith("backup.")] == ["backup.duplicate"]
-    versions = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "twice.txt")
+    assert sum(calls.values()) == 0  # no look-up, no download, no write
+
+
+def test_after_a_restart_a_duplicate_event_is_caught_by_the_conditional_write(
+    aws, config, volume, service, journal_lines
+):
+    event = _uploaded_event(aws, "restart.txt", b"same event after a restart " * 50)
+    with delivering(Delivery("m-1", receive_count=1)):
+        first = service.process(event)
+    restarted = BackupService(
+        s3=aws.s3,
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        ledger=Ledger(aws.dynamodb, TABLE),
+        volume_id="vol-test",
+        buckets=frozenset([BUCKET]),
+        compression=compression_settings(config),
+    )
+
+    with capture_logs() as logs, delivering(Delivery("m-2", receive_count=1)):
+        second = restarted.process(event)
+
+    assert second.outcome is Outcome.ALREADY_DONE
+    assert [e["event"] for e in logs if e["event"].startswith("backup.")] == ["backup.duplicate"]
+    versions = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "restart.txt")
     assert [v.backup_time for v in versions] == [first.record.backup_time]
     assert journal_lines() == 2  # a harmless second journal line; replay is idempotent
 

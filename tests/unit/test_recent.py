@@ -1,0 +1,49 @@
+"""RecentVersions: a bounded memory of versions recorded by this process."""
+
+from __future__ import annotations
+
+from agent.recent import RecentVersions
+
+
+def test_a_remembered_version_gives_its_content_hash():
+    recent = RecentVersions()
+    recent.remember("bucket", "a/b.txt", "v:1", "ab" * 32)
+
+    assert recent.sha256_of("bucket", "a/b.txt", "v:1") == "ab" * 32
+    assert recent.sha256_of("bucket", "a/b.txt", "v:2") is None
+    assert recent.sha256_of("other", "a/b.txt", "v:1") is None
+
+
+def test_fields_do_not_run_into_each_other():
+    recent = RecentVersions()
+    recent.remember("b", "k\0x", "v", "11" * 32)
+
+    assert recent.sha256_of("b", "k", "x\0v") is None
+
+
+def test_the_oldest_version_is_forgotten_beyond_capacity():
+    recent = RecentVersions(capacity=3)
+    for n in range(4):
+        recent.remember("bucket", f"key-{n}", "v", f"{n:064x}")
+
+    assert len(recent) == 3
+    assert recent.sha256_of("bucket", "key-0", "v") is None
+    assert recent.sha256_of("bucket", "key-3", "v") == f"{3:064x}"
+
+
+def test_remembering_again_keeps_a_version_fresh():
+    recent = RecentVersions(capacity=2)
+    recent.remember("bucket", "old", "v", "00" * 32)
+    recent.remember("bucket", "new", "v", "11" * 32)
+    recent.remember("bucket", "old", "v", "00" * 32)
+    recent.remember("bucket", "newest", "v", "22" * 32)
+
+    assert recent.sha256_of("bucket", "old", "v") == "00" * 32
+    assert recent.sha256_of("bucket", "new", "v") is None
+
+
+def test_a_key_that_is_not_valid_utf8_is_remembered():
+    recent = RecentVersions()
+    recent.remember("bucket", "bad-\udcff", "v", "33" * 32)
+
+    assert recent.sha256_of("bucket", "bad-\udcff", "v") == "33" * 32
