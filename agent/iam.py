@@ -513,10 +513,15 @@ def granted_actions(policy: dict[str, Any]) -> set[str]:
     return {a for s in policy["Statement"] for a in s["Action"]}
 
 
+_SQS_BATCH_ACTIONS = {"DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch"}
+
+
 def iam_action(signing_name: str, operation: str, params: dict[str, Any]) -> str:
     """The IAM action an API call needs (s3 GetObject with a VersionId → s3:GetObjectVersion)."""
     prefix = _IAM_PREFIX.get(signing_name, signing_name)
     action = operation
+    if prefix == "sqs" and operation in _SQS_BATCH_ACTIONS:
+        action = operation.removesuffix("Batch")  # authorised as their one-message form
     if prefix == "s3":
         action = _S3_ACTIONS.get(operation, operation)
         if action == "GetObject" and params.get("VersionId"):

@@ -48,6 +48,17 @@ class CallLog:
         with self._lock:
             return [c.params for c in self.calls if c.operation == operation]
 
+    def deleted_handles(self) -> list[str]:
+        """Receipt handles of every SQS delete sent, single or batched, in order."""
+        handles: list[str] = []
+        with self._lock:
+            for call in self.calls:
+                if call.operation == "DeleteMessage":
+                    handles.append(call.params["ReceiptHandle"])
+                elif call.operation == "DeleteMessageBatch":
+                    handles.extend(e["ReceiptHandle"] for e in call.params["Entries"])
+        return handles
+
     def add(self, call: Call) -> None:
         with self._lock:
             self.calls.append(call)

@@ -99,10 +99,10 @@ def test_a_message_is_deleted_only_when_every_record_is_done(aws, config, volume
     settings = replace(consumer_settings(config), retry_base_seconds=0.5)
     consumer = start(consumers, aws, make_service(aws, config, volume), settings)
 
-    wait_until(lambda: sqs_calls.of("DeleteMessage"), what="the message deleted")
+    wait_until(lambda: sqs_calls.deleted_handles(), what="the message deleted")
 
     operations = [op for op in sqs_calls.operations() if op != "ReceiveMessage"]
-    assert operations == ["ChangeMessageVisibility", "DeleteMessage"]  # released, then deleted
+    assert operations == ["ChangeMessageVisibility", "DeleteMessageBatch"]  # released, deleted
     assert [p["Key"] for p in calls.of("GetObject")].count("batch/first.txt") == 1
     assert consumer.stats.outcomes == {"stored": 2, "already_done": 1}
     ledger = Ledger(aws.dynamodb, TABLE)

@@ -32,7 +32,7 @@ from agent import bootstrap, cli, mount_snapshot, restore_cli
 from agent.aws import build_clients
 from agent.config import load_config
 from agent.daemon import Daemon
-from agent.iam import NOT_EXERCISED, granted_actions, policy_document, trust_document
+from agent.iam import NOT_EXERCISED, granted_actions, iam_action, policy_document, trust_document
 from agent.ledger import Ledger
 from agent.store import Volume
 from tests.aws_hooks import Fault, inject
@@ -406,3 +406,16 @@ def test_committed_policies_match_the_example_config():
         "trust-policy.json": generate("--role-document"),
     }, message
     assert trust_document()["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+
+
+@pytest.mark.parametrize(
+    ("operation", "action"),
+    [
+        ("DeleteMessageBatch", "sqs:DeleteMessage"),
+        ("ChangeMessageVisibilityBatch", "sqs:ChangeMessageVisibility"),
+        ("SendMessageBatch", "sqs:SendMessage"),
+        ("ReceiveMessage", "sqs:ReceiveMessage"),
+    ],
+)
+def test_sqs_batch_calls_need_the_permission_of_their_one_message_form(operation, action):
+    assert iam_action("sqs", operation, {}) == action

@@ -13,8 +13,9 @@ from tests.reliability.proxy import Exchange
 
 
 class DeleteAudit:
-    """Sees every ReceiveMessage answer and checks each DeleteMessage before moto gets it:
-    every event of that message must have its ledger record and a verifying copy."""
+    """Sees every ReceiveMessage answer and checks each message deleted (one by one or in a
+    batch) before moto gets the request: every event of that message must have its ledger
+    record and a verifying copy."""
 
     def __init__(self, ledger: Ledger, volume: Volume) -> None:
         self.ledger = ledger
@@ -34,15 +35,23 @@ class DeleteAudit:
                 self.bodies[message["ReceiptHandle"]] = message["Body"]
 
     def audit(self, exchange: Exchange) -> None:
-        if (exchange.service, exchange.operation) != ("sqs", "DeleteMessage"):
+        """Check every message a DeleteMessage or DeleteMessageBatch is about to delete."""
+        if exchange.service != "sqs":
             return
-        handle = json.loads(exchange.request_body)["ReceiptHandle"]
-        with self._lock:
-            body = self.bodies.get(handle)
-        problems = self._problems(body)
-        with self._lock:
-            self.audited += 1
-            self.violations.extend(problems)
+        request = json.loads(exchange.request_body) if exchange.request_body else {}
+        if exchange.operation == "DeleteMessage":
+            handles = [request["ReceiptHandle"]]
+        elif exchange.operation == "DeleteMessageBatch":
+            handles = [entry["ReceiptHandle"] for entry in request["Entries"]]
+        else:
+            return
+        for handle in handles:
+            with self._lock:
+                body = self.bodies.get(handle)
+            problems = self._problems(body)
+            with self._lock:
+                self.audited += 1
+                self.violations.extend(problems)
 
     def _problems(self, body: str | None) -> list[str]:
         if body is None:

@@ -2,8 +2,8 @@
 
 The agent's `aws.endpoint_url` points here. Each request is classified (service and
 operation), may get a fault instead of (or after) being forwarded, and observers see the
-exchange. The kill -9 test uses an observer to audit every SQS DeleteMessage *before* it
-reaches moto: the message's copy and ledger record must already be durable.
+exchange. The kill -9 test uses an observer to audit every SQS delete (single or batched)
+*before* it reaches moto: the message's copy and ledger record must already be durable.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ ALL_KINDS = [THROTTLE, SERVER_ERROR, UNAVAILABLE, TIMEOUT, RESET]
 FAULTED_OPERATIONS = [
     "s3.GetObject",
     "sqs.ReceiveMessage",
-    "sqs.DeleteMessage",
+    "sqs.DeleteMessageBatch",
     "sqs.ChangeMessageVisibility",
     "dynamodb.PutItem",
     "dynamodb.GetItem",
@@ -96,7 +96,7 @@ def test_timeouts_and_resets_on_every_call_type_are_retried(pipeline):
     for operation in (
         "s3.GetObject",
         "sqs.ReceiveMessage",
-        "sqs.DeleteMessage",
+        "sqs.DeleteMessageBatch",
         "dynamodb.PutItem",
     ):
         assert faults.injected[f"{operation}:{TIMEOUT}"] == 1, operation
@@ -121,7 +121,7 @@ def test_a_body_cut_off_half_way_leaves_no_copy_and_is_retried(pipeline):
 def test_responses_lost_after_the_work_was_done_cause_no_duplicates(pipeline):
     faults = Faults().attach(*_agent_clients(pipeline))
     faults.script("dynamodb.PutItem", LOST_RESPONSE)
-    faults.script("sqs.DeleteMessage", LOST_RESPONSE)
+    faults.script("sqs.DeleteMessageBatch", LOST_RESPONSE)
     objects = {f"lost/{i}.txt": f"object {i}\n".encode() * 200 for i in range(4)}
     _upload(pipeline, objects)
 

@@ -1,6 +1,7 @@
 """kill -9 of the real agent at seeded random points while it backs up large and small
-objects, restarted each time. Every DeleteMessage is audited on its way to moto (through a
-loopback proxy): the copy and the ledger record must already exist. In the end every object
+objects, restarted each time. Every message deleted (DeleteMessage or DeleteMessageBatch) is
+audited on its way to moto (through a loopback proxy): the copy and the ledger record must
+already exist. In the end every object
 is backed up exactly once, every copy verifies, and no temp file outlives a restart.
 """
 
@@ -160,8 +161,13 @@ def test_the_delete_audit_flags_a_message_deleted_before_its_copy(pipeline):
 
     audit.audit(Exchange("sqs", "DeleteMessage", json.dumps({"ReceiptHandle": "h-1"}).encode()))
     audit.audit(Exchange("sqs", "DeleteMessage", json.dumps({"ReceiptHandle": "h-?"}).encode()))
+    batch = {"Entries": [{"Id": "0", "ReceiptHandle": "h-?"}, {"Id": "1", "ReceiptHandle": "h-1"}]}
+    audit.audit(Exchange("sqs", "DeleteMessageBatch", json.dumps(batch).encode()))
 
     assert audit.violations == [
         "early.txt: deleted before its ledger record existed",
         "DeleteMessage for a receipt handle never received",
+        "DeleteMessage for a receipt handle never received",
+        "early.txt: deleted before its ledger record existed",
     ]
+    assert audit.audited == 4
