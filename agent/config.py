@@ -112,6 +112,7 @@ class ConsumerConfig(Section):
     workers: int = Field(default=4, ge=1, le=256)
     max_bytes_in_flight: int = Field(default=2 << 30, ge=1 << 20)
     drain_timeout: float = Field(default=60.0, ge=0)
+    receive_ahead: bool = False
 
 
 class SnapshotRetention(Section):

@@ -1,8 +1,9 @@
 """The SQS consumer: long-poll, fan out to workers, keep messages invisible while they
 run, delete only after every record is durable and recorded.
 
-Lifecycle: `start()`, then `stop(timeout)`: stop receiving → let in-flight work finish
-until the deadline → make what is unfinished visible again → return.
+Lifecycle: `start()`, then `stop(timeout)`: stop receiving → give back messages no worker
+has started → let in-flight work finish until the deadline → make what is unfinished
+visible again → return.
 Threads: one receiver, N workers, one heartbeat (visibility extension), one that deletes
 finished messages in batches (agent/deletes.py).
 """
@@ -46,6 +47,7 @@ class ConsumerSettings:
     max_receive_count: int = 10
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 900.0
+    receive_ahead: bool = False
 
 
 @dataclass
@@ -109,6 +111,7 @@ class Consumer:
         self.on_gave_up = on_gave_up
         self.budget = ByteBudget(settings.max_bytes_in_flight)
         self._capacity = settings.workers
+        self._receive_ahead = settings.receive_ahead
         self._work: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._in_flight: dict[str, InFlight] = {}
         self._lock = threading.Condition()
@@ -134,11 +137,20 @@ class Consumer:
             self._lock.notify_all()
         self._ensure_workers(workers)
 
+    def set_receive_ahead(self, enabled: bool) -> None:
+        """Switch receiving one batch ahead of the workers on or off, live."""
+        with self._lock:
+            self._receive_ahead = enabled
+            self._lock.notify_all()
+
     def stop(self, timeout: float) -> None:
         """Stop receiving, drain until `timeout`, release what is left. Idempotent."""
         log.info("consumer.stopping", in_flight=len(self._in_flight), drain_timeout=timeout)
         self._receiving.clear()
         deadline = self.clock() + timeout
+        waiting = self._take_waiting()
+        for item in waiting:  # received but not started: give back at once, not drained
+            self._change_visibility(item, 0, "released_on_shutdown")
         with self._lock:
             self._lock.notify_all()
             self._lock.wait_for(
@@ -153,7 +165,25 @@ class Consumer:
         self._stopped.set()
         for _ in self._workers:
             self._work.put(None)
-        log.info("consumer.stopped", released=len(unfinished))
+        log.info("consumer.stopped", released=len(unfinished) + len(waiting))
+
+    def _take_waiting(self) -> list[InFlight]:
+        """Remove the received messages no worker has started yet from in-flight."""
+        taken: list[InFlight] = []
+        while True:
+            try:
+                message = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if message is None:  # a stop sentinel from an earlier stop(): keep it
+                self._work.put(None)
+                break
+            with self._lock:
+                item = self._in_flight.pop(message["ReceiptHandle"], None)
+                self.stats.set_in_flight(len(self._in_flight))
+            if item is not None:
+                taken.append(item)
+        return taken
 
     def alive(self) -> bool:
         """False once the receiver or heartbeat thread has died (stop() also ends them)."""
@@ -192,14 +222,24 @@ class Consumer:
                 self._accept(message)
 
     def _wait_for_free_worker(self) -> int:
+        """How many messages to receive next (0: stopping); waits until there is room."""
         with self._lock:
             self._lock.wait_for(
-                lambda: not self._receiving.is_set() or len(self._in_flight) < self._capacity,
-                timeout=1.0,
+                lambda: not self._receiving.is_set() or self._room() > 0, timeout=1.0
             )
             if not self._receiving.is_set():
                 return 0
-            return min(self.settings.max_messages, self._capacity - len(self._in_flight))
+            return min(self.settings.max_messages, self._room())
+
+    def _room(self) -> int:
+        """One message per free worker; with `receive_ahead`, once every received message
+        has been picked up, a further batch that waits in flight (kept invisible by the
+        heartbeat) so that receives stay full and a worker finds its next message ready."""
+        if not self._receive_ahead:
+            return self._capacity - len(self._in_flight)
+        if not self._work.empty():
+            return 0
+        return self._capacity + self.settings.max_messages - len(self._in_flight)
 
     def _receive(self, count: int) -> list[dict[str, Any]]:
         try:
@@ -253,6 +293,8 @@ class Consumer:
             message = self._work.get()
             if message is None:
                 return
+            with self._lock:
+                self._lock.notify_all()  # with receive_ahead, the next batch may come now
             try:
                 self._handle(message)
             except Exception:

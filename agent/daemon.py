@@ -80,6 +80,7 @@ def consumer_settings(config: Config) -> ConsumerSettings:
         max_receive_count=config.queue.max_receive_count,
         retry_base_seconds=config.queue.retry_base_seconds,
         retry_max_seconds=config.queue.retry_max_seconds,
+        receive_ahead=config.consumer.receive_ahead,
     )
 
 
@@ -316,6 +317,8 @@ class Daemon:
         self.config = new
         if self.consumer is not None and new.consumer.workers != old.consumer.workers:
             self.consumer.set_workers(new.consumer.workers)
+        if self.consumer is not None and new.consumer.receive_ahead != old.consumer.receive_ahead:
+            self.consumer.set_receive_ahead(new.consumer.receive_ahead)
         if new.logging != old.logging:
             logs.configure(new.logging.level, new.logging.format)
         if self.service is not None and new.storage != old.storage:

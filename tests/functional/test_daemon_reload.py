@@ -8,7 +8,7 @@ from agent.daemon import Daemon
 from tests.conftest import make_config
 
 
-def test_reload_applies_workers_compression_and_drain_timeout_to_the_running_agent(
+def test_reload_applies_workers_receive_ahead_compression_and_drain_timeout_live(
     aws, backup_root, volume, tmp_path
 ):
     config = make_config(backup_root)
@@ -19,17 +19,19 @@ def test_reload_applies_workers_compression_and_drain_timeout_to_the_running_age
     daemon = Daemon(config, aws, config_path=path, alert=lambda s, d: rejected.append((s, d)))
     daemon.start(daemon.wait_for_volume())
     try:
-        raw["consumer"].update(workers=6, drain_timeout=3)
+        raw["consumer"].update(workers=6, drain_timeout=3, receive_ahead=True)
         raw["storage"].update(compression_level=12)
         path.write_text(yaml.safe_dump(raw))
         outcome = daemon.reloader.reload("test")
 
         assert outcome.applied == (
             "consumer.drain_timeout",
+            "consumer.receive_ahead",
             "consumer.workers",
             "storage.compression_level",
         )
         assert daemon.consumer._capacity == 6 and len(daemon.consumer._workers) == 6
+        assert daemon.consumer._receive_ahead is True
         assert daemon.service.compression.level == 12
         assert daemon.config.consumer.drain_timeout == 3
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -123,7 +124,7 @@ def visibility_changes(calls: CallLog) -> list[tuple[str, int]]:
 
 
 def deleted_ids(calls: CallLog) -> list[str]:
-    return [calls.message_id(p["ReceiptHandle"]) for p in calls.of("DeleteMessage")]
+    return [calls.message_id(handle) for handle in calls.deleted_handles()]
 
 
 # -- what happens to each kind of message ---------------------------------------------------
@@ -135,7 +136,7 @@ def test_every_documented_shape_is_processed_and_deleted(sqs, queue_url, make_co
     processor = FakeProcessor()
     consumer = make_consumer(processor)
     consumer.start()
-    wait_until(lambda: len(calls.of("DeleteMessage")) == len(ids), what="every message deleted")
+    wait_until(lambda: len(calls.deleted_handles()) == len(ids), what="every message deleted")
     assert sorted(deleted_ids(calls)) == sorted(ids)
     assert processor.calls == 9  # 7 one-record messages, one with two, the test event none
     # The recorder sees a DeleteMessage as it is sent; the last may still be on its way.
@@ -149,7 +150,7 @@ def test_the_s3_test_event_is_acknowledged_without_processing(sqs, queue_url, ma
     processor = FakeProcessor()
     with capture_logs() as logs:
         make_consumer(processor).start()
-        wait_until(lambda: calls.of("DeleteMessage"), what="the test event deleted")
+        wait_until(lambda: calls.deleted_handles(), what="the test event deleted")
     assert deleted_ids(calls) == [test_event]
     assert processor.calls == 0
     assert {"event": "message.test_event", "message_id": test_event, "log_level": "info"} in logs
@@ -192,7 +193,7 @@ def test_a_retryable_failure_is_released_with_a_delay_that_grows_with_receives(
     delays = dict(visibility_changes(calls))
     assert 4 <= delays[newcomer] <= 6  # 5 s, jittered ±20 %
     assert 32 <= delays[veteran] <= 48  # 5 s * 2**3
-    assert calls.of("DeleteMessage") == []
+    assert calls.deleted_handles() == []
 
 
 def test_retry_delays_double_up_to_the_cap():
@@ -232,7 +233,7 @@ def test_a_permanent_failure_is_left_for_the_redrive(sqs, queue_url, make_consum
         consumer.start()
         wait_until(lambda: processor.finished == 1 and consumer.is_idle(), what="the failure")
     assert calls.of("ChangeMessageVisibility") == []
-    assert calls.of("DeleteMessage") == []
+    assert calls.deleted_handles() == []
     assert depth(sqs, queue_url) == (0, 1)  # invisible until its timeout, then redriven
     (failed,) = [e for e in logs if e["event"] == "backup.failed"]
     assert failed["retryable"] is False and "AccessDenied" in failed["error"]
@@ -353,6 +354,7 @@ def test_the_default_configuration_long_polls_for_up_to_ten_messages(tmp_path):
     )
     settings = consumer_settings(config)
     assert (settings.wait_time_seconds, settings.max_messages) == (20, 10)
+    assert settings.receive_ahead is False  # never more messages than free workers
 
 
 # -- concurrency limits ---------------------------------------------------------------------
@@ -383,6 +385,64 @@ def test_never_receives_more_messages_than_free_workers(sqs, queue_url, make_con
 
     assert asked[0] == (3, 0)
     assert all(1 <= wanted <= 3 - busy for wanted, busy in asked), asked
+
+
+def test_receive_ahead_holds_one_batch_in_flight_beyond_the_workers(sqs, queue_url, make_consumer):
+    calls = record_calls(sqs)
+    for n in range(25):
+        send(sqs, queue_url, put_message(f"ahead-{n}"))
+    release = threading.Semaphore(0)
+    processor = FakeProcessor(lambda _event: release.acquire(timeout=15))
+    consumer = make_consumer(processor, workers=2, max_messages=5, receive_ahead=True)
+    consumer.start()
+
+    wait_until(lambda: processor.calls == 2 and consumer.in_flight() == 5, what="a batch ahead")
+    assert processor.calls == 2  # three more wait for a worker ...
+    assert depth(sqs, queue_url)[1] == 5  # ... invisible like the two being worked on
+    time.sleep(0.5)
+    assert consumer.in_flight() == 5  # no further receive while received messages wait
+    for _ in range(25):
+        release.release()
+    wait_until(lambda: len(calls.deleted_handles()) == 25, what="all deleted")
+
+    assert sorted(deleted_ids(calls)) == sorted({m["MessageId"] for m in calls.received})
+    assert all(p["MaxNumberOfMessages"] <= 5 for p in calls.of("ReceiveMessage"))
+
+
+def test_stop_gives_back_messages_received_ahead_at_once(sqs, queue_url, make_consumer, gate):
+    calls = record_calls(sqs)
+    for n in range(6):
+        send(sqs, queue_url, put_message(f"waiting-{n}"))
+    processor = FakeProcessor(lambda _event: gate.wait(15))
+    consumer = make_consumer(processor, workers=1, max_messages=5, receive_ahead=True)
+    consumer.start()
+    wait_until(lambda: consumer.in_flight() == 5, what="one working, four waiting")
+
+    stopper = threading.Thread(target=consumer.stop, args=(10,))
+    stopper.start()
+    wait_until(lambda: len(visibility_changes(calls)) == 4, what="the waiting four released")
+    assert stopper.is_alive()  # still draining the one being worked on
+    assert depth(sqs, queue_url) == (5, 1)
+    gate.set()
+    stopper.join(15)
+
+    assert processor.calls == 1
+    assert len(deleted_ids(calls)) == 1
+    assert all(seconds == 0 for _, seconds in visibility_changes(calls))
+
+
+def test_receive_ahead_can_be_switched_on_live(sqs, queue_url, make_consumer, gate):
+    for n in range(8):
+        send(sqs, queue_url, put_message(f"live-{n}"))
+    processor = FakeProcessor(lambda _event: gate.wait(15))
+    consumer = make_consumer(processor, workers=1, max_messages=4)
+    consumer.start()
+    wait_until(lambda: processor.calls == 1, what="one at work")
+    assert consumer.in_flight() == 1
+
+    consumer.set_receive_ahead(True)
+
+    wait_until(lambda: consumer.in_flight() == 5, what="a batch received ahead")
 
 
 def test_one_slow_object_never_stalls_the_others(sqs, queue_url, make_consumer, gate):
@@ -495,7 +555,7 @@ def test_stop_releases_unfinished_messages_at_the_deadline(sqs, queue_url, make_
     gate.set()  # the late work finishes after the release ...
     for worker in consumer._workers:
         worker.join(10)
-    assert calls.of("DeleteMessage") == []  # ... and must not delete a message it gave back
+    assert calls.deleted_handles() == []  # ... and must not delete a message it gave back
 
 
 def test_stop_stops_receiving(sqs, queue_url, make_consumer):
