@@ -13,6 +13,8 @@ BENCH_LARGE_MB=1024        the large object; RSS is also measured at BENCH_RSS_M
 BENCH_SMALL_COUNT=10000    small objects per run, of BENCH_SMALL_KB=4 KiB
 BENCH_CEILING_COUNT=2500   of them through the ceiling loop (a steady rate; saves minutes)
 BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
+BENCH_RECEIVE_AHEAD=1      also run the agent with consumer.receive_ahead (on the ceiling's
+                           objects); 0 to skip
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
 BENCH_LATENCY_RATE=20      uploads per second for BENCH_LATENCY_SECONDS=30
 BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency)
@@ -37,6 +39,7 @@ class Settings:
     ceiling_count: int
     small_kb: int
     workers: tuple[int, ...]
+    receive_ahead: bool
     queue_depth: int
     latency_rate: float
     latency_seconds: float
@@ -63,6 +66,7 @@ class Settings:
             ceiling_count=min(small_count, int(_number("BENCH_CEILING_COUNT", 2500))),
             small_kb=int(_number("BENCH_SMALL_KB", 4)),
             workers=tuple(int(w) for w in os.environ.get("BENCH_WORKERS", "1,2,4,8").split(",")),
+            receive_ahead=os.environ.get("BENCH_RECEIVE_AHEAD", "1") != "0",
             queue_depth=int(_number("BENCH_QUEUE_DEPTH", 50)),
             latency_rate=_number("BENCH_LATENCY_RATE", 20),
             latency_seconds=max(2.0, _number("BENCH_LATENCY_SECONDS", 30 * min(1.0, scale))),

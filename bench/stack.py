@@ -119,6 +119,7 @@ def make_setup(
     workers: int = 4,
     compression_threads: int = 0,
     wait_time_seconds: int = 20,
+    receive_ahead: bool = False,
 ) -> Setup:
     """Write a config for scenario `name`, create its resources and initialise its volume."""
     workdir = root / name
@@ -138,7 +139,7 @@ def make_setup(
             "compression_threads": compression_threads,
         },
         "state": {"table": f"bench-{name}"},
-        "consumer": {"workers": workers, "drain_timeout": 10},
+        "consumer": {"workers": workers, "drain_timeout": 10, "receive_ahead": receive_ahead},
         "logging": {"format": "json", "level": "INFO"},
     }
     config_path = workdir / "config.yaml"
