@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import zstandard
 
@@ -36,6 +36,7 @@ from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 MARKER_NAME = ".backup-agent-volume"
 FORMAT_VERSION = 1
 READ_CHUNK = 1 << 20
+WRITEBACK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +249,9 @@ def _compress_to(
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     with os.fdopen(fd, "wb") as sink:
         writer = compressor.stream_writer(
-            sink, size=expect.size if expect.size is not None else -1, closefd=False
+            cast(IO[bytes], WritebackAsYouGo(sink)),  # zstd calls only write() and flush()
+            size=expect.size if expect.size is not None else -1,
+            closefd=False,
         )
         # Sizes are checked before zstd sees the bytes: it enforces the pledged size itself
         # and would otherwise replace the IntegrityError with its own "Src size is incorrect".
@@ -269,6 +272,47 @@ def _compress_to(
         os.fsync(sink.fileno())
         stored_size = sink.tell()
     return sha.hexdigest(), size, stored_size
+
+
+class WritebackAsYouGo:
+    """A file writer that starts the disk write of every `every` bytes as they are written.
+
+    The kernel would otherwise keep a large copy in dirty pages until the final fsync (its
+    own writeback starts at 10% of RAM or after 30 s), which then writes it all while
+    nothing else happens: on a 125 MB/s EBS volume, seconds per GiB after the download has
+    finished. POSIX_FADV_DONTNEED starts writeback of the range without waiting for it (and
+    drops the written pages from the page cache once clean: the copy is rarely read, the
+    cache is better kept for others), so the disk writes while the object is downloaded and
+    compressed, and the fsync only waits for the tail.
+    """
+
+    def __init__(self, sink: IO[bytes], every: int = WRITEBACK_BYTES) -> None:
+        self.sink = sink
+        self.every = every
+        self._written = 0
+        self._started_upto = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        written = self.sink.write(data)
+        self._written += written
+        if self._written - self._started_upto >= self.every:
+            self._start_writeback()
+        return written
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def _start_writeback(self) -> None:
+        self.sink.flush()
+        if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):  # only a hint: the final fsync is what counts
+                os.posix_fadvise(
+                    self.sink.fileno(),
+                    self._started_upto,
+                    self._written - self._started_upto,
+                    os.POSIX_FADV_DONTNEED,
+                )
+        self._started_upto = self._written
 
 
 def fsync_directory(path: Path) -> None:

@@ -23,6 +23,7 @@ from agent.store import (
     CompressionSettings,
     Expectation,
     Volume,
+    WritebackAsYouGo,
     atomic_write_bytes,
 )
 
@@ -162,6 +163,47 @@ def failing_after(data: bytes, good_chunks: int, error: BaseException) -> Iterat
         if index == good_chunks:
             raise error
         yield chunk
+
+
+def test_writeback_starts_every_so_many_bytes_over_the_ranges_written(tmp_path, monkeypatch):
+    started: list[tuple[int, int]] = []
+    real_fadvise = os.posix_fadvise
+
+    def recording_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        started.append((offset, length))
+        real_fadvise(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", recording_fadvise)
+    data = os.urandom(10 << 20)
+    path = tmp_path / "copy.part"
+    with path.open("wb") as sink:
+        writer = WritebackAsYouGo(sink, every=3 << 20)
+        for chunk in chunks_of(data, 1 << 20):
+            writer.write(chunk)
+        writer.flush()
+
+    assert started == [(0, 3 << 20), (3 << 20, 3 << 20), (6 << 20, 3 << 20)]
+    assert path.read_bytes() == data  # the tail is left to the caller's fsync
+
+
+def test_a_large_copy_starts_its_writeback_before_the_final_fsync(volume, monkeypatch):
+    started: list[tuple[int, int]] = []
+    real_fadvise = os.posix_fadvise
+    monkeypatch.setattr(
+        os,
+        "posix_fadvise",
+        lambda fd, offset, length, advice: (
+            started.append((offset, length)),
+            real_fadvise(fd, offset, length, advice),
+        ),
+    )
+    data = os.urandom(20 << 20)  # incompressible: about 20 MiB written
+
+    copy = volume.write_copy(chunks_of(data, 1 << 20), SETTINGS)
+
+    assert len(started) == 2 and started[0][0] == 0 and started[1][0] == sum(started[0])
+    volume.verify_copy(copy.sha256, len(data))
 
 
 def test_a_source_failing_midway_leaves_no_copy_and_no_temp_file(volume):
