@@ -11,10 +11,10 @@ HELP = """\
 BENCH_SCALE=0.1            scale every size and count (default 1: 1 GiB, 10,000 objects)
 BENCH_LARGE_MB=1024        the large object; RSS is also measured at BENCH_RSS_MB=64
 BENCH_SMALL_COUNT=10000    small objects per run, of BENCH_SMALL_KB=4 KiB
-BENCH_CEILING_COUNT=2500   of them through the ceiling loop (a steady rate; saves minutes)
+BENCH_RATE_COUNT=2000      of them per rate run (agent, agent with receive_ahead, ceiling
+                           loop; the rate is steady long before); the most workers back up all
 BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
-BENCH_RECEIVE_AHEAD=1      also run the agent with consumer.receive_ahead (on the ceiling's
-                           objects); 0 to skip
+BENCH_RECEIVE_AHEAD=1      also run the agent with consumer.receive_ahead; 0 to skip
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
 BENCH_LATENCY_RATE=20      uploads per second for BENCH_LATENCY_SECONDS=30
 BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency)
@@ -36,7 +36,7 @@ class Settings:
     large_mb: int
     rss_mb: int
     small_count: int
-    ceiling_count: int
+    rate_count: int
     small_kb: int
     workers: tuple[int, ...]
     receive_ahead: bool
@@ -63,7 +63,7 @@ class Settings:
             large_mb=large_mb,
             rss_mb=min(large_mb, int(_number("BENCH_RSS_MB", 64))),
             small_count=small_count,
-            ceiling_count=min(small_count, int(_number("BENCH_CEILING_COUNT", 2500))),
+            rate_count=min(small_count, int(_number("BENCH_RATE_COUNT", 2000))),
             small_kb=int(_number("BENCH_SMALL_KB", 4)),
             workers=tuple(int(w) for w in os.environ.get("BENCH_WORKERS", "1,2,4,8").split(",")),
             receive_ahead=os.environ.get("BENCH_RECEIVE_AHEAD", "1") != "0",
