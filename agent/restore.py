@@ -34,6 +34,7 @@ import zstandard
 
 from agent.aws import classify, error_code
 from agent.errors import BackupAgentError, IntegrityError
+from agent.readahead import read_ahead
 from agent.records import VersionRecord
 from agent.restore_paths import Placement, place_keys
 from agent.restore_source import Choice, RestoreSource, Selector, event_datetime, select
@@ -165,7 +166,8 @@ def verified_chunks(
     total = 0
     try:
         with volume.open_copy(record.sha256) as reader:
-            while data := reader.read(chunk):
+            # Decompression runs a few chunks ahead in its own thread; hash and write overlap.
+            for data in read_ahead(lambda: reader.read(chunk)):
                 digest.update(data)
                 total += len(data)
                 yield data

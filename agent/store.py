@@ -32,6 +32,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from agent.errors import DiskFull, IntegrityError, VolumeNotReady
+from agent.readahead import read_ahead
 
 MARKER_NAME = ".backup-agent-volume"
 FORMAT_VERSION = 1
@@ -221,7 +222,7 @@ class Volume:
         total = 0
         try:
             with self.open_copy(sha256) as reader:
-                while chunk := reader.read(READ_CHUNK):
+                for chunk in read_ahead(lambda: reader.read(READ_CHUNK)):
                     digest.update(chunk)
                     total += len(chunk)
         except FileNotFoundError:
