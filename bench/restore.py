@@ -1,10 +1,11 @@
 """Scenario 3: restore speed of stored copies, next to `zstd -d` on the same copies.
 
-`Restorer` is the hook: `VolumeRestorer` decompresses through `Volume.open_copy` (the path
-restore uses). Once the `backup-restore` CLI lands, set BENCH_RESTORE_CMD to a command
-template and the same figures come from it, e.g.
-``BENCH_RESTORE_CMD='backup-restore object --config {config} --sha256 {sha256} --to {dest}'``
-(placeholders: config, bucket, key, sha256, dest).
+The headline is what an operator runs: `backup-restore restore` (one process: start-up,
+DynamoDB look-ups, decompression, SHA-256 check, fsync of each file) for the large key and
+for every small one (`--all`). Beside it, `VolumeRestorer` shows decompression alone
+through `Volume.open_copy`, in this process. `Restorer` is the hook for anything else:
+BENCH_RESTORE_CMD takes a command template per copy (placeholders: config, bucket, key,
+sha256, dest).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import resource
 import shlex
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +42,7 @@ class Restorer(Protocol):
 class VolumeRestorer:
     """Decompress a copy to a file with `Volume.open_copy`, as a restore does."""
 
-    name = "Volume.open_copy"
+    name = "Volume.open_copy, decompression only"
 
     def __init__(self, volume: Volume) -> None:
         self.volume = volume
@@ -112,4 +115,27 @@ def zstd_decompress_all(volume: Volume, copies: Sequence[Copy], target: Path) ->
             str(target),
         ]
     seconds = run_timed(command)
+    return Timing(seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu)
+
+
+def restore_cli(config: Path, scope: Sequence[str], target: Path) -> Timing:
+    """`backup-restore restore --config CONFIG SCOPE --to TARGET`, timed end to end."""
+    command = [
+        str(Path(sys.executable).with_name("backup-restore")),
+        "restore",
+        "--config",
+        str(config),
+        *scope,
+        "--to",
+        str(target),
+    ]
+    cpu = _cpu(resource.RUSAGE_CHILDREN)
+    with tempfile.TemporaryFile() as log:
+        started = time.perf_counter()
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=log, check=False)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            log.seek(0)
+            tail = log.read()[-2000:].decode(errors="replace")
+            raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
     return Timing(seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu)

@@ -17,6 +17,7 @@ from bench.restore import (
     Restorer,
     VolumeRestorer,
     restore_all,
+    restore_cli,
     zstd_decompress_all,
 )
 from bench.settings import Settings
@@ -35,6 +36,7 @@ class Outcome:
     large_config: Path | None = None
     small_copies: list[Copy] = field(default_factory=list)
     small_volume: Path | None = None
+    small_config: Path | None = None
     peak_rss: int = 0
 
 
@@ -187,6 +189,7 @@ class Benchmark:
                     for e in stored
                 ]
                 self.outcome.small_volume = setup.config.storage.root
+                self.outcome.small_config = setup.config_path
         self.report.line("target", ">= 0.8x")
         summary = f"small {min(ratios):.2f}-{max(ratios):.2f}x ceiling"
         if ahead_ratios:
@@ -226,43 +229,43 @@ class Benchmark:
         o = self.outcome
         parts = []
         target = self.root / "restored"
-        if o.large_copy and o.large_volume:
+        if o.large_copy and o.large_volume and o.large_config:
+            copy, size = o.large_copy, o.large_copy.size
+            cli = restore_cli(o.large_config, ["--key", copy.key], target / "large-cli")
+            shutil.rmtree(target / "large-cli")
             restorer = self.restorer(o.large_volume, o.large_config)
-            ours = restore_all(restorer, [o.large_copy], target / "large-ours")
+            alone = restore_all(restorer, [copy], target / "large-ours")
             shutil.rmtree(target / "large-ours")
-            theirs = zstd_decompress_all(
-                Volume(o.large_volume), [o.large_copy], target / "large-zstd"
-            )
+            zstd = zstd_decompress_all(Volume(o.large_volume), [copy], target / "large-zstd")
             shutil.rmtree(target / "large-zstd")
-            size = o.large_copy.size
-            self.report.line(
-                f"large: {restorer.name}",
-                f"{mb_per_s(size, ours.seconds):.0f} MB/s",
-                f"CPU {ours.cpu:.2f} s",
-            )
-            self.report.line(
-                "large: zstd -d",
-                f"{mb_per_s(size, theirs.seconds):.0f} MB/s",
-                f"CPU {theirs.cpu:.2f} s",
-            )
-            parts.append(f"restore {theirs.seconds / ours.seconds:.2f}x zstd -d")
-        if o.small_copies and o.small_volume:
+            for name, timing in (
+                ("large: backup-restore restore --key", cli),
+                (f"large: {restorer.name}", alone),
+                ("large: zstd -d", zstd),
+            ):
+                self.report.line(
+                    name, f"{mb_per_s(size, timing.seconds):.0f} MB/s", f"CPU {timing.cpu:.2f} s"
+                )
+            parts.append(f"restore {zstd.seconds / cli.seconds:.2f}x zstd -d")
+        if o.small_copies and o.small_volume and o.small_config:
             copies = o.small_copies
+            cli = restore_cli(o.small_config, ["--all"], target / "small-cli")
+            restored = sum(1 for p in (target / "small-cli").rglob("*") if p.is_file())
+            if restored != len(copies):
+                raise RuntimeError(f"backup-restore restored {restored} of {len(copies)} files")
             restorer = self.restorer(o.small_volume, None)
-            ours = restore_all(restorer, copies, target / "small-ours")
-            theirs = zstd_decompress_all(Volume(o.small_volume), copies, target / "small-zstd")
+            alone = restore_all(restorer, copies, target / "small-ours")
+            zstd = zstd_decompress_all(Volume(o.small_volume), copies, target / "small-zstd")
             shutil.rmtree(target)
-            self.report.line(
-                f"small: {restorer.name}",
-                f"{len(copies) / ours.seconds:.0f} files/s",
-                f"CPU {ours.cpu:.2f} s",
-            )
-            self.report.line(
-                "small: zstd -d --filelist",
-                f"{len(copies) / theirs.seconds:.0f} files/s",
-                f"CPU {theirs.cpu:.2f} s",
-            )
-            parts.append(f"{theirs.seconds / ours.seconds:.2f}x for small files")
+            for name, timing in (
+                ("small: backup-restore restore --all", cli),
+                (f"small: {restorer.name}", alone),
+                ("small: zstd -d --filelist", zstd),
+            ):
+                self.report.line(
+                    name, f"{len(copies) / timing.seconds:.0f} files/s", f"CPU {timing.cpu:.2f} s"
+                )
+            parts.append(f"{zstd.seconds / cli.seconds:.2f}x for small files")
         if parts:
             self.report.add_summary(
                 " ".join(parts[:1]) + (f" ({parts[1]})" if len(parts) > 1 else "")
