@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 DEFAULT_DEPTH = 2  # chunks waiting: enough to overlap, a few MiB at most
+THREAD_FROM_BYTES = 4 << 20  # below this a thread costs more than it overlaps
 _POLL_SECONDS = 0.1
 
 
@@ -62,3 +63,12 @@ def read_ahead(read: Callable[[], bytes], depth: int = DEFAULT_DEPTH) -> Iterato
     finally:
         stop.set()
         producer.join()  # the caller may close what `read` reads from once we return
+
+
+def chunks(read: Callable[[], bytes], size: int | None) -> Iterator[bytes]:
+    """`read()`'s chunks: read ahead in a thread when `size` is large or unknown."""
+    if size is not None and size <= THREAD_FROM_BYTES:
+        while data := read():
+            yield data
+        return
+    yield from read_ahead(read)

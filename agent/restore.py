@@ -32,13 +32,13 @@ import botocore.exceptions
 import structlog
 import zstandard
 
+from agent import readahead
 from agent.aws import classify, error_code
 from agent.errors import BackupAgentError, IntegrityError
-from agent.readahead import read_ahead
 from agent.records import VersionRecord
 from agent.restore_paths import Placement, place_keys
 from agent.restore_source import Choice, RestoreSource, Selector, event_datetime, select
-from agent.store import READ_CHUNK, Volume, fsync_directory
+from agent.store import READ_CHUNK, Volume, WritebackAsYouGo, fsync_directory
 
 log = structlog.get_logger("agent.restore")
 
@@ -166,8 +166,8 @@ def verified_chunks(
     total = 0
     try:
         with volume.open_copy(record.sha256) as reader:
-            # Decompression runs a few chunks ahead in its own thread; hash and write overlap.
-            for data in read_ahead(lambda: reader.read(chunk)):
+            # A large copy decompresses ahead in its own thread: hash and write overlap.
+            for data in readahead.chunks(lambda: reader.read(chunk), record.size):
                 digest.update(data)
                 total += len(data)
                 yield data
@@ -345,8 +345,9 @@ class DirectoryTarget:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temp, flags, 0o644)
         with os.fdopen(fd, "wb") as sink:
+            writer = WritebackAsYouGo(sink)  # the fsync below then waits only for the tail
             for chunk in verified_chunks(self.volume, item.record):
-                sink.write(chunk)
+                writer.write(chunk)
                 on_bytes(len(chunk))
             sink.flush()
             os.fsync(sink.fileno())

@@ -31,8 +31,8 @@ from typing import IO, Any, cast
 
 import zstandard
 
+from agent import readahead
 from agent.errors import DiskFull, IntegrityError, VolumeNotReady
-from agent.readahead import read_ahead
 
 MARKER_NAME = ".backup-agent-volume"
 FORMAT_VERSION = 1
@@ -222,7 +222,7 @@ class Volume:
         total = 0
         try:
             with self.open_copy(sha256) as reader:
-                for chunk in read_ahead(lambda: reader.read(READ_CHUNK)):
+                for chunk in readahead.chunks(lambda: reader.read(READ_CHUNK), size):
                     digest.update(chunk)
                     total += len(chunk)
         except FileNotFoundError:

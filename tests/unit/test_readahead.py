@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent.readahead import read_ahead
+from agent.readahead import chunks, read_ahead
 
 
 def test_every_chunk_comes_through_in_order():
@@ -73,3 +73,20 @@ def test_closing_early_stops_the_producer():
 
     assert threading.active_count() == before
     assert not any(t.name == "read-ahead" for t in threading.enumerate())
+
+
+def test_small_sizes_are_read_directly_and_large_or_unknown_ones_ahead():
+    def reader_threads(size: int | None) -> set[str]:
+        names: set[str] = set()
+        parts = [b"a", b"b", b""]
+
+        def read() -> bytes:
+            names.add(threading.current_thread().name)
+            return parts.pop(0)
+
+        assert list(chunks(read, size)) == [b"a", b"b"]
+        return names
+
+    assert reader_threads(2) == {threading.current_thread().name}
+    assert reader_threads(64 << 20) == {"read-ahead"}
+    assert reader_threads(None) == {"read-ahead"}
