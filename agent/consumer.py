@@ -193,6 +193,11 @@ class Consumer:
         with self._lock:
             return len(self._in_flight)
 
+    def working(self) -> int:
+        """Messages a worker has started (in flight minus those received ahead, waiting)."""
+        with self._lock:
+            return max(0, len(self._in_flight) - self._work.qsize())
+
     def is_idle(self) -> bool:
         with self._lock:
             return not self._in_flight and self._work.empty()

@@ -176,7 +176,7 @@ class Daemon:
             self.clients,
             self.stats,
             workers=lambda: self.config.consumer.workers,
-            workers_busy=lambda: self.consumer.in_flight() if self.consumer else 0,
+            workers_busy=lambda: self.consumer.working() if self.consumer else 0,
         )
 
     def register_lifecycle_jobs(self, marker: VolumeMarker) -> None:

@@ -96,7 +96,11 @@ class DeleteBatcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._send(batch)
+            try:
+                self._send(batch)
+            except Exception:  # this thread must outlive any one batch
+                # Left to redelivery (a no-op), like a failed delete.
+                log.exception("message.delete_batch_crashed", messages=len(batch))
             with self._cond:
                 self._sending = 0
                 self._cond.notify_all()

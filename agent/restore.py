@@ -22,7 +22,7 @@ import os
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,7 +155,7 @@ class CorruptCopy(IntegrityError):
 
 def verified_chunks(
     volume: Volume, record: VersionRecord, chunk: int = READ_CHUNK
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The original bytes of a stored version; CorruptCopy at the end if they are wrong.
 
     Callers commit nothing until the iterator is exhausted without an error.
@@ -346,9 +346,11 @@ class DirectoryTarget:
         fd = os.open(temp, flags, 0o644)
         with os.fdopen(fd, "wb") as sink:
             writer = WritebackAsYouGo(sink)  # the fsync below then waits only for the tail
-            for chunk in verified_chunks(self.volume, item.record):
-                writer.write(chunk)
-                on_bytes(len(chunk))
+            # closing(): a failed write stops the read-ahead thread now, not at garbage collection
+            with contextlib.closing(verified_chunks(self.volume, item.record)) as chunks:
+                for chunk in chunks:
+                    writer.write(chunk)
+                    on_bytes(len(chunk))
             sink.flush()
             os.fsync(sink.fileno())
         stamp = event_datetime(item.record).timestamp()
@@ -480,7 +482,8 @@ def upload_verified(
             raise classify(exc, what) from exc
         on_bytes(len(body))
         return
-    _multipart(s3, chunks, arguments, part_size, on_bytes, what)
+    with contextlib.closing(chunks):  # a failed part stops the read-ahead thread at once
+        _multipart(s3, chunks, arguments, part_size, on_bytes, what)
 
 
 def _multipart(

@@ -281,39 +281,41 @@ class WritebackAsYouGo:
     The kernel would otherwise keep a large copy in dirty pages until the final fsync (its
     own writeback starts at 10% of RAM or after 30 s), which then writes it all while
     nothing else happens: on a 125 MB/s EBS volume, seconds per GiB after the download has
-    finished. POSIX_FADV_DONTNEED starts writeback of the range without waiting for it (and
-    drops the written pages from the page cache once clean: the copy is rarely read, the
-    cache is better kept for others), so the disk writes while the object is downloaded and
-    compressed, and the fsync only waits for the tail.
+    finished. POSIX_FADV_DONTNEED on a range starts writeback of its dirty pages without
+    waiting and drops its clean ones; each window is advised once as it is filled (starting
+    its write) and again one window later (dropping its pages, clean by then: a copy is
+    rarely read back, the cache is better kept for others). The fsync only waits for the
+    tail. Only a hint: durability still comes from the caller's fsync.
     """
 
     def __init__(self, sink: IO[bytes], every: int = WRITEBACK_BYTES) -> None:
         self.sink = sink
         self.every = every
         self._written = 0
-        self._started_upto = 0
+        self._window_start = 0  # start of the window being filled
+        self._previous_start = 0  # start of the window before it (advised once so far)
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         written = self.sink.write(data)
         self._written += written
-        if self._written - self._started_upto >= self.every:
-            self._start_writeback()
+        if self._written - self._window_start >= self.every:
+            self._advise()
         return written
 
     def flush(self) -> None:
         self.sink.flush()
 
-    def _start_writeback(self) -> None:
+    def _advise(self) -> None:
         self.sink.flush()
         if hasattr(os, "posix_fadvise"):
             with contextlib.suppress(OSError):  # only a hint: the final fsync is what counts
                 os.posix_fadvise(
                     self.sink.fileno(),
-                    self._started_upto,
-                    self._written - self._started_upto,
+                    self._previous_start,
+                    self._written - self._previous_start,
                     os.POSIX_FADV_DONTNEED,
                 )
-        self._started_upto = self._written
+        self._previous_start, self._window_start = self._window_start, self._written
 
 
 def fsync_directory(path: Path) -> None:

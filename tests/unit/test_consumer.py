@@ -398,6 +398,7 @@ def test_receive_ahead_holds_one_batch_in_flight_beyond_the_workers(sqs, queue_u
 
     wait_until(lambda: processor.calls == 2 and consumer.in_flight() == 5, what="a batch ahead")
     assert processor.calls == 2  # three more wait for a worker ...
+    assert consumer.working() == 2
     assert depth(sqs, queue_url)[1] == 5  # ... invisible like the two being worked on
     time.sleep(0.5)
     assert consumer.in_flight() == 5  # no further receive while received messages wait

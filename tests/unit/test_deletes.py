@@ -126,3 +126,32 @@ def test_after_close_a_delete_is_sent_at_once(aws, calls):
 
     assert calls["DeleteMessageBatch"] == 1
     assert _queue_counts(aws) == (0, 0)
+
+
+class _BrokenOnce:
+    """An SQS client whose first DeleteMessageBatch fails with a non-AWS error."""
+
+    def __init__(self, sqs: Any) -> None:
+        self.sqs = sqs
+        self.failed = False
+
+    def delete_message_batch(self, **kwargs: Any) -> Any:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug, not an AWS error")
+        return self.sqs.delete_message_batch(**kwargs)
+
+
+def test_an_unexpected_error_in_one_batch_does_not_stop_the_batcher(aws):
+    first, second = _send_and_receive(aws, 2)
+    batcher = DeleteBatcher(_BrokenOnce(aws.sqs), QUEUE_URL, max_delay=0)
+
+    with capture_logs() as logs:
+        batcher.add(first["MessageId"], first["ReceiptHandle"])
+        assert batcher.flush(timeout=5)
+        batcher.add(second["MessageId"], second["ReceiptHandle"])
+        assert batcher.flush(timeout=5)
+    batcher.close()
+
+    assert [e["event"] for e in logs] == ["message.delete_batch_crashed"]
+    assert _queue_counts(aws) == (0, 1)  # the first is left to redelivery, the second deleted

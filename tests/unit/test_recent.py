@@ -47,3 +47,14 @@ def test_a_key_that_is_not_valid_utf8_is_remembered():
     recent.remember("bucket", "bad-\udcff", "v", "33" * 32)
 
     assert recent.sha256_of("bucket", "bad-\udcff", "v") == "33" * 32
+
+
+def test_a_version_remembered_longer_ago_than_max_age_is_asked_of_the_ledger_again():
+    now = [1000.0]
+    recent = RecentVersions(max_age=60, clock=lambda: now[0])
+    recent.remember("bucket", "key", "v", "44" * 32)
+
+    now[0] += 59
+    assert recent.sha256_of("bucket", "key", "v") == "44" * 32
+    now[0] += 2
+    assert recent.sha256_of("bucket", "key", "v") is None

@@ -183,7 +183,8 @@ def test_writeback_starts_every_so_many_bytes_over_the_ranges_written(tmp_path, 
             writer.write(chunk)
         writer.flush()
 
-    assert started == [(0, 3 << 20), (3 << 20, 3 << 20), (6 << 20, 3 << 20)]
+    # each window once as it fills (writeback starts) and once more a window later (dropped)
+    assert started == [(0, 3 << 20), (0, 6 << 20), (3 << 20, 6 << 20)]
     assert path.read_bytes() == data  # the tail is left to the caller's fsync
 
 
@@ -202,7 +203,8 @@ def test_a_large_copy_starts_its_writeback_before_the_final_fsync(volume, monkey
 
     copy = volume.write_copy(chunks_of(data, 1 << 20), SETTINGS)
 
-    assert len(started) == 2 and started[0][0] == 0 and started[1][0] == sum(started[0])
+    assert len(started) == 2 and started[0][0] == 0 and started[1][0] == 0  # 8 MiB windows
+    assert sum(started[1]) > sum(started[0])
     volume.verify_copy(copy.sha256, len(data))
 
 
