@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,25 @@ def bootstrapped_aws(config: Config) -> Iterator[Clients]:
 def _drain_test_events(clients: Clients) -> None:
     """Setting a notification sends s3:TestEvent; tests start from an empty queue."""
     clients.sqs.purge_queue(QueueUrl=QUEUE_URL)
+
+
+def queue_counts(sqs: Any, queue_url: str = QUEUE_URL) -> tuple[int, int]:
+    """(visible, in flight) messages of a queue."""
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attrs["ApproximateNumberOfMessages"]),
+        int(attrs["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+def count_sqs_calls(sqs: Any) -> Counter[str]:
+    """A live count of the calls `sqs` makes, by operation name."""
+    counted: Counter[str] = Counter()
+    sqs.meta.events.register("before-call.sqs.*", lambda model, **_: counted.update([model.name]))
+    return counted
 
 
 def receive_all(clients: Clients, queue_url: str = QUEUE_URL) -> list[dict[str, Any]]:

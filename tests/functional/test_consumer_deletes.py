@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 
 import pytest
@@ -11,35 +10,13 @@ import pytest
 from agent.backup import Outcome, Result
 from agent.consumer import Consumer
 from agent.daemon import consumer_settings
-from tests.conftest import BUCKET, QUEUE_URL
-
-
-def _queue_counts(aws) -> tuple[int, int]:
-    attrs = aws.sqs.get_queue_attributes(
-        QueueUrl=QUEUE_URL,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
-def _wait_until(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
+from tests.conftest import BUCKET, count_sqs_calls, queue_counts
+from tests.waiting import wait_until
 
 
 @pytest.fixture
 def sqs_calls(aws) -> Counter[str]:
-    counted: Counter[str] = Counter()
-    aws.sqs.meta.events.register(
-        "before-call.sqs.*", lambda model, **_: counted.update([model.name])
-    )
-    return counted
+    return count_sqs_calls(aws.sqs)
 
 
 def test_finished_messages_are_deleted_in_batches(aws, config, sqs_calls):
@@ -54,7 +31,7 @@ def test_finished_messages_are_deleted_in_batches(aws, config, sqs_calls):
 
     consumer.start()
     try:
-        assert _wait_until(lambda: len(processed) == 30 and _queue_counts(aws) == (0, 0))
+        wait_until(lambda: len(processed) == 30 and queue_counts(aws.sqs) == (0, 0))
     finally:
         consumer.stop(5)
 
@@ -77,10 +54,10 @@ def test_a_message_is_not_deleted_while_its_work_runs(aws, config):
     try:
         assert started.wait(10)
         assert consumer._deletes.pending() == 0
-        assert _queue_counts(aws) == (0, 1)  # in flight, not deleted
+        assert queue_counts(aws.sqs) == (0, 1)  # in flight, not deleted
 
         release.set()
-        assert _wait_until(lambda: _queue_counts(aws) == (0, 0))
+        wait_until(lambda: queue_counts(aws.sqs) == (0, 0))
     finally:
         release.set()
         consumer.stop(5)
@@ -94,10 +71,10 @@ def test_stop_sends_the_deletes_still_waiting_for_a_batch(aws, config):
     aws.s3.put_object(Bucket=BUCKET, Key="last.txt", Body=b"x")
     consumer.start()
     try:
-        assert _wait_until(consumer.is_idle)
-        assert _wait_until(lambda: consumer._deletes.pending() == 1)
+        wait_until(consumer.is_idle)
+        wait_until(lambda: consumer._deletes.pending() == 1)
     finally:
         consumer.stop(5)
 
     assert consumer._deletes.pending() == 0
-    assert _queue_counts(aws) == (0, 0)
+    assert queue_counts(aws.sqs) == (0, 0)

@@ -18,7 +18,7 @@ from agent.journal import Journal
 from agent.ledger import Ledger
 from tests import service
 from tests.aws_hooks import Fault, inject, record_calls
-from tests.conftest import BUCKET, QUEUE_URL, TABLE, bootstrapped_aws, make_config
+from tests.conftest import BUCKET, QUEUE_URL, TABLE, bootstrapped_aws, make_config, queue_counts
 from tests.event_fixtures import notification, s3_record
 from tests.waiting import wait_until
 
@@ -60,17 +60,6 @@ def drain(aws: Clients) -> None:
     ):
         for message in messages:
             aws.sqs.delete_message(QueueUrl=QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
-
-
-def queue_depth(aws: Clients, url: str = QUEUE_URL) -> tuple[int, int]:
-    attributes = aws.sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"]),
-        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-    )
 
 
 def test_a_message_is_deleted_only_when_every_record_is_done(aws, config, volume, consumers):
@@ -115,7 +104,7 @@ def test_a_message_is_deleted_only_when_every_record_is_done(aws, config, volume
         == hashlib.sha256(b"first object " * 100).hexdigest()
     )
     assert len(list(Journal(volume.journal_dir).read_all())) == 2
-    assert queue_depth(aws) == (0, 0)
+    assert queue_counts(aws.sqs) == (0, 0)
 
 
 def test_an_object_gone_since_its_event_finishes_the_record(aws, config, volume, consumers):
@@ -126,7 +115,7 @@ def test_an_object_gone_since_its_event_finishes_the_record(aws, config, volume,
         QueueUrl=QUEUE_URL, MessageBody=notification(s3_record("short-lived.txt", **fields))
     )
     consumer = start(consumers, aws, make_service(aws, config, volume), consumer_settings(config))
-    wait_until(lambda: queue_depth(aws) == (0, 0), what="the message deleted")
+    wait_until(lambda: queue_counts(aws.sqs) == (0, 0), what="the message deleted")
     assert consumer.stats.outcomes == {"gone": 1}
     assert list(volume.objects_dir.rglob("*.zst")) == []
 
@@ -138,7 +127,7 @@ def test_a_foreign_bucket_event_is_left_for_the_redrive(aws, config, volume, con
     )
     consumer = start(consumers, aws, make_service(aws, config, volume), consumer_settings(config))
     wait_until(lambda: consumer.stats.backups_failed == 1 and consumer.is_idle(), what="failure")
-    assert queue_depth(aws) == (0, 1)
+    assert queue_counts(aws.sqs) == (0, 1)
     assert consumer.stats.failures == {"PermanentError": 1}
 
 
@@ -161,7 +150,7 @@ def test_a_malformed_message_reaches_the_dead_letter_queue_and_work_goes_on(
     aws.sqs.send_message(QueueUrl=QUEUE_URL, MessageBody='{"Records": [{"bogus": 1}]}')
     consumer = start(consumers, aws, make_service(aws, config, volume), consumer_settings(config))
 
-    wait_until(lambda: queue_depth(aws, dlq_url)[0] == 1, what="the redrive to the DLQ")
+    wait_until(lambda: queue_counts(aws.sqs, dlq_url)[0] == 1, what="the redrive to the DLQ")
     fields = upload(aws, "after-poison.txt", b"still flowing")
     aws.sqs.send_message(
         QueueUrl=QUEUE_URL, MessageBody=notification(s3_record("after-poison.txt", **fields))

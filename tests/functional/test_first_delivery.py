@@ -15,6 +15,7 @@ from agent.events import parse_message
 from agent.journal import Journal
 from agent.ledger import Ledger
 from tests.conftest import BUCKET, TABLE, receive_all
+from tests.service import make_service
 
 
 @pytest.fixture
@@ -84,15 +85,7 @@ def test_after_a_restart_a_duplicate_event_is_caught_by_the_conditional_write(
     event = _uploaded_event(aws, "restart.txt", b"same event after a restart " * 50)
     with delivering(Delivery("m-1", receive_count=1)):
         first = service.process(event)
-    restarted = BackupService(
-        s3=aws.s3,
-        volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=Ledger(aws.dynamodb, TABLE),
-        volume_id="vol-test",
-        buckets=frozenset([BUCKET]),
-        compression=compression_settings(config),
-    )
+    restarted = make_service(aws, volume)  # a new process: nothing recorded lately
 
     with capture_logs() as logs, delivering(Delivery("m-2", receive_count=1)):
         second = restarted.process(event)

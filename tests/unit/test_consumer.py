@@ -22,7 +22,7 @@ from agent.daemon import consumer_settings
 from agent.errors import PermanentError, RetryableError
 from agent.events import ObjectEvent
 from tests.aws_hooks import CallLog, Fault, inject, record_calls
-from tests.conftest import QUEUE_URL
+from tests.conftest import QUEUE_URL, queue_counts
 from tests.event_fixtures import EVENTS_DIR, event_text, notification, s3_record
 from tests.waiting import wait_until
 
@@ -104,17 +104,6 @@ def put_message(key: str, size: int = 100) -> str:
     return notification(s3_record(key, size=size, sequencer="0A"))
 
 
-def depth(sqs, queue_url: str) -> tuple[int, int]:
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=queue_url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (
-        int(attributes["ApproximateNumberOfMessages"]),
-        int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-    )
-
-
 def visibility_changes(calls: CallLog) -> list[tuple[str, int]]:
     """(message id, seconds) of every ChangeMessageVisibility, in order."""
     return [
@@ -140,8 +129,8 @@ def test_every_documented_shape_is_processed_and_deleted(sqs, queue_url, make_co
     assert sorted(deleted_ids(calls)) == sorted(ids)
     assert processor.calls == 9  # 7 one-record messages, one with two, the test event none
     # The recorder sees a DeleteMessage as it is sent; the last may still be on its way.
-    wait_until(lambda: depth(sqs, queue_url) == (0, 0), what="the queue empty")
-    assert depth(sqs, queue_url) == (0, 0)
+    wait_until(lambda: queue_counts(sqs, queue_url) == (0, 0), what="the queue empty")
+    assert queue_counts(sqs, queue_url) == (0, 0)
 
 
 def test_the_s3_test_event_is_acknowledged_without_processing(sqs, queue_url, make_consumer):
@@ -234,7 +223,7 @@ def test_a_permanent_failure_is_left_for_the_redrive(sqs, queue_url, make_consum
         wait_until(lambda: processor.finished == 1 and consumer.is_idle(), what="the failure")
     assert calls.of("ChangeMessageVisibility") == []
     assert calls.deleted_handles() == []
-    assert depth(sqs, queue_url) == (0, 1)  # invisible until its timeout, then redriven
+    assert queue_counts(sqs, queue_url) == (0, 1)  # invisible until its timeout, then redriven
     (failed,) = [e for e in logs if e["event"] == "backup.failed"]
     assert failed["retryable"] is False and "AccessDenied" in failed["error"]
 
@@ -399,7 +388,7 @@ def test_receive_ahead_holds_one_batch_in_flight_beyond_the_workers(sqs, queue_u
     wait_until(lambda: processor.calls == 2 and consumer.in_flight() == 5, what="a batch ahead")
     assert processor.calls == 2  # three more wait for a worker ...
     assert consumer.working() == 2
-    assert depth(sqs, queue_url)[1] == 5  # ... invisible like the two being worked on
+    assert queue_counts(sqs, queue_url)[1] == 5  # ... invisible like the two being worked on
     time.sleep(0.5)
     assert consumer.in_flight() == 5  # no further receive while received messages wait
     for _ in range(25):
@@ -423,7 +412,7 @@ def test_stop_gives_back_messages_received_ahead_at_once(sqs, queue_url, make_co
     stopper.start()
     wait_until(lambda: len(visibility_changes(calls)) == 4, what="the waiting four released")
     assert stopper.is_alive()  # still draining the one being worked on
-    assert depth(sqs, queue_url) == (5, 1)
+    assert queue_counts(sqs, queue_url) == (5, 1)
     gate.set()
     stopper.join(15)
 
@@ -534,7 +523,7 @@ def test_stop_drains_in_flight_work_then_returns(sqs, queue_url, make_consumer, 
     assert deleted_ids(calls) == [message]
     assert calls.of("ChangeMessageVisibility") == []
     assert {"event": "consumer.stopped", "released": 0, "log_level": "info"} in logs
-    assert depth(sqs, queue_url) == (0, 0)
+    assert queue_counts(sqs, queue_url) == (0, 0)
 
 
 def test_stop_releases_unfinished_messages_at_the_deadline(sqs, queue_url, make_consumer, gate):
@@ -569,7 +558,7 @@ def test_stop_stops_receiving(sqs, queue_url, make_consumer):
     receiver.join(10)
     assert not receiver.is_alive()
     send(sqs, queue_url, put_message("after-stop.txt"))
-    assert depth(sqs, queue_url) == (1, 0)
+    assert queue_counts(sqs, queue_url) == (1, 0)
 
 
 # -- receive errors back off ----------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.deletes import DeleteBatcher
-from tests.conftest import QUEUE_URL
+from tests.conftest import QUEUE_URL, count_sqs_calls, queue_counts
 
 
 def _send_and_receive(aws, count: int) -> list[dict[str, Any]]:
@@ -29,23 +29,9 @@ def _send_and_receive(aws, count: int) -> list[dict[str, Any]]:
     return received
 
 
-def _queue_counts(aws) -> tuple[int, int]:
-    attrs = aws.sqs.get_queue_attributes(
-        QueueUrl=QUEUE_URL,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
-
-
 @pytest.fixture
 def calls(aws) -> Counter[str]:
-    counted: Counter[str] = Counter()
-    aws.sqs.meta.events.register(
-        "before-call.sqs.*", lambda model, **_: counted.update([model.name])
-    )
-    return counted
+    return count_sqs_calls(aws.sqs)
 
 
 def test_finished_messages_are_deleted_ten_at_a_time(aws, calls):
@@ -63,7 +49,7 @@ def test_finished_messages_are_deleted_ten_at_a_time(aws, calls):
     batcher.close()
     assert calls["DeleteMessageBatch"] == 3
     assert calls["DeleteMessage"] == 0
-    assert _queue_counts(aws) == (0, 0)
+    assert queue_counts(aws.sqs) == (0, 0)
 
 
 def test_a_partial_batch_is_sent_after_max_delay(aws):
@@ -72,10 +58,10 @@ def test_a_partial_batch_is_sent_after_max_delay(aws):
 
     batcher.add(message["MessageId"], message["ReceiptHandle"])
     deadline = time.monotonic() + 10
-    while _queue_counts(aws) != (0, 0) and time.monotonic() < deadline:
+    while queue_counts(aws.sqs) != (0, 0) and time.monotonic() < deadline:
         time.sleep(0.01)
 
-    assert _queue_counts(aws) == (0, 0)
+    assert queue_counts(aws.sqs) == (0, 0)
     batcher.close()
 
 
@@ -86,7 +72,7 @@ def test_flush_sends_everything_added_so_far(aws):
         batcher.add(message["MessageId"], message["ReceiptHandle"])
 
     assert batcher.flush(timeout=10)
-    assert _queue_counts(aws) == (0, 0)
+    assert queue_counts(aws.sqs) == (0, 0)
     batcher.close()
 
 
@@ -97,7 +83,7 @@ def test_nothing_is_deleted_until_it_is_added(aws):
     batcher.add(messages[0]["MessageId"], messages[0]["ReceiptHandle"])
     assert batcher.flush(timeout=10)
 
-    assert _queue_counts(aws) == (0, 1)  # the unfinished message stays in flight
+    assert queue_counts(aws.sqs) == (0, 1)  # the unfinished message stays in flight
     batcher.close()
 
 
@@ -114,7 +100,7 @@ def test_a_failed_delete_is_logged_and_the_rest_still_go(aws):
 
     failed = [e for e in logs if e["event"] == "message.delete_failed"]
     assert [e["message_id"] for e in failed] == ["gone"]
-    assert _queue_counts(aws) == (0, 0)
+    assert queue_counts(aws.sqs) == (0, 0)
 
 
 def test_after_close_a_delete_is_sent_at_once(aws, calls):
@@ -125,7 +111,7 @@ def test_after_close_a_delete_is_sent_at_once(aws, calls):
     batcher.add(message["MessageId"], message["ReceiptHandle"])
 
     assert calls["DeleteMessageBatch"] == 1
-    assert _queue_counts(aws) == (0, 0)
+    assert queue_counts(aws.sqs) == (0, 0)
 
 
 class _BrokenOnce:
@@ -154,4 +140,4 @@ def test_an_unexpected_error_in_one_batch_does_not_stop_the_batcher(aws):
     batcher.close()
 
     assert [e["event"] for e in logs] == ["message.delete_batch_crashed"]
-    assert _queue_counts(aws) == (0, 1)  # the first is left to redelivery, the second deleted
+    assert queue_counts(aws.sqs) == (0, 1)  # the first is left to redelivery, the second deleted
