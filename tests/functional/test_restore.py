@@ -5,6 +5,7 @@ Runs the CLI in-process against in-process moto (`mock_aws`), files in tmp_path.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -24,6 +25,7 @@ from agent.ledger import Ledger
 from agent.restore import DirectoryTarget, Restorer, S3Target, Scope, Status, place, plan
 from agent.restore_cli import first_interrupt_sets, main
 from agent.restore_source import LedgerSource, Selector
+from agent.store import WritebackAsYouGo
 from tests.backed_up import T0, BackedUp, write_config
 from tests.conftest import BUCKET, TABLE
 
@@ -499,6 +501,33 @@ def test_a_large_file_streams_with_flat_memory(backups, volume, aws, tmp_path):
 
     assert summary.ok and (tmp_path / "out" / "huge.bin").stat().st_size == 40 << 20
     assert peak < 8 << 20  # a few 1 MiB chunks, never the whole 40 MiB
+
+
+def test_a_full_target_disk_fails_that_file_only_and_leaves_no_partial_file(
+    backups, volume, aws, tmp_path, monkeypatch
+):
+    backups.put("big.bin", os.urandom(12 << 20))  # large enough to be read ahead in a thread
+    backups.put("small.txt", b"fits")
+    real_write = WritebackAsYouGo.write
+
+    def write_until_full(self, data):  # a fault-injecting wrapper: ENOSPC after 2 MiB
+        if self._written + len(data) > 2 << 20:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(WritebackAsYouGo, "write", write_until_full)
+    source = LedgerSource(Ledger(aws.dynamodb, TABLE))
+    restore_plan = place(plan(source, BUCKET, Scope(prefix=""), Selector()))
+    out = tmp_path / "out"
+
+    summary = Restorer(DirectoryTarget(volume, out), workers=2).run(restore_plan)
+
+    statuses = {r.item.key: r.status for r in summary.results}
+    assert statuses == {"big.bin": Status.FAILED, "small.txt": Status.RESTORED}
+    [failed] = summary.failed
+    assert "No space left on device" in (failed.error or "")
+    assert _tree(out) == {"small.txt"}  # no partial big.bin, no .restore-*.part left behind
+    assert not any(t.name == "read-ahead" for t in threading.enumerate())
 
 
 def test_to_s3_leaves_objects_that_are_still_the_backed_up_upload(history, restore, aws):

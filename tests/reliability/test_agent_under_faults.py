@@ -13,7 +13,7 @@ import pytest
 from agent.ledger import Ledger
 from agent.store import Volume
 from tests.conftest import BUCKET, TABLE
-from tests.e2e.conftest import make_stack
+from tests.e2e.conftest import Stack, make_stack
 from tests.reliability.audit import DeleteAudit
 from tests.reliability.conftest import point_agent_at
 from tests.reliability.pipeline import assert_backed_up_once, wait_until
@@ -22,6 +22,19 @@ from tests.reliability.proxy import DROP, LOST_RESPONSE, SERVER_ERROR, SLOW, THR
 pytestmark = pytest.mark.e2e
 
 KINDS = [THROTTLE, SERVER_ERROR, DROP, LOST_RESPONSE, SLOW]
+
+
+def upload_and_wait_for_records(
+    stack: Stack, ledger: Ledger, objects: dict[str, bytes], *, timeout: float, every: float
+) -> None:
+    """Upload `objects`, then wait for an empty queue and a ledger record of every key."""
+    for key, body in objects.items():
+        stack.clients.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+    wait_until(
+        lambda: stack.queue_depth() == (0, 0) and all(ledger.latest(BUCKET, k) for k in objects),
+        timeout=timeout,
+        every=every,
+    )
 
 
 def test_the_agent_rides_out_faults_on_s3_sqs_and_dynamodb(tmp_path, moto_server):
@@ -46,15 +59,7 @@ def test_the_agent_rides_out_faults_on_s3_sqs_and_dynamodb(tmp_path, moto_server
         agent = stack.start_agent()
         try:
             agent.wait_for("agent.started", timeout=30)
-            for key, body in objects.items():
-                stack.clients.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
-            wait_until(
-                lambda: (
-                    stack.queue_depth() == (0, 0) and all(ledger.latest(BUCKET, k) for k in objects)
-                ),
-                timeout=120,
-                every=0.5,
-            )
+            upload_and_wait_for_records(stack, ledger, objects, timeout=120, every=0.5)
             services = {name.split(".")[0] for name in proxy.injected}
             assert {"s3", "sqs", "dynamodb"} <= services, proxy.injected
 
@@ -126,15 +131,7 @@ def test_cloudwatch_sns_and_ses_down_backups_flow_and_alerts_arrive_after(tmp_pa
             assert {e["channel"] for e in failed} == {"sns", "email"}
             Volume(stack.root).initialise("vol-cw")  # the volume appears
             agent.wait_for("agent.started", timeout=30)
-            for key, body in objects.items():
-                stack.clients.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
-            wait_until(
-                lambda: (
-                    stack.queue_depth() == (0, 0) and all(ledger.latest(BUCKET, k) for k in objects)
-                ),
-                timeout=60,
-                every=0.2,
-            )
+            upload_and_wait_for_records(stack, ledger, objects, timeout=60, every=0.2)
             # more than one metrics flush failed meanwhile (each is 3 attempts)
             wait_until(lambda: proxy.calls["cloudwatch.PutMetricData"] >= 6, timeout=30)
             assert (
