@@ -68,7 +68,11 @@ class StateFile:
 
 @contextlib.contextmanager
 def job_lock(volume: Volume, job: str) -> Iterator[None]:
-    """Hold ``state/<job>.lock``; raise JobBusy if another process runs the job."""
+    """Hold ``state/<job>.lock``; raise JobBusy if another process runs the job.
+
+    The volume is checked first: an unmounted volume's bare mount point is never written.
+    """
+    volume.ensure_ready()
     directory = volume.root / STATE_DIR
     directory.mkdir(exist_ok=True)
     fd = os.open(directory / f"{job}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)

@@ -7,10 +7,11 @@ from datetime import timedelta
 import pytest
 
 from agent.config import parse_duration
-from agent.errors import ConfigError
+from agent.errors import ConfigError, VolumeNotReady
 from agent.journal import Journal
-from agent.lifecycle import JobBusy, RateLimiter, StateFile, job_lock
+from agent.lifecycle import STATE_DIR, JobBusy, RateLimiter, StateFile, job_lock
 from agent.records import VersionRecord
+from agent.store import MARKER_NAME
 from tests.conftest import make_config
 
 
@@ -114,3 +115,12 @@ def test_journal_read_since_returns_only_later_lines(tmp_path):
     journal.append(record("v:2"))
     assert [line["version_token"] for line in journal.read_since(position)] == ["v:2"]
     assert len(list(journal.read_since(None))) == 2
+
+
+def test_job_lock_writes_nothing_on_an_unmounted_volume(volume):
+    (volume.root / MARKER_NAME).unlink()  # what an unmounted mount point looks like
+
+    with pytest.raises(VolumeNotReady), job_lock(volume, "gc"):
+        pass
+
+    assert not (volume.root / STATE_DIR).exists()
