@@ -243,13 +243,25 @@ def _optional_sequencer(value: Any, where: str) -> str | None:
     return value
 
 
+def parse_time(text: str) -> datetime:
+    """ISO-8601 (``2026-11-23T10:00:00Z``, ``2026-11-23 10:00``) in UTC; naive means UTC.
+
+    The one parser for event times, the times records store and those operators type;
+    ValueError for anything else, including times outside years 1-9999 once in UTC.
+    """
+    try:
+        parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{text[:64]!r} is outside the years 1-9999 in UTC") from None
+
+
 def _parse_time(value: Any, where: str) -> datetime:
     if not isinstance(value, str):
         raise MalformedMessage(f"{where} is missing or not a string")
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError):  # OverflowError: outside years 1-9999 once in UTC
+        return parse_time(value)
+    except ValueError:
         raise MalformedMessage(f"{where} {value[:64]!r} is not an ISO-8601 time") from None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from agent.events import ObjectEvent
+from agent.events import parse_time as parse_time  # re-exported: records are read with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +79,3 @@ class VersionRecord:
             and self.version_id is not None
             and self.version_id != "null"
         )
-
-
-def parse_time(text: str) -> datetime:
-    """ISO-8601 (``2026-11-23T10:00:00Z``, ``2026-11-23 10:00``) in UTC; naive means UTC.
-
-    The one parser for the times records store and operators type.
-    """
-    parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)

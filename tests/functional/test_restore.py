@@ -481,6 +481,9 @@ def test_usage_and_configuration_errors_exit_2(restore, tmp_path, backups):
     with pytest.raises(SystemExit) as usage:
         restore("restore", "--all")  # no target
     assert usage.value.code == 2
+    with pytest.raises(SystemExit) as usage:  # year 0 once in UTC: a usage error, no traceback
+        restore("list", "--at", "0001-01-01T00:00:00+01:00")
+    assert usage.value.code == 2
     out, err = io.StringIO(), io.StringIO()
     assert main(["list", "--config", str(tmp_path / "missing.yaml")], out=out, err=err) == 2
     assert "no such file" in err.getvalue()

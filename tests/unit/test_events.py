@@ -402,3 +402,10 @@ def test_keys_that_are_not_valid_unicode_are_malformed(shape):
         body = json.dumps(document)
     with pytest.raises(MalformedMessage, match="object key is not valid UTF-8"):
         parse_message(body)
+
+
+def test_an_event_time_outside_the_years_1_to_9999_in_utc_is_malformed():
+    body = put_with(eventTime="0001-01-01T00:00:00+01:00")
+
+    with pytest.raises(MalformedMessage, match="is not an ISO-8601 time"):
+        parse_message(body)
