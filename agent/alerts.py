@@ -28,7 +28,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from agent.aws import error_code
+from agent.aws import classify, error_code
+from agent.errors import PermanentError
 
 log = structlog.get_logger("agent.alerts")
 
@@ -385,6 +386,14 @@ class AlertDispatcher:
             notice, channel = self._unsent.popleft()
             self._deliver(notice, only=channel)
 
+    def _keep_for_retry(self, notice: Notice, channel: Channel) -> None:
+        if len(self._unsent) == self._unsent.maxlen:  # the oldest goes
+            self.dropped += 1
+            log.warning("alert.unsent_dropped", channel=channel.name, dropped=self.dropped)
+        elif not self._unsent:
+            self._next_retry = time.monotonic() + self.retry_seconds
+        self._unsent.append((notice, channel))
+
     def _deliver(self, notice: Notice, only: Channel | None = None) -> None:
         message = render(notice, self.context)
         for channel in self.channels if only is None else [only]:
@@ -394,12 +403,18 @@ class AlertDispatcher:
                 channel.send(notice, message)
             except Exception as exc:  # noqa: BLE001 - the delivery thread must outlive any failure
                 self.delivery_failures[channel.name] += 1
-                if len(self._unsent) == self._unsent.maxlen:
+                if isinstance(classify(exc, channel.name), PermanentError):
+                    # AccessDenied, an unverified sender...: retrying every round cannot help
                     self.dropped += 1
-                    log.warning("alert.unsent_dropped", channel=channel.name, dropped=self.dropped)
-                elif not self._unsent:
-                    self._next_retry = time.monotonic() + self.retry_seconds
-                self._unsent.append((notice, channel))
+                    log.error(
+                        "alert.unsent_dropped",
+                        channel=channel.name,
+                        kind=notice.kind.value,
+                        reason="permanent",
+                        code=error_code(exc),
+                    )
+                else:
+                    self._keep_for_retry(notice, channel)
                 if channel.name not in self._failing:
                     self._failing.add(channel.name)
                     log.error(

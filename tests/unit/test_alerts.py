@@ -230,3 +230,30 @@ def test_a_notice_a_channel_failed_to_take_is_retried_until_it_answers():
     wait_for(lambda: dispatcher.sent_counts() == {"backup_failed": 1})
     dispatcher.stop()
     assert [n.kind for n in flaky.notices] == [AlertKind.BACKUP_FAILED]  # delivered once
+
+
+class Refused(Broken):
+    name = "email"
+
+    def send(self, notice, message) -> None:
+        self.calls += 1
+        raise botocore.exceptions.ClientError(
+            {"Error": {"Code": "MessageRejected", "Message": "Email address is not verified."}},
+            "SendRawEmail",
+        )
+
+
+def test_a_notice_refused_for_good_is_not_retried_and_says_so():
+    refused, outage = Refused(), Broken()
+    dispatcher = AlertDispatcher([refused, outage], window_seconds=300)
+    with capture_logs() as logs:
+        dispatcher.submit(failure(1))
+        dispatcher.stop()  # never started: delivers on this thread, then retries once
+
+    assert refused.calls == 1  # a permanent refusal is not retried ...
+    assert outage.calls == 2  # ... an outage is
+    dropped = [e for e in logs if e["event"] == "alert.unsent_dropped"]
+    assert [(e["channel"], e["reason"], e["code"]) for e in dropped] == [
+        ("email", "permanent", "MessageRejected")
+    ]
+    assert dispatcher.dropped == 1
