@@ -52,7 +52,7 @@ class Journal:
             created = not segment.exists()
             fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
-                _write_all(fd, after_torn_tail(fd) + data)
+                append_line(fd, data)
                 os.fsync(fd)
                 offset = os.lseek(fd, 0, os.SEEK_END)
             finally:
@@ -134,6 +134,12 @@ def after_torn_tail(fd: int) -> bytes:
     if end and os.pread(fd, 1, end - 1) != b"\n":
         return b"\n"
     return b""
+
+
+def append_line(fd: int, line: bytes) -> None:
+    """Append `line` to an O_APPEND file on a line of its own (after a torn tail too), whole:
+    a short write (a nearly full disk) continues or raises, never leaves half a record."""
+    _write_all(fd, after_torn_tail(fd) + line)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -39,7 +39,7 @@ from agent.config import Config, SnapshotRetention, SnapshotsConfig
 from agent.errors import BackupAgentError
 from agent.flush import Flusher
 from agent.imds import Imds
-from agent.journal import Journal, after_torn_tail
+from agent.journal import Journal, append_line
 from agent.records import parse_time
 from agent.snapshot_schedule import parse_schedule
 from agent.store import Volume, fsync_directory
@@ -635,8 +635,7 @@ def append_record(root: Path, entry: Mapping[str, Any]) -> None:
     line = (json.dumps(dict(entry), separators=(",", ":"), sort_keys=True) + "\n").encode()
     fd = os.open(directory / RECORDS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
     try:
-        # After a torn last line, start a new one: joined to it, this record would be lost.
-        os.write(fd, after_torn_tail(fd) + line)
+        append_line(fd, line)  # after a torn last line, on a new one; never half written
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -106,6 +107,18 @@ def test_a_record_appended_after_a_torn_line_is_kept(tmp_path):
     assert [(r["snapshot_id"], r["state"]) for r in read_records(tmp_path)] == [
         ("snap-1", "pending"),
         ("snap-2", "completed"),
+    ]
+
+
+def test_a_record_written_in_short_writes_is_whole(tmp_path, monkeypatch):
+    real_write = os.write
+    # a nearly full disk: every write takes at most 7 bytes
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data)[:7]))
+
+    append_record(tmp_path, {"snapshot_id": "snap-1", "state": "completed", "taken_at": "1"})
+
+    assert [(r["snapshot_id"], r["state"]) for r in read_records(tmp_path)] == [
+        ("snap-1", "completed")
     ]
 
 
