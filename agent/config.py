@@ -122,7 +122,7 @@ class SnapshotRetention(Section):
 
 
 class SnapshotsConfig(Section):
-    """EBS snapshots of the backup volume (see agent/snapshots.py)."""
+    """EBS snapshots of the backup volume (see agent/snapshots/manager.py)."""
 
     enabled: bool = False
     schedule: str = Field(default="0 3 * * *", description="cron (UTC) or an interval: 6h, 1d")
@@ -133,7 +133,7 @@ class SnapshotsConfig(Section):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
-        from agent.snapshot_schedule import parse_schedule
+        from agent.schedule import parse_schedule
 
         parse_schedule(value)  # raises ValueError naming the problem
         return value
@@ -223,7 +223,7 @@ class Schedule(Section):
 
 
 class ReconcileConfig(Section):
-    """Backfill: list the buckets and back up what the ledger lacks (agent/reconcile.py)."""
+    """Backfill: list the buckets and back up what the ledger lacks (agent/lifecycle/reconcile.py)."""
 
     schedule: Schedule | None = Field(
         default=None, description="cron line or seconds; null: on demand only"
@@ -234,7 +234,7 @@ class ReconcileConfig(Section):
 
 
 class RetentionConfig(Section):
-    """Which recorded versions to keep (agent/retention.py). Unset rules keep everything."""
+    """Which recorded versions to keep (agent/lifecycle/retention.py). Unset rules keep everything."""
 
     schedule: Schedule | None = Field(
         default=None, description="cron line or seconds; null: on demand only"
@@ -245,7 +245,7 @@ class RetentionConfig(Section):
 
 
 class GcConfig(Section):
-    """Remove copies no record references (agent/gc.py)."""
+    """Remove copies no record references (agent/lifecycle/gc.py)."""
 
     schedule: Schedule | None = Field(
         default=None, description="cron line or seconds; null: on demand only"
@@ -254,7 +254,7 @@ class GcConfig(Section):
 
 
 class ScrubConfig(Section):
-    """Re-read and verify stored copies (agent/scrub.py)."""
+    """Re-read and verify stored copies (agent/lifecycle/scrub.py)."""
 
     schedule: Schedule | None = Field(
         default=None, description="cron line or seconds; null: on demand only"

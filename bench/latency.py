@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.ledger import Ledger
+from agent.storage.ledger import Ledger
 from bench.data import small_payload
 from bench.stack import Setup
 from bench.timing import percentile

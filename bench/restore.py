@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from agent.store import READ_CHUNK, Volume
+from agent.storage.volume import READ_CHUNK, Volume
 from bench.timing import run_timed
 
 

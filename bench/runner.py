@@ -216,14 +216,14 @@ class Benchmark:
     # -- 3. restore -------------------------------------------------------------------
 
     def restorer(self, volume_root: Path, config: Path | None) -> Restorer:
-        from agent.store import Volume
+        from agent.storage.volume import Volume
 
         if self.settings.restore_cmd and config:
             return CommandRestorer(self.settings.restore_cmd, config)
         return VolumeRestorer(Volume(volume_root))
 
     def restore(self) -> None:
-        from agent.store import Volume
+        from agent.storage.volume import Volume
 
         self.report.section("3. restore: stored copies → files")
         o = self.outcome

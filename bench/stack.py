@@ -15,12 +15,12 @@ import psutil
 import yaml
 
 from agent.aws import Clients, build_clients
-from agent.bootstrap import Bootstrap
 from agent.config import Config, load_config
-from agent.ledger import table_definition
-from agent.local_aws import FAKE_CREDENTIALS, AgentProcess, MotoServer
-from agent.store import Volume
+from agent.operations.bootstrap import Bootstrap
+from agent.storage.ledger import table_definition
+from agent.storage.volume import Volume
 from bench import profile
+from tests.support.local_aws import FAKE_CREDENTIALS, AgentProcess, MotoServer
 
 ACCOUNT = "123456789012"
 

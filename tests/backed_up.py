@@ -14,10 +14,10 @@ from typing import Any
 import yaml
 
 from agent.aws import Clients
-from agent.backup import BackupService, Result
 from agent.events import EventKind, ObjectEvent
-from agent.ledger import Ledger
-from agent.store import CompressionSettings, Volume
+from agent.pipeline.backup import BackupService, Result
+from agent.storage.ledger import Ledger
+from agent.storage.volume import CompressionSettings, Volume
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
 from tests.service import make_service
 

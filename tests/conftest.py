@@ -14,9 +14,9 @@ import pytest
 from moto import mock_aws
 
 from agent.aws import Clients
-from agent.bootstrap import Bootstrap
 from agent.config import Config, parse_config
-from agent.store import Volume
+from agent.operations.bootstrap import Bootstrap
+from agent.storage.volume import Volume
 
 REGION = "us-east-1"
 BUCKET = "company-documents"

@@ -25,7 +25,7 @@ from typing import Any
 import boto3
 import botocore.client
 
-from agent.iam import iam_action, sqs_arn
+from agent.operations.iam import iam_action, sqs_arn
 
 ACCOUNT = "123456789012"  # moto's account
 

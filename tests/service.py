@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.backup import BackupService
-from agent.journal import Journal
-from agent.ledger import Ledger
-from agent.store import CompressionSettings, Volume
+from agent.pipeline.backup import BackupService
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
+from agent.storage.volume import CompressionSettings, Volume
 from tests.conftest import BUCKET, TABLE
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
-from agent.barrier import Barrier
 from agent.config import SnapshotsConfig
-from agent.flush import Flusher
-from agent.journal import Journal
-from agent.snapshots import SnapshotManager
+from agent.snapshots.flush import Flusher
+from agent.snapshots.manager import SnapshotManager
+from agent.storage.barrier import Barrier
+from agent.storage.journal import Journal
 
 AZ = "us-east-1a"
 

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from agent.aws import Clients, build_clients
-from agent.bootstrap import Bootstrap
 from agent.config import Config, load_config
-from agent.local_aws import AgentProcess, MotoServer
-from agent.store import Volume
+from agent.operations.bootstrap import Bootstrap
+from agent.storage.volume import Volume
 from tests.conftest import BUCKET, TABLE
+from tests.support.local_aws import AgentProcess, MotoServer
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import time
 
 import zstandard
 
-from agent.ledger import Ledger
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, TABLE
 from tests.waiting import wait_until
 
@@ -117,7 +117,7 @@ def test_missing_volume_marker_blocks_writes_until_initialised(stack):
     assert not (stack.root / "objects").exists() or not any((stack.root / "objects").rglob("*.zst"))
     assert stack.queue_depth()[0] == 1  # the event waits in the queue
 
-    from agent.store import Volume
+    from agent.storage.volume import Volume
 
     Volume(stack.root).initialise("vol-late")
     agent.wait_for("backup.stored", timeout=30)

@@ -10,9 +10,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.local_aws import FAKE_CREDENTIALS, agent_command, free_port
 from tests.conftest import BUCKET
 from tests.e2e.conftest import make_stack
+from tests.support.local_aws import FAKE_CREDENTIALS, agent_command, free_port
 
 pytestmark = pytest.mark.e2e
 

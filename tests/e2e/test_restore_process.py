@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.bootstrap import Bootstrap
-from agent.local_aws import FAKE_CREDENTIALS
-from agent.restore_cli import main
-from agent.share import LIFECYCLE_RULE_ID
-from agent.store import Volume
+from agent.cli.restore import main
+from agent.operations.bootstrap import Bootstrap
+from agent.restore.share import LIFECYCLE_RULE_ID
+from agent.storage.volume import Volume
 from tests.backed_up import BackedUp
 from tests.conftest import BUCKET
 from tests.e2e.conftest import make_stack
+from tests.support.local_aws import FAKE_CREDENTIALS
 
 STAGING = "recovery-shares"
 REPO = Path(__file__).resolve().parents[2]

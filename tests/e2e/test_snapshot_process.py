@@ -8,11 +8,11 @@ import subprocess
 
 import boto3
 
-from agent.ledger import Ledger
-from agent.local_aws import FAKE_CREDENTIALS, agent_command
-from agent.snapshots import JOURNAL_TAG, list_snapshots, read_records, tag_dict
+from agent.snapshots.manager import JOURNAL_TAG, list_snapshots, read_records, tag_dict
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, TABLE
 from tests.e2e.conftest import make_stack
+from tests.support.local_aws import FAKE_CREDENTIALS, agent_command
 
 
 def test_a_snapshot_taken_while_the_agent_writes_loses_nothing(tmp_path, moto_server):

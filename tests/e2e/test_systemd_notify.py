@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import Volume
+from agent.storage.volume import Volume
 
 
 class NotifySocket:

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agent.backup import BackupService
 from agent.config import Config
-from agent.daemon import compression_settings
 from agent.events import EventKind, ObjectEvent
-from agent.journal import Journal
-from agent.store import Volume
+from agent.pipeline.backup import BackupService
+from agent.runtime.daemon import compression_settings
+from agent.storage.journal import Journal
+from agent.storage.volume import Volume
 from tests import service
 from tests.conftest import BUCKET
 

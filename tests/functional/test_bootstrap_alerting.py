@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from agent.bootstrap import Bootstrap
 from agent.config import Config
+from agent.operations.bootstrap import Bootstrap
 from tests.conftest import make_config
 
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:backup-agent-alerts"

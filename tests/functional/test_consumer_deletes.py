@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from agent.backup import Outcome, Result
-from agent.consumer import Consumer
-from agent.daemon import consumer_settings
+from agent.pipeline.backup import Outcome, Result
+from agent.pipeline.consumer import Consumer
+from agent.runtime.daemon import consumer_settings
 from tests.conftest import BUCKET, count_sqs_calls, queue_counts
 from tests.waiting import wait_until
 

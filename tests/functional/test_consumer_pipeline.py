@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from agent.aws import Clients
-from agent.backup import BackupService
-from agent.bootstrap import dead_letter_name
-from agent.consumer import Consumer
-from agent.daemon import compression_settings, consumer_settings
-from agent.journal import Journal
-from agent.ledger import Ledger
+from agent.operations.bootstrap import dead_letter_name
+from agent.pipeline.backup import BackupService
+from agent.pipeline.consumer import Consumer
+from agent.runtime.daemon import compression_settings, consumer_settings
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
 from tests import service
 from tests.aws_hooks import Fault, inject, record_calls
 from tests.conftest import BUCKET, QUEUE_URL, TABLE, bootstrapped_aws, make_config, queue_counts

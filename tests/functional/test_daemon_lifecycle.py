@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import pytest
 from structlog.testing import capture_logs
 
-import agent.daemon as daemon_module
+import agent.runtime.daemon as daemon_module
 from agent.aws import Clients
-from agent.daemon import Daemon
-from agent.ledger import Ledger
-from agent.store import MARKER_NAME, Volume
+from agent.runtime.daemon import Daemon
+from agent.storage.ledger import Ledger
+from agent.storage.volume import MARKER_NAME, Volume
 from tests.conftest import BUCKET, TABLE
 from tests.waiting import wait_until
 

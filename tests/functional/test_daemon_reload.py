@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from agent.daemon import Daemon
+from agent.runtime.daemon import Daemon
 from tests.conftest import make_config
 
 

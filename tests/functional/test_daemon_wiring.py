@@ -10,9 +10,9 @@ import time
 import yaml
 from structlog.testing import capture_logs
 
-from agent import restore_cli
-from agent.daemon import Daemon
-from agent.lifecycle import job_lock
+from agent.cli import restore as restore_cli
+from agent.lifecycle.context import job_lock
+from agent.runtime.daemon import Daemon
 from tests.conftest import make_config
 
 
@@ -115,7 +115,7 @@ def test_backup_restore_snapshots_lists_the_agents_snapshots(aws, backup_root, v
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
-    from agent.snapshots import build_snapshot_manager
+    from agent.snapshots.manager import build_snapshot_manager
 
     config = make_config(
         backup_root,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from agent.backup import BackupService, Outcome, _md5_from_etag
-from agent.daemon import Daemon, compression_settings
-from agent.encryption import check_at_startup, discover_volume_id
 from agent.events import EventKind, ObjectEvent
+from agent.pipeline.backup import BackupService, Outcome, _md5_from_etag
+from agent.runtime.daemon import Daemon, compression_settings
+from agent.storage.encryption import check_at_startup, discover_volume_id
 from tests.conftest import BUCKET, make_config
 from tests.service import make_service
 

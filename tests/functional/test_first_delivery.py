@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.backup import BackupService, Outcome
-from agent.daemon import compression_settings
-from agent.delivery import Delivery, delivering
 from agent.events import parse_message
-from agent.journal import Journal
-from agent.ledger import Ledger
+from agent.pipeline.backup import BackupService, Outcome
+from agent.pipeline.delivery import Delivery, delivering
+from agent.runtime.daemon import compression_settings
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, TABLE, receive_all
 from tests.service import make_service
 
@@ -147,10 +147,10 @@ def journal_lines(volume):
 def test_the_consumer_tells_the_processor_the_receive_count(aws, config):
     import time
 
-    from agent import delivery
-    from agent.backup import Result
-    from agent.consumer import Consumer
-    from agent.daemon import consumer_settings
+    from agent.pipeline import delivery
+    from agent.pipeline.backup import Result
+    from agent.pipeline.consumer import Consumer
+    from agent.runtime.daemon import consumer_settings
 
     seen: list[int] = []
 

@@ -28,13 +28,22 @@ import structlog
 import yaml
 from moto import mock_aws
 
-from agent import bootstrap, cli, mount_snapshot, restore_cli
 from agent.aws import build_clients
+from agent.cli import agent as cli
+from agent.cli import restore as restore_cli
 from agent.config import load_config
-from agent.daemon import Daemon
-from agent.iam import NOT_EXERCISED, granted_actions, iam_action, policy_document, trust_document
-from agent.ledger import Ledger
-from agent.store import Volume
+from agent.operations import bootstrap
+from agent.operations.iam import (
+    NOT_EXERCISED,
+    granted_actions,
+    iam_action,
+    policy_document,
+    trust_document,
+)
+from agent.runtime.daemon import Daemon
+from agent.snapshots import mount as mount_snapshot
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
 from tests.aws_hooks import Fault, inject
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
 from tests.iam_support import Call, Check, Recorder, UnknownOperation, checks, matching_statements
@@ -394,7 +403,7 @@ def test_a_minimal_config_gets_no_statements_for_sections_it_does_not_use(tmp_pa
 
 def test_committed_policies_match_the_example_config():
     def generate(*extra: str) -> dict[str, Any]:
-        argv = [sys.executable, "-m", "agent.cli", "iam-policy", "--config", str(EXAMPLE)]
+        argv = [sys.executable, "-m", "agent.cli.agent", "iam-policy", "--config", str(EXAMPLE)]
         run = subprocess.run([*argv, *extra], cwd=REPO, capture_output=True, text=True, check=True)
         return json.loads(run.stdout)
 

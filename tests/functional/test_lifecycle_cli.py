@@ -8,8 +8,8 @@ import pytest
 import structlog
 import yaml
 
-from agent.cli import EXIT_OK, main
-from agent.ledger import Ledger
+from agent.cli.agent import EXIT_OK, main
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
 from tests.functional.lifecycle_support import put
 

@@ -10,9 +10,10 @@ import pytest
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 
-from agent import cli
-from agent.alarms import Alarms
-from agent.alerts import (
+from agent.cli import agent as cli
+from agent.config import Config
+from agent.errors import ConfigError
+from agent.monitoring.alerts import (
     AlertDispatcher,
     AlertKind,
     EmailChannel,
@@ -20,10 +21,9 @@ from agent.alerts import (
     backup_gave_up,
     report_rejected_config,
 )
-from agent.config import Config
-from agent.dashboard import Dashboard
-from agent.errors import ConfigError
-from agent.metrics import CloudWatchPublisher, DiskUsage, Sampler
+from agent.monitoring.metrics import CloudWatchPublisher, DiskUsage, Sampler
+from agent.operations.alarms import Alarms
+from agent.operations.dashboard import Dashboard
 from agent.stats import Stats
 from tests.conftest import REGION, make_config
 
@@ -318,7 +318,7 @@ def test_a_rejected_configuration_is_reported_once_per_hour(aws, topic, tmp_path
 
 
 def test_bootstrap_creates_the_alert_topic_once(aws, backup_root):
-    from agent.bootstrap import Bootstrap
+    from agent.operations.bootstrap import Bootstrap
 
     arn = "arn:aws:sns:us-east-1:123456789012:backup-alerts"
     config = make_config(backup_root, alerts={"sns_topic_arn": arn})
@@ -330,7 +330,7 @@ def test_bootstrap_creates_the_alert_topic_once(aws, backup_root):
 
 
 def test_the_daily_digest_is_an_email_with_the_days_figures(aws, backup_root, topic):
-    from agent.monitoring import Monitoring
+    from agent.monitoring.monitor import Monitoring
 
     ses = aws.session.client("ses")
     ses.verify_email_identity(EmailAddress=SENDER)

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.consumer import Consumer
-from agent.daemon import Daemon, consumer_settings
 from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.events import parse_message
-from agent.ledger import Ledger
-from agent.monitoring import Monitoring
+from agent.monitoring.monitor import Monitoring
+from agent.pipeline.consumer import Consumer
+from agent.runtime.daemon import Daemon, consumer_settings
 from agent.stats import Stats
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, QUEUE_URL, TABLE, make_config
 from tests.functional.test_monitoring_aws import inbox_messages, topic  # noqa: F401 - fixture
 from tests.waiting import wait_until
@@ -198,7 +198,7 @@ def test_a_cloudwatch_outage_is_logged_once_and_the_datapoints_arrive_later(aws)
     import botocore.config
     from structlog.testing import capture_logs
 
-    from agent.metrics import CloudWatchPublisher, Datapoint
+    from agent.monitoring.metrics import CloudWatchPublisher, Datapoint
 
     cloudwatch = aws.session.client(
         "cloudwatch", config=botocore.config.Config(retries={"max_attempts": 1})

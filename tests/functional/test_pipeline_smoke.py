@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from agent.consumer import Consumer
-from agent.daemon import compression_settings, consumer_settings
-from agent.ledger import Ledger
+from agent.pipeline.consumer import Consumer
+from agent.runtime.daemon import compression_settings, consumer_settings
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, TABLE
 from tests.service import make_service
 

@@ -9,9 +9,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from agent.jobs import JobRecord, every
-from agent.metrics import DiskUsage
-from agent.prometheus import PrometheusMetrics, Sources
+from agent.monitoring.metrics import DiskUsage
+from agent.monitoring.prometheus import PrometheusMetrics, Sources
+from agent.scheduler import JobRecord, every
 from agent.stats import Stats
 
 

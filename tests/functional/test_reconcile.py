@@ -9,10 +9,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.config import ReconcileConfig
-from agent.ledger import Ledger
-from agent.lifecycle import RateLimiter, StateFile
-from agent.reconcile import CHECKPOINT_NAME, Reconciler
-from agent.retention import RetentionPolicy
+from agent.lifecycle.context import RateLimiter, StateFile
+from agent.lifecycle.reconcile import CHECKPOINT_NAME, Reconciler
+from agent.lifecycle.retention import RetentionPolicy
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, QUEUE_URL, TABLE
 from tests.functional.lifecycle_support import (
     created,

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from agent import cli as agent_cli
-from agent.ledger import Ledger
-from agent.restore import DirectoryTarget, Restorer, S3Target, Scope, Status, place, plan
-from agent.restore_cli import first_interrupt_sets, main
-from agent.restore_source import LedgerSource, Selector
-from agent.store import WritebackAsYouGo
+from agent.cli import agent as agent_cli
+from agent.cli.restore import first_interrupt_sets, main
+from agent.restore.restorer import DirectoryTarget, Restorer, S3Target, Scope, Status, place, plan
+from agent.restore.source import LedgerSource, Selector
+from agent.storage.ledger import Ledger
+from agent.storage.volume import WritebackAsYouGo
 from tests.backed_up import T0, BackedUp, write_config
 from tests.conftest import BUCKET, TABLE
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
-from agent.gc import TRASH_DIR, GarbageCollector
-from agent.journal import Journal
-from agent.ledger import Ledger
-from agent.retention import Retention, RetentionPolicy
+from agent.lifecycle.gc import TRASH_DIR, GarbageCollector
+from agent.lifecycle.retention import Retention, RetentionPolicy
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, TABLE
 from tests.functional.lifecycle_support import (
     FakeClock,
@@ -145,7 +145,7 @@ def test_the_delete_pipeline_records_a_tombstone_and_keeps_the_versions(aws, con
 
 def orphan(volume, config, body: bytes, age: timedelta):
     """A copy no record references, with an mtime `age` before NOW."""
-    from agent.daemon import compression_settings
+    from agent.runtime.daemon import compression_settings
 
     copy = volume.write_copy([body], compression_settings(config))
     stamp = (NOW - age).timestamp()
@@ -236,8 +236,8 @@ def test_a_deduplicating_backup_survives_gc_taking_the_copy_mid_commit(
         os.unlink(path)  # GC renamed it away between exists() and utime()
         return real_utime(path, *args, **kwargs)
 
-    monkeypatch.setattr("agent.store.os.utime", gc_got_there_first)
-    from agent.daemon import compression_settings
+    monkeypatch.setattr("agent.storage.volume.os.utime", gc_got_there_first)
+    from agent.runtime.daemon import compression_settings
 
     again = volume.write_copy([body], compression_settings(config))
     monkeypatch.undo()

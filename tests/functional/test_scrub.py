@@ -10,8 +10,8 @@ from structlog.testing import capture_logs
 
 from agent.config import ScrubConfig
 from agent.errors import IntegrityError
-from agent.journal import Journal
-from agent.scrub import QUARANTINE_DIR, Scrubber
+from agent.lifecycle.scrub import QUARANTINE_DIR, Scrubber
+from agent.storage.journal import Journal
 from tests.functional.lifecycle_support import created, enable_versioning, make_service, put
 
 

@@ -15,15 +15,12 @@ import pytest
 import structlog
 import yaml
 
-from agent import cli
-from agent.backup import Outcome
-from agent.barrier import WriteBarrier
-from agent.daemon import compression_settings
+from agent.cli import agent as cli
 from agent.events import EventKind, ObjectEvent
-from agent.flush import Flusher
-from agent.journal import Journal
-from agent.ledger import Ledger
-from agent.snapshots import (
+from agent.pipeline.backup import Outcome
+from agent.runtime.daemon import compression_settings
+from agent.snapshots.flush import Flusher
+from agent.snapshots.manager import (
     JOURNAL_TAG,
     MANAGED_TAG,
     RECORDS_DIR,
@@ -36,6 +33,9 @@ from agent.snapshots import (
     snapshot_listing,
     tag_dict,
 )
+from agent.storage.barrier import WriteBarrier
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 from tests.service import make_service
 from tests.snapshot_support import FakeClock, make_manager, make_volume

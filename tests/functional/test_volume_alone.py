@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from agent.events import parse_message
-from agent.journal import Journal
-from agent.ledger import Ledger, table_definition
-from agent.store import CompressionSettings
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger, table_definition
+from agent.storage.volume import CompressionSettings
 from tests.conftest import BUCKET, TABLE
 from tests.event_fixtures import notification, s3_record
 from tests.service import make_service

@@ -7,8 +7,8 @@ import threading
 
 from agent.errors import IntegrityError, MalformedMessage
 from agent.events import parse_message
-from agent.ledger import Ledger
-from agent.store import Volume
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
 from tests.reliability.proxy import Exchange
 
 

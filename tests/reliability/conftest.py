@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.local_aws import MotoServer
-from agent.store import Volume
+from agent.storage.volume import Volume
 from tests.e2e.conftest import Stack
 from tests.reliability.pipeline import Pipeline, local_pipeline, pipeline_config
+from tests.support.local_aws import MotoServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -23,15 +23,15 @@ from botocore.response import StreamingBody
 from moto import mock_aws
 
 from agent.aws import Clients, client_config
-from agent.backup import BackupService
-from agent.bootstrap import Bootstrap, dead_letter_name
 from agent.config import Config
-from agent.consumer import Consumer
-from agent.daemon import compression_settings, consumer_settings
-from agent.journal import Journal
-from agent.ledger import Ledger
+from agent.operations.bootstrap import Bootstrap, dead_letter_name
+from agent.pipeline.backup import BackupService
+from agent.pipeline.consumer import Consumer
 from agent.records import VersionRecord
-from agent.store import Volume
+from agent.runtime.daemon import compression_settings, consumer_settings
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
 from tests.conftest import REGION
 
 # -- the pipeline ----------------------------------------------------------------------------

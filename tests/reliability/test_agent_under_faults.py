@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from agent.ledger import Ledger
-from agent.store import Volume
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
 from tests.conftest import BUCKET, TABLE
 from tests.e2e.conftest import Stack, make_stack
 from tests.reliability.audit import DeleteAudit

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import Volume
+from agent.storage.volume import Volume
 from tests.conftest import BUCKET
 from tests.e2e.conftest import Stack, make_stack
 from tests.reliability.pipeline import wait_until
@@ -159,7 +159,7 @@ def test_a_rejected_config_edit_under_load_alerts_loses_nothing_and_keeps_the_ol
     import hashlib
     import threading
 
-    from agent.ledger import Ledger
+    from agent.storage.ledger import Ledger
     from tests.conftest import TABLE
 
     stack = _alerting_stack(tmp_path, moto_server)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from agent.cli import main as cli_main
+from agent.cli.agent import main as cli_main
 from agent.errors import MalformedMessage
 from agent.events import parse_message
 from tests.conftest import BUCKET

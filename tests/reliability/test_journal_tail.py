@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent import journal as journal_module
-from agent.journal import Journal
 from agent.records import VersionRecord
+from agent.storage import journal as journal_module
+from agent.storage.journal import Journal
 
 NOW = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
 

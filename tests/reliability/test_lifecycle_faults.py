@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.ledger import Ledger
-from agent.local_aws import FAKE_CREDENTIALS, agent_command
-from agent.store import Volume
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
 from tests.conftest import BUCKET, TABLE
 from tests.e2e.conftest import Stack, make_stack
 from tests.reliability.pipeline import wait_until
+from tests.support.local_aws import FAKE_CREDENTIALS, agent_command
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,15 @@ import boto3
 from moto import mock_aws
 from structlog.testing import capture_logs
 
-from agent.alerts import AlertDispatcher, AlertKind, EmailChannel, SnsChannel, operational
 from agent.aws import client_config
-from agent.metrics import CloudWatchPublisher, Sampler
+from agent.monitoring.alerts import (
+    AlertDispatcher,
+    AlertKind,
+    EmailChannel,
+    SnsChannel,
+    operational,
+)
+from agent.monitoring.metrics import CloudWatchPublisher, Sampler
 from tests.conftest import BUCKET, REGION, make_config
 from tests.reliability.pipeline import (
     RESET,

@@ -11,8 +11,8 @@ import os
 import pytest
 
 import agent.aws
-from agent.ledger import Ledger
-from agent.restore_cli import main
+from agent.cli.restore import main
+from agent.storage.ledger import Ledger
 from tests.backed_up import BackedUp, write_config
 from tests.conftest import BUCKET, TABLE
 from tests.reliability.pipeline import SERVER_ERROR, THROTTLE, UNAVAILABLE, Faults

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import psutil
 import pytest
 
-from agent.journal import Journal
-from agent.store import Volume
+from agent.storage.journal import Journal
+from agent.storage.volume import Volume
 from tests.conftest import BUCKET
 from tests.e2e.conftest import make_stack
 from tests.reliability.pipeline import notification, s3_record, wait_until

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.ledger import Ledger
-from agent.store import Volume
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
 from tests.conftest import BUCKET, TABLE
 from tests.e2e.conftest import make_stack
 from tests.reliability.pipeline import notification, s3_record, wait_until

@@ -7,7 +7,7 @@ import threading
 import botocore.exceptions
 from structlog.testing import capture_logs
 
-from agent.alerts import (
+from agent.monitoring.alerts import (
     Alert,
     AlertDispatcher,
     AlertKind,

@@ -9,11 +9,11 @@ import threading
 import pytest
 from structlog.testing import capture_logs
 
-from agent.backup import BackupService, Outcome
 from agent.errors import DiskFull, ObjectGone, PermanentError, RetryableError, VolumeNotReady
 from agent.events import ObjectEvent, parse_message
-from agent.ledger import Ledger
-from agent.store import MARKER_NAME
+from agent.pipeline.backup import BackupService, Outcome
+from agent.storage.ledger import Ledger
+from agent.storage.volume import MARKER_NAME
 from tests.aws_hooks import Fault, inject, record_calls
 from tests.conftest import BUCKET, TABLE
 from tests.event_fixtures import notification, s3_record

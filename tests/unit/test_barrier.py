@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent.barrier import BarrierTimeout, NoBarrier, WriteBarrier
+from agent.storage.barrier import BarrierTimeout, NoBarrier, WriteBarrier
 
 
 def test_shared_holders_do_not_exclude_each_other(tmp_path):
@@ -50,7 +50,8 @@ def test_a_new_copy_waits_at_the_gate_while_the_snapshot_holds_it(tmp_path):
 def test_the_barrier_holds_across_processes(tmp_path):
     """`backup-agent snapshot` runs in its own process: the daemon's copies must see it."""
     script = (
-        "import sys, time; from pathlib import Path; from agent.barrier import WriteBarrier\n"
+        "import sys, time; from pathlib import Path\n"
+        "from agent.storage.barrier import WriteBarrier\n"
         "with WriteBarrier(Path(sys.argv[1])).exclusive(5):\n"
         "    print('closed', flush=True); sys.stdin.readline()\n"
     )

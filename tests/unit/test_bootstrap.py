@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from agent.aws import Clients
-from agent.bootstrap import NOTIFICATION_ID, Bootstrap, dead_letter_name
+from agent.operations.bootstrap import NOTIFICATION_ID, Bootstrap, dead_letter_name
 from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 
 

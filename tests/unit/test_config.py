@@ -8,7 +8,7 @@ import pytest
 import structlog
 import yaml
 
-from agent import cli
+from agent.cli import agent as cli
 from agent.config import (
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,

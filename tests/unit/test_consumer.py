@@ -14,13 +14,13 @@ import pytest
 from moto import mock_aws
 from structlog.testing import capture_logs
 
-import agent.consumer as consumer_module
-from agent.backup import Outcome, Result
+import agent.pipeline.consumer as consumer_module
 from agent.config import parse_config
-from agent.consumer import MAX_VISIBILITY, ByteBudget, Consumer, ConsumerSettings, InFlight
-from agent.daemon import consumer_settings
 from agent.errors import PermanentError, RetryableError
 from agent.events import ObjectEvent
+from agent.pipeline.backup import Outcome, Result
+from agent.pipeline.consumer import MAX_VISIBILITY, ByteBudget, Consumer, ConsumerSettings, InFlight
+from agent.runtime.daemon import consumer_settings
 from tests.aws_hooks import CallLog, Fault, inject, record_calls
 from tests.conftest import QUEUE_URL, queue_counts
 from tests.event_fixtures import EVENTS_DIR, event_text, notification, s3_record

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.deletes import DeleteBatcher
+from agent.pipeline.deletes import DeleteBatcher
 from tests.conftest import QUEUE_URL, count_sqs_calls, queue_counts
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.alerts import AlertKind
-from agent.disk import DiskMonitor, DiskState
-from agent.metrics import DiskUsage
+from agent.monitoring.alerts import AlertKind
+from agent.monitoring.disk import DiskMonitor, DiskState
+from agent.monitoring.metrics import DiskUsage
 
 GIB = 1 << 30
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from agent.flush import Flusher, has_capability
+from agent.snapshots.flush import Flusher, has_capability
 
 ALL_CAPS = "CapEff:\t000001ffffffffff\n"
 NO_CAPS = "CapEff:\t0000000000000000\n"

@@ -10,7 +10,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from structlog.testing import capture_logs
 
 from agent.config import Schedule
-from agent.jobs import Jobs, cron, every, trigger_for
+from agent.scheduler import Jobs, cron, every, trigger_for
 from tests.waiting import wait_until
 
 

@@ -6,8 +6,8 @@ import os
 from datetime import UTC, datetime
 
 from agent.events import EventKind, ObjectEvent
-from agent.journal import Journal, JournalPosition
 from agent.records import VersionRecord
+from agent.storage.journal import Journal, JournalPosition
 
 T0 = datetime(2026, 11, 23, 23, 59, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ from moto import mock_aws
 
 from agent.errors import PermanentError, RetryableError
 from agent.events import EventKind, ObjectEvent
-from agent.ledger import Ledger, table_definition
 from agent.records import VersionRecord
+from agent.storage.ledger import Ledger, table_definition
 from tests.aws_hooks import Fault, inject, record_calls
 
 BUCKET = "company-documents"

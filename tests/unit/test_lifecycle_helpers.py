@@ -8,10 +8,10 @@ import pytest
 
 from agent.config import parse_duration
 from agent.errors import ConfigError, VolumeNotReady
-from agent.journal import Journal
-from agent.lifecycle import STATE_DIR, JobBusy, RateLimiter, StateFile, job_lock
+from agent.lifecycle.context import STATE_DIR, JobBusy, RateLimiter, StateFile, job_lock
 from agent.records import VersionRecord
-from agent.store import MARKER_NAME
+from agent.storage.journal import Journal
+from agent.storage.volume import MARKER_NAME
 from tests.conftest import make_config
 
 

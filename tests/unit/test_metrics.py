@@ -11,7 +11,7 @@ import botocore.exceptions
 import pytest
 from structlog.testing import capture_logs
 
-from agent.metrics import (
+from agent.monitoring.metrics import (
     CloudWatchPublisher,
     Datapoint,
     DiskUsage,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from agent.notify import Notifier
+from agent.runtime.systemd import Notifier
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent.readahead import chunks, read_ahead
+from agent.storage.readahead import chunks, read_ahead
 
 
 def test_every_chunk_comes_through_in_order():

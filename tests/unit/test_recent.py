@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.recent import RecentVersions
+from agent.pipeline.recent import RecentVersions
 
 
 def test_a_remembered_version_gives_its_content_hash():

@@ -11,7 +11,7 @@ import yaml
 from structlog.testing import capture_logs
 
 from agent.config import Config
-from agent.reload import ConfigReloader, changed_keys, effective_config, needs_restart
+from agent.runtime.reload import ConfigReloader, changed_keys, effective_config, needs_restart
 from tests.conftest import make_config
 
 

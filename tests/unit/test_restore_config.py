@@ -6,7 +6,7 @@ import pytest
 
 from agent.config import duration_seconds
 from agent.errors import ConfigError
-from agent.share import lifecycle_days
+from agent.restore.share import lifecycle_days
 from tests.conftest import make_config
 
 

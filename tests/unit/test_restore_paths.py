@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.restore_paths import NAME_MAX, escape_part, key_parts, place_keys
+from agent.restore.paths import NAME_MAX, escape_part, key_parts, place_keys
 
 # Keys made of the awkward pieces: separators, dots, long runs, unicode, percent signs.
 PIECES = st.sampled_from(["/", ".", "..", "a", "b", "%", "%2E", "é", "✓", " ", "k" * 300, "~"])

@@ -8,9 +8,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from agent.cli.restore import LogProgress, Runtime, TtyProgress
 from agent.records import VersionRecord
-from agent.restore import Item, ItemResult, Status
-from agent.restore_cli import LogProgress, Runtime, TtyProgress
+from agent.restore.restorer import Item, ItemResult, Status
 
 
 def _result(key: str, status: Status = Status.RESTORED) -> ItemResult:

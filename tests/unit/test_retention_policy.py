@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agent.retention import Entry, RetentionPolicy
+from agent.lifecycle.retention import Entry, RetentionPolicy
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ import boto3
 from moto import mock_aws
 
 from agent.config import SnapshotsConfig
-from agent.snapshots import (
+from agent.snapshots.manager import (
     Snapshot,
     SnapshotRun,
     print_snapshots,

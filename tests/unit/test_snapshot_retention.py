@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.config import SnapshotRetention
-from agent.snapshots import MANAGED_TAG, VOLUME_TAG, Snapshot, retention_plan, tag_list
+from agent.snapshots.manager import MANAGED_TAG, VOLUME_TAG, Snapshot, retention_plan, tag_list
 from tests.snapshot_support import FakeClock, make_manager, make_volume, moto_ec2
 
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.snapshot_schedule import parse_schedule
+from agent.schedule import parse_schedule
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import pytest
 import zstandard
 
 from agent.errors import DiskFull, IntegrityError, RetryableError, VolumeNotReady
-from agent.store import (
+from agent.storage.volume import (
     MARKER_NAME,
     CompressionSettings,
     Expectation,
@@ -258,7 +258,7 @@ TMPFS_SCRIPT = textwrap.dedent(
     import json, os, sys
     from pathlib import Path
     from agent.errors import DiskFull
-    from agent.store import CompressionSettings, Volume
+    from agent.storage.volume import CompressionSettings, Volume
 
     root = Path(sys.argv[1])
     volume = Volume(root)

@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from agent.imds import Imds
-from agent.volume_id import VolumeIdUnknown, discover_volume_id, mount_of
+from agent.storage.volume_id import VolumeIdUnknown, discover_volume_id, mount_of
 
 ROOT_LINE = "27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p1 rw\n"
 

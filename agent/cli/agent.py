@@ -1,0 +1,313 @@
+"""`backup-agent COMMAND --config FILE`: the operator's entry point.
+
+Exit codes (one place): 0 ok, 1 failure at run time, 2 usage or configuration error,
+3 backup volume not ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import structlog
+
+from agent import __version__, logs
+from agent.config import (
+    Config,
+    add_config_option,
+    environment_problems,
+    load_config,
+    resolve_config_path,
+)
+from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
+
+if TYPE_CHECKING:
+    from agent.lifecycle.context import LifecycleContext
+
+R = TypeVar("R")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_VOLUME = 3
+
+log = structlog.get_logger("agent.cli")
+
+Command = Callable[[argparse.Namespace, Config], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_CONFIG
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
+        if args.handler is cmd_run:
+            _alert_rejected_config(path, exc.problems)
+        return EXIT_CONFIG
+    logs.configure(config.logging.level, config.logging.format)
+    args.config_path = path
+    try:
+        result: int = args.handler(args, config)
+        return result
+    except VolumeNotReady as exc:
+        print(f"backup-agent: backup volume not ready: {exc}", file=sys.stderr)
+        return EXIT_VOLUME
+    except ConfigError as exc:
+        _print_problems(path, exc.problems)
+        return EXIT_CONFIG
+    except BackupAgentError as exc:
+        print(f"backup-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backup-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"backup-agent {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add_config_option(sub)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("run", cmd_run, "Run the agent in the foreground (what systemd starts).")
+    command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
+    init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
+    init.add_argument("--volume-id", help="an id to record (default: a new random id)")
+    reconcile = command(
+        "reconcile", cmd_reconcile, "List the buckets and back up what the ledger lacks."
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="report, back up nothing")
+    retention = command("retention", cmd_retention, "Expire versions the retention policy drops.")
+    retention.add_argument("--dry-run", action="store_true", help="report, expire nothing")
+    gc = command("gc", cmd_gc, "Remove copies no record references (after the grace period).")
+    gc.add_argument("--dry-run", action="store_true", help="report what would go and its size")
+    command("scrub", cmd_scrub, "Verify the next share of stored copies; heal bad ones from S3.")
+    iam = command(
+        "iam-policy", cmd_iam_policy, "Print the least-privilege IAM policy for this config."
+    )
+    iam.add_argument(
+        "--role-document",
+        action="store_true",
+        help="print the EC2 instance-profile trust policy instead",
+    )
+    iam.add_argument(
+        "--without-restore",
+        action="store_true",
+        help="operator role: leave out writing restored objects back to the buckets",
+    )
+    iam.add_argument(
+        "--role",
+        choices=("agent", "operator"),
+        default="agent",
+        help="agent: the instance role (default); operator: bootstrap, alarms, dashboard,"
+        " reindex, restore --to-s3, share, mount-snapshot",
+    )
+    alarms = command("alarms", cmd_alarms, "Create or update the CloudWatch alarms (idempotent).")
+    alarms.add_argument("--dry-run", action="store_true", help="show the changes, make none")
+    dashboard = command(
+        "dashboard", cmd_dashboard, "Create or update the CloudWatch dashboard (idempotent)."
+    )
+    dashboard.add_argument("--dry-run", action="store_true", help="show the change, make none")
+    reindex = command(
+        "reindex", cmd_reindex, "Rebuild the DynamoDB table from the volume's journal."
+    )
+    reindex.add_argument(
+        "--root", metavar="MOUNT", help="read the journal of another copy of the volume"
+    )
+    reindex.add_argument("--workers", type=int, default=8, help="parallel writes (default 8)")
+    snap = command("snapshot", cmd_snapshot, "Take an EBS snapshot of the backup volume now.")
+    snap.add_argument(
+        "--dry-run", action="store_true", help="show the volume, tags and retention; change nothing"
+    )
+    return parser
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.runtime.daemon import Daemon
+
+    return Daemon(config, build_clients(config), config_path=args.config_path).run()
+
+
+def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
+    problems = environment_problems(config)
+    if problems:
+        _print_problems(args.config_path, problems)
+        return EXIT_CONFIG
+    print(f"{args.config_path}: OK")
+    return EXIT_OK
+
+
+def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
+    from agent.storage.volume import Volume
+
+    marker = Volume(config.storage.root).initialise(args.volume_id)
+    print(f"{config.storage.root}: backup volume {marker.volume_id}")
+    return EXIT_OK
+
+
+def _locked_job(config: Config, job: str, run: Callable[[LifecycleContext], R]) -> R:
+    """Wire the lifecycle context and run one job under its volume lock (JobBusy if held)."""
+    from agent.aws import build_clients
+    from agent.lifecycle.context import build_context, job_lock
+
+    ctx = build_context(config, build_clients(config))
+    with job_lock(ctx.volume, job):
+        return run(ctx)
+
+
+def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
+    from agent.lifecycle.reconcile import Reconciler
+
+    report = _locked_job(
+        config, "reconcile", lambda ctx: Reconciler.from_context(ctx).run_once(dry_run=args.dry_run)
+    )
+    verb = "would back up" if args.dry_run else "backed up"
+    print(
+        f"reconcile: {report.keys} keys, {verb} {report.backed_up} ({report.bytes} bytes),"
+        f" {report.tombstoned} deletes, {report.up_to_date} up to date, {report.failed} failed"
+    )
+    for bucket, key, version in report.would_back_up:
+        print(f"  s3://{bucket}/{key}" + (f" ({version})" if version else ""))
+    return EXIT_FAILURE if report.failed else EXIT_OK
+
+
+def cmd_retention(args: argparse.Namespace, config: Config) -> int:
+    from agent.lifecycle.retention import Retention
+
+    report = _locked_job(
+        config, "retention", lambda ctx: Retention.from_context(ctx).run_once(dry_run=args.dry_run)
+    )
+    verb = "would expire" if args.dry_run else "expired"
+    print(
+        f"retention: {report.keys} keys, {report.versions} versions, {verb} {report.expired}"
+        f" ({report.keys_expired} whole keys, {report.expired_stored_bytes} stored bytes"
+        " referenced; gc frees what no other version shares)"
+    )
+    for record in report.would_expire:
+        print(f"  s3://{record.bucket}/{record.key} {record.version_token}")
+    return EXIT_OK
+
+
+def cmd_gc(args: argparse.Namespace, config: Config) -> int:
+    from agent.lifecycle.gc import GarbageCollector
+
+    report = _locked_job(
+        config, "gc", lambda ctx: GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run)
+    )
+    if args.dry_run:
+        for sha, size in report.would_remove:
+            print(f"  {sha} {size} bytes")
+        print(f"gc: would remove {len(report.would_remove)} copies, {report.bytes_freed} bytes")
+    else:
+        print(f"gc: removed {report.removed} copies, freed {report.bytes_freed} bytes")
+    return EXIT_OK
+
+
+def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
+    from agent.lifecycle.scrub import Scrubber
+
+    report = _locked_job(config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once())
+    print(
+        f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
+        f" {report.healed} healed, {report.unrecoverable} unrecoverable"
+    )
+    return EXIT_FAILURE if report.unrecoverable else EXIT_OK
+
+
+def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
+    import json
+
+    from agent.operations.iam import policy_document, trust_document
+
+    if args.role_document:
+        document = trust_document(config)
+    else:
+        document = policy_document(config, role=args.role, restore_to_s3=not args.without_restore)
+    print(json.dumps(document, indent=2))
+    return EXIT_OK
+
+
+def cmd_alarms(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.monitoring.metrics import resolve_dimensions
+    from agent.operations import alarms
+
+    cloudwatch = build_clients(config).client("cloudwatch")
+    return alarms.run(config, cloudwatch, resolve_dimensions(config), args.dry_run)
+
+
+def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.monitoring.metrics import resolve_dimensions
+    from agent.operations.dashboard import Dashboard
+
+    board = Dashboard(build_clients(config).client("cloudwatch"), config)
+    action = board.apply(resolve_dimensions(config), dry_run=args.dry_run)
+    print(f"{action:<16} dashboard {board.name}")
+    return EXIT_OK
+
+
+def _alert_rejected_config(path: Path, problems: list[str]) -> None:
+    """Best effort: the agent cannot start, so tell the operator through the alert channels."""
+    from agent.monitoring.alerts import report_rejected_config
+
+    logs.configure()  # the config's own logging settings are not usable
+    try:
+        report_rejected_config(path, problems)
+    except Exception as exc:  # noqa: BLE001 - the exit code and stderr already say it
+        log.debug("alert.config_rejected_failed", error=str(exc))
+
+
+def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.lifecycle.reindex import reindex
+    from agent.storage.journal import Journal
+    from agent.storage.volume import Volume
+
+    volume = Volume(Path(args.root) if args.root else config.storage.root)
+    volume.read_marker()
+    report = reindex(
+        Journal(volume.journal_dir).read_all(),
+        build_clients(config).dynamodb,
+        config.state.table,
+        workers=max(1, args.workers),
+    )
+    created = " (table created)" if report.table_created else ""
+    print(
+        f"{config.state.table}{created}: {report.records} journal records,"
+        f" {report.added} added, {report.known} already known"
+    )
+    return EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
+    from agent.aws import build_clients
+    from agent.snapshots.manager import build_snapshot_manager, describe_run
+    from agent.storage.volume import Volume
+
+    Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
+    run = build_snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
+    describe_run(run)
+    return EXIT_OK if run.ok else EXIT_FAILURE
+
+
+def _print_problems(path: Path, problems: list[str]) -> None:
+    print(f"{path}: invalid configuration", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,676 @@
+"""`backup-restore COMMAND --config FILE`: list, restore, share and verify backed-up objects.
+
+Exit codes: 0 all good, 1 some items failed (the rest were still restored), 2 usage or
+configuration error. Records come from DynamoDB, or with --offline from the volume's
+own journal (--root MOUNT reads another copy of the volume, e.g. a mounted snapshot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import structlog
+
+from agent import __version__, logs
+from agent.config import (
+    Config,
+    add_config_option,
+    duration_seconds,
+    load_config,
+    resolve_config_path,
+)
+from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
+from agent.records import VersionRecord, parse_time
+from agent.restore.restorer import (
+    DirectoryTarget,
+    ItemResult,
+    NoProgress,
+    Plan,
+    Progress,
+    Restorer,
+    S3Target,
+    Scope,
+    Status,
+    Summary,
+    Target,
+    place,
+    plan,
+    stored_versions,
+    verify,
+)
+from agent.restore.source import (
+    JournalSource,
+    LedgerSource,
+    RestoreSource,
+    Selector,
+    newest_stored,
+    select,
+)
+from agent.storage.volume import Volume
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+log = structlog.get_logger("agent.restore_cli")
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not make sense together."""
+
+
+# -- wiring --------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """What every command needs, built lazily from the arguments and the config."""
+
+    args: argparse.Namespace
+    config: Config
+    out: IO[str]
+    err: IO[str]
+    _clients: Any = None
+    _source: RestoreSource | None = None
+
+    @property
+    def clients(self) -> Any:
+        if self._clients is None:
+            from agent.aws import build_clients
+
+            self._clients = build_clients(self.config)
+        return self._clients
+
+    def volume(self) -> Volume:
+        root = Path(self.args.root) if self.args.root else self.config.storage.root
+        volume = Volume(root)
+        volume.read_marker()
+        return volume
+
+    @property
+    def source(self) -> RestoreSource:
+        if self._source is None:
+            if self.args.offline:
+                from agent.storage.journal import Journal
+
+                self._source = JournalSource(Journal(self.volume().journal_dir))
+            else:
+                from agent.storage.ledger import Ledger
+
+                self._source = LedgerSource(Ledger(self.clients.dynamodb, self.config.state.table))
+        return self._source
+
+    def buckets(self) -> list[str]:
+        return [self.args.source_bucket] if self.args.source_bucket else self.config.buckets
+
+    def one_bucket(self) -> str:
+        buckets = self.buckets()
+        if len(buckets) != 1:
+            raise UsageError("several buckets are configured: choose one with --source-bucket")
+        return buckets[0]
+
+    def emit(self, data: dict[str, Any]) -> None:
+        self.out.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+    def progress(self, kind: str = "restore") -> Progress:
+        if self.err.isatty():
+            return TtyProgress(self.err)
+        return LogProgress(kind)
+
+
+Handler = Callable[[Runtime], int]
+
+
+def main(
+    argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: IO[str] | None = None
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help(err)
+        return EXIT_USAGE
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        _problems(err, f"{path}: invalid configuration", exc.problems)
+        return EXIT_USAGE
+    logs.configure(config.logging.level, config.logging.format, stream=err)
+    runtime = Runtime(args, config, out, err)
+    try:
+        result: int = args.handler(runtime)
+        return result
+    except UsageError as exc:
+        print(f"backup-restore: {exc}", file=err)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        _problems(err, f"{path}: configuration problem", exc.problems)
+        return EXIT_USAGE
+    except VolumeNotReady as exc:
+        print(f"backup-restore: backup volume not ready: {exc}", file=err)
+        return EXIT_USAGE
+    except BackupAgentError as exc:
+        hint = "" if args.offline else " (DynamoDB unreachable? --offline reads the volume)"
+        print(f"backup-restore: {exc}{hint}", file=err)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(
+            "backup-restore: interrupted; files already in place are complete,"
+            " the rest were not started or were cleaned up",
+            file=err,
+        )
+        return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backup-restore", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"backup-restore {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        add_config_option(sub)
+        sub.add_argument(
+            "--offline",
+            action="store_true",
+            help="read records from the volume's journal instead of DynamoDB",
+        )
+        sub.add_argument(
+            "--root", metavar="MOUNT", help="use another copy of the volume (e.g. a snapshot)"
+        )
+        sub.add_argument(
+            "--source-bucket",
+            metavar="B",
+            help="the backed-up bucket (default: the configured one; all for list/verify)",
+        )
+        sub.add_argument("--json", action="store_true", help="JSON lines on stdout")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    listing = command("list", cmd_list, "List backed-up keys and versions.")
+    listing.add_argument("--prefix", default="", metavar="P")
+    listing.add_argument("--versions", action="store_true", help="every version, not the latest")
+    listing.add_argument(
+        "--deleted", action="store_true", help="include keys deleted in S3 (default: hide them)"
+    )
+
+    restore = command("restore", cmd_restore, "Restore files to a directory or into S3.")
+    scope = restore.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--key", metavar="K")
+    scope.add_argument("--prefix", metavar="P")
+    scope.add_argument("--all", action="store_true")
+    _add_version_options(restore)
+    restore.add_argument(
+        "--include-deleted",
+        action="store_true",
+        help="with --prefix/--all and no --at: also keys deleted in S3 (their newest version)",
+    )
+    target = restore.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", metavar="DIR", help="write files under DIR")
+    target.add_argument("--to-s3", action="store_true", help="put the bytes back into S3")
+    restore.add_argument("--bucket", metavar="B", help="--to-s3: target bucket (default: same)")
+    restore.add_argument(
+        "--to-prefix", metavar="P2", default="", help="--to-s3: prepend P2 to every key"
+    )
+    restore.add_argument("--overwrite", action="store_true", help="replace what is there")
+    restore.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
+    restore.add_argument("--workers", type=int, help="files at once (default restore.workers)")
+
+    share = command("share", cmd_share, "Stage one file and print a presigned GET URL.")
+    share.add_argument("--key", metavar="K", required=True)
+    _add_version_options(share)
+    share.add_argument(
+        "--expires", metavar="DURATION", help="URL lifetime, e.g. 1h (default restore.share_expiry)"
+    )
+
+    check = command("verify", cmd_verify, "Check stored copies against their SHA-256.")
+    check.add_argument("--prefix", default="", metavar="P")
+    check.add_argument(
+        "--sample", type=_fraction, default=1.0, metavar="FRACTION", help="e.g. 0.05"
+    )
+    check.add_argument("--seed", type=int, help="make --sample repeatable")
+    check.add_argument("--workers", type=int, help="copies at once (default restore.workers)")
+
+    snaps = command("snapshots", cmd_snapshots, "List the agent's EBS snapshots of the volume.")
+    snaps.add_argument("--volume-id", metavar="VOL", help="only this volume's (default: any)")
+    return parser
+
+
+def _add_version_options(sub: argparse.ArgumentParser) -> None:
+    which = sub.add_mutually_exclusive_group()
+    which.add_argument("--version", metavar="V", help="an S3 version id or a version_token")
+    which.add_argument(
+        "--at", metavar="TIMESTAMP", type=_timestamp, help="what the bucket held then (ISO-8601)"
+    )
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO-8601 time like 2026-11-23T10:00:00Z"
+        ) from None
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in (0, 1]")
+    return value
+
+
+# -- list ----------------------------------------------------------------------------
+
+
+def cmd_snapshots(rt: Runtime) -> int:
+    """Works when the instance and volume are gone: it reads EC2's tags, not the volume."""
+    from agent.snapshots.manager import print_snapshots, snapshot_listing
+
+    snapshots = snapshot_listing(rt.config, rt.clients, rt.args.volume_id)
+    if rt.args.json:
+        for snap in snapshots:
+            rt.emit(
+                {
+                    "snapshot_id": snap.snapshot_id,
+                    "volume_id": snap.volume_id,
+                    "region": snap.region,
+                    "state": snap.state,
+                    "taken_at": snap.taken_at.isoformat(),
+                    "journal_position": snap.journal_position,
+                }
+            )
+        return EXIT_OK
+    print_snapshots(snapshots, out=rt.out)
+    return EXIT_OK
+
+
+def cmd_list(rt: Runtime) -> int:
+    rows = list(_list_rows(rt))
+    if rt.args.json:
+        for row in rows:
+            rt.emit(row)
+        return EXIT_OK
+    table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "DELETED"]]
+    for row in rows:
+        table.append(
+            [
+                _printable(row["key"]),
+                str(row["version_id"] or row["version_token"]),
+                "-" if row["size"] is None else _human(row["size"]),
+                row["event_time"][:19],
+                row["backup_time"][:19],
+                "deleted" if row["deleted"] else "",
+            ]
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        rt.out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+        rt.out.write("\n")
+    rt.out.write(f"{len(rows)} {'versions' if rt.args.versions else 'keys'}\n")
+    return EXIT_OK
+
+
+def _list_rows(rt: Runtime) -> Iterator[dict[str, Any]]:
+    for bucket in rt.buckets():
+        for latest in rt.source.latest(bucket, rt.args.prefix):
+            if latest.deleted and not rt.args.deleted:
+                continue
+            if rt.args.versions:
+                for record in rt.source.history(bucket, latest.key):
+                    yield _row(record, record.deleted)
+            elif latest.deleted:
+                stored = newest_stored(rt.source.history(bucket, latest.key))
+                row = _row(stored or latest, True)
+                row["deleted_at"] = latest.event_time
+                yield row
+            else:
+                yield _row(latest, False)
+
+
+def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
+    return {
+        "bucket": record.bucket,
+        "key": record.key,
+        "version_id": record.version_id,
+        "version_token": record.version_token,
+        "size": record.size,
+        "stored_size": record.stored_size,
+        "sha256": record.sha256,
+        "event_time": record.event_time,
+        "backup_time": record.backup_time,
+        "deleted": deleted,
+    }
+
+
+# -- restore -------------------------------------------------------------------------
+
+
+def cmd_restore(rt: Runtime) -> int:
+    args = rt.args
+    if args.version and not args.key:
+        raise UsageError("--version needs --key (versions belong to one key)")
+    if not args.to_s3 and (args.bucket or args.to_prefix):
+        raise UsageError("--bucket and --to-prefix go with --to-s3")
+    bucket = rt.one_bucket()
+    scope = Scope(key=args.key) if args.key else Scope(prefix=args.prefix or "")
+    # A key asked for by name is restored even when deleted in S3: that is the usual rescue.
+    include_deleted = args.include_deleted or args.key is not None
+    selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
+    volume = rt.volume()
+    chosen = plan(rt.source, bucket, scope, selector)
+    target: Target
+    if args.to_s3:
+        target = S3Target(
+            rt.clients.s3,
+            volume,
+            bucket=args.bucket,
+            prefix=args.to_prefix,
+            overwrite=args.overwrite,
+            expected_bucket_owner=rt.config.aws.expected_bucket_owner,
+        )
+    else:
+        chosen = place(chosen)
+        target = DirectoryTarget(volume, Path(args.to), overwrite=args.overwrite)
+    workers = args.workers or rt.config.restore.workers
+    progress = NoProgress() if args.dry_run else rt.progress()
+    stop = threading.Event()
+    restorer = Restorer(target, workers=max(1, workers), progress=progress, stop=stop)
+    with first_interrupt_sets(stop, rt.err):
+        summary = restorer.run(chosen, dry_run=args.dry_run)
+    _report_restore(rt, summary)
+    if not chosen.items and not chosen.missing:
+        print("backup-restore: nothing to restore", file=rt.err)
+        return EXIT_FAILED
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _report_restore(rt: Runtime, summary: Summary) -> None:
+    if rt.args.json:
+        for result in summary.results:
+            rt.emit(result.to_dict())
+        rt.emit(summary.to_dict())
+        return
+    out = rt.out
+    if rt.args.dry_run:
+        out.write("dry run: nothing written\n")
+        for result in summary.results:
+            note = f"  [{result.note}]" if result.note else ""
+            destination = _printable(result.destination)
+            out.write(f"  {_printable(result.item.key)} → {destination}{note}\n")
+    _section(out, "renamed keys (unsafe or colliding as paths)", _renamed_lines(summary.plan))
+    _section(
+        out,
+        "failed",
+        [f"{_printable(r.item.key)}: {r.error}" for r in summary.failed],
+    )
+    _section(
+        out,
+        "not restored",
+        [f"{_printable(c.key)}: {c.reason}" for c in summary.plan.missing + summary.plan.skipped],
+    )
+    dry = rt.args.dry_run
+    out.write(
+        f"{'planned' if dry else 'restored'}"
+        f" {summary.count(Status.PLANNED if dry else Status.RESTORED)} files"
+        f" ({_human(summary.plan.total_bytes if dry else summary.bytes)}),"
+        f" unchanged {summary.count(Status.UNCHANGED)},"
+        f" failed {len(summary.failed) + len(summary.plan.missing)},"
+        f" skipped {len(summary.plan.skipped)}\n"
+    )
+
+
+def _renamed_lines(restore_plan: Plan) -> list[str]:
+    lines = []
+    for item in restore_plan.renamed:
+        assert item.placement is not None
+        why = "collision" if item.placement.collided else "escaped"
+        lines.append(f"{_printable(item.key)} → {_printable(item.placement.relative)}  ({why})")
+    return lines
+
+
+def _section(out: IO[str], title: str, lines: list[str]) -> None:
+    if lines:
+        out.write(f"{title}:\n")
+        for line in lines:
+            out.write(f"  {line}\n")
+
+
+@contextlib.contextmanager
+def first_interrupt_sets(stop: threading.Event, err: IO[str]) -> Iterator[None]:
+    """Ctrl-C once: finish the files in progress, skip the rest, print the summary.
+
+    Ctrl-C twice: stop at once (files in progress still remove their temp files).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "\nbackup-restore: stopping after the files in progress (Ctrl-C again to abort)",
+            file=err,
+        )
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# -- share ---------------------------------------------------------------------------
+
+
+def cmd_share(rt: Runtime) -> int:
+    from agent.restore.share import Sharer, staging_bucket
+
+    args = rt.args
+    staging = staging_bucket(rt.config.restore, rt.config.buckets)
+    try:
+        seconds = duration_seconds(args.expires) if args.expires else None
+    except ValueError as exc:
+        raise UsageError(f"--expires: {exc}") from None
+    bucket = rt.one_bucket()
+    choice = select(
+        args.key,
+        rt.source.history(bucket, args.key),
+        Selector(version=args.version, at=args.at, include_deleted=True),
+    )
+    if choice.record is None:
+        print(f"backup-restore: {_printable(args.key)}: {choice.reason}", file=rt.err)
+        return EXIT_FAILED
+    shared = Sharer(rt.clients.s3, rt.volume(), rt.config.restore, staging).share(
+        choice.record, seconds
+    )
+    if args.json:
+        rt.emit(shared.to_dict())
+    else:
+        rt.out.write(f"{shared.url}\n")
+        print(
+            f"shared {_printable(args.key)} ({_human(choice.record.size or 0)})"
+            f" until {shared.expires_at.isoformat(timespec='seconds')}",
+            file=rt.err,
+        )
+    return EXIT_OK
+
+
+# -- verify --------------------------------------------------------------------------
+
+
+def cmd_verify(rt: Runtime) -> int:
+    args = rt.args
+    records = stored_versions(rt.source, rt.buckets(), args.prefix)
+    report = verify(
+        rt.volume(),
+        records,
+        sample=args.sample,
+        rng=random.Random(args.seed),  # noqa: S311 - sampling, not cryptography
+        workers=max(1, args.workers or rt.config.restore.workers),
+        progress=rt.progress("verify"),
+    )
+    if args.json:
+        for problem in report.problems:
+            rt.emit(problem.to_dict())
+        rt.emit(report.to_dict())
+    else:
+        _section(
+            rt.out,
+            "problems",
+            [
+                f"s3://{p.record.bucket}/{_printable(p.record.key)}"
+                f" (version {p.record.version_id or p.record.version_token}): {p.error}"
+                for p in report.problems
+            ],
+        )
+        rt.out.write(
+            f"verified {report.checked} of {report.copies} stored copies"
+            f" ({report.versions} versions, {_human(report.bytes)}):"
+            f" {len(report.problems)} problems\n"
+        )
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+# -- progress ------------------------------------------------------------------------
+
+
+_EVENTS = {
+    "restore": ("restore.started", "restore.item", "restore.finished"),
+    "verify": ("verify.started", "verify.item", "verify.finished"),
+}
+
+
+class LogProgress:
+    """Not a TTY: one log line per finished item, one at the end."""
+
+    def __init__(self, kind: str = "restore") -> None:
+        self._started, self._item, self._finished = _EVENTS[kind]
+        self._done = 0
+        self._files = 0
+
+    def start(self, files: int, total_bytes: int) -> None:
+        self._files = files
+        log.info(self._started, files=files, bytes=total_bytes)
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def finished(self, result: ItemResult) -> None:
+        self._done += 1
+        if result.ok:
+            log.info(
+                self._item,
+                key=result.item.key,
+                destination=result.destination,
+                status=result.status.value,
+                bytes=result.bytes,
+                done=self._done,
+                files=self._files,
+            )
+
+    def close(self) -> None:
+        log.info(self._finished, done=self._done, files=self._files)
+
+
+class TtyProgress:
+    """A one-line bar on a terminal: files, bytes, rate and ETA."""
+
+    WIDTH = 24
+
+    def __init__(self, stream: IO[str], clock: Callable[[], float] = time.monotonic) -> None:
+        self.stream = stream
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._files = self._done = self._total = self._bytes = 0
+        self._started = self._drawn = 0.0
+
+    def start(self, files: int, total_bytes: int) -> None:
+        self._files, self._total = files, total_bytes
+        self._started = self.clock()
+
+    def advance(self, nbytes: int) -> None:
+        with self._lock:
+            self._bytes += nbytes
+            self._draw()
+
+    def finished(self, result: ItemResult) -> None:
+        with self._lock:
+            self._done += 1
+            if not result.ok:
+                self.stream.write(f"\r\x1b[2Kfailed: {_printable(result.item.key)}\n")
+            self._draw(force=True)
+
+    def close(self) -> None:
+        with self._lock:
+            self._draw(force=True)
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def line(self) -> str:
+        elapsed = max(self.clock() - self._started, 1e-6)
+        rate = self._bytes / elapsed
+        fraction = self._bytes / self._total if self._total else 1.0
+        filled = int(self.WIDTH * min(fraction, 1.0))
+        left = (self._total - self._bytes) / rate if rate > 0 else 0.0
+        eta = time.strftime("%H:%M:%S", time.gmtime(max(left, 0.0)))
+        return (
+            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self._done}/{self._files} files"
+            f"  {_human(self._bytes)}/{_human(self._total)}  {_human(int(rate))}/s  ETA {eta}"
+        )
+
+    def _draw(self, force: bool = False) -> None:
+        now = self.clock()
+        if force or now - self._drawn >= 0.1:
+            self._drawn = now
+            self.stream.write("\r\x1b[2K" + self.line())
+            self.stream.flush()
+
+
+# -- formatting ----------------------------------------------------------------------
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def _printable(key: str) -> str:
+    """A key safe to print on one line: control characters shown as escapes."""
+    if key.isprintable():
+        return key
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in key)
+
+
+def _problems(err: IO[str], title: str, problems: list[str]) -> None:
+    print(title, file=err)
+    for problem in problems:
+        print(f"  {problem}", file=err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

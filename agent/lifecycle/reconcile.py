@@ -1,0 +1,527 @@
+"""Reconcile / backfill: list each bucket and back up what the ledger lacks.
+
+Events get lost (a purged queue, notifications configured after the bucket filled,
+a long outage). A reconcile run lists every bucket — ``ListObjectVersions`` when
+versioning is (or was) enabled, ``ListObjectsV2`` otherwise — and compares each key
+with the ledger:
+
+* unversioned objects (and the ``null`` version): up to date when LATEST is a live
+  version with the same eTag and size; otherwise the object is backed up (GetObject
+  with ``IfMatch``, so a concurrent overwrite is never recorded under the old eTag);
+* versions: backed up when the ledger has no record of that VersionId. Noncurrent
+  versions are backed up only when retention would keep them (else the next
+  retention run would only expire them again), and only with ``include_noncurrent``;
+* a delete marker that is the current version and a ledger whose LATEST is live:
+  a tombstone is recorded;
+* a key the ledger holds as live that the listing lacks (a lost delete): a tombstone
+  is recorded once HeadObject confirms the key is gone (a merge of the ledger's
+  key index with the listing, both in UTF-8 byte order).
+
+Backups go through `BackupService.process`, exactly like live events. Listings carry
+no sequencer, so a reconciled record cannot win LATEST's order-key comparison against
+an older sequenced record; reconcile then moves LATEST itself, conditionally on LATEST
+still being the record it compared against, and only when that record is provably
+older than what S3 lists now.
+
+Resumable: ``state/reconcile.json`` on the volume holds, per bucket, the last key fully
+handled (saved every ``checkpoint_every`` keys and at the end of each bucket); a run
+after a crash continues after it. Keys handled since the last checkpoint are compared
+again and found up to date. Rate-limited to ``objects_per_second`` backups so live
+events keep their share of bandwidth and DynamoDB capacity.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import botocore.exceptions
+import structlog
+
+from agent.aws import classify
+from agent.config import ReconcileConfig
+from agent.errors import BackupAgentError, ObjectGone
+from agent.events import EventKind, ObjectEvent
+from agent.lifecycle.context import Clock, LifecycleContext, RateLimiter, StateFile, utc_now
+from agent.lifecycle.retention import Entry, RetentionPolicy
+from agent.pipeline.backup import BackupService, Outcome
+from agent.records import VersionRecord, parse_time
+from agent.stats import Stats
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
+
+log = structlog.get_logger("agent.reconcile")
+
+CHECKPOINT_NAME = "reconcile.json"
+EVENT_NAME = "ObjectCreated:Reconcile"
+DELETE_EVENT_NAME = "ObjectRemoved:ReconcileDeleteMarker"
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One entry of a bucket listing: a version, a delete marker or an unversioned object."""
+
+    key: str
+    last_modified: datetime
+    is_latest: bool
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    delete_marker: bool = False
+
+    def event(self, bucket: str) -> ObjectEvent:
+        return ObjectEvent(
+            kind=EventKind.REMOVED if self.delete_marker else EventKind.CREATED,
+            bucket=bucket,
+            key=self.key,
+            event_name=DELETE_EVENT_NAME if self.delete_marker else EVENT_NAME,
+            event_time=self.last_modified,
+            version_id=self.version_id,
+            etag=self.etag,
+            size=self.size,
+            delete_marker=self.delete_marker,
+        )
+
+    @property
+    def unversioned(self) -> bool:
+        return self.version_id in (None, "null")
+
+    def token(self, bucket: str) -> str:
+        token = self.event(bucket).version_token
+        return "del:" + token if self.delete_marker else token
+
+
+@dataclass
+class ReconcileReport:
+    listed: int = 0
+    keys: int = 0
+    up_to_date: int = 0
+    backed_up: int = 0
+    tombstoned: int = 0
+    gone: int = 0
+    failed: int = 0
+    bytes: int = 0
+    resumed: bool = False
+    completed: bool = False
+    dry_run: bool = False
+    would_back_up: list[tuple[str, str, str | None]] = field(default_factory=list)
+
+
+class Reconciler:
+    """One reconcile pass over the configured buckets (`run_once`)."""
+
+    def __init__(
+        self,
+        *,
+        s3: Any,
+        ledger: Ledger,
+        service: BackupService,
+        volume: Volume,
+        buckets: Sequence[str],
+        settings: ReconcileConfig,
+        policy: RetentionPolicy | None = None,
+        stats: Stats | None = None,
+        clock: Clock = utc_now,
+        limiter: RateLimiter | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.s3 = s3
+        self.ledger = ledger
+        self.service = service
+        self.buckets = list(buckets)
+        self.settings = settings
+        self.policy = policy or RetentionPolicy()
+        self.stats = stats or Stats()
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self.limiter = limiter or RateLimiter(settings.objects_per_second, sleep=self.stop.wait)
+        self.checkpoint = StateFile(volume, CHECKPOINT_NAME)
+
+    @classmethod
+    def from_context(cls, ctx: LifecycleContext, stop: threading.Event | None = None) -> Reconciler:
+        return cls(
+            s3=ctx.clients.s3,
+            ledger=ctx.ledger,
+            service=ctx.service,
+            volume=ctx.volume,
+            buckets=ctx.config.buckets,
+            settings=ctx.config.reconcile,
+            policy=RetentionPolicy.from_config(ctx.config.retention),
+            stats=ctx.stats,
+            stop=stop,
+        )
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run_once(self, *, dry_run: bool = False) -> ReconcileReport:
+        report = ReconcileReport(dry_run=dry_run)
+        state = self._start_state(report)
+        for bucket in self.buckets:
+            progress = state["buckets"].setdefault(bucket, {"after": None, "done": False})
+            if progress["done"]:
+                continue
+            self._reconcile_bucket(bucket, progress, state, report)
+            if self.stop.is_set():
+                log.info("reconcile.interrupted", bucket=bucket, after=progress["after"])
+                return report
+            progress["done"] = True
+            self._save(state, dry_run)
+        state["completed_at"] = self.clock().isoformat()
+        self._save(state, dry_run)
+        report.completed = True
+        log.info("reconcile.finished", **_summary(report))
+        return report
+
+    def _start_state(self, report: ReconcileReport) -> dict[str, Any]:
+        state = self.checkpoint.load()
+        if state and not state.get("completed_at") and isinstance(state.get("buckets"), dict):
+            report.resumed = True
+            log.info("reconcile.resumed", started_at=state.get("started_at"), **state["buckets"])
+            return state
+        log.info("reconcile.started", buckets=self.buckets, dry_run=report.dry_run)
+        return {"started_at": self.clock().isoformat(), "completed_at": None, "buckets": {}}
+
+    def _save(self, state: dict[str, Any], dry_run: bool) -> None:
+        if not dry_run:
+            self.checkpoint.save(state)
+
+    def _reconcile_bucket(
+        self,
+        bucket: str,
+        progress: dict[str, Any],
+        state: dict[str, Any],
+        report: ReconcileReport,
+    ) -> None:
+        since_checkpoint = 0
+        absent = _LedgerWalk(self.ledger.keys(bucket), after=progress["after"])
+        for key, entries in self.list_bucket(bucket, after=progress["after"]):
+            if self.stop.is_set():
+                break
+            for gone in absent.before(key):
+                self.reconcile_absent(gone, report)
+            report.keys += 1
+            report.listed += len(entries)
+            self.stats.count("reconcile.listed", len(entries))
+            self.reconcile_key(bucket, key, entries, report)
+            progress["after"] = key
+            since_checkpoint += 1
+            if since_checkpoint >= self.settings.checkpoint_every:
+                self._save(state, report.dry_run)
+                since_checkpoint = 0
+                log.info("reconcile.progress", bucket=bucket, after=key, **_summary(report))
+        if not self.stop.is_set():
+            for gone in absent.before(None):
+                self.reconcile_absent(gone, report)
+        self._save(state, report.dry_run)
+
+    def reconcile_absent(self, latest: VersionRecord, report: ReconcileReport) -> None:
+        """A key the ledger holds as live but the listing lacks: a delete whose event was lost.
+
+        Confirmed with HeadObject before a tombstone is recorded (a key created after
+        the listing passed it is simply there)."""
+        if latest.deleted or self._exists(latest.bucket, latest.key):
+            return
+        log.info("reconcile.absent", bucket=latest.bucket, key=latest.key)
+        event = ObjectEvent(
+            kind=EventKind.REMOVED,
+            bucket=latest.bucket,
+            key=latest.key,
+            event_name="ObjectRemoved:ReconcileAbsent",
+            event_time=self.clock(),
+        )
+        entry = Listed(latest.key, event.event_time, is_latest=True, delete_marker=True)
+        record = self._back_up(latest.bucket, entry, report, event)
+        now = self.ledger.latest(latest.bucket, latest.key)
+        if record is not None and now is not None and now.version_token == latest.version_token:
+            self.ledger.replace_latest(record, latest.version_token)
+
+    def _exists(self, bucket: str, key: str) -> bool:
+        request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if self.service.expected_bucket_owner:
+            request["ExpectedBucketOwner"] = self.service.expected_bucket_owner
+        try:
+            self.s3.head_object(**request)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            error = classify(exc, f"S3 HeadObject s3://{bucket}/{key}")
+            if isinstance(error, ObjectGone):
+                return False
+            raise error from exc
+        return True
+
+    # -- one key ---------------------------------------------------------------------
+
+    def reconcile_key(
+        self, bucket: str, key: str, entries: Sequence[Listed], report: ReconcileReport
+    ) -> None:
+        """Back up what the ledger lacks of one key (entries: oldest first)."""
+        current = next((e for e in entries if e.is_latest), entries[-1])
+        seen = self.ledger.latest(bucket, key)
+        wanted = self._wanted(bucket, entries, current)
+        missing = self._missing(bucket, key, entries, current, seen, wanted)
+        if not missing:
+            report.up_to_date += 1
+            self.stats.count("reconcile.up_to_date")
+            return
+        for entry in missing:
+            if entry is current and entry is not missing[0]:
+                seen = self.ledger.latest(bucket, key)  # older versions may have moved it
+            record = self._back_up(bucket, entry, report)
+            if entry is current and record is not None:
+                self._settle_latest(bucket, key, entries, current, seen, record)
+
+    def _wanted(self, bucket: str, entries: Sequence[Listed], current: Listed) -> set[str]:
+        if not self.settings.include_noncurrent:
+            return {current.token(bucket)}
+        listed = [
+            Entry(e.token(bucket), e.last_modified, e.delete_marker, tiebreak=f"{i:09d}")
+            for i, e in enumerate(entries)
+        ]
+        return self.policy.kept(listed, current.token(bucket), self.clock())
+
+    def _missing(
+        self,
+        bucket: str,
+        key: str,
+        entries: Sequence[Listed],
+        current: Listed,
+        seen: VersionRecord | None,
+        wanted: set[str],
+    ) -> list[Listed]:
+        if seen is None:
+            missing = [e for e in entries if e.token(bucket) in wanted]
+            # a key deleted before the ledger ever saw it, with nothing else to keep
+            return [] if [e.delete_marker for e in missing] == [True] else missing
+        if current.delete_marker and not seen.deleted:
+            candidates = [current]
+        elif current.unversioned and not current.delete_marker:
+            matches = not seen.deleted and seen.etag == current.etag and seen.size == current.size
+            candidates = [] if matches else [current]
+        else:
+            candidates = [] if seen.version_token == current.token(bucket) else [current]
+        others = [e for e in entries if e is not current and e.token(bucket) in wanted]
+        if others:
+            known = self.ledger.versions(bucket, key)
+            candidates = [e for e in others if not _known(e, bucket, known)] + candidates
+        return candidates
+
+    def _back_up(
+        self,
+        bucket: str,
+        entry: Listed,
+        report: ReconcileReport,
+        event: ObjectEvent | None = None,
+    ) -> VersionRecord | None:
+        if report.dry_run and entry.delete_marker:
+            report.would_back_up.append((bucket, entry.key, "(deleted)"))
+            report.tombstoned += 1
+            return None
+        if report.dry_run:
+            report.would_back_up.append((bucket, entry.key, entry.version_id))
+            report.backed_up += 1
+            report.bytes += entry.size or 0
+            return None
+        self.limiter.acquire()
+        try:
+            result = self.service.process(event or entry.event(bucket))
+        except BackupAgentError as exc:
+            report.failed += 1
+            self.stats.count("reconcile.failed")
+            self.stats.record_failure(type(exc).__name__)
+            log.error(
+                "reconcile.object_failed",
+                bucket=bucket,
+                key=entry.key,
+                version_id=entry.version_id,
+                error=str(exc),
+            )
+            return None
+        if result.outcome is Outcome.ALREADY_DONE:
+            report.up_to_date += 1
+            self.stats.count("reconcile.up_to_date")
+            return result.record
+        if result.outcome is Outcome.GONE:
+            report.gone += 1
+            self.stats.count("reconcile.gone")
+            return None
+        if result.outcome is Outcome.TOMBSTONED:
+            report.tombstoned += 1
+            self.stats.count("reconcile.tombstoned")
+        elif result.outcome in (Outcome.STORED, Outcome.DEDUPLICATED):
+            report.backed_up += 1
+            report.bytes += result.copy.size if result.copy else 0
+            self.stats.count("reconcile.backed_up")
+            size = result.copy.size if result.copy else 0
+            stored = result.copy.stored_size if result.copy and not result.copy.deduplicated else 0
+            self.stats.record_success(result.outcome.value, size, stored, None)
+        return result.record
+
+    def _settle_latest(
+        self,
+        bucket: str,
+        key: str,
+        entries: Sequence[Listed],
+        current: Listed,
+        seen: VersionRecord | None,
+        record: VersionRecord,
+    ) -> None:
+        """Point LATEST at the reconciled current version when it provably is newer."""
+        now = self.ledger.latest(bucket, key)
+        if now is not None and now.version_token == record.version_token:
+            return
+        if (now and now.version_token) != (seen and seen.version_token):
+            return  # a live event moved LATEST meanwhile: it knows better
+        if seen is not None and not _older_than_listing(seen, entries, current):
+            log.warning("reconcile.latest_kept", bucket=bucket, key=key, latest=seen.version_token)
+            return
+        replaced = self.ledger.replace_latest(record, seen.version_token if seen else None)
+        log.info("reconcile.latest_replaced", bucket=bucket, key=key, replaced=replaced)
+
+    # -- listing ---------------------------------------------------------------------
+
+    def list_bucket(self, bucket: str, after: str | None) -> Iterator[tuple[str, list[Listed]]]:
+        """(key, entries oldest first) in key order, for keys after `after`."""
+        try:
+            status = self.s3.get_bucket_versioning(Bucket=bucket).get("Status")
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, f"S3 GetBucketVersioning {bucket}") from exc
+        if status in ("Enabled", "Suspended"):
+            return _group(self._versions(bucket, after))
+        return ((e.key, [e]) for e in self._objects(bucket, after))
+
+    def _objects(self, bucket: str, after: str | None) -> Iterator[Listed]:
+        kwargs: dict[str, Any] = {"Bucket": bucket}
+        if after:
+            kwargs["StartAfter"] = after
+        for page in self._pages("list_objects_v2", kwargs):
+            for item in page.get("Contents", []):
+                yield Listed(
+                    key=item["Key"],
+                    last_modified=_utc(item["LastModified"]),
+                    is_latest=True,
+                    etag=_strip_etag(item.get("ETag")),
+                    size=int(item.get("Size", 0)),
+                )
+
+    def _versions(self, bucket: str, after: str | None) -> Iterator[Listed]:
+        kwargs: dict[str, Any] = {"Bucket": bucket}
+        if after:
+            kwargs["KeyMarker"] = after  # without VersionIdMarker: keys after this one
+        for page in self._pages("list_object_versions", kwargs):
+            items = [_version(v, False) for v in page.get("Versions", [])]
+            items += [_version(m, True) for m in page.get("DeleteMarkers", [])]
+            items.sort(key=lambda e: e.key)  # stable: each list is newest first per key
+            yield from items
+
+    def _pages(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        if self.service.expected_bucket_owner:
+            kwargs["ExpectedBucketOwner"] = self.service.expected_bucket_owner
+        try:
+            yield from self.s3.get_paginator(operation).paginate(**kwargs)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, f"S3 {operation} {kwargs['Bucket']}") from exc
+
+
+class _LedgerWalk:
+    """The ledger's keys of a bucket in the listing's order (UTF-8 bytes), to spot keys
+    the listing lacks by a merge, never holding a bucket's keys in memory."""
+
+    def __init__(self, latest: Iterator[VersionRecord], after: str | None) -> None:
+        self._latest = latest
+        self._after = after.encode() if after is not None else None
+        self._pending: VersionRecord | None = None
+
+    def before(self, key: str | None) -> Iterator[VersionRecord]:
+        """Ledger keys before `key` (None: all that remain); `key` itself is consumed."""
+        bound = key.encode() if key is not None else None
+        while True:
+            record = self._pending or next(self._latest, None)
+            self._pending = None
+            if record is None:
+                return
+            mine = record.key.encode()
+            if self._after is not None and mine <= self._after:
+                continue
+            if bound is not None and mine >= bound:
+                if mine > bound:
+                    self._pending = record  # not reached yet
+                return
+            yield record
+
+
+def _group(entries: Iterable[Listed]) -> Iterator[tuple[str, list[Listed]]]:
+    """Consecutive entries of one key, oldest first (pages may split a key)."""
+    key: str | None = None
+    bunch: list[Listed] = []
+    for entry in entries:
+        if entry.key != key and bunch:
+            yield key or "", _oldest_first(bunch)
+            bunch = []
+        key = entry.key
+        bunch.append(entry)
+    if bunch:
+        yield key or "", _oldest_first(bunch)
+
+
+def _oldest_first(bunch: list[Listed]) -> list[Listed]:
+    """S3 lists versions (and, separately, markers) newest first; LastModified has whole
+    seconds, so ties keep the listing's order reversed, and the current one goes last."""
+    versions = [e for e in bunch if not e.delete_marker][::-1]
+    markers = [e for e in bunch if e.delete_marker][::-1]
+    return sorted(versions + markers, key=lambda e: (e.is_latest, e.last_modified))
+
+
+def _known(entry: Listed, bucket: str, known: Sequence[VersionRecord]) -> bool:
+    if entry.unversioned and not entry.delete_marker:
+        return any(
+            not r.deleted and r.etag == entry.etag and r.size == entry.size
+            for r in known
+            if r.version_id in (None, "null")
+        )
+    return any(r.version_token == entry.token(bucket) for r in known)
+
+
+def _older_than_listing(seen: VersionRecord, entries: Sequence[Listed], current: Listed) -> bool:
+    """Is the ledger's LATEST older than what S3 lists as current now?"""
+    if seen.version_id not in (None, "null"):
+        noncurrent = {e.version_id for e in entries if e is not current}
+        if seen.version_id in noncurrent:
+            return True
+    # LastModified has whole seconds: only a LATEST strictly before that second is older.
+    return parse_time(seen.event_time) < current.last_modified
+
+
+def _version(item: dict[str, Any], delete_marker: bool) -> Listed:
+    return Listed(
+        key=item["Key"],
+        last_modified=_utc(item["LastModified"]),
+        is_latest=bool(item.get("IsLatest")),
+        version_id=item.get("VersionId"),
+        etag=None if delete_marker else _strip_etag(item.get("ETag")),
+        size=None if delete_marker else int(item.get("Size", 0)),
+        delete_marker=delete_marker,
+    )
+
+
+def _strip_etag(etag: str | None) -> str | None:
+    return etag.strip('"') if etag else None
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _summary(report: ReconcileReport) -> dict[str, Any]:
+    return {
+        "keys": report.keys,
+        "listed": report.listed,
+        "up_to_date": report.up_to_date,
+        "backed_up": report.backed_up,
+        "tombstoned": report.tombstoned,
+        "gone": report.gone,
+        "failed": report.failed,
+        "bytes": report.bytes,
+        "dry_run": report.dry_run,
+    }

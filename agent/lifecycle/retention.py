@@ -1,0 +1,220 @@
+"""Retention: which recorded versions to keep, and forgetting the others.
+
+The policy (config ``retention:``) keeps a version when ANY rule keeps it; with no
+rule set everything is kept:
+
+* ``keep_last_versions: N`` — the newest N versions of a key (the current one counts);
+* ``keep_younger_than: 30d`` — a version replaced less than this long ago (its age
+  counts from when a newer version or a delete superseded it, like S3's NoncurrentDays);
+* ``keep_deleted_days: D`` — a deleted key (LATEST is a tombstone) keeps its versions,
+  its last version always, for D days after the delete; then the whole key expires.
+  Unset: deleted keys follow the two rules above and their last version is kept forever.
+
+The current version of a live key is never expired. An older tombstone (delete, then
+re-created) is kept while any version before it is kept.
+
+Expiring a version: a journal note ``{"kind": "expired", ...record}`` is appended and
+fsynced first (so a journal replay forgets the version too), then the DynamoDB version
+item is deleted; a fully expired key also loses its LATEST item (conditionally, so a
+version recorded meanwhile survives). Copies are not touched: garbage collection
+(agent/lifecycle/gc.py) removes copies that no record references any more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from agent.config import RetentionConfig
+from agent.lifecycle.context import Clock, LifecycleContext, utc_now
+from agent.records import VersionRecord, parse_time
+from agent.stats import Stats
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
+
+log = structlog.get_logger("agent.retention")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One version (or tombstone) of a key, as the policy sees it."""
+
+    token: str
+    created: datetime
+    deleted: bool
+    tiebreak: str = ""  # orders versions created in the same instant (order key, backup time)
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    keep_last_versions: int | None = None
+    keep_younger_than: timedelta | None = None
+    keep_deleted: timedelta | None = None
+
+    @classmethod
+    def from_config(cls, config: RetentionConfig) -> RetentionPolicy:
+        days = config.keep_deleted_days
+        return cls(
+            keep_last_versions=config.keep_last_versions,
+            keep_younger_than=config.keep_younger_than,
+            keep_deleted=timedelta(days=days) if days is not None else None,
+        )
+
+    @property
+    def keeps_everything(self) -> bool:
+        return (
+            self.keep_last_versions is None
+            and self.keep_younger_than is None
+            and self.keep_deleted is None
+        )
+
+    def kept(self, entries: Sequence[Entry], current: str | None, now: datetime) -> set[str]:
+        """Tokens to keep among `entries`; `current` is the key's LATEST (default: newest)."""
+        ordered = sorted(entries, key=lambda e: (e.created, e.tiebreak))
+        if not ordered:
+            return set()
+        if self.keeps_everything:
+            return {e.token for e in ordered}
+        head = next((e for e in ordered if e.token == current), ordered[-1])
+        kept: set[str] = set()
+        if head.deleted:
+            if self.keep_deleted is not None and now - head.created >= self.keep_deleted:
+                return set()  # deleted longer than keep_deleted_days ago: the key expires
+            kept.add(head.token)
+            before = [e for e in ordered if not e.deleted and e.created <= head.created]
+            protected = before[-1] if before else None
+        else:
+            protected = head
+        if protected is not None:
+            kept.add(protected.token)
+        for index, entry in enumerate(ordered):
+            if entry.deleted or entry.token in kept:
+                continue
+            if self._keeps_version(ordered, index, now):
+                kept.add(entry.token)
+        for index, entry in enumerate(ordered):
+            if entry.deleted and any(e.token in kept for e in ordered[:index] if not e.deleted):
+                kept.add(entry.token)
+        return kept
+
+    def _keeps_version(self, ordered: Sequence[Entry], index: int, now: datetime) -> bool:
+        newer = ordered[index + 1 :]
+        if self.keep_last_versions is not None:
+            rank = 1 + sum(1 for e in newer if not e.deleted)
+            if rank <= self.keep_last_versions:
+                return True
+        if self.keep_younger_than is not None:
+            superseded_at = newer[0].created if newer else now
+            if now - superseded_at < self.keep_younger_than:
+                return True
+        return False
+
+
+def entry_of(record: VersionRecord) -> Entry:
+    return Entry(
+        record.version_token,
+        parse_time(record.event_time),
+        record.deleted,
+        tiebreak=f"{record.order_key}|{parse_time(record.backup_time).isoformat()}",
+    )
+
+
+@dataclass
+class RetentionReport:
+    keys: int = 0
+    versions: int = 0
+    expired: int = 0
+    keys_expired: int = 0
+    expired_stored_bytes: int = 0
+    dry_run: bool = False
+    would_expire: list[VersionRecord] = field(default_factory=list)
+
+
+class Retention:
+    """Applies a `RetentionPolicy` to every key of the configured buckets."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        journal: Journal,
+        policy: RetentionPolicy,
+        buckets: Sequence[str],
+        stats: Stats | None = None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.ledger = ledger
+        self.journal = journal
+        self.policy = policy
+        self.buckets = list(buckets)
+        self.stats = stats or Stats()
+        self.clock = clock
+
+    @classmethod
+    def from_context(cls, ctx: LifecycleContext) -> Retention:
+        return cls(
+            ledger=ctx.ledger,
+            journal=ctx.journal,
+            policy=RetentionPolicy.from_config(ctx.config.retention),
+            buckets=ctx.config.buckets,
+            stats=ctx.stats,
+        )
+
+    def run_once(self, *, dry_run: bool = False) -> RetentionReport:
+        report = RetentionReport(dry_run=dry_run)
+        if self.policy.keeps_everything:
+            log.info("retention.nothing_to_do", reason="no retention rule configured")
+            return report
+        now = self.clock()
+        for bucket in self.buckets:
+            for latest in self.ledger.keys(bucket):
+                self.apply_key(latest, now, report)
+        log.info(
+            "retention.finished",
+            keys=report.keys,
+            versions=report.versions,
+            expired=report.expired,
+            keys_expired=report.keys_expired,
+            expired_stored_bytes=report.expired_stored_bytes,
+            dry_run=dry_run,
+        )
+        return report
+
+    def apply_key(self, latest: VersionRecord, now: datetime, report: RetentionReport) -> None:
+        versions = self.ledger.versions(latest.bucket, latest.key)
+        report.keys += 1
+        report.versions += len(versions)
+        kept = self.policy.kept([entry_of(r) for r in versions], latest.version_token, now)
+        if not latest.deleted and latest.version_token not in kept:
+            log.error("retention.refused", bucket=latest.bucket, key=latest.key)
+            return  # never expire the current version of a live key
+        expired = [r for r in versions if r.version_token not in kept]
+        for record in expired:
+            report.expired += 1
+            report.expired_stored_bytes += record.stored_size or 0
+            if report.dry_run:
+                report.would_expire.append(record)
+            else:
+                self.expire(record, now)
+        whole_key = not kept and bool(versions)
+        if whole_key:
+            report.keys_expired += 1
+            if not report.dry_run:
+                self.ledger.delete_latest(latest.bucket, latest.key, latest.version_token)
+        if expired:
+            log.info(
+                "retention.expired" if not report.dry_run else "retention.would_expire",
+                bucket=latest.bucket,
+                key=latest.key,
+                versions=[r.version_token for r in expired],
+                whole_key=whole_key,
+            )
+
+    def expire(self, record: VersionRecord, now: datetime) -> None:
+        """Journal first (a replay forgets it too), then the ledger."""
+        self.journal.append_note("expired", {**record.to_dict(), "expired_at": now.isoformat()})
+        self.ledger.delete_version(record)
+        self.stats.count("retention.expired")

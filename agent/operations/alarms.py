@@ -1,0 +1,185 @@
+"""`backup-agent alarms`: the CloudWatch alarms an operator needs, created idempotently.
+
+Every alarm notifies the configured SNS topic on ALARM and on OK. Running the command
+again changes nothing unless the config changed (alarms that already match are left
+alone; others are overwritten with PutMetricAlarm, which is itself idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.config import Config
+from agent.errors import ConfigError
+from agent.monitoring.metrics import dimension_list
+from agent.operations.bootstrap import dead_letter_name
+
+# Fields of DescribeAlarms' answer compared with what we would put.
+COMPARED = (
+    "AlarmDescription",
+    "MetricName",
+    "Namespace",
+    "Statistic",
+    "Dimensions",
+    "Period",
+    "EvaluationPeriods",
+    "DatapointsToAlarm",
+    "Threshold",
+    "ComparisonOperator",
+    "TreatMissingData",
+    "AlarmActions",
+    "OKActions",
+    "ActionsEnabled",
+)
+
+
+@dataclass(frozen=True)
+class Change:
+    name: str
+    action: str  # "created", "updated", "unchanged" (or "would create" … with --dry-run)
+
+
+def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str, Any]]:
+    """PutMetricAlarm requests for this instance and its dead-letter queue."""
+    topic = config.alerts.sns_topic_arn
+    if not topic:
+        raise ConfigError(["alerts.sns_topic_arn: required: every alarm notifies this topic"])
+    alarms = config.alarms
+    namespace = config.metrics.namespace
+    prefix = f"{alarms.name_prefix}-{dimensions['InstanceId']}"
+    dims = dimension_list(dimensions)
+    period = alarms.period_seconds
+    disk_threshold = alarms.disk_used_percent or config.alerts.disk_used_percent
+    dlq = dead_letter_name(config)
+    common: dict[str, Any] = {
+        "ActionsEnabled": True,
+        "AlarmActions": [topic],
+        "OKActions": [topic],
+        "ComparisonOperator": "GreaterThanThreshold",
+    }
+    specs = [
+        {
+            **common,
+            "AlarmName": f"{prefix}-disk-space",
+            "AlarmDescription": (
+                f"Backup volume {dimensions['Volume']} more than {disk_threshold:g}% used"
+                f" for {alarms.disk_periods} periods of {period} s."
+            ),
+            "Namespace": namespace,
+            "MetricName": "DiskUsedPercent",
+            "Dimensions": dims,
+            "Statistic": "Maximum",
+            "Period": period,
+            "EvaluationPeriods": alarms.disk_periods,
+            "Threshold": float(disk_threshold),
+            "TreatMissingData": "missing",
+        },
+        {
+            **common,
+            "AlarmName": f"{prefix}-no-backup",
+            "AlarmDescription": (
+                f"No successful backup for {alarms.no_backup_hours:g} hours"
+                " (or the agent stopped reporting)."
+            ),
+            "Namespace": namespace,
+            "MetricName": "SecondsSinceLastBackup",
+            "Dimensions": dims,
+            "Statistic": "Maximum",
+            "Period": period,
+            "EvaluationPeriods": 1,
+            "Threshold": float(alarms.no_backup_hours * 3600),
+            "TreatMissingData": "breaching",  # a silent agent is not a healthy one
+        },
+        {
+            **common,
+            "AlarmName": f"{prefix}-failed-backups",
+            "AlarmDescription": (
+                f"More than {alarms.failed_backups} failed backup attempts in {period} s."
+            ),
+            "Namespace": namespace,
+            "MetricName": "BackupsFailed",
+            "Dimensions": dims,
+            "Statistic": "Sum",
+            "Period": period,
+            "EvaluationPeriods": 1,
+            "Threshold": float(alarms.failed_backups),
+            "TreatMissingData": "notBreaching",
+        },
+        {
+            **common,
+            "AlarmName": f"{alarms.name_prefix}-{dlq}-messages",
+            "AlarmDescription": (
+                f"More than {alarms.dead_letter_messages} message(s) in the dead-letter queue"
+                f" {dlq}: backups that failed for good."
+            ),
+            "Namespace": "AWS/SQS",
+            "MetricName": "ApproximateNumberOfMessagesVisible",
+            "Dimensions": [{"Name": "QueueName", "Value": dlq}],
+            "Statistic": "Maximum",
+            "Period": period,
+            "EvaluationPeriods": 1,
+            "Threshold": float(alarms.dead_letter_messages),
+            "TreatMissingData": "notBreaching",
+        },
+    ]
+    if config.snapshots.enabled:
+        from agent.snapshots.manager import snapshot_age_alarm
+
+        specs.append(
+            snapshot_age_alarm(
+                config.snapshots,
+                alarm_name=f"{prefix}-snapshot-age",
+                namespace=namespace,
+                dimensions=dims,
+                alarm_actions=[topic],
+                period_seconds=period,
+            )
+        )
+    return specs
+
+
+def _comparable(alarm: Mapping[str, Any]) -> dict[str, Any]:
+    picked = {key: alarm.get(key) for key in COMPARED if key != "DatapointsToAlarm"}
+    picked["Dimensions"] = sorted((d["Name"], d["Value"]) for d in (alarm.get("Dimensions") or []))
+    picked["Threshold"] = float(alarm.get("Threshold") or 0)
+    return picked
+
+
+class Alarms:
+    def __init__(self, cloudwatch: Any, config: Config, dimensions: Mapping[str, str]) -> None:
+        self.cloudwatch = cloudwatch
+        self.specs = alarm_specs(config, dimensions)
+
+    def existing(self) -> dict[str, dict[str, Any]]:
+        names = [spec["AlarmName"] for spec in self.specs]
+        found = self.cloudwatch.describe_alarms(AlarmNames=names, AlarmTypes=["MetricAlarm"])
+        return {alarm["AlarmName"]: alarm for alarm in found.get("MetricAlarms", [])}
+
+    def apply(self, *, dry_run: bool = False) -> list[Change]:
+        current = self.existing()
+        changes = []
+        for spec in self.specs:
+            name = spec["AlarmName"]
+            if name in current and _comparable(current[name]) == _comparable(spec):
+                changes.append(Change(name, "unchanged"))
+                continue
+            action = "updated" if name in current else "created"
+            if dry_run:
+                changes.append(Change(name, f"would be {action}"))
+                continue
+            self.cloudwatch.put_metric_alarm(**spec)
+            changes.append(Change(name, action))
+        return changes
+
+
+def run(config: Config, cloudwatch: Any, dimensions: Mapping[str, str], dry_run: bool) -> int:
+    """The CLI command's body: apply (or plan) and print one line per alarm."""
+    alarms = Alarms(cloudwatch, config, dimensions)
+    if dry_run:
+        print(json.dumps(alarms.specs, indent=2, sort_keys=True))
+    for change in alarms.apply(dry_run=dry_run):
+        print(f"{change.action:<16} {change.name}")
+    return 0

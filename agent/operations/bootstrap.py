@@ -1,0 +1,272 @@
+"""Create the AWS resources the agent needs; leave what exists. Safe to run again.
+
+Queue + dead-letter queue with a redrive policy, the queue policy that lets S3 send,
+the bucket notifications for created and removed objects, and the DynamoDB table.
+When the config has an `alerts:` section: the SNS topic (`alerts.sns_topic_arn`) and the SES
+verification of the sender (`alerts.email.sender`; SES mails the address a link to click).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import botocore.exceptions
+
+from agent.aws import Clients, build_clients, error_code
+from agent.config import Config, load_config, resolve_config_path
+from agent.errors import ConfigError
+from agent.storage.ledger import table_definition
+
+NOTIFICATION_ID = "backup-agent"
+POLICY_SID = "AllowS3Notifications"
+RETENTION_SECONDS = 14 * 24 * 3600
+
+
+@dataclass
+class Report:
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+
+    def add(self, what: str, created: bool) -> None:
+        (self.created if created else self.existing).append(what)
+
+
+def queue_name(url: str) -> str:
+    return urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def dead_letter_name(config: Config) -> str:
+    if config.queue.dead_letter_url:
+        return queue_name(config.queue.dead_letter_url)
+    return queue_name(config.queue.url) + "-dlq"
+
+
+class Bootstrap:
+    def __init__(self, config: Config, clients: Clients) -> None:
+        self.config = config
+        self.clients = clients
+        self.report = Report()
+
+    def run(self, *, create_buckets: bool = False) -> Report:
+        if create_buckets:
+            for bucket in self.config.buckets:
+                self.ensure_bucket(bucket)
+        _dlq_url, dlq_arn = self.ensure_queue(dead_letter_name(self.config), {})
+        queue_url, queue_arn = self.ensure_queue(
+            queue_name(self.config.queue.url),
+            {
+                "RedrivePolicy": json.dumps(
+                    {
+                        "deadLetterTargetArn": dlq_arn,
+                        "maxReceiveCount": str(self.config.queue.max_receive_count),
+                    }
+                ),
+                "VisibilityTimeout": str(self.config.queue.visibility_timeout),
+                "ReceiveMessageWaitTimeSeconds": str(self.config.queue.wait_time_seconds),
+            },
+        )
+        self.ensure_queue_policy(queue_url, queue_arn)
+        for bucket in self.config.buckets:
+            self.ensure_notification(bucket, queue_arn)
+        self.ensure_table()
+        self.ensure_alerting()
+        if self.config.restore.staging_bucket:
+            self.ensure_share_staging()
+        return self.report
+
+    def ensure_alerting(self) -> None:
+        """The SNS topic and the SES sender identity, when the alerts section names them."""
+        alerts = self.config.alerts
+        if alerts.sns_topic_arn:
+            self.ensure_topic(alerts.sns_topic_arn)
+        if alerts.email is not None:
+            self.ensure_email_identity(alerts.email.sender)
+
+    def ensure_email_identity(self, sender: str) -> None:
+        ses = self.clients.client("ses")
+        attributes = ses.get_identity_verification_attributes(Identities=[sender])
+        status = attributes["VerificationAttributes"].get(sender, {}).get("VerificationStatus")
+        if status in {"Success", "Pending"}:
+            self.report.add(f"SES identity {sender} ({status.lower()})", False)
+            return
+        ses.verify_email_identity(EmailAddress=sender)
+        self.report.add(f"SES identity {sender} (verification mail sent)", True)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        s3 = self.clients.s3
+        try:
+            s3.head_bucket(Bucket=bucket)
+            self.report.add(f"bucket {bucket}", False)
+        except botocore.exceptions.ClientError:
+            kwargs: dict[str, Any] = {"Bucket": bucket}
+            if self.config.aws.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.config.aws.region}
+            s3.create_bucket(**kwargs)
+            self.report.add(f"bucket {bucket}", True)
+
+    def ensure_queue(self, name: str, attributes: dict[str, str]) -> tuple[str, str]:
+        sqs = self.clients.sqs
+        try:
+            url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            created = False
+        except botocore.exceptions.ClientError as exc:
+            if "NonExistentQueue" not in error_code(exc):
+                raise
+            url = sqs.create_queue(
+                QueueName=name,
+                Attributes={
+                    "MessageRetentionPeriod": str(RETENTION_SECONDS),
+                    "SqsManagedSseEnabled": "true",
+                    **attributes,
+                },
+            )["QueueUrl"]
+            created = True
+        if not created and attributes:
+            current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+            changed = {k: v for k, v in attributes.items() if not _same(k, current.get(k), v)}
+            if changed:  # only what differs: setting attributes is not free of side effects
+                sqs.set_queue_attributes(QueueUrl=url, Attributes=changed)
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        self.report.add(f"queue {name}", created)
+        return url, arn
+
+    def ensure_queue_policy(self, queue_url: str, queue_arn: str) -> None:
+        """Add (or update) our statement; other statements in the policy are kept."""
+        ours = {
+            "Sid": POLICY_SID,
+            "Effect": "Allow",
+            "Principal": {"Service": "s3.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": {
+                "ArnLike": {"aws:SourceArn": [f"arn:aws:s3:::{b}" for b in self.config.buckets]}
+            },
+        }
+        current = self.clients.sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["Policy"]
+        ).get("Attributes", {})
+        policy = json.loads(current.get("Policy") or '{"Version": "2012-10-17"}')
+        statements = policy.get("Statement", [])
+        if isinstance(statements, dict):
+            statements = [statements]
+        if ours in statements:
+            self.report.add("queue policy for S3", False)
+            return
+        policy["Statement"] = [s for s in statements if s.get("Sid") != POLICY_SID] + [ours]
+        self.clients.sqs.set_queue_attributes(
+            QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)}
+        )
+        self.report.add("queue policy for S3", True)
+
+    def ensure_notification(self, bucket: str, queue_arn: str) -> None:
+        s3 = self.clients.s3
+        current = s3.get_bucket_notification_configuration(Bucket=bucket)
+        current.pop("ResponseMetadata", None)
+        queues = current.get("QueueConfigurations", [])
+        if any(q.get("QueueArn") == queue_arn for q in queues):
+            self.report.add(f"notification {bucket} → queue", False)
+            return
+        queues = [q for q in queues if q.get("Id") != NOTIFICATION_ID]
+        queues.append(
+            {
+                "Id": NOTIFICATION_ID,
+                "QueueArn": queue_arn,
+                "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+            }
+        )
+        current["QueueConfigurations"] = queues
+        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
+        self.report.add(f"notification {bucket} → queue", True)
+
+    def ensure_table(self) -> None:
+        db = self.clients.dynamodb
+        name = self.config.state.table
+        try:
+            db.describe_table(TableName=name)
+            self.report.add(f"table {name}", False)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "ResourceNotFoundException":
+                raise
+        db.create_table(**table_definition(name))
+        db.get_waiter("table_exists").wait(TableName=name)
+        self.report.add(f"table {name}", True)
+
+    def ensure_topic(self, arn: str) -> None:
+        """The alert topic named by alerts.sns_topic_arn (subscribing people is up to you)."""
+        sns = self.clients.client("sns")
+        try:
+            sns.get_topic_attributes(TopicArn=arn)
+            self.report.add(f"topic {arn}", False)
+            return
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) not in ("NotFound", "NotFoundException"):
+                raise
+        created = sns.create_topic(Name=arn.rsplit(":", 1)[-1])["TopicArn"]
+        if created != arn:
+            raise ConfigError([f"alerts.sns_topic_arn: {arn} is not in this account/region"])
+        self.report.add(f"topic {arn}", True)
+
+    def ensure_share_staging(self) -> None:
+        """The `share` staging bucket: encrypted, private, staged copies expire."""
+        from agent.restore.share import ensure_staging, staging_bucket
+
+        bucket = staging_bucket(self.config.restore, self.config.buckets)
+        self.ensure_bucket(bucket)
+        for what, changed in ensure_staging(self.clients.s3, self.config.restore, bucket):
+            self.report.add(what, changed)
+
+
+def _same(name: str, current: str | None, wanted: str) -> bool:
+    if current is None:
+        return False
+    if name == "RedrivePolicy":
+        have, want = json.loads(current), json.loads(wanted)
+        return bool(
+            have.get("deadLetterTargetArn") == want.get("deadLetterTargetArn")
+            and str(have.get("maxReceiveCount")) == str(want.get("maxReceiveCount"))
+        )
+    return str(current) == wanted
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bootstrap-aws", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", metavar="FILE")
+    parser.add_argument(
+        "--create-buckets",
+        action="store_true",
+        help="also create the configured buckets (demos and tests)",
+    )
+    args = parser.parse_args(argv)
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    try:
+        report = Bootstrap(config, build_clients(config)).run(create_buckets=args.create_buckets)
+    except ConfigError as exc:
+        print(f"{path}: configuration problem", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    for what in report.created:
+        print(f"created  {what}")
+    for what in report.existing:
+        print(f"exists   {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""Least-privilege IAM policies generated from the config: the agent's and the operator's.
+
+Two roles, because what runs unattended on the instance must not be able to do what an
+operator does by hand:
+
+* ``agent`` — the EC2 instance role. Everything `backup-agent run` does (consume events,
+  read objects, write the ledger, metrics, alerts, the volume encryption check, scheduled
+  snapshots with their copy and retention) and the jobs it schedules or an operator runs
+  with the same identity (reconcile, retention, gc, scrub, snapshot, `backup-restore
+  list|restore --to DIR|verify|snapshots`). It cannot write to the backed-up buckets.
+* ``operator`` — a person or CI role for the commands that change AWS resources:
+  `scripts/bootstrap-aws`, `backup-agent alarms|dashboard|reindex`, `backup-restore
+  restore --to-s3` and `share`, and `scripts/mount-snapshot`. Self-contained: it includes
+  the ledger reads those commands need.
+
+Every statement has a Sid saying its purpose and names only the configured queue, dead-letter
+queue, buckets, table (and its index), topic, e-mail identity, KMS keys, metric namespace,
+alarm prefix, dashboard, staging bucket and the agent's own snapshots (by tag).
+
+    backup-agent iam-policy --config FILE [--role agent|operator] [--without-restore]
+    backup-agent iam-policy --config FILE --role-document   # the EC2 trust policy
+
+`iam_action()` maps an API call to the IAM action it needs; tests/functional/test_iam_policy.py
+records every call of every feature against moto and checks it against these policies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+from agent.config import Config
+from agent.snapshots.manager import MANAGED_TAG
+from agent.snapshots.mount import RESTORE_TAG
+from agent.storage.ledger import KEY_INDEX
+
+VERSION = "2012-10-17"
+ROLES = ("agent", "operator")
+
+# botocore signing name → IAM service prefix, where they differ
+_IAM_PREFIX = {"monitoring": "cloudwatch", "email": "ses"}
+# S3 operations whose IAM action has another name
+_S3_ACTIONS = {
+    "HeadObject": "GetObject",
+    "ListObjects": "ListBucket",
+    "ListObjectsV2": "ListBucket",
+    "ListObjectVersions": "ListBucketVersions",
+    "HeadBucket": "ListBucket",
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+    "PutBucketEncryption": "PutEncryptionConfiguration",
+    "PutPublicAccessBlock": "PutBucketPublicAccessBlock",
+    "GetBucketLifecycleConfiguration": "GetLifecycleConfiguration",
+    "PutBucketLifecycleConfiguration": "PutLifecycleConfiguration",
+    "GetBucketNotificationConfiguration": "GetBucketNotification",
+    "PutBucketNotificationConfiguration": "PutBucketNotification",
+}
+
+# Granted, but no flow against moto makes the call itself; the tests require a reason here.
+NOT_EXERCISED: dict[str, str] = {
+    "s3:ListBucket": (
+        "real S3 answers GetObject/HeadObject of a missing key with 403 instead of 404 without it"
+        " (moto does not check); the operator's restore --to-s3 needs it for that alone"
+    ),
+    "kms:Decrypt": "S3 calls KMS on the caller's behalf (kms:ViaService) for SSE-KMS objects",
+    "kms:GenerateDataKey": (
+        "S3 calls KMS on the operator's behalf when restore --to-s3 writes into a bucket whose"
+        " default encryption is SSE-KMS"
+    ),
+    "s3:AbortMultipartUpload": "restore --to-s3 / share abort a multipart upload that failed",
+}
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the policies are scoped to, read from the config."""
+
+    partition: str
+    region: str
+    account: str
+    queue_arn: str
+    dead_letter_arn: str
+    buckets: tuple[str, ...]
+    table: str
+    kms_key_arns: tuple[str, ...] = ()
+    metrics_namespace: str = "BackupAgent"
+    cloudwatch_metrics: bool = True
+    sns_topic_arn: str | None = None
+    email_sender: str | None = None
+    snapshots: bool = False
+    copy_region: str | None = None
+    volume_id: str | None = None
+    alarm_prefix: str = "backup-agent"
+    dashboard: str = "backup-agent"
+    staging_bucket: str | None = None
+    staging_prefix: str = "backup-agent-share/"
+    restore_to_s3: bool = True
+
+    @classmethod
+    def from_config(cls, config: Config, *, restore_to_s3: bool = True) -> Scope:
+        region = config.aws.region
+        partition = partition_for(region)
+        queue = sqs_arn(config.queue.url, region, partition)
+        if config.queue.dead_letter_url:
+            dlq = sqs_arn(config.queue.dead_letter_url, region, partition)
+        else:
+            dlq = queue + "-dlq"  # bootstrap.dead_letter_name
+        email = config.alerts.email
+        return cls(
+            partition=partition,
+            region=region,
+            account=queue.split(":")[4],
+            queue_arn=queue,
+            dead_letter_arn=dlq,
+            buckets=tuple(config.buckets),
+            table=config.state.table,
+            kms_key_arns=tuple(config.aws.kms_key_arns),
+            metrics_namespace=config.metrics.namespace,
+            cloudwatch_metrics=config.metrics.cloudwatch,
+            sns_topic_arn=config.alerts.sns_topic_arn,
+            email_sender=email.sender if email else None,
+            snapshots=config.snapshots.enabled,
+            copy_region=config.snapshots.copy_to_region if config.snapshots.enabled else None,
+            volume_id=config.storage.volume_id,
+            alarm_prefix=config.alarms.name_prefix,
+            dashboard=config.metrics.dashboard,
+            staging_bucket=config.restore.staging_bucket,
+            staging_prefix=config.restore.staging_prefix,
+            restore_to_s3=restore_to_s3,
+        )
+
+    def arn(self, service: str, resource: str, *, region: str | None = None) -> str:
+        """arn:PARTITION:SERVICE:REGION:ACCOUNT:RESOURCE (S3 and snapshots have no account)."""
+        return f"arn:{self.partition}:{service}:{region or self.region}:{self.account}:{resource}"
+
+    @property
+    def table_arns(self) -> list[str]:
+        table = self.arn("dynamodb", f"table/{self.table}")
+        return [table, f"{table}/index/{KEY_INDEX}"]
+
+    @property
+    def snapshot_regions(self) -> list[str]:
+        return [self.region] + ([self.copy_region] if self.copy_region else [])
+
+    def snapshot_arns(self, regions: list[str] | None = None) -> list[str]:
+        return [f"arn:{self.partition}:ec2:{r}::snapshot/*" for r in regions or [self.region]]
+
+    def bucket_arns(self, suffix: str = "") -> list[str]:
+        return [f"arn:{self.partition}:s3:::{b}{suffix}" for b in self.buckets]
+
+
+def partition_for(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def sqs_arn(url: str, region: str, partition: str) -> str:
+    """https://sqs.REGION.amazonaws.com/ACCOUNT/NAME → arn:PARTITION:sqs:REGION:ACCOUNT:NAME."""
+    parsed = urlparse(url)
+    parts = [p for p in parsed.path.split("/") if p]
+    host = parsed.hostname or ""
+    if host.startswith("sqs.") and host.count(".") >= 3:
+        region = host.split(".")[1]
+    account, name = parts[-2], parts[-1]
+    return f"arn:{partition}:sqs:{region}:{account}:{name}"
+
+
+# -- the agent's instance role ------------------------------------------------------------
+
+
+def agent_statements(scope: Scope) -> list[dict[str, Any]]:
+    found = [
+        _statement(
+            "ConsumeBackupEvents",
+            [
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:GetQueueAttributes",
+            ],
+            [scope.queue_arn],
+        ),
+        _statement(
+            "WatchDeadLetterQueue",  # its depth metric and alert; the URL is looked up by name
+            ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
+            [scope.dead_letter_arn],
+        ),
+        _statement(
+            "ReadObjects",  # backup, scrub heal, reconcile's HeadObject
+            ["s3:GetObject", "s3:GetObjectVersion"],
+            scope.bucket_arns("/*"),
+        ),
+        _statement(
+            "ListBucketsForReconcile",
+            ["s3:ListBucket", "s3:ListBucketVersions", "s3:GetBucketVersioning"],
+            scope.bucket_arns(),
+        ),
+        _statement(
+            "Ledger",  # PutItem: backups; DeleteItem: retention; Query/GetItem: everything
+            ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:Query"],
+            scope.table_arns,
+        ),
+        _statement(
+            "CheckBackupVolume",  # the encryption check and the volume id discovery
+            ["ec2:DescribeVolumes"],
+            ["*"],  # Describe* actions support no resource-level permissions
+        ),
+    ]
+    if scope.cloudwatch_metrics:
+        found.append(
+            _statement(
+                "PublishMetrics",
+                ["cloudwatch:PutMetricData"],
+                ["*"],  # PutMetricData has no resource type; the namespace condition scopes it
+                {"StringEquals": {"cloudwatch:namespace": scope.metrics_namespace}},
+            )
+        )
+    if scope.kms_key_arns:
+        found.append(
+            _statement(
+                "DecryptSseKmsObjects",
+                ["kms:Decrypt"],
+                list(scope.kms_key_arns),
+                {"StringEquals": {"kms:ViaService": f"s3.{scope.region}.amazonaws.com"}},
+            )
+        )
+    if scope.sns_topic_arn:
+        found.append(_statement("AlertTopic", ["sns:Publish"], [scope.sns_topic_arn]))
+    if scope.email_sender:
+        found.append(
+            _statement(
+                "AlertEmail",
+                ["ses:SendEmail"],  # the agent sends no raw (MIME) mail
+                _identity_arns(scope, scope.email_sender),
+                {"StringEquals": {"ses:FromAddress": scope.email_sender}},
+            )
+        )
+    if scope.snapshots:
+        found.extend(_snapshot_statements(scope))
+    return found
+
+
+def _identity_arns(scope: Scope, sender: str) -> list[str]:
+    """SES authorises a send against the address identity or its domain's, whichever is verified."""
+    identities = [scope.arn("ses", f"identity/{sender}")]
+    domain = sender.rpartition("@")[2]
+    if domain and domain != sender:
+        identities.append(scope.arn("ses", f"identity/{domain}"))
+    return identities
+
+
+def _snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
+    managed = {f"aws:RequestTag/{MANAGED_TAG}": "true"}
+    found = [
+        _statement(
+            "SnapshotBackupVolume",
+            ["ec2:CreateSnapshot"],
+            [scope.arn("ec2", f"volume/{scope.volume_id or '*'}")],
+        ),
+        _statement(
+            "CreateOnlyManagedSnapshots",  # the new snapshot must carry the agent's tag
+            ["ec2:CreateSnapshot"],
+            scope.snapshot_arns(),
+            {"StringEquals": managed},
+        ),
+        _statement(
+            "TagSnapshotsAtCreation",
+            ["ec2:CreateTags"],
+            scope.snapshot_arns(scope.snapshot_regions),
+            {"StringEquals": {"ec2:CreateAction": ["CreateSnapshot", "CopySnapshot"]}},
+        ),
+        _statement("ListSnapshots", ["ec2:DescribeSnapshots"], ["*"]),
+        _statement(
+            "ExpireOnlyManagedSnapshots",
+            ["ec2:DeleteSnapshot"],
+            scope.snapshot_arns(scope.snapshot_regions),
+            {"StringEquals": {f"aws:ResourceTag/{MANAGED_TAG}": "true"}},
+        ),
+        _statement(
+            "RecordSnapshots",  # a deleted snapshot's ledger item is marked, not removed
+            ["dynamodb:UpdateItem"],
+            scope.table_arns[:1],
+        ),
+    ]
+    if scope.copy_region:
+        found[2:2] = [
+            _statement(
+                "CopyFromManagedSnapshots",  # the source must be a snapshot the agent took
+                ["ec2:CopySnapshot"],
+                scope.snapshot_arns(),
+                {"StringEquals": {f"aws:ResourceTag/{MANAGED_TAG}": "true"}},
+            ),
+            _statement(
+                "CopyToManagedSnapshots",  # the copy in the other region is tagged again
+                ["ec2:CopySnapshot"],
+                scope.snapshot_arns([scope.copy_region]),
+                {"StringEquals": managed},
+            ),
+        ]
+    return found
+
+
+# -- the operator's role ------------------------------------------------------------------
+
+
+def operator_statements(scope: Scope) -> list[dict[str, Any]]:
+    p = scope.partition
+    queues = [scope.queue_arn, scope.dead_letter_arn]
+    found = [
+        _statement(
+            "BootstrapQueues",
+            [
+                "sqs:GetQueueUrl",
+                "sqs:CreateQueue",
+                "sqs:GetQueueAttributes",
+                "sqs:SetQueueAttributes",
+            ],
+            queues,
+        ),
+        _statement(
+            "BootstrapBucketNotifications",
+            [
+                "s3:GetBucketNotification",
+                "s3:PutBucketNotification",
+            ],
+            scope.bucket_arns(),
+        ),
+        _statement(
+            "BootstrapAndReindexTable",
+            ["dynamodb:DescribeTable", "dynamodb:CreateTable", "dynamodb:PutItem"],
+            scope.table_arns[:1],
+        ),
+        _statement("ReadLedger", ["dynamodb:Query"], scope.table_arns),
+    ]
+    if scope.restore_to_s3:
+        found.extend(
+            [
+                _statement(
+                    "RestoreToS3",  # HeadObject of the target first (GetObject), then the upload
+                    ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                    scope.bucket_arns("/*"),
+                ),
+                _statement(
+                    "RestoreToS3SeeMissingKeys",  # HeadObject of a missing key: 404, not 403
+                    ["s3:ListBucket"],
+                    scope.bucket_arns(),
+                ),
+            ]
+        )
+    if scope.restore_to_s3 and scope.kms_key_arns:
+        found.append(
+            _statement(
+                "EncryptRestoredObjects",  # SSE-KMS default encryption; Decrypt: multipart
+                ["kms:GenerateDataKey", "kms:Decrypt"],
+                list(scope.kms_key_arns),
+                {"StringEquals": {"kms:ViaService": f"s3.{scope.region}.amazonaws.com"}},
+            )
+        )
+    if scope.staging_bucket:
+        staging = f"arn:{p}:s3:::{scope.staging_bucket}"
+        found.extend(
+            [
+                _statement(
+                    "PrepareShareStagingBucket",
+                    [
+                        "s3:ListBucket",
+                        "s3:CreateBucket",
+                        "s3:PutEncryptionConfiguration",
+                        "s3:PutBucketPublicAccessBlock",
+                        "s3:GetLifecycleConfiguration",
+                        "s3:PutLifecycleConfiguration",
+                    ],
+                    [staging],
+                ),
+                _statement(
+                    "ShareStagedFiles",  # GetObject: what the presigned URL is signed for
+                    ["s3:PutObject", "s3:GetObject", "s3:AbortMultipartUpload"],
+                    [f"{staging}/{scope.staging_prefix}*"],
+                ),
+            ]
+        )
+    if scope.sns_topic_arn:
+        found.append(
+            _statement(
+                "BootstrapAlertTopic",
+                ["sns:GetTopicAttributes", "sns:CreateTopic"],
+                [scope.sns_topic_arn],
+            )
+        )
+    if scope.email_sender:
+        found.append(
+            _statement(
+                "BootstrapAlertEmailIdentity",
+                ["ses:GetIdentityVerificationAttributes", "ses:VerifyEmailIdentity"],
+                ["*"],  # SES identity management supports no resource-level permissions
+            )
+        )
+    found.extend(
+        [
+            _statement(
+                "Alarms",
+                ["cloudwatch:DescribeAlarms", "cloudwatch:PutMetricAlarm"],
+                [scope.arn("cloudwatch", f"alarm:{scope.alarm_prefix}-*")],
+            ),
+            _statement(
+                "Dashboard",
+                ["cloudwatch:GetDashboard", "cloudwatch:PutDashboard"],
+                [f"arn:{p}:cloudwatch::{scope.account}:dashboard/{scope.dashboard}"],
+            ),
+            _statement(
+                "DiscoverDashboardMetrics",
+                ["cloudwatch:ListMetrics"],
+                ["*"],  # ListMetrics supports no resource-level permissions
+            ),
+        ]
+    )
+    if scope.snapshots:
+        found.extend(_mount_snapshot_statements(scope))
+    return found
+
+
+def _mount_snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
+    restore_tagged = {"Null": {f"aws:RequestTag/{RESTORE_TAG}": "false"}}
+    return [
+        _statement(
+            "FindSnapshotInstanceAndVolume",
+            ["ec2:DescribeSnapshots", "ec2:DescribeInstances", "ec2:DescribeVolumes"],
+            ["*"],  # Describe* actions support no resource-level permissions
+        ),
+        _statement(
+            "VolumeFromManagedSnapshot",  # only from a snapshot the agent took
+            ["ec2:CreateVolume"],
+            scope.snapshot_arns(),
+            {"StringEquals": {f"aws:ResourceTag/{MANAGED_TAG}": "true"}},
+        ),
+        _statement(
+            "CreateRestoreVolume",  # the new volume must carry the restore-of tag
+            ["ec2:CreateVolume"],
+            [scope.arn("ec2", "volume/*")],
+            restore_tagged,
+        ),
+        _statement(
+            "TagRestoreVolumeAtCreation",
+            ["ec2:CreateTags"],
+            [scope.arn("ec2", "volume/*")],
+            {"StringEquals": {"ec2:CreateAction": "CreateVolume"}},
+        ),
+        _statement(
+            "AttachRestoreVolume",  # only volumes made from a snapshot, to any instance
+            ["ec2:AttachVolume"],
+            [scope.arn("ec2", "volume/*")],
+            {"Null": {f"aws:ResourceTag/{RESTORE_TAG}": "false"}},
+        ),
+        _statement("AttachToInstance", ["ec2:AttachVolume"], [scope.arn("ec2", "instance/*")]),
+    ]
+
+
+# -- documents ----------------------------------------------------------------------------
+
+
+def _statement(
+    sid: str, actions: list[str], resources: list[str], condition: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    statement: dict[str, Any] = {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Action": actions,
+        "Resource": resources,
+    }
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
+def statements(scope: Scope, role: str = "agent") -> list[dict[str, Any]]:
+    if role == "agent":
+        return agent_statements(scope)
+    if role == "operator":
+        return operator_statements(scope)
+    raise ValueError(f"role: {role!r} is not one of {', '.join(ROLES)}")
+
+
+def policy_document(
+    config: Config, *, role: str = "agent", restore_to_s3: bool = True
+) -> dict[str, Any]:
+    scope = Scope.from_config(config, restore_to_s3=restore_to_s3)
+    return {"Version": VERSION, "Statement": statements(scope, role)}
+
+
+def trust_document(config: Config | None = None) -> dict[str, Any]:
+    """The instance-profile role's trust policy: only EC2 may assume it."""
+    partition = partition_for(config.aws.region) if config else "aws"
+    service = "ec2.amazonaws.com.cn" if partition == "aws-cn" else "ec2.amazonaws.com"
+    return {
+        "Version": VERSION,
+        "Statement": [
+            {
+                "Sid": "Ec2InstanceProfile",
+                "Effect": "Allow",
+                "Principal": {"Service": service},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+
+
+def granted_actions(policy: dict[str, Any]) -> set[str]:
+    return {a for s in policy["Statement"] for a in s["Action"]}
+
+
+_SQS_BATCH_ACTIONS = {"DeleteMessageBatch", "ChangeMessageVisibilityBatch", "SendMessageBatch"}
+
+
+def iam_action(signing_name: str, operation: str, params: dict[str, Any]) -> str:
+    """The IAM action an API call needs (s3 GetObject with a VersionId → s3:GetObjectVersion)."""
+    prefix = _IAM_PREFIX.get(signing_name, signing_name)
+    action = operation
+    if prefix == "sqs" and operation in _SQS_BATCH_ACTIONS:
+        action = operation.removesuffix("Batch")  # authorised as their one-message form
+    if prefix == "s3":
+        action = _S3_ACTIONS.get(operation, operation)
+        if action == "GetObject" and params.get("VersionId"):
+            action = "GetObjectVersion"
+    return f"{prefix}:{action}"

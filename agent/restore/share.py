@@ -1,0 +1,169 @@
+"""Hand a recovered file to someone without AWS access: stage it, presign a GET URL.
+
+The staged copy goes under ``restore.staging_prefix`` in ``restore.staging_bucket``,
+encrypted at rest (SSE-S3), and the bucket's lifecycle rule (created by bootstrap)
+deletes it after ``restore.share_expiry``. The URL itself lives ``--expires`` (at most
+the share expiry, at most 7 days).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import botocore.exceptions
+
+from agent.aws import error_code
+from agent.config import RestoreConfig
+from agent.errors import ConfigError
+from agent.records import VersionRecord
+from agent.restore.restorer import upload_verified
+from agent.storage.volume import Volume
+
+LIFECYCLE_RULE_ID = "backup-agent-share-expiry"
+
+
+def staging_bucket(settings: RestoreConfig, backed_up: list[str]) -> str:
+    """The configured staging bucket; ConfigError when share is not set up safely."""
+    bucket = settings.staging_bucket
+    if not bucket:
+        raise ConfigError(["restore.staging_bucket: required for share (not configured)"])
+    if bucket in backed_up:
+        raise ConfigError(
+            [f"restore.staging_bucket: {bucket} is a backed-up bucket; use a separate bucket"]
+        )
+    return bucket
+
+
+def lifecycle_days(settings: RestoreConfig) -> int:
+    """Lifecycle expiry counts whole days (S3 rounds to the next midnight UTC)."""
+    return max(1, math.ceil(settings.share_expiry_seconds / 86400))
+
+
+def ensure_staging(s3: Any, settings: RestoreConfig, bucket: str) -> list[tuple[str, bool]]:
+    """Default encryption, public access blocked and the expiry rule; (what, changed) pairs."""
+    done: list[tuple[str, bool]] = []
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                    "BucketKeyEnabled": True,
+                }
+            ]
+        },
+    )
+    done.append((f"encryption on {bucket}", True))
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    done.append((f"public access block on {bucket}", True))
+    done.append(_ensure_lifecycle(s3, settings, bucket))
+    return done
+
+
+def _ensure_lifecycle(s3: Any, settings: RestoreConfig, bucket: str) -> tuple[str, bool]:
+    what = f"lifecycle rule {LIFECYCLE_RULE_ID} on s3://{bucket}/{settings.staging_prefix}"
+    wanted = {
+        "ID": LIFECYCLE_RULE_ID,
+        "Filter": {"Prefix": settings.staging_prefix},
+        "Status": "Enabled",
+        "Expiration": {"Days": lifecycle_days(settings)},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+    }
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+    except botocore.exceptions.ClientError as exc:
+        if error_code(exc) != "NoSuchLifecycleConfiguration":
+            raise
+        rules = []
+    current = [r for r in rules if r.get("ID") == LIFECYCLE_RULE_ID]
+    if current and _same_rule(current[0], wanted):
+        return what, False
+    others = [r for r in rules if r.get("ID") != LIFECYCLE_RULE_ID]
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [*others, wanted]}
+    )
+    return what, True
+
+
+def _same_rule(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return all(current.get(name) == value for name, value in wanted.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    record: VersionRecord
+    bucket: str
+    key: str
+    url: str
+    expires_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "share",
+            "bucket": self.record.bucket,
+            "key": self.record.key,
+            "version_id": self.record.version_id,
+            "version_token": self.record.version_token,
+            "sha256": self.record.sha256,
+            "size": self.record.size,
+            "staged": f"s3://{self.bucket}/{self.key}",
+            "url": self.url,
+            "expires_at": self.expires_at.isoformat(),
+        }
+
+
+class Sharer:
+    def __init__(
+        self,
+        s3: Any,
+        volume: Volume,
+        settings: RestoreConfig,
+        bucket: str,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.s3 = s3
+        self.volume = volume
+        self.settings = settings
+        self.bucket = bucket
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    def share(self, record: VersionRecord, expires_seconds: int | None = None) -> Shared:
+        """Stage the verified bytes of `record` and presign a GET URL for them."""
+        limit = self.settings.share_expiry_seconds
+        seconds = expires_seconds or limit
+        if seconds > limit:
+            raise ConfigError(
+                [f"--expires: longer than restore.share_expiry ({self.settings.share_expiry})"]
+            )
+        name = record.key.rstrip("/").rsplit("/", 1)[-1] or "file"
+        key = f"{self.settings.staging_prefix}{uuid.uuid4().hex}/{name}"
+        upload_verified(
+            self.s3,
+            self.volume,
+            record,
+            self.bucket,
+            key,
+            extra={
+                "ServerSideEncryption": "AES256",
+                "ContentDisposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}",
+            },
+        )
+        url = self.s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=seconds
+        )
+        return Shared(record, self.bucket, key, url, self.clock() + timedelta(seconds=seconds))

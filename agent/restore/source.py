@@ -1,0 +1,146 @@
+"""Where restores learn what was backed up: DynamoDB (the ledger) or the volume's journal.
+
+Both sources answer the same two questions — the newest record of every key under a
+prefix, and the full history of one key — so the restore, list and verify code never
+knows which one it is using. `select` then picks the version a restore wants: the
+latest, a named version, or what the bucket held at a point in time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from agent.records import VersionRecord, parse_time
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
+
+
+class RestoreSource(Protocol):
+    """What a restore reads records from."""
+
+    name: str
+
+    def latest(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
+        """The newest record (possibly a tombstone) of every key under `prefix`, key order."""
+        ...
+
+    def history(self, bucket: str, key: str) -> list[VersionRecord]:
+        """Every version and tombstone of one key, oldest first."""
+        ...
+
+
+class LedgerSource:
+    """The DynamoDB table: LATEST items through the key index, versions by key."""
+
+    name = "dynamodb"
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def latest(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
+        return self.ledger.keys(bucket, prefix)
+
+    def history(self, bucket: str, key: str) -> list[VersionRecord]:
+        return self.ledger.versions(bucket, key)
+
+
+class JournalSource:
+    """The volume's journal, replayed once into memory (works with DynamoDB unreachable)."""
+
+    name = "journal"
+
+    def __init__(self, journal: Journal) -> None:
+        self._histories: dict[tuple[str, str], dict[str, VersionRecord]] = {}
+        for record in journal.read_all():
+            versions = self._histories.setdefault((record.bucket, record.key), {})
+            versions.setdefault(record.version_token, record)  # a replayed duplicate: first wins
+        self._keys: dict[str, list[str]] = {}
+        for bucket, key in sorted(self._histories):
+            self._keys.setdefault(bucket, []).append(key)
+
+    def latest(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
+        keys = self._keys.get(bucket, [])
+        for index in range(bisect.bisect_left(keys, prefix), len(keys)):
+            key = keys[index]
+            if not key.startswith(prefix):
+                break
+            yield max(self._histories[(bucket, key)].values(), key=lambda r: r.order_key)
+
+    def history(self, bucket: str, key: str) -> list[VersionRecord]:
+        versions = self._histories.get((bucket, key), {})
+        return sorted(versions.values(), key=lambda r: r.order_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Selector:
+    """Which version a restore wants: the latest, a given version, or the state at a time."""
+
+    version: str | None = None  # an S3 version id, or a version token from `list`
+    at: datetime | None = None
+    include_deleted: bool = False  # latest only: also keys whose newest event is a delete
+
+    @property
+    def needs_history(self) -> bool:
+        return self.version is not None or self.at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The stored version picked for a key, or why none was (`reason`)."""
+
+    key: str
+    record: VersionRecord | None
+    reason: str = ""
+    deleted_in_s3: bool = False  # the key's newest event (at the chosen time) is a delete
+
+
+def select(key: str, history: list[VersionRecord], selector: Selector) -> Choice:
+    """Pick from a key's history (oldest first) what `selector` asks for."""
+    if not history:
+        return Choice(key, None, "no backup of this key")
+    if selector.version is not None:
+        return _by_version(key, history, selector.version)
+    if selector.at is not None:
+        return _at(key, history, selector.at)
+    newest = history[-1]
+    if not newest.deleted:
+        return Choice(key, newest)
+    stored = [r for r in history if not r.deleted]
+    if not selector.include_deleted:
+        return Choice(key, None, f"deleted in S3 at {newest.event_time}", deleted_in_s3=True)
+    if not stored:
+        return Choice(key, None, "only a delete was ever recorded", deleted_in_s3=True)
+    return Choice(key, stored[-1], deleted_in_s3=True)
+
+
+def newest_stored(history: list[VersionRecord]) -> VersionRecord | None:
+    stored = [r for r in history if not r.deleted]
+    return stored[-1] if stored else None
+
+
+def _by_version(key: str, history: list[VersionRecord], version: str) -> Choice:
+    matches = [r for r in history if version in (r.version_id, r.version_token)]
+    stored = [r for r in matches if not r.deleted]
+    if stored:
+        return Choice(key, stored[-1])
+    if matches:
+        return Choice(key, None, f"version {version} is a delete, not content")
+    return Choice(key, None, f"no backed-up version {version}")
+
+
+def _at(key: str, history: list[VersionRecord], at: datetime) -> Choice:
+    before = [r for r in history if event_datetime(r) <= at]
+    if not before:
+        return Choice(key, None, f"did not exist yet at {at.isoformat()}")
+    newest = before[-1]
+    if newest.deleted:
+        return Choice(key, None, f"deleted at {newest.event_time}, before {at.isoformat()}", True)
+    return Choice(key, newest)
+
+
+def event_datetime(record: VersionRecord) -> datetime:
+    return parse_time(record.event_time)

@@ -1,0 +1,370 @@
+"""The long-running agent: wires config, clients, volume, ledger and consumer together.
+
+Start order: volume ready (marker checked, temp files removed) → monitoring (alerts,
+Prometheus, scheduled jobs) → consumer → READY=1.
+Stop order (SIGTERM/SIGINT): stop receiving → drain in-flight work until the deadline →
+release unfinished messages → stop jobs, flush metrics and pending alerts → exit 0.
+A second signal exits at once (nothing is lost: undeleted messages simply become visible
+again). Stopping on an unexpected error alerts first, then stops in the same order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from agent import logs
+from agent.aws import Clients
+from agent.config import Config
+from agent.errors import BackupAgentError, VolumeNotReady
+from agent.monitoring.alerts import integrity_failure
+from agent.monitoring.monitor import Monitoring
+from agent.pipeline.backup import BackupService
+from agent.pipeline.consumer import Consumer, ConsumerSettings
+from agent.runtime.reload import ConfigReloader
+from agent.runtime.systemd import Notifier
+from agent.stats import Stats
+from agent.storage.barrier import WriteBarrier
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
+from agent.storage.volume import CompressionSettings, Volume, VolumeMarker
+
+log = structlog.get_logger("agent.daemon")
+
+VOLUME_RETRY_SECONDS = 10.0
+MAIN_LOOP_SECONDS = 2.0
+EXIT_IMMEDIATELY = 130
+
+
+def compression_settings(config: Config) -> CompressionSettings:
+    return CompressionSettings(
+        level=config.storage.compression_level,
+        threads=config.storage.compression_threads,
+        chunk_bytes=config.storage.chunk_bytes,
+    )
+
+
+def backup_service(
+    config: Config, clients: Clients, volume: Volume, volume_id: str
+) -> BackupService:
+    """The write path as configured: the daemon's and the lifecycle jobs' one recipe."""
+    return BackupService(
+        s3=clients.s3,
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        ledger=Ledger(clients.dynamodb, config.state.table),
+        volume_id=volume_id,
+        buckets=frozenset(config.buckets),
+        compression=compression_settings(config),
+        expected_bucket_owner=config.aws.expected_bucket_owner,
+        barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
+    )
+
+
+def consumer_settings(config: Config) -> ConsumerSettings:
+    return ConsumerSettings(
+        queue_url=config.queue.url,
+        workers=config.consumer.workers,
+        wait_time_seconds=config.queue.wait_time_seconds,
+        visibility_timeout=config.queue.visibility_timeout,
+        max_messages=config.queue.max_messages,
+        max_bytes_in_flight=config.consumer.max_bytes_in_flight,
+        max_receive_count=config.queue.max_receive_count,
+        retry_base_seconds=config.queue.retry_base_seconds,
+        retry_max_seconds=config.queue.retry_max_seconds,
+        receive_ahead=config.consumer.receive_ahead,
+    )
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        clients: Clients,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+        alert: Callable[[str, str], None] | None = None,
+        monitoring: Monitoring | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clients = clients
+        self.notifier = notifier or Notifier()
+        self.stats = Stats()
+        self.volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
+        self.stopping = threading.Event()
+        self._signals = 0
+        self.consumer: Consumer | None = None
+        self.service: BackupService | None = None
+        self.monitoring = monitoring
+        self._alert_hook = alert
+        self.reloader: ConfigReloader | None = None
+        if config_path is not None:
+            self.reloader = ConfigReloader(config_path, config, on_rejected=self._config_rejected)
+            self.reloader.subscribe(self.apply_live)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.install_signal_handlers()
+        if self.monitoring is None:
+            self.monitoring = self.build_monitoring()
+        self.monitoring.alerts.start()  # a volume that never mounts must still alert
+        marker = self.wait_for_volume()
+        if marker is None:
+            return 0  # stopped before the volume was ready
+        try:
+            self.start(marker)
+        except Exception as exc:
+            self._stopped_on_error(exc)
+            raise
+        self.notifier.ready(self.stats.status_line())
+        log.info(
+            "agent.started",
+            volume_id=marker.volume_id,
+            root=str(self.volume.root),
+            queue=self.config.queue.url,
+            workers=self.config.consumer.workers,
+        )
+        if self.reloader is not None:
+            self.reloader.start()
+        # In the background: a slow EC2 API must not hold up the watchdog pings below.
+        threading.Thread(
+            target=self.check_volume_encryption, name="encryption-check", daemon=True
+        ).start()
+        interval = self.notifier.ping_interval(MAIN_LOOP_SECONDS)
+        try:
+            while not self.stopping.wait(interval):
+                if self.consumer is not None and not self.consumer.alive():
+                    # No receiving, or no visibility extension: exit so systemd restarts us
+                    # rather than feed the watchdog of an agent that backs nothing up.
+                    raise BackupAgentError("a consumer thread died; see the traceback above")
+                self.notifier.watchdog(self.stats.status_line())
+        except Exception as exc:
+            self._stopped_on_error(exc)
+            raise
+        self.stop()
+        return 0
+
+    def start(self, marker: VolumeMarker) -> None:
+        self.service = backup_service(self.config, self.clients, self.volume, marker.volume_id)
+        if self.monitoring is None:
+            self.monitoring = self.build_monitoring()
+        self.register_lifecycle_jobs(marker)
+        self.monitoring.start()
+        self.consumer = Consumer(
+            self.clients.sqs,
+            self.monitoring.observe(self.service.process),
+            consumer_settings(self.config),
+            stats=self.stats,
+            on_gave_up=self.monitoring.on_gave_up,
+        )
+        self.consumer.start()
+
+    def build_monitoring(self) -> Monitoring:
+        return Monitoring(
+            self.config,
+            self.clients,
+            self.stats,
+            workers=lambda: self.config.consumer.workers,
+            workers_busy=lambda: self.consumer.working() if self.consumer else 0,
+        )
+
+    def register_lifecycle_jobs(self, marker: VolumeMarker) -> None:
+        """Reconcile, retention, gc and scrub run on the scheduler when a schedule is set.
+
+        They share the daemon's BackupService (its per-version locks) and Stats.
+        """
+        from agent.lifecycle.context import LifecycleContext, run_exclusive
+        from agent.lifecycle.gc import GarbageCollector
+        from agent.lifecycle.reconcile import Reconciler
+        from agent.lifecycle.retention import Retention
+        from agent.lifecycle.scrub import Scrubber
+
+        assert self.service is not None and self.monitoring is not None
+        ctx = LifecycleContext(
+            config=self.config,
+            clients=self.clients,
+            volume=self.volume,
+            volume_id=marker.volume_id,
+            journal=self.service.journal,
+            ledger=self.service.ledger,
+            service=self.service,
+            stats=self.stats,
+        )
+        jobs = {
+            "reconcile": (
+                self.config.reconcile.schedule,
+                lambda: Reconciler.from_context(ctx, stop=self.stopping).run_once(),
+            ),
+            "retention": (
+                self.config.retention.schedule,
+                lambda: Retention.from_context(ctx).run_once(),
+            ),
+            "gc": (self.config.gc.schedule, lambda: GarbageCollector.from_context(ctx).run_once()),
+            "scrub": (
+                self.config.scrub.schedule,
+                lambda: Scrubber.from_context(ctx, on_alert=self._scrub_alert).run_once(),
+            ),
+        }
+        for name, (schedule, run) in jobs.items():
+            if schedule is not None:
+                # The same lock as `backup-agent gc` and friends: never two runs at once.
+                self.monitoring.jobs.register(name, run_exclusive(self.volume, name, run), schedule)
+        if self.config.snapshots.enabled:
+            self.register_snapshot_jobs()
+
+    def register_snapshot_jobs(self) -> None:
+        """The scheduled EBS snapshot and its figures (age, count, duration) for CloudWatch."""
+        from agent.config import Schedule
+        from agent.monitoring.metrics import Datapoint
+        from agent.schedule import parse_schedule
+        from agent.snapshots.manager import build_snapshot_manager
+
+        assert self.monitoring is not None
+        monitoring = self.monitoring
+        manager = build_snapshot_manager(self.config, self.clients, on_alert=self.alert)
+        parsed = parse_schedule(self.config.snapshots.schedule)
+        schedule = (
+            Schedule(every=parsed.interval.total_seconds())
+            if parsed.interval is not None
+            else Schedule(cron=parsed.cron)
+        )
+        monitoring.jobs.register("snapshots", manager.run_scheduled, schedule)
+
+        def publish_snapshot_metrics() -> None:
+            now = datetime.now(UTC)
+            units = {"SnapshotCount": "Count"}
+            points = [
+                Datapoint(name, value, units.get(name, "Seconds"), now)
+                for name, value in manager.metrics().items()
+            ]
+            if monitoring.publisher is not None:
+                monitoring.publisher.add(points)
+
+        monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, Schedule(every=300))
+
+    def _scrub_alert(self, event: str, details: dict[str, Any]) -> None:
+        if self.monitoring is not None:
+            where = str(details.get("sha256") or details.get("key") or event)
+            self.monitoring.alerts.submit(integrity_failure(where, f"{event}: {details}"))
+
+    def alert(self, subject: str, detail: str) -> None:
+        """Operational alerts (volume not ready or unencrypted, rejected edits)."""
+        if self._alert_hook is not None:
+            self._alert_hook(subject, detail)
+        if self.monitoring is not None:
+            self.monitoring.alert(subject, detail)
+
+    def stop(self) -> None:
+        self.notifier.stopping()
+        if self.reloader is not None:
+            self.reloader.stop()
+        if self.consumer is not None:
+            self.consumer.stop(self.config.consumer.drain_timeout)
+        if self.monitoring is not None:
+            self.monitoring.stop()  # after the drain: the last figures and alerts go out
+        log.info("agent.stopped", status=self.stats.status_line())
+
+    def _stopped_on_error(self, error: Exception) -> None:
+        """Alert, then stop in order; the caller re-raises (systemd restarts the unit)."""
+        log.error("agent.failed", error=str(error), error_type=type(error).__name__)
+        if self.monitoring is not None:
+            self.monitoring.agent_failed(error)
+        try:
+            self.stop()
+        except Exception:
+            log.exception("agent.stop_failed")
+
+    def wait_for_volume(self) -> VolumeMarker | None:
+        """Retry until the volume is mounted and marked; report, never crash-loop."""
+        reported: str | None = None
+        while not self.stopping.is_set():
+            try:
+                marker = self.volume.open()
+            except VolumeNotReady as exc:
+                if str(exc) != reported:
+                    log.error(
+                        "volume.not_ready", reason=str(exc), retry_seconds=VOLUME_RETRY_SECONDS
+                    )
+                    self.notifier.status(f"waiting for backup volume: {exc}")
+                    self.alert("backup volume not ready", str(exc))
+                    reported = str(exc)
+                self.stopping.wait(self.notifier.ping_interval(VOLUME_RETRY_SECONDS))
+                self.notifier.watchdog()
+                continue
+            removed = self.volume.temp_files_removed  # open() already removed them
+            if reported:
+                log.info("volume.ready", root=str(self.volume.root))
+            if removed:
+                log.info("volume.temp_files_removed", count=removed)
+            return marker
+        return None
+
+    # -- live configuration and start-up checks ---------------------------------------
+
+    def apply_live(self, old: Config, new: Config) -> None:
+        """Apply what can change without a restart; in-flight work keeps its settings."""
+        self.config = new
+        if self.consumer is not None and new.consumer.workers != old.consumer.workers:
+            self.consumer.set_workers(new.consumer.workers)
+        if self.consumer is not None and new.consumer.receive_ahead != old.consumer.receive_ahead:
+            self.consumer.set_receive_ahead(new.consumer.receive_ahead)
+        if new.logging != old.logging:
+            logs.configure(new.logging.level, new.logging.format)
+        if self.service is not None and new.storage != old.storage:
+            self.service.compression = compression_settings(new)
+
+    def _config_rejected(self, problems: list[str]) -> None:
+        if self._alert_hook is not None:
+            self._alert_hook("configuration edit rejected", "; ".join(problems))
+        if self.monitoring is not None:
+            self.monitoring.config_rejected(str(self.config_path), problems)
+
+    def check_volume_encryption(self) -> None:
+        from agent.storage.encryption import check_at_startup
+
+        try:
+            ec2 = self.clients.client("ec2")
+        except Exception:  # a start-up check must never stop the agent
+            log.exception("volume.encryption_check_failed")
+            return
+        check_at_startup(ec2, self.config.storage.volume_id, self.volume.root, self.alert)
+
+    # -- signals ---------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+
+    def _on_reload_signal(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.reloader is None:
+            log.warning("config.reload_unavailable", reason="started without a config file")
+            return
+        self.reloader.request("SIGHUP", force=True)
+
+    def _on_stop_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("agent.stop_now", signal=signal.Signals(signum).name)
+            os._exit(EXIT_IMMEDIATELY)
+        log.info("agent.stop_requested", signal=signal.Signals(signum).name)
+        self.stopping.set()
+
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+
+Factory = Callable[[Config], Any]

@@ -1,0 +1,149 @@
+"""The volume's own record of every version, so the volume alone can be restored.
+
+Append-only JSON lines in daily segments (``journal/YYYY-MM-DD.jsonl``). Each append
+is written whole and fsynced before the DynamoDB write, so a version the ledger knows
+is always in the journal too. Replaying the journal (`read_all`) rebuilds the ledger.
+
+Besides version records the journal holds *notes*: lines with a ``kind`` field
+(``"expired"`` when retention forgets a version, ``"scrub"`` for a scrub outcome).
+`read_all` never yields a note, and forgets a version whose last mention is an
+``expired`` note, so a replay does not bring expired versions back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.records import VersionRecord
+from agent.storage.volume import fsync_directory
+
+
+@dataclass(frozen=True, slots=True)
+class JournalPosition:
+    segment: str
+    offset: int
+
+
+class Journal:
+    def __init__(self, directory: Path, clock: Callable[[], datetime] | None = None) -> None:
+        self.directory = Path(directory)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()
+
+    def append(self, record: VersionRecord) -> JournalPosition:
+        return self._append_line(record.to_dict())
+
+    def append_note(self, kind: str, fields: dict[str, Any]) -> JournalPosition:
+        """Append a note line ``{"kind": kind, **fields}`` (fsynced like a record)."""
+        return self._append_line({"kind": kind, **fields})
+
+    def _append_line(self, document: dict[str, Any]) -> JournalPosition:
+        line = json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
+        data = line.encode("utf-8", errors="surrogatepass")
+        segment = self.directory / f"{self._clock().strftime('%Y-%m-%d')}.jsonl"
+        with self._lock:
+            created = not segment.exists()
+            fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            try:
+                append_line(fd, data)
+                os.fsync(fd)
+                offset = os.lseek(fd, 0, os.SEEK_END)
+            finally:
+                os.close(fd)
+            if created:
+                fsync_directory(self.directory)
+        return JournalPosition(segment.name, offset)
+
+    def position(self) -> JournalPosition | None:
+        """The end of the newest segment (what a snapshot taken now contains)."""
+        segments = self._segments()
+        if not segments:
+            return None
+        return JournalPosition(segments[-1].name, segments[-1].stat().st_size)
+
+    def read_all(self) -> Iterator[VersionRecord]:
+        """Every live record, oldest segment first (two passes: expired versions are forgotten).
+
+        A torn last line (crash mid-write) is skipped. A record appended again after its
+        ``expired`` note (backed up anew) is live again: the last mention wins.
+        """
+        expired_at: dict[tuple[str, str, str], int] = {}
+        for index, data in enumerate(self._documents()):
+            if data.get("kind") == "expired":
+                expired_at[_identity(data)] = index
+        for index, data in enumerate(self._documents()):
+            if "kind" in data:
+                continue
+            if expired_at.get(_identity(data), -1) > index:
+                continue
+            yield VersionRecord.from_dict(data)
+
+    def read_notes(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every note (of `kind`, when given), oldest first."""
+        for data in self._documents():
+            if "kind" in data and (kind is None or data["kind"] == kind):
+                yield data
+
+    def read_since(self, position: JournalPosition | None) -> Iterator[dict[str, Any]]:
+        """Every line (record or note, as a dict) appended after `position`."""
+        for segment in self._segments():
+            if position is not None and segment.name < position.segment:
+                continue
+            start = position.offset if position and segment.name == position.segment else 0
+            yield from _documents_of(segment, start)
+
+    def _documents(self) -> Iterator[dict[str, Any]]:
+        for segment in self._segments():
+            yield from _documents_of(segment, 0)
+
+    def _segments(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(self.directory.glob("*.jsonl"))
+
+
+def _documents_of(segment: Path, start: int) -> Iterator[dict[str, Any]]:
+    with segment.open("rb") as handle:
+        handle.seek(start)
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                break
+            try:
+                data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                yield data
+
+
+def _identity(data: dict[str, Any]) -> tuple[str, str, str]:
+    return (str(data.get("bucket")), str(data.get("key")), str(data.get("version_token")))
+
+
+def after_torn_tail(fd: int) -> bytes:
+    """A newline when the segment ends mid-line (a crash or ENOSPC cut the last append):
+    without it the next record would join the torn bytes and be skipped by `read_all`."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    if end and os.pread(fd, 1, end - 1) != b"\n":
+        return b"\n"
+    return b""
+
+
+def append_line(fd: int, line: bytes) -> None:
+    """Append `line` to an O_APPEND file on a line of its own (after a torn tail too), whole:
+    a short write (a nearly full disk) continues or raises, never leaves half a record."""
+    _write_all(fd, after_torn_tail(fd) + line)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -1,0 +1,341 @@
+"""The backup volume: content-addressed, zstd-compressed, checksummed copies.
+
+Layout under the backup root::
+
+    .backup-agent-volume      marker (JSON: volume id, format); no marker, no writes
+    objects/ab/<sha256>.zst   one zstd frame per distinct content, content checksum on
+    tmp/                      partial writes; removed at start-up
+    journal/                  the volume's own record of every version (see journal.py)
+
+A copy is written once, in one streaming pass: chunks feed SHA-256 (and MD5 when the
+caller wants to check a single-part eTag) and a zstd stream into a temp file on the
+same filesystem; then fsync, rename, fsync of the directory. No S3 key ever becomes a
+path: copies are named by the SHA-256 of their content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, cast
+
+import zstandard
+
+from agent.errors import DiskFull, IntegrityError, VolumeNotReady
+from agent.storage import readahead
+
+MARKER_NAME = ".backup-agent-volume"
+FORMAT_VERSION = 1
+READ_CHUNK = 1 << 20
+WRITEBACK_BYTES = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionSettings:
+    level: int = 3
+    threads: int = 0  # 0: one zstd worker per CPU
+    chunk_bytes: int = 1 << 20
+
+    @property
+    def zstd_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeMarker:
+    volume_id: str
+    created_at: str
+    format: int = FORMAT_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCopy:
+    """A durable copy on the volume."""
+
+    sha256: str
+    size: int
+    stored_size: int
+    path: Path
+    deduplicated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """What the bytes must be; checked before the copy is moved into place."""
+
+    size: int | None = None
+    md5_hex: str | None = None
+
+
+class Volume:
+    """The backup root. Every write goes through here; nothing else builds paths."""
+
+    def __init__(self, root: Path, *, min_free_bytes: int = 0) -> None:
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        self.objects_dir = self.root / "objects"
+        self.tmp_dir = self.root / "tmp"
+        self.journal_dir = self.root / "journal"
+        self.marker_path = self.root / MARKER_NAME
+        self.temp_files_removed = 0  # by the last open()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def initialise(self, volume_id: str | None = None) -> VolumeMarker:
+        """Write the marker (idempotent: an existing marker is kept and returned)."""
+        if not self.root.is_dir():
+            raise VolumeNotReady(f"{self.root} is not a directory")
+        with contextlib.suppress(VolumeNotReady):
+            return self.read_marker()
+        marker = VolumeMarker(
+            volume_id=volume_id or "vol-" + uuid.uuid4().hex[:17],
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        self._make_dirs()
+        atomic_write_bytes(
+            self.marker_path, json.dumps(dataclasses.asdict(marker), indent=2).encode()
+        )
+        return marker
+
+    def read_marker(self) -> VolumeMarker:
+        """Return the marker or raise VolumeNotReady saying what is wrong."""
+        if not self.root.is_dir():
+            raise VolumeNotReady(f"backup root {self.root} does not exist or is not a directory")
+        try:
+            data = json.loads(self.marker_path.read_bytes())
+            return VolumeMarker(**data)
+        except FileNotFoundError:
+            raise VolumeNotReady(
+                f"backup root {self.root} has no {MARKER_NAME} marker: the volume is not mounted"
+                " or not initialised (run: backup-agent init-volume)"
+            ) from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise VolumeNotReady(f"volume marker {self.marker_path} is unreadable: {exc}") from None
+
+    def open(self) -> VolumeMarker:
+        """Check the marker, create missing directories, remove crash leftovers."""
+        marker = self.read_marker()
+        self._make_dirs()
+        self.temp_files_removed = self.remove_temp_files()
+        return marker
+
+    def remove_temp_files(self) -> int:
+        removed = 0
+        for leftover in self.tmp_dir.glob("*"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+    def _make_dirs(self) -> None:
+        for directory in (self.objects_dir, self.tmp_dir, self.journal_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    # -- copies ----------------------------------------------------------------------
+
+    def copy_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+        return self.objects_dir / sha256[:2] / f"{sha256}.zst"
+
+    def has_copy(self, sha256: str) -> bool:
+        return self.copy_path(sha256).is_file()
+
+    def ensure_ready(self) -> None:
+        """Cheap check before each write: an unmounted volume loses its marker."""
+        if not self.marker_path.is_file():
+            self.read_marker()  # raises with the precise reason
+
+    def ensure_room(self, incoming_bytes: int) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free - incoming_bytes < self.min_free_bytes:
+            raise DiskFull(
+                f"backup volume {self.root}: {free} bytes free, need {incoming_bytes}"
+                f" plus the {self.min_free_bytes}-byte reserve"
+            )
+
+    def write_copy(
+        self,
+        chunks: Iterable[bytes],
+        compression: CompressionSettings,
+        expect: Expectation = Expectation(),
+        before_commit: Callable[[], object] | None = None,
+    ) -> StoredCopy:
+        """Stream `chunks` into a durable, content-addressed copy.
+
+        `before_commit` runs after the temp file is durable and just before the rename
+        (the write barrier is entered there, so a snapshot never waits for a download).
+        """
+        self.ensure_ready()
+        temp_path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            digest, size, stored_size = _compress_to(temp_path, chunks, compression, expect)
+            if before_commit is not None:
+                before_commit()
+            return self._commit(temp_path, digest, size, stored_size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise DiskFull(f"backup volume {self.root} is full: {exc.strerror}") from exc
+            raise
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp_path.unlink()
+
+    def _commit(self, temp_path: Path, sha256: str, size: int, stored_size: int) -> StoredCopy:
+        final = self.copy_path(sha256)
+        if final.exists():
+            try:
+                os.utime(final)  # fresh mtime: garbage collection's grace period starts again
+                return StoredCopy(sha256, size, final.stat().st_size, final, deduplicated=True)
+            except FileNotFoundError:
+                pass  # garbage collection took it just now: store these bytes afresh
+        if not final.parent.is_dir():
+            final.parent.mkdir(exist_ok=True)
+            fsync_directory(self.objects_dir)
+        os.rename(temp_path, final)
+        fsync_directory(final.parent)
+        return StoredCopy(sha256, size, stored_size, final, deduplicated=False)
+
+    # -- reading ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_copy(self, sha256: str) -> Iterator[IO[bytes]]:
+        """A reader of the original bytes of a copy (decompressing as it goes)."""
+        with self.copy_path(sha256).open("rb") as raw:
+            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ_CHUNK)
+            with reader:
+                yield reader
+
+    def verify_copy(self, sha256: str, size: int | None = None) -> None:
+        """Decompress a copy and check its SHA-256 (and size); raise IntegrityError."""
+        digest = hashlib.sha256()
+        total = 0
+        try:
+            with self.open_copy(sha256) as reader:
+                for chunk in readahead.chunks(lambda: reader.read(READ_CHUNK), size):
+                    digest.update(chunk)
+                    total += len(chunk)
+        except FileNotFoundError:
+            raise IntegrityError(f"copy {sha256} is missing") from None
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"copy {sha256} is corrupt: {exc}") from None
+        if digest.hexdigest() != sha256:
+            raise IntegrityError(f"copy {sha256} has SHA-256 {digest.hexdigest()}")
+        if size is not None and total != size:
+            raise IntegrityError(f"copy {sha256} holds {total} bytes, expected {size}")
+
+    def usage(self) -> Any:
+        return shutil.disk_usage(self.root)
+
+
+def _compress_to(
+    path: Path, chunks: Iterable[bytes], settings: CompressionSettings, expect: Expectation
+) -> tuple[str, int, int]:
+    sha = hashlib.sha256()
+    md5 = hashlib.md5(usedforsecurity=False) if expect.md5_hex else None
+    size = 0
+    compressor = zstandard.ZstdCompressor(
+        level=settings.level, write_checksum=True, threads=settings.zstd_threads
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    with os.fdopen(fd, "wb") as sink:
+        writer = compressor.stream_writer(
+            cast(IO[bytes], WritebackAsYouGo(sink)),  # zstd calls only write() and flush()
+            size=expect.size if expect.size is not None else -1,
+            closefd=False,
+        )
+        # Sizes are checked before zstd sees the bytes: it enforces the pledged size itself
+        # and would otherwise replace the IntegrityError with its own "Src size is incorrect".
+        for chunk in chunks:
+            if expect.size is not None and size + len(chunk) > expect.size:
+                raise IntegrityError(f"object is longer than the expected {expect.size} bytes")
+            sha.update(chunk)
+            if md5 is not None:
+                md5.update(chunk)
+            writer.write(chunk)
+            size += len(chunk)
+        if expect.size is not None and size != expect.size:
+            raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+        writer.flush(zstandard.FLUSH_FRAME)  # ends the frame, content checksum included
+        if md5 is not None and md5.hexdigest() != expect.md5_hex:
+            raise IntegrityError(f"MD5 {md5.hexdigest()} does not match eTag {expect.md5_hex}")
+        sink.flush()
+        os.fsync(sink.fileno())
+        stored_size = sink.tell()
+    return sha.hexdigest(), size, stored_size
+
+
+class WritebackAsYouGo:
+    """A file writer that starts the disk write of every `every` bytes as they are written.
+
+    The kernel would otherwise keep a large copy in dirty pages until the final fsync (its
+    own writeback starts at 10% of RAM or after 30 s), which then writes it all while
+    nothing else happens: on a 125 MB/s EBS volume, seconds per GiB after the download has
+    finished. POSIX_FADV_DONTNEED on a range starts writeback of its dirty pages without
+    waiting and drops its clean ones; each window is advised once as it is filled (starting
+    its write) and again one window later (dropping its pages, clean by then: a copy is
+    rarely read back, the cache is better kept for others). The fsync only waits for the
+    tail. Only a hint: durability still comes from the caller's fsync.
+    """
+
+    def __init__(self, sink: IO[bytes], every: int = WRITEBACK_BYTES) -> None:
+        self.sink = sink
+        self.every = every
+        self._written = 0
+        self._window_start = 0  # start of the window being filled
+        self._previous_start = 0  # start of the window before it (advised once so far)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        written = self.sink.write(data)
+        self._written += written
+        if self._written - self._window_start >= self.every:
+            self._advise()
+        return written
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+    def _advise(self) -> None:
+        self.sink.flush()
+        if hasattr(os, "posix_fadvise"):
+            with contextlib.suppress(OSError):  # only a hint: the final fsync is what counts
+                os.posix_fadvise(
+                    self.sink.fileno(),
+                    self._previous_start,
+                    self._written - self._previous_start,
+                    os.POSIX_FADV_DONTNEED,
+                )
+        self._previous_start, self._window_start = self._window_start, self._written
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a small file atomically: temp, fsync, rename, fsync directory."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with temp.open("wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        fsync_directory(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
