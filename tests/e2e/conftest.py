@@ -14,7 +14,7 @@ from agent.aws import Clients, build_clients
 from agent.config import Config, load_config
 from agent.operations.bootstrap import Bootstrap
 from agent.storage.volume import Volume
-from tests.conftest import BUCKET, TABLE
+from tests.support.aws import BUCKET, TABLE
 from tests.support.local_aws import AgentProcess, MotoServer
 
 pytestmark = pytest.mark.e2e

@@ -11,8 +11,8 @@ import time
 import zstandard
 
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, TABLE
-from tests.waiting import wait_until
+from tests.support.aws import BUCKET, TABLE
+from tests.support.waiting import wait_until
 
 AWKWARD_KEYS = [
     "plain.txt",

@@ -7,7 +7,7 @@ import signal
 
 import yaml
 
-from tests.conftest import BUCKET
+from tests.support.aws import BUCKET
 
 
 def _edit(stack, **changes) -> None:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import BUCKET
 from tests.e2e.conftest import make_stack
+from tests.support.aws import BUCKET
 from tests.support.local_aws import FAKE_CREDENTIALS, agent_command, free_port
 
 pytestmark = pytest.mark.e2e

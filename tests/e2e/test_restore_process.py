@@ -16,9 +16,9 @@ from agent.cli.restore import main
 from agent.operations.bootstrap import Bootstrap
 from agent.restore.share import LIFECYCLE_RULE_ID
 from agent.storage.volume import Volume
-from tests.backed_up import BackedUp
-from tests.conftest import BUCKET
 from tests.e2e.conftest import make_stack
+from tests.support.aws import BUCKET
+from tests.support.backed_up import BackedUp
 from tests.support.local_aws import FAKE_CREDENTIALS
 
 STAGING = "recovery-shares"

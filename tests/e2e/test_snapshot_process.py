@@ -10,8 +10,8 @@ import boto3
 
 from agent.snapshots.manager import JOURNAL_TAG, list_snapshots, read_records, tag_dict
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, TABLE
 from tests.e2e.conftest import make_stack
+from tests.support.aws import BUCKET, TABLE
 from tests.support.local_aws import FAKE_CREDENTIALS, agent_command
 
 

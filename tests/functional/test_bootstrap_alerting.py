@@ -6,7 +6,7 @@ from pydantic import BaseModel
 
 from agent.config import Config
 from agent.operations.bootstrap import Bootstrap
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:backup-agent-alerts"
 SENDER = "backups@example.com"

@@ -16,11 +16,11 @@ from agent.pipeline.consumer import Consumer
 from agent.runtime.daemon import compression_settings, consumer_settings
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
-from tests import service
-from tests.aws_hooks import Fault, inject, record_calls
-from tests.conftest import BUCKET, QUEUE_URL, TABLE, bootstrapped_aws, make_config, queue_counts
-from tests.event_fixtures import notification, s3_record
-from tests.waiting import wait_until
+from tests.support import service
+from tests.support.aws import BUCKET, QUEUE_URL, TABLE, bootstrapped_aws, make_config, queue_counts
+from tests.support.aws_hooks import Fault, inject, record_calls
+from tests.support.events import notification, s3_record
+from tests.support.waiting import wait_until
 
 
 def make_service(aws: Clients, config, volume) -> BackupService:

@@ -14,8 +14,8 @@ from agent.aws import Clients
 from agent.runtime.daemon import Daemon
 from agent.storage.ledger import Ledger
 from agent.storage.volume import MARKER_NAME, Volume
-from tests.conftest import BUCKET, TABLE
-from tests.waiting import wait_until
+from tests.support.aws import BUCKET, TABLE
+from tests.support.waiting import wait_until
 
 NO_AWS = Clients(s3=None, sqs=None, dynamodb=None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import yaml
 
 from agent.runtime.daemon import Daemon
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 def test_reload_applies_workers_receive_ahead_compression_and_drain_timeout_live(

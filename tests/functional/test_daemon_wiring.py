@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from agent.cli import restore as restore_cli
 from agent.lifecycle.context import job_lock
 from agent.runtime.daemon import Daemon
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 def _subscribed_inbox(aws):

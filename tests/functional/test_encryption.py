@@ -14,8 +14,8 @@ from agent.events import EventKind, ObjectEvent
 from agent.pipeline.backup import BackupService, Outcome, _md5_from_etag
 from agent.runtime.daemon import Daemon, compression_settings
 from agent.storage.encryption import check_at_startup, discover_volume_id
-from tests.conftest import BUCKET, make_config
-from tests.service import make_service
+from tests.support.aws import BUCKET, make_config
+from tests.support.service import make_service
 
 KMS_ETAG = "8d3f0c1a2b4e5f60718293a4b5c6d7e8"  # real S3: not the MD5 of the bytes under SSE-KMS
 

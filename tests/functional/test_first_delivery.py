@@ -14,8 +14,8 @@ from agent.pipeline.delivery import Delivery, delivering
 from agent.runtime.daemon import compression_settings
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, TABLE, receive_all
-from tests.service import make_service
+from tests.support.aws import BUCKET, TABLE, receive_all
+from tests.support.service import make_service
 
 
 @pytest.fixture

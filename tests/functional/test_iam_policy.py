@@ -44,10 +44,10 @@ from agent.runtime.daemon import Daemon
 from agent.snapshots import mount as mount_snapshot
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.aws_hooks import Fault, inject
-from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
-from tests.iam_support import Call, Check, Recorder, UnknownOperation, checks, matching_statements
-from tests.waiting import wait_until
+from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE
+from tests.support.aws_hooks import Fault, inject
+from tests.support.iam import Call, Check, Recorder, UnknownOperation, checks, matching_statements
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.xdist_group("iam-world")  # one moto world for the module's tests
 

@@ -10,8 +10,8 @@ import yaml
 
 from agent.cli.agent import EXIT_OK, main
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
-from tests.functional.lifecycle_support import put
+from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE
+from tests.support.lifecycle import put
 
 
 @pytest.fixture(autouse=True)

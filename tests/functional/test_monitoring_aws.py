@@ -25,7 +25,7 @@ from agent.monitoring.metrics import CloudWatchPublisher, DiskUsage, Sampler
 from agent.operations.alarms import Alarms
 from agent.operations.dashboard import Dashboard
 from agent.stats import Stats
-from tests.conftest import REGION, make_config
+from tests.support.aws import REGION, make_config
 
 DIMS = {"InstanceId": "i-0test", "Volume": "/mnt/backups"}
 SENDER = "backup-agent@example.com"

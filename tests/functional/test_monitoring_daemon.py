@@ -17,9 +17,9 @@ from agent.pipeline.consumer import Consumer
 from agent.runtime.daemon import Daemon, consumer_settings
 from agent.stats import Stats
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, QUEUE_URL, TABLE, make_config
 from tests.functional.test_monitoring_aws import inbox_messages, topic  # noqa: F401 - fixture
-from tests.waiting import wait_until
+from tests.support.aws import BUCKET, QUEUE_URL, TABLE, make_config
+from tests.support.waiting import wait_until
 
 INSTANCE = "i-0daemon"
 

@@ -7,8 +7,8 @@ import time
 from agent.pipeline.consumer import Consumer
 from agent.runtime.daemon import compression_settings, consumer_settings
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, TABLE
-from tests.service import make_service
+from tests.support.aws import BUCKET, TABLE
+from tests.support.service import make_service
 
 
 def test_uploaded_objects_are_backed_up_and_messages_deleted(aws, config, volume):

@@ -13,8 +13,8 @@ from agent.lifecycle.context import RateLimiter, StateFile
 from agent.lifecycle.reconcile import CHECKPOINT_NAME, Reconciler
 from agent.lifecycle.retention import RetentionPolicy
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, QUEUE_URL, TABLE
-from tests.functional.lifecycle_support import (
+from tests.support.aws import BUCKET, QUEUE_URL, TABLE
+from tests.support.lifecycle import (
     created,
     enable_versioning,
     journal_records,

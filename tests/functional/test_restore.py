@@ -26,8 +26,8 @@ from agent.restore.restorer import DirectoryTarget, Restorer, S3Target, Scope, S
 from agent.restore.source import LedgerSource, Selector
 from agent.storage.ledger import Ledger
 from agent.storage.volume import WritebackAsYouGo
-from tests.backed_up import T0, BackedUp, write_config
-from tests.conftest import BUCKET, TABLE
+from tests.support.aws import BUCKET, TABLE
+from tests.support.backed_up import T0, BackedUp, write_config
 
 AWKWARD_KEYS = [
     "with space/and more spaces.txt",

@@ -9,9 +9,9 @@ from agent.lifecycle.gc import TRASH_DIR, GarbageCollector
 from agent.lifecycle.retention import Retention, RetentionPolicy
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, TABLE
-from tests.functional.lifecycle_support import (
-    FakeClock,
+from tests.support.aws import BUCKET, TABLE
+from tests.support.clock import FakeClock
+from tests.support.lifecycle import (
     created,
     deleted,
     enable_versioning,

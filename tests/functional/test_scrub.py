@@ -12,7 +12,7 @@ from agent.config import ScrubConfig
 from agent.errors import IntegrityError
 from agent.lifecycle.scrub import QUARANTINE_DIR, Scrubber
 from agent.storage.journal import Journal
-from tests.functional.lifecycle_support import created, enable_versioning, make_service, put
+from tests.support.lifecycle import created, enable_versioning, make_service, put
 
 
 def back_up(aws, config, volume, objects: dict[str, bytes]) -> dict[str, str]:

@@ -36,9 +36,10 @@ from agent.snapshots.manager import (
 from agent.storage.barrier import WriteBarrier
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
-from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
-from tests.service import make_service
-from tests.snapshot_support import FakeClock, make_manager, make_volume
+from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from tests.support.clock import FakeClock
+from tests.support.service import make_service
+from tests.support.snapshots import make_manager, make_volume
 
 T0 = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)
 

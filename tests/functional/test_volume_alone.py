@@ -6,9 +6,9 @@ from agent.events import parse_message
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger, table_definition
 from agent.storage.volume import CompressionSettings
-from tests.conftest import BUCKET, TABLE
-from tests.event_fixtures import notification, s3_record
-from tests.service import make_service
+from tests.support.aws import BUCKET, TABLE
+from tests.support.events import notification, s3_record
+from tests.support.service import make_service
 
 
 def test_replaying_the_journal_rebuilds_the_ledger(aws, volume):

@@ -32,7 +32,7 @@ from agent.runtime.daemon import compression_settings, consumer_settings
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.conftest import REGION
+from tests.support.aws import REGION
 
 # -- the pipeline ----------------------------------------------------------------------------
 
@@ -338,7 +338,7 @@ def _error_response(service: str, fault: str, url: str) -> AWSResponse:
 
 def pipeline_config(root: Any, **sections: dict[str, Any]) -> Config:
     """Fast settings for in-process runs: short polls and retry delays, few botocore attempts."""
-    from tests.conftest import QUEUE_URL, make_config
+    from tests.support.aws import QUEUE_URL, make_config
 
     raw: dict[str, dict[str, Any]] = {
         "aws": {"region": REGION, "max_attempts": 3, "retry_mode": "standard"},

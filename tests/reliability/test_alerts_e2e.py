@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from agent.storage.volume import Volume
-from tests.conftest import BUCKET
 from tests.e2e.conftest import Stack, make_stack
 from tests.reliability.pipeline import wait_until
 from tests.reliability.test_volume_faults import MiB, _fill, small_filesystem
+from tests.support.aws import BUCKET
 
 pytestmark = pytest.mark.e2e
 
@@ -160,7 +160,7 @@ def test_a_rejected_config_edit_under_load_alerts_loses_nothing_and_keeps_the_ol
     import threading
 
     from agent.storage.ledger import Ledger
-    from tests.conftest import TABLE
+    from tests.support.aws import TABLE
 
     stack = _alerting_stack(tmp_path, moto_server)
     Volume(stack.root).initialise("vol-reload")

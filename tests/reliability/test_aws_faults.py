@@ -11,7 +11,6 @@ import random
 
 from structlog.testing import capture_logs
 
-from tests.conftest import BUCKET
 from tests.reliability.pipeline import (
     LOST_RESPONSE,
     RESET,
@@ -23,6 +22,7 @@ from tests.reliability.pipeline import (
     Faults,
     assert_backed_up_once,
 )
+from tests.support.aws import BUCKET
 
 ALL_KINDS = [THROTTLE, SERVER_ERROR, UNAVAILABLE, TIMEOUT, RESET]
 FAULTED_OPERATIONS = [

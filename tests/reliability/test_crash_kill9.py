@@ -20,12 +20,12 @@ import pytest
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.conftest import BUCKET, TABLE
 from tests.e2e.conftest import make_stack
 from tests.reliability.audit import DeleteAudit
 from tests.reliability.conftest import point_agent_at
 from tests.reliability.pipeline import assert_backed_up_once, wait_until
 from tests.reliability.proxy import FaultProxy
+from tests.support.aws import BUCKET, TABLE
 from tests.support.local_aws import MotoServer
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "20261123"))

@@ -11,7 +11,6 @@ import os
 import pytest
 from structlog.testing import capture_logs
 
-from tests.conftest import BUCKET
 from tests.e2e.conftest import make_stack
 from tests.reliability.pipeline import (
     UNAVAILABLE,
@@ -21,6 +20,7 @@ from tests.reliability.pipeline import (
     s3_record,
     wait_until,
 )
+from tests.support.aws import BUCKET
 
 
 def _put(pipeline, key: str, body: bytes) -> dict:

@@ -18,8 +18,8 @@ from structlog.testing import capture_logs
 from agent.cli.agent import main as cli_main
 from agent.errors import MalformedMessage
 from agent.events import parse_message
-from tests.conftest import BUCKET
 from tests.reliability.pipeline import notification, s3_record, wait_until
+from tests.support.aws import BUCKET
 
 NFC = unicodedata.normalize("NFC", "café/résumé.txt")
 NFD = unicodedata.normalize("NFD", "café/résumé.txt")

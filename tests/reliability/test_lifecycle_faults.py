@@ -21,9 +21,9 @@ import pytest
 
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.conftest import BUCKET, TABLE
 from tests.e2e.conftest import Stack, make_stack
 from tests.reliability.pipeline import wait_until
+from tests.support.aws import BUCKET, TABLE
 from tests.support.local_aws import FAKE_CREDENTIALS, agent_command
 
 pytestmark = pytest.mark.e2e

@@ -25,7 +25,6 @@ from agent.monitoring.alerts import (
     operational,
 )
 from agent.monitoring.metrics import CloudWatchPublisher, Sampler
-from tests.conftest import BUCKET, REGION, make_config
 from tests.reliability.pipeline import (
     RESET,
     SERVER_ERROR,
@@ -36,6 +35,7 @@ from tests.reliability.pipeline import (
     assert_backed_up_once,
     wait_until,
 )
+from tests.support.aws import BUCKET, REGION, make_config
 
 ALL_KINDS = [THROTTLE, SERVER_ERROR, UNAVAILABLE, TIMEOUT, RESET]
 SENDER = "backup@example.com"

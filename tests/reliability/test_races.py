@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from structlog.testing import capture_logs
 
-from tests.conftest import BUCKET
 from tests.reliability.pipeline import assert_backed_up_once, notification, s3_record
+from tests.support.aws import BUCKET
 
 
 def test_an_object_deleted_before_its_download_is_finished_not_retried(pipeline):

@@ -13,9 +13,9 @@ import pytest
 import agent.aws
 from agent.cli.restore import main
 from agent.storage.ledger import Ledger
-from tests.backed_up import BackedUp, write_config
-from tests.conftest import BUCKET, TABLE
 from tests.reliability.pipeline import SERVER_ERROR, THROTTLE, UNAVAILABLE, Faults
+from tests.support.aws import BUCKET, TABLE
+from tests.support.backed_up import BackedUp, write_config
 
 
 class OutageAfter(Faults):

@@ -19,9 +19,9 @@ import pytest
 
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
-from tests.conftest import BUCKET
 from tests.e2e.conftest import make_stack
 from tests.reliability.pipeline import notification, s3_record, wait_until
+from tests.support.aws import BUCKET
 
 pytestmark = pytest.mark.e2e
 

@@ -22,9 +22,9 @@ import pytest
 
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.conftest import BUCKET, TABLE
 from tests.e2e.conftest import make_stack
 from tests.reliability.pipeline import notification, s3_record, wait_until
+from tests.support.aws import BUCKET, TABLE
 
 pytestmark = pytest.mark.e2e
 

@@ -17,14 +17,7 @@ from agent.monitoring.alerts import (
     render,
     subject_for,
 )
-
-
-class FakeClock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 class Recorder:
@@ -134,12 +127,14 @@ def test_submit_never_waits_for_delivery():
 def test_summaries_are_sent_when_their_window_ends():
     clock = FakeClock()
     channel = Recorder()
-    dispatcher = AlertDispatcher([channel], window_seconds=60, clock=clock, tick_seconds=0.01)
+    dispatcher = AlertDispatcher(
+        [channel], window_seconds=60, clock=clock.seconds, tick_seconds=0.01
+    )
     dispatcher.start()
     try:
         dispatcher.submit(failure(1))
         dispatcher.submit(failure(2))
-        clock.now += 61
+        clock.advance(seconds=61)
         deadline = threading.Event()
         for _ in range(1000):
             if len(channel.notices) == 2:

@@ -7,7 +7,7 @@ import pytest
 
 from agent.aws import build_clients, classify
 from agent.errors import IntegrityError, ObjectGone, PermanentError, RetryableError
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 def client_error(code: str, status: int) -> botocore.exceptions.ClientError:

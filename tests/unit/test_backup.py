@@ -14,10 +14,10 @@ from agent.events import ObjectEvent, parse_message
 from agent.pipeline.backup import BackupService, Outcome
 from agent.storage.ledger import Ledger
 from agent.storage.volume import MARKER_NAME
-from tests.aws_hooks import Fault, inject, record_calls
-from tests.conftest import BUCKET, TABLE
-from tests.event_fixtures import notification, s3_record
-from tests.service import make_service
+from tests.support.aws import BUCKET, TABLE
+from tests.support.aws_hooks import Fault, inject, record_calls
+from tests.support.events import notification, s3_record
+from tests.support.service import make_service
 
 OWNER = "123456789012"
 

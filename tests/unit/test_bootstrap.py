@@ -11,7 +11,7 @@ from moto import mock_aws
 
 from agent.aws import Clients
 from agent.operations.bootstrap import NOTIFICATION_ID, Bootstrap, dead_letter_name
-from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.pipeline.deletes import DeleteBatcher
-from tests.conftest import QUEUE_URL, count_sqs_calls, queue_counts
+from tests.support.aws import QUEUE_URL, count_sqs_calls, queue_counts
 
 
 def _send_and_receive(aws, count: int) -> list[dict[str, Any]]:

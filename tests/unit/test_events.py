@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent.errors import MalformedMessage
 from agent.events import EventKind, ObjectEvent, parse_message
-from tests.event_fixtures import event_text, load_event, notification, s3_record
+from tests.support.events import event_text, load_event, notification, s3_record
 
 BUCKET = "company-documents"
 

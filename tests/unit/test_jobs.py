@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from agent.config import Schedule
 from agent.scheduler import Jobs, cron, every, trigger_for
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 
 def test_a_failing_job_is_counted_and_the_scheduler_keeps_running_it():

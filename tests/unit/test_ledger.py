@@ -13,7 +13,7 @@ from agent.errors import PermanentError, RetryableError
 from agent.events import EventKind, ObjectEvent
 from agent.records import VersionRecord
 from agent.storage.ledger import Ledger, table_definition
-from tests.aws_hooks import Fault, inject, record_calls
+from tests.support.aws_hooks import Fault, inject, record_calls
 
 BUCKET = "company-documents"
 TABLE = "backup-agent-objects"

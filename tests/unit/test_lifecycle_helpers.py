@@ -12,7 +12,7 @@ from agent.lifecycle.context import STATE_DIR, JobBusy, RateLimiter, StateFile, 
 from agent.records import VersionRecord
 from agent.storage.journal import Journal
 from agent.storage.volume import MARKER_NAME
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 @pytest.mark.parametrize(

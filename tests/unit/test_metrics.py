@@ -22,7 +22,7 @@ from agent.monitoring.metrics import (
     resolve_instance_id,
 )
 from agent.stats import Stats
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 def fixed_disk(root: Path) -> DiskUsage:

@@ -10,7 +10,7 @@ import yaml
 
 from agent.config import parse_config
 from agent.errors import ConfigError
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 def test_without_the_sections_the_defaults_apply_and_nothing_alerts(backup_root):

@@ -9,7 +9,7 @@ import pytest
 
 from agent.snapshots.manager import MANAGED_TAG, VOLUME_TAG, tag_dict, tag_list
 from agent.snapshots.mount import RESTORE_TAG, MountPlan, SnapshotMounter, local_device, main
-from tests.snapshot_support import moto_ec2
+from tests.support.snapshots import moto_ec2
 
 
 @pytest.fixture

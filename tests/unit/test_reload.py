@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from agent.config import Config
 from agent.runtime.reload import ConfigReloader, changed_keys, effective_config, needs_restart
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 def _write(path: Path, config: Config, **changes: dict) -> None:

@@ -7,7 +7,7 @@ import pytest
 from agent.config import duration_seconds
 from agent.errors import ConfigError
 from agent.restore.share import lifecycle_days
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 def test_the_agent_runs_without_a_restore_section(backup_root):

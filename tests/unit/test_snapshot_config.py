@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.config import ConfigError
-from tests.conftest import make_config
+from tests.support.aws import make_config
 
 
 def test_defaults_leave_snapshots_off(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 
 from agent.config import SnapshotRetention
 from agent.snapshots.manager import MANAGED_TAG, VOLUME_TAG, Snapshot, retention_plan, tag_list
-from tests.snapshot_support import FakeClock, make_manager, make_volume, moto_ec2
+from tests.support.clock import FakeClock
+from tests.support.snapshots import make_manager, make_volume, moto_ec2
 
 
 def snap(ident: str, taken: datetime, state: str = "completed") -> Snapshot:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,9 @@ from agent.snapshots.flush import Flusher
 from agent.snapshots.manager import SnapshotManager
 from agent.storage.barrier import Barrier
 from agent.storage.journal import Journal
+from tests.support.clock import FakeClock
 
 AZ = "us-east-1a"
-
-
-class FakeClock:
-    """`clock()` returns `now`; `sleep(s)` advances it (so polling loops finish at once)."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += timedelta(seconds=seconds)
 
 
 @contextlib.contextmanager

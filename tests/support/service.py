@@ -8,7 +8,7 @@ from agent.pipeline.backup import BackupService
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import CompressionSettings, Volume
-from tests.conftest import BUCKET, TABLE
+from tests.support.aws import BUCKET, TABLE
 
 
 def make_service(aws: Any, volume: Volume, **overrides: Any) -> BackupService:

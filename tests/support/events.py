@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
 
-EVENTS_DIR = Path(__file__).parent / "events"
+EVENTS_DIR = Path(__file__).parent.parent / "events"
 
 
 def load_event(name: str) -> dict[str, Any]:

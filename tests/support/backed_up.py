@@ -18,8 +18,8 @@ from agent.events import EventKind, ObjectEvent
 from agent.pipeline.backup import BackupService, Result
 from agent.storage.ledger import Ledger
 from agent.storage.volume import CompressionSettings, Volume
-from tests.conftest import BUCKET, QUEUE_URL, REGION, TABLE
-from tests.service import make_service
+from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE
+from tests.support.service import make_service
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 

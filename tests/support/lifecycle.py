@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.config import Config
@@ -12,19 +11,8 @@ from agent.pipeline.backup import BackupService
 from agent.runtime.daemon import compression_settings
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
-from tests import service
-from tests.conftest import BUCKET
-
-
-@dataclass
-class FakeClock:
-    now: datetime
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
+from tests.support import service
+from tests.support.aws import BUCKET
 
 
 def make_service(aws: Any, config: Config, volume: Volume, clock: Any = None) -> BackupService:
