@@ -24,6 +24,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check agent tests scripts bench
 	$(BIN)/ruff format --check agent tests scripts bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import boto3
 import botocore.config
 import botocore.exceptions
+from botocore.client import BaseClient
 
 from agent.config import Config
 from agent.errors import BackupAgentError, ObjectGone, PermanentError, RetryableError
+
+if TYPE_CHECKING:  # boto3-stubs: a development dependency, types only
+    from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ses import SESClient
+    from mypy_boto3_sns import SNSClient
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sts import STSClient
 
 GONE_CODES = {"NoSuchKey", "NoSuchVersion", "404", "NotFound", "PreconditionFailed", "412"}
 RETRYABLE_CODES = {
@@ -40,18 +51,50 @@ RETRYABLE_CODES = {
 
 @dataclass(frozen=True)
 class Clients:
-    """Every AWS client the agent uses; tests build it from moto."""
+    """Every AWS client the agent uses, typed; tests build it from moto.
 
-    s3: Any
-    sqs: Any
-    dynamodb: Any
-    session: Any = None
+    `s3`, `sqs` and `dynamodb` are made once (the hot path uses them); the others are made
+    on demand from the same session, settings and endpoint.
+    """
 
-    def client(self, service: str) -> Any:
-        """Another client from the same session and settings (cloudwatch, sns, ses, ec2)."""
-        if self.session:
-            return self.session.client(service)
-        return boto3.client(service)  # type: ignore[call-overload]
+    s3: S3Client
+    sqs: SQSClient
+    dynamodb: DynamoDBClient
+    session: boto3.session.Session | None = None
+    settings: botocore.config.Config | None = None
+    endpoint_url: str | None = None
+
+    def cloudwatch(self) -> CloudWatchClient:
+        return self._session().client(
+            "cloudwatch", config=self.settings, endpoint_url=self.endpoint_url
+        )
+
+    def sns(self) -> SNSClient:
+        return self._session().client("sns", config=self.settings, endpoint_url=self.endpoint_url)
+
+    def ses(self) -> SESClient:
+        return self._session().client("ses", config=self.settings, endpoint_url=self.endpoint_url)
+
+    def sts(self) -> STSClient:
+        return self._session().client("sts", config=self.settings, endpoint_url=self.endpoint_url)
+
+    def ec2(self, region: str | None = None) -> EC2Client:
+        """EC2 in the configured region, or in `region` (snapshot copies)."""
+        return self._session().client(
+            "ec2", region_name=region, config=self.settings, endpoint_url=self.endpoint_url
+        )
+
+    def client(self, service: str) -> BaseClient:
+        """Any other service by name (tests: kms); the agent uses the typed ones above."""
+        made: BaseClient = self._session().client(  # type: ignore[call-overload]
+            service, config=self.settings, endpoint_url=self.endpoint_url
+        )
+        return made
+
+    def _session(self) -> boto3.session.Session:
+        if self.session is None:
+            raise BackupAgentError("these AWS clients have no session to make more from")
+        return self.session
 
 
 def client_config(config: Config) -> botocore.config.Config:
@@ -70,26 +113,34 @@ def build_clients(config: Config) -> Clients:
 
     `aws.endpoint_url` wins; otherwise boto3 itself honours $AWS_ENDPOINT_URL.
     """
-    session = _Session(config)
-    return Clients(
-        s3=session.client("s3"),
-        sqs=session.client("sqs"),
-        dynamodb=session.client("dynamodb"),
-        session=session,
+    return session_clients(
+        boto3.session.Session(region_name=config.aws.region),
+        settings=client_config(config),
+        endpoint_url=config.aws.endpoint_url,
     )
 
 
-class _Session:
-    def __init__(self, config: Config) -> None:
-        self._session = boto3.session.Session(region_name=config.aws.region)
-        self._config = client_config(config)
-        self._endpoint = config.aws.endpoint_url
+def session_clients(
+    session: boto3.session.Session,
+    *,
+    settings: botocore.config.Config | None = None,
+    endpoint_url: str | None = None,
+) -> Clients:
+    """Clients made from `session` (the one way the agent and its tests make them)."""
+    return Clients(
+        s3=session.client("s3", config=settings, endpoint_url=endpoint_url),
+        sqs=session.client("sqs", config=settings, endpoint_url=endpoint_url),
+        dynamodb=session.client("dynamodb", config=settings, endpoint_url=endpoint_url),
+        session=session,
+        settings=settings,
+        endpoint_url=endpoint_url,
+    )
 
-    def client(self, service: str) -> Any:
-        kwargs: dict[str, Any] = {"config": self._config}
-        if self._endpoint:
-            kwargs["endpoint_url"] = self._endpoint
-        return self._session.client(service, **kwargs)  # type: ignore[call-overload]
+
+def region_clients(region: str, endpoint_url: str | None = None) -> Clients:
+    """Clients for a command that has a region but no valid config (mount-snapshot,
+    alerting about a rejected config file)."""
+    return session_clients(boto3.session.Session(region_name=region), endpoint_url=endpoint_url)
 
 
 def error_code(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
 
 import yaml
 from pydantic import (
@@ -74,6 +75,22 @@ class QueueConfig(Section):
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError(f"{value!r} is not a queue URL (https://sqs.REGION.amazonaws.com/…)")
         return value
+
+    @property
+    def name(self) -> str:
+        """The queue's name: the last part of its URL."""
+        return queue_name(self.url)
+
+    @property
+    def dead_letter_name(self) -> str:
+        """`dead_letter_url`'s name, or ``<queue>-dlq`` (what bootstrap creates)."""
+        if self.dead_letter_url:
+            return queue_name(self.dead_letter_url)
+        return self.name + "-dlq"
+
+
+def queue_name(url: str) -> str:
+    return urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
 
 
 class StorageConfig(Section):
@@ -223,7 +240,7 @@ class Schedule(Section):
 
 
 class ReconcileConfig(Section):
-    """Backfill: list the buckets and back up what the ledger lacks (agent/lifecycle/reconcile.py)."""
+    """Backfill: list the buckets and back up what the ledger lacks (lifecycle/reconcile.py)."""
 
     schedule: Schedule | None = Field(
         default=None, description="cron line or seconds; null: on demand only"
@@ -234,7 +251,7 @@ class ReconcileConfig(Section):
 
 
 class RetentionConfig(Section):
-    """Which recorded versions to keep (agent/lifecycle/retention.py). Unset rules keep everything."""
+    """Which recorded versions to keep (lifecycle/retention.py). Unset rules keep everything."""
 
     schedule: Schedule | None = Field(
         default=None, description="cron line or seconds; null: on demand only"

@@ -1,20 +1,23 @@
 """`backup-agent COMMAND --config FILE`: the operator's entry point.
 
-Exit codes (one place): 0 ok, 1 failure at run time, 2 usage or configuration error,
-3 backup volume not ready.
+Exit codes: the table in agent/cli/common.py (0 ok, 1 failure at run time, 2 usage or
+configuration error, 3 backup volume not ready).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import structlog
 
 from agent import __version__, logs
+from agent.aws import build_clients
+from agent.cli.common import ExitCode, exit_code_for, print_problems
 from agent.config import (
     Config,
     add_config_option,
@@ -23,16 +26,22 @@ from agent.config import (
     resolve_config_path,
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
-
-if TYPE_CHECKING:
-    from agent.lifecycle.context import LifecycleContext
+from agent.lifecycle.context import LifecycleContext, job_lock
+from agent.lifecycle.gc import GarbageCollector
+from agent.lifecycle.reconcile import Reconciler
+from agent.lifecycle.reindex import reindex
+from agent.lifecycle.retention import Retention
+from agent.lifecycle.scrub import Scrubber
+from agent.monitoring.metrics import resolve_dimensions
+from agent.operations import alarms
+from agent.operations.dashboard import Dashboard
+from agent.operations.iam import policy_document, trust_document
+from agent.runtime.daemon import Daemon
+from agent.runtime.wiring import open_lifecycle_context
+from agent.storage.journal import Journal
+from agent.storage.volume import Volume
 
 R = TypeVar("R")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
-EXIT_VOLUME = 3
 
 log = structlog.get_logger("agent.cli")
 
@@ -44,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     path = resolve_config_path(args.config)
     try:
         config = load_config(path)
@@ -52,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_problems(path, exc.problems)
         if args.handler is cmd_run:
             _alert_rejected_config(path, exc.problems)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     logs.configure(config.logging.level, config.logging.format)
     args.config_path = path
     try:
@@ -60,13 +69,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return result
     except VolumeNotReady as exc:
         print(f"backup-agent: backup volume not ready: {exc}", file=sys.stderr)
-        return EXIT_VOLUME
+        return exit_code_for(exc)
     except ConfigError as exc:
         _print_problems(path, exc.problems)
-        return EXIT_CONFIG
+        return exit_code_for(exc)
     except BackupAgentError as exc:
         print(f"backup-agent: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return exit_code_for(exc)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,8 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from agent.aws import build_clients
-    from agent.runtime.daemon import Daemon
 
     return Daemon(config, build_clients(config), config_path=args.config_path).run()
 
@@ -144,31 +151,27 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     problems = environment_problems(config)
     if problems:
         _print_problems(args.config_path, problems)
-        return EXIT_CONFIG
+        return ExitCode.USAGE
     print(f"{args.config_path}: OK")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
-    from agent.storage.volume import Volume
 
     marker = Volume(config.storage.root).initialise(args.volume_id)
     print(f"{config.storage.root}: backup volume {marker.volume_id}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _locked_job(config: Config, job: str, run: Callable[[LifecycleContext], R]) -> R:
     """Wire the lifecycle context and run one job under its volume lock (JobBusy if held)."""
-    from agent.aws import build_clients
-    from agent.lifecycle.context import build_context, job_lock
 
-    ctx = build_context(config, build_clients(config))
+    ctx = open_lifecycle_context(config, build_clients(config))
     with job_lock(ctx.volume, job):
         return run(ctx)
 
 
 def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
-    from agent.lifecycle.reconcile import Reconciler
 
     report = _locked_job(
         config, "reconcile", lambda ctx: Reconciler.from_context(ctx).run_once(dry_run=args.dry_run)
@@ -180,11 +183,10 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
     )
     for bucket, key, version in report.would_back_up:
         print(f"  s3://{bucket}/{key}" + (f" ({version})" if version else ""))
-    return EXIT_FAILURE if report.failed else EXIT_OK
+    return ExitCode.FAILURE if report.failed else ExitCode.OK
 
 
 def cmd_retention(args: argparse.Namespace, config: Config) -> int:
-    from agent.lifecycle.retention import Retention
 
     report = _locked_job(
         config, "retention", lambda ctx: Retention.from_context(ctx).run_once(dry_run=args.dry_run)
@@ -197,11 +199,10 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
     )
     for record in report.would_expire:
         print(f"  s3://{record.bucket}/{record.key} {record.version_token}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_gc(args: argparse.Namespace, config: Config) -> int:
-    from agent.lifecycle.gc import GarbageCollector
 
     report = _locked_job(
         config, "gc", lambda ctx: GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run)
@@ -212,51 +213,41 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
         print(f"gc: would remove {len(report.would_remove)} copies, {report.bytes_freed} bytes")
     else:
         print(f"gc: removed {report.removed} copies, freed {report.bytes_freed} bytes")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
-    from agent.lifecycle.scrub import Scrubber
 
     report = _locked_job(config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once())
     print(
         f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
         f" {report.healed} healed, {report.unrecoverable} unrecoverable"
     )
-    return EXIT_FAILURE if report.unrecoverable else EXIT_OK
+    return ExitCode.FAILURE if report.unrecoverable else ExitCode.OK
 
 
 def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
-    import json
-
-    from agent.operations.iam import policy_document, trust_document
 
     if args.role_document:
         document = trust_document(config)
     else:
         document = policy_document(config, role=args.role, restore_to_s3=not args.without_restore)
     print(json.dumps(document, indent=2))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_alarms(args: argparse.Namespace, config: Config) -> int:
-    from agent.aws import build_clients
-    from agent.monitoring.metrics import resolve_dimensions
-    from agent.operations import alarms
 
-    cloudwatch = build_clients(config).client("cloudwatch")
+    cloudwatch = build_clients(config).cloudwatch()
     return alarms.run(config, cloudwatch, resolve_dimensions(config), args.dry_run)
 
 
 def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
-    from agent.aws import build_clients
-    from agent.monitoring.metrics import resolve_dimensions
-    from agent.operations.dashboard import Dashboard
 
-    board = Dashboard(build_clients(config).client("cloudwatch"), config)
+    board = Dashboard(build_clients(config).cloudwatch(), config)
     action = board.apply(resolve_dimensions(config), dry_run=args.dry_run)
     print(f"{action:<16} dashboard {board.name}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _alert_rejected_config(path: Path, problems: list[str]) -> None:
@@ -271,10 +262,6 @@ def _alert_rejected_config(path: Path, problems: list[str]) -> None:
 
 
 def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
-    from agent.aws import build_clients
-    from agent.lifecycle.reindex import reindex
-    from agent.storage.journal import Journal
-    from agent.storage.volume import Volume
 
     volume = Volume(Path(args.root) if args.root else config.storage.root)
     volume.read_marker()
@@ -289,24 +276,20 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
         f"{config.state.table}{created}: {report.records} journal records,"
         f" {report.added} added, {report.known} already known"
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
-    from agent.aws import build_clients
     from agent.snapshots.manager import build_snapshot_manager, describe_run
-    from agent.storage.volume import Volume
 
     Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
     run = build_snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
     describe_run(run)
-    return EXIT_OK if run.ok else EXIT_FAILURE
+    return ExitCode.OK if run.ok else ExitCode.FAILURE
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:
-    print(f"{path}: invalid configuration", file=sys.stderr)
-    for problem in problems:
-        print(f"  {problem}", file=sys.stderr)
+    print_problems(sys.stderr, f"{path}: invalid configuration", problems)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """`backup-restore COMMAND --config FILE`: list, restore, share and verify backed-up objects.
 
-Exit codes: 0 all good, 1 some items failed (the rest were still restored), 2 usage or
-configuration error. Records come from DynamoDB, or with --offline from the volume's
-own journal (--root MOUNT reads another copy of the volume, e.g. a mounted snapshot).
+Exit codes (agent/cli/common.py): 0 all good, 1 some items failed (the rest were still
+restored), 2 usage or configuration error, 3 backup volume not ready. Records come from
+DynamoDB, or with --offline from the volume's own journal (--root MOUNT reads another
+copy of the volume, e.g. a mounted snapshot).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import IO, Any
 import structlog
 
 from agent import __version__, logs
+from agent.cli.common import ExitCode, exit_code_for, print_problems
 from agent.config import (
     Config,
     add_config_option,
@@ -60,10 +62,6 @@ from agent.restore.source import (
     select,
 )
 from agent.storage.volume import Volume
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 log = structlog.get_logger("agent.restore_cli")
 
@@ -143,13 +141,13 @@ def main(
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help(err)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     path = resolve_config_path(args.config)
     try:
         config = load_config(path)
     except ConfigError as exc:
-        _problems(err, f"{path}: invalid configuration", exc.problems)
-        return EXIT_USAGE
+        print_problems(err, f"{path}: invalid configuration", exc.problems)
+        return ExitCode.USAGE
     logs.configure(config.logging.level, config.logging.format, stream=err)
     runtime = Runtime(args, config, out, err)
     try:
@@ -157,24 +155,24 @@ def main(
         return result
     except UsageError as exc:
         print(f"backup-restore: {exc}", file=err)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except ConfigError as exc:
-        _problems(err, f"{path}: configuration problem", exc.problems)
-        return EXIT_USAGE
+        print_problems(err, f"{path}: configuration problem", exc.problems)
+        return ExitCode.USAGE
     except VolumeNotReady as exc:
         print(f"backup-restore: backup volume not ready: {exc}", file=err)
-        return EXIT_USAGE
+        return exit_code_for(exc)
     except BackupAgentError as exc:
         hint = "" if args.offline else " (DynamoDB unreachable? --offline reads the volume)"
         print(f"backup-restore: {exc}{hint}", file=err)
-        return EXIT_FAILED
+        return ExitCode.FAILURE
     except KeyboardInterrupt:
         print(
             "backup-restore: interrupted; files already in place are complete,"
             " the rest were not started or were cleaned up",
             file=err,
         )
-        return EXIT_FAILED
+        return ExitCode.FAILURE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,9 +296,9 @@ def cmd_snapshots(rt: Runtime) -> int:
                     "journal_position": snap.journal_position,
                 }
             )
-        return EXIT_OK
+        return ExitCode.OK
     print_snapshots(snapshots, out=rt.out)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_list(rt: Runtime) -> int:
@@ -308,7 +306,7 @@ def cmd_list(rt: Runtime) -> int:
     if rt.args.json:
         for row in rows:
             rt.emit(row)
-        return EXIT_OK
+        return ExitCode.OK
     table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "DELETED"]]
     for row in rows:
         table.append(
@@ -326,7 +324,7 @@ def cmd_list(rt: Runtime) -> int:
         rt.out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
         rt.out.write("\n")
     rt.out.write(f"{len(rows)} {'versions' if rt.args.versions else 'keys'}\n")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _list_rows(rt: Runtime) -> Iterator[dict[str, Any]]:
@@ -399,8 +397,8 @@ def cmd_restore(rt: Runtime) -> int:
     _report_restore(rt, summary)
     if not chosen.items and not chosen.missing:
         print("backup-restore: nothing to restore", file=rt.err)
-        return EXIT_FAILED
-    return EXIT_OK if summary.ok else EXIT_FAILED
+        return ExitCode.FAILURE
+    return ExitCode.OK if summary.ok else ExitCode.FAILURE
 
 
 def _report_restore(rt: Runtime, summary: Summary) -> None:
@@ -500,7 +498,7 @@ def cmd_share(rt: Runtime) -> int:
     )
     if choice.record is None:
         print(f"backup-restore: {_printable(args.key)}: {choice.reason}", file=rt.err)
-        return EXIT_FAILED
+        return ExitCode.FAILURE
     shared = Sharer(rt.clients.s3, rt.volume(), rt.config.restore, staging).share(
         choice.record, seconds
     )
@@ -513,7 +511,7 @@ def cmd_share(rt: Runtime) -> int:
             f" until {shared.expires_at.isoformat(timespec='seconds')}",
             file=rt.err,
         )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 # -- verify --------------------------------------------------------------------------
@@ -549,7 +547,7 @@ def cmd_verify(rt: Runtime) -> int:
             f" ({report.versions} versions, {_human(report.bytes)}):"
             f" {len(report.problems)} problems\n"
         )
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return ExitCode.OK if report.ok else ExitCode.FAILURE
 
 
 # -- progress ------------------------------------------------------------------------
@@ -664,12 +662,6 @@ def _printable(key: str) -> str:
     if key.isprintable():
         return key
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in key)
-
-
-def _problems(err: IO[str], title: str, problems: list[str]) -> None:
-    print(title, file=err)
-    for problem in problems:
-        print(f"  {problem}", file=err)
 
 
 if __name__ == "__main__":

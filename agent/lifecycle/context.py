@@ -138,22 +138,3 @@ class LifecycleContext:
     ledger: Ledger
     service: BackupService
     stats: Stats
-
-
-def build_context(config: Config, clients: Clients, stats: Stats | None = None) -> LifecycleContext:
-    """Open the volume (raises VolumeNotReady) and wire the pieces the jobs use."""
-    from agent.runtime.daemon import backup_service
-
-    volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
-    marker = volume.read_marker()
-    service = backup_service(config, clients, volume, marker.volume_id)
-    return LifecycleContext(
-        config=config,
-        clients=clients,
-        volume=volume,
-        volume_id=marker.volume_id,
-        journal=service.journal,
-        ledger=service.ledger,
-        service=service,
-        stats=stats or Stats(),
-    )

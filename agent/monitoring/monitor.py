@@ -163,7 +163,7 @@ class Monitoring:
         self.publisher: CloudWatchPublisher | None = None
         if config.metrics.cloudwatch:
             self.publisher = CloudWatchPublisher(
-                clients.client("cloudwatch"),
+                clients.cloudwatch(),
                 config.metrics.namespace,
                 self.dimensions,
                 max_buffer=config.metrics.buffer_size,
@@ -331,11 +331,9 @@ class Monitoring:
 
     def _dead_letter(self) -> str | None:
         if self._dead_letter_url is None:
-            from agent.operations.bootstrap import dead_letter_name
-
             try:
                 self._dead_letter_url = self.clients.sqs.get_queue_url(
-                    QueueName=dead_letter_name(self.config)
+                    QueueName=self.config.queue.dead_letter_name
                 )["QueueUrl"]
             except Exception:  # noqa: BLE001 - no DLQ (yet): depth unknown, not an error
                 log.debug("queues.no_dead_letter_queue")

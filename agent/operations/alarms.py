@@ -15,7 +15,6 @@ from typing import Any
 from agent.config import Config
 from agent.errors import ConfigError
 from agent.monitoring.metrics import dimension_list
-from agent.operations.bootstrap import dead_letter_name
 
 # Fields of DescribeAlarms' answer compared with what we would put.
 COMPARED = (
@@ -53,7 +52,7 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
     dims = dimension_list(dimensions)
     period = alarms.period_seconds
     disk_threshold = alarms.disk_used_percent or config.alerts.disk_used_percent
-    dlq = dead_letter_name(config)
+    dlq = config.queue.dead_letter_name
     common: dict[str, Any] = {
         "ActionsEnabled": True,
         "AlarmActions": [topic],

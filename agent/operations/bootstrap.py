@@ -8,20 +8,20 @@ verification of the sender (`alerts.email.sender`; SES mails the address a link 
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlparse
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
-from agent.aws import Clients, build_clients, error_code
-from agent.config import Config, load_config, resolve_config_path
+from agent.aws import Clients, error_code
+from agent.config import Config
 from agent.errors import ConfigError
 from agent.storage.ledger import table_definition
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import NotificationConfigurationTypeDef
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 NOTIFICATION_ID = "backup-agent"
 POLICY_SID = "AllowS3Notifications"
@@ -37,16 +37,6 @@ class Report:
         (self.created if created else self.existing).append(what)
 
 
-def queue_name(url: str) -> str:
-    return urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def dead_letter_name(config: Config) -> str:
-    if config.queue.dead_letter_url:
-        return queue_name(config.queue.dead_letter_url)
-    return queue_name(config.queue.url) + "-dlq"
-
-
 class Bootstrap:
     def __init__(self, config: Config, clients: Clients) -> None:
         self.config = config
@@ -57,9 +47,9 @@ class Bootstrap:
         if create_buckets:
             for bucket in self.config.buckets:
                 self.ensure_bucket(bucket)
-        _dlq_url, dlq_arn = self.ensure_queue(dead_letter_name(self.config), {})
+        _dlq_url, dlq_arn = self.ensure_queue(self.config.queue.dead_letter_name, {})
         queue_url, queue_arn = self.ensure_queue(
-            queue_name(self.config.queue.url),
+            self.config.queue.name,
             {
                 "RedrivePolicy": json.dumps(
                     {
@@ -89,9 +79,10 @@ class Bootstrap:
             self.ensure_email_identity(alerts.email.sender)
 
     def ensure_email_identity(self, sender: str) -> None:
-        ses = self.clients.client("ses")
+        ses = self.clients.ses()
         attributes = ses.get_identity_verification_attributes(Identities=[sender])
-        status = attributes["VerificationAttributes"].get(sender, {}).get("VerificationStatus")
+        found = attributes["VerificationAttributes"].get(sender)
+        status = found["VerificationStatus"] if found else None
         if status in {"Success", "Pending"}:
             self.report.add(f"SES identity {sender} ({status.lower()})", False)
             return
@@ -110,7 +101,9 @@ class Bootstrap:
             s3.create_bucket(**kwargs)
             self.report.add(f"bucket {bucket}", True)
 
-    def ensure_queue(self, name: str, attributes: dict[str, str]) -> tuple[str, str]:
+    def ensure_queue(
+        self, name: str, attributes: dict[QueueAttributeNameType, str]
+    ) -> tuple[str, str]:
         sqs = self.clients.sqs
         try:
             url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
@@ -168,9 +161,11 @@ class Bootstrap:
 
     def ensure_notification(self, bucket: str, queue_arn: str) -> None:
         s3 = self.clients.s3
-        current = s3.get_bucket_notification_configuration(Bucket=bucket)
-        current.pop("ResponseMetadata", None)
-        queues = current.get("QueueConfigurations", [])
+        answer = s3.get_bucket_notification_configuration(Bucket=bucket)
+        current: NotificationConfigurationTypeDef = {
+            k: v for k, v in answer.items() if k != "ResponseMetadata"
+        }  # type: ignore[assignment]  # the answer is the configuration plus metadata
+        queues = list(current.get("QueueConfigurations", []))
         if any(q.get("QueueArn") == queue_arn for q in queues):
             self.report.add(f"notification {bucket} → queue", False)
             return
@@ -202,7 +197,7 @@ class Bootstrap:
 
     def ensure_topic(self, arn: str) -> None:
         """The alert topic named by alerts.sns_topic_arn (subscribing people is up to you)."""
-        sns = self.clients.client("sns")
+        sns = self.clients.sns()
         try:
             sns.get_topic_attributes(TopicArn=arn)
             self.report.add(f"topic {arn}", False)
@@ -235,38 +230,3 @@ def _same(name: str, current: str | None, wanted: str) -> bool:
             and str(have.get("maxReceiveCount")) == str(want.get("maxReceiveCount"))
         )
     return str(current) == wanted
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bootstrap-aws", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", metavar="FILE")
-    parser.add_argument(
-        "--create-buckets",
-        action="store_true",
-        help="also create the configured buckets (demos and tests)",
-    )
-    args = parser.parse_args(argv)
-    path = resolve_config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
-    try:
-        report = Bootstrap(config, build_clients(config)).run(create_buckets=args.create_buckets)
-    except ConfigError as exc:
-        print(f"{path}: configuration problem", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 2
-    for what in report.created:
-        print(f"created  {what}")
-    for what in report.existing:
-        print(f"exists   {what}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

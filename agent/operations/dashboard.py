@@ -15,7 +15,6 @@ import botocore.exceptions
 
 from agent.aws import error_code
 from agent.config import Config
-from agent.operations.bootstrap import dead_letter_name
 
 WIDTH = 6
 HEIGHT = 6
@@ -64,7 +63,7 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
     """The dashboard JSON: a fleet row (dead-letter queue), then one row per instance."""
     ns = config.metrics.namespace
     region = config.aws.region
-    dlq = dead_letter_name(config)
+    dlq = config.queue.dead_letter_name
     widgets: list[dict[str, Any]] = [
         _widget(
             f"Dead-letter queue {dlq}",

@@ -106,7 +106,7 @@ class Scope:
         if config.queue.dead_letter_url:
             dlq = sqs_arn(config.queue.dead_letter_url, region, partition)
         else:
-            dlq = queue + "-dlq"  # bootstrap.dead_letter_name
+            dlq = queue + "-dlq"  # QueueConfig.dead_letter_name
         email = config.alerts.email
         return cls(
             partition=partition,

@@ -25,63 +25,32 @@ from agent import logs
 from agent.aws import Clients
 from agent.config import Config
 from agent.errors import BackupAgentError, VolumeNotReady
+from agent.lifecycle.context import run_exclusive
+from agent.lifecycle.gc import GarbageCollector
+from agent.lifecycle.reconcile import Reconciler
+from agent.lifecycle.retention import Retention
+from agent.lifecycle.scrub import Scrubber
 from agent.monitoring.alerts import integrity_failure
 from agent.monitoring.monitor import Monitoring
 from agent.pipeline.backup import BackupService
-from agent.pipeline.consumer import Consumer, ConsumerSettings
+from agent.pipeline.consumer import Consumer
 from agent.runtime.reload import ConfigReloader
 from agent.runtime.systemd import Notifier
+from agent.runtime.wiring import (
+    backup_service,
+    compression_settings,
+    consumer_settings,
+    lifecycle_context,
+)
 from agent.stats import Stats
-from agent.storage.barrier import WriteBarrier
-from agent.storage.journal import Journal
-from agent.storage.ledger import Ledger
-from agent.storage.volume import CompressionSettings, Volume, VolumeMarker
+from agent.storage.encryption import check_at_startup
+from agent.storage.volume import Volume, VolumeMarker
 
 log = structlog.get_logger("agent.daemon")
 
 VOLUME_RETRY_SECONDS = 10.0
 MAIN_LOOP_SECONDS = 2.0
 EXIT_IMMEDIATELY = 130
-
-
-def compression_settings(config: Config) -> CompressionSettings:
-    return CompressionSettings(
-        level=config.storage.compression_level,
-        threads=config.storage.compression_threads,
-        chunk_bytes=config.storage.chunk_bytes,
-    )
-
-
-def backup_service(
-    config: Config, clients: Clients, volume: Volume, volume_id: str
-) -> BackupService:
-    """The write path as configured: the daemon's and the lifecycle jobs' one recipe."""
-    return BackupService(
-        s3=clients.s3,
-        volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=Ledger(clients.dynamodb, config.state.table),
-        volume_id=volume_id,
-        buckets=frozenset(config.buckets),
-        compression=compression_settings(config),
-        expected_bucket_owner=config.aws.expected_bucket_owner,
-        barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
-    )
-
-
-def consumer_settings(config: Config) -> ConsumerSettings:
-    return ConsumerSettings(
-        queue_url=config.queue.url,
-        workers=config.consumer.workers,
-        wait_time_seconds=config.queue.wait_time_seconds,
-        visibility_timeout=config.queue.visibility_timeout,
-        max_messages=config.queue.max_messages,
-        max_bytes_in_flight=config.consumer.max_bytes_in_flight,
-        max_receive_count=config.queue.max_receive_count,
-        retry_base_seconds=config.queue.retry_base_seconds,
-        retry_max_seconds=config.queue.retry_max_seconds,
-        receive_ahead=config.consumer.receive_ahead,
-    )
 
 
 class Daemon:
@@ -184,20 +153,12 @@ class Daemon:
 
         They share the daemon's BackupService (its per-version locks) and Stats.
         """
-        from agent.lifecycle.context import LifecycleContext, run_exclusive
-        from agent.lifecycle.gc import GarbageCollector
-        from agent.lifecycle.reconcile import Reconciler
-        from agent.lifecycle.retention import Retention
-        from agent.lifecycle.scrub import Scrubber
-
         assert self.service is not None and self.monitoring is not None
-        ctx = LifecycleContext(
-            config=self.config,
-            clients=self.clients,
-            volume=self.volume,
-            volume_id=marker.volume_id,
-            journal=self.service.journal,
-            ledger=self.service.ledger,
+        ctx = lifecycle_context(
+            self.config,
+            self.clients,
+            self.volume,
+            marker.volume_id,
             service=self.service,
             stats=self.stats,
         )
@@ -331,10 +292,8 @@ class Daemon:
             self.monitoring.config_rejected(str(self.config_path), problems)
 
     def check_volume_encryption(self) -> None:
-        from agent.storage.encryption import check_at_startup
-
         try:
-            ec2 = self.clients.client("ec2")
+            ec2 = self.clients.ec2()
         except Exception:  # a start-up check must never stop the agent
             log.exception("volume.encryption_check_failed")
             return

@@ -9,19 +9,16 @@ prints the `backup-restore … --offline --root MOUNT` command to run next.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import boto3
 import botocore.exceptions
 
-from agent.config import load_config
 from agent.errors import BackupAgentError, ConfigError
 from agent.imds import Imds, MetadataUnavailable
 from agent.snapshots.manager import JOURNAL_TAG, TAKEN_AT_TAG, VOLUME_TAG, tag_dict, tag_list
@@ -302,65 +299,3 @@ def _attached_to(instance_id: str) -> Callable[[dict[str, Any]], bool]:
         )
 
     return done
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mount-snapshot", description=__doc__.splitlines()[0])
-    parser.add_argument("snapshot_id", metavar="SNAPSHOT_ID")
-    parser.add_argument("--config", metavar="FILE", help="read aws.region / endpoint_url from it")
-    parser.add_argument("--region", help="default: the config's, then the instance's region")
-    parser.add_argument("--az", help="Availability Zone (default: this instance's)")
-    parser.add_argument("--instance-id", help="attach to this instance (default: this one)")
-    parser.add_argument("--device", help="EC2 device name (default: the first free /dev/sd[f-p])")
-    parser.add_argument("--mount-root", default="/mnt", help="mount at ROOT/snapshot-<id>")
-    parser.add_argument("--volume-type", default="gp3")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    parser.add_argument("--no-mount", action="store_true", help="create and attach only")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, *, ec2: Any = None, imds: Imds | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if ec2 is None:
-            ec2, imds = _clients(args)
-        mounter = SnapshotMounter(ec2, imds=imds)
-        plan = mounter.plan(
-            args.snapshot_id,
-            instance_id=args.instance_id,
-            availability_zone=args.az,
-            device=args.device,
-            mount_root=Path(args.mount_root),
-            volume_type=args.volume_type,
-        )
-        mounter.describe(plan)
-        if args.dry_run:
-            print("dry run: nothing created")
-            return 0
-        volume_id = mounter.create_and_attach(plan)
-        if not args.no_mount:
-            mounter.mount(plan, volume_id)
-        mounter.next_steps(plan, volume_id, mounted=not args.no_mount)
-        return 0
-    except ConfigError as exc:
-        print(f"mount-snapshot: {exc}", file=sys.stderr)
-        return 2
-    except BackupAgentError as exc:
-        print(f"mount-snapshot: {exc}", file=sys.stderr)
-        return 1
-
-
-def _clients(args: argparse.Namespace) -> tuple[Any, Imds]:
-    imds = Imds()
-    region = args.region
-    endpoint = None
-    if args.config:
-        config = load_config(args.config)
-        region = region or config.aws.region
-        endpoint = config.aws.endpoint_url
-    if region is None:
-        region = imds.region()
-    session = boto3.session.Session(region_name=region)
-    if endpoint:
-        return session.client("ec2", endpoint_url=endpoint), imds
-    return session.client("ec2"), imds

@@ -21,7 +21,7 @@ SENDER = "backup-agent@example.com"
 
 
 def subscribe_inbox(clients) -> str:
-    sns = clients.client("sns")
+    sns = clients.sns()
     sns.create_topic(Name="backup-alerts")
     inbox = clients.sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
     arn = clients.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])[
@@ -53,7 +53,7 @@ def test_the_agent_publishes_metrics_serves_prometheus_and_emails_alerts(tmp_pat
         },
         schedules={"metrics": 1, "disk": 1, "queues": 1},
     )
-    stack.clients.client("ses").verify_email_identity(EmailAddress=SENDER)
+    stack.clients.ses().verify_email_identity(EmailAddress=SENDER)
     agent = stack.start_agent()
     try:
         agent.wait_for("agent.started")
@@ -67,7 +67,7 @@ def test_the_agent_publishes_metrics_serves_prometheus_and_emails_alerts(tmp_pat
     assert families["backup_agent_bytes_backed_up"].samples[0].value == 4000
     assert families["backup_agent_disk_used_percent"].samples[0].value > 0
 
-    cloudwatch = stack.clients.client("cloudwatch")
+    cloudwatch = stack.clients.cloudwatch()
     names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace="BackupAgent")["Metrics"]}
     assert {"BackupsSucceeded", "DiskUsedPercent", "BackupLagSeconds"} <= names
 

@@ -44,12 +44,12 @@ def test_topic_and_identity_are_created_then_left_alone(aws, backup_root):
     assert f"topic {TOPIC_ARN}" in second.existing
     assert any(e.startswith(f"SES identity {SENDER}") for e in second.existing)
     assert not [c for c in second.created if "topic" in c or "SES" in c]
-    topics = aws.client("sns").list_topics()["Topics"]
+    topics = aws.sns().list_topics()["Topics"]
     assert [t["TopicArn"] for t in topics] == [TOPIC_ARN]
-    assert SENDER in aws.client("ses").list_identities()["Identities"]
+    assert SENDER in aws.ses().list_identities()["Identities"]
 
 
 def test_without_an_alerts_section_nothing_is_created(aws, config):
     report = Bootstrap(config, aws).run()
     assert not [c for c in report.created if "topic" in c or "SES" in c]
-    assert aws.client("sns").list_topics()["Topics"] == []
+    assert aws.sns().list_topics()["Topics"] == []

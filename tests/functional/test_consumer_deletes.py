@@ -9,7 +9,7 @@ import pytest
 
 from agent.pipeline.backup import Outcome, Result
 from agent.pipeline.consumer import Consumer
-from agent.runtime.daemon import consumer_settings
+from agent.runtime.wiring import consumer_settings
 from tests.support.aws import BUCKET, count_sqs_calls, queue_counts
 from tests.support.waiting import wait_until
 

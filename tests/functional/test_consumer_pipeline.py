@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from agent.aws import Clients
-from agent.operations.bootstrap import dead_letter_name
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import Consumer
-from agent.runtime.daemon import compression_settings, consumer_settings
+from agent.runtime.wiring import compression_settings, consumer_settings
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from tests.support import service
@@ -146,7 +145,7 @@ def test_a_malformed_message_reaches_the_dead_letter_queue_and_work_goes_on(
     redriving, volume, consumers
 ):
     aws, config = redriving
-    dlq_url = aws.sqs.get_queue_url(QueueName=dead_letter_name(config))["QueueUrl"]
+    dlq_url = aws.sqs.get_queue_url(QueueName=config.queue.dead_letter_name)["QueueUrl"]
     aws.sqs.send_message(QueueUrl=QUEUE_URL, MessageBody='{"Records": [{"bogus": 1}]}')
     consumer = start(consumers, aws, make_service(aws, config, volume), consumer_settings(config))
 

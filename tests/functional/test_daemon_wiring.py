@@ -17,7 +17,7 @@ from tests.support.aws import make_config
 
 
 def _subscribed_inbox(aws):
-    sns = aws.client("sns")
+    sns = aws.sns()
     topic = sns.create_topic(Name="backup-alerts")["TopicArn"]
     inbox = aws.sqs.create_queue(QueueName="alert-inbox")["QueueUrl"]
     arn = aws.sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
@@ -59,7 +59,7 @@ def test_a_volume_that_is_not_mounted_is_alerted_while_the_agent_waits(aws, back
 
 
 def test_scheduled_lifecycle_and_snapshot_jobs_are_registered(aws, backup_root, volume):
-    ec2 = aws.client("ec2")
+    ec2 = aws.ec2()
     volume_id = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
     config = make_config(
         backup_root,
@@ -104,7 +104,7 @@ def test_a_scheduled_job_skips_while_a_command_line_run_holds_its_lock(aws, back
 
 
 def test_backup_restore_snapshots_lists_the_agents_snapshots(aws, backup_root, volume, tmp_path):
-    ec2 = aws.client("ec2")
+    ec2 = aws.ec2()
     volume_id = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
     raw = {
         "queue": {"url": "https://sqs.us-east-1.amazonaws.com/123456789012/backup-events"},

@@ -12,7 +12,8 @@ from structlog.testing import capture_logs
 
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline.backup import BackupService, Outcome, _md5_from_etag
-from agent.runtime.daemon import Daemon, compression_settings
+from agent.runtime.daemon import Daemon
+from agent.runtime.wiring import compression_settings
 from agent.storage.encryption import check_at_startup, discover_volume_id
 from tests.support.aws import BUCKET, make_config
 from tests.support.service import make_service
@@ -90,7 +91,7 @@ def _volume(ec2, encrypted: bool) -> str:
 
 
 def test_unencrypted_volume_is_warned_about_and_alerted(aws, backup_root):
-    ec2 = aws.client("ec2")
+    ec2 = aws.ec2()
     volume_id = _volume(ec2, encrypted=False)
     alerts: list[tuple[str, str]] = []
 
@@ -104,7 +105,7 @@ def test_unencrypted_volume_is_warned_about_and_alerted(aws, backup_root):
 
 
 def test_encrypted_volume_is_logged_and_not_alerted(aws, backup_root):
-    ec2 = aws.client("ec2")
+    ec2 = aws.ec2()
     volume_id = _volume(ec2, encrypted=True)
     alerts: list[tuple[str, str]] = []
 
@@ -117,13 +118,13 @@ def test_encrypted_volume_is_logged_and_not_alerted(aws, backup_root):
 
 def test_unknown_volume_is_reported_not_fatal(aws, backup_root):
     with capture_logs() as logs:
-        result = check_at_startup(aws.client("ec2"), "vol-0123456789abcdef0", backup_root)
+        result = check_at_startup(aws.ec2(), "vol-0123456789abcdef0", backup_root)
     assert result is not None and result.encrypted is None
     assert [e["event"] for e in logs] == ["volume.encryption_unknown"]
 
 
 def test_daemon_checks_the_configured_volume(aws, backup_root, volume):
-    volume_id = _volume(aws.client("ec2"), encrypted=False)
+    volume_id = _volume(aws.ec2(), encrypted=False)
     config = make_config(
         backup_root,
         storage={"root": str(backup_root), "min_free_bytes": 0, "volume_id": volume_id},

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from agent.events import parse_message
 from agent.pipeline.backup import BackupService, Outcome
 from agent.pipeline.delivery import Delivery, delivering
-from agent.runtime.daemon import compression_settings
+from agent.runtime.wiring import compression_settings
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from tests.support.aws import BUCKET, TABLE, receive_all
@@ -150,7 +150,7 @@ def test_the_consumer_tells_the_processor_the_receive_count(aws, config):
     from agent.pipeline import delivery
     from agent.pipeline.backup import Result
     from agent.pipeline.consumer import Consumer
-    from agent.runtime.daemon import consumer_settings
+    from agent.runtime.wiring import consumer_settings
 
     seen: list[int] = []
 

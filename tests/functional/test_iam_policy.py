@@ -30,9 +30,10 @@ from moto import mock_aws
 
 from agent.aws import build_clients
 from agent.cli import agent as cli
+from agent.cli import bootstrap, mount_snapshot
 from agent.cli import restore as restore_cli
+from agent.cli.common import ExitCode
 from agent.config import load_config
-from agent.operations import bootstrap
 from agent.operations.iam import (
     NOT_EXERCISED,
     granted_actions,
@@ -41,7 +42,6 @@ from agent.operations.iam import (
     trust_document,
 )
 from agent.runtime.daemon import Daemon
-from agent.snapshots import mount as mount_snapshot
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE
@@ -158,12 +158,12 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
         with recorder.quiet():  # gone without an event reaching the agent: reconcile notices
             s3.delete_object(Bucket=ARCHIVE, Key="new.txt")
         for command in ("reconcile", "retention", "gc"):
-            assert cli.main([command, "--config", str(path)]) == cli.EXIT_OK, command
+            assert cli.main([command, "--config", str(path)]) == ExitCode.OK, command
         with recorder.quiet():
             corrupt_copy_of(root, config, "kms.txt")  # scrub heals it from S3
-        assert cli.main(["scrub", "--config", str(path)]) == cli.EXIT_OK
-        assert cli.main(["snapshot", "--config", str(path)]) == cli.EXIT_OK
-        assert cli.main(["snapshot", "--config", str(path)]) == cli.EXIT_OK  # + retention
+        assert cli.main(["scrub", "--config", str(path)]) == ExitCode.OK
+        assert cli.main(["snapshot", "--config", str(path)]) == ExitCode.OK
+        assert cli.main(["snapshot", "--config", str(path)]) == ExitCode.OK  # + retention
         target = tmp_path / "restored"
         for argv in (
             ["list"],
@@ -184,7 +184,7 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
         # the presigned URL is signed by the operator: its GET is authorised against them
         recorder.add("operator", "s3", REGION, "GetObject", Bucket=STAGING, Key=staged)
         for command in ("reindex", "alarms", "dashboard"):
-            assert cli.main([command, "--config", str(path)]) == cli.EXIT_OK, command
+            assert cli.main([command, "--config", str(path)]) == ExitCode.OK, command
         with recorder.quiet():
             [snapshot] = ec2.describe_snapshots(
                 Filters=[{"Name": "tag:backup-agent:managed", "Values": ["true"]}]

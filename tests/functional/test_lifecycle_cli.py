@@ -8,7 +8,8 @@ import pytest
 import structlog
 import yaml
 
-from agent.cli.agent import EXIT_OK, main
+from agent.cli.agent import main
+from agent.cli.common import ExitCode
 from agent.storage.ledger import Ledger
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE
 from tests.support.lifecycle import put
@@ -48,19 +49,19 @@ def test_lifecycle_commands_run_against_the_configured_account(
     put(aws, "a.txt", b"alpha" * 10)
     put(aws, "b.txt", b"beta" * 10)
 
-    assert main(["reconcile", "--config", config_file, "--dry-run"]) == EXIT_OK
+    assert main(["reconcile", "--config", config_file, "--dry-run"]) == ExitCode.OK
     assert "would back up 2 (90 bytes)" in capsys.readouterr().out
     assert Ledger(aws.dynamodb, TABLE).latest(BUCKET, "a.txt") is None
 
-    assert main(["reconcile", "--config", config_file]) == EXIT_OK
+    assert main(["reconcile", "--config", config_file]) == ExitCode.OK
     assert "backed up 2" in capsys.readouterr().out
     assert Ledger(aws.dynamodb, TABLE).latest(BUCKET, "a.txt").size == 50
 
-    assert main(["retention", "--config", config_file, "--dry-run"]) == EXIT_OK
+    assert main(["retention", "--config", config_file, "--dry-run"]) == ExitCode.OK
     assert "would expire 0" in capsys.readouterr().out
-    assert main(["gc", "--config", config_file, "--dry-run"]) == EXIT_OK
+    assert main(["gc", "--config", config_file, "--dry-run"]) == ExitCode.OK
     assert "would remove 0 copies, 0 bytes" in capsys.readouterr().out
-    assert main(["scrub", "--config", config_file]) == EXIT_OK
+    assert main(["scrub", "--config", config_file]) == ExitCode.OK
     assert "checked 2 of 2 copies, 0 corrupt" in capsys.readouterr().out
 
 

@@ -14,7 +14,8 @@ from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.events import parse_message
 from agent.monitoring.monitor import Monitoring
 from agent.pipeline.consumer import Consumer
-from agent.runtime.daemon import Daemon, consumer_settings
+from agent.runtime.daemon import Daemon
+from agent.runtime.wiring import consumer_settings
 from agent.stats import Stats
 from agent.storage.ledger import Ledger
 from tests.functional.test_monitoring_aws import inbox_messages, topic  # noqa: F401 - fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from agent.pipeline.consumer import Consumer
-from agent.runtime.daemon import compression_settings, consumer_settings
+from agent.runtime.wiring import compression_settings, consumer_settings
 from agent.storage.ledger import Ledger
 from tests.support.aws import BUCKET, TABLE
 from tests.support.service import make_service

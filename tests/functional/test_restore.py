@@ -367,7 +367,7 @@ def test_offline_restore_from_a_mounted_snapshot(history, restore, backup_root, 
 def test_unready_volume_is_a_configuration_error(history, restore, tmp_path):
     result = restore("restore", "--all", "--offline", "--root", str(tmp_path), "--to", "x")
 
-    assert result.code == 2 and "not ready" in result.err
+    assert result.code == 3 and "not ready" in result.err  # the exit code both CLIs share
 
 
 # -- listing -------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def test_the_delete_pipeline_records_a_tombstone_and_keeps_the_versions(aws, con
 
 def orphan(volume, config, body: bytes, age: timedelta):
     """A copy no record references, with an mtime `age` before NOW."""
-    from agent.runtime.daemon import compression_settings
+    from agent.runtime.wiring import compression_settings
 
     copy = volume.write_copy([body], compression_settings(config))
     stamp = (NOW - age).timestamp()
@@ -237,7 +237,7 @@ def test_a_deduplicating_backup_survives_gc_taking_the_copy_mid_commit(
         return real_utime(path, *args, **kwargs)
 
     monkeypatch.setattr("agent.storage.volume.os.utime", gc_got_there_first)
-    from agent.runtime.daemon import compression_settings
+    from agent.runtime.wiring import compression_settings
 
     again = volume.write_copy([body], compression_settings(config))
     monkeypatch.undo()

@@ -16,9 +16,10 @@ import structlog
 import yaml
 
 from agent.cli import agent as cli
+from agent.cli.common import ExitCode
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline.backup import Outcome
-from agent.runtime.daemon import compression_settings
+from agent.runtime.wiring import compression_settings
 from agent.snapshots.flush import Flusher
 from agent.snapshots.manager import (
     JOURNAL_TAG,
@@ -307,7 +308,7 @@ def test_cli_dry_run_changes_nothing_then_a_real_run_snapshots(
     config = write_config(tmp_path / "config.yaml", volume.root, volume_id)
     before = sorted(p.name for p in volume.root.iterdir())
 
-    assert cli.main(["snapshot", "--config", str(config), "--dry-run"]) == cli.EXIT_OK
+    assert cli.main(["snapshot", "--config", str(config), "--dry-run"]) == ExitCode.OK
 
     out = capsys.readouterr().out
     assert f"would snapshot {volume_id}" in out
@@ -316,7 +317,7 @@ def test_cli_dry_run_changes_nothing_then_a_real_run_snapshots(
     assert snapshot_items(aws, volume_id) == []
     assert sorted(p.name for p in volume.root.iterdir()) == before
 
-    assert cli.main(["snapshot", "--config", str(config)]) == cli.EXIT_OK
+    assert cli.main(["snapshot", "--config", str(config)]) == ExitCode.OK
 
     out = capsys.readouterr().out
     [new] = list_snapshots(ec2, REGION, volume_id)
@@ -331,7 +332,7 @@ def test_cli_refuses_a_root_without_the_volume_marker(aws, ec2, tmp_path, restor
     empty = tmp_path / "unmounted"
     empty.mkdir()
     config = write_config(tmp_path / "config.yaml", empty, make_volume(ec2))
-    assert cli.main(["snapshot", "--config", str(config)]) == cli.EXIT_VOLUME
+    assert cli.main(["snapshot", "--config", str(config)]) == ExitCode.VOLUME_NOT_READY
     assert list_snapshots(ec2, REGION) == []
 
 

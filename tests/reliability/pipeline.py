@@ -24,11 +24,11 @@ from moto import mock_aws
 
 from agent.aws import Clients, client_config
 from agent.config import Config
-from agent.operations.bootstrap import Bootstrap, dead_letter_name
+from agent.operations.bootstrap import Bootstrap
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import Consumer
 from agent.records import VersionRecord
-from agent.runtime.daemon import compression_settings, consumer_settings
+from agent.runtime.wiring import compression_settings, consumer_settings
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
@@ -105,7 +105,7 @@ def local_pipeline(config: Config, volume: Volume) -> Iterator[Pipeline]:
         clients, agent_clients = _clients(config), _clients(config)
         Bootstrap(config, clients).run(create_buckets=True)
         clients.sqs.purge_queue(QueueUrl=config.queue.url)  # the s3:TestEvent
-        dlq_url = clients.sqs.get_queue_url(QueueName=dead_letter_name(config))["QueueUrl"]
+        dlq_url = clients.sqs.get_queue_url(QueueName=config.queue.dead_letter_name)["QueueUrl"]
         ledger = Ledger(clients.dynamodb, config.state.table)
         marker = volume.read_marker()
         service = BackupService(

@@ -116,7 +116,7 @@ def test_cloudwatch_sns_and_ses_down_backups_flow_and_alerts_arrive_after(tmp_pa
         schedules={"metrics": 1, "disk": 60, "queues": 60},
     )
     inbox = Inbox(stack)
-    ses = stack.clients.client("ses")
+    ses = stack.clients.ses()
     ses.verify_email_identity(EmailAddress="backup@example.com")
     ledger = Ledger(stack.clients.dynamodb, TABLE)
     objects = {f"cw/{i:02d}.bin": rng.randbytes(rng.randrange(1, 300_000)) for i in range(10)}
@@ -155,7 +155,5 @@ def test_cloudwatch_sns_and_ses_down_backups_flow_and_alerts_arrive_after(tmp_pa
     assert code == 0
     assert len(agent.log_events_named("metrics.publish_failed")) == 1  # once per outage
     assert len(agent.log_events_named("metrics.publish_recovered")) == 1
-    assert _sum_in_cloudwatch(stack.clients.client("cloudwatch"), "BackupsSucceeded") == len(
-        objects
-    )
+    assert _sum_in_cloudwatch(stack.clients.cloudwatch(), "BackupsSucceeded") == len(objects)
     assert_backed_up_once(ledger, Volume(stack.root), BUCKET, objects)

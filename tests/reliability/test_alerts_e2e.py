@@ -32,7 +32,7 @@ class Inbox:
 
     def __init__(self, stack: Stack) -> None:
         self.sqs = stack.clients.sqs
-        sns = stack.clients.client("sns")
+        sns = stack.clients.sns()
         assert sns.create_topic(Name="backup-alerts")["TopicArn"] == TOPIC
         self.url = self.sqs.create_queue(QueueName="alert-inbox")["QueueUrl"]
         arn = self.sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])

@@ -183,4 +183,4 @@ def test_backups_flow_while_cloudwatch_fails_and_hangs_and_no_datapoint_is_lost(
         "metrics.publish_recovered",
     ]
     assert publisher.pending() == 0 and publisher.dropped == 0
-    assert _backups_succeeded_in_cloudwatch(pipeline.clients.client("cloudwatch")) == 12
+    assert _backups_succeeded_in_cloudwatch(pipeline.clients.cloudwatch()) == 12

@@ -8,7 +8,7 @@ from typing import Any
 from agent.config import Config
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline.backup import BackupService
-from agent.runtime.daemon import compression_settings
+from agent.runtime.wiring import compression_settings
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 from tests.support import service

@@ -22,7 +22,7 @@ def test_the_configured_endpoint_is_used_by_every_client(backup_root):
         backup_root, aws={"region": "eu-west-1", "endpoint_url": "http://127.0.0.1:5999"}
     )
     clients = build_clients(config)
-    for client in (clients.s3, clients.sqs, clients.dynamodb, clients.client("cloudwatch")):
+    for client in (clients.s3, clients.sqs, clients.dynamodb, clients.cloudwatch()):
         assert client.meta.endpoint_url == "http://127.0.0.1:5999"
         assert client.meta.region_name == "eu-west-1"
 

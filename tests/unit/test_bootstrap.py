@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from agent.aws import Clients
-from agent.operations.bootstrap import NOTIFICATION_ID, Bootstrap, dead_letter_name
+from agent.operations.bootstrap import NOTIFICATION_ID, Bootstrap
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 
 
@@ -56,7 +56,7 @@ def test_a_first_run_creates_everything(clients, config):
 
 def test_the_queue_redrives_to_the_dead_letter_queue(clients, config):
     Bootstrap(config, clients).run(create_buckets=True)
-    dlq_url = clients.sqs.get_queue_url(QueueName=dead_letter_name(config))["QueueUrl"]
+    dlq_url = clients.sqs.get_queue_url(QueueName=config.queue.dead_letter_name)["QueueUrl"]
     dlq_arn = queue_attributes(clients, dlq_url)["QueueArn"]
     attributes = queue_attributes(clients, QUEUE_URL)
     redrive = json.loads(attributes["RedrivePolicy"])

@@ -9,6 +9,7 @@ import structlog
 import yaml
 
 from agent.cli import agent as cli
+from agent.cli.common import ExitCode
 from agent.config import (
     CONFIG_ENV_VAR,
     DEFAULT_CONFIG_PATH,
@@ -197,7 +198,7 @@ def test_the_shipped_example_config_is_valid():
 
 def test_check_config_exits_0_for_a_good_file(tmp_path, capsys):
     path = write(tmp_path / "config.yaml", valid(tmp_path))
-    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_OK
+    assert cli.main(["check-config", "--config", str(path)]) == ExitCode.OK
     assert capsys.readouterr().out == f"{path}: OK\n"
 
 
@@ -206,7 +207,7 @@ def test_check_config_exits_2_and_prints_every_problem(tmp_path, capsys):
     raw["queue"] = {}
     raw["extra"] = 1
     path = write(tmp_path / "config.yaml", raw)
-    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_CONFIG
+    assert cli.main(["check-config", "--config", str(path)]) == ExitCode.USAGE
     err = capsys.readouterr().err
     assert err.splitlines() == [
         f"{path}: invalid configuration",
@@ -218,13 +219,13 @@ def test_check_config_exits_2_and_prints_every_problem(tmp_path, capsys):
 def test_check_config_reports_a_root_that_is_not_a_directory(tmp_path, capsys):
     raw = valid(tmp_path / "x")
     path = write(tmp_path / "config.yaml", raw)
-    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_CONFIG
+    assert cli.main(["check-config", "--config", str(path)]) == ExitCode.USAGE
     assert f"  storage.root: {tmp_path / 'x'} is not a directory" in capsys.readouterr().err
 
 
 def test_check_config_with_a_missing_file_exits_2(tmp_path, capsys):
     missing = tmp_path / "missing.yaml"
-    assert cli.main(["check-config", "--config", str(missing)]) == cli.EXIT_CONFIG
+    assert cli.main(["check-config", "--config", str(missing)]) == ExitCode.USAGE
     assert f"{missing}: no such file" in capsys.readouterr().err
 
 
@@ -242,7 +243,7 @@ def test_resolution_order(monkeypatch):
 def test_check_config_reads_the_environment_variable_without_flag(tmp_path, monkeypatch, capsys):
     path = write(tmp_path / "env.yaml", valid(tmp_path))
     monkeypatch.setenv(CONFIG_ENV_VAR, str(path))
-    assert cli.main(["check-config"]) == cli.EXIT_OK
+    assert cli.main(["check-config"]) == ExitCode.OK
     assert capsys.readouterr().out == f"{path}: OK\n"
 
 
@@ -250,7 +251,7 @@ def test_the_flag_wins_over_the_environment_variable(tmp_path, monkeypatch, caps
     good = write(tmp_path / "env.yaml", valid(tmp_path))
     bad = write(tmp_path / "flag.yaml", {"queue": {}})
     monkeypatch.setenv(CONFIG_ENV_VAR, str(good))
-    assert cli.main(["check-config", "--config", str(bad)]) == cli.EXIT_CONFIG
+    assert cli.main(["check-config", "--config", str(bad)]) == ExitCode.USAGE
     assert f"{bad}: invalid configuration" in capsys.readouterr().err
 
 
@@ -259,10 +260,10 @@ def test_init_volume_writes_the_marker_and_check_config_still_passes(tmp_path, c
     assert cli.main(["init-volume", "--config", str(path), "--volume-id", "vol-abc"]) == 0
     assert capsys.readouterr().out == f"{tmp_path}: backup volume vol-abc\n"
     assert (tmp_path / ".backup-agent-volume").is_file()
-    assert cli.main(["check-config", "--config", str(path)]) == cli.EXIT_OK
+    assert cli.main(["check-config", "--config", str(path)]) == ExitCode.OK
 
 
 def test_init_volume_on_a_missing_root_exits_3(tmp_path, capsys):
     path = write(tmp_path / "config.yaml", valid(tmp_path / "unmounted"))
-    assert cli.main(["init-volume", "--config", str(path)]) == cli.EXIT_VOLUME
+    assert cli.main(["init-volume", "--config", str(path)]) == ExitCode.VOLUME_NOT_READY
     assert "backup volume not ready" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from agent.errors import PermanentError, RetryableError
 from agent.events import ObjectEvent
 from agent.pipeline.backup import Outcome, Result
 from agent.pipeline.consumer import MAX_VISIBILITY, ByteBudget, Consumer, ConsumerSettings, InFlight
-from agent.runtime.daemon import consumer_settings
+from agent.runtime.wiring import consumer_settings
 from tests.support.aws import QUEUE_URL, queue_counts
 from tests.support.aws_hooks import CallLog, Fault, inject, record_calls
 from tests.support.events import EVENTS_DIR, event_text, notification, s3_record

@@ -1,0 +1,37 @@
+"""What every command-line tool shares: the exit codes and how problems are printed.
+
+The one table of exit codes (`backup-agent`, `backup-restore`, `bootstrap-aws`,
+`mount-snapshot`): an operator's script can tell "fix the config" from "mount the
+volume" from "something failed, look at the log" the same way for each of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import IntEnum
+from typing import IO
+
+from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILURE = 1  # at run time: some items failed, an AWS call was refused, …
+    USAGE = 2  # the command line or the configuration is wrong: fix it and run again
+    VOLUME_NOT_READY = 3  # the backup volume is not mounted or not initialised
+
+
+def exit_code_for(error: BackupAgentError) -> ExitCode:
+    """The exit code for an error that ends a command."""
+    if isinstance(error, VolumeNotReady):
+        return ExitCode.VOLUME_NOT_READY
+    if isinstance(error, ConfigError):
+        return ExitCode.USAGE
+    return ExitCode.FAILURE
+
+
+def print_problems(stream: IO[str], heading: str, problems: Iterable[str]) -> None:
+    """`heading` then one indented line per problem (each names its config key)."""
+    print(heading, file=stream)
+    for problem in problems:
+        print(f"  {problem}", file=stream)

@@ -1,0 +1,85 @@
+"""`scripts/mount-snapshot SNAPSHOT_ID`: a snapshot of the backup volume, mounted read-only.
+
+The work is agent/snapshots/mount.py's `SnapshotMounter`; this is its command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.aws import region_clients
+from agent.cli.common import ExitCode, exit_code_for
+from agent.config import load_config
+from agent.errors import BackupAgentError, ConfigError
+from agent.imds import Imds
+from agent.snapshots.mount import SnapshotMounter
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mount-snapshot", description="Mount an EBS snapshot of the backup volume read-only."
+    )
+    parser.add_argument("snapshot_id", metavar="SNAPSHOT_ID")
+    parser.add_argument("--config", metavar="FILE", help="read aws.region / endpoint_url from it")
+    parser.add_argument("--region", help="default: the config's, then the instance's region")
+    parser.add_argument("--az", help="Availability Zone (default: this instance's)")
+    parser.add_argument("--instance-id", help="attach to this instance (default: this one)")
+    parser.add_argument("--device", help="EC2 device name (default: the first free /dev/sd[f-p])")
+    parser.add_argument("--mount-root", default="/mnt", help="mount at ROOT/snapshot-<id>")
+    parser.add_argument("--volume-type", default="gp3")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    parser.add_argument("--no-mount", action="store_true", help="create and attach only")
+    return parser
+
+
+def main(
+    argv: Sequence[str] | None = None, *, ec2: EC2Client | None = None, imds: Imds | None = None
+) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if ec2 is None:
+            ec2, imds = _clients(args)
+        mounter = SnapshotMounter(ec2, imds=imds)
+        plan = mounter.plan(
+            args.snapshot_id,
+            instance_id=args.instance_id,
+            availability_zone=args.az,
+            device=args.device,
+            mount_root=Path(args.mount_root),
+            volume_type=args.volume_type,
+        )
+        mounter.describe(plan)
+        if args.dry_run:
+            print("dry run: nothing created")
+            return ExitCode.OK
+        volume_id = mounter.create_and_attach(plan)
+        if not args.no_mount:
+            mounter.mount(plan, volume_id)
+        mounter.next_steps(plan, volume_id, mounted=not args.no_mount)
+        return ExitCode.OK
+    except ConfigError as exc:
+        print(f"mount-snapshot: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except BackupAgentError as exc:
+        print(f"mount-snapshot: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+
+
+def _clients(args: argparse.Namespace) -> tuple[EC2Client, Imds]:
+    imds = Imds()
+    region = args.region
+    endpoint = None
+    if args.config:
+        config = load_config(args.config)
+        region = region or config.aws.region
+        endpoint = config.aws.endpoint_url
+    if region is None:
+        region = imds.region()
+    return region_clients(region, endpoint).ec2(), imds

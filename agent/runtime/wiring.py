@@ -1,0 +1,89 @@
+"""The composition root's recipes: which client, volume, journal and ledger go where.
+
+`backup-agent run` (agent/runtime/daemon.py) and the one-shot commands (agent/cli/) build
+their pieces only through these functions, so the write path, the consumer's settings
+and the lifecycle jobs' context are assembled the same way in every process.
+"""
+
+from __future__ import annotations
+
+from agent.aws import Clients
+from agent.config import Config
+from agent.lifecycle.context import LifecycleContext
+from agent.pipeline.backup import BackupService
+from agent.pipeline.consumer import ConsumerSettings
+from agent.stats import Stats
+from agent.storage.barrier import WriteBarrier
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
+from agent.storage.volume import CompressionSettings, Volume
+
+
+def compression_settings(config: Config) -> CompressionSettings:
+    return CompressionSettings(
+        level=config.storage.compression_level,
+        threads=config.storage.compression_threads,
+        chunk_bytes=config.storage.chunk_bytes,
+    )
+
+
+def backup_service(
+    config: Config, clients: Clients, volume: Volume, volume_id: str
+) -> BackupService:
+    """The write path as configured: the daemon's and the lifecycle jobs' one recipe."""
+    return BackupService(
+        s3=clients.s3,
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        ledger=Ledger(clients.dynamodb, config.state.table),
+        volume_id=volume_id,
+        buckets=frozenset(config.buckets),
+        compression=compression_settings(config),
+        expected_bucket_owner=config.aws.expected_bucket_owner,
+        barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
+    )
+
+
+def consumer_settings(config: Config) -> ConsumerSettings:
+    return ConsumerSettings(
+        queue_url=config.queue.url,
+        workers=config.consumer.workers,
+        wait_time_seconds=config.queue.wait_time_seconds,
+        visibility_timeout=config.queue.visibility_timeout,
+        max_messages=config.queue.max_messages,
+        max_bytes_in_flight=config.consumer.max_bytes_in_flight,
+        max_receive_count=config.queue.max_receive_count,
+        retry_base_seconds=config.queue.retry_base_seconds,
+        retry_max_seconds=config.queue.retry_max_seconds,
+        receive_ahead=config.consumer.receive_ahead,
+    )
+
+
+def lifecycle_context(
+    config: Config,
+    clients: Clients,
+    volume: Volume,
+    volume_id: str,
+    *,
+    service: BackupService | None = None,
+    stats: Stats | None = None,
+) -> LifecycleContext:
+    """What reconcile, retention, gc and scrub share; the daemon passes its own service."""
+    service = service or backup_service(config, clients, volume, volume_id)
+    return LifecycleContext(
+        config=config,
+        clients=clients,
+        volume=volume,
+        volume_id=volume_id,
+        journal=service.journal,
+        ledger=service.ledger,
+        service=service,
+        stats=stats or Stats(),
+    )
+
+
+def open_lifecycle_context(config: Config, clients: Clients) -> LifecycleContext:
+    """Open the volume (raises VolumeNotReady) and wire the pieces a one-shot job uses."""
+    volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
+    marker = volume.read_marker()
+    return lifecycle_context(config, clients, volume, marker.volume_id)
