@@ -8,23 +8,19 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import structlog
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
+from agent.schedule import Duration, Schedule, at_least, cron, duration_seconds
+
+log = structlog.get_logger("agent.config")
 
 DEFAULT_CONFIG_PATH = Path("/etc/backup-agent/config.yaml")
 CONFIG_ENV_VAR = "BACKUP_AGENT_CONFIG"
@@ -121,22 +117,23 @@ class SnapshotRetention(Section):
     weekly: int = Field(default=4, ge=0, le=520)
 
 
+SNAPSHOT_MIN_INTERVAL = timedelta(minutes=5)
+
+
 class SnapshotsConfig(Section):
-    """EBS snapshots of the backup volume (see agent/snapshots/manager.py)."""
+    """EBS snapshots of the backup volume (see agent/snapshots/manager.py).
+
+    `schedule` is the one source of the snapshot job's times and of the snapshot-age alarm's
+    allowed age; `schedules.snapshots` is refused so the two cannot disagree.
+    """
 
     enabled: bool = False
-    schedule: str = Field(default="0 3 * * *", description="cron (UTC) or an interval: 6h, 1d")
+    schedule: Annotated[Schedule, at_least(SNAPSHOT_MIN_INTERVAL)] = Field(
+        default=cron("0 3 * * *"), description="cron (UTC) or an interval: 6h, 1d"
+    )
     retain: SnapshotRetention = SnapshotRetention()
     tags: dict[str, str] = Field(default_factory=dict)
     copy_to_region: str | None = None
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        from agent.schedule import parse_schedule
-
-        parse_schedule(value)  # raises ValueError naming the problem
-        return value
 
     @field_validator("tags")
     @classmethod
@@ -159,74 +156,11 @@ class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-_DURATION = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+", re.IGNORECASE)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``1h30m``, or a number of seconds.
-
-    The one duration parser: config durations, `duration_seconds` and snapshot intervals.
-    """
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if not isinstance(value, str) or not _DURATION.fullmatch(value):
-        raise ValueError(f"{value!r} is not a duration (like 90s, 15m, 12h, 30d, 2w, 1h30m)")
-    parts = _DURATION_PART.findall(value)
-    return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts))
-
-
-def format_duration(value: timedelta) -> str:
-    """The inverse of parse_duration, so a dumped config reads back the same."""
-    seconds = value.total_seconds()
-    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds}s"
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-]
-
-
-class Schedule(Section):
-    """When a job runs: `every` N seconds or a crontab line (UTC by default)."""
-
-    every: float | None = Field(default=None, gt=0)
-    cron: str | None = None
-    timezone: str = "UTC"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return {"every": value}
-        if isinstance(value, str):
-            return {"cron": value}
-        return value
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Schedule:
-        if (self.every is None) == (self.cron is None):
-            raise ValueError("give exactly one of every (seconds) or cron")
-        if self.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            try:
-                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
-            except (ValueError, LookupError) as exc:
-                raise ValueError(f"cron {self.cron!r}: {exc}") from None
-        return self
-
-
 class ReconcileConfig(Section):
-    """Backfill: list the buckets and back up what the ledger lacks (agent/lifecycle/reconcile.py)."""
+    """Backfill: list the buckets, back up what the ledger lacks (agent/lifecycle/reconcile.py)."""
 
     schedule: Schedule | None = Field(
-        default=None, description="cron line or seconds; null: on demand only"
+        default=None, description="interval (6h) or cron line; null: on demand only"
     )
     objects_per_second: float = Field(default=20.0, gt=0)
     checkpoint_every: int = Field(default=100, ge=1)
@@ -234,10 +168,10 @@ class ReconcileConfig(Section):
 
 
 class RetentionConfig(Section):
-    """Which recorded versions to keep (agent/lifecycle/retention.py). Unset rules keep everything."""
+    """Which recorded versions to keep (agent/lifecycle/retention.py); unset rules keep all."""
 
     schedule: Schedule | None = Field(
-        default=None, description="cron line or seconds; null: on demand only"
+        default=None, description="interval (6h) or cron line; null: on demand only"
     )
     keep_last_versions: int | None = Field(default=None, ge=1)
     keep_younger_than: Duration | None = None
@@ -248,7 +182,7 @@ class GcConfig(Section):
     """Remove copies no record references (agent/lifecycle/gc.py)."""
 
     schedule: Schedule | None = Field(
-        default=None, description="cron line or seconds; null: on demand only"
+        default=None, description="interval (6h) or cron line; null: on demand only"
     )
     grace_period: Duration = timedelta(hours=24)
 
@@ -257,7 +191,7 @@ class ScrubConfig(Section):
     """Re-read and verify stored copies (agent/lifecycle/scrub.py)."""
 
     schedule: Schedule | None = Field(
-        default=None, description="cron line or seconds; null: on demand only"
+        default=None, description="interval (6h) or cron line; null: on demand only"
     )
     cycle_days: float = Field(default=30.0, gt=0)
     share_per_run: float | None = Field(
@@ -338,15 +272,6 @@ class AlarmsConfig(Section):
 MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 presigned URLs live at most 7 days
 
 
-def duration_seconds(text: str) -> int:
-    """A positive whole number of seconds from ``90s``, ``30m``, ``1h``, ``7d`` or ``45``."""
-    text = text.strip()
-    seconds = float(text) if text.isdigit() else parse_duration(text).total_seconds()
-    if seconds <= 0 or seconds != int(seconds):
-        raise ValueError(f"{text!r} is not a duration of whole seconds above zero (90s, 1h, 7d)")
-    return int(seconds)
-
-
 class RestoreConfig(Section):
     """Restores and `share`: where shared copies are staged, and for how long."""
 
@@ -380,6 +305,20 @@ class RestoreConfig(Section):
         return duration_seconds(self.share_expiry)
 
 
+SECTION_JOBS = ("reconcile", "retention", "gc", "scrub", "snapshots")
+"""Jobs whose schedule is their own section's `schedule` key, never `schedules.<job>`."""
+
+
+def _not_a_section_job(name: str) -> str:
+    if name in SECTION_JOBS:
+        also = " (so does the snapshot-age alarm)" if name == "snapshots" else ""
+        raise ValueError(f"the {name} job runs on {name}.schedule{also}; set it there instead")
+    return name
+
+
+JobName = Annotated[str, AfterValidator(_not_a_section_job)]
+
+
 class Config(Section):
     aws: AwsConfig = AwsConfig()
     queue: QueueConfig
@@ -395,7 +334,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
     alarms: AlarmsConfig = AlarmsConfig()
-    schedules: dict[str, Schedule | None] = Field(
+    schedules: dict[JobName, Schedule | None] = Field(
         default_factory=dict, description="Job name → schedule; null turns the job off."
     )
     restore: RestoreConfig = RestoreConfig()
@@ -438,9 +377,42 @@ def parse_config(raw: Any) -> Config:
             ["(top level): expected a mapping of sections, got " + type(raw).__name__]
         )
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    _warn_deprecated(config)
+    return config
+
+
+_warned: set[str] = set()  # keys already warned about in this process (reloads stay quiet)
+
+
+def _warn_deprecated(config: Config) -> None:
+    """Log `config.deprecated` once per key: schedules written as a plain number of seconds."""
+    for key, schedule in _plain_seconds(config, ""):
+        if key in _warned:
+            continue
+        _warned.add(key)
+        seconds = schedule.every.total_seconds() if schedule.every else 0.0
+        log.warning(
+            "config.deprecated",
+            key=key,
+            value=int(seconds) if seconds.is_integer() else seconds,
+            use=schedule.to_config(),
+            reason="a schedule as a plain number of seconds is deprecated; write the unit",
+        )
+
+
+def _plain_seconds(value: Any, key: str) -> Iterator[tuple[str, Schedule]]:
+    if isinstance(value, Schedule):
+        if value.plain_seconds:
+            yield key, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _plain_seconds(getattr(value, name), f"{key}.{name}" if key else name)
+    elif isinstance(value, dict):
+        for name, inner in value.items():
+            yield from _plain_seconds(inner, f"{key}.{name}")
 
 
 def environment_problems(config: Config) -> list[str]:
@@ -470,7 +442,8 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _describe(error: Any) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    # A dict key's own error (schedules.snapshots) is reported at the key, without "[key]".
+    location = ".".join(str(part) for part in error["loc"] if part != "[key]") or "(top level)"
     kind = error["type"]
     if kind == "missing":
         return f"{location}: field required"

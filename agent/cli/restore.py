@@ -28,7 +28,6 @@ from agent import __version__, logs
 from agent.config import (
     Config,
     add_config_option,
-    duration_seconds,
     load_config,
     resolve_config_path,
 )
@@ -59,6 +58,7 @@ from agent.restore.source import (
     newest_stored,
     select,
 )
+from agent.schedule import duration_seconds
 from agent.storage.volume import Volume
 
 EXIT_OK = 0

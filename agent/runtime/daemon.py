@@ -225,20 +225,16 @@ class Daemon:
 
     def register_snapshot_jobs(self) -> None:
         """The scheduled EBS snapshot and its figures (age, count, duration) for CloudWatch."""
-        from agent.config import Schedule
         from agent.monitoring.metrics import Datapoint
-        from agent.schedule import parse_schedule
+        from agent.schedule import every
         from agent.snapshots.manager import build_snapshot_manager
 
         assert self.monitoring is not None
         monitoring = self.monitoring
         manager = build_snapshot_manager(self.config, self.clients, on_alert=self.alert)
-        parsed = parse_schedule(self.config.snapshots.schedule)
-        schedule = (
-            Schedule(every=parsed.interval.total_seconds())
-            if parsed.interval is not None
-            else Schedule(cron=parsed.cron)
-        )
+        # snapshots.schedule is the only source (config refuses schedules.snapshots): the
+        # snapshot-age alarm (operations/alarms.py) allows this same schedule's longest gap.
+        schedule = self.config.snapshots.schedule
         monitoring.jobs.register("snapshots", manager.run_scheduled, schedule)
 
         def publish_snapshot_metrics() -> None:
@@ -251,7 +247,7 @@ class Daemon:
             if monitoring.publisher is not None:
                 monitoring.publisher.add(points)
 
-        monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, Schedule(every=300))
+        monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, every("5m"))
 
     def _scrub_alert(self, event: str, details: dict[str, Any]) -> None:
         if self.monitoring is not None:
