@@ -18,7 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
-from agent.schedule import Duration, Schedule, at_least, cron, duration_seconds
+from agent.schedule import Duration, Schedule, at_least, cron, format_duration, within
 
 log = structlog.get_logger("agent.config")
 
@@ -58,7 +58,9 @@ class QueueConfig(Section):
     url: str
     dead_letter_url: str | None = None
     wait_time_seconds: int = Field(default=20, ge=0, le=20)
-    visibility_timeout: int = Field(default=300, ge=10, le=43200)
+    visibility_timeout: Annotated[
+        Duration, within(timedelta(seconds=10), timedelta(hours=12), whole_seconds=True)
+    ] = timedelta(seconds=300)
     max_messages: int = Field(default=10, ge=1, le=10)
     max_receive_count: int = Field(default=10, ge=3, le=1000)
     retry_base_seconds: float = Field(default=5.0, gt=0)
@@ -107,7 +109,7 @@ class StateConfig(Section):
 class ConsumerConfig(Section):
     workers: int = Field(default=4, ge=1, le=256)
     max_bytes_in_flight: int = Field(default=2 << 30, ge=1 << 20)
-    drain_timeout: float = Field(default=60.0, ge=0)
+    drain_timeout: Duration = timedelta(seconds=60)
     receive_ahead: bool = False
 
 
@@ -212,7 +214,9 @@ class MetricsConfig(Section):
         default=None, description="Volume dimension; default: storage.root as a string."
     )
     extra_dimensions: dict[str, str] = Field(default_factory=dict, max_length=8)
-    imds_timeout: float = Field(default=1.0, gt=0, le=10)
+    imds_timeout: Annotated[Duration, within(maximum=timedelta(seconds=10), above_zero=True)] = (
+        timedelta(seconds=1)
+    )
     buffer_size: int = Field(default=20_000, ge=100)
     dashboard: str = Field(default="backup-agent", min_length=1, max_length=255)
 
@@ -279,18 +283,18 @@ class RestoreConfig(Section):
         default=None, description="Bucket for `backup-restore share`; null disables share."
     )
     staging_prefix: str = "backup-agent-share/"
-    share_expiry: str = Field(
-        default="1d",
+    share_expiry: Annotated[Duration, within(above_zero=True, whole_seconds=True)] = Field(
+        default=timedelta(days=1),
         description="Lifetime of a shared copy: the lifecycle rule and the longest URL.",
     )
     workers: int = Field(default=8, ge=1, le=256)
 
     @field_validator("share_expiry")
     @classmethod
-    def _expiry(cls, value: str) -> str:
-        seconds = duration_seconds(value)
-        if seconds > MAX_PRESIGN_SECONDS:
-            raise ValueError(f"{value!r} is longer than 7d (the longest presigned URL)")
+    def _expiry(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() > MAX_PRESIGN_SECONDS:
+            shown = format_duration(value)
+            raise ValueError(f"{shown!r} is longer than 7d (the longest presigned URL)")
         return value
 
     @field_validator("staging_prefix")
@@ -302,7 +306,7 @@ class RestoreConfig(Section):
 
     @property
     def share_expiry_seconds(self) -> int:
-        return duration_seconds(self.share_expiry)
+        return int(self.share_expiry.total_seconds())
 
 
 SECTION_JOBS = ("reconcile", "retention", "gc", "scrub", "snapshots")

@@ -74,7 +74,7 @@ def consumer_settings(config: Config) -> ConsumerSettings:
         queue_url=config.queue.url,
         workers=config.consumer.workers,
         wait_time_seconds=config.queue.wait_time_seconds,
-        visibility_timeout=config.queue.visibility_timeout,
+        visibility_timeout=int(config.queue.visibility_timeout.total_seconds()),
         max_messages=config.queue.max_messages,
         max_bytes_in_flight=config.consumer.max_bytes_in_flight,
         max_receive_count=config.queue.max_receive_count,
@@ -266,7 +266,7 @@ class Daemon:
         if self.reloader is not None:
             self.reloader.stop()
         if self.consumer is not None:
-            self.consumer.stop(self.config.consumer.drain_timeout)
+            self.consumer.stop(self.config.consumer.drain_timeout.total_seconds())
         if self.monitoring is not None:
             self.monitoring.stop()  # after the drain: the last figures and alerts go out
         log.info("agent.stopped", status=self.stats.status_line())

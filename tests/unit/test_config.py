@@ -388,3 +388,57 @@ def test_a_job_with_its_own_section_is_scheduled_there_only(tmp_path, job):
 def test_the_snapshots_refusal_says_the_alarm_reads_snapshots_schedule(tmp_path):
     (reported,) = problems_of(with_value(tmp_path, "schedules", "snapshots", None))
     assert "(so does the snapshot-age alarm)" in reported
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("restore", "share_expiry", "36h", timedelta(hours=36)),
+        ("restore", "share_expiry", 3600, timedelta(hours=1)),
+        ("queue", "visibility_timeout", "5m", timedelta(minutes=5)),
+        ("queue", "visibility_timeout", 120, timedelta(minutes=2)),
+        ("consumer", "drain_timeout", "1m30s", timedelta(seconds=90)),
+        ("consumer", "drain_timeout", 0, timedelta(0)),
+        ("metrics", "imds_timeout", "2s", timedelta(seconds=2)),
+        ("metrics", "imds_timeout", 0.5, timedelta(seconds=0.5)),
+        ("gc", "grace_period", "2d", timedelta(days=2)),
+        ("retention", "keep_younger_than", "2w", timedelta(weeks=2)),
+    ],
+)
+def test_durations_take_units_or_seconds(tmp_path, section, key, value, expected):
+    raw = valid(tmp_path)
+    raw.setdefault(section, {})[key] = value
+    assert getattr(getattr(parse_config(raw), section), key) == expected
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "problem"),
+    [
+        ("restore", "share_expiry", "8d", "'8d' is longer than 7d (the longest presigned URL)"),
+        ("restore", "share_expiry", "0s", "'0s' must be longer than zero"),
+        ("restore", "share_expiry", "1.5s", "'1.5s' is not a whole number of seconds"),
+        ("restore", "share_expiry", "soon", "'soon' is not a duration (like 90s, 15m, 12h"),
+        ("queue", "visibility_timeout", "5s", "'5s' is shorter than 10s"),
+        ("queue", "visibility_timeout", "13h", "'13h' is longer than 12h"),
+        ("consumer", "drain_timeout", -1, "-1 is not a duration"),
+        ("metrics", "imds_timeout", "11s", "'11s' is longer than 10s"),
+        ("metrics", "imds_timeout", 0, "'0s' must be longer than zero"),
+    ],
+)
+def test_duration_problems_name_the_key(tmp_path, section, key, value, problem):
+    raw = valid(tmp_path)
+    raw.setdefault(section, {})[key] = value
+    (reported,) = problems_of(raw)
+    assert reported.startswith(f"{section}.{key}: {problem}"), reported
+
+
+def test_a_dumped_config_reads_back_equal(tmp_path, warned):
+    raw = valid(tmp_path)
+    raw["snapshots"] = {"schedule": "every 90m"}
+    raw["scrub"] = {"schedule": {"cron": "0 5 * * *", "timezone": "Europe/Paris"}}
+    raw["schedules"] = {"metrics": 30, "disk": None}
+    raw["restore"] = {"share_expiry": "36h"}
+    config = parse_config(raw)
+    dumped = yaml.safe_dump(config.model_dump(mode="json"))
+    assert "share_expiry: 1d12h" in dumped and "schedule: 1h30m" in dumped
+    assert parse_config(yaml.safe_load(dumped)) == config
