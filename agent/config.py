@@ -8,24 +8,20 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
+import structlog
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent.errors import ConfigError
+from agent.schedule import Duration, Schedule, at_least, cron, format_duration, within
+
+log = structlog.get_logger("agent.config")
 
 DEFAULT_CONFIG_PATH = Path("/etc/backup-agent/config.yaml")
 CONFIG_ENV_VAR = "BACKUP_AGENT_CONFIG"
@@ -63,7 +59,9 @@ class QueueConfig(Section):
     url: str
     dead_letter_url: str | None = None
     wait_time_seconds: int = Field(default=20, ge=0, le=20)
-    visibility_timeout: int = Field(default=300, ge=10, le=43200)
+    visibility_timeout: Annotated[
+        Duration, within(timedelta(seconds=10), timedelta(hours=12), whole_seconds=True)
+    ] = timedelta(seconds=300)
     max_messages: int = Field(default=10, ge=1, le=10)
     max_receive_count: int = Field(default=10, ge=3, le=1000)
     retry_base_seconds: float = Field(default=5.0, gt=0)
@@ -128,7 +126,7 @@ class StateConfig(Section):
 class ConsumerConfig(Section):
     workers: int = Field(default=4, ge=1, le=256)
     max_bytes_in_flight: int = Field(default=2 << 30, ge=1 << 20)
-    drain_timeout: float = Field(default=60.0, ge=0)
+    drain_timeout: Duration = timedelta(seconds=60)
     receive_ahead: bool = False
 
 
@@ -138,22 +136,23 @@ class SnapshotRetention(Section):
     weekly: int = Field(default=4, ge=0, le=520)
 
 
+SNAPSHOT_MIN_INTERVAL = timedelta(minutes=5)
+
+
 class SnapshotsConfig(Section):
-    """EBS snapshots of the backup volume (see agent/snapshots/manager.py)."""
+    """EBS snapshots of the backup volume (see agent/snapshots/manager.py).
+
+    `schedule` is the one source of the snapshot job's times and of the snapshot-age alarm's
+    allowed age; `schedules.snapshots` is refused so the two cannot disagree.
+    """
 
     enabled: bool = False
-    schedule: str = Field(default="0 3 * * *", description="cron (UTC) or an interval: 6h, 1d")
+    schedule: Annotated[Schedule, at_least(SNAPSHOT_MIN_INTERVAL)] = Field(
+        default=cron("0 3 * * *"), description="cron (UTC) or an interval: 6h, 1d"
+    )
     retain: SnapshotRetention = SnapshotRetention()
     tags: dict[str, str] = Field(default_factory=dict)
     copy_to_region: str | None = None
-
-    @field_validator("schedule")
-    @classmethod
-    def _schedule(cls, value: str) -> str:
-        from agent.schedule import parse_schedule
-
-        parse_schedule(value)  # raises ValueError naming the problem
-        return value
 
     @field_validator("tags")
     @classmethod
@@ -176,74 +175,11 @@ class LoggingConfig(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-_DURATION = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[smhdw]\s*)+", re.IGNORECASE)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``1h30m``, or a number of seconds.
-
-    The one duration parser: config durations, `duration_seconds` and snapshot intervals.
-    """
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if not isinstance(value, str) or not _DURATION.fullmatch(value):
-        raise ValueError(f"{value!r} is not a duration (like 90s, 15m, 12h, 30d, 2w, 1h30m)")
-    parts = _DURATION_PART.findall(value)
-    return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts))
-
-
-def format_duration(value: timedelta) -> str:
-    """The inverse of parse_duration, so a dumped config reads back the same."""
-    seconds = value.total_seconds()
-    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds}s"
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-]
-
-
-class Schedule(Section):
-    """When a job runs: `every` N seconds or a crontab line (UTC by default)."""
-
-    every: float | None = Field(default=None, gt=0)
-    cron: str | None = None
-    timezone: str = "UTC"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return {"every": value}
-        if isinstance(value, str):
-            return {"cron": value}
-        return value
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> Schedule:
-        if (self.every is None) == (self.cron is None):
-            raise ValueError("give exactly one of every (seconds) or cron")
-        if self.cron is not None:
-            from apscheduler.triggers.cron import CronTrigger
-
-            try:
-                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
-            except (ValueError, LookupError) as exc:
-                raise ValueError(f"cron {self.cron!r}: {exc}") from None
-        return self
-
-
 class ReconcileConfig(Section):
     """Backfill: list the buckets and back up what the ledger lacks (lifecycle/reconcile.py)."""
 
     schedule: Schedule | None = Field(
-        default=None, description="cron line or seconds; null: on demand only"
+        default=None, description="interval (6h) or cron line; null: on demand only"
     )
     objects_per_second: float = Field(default=20.0, gt=0)
     checkpoint_every: int = Field(default=100, ge=1)
@@ -254,7 +190,7 @@ class RetentionConfig(Section):
     """Which recorded versions to keep (lifecycle/retention.py). Unset rules keep everything."""
 
     schedule: Schedule | None = Field(
-        default=None, description="cron line or seconds; null: on demand only"
+        default=None, description="interval (6h) or cron line; null: on demand only"
     )
     keep_last_versions: int | None = Field(default=None, ge=1)
     keep_younger_than: Duration | None = None
@@ -265,7 +201,7 @@ class GcConfig(Section):
     """Remove copies no record references (agent/lifecycle/gc.py)."""
 
     schedule: Schedule | None = Field(
-        default=None, description="cron line or seconds; null: on demand only"
+        default=None, description="interval (6h) or cron line; null: on demand only"
     )
     grace_period: Duration = timedelta(hours=24)
 
@@ -274,7 +210,7 @@ class ScrubConfig(Section):
     """Re-read and verify stored copies (agent/lifecycle/scrub.py)."""
 
     schedule: Schedule | None = Field(
-        default=None, description="cron line or seconds; null: on demand only"
+        default=None, description="interval (6h) or cron line; null: on demand only"
     )
     cycle_days: float = Field(default=30.0, gt=0)
     share_per_run: float | None = Field(
@@ -295,7 +231,9 @@ class MetricsConfig(Section):
         default=None, description="Volume dimension; default: storage.root as a string."
     )
     extra_dimensions: dict[str, str] = Field(default_factory=dict, max_length=8)
-    imds_timeout: float = Field(default=1.0, gt=0, le=10)
+    imds_timeout: Annotated[Duration, within(maximum=timedelta(seconds=10), above_zero=True)] = (
+        timedelta(seconds=1)
+    )
     buffer_size: int = Field(default=20_000, ge=100)
     dashboard: str = Field(default="backup-agent", min_length=1, max_length=255)
 
@@ -355,15 +293,6 @@ class AlarmsConfig(Section):
 MAX_PRESIGN_SECONDS = 7 * 86400  # SigV4 presigned URLs live at most 7 days
 
 
-def duration_seconds(text: str) -> int:
-    """A positive whole number of seconds from ``90s``, ``30m``, ``1h``, ``7d`` or ``45``."""
-    text = text.strip()
-    seconds = float(text) if text.isdigit() else parse_duration(text).total_seconds()
-    if seconds <= 0 or seconds != int(seconds):
-        raise ValueError(f"{text!r} is not a duration of whole seconds above zero (90s, 1h, 7d)")
-    return int(seconds)
-
-
 class RestoreConfig(Section):
     """Restores and `share`: where shared copies are staged, and for how long."""
 
@@ -371,18 +300,18 @@ class RestoreConfig(Section):
         default=None, description="Bucket for `backup-restore share`; null disables share."
     )
     staging_prefix: str = "backup-agent-share/"
-    share_expiry: str = Field(
-        default="1d",
+    share_expiry: Annotated[Duration, within(above_zero=True, whole_seconds=True)] = Field(
+        default=timedelta(days=1),
         description="Lifetime of a shared copy: the lifecycle rule and the longest URL.",
     )
     workers: int = Field(default=8, ge=1, le=256)
 
     @field_validator("share_expiry")
     @classmethod
-    def _expiry(cls, value: str) -> str:
-        seconds = duration_seconds(value)
-        if seconds > MAX_PRESIGN_SECONDS:
-            raise ValueError(f"{value!r} is longer than 7d (the longest presigned URL)")
+    def _expiry(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() > MAX_PRESIGN_SECONDS:
+            shown = format_duration(value)
+            raise ValueError(f"{shown!r} is longer than 7d (the longest presigned URL)")
         return value
 
     @field_validator("staging_prefix")
@@ -394,7 +323,21 @@ class RestoreConfig(Section):
 
     @property
     def share_expiry_seconds(self) -> int:
-        return duration_seconds(self.share_expiry)
+        return int(self.share_expiry.total_seconds())
+
+
+SECTION_JOBS = ("reconcile", "retention", "gc", "scrub", "snapshots")
+"""Jobs whose schedule is their own section's `schedule` key, never `schedules.<job>`."""
+
+
+def _not_a_section_job(name: str) -> str:
+    if name in SECTION_JOBS:
+        also = " (so does the snapshot-age alarm)" if name == "snapshots" else ""
+        raise ValueError(f"the {name} job runs on {name}.schedule{also}; set it there instead")
+    return name
+
+
+JobName = Annotated[str, AfterValidator(_not_a_section_job)]
 
 
 class Config(Section):
@@ -412,7 +355,7 @@ class Config(Section):
     metrics: MetricsConfig = MetricsConfig()
     alerts: AlertsConfig = AlertsConfig()
     alarms: AlarmsConfig = AlarmsConfig()
-    schedules: dict[str, Schedule | None] = Field(
+    schedules: dict[JobName, Schedule | None] = Field(
         default_factory=dict, description="Job name → schedule; null turns the job off."
     )
     restore: RestoreConfig = RestoreConfig()
@@ -455,9 +398,42 @@ def parse_config(raw: Any) -> Config:
             ["(top level): expected a mapping of sections, got " + type(raw).__name__]
         )
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    _warn_deprecated(config)
+    return config
+
+
+_warned: set[str] = set()  # keys already warned about in this process (reloads stay quiet)
+
+
+def _warn_deprecated(config: Config) -> None:
+    """Log `config.deprecated` once per key: schedules written as a plain number of seconds."""
+    for key, schedule in _plain_seconds(config, ""):
+        if key in _warned:
+            continue
+        _warned.add(key)
+        seconds = schedule.every.total_seconds() if schedule.every else 0.0
+        log.warning(
+            "config.deprecated",
+            key=key,
+            value=int(seconds) if seconds.is_integer() else seconds,
+            use=schedule.to_config(),
+            reason="a schedule as a plain number of seconds is deprecated; write the unit",
+        )
+
+
+def _plain_seconds(value: Any, key: str) -> Iterator[tuple[str, Schedule]]:
+    if isinstance(value, Schedule):
+        if value.plain_seconds:
+            yield key, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _plain_seconds(getattr(value, name), f"{key}.{name}" if key else name)
+    elif isinstance(value, dict):
+        for name, inner in value.items():
+            yield from _plain_seconds(inner, f"{key}.{name}")
 
 
 def environment_problems(config: Config) -> list[str]:
@@ -487,7 +463,8 @@ def _read_yaml(path: Path) -> Any:
 
 
 def _describe(error: Any) -> str:
-    location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    # A dict key's own error (schedules.snapshots) is reported at the key, without "[key]".
+    location = ".".join(str(part) for part in error["loc"] if part != "[key]") or "(top level)"
     kind = error["type"]
     if kind == "missing":
         return f"{location}: field required"

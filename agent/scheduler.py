@@ -1,7 +1,8 @@
 """Periodic work on an APScheduler 3 BackgroundScheduler, schedules from config.yaml.
 
 Features register a job by name with a default schedule; `schedules.<name>` in the
-config overrides it (seconds, a crontab line, or null to turn the job off). A job never
+config overrides it (any form of agent/schedule.py's grammar, or null to turn the job off;
+the lifecycle and snapshot jobs take theirs from their own section). A job never
 overlaps itself (`max_instances=1`, missed runs coalesced), and a failing job is logged
 and counted, never fatal: the scheduler keeps running it on its schedule.
 """
@@ -16,10 +17,10 @@ from typing import Any
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
-from agent.config import Schedule
+from agent.schedule import Schedule, cron, every
+
+__all__ = ["JobFunction", "JobRecord", "Jobs", "Schedule", "cron", "every"]
 
 log = structlog.get_logger("agent.jobs")
 
@@ -44,21 +45,6 @@ class _Job:
     function: JobFunction
     record: JobRecord
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def trigger_for(schedule: Schedule) -> IntervalTrigger | CronTrigger:
-    if schedule.every is not None:
-        return IntervalTrigger(seconds=schedule.every, timezone=schedule.timezone)
-    assert schedule.cron is not None
-    return CronTrigger.from_crontab(schedule.cron, timezone=schedule.timezone)
-
-
-def every(seconds: float) -> Schedule:
-    return Schedule(every=seconds)
-
-
-def cron(line: str) -> Schedule:
-    return Schedule(cron=line)
 
 
 class Jobs:
@@ -109,7 +95,7 @@ class Jobs:
         for name in self._jobs:
             self._add(name)
         self._scheduler.start()
-        schedules = {name: _describe(job.record.schedule) for name, job in self._jobs.items()}
+        schedules = {name: str(job.record.schedule) for name, job in self._jobs.items()}
         log.info("job.scheduler_started", jobs=schedules)
 
     def stop(self, wait: bool = True) -> None:
@@ -126,7 +112,7 @@ class Jobs:
         job = self._jobs[name]
         self._scheduler.add_job(
             self._run,
-            trigger=trigger_for(job.record.schedule),
+            trigger=job.record.schedule.trigger(),
             args=[name],
             id=name,
             name=name,
@@ -154,7 +140,3 @@ class Jobs:
             record.runs += 1
             record.last_duration = self.clock() - started
             job.lock.release()
-
-
-def _describe(schedule: Schedule) -> str:
-    return f"every {schedule.every:g} s" if schedule.every is not None else f"cron {schedule.cron}"

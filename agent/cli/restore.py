@@ -30,7 +30,6 @@ from agent.cli.common import ExitCode, exit_code_for, print_problems
 from agent.config import (
     Config,
     add_config_option,
-    duration_seconds,
     load_config,
     resolve_config_path,
 )
@@ -61,6 +60,7 @@ from agent.restore.source import (
     newest_stored,
     select,
 )
+from agent.schedule import duration_seconds
 from agent.storage.volume import Volume
 
 log = structlog.get_logger("agent.restore_cli")

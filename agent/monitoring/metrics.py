@@ -237,7 +237,7 @@ def resolve_dimensions(
     metrics = config.metrics
     instance = resolve_instance_id(
         metrics.instance_id,
-        fetch=fetch or (lambda: imds_instance_id(metrics.imds_timeout)),
+        fetch=fetch or (lambda: imds_instance_id(metrics.imds_timeout.total_seconds())),
     )
     volume = metrics.volume or str(config.storage.root)
     return {"InstanceId": instance, "Volume": volume, **metrics.extra_dimensions}

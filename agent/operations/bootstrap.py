@@ -57,7 +57,7 @@ class Bootstrap:
                         "maxReceiveCount": str(self.config.queue.max_receive_count),
                     }
                 ),
-                "VisibilityTimeout": str(self.config.queue.visibility_timeout),
+                "VisibilityTimeout": str(int(self.config.queue.visibility_timeout.total_seconds())),
                 "ReceiveMessageWaitTimeSeconds": str(self.config.queue.wait_time_seconds),
             },
         )

@@ -23,6 +23,7 @@ from agent.config import RestoreConfig
 from agent.errors import ConfigError
 from agent.records import VersionRecord
 from agent.restore.restorer import upload_verified
+from agent.schedule import format_duration
 from agent.storage.volume import Volume
 
 LIFECYCLE_RULE_ID = "backup-agent-share-expiry"
@@ -147,9 +148,8 @@ class Sharer:
         limit = self.settings.share_expiry_seconds
         seconds = expires_seconds or limit
         if seconds > limit:
-            raise ConfigError(
-                [f"--expires: longer than restore.share_expiry ({self.settings.share_expiry})"]
-            )
+            expiry = format_duration(self.settings.share_expiry)
+            raise ConfigError([f"--expires: longer than restore.share_expiry ({expiry})"])
         name = record.key.rstrip("/").rsplit("/", 1)[-1] or "file"
         key = f"{self.settings.staging_prefix}{uuid.uuid4().hex}/{name}"
         upload_verified(

@@ -31,6 +31,7 @@ from agent.lifecycle.reconcile import Reconciler
 from agent.lifecycle.retention import Retention
 from agent.lifecycle.scrub import Scrubber
 from agent.monitoring.alerts import integrity_failure
+from agent.monitoring.metrics import Datapoint
 from agent.monitoring.monitor import Monitoring
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import Consumer
@@ -42,6 +43,8 @@ from agent.runtime.wiring import (
     consumer_settings,
     lifecycle_context,
 )
+from agent.schedule import every
+from agent.snapshots.manager import build_snapshot_manager
 from agent.stats import Stats
 from agent.storage.encryption import check_at_startup
 from agent.storage.volume import Volume, VolumeMarker
@@ -186,20 +189,12 @@ class Daemon:
 
     def register_snapshot_jobs(self) -> None:
         """The scheduled EBS snapshot and its figures (age, count, duration) for CloudWatch."""
-        from agent.config import Schedule
-        from agent.monitoring.metrics import Datapoint
-        from agent.schedule import parse_schedule
-        from agent.snapshots.manager import build_snapshot_manager
-
         assert self.monitoring is not None
         monitoring = self.monitoring
         manager = build_snapshot_manager(self.config, self.clients, on_alert=self.alert)
-        parsed = parse_schedule(self.config.snapshots.schedule)
-        schedule = (
-            Schedule(every=parsed.interval.total_seconds())
-            if parsed.interval is not None
-            else Schedule(cron=parsed.cron)
-        )
+        # snapshots.schedule is the only source (config refuses schedules.snapshots): the
+        # snapshot-age alarm (operations/alarms.py) allows this same schedule's longest gap.
+        schedule = self.config.snapshots.schedule
         monitoring.jobs.register("snapshots", manager.run_scheduled, schedule)
 
         def publish_snapshot_metrics() -> None:
@@ -212,7 +207,7 @@ class Daemon:
             if monitoring.publisher is not None:
                 monitoring.publisher.add(points)
 
-        monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, Schedule(every=300))
+        monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, every("5m"))
 
     def _scrub_alert(self, event: str, details: dict[str, Any]) -> None:
         if self.monitoring is not None:
@@ -231,7 +226,7 @@ class Daemon:
         if self.reloader is not None:
             self.reloader.stop()
         if self.consumer is not None:
-            self.consumer.stop(self.config.consumer.drain_timeout)
+            self.consumer.stop(self.config.consumer.drain_timeout.total_seconds())
         if self.monitoring is not None:
             self.monitoring.stop()  # after the drain: the last figures and alerts go out
         log.info("agent.stopped", status=self.stats.status_line())

@@ -49,7 +49,7 @@ def consumer_settings(config: Config) -> ConsumerSettings:
         queue_url=config.queue.url,
         workers=config.consumer.workers,
         wait_time_seconds=config.queue.wait_time_seconds,
-        visibility_timeout=config.queue.visibility_timeout,
+        visibility_timeout=int(config.queue.visibility_timeout.total_seconds()),
         max_messages=config.queue.max_messages,
         max_bytes_in_flight=config.consumer.max_bytes_in_flight,
         max_receive_count=config.queue.max_receive_count,

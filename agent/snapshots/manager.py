@@ -38,7 +38,6 @@ from agent.config import Config, SnapshotRetention, SnapshotsConfig
 from agent.errors import BackupAgentError
 from agent.imds import Imds
 from agent.records import parse_time
-from agent.schedule import parse_schedule
 from agent.snapshots.flush import Flusher
 from agent.storage.barrier import DEFAULT_EXCLUSIVE_TIMEOUT, Barrier, NoBarrier, WriteBarrier
 from agent.storage.journal import Journal, append_line
@@ -534,13 +533,13 @@ def snapshot_age_alarm(
 
     Allowed age = the longest gap of the schedule + `grace` (time for the snapshot to complete).
     """
-    allowed = parse_schedule(settings.schedule).max_gap() + grace
+    allowed = settings.schedule.max_gap() + grace  # the schedule the snapshot job runs on
     actions = list(alarm_actions)
     return {
         "AlarmName": alarm_name,
         "AlarmDescription": (
             f"The newest completed EBS snapshot of the backup volume is older than {allowed}"
-            f" (schedule {settings.schedule!r} plus {grace} to complete)."
+            f" (schedule {str(settings.schedule)!r} plus {grace} to complete)."
         ),
         "Namespace": namespace,
         "MetricName": AGE_METRIC,

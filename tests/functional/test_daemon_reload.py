@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import yaml
 
 from agent.runtime.daemon import Daemon
@@ -33,7 +35,7 @@ def test_reload_applies_workers_receive_ahead_compression_and_drain_timeout_live
         assert daemon.consumer._capacity == 6 and len(daemon.consumer._workers) == 6
         assert daemon.consumer._receive_ahead is True
         assert daemon.service.compression.level == 12
-        assert daemon.config.consumer.drain_timeout == 3
+        assert daemon.config.consumer.drain_timeout == timedelta(seconds=3)
 
         path.write_text("queue: [not, a, mapping]\n")
         assert daemon.reloader.reload("test").status == "rejected"

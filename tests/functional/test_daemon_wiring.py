@@ -6,12 +6,15 @@ import io
 import json
 import threading
 import time
+from datetime import timedelta
 
 import yaml
 from structlog.testing import capture_logs
 
 from agent.cli import restore as restore_cli
+from agent.config import AlertsConfig
 from agent.lifecycle.context import job_lock
+from agent.operations.alarms import alarm_specs
 from agent.runtime.daemon import Daemon
 from tests.support.aws import make_config
 
@@ -65,7 +68,8 @@ def test_scheduled_lifecycle_and_snapshot_jobs_are_registered(aws, backup_root, 
         backup_root,
         storage={"root": str(backup_root), "min_free_bytes": 0, "volume_id": volume_id},
         metrics={"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
-        reconcile={"schedule": 3600},
+        reconcile={"schedule": "6h"},
+        gc={"schedule": 3600},  # deprecated: a plain number of seconds
         scrub={"schedule": "0 5 * * *"},
         snapshots={"enabled": True, "schedule": "6h"},
     )
@@ -76,10 +80,19 @@ def test_scheduled_lifecycle_and_snapshot_jobs_are_registered(aws, backup_root, 
         schedules = {r.name: r.schedule for r in daemon.monitoring.jobs.records()}
     finally:
         daemon.stop()
-    assert {"reconcile", "scrub", "snapshots", "snapshot-metrics"} <= names
-    assert "retention" not in names and "gc" not in names  # no schedule: on demand only
-    assert schedules["snapshots"].every == 6 * 3600
+    assert {"reconcile", "gc", "scrub", "snapshots", "snapshot-metrics"} <= names
+    assert "retention" not in names  # no schedule: on demand only
+    assert schedules["reconcile"].every == timedelta(hours=6)
+    assert schedules["gc"].every == timedelta(hours=1)
+    assert schedules["snapshots"].every == timedelta(hours=6)
     assert schedules["scrub"].cron == "0 5 * * *"
+    # The snapshot-age alarm allows the longest gap of the schedule the job runs on (+1 h).
+    topic = "arn:aws:sns:us-east-1:123456789012:ops"
+    alarmed = config.model_copy(update={"alerts": AlertsConfig(sns_topic_arn=topic)})
+    specs = alarm_specs(alarmed, {"InstanceId": "i-test", "Volume": str(backup_root)})
+    [age] = [spec for spec in specs if spec["AlarmName"].endswith("snapshot-age")]
+    allowed = schedules["snapshots"].max_gap() + timedelta(hours=1)
+    assert age["Threshold"] == allowed.total_seconds() == 7 * 3600
 
 
 def test_a_scheduled_job_skips_while_a_command_line_run_holds_its_lock(aws, backup_root, volume):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import structlog
 import yaml
+from structlog.testing import capture_logs
 
+from agent import config as config_module
 from agent.cli import agent as cli
 from agent.cli.common import ExitCode
 from agent.config import (
@@ -267,3 +270,176 @@ def test_init_volume_on_a_missing_root_exits_3(tmp_path, capsys):
     path = write(tmp_path / "config.yaml", valid(tmp_path / "unmounted"))
     assert cli.main(["init-volume", "--config", str(path)]) == ExitCode.VOLUME_NOT_READY
     assert "backup volume not ready" in capsys.readouterr().err
+
+
+# -- one grammar for every schedule key, one Duration for every length of time ---------------
+
+SCHEDULE_KEYS = [
+    ("reconcile", "schedule"),
+    ("retention", "schedule"),
+    ("gc", "schedule"),
+    ("scrub", "schedule"),
+    ("snapshots", "schedule"),
+    ("schedules", "metrics"),
+    ("schedules", "digest"),
+]
+
+
+def with_value(root: Path, section: str, key: str, value: object) -> dict:
+    raw = valid(root)
+    raw.setdefault(section, {})[key] = value
+    return raw
+
+
+@pytest.fixture
+def warned(monkeypatch):
+    """A fresh process as far as deprecation warnings go (each key warns once per process)."""
+    monkeypatch.setattr(config_module, "_warned", set())
+
+
+@pytest.mark.parametrize(("section", "key"), SCHEDULE_KEYS)
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("6h", "every 6h"),
+        ("every 1h30m", "every 1h30m"),
+        ("0 3 * * *", "0 3 * * *"),
+        ({"every": "12h"}, "every 12h"),
+        ({"cron": "0 3 * * 1-5", "timezone": "Europe/Paris"}, "0 3 * * 1-5 (Europe/Paris)"),
+        (3600, "every 1h"),  # deprecated, warned
+    ],
+)
+def test_every_schedule_key_accepts_every_form(tmp_path, warned, section, key, value, expected):
+    config = parse_config(with_value(tmp_path, section, key, value))
+    holder = getattr(config, section)
+    schedule = holder[key] if isinstance(holder, dict) else getattr(holder, key)
+    assert str(schedule) == expected
+
+
+@pytest.mark.parametrize(("section", "key"), SCHEDULE_KEYS)
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("daily", "'daily' is neither an interval (6h, 90s, 1h30m, every 6h) nor a 5-field cron"),
+        ("61 3 * * *", "'61 3 * * *' is not a valid cron line"),
+        ("3600", "'3600' is neither an interval"),
+        (0, "0 is not a number of seconds above zero"),
+        ({"every": "6h", "cron": "0 3 * * *"}, "give exactly one of every"),
+        ({"cron": "0 3 * * *", "timezone": "Mars/Base"}, "timezone 'Mars/Base' is not a time"),
+        ({"cron": "0 3 * * *", "tz": "UTC"}, "unknown key 'tz'"),
+    ],
+)
+def test_schedule_problems_name_the_key(tmp_path, section, key, value, problem):
+    (reported,) = problems_of(with_value(tmp_path, section, key, value))
+    assert reported.startswith(f"{section}.{key}: {problem}"), reported
+
+
+def test_the_issue_examples_all_work(tmp_path, warned):
+    raw = valid(tmp_path)
+    raw["reconcile"] = {"schedule": "6h"}  # was refused: reconcile took cron or seconds only
+    raw["snapshots"] = {"schedule": 3600}  # was refused: snapshots took text only
+    raw["schedules"] = {"metrics": 60}
+    with capture_logs() as logs:
+        config = parse_config(raw)
+    assert config.reconcile.schedule.every == timedelta(hours=6)
+    assert config.snapshots.schedule.every == timedelta(hours=1)
+    assert config.schedules["metrics"].every == timedelta(seconds=60)
+    deprecated = [e for e in logs if e["event"] == "config.deprecated"]
+    assert [(e["key"], e["value"], e["use"], e["log_level"]) for e in deprecated] == [
+        ("schedules.metrics", 60, "1m", "warning"),
+        ("snapshots.schedule", 3600, "1h", "warning"),
+    ]
+
+
+def test_a_deprecated_key_warns_once_per_process_not_at_every_reload(tmp_path, warned):
+    raw = with_value(tmp_path, "gc", "schedule", 3600)
+    with capture_logs() as logs:
+        parse_config(raw)
+        parse_config(raw)
+        parse_config(with_value(tmp_path, "gc", "schedule", "1h"))
+    assert [e["key"] for e in logs if e["event"] == "config.deprecated"] == ["gc.schedule"]
+
+
+def test_written_units_and_mappings_are_not_deprecated(tmp_path, warned):
+    raw = with_value(tmp_path, "schedules", "metrics", {"every": 60})
+    raw["scrub"] = {"schedule": "1h"}
+    with capture_logs() as logs:
+        parse_config(raw)
+    assert [e for e in logs if e["event"] == "config.deprecated"] == []
+
+
+def test_snapshots_keep_their_five_minute_minimum_and_the_others_have_none(tmp_path, warned):
+    assert problems_of(with_value(tmp_path, "snapshots", "schedule", "every 4m")) == [
+        "snapshots.schedule: interval '4m' is shorter than 5m, the least this key allows"
+    ]
+    assert parse_config(with_value(tmp_path, "snapshots", "schedule", "5m"))
+    assert parse_config(with_value(tmp_path, "snapshots", "schedule", "* * * * *"))  # as before
+    config = parse_config(with_value(tmp_path, "schedules", "metrics", "0.5s"))
+    assert config.schedules["metrics"].every == timedelta(seconds=0.5)
+    assert parse_config(with_value(tmp_path, "reconcile", "schedule", "1s"))
+
+
+@pytest.mark.parametrize("job", ["snapshots", "reconcile", "retention", "gc", "scrub"])
+def test_a_job_with_its_own_section_is_scheduled_there_only(tmp_path, job):
+    (reported,) = problems_of(with_value(tmp_path, "schedules", job, "6h"))
+    assert reported.startswith(f"schedules.{job}: the {job} job runs on {job}.schedule")
+    assert reported.endswith("set it there instead")
+
+
+def test_the_snapshots_refusal_says_the_alarm_reads_snapshots_schedule(tmp_path):
+    (reported,) = problems_of(with_value(tmp_path, "schedules", "snapshots", None))
+    assert "(so does the snapshot-age alarm)" in reported
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("restore", "share_expiry", "36h", timedelta(hours=36)),
+        ("restore", "share_expiry", 3600, timedelta(hours=1)),
+        ("queue", "visibility_timeout", "5m", timedelta(minutes=5)),
+        ("queue", "visibility_timeout", 120, timedelta(minutes=2)),
+        ("consumer", "drain_timeout", "1m30s", timedelta(seconds=90)),
+        ("consumer", "drain_timeout", 0, timedelta(0)),
+        ("metrics", "imds_timeout", "2s", timedelta(seconds=2)),
+        ("metrics", "imds_timeout", 0.5, timedelta(seconds=0.5)),
+        ("gc", "grace_period", "2d", timedelta(days=2)),
+        ("retention", "keep_younger_than", "2w", timedelta(weeks=2)),
+    ],
+)
+def test_durations_take_units_or_seconds(tmp_path, section, key, value, expected):
+    raw = valid(tmp_path)
+    raw.setdefault(section, {})[key] = value
+    assert getattr(getattr(parse_config(raw), section), key) == expected
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "problem"),
+    [
+        ("restore", "share_expiry", "8d", "'8d' is longer than 7d (the longest presigned URL)"),
+        ("restore", "share_expiry", "0s", "'0s' must be longer than zero"),
+        ("restore", "share_expiry", "1.5s", "'1.5s' is not a whole number of seconds"),
+        ("restore", "share_expiry", "soon", "'soon' is not a duration (like 90s, 15m, 12h"),
+        ("queue", "visibility_timeout", "5s", "'5s' is shorter than 10s"),
+        ("queue", "visibility_timeout", "13h", "'13h' is longer than 12h"),
+        ("consumer", "drain_timeout", -1, "-1 is not a duration"),
+        ("metrics", "imds_timeout", "11s", "'11s' is longer than 10s"),
+        ("metrics", "imds_timeout", 0, "'0s' must be longer than zero"),
+    ],
+)
+def test_duration_problems_name_the_key(tmp_path, section, key, value, problem):
+    raw = valid(tmp_path)
+    raw.setdefault(section, {})[key] = value
+    (reported,) = problems_of(raw)
+    assert reported.startswith(f"{section}.{key}: {problem}"), reported
+
+
+def test_a_dumped_config_reads_back_equal(tmp_path, warned):
+    raw = valid(tmp_path)
+    raw["snapshots"] = {"schedule": "every 90m"}
+    raw["scrub"] = {"schedule": {"cron": "0 5 * * *", "timezone": "Europe/Paris"}}
+    raw["schedules"] = {"metrics": 30, "disk": None}
+    raw["restore"] = {"share_expiry": "36h"}
+    config = parse_config(raw)
+    dumped = yaml.safe_dump(config.model_dump(mode="json"))
+    assert "share_expiry: 1d12h" in dumped and "schedule: 1h30m" in dumped
+    assert parse_config(yaml.safe_load(dumped)) == config

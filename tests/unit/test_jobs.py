@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from structlog.testing import capture_logs
 
-from agent.config import Schedule
-from agent.scheduler import Jobs, cron, every, trigger_for
+from agent.schedule import Schedule, cron, every
+from agent.scheduler import Jobs
 from tests.support.waiting import wait_until
 
 
@@ -65,17 +66,17 @@ def test_a_job_never_overlaps_itself():
 
 
 def test_config_overrides_the_default_schedule_and_null_turns_a_job_off():
-    jobs = Jobs({"metrics": Schedule(every=15), "digest": None})
+    jobs = Jobs({"metrics": Schedule.parse("15s"), "digest": None})
     metrics = jobs.register("metrics", lambda: None, every(60))
     digest = jobs.register("digest", lambda: None, cron("0 8 * * *"))
-    assert metrics is not None and metrics.schedule.every == 15
+    assert metrics is not None and metrics.schedule.every == timedelta(seconds=15)
     assert digest is None
     assert [r.name for r in jobs.records()] == ["metrics"]
 
 
 def test_schedules_become_interval_or_cron_triggers():
-    assert isinstance(trigger_for(every(30)), IntervalTrigger)
-    trigger = trigger_for(cron("30 2 * * *"))
+    assert isinstance(every(30).trigger(), IntervalTrigger)
+    trigger = cron("30 2 * * *").trigger()
     assert isinstance(trigger, CronTrigger)
     assert str(trigger.fields[5]) == "2" and str(trigger.fields[6]) == "30"
 
@@ -95,7 +96,7 @@ def test_registering_a_name_twice_is_an_error():
 
 
 def test_a_schedule_for_no_known_job_is_reported():
-    jobs = Jobs({"metircs": Schedule(every=10)})
+    jobs = Jobs({"metircs": every("10s")})
     jobs.register("metrics", lambda: None, every(60))
     with capture_logs() as logs:
         jobs.start()

@@ -6,10 +6,10 @@ from datetime import timedelta
 
 import pytest
 
-from agent.config import parse_duration
 from agent.errors import ConfigError, VolumeNotReady
 from agent.lifecycle.context import STATE_DIR, JobBusy, RateLimiter, StateFile, job_lock
 from agent.records import VersionRecord
+from agent.schedule import parse_duration
 from agent.storage.journal import Journal
 from agent.storage.volume import MARKER_NAME
 from tests.support.aws import make_config

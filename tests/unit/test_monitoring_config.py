@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -39,12 +40,19 @@ def test_the_issue_example_parses(backup_root):
 def test_schedules_accept_seconds_crontab_lines_mappings_and_null(backup_root):
     config = make_config(
         backup_root,
-        schedules={"metrics": 30, "digest": "0 7 * * 1-5", "scrub": {"every": 3600}, "disk": None},
+        schedules={
+            "metrics": 30,
+            "digest": "0 7 * * 1-5",
+            "queues": {"every": 3600},
+            "disk": None,
+            "snapshot-metrics": "5m",
+        },
     )
-    assert config.schedules["metrics"].every == 30
+    assert config.schedules["metrics"].every == timedelta(seconds=30)
     assert config.schedules["digest"].cron == "0 7 * * 1-5"
-    assert config.schedules["scrub"].every == 3600
+    assert config.schedules["queues"].every == timedelta(hours=1)
     assert config.schedules["disk"] is None
+    assert config.schedules["snapshot-metrics"].every == timedelta(minutes=5)
 
 
 @pytest.mark.parametrize(
@@ -54,8 +62,12 @@ def test_schedules_accept_seconds_crontab_lines_mappings_and_null(backup_root):
         ({"alerts": {"sns_topic_arn": "backup-alerts"}}, "alerts.sns_topic_arn: 'backup-alerts'"),
         ({"alerts": {"email": {"sender": "a@b.c", "recipients": []}}}, "alerts.email.recipients"),
         ({"alerts": {"disk_used_percent": 120}}, "alerts.disk_used_percent"),
-        ({"schedules": {"metrics": "every minute"}}, "schedules.metrics: cron 'every minute'"),
+        (
+            {"schedules": {"metrics": "every minute"}},
+            "schedules.metrics: 'every minute' is neither an interval",
+        ),
         ({"schedules": {"metrics": {"every": 5, "cron": "* * * * *"}}}, "exactly one"),
+        ({"schedules": {"scrub": {"every": 3600}}}, "schedules.scrub: the scrub job runs on"),
         ({"alerts": {"sms": "+1555"}}, "alerts.sms: unknown key"),
     ],
 )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import duration_seconds
 from agent.errors import ConfigError
 from agent.restore.share import lifecycle_days
+from agent.schedule import duration_seconds
 from tests.support.aws import make_config
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from agent.config import ConfigError
@@ -11,7 +13,7 @@ from tests.support.aws import make_config
 def test_defaults_leave_snapshots_off(tmp_path):
     config = make_config(tmp_path)
     assert config.snapshots.enabled is False
-    assert config.snapshots.schedule == "0 3 * * *"
+    assert str(config.snapshots.schedule) == "0 3 * * *"
     assert (config.snapshots.retain.last, config.snapshots.retain.daily) == (7, 7)
     assert config.snapshots.retain.weekly == 4
     assert config.snapshots.copy_to_region is None
@@ -31,12 +33,16 @@ def test_the_section_as_the_issue_shows_it(tmp_path):
     )
     assert config.snapshots.retain.daily == 14
     assert config.snapshots.tags == {"team": "storage"}
+    assert config.snapshots.schedule.every == timedelta(hours=6)
 
 
 @pytest.mark.parametrize(
     ("section", "problem"),
     [
         ({"schedule": "daily"}, "snapshots.schedule: 'daily' is neither an interval"),
+        ({"schedule": "4m"}, "snapshots.schedule: interval '4m' is shorter than 5m"),
+        ({"schedule": 60}, "snapshots.schedule: interval '1m' is shorter than 5m"),
+        ({"schedule": "61 3 * * *"}, "snapshots.schedule: '61 3 * * *' is not a valid cron"),
         ({"retain": {"last": 0}}, "snapshots.retain.last: input should be greater than or equal"),
         ({"tags": {"backup-agent:x": "1"}}, "snapshots.tags: tag 'backup-agent:x'"),
         ({"copy_to_region": "Europe"}, "snapshots.copy_to_region: 'Europe' is not a region"),

@@ -6,6 +6,7 @@ import io
 from datetime import UTC, datetime, timedelta
 
 import boto3
+import pytest
 from moto import mock_aws
 
 from agent.config import SnapshotsConfig
@@ -63,6 +64,23 @@ def test_the_age_alarm_allows_the_schedule_gap_plus_grace_and_cloudwatch_accepts
 def test_an_interval_schedule_sets_the_threshold_too():
     kwargs = snapshot_age_alarm(SnapshotsConfig(schedule="6h"), grace=timedelta(minutes=30))
     assert kwargs["Threshold"] == 6.5 * 3600
+
+
+@pytest.mark.parametrize(
+    ("schedule", "allowed_hours"),
+    [
+        ("every 12h", 12 + 1),
+        (7200, 2 + 1),  # deprecated seconds
+        ({"every": "1d"}, 24 + 1),
+        ("0 3 * * 1-5", 72 + 1),  # Friday to Monday
+        ({"cron": "0 3 * * *", "timezone": "Europe/Paris"}, 24 + 1 + 1),  # DST hour
+    ],
+)
+def test_the_alarm_allows_the_longest_gap_of_every_schedule_form(schedule, allowed_hours):
+    settings = SnapshotsConfig(enabled=True, schedule=schedule)
+    kwargs = snapshot_age_alarm(settings)
+    assert kwargs["Threshold"] == allowed_hours * 3600
+    assert str(settings.schedule) in kwargs["AlarmDescription"]
 
 
 def test_listing_prints_one_row_per_snapshot():
