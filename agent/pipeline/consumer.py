@@ -413,7 +413,8 @@ class Consumer:
             self._lock.notify_all()
 
     def _delete(self, item: InFlight) -> None:
-        # Batched with other finished messages and sent within milliseconds (agent/pipeline/deletes.py).
+        # Batched with other finished messages and sent within milliseconds
+        # (agent/pipeline/deletes.py).
         self._deletes.add(item.message_id, item.receipt_handle)
 
     def _change_visibility(self, item: InFlight, seconds: int, why: str) -> str:
