@@ -34,23 +34,8 @@ from agent.config import (
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import VersionRecord, parse_time
-from agent.restore.restorer import (
-    DirectoryTarget,
-    ItemResult,
-    NoProgress,
-    Plan,
-    Progress,
-    Restorer,
-    S3Target,
-    Scope,
-    Status,
-    Summary,
-    Target,
-    place,
-    plan,
-    stored_versions,
-    verify,
-)
+from agent.restore.plan import Plan, Scope, place, plan
+from agent.restore.restorer import ItemResult, NoProgress, Progress, Restorer, Status, Summary
 from agent.restore.source import (
     JournalSource,
     LedgerSource,
@@ -59,6 +44,8 @@ from agent.restore.source import (
     newest_stored,
     select,
 )
+from agent.restore.targets import DirectoryTarget, S3Target, Target
+from agent.restore.verify import stored_versions, verify
 from agent.storage.volume import Volume
 
 EXIT_OK = 0

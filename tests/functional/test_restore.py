@@ -22,8 +22,10 @@ import pytest
 
 from agent.cli import agent as agent_cli
 from agent.cli.restore import first_interrupt_sets, main
-from agent.restore.restorer import DirectoryTarget, Restorer, S3Target, Scope, Status, place, plan
+from agent.restore.plan import Scope, place, plan
+from agent.restore.restorer import Restorer, Status
 from agent.restore.source import LedgerSource, Selector
+from agent.restore.targets import DirectoryTarget, S3Target
 from agent.storage.ledger import Ledger
 from agent.storage.volume import WritebackAsYouGo
 from tests.support.aws import BUCKET, TABLE

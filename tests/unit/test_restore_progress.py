@@ -10,7 +10,8 @@ from structlog.testing import capture_logs
 
 from agent.cli.restore import LogProgress, Runtime, TtyProgress
 from agent.records import VersionRecord
-from agent.restore.restorer import Item, ItemResult, Status
+from agent.restore.plan import Item
+from agent.restore.restorer import ItemResult, Status
 
 
 def _result(key: str, status: Status = Status.RESTORED) -> ItemResult:
