@@ -34,7 +34,7 @@ from agent.config import (
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import VersionRecord, parse_time
-from agent.restore.plan import Plan, Scope, place, plan
+from agent.restore.plan import Plan, RestoreScope, place, plan
 from agent.restore.restorer import ItemResult, NoProgress, Progress, Restorer, Status, Summary
 from agent.restore.source import (
     JournalSource,
@@ -358,7 +358,7 @@ def cmd_restore(rt: Runtime) -> int:
     if not args.to_s3 and (args.bucket or args.to_prefix):
         raise UsageError("--bucket and --to-prefix go with --to-s3")
     bucket = rt.one_bucket()
-    scope = Scope(key=args.key) if args.key else Scope(prefix=args.prefix or "")
+    scope = RestoreScope(key=args.key) if args.key else RestoreScope(prefix=args.prefix or "")
     # A key asked for by name is restored even when deleted in S3: that is the usual rescue.
     include_deleted = args.include_deleted or args.key is not None
     selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)

@@ -74,7 +74,7 @@ NOT_EXERCISED: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class Scope:
+class PolicyScope:
     """What the policies are scoped to, read from the config."""
 
     partition: str
@@ -99,7 +99,7 @@ class Scope:
     restore_to_s3: bool = True
 
     @classmethod
-    def from_config(cls, config: Config, *, restore_to_s3: bool = True) -> Scope:
+    def from_config(cls, config: Config, *, restore_to_s3: bool = True) -> PolicyScope:
         region = config.aws.region
         partition = partition_for(region)
         queue = sqs_arn(config.queue.url, region, partition)
@@ -173,7 +173,7 @@ def sqs_arn(url: str, region: str, partition: str) -> str:
 # -- the agent's instance role ------------------------------------------------------------
 
 
-def agent_statements(scope: Scope) -> list[dict[str, Any]]:
+def agent_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     found = [
         _statement(
             "ConsumeBackupEvents",
@@ -245,7 +245,7 @@ def agent_statements(scope: Scope) -> list[dict[str, Any]]:
     return found
 
 
-def _identity_arns(scope: Scope, sender: str) -> list[str]:
+def _identity_arns(scope: PolicyScope, sender: str) -> list[str]:
     """SES authorises a send against the address identity or its domain's, whichever is verified."""
     identities = [scope.arn("ses", f"identity/{sender}")]
     domain = sender.rpartition("@")[2]
@@ -254,7 +254,7 @@ def _identity_arns(scope: Scope, sender: str) -> list[str]:
     return identities
 
 
-def _snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
+def _snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     managed = {f"aws:RequestTag/{MANAGED_TAG}": "true"}
     found = [
         _statement(
@@ -308,7 +308,7 @@ def _snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
 # -- the operator's role ------------------------------------------------------------------
 
 
-def operator_statements(scope: Scope) -> list[dict[str, Any]]:
+def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     p = scope.partition
     queues = [scope.queue_arn, scope.dead_letter_arn]
     found = [
@@ -424,7 +424,7 @@ def operator_statements(scope: Scope) -> list[dict[str, Any]]:
     return found
 
 
-def _mount_snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
+def _mount_snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     restore_tagged = {"Null": {f"aws:RequestTag/{RESTORE_TAG}": "false"}}
     return [
         _statement(
@@ -477,7 +477,7 @@ def _statement(
     return statement
 
 
-def statements(scope: Scope, role: str = "agent") -> list[dict[str, Any]]:
+def statements(scope: PolicyScope, role: str = "agent") -> list[dict[str, Any]]:
     if role == "agent":
         return agent_statements(scope)
     if role == "operator":
@@ -488,7 +488,7 @@ def statements(scope: Scope, role: str = "agent") -> list[dict[str, Any]]:
 def policy_document(
     config: Config, *, role: str = "agent", restore_to_s3: bool = True
 ) -> dict[str, Any]:
-    scope = Scope.from_config(config, restore_to_s3=restore_to_s3)
+    scope = PolicyScope.from_config(config, restore_to_s3=restore_to_s3)
     return {"Version": VERSION, "Statement": statements(scope, role)}
 
 

@@ -16,14 +16,14 @@ from agent.restore.source import Choice, RestoreSource, Selector, select
 
 
 @dataclass(frozen=True, slots=True)
-class Scope:
+class RestoreScope:
     """What to restore: exactly one of `key`, `prefix` (may be ""), or everything."""
 
     key: str | None = None
     prefix: str | None = None
 
     @classmethod
-    def everything(cls) -> Scope:
+    def everything(cls) -> RestoreScope:
         return cls(prefix="")
 
 
@@ -59,7 +59,7 @@ class Plan:
         return [i for i in self.items if i.placement is not None and i.placement.renamed]
 
 
-def plan(source: RestoreSource, bucket: str, scope: Scope, selector: Selector) -> Plan:
+def plan(source: RestoreSource, bucket: str, scope: RestoreScope, selector: Selector) -> Plan:
     """Choose a version of every key in scope; the keys left out say why."""
     choices = list(_choices(source, bucket, scope, selector))
     items = [Item(c.record, c.deleted_in_s3) for c in choices if c.record is not None]
@@ -77,7 +77,7 @@ def place(items_plan: Plan) -> Plan:
 
 
 def _choices(
-    source: RestoreSource, bucket: str, scope: Scope, selector: Selector
+    source: RestoreSource, bucket: str, scope: RestoreScope, selector: Selector
 ) -> Iterator[Choice]:
     if scope.key is not None:
         yield select(scope.key, source.history(bucket, scope.key), selector)
