@@ -294,7 +294,8 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     from agent.aws import build_clients
-    from agent.snapshots.manager import build_snapshot_manager, describe_run
+    from agent.cli.output import describe_run
+    from agent.snapshots.manager import build_snapshot_manager
     from agent.storage.volume import Volume
 
     Volume(config.storage.root).read_marker()  # never snapshot an unmounted root

@@ -270,7 +270,8 @@ def _fraction(text: str) -> float:
 
 def cmd_snapshots(rt: Runtime) -> int:
     """Works when the instance and volume are gone: it reads EC2's tags, not the volume."""
-    from agent.snapshots.manager import print_snapshots, snapshot_listing
+    from agent.cli.output import print_snapshots
+    from agent.snapshots.manager import snapshot_listing
 
     snapshots = snapshot_listing(rt.config, rt.clients, rt.args.volume_id)
     if rt.args.json:

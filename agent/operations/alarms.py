@@ -126,7 +126,7 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
         },
     ]
     if config.snapshots.enabled:
-        from agent.snapshots.manager import snapshot_age_alarm
+        from agent.snapshots.metrics import snapshot_age_alarm
 
         specs.append(
             snapshot_age_alarm(

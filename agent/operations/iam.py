@@ -31,8 +31,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from agent.config import Config
-from agent.snapshots.manager import MANAGED_TAG
 from agent.snapshots.mount import RESTORE_TAG
+from agent.snapshots.records import MANAGED_TAG
 from agent.storage.ledger import KEY_INDEX
 
 VERSION = "2012-10-17"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.snapshots.manager import MANAGED_TAG, VOLUME_TAG, tag_dict, tag_list
 from agent.snapshots.mount import RESTORE_TAG, MountPlan, SnapshotMounter, local_device, main
+from agent.snapshots.records import MANAGED_TAG, VOLUME_TAG, tag_dict, tag_list
 from tests.support.snapshots import moto_ec2
 
 
