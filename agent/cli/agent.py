@@ -261,7 +261,7 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
 
 def _alert_rejected_config(path: Path, problems: list[str]) -> None:
     """Best effort: the agent cannot start, so tell the operator through the alert channels."""
-    from agent.monitoring.alerts import report_rejected_config
+    from agent.cli.rejected_config import report_rejected_config
 
     logs.configure()  # the config's own logging settings are not usable
     try:

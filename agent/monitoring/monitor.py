@@ -23,17 +23,17 @@ from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.events import ObjectEvent
 from agent.monitoring.alerts import (
     Alert,
-    AlertDispatcher,
     AlertKind,
     Notice,
     agent_stopped,
     backup_gave_up,
-    build_channels,
     config_rejected,
     integrity_failure,
     operational,
 )
+from agent.monitoring.channels import build_channels
 from agent.monitoring.disk import DiskMonitor
+from agent.monitoring.dispatcher import AlertDispatcher
 from agent.monitoring.metrics import (
     CloudWatchPublisher,
     DiskUsageReader,

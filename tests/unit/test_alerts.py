@@ -7,16 +7,9 @@ import threading
 import botocore.exceptions
 from structlog.testing import capture_logs
 
-from agent.monitoring.alerts import (
-    Alert,
-    AlertDispatcher,
-    AlertKind,
-    Notice,
-    RateLimiter,
-    backup_gave_up,
-    render,
-    subject_for,
-)
+from agent.monitoring.alerts import Alert, AlertKind, Notice, backup_gave_up
+from agent.monitoring.channels import render, subject_for
+from agent.monitoring.dispatcher import AlertDispatcher, RateLimiter
 from tests.support.clock import FakeClock
 
 
