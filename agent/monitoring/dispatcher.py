@@ -37,7 +37,7 @@ class _Pending:
     last_at: float = 0.0
 
 
-class RateLimiter:
+class AlertWindow:
     """Per kind: send the first alert of a quiet window, fold the rest into one summary."""
 
     def __init__(self, window_seconds: float = 300.0, max_examples: int = 5) -> None:
@@ -99,7 +99,7 @@ class AlertDispatcher:
     ) -> None:
         self.channels = list(channels)
         self.context = dict(context or {})
-        self.limiter = RateLimiter(window_seconds, max_examples)
+        self.limiter = AlertWindow(window_seconds, max_examples)
         self.clock = clock
         self.tick = tick_seconds
         self.sent: Counter[str] = Counter()
@@ -136,7 +136,7 @@ class AlertDispatcher:
             self._outbox.put(notice)
 
     def send_now(self, notice: Notice) -> None:
-        """Queue a notice past the rate limiter (the daily digest)."""
+        """Queue a notice past the alert window (the daily digest)."""
         if self.channels:
             self._outbox.put(notice)
 

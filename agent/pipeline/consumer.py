@@ -24,7 +24,7 @@ import structlog
 from agent.aws import error_code
 from agent.errors import MalformedMessage, PermanentError
 from agent.events import ObjectEvent, ParsedMessage, parse_message
-from agent.pipeline.backup import Result
+from agent.pipeline.backup import Processor
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
 from agent.stats import Stats
@@ -85,9 +85,6 @@ class ByteBudget:
         with self._cond:
             self._used -= amount
             self._cond.notify_all()
-
-
-Processor = Callable[[ObjectEvent], Result]
 
 
 class Consumer:

@@ -52,13 +52,12 @@ from agent.snapshots.records import (
     tag_list,
 )
 from agent.storage.barrier import DEFAULT_EXCLUSIVE_TIMEOUT, Barrier, NoBarrier, WriteBarrier
+from agent.storage.encryption import AlertHook
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 from agent.storage.volume_id import discover_volume_id
 
 log = structlog.get_logger("agent.snapshots")
-
-Alert = Callable[[str, str], None]
 
 
 class SnapshotManager:
@@ -79,7 +78,7 @@ class SnapshotManager:
         dynamodb: Any = None,
         table: str | None = None,
         copy_ec2: Any = None,
-        on_alert: Alert | None = None,
+        on_alert: AlertHook | None = None,
         poll_seconds: float = 15.0,
         completion_timeout: timedelta = timedelta(hours=6),
         barrier_timeout: float = DEFAULT_EXCLUSIVE_TIMEOUT,
@@ -410,7 +409,7 @@ def build_snapshot_manager(
     config: Config,
     clients: Clients,
     *,
-    on_alert: Alert | None = None,
+    on_alert: AlertHook | None = None,
     clock: Callable[[], datetime] | None = None,
 ) -> SnapshotManager:
     """The manager as the daemon's job and `backup-agent snapshot` use it."""
