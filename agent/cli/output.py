@@ -1,7 +1,7 @@
-"""What the CLIs print about snapshots.
+"""What the CLIs print: formatting only, the data comes from elsewhere.
 
-The table of `backup-restore snapshots` and the summary of one `backup-agent snapshot`
-run: printing only; the data comes from agent/snapshots/.
+Sizes and keys made printable (`human_size`, `printable_key`), the table of
+`backup-restore snapshots` and the summary of one `backup-agent snapshot` run.
 """
 
 from __future__ import annotations
@@ -77,3 +77,19 @@ def describe_run(run: SnapshotRun, out: IO[str] | None = None) -> None:
         print(f"  copied as {run.copy_snapshot_id}", file=stream)
     for snapshot_id in run.deleted:
         print(f"  deleted {snapshot_id} (retention)", file=stream)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def printable_key(key: str) -> str:
+    """A key safe to print on one line: control characters shown as escapes."""
+    if key.isprintable():
+        return key
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in key)

@@ -14,7 +14,6 @@ import random
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,9 +21,9 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-import structlog
-
 from agent import __version__, logs
+from agent.cli.output import human_size, printable_key
+from agent.cli.progress import LogProgress, TtyProgress
 from agent.config import (
     Config,
     add_config_option,
@@ -35,7 +34,7 @@ from agent.config import (
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import VersionRecord, parse_time
 from agent.restore.plan import Plan, RestoreScope, place, plan
-from agent.restore.restorer import ItemResult, NoProgress, Progress, Restorer, Status, Summary
+from agent.restore.restorer import NoProgress, Progress, Restorer, Status, Summary
 from agent.restore.source import (
     JournalSource,
     LedgerSource,
@@ -51,8 +50,6 @@ from agent.storage.volume import Volume
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-log = structlog.get_logger("agent.restore_cli")
 
 
 class UsageError(Exception):
@@ -301,9 +298,9 @@ def cmd_list(rt: Runtime) -> int:
     for row in rows:
         table.append(
             [
-                _printable(row["key"]),
+                printable_key(row["key"]),
                 str(row["version_id"] or row["version_token"]),
-                "-" if row["size"] is None else _human(row["size"]),
+                "-" if row["size"] is None else human_size(row["size"]),
                 row["event_time"][:19],
                 row["backup_time"][:19],
                 "deleted" if row["deleted"] else "",
@@ -402,24 +399,27 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
         out.write("dry run: nothing written\n")
         for result in summary.results:
             note = f"  [{result.note}]" if result.note else ""
-            destination = _printable(result.destination)
-            out.write(f"  {_printable(result.item.key)} → {destination}{note}\n")
+            destination = printable_key(result.destination)
+            out.write(f"  {printable_key(result.item.key)} → {destination}{note}\n")
     _section(out, "renamed keys (unsafe or colliding as paths)", _renamed_lines(summary.plan))
     _section(
         out,
         "failed",
-        [f"{_printable(r.item.key)}: {r.error}" for r in summary.failed],
+        [f"{printable_key(r.item.key)}: {r.error}" for r in summary.failed],
     )
     _section(
         out,
         "not restored",
-        [f"{_printable(c.key)}: {c.reason}" for c in summary.plan.missing + summary.plan.skipped],
+        [
+            f"{printable_key(c.key)}: {c.reason}"
+            for c in summary.plan.missing + summary.plan.skipped
+        ],
     )
     dry = rt.args.dry_run
     out.write(
         f"{'planned' if dry else 'restored'}"
         f" {summary.count(Status.PLANNED if dry else Status.RESTORED)} files"
-        f" ({_human(summary.plan.total_bytes if dry else summary.bytes)}),"
+        f" ({human_size(summary.plan.total_bytes if dry else summary.bytes)}),"
         f" unchanged {summary.count(Status.UNCHANGED)},"
         f" failed {len(summary.failed) + len(summary.plan.missing)},"
         f" skipped {len(summary.plan.skipped)}\n"
@@ -431,7 +431,9 @@ def _renamed_lines(restore_plan: Plan) -> list[str]:
     for item in restore_plan.renamed:
         assert item.placement is not None
         why = "collision" if item.placement.collided else "escaped"
-        lines.append(f"{_printable(item.key)} → {_printable(item.placement.relative)}  ({why})")
+        lines.append(
+            f"{printable_key(item.key)} → {printable_key(item.placement.relative)}  ({why})"
+        )
     return lines
 
 
@@ -487,7 +489,7 @@ def cmd_share(rt: Runtime) -> int:
         Selector(version=args.version, at=args.at, include_deleted=True),
     )
     if choice.record is None:
-        print(f"backup-restore: {_printable(args.key)}: {choice.reason}", file=rt.err)
+        print(f"backup-restore: {printable_key(args.key)}: {choice.reason}", file=rt.err)
         return EXIT_FAILED
     shared = Sharer(rt.clients.s3, rt.volume(), rt.config.restore, staging).share(
         choice.record, seconds
@@ -497,7 +499,7 @@ def cmd_share(rt: Runtime) -> int:
     else:
         rt.out.write(f"{shared.url}\n")
         print(
-            f"shared {_printable(args.key)} ({_human(choice.record.size or 0)})"
+            f"shared {printable_key(args.key)} ({human_size(choice.record.size or 0)})"
             f" until {shared.expires_at.isoformat(timespec='seconds')}",
             file=rt.err,
         )
@@ -527,131 +529,20 @@ def cmd_verify(rt: Runtime) -> int:
             rt.out,
             "problems",
             [
-                f"s3://{p.record.bucket}/{_printable(p.record.key)}"
+                f"s3://{p.record.bucket}/{printable_key(p.record.key)}"
                 f" (version {p.record.version_id or p.record.version_token}): {p.error}"
                 for p in report.problems
             ],
         )
         rt.out.write(
             f"verified {report.checked} of {report.copies} stored copies"
-            f" ({report.versions} versions, {_human(report.bytes)}):"
+            f" ({report.versions} versions, {human_size(report.bytes)}):"
             f" {len(report.problems)} problems\n"
         )
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-# -- progress ------------------------------------------------------------------------
-
-
-_EVENTS = {
-    "restore": ("restore.started", "restore.item", "restore.finished"),
-    "verify": ("verify.started", "verify.item", "verify.finished"),
-}
-
-
-class LogProgress:
-    """Not a TTY: one log line per finished item, one at the end."""
-
-    def __init__(self, kind: str = "restore") -> None:
-        self._started, self._item, self._finished = _EVENTS[kind]
-        self._done = 0
-        self._files = 0
-
-    def start(self, files: int, total_bytes: int) -> None:
-        self._files = files
-        log.info(self._started, files=files, bytes=total_bytes)
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def finished(self, result: ItemResult) -> None:
-        self._done += 1
-        if result.ok:
-            log.info(
-                self._item,
-                key=result.item.key,
-                destination=result.destination,
-                status=result.status.value,
-                bytes=result.bytes,
-                done=self._done,
-                files=self._files,
-            )
-
-    def close(self) -> None:
-        log.info(self._finished, done=self._done, files=self._files)
-
-
-class TtyProgress:
-    """A one-line bar on a terminal: files, bytes, rate and ETA."""
-
-    WIDTH = 24
-
-    def __init__(self, stream: IO[str], clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream = stream
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._files = self._done = self._total = self._bytes = 0
-        self._started = self._drawn = 0.0
-
-    def start(self, files: int, total_bytes: int) -> None:
-        self._files, self._total = files, total_bytes
-        self._started = self.clock()
-
-    def advance(self, nbytes: int) -> None:
-        with self._lock:
-            self._bytes += nbytes
-            self._draw()
-
-    def finished(self, result: ItemResult) -> None:
-        with self._lock:
-            self._done += 1
-            if not result.ok:
-                self.stream.write(f"\r\x1b[2Kfailed: {_printable(result.item.key)}\n")
-            self._draw(force=True)
-
-    def close(self) -> None:
-        with self._lock:
-            self._draw(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def line(self) -> str:
-        elapsed = max(self.clock() - self._started, 1e-6)
-        rate = self._bytes / elapsed
-        fraction = self._bytes / self._total if self._total else 1.0
-        filled = int(self.WIDTH * min(fraction, 1.0))
-        left = (self._total - self._bytes) / rate if rate > 0 else 0.0
-        eta = time.strftime("%H:%M:%S", time.gmtime(max(left, 0.0)))
-        return (
-            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self._done}/{self._files} files"
-            f"  {_human(self._bytes)}/{_human(self._total)}  {_human(int(rate))}/s  ETA {eta}"
-        )
-
-    def _draw(self, force: bool = False) -> None:
-        now = self.clock()
-        if force or now - self._drawn >= 0.1:
-            self._drawn = now
-            self.stream.write("\r\x1b[2K" + self.line())
-            self.stream.flush()
-
-
 # -- formatting ----------------------------------------------------------------------
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
-def _printable(key: str) -> str:
-    """A key safe to print on one line: control characters shown as escapes."""
-    if key.isprintable():
-        return key
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in key)
 
 
 def _problems(err: IO[str], title: str, problems: list[str]) -> None:

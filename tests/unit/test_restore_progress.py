@@ -8,7 +8,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from agent.cli.restore import LogProgress, Runtime, TtyProgress
+from agent.cli.progress import LogProgress, TtyProgress
+from agent.cli.restore import Runtime
 from agent.records import VersionRecord
 from agent.restore.plan import Item
 from agent.restore.restorer import ItemResult, Status
