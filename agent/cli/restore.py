@@ -1,5 +1,8 @@
 """`backup-restore COMMAND --config FILE`: list, restore, share and verify backed-up objects.
 
+Kept whole: one command line, its parser and a handler per subcommand, sharing `Runtime`
+and the report helpers.
+
 Exit codes: 0 all good, 1 some items failed (the rest were still restored), 2 usage or
 configuration error. Records come from DynamoDB, or with --offline from the volume's
 own journal (--root MOUNT reads another copy of the volume, e.g. a mounted snapshot).

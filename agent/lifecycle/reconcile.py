@@ -1,5 +1,8 @@
 """Reconcile / backfill: list each bucket and back up what the ledger lacks.
 
+Kept whole: one job; its listing (`Listed`, `list_bucket`) exists only to feed the
+comparison, and a listed entry turns into reconcile's own event.
+
 Events get lost (a purged queue, notifications configured after the bucket filled,
 a long outage). A reconcile run lists every bucket — ``ListObjectVersions`` when
 versioning is (or was) enabled, ``ListObjectsV2`` otherwise — and compares each key

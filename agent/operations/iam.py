@@ -1,5 +1,8 @@
 """Least-privilege IAM policies generated from the config: the agent's and the operator's.
 
+Kept whole: two policies of mostly literal statements from one `PolicyScope`, and the
+action map (`iam_action`) the tests check them with.
+
 Two roles, because what runs unattended on the instance must not be able to do what an
 operator does by hand:
 

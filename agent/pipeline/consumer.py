@@ -1,6 +1,8 @@
 """The SQS consumer: long-poll, fan out to workers, keep messages invisible while they
 run, delete only after every record is durable and recorded.
 
+Kept whole: one class whose threads share one in-flight table under one lock.
+
 Lifecycle: `start()`, then `stop(timeout)`: stop receiving → give back messages no worker
 has started → let in-flight work finish until the deadline → make what is unfinished
 visible again → return.

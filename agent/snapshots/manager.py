@@ -1,5 +1,8 @@
 """EBS snapshots of the backup volume: consistent, scheduled, recorded, pruned.
 
+Kept whole: one class, a run's steps in order; the wiring at the end leaves for the
+composition root.
+
 One run (`SnapshotManager.take`):
 
 1. close the write barrier (copies in their rename → journal → ledger step finish,
