@@ -137,10 +137,16 @@ def session_clients(
     )
 
 
-def region_clients(region: str, endpoint_url: str | None = None) -> Clients:
+def region_clients(
+    region: str,
+    endpoint_url: str | None = None,
+    settings: botocore.config.Config | None = None,
+) -> Clients:
     """Clients for a command that has a region but no valid config (mount-snapshot,
     alerting about a rejected config file)."""
-    return session_clients(boto3.session.Session(region_name=region), endpoint_url=endpoint_url)
+    return session_clients(
+        boto3.session.Session(region_name=region), settings=settings, endpoint_url=endpoint_url
+    )
 
 
 def error_code(exc: BaseException) -> str:

@@ -18,6 +18,8 @@ import structlog
 from agent import __version__, logs
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, exit_code_for, print_problems
+from agent.cli.output import describe_run
+from agent.cli.rejected_config import report_rejected_config
 from agent.config import (
     Config,
     add_config_option,
@@ -37,7 +39,7 @@ from agent.operations import alarms
 from agent.operations.dashboard import Dashboard
 from agent.operations.iam import policy_document, trust_document
 from agent.runtime.daemon import Daemon
-from agent.runtime.wiring import open_lifecycle_context
+from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 
@@ -252,7 +254,6 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
 
 def _alert_rejected_config(path: Path, problems: list[str]) -> None:
     """Best effort: the agent cannot start, so tell the operator through the alert channels."""
-    from agent.monitoring.alerts import report_rejected_config
 
     logs.configure()  # the config's own logging settings are not usable
     try:
@@ -280,10 +281,9 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
-    from agent.snapshots.manager import build_snapshot_manager, describe_run
 
     Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
-    run = build_snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
+    run = snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
     describe_run(run)
     return ExitCode.OK if run.ok else ExitCode.FAILURE
 

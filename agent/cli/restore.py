@@ -1,5 +1,8 @@
 """`backup-restore COMMAND --config FILE`: list, restore, share and verify backed-up objects.
 
+Kept whole: one command line, its parser and a handler per subcommand, sharing `Runtime`
+and the report helpers.
+
 Exit codes (agent/cli/common.py): 0 all good, 1 some items failed (the rest were still
 restored), 2 usage or configuration error, 3 backup volume not ready. Records come from
 DynamoDB, or with --offline from the volume's own journal (--root MOUNT reads another
@@ -15,7 +18,6 @@ import random
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,10 +25,11 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-import structlog
-
 from agent import __version__, logs
+from agent.aws import build_clients
 from agent.cli.common import ExitCode, exit_code_for, print_problems
+from agent.cli.output import human_size, print_snapshots, printable_key
+from agent.cli.progress import LogProgress, TtyProgress
 from agent.config import (
     Config,
     add_config_option,
@@ -35,23 +38,9 @@ from agent.config import (
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import VersionRecord, parse_time
-from agent.restore.restorer import (
-    DirectoryTarget,
-    ItemResult,
-    NoProgress,
-    Plan,
-    Progress,
-    Restorer,
-    S3Target,
-    Scope,
-    Status,
-    Summary,
-    Target,
-    place,
-    plan,
-    stored_versions,
-    verify,
-)
+from agent.restore.plan import Plan, RestoreScope, place, plan
+from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
+from agent.restore.share import Sharer, staging_bucket
 from agent.restore.source import (
     JournalSource,
     LedgerSource,
@@ -60,10 +49,13 @@ from agent.restore.source import (
     newest_stored,
     select,
 )
+from agent.restore.targets import DirectoryTarget, S3Target, Status, Target
+from agent.restore.verify import stored_versions, verify
 from agent.schedule import duration_seconds
+from agent.snapshots.listing import snapshot_listing
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-
-log = structlog.get_logger("agent.restore_cli")
 
 
 class UsageError(Exception):
@@ -87,8 +79,6 @@ class Runtime:
     @property
     def clients(self) -> Any:
         if self._clients is None:
-            from agent.aws import build_clients
-
             self._clients = build_clients(self.config)
         return self._clients
 
@@ -102,12 +92,8 @@ class Runtime:
     def source(self) -> RestoreSource:
         if self._source is None:
             if self.args.offline:
-                from agent.storage.journal import Journal
-
                 self._source = JournalSource(Journal(self.volume().journal_dir))
             else:
-                from agent.storage.ledger import Ledger
-
                 self._source = LedgerSource(Ledger(self.clients.dynamodb, self.config.state.table))
         return self._source
 
@@ -281,7 +267,6 @@ def _fraction(text: str) -> float:
 
 def cmd_snapshots(rt: Runtime) -> int:
     """Works when the instance and volume are gone: it reads EC2's tags, not the volume."""
-    from agent.snapshots.manager import print_snapshots, snapshot_listing
 
     snapshots = snapshot_listing(rt.config, rt.clients, rt.args.volume_id)
     if rt.args.json:
@@ -311,9 +296,9 @@ def cmd_list(rt: Runtime) -> int:
     for row in rows:
         table.append(
             [
-                _printable(row["key"]),
+                printable_key(row["key"]),
                 str(row["version_id"] or row["version_token"]),
-                "-" if row["size"] is None else _human(row["size"]),
+                "-" if row["size"] is None else human_size(row["size"]),
                 row["event_time"][:19],
                 row["backup_time"][:19],
                 "deleted" if row["deleted"] else "",
@@ -369,7 +354,7 @@ def cmd_restore(rt: Runtime) -> int:
     if not args.to_s3 and (args.bucket or args.to_prefix):
         raise UsageError("--bucket and --to-prefix go with --to-s3")
     bucket = rt.one_bucket()
-    scope = Scope(key=args.key) if args.key else Scope(prefix=args.prefix or "")
+    scope = RestoreScope(key=args.key) if args.key else RestoreScope(prefix=args.prefix or "")
     # A key asked for by name is restored even when deleted in S3: that is the usual rescue.
     include_deleted = args.include_deleted or args.key is not None
     selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
@@ -412,24 +397,27 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
         out.write("dry run: nothing written\n")
         for result in summary.results:
             note = f"  [{result.note}]" if result.note else ""
-            destination = _printable(result.destination)
-            out.write(f"  {_printable(result.item.key)} → {destination}{note}\n")
+            destination = printable_key(result.destination)
+            out.write(f"  {printable_key(result.item.key)} → {destination}{note}\n")
     _section(out, "renamed keys (unsafe or colliding as paths)", _renamed_lines(summary.plan))
     _section(
         out,
         "failed",
-        [f"{_printable(r.item.key)}: {r.error}" for r in summary.failed],
+        [f"{printable_key(r.item.key)}: {r.error}" for r in summary.failed],
     )
     _section(
         out,
         "not restored",
-        [f"{_printable(c.key)}: {c.reason}" for c in summary.plan.missing + summary.plan.skipped],
+        [
+            f"{printable_key(c.key)}: {c.reason}"
+            for c in summary.plan.missing + summary.plan.skipped
+        ],
     )
     dry = rt.args.dry_run
     out.write(
         f"{'planned' if dry else 'restored'}"
         f" {summary.count(Status.PLANNED if dry else Status.RESTORED)} files"
-        f" ({_human(summary.plan.total_bytes if dry else summary.bytes)}),"
+        f" ({human_size(summary.plan.total_bytes if dry else summary.bytes)}),"
         f" unchanged {summary.count(Status.UNCHANGED)},"
         f" failed {len(summary.failed) + len(summary.plan.missing)},"
         f" skipped {len(summary.plan.skipped)}\n"
@@ -441,7 +429,9 @@ def _renamed_lines(restore_plan: Plan) -> list[str]:
     for item in restore_plan.renamed:
         assert item.placement is not None
         why = "collision" if item.placement.collided else "escaped"
-        lines.append(f"{_printable(item.key)} → {_printable(item.placement.relative)}  ({why})")
+        lines.append(
+            f"{printable_key(item.key)} → {printable_key(item.placement.relative)}  ({why})"
+        )
     return lines
 
 
@@ -482,7 +472,6 @@ def first_interrupt_sets(stop: threading.Event, err: IO[str]) -> Iterator[None]:
 
 
 def cmd_share(rt: Runtime) -> int:
-    from agent.restore.share import Sharer, staging_bucket
 
     args = rt.args
     staging = staging_bucket(rt.config.restore, rt.config.buckets)
@@ -497,7 +486,7 @@ def cmd_share(rt: Runtime) -> int:
         Selector(version=args.version, at=args.at, include_deleted=True),
     )
     if choice.record is None:
-        print(f"backup-restore: {_printable(args.key)}: {choice.reason}", file=rt.err)
+        print(f"backup-restore: {printable_key(args.key)}: {choice.reason}", file=rt.err)
         return ExitCode.FAILURE
     shared = Sharer(rt.clients.s3, rt.volume(), rt.config.restore, staging).share(
         choice.record, seconds
@@ -507,7 +496,7 @@ def cmd_share(rt: Runtime) -> int:
     else:
         rt.out.write(f"{shared.url}\n")
         print(
-            f"shared {_printable(args.key)} ({_human(choice.record.size or 0)})"
+            f"shared {printable_key(args.key)} ({human_size(choice.record.size or 0)})"
             f" until {shared.expires_at.isoformat(timespec='seconds')}",
             file=rt.err,
         )
@@ -537,131 +526,20 @@ def cmd_verify(rt: Runtime) -> int:
             rt.out,
             "problems",
             [
-                f"s3://{p.record.bucket}/{_printable(p.record.key)}"
+                f"s3://{p.record.bucket}/{printable_key(p.record.key)}"
                 f" (version {p.record.version_id or p.record.version_token}): {p.error}"
                 for p in report.problems
             ],
         )
         rt.out.write(
             f"verified {report.checked} of {report.copies} stored copies"
-            f" ({report.versions} versions, {_human(report.bytes)}):"
+            f" ({report.versions} versions, {human_size(report.bytes)}):"
             f" {len(report.problems)} problems\n"
         )
     return ExitCode.OK if report.ok else ExitCode.FAILURE
 
 
-# -- progress ------------------------------------------------------------------------
-
-
-_EVENTS = {
-    "restore": ("restore.started", "restore.item", "restore.finished"),
-    "verify": ("verify.started", "verify.item", "verify.finished"),
-}
-
-
-class LogProgress:
-    """Not a TTY: one log line per finished item, one at the end."""
-
-    def __init__(self, kind: str = "restore") -> None:
-        self._started, self._item, self._finished = _EVENTS[kind]
-        self._done = 0
-        self._files = 0
-
-    def start(self, files: int, total_bytes: int) -> None:
-        self._files = files
-        log.info(self._started, files=files, bytes=total_bytes)
-
-    def advance(self, nbytes: int) -> None:
-        pass
-
-    def finished(self, result: ItemResult) -> None:
-        self._done += 1
-        if result.ok:
-            log.info(
-                self._item,
-                key=result.item.key,
-                destination=result.destination,
-                status=result.status.value,
-                bytes=result.bytes,
-                done=self._done,
-                files=self._files,
-            )
-
-    def close(self) -> None:
-        log.info(self._finished, done=self._done, files=self._files)
-
-
-class TtyProgress:
-    """A one-line bar on a terminal: files, bytes, rate and ETA."""
-
-    WIDTH = 24
-
-    def __init__(self, stream: IO[str], clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream = stream
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._files = self._done = self._total = self._bytes = 0
-        self._started = self._drawn = 0.0
-
-    def start(self, files: int, total_bytes: int) -> None:
-        self._files, self._total = files, total_bytes
-        self._started = self.clock()
-
-    def advance(self, nbytes: int) -> None:
-        with self._lock:
-            self._bytes += nbytes
-            self._draw()
-
-    def finished(self, result: ItemResult) -> None:
-        with self._lock:
-            self._done += 1
-            if not result.ok:
-                self.stream.write(f"\r\x1b[2Kfailed: {_printable(result.item.key)}\n")
-            self._draw(force=True)
-
-    def close(self) -> None:
-        with self._lock:
-            self._draw(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def line(self) -> str:
-        elapsed = max(self.clock() - self._started, 1e-6)
-        rate = self._bytes / elapsed
-        fraction = self._bytes / self._total if self._total else 1.0
-        filled = int(self.WIDTH * min(fraction, 1.0))
-        left = (self._total - self._bytes) / rate if rate > 0 else 0.0
-        eta = time.strftime("%H:%M:%S", time.gmtime(max(left, 0.0)))
-        return (
-            f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self._done}/{self._files} files"
-            f"  {_human(self._bytes)}/{_human(self._total)}  {_human(int(rate))}/s  ETA {eta}"
-        )
-
-    def _draw(self, force: bool = False) -> None:
-        now = self.clock()
-        if force or now - self._drawn >= 0.1:
-            self._drawn = now
-            self.stream.write("\r\x1b[2K" + self.line())
-            self.stream.flush()
-
-
 # -- formatting ----------------------------------------------------------------------
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
-def _printable(key: str) -> str:
-    """A key safe to print on one line: control characters shown as escapes."""
-    if key.isprintable():
-        return key
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in key)
 
 
 if __name__ == "__main__":

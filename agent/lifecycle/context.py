@@ -3,7 +3,7 @@
 * `StateFile`: a small JSON document under ``state/`` on the backup volume (cursors,
   checkpoints), replaced atomically so a crash leaves the old or the new one.
 * `job_lock`: one run of a job at a time on a volume, across processes (``flock``).
-* `RateLimiter`: paces work to N operations per second with an injected clock.
+* `Pacer`: paces work to N operations per second with an injected clock.
 * `LifecycleContext`: volume, journal, ledger and backup service wired from config
   (what the CLI commands and the scheduler hand to the jobs).
 """
@@ -102,7 +102,7 @@ def run_exclusive(volume: Volume, job: str, run: Callable[[], object]) -> Callab
     return locked
 
 
-class RateLimiter:
+class Pacer:
     """At most `rate` acquisitions per second, evenly spaced (no bursts)."""
 
     def __init__(

@@ -1,5 +1,8 @@
 """Reconcile / backfill: list each bucket and back up what the ledger lacks.
 
+Kept whole: one job; its listing (`Listed`, `list_bucket`) exists only to feed the
+comparison, and a listed entry turns into reconcile's own event.
+
 Events get lost (a purged queue, notifications configured after the bucket filled,
 a long outage). A reconcile run lists every bucket — ``ListObjectVersions`` when
 versioning is (or was) enabled, ``ListObjectsV2`` otherwise — and compares each key
@@ -45,7 +48,7 @@ from agent.aws import classify
 from agent.config import ReconcileConfig
 from agent.errors import BackupAgentError, ObjectGone
 from agent.events import EventKind, ObjectEvent
-from agent.lifecycle.context import Clock, LifecycleContext, RateLimiter, StateFile, utc_now
+from agent.lifecycle.context import Clock, LifecycleContext, Pacer, StateFile, utc_now
 from agent.lifecycle.retention import Entry, RetentionPolicy
 from agent.pipeline.backup import BackupService, Outcome
 from agent.records import VersionRecord, parse_time
@@ -125,7 +128,7 @@ class Reconciler:
         policy: RetentionPolicy | None = None,
         stats: Stats | None = None,
         clock: Clock = utc_now,
-        limiter: RateLimiter | None = None,
+        limiter: Pacer | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.s3 = s3
@@ -137,7 +140,7 @@ class Reconciler:
         self.stats = stats or Stats()
         self.clock = clock
         self.stop = stop or threading.Event()
-        self.limiter = limiter or RateLimiter(settings.objects_per_second, sleep=self.stop.wait)
+        self.limiter = limiter or Pacer(settings.objects_per_second, sleep=self.stop.wait)
         self.checkpoint = StateFile(volume, CHECKPOINT_NAME)
 
     @classmethod

@@ -45,7 +45,8 @@ log = structlog.get_logger("agent.scrub")
 CURSOR_NAME = "scrub.json"
 QUARANTINE_DIR = "quarantine"
 
-Alert = Callable[[str, dict[str, Any]], None]
+ScrubAlertHook = Callable[[str, dict[str, Any]], None]
+"""on_alert(event, details): a corrupt or unrecoverable copy; the daemon alerts on it."""
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Scrubber:
         settings: ScrubConfig,
         stats: Stats | None = None,
         clock: Clock = utc_now,
-        on_alert: Alert | None = None,
+        on_alert: ScrubAlertHook | None = None,
     ) -> None:
         self.volume = volume
         self.journal = journal
@@ -84,7 +85,9 @@ class Scrubber:
         self._records: dict[str, list[VersionRecord]] | None = None
 
     @classmethod
-    def from_context(cls, ctx: LifecycleContext, on_alert: Alert | None = None) -> Scrubber:
+    def from_context(
+        cls, ctx: LifecycleContext, on_alert: ScrubAlertHook | None = None
+    ) -> Scrubber:
         return cls(
             volume=ctx.volume,
             journal=ctx.journal,

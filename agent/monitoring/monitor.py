@@ -23,17 +23,17 @@ from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.events import ObjectEvent
 from agent.monitoring.alerts import (
     Alert,
-    AlertDispatcher,
     AlertKind,
     Notice,
     agent_stopped,
     backup_gave_up,
-    build_channels,
     config_rejected,
     integrity_failure,
     operational,
 )
+from agent.monitoring.channels import build_channels
 from agent.monitoring.disk import DiskMonitor
+from agent.monitoring.dispatcher import AlertDispatcher
 from agent.monitoring.metrics import (
     CloudWatchPublisher,
     DiskUsageReader,
@@ -43,13 +43,12 @@ from agent.monitoring.metrics import (
     resolve_dimensions,
 )
 from agent.monitoring.prometheus import PrometheusMetrics, Sources
-from agent.pipeline.backup import Result
+from agent.pipeline.backup import Processor, Result
 from agent.scheduler import Jobs, cron, every
 from agent.stats import Stats
 
 log = structlog.get_logger("agent.monitoring")
 
-Processor = Callable[[ObjectEvent], Result]
 FINAL_FLUSH_SECONDS = 10.0
 ALERT_RETRY_SECONDS = 30.0
 
@@ -260,7 +259,7 @@ class Monitoring:
             except VolumeNotReady as exc:  # unmounted under the running agent
                 self.alerts.submit(operational("backup volume not ready", str(exc)))
                 raise
-            except DiskFull as exc:  # the rate limiter folds a storm into one summary
+            except DiskFull as exc:  # the alert window folds a storm into one summary
                 self.alerts.submit(operational("backup volume full", str(exc)))
                 raise
             self.prometheus.duration.observe(time.monotonic() - started)

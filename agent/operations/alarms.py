@@ -15,6 +15,7 @@ from typing import Any
 from agent.config import Config
 from agent.errors import ConfigError
 from agent.monitoring.metrics import dimension_list
+from agent.snapshots.metrics import snapshot_age_alarm
 
 # Fields of DescribeAlarms' answer compared with what we would put.
 COMPARED = (
@@ -125,8 +126,6 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
         },
     ]
     if config.snapshots.enabled:
-        from agent.snapshots.manager import snapshot_age_alarm
-
         specs.append(
             snapshot_age_alarm(
                 config.snapshots,

@@ -17,6 +17,7 @@ import botocore.exceptions
 from agent.aws import Clients, error_code
 from agent.config import Config
 from agent.errors import ConfigError
+from agent.restore.share import ensure_staging, staging_bucket
 from agent.storage.ledger import table_definition
 
 if TYPE_CHECKING:
@@ -212,7 +213,6 @@ class Bootstrap:
 
     def ensure_share_staging(self) -> None:
         """The `share` staging bucket: encrypted, private, staged copies expire."""
-        from agent.restore.share import ensure_staging, staging_bucket
 
         bucket = staging_bucket(self.config.restore, self.config.buckets)
         self.ensure_bucket(bucket)

@@ -1,5 +1,8 @@
 """Least-privilege IAM policies generated from the config: the agent's and the operator's.
 
+Kept whole: two policies of mostly literal statements from one `PolicyScope`, and the
+action map (`iam_action`) the tests check them with.
+
 Two roles, because what runs unattended on the instance must not be able to do what an
 operator does by hand:
 
@@ -31,8 +34,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from agent.config import Config
-from agent.snapshots.manager import MANAGED_TAG
 from agent.snapshots.mount import RESTORE_TAG
+from agent.snapshots.records import MANAGED_TAG
 from agent.storage.ledger import KEY_INDEX
 
 VERSION = "2012-10-17"
@@ -74,7 +77,7 @@ NOT_EXERCISED: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class Scope:
+class PolicyScope:
     """What the policies are scoped to, read from the config."""
 
     partition: str
@@ -99,7 +102,7 @@ class Scope:
     restore_to_s3: bool = True
 
     @classmethod
-    def from_config(cls, config: Config, *, restore_to_s3: bool = True) -> Scope:
+    def from_config(cls, config: Config, *, restore_to_s3: bool = True) -> PolicyScope:
         region = config.aws.region
         partition = partition_for(region)
         queue = sqs_arn(config.queue.url, region, partition)
@@ -173,7 +176,7 @@ def sqs_arn(url: str, region: str, partition: str) -> str:
 # -- the agent's instance role ------------------------------------------------------------
 
 
-def agent_statements(scope: Scope) -> list[dict[str, Any]]:
+def agent_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     found = [
         _statement(
             "ConsumeBackupEvents",
@@ -245,7 +248,7 @@ def agent_statements(scope: Scope) -> list[dict[str, Any]]:
     return found
 
 
-def _identity_arns(scope: Scope, sender: str) -> list[str]:
+def _identity_arns(scope: PolicyScope, sender: str) -> list[str]:
     """SES authorises a send against the address identity or its domain's, whichever is verified."""
     identities = [scope.arn("ses", f"identity/{sender}")]
     domain = sender.rpartition("@")[2]
@@ -254,7 +257,7 @@ def _identity_arns(scope: Scope, sender: str) -> list[str]:
     return identities
 
 
-def _snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
+def _snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     managed = {f"aws:RequestTag/{MANAGED_TAG}": "true"}
     found = [
         _statement(
@@ -308,7 +311,7 @@ def _snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
 # -- the operator's role ------------------------------------------------------------------
 
 
-def operator_statements(scope: Scope) -> list[dict[str, Any]]:
+def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     p = scope.partition
     queues = [scope.queue_arn, scope.dead_letter_arn]
     found = [
@@ -424,7 +427,7 @@ def operator_statements(scope: Scope) -> list[dict[str, Any]]:
     return found
 
 
-def _mount_snapshot_statements(scope: Scope) -> list[dict[str, Any]]:
+def _mount_snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     restore_tagged = {"Null": {f"aws:RequestTag/{RESTORE_TAG}": "false"}}
     return [
         _statement(
@@ -477,7 +480,7 @@ def _statement(
     return statement
 
 
-def statements(scope: Scope, role: str = "agent") -> list[dict[str, Any]]:
+def statements(scope: PolicyScope, role: str = "agent") -> list[dict[str, Any]]:
     if role == "agent":
         return agent_statements(scope)
     if role == "operator":
@@ -488,7 +491,7 @@ def statements(scope: Scope, role: str = "agent") -> list[dict[str, Any]]:
 def policy_document(
     config: Config, *, role: str = "agent", restore_to_s3: bool = True
 ) -> dict[str, Any]:
-    scope = Scope.from_config(config, restore_to_s3=restore_to_s3)
+    scope = PolicyScope.from_config(config, restore_to_s3=restore_to_s3)
     return {"Version": VERSION, "Statement": statements(scope, role)}
 
 

@@ -48,6 +48,10 @@ class Result:
     copy: StoredCopy | None = None
 
 
+Processor = Callable[[ObjectEvent], Result]
+"""Backs up one event: `BackupService.process`, or a wrapper of it (Monitoring.observe)."""
+
+
 class BackupService:
     """The per-object write path. Clients, volume, ledger and clock are passed in."""
 

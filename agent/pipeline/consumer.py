@@ -1,6 +1,8 @@
 """The SQS consumer: long-poll, fan out to workers, keep messages invisible while they
 run, delete only after every record is durable and recorded.
 
+Kept whole: one class whose threads share one in-flight table under one lock.
+
 Lifecycle: `start()`, then `stop(timeout)`: stop receiving → give back messages no worker
 has started → let in-flight work finish until the deadline → make what is unfinished
 visible again → return.
@@ -24,7 +26,7 @@ import structlog
 from agent.aws import error_code
 from agent.errors import MalformedMessage, PermanentError
 from agent.events import ObjectEvent, ParsedMessage, parse_message
-from agent.pipeline.backup import Result
+from agent.pipeline.backup import Processor
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
 from agent.stats import Stats
@@ -85,9 +87,6 @@ class ByteBudget:
         with self._cond:
             self._used -= amount
             self._cond.notify_all()
-
-
-Processor = Callable[[ObjectEvent], Result]
 
 
 class Consumer:
@@ -413,7 +412,8 @@ class Consumer:
             self._lock.notify_all()
 
     def _delete(self, item: InFlight) -> None:
-        # Batched with other finished messages and sent within milliseconds (pipeline/deletes.py).
+        # Batched with other finished messages and sent within milliseconds
+        # (agent/pipeline/deletes.py).
         self._deletes.add(item.message_id, item.receipt_handle)
 
     def _change_visibility(self, item: InFlight, seconds: int, why: str) -> str:

@@ -22,7 +22,7 @@ from agent.aws import error_code
 from agent.config import RestoreConfig
 from agent.errors import ConfigError
 from agent.records import VersionRecord
-from agent.restore.restorer import upload_verified
+from agent.restore.targets import upload_verified
 from agent.schedule import format_duration
 from agent.storage.volume import Volume
 

@@ -42,9 +42,9 @@ from agent.runtime.wiring import (
     compression_settings,
     consumer_settings,
     lifecycle_context,
+    snapshot_manager,
 )
 from agent.schedule import every
-from agent.snapshots.manager import build_snapshot_manager
 from agent.stats import Stats
 from agent.storage.encryption import check_at_startup
 from agent.storage.volume import Volume, VolumeMarker
@@ -191,7 +191,7 @@ class Daemon:
         """The scheduled EBS snapshot and its figures (age, count, duration) for CloudWatch."""
         assert self.monitoring is not None
         monitoring = self.monitoring
-        manager = build_snapshot_manager(self.config, self.clients, on_alert=self.alert)
+        manager = snapshot_manager(self.config, self.clients, on_alert=self.alert)
         # snapshots.schedule is the only source (config refuses schedules.snapshots): the
         # snapshot-age alarm (operations/alarms.py) allows this same schedule's longest gap.
         schedule = self.config.snapshots.schedule

@@ -7,16 +7,23 @@ and the lifecycle jobs' context are assembled the same way in every process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
+
 from agent.aws import Clients
 from agent.config import Config
+from agent.imds import Imds
 from agent.lifecycle.context import LifecycleContext
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import ConsumerSettings
+from agent.snapshots.manager import SnapshotManager
 from agent.stats import Stats
 from agent.storage.barrier import WriteBarrier
+from agent.storage.encryption import AlertHook
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import CompressionSettings, Volume
+from agent.storage.volume_id import discover_volume_id
 
 
 def compression_settings(config: Config) -> CompressionSettings:
@@ -87,3 +94,35 @@ def open_lifecycle_context(config: Config, clients: Clients) -> LifecycleContext
     volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
     marker = volume.read_marker()
     return lifecycle_context(config, clients, volume, marker.volume_id)
+
+
+def snapshot_manager(
+    config: Config,
+    clients: Clients,
+    *,
+    on_alert: AlertHook | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> SnapshotManager:
+    """The manager as the daemon's job and `backup-agent snapshot` use it."""
+    ec2 = clients.ec2()
+    root = config.storage.root
+    copy_to = config.snapshots.copy_to_region
+    copy_ec2 = clients.ec2(copy_to) if copy_to else None
+
+    def volume_id() -> str:
+        return discover_volume_id(root, configured=config.storage.volume_id, imds=Imds(), ec2=ec2)
+
+    return SnapshotManager(
+        ec2,
+        clock or (lambda: datetime.now(UTC)),
+        settings=config.snapshots,
+        volume_id=volume_id,
+        region=config.aws.region,
+        root=root,
+        journal=Journal(Volume(root).journal_dir),
+        barrier=WriteBarrier(root),
+        dynamodb=clients.dynamodb,
+        table=config.state.table,
+        copy_ec2=copy_ec2,
+        on_alert=on_alert,
+    )

@@ -1,5 +1,8 @@
 """EBS snapshots of the backup volume: consistent, scheduled, recorded, pruned.
 
+Kept whole: one class, a run's steps in order; the wiring at the end leaves for the
+composition root.
+
 One run (`SnapshotManager.take`):
 
 1. close the write barrier (copies in their rename → journal → ledger step finish,
@@ -11,157 +14,49 @@ One run (`SnapshotManager.take`):
 3. poll until it completes; a failed or stuck snapshot is alerted (`on_alert`);
 4. copy it to `copy_to_region` when configured, then apply retention in each region.
 
-Retention keeps the newest `last` snapshots, the newest of each of the last `daily`
-UTC days and of each of the last `weekly` ISO weeks. It only ever deletes snapshots
-tagged `backup-agent:managed=true` *and* carrying this volume's id.
+Retention itself is policy.py; the records and tags are records.py. Retention only ever
+deletes snapshots tagged `backup-agent:managed=true` *and* carrying this volume's id.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import boto3
 import botocore.exceptions
 import structlog
 
-from agent.aws import Clients, classify, client_config, error_code
-from agent.config import Config, SnapshotRetention, SnapshotsConfig
+from agent.aws import classify, error_code
+from agent.config import SnapshotsConfig
 from agent.errors import BackupAgentError
-from agent.imds import Imds
-from agent.records import parse_time
 from agent.snapshots.flush import Flusher
-from agent.storage.barrier import DEFAULT_EXCLUSIVE_TIMEOUT, Barrier, NoBarrier, WriteBarrier
-from agent.storage.journal import Journal, append_line
-from agent.storage.volume import Volume, fsync_directory
-from agent.storage.volume_id import discover_volume_id
+from agent.snapshots.listing import list_snapshots
+from agent.snapshots.metrics import snapshot_metrics
+from agent.snapshots.policy import retention_plan
+from agent.snapshots.records import (
+    JOURNAL_TAG,
+    MANAGED_TAG,
+    RECORD_PK_PREFIX,
+    SOURCE_TAG,
+    TAKEN_AT_TAG,
+    VOLUME_TAG,
+    Snapshot,
+    SnapshotRun,
+    append_record,
+    position_text,
+    read_records,
+    run_entry,
+    tag_list,
+)
+from agent.storage.barrier import DEFAULT_EXCLUSIVE_TIMEOUT, Barrier, NoBarrier
+from agent.storage.encryption import AlertHook
+from agent.storage.journal import Journal
 
 log = structlog.get_logger("agent.snapshots")
-
-MANAGED_TAG = "backup-agent:managed"
-VOLUME_TAG = "backup-agent:volume-id"
-TAKEN_AT_TAG = "backup-agent:taken-at"
-JOURNAL_TAG = "backup-agent:journal-position"
-SOURCE_TAG = "backup-agent:source-snapshot"
-RECORD_PK_PREFIX = "snapshot#"
-RECORDS_DIR = "snapshots"
-RECORDS_FILE = "snapshots.jsonl"
-METRIC_NAMESPACE = "BackupAgent"
-AGE_METRIC = "SnapshotAgeSeconds"
-
-Alert = Callable[[str, str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """An agent snapshot as EC2 describes it."""
-
-    snapshot_id: str
-    volume_id: str
-    region: str
-    state: str  # pending | completed | error (| recoverable, recovering)
-    taken_at: datetime
-    progress: str = ""
-    journal_position: str | None = None
-    size_gib: int | None = None
-    source_snapshot_id: str | None = None
-
-    @classmethod
-    def from_ec2(cls, item: Mapping[str, Any], region: str) -> Snapshot:
-        tags = tag_dict(item.get("Tags", []))
-        start = item.get("StartTime")
-        taken = _parse_time(tags.get(TAKEN_AT_TAG)) or (
-            start.astimezone(UTC) if isinstance(start, datetime) else datetime.fromtimestamp(0, UTC)
-        )
-        return cls(
-            snapshot_id=str(item["SnapshotId"]),
-            volume_id=tags.get(VOLUME_TAG, str(item.get("VolumeId", ""))),
-            region=region,
-            state=str(item.get("State", "")),
-            taken_at=taken,
-            progress=str(item.get("Progress", "")),
-            journal_position=tags.get(JOURNAL_TAG),
-            size_gib=item.get("VolumeSize"),
-            source_snapshot_id=tags.get(SOURCE_TAG),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RetentionPlan:
-    keep: tuple[Snapshot, ...]
-    delete: tuple[Snapshot, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotRun:
-    """What one `take` did (or, with dry_run, would do)."""
-
-    volume_id: str
-    state: str  # completed | error | stuck | dry-run
-    snapshot_id: str | None = None
-    started_at: datetime | None = None
-    duration_seconds: float | None = None
-    journal_position: str | None = None
-    flush: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    copy_snapshot_id: str | None = None
-    deleted: tuple[str, ...] = ()
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.state in ("completed", "dry-run")
-
-
-# -- retention (pure) --------------------------------------------------------------------
-
-
-def retention_plan(
-    snapshots: Iterable[Snapshot], retain: SnapshotRetention, now: datetime
-) -> RetentionPlan:
-    """Which completed snapshots to keep and which to delete.
-
-    Pending snapshots are kept (never counted, never deleted); failed ones are deleted.
-    """
-    ordered = sorted(snapshots, key=lambda s: (s.taken_at, s.snapshot_id), reverse=True)
-    completed = [s for s in ordered if s.state == "completed"]
-    keep_ids = {s.snapshot_id for s in completed[: retain.last]}
-    today = now.astimezone(UTC).date()
-    days = {today - timedelta(days=n) for n in range(retain.daily)}
-    weeks = {_week_of(today - timedelta(weeks=n)) for n in range(retain.weekly)}
-    seen_days: set[date] = set()
-    seen_weeks: set[date] = set()
-    for snapshot in completed:  # newest first: the first one seen per period is kept
-        day = snapshot.taken_at.astimezone(UTC).date()
-        if day in days and day not in seen_days:
-            seen_days.add(day)
-            keep_ids.add(snapshot.snapshot_id)
-        week = _week_of(day)
-        if week in weeks and week not in seen_weeks:
-            seen_weeks.add(week)
-            keep_ids.add(snapshot.snapshot_id)
-    keep = tuple(s for s in ordered if s.snapshot_id in keep_ids or s.state not in _FINAL)
-    delete = tuple(s for s in ordered if s not in keep)
-    return RetentionPlan(keep=keep, delete=delete)
-
-
-_FINAL = frozenset({"completed", "error"})
-
-
-def _week_of(day: date) -> date:
-    """The Monday starting the ISO week of `day`."""
-    return day - timedelta(days=day.weekday())
-
-
-# -- the manager -------------------------------------------------------------------------
 
 
 class SnapshotManager:
@@ -182,7 +77,7 @@ class SnapshotManager:
         dynamodb: Any = None,
         table: str | None = None,
         copy_ec2: Any = None,
-        on_alert: Alert | None = None,
+        on_alert: AlertHook | None = None,
         poll_seconds: float = 15.0,
         completion_timeout: timedelta = timedelta(hours=6),
         barrier_timeout: float = DEFAULT_EXCLUSIVE_TIMEOUT,
@@ -238,7 +133,7 @@ class SnapshotManager:
             return self._dry_run(volume_id)
         started = self.clock()
         with self.barrier.exclusive(self.barrier_timeout):
-            position = _position_text(self.journal)
+            position = position_text(self.journal)
             tags = self.tags(volume_id, started, position)
             with self.flusher.flushed(self.root) as method:
                 snapshot_id = self._create(volume_id, tags)
@@ -286,7 +181,7 @@ class SnapshotManager:
 
     def _dry_run(self, volume_id: str) -> SnapshotRun:
         now = self.clock()
-        position = _position_text(self.journal)
+        position = position_text(self.journal)
         tags = self.tags(volume_id, now, position)
         would_delete = self.apply_retention(dry_run=True)
         method = "fsfreeze" if self.flusher.freezable_mount(self.root) else "sync"
@@ -427,7 +322,7 @@ class SnapshotManager:
     # -- records ----------------------------------------------------------------------
 
     def _record(self, run: SnapshotRun) -> None:
-        entry = _run_entry(run, self.region, self.settings.copy_to_region)
+        entry = run_entry(run, self.region, self.settings.copy_to_region)
         try:
             append_record(self.root, entry)
         except OSError as exc:
@@ -501,287 +396,8 @@ class SnapshotManager:
         return values
 
 
-def snapshot_metrics(
-    snapshots: Iterable[Snapshot], now: datetime, last_run: SnapshotRun | None = None
-) -> dict[str, float]:
-    """SnapshotAgeSeconds (newest completed), SnapshotCount (completed), SnapshotDurationSeconds.
-
-    Age is absent when there is no completed snapshot: the alarm treats missing data as
-    breaching. Duration is that of the last run of this process, when there was one.
-    """
-    completed = [s for s in snapshots if s.state == "completed"]
-    values: dict[str, float] = {"SnapshotCount": float(len(completed))}
-    if completed:
-        newest = max(s.taken_at for s in completed)
-        values[AGE_METRIC] = max(0.0, (now - newest).total_seconds())
-    if last_run is not None and last_run.duration_seconds is not None:
-        values["SnapshotDurationSeconds"] = last_run.duration_seconds
-    return values
-
-
-def snapshot_age_alarm(
-    settings: SnapshotsConfig,
-    *,
-    alarm_name: str = "backup-agent-snapshot-age",
-    namespace: str = METRIC_NAMESPACE,
-    dimensions: Iterable[Mapping[str, str]] = (),
-    alarm_actions: Iterable[str] = (),
-    grace: timedelta = timedelta(hours=1),
-    period_seconds: int = 300,
-) -> dict[str, Any]:
-    """put_metric_alarm kwargs: the newest completed snapshot is older than the schedule allows.
-
-    Allowed age = the longest gap of the schedule + `grace` (time for the snapshot to complete).
-    """
-    allowed = settings.schedule.max_gap() + grace  # the schedule the snapshot job runs on
-    actions = list(alarm_actions)
-    return {
-        "AlarmName": alarm_name,
-        "AlarmDescription": (
-            f"The newest completed EBS snapshot of the backup volume is older than {allowed}"
-            f" (schedule {str(settings.schedule)!r} plus {grace} to complete)."
-        ),
-        "Namespace": namespace,
-        "MetricName": AGE_METRIC,
-        "Dimensions": [dict(d) for d in dimensions],
-        "Statistic": "Maximum",
-        "Period": period_seconds,
-        "EvaluationPeriods": 1,
-        "Threshold": allowed.total_seconds(),
-        "ComparisonOperator": "GreaterThanThreshold",
-        "TreatMissingData": "breaching",
-        "AlarmActions": actions,
-        "OKActions": actions,
-        "Unit": "Seconds",
-    }
-
-
-# -- listing ----------------------------------------------------------------------------
-
-
-def list_snapshots(ec2: Any, region: str, volume_id: str | None = None) -> list[Snapshot]:
-    """The agent's snapshots in `region` (of one volume, or of every volume), oldest first."""
-    filters = [{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}]
-    if volume_id:
-        filters.append({"Name": f"tag:{VOLUME_TAG}", "Values": [volume_id]})
-    found: list[Snapshot] = []
-    try:
-        paginator = ec2.get_paginator("describe_snapshots")
-        for page in paginator.paginate(OwnerIds=["self"], Filters=filters):
-            for item in page.get("Snapshots", []):
-                tags = tag_dict(item.get("Tags", []))
-                # Checked again here: a filter typo must never widen what retention deletes.
-                if tags.get(MANAGED_TAG) != "true":
-                    continue
-                if volume_id and tags.get(VOLUME_TAG) != volume_id:
-                    continue
-                found.append(Snapshot.from_ec2(item, region))
-    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-        raise classify(exc, f"EC2 DescribeSnapshots in {region}") from exc
-    return sorted(found, key=lambda s: (s.taken_at, s.snapshot_id))
-
-
-def print_snapshots(
-    snapshots: Iterable[Snapshot], out: IO[str] | None = None, now: datetime | None = None
-) -> int:
-    """A table for `backup-restore snapshots`; returns the number of rows."""
-    stream = out or sys.stdout
-    now = now or datetime.now(UTC)
-    rows = list(snapshots)
-    if not rows:
-        print("no snapshots taken by backup-agent", file=stream)
-        return 0
-    header = ("SNAPSHOT", "VOLUME", "REGION", "STATE", "TAKEN (UTC)", "AGE", "JOURNAL POSITION")
-    lines = [header]
-    for s in rows:
-        lines.append(
-            (
-                s.snapshot_id,
-                s.volume_id,
-                s.region,
-                s.state if s.state != "pending" else f"pending {s.progress}".strip(),
-                s.taken_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                _age(now - s.taken_at),
-                s.journal_position or "-",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        print(
-            "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip(), file=stream
-        )
-    return len(rows)
-
-
-def _age(delta: timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds >= 86400:
-        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
-    return f"{seconds // 60}m"
-
-
-# -- the record on the volume -------------------------------------------------------------
-
-
-def append_record(root: Path, entry: Mapping[str, Any]) -> None:
-    """One JSON line in `<root>/snapshots/snapshots.jsonl`, fsynced."""
-    directory = Path(root) / RECORDS_DIR
-    if not directory.is_dir():
-        directory.mkdir()
-        fsync_directory(directory.parent)
-    line = (json.dumps(dict(entry), separators=(",", ":"), sort_keys=True) + "\n").encode()
-    fd = os.open(directory / RECORDS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-    try:
-        append_line(fd, line)  # after a torn last line, on a new one; never half written
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_records(root: Path) -> list[dict[str, Any]]:
-    """The volume's snapshot records, the newest state of each snapshot, oldest first."""
-    path = Path(root) / RECORDS_DIR / RECORDS_FILE
-    latest: dict[str, dict[str, Any]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a torn last line after a crash
-        merged = {**latest.get(entry.get("snapshot_id", ""), {}), **entry}
-        latest[str(entry.get("snapshot_id"))] = merged
-    return sorted(latest.values(), key=lambda e: str(e.get("taken_at", "")))
-
-
-def _run_entry(run: SnapshotRun, region: str, copy_region: str | None) -> dict[str, Any]:
-    return {
-        "snapshot_id": run.snapshot_id,
-        "volume_id": run.volume_id,
-        "region": region,
-        "state": run.state,
-        "taken_at": run.started_at.astimezone(UTC).isoformat() if run.started_at else None,
-        "journal_position": run.journal_position,
-        "flush": run.flush,
-        "duration_seconds": run.duration_seconds,
-        "copy_region": copy_region if run.copy_snapshot_id else None,
-        "copy_snapshot_id": run.copy_snapshot_id,
-        "message": run.message or None,
-    }
-
-
-# -- helpers ----------------------------------------------------------------------------
-
-
-def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
-    return [{"Key": k, "Value": v} for k, v in tags.items()]
-
-
-def tag_dict(tags: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    return {str(t["Key"]): str(t.get("Value", "")) for t in tags}
-
-
-def _position_text(journal: Journal) -> str | None:
-    position = journal.position()
-    return f"{position.segment}:{position.offset}" if position else None
-
-
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return parse_time(text)
-    except ValueError:
-        return None
-
-
 def _replace(run: SnapshotRun, **changes: Any) -> SnapshotRun:
     return dataclasses.replace(run, **changes)
 
 
 # -- wiring -----------------------------------------------------------------------------
-
-
-def build_snapshot_manager(
-    config: Config,
-    clients: Clients,
-    *,
-    on_alert: Alert | None = None,
-    clock: Callable[[], datetime] | None = None,
-) -> SnapshotManager:
-    """The manager as the daemon's job and `backup-agent snapshot` use it."""
-    ec2 = clients.client("ec2")
-    root = config.storage.root
-    copy_ec2 = copy_region_client(config)
-
-    def volume_id() -> str:
-        return discover_volume_id(root, configured=config.storage.volume_id, imds=Imds(), ec2=ec2)
-
-    return SnapshotManager(
-        ec2,
-        clock or (lambda: datetime.now(UTC)),
-        settings=config.snapshots,
-        volume_id=volume_id,
-        region=config.aws.region,
-        root=root,
-        journal=Journal(Volume(root).journal_dir),
-        barrier=WriteBarrier(root),
-        dynamodb=clients.dynamodb,
-        table=config.state.table,
-        copy_ec2=copy_ec2,
-        on_alert=on_alert,
-    )
-
-
-def copy_region_client(config: Config) -> Any:
-    """An EC2 client in `snapshots.copy_to_region`, or None."""
-    region = config.snapshots.copy_to_region
-    if not region:
-        return None
-    kwargs: dict[str, Any] = {"config": client_config(config)}
-    if config.aws.endpoint_url:
-        kwargs["endpoint_url"] = config.aws.endpoint_url
-    return boto3.session.Session().client("ec2", region_name=region, **kwargs)
-
-
-def snapshot_listing(
-    config: Config, clients: Clients, volume_id: str | None = None
-) -> list[Snapshot]:
-    """Every agent snapshot (of `volume_id`, or of any volume) in the region and the copy region.
-
-    For `backup-restore snapshots`: works when the instance and volume are gone, because
-    it reads EC2's tags, not the volume. Print it with `print_snapshots`.
-    """
-    found = list_snapshots(clients.client("ec2"), config.aws.region, volume_id)
-    copy_ec2 = copy_region_client(config)
-    if copy_ec2 is not None and config.snapshots.copy_to_region:
-        found += list_snapshots(copy_ec2, config.snapshots.copy_to_region, volume_id)
-    return found
-
-
-def describe_run(run: SnapshotRun, out: IO[str] | None = None) -> None:
-    """What `backup-agent snapshot` prints."""
-    stream = out or sys.stdout
-    if run.state == "dry-run":
-        print(f"dry run: would snapshot {run.volume_id} (flush: {run.flush})", file=stream)
-        for key, value in sorted(run.tags.items()):
-            print(f"  tag {key}={value}", file=stream)
-        for snapshot_id in run.deleted:
-            print(f"  would delete {snapshot_id} (retention)", file=stream)
-        return
-    took = f" in {run.duration_seconds:.0f} s" if run.duration_seconds is not None else ""
-    print(
-        f"snapshot {run.snapshot_id} of {run.volume_id}: {run.state}{took}"
-        f" (journal {run.journal_position or '-'}, flush {run.flush})",
-        file=stream,
-    )
-    if run.message and run.state != "completed":
-        print(f"  {run.message}", file=stream)
-    if run.copy_snapshot_id:
-        print(f"  copied as {run.copy_snapshot_id}", file=stream)
-    for snapshot_id in run.deleted:
-        print(f"  deleted {snapshot_id} (retention)", file=stream)

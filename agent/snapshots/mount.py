@@ -21,7 +21,7 @@ import botocore.exceptions
 
 from agent.errors import BackupAgentError, ConfigError
 from agent.imds import Imds, MetadataUnavailable
-from agent.snapshots.manager import JOURNAL_TAG, TAKEN_AT_TAG, VOLUME_TAG, tag_dict, tag_list
+from agent.snapshots.records import JOURNAL_TAG, TAKEN_AT_TAG, VOLUME_TAG, tag_dict, tag_list
 from agent.storage.volume_id import nvme_volume_id
 
 DEVICE_LETTERS = "fghijklmnop"  # the range EC2 recommends for EBS data volumes

@@ -40,7 +40,10 @@ def discover_volume_id(
     mountinfo: Path = Path("/proc/self/mountinfo"),
     sys_block: Path = Path("/sys/block"),
 ) -> str | None:
-    """The EBS volume id behind `root` from its NVMe serial (see storage/volume_id.py), or None."""
+    """The EBS volume id behind `root` from its NVMe serial, or None.
+
+    See agent/storage/volume_id.py.
+    """
     sys_root = sys_block.parent
     try:
         return nvme_volume_id(disk_of(mount_in(root, mountinfo), sys_root), sys_root)

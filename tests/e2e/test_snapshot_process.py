@@ -8,7 +8,8 @@ import subprocess
 
 import boto3
 
-from agent.snapshots.manager import JOURNAL_TAG, list_snapshots, read_records, tag_dict
+from agent.snapshots.listing import list_snapshots
+from agent.snapshots.records import JOURNAL_TAG, read_records, tag_dict
 from agent.storage.ledger import Ledger
 from tests.e2e.conftest import make_stack
 from tests.support.aws import BUCKET, TABLE

@@ -128,14 +128,14 @@ def test_backup_restore_snapshots_lists_the_agents_snapshots(aws, backup_root, v
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
-    from agent.snapshots.manager import build_snapshot_manager
+    from agent.runtime.wiring import snapshot_manager
 
     config = make_config(
         backup_root,
         storage=raw["storage"],
         snapshots=raw["snapshots"],
     )
-    run = build_snapshot_manager(config, aws).take()
+    run = snapshot_manager(config, aws).take()
     out = io.StringIO()
 
     code = restore_cli.main(["snapshots", "--config", str(path), "--json"], out=out)

@@ -11,16 +11,12 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ses.models import ses_backends
 
 from agent.cli import agent as cli
+from agent.cli.rejected_config import report_rejected_config
 from agent.config import Config
 from agent.errors import ConfigError
-from agent.monitoring.alerts import (
-    AlertDispatcher,
-    AlertKind,
-    EmailChannel,
-    SnsChannel,
-    backup_gave_up,
-    report_rejected_config,
-)
+from agent.monitoring.alerts import AlertKind, backup_gave_up
+from agent.monitoring.channels import EmailChannel, SnsChannel
+from agent.monitoring.dispatcher import AlertDispatcher
 from agent.monitoring.metrics import CloudWatchPublisher, DiskUsage, Sampler
 from agent.operations.alarms import Alarms
 from agent.operations.dashboard import Dashboard

@@ -9,7 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.config import ReconcileConfig
-from agent.lifecycle.context import RateLimiter, StateFile
+from agent.lifecycle.context import Pacer, StateFile
 from agent.lifecycle.reconcile import CHECKPOINT_NAME, Reconciler
 from agent.lifecycle.retention import RetentionPolicy
 from agent.storage.ledger import Ledger
@@ -32,7 +32,7 @@ def make_reconciler(aws, config, volume, service=None, **settings):
         volume=volume,
         buckets=[BUCKET],
         settings=ReconcileConfig(**settings),
-        limiter=RateLimiter(1000, sleep=lambda s: None),
+        limiter=Pacer(1000, sleep=lambda s: None),
     )
 
 
@@ -182,7 +182,7 @@ def test_backups_are_paced_by_the_rate_limiter(aws, config, volume):
         waits.append(seconds)
         now[0] += seconds
 
-    reconciler.limiter = RateLimiter(2, clock=lambda: now[0], sleep=sleep)
+    reconciler.limiter = Pacer(2, clock=lambda: now[0], sleep=sleep)
     reconciler.run_once()
     assert waits == [0.5, 0.5, 0.5]
     assert reconciler.stats.lifecycle["reconcile.backed_up"] == 4

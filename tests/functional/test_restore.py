@@ -22,8 +22,10 @@ import pytest
 
 from agent.cli import agent as agent_cli
 from agent.cli.restore import first_interrupt_sets, main
-from agent.restore.restorer import DirectoryTarget, Restorer, S3Target, Scope, Status, place, plan
+from agent.restore.plan import RestoreScope, place, plan
+from agent.restore.restorer import Restorer
 from agent.restore.source import LedgerSource, Selector
+from agent.restore.targets import DirectoryTarget, S3Target, Status
 from agent.storage.ledger import Ledger
 from agent.storage.volume import WritebackAsYouGo
 from tests.support.aws import BUCKET, TABLE
@@ -460,7 +462,9 @@ def test_large_files_go_back_as_verified_multipart_uploads(backups, volume, aws)
     _flip_a_byte(volume, bad.sha256)
     target = S3Target(aws.s3, volume, prefix="r/", multipart_threshold=1 << 20, part_size=5 << 20)
 
-    summary = Restorer(target, workers=2).run(plan(source, BUCKET, Scope(prefix="big"), Selector()))
+    summary = Restorer(target, workers=2).run(
+        plan(source, BUCKET, RestoreScope(prefix="big"), Selector())
+    )
 
     statuses = {r.item.key: r.status for r in summary.results}
     assert statuses == {"big.bin": Status.RESTORED, "big-bad.bin": Status.FAILED}
@@ -492,7 +496,7 @@ def test_usage_and_configuration_errors_exit_2(restore, tmp_path, backups):
 def test_a_large_file_streams_with_flat_memory(backups, volume, aws, tmp_path):
     backups.put("huge.bin", os.urandom(40 << 20))
     source = LedgerSource(Ledger(aws.dynamodb, TABLE))
-    restore_plan = place(plan(source, BUCKET, Scope(key="huge.bin"), Selector()))
+    restore_plan = place(plan(source, BUCKET, RestoreScope(key="huge.bin"), Selector()))
     target = DirectoryTarget(volume, tmp_path / "out")
 
     tracemalloc.start()
@@ -520,7 +524,7 @@ def test_a_full_target_disk_fails_that_file_only_and_leaves_no_partial_file(
 
     monkeypatch.setattr(WritebackAsYouGo, "write", write_until_full)
     source = LedgerSource(Ledger(aws.dynamodb, TABLE))
-    restore_plan = place(plan(source, BUCKET, Scope(prefix=""), Selector()))
+    restore_plan = place(plan(source, BUCKET, RestoreScope(prefix=""), Selector()))
     out = tmp_path / "out"
 
     summary = Restorer(DirectoryTarget(volume, out), workers=2).run(restore_plan)
@@ -564,7 +568,7 @@ def test_an_interrupted_restore_finishes_started_files_and_skips_the_rest(backup
             return Status.RESTORED
 
     restorer = Restorer(Interrupted(), workers=1, stop=stop)
-    summary = restorer.run(plan(source, BUCKET, Scope(prefix=""), Selector()))
+    summary = restorer.run(plan(source, BUCKET, RestoreScope(prefix=""), Selector()))
 
     assert attempted == ["f00", "f01"]
     assert summary.count(Status.RESTORED) == 2 and len(summary.failed) == 10

@@ -21,7 +21,8 @@ from agent.events import EventKind, ObjectEvent
 from agent.pipeline.backup import Outcome
 from agent.runtime.wiring import compression_settings
 from agent.snapshots.flush import Flusher
-from agent.snapshots.manager import (
+from agent.snapshots.listing import list_snapshots, snapshot_listing
+from agent.snapshots.records import (
     JOURNAL_TAG,
     MANAGED_TAG,
     RECORDS_DIR,
@@ -29,9 +30,7 @@ from agent.snapshots.manager import (
     SOURCE_TAG,
     VOLUME_TAG,
     append_record,
-    list_snapshots,
     read_records,
-    snapshot_listing,
     tag_dict,
 )
 from agent.storage.barrier import WriteBarrier

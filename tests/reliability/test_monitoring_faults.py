@@ -17,13 +17,9 @@ from moto import mock_aws
 from structlog.testing import capture_logs
 
 from agent.aws import client_config
-from agent.monitoring.alerts import (
-    AlertDispatcher,
-    AlertKind,
-    EmailChannel,
-    SnsChannel,
-    operational,
-)
+from agent.monitoring.alerts import AlertKind, operational
+from agent.monitoring.channels import EmailChannel, SnsChannel
+from agent.monitoring.dispatcher import AlertDispatcher
 from agent.monitoring.metrics import CloudWatchPublisher, Sampler
 from tests.reliability.pipeline import (
     RESET,

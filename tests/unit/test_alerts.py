@@ -7,16 +7,9 @@ import threading
 import botocore.exceptions
 from structlog.testing import capture_logs
 
-from agent.monitoring.alerts import (
-    Alert,
-    AlertDispatcher,
-    AlertKind,
-    Notice,
-    RateLimiter,
-    backup_gave_up,
-    render,
-    subject_for,
-)
+from agent.monitoring.alerts import Alert, AlertKind, Notice, backup_gave_up
+from agent.monitoring.channels import render, subject_for
+from agent.monitoring.dispatcher import AlertDispatcher, AlertWindow
 from tests.support.clock import FakeClock
 
 
@@ -43,7 +36,7 @@ def failure(n: int, at: float = 0.0) -> Alert:
 
 
 def test_a_storm_of_ten_thousand_failures_yields_one_alert_and_one_summary_per_window():
-    limiter = RateLimiter(window_seconds=300, max_examples=5)
+    limiter = AlertWindow(window_seconds=300, max_examples=5)
     sent = []
     for n in range(10_000):
         now = n * 0.01  # 100 s of failures
@@ -59,7 +52,7 @@ def test_a_storm_of_ten_thousand_failures_yields_one_alert_and_one_summary_per_w
 
 
 def test_a_storm_lasting_an_hour_yields_one_summary_per_window():
-    limiter = RateLimiter(window_seconds=300)
+    limiter = AlertWindow(window_seconds=300)
     sent = []
     for second in range(3600):
         notice = limiter.offer(failure(second, second), second)
@@ -71,7 +64,7 @@ def test_a_storm_lasting_an_hour_yields_one_summary_per_window():
 
 
 def test_identical_alerts_count_but_appear_once_among_the_examples():
-    limiter = RateLimiter(window_seconds=60)
+    limiter = AlertWindow(window_seconds=60)
     assert limiter.offer(failure(1), 0) is not None
     for _ in range(50):
         assert limiter.offer(failure(7), 1) is None
@@ -80,7 +73,7 @@ def test_identical_alerts_count_but_appear_once_among_the_examples():
 
 
 def test_kinds_are_limited_separately_and_quiet_periods_reset_the_limit():
-    limiter = RateLimiter(window_seconds=60)
+    limiter = AlertWindow(window_seconds=60)
     disk = Alert(AlertKind.DISK_SPACE_LOW, key="/mnt/backups", summary="95% used")
     assert limiter.offer(failure(1), 0) is not None
     assert limiter.offer(disk, 1) is not None

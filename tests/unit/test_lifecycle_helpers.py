@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from agent.errors import ConfigError, VolumeNotReady
-from agent.lifecycle.context import STATE_DIR, JobBusy, RateLimiter, StateFile, job_lock
+from agent.lifecycle.context import STATE_DIR, JobBusy, Pacer, StateFile, job_lock
 from agent.records import VersionRecord
 from agent.schedule import parse_duration
 from agent.storage.journal import Journal
@@ -56,7 +56,7 @@ class SteppingClock:
 
 def test_rate_limiter_spaces_acquisitions_evenly():
     clock = SteppingClock()
-    limiter = RateLimiter(4, clock=clock, sleep=clock.sleep)
+    limiter = Pacer(4, clock=clock, sleep=clock.sleep)
     for _ in range(5):
         limiter.acquire()
     assert clock.slept == [0.25, 0.25, 0.25, 0.25]

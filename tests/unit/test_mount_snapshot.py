@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.cli.mount_snapshot import main
-from agent.snapshots.manager import MANAGED_TAG, VOLUME_TAG, tag_dict, tag_list
 from agent.snapshots.mount import RESTORE_TAG, MountPlan, SnapshotMounter, local_device
+from agent.snapshots.records import MANAGED_TAG, VOLUME_TAG, tag_dict, tag_list
 from tests.support.snapshots import moto_ec2
 
 

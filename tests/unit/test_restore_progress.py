@@ -8,9 +8,12 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from agent.cli.restore import LogProgress, Runtime, TtyProgress
+from agent.cli.progress import LogProgress, TtyProgress
+from agent.cli.restore import Runtime
 from agent.records import VersionRecord
-from agent.restore.restorer import Item, ItemResult, Status
+from agent.restore.plan import Item
+from agent.restore.restorer import ItemResult
+from agent.restore.targets import Status
 
 
 def _result(key: str, status: Status = Status.RESTORED) -> ItemResult:

@@ -9,14 +9,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from agent.cli.output import print_snapshots
 from agent.config import SnapshotsConfig
-from agent.snapshots.manager import (
-    Snapshot,
-    SnapshotRun,
-    print_snapshots,
-    snapshot_age_alarm,
-    snapshot_metrics,
-)
+from agent.snapshots.metrics import snapshot_age_alarm, snapshot_metrics
+from agent.snapshots.records import Snapshot, SnapshotRun
 
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
 

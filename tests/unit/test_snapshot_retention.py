@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.config import SnapshotRetention
-from agent.snapshots.manager import MANAGED_TAG, VOLUME_TAG, Snapshot, retention_plan, tag_list
+from agent.snapshots.policy import retention_plan
+from agent.snapshots.records import MANAGED_TAG, VOLUME_TAG, Snapshot, tag_list
 from tests.support.clock import FakeClock
 from tests.support.snapshots import make_manager, make_volume, moto_ec2
 

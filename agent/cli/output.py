@@ -1,0 +1,95 @@
+"""What the CLIs print: formatting only, the data comes from elsewhere.
+
+Sizes and keys made printable (`human_size`, `printable_key`), the table of
+`backup-restore snapshots` and the summary of one `backup-agent snapshot` run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import IO
+
+from agent.snapshots.records import Snapshot, SnapshotRun
+
+
+def print_snapshots(
+    snapshots: Iterable[Snapshot], out: IO[str] | None = None, now: datetime | None = None
+) -> int:
+    """A table for `backup-restore snapshots`; returns the number of rows."""
+    stream = out or sys.stdout
+    now = now or datetime.now(UTC)
+    rows = list(snapshots)
+    if not rows:
+        print("no snapshots taken by backup-agent", file=stream)
+        return 0
+    header = ("SNAPSHOT", "VOLUME", "REGION", "STATE", "TAKEN (UTC)", "AGE", "JOURNAL POSITION")
+    lines = [header]
+    for s in rows:
+        lines.append(
+            (
+                s.snapshot_id,
+                s.volume_id,
+                s.region,
+                s.state if s.state != "pending" else f"pending {s.progress}".strip(),
+                s.taken_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                _age(now - s.taken_at),
+                s.journal_position or "-",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print(
+            "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip(), file=stream
+        )
+    return len(rows)
+
+
+def _age(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds >= 86400:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60}m"
+    return f"{seconds // 60}m"
+
+
+def describe_run(run: SnapshotRun, out: IO[str] | None = None) -> None:
+    """What `backup-agent snapshot` prints."""
+    stream = out or sys.stdout
+    if run.state == "dry-run":
+        print(f"dry run: would snapshot {run.volume_id} (flush: {run.flush})", file=stream)
+        for key, value in sorted(run.tags.items()):
+            print(f"  tag {key}={value}", file=stream)
+        for snapshot_id in run.deleted:
+            print(f"  would delete {snapshot_id} (retention)", file=stream)
+        return
+    took = f" in {run.duration_seconds:.0f} s" if run.duration_seconds is not None else ""
+    print(
+        f"snapshot {run.snapshot_id} of {run.volume_id}: {run.state}{took}"
+        f" (journal {run.journal_position or '-'}, flush {run.flush})",
+        file=stream,
+    )
+    if run.message and run.state != "completed":
+        print(f"  {run.message}", file=stream)
+    if run.copy_snapshot_id:
+        print(f"  copied as {run.copy_snapshot_id}", file=stream)
+    for snapshot_id in run.deleted:
+        print(f"  deleted {snapshot_id} (retention)", file=stream)
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def printable_key(key: str) -> str:
+    """A key safe to print on one line: control characters shown as escapes."""
+    if key.isprintable():
+        return key
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in key)

@@ -1,0 +1,91 @@
+"""What a restore brings back, and where each file lands: the plan, before any byte moves.
+
+`plan` turns a scope (one key, a prefix, everything) and a `Selector` into items, each a
+stored version; the keys left out say why (deleted in S3, not found). `place` then gives
+each item a collision-free, escaped path under a restore directory (see paths.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from agent.records import VersionRecord
+from agent.restore.paths import Placement, place_keys
+from agent.restore.source import Choice, RestoreSource, Selector, select
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreScope:
+    """What to restore: exactly one of `key`, `prefix` (may be ""), or everything."""
+
+    key: str | None = None
+    prefix: str | None = None
+
+    @classmethod
+    def everything(cls) -> RestoreScope:
+        return cls(prefix="")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One stored version to restore, and where it lands (`placement` for directories)."""
+
+    record: VersionRecord
+    deleted_in_s3: bool = False
+    placement: Placement | None = None
+
+    @property
+    def key(self) -> str:
+        return self.record.key
+
+    @property
+    def size(self) -> int:
+        return self.record.size or 0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    items: list[Item]
+    skipped: list[Choice] = field(default_factory=list)  # keys with no version to restore
+    missing: list[Choice] = field(default_factory=list)  # asked for by name, not found
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.size for item in self.items)
+
+    @property
+    def renamed(self) -> list[Item]:
+        return [i for i in self.items if i.placement is not None and i.placement.renamed]
+
+
+def plan(source: RestoreSource, bucket: str, scope: RestoreScope, selector: Selector) -> Plan:
+    """Choose a version of every key in scope; the keys left out say why."""
+    choices = list(_choices(source, bucket, scope, selector))
+    items = [Item(c.record, c.deleted_in_s3) for c in choices if c.record is not None]
+    unchosen = [c for c in choices if c.record is None]
+    if scope.key is not None:
+        return Plan(items, missing=unchosen)
+    return Plan(items, skipped=unchosen)
+
+
+def place(items_plan: Plan) -> Plan:
+    """Give every item a collision-free, escaped path relative to the restore directory."""
+    placements = place_keys(item.key for item in items_plan.items)
+    placed = [Item(i.record, i.deleted_in_s3, placements[i.key]) for i in items_plan.items]
+    return Plan(placed, items_plan.skipped, items_plan.missing)
+
+
+def _choices(
+    source: RestoreSource, bucket: str, scope: RestoreScope, selector: Selector
+) -> Iterator[Choice]:
+    if scope.key is not None:
+        yield select(scope.key, source.history(bucket, scope.key), selector)
+        return
+    for latest in source.latest(bucket, scope.prefix or ""):
+        if latest.deleted and not (selector.include_deleted or selector.needs_history):
+            yield Choice(latest.key, None, f"deleted in S3 at {latest.event_time}", True)
+        elif latest.deleted or selector.needs_history:
+            yield select(latest.key, source.history(bucket, latest.key), selector)
+        else:
+            yield Choice(latest.key, latest)

@@ -1,0 +1,327 @@
+"""Where restored bytes go: a directory (`DirectoryTarget`) or S3 (`S3Target`).
+
+A file moves into place only after every byte verified (temp file, fsync, link or
+rename); an object appears only when its single PutObject carried the right SHA-256 or
+its multipart upload completed after the last part verified (`upload_verified`, also
+used by share). What is already there is never replaced without `overwrite`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import enum
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import botocore.exceptions
+
+from agent.aws import classify, error_code
+from agent.errors import BackupAgentError
+from agent.records import VersionRecord
+from agent.restore.copies import verified_chunks
+from agent.restore.plan import Item
+from agent.restore.source import event_datetime
+from agent.storage.volume import READ_CHUNK, Volume, WritebackAsYouGo, fsync_directory
+
+MULTIPART_THRESHOLD = 16 << 20
+PART_SIZE = 16 << 20
+AWS_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
+SHA256_METADATA = "backup-agent-sha256"
+VERSION_METADATA = "backup-agent-version"
+
+
+class Status(enum.Enum):
+    RESTORED = "restored"
+    UNCHANGED = "unchanged"  # the destination already holds exactly these bytes
+    PLANNED = "planned"  # --dry-run
+    FAILED = "failed"
+
+
+class RestoreRefused(BackupAgentError):
+    """The destination holds something the restore must not replace."""
+
+
+class UnsafePath(BackupAgentError):
+    """A path under the restore directory is a symlink or not a directory."""
+
+
+class Target(Protocol):
+    def destination(self, item: Item) -> str: ...
+    def check(self, item: Item) -> str | None:
+        """For --dry-run: a note about what is already there, or None."""
+        ...
+
+    def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status: ...
+
+
+class DirectoryTarget:
+    """Files land at DIR/<escaped key>; nothing is written outside DIR."""
+
+    def __init__(self, volume: Volume, directory: Path, *, overwrite: bool = False) -> None:
+        self.volume = volume
+        self.directory = directory.resolve()  # created on the first write, never by dry runs
+        self.overwrite = overwrite
+
+    def destination(self, item: Item) -> str:
+        return str(self.directory.joinpath(*self._parts(item)))
+
+    def check(self, item: Item) -> str | None:
+        path = Path(self.destination(item))
+        if not os.path.lexists(path):
+            return None
+        if _same_file(path, item.record):
+            return "exists with the same content"
+        return "exists; would be replaced" if self.overwrite else "exists; needs --overwrite"
+
+    def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status:
+        parts = self._parts(item)
+        parent = self._make_parents(parts[:-1])
+        final = parent / parts[-1]
+        if os.path.lexists(final):
+            if final.is_dir() and not final.is_symlink():
+                raise RestoreRefused(f"{final} is a directory")
+            if _same_file(final, item.record):
+                return Status.UNCHANGED
+            if not self.overwrite:
+                raise RestoreRefused(f"{final} exists with other content; use --overwrite")
+        temp = parent / f".restore-{uuid.uuid4().hex}.part"
+        try:
+            self._write_temp(temp, item, on_bytes)
+            if self.overwrite:
+                os.replace(temp, final)
+            else:
+                try:
+                    os.link(temp, final)  # never clobbers a file created meanwhile
+                except FileExistsError:
+                    raise RestoreRefused(f"{final} appeared meanwhile; use --overwrite") from None
+            fsync_directory(parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        return Status.RESTORED
+
+    def _parts(self, item: Item) -> tuple[str, ...]:
+        if item.placement is None:
+            raise ValueError("directory restores need placed items (restore.place)")
+        return item.placement.parts
+
+    def _make_parents(self, parts: tuple[str, ...]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        current = self.directory
+        for part in parts:
+            current = current / part
+            with contextlib.suppress(FileExistsError):
+                current.mkdir()
+            if current.is_symlink():
+                raise UnsafePath(f"{current} is a symlink; refusing to follow it")
+            if not current.is_dir():
+                raise RestoreRefused(f"{current} is a file, where a directory is needed")
+        return current
+
+    def _write_temp(self, temp: Path, item: Item, on_bytes: Callable[[int], None]) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(temp, flags, 0o644)
+        with os.fdopen(fd, "wb") as sink:
+            writer = WritebackAsYouGo(sink)  # the fsync below then waits only for the tail
+            # closing(): a failed write stops the read-ahead thread now, not at garbage collection
+            with contextlib.closing(verified_chunks(self.volume, item.record)) as chunks:
+                for chunk in chunks:
+                    writer.write(chunk)
+                    on_bytes(len(chunk))
+            sink.flush()
+            os.fsync(sink.fileno())
+        stamp = event_datetime(item.record).timestamp()
+        os.utime(temp, (stamp, stamp))
+
+
+class S3Target:
+    """Bytes go back into S3: the same bucket and key unless told otherwise."""
+
+    def __init__(
+        self,
+        s3: Any,
+        volume: Volume,
+        *,
+        bucket: str | None = None,
+        prefix: str = "",
+        overwrite: bool = False,
+        expected_bucket_owner: str | None = None,
+        multipart_threshold: int = MULTIPART_THRESHOLD,
+        part_size: int = PART_SIZE,
+    ) -> None:
+        self.s3 = s3
+        self.volume = volume
+        self.bucket = bucket
+        self.prefix = prefix
+        self.overwrite = overwrite
+        self.owner = expected_bucket_owner
+        self.multipart_threshold = multipart_threshold
+        self.part_size = part_size
+
+    def location(self, item: Item) -> tuple[str, str]:
+        return self.bucket or item.record.bucket, self.prefix + item.key
+
+    def destination(self, item: Item) -> str:
+        bucket, key = self.location(item)
+        return f"s3://{bucket}/{key}"
+
+    def check(self, item: Item) -> str | None:
+        return self._conflict(item, self._head(*self.location(item)))
+
+    def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status:
+        bucket, key = self.location(item)
+        current = self._head(bucket, key)
+        if current is not None and _same_content(current, item.record):
+            return Status.UNCHANGED
+        conflict = self._conflict(item, current)
+        if conflict and not self.overwrite:
+            raise RestoreRefused(f"s3://{bucket}/{key} {conflict}")
+        upload_verified(
+            self.s3,
+            self.volume,
+            item.record,
+            bucket,
+            key,
+            on_bytes=on_bytes,
+            extra=self._owner(),
+            multipart_threshold=self.multipart_threshold,
+            part_size=self.part_size,
+        )
+        return Status.RESTORED
+
+    def _conflict(self, item: Item, current: dict[str, Any] | None) -> str | None:
+        if current is None:
+            return None
+        if _same_content(current, item.record):
+            return "exists with the same content"
+        modified = current.get("LastModified")
+        if modified is not None and modified > event_datetime(item.record):
+            return f"holds a newer object (modified {modified.isoformat()}); needs --overwrite"
+        return "holds an older object; it will be replaced"
+
+    def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
+        try:
+            response: dict[str, Any] = self.s3.head_object(Bucket=bucket, Key=key, **self._owner())
+        except AWS_ERRORS as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise classify(exc, f"S3 HeadObject s3://{bucket}/{key}") from exc
+        return response
+
+    def _owner(self) -> dict[str, str]:
+        return {"ExpectedBucketOwner": self.owner} if self.owner else {}
+
+
+def _same_content(head: dict[str, Any], record: VersionRecord) -> bool:
+    """Restored earlier (our metadata), or still the very upload that was backed up (eTag)."""
+    metadata = head.get("Metadata") or {}
+    if record.sha256 and metadata.get(SHA256_METADATA) == record.sha256:
+        return True
+    etag = str(head.get("ETag", "")).strip('"')
+    return bool(record.etag) and etag == (record.etag or "").strip('"')
+
+
+def upload_verified(
+    s3: Any,
+    volume: Volume,
+    record: VersionRecord,
+    bucket: str,
+    key: str,
+    *,
+    on_bytes: Callable[[int], None] = lambda _n: None,
+    extra: dict[str, Any] | None = None,
+    multipart_threshold: int = MULTIPART_THRESHOLD,
+    part_size: int = PART_SIZE,
+) -> None:
+    """Put a stored version into S3; the object appears only if its SHA-256 checked out.
+
+    Small objects are read whole and sent in one PutObject with their SHA-256 checksum;
+    large ones stream as a multipart upload (one part in memory at a time) that is
+    completed only after the last byte verified, and aborted otherwise.
+    """
+    arguments: dict[str, Any] = {
+        "Bucket": bucket,
+        "Key": key,
+        "Metadata": {
+            SHA256_METADATA: record.sha256 or "",
+            VERSION_METADATA: record.version_id or record.version_token,
+        },
+        **(extra or {}),
+    }
+    chunks = verified_chunks(volume, record)
+    what = f"S3 upload to s3://{bucket}/{key}"
+    if (record.size or 0) <= multipart_threshold:
+        body = b"".join(chunks)  # raises before anything is sent if the copy is bad
+        checksum = base64.b64encode(bytes.fromhex(record.sha256 or "")).decode()
+        try:
+            s3.put_object(Body=body, ChecksumSHA256=checksum, **arguments)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, what) from exc
+        on_bytes(len(body))
+        return
+    with contextlib.closing(chunks):  # a failed part stops the read-ahead thread at once
+        _multipart(s3, chunks, arguments, part_size, on_bytes, what)
+
+
+def _multipart(
+    s3: Any,
+    chunks: Iterator[bytes],
+    arguments: dict[str, Any],
+    part_size: int,
+    on_bytes: Callable[[int], None],
+    what: str,
+) -> None:
+    try:
+        upload_id = s3.create_multipart_upload(**arguments)["UploadId"]
+    except AWS_ERRORS as exc:
+        raise classify(exc, what) from exc
+    target = {"Bucket": arguments["Bucket"], "Key": arguments["Key"], "UploadId": upload_id}
+    owner = {k: v for k, v in arguments.items() if k == "ExpectedBucketOwner"}
+    try:
+        parts = []
+        pending = bytearray()
+        number = 1
+        while data := read_exactly(chunks, part_size, pending):
+            etag = s3.upload_part(PartNumber=number, Body=data, **target, **owner)["ETag"]
+            parts.append({"PartNumber": number, "ETag": etag})
+            on_bytes(len(data))
+            number += 1
+        s3.complete_multipart_upload(MultipartUpload={"Parts": parts}, **target, **owner)
+    except BaseException as exc:
+        with contextlib.suppress(*AWS_ERRORS):
+            s3.abort_multipart_upload(**target, **owner)
+        if isinstance(exc, AWS_ERRORS):
+            raise classify(exc, what) from exc
+        raise
+
+
+def read_exactly(chunks: Iterator[bytes], size: int, pending: bytearray) -> bytes:
+    """Up to `size` bytes from `chunks` (fewer only at the end), carrying the rest over."""
+    while len(pending) < size:
+        try:
+            pending.extend(next(chunks))
+        except StopIteration:
+            break
+    out = bytes(pending[:size])
+    del pending[:size]
+    return out
+
+
+def _same_file(path: Path, record: VersionRecord) -> bool:
+    """A regular file (not a symlink) already holding exactly the recorded bytes."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    return _file_sha256(path) == record.sha256
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,53 @@
+"""The agent's snapshots as EC2 lists them: found by their tags, in one region.
+
+Retention, the snapshot metrics and `backup-restore snapshots` all start here. The tags
+are checked again after EC2's filter, so a filter mistake can never widen what
+retention deletes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import botocore.exceptions
+
+from agent.aws import Clients, classify
+from agent.config import Config
+from agent.snapshots.records import MANAGED_TAG, VOLUME_TAG, Snapshot, tag_dict
+
+
+def list_snapshots(ec2: Any, region: str, volume_id: str | None = None) -> list[Snapshot]:
+    """The agent's snapshots in `region` (of one volume, or of every volume), oldest first."""
+    filters = [{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}]
+    if volume_id:
+        filters.append({"Name": f"tag:{VOLUME_TAG}", "Values": [volume_id]})
+    found: list[Snapshot] = []
+    try:
+        paginator = ec2.get_paginator("describe_snapshots")
+        for page in paginator.paginate(OwnerIds=["self"], Filters=filters):
+            for item in page.get("Snapshots", []):
+                tags = tag_dict(item.get("Tags", []))
+                # Checked again here: a filter typo must never widen what retention deletes.
+                if tags.get(MANAGED_TAG) != "true":
+                    continue
+                if volume_id and tags.get(VOLUME_TAG) != volume_id:
+                    continue
+                found.append(Snapshot.from_ec2(item, region))
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        raise classify(exc, f"EC2 DescribeSnapshots in {region}") from exc
+    return sorted(found, key=lambda s: (s.taken_at, s.snapshot_id))
+
+
+def snapshot_listing(
+    config: Config, clients: Clients, volume_id: str | None = None
+) -> list[Snapshot]:
+    """Every agent snapshot (of `volume_id`, or of any volume) in the region and the copy region.
+
+    For `backup-restore snapshots`: works when the instance and volume are gone, because
+    it reads EC2's tags, not the volume. Print it with `print_snapshots`.
+    """
+    found = list_snapshots(clients.ec2(), config.aws.region, volume_id)
+    copy_to = config.snapshots.copy_to_region
+    if copy_to:
+        found += list_snapshots(clients.ec2(copy_to), copy_to, volume_id)
+    return found
