@@ -15,13 +15,12 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import botocore.config
 import structlog
 import yaml
 
-from agent.aws import region_clients
+from agent.aws import Clients, region_clients
 from agent.config import AlertsConfig, AwsConfig
 from agent.monitoring.alerts import config_rejected
 from agent.monitoring.channels import build_channels
@@ -36,7 +35,7 @@ def report_rejected_config(
     path: Path,
     problems: Sequence[str],
     *,
-    client: Callable[[str], Any] | None = None,
+    clients: Clients | None = None,
     state_dir: Path | None = None,
     clock: Callable[[], float] = time.time,
 ) -> bool:
@@ -60,8 +59,8 @@ def report_rejected_config(
     if _recently_sent(state, digest, clock()):
         log.info("alert.config_rejected_repeat_suppressed", path=str(path))
         return False
-    make = client or _standalone_client(aws_config)
-    dispatcher = AlertDispatcher(build_channels(alerts_config, make), context=_host_context())
+    made = clients or _standalone_clients(aws_config)
+    dispatcher = AlertDispatcher(build_channels(alerts_config, made), context=_host_context())
     dispatcher.submit(config_rejected(str(path), problems))
     dispatcher.stop()
     if not dispatcher.sent:
@@ -88,12 +87,12 @@ def _recently_sent(state: Path, digest: str, now: float) -> bool:
     )
 
 
-def _standalone_client(aws_config: AwsConfig) -> Callable[[str], Any]:
+def _standalone_clients(aws_config: AwsConfig) -> Clients:
     """Clients with short timeouts and few retries: a start-up failure must not hang."""
     settings = botocore.config.Config(
         retries={"mode": "standard", "max_attempts": 3}, connect_timeout=5, read_timeout=10
     )
-    return region_clients(aws_config.region, aws_config.endpoint_url, settings).client
+    return region_clients(aws_config.region, aws_config.endpoint_url, settings)
 
 
 def _host_context() -> dict[str, str]:

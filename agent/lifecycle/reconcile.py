@@ -39,7 +39,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import botocore.exceptions
 import structlog
@@ -55,6 +55,9 @@ from agent.records import VersionRecord, parse_time
 from agent.stats import Stats
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = structlog.get_logger("agent.reconcile")
 
@@ -119,7 +122,7 @@ class Reconciler:
     def __init__(
         self,
         *,
-        s3: Any,
+        s3: S3Client,
         ledger: Ledger,
         service: BackupService,
         volume: Volume,
@@ -418,11 +421,14 @@ class Reconciler:
             items.sort(key=lambda e: e.key)  # stable: each list is newest first per key
             yield from items
 
-    def _pages(self, operation: str, kwargs: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def _pages(
+        self, operation: Literal["list_objects_v2", "list_object_versions"], kwargs: dict[str, Any]
+    ) -> Iterator[dict[str, Any]]:
         if self.service.expected_bucket_owner:
             kwargs["ExpectedBucketOwner"] = self.service.expected_bucket_owner
         try:
-            yield from self.s3.get_paginator(operation).paginate(**kwargs)
+            pages = self.s3.get_paginator(operation).paginate(**kwargs)
+            yield from (cast("dict[str, Any]", page) for page in pages)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, f"S3 {operation} {kwargs['Bucket']}") from exc
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import botocore.exceptions
 import structlog
@@ -20,6 +20,9 @@ import structlog
 from agent.aws import error_code
 from agent.records import VersionRecord
 from agent.storage.ledger import Ledger, table_definition
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 log = structlog.get_logger("agent.reindex")
 
@@ -35,7 +38,7 @@ class ReindexReport:
         return self.records - self.added
 
 
-def ensure_table(dynamodb: Any, table: str) -> bool:
+def ensure_table(dynamodb: DynamoDBClient, table: str) -> bool:
     """Create the table when missing and wait until it is active; True if created."""
     try:
         dynamodb.describe_table(TableName=table)
@@ -50,7 +53,7 @@ def ensure_table(dynamodb: Any, table: str) -> bool:
 
 
 def reindex(
-    records: Iterable[VersionRecord], dynamodb: Any, table: str, *, workers: int = 4
+    records: Iterable[VersionRecord], dynamodb: DynamoDBClient, table: str, *, workers: int = 4
 ) -> ReindexReport:
     """Write every record into the table (creating it first if needed)."""
     report = ReindexReport(table_created=ensure_table(dynamodb, table))

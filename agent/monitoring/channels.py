@@ -8,12 +8,18 @@ the `alerts:` section configures.
 from __future__ import annotations
 
 import html
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from agent.aws import Clients
+from agent.config import AlertsConfig
 from agent.monitoring.alerts import TITLES, AlertKind, Notice
+
+if TYPE_CHECKING:
+    from mypy_boto3_ses import SESClient
+    from mypy_boto3_sns import SNSClient
 
 SUBJECT_LIMIT = 100  # SNS rejects longer subjects
 
@@ -90,7 +96,7 @@ class Channel(Protocol):
 class SnsChannel:
     name = "sns"
 
-    def __init__(self, sns: Any, topic_arn: str) -> None:
+    def __init__(self, sns: SNSClient, topic_arn: str) -> None:
         self.sns = sns
         self.topic_arn = topic_arn
 
@@ -112,7 +118,7 @@ class SnsChannel:
 class EmailChannel:
     name = "email"
 
-    def __init__(self, ses: Any, sender: str, recipients: Sequence[str]) -> None:
+    def __init__(self, ses: SESClient, sender: str, recipients: Sequence[str]) -> None:
         self.ses = ses
         self.sender = sender
         self.recipients = list(recipients)
@@ -134,12 +140,12 @@ class EmailChannel:
         )
 
 
-def build_channels(alerts_config: Any, client: Callable[[str], Any]) -> list[Channel]:
-    """SNS and/or SES from the `alerts:` section; `client(service)` builds boto3 clients."""
+def build_channels(alerts_config: AlertsConfig, clients: Clients) -> list[Channel]:
+    """SNS and/or SES from the `alerts:` section."""
     channels: list[Channel] = []
     if alerts_config.sns_topic_arn:
-        channels.append(SnsChannel(client("sns"), alerts_config.sns_topic_arn))
+        channels.append(SnsChannel(clients.sns(), alerts_config.sns_topic_arn))
     if alerts_config.email is not None:
         email = alerts_config.email
-        channels.append(EmailChannel(client("ses"), email.sender, email.recipients))
+        channels.append(EmailChannel(clients.ses(), email.sender, email.recipients))
     return channels

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions
 import psutil
@@ -27,6 +27,10 @@ from agent.aws import error_code
 from agent.config import Config
 from agent.imds import DEFAULT_ENDPOINT, Imds, MetadataUnavailable
 from agent.stats import Stats
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_cloudwatch.type_defs import MetricDatumTypeDef
 
 log = structlog.get_logger("agent.metrics")
 
@@ -255,7 +259,7 @@ class CloudWatchPublisher:
 
     def __init__(
         self,
-        cloudwatch: Any,
+        cloudwatch: CloudWatchClient,
         namespace: str,
         dimensions: Mapping[str, str],
         *,
@@ -306,7 +310,9 @@ class CloudWatchPublisher:
         try:
             self.cloudwatch.put_metric_data(
                 Namespace=self.namespace,
-                MetricData=[p.to_cloudwatch(self.dimensions) for p in batch],
+                MetricData=[
+                    cast("MetricDatumTypeDef", p.to_cloudwatch(self.dimensions)) for p in batch
+                ],
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             self.failed_attempts += 1

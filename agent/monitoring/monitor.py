@@ -144,7 +144,7 @@ class Monitoring:
         self.jobs = Jobs(config.schedules)
         context = {**self.dimensions, "host": socket.gethostname()}
         self.alerts = AlertDispatcher(
-            build_channels(config.alerts, clients.client),
+            build_channels(config.alerts, clients),
             context=context,
             window_seconds=config.alerts.window_seconds,
             max_examples=config.alerts.max_examples,

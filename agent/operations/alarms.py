@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from agent.config import Config
 from agent.errors import ConfigError
 from agent.monitoring.metrics import dimension_list
 from agent.snapshots.metrics import snapshot_age_alarm
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch import CloudWatchClient
 
 # Fields of DescribeAlarms' answer compared with what we would put.
 COMPARED = (
@@ -147,14 +150,19 @@ def _comparable(alarm: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Alarms:
-    def __init__(self, cloudwatch: Any, config: Config, dimensions: Mapping[str, str]) -> None:
+    def __init__(
+        self, cloudwatch: CloudWatchClient, config: Config, dimensions: Mapping[str, str]
+    ) -> None:
         self.cloudwatch = cloudwatch
         self.specs = alarm_specs(config, dimensions)
 
     def existing(self) -> dict[str, dict[str, Any]]:
         names = [spec["AlarmName"] for spec in self.specs]
         found = self.cloudwatch.describe_alarms(AlarmNames=names, AlarmTypes=["MetricAlarm"])
-        return {alarm["AlarmName"]: alarm for alarm in found.get("MetricAlarms", [])}
+        return {
+            alarm["AlarmName"]: cast("dict[str, Any]", alarm)
+            for alarm in found.get("MetricAlarms", [])
+        }
 
     def apply(self, *, dry_run: bool = False) -> list[Change]:
         current = self.existing()
@@ -173,7 +181,9 @@ class Alarms:
         return changes
 
 
-def run(config: Config, cloudwatch: Any, dimensions: Mapping[str, str], dry_run: bool) -> int:
+def run(
+    config: Config, cloudwatch: CloudWatchClient, dimensions: Mapping[str, str], dry_run: bool
+) -> int:
     """The CLI command's body: apply (or plan) and print one line per alarm."""
     alarms = Alarms(cloudwatch, config, dimensions)
     if dry_run:

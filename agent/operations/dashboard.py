@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
 from agent.aws import error_code
 from agent.config import Config
 
+if TYPE_CHECKING:
+    from mypy_boto3_cloudwatch import CloudWatchClient
+
 WIDTH = 6
 HEIGHT = 6
 
 
-def discover(cloudwatch: Any, namespace: str) -> list[dict[str, str]]:
+def discover(cloudwatch: CloudWatchClient, namespace: str) -> list[dict[str, str]]:
     """Dimension sets of every agent that published DiskUsedPercent (last two weeks)."""
     found: list[dict[str, str]] = []
     paginator = cloudwatch.get_paginator("list_metrics")
@@ -132,7 +135,7 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
 
 
 class Dashboard:
-    def __init__(self, cloudwatch: Any, config: Config) -> None:
+    def __init__(self, cloudwatch: CloudWatchClient, config: Config) -> None:
         self.cloudwatch = cloudwatch
         self.config = config
         self.name = config.metrics.dashboard

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions
 import structlog
@@ -28,6 +28,9 @@ from agent.storage.barrier import Barrier, NoBarrier
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import CompressionSettings, Expectation, StoredCopy, Volume
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 log = structlog.get_logger("agent.backup")
 
@@ -58,7 +61,7 @@ class BackupService:
     def __init__(
         self,
         *,
-        s3: Any,
+        s3: S3Client,
         volume: Volume,
         journal: Journal,
         ledger: Ledger,
@@ -218,7 +221,7 @@ class BackupService:
         if self.expected_bucket_owner:
             request["ExpectedBucketOwner"] = self.expected_bucket_owner
         try:
-            response: dict[str, Any] = self.s3.get_object(**request)
+            response = cast("dict[str, Any]", self.s3.get_object(**request))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, f"S3 GetObject s3://{event.bucket}/{event.key}") from exc
         return response

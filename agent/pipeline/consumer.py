@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions
 import structlog
@@ -30,6 +30,9 @@ from agent.pipeline.backup import Processor
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
 from agent.stats import Stats
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
 
 log = structlog.get_logger("agent.consumer")
 
@@ -92,7 +95,7 @@ class ByteBudget:
 class Consumer:
     def __init__(
         self,
-        sqs: Any,
+        sqs: SQSClient,
         process: Processor,
         settings: ConsumerSettings,
         *,
@@ -266,7 +269,7 @@ class Consumer:
         if self._receive_failures:
             log.info("receive.recovered", after_attempts=self._receive_failures)
             self._receive_failures = 0
-        return list(response.get("Messages", []))
+        return [cast("dict[str, Any]", m) for m in response.get("Messages", [])]
 
     def _sleep_unless_stopping(self, seconds: float) -> None:
         end = self.clock() + seconds

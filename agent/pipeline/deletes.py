@@ -12,12 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import botocore.exceptions
 import structlog
 
 from agent.aws import error_code
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import DeleteMessageBatchRequestEntryTypeDef
 
 log = structlog.get_logger("agent.deletes")
 
@@ -38,7 +42,7 @@ class PendingDelete:
 class DeleteBatcher:
     def __init__(
         self,
-        sqs: Any,
+        sqs: SQSClient,
         queue_url: str,
         *,
         max_delay: float = DEFAULT_MAX_DELAY,
@@ -128,7 +132,9 @@ class DeleteBatcher:
         return self._pending[0].added_at + self.max_delay - self.clock()
 
     def _send(self, batch: list[PendingDelete]) -> None:
-        entries = [{"Id": str(i), "ReceiptHandle": p.receipt_handle} for i, p in enumerate(batch)]
+        entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+            {"Id": str(i), "ReceiptHandle": p.receipt_handle} for i, p in enumerate(batch)
+        ]
         try:
             response = self.sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import botocore.exceptions
@@ -25,6 +25,10 @@ from agent.records import VersionRecord
 from agent.restore.targets import upload_verified
 from agent.schedule import format_duration
 from agent.storage.volume import Volume
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import LifecycleRuleTypeDef
 
 LIFECYCLE_RULE_ID = "backup-agent-share-expiry"
 
@@ -46,7 +50,7 @@ def lifecycle_days(settings: RestoreConfig) -> int:
     return max(1, math.ceil(settings.share_expiry_seconds / 86400))
 
 
-def ensure_staging(s3: Any, settings: RestoreConfig, bucket: str) -> list[tuple[str, bool]]:
+def ensure_staging(s3: S3Client, settings: RestoreConfig, bucket: str) -> list[tuple[str, bool]]:
     """Default encryption, public access blocked and the expiry rule; (what, changed) pairs."""
     done: list[tuple[str, bool]] = []
     s3.put_bucket_encryption(
@@ -75,9 +79,9 @@ def ensure_staging(s3: Any, settings: RestoreConfig, bucket: str) -> list[tuple[
     return done
 
 
-def _ensure_lifecycle(s3: Any, settings: RestoreConfig, bucket: str) -> tuple[str, bool]:
+def _ensure_lifecycle(s3: S3Client, settings: RestoreConfig, bucket: str) -> tuple[str, bool]:
     what = f"lifecycle rule {LIFECYCLE_RULE_ID} on s3://{bucket}/{settings.staging_prefix}"
-    wanted = {
+    wanted: LifecycleRuleTypeDef = {
         "ID": LIFECYCLE_RULE_ID,
         "Filter": {"Prefix": settings.staging_prefix},
         "Status": "Enabled",
@@ -100,7 +104,7 @@ def _ensure_lifecycle(s3: Any, settings: RestoreConfig, bucket: str) -> tuple[st
     return what, True
 
 
-def _same_rule(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+def _same_rule(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     return all(current.get(name) == value for name, value in wanted.items())
 
 
@@ -130,7 +134,7 @@ class Shared:
 class Sharer:
     def __init__(
         self,
-        s3: Any,
+        s3: S3Client,
         volume: Volume,
         settings: RestoreConfig,
         bucket: str,

@@ -16,7 +16,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import botocore.exceptions
 
@@ -27,6 +27,10 @@ from agent.restore.copies import verified_chunks
 from agent.restore.plan import Item
 from agent.restore.source import event_datetime
 from agent.storage.volume import READ_CHUNK, Volume, WritebackAsYouGo, fsync_directory
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 MULTIPART_THRESHOLD = 16 << 20
 PART_SIZE = 16 << 20
@@ -144,7 +148,7 @@ class S3Target:
 
     def __init__(
         self,
-        s3: Any,
+        s3: S3Client,
         volume: Volume,
         *,
         bucket: str | None = None,
@@ -206,14 +210,16 @@ class S3Target:
 
     def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
         try:
-            response: dict[str, Any] = self.s3.head_object(Bucket=bucket, Key=key, **self._owner())
+            response = cast(
+                "dict[str, Any]", self.s3.head_object(Bucket=bucket, Key=key, **self._owner())
+            )
         except AWS_ERRORS as exc:
             if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise classify(exc, f"S3 HeadObject s3://{bucket}/{key}") from exc
         return response
 
-    def _owner(self) -> dict[str, str]:
+    def _owner(self) -> dict[str, Any]:
         return {"ExpectedBucketOwner": self.owner} if self.owner else {}
 
 
@@ -227,7 +233,7 @@ def _same_content(head: dict[str, Any], record: VersionRecord) -> bool:
 
 
 def upload_verified(
-    s3: Any,
+    s3: S3Client,
     volume: Volume,
     record: VersionRecord,
     bucket: str,
@@ -269,7 +275,7 @@ def upload_verified(
 
 
 def _multipart(
-    s3: Any,
+    s3: S3Client,
     chunks: Iterator[bytes],
     arguments: dict[str, Any],
     part_size: int,
@@ -283,7 +289,7 @@ def _multipart(
     target = {"Bucket": arguments["Bucket"], "Key": arguments["Key"], "UploadId": upload_id}
     owner = {k: v for k, v in arguments.items() if k == "ExpectedBucketOwner"}
     try:
-        parts = []
+        parts: list[CompletedPartTypeDef] = []
         pending = bytearray()
         number = 1
         while data := read_exactly(chunks, part_size, pending):

@@ -7,7 +7,7 @@ retention deletes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import botocore.exceptions
 
@@ -15,10 +15,14 @@ from agent.aws import Clients, classify
 from agent.config import Config
 from agent.snapshots.records import MANAGED_TAG, VOLUME_TAG, Snapshot, tag_dict
 
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import FilterTypeDef
 
-def list_snapshots(ec2: Any, region: str, volume_id: str | None = None) -> list[Snapshot]:
+
+def list_snapshots(ec2: EC2Client, region: str, volume_id: str | None = None) -> list[Snapshot]:
     """The agent's snapshots in `region` (of one volume, or of every volume), oldest first."""
-    filters = [{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}]
+    filters: list[FilterTypeDef] = [{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}]
     if volume_id:
         filters.append({"Name": f"tag:{VOLUME_TAG}", "Values": [volume_id]})
     found: list[Snapshot] = []

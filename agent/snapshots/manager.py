@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 import structlog
@@ -50,11 +50,15 @@ from agent.snapshots.records import (
     position_text,
     read_records,
     run_entry,
-    tag_list,
 )
 from agent.storage.barrier import DEFAULT_EXCLUSIVE_TIMEOUT, Barrier, NoBarrier
 from agent.storage.encryption import AlertHook
 from agent.storage.journal import Journal
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import TagSpecificationTypeDef
 
 log = structlog.get_logger("agent.snapshots")
 
@@ -64,7 +68,7 @@ class SnapshotManager:
 
     def __init__(
         self,
-        ec2: Any,
+        ec2: EC2Client,
         clock: Callable[[], datetime],
         *,
         settings: SnapshotsConfig,
@@ -74,9 +78,9 @@ class SnapshotManager:
         journal: Journal,
         barrier: Barrier | None = None,
         flusher: Flusher | None = None,
-        dynamodb: Any = None,
+        dynamodb: DynamoDBClient | None = None,
         table: str | None = None,
-        copy_ec2: Any = None,
+        copy_ec2: EC2Client | None = None,
         on_alert: AlertHook | None = None,
         poll_seconds: float = 15.0,
         completion_timeout: timedelta = timedelta(hours=6),
@@ -225,7 +229,7 @@ class SnapshotManager:
             response = self.ec2.create_snapshot(
                 VolumeId=volume_id,
                 Description=f"backup-agent snapshot of {volume_id}",
-                TagSpecifications=[{"ResourceType": "snapshot", "Tags": tag_list(tags)}],
+                TagSpecifications=[_snapshot_tags(tags)],
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, f"EC2 CreateSnapshot of {volume_id}") from exc
@@ -271,7 +275,7 @@ class SnapshotManager:
                 SourceRegion=self.region,
                 SourceSnapshotId=run.snapshot_id,
                 Description=f"backup-agent copy of {run.snapshot_id} ({self.region})",
-                TagSpecifications=[{"ResourceType": "snapshot", "Tags": tag_list(tags)}],
+                TagSpecifications=[_snapshot_tags(tags)],
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             self._alert("snapshot.copy_failed", f"copy of {run.snapshot_id} to {target}: {exc}")
@@ -296,7 +300,7 @@ class SnapshotManager:
                     deleted.append(snapshot.snapshot_id)
         return deleted
 
-    def _delete(self, client: Any, snapshot: Snapshot) -> bool:
+    def _delete(self, client: EC2Client, snapshot: Snapshot) -> bool:
         try:
             client.delete_snapshot(SnapshotId=snapshot.snapshot_id)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
@@ -401,3 +405,10 @@ def _replace(run: SnapshotRun, **changes: Any) -> SnapshotRun:
 
 
 # -- wiring -----------------------------------------------------------------------------
+
+
+def _snapshot_tags(tags: dict[str, str]) -> TagSpecificationTypeDef:
+    return {
+        "ResourceType": "snapshot",
+        "Tags": [{"Key": k, "Value": v} for k, v in tags.items()],
+    }

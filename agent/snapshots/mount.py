@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import botocore.exceptions
 
@@ -23,6 +23,9 @@ from agent.errors import BackupAgentError, ConfigError
 from agent.imds import Imds, MetadataUnavailable
 from agent.snapshots.records import JOURNAL_TAG, TAKEN_AT_TAG, VOLUME_TAG, tag_dict, tag_list
 from agent.storage.volume_id import nvme_volume_id
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
 
 DEVICE_LETTERS = "fghijklmnop"  # the range EC2 recommends for EBS data volumes
 RESTORE_TAG = "backup-agent:restore-of"
@@ -47,7 +50,7 @@ class SnapshotMounter:
 
     def __init__(
         self,
-        ec2: Any,
+        ec2: EC2Client,
         *,
         imds: Imds | None = None,
         sleep: Callable[[float], None] = time.sleep,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import botocore.exceptions
 import structlog
@@ -19,6 +19,9 @@ import structlog
 from agent.aws import error_code
 from agent.errors import BackupAgentError
 from agent.storage.volume_id import disk_of, mount_in, nvme_volume_id
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
 
 log = structlog.get_logger("agent.encryption")
 
@@ -51,7 +54,7 @@ def discover_volume_id(
         return None
 
 
-def check_volume(ec2: Any, volume_id: str) -> VolumeEncryption:
+def check_volume(ec2: EC2Client, volume_id: str) -> VolumeEncryption:
     try:
         volumes = ec2.describe_volumes(VolumeIds=[volume_id])["Volumes"]
     except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
@@ -63,7 +66,7 @@ def check_volume(ec2: Any, volume_id: str) -> VolumeEncryption:
 
 
 def check_at_startup(
-    ec2: Any, volume_id: str | None, root: Path, alert: AlertHook | None = None
+    ec2: EC2Client, volume_id: str | None, root: Path, alert: AlertHook | None = None
 ) -> VolumeEncryption | None:
     """Log (and alert) the encryption state of the backup volume; never raises."""
     volume_id = volume_id or discover_volume_id(root)

@@ -15,13 +15,16 @@ replaces the newer LATEST of its key.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from agent.aws import classify, error_code
 from agent.records import VersionRecord
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 LATEST = "LATEST"
 VERSION_PREFIX = "V#"
@@ -36,7 +39,7 @@ def object_pk(bucket: str, key: str) -> str:
 
 
 class Ledger:
-    def __init__(self, dynamodb: Any, table: str) -> None:
+    def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
         self._db = dynamodb
         self.table = table
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import botocore.exceptions
 import structlog
 
 from agent.errors import BackupAgentError, ConfigError
 from agent.imds import Imds
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
 
 log = structlog.get_logger("agent.volume_id")
 
@@ -46,7 +49,7 @@ def discover_volume_id(
     proc_root: Path = Path("/proc"),
     sys_root: Path = Path("/sys"),
     imds: Imds | None = None,
-    ec2: Any = None,
+    ec2: EC2Client | None = None,
 ) -> str:
     """The EBS volume id of `root`'s filesystem, or VolumeIdUnknown saying why not."""
     if configured:
@@ -154,7 +157,7 @@ def nvme_volume_id(disk: str, sys_root: Path = Path("/sys")) -> str | None:
     return f"vol-{match.group(1)}" if match else None
 
 
-def volume_id_from_metadata(disk: str, imds: Imds, ec2: Any) -> str:
+def volume_id_from_metadata(disk: str, imds: Imds, ec2: EC2Client) -> str:
     """The attached volume whose EC2 device name matches `disk` (xvdf ↔ sdf)."""
     instance_id = imds.instance_id()
     wanted = _device_key(disk)

@@ -300,9 +300,8 @@ def test_a_rejected_configuration_is_reported_once_per_hour(aws, topic, tmp_path
         )
     )
     problems = ["queue.url: 'not a url' is not a queue URL"]
-    client = aws.session.client
     clock = [1000.0]
-    kwargs = {"client": client, "state_dir": tmp_path, "clock": lambda: clock[0]}
+    kwargs = {"clients": aws, "state_dir": tmp_path, "clock": lambda: clock[0]}
     assert report_rejected_config(path, problems, **kwargs) is True
     assert report_rejected_config(path, problems, **kwargs) is False  # a restart loop
     clock[0] += 3601
