@@ -115,7 +115,7 @@ class Datapoint:
         return datum
 
 
-# name → (unit, meaning); the README table and the dashboard are built from the same names.
+# name → (unit, meaning); docs/monitoring.md's table and the dashboard use the same names.
 COUNTERS = {
     "BackupsSucceeded": ("Count", "objects backed up (or recorded) since the last sample"),
     "BackupsFailed": ("Count", "backup attempts that failed since the last sample"),
