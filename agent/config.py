@@ -1,5 +1,8 @@
 """config.yaml: typed, validated, frozen. Parse at the edge, trust inside.
 
+Kept whole: one schema, section by section in the order of config.yaml; splitting it would
+scatter the one place an operator's key is defined and validated.
+
 `load_config(path)` returns a `Config` or raises `ConfigError` whose `problems` name
 each key and what is wrong with it (``queue.url: field required``).
 """

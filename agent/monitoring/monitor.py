@@ -194,7 +194,7 @@ class Monitoring:
         self._dead_letter_seen: int | None = None
         self._register_jobs()
 
-    # -- lifecycle -----------------------------------------------------------------------
+    # -- start and stop --------------------------------------------------------------
 
     def start(self) -> None:
         self.alerts.start()

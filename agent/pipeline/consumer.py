@@ -124,7 +124,7 @@ class Consumer:
         self._receive_failures = 0
         self._deletes = DeleteBatcher(sqs, settings.queue_url)
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- start and stop --------------------------------------------------------------
 
     def start(self) -> None:
         self._receiving.set()

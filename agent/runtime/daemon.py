@@ -84,7 +84,7 @@ class Daemon:
             self.reloader = ConfigReloader(config_path, config, on_rejected=self._config_rejected)
             self.reloader.subscribe(self.apply_live)
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- start and stop --------------------------------------------------------------
 
     def run(self) -> int:
         self.install_signal_handlers()

@@ -133,7 +133,7 @@ class ConfigReloader:
     def subscribe(self, applier: Applier) -> None:
         self._appliers.append(applier)
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- start and stop --------------------------------------------------------------
 
     def start(self) -> None:
         from watchdog.observers import Observer

@@ -1,7 +1,6 @@
 """EBS snapshots of the backup volume: consistent, scheduled, recorded, pruned.
 
-Kept whole: one class, a run's steps in order; the wiring at the end leaves for the
-composition root.
+Kept whole: one class, a run's steps in order.
 
 One run (`SnapshotManager.take`):
 

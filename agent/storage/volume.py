@@ -89,7 +89,7 @@ class Volume:
         self.marker_path = self.root / MARKER_NAME
         self.temp_files_removed = 0  # by the last open()
 
-    # -- lifecycle -------------------------------------------------------------------
+    # -- start and stop --------------------------------------------------------------
 
     def initialise(self, volume_id: str | None = None) -> VolumeMarker:
         """Write the marker (idempotent: an existing marker is kept and returned)."""
