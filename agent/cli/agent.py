@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="agent: the instance role (default); operator: bootstrap, alarms, dashboard,"
         " reindex, restore --to-s3, share, mount-snapshot",
     )
+    iam.add_argument(
+        "--volume-id",
+        metavar="VOL",
+        help="the backup volume the snapshot statements name, when storage.volume_id is unset",
+    )
     alarms = command("alarms", cmd_alarms, "Create or update the CloudWatch alarms (idempotent).")
     alarms.add_argument("--dry-run", action="store_true", help="show the changes, make none")
     dashboard = command(
@@ -233,7 +238,12 @@ def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
     if args.role_document:
         document = trust_document(config)
     else:
-        document = policy_document(config, role=args.role, restore_to_s3=not args.without_restore)
+        document = policy_document(
+            config,
+            role=args.role,
+            restore_to_s3=not args.without_restore,
+            volume_id=args.volume_id,
+        )
     print(json.dumps(document, indent=2))
     return ExitCode.OK
 

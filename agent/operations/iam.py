@@ -18,9 +18,18 @@ operator does by hand:
 
 Every statement has a Sid saying its purpose and names only the configured queue, dead-letter
 queue, buckets, table (and its index), topic, e-mail identity, KMS keys, metric namespace,
-alarm prefix, dashboard, staging bucket and the agent's own snapshots (by tag).
+alarm prefix, dashboard, staging bucket, the backup volume and the agent's own snapshots.
+
+The snapshot statements name the backup volume itself: `storage.volume_id`, or
+`--volume-id` when the agent discovers it at run time. A snapshot policy without it is
+refused (`ConfigError`), never widened to every volume. Tags are trusted only where the
+other role cannot set them: the agent's `backup-agent:managed` snapshots must also be of the
+backup volume (`ec2:ParentVolume`) before the operator makes a volume of one, and the
+operator attaches, detaches and deletes only volumes carrying `backup-agent:restore-of`,
+which only the operator's CreateVolume can set.
 
     backup-agent iam-policy --config FILE [--role agent|operator] [--without-restore]
+                            [--volume-id vol-…]
     backup-agent iam-policy --config FILE --role-document   # the EC2 trust policy
 
 `iam_action()` maps an API call to the IAM action it needs; tests/functional/test_iam_policy.py
@@ -29,11 +38,13 @@ records every call of every feature against moto and checks it against these pol
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 from agent.config import Config
+from agent.errors import ConfigError
 from agent.snapshots.mount import RESTORE_TAG
 from agent.snapshots.records import MANAGED_TAG
 from agent.storage.ledger import KEY_INDEX
@@ -102,7 +113,10 @@ class PolicyScope:
     restore_to_s3: bool = True
 
     @classmethod
-    def from_config(cls, config: Config, *, restore_to_s3: bool = True) -> PolicyScope:
+    def from_config(
+        cls, config: Config, *, restore_to_s3: bool = True, volume_id: str | None = None
+    ) -> PolicyScope:
+        """`volume_id`: the backup volume when `storage.volume_id` is unset (`--volume-id`)."""
         region = config.aws.region
         partition = partition_for(region)
         queue = sqs_arn(config.queue.url, region, partition)
@@ -126,7 +140,7 @@ class PolicyScope:
             email_sender=email.sender if email else None,
             snapshots=config.snapshots.enabled,
             copy_region=config.snapshots.copy_to_region if config.snapshots.enabled else None,
-            volume_id=config.storage.volume_id,
+            volume_id=backup_volume_id(config, volume_id),
             alarm_prefix=config.alarms.name_prefix,
             dashboard=config.metrics.dashboard,
             staging_bucket=config.restore.staging_bucket,
@@ -147,11 +161,42 @@ class PolicyScope:
     def snapshot_regions(self) -> list[str]:
         return [self.region] + ([self.copy_region] if self.copy_region else [])
 
+    @property
+    def volume_arn(self) -> str:
+        """The backup volume (from_config refuses snapshots without its id)."""
+        if not self.volume_id:
+            raise ConfigError([VOLUME_ID_REQUIRED])
+        return self.arn("ec2", f"volume/{self.volume_id}")
+
     def snapshot_arns(self, regions: list[str] | None = None) -> list[str]:
         return [f"arn:{self.partition}:ec2:{r}::snapshot/*" for r in regions or [self.region]]
 
     def bucket_arns(self, suffix: str = "") -> list[str]:
         return [f"arn:{self.partition}:s3:::{b}{suffix}" for b in self.buckets]
+
+
+VOLUME_ID_REQUIRED = (
+    "storage.volume_id: required for the snapshot statements (snapshots.enabled): set it, or"
+    " pass --volume-id vol-… to iam-policy; without it the agent could snapshot every volume"
+)
+_VOLUME_ID = re.compile(r"vol-[0-9a-f]{8,17}")
+
+
+def backup_volume_id(config: Config, given: str | None = None) -> str | None:
+    """The backup volume the snapshot statements name; ConfigError when snapshots are on and
+    neither `storage.volume_id` nor `given` (`--volume-id`) names it, or they disagree."""
+    configured = config.storage.volume_id
+    if given is not None:
+        if not _VOLUME_ID.fullmatch(given):
+            raise ConfigError([f"--volume-id: {given!r} is not an EBS volume id (vol-0123…)"])
+        if configured and given != configured:
+            raise ConfigError(
+                [f"--volume-id: {given} is not storage.volume_id ({configured}) of this config"]
+            )
+        return given
+    if config.snapshots.enabled and not configured:
+        raise ConfigError([VOLUME_ID_REQUIRED])
+    return configured
 
 
 def partition_for(region: str) -> str:
@@ -261,18 +306,18 @@ def _snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     managed = {f"aws:RequestTag/{MANAGED_TAG}": "true"}
     found = [
         _statement(
-            "SnapshotBackupVolume",
+            "SnapshotBackupVolume",  # this volume and no other
             ["ec2:CreateSnapshot"],
-            [scope.arn("ec2", f"volume/{scope.volume_id or '*'}")],
+            [scope.volume_arn],
         ),
         _statement(
-            "CreateOnlyManagedSnapshots",  # the new snapshot must carry the agent's tag
+            "CreateOnlyManagedSnapshots",  # of the backup volume, carrying the agent's tag
             ["ec2:CreateSnapshot"],
             scope.snapshot_arns(),
-            {"StringEquals": managed},
+            {"StringEquals": managed, "ArnEquals": {"ec2:ParentVolume": scope.volume_arn}},
         ),
         _statement(
-            "TagSnapshotsAtCreation",
+            "TagSnapshotsAtCreation",  # snapshots only, only while CreateSnapshot/Copy allow it
             ["ec2:CreateTags"],
             scope.snapshot_arns(scope.snapshot_regions),
             {"StringEquals": {"ec2:CreateAction": ["CreateSnapshot", "CopySnapshot"]}},
@@ -428,7 +473,9 @@ def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
 
 
 def _mount_snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
-    restore_tagged = {"Null": {f"aws:RequestTag/{RESTORE_TAG}": "false"}}
+    # restore-of is set only by the operator's CreateVolume (TagRestoreVolumeAtCreation); the
+    # agent can tag nothing but its new snapshots, and neither role can tag an existing volume
+    restore_volume = {f"aws:ResourceTag/{RESTORE_TAG}": "snap-*"}
     return [
         _statement(
             "FindSnapshotInstanceAndVolume",
@@ -436,16 +483,19 @@ def _mount_snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
             ["*"],  # Describe* actions support no resource-level permissions
         ),
         _statement(
-            "VolumeFromManagedSnapshot",  # only from a snapshot the agent took
+            "VolumeFromManagedSnapshot",  # the agent's tag, and a snapshot of the backup volume
             ["ec2:CreateVolume"],
             scope.snapshot_arns(),
-            {"StringEquals": {f"aws:ResourceTag/{MANAGED_TAG}": "true"}},
+            {
+                "StringEquals": {f"aws:ResourceTag/{MANAGED_TAG}": "true"},
+                "ArnEquals": {"ec2:ParentVolume": scope.volume_arn},
+            },
         ),
         _statement(
             "CreateRestoreVolume",  # the new volume must carry the restore-of tag
             ["ec2:CreateVolume"],
             [scope.arn("ec2", "volume/*")],
-            restore_tagged,
+            {"StringLike": {f"aws:RequestTag/{RESTORE_TAG}": "snap-*"}},
         ),
         _statement(
             "TagRestoreVolumeAtCreation",
@@ -454,12 +504,16 @@ def _mount_snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
             {"StringEquals": {"ec2:CreateAction": "CreateVolume"}},
         ),
         _statement(
-            "AttachRestoreVolume",  # only volumes made from a snapshot, to any instance
-            ["ec2:AttachVolume"],
+            "UseOnlyRestoreVolumes",  # attach, then detach and delete when done: tagged ones
+            ["ec2:AttachVolume", "ec2:DetachVolume", "ec2:DeleteVolume"],
             [scope.arn("ec2", "volume/*")],
-            {"Null": {f"aws:ResourceTag/{RESTORE_TAG}": "false"}},
+            {"StringLike": restore_volume},
         ),
-        _statement("AttachToInstance", ["ec2:AttachVolume"], [scope.arn("ec2", "instance/*")]),
+        _statement(
+            "AttachAndDetachAtInstance",  # any instance: the volume statement is what limits it
+            ["ec2:AttachVolume", "ec2:DetachVolume"],
+            [scope.arn("ec2", "instance/*")],
+        ),
     ]
 
 
@@ -489,9 +543,13 @@ def statements(scope: PolicyScope, role: str = "agent") -> list[dict[str, Any]]:
 
 
 def policy_document(
-    config: Config, *, role: str = "agent", restore_to_s3: bool = True
+    config: Config,
+    *,
+    role: str = "agent",
+    restore_to_s3: bool = True,
+    volume_id: str | None = None,
 ) -> dict[str, Any]:
-    scope = PolicyScope.from_config(config, restore_to_s3=restore_to_s3)
+    scope = PolicyScope.from_config(config, restore_to_s3=restore_to_s3, volume_id=volume_id)
     return {"Version": VERSION, "Statement": statements(scope, role)}
 
 

@@ -6,8 +6,8 @@ representative flow of every feature through its real entry point while `Recorde
 call: bootstrap-aws (operator), the daemon (backup, SSE-KMS, delete, metrics, SNS + SES alert,
 DLQ sampling, volume encryption check), reconcile, retention, gc, scrub with a heal, two
 snapshots with retention and a cross-region copy, backup-restore list / restore --to DIR /
-verify / snapshots (agent), then restore --to-s3, share, reindex, alarms, dashboard and
-mount-snapshot --no-mount (operator).
+verify / snapshots (agent), then restore --to-s3, share, reindex, alarms, dashboard,
+mount-snapshot --no-mount and the detach and delete it prints (operator).
 """
 
 from __future__ import annotations
@@ -191,6 +191,13 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
             )["Snapshots"]
         mount = [snapshot["SnapshotId"], "--config", str(path), "--instance-id", instance]
         assert mount_snapshot.main([*mount, "--az", AZ, "--no-mount"]) == 0
+        with recorder.quiet():
+            [restored] = ec2.describe_volumes(
+                Filters=[{"Name": "tag-key", "Values": ["backup-agent:restore-of"]}]
+            )["Volumes"]
+        # when done, the operator runs the detach and delete mount-snapshot prints
+        ec2.detach_volume(VolumeId=restored["VolumeId"], InstanceId=instance)
+        ec2.delete_volume(VolumeId=restored["VolumeId"])
     return path, config
 
 
@@ -297,6 +304,8 @@ def test_every_flow_ran_and_made_the_calls_it_stands_for(world):
         ("operator", "monitoring", "PutDashboard"),
         ("operator", "ec2", "CreateVolume"),
         ("operator", "ec2", "AttachVolume"),
+        ("operator", "ec2", "DetachVolume"),
+        ("operator", "ec2", "DeleteVolume"),
     }
     assert expected - made == set()
     regions = {c.region for c in recorder.calls if c.operation == "DeleteSnapshot"}

@@ -8,9 +8,9 @@ client, mount-snapshot's own, alerts' standalone one). Calls are recorded only i
 
 `checks()` is a small model of AWS authorisation for the operations the agent uses: the
 IAM action (`iam.iam_action`), the resource ARNs and the condition keys (request tags,
-resource tags looked up from moto before the call, `ec2:CreateAction`, the CloudWatch
-namespace, the SES sender). An operation it does not know fails the test, so a new call
-added to the code cannot slip past the policy.
+resource tags looked up from moto before the call, a snapshot's `ec2:ParentVolume`,
+`ec2:CreateAction`, the CloudWatch namespace, the SES sender). An operation it does not
+know fails the test, so a new call added to the code cannot slip past the policy.
 """
 
 from __future__ import annotations
@@ -50,6 +50,8 @@ class Call:
     operation: str
     params: dict[str, Any]
     resource_tags: dict[str, dict[str, str]] = field(default_factory=dict)  # ARN -> tags
+    parent_volumes: dict[str, str] = field(default_factory=dict)  # snapshot ARN -> volume ARN
+    attached_to: dict[str, str] = field(default_factory=dict)  # volume ARN -> instance id
 
 
 class Recorder:
@@ -103,25 +105,31 @@ class Recorder:
         region = client.meta.region_name
         call = Call(self._role, service, region, operation, dict(params))
         if service == "ec2":
-            call.resource_tags = self._ec2_tags(region, operation, params)
+            self._ec2_context(call)
         with self._lock:
             self.calls.append(call)
 
-    def _ec2_tags(self, region: str, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        """Tags of the existing resources a call names (for aws:ResourceTag), read unrecorded."""
+    def _ec2_context(self, call: Call) -> None:
+        """What AWS reads from the existing resources a call names, read unrecorded: their
+        tags (aws:ResourceTag), a snapshot's volume (ec2:ParentVolume), a volume's instance."""
+        region, operation, params = call.region, call.operation, call.params
         with self.quiet():
-            found: dict[str, dict[str, str]] = {}
             snapshot = params.get("SnapshotId") or params.get("SourceSnapshotId")
             if snapshot:
                 where = params.get("SourceRegion", region)
                 ec2 = boto3.client("ec2", region_name=where)
                 items = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
-                found[snapshot_arn(where, snapshot)] = _tags(items[0]) if items else {}
-            if operation == "AttachVolume":
+                arn = snapshot_arn(where, snapshot)
+                call.resource_tags[arn] = _tags(items[0]) if items else {}
+                if items and items[0].get("VolumeId"):
+                    call.parent_volumes[arn] = volume_arn(where, items[0]["VolumeId"])
+            if operation in _VOLUME_OPERATIONS:
                 ec2 = boto3.client("ec2", region_name=region)
                 items = ec2.describe_volumes(VolumeIds=[params["VolumeId"]])["Volumes"]
-                found[volume_arn(region, params["VolumeId"])] = _tags(items[0]) if items else {}
-            return found
+                arn = volume_arn(region, params["VolumeId"])
+                call.resource_tags[arn] = _tags(items[0]) if items else {}
+                for attachment in items[0].get("Attachments", []) if items else []:
+                    call.attached_to[arn] = attachment["InstanceId"]
 
 
 def _tags(item: dict[str, Any]) -> dict[str, str]:
@@ -169,6 +177,9 @@ _UNSCOPED = {  # actions with no resource-level permissions: checked against "*"
     ("ec2", "DescribeSnapshots"),
     ("ec2", "DescribeInstances"),
 }
+
+
+_VOLUME_OPERATIONS = {"AttachVolume", "DetachVolume", "DeleteVolume"}  # on an existing volume
 
 
 class UnknownOperation(AssertionError):
@@ -223,7 +234,19 @@ def _request_tags(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _resource_tags(call: Call, arn: str) -> tuple[tuple[str, str], ...]:
-    return tuple((f"aws:ResourceTag/{k}", v) for k, v in call.resource_tags.get(arn, {}).items())
+    """The context keys of an existing resource: its tags, and a snapshot's parent volume."""
+    keys = [(f"aws:ResourceTag/{k}", v) for k, v in call.resource_tags.get(arn, {}).items()]
+    if arn in call.parent_volumes:
+        keys.append(("ec2:ParentVolume", call.parent_volumes[arn]))
+    return tuple(keys)
+
+
+def _ec2_arn(region: str, resource_id: str) -> str:
+    if resource_id.startswith("snap-"):
+        return snapshot_arn(region, resource_id)
+    if resource_id.startswith("vol-"):
+        return volume_arn(region, resource_id)
+    raise UnknownOperation(f"no ARN model for the EC2 resource {resource_id}")
 
 
 def _ec2_checks(call: Call, action: str) -> list[Check]:
@@ -238,9 +261,10 @@ def _ec2_checks(call: Call, action: str) -> list[Check]:
         )
         tagging = [Check("ec2:CreateTags", resource, (("ec2:CreateAction", op), *request))]
     if op == "CreateSnapshot":
+        parent = (("ec2:ParentVolume", volume_arn(region, p["VolumeId"])),)
         return [
             Check(action, volume_arn(region, p["VolumeId"]), request),
-            Check(action, new_snapshot, request),
+            Check(action, new_snapshot, request + parent),
             *tagging,
         ]
     if op == "CopySnapshot":
@@ -260,12 +284,17 @@ def _ec2_checks(call: Call, action: str) -> list[Check]:
             Check(action, f"arn:aws:ec2:{region}:{ACCOUNT}:volume/*", request),
             *tagging,
         ]
-    if op == "AttachVolume":
+    if op in _VOLUME_OPERATIONS:
         volume = volume_arn(region, p["VolumeId"])
-        return [
-            Check(action, f"arn:aws:ec2:{region}:{ACCOUNT}:instance/{p['InstanceId']}"),
-            Check(action, volume, _resource_tags(call, volume)),
-        ]
+        found = [Check(action, volume, _resource_tags(call, volume))]
+        instance = p.get("InstanceId") or call.attached_to.get(volume)
+        if op != "DeleteVolume" and instance:  # Attach and Detach: the instance too
+            found.append(Check(action, f"arn:aws:ec2:{region}:{ACCOUNT}:instance/{instance}"))
+        return found
+    if op == "CreateTags":  # tagging an existing resource: no ec2:CreateAction
+        tags = tuple((f"aws:RequestTag/{t['Key']}", t["Value"]) for t in p["Tags"])
+        arns = [_ec2_arn(region, resource) for resource in p["Resources"]]
+        return [Check(action, arn, tags + _resource_tags(call, arn)) for arn in arns]
     raise UnknownOperation(f"no authorisation model for ec2:{op} — add it to checks()")
 
 
@@ -292,8 +321,9 @@ def _conditions_hold(condition: dict[str, dict[str, Any]], keys: dict[str, str])
             if operator == "Null":
                 if values != [str(not present).lower()]:
                     return False
-            elif operator in ("StringEquals", "StringLike"):
-                match = fnmatch.fnmatchcase if operator == "StringLike" else str.__eq__
+            elif operator in ("StringEquals", "StringLike", "ArnEquals", "ArnLike"):
+                # the Arn operators match each ARN component with wildcards: fnmatch does
+                match = str.__eq__ if operator == "StringEquals" else fnmatch.fnmatchcase
                 if not present or not any(match(keys[key], v) for v in values):
                     return False
             else:
