@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import boto3
 import botocore.config
+import botocore.credentials
 import botocore.exceptions
 from botocore.client import BaseClient
 
@@ -22,6 +24,10 @@ if TYPE_CHECKING:  # boto3-stubs: a development dependency, types only
     from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sts import STSClient
+
+# Presigned URLs: botocore still signs them with SigV2 unless told, which S3 buckets made
+# since 2020 refuse; SigV4 is also what caps a URL's life (X-Amz-Expires, 7 days at most).
+SIGV4 = botocore.config.Config(signature_version="s3v4")
 
 GONE_CODES = {"NoSuchKey", "NoSuchVersion", "404", "NotFound", "PreconditionFailed", "412"}
 RETRYABLE_CODES = {
@@ -83,6 +89,28 @@ class Clients:
         return self._session().client(
             "ec2", region_name=region, config=self.settings, endpoint_url=self.endpoint_url
         )
+
+    def s3_presigner(self) -> S3Client:
+        """S3 that signs with SigV4: for presigned URLs (`share`), never botocore's SigV2."""
+        settings = self.settings.merge(SIGV4) if self.settings else SIGV4
+        return self._session().client("s3", config=settings, endpoint_url=self.endpoint_url)
+
+    def credentials_expiry(self) -> datetime | None:
+        """When the session's credentials stop working, or None for long-term keys.
+
+        Instance-role, SSO and assumed-role credentials expire (after hours); whatever
+        they sign (a presigned URL) dies with them. They are refreshed first when due, so
+        the expiry is the one the next signature will carry.
+        """
+        credentials = self._session().get_credentials()
+        if not isinstance(credentials, botocore.credentials.RefreshableCredentials):
+            return None
+        try:
+            credentials.get_frozen_credentials()  # refreshes them when they are due
+        except Exception as exc:  # noqa: BLE001 - any provider's failure, said plainly
+            raise BackupAgentError(f"the AWS credentials could not be refreshed: {exc}") from None
+        expiry = getattr(credentials, "_expiry_time", None)  # botocore has no public getter
+        return expiry.astimezone(UTC) if isinstance(expiry, datetime) else None
 
     def client(self, service: str) -> BaseClient:
         """Any other service by name (tests: kms); the agent uses the typed ones above."""

@@ -488,9 +488,17 @@ def cmd_share(rt: Runtime) -> int:
     if choice.record is None:
         print(f"backup-restore: {printable_key(args.key)}: {choice.reason}", file=rt.err)
         return ExitCode.FAILURE
-    shared = Sharer(rt.clients.s3, rt.volume(), rt.config.restore, staging).share(
-        choice.record, seconds
+    sharer = Sharer(
+        rt.clients.s3,
+        rt.volume(),
+        rt.config.restore,
+        staging,
+        presigner=rt.clients.s3_presigner(),
+        credentials_expiry=rt.clients.credentials_expiry,
     )
+    shared = sharer.share(choice.record, seconds)
+    if shared.cut_short:
+        print(f"backup-restore: warning: {shared.cut_short}", file=rt.err)
     if args.json:
         rt.emit(shared.to_dict())
     else:

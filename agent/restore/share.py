@@ -2,8 +2,11 @@
 
 The staged copy goes under ``restore.staging_prefix`` in ``restore.staging_bucket``,
 encrypted at rest (SSE-S3), and the bucket's lifecycle rule (created by bootstrap)
-deletes it after ``restore.share_expiry``. The URL itself lives ``--expires`` (at most
-the share expiry, at most 7 days).
+deletes it after ``restore.share_expiry``. The URL is signed with SigV4 and lives
+``--expires`` (at most the share expiry, at most 7 days), but never longer than the
+credentials that sign it: instance-role, SSO and assumed-role credentials expire in hours,
+and a URL dies with them. A URL cut short says so (`Shared.cut_short`); credentials about
+to expire are refused before anything is staged.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import botocore.exceptions
 
 from agent.aws import error_code
 from agent.config import RestoreConfig
-from agent.errors import ConfigError
+from agent.errors import BackupAgentError, ConfigError
 from agent.records import VersionRecord
 from agent.restore.targets import upload_verified
 from agent.schedule import format_duration
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import LifecycleRuleTypeDef
 
 LIFECYCLE_RULE_ID = "backup-agent-share-expiry"
+SIGV4_MAX_SECONDS = 7 * 86400  # the longest X-Amz-Expires S3 accepts
+MIN_URL_SECONDS = 60  # shorter than this, a link is dead before it is read
 
 
 def staging_bucket(settings: RestoreConfig, backed_up: list[str]) -> str:
@@ -115,9 +120,11 @@ class Shared:
     key: str
     url: str
     expires_at: datetime
+    asked_seconds: int = 0
+    cut_short: str | None = None  # why the URL lives less than asked (the warning)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found = {
             "type": "share",
             "bucket": self.record.bucket,
             "key": self.record.key,
@@ -129,9 +136,15 @@ class Shared:
             "url": self.url,
             "expires_at": self.expires_at.isoformat(),
         }
+        if self.cut_short:
+            found["warning"] = self.cut_short
+        return found
 
 
 class Sharer:
+    """`presigner` signs with SigV4 (`Clients.s3_presigner`); `credentials_expiry` says when
+    its credentials stop working (`Clients.credentials_expiry`; None: long-term keys)."""
+
     def __init__(
         self,
         s3: S3Client,
@@ -139,21 +152,26 @@ class Sharer:
         settings: RestoreConfig,
         bucket: str,
         *,
+        presigner: S3Client,
+        credentials_expiry: Callable[[], datetime | None] = lambda: None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.s3 = s3
         self.volume = volume
         self.settings = settings
         self.bucket = bucket
+        self.presigner = presigner
+        self.credentials_expiry = credentials_expiry
         self.clock = clock or (lambda: datetime.now(UTC))
 
     def share(self, record: VersionRecord, expires_seconds: int | None = None) -> Shared:
         """Stage the verified bytes of `record` and presign a GET URL for them."""
         limit = self.settings.share_expiry_seconds
-        seconds = expires_seconds or limit
-        if seconds > limit:
+        asked = expires_seconds or limit
+        if asked > limit:
             expiry = format_duration(self.settings.share_expiry)
             raise ConfigError([f"--expires: longer than restore.share_expiry ({expiry})"])
+        self._lifetime(asked)  # refuse credentials about to expire before staging anything
         name = record.key.rstrip("/").rsplit("/", 1)[-1] or "file"
         key = f"{self.settings.staging_prefix}{uuid.uuid4().hex}/{name}"
         upload_verified(
@@ -167,7 +185,36 @@ class Sharer:
                 "ContentDisposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}",
             },
         )
-        url = self.s3.generate_presigned_url(
+        seconds, cut_short = self._lifetime(asked)  # again: the upload took time
+        url = self.presigner.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=seconds
         )
-        return Shared(record, self.bucket, key, url, self.clock() + timedelta(seconds=seconds))
+        expires_at = self.clock() + timedelta(seconds=seconds)
+        return Shared(record, self.bucket, key, url, expires_at, asked, cut_short)
+
+    def _lifetime(self, asked: int) -> tuple[int, str | None]:
+        """The seconds the URL can really live, and why that is less than `asked`."""
+        seconds, why = min(asked, SIGV4_MAX_SECONDS), None
+        if seconds < asked:
+            why = "SigV4 URLs live at most 7 days"
+        expiry = self.credentials_expiry()
+        if expiry is not None:
+            remaining = math.floor((expiry - self.clock()).total_seconds())
+            if remaining < MIN_URL_SECONDS:
+                raise BackupAgentError(
+                    f"the AWS credentials that would sign the URL expire at"
+                    f" {expiry.isoformat(timespec='seconds')} (in {max(0, remaining)} s):"
+                    " refresh them (a new session) and share again"
+                )
+            if remaining < seconds:
+                seconds = remaining
+                why = (
+                    f"the AWS credentials that sign it expire at"
+                    f" {expiry.isoformat(timespec='seconds')}"
+                )
+        if why is None:
+            return seconds, None
+        return seconds, (
+            f"the URL lives {format_duration(timedelta(seconds=seconds))}, shorter than the"
+            f" {format_duration(timedelta(seconds=asked))} asked: {why}"
+        )
