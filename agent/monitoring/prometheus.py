@@ -4,18 +4,29 @@ Counters and gauges are read from `Stats` and the other sources at scrape time, 
 endpoint and CloudWatch always agree; histograms are fed per backup. Everything lives in
 the agent's own `CollectorRegistry` (never the process-global one), so tests can run
 several agents in one process.
+
+The endpoint faces whoever can reach its port, so it is served by `_BoundedServer`, not
+prometheus-client's thread-per-connection server: at most `MAX_CONNECTIONS` connections
+(one thread each), each cut `CONNECTION_TIMEOUT_SECONDS` after it was accepted whatever it
+is doing. When every slot is taken, the connection that has waited longest without sending
+a whole request is cut to make room (idle sockets cannot lock a scrape out); when every
+slot is serving a request, the newcomer is closed at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -30,6 +41,9 @@ PREFIX = "backup_agent"
 LAG_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 SIZE_BUCKETS = tuple(float(1 << n) for n in range(10, 37, 3))  # 1 KiB … 64 GiB
+MAX_CONNECTIONS = 8  # at once, a thread each: Prometheus scrapes one at a time
+CONNECTION_TIMEOUT_SECONDS = 10.0  # from accept to close, whatever the client does
+_SLOT_WAIT_SECONDS = 0.5  # for a cut connection's thread to give its slot back
 
 
 @dataclass
@@ -147,6 +161,146 @@ class _ScrapeCollector(Collector):
         yield suppressed
 
 
+@dataclass
+class _Connection:
+    sock: socket.socket
+    deadline: float
+    accepted: float
+    waiting: bool = True  # no whole request yet: the one to cut when the slots are full
+    cut: bool = False
+
+
+class _Handler(WSGIRequestHandler):
+    """One request per connection; logs nothing (a scrape is not news)."""
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        if parsed:
+            server: _BoundedServer = self.server  # type: ignore[assignment]
+            server.request_read(self.connection)
+        return parsed
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing."""
+
+
+class _BoundedServer(WSGIServer):
+    """A WSGI server with a connection cap and a per-connection deadline (see the module)."""
+
+    request_queue_size = 128  # the listen backlog: a burst waits there, not in SYN retries
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        family: socket.AddressFamily,
+        max_connections: int,
+        timeout: float,
+    ) -> None:
+        self.address_family = family
+        self.max_connections = max_connections
+        self.connection_timeout = timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, _Connection] = {}
+        self.refused = 0
+        self.cut = 0
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._take_slot():
+            self.refused += 1
+            log.debug("prometheus.connection_refused", client=str(client_address))
+            self.shutdown_request(request)
+            return
+        now = time.monotonic()
+        request.settimeout(self.connection_timeout)
+        with self._lock:
+            self._connections[request] = _Connection(
+                request, now + self.connection_timeout, accepted=now
+            )
+        thread = threading.Thread(
+            target=self._serve_one, args=(request, client_address), daemon=True
+        )
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (TasksMax): refuse, never crash the server
+            self._forget(request)
+
+    def _take_slot(self) -> bool:
+        """A free slot, or the slot of the oldest connection still waiting to send a request."""
+        if self._slots.acquire(blocking=False):
+            return True
+        return self._cut_oldest_waiting() and self._slots.acquire(timeout=_SLOT_WAIT_SECONDS)
+
+    def _serve_one(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception as exc:  # noqa: BLE001 - a client's timeout or reset is not ours
+            log.debug("prometheus.connection_ended", client=str(client_address), error=str(exc))
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: Any) -> None:
+        """Untracked first (nothing cuts a closed socket), then closed, then the slot freed."""
+        with self._lock:
+            self._connections.pop(request, None)
+        self.shutdown_request(request)
+        self._slots.release()
+
+    def request_read(self, sock: socket.socket) -> None:
+        with self._lock:
+            if sock in self._connections:
+                self._connections[sock].waiting = False
+
+    def _cut_oldest_waiting(self) -> bool:
+        with self._lock:
+            waiting = [c for c in self._connections.values() if c.waiting and not c.cut]
+            if not waiting:
+                return False
+            self._cut(min(waiting, key=lambda c: c.accepted))
+        return True
+
+    def service_actions(self) -> None:
+        """Every poll of serve_forever (0.5 s): cut connections past their deadline."""
+        now = time.monotonic()
+        with self._lock:
+            for connection in list(self._connections.values()):
+                if connection.deadline <= now and not connection.cut:
+                    self._cut(connection)
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._lock:
+            for connection in list(self._connections.values()):
+                self._cut(connection)
+
+    def _cut(self, connection: _Connection) -> None:
+        """Wake the thread blocked on the socket (its read returns EOF); that thread closes
+        it. Called under the lock, so never on a socket `_forget` has closed."""
+        connection.cut = True
+        self.cut += 1
+        with contextlib.suppress(OSError):  # the client is gone already
+            connection.sock.shutdown(socket.SHUT_RDWR)
+
+
+def start_bounded_server(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    *,
+    max_connections: int,
+    timeout: float,
+) -> tuple[_BoundedServer, threading.Thread]:
+    family, _, _, _, sockaddr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    server = _BoundedServer((str(sockaddr[0]), port), family, max_connections, timeout)
+    server.set_app(make_wsgi_app(registry))
+    thread = threading.Thread(target=server.serve_forever, name="prometheus", daemon=True)
+    thread.start()
+    return server, thread
+
+
 class PrometheusMetrics:
     """The agent's registry: scrape-time figures plus histograms and queue gauges."""
 
@@ -185,8 +339,12 @@ class PrometheusMetrics:
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
         try:
-            self._server, self._thread = start_http_server(
-                int(port), addr=host, registry=self.registry
+            self._server, self._thread = start_bounded_server(
+                host,
+                int(port),
+                self.registry,
+                max_connections=MAX_CONNECTIONS,
+                timeout=CONNECTION_TIMEOUT_SECONDS,
             )
         except OSError as exc:
             # A busy port must not stop backups: report it and run without the endpoint.
