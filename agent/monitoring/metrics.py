@@ -118,6 +118,7 @@ COUNTERS = {
     "BackupsGaveUp": ("Count", "messages given up on (retries exhausted) since the last sample"),
     "BytesBackedUp": ("Bytes", "object bytes read from S3 and backed up"),
     "BytesStored": ("Bytes", "compressed bytes newly written to the volume"),
+    "EventsIgnored": ("Count", "event records ignored on purpose (tagging, ACL, test event, ...)"),
 }
 GAUGES = {
     "DiskUsedPercent": ("Percent", "used space of the backup volume"),
@@ -159,6 +160,7 @@ class Sampler:
             "BackupsFailed": stats.backups_failed,
             "BytesBackedUp": stats.bytes_backed_up,
             "BytesStored": stats.bytes_stored,
+            "EventsIgnored": sum(stats.ignored.values()),
         }
         if self.counters is not None:
             totals.update(self.counters())

@@ -75,6 +75,14 @@ class _ScrapeCollector(Collector):
             "Compressed bytes newly written to the volume.",
             value=stats.bytes_stored,
         )
+        ignored = CounterMetricFamily(
+            f"{PREFIX}_events_ignored",
+            "Event records ignored on purpose (tagging, ACL, test event, ...), by event name.",
+            labels=["event"],
+        )
+        for name, count in sorted(stats.ignored.items()):
+            ignored.add_metric([name], count)
+        yield ignored
         extra = src.counters()
         yield CounterMetricFamily(
             f"{PREFIX}_backups_gave_up",

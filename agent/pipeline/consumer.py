@@ -25,7 +25,7 @@ import structlog
 
 from agent.aws import error_code
 from agent.errors import MalformedMessage, PermanentError
-from agent.events import ObjectEvent, ParsedMessage, parse_message
+from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
 from agent.pipeline.backup import Processor
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
@@ -314,8 +314,9 @@ class Consumer:
             self.stats.record_failure("malformed")
             self._finish(message, release_after=0)
             return
-        if parsed.is_test_event:
-            log.info("message.test_event", message_id=message_id)
+        for ignored in parsed.ignored:
+            self._ignore(message_id, ignored)
+        if not parsed.events:  # a test event, tagging, ACL, restore requested, ...: done
             self._finish(message, delete=True)
             return
         item = self._lookup(message)
@@ -323,6 +324,19 @@ class Consumer:
         with delivering(attempt):
             failures = self._process_all(parsed)
         self._settle(message, failures)
+
+    def _ignore(self, message_id: str, ignored: IgnoredEvent) -> None:
+        """Counted every time; logged at info the first time a name is seen, then at debug
+        (tagging or ACL changes can come by the thousand and say nothing to the backup)."""
+        first = self.stats.record_ignored(ignored.event_name) == 1
+        (log.info if first else log.debug)(
+            "event.ignored",
+            event_name=ignored.event_name,
+            bucket=ignored.bucket,
+            key=ignored.key,
+            message_id=message_id,
+            why="changes no object's bytes; the message is deleted",
+        )
 
     def _process_all(self, parsed: ParsedMessage) -> _Failures:
         failures = _Failures()

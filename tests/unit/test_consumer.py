@@ -127,7 +127,9 @@ def test_every_documented_shape_is_processed_and_deleted(sqs, queue_url, make_co
     consumer.start()
     wait_until(lambda: len(calls.deleted_handles()) == len(ids), what="every message deleted")
     assert sorted(deleted_ids(calls)) == sorted(ids)
-    assert processor.calls == 9  # 7 one-record messages, one with two, the test event none
+    # 12 one-record messages, one with two; the test event and 3 ignored event types: none
+    assert processor.calls == 14
+    assert sum(consumer.stats.ignored.values()) == 4
     # The recorder sees a DeleteMessage as it is sent; the last may still be on its way.
     wait_until(lambda: queue_counts(sqs, queue_url) == (0, 0), what="the queue empty")
     assert queue_counts(sqs, queue_url) == (0, 0)
@@ -142,7 +144,47 @@ def test_the_s3_test_event_is_acknowledged_without_processing(sqs, queue_url, ma
         wait_until(lambda: calls.deleted_handles(), what="the test event deleted")
     assert deleted_ids(calls) == [test_event]
     assert processor.calls == 0
-    assert {"event": "message.test_event", "message_id": test_event, "log_level": "info"} in logs
+    (ignored,) = [e for e in logs if e["event"] == "event.ignored"]
+    assert (ignored["event_name"], ignored["message_id"], ignored["log_level"]) == (
+        "s3:TestEvent",
+        test_event,
+        "info",
+    )
+
+
+IGNORED_FIXTURES = [
+    "s3-restore-post.json",
+    "s3-object-tagging-put.json",
+    "s3-intelligent-tiering.json",
+]
+
+
+def test_ignored_event_types_are_deleted_counted_and_logged_once_per_name(
+    sqs, queue_url, make_consumer
+):
+    """ObjectRestore:Post, ObjectTagging:*, IntelligentTiering, ... change no bytes: the
+    message is deleted at once, never released for the DLQ, never a failure."""
+    calls = record_calls(sqs)
+    ids = [send(sqs, queue_url, event_text(name)) for name in IGNORED_FIXTURES * 2]
+    processor = FakeProcessor()
+    consumer = make_consumer(processor)
+    with capture_logs() as logs:
+        consumer.start()
+        wait_until(lambda: len(calls.deleted_handles()) == len(ids), what="all deleted")
+    assert sorted(deleted_ids(calls)) == sorted(ids)
+    assert processor.calls == 0
+    assert calls.of("ChangeMessageVisibility") == []  # nothing released for a redrive
+    assert consumer.stats.failures == {} and consumer.stats.backups_failed == 0
+    assert consumer.stats.ignored == {
+        "ObjectRestore:Post": 2,
+        "ObjectTagging:Put": 2,
+        "IntelligentTiering": 2,
+    }
+    ignored = [e for e in logs if e["event"] == "event.ignored"]
+    assert len(ignored) == 6
+    infos = sorted(e["event_name"] for e in ignored if e["log_level"] == "info")
+    assert infos == ["IntelligentTiering", "ObjectRestore:Post", "ObjectTagging:Put"]
+    assert not [e for e in logs if e["event"] == "message.malformed"]
 
 
 def test_a_malformed_message_is_released_at_once_and_work_goes_on(sqs, queue_url, make_consumer):
