@@ -119,6 +119,7 @@ COUNTERS = {
     "BytesBackedUp": ("Bytes", "object bytes read from S3 and backed up"),
     "BytesStored": ("Bytes", "compressed bytes newly written to the volume"),
     "EventsIgnored": ("Count", "event records ignored on purpose (tagging, ACL, test event, ...)"),
+    "ObjectsArchived": ("Count", "versions found that S3 will not serve (archived, SSE-C)"),
 }
 GAUGES = {
     "DiskUsedPercent": ("Percent", "used space of the backup volume"),
@@ -161,6 +162,7 @@ class Sampler:
             "BytesBackedUp": stats.bytes_backed_up,
             "BytesStored": stats.bytes_stored,
             "EventsIgnored": sum(stats.ignored.values()),
+            "ObjectsArchived": sum(stats.archived.values()),
         }
         if self.counters is not None:
             totals.update(self.counters())

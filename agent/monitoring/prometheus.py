@@ -83,6 +83,14 @@ class _ScrapeCollector(Collector):
         for name, count in sorted(stats.ignored.items()):
             ignored.add_metric([name], count)
         yield ignored
+        archived = CounterMetricFamily(
+            f"{PREFIX}_objects_archived",
+            "Versions found that S3 will not serve (archived, SSE-C): not backed up, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.archived.items()):
+            archived.add_metric([reason], count)
+        yield archived
         extra = src.counters()
         yield CounterMetricFamily(
             f"{PREFIX}_backups_gave_up",

@@ -26,7 +26,7 @@ import structlog
 from agent.aws import error_code
 from agent.errors import MalformedMessage, PermanentError
 from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
-from agent.pipeline.backup import Processor
+from agent.pipeline.backup import Outcome, Processor
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
 from agent.stats import Stats
@@ -372,6 +372,8 @@ class Consumer:
                 retryable=True,
             )
             return
+        if result.outcome is Outcome.ARCHIVED:
+            return  # not a backup; BackupService counts the versions found unreadable
         lag = max(0.0, self.wall_clock() - event.event_time.timestamp())
         size = result.copy.size if result.copy else 0
         stored = result.copy.stored_size if result.copy and not result.copy.deduplicated else 0

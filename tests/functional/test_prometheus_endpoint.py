@@ -35,6 +35,8 @@ def exporter():
     stats.set_in_flight(3)
     for name in ("ObjectTagging:Put", "ObjectTagging:Put", "s3:TestEvent"):
         stats.record_ignored(name)
+    stats.record_archived("archived")
+    stats.record_archived("sse-c")
     job = JobRecord("metrics", every(60), runs=5, failures=2, last_duration=0.25)
     metrics = PrometheusMetrics(
         Sources(
@@ -74,6 +76,10 @@ def test_the_endpoint_serves_counters_gauges_and_histograms(exporter):
     assert s["backup_agent_events_ignored_total"] == {
         (("event", "ObjectTagging:Put"),): 2.0,
         (("event", "s3:TestEvent"),): 1.0,
+    }
+    assert s["backup_agent_objects_archived_total"] == {
+        (("reason", "archived"),): 1.0,
+        (("reason", "sse-c"),): 1.0,
     }
     assert s["backup_agent_seconds_since_last_backup"][()] == 50
     assert s["backup_agent_messages_in_flight"][()] == 3
