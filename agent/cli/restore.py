@@ -38,7 +38,7 @@ from agent.config import (
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import VersionRecord, parse_time
-from agent.restore.plan import Plan, RestoreScope, place, plan
+from agent.restore.plan import Plan, RestoreScope, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
 from agent.restore.share import Sharer, staging_bucket
 from agent.restore.source import (
@@ -301,7 +301,7 @@ def cmd_list(rt: Runtime) -> int:
                 "-" if row["size"] is None else human_size(row["size"]),
                 row["event_time"][:19],
                 row["backup_time"][:19],
-                "deleted" if row["deleted"] else "",
+                _state_cell(row),
             ]
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
@@ -329,6 +329,22 @@ def _list_rows(rt: Runtime) -> Iterator[dict[str, Any]]:
                 yield _row(latest, False)
 
 
+def _state_cell(row: dict[str, Any]) -> str:
+    if row["deleted"]:
+        return "deleted"
+    if row["state"] in ("archived", "sse-c"):  # not backed up: S3 would not serve it
+        return f"{row['state']} {row['storage_class'] or ''}".rstrip()
+    return ""
+
+
+def _state(record: VersionRecord) -> str:
+    """stored (a copy on the volume), deleted (a tombstone), archived or sse-c (S3 holds the
+    version but would not serve it to the agent: nothing stored)."""
+    if record.unreadable:
+        return record.unreadable
+    return "deleted" if record.deleted else "stored"
+
+
 def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
     return {
         "bucket": record.bucket,
@@ -341,6 +357,8 @@ def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
         "event_time": record.event_time,
         "backup_time": record.backup_time,
         "deleted": deleted,
+        "state": _state(record),
+        "storage_class": record.storage_class,
     }
 
 
@@ -480,10 +498,14 @@ def cmd_share(rt: Runtime) -> int:
     except ValueError as exc:
         raise UsageError(f"--expires: {exc}") from None
     bucket = rt.one_bucket()
-    choice = select(
-        args.key,
-        rt.source.history(bucket, args.key),
-        Selector(version=args.version, at=args.at, include_deleted=True),
+    choice = readable(
+        rt.source,
+        bucket,
+        select(
+            args.key,
+            rt.source.history(bucket, args.key),
+            Selector(version=args.version, at=args.at, include_deleted=True),
+        ),
     )
     if choice.record is None:
         print(f"backup-restore: {printable_key(args.key)}: {choice.reason}", file=rt.err)

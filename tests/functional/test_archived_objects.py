@@ -14,6 +14,7 @@ are injected (docs/testing.md).
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from agent.cli.restore import main as restore_main
 from agent.config import ReconcileConfig
 from agent.errors import PermanentError
 from agent.events import ObjectEvent, parse_message
@@ -29,11 +31,14 @@ from agent.lifecycle.reconcile import Reconciler
 from agent.pipeline.backup import BackupService, Outcome
 from agent.pipeline.consumer import Consumer
 from agent.records import VersionRecord
+from agent.restore.plan import RestoreScope, plan
+from agent.restore.source import JournalSource, LedgerSource, Selector
 from agent.runtime.wiring import consumer_settings
 from agent.stats import Stats
 from agent.storage.ledger import Ledger
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE, queue_counts
 from tests.support.aws_hooks import Fault, inject, record_calls
+from tests.support.backed_up import write_config
 from tests.support.events import load_event, notification, s3_record
 from tests.support.service import make_service
 from tests.support.waiting import wait_until
@@ -238,6 +243,14 @@ def test_restore_completed_backs_the_version_up_in_the_archived_records_place(
     assert ledger.latest(BUCKET, "cold/ledger.csv") == newest.record  # the newer one stays
     with volume.open_copy(record.sha256) as reader:
         assert reader.read() == body
+    for source in (LedgerSource(ledger), JournalSource(service.journal)):
+        chosen = plan(
+            source,
+            BUCKET,
+            RestoreScope(key="cold/ledger.csv"),
+            Selector(version=version["versionId"]),
+        )
+        assert [i.record.sha256 for i in chosen.items] == [record.sha256], source.name
 
 
 def test_restore_completed_of_the_current_version_takes_over_latest(versioned, service):
@@ -307,6 +320,64 @@ def test_reconcile_records_an_archived_object_then_backs_it_up_once_readable(
     assert latest.sha256 and latest.unreadable is None
     assert latest.version_token == f"v:{version['versionId']}"
     assert stats.archived == {"archived": 1}
+
+
+# -- what the operator sees: list --json, restore ------------------------------------------
+
+
+@pytest.fixture
+def restore_cli(tmp_path, backup_root):
+    shares = {"workers": 2, "staging_bucket": "company-recovery-shares"}
+    path = write_config(tmp_path / "config.yaml", backup_root, restore=shares)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = restore_main([argv[0], "--config", str(path), *argv[1:]], out=out, err=err)
+        return code, out.getvalue(), err.getvalue()
+
+    return run
+
+
+def test_list_json_shows_archived_versions_with_their_state(versioned, service, restore_cli):
+    cold = put(versioned, "cold/a.bin", b"cold", StorageClass="GLACIER")
+    service.process(created("cold/a.bin", b"cold", **cold))
+    warm = put(versioned, "warm/b.bin", b"warm")
+    service.process(created("warm/b.bin", b"warm", **warm))
+
+    for offline in ([], ["--offline"]):
+        code, out, err = restore_cli("list", "--json", "--versions", *offline)
+        assert code == 0, err
+        rows = {row["key"]: row for row in map(json.loads, out.splitlines())}
+        assert (rows["cold/a.bin"]["state"], rows["cold/a.bin"]["storage_class"]) == (
+            "archived",
+            "GLACIER",
+        )
+        assert rows["cold/a.bin"]["sha256"] is None
+        assert (rows["warm/b.bin"]["state"], rows["warm/b.bin"]["storage_class"]) == (
+            "stored",
+            None,
+        )
+    code, out, _ = restore_cli("list")
+    assert any(
+        line.startswith("cold/a.bin") and "archived GLACIER" in line for line in out.splitlines()
+    )
+
+
+def test_a_restore_skips_archived_keys_and_says_why(versioned, service, restore_cli, tmp_path):
+    cold = put(versioned, "cold/a.bin", b"cold", StorageClass="GLACIER")
+    service.process(created("cold/a.bin", b"cold", **cold))
+    warm = put(versioned, "warm/b.bin", b"warm")
+    service.process(created("warm/b.bin", b"warm", **warm))
+    target = tmp_path / "out"
+
+    code, out, err = restore_cli("restore", "--all", "--to", str(target))
+
+    assert code == 0, err
+    assert [p.name for p in target.rglob("*") if p.is_file()] == ["b.bin"]
+    assert "cold/a.bin: version" in out and "is archived in S3 (GLACIER)" in out
+    assert "skipped 1" in out
+    code, _out, err = restore_cli("share", "--key", "cold/a.bin")
+    assert code == 1 and "archived in S3" in err
 
 
 def test_old_records_without_the_new_fields_still_load(versioned, volume):
