@@ -23,7 +23,7 @@ from typing import Any
 import botocore.exceptions
 import structlog
 
-from agent.aws import error_code
+from agent.aws import error_code, lost_handle
 from agent.errors import MalformedMessage, PermanentError
 from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
 from agent.pipeline.backup import Outcome, Processor
@@ -35,7 +35,6 @@ log = structlog.get_logger("agent.consumer")
 
 MAX_VISIBILITY = 43_200  # SQS caps a message's total invisibility at 12 hours
 EMPTY_RECEIVE_PAUSE = 0.2
-LOST_HANDLE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
 
 
 @dataclass(frozen=True)
@@ -449,7 +448,7 @@ class Consumer:
                 error=str(exc),
                 code=error_code(exc),
             )
-            return "lost" if error_code(exc) in LOST_HANDLE_CODES else "failed"
+            return "lost" if lost_handle(error_code(exc)) else "failed"
         log.debug("message.visibility", message_id=item.message_id, seconds=seconds, why=why)
         return "ok"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 from structlog.testing import capture_logs
 
@@ -332,6 +334,62 @@ def test_extension_stops_when_the_receipt_handle_is_invalid(sqs, queue_url, make
     wait_until(lambda: extensions_of_the_other_after_the_loss() >= 2, what="two heartbeats")
     handles = [p["ReceiptHandle"] for p in calls.of("ChangeMessageVisibility")]
     assert handles.count(lost[0]) == 1  # tried once, never again
+
+
+class _RawBody:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.data
+
+    def read(self, *_: Any) -> bytes:
+        return self.data
+
+
+def sqs_answering(code: str, error_type: str) -> Any:
+    """A real botocore SQS client whose ChangeMessageVisibility gets the HTTP answer SQS's JSON
+    protocol sends: `__type` in the body, the query-compatible code in x-amzn-query-error
+    (which botocore reports as the error Code). Nothing reaches the network."""
+    client = boto3.client(
+        "sqs", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+    )
+    body = json.dumps({"__type": f"com.amazonaws.sqs#{error_type}", "message": "…"}).encode()
+    headers = {
+        "x-amzn-query-error": f"{code};Sender",
+        "Content-Type": "application/x-amz-json-1.0",
+    }
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        return AWSResponse(request.url, 400, headers, _RawBody(body))
+
+    client.meta.events.register("before-send.sqs.ChangeMessageVisibility", answer)
+    return client
+
+
+@pytest.mark.parametrize(
+    ("code", "error_type"),
+    [
+        # an expired receipt handle, as the JSON protocol reports it:
+        # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html
+        ("AWS.SimpleQueueService.MessageNotInflight", "MessageNotInflight"),
+        ("ReceiptHandleIsInvalid", "ReceiptHandleIsInvalid"),
+    ],
+)
+def test_an_expired_receipt_handle_stops_the_extension_like_an_invalid_one(code, error_type):
+    sqs = sqs_answering(code, error_type)
+    consumer = Consumer(
+        sqs,
+        FakeProcessor(),
+        ConsumerSettings(queue_url="https://sqs.us-east-1.amazonaws.com/1/q"),
+        clock=lambda: 200.0,
+    )
+    item = InFlight("m-1", "handle-1", 1, received_at=0.0, extended_at=0.0)
+    with capture_logs() as logs:
+        consumer._extend(item, 300)
+    assert item.extendable is False  # not retried at every heartbeat for ever
+    (failed,) = [e for e in logs if e["event"] == "message.visibility_failed"]
+    assert failed["code"] == code
 
 
 def test_extension_respects_the_12_hour_cap():
