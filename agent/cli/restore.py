@@ -386,7 +386,7 @@ def cmd_restore(rt: Runtime) -> int:
             bucket=args.bucket,
             prefix=args.to_prefix,
             overwrite=args.overwrite,
-            expected_bucket_owner=rt.config.aws.expected_bucket_owner,
+            expected_bucket_owner=_target_owner(rt.config, args.bucket or bucket),
         )
     else:
         chosen = place(chosen)
@@ -402,6 +402,13 @@ def cmd_restore(rt: Runtime) -> int:
         print("backup-restore: nothing to restore", file=rt.err)
         return ExitCode.FAILURE
     return ExitCode.OK if summary.ok else ExitCode.FAILURE
+
+
+def _target_owner(config: Config, target_bucket: str) -> str | None:
+    """`aws.expected_bucket_owner` is the backed-up buckets' owner: sent when the restore goes
+    back into one of them, never to another bucket (a recovery bucket may be in another
+    account; S3 answers 403 when the owner differs, bucket-owner-condition.html)."""
+    return config.aws.expected_bucket_owner if target_bucket in config.buckets else None
 
 
 def _report_restore(rt: Runtime, summary: Summary) -> None:
