@@ -42,6 +42,7 @@ from agent.restore.plan import Plan, RestoreScope, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
 from agent.restore.share import Sharer, staging_bucket
 from agent.restore.source import (
+    Choice,
     JournalSource,
     LedgerSource,
     RestoreSource,
@@ -325,8 +326,10 @@ def _list_rows(rt: Runtime) -> Iterator[dict[str, Any]]:
                 row = _row(stored or latest, True)
                 row["deleted_at"] = latest.event_time
                 yield row
-            else:
-                yield _row(latest, False)
+            else:  # an archived version backed up later shows as the backed-up record
+                yield _row(
+                    readable(rt.source, bucket, Choice(latest.key, latest)).record or latest, False
+                )
 
 
 def _state_cell(row: dict[str, Any]) -> str:

@@ -51,7 +51,6 @@ class Outcome(enum.Enum):
 
 ARCHIVED = "archived"  # VersionRecord.unreadable: InvalidObjectState
 SSE_C = "sse-c"  # VersionRecord.unreadable: encrypted with a customer-provided key
-UNREADABLE = (ARCHIVED, SSE_C)
 WHAT_TO_DO = {
     ARCHIVED: (
         "restore it in S3 first (RestoreObject, or 'Initiate restore' in the console); the agent"
@@ -233,21 +232,17 @@ class BackupService:
         return Result(Outcome.ARCHIVED, event, record)
 
     def _unreadable_record_of(self, event: ObjectEvent) -> VersionRecord | None:
-        """The record of this version as archived, when it may now be readable: on
+        """The record of this version as archived, when it may have become readable: on
         `ObjectRestore:Completed`, and for calls outside the consumer (reconcile, scrub).
-        Live events of new versions are not asked about: no request is added to them."""
+        One GetItem; live events of new versions are not asked about (no request added)."""
         if not event.restored and delivery.current() is not None:
             return None
-        latest = self.ledger.latest(event.bucket, event.key)
-        if latest is not None and latest.unreadable and _same_version(latest, event):
+        if event.version_id and event.version_id != "null":
+            token = f"{ARCHIVED}:{event.version_token}"
+            return self.ledger.get_version(event.bucket, event.key, token)
+        latest = self.ledger.latest(event.bucket, event.key)  # unversioned: one object a key
+        if latest is not None and latest.unreadable == ARCHIVED and _same_version(latest, event):
             return latest
-        if event.restored and event.version_id and event.version_id != "null":
-            for reason in UNREADABLE:
-                found = self.ledger.get_version(
-                    event.bucket, event.key, f"{reason}:{event.version_token}"
-                )
-                if found is not None:
-                    return found
         return None
 
     def _duplicate(self, event: ObjectEvent) -> Result | None:

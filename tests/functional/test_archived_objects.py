@@ -285,6 +285,30 @@ def test_restore_completed_of_a_version_backed_up_before_it_was_archived_is_a_no
     assert calls.of("GetObject") == []  # the ledger knew it: nothing downloaded again
 
 
+def test_in_an_unversioned_bucket_the_restored_object_takes_the_archived_ones_token(
+    aws, volume, stats
+):
+    """Without versionIds the put's token is its sequencer; a restore event has none (S3
+    sends sequencers for PUTs and DELETEs only) and is matched by its eTag."""
+    service = make_service(aws, volume, stats=stats)
+    body = b"unversioned and archived"
+    etag = aws.s3.put_object(Bucket=BUCKET, Key="flat.txt", Body=body, StorageClass="GLACIER")[
+        "ETag"
+    ].strip('"')
+    archived = service.process(created("flat.txt", body, sequencer="0C", eTag=etag)).record
+    assert archived.version_token.startswith("archived:s:0C")
+    aws.s3.restore_object(Bucket=BUCKET, Key="flat.txt", RestoreRequest={"Days": 1})
+    document = load_event("s3-restore-completed.json")
+    document["Records"][0]["s3"]["object"] = {"key": "flat.txt", "size": len(body), "eTag": etag}
+    (event,) = parse_message(json.dumps(document)).events
+
+    result = service.process(event)
+
+    assert result.outcome is Outcome.STORED
+    assert result.record.version_token == archived.version_token.removeprefix("archived:")
+    assert Ledger(aws.dynamodb, TABLE).latest(BUCKET, "flat.txt") == result.record
+
+
 def test_reconcile_records_an_archived_object_then_backs_it_up_once_readable(
     versioned, config, volume, stats
 ):
@@ -361,6 +385,28 @@ def test_list_json_shows_archived_versions_with_their_state(versioned, service, 
     assert any(
         line.startswith("cold/a.bin") and "archived GLACIER" in line for line in out.splitlines()
     )
+
+
+def test_once_backed_up_the_version_lists_as_stored_from_either_source(
+    versioned, service, restore_cli
+):
+    body = b"was cold"
+    version = put(versioned, "cold/a.bin", body, StorageClass="GLACIER")
+    service.process(created("cold/a.bin", body, **version))
+    versioned.s3.restore_object(
+        Bucket=BUCKET, Key="cold/a.bin", VersionId=version["versionId"], RestoreRequest={"Days": 1}
+    )
+    service.process(restore_completed("cold/a.bin", body, version))
+
+    for offline in ([], ["--offline"]):
+        code, out, err = restore_cli("list", "--json", *offline)
+        assert code == 0, err
+        (row,) = map(json.loads, out.splitlines())
+        assert (row["state"], row["version_id"]) == ("stored", version["versionId"]), offline
+        assert row["sha256"]
+        code, out, err = restore_cli("list", "--json", "--versions", *offline)
+        states = sorted(json.loads(line)["state"] for line in out.splitlines())
+        assert states == ["archived", "stored"]  # the history keeps what happened
 
 
 def test_a_restore_skips_archived_keys_and_says_why(versioned, service, restore_cli, tmp_path):
