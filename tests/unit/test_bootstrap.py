@@ -126,6 +126,7 @@ def test_a_notification_with_the_old_event_list_is_updated_once(clients, config)
 
 
 def test_an_update_keeps_the_configurations_filter_and_wider_event_types(clients, config):
+    # "prefix" in lower case: S3's documented value, and the only one moto accepts
     prefix_only = {"Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "data/"}]}}}
     old_release_notification(
         clients, ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:ObjectRestore:*"], **prefix_only
