@@ -187,6 +187,20 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+# The receipt handle no longer names an in-flight message (it expired, or the message was
+# received again): nothing more can be done with it. SQS's JSON protocol names the expired case
+# AWS.SimpleQueueService.MessageNotInflight (botocore takes the x-amzn-query-error code), the
+# query protocol MessageNotInflight or InvalidParameterValue ("The receipt handle has expired").
+# https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html
+LOST_HANDLE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
+SQS_CODE_PREFIX = "AWS.SimpleQueueService."
+
+
+def lost_handle(code: str) -> bool:
+    """Does this SQS error code say the receipt handle is no longer valid?"""
+    return code.removeprefix(SQS_CODE_PREFIX) in LOST_HANDLE_CODES
+
+
 def classify(exc: BaseException, what: str) -> BackupAgentError:
     """Turn a botocore/network exception into the agent's error tree."""
     if isinstance(exc, BackupAgentError):

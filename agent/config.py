@@ -308,6 +308,18 @@ class RestoreConfig(Section):
         description="Lifetime of a shared copy: the lifecycle rule and the longest URL.",
     )
     workers: int = Field(default=8, ge=1, le=256)
+    recovery_buckets: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Buckets `restore --to-s3 --bucket B` writes to besides the backed-up ones; the"
+            " operator IAM policy grants them PutObject. Never sent ExpectedBucketOwner."
+        ),
+    )
+
+    @field_validator("recovery_buckets")
+    @classmethod
+    def _recovery_bucket_names(cls, value: list[str]) -> list[str]:
+        return check_bucket_names(value)
 
     @field_validator("share_expiry")
     @classmethod
@@ -367,10 +379,14 @@ class Config(Section):
     @field_validator("buckets")
     @classmethod
     def _bucket_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not (3 <= len(name) <= 63) or "/" in name:
-                raise ValueError(f"{name!r} is not a bucket name")
-        return value
+        return check_bucket_names(value)
+
+
+def check_bucket_names(value: list[str]) -> list[str]:
+    for name in value:
+        if not (3 <= len(name) <= 63) or "/" in name:
+            raise ValueError(f"{name!r} is not a bucket name")
+    return value
 
 
 CONFIG_OPTION_HELP = "default: $BACKUP_AGENT_CONFIG, then /etc/backup-agent/config.yaml"

@@ -41,3 +41,14 @@ class ObjectGone(BackupAgentError):
 
 class IntegrityError(BackupAgentError):
     """Bytes did not match their recorded size, eTag or SHA-256."""
+
+
+class ObjectUnreadable(BackupAgentError):
+    """S3 holds the version but will not serve its bytes to the agent: archived (GLACIER,
+    DEEP_ARCHIVE, an Intelligent-Tiering archive tier) or encrypted with a customer-provided
+    key (SSE-C). A state to record, not a failure to retry."""
+
+    def __init__(self, reason: str, storage_class: str | None, message: str) -> None:
+        self.reason = reason
+        self.storage_class = storage_class
+        super().__init__(message)

@@ -8,11 +8,27 @@ Every shape S3 events reach SQS in is accepted:
 * EventBridge ``Object Created`` / ``Object Deleted`` events (keys not encoded);
 * ``s3:TestEvent`` (sent when a notification is configured: acknowledged, nothing to do).
 
-Anything else raises MalformedMessage; the consumer releases it for the DLQ redrive.
+What an event name means (`event_kind`; the names are listed at
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-how-to-event-types-and-destinations.html):
+
+* ``ObjectCreated:*`` and ``ObjectRestore:Completed`` (an archived version is readable
+  again) are CREATED: the version is backed up;
+* ``ObjectRemoved:*`` and ``LifecycleExpiration:*`` (S3 Lifecycle deleting: its own names,
+  never ``ObjectRemoved``) are REMOVED, a delete marker when the name ends in
+  ``DeleteMarkerCreated``; the event name is kept on the record, so the ledger can tell
+  a lifecycle expiration from a user's delete;
+* every other name (``ObjectRestore:Post``/``Delete``, ``Replication:*``, ``ObjectTagging:*``,
+  ``ObjectAcl:Put``, ``IntelligentTiering``, ``LifecycleTransition``, ``s3:TestEvent`` and names
+  S3 adds later) changes no object's bytes: the record is an `IgnoredEvent`, left alone on
+  purpose, never malformed.
+
+A body that is no event at all raises MalformedMessage; the consumer releases it for the
+DLQ redrive.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 from dataclasses import dataclass
@@ -32,6 +48,24 @@ class EventKind(enum.Enum):
     REMOVED = "removed"
 
 
+RESTORE_COMPLETED = "ObjectRestore:Completed"
+TEST_EVENT = "s3:TestEvent"
+
+
+def event_kind(name: str) -> EventKind | None:
+    """What an S3 event name means for the backup; None: nothing to do (ignored on purpose)."""
+    bare = name.removeprefix("s3:")
+    if bare.startswith("ObjectCreated:") or is_restore_completed(name):
+        return EventKind.CREATED
+    if bare.startswith(("ObjectRemoved:", "LifecycleExpiration:")):
+        return EventKind.REMOVED
+    return None
+
+
+def is_restore_completed(name: str) -> bool:
+    return name.removeprefix("s3:") == RESTORE_COMPLETED
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectEvent:
     """One object-level change, as the event reported it (not yet verified against S3)."""
@@ -46,6 +80,11 @@ class ObjectEvent:
     size: int | None = None
     sequencer: str | None = None
     delete_marker: bool = False
+
+    @property
+    def restored(self) -> bool:
+        """An archived version made readable again (`ObjectRestore:Completed`), not a new one."""
+        return is_restore_completed(self.event_name)
 
     @property
     def order_key(self) -> str:
@@ -71,11 +110,21 @@ class ObjectEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class IgnoredEvent:
+    """A record the agent leaves alone on purpose: its name, and where it happened if known."""
+
+    event_name: str
+    bucket: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedMessage:
-    """What one SQS message carries: object events, or nothing (a test event)."""
+    """What one SQS message carries: object events, and the records ignored on purpose."""
 
     events: tuple[ObjectEvent, ...]
     is_test_event: bool = False
+    ignored: tuple[IgnoredEvent, ...] = ()
 
 
 def parse_message(body: str | bytes) -> ParsedMessage:
@@ -89,28 +138,42 @@ def parse_message(body: str | bytes) -> ParsedMessage:
 def _parse_document(document: Any) -> ParsedMessage:
     if not isinstance(document, dict):
         raise MalformedMessage(f"expected a JSON object, got {type(document).__name__}")
-    if document.get("Event") == "s3:TestEvent":
-        return ParsedMessage(events=(), is_test_event=True)
+    if document.get("Event") == TEST_EVENT:
+        bucket = document.get("Bucket")
+        ignored = IgnoredEvent(TEST_EVENT, bucket if isinstance(bucket, str) else None)
+        return ParsedMessage(events=(), is_test_event=True, ignored=(ignored,))
     if "Records" in document:
         records = document["Records"]
         if not isinstance(records, list) or not records:
             raise MalformedMessage("'Records' is not a non-empty list")
-        return ParsedMessage(events=tuple(_parse_record(r, i) for i, r in enumerate(records)))
+        parsed = [_parse_record(r, i) for i, r in enumerate(records)]
+        return ParsedMessage(
+            events=tuple(p for p in parsed if isinstance(p, ObjectEvent)),
+            ignored=tuple(p for p in parsed if isinstance(p, IgnoredEvent)),
+        )
     if document.get("source") == "aws.s3" and "detail" in document:
-        return ParsedMessage(events=(_parse_eventbridge(document),))
+        found = _parse_eventbridge(document)
+        if isinstance(found, IgnoredEvent):
+            return ParsedMessage(events=(), ignored=(found,))
+        return ParsedMessage(events=(found,))
     raise MalformedMessage("not an S3 notification, SNS envelope, EventBridge or test event")
 
 
-def _parse_record(record: Any, index: int) -> ObjectEvent:
+def _parse_record(record: Any, index: int) -> ObjectEvent | IgnoredEvent:
     where = f"Records[{index}]"
     if not isinstance(record, dict):
         raise MalformedMessage(f"{where} is not an object")
     name = _require_str(record, "eventName", where)
+    kind = event_kind(name)
+    if kind is None:
+        return _ignored_record(name, record)
     s3 = _require_dict(record, "s3", where)
     bucket = _require_str(_require_dict(s3, "bucket", where + ".s3"), "name", where + ".s3.bucket")
     obj = _require_dict(s3, "object", where + ".s3")
     key = decode_notification_key(_require_str(obj, "key", where + ".s3.object"))
-    kind = _kind_from_event_name(name, where)
+    # The sequencer orders PUTs and DELETEs of a key (notification-content-structure.html);
+    # a restore's would place an old version after newer ones, so it is not kept.
+    sequencer = None if is_restore_completed(name) else obj.get("sequencer")
     return ObjectEvent(
         kind=kind,
         bucket=bucket,
@@ -120,23 +183,52 @@ def _parse_record(record: Any, index: int) -> ObjectEvent:
         version_id=_optional_str(obj, "versionId", where),
         etag=_optional_str(obj, "eTag", where),
         size=_optional_size(obj.get("size"), where),
-        sequencer=_optional_sequencer(obj.get("sequencer"), where),
+        sequencer=_optional_sequencer(sequencer, where),
         delete_marker=name.endswith("DeleteMarkerCreated"),
     )
 
 
-def _parse_eventbridge(document: dict[str, Any]) -> ObjectEvent:
+def _ignored_record(name: str, record: dict[str, Any]) -> IgnoredEvent:
+    """Where an ignored record happened, as far as it says (its shape is not checked)."""
+    s3 = record.get("s3")
+    s3 = s3 if isinstance(s3, dict) else {}
+    key = _nested_str(s3, "object", "key")
+    if key is not None:
+        with contextlib.suppress(MalformedMessage):  # else kept as sent: it is only logged
+            key = decode_notification_key(key)
+    return IgnoredEvent(name, _nested_str(s3, "bucket", "name"), key)
+
+
+def _nested_str(parent: dict[str, Any], name: str, field: str) -> str | None:
+    child = parent.get(name)
+    value = child.get(field) if isinstance(child, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _parse_eventbridge(document: dict[str, Any]) -> ObjectEvent | IgnoredEvent:
+    """EventBridge's detail-types (EventBridge.html, ev-events.html in the S3 user guide)."""
     detail_type = document.get("detail-type")
     detail = _require_dict(document, "detail", "EventBridge event")
-    obj = _require_dict(detail, "object", "detail")
-    bucket = _require_str(_require_dict(detail, "bucket", "detail"), "name", "detail.bucket")
+    deletion_type = detail.get("deletion-type", "")
+    marker = deletion_type == "Delete Marker Created"
     if detail_type == "Object Created":
         kind, name = EventKind.CREATED, "ObjectCreated:" + str(detail.get("reason", "PutObject"))
+    elif detail_type == "Object Deleted" and detail.get("reason") == "Lifecycle Expiration":
+        suffix = "DeleteMarkerCreated" if marker else "Delete"
+        kind, name = EventKind.REMOVED, "LifecycleExpiration:" + suffix  # the S3 names
     elif detail_type == "Object Deleted":
         kind, name = EventKind.REMOVED, "ObjectRemoved:" + str(detail.get("reason", "DeleteObject"))
-    else:
-        raise MalformedMessage(f"EventBridge detail-type {detail_type!r} is not handled")
-    deletion_type = detail.get("deletion-type", "")
+    elif detail_type == "Object Restore Completed":
+        kind, name = EventKind.CREATED, RESTORE_COMPLETED
+    else:  # Object Restore Initiated/Expired, Object Tags Added, Object ACL Updated, ...
+        return IgnoredEvent(
+            str(detail_type),
+            _nested_str(detail, "bucket", "name"),
+            _nested_str(detail, "object", "key"),
+        )
+    obj = _require_dict(detail, "object", "detail")
+    bucket = _require_str(_require_dict(detail, "bucket", "detail"), "name", "detail.bucket")
+    sequencer = None if is_restore_completed(name) else obj.get("sequencer")
     return ObjectEvent(
         kind=kind,
         bucket=bucket,
@@ -146,8 +238,8 @@ def _parse_eventbridge(document: dict[str, Any]) -> ObjectEvent:
         version_id=_optional_str(obj, "version-id", "detail.object"),
         etag=_optional_str(obj, "etag", "detail.object"),
         size=_optional_size(obj.get("size"), "detail.object"),
-        sequencer=_optional_sequencer(obj.get("sequencer"), "detail.object"),
-        delete_marker=deletion_type == "Delete Marker Created",
+        sequencer=_optional_sequencer(sequencer, "detail.object"),
+        delete_marker=marker,
     )
 
 
@@ -159,17 +251,6 @@ def decode_notification_key(raw: str) -> str:
         raise MalformedMessage(
             f"object key {raw[:80]!r} is not valid percent-encoded UTF-8"
         ) from None
-
-
-def _kind_from_event_name(name: str, where: str) -> EventKind:
-    bare = name.removeprefix("s3:")
-    if bare.startswith("ObjectCreated:"):
-        return EventKind.CREATED
-    if bare.startswith("ObjectRemoved:"):
-        return EventKind.REMOVED
-    raise MalformedMessage(
-        f"{where}.eventName {name!r} is not an ObjectCreated/ObjectRemoved event"
-    )
 
 
 def _checked_key(key: str, where: str) -> str:

@@ -31,6 +31,11 @@ class VersionRecord:
     sha256: str | None = None
     size: int | None = None
     stored_size: int | None = None
+    # Set when S3 holds the version but would not serve its bytes ("archived": GLACIER,
+    # DEEP_ARCHIVE, Intelligent-Tiering archive tiers; "sse-c": a customer-provided key):
+    # nothing stored, version_token "<unreadable>:<token>". Absent from older items.
+    unreadable: str | None = None
+    storage_class: str | None = None
 
     @classmethod
     def for_event(

@@ -21,6 +21,8 @@ class Stats:
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     lifecycle: Counter[str] = field(default_factory=Counter)  # "reconcile.listed", "gc.bytes_freed"
+    ignored: Counter[str] = field(default_factory=Counter)  # event name → records ignored
+    archived: Counter[str] = field(default_factory=Counter)  # "archived", "sse-c" → versions
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_success(
@@ -39,6 +41,17 @@ class Stats:
         with self._lock:
             self.backups_failed += 1
             self.failures[reason] += 1
+
+    def record_ignored(self, event_name: str) -> int:
+        """Count a record ignored on purpose; returns how many of that name so far."""
+        with self._lock:
+            self.ignored[event_name] += 1
+            return self.ignored[event_name]
+
+    def record_archived(self, reason: str) -> None:
+        """Count a version newly found that S3 holds but will not serve (archived, SSE-C)."""
+        with self._lock:
+            self.archived[reason] += 1
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a lifecycle counter (reconcile, retention, gc, scrub progress)."""
@@ -70,4 +83,6 @@ class Stats:
                 messages_in_flight=self.messages_in_flight,
                 outcomes=Counter(self.outcomes),
                 failures=Counter(self.failures),
+                ignored=Counter(self.ignored),
+                archived=Counter(self.archived),
             )

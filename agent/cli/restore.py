@@ -38,10 +38,11 @@ from agent.config import (
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import VersionRecord, parse_time
-from agent.restore.plan import Plan, RestoreScope, place, plan
+from agent.restore.plan import Plan, RestoreScope, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
 from agent.restore.share import Sharer, staging_bucket
 from agent.restore.source import (
+    Choice,
     JournalSource,
     LedgerSource,
     RestoreSource,
@@ -301,7 +302,7 @@ def cmd_list(rt: Runtime) -> int:
                 "-" if row["size"] is None else human_size(row["size"]),
                 row["event_time"][:19],
                 row["backup_time"][:19],
-                "deleted" if row["deleted"] else "",
+                _state_cell(row),
             ]
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
@@ -325,8 +326,26 @@ def _list_rows(rt: Runtime) -> Iterator[dict[str, Any]]:
                 row = _row(stored or latest, True)
                 row["deleted_at"] = latest.event_time
                 yield row
-            else:
-                yield _row(latest, False)
+            else:  # an archived version backed up later shows as the backed-up record
+                yield _row(
+                    readable(rt.source, bucket, Choice(latest.key, latest)).record or latest, False
+                )
+
+
+def _state_cell(row: dict[str, Any]) -> str:
+    if row["deleted"]:
+        return "deleted"
+    if row["state"] in ("archived", "sse-c"):  # not backed up: S3 would not serve it
+        return f"{row['state']} {row['storage_class'] or ''}".rstrip()
+    return ""
+
+
+def _state(record: VersionRecord) -> str:
+    """stored (a copy on the volume), deleted (a tombstone), archived or sse-c (S3 holds the
+    version but would not serve it to the agent: nothing stored)."""
+    if record.unreadable:
+        return record.unreadable
+    return "deleted" if record.deleted else "stored"
 
 
 def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
@@ -341,6 +360,8 @@ def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
         "event_time": record.event_time,
         "backup_time": record.backup_time,
         "deleted": deleted,
+        "state": _state(record),
+        "storage_class": record.storage_class,
     }
 
 
@@ -368,7 +389,7 @@ def cmd_restore(rt: Runtime) -> int:
             bucket=args.bucket,
             prefix=args.to_prefix,
             overwrite=args.overwrite,
-            expected_bucket_owner=rt.config.aws.expected_bucket_owner,
+            expected_bucket_owner=_target_owner(rt.config, args.bucket or bucket),
         )
     else:
         chosen = place(chosen)
@@ -384,6 +405,13 @@ def cmd_restore(rt: Runtime) -> int:
         print("backup-restore: nothing to restore", file=rt.err)
         return ExitCode.FAILURE
     return ExitCode.OK if summary.ok else ExitCode.FAILURE
+
+
+def _target_owner(config: Config, target_bucket: str) -> str | None:
+    """`aws.expected_bucket_owner` is the backed-up buckets' owner: sent when the restore goes
+    back into one of them, never to another bucket (a recovery bucket may be in another
+    account; S3 answers 403 when the owner differs, bucket-owner-condition.html)."""
+    return config.aws.expected_bucket_owner if target_bucket in config.buckets else None
 
 
 def _report_restore(rt: Runtime, summary: Summary) -> None:
@@ -480,10 +508,14 @@ def cmd_share(rt: Runtime) -> int:
     except ValueError as exc:
         raise UsageError(f"--expires: {exc}") from None
     bucket = rt.one_bucket()
-    choice = select(
-        args.key,
-        rt.source.history(bucket, args.key),
-        Selector(version=args.version, at=args.at, include_deleted=True),
+    choice = readable(
+        rt.source,
+        bucket,
+        select(
+            args.key,
+            rt.source.history(bucket, args.key),
+            Selector(version=args.version, at=args.at, include_deleted=True),
+        ),
     )
     if choice.record is None:
         print(f"backup-restore: {printable_key(args.key)}: {choice.reason}", file=rt.err)

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from mypy_boto3_ses import SESClient
     from mypy_boto3_sns import SNSClient
 
-SUBJECT_LIMIT = 100  # SNS rejects longer subjects
+# SNS Publish: "Subjects must be UTF-8 text with no line breaks or control characters, and
+# less than 100 characters long" (https://docs.aws.amazon.com/sns/latest/api/API_Publish.html).
+SUBJECT_LIMIT = 99
 
 
 @dataclass(frozen=True)

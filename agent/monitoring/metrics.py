@@ -122,6 +122,8 @@ COUNTERS = {
     "BackupsGaveUp": ("Count", "messages given up on (retries exhausted) since the last sample"),
     "BytesBackedUp": ("Bytes", "object bytes read from S3 and backed up"),
     "BytesStored": ("Bytes", "compressed bytes newly written to the volume"),
+    "EventsIgnored": ("Count", "event records ignored on purpose (tagging, ACL, test event, ...)"),
+    "ObjectsArchived": ("Count", "versions found that S3 will not serve (archived, SSE-C)"),
 }
 GAUGES = {
     "DiskUsedPercent": ("Percent", "used space of the backup volume"),
@@ -163,6 +165,8 @@ class Sampler:
             "BackupsFailed": stats.backups_failed,
             "BytesBackedUp": stats.bytes_backed_up,
             "BytesStored": stats.bytes_stored,
+            "EventsIgnored": sum(stats.ignored.values()),
+            "ObjectsArchived": sum(stats.archived.values()),
         }
         if self.counters is not None:
             totals.update(self.counters())

@@ -89,6 +89,22 @@ class _ScrapeCollector(Collector):
             "Compressed bytes newly written to the volume.",
             value=stats.bytes_stored,
         )
+        ignored = CounterMetricFamily(
+            f"{PREFIX}_events_ignored",
+            "Event records ignored on purpose (tagging, ACL, test event, ...), by event name.",
+            labels=["event"],
+        )
+        for name, count in sorted(stats.ignored.items()):
+            ignored.add_metric([name], count)
+        yield ignored
+        archived = CounterMetricFamily(
+            f"{PREFIX}_objects_archived",
+            "Versions found that S3 will not serve (archived, SSE-C): not backed up, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.archived.items()):
+            archived.add_metric([reason], count)
+        yield archived
         extra = src.counters()
         yield CounterMetricFamily(
             f"{PREFIX}_backups_gave_up",

@@ -1,7 +1,9 @@
 """Create the AWS resources the agent needs; leave what exists. Safe to run again.
 
 Queue + dead-letter queue with a redrive policy, the queue policy that lets S3 send,
-the bucket notifications for created and removed objects, and the DynamoDB table.
+the bucket notifications (`NOTIFIED_EVENTS`: created and removed objects, S3 Lifecycle
+expirations, restores of archived objects), and the DynamoDB table. A notification of
+an earlier release, with fewer event types, gets the missing ones added.
 When the config has an `alerts:` section: the SNS topic (`alerts.sns_topic_arn`) and the SES
 verification of the sender (`alerts.email.sender`; SES mails the address a link to click).
 """
@@ -21,10 +23,20 @@ from agent.restore.share import ensure_staging, staging_bucket
 from agent.storage.ledger import table_definition
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3.literals import EventType
     from mypy_boto3_s3.type_defs import NotificationConfigurationTypeDef
     from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 NOTIFICATION_ID = "backup-agent"
+# What the agent acts on (agent/events.py): S3 Lifecycle deletes are reported only as
+# LifecycleExpiration:*, never as ObjectRemoved:*, and ObjectRestore:Completed says an
+# archived version became readable. (notification-how-to-event-types-and-destinations.html)
+NOTIFIED_EVENTS: tuple[EventType, ...] = (
+    "s3:ObjectCreated:*",
+    "s3:ObjectRemoved:*",
+    "s3:LifecycleExpiration:*",
+    "s3:ObjectRestore:Completed",
+)
 POLICY_SID = "AllowS3Notifications"
 RETENTION_SECONDS = 14 * 24 * 3600
 
@@ -161,26 +173,35 @@ class Bootstrap:
         self.report.add("queue policy for S3", True)
 
     def ensure_notification(self, bucket: str, queue_arn: str) -> None:
+        """Our queue notified of every event type in NOTIFIED_EVENTS; other configurations
+        of the bucket are kept (PutBucketNotificationConfiguration replaces them all)."""
         s3 = self.clients.s3
         answer = s3.get_bucket_notification_configuration(Bucket=bucket)
         current: NotificationConfigurationTypeDef = {
             k: v for k, v in answer.items() if k != "ResponseMetadata"
         }  # type: ignore[assignment]  # the answer is the configuration plus metadata
         queues = list(current.get("QueueConfigurations", []))
-        if any(q.get("QueueArn") == queue_arn for q in queues):
-            self.report.add(f"notification {bucket} → queue", False)
-            return
-        queues = [q for q in queues if q.get("Id") != NOTIFICATION_ID]
-        queues.append(
-            {
-                "Id": NOTIFICATION_ID,
-                "QueueArn": queue_arn,
-                "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
-            }
-        )
+        ours = [q for q in queues if q.get("QueueArn") == queue_arn]
+        what = f"notification {bucket} → queue"
+        if ours:
+            have = [e for q in ours for e in q.get("Events", [])]
+            missing = [e for e in NOTIFIED_EVENTS if not any(_covers(h, e) for h in have)]
+            if not missing:
+                self.report.add(what, False)
+                return
+            # Into the configuration already pointing here (a second one with overlapping
+            # events for the same queue would be refused by S3); its filter stays.
+            target = next((q for q in ours if q.get("Id") == NOTIFICATION_ID), ours[0])
+            target["Events"] = [*target.get("Events", []), *missing]
+            what += f" (added {', '.join(missing)})"
+        else:
+            queues = [q for q in queues if q.get("Id") != NOTIFICATION_ID]
+            queues.append(
+                {"Id": NOTIFICATION_ID, "QueueArn": queue_arn, "Events": list(NOTIFIED_EVENTS)}
+            )
         current["QueueConfigurations"] = queues
         s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
-        self.report.add(f"notification {bucket} → queue", True)
+        self.report.add(what, True)
 
     def ensure_table(self) -> None:
         db = self.clients.dynamodb
@@ -218,6 +239,12 @@ class Bootstrap:
         self.ensure_bucket(bucket)
         for what, changed in ensure_staging(self.clients.s3, self.config.restore, bucket):
             self.report.add(what, changed)
+
+
+def _covers(have: str, wanted: str) -> bool:
+    """Does the configured event type `have` include `wanted` (s3:ObjectRestore:* does
+    s3:ObjectRestore:Completed)?"""
+    return have == wanted or (have.endswith(":*") and wanted.startswith(have[:-1]))
 
 
 def _same(name: str, current: str | None, wanted: str) -> bool:

@@ -13,7 +13,8 @@ operator does by hand:
   list|restore --to DIR|verify|snapshots`). It cannot write to the backed-up buckets.
 * ``operator`` — a person or CI role for the commands that change AWS resources:
   `scripts/bootstrap-aws`, `backup-agent alarms|dashboard|reindex`, `backup-restore
-  restore --to-s3` and `share`, and `scripts/mount-snapshot`. Self-contained: it includes
+  restore --to-s3` (into the backed-up buckets and `restore.recovery_buckets`) and `share`,
+  and `scripts/mount-snapshot`. Self-contained: it includes
   the ledger reads those commands need.
 
 Every statement has a Sid saying its purpose and names only the configured queue, dead-letter
@@ -111,6 +112,7 @@ class PolicyScope:
     staging_bucket: str | None = None
     staging_prefix: str = "backup-agent-share/"
     restore_to_s3: bool = True
+    recovery_buckets: tuple[str, ...] = ()
 
     @classmethod
     def from_config(
@@ -146,6 +148,7 @@ class PolicyScope:
             staging_bucket=config.restore.staging_bucket,
             staging_prefix=config.restore.staging_prefix,
             restore_to_s3=restore_to_s3,
+            recovery_buckets=tuple(config.restore.recovery_buckets),
         )
 
     def arn(self, service: str, resource: str, *, region: str | None = None) -> str:
@@ -173,6 +176,11 @@ class PolicyScope:
 
     def bucket_arns(self, suffix: str = "") -> list[str]:
         return [f"arn:{self.partition}:s3:::{b}{suffix}" for b in self.buckets]
+
+    def restore_target_arns(self, suffix: str = "") -> list[str]:
+        """The backed-up buckets and the configured recovery buckets (restore --to-s3)."""
+        extra = [b for b in self.recovery_buckets if b not in self.buckets]
+        return self.bucket_arns(suffix) + [f"arn:{self.partition}:s3:::{b}{suffix}" for b in extra]
 
 
 VOLUME_ID_REQUIRED = (
@@ -391,12 +399,12 @@ def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
                 _statement(
                     "RestoreToS3",  # HeadObject of the target first (GetObject), then the upload
                     ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
-                    scope.bucket_arns("/*"),
+                    scope.restore_target_arns("/*"),  # --bucket: a restore.recovery_buckets one
                 ),
                 _statement(
                     "RestoreToS3SeeMissingKeys",  # HeadObject of a missing key: 404, not 403
                     ["s3:ListBucket"],
-                    scope.bucket_arns(),
+                    scope.restore_target_arns(),
                 ),
             ]
         )

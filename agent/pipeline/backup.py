@@ -3,11 +3,18 @@
 Order of effects, so that a crash at any point loses nothing:
 copy durable on the volume → journal line fsynced → DynamoDB record. Only then does the
 consumer delete the SQS message. Every step is idempotent, so redelivery is harmless.
+
+A version S3 holds but will not serve (GetObject answers InvalidObjectState for GLACIER,
+DEEP_ARCHIVE and the Intelligent-Tiering archive tiers; 400 InvalidRequest for SSE-C) is a
+state, not an error: it is recorded as unreadable (`Outcome.ARCHIVED`, no copy) and the
+message is finished. Once the object is restored in S3, `ObjectRestore:Completed` (or a
+reconcile run) backs the version up, and its record takes the archived record's place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import threading
 from collections.abc import Callable, Hashable, Iterator
@@ -18,12 +25,13 @@ from typing import TYPE_CHECKING, Any, cast
 import botocore.exceptions
 import structlog
 
-from agent.aws import classify
-from agent.errors import ObjectGone, PermanentError
+from agent.aws import classify, error_code
+from agent.errors import ObjectGone, ObjectUnreadable, PermanentError
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline import delivery
 from agent.pipeline.recent import RecentVersions
 from agent.records import VersionRecord
+from agent.stats import Stats
 from agent.storage.barrier import Barrier, NoBarrier
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
@@ -41,6 +49,21 @@ class Outcome(enum.Enum):
     ALREADY_DONE = "already_done"  # a duplicate delivery
     TOMBSTONED = "tombstoned"  # a delete recorded
     GONE = "gone"  # deleted or replaced since the event; the newer event covers it
+    ARCHIVED = "archived"  # S3 will not serve the bytes (archived, SSE-C): recorded as such
+
+
+ARCHIVED = "archived"  # VersionRecord.unreadable: InvalidObjectState
+SSE_C = "sse-c"  # VersionRecord.unreadable: encrypted with a customer-provided key
+WHAT_TO_DO = {
+    ARCHIVED: (
+        "restore it in S3 first (RestoreObject, or 'Initiate restore' in the console); the agent"
+        " backs it up when ObjectRestore:Completed arrives or a reconcile run finds it readable"
+    ),
+    SSE_C: (
+        "the agent holds no customer-provided key: copy the object to one encrypted with SSE-S3"
+        " or SSE-KMS (the copy is backed up), or keep it backed up by other means"
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +94,7 @@ class BackupService:
         expected_bucket_owner: str | None = None,
         clock: Callable[[], datetime] | None = None,
         barrier: Barrier | None = None,
+        stats: Stats | None = None,
     ) -> None:
         self.s3 = s3
         self.volume = volume
@@ -85,6 +109,7 @@ class BackupService:
         self._recent = RecentVersions()
         # Held shared from the rename to the DynamoDB record (see agent/storage/barrier.py).
         self.barrier: Barrier = barrier or NoBarrier()
+        self.stats = stats or Stats()  # counts versions newly found unreadable
 
     def process(self, event: ObjectEvent) -> Result:
         if event.bucket not in self.buckets:
@@ -117,11 +142,14 @@ class BackupService:
         self.volume.ensure_ready()
         if event.size:
             self.volume.ensure_room(event.size)
+        replaces = self._unreadable_record_of(event)
         with contextlib.ExitStack() as critical:
             try:
                 copy = self._download_and_store(
                     event, before_commit=lambda: critical.enter_context(self.barrier.shared())
                 )
+            except ObjectUnreadable as unreadable:
+                return self._record_unreadable(event, unreadable)
             except ObjectGone as gone:
                 log.warning(
                     "backup.object_gone",
@@ -139,8 +167,12 @@ class BackupService:
                 size=copy.size,
                 stored_size=copy.stored_size,
             )
+            if replaces is not None:
+                record = _in_place_of(replaces, record)
             self.journal.append(record)
             fresh = self.ledger.record(record)
+            if replaces is not None:  # the same position in the key's order: LATEST, if it was
+                self.ledger.replace_latest(record, replaces.version_token)
         self._recent.remember(event.bucket, event.key, event.version_token, copy.sha256)
         if not fresh and copy.deduplicated:
             # A first delivery skips the look-up; the conditional write caught the duplicate.
@@ -160,6 +192,62 @@ class BackupService:
         )
         return Result(outcome, event, record, copy)
 
+    def _record_unreadable(self, event: ObjectEvent, unreadable: ObjectUnreadable) -> Result:
+        """Record a version S3 holds but will not serve: a state, so the message is finished
+        (no retries, no dead-letter queue), said once, counted, listed by `backup-restore list`."""
+        record = dataclasses.replace(
+            VersionRecord.for_event(
+                event,
+                backup_time=self.clock(),
+                volume_id=self.volume_id,
+                unreadable=unreadable.reason,
+                storage_class=unreadable.storage_class,
+            ),
+            version_token=f"{unreadable.reason}:{event.version_token}",
+        )
+        known = self.ledger.get_version(event.bucket, event.key, record.version_token)
+        if known is not None:
+            self.ledger.record(known)  # LATEST may still need advancing after a crash
+            log.debug(
+                "backup.still_archived",
+                bucket=event.bucket,
+                key=event.key,
+                version_id=event.version_id,
+                reason=unreadable.reason,
+            )
+            return Result(Outcome.ARCHIVED, event, known)
+        self.volume.ensure_ready()
+        with self.barrier.shared():
+            self.journal.append(record)
+            fresh = self.ledger.record(record)
+        if fresh:
+            self.stats.record_archived(unreadable.reason)
+            log.warning(
+                "backup.archived",
+                bucket=event.bucket,
+                key=event.key,
+                version_id=event.version_id,
+                reason=unreadable.reason,
+                storage_class=unreadable.storage_class,
+                error=str(unreadable),
+                what_to_do=WHAT_TO_DO[unreadable.reason],
+            )
+        return Result(Outcome.ARCHIVED, event, record)
+
+    def _unreadable_record_of(self, event: ObjectEvent) -> VersionRecord | None:
+        """The record of this version as archived, when it may have become readable: on
+        `ObjectRestore:Completed`, and for calls outside the consumer (reconcile, scrub).
+        One GetItem; live events of new versions are not asked about (no request added)."""
+        if not event.restored and delivery.current() is not None:
+            return None
+        if event.version_id and event.version_id != "null":
+            token = f"{ARCHIVED}:{event.version_token}"
+            return self.ledger.get_version(event.bucket, event.key, token)
+        latest = self.ledger.latest(event.bucket, event.key)  # unversioned: one object a key
+        if latest is not None and latest.unreadable == ARCHIVED and _same_version(latest, event):
+            return latest
+        return None
+
     def _duplicate(self, event: ObjectEvent) -> Result | None:
         """ALREADY_DONE if this version is recorded and its copy is on the volume.
 
@@ -168,7 +256,7 @@ class BackupService:
         another message. Otherwise (a redelivery, or outside the consumer) the ledger is
         asked. A duplicate missed here is caught by the conditional ledger write.
         """
-        if _first_receive(delivery.current()):
+        if _first_receive(delivery.current()) and not event.restored:
             sha256 = self._recent.sha256_of(event.bucket, event.key, event.version_token)
             if sha256 is not None and self.volume.has_copy(sha256):
                 return Result(Outcome.ALREADY_DONE, event)
@@ -223,8 +311,63 @@ class BackupService:
         try:
             response = cast("dict[str, Any]", self.s3.get_object(**request))
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise classify(exc, f"S3 GetObject s3://{event.bucket}/{event.key}") from exc
+            what = f"S3 GetObject s3://{event.bucket}/{event.key}"
+            unreadable = _unreadable(exc, what)
+            if unreadable is not None:
+                raise unreadable from exc
+            raise classify(exc, what) from exc
         return response
+
+
+def _unreadable(exc: BaseException, what: str) -> ObjectUnreadable | None:
+    """Is this GetObject error S3 saying it holds the version but will not serve it?
+
+    * InvalidObjectState (403): "Object is archived and inaccessible until restored" for
+      GLACIER, DEEP_ARCHIVE and the Intelligent-Tiering Archive / Deep Archive Access tiers;
+      the error carries StorageClass and AccessTier
+      (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html).
+    * 400 InvalidRequest "The object was stored using a form of Server Side Encryption. The
+      correct parameters must be provided to retrieve the object.": SSE-C, whose GETs need the
+      customer-provided key (https://docs.aws.amazon.com/AmazonS3/latest/userguide/ServerSideEncryptionCustomerKeys.html).
+    """
+    if not isinstance(exc, botocore.exceptions.ClientError):
+        return None
+    response = exc.response
+    error = response.get("Error", {})
+    code = error_code(exc)
+    if code == "InvalidObjectState":
+        storage_class = str(response.get("StorageClass") or error.get("StorageClass") or "")
+        tier = str(response.get("AccessTier") or error.get("AccessTier") or "")
+        if storage_class and tier:
+            storage_class = f"{storage_class}/{tier}"
+        return ObjectUnreadable(ARCHIVED, storage_class or None, f"{what}: {code}: {exc}")
+    message = str(error.get("Message", "")).lower()
+    if code == "InvalidRequest" and (
+        "server side encryption" in message
+        or "customer-provided" in message
+        or "customer provided" in message
+    ):
+        return ObjectUnreadable(SSE_C, None, f"{what}: {code}: {exc}")
+    return None
+
+
+def _same_version(record: VersionRecord, event: ObjectEvent) -> bool:
+    if event.version_id and event.version_id != "null":
+        return record.version_id == event.version_id
+    return bool(event.etag) and (record.etag or "").strip('"') == (event.etag or "").strip('"')
+
+
+def _in_place_of(unreadable: VersionRecord, record: VersionRecord) -> VersionRecord:
+    """The readable record of a version recorded earlier as unreadable takes its place in the
+    key's order (the version's own sequencer and time, not the restore's) and its token."""
+    prefix = f"{unreadable.unreadable}:"
+    return dataclasses.replace(
+        record,
+        version_token=unreadable.version_token.removeprefix(prefix),
+        order_key=unreadable.order_key,
+        event_time=unreadable.event_time,
+        sequencer=unreadable.sequencer,
+    )
 
 
 def _first_receive(current: delivery.Delivery | None) -> bool:

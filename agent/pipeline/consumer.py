@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, cast
 import botocore.exceptions
 import structlog
 
-from agent.aws import error_code
+from agent.aws import error_code, lost_handle
 from agent.errors import MalformedMessage, PermanentError
-from agent.events import ObjectEvent, ParsedMessage, parse_message
-from agent.pipeline.backup import Processor
+from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
+from agent.pipeline.backup import Outcome, Processor
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
 from agent.stats import Stats
@@ -38,7 +38,6 @@ log = structlog.get_logger("agent.consumer")
 
 MAX_VISIBILITY = 43_200  # SQS caps a message's total invisibility at 12 hours
 EMPTY_RECEIVE_PAUSE = 0.2
-LOST_HANDLE_CODES = {"ReceiptHandleIsInvalid", "InvalidParameterValue", "MessageNotInflight"}
 
 
 @dataclass(frozen=True)
@@ -317,8 +316,9 @@ class Consumer:
             self.stats.record_failure("malformed")
             self._finish(message, release_after=0)
             return
-        if parsed.is_test_event:
-            log.info("message.test_event", message_id=message_id)
+        for ignored in parsed.ignored:
+            self._ignore(message_id, ignored)
+        if not parsed.events:  # a test event, tagging, ACL, restore requested, ...: done
             self._finish(message, delete=True)
             return
         item = self._lookup(message)
@@ -326,6 +326,19 @@ class Consumer:
         with delivering(attempt):
             failures = self._process_all(parsed)
         self._settle(message, failures)
+
+    def _ignore(self, message_id: str, ignored: IgnoredEvent) -> None:
+        """Counted every time; logged at info the first time a name is seen, then at debug
+        (tagging or ACL changes can come by the thousand and say nothing to the backup)."""
+        first = self.stats.record_ignored(ignored.event_name) == 1
+        (log.info if first else log.debug)(
+            "event.ignored",
+            event_name=ignored.event_name,
+            bucket=ignored.bucket,
+            key=ignored.key,
+            message_id=message_id,
+            why="changes no object's bytes; the message is deleted",
+        )
 
     def _process_all(self, parsed: ParsedMessage) -> _Failures:
         failures = _Failures()
@@ -361,6 +374,8 @@ class Consumer:
                 retryable=True,
             )
             return
+        if result.outcome is Outcome.ARCHIVED:
+            return  # not a backup; BackupService counts the versions found unreadable
         lag = max(0.0, self.wall_clock() - event.event_time.timestamp())
         size = result.copy.size if result.copy else 0
         stored = result.copy.stored_size if result.copy and not result.copy.deduplicated else 0
@@ -436,7 +451,7 @@ class Consumer:
                 error=str(exc),
                 code=error_code(exc),
             )
-            return "lost" if error_code(exc) in LOST_HANDLE_CODES else "failed"
+            return "lost" if lost_handle(error_code(exc)) else "failed"
         log.debug("message.visibility", message_id=item.message_id, seconds=seconds, why=why)
         return "ok"
 

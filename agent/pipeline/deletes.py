@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import botocore.exceptions
 import structlog
 
-from agent.aws import error_code
+from agent.aws import error_code, lost_handle
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -145,13 +145,16 @@ class DeleteBatcher:
                     message_id=pending.message_id,
                     error=str(exc),
                     code=error_code(exc),
+                    lost_handle=lost_handle(error_code(exc)),
                 )
             return
         for failed in response.get("Failed", []):
             pending = batch[int(failed["Id"])]
+            code = str(failed.get("Code", ""))
             log.warning(
                 "message.delete_failed",
                 message_id=pending.message_id,
                 error=failed.get("Message", ""),
-                code=failed.get("Code", ""),
+                code=code,
+                lost_handle=lost_handle(code),  # expired or received again: it comes back
             )

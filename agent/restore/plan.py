@@ -1,8 +1,9 @@
 """What a restore brings back, and where each file lands: the plan, before any byte moves.
 
 `plan` turns a scope (one key, a prefix, everything) and a `Selector` into items, each a
-stored version; the keys left out say why (deleted in S3, not found). `place` then gives
-each item a collision-free, escaped path under a restore directory (see paths.py).
+stored version; the keys left out say why (deleted in S3, not found, archived in S3 and
+never readable to the agent). `place` then gives each item a collision-free, escaped path
+under a restore directory (see paths.py).
 """
 
 from __future__ import annotations
@@ -61,12 +62,45 @@ class Plan:
 
 def plan(source: RestoreSource, bucket: str, scope: RestoreScope, selector: Selector) -> Plan:
     """Choose a version of every key in scope; the keys left out say why."""
-    choices = list(_choices(source, bucket, scope, selector))
+    choices = [readable(source, bucket, c) for c in _choices(source, bucket, scope, selector)]
     items = [Item(c.record, c.deleted_in_s3) for c in choices if c.record is not None]
     unchosen = [c for c in choices if c.record is None]
     if scope.key is not None:
         return Plan(items, missing=unchosen)
     return Plan(items, skipped=unchosen)
+
+
+def readable(source: RestoreSource, bucket: str, choice: Choice) -> Choice:
+    """A choice of a version recorded as unreadable (archived in S3, SSE-C) becomes the
+    readable record of that same version when one was made later (the object was restored
+    in S3 and backed up), else no version, with the reason and what to do."""
+    record = choice.record
+    if record is None or not record.unreadable:
+        return choice
+    for other in reversed(source.history(bucket, record.key)):
+        if not other.deleted and not other.unreadable and _same_version(other, record):
+            return Choice(choice.key, other, choice.reason, choice.deleted_in_s3)
+    return Choice(choice.key, None, unreadable_reason(record), choice.deleted_in_s3)
+
+
+def unreadable_reason(record: VersionRecord) -> str:
+    version = record.version_id or record.version_token
+    if record.unreadable == "sse-c":
+        return f"version {version} is encrypted with a customer-provided key (SSE-C): not backed up"
+    where = f" ({record.storage_class})" if record.storage_class else ""
+    return (
+        f"version {version} is archived in S3{where}: not backed up; restore it in S3, the"
+        " agent then backs it up (docs/archived-objects.md)"
+    )
+
+
+def _same_version(readable_record: VersionRecord, unreadable_record: VersionRecord) -> bool:
+    if unreadable_record.version_id not in (None, "null"):
+        return readable_record.version_id == unreadable_record.version_id
+    prefix = f"{unreadable_record.unreadable}:"
+    return readable_record.version_token == unreadable_record.version_token.removeprefix(
+        prefix
+    ) or (bool(readable_record.etag) and readable_record.etag == unreadable_record.etag)
 
 
 def place(items_plan: Plan) -> Plan:

@@ -33,7 +33,13 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 MULTIPART_THRESHOLD = 16 << 20
-PART_SIZE = 16 << 20
+PART_SIZE = 16 << 20  # preferred: used while it needs no more than MAX_PARTS parts
+# S3's multipart limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html):
+# part numbers 1 to 10,000; parts of 5 MiB to 5 GiB (the last one may be smaller).
+MAX_PARTS = 10_000
+MIN_PART_SIZE = 5 << 20
+MAX_PART_SIZE = 5 << 30
+MIB = 1 << 20
 AWS_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
 SHA256_METADATA = "backup-agent-sha256"
 VERSION_METADATA = "backup-agent-version"
@@ -271,7 +277,8 @@ def upload_verified(
         on_bytes(len(body))
         return
     with contextlib.closing(chunks):  # a failed part stops the read-ahead thread at once
-        _multipart(s3, chunks, arguments, part_size, on_bytes, what)
+        part = part_size_for(record.size or 0, part_size)
+        _multipart(s3, chunks, arguments, part, on_bytes, what)
 
 
 def _multipart(
@@ -304,6 +311,20 @@ def _multipart(
         if isinstance(exc, AWS_ERRORS):
             raise classify(exc, what) from exc
         raise
+
+
+def part_size_for(size: int, preferred: int = PART_SIZE) -> int:
+    """The part size for a multipart upload of `size` bytes: `preferred` unless that needs
+    more than MAX_PARTS parts, then the smallest whole MiB that fits in MAX_PARTS; always
+    within MIN_PART_SIZE..MAX_PART_SIZE. (A fixed 16 MiB failed at part 10,001: 156.25 GiB.)"""
+    floor = max(MIN_PART_SIZE, min(preferred, MAX_PART_SIZE))
+    needed = -(-size // MAX_PARTS)  # ceiling division
+    part = max(floor, -(-needed // MIB) * MIB)
+    if part > MAX_PART_SIZE:
+        raise BackupAgentError(
+            f"{size} bytes do not fit in {MAX_PARTS} parts of at most {MAX_PART_SIZE} bytes"
+        )
+    return part
 
 
 def read_exactly(chunks: Iterator[bytes], size: int, pending: bytearray) -> bytes:

@@ -128,7 +128,9 @@ class Daemon:
         return 0
 
     def start(self, marker: VolumeMarker) -> None:
-        self.service = backup_service(self.config, self.clients, self.volume, marker.volume_id)
+        self.service = backup_service(
+            self.config, self.clients, self.volume, marker.volume_id, self.stats
+        )
         if self.monitoring is None:
             self.monitoring = self.build_monitoring()
         self.register_lifecycle_jobs(marker)

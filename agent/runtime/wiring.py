@@ -35,7 +35,7 @@ def compression_settings(config: Config) -> CompressionSettings:
 
 
 def backup_service(
-    config: Config, clients: Clients, volume: Volume, volume_id: str
+    config: Config, clients: Clients, volume: Volume, volume_id: str, stats: Stats | None = None
 ) -> BackupService:
     """The write path as configured: the daemon's and the lifecycle jobs' one recipe."""
     return BackupService(
@@ -48,6 +48,7 @@ def backup_service(
         compression=compression_settings(config),
         expected_bucket_owner=config.aws.expected_bucket_owner,
         barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
+        stats=stats,
     )
 
 
@@ -76,7 +77,8 @@ def lifecycle_context(
     stats: Stats | None = None,
 ) -> LifecycleContext:
     """What reconcile, retention, gc and scrub share; the daemon passes its own service."""
-    service = service or backup_service(config, clients, volume, volume_id)
+    stats = stats or Stats()
+    service = service or backup_service(config, clients, volume, volume_id, stats)
     return LifecycleContext(
         config=config,
         clients=clients,
@@ -85,7 +87,7 @@ def lifecycle_context(
         journal=service.journal,
         ledger=service.ledger,
         service=service,
-        stats=stats or Stats(),
+        stats=stats,
     )
 
 

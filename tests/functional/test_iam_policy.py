@@ -56,6 +56,7 @@ EXAMPLE = REPO / "iam" / "example-config.yaml"
 COPY_REGION = "eu-west-1"
 AZ = "us-east-1a"
 STAGING = "company-recovery-shares"
+RECOVERY = "company-recovery-area"  # the example's restore.recovery_buckets
 ARCHIVE = "company-archive"  # the example's second, unversioned bucket
 
 
@@ -132,6 +133,7 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
     s3.create_bucket(Bucket=BUCKET)
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     s3.create_bucket(Bucket=ARCHIVE)
+    s3.create_bucket(Bucket=RECOVERY)
     s3.put_object(Bucket=ARCHIVE, Key="old.txt", Body=b"before any event: reconcile finds it")
     volume_id = ec2.create_volume(AvailabilityZone=AZ, Size=1, Encrypted=True)["VolumeId"]
     kms_key = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["Arn"]
@@ -177,6 +179,8 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
         to_s3 = ["restore", "--config", str(path), "--source-bucket", BUCKET, "--all", "--to-s3"]
         to_s3 += ["--to-prefix", "restored/"]
         assert restore_cli.main(to_s3, out=out) == 0
+        elsewhere = [*to_s3[:-2], "--bucket", RECOVERY]  # the README's recovery-area restore
+        assert restore_cli.main(elsewhere, out=out) == 0
         share = ["share", "--config", str(path), "--source-bucket", BUCKET, "--key", "a.txt"]
         assert restore_cli.main(share, out=out) == 0
         with recorder.quiet():
@@ -298,6 +302,7 @@ def test_every_flow_ran_and_made_the_calls_it_stands_for(world):
         ("agent", "ec2", "DeleteSnapshot"),
         ("agent", "ec2", "DescribeVolumes"),
         ("operator", "s3", "PutObject"),
+        ("operator", "s3", "HeadObject"),
         ("operator", "s3", "PutBucketLifecycleConfiguration"),
         ("operator", "dynamodb", "CreateTable"),
         ("operator", "monitoring", "PutMetricAlarm"),
@@ -310,6 +315,25 @@ def test_every_flow_ran_and_made_the_calls_it_stands_for(world):
     assert expected - made == set()
     regions = {c.region for c in recorder.calls if c.operation == "DeleteSnapshot"}
     assert regions == {REGION, COPY_REGION}  # retention ran in both regions
+    recovery_puts = [
+        c for c in recorder.calls if c.operation == "PutObject" and c.params["Bucket"] == RECOVERY
+    ]
+    assert recovery_puts and all(c.role == "operator" for c in recovery_puts)
+
+
+def test_restore_into_a_recovery_bucket_needs_it_configured(world):
+    """restore --to-s3 --bucket B is allowed for the configured restore.recovery_buckets only."""
+    recorder, _path, config = world
+    into_recovery = [c for c in recorder.calls if c.params.get("Bucket") == RECOVERY]
+    assert {c.operation for c in into_recovery} >= {"HeadObject", "PutObject"}
+    policy = role_policy(config, "operator")
+    assert all(matching_statements(policy, k) for c in into_recovery for k in checks(c))
+    without = config.model_copy(
+        update={"restore": config.restore.model_copy(update={"recovery_buckets": []})}
+    )
+    bare = policy_document(without, role="operator")
+    puts = [c for c in into_recovery if c.operation == "PutObject"]
+    assert puts and not any(matching_statements(bare, k) for c in puts for k in checks(c))
 
 
 def test_every_granted_action_of_every_statement_is_exercised_or_explained(world):

@@ -33,6 +33,10 @@ def exporter():
     stats.record_success("deduplicated", 1024, 0, 1.0, now=1150.0)
     stats.record_failure("PermanentError")
     stats.set_in_flight(3)
+    for name in ("ObjectTagging:Put", "ObjectTagging:Put", "s3:TestEvent"):
+        stats.record_ignored(name)
+    stats.record_archived("archived")
+    stats.record_archived("sse-c")
     job = JobRecord("metrics", every(60), runs=5, failures=2, last_duration=0.25)
     metrics = PrometheusMetrics(
         Sources(
@@ -69,6 +73,14 @@ def test_the_endpoint_serves_counters_gauges_and_histograms(exporter):
     assert s["backup_agent_bytes_backed_up_total"][()] == 3072
     assert s["backup_agent_bytes_stored_total"][()] == 512
     assert s["backup_agent_backups_gave_up_total"][()] == 7
+    assert s["backup_agent_events_ignored_total"] == {
+        (("event", "ObjectTagging:Put"),): 2.0,
+        (("event", "s3:TestEvent"),): 1.0,
+    }
+    assert s["backup_agent_objects_archived_total"] == {
+        (("reason", "archived"),): 1.0,
+        (("reason", "sse-c"),): 1.0,
+    }
     assert s["backup_agent_seconds_since_last_backup"][()] == 50
     assert s["backup_agent_messages_in_flight"][()] == 3
     assert s["backup_agent_workers"][()] == 4 and s["backup_agent_workers_busy"][()] == 3

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import agent.cli.restore as restore_cli
 from agent.cli import agent as agent_cli
 from agent.cli.restore import first_interrupt_sets, main
 from agent.restore.plan import RestoreScope, place, plan
@@ -28,7 +29,8 @@ from agent.restore.source import LedgerSource, Selector
 from agent.restore.targets import DirectoryTarget, S3Target, Status
 from agent.storage.ledger import Ledger
 from agent.storage.volume import WritebackAsYouGo
-from tests.support.aws import BUCKET, TABLE
+from tests.support.aws import BUCKET, REGION, TABLE
+from tests.support.aws_hooks import record_calls
 from tests.support.backed_up import T0, BackedUp, write_config
 
 AWKWARD_KEYS = [
@@ -451,6 +453,39 @@ def test_to_s3_another_bucket_and_prefix(history, restore, aws):
     assert result.code == 0, result.out
     listed = aws.s3.list_objects_v2(Bucket="recovery-area")["Contents"]
     assert sorted(o["Key"] for o in listed) == ["restored/doc", "restored/early", "restored/late"]
+
+
+OWNER = "123456789012"  # moto's account: the backed-up bucket's real owner
+
+
+def test_expected_bucket_owner_goes_to_the_backed_up_bucket_only(
+    history, aws, tmp_path, backup_root, monkeypatch
+):
+    """aws.expected_bucket_owner names the backed-up buckets' account; S3 answers 403 when a
+    bucket's owner differs (https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucket-owner-condition.html),
+    so a recovery bucket, perhaps in another account, must not be sent it."""
+    path = write_config(
+        tmp_path / "owner.yaml",
+        backup_root,
+        aws={"region": REGION, "expected_bucket_owner": OWNER},
+        restore={"workers": 1, "recovery_buckets": ["recovery-area"]},
+    )
+    monkeypatch.setattr(restore_cli, "build_clients", lambda _config: aws)
+    aws.s3.create_bucket(Bucket="recovery-area")
+    calls = record_calls(aws.s3)
+
+    def run(*args: str) -> int:
+        out, err = io.StringIO(), io.StringIO()
+        return main(["restore", "--config", str(path), *args], out=out, err=err)
+
+    assert run("--key", "late", "--to-s3", "--bucket", "recovery-area") == 0
+    elsewhere = [c for c in calls.calls if c.params.get("Bucket") == "recovery-area"]
+    assert {c.operation for c in elsewhere} >= {"HeadObject", "PutObject"}
+    assert all("ExpectedBucketOwner" not in c.params for c in elsewhere)
+
+    assert run("--key", "late", "--to-s3", "--to-prefix", "again/") == 0
+    home = [c for c in calls.calls if c.params.get("Bucket") == BUCKET]
+    assert home and all(c.params.get("ExpectedBucketOwner") == OWNER for c in home)
 
 
 def test_large_files_go_back_as_verified_multipart_uploads(backups, volume, aws):

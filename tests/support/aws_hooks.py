@@ -93,6 +93,8 @@ class Fault:
     status: int = 400
     when: Callable[[dict[str, Any]], bool] = lambda _params: True
     times: int | None = None  # None: every matching call
+    message: str | None = None  # the error's Message (default "injected CODE")
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields of the parsed error
     injected: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -117,8 +119,9 @@ def inject(client: Any, fault: Fault) -> Fault:
             return None
         http = AWSResponse("https://fault.invalid/", fault.status, {}, None)
         parsed = {
-            "Error": {"Code": fault.code, "Message": f"injected {fault.code}"},
+            "Error": {"Code": fault.code, "Message": fault.message or f"injected {fault.code}"},
             "ResponseMetadata": {"HTTPStatusCode": fault.status, "HTTPHeaders": {}},
+            **fault.extra,
         }
         return http, parsed
 

@@ -261,6 +261,29 @@ def test_a_permanent_delete_of_a_version_is_a_tombstone_too(aws, service):
     assert result.record.event_name == "ObjectRemoved:Delete"
 
 
+@pytest.mark.parametrize(
+    ("event_name", "marker", "version"),
+    [
+        ("LifecycleExpiration:Delete", False, None),  # an unversioned bucket's object
+        ("LifecycleExpiration:DeleteMarkerCreated", True, "marker-1"),  # versioned: a marker
+    ],
+)
+def test_a_lifecycle_expiration_is_recorded_as_a_delete_under_its_own_name(
+    aws, service, volume, event_name, marker, version
+):
+    """S3 Lifecycle's deletions (lifecycle-configure-notification.html) tombstone the key like
+    a user's delete; the record says it was the lifecycle rule."""
+    etag = put(aws, "logs/old.txt", b"expiring")["eTag"]
+    service.process(created("logs/old.txt", b"expiring", eTag=etag, sequencer="10"))
+
+    result = service.process(removed("logs/old.txt", event_name, versionId=version, sequencer="20"))
+
+    assert result.outcome is Outcome.TOMBSTONED
+    latest = Ledger(aws.dynamodb, TABLE).latest(BUCKET, "logs/old.txt")
+    assert (latest.deleted, latest.delete_marker, latest.event_name) == (True, marker, event_name)
+    assert journal_lines(volume)[-1]["event_name"] == event_name
+
+
 # -- refusals and failures ------------------------------------------------------------------
 
 

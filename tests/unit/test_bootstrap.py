@@ -10,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from agent.aws import Clients
-from agent.operations.bootstrap import NOTIFICATION_ID, Bootstrap
+from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 
 
@@ -76,13 +76,77 @@ def test_the_queue_policy_lets_only_the_configured_buckets_send(clients, config)
     assert statement["Condition"]["ArnLike"]["aws:SourceArn"] == [f"arn:aws:s3:::{BUCKET}"]
 
 
-def test_the_bucket_notifies_created_and_removed_objects(clients, config):
+def test_the_bucket_notifies_created_removed_expired_and_restored_objects(clients, config):
+    # S3 Lifecycle deletes are reported only as s3:LifecycleExpiration:* ("ObjectRemoved ...
+    # event notifications don't alert you for automatic deletes from Lifecycle policies"), and
+    # s3:ObjectRestore:Completed says an archived object is readable again:
+    # https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-how-to-event-types-and-destinations.html
     Bootstrap(config, clients).run(create_buckets=True)
     notification = clients.s3.get_bucket_notification_configuration(Bucket=BUCKET)
     (queue,) = notification["QueueConfigurations"]
     assert queue["Id"] == NOTIFICATION_ID
     assert queue["QueueArn"] == queue_attributes(clients, QUEUE_URL)["QueueArn"]
-    assert sorted(queue["Events"]) == ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"]
+    assert sorted(queue["Events"]) == [
+        "s3:LifecycleExpiration:*",
+        "s3:ObjectCreated:*",
+        "s3:ObjectRemoved:*",
+        "s3:ObjectRestore:Completed",
+    ]
+
+
+def old_release_notification(clients: Clients, events: list[str], **extra) -> str:
+    """The bucket as an earlier bootstrap left it: our queue notified of fewer event types."""
+    clients.s3.create_bucket(Bucket=BUCKET)
+    queue_arn = queue_attributes(
+        clients, clients.sqs.create_queue(QueueName="backup-events")["QueueUrl"]
+    )["QueueArn"]
+    configuration = {"Id": NOTIFICATION_ID, "QueueArn": queue_arn, "Events": events, **extra}
+    clients.s3.put_bucket_notification_configuration(
+        Bucket=BUCKET, NotificationConfiguration={"QueueConfigurations": [configuration]}
+    )
+    return queue_arn
+
+
+def test_a_notification_with_the_old_event_list_is_updated_once(clients, config):
+    queue_arn = old_release_notification(clients, ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"])
+
+    report = Bootstrap(config, clients).run(create_buckets=True)
+
+    assert (
+        f"notification {BUCKET} → queue"
+        " (added s3:LifecycleExpiration:*, s3:ObjectRestore:Completed)" in report.created
+    )
+    (queue,) = clients.s3.get_bucket_notification_configuration(Bucket=BUCKET)[
+        "QueueConfigurations"
+    ]
+    assert (queue["Id"], queue["QueueArn"]) == (NOTIFICATION_ID, queue_arn)
+    assert sorted(queue["Events"]) == sorted(NOTIFIED_EVENTS)
+    again = Bootstrap(config, clients).run(create_buckets=True)
+    assert f"notification {BUCKET} → queue" in again.existing  # idempotent
+
+
+def test_an_update_keeps_the_configurations_filter_and_wider_event_types(clients, config):
+    # "prefix" in lower case: S3's documented value, and the only one moto accepts
+    prefix_only = {"Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "data/"}]}}}
+    old_release_notification(
+        clients, ["s3:ObjectCreated:*", "s3:ObjectRemoved:*", "s3:ObjectRestore:*"], **prefix_only
+    )
+
+    report = Bootstrap(config, clients).run(create_buckets=True)
+
+    assert f"notification {BUCKET} → queue (added s3:LifecycleExpiration:*)" in report.created
+    (queue,) = clients.s3.get_bucket_notification_configuration(Bucket=BUCKET)[
+        "QueueConfigurations"
+    ]
+    (rule,) = queue["Filter"]["Key"]["FilterRules"]
+    assert (rule["Name"].lower(), rule["Value"]) == ("prefix", "data/")
+    # s3:ObjectRestore:* already includes s3:ObjectRestore:Completed: not added twice
+    assert sorted(queue["Events"]) == [
+        "s3:LifecycleExpiration:*",
+        "s3:ObjectCreated:*",
+        "s3:ObjectRemoved:*",
+        "s3:ObjectRestore:*",
+    ]
 
 
 def test_the_table_has_its_key_index(clients, config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 from structlog.testing import capture_logs
 
@@ -127,7 +129,9 @@ def test_every_documented_shape_is_processed_and_deleted(sqs, queue_url, make_co
     consumer.start()
     wait_until(lambda: len(calls.deleted_handles()) == len(ids), what="every message deleted")
     assert sorted(deleted_ids(calls)) == sorted(ids)
-    assert processor.calls == 9  # 7 one-record messages, one with two, the test event none
+    # 12 one-record messages, one with two; the test event and 3 ignored event types: none
+    assert processor.calls == 14
+    assert sum(consumer.stats.ignored.values()) == 4
     # The recorder sees a DeleteMessage as it is sent; the last may still be on its way.
     wait_until(lambda: queue_counts(sqs, queue_url) == (0, 0), what="the queue empty")
     assert queue_counts(sqs, queue_url) == (0, 0)
@@ -142,7 +146,47 @@ def test_the_s3_test_event_is_acknowledged_without_processing(sqs, queue_url, ma
         wait_until(lambda: calls.deleted_handles(), what="the test event deleted")
     assert deleted_ids(calls) == [test_event]
     assert processor.calls == 0
-    assert {"event": "message.test_event", "message_id": test_event, "log_level": "info"} in logs
+    (ignored,) = [e for e in logs if e["event"] == "event.ignored"]
+    assert (ignored["event_name"], ignored["message_id"], ignored["log_level"]) == (
+        "s3:TestEvent",
+        test_event,
+        "info",
+    )
+
+
+IGNORED_FIXTURES = [
+    "s3-restore-post.json",
+    "s3-object-tagging-put.json",
+    "s3-intelligent-tiering.json",
+]
+
+
+def test_ignored_event_types_are_deleted_counted_and_logged_once_per_name(
+    sqs, queue_url, make_consumer
+):
+    """ObjectRestore:Post, ObjectTagging:*, IntelligentTiering, ... change no bytes: the
+    message is deleted at once, never released for the DLQ, never a failure."""
+    calls = record_calls(sqs)
+    ids = [send(sqs, queue_url, event_text(name)) for name in IGNORED_FIXTURES * 2]
+    processor = FakeProcessor()
+    consumer = make_consumer(processor)
+    with capture_logs() as logs:
+        consumer.start()
+        wait_until(lambda: len(calls.deleted_handles()) == len(ids), what="all deleted")
+    assert sorted(deleted_ids(calls)) == sorted(ids)
+    assert processor.calls == 0
+    assert calls.of("ChangeMessageVisibility") == []  # nothing released for a redrive
+    assert consumer.stats.failures == {} and consumer.stats.backups_failed == 0
+    assert consumer.stats.ignored == {
+        "ObjectRestore:Post": 2,
+        "ObjectTagging:Put": 2,
+        "IntelligentTiering": 2,
+    }
+    ignored = [e for e in logs if e["event"] == "event.ignored"]
+    assert len(ignored) == 6
+    infos = sorted(e["event_name"] for e in ignored if e["log_level"] == "info")
+    assert infos == ["IntelligentTiering", "ObjectRestore:Post", "ObjectTagging:Put"]
+    assert not [e for e in logs if e["event"] == "message.malformed"]
 
 
 def test_a_malformed_message_is_released_at_once_and_work_goes_on(sqs, queue_url, make_consumer):
@@ -290,6 +334,62 @@ def test_extension_stops_when_the_receipt_handle_is_invalid(sqs, queue_url, make
     wait_until(lambda: extensions_of_the_other_after_the_loss() >= 2, what="two heartbeats")
     handles = [p["ReceiptHandle"] for p in calls.of("ChangeMessageVisibility")]
     assert handles.count(lost[0]) == 1  # tried once, never again
+
+
+class _RawBody:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.data
+
+    def read(self, *_: Any) -> bytes:
+        return self.data
+
+
+def sqs_answering(code: str, error_type: str) -> Any:
+    """A real botocore SQS client whose ChangeMessageVisibility gets the HTTP answer SQS's JSON
+    protocol sends: `__type` in the body, the query-compatible code in x-amzn-query-error
+    (which botocore reports as the error Code). Nothing reaches the network."""
+    client = boto3.client(
+        "sqs", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y"
+    )
+    body = json.dumps({"__type": f"com.amazonaws.sqs#{error_type}", "message": "…"}).encode()
+    headers = {
+        "x-amzn-query-error": f"{code};Sender",
+        "Content-Type": "application/x-amz-json-1.0",
+    }
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        return AWSResponse(request.url, 400, headers, _RawBody(body))
+
+    client.meta.events.register("before-send.sqs.ChangeMessageVisibility", answer)
+    return client
+
+
+@pytest.mark.parametrize(
+    ("code", "error_type"),
+    [
+        # an expired receipt handle, as the JSON protocol reports it:
+        # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html
+        ("AWS.SimpleQueueService.MessageNotInflight", "MessageNotInflight"),
+        ("ReceiptHandleIsInvalid", "ReceiptHandleIsInvalid"),
+    ],
+)
+def test_an_expired_receipt_handle_stops_the_extension_like_an_invalid_one(code, error_type):
+    sqs = sqs_answering(code, error_type)
+    consumer = Consumer(
+        sqs,
+        FakeProcessor(),
+        ConsumerSettings(queue_url="https://sqs.us-east-1.amazonaws.com/1/q"),
+        clock=lambda: 200.0,
+    )
+    item = InFlight("m-1", "handle-1", 1, received_at=0.0, extended_at=0.0)
+    with capture_logs() as logs:
+        consumer._extend(item, 300)
+    assert item.extendable is False  # not retried at every heartbeat for ever
+    (failed,) = [e for e in logs if e["event"] == "message.visibility_failed"]
+    assert failed["code"] == code
 
 
 def test_extension_respects_the_12_hour_cap():

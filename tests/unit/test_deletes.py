@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from agent.aws import lost_handle
 from agent.pipeline.deletes import DeleteBatcher
 from tests.support.aws import QUEUE_URL, count_sqs_calls, queue_counts
 
@@ -100,7 +101,23 @@ def test_a_failed_delete_is_logged_and_the_rest_still_go(aws):
 
     failed = [e for e in logs if e["event"] == "message.delete_failed"]
     assert [e["message_id"] for e in failed] == ["gone"]
+    assert failed[0]["code"] == "ReceiptHandleIsInvalid" and failed[0]["lost_handle"] is True
     assert queue_counts(aws.sqs) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("code", "lost"),
+    [
+        ("AWS.SimpleQueueService.MessageNotInflight", True),  # the JSON protocol's name
+        ("MessageNotInflight", True),
+        ("ReceiptHandleIsInvalid", True),
+        ("InvalidParameterValue", True),
+        ("AWS.SimpleQueueService.NonExistentQueue", False),
+        ("RequestThrottled", False),
+    ],
+)
+def test_which_codes_mean_the_receipt_handle_is_no_longer_valid(code, lost):
+    assert lost_handle(code) is lost
 
 
 def test_after_close_a_delete_is_sent_at_once(aws, calls):

@@ -11,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent.errors import MalformedMessage
-from agent.events import EventKind, ObjectEvent, parse_message
+from agent.events import EventKind, IgnoredEvent, ObjectEvent, event_kind, parse_message
 from tests.support.events import event_text, load_event, notification, s3_record
 
 BUCKET = "company-documents"
@@ -82,6 +82,7 @@ def test_s3_test_event_is_recognised_and_carries_no_events():
     parsed = parse_message(event_text("s3-test-event.json"))
     assert parsed.is_test_event is True
     assert parsed.events == ()
+    assert parsed.ignored == (IgnoredEvent("s3:TestEvent", BUCKET),)
 
 
 def test_sns_envelope_unwraps_to_the_same_events_as_the_raw_notification():
@@ -140,6 +141,188 @@ def test_unversioned_put_without_version_or_sequencer_parses():
     assert (event.version_id, event.sequencer, event.size) == (None, None, 3)
 
 
+# -- lifecycle expirations, restores and the names ignored on purpose ----------------------
+# Event types: https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-how-to-event-types-and-destinations.html
+# S3 Lifecycle reports its deletions as LifecycleExpiration:*, never as ObjectRemoved:*
+# ("These event notifications don't alert you for automatic deletes from Lifecycle policies").
+
+
+def test_lifecycle_expiration_delete_is_a_removal_under_its_own_name():
+    # https://docs.aws.amazon.com/AmazonS3/latest/userguide/lifecycle-configure-notification.html
+    event = only_event("s3-lifecycle-expiration-delete.json")
+    assert event.kind is EventKind.REMOVED
+    assert event.event_name == "LifecycleExpiration:Delete"  # recorded: not a user's delete
+    assert (event.key, event.delete_marker, event.version_id) == ("expiration/delete", False, None)
+    assert event.sequencer == "0055AED6DCD90281E5"
+
+
+def test_lifecycle_expiration_delete_marker_is_a_removal_flagged_as_a_marker():
+    event = only_event("s3-lifecycle-expiration-delete-marker.json")
+    assert event.kind is EventKind.REMOVED
+    assert event.delete_marker is True
+    assert event.event_name == "LifecycleExpiration:DeleteMarkerCreated"
+    assert event.version_id == "Lx3bqbK1Z7tzXDGQm1AR8B0yk4ABwMAu"
+
+
+@pytest.mark.parametrize(
+    ("lifecycle", "user"),
+    [
+        ("LifecycleExpiration:Delete", "ObjectRemoved:Delete"),
+        ("LifecycleExpiration:DeleteMarkerCreated", "ObjectRemoved:DeleteMarkerCreated"),
+    ],
+)
+def test_a_lifecycle_expiration_is_the_same_deletion_as_its_object_removed_twin(lifecycle, user):
+    (expired,) = parse_message(put_with(eventName=lifecycle, size=None, eTag=None)).events
+    (deleted,) = parse_message(put_with(eventName=user, size=None, eTag=None)).events
+    assert (expired.kind, expired.delete_marker, expired.version_token, expired.order_key) == (
+        deleted.kind,
+        deleted.delete_marker,
+        deleted.version_token,
+        deleted.order_key,
+    )
+    assert expired.event_name == lifecycle != deleted.event_name
+
+
+def test_eventbridge_lifecycle_expiration_takes_the_s3_notification_name():
+    # https://docs.aws.amazon.com/AmazonS3/latest/userguide/ev-events.html ("Object deleted
+    # (using lifecycle expiration)"): reason "Lifecycle Expiration".
+    event = only_event("eventbridge-object-deleted-lifecycle.json")
+    assert event.kind is EventKind.REMOVED
+    assert event.event_name == "LifecycleExpiration:DeleteMarkerCreated"
+    assert event.delete_marker is True
+    document = load_event("eventbridge-object-deleted-lifecycle.json")
+    document["detail"]["deletion-type"] = "Permanently Deleted"
+    (permanent,) = parse_message(json.dumps(document)).events
+    assert (permanent.event_name, permanent.delete_marker) == ("LifecycleExpiration:Delete", False)
+
+
+def test_restore_completed_is_a_created_event_for_that_version():
+    # glacierEventData is only visible for s3:ObjectRestore:Completed events
+    # (https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html)
+    event = only_event("s3-restore-completed.json")
+    assert event.kind is EventKind.CREATED
+    assert event.restored is True
+    assert event.event_name == "ObjectRestore:Completed"
+    assert event.key == "archives/2025/ledger.csv"
+    assert event.version_id == "KKsjUC1.6gIjqtvhfg5AdMI0eCePIiT3"
+    assert (event.size, event.etag) == (1024, "d41d8cd98f00b204e9800998ecf8427e")
+    assert event.version_token == "v:KKsjUC1.6gIjqtvhfg5AdMI0eCePIiT3"
+
+
+def test_a_restore_never_takes_a_sequencer_as_the_versions_order():
+    """S3 sends sequencers to order PUTs and DELETEs of a key; a restore happens long after
+    newer versions may have been written, so its sequencer must not place the version."""
+    document = load_event("s3-restore-completed.json")
+    document["Records"][0]["s3"]["object"]["sequencer"] = "00FFFFFFFFFFFFFFFF"
+    (event,) = parse_message(json.dumps(document)).events
+    assert event.sequencer is None
+
+
+def test_eventbridge_restore_completed_is_a_created_event():
+    event = only_event("eventbridge-object-restore-completed.json")
+    assert (event.kind, event.event_name, event.restored) == (
+        EventKind.CREATED,
+        "ObjectRestore:Completed",
+        True,
+    )
+    assert (event.key, event.size, event.sequencer) == ("example-key", 5, None)
+    assert event.version_id == "KKsjUC1.6gIjqtvhfg5AdMI0eCePIiT3"
+
+
+IGNORED_NAMES = [
+    "ObjectRestore:Post",
+    "ObjectRestore:Delete",
+    "Replication:OperationFailedReplication",
+    "Replication:OperationMissedThreshold",
+    "Replication:OperationReplicatedAfterThreshold",
+    "Replication:OperationNotTracked",
+    "ObjectTagging:Put",
+    "ObjectTagging:Delete",
+    "ObjectAcl:Put",
+    "IntelligentTiering",
+    "LifecycleTransition",
+    "ReducedRedundancyLostObject",
+    "ObjectAnnotation:Put",  # not in the list above: a name S3 may add later
+    "SomethingNew:Happened",
+]
+
+
+@pytest.mark.parametrize("name", IGNORED_NAMES)
+def test_other_event_names_are_ignored_on_purpose_never_malformed(name):
+    parsed = parse_message(put_with(eventName=name))
+    assert parsed.events == ()
+    assert parsed.ignored == (IgnoredEvent(name, BUCKET, "reports/q1 summary ✓ 100%.txt"),)
+
+
+@pytest.mark.parametrize(
+    "fixture", ["s3-restore-post.json", "s3-object-tagging-put.json", "s3-intelligent-tiering.json"]
+)
+def test_documented_examples_of_ignored_events_parse_as_ignored(fixture):
+    parsed = parse_message(event_text(fixture))
+    (ignored,) = parsed.ignored
+    assert parsed.events == () and ignored.bucket == BUCKET and ignored.key
+
+
+def test_an_ignored_record_is_not_held_to_the_shape_of_object_events():
+    """A future event type may carry other fields; it is ignored whatever its shape."""
+    document = load_event("s3-intelligent-tiering.json")
+    del document["Records"][0]["s3"]["object"]
+    document["Records"][0]["eventTime"] = "not a time"
+    parsed = parse_message(json.dumps(document))
+    assert parsed.ignored == (IgnoredEvent("IntelligentTiering", BUCKET, None),)
+
+
+def test_a_message_with_a_put_and_an_ignored_record_keeps_the_put():
+    body = notification(
+        s3_record("a.txt", size=1, sequencer="01"),
+        s3_record("a.txt", event_name="ObjectTagging:Put"),
+    )
+    parsed = parse_message(body)
+    assert [e.key for e in parsed.events] == ["a.txt"]
+    assert [i.event_name for i in parsed.ignored] == ["ObjectTagging:Put"]
+
+
+@pytest.mark.parametrize(
+    "detail_type",
+    [
+        "Object Restore Initiated",
+        "Object Restore Expired",
+        "Object Storage Class Changed",
+        "Object Access Tier Changed",
+        "Object ACL Updated",
+        "Object Tags Added",
+        "Object Tags Deleted",
+        "Object Teleported",  # a detail-type EventBridge may add later
+    ],
+)
+def test_other_eventbridge_detail_types_are_ignored(detail_type):
+    # https://docs.aws.amazon.com/AmazonS3/latest/userguide/EventBridge.html
+    document = {**load_event("eventbridge-object-created.json"), "detail-type": detail_type}
+    parsed = parse_message(json.dumps(document))
+    assert parsed.events == ()
+    assert parsed.ignored == (IgnoredEvent(detail_type, BUCKET, "reports/q2 summary+final.txt"),)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("ObjectCreated:Put", EventKind.CREATED),
+        ("s3:ObjectCreated:CompleteMultipartUpload", EventKind.CREATED),
+        ("ObjectRestore:Completed", EventKind.CREATED),
+        ("ObjectRemoved:Delete", EventKind.REMOVED),
+        ("ObjectRemoved:DeleteMarkerCreated", EventKind.REMOVED),
+        ("LifecycleExpiration:Delete", EventKind.REMOVED),
+        ("s3:LifecycleExpiration:DeleteMarkerCreated", EventKind.REMOVED),
+        ("ObjectRestore:Post", None),
+        ("ObjectRestore:Delete", None),
+        ("LifecycleTransition", None),
+        ("s3:TestEvent", None),
+    ],
+)
+def test_what_each_event_name_means(name, kind):
+    assert event_kind(name) is kind
+
+
 # -- malformed shapes raise MalformedMessage with a useful reason ---------------------------
 
 
@@ -183,10 +366,6 @@ MALFORMED = {
     "records not a list": ('{"Records": {"a": 1}}', "'Records' is not a non-empty list"),
     "record not an object": ('{"Records": ["x"]}', "Records[0] is not an object"),
     "no event name": (put_with(eventName=None), "Records[0].eventName is missing"),
-    "restore event": (
-        put_with(eventName="ObjectRestore:Completed"),
-        "'ObjectRestore:Completed' is not an ObjectCreated/ObjectRemoved event",
-    ),
     "no key": (put_with(key=None), "Records[0].s3.object.key is missing or not a string"),
     "key not a string": (put_with(key=7), "Records[0].s3.object.key is missing or not a string"),
     "bad utf-8 in key": (put_with(key="caf%E9.txt"), "is not valid percent-encoded UTF-8"),
@@ -207,11 +386,13 @@ MALFORMED = {
     "sns message missing": (sns_with(None), "SNS envelope.Message is missing or not a string"),
     "sns message not json": (sns_with("not json"), "body is not JSON"),
     "sns message not an event": (sns_with('{"a": 1}'), "not an S3 notification"),
-    "eventbridge other detail-type": (
-        json.dumps(
-            {**load_event("eventbridge-object-created.json"), "detail-type": "Object Restore"}
-        ),
-        "EventBridge detail-type 'Object Restore' is not handled",
+    "restore completed without a key": (
+        put_with(eventName="ObjectRestore:Completed", key=None),
+        "Records[0].s3.object.key is missing or not a string",
+    ),
+    "lifecycle expiration without a time": (
+        put_with(eventName="LifecycleExpiration:Delete", eventTime=None),
+        "Records[0].eventTime is missing",
     ),
     "eventbridge no object": (
         eventbridge_with(object=None),

@@ -61,6 +61,29 @@ def test_counters_are_sent_as_deltas_and_gauges_as_values():
     assert "BackupLagSeconds" not in second  # no observations this interval
 
 
+def test_events_ignored_on_purpose_are_a_counter_of_their_own():
+    stats = Stats()
+    sampler = Sampler(stats, Path("/mnt"), disk=fixed_disk)
+    stats.record_ignored("ObjectTagging:Put")
+    stats.record_ignored("s3:TestEvent")
+    first = by_name(sampler.sample())
+    assert first["EventsIgnored"].value == 2 and first["EventsIgnored"].unit == "Count"
+    assert first["BackupsSucceeded"].value == 0 and first["BackupsFailed"].value == 0
+    stats.record_ignored("ObjectTagging:Put")
+    assert by_name(sampler.sample())["EventsIgnored"].value == 1
+
+
+def test_versions_found_archived_are_counted_apart_from_backups_and_failures():
+    stats = Stats()
+    sampler = Sampler(stats, Path("/mnt"), disk=fixed_disk)
+    stats.record_archived("archived")
+    stats.record_archived("archived")
+    stats.record_archived("sse-c")
+    first = by_name(sampler.sample())
+    assert first["ObjectsArchived"].value == 3 and first["ObjectsArchived"].unit == "Count"
+    assert first["BackupsSucceeded"].value == 0 and first["BackupsFailed"].value == 0
+
+
 def test_before_any_backup_seconds_since_last_backup_counts_from_the_start():
     sampler = Sampler(Stats(started_at=100.0), Path("/"), disk=fixed_disk, clock=lambda: 160.0)
     assert by_name(sampler.sample())["SecondsSinceLastBackup"].value == 60

@@ -47,3 +47,12 @@ def test_lifecycle_rounds_up_to_whole_days(backup_root):
     config = make_config(backup_root, restore={"staging_bucket": "x-y-z", "share_expiry": "36h"})
 
     assert lifecycle_days(config.restore) == 2
+
+
+def test_recovery_buckets_default_to_none_and_are_checked(backup_root):
+    assert make_config(backup_root).restore.recovery_buckets == []
+    config = make_config(backup_root, restore={"recovery_buckets": ["recovery-area"]})
+    assert config.restore.recovery_buckets == ["recovery-area"]
+    with pytest.raises(ConfigError) as error:
+        make_config(backup_root, restore={"recovery_buckets": ["a/b"]})
+    assert "restore.recovery_buckets: 'a/b' is not a bucket name" in "\n".join(error.value.problems)
