@@ -116,10 +116,68 @@ class StorageConfig(Section):
 
     @field_validator("root")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"{value} is not an absolute path")
-        return value
+    def _safe_root(cls, value: Path) -> Path:
+        return safe_backup_root(value)
+
+
+SYSTEM_DIRECTORIES = frozenset(
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/sys",
+        "/tmp",  # noqa: S108 - refused, not used
+        "/usr",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/local",
+        "/usr/sbin",
+        "/var",
+        "/var/lib",
+        "/var/log",
+        "/var/tmp",  # noqa: S108 - refused, not used
+    }
+)
+"""Directories the backup root may never be (a directory below one, /var/backups, is fine):
+the agent owns its root, init-volume writes into it and install.sh hands it to the agent."""
+
+
+def safe_backup_root(root: Path) -> Path:
+    """`root` if it may hold the backup volume; ValueError saying why not.
+
+    Refused: a relative path, control characters (a newline would add a directive to the
+    unit drop-in install.sh writes; an escape sequence would rewrite the operator's
+    terminal), `..`, a system directory (also when reached through a symbolic link), and
+    a root that is itself a symbolic link (whoever can swap the link moves the backups).
+    """
+    text = str(root)
+    if not text.isprintable():
+        raise ValueError(f"{text!r} contains control characters; give a plain path")
+    if not root.is_absolute():
+        raise ValueError(f"{text} is not an absolute path")
+    if ".." in root.parts:
+        raise ValueError(f"{text} must not contain '..'")
+    canonical = "/" + "/".join(root.parts[1:])  # "//usr" and "/var/./" are /usr and /var
+    if canonical in SYSTEM_DIRECTORIES:
+        raise ValueError(f"{text} is the system directory {canonical}; mount a volume below it")
+    if os.path.islink(canonical):
+        target = os.path.realpath(canonical)
+        raise ValueError(f"{text} is a symbolic link (to {target}); give the real directory")
+    resolved = os.path.realpath(canonical)
+    if resolved in SYSTEM_DIRECTORIES:
+        raise ValueError(f"{text} leads to the system directory {resolved} through a link")
+    return root
 
 
 class StateConfig(Section):
