@@ -18,7 +18,7 @@ import structlog
 from agent import __version__, logs
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, exit_code_for, print_problems
-from agent.cli.output import describe_run
+from agent.cli.output import describe_run, printable_key
 from agent.cli.rejected_config import report_rejected_config
 from agent.config import (
     Config,
@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
     init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="mark the root even when it is neither empty nor a mount point",
+    )
     reconcile = command(
         "reconcile", cmd_reconcile, "List the buckets and back up what the ledger lacks."
     )
@@ -160,8 +165,18 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
 
-    marker = Volume(config.storage.root).initialise(args.volume_id)
-    print(f"{config.storage.root}: backup volume {marker.volume_id}")
+    volume = Volume(config.storage.root)
+    if args.force and volume.root.is_dir() and not volume.marker_path.exists():
+        problem = volume.not_fresh()
+        if problem:
+            print(
+                f"backup-agent: WARNING: --force: {printable_key(problem)}; marking it as a"
+                " backup volume anyway. The agent will write objects/, tmp/ and journal/"
+                " here, beside what is already there.",
+                file=sys.stderr,
+            )
+    marker = volume.initialise(args.volume_id, force=args.force)
+    print(f"{printable_key(str(config.storage.root))}: backup volume {marker.volume_id}")
     return ExitCode.OK
 
 

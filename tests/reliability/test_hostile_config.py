@@ -7,6 +7,7 @@ Each is refused with a clear reason naming the key (exit 2), never followed or o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ import yaml
 from agent.cli.agent import main as cli_main
 from agent.config import parse_config
 from agent.errors import ConfigError
+from agent.storage.volume import MARKER_NAME, Volume
+from tests.reliability.test_volume_faults import small_filesystem
 
 VALID = {
     "queue": {"url": "https://sqs.us-east-1.amazonaws.com/123456789012/q"},
@@ -119,3 +122,95 @@ def test_a_root_with_control_characters_is_a_config_error_shown_escaped(root, tm
     code, err = _check_config(path, capsys)
     assert code == 2
     assert "storage.root" in err and "\x1b" not in err and "\x9b" not in err
+
+
+def _init_volume(tmp_path: Path, root: Path, capsys, *extra: str) -> tuple[int, str, str]:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_with_root(root)), encoding="utf-8")
+    code = cli_main(["init-volume", "--config", str(path), *extra])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_init_volume_refuses_a_directory_that_already_holds_files(tmp_path, capsys):
+    root = tmp_path / "home-of-someone"
+    root.mkdir()
+    (root / "thesis.tex").write_text("years of work")
+
+    code, _out, err = _init_volume(tmp_path, root, capsys)
+
+    assert code == 3
+    assert f"{root} is not empty and not a mount point" in err and "--force" in err
+    assert sorted(p.name for p in root.iterdir()) == ["thesis.tex"]  # nothing written
+
+
+def test_init_volume_with_force_marks_a_non_empty_directory_and_says_so_loudly(tmp_path, capsys):
+    root = tmp_path / "reused"
+    root.mkdir()
+    (root / "old.txt").write_text("x")
+
+    code, out, err = _init_volume(tmp_path, root, capsys, "--force", "--volume-id", "vol-forced")
+
+    assert code == 0
+    assert (root / MARKER_NAME).is_file() and (root / "old.txt").read_text() == "x"
+    assert "WARNING" in err and "--force" in err and "not empty" in err
+    assert f"{root}: backup volume vol-forced" in out
+
+
+def test_init_volume_takes_an_empty_directory(tmp_path, capsys):
+    root = tmp_path / "fresh"
+    root.mkdir()
+    code, _out, err = _init_volume(tmp_path, root, capsys)
+    assert code == 0 and err == ""
+    assert (root / MARKER_NAME).is_file()
+
+
+def test_init_volume_takes_a_dedicated_mount_point_that_is_not_empty(tmp_path, capsys):
+    root = tmp_path / "ebs"
+    root.mkdir()
+    with small_filesystem(root, "4m"):
+        (root / "lost+found").mkdir()
+        code, _out, err = _init_volume(tmp_path, root, capsys)
+        assert code == 0, err
+        assert (root / MARKER_NAME).is_file()
+
+
+def test_init_volume_again_keeps_the_marker_without_force(tmp_path, capsys):
+    root = tmp_path / "fresh"
+    root.mkdir()
+    assert _init_volume(tmp_path, root, capsys, "--volume-id", "vol-first")[0] == 0
+    code, out, _err = _init_volume(tmp_path, root, capsys, "--volume-id", "vol-second")
+    assert code == 0 and "vol-first" in out
+
+
+def test_start_up_removes_only_the_volumes_own_temp_files(tmp_path):
+    root = tmp_path / "backups"
+    root.mkdir()
+    volume = Volume(root)
+    volume.initialise("vol-tmp")
+    volume.open()
+    own = [f"{os.urandom(16).hex()}.part" for _ in range(2)]
+    for name in own:
+        (volume.tmp_dir / name).write_bytes(b"half a copy")
+    planted = {
+        "operator-notes.txt": b"keep me",
+        "abc.part": b"not a name the volume makes",
+        f"{'A' * 32}.part": b"upper-case hex is not ours either",
+        f"{'0' * 32}.part.bak": b"nor this",
+    }
+    for name, body in planted.items():
+        (volume.tmp_dir / name).write_bytes(body)
+    (volume.tmp_dir / "a-directory").mkdir()
+    (volume.tmp_dir / "a-directory" / "inside").write_bytes(b"x")
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"elsewhere")
+    (volume.tmp_dir / f"{'1' * 32}.part").symlink_to(outside)  # ours by name, a link: unlinked
+
+    reopened = Volume(root)
+    reopened.open()
+
+    left = sorted(p.name for p in reopened.tmp_dir.iterdir())
+    assert left == sorted([*planted, "a-directory"])
+    assert reopened.temp_files_removed == 3
+    assert outside.read_bytes() == b"elsewhere"
+    assert (reopened.tmp_dir / "a-directory" / "inside").read_bytes() == b"x"
