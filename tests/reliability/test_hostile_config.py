@@ -17,6 +17,7 @@ from agent.cli.agent import main as cli_main
 from agent.config import parse_config
 from agent.errors import ConfigError
 from agent.storage.volume import MARKER_NAME, Volume
+from tests.functional.test_install_script import INSTALL, _install, _operator_config
 from tests.reliability.test_volume_faults import small_filesystem
 
 VALID = {
@@ -214,3 +215,92 @@ def test_start_up_removes_only_the_volumes_own_temp_files(tmp_path):
     assert reopened.temp_files_removed == 3
     assert outside.read_bytes() == b"elsewhere"
     assert (reopened.tmp_dir / "a-directory" / "inside").read_bytes() == b"x"
+
+
+# -- item 4: install.sh follows no symlink and writes no value that could add a directive ----
+
+
+def _dropins(prefix: Path) -> str:
+    unit_dir = prefix / "etc/systemd/system"
+    return "".join(p.read_text() for p in sorted(unit_dir.rglob("*")) if p.is_file())
+
+
+@pytest.mark.parametrize(
+    "root",
+    ["/mnt/x\nExecStartPre=/bin/touch /tmp/pwned", "/mnt/x\n[Service]\nUser=root"],
+    ids=["exec", "user"],
+)
+def test_a_newline_in_the_storage_root_adds_no_directive_to_the_unit(tmp_path, root):
+    _operator_config(tmp_path, Path(root))  # yaml-quoted: the newline reaches the loader
+
+    result = _install(tmp_path)
+
+    units = _dropins(tmp_path)
+    assert "ExecStartPre" not in units and "User=root" not in units, units
+    assert "storage.root" in result.stderr  # check-config says what is wrong
+
+
+@pytest.mark.parametrize("root", ["/mnt/my backups", "/mnt/100%n", "/mnt/quote'd", "/mnt/a\\b"])
+def test_a_storage_root_systemd_would_split_or_expand_is_refused_by_install(tmp_path, root):
+    _operator_config(tmp_path, Path(root))
+
+    result = _install(tmp_path)
+
+    assert result.returncode == 1
+    assert "storage.root" in result.stderr and "cannot carry" in result.stderr
+    assert "ReadWritePaths" not in _dropins(tmp_path).split("[Service]", 1)[-1].replace(
+        "ReadWritePaths=/mnt/backups", ""
+    )
+    assert not (tmp_path / "etc/systemd/system/backup-agent.service.d").exists()
+
+
+def test_a_prefix_with_a_newline_is_refused_before_anything_is_written(tmp_path):
+    prefix = tmp_path / "p\nExecStartPre=true"
+    prefix.mkdir()
+
+    result = _install(prefix)
+
+    assert result.returncode == 1
+    assert "cannot carry" in result.stderr and "\nExecStartPre" not in result.stderr
+    assert list(prefix.iterdir()) == []
+
+
+def test_install_never_writes_through_a_planted_config_symlink(tmp_path):
+    victim = tmp_path / "victim" / "shadow"
+    victim.parent.mkdir()
+    config = tmp_path / "etc/backup-agent/config.yaml"
+    config.parent.mkdir(parents=True)
+    config.symlink_to(victim)  # dangling: `[ -e ]` is false, `cp` would create the target
+
+    result = _install(tmp_path)
+
+    assert result.returncode == 1
+    assert "symbolic link" in result.stderr
+    assert not victim.exists()
+    assert config.is_symlink()
+
+
+def test_install_never_writes_a_dropin_through_a_planted_directory_symlink(tmp_path):
+    root = tmp_path / "volume"
+    root.mkdir()
+    _operator_config(tmp_path, root)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    unit_dir = tmp_path / "etc/systemd/system"
+    unit_dir.mkdir(parents=True)
+    (unit_dir / "backup-agent.service.d").symlink_to(elsewhere)
+
+    result = _install(tmp_path)
+
+    assert result.returncode == 1 and "symbolic link" in result.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_every_chown_in_install_sh_is_h_and_none_recursive():
+    code = [line.split(" #")[0].strip() for line in INSTALL.read_text().splitlines()]
+    calls = [line for line in code if "chown" in line.split() and not line.startswith("#")]
+    assert calls, "install.sh changes ownership somewhere"
+    for call in calls:
+        words = call.split()
+        assert "-h" in words, call
+        assert not any(w.startswith("-") and "R" in w for w in words), call
