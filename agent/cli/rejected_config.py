@@ -18,10 +18,9 @@ from pathlib import Path
 
 import botocore.config
 import structlog
-import yaml
 
 from agent.aws import Clients, region_clients
-from agent.config import AlertsConfig, AwsConfig
+from agent.config import AlertsConfig, AwsConfig, read_yaml
 from agent.monitoring.alerts import config_rejected
 from agent.monitoring.channels import build_channels
 from agent.monitoring.dispatcher import AlertDispatcher
@@ -46,7 +45,7 @@ def report_rejected_config(
     hour, so a restart loop under systemd does not mail the operator every few seconds.
     """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path)  # strict and bounded, like the agent's own loading
         alerts_config = AlertsConfig.model_validate(raw.get("alerts") or {})
         aws_config = AwsConfig.model_validate(raw.get("aws") or {})
     except Exception as exc:  # noqa: BLE001 - nothing usable to alert with

@@ -304,3 +304,185 @@ def test_every_chown_in_install_sh_is_h_and_none_recursive():
         words = call.split()
         assert "-h" in words, call
         assert not any(w.startswith("-") and "R" in w for w in words), call
+
+
+# -- item 8: config files built to crash the loader -------------------------------------------
+
+HEADER = """\
+queue: {url: "https://sqs.us-east-1.amazonaws.com/123456789012/q"}
+buckets: [company-documents]
+storage: {root: /mnt/backups}
+state: {table: backup-agent-objects}
+"""
+
+
+def _bomb(levels: int, key: str) -> str:
+    """A YAML 'billion laughs': 9 ** levels strings from a few hundred bytes of aliases."""
+    lines = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for n in range(1, levels):
+        lines.append(f"l{n}: &l{n} [" + ", ".join([f"*l{n - 1}"] * 9) + "]")
+    lines.append(f"{key}: *l{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+CRASHERS = [
+    # (id, text after the valid header, what the single problem line must say)
+    ("nested-list", "alerts: " + "[" * 50_000 + "]" * 50_000, "alerts.0.0.0…: nested deeper"),
+    ("nested-map", "consumer: " + "{a: " * 2_000 + "1" + "}" * 2_000, "consumer.a.a.a…: nested"),
+    (
+        "long-int",
+        "reconcile: {checkpoint_every: " + "9" * 5_000 + "}",
+        "reconcile.checkpoint_every",
+    ),
+    ("bad-date", "snapshots: {tags: {when: 2024-02-30}}", "snapshots.tags.when"),
+    (
+        "drain-int",
+        "consumer: {drain_timeout: 100000000}",
+        "consumer.drain_timeout: '1157d9h46m40s' is longer than 1h",
+    ),
+    (
+        "drain-years",
+        "consumer: {drain_timeout: 1000000000000}",
+        "consumer.drain_timeout: '11574074d1h46m40s' is longer than 100 years",
+    ),
+    ("drain-float", "consumer: {drain_timeout: 1.0e+308}", "consumer.drain_timeout: "),
+    ("drain-1e308", "consumer: {drain_timeout: 1e308}", "consumer.drain_timeout: "),
+    ("overflow-d", "gc: {grace_period: 99999999999999999999d}", "gc.grace_period: "),
+    ("grace-huge", "gc: {grace_period: 99999w}", "gc.grace_period: "),
+    ("keep-huge", "retention: {keep_younger_than: 9999999w}", "retention.keep_younger_than: "),
+    ("schedule-huge", "gc: {schedule: 9999999w}", "gc.schedule: "),
+    ("rate-inf", "reconcile: {objects_per_second: .inf}", "reconcile.objects_per_second: "),
+    ("rate-huge", "reconcile: {objects_per_second: 1.0e+300}", "reconcile.objects_per_second"),
+    ("checkpoint", "reconcile: {checkpoint_every: 10000000000000000000}", "checkpoint_every: "),
+    ("window", "alerts: {window_seconds: 1.0e+308}", "alerts.window_seconds: "),
+    ("deleted-days", "retention: {keep_deleted_days: 1.0e+308}", "retention.keep_deleted_days"),
+    ("keep-last", "retention: {keep_last_versions: 99999999999999999999}", "keep_last_versions"),
+    ("cycle", "scrub: {cycle_days: 1.0e+308}", "scrub.cycle_days: "),
+    ("no-backup", "alarms: {no_backup_hours: 1.0e+308}", "alarms.no_backup_hours: "),
+    ("period", "alarms: {period_seconds: 99999999999}", "alarms.period_seconds: "),
+    ("dlq", "alarms: {dead_letter_messages: 99999999999999}", "alarms.dead_letter_messages: "),
+    ("failed", "alarms: {failed_backups: 99999999999999}", "alarms.failed_backups: "),
+    ("buffer", "metrics: {buffer_size: 99999999999999}", "metrics.buffer_size: "),
+    ("free", "storage: {root: /mnt/b, min_free_bytes: 1.0e+300}", "storage.min_free_bytes: "),
+    ("in-flight", "consumer: {max_bytes_in_flight: 99999999999999999999}", "max_bytes_in_flight"),
+    ("retry-base", "queue: {url: 'https://q/1/q', retry_base_seconds: .inf}", "retry_base_seconds"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [c[1:] for c in CRASHERS], ids=[c[0] for c in CRASHERS]
+)
+def test_a_value_built_to_crash_or_overflow_is_a_config_error_naming_the_key(
+    tmp_path, capsys, text, expected
+):
+    path = tmp_path / "config.yaml"
+    body = HEADER
+    section = text.split(":", 1)[0]
+    body = "\n".join(line for line in HEADER.splitlines() if not line.startswith(section + ":"))
+    path.write_text(body + "\n" + text + "\n", encoding="utf-8")
+
+    code, err = _check_config(path, capsys)
+
+    assert code == 2, err
+    assert expected in err, err
+    assert "Traceback" not in err and len(err) < 2_000, err
+
+
+DUPLICATES = [
+    (
+        "top",
+        HEADER + "buckets: [someone-elses-bucket]\n",
+        "buckets: duplicate key at line 5 (first at line 2)",
+    ),
+    (
+        "nested",
+        HEADER.replace("{root: /mnt/backups}", "{root: /mnt/backups, root: /etc/x}"),
+        "storage.root: duplicate key at line 3 (first at line 3)",
+    ),
+    (
+        "block",
+        HEADER + "consumer:\n  workers: 4\n  drain_timeout: 30s\n  workers: 64\n",
+        "consumer.workers: duplicate key at line 8 (first at line 6)",
+    ),
+    (
+        "bool-twins",
+        HEADER + "snapshots: {tags: {yes: a, true: b}}\n",
+        "snapshots.tags.true: duplicate",
+    ),
+    ("int-twins", HEADER + "schedules: {1: 6h, 0x1: 7h}\n", "schedules.0x1: duplicate key"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [d[1:] for d in DUPLICATES], ids=[d[0] for d in DUPLICATES]
+)
+def test_a_duplicate_key_is_a_config_error_not_a_silent_last_wins(tmp_path, capsys, text, expected):
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+
+    code, err = _check_config(path, capsys)
+
+    assert code == 2 and expected in err, err
+
+
+def test_a_merge_key_may_still_override_what_it_merges(tmp_path, capsys):
+    root = tmp_path / "backups"
+    root.mkdir()
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        HEADER.replace("/mnt/backups", str(root))
+        + "defaults: &d {workers: 4, drain_timeout: 30s}\n".replace("defaults", "x-defaults")
+        + "consumer: {<<: *d, workers: 8}\n",
+        encoding="utf-8",
+    )
+    code, err = _check_config(path, capsys)
+    assert code == 2 and "x-defaults: unknown key" in err  # the anchor's own key is refused…
+    assert "duplicate" not in err  # …but overriding a merged key is not a duplicate
+
+
+def test_a_yaml_alias_bomb_is_refused_in_milliseconds_within_bounded_memory(tmp_path):
+    """9 ** 9 = 387 million strings: run in a child with a 1 GiB address-space cap, so the
+    code before the fix (which printed the expanded value in its error) fails, not the box."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER + _bomb(9, "gc: {schedule") + "}\n", encoding="utf-8")
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from agent.cli.agent import main
+        sys.exit(main(["check-config", "--config", {str(path)!r}]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2, result.stderr[-2_000:]
+    assert "more than" in result.stderr and "alias" in result.stderr, result.stderr[-2_000:]
+    assert len(result.stderr) < 2_000
+
+
+def test_a_config_file_of_many_megabytes_is_refused_unread(tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER + "# " + "x" * (8 << 20) + "\n", encoding="utf-8")
+    code, err = _check_config(path, capsys)
+    assert code == 2 and "larger than" in err, err
+
+
+def test_any_exception_while_validating_becomes_a_config_error_naming_the_key(
+    tmp_path, capsys, monkeypatch
+):
+    def crash(root):
+        raise OverflowError("something nobody thought of")
+
+    monkeypatch.setattr("agent.config.safe_backup_root", crash)  # storage.root's validator
+    path = tmp_path / "config.yaml"
+    path.write_text(HEADER, encoding="utf-8")
+
+    code, err = _check_config(path, capsys)
+
+    assert code == 2, err
+    assert "storage.root: cannot be read (OverflowError: something nobody thought of)" in err
