@@ -70,13 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args, config)
         return result
     except VolumeNotReady as exc:
-        print(f"backup-agent: backup volume not ready: {exc}", file=sys.stderr)
+        print(f"backup-agent: backup volume not ready: {printable_key(exc)}", file=sys.stderr)
         return exit_code_for(exc)
     except ConfigError as exc:
         _print_problems(path, exc.problems)
         return exit_code_for(exc)
     except BackupAgentError as exc:
-        print(f"backup-agent: {exc}", file=sys.stderr)
+        print(f"backup-agent: {printable_key(exc)}", file=sys.stderr)
         return exit_code_for(exc)
 
 
@@ -159,7 +159,7 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     if problems:
         _print_problems(args.config_path, problems)
         return ExitCode.USAGE
-    print(f"{args.config_path}: OK")
+    print(f"{printable_key(args.config_path)}: OK")
     return ExitCode.OK
 
 
@@ -176,7 +176,7 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
                 file=sys.stderr,
             )
     marker = volume.initialise(args.volume_id, force=args.force)
-    print(f"{printable_key(str(config.storage.root))}: backup volume {marker.volume_id}")
+    print(f"{printable_key(config.storage.root)}: backup volume {printable_key(marker.volume_id)}")
     return ExitCode.OK
 
 
@@ -199,7 +199,8 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
         f" {report.tombstoned} deletes, {report.up_to_date} up to date, {report.failed} failed"
     )
     for bucket, key, version in report.would_back_up:
-        print(f"  s3://{bucket}/{key}" + (f" ({version})" if version else ""))
+        shown = f"s3://{bucket}/{key}" + (f" ({version})" if version else "")
+        print(f"  {printable_key(shown)}")
     return ExitCode.FAILURE if report.failed else ExitCode.OK
 
 
@@ -215,7 +216,7 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
         " referenced; gc frees what no other version shares)"
     )
     for record in report.would_expire:
-        print(f"  s3://{record.bucket}/{record.key} {record.version_token}")
+        print(f"  {printable_key(f's3://{record.bucket}/{record.key} {record.version_token}')}")
     return ExitCode.OK
 
 

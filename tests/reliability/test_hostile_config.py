@@ -486,3 +486,120 @@ def test_any_exception_while_validating_becomes_a_config_error_naming_the_key(
 
     assert code == 2, err
     assert "storage.root: cannot be read (OverflowError: something nobody thought of)" in err
+
+
+# -- item 10: what the CLIs print for a person goes through one sanitiser -------------------
+
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202e"  # set the title, clear, C1 CSI, RTL override
+
+
+IN_XML = "\x9b31m\u202e"  # what an EC2 (XML) answer can carry: a C1 CSI, an RTL override
+
+
+def _shown_safely(text: str) -> bool:
+    return all(c.isprintable() or c == "\n" for c in text)
+
+
+def _good_config(tmp_path: Path, **extra: object) -> Path:
+    root = tmp_path / "backups"
+    root.mkdir(exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**_with_root(root), **extra}), encoding="utf-8")
+    return path
+
+
+def _both_clis(argv_agent: list[str], argv_restore: list[str], capsys) -> list[tuple[int, str]]:
+    from agent.cli.restore import main as restore_main
+
+    results = []
+    results.append((cli_main(argv_agent), "".join(capsys.readouterr())))
+    results.append((restore_main(argv_restore), "".join(capsys.readouterr())))
+    return results
+
+
+def test_a_config_key_holding_terminal_escapes_is_printed_escaped(tmp_path, capsys):
+    path = _good_config(tmp_path, **{f"evil{ESCAPES}": 1})
+    for code, printed in _both_clis(
+        ["check-config", "--config", str(path)], ["list", "--config", str(path)], capsys
+    ):
+        assert code == 2
+        assert "unknown key" in printed and "\\x1b]0;owned\\x07" in printed, printed
+        assert _shown_safely(printed), printed
+
+
+def test_a_config_path_holding_terminal_escapes_is_printed_escaped(tmp_path, capsys):
+    path = tmp_path / f"missing{ESCAPES}.yaml"
+    for code, printed in _both_clis(
+        ["check-config", "--config", str(path)], ["list", "--config", str(path)], capsys
+    ):
+        assert code == 2 and "no such file" in printed
+        assert _shown_safely(printed), printed
+
+
+def test_exception_text_holding_terminal_escapes_is_printed_escaped(tmp_path, capsys):
+    path = _good_config(tmp_path)
+    evil_root = str(tmp_path / f"mnt{ESCAPES}")
+    for code, printed in _both_clis(
+        ["reindex", "--config", str(path), "--root", evil_root],
+        ["list", "--config", str(path), "--offline", "--root", evil_root],
+        capsys,
+    ):
+        assert code == 3 and "not ready" in printed, printed
+        assert _shown_safely(printed), printed
+
+
+def test_snapshot_tags_holding_terminal_escapes_are_printed_escaped():
+    import io
+    from datetime import UTC, datetime
+
+    from agent.cli.output import describe_run, print_snapshots
+    from agent.snapshots.records import Snapshot, SnapshotRun
+
+    out = io.StringIO()
+    snap = Snapshot(
+        snapshot_id="snap-0123456789abcdef0",
+        volume_id="vol-0123456789abcdef0",
+        region="us-east-1",
+        state="completed",
+        progress="100%",
+        taken_at=datetime(2026, 1, 1, tzinfo=UTC),
+        journal_position=f"j{ESCAPES}",
+    )
+    print_snapshots([snap], out=out, now=datetime(2026, 1, 2, tzinfo=UTC))
+    run = SnapshotRun(
+        state="dry-run",
+        volume_id="vol-0123456789abcdef0",
+        flush="sync",
+        tags={f"k{ESCAPES}": f"v{ESCAPES}"},
+    )
+    describe_run(run, out=out)
+    assert "\\x1b" in out.getvalue()
+    assert _shown_safely(out.getvalue()), out.getvalue()
+
+
+def test_the_mount_snapshot_plan_shows_hostile_tags_escaped(monkeypatch, capsys):
+    from agent.cli.mount_snapshot import main as mount_main
+    from agent.snapshots.records import JOURNAL_TAG, MANAGED_TAG, VOLUME_TAG, tag_list
+    from tests.support.snapshots import moto_ec2
+
+    with moto_ec2(monkeypatch) as ec2:
+        instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][
+            0
+        ]["InstanceId"]
+        source = ec2.create_volume(AvailabilityZone="us-east-1a", Size=1)["VolumeId"]
+        snapshot = ec2.create_snapshot(
+            VolumeId=source,
+            TagSpecifications=[
+                {
+                    "ResourceType": "snapshot",
+                    "Tags": tag_list(
+                        {MANAGED_TAG: "true", VOLUME_TAG: source, JOURNAL_TAG: f"x{IN_XML}"}
+                    ),
+                }
+            ],
+        )["SnapshotId"]
+        code = mount_main([snapshot, "--instance-id", instance, "--dry-run"], ec2=ec2)
+
+    printed = "".join(capsys.readouterr())
+    assert code == 0 and "journal position at the snapshot: x\\x9b31m\\u202e" in printed, printed
+    assert _shown_safely(printed), printed
