@@ -603,3 +603,112 @@ def test_the_mount_snapshot_plan_shows_hostile_tags_escaped(monkeypatch, capsys)
     printed = "".join(capsys.readouterr())
     assert code == 0 and "journal position at the snapshot: x\\x9b31m\\u202e" in printed, printed
     assert _shown_safely(printed), printed
+
+
+# -- item 10: mount-snapshot takes only snapshot ids and mounts without exec, suid, devices --
+
+
+@pytest.mark.parametrize(
+    "snapshot_id",
+    [
+        "../../etc",
+        "snap-0123/../../../etc",
+        "snap-0123456789abcdef0\n",
+        "snap-XYZ",
+        "snap-",
+        "snap-0123456789abcdef01",  # 18 digits
+        "vol-0123456789abcdef0",
+        "-o",
+    ],
+)
+def test_mount_snapshot_refuses_anything_but_a_snapshot_id_before_any_call(
+    tmp_path, capsys, snapshot_id
+):
+    from agent.cli.mount_snapshot import main as mount_main
+
+    class NoCalls:
+        def __getattr__(self, name):
+            raise AssertionError(f"EC2 {name} called for {snapshot_id!r}")
+
+    code = mount_main(
+        ["--mount-root", str(tmp_path), "--instance-id", "i-1", "--", snapshot_id], ec2=NoCalls()
+    )
+
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a snapshot id" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mount_snapshot_mounts_read_only_nosuid_nodev_noexec(tmp_path):
+    import subprocess
+
+    from agent.snapshots.mount import MountPlan, SnapshotMounter
+
+    commands = []
+
+    def run(command, **_):
+        commands.append(command)
+        return subprocess.CompletedProcess(
+            command, 0, "ext4\n" if command[0] == "blkid" else "", ""
+        )
+
+    dev_root = tmp_path / "dev"
+    dev_root.mkdir()
+    (dev_root / "xvdg").touch()
+    plan = MountPlan(
+        snapshot_id="snap-0123456789abcdef0",
+        source_volume_id="vol-0aaa",
+        taken_at="-",
+        journal_position="-",
+        size_gib=1,
+        instance_id="i-1",
+        availability_zone="us-east-1a",
+        device="/dev/sdg",
+        mount_point=tmp_path / "mnt" / "snapshot-snap-0123456789abcdef0",
+        volume_type="gp3",
+    )
+    SnapshotMounter(None, run=run, sys_root=tmp_path / "sys", dev_root=dev_root).mount(
+        plan, "vol-0123456789abcdef0"
+    )
+    mount = commands[-1]
+    assert mount[:2] == ["mount", "-o"]
+    assert set(mount[2].split(",")) == {"ro", "nosuid", "nodev", "noexec"}
+
+
+def test_mount_snapshot_never_mounts_over_a_planted_symlink(tmp_path):
+    from agent.errors import BackupAgentError
+    from agent.snapshots.mount import MountPlan, SnapshotMounter
+
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (tmp_path / "mnt").mkdir()
+    point = tmp_path / "mnt" / "snapshot-snap-0123456789abcdef0"
+    point.symlink_to(victim)
+    dev_root = tmp_path / "dev"
+    dev_root.mkdir()
+    (dev_root / "xvdg").touch()
+    commands = []
+
+    def run(command, **_):
+        import subprocess
+
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    plan = MountPlan(
+        snapshot_id="snap-0123456789abcdef0",
+        source_volume_id="vol-0aaa",
+        taken_at="-",
+        journal_position="-",
+        size_gib=1,
+        instance_id="i-1",
+        availability_zone="us-east-1a",
+        device="/dev/sdg",
+        mount_point=point,
+        volume_type="gp3",
+    )
+    with pytest.raises(BackupAgentError, match="symbolic link"):
+        SnapshotMounter(None, run=run, sys_root=tmp_path / "sys", dev_root=dev_root).mount(
+            plan, "vol-0123456789abcdef0"
+        )
+    assert not any(c[0] == "mount" for c in commands)
