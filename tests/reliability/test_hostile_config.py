@@ -712,3 +712,92 @@ def test_mount_snapshot_never_mounts_over_a_planted_symlink(tmp_path):
             plan, "vol-0123456789abcdef0"
         )
     assert not any(c[0] == "mount" for c in commands)
+
+
+# -- item 10: the rejected-config alert's dedup state never lives at a fixed name in /tmp ----
+
+STATE_NAME = "backup-agent-config-rejected.json"
+
+
+@pytest.fixture
+def rejected(aws, tmp_path, monkeypatch):
+    """A config whose alerts go to an SNS topic (moto), a fake /tmp, and no state directory."""
+    import json
+    import tempfile
+
+    arn = aws.session.client("sns").create_topic(Name="backup-alerts")["TopicArn"]
+    path = tmp_path / "config.yaml"
+    path.write_text(json.dumps({"alerts": {"sns_topic_arn": arn}, "queue": {"url": "x"}}))
+    fake_tmp = tmp_path / "tmp"
+    fake_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(fake_tmp))
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def report(**kwargs):
+        from agent.cli.rejected_config import report_rejected_config
+
+        return report_rejected_config(
+            path, ["queue.url: 'x' is not a queue URL"], clients=aws, **kwargs
+        )
+
+    return report, fake_tmp
+
+
+def test_the_dedup_state_is_never_written_through_a_link_planted_in_tmp(rejected, tmp_path):
+    report, fake_tmp = rejected
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (fake_tmp / STATE_NAME).symlink_to(victim)
+
+    assert report() is True
+    assert report() is False  # deduplicated: the state was kept, just not in /tmp
+
+    assert victim.read_text() == "precious"
+    state_dir = tmp_path / "xdg-state" / "backup-agent"
+    assert (state_dir / STATE_NAME).is_file()
+    assert oct(state_dir.stat().st_mode & 0o777) == "0o700"
+
+
+def test_without_xdg_state_home_the_state_goes_under_the_users_home(
+    rejected, tmp_path, monkeypatch
+):
+    report, fake_tmp = rejected
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert report() is True
+    state_dir = tmp_path / "home" / ".local" / "state" / "backup-agent"
+    assert (state_dir / STATE_NAME).is_file()
+    assert oct(state_dir.stat().st_mode & 0o777) == "0o700"
+    assert list(fake_tmp.iterdir()) == []
+
+
+def test_a_planted_symlink_as_the_state_directory_or_file_is_never_followed(rejected, tmp_path):
+    report, _ = rejected
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "xdg-state").mkdir()
+    (tmp_path / "xdg-state" / "backup-agent").symlink_to(elsewhere)
+
+    assert report() is True  # the alert still goes out; only its dedup state is not kept
+    assert list(elsewhere.iterdir()) == []
+
+    (tmp_path / "xdg-state" / "backup-agent").unlink()
+    (tmp_path / "xdg-state" / "backup-agent").mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "xdg-state" / "backup-agent" / STATE_NAME).symlink_to(victim)
+    assert report() is True
+    assert victim.read_text() == "precious"
+
+
+def test_under_systemd_the_state_lives_in_its_state_directory(rejected, tmp_path, monkeypatch):
+    report, fake_tmp = rejected
+    state = tmp_path / "var-lib-backup-agent"
+    state.mkdir(mode=0o750)
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    assert report() is True and report() is False
+    assert (state / STATE_NAME).is_file()
+    assert list(fake_tmp.iterdir()) == []
+    unit = (Path(__file__).resolve().parents[2] / "systemd/backup-agent.service").read_text()
+    assert "\nStateDirectory=backup-agent\n" in unit
