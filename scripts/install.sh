@@ -13,7 +13,9 @@
 #                    Amazon Linux 2023: dnf install python3.11)
 #
 # What it does: creates the system user `backup-agent`; a virtualenv under
-# /opt/backup-agent/venv with the package from this checkout; /etc/backup-agent/config.yaml
+# /opt/backup-agent/venv with the dependencies pinned in requirements.lock (pip
+# --require-hashes: every file must match its recorded sha256) and then the package from
+# this checkout, which brings no dependency of its own; /etc/backup-agent/config.yaml
 # from the example only when it does not exist (an operator's edits are never replaced);
 # /usr/local/bin/backup-agent pointing into the virtualenv;
 # the systemd unit (paths and storage root filled in), enabled; then `check-config`.
@@ -28,7 +30,7 @@ PYTHON=""
 ACTION=install
 USER_NAME=backup-agent
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -113,8 +115,15 @@ ensure_venv() {
         { echo "install.sh: need Python 3.11 or later (dnf/apt install python3.11)" >&2; exit 1; }
     mkdir -p "$APP_DIR"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC"
+    # Exactly the locked set (requirements.lock, written by `make lock`): pinned versions,
+    # each file checked against its sha256, the build tools (setuptools, wheel) included.
+    # pip itself is the one that came with the interpreter: no unpinned upgrade.
+    "$VENV/bin/python" -m pip install --quiet --require-hashes --no-deps \
+        -r "$SRC/requirements.lock"
+    # The package alone: its dependencies are the locked ones above, and it is built with
+    # the locked setuptools rather than whatever an isolated build would download.
+    "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation --no-index \
+        --force-reinstall "$SRC"
     say "installed $("$VENV/bin/backup-agent" --version) into $VENV"
 }
 

@@ -801,3 +801,114 @@ def test_under_systemd_the_state_lives_in_its_state_directory(rejected, tmp_path
     assert list(fake_tmp.iterdir()) == []
     unit = (Path(__file__).resolve().parents[2] / "systemd/backup-agent.service").read_text()
     assert "\nStateDirectory=backup-agent\n" in unit
+
+
+# -- item 11: a production install is the locked, hash-checked set ----------------------------
+
+LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+
+
+def _locked() -> dict[str, tuple[str, list[str]]]:
+    """name -> (pinned version, hashes) from requirements.lock."""
+    import re
+
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, tuple[str, list[str]]] = {}
+    text = LOCK.read_text(encoding="utf-8").replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.split(" #", 1)[0].strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"([A-Za-z0-9._-]+)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})*)\s*$", line)
+        assert match, f"not a pinned, hashed requirement: {line!r}"
+        hashes = re.findall(r"sha256:([0-9a-f]{64})", match.group(3))
+        pins[canonicalize_name(match.group(1))] = (match.group(2), hashes)
+    return pins
+
+
+def test_the_lock_pins_every_runtime_and_build_dependency_with_hashes():
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))
+    wanted = [Requirement(r) for r in project["project"]["dependencies"]]
+    wanted += [Requirement(r) for r in project["build-system"]["requires"]]
+    pins = _locked()
+
+    for requirement in wanted:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{requirement} is not in requirements.lock: run make lock"
+        version, hashes = pins[name]
+        assert requirement.specifier.contains(version, prereleases=True), (requirement, version)
+        assert hashes, f"{name}=={version} has no hash"
+    assert all(hashes for _version, hashes in pins.values())
+    assert "make lock" in LOCK.read_text()
+
+
+FAKE_VENV_PYTHON = """#!/bin/sh
+[ "$1" = - ] && exit 1  # storage_root: no agent package here, so the default root
+echo "$*" >>LOG
+"""
+FAKE_AGENT = """#!/bin/sh
+[ "$1" = --version ] && echo backup-agent 0 && exit 0
+exit 1
+"""
+FAKE_PYTHON = """#!/bin/sh
+# the interpreter install.sh is given: passes the version check, makes a fake venv
+case "$1" in
+    -c) exit 0 ;;
+    -m) [ "$2" = venv ] || exit 1
+        mkdir -p "$3/bin"
+        cp STUBS/python STUBS/backup-agent "$3/bin/" ;;
+esac
+"""
+
+
+def test_install_sh_installs_the_lock_with_hashes_then_the_package_without_dependencies(
+    tmp_path,
+):
+    """A fake interpreter records what install.sh asks pip to do in a new virtualenv."""
+    import subprocess
+
+    log = tmp_path / "pip.log"
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, text in (
+        ("python", FAKE_VENV_PYTHON.replace("LOG", str(log))),
+        ("backup-agent", FAKE_AGENT),
+        ("python3.99", FAKE_PYTHON.replace("STUBS", str(stubs))),
+    ):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+
+    result = subprocess.run(
+        ["sh", str(INSTALL), "--prefix", str(prefix), "--python", str(stubs / "python3.99")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    pip = [line.split() for line in log.read_text().splitlines()]
+    assert all(words[:3] == ["-m", "pip", "install"] for words in pip), pip
+    first, *rest = pip
+    assert "--require-hashes" in first and ["-r", str(LOCK)] == first[-2:], first
+    assert len(rest) == 1, pip  # no unpinned `pip install --upgrade pip` or the like
+    package = rest[0]
+    assert package[-1] == str(LOCK.parent) and "--no-deps" in package, package
+    assert "--no-build-isolation" in package, package  # setuptools/wheel come from the lock
+
+
+def test_make_lock_regenerates_the_lock_with_hashes():
+    makefile = (LOCK.parent / "Makefile").read_text()
+    assert "\nlock:" in makefile
+    recipe = makefile.split("\nlock:", 1)[1].split("\n\n", 1)[0]
+    assert "pip-compile" in recipe and "--generate-hashes" in recipe
+    assert "requirements.lock" in recipe or "$(LOCK)" in recipe
