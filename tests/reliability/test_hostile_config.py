@@ -1,8 +1,14 @@
-"""Hostile configuration and installation (issue 16): a backup root that would hand the
-agent a system directory, a config file built to crash the loader, an install run into
-planted symlinks, and values that would smuggle directives into the systemd unit.
+"""Hostile configuration, installation and terminal (issue 16, items 4, 8, 10 and 11): a
+backup root that would hand the agent a system directory, a config file built to crash the
+loader, an install run into planted symlinks or with values that would smuggle directives
+into the systemd unit, keys and messages built to drive the operator's terminal, snapshot
+ids built to become paths, a link planted for the rejected-config alert's state, and an
+install that must be the locked, hash-checked set.
 
-Each is refused with a clear reason naming the key (exit 2), never followed or obeyed.
+Each is refused with a clear reason naming the key (exit 2), shown escaped, never followed
+or obeyed. The attacks failed on the code before issue 16's fixes (docs/reliability.md
+says what each did then); what passed already are the cases that must stay accepted and a
+few values that were refused before.
 """
 
 from __future__ import annotations
