@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench soak install clean
+LOCK   := requirements.lock
+
+.PHONY: venv demo test lint bench soak install lock clean
 
 venv: $(STAMP)
 
@@ -34,6 +36,16 @@ soak: $(STAMP)
 
 install:
 	sudo scripts/install.sh
+
+# requirements.lock: every runtime and build dependency of pyproject.toml, pinned, with the
+# sha256 of each file PyPI has for it; scripts/install.sh installs exactly that set
+# (pip --require-hashes). Keeps the pins still allowed; `make lock LOCK_FLAGS=--upgrade`
+# moves every pin to the newest release allowed.
+lock: $(STAMP)
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --generate-hashes \
+	    --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url \
+	    --no-emit-find-links --no-emit-trusted-host $(LOCK_FLAGS) \
+	    --output-file $(LOCK) pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -14,12 +14,19 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlparse
 
 import structlog
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from agent.errors import ConfigError
 from agent.schedule import Duration, Schedule, at_least, cron, format_duration, within
@@ -31,9 +38,14 @@ CONFIG_ENV_VAR = "BACKUP_AGENT_CONFIG"
 
 
 class Section(BaseModel):
-    """Base for every section: unknown keys are errors (typos must not pass silently)."""
+    """Base for every section: unknown keys are errors (typos must not pass silently).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Every number has an upper bound and none may be infinite or NaN: a value far beyond
+    any sensible setting is a typo (or an attack), and must fail here, with its key,
+    rather than overflow a timer or a date later in the running agent.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AwsConfig(Section):
@@ -67,7 +79,7 @@ class QueueConfig(Section):
     ] = timedelta(seconds=300)
     max_messages: int = Field(default=10, ge=1, le=10)
     max_receive_count: int = Field(default=10, ge=3, le=1000)
-    retry_base_seconds: float = Field(default=5.0, gt=0)
+    retry_base_seconds: float = Field(default=5.0, gt=0, le=43200)
     retry_max_seconds: float = Field(default=900.0, gt=0, le=43200)
 
     @field_validator("url", "dead_letter_url")
@@ -101,7 +113,7 @@ class StorageConfig(Section):
         default=0, ge=0, le=64, description="zstd worker threads per object; 0 = one per CPU."
     )
     chunk_bytes: int = Field(default=1 << 20, ge=64 << 10, le=64 << 20)
-    min_free_bytes: int = Field(default=256 << 20, ge=0)
+    min_free_bytes: int = Field(default=256 << 20, ge=0, le=64 << 40)  # EBS: 64 TiB at most
     volume_id: str | None = Field(
         default=None,
         description="EBS volume id of the backup root; default: discovered from the mount.",
@@ -116,20 +128,81 @@ class StorageConfig(Section):
 
     @field_validator("root")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        if not value.is_absolute():
-            raise ValueError(f"{value} is not an absolute path")
-        return value
+    def _safe_root(cls, value: Path) -> Path:
+        return safe_backup_root(value)
+
+
+SYSTEM_DIRECTORIES = frozenset(
+    {
+        "/",
+        "/bin",
+        "/boot",
+        "/dev",
+        "/etc",
+        "/home",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/opt",
+        "/proc",
+        "/root",
+        "/run",
+        "/sbin",
+        "/sys",
+        "/tmp",  # noqa: S108 - refused, not used
+        "/usr",
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/local",
+        "/usr/sbin",
+        "/var",
+        "/var/lib",
+        "/var/log",
+        "/var/tmp",  # noqa: S108 - refused, not used
+    }
+)
+"""Directories the backup root may never be (a directory below one, /var/backups, is fine):
+the agent owns its root, init-volume writes into it and install.sh hands it to the agent."""
+
+
+def safe_backup_root(root: Path) -> Path:
+    """`root` if it may hold the backup volume; ValueError saying why not.
+
+    Refused: a relative path, control characters (a newline would add a directive to the
+    unit drop-in install.sh writes; an escape sequence would rewrite the operator's
+    terminal), `..`, a system directory (also when reached through a symbolic link), and
+    a root that is itself a symbolic link (whoever can swap the link moves the backups).
+    """
+    text = str(root)
+    if not text.isprintable():
+        raise ValueError(f"{text!r} contains control characters; give a plain path")
+    if not root.is_absolute():
+        raise ValueError(f"{text} is not an absolute path")
+    if ".." in root.parts:
+        raise ValueError(f"{text} must not contain '..'")
+    canonical = "/" + "/".join(root.parts[1:])  # "//usr" and "/var/./" are /usr and /var
+    if canonical in SYSTEM_DIRECTORIES:
+        raise ValueError(f"{text} is the system directory {canonical}; mount a volume below it")
+    if os.path.islink(canonical):
+        target = os.path.realpath(canonical)
+        raise ValueError(f"{text} is a symbolic link (to {target}); give the real directory")
+    resolved = os.path.realpath(canonical)
+    if resolved in SYSTEM_DIRECTORIES:
+        raise ValueError(f"{text} leads to the system directory {resolved} through a link")
+    return root
 
 
 class StateConfig(Section):
     table: str = Field(min_length=3, max_length=255)
 
 
+MAX_DRAIN = timedelta(hours=1)  # systemd's TimeoutStopSec= must be longer still
+
+
 class ConsumerConfig(Section):
     workers: int = Field(default=4, ge=1, le=256)
-    max_bytes_in_flight: int = Field(default=2 << 30, ge=1 << 20)
-    drain_timeout: Duration = timedelta(seconds=60)
+    max_bytes_in_flight: int = Field(default=2 << 30, ge=1 << 20, le=1 << 40)
+    drain_timeout: Annotated[Duration, within(maximum=MAX_DRAIN)] = timedelta(seconds=60)
     receive_ahead: bool = False
 
 
@@ -184,8 +257,8 @@ class ReconcileConfig(Section):
     schedule: Schedule | None = Field(
         default=None, description="interval (6h) or cron line; null: on demand only"
     )
-    objects_per_second: float = Field(default=20.0, gt=0)
-    checkpoint_every: int = Field(default=100, ge=1)
+    objects_per_second: float = Field(default=20.0, gt=0, le=10_000)
+    checkpoint_every: int = Field(default=100, ge=1, le=1_000_000)
     include_noncurrent: bool = True
 
 
@@ -195,9 +268,9 @@ class RetentionConfig(Section):
     schedule: Schedule | None = Field(
         default=None, description="interval (6h) or cron line; null: on demand only"
     )
-    keep_last_versions: int | None = Field(default=None, ge=1)
+    keep_last_versions: int | None = Field(default=None, ge=1, le=1_000_000)
     keep_younger_than: Duration | None = None
-    keep_deleted_days: float | None = Field(default=None, ge=0)
+    keep_deleted_days: float | None = Field(default=None, ge=0, le=36_500)
 
 
 class GcConfig(Section):
@@ -206,7 +279,7 @@ class GcConfig(Section):
     schedule: Schedule | None = Field(
         default=None, description="interval (6h) or cron line; null: on demand only"
     )
-    grace_period: Duration = timedelta(hours=24)
+    grace_period: Annotated[Duration, within(maximum=timedelta(days=365))] = timedelta(hours=24)
 
 
 class ScrubConfig(Section):
@@ -215,7 +288,7 @@ class ScrubConfig(Section):
     schedule: Schedule | None = Field(
         default=None, description="interval (6h) or cron line; null: on demand only"
     )
-    cycle_days: float = Field(default=30.0, gt=0)
+    cycle_days: float = Field(default=30.0, gt=0, le=3650)
     share_per_run: float | None = Field(
         default=None, gt=0, le=1, description="fraction per run; default 1/cycle_days (daily)"
     )
@@ -237,7 +310,7 @@ class MetricsConfig(Section):
     imds_timeout: Annotated[Duration, within(maximum=timedelta(seconds=10), above_zero=True)] = (
         timedelta(seconds=1)
     )
-    buffer_size: int = Field(default=20_000, ge=100)
+    buffer_size: int = Field(default=20_000, ge=100, le=10_000_000)
     dashboard: str = Field(default="backup-agent", min_length=1, max_length=255)
 
     @field_validator("prometheus")
@@ -264,7 +337,10 @@ class AlertsConfig(Section):
         default=5.0, ge=0, lt=100, description="Recovered when used % < threshold - margin."
     )
     window_seconds: float = Field(
-        default=300.0, ge=1, description="At most one alert per kind per window; the rest summed."
+        default=300.0,
+        ge=1,
+        le=7 * 86400,
+        description="At most one alert per kind per window; the rest summed.",
     )
     max_examples: int = Field(default=5, ge=1, le=50)
     digest: bool = Field(default=False, description="Send a daily digest email.")
@@ -283,13 +359,19 @@ class AlarmsConfig(Section):
         default=None, gt=0, lt=100, description="Default: alerts.disk_used_percent."
     )
     disk_periods: int = Field(default=2, ge=1, le=100)
-    period_seconds: int = Field(default=300, ge=60)
-    no_backup_hours: float = Field(default=24.0, gt=0)
+    period_seconds: int = Field(default=300, ge=60, le=86400)
+    no_backup_hours: float = Field(default=24.0, gt=0, le=24 * 366)
     failed_backups: int = Field(
-        default=0, ge=0, description="Alarm when more failures than this in one period."
+        default=0,
+        ge=0,
+        le=1_000_000_000,
+        description="Alarm when more failures than this in one period.",
     )
     dead_letter_messages: int = Field(
-        default=0, ge=0, description="Alarm when the DLQ holds more messages than this."
+        default=0,
+        ge=0,
+        le=1_000_000_000,
+        description="Alarm when the DLQ holds more messages than this.",
     )
 
 
@@ -407,11 +489,12 @@ def resolve_config_path(cli_value: str | os.PathLike[str] | None) -> Path:
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read and validate `path`; raise ConfigError listing every problem."""
-    raw = _read_yaml(Path(path))
+    raw = read_yaml(Path(path))
     return parse_config(raw)
 
 
 def parse_config(raw: Any) -> Config:
+    """Validate a loaded document; every failure, expected or not, is a ConfigError."""
     if not isinstance(raw, dict):
         raise ConfigError(
             ["(top level): expected a mapping of sections, got " + type(raw).__name__]
@@ -420,8 +503,39 @@ def parse_config(raw: Any) -> Config:
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([_describe(err) for err in exc.errors()]) from None
+    except Exception as exc:  # noqa: BLE001 - a validator that crashes must not crash the agent
+        where = _crashing_key(Config, raw) or "(top level)"
+        raise ConfigError([f"{where}: cannot be read ({type(exc).__name__}: {exc})"]) from None
     _warn_deprecated(config)
     return config
+
+
+def _crashing_key(model: type[BaseModel], raw: dict[Any, Any], prefix: str = "") -> str | None:
+    """The dotted key whose value makes validation raise something other than a
+    ValidationError (found by validating one key at a time), or None."""
+    for name, value in raw.items():
+        field = model.model_fields.get(name) if isinstance(name, str) else None
+        if field is None:
+            continue
+        try:
+            model.model_validate({name: value})
+        except ValidationError:
+            continue
+        except Exception:  # noqa: BLE001 - this is the key we are looking for
+            key = f"{prefix}{name}"
+            if isinstance(value, dict):
+                for inner_model in _models_in(field.annotation):
+                    inner = _crashing_key(inner_model, value, key + ".")
+                    if inner:
+                        return inner
+            return key
+    return None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The sections an annotation names: `EmailConfig`, `EmailConfig | None`."""
+    candidates = [annotation, *get_args(annotation)]
+    return [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
 
 
 _warned: set[str] = set()  # keys already warned about in this process (reloads stay quiet)
@@ -464,21 +578,137 @@ def environment_problems(config: Config) -> list[str]:
     return problems
 
 
-def _read_yaml(path: Path) -> Any:
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KiB; more is a mistake or an attack
+MAX_DEPTH = 32  # sections are 3 levels deep; 32 leaves room and stays far from the stack
+MAX_VALUES = 100_000  # values in the document once every alias is expanded
+
+
+def read_yaml(path: Path) -> Any:
+    """The YAML document at `path`, read strictly; ConfigError saying what is wrong.
+
+    Strict: a duplicate key is an error (YAML's own rule; PyYAML lets the last one win),
+    nesting deeper than MAX_DEPTH or more than MAX_VALUES values after expanding aliases
+    (a "billion laughs") is refused, and so is any value the loader cannot build.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a config file"])
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    loader = _StrictLoader(text)
     try:
-        return yaml.safe_load(text) or {}
+        return loader.get_single_data() or {}
+    except _Refused as exc:
+        raise ConfigError([str(exc)]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+    except Exception as exc:  # noqa: BLE001 - whatever the loader raises is a config error
+        raise ConfigError([f"{path}: cannot be read ({type(exc).__name__}: {exc})"]) from None
+    finally:
+        loader.dispose()
+
+
+class _Refused(yaml.YAMLError):
+    """A document the strict loader refuses: `key: reason (line N)`."""
+
+    def __init__(self, key: str, reason: str, mark: Any = None) -> None:
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        super().__init__(f"{key or '(top level)'}: {reason}{line}")
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with the checks `read_yaml` promises, done while composing,
+    before any value is built: each node's dotted key is known, depth and size are counted
+    as the document is read, so nothing unbounded is ever built or printed."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._keys: list[str] = []
+        self._paths: dict[int, str] = {}  # id(node) -> its dotted key, for construct errors
+        self._sizes: dict[int, int] = {}  # id(node) -> values below it, aliases expanded
+
+    def _here(self, extra: str | None = None) -> str:
+        keys = self._keys if extra is None else [*self._keys, extra]
+        shown = ".".join(keys[:4]) + ("…" if len(keys) > 4 else "")
+        return shown
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if isinstance(index, yaml.ScalarNode):
+            step = str(index.value)
+        elif isinstance(index, int):
+            step = str(index)
+        else:  # a mapping's key, or the document itself
+            return self._size(super().compose_node(parent, index))
+        self._keys.append(step)
+        try:
+            if len(self._keys) > MAX_DEPTH:
+                mark = self.get_mark()
+                raise _Refused(self._here(), f"nested deeper than {MAX_DEPTH} levels", mark)
+            return self._size(super().compose_node(parent, index))
+        finally:
+            self._keys.pop()
+
+    def _size(self, node: Any) -> Any:
+        key = id(node)
+        if key not in self._sizes:
+            self._paths[key] = ".".join(self._keys)
+            if isinstance(node, yaml.SequenceNode):
+                size = 1 + sum(self._sizes.get(id(item), 1) for item in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                size = 1 + sum(
+                    self._sizes.get(id(k), 1) + self._sizes.get(id(v), 1) for k, v in node.value
+                )
+            else:
+                size = 1
+            if size > MAX_VALUES:
+                raise _Refused(
+                    self._here(),
+                    f"more than {MAX_VALUES} values once its aliases are expanded"
+                    " (a YAML alias bomb?)",
+                    node.start_mark,
+                )
+            self._sizes[key] = size
+        return node
+
+    def compose_mapping_node(self, anchor: Any) -> Any:
+        node = super().compose_mapping_node(anchor)
+        seen: dict[Any, Any] = {}
+        for key_node, _value in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue  # a merged key may be overridden: that is what `<<` is for
+            key = self.construct_object(key_node)  # _Refused, with its key, if it cannot be
+            if key in seen:
+                first = seen[key].start_mark.line + 1
+                raise _Refused(
+                    self._here(str(key_node.value)),
+                    f"duplicate key at line {key_node.start_mark.line + 1} (first at line {first})",
+                )
+            seen[key] = key_node
+        return node
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a value PyYAML cannot build (int of 5000 digits)
+            key = self._paths.get(id(node), "")
+            raise _Refused(
+                key, f"cannot be read ({type(exc).__name__}: {exc})", node.start_mark
+            ) from None
 
 
 def _describe(error: Any) -> str:

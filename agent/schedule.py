@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,23 +41,32 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _FORMAT_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 DURATION_EXAMPLES = "90s, 15m, 12h, 30d, 2w, 1h30m"
+MAX_DURATION = timedelta(days=36_500)
+"""No length of time in the agent is longer (100 years): now + it is always a valid date."""
 
 
 def parse_duration(value: Any) -> timedelta:
-    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``1h30m``, or a number of seconds (>= 0)."""
+    """``90s``, ``15m``, ``12h``, ``30d``, ``2w``, ``1h30m``, or a number of seconds (>= 0),
+    at most MAX_DURATION."""
     if isinstance(value, timedelta):
-        return value
-    try:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            if not math.isfinite(value) or value < 0:
-                raise ValueError
-            return timedelta(seconds=value)
-        if isinstance(value, str) and _DURATION.fullmatch(value):
-            parts = _DURATION_PART.findall(value)
-            return timedelta(seconds=sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts))
-    except (ValueError, OverflowError):
-        pass
-    raise ValueError(f"{value!r} is not a duration (like {DURATION_EXAMPLES})")
+        parsed: timedelta | None = value
+    else:
+        parsed = None
+        try:
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                if math.isfinite(value) and value >= 0:
+                    parsed = timedelta(seconds=value)
+            elif isinstance(value, str) and len(value) <= 100 and _DURATION.fullmatch(value):
+                parts = _DURATION_PART.findall(value)
+                seconds = sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
+                parsed = timedelta(seconds=seconds)
+        except (ValueError, OverflowError):
+            parsed = None
+    if parsed is None:
+        raise ValueError(f"{reprlib.repr(value)} is not a duration (like {DURATION_EXAMPLES})")
+    if parsed > MAX_DURATION:
+        raise ValueError(f"{format_duration(parsed)!r} is longer than 100 years")
+    return parsed
 
 
 def format_duration(value: timedelta) -> str:

@@ -13,7 +13,9 @@
 #                    Amazon Linux 2023: dnf install python3.11)
 #
 # What it does: creates the system user `backup-agent`; a virtualenv under
-# /opt/backup-agent/venv with the package from this checkout; /etc/backup-agent/config.yaml
+# /opt/backup-agent/venv with the dependencies pinned in requirements.lock (pip
+# --require-hashes: every file must match its recorded sha256) and then the package from
+# this checkout, which brings no dependency of its own; /etc/backup-agent/config.yaml
 # from the example only when it does not exist (an operator's edits are never replaced);
 # /usr/local/bin/backup-agent pointing into the virtualenv;
 # the systemd unit (paths and storage root filled in), enabled; then `check-config`.
@@ -28,13 +30,13 @@ PYTHON=""
 ACTION=install
 USER_NAME=backup-agent
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
         --prefix) PREFIX=$(cd "$2" && pwd); SYSTEM=0; SYSTEMCTL=0; shift 2 ;;
         --no-systemctl) SYSTEMCTL=0; shift ;;
-        --venv) VENV=$2; shift 2 ;;
+        --venv) VENV=$(cd "$2" && pwd); shift 2 ;;
         --python) PYTHON=$2; shift 2 ;;
         --uninstall) ACTION=uninstall; shift ;;
         -h|--help) usage 0 ;;
@@ -52,6 +54,33 @@ LINK=$PREFIX/usr/local/bin/backup-agent
 DEFAULT_ROOT=/mnt/backups
 
 say() { echo "install.sh: $*"; }
+die() { echo "install.sh: $*" >&2; exit 1; }
+
+# The characters a value written into the unit or its drop-in may hold. systemd splits
+# ReadWritePaths= and RequiresMountsFor= on whitespace, expands % specifiers and unquotes
+# quotes and backslashes; a newline ends the directive and starts another. Spelt out, not
+# as ranges: a bracket range depends on the locale.
+UNIT_SAFE="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._@+,:=-"
+
+# unit_value WHAT VALUE: refuse VALUE unless it is an absolute path of UNIT_SAFE characters.
+unit_value() {
+    case "$2" in
+        /*[!$UNIT_SAFE]* | [!/]* | "")
+            shown=$(printf '%s' "$2" | tr -c "$UNIT_SAFE" '?')
+            die "$1 $shown: a systemd unit cannot carry that path safely (only letters," \
+                "digits and / . _ - + @ , : = are written into the unit); choose another" ;;
+    esac
+}
+
+# no_link PATH...: refuse to go on through a symbolic link (never follow one as root).
+no_link() {
+    for path in "$@"; do
+        if [ -L "$path" ]; then
+            die "$path is a symbolic link: refusing to follow it; replace it with the real" \
+                "file or directory and run again"
+        fi
+    done
+}
 
 systemctl_() {
     if [ "$SYSTEMCTL" = 1 ]; then systemctl "$@"; else say "(skipped) systemctl $*"; fi
@@ -69,7 +98,6 @@ ensure_user() {
 
 ensure_venv() {
     if [ -n "$VENV" ]; then
-        VENV=$(cd "$VENV" && pwd)
         say "using the existing virtualenv $VENV"
         return 0
     fi
@@ -87,8 +115,15 @@ ensure_venv() {
         { echo "install.sh: need Python 3.11 or later (dnf/apt install python3.11)" >&2; exit 1; }
     mkdir -p "$APP_DIR"
     [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet --upgrade "$SRC"
+    # Exactly the locked set (requirements.lock, written by `make lock`): pinned versions,
+    # each file checked against its sha256, the build tools (setuptools, wheel) included.
+    # pip itself is the one that came with the interpreter: no unpinned upgrade.
+    "$VENV/bin/python" -m pip install --quiet --require-hashes --no-deps \
+        -r "$SRC/requirements.lock"
+    # The package alone: its dependencies are the locked ones above, and it is built with
+    # the locked setuptools rather than whatever an isolated build would download.
+    "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation --no-index \
+        --force-reinstall "$SRC"
     say "installed $("$VENV/bin/backup-agent" --version) into $VENV"
 }
 
@@ -98,7 +133,9 @@ link_command() {
 }
 
 ensure_config() {
+    no_link "$ETC_DIR"
     mkdir -p "$ETC_DIR"
+    no_link "$CONFIG"  # `[ -e ]` is false for a dangling link, and `cp` would follow it
     if [ -e "$CONFIG" ]; then
         say "kept the existing $CONFIG"
     else
@@ -106,8 +143,8 @@ ensure_config() {
         say "wrote $CONFIG from the example: edit it"
     fi
     if [ "$SYSTEM" = 1 ]; then
-        chown root:"$USER_NAME" "$ETC_DIR" "$CONFIG"
-        chmod 0750 "$ETC_DIR"
+        chown -h root:"$USER_NAME" "$ETC_DIR" "$CONFIG"
+        chmod 0750 "$ETC_DIR"  # neither is a link (checked above): chmod follows links
         chmod 0640 "$CONFIG"
     fi
 }
@@ -120,16 +157,32 @@ print(load_config(sys.argv[1]).storage.root)
 EOF
 }
 
+# write_file PATH: standard input into a new temp file beside PATH, then renamed over it
+# (mktemp creates the file afresh, so a planted link at the temp name is never followed).
+write_file() {
+    temp=$(mktemp "$(dirname "$1")/.install.XXXXXX")
+    cat >"$temp"
+    chmod 0644 "$temp"
+    mv -f "$temp" "$1"
+}
+
+# The paths install_unit writes into the unit, checked before anything is installed.
+check_unit_values() {
+    unit_value "the virtualenv" "${VENV:-$APP_DIR/venv}"
+    unit_value "the configuration file" "$CONFIG"
+}
+
 install_unit() {
+    root=$(storage_root)
+    unit_value "storage.root" "$root"
+    no_link "$UNIT_DIR" "$DROPIN_DIR"
     mkdir -p "$UNIT_DIR"
     sed -e "s|/opt/backup-agent/venv|$VENV|g" \
         -e "s|/etc/backup-agent/|$ETC_DIR/|g" \
-        "$SRC/systemd/backup-agent.service" >"$UNIT.tmp"
-    mv "$UNIT.tmp" "$UNIT"
-    root=$(storage_root)
+        "$SRC/systemd/backup-agent.service" | write_file "$UNIT"
     if [ "$root" != "$DEFAULT_ROOT" ]; then
         mkdir -p "$DROPIN_DIR"
-        cat >"$DROPIN_DIR/10-storage-root.conf" <<EOF
+        write_file "$DROPIN_DIR/10-storage-root.conf" <<EOF
 # Written by install.sh from storage.root in $CONFIG.
 [Unit]
 RequiresMountsFor=$root
@@ -143,7 +196,8 @@ EOF
         rm -f "$DROPIN_DIR/10-storage-root.conf"
     fi
     if [ "$SYSTEM" = 1 ] && [ -d "$root" ]; then
-        chown "$USER_NAME:$USER_NAME" "$root"
+        no_link "$root"
+        chown -h "$USER_NAME:$USER_NAME" "$root"
     fi
     systemctl_ daemon-reload
     systemctl_ enable backup-agent.service
@@ -188,6 +242,7 @@ if [ "$SYSTEM" = 1 ] && [ "$(id -u)" != 0 ]; then
     echo "install.sh: run as root (or use --prefix DIR for a private install)" >&2
     exit 1
 fi
+check_unit_values
 ensure_user
 ensure_venv
 link_command

@@ -18,7 +18,7 @@ import structlog
 from agent import __version__, logs
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, exit_code_for, print_problems
-from agent.cli.output import describe_run
+from agent.cli.output import describe_run, printable_key
 from agent.cli.rejected_config import report_rejected_config
 from agent.config import (
     Config,
@@ -70,13 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result: int = args.handler(args, config)
         return result
     except VolumeNotReady as exc:
-        print(f"backup-agent: backup volume not ready: {exc}", file=sys.stderr)
+        print(f"backup-agent: backup volume not ready: {printable_key(exc)}", file=sys.stderr)
         return exit_code_for(exc)
     except ConfigError as exc:
         _print_problems(path, exc.problems)
         return exit_code_for(exc)
     except BackupAgentError as exc:
-        print(f"backup-agent: {exc}", file=sys.stderr)
+        print(f"backup-agent: {printable_key(exc)}", file=sys.stderr)
         return exit_code_for(exc)
 
 
@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
     init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="mark the root even when it is neither empty nor a mount point",
+    )
     reconcile = command(
         "reconcile", cmd_reconcile, "List the buckets and back up what the ledger lacks."
     )
@@ -159,14 +164,24 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     if problems:
         _print_problems(args.config_path, problems)
         return ExitCode.USAGE
-    print(f"{args.config_path}: OK")
+    print(f"{printable_key(args.config_path)}: OK")
     return ExitCode.OK
 
 
 def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
 
-    marker = Volume(config.storage.root).initialise(args.volume_id)
-    print(f"{config.storage.root}: backup volume {marker.volume_id}")
+    volume = Volume(config.storage.root)
+    if args.force and volume.root.is_dir() and not volume.marker_path.exists():
+        problem = volume.not_fresh()
+        if problem:
+            print(
+                f"backup-agent: WARNING: --force: {printable_key(problem)}; marking it as a"
+                " backup volume anyway. The agent will write objects/, tmp/ and journal/"
+                " here, beside what is already there.",
+                file=sys.stderr,
+            )
+    marker = volume.initialise(args.volume_id, force=args.force)
+    print(f"{printable_key(config.storage.root)}: backup volume {printable_key(marker.volume_id)}")
     return ExitCode.OK
 
 
@@ -189,7 +204,8 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
         f" {report.tombstoned} deletes, {report.up_to_date} up to date, {report.failed} failed"
     )
     for bucket, key, version in report.would_back_up:
-        print(f"  s3://{bucket}/{key}" + (f" ({version})" if version else ""))
+        shown = f"s3://{bucket}/{key}" + (f" ({version})" if version else "")
+        print(f"  {printable_key(shown)}")
     return ExitCode.FAILURE if report.failed else ExitCode.OK
 
 
@@ -205,7 +221,7 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
         " referenced; gc frees what no other version shares)"
     )
     for record in report.would_expire:
-        print(f"  s3://{record.bucket}/{record.key} {record.version_token}")
+        print(f"  {printable_key(f's3://{record.bucket}/{record.key} {record.version_token}')}")
     return ExitCode.OK
 
 

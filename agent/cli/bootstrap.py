@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, print_problems
+from agent.cli.output import printable_key
 from agent.config import load_config, resolve_config_path
 from agent.errors import ConfigError
 from agent.operations.bootstrap import Bootstrap
@@ -40,9 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_problems(sys.stderr, f"{path}: configuration problem", exc.problems)
         return ExitCode.USAGE
     for what in report.created:
-        print(f"created  {what}")
+        print(f"created  {printable_key(what)}")
     for what in report.existing:
-        print(f"exists   {what}")
+        print(f"exists   {printable_key(what)}")
     return ExitCode.OK
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from enum import IntEnum
 from typing import IO
 
+from agent.cli.output import printable_key
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 
 
@@ -31,7 +32,8 @@ def exit_code_for(error: BackupAgentError) -> ExitCode:
 
 
 def print_problems(stream: IO[str], heading: str, problems: Iterable[str]) -> None:
-    """`heading` then one indented line per problem (each names its config key)."""
-    print(heading, file=stream)
+    """`heading` then one indented line per problem (each names its config key), escaped:
+    a problem quotes the file's own keys and values, and the heading its path."""
+    print(printable_key(heading), file=stream)
     for problem in problems:
-        print(f"  {problem}", file=stream)
+        print(f"  {printable_key(problem)}", file=stream)

@@ -9,12 +9,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO, cast
 
 from agent.aws import region_clients
 from agent.cli.common import ExitCode, exit_code_for
+from agent.cli.output import PrintableLines, printable_key
 from agent.config import load_config
-from agent.errors import BackupAgentError, ConfigError
+from agent.errors import BackupAgentError
 from agent.imds import Imds
 from agent.snapshots.mount import SnapshotMounter
 
@@ -46,7 +47,8 @@ def main(
     try:
         if ec2 is None:
             ec2, imds = _clients(args)
-        mounter = SnapshotMounter(ec2, imds=imds)
+        out = cast(TextIO, PrintableLines(sys.stdout))  # the mounter calls only write()
+        mounter = SnapshotMounter(ec2, imds=imds, out=out)
         plan = mounter.plan(
             args.snapshot_id,
             instance_id=args.instance_id,
@@ -64,11 +66,8 @@ def main(
             mounter.mount(plan, volume_id)
         mounter.next_steps(plan, volume_id, mounted=not args.no_mount)
         return ExitCode.OK
-    except ConfigError as exc:
-        print(f"mount-snapshot: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
-    except BackupAgentError as exc:
-        print(f"mount-snapshot: {exc}", file=sys.stderr)
+    except BackupAgentError as exc:  # ConfigError (exit 2) included: the table in common.py
+        print(f"mount-snapshot: {printable_key(exc)}", file=sys.stderr)
         return exit_code_for(exc)
 
 

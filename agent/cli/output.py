@@ -1,7 +1,9 @@
 """What the CLIs print: formatting only, the data comes from elsewhere.
 
-Sizes and keys made printable (`human_size`, `printable_key`), the table of
-`backup-restore snapshots` and the summary of one `backup-agent snapshot` run.
+Sizes made readable (`human_size`); `printable_key`, the one sanitiser every text shown to
+a person goes through (keys, paths, tags, config problems, exception text; `PrintableLines`
+applies it to a whole stream); the table of `backup-restore snapshots` and the summary of
+one `backup-agent snapshot` run.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import IO
+from typing import IO, Any
 
 from agent.snapshots.records import Snapshot, SnapshotRun
 
@@ -25,19 +27,18 @@ def print_snapshots(
         print("no snapshots taken by backup-agent", file=stream)
         return 0
     header = ("SNAPSHOT", "VOLUME", "REGION", "STATE", "TAKEN (UTC)", "AGE", "JOURNAL POSITION")
-    lines = [header]
+    lines: list[tuple[str, ...]] = [header]
     for s in rows:
-        lines.append(
-            (
-                s.snapshot_id,
-                s.volume_id,
-                s.region,
-                s.state if s.state != "pending" else f"pending {s.progress}".strip(),
-                s.taken_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-                _age(now - s.taken_at),
-                s.journal_position or "-",
-            )
+        cells = (
+            s.snapshot_id,
+            s.volume_id,
+            s.region,
+            s.state if s.state != "pending" else f"pending {s.progress}".strip(),
+            s.taken_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            _age(now - s.taken_at),
+            s.journal_position or "-",
         )
+        lines.append(tuple(printable_key(cell) for cell in cells))  # tags anyone may set
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         print(
@@ -57,7 +58,7 @@ def _age(delta: timedelta) -> str:
 
 def describe_run(run: SnapshotRun, out: IO[str] | None = None) -> None:
     """What `backup-agent snapshot` prints."""
-    stream = out or sys.stdout
+    stream = PrintableLines(out or sys.stdout)
     if run.state == "dry-run":
         print(f"dry run: would snapshot {run.volume_id} (flush: {run.flush})", file=stream)
         for key, value in sorted(run.tags.items()):
@@ -88,8 +89,37 @@ def human_size(size: int) -> str:
     return f"{size} B"
 
 
-def printable_key(key: str) -> str:
-    """A key safe to print on one line: control characters shown as escapes."""
-    if key.isprintable():
-        return key
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in key)
+def printable_key(text: object) -> str:
+    """`text` safe to show a person on one line: the one sanitiser of both CLIs.
+
+    Every character that is not printable (controls such as ESC, DEL and the C1 CSI,
+    line breaks, bidirectional overrides, unassigned code points) is shown as its escape
+    (``\\x1b``, ``\\n``, ``\\u202e``), so a key, a path, a tag or an error message can
+    neither move the cursor, retitle the terminal, hide text nor fake another line.
+    Idempotent: an escaped text is printed as it is.
+    """
+    shown = str(text)
+    if shown.isprintable():
+        return shown
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in shown)
+
+
+class PrintableLines:
+    """A text stream whose every line goes through `printable_key` on its way out.
+
+    For code below the CLI that prints for a person (agent/snapshots/mount.py) and cannot
+    import it: the CLI hands it this instead of sys.stdout. Line breaks are kept.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write("\n".join(printable_key(line) for line in text.split("\n")))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)

@@ -4,24 +4,30 @@ Only the CLI calls this, before there is a valid config, a daemon or its clients
 `alerts:` and `aws:` sections are salvaged from the raw YAML and a one-off dispatcher
 sends the `config_rejected` alert. A running agent's rejected edits go through its own
 dispatcher instead (agent/runtime/reload.py → Monitoring.config_rejected).
+
+Its dedup state (the last problems sent, and when) lives in systemd's state directory
+($STATE_DIRECTORY, `StateDirectory=backup-agent`), or outside systemd in a per-user one
+($XDG_STATE_HOME/backup-agent, else ~/.local/state/backup-agent, made 0700); never at a
+fixed name in /tmp, where anyone could plant a link for root to write through. The
+directory and the file are opened with O_NOFOLLOW and the file replaced by rename.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import botocore.config
 import structlog
-import yaml
 
 from agent.aws import Clients, region_clients
-from agent.config import AlertsConfig, AwsConfig
+from agent.config import AlertsConfig, AwsConfig, read_yaml
 from agent.monitoring.alerts import config_rejected
 from agent.monitoring.channels import build_channels
 from agent.monitoring.dispatcher import AlertDispatcher
@@ -29,6 +35,7 @@ from agent.monitoring.dispatcher import AlertDispatcher
 log = structlog.get_logger("agent.alerts")
 
 REJECTED_REPEAT_SECONDS = 3600.0
+STATE_NAME = "backup-agent-config-rejected.json"
 
 
 def report_rejected_config(
@@ -46,7 +53,7 @@ def report_rejected_config(
     hour, so a restart loop under systemd does not mail the operator every few seconds.
     """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path)  # strict and bounded, like the agent's own loading
         alerts_config = AlertsConfig.model_validate(raw.get("alerts") or {})
         aws_config = AwsConfig.model_validate(raw.get("aws") or {})
     except Exception as exc:  # noqa: BLE001 - nothing usable to alert with
@@ -54,37 +61,95 @@ def report_rejected_config(
         return False
     if not alerts_config.sns_topic_arn and alerts_config.email is None:
         return False
-    state = (state_dir or _state_dir()) / "backup-agent-config-rejected.json"
+    directory, private = (state_dir, False) if state_dir else _state_dir()
     digest = hashlib.sha256(json.dumps([str(path), *problems]).encode()).hexdigest()
-    if _recently_sent(state, digest, clock()):
-        log.info("alert.config_rejected_repeat_suppressed", path=str(path))
-        return False
-    made = clients or _standalone_clients(aws_config)
-    dispatcher = AlertDispatcher(build_channels(alerts_config, made), context=_host_context())
-    dispatcher.submit(config_rejected(str(path), problems))
-    dispatcher.stop()
-    if not dispatcher.sent:
-        return False
     try:
-        state.write_text(json.dumps({"digest": digest, "at": clock()}), encoding="utf-8")
-    except OSError as exc:
-        log.debug("alert.state_unwritable", path=str(state), error=str(exc))
-    return True
-
-
-def _state_dir() -> Path:
-    return Path(os.environ.get("STATE_DIRECTORY") or tempfile.gettempdir())
-
-
-def _recently_sent(state: Path, digest: str, now: float) -> bool:
+        dir_fd: int | None = _open_state_dir(directory, private=private)
+    except OSError as exc:  # the alert still goes out, without its dedup state
+        log.warning("alert.state_dir_unusable", path=str(directory), error=str(exc))
+        dir_fd = None
     try:
-        previous = json.loads(state.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if dir_fd is not None and _recently_sent(dir_fd, digest, clock()):
+            log.info("alert.config_rejected_repeat_suppressed", path=str(path))
+            return False
+        made = clients or _standalone_clients(aws_config)
+        dispatcher = AlertDispatcher(build_channels(alerts_config, made), context=_host_context())
+        dispatcher.submit(config_rejected(str(path), problems))
+        dispatcher.stop()
+        if not dispatcher.sent:
+            return False
+        if dir_fd is not None:
+            try:
+                _write_state(dir_fd, {"digest": digest, "at": clock()})
+            except OSError as exc:
+                log.debug("alert.state_unwritable", path=str(directory), error=str(exc))
+        return True
+    finally:
+        if dir_fd is not None:
+            os.close(dir_fd)
+
+
+def _state_dir() -> tuple[Path, bool]:
+    """Where the dedup state lives, and whether it is a per-user directory to keep 0700.
+
+    systemd's StateDirectory= ($STATE_DIRECTORY; the first if it lists several), else
+    $XDG_STATE_HOME/backup-agent, else ~/.local/state/backup-agent.
+    """
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd), False
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
+    return base / "backup-agent", True
+
+
+def _open_state_dir(directory: Path, *, private: bool) -> int:
+    """A descriptor of `directory`, never through a symbolic link at its last component.
+
+    A per-user directory is created 0700 if missing, and must belong to this user (it is
+    made 0700 if it was more open); OSError otherwise.
+    """
+    if private:
+        os.makedirs(directory.parent, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if private:
+        info = os.fstat(fd)
+        if info.st_uid != os.geteuid():
+            os.close(fd)
+            raise PermissionError(f"{directory} belongs to uid {info.st_uid}, not to this user")
+        if info.st_mode & 0o077:
+            os.fchmod(fd, 0o700)
+    return fd
+
+
+def _recently_sent(dir_fd: int, digest: str, now: float) -> bool:
+    try:
+        fd = os.open(STATE_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        with os.fdopen(fd, "rb") as handle:
+            previous = json.loads(handle.read(64 << 10))
+        return bool(
+            previous.get("digest") == digest
+            and now - float(previous.get("at", 0)) < REJECTED_REPEAT_SECONDS
+        )
+    except (OSError, ValueError, TypeError, AttributeError):
         return False
-    return bool(
-        previous.get("digest") == digest
-        and now - float(previous.get("at", 0)) < REJECTED_REPEAT_SECONDS
-    )
+
+
+def _write_state(dir_fd: int, state: dict[str, object]) -> None:
+    """A new file in the directory, then renamed over the state (a planted link is replaced,
+    never written through)."""
+    temp = f".{STATE_NAME}.{uuid.uuid4().hex}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(temp, flags, 0o600, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(json.dumps(state).encode())
+        os.replace(temp, STATE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=dir_fd)
 
 
 def _standalone_clients(aws_config: AwsConfig) -> Clients:

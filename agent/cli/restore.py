@@ -141,17 +141,17 @@ def main(
         result: int = args.handler(runtime)
         return result
     except UsageError as exc:
-        print(f"backup-restore: {exc}", file=err)
+        print(f"backup-restore: {printable_key(exc)}", file=err)
         return ExitCode.USAGE
     except ConfigError as exc:
         print_problems(err, f"{path}: configuration problem", exc.problems)
         return ExitCode.USAGE
     except VolumeNotReady as exc:
-        print(f"backup-restore: backup volume not ready: {exc}", file=err)
+        print(f"backup-restore: backup volume not ready: {printable_key(exc)}", file=err)
         return exit_code_for(exc)
     except BackupAgentError as exc:
         hint = "" if args.offline else " (DynamoDB unreachable? --offline reads the volume)"
-        print(f"backup-restore: {exc}{hint}", file=err)
+        print(f"backup-restore: {printable_key(exc)}{hint}", file=err)
         return ExitCode.FAILURE
     except KeyboardInterrupt:
         print(
@@ -297,7 +297,7 @@ def cmd_list(rt: Runtime) -> int:
     for row in rows:
         table.append(
             [
-                printable_key(row["key"]),
+                row["key"],
                 str(row["version_id"] or row["version_token"]),
                 "-" if row["size"] is None else human_size(row["size"]),
                 row["event_time"][:19],
@@ -305,6 +305,7 @@ def cmd_list(rt: Runtime) -> int:
                 _state_cell(row),
             ]
         )
+    table = [[printable_key(cell) for cell in line] for line in table]  # a journal may lie
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
         rt.out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
@@ -424,7 +425,7 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
     if rt.args.dry_run:
         out.write("dry run: nothing written\n")
         for result in summary.results:
-            note = f"  [{result.note}]" if result.note else ""
+            note = f"  [{printable_key(result.note)}]" if result.note else ""
             destination = printable_key(result.destination)
             out.write(f"  {printable_key(result.item.key)} → {destination}{note}\n")
     _section(out, "renamed keys (unsafe or colliding as paths)", _renamed_lines(summary.plan))
@@ -467,7 +468,7 @@ def _section(out: IO[str], title: str, lines: list[str]) -> None:
     if lines:
         out.write(f"{title}:\n")
         for line in lines:
-            out.write(f"  {line}\n")
+            out.write(f"  {printable_key(line)}\n")  # errors and reasons quote keys and paths
 
 
 @contextlib.contextmanager
@@ -518,7 +519,7 @@ def cmd_share(rt: Runtime) -> int:
         ),
     )
     if choice.record is None:
-        print(f"backup-restore: {printable_key(args.key)}: {choice.reason}", file=rt.err)
+        print(f"backup-restore: {printable_key(f'{args.key}: {choice.reason}')}", file=rt.err)
         return ExitCode.FAILURE
     sharer = Sharer(
         rt.clients.s3,

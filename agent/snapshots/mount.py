@@ -4,11 +4,16 @@ Creates a volume from the snapshot in this instance's Availability Zone, waits f
 attaches it at a free device, finds the disk the kernel made of it (the NVMe serial on
 Nitro, /dev/xvdX or /dev/sdX otherwise), mounts it read-only at /mnt/snapshot-<id> and
 prints the `backup-restore … --offline --root MOUNT` command to run next.
+
+The snapshot id is checked (snap- and 8 or 17 hex digits) before any call: it becomes a
+path. The mount is `ro,nosuid,nodev,noexec` (a snapshot's content is data to restore,
+never programs or devices to trust), and never onto a symbolic link.
 `--dry-run` prints the plan and changes nothing; `--no-mount` stops after the attach.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +33,8 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
 
 DEVICE_LETTERS = "fghijklmnop"  # the range EC2 recommends for EBS data volumes
+SNAPSHOT_ID = re.compile(r"snap-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+MOUNT_OPTIONS = "ro,nosuid,nodev,noexec"
 RESTORE_TAG = "backup-agent:restore-of"
 
 
@@ -83,6 +90,7 @@ class SnapshotMounter:
         mount_root: Path = Path("/mnt"),
         volume_type: str = "gp3",
     ) -> MountPlan:
+        check_snapshot_id(snapshot_id)
         snapshot = self._snapshot(snapshot_id)
         tags = tag_dict(snapshot.get("Tags", []))
         instance_id = instance_id or self._own_instance_id()
@@ -149,10 +157,17 @@ class SnapshotMounter:
 
     def mount(self, plan: MountPlan, volume_id: str) -> Path:
         """Find the kernel's disk for `volume_id`, mount it read-only."""
+        check_snapshot_id(plan.snapshot_id)
+        if plan.mount_point.is_symlink():
+            raise BackupAgentError(
+                f"{plan.mount_point} is a symbolic link: refusing to mount through it"
+            )
         device = self._wait_for_device(volume_id, plan.device)
         fstype = self._fstype(device)
-        options = "ro,nouuid" if fstype == "xfs" else "ro"  # an XFS clone shares its UUID
-        plan.mount_point.mkdir(parents=True, exist_ok=True)
+        options = MOUNT_OPTIONS + (",nouuid" if fstype == "xfs" else "")  # XFS clone: same UUID
+        plan.mount_point.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if plan.mount_point.is_symlink() or not plan.mount_point.is_dir():
+            raise BackupAgentError(f"{plan.mount_point} is not a plain directory")
         result = self.run(
             ["mount", "-o", options, str(device), str(plan.mount_point)],
             capture_output=True,
@@ -161,7 +176,10 @@ class SnapshotMounter:
         )
         if result.returncode != 0:
             raise BackupAgentError(f"mount {device} failed: {result.stderr.strip()}")
-        self._say(f"mounted {device} ({fstype or 'unknown fs'}) read-only at {plan.mount_point}")
+        self._say(
+            f"mounted {device} ({fstype or 'unknown fs'}) read-only ({options})"
+            f" at {plan.mount_point}"
+        )
         return plan.mount_point
 
     def next_steps(self, plan: MountPlan, volume_id: str, mounted: bool) -> None:
@@ -253,6 +271,15 @@ class SnapshotMounter:
 
     def _say(self, text: str) -> None:
         print(text, file=self.out)
+
+
+def check_snapshot_id(snapshot_id: str) -> str:
+    """`snapshot_id` if it is one (snap- and 8 or 17 hex digits); ConfigError otherwise."""
+    if not SNAPSHOT_ID.fullmatch(snapshot_id):
+        raise ConfigError(
+            [f"SNAPSHOT_ID: {snapshot_id!r} is not a snapshot id (snap-0123456789abcdef0)"]
+        )
+    return snapshot_id
 
 
 def free_device(instance: dict[str, Any]) -> str:

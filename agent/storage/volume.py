@@ -4,7 +4,7 @@ Layout under the backup root::
 
     .backup-agent-volume      marker (JSON: volume id, format); no marker, no writes
     objects/ab/<sha256>.zst   one zstd frame per distinct content, content checksum on
-    tmp/                      partial writes; removed at start-up
+    tmp/                      partial writes (<uuid>.part): removed at start-up, nothing else
     journal/                  the volume's own record of every version (see journal.py)
 
 A copy is written once, in one streaming pass: chunks feed SHA-256 (and MD5 when the
@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +36,9 @@ from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.storage import readahead
 
 MARKER_NAME = ".backup-agent-volume"
+TEMP_SUFFIX = ".part"
+TEMP_NAME = re.compile(r"[0-9a-f]{32}\.part")  # uuid4().hex + TEMP_SUFFIX: write_copy's temp files
+MOUNTINFO = Path("/proc/self/mountinfo")
 FORMAT_VERSION = 1
 READ_CHUNK = 1 << 20
 WRITEBACK_BYTES = 8 << 20
@@ -91,12 +95,22 @@ class Volume:
 
     # -- start and stop --------------------------------------------------------------
 
-    def initialise(self, volume_id: str | None = None) -> VolumeMarker:
-        """Write the marker (idempotent: an existing marker is kept and returned)."""
+    def initialise(self, volume_id: str | None = None, *, force: bool = False) -> VolumeMarker:
+        """Write the marker (idempotent: an existing marker is kept and returned).
+
+        Only into an empty directory or a mount point (the dedicated volume), unless
+        `force`: a directory that already holds files is somebody's, not a backup volume.
+        """
         if not self.root.is_dir():
             raise VolumeNotReady(f"{self.root} is not a directory")
         with contextlib.suppress(VolumeNotReady):
             return self.read_marker()
+        problem = self.not_fresh()
+        if problem and not force:
+            raise VolumeNotReady(
+                f"{problem}: mount the backup volume there, or empty it"
+                " (init-volume --force marks it anyway)"
+            )
         marker = VolumeMarker(
             volume_id=volume_id or "vol-" + uuid.uuid4().hex[:17],
             created_at=datetime.now(UTC).isoformat(),
@@ -106,6 +120,16 @@ class Volume:
             self.marker_path, json.dumps(dataclasses.asdict(marker), indent=2).encode()
         )
         return marker
+
+    def not_fresh(self) -> str | None:
+        """Why the root is not a fresh place for a volume, or None (empty, or a mount point)."""
+        if is_mount_point(self.root):
+            return None
+        entries = sorted(entry.name for entry in os.scandir(self.root))
+        if not entries:
+            return None
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        return f"{self.root} is not empty and not a mount point (it holds {shown})"
 
     def read_marker(self) -> VolumeMarker:
         """Return the marker or raise VolumeNotReady saying what is wrong."""
@@ -130,10 +154,16 @@ class Volume:
         return marker
 
     def remove_temp_files(self) -> int:
+        """Remove the copies a crash left half-written: only names `write_copy` makes.
+
+        Anything else in tmp/ (an operator's file, a directory, a name not ours) is left.
+        """
         removed = 0
-        for leftover in self.tmp_dir.glob("*"):
+        for entry in os.scandir(self.tmp_dir):
+            if not TEMP_NAME.fullmatch(entry.name) or entry.is_dir(follow_symlinks=False):
+                continue
             with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+                os.unlink(entry.path)  # a symlink is unlinked, never followed
                 removed += 1
         return removed
 
@@ -177,7 +207,7 @@ class Volume:
         (the write barrier is entered there, so a snapshot never waits for a download).
         """
         self.ensure_ready()
-        temp_path = self.tmp_dir / f"{uuid.uuid4().hex}.part"
+        temp_path = self.tmp_dir / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
         try:
             digest, size, stored_size = _compress_to(temp_path, chunks, compression, expect)
             if before_commit is not None:
@@ -316,6 +346,27 @@ class WritebackAsYouGo:
                     os.POSIX_FADV_DONTNEED,
                 )
         self._previous_start, self._window_start = self._window_start, self._written
+
+
+def is_mount_point(path: Path) -> bool:
+    """Whether `path` is where a file system is mounted (a bind mount counts too)."""
+    if os.path.ismount(path):
+        return True
+    wanted = os.path.realpath(path)
+    try:
+        lines = MOUNTINFO.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4 and _unescape_mountinfo(fields[4]) == wanted:
+            return True
+    return False
+
+
+def _unescape_mountinfo(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def fsync_directory(path: Path) -> None:

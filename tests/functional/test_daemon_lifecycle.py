@@ -26,7 +26,7 @@ def quick_volume_retries(monkeypatch):
 
 
 def test_temp_files_left_by_a_crash_are_removed_and_reported_at_start_up(config, volume):
-    for name in ("1.part", "2.part"):
+    for name in ("1" * 32 + ".part", "2" * 32 + ".part"):  # write_copy's names: uuid4 hex
         (volume.tmp_dir / name).write_bytes(b"interrupted copy")
     with capture_logs() as logs:
         marker = Daemon(config, NO_AWS).wait_for_volume()

@@ -143,4 +143,4 @@ def test_unit_exposure_is_ok_or_better():
     assert overall, result.stdout + result.stderr
     score, label = overall[0].split(":", 1)[1].split()[:2]
     assert label in {"PERFECT", "SAFE", "OK"}, overall[0]
-    assert float(score) < 2.0  # recorded in docs/operations.md; a regression shows here
+    assert float(score) <= 1.5  # recorded in docs/operations.md (1.1); issue 16 caps it at 1.5

@@ -259,10 +259,12 @@ def test_the_flag_wins_over_the_environment_variable(tmp_path, monkeypatch, caps
 
 
 def test_init_volume_writes_the_marker_and_check_config_still_passes(tmp_path, capsys):
-    path = write(tmp_path / "config.yaml", valid(tmp_path))
+    root = tmp_path / "backups"  # empty: init-volume refuses a directory holding files
+    root.mkdir()
+    path = write(tmp_path / "config.yaml", valid(root))
     assert cli.main(["init-volume", "--config", str(path), "--volume-id", "vol-abc"]) == 0
-    assert capsys.readouterr().out == f"{tmp_path}: backup volume vol-abc\n"
-    assert (tmp_path / ".backup-agent-volume").is_file()
+    assert capsys.readouterr().out == f"{root}: backup volume vol-abc\n"
+    assert (root / ".backup-agent-volume").is_file()
     assert cli.main(["check-config", "--config", str(path)]) == ExitCode.OK
 
 

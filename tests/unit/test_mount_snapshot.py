@@ -116,7 +116,7 @@ class FakeRun:
 
 def plan(tmp_path: Path) -> MountPlan:
     return MountPlan(
-        snapshot_id="snap-1",
+        snapshot_id="snap-0123456789abcdef0",
         source_volume_id="vol-0aaa",
         taken_at="-",
         journal_position="-",
@@ -124,7 +124,7 @@ def plan(tmp_path: Path) -> MountPlan:
         instance_id="i-1",
         availability_zone="us-east-1a",
         device="/dev/sdg",
-        mount_point=tmp_path / "mnt" / "snapshot-snap-1",
+        mount_point=tmp_path / "mnt" / "snapshot-snap-0123456789abcdef0",
         volume_type="gp3",
     )
 
@@ -144,7 +144,7 @@ def test_mounts_the_nitro_disk_found_by_serial_read_only_and_xfs_without_uuid_ch
     assert run.commands[-1] == [
         "mount",
         "-o",
-        "ro,nouuid",
+        "ro,nosuid,nodev,noexec,nouuid",
         str(dev_root / "nvme2n1"),
         str(target.mount_point),
     ]

@@ -373,7 +373,7 @@ def test_initialise_refuses_a_missing_root(tmp_path):
 
 
 def test_open_removes_temp_files_left_by_a_crash(volume):
-    for name in ("a.part", "b.part"):
+    for name in ("a" * 32 + ".part", "b" * 32 + ".part"):  # write_copy's names: uuid4 hex
         (volume.tmp_dir / name).write_bytes(b"half a copy")
     marker = volume.open()
     assert marker.volume_id == "vol-test"
