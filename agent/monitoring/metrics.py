@@ -122,12 +122,14 @@ COUNTERS = {
     "BackupsGaveUp": ("Count", "messages given up on (retries exhausted) since the last sample"),
     "BytesBackedUp": ("Bytes", "object bytes read from S3 and backed up"),
     "BytesStored": ("Bytes", "compressed bytes newly written to the volume"),
+    "MessagesHeldBack": ("Count", "messages held back: their object did not fit the room left"),
 }
 GAUGES = {
     "DiskUsedPercent": ("Percent", "used space of the backup volume"),
     "DiskFreeBytes": ("Bytes", "free space of the backup volume"),
     "SecondsSinceLastBackup": ("Seconds", "since the last successful backup (or agent start)"),
     "MessagesInFlight": ("Count", "SQS messages being worked on"),
+    "Paused": ("None", "1 while the consumer is paused (no volume, or no room on it), else 0"),
 }
 STATISTIC_SETS = {
     "BackupLagSeconds": ("Seconds", "S3 event time to durable copy, per object"),
@@ -163,6 +165,7 @@ class Sampler:
             "BackupsFailed": stats.backups_failed,
             "BytesBackedUp": stats.bytes_backed_up,
             "BytesStored": stats.bytes_stored,
+            "MessagesHeldBack": stats.held_back,
         }
         if self.counters is not None:
             totals.update(self.counters())
@@ -190,8 +193,12 @@ class Sampler:
                 "SecondsSinceLastBackup", self.seconds_since_last_backup(now), "Seconds", stamp
             )
         )
-        in_flight = self.stats.snapshot().messages_in_flight
-        points.append(Datapoint("MessagesInFlight", float(in_flight), "Count", stamp))
+        current = self.stats.snapshot()
+        points.append(
+            Datapoint("MessagesInFlight", float(current.messages_in_flight), "Count", stamp)
+        )
+        paused = 1.0 if current.paused_reason is not None else 0.0
+        points.append(Datapoint("Paused", paused, "None", stamp))
         try:
             usage = self.disk(self.root)
         except OSError as exc:

@@ -92,6 +92,17 @@ class _ScrapeCollector(Collector):
             "SQS messages being worked on.",
             value=stats.messages_in_flight,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_paused",
+            "1 while the consumer is paused (no volume, or no room on it); the reason is in"
+            " the systemd STATUS= line and the consumer.paused log event.",
+            value=1 if stats.paused_reason is not None else 0,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_messages_held_back",
+            "Messages held back because their object did not fit the room left.",
+            value=stats.held_back,
+        )
         yield GaugeMetricFamily(f"{PREFIX}_workers", "Configured workers.", value=src.workers())
         yield GaugeMetricFamily(
             f"{PREFIX}_workers_busy", "Workers busy with a message.", value=src.workers_busy()

@@ -43,6 +43,7 @@ from agent.runtime.wiring import (
     consumer_settings,
     lifecycle_context,
     snapshot_manager,
+    volume_check,
 )
 from agent.schedule import every
 from agent.stats import Stats
@@ -139,6 +140,8 @@ class Daemon:
             consumer_settings(self.config),
             stats=self.stats,
             on_gave_up=self.monitoring.on_gave_up,
+            volume_check=volume_check(self.config, self.volume),
+            listener=self.monitoring,
         )
         self.consumer.start()
 

@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.errors import DiskFull, IntegrityError, VolumeNotReady
+from agent.errors import DiskFull, IntegrityError
 from agent.events import parse_message
 from agent.monitoring.monitor import Monitoring
 from agent.pipeline.consumer import Consumer
+from agent.pipeline.pause import Verdict
 from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import consumer_settings
 from agent.stats import Stats
@@ -227,25 +228,35 @@ def test_a_cloudwatch_outage_is_logged_once_and_the_datapoints_arrive_later(aws)
     assert cloudwatch_sum(aws, "BackupsSucceeded", [{"Name": "InstanceId", "Value": INSTANCE}]) == 5
 
 
-@pytest.mark.parametrize(
-    ("error", "subject"),
-    [
-        (VolumeNotReady("backup root /mnt/backups has no marker"), "backup volume not ready"),
-        (DiskFull("backup volume /mnt/backups is full"), "backup volume full"),
-    ],
-)
-def test_a_volume_lost_or_full_while_running_alerts_and_the_backup_is_retried(
+def test_a_pause_and_a_resume_alert_once_each_with_the_reason_free_space_and_retention(
     aws,
     monitored_config,
     topic,  # noqa: F811
-    error,
-    subject,
 ):
+    """The consumer's listener: a volume lost or full while running is told by one alert when
+    the consumer pauses and one when it resumes, not once per failed object."""
+    _, inbox = topic
+    monitoring = Monitoring(monitored_config, aws, stats=Stats())
+    reason = "backup volume /mnt/backups has 1.0 MiB free, at or below the 256.0 MiB floor"
+    monitoring.on_paused(Verdict(False, reason, free_bytes=1 << 20, headroom=-(255 << 20)))
+    monitoring.on_resumed(Verdict(True, "", free_bytes=5 << 30, headroom=1 << 30), 3600.0)
+    monitoring.alerts.stop()
+    messages = inbox_messages(aws, inbox)
+    kinds = [m["MessageAttributes"]["kind"]["Value"] for m in messages]
+    assert sorted(kinds) == ["backups_paused", "backups_resumed"]
+    paused = next(m["Message"] for m in messages if "paused" in m["Subject"].lower())
+    assert reason in paused and str(1 << 20) in paused
+    assert "14.0 days (its retention)" in paused  # bootstrap's queue keeps events 14 days
+    resumed = next(m["Message"] for m in messages if "resumed" in m["Subject"].lower())
+    assert "after 1.0 hours paused" in resumed
+
+
+def test_a_failed_write_no_longer_alerts_per_object(aws, monitored_config, topic):  # noqa: F811
     _, inbox = topic
     monitoring = Monitoring(monitored_config, aws, stats=Stats())
 
     def failing(event):
-        raise error
+        raise DiskFull("backup volume /mnt/backups is full")
 
     (event,) = parse_message(
         json.dumps(
@@ -260,9 +271,7 @@ def test_a_volume_lost_or_full_while_running_alerts_and_the_backup_is_retried(
             }
         )
     ).events
-    with pytest.raises(type(error)):  # still raised: the consumer releases it for a retry
+    with pytest.raises(DiskFull):  # still raised: the consumer decides (pause, hold back)
         monitoring.observe(failing)(event)
     monitoring.alerts.stop()
-    (message,) = inbox_messages(aws, inbox)
-    assert message["MessageAttributes"]["kind"]["Value"] == "operational"
-    assert subject in message["Message"]
+    assert inbox_messages(aws, inbox) == []
