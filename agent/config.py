@@ -288,6 +288,12 @@ class AlertsConfig(Section):
     )
     max_examples: int = Field(default=5, ge=1, le=50)
     digest: bool = Field(default=False, description="Send a daily digest email.")
+    days_until_full: float = Field(
+        default=7.0,
+        gt=0,
+        description="Alert (and alarm) when the volume is forecast to be full within this many"
+        " days at its recent growth rate.",
+    )
 
     @field_validator("sns_topic_arn")
     @classmethod

@@ -26,6 +26,7 @@ class AlertKind(enum.Enum):
     BACKUPS_PAUSED = "backups_paused"  # no volume or no room: the consumer stopped receiving
     BACKUPS_RESUMED = "backups_resumed"
     HELD_BACK = "held_back"  # one object larger than the room left: given back for later
+    DISK_FILLING = "disk_filling"  # forecast: full within alerts.days_until_full
     DIGEST = "digest"
 
 
@@ -41,6 +42,7 @@ TITLES = {
     AlertKind.BACKUPS_PAUSED: "Backups paused: the backup volume cannot take more",
     AlertKind.BACKUPS_RESUMED: "Backups resumed",
     AlertKind.HELD_BACK: "Object too large for the space left: held back",
+    AlertKind.DISK_FILLING: "Backup volume forecast to be full soon",
     AlertKind.DIGEST: "Daily backup digest",
 }
 SEVERITY = {
@@ -185,5 +187,23 @@ def held_back(
             "hold_seconds": str(hold_seconds),
             "receive_count": str(receive_count),
             "max_receive_count": str(max_receive_count),
+        },
+    )
+
+
+def disk_filling(root: str, days: float, threshold: float, free_bytes: int, rate: float) -> Alert:
+    return Alert(
+        AlertKind.DISK_FILLING,
+        key=root,
+        summary=(
+            f"{root} will reach its free-space floor in {days:.1f} days at the recent growth"
+            f" of {rate / (1 << 30):.2f} GiB/day (alert below {threshold:g} days)"
+        ),
+        details={
+            "root": root,
+            "days_until_full": f"{days:.2f}",
+            "threshold_days": f"{threshold:g}",
+            "free_bytes": str(free_bytes),
+            "growth_bytes_per_day": f"{rate:.0f}",
         },
     )

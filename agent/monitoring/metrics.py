@@ -130,6 +130,7 @@ GAUGES = {
     "SecondsSinceLastBackup": ("Seconds", "since the last successful backup (or agent start)"),
     "MessagesInFlight": ("Count", "SQS messages being worked on"),
     "Paused": ("None", "1 while the consumer is paused (no volume, or no room on it), else 0"),
+    "DaysUntilFull": ("None", "days until the volume reaches its floor at the recent growth"),
 }
 STATISTIC_SETS = {
     "BackupLagSeconds": ("Seconds", "S3 event time to durable copy, per object"),
@@ -147,9 +148,11 @@ class Sampler:
         observations: Observations | None = None,
         disk: DiskUsageReader = disk_usage,
         counters: Callable[[], Mapping[str, int]] | None = None,
+        days_until_full: Callable[[], float | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.stats = stats
+        self.days_until_full = days_until_full
         self.root = root
         self.observations = observations or Observations()
         self.disk = disk
@@ -199,6 +202,9 @@ class Sampler:
         )
         paused = 1.0 if current.paused_reason is not None else 0.0
         points.append(Datapoint("Paused", paused, "None", stamp))
+        days = self.days_until_full()
+        if days is not None:
+            points.append(Datapoint("DaysUntilFull", days, "None", stamp))
         try:
             usage = self.disk(self.root)
         except OSError as exc:

@@ -37,6 +37,7 @@ from agent.monitoring.alerts import (
 from agent.monitoring.channels import build_channels
 from agent.monitoring.disk import DiskMonitor
 from agent.monitoring.dispatcher import AlertDispatcher
+from agent.monitoring.forecast import SpaceForecast
 from agent.monitoring.metrics import (
     CloudWatchPublisher,
     DiskUsageReader,
@@ -155,12 +156,20 @@ class Monitoring:
             # an undelivered alert is retried no later than the next summary would go out
             retry_seconds=min(ALERT_RETRY_SECONDS, config.alerts.window_seconds),
         )
+        self.forecast = SpaceForecast(
+            str(self.root),
+            config.storage.min_free_bytes,
+            threshold_days=config.alerts.days_until_full,
+            alert=self.alerts.submit,
+            clock=clock,
+        )
         self.sampler = Sampler(
             stats,
             self.root,
             observations=self.observations,
             disk=disk,
             counters=self.totals,
+            days_until_full=self.forecast.days_until_full,
             clock=clock,
         )
         self.publisher: CloudWatchPublisher | None = None
@@ -183,6 +192,7 @@ class Monitoring:
                 alerts_sent=self.alerts.sent_counts,
                 alerts_suppressed=self.alerts.suppressed,
                 clock=clock,
+                days_until_full=self.forecast.days_until_full,
             )
         )
         self.prometheus_port: int | None = None
@@ -313,13 +323,19 @@ class Monitoring:
 
     def _register_jobs(self) -> None:
         self.jobs.register("metrics", self.publish_metrics, DEFAULT_SCHEDULES["metrics"])
-        self.jobs.register("disk", self.disk_monitor.check, DEFAULT_SCHEDULES["disk"])
+        self.jobs.register("disk", self.check_disk, DEFAULT_SCHEDULES["disk"])
         self.jobs.register("queues", self.sample_queues, DEFAULT_SCHEDULES["queues"])
         if self.config.alerts.digest:
             if self.config.alerts.email is None:
                 log.warning("digest.no_email", hint="set alerts.email to receive the digest")
             else:
                 self.jobs.register("digest", self.send_digest, DEFAULT_SCHEDULES["digest"])
+
+    def check_disk(self) -> None:
+        """The disk job: the used-percent alert, then the reading into the forecast."""
+        self.disk_monitor.check()
+        if self.disk_monitor.last is not None:
+            self.forecast.add(self.disk_monitor.last)
 
     def publish_metrics(self) -> None:
         points = self.sampler.sample()

@@ -46,6 +46,7 @@ class Sources:
     alerts_sent: Callable[[], Mapping[str, int]] = dict
     alerts_suppressed: Callable[[], Mapping[str, int]] = dict
     clock: Callable[[], float] = time.time
+    days_until_full: Callable[[], float | None] = lambda: None
 
 
 class _ScrapeCollector(Collector):
@@ -125,6 +126,13 @@ class _ScrapeCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_disk_free_bytes", "Free bytes on the backup volume.", value=usage.free
         )
+        days = src.days_until_full()
+        if days is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_days_until_full",
+                "Days until the volume reaches its free-space floor at the recent growth rate.",
+                value=days,
+            )
 
     def _jobs(self) -> Iterator[Metric]:
         runs = CounterMetricFamily(f"{PREFIX}_job_runs", "Scheduled job runs.", labels=["job"])

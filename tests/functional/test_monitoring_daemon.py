@@ -8,10 +8,12 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.errors import DiskFull, IntegrityError
 from agent.events import parse_message
+from agent.monitoring.metrics import DiskUsage
 from agent.monitoring.monitor import Monitoring
 from agent.pipeline.consumer import Consumer
 from agent.pipeline.pause import Verdict
@@ -21,6 +23,7 @@ from agent.stats import Stats
 from agent.storage.ledger import Ledger
 from tests.functional.test_monitoring_aws import inbox_messages, topic  # noqa: F401 - fixture
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE, make_config
+from tests.support.clock import FakeClock
 from tests.support.waiting import wait_until
 
 INSTANCE = "i-0daemon"
@@ -275,3 +278,44 @@ def test_a_failed_write_no_longer_alerts_per_object(aws, monitored_config, topic
         monitoring.observe(failing)(event)
     monitoring.alerts.stop()
     assert inbox_messages(aws, inbox) == []
+
+
+def test_the_disk_job_forecasts_days_until_full_for_cloudwatch_prometheus_and_an_alert(
+    aws,
+    monitored_config,
+    topic,  # noqa: F811
+):
+    """A synthetic usage series (+80 GiB a day on a 60 %-used 1 TiB volume) and the fake
+    clock: the forecast reaches CloudWatch and Prometheus, and one disk_filling alert goes
+    out while the used percentage is still far below the low-space alarm."""
+    _, inbox = topic
+    clock = FakeClock()
+    gib = 1 << 30
+    used = [600 * gib]
+
+    def disk(_root):
+        total = 1024 * gib
+        return DiskUsage(total, used[0], total - used[0], 100 * used[0] / total)
+
+    monitoring = Monitoring(monitored_config, aws, stats=Stats(), disk=disk, clock=clock.seconds)
+    for _ in range(4 * 60):  # the disk job, once a minute for four hours
+        clock.advance(minutes=1)
+        used[0] += 80 * gib // 1440
+        monitoring.check_disk()
+
+    days = monitoring.forecast.days_until_full()
+    assert days is not None and 5 < days < 5.3  # ≈ 410 GiB left at 80 GiB a day
+    points = {p.name: p.value for p in monitoring.sampler.sample()}
+    assert points["DaysUntilFull"] == pytest.approx(days)
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(
+            generate_latest(monitoring.prometheus.registry).decode()
+        )
+    }
+    assert families["backup_agent_days_until_full"].samples[0].value == pytest.approx(days)
+    assert monitoring.disk_monitor.state.value == "ok"  # 60-70 % used: no low-space alert yet
+    monitoring.alerts.stop()
+    (message,) = inbox_messages(aws, inbox)
+    assert message["MessageAttributes"]["kind"]["Value"] == "disk_filling"
+    assert "will reach its free-space floor in" in message["Message"]
