@@ -282,6 +282,8 @@ class Daemon:
             logs.configure(new.logging.level, new.logging.format)
         if self.service is not None and new.storage != old.storage:
             self.service.compression = compression_settings(new)
+        if self.monitoring is not None:
+            self.monitoring.forecast.threshold_days = new.alerts.days_until_full
 
     def _config_rejected(self, problems: list[str]) -> None:
         if self._alert_hook is not None:
