@@ -118,6 +118,26 @@ class StorageConfig(Section):
         default=None,
         description="EBS volume id of the backup root; default: discovered from the mount.",
     )
+    # Low space (docs/runbooks.md, "The disk is full"): the consumer pauses instead of churning.
+    resume_headroom_bytes: int = Field(
+        default=256 << 20,
+        ge=0,
+        description="After a pause for low space, resume once this much is free above"
+        " min_free_bytes (hysteresis: no pause/resume flapping at the floor).",
+    )
+    hold_back: Annotated[
+        Duration, within(timedelta(seconds=1), timedelta(hours=12), whole_seconds=True)
+    ] = Field(
+        default=timedelta(hours=1),
+        description="Visibility of a message whose object does not fit in the space left while"
+        " smaller ones do; doubled with each receive, at most 12 h.",
+    )
+    pause_recheck_max: Annotated[Duration, within(timedelta(seconds=1), timedelta(minutes=10))] = (
+        Field(
+            default=timedelta(minutes=1),
+            description="While paused, the volume is checked again after 2 s, doubling up to this.",
+        )
+    )
 
     @field_validator("volume_id")
     @classmethod
@@ -344,6 +364,12 @@ class AlertsConfig(Section):
     )
     max_examples: int = Field(default=5, ge=1, le=50)
     digest: bool = Field(default=False, description="Send a daily digest email.")
+    days_until_full: float = Field(
+        default=7.0,
+        gt=0,
+        description="Alert (and alarm) when the volume is forecast to be full within this many"
+        " days at its recent growth rate.",
+    )
 
     @field_validator("sns_topic_arn")
     @classmethod

@@ -23,6 +23,9 @@ class Stats:
     lifecycle: Counter[str] = field(default_factory=Counter)  # "reconcile.listed", "gc.bytes_freed"
     ignored: Counter[str] = field(default_factory=Counter)  # event name → records ignored
     archived: Counter[str] = field(default_factory=Counter)  # "archived", "sse-c" → versions
+    paused_reason: str | None = None  # why the consumer stopped receiving (low space, no volume)
+    paused_since: float | None = None
+    held_back: int = 0  # messages given back for later: their object did not fit the space left
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_success(
@@ -62,12 +65,29 @@ class Stats:
         with self._lock:
             self.messages_in_flight = count
 
+    def set_paused(self, reason: str | None, now: float | None = None) -> None:
+        """The consumer paused (`reason`) or resumed (None)."""
+        with self._lock:
+            if reason is None:
+                self.paused_reason, self.paused_since = None, None
+            else:
+                if self.paused_reason is None:
+                    self.paused_since = now if now is not None else time.time()
+                self.paused_reason = reason
+
+    def record_held_back(self) -> None:
+        with self._lock:
+            self.held_back += 1
+
     def status_line(self) -> str:
         with self._lock:
-            return (
+            figures = (
                 f"backed up {self.backups_succeeded}, failed {self.backups_failed},"
                 f" in flight {self.messages_in_flight}"
             )
+            if self.paused_reason is not None:
+                return f"paused: {self.paused_reason}; {figures}"
+            return figures
 
     def snapshot(self) -> Stats:
         """A consistent copy for readers on other threads (metrics, digest)."""
@@ -85,4 +105,7 @@ class Stats:
                 failures=Counter(self.failures),
                 ignored=Counter(self.ignored),
                 archived=Counter(self.archived),
+                paused_reason=self.paused_reason,
+                paused_since=self.paused_since,
+                held_back=self.held_back,
             )

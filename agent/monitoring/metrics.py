@@ -124,12 +124,15 @@ COUNTERS = {
     "BytesStored": ("Bytes", "compressed bytes newly written to the volume"),
     "EventsIgnored": ("Count", "event records ignored on purpose (tagging, ACL, test event, ...)"),
     "ObjectsArchived": ("Count", "versions found that S3 will not serve (archived, SSE-C)"),
+    "MessagesHeldBack": ("Count", "messages held back: their object did not fit the room left"),
 }
 GAUGES = {
     "DiskUsedPercent": ("Percent", "used space of the backup volume"),
     "DiskFreeBytes": ("Bytes", "free space of the backup volume"),
     "SecondsSinceLastBackup": ("Seconds", "since the last successful backup (or agent start)"),
     "MessagesInFlight": ("Count", "SQS messages being worked on"),
+    "Paused": ("None", "1 while the consumer is paused (no volume, or no room on it), else 0"),
+    "DaysUntilFull": ("None", "days until the volume reaches its floor at the recent growth"),
 }
 STATISTIC_SETS = {
     "BackupLagSeconds": ("Seconds", "S3 event time to durable copy, per object"),
@@ -147,9 +150,11 @@ class Sampler:
         observations: Observations | None = None,
         disk: DiskUsageReader = disk_usage,
         counters: Callable[[], Mapping[str, int]] | None = None,
+        days_until_full: Callable[[], float | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.stats = stats
+        self.days_until_full = days_until_full
         self.root = root
         self.observations = observations or Observations()
         self.disk = disk
@@ -167,6 +172,7 @@ class Sampler:
             "BytesStored": stats.bytes_stored,
             "EventsIgnored": sum(stats.ignored.values()),
             "ObjectsArchived": sum(stats.archived.values()),
+            "MessagesHeldBack": stats.held_back,
         }
         if self.counters is not None:
             totals.update(self.counters())
@@ -194,8 +200,15 @@ class Sampler:
                 "SecondsSinceLastBackup", self.seconds_since_last_backup(now), "Seconds", stamp
             )
         )
-        in_flight = self.stats.snapshot().messages_in_flight
-        points.append(Datapoint("MessagesInFlight", float(in_flight), "Count", stamp))
+        current = self.stats.snapshot()
+        points.append(
+            Datapoint("MessagesInFlight", float(current.messages_in_flight), "Count", stamp)
+        )
+        paused = 1.0 if current.paused_reason is not None else 0.0
+        points.append(Datapoint("Paused", paused, "None", stamp))
+        days = self.days_until_full()
+        if days is not None:
+            points.append(Datapoint("DaysUntilFull", days, "None", stamp))
         try:
             usage = self.disk(self.root)
         except OSError as exc:

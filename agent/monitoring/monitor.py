@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from agent.config import Config
-from agent.errors import DiskFull, IntegrityError, VolumeNotReady
+from agent.errors import IntegrityError
 from agent.events import ObjectEvent
 from agent.monitoring.alerts import (
     Alert,
@@ -27,13 +27,17 @@ from agent.monitoring.alerts import (
     Notice,
     agent_stopped,
     backup_gave_up,
+    backups_paused,
+    backups_resumed,
     config_rejected,
+    held_back,
     integrity_failure,
     operational,
 )
 from agent.monitoring.channels import build_channels
 from agent.monitoring.disk import DiskMonitor
 from agent.monitoring.dispatcher import AlertDispatcher
+from agent.monitoring.forecast import SpaceForecast
 from agent.monitoring.metrics import (
     CloudWatchPublisher,
     DiskUsageReader,
@@ -44,6 +48,7 @@ from agent.monitoring.metrics import (
 )
 from agent.monitoring.prometheus import PrometheusMetrics, Sources
 from agent.pipeline.backup import Processor, Result
+from agent.pipeline.pause import HeldBack, Verdict
 from agent.scheduler import Jobs, cron, every
 from agent.stats import Stats
 
@@ -151,12 +156,20 @@ class Monitoring:
             # an undelivered alert is retried no later than the next summary would go out
             retry_seconds=min(ALERT_RETRY_SECONDS, config.alerts.window_seconds),
         )
+        self.forecast = SpaceForecast(
+            str(self.root),
+            config.storage.min_free_bytes,
+            threshold_days=config.alerts.days_until_full,
+            alert=self.alerts.submit,
+            clock=clock,
+        )
         self.sampler = Sampler(
             stats,
             self.root,
             observations=self.observations,
             disk=disk,
             counters=self.totals,
+            days_until_full=self.forecast.days_until_full,
             clock=clock,
         )
         self.publisher: CloudWatchPublisher | None = None
@@ -179,6 +192,7 @@ class Monitoring:
                 alerts_sent=self.alerts.sent_counts,
                 alerts_suppressed=self.alerts.suppressed,
                 clock=clock,
+                days_until_full=self.forecast.days_until_full,
             )
         )
         self.prometheus_port: int | None = None
@@ -192,6 +206,7 @@ class Monitoring:
         self.digest = Digest(stats, self.root, disk)
         self._dead_letter_url: str | None = config.queue.dead_letter_url
         self._dead_letter_seen: int | None = None
+        self._retention_seconds: float | None = None
         self._register_jobs()
 
     # -- start and stop --------------------------------------------------------------
@@ -246,6 +261,44 @@ class Monitoring:
     def agent_failed(self, error: BaseException) -> None:
         self.alerts.submit(agent_stopped(error))
 
+    # The consumer's PauseListener (agent/pipeline/pause.py): one alert when it pauses, one
+    # when it resumes. A volume lost or full while running is told this way, not once per
+    # failed object.
+
+    def on_paused(self, verdict: Verdict) -> None:
+        self.alerts.submit(
+            backups_paused(
+                str(self.root), verdict.reason, verdict.free_bytes, self.queue_retention()
+            )
+        )
+
+    def on_resumed(self, verdict: Verdict, paused_seconds: float) -> None:
+        self.alerts.submit(backups_resumed(str(self.root), paused_seconds, verdict.free_bytes))
+
+    def on_held_back(self, held: HeldBack) -> None:
+        self.alerts.submit(
+            held_back(
+                f"s3://{held.bucket}/{held.key}",
+                held.size,
+                held.free_bytes,
+                held.hold_seconds,
+                held.receive_count,
+                held.max_receive_count,
+            )
+        )
+
+    def queue_retention(self) -> float | None:
+        """The main queue's MessageRetentionPeriod in seconds (asked once), or None."""
+        if self._retention_seconds is None:
+            try:
+                attributes = self.clients.sqs.get_queue_attributes(
+                    QueueUrl=self.config.queue.url, AttributeNames=["MessageRetentionPeriod"]
+                )["Attributes"]
+                self._retention_seconds = float(attributes["MessageRetentionPeriod"])
+            except Exception as exc:  # noqa: BLE001 - the alert goes out without it
+                log.warning("queues.retention_unknown", error=str(exc))
+        return self._retention_seconds
+
     def observe(self, process: Processor) -> Processor:
         """Wrap the backup processor: per-object histograms and integrity alerts."""
 
@@ -255,12 +308,6 @@ class Monitoring:
                 result = process(event)
             except IntegrityError as exc:
                 self.alerts.submit(integrity_failure(f"s3://{event.bucket}/{event.key}", str(exc)))
-                raise
-            except VolumeNotReady as exc:  # unmounted under the running agent
-                self.alerts.submit(operational("backup volume not ready", str(exc)))
-                raise
-            except DiskFull as exc:  # the alert window folds a storm into one summary
-                self.alerts.submit(operational("backup volume full", str(exc)))
                 raise
             self.prometheus.duration.observe(time.monotonic() - started)
             lag = max(0.0, self.clock() - event.event_time.timestamp())
@@ -276,13 +323,19 @@ class Monitoring:
 
     def _register_jobs(self) -> None:
         self.jobs.register("metrics", self.publish_metrics, DEFAULT_SCHEDULES["metrics"])
-        self.jobs.register("disk", self.disk_monitor.check, DEFAULT_SCHEDULES["disk"])
+        self.jobs.register("disk", self.check_disk, DEFAULT_SCHEDULES["disk"])
         self.jobs.register("queues", self.sample_queues, DEFAULT_SCHEDULES["queues"])
         if self.config.alerts.digest:
             if self.config.alerts.email is None:
                 log.warning("digest.no_email", hint="set alerts.email to receive the digest")
             else:
                 self.jobs.register("digest", self.send_digest, DEFAULT_SCHEDULES["digest"])
+
+    def check_disk(self) -> None:
+        """The disk job: the used-percent alert, then the reading into the forecast."""
+        self.disk_monitor.check()
+        if self.disk_monitor.last is not None:
+            self.forecast.add(self.disk_monitor.last)
 
     def publish_metrics(self) -> None:
         points = self.sampler.sample()

@@ -60,6 +60,7 @@ class Sources:
     alerts_sent: Callable[[], Mapping[str, int]] = dict
     alerts_suppressed: Callable[[], Mapping[str, int]] = dict
     clock: Callable[[], float] = time.time
+    days_until_full: Callable[[], float | None] = lambda: None
 
 
 class _ScrapeCollector(Collector):
@@ -122,6 +123,17 @@ class _ScrapeCollector(Collector):
             "SQS messages being worked on.",
             value=stats.messages_in_flight,
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_paused",
+            "1 while the consumer is paused (no volume, or no room on it); the reason is in"
+            " the systemd STATUS= line and the consumer.paused log event.",
+            value=1 if stats.paused_reason is not None else 0,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_messages_held_back",
+            "Messages held back because their object did not fit the room left.",
+            value=stats.held_back,
+        )
         yield GaugeMetricFamily(f"{PREFIX}_workers", "Configured workers.", value=src.workers())
         yield GaugeMetricFamily(
             f"{PREFIX}_workers_busy", "Workers busy with a message.", value=src.workers_busy()
@@ -144,6 +156,13 @@ class _ScrapeCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_disk_free_bytes", "Free bytes on the backup volume.", value=usage.free
         )
+        days = src.days_until_full()
+        if days is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_days_until_full",
+                "Days until the volume reaches its free-space floor at the recent growth rate.",
+                value=days,
+            )
 
     def _jobs(self) -> Iterator[Metric]:
         runs = CounterMetricFamily(f"{PREFIX}_job_runs", "Scheduled job runs.", labels=["job"])

@@ -128,6 +128,7 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
             "TreatMissingData": "notBreaching",
         },
     ]
+    specs.append(days_until_full_alarm(config, prefix, dims, common, dimensions["Volume"]))
     if config.snapshots.enabled:
         specs.append(
             snapshot_age_alarm(
@@ -140,6 +141,35 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
             )
         )
     return specs
+
+
+def days_until_full_alarm(
+    config: Config,
+    prefix: str,
+    dims: list[dict[str, str]],
+    common: Mapping[str, Any],
+    volume: str,
+) -> dict[str, Any]:
+    """The forecast alarm (agent/monitoring/forecast.py): it fires days before the
+    percentage alarm would. No datapoint (too little history after a start) is not breaching."""
+    days = config.alerts.days_until_full
+    return {
+        **common,
+        "AlarmName": f"{prefix}-days-until-full",
+        "AlarmDescription": (
+            f"Backup volume {volume} forecast to reach its free-space floor within {days:g}"
+            " days at its recent growth rate."
+        ),
+        "Namespace": config.metrics.namespace,
+        "MetricName": "DaysUntilFull",
+        "Dimensions": dims,
+        "Statistic": "Minimum",
+        "Period": config.alarms.period_seconds,
+        "EvaluationPeriods": 1,
+        "Threshold": float(days),
+        "ComparisonOperator": "LessThanThreshold",
+        "TreatMissingData": "notBreaching",
+    }
 
 
 def _comparable(alarm: Mapping[str, Any]) -> dict[str, Any]:

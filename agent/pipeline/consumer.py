@@ -8,10 +8,16 @@ has started → let in-flight work finish until the deadline → make what is un
 visible again → return.
 Threads: one receiver, N workers, one heartbeat (visibility extension), one that deletes
 finished messages in batches (agent/pipeline/deletes.py).
+
+Paused (agent/pipeline/pause.py): with a `VolumeCheck`, the receiver checks the volume before
+each receive. When it is not ready or out of room (or a write says so) the consumer stops
+receiving, gives back what it holds at visibility 0, and checks again with a back-off until
+there is room; a message whose object alone does not fit is held back instead.
 """
 
 from __future__ import annotations
 
+import errno
 import queue
 import random
 import threading
@@ -24,11 +30,19 @@ import botocore.exceptions
 import structlog
 
 from agent.aws import error_code, lost_handle
-from agent.errors import MalformedMessage, PermanentError
+from agent.errors import DiskFull, MalformedMessage, PermanentError, VolumeNotReady
 from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
 from agent.pipeline.backup import Outcome, Processor
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
+from agent.pipeline.pause import (
+    Backoff,
+    HeldBack,
+    NoListener,
+    PauseListener,
+    Verdict,
+    VolumeCheck,
+)
 from agent.stats import Stats
 
 if TYPE_CHECKING:
@@ -52,6 +66,9 @@ class ConsumerSettings:
     retry_base_seconds: float = 5.0
     retry_max_seconds: float = 900.0
     receive_ahead: bool = False
+    hold_back_seconds: float = 3600.0  # a message whose object does not fit the room left
+    pause_recheck_first: float = 2.0  # while paused: first wait before checking the volume
+    pause_recheck_max: float = 60.0  # … doubling up to this
 
 
 @dataclass
@@ -68,6 +85,8 @@ class InFlight:
 class _Failures:
     retryable: list[str] = field(default_factory=list)
     permanent: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)  # no volume or no room: give back at once
+    too_big: list[tuple[ObjectEvent, Verdict]] = field(default_factory=list)  # hold back
 
 
 class ByteBudget:
@@ -102,6 +121,8 @@ class Consumer:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_gave_up: Callable[[str, list[str]], None] | None = None,
+        volume_check: VolumeCheck | None = None,
+        listener: PauseListener | None = None,
     ) -> None:
         self.sqs = sqs
         self.process = process
@@ -122,6 +143,14 @@ class Consumer:
         self._workers: list[threading.Thread] = []
         self._receive_failures = 0
         self._deletes = DeleteBatcher(sqs, settings.queue_url)
+        self.volume_check = volume_check
+        self.listener: PauseListener = listener or NoListener()
+        self._paused: Verdict | None = None
+        self._paused_at = 0.0
+        # Receipt handles of messages a worker could not write for want of room or volume:
+        # still in flight (extended), given back by the receiver between two receives.
+        self._parked: set[str] = set()
+        self._backoff = Backoff(settings.pause_recheck_first, settings.pause_recheck_max)
 
     # -- start and stop --------------------------------------------------------------
 
@@ -149,7 +178,7 @@ class Consumer:
         log.info("consumer.stopping", in_flight=len(self._in_flight), drain_timeout=timeout)
         self._receiving.clear()
         deadline = self.clock() + timeout
-        waiting = self._take_waiting()
+        waiting = self._take_waiting() + self._take_parked()
         for item in waiting:  # received but not started: give back at once, not drained
             self._change_visibility(item, 0, "released_on_shutdown")
         with self._lock:
@@ -186,6 +215,15 @@ class Consumer:
                 taken.append(item)
         return taken
 
+    def _take_parked(self) -> list[InFlight]:
+        """Remove the messages parked by a pause from in-flight."""
+        with self._lock:
+            parked = [self._in_flight.pop(h) for h in self._parked if h in self._in_flight]
+            self._parked.clear()
+            self.stats.set_in_flight(len(self._in_flight))
+            self._lock.notify_all()
+        return parked
+
     def alive(self) -> bool:
         """False once the receiver or heartbeat thread has died (stop() also ends them)."""
         return all(t.is_alive() for t in self._threads if t not in self._workers)
@@ -198,6 +236,11 @@ class Consumer:
         """Messages a worker has started (in flight minus those received ahead, waiting)."""
         with self._lock:
             return max(0, len(self._in_flight) - self._work.qsize())
+
+    def paused(self) -> Verdict | None:
+        """Why the consumer is not receiving (low space, no volume), or None."""
+        with self._lock:
+            return self._paused
 
     def is_idle(self) -> bool:
         with self._lock:
@@ -217,6 +260,8 @@ class Consumer:
 
     def _receive_loop(self) -> None:
         while self._receiving.is_set():
+            if not self._may_receive():
+                continue
             free = self._wait_for_free_worker()
             if free <= 0:
                 continue
@@ -228,12 +273,15 @@ class Consumer:
                 self._accept(message)
 
     def _wait_for_free_worker(self) -> int:
-        """How many messages to receive next (0: stopping); waits until there is room."""
+        """How many messages to receive next (0: stopping or paused); waits until there is room."""
         with self._lock:
             self._lock.wait_for(
-                lambda: not self._receiving.is_set() or self._room() > 0, timeout=1.0
+                lambda: (
+                    not self._receiving.is_set() or self._paused is not None or self._room() > 0
+                ),
+                timeout=1.0,
             )
-            if not self._receiving.is_set():
+            if not self._receiving.is_set() or self._paused is not None:
                 return 0
             return min(self.settings.max_messages, self._room())
 
@@ -287,10 +335,127 @@ class Consumer:
         if not self._receiving.is_set():
             self._change_visibility(item, 0, "released_on_shutdown")
             return
+        if self.paused() is not None:  # received while a worker found the volume full
+            self._change_visibility(item, 0, "released_while_paused")
+            return
         with self._lock:
             self._in_flight[item.receipt_handle] = item
             self.stats.set_in_flight(len(self._in_flight))
         self._work.put(message)
+
+    # -- pausing -------------------------------------------------------------------------
+
+    def _may_receive(self) -> bool:
+        """Checks the volume before a receive. Paused: waits one back-off step, checks with
+        the stricter resume test, and resumes or stays paused (False: receive nothing)."""
+        if self.volume_check is None:
+            return True
+        if self.paused() is None:
+            verdict = self.volume_check.check()
+            if verdict.ok:
+                return True
+            self._pause(verdict)
+        self._give_back_held()
+        self._sleep_unless_stopping(self._backoff.next())
+        if not self._receiving.is_set():
+            return False
+        verdict = self.volume_check.check(to_resume=True)
+        if verdict.ok:
+            self._resume(verdict)
+            return True
+        self._still_paused(verdict)
+        return False
+
+    def _pause(self, verdict: Verdict) -> None:
+        """Stop receiving (from any thread). The receiver then gives back what the consumer
+        holds (`_give_back_held`); workers finish what they have started."""
+        with self._lock:
+            first = self._paused is None
+            if first:
+                self._paused_at = self.clock()
+                self._backoff.reset()
+            self._paused = verdict
+            self._lock.notify_all()
+        self.stats.set_paused(verdict.reason)
+        if first:
+            log.warning(
+                "consumer.paused",
+                reason=verdict.reason,
+                free_bytes=verdict.free_bytes,
+                headroom_bytes=verdict.headroom,
+            )
+            self.listener.on_paused(verdict)
+
+    def _give_back_held(self) -> None:
+        """Paused: give back, at visibility 0, the messages no worker has started and those a
+        worker could not write. Only the receiver does this, between two receives: a message
+        made visible while a long poll is under way would be received again at once, one
+        more receive toward the redrive."""
+        held = self._take_waiting() + self._take_parked()
+        for item in held:
+            self._change_visibility(item, 0, "released_while_paused")
+        if held:
+            log.info("consumer.gave_back", messages=len(held), why="paused")
+
+    def _still_paused(self, verdict: Verdict) -> None:
+        with self._lock:
+            previous, self._paused = self._paused, verdict
+        if previous is not None and previous.reason != verdict.reason:
+            self.stats.set_paused(verdict.reason)
+            log.info("consumer.still_paused", reason=verdict.reason, free_bytes=verdict.free_bytes)
+
+    def _resume(self, verdict: Verdict) -> None:
+        with self._lock:
+            self._paused = None
+            paused_for = max(0.0, self.clock() - self._paused_at)
+            self._lock.notify_all()
+        self.stats.set_paused(None)
+        log.info(
+            "consumer.resumed",
+            paused_seconds=round(paused_for, 1),
+            free_bytes=verdict.free_bytes,
+            headroom_bytes=verdict.headroom,
+        )
+        self.listener.on_resumed(verdict, paused_for)
+
+    def _out_of_space(self, event: ObjectEvent, exc: Exception, failures: _Failures) -> None:
+        """A write failed for want of volume or room: pause, or hold back this one object
+        when the volume still has comfortable room (it is simply too large for it)."""
+        assert self.volume_check is not None
+        self.stats.record_failure(type(exc).__name__)
+        if isinstance(exc, VolumeNotReady):
+            verdict = Verdict(False, f"backup volume not ready: {exc}")
+        else:
+            verdict = self.volume_check.check(to_resume=True)
+        if verdict.ok:
+            failures.too_big.append((event, verdict))
+            log.warning(
+                "backup.too_big",
+                bucket=event.bucket,
+                key=event.key,
+                size=event.size,
+                free_bytes=verdict.free_bytes,
+                headroom_bytes=verdict.headroom,
+                error=str(exc),
+            )
+            return
+        failures.paused.append(f"{event.key}: {exc}")
+        log.warning(
+            "backup.failed",
+            bucket=event.bucket,
+            key=event.key,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            retryable=True,
+            paused=True,
+        )
+        self._pause(verdict)
+
+    def hold_delay(self, receive_count: int, held_for: float) -> int:
+        """Visibility of a held-back message: `hold_back_seconds`, doubled per receive, within
+        SQS's 12 hours from the receive."""
+        wanted = self.settings.hold_back_seconds * 2 ** max(0, receive_count - 1)
+        return int(max(0.0, min(wanted, MAX_VISIBILITY - held_for - 60)))
 
     # -- working ---------------------------------------------------------------------
 
@@ -301,6 +466,9 @@ class Consumer:
                 return
             with self._lock:
                 self._lock.notify_all()  # with receive_ahead, the next batch may come now
+                if self._paused is not None and message["ReceiptHandle"] in self._in_flight:
+                    self._parked.add(message["ReceiptHandle"])  # paused: start nothing new
+                    continue
             try:
                 self._handle(message)
             except Exception:
@@ -347,6 +515,8 @@ class Consumer:
         try:
             for event in parsed.events:
                 self._process_one(event, failures)
+                if failures.paused:
+                    break  # the rest would fail the same way; the message comes back whole
         finally:
             if held:
                 self.budget.release(held)
@@ -363,6 +533,9 @@ class Consumer:
             )
             return
         except Exception as exc:  # noqa: BLE001 - everything else is retried, never dropped
+            if self.volume_check is not None and _is_out_of_space(exc):
+                self._out_of_space(event, exc, failures)
+                return
             failures.retryable.append(f"{event.key}: {exc}")
             self.stats.record_failure(type(exc).__name__)
             log.warning(
@@ -382,11 +555,23 @@ class Consumer:
         self.stats.record_success(result.outcome.value, size, stored, lag)
 
     def _settle(self, message: dict[str, Any], failures: _Failures) -> None:
-        if not failures.retryable and not failures.permanent:
+        if failures.paused:
+            # Parked in flight; the receiver gives it back (visibility 0) once no receive is
+            # under way. While paused nothing is received: its count grows again only when
+            # the volume has room.
+            with self._lock:
+                if message["ReceiptHandle"] in self._in_flight:
+                    self._parked.add(message["ReceiptHandle"])
+                self._lock.notify_all()
+            return
+        if not failures.retryable and not failures.permanent and not failures.too_big:
             self._finish(message, delete=True)
             return
         item = self._lookup(message)
         count = item.receive_count if item else 1
+        if failures.too_big:
+            self._hold_back(message, item, count, failures)
+            return
         if count >= self.settings.max_receive_count:
             reasons = failures.permanent + failures.retryable
             log.error(
@@ -402,6 +587,40 @@ class Consumer:
         else:
             self._finish(message)  # permanent: left invisible; SQS redrives it to the DLQ
 
+    def _hold_back(
+        self, message: dict[str, Any], item: InFlight | None, count: int, failures: _Failures
+    ) -> None:
+        held_for = self.clock() - item.received_at if item else 0.0
+        hold = self.hold_delay(count, held_for)
+        for event, verdict in failures.too_big:
+            self.stats.record_held_back()
+            self.listener.on_held_back(
+                HeldBack(
+                    message_id=message["MessageId"],
+                    bucket=event.bucket,
+                    key=event.key,
+                    size=event.size,
+                    free_bytes=verdict.free_bytes,
+                    headroom=verdict.headroom,
+                    hold_seconds=hold,
+                    receive_count=count,
+                    max_receive_count=self.settings.max_receive_count,
+                )
+            )
+        log.warning(
+            "message.held_back",
+            message_id=message["MessageId"],
+            hold_seconds=hold,
+            receive_count=count,
+            keys=[event.key for event, _ in failures.too_big][:5],
+        )
+        if count >= self.settings.max_receive_count:
+            reasons = [f"{e.key}: too large for the space left" for e, _ in failures.too_big]
+            log.error("message.gave_up", message_id=message["MessageId"], receive_count=count)
+            if self.on_gave_up:
+                self.on_gave_up(message["MessageId"], reasons)
+        self._finish(message, release_after=hold, why="held_back")
+
     def retry_delay(self, receive_count: int) -> float:
         base = self.settings.retry_base_seconds * 2 ** max(0, receive_count - 1)
         capped = min(self.settings.retry_max_seconds, base)
@@ -412,7 +631,12 @@ class Consumer:
             return self._in_flight.get(message["ReceiptHandle"])
 
     def _finish(
-        self, message: dict[str, Any], *, delete: bool = False, release_after: float | None = None
+        self,
+        message: dict[str, Any],
+        *,
+        delete: bool = False,
+        release_after: float | None = None,
+        why: str = "released_for_retry",
     ) -> None:
         with self._lock:
             item = self._in_flight.get(message["ReceiptHandle"])
@@ -423,7 +647,7 @@ class Consumer:
         if delete:
             self._delete(item)
         elif release_after is not None:
-            self._change_visibility(item, int(release_after), "released_for_retry")
+            self._change_visibility(item, int(release_after), why)
         with self._lock:
             self._in_flight.pop(message["ReceiptHandle"], None)
             self.stats.set_in_flight(len(self._in_flight))
@@ -486,3 +710,11 @@ class Consumer:
             item.extended_at = self.clock()
         elif status == "lost":
             item.extendable = False
+
+
+def _is_out_of_space(exc: Exception) -> bool:
+    """No volume, or no room on it: DiskFull, VolumeNotReady, or an ENOSPC that reached here
+    unconverted (the journal's append)."""
+    if isinstance(exc, DiskFull | VolumeNotReady):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -43,6 +43,7 @@ from agent.runtime.wiring import (
     consumer_settings,
     lifecycle_context,
     snapshot_manager,
+    volume_check,
 )
 from agent.schedule import every
 from agent.stats import Stats
@@ -141,6 +142,8 @@ class Daemon:
             consumer_settings(self.config),
             stats=self.stats,
             on_gave_up=self.monitoring.on_gave_up,
+            volume_check=volume_check(self.config, self.volume),
+            listener=self.monitoring,
         )
         self.consumer.start()
 
@@ -281,6 +284,8 @@ class Daemon:
             logs.configure(new.logging.level, new.logging.format)
         if self.service is not None and new.storage != old.storage:
             self.service.compression = compression_settings(new)
+        if self.monitoring is not None:
+            self.monitoring.forecast.threshold_days = new.alerts.days_until_full
 
     def _config_rejected(self, problems: list[str]) -> None:
         if self._alert_hook is not None:

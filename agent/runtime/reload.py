@@ -39,6 +39,9 @@ RESTART_ONLY = (
     "storage.root",
     "storage.volume_id",
     "storage.min_free_bytes",
+    "storage.resume_headroom_bytes",
+    "storage.hold_back",
+    "storage.pause_recheck_max",
     "consumer.max_bytes_in_flight",
 )
 WATCHED_EVENTS = {"created", "modified", "moved", "deleted", "closed"}

@@ -16,6 +16,7 @@ from agent.imds import Imds
 from agent.lifecycle.context import LifecycleContext
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import ConsumerSettings
+from agent.pipeline.pause import VolumeCheck
 from agent.snapshots.manager import SnapshotManager
 from agent.stats import Stats
 from agent.storage.barrier import WriteBarrier
@@ -64,7 +65,14 @@ def consumer_settings(config: Config) -> ConsumerSettings:
         retry_base_seconds=config.queue.retry_base_seconds,
         retry_max_seconds=config.queue.retry_max_seconds,
         receive_ahead=config.consumer.receive_ahead,
+        hold_back_seconds=config.storage.hold_back.total_seconds(),
+        pause_recheck_max=config.storage.pause_recheck_max.total_seconds(),
     )
+
+
+def volume_check(config: Config, volume: Volume) -> VolumeCheck:
+    """When the consumer pauses for low space or a missing volume, and when it resumes."""
+    return VolumeCheck(volume, resume_headroom=config.storage.resume_headroom_bytes)
 
 
 def lifecycle_context(

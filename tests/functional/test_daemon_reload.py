@@ -23,15 +23,18 @@ def test_reload_applies_workers_receive_ahead_compression_and_drain_timeout_live
     try:
         raw["consumer"].update(workers=6, drain_timeout=3, receive_ahead=True)
         raw["storage"].update(compression_level=12)
+        raw["alerts"].update(days_until_full=14)
         path.write_text(yaml.safe_dump(raw))
         outcome = daemon.reloader.reload("test")
 
         assert outcome.applied == (
+            "alerts.days_until_full",
             "consumer.drain_timeout",
             "consumer.receive_ahead",
             "consumer.workers",
             "storage.compression_level",
         )
+        assert daemon.monitoring.forecast.threshold_days == 14
         assert daemon.consumer._capacity == 6 and len(daemon.consumer._workers) == 6
         assert daemon.consumer._receive_ahead is True
         assert daemon.service.compression.level == 12

@@ -137,7 +137,7 @@ def test_alarms_are_created_with_thresholds_and_actions_and_reapplying_changes_n
     config = alerting_config(backup_root, arn, alarms={"no_backup_hours": 6})
     cloudwatch = aws.session.client("cloudwatch")
     first = Alarms(cloudwatch, config, DIMS).apply()
-    assert [c.action for c in first] == ["created"] * 4
+    assert [c.action for c in first] == ["created"] * 5
     alarms = {
         a["AlarmName"]: a
         for a in cloudwatch.describe_alarms(AlarmNamePrefix="backup-agent")["MetricAlarms"]
@@ -157,17 +157,31 @@ def test_alarms_are_created_with_thresholds_and_actions_and_reapplying_changes_n
     dlq = alarms["backup-agent-backup-events-dlq-messages"]
     assert dlq["Namespace"] == "AWS/SQS"
     assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": "backup-events-dlq"}]
+    forecast = alarms["backup-agent-i-0test-days-until-full"]
+    assert (
+        forecast["MetricName"],
+        forecast["Statistic"],
+        forecast["ComparisonOperator"],
+        forecast["Threshold"],
+        forecast["TreatMissingData"],
+    ) == ("DaysUntilFull", "Minimum", "LessThanThreshold", 7.0, "notBreaching")
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == [arn] and alarm["OKActions"] == [arn]
 
     again = Alarms(cloudwatch, config, DIMS).apply()
-    assert [c.action for c in again] == ["unchanged"] * 4
+    assert [c.action for c in again] == ["unchanged"] * 5
 
     stricter = make_config(backup_root, alerts={"sns_topic_arn": arn, "disk_used_percent": 70})
     changed = {c.name: c.action for c in Alarms(cloudwatch, stricter, DIMS).apply()}
     assert changed["backup-agent-i-0test-disk-space"] == "updated"
     described = cloudwatch.describe_alarms(AlarmNames=["backup-agent-i-0test-disk-space"])
     assert described["MetricAlarms"][0]["Threshold"] == 70.0
+
+    sooner = make_config(backup_root, alerts={"sns_topic_arn": arn, "days_until_full": 14})
+    changed = {c.name: c.action for c in Alarms(cloudwatch, sooner, DIMS).apply()}
+    assert changed["backup-agent-i-0test-days-until-full"] == "updated"
+    again = {c.name: c.action for c in Alarms(cloudwatch, sooner, DIMS).apply()}
+    assert set(again.values()) == {"unchanged"}
 
 
 def test_alarms_dry_run_creates_nothing(aws, backup_root, topic):
@@ -225,12 +239,12 @@ def test_cli_alarms_and_dashboard_commands(aws, backup_root, topic, tmp_path, ca
     assert cli.main(["alarms", "--config", str(path), "--dry-run"]) == 0
     assert "would be created" in capsys.readouterr().out
     assert cli.main(["alarms", "--config", str(path)]) == 0
-    assert capsys.readouterr().out.count("created") == 4
+    assert capsys.readouterr().out.count("created") == 5
     assert cli.main(["dashboard", "--config", str(path)]) == 0
     assert "created" in capsys.readouterr().out
     cloudwatch = aws.session.client("cloudwatch")
     assert (
-        len(cloudwatch.describe_alarms(AlarmNamePrefix="backup-agent-i-0cli")["MetricAlarms"]) == 3
+        len(cloudwatch.describe_alarms(AlarmNamePrefix="backup-agent-i-0cli")["MetricAlarms"]) == 4
     )
     assert "i-0cli" in cloudwatch.get_dashboard(DashboardName="backup-agent")["DashboardBody"]
 

@@ -8,18 +8,22 @@ import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.errors import DiskFull, IntegrityError, VolumeNotReady
+from agent.errors import DiskFull, IntegrityError
 from agent.events import parse_message
+from agent.monitoring.metrics import DiskUsage
 from agent.monitoring.monitor import Monitoring
 from agent.pipeline.consumer import Consumer
+from agent.pipeline.pause import Verdict
 from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import consumer_settings
 from agent.stats import Stats
 from agent.storage.ledger import Ledger
 from tests.functional.test_monitoring_aws import inbox_messages, topic  # noqa: F401 - fixture
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE, make_config
+from tests.support.clock import FakeClock
 from tests.support.waiting import wait_until
 
 INSTANCE = "i-0daemon"
@@ -227,25 +231,35 @@ def test_a_cloudwatch_outage_is_logged_once_and_the_datapoints_arrive_later(aws)
     assert cloudwatch_sum(aws, "BackupsSucceeded", [{"Name": "InstanceId", "Value": INSTANCE}]) == 5
 
 
-@pytest.mark.parametrize(
-    ("error", "subject"),
-    [
-        (VolumeNotReady("backup root /mnt/backups has no marker"), "backup volume not ready"),
-        (DiskFull("backup volume /mnt/backups is full"), "backup volume full"),
-    ],
-)
-def test_a_volume_lost_or_full_while_running_alerts_and_the_backup_is_retried(
+def test_a_pause_and_a_resume_alert_once_each_with_the_reason_free_space_and_retention(
     aws,
     monitored_config,
     topic,  # noqa: F811
-    error,
-    subject,
 ):
+    """The consumer's listener: a volume lost or full while running is told by one alert when
+    the consumer pauses and one when it resumes, not once per failed object."""
+    _, inbox = topic
+    monitoring = Monitoring(monitored_config, aws, stats=Stats())
+    reason = "backup volume /mnt/backups has 1.0 MiB free, at or below the 256.0 MiB floor"
+    monitoring.on_paused(Verdict(False, reason, free_bytes=1 << 20, headroom=-(255 << 20)))
+    monitoring.on_resumed(Verdict(True, "", free_bytes=5 << 30, headroom=1 << 30), 3600.0)
+    monitoring.alerts.stop()
+    messages = inbox_messages(aws, inbox)
+    kinds = [m["MessageAttributes"]["kind"]["Value"] for m in messages]
+    assert sorted(kinds) == ["backups_paused", "backups_resumed"]
+    paused = next(m["Message"] for m in messages if "paused" in m["Subject"].lower())
+    assert reason in paused and str(1 << 20) in paused
+    assert "14.0 days (its retention)" in paused  # bootstrap's queue keeps events 14 days
+    resumed = next(m["Message"] for m in messages if "resumed" in m["Subject"].lower())
+    assert "after 1.0 hours paused" in resumed
+
+
+def test_a_failed_write_no_longer_alerts_per_object(aws, monitored_config, topic):  # noqa: F811
     _, inbox = topic
     monitoring = Monitoring(monitored_config, aws, stats=Stats())
 
     def failing(event):
-        raise error
+        raise DiskFull("backup volume /mnt/backups is full")
 
     (event,) = parse_message(
         json.dumps(
@@ -260,9 +274,48 @@ def test_a_volume_lost_or_full_while_running_alerts_and_the_backup_is_retried(
             }
         )
     ).events
-    with pytest.raises(type(error)):  # still raised: the consumer releases it for a retry
+    with pytest.raises(DiskFull):  # still raised: the consumer decides (pause, hold back)
         monitoring.observe(failing)(event)
     monitoring.alerts.stop()
+    assert inbox_messages(aws, inbox) == []
+
+
+def test_the_disk_job_forecasts_days_until_full_for_cloudwatch_prometheus_and_an_alert(
+    aws,
+    monitored_config,
+    topic,  # noqa: F811
+):
+    """A synthetic usage series (+80 GiB a day on a 60 %-used 1 TiB volume) and the fake
+    clock: the forecast reaches CloudWatch and Prometheus, and one disk_filling alert goes
+    out while the used percentage is still far below the low-space alarm."""
+    _, inbox = topic
+    clock = FakeClock()
+    gib = 1 << 30
+    used = [600 * gib]
+
+    def disk(_root):
+        total = 1024 * gib
+        return DiskUsage(total, used[0], total - used[0], 100 * used[0] / total)
+
+    monitoring = Monitoring(monitored_config, aws, stats=Stats(), disk=disk, clock=clock.seconds)
+    for _ in range(4 * 60):  # the disk job, once a minute for four hours
+        clock.advance(minutes=1)
+        used[0] += 80 * gib // 1440
+        monitoring.check_disk()
+
+    days = monitoring.forecast.days_until_full()
+    assert days is not None and 5 < days < 5.3  # ≈ 410 GiB left at 80 GiB a day
+    points = {p.name: p.value for p in monitoring.sampler.sample()}
+    assert points["DaysUntilFull"] == pytest.approx(days)
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(
+            generate_latest(monitoring.prometheus.registry).decode()
+        )
+    }
+    assert families["backup_agent_days_until_full"].samples[0].value == pytest.approx(days)
+    assert monitoring.disk_monitor.state.value == "ok"  # 60-70 % used: no low-space alert yet
+    monitoring.alerts.stop()
     (message,) = inbox_messages(aws, inbox)
-    assert message["MessageAttributes"]["kind"]["Value"] == "operational"
-    assert subject in message["Message"]
+    assert message["MessageAttributes"]["kind"]["Value"] == "disk_filling"
+    assert "will reach its free-space floor in" in message["Message"]

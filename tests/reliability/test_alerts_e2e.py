@@ -1,9 +1,9 @@
 """Alerts from the real agent process when the volume fails: SNS → an SQS queue subscribed
 to the topic (raw delivery) is the operator's inbox.
 
-* a full volume raises the disk-space alert and, once retries run out, the backup-failed
-  alert; the given-up message is kept in the dead-letter queue; once space is freed the
-  recovery alert arrives and new objects flow without a restart;
+* a full volume raises the disk-space alert and the backups-paused alert (not one per failed
+  object); nothing reaches the dead-letter queue; once space is freed the recovery and the
+  resumed alerts arrive and the waiting and new objects flow without a restart;
 * a volume that is not mounted at start raises "backup volume not ready"; the agent starts
   by itself once it is.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,9 @@ import pytest
 from agent.storage.volume import Volume
 from tests.e2e.conftest import Stack, make_stack
 from tests.reliability.pipeline import wait_until
-from tests.reliability.test_volume_faults import MiB, _fill, small_filesystem
 from tests.support.aws import BUCKET
+from tests.support.tmpfs import MiB, small_filesystem
+from tests.support.tmpfs import fill as _fill
 
 pytestmark = pytest.mark.e2e
 
@@ -72,11 +74,14 @@ def _alerting_stack(tmp_path: Path, moto_server, **sections) -> Stack:
     )
 
 
-def test_a_full_volume_raises_the_disk_and_failure_alerts_and_recovers_by_itself(
+def test_a_full_volume_raises_the_disk_and_paused_alerts_and_recovers_by_itself(
     tmp_path, moto_server
 ):
     stack = _alerting_stack(
-        tmp_path, moto_server, queue={"max_receive_count": 3, "retry_base_seconds": 0.2}
+        tmp_path,
+        moto_server,
+        queue={"max_receive_count": 3, "retry_base_seconds": 0.2},
+        storage={"resume_headroom_bytes": 4 * MiB, "pause_recheck_max": "1s"},
     )
     inbox = Inbox(stack)
     dlq = stack.clients.sqs.get_queue_url(QueueName="backup-events-dlq")["QueueUrl"]
@@ -89,28 +94,31 @@ def test_a_full_volume_raises_the_disk_and_failure_alerts_and_recovers_by_itself
         try:
             low = inbox.wait_for("disk_space_low")
             assert str(stack.root) in low["text"]
-            gave_up = agent.wait_for("message.gave_up", timeout=30)[0]
-            failed = inbox.wait_for("backup_failed")
-            assert gave_up["message_id"] in failed["text"] and "full" in failed["text"]
-            # SQS moves the given-up message to the dead-letter queue on its next receive
-            wait_until(lambda: _depth(stack, dlq) == 1, timeout=30, every=0.2)
+            paused = inbox.wait_for("backups_paused")
+            assert str(stack.root) in paused["text"] and "free" in paused["text"]
+            agent.wait_for("consumer.gave_back", timeout=30)
+            time.sleep(4)  # kept full through a few checks (1 s apart)
+            assert _depth(stack, dlq) == 0  # paused: no receive, no redrive
             assert agent.process.poll() is None
 
             filler.unlink()
             recovered = inbox.wait_for("disk_space_recovered")
             assert str(stack.root) in recovered["text"]
+            inbox.wait_for("backups_resumed")
             body = os.urandom(MiB)
             stack.clients.s3.put_object(Bucket=BUCKET, Key="full/after.bin", Body=body)
-            stored = agent.wait_for("backup.stored", timeout=30)
-            assert stored[0]["key"] == "full/after.bin"
+            stored = agent.wait_for("backup.stored", count=2, timeout=30)
+            assert {e["key"] for e in stored} == {"full/big.bin", "full/after.bin"}
             wait_until(lambda: stack.queue_depth() == (0, 0), timeout=30, every=0.2)
         finally:
             code = agent.stop(timeout=30)
         assert code == 0
-        assert _depth(stack, dlq) == 1  # the given-up event is kept for a redrive
+        assert _depth(stack, dlq) == 0  # nothing given up on
         assert list(volume.tmp_dir.iterdir()) == []
     kinds = [a["kind"] for a in inbox.poll()]
     assert kinds.count("disk_space_low") == 1 and kinds.count("disk_space_recovered") == 1
+    assert kinds.count("backups_paused") == 1 and kinds.count("backups_resumed") == 1
+    assert "backup_failed" not in kinds and "operational" not in kinds
 
 
 def test_a_volume_not_mounted_at_start_raises_the_alert_and_the_agent_starts_once_it_is(

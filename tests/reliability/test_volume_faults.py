@@ -1,10 +1,11 @@
-"""The backup volume failing under the real agent process: full (a size-limited tmpfs), and
-unmounted while the agent runs (a bind mount taken away).
+"""The backup volume failing under the real agent process: kept full (a size-limited tmpfs),
+and unmounted while the agent runs (a bind mount taken away).
 
-A full volume must leave no partial copy and no leaked space, keep the message, keep the
-agent up (logging `backup.failed` with DiskFull), and resume by itself once space is freed.
-The "raise the alert" part belongs to the alerts module (another branch): see
-docs/reliability.md.
+With a redrive policy of 3 receives, a volume that stays full must not walk the waiting
+events into the dead-letter queue: the agent pauses (no receive while paused), says so once
+(the alert, `STATUS=`, the `paused` gauge in Prometheus and CloudWatch), leaves no partial
+copy and no leaked space, stays up, and once space returns (the tmpfs remounted larger,
+standing in for a grown EBS volume) backs up every object without a redrive.
 """
 
 from __future__ import annotations
@@ -14,55 +15,33 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.e2e.conftest import make_stack
+from tests.e2e.conftest import Stack, make_stack
+from tests.e2e.test_systemd_notify import NotifySocket
 from tests.reliability.pipeline import notification, s3_record, wait_until
+from tests.reliability.test_alerts_e2e import TOPIC, Inbox
 from tests.support.aws import BUCKET, TABLE
+from tests.support.local_aws import free_port
+from tests.support.tmpfs import MiB, fill, remount, small_filesystem
 
 pytestmark = pytest.mark.e2e
 
-MiB = 1 << 20
-
-
-@contextlib.contextmanager
-def small_filesystem(path: Path, size: str) -> Iterator[Path]:
-    """A size-limited tmpfs at `path`, unmounted afterwards; skips when mounting is refused."""
-    if os.geteuid() != 0:
-        pytest.skip(
-            "mounting a tmpfs the test can also see needs root; unprivileged, only the agent's"
-            " own `unshare -rm` namespace could mount it (not wired up)"
-        )
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"mount not permitted here: {done.stderr.strip()}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _fill(root: Path, leave: int) -> Path:
-    filler = root / "filler.bin"
-    free = shutil.disk_usage(root).free
-    with filler.open("wb") as handle:
-        remaining = free - leave
-        while remaining > 0:
-            chunk = min(remaining, MiB)
-            handle.write(b"\0" * chunk)
-            remaining -= chunk
-    return filler
+# A 1 MiB floor; resume once 4 MiB are free above it; look again every 1, 2, 2, 2 … s.
+LOW_SPACE = {"min_free_bytes": MiB, "resume_headroom_bytes": 4 * MiB, "pause_recheck_max": "2s"}
+KEPT_FULL_SECONDS = 25  # the old retry schedule (1 s … 5 s) redrove a message within ~10 s
 
 
 def _drain(stack) -> None:
@@ -72,18 +51,90 @@ def _drain(stack) -> None:
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
 
 
-def test_a_full_volume_keeps_the_message_leaves_nothing_and_resumes_when_freed(
+def _depth(stack: Stack, url: str) -> int:
+    visible, invisible = stack.queue_depth(url)
+    return visible + invisible
+
+
+class DrainedNotifySocket(NotifySocket):
+    """$NOTIFY_SOCKET read on a thread, as systemd does: an unread datagram socket fills
+    after a few watchdog pings and then blocks the agent's main loop."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096).decode()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self.messages.append(dict(line.split("=", 1) for line in data.splitlines() if line))
+
+    def statuses(self) -> list[str]:
+        with self._lock:
+            return [m["STATUS"] for m in self.messages if "STATUS" in m]
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        super().close()
+        self._thread.join(5)
+
+
+def _paused_gauge(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    return float(families["backup_agent_paused"].samples[0].value)
+
+
+def _cloudwatch_paused(stack: Stack) -> list[float]:
+    now = datetime.now(UTC)
+    points = stack.clients.cloudwatch().get_metric_statistics(
+        Namespace="BackupAgent",
+        MetricName="Paused",
+        Dimensions=[
+            {"Name": "InstanceId", "Value": "i-0full"},
+            {"Name": "Volume", "Value": str(stack.root)},
+        ],
+        StartTime=now - timedelta(minutes=10),
+        EndTime=now + timedelta(minutes=10),
+        Period=60,
+        Statistics=["Maximum"],
+    )["Datapoints"]
+    return [p["Maximum"] for p in points]
+
+
+def test_a_volume_kept_full_pauses_the_agent_and_nothing_reaches_the_dead_letter_queue(
     tmp_path, moto_server
 ):
-    stack = make_stack(tmp_path, moto_server, init_volume=False)
-    with small_filesystem(stack.root, "16m"):
+    port = free_port()
+    stack = make_stack(
+        tmp_path,
+        moto_server,
+        init_volume=False,
+        queue={"max_receive_count": 3},
+        storage=LOW_SPACE,
+        alerts={"sns_topic_arn": TOPIC, "window_seconds": 1},
+        metrics={"prometheus": f"127.0.0.1:{port}", "instance_id": "i-0full"},
+        schedules={"metrics": 1, "disk": 1, "queues": 1},
+    )
+    inbox = Inbox(stack)
+    dlq = stack.clients.sqs.get_queue_url(QueueName="backup-events-dlq")["QueueUrl"]
+    notify = DrainedNotifySocket(tmp_path / "notify.sock")
+    with small_filesystem(stack.root, "16m"), contextlib.closing(notify):
         volume = Volume(stack.root)
         volume.initialise("vol-small")
-        filler = _fill(stack.root, leave=int(1.5 * MiB))
+        fill(stack.root, leave=int(1.5 * MiB))  # 0.5 MiB above the floor
         free_when_full = shutil.disk_usage(stack.root).free
-        # Without a size in its event: the copy starts and meets ENOSPC half-way.
-        sizeless = os.urandom(3 * MiB)
-        put = stack.clients.s3.put_object(Bucket=BUCKET, Key="full/sizeless.bin", Body=sizeless)
+        # Without a size in its event (sent first): the copy starts and meets a real ENOSPC.
+        objects = {"full/sizeless.bin": os.urandom(3 * MiB)}
+        put = stack.clients.s3.put_object(
+            Bucket=BUCKET, Key="full/sizeless.bin", Body=objects["full/sizeless.bin"]
+        )
         _drain(stack)
         stack.clients.sqs.send_message(
             QueueUrl=stack.config.queue.url,
@@ -91,33 +142,58 @@ def test_a_full_volume_keeps_the_message_leaves_nothing_and_resumes_when_freed(
                 notification(s3_record(BUCKET, "full/sizeless.bin", etag=put["ETag"].strip('"')))
             ),
         )
-        # With a size (moto's own event): refused before a byte is written.
-        sized = os.urandom(3 * MiB)
-        stack.clients.s3.put_object(Bucket=BUCKET, Key="full/sized.bin", Body=sized)
-        agent = stack.start_agent()
+        # With a size (moto's own events): refused by the room check before a byte is written.
+        for n in range(4):
+            objects[f"full/sized-{n}.bin"] = os.urandom(MiB)
+            stack.clients.s3.put_object(
+                Bucket=BUCKET, Key=f"full/sized-{n}.bin", Body=objects[f"full/sized-{n}.bin"]
+            )
+        agent = stack.start_agent(env={"NOTIFY_SOCKET": str(notify.path)})
         try:
-            failed = agent.wait_for("backup.failed", count=4, timeout=30)
+            (paused,) = agent.wait_for("consumer.paused", timeout=30)
+            assert paused["free_bytes"] <= 1.5 * MiB
+            alert = inbox.wait_for("backups_paused")
+            assert "at or below" in alert["text"] or "less than" in alert["text"]
+            assert "14.0 days (its retention)" in alert["text"]
+            wait_until(lambda: any(s.startswith("paused: ") for s in notify.statuses()), 10)
+            status = next(s for s in notify.statuses() if s.startswith("paused: "))
+            assert status.startswith("paused: backup volume") and " MiB free" in status
+            assert _paused_gauge(port) == 1
 
-            assert {e["key"] for e in failed} == {"full/sizeless.bin", "full/sized.bin"}
-            assert all(e["error_type"] == "DiskFull" and e["retryable"] for e in failed)
+            time.sleep(KEPT_FULL_SECONDS)  # kept full: the agent looks again every 2 s
+
+            assert agent.process.poll() is None  # still up
+            assert _depth(stack, dlq) == 0  # nothing redriven
+            assert _depth(stack, stack.config.queue.url) == len(objects)  # every event waits
+            assert stack.queue_depth()[1] == 0  # none held invisible: all given back
+            failed = agent.log_events_named("backup.failed")
+            assert 1 <= len(failed) <= 2  # the first batch only (2 workers), then no receive
+            assert all(e["error_type"] == "DiskFull" and e["paused"] for e in failed)
             reasons = {e["key"]: str(e["error"]) for e in failed}
             assert "No space left on device" in reasons["full/sizeless.bin"]  # a real ENOSPC
-            assert "bytes free, need" in reasons["full/sized.bin"]  # the pre-write check
-            assert agent.process.poll() is None  # still up
-            wait_until(lambda: not any(volume.tmp_dir.iterdir()), timeout=5, every=0.01)
+            assert len(agent.log_events_named("consumer.paused")) == 1
+            assert not any(volume.tmp_dir.iterdir())  # temp files removed
             assert shutil.disk_usage(stack.root).free >= free_when_full - 64 * 1024  # no leak
             assert not any(volume.objects_dir.rglob("*.zst"))
-            visible, invisible = stack.queue_depth()
-            assert visible + invisible == 2  # both messages kept
 
-            filler.unlink()
-            agent.wait_for("backup.stored", count=2, timeout=30)
+            remount(stack.root, "64m")  # space returns: the volume was grown
+            agent.wait_for("consumer.resumed", timeout=30)
+            agent.wait_for("backup.stored", count=len(objects), timeout=60)
             wait_until(lambda: stack.queue_depth() == (0, 0), timeout=30, every=0.2)
+            resumed = inbox.wait_for("backups_resumed")
+            assert str(stack.root) in resumed["text"]
+            assert _paused_gauge(port) == 0
+            wait_until(lambda: not notify.statuses()[-1].startswith("paused"), 10)
+            wait_until(lambda: 1.0 in _cloudwatch_paused(stack), timeout=30, every=0.5)
         finally:
             code = agent.stop(timeout=30)
         assert code == 0
+        assert _depth(stack, dlq) == 0
+        kinds = [a["kind"] for a in inbox.poll()]
+        assert kinds.count("backups_paused") == 1 and kinds.count("backups_resumed") == 1
+        assert "backup_failed" not in kinds  # nothing given up on
         ledger = Ledger(stack.clients.dynamodb, TABLE)
-        for key, body in (("full/sizeless.bin", sizeless), ("full/sized.bin", sized)):
+        for key, body in objects.items():
             latest = ledger.latest(BUCKET, key)
             assert latest is not None and latest.sha256 == hashlib.sha256(body).hexdigest()
             volume.verify_copy(latest.sha256, len(body))
@@ -139,8 +215,10 @@ def bind_mount(source: Path, target: Path) -> Iterator[None]:
         subprocess.run(["umount", "-l", str(target)], check=False)
 
 
-def test_a_volume_unmounted_under_the_agent_is_never_written_through(tmp_path, moto_server):
-    stack = make_stack(tmp_path, moto_server, init_volume=False)
+def test_a_volume_unmounted_under_the_agent_pauses_it_until_the_volume_is_back(
+    tmp_path, moto_server
+):
+    stack = make_stack(tmp_path, moto_server, init_volume=False, storage=LOW_SPACE)
     device = tmp_path / "device"  # stands in for the EBS volume
     device.mkdir()
     Volume(device).initialise("vol-ebs")
@@ -152,13 +230,16 @@ def test_a_volume_unmounted_under_the_agent_is_never_written_through(tmp_path, m
             agent.wait_for("backup.stored", timeout=30)
 
             subprocess.run(["umount", str(stack.root)], check=True)  # the volume goes away
+            (paused,) = agent.wait_for("consumer.paused", timeout=30)
+            assert paused["reason"].startswith("backup volume not ready:")
             stack.clients.s3.put_object(Bucket=BUCKET, Key="mount/during.txt", Body=b"two")
-            failed = agent.wait_for("backup.failed", timeout=30)
-            assert failed[0]["error_type"] == "VolumeNotReady"
+            time.sleep(3)
+            assert stack.queue_depth() == (1, 0)  # waits in the queue, not received
             assert list(stack.root.iterdir()) == []  # nothing written to the bare mount point
             assert agent.process.poll() is None
 
             subprocess.run(["mount", "--bind", str(device), str(stack.root)], check=True)
+            agent.wait_for("consumer.resumed", timeout=30)
             agent.wait_for("backup.stored", count=2, timeout=30)
             wait_until(lambda: stack.queue_depth() == (0, 0), timeout=30, every=0.2)
         finally:

@@ -94,6 +94,9 @@ def test_restart_only_keys():
     assert needs_restart("storage.root") and needs_restart("buckets")
     assert not needs_restart("storage.compression_level")
     assert not needs_restart("consumer.workers") and not needs_restart("alerts.recipients")
+    for key in ("resume_headroom_bytes", "hold_back", "pause_recheck_max"):  # the consumer's
+        assert needs_restart(f"storage.{key}")
+    assert not needs_restart("alerts.days_until_full")  # the forecast takes it live
 
 
 def test_effective_config_keeps_running_root_but_takes_new_compression(tmp_path):

@@ -1,0 +1,114 @@
+"""Low space on a real, size-limited tmpfs (root: `mount -t tmpfs`), in process against moto:
+an object larger than the room left is held back while smaller ones are backed up, and the
+held one is backed up once there is room. The kept-full case with the real agent process is
+tests/reliability/test_volume_faults.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.pipeline.consumer import Consumer
+from agent.pipeline.pause import HeldBack, Verdict
+from agent.runtime.wiring import consumer_settings, volume_check
+from agent.stats import Stats
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
+from tests.support import service
+from tests.support.aws import BUCKET, TABLE, bootstrapped_aws, make_config
+from tests.support.aws_hooks import record_calls
+from tests.support.tmpfs import MiB, fill, small_filesystem
+from tests.support.waiting import wait_until
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.paused: list[Verdict] = []
+        self.resumed: list[float] = []
+        self.held: list[HeldBack] = []
+
+    def on_paused(self, verdict: Verdict) -> None:
+        self.paused.append(verdict)
+
+    def on_resumed(self, verdict: Verdict, paused_seconds: float) -> None:
+        self.resumed.append(paused_seconds)
+
+    def on_held_back(self, held: HeldBack) -> None:
+        self.held.append(held)
+
+
+@pytest.fixture
+def tmpfs_root(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "volume"
+    root.mkdir()
+    with small_filesystem(root, "32m"):
+        yield root
+
+
+def test_an_object_larger_than_the_room_left_waits_while_smaller_ones_are_backed_up(tmpfs_root):
+    config = make_config(
+        tmpfs_root,
+        storage={
+            "root": str(tmpfs_root),
+            "min_free_bytes": MiB,
+            "resume_headroom_bytes": 4 * MiB,
+            "hold_back": "2s",
+            "pause_recheck_max": "1s",
+            "compression_threads": 1,
+        },
+    )
+    volume = Volume(tmpfs_root, min_free_bytes=config.storage.min_free_bytes)
+    volume.initialise("vol-tmpfs")
+    volume.open()
+    filler = fill(tmpfs_root, leave=12 * MiB)  # 11 MiB of room above the floor
+    listener, stats = Listener(), Stats()
+    with bootstrapped_aws(config) as aws:
+        calls = record_calls(aws.sqs)
+        big = os.urandom(16 * MiB)  # larger than the room: its event says so
+        aws.s3.put_object(Bucket=BUCKET, Key="large/big.bin", Body=big)
+        small = {f"small/{n}.bin": os.urandom(512 << 10) for n in range(6)}
+        for key, body in small.items():
+            aws.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
+        consumer = Consumer(
+            aws.sqs,
+            service.make_service(aws, volume).process,
+            consumer_settings(config),
+            stats=stats,
+            volume_check=volume_check(config, volume),
+            listener=listener,
+        )
+        ledger = Ledger(aws.dynamodb, TABLE)
+        consumer.start()
+        try:
+            wait_until(lambda: all(ledger.latest(BUCKET, k) for k in small), 30, "small ones")
+            wait_until(lambda: listener.held, 30, "the big one held back")
+            assert listener.paused == [] and consumer.paused() is None  # the rest went on
+            held = listener.held[0]
+            assert (held.key, held.size, held.hold_seconds) == ("large/big.bin", 16 * MiB, 2)
+            assert held.free_bytes is not None and held.free_bytes < 16 * MiB
+            assert ledger.latest(BUCKET, "large/big.bin") is None
+            assert not any(volume.tmp_dir.iterdir())  # refused before a byte was written
+
+            filler.unlink()  # room for it now
+            wait_until(lambda: ledger.latest(BUCKET, "large/big.bin"), 30, "the big one")
+        finally:
+            consumer.stop(5)
+            for thread in consumer._threads:
+                thread.join(10)
+        latest = ledger.latest(BUCKET, "large/big.bin")
+        assert latest is not None and latest.sha256 == hashlib.sha256(big).hexdigest()
+        volume.verify_copy(latest.sha256, len(big))
+        holds = [
+            p["VisibilityTimeout"]
+            for p in calls.of("ChangeMessageVisibility")
+            if p["VisibilityTimeout"] > 0
+        ]
+        assert holds and holds[0] == 2  # held, then doubled per receive: 2 s, 4 s …
+        assert stats.snapshot().held_back == len(listener.held)
+        received = [int(m["Attributes"]["ApproximateReceiveCount"]) for m in calls.received]
+        assert max(received) <= 3  # far from the redrive

@@ -1,0 +1,306 @@
+# ruff: noqa: F811 - the fixtures imported from test_consumer are parameters here
+"""The consumer with a VolumeCheck, against moto SQS: it pauses instead of churning.
+
+No receive while paused (each one counts toward maxReceiveCount), what it holds is given
+back at visibility 0, the volume is checked again with a growing back-off, and an object
+larger than the room left is held back while smaller ones go on. The same on a real, full
+filesystem: tests/functional/test_low_space.py and tests/reliability/test_low_space_agent.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+import agent.pipeline.consumer as consumer_module
+from agent.errors import DiskFull, VolumeNotReady
+from agent.events import ObjectEvent
+from agent.pipeline.consumer import MAX_VISIBILITY, Consumer, ConsumerSettings
+from agent.pipeline.pause import HeldBack, Verdict
+from agent.stats import Stats
+from tests.support.aws_hooks import record_calls
+from tests.support.waiting import wait_until
+from tests.unit.test_consumer import (  # noqa: F401 - fixtures
+    FakeProcessor,
+    FakeTime,
+    deleted_ids,
+    put_message,
+    queue_url,
+    send,
+    sqs,
+    visibility_changes,
+)
+
+NEARLY_FULL = Verdict(False, "backup volume /v has 1.0 MiB free", free_bytes=1 << 20, headroom=0)
+ROOMY = Verdict(True, "", free_bytes=1 << 30, headroom=1 << 29)
+
+
+class FakeCheck:
+    """A VolumeCheck whose answer the test sets; remembers every question."""
+
+    def __init__(self, verdict: Verdict = ROOMY) -> None:
+        self.verdict = verdict
+        self.asked: list[bool] = []  # to_resume of each check
+        self._lock = threading.Lock()
+
+    def check(self, *, to_resume: bool = False) -> Verdict:
+        with self._lock:
+            self.asked.append(to_resume)
+            return self.verdict
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.paused: list[Verdict] = []
+        self.resumed: list[tuple[Verdict, float]] = []
+        self.held: list[HeldBack] = []
+
+    def on_paused(self, verdict: Verdict) -> None:
+        self.paused.append(verdict)
+
+    def on_resumed(self, verdict: Verdict, paused_seconds: float) -> None:
+        self.resumed.append((verdict, paused_seconds))
+
+    def on_held_back(self, held: HeldBack) -> None:
+        self.held.append(held)
+
+
+@pytest.fixture
+def make(sqs, queue_url) -> Iterator[Callable[..., Consumer]]:
+    made: list[Consumer] = []
+
+    def build(process: Any, check: FakeCheck, listener: Listener, **settings: Any) -> Consumer:
+        options: dict[str, Any] = {
+            "queue_url": queue_url,
+            "workers": 2,
+            "wait_time_seconds": 0,
+            "visibility_timeout": 30,
+            "pause_recheck_first": 0.05,
+            "pause_recheck_max": 0.2,
+        }
+        options.update(settings)
+        extra = {k: options.pop(k) for k in ("stats", "on_gave_up", "clock") if k in options}
+        consumer = Consumer(
+            sqs,
+            process,
+            ConsumerSettings(**options),
+            volume_check=check,  # type: ignore[arg-type]
+            listener=listener,
+            **extra,
+        )
+        made.append(consumer)
+        return consumer
+
+    yield build
+    for consumer in made:
+        consumer.stop(5)
+        for thread in consumer._threads:
+            thread.join(10)
+            assert not thread.is_alive(), thread.name
+
+
+def receives(calls) -> int:
+    return len(calls.of("ReceiveMessage"))
+
+
+def receive_counts(calls) -> dict[str, int]:
+    """The highest ApproximateReceiveCount each message was received with."""
+    counts: dict[str, int] = {}
+    for message in calls.received:
+        count = int(message["Attributes"]["ApproximateReceiveCount"])
+        counts[message["MessageId"]] = max(count, counts.get(message["MessageId"], 0))
+    return counts
+
+
+def test_a_volume_that_is_not_ready_pauses_before_any_receive(sqs, queue_url, make):
+    calls = record_calls(sqs)
+    check = FakeCheck(Verdict(False, "backup volume not ready: no marker"))
+    listener, stats, processor = Listener(), Stats(), FakeProcessor()
+    message_id = send(sqs, queue_url, put_message("waiting.txt"))
+    consumer = make(processor, check, listener, stats=stats)
+
+    consumer.start()
+    wait_until(lambda: len(check.asked) >= 4, what="a few checks while paused")
+
+    assert receives(calls) == 0  # nothing received: no receive counted
+    assert [v.reason for v in listener.paused] == ["backup volume not ready: no marker"]
+    assert stats.status_line().startswith("paused: backup volume not ready: no marker;")
+    assert check.asked[0] is False and all(check.asked[1:])  # resuming asks the strict test
+
+    check.verdict = ROOMY
+    wait_until(lambda: deleted_ids(calls) == [message_id], what="the backup after resuming")
+    assert len(listener.resumed) == 1 and stats.paused_reason is None
+    assert receive_counts(calls) == {message_id: 1}
+    assert consumer.paused() is None
+
+
+def test_a_full_disk_gives_back_everything_at_visibility_0_and_receives_nothing_more(
+    sqs,
+    queue_url,
+    make,
+):
+    calls = record_calls(sqs)
+    check = FakeCheck()
+    listener = Listener()
+    started = threading.Event()
+    release = threading.Event()
+
+    def fill_the_disk(event: ObjectEvent) -> None:
+        if event.key == "first.bin" and not started.is_set():
+            started.set()
+            release.wait(10)
+            check.verdict = NEARLY_FULL  # the copy used the last of the room
+            raise DiskFull("backup volume /v is full: No space left on device")
+
+    ids = [send(sqs, queue_url, put_message(f"{name}.bin")) for name in ("first", "b", "c")]
+    # one worker and one batch waiting ahead of it: the waiting ones are given back too
+    consumer = make(FakeProcessor(fill_the_disk), check, listener, workers=1, receive_ahead=True)
+    consumer.start()
+    started.wait(10)
+    wait_until(lambda: consumer.in_flight() == 3, what="a batch waiting behind the worker")
+    with capture_logs() as logs:
+        release.set()
+        wait_until(lambda: len(visibility_changes(calls)) == 3, what="all three given back")
+        before = receives(calls)
+        wait_until(lambda: len(check.asked) >= 8, what="checks while paused")
+
+    assert receives(calls) == before  # paused: no receive, the counts stop growing
+    assert sorted(visibility_changes(calls)) == sorted((i, 0) for i in ids)
+    assert consumer.in_flight() == 0
+    assert [v.reason for v in listener.paused] == [NEARLY_FULL.reason]
+    paused = next(e for e in logs if e["event"] == "consumer.paused")
+    assert paused["free_bytes"] == 1 << 20
+    failed = next(e for e in logs if e["event"] == "backup.failed")
+    assert failed["paused"] is True and failed["error_type"] == "DiskFull"
+
+    check.verdict = ROOMY
+    wait_until(lambda: sorted(deleted_ids(calls)) == sorted(ids), what="all backed up")
+    assert len(listener.paused) == 1 and len(listener.resumed) == 1
+    assert max(receive_counts(calls).values()) == 2  # the receive before the pause, and one after
+
+
+def test_an_object_too_large_for_the_room_left_is_held_back_and_small_ones_go_on(
+    sqs,
+    queue_url,
+    make,
+):
+    calls = record_calls(sqs)
+    check, listener, stats = FakeCheck(), Listener(), Stats()
+
+    def too_big(event: ObjectEvent) -> None:
+        if event.key == "big.bin":
+            raise DiskFull("backup volume /v: 1 GiB free, need 5 GiB plus the reserve")
+
+    big = send(sqs, queue_url, put_message("big.bin", size=5 << 30))
+    small = [send(sqs, queue_url, put_message(f"small-{n}.txt")) for n in range(4)]
+    consumer = make(FakeProcessor(too_big), check, listener, stats=stats, hold_back_seconds=600)
+    consumer.start()
+
+    wait_until(lambda: sorted(deleted_ids(calls)) == sorted(small), what="the small ones")
+    wait_until(lambda: visibility_changes(calls) == [(big, 600)], what="the big one held")
+    assert consumer.paused() is None and listener.paused == []
+    (held,) = listener.held
+    assert (held.key, held.size, held.hold_seconds) == ("big.bin", 5 << 30, 600)
+    assert held.receive_count == 1
+    assert held.free_bytes == ROOMY.free_bytes and held.max_receive_count == 10
+    assert stats.snapshot().held_back == 1
+    assert stats.backups_failed == 1  # counted as a failed attempt, never as a pause
+
+
+def test_a_held_back_message_at_its_last_receive_is_reported_as_given_up(sqs, queue_url, make):
+    calls = record_calls(sqs)
+    gave_up: list[tuple[str, list[str]]] = []
+
+    def too_big(_event: ObjectEvent) -> None:
+        raise DiskFull("no room for this one")
+
+    big = send(sqs, queue_url, put_message("big.bin", size=5 << 30))
+    consumer = make(
+        FakeProcessor(too_big),
+        FakeCheck(),
+        Listener(),
+        max_receive_count=1,
+        on_gave_up=lambda mid, reasons: gave_up.append((mid, reasons)),
+    )
+    consumer.start()
+    wait_until(lambda: gave_up, what="given up")
+    assert gave_up == [(big, ["big.bin: too large for the space left"])]
+    wait_until(lambda: len(visibility_changes(calls)) == 1)
+
+
+def test_the_hold_doubles_with_each_receive_within_12_hours_of_the_receive(sqs, queue_url):
+    consumer = Consumer(sqs, FakeProcessor(), ConsumerSettings(queue_url, hold_back_seconds=3600))
+    assert [consumer.hold_delay(n, 0) for n in (1, 2, 3, 4)] == [3600, 7200, 14400, 28800]
+    assert consumer.hold_delay(5, 0) == MAX_VISIBILITY - 60
+    assert consumer.hold_delay(1, held_for=MAX_VISIBILITY - 100) == 40
+    assert consumer.hold_delay(1, held_for=MAX_VISIBILITY) == 0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        VolumeNotReady("backup root /v has no marker: the volume is not mounted"),
+        OSError(errno.ENOSPC, "No space left on device"),  # the journal's append
+    ],
+    ids=["volume-not-ready", "enospc"],
+)
+def test_a_lost_volume_or_an_enospc_anywhere_pauses_too(sqs, queue_url, make, error):
+    calls = record_calls(sqs)
+    check, listener = FakeCheck(), Listener()
+
+    def fail(_event: ObjectEvent) -> None:
+        if isinstance(error, VolumeNotReady):
+            check.verdict = Verdict(False, f"backup volume not ready: {error}")
+        else:
+            check.verdict = NEARLY_FULL
+        raise error
+
+    message_id = send(sqs, queue_url, put_message("one.txt"))
+    # long polls: the receiver is in one when the write fails; the message it parks must not
+    # become visible before that poll returns (it would be received again at once)
+    make(FakeProcessor(fail), check, listener, wait_time_seconds=1).start()
+    wait_until(lambda: listener.paused, what="the pause")
+    wait_until(lambda: visibility_changes(calls), what="the message given back")
+    time.sleep(1.5)  # past the long poll, a few back-off steps: given back once, no receive
+    assert visibility_changes(calls) == [(message_id, 0)]
+    assert receive_counts(calls) == {message_id: 1}
+    assert "not ready" in listener.paused[0].reason or listener.paused[0] == NEARLY_FULL
+
+
+def test_while_paused_the_volume_is_checked_again_with_a_growing_back_off(
+    sqs,
+    queue_url,
+    monkeypatch,
+):
+    fake = FakeTime()
+    monkeypatch.setattr(consumer_module, "time", fake)
+    check_times: list[float] = []
+
+    class TimedCheck(FakeCheck):
+        def check(self, *, to_resume: bool = False) -> Verdict:
+            check_times.append(fake.now)
+            return super().check(to_resume=to_resume)
+
+    check = TimedCheck(NEARLY_FULL)
+    consumer = Consumer(
+        sqs,
+        FakeProcessor(),
+        ConsumerSettings(queue_url, wait_time_seconds=0, pause_recheck_max=30),
+        clock=fake.monotonic,
+        volume_check=check,  # type: ignore[arg-type]
+    )
+    consumer.start()
+    wait_until(lambda: len(check_times) >= 8, what="checks")
+    consumer.stop(1)
+    for thread in consumer._threads:
+        thread.join(10)
+
+    gaps = [round(b - a) for a, b in itertools.pairwise(check_times[:8])]
+    assert gaps == [2, 4, 8, 16, 30, 30, 30]
