@@ -119,7 +119,9 @@ def test_missing_volume_marker_blocks_writes_until_initialised(stack):
 
     from agent.storage.volume import Volume
 
-    Volume(stack.root).initialise("vol-late")
+    # The volume still holds the agent's own layout: marking it again takes --force, as
+    # init-volume marks only an empty directory or a mount point without it.
+    Volume(stack.root).initialise("vol-late", force=True)
     agent.wait_for("backup.stored", timeout=30)
 
 
