@@ -106,6 +106,10 @@ class StorageConfig(Section):
         default=None,
         description="EBS volume id of the backup root; default: discovered from the mount.",
     )
+    record_tags: bool = Field(
+        default=True,
+        description="Read each version's tags (one GetObjectTagging per object) for restore.",
+    )
 
     @field_validator("volume_id")
     @classmethod

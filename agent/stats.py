@@ -23,6 +23,7 @@ class Stats:
     lifecycle: Counter[str] = field(default_factory=Counter)  # "reconcile.listed", "gc.bytes_freed"
     ignored: Counter[str] = field(default_factory=Counter)  # event name → records ignored
     archived: Counter[str] = field(default_factory=Counter)  # "archived", "sse-c" → versions
+    tag_requests: Counter[str] = field(default_factory=Counter)  # GetObjectTagging, by result
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_success(
@@ -52,6 +53,11 @@ class Stats:
         """Count a version newly found that S3 holds but will not serve (archived, SSE-C)."""
         with self._lock:
             self.archived[reason] += 1
+
+    def record_tag_request(self, result: str) -> None:
+        """Count a GetObjectTagging request: read, denied, missing or failed."""
+        with self._lock:
+            self.tag_requests[result] += 1
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a lifecycle counter (reconcile, retention, gc, scrub progress)."""
@@ -85,4 +91,5 @@ class Stats:
                 failures=Counter(self.failures),
                 ignored=Counter(self.ignored),
                 archived=Counter(self.archived),
+                tag_requests=Counter(self.tag_requests),
             )

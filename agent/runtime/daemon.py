@@ -281,6 +281,7 @@ class Daemon:
             logs.configure(new.logging.level, new.logging.format)
         if self.service is not None and new.storage != old.storage:
             self.service.compression = compression_settings(new)
+            self.service.record_tags = new.storage.record_tags
 
     def _config_rejected(self, problems: list[str]) -> None:
         if self._alert_hook is not None:

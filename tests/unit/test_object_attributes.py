@@ -20,10 +20,17 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 from structlog.testing import capture_logs
 
+from agent.errors import RetryableError
+from agent.events import ObjectEvent, parse_message
+from agent.pipeline.backup import Outcome
 from agent.records import VersionRecord
+from agent.stats import Stats
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from tests.support.aws import BUCKET, TABLE
+from tests.support.aws_hooks import Fault, inject, record_calls
+from tests.support.events import notification, s3_record
+from tests.support.service import make_service
 
 WEBSITE = {
     "ContentType": "text/html; charset=utf-8",
@@ -45,8 +52,110 @@ RECORDED = {
 }
 
 
+def created(key: str, body: bytes, put: dict) -> ObjectEvent:
+    etag = put["ETag"].strip('"')
+    fields = {"size": len(body), "sequencer": "0055AED6DCD90281E5", "eTag": etag}
+    if put.get("VersionId"):
+        fields["versionId"] = put["VersionId"]
+    (event,) = parse_message(notification(s3_record(key, **fields))).events
+    return event
+
+
+@pytest.fixture
+def versioned(aws):
+    aws.s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    return aws
+
+
 def attributes(record: VersionRecord) -> dict:
     return {name: getattr(record, name) for name in (*RECORDED, "tags")}
+
+
+# -- the backup records them --------------------------------------------------------------
+
+
+def test_headers_metadata_and_tags_of_the_exact_version_are_recorded(versioned, volume):
+    body = b"<html>compressed</html>"
+    first = versioned.s3.put_object(
+        Bucket=BUCKET, Key="site/index.html", Body=body, Tagging="team=web&tier=gold", **WEBSITE
+    )
+    versioned.s3.put_object(Bucket=BUCKET, Key="site/index.html", Body=b"newer", Tagging="x=y")
+    calls = record_calls(versioned.s3)
+    stats = Stats()
+    service = make_service(versioned, volume, stats=stats)
+
+    result = service.process(created("site/index.html", body, first))
+
+    assert result.outcome is Outcome.STORED
+    assert attributes(result.record) == {**RECORDED, "tags": {"team": "web", "tier": "gold"}}
+    assert calls.operations() == ["GetObject", "GetObjectTagging"]  # one request added
+    (tagging,) = calls.of("GetObjectTagging")
+    assert tagging["VersionId"] == first["VersionId"]  # the version's tags, not the newest's
+    assert stats.tag_requests == {"read": 1}
+    ledger = Ledger(versioned.dynamodb, TABLE)
+    assert ledger.latest(BUCKET, "site/index.html") == result.record
+    assert list(Journal(volume.journal_dir).read_all()) == [result.record]
+
+
+def test_an_object_without_any_is_recorded_as_having_none(aws, volume):
+    put = aws.s3.put_object(Bucket=BUCKET, Key="plain.bin", Body=b"bytes")
+    service = make_service(aws, volume)
+
+    record = service.process(created("plain.bin", b"bytes", put)).record
+
+    assert record.content_type == "binary/octet-stream"  # what S3 answers for no type
+    assert record.metadata == {} and record.tags == {}  # recorded, none (not "unknown")
+    assert record.content_encoding is None and record.expires is None
+
+
+def test_record_tags_off_makes_no_tagging_request(aws, volume):
+    put = aws.s3.put_object(Bucket=BUCKET, Key="k", Body=b"b", Tagging="a=1", ContentType="a/b")
+    calls = record_calls(aws.s3)
+    service = make_service(aws, volume, record_tags=False)
+
+    record = service.process(created("k", b"b", put)).record
+
+    assert calls.operations() == ["GetObject"]
+    assert record.tags is None and record.content_type == "a/b"  # headers cost nothing extra
+
+
+def test_tags_refused_are_said_once_and_the_backup_goes_on(aws, volume):
+    stats = Stats()
+    service = make_service(aws, volume, stats=stats)
+    inject(aws.s3, Fault("GetObjectTagging", "AccessDenied", status=403, times=2))
+    puts = {k: aws.s3.put_object(Bucket=BUCKET, Key=k, Body=k.encode()) for k in ("a", "b")}
+
+    with capture_logs() as logs:
+        records = [service.process(created(k, k.encode(), p)).record for k, p in puts.items()]
+
+    assert [r.tags for r in records] == [None, None]  # unknown, not "none"
+    assert all(r.sha256 for r in records)
+    assert [e["event"] for e in logs if e["event"] == "backup.tags_denied"] == [
+        "backup.tags_denied"
+    ]
+    assert stats.tag_requests == {"denied": 2}
+
+
+def test_a_throttled_tag_request_is_retried_before_anything_is_written(aws, volume):
+    put = aws.s3.put_object(Bucket=BUCKET, Key="k", Body=b"body")
+    service = make_service(aws, volume)
+    inject(aws.s3, Fault("GetObjectTagging", "SlowDown", status=503, times=1))
+
+    with pytest.raises(RetryableError):
+        service.process(created("k", b"body", put))
+    assert not list(volume.journal_dir.glob("*.jsonl"))
+    assert service.process(created("k", b"body", put)).record.tags == {}
+
+
+def test_metadata_beyond_s3s_2kb_limit_is_not_recorded(aws, volume):
+    """S3 itself refuses more than 2 KB of user metadata; what exceeds it here is dropped
+    whole (a partial set would be restored as if it were the object's)."""
+    big = {"a": "x" * 2000, "b": "y" * 100}
+    put = aws.s3.put_object(Bucket=BUCKET, Key="k", Body=b"b", Metadata=big)  # moto allows it
+    with capture_logs() as logs:
+        record = make_service(aws, volume).process(created("k", b"b", put)).record
+    assert record.metadata is None and record.sha256
+    assert any(e["event"] == "record.attribute_dropped" for e in logs)
 
 
 # -- journal and ledger carry them; old lines and items still load --------------------------
