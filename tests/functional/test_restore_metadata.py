@@ -162,6 +162,30 @@ def test_a_multipart_restore_carries_them_on_create_multipart_upload(aws, volume
     assert what_s3_serves(aws.s3, BUCKET, "r/video.mp4") == original
 
 
+def test_list_json_shows_them(aws, volume, config_path):
+    service = make_service(aws, volume)
+    service.process(created(aws, "site/index.html", PAGE, Tagging=TAGS, **WEBSITE))
+    service.process(created(aws, "plain.bin", b"just bytes"))
+
+    code, output = restore_cli(config_path, "list", "--json")
+
+    assert code == 0, output
+    rows = {row["key"]: row for row in map(json.loads, output.splitlines())}
+    expected = {
+        "content_type": "text/html",
+        "content_encoding": "gzip",
+        "content_language": "en-GB",
+        "content_disposition": 'inline; filename="index.html"',
+        "cache_control": "public, max-age=600",
+        "expires": "Tue, 06 May 2031 07:08:09 GMT",
+        "metadata": {"owner": "web team", "release": "2026.11"},
+        "tags": {"team": "web", "classification": "public site"},
+    }
+    assert {name: rows["site/index.html"][name] for name in expected} == expected
+    assert rows["plain.bin"]["metadata"] == {} and rows["plain.bin"]["tags"] == {}
+    assert rows["plain.bin"]["content_encoding"] is None
+
+
 def test_share_stages_with_the_recorded_type_and_encoding(aws, volume, tmp_path, backup_root):
     service = make_service(aws, volume)
     service.process(created(aws, "site/index.html", PAGE, Tagging=TAGS, **WEBSITE))
