@@ -194,6 +194,8 @@ def _problem(name: str, value: Any) -> str | None:
         return f"longer than {HEADER_MAX_BYTES} bytes"
     if _CONTROL.search(value):
         return "holds a control character"
+    if not _latin1(value):  # what HTTP carries in a header (S3 sends raw bytes as such)
+        return "a character an HTTP header cannot carry"
     if name == "expires" and _parse_http_date(value) is None:
         return "not an HTTP date"
     return None
@@ -211,6 +213,8 @@ def _map_problem(
             return "a key or value is not a string"
         if key_limit is None and not _TOKEN.fullmatch(key):
             return f"{key[:40]!r} is not a header name"
+        if key_limit is None and not item.isascii():  # S3 sends others RFC 2047-encoded
+            return "a value that is not ASCII"
         if key_limit is not None and not key:
             return "an empty key"
         if _CONTROL.search(key) or _CONTROL.search(item):
@@ -238,6 +242,14 @@ def metadata_size(metadata: Mapping[str, str]) -> int:
 def expires_datetime(record: VersionRecord) -> datetime | None:
     """The record's Expires as a datetime (what boto3's PutObject takes)."""
     return _parse_http_date(record.expires) if record.expires else None
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _parse_http_date(text: str) -> datetime | None:

@@ -209,11 +209,13 @@ HOSTILE = [
     ("content_type", 42),
     ("content_type", "text/html\r\nx-amz-acl: public-read"),  # a header injected
     ("cache_control", "x" * 5000),
+    ("content_disposition", "attachment; filename=\u2603.txt"),  # no HTTP header can carry it
     ("expires", "not a date"),
     ("metadata", ["owner", "ann"]),
     ("metadata", {"owner": 7}),
     ("metadata", {"bad key": "v"}),  # not a header name
     ("metadata", {"k": "v" * 3000}),  # over S3's 2 KB
+    ("metadata", {"k": "caf\u00e9"}),  # S3 answers with =?UTF-8?B?…?=; boto3 refuses it
     ("tags", "team=web"),
     ("tags", {f"k{i}": "v" for i in range(11)}),  # S3 allows 10
     ("tags", {"k": "v" * 257}),
