@@ -138,6 +138,10 @@ class StorageConfig(Section):
             description="While paused, the volume is checked again after 2 s, doubling up to this.",
         )
     )
+    record_tags: bool = Field(
+        default=True,
+        description="Read each version's tags (one GetObjectTagging per object) for restore.",
+    )
 
     @field_validator("volume_id")
     @classmethod

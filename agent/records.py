@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from datetime import datetime
+import email.utils
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+import structlog
 
 from agent.events import ObjectEvent
 from agent.events import parse_time as parse_time  # re-exported: records are read with it
@@ -36,6 +41,17 @@ class VersionRecord:
     # nothing stored, version_token "<unreadable>:<token>". Absent from older items.
     unreadable: str | None = None
     storage_class: str | None = None
+    # What S3 holds besides the bytes (`OBJECT_ATTRIBUTES`), put back by restore --to-s3.
+    # Absent (None) from older records; metadata/tags {} = recorded, none; tags None also
+    # when not read (storage.record_tags off, or GetObjectTagging denied).
+    content_type: str | None = None
+    content_encoding: str | None = None
+    content_language: str | None = None
+    content_disposition: str | None = None
+    cache_control: str | None = None
+    expires: str | None = None  # the HTTP-date S3 sent (Expires header), e.g. "Tue, 01 Jan…"
+    metadata: dict[str, str] | None = field(default=None, hash=False)  # x-amz-meta-*
+    tags: dict[str, str] | None = field(default=None, hash=False)
 
     @classmethod
     def for_event(
@@ -72,6 +88,7 @@ class VersionRecord:
                 values[number] = int(values[number])
         values["deleted"] = bool(values.get("deleted", False))
         values["delete_marker"] = bool(values.get("delete_marker", False))
+        values.update(checked_attributes(values, "record"))  # untrusted: volume, DynamoDB
         return cls(**values)
 
     @property
@@ -84,3 +101,166 @@ class VersionRecord:
             and self.version_id is not None
             and self.version_id != "null"
         )
+
+
+# -- what S3 holds besides the bytes ---------------------------------------------------------
+# GetObject answers with these headers and the x-amz-meta-* user metadata (boto3 `Metadata`);
+# PutObject and CreateMultipartUpload take the same names
+# (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html). Tags come from
+# GetObjectTagging (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObjectTagging.html).
+
+CONTENT_HEADERS = {  # record field -> the boto3 parameter of GetObject / PutObject
+    "content_type": "ContentType",
+    "content_encoding": "ContentEncoding",
+    "content_language": "ContentLanguage",
+    "content_disposition": "ContentDisposition",
+    "cache_control": "CacheControl",
+    "expires": "Expires",
+}
+OBJECT_ATTRIBUTES = (*CONTENT_HEADERS, "metadata", "tags")
+# S3's own limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingMetadata.html,
+# https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-tagging.html): user metadata
+# at most 2 KB, the UTF-8 bytes of every key and value summed; at most 10 tags per object,
+# keys up to 128 and values up to 256 Unicode characters. A content header is bounded here
+# (S3 bounds a PUT's headers to 8 KB in all).
+METADATA_MAX_BYTES = 2048
+MAX_TAGS = 10
+TAG_KEY_MAX = 128
+TAG_VALUE_MAX = 256
+HEADER_MAX_BYTES = 2048
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name's characters
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # would split or end a header line
+
+log = structlog.get_logger("agent.records")
+
+
+def attributes_of(response: Mapping[str, Any]) -> dict[str, Any]:
+    """The record fields of a GetObject (or HeadObject) response: the content headers and
+    the user metadata ({} when it has none), checked and bounded like a record read back."""
+    values: dict[str, Any] = {
+        name: response.get(parameter)
+        for name, parameter in CONTENT_HEADERS.items()
+        if name != "expires"
+    }
+    values["expires"] = response.get("ExpiresString") or _http_date(response.get("Expires"))
+    values["metadata"] = response.get("Metadata") or {}
+    return checked_attributes(values, "S3 response")
+
+
+def tags_of(tag_set: Any) -> dict[str, str] | None:
+    """GetObjectTagging's TagSet as {key: value}, checked like a record's `tags`."""
+    tags: Any = tag_set
+    if isinstance(tag_set, list) and all(isinstance(t, dict) for t in tag_set):
+        tags = {t.get("Key"): t.get("Value") for t in tag_set}
+    checked: dict[str, str] | None = checked_attributes({"tags": tags}, "S3 response")["tags"]
+    return checked
+
+
+def checked_attributes(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Every `OBJECT_ATTRIBUTES` field of `values`, None where absent or not acceptable: a
+    wrong type, a control character, beyond S3's limits. A dropped value is logged (records
+    on the volume and in DynamoDB are input like any other: never a crash)."""
+    checked: dict[str, Any] = {}
+    for name in OBJECT_ATTRIBUTES:
+        value = values.get(name)
+        problem = None if value is None else _problem(name, value)
+        if problem is not None:
+            log.warning(
+                "record.attribute_dropped",
+                field=name,
+                problem=problem,
+                source=source,
+                bucket=values.get("bucket"),
+                key=values.get("key"),
+            )
+            value = None
+        checked[name] = (
+            None if value is None else (dict(value) if isinstance(value, dict) else value)
+        )
+    return checked
+
+
+def _problem(name: str, value: Any) -> str | None:
+    if name == "metadata":
+        return _map_problem(value, key_limit=None, value_limit=None, most=None) or (
+            _metadata_size_problem(value)
+        )
+    if name == "tags":
+        return _map_problem(value, key_limit=TAG_KEY_MAX, value_limit=TAG_VALUE_MAX, most=MAX_TAGS)
+    if not isinstance(value, str):
+        return f"not a string: {type(value).__name__}"
+    if len(value.encode("utf-8", errors="surrogatepass")) > HEADER_MAX_BYTES:
+        return f"longer than {HEADER_MAX_BYTES} bytes"
+    if _CONTROL.search(value):
+        return "holds a control character"
+    if not _latin1(value):  # what HTTP carries in a header (S3 sends raw bytes as such)
+        return "a character an HTTP header cannot carry"
+    if name == "expires" and _parse_http_date(value) is None:
+        return "not an HTTP date"
+    return None
+
+
+def _map_problem(
+    value: Any, *, key_limit: int | None, value_limit: int | None, most: int | None
+) -> str | None:
+    if not isinstance(value, dict):
+        return f"not a map: {type(value).__name__}"
+    if most is not None and len(value) > most:
+        return f"{len(value)} entries, more than {most}"
+    for key, item in value.items():
+        if not isinstance(key, str) or not isinstance(item, str):
+            return "a key or value is not a string"
+        if key_limit is None and not _TOKEN.fullmatch(key):
+            return f"{key[:40]!r} is not a header name"
+        if key_limit is None and not item.isascii():  # S3 sends others RFC 2047-encoded
+            return "a value that is not ASCII"
+        if key_limit is not None and not key:
+            return "an empty key"
+        if _CONTROL.search(key) or _CONTROL.search(item):
+            return "holds a control character"
+        if key_limit is not None and len(key) > key_limit:
+            return f"a key longer than {key_limit} characters"
+        if value_limit is not None and len(item) > value_limit:
+            return f"a value longer than {value_limit} characters"
+    return None
+
+
+def _metadata_size_problem(metadata: dict[str, str]) -> str | None:
+    size = metadata_size(metadata)
+    return f"{size} bytes, more than {METADATA_MAX_BYTES}" if size > METADATA_MAX_BYTES else None
+
+
+def metadata_size(metadata: Mapping[str, str]) -> int:
+    """How S3 measures user metadata: the UTF-8 bytes of every key and value."""
+    return sum(
+        len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+        for k, v in metadata.items()
+    )
+
+
+def expires_datetime(record: VersionRecord) -> datetime | None:
+    """The record's Expires as a datetime (what boto3's PutObject takes)."""
+    return _parse_http_date(record.expires) if record.expires else None
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_http_date(text: str) -> datetime | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _http_date(value: Any) -> str | None:
+    if not isinstance(value, datetime):
+        return None
+    return email.utils.format_datetime(value.astimezone(UTC), usegmt=True)

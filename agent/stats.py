@@ -26,6 +26,7 @@ class Stats:
     paused_reason: str | None = None  # why the consumer stopped receiving (low space, no volume)
     paused_since: float | None = None
     held_back: int = 0  # messages given back for later: their object did not fit the space left
+    tag_requests: Counter[str] = field(default_factory=Counter)  # GetObjectTagging, by result
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_success(
@@ -55,6 +56,11 @@ class Stats:
         """Count a version newly found that S3 holds but will not serve (archived, SSE-C)."""
         with self._lock:
             self.archived[reason] += 1
+
+    def record_tag_request(self, result: str) -> None:
+        """Count a GetObjectTagging request: read, denied, missing or failed."""
+        with self._lock:
+            self.tag_requests[result] += 1
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a lifecycle counter (reconcile, retention, gc, scrub progress)."""
@@ -108,4 +114,5 @@ class Stats:
                 paused_reason=self.paused_reason,
                 paused_since=self.paused_since,
                 held_back=self.held_back,
+                tag_requests=Counter(self.tag_requests),
             )

@@ -37,7 +37,7 @@ from agent.config import (
     resolve_config_path,
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
-from agent.records import VersionRecord, parse_time
+from agent.records import OBJECT_ATTRIBUTES, VersionRecord, parse_time
 from agent.restore.plan import Plan, RestoreScope, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
 from agent.restore.share import Sharer, staging_bucket
@@ -363,6 +363,8 @@ def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
         "deleted": deleted,
         "state": _state(record),
         "storage_class": record.storage_class,
+        # what restore --to-s3 puts back besides the bytes; null: not recorded
+        **{name: getattr(record, name) for name in OBJECT_ATTRIBUTES},
     }
 
 

@@ -106,6 +106,14 @@ class _ScrapeCollector(Collector):
         for reason, count in sorted(stats.archived.items()):
             archived.add_metric([reason], count)
         yield archived
+        tags = CounterMetricFamily(
+            f"{PREFIX}_tag_requests",
+            "GetObjectTagging requests (storage.record_tags: one per version), by result.",
+            labels=["result"],
+        )
+        for result, count in sorted(stats.tag_requests.items()):
+            tags.add_metric([result], count)
+        yield tags
         extra = src.counters()
         yield CounterMetricFamily(
             f"{PREFIX}_backups_gave_up",

@@ -113,6 +113,7 @@ class PolicyScope:
     staging_prefix: str = "backup-agent-share/"
     restore_to_s3: bool = True
     recovery_buckets: tuple[str, ...] = ()
+    record_tags: bool = True
 
     @classmethod
     def from_config(
@@ -149,6 +150,7 @@ class PolicyScope:
             staging_prefix=config.restore.staging_prefix,
             restore_to_s3=restore_to_s3,
             recovery_buckets=tuple(config.restore.recovery_buckets),
+            record_tags=config.storage.record_tags,
         )
 
     def arn(self, service: str, resource: str, *, region: str | None = None) -> str:
@@ -247,8 +249,9 @@ def agent_statements(scope: PolicyScope) -> list[dict[str, Any]]:
             [scope.dead_letter_arn],
         ),
         _statement(
-            "ReadObjects",  # backup, scrub heal, reconcile's HeadObject
-            ["s3:GetObject", "s3:GetObjectVersion"],
+            "ReadObjects",  # backup, scrub heal, reconcile's HeadObject; tags: record_tags
+            ["s3:GetObject", "s3:GetObjectVersion"]
+            + (["s3:GetObjectTagging", "s3:GetObjectVersionTagging"] if scope.record_tags else []),
             scope.bucket_arns("/*"),
         ),
         _statement(
@@ -398,7 +401,13 @@ def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
             [
                 _statement(
                     "RestoreToS3",  # HeadObject of the target first (GetObject), then the upload
-                    ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"],
+                    # with the object's tags (x-amz-tagging needs s3:PutObjectTagging too)
+                    [
+                        "s3:GetObject",
+                        "s3:PutObject",
+                        "s3:PutObjectTagging",
+                        "s3:AbortMultipartUpload",
+                    ],
                     scope.restore_target_arns("/*"),  # --bucket: a restore.recovery_buckets one
                 ),
                 _statement(
@@ -593,6 +602,19 @@ def iam_action(signing_name: str, operation: str, params: dict[str, Any]) -> str
         action = operation.removesuffix("Batch")  # authorised as their one-message form
     if prefix == "s3":
         action = _S3_ACTIONS.get(operation, operation)
-        if action == "GetObject" and params.get("VersionId"):
-            action = "GetObjectVersion"
+        if action in ("GetObject", "GetObjectTagging") and params.get("VersionId"):
+            action = action.replace("GetObject", "GetObjectVersion")  # …VersionTagging
     return f"{prefix}:{action}"
+
+
+def iam_actions(signing_name: str, operation: str, params: dict[str, Any]) -> list[str]:
+    """Every IAM action an API call needs: `iam_action`, and s3:PutObjectTagging for a
+    PutObject or CreateMultipartUpload that sets tags (the x-amz-tagging header;
+    https://docs.aws.amazon.com/AmazonS3/latest/userguide/tagging-and-policies.html)."""
+    actions = [iam_action(signing_name, operation, params)]
+    if signing_name == "s3" and operation in _TAGGING_UPLOADS and params.get("Tagging"):
+        actions.append("s3:PutObjectTagging")
+    return actions
+
+
+_TAGGING_UPLOADS = {"PutObject", "CreateMultipartUpload"}

@@ -26,11 +26,11 @@ import botocore.exceptions
 import structlog
 
 from agent.aws import classify, error_code
-from agent.errors import ObjectGone, ObjectUnreadable, PermanentError
+from agent.errors import ObjectGone, ObjectUnreadable, PermanentError, RetryableError
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline import delivery
 from agent.pipeline.recent import RecentVersions
-from agent.records import VersionRecord
+from agent.records import VersionRecord, attributes_of, tags_of
 from agent.stats import Stats
 from agent.storage.barrier import Barrier, NoBarrier
 from agent.storage.journal import Journal
@@ -95,6 +95,7 @@ class BackupService:
         clock: Callable[[], datetime] | None = None,
         barrier: Barrier | None = None,
         stats: Stats | None = None,
+        record_tags: bool = True,
     ) -> None:
         self.s3 = s3
         self.volume = volume
@@ -109,7 +110,9 @@ class BackupService:
         self._recent = RecentVersions()
         # Held shared from the rename to the DynamoDB record (see agent/storage/barrier.py).
         self.barrier: Barrier = barrier or NoBarrier()
-        self.stats = stats or Stats()  # counts versions newly found unreadable
+        self.stats = stats or Stats()  # counts versions newly found unreadable, tag requests
+        self.record_tags = record_tags  # storage.record_tags: one GetObjectTagging per version
+        self._tags_denied: set[str] = set()  # buckets whose tags we were refused (said once)
 
     def process(self, event: ObjectEvent) -> Result:
         if event.bucket not in self.buckets:
@@ -145,7 +148,7 @@ class BackupService:
         replaces = self._unreadable_record_of(event)
         with contextlib.ExitStack() as critical:
             try:
-                copy = self._download_and_store(
+                copy, attributes = self._download_and_store(
                     event, before_commit=lambda: critical.enter_context(self.barrier.shared())
                 )
             except ObjectUnreadable as unreadable:
@@ -166,6 +169,7 @@ class BackupService:
                 sha256=copy.sha256,
                 size=copy.size,
                 stored_size=copy.stored_size,
+                **attributes,
             )
             if replaces is not None:
                 record = _in_place_of(replaces, record)
@@ -277,7 +281,9 @@ class BackupService:
 
     def _download_and_store(
         self, event: ObjectEvent, before_commit: Callable[[], object] | None = None
-    ) -> StoredCopy:
+    ) -> tuple[StoredCopy, dict[str, Any]]:
+        """The stored copy, and what S3 holds besides the bytes (`OBJECT_ATTRIBUTES`): the
+        headers and user metadata of this GetObject's response, and the tags."""
         response = self._get_object(event)
         length = int(response["ContentLength"])
         body = response["Body"]
@@ -289,16 +295,73 @@ class BackupService:
             body.close()
             raise ObjectGone(f"S3 holds eTag {held_etag}, the event said {event.etag}: replaced")
         try:
-            return self.volume.write_copy(
+            # read before the copy: a failed tag request then costs no write, and no request
+            # is made while the snapshot barrier is held
+            attributes = {**attributes_of(response), "tags": self._tags(event)}
+            copy = self.volume.write_copy(
                 _chunks(body, self.compression.chunk_bytes),
                 self.compression,
                 Expectation(size=length, md5_hex=_md5_from_etag(response)),
                 before_commit=before_commit,
             )
+            return copy, attributes
         except (botocore.exceptions.BotoCoreError, ConnectionError, TimeoutError) as exc:
             raise classify(exc, f"S3 read of s3://{event.bucket}/{event.key}") from exc
         finally:
             body.close()
+
+    def _tags(self, event: ObjectEvent) -> dict[str, str] | None:
+        """The version's tags: one GetObjectTagging (with its VersionId when it has one), or
+        None when storage.record_tags is off or S3 would not tell (refused: said once per
+        bucket, the backup goes on without them; the version gone since the GET).
+
+        Needs s3:GetObjectTagging, and s3:GetObjectVersionTagging for a VersionId
+        (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObjectTagging.html). An
+        unversioned object's tags are read after its bytes, so an overwrite in between can
+        lend it the newer object's tags (whose own event records them again).
+        """
+        if not self.record_tags:
+            return None
+        request: dict[str, Any] = {"Bucket": event.bucket, "Key": event.key}
+        if event.version_id and event.version_id != "null":
+            request["VersionId"] = event.version_id
+        if self.expected_bucket_owner:
+            request["ExpectedBucketOwner"] = self.expected_bucket_owner
+        what = f"S3 GetObjectTagging s3://{event.bucket}/{event.key}"
+        try:
+            response = self.s3.get_object_tagging(**request)
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            self._tags_refused(event, exc, what)  # raises when worth a retry
+            return None
+        self.stats.record_tag_request("read")
+        return tags_of(response.get("TagSet", []))
+
+    def _tags_refused(self, event: ObjectEvent, exc: Exception, what: str) -> None:
+        """Count and say why GetObjectTagging failed; raise RetryableError when it may pass."""
+        code = error_code(exc)
+        if code in ("AccessDenied", "403"):
+            self.stats.record_tag_request("denied")
+            if event.bucket not in self._tags_denied:
+                self._tags_denied.add(event.bucket)
+                log.warning(
+                    "backup.tags_denied",
+                    bucket=event.bucket,
+                    error=str(exc),
+                    what_to_do=(
+                        "grant s3:GetObjectTagging and s3:GetObjectVersionTagging (backup-agent"
+                        " iam-policy), or set storage.record_tags: false; versions are backed"
+                        " up without their tags meanwhile"
+                    ),
+                )
+            return
+        error = classify(exc, what)
+        if isinstance(error, ObjectGone):  # deleted or replaced since the GET
+            self.stats.record_tag_request("missing")
+            return
+        self.stats.record_tag_request("failed")
+        if isinstance(error, RetryableError):
+            raise error from exc
+        log.warning("backup.tags_unreadable", bucket=event.bucket, key=event.key, error=str(error))
 
     def _get_object(self, event: ObjectEvent) -> dict[str, Any]:
         request: dict[str, Any] = {"Bucket": event.bucket, "Key": event.key}

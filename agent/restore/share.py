@@ -113,6 +113,22 @@ def _same_rule(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
     return all(current.get(name) == value for name, value in wanted.items())
 
 
+def staged_headers(record: VersionRecord, name: str) -> dict[str, str]:
+    """The recorded Content-Type and Content-Encoding (so the file opens as what it is, a
+    gzip'd asset decoded), and a download: the recorded Content-Disposition when it is an
+    attachment, else one named after the key. Never inline: the staging bucket serves no
+    page of the backed-up bucket's."""
+    headers = {"ContentDisposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}"}
+    disposition = record.content_disposition or ""
+    if disposition.split(";", 1)[0].strip().lower() == "attachment":
+        headers["ContentDisposition"] = disposition
+    if record.content_type:
+        headers["ContentType"] = record.content_type
+    if record.content_encoding:
+        headers["ContentEncoding"] = record.content_encoding
+    return headers
+
+
 @dataclass(frozen=True, slots=True)
 class Shared:
     record: VersionRecord
@@ -180,10 +196,7 @@ class Sharer:
             record,
             self.bucket,
             key,
-            extra={
-                "ServerSideEncryption": "AES256",
-                "ContentDisposition": f"attachment; filename*=UTF-8''{quote(name, safe='')}",
-            },
+            extra={"ServerSideEncryption": "AES256", **staged_headers(record, name)},
         )
         seconds, cut_short = self._lifetime(asked)  # again: the upload took time
         url = self.presigner.generate_presigned_url(

@@ -4,25 +4,39 @@ A file moves into place only after every byte verified (temp file, fsync, link o
 rename); an object appears only when its single PutObject carried the right SHA-256 or
 its multipart upload completed after the last part verified (`upload_verified`, also
 used by share). What is already there is never replaced without `overwrite`.
+
+Into S3 an object goes back with what the version held besides its bytes, when recorded
+(`object_arguments`): Content-Type, Content-Encoding, Content-Language, Content-Disposition,
+Cache-Control, Expires, its user metadata (with the agent's own two keys) and its tags. Not
+ACLs, object lock, storage class or the SSE-KMS key: the target bucket's defaults apply.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import enum
 import hashlib
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
+from urllib.parse import quote, urlencode
 
 import botocore.exceptions
 
 from agent.aws import classify, error_code
 from agent.errors import BackupAgentError
-from agent.records import VersionRecord
+from agent.records import (
+    CONTENT_HEADERS,
+    METADATA_MAX_BYTES,
+    VersionRecord,
+    attributes_of,
+    expires_datetime,
+    metadata_size,
+)
 from agent.restore.copies import verified_chunks
 from agent.restore.plan import Item
 from agent.restore.source import event_datetime
@@ -198,7 +212,8 @@ class S3Target:
             bucket,
             key,
             on_bytes=on_bytes,
-            extra=self._owner(),
+            extra={**object_arguments(item.record), **self._owner()},
+            metadata=item.record.metadata,
             multipart_threshold=self.multipart_threshold,
             part_size=self.part_size,
         )
@@ -209,6 +224,8 @@ class S3Target:
             return None
         if _same_content(current, item.record):
             return "exists with the same content"
+        if _same_bytes(current, item.record):
+            return "holds these bytes with other headers or metadata; needs --overwrite"
         modified = current.get("LastModified")
         if modified is not None and modified > event_datetime(item.record):
             return f"holds a newer object (modified {modified.isoformat()}); needs --overwrite"
@@ -230,12 +247,65 @@ class S3Target:
 
 
 def _same_content(head: dict[str, Any], record: VersionRecord) -> bool:
+    """The recorded bytes, with the recorded headers and user metadata (when recorded)."""
+    return _same_bytes(head, record) and _same_attributes(head, record)
+
+
+def _same_bytes(head: dict[str, Any], record: VersionRecord) -> bool:
     """Restored earlier (our metadata), or still the very upload that was backed up (eTag)."""
     metadata = head.get("Metadata") or {}
     if record.sha256 and metadata.get(SHA256_METADATA) == record.sha256:
         return True
     etag = str(head.get("ETag", "")).strip('"')
     return bool(record.etag) and etag == (record.etag or "").strip('"')
+
+
+def _same_attributes(head: dict[str, Any], record: VersionRecord) -> bool:
+    """Does the object carry the recorded headers and user metadata? (A record made before
+    they were recorded says nothing about them; tags are not compared: HeadObject has none.)"""
+    if record.metadata is None:
+        return True
+    held = dataclasses.replace(record, **attributes_of(head))
+    return _headers_and_users(held) == _headers_and_users(record)
+
+
+def _headers_and_users(record: VersionRecord) -> tuple[dict[str, Any], dict[str, str]]:
+    headers = {k: v for k, v in object_arguments(record).items() if k != "Tagging"}
+    ours = (SHA256_METADATA, VERSION_METADATA)
+    return headers, {k: v for k, v in (record.metadata or {}).items() if k not in ours}
+
+
+def object_arguments(record: VersionRecord) -> dict[str, Any]:
+    """What the version held besides its bytes, as PutObject / CreateMultipartUpload
+    arguments: the recorded content headers, and its tags as the URL-encoded ``k=v&k2=v2``
+    of the x-amz-tagging header (which needs s3:PutObjectTagging besides s3:PutObject;
+    https://docs.aws.amazon.com/AmazonS3/latest/API/API_PutObject.html). User metadata goes
+    through `upload_verified`'s `metadata`, merged with the agent's own keys."""
+    found: dict[str, Any] = {}
+    for name, parameter in CONTENT_HEADERS.items():
+        value = expires_datetime(record) if name == "expires" else getattr(record, name)
+        if value is not None:
+            found[parameter] = value
+    if record.tags:
+        found["Tagging"] = urlencode(record.tags, quote_via=quote)
+    return found
+
+
+def object_metadata(record: VersionRecord, user: Mapping[str, str] | None) -> dict[str, str]:
+    """The object's own user metadata and the agent's `backup-agent-sha256` (the restore's
+    "already there" check) and `backup-agent-version` (which version it came from), which win
+    a clash. S3 refuses more than 2 KB of metadata in all: the object's own comes first, and
+    an agent key that would not fit is left out."""
+    merged = dict(user or {})
+    ours = {
+        SHA256_METADATA: record.sha256 or "",
+        VERSION_METADATA: record.version_id or record.version_token,
+    }
+    for name, value in ours.items():
+        candidate = {**merged, name: value}
+        if metadata_size(candidate) <= METADATA_MAX_BYTES:
+            merged = candidate
+    return merged
 
 
 def upload_verified(
@@ -247,6 +317,7 @@ def upload_verified(
     *,
     on_bytes: Callable[[int], None] = lambda _n: None,
     extra: dict[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
     multipart_threshold: int = MULTIPART_THRESHOLD,
     part_size: int = PART_SIZE,
 ) -> None:
@@ -254,19 +325,20 @@ def upload_verified(
 
     Small objects are read whole and sent in one PutObject with their SHA-256 checksum;
     large ones stream as a multipart upload (one part in memory at a time) that is
-    completed only after the last byte verified, and aborted otherwise.
+    completed only after the last byte verified, and aborted otherwise. `extra` goes to
+    the PutObject or CreateMultipartUpload as it is (headers, Tagging, the owner);
+    `metadata` is user metadata, merged with the agent's own (`object_metadata`).
     """
     arguments: dict[str, Any] = {
         "Bucket": bucket,
         "Key": key,
-        "Metadata": {
-            SHA256_METADATA: record.sha256 or "",
-            VERSION_METADATA: record.version_id or record.version_token,
-        },
+        "Metadata": object_metadata(record, metadata),
         **(extra or {}),
     }
     chunks = verified_chunks(volume, record)
     what = f"S3 upload to s3://{bucket}/{key}"
+    if "Tagging" in arguments:
+        what += " with its tags (s3:PutObject and s3:PutObjectTagging)"
     if (record.size or 0) <= multipart_threshold:
         body = b"".join(chunks)  # raises before anything is sent if the copy is bad
         checksum = base64.b64encode(bytes.fromhex(record.sha256 or "")).decode()

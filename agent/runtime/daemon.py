@@ -284,6 +284,7 @@ class Daemon:
             logs.configure(new.logging.level, new.logging.format)
         if self.service is not None and new.storage != old.storage:
             self.service.compression = compression_settings(new)
+            self.service.record_tags = new.storage.record_tags
         if self.monitoring is not None:
             self.monitoring.forecast.threshold_days = new.alerts.days_until_full
 

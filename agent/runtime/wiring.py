@@ -50,6 +50,7 @@ def backup_service(
         expected_bucket_owner=config.aws.expected_bucket_owner,
         barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
         stats=stats,
+        record_tags=config.storage.record_tags,
     )
 
 

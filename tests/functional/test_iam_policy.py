@@ -215,7 +215,10 @@ def run_the_daemon(recorder: Recorder, config: Any, s3: Any, sqs: Any) -> None:
     try:
         with recorder.quiet():
             first = s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"a" * 1000)["VersionId"]
-            second = s3.put_object(Bucket=BUCKET, Key="a.txt", Body=b"b" * 1000)["VersionId"]
+            second = s3.put_object(  # tags: GetObjectVersionTagging, then restored with them
+                Bucket=BUCKET, Key="a.txt", Body=b"b" * 1000, ContentType="text/plain",
+                Tagging="team=web",
+            )["VersionId"]  # fmt: skip
             key_arn = config.aws.kms_key_arns[0]
             s3.put_object(
                 Bucket=BUCKET,
@@ -287,6 +290,7 @@ def test_every_flow_ran_and_made_the_calls_it_stands_for(world):
     made = {(c.role, c.service, c.operation) for c in recorder.calls}
     expected = {
         ("agent", "s3", "GetObject"),
+        ("agent", "s3", "GetObjectTagging"),
         ("agent", "s3", "ListObjectVersions"),
         ("agent", "s3", "HeadObject"),
         ("agent", "s3", "ListObjectsV2"),
@@ -334,6 +338,33 @@ def test_restore_into_a_recovery_bucket_needs_it_configured(world):
     bare = policy_document(without, role="operator")
     puts = [c for c in into_recovery if c.operation == "PutObject"]
     assert puts and not any(matching_statements(bare, k) for c in puts for k in checks(c))
+
+
+def test_tags_are_read_per_version_and_restored_with_put_object_tagging(world):
+    """GetObjectTagging with a VersionId is s3:GetObjectVersionTagging, without one
+    s3:GetObjectTagging (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObjectTagging.html);
+    an upload with the x-amz-tagging header needs s3:PutObjectTagging besides s3:PutObject
+    (https://docs.aws.amazon.com/AmazonS3/latest/userguide/tagging-and-policies.html)."""
+    recorder, _path, config = world
+    reads = {
+        iam_action(c.service, c.operation, c.params)
+        for c in recorder.calls
+        if c.operation == "GetObjectTagging"
+    }
+    assert reads == {"s3:GetObjectTagging", "s3:GetObjectVersionTagging"}
+    assert all(c.role == "agent" for c in recorder.calls if c.operation == "GetObjectTagging")
+    tagged = [c for c in recorder.calls if c.operation == "PutObject" and c.params.get("Tagging")]
+    assert tagged and {c.params["Tagging"] for c in tagged} == {"team=web"}
+    assert all(c.role == "operator" for c in tagged)
+    policy = role_policy(config, "operator")
+    for statement in policy["Statement"]:
+        statement["Action"] = [a for a in statement["Action"] if a != "s3:PutObjectTagging"]
+    assert all(not all(matching_statements(policy, k) for k in checks(c)) for c in tagged)
+    without = config.model_copy(
+        update={"storage": config.storage.model_copy(update={"record_tags": False})}
+    )
+    agent = granted_actions(policy_document(without))
+    assert not {"s3:GetObjectTagging", "s3:GetObjectVersionTagging"} & agent
 
 
 def test_every_granted_action_of_every_statement_is_exercised_or_explained(world):

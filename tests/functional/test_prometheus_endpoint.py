@@ -37,6 +37,8 @@ def exporter():
         stats.record_ignored(name)
     stats.record_archived("archived")
     stats.record_archived("sse-c")
+    for result in ("read", "read", "denied"):
+        stats.record_tag_request(result)
     job = JobRecord("metrics", every(60), runs=5, failures=2, last_duration=0.25)
     metrics = PrometheusMetrics(
         Sources(
@@ -80,6 +82,10 @@ def test_the_endpoint_serves_counters_gauges_and_histograms(exporter):
     assert s["backup_agent_objects_archived_total"] == {
         (("reason", "archived"),): 1.0,
         (("reason", "sse-c"),): 1.0,
+    }
+    assert s["backup_agent_tag_requests_total"] == {
+        (("result", "denied"),): 1.0,
+        (("result", "read"),): 2.0,
     }
     assert s["backup_agent_seconds_since_last_backup"][()] == 50
     assert s["backup_agent_messages_in_flight"][()] == 3

@@ -25,7 +25,7 @@ from typing import Any
 import boto3
 import botocore.client
 
-from agent.operations.iam import iam_action, sqs_arn
+from agent.operations.iam import iam_action, iam_actions, sqs_arn
 
 ACCOUNT = "123456789012"  # moto's account
 
@@ -148,6 +148,7 @@ def volume_arn(region: str, volume_id: str) -> str:
 
 _S3_OBJECT_OPERATIONS = {
     "GetObject",
+    "GetObjectTagging",
     "HeadObject",
     "PutObject",
     "CreateMultipartUpload",
@@ -200,8 +201,9 @@ def checks(call: Call) -> list[Check]:
         table = f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{p['TableName']}"
         return [Check(action, f"{table}/index/{p['IndexName']}" if p.get("IndexName") else table)]
     if service == "s3":
-        if op in _S3_OBJECT_OPERATIONS:
-            return [Check(action, f"arn:aws:s3:::{p['Bucket']}/{p['Key']}")]
+        if op in _S3_OBJECT_OPERATIONS:  # a tagged upload needs s3:PutObjectTagging too
+            arn = f"arn:aws:s3:::{p['Bucket']}/{p['Key']}"
+            return [Check(a, arn) for a in iam_actions(service, op, p)]
         if op in _S3_BUCKET_OPERATIONS:
             return [Check(action, f"arn:aws:s3:::{p['Bucket']}")]
     if service == "monitoring":
