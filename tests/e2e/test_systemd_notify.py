@@ -58,7 +58,7 @@ def test_ready_only_after_volume_marker_then_watchdog_at_the_requested_rate(stac
     assert "waiting for backup volume" in waiting[0]["STATUS"]
     assert _count(waiting, "READY") == 0
 
-    Volume(stack.root).initialise("vol-late")
+    Volume(stack.root).initialise("vol-late", force=True)  # its own layout is still there
     messages = notify_socket.read_until(lambda ms: _count(ms, "READY") == 1)
     ready = next(m for m in messages if "READY" in m)
     assert ready["READY"] == "1" and ready["STATUS"].startswith("backed up 0")
