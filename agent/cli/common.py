@@ -22,6 +22,15 @@ class ExitCode(IntEnum):
     VOLUME_NOT_READY = 3  # the backup volume is not mounted or not initialised
 
 
+class StatusCode(IntEnum):
+    """`backup-agent status` only: its exit code is the health it reports (for a script or a
+    monitoring check), a table of its own beside ExitCode's."""
+
+    OK = 0  # running, nothing needs a person
+    DEGRADED = 1  # running, but something needs a look (paused, dead letters, failures, …)
+    DOWN = 2  # the agent is not running, or the backup volume is not ready
+
+
 def exit_code_for(error: BackupAgentError) -> ExitCode:
     """The exit code for an error that ends a command."""
     if isinstance(error, VolumeNotReady):
