@@ -39,6 +39,7 @@ from agent.operations import alarms
 from agent.operations import status as agent_status
 from agent.operations.dashboard import Dashboard
 from agent.operations.iam import policy_document, trust_document
+from agent.operations.online_check import check_online
 from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
 from agent.storage.journal import Journal
@@ -93,7 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", cmd_run, "Run the agent in the foreground (what systemd starts).")
-    command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
+    check = command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also check AWS (credentials, region, queue and redrive policy, table, buckets"
+        " and their notifications) and the volume (marker, writable)",
+    )
     init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
     init.add_argument(
@@ -174,7 +181,14 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     if problems:
         _print_problems(args.config_path, problems)
         return ExitCode.USAGE
-    print(f"{printable_key(args.config_path)}: OK")
+    if args.online:
+        report = check_online(config, build_clients(config))
+        for note in report.notes:
+            print(printable_key(note))
+        if report.problems:
+            print_problems(sys.stderr, f"{args.config_path}: online check failed", report.problems)
+            return ExitCode.USAGE
+    print(f"{printable_key(args.config_path)}: OK" + (" (online)" if args.online else ""))
     return ExitCode.OK
 
 
