@@ -17,7 +17,7 @@ import structlog
 
 from agent import __version__, logs
 from agent.aws import build_clients
-from agent.cli.common import ExitCode, StatusCode, exit_code_for, print_problems
+from agent.cli.common import ExitCode, StatusCode, exit_code_for, guarded, print_problems
 from agent.cli.output import describe_run, printable_key, status_lines
 from agent.cli.rejected_config import report_rejected_config
 from agent.config import (
@@ -53,6 +53,10 @@ Command = Callable[[argparse.Namespace, Config], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return guarded("backup-agent", lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
