@@ -130,3 +130,32 @@ def test_a_failed_job_run_is_recorded_and_degrades(volume):
     with job_lock(volume, "gc", record=False):
         pass
     assert last_run(volume, "gc")["outcome"].startswith("failed")
+
+
+def test_the_daemon_publishes_its_state_at_start_and_at_stop(aws, config, volume):
+    import os
+    import threading
+
+    from agent.runtime.daemon import Daemon
+    from agent.storage.ledger import Ledger
+    from tests.support.aws import BUCKET, TABLE
+    from tests.support.waiting import wait_until
+
+    daemon = Daemon(config, aws)
+    path = volume.root / "state" / "agent.json"
+    exit_codes: list[int] = []
+    runner = threading.Thread(target=lambda: exit_codes.append(daemon.run()))
+    runner.start()
+    try:
+        wait_until(path.exists, what="state/agent.json at start")
+        running = json.loads(path.read_text())
+        assert running["pid"] == os.getpid() and running["stopped"] is None
+        aws.s3.put_object(Bucket=BUCKET, Key="k.txt", Body=b"data")
+        wait_until(lambda: Ledger(aws.dynamodb, TABLE).latest(BUCKET, "k.txt"), what="backup")
+    finally:
+        daemon.request_stop()
+        runner.join(30)
+    assert exit_codes == [0]
+    stopped = json.loads(path.read_text())
+    assert stopped["stopped"] and stopped["backed_up"] == 1 and stopped["last_success"]
+    assert stopped["failures_last_hour"] == 0 and stopped["paused"] is False
