@@ -177,6 +177,31 @@ def region_clients(
     )
 
 
+def unavailable(exc: BaseException) -> str | None:
+    """One line for "no credentials" or "AWS cannot be reached", else None.
+
+    What a person can act on without a traceback: the environment, not the command, is wrong
+    (agent/cli/common.py `guarded` prints it and exits ExitCode.AWS_UNAVAILABLE)."""
+    credentials = (
+        botocore.exceptions.NoCredentialsError,
+        botocore.exceptions.PartialCredentialsError,
+        botocore.exceptions.CredentialRetrievalError,
+        botocore.exceptions.TokenRetrievalError,
+        botocore.exceptions.SSOError,
+    )
+    if isinstance(exc, credentials):
+        return (
+            f"no usable AWS credentials ({exc}): attach the instance role, or set AWS_PROFILE"
+            " or the AWS_* environment variables"
+        )
+    if isinstance(exc, botocore.exceptions.NoRegionError):
+        return f"no AWS region ({exc}): set aws.region in the config, or --region"
+    network = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
+    if isinstance(exc, network):
+        return f"cannot reach AWS: {exc} (network, proxy, VPC endpoint or aws.endpoint_url?)"
+    return None
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {})

@@ -17,8 +17,10 @@
 # --require-hashes: every file must match its recorded sha256) and then the package from
 # this checkout, which brings no dependency of its own; /etc/backup-agent/config.yaml
 # from the example only when it does not exist (an operator's edits are never replaced);
-# /usr/local/bin/backup-agent pointing into the virtualenv;
-# the systemd unit (paths and storage root filled in), enabled; then `check-config`.
+# /usr/local/bin/backup-agent, backup-restore, backup-bootstrap-aws and
+# backup-mount-snapshot pointing into the virtualenv;
+# the systemd unit (paths and storage root filled in), enabled; then `check-config`, and
+# the first-deployment steps that remain.
 set -eu
 
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,7 +32,7 @@ PYTHON=""
 ACTION=install
 USER_NAME=backup-agent
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -50,7 +52,10 @@ UNIT_DIR=$PREFIX/etc/systemd/system
 UNIT=$UNIT_DIR/backup-agent.service
 DROPIN_DIR=$UNIT_DIR/backup-agent.service.d
 CONFIG=$ETC_DIR/config.yaml
-LINK=$PREFIX/usr/local/bin/backup-agent
+BIN_DIR=$PREFIX/usr/local/bin
+LINK=$BIN_DIR/backup-agent
+# Every command the docs tell an operator to run, linked beside backup-agent.
+COMMANDS="backup-agent backup-restore backup-bootstrap-aws backup-mount-snapshot"
 DEFAULT_ROOT=/mnt/backups
 
 say() { echo "install.sh: $*"; }
@@ -127,9 +132,13 @@ ensure_venv() {
     say "installed $("$VENV/bin/backup-agent" --version) into $VENV"
 }
 
-link_command() {
-    mkdir -p "$(dirname "$LINK")"
-    ln -sfn "$VENV/bin/backup-agent" "$LINK"
+link_commands() {
+    mkdir -p "$BIN_DIR"
+    for command in $COMMANDS; do
+        [ -x "$VENV/bin/$command" ] || die "$VENV/bin/$command is missing: reinstall the package"
+        ln -sfn "$VENV/bin/$command" "$BIN_DIR/$command"
+    done
+    say "linked $COMMANDS in $BIN_DIR"
 }
 
 ensure_config() {
@@ -209,14 +218,32 @@ check_config() {
         if [ "$SYSTEMCTL" = 1 ] && systemctl is-active --quiet backup-agent.service; then
             systemctl restart backup-agent.service
             say "upgraded: restarted backup-agent (in-flight work was drained)"
-        else
-            say "ready: systemctl start backup-agent"
+            return 0
         fi
     else
-        say "edit $CONFIG until 'backup-agent check-config' passes, then:"
-        say "  sudo -u $USER_NAME $VENV/bin/backup-agent init-volume --config $CONFIG"
-        say "  systemctl start backup-agent"
+        say "edit $CONFIG until 'backup-agent check-config' passes"
     fi
+    next_steps
+}
+
+# The first-deployment steps install.sh does not do (README.md, "First deployment").
+next_steps() {
+    cat <<EOF
+install.sh: remaining first-deployment steps (README.md, "First deployment"):
+  1. sudoedit $CONFIG   (queue.url, buckets, storage.root, state.table, alerts.sns_topic_arn)
+     then: sudo backup-agent check-config --config $CONFIG
+  2. the instance role and its policy: backup-agent iam-policy (README.md, step 2)
+  3. the AWS resources, with operator credentials: backup-bootstrap-aws --config $CONFIG
+     then: backup-agent check-config --online --config $CONFIG
+  4. mark the volume:
+     sudo -u $USER_NAME backup-agent init-volume --config $CONFIG --volume-id vol-...
+  5. start: systemctl start backup-agent   (it waits until the volume is marked: step 4
+     first, or systemctl start --no-block backup-agent)
+  6. back up what already exists (events cover only new writes):
+     sudo -u $USER_NAME backup-agent reconcile --config $CONFIG
+  7. alarms and dashboard: backup-agent alarms && backup-agent dashboard
+  Then, any time: backup-agent status --config $CONFIG
+EOF
 }
 
 uninstall() {
@@ -226,9 +253,12 @@ uninstall() {
     rm -f "$UNIT"
     rm -rf "$DROPIN_DIR"
     systemctl_ daemon-reload
-    if [ -L "$LINK" ] && [ "$(readlink "$LINK")" = "$APP_DIR/venv/bin/backup-agent" ]; then
-        rm -f "$LINK"
-    fi
+    for command in $COMMANDS; do
+        if [ -L "$BIN_DIR/$command" ] &&
+            [ "$(readlink "$BIN_DIR/$command")" = "$APP_DIR/venv/bin/$command" ]; then
+            rm -f "$BIN_DIR/$command"
+        fi
+    done
     rm -rf "$APP_DIR"
     say "removed the program and the unit"
     say "kept: $ETC_DIR, /var/lib/backup-agent, the backup volume and the user $USER_NAME"
@@ -245,7 +275,7 @@ fi
 check_unit_values
 ensure_user
 ensure_venv
-link_command
+link_commands
 ensure_config
 install_unit
 check_config

@@ -17,8 +17,8 @@ import structlog
 
 from agent import __version__, logs
 from agent.aws import build_clients
-from agent.cli.common import ExitCode, exit_code_for, print_problems
-from agent.cli.output import describe_run, printable_key
+from agent.cli.common import ExitCode, StatusCode, exit_code_for, guarded, print_problems
+from agent.cli.output import describe_run, printable_key, status_lines
 from agent.cli.rejected_config import report_rejected_config
 from agent.config import (
     Config,
@@ -36,8 +36,10 @@ from agent.lifecycle.retention import Retention
 from agent.lifecycle.scrub import Scrubber
 from agent.monitoring.metrics import resolve_dimensions
 from agent.operations import alarms
+from agent.operations import status as agent_status
 from agent.operations.dashboard import Dashboard
 from agent.operations.iam import policy_document, trust_document
+from agent.operations.online_check import check_online
 from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
 from agent.storage.journal import Journal
@@ -51,6 +53,10 @@ Command = Callable[[argparse.Namespace, Config], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return guarded("backup-agent", lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
@@ -92,7 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", cmd_run, "Run the agent in the foreground (what systemd starts).")
-    command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
+    check = command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also check AWS (credentials, region, queue and redrive policy, table, buckets"
+        " and their notifications) and the volume (marker, writable)",
+    )
     init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
     init.add_argument(
@@ -151,6 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument(
         "--dry-run", action="store_true", help="show the volume, tags and retention; change nothing"
     )
+    status = command(
+        "status",
+        cmd_status,
+        "Show the agent's health (works while it is stopped); exit 0 ok, 1 degraded, 2 down.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.add_argument(
+        "--offline", action="store_true", help="do not ask SQS for the queue depths"
+    )
     return parser
 
 
@@ -164,7 +185,14 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     if problems:
         _print_problems(args.config_path, problems)
         return ExitCode.USAGE
-    print(f"{printable_key(args.config_path)}: OK")
+    if args.online:
+        report = check_online(config, build_clients(config))
+        for note in report.notes:
+            print(printable_key(note))
+        if report.problems:
+            print_problems(sys.stderr, f"{args.config_path}: online check failed", report.problems)
+            return ExitCode.USAGE
+    print(f"{printable_key(args.config_path)}: OK" + (" (online)" if args.online else ""))
     return ExitCode.OK
 
 
@@ -185,18 +213,25 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
     return ExitCode.OK
 
 
-def _locked_job(config: Config, job: str, run: Callable[[LifecycleContext], R]) -> R:
-    """Wire the lifecycle context and run one job under its volume lock (JobBusy if held)."""
+def _locked_job(
+    config: Config, job: str, run: Callable[[LifecycleContext], R], *, dry_run: bool = False
+) -> R:
+    """Wire the lifecycle context and run one job under its volume lock (JobBusy if held).
+
+    A real run's outcome is recorded for `status`; a dry run's is not."""
 
     ctx = open_lifecycle_context(config, build_clients(config))
-    with job_lock(ctx.volume, job):
+    with job_lock(ctx.volume, job, record=not dry_run):
         return run(ctx)
 
 
 def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
 
     report = _locked_job(
-        config, "reconcile", lambda ctx: Reconciler.from_context(ctx).run_once(dry_run=args.dry_run)
+        config,
+        "reconcile",
+        lambda ctx: Reconciler.from_context(ctx).run_once(dry_run=args.dry_run),
+        dry_run=args.dry_run,
     )
     verb = "would back up" if args.dry_run else "backed up"
     print(
@@ -212,7 +247,10 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
 def cmd_retention(args: argparse.Namespace, config: Config) -> int:
 
     report = _locked_job(
-        config, "retention", lambda ctx: Retention.from_context(ctx).run_once(dry_run=args.dry_run)
+        config,
+        "retention",
+        lambda ctx: Retention.from_context(ctx).run_once(dry_run=args.dry_run),
+        dry_run=args.dry_run,
     )
     verb = "would expire" if args.dry_run else "expired"
     print(
@@ -228,7 +266,10 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
 def cmd_gc(args: argparse.Namespace, config: Config) -> int:
 
     report = _locked_job(
-        config, "gc", lambda ctx: GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run)
+        config,
+        "gc",
+        lambda ctx: GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run),
+        dry_run=args.dry_run,
     )
     if args.dry_run:
         for sha, size in report.would_remove:
@@ -276,6 +317,21 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
     action = board.apply(resolve_dimensions(config), dry_run=args.dry_run)
     print(f"{action:<16} dashboard {board.name}")
     return ExitCode.OK
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+
+    sqs = None if args.offline else build_clients(config).sqs
+    status = agent_status.gather(config, args.config_path, sqs)
+    if args.json:
+        print(json.dumps(status.report, indent=2, default=str))
+    else:
+        for line in status_lines(status.report):
+            print(printable_key(line))
+    return {
+        agent_status.OK: StatusCode.OK,
+        agent_status.DEGRADED: StatusCode.DEGRADED,
+    }.get(status.health, StatusCode.DOWN)
 
 
 def _alert_rejected_config(path: Path, problems: list[str]) -> None:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from agent.aws import build_clients
-from agent.cli.common import ExitCode, print_problems
+from agent.cli.common import ExitCode, guarded, print_problems
 from agent.cli.output import printable_key
 from agent.config import load_config, resolve_config_path
 from agent.errors import ConfigError
@@ -18,6 +18,10 @@ from agent.operations.bootstrap import Bootstrap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return guarded("bootstrap-aws", lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="bootstrap-aws",
         description="Create the queue, DLQ, notifications, table and topic (idempotent).",

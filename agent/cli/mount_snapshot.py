@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
 from agent.aws import region_clients
-from agent.cli.common import ExitCode, exit_code_for
+from agent.cli.common import ExitCode, exit_code_for, guarded
 from agent.cli.output import PrintableLines, printable_key
 from agent.config import load_config
 from agent.errors import BackupAgentError
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(
     argv: Sequence[str] | None = None, *, ec2: EC2Client | None = None, imds: Imds | None = None
 ) -> int:
+    return guarded("mount-snapshot", lambda: _main(argv, ec2, imds))
+
+
+def _main(argv: Sequence[str] | None, ec2: EC2Client | None, imds: Imds | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if ec2 is None:

@@ -123,3 +123,63 @@ class PrintableLines:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.stream, name)
+
+
+def _ago(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "never"
+    return f"{timedelta(seconds=int(seconds))} ago"
+
+
+def status_lines(report: dict[str, Any]) -> list[str]:
+    """`backup-agent status` for a person: one line per subject, the problems last."""
+    agent = report.get("agent") or {}
+    volume = report.get("volume") or {}
+    queue = report.get("queue") or {}
+    lines = [f"health:      {report.get('health', '?').upper()}"]
+    state = agent.get("state", "?")
+    if state == "paused":
+        state += f" ({agent.get('paused_reason') or 'no reason given'})"
+    if agent.get("pid") and state != "never started":
+        state += f", pid {agent['pid']}, version {agent.get('version')}"
+        state += f", started {agent.get('started')}"
+    lines.append(f"agent:       {state}")
+    lines.append(f"version:     backup-agent {report.get('version')} (this command)")
+    lines.append(f"config:      {report.get('config')}")
+    space = ""
+    if "free_bytes" in volume:
+        space = (
+            f", {human_size(volume['used_bytes'])} used, {human_size(volume['free_bytes'])} free"
+        )
+    marker = f"marker {volume['marker']}" if volume.get("marker") else "NO MARKER"
+    mounted = "mounted" if volume.get("mounted") else "not a mount point"
+    lines.append(f"volume:      {volume.get('root')}: {mounted}, {marker}{space}")
+    if "error" in queue:
+        lines.append(f"queue:       {queue.get('url')}: {queue['error']}")
+    else:
+        lines.append(
+            f"queue:       {queue.get('visible')} waiting, {queue.get('in_flight')} in flight;"
+            f" dead-letter queue: {queue.get('dead_letter')}"
+        )
+    if agent.get("pid"):
+        lag = agent.get("last_lag_seconds")
+        lag_text = f", lag {lag:.1f} s" if isinstance(lag, int | float) else ""
+        lines.append(
+            f"backups:     last success {_ago(agent.get('seconds_since_last_success'))}{lag_text};"
+            f" in flight {agent.get('in_flight')};"
+            f" failed in the last hour {agent.get('failures_last_hour')}"
+        )
+    for job, record in (report.get("jobs") or {}).items():
+        if record is None:
+            text = "no " + job + " has ever run"
+        elif isinstance(record, str):
+            text = record
+        elif job == "snapshot":
+            text = f"{record.get('snapshot_id')} {record.get('state')} at {record.get('taken_at')}"
+        else:
+            when = record.get("finished_at") or record.get("started_at")
+            text = f"{record.get('outcome')} at {when}"
+        lines.append(f"{job + ':':<12} {text}")
+    for problem in report.get("problems") or []:
+        lines.append(f"problem:     {problem}")
+    return lines

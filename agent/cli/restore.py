@@ -27,7 +27,7 @@ from typing import IO, Any
 
 from agent import __version__, logs
 from agent.aws import build_clients
-from agent.cli.common import ExitCode, exit_code_for, print_problems
+from agent.cli.common import ExitCode, exit_code_for, guarded, print_problems
 from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
 from agent.config import (
@@ -122,6 +122,10 @@ Handler = Callable[[Runtime], int]
 def main(
     argv: Sequence[str] | None = None, *, out: IO[str] | None = None, err: IO[str] | None = None
 ) -> int:
+    return guarded("backup-restore", lambda: _main(argv, out, err), err=err)
+
+
+def _main(argv: Sequence[str] | None, out: IO[str] | None, err: IO[str] | None) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     parser = build_parser()
@@ -159,7 +163,7 @@ def main(
             " the rest were not started or were cleaned up",
             file=err,
         )
-        return ExitCode.FAILURE
+        return ExitCode.INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:

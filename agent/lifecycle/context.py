@@ -2,7 +2,8 @@
 
 * `StateFile`: a small JSON document under ``state/`` on the backup volume (cursors,
   checkpoints), replaced atomically so a crash leaves the old or the new one.
-* `job_lock`: one run of a job at a time on a volume, across processes (``flock``).
+* `job_lock`: one run of a job at a time on a volume, across processes (``flock``);
+  each run's outcome is kept in ``state/last-<job>.json`` (`last_run`, read by `status`).
 * `Pacer`: paces work to N operations per second with an injected clock.
 * `LifecycleContext`: volume, journal, ledger and backup service wired from config
   (what the CLI commands and the scheduler hand to the jobs).
@@ -34,6 +35,7 @@ from agent.storage.volume import Volume, atomic_write_bytes
 log = structlog.get_logger("agent.lifecycle")
 
 STATE_DIR = "state"
+AGENT_STATE_NAME = "agent.json"  # the daemon's own state (agent/runtime/agent_state.py)
 
 Clock = Callable[[], datetime]
 
@@ -66,11 +68,15 @@ class StateFile:
         atomic_write_bytes(self.path, json.dumps(data, indent=1, ensure_ascii=False).encode())
 
 
+LAST_RUN_JOBS = ("reconcile", "retention", "gc", "scrub")
+
+
 @contextlib.contextmanager
-def job_lock(volume: Volume, job: str) -> Iterator[None]:
+def job_lock(volume: Volume, job: str, *, record: bool = True) -> Iterator[None]:
     """Hold ``state/<job>.lock``; raise JobBusy if another process runs the job.
 
     The volume is checked first: an unmounted volume's bare mount point is never written.
+    With `record`, the run's outcome (ok, or the error that ended it) is saved for `status`.
     """
     volume.ensure_ready()
     directory = volume.root / STATE_DIR
@@ -81,9 +87,31 @@ def job_lock(volume: Volume, job: str) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise JobBusy(f"another {job} run is in progress on {volume.root}") from None
-        yield
+        started = utc_now()
+        try:
+            yield
+        except BaseException as exc:
+            if record:
+                _record_run(volume, job, started, f"failed: {type(exc).__name__}: {exc}")
+            raise
+        if record:
+            _record_run(volume, job, started, "ok")
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _record_run(volume: Volume, job: str, started: datetime, outcome: str) -> None:
+    entry = {"job": job, "started_at": started.isoformat(), "outcome": outcome[:500]}
+    entry["finished_at"] = utc_now().isoformat()
+    try:
+        StateFile(volume, f"last-{job}.json").save(entry)
+    except OSError as exc:  # the run's own outcome matters more than its record
+        log.warning("job.record_failed", job=job, error=str(exc))
+
+
+def last_run(volume: Volume, job: str) -> dict[str, Any] | None:
+    """The last recorded run of `job` (started_at, finished_at, outcome), or None."""
+    return StateFile(volume, f"last-{job}.json").load()
 
 
 def run_exclusive(volume: Volume, job: str, run: Callable[[], object]) -> Callable[[], None]:

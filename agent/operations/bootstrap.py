@@ -185,7 +185,7 @@ class Bootstrap:
         what = f"notification {bucket} → queue"
         if ours:
             have = [e for q in ours for e in q.get("Events", [])]
-            missing = [e for e in NOTIFIED_EVENTS if not any(_covers(h, e) for h in have)]
+            missing = [e for e in NOTIFIED_EVENTS if not any(covers(h, e) for h in have)]
             if not missing:
                 self.report.add(what, False)
                 return
@@ -241,7 +241,7 @@ class Bootstrap:
             self.report.add(what, changed)
 
 
-def _covers(have: str, wanted: str) -> bool:
+def covers(have: str, wanted: str) -> bool:
     """Does the configured event type `have` include `wanted` (s3:ObjectRestore:* does
     s3:ObjectRestore:Completed)?"""
     return have == wanted or (have.endswith(":*") and wanted.startswith(have[:-1]))

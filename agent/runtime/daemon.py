@@ -35,6 +35,7 @@ from agent.monitoring.metrics import Datapoint
 from agent.monitoring.monitor import Monitoring
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import Consumer
+from agent.runtime.agent_state import AgentState
 from agent.runtime.reload import ConfigReloader
 from agent.runtime.systemd import Notifier
 from agent.runtime.wiring import (
@@ -74,6 +75,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.stats = Stats()
         self.volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
+        self.agent_state = AgentState(self.volume, self.stats)  # state/agent.json, for status
         self.stopping = threading.Event()
         self._signals = 0
         self.consumer: Consumer | None = None
@@ -101,6 +103,7 @@ class Daemon:
             self._stopped_on_error(exc)
             raise
         self.notifier.ready(self.stats.status_line())
+        self.agent_state.publish()
         log.info(
             "agent.started",
             volume_id=marker.volume_id,
@@ -122,6 +125,7 @@ class Daemon:
                     # rather than feed the watchdog of an agent that backs nothing up.
                     raise BackupAgentError("a consumer thread died; see the traceback above")
                 self.notifier.watchdog(self.stats.status_line())
+                self.agent_state.tick()
         except Exception as exc:
             self._stopped_on_error(exc)
             raise
@@ -234,6 +238,7 @@ class Daemon:
             self.consumer.stop(self.config.consumer.drain_timeout.total_seconds())
         if self.monitoring is not None:
             self.monitoring.stop()  # after the drain: the last figures and alerts go out
+        self.agent_state.publish(stopped=True)
         log.info("agent.stopped", status=self.stats.status_line())
 
     def _stopped_on_error(self, error: Exception) -> None:

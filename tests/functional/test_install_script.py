@@ -144,3 +144,41 @@ def test_unit_exposure_is_ok_or_better():
     score, label = overall[0].split(":", 1)[1].split()[:2]
     assert label in {"PERFECT", "SAFE", "OK"}, overall[0]
     assert float(score) <= 1.5  # recorded in docs/operations.md (1.1); issue 16 caps it at 1.5
+
+
+def _documented_commands() -> list[str]:
+    """The installed commands named in docs/operations.md's table of commands."""
+    text = (REPO / "docs" / "operations.md").read_text()
+    table = text.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    cells = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| `")]
+    return sorted({cell.strip("`").split()[0] for cell in cells if cell.startswith("`backup-")})
+
+
+def test_every_documented_command_resolves_after_install(tmp_path):
+    documented = _documented_commands()
+    assert {"backup-agent", "backup-restore", "backup-bootstrap-aws"} <= set(documented)
+
+    result = _install(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    for command in documented:
+        path = tmp_path / "usr/local/bin" / command
+        assert path.resolve() == (VENV / "bin" / command).resolve(), command
+        ran = subprocess.run([str(path), "--help"], capture_output=True, text=True, check=False)
+        assert ran.returncode == 0, (command, ran.stderr)
+    uninstalled = _install(tmp_path, "--uninstall")
+    assert uninstalled.returncode == 0, uninstalled.stderr
+
+
+def test_install_ends_with_the_remaining_first_deployment_steps(tmp_path):
+    root = tmp_path / "volume"
+    root.mkdir()
+    _operator_config(tmp_path, root)
+
+    result = _install(tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    steps = result.stdout.split("remaining first-deployment steps", 1)[1]
+    for step in ("backup-bootstrap-aws", "init-volume", "systemctl start", "reconcile", "alarms"):
+        assert step in steps, step
+    assert steps.index("init-volume") < steps.index("systemctl start") < steps.index("reconcile")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import pytest
 import structlog
@@ -51,3 +52,40 @@ def test_the_level_filters_events():
     log.info("quiet")
     log.warning("loud")
     assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["loud"]
+
+
+def _journal_file(tmp_path, monkeypatch):
+    handle = (tmp_path / "journal").open("w+")
+    info = os.fstat(handle.fileno())
+    monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+    return handle
+
+
+def test_lines_to_the_journal_carry_their_syslog_priority(tmp_path, monkeypatch):
+    handle = _journal_file(tmp_path, monkeypatch)
+    with handle:
+        logs.configure("DEBUG", "auto", stream=handle)
+        log = structlog.get_logger("t")
+        log.debug("d")
+        log.info("i")
+        log.warning("w")
+        log.error("e")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("x")
+        handle.seek(0)
+        lines = handle.read().splitlines()
+    assert [line[:3] for line in lines] == ["<7>", "<6>", "<4>", "<3>", "<3>"]
+    assert json.loads(lines[2][3:])["event"] == "w"  # the rest is still one JSON document
+
+
+def test_no_prefix_when_the_stream_is_not_the_journals(tmp_path, monkeypatch):
+    monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # another stream (a child's, say)
+    stream = (tmp_path / "log").open("w+")
+    with stream:
+        logs.configure("INFO", "auto", stream=stream)
+        structlog.get_logger("t").warning("w")
+        stream.seek(0)
+        assert stream.read().startswith("{")
+    assert not logs.journal_stream(io.StringIO())
