@@ -75,7 +75,9 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.stats = Stats()
         self.volume = Volume(config.storage.root, min_free_bytes=config.storage.min_free_bytes)
-        self.agent_state = AgentState(self.volume, self.stats)  # state/agent.json, for status
+        self.agent_state = AgentState(  # state/agent.json, for `backup-agent status`
+            self.volume, self.stats, paused=lambda: self.stats.paused_reason
+        )
         self.stopping = threading.Event()
         self._signals = 0
         self.consumer: Consumer | None = None
