@@ -869,7 +869,9 @@ case "$1" in
     -c) exit 0 ;;
     -m) [ "$2" = venv ] || exit 1
         mkdir -p "$3/bin"
-        cp STUBS/python STUBS/backup-agent "$3/bin/" ;;
+        for name in python backup-agent backup-restore backup-bootstrap-aws \\
+            backup-mount-snapshot; do cp STUBS/backup-agent "$3/bin/$name"; done
+        cp STUBS/python "$3/bin/python" ;;
 esac
 """
 
