@@ -20,11 +20,16 @@ with the ledger:
   is recorded once HeadObject confirms the key is gone (a merge of the ledger's
   key index with the listing, both in UTF-8 byte order).
 
-Backups go through `BackupService.process`, exactly like live events. Listings carry
-no sequencer, so a reconciled record cannot win LATEST's order-key comparison against
-an older sequenced record; reconcile then moves LATEST itself, conditionally on LATEST
-still being the record it compared against, and only when that record is provably
-older than what S3 lists now.
+Backups go through `BackupService.process`, exactly like live events. A listed version
+takes its place in the version order from its LastModified and its rank in the listing
+(agent/order.py). S3's listing is the authority on what is current: when the ledger's
+current version (agent/history.py) is not the one the listing marks ``IsLatest``,
+reconcile makes it so, in either direction (`_agree`): a recorded version above it
+that S3 no longer has (HeadObject with its VersionId answers 404) was deleted for
+good while its event was lost, and gets a removal record; any other entry above it
+(a same-second tie, a multipart upload's LastModified, which is when it began) stays,
+and the current version is given a place after it (a journal ``order`` note, then
+the ledger item).
 
 Resumable: ``state/reconcile.json`` on the volume holds, per bucket, the last key fully
 handled (saved every ``checkpoint_every`` keys and at the end of each bucket); a run
@@ -44,14 +49,15 @@ from typing import Any
 import botocore.exceptions
 import structlog
 
-from agent.aws import classify
+from agent import history, order
+from agent.aws import classify, error_code
 from agent.config import ReconcileConfig
 from agent.errors import BackupAgentError, ObjectGone
 from agent.events import EventKind, ObjectEvent
 from agent.lifecycle.context import Clock, LifecycleContext, Pacer, StateFile, utc_now
 from agent.lifecycle.retention import Entry, RetentionPolicy
 from agent.pipeline.backup import BackupService, Outcome
-from agent.records import VersionRecord, parse_time
+from agent.records import VersionRecord
 from agent.stats import Stats
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
@@ -61,6 +67,7 @@ log = structlog.get_logger("agent.reconcile")
 CHECKPOINT_NAME = "reconcile.json"
 EVENT_NAME = "ObjectCreated:Reconcile"
 DELETE_EVENT_NAME = "ObjectRemoved:ReconcileDeleteMarker"
+REMOVED_EVENT_NAME = "ObjectRemoved:ReconcileRemoved"  # a version deleted for good
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +231,8 @@ class Reconciler:
         """A key the ledger holds as live but the listing lacks: a delete whose event was lost.
 
         Confirmed with HeadObject before a tombstone is recorded (a key created after
-        the listing passed it is simply there)."""
+        the listing passed it is simply there). The tombstone, dated now, is the newest
+        entry of the key, so it becomes LATEST like any later change."""
         if latest.deleted or self._exists(latest.bucket, latest.key):
             return
         log.info("reconcile.absent", bucket=latest.bucket, key=latest.key)
@@ -236,18 +244,20 @@ class Reconciler:
             event_time=self.clock(),
         )
         entry = Listed(latest.key, event.event_time, is_latest=True, delete_marker=True)
-        record = self._back_up(latest.bucket, entry, report, event)
-        now = self.ledger.latest(latest.bucket, latest.key)
-        if record is not None and now is not None and now.version_token == latest.version_token:
-            self.ledger.replace_latest(record, latest.version_token)
+        self._back_up(latest.bucket, entry, report, event)
 
-    def _exists(self, bucket: str, key: str) -> bool:
+    def _exists(self, bucket: str, key: str, version_id: str | None = None) -> bool:
+        """HeadObject (of one version, when given): False only when S3 says 404."""
         request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id is not None:
+            request["VersionId"] = version_id
         if self.service.expected_bucket_owner:
             request["ExpectedBucketOwner"] = self.service.expected_bucket_owner
         try:
             self.s3.head_object(**request)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            if version_id is not None and error_code(exc) in ("405", "MethodNotAllowed"):
+                return True  # a delete marker: it exists, it has no bytes
             error = classify(exc, f"S3 HeadObject s3://{bucket}/{key}")
             if isinstance(error, ObjectGone):
                 return False
@@ -259,7 +269,8 @@ class Reconciler:
     def reconcile_key(
         self, bucket: str, key: str, entries: Sequence[Listed], report: ReconcileReport
     ) -> None:
-        """Back up what the ledger lacks of one key (entries: oldest first)."""
+        """Back up what the ledger lacks of one key (entries: oldest first), then make the
+        ledger's current version the one S3 lists as current."""
         current = next((e for e in entries if e.is_latest), entries[-1])
         seen = self.ledger.latest(bucket, key)
         wanted = self._wanted(bucket, entries, current)
@@ -268,12 +279,12 @@ class Reconciler:
             report.up_to_date += 1
             self.stats.count("reconcile.up_to_date")
             return
+        ranks = {id(e): rank for rank, e in enumerate(entries)}
         for entry in missing:
-            if entry is current and entry is not missing[0]:
-                seen = self.ledger.latest(bucket, key)  # older versions may have moved it
-            record = self._back_up(bucket, entry, report)
-            if entry is current and record is not None:
-                self._settle_latest(bucket, key, entries, current, seen, record)
+            place = order.listed_key(entry.last_modified, ranks[id(entry)])
+            self._back_up(bucket, entry, report, order_key=place)
+        if not report.dry_run:
+            self._agree(bucket, key, entries, current, report)
 
     def _wanted(self, bucket: str, entries: Sequence[Listed], current: Listed) -> set[str]:
         if not self.settings.include_noncurrent:
@@ -316,6 +327,7 @@ class Reconciler:
         entry: Listed,
         report: ReconcileReport,
         event: ObjectEvent | None = None,
+        order_key: str | None = None,
     ) -> VersionRecord | None:
         if report.dry_run and entry.delete_marker:
             report.would_back_up.append((bucket, entry.key, "(deleted)"))
@@ -328,7 +340,7 @@ class Reconciler:
             return None
         self.limiter.acquire()
         try:
-            result = self.service.process(event or entry.event(bucket))
+            result = self.service.process(event or entry.event(bucket), order_key=order_key)
         except BackupAgentError as exc:
             report.failed += 1
             self.stats.count("reconcile.failed")
@@ -361,26 +373,71 @@ class Reconciler:
             self.stats.record_success(result.outcome.value, size, stored, None)
         return result.record
 
-    def _settle_latest(
+    def _agree(
         self,
         bucket: str,
         key: str,
         entries: Sequence[Listed],
         current: Listed,
-        seen: VersionRecord | None,
-        record: VersionRecord,
+        report: ReconcileReport,
     ) -> None:
-        """Point LATEST at the reconciled current version when it provably is newer."""
-        now = self.ledger.latest(bucket, key)
-        if now is not None and now.version_token == record.version_token:
-            return
-        if (now and now.version_token) != (seen and seen.version_token):
-            return  # a live event moved LATEST meanwhile: it knows better
-        if seen is not None and not _older_than_listing(seen, entries, current):
-            log.warning("reconcile.latest_kept", bucket=bucket, key=key, latest=seen.version_token)
-            return
-        replaced = self.ledger.replace_latest(record, seen.version_token if seen else None)
-        log.info("reconcile.latest_replaced", bucket=bucket, key=key, replaced=replaced)
+        """Make the ledger's current entry the listing's ``IsLatest`` one (both directions)."""
+        records = self.ledger.versions(bucket, key)
+        target = _record_of(bucket, current, records)
+        if target is None:
+            return  # not backed up (failed, gone meanwhile, or a lone marker never needed)
+        listed = {e.token(bucket) for e in entries}
+        gone = {r.version_id for r in records if history.is_removal(r)}
+        above = [
+            r
+            for r in records
+            if not history.is_removal(r)
+            and r.order_key > target.order_key
+            and (r.version_id in (None, "null") or r.version_id not in gone)
+        ]
+        staying = []
+        for record in above:
+            if self._removed_for_good(bucket, record, listed):
+                self._record_removal(record, report)
+            else:
+                staying.append(record)
+        if staying:
+            place = order.after(max(r.order_key for r in staying))
+            log.info(
+                "reconcile.reordered",
+                bucket=bucket,
+                key=key,
+                version_token=target.version_token,
+                above=[r.version_token for r in staying],
+            )
+            self.service.journal.append_order(target, place)
+            self.ledger.reorder(target, place)
+        else:
+            self.ledger.settle(bucket, key)
+
+    def _removed_for_good(self, bucket: str, record: VersionRecord, listed: set[str]) -> bool:
+        """A recorded version the listing lacks and S3 answers 404 for: deleted for good."""
+        if record.version_id in (None, "null") or record.version_token in listed:
+            return False
+        return not self._exists(bucket, record.key, record.version_id)
+
+    def _record_removal(self, record: VersionRecord, report: ReconcileReport) -> None:
+        log.info(
+            "reconcile.removed_for_good",
+            bucket=record.bucket,
+            key=record.key,
+            version_id=record.version_id,
+        )
+        event = ObjectEvent(
+            kind=EventKind.REMOVED,
+            bucket=record.bucket,
+            key=record.key,
+            event_name=REMOVED_EVENT_NAME,
+            event_time=self.clock(),
+            version_id=record.version_id,
+        )
+        entry = Listed(record.key, event.event_time, is_latest=False, delete_marker=True)
+        self._back_up(record.bucket, entry, report, event)
 
     # -- listing ---------------------------------------------------------------------
 
@@ -486,14 +543,23 @@ def _known(entry: Listed, bucket: str, known: Sequence[VersionRecord]) -> bool:
     return any(r.version_token == entry.token(bucket) for r in known)
 
 
-def _older_than_listing(seen: VersionRecord, entries: Sequence[Listed], current: Listed) -> bool:
-    """Is the ledger's LATEST older than what S3 lists as current now?"""
-    if seen.version_id not in (None, "null"):
-        noncurrent = {e.version_id for e in entries if e is not current}
-        if seen.version_id in noncurrent:
-            return True
-    # LastModified has whole seconds: only a LATEST strictly before that second is older.
-    return parse_time(seen.event_time) < current.last_modified
+def _record_of(
+    bucket: str, entry: Listed, records: Sequence[VersionRecord]
+) -> VersionRecord | None:
+    """The ledger's record of a listed entry (an unversioned object: the newest stored
+    copy with its eTag and size)."""
+    if entry.unversioned and not entry.delete_marker:
+        same = [
+            r
+            for r in records
+            if r.version_id in (None, "null")
+            and not r.deleted
+            and r.etag == entry.etag
+            and r.size == entry.size
+        ]
+        return same[-1] if same else None
+    token = entry.token(bucket)
+    return next((r for r in records if r.version_token == token), None)
 
 
 def _version(item: dict[str, Any], delete_marker: bool) -> Listed:

@@ -83,17 +83,20 @@ class BackupService:
         # Held shared from the rename to the DynamoDB record (see agent/storage/barrier.py).
         self.barrier: Barrier = barrier or NoBarrier()
 
-    def process(self, event: ObjectEvent) -> Result:
+    def process(self, event: ObjectEvent, *, order_key: str | None = None) -> Result:
+        """Back up one event; `order_key` places a listed version (reconcile)."""
         if event.bucket not in self.buckets:
             raise PermanentError(f"bucket {event.bucket!r} is not in the configured buckets")
         # Two deliveries of one version at once: the second waits, then finds it recorded.
         with self._locks.hold((event.bucket, event.key, event.version_token)):
             if event.kind is EventKind.REMOVED:
-                return self._record_delete(event)
-            return self._back_up(event)
+                return self._record_delete(event, order_key)
+            return self._back_up(event, order_key)
 
-    def _record_delete(self, event: ObjectEvent) -> Result:
-        record = VersionRecord.for_event(event, backup_time=self.clock(), volume_id=self.volume_id)
+    def _record_delete(self, event: ObjectEvent, order_key: str | None = None) -> Result:
+        record = VersionRecord.for_event(
+            event, backup_time=self.clock(), volume_id=self.volume_id, order_key=order_key
+        )
         if self.ledger.get_version(event.bucket, event.key, record.version_token):
             self.ledger.record(record)  # LATEST may still need advancing after a crash
             return Result(Outcome.ALREADY_DONE, event, record)
@@ -106,7 +109,7 @@ class BackupService:
         )
         return Result(Outcome.TOMBSTONED, event, record)
 
-    def _back_up(self, event: ObjectEvent) -> Result:
+    def _back_up(self, event: ObjectEvent, order_key: str | None = None) -> Result:
         duplicate = self._duplicate(event)
         if duplicate is not None:
             self._log_duplicate(event)
@@ -132,6 +135,7 @@ class BackupService:
                 event,
                 backup_time=self.clock(),
                 volume_id=self.volume_id,
+                order_key=order_key,
                 sha256=copy.sha256,
                 size=copy.size,
                 stored_size=copy.stored_size,
