@@ -16,19 +16,22 @@ with the ledger:
   retention run would only expire them again), and only with ``include_noncurrent``;
 * a delete marker that is the current version and a ledger whose LATEST is live:
   a tombstone is recorded;
-* a key the ledger holds as live that the listing lacks (a lost delete): a tombstone
-  is recorded once HeadObject confirms the key is gone (a merge of the ledger's
-  key index with the listing, both in UTF-8 byte order).
+* a version or marker the ledger holds (not removed) that the listing lacks: deleted
+  for good while its event was lost. A removal is recorded, dated now, once
+  HeadObject with its VersionId answers 404 (one created after the listing is there);
+* a key the ledger holds as live that the listing lacks (a lost delete): the removals
+  above, and for what has no version id, a tombstone once HeadObject confirms the key
+  is gone (a merge of the ledger's key index with the listing, both in UTF-8 byte
+  order).
 
-Backups go through `BackupService.process`, exactly like live events. A listed version
-takes its place in the version order from its LastModified and its rank in the listing
-(agent/order.py). S3's listing is the authority on what is current: when the ledger's
-current version (agent/history.py) is not the one the listing marks ``IsLatest``,
-reconcile makes it so, in either direction (`_agree`): a recorded version above it
-that S3 no longer has (HeadObject with its VersionId answers 404) was deleted for
-good while its event was lost, and gets a removal record; any other entry above it
+One Query per key reads the key's LATEST and records together. Backups go through
+`BackupService.process`, exactly like live events. A listed version takes its place in
+the version order from its LastModified and its rank in the listing (agent/order.py).
+S3's listing is the authority on what is current: when the ledger's current version
+(agent/history.py) is not the one the listing marks ``IsLatest``, reconcile makes it
+so, in either direction (`_agree`): after the removals above, any entry still above it
 (a same-second tie, a multipart upload's LastModified, which is when it began) stays,
-and the current version is given a place after it (a journal ``order`` note, then
+and the current version is given a place just after it (a journal ``order`` note, then
 the ledger item).
 
 Resumable: ``state/reconcile.json`` on the volume holds, per bucket, the last key fully
@@ -233,7 +236,16 @@ class Reconciler:
         Confirmed with HeadObject before a tombstone is recorded (a key created after
         the listing passed it is simply there). The tombstone, dated now, is the newest
         entry of the key, so it becomes LATEST like any later change."""
-        if latest.deleted or self._exists(latest.bucket, latest.key):
+        if history.is_removal(latest) or (latest.deleted and not _real(latest.version_id)):
+            return  # nothing of it left in S3 that the ledger holds as there
+        if self._exists(latest.bucket, latest.key):
+            return
+        records = self.ledger.versions(latest.bucket, latest.key)
+        for record in _unlisted(records, set()):
+            if not self._exists(latest.bucket, latest.key, record.version_id):
+                self._record_removal(record, report)
+        now = self.ledger.latest(latest.bucket, latest.key)
+        if now is None or now.deleted:
             return
         log.info("reconcile.absent", bucket=latest.bucket, key=latest.key)
         event = ObjectEvent(
@@ -269,13 +281,16 @@ class Reconciler:
     def reconcile_key(
         self, bucket: str, key: str, entries: Sequence[Listed], report: ReconcileReport
     ) -> None:
-        """Back up what the ledger lacks of one key (entries: oldest first), then make the
-        ledger's current version the one S3 lists as current."""
+        """Back up what the ledger lacks of one key (entries: oldest first), record the
+        versions S3 no longer has, then make the ledger's current version the one S3
+        lists as current."""
         current = next((e for e in entries if e.is_latest), entries[-1])
-        seen = self.ledger.latest(bucket, key)
+        seen, records = self.ledger.state(bucket, key)
         wanted = self._wanted(bucket, entries, current)
-        missing = self._missing(bucket, key, entries, current, seen, wanted)
-        if not missing:
+        missing = self._missing(bucket, entries, current, seen, wanted, records)
+        listed = {e.token(bucket) for e in entries}
+        unlisted = _unlisted(records, listed)
+        if not missing and not unlisted and _agrees(bucket, seen, current):
             report.up_to_date += 1
             self.stats.count("reconcile.up_to_date")
             return
@@ -283,8 +298,12 @@ class Reconciler:
         for entry in missing:
             place = order.listed_key(entry.last_modified, ranks[id(entry)])
             self._back_up(bucket, entry, report, order_key=place)
-        if not report.dry_run:
-            self._agree(bucket, key, entries, current, report)
+        if report.dry_run:
+            return
+        for record in unlisted:
+            if not self._exists(bucket, key, record.version_id):
+                self._record_removal(record, report)
+        self._agree(bucket, key, entries, current)
 
     def _wanted(self, bucket: str, entries: Sequence[Listed], current: Listed) -> set[str]:
         if not self.settings.include_noncurrent:
@@ -298,11 +317,11 @@ class Reconciler:
     def _missing(
         self,
         bucket: str,
-        key: str,
         entries: Sequence[Listed],
         current: Listed,
         seen: VersionRecord | None,
         wanted: set[str],
+        known: Sequence[VersionRecord],
     ) -> list[Listed]:
         if seen is None:
             missing = [e for e in entries if e.token(bucket) in wanted]
@@ -317,7 +336,6 @@ class Reconciler:
             candidates = [] if seen.version_token == current.token(bucket) else [current]
         others = [e for e in entries if e is not current and e.token(bucket) in wanted]
         if others:
-            known = self.ledger.versions(bucket, key)
             candidates = [e for e in others if not _known(e, bucket, known)] + candidates
         return candidates
 
@@ -373,20 +391,15 @@ class Reconciler:
             self.stats.record_success(result.outcome.value, size, stored, None)
         return result.record
 
-    def _agree(
-        self,
-        bucket: str,
-        key: str,
-        entries: Sequence[Listed],
-        current: Listed,
-        report: ReconcileReport,
-    ) -> None:
-        """Make the ledger's current entry the listing's ``IsLatest`` one (both directions)."""
+    def _agree(self, bucket: str, key: str, entries: Sequence[Listed], current: Listed) -> None:
+        """Make the ledger's current entry the listing's ``IsLatest`` one. Versions S3 no
+        longer has were recorded as removed before; any entry still above the current one
+        (a same-second tie, a multipart upload's LastModified) stays, and the current one
+        is given a place just after it."""
         records = self.ledger.versions(bucket, key)
         target = _record_of(bucket, current, records)
         if target is None:
             return  # not backed up (failed, gone meanwhile, or a lone marker never needed)
-        listed = {e.token(bucket) for e in entries}
         gone = {r.version_id for r in records if history.is_removal(r)}
         above = [
             r
@@ -395,31 +408,19 @@ class Reconciler:
             and r.order_key > target.order_key
             and (r.version_id in (None, "null") or r.version_id not in gone)
         ]
-        staying = []
-        for record in above:
-            if self._removed_for_good(bucket, record, listed):
-                self._record_removal(record, report)
-            else:
-                staying.append(record)
-        if staying:
-            place = order.after(max(r.order_key for r in staying))
-            log.info(
-                "reconcile.reordered",
-                bucket=bucket,
-                key=key,
-                version_token=target.version_token,
-                above=[r.version_token for r in staying],
-            )
-            self.service.journal.append_order(target, place)
-            self.ledger.reorder(target, place)
-        else:
+        if not above:
             self.ledger.settle(bucket, key)
-
-    def _removed_for_good(self, bucket: str, record: VersionRecord, listed: set[str]) -> bool:
-        """A recorded version the listing lacks and S3 answers 404 for: deleted for good."""
-        if record.version_id in (None, "null") or record.version_token in listed:
-            return False
-        return not self._exists(bucket, record.key, record.version_id)
+            return
+        place = order.after(max(r.order_key for r in above))
+        log.info(
+            "reconcile.reordered",
+            bucket=bucket,
+            key=key,
+            version_token=target.version_token,
+            above=[r.version_token for r in above],
+        )
+        self.service.journal.append_order(target, place)
+        self.ledger.reorder(target, place)
 
     def _record_removal(self, record: VersionRecord, report: ReconcileReport) -> None:
         log.info(
@@ -541,6 +542,33 @@ def _known(entry: Listed, bucket: str, known: Sequence[VersionRecord]) -> bool:
             if r.version_id in (None, "null")
         )
     return any(r.version_token == entry.token(bucket) for r in known)
+
+
+def _real(version_id: str | None) -> bool:
+    return version_id not in (None, "null")
+
+
+def _unlisted(records: Sequence[VersionRecord], listed: set[str]) -> list[VersionRecord]:
+    """Recorded versions and markers, not removed, that the listing lacks: deleted for
+    good while the event was lost, or created after the listing (HeadObject tells)."""
+    removed = {r.version_id for r in records if history.is_removal(r)}
+    return [
+        r
+        for r in records
+        if not history.is_removal(r)
+        and _real(r.version_id)
+        and r.version_id not in removed
+        and r.version_token not in listed
+    ]
+
+
+def _agrees(bucket: str, seen: VersionRecord | None, current: Listed) -> bool:
+    """Is the ledger's LATEST the entry S3 lists as current?"""
+    if seen is None:
+        return False
+    if current.unversioned and not current.delete_marker:
+        return not seen.deleted and seen.etag == current.etag and seen.size == current.size
+    return seen.version_token == current.token(bucket)
 
 
 def _record_of(

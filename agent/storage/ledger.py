@@ -264,6 +264,26 @@ class Ledger:
         )
         return history.ordered(_record(i) for i in items)
 
+    def state(self, bucket: str, key: str) -> tuple[VersionRecord | None, list[VersionRecord]]:
+        """(LATEST, every record oldest first) of one key, in one Query (reconcile)."""
+        latest: dict[str, Any] | None = None
+        records: list[VersionRecord] = []
+        for item in self._query(
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": object_pk(bucket, key)}},
+            ConsistentRead=True,
+        ):
+            if item["sk"]["S"] == LATEST:
+                latest = item
+            elif item["sk"]["S"].startswith(VERSION_PREFIX):
+                records.append(_record(item))
+        records = history.ordered(records)
+        if latest is None:
+            return None, records
+        if _current_form(latest):
+            return _record(latest), records
+        return history.latest_entry(records), records
+
     def keys(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
         """LATEST of every key under `prefix`, in key order (a Query on the key index)."""
         condition = "gsi_bucket = :b"

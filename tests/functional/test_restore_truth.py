@@ -214,3 +214,163 @@ def test_keep_deleted_days_never_expires_a_live_object(aws, volume, ledger, serv
     ).run_once()
 
     assert_restores(volume, ledger, bucket, "doc.txt", b"first")
+
+
+def test_the_undelete_and_its_marker_delivered_in_either_order(
+    volume, ledger, service, bucket, clock
+):
+    service.process(bucket.put("doc.txt", b"first")[1])
+    clock.tick()
+    marker, created = bucket.delete("doc.txt")
+    clock.tick()
+    undelete = bucket.delete_version("doc.txt", marker)
+
+    service.process(undelete)  # the removal of the marker overtakes the marker's own event
+    service.process(created)
+
+    assert_restores(volume, ledger, bucket, "doc.txt", b"first")
+
+
+# -- reconcile: S3's listing decides what is current, in both directions ----------------------
+
+
+def test_in_one_second_the_listing_decides_which_version_is_current(
+    aws, volume, ledger, service, bucket, clock
+):
+    """Inside one second a listed version (whole-second LastModified) and an evented one
+    (sequencer) cannot be compared; the listing's IsLatest decides."""
+    clock.tick(0.1)
+    bucket.put("doc.txt", b"older")  # event lost: reconcile finds it, same second
+    clock.tick(0.5)
+    service.process(bucket.put("doc.txt", b"newer")[1])
+    clock.tick(60)
+
+    reconcile(aws, volume, ledger, service, clock)
+
+    assert_restores(volume, ledger, bucket, "doc.txt", b"newer")
+    notes = list(Journal(volume.journal_dir).read_notes("order"))
+    assert len(notes) == 1  # the journal knows the correction too (--offline, reindex)
+
+
+def test_a_permanent_delete_whose_event_was_lost_is_found_by_reconcile(
+    aws, volume, ledger, service, bucket, clock
+):
+    service.process(bucket.put("doc.txt", b"first")[1])
+    clock.tick()
+    second, event = bucket.put("doc.txt", b"second")
+    service.process(event)
+    clock.tick()
+    bucket.delete_version("doc.txt", second)  # event lost
+    clock.tick()
+
+    reconcile(aws, volume, ledger, service, clock)
+
+    assert_restores(volume, ledger, bucket, "doc.txt", b"first")
+
+
+def test_an_unseen_permanent_delete_under_a_newer_version_stays_found(
+    aws, volume, ledger, service, bucket, clock
+):
+    """Shrunk from the model test: v1 deleted for good while its event was lost, then v2.
+    Reconcile checked only the versions above the current one, so when v2 went too,
+    v1 came back in the backup although S3 had nothing."""
+    first, event = bucket.put("doc.txt", b"first")
+    service.process(event)
+    clock.tick()
+    bucket.delete_version("doc.txt", first)  # event lost
+    clock.tick()
+    second, event = bucket.put("doc.txt", b"second")
+    service.process(event)
+    clock.tick()
+    reconcile(aws, volume, ledger, service, clock)
+    clock.tick()
+
+    service.process(bucket.delete_version("doc.txt", second))
+
+    assert_restores(volume, ledger, bucket, "doc.txt", None)
+
+
+def test_a_removal_redriven_after_reconcile_found_it_changes_nothing(
+    aws, volume, ledger, service, bucket, clock
+):
+    """Shrunk from the model test: reconcile dated the removal when it found it; the
+    event, redriven later, is a duplicate of it."""
+    service.process(bucket.put("doc.txt", b"first")[1])
+    clock.tick()
+    second, event = bucket.put("doc.txt", b"second")
+    service.process(event)
+    clock.tick()
+    removal = bucket.delete_version("doc.txt", second)  # held back
+    clock.tick()
+    reconcile(aws, volume, ledger, service, clock)
+    clock.tick()
+
+    assert service.process(removal).outcome.value == "already_done"
+    assert_restores(volume, ledger, bucket, "doc.txt", b"first")
+
+
+# -- a volume and a table written by the previous release --------------------------------------
+
+
+def test_records_of_the_previous_release_restore_what_s3_served(
+    aws, volume, ledger, service, bucket, clock
+):
+    """The previous release's records: "s<sequencer>"/"e<time>" order keys, and the
+    permanent delete of the current version as a "del:v:<id>" tombstone made LATEST.
+    Both sources restore today's answer without a migration step."""
+    service.process(bucket.put("doc.txt", b"first")[1])
+    clock.tick()
+    second, event = bucket.put("doc.txt", b"second")
+    service.process(event)
+    clock.tick()
+    service.process(bucket.delete_version("doc.txt", second))
+    clock.tick()
+    service.process(bucket.put("other.txt", b"evented")[1])
+    clock.tick(60)
+    bucket.put("other.txt", b"reconciled")  # the event was lost; reconcile found it
+    reconcile(aws, volume, ledger, service, clock)
+    as_previous_release(aws, volume)
+
+    assert_restores(volume, ledger, bucket, "doc.txt", b"first")
+    assert_restores(volume, ledger, bucket, "other.txt", b"reconciled")
+
+
+def as_previous_release(aws, volume) -> None:
+    """Rewrite journal and table as the previous release wrote them."""
+    import json
+
+    from boto3.dynamodb.types import TypeSerializer
+
+    def old(line: dict) -> dict:
+        line = dict(line)
+        if line.get("sequencer"):
+            line["order_key"] = "s" + line["sequencer"].upper().ljust(64, "0")
+        else:
+            at = line["event_time"].replace("+00:00", "")
+            line["order_key"] = "e" + at.replace("-", "").replace(":", "") + "Z"
+        if line["version_token"].startswith("rm:"):
+            line["version_token"] = "del:" + line["version_token"][3:]
+        return line
+
+    for segment in volume.journal_dir.glob("*.jsonl"):
+        lines = [json.loads(raw) for raw in segment.read_text().splitlines()]
+        rewritten = [old(line) if "kind" not in line else line for line in lines]
+        segment.write_text("".join(json.dumps(line) + "\n" for line in rewritten))
+    items = aws.dynamodb.scan(TableName=TABLE)["Items"]  # test-side only
+    for item in items:
+        aws.dynamodb.delete_item(TableName=TABLE, Key={"pk": item["pk"], "sk": item["sk"]})
+    latest: dict[str, dict] = {}
+    for line in (old(r.to_dict()) for r in Journal(volume.journal_dir).read_all()):
+        pk = f"{line['bucket']}/{line['key']}"
+        item = {**line, "pk": pk, "sk": "V#" + line["version_token"]}
+        aws.dynamodb.put_item(
+            TableName=TABLE, Item={k: TypeSerializer().serialize(v) for k, v in item.items()}
+        )
+        newest = latest.get(pk)
+        if newest is None or line["order_key"] > newest["order_key"]:
+            latest[pk] = line  # the previous release's LATEST: the largest old order key
+    for pk, line in latest.items():
+        item = {**line, "pk": pk, "sk": "LATEST", "gsi_bucket": BUCKET, "gsi_key": line["key"]}
+        aws.dynamodb.put_item(
+            TableName=TABLE, Item={k: TypeSerializer().serialize(v) for k, v in item.items()}
+        )

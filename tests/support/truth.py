@@ -99,7 +99,14 @@ class Bucket:
 def chosen(source: RestoreSource, key: str, *, at: datetime | None = None) -> VersionRecord | None:
     """The version `backup-restore --key KEY [--at T]` restores as S3's, or None when the
     restore says the key did not exist (deleted in S3, or not yet created)."""
-    choice = select(key, source.history(BUCKET, key), Selector(at=at, include_deleted=True))
+    return chosen_from(key, source.history(BUCKET, key), at=at)
+
+
+def chosen_from(
+    key: str, history: list[VersionRecord], *, at: datetime | None = None
+) -> VersionRecord | None:
+    """`chosen` over a history already read (the same `select` the CLI calls)."""
+    choice = select(key, history, Selector(at=at, include_deleted=True))
     return None if choice.deleted_in_s3 else choice.record
 
 
