@@ -11,6 +11,8 @@ from agent import order
 from agent.events import ObjectEvent
 from agent.events import parse_time as parse_time  # re-exported: records are read with it
 
+_MARKER_EVENTS = ("DeleteMarkerCreated", "ReconcileDeleteMarker")
+
 
 @dataclass(frozen=True, slots=True)
 class VersionRecord:
@@ -78,7 +80,10 @@ class VersionRecord:
             if values.get(number) is not None:
                 values[number] = int(values[number])
         values["deleted"] = bool(values.get("deleted", False))
-        values["delete_marker"] = bool(values.get("delete_marker", False))
+        if "delete_marker" not in values:  # written before records said: the event's name
+            name = str(values.get("event_name", ""))
+            values["delete_marker"] = values["deleted"] and name.endswith(_MARKER_EVENTS)
+        values["delete_marker"] = bool(values["delete_marker"])
         if "event_time" in values:  # records of older releases: the order key of today
             values["order_key"] = order.migrated(
                 values.get("order_key"), parse_time(values["event_time"]), values.get("sequencer")

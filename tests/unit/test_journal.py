@@ -121,3 +121,23 @@ def test_lines_of_the_previous_release_read_in_todays_order(tmp_path):
     read = list(Journal(tmp_path).read_all())
     assert sorted(read, key=lambda r: r.order_key)[-1].version_id == "v2"
     assert all(r.order_key.startswith("2:") for r in read)
+
+
+def test_tombstones_written_before_records_said_whether_they_were_markers(tmp_path):
+    """Lines without `delete_marker`: the event's name tells a marker from a permanent
+    delete of one version (which is not a version of its own)."""
+    import json
+
+    marker = {
+        **record("a", 1, deleted=True).to_dict(),
+        "event_name": "ObjectRemoved:DeleteMarkerCreated",
+    }
+    removal = {**record("b", 2, deleted=True).to_dict(), "version_token": "del:v:v2"}
+    for line in (marker, removal):
+        del line["delete_marker"]
+    (tmp_path / "2026-11-23.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in (marker, removal))
+    )
+    read = {r.key: r for r in Journal(tmp_path).read_all()}
+    assert read["a"].delete_marker and not read["a"].removes_one_version
+    assert read["b"].removes_one_version and not read["b"].delete_marker
