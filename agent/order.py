@@ -5,7 +5,7 @@ What S3 documents, and what this builds on (docs/design.md, "One version order")
 * an event's ``sequencer`` orders the events of one key (right-pad the shorter with
   zeros, then compare); it means nothing across keys, and a listing has none;
 * a listed version's ``LastModified`` is a time in whole seconds (for a multipart
-  upload, when the upload began); an event's ``eventTime`` has milliseconds;
+  upload it can be when the upload began); an event's ``eventTime`` has milliseconds;
 * what is current is S3's own answer (``IsLatest`` in a listing), which reconcile
   applies on top of this order (it may lift a version above others: `after`).
 

@@ -30,7 +30,7 @@ the version order from its LastModified and its rank in the listing (agent/order
 S3's listing is the authority on what is current: when the ledger's current version
 (agent/history.py) is not the one the listing marks ``IsLatest``, reconcile makes it
 so, in either direction (`_agree`): after the removals above, any entry still above it
-(a same-second tie, a multipart upload's LastModified, which is when it began) stays,
+(a same-second tie; a multipart upload's LastModified, which can be when it began) stays,
 and the current version is given a place just after it (a journal ``order`` note, then
 the ledger item).
 
