@@ -20,6 +20,7 @@ older format derive it the same way without writing (migrate on read).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -74,10 +75,11 @@ class Ledger:
         return fresh
 
     def settle(self, bucket: str, key: str) -> VersionRecord | None:
-        """Make LATEST `history.latest_entry` of the key's records; return it."""
+        """Make LATEST `history.latest_entry` of the key's records; return it. One Query
+        reads both (reindex runs with an operator role that may Query, not GetItem)."""
         for _ in range(SETTLE_ATTEMPTS):
-            seen = self._get_item(bucket, key, LATEST)
-            wanted = history.latest_entry(self.versions(bucket, key))
+            seen, records = self._key_items(bucket, key)
+            wanted = history.latest_entry(records)
             if wanted is None:
                 if seen is None or self._delete_latest_item(bucket, key, seen):
                     return None
@@ -91,23 +93,18 @@ class Ledger:
     def reorder(self, record: VersionRecord, order_key: str) -> None:
         """Give a recorded version another place in the order (reconcile's correction,
         journalled by the caller first), then settle LATEST."""
+        moved = dataclasses.replace(record, order_key=order_key)
         with self._holding(object_pk(record.bucket, record.key)):
-            self._conditional(
-                "UpdateItem",
-                self._db.update_item,
-                Key=self._key(record.bucket, record.key, VERSION_PREFIX + record.version_token),
-                UpdateExpression="SET order_key = :order",
+            self._conditional(  # PutItem, not UpdateItem: the agent's role has PutItem
+                "PutItem",
+                self._db.put_item,
+                Item=self._item(moved, VERSION_PREFIX + record.version_token),
                 ConditionExpression="attribute_exists(pk)",
-                ExpressionAttributeValues={":order": {"S": order_key}},
             )
             self.settle(record.bucket, record.key)
 
     def _after_removal(self, removal: VersionRecord) -> None:
-        seen = self._get_item(removal.bucket, removal.key, LATEST)
-        if seen is not None and _current_form(seen):
-            latest = _record(seen)
-            if not history.is_removal(latest) and latest.version_id != removal.version_id:
-                return  # an older version went: the current one stays
+        """A version went: LATEST is derived again (it stays when an older one went)."""
         self.settle(removal.bucket, removal.key)
 
     def _put_version(self, record: VersionRecord) -> bool:
@@ -128,25 +125,31 @@ class Ledger:
 
     def _advance_latest(self, record: VersionRecord) -> None:
         """LATEST := record if it is later in the order; a LATEST the condition cannot
-        compare (older format, or a removal: no version left) is settled instead."""
-        advanced = self._conditional(
-            "PutItem LATEST",
-            self._db.put_item,
-            Item=self._latest_item(record),
-            ConditionExpression=(
-                "attribute_not_exists(pk) OR (begins_with(order_key, :format)"
-                " AND order_key < :order)"
-            ),
-            ExpressionAttributeValues={
-                ":order": {"S": record.order_key},
-                ":format": {"S": order.FORMAT},
-            },
-        )
-        if advanced:
-            return
-        seen = self._get_item(record.bucket, record.key, LATEST)
-        if seen is not None and (not _current_form(seen) or history.is_removal(_record(seen))):
-            self.settle(record.bucket, record.key)
+        compare (older format, or a removal: no version left) is settled instead. The
+        refusal returns the LATEST it compared against (no second request)."""
+        try:
+            self._db.put_item(
+                TableName=self.table,
+                Item=self._latest_item(record),
+                ConditionExpression=(
+                    "attribute_not_exists(pk) OR (begins_with(order_key, :format)"
+                    " AND order_key < :order)"
+                ),
+                ExpressionAttributeValues={
+                    ":order": {"S": record.order_key},
+                    ":format": {"S": order.FORMAT},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise classify(exc, "DynamoDB PutItem LATEST") from exc
+            refused: Any = exc.response.get("Item")  # the LATEST it compared against
+            seen: dict[str, Any] = refused or {}
+            if not seen or not _current_form(seen) or history.is_removal(_record(seen)):
+                self.settle(record.bucket, record.key)
+        except botocore.exceptions.BotoCoreError as exc:
+            raise classify(exc, "DynamoDB PutItem LATEST") from exc
 
     def _put_latest(self, record: VersionRecord, seen: dict[str, Any] | None) -> bool:
         condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
@@ -266,6 +269,17 @@ class Ledger:
 
     def state(self, bucket: str, key: str) -> tuple[VersionRecord | None, list[VersionRecord]]:
         """(LATEST, every record oldest first) of one key, in one Query (reconcile)."""
+        latest, records = self._key_items(bucket, key)
+        if latest is None:
+            return None, records
+        if _current_form(latest):
+            return _record(latest), records
+        return history.latest_entry(records), records
+
+    def _key_items(
+        self, bucket: str, key: str
+    ) -> tuple[dict[str, Any] | None, list[VersionRecord]]:
+        """The raw LATEST item and the records, oldest first, of one key: one Query."""
         latest: dict[str, Any] | None = None
         records: list[VersionRecord] = []
         for item in self._query(
@@ -277,12 +291,7 @@ class Ledger:
                 latest = item
             elif item["sk"]["S"].startswith(VERSION_PREFIX):
                 records.append(_record(item))
-        records = history.ordered(records)
-        if latest is None:
-            return None, records
-        if _current_form(latest):
-            return _record(latest), records
-        return history.latest_entry(records), records
+        return latest, history.ordered(records)
 
     def keys(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
         """LATEST of every key under `prefix`, in key order (a Query on the key index)."""
