@@ -34,10 +34,12 @@ What is checked after every step, for the keys the step touched:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -326,10 +328,19 @@ class VersionModel(RuleBasedStateMachine):
         self.s3_touched.clear()
 
 
+@contextlib.contextmanager
+def _restored(owner: Any, name: str, value: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        setattr(owner, name, value)
+
+
 def run_model(examples: int, steps: int) -> None:
     # errors only: a run makes thousands of backups
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))
-    with mock_aws():
+    utcnow = moto.s3.models.utcnow  # each example sets its clock; put back whatever happens
+    with mock_aws(), _restored(moto.s3.models, "utcnow", utcnow):
         session = boto3.session.Session(region_name=REGION)
         VersionModel.world = World(session.client("s3"), session.client("dynamodb"))
         run_state_machine_as_test(
