@@ -98,7 +98,7 @@ class Choice:
     key: str
     record: VersionRecord | None
     reason: str = ""
-    deleted_in_s3: bool = False  # the key's newest event (at the chosen time) is a delete
+    deleted_in_s3: bool = False  # the key was absent in S3 (now, or at the chosen time)
 
 
 def select(key: str, records: list[VersionRecord], selector: Selector) -> Choice:
