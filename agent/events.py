@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from agent.errors import MalformedMessage
+from agent.order import event_key
 
 MAX_KEY_BYTES = 1024
 SEQUENCER_WIDTH = 64
@@ -88,16 +89,9 @@ class ObjectEvent:
 
     @property
     def order_key(self) -> str:
-        """Total order of events of one key: the sequencer when S3 gave one, else the time.
-
-        Sequencers of one key compare as hex strings after right-padding the shorter
-        with zeros (S3's documented rule); padding to a fixed width makes plain
-        string comparison do exactly that. A sequencer always sorts after a time
-        (prefix "s" > "e"): a real S3 event wins over one that carries only a time.
-        """
-        if self.sequencer:
-            return "s" + self.sequencer.upper().ljust(SEQUENCER_WIDTH, "0")
-        return "e" + self.event_time.strftime("%Y%m%dT%H%M%S.%fZ")
+        """This change's place among the versions of its key (agent/order.py): the time to
+        the second, then the sequencer (right-padded, S3's documented rule) or the time."""
+        return event_key(self.event_time, self.sequencer)
 
     @property
     def version_token(self) -> str:

@@ -12,8 +12,11 @@ from typing import Any
 
 import structlog
 
+from agent import order
 from agent.events import ObjectEvent
 from agent.events import parse_time as parse_time  # re-exported: records are read with it
+
+_MARKER_EVENTS = ("DeleteMarkerCreated", "ReconcileDeleteMarker")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,15 +58,26 @@ class VersionRecord:
 
     @classmethod
     def for_event(
-        cls, event: ObjectEvent, *, backup_time: datetime, volume_id: str, **copy: Any
+        cls,
+        event: ObjectEvent,
+        *,
+        backup_time: datetime,
+        volume_id: str,
+        order_key: str | None = None,
+        **copy: Any,
     ) -> VersionRecord:
+        """The record of `event`: a stored copy (`copy` given) or a tombstone. `order_key`
+        replaces the event's own (reconcile places listed versions by the listing)."""
         deleted = not copy
         token = event.version_token
+        if deleted:
+            # A permanent delete of version X and the delete marker X are two records.
+            token = ("rm:" if _removes_one_version(event) else "del:") + token
         return cls(
             bucket=event.bucket,
             key=event.key,
-            version_token=("del:" + token) if deleted else token,
-            order_key=event.order_key,
+            version_token=token,
+            order_key=order_key or event.order_key,
             event_name=event.event_name,
             event_time=event.event_time.isoformat(),
             backup_time=backup_time.isoformat(),
@@ -87,20 +101,32 @@ class VersionRecord:
             if values.get(number) is not None:
                 values[number] = int(values[number])
         values["deleted"] = bool(values.get("deleted", False))
-        values["delete_marker"] = bool(values.get("delete_marker", False))
+        if "delete_marker" not in values:  # written before records said: the event's name
+            name = str(values.get("event_name", ""))
+            values["delete_marker"] = values["deleted"] and name.endswith(_MARKER_EVENTS)
+        values["delete_marker"] = bool(values["delete_marker"])
+        if "event_time" in values:  # records of older releases: the order key of today
+            values["order_key"] = order.migrated(
+                values.get("order_key"), parse_time(values["event_time"]), values.get("sequencer")
+            )
         values.update(checked_attributes(values, "record"))  # untrusted: volume, DynamoDB
         return cls(**values)
 
     @property
     def removes_one_version(self) -> bool:
-        """A permanent delete of one S3 version (not a delete marker): the key's other
-        versions remain, so it says nothing about the key's current version."""
+        """A permanent delete of one S3 version or marker (``ObjectRemoved:Delete`` with a
+        versionId): not a version itself; that version stops existing, the others stay.
+        Older releases gave it the token ``del:<token>``, today's ``rm:<token>``."""
         return (
             self.deleted
             and not self.delete_marker
             and self.version_id is not None
             and self.version_id != "null"
         )
+
+
+def _removes_one_version(event: ObjectEvent) -> bool:
+    return not event.delete_marker and event.version_id not in (None, "null")
 
 
 # -- what S3 holds besides the bytes ---------------------------------------------------------

@@ -16,15 +16,23 @@ with the ledger:
   retention run would only expire them again), and only with ``include_noncurrent``;
 * a delete marker that is the current version and a ledger whose LATEST is live:
   a tombstone is recorded;
-* a key the ledger holds as live that the listing lacks (a lost delete): a tombstone
-  is recorded once HeadObject confirms the key is gone (a merge of the ledger's
-  key index with the listing, both in UTF-8 byte order).
+* a version or marker the ledger holds (not removed) that the listing lacks: deleted
+  for good while its event was lost. A removal is recorded, dated now, once
+  HeadObject with its VersionId answers 404 (one created after the listing is there);
+* a key the ledger holds as live that the listing lacks (a lost delete): the removals
+  above, and for what has no version id, a tombstone once HeadObject confirms the key
+  is gone (a merge of the ledger's key index with the listing, both in UTF-8 byte
+  order).
 
-Backups go through `BackupService.process`, exactly like live events. Listings carry
-no sequencer, so a reconciled record cannot win LATEST's order-key comparison against
-an older sequenced record; reconcile then moves LATEST itself, conditionally on LATEST
-still being the record it compared against, and only when that record is provably
-older than what S3 lists now.
+One Query per key reads the key's LATEST and records together. Backups go through
+`BackupService.process`, exactly like live events. A listed version takes its place in
+the version order from its LastModified and its rank in the listing (agent/order.py).
+S3's listing is the authority on what is current: when the ledger's current version
+(agent/history.py) is not the one the listing marks ``IsLatest``, reconcile makes it
+so, in either direction (`_agree`): after the removals above, any entry still above it
+(a same-second tie; a multipart upload's LastModified, which can be when it began) stays,
+and the current version is given a place just after it (a journal ``order`` note, then
+the ledger item).
 
 Resumable: ``state/reconcile.json`` on the volume holds, per bucket, the last key fully
 handled (saved every ``checkpoint_every`` keys and at the end of each bucket); a run
@@ -44,14 +52,15 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import botocore.exceptions
 import structlog
 
-from agent.aws import classify
+from agent import history, order
+from agent.aws import classify, error_code
 from agent.config import ReconcileConfig
 from agent.errors import BackupAgentError, ObjectGone
 from agent.events import EventKind, ObjectEvent
 from agent.lifecycle.context import Clock, LifecycleContext, Pacer, StateFile, utc_now
 from agent.lifecycle.retention import Entry, RetentionPolicy
 from agent.pipeline.backup import BackupService, Outcome
-from agent.records import VersionRecord, parse_time
+from agent.records import VersionRecord
 from agent.stats import Stats
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
@@ -64,6 +73,7 @@ log = structlog.get_logger("agent.reconcile")
 CHECKPOINT_NAME = "reconcile.json"
 EVENT_NAME = "ObjectCreated:Reconcile"
 DELETE_EVENT_NAME = "ObjectRemoved:ReconcileDeleteMarker"
+REMOVED_EVENT_NAME = "ObjectRemoved:ReconcileRemoved"  # a version deleted for good
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +237,18 @@ class Reconciler:
         """A key the ledger holds as live but the listing lacks: a delete whose event was lost.
 
         Confirmed with HeadObject before a tombstone is recorded (a key created after
-        the listing passed it is simply there)."""
-        if latest.deleted or self._exists(latest.bucket, latest.key):
+        the listing passed it is simply there). The tombstone, dated now, is the newest
+        entry of the key, so it becomes LATEST like any later change."""
+        if history.is_removal(latest) or (latest.deleted and not _real(latest.version_id)):
+            return  # nothing of it left in S3 that the ledger holds as there
+        if self._exists(latest.bucket, latest.key):
+            return
+        records = self.ledger.versions(latest.bucket, latest.key)
+        for record in _unlisted(records, set()):
+            if not self._exists(latest.bucket, latest.key, record.version_id):
+                self._record_removal(record, report)
+        now = self.ledger.latest(latest.bucket, latest.key)
+        if now is None or now.deleted:
             return
         log.info("reconcile.absent", bucket=latest.bucket, key=latest.key)
         event = ObjectEvent(
@@ -239,18 +259,20 @@ class Reconciler:
             event_time=self.clock(),
         )
         entry = Listed(latest.key, event.event_time, is_latest=True, delete_marker=True)
-        record = self._back_up(latest.bucket, entry, report, event)
-        now = self.ledger.latest(latest.bucket, latest.key)
-        if record is not None and now is not None and now.version_token == latest.version_token:
-            self.ledger.replace_latest(record, latest.version_token)
+        self._back_up(latest.bucket, entry, report, event)
 
-    def _exists(self, bucket: str, key: str) -> bool:
+    def _exists(self, bucket: str, key: str, version_id: str | None = None) -> bool:
+        """HeadObject (of one version, when given): False only when S3 says 404."""
         request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if version_id is not None:
+            request["VersionId"] = version_id
         if self.service.expected_bucket_owner:
             request["ExpectedBucketOwner"] = self.service.expected_bucket_owner
         try:
             self.s3.head_object(**request)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            if version_id is not None and error_code(exc) in ("405", "MethodNotAllowed"):
+                return True  # a delete marker: it exists, it has no bytes
             error = classify(exc, f"S3 HeadObject s3://{bucket}/{key}")
             if isinstance(error, ObjectGone):
                 return False
@@ -262,21 +284,29 @@ class Reconciler:
     def reconcile_key(
         self, bucket: str, key: str, entries: Sequence[Listed], report: ReconcileReport
     ) -> None:
-        """Back up what the ledger lacks of one key (entries: oldest first)."""
+        """Back up what the ledger lacks of one key (entries: oldest first), record the
+        versions S3 no longer has, then make the ledger's current version the one S3
+        lists as current."""
         current = next((e for e in entries if e.is_latest), entries[-1])
-        seen = self.ledger.latest(bucket, key)
+        seen, records = self.ledger.state(bucket, key)
         wanted = self._wanted(bucket, entries, current)
-        missing = self._missing(bucket, key, entries, current, seen, wanted)
-        if not missing:
+        missing = self._missing(bucket, entries, current, seen, wanted, records)
+        listed = {e.token(bucket) for e in entries}
+        unlisted = _unlisted(records, listed)
+        if not missing and not unlisted and _agrees(bucket, seen, current):
             report.up_to_date += 1
             self.stats.count("reconcile.up_to_date")
             return
+        ranks = {id(e): rank for rank, e in enumerate(entries)}
         for entry in missing:
-            if entry is current and entry is not missing[0]:
-                seen = self.ledger.latest(bucket, key)  # older versions may have moved it
-            record = self._back_up(bucket, entry, report)
-            if entry is current and record is not None:
-                self._settle_latest(bucket, key, entries, current, seen, record)
+            place = order.listed_key(entry.last_modified, ranks[id(entry)])
+            self._back_up(bucket, entry, report, order_key=place)
+        if report.dry_run:
+            return
+        for record in unlisted:
+            if not self._exists(bucket, key, record.version_id):
+                self._record_removal(record, report)
+        self._agree(bucket, key, entries, current)
 
     def _wanted(self, bucket: str, entries: Sequence[Listed], current: Listed) -> set[str]:
         if not self.settings.include_noncurrent:
@@ -290,11 +320,11 @@ class Reconciler:
     def _missing(
         self,
         bucket: str,
-        key: str,
         entries: Sequence[Listed],
         current: Listed,
         seen: VersionRecord | None,
         wanted: set[str],
+        known: Sequence[VersionRecord],
     ) -> list[Listed]:
         if seen is None:
             missing = [e for e in entries if e.token(bucket) in wanted]
@@ -309,7 +339,6 @@ class Reconciler:
             candidates = [] if seen.version_token == current.token(bucket) else [current]
         others = [e for e in entries if e is not current and e.token(bucket) in wanted]
         if others:
-            known = self.ledger.versions(bucket, key)
             candidates = [e for e in others if not _known(e, bucket, known)] + candidates
         return candidates
 
@@ -319,6 +348,7 @@ class Reconciler:
         entry: Listed,
         report: ReconcileReport,
         event: ObjectEvent | None = None,
+        order_key: str | None = None,
     ) -> VersionRecord | None:
         if report.dry_run and entry.delete_marker:
             report.would_back_up.append((bucket, entry.key, "(deleted)"))
@@ -331,7 +361,7 @@ class Reconciler:
             return None
         self.limiter.acquire()
         try:
-            result = self.service.process(event or entry.event(bucket))
+            result = self.service.process(event or entry.event(bucket), order_key=order_key)
         except BackupAgentError as exc:
             report.failed += 1
             self.stats.count("reconcile.failed")
@@ -364,26 +394,54 @@ class Reconciler:
             self.stats.record_success(result.outcome.value, size, stored, None)
         return result.record
 
-    def _settle_latest(
-        self,
-        bucket: str,
-        key: str,
-        entries: Sequence[Listed],
-        current: Listed,
-        seen: VersionRecord | None,
-        record: VersionRecord,
-    ) -> None:
-        """Point LATEST at the reconciled current version when it provably is newer."""
-        now = self.ledger.latest(bucket, key)
-        if now is not None and now.version_token == record.version_token:
+    def _agree(self, bucket: str, key: str, entries: Sequence[Listed], current: Listed) -> None:
+        """Make the ledger's current entry the listing's ``IsLatest`` one. Versions S3 no
+        longer has were recorded as removed before; any entry still above the current one
+        (a same-second tie, a multipart upload's LastModified) stays, and the current one
+        is given a place just after it."""
+        records = self.ledger.versions(bucket, key)
+        target = _record_of(bucket, current, records)
+        if target is None:
+            return  # not backed up (failed, gone meanwhile, or a lone marker never needed)
+        gone = {r.version_id for r in records if history.is_removal(r)}
+        above = [
+            r
+            for r in records
+            if not history.is_removal(r)
+            and r.order_key > target.order_key
+            and (r.version_id in (None, "null") or r.version_id not in gone)
+        ]
+        if not above:
+            self.ledger.settle(bucket, key)
             return
-        if (now and now.version_token) != (seen and seen.version_token):
-            return  # a live event moved LATEST meanwhile: it knows better
-        if seen is not None and not _older_than_listing(seen, entries, current):
-            log.warning("reconcile.latest_kept", bucket=bucket, key=key, latest=seen.version_token)
-            return
-        replaced = self.ledger.replace_latest(record, seen.version_token if seen else None)
-        log.info("reconcile.latest_replaced", bucket=bucket, key=key, replaced=replaced)
+        place = order.after(max(r.order_key for r in above))
+        log.info(
+            "reconcile.reordered",
+            bucket=bucket,
+            key=key,
+            version_token=target.version_token,
+            above=[r.version_token for r in above],
+        )
+        self.service.journal.append_order(target, place)
+        self.ledger.reorder(target, place)
+
+    def _record_removal(self, record: VersionRecord, report: ReconcileReport) -> None:
+        log.info(
+            "reconcile.removed_for_good",
+            bucket=record.bucket,
+            key=record.key,
+            version_id=record.version_id,
+        )
+        event = ObjectEvent(
+            kind=EventKind.REMOVED,
+            bucket=record.bucket,
+            key=record.key,
+            event_name=REMOVED_EVENT_NAME,
+            event_time=self.clock(),
+            version_id=record.version_id,
+        )
+        entry = Listed(record.key, event.event_time, is_latest=False, delete_marker=True)
+        self._back_up(record.bucket, entry, report, event)
 
     # -- listing ---------------------------------------------------------------------
 
@@ -492,14 +550,50 @@ def _known(entry: Listed, bucket: str, known: Sequence[VersionRecord]) -> bool:
     return any(r.version_token == entry.token(bucket) for r in known)
 
 
-def _older_than_listing(seen: VersionRecord, entries: Sequence[Listed], current: Listed) -> bool:
-    """Is the ledger's LATEST older than what S3 lists as current now?"""
-    if seen.version_id not in (None, "null"):
-        noncurrent = {e.version_id for e in entries if e is not current}
-        if seen.version_id in noncurrent:
-            return True
-    # LastModified has whole seconds: only a LATEST strictly before that second is older.
-    return parse_time(seen.event_time) < current.last_modified
+def _real(version_id: str | None) -> bool:
+    return version_id not in (None, "null")
+
+
+def _unlisted(records: Sequence[VersionRecord], listed: set[str]) -> list[VersionRecord]:
+    """Recorded versions and markers, not removed, that the listing lacks: deleted for
+    good while the event was lost, or created after the listing (HeadObject tells)."""
+    removed = {r.version_id for r in records if history.is_removal(r)}
+    return [
+        r
+        for r in records
+        if not history.is_removal(r)
+        and _real(r.version_id)
+        and r.version_id not in removed
+        and r.version_token not in listed
+    ]
+
+
+def _agrees(bucket: str, seen: VersionRecord | None, current: Listed) -> bool:
+    """Is the ledger's LATEST the entry S3 lists as current?"""
+    if seen is None:
+        return False
+    if current.unversioned and not current.delete_marker:
+        return not seen.deleted and seen.etag == current.etag and seen.size == current.size
+    return seen.version_token == current.token(bucket)
+
+
+def _record_of(
+    bucket: str, entry: Listed, records: Sequence[VersionRecord]
+) -> VersionRecord | None:
+    """The ledger's record of a listed entry (an unversioned object: the newest stored
+    copy with its eTag and size)."""
+    if entry.unversioned and not entry.delete_marker:
+        same = [
+            r
+            for r in records
+            if r.version_id in (None, "null")
+            and not r.deleted
+            and r.etag == entry.etag
+            and r.size == entry.size
+        ]
+        return same[-1] if same else None
+    token = entry.token(bucket)
+    return next((r for r in records if r.version_token == token), None)
 
 
 def _version(item: dict[str, Any], delete_marker: bool) -> Listed:

@@ -2,8 +2,9 @@
 
 Replays every journal record through `Ledger.record`, whose conditional writes make
 this safe to repeat and safe beside a running agent: a version already known is left
-alone, and LATEST only ever moves to a newer `order_key`. The table is created first
-(from `ledger.table_definition`) when it is missing, e.g. after it was deleted.
+alone, and LATEST is what agent/history.py derives from the records. The table is
+created first (from `ledger.table_definition`) when it is missing, e.g. after it was
+deleted.
 """
 
 from __future__ import annotations

@@ -10,8 +10,11 @@ rule set everything is kept:
   its last version always, for D days after the delete; then the whole key expires.
   Unset: deleted keys follow the two rules above and their last version is kept forever.
 
-The current version of a live key is never expired. An older tombstone (delete, then
-re-created) is kept while any version before it is kept.
+The current version of a live key is never expired — the version S3 serves, so after
+its newer version was deleted for good, the one S3 serves again (agent/history.py). An
+older tombstone (delete, then re-created) is kept while any version before it is kept.
+A removal record (a version deleted for good in S3) is kept exactly as long as the
+version it removes; that version counts as replaced from its removal on.
 
 Expiring a version: a journal note ``{"kind": "expired", ...record}`` is appended and
 fsynced first (so a journal replay forgets the version too), then the DynamoDB version
@@ -28,6 +31,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from agent import history
 from agent.config import RetentionConfig
 from agent.lifecycle.context import Clock, LifecycleContext, utc_now
 from agent.records import VersionRecord, parse_time
@@ -45,7 +49,9 @@ class Entry:
     token: str
     created: datetime
     deleted: bool
-    tiebreak: str = ""  # orders versions created in the same instant (order key, backup time)
+    tiebreak: str = ""  # orders versions created in the same instant (listing order)
+    order: str = ""  # the version order (agent/order.py) when known: it comes first
+    removed_at: datetime | None = None  # deleted for good in S3 (a removal record)
 
 
 @dataclass(frozen=True)
@@ -71,9 +77,17 @@ class RetentionPolicy:
             and self.keep_deleted is None
         )
 
-    def kept(self, entries: Sequence[Entry], current: str | None, now: datetime) -> set[str]:
-        """Tokens to keep among `entries`; `current` is the key's LATEST (default: newest)."""
-        ordered = sorted(entries, key=lambda e: (e.created, e.tiebreak))
+    def kept(
+        self,
+        entries: Sequence[Entry],
+        current: str | None,
+        now: datetime,
+        held: str | None = None,
+    ) -> set[str]:
+        """Tokens to keep among `entries`; `current` is the key's LATEST (default: newest);
+        `held`, for a deleted key, the version S3 served last (default: the newest one
+        created before the delete)."""
+        ordered = sorted(entries, key=lambda e: (e.order, e.created, e.tiebreak))
         if not ordered:
             return set()
         if self.keeps_everything:
@@ -85,7 +99,8 @@ class RetentionPolicy:
                 return set()  # deleted longer than keep_deleted_days ago: the key expires
             kept.add(head.token)
             before = [e for e in ordered if not e.deleted and e.created <= head.created]
-            protected = before[-1] if before else None
+            protected = next((e for e in ordered if e.token == held), None)
+            protected = protected or (before[-1] if before else None)
         else:
             protected = head
         if protected is not None:
@@ -108,18 +123,47 @@ class RetentionPolicy:
                 return True
         if self.keep_younger_than is not None:
             superseded_at = newer[0].created if newer else now
+            removed_at = ordered[index].removed_at
+            if removed_at is not None:
+                superseded_at = min(superseded_at, removed_at)
             if now - superseded_at < self.keep_younger_than:
                 return True
         return False
 
 
-def entry_of(record: VersionRecord) -> Entry:
+def entry_of(record: VersionRecord, removed_at: datetime | None = None) -> Entry:
     return Entry(
         record.version_token,
         parse_time(record.event_time),
         record.deleted,
-        tiebreak=f"{record.order_key}|{parse_time(record.backup_time).isoformat()}",
+        tiebreak=parse_time(record.backup_time).isoformat(),
+        order=record.order_key,
+        removed_at=removed_at,
     )
+
+
+def policy_view(
+    policy: RetentionPolicy, records: Sequence[VersionRecord], latest: VersionRecord, now: datetime
+) -> set[str]:
+    """Tokens to keep of one key's records. Removals (a version deleted for good in S3) are
+    not versions: they date their version's end, and stay exactly as long as it does."""
+    removals = [r for r in records if history.is_removal(r)]
+    removed_at = {r.version_id: parse_time(r.event_time) for r in removals}
+    entries = [
+        entry_of(r, removed_at.get(r.version_id) if r.version_id not in (None, "null") else None)
+        for r in records
+        if not history.is_removal(r)
+    ]
+    if history.is_removal(latest):  # no version left in S3: deleted since this removal
+        entries.append(entry_of(latest))
+    held = history.last_held(records) if latest.deleted else None
+    kept = policy.kept(entries, latest.version_token, now, held.version_token if held else None)
+    kept_ids = {r.version_id for r in records if r.version_token in kept and not r.deleted}
+    kept_ids |= {r.version_id for r in records if r.version_token in kept and r.delete_marker}
+    for removal in removals:
+        if removal.version_id in kept_ids:
+            kept.add(removal.version_token)
+    return kept
 
 
 @dataclass
@@ -187,7 +231,7 @@ class Retention:
         versions = self.ledger.versions(latest.bucket, latest.key)
         report.keys += 1
         report.versions += len(versions)
-        kept = self.policy.kept([entry_of(r) for r in versions], latest.version_token, now)
+        kept = policy_view(self.policy, versions, latest, now)
         if not latest.deleted and latest.version_token not in kept:
             log.error("retention.refused", bucket=latest.bucket, key=latest.key)
             return  # never expire the current version of a live key

@@ -114,17 +114,20 @@ class BackupService:
         self.record_tags = record_tags  # storage.record_tags: one GetObjectTagging per version
         self._tags_denied: set[str] = set()  # buckets whose tags we were refused (said once)
 
-    def process(self, event: ObjectEvent) -> Result:
+    def process(self, event: ObjectEvent, *, order_key: str | None = None) -> Result:
+        """Back up one event; `order_key` places a listed version (reconcile)."""
         if event.bucket not in self.buckets:
             raise PermanentError(f"bucket {event.bucket!r} is not in the configured buckets")
         # Two deliveries of one version at once: the second waits, then finds it recorded.
         with self._locks.hold((event.bucket, event.key, event.version_token)):
             if event.kind is EventKind.REMOVED:
-                return self._record_delete(event)
-            return self._back_up(event)
+                return self._record_delete(event, order_key)
+            return self._back_up(event, order_key)
 
-    def _record_delete(self, event: ObjectEvent) -> Result:
-        record = VersionRecord.for_event(event, backup_time=self.clock(), volume_id=self.volume_id)
+    def _record_delete(self, event: ObjectEvent, order_key: str | None = None) -> Result:
+        record = VersionRecord.for_event(
+            event, backup_time=self.clock(), volume_id=self.volume_id, order_key=order_key
+        )
         if self.ledger.get_version(event.bucket, event.key, record.version_token):
             self.ledger.record(record)  # LATEST may still need advancing after a crash
             return Result(Outcome.ALREADY_DONE, event, record)
@@ -137,7 +140,7 @@ class BackupService:
         )
         return Result(Outcome.TOMBSTONED, event, record)
 
-    def _back_up(self, event: ObjectEvent) -> Result:
+    def _back_up(self, event: ObjectEvent, order_key: str | None = None) -> Result:
         duplicate = self._duplicate(event)
         if duplicate is not None:
             self._log_duplicate(event)
@@ -166,6 +169,7 @@ class BackupService:
                 event,
                 backup_time=self.clock(),
                 volume_id=self.volume_id,
+                order_key=order_key,
                 sha256=copy.sha256,
                 size=copy.size,
                 stored_size=copy.stored_size,
@@ -176,7 +180,7 @@ class BackupService:
             self.journal.append(record)
             fresh = self.ledger.record(record)
             if replaces is not None:  # the same position in the key's order: LATEST, if it was
-                self.ledger.replace_latest(record, replaces.version_token)
+                self.ledger.settle(record.bucket, record.key)
         self._recent.remember(event.bucket, event.key, event.version_token, copy.sha256)
         if not fresh and copy.deduplicated:
             # A first delivery skips the look-up; the conditional write caught the duplicate.

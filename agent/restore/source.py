@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from agent import history
 from agent.records import VersionRecord, parse_time
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
@@ -25,11 +26,12 @@ class RestoreSource(Protocol):
     name: str
 
     def latest(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
-        """The newest record (possibly a tombstone) of every key under `prefix`, key order."""
+        """Every key under `prefix`, in key order, as its `history.latest_entry`: the
+        version S3 serves, or a deletion or removal for a key absent in S3."""
         ...
 
     def history(self, bucket: str, key: str) -> list[VersionRecord]:
-        """Every version and tombstone of one key, oldest first."""
+        """Every record of one key, oldest first in the version order."""
         ...
 
 
@@ -68,11 +70,12 @@ class JournalSource:
             key = keys[index]
             if not key.startswith(prefix):
                 break
-            yield max(self._histories[(bucket, key)].values(), key=lambda r: r.order_key)
+            entry = history.latest_entry(list(self._histories[(bucket, key)].values()))
+            if entry is not None:
+                yield entry
 
     def history(self, bucket: str, key: str) -> list[VersionRecord]:
-        versions = self._histories.get((bucket, key), {})
-        return sorted(versions.values(), key=lambda r: r.order_key)
+        return history.ordered(self._histories.get((bucket, key), {}).values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,35 +98,37 @@ class Choice:
     key: str
     record: VersionRecord | None
     reason: str = ""
-    deleted_in_s3: bool = False  # the key's newest event (at the chosen time) is a delete
+    deleted_in_s3: bool = False  # the key was absent in S3 (now, or at the chosen time)
 
 
-def select(key: str, history: list[VersionRecord], selector: Selector) -> Choice:
-    """Pick from a key's history (oldest first) what `selector` asks for."""
-    if not history:
+def select(key: str, records: list[VersionRecord], selector: Selector) -> Choice:
+    """Pick from a key's history what `selector` asks for (agent/history.py decides what
+    S3 served; this only words the answer)."""
+    if not records:
         return Choice(key, None, "no backup of this key")
     if selector.version is not None:
-        return _by_version(key, history, selector.version)
+        return _by_version(key, records, selector.version)
     if selector.at is not None:
-        return _at(key, history, selector.at)
-    newest = history[-1]
-    if not newest.deleted:
-        return Choice(key, newest)
-    stored = [r for r in history if not r.deleted]
+        return _at(key, records, selector.at)
+    now = history.served(records)
+    if now is not None:
+        return Choice(key, now)
+    deleted_at = history.absent_since(records)
     if not selector.include_deleted:
-        return Choice(key, None, f"deleted in S3 at {newest.event_time}", deleted_in_s3=True)
-    if not stored:
+        return Choice(key, None, f"deleted in S3 at {deleted_at}", deleted_in_s3=True)
+    held = history.last_held(records)
+    if held is None:
         return Choice(key, None, "only a delete was ever recorded", deleted_in_s3=True)
-    return Choice(key, stored[-1], deleted_in_s3=True)
+    return Choice(key, held, deleted_in_s3=True)
 
 
-def newest_stored(history: list[VersionRecord]) -> VersionRecord | None:
-    stored = [r for r in history if not r.deleted]
-    return stored[-1] if stored else None
+def newest_stored(records: list[VersionRecord]) -> VersionRecord | None:
+    """The version S3 served last: now, or before the key was deleted."""
+    return history.last_held(records)
 
 
-def _by_version(key: str, history: list[VersionRecord], version: str) -> Choice:
-    matches = [r for r in history if version in (r.version_id, r.version_token)]
+def _by_version(key: str, records: list[VersionRecord], version: str) -> Choice:
+    matches = [r for r in records if version in (r.version_id, r.version_token)]
     stored = [r for r in matches if not r.deleted]
     if stored:
         return Choice(key, stored[-1])
@@ -132,14 +137,15 @@ def _by_version(key: str, history: list[VersionRecord], version: str) -> Choice:
     return Choice(key, None, f"no backed-up version {version}")
 
 
-def _at(key: str, history: list[VersionRecord], at: datetime) -> Choice:
-    before = [r for r in history if event_datetime(r) <= at]
-    if not before:
+def _at(key: str, records: list[VersionRecord], at: datetime) -> Choice:
+    entry = history.current(records, at)
+    if entry is None:
+        if any(history.created_at(r) <= at for r in records):
+            return Choice(key, None, f"no version existed at {at.isoformat()}", True)
         return Choice(key, None, f"did not exist yet at {at.isoformat()}")
-    newest = before[-1]
-    if newest.deleted:
-        return Choice(key, None, f"deleted at {newest.event_time}, before {at.isoformat()}", True)
-    return Choice(key, newest)
+    if entry.deleted:
+        return Choice(key, None, f"deleted at {entry.event_time}, before {at.isoformat()}", True)
+    return Choice(key, entry)
 
 
 def event_datetime(record: VersionRecord) -> datetime:

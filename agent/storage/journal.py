@@ -5,13 +5,16 @@ is written whole and fsynced before the DynamoDB write, so a version the ledger 
 is always in the journal too. Replaying the journal (`read_all`) rebuilds the ledger.
 
 Besides version records the journal holds *notes*: lines with a ``kind`` field
-(``"expired"`` when retention forgets a version, ``"scrub"`` for a scrub outcome).
-`read_all` never yields a note, and forgets a version whose last mention is an
-``expired`` note, so a replay does not bring expired versions back.
+(``"expired"`` when retention forgets a version, ``"scrub"`` for a scrub outcome,
+``"order"`` when reconcile gives a version another place in the version order).
+`read_all` never yields a note, forgets a version whose last mention is an ``expired``
+note, so a replay does not bring expired versions back, and yields a version with the
+``order_key`` of an ``order`` note written after it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -39,6 +42,18 @@ class Journal:
 
     def append(self, record: VersionRecord) -> JournalPosition:
         return self._append_line(record.to_dict())
+
+    def append_order(self, record: VersionRecord, order_key: str) -> JournalPosition:
+        """Note that `record` takes the place `order_key` in its key's version order."""
+        return self.append_note(
+            "order",
+            {
+                "bucket": record.bucket,
+                "key": record.key,
+                "version_token": record.version_token,
+                "order_key": order_key,
+            },
+        )
 
     def append_note(self, kind: str, fields: dict[str, Any]) -> JournalPosition:
         """Append a note line ``{"kind": kind, **fields}`` (fsynced like a record)."""
@@ -75,15 +90,21 @@ class Journal:
         ``expired`` note (backed up anew) is live again: the last mention wins.
         """
         expired_at: dict[tuple[str, str, str], int] = {}
+        reordered: dict[tuple[str, str, str], tuple[int, str]] = {}
         for index, data in enumerate(self._documents()):
             if data.get("kind") == "expired":
                 expired_at[_identity(data)] = index
+            elif data.get("kind") == "order" and isinstance(data.get("order_key"), str):
+                reordered[_identity(data)] = (index, data["order_key"])
         for index, data in enumerate(self._documents()):
             if "kind" in data:
                 continue
-            if expired_at.get(_identity(data), -1) > index:
+            identity = _identity(data)
+            if expired_at.get(identity, -1) > index:
                 continue
-            yield VersionRecord.from_dict(data)
+            record = VersionRecord.from_dict(data)
+            noted, order_key = reordered.get(identity, (-1, ""))
+            yield dataclasses.replace(record, order_key=order_key) if noted > index else record
 
     def read_notes(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Every note (of `kind`, when given), oldest first."""

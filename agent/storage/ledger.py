@@ -3,23 +3,33 @@
 Table layout (created by scripts/bootstrap-aws)::
 
     pk  = "<bucket>/<key>"           partition: one object key
-    sk  = "V#<version token>"        one item per version (or tombstone)
-        = "LATEST"                   the newest version by sequencer (or event time)
+    sk  = "V#<version token>"        one item per version, deletion or removal
+        = "LATEST"                   `history.latest_entry` of the key's records
     GSI "by-key": gsi_bucket (hash), gsi_key (range) — only on LATEST items, so
         "keys under a prefix" is a Query, never a Scan.
 
-Every write is conditional: a duplicate delivery is a no-op, and an older event never
-replaces the newer LATEST of its key.
+LATEST is what agent/history.py derives from the key's records: the version S3 serves
+(or the deletion on top). A new version or deletion moves it by one conditional write
+(`order_key < new`): a duplicate delivery is a no-op and an older event never replaces a
+newer LATEST. A removal of the current version, a LATEST written by an older release
+(another `order_key` format) and reconcile's corrections derive it again from the key's
+records (`settle`), conditionally on the LATEST that was read. Reads of a LATEST in the
+older format derive it the same way without writing (migrate on read).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
+from agent import history, order
 from agent.aws import classify, error_code
 from agent.records import VersionRecord
 
@@ -29,6 +39,8 @@ if TYPE_CHECKING:
 LATEST = "LATEST"
 VERSION_PREFIX = "V#"
 KEY_INDEX = "by-key"
+SETTLE_ATTEMPTS = 5
+RECENT_REMOVALS = 4096
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -42,18 +54,61 @@ class Ledger:
     def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
         self._db = dynamodb
         self.table = table
+        self._guard = threading.Lock()
+        self._key_locks: dict[str, tuple[threading.Lock, int]] = {}
+        # Versions removed lately: their put event, if it comes late (or a reindex replays
+        # it after the removal), must not make them LATEST.
+        self._removed: OrderedDict[tuple[str, str], None] = OrderedDict()
 
     # -- writes ----------------------------------------------------------------------
 
     def record(self, record: VersionRecord) -> bool:
-        """Record a version and advance LATEST when it is newer. False if already known.
-
-        A permanent delete of one S3 version moves LATEST only when LATEST is that version:
-        deleting an older version leaves the key's current one in place.
-        """
-        fresh = self._put_version(record)
-        self._advance_latest(record)
+        """Record a version, deletion or removal and bring LATEST up to date. False if
+        already known. Writes of one key are serialised in this process."""
+        pk = object_pk(record.bucket, record.key)
+        with self._holding(pk):
+            fresh = self._put_version(record)
+            if history.is_removal(record):
+                self._remember_removal(pk, record.version_id)
+                self._after_removal(record)
+            elif self._was_removed(pk, record.version_id):
+                self.settle(record.bucket, record.key)
+            else:
+                self._advance_latest(record)
         return fresh
+
+    def settle(self, bucket: str, key: str) -> VersionRecord | None:
+        """Make LATEST `history.latest_entry` of the key's records; return it. One Query
+        reads both (reindex runs with an operator role that may Query, not GetItem)."""
+        for _ in range(SETTLE_ATTEMPTS):
+            seen, records = self._key_items(bucket, key)
+            wanted = history.latest_entry(records)
+            if wanted is None:
+                if seen is None or self._delete_latest_item(bucket, key, seen):
+                    return None
+                continue
+            if seen is not None and _same_entry(seen, wanted):
+                return wanted
+            if self._put_latest(wanted, seen):
+                return wanted
+        raise RuntimeError(f"LATEST of s3://{bucket}/{key} kept changing while settled")
+
+    def reorder(self, record: VersionRecord, order_key: str) -> None:
+        """Give a recorded version another place in the order (reconcile's correction,
+        journalled by the caller first), then settle LATEST."""
+        moved = dataclasses.replace(record, order_key=order_key)
+        with self._holding(object_pk(record.bucket, record.key)):
+            self._conditional(  # PutItem, not UpdateItem: the agent's role has PutItem
+                "PutItem",
+                self._db.put_item,
+                Item=self._item(moved, VERSION_PREFIX + record.version_token),
+                ConditionExpression="attribute_exists(pk)",
+            )
+            self.settle(record.bucket, record.key)
+
+    def _after_removal(self, removal: VersionRecord) -> None:
+        """A version went: LATEST is derived again (it stays when an older one went)."""
+        self.settle(removal.bucket, removal.key)
 
     def _put_version(self, record: VersionRecord) -> bool:
         item = self._item(record, VERSION_PREFIX + record.version_token)
@@ -72,43 +127,89 @@ class Ledger:
         return True
 
     def _advance_latest(self, record: VersionRecord) -> None:
-        item = self._item(record, LATEST)
-        item["gsi_bucket"] = {"S": record.bucket}
-        item["gsi_key"] = {"S": record.key}
-        condition = "attribute_not_exists(pk) OR order_key < :order"
-        values = {":order": {"S": record.order_key}}
-        if record.removes_one_version and record.version_id:
-            condition = "attribute_not_exists(pk) OR (order_key < :order AND version_id = :v)"
-            values[":v"] = {"S": record.version_id}
+        """LATEST := record if it is later in the order; a LATEST the condition cannot
+        compare (older format, or a removal: no version left) is settled instead. The
+        refusal returns the LATEST it compared against (no second request)."""
         try:
             self._db.put_item(
                 TableName=self.table,
-                Item=item,
-                ConditionExpression=condition,
-                ExpressionAttributeValues=values,
+                Item=self._latest_item(record),
+                ConditionExpression=(
+                    "attribute_not_exists(pk) OR (begins_with(order_key, :format)"
+                    " AND order_key < :order)"
+                ),
+                ExpressionAttributeValues={
+                    ":order": {"S": record.order_key},
+                    ":format": {"S": order.FORMAT},
+                },
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) != "ConditionalCheckFailedException":
                 raise classify(exc, "DynamoDB PutItem LATEST") from exc
+            refused: Any = exc.response.get("Item")  # the LATEST it compared against
+            seen: dict[str, Any] = refused or {}
+            if not seen or not _current_form(seen) or history.is_removal(_record(seen)):
+                self.settle(record.bucket, record.key)
         except botocore.exceptions.BotoCoreError as exc:
             raise classify(exc, "DynamoDB PutItem LATEST") from exc
 
-    def replace_latest(self, record: VersionRecord, seen_token: str | None) -> bool:
-        """Point LATEST at `record` if it still holds `seen_token` (None: no LATEST yet).
+    def _put_latest(self, record: VersionRecord, seen: dict[str, Any] | None) -> bool:
+        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        if seen is not None:
+            condition = {
+                "ConditionExpression": "version_token = :seen AND order_key = :seen_order",
+                "ExpressionAttributeValues": {
+                    ":seen": seen["version_token"],
+                    ":seen_order": seen["order_key"],
+                },
+            }
+        return self._conditional(
+            "PutItem LATEST", self._db.put_item, Item=self._latest_item(record), **condition
+        )
 
-        For reconcile, whose records carry no sequencer and so cannot win the order-key
-        comparison against an older, sequenced LATEST. False if LATEST moved meanwhile.
-        """
+    def _delete_latest_item(self, bucket: str, key: str, seen: dict[str, Any]) -> bool:
+        return self._conditional(
+            "DeleteItem LATEST",
+            self._db.delete_item,
+            Key=self._key(bucket, key, LATEST),
+            ConditionExpression="version_token = :seen",
+            ExpressionAttributeValues={":seen": seen["version_token"]},
+        )
+
+    def _latest_item(self, record: VersionRecord) -> dict[str, Any]:
         item = self._item(record, LATEST)
         item["gsi_bucket"] = {"S": record.bucket}
         item["gsi_key"] = {"S": record.key}
-        condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
-        if seen_token is not None:
-            condition = {
-                "ConditionExpression": "version_token = :seen",
-                "ExpressionAttributeValues": {":seen": {"S": seen_token}},
-            }
-        return self._conditional("PutItem LATEST", self._db.put_item, Item=item, **condition)
+        return item
+
+    def _remember_removal(self, pk: str, version_id: str | None) -> None:
+        with self._guard:
+            self._removed[(pk, str(version_id))] = None
+            while len(self._removed) > RECENT_REMOVALS:
+                self._removed.popitem(last=False)
+
+    def _was_removed(self, pk: str, version_id: str | None) -> bool:
+        if version_id in (None, "null"):
+            return False
+        with self._guard:
+            return (pk, str(version_id)) in self._removed
+
+    @contextlib.contextmanager
+    def _holding(self, pk: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._key_locks.get(pk, (threading.Lock(), 0))
+            self._key_locks[pk] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._key_locks[pk]
+                if users == 1:
+                    del self._key_locks[pk]
+                else:
+                    self._key_locks[pk] = (lock, users - 1)
 
     def delete_version(self, record: VersionRecord) -> None:
         """Forget one version item (retention). LATEST is never touched here."""
@@ -154,10 +255,11 @@ class Ledger:
         return self._get(bucket, key, VERSION_PREFIX + version_token)
 
     def latest(self, bucket: str, key: str) -> VersionRecord | None:
-        return self._get(bucket, key, LATEST)
+        item = self._get_item(bucket, key, LATEST)
+        return self._latest_of(item) if item else None
 
     def versions(self, bucket: str, key: str) -> list[VersionRecord]:
-        """Every version and tombstone of a key, oldest first (by sequencer/time)."""
+        """Every record of a key, oldest first in the version order (agent/order.py)."""
         items = self._query(
             KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
             ExpressionAttributeValues={
@@ -166,7 +268,33 @@ class Ledger:
             },
             ConsistentRead=True,
         )
-        return sorted((_record(i) for i in items), key=lambda r: r.order_key)
+        return history.ordered(_record(i) for i in items)
+
+    def state(self, bucket: str, key: str) -> tuple[VersionRecord | None, list[VersionRecord]]:
+        """(LATEST, every record oldest first) of one key, in one Query (reconcile)."""
+        latest, records = self._key_items(bucket, key)
+        if latest is None:
+            return None, records
+        if _current_form(latest):
+            return _record(latest), records
+        return history.latest_entry(records), records
+
+    def _key_items(
+        self, bucket: str, key: str
+    ) -> tuple[dict[str, Any] | None, list[VersionRecord]]:
+        """The raw LATEST item and the records, oldest first, of one key: one Query."""
+        latest: dict[str, Any] | None = None
+        records: list[VersionRecord] = []
+        for item in self._query(
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": object_pk(bucket, key)}},
+            ConsistentRead=True,
+        ):
+            if item["sk"]["S"] == LATEST:
+                latest = item
+            elif item["sk"]["S"].startswith(VERSION_PREFIX):
+                records.append(_record(item))
+        return latest, history.ordered(records)
 
     def keys(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
         """LATEST of every key under `prefix`, in key order (a Query on the key index)."""
@@ -180,9 +308,23 @@ class Ledger:
             KeyConditionExpression=condition,
             ExpressionAttributeValues=values,
         ):
-            yield _record(item)
+            latest = self._latest_of(item)
+            if latest is not None:
+                yield latest
+
+    def _latest_of(self, item: dict[str, Any]) -> VersionRecord | None:
+        """A LATEST item as a record; one an older release wrote (another order) is
+        derived again from the key's records, without writing (migrate on read)."""
+        latest = _record(item)
+        if _current_form(item):
+            return latest
+        return history.latest_entry(self.versions(latest.bucket, latest.key))
 
     def _get(self, bucket: str, key: str, sk: str) -> VersionRecord | None:
+        item = self._get_item(bucket, key, sk)
+        return _record(item) if item else None
+
+    def _get_item(self, bucket: str, key: str, sk: str) -> dict[str, Any] | None:
         try:
             response = self._db.get_item(
                 TableName=self.table,
@@ -191,8 +333,8 @@ class Ledger:
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, "DynamoDB GetItem") from exc
-        item = response.get("Item")
-        return _record(item) if item else None
+        item: dict[str, Any] | None = response.get("Item")
+        return item
 
     def _query(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
         paginator = self._db.get_paginator("query")
@@ -205,6 +347,15 @@ class Ledger:
 
 def _record(item: dict[str, Any]) -> VersionRecord:
     return VersionRecord.from_dict({k: _deserializer.deserialize(v) for k, v in item.items()})
+
+
+def _current_form(item: dict[str, Any]) -> bool:
+    """Was this item written with today's order key (or by an older release)?"""
+    return order.is_current(item.get("order_key", {}).get("S"))
+
+
+def _same_entry(item: dict[str, Any], record: VersionRecord) -> bool:
+    return _current_form(item) and _record(item) == record
 
 
 def table_definition(table: str) -> dict[str, Any]:

@@ -144,11 +144,11 @@ def test_a_reconcile_interrupted_midway_resumes_and_backs_up_each_object_once(aw
     real_process = service.process
     calls: list[str] = []
 
-    def dying_process(event):
+    def dying_process(event, **options):
         if len(calls) == 5:
             raise Crash
         calls.append(event.key)
-        return real_process(event)
+        return real_process(event, **options)
 
     service.process = dying_process  # type: ignore[method-assign]
     with pytest.raises(Crash):

@@ -515,10 +515,13 @@ def test_without_sequencers_the_event_time_orders():
     assert earlier.order_key < event_with().order_key
 
 
-def test_an_event_with_a_sequencer_sorts_after_one_with_only_a_time():
-    """As ObjectEvent.order_key documents: a (real S3) sequencer always wins over a time."""
+def test_the_second_orders_first_then_the_sequencer_or_the_time():
+    """agent/order.py: time to the whole second first (the one thing every source has),
+    then inside one second a sequencer sorts after a time-only event."""
     late_time = event_with(time=datetime(2099, 1, 1, tzinfo=UTC))
-    assert event_with("0000000000000001").order_key > late_time.order_key
+    assert event_with("0000000000000001").order_key < late_time.order_key
+    same_second = event_with(time=datetime(2026, 11, 23, 10, 0, 0, 999999, tzinfo=UTC))
+    assert event_with("0000000000000001").order_key > same_second.order_key
 
 
 # -- version_token: one id per version, stable across deliveries ----------------------------

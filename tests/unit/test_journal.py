@@ -84,3 +84,60 @@ def test_each_append_is_fsynced_and_a_new_segment_directory_entry_too(tmp_path, 
     journal.append(record("b"))
     segment = str(tmp_path / "2026-11-23.jsonl")
     assert synced == [segment, str(tmp_path), segment]
+
+
+def test_an_order_note_gives_the_version_its_new_place_on_replay(tmp_path):
+    journal = Journal(tmp_path)
+    first = record("a")
+    journal.append(first)
+    journal.append_order(first, first.order_key + "+")
+    assert [r.order_key for r in journal.read_all()] == [first.order_key + "+"]
+
+
+def test_an_order_note_before_a_version_was_recorded_anew_does_not_apply(tmp_path):
+    journal = Journal(tmp_path)
+    first = record("a")
+    journal.append(first)
+    journal.append_order(first, first.order_key + "+")
+    journal.append_note("expired", first.to_dict())
+    journal.append(first)  # backed up again after it expired: a fresh record
+    assert list(journal.read_all()) == [first]
+
+
+def test_lines_of_the_previous_release_read_in_todays_order(tmp_path):
+    """The previous release wrote "s<sequencer>" and "e<time>" keys (every "s" after every
+    "e"); they are rebuilt from the line's own time and sequencer."""
+    import json
+
+    evented = {**record("a", 1).to_dict(), "order_key": "s" + "01".ljust(64, "0")}
+    listed = {
+        **record("a", 2).to_dict(),
+        "event_time": "2026-11-24T00:00:05+00:00",
+        "order_key": "e20261124T000005.000000Z",
+    }
+    del listed["sequencer"]
+    segment = tmp_path / "2026-11-24.jsonl"
+    segment.write_text("".join(json.dumps(line) + "\n" for line in (listed, evented)))
+    read = list(Journal(tmp_path).read_all())
+    assert sorted(read, key=lambda r: r.order_key)[-1].version_id == "v2"
+    assert all(r.order_key.startswith("2:") for r in read)
+
+
+def test_tombstones_written_before_records_said_whether_they_were_markers(tmp_path):
+    """Lines without `delete_marker`: the event's name tells a marker from a permanent
+    delete of one version (which is not a version of its own)."""
+    import json
+
+    marker = {
+        **record("a", 1, deleted=True).to_dict(),
+        "event_name": "ObjectRemoved:DeleteMarkerCreated",
+    }
+    removal = {**record("b", 2, deleted=True).to_dict(), "version_token": "del:v:v2"}
+    for line in (marker, removal):
+        del line["delete_marker"]
+    (tmp_path / "2026-11-23.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in (marker, removal))
+    )
+    read = {r.key: r for r in Journal(tmp_path).read_all()}
+    assert read["a"].delete_marker and not read["a"].removes_one_version
+    assert read["b"].removes_one_version and not read["b"].delete_marker

@@ -144,10 +144,22 @@ def test_without_sequencers_an_earlier_event_never_replaces_latest(ledger):
     assert ledger.latest(BUCKET, "reports/q1.txt") == newest
 
 
-def test_a_time_only_event_never_replaces_a_sequenced_latest(ledger):
+def test_a_later_second_wins_whatever_reported_it(ledger):
+    """One order for every source (agent/order.py): a version recorded without a sequencer
+    a second later is later; a sequencer no longer wins over every time."""
     sequenced = stored(event(sequencer="0055AED6DCD90281E5", version_id="real"))
     ledger.record(sequenced)
-    ledger.record(stored(event(time=T0 + timedelta(days=365), version_id="synthetic")))
+    later = stored(event(time=T0 + timedelta(seconds=1), version_id="listed"))
+    ledger.record(later)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == later
+    ledger.record(stored(event(sequencer="0055AED6DCD90281F0", version_id="redriven")))
+    assert ledger.latest(BUCKET, "reports/q1.txt") == later  # an older second, redriven
+
+
+def test_within_one_second_a_sequencer_sorts_after_a_time(ledger):
+    sequenced = stored(event(sequencer="0055AED6DCD90281E5", version_id="real"))
+    ledger.record(sequenced)
+    ledger.record(stored(event(time=T0 + timedelta(milliseconds=999), version_id="synthetic")))
     assert ledger.latest(BUCKET, "reports/q1.txt") == sequenced
 
 
@@ -172,11 +184,40 @@ def test_a_permanent_delete_of_an_older_version_leaves_latest_alone(ledger):
     assert gone_v1 in ledger.versions(BUCKET, "reports/q1.txt")
 
 
-def test_a_permanent_delete_of_the_latest_version_becomes_latest(ledger):
+def test_a_permanent_delete_of_the_only_version_becomes_latest(ledger):
+    """No version is left in S3: LATEST is the removal, so the key is listed as deleted."""
     ledger.record(stored(event(sequencer="10", version_id="v1")))
     gone_v1 = tombstone(event(sequencer="30", version_id="v1", kind=EventKind.REMOVED))
     ledger.record(gone_v1)
     assert ledger.latest(BUCKET, "reports/q1.txt") == gone_v1
+
+
+def test_a_permanent_delete_of_the_current_version_makes_the_previous_one_latest(ledger):
+    previous = stored(event(sequencer="10", version_id="v1"))
+    ledger.record(previous)
+    ledger.record(stored(event(sequencer="20", version_id="v2")))
+    ledger.record(tombstone(event(sequencer="30", version_id="v2", kind=EventKind.REMOVED)))
+    assert ledger.latest(BUCKET, "reports/q1.txt") == previous
+
+
+def test_removing_the_delete_marker_makes_the_version_under_it_latest(ledger):
+    version = stored(event(sequencer="10", version_id="v1"))
+    ledger.record(version)
+    marker = event(sequencer="20", version_id="m", kind=EventKind.REMOVED, delete_marker=True)
+    ledger.record(tombstone(marker))
+    undelete = tombstone(event(sequencer="30", version_id="m", kind=EventKind.REMOVED))
+    assert undelete.version_token == "rm:v:m" != tombstone(marker).version_token
+    assert ledger.record(undelete) is True  # not a duplicate of the marker
+    assert ledger.latest(BUCKET, "reports/q1.txt") == version
+
+
+def test_a_put_recorded_after_its_own_removal_does_not_become_latest(ledger):
+    """The removal was processed while the version's copy was still being written."""
+    previous = stored(event(sequencer="10", version_id="v1"))
+    ledger.record(previous)
+    ledger.record(tombstone(event(sequencer="30", version_id="v2", kind=EventKind.REMOVED)))
+    ledger.record(stored(event(sequencer="20", version_id="v2")))
+    assert ledger.latest(BUCKET, "reports/q1.txt") == previous
 
 
 def test_a_permanent_delete_of_an_unknown_key_becomes_latest(ledger):
@@ -282,3 +323,48 @@ def test_a_failure_advancing_latest_is_raised_and_a_redelivery_repairs_it(ledger
     assert ledger.latest(BUCKET, record.key) is None
     assert ledger.record(record) is False  # the version was already in
     assert ledger.latest(BUCKET, record.key) == record
+
+
+# -- tables written by the previous release (order keys "s<sequencer>" / "e<time>") ---------
+
+
+def old_release_item(record: VersionRecord, sk: str, order_key: str) -> dict:
+    from boto3.dynamodb.types import TypeSerializer
+
+    fields = {**record.to_dict(), "order_key": order_key, "pk": f"{BUCKET}/{record.key}"}
+    fields["sk"] = sk
+    if sk == "LATEST":
+        fields |= {"gsi_bucket": BUCKET, "gsi_key": record.key}
+    return {k: TypeSerializer().serialize(v) for k, v in fields.items()}
+
+
+def test_a_table_of_the_previous_release_is_read_in_todays_order(ledger, dynamodb):
+    """v1 came through an event ("s…"), v2, a second later, through reconcile ("e…"): the
+    previous release sorted every "s" after every "e" and its LATEST may say v1."""
+    v1 = stored(event(sequencer="10", version_id="v1"))
+    v2 = stored(event(time=T0 + timedelta(seconds=1), version_id="v2"))
+    old_keys = {"v1": "s" + "10".ljust(64, "0"), "v2": "e20261123T100001.000000Z"}
+    for record in (v1, v2):
+        item = old_release_item(record, "V#" + record.version_token, old_keys[record.version_id])
+        dynamodb.put_item(TableName=TABLE, Item=item)
+    dynamodb.put_item(TableName=TABLE, Item=old_release_item(v1, "LATEST", old_keys["v1"]))
+
+    assert [r.version_id for r in ledger.versions(BUCKET, v1.key)] == ["v1", "v2"]
+    assert ledger.latest(BUCKET, v1.key) == v2
+    assert list(ledger.keys(BUCKET)) == [v2]
+    raw = dynamodb.get_item(
+        TableName=TABLE, Key={"pk": {"S": f"{BUCKET}/{v1.key}"}, "sk": {"S": "LATEST"}}
+    )
+    assert raw["Item"]["order_key"]["S"] == old_keys["v1"]  # reading wrote nothing
+
+
+def test_the_first_write_after_the_upgrade_rewrites_an_old_latest(ledger, dynamodb):
+    v2 = stored(event(sequencer="20", version_id="v2"))
+    dynamodb.put_item(TableName=TABLE, Item=old_release_item(v2, "V#v:v2", "s20"))
+    dynamodb.put_item(TableName=TABLE, Item=old_release_item(v2, "LATEST", "s20"))
+    ledger.record(stored(event(sequencer="10", version_id="v1")))  # a late, older event
+    raw = dynamodb.get_item(
+        TableName=TABLE, Key={"pk": {"S": f"{BUCKET}/{v2.key}"}, "sk": {"S": "LATEST"}}
+    )
+    assert raw["Item"]["order_key"]["S"] == v2.order_key and v2.order_key.startswith("2:")
+    assert ledger.latest(BUCKET, v2.key) == v2

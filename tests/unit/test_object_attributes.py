@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 
 from agent.errors import RetryableError
 from agent.events import ObjectEvent, parse_message
+from agent.order import event_key
 from agent.pipeline.backup import Outcome
 from agent.records import VersionRecord
 from agent.stats import Stats
@@ -166,7 +167,7 @@ def full_record() -> VersionRecord:
         bucket=BUCKET,
         key="site/index.html",
         version_token="v:1",
-        order_key="s0055",
+        order_key=event_key(datetime(2026, 11, 23, 10, tzinfo=UTC), None),  # today's form
         event_name="ObjectCreated:Put",
         event_time="2026-11-23T10:00:00+00:00",
         backup_time="2026-11-23T10:00:01+00:00",
