@@ -50,7 +50,14 @@ from agent.restore.source import (
     newest_stored,
     select,
 )
-from agent.restore.targets import DirectoryTarget, S3Target, Status, Target
+from agent.restore.targets import (
+    RESTORED_DIR_MODE,
+    RESTORED_FILE_MODE,
+    DirectoryTarget,
+    S3Target,
+    Status,
+    Target,
+)
 from agent.restore.verify import stored_versions, verify
 from agent.schedule import duration_seconds
 from agent.snapshots.listing import snapshot_listing
@@ -217,6 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--to-prefix", metavar="P2", default="", help="--to-s3: prepend P2 to every key"
     )
     restore.add_argument("--overwrite", action="store_true", help="replace what is there")
+    restore.add_argument(
+        "--mode",
+        type=_octal_mode,
+        default=RESTORED_FILE_MODE,
+        help="--to DIR: the restored files' mode (default 0600)",
+    )
+    restore.add_argument(
+        "--dir-mode",
+        type=_octal_mode,
+        default=RESTORED_DIR_MODE,
+        help="--to DIR: the mode of directories the restore creates (default 0700)",
+    )
     restore.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     restore.add_argument("--workers", type=int, help="files at once (default restore.workers)")
 
@@ -400,7 +419,13 @@ def cmd_restore(rt: Runtime) -> int:
         )
     else:
         chosen = place(chosen)
-        target = DirectoryTarget(volume, Path(args.to), overwrite=args.overwrite)
+        target = DirectoryTarget(
+            volume,
+            Path(args.to),
+            overwrite=args.overwrite,
+            file_mode=args.mode,
+            dir_mode=args.dir_mode,
+        )
     workers = args.workers or rt.config.restore.workers
     progress = NoProgress() if args.dry_run else rt.progress()
     stop = threading.Event()
@@ -591,3 +616,14 @@ def cmd_verify(rt: Runtime) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _octal_mode(text: str) -> int:
+    """``0640`` or ``640``: permission bits only (no setuid, setgid or sticky)."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 0640") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text!r}: permission bits only (0000-0777)")
+    return mode

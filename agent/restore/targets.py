@@ -83,13 +83,32 @@ class Target(Protocol):
     def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status: ...
 
 
-class DirectoryTarget:
-    """Files land at DIR/<escaped key>; nothing is written outside DIR."""
+RESTORED_FILE_MODE = 0o600  # a restore often runs as root: nothing readable by others
+RESTORED_DIR_MODE = 0o700  # unless --mode / --dir-mode say otherwise
 
-    def __init__(self, volume: Volume, directory: Path, *, overwrite: bool = False) -> None:
+
+class DirectoryTarget:
+    """Files land at DIR/<escaped key>; nothing is written outside DIR.
+
+    Files are written 0600 (the temp file too, from its first byte) and the directories the
+    restore creates 0700, owned by the restoring user; directories that already exist keep
+    their mode.
+    """
+
+    def __init__(
+        self,
+        volume: Volume,
+        directory: Path,
+        *,
+        overwrite: bool = False,
+        file_mode: int = RESTORED_FILE_MODE,
+        dir_mode: int = RESTORED_DIR_MODE,
+    ) -> None:
         self.volume = volume
         self.directory = directory.resolve()  # created on the first write, never by dry runs
         self.overwrite = overwrite
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
 
     def destination(self, item: Item) -> str:
         return str(self.directory.joinpath(*self._parts(item)))
@@ -135,12 +154,15 @@ class DirectoryTarget:
         return item.placement.parts
 
     def _make_parents(self, parts: tuple[str, ...]) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.directory.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.directory, self.dir_mode, follow_symlinks=False)
         current = self.directory
         for part in parts:
             current = current / part
             with contextlib.suppress(FileExistsError):
-                current.mkdir()
+                current.mkdir(mode=0o700)
+                os.chmod(current, self.dir_mode, follow_symlinks=False)  # exact, not umask'd
             if current.is_symlink():
                 raise UnsafePath(f"{current} is a symlink; refusing to follow it")
             if not current.is_dir():
@@ -149,7 +171,8 @@ class DirectoryTarget:
 
     def _write_temp(self, temp: Path, item: Item, on_bytes: Callable[[int], None]) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temp, flags, 0o644)
+        fd = os.open(temp, flags, 0o600)
+        os.fchmod(fd, self.file_mode)  # exactly the mode asked for, whatever the umask
         with os.fdopen(fd, "wb") as sink:
             writer = WritebackAsYouGo(sink)  # the fsync below then waits only for the tail
             # closing(): a failed write stops the read-ahead thread now, not at garbage collection

@@ -621,3 +621,46 @@ def test_first_ctrl_c_sets_the_stop_flag_and_the_second_aborts():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# -- modes of what a restore writes (issue 16, item 5) -----------------------------------------
+
+
+def test_restored_files_and_new_directories_are_not_readable_by_others(backups, restore, tmp_path):
+    """A restore often runs as root into a shared place: 0600 files, 0700 new directories
+    (was 0644 and the umask's directories), whatever the umask; the target's existing
+    directories keep their mode."""
+    backups.put("payroll/2026/march.csv", b"salaries")
+    target = tmp_path / "shared"
+    target.mkdir(mode=0o755)
+    os.chmod(target, 0o755)
+    old_umask = os.umask(0o000)  # the widest umask: the modes must not come from it
+    try:
+        result = restore("restore", "--all", "--to", str(target))
+    finally:
+        os.umask(old_umask)
+
+    assert result.code == 0, result.err
+    assert (target / "payroll/2026/march.csv").stat().st_mode & 0o777 == 0o600
+    assert (target / "payroll").stat().st_mode & 0o777 == 0o700
+    assert (target / "payroll/2026").stat().st_mode & 0o777 == 0o700
+    assert target.stat().st_mode & 0o777 == 0o755  # the operator's directory is left alone
+
+
+def test_mode_and_dir_mode_choose_other_modes(backups, restore, tmp_path):
+    backups.put("site/index.html", b"<html/>")
+    result = restore(
+        "restore", "--all", "--to", str(tmp_path / "www"), "--mode", "0644", "--dir-mode", "755"
+    )
+
+    assert result.code == 0, result.err
+    assert (tmp_path / "www/site/index.html").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "www/site").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "www").stat().st_mode & 0o777 == 0o755  # created by the restore
+
+
+@pytest.mark.parametrize("mode", ["4755", "rw-r--r--", "999"])
+def test_a_mode_beyond_permission_bits_is_a_usage_error(restore, tmp_path, mode):
+    with pytest.raises(SystemExit) as exited:
+        restore("restore", "--all", "--to", str(tmp_path / "x"), "--mode", mode)
+    assert exited.value.code == 2
