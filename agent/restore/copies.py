@@ -47,6 +47,14 @@ def verified_chunks(
         with volume.open_copy(record.sha256) as reader:
             # A large copy decompresses ahead in its own thread: hash and write overlap.
             for data in readahead.chunks(lambda: reader.read(chunk), record.size):
+                if record.size is not None and total + len(data) > record.size:
+                    # A planted or damaged copy that expands past the record: stop before a
+                    # byte beyond the recorded size reaches the target (disk and memory flat).
+                    raise CorruptCopy(
+                        record,
+                        f"stored copy {record.sha256} expands past the recorded"
+                        f" {record.size} bytes",
+                    )
                 digest.update(data)
                 total += len(data)
                 yield data

@@ -44,6 +44,11 @@ READ_CHUNK = 1 << 20
 WRITEBACK_BYTES = 8 << 20
 
 
+# zstd's own default limit for decompression (ZSTD_WINDOWLOG_LIMIT_DEFAULT = 27): the largest
+# window a streaming compressor uses at levels 1-22.
+MAX_WINDOW_BYTES = 1 << 27
+
+
 @dataclass(frozen=True, slots=True)
 class CompressionSettings:
     level: int = 3
@@ -240,9 +245,15 @@ class Volume:
 
     @contextlib.contextmanager
     def open_copy(self, sha256: str) -> Iterator[IO[bytes]]:
-        """A reader of the original bytes of a copy (decompressing as it goes)."""
+        """A reader of the original bytes of a copy (decompressing as it goes).
+
+        The copy is untrusted input: its frame may ask for at most `MAX_WINDOW_BYTES` of
+        window (what the compressor can produce at any level), so a planted frame cannot make
+        the decompressor allocate more. Callers bound the output by the record's size.
+        """
         with self.copy_path(sha256).open("rb") as raw:
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, read_size=READ_CHUNK)
+            decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES)
+            reader = decompressor.stream_reader(raw, read_size=READ_CHUNK)
             with reader:
                 yield reader
 
@@ -253,8 +264,10 @@ class Volume:
         try:
             with self.open_copy(sha256) as reader:
                 for chunk in readahead.chunks(lambda: reader.read(READ_CHUNK), size):
-                    digest.update(chunk)
                     total += len(chunk)
+                    if size is not None and total > size:  # a bomb: stop, do not read it all
+                        raise IntegrityError(f"copy {sha256} expands past {size} bytes")
+                    digest.update(chunk)
         except FileNotFoundError:
             raise IntegrityError(f"copy {sha256} is missing") from None
         except zstandard.ZstdError as exc:

@@ -664,3 +664,33 @@ def test_a_mode_beyond_permission_bits_is_a_usage_error(restore, tmp_path, mode)
     with pytest.raises(SystemExit) as exited:
         restore("restore", "--all", "--to", str(tmp_path / "x"), "--mode", mode)
     assert exited.value.code == 2
+
+
+# -- a tampered copy that expands far past its record (issue 16, item 2) ---------------------
+
+
+def test_a_planted_decompression_bomb_fails_that_file_and_writes_nothing_beyond_its_size(
+    backups, restore, volume, tmp_path
+):
+    """An 8-KiB-ish copy on the volume that expands to 256 MiB under a record of 11 bytes:
+    was decompressed in full into the target's temp file before the hash check said no."""
+    import hashlib
+
+    import zstandard
+
+    backups.put("small.txt", b"eleven byte")
+    backups.put("fine.txt", b"restored anyway")
+    sha = hashlib.sha256(b"eleven byte").hexdigest()
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(256 << 20))
+    assert len(bomb) < 64 << 10
+    volume.copy_path(sha).write_bytes(bomb)
+    target = tmp_path / "out"
+
+    result = restore("restore", "--all", "--to", str(target), "--json")
+
+    assert result.code == 1
+    failed = result.files()["small.txt"]
+    assert failed["status"] == "failed" and "expands past the recorded 11 bytes" in failed["error"]
+    assert (target / "fine.txt").read_bytes() == b"restored anyway"
+    written = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
+    assert written == len(b"restored anyway")  # no partial file, no temp file left behind
