@@ -176,7 +176,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-
     return Daemon(config, build_clients(config), config_path=args.config_path).run()
 
 
@@ -197,7 +196,6 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
-
     volume = Volume(config.storage.root)
     if args.force and volume.root.is_dir() and not volume.marker_path.exists():
         problem = volume.not_fresh()
@@ -226,7 +224,6 @@ def _locked_job(
 
 
 def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
-
     report = _locked_job(
         config,
         "reconcile",
@@ -245,7 +242,6 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_retention(args: argparse.Namespace, config: Config) -> int:
-
     report = _locked_job(
         config,
         "retention",
@@ -264,7 +260,6 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, config: Config) -> int:
-
     report = _locked_job(
         config,
         "gc",
@@ -281,7 +276,6 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
-
     report = _locked_job(config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once())
     print(
         f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
@@ -291,7 +285,6 @@ def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
-
     if args.role_document:
         document = trust_document(config)
     else:
@@ -306,13 +299,11 @@ def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_alarms(args: argparse.Namespace, config: Config) -> int:
-
     cloudwatch = build_clients(config).cloudwatch()
     return alarms.run(config, cloudwatch, resolve_dimensions(config), args.dry_run)
 
 
 def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
-
     board = Dashboard(build_clients(config).cloudwatch(), config)
     action = board.apply(resolve_dimensions(config), dry_run=args.dry_run)
     print(f"{action:<16} dashboard {board.name}")
@@ -320,7 +311,6 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-
     sqs = None if args.offline else build_clients(config).sqs
     status = agent_status.gather(config, args.config_path, sqs)
     if args.json:
@@ -345,7 +335,6 @@ def _alert_rejected_config(path: Path, problems: list[str]) -> None:
 
 
 def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
-
     volume = Volume(Path(args.root) if args.root else config.storage.root)
     volume.read_marker()
     report = reindex(
@@ -363,7 +352,6 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
-
     Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
     run = snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
     describe_run(run)

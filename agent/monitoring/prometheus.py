@@ -90,30 +90,24 @@ class _ScrapeCollector(Collector):
             "Compressed bytes newly written to the volume.",
             value=stats.bytes_stored,
         )
-        ignored = CounterMetricFamily(
-            f"{PREFIX}_events_ignored",
+        yield _by_label(
+            "events_ignored",
             "Event records ignored on purpose (tagging, ACL, test event, ...), by event name.",
-            labels=["event"],
+            "event",
+            stats.ignored,
         )
-        for name, count in sorted(stats.ignored.items()):
-            ignored.add_metric([name], count)
-        yield ignored
-        archived = CounterMetricFamily(
-            f"{PREFIX}_objects_archived",
+        yield _by_label(
+            "objects_archived",
             "Versions found that S3 will not serve (archived, SSE-C): not backed up, by reason.",
-            labels=["reason"],
+            "reason",
+            stats.archived,
         )
-        for reason, count in sorted(stats.archived.items()):
-            archived.add_metric([reason], count)
-        yield archived
-        tags = CounterMetricFamily(
-            f"{PREFIX}_tag_requests",
+        yield _by_label(
+            "tag_requests",
             "GetObjectTagging requests (storage.record_tags: one per version), by result.",
-            labels=["result"],
+            "result",
+            stats.tag_requests,
         )
-        for result, count in sorted(stats.tag_requests.items()):
-            tags.add_metric([result], count)
-        yield tags
         extra = src.counters()
         yield CounterMetricFamily(
             f"{PREFIX}_backups_gave_up",
@@ -402,3 +396,11 @@ class PrometheusMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _by_label(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> Metric:
+    """One counter with a sample per `label` value."""
+    family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
