@@ -321,7 +321,7 @@ class ScrubConfig(Section):
 class MetricsConfig(Section):
     namespace: str = Field(default="BackupAgent", min_length=1, max_length=255)
     prometheus: str | None = Field(
-        default="127.0.0.1:9108", description="HOST:PORT of the Prometheus endpoint; null = off."
+        default="127.0.0.1:19108", description="HOST:PORT of the Prometheus endpoint; null = off."
     )
     cloudwatch: bool = True
     instance_id: str | None = Field(
@@ -344,7 +344,7 @@ class MetricsConfig(Section):
             return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"{value!r} is not HOST:PORT (127.0.0.1:9108), or null to turn off")
+            raise ValueError(f"{value!r} is not HOST:PORT (127.0.0.1:19108), or null to turn off")
         return value
 
 

@@ -5,6 +5,14 @@ endpoint and CloudWatch always agree; histograms are fed per backup. Everything 
 the agent's own `CollectorRegistry` (never the process-global one), so tests can run
 several agents in one process.
 
+Conventions (https://prometheus.io/docs/practices/naming/, .../instrumentation/): base units
+and ratios 0..1 (`disk_used_ratio`, never a percentage); times as Unix timestamps
+(`last_success_timestamp_seconds`), not "seconds since", so the alert does the subtraction;
+every counter is present from the first scrape, at 0 for each label value known in advance
+(outcomes, reasons, jobs, alert kinds), so `rate()` and `increase()` see the first
+increment; no `_created` series (`disable_created_metrics`); a `build_info` gauge with the
+version; the standard `process_*` metrics.
+
 The endpoint faces whoever can reach its port, so it is served by `_BoundedServer`, not
 prometheus-client's thread-per-connection server: at most `MAX_CONNECTIONS` connections
 (one thread each), each cut `CONNECTION_TIMEOUT_SECONDS` after it was accepted whatever it
@@ -26,12 +34,22 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    make_wsgi_app,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from agent import __version__
+from agent.monitoring.alerts import AlertKind
 from agent.monitoring.metrics import DiskUsageReader
+from agent.pipeline.backup import ARCHIVED, SSE_C, Outcome
 from agent.scheduler import JobRecord
 from agent.stats import Stats
 
@@ -44,6 +62,16 @@ SIZE_BUCKETS = tuple(float(1 << n) for n in range(10, 37, 3))  # 1 KiB … 64 Gi
 MAX_CONNECTIONS = 8  # at once, a thread each: Prometheus scrapes one at a time
 CONNECTION_TIMEOUT_SECONDS = 10.0  # from accept to close, whatever the client does
 _SLOT_WAIT_SECONDS = 0.5  # for a cut connection's thread to give its slot back
+
+# Label values known in advance: their counters are exported at 0 from the start.
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
+ARCHIVED_REASONS = (ARCHIVED, SSE_C)
+TAG_RESULTS = ("read", "denied", "missing", "failed")  # agent/pipeline/backup.py, _tags
+ALERT_KINDS = tuple(kind.value for kind in AlertKind)
+
+# One process, one exposition: a `_created` sample per counter and histogram doubles the
+# series and means nothing to an alert (prometheus-client's switch is process-wide).
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
 
 
 @dataclass
@@ -70,18 +98,19 @@ class _ScrapeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         src = self.sources
         stats = src.stats.snapshot()
-        succeeded = CounterMetricFamily(
-            f"{PREFIX}_backups_succeeded", "Objects backed up, by outcome.", labels=["outcome"]
+        yield _by_label(
+            "backups_succeeded",
+            "Objects backed up, by outcome.",
+            "outcome",
+            stats.outcomes,
+            OUTCOMES,
         )
-        for outcome, count in sorted(stats.outcomes.items()):
-            succeeded.add_metric([outcome], count)
-        yield succeeded
-        failed = CounterMetricFamily(
-            f"{PREFIX}_backups_failed", "Failed backup attempts, by error type.", labels=["reason"]
+        yield _by_label(
+            "backups_failed",
+            "Failed backup attempts, by error type (a series appears at its first failure).",
+            "reason",
+            stats.failures,
         )
-        for reason, count in sorted(stats.failures.items()):
-            failed.add_metric([reason], count)
-        yield failed
         yield CounterMetricFamily(
             f"{PREFIX}_bytes_backed_up", "Object bytes backed up.", value=stats.bytes_backed_up
         )
@@ -101,12 +130,14 @@ class _ScrapeCollector(Collector):
             "Versions found that S3 will not serve (archived, SSE-C): not backed up, by reason.",
             "reason",
             stats.archived,
+            ARCHIVED_REASONS,
         )
         yield _by_label(
             "tag_requests",
             "GetObjectTagging requests (storage.record_tags: one per version), by result.",
             "result",
             stats.tag_requests,
+            TAG_RESULTS,
         )
         extra = src.counters()
         yield CounterMetricFamily(
@@ -114,12 +145,24 @@ class _ScrapeCollector(Collector):
             "Messages given up on after the last retry.",
             value=extra.get("BackupsGaveUp", 0),
         )
-        since = stats.last_success_at or stats.started_at
-        yield GaugeMetricFamily(
-            f"{PREFIX}_seconds_since_last_backup",
-            "Seconds since the last successful backup (or the agent's start).",
-            value=max(0.0, src.clock() - since),
+        build = GaugeMetricFamily(
+            f"{PREFIX}_build_info",
+            "Always 1; the agent's version in the label.",
+            labels=["version"],
         )
+        build.add_metric([__version__], 1)
+        yield build
+        yield GaugeMetricFamily(
+            f"{PREFIX}_start_time_seconds",
+            "When the agent started (Unix time).",
+            value=stats.started_at,
+        )
+        if stats.last_success_at is not None:
+            yield GaugeMetricFamily(
+                f"{PREFIX}_last_success_timestamp_seconds",
+                "When an object was last backed up (Unix time); absent until the first one.",
+                value=stats.last_success_at,
+            )
         yield GaugeMetricFamily(
             f"{PREFIX}_messages_in_flight",
             "SQS messages being worked on.",
@@ -153,7 +196,9 @@ class _ScrapeCollector(Collector):
         except OSError:
             return
         yield GaugeMetricFamily(
-            f"{PREFIX}_disk_used_percent", "Used space of the backup volume.", value=usage.percent
+            f"{PREFIX}_disk_used_ratio",
+            "Used space of the backup volume, 0 to 1 (as df shows it).",
+            value=usage.percent / 100,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_disk_free_bytes", "Free bytes on the backup volume.", value=usage.free
@@ -174,28 +219,34 @@ class _ScrapeCollector(Collector):
         duration = GaugeMetricFamily(
             f"{PREFIX}_job_last_duration_seconds", "Duration of the last run.", labels=["job"]
         )
+        succeeded = GaugeMetricFamily(
+            f"{PREFIX}_job_last_success_timestamp_seconds",
+            "When the job last ran without failing (Unix time); absent until then.",
+            labels=["job"],
+        )
         for record in self.sources.jobs():
             runs.add_metric([record.name], record.runs)
             failures.add_metric([record.name], record.failures)
             if record.last_duration is not None:
                 duration.add_metric([record.name], record.last_duration)
+            if record.last_success_at is not None:
+                succeeded.add_metric([record.name], record.last_success_at)
         yield runs
         yield failures
         yield duration
+        yield succeeded
 
     def _alerts(self) -> Iterator[Metric]:
-        sent = CounterMetricFamily(f"{PREFIX}_alerts_sent", "Alerts delivered.", labels=["kind"])
-        for kind, count in sorted(self.sources.alerts_sent().items()):
-            sent.add_metric([kind], count)
-        yield sent
-        suppressed = CounterMetricFamily(
-            f"{PREFIX}_alerts_suppressed",
-            "Alerts folded into a summary by rate limiting.",
-            labels=["kind"],
+        yield _by_label(
+            "alerts_sent", "Alerts delivered.", "kind", self.sources.alerts_sent(), ALERT_KINDS
         )
-        for kind, count in sorted(self.sources.alerts_suppressed().items()):
-            suppressed.add_metric([kind], count)
-        yield suppressed
+        yield _by_label(
+            "alerts_suppressed",
+            "Alerts folded into a summary by rate limiting.",
+            "kind",
+            self.sources.alerts_suppressed(),
+            ALERT_KINDS,
+        )
 
 
 @dataclass
@@ -344,6 +395,7 @@ class PrometheusMetrics:
     def __init__(self, sources: Sources, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.registry.register(_ScrapeCollector(sources))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, ..._memory_bytes
         self.lag = Histogram(
             f"{PREFIX}_backup_lag_seconds",
             "S3 event time to durable copy.",
@@ -398,9 +450,16 @@ class PrometheusMetrics:
             self._server = None
 
 
-def _by_label(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> Metric:
-    """One counter with a sample per `label` value."""
+def _by_label(
+    name: str,
+    documentation: str,
+    label: str,
+    counts: Mapping[str, int],
+    known: tuple[str, ...] = (),
+) -> Metric:
+    """One counter with a sample per `label` value: each `known` value (at 0 until counted),
+    then any other value counted."""
     family = CounterMetricFamily(f"{PREFIX}_{name}", documentation, labels=[label])
-    for value, count in sorted(counts.items()):
-        family.add_metric([value], count)
+    for value in sorted({*known, *counts}):
+        family.add_metric([value], counts.get(value, 0))
     return family

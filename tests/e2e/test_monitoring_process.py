@@ -65,7 +65,7 @@ def test_the_agent_publishes_metrics_serves_prometheus_and_emails_alerts(tmp_pat
     finally:
         assert agent.stop() == 0
     assert families["backup_agent_bytes_backed_up"].samples[0].value == 4000
-    assert families["backup_agent_disk_used_percent"].samples[0].value > 0
+    assert 0 < families["backup_agent_disk_used_ratio"].samples[0].value <= 1
 
     cloudwatch = stack.clients.cloudwatch()
     names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace="BackupAgent")["Metrics"]}

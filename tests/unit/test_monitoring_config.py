@@ -17,7 +17,7 @@ from tests.support.aws import make_config
 def test_without_the_sections_the_defaults_apply_and_nothing_alerts(backup_root):
     config = make_config(backup_root)
     assert config.metrics.namespace == "BackupAgent"
-    assert config.metrics.prometheus == "127.0.0.1:9108"
+    assert config.metrics.prometheus == "127.0.0.1:19108"
     assert config.alerts.sns_topic_arn is None and config.alerts.email is None
     assert config.alerts.disk_used_percent == 85
     assert config.schedules == {}
