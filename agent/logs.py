@@ -4,6 +4,12 @@ When the stream is the journal's (systemd sets ``JOURNAL_STREAM`` to the device 
 the stdout/stderr it connected to journald), each line starts with its syslog priority
 (``<4>`` for a warning, sd-daemon(3)), so ``journalctl -u backup-agent -p warning`` shows the
 warnings and errors only. Anywhere else the lines are unchanged.
+
+The standard library's records (botocore, boto3, s3transfer, urllib3, APScheduler) go through
+the same renderer, with `logger` naming their source: one format (JSON stays JSON) and one
+level setting. Those libraries are held at WARNING (`LIBRARY_LEVEL`) whatever the agent's
+level, because botocore's DEBUG is the wire protocol and APScheduler's INFO is a line per job
+run; pass `library_level` to see more.
 """
 
 from __future__ import annotations
@@ -52,37 +58,63 @@ def _journal_priority(_logger: Any, method: str, rendered: Any) -> Any:
     return rendered
 
 
-class _JournalFormatter(logging.Formatter):
-    """The stdlib's records (botocore, urllib3, APScheduler) get their priority too."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return _prefix(super().format(record), PRIORITIES.get(record.levelname.lower(), 6))
+# Libraries whose loggers are held at LIBRARY_LEVEL (or the agent's level, if higher).
+LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "apscheduler")
+LIBRARY_LEVEL = "WARNING"
 
 
-def configure(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
+class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler `configure` installs (and replaces when called again)."""
+
+
+def _level(name: str) -> int:
+    number = logging.getLevelName(name.upper())
+    if not isinstance(number, int):
+        raise ValueError(f"unknown log level {name!r}")
+    return number
+
+
+def configure(
+    level: str = "INFO",
+    fmt: str = "auto",
+    stream: Any = None,
+    library_level: str = LIBRARY_LEVEL,
+) -> None:
     stream = stream or sys.stderr
+    threshold = _level(level)
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer() if use_console else structlog.processors.JSONRenderer()
     )
-    journal = journal_stream(stream)
+    journal = [_journal_priority] if journal_stream(stream) else []
+    shared: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        structlog.processors.UnicodeDecoder(),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.StackInfoRenderer(),
-            structlog.processors.format_exc_info,
-            structlog.processors.UnicodeDecoder(),
-            renderer,
-            *([_journal_priority] if journal else []),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        processors=[structlog.contextvars.merge_contextvars, *shared, renderer, *journal],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=logging.WARNING, stream=stream)
-    if journal:
-        for handler in logging.root.handlers:
-            if getattr(handler, "stream", None) is stream:
-                handler.setFormatter(_JournalFormatter(logging.BASIC_FORMAT))
+    handler = _StdlibHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+                *journal,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(max(threshold, _level(library_level)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 
 import pytest
@@ -19,8 +20,16 @@ class Terminal(io.StringIO):
 
 @pytest.fixture(autouse=True)
 def _restore_logging():
+    root = logging.getLogger()
+    level = root.level
+    libraries = {name: logging.getLogger(name).level for name in logs.LIBRARY_LOGGERS}
     yield
     structlog.reset_defaults()
+    for handler in [h for h in root.handlers if isinstance(h, logs._StdlibHandler)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    for name, old in libraries.items():
+        logging.getLogger(name).setLevel(old)
 
 
 def test_events_are_json_lines_when_not_on_a_terminal():
@@ -89,3 +98,55 @@ def test_no_prefix_when_the_stream_is_not_the_journals(tmp_path, monkeypatch):
         stream.seek(0)
         assert stream.read().startswith("{")
     assert not logs.journal_stream(io.StringIO())
+
+
+def test_stdlib_records_are_rendered_like_the_agents_events():
+    """botocore, urllib3, APScheduler log through the stdlib: JSON output stays JSON."""
+    stream = io.StringIO()
+    logs.configure("INFO", "json", stream=stream)
+    logging.getLogger("botocore.credentials").warning("Refreshing %s", "credentials")
+    structlog.get_logger("t").info("backup.stored")
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["event"] == "Refreshing credentials"
+    assert (first["level"], first["logger"]) == ("warning", "botocore.credentials")
+    assert first["timestamp"].endswith("Z")
+    assert second["event"] == "backup.stored"
+
+
+def test_libraries_are_held_at_warning_and_the_agents_level_applies_to_the_rest():
+    stream = io.StringIO()
+    logs.configure("INFO", "json", stream=stream)
+    logging.getLogger("botocore.endpoint").info("Making request")  # wire chatter: held back
+    logging.getLogger("apscheduler.executors.default").info("Job executed successfully")
+    logging.getLogger("urllib3.connectionpool").warning("Retrying")
+    logging.getLogger("other").debug("below the level")
+    logging.getLogger("other").info("at the level")
+    events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events == ["Retrying", "at the level"]
+
+    stream = io.StringIO()
+    logs.configure("ERROR", "json", stream=stream)  # one setting: a stricter level wins
+    logging.getLogger("urllib3.connectionpool").warning("Retrying")
+    logging.getLogger("botocore").error("failed")
+    assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["failed"]
+
+
+def test_configuring_again_replaces_the_handler_instead_of_doubling_lines():
+    first, second = io.StringIO(), io.StringIO()
+    logs.configure("INFO", "json", stream=first)
+    logs.configure("INFO", "json", stream=second)  # a reload
+    logging.getLogger("botocore").warning("once")
+    assert first.getvalue() == ""
+    assert len(second.getvalue().splitlines()) == 1
+
+
+def test_stdlib_records_to_the_journal_carry_their_priority(tmp_path, monkeypatch):
+    handle = _journal_file(tmp_path, monkeypatch)
+    with handle:
+        logs.configure("INFO", "auto", stream=handle)
+        logging.getLogger("botocore").warning("w")
+        logging.getLogger("apscheduler").error("e")
+        handle.seek(0)
+        lines = handle.read().splitlines()
+    assert [line[:3] for line in lines] == ["<4>", "<3>"]
+    assert json.loads(lines[0][3:])["logger"] == "botocore"
