@@ -390,7 +390,21 @@ class AlarmsConfig(Section):
     )
     disk_periods: int = Field(default=2, ge=1, le=100)
     period_seconds: int = Field(default=300, ge=60, le=86400)
-    no_backup_hours: float = Field(default=24.0, gt=0, le=24 * 366)
+    no_backup_hours: float | None = Field(
+        default=None,
+        gt=0,
+        le=24 * 366,
+        description=(
+            "Opt-in: alarm after this long without a backup, for buckets expected to change at"
+            " least that often (a quiet bucket would page otherwise)."
+        ),
+    )
+    oldest_message_minutes: float = Field(
+        default=60.0,
+        gt=0,
+        le=14 * 24 * 60,
+        description="Alarm when the main queue's oldest message is older than this.",
+    )
     failed_backups: int = Field(
         default=0,
         ge=0,

@@ -46,7 +46,7 @@ class Change:
 
 
 def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str, Any]]:
-    """PutMetricAlarm requests for this instance and its dead-letter queue."""
+    """PutMetricAlarm requests for this instance, its queue and its dead-letter queue."""
     topic = config.alerts.sns_topic_arn
     if not topic:
         raise ConfigError(["alerts.sns_topic_arn: required: every alarm notifies this topic"])
@@ -82,19 +82,20 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
         },
         {
             **common,
-            "AlarmName": f"{prefix}-no-backup",
+            "AlarmName": f"{prefix}-not-reporting",
             "AlarmDescription": (
-                f"No successful backup for {alarms.no_backup_hours:g} hours"
-                " (or the agent stopped reporting)."
+                "The agent sent no metrics for a whole period: stopped, hung, or cut off from"
+                " CloudWatch."
             ),
             "Namespace": namespace,
-            "MetricName": "SecondsSinceLastBackup",
+            "MetricName": "SecondsSinceLastBackup",  # sent with every sample, backups or not
             "Dimensions": dims,
-            "Statistic": "Maximum",
+            "Statistic": "SampleCount",
             "Period": period,
             "EvaluationPeriods": 1,
-            "Threshold": float(alarms.no_backup_hours * 3600),
-            "TreatMissingData": "breaching",  # a silent agent is not a healthy one
+            "Threshold": 1.0,
+            "ComparisonOperator": "LessThanThreshold",
+            "TreatMissingData": "breaching",  # no datapoint is the very thing to alarm on
         },
         {
             **common,
@@ -128,6 +129,9 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
             "TreatMissingData": "notBreaching",
         },
     ]
+    specs.append(oldest_message_alarm(config, common))
+    if alarms.no_backup_hours is not None:
+        specs.append(no_backup_alarm(config, prefix, dims, common, alarms.no_backup_hours))
     specs.append(days_until_full_alarm(config, prefix, dims, common, dimensions["Volume"]))
     if config.snapshots.enabled:
         specs.append(
@@ -141,6 +145,59 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
             )
         )
     return specs
+
+
+def oldest_message_alarm(config: Config, common: Mapping[str, Any]) -> dict[str, Any]:
+    """The backlog is stuck while the agent looks alive: the main queue's oldest message
+    (AWS/SQS, so it alarms with the agent down too) is older than
+    `alarms.oldest_message_minutes`. SQS sends the metric only while the queue is active and
+    holds a message: no datapoint is an empty queue, not a problem."""
+    minutes = config.alarms.oldest_message_minutes
+    queue = config.queue.name
+    return {
+        **common,
+        "AlarmName": f"{config.alarms.name_prefix}-{queue}-oldest-message",
+        "AlarmDescription": (
+            f"The oldest message in {queue} is more than {minutes:g} minutes old: backups are"
+            " not keeping up, or not being taken."
+        ),
+        "Namespace": "AWS/SQS",
+        "MetricName": "ApproximateAgeOfOldestMessage",
+        "Dimensions": [{"Name": "QueueName", "Value": queue}],
+        "Statistic": "Maximum",
+        "Period": config.alarms.period_seconds,
+        "EvaluationPeriods": 1,
+        "Threshold": float(minutes * 60),
+        "TreatMissingData": "notBreaching",
+    }
+
+
+def no_backup_alarm(
+    config: Config,
+    prefix: str,
+    dims: list[dict[str, str]],
+    common: Mapping[str, Any],
+    hours: float,
+) -> dict[str, Any]:
+    """Opt-in (`alarms.no_backup_hours`): for buckets expected to change at least every N
+    hours, silence is the symptom (a broken notification, a writer that stopped). Missing
+    data is breaching: an agent that stopped reporting cannot vouch for its buckets."""
+    return {
+        **common,
+        "AlarmName": f"{prefix}-no-backup",
+        "AlarmDescription": (
+            f"No object backed up for {hours:g} hours, though the buckets are expected to"
+            " change at least that often (or the agent stopped reporting)."
+        ),
+        "Namespace": config.metrics.namespace,
+        "MetricName": "SecondsSinceLastBackup",
+        "Dimensions": dims,
+        "Statistic": "Maximum",
+        "Period": config.alarms.period_seconds,
+        "EvaluationPeriods": 1,
+        "Threshold": float(hours * 3600),
+        "TreatMissingData": "breaching",
+    }
 
 
 def days_until_full_alarm(

@@ -77,7 +77,7 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
             stat="Maximum",
         )
     ]
-    no_backup = config.alarms.no_backup_hours * 3600
+    no_backup_hours = config.alarms.no_backup_hours
     disk_limit = config.alarms.disk_used_percent or config.alerts.disk_used_percent
     ordered = sorted(instances, key=lambda d: sorted(d.items()))
     for row, dims in enumerate(ordered):
@@ -126,7 +126,15 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
                     _metric(ns, "BackupLagSeconds", dims, stat="Maximum"),
                     _metric(ns, "SecondsSinceLastBackup", dims, stat="Maximum"),
                 ],
-                {"annotations": {"horizontal": [{"label": "no backup", "value": no_backup}]}},
+                (
+                    {}
+                    if no_backup_hours is None
+                    else {
+                        "annotations": {
+                            "horizontal": [{"label": "no backup", "value": no_backup_hours * 3600}]
+                        }
+                    }
+                ),
             ),
         ]
         for column, (title, metrics, extra) in enumerate(cells):

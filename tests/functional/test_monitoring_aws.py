@@ -137,7 +137,7 @@ def test_alarms_are_created_with_thresholds_and_actions_and_reapplying_changes_n
     config = alerting_config(backup_root, arn, alarms={"no_backup_hours": 6})
     cloudwatch = aws.session.client("cloudwatch")
     first = Alarms(cloudwatch, config, DIMS).apply()
-    assert [c.action for c in first] == ["created"] * 5
+    assert [c.action for c in first] == ["created"] * 7
     alarms = {
         a["AlarmName"]: a
         for a in cloudwatch.describe_alarms(AlarmNamePrefix="backup-agent")["MetricAlarms"]
@@ -157,6 +157,30 @@ def test_alarms_are_created_with_thresholds_and_actions_and_reapplying_changes_n
     dlq = alarms["backup-agent-backup-events-dlq-messages"]
     assert dlq["Namespace"] == "AWS/SQS"
     assert dlq["Dimensions"] == [{"Name": "QueueName", "Value": "backup-events-dlq"}]
+    oldest = alarms["backup-agent-backup-events-oldest-message"]
+    assert (
+        oldest["Namespace"],
+        oldest["MetricName"],
+        oldest["Dimensions"],
+        oldest["Statistic"],
+        oldest["Threshold"],
+        oldest["TreatMissingData"],
+    ) == (
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        [{"Name": "QueueName", "Value": "backup-events"}],
+        "Maximum",
+        3600.0,  # alarms.oldest_message_minutes: 60
+        "notBreaching",  # SQS sends nothing for an empty, idle queue
+    )
+    silent = alarms["backup-agent-i-0test-not-reporting"]
+    assert (
+        silent["MetricName"],
+        silent["Statistic"],
+        silent["ComparisonOperator"],
+        silent["Threshold"],
+        silent["TreatMissingData"],
+    ) == ("SecondsSinceLastBackup", "SampleCount", "LessThanThreshold", 1.0, "breaching")
     forecast = alarms["backup-agent-i-0test-days-until-full"]
     assert (
         forecast["MetricName"],
@@ -169,7 +193,7 @@ def test_alarms_are_created_with_thresholds_and_actions_and_reapplying_changes_n
         assert alarm["AlarmActions"] == [arn] and alarm["OKActions"] == [arn]
 
     again = Alarms(cloudwatch, config, DIMS).apply()
-    assert [c.action for c in again] == ["unchanged"] * 5
+    assert [c.action for c in again] == ["unchanged"] * 7
 
     stricter = make_config(backup_root, alerts={"sns_topic_arn": arn, "disk_used_percent": 70})
     changed = {c.name: c.action for c in Alarms(cloudwatch, stricter, DIMS).apply()}
@@ -182,6 +206,43 @@ def test_alarms_are_created_with_thresholds_and_actions_and_reapplying_changes_n
     assert changed["backup-agent-i-0test-days-until-full"] == "updated"
     again = {c.name: c.action for c in Alarms(cloudwatch, sooner, DIMS).apply()}
     assert set(again.values()) == {"unchanged"}
+
+
+def test_a_quiet_bucket_does_not_page_unless_backups_are_expected(aws, backup_root, topic):
+    """By default no alarm watches the time since the last backup: a bucket nobody writes to
+    is not a fault. A stuck backlog (oldest message) and a silent agent (not reporting) are
+    watched instead; `alarms.no_backup_hours` opts in for buckets expected to change."""
+    arn, _ = topic
+    cloudwatch = aws.session.client("cloudwatch")
+    quiet = alerting_config(backup_root, arn)
+    names = [c.name for c in Alarms(cloudwatch, quiet, DIMS).apply()]
+    assert "backup-agent-i-0test-no-backup" not in names
+    assert {
+        "backup-agent-backup-events-oldest-message",
+        "backup-agent-i-0test-not-reporting",
+    } <= set(names)
+    described = cloudwatch.describe_alarms(AlarmNames=["backup-agent-i-0test-no-backup"])
+    assert described["MetricAlarms"] == []
+
+    busy = alerting_config(
+        backup_root, arn, alarms={"no_backup_hours": 2, "oldest_message_minutes": 15}
+    )
+    changes = {c.name: c.action for c in Alarms(cloudwatch, busy, DIMS).apply()}
+    assert changes["backup-agent-i-0test-no-backup"] == "created"
+    assert changes["backup-agent-backup-events-oldest-message"] == "updated"
+    assert {
+        action
+        for name, action in changes.items()
+        if "no-backup" not in name and "oldest" not in name
+    } == {"unchanged"}
+    (no_backup,) = cloudwatch.describe_alarms(AlarmNames=["backup-agent-i-0test-no-backup"])[
+        "MetricAlarms"
+    ]
+    assert (no_backup["Threshold"], no_backup["TreatMissingData"]) == (7200.0, "breaching")
+    (oldest,) = cloudwatch.describe_alarms(
+        AlarmNames=["backup-agent-backup-events-oldest-message"]
+    )["MetricAlarms"]
+    assert oldest["Threshold"] == 900.0
 
 
 def test_alarms_dry_run_creates_nothing(aws, backup_root, topic):
@@ -239,7 +300,7 @@ def test_cli_alarms_and_dashboard_commands(aws, backup_root, topic, tmp_path, ca
     assert cli.main(["alarms", "--config", str(path), "--dry-run"]) == 0
     assert "would be created" in capsys.readouterr().out
     assert cli.main(["alarms", "--config", str(path)]) == 0
-    assert capsys.readouterr().out.count("created") == 5
+    assert capsys.readouterr().out.count("created") == 6
     assert cli.main(["dashboard", "--config", str(path)]) == 0
     assert "created" in capsys.readouterr().out
     cloudwatch = aws.session.client("cloudwatch")
