@@ -37,7 +37,7 @@ from agent.lifecycle.scrub import Scrubber
 from agent.monitoring.metrics import resolve_dimensions
 from agent.operations import alarms
 from agent.operations import status as agent_status
-from agent.operations.dashboard import Dashboard
+from agent.operations.dashboard import Dashboard, planned_body
 from agent.operations.iam import policy_document, trust_document
 from agent.operations.online_check import check_online
 from agent.runtime.daemon import Daemon
@@ -151,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     dashboard = command(
         "dashboard", cmd_dashboard, "Create or update the CloudWatch dashboard (idempotent)."
     )
-    dashboard.add_argument("--dry-run", action="store_true", help="show the change, make none")
+    dashboard.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the dashboard body (JSON, this instance's row) without calling AWS",
+    )
     reindex = command(
         "reindex", cmd_reindex, "Rebuild the DynamoDB table from the volume's journal."
     )
@@ -304,6 +308,9 @@ def cmd_alarms(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
+    if args.dry_run:
+        print(json.dumps(planned_body(config, resolve_dimensions(config)), indent=2))
+        return ExitCode.OK
     board = Dashboard(build_clients(config).cloudwatch(), config)
     action = board.apply(resolve_dimensions(config), dry_run=args.dry_run)
     print(f"{action:<16} dashboard {board.name}")

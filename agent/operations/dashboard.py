@@ -142,6 +142,12 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
     return {"widgets": widgets}
 
 
+def planned_body(config: Config, current: Mapping[str, str]) -> dict[str, Any]:
+    """The body `dashboard --dry-run` prints, built without calling AWS: the fleet row and
+    this instance's row (the other instances are found with ListMetrics when applied)."""
+    return dashboard_body(config, [dict(current)])
+
+
 class Dashboard:
     def __init__(self, cloudwatch: CloudWatchClient, config: Config) -> None:
         self.cloudwatch = cloudwatch

@@ -111,7 +111,7 @@ def test_no_credentials_on_a_real_command_is_one_line(tmp_path):
         "AWS_EC2_METADATA_DISABLED": "true",
     }
     result = subprocess.run(
-        [VENV_BIN / "backup-agent", "dashboard", "--dry-run", "--config", _config(tmp_path)],
+        [VENV_BIN / "backup-agent", "dashboard", "--config", _config(tmp_path)],
         capture_output=True,
         text=True,
         env=env,

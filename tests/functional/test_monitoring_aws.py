@@ -313,6 +313,28 @@ def test_cli_alarms_and_dashboard_commands(aws, backup_root, topic, tmp_path, ca
 # -- alerts ----------------------------------------------------------------------------------
 
 
+def test_dashboard_dry_run_prints_the_body_without_calling_aws(
+    backup_root, topic, tmp_path, capsys, monkeypatch
+):
+    import yaml
+
+    config = alerting_config(backup_root, topic[0], metrics={"instance_id": "i-0dry"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+
+    def no_aws(_config):
+        raise AssertionError("dashboard --dry-run called AWS")
+
+    monkeypatch.setattr("agent.aws.build_clients", no_aws)
+    monkeypatch.setattr("agent.cli.agent.build_clients", no_aws)
+    monkeypatch.setattr("agent.logs.configure", lambda *a, **k: None)
+    assert cli.main(["dashboard", "--config", str(path), "--dry-run"]) == 0
+    body = json.loads(capsys.readouterr().out)  # the whole output is the JSON body
+    headers = [w["properties"]["markdown"] for w in body["widgets"] if w["type"] == "text"]
+    assert headers == [f"### i-0dry {backup_root}"]
+    assert "ApproximateNumberOfMessagesVisible" in json.dumps(body)
+
+
 def test_an_sns_alert_arrives_in_a_subscribed_queue(aws, topic):
     arn, inbox = topic
     dispatcher = AlertDispatcher(
