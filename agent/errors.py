@@ -19,6 +19,11 @@ class VolumeNotReady(BackupAgentError):
     """The backup root is missing, unmounted or lacks the volume marker."""
 
 
+class VolumeNotInitialised(VolumeNotReady):
+    """The backup root is a mounted file system without the marker: `init-volume` was
+    skipped. Waiting cannot fix it, so `run` stops at once (exit 3) instead of waiting."""
+
+
 class RetryableError(BackupAgentError):
     """A transient failure (throttling, 5xx, full disk): release the message and try later."""
 

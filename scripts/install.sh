@@ -237,8 +237,8 @@ install.sh: remaining first-deployment steps (README.md, "First deployment"):
      then: backup-agent check-config --online --config $CONFIG
   4. mark the volume:
      sudo -u $USER_NAME backup-agent init-volume --config $CONFIG --volume-id vol-...
-  5. start: systemctl start backup-agent   (it waits until the volume is marked: step 4
-     first, or systemctl start --no-block backup-agent)
+  5. start: systemctl start backup-agent   (fails at once, naming init-volume, when step 4
+     was skipped; waits while storage.root is not mounted: --no-block not to wait)
   6. back up what already exists (events cover only new writes):
      sudo -u $USER_NAME backup-agent reconcile --config $CONFIG
   7. alarms and dashboard: backup-agent alarms && backup-agent dashboard

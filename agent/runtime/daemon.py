@@ -24,7 +24,7 @@ import structlog
 from agent import logs
 from agent.aws import Clients
 from agent.config import Config
-from agent.errors import BackupAgentError, VolumeNotReady
+from agent.errors import BackupAgentError, VolumeNotInitialised, VolumeNotReady
 from agent.lifecycle.context import run_exclusive
 from agent.lifecycle.gc import GarbageCollector
 from agent.lifecycle.reconcile import Reconciler
@@ -54,6 +54,7 @@ from agent.storage.volume import Volume, VolumeMarker
 log = structlog.get_logger("agent.daemon")
 
 VOLUME_RETRY_SECONDS = 10.0
+ALERT_FLUSH_SECONDS = 10.0  # for the "not initialised" alert before exiting
 MAIN_LOOP_SECONDS = 2.0
 EXIT_IMMEDIATELY = 130
 
@@ -96,7 +97,12 @@ class Daemon:
         if self.monitoring is None:
             self.monitoring = self.build_monitoring()
         self.monitoring.alerts.start()  # a volume that never mounts must still alert
-        marker = self.wait_for_volume()
+        try:
+            marker = self.wait_for_volume()
+        except VolumeNotInitialised:
+            # Nothing was started and nothing written to the volume: send the alert, go.
+            self.monitoring.alerts.stop(timeout=ALERT_FLUSH_SECONDS)
+            raise
         if marker is None:
             return 0  # stopped before the volume was ready
         try:
@@ -254,12 +260,19 @@ class Daemon:
             log.exception("agent.stop_failed")
 
     def wait_for_volume(self) -> VolumeMarker | None:
-        """Retry until the volume is mounted and marked; report, never crash-loop."""
+        """Retry until the volume is mounted and marked; report, never crash-loop.
+
+        One case is not waited for: the root is a mount point without the marker. The
+        volume is there and was never initialised; only `backup-agent init-volume` fixes
+        that, so this raises VolumeNotInitialised (exit 3, which the unit does not restart)
+        and `systemctl start` fails at once, saying so, instead of blocking."""
         reported: str | None = None
         while not self.stopping.is_set():
             try:
                 marker = self.volume.open()
             except VolumeNotReady as exc:
+                if self._mounted_without_marker():
+                    self._not_initialised()
                 if str(exc) != reported:
                     log.error(
                         "volume.not_ready", reason=str(exc), retry_seconds=VOLUME_RETRY_SECONDS
@@ -277,6 +290,24 @@ class Daemon:
                 log.info("volume.temp_files_removed", count=removed)
             return marker
         return None
+
+    def _mounted_without_marker(self) -> bool:
+        try:
+            return os.path.ismount(self.volume.root) and not self.volume.marker_path.exists()
+        except OSError:
+            return False  # cannot tell: keep waiting, as for any volume not ready
+
+    def _not_initialised(self) -> None:
+        root = self.volume.root
+        message = (
+            f"backup volume {root} is mounted but was never initialised (no"
+            f" {self.volume.marker_path.name}): run `backup-agent init-volume` as the agent's"
+            " user, then start the agent again"
+        )
+        log.error("volume.not_initialised", root=str(root), reason=message)
+        self.notifier.status(message)
+        self.alert("backup volume not initialised", message)
+        raise VolumeNotInitialised(message)
 
     # -- live configuration and start-up checks ---------------------------------------
 

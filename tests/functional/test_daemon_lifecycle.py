@@ -5,16 +5,21 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
 import agent.runtime.daemon as daemon_module
 from agent.aws import Clients
+from agent.cli import agent as cli
+from agent.cli.common import ExitCode, exit_code_for
+from agent.errors import VolumeNotInitialised
 from agent.runtime.daemon import Daemon
 from agent.storage.ledger import Ledger
 from agent.storage.volume import MARKER_NAME, Volume
-from tests.support.aws import BUCKET, TABLE
+from tests.support.aws import BUCKET, TABLE, make_config
+from tests.support.tmpfs import small_filesystem
 from tests.support.waiting import wait_until
 
 NO_AWS = Clients(s3=None, sqs=None, dynamodb=None)
@@ -52,6 +57,74 @@ def test_the_daemon_waits_for_the_volume_marker_and_says_why(
     assert len(not_ready) == 1  # reported once, not once per retry
     assert "run: backup-agent init-volume" in not_ready[0]["reason"]
     assert any(e["event"] == "volume.ready" for e in logs)
+
+
+class RecordingNotifier:
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    def status(self, status: str) -> None:
+        self.statuses.append(status)
+
+    def ping_interval(self, default: float) -> float:
+        return default
+
+    def watchdog(self, status: str | None = None) -> None:
+        """Nothing."""
+
+
+def test_a_mounted_volume_without_its_marker_fails_at_once_naming_init_volume(config, backup_root):
+    """init-volume skipped: the root is a mount point with no marker. Waiting cannot fix that,
+    so the start fails within a moment (exit 3, not restarted by the unit) with the command to
+    run in STATUS=, the log and the alert, instead of `systemctl start` blocking for ever."""
+    alerts: list[tuple[str, str]] = []
+    notifier = RecordingNotifier()
+    with small_filesystem(backup_root, "4m"):
+        daemon = Daemon(
+            config,
+            NO_AWS,
+            notifier=notifier,  # type: ignore[arg-type]
+            alert=lambda subject, detail: alerts.append((subject, detail)),
+        )
+        with capture_logs() as logs, pytest.raises(VolumeNotInitialised) as raised:
+            daemon.wait_for_volume()  # VOLUME_RETRY_SECONDS is 10 s: no retry happened
+        assert list(backup_root.iterdir()) == []  # nothing written to the bare volume
+    assert "run `backup-agent init-volume`" in str(raised.value)
+    assert exit_code_for(raised.value) == ExitCode.VOLUME_NOT_READY == 3
+    (event,) = [e for e in logs if e["event"] == "volume.not_initialised"]
+    assert event["log_level"] == "error" and "init-volume" in event["reason"]
+    assert notifier.statuses == [str(raised.value)]
+    assert alerts == [("backup volume not initialised", str(raised.value))]
+
+
+def test_backup_agent_run_exits_3_with_one_line_naming_init_volume(
+    aws, backup_root, tmp_path, capsys, monkeypatch
+):
+    """What `systemctl start` reports: the process ends with 3, its last words on stderr (the
+    journal) say which command to run; no traceback, no wait."""
+    import json
+
+    import yaml
+
+    config = make_config(
+        backup_root, metrics={"prometheus": None, "cloudwatch": False, "instance_id": "i-0"}
+    )
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    monkeypatch.setattr("agent.cli.agent.build_clients", lambda _config: aws)
+    monkeypatch.setattr("agent.logs.configure", lambda *a, **k: None)  # keep pytest's capture
+    with small_filesystem(backup_root, "4m"):
+        code = cli.main(["run", "--config", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 3
+    assert err[-1].startswith("backup-agent: backup volume not ready: backup volume")
+    assert "run `backup-agent init-volume`" in err[-1]
+
+
+def test_the_unit_does_not_restart_an_agent_whose_volume_is_not_initialised():
+    unit = (Path(__file__).parents[2] / "systemd" / "backup-agent.service").read_text()
+    (line,) = [x for x in unit.splitlines() if x.startswith("RestartPreventExitStatus=")]
+    assert str(int(ExitCode.VOLUME_NOT_READY)) in line.split("=", 1)[1].split()
 
 
 def test_a_stop_while_waiting_for_the_volume_returns_cleanly(config, quick_volume_retries):
