@@ -198,7 +198,8 @@ class _ScrapeCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_disk_used_ratio",
             "Used space of the backup volume, 0 to 1 (as df shows it).",
-            value=usage.percent / 100,
+            # used / (used + available), as df's Use%, unrounded (psutil's percent has 1 decimal)
+            value=usage.used / (usage.used + usage.free) if usage.used + usage.free else 0.0,
         )
         yield GaugeMetricFamily(
             f"{PREFIX}_disk_free_bytes", "Free bytes on the backup volume.", value=usage.free
