@@ -67,6 +67,8 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
     ns = config.metrics.namespace
     region = config.aws.region
     dlq = config.queue.dead_letter_name
+    queue = config.queue.name
+    oldest_limit = config.alarms.oldest_message_minutes * 60
     widgets: list[dict[str, Any]] = [
         _widget(
             f"Dead-letter queue {dlq}",
@@ -75,7 +77,16 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
             0,
             region,
             stat="Maximum",
-        )
+        ),
+        _widget(
+            f"Oldest message in {queue} (s)",
+            [_metric("AWS/SQS", "ApproximateAgeOfOldestMessage", {"QueueName": queue})],
+            WIDTH,
+            0,
+            region,
+            stat="Maximum",
+            annotations={"horizontal": [{"label": "alarm", "value": oldest_limit}]},
+        ),
     ]
     no_backup_hours = config.alarms.no_backup_hours
     disk_limit = config.alarms.disk_used_percent or config.alerts.disk_used_percent

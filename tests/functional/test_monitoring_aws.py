@@ -284,6 +284,7 @@ def test_dashboard_has_one_row_per_instance_and_is_idempotent(aws, config):
         "SecondsSinceLastBackup",
         "ApproximateNumberOfMessagesVisible",
         "backup-events-dlq",
+        "ApproximateAgeOfOldestMessage",
     ):
         assert name in flat
     assert board.apply(DIMS) == "unchanged"
