@@ -163,7 +163,7 @@ def _open_directory(parent: int, name: str, shown: str) -> int:
 
 
 def _blocked(found: os.stat_result | None, shown: str) -> BackupAgentError:
-    if found is None:  # it was there a moment ago: something is moving things around
+    if found is None or stat.S_ISDIR(found.st_mode):  # not what the open met a moment ago
         return UnsafePath(f"{shown} changed while it was opened; refusing to go on")
     if stat.S_ISLNK(found.st_mode):
         return UnsafePath(f"{shown} is a symlink; refusing to follow it")

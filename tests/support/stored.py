@@ -3,6 +3,7 @@ record pointing at it, placed under a restore directory (no AWS, no journal)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from agent.records import VersionRecord
@@ -24,7 +25,9 @@ def stored_record(volume: Volume, key: str, data: bytes) -> VersionRecord:
 
 def placed_plan(volume: Volume, keys: Iterable[str], data: bytes) -> Plan:
     """One item per key, all holding `data` (one copy on the volume), placed."""
-    records = [stored_record(volume, key, data) for key in keys]
+    first, *rest = list(keys)
+    record = stored_record(volume, first, data)
+    records = [record, *(dataclasses.replace(record, key=key) for key in rest)]
     placements = place_keys(record.key for record in records)
     return Plan([Item(record, placement=placements[record.key]) for record in records])
 
