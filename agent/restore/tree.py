@@ -125,7 +125,7 @@ class TargetTree:
                 raise
             raise _blocked(os.lstat(self.path), str(self.path)) from None
         if created:
-            os.fchmod(fd, self.dir_mode)  # exactly the mode asked for, whatever the umask
+            _set_mode(fd, self.dir_mode)  # exactly the mode asked for, whatever the umask
         return fd
 
     def _reopen_root(self) -> int:
@@ -149,8 +149,17 @@ class TargetTree:
             created = True
         fd = _open_directory(parent, name, self.shown(parts))
         if created:
-            os.fchmod(fd, self.dir_mode)
+            _set_mode(fd, self.dir_mode)
         return fd
+
+
+def _set_mode(fd: int, mode: int) -> None:
+    """fchmod, closing the descriptor if it fails (the caller never gets it then)."""
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _open_directory(parent: int, name: str, shown: str) -> int:
