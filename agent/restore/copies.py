@@ -60,6 +60,10 @@ def verified_chunks(
                 yield data
     except FileNotFoundError:
         raise CorruptCopy(record, f"stored copy {record.sha256} is missing") from None
+    except CorruptCopy:
+        raise
+    except IntegrityError as exc:  # a symlink or no file where the copy should be
+        raise CorruptCopy(record, str(exc)) from None
     except ValueError as exc:  # the record's sha256 is not a digest at all
         raise CorruptCopy(record, f"the record names no valid copy ({exc})") from None
     except zstandard.ZstdError as exc:

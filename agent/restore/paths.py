@@ -11,6 +11,9 @@ safe component are escaped, never dropped, so nothing is written outside the tar
 Keys that still collide on a filesystem — ``a`` (a file) and ``a/b`` (needs a directory
 ``a``), or two keys escaping to one name — are all kept: the file gives way and gets
 the suffix ``~`` + 12 hex digits of the key's SHA-256. Every changed path is reported.
+
+The parts are only ever used one component at a time, relative to the descriptor of the
+directory above (tree.py); `Placement.relative` is for messages.
 """
 
 from __future__ import annotations

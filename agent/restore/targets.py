@@ -19,6 +19,7 @@ import dataclasses
 import enum
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -40,7 +41,8 @@ from agent.records import (
 from agent.restore.copies import verified_chunks
 from agent.restore.plan import Item
 from agent.restore.source import event_datetime
-from agent.storage.volume import READ_CHUNK, Volume, WritebackAsYouGo, fsync_directory
+from agent.restore.tree import RestoreRefused, TargetTree, UnsafePath, entry, open_regular
+from agent.storage.volume import READ_CHUNK, Volume, WritebackAsYouGo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -66,14 +68,6 @@ class Status(enum.Enum):
     FAILED = "failed"
 
 
-class RestoreRefused(BackupAgentError):
-    """The destination holds something the restore must not replace."""
-
-
-class UnsafePath(BackupAgentError):
-    """A path under the restore directory is a symlink or not a directory."""
-
-
 class Target(Protocol):
     def destination(self, item: Item) -> str: ...
     def check(self, item: Item) -> str | None:
@@ -89,6 +83,10 @@ RESTORED_DIR_MODE = 0o700  # unless --mode / --dir-mode say otherwise
 
 class DirectoryTarget:
     """Files land at DIR/<escaped key>; nothing is written outside DIR.
+
+    DIR and everything below it is reached by directory descriptor (tree.py): no path below
+    DIR is resolved by name, so no symlink there is followed, even one swapped in while the
+    restore runs. DIR itself is resolved once, here, and opened on the first write (or check).
 
     Files are written 0600 (the temp file too, from its first byte) and the directories the
     restore creates 0700, owned by the restoring user; directories that already exist keep
@@ -109,43 +107,79 @@ class DirectoryTarget:
         self.overwrite = overwrite
         self.file_mode = file_mode
         self.dir_mode = dir_mode
+        self.tree = TargetTree(self.directory, dir_mode=dir_mode)
+
+    def close(self) -> None:
+        """Let go of DIR's descriptor (also done when the target is garbage-collected)."""
+        self.tree.close()
 
     def destination(self, item: Item) -> str:
-        return str(self.directory.joinpath(*self._parts(item)))
+        return self.tree.shown(self._parts(item))
 
     def check(self, item: Item) -> str | None:
-        path = Path(self.destination(item))
-        if not os.path.lexists(path):
+        """What a restore would meet, found the way the restore walks: nothing followed."""
+        parts = self._parts(item)
+        try:
+            with self.tree.directory(parts[:-1], create=False) as parent:
+                if parent is None:
+                    return None
+                return self._note(parent, parts[-1], item.record)
+        except BackupAgentError as exc:
+            return f"would fail: {exc}"
+        except OSError as exc:
+            return f"cannot check: {exc.strerror}"
+
+    def _note(self, parent: int, name: str, record: VersionRecord) -> str | None:
+        found = entry(parent, name)
+        if found is None:
             return None
-        if _same_file(path, item.record):
+        if stat.S_ISDIR(found.st_mode):
+            return "is a directory; would fail"
+        if stat.S_ISLNK(found.st_mode):
+            what = "is a symlink (never followed)"
+            return f"{what}; would be replaced" if self.overwrite else f"{what}; needs --overwrite"
+        if _same_file(parent, name, record):
             return "exists with the same content"
         return "exists; would be replaced" if self.overwrite else "exists; needs --overwrite"
 
     def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status:
         parts = self._parts(item)
-        parent = self._make_parents(parts[:-1])
-        final = parent / parts[-1]
-        if os.path.lexists(final):
-            if final.is_dir() and not final.is_symlink():
-                raise RestoreRefused(f"{final} is a directory")
-            if _same_file(final, item.record):
-                return Status.UNCHANGED
-            if not self.overwrite:
-                raise RestoreRefused(f"{final} exists with other content; use --overwrite")
-        temp = parent / f".restore-{uuid.uuid4().hex}.part"
-        try:
-            self._write_temp(temp, item, on_bytes)
-            if self.overwrite:
-                os.replace(temp, final)
-            else:
-                try:
-                    os.link(temp, final)  # never clobbers a file created meanwhile
-                except FileExistsError:
-                    raise RestoreRefused(f"{final} appeared meanwhile; use --overwrite") from None
-            fsync_directory(parent)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+        name, shown = parts[-1], self.destination(item)
+        with self.tree.directory(parts[:-1], create=True) as parent:
+            if parent is None:  # pragma: no cover - create=True always yields a directory
+                raise UnsafePath(f"{shown}: its directory could not be opened")
+            found = entry(parent, name)
+            if found is not None:
+                if stat.S_ISDIR(found.st_mode):
+                    raise RestoreRefused(f"{shown} is a directory")
+                if _same_file(parent, name, item.record):
+                    return Status.UNCHANGED
+                if not self.overwrite and stat.S_ISLNK(found.st_mode):
+                    raise RestoreRefused(
+                        f"{shown} is a symlink (never followed); use --overwrite to replace"
+                        " the link itself"
+                    )
+                if not self.overwrite:
+                    raise RestoreRefused(f"{shown} exists with other content; use --overwrite")
+            temp = f".restore-{uuid.uuid4().hex}.part"
+            try:
+                self._write_temp(parent, temp, item, on_bytes)
+                if self.overwrite:
+                    # renameat replaces the name (a symlink there is replaced, not followed)
+                    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+                else:
+                    try:  # linkat never clobbers a name created meanwhile
+                        os.link(
+                            temp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False
+                        )
+                    except FileExistsError:
+                        raise RestoreRefused(
+                            f"{shown} appeared meanwhile; use --overwrite"
+                        ) from None
+                os.fsync(parent)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp, dir_fd=parent)
         return Status.RESTORED
 
     def _parts(self, item: Item) -> tuple[str, ...]:
@@ -153,25 +187,11 @@ class DirectoryTarget:
             raise ValueError("directory restores need placed items (restore.place)")
         return item.placement.parts
 
-    def _make_parents(self, parts: tuple[str, ...]) -> Path:
-        if not self.directory.exists():
-            self.directory.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.directory, self.dir_mode, follow_symlinks=False)
-        current = self.directory
-        for part in parts:
-            current = current / part
-            with contextlib.suppress(FileExistsError):
-                current.mkdir(mode=0o700)
-                os.chmod(current, self.dir_mode, follow_symlinks=False)  # exact, not umask'd
-            if current.is_symlink():
-                raise UnsafePath(f"{current} is a symlink; refusing to follow it")
-            if not current.is_dir():
-                raise RestoreRefused(f"{current} is a file, where a directory is needed")
-        return current
-
-    def _write_temp(self, temp: Path, item: Item, on_bytes: Callable[[int], None]) -> None:
+    def _write_temp(
+        self, parent: int, temp: str, item: Item, on_bytes: Callable[[int], None]
+    ) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(temp, flags, 0o600)
+        fd = os.open(temp, flags, 0o600, dir_fd=parent)
         os.fchmod(fd, self.file_mode)  # exactly the mode asked for, whatever the umask
         with os.fdopen(fd, "wb") as sink:
             writer = WritebackAsYouGo(sink)  # the fsync below then waits only for the tail
@@ -181,9 +201,9 @@ class DirectoryTarget:
                     writer.write(chunk)
                     on_bytes(len(chunk))
             sink.flush()
+            stamp = event_datetime(item.record).timestamp()
+            os.utime(sink.fileno(), (stamp, stamp))  # by descriptor: the file just written
             os.fsync(sink.fileno())
-        stamp = event_datetime(item.record).timestamp()
-        os.utime(temp, (stamp, stamp))
 
 
 class S3Target:
@@ -434,16 +454,14 @@ def read_exactly(chunks: Iterator[bytes], size: int, pending: bytearray) -> byte
     return out
 
 
-def _same_file(path: Path, record: VersionRecord) -> bool:
-    """A regular file (not a symlink) already holding exactly the recorded bytes."""
-    if path.is_symlink() or not path.is_file():
+def _same_file(directory: int, name: str, record: VersionRecord) -> bool:
+    """A regular file (not a symlink, never followed) already holding exactly the recorded
+    bytes; read through the descriptor whose type was checked."""
+    fd = open_regular(directory, name)
+    if fd is None:
         return False
-    return _file_sha256(path) == record.sha256
-
-
-def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with os.fdopen(fd, "rb") as handle:
         while chunk := handle.read(READ_CHUNK):
             digest.update(chunk)
-    return digest.hexdigest()
+    return digest.hexdigest() == record.sha256

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -251,11 +252,39 @@ class Volume:
         window (what the compressor can produce at any level), so a planted frame cannot make
         the decompressor allocate more. Callers bound the output by the record's size.
         """
-        with self.copy_path(sha256).open("rb") as raw:
+        with os.fdopen(self._copy_descriptor(sha256), "rb") as raw:
             decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES)
             reader = decompressor.stream_reader(raw, read_size=READ_CHUNK)
             with reader:
                 yield reader
+
+    def _copy_descriptor(self, sha256: str) -> int:
+        """The copy opened below the root by directory descriptors, never through a symlink:
+        a volume (or a mounted snapshot) with a symlink planted among its copies cannot make a
+        restore or verify read some other file. A copy that is not a regular file is
+        IntegrityError; a missing one FileNotFoundError."""
+        name = self.copy_path(sha256).name  # validates the digest
+        nofollow = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        opened: list[int] = []
+        try:
+            opened.append(os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            for part in (self.objects_dir.name, sha256[:2]):
+                opened.append(os.open(part, nofollow | os.O_DIRECTORY, dir_fd=opened[-1]))
+            fd = os.open(name, nofollow | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=opened[-1])
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise IntegrityError(
+                    f"copy {sha256} is reached through a symlink or is not a file (not followed)"
+                ) from None
+            raise
+        finally:
+            for directory in opened:
+                os.close(directory)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise IntegrityError(f"copy {sha256} is not a regular file")
+        os.set_blocking(fd, True)
+        return fd
 
     def verify_copy(self, sha256: str, size: int | None = None) -> None:
         """Decompress a copy and check its SHA-256 (and size); raise IntegrityError."""

@@ -1,0 +1,205 @@
+"""The restore directory, walked by directory file descriptors only.
+
+A restore runs as root into directories other users can write. Checking a path and then
+opening it by name lets such a user swap a directory for a symlink in between and send
+root's write anywhere; so no path below the target directory is ever resolved by name:
+
+* the target directory is opened once (`O_DIRECTORY|O_NOFOLLOW`) and that descriptor is
+  held for the whole restore (`TargetTree.root`);
+* each component below it is opened relative to its parent's descriptor with
+  `O_DIRECTORY|O_NOFOLLOW` (openat) and created with mkdirat when missing
+  (`TargetTree.directory`);
+* files are looked at (fstatat without following), read (`open_regular`), created,
+  linked and renamed relative to the descriptor of their directory, which is held until
+  its fsync (targets.py).
+
+A symlink met anywhere below the target — planted beforehand or swapped in at any moment —
+fails that step (`UnsafePath`); it is never followed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import threading
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.errors import BackupAgentError
+
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Not a directory / a symlink met with O_NOFOLLOW (Linux says ENOTDIR with O_DIRECTORY).
+_BLOCKED = (errno.ENOTDIR, errno.ELOOP)
+
+
+class RestoreRefused(BackupAgentError):
+    """The destination holds something the restore must not replace."""
+
+
+class UnsafePath(BackupAgentError):
+    """A path under the restore directory is a symlink or not a directory."""
+
+
+class TargetTree:
+    """The target directory and the directories below it, opened by descriptor.
+
+    `root` opens the target directory once and keeps the descriptor until `close` (or
+    until the tree is garbage-collected); everything below is reached from it.
+    """
+
+    def __init__(self, root: Path, *, dir_mode: int) -> None:
+        self.path = root
+        self.dir_mode = dir_mode
+        self._fd: int | None = None
+        self._lock = threading.Lock()
+        self._finalizer: weakref.finalize[[int], TargetTree] | None = None
+
+    def root(self, *, create: bool) -> int | None:
+        """The descriptor of the target directory; None if it does not exist and not
+        `create`. Created with its missing parents (the new target directory itself gets
+        `dir_mode`); a symlink or a file there is refused."""
+        with self._lock:
+            if self._fd is None:
+                fd = self._open_root(create=create)
+                if fd is None:
+                    return None
+                self._fd = fd
+                self._finalizer = weakref.finalize(self, os.close, fd)
+            return self._fd
+
+    def close(self) -> None:
+        with self._lock:
+            if self._finalizer is not None:
+                self._finalizer()  # closes the descriptor once
+            self._fd = None
+            self._finalizer = None
+
+    @contextlib.contextmanager
+    def directory(self, parts: tuple[str, ...], *, create: bool) -> Iterator[int | None]:
+        """The descriptor of the directory `parts` below the target, open while in the block.
+
+        Missing directories are created (0700, then exactly `dir_mode`) when `create`, else
+        the block gets None. A symlink is `UnsafePath`, a file `RestoreRefused`.
+        """
+        current = self.root(create=create)
+        if current is None:
+            yield None
+            return
+        owned = False  # the root descriptor stays open; the ones opened here are closed
+        try:
+            for depth, part in enumerate(parts, start=1):
+                step = self._step(current, part, parts[:depth], create=create)
+                if owned:
+                    os.close(current)
+                    owned = False
+                if step is None:
+                    yield None
+                    return
+                current, owned = step, True
+            yield current
+        finally:
+            if owned:
+                os.close(current)
+
+    def shown(self, parts: tuple[str, ...]) -> str:
+        """A path for messages only: never opened."""
+        return str(self.path.joinpath(*parts))
+
+    def _open_root(self, *, create: bool) -> int | None:
+        created = False
+        try:
+            fd = os.open(self.path, DIRECTORY_FLAGS)
+        except FileNotFoundError:
+            if not create:
+                return None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(self.path, 0o700)
+                created = True
+            fd = self._reopen_root()
+        except OSError as exc:
+            if exc.errno not in _BLOCKED:
+                raise
+            raise _blocked(os.lstat(self.path), str(self.path)) from None
+        if created:
+            _set_mode(fd, self.dir_mode)  # exactly the mode asked for, whatever the umask
+        return fd
+
+    def _reopen_root(self) -> int:
+        try:
+            return os.open(self.path, DIRECTORY_FLAGS)
+        except OSError as exc:
+            if exc.errno not in _BLOCKED:
+                raise
+            raise _blocked(os.lstat(self.path), str(self.path)) from None
+
+    def _step(self, parent: int, name: str, parts: tuple[str, ...], *, create: bool) -> int | None:
+        """Open `name` in `parent` as a directory, never through a symlink."""
+        try:
+            return _open_directory(parent, name, self.shown(parts))
+        except FileNotFoundError:
+            if not create:
+                return None
+        created = False
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=parent)
+            created = True
+        fd = _open_directory(parent, name, self.shown(parts))
+        if created:
+            _set_mode(fd, self.dir_mode)
+        return fd
+
+
+def _set_mode(fd: int, mode: int) -> None:
+    """fchmod, closing the descriptor if it fails (the caller never gets it then)."""
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_directory(parent: int, name: str, shown: str) -> int:
+    try:
+        return os.open(name, DIRECTORY_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        if exc.errno not in _BLOCKED:
+            raise
+        raise _blocked(entry(parent, name), shown) from None
+
+
+def _blocked(found: os.stat_result | None, shown: str) -> BackupAgentError:
+    if found is None or stat.S_ISDIR(found.st_mode):  # not what the open met a moment ago
+        return UnsafePath(f"{shown} changed while it was opened; refusing to go on")
+    if stat.S_ISLNK(found.st_mode):
+        return UnsafePath(f"{shown} is a symlink; refusing to follow it")
+    return RestoreRefused(f"{shown} is a file, where a directory is needed")
+
+
+def entry(directory: int, name: str) -> os.stat_result | None:
+    """What `name` in `directory` is (a symlink is described, not followed); None if absent."""
+    try:
+        return os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def open_regular(directory: int, name: str) -> int | None:
+    """A read descriptor of `name` in `directory` if it is a regular file, else None.
+
+    Never follows a symlink, never blocks on a FIFO swapped in (O_NONBLOCK), and checks the
+    file type on the open descriptor itself, so what is read is what was checked."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(name, flags, dir_fd=directory)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, *_BLOCKED):
+            return None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
