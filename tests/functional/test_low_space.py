@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.monitoring.metrics import Sampler
+from agent.operations.alarms import alarm_specs
 from agent.pipeline.consumer import Consumer
 from agent.pipeline.pause import HeldBack, Verdict
 from agent.runtime.wiring import consumer_settings, volume_check
@@ -93,6 +95,7 @@ def test_an_object_larger_than_the_room_left_waits_while_smaller_ones_are_backed
             assert held.free_bytes is not None and held.free_bytes < 16 * MiB
             assert ledger.latest(BUCKET, "large/big.bin") is None
             assert not any(volume.tmp_dir.iterdir())  # refused before a byte was written
+            failed_backups_alarm_fires(config, stats, tmpfs_root)
 
             filler.unlink()  # room for it now
             wait_until(lambda: ledger.latest(BUCKET, "large/big.bin"), 30, "the big one")
@@ -112,3 +115,20 @@ def test_an_object_larger_than_the_room_left_waits_while_smaller_ones_are_backed
         assert stats.snapshot().held_back == len(listener.held)
         received = [int(m["Attributes"]["ApproximateReceiveCount"]) for m in calls.received]
         assert max(received) <= 3  # far from the redrive
+
+
+def failed_backups_alarm_fires(config, stats: Stats, root: Path) -> None:
+    """A hold-back is a failed attempt: counted under its error type, sent as BackupsFailed,
+    and over the failed-backups alarm's threshold (Sum > alarms.failed_backups, default 0)."""
+    snapshot = stats.snapshot()
+    assert snapshot.failures["DiskFull"] >= snapshot.held_back >= 1
+    assert snapshot.backups_failed >= snapshot.held_back
+    points = {p.name: p.value for p in Sampler(stats, root).sample()}
+    topic = "arn:aws:sns:us-east-1:123456789012:alerts"
+    config = config.model_copy(
+        update={"alerts": config.alerts.model_copy(update={"sns_topic_arn": topic})}
+    )
+    dimensions = {"InstanceId": "i-test", "Volume": str(root)}
+    (alarm,) = [a for a in alarm_specs(config, dimensions) if a["MetricName"] == "BackupsFailed"]
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert points["BackupsFailed"] > alarm["Threshold"]
