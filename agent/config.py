@@ -286,6 +286,32 @@ class ReconcileConfig(Section):
     include_noncurrent: bool = True
 
 
+# -- retention under pressure (issue 17; docs/runbooks.md "The disk is full") ----------------
+class RetentionWhenFullConfig(Section):
+    """Opt-in: what retention may expire while backups are paused for want of room and the
+    volume cannot grow (lifecycle/pressure.py). First the normal rules are applied early, then
+    the oldest non-current versions these stricter minimums allow, until the room is back."""
+
+    keep_last_versions: int = Field(
+        default=1,
+        ge=1,
+        le=1_000_000,
+        description="Under pressure, keep at least the newest N versions of a key (never below 1).",
+    )
+    keep_younger_than: Duration | None = Field(
+        default=None, description="Under pressure, still keep versions replaced less than this ago."
+    )
+    gc_grace_period: Annotated[Duration, within(timedelta(minutes=5), timedelta(days=365))] = Field(
+        default=timedelta(hours=1),
+        description="gc.grace_period for the collection that follows (copies written since are"
+        " kept).",
+    )
+    check_every: Annotated[Duration, within(timedelta(minutes=1), timedelta(days=1))] = Field(
+        default=timedelta(minutes=5),
+        description="How often the daemon looks for a pause for low space that growing cannot end.",
+    )
+
+
 class RetentionConfig(Section):
     """Which recorded versions to keep (lifecycle/retention.py). Unset rules keep everything."""
 
@@ -295,6 +321,9 @@ class RetentionConfig(Section):
     keep_last_versions: int | None = Field(default=None, ge=1, le=1_000_000)
     keep_younger_than: Duration | None = None
     keep_deleted_days: float | None = Field(default=None, ge=0, le=36_500)
+    when_full: RetentionWhenFullConfig | None = Field(
+        default=None, description="Retention under pressure; null (the default): never."
+    )
 
 
 class GcConfig(Section):

@@ -27,6 +27,7 @@ from agent.config import Config
 from agent.errors import BackupAgentError, VolumeNotReady
 from agent.lifecycle.context import run_exclusive
 from agent.lifecycle.gc import GarbageCollector
+from agent.lifecycle.pressure import PressureCheck, PressureReport
 from agent.lifecycle.reconcile import Reconciler
 from agent.lifecycle.retention import Retention
 from agent.lifecycle.scrub import Scrubber
@@ -43,6 +44,7 @@ from agent.runtime.wiring import (
     compression_settings,
     consumer_settings,
     lifecycle_context,
+    pressure_retention,
     snapshot_manager,
     volume_check,
 )
@@ -195,6 +197,20 @@ class Daemon:
             if schedule is not None:
                 # The same lock as `backup-agent gc` and friends: never two runs at once.
                 self.monitoring.jobs.register(name, run_exclusive(self.volume, name, run), schedule)
+        when_full = self.config.retention.when_full
+        if when_full is not None:
+            check = PressureCheck(
+                check=volume_check(self.config, self.volume),
+                paused=lambda: self.stats.paused_reason,
+                can_grow=self.can_grow,
+                make=lambda: pressure_retention(ctx),
+                on_report=self._pressure_report,
+            )
+            self.monitoring.jobs.register(
+                "retention-when-full",
+                run_exclusive(self.volume, "retention", check),
+                every(when_full.check_every),
+            )
         if self.config.snapshots.enabled:
             self.register_snapshot_jobs()
 
@@ -219,6 +235,14 @@ class Daemon:
                 monitoring.publisher.add(points)
 
         monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, every("5m"))
+
+    def can_grow(self) -> bool:
+        """May the volume still grow (storage.auto_grow on, below its cap)? Retention under
+        pressure waits while it may."""
+        return False
+
+    def _pressure_report(self, report: PressureReport) -> None:
+        self.alert("retention.when_full expired versions to make room", report.summary())
 
     def _scrub_alert(self, event: str, details: dict[str, Any]) -> None:
         if self.monitoring is not None:

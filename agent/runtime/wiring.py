@@ -14,6 +14,9 @@ from agent.aws import Clients
 from agent.config import Config
 from agent.imds import Imds
 from agent.lifecycle.context import LifecycleContext
+from agent.lifecycle.gc import GarbageCollector
+from agent.lifecycle.pressure import PressureRetention, pressure_policy
+from agent.lifecycle.retention import Retention
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import ConsumerSettings
 from agent.pipeline.pause import VolumeCheck
@@ -97,6 +100,24 @@ def lifecycle_context(
         ledger=service.ledger,
         service=service,
         stats=stats,
+    )
+
+
+def pressure_retention(ctx: LifecycleContext) -> PressureRetention:
+    """`retention.when_full` (set): the normal rules, the stricter minimums, then a GC with
+    the pressure grace period."""
+    when_full = ctx.config.retention.when_full
+    assert when_full is not None
+    collector = GarbageCollector(
+        volume=ctx.volume,
+        journal=ctx.journal,
+        grace_period=when_full.gc_grace_period,
+        stats=ctx.stats,
+    )
+    return PressureRetention(
+        rules=Retention.from_context(ctx),
+        strict=pressure_policy(ctx.config.retention),
+        collect=collector.run_once,
     )
 
 
