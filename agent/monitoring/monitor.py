@@ -135,6 +135,7 @@ class Monitoring:
         disk: DiskUsageReader = disk_usage,
         dimensions: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        forecast_history: Path | None = None,
     ) -> None:
         self.config = config
         self.clients = clients
@@ -162,6 +163,7 @@ class Monitoring:
             threshold_days=config.alerts.days_until_full,
             alert=self.alerts.submit,
             clock=clock,
+            history=forecast_history,  # a restart keeps DaysUntilFull
         )
         self.sampler = Sampler(
             stats,
@@ -226,6 +228,7 @@ class Monitoring:
     def stop(self) -> None:
         """After the consumer drained: last datapoints out, pending alerts sent."""
         self.jobs.stop(wait=False)  # a job stuck on a slow AWS call must not hold up exit
+        self.forecast.save()
         if self.publisher is not None:
             self.publisher.add(self.sampler.sample())
             flusher = threading.Thread(

@@ -46,6 +46,7 @@ from agent.runtime.wiring import (
     lifecycle_context,
     pressure_retention,
     snapshot_manager,
+    state_directory,
     volume_check,
 )
 from agent.schedule import every
@@ -162,7 +163,13 @@ class Daemon:
             self.stats,
             workers=lambda: self.config.consumer.workers,
             workers_busy=lambda: self.consumer.working() if self.consumer else 0,
+            forecast_history=self.forecast_history(),
         )
+
+    @staticmethod
+    def forecast_history() -> Path | None:
+        state = state_directory()
+        return state / "forecast.json" if state is not None else None
 
     def register_lifecycle_jobs(self, marker: VolumeMarker) -> None:
         """Reconcile, retention, gc and scrub run on the scheduler when a schedule is set.

@@ -7,8 +7,10 @@ and the lifecycle jobs' context are assembled the same way in every process.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from agent.aws import Clients
 from agent.config import Config
@@ -28,6 +30,15 @@ from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import CompressionSettings, Volume
 from agent.storage.volume_id import discover_volume_id
+
+
+def state_directory() -> Path | None:
+    """systemd's StateDirectory= for the daemon (`$STATE_DIRECTORY`, the first if it lists
+    several; /var/lib/backup-agent): on the root file system, so a full backup volume does
+    not stop what is kept there (the forecast's history, the grow request). None outside
+    systemd: those are then not kept."""
+    first = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(first) if os.path.isabs(first) else None
 
 
 def compression_settings(config: Config) -> CompressionSettings:
