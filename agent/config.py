@@ -106,6 +106,39 @@ def queue_name(url: str) -> str:
     return urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
 
 
+# -- auto-grow of the EBS volume (issue 17; docs/runbooks.md "The disk is full") ------------
+class AutoGrowConfig(Section):
+    """Off by default. The agent calls ec2:ModifyVolume on the backup volume itself; the
+    filesystem is grown by the root-owned backup-agent-grow.path/.service units
+    (`backup-agent grow-filesystem`), triggered by a request file in $STATE_DIRECTORY."""
+
+    enabled: bool = False
+    used_percent: float = Field(
+        default=85.0, gt=0, lt=100, description="Grow when the volume is this much used."
+    )
+    step_percent: float = Field(
+        default=20.0, gt=0, le=100, description="Grow by this share of the size,"
+    )
+    min_step_gib: int = Field(default=10, ge=1, le=16_384, description="and by at least this.")
+    max_size_gib: int = Field(
+        default=1024, ge=1, le=65_536, description="Never grow the volume past this size."
+    )
+    cooldown: Annotated[Duration, within(timedelta(hours=6), timedelta(days=7))] = Field(
+        default=timedelta(hours=6),
+        description="Since the volume's last modification began (EBS: one per 6 hours).",
+    )
+    check_every: Annotated[Duration, within(timedelta(seconds=30), timedelta(hours=1))] = Field(
+        default=timedelta(minutes=1), description="How often the daemon checks and polls."
+    )
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Filesystem grow command (argv, no shell) for layouts other than ext4/XFS"
+        " on the whole device, e.g. LVM. Run as root by `backup-agent grow-filesystem`, read"
+        " from this root-owned config only.",
+    )
+
+
 class StorageConfig(Section):
     root: Path
     compression_level: int = Field(default=3, ge=1, le=22)
@@ -142,6 +175,7 @@ class StorageConfig(Section):
         default=True,
         description="Read each version's tags (one GetObjectTagging per object) for restore.",
     )
+    auto_grow: AutoGrowConfig = Field(default_factory=AutoGrowConfig)  # issue 17
 
     @field_validator("volume_id")
     @classmethod
