@@ -48,10 +48,12 @@ from agent.runtime.wiring import (
     snapshot_manager,
     state_directory,
     volume_check,
+    volume_grower,
 )
 from agent.schedule import every
 from agent.stats import Stats
 from agent.storage.encryption import check_at_startup
+from agent.storage.grow import VolumeGrower
 from agent.storage.volume import Volume, VolumeMarker
 
 log = structlog.get_logger("agent.daemon")
@@ -88,6 +90,7 @@ class Daemon:
         self.monitoring = monitoring
         self._alert_hook = alert
         self.reloader: ConfigReloader | None = None
+        self.grower: VolumeGrower | None = None
         if config_path is not None:
             self.reloader = ConfigReloader(config_path, config, on_rejected=self._config_rejected)
             self.reloader.subscribe(self.apply_live)
@@ -204,6 +207,7 @@ class Daemon:
             if schedule is not None:
                 # The same lock as `backup-agent gc` and friends: never two runs at once.
                 self.monitoring.jobs.register(name, run_exclusive(self.volume, name, run), schedule)
+        self.register_auto_grow()
         when_full = self.config.retention.when_full
         if when_full is not None:
             check = PressureCheck(
@@ -243,10 +247,28 @@ class Daemon:
 
         monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, every("5m"))
 
+    def register_auto_grow(self) -> None:
+        """`storage.auto_grow`: the grow job, with its request file in $STATE_DIRECTORY,
+        where the root-owned backup-agent-grow.path unit watches for it."""
+        assert self.monitoring is not None
+        settings = self.config.storage.auto_grow
+        if not settings.enabled:
+            return
+        state = state_directory()
+        if state is None:
+            self.alert(
+                "storage.auto_grow is on but cannot work",
+                "no $STATE_DIRECTORY (run under the backup-agent systemd unit): the root unit"
+                " that grows the filesystem watches a request file there",
+            )
+            return
+        self.grower = volume_grower(self.config, self.clients, state, self.alert)
+        self.monitoring.jobs.register("auto-grow", self.grower.step, every(settings.check_every))
+
     def can_grow(self) -> bool:
-        """May the volume still grow (storage.auto_grow on, below its cap)? Retention under
-        pressure waits while it may."""
-        return False
+        """May the volume still grow soon (auto-grow on, below its cap, not waiting out
+        EBS's rate or an error)? Retention under pressure waits while it may."""
+        return self.grower is not None and self.grower.can_grow()
 
     def _pressure_report(self, report: PressureReport) -> None:
         self.alert("retention.when_full expired versions to make room", report.summary())

@@ -26,6 +26,7 @@ from agent.snapshots.manager import SnapshotManager
 from agent.stats import Stats
 from agent.storage.barrier import WriteBarrier
 from agent.storage.encryption import AlertHook
+from agent.storage.grow import VolumeGrower
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import CompressionSettings, Volume
@@ -129,6 +130,27 @@ def pressure_retention(ctx: LifecycleContext) -> PressureRetention:
         rules=Retention.from_context(ctx),
         strict=pressure_policy(ctx.config.retention),
         collect=collector.run_once,
+    )
+
+
+def volume_grower(
+    config: Config, clients: Clients, state_dir: Path, alert: AlertHook
+) -> VolumeGrower:
+    """`storage.auto_grow`: ModifyVolume on the backup volume, the request in `state_dir`."""
+    ec2 = clients.ec2()
+    root = config.storage.root
+
+    def volume_id() -> str:
+        return discover_volume_id(root, configured=config.storage.volume_id, imds=Imds(), ec2=ec2)
+
+    return VolumeGrower(
+        ec2,
+        config.storage.auto_grow,
+        volume_id=volume_id,
+        root=root,
+        state_dir=state_dir,
+        alert=alert,
+        clock=lambda: datetime.now(UTC),
     )
 
 
