@@ -256,3 +256,25 @@ def test_the_config_naming_the_command_must_be_roots_alone(tmp_path):
     else:
         with pytest.raises(PermanentError, match="owned by root"):
             trusted_config(config)
+
+
+def test_the_command_line_refuses_a_config_others_may_write_and_clears_the_request(tmp_path):
+    import yaml
+
+    from agent.cli import agent as cli
+    from agent.cli.common import ExitCode
+
+    config = tmp_path / "config.yaml"
+    raw = {
+        "aws": {"region": "us-east-1"},
+        "queue": {"url": "https://sqs.us-east-1.amazonaws.com/123456789012/backup-events"},
+        "buckets": ["company-documents"],
+        "storage": {"root": str(tmp_path), "auto_grow": {"command": ["/bin/false"]}},
+        "state": {"table": "backup-agent-objects"},
+    }
+    config.write_text(yaml.safe_dump(raw))
+    config.chmod(0o666)  # anyone could name the command root runs
+    request = tmp_path / REQUEST_NAME
+    request.write_text("{}")
+    code = cli.main(["grow-filesystem", "--config", str(config), "--request", str(request)])
+    assert code != ExitCode.OK and not request.exists()
