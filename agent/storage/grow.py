@@ -23,8 +23,10 @@ refusal (the cap, the rate, an API error such as a quota) is an alert with its r
 once per cause, and never an exception out of `step()`.
 
 States (`GrowState`): IDLE → MODIFYING (ModifyVolume accepted) → FILESYSTEM (request
-written, waiting for the filesystem) → IDLE (grown: alert). A `failed` modification or an
-API error returns to IDLE with the cause alerted.
+written, waiting for the filesystem; alerted once after 30 min without it) → IDLE (grown:
+alert). A `failed` modification or an API error returns to IDLE with the cause alerted. The
+state lives in memory: after a restart the machine starts IDLE, and a modification already
+made only counts toward the cooldown.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ log = structlog.get_logger("agent.grow")
 GiB = 1 << 30
 REQUEST_NAME = "grow-request"
 ERROR_RETRY = timedelta(hours=1)  # after an API error, ask again no sooner than this
+FILESYSTEM_PATIENCE = timedelta(minutes=30)  # then: is backup-agent-grow.path enabled?
 USABLE_STATES = ("optimizing", "completed")
 
 
@@ -125,6 +128,7 @@ class VolumeGrower:
         self.state = GrowState.IDLE
         self.target_gib: int | None = None
         self._fs_total_before: int | None = None
+        self._requested_at: datetime | None = None
         self._last_error_at: datetime | None = None
         self._alerted: str | None = None  # the last refusal alerted, so it goes out once
 
@@ -220,14 +224,23 @@ class VolumeGrower:
             }
             self.request.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.request, json.dumps(document).encode())
-            self.state = GrowState.FILESYSTEM
+            self.state, self._requested_at = GrowState.FILESYSTEM, self.clock()
             log.info("grow.filesystem_requested", volume_id=volume, request=str(self.request))
             self._wait_for_filesystem()
 
     def _wait_for_filesystem(self) -> None:
         total, _ = self.usage(self.root)
         if self._fs_total_before is not None and total <= self._fs_total_before:
-            return  # the root unit has not grown it yet (the request file says so)
+            # the root unit has not grown it yet (the request file says so)
+            waited = self.clock() - (self._requested_at or self.clock())
+            if waited >= FILESYSTEM_PATIENCE:
+                self._refused(
+                    "filesystem",
+                    f"{self.root}: the volume is {self.target_gib} GiB but the filesystem has"
+                    f" not grown in {waited}; see systemctl status backup-agent-grow.path"
+                    " backup-agent-grow.service",
+                )
+            return
         self.state = GrowState.IDLE
         log.warning("grow.done", root=str(self.root), total_bytes=total)
         self.alert(

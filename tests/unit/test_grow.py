@@ -278,3 +278,20 @@ def test_the_command_line_refuses_a_config_others_may_write_and_clears_the_reque
     request.write_text("{}")
     code = cli.main(["grow-filesystem", "--config", str(config), "--request", str(request)])
     assert code != ExitCode.OK and not request.exists()
+
+
+def test_a_filesystem_that_does_not_grow_is_alerted_once_after_half_an_hour(tmp_path):
+    clock = FakeClock()
+    ec2, disk = FakeEc2(clock=clock), Disk(100 * GiB, 90 * GiB)
+    grow, alerts = grower(tmp_path, ec2, disk, clock)
+    grow.step()
+    ec2.modifications[-1]["ModificationState"] = "completed"
+    assert grow.step() is GrowState.FILESYSTEM
+    clock.advance(minutes=29)
+    grow.step()
+    assert [s for s, _ in alerts] == ["growing the backup volume"]
+    for _ in range(3):
+        clock.advance(minutes=1)
+        assert grow.step() is GrowState.FILESYSTEM
+    assert [s for s, _ in alerts][1:] == ["backup volume cannot grow (filesystem)"]
+    assert "backup-agent-grow.path" in alerts[1][1]
