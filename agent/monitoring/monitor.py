@@ -136,6 +136,7 @@ class Monitoring:
         dimensions: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
         forecast_history: Path | None = None,
+        volume_grow: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.config = config
         self.clients = clients
@@ -195,6 +196,7 @@ class Monitoring:
                 alerts_suppressed=self.alerts.suppressed,
                 clock=clock,
                 days_until_full=self.forecast.days_until_full,
+                volume_grow=volume_grow,
             )
         )
         self.prometheus_port: int | None = None

@@ -167,6 +167,7 @@ class Daemon:
             workers=lambda: self.config.consumer.workers,
             workers_busy=lambda: self.consumer.working() if self.consumer else 0,
             forecast_history=self.forecast_history(),
+            volume_grow=lambda: self.grower.state.value if self.grower else None,
         )
 
     @staticmethod
