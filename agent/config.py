@@ -106,6 +106,39 @@ def queue_name(url: str) -> str:
     return urlparse(url).path.rstrip("/").rsplit("/", 1)[-1]
 
 
+# -- auto-grow of the EBS volume (issue 17; docs/runbooks.md "The disk is full") ------------
+class AutoGrowConfig(Section):
+    """Off by default. The agent calls ec2:ModifyVolume on the backup volume itself; the
+    filesystem is grown by the root-owned backup-agent-grow.path/.service units
+    (`backup-agent grow-filesystem`), triggered by a request file in $STATE_DIRECTORY."""
+
+    enabled: bool = False
+    used_percent: float = Field(
+        default=85.0, gt=0, lt=100, description="Grow when the volume is this much used."
+    )
+    step_percent: float = Field(
+        default=20.0, gt=0, le=100, description="Grow by this share of the size,"
+    )
+    min_step_gib: int = Field(default=10, ge=1, le=16_384, description="and by at least this.")
+    max_size_gib: int = Field(
+        default=1024, ge=1, le=65_536, description="Never grow the volume past this size."
+    )
+    cooldown: Annotated[Duration, within(timedelta(hours=6), timedelta(days=7))] = Field(
+        default=timedelta(hours=6),
+        description="Since the volume's last modification began (EBS: one per 6 hours).",
+    )
+    check_every: Annotated[Duration, within(timedelta(seconds=30), timedelta(hours=1))] = Field(
+        default=timedelta(minutes=1), description="How often the daemon checks and polls."
+    )
+    command: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Filesystem grow command (argv, no shell) for layouts other than ext4/XFS"
+        " on the whole device, e.g. LVM. Run as root by `backup-agent grow-filesystem`, read"
+        " from this root-owned config only.",
+    )
+
+
 class StorageConfig(Section):
     root: Path
     compression_level: int = Field(default=3, ge=1, le=22)
@@ -142,6 +175,7 @@ class StorageConfig(Section):
         default=True,
         description="Read each version's tags (one GetObjectTagging per object) for restore.",
     )
+    auto_grow: AutoGrowConfig = Field(default_factory=AutoGrowConfig)  # issue 17
 
     @field_validator("volume_id")
     @classmethod
@@ -286,6 +320,32 @@ class ReconcileConfig(Section):
     include_noncurrent: bool = True
 
 
+# -- retention under pressure (issue 17; docs/runbooks.md "The disk is full") ----------------
+class RetentionWhenFullConfig(Section):
+    """Opt-in: what retention may expire while backups are paused for want of room and the
+    volume cannot grow (lifecycle/pressure.py). First the normal rules are applied early, then
+    the oldest non-current versions these stricter minimums allow, until the room is back."""
+
+    keep_last_versions: int = Field(
+        default=1,
+        ge=1,
+        le=1_000_000,
+        description="Under pressure, keep at least the newest N versions of a key (never below 1).",
+    )
+    keep_younger_than: Duration | None = Field(
+        default=None, description="Under pressure, still keep versions replaced less than this ago."
+    )
+    gc_grace_period: Annotated[Duration, within(timedelta(minutes=5), timedelta(days=365))] = Field(
+        default=timedelta(hours=1),
+        description="gc.grace_period for the collection that follows (copies written since are"
+        " kept).",
+    )
+    check_every: Annotated[Duration, within(timedelta(minutes=1), timedelta(days=1))] = Field(
+        default=timedelta(minutes=5),
+        description="How often the daemon looks for a pause for low space that growing cannot end.",
+    )
+
+
 class RetentionConfig(Section):
     """Which recorded versions to keep (lifecycle/retention.py). Unset rules keep everything."""
 
@@ -295,6 +355,9 @@ class RetentionConfig(Section):
     keep_last_versions: int | None = Field(default=None, ge=1, le=1_000_000)
     keep_younger_than: Duration | None = None
     keep_deleted_days: float | None = Field(default=None, ge=0, le=36_500)
+    when_full: RetentionWhenFullConfig | None = Field(
+        default=None, description="Retention under pressure; null (the default): never."
+    )
 
 
 class GcConfig(Section):

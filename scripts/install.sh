@@ -208,8 +208,16 @@ EOF
         no_link "$root"
         chown -h "$USER_NAME:$USER_NAME" "$root"
     fi
+    # storage.auto_grow: the root units that grow the filesystem on the agent's request
+    for grow_unit in backup-agent-grow.path backup-agent-grow.service; do
+        sed -e "s|/opt/backup-agent/venv|$VENV|g" \
+            -e "s|/etc/backup-agent/|$ETC_DIR/|g" \
+            -e "s|^RequiresMountsFor=/mnt/backups\$|RequiresMountsFor=$root|" \
+            "$SRC/systemd/$grow_unit" | write_file "$UNIT_DIR/$grow_unit"
+    done
     systemctl_ daemon-reload
     systemctl_ enable backup-agent.service
+    systemctl_ enable backup-agent-grow.path
     say "installed $UNIT"
 }
 
@@ -249,8 +257,9 @@ EOF
 uninstall() {
     if [ "$SYSTEMCTL" = 1 ]; then
         systemctl disable --now backup-agent.service 2>/dev/null || true
+        systemctl disable --now backup-agent-grow.path 2>/dev/null || true
     fi
-    rm -f "$UNIT"
+    rm -f "$UNIT" "$UNIT_DIR/backup-agent-grow.path" "$UNIT_DIR/backup-agent-grow.service"
     rm -rf "$DROPIN_DIR"
     systemctl_ daemon-reload
     for command in $COMMANDS; do

@@ -42,6 +42,7 @@ from agent.operations.iam import policy_document, trust_document
 from agent.operations.online_check import check_online
 from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
+from agent.storage.grow import REQUEST_NAME, grow_filesystem, trusted_config
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 
@@ -176,7 +177,34 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--offline", action="store_true", help="do not ask SQS for the queue depths"
     )
+    grow = command(
+        "grow-filesystem",
+        cmd_grow_filesystem,
+        "As root (backup-agent-grow.service): grow the backup filesystem to its volume's size.",
+    )
+    grow.add_argument(
+        "--request",
+        type=Path,
+        default=Path("/var/lib/backup-agent") / REQUEST_NAME,
+        help="the agent's request file, removed (never read) once the command ran",
+    )
     return parser
+
+
+def cmd_grow_filesystem(args: argparse.Namespace, config: Config) -> int:
+    """The command comes from the root-owned config or the mount's filesystem type."""
+    try:
+        trusted_config(args.config_path)
+        command = grow_filesystem(
+            config.storage.root,
+            config.storage.auto_grow.command,
+            request=args.request,
+            mounts=Path("/proc/self/mounts").read_text(encoding="utf-8"),
+        )
+    finally:
+        args.request.unlink(missing_ok=True)  # else the .path unit triggers again at once
+    print(f"{printable_key(config.storage.root)}: grown ({' '.join(command)})")
+    return ExitCode.OK
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:

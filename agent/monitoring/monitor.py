@@ -135,6 +135,8 @@ class Monitoring:
         disk: DiskUsageReader = disk_usage,
         dimensions: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        forecast_history: Path | None = None,
+        volume_grow: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.config = config
         self.clients = clients
@@ -162,6 +164,7 @@ class Monitoring:
             threshold_days=config.alerts.days_until_full,
             alert=self.alerts.submit,
             clock=clock,
+            history=forecast_history,  # a restart keeps DaysUntilFull
         )
         self.sampler = Sampler(
             stats,
@@ -193,6 +196,7 @@ class Monitoring:
                 alerts_suppressed=self.alerts.suppressed,
                 clock=clock,
                 days_until_full=self.forecast.days_until_full,
+                volume_grow=volume_grow,
             )
         )
         self.prometheus_port: int | None = None
@@ -226,6 +230,7 @@ class Monitoring:
     def stop(self) -> None:
         """After the consumer drained: last datapoints out, pending alerts sent."""
         self.jobs.stop(wait=False)  # a job stuck on a slow AWS call must not hold up exit
+        self.forecast.save()
         if self.publisher is not None:
             self.publisher.add(self.sampler.sample())
             flusher = threading.Thread(

@@ -52,10 +52,12 @@ from agent.monitoring.metrics import DiskUsageReader
 from agent.pipeline.backup import ARCHIVED, SSE_C, Outcome
 from agent.scheduler import JobRecord
 from agent.stats import Stats
+from agent.storage.grow import GrowState
 
 log = structlog.get_logger("agent.prometheus")
 
 PREFIX = "backup_agent"
+GROW_STATES = tuple(state.value for state in GrowState)
 LAG_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
 SIZE_BUCKETS = tuple(float(1 << n) for n in range(10, 37, 3))  # 1 KiB … 64 GiB
@@ -89,6 +91,7 @@ class Sources:
     alerts_suppressed: Callable[[], Mapping[str, int]] = dict
     clock: Callable[[], float] = time.time
     days_until_full: Callable[[], float | None] = lambda: None
+    volume_grow: Callable[[], str | None] = lambda: None  # GrowState's value; None: auto-grow off
 
 
 class _ScrapeCollector(Collector):
@@ -184,6 +187,7 @@ class _ScrapeCollector(Collector):
             f"{PREFIX}_workers_busy", "Workers busy with a message.", value=src.workers_busy()
         )
         yield from self._disk()
+        yield from self._volume_grow()
         yield from self._jobs()
         yield from self._alerts()
 
@@ -211,6 +215,20 @@ class _ScrapeCollector(Collector):
                 "Days until the volume reaches its free-space floor at the recent growth rate.",
                 value=days,
             )
+
+    def _volume_grow(self) -> Iterator[Metric]:
+        """Apart from the disk figures: an unreadable volume must not hide a grow under way."""
+        grow = self.sources.volume_grow()
+        if grow is None:
+            return
+        state = GaugeMetricFamily(
+            f"{PREFIX}_volume_grow_state",
+            "storage.auto_grow: 1 for the state the grower is in, 0 for the others.",
+            labels=["state"],
+        )
+        for name in GROW_STATES:
+            state.add_metric([name], 1.0 if name == grow else 0.0)
+        yield state
 
     def _jobs(self) -> Iterator[Metric]:
         runs = CounterMetricFamily(f"{PREFIX}_job_runs", "Scheduled job runs.", labels=["job"])

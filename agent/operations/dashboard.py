@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 WIDTH = 6
 HEIGHT = 6
+PER_LINE = 24 // WIDTH  # CloudWatch's grid is 24 units wide
+ROW_LINES = 2  # lines of widgets per instance (space_cells start the second)
 
 
 def discover(cloudwatch: CloudWatchClient, namespace: str) -> list[dict[str, str]]:
@@ -62,6 +64,27 @@ def _widget(
     }
 
 
+def space_cells(
+    ns: str, dims: Mapping[str, str], days_until_full: float
+) -> list[tuple[str, list[list[Any]], dict[str, Any]]]:
+    """Low space handled (issue 17): is the consumer paused, and how soon is the volume full."""
+    return [
+        (
+            "Paused (1) for no volume or no room",
+            [_metric(ns, "Paused", dims, stat="Maximum")],
+            {"yAxis": {"left": {"min": 0, "max": 1}}},
+        ),
+        (
+            "Days until full (forecast)",
+            [_metric(ns, "DaysUntilFull", dims, stat="Minimum")],
+            {
+                "annotations": {"horizontal": [{"label": "alert", "value": days_until_full}]},
+                "yAxis": {"left": {"min": 0}},
+            },
+        ),
+    ]
+
+
 def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str, Any]:
     """The dashboard JSON: a fleet row (dead-letter queue), then one row per instance."""
     ns = config.metrics.namespace
@@ -92,7 +115,7 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
     disk_limit = config.alarms.disk_used_percent or config.alerts.disk_used_percent
     ordered = sorted(instances, key=lambda d: sorted(d.items()))
     for row, dims in enumerate(ordered):
-        y = HEIGHT + 1 + row * (HEIGHT + 1)
+        y = HEIGHT + 1 + row * (ROW_LINES * HEIGHT + 1)
         label = " ".join(dims.values())
         widgets.append(
             {
@@ -147,9 +170,12 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
                     }
                 ),
             ),
+            *space_cells(ns, dims, config.alerts.days_until_full),
         ]
-        for column, (title, metrics, extra) in enumerate(cells):
-            widgets.append(_widget(title, metrics, column * WIDTH, y, region, **extra))
+        for index, (title, metrics, extra) in enumerate(cells):
+            line, column = divmod(index, PER_LINE)
+            x = column * WIDTH
+            widgets.append(_widget(title, metrics, x, y + line * HEIGHT, region, **extra))
     return {"widgets": widgets}
 
 

@@ -114,6 +114,7 @@ class PolicyScope:
     restore_to_s3: bool = True
     recovery_buckets: tuple[str, ...] = ()
     record_tags: bool = True
+    auto_grow: bool = False  # storage.auto_grow.enabled: ModifyVolume on the backup volume
 
     @classmethod
     def from_config(
@@ -151,6 +152,7 @@ class PolicyScope:
             restore_to_s3=restore_to_s3,
             recovery_buckets=tuple(config.restore.recovery_buckets),
             record_tags=config.storage.record_tags,
+            auto_grow=config.storage.auto_grow.enabled,
         )
 
     def arn(self, service: str, resource: str, *, region: str | None = None) -> str:
@@ -192,6 +194,12 @@ VOLUME_ID_REQUIRED = (
 _VOLUME_ID = re.compile(r"vol-[0-9a-f]{8,17}")
 
 
+AUTO_GROW_VOLUME_ID_REQUIRED = (
+    "storage.volume_id: required for the auto-grow statement (storage.auto_grow.enabled): set"
+    " it, or pass --volume-id vol-… to iam-policy; without it the agent could resize every volume"
+)
+
+
 def backup_volume_id(config: Config, given: str | None = None) -> str | None:
     """The backup volume the snapshot statements name; ConfigError when snapshots are on and
     neither `storage.volume_id` nor `given` (`--volume-id`) names it, or they disagree."""
@@ -206,6 +214,8 @@ def backup_volume_id(config: Config, given: str | None = None) -> str | None:
         return given
     if config.snapshots.enabled and not configured:
         raise ConfigError([VOLUME_ID_REQUIRED])
+    if config.storage.auto_grow.enabled and not configured:
+        raise ConfigError([AUTO_GROW_VOLUME_ID_REQUIRED])
     return configured
 
 
@@ -301,7 +311,21 @@ def agent_statements(scope: PolicyScope) -> list[dict[str, Any]]:
         )
     if scope.snapshots:
         found.extend(_snapshot_statements(scope))
+    if scope.auto_grow:
+        found.extend(_auto_grow_statements(scope))
     return found
+
+
+def _auto_grow_statements(scope: PolicyScope) -> list[dict[str, Any]]:
+    """storage.auto_grow (issue 17): resize the backup volume and no other; watch it."""
+    return [
+        _statement("GrowBackupVolume", ["ec2:ModifyVolume"], [scope.volume_arn]),
+        _statement(
+            "WatchVolumeModifications",
+            ["ec2:DescribeVolumesModifications"],
+            ["*"],  # Describe* actions support no resource-level permissions
+        ),
+    ]
 
 
 def _identity_arns(scope: PolicyScope, sender: str) -> list[str]:

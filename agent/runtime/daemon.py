@@ -27,6 +27,7 @@ from agent.config import Config
 from agent.errors import BackupAgentError, VolumeNotInitialised, VolumeNotReady
 from agent.lifecycle.context import run_exclusive
 from agent.lifecycle.gc import GarbageCollector
+from agent.lifecycle.pressure import PressureCheck, PressureReport
 from agent.lifecycle.reconcile import Reconciler
 from agent.lifecycle.retention import Retention
 from agent.lifecycle.scrub import Scrubber
@@ -43,12 +44,16 @@ from agent.runtime.wiring import (
     compression_settings,
     consumer_settings,
     lifecycle_context,
+    pressure_retention,
     snapshot_manager,
+    state_directory,
     volume_check,
+    volume_grower,
 )
 from agent.schedule import every
 from agent.stats import Stats
 from agent.storage.encryption import check_at_startup
+from agent.storage.grow import VolumeGrower
 from agent.storage.volume import Volume, VolumeMarker
 
 log = structlog.get_logger("agent.daemon")
@@ -86,6 +91,7 @@ class Daemon:
         self.monitoring = monitoring
         self._alert_hook = alert
         self.reloader: ConfigReloader | None = None
+        self.grower: VolumeGrower | None = None
         if config_path is not None:
             self.reloader = ConfigReloader(config_path, config, on_rejected=self._config_rejected)
             self.reloader.subscribe(self.apply_live)
@@ -166,7 +172,14 @@ class Daemon:
             self.stats,
             workers=lambda: self.config.consumer.workers,
             workers_busy=lambda: self.consumer.working() if self.consumer else 0,
+            forecast_history=self.forecast_history(),
+            volume_grow=lambda: self.grower.state.value if self.grower else None,
         )
+
+    @staticmethod
+    def forecast_history() -> Path | None:
+        state = state_directory()
+        return state / "forecast.json" if state is not None else None
 
     def register_lifecycle_jobs(self, marker: VolumeMarker) -> None:
         """Reconcile, retention, gc and scrub run on the scheduler when a schedule is set.
@@ -201,6 +214,21 @@ class Daemon:
             if schedule is not None:
                 # The same lock as `backup-agent gc` and friends: never two runs at once.
                 self.monitoring.jobs.register(name, run_exclusive(self.volume, name, run), schedule)
+        self.register_auto_grow()
+        when_full = self.config.retention.when_full
+        if when_full is not None:
+            check = PressureCheck(
+                check=volume_check(self.config, self.volume),
+                paused=lambda: self.stats.paused_reason,
+                can_grow=self.can_grow,
+                make=lambda: pressure_retention(ctx),
+                on_report=self._pressure_report,
+            )
+            self.monitoring.jobs.register(
+                "retention-when-full",
+                run_exclusive(self.volume, "retention", check),
+                every(when_full.check_every),
+            )
         if self.config.snapshots.enabled:
             self.register_snapshot_jobs()
 
@@ -225,6 +253,32 @@ class Daemon:
                 monitoring.publisher.add(points)
 
         monitoring.jobs.register("snapshot-metrics", publish_snapshot_metrics, every("5m"))
+
+    def register_auto_grow(self) -> None:
+        """`storage.auto_grow`: the grow job, with its request file in $STATE_DIRECTORY,
+        where the root-owned backup-agent-grow.path unit watches for it."""
+        assert self.monitoring is not None
+        settings = self.config.storage.auto_grow
+        if not settings.enabled:
+            return
+        state = state_directory()
+        if state is None:
+            self.alert(
+                "storage.auto_grow is on but cannot work",
+                "no $STATE_DIRECTORY (run under the backup-agent systemd unit): the root unit"
+                " that grows the filesystem watches a request file there",
+            )
+            return
+        self.grower = volume_grower(self.config, self.clients, state, self.alert)
+        self.monitoring.jobs.register("auto-grow", self.grower.step, every(settings.check_every))
+
+    def can_grow(self) -> bool:
+        """May the volume still grow soon (auto-grow on, below its cap, not waiting out
+        EBS's rate or an error)? Retention under pressure waits while it may."""
+        return self.grower is not None and self.grower.can_grow()
+
+    def _pressure_report(self, report: PressureReport) -> None:
+        self.alert("retention.when_full expired versions to make room", report.summary())
 
     def _scrub_alert(self, event: str, details: dict[str, Any]) -> None:
         if self.monitoring is not None:

@@ -43,6 +43,8 @@ RESTART_ONLY = (
     "storage.hold_back",
     "storage.pause_recheck_max",
     "consumer.max_bytes_in_flight",
+    "retention.when_full",  # its job is registered at start
+    "storage.auto_grow",  # likewise
 )
 WATCHED_EVENTS = {"created", "modified", "moved", "deleted", "closed"}
 DEBOUNCE_SECONDS = 0.2

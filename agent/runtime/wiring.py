@@ -7,13 +7,18 @@ and the lifecycle jobs' context are assembled the same way in every process.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 from agent.aws import Clients
 from agent.config import Config
 from agent.imds import Imds
 from agent.lifecycle.context import LifecycleContext
+from agent.lifecycle.gc import GarbageCollector
+from agent.lifecycle.pressure import PressureRetention, pressure_policy
+from agent.lifecycle.retention import Retention
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import ConsumerSettings
 from agent.pipeline.pause import VolumeCheck
@@ -21,10 +26,20 @@ from agent.snapshots.manager import SnapshotManager
 from agent.stats import Stats
 from agent.storage.barrier import WriteBarrier
 from agent.storage.encryption import AlertHook
+from agent.storage.grow import VolumeGrower
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import CompressionSettings, Volume
 from agent.storage.volume_id import discover_volume_id
+
+
+def state_directory() -> Path | None:
+    """systemd's StateDirectory= for the daemon (`$STATE_DIRECTORY`, the first if it lists
+    several; /var/lib/backup-agent): on the root file system, so a full backup volume does
+    not stop what is kept there (the forecast's history, the grow request). None outside
+    systemd: those are then not kept."""
+    first = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(first) if os.path.isabs(first) else None
 
 
 def compression_settings(config: Config) -> CompressionSettings:
@@ -97,6 +112,45 @@ def lifecycle_context(
         ledger=service.ledger,
         service=service,
         stats=stats,
+    )
+
+
+def pressure_retention(ctx: LifecycleContext) -> PressureRetention:
+    """`retention.when_full` (set): the normal rules, the stricter minimums, then a GC with
+    the pressure grace period."""
+    when_full = ctx.config.retention.when_full
+    assert when_full is not None
+    collector = GarbageCollector(
+        volume=ctx.volume,
+        journal=ctx.journal,
+        grace_period=when_full.gc_grace_period,
+        stats=ctx.stats,
+    )
+    return PressureRetention(
+        rules=Retention.from_context(ctx),
+        strict=pressure_policy(ctx.config.retention),
+        collect=collector.run_once,
+    )
+
+
+def volume_grower(
+    config: Config, clients: Clients, state_dir: Path, alert: AlertHook
+) -> VolumeGrower:
+    """`storage.auto_grow`: ModifyVolume on the backup volume, the request in `state_dir`."""
+    ec2 = clients.ec2()
+    root = config.storage.root
+
+    def volume_id() -> str:
+        return discover_volume_id(root, configured=config.storage.volume_id, imds=Imds(), ec2=ec2)
+
+    return VolumeGrower(
+        ec2,
+        config.storage.auto_grow,
+        volume_id=volume_id,
+        root=root,
+        state_dir=state_dir,
+        alert=alert,
+        clock=lambda: datetime.now(UTC),
     )
 
 

@@ -144,3 +144,37 @@ def test_backup_restore_snapshots_lists_the_agents_snapshots(aws, backup_root, v
     assert code == 0
     assert [r["snapshot_id"] for r in rows] == [run.snapshot_id]
     assert rows[0]["volume_id"] == volume_id
+
+
+def test_low_space_wiring_the_pressure_check_and_the_forecast_history(
+    aws, backup_root, volume, tmp_path, monkeypatch
+):
+    """retention.when_full and storage.auto_grow register their jobs; the forecast's history
+    and the grow request go to $STATE_DIRECTORY (issue 17)."""
+    state = tmp_path / "state"
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))
+    volume_id = aws.ec2().create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+    config = make_config(
+        backup_root,
+        storage={
+            "root": str(backup_root),
+            "min_free_bytes": 0,
+            "volume_id": volume_id,
+            "auto_grow": {"enabled": True, "used_percent": 99.9, "check_every": "30s"},
+        },
+        metrics={"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+        retention={"keep_last_versions": 3, "when_full": {"check_every": "2m"}},
+    )
+    daemon = Daemon(config, aws)
+    daemon.start(volume.read_marker())
+    try:
+        schedules = {r.name: r.schedule for r in daemon.monitoring.jobs.records()}
+        daemon.monitoring.check_disk()  # one reading
+    finally:
+        daemon.stop()
+    assert schedules["retention-when-full"].every == timedelta(minutes=2)
+    assert schedules["auto-grow"].every == timedelta(seconds=30)
+    assert daemon.can_grow()  # on, below its cap: retention under pressure waits for it
+    assert daemon.grower is not None and daemon.grower.request.parent == state
+    saved = json.loads((state / "forecast.json").read_text())
+    assert saved["root"] == str(backup_root) and len(saved["readings"]) == 1

@@ -157,6 +157,7 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
 
     with recorder.role("agent"):
         run_the_daemon(recorder, config, s3, sqs)
+        grow_the_volume(config)
         with recorder.quiet():  # gone without an event reaching the agent: reconcile notices
             s3.delete_object(Bucket=ARCHIVE, Key="new.txt")
         for command in ("reconcile", "retention", "gc"):
@@ -203,6 +204,26 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
         ec2.detach_volume(VolumeId=restored["VolumeId"], InstanceId=instance)
         ec2.delete_volume(VolumeId=restored["VolumeId"])
     return path, config
+
+
+def grow_the_volume(config: Any) -> None:
+    """storage.auto_grow: the grower's ModifyVolume and DescribeVolumesModifications, on a
+    volume it finds full (the filesystem step is root's, with no AWS call)."""
+    from agent.storage.grow import GrowState, VolumeGrower
+    from tests.support.clock import FakeClock
+
+    assert config.storage.volume_id is not None
+    grower = VolumeGrower(
+        build_clients(config).ec2(),
+        config.storage.auto_grow,
+        volume_id=lambda: config.storage.volume_id,
+        root=config.storage.root,
+        state_dir=config.storage.root.parent / "state",
+        alert=lambda _subject, _detail: None,
+        clock=FakeClock(),
+        usage=lambda _root: (1 << 30, 1 << 30),
+    )
+    assert grower.step() is GrowState.FILESYSTEM  # moto: completed at once
 
 
 def run_the_daemon(recorder: Recorder, config: Any, s3: Any, sqs: Any) -> None:
@@ -438,6 +459,7 @@ def test_policies_use_no_wildcard_actions_and_star_only_where_aws_has_no_resourc
         "ec2:DescribeVolumes",
         "ec2:DescribeSnapshots",
         "ec2:DescribeInstances",
+        "ec2:DescribeVolumesModifications",
         "ses:GetIdentityVerificationAttributes",
         "ses:VerifyEmailIdentity",
     }
@@ -502,3 +524,74 @@ def test_committed_policies_match_the_example_config():
 )
 def test_sqs_batch_calls_need_the_permission_of_their_one_message_form(operation, action):
     assert iam_action("sqs", operation, {}) == action
+
+
+# -- storage.auto_grow (issue 17) -------------------------------------------------------------
+
+
+def _auto_grow_config(tmp_path: Path, volume_id: str | None) -> Any:
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["storage"] = {**raw["storage"], "auto_grow": {"enabled": True}}
+    raw["storage"].pop("volume_id", None)
+    raw["snapshots"]["enabled"] = False  # the auto-grow statement alone names the volume here
+    if volume_id:
+        raw["storage"]["volume_id"] = volume_id
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def test_auto_grow_may_resize_the_backup_volume_and_no_other(tmp_path):
+    """The grower's real calls against moto, each checked against the generated policy."""
+    from agent.config import AutoGrowConfig
+    from agent.storage.grow import GrowState, VolumeGrower
+    from tests.support.clock import FakeClock
+
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name=REGION)
+        volume = ec2.create_volume(AvailabilityZone=AZ, Size=8)["VolumeId"]
+        other = ec2.create_volume(AvailabilityZone=AZ, Size=8)["VolumeId"]
+        config = _auto_grow_config(tmp_path, volume)
+        policy = policy_document(config)
+        recorder = Recorder()
+        grower = VolumeGrower(
+            ec2,
+            AutoGrowConfig(enabled=True),
+            volume_id=lambda: volume,
+            root=tmp_path,
+            state_dir=tmp_path / "state",
+            alert=lambda _s, _d: None,
+            clock=FakeClock(),
+            usage=lambda _root: (8 << 30, 8 << 30),  # full
+        )
+        with recorder.installed(), recorder.role("agent"):
+            assert grower.step() is GrowState.FILESYSTEM
+    made = {c.operation for c in recorder.calls}
+    assert {"ModifyVolume", "DescribeVolumesModifications", "DescribeVolumes"} <= made
+    for call in recorder.calls:
+        for check in checks(call):
+            assert matching_statements(policy, check), check
+    grow = next(s for s in policy["Statement"] if s["Sid"] == "GrowBackupVolume")
+    assert grow["Resource"] == [f"arn:aws:ec2:{REGION}:123456789012:volume/{volume}"]
+    elsewhere = Call("agent", "ec2", REGION, "ModifyVolume", {"VolumeId": other, "Size": 20})
+    assert not any(matching_statements(policy, c) for c in checks(elsewhere))
+
+
+def test_auto_grow_statements_only_when_on_and_only_with_the_volume_named(tmp_path):
+    from agent.config import AutoGrowConfig
+    from agent.errors import ConfigError
+
+    off = _auto_grow_config(tmp_path, "vol-0123456789abcdef0")
+    off = off.model_copy(
+        update={"storage": off.storage.model_copy(update={"auto_grow": AutoGrowConfig()})}
+    )
+    assert not {"ec2:ModifyVolume", "ec2:DescribeVolumesModifications"} & granted_actions(
+        policy_document(off)
+    )
+    with pytest.raises(ConfigError, match="auto-grow"):
+        policy_document(_auto_grow_config(tmp_path, None))
+    named = policy_document(_auto_grow_config(tmp_path, None), volume_id="vol-0123456789abcdef0")
+    sids = {s["Sid"]: s for s in named["Statement"]}
+    assert sids["WatchVolumeModifications"]["Resource"] == ["*"]
+    assert sids["WatchVolumeModifications"]["Action"] == ["ec2:DescribeVolumesModifications"]
+    assert sids["GrowBackupVolume"]["Resource"][0].endswith(":volume/vol-0123456789abcdef0")

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.monitoring.metrics import Sampler
+from agent.operations.alarms import alarm_specs
 from agent.pipeline.consumer import Consumer
-from agent.pipeline.pause import HeldBack, Verdict
+from agent.pipeline.pause import HeldBack, Verdict, VolumeCheck
 from agent.runtime.wiring import consumer_settings, volume_check
 from agent.stats import Stats
 from agent.storage.ledger import Ledger
@@ -93,6 +95,7 @@ def test_an_object_larger_than_the_room_left_waits_while_smaller_ones_are_backed
             assert held.free_bytes is not None and held.free_bytes < 16 * MiB
             assert ledger.latest(BUCKET, "large/big.bin") is None
             assert not any(volume.tmp_dir.iterdir())  # refused before a byte was written
+            failed_backups_alarm_fires(config, stats, tmpfs_root)
 
             filler.unlink()  # room for it now
             wait_until(lambda: ledger.latest(BUCKET, "large/big.bin"), 30, "the big one")
@@ -112,3 +115,71 @@ def test_an_object_larger_than_the_room_left_waits_while_smaller_ones_are_backed
         assert stats.snapshot().held_back == len(listener.held)
         received = [int(m["Attributes"]["ApproximateReceiveCount"]) for m in calls.received]
         assert max(received) <= 3  # far from the redrive
+
+
+def failed_backups_alarm_fires(config, stats: Stats, root: Path) -> None:
+    """A hold-back is a failed attempt: counted under its error type, sent as BackupsFailed,
+    and over the failed-backups alarm's threshold (Sum > alarms.failed_backups, default 0)."""
+    snapshot = stats.snapshot()
+    assert snapshot.failures["DiskFull"] >= snapshot.held_back >= 1
+    assert snapshot.backups_failed >= snapshot.held_back
+    points = {p.name: p.value for p in Sampler(stats, root).sample()}
+    topic = "arn:aws:sns:us-east-1:123456789012:alerts"
+    config = config.model_copy(
+        update={"alerts": config.alerts.model_copy(update={"sns_topic_arn": topic})}
+    )
+    dimensions = {"InstanceId": "i-test", "Volume": str(root)}
+    (alarm,) = [a for a in alarm_specs(config, dimensions) if a["MetricName"] == "BackupsFailed"]
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert points["BackupsFailed"] > alarm["Threshold"]
+
+
+def test_auto_grow_end_to_end_threshold_modify_request_grow_and_room_again(tmp_path, tmpfs_root):
+    """Against moto's EC2 and a real tmpfs: the threshold crossed → ModifyVolume → the request
+    file → the root half runs the configured command (a tmpfs remount standing in for
+    resize2fs) → the agent sees the larger filesystem and the volume has room again."""
+    import boto3
+    from moto import mock_aws
+
+    from agent.config import AutoGrowConfig
+    from agent.storage.grow import REQUEST_NAME, GrowState, VolumeGrower, grow_filesystem
+    from tests.support.clock import FakeClock
+
+    fill(tmpfs_root, leave=2 * MiB)  # ~94 % used
+    settings = AutoGrowConfig(
+        enabled=True,
+        used_percent=80,
+        max_size_gib=64,
+        command=["mount", "-o", "remount,size=64m", str(tmpfs_root)],
+    )
+    state = tmp_path / "state"
+    alerts: list[tuple[str, str]] = []
+    check = VolumeCheck(Volume(tmpfs_root, min_free_bytes=4 * MiB), resume_headroom=4 * MiB)
+    with mock_aws():
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        volume = ec2.create_volume(AvailabilityZone="us-east-1a", Size=8)["VolumeId"]
+        grower = VolumeGrower(
+            ec2,
+            settings,
+            volume_id=lambda: volume,
+            root=tmpfs_root,
+            state_dir=state,
+            alert=lambda s, d: alerts.append((s, d)),
+            clock=FakeClock(),
+        )
+        Volume(tmpfs_root).initialise("vol-tmpfs")
+        assert not check.check(to_resume=True).ok  # no room: the consumer would be paused
+
+        assert grower.step() is GrowState.FILESYSTEM  # moto: optimizing/completed at once
+        assert ec2.describe_volumes(VolumeIds=[volume])["Volumes"][0]["Size"] == 18
+        request = state / REQUEST_NAME
+        assert request.exists()
+
+        # the root unit (backup-agent-grow.service) acting on the request
+        mounts = Path("/proc/self/mounts").read_text()
+        grow_filesystem(tmpfs_root, settings.command, request=request, mounts=mounts)
+        assert not request.exists()
+
+        assert grower.step() is GrowState.IDLE
+    assert [s for s, _ in alerts] == ["growing the backup volume", "backup volume grown"]
+    assert check.check(to_resume=True).ok  # room again: the consumer resumes

@@ -175,3 +175,19 @@ def test_a_busy_port_is_logged_and_does_not_raise(exporter):
         assert second.serve(f"127.0.0.1:{port}") is None
     assert logs[0]["event"] == "prometheus.listen_failed"
     second.close()
+
+
+def test_the_auto_grow_state_is_a_labelled_gauge_only_when_auto_grow_is_on():
+    state = {"now": None}
+    metrics = PrometheusMetrics(Sources(stats=Stats(), volume_grow=lambda: state["now"]))
+    port = metrics.serve("127.0.0.1:0")
+    try:
+        assert "backup_agent_volume_grow_state" not in scrape(port)  # off
+        state["now"] = "modifying"
+        assert scrape(port)["backup_agent_volume_grow_state"] == {
+            (("state", "filesystem"),): 0.0,
+            (("state", "idle"),): 0.0,
+            (("state", "modifying"),): 1.0,
+        }
+    finally:
+        metrics.close()

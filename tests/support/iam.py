@@ -177,6 +177,7 @@ _UNSCOPED = {  # actions with no resource-level permissions: checked against "*"
     ("ec2", "DescribeVolumes"),
     ("ec2", "DescribeSnapshots"),
     ("ec2", "DescribeInstances"),
+    ("ec2", "DescribeVolumesModifications"),
 }
 
 
@@ -286,6 +287,9 @@ def _ec2_checks(call: Call, action: str) -> list[Check]:
             Check(action, f"arn:aws:ec2:{region}:{ACCOUNT}:volume/*", request),
             *tagging,
         ]
+    if op == "ModifyVolume":  # storage.auto_grow: the volume alone
+        volume = volume_arn(region, p["VolumeId"])
+        return [Check(action, volume, _resource_tags(call, volume))]
     if op in _VOLUME_OPERATIONS:
         volume = volume_arn(region, p["VolumeId"])
         found = [Check(action, volume, _resource_tags(call, volume))]

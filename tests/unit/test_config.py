@@ -445,3 +445,36 @@ def test_a_dumped_config_reads_back_equal(tmp_path, warned):
     dumped = yaml.safe_dump(config.model_dump(mode="json"))
     assert "share_expiry: 1d12h" in dumped and "schedule: 1h30m" in dumped
     assert parse_config(yaml.safe_load(dumped)) == config
+
+
+# -- retention under pressure (issue 17) -----------------------------------------------------
+
+
+def test_retention_when_full_is_off_by_default_and_never_goes_below_one_version(tmp_path):
+    assert parse_config(valid(tmp_path)).retention.when_full is None
+    raw = valid(tmp_path) | {"retention": {"when_full": {"keep_younger_than": "1d"}}}
+    when_full = parse_config(raw).retention.when_full
+    assert when_full is not None
+    assert when_full.keep_last_versions == 1 and when_full.keep_younger_than == timedelta(days=1)
+    assert when_full.gc_grace_period == timedelta(hours=1)
+    assert when_full.check_every == timedelta(minutes=5)
+    zero = valid(tmp_path) | {"retention": {"when_full": {"keep_last_versions": 0}}}
+    assert any("retention.when_full.keep_last_versions" in p for p in problems_of(zero))
+
+
+def test_auto_grow_is_off_by_default_and_keeps_to_ebs_rules(tmp_path):
+    grow = parse_config(valid(tmp_path)).storage.auto_grow
+    assert not grow.enabled and grow.command is None
+    assert (grow.used_percent, grow.step_percent, grow.min_step_gib) == (85.0, 20.0, 10)
+    assert grow.cooldown == timedelta(hours=6)
+
+    def storage(**auto_grow: object) -> dict:
+        raw = valid(tmp_path)
+        raw["storage"]["auto_grow"] = auto_grow
+        return raw
+
+    assert any("storage.auto_grow.cooldown" in p for p in problems_of(storage(cooldown="1h")))
+    assert any("storage.auto_grow.command" in p for p in problems_of(storage(command=[])))
+    assert any(
+        "storage.auto_grow.used_percent" in p for p in problems_of(storage(used_percent=100))
+    )

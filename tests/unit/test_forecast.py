@@ -119,3 +119,102 @@ def test_only_the_last_day_counts():
     series.clock.advance(timedelta(days=2))  # a gap: the old readings fall out of the window
     series.forecast.add(usage(series.used))
     assert series.forecast.days_until_full() is None
+
+
+# -- the history survives a restart (issue 17) ----------------------------------------------
+
+
+def persisted(path, clock: FakeClock, alerts: list[Alert] | None = None) -> SpaceForecast:
+    return SpaceForecast(
+        "/mnt/backups",
+        FLOOR,
+        threshold_days=7.0,
+        alert=(alerts if alerts is not None else []).append,
+        clock=clock.seconds,
+        history=path,
+    )
+
+
+def feed(forecast: SpaceForecast, clock: FakeClock, used: float, hours: float, per_day: float):
+    days = None
+    for _ in range(int(hours * 60)):
+        clock.advance(minutes=1)
+        used += per_day / 1440
+        days = forecast.add(usage(used))
+    return used, days
+
+
+def test_a_restart_keeps_days_until_full(tmp_path):
+    path, clock = tmp_path / "state" / "forecast.json", FakeClock()
+    before = persisted(path, clock)
+    used, days = feed(before, clock, 900 * GiB, hours=4, per_day=10 * GiB)
+    assert days is not None
+    before.save()  # what Monitoring.stop does
+
+    clock.advance(minutes=2)  # the restart
+    after = persisted(path, clock)
+    assert after.days_until_full() == pytest.approx(days, rel=1e-6)  # known at once
+    _, later = feed(after, clock, used, hours=1, per_day=10 * GiB)
+    assert later == pytest.approx((TOTAL - used - FLOOR - 10 * GiB / 24) / (10 * GiB), rel=0.01)
+
+
+def test_readings_are_saved_every_ten_minutes_without_a_clean_stop(tmp_path):
+    path, clock = tmp_path / "forecast.json", FakeClock()
+    feed(persisted(path, clock), clock, 900 * GiB, hours=4, per_day=10 * GiB)
+    # killed: no save() at stop; at most the last 10 minutes are lost
+    after = persisted(path, clock)
+    assert after.days_until_full() is not None
+    assert len(after._readings) >= 4 * 60 - 10
+
+
+def test_a_history_older_than_the_window_or_of_another_root_is_not_used(tmp_path):
+    path, clock = tmp_path / "forecast.json", FakeClock()
+    before = persisted(path, clock)
+    feed(before, clock, 900 * GiB, hours=4, per_day=10 * GiB)
+    before.save()
+    clock.advance(days=2)  # down longer than the 24 h window
+    assert persisted(path, clock).days_until_full() is None
+
+    clock.advance(days=-2)
+    other = SpaceForecast(
+        "/mnt/other", FLOOR, threshold_days=7.0, alert=[].append, clock=clock.seconds, history=path
+    )
+    assert other.days_until_full() is None and len(other._readings) == 0
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b'{"format": 1, "root": "/mnt/backups", "readings": [[1, 2]]}',
+        b'{"format": 1, "root": "/mnt/backups", "readings": [[1, -2, 3]]}',
+        b'{"format": 1, "root": "/mnt/backups", "readings": [["1", 2, 3]]}',
+        b'{"format": 2, "root": "/mnt/backups", "readings": []}',
+        b"[]",
+    ],
+)
+def test_a_malformed_history_starts_over_without_failing(tmp_path, content):
+    path = tmp_path / "forecast.json"
+    path.write_bytes(content)
+    forecast = persisted(path, FakeClock())
+    assert len(forecast._readings) == 0
+    forecast.add(usage(500 * GiB))  # and the next save replaces it
+    assert b'"format": 1' in path.read_bytes()
+
+
+def test_readings_from_the_future_are_dropped(tmp_path):
+    path, clock = tmp_path / "forecast.json", FakeClock()
+    before = persisted(path, clock)
+    feed(before, clock, 900 * GiB, hours=4, per_day=10 * GiB)
+    before.save()
+    clock.advance(hours=-2)  # the clock went back
+    after = persisted(path, clock)
+    assert all(r.at_ms <= clock.seconds() * 1000 for r in after._readings)
+    assert len(after._readings) == pytest.approx(2 * 60, abs=2)
+
+
+def test_an_unwritable_history_is_logged_and_the_forecast_goes_on(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    forecast = persisted(blocker / "forecast.json", FakeClock())  # its parent is a file
+    assert forecast.add(usage(500 * GiB)) is None  # no exception

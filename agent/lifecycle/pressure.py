@@ -1,0 +1,187 @@
+"""Retention under pressure (`retention.when_full`): make room when the volume is full and
+cannot grow.
+
+Opt-in. The daemon runs it while the consumer is paused for want of room on a ready volume
+and growing is off or capped (docs/runbooks.md, "The disk is full"). The order is stated and
+safe:
+
+1. **the normal rules, early**: what `retention:` would expire at its next scheduled run;
+2. **the stricter minimums**, oldest version first (by when it was created): versions that
+   `retention.when_full` (`keep_last_versions`, at least 1; `keep_younger_than`) does not
+   keep, only until the stored bytes expired reach what is needed to resume;
+3. **garbage collection** with `when_full.gc_grace_period`, which frees the copies.
+
+Never expired: the current version of a live key, the version S3 served last of a deleted
+key, the newest `keep_last_versions` versions of any key (`RetentionPolicy.kept` decides,
+as for normal retention). Every version expired is named in the report (and so in the
+log and the alert). Copies shared by a kept version (deduplicated content) are not freed:
+the GC report, not the expired bytes, says what the volume got back; a pause that goes on
+runs this again at the next check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from agent.config import RetentionConfig
+from agent.lifecycle.gc import GcReport
+from agent.lifecycle.retention import Retention, RetentionPolicy, policy_view
+from agent.pipeline.pause import VolumeCheck
+from agent.records import VersionRecord, parse_time
+
+log = structlog.get_logger("agent.retention")
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """One version expired under pressure, as the report names it."""
+
+    bucket: str
+    key: str
+    version_id: str | None
+    created: str
+    stored_size: int
+    stage: str  # "rules" (the normal policy, early) or "when_full" (the stricter minimums)
+
+    def line(self) -> str:
+        return (
+            f"s3://{self.bucket}/{self.key} version {self.version_id or 'null'}"
+            f" of {self.created} ({self.stored_size} bytes stored; {self.stage})"
+        )
+
+
+@dataclass
+class PressureReport:
+    needed_bytes: int
+    removed: list[Removed] = field(default_factory=list)
+    expired_stored_bytes: int = 0
+    bytes_freed: int = 0  # by the garbage collection that followed
+    gc: GcReport | None = None
+
+    def summary(self) -> str:
+        head = (
+            f"retention.when_full expired {len(self.removed)} version(s),"
+            f" {self.expired_stored_bytes} bytes stored, to make {self.needed_bytes} bytes of"
+            f" room; garbage collection freed {self.bytes_freed} bytes"
+        )
+        return "\n".join([head, *(r.line() for r in self.removed)])
+
+
+def pressure_policy(config: RetentionConfig) -> RetentionPolicy:
+    """The stricter minimums of `retention.when_full` (it must be set)."""
+    assert config.when_full is not None
+    return RetentionPolicy(
+        keep_last_versions=config.when_full.keep_last_versions,
+        keep_younger_than=config.when_full.keep_younger_than,
+        keep_deleted=None,  # a deleted key keeps the version S3 served last
+    )
+
+
+class PressureRetention:
+    """Expires in the stated order until `needed_bytes` of stored bytes are expired, then
+    runs `collect` (a GarbageCollector's run_once with the pressure grace period)."""
+
+    def __init__(
+        self,
+        *,
+        rules: Retention,
+        strict: RetentionPolicy,
+        collect: Callable[[], GcReport],
+    ) -> None:
+        self.rules = rules
+        self.strict = strict
+        self.collect = collect
+
+    def run(self, needed_bytes: int) -> PressureReport:
+        report = PressureReport(needed_bytes=max(0, needed_bytes))
+        now = self.rules.clock()
+        for record in self.rules.run_once().expired_records:  # the normal rules, early
+            self._note(report, record, "rules")
+        for record in self._candidates(now):
+            if report.expired_stored_bytes >= report.needed_bytes:
+                break
+            self.rules.expire(record, now)
+            self._note(report, record, "when_full")
+        if report.removed:
+            report.gc = self.collect()
+            report.bytes_freed = report.gc.bytes_freed
+        log.warning(
+            "retention.when_full",
+            needed_bytes=report.needed_bytes,
+            expired=len(report.removed),
+            expired_stored_bytes=report.expired_stored_bytes,
+            bytes_freed=report.bytes_freed,
+            versions=[r.line() for r in report.removed],
+        )
+        return report
+
+    def _keys(self) -> list[VersionRecord]:
+        return [latest for b in self.rules.buckets for latest in self.rules.ledger.keys(b)]
+
+    def _candidates(self, now: datetime) -> list[VersionRecord]:
+        """Versions the stricter minimums do not keep, oldest first."""
+        found: list[VersionRecord] = []
+        for latest in self._keys():
+            versions = self.rules.ledger.versions(latest.bucket, latest.key)
+            kept = policy_view(self.strict, versions, latest, now)
+            if not latest.deleted and latest.version_token not in kept:
+                continue  # never the current version of a live key (RetentionPolicy keeps it)
+            found.extend(
+                r
+                for r in versions
+                if r.version_token not in kept and r.version_token != latest.version_token
+            )
+        return sorted(found, key=lambda r: (parse_time(r.event_time), r.order_key))
+
+    def _note(self, report: PressureReport, record: VersionRecord, stage: str) -> None:
+        size = record.stored_size or 0
+        report.expired_stored_bytes += size
+        report.removed.append(
+            Removed(record.bucket, record.key, record.version_id, record.event_time, size, stage)
+        )
+
+
+class PressureCheck:
+    """The daemon's scheduled check (every `when_full.check_every`): runs `PressureRetention`
+    only while the consumer is paused, the volume is ready and measured with less than
+    floor + `resume_headroom_bytes` free, and the volume cannot grow (`can_grow` False:
+    auto-grow off, capped, or waiting out EBS's 6 hours)."""
+
+    def __init__(
+        self,
+        *,
+        check: VolumeCheck,
+        paused: Callable[[], str | None],
+        can_grow: Callable[[], bool],
+        make: Callable[[], PressureRetention],
+        on_report: Callable[[PressureReport], None],
+    ) -> None:
+        self.check = check
+        self.paused = paused
+        self.can_grow = can_grow
+        self.make = make
+        self.on_report = on_report
+
+    def needed_bytes(self) -> int | None:
+        """Bytes to free for the consumer to resume, or None when this is no case for it."""
+        if self.paused() is None:
+            return None
+        verdict = self.check.check(to_resume=True)
+        if verdict.ok or verdict.headroom is None:
+            return None  # room enough, or no volume to measure: expiring would not help
+        return self.check.resume_headroom - verdict.headroom
+
+    def __call__(self) -> PressureReport | None:
+        needed = self.needed_bytes()
+        if needed is None:
+            return None
+        if self.can_grow():
+            log.info("retention.when_full_waits", reason="the volume can still grow")
+            return None
+        report = self.make().run(needed)
+        self.on_report(report)
+        return report
