@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from agent.errors import ConfigError
@@ -353,9 +354,32 @@ class EmailConfig(Section):
     recipients: list[str] = Field(min_length=1, max_length=50)  # SES: 50 per message
 
 
+class WebhookConfig(Section):
+    """A chat webhook (Slack, Teams, Mattermost…: JSON ``{"text": …}``). The URL is a secret:
+    give the name of an environment variable holding it (`url_env`), or `url` itself."""
+
+    url: str | None = Field(default=None, description="Prefer url_env: the URL is a secret.")
+    url_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("not an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url and url_env")
+        return self
+
+
 class AlertsConfig(Section):
     sns_topic_arn: str | None = None
     email: EmailConfig | None = None
+    webhook: WebhookConfig | None = None
     disk_used_percent: float = Field(default=85.0, gt=0, lt=100)
     disk_recovery_margin: float = Field(
         default=5.0, ge=0, lt=100, description="Recovered when used % < threshold - margin."
