@@ -491,6 +491,23 @@ def _not_a_section_job(name: str) -> str:
 JobName = Annotated[str, AfterValidator(_not_a_section_job)]
 
 
+class CategoryRule(Section):
+    """One `categories:` entry: a name and exactly one way to recognise its objects."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
+    prefix: str | None = None
+    glob: str | None = Field(default=None, min_length=1)
+    content_type: str | None = Field(default=None, min_length=1, description="A prefix.")
+    tag: str | None = Field(default=None, pattern=r"^[^=]+=.*$", description="KEY=VALUE")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> CategoryRule:
+        given = [n for n in ("prefix", "glob", "content_type", "tag") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of prefix, glob, content_type, tag")
+        return self
+
+
 class Config(Section):
     aws: AwsConfig = AwsConfig()
     queue: QueueConfig
@@ -511,6 +528,9 @@ class Config(Section):
     )
     restore: RestoreConfig = RestoreConfig()
     snapshots: SnapshotsConfig = SnapshotsConfig()
+    categories: list[CategoryRule] = Field(
+        default_factory=list, max_length=200, description="First match names a version."
+    )
 
     @field_validator("buckets")
     @classmethod

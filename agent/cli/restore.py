@@ -318,6 +318,9 @@ def add_filter_options(sub: argparse.ArgumentParser, *, keyword: bool = True) ->
     group.add_argument("--until", type=_timestamp, metavar="TIME", help="event time before")
     group.add_argument("--min-size", type=_byte_size, metavar="SIZE", help="e.g. 10MB, 1GiB")
     group.add_argument("--max-size", type=_byte_size, metavar="SIZE", help="e.g. 512k")
+    group.add_argument(
+        "--category", metavar="NAME", help="recorded in that category (categories: in config)"
+    )
 
 
 def _filter_of(args: argparse.Namespace) -> Filter:
@@ -331,6 +334,7 @@ def _filter_of(args: argparse.Namespace) -> Filter:
             until=args.until,
             min_size=args.min_size,
             max_size=args.max_size,
+            category=args.category,
         )
     except FilterError as exc:
         raise UsageError(str(exc)) from None
@@ -490,18 +494,22 @@ def _find_progress(err: IO[str]) -> Callable[[Scan], None]:
 
 
 def _print_table(out: IO[str], rows_: list[dict[str, Any]]) -> None:
+    categorised = any(row["category"] for row in rows_)  # the column when categories are used
     table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "DELETED"]]
+    if categorised:
+        table[0].insert(2, "CATEGORY")
     for row in rows_:
-        table.append(
-            [
-                row["key"],
-                str(row["version_id"] or row["version_token"]),
-                "-" if row["size"] is None else human_size(row["size"]),
-                row["event_time"][:19],
-                row["backup_time"][:19],
-                _state_cell(row),
-            ]
-        )
+        line = [
+            row["key"],
+            str(row["version_id"] or row["version_token"]),
+            "-" if row["size"] is None else human_size(row["size"]),
+            row["event_time"][:19],
+            row["backup_time"][:19],
+            _state_cell(row),
+        ]
+        if categorised:
+            line.insert(2, row["category"] or "-")
+        table.append(line)
     table = [[printable_key(cell) for cell in line] for line in table]  # a journal may lie
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     for line in table:
@@ -540,6 +548,7 @@ def _row(found: Row) -> dict[str, Any]:
         "deleted": deleted,
         "state": _state(record),
         "storage_class": record.storage_class,
+        "category": record.category,
         # what restore --to-s3 puts back besides the bytes; null: not recorded
         **{name: getattr(record, name) for name in OBJECT_ATTRIBUTES},
     }

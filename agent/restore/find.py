@@ -44,6 +44,7 @@ class Filter:
     until: datetime | None = None  # event time before
     min_size: int | None = None
     max_size: int | None = None
+    category: str | None = None  # the category recorded at backup (categories: in config)
     _folded: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +62,7 @@ class Filter:
         until: datetime | None = None,
         min_size: int | None = None,
         max_size: int | None = None,
+        category: str | None = None,
     ) -> Filter:
         """A filter from text as an operator types it; `FilterError` says what is wrong."""
         pattern = None
@@ -88,6 +90,7 @@ class Filter:
             until=until,
             min_size=min_size,
             max_size=max_size,
+            category=category or None,
         )
 
     @property
@@ -125,6 +128,8 @@ class Filter:
         if self.content_type is not None and not (record.content_type or "").casefold().startswith(
             self.content_type.casefold()
         ):
+            return False
+        if self.category is not None and record.category != self.category:
             return False
         if self.since is not None or self.until is not None:
             when = parse_time(record.event_time)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent.aws import Clients
+from agent.categories import Categories
 from agent.config import Config
 from agent.imds import Imds
 from agent.lifecycle.context import LifecycleContext
@@ -51,6 +52,7 @@ def backup_service(
         barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
         stats=stats,
         record_tags=config.storage.record_tags,
+        categories=Categories.of_config(config.categories),
     )
 
 
