@@ -323,3 +323,31 @@ def test_a_filter_is_checked_when_built():
         Filter.build(min_size=10, max_size=5)
     assert Filter.build().empty
     assert Filter.build(keyword="a*").key_prefix() == "a"
+
+
+def test_a_long_search_reports_its_progress_every_thousand_keys():
+    """What drives the progress line on a terminal: a tick per 1,000 keys read."""
+    records = [
+        VersionRecord(
+            bucket=BUCKET, key=f"k{n:05d}", version_token=f"v:{n}",
+            order_key=order.event_key(T0, f"{n:016X}"), event_name="ObjectCreated:Put",
+            event_time=T0.isoformat(), backup_time=T0.isoformat(), volume_id="vol-test",
+            version_id=str(n), size=1,
+        )
+        for n in range(2500)
+    ]  # fmt: skip
+
+    class Memory:
+        name = "memory"
+
+        def latest(self, bucket: str, prefix: str = "", after: str = ""):
+            return iter(records)
+
+        def history(self, bucket: str, key: str):
+            return []
+
+    ticks: list[tuple[int, int]] = []
+    scan = Scan(tick=lambda s: ticks.append((s.keys, s.matches)))
+    found = list(rows(Memory(), [BUCKET], only=Filter.build(keyword="k01"), scan=scan))
+    assert len(found) == 1000
+    assert ticks == [(1000, 0), (2000, 999)]  # the tick comes as the 2,000th key is read
