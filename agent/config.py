@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from agent.errors import ConfigError
@@ -416,9 +417,32 @@ class EmailConfig(Section):
     recipients: list[str] = Field(min_length=1, max_length=50)  # SES: 50 per message
 
 
+class WebhookConfig(Section):
+    """A chat webhook (Slack, Teams, Mattermost…: JSON ``{"text": …}``). The URL is a secret:
+    give the name of an environment variable holding it (`url_env`), or `url` itself."""
+
+    url: str | None = Field(default=None, description="Prefer url_env: the URL is a secret.")
+    url_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("not an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WebhookConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of url and url_env")
+        return self
+
+
 class AlertsConfig(Section):
     sns_topic_arn: str | None = None
     email: EmailConfig | None = None
+    webhook: WebhookConfig | None = None
     disk_used_percent: float = Field(default=85.0, gt=0, lt=100)
     disk_recovery_margin: float = Field(
         default=5.0, ge=0, lt=100, description="Recovered when used % < threshold - margin."
@@ -544,6 +568,23 @@ def _not_a_section_job(name: str) -> str:
 JobName = Annotated[str, AfterValidator(_not_a_section_job)]
 
 
+class CategoryRule(Section):
+    """One `categories:` entry: a name and exactly one way to recognise its objects."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
+    prefix: str | None = None
+    glob: str | None = Field(default=None, min_length=1)
+    content_type: str | None = Field(default=None, min_length=1, description="A prefix.")
+    tag: str | None = Field(default=None, pattern=r"^[^=]+=.*$", description="KEY=VALUE")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> CategoryRule:
+        given = [n for n in ("prefix", "glob", "content_type", "tag") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of prefix, glob, content_type, tag")
+        return self
+
+
 class Config(Section):
     aws: AwsConfig = AwsConfig()
     queue: QueueConfig
@@ -564,6 +605,9 @@ class Config(Section):
     )
     restore: RestoreConfig = RestoreConfig()
     snapshots: SnapshotsConfig = SnapshotsConfig()
+    categories: list[CategoryRule] = Field(
+        default_factory=list, max_length=200, description="First match names a version."
+    )
 
     @field_validator("buckets")
     @classmethod

@@ -55,6 +55,9 @@ class VersionRecord:
     expires: str | None = None  # the HTTP-date S3 sent (Expires header), e.g. "Tue, 01 Jan…"
     metadata: dict[str, str] | None = field(default=None, hash=False)  # x-amz-meta-*
     tags: dict[str, str] | None = field(default=None, hash=False)
+    # The `categories:` rule that named it at backup (agent/categories.py); None: no rule
+    # matched, or recorded before categories.
+    category: str | None = None
 
     @classmethod
     def for_event(
@@ -110,6 +113,9 @@ class VersionRecord:
                 values.get("order_key"), parse_time(values["event_time"]), values.get("sequencer")
             )
         values.update(checked_attributes(values, "record"))  # untrusted: volume, DynamoDB
+        category = values.get("category")
+        if category is not None and (not isinstance(category, str) or len(category) > 64):
+            values["category"] = None
         return cls(**values)
 
     @property

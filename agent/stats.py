@@ -27,6 +27,7 @@ class Stats:
     paused_since: float | None = None
     held_back: int = 0  # messages given back for later: their object did not fit the space left
     tag_requests: Counter[str] = field(default_factory=Counter)  # GetObjectTagging, by result
+    categories: Counter[str] = field(default_factory=Counter)  # category → versions backed up
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_success(
@@ -40,6 +41,11 @@ class Stats:
             self.last_success_at = now if now is not None else time.time()
             if lag is not None:
                 self.last_lag_seconds = lag
+
+    def record_category(self, name: str) -> None:
+        """Count a version backed up in category `name` (agent/categories.py)."""
+        with self._lock:
+            self.categories[name] += 1
 
     def record_failure(self, reason: str) -> None:
         with self._lock:
@@ -115,4 +121,5 @@ class Stats:
                 paused_since=self.paused_since,
                 held_back=self.held_back,
                 tag_requests=Counter(self.tag_requests),
+                categories=Counter(self.categories),
             )

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import compression, large, latency, small
+from bench import compression, find, large, latency, small
 from bench.data import write_data_file
 from bench.report import Report, machine
 from bench.restore import (
@@ -50,7 +51,7 @@ class Benchmark:
         self.cpus = os.cpu_count() or 1
 
     def run(self) -> None:
-        for name in ("large", "small", "restore", "compression", "latency"):
+        for name in ("large", "small", "restore", "compression", "latency", "find"):
             if name in self.settings.sections:
                 getattr(self, name)()
 
@@ -305,6 +306,56 @@ class Benchmark:
         self.report.add_summary(
             f"latency p50 {result.p50 * 1000:.0f} ms p99 {result.p99 * 1000:.0f} ms"
         )
+
+    # -- 6. find ----------------------------------------------------------------------
+
+    def find(self) -> None:
+        count = self.settings.find_records
+        self.report.section(f"6. find over {count:,} records: online (the key index) and offline")
+        start = time.perf_counter()
+        online = find.pages_source(count)
+        journal_dir = self.root / "find" / "journal"
+        find.write_journal(journal_dir, count)
+        self.report.text(
+            f"records made in {time.perf_counter() - start:.0f} s (not timed); online pages"
+            " served from memory: the agent's own cost (bench/find.py)"
+        )
+        offline, replay = find.journal_source(journal_dir)
+        self.report.line("offline: journal read and replayed", f"{replay:.2f} s")
+        endpoint = None
+        if os.environ.get("BENCH_FIND_ENDPOINT") == "1":
+            setup = make_setup(
+                self.root, self.endpoint.url, "find", bucket=find.BUCKET, notify=False
+            )
+            find.write_table(setup.clients.dynamodb, setup.config.state.table, count)
+            endpoint = find.ledger_source(setup.clients.dynamodb, setup.config.state.table)
+        worst_online = worst_offline = 0.0
+        for label, only, prefix in find.SEARCHES:
+            up = find.timed(online, only, prefix=prefix)
+            down = find.timed(offline, only, prefix=prefix)
+            if (up.keys, up.matches) != (down.keys, down.matches):
+                raise RuntimeError(f"find {label}: online {up} and offline {down} differ")
+            worst_online = max(worst_online, up.seconds)
+            worst_offline = max(worst_offline, replay + down.seconds)
+            self.report.line(
+                label,
+                f"{up.seconds:.2f} / {down.seconds:.2f} s",
+                f"online / offline; {up.keys:,} keys read, {up.matches:,} found",
+            )
+            if endpoint is not None:
+                there = find.timed(endpoint, only, prefix=prefix)
+                self.report.line("  the same against the endpoint", f"{there.seconds:.2f} s")
+        scale = count / 100_000
+        ok = (
+            worst_online <= find.ONLINE_BUDGET_S * scale
+            and worst_offline <= find.OFFLINE_BUDGET_S * scale
+        )
+        self.report.line(
+            "budget per 100,000 records: online / offline",
+            f"{find.ONLINE_BUDGET_S:.0f} / {find.OFFLINE_BUDGET_S:.0f} s",
+            "met" if ok else "MISSED",
+        )
+        self.report.add_summary(f"find {worst_online:.1f} s online {worst_offline:.1f} s offline")
 
 
 def main() -> int:

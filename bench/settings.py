@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-SECTIONS = ("large", "small", "restore", "compression", "latency")
+SECTIONS = ("large", "small", "restore", "compression", "latency", "find")
 
 HELP = """\
 BENCH_SCALE=0.1            scale every size and count (default 1: 1 GiB, 10,000 objects)
@@ -17,7 +17,9 @@ BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
 BENCH_RECEIVE_AHEAD=1      also run the agent with consumer.receive_ahead; 0 to skip
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
 BENCH_LATENCY_RATE=20      uploads per second for BENCH_LATENCY_SECONDS=30
-BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency)
+BENCH_FIND_RECORDS=100000  records `find` searches, online and offline (section 6)
+BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency,
+                           find)
 BENCH_ENDPOINT=http://…    an existing endpoint instead of a fresh moto_server
 BENCH_WORKDIR=/path        keep data and volumes there (default: a temp dir, removed)
 BENCH_RESTORE_CMD='…'      restore through a command instead of Volume.open_copy
@@ -47,6 +49,7 @@ class Settings:
     endpoint: str | None
     workdir: str | None
     restore_cmd: str | None
+    find_records: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -74,4 +77,5 @@ class Settings:
             endpoint=os.environ.get("BENCH_ENDPOINT") or None,
             workdir=os.environ.get("BENCH_WORKDIR") or None,
             restore_cmd=os.environ.get("BENCH_RESTORE_CMD") or None,
+            find_records=max(100, int(_number("BENCH_FIND_RECORDS", 100_000 * scale))),
         )

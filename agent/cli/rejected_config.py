@@ -28,6 +28,7 @@ import structlog
 
 from agent.aws import Clients, region_clients
 from agent.config import AlertsConfig, AwsConfig, read_yaml
+from agent.errors import ConfigError
 from agent.monitoring.alerts import config_rejected
 from agent.monitoring.channels import build_channels
 from agent.monitoring.dispatcher import AlertDispatcher
@@ -59,7 +60,8 @@ def report_rejected_config(
     except Exception as exc:  # noqa: BLE001 - nothing usable to alert with
         log.debug("alert.config_rejected_unsendable", error=str(exc))
         return False
-    if not alerts_config.sns_topic_arn and alerts_config.email is None:
+    channels_configured = (alerts_config.sns_topic_arn, alerts_config.email, alerts_config.webhook)
+    if not any(channels_configured):
         return False
     directory, private = (state_dir, False) if state_dir else _state_dir()
     digest = hashlib.sha256(json.dumps([str(path), *problems]).encode()).hexdigest()
@@ -73,7 +75,12 @@ def report_rejected_config(
             log.info("alert.config_rejected_repeat_suppressed", path=str(path))
             return False
         made = clients or _standalone_clients(aws_config)
-        dispatcher = AlertDispatcher(build_channels(alerts_config, made), context=_host_context())
+        try:
+            channels = build_channels(alerts_config, made)
+        except ConfigError as exc:  # the webhook's variable is not set: no way to say it
+            log.warning("alert.config_rejected_unsendable", error=str(exc))
+            return False
+        dispatcher = AlertDispatcher(channels, context=_host_context())
         dispatcher.submit(config_rejected(str(path), problems))
         dispatcher.stop()
         if not dispatcher.sent:

@@ -15,6 +15,8 @@ import argparse
 import contextlib
 import json
 import random
+import re
+import shlex
 import signal
 import sys
 import threading
@@ -38,16 +40,15 @@ from agent.config import (
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import OBJECT_ATTRIBUTES, VersionRecord, parse_time
+from agent.restore.find import Filter, FilterError, Row, Scan, narrowed, rows
 from agent.restore.plan import Plan, RestoreScope, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
 from agent.restore.share import Sharer, staging_bucket
 from agent.restore.source import (
-    Choice,
     JournalSource,
     LedgerSource,
     RestoreSource,
     Selector,
-    newest_stored,
     select,
 )
 from agent.restore.targets import (
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--deleted", action="store_true", help="include keys deleted in S3 (default: hide them)"
     )
+    add_filter_options(listing)
+    add_find_parser(command)
 
     restore = command("restore", cmd_restore, "Restore files to a directory or into S3.")
     scope = restore.add_mutually_exclusive_group(required=True)
@@ -238,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     restore.add_argument("--workers", type=int, help="files at once (default restore.workers)")
+    add_filter_options(restore)
 
     share = command("share", cmd_share, "Stage one file and print a presigned GET URL.")
     share.add_argument("--key", metavar="K", required=True)
@@ -245,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     share.add_argument(
         "--expires", metavar="DURATION", help="URL lifetime, e.g. 1h (default restore.share_expiry)"
     )
+    add_filter_options(share)
 
     check = command("verify", cmd_verify, "Check stored copies against their SHA-256.")
     check.add_argument("--prefix", default="", metavar="P")
@@ -257,6 +262,101 @@ def build_parser() -> argparse.ArgumentParser:
     snaps = command("snapshots", cmd_snapshots, "List the agent's EBS snapshots of the volume.")
     snaps.add_argument("--volume-id", metavar="VOL", help="only this volume's (default: any)")
     return parser
+
+
+def add_find_parser(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+    """`find`: `list` with a keyword first, paged, streaming with --json."""
+    find = command("find", cmd_find, "Find backed-up keys by keyword, tag, type, time, size.")
+    find.add_argument(
+        "pattern",
+        nargs="?",
+        metavar="PATTERN",
+        help="a case-insensitive part of the key, or a glob (*, ?, [) on the whole key",
+    )
+    find.add_argument("--prefix", default="", metavar="P", help="only keys under P")
+    find.add_argument("--versions", action="store_true", help="every version, not the latest")
+    find.add_argument(
+        "--deleted", action="store_true", help="include keys deleted in S3 (default: hide them)"
+    )
+    add_filter_options(find, keyword=False)
+    find.add_argument(
+        "--limit",
+        type=_count,
+        metavar="N",
+        help="at most N rows (a page); the last line says how to go on",
+    )
+    find.add_argument(
+        "--after",
+        metavar="BUCKET/KEY",
+        help="start after this bucket/key (the page before's last row)",
+    )
+
+
+def add_filter_options(sub: argparse.ArgumentParser, *, keyword: bool = True) -> None:
+    """The filters `find`, `list`, `restore` and `share` share (agent/restore/find.py)."""
+    group = sub.add_argument_group("filters (all must match)")
+    if keyword:
+        group.add_argument(
+            "--match",
+            dest="pattern",
+            metavar="PATTERN",
+            help="a case-insensitive part of the key, or a glob (*, ?, [) on the whole key",
+        )
+    group.add_argument(
+        "--regex", metavar="RE", help="a Python regular expression searched in the key"
+    )
+    group.add_argument(
+        "--tag",
+        action="append",
+        metavar="K=V",
+        help="the version was tagged K=V when backed up (repeat: all of them)",
+    )
+    group.add_argument("--content-type", metavar="TYPE", help="a prefix, e.g. image/ or text/csv")
+    group.add_argument(
+        "--since", type=_timestamp, metavar="TIME", help="event time at or after (ISO-8601)"
+    )
+    group.add_argument("--until", type=_timestamp, metavar="TIME", help="event time before")
+    group.add_argument("--min-size", type=_byte_size, metavar="SIZE", help="e.g. 10MB, 1GiB")
+    group.add_argument("--max-size", type=_byte_size, metavar="SIZE", help="e.g. 512k")
+    group.add_argument(
+        "--category", metavar="NAME", help="recorded in that category (categories: in config)"
+    )
+
+
+def _filter_of(args: argparse.Namespace) -> Filter:
+    try:
+        return Filter.build(
+            keyword=args.pattern,
+            regex=args.regex,
+            tags=args.tag,
+            content_type=args.content_type,
+            since=args.since,
+            until=args.until,
+            min_size=args.min_size,
+            max_size=args.max_size,
+            category=args.category,
+        )
+    except FilterError as exc:
+        raise UsageError(str(exc)) from None
+
+
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*", re.IGNORECASE)
+
+
+def _byte_size(text: str) -> int:
+    """``1048576``, ``512k``, ``10MB`` (10^6), ``1GiB`` (2^30)."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512k, 10MB or 1GiB")
+    number, unit, binary = match.groups()
+    power = "kmgt".find(unit.lower()) + 1 if unit else 0
+    return int(float(number) * (1024 if binary or not unit else 1000) ** power)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _add_version_options(sub: argparse.ArgumentParser) -> None:
@@ -311,49 +411,110 @@ def cmd_snapshots(rt: Runtime) -> int:
 
 
 def cmd_list(rt: Runtime) -> int:
-    rows = list(_list_rows(rt))
-    if rt.args.json:
-        for row in rows:
+    args = rt.args
+    found = rows(
+        rt.source,
+        rt.buckets(),
+        prefix=args.prefix,
+        only=_filter_of(args),
+        versions=args.versions,
+        deleted=args.deleted,
+    )
+    table_rows = [_row(row) for row in found]
+    if args.json:
+        for row in table_rows:
             rt.emit(row)
         return ExitCode.OK
-    table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "DELETED"]]
-    for row in rows:
-        table.append(
-            [
-                row["key"],
-                str(row["version_id"] or row["version_token"]),
-                "-" if row["size"] is None else human_size(row["size"]),
-                row["event_time"][:19],
-                row["backup_time"][:19],
-                _state_cell(row),
-            ]
-        )
-    table = [[printable_key(cell) for cell in line] for line in table]  # a journal may lie
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    for line in table:
-        rt.out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-        rt.out.write("\n")
-    rt.out.write(f"{len(rows)} {'versions' if rt.args.versions else 'keys'}\n")
+    _print_table(rt.out, table_rows)
+    rt.out.write(f"{len(table_rows)} {'versions' if args.versions else 'keys'}\n")
     return ExitCode.OK
 
 
-def _list_rows(rt: Runtime) -> Iterator[dict[str, Any]]:
-    for bucket in rt.buckets():
-        for latest in rt.source.latest(bucket, rt.args.prefix):
-            if latest.deleted and not rt.args.deleted:
-                continue
-            if rt.args.versions:
-                for record in rt.source.history(bucket, latest.key):
-                    yield _row(record, record.deleted)
-            elif latest.deleted:
-                stored = newest_stored(rt.source.history(bucket, latest.key))
-                row = _row(stored or latest, True)
-                row["deleted_at"] = latest.event_time
-                yield row
-            else:  # an archived version backed up later shows as the backed-up record
-                yield _row(
-                    readable(rt.source, bucket, Choice(latest.key, latest)).record or latest, False
-                )
+def cmd_find(rt: Runtime) -> int:
+    """`list` with filters, in pages: --json streams each row as it is found; a person gets
+    the table of the page, a progress line on a TTY, and how to ask for the next page."""
+    args = rt.args
+    only = _filter_of(args)
+    after = _after(args.after) if args.after else None
+    scan = Scan(tick=_find_progress(rt.err) if rt.err.isatty() and not args.json else None)
+    found = rows(
+        rt.source,
+        rt.buckets(),
+        prefix=args.prefix,
+        only=only,
+        versions=args.versions,
+        deleted=args.deleted,
+        after=after,
+        scan=scan,
+    )
+    page: list[dict[str, Any]] = []
+    last: Row | None = None
+    more = False
+    for row in found:
+        if args.limit is not None and len(page) >= args.limit and not _same_key(row, last):
+            more = True  # a key's versions are never split over two pages
+            break
+        last = row
+        data = _row(row)
+        page.append({} if args.json else data)
+        if args.json:
+            rt.emit(data)
+    if scan.tick is not None:
+        rt.err.write("\r\033[K")
+    if not args.json:
+        _print_table(rt.out, page)
+        noun = "versions" if args.versions else "keys"
+        rt.out.write(f"{len(page)} {noun} found ({scan.keys} keys read)\n")
+    if more and last is not None:
+        resume = printable_key(f"{last.record.bucket}/{last.record.key}")
+        print(f"backup-restore: more: --after {shlex.quote(resume)}", file=rt.err)
+    return ExitCode.OK
+
+
+def _same_key(row: Row, last: Row | None) -> bool:
+    return last is not None and (row.record.bucket, row.record.key) == (
+        last.record.bucket,
+        last.record.key,
+    )
+
+
+def _after(text: str) -> tuple[str, str]:
+    bucket, sep, key = text.partition("/")
+    if not sep or not bucket:
+        raise UsageError(f"--after {text!r}: expected BUCKET/KEY (the last row of a page)")
+    return bucket, key
+
+
+def _find_progress(err: IO[str]) -> Callable[[Scan], None]:
+    def tick(scan: Scan) -> None:
+        err.write(f"\r\033[Kread {scan.keys} keys, {scan.matches} found")
+        err.flush()
+
+    return tick
+
+
+def _print_table(out: IO[str], rows_: list[dict[str, Any]]) -> None:
+    categorised = any(row["category"] for row in rows_)  # the column when categories are used
+    table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "DELETED"]]
+    if categorised:
+        table[0].insert(2, "CATEGORY")
+    for row in rows_:
+        line = [
+            row["key"],
+            str(row["version_id"] or row["version_token"]),
+            "-" if row["size"] is None else human_size(row["size"]),
+            row["event_time"][:19],
+            row["backup_time"][:19],
+            _state_cell(row),
+        ]
+        if categorised:
+            line.insert(2, row["category"] or "-")
+        table.append(line)
+    table = [[printable_key(cell) for cell in line] for line in table]  # a journal may lie
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    for line in table:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+        out.write("\n")
 
 
 def _state_cell(row: dict[str, Any]) -> str:
@@ -372,8 +533,9 @@ def _state(record: VersionRecord) -> str:
     return "deleted" if record.deleted else "stored"
 
 
-def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
-    return {
+def _row(found: Row) -> dict[str, Any]:
+    record, deleted = found.record, found.deleted
+    row = {
         "bucket": record.bucket,
         "key": record.key,
         "version_id": record.version_id,
@@ -386,9 +548,13 @@ def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
         "deleted": deleted,
         "state": _state(record),
         "storage_class": record.storage_class,
+        "category": record.category,
         # what restore --to-s3 puts back besides the bytes; null: not recorded
         **{name: getattr(record, name) for name in OBJECT_ATTRIBUTES},
     }
+    if found.deleted_at is not None:
+        row["deleted_at"] = found.deleted_at
+    return row
 
 
 # -- restore -------------------------------------------------------------------------
@@ -406,7 +572,7 @@ def cmd_restore(rt: Runtime) -> int:
     include_deleted = args.include_deleted or args.key is not None
     selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
     volume = rt.volume()
-    chosen = plan(rt.source, bucket, scope, selector)
+    chosen = narrowed(plan(rt.source, bucket, scope, selector), _filter_of(args))
     target: Target
     if args.to_s3:
         target = S3Target(
@@ -551,6 +717,10 @@ def cmd_share(rt: Runtime) -> int:
     )
     if choice.record is None:
         print(f"backup-restore: {printable_key(f'{args.key}: {choice.reason}')}", file=rt.err)
+        return ExitCode.FAILURE
+    if not _filter_of(args).matches(choice.record):
+        why = f"{args.key}: the version chosen does not match the filters"
+        print(f"backup-restore: {printable_key(why)}", file=rt.err)
         return ExitCode.FAILURE
     sharer = Sharer(
         rt.clients.s3,

@@ -1,20 +1,28 @@
-"""Where notices go: rendered as a subject and text/HTML bodies, sent by SNS or SES email.
+"""Where notices go: rendered as a subject and text/HTML bodies, sent by SNS, SES email or
+a chat webhook.
 
 `render` gives a notice's subject and bodies; a `Channel` sends it (`SnsChannel`: every
-kind but the digest, `EmailChannel`: every kind); `build_channels` makes the channels
-the `alerts:` section configures.
+kind but the digest, `EmailChannel`: every kind, `WebhookChannel`: every kind, as
+``{"text": …}``, which Slack, Microsoft Teams and Mattermost incoming webhooks take);
+`build_channels` makes the channels the `alerts:` section configures.
 """
 
 from __future__ import annotations
 
+import email.utils
 import html
-from collections.abc import Mapping, Sequence
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from agent.aws import Clients
-from agent.config import AlertsConfig
+from agent.config import AlertsConfig, WebhookConfig
+from agent.errors import ConfigError, PermanentError, RetryableError
 from agent.monitoring.alerts import TITLES, AlertKind, Notice
 
 if TYPE_CHECKING:
@@ -142,12 +150,116 @@ class EmailChannel:
         )
 
 
-def build_channels(alerts_config: AlertsConfig, clients: Clients) -> list[Channel]:
-    """SNS and/or SES from the `alerts:` section."""
+# What a chat message may hold: Slack truncates `text` past 40,000 characters, Teams refuses
+# a payload over about 28 KB (https://api.slack.com/methods/chat.postMessage,
+# https://learn.microsoft.com/microsoftteams/platform/webhooks-and-connectors/how-to/connectors-using).
+WEBHOOK_TEXT_LIMIT = 20_000
+
+
+class WebhookBusy(RetryableError):
+    """The receiver is down, slow, or asked to wait (429, 5xx): try again later, not sooner
+    than `retry_after` seconds when it said so."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class WebhookRefused(PermanentError):
+    """The receiver refused the message for good (a 4xx other than 408 and 429: a revoked
+    or mistyped URL): sending it again cannot help."""
+
+
+Post = Callable[[urllib.request.Request, float], int]
+
+
+def _post(request: urllib.request.Request, timeout: float) -> int:
+    # http(s) only: WebhookChannel checks the scheme before any request is made
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        status: int = response.status
+        return status
+
+
+class WebhookChannel:
+    """POST ``{"text": subject + body}`` as JSON. The URL is never logged (it is the secret)."""
+
+    name = "webhook"
+
+    def __init__(self, url: str, *, timeout: float = 5.0, post: Post = _post) -> None:
+        if not url.startswith(("https://", "http://")):
+            raise ConfigError([f"alerts.webhook: the URL is not http(s) ({url[:8]}…)"])
+        self._url = url
+        self.timeout = timeout
+        self._post = post
+
+    def wants(self, kind: AlertKind) -> bool:
+        return True
+
+    def send(self, notice: Notice, message: Message) -> None:
+        text = f"*{message.subject}*\n{message.text}"
+        if len(text) > WEBHOOK_TEXT_LIMIT:
+            text = text[: WEBHOOK_TEXT_LIMIT - 1] + "…"
+        body = json.dumps({"text": text}, ensure_ascii=False).encode("utf-8")
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__
+            self._url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        try:
+            self._post(request, self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise _http_error(exc.code, exc.headers.get("Retry-After")) from None
+        except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out, DNS
+            reason = getattr(exc, "reason", exc)
+            raise WebhookBusy(f"webhook unreachable: {reason}") from None
+
+
+def _http_error(status: int, retry_after: str | None) -> Exception:
+    if status in (408, 429) or status >= 500:
+        return WebhookBusy(f"webhook answered {status}", _retry_after_seconds(retry_after))
+    return WebhookRefused(f"webhook answered {status}")
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After``: seconds, or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def webhook_url(webhook: WebhookConfig, environ: Mapping[str, str]) -> str:
+    """The webhook's URL: from the environment variable `url_env` names, else `url`."""
+    if webhook.url_env is not None:
+        url = environ.get(webhook.url_env, "").strip()
+        if not url:
+            raise ConfigError([f"alerts.webhook.url_env: ${webhook.url_env} is not set"])
+        return url
+    assert webhook.url is not None  # the config requires one of the two
+    return webhook.url
+
+
+def build_channels(
+    alerts_config: AlertsConfig, clients: Clients, environ: Mapping[str, str] | None = None
+) -> list[Channel]:
+    """SNS, SES and/or a webhook from the `alerts:` section."""
     channels: list[Channel] = []
     if alerts_config.sns_topic_arn:
         channels.append(SnsChannel(clients.sns(), alerts_config.sns_topic_arn))
     if alerts_config.email is not None:
         email = alerts_config.email
         channels.append(EmailChannel(clients.ses(), email.sender, email.recipients))
+    if alerts_config.webhook is not None:
+        hook = alerts_config.webhook
+        url = webhook_url(hook, os.environ if environ is None else environ)
+        channels.append(WebhookChannel(url, timeout=hook.timeout_seconds))
     return channels

@@ -7,6 +7,12 @@ carrying the count and a few distinct examples. A storm of 10,000 failures there
 yields one alert, then one summary per window while the storm lasts. Delivery (render,
 then each channel) runs on the dispatcher's own thread; what a channel fails to take is
 retried, what it refuses for good is dropped.
+
+Retries back off per channel: `retry_seconds` after its first failure, doubling with each
+failure in a row up to `max_retry_seconds`, and never sooner than the channel asked (a
+webhook's 429 ``Retry-After``). A new notice is still tried at once (it is the probe that
+finds a channel back), except while the channel's own Retry-After runs: then it waits with
+the rest. The first success ends the hold.
 """
 
 from __future__ import annotations
@@ -95,7 +101,9 @@ class AlertDispatcher:
         clock: Callable[[], float] = time.time,
         tick_seconds: float = 1.0,
         retry_seconds: float = 30.0,
+        max_retry_seconds: float = 900.0,
         max_unsent: int = 100,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.channels = list(channels)
         self.context = dict(context or {})
@@ -111,10 +119,14 @@ class AlertDispatcher:
         self._failing: set[str] = set()
         # notices a channel failed to deliver, retried every `retry_seconds` until it answers
         self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max(retry_seconds, max_retry_seconds)
+        self._monotonic = monotonic
         self._unsent: collections.deque[tuple[Notice, Channel]] = collections.deque(
             maxlen=max_unsent
         )
-        self._next_retry = 0.0
+        self._held_until: dict[str, float] = {}  # channel name -> not before (monotonic)
+        self._asked_until: dict[str, float] = {}  # the same, when the channel asked for it
+        self._failures_in_a_row: Counter[str] = Counter()
         self.dropped = 0
 
     @property
@@ -193,26 +205,51 @@ class AlertDispatcher:
                 self._deliver(notice)
 
     def _retry_unsent(self, *, force: bool = False) -> None:
-        """Deliver again what a channel failed to take (once per `retry_seconds`)."""
-        if not self._unsent or (not force and time.monotonic() < self._next_retry):
+        """Deliver again what a channel failed to take, once its hold has passed (all of
+        it with `force`: at stop). A channel that fails again keeps the rest for later."""
+        if not self._unsent:
             return
-        self._next_retry = time.monotonic() + self.retry_seconds
-        for _ in range(len(self._unsent)):
-            notice, channel = self._unsent.popleft()
-            self._deliver(notice, only=channel)
+        now = self._monotonic()
+        waiting = list(self._unsent)
+        self._unsent.clear()
+        for notice, channel in waiting:
+            if force or now >= self._held_until.get(channel.name, 0.0):
+                self._deliver(notice, only=channel, retrying=True)
+                now = self._monotonic()
+            else:
+                self._unsent.append((notice, channel))
+
+    def _hold(self, channel: Channel, exc: BaseException) -> float:
+        """Hold `channel` back: the backoff of its failures in a row, or what it asked for."""
+        self._failures_in_a_row[channel.name] += 1
+        step = self._failures_in_a_row[channel.name] - 1
+        backoff = min(self.max_retry_seconds, self.retry_seconds * 2 ** min(step, 30))
+        asked = getattr(exc, "retry_after", None)
+        wanted = float(asked) if isinstance(asked, int | float) else 0.0
+        seconds: float = min(max(backoff, wanted), max(self.max_retry_seconds, 3600.0))
+        self._held_until[channel.name] = self._monotonic() + seconds
+        if wanted:
+            self._asked_until[channel.name] = self._monotonic() + wanted
+        return seconds
+
+    def _asked_to_wait(self, channel: Channel) -> bool:
+        return self._monotonic() < self._asked_until.get(channel.name, 0.0)
 
     def _keep_for_retry(self, notice: Notice, channel: Channel) -> None:
         if len(self._unsent) == self._unsent.maxlen:  # the oldest goes
             self.dropped += 1
             log.warning("alert.unsent_dropped", channel=channel.name, dropped=self.dropped)
-        elif not self._unsent:
-            self._next_retry = time.monotonic() + self.retry_seconds
         self._unsent.append((notice, channel))
 
-    def _deliver(self, notice: Notice, only: Channel | None = None) -> None:
+    def _deliver(
+        self, notice: Notice, only: Channel | None = None, *, retrying: bool = False
+    ) -> None:
         message = render(notice, self.context)
         for channel in self.channels if only is None else [only]:
             if not channel.wants(notice.kind):
+                continue
+            if not retrying and self._asked_to_wait(channel):
+                self._keep_for_retry(notice, channel)  # behind the ones already waiting
                 continue
             try:
                 channel.send(notice, message)
@@ -230,6 +267,8 @@ class AlertDispatcher:
                     )
                 else:
                     self._keep_for_retry(notice, channel)
+                    held = self._hold(channel, exc)
+                    log.info("alert.retry_later", channel=channel.name, seconds=round(held, 1))
                 if channel.name not in self._failing:
                     self._failing.add(channel.name)
                     log.error(
@@ -241,6 +280,9 @@ class AlertDispatcher:
                         code=error_code(exc),
                     )
                 continue
+            self._failures_in_a_row.pop(channel.name, None)
+            self._held_until.pop(channel.name, None)
+            self._asked_until.pop(channel.name, None)
             if channel.name in self._failing:
                 self._failing.discard(channel.name)
                 log.info("alert.delivery_recovered", channel=channel.name)

@@ -113,6 +113,12 @@ class Digest:
                 "failed_attempts": str(figures.failures),
                 "free_bytes": "unknown" if free is None else str(free),
                 "used_percent": "unknown" if percent is None else f"{percent:.1f}",
+                **{
+                    f"category {name}": str(count)
+                    for name, count in sorted(
+                        (current.categories - self._previous.categories).items()
+                    )
+                },
             },
             at=now,
         )
@@ -331,8 +337,10 @@ class Monitoring:
         self.jobs.register("disk", self.check_disk, DEFAULT_SCHEDULES["disk"])
         self.jobs.register("queues", self.sample_queues, DEFAULT_SCHEDULES["queues"])
         if self.config.alerts.digest:
-            if self.config.alerts.email is None:
-                log.warning("digest.no_email", hint="set alerts.email to receive the digest")
+            if self.config.alerts.email is None and self.config.alerts.webhook is None:
+                log.warning(
+                    "digest.no_email", hint="set alerts.email or alerts.webhook to receive it"
+                )
             else:
                 self.jobs.register("digest", self.send_digest, DEFAULT_SCHEDULES["digest"])
 

@@ -26,6 +26,7 @@ import botocore.exceptions
 import structlog
 
 from agent.aws import classify, error_code
+from agent.categories import Categories
 from agent.errors import ObjectGone, ObjectUnreadable, PermanentError, RetryableError
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline import delivery
@@ -96,6 +97,7 @@ class BackupService:
         barrier: Barrier | None = None,
         stats: Stats | None = None,
         record_tags: bool = True,
+        categories: Categories | None = None,
     ) -> None:
         self.s3 = s3
         self.volume = volume
@@ -106,6 +108,7 @@ class BackupService:
         self.compression = compression
         self.expected_bucket_owner = expected_bucket_owner
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.categories = categories or Categories()
         self._locks = KeyedLocks()
         self._recent = RecentVersions()
         # Held shared from the rename to the DynamoDB record (see agent/storage/barrier.py).
@@ -302,6 +305,9 @@ class BackupService:
             # read before the copy: a failed tag request then costs no write, and no request
             # is made while the snapshot barrier is held
             attributes = {**attributes_of(response), "tags": self._tags(event)}
+            attributes["category"] = self.categories.name(
+                event.key, attributes["content_type"], attributes["tags"]
+            )
             copy = self.volume.write_copy(
                 _chunks(body, self.compression.chunk_bytes),
                 self.compression,

@@ -553,6 +553,8 @@ class Consumer:
         size = result.copy.size if result.copy else 0
         stored = result.copy.stored_size if result.copy and not result.copy.deduplicated else 0
         self.stats.record_success(result.outcome.value, size, stored, lag)
+        if result.record is not None and result.record.category:  # counted like backups
+            self.stats.record_category(result.record.category)
 
     def _settle(self, message: dict[str, Any], failures: _Failures) -> None:
         if failures.paused:

@@ -25,9 +25,10 @@ class RestoreSource(Protocol):
 
     name: str
 
-    def latest(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
-        """Every key under `prefix`, in key order, as its `history.latest_entry`: the
-        version S3 serves, or a deletion or removal for a key absent in S3."""
+    def latest(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[VersionRecord]:
+        """Every key under `prefix` (and after `after`, a page's last key), in key order,
+        as its `history.latest_entry`: the version S3 serves, or a deletion or removal for
+        a key absent in S3."""
         ...
 
     def history(self, bucket: str, key: str) -> list[VersionRecord]:
@@ -43,8 +44,8 @@ class LedgerSource:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
 
-    def latest(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
-        return self.ledger.keys(bucket, prefix)
+    def latest(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[VersionRecord]:
+        return self.ledger.keys(bucket, prefix, after)
 
     def history(self, bucket: str, key: str) -> list[VersionRecord]:
         return self.ledger.versions(bucket, key)
@@ -64,9 +65,10 @@ class JournalSource:
         for bucket, key in sorted(self._histories):
             self._keys.setdefault(bucket, []).append(key)
 
-    def latest(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
+    def latest(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[VersionRecord]:
         keys = self._keys.get(bucket, [])
-        for index in range(bisect.bisect_left(keys, prefix), len(keys)):
+        start = bisect.bisect_right(keys, after) if after >= prefix else 0
+        for index in range(max(start, bisect.bisect_left(keys, prefix)), len(keys)):
             key = keys[index]
             if not key.startswith(prefix):
                 break

@@ -23,6 +23,7 @@ import structlog
 
 from agent import logs
 from agent.aws import Clients
+from agent.categories import Categories
 from agent.config import Config
 from agent.errors import BackupAgentError, VolumeNotInitialised, VolumeNotReady
 from agent.lifecycle.context import run_exclusive
@@ -377,6 +378,8 @@ class Daemon:
         if self.service is not None and new.storage != old.storage:
             self.service.compression = compression_settings(new)
             self.service.record_tags = new.storage.record_tags
+        if self.service is not None and new.categories != old.categories:
+            self.service.categories = Categories.of_config(new.categories)  # for later versions
         if self.monitoring is not None:
             self.monitoring.forecast.threshold_days = new.alerts.days_until_full
 

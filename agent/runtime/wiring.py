@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.aws import Clients
+from agent.categories import Categories
 from agent.config import Config
 from agent.imds import Imds
 from agent.lifecycle.context import LifecycleContext
@@ -66,6 +67,7 @@ def backup_service(
         barrier=WriteBarrier(volume.root),  # shared with `backup-agent snapshot`
         stats=stats,
         record_tags=config.storage.record_tags,
+        categories=Categories.of_config(config.categories),
     )
 
 

@@ -296,11 +296,15 @@ class Ledger:
                 records.append(_record(item))
         return latest, history.ordered(records)
 
-    def keys(self, bucket: str, prefix: str = "") -> Iterator[VersionRecord]:
-        """LATEST of every key under `prefix`, in key order (a Query on the key index)."""
+    def keys(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[VersionRecord]:
+        """LATEST of every key under `prefix`, in key order (a Query on the key index);
+        with `after`, only the keys sorting after it (the next page of a listing)."""
         condition = "gsi_bucket = :b"
         values: dict[str, Any] = {":b": {"S": bucket}}
-        if prefix:
+        if after and after >= prefix:  # the page starts inside or past the prefix
+            condition += " AND gsi_key > :a"
+            values[":a"] = {"S": after}
+        elif prefix:
             condition += " AND begins_with(gsi_key, :p)"
             values[":p"] = {"S": prefix}
         for item in self._query(
@@ -308,6 +312,9 @@ class Ledger:
             KeyConditionExpression=condition,
             ExpressionAttributeValues=values,
         ):
+            key = item.get("gsi_key", {}).get("S", "")
+            if not key.startswith(prefix):
+                break  # sorted: past the prefix
             latest = self._latest_of(item)
             if latest is not None:
                 yield latest

@@ -46,3 +46,20 @@ def test_reload_applies_workers_receive_ahead_compression_and_drain_timeout_live
         assert daemon.config.consumer.workers == 6  # still the last valid configuration
     finally:
         daemon.stop()
+
+
+def test_reload_gives_the_backup_service_the_new_categories(aws, backup_root, volume, tmp_path):
+    config = make_config(backup_root)
+    path = tmp_path / "config.yaml"
+    raw = config.model_dump(mode="json", exclude_none=True)
+    path.write_text(yaml.safe_dump(raw))
+    daemon = Daemon(config, aws, config_path=path, alert=lambda s, d: None)
+    daemon.start(daemon.wait_for_volume())
+    try:
+        raw["categories"] = [{"name": "finance", "prefix": "invoices/"}]
+        path.write_text(yaml.safe_dump(raw))
+        outcome = daemon.reloader.reload("test")
+        assert "categories" in outcome.applied
+        assert daemon.service.categories.name("invoices/a.pdf", None, None) == "finance"
+    finally:
+        daemon.stop()
