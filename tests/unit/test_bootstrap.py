@@ -12,6 +12,7 @@ from moto import mock_aws
 from agent.aws import Clients
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from tests.support.aws_hooks import CallLog, record_calls
 
 
 @pytest.fixture
@@ -221,3 +222,55 @@ def test_a_changed_setting_is_applied_to_an_existing_queue(clients, config, back
     redrive = json.loads(queue_attributes(clients, QUEUE_URL)["RedrivePolicy"])
     assert int(redrive["maxReceiveCount"]) == 7
     assert "Policy" in queue_attributes(clients, QUEUE_URL)  # S3 may still send
+
+
+# -- --dry-run: reads only ------------------------------------------------------------------
+
+READS = ("Get", "List", "Head", "Describe")
+
+
+def _recorded(clients: Clients) -> CallLog:
+    log = CallLog()
+    for client in (clients.s3, clients.sqs, clients.dynamodb):
+        record_calls(client, log)
+    return log
+
+
+def test_a_dry_run_on_an_empty_account_lists_everything_and_creates_nothing(clients, config):
+    calls = _recorded(clients)
+    report = Bootstrap(config, clients, dry_run=True).run(create_buckets=True)
+
+    assert report.dry_run and report.existing == []
+    assert sorted(report.created) == sorted(
+        [
+            f"bucket {BUCKET}",
+            "queue backup-events-dlq",
+            "queue backup-events",
+            "queue policy for S3",
+            f"notification {BUCKET} → queue",
+            f"table {TABLE}",
+        ]
+    )
+    assert [op for op in calls.operations() if not op.startswith(READS)] == []
+    assert clients.s3.list_buckets()["Buckets"] == []
+    assert clients.sqs.list_queues().get("QueueUrls", []) == []
+    assert clients.dynamodb.list_tables()["TableNames"] == []
+
+
+def test_a_dry_run_after_a_real_run_finds_everything_there(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    report = Bootstrap(config, clients, dry_run=True).run(create_buckets=True)
+    assert report.created == [] and len(report.existing) == 6
+
+
+def test_a_dry_run_names_a_changed_setting_and_leaves_it(clients, config, backup_root):
+    Bootstrap(config, clients).run(create_buckets=True)
+    changed = make_config(
+        backup_root, queue={"url": QUEUE_URL, "max_receive_count": 7, "visibility_timeout": 120}
+    )
+    calls = _recorded(clients)
+    report = Bootstrap(changed, clients, dry_run=True).run(create_buckets=True)
+    assert report.created == ["queue backup-events attributes (RedrivePolicy)"]
+    assert [op for op in calls.operations() if not op.startswith(READS)] == []
+    redrive = json.loads(queue_attributes(clients, QUEUE_URL)["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == 5
