@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, cast
 
 from agent.aws import region_clients
-from agent.cli.common import ExitCode, exit_code_for, guarded
+from agent.cli.common import ExitCode, HelpFormatter, examples, exit_code_for, guarded
 from agent.cli.output import PrintableLines, printable_key
 from agent.config import load_config
 from agent.errors import BackupAgentError
@@ -25,16 +25,30 @@ if TYPE_CHECKING:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mount-snapshot", description="Mount an EBS snapshot of the backup volume read-only."
+        prog="mount-snapshot",
+        description="Mount an EBS snapshot of the backup volume read-only.",
+        formatter_class=HelpFormatter,
+        epilog=examples(
+            "backup-mount-snapshot snap-0123456789abcdef0 --dry-run",
+            "backup-mount-snapshot snap-0123456789abcdef0 --config /etc/backup-agent/config.yaml",
+        ),
     )
-    parser.add_argument("snapshot_id", metavar="SNAPSHOT_ID")
+    parser.add_argument(
+        "snapshot_id",
+        metavar="SNAPSHOT_ID",
+        help="the snapshot to mount (backup-restore snapshots lists them)",
+    )
     parser.add_argument("--config", metavar="FILE", help="read aws.region / endpoint_url from it")
     parser.add_argument("--region", help="default: the config's, then the instance's region")
     parser.add_argument("--az", help="Availability Zone (default: this instance's)")
     parser.add_argument("--instance-id", help="attach to this instance (default: this one)")
     parser.add_argument("--device", help="EC2 device name (default: the first free /dev/sd[f-p])")
-    parser.add_argument("--mount-root", default="/mnt", help="mount at ROOT/snapshot-<id>")
-    parser.add_argument("--volume-type", default="gp3")
+    parser.add_argument(
+        "--mount-root", default="/mnt", metavar="ROOT", help="mount at ROOT/snapshot-<id>"
+    )
+    parser.add_argument(
+        "--volume-type", default="gp3", help="EBS type of the volume made from it (default gp3)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     parser.add_argument("--no-mount", action="store_true", help="create and attach only")
     return parser

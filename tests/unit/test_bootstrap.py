@@ -10,9 +10,11 @@ import pytest
 from moto import mock_aws
 
 from agent.aws import Clients
+from agent.cli import bootstrap as bootstrap_cli
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 from tests.support.aws_hooks import CallLog, record_calls
+from tests.support.backed_up import write_config
 
 
 @pytest.fixture
@@ -274,3 +276,26 @@ def test_a_dry_run_names_a_changed_setting_and_leaves_it(clients, config, backup
     assert [op for op in calls.operations() if not op.startswith(READS)] == []
     redrive = json.loads(queue_attributes(clients, QUEUE_URL)["RedrivePolicy"])
     assert int(redrive["maxReceiveCount"]) == 5
+
+
+def test_the_cli_dry_run_prints_the_plan_and_creates_nothing(tmp_path, backup_root, capsys):
+    path = write_config(tmp_path / "config.yaml", backup_root)
+    with mock_aws():
+        assert bootstrap_cli.main(["--config", str(path), "--dry-run", "--create-buckets"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert "would create queue backup-events" in out
+        assert out[-1] == "dry run: nothing created or changed"
+        session = boto3.session.Session(region_name=REGION)
+        assert session.client("sqs").list_queues().get("QueueUrls", []) == []
+
+        argv = ["--json", "--config", str(path), "--dry-run", "--create-buckets"]
+        assert bootstrap_cli.main(argv) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert document["dry_run"] is True and "queue backup-events" in document["created"]
+        assert session.client("dynamodb").list_tables()["TableNames"] == []
+
+        # without --create-buckets, a missing bucket is one line naming it, not a traceback
+        assert bootstrap_cli.main(["--config", str(path), "--dry-run"]) == 2
+        assert capsys.readouterr().err.splitlines()[1] == (
+            f"  buckets: {BUCKET}: no such bucket (create it, or run with --create-buckets)"
+        )
