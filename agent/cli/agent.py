@@ -46,7 +46,7 @@ from agent.operations import alarms
 from agent.operations import status as agent_status
 from agent.operations.dashboard import Dashboard
 from agent.operations.iam import policy_document, trust_document
-from agent.operations.online_check import check_online
+from agent.operations.online_check import check_online, region_problem
 from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
 from agent.storage.journal import Journal
@@ -264,6 +264,9 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     problems = environment_problems(config)
+    disagrees = region_problem(config)
+    if disagrees:
+        problems.append(disagrees)
     notes: list[str] = []
     if not problems and args.online:
         report = check_online(config, build_clients(config))

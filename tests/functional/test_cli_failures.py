@@ -266,3 +266,14 @@ def test_a_to_on_a_read_only_filesystem_is_refused_up_front(tmp_path, capsys, no
     assert (
         err == "backup-restore: --to /proc/sys/restored: /proc/sys is not writable by this user\n"
     )
+
+
+def test_check_config_offline_names_a_region_the_queue_url_disagrees_with(tmp_path, capsys):
+    config = _config(tmp_path)
+    config.write_text(
+        config.read_text().replace("aws: {region: us-east-1}", "aws: {region: eu-west-1}")
+    )
+    assert agent.main(["check-config", "--config", str(config)]) == ExitCode.USAGE
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  aws.region: eu-west-1, but queue.url is in us-east-1: set aws.region to us-east-1"
+    ]
