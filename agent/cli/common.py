@@ -51,10 +51,12 @@ def anywhere(top: bool, default: Any = None) -> Any:
     return default if top else argparse.SUPPRESS
 
 
-def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+def add_global_options(
+    parser: argparse.ArgumentParser, *, top: bool, config_help: str = CONFIG_OPTION_HELP
+) -> None:
     """`--config FILE`, `--json`, `-q`/`--quiet`, `-v`/`--verbose`: the same for every command
     of every tool. Call it on the top-level parser (top=True) and on each command's."""
-    parser.add_argument("--config", metavar="FILE", default=anywhere(top), help=CONFIG_OPTION_HELP)
+    parser.add_argument("--config", metavar="FILE", default=anywhere(top), help=config_help)
     parser.add_argument(
         "--json",
         action="store_true",
