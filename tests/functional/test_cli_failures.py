@@ -277,3 +277,30 @@ def test_check_config_offline_names_a_region_the_queue_url_disagrees_with(tmp_pa
     assert capsys.readouterr().err.splitlines()[1:] == [
         "  aws.region: eu-west-1, but queue.url is in us-east-1: set aws.region to us-east-1"
     ]
+
+
+def test_alarms_and_dashboard_dry_run_json_change_nothing(aws, backup_root, tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "aws: {region: us-east-1}\n"
+        'queue: {url: "https://sqs.us-east-1.amazonaws.com/123456789012/backup-events"}\n'
+        "buckets: [company-documents]\n"
+        f"storage: {{root: {backup_root}}}\n"
+        "state: {table: backup-agent-objects}\n"
+        "metrics: {instance_id: i-0json}\n"
+        'alerts: {sns_topic_arn: "arn:aws:sns:us-east-1:123456789012:backup-alerts"}\n'
+    )
+    assert agent.main(["--json", "alarms", "--dry-run", "--config", str(path)]) == ExitCode.OK
+    document = json.loads(capsys.readouterr().out)
+    assert document["dry_run"] is True and document["alarms"]
+    assert {alarm["action"] for alarm in document["alarms"]} == {"would be created"}
+    assert [spec["AlarmName"] for spec in document["specs"]] == [
+        alarm["name"] for alarm in document["alarms"]
+    ]
+    assert agent.main(["dashboard", "--json", "--dry-run", "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "dashboard": "backup-agent", "action": "would be created", "dry_run": True,
+    }  # fmt: skip
+    cloudwatch = aws.session.client("cloudwatch")
+    assert cloudwatch.describe_alarms()["MetricAlarms"] == []
+    assert cloudwatch.list_dashboards()["DashboardEntries"] == []
