@@ -268,7 +268,8 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     if disagrees:
         problems.append(disagrees)
     notes: list[str] = []
-    if not problems and args.online:
+    online = not problems and args.online  # AWS is asked only about a file that is right
+    if online:
         report = check_online(config, build_clients(config))
         problems, notes = report.problems, report.notes
     if args.json:
@@ -282,7 +283,7 @@ def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
             }
         )
         return ExitCode.USAGE if problems else ExitCode.OK
-    if problems and not args.online:
+    if problems and not online:
         _print_problems(args.config_path, problems)
         return ExitCode.USAGE
     if not args.quiet:

@@ -273,10 +273,13 @@ def test_check_config_offline_names_a_region_the_queue_url_disagrees_with(tmp_pa
     config.write_text(
         config.read_text().replace("aws: {region: us-east-1}", "aws: {region: eu-west-1}")
     )
-    assert agent.main(["check-config", "--config", str(config)]) == ExitCode.USAGE
-    assert capsys.readouterr().err.splitlines()[1:] == [
-        "  aws.region: eu-west-1, but queue.url is in us-east-1: set aws.region to us-east-1"
-    ]
+    for online in ([], ["--online"]):  # found without AWS: --online does not get that far
+        assert agent.main(["check-config", *online, "--config", str(config)]) == ExitCode.USAGE
+        err = capsys.readouterr().err.splitlines()
+        assert err[0] == f"{config}: invalid configuration"
+        assert err[1:] == [
+            "  aws.region: eu-west-1, but queue.url is in us-east-1: set aws.region to us-east-1"
+        ]
 
 
 def test_alarms_and_dashboard_dry_run_json_change_nothing(aws, backup_root, tmp_path, capsys):
