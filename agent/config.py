@@ -62,6 +62,11 @@ class AwsConfig(Section):
         description="KMS keys of SSE-KMS objects; the IAM policy grants kms:Decrypt on these only.",
     )
 
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return region_name(value)
+
     @field_validator("kms_key_arns")
     @classmethod
     def _key_arns(cls, value: list[str]) -> list[str]:
@@ -300,14 +305,28 @@ class SnapshotsConfig(Section):
     @field_validator("copy_to_region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d", value):
-            raise ValueError(f"{value!r} is not a region name (eu-west-1)")
-        return value
+        return None if value is None else region_name(value)
+
+
+def region_name(value: str) -> str:
+    """An AWS region's name, as AWS spells it (eu-west-1, us-gov-west-1, ap-southeast-2):
+    `EU-WEST-1`, `eu-west1` or `eu-west` would otherwise fail only at the first AWS call,
+    as an endpoint that does not resolve. Whether the queue is in that region is
+    `check-config --online`'s to say."""
+    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d{1,2}", value):
+        raise ValueError(f"{value!r} is not a region name like eu-west-1")
+    return value
 
 
 class LoggingConfig(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        """`info` as well as `INFO` (Python's, Vector's and journald's own spellings differ)."""
+        return value.upper() if isinstance(value, str) else value
 
 
 class ReconcileConfig(Section):

@@ -7,6 +7,7 @@ configuration error, 3 backup volume not ready).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -17,16 +18,22 @@ import structlog
 
 from agent import __version__, logs
 from agent.aws import build_clients
-from agent.cli.common import ExitCode, StatusCode, exit_code_for, guarded, print_problems
+from agent.cli.common import (
+    ExitCode,
+    HelpFormatter,
+    StatusCode,
+    add_global_options,
+    add_workers_option,
+    examples,
+    exit_code_for,
+    guarded,
+    log_level,
+    print_json,
+    print_problems,
+)
 from agent.cli.output import describe_run, printable_key, status_lines
 from agent.cli.rejected_config import report_rejected_config
-from agent.config import (
-    Config,
-    add_config_option,
-    environment_problems,
-    load_config,
-    resolve_config_path,
-)
+from agent.config import Config, environment_problems, load_config, resolve_config_path
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.lifecycle.context import LifecycleContext, job_lock
 from agent.lifecycle.gc import GarbageCollector
@@ -39,7 +46,7 @@ from agent.operations import alarms
 from agent.operations import status as agent_status
 from agent.operations.dashboard import Dashboard, planned_body
 from agent.operations.iam import policy_document, trust_document
-from agent.operations.online_check import check_online
+from agent.operations.online_check import check_online, region_problem
 from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
 from agent.storage.grow import REQUEST_NAME, grow_filesystem, trusted_config
@@ -71,7 +78,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.handler is cmd_run:
             _alert_rejected_config(path, exc.problems)
         return ExitCode.USAGE
-    logs.configure(config.logging.level, config.logging.format)
+    logs.configure(log_level(args, config.logging.level), config.logging.format)
     args.config_path = path
     try:
         result: int = args.handler(args, config)
@@ -88,25 +95,60 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backup-agent", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"backup-agent {__version__}")
+    parser = argparse.ArgumentParser(
+        prog="backup-agent",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+        epilog=examples(
+            "backup-agent --config /etc/backup-agent/config.yaml check-config --online",
+            "backup-agent status --json",
+            "backup-agent reconcile --dry-run",
+            "backup-agent -q scrub",
+        ),
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"backup-agent {__version__}",
+        help="print the version and exit",
+    )
+    add_global_options(parser, top=True)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    def command(name: str, handler: Command, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        add_config_option(sub)
+    def command(
+        name: str, handler: Command, help_text: str, *example_lines: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=HelpFormatter,
+            epilog=examples(*example_lines) if example_lines else None,
+        )
+        add_global_options(sub, top=False)
         sub.set_defaults(handler=handler)
         return sub
 
     command("run", cmd_run, "Run the agent in the foreground (what systemd starts).")
-    check = command("check-config", cmd_check_config, "Validate the configuration; exit 0 or 2.")
+    check = command(
+        "check-config",
+        cmd_check_config,
+        "Validate the configuration; exit 0 or 2.",
+        "backup-agent check-config --config ./config.yaml",
+        "backup-agent check-config --online --json",
+    )
     check.add_argument(
         "--online",
         action="store_true",
         help="also check AWS (credentials, region, queue and redrive policy, table, buckets"
         " and their notifications) and the volume (marker, writable)",
     )
-    init = command("init-volume", cmd_init_volume, "Mark the backup root as a backup volume.")
+    init = command(
+        "init-volume",
+        cmd_init_volume,
+        "Mark the backup root as a backup volume.",
+        "backup-agent init-volume",
+    )
     init.add_argument("--volume-id", help="an id to record (default: a new random id)")
     init.add_argument(
         "--force",
@@ -114,16 +156,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="mark the root even when it is neither empty nor a mount point",
     )
     reconcile = command(
-        "reconcile", cmd_reconcile, "List the buckets and back up what the ledger lacks."
+        "reconcile",
+        cmd_reconcile,
+        "List the buckets and back up what the ledger lacks.",
+        "backup-agent reconcile --dry-run",
+        "backup-agent reconcile --json",
     )
     reconcile.add_argument("--dry-run", action="store_true", help="report, back up nothing")
-    retention = command("retention", cmd_retention, "Expire versions the retention policy drops.")
+    retention = command(
+        "retention",
+        cmd_retention,
+        "Expire versions the retention policy drops.",
+        "backup-agent retention --dry-run",
+    )
     retention.add_argument("--dry-run", action="store_true", help="report, expire nothing")
-    gc = command("gc", cmd_gc, "Remove copies no record references (after the grace period).")
+    gc = command(
+        "gc",
+        cmd_gc,
+        "Remove copies no record references (after the grace period).",
+        "backup-agent gc --dry-run --json",
+    )
     gc.add_argument("--dry-run", action="store_true", help="report what would go and its size")
-    command("scrub", cmd_scrub, "Verify the next share of stored copies; heal bad ones from S3.")
+    command(
+        "scrub",
+        cmd_scrub,
+        "Verify the next share of stored copies; heal bad ones from S3.",
+        "backup-agent scrub --json",
+    )
     iam = command(
-        "iam-policy", cmd_iam_policy, "Print the least-privilege IAM policy for this config."
+        "iam-policy",
+        cmd_iam_policy,
+        "Print the least-privilege IAM policy for this config (JSON).",
+        "backup-agent iam-policy > agent-policy.json",
+        "backup-agent iam-policy --role operator > operator-policy.json",
     )
     iam.add_argument(
         "--role-document",
@@ -147,10 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VOL",
         help="the backup volume the snapshot statements name, when storage.volume_id is unset",
     )
-    alarms = command("alarms", cmd_alarms, "Create or update the CloudWatch alarms (idempotent).")
+    alarms = command(
+        "alarms",
+        cmd_alarms,
+        "Create or update the CloudWatch alarms (idempotent).",
+        "backup-agent alarms --dry-run",
+    )
     alarms.add_argument("--dry-run", action="store_true", help="show the changes, make none")
     dashboard = command(
-        "dashboard", cmd_dashboard, "Create or update the CloudWatch dashboard (idempotent)."
+        "dashboard",
+        cmd_dashboard,
+        "Create or update the CloudWatch dashboard (idempotent).",
+        "backup-agent dashboard --dry-run",
     )
     dashboard.add_argument(
         "--dry-run",
@@ -158,13 +231,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the dashboard body (JSON, this instance's row) without calling AWS",
     )
     reindex = command(
-        "reindex", cmd_reindex, "Rebuild the DynamoDB table from the volume's journal."
+        "reindex",
+        cmd_reindex,
+        "Rebuild the DynamoDB table from the volume's journal.",
+        "backup-agent reindex --workers 16",
+        "backup-agent reindex --root /mnt/snapshot-snap-0123456789abcdef0",
     )
     reindex.add_argument(
         "--root", metavar="MOUNT", help="read the journal of another copy of the volume"
     )
-    reindex.add_argument("--workers", type=int, default=8, help="parallel writes (default 8)")
-    snap = command("snapshot", cmd_snapshot, "Take an EBS snapshot of the backup volume now.")
+    add_workers_option(reindex, "parallel writes (default 8)", default=8)
+    snap = command(
+        "snapshot",
+        cmd_snapshot,
+        "Take an EBS snapshot of the backup volume now.",
+        "backup-agent snapshot --dry-run",
+    )
     snap.add_argument(
         "--dry-run", action="store_true", help="show the volume, tags and retention; change nothing"
     )
@@ -172,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         cmd_status,
         "Show the agent's health (works while it is stopped); exit 0 ok, 1 degraded, 2 down.",
+        "backup-agent status",
+        "backup-agent status --json --offline",
     )
-    status.add_argument("--json", action="store_true", help="print one JSON document")
     status.add_argument(
         "--offline", action="store_true", help="do not ask SQS for the queue depths"
     )
@@ -213,17 +296,36 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_check_config(args: argparse.Namespace, config: Config) -> int:
     problems = environment_problems(config)
-    if problems:
+    disagrees = region_problem(config)
+    if disagrees:
+        problems.append(disagrees)
+    notes: list[str] = []
+    online = not problems and args.online  # AWS is asked only about a file that is right
+    if online:
+        report = check_online(config, build_clients(config))
+        problems, notes = report.problems, report.notes
+    if args.json:
+        print_json(
+            {
+                "config": str(args.config_path),
+                "online": args.online,
+                "ok": not problems,
+                "problems": problems,
+                "notes": notes,
+            }
+        )
+        return ExitCode.USAGE if problems else ExitCode.OK
+    if problems and not online:
         _print_problems(args.config_path, problems)
         return ExitCode.USAGE
-    if args.online:
-        report = check_online(config, build_clients(config))
-        for note in report.notes:
+    if not args.quiet:
+        for note in notes:
             print(printable_key(note))
-        if report.problems:
-            print_problems(sys.stderr, f"{args.config_path}: online check failed", report.problems)
-            return ExitCode.USAGE
-    print(f"{printable_key(args.config_path)}: OK" + (" (online)" if args.online else ""))
+    if problems:
+        print_problems(sys.stderr, f"{args.config_path}: online check failed", problems)
+        return ExitCode.USAGE
+    if not args.quiet:
+        print(f"{printable_key(args.config_path)}: OK" + (" (online)" if args.online else ""))
     return ExitCode.OK
 
 
@@ -239,7 +341,11 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
                 file=sys.stderr,
             )
     marker = volume.initialise(args.volume_id, force=args.force)
-    print(f"{printable_key(config.storage.root)}: backup volume {printable_key(marker.volume_id)}")
+    if args.json:
+        print_json({"root": str(config.storage.root), "volume_id": marker.volume_id})
+    else:
+        root = printable_key(config.storage.root)
+        print(f"{root}: backup volume {printable_key(marker.volume_id)}")
     return ExitCode.OK
 
 
@@ -262,6 +368,14 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
         lambda ctx: Reconciler.from_context(ctx).run_once(dry_run=args.dry_run),
         dry_run=args.dry_run,
     )
+    if args.json:
+        document = dataclasses.asdict(report)
+        document["would_back_up"] = [
+            {"bucket": bucket, "key": key, "version_id": version}
+            for bucket, key, version in report.would_back_up
+        ]
+        print_json(document)
+        return ExitCode.FAILURE if report.failed else ExitCode.OK
     verb = "would back up" if args.dry_run else "backed up"
     print(
         f"reconcile: {report.keys} keys, {verb} {report.backed_up} ({report.bytes} bytes),"
@@ -280,6 +394,14 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
         lambda ctx: Retention.from_context(ctx).run_once(dry_run=args.dry_run),
         dry_run=args.dry_run,
     )
+    if args.json:
+        document = dataclasses.asdict(report)
+        document["would_expire"] = [
+            {"bucket": r.bucket, "key": r.key, "version_token": r.version_token}
+            for r in report.would_expire
+        ]
+        print_json(document)
+        return ExitCode.OK
     verb = "would expire" if args.dry_run else "expired"
     print(
         f"retention: {report.keys} keys, {report.versions} versions, {verb} {report.expired}"
@@ -298,6 +420,13 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
         lambda ctx: GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run),
         dry_run=args.dry_run,
     )
+    if args.json:
+        document = dataclasses.asdict(report)
+        document["would_remove"] = [
+            {"sha256": sha, "bytes": size} for sha, size in report.would_remove
+        ]
+        print_json(document)
+        return ExitCode.OK
     if args.dry_run:
         for sha, size in report.would_remove:
             print(f"  {sha} {size} bytes")
@@ -309,6 +438,9 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
     report = _locked_job(config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once())
+    if args.json:
+        print_json(dataclasses.asdict(report))
+        return ExitCode.FAILURE if report.unrecoverable else ExitCode.OK
     print(
         f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
         f" {report.healed} healed, {report.unrecoverable} unrecoverable"
@@ -332,6 +464,17 @@ def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_alarms(args: argparse.Namespace, config: Config) -> int:
     cloudwatch = build_clients(config).cloudwatch()
+    if args.json:
+        planned = alarms.Alarms(cloudwatch, config, resolve_dimensions(config))
+        changes = planned.apply(dry_run=args.dry_run)
+        document: dict[str, object] = {
+            "dry_run": args.dry_run,
+            "alarms": [{"name": c.name, "action": c.action} for c in changes],
+        }
+        if args.dry_run:
+            document["specs"] = planned.specs
+        print_json(document)
+        return ExitCode.OK
     return alarms.run(config, cloudwatch, resolve_dimensions(config), args.dry_run)
 
 
@@ -341,6 +484,9 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
         return ExitCode.OK
     board = Dashboard(build_clients(config).cloudwatch(), config)
     action = board.apply(resolve_dimensions(config), dry_run=args.dry_run)
+    if args.json:
+        print_json({"dashboard": board.name, "action": action, "dry_run": args.dry_run})
+        return ExitCode.OK
     print(f"{action:<16} dashboard {board.name}")
     return ExitCode.OK
 
@@ -349,7 +495,7 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     sqs = None if args.offline else build_clients(config).sqs
     status = agent_status.gather(config, args.config_path, sqs)
     if args.json:
-        print(json.dumps(status.report, indent=2, default=str))
+        print_json(status.report)
     else:
         for line in status_lines(status.report):
             print(printable_key(line))
@@ -376,8 +522,13 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
         Journal(volume.journal_dir).read_all(),
         build_clients(config).dynamodb,
         config.state.table,
-        workers=max(1, args.workers),
+        workers=args.workers,
     )
+    if args.json:
+        print_json(
+            {"table": config.state.table, **dataclasses.asdict(report), "known": report.known}
+        )
+        return ExitCode.OK
     created = " (table created)" if report.table_created else ""
     print(
         f"{config.state.table}{created}: {report.records} journal records,"
@@ -389,7 +540,10 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
     run = snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
-    describe_run(run)
+    if args.json:
+        print_json(dataclasses.asdict(run))
+    else:
+        describe_run(run)
     return ExitCode.OK if run.ok else ExitCode.FAILURE
 
 

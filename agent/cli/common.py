@@ -7,14 +7,18 @@ volume" from "something failed, look at the log" the same way for each of them.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterable
 from enum import IntEnum
-from typing import IO
+from typing import IO, Any
 
 from agent.aws import unavailable
 from agent.cli.output import printable_key
+from agent.config import CONFIG_OPTION_HELP
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 
 
@@ -35,6 +39,97 @@ class StatusCode(IntEnum):
     OK = 0  # running, nothing needs a person
     DEGRADED = 1  # running, but something needs a look (paused, dead letters, failures, …)
     DOWN = 2  # the agent is not running, or the backup volume is not ready
+
+
+# -- options every command takes, before or after its name ---------------------------------
+
+
+def anywhere(top: bool, default: Any = None) -> Any:
+    """The default of an option accepted both before and after the command name: the real
+    default on the top-level parser, SUPPRESS on each command's, so a value given before the
+    command name is not overwritten by the command's own default (`prog --config X cmd`)."""
+    return default if top else argparse.SUPPRESS
+
+
+def add_global_options(
+    parser: argparse.ArgumentParser, *, top: bool, config_help: str = CONFIG_OPTION_HELP
+) -> None:
+    """`--config FILE`, `--json`, `-q`/`--quiet`, `-v`/`--verbose`: the same for every command
+    of every tool. Call it on the top-level parser (top=True) and on each command's."""
+    parser.add_argument("--config", metavar="FILE", default=anywhere(top), help=config_help)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=anywhere(top, False),
+        help="machine-readable output on stdout: JSON (schemas in docs/operations.md)",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=anywhere(top, False),
+        help="print only results, warnings and errors: no progress, no log lines below WARNING",
+    )
+    verbosity.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=anywhere(top, False),
+        help="log at DEBUG (overrides logging.level)",
+    )
+
+
+def log_level(args: argparse.Namespace, configured: str) -> str:
+    """The level to log at: -v DEBUG, -q WARNING (or the config's, when higher), else the
+    config's `logging.level`."""
+    if getattr(args, "verbose", False):
+        return "DEBUG"
+    if getattr(args, "quiet", False) and configured in ("DEBUG", "INFO"):
+        return "WARNING"
+    return configured
+
+
+def add_workers_option(parser: argparse.ArgumentParser, help_text: str, **kwargs: Any) -> None:
+    """`--workers N`: a whole number of at least 1, refused up front otherwise (exit 2)."""
+    parser.add_argument("--workers", type=positive_int, metavar="N", help=help_text, **kwargs)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: 1, 2, … (`--workers 0` would run nothing and wait forever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1")
+    return value
+
+
+def print_json(document: Any, out: IO[str] | None = None) -> None:
+    """One JSON document on stdout (dates as ISO-8601 strings)."""
+    print(json.dumps(document, indent=2, default=_json_default), file=out or sys.stdout)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def examples(*lines: str) -> str:
+    """A `--help` epilog: "examples:" and one indented command line each."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help lines wrapped between words only: never inside `/etc/backup-agent/config.yaml`
+    or `--source-bucket` (argparse breaks at hyphens by default); descriptions and the
+    examples epilog as written."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        text = " ".join(text.split())
+        return textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False)
 
 
 def exit_code_for(error: BackupAgentError) -> ExitCode:

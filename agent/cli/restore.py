@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import re
 import shlex
@@ -29,15 +30,21 @@ from typing import IO, Any
 
 from agent import __version__, logs
 from agent.aws import build_clients
-from agent.cli.common import ExitCode, exit_code_for, guarded, print_problems
+from agent.cli.common import (
+    ExitCode,
+    HelpFormatter,
+    add_global_options,
+    add_workers_option,
+    anywhere,
+    examples,
+    exit_code_for,
+    guarded,
+    log_level,
+    print_problems,
+)
 from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
-from agent.config import (
-    Config,
-    add_config_option,
-    load_config,
-    resolve_config_path,
-)
+from agent.config import Config, load_config, resolve_config_path
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import OBJECT_ATTRIBUTES, VersionRecord, parse_time
 from agent.restore.find import Filter, FilterError, Row, Scan, narrowed, rows
@@ -61,7 +68,7 @@ from agent.restore.targets import (
 )
 from agent.restore.verify import stored_versions, verify
 from agent.schedule import duration_seconds
-from agent.snapshots.listing import snapshot_listing
+from agent.snapshots.listing import recorded_snapshots, snapshot_listing
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
@@ -107,7 +114,15 @@ class Runtime:
         return self._source
 
     def buckets(self) -> list[str]:
-        return [self.args.source_bucket] if self.args.source_bucket else self.config.buckets
+        bucket = self.args.source_bucket
+        if bucket is None:
+            return self.config.buckets
+        if bucket not in self.config.buckets:
+            raise UsageError(
+                f"--source-bucket {bucket}: not a configured bucket"
+                f" (the config's buckets: {', '.join(self.config.buckets)})"
+            )
+        return [bucket]
 
     def one_bucket(self) -> str:
         buckets = self.buckets()
@@ -119,6 +134,8 @@ class Runtime:
         self.out.write(json.dumps(data, ensure_ascii=False) + "\n")
 
     def progress(self, kind: str = "restore") -> Progress:
+        if getattr(self.args, "quiet", False):
+            return NoProgress()
         if self.err.isatty():
             return TtyProgress(self.err)
         return LogProgress(kind)
@@ -147,7 +164,7 @@ def _main(argv: Sequence[str] | None, out: IO[str] | None, err: IO[str] | None) 
     except ConfigError as exc:
         print_problems(err, f"{path}: invalid configuration", exc.problems)
         return ExitCode.USAGE
-    logs.configure(config.logging.level, config.logging.format, stream=err)
+    logs.configure(log_level(args, config.logging.level), config.logging.format, stream=err)
     runtime = Runtime(args, config, out, err)
     try:
         result: int = args.handler(runtime)
@@ -175,32 +192,51 @@ def _main(argv: Sequence[str] | None, out: IO[str] | None, err: IO[str] | None) 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backup-restore", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"backup-restore {__version__}")
+    parser = argparse.ArgumentParser(
+        prog="backup-restore",
+        description=__doc__.splitlines()[0],
+        formatter_class=HelpFormatter,
+        epilog=examples(
+            "backup-restore list --prefix reports/",
+            "backup-restore restore --key reports/q3.pdf --to /tmp/restore",
+            "backup-restore --offline --root /mnt/snapshot-snap-0123 list --json",
+        ),
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"backup-restore {__version__}",
+        help="print the version and exit (after a command: which S3 version to restore)",
+    )
+    add_global_options(parser, top=True)
+    _add_source_options(parser, top=True)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
-        add_config_option(sub)
-        sub.add_argument(
-            "--offline",
-            action="store_true",
-            help="read records from the volume's journal instead of DynamoDB",
+    def command(
+        name: str, handler: Handler, help_text: str, *example_lines: str
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=HelpFormatter,
+            epilog=examples(*example_lines) if example_lines else None,
         )
-        sub.add_argument(
-            "--root", metavar="MOUNT", help="use another copy of the volume (e.g. a snapshot)"
-        )
-        sub.add_argument(
-            "--source-bucket",
-            metavar="B",
-            help="the backed-up bucket (default: the configured one; all for list/verify)",
-        )
-        sub.add_argument("--json", action="store_true", help="JSON lines on stdout")
+        add_global_options(sub, top=False)
+        _add_source_options(sub, top=False)
         sub.set_defaults(handler=handler)
         return sub
 
-    listing = command("list", cmd_list, "List backed-up keys and versions.")
-    listing.add_argument("--prefix", default="", metavar="P")
+    listing = command(
+        "list",
+        cmd_list,
+        "List backed-up keys and versions.",
+        "backup-restore list --prefix reports/ --versions",
+        "backup-restore list --deleted --json",
+    )
+    listing.add_argument(
+        "--prefix", default="", metavar="P", help="only keys starting with P (default: all)"
+    )
     listing.add_argument("--versions", action="store_true", help="every version, not the latest")
     listing.add_argument(
         "--deleted", action="store_true", help="include keys deleted in S3 (default: hide them)"
@@ -208,11 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_filter_options(listing)
     add_find_parser(command)
 
-    restore = command("restore", cmd_restore, "Restore files to a directory or into S3.")
+    restore = command(
+        "restore",
+        cmd_restore,
+        "Restore files to a directory or into S3.",
+        "backup-restore restore --key reports/q3.pdf --to /tmp/restore",
+        "backup-restore restore --prefix reports/ --at 2026-11-23T10:00:00Z --to /tmp/restore",
+        "backup-restore restore --all --to-s3 --bucket recovery-bucket --dry-run",
+    )
     scope = restore.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--key", metavar="K")
-    scope.add_argument("--prefix", metavar="P")
-    scope.add_argument("--all", action="store_true")
+    scope.add_argument("--key", metavar="K", help="restore this one key")
+    scope.add_argument("--prefix", metavar="P", help="restore every key starting with P")
+    scope.add_argument("--all", action="store_true", help="restore every key of the bucket")
     _add_version_options(restore)
     restore.add_argument(
         "--include-deleted",
@@ -240,26 +283,50 @@ def build_parser() -> argparse.ArgumentParser:
         help="--to DIR: the mode of directories the restore creates (default 0700)",
     )
     restore.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
-    restore.add_argument("--workers", type=int, help="files at once (default restore.workers)")
+    add_workers_option(restore, "files at once (default restore.workers)")
     add_filter_options(restore)
 
-    share = command("share", cmd_share, "Stage one file and print a presigned GET URL.")
-    share.add_argument("--key", metavar="K", required=True)
+    share = command(
+        "share",
+        cmd_share,
+        "Stage one file and print a presigned GET URL.",
+        "backup-restore share --key reports/q3.pdf --expires 1h",
+    )
+    share.add_argument("--key", metavar="K", required=True, help="the key to share")
     _add_version_options(share)
     share.add_argument(
         "--expires", metavar="DURATION", help="URL lifetime, e.g. 1h (default restore.share_expiry)"
     )
     add_filter_options(share)
 
-    check = command("verify", cmd_verify, "Check stored copies against their SHA-256.")
-    check.add_argument("--prefix", default="", metavar="P")
+    check = command(
+        "verify",
+        cmd_verify,
+        "Check stored copies against their SHA-256.",
+        "backup-restore verify --sample 0.05 --seed 7",
+        "backup-restore verify --prefix reports/ --json",
+    )
     check.add_argument(
-        "--sample", type=_fraction, default=1.0, metavar="FRACTION", help="e.g. 0.05"
+        "--prefix", default="", metavar="P", help="only keys starting with P (default: all)"
+    )
+    check.add_argument(
+        "--sample",
+        type=_fraction,
+        default=1.0,
+        metavar="FRACTION",
+        help="check this share of the copies, e.g. 0.05 (default 1: all)",
     )
     check.add_argument("--seed", type=int, help="make --sample repeatable")
-    check.add_argument("--workers", type=int, help="copies at once (default restore.workers)")
+    add_workers_option(check, "copies at once (default restore.workers)")
 
-    snaps = command("snapshots", cmd_snapshots, "List the agent's EBS snapshots of the volume.")
+    snaps = command(
+        "snapshots",
+        cmd_snapshots,
+        "List the agent's EBS snapshots of the volume (EC2's tags; --offline: the volume's"
+        " record).",
+        "backup-restore snapshots --volume-id vol-0123456789abcdef0",
+        "backup-restore snapshots --offline --root /mnt/snapshot-snap-0123 --json",
+    )
     snaps.add_argument("--volume-id", metavar="VOL", help="only this volume's (default: any)")
     return parser
 
@@ -359,9 +426,34 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _add_source_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Where records and copies come from: accepted before the command name and after it."""
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        default=anywhere(top, False),
+        help="read records from the volume's journal instead of DynamoDB"
+        " (snapshots: the volume's own record instead of EC2)",
+    )
+    parser.add_argument(
+        "--root",
+        metavar="MOUNT",
+        default=anywhere(top),
+        help="use another copy of the volume (e.g. a snapshot)",
+    )
+    parser.add_argument(
+        "--source-bucket",
+        metavar="B",
+        default=anywhere(top),
+        help="the backed-up bucket (default: the configured one; all for list/verify)",
+    )
+
+
 def _add_version_options(sub: argparse.ArgumentParser) -> None:
     which = sub.add_mutually_exclusive_group()
-    which.add_argument("--version", metavar="V", help="an S3 version id or a version_token")
+    which.add_argument(
+        "--version", metavar="V", help="this version: an S3 version id or a version_token"
+    )
     which.add_argument(
         "--at", metavar="TIMESTAMP", type=_timestamp, help="what the bucket held then (ISO-8601)"
     )
@@ -390,9 +482,13 @@ def _fraction(text: str) -> float:
 
 
 def cmd_snapshots(rt: Runtime) -> int:
-    """Works when the instance and volume are gone: it reads EC2's tags, not the volume."""
+    """Works when the instance and volume are gone: it reads EC2's tags, not the volume.
+    --offline reads the volume's own record and makes no AWS call."""
 
-    snapshots = snapshot_listing(rt.config, rt.clients, rt.args.volume_id)
+    if rt.args.offline:
+        snapshots = recorded_snapshots(rt.volume().root, rt.args.volume_id)
+    else:
+        snapshots = snapshot_listing(rt.config, rt.clients, rt.args.volume_id)
     if rt.args.json:
         for snap in snapshots:
             rt.emit(
@@ -566,6 +662,8 @@ def cmd_restore(rt: Runtime) -> int:
         raise UsageError("--version needs --key (versions belong to one key)")
     if not args.to_s3 and (args.bucket or args.to_prefix):
         raise UsageError("--bucket and --to-prefix go with --to-s3")
+    if args.to is not None:
+        _check_writable(Path(args.to))
     bucket = rt.one_bucket()
     scope = RestoreScope(key=args.key) if args.key else RestoreScope(prefix=args.prefix or "")
     # A key asked for by name is restored even when deleted in S3: that is the usual rescue.
@@ -603,6 +701,19 @@ def cmd_restore(rt: Runtime) -> int:
         print("backup-restore: nothing to restore", file=rt.err)
         return ExitCode.FAILURE
     return ExitCode.OK if summary.ok else ExitCode.FAILURE
+
+
+def _check_writable(directory: Path) -> None:
+    """--to DIR: refused before any record is read when nothing could be written there: DIR
+    (or the nearest part of it that exists, where the restore would create the rest) must be
+    a directory this user may write to."""
+    existing = directory
+    while not os.path.lexists(existing) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--to {directory}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--to {directory}: {existing} is not writable by this user")
 
 
 def _target_owner(config: Config, target_bucket: str) -> str | None:
@@ -750,7 +861,8 @@ def cmd_share(rt: Runtime) -> int:
 
 def cmd_verify(rt: Runtime) -> int:
     args = rt.args
-    records = stored_versions(rt.source, rt.buckets(), args.prefix)
+    buckets = rt.buckets()  # an unknown --source-bucket is refused before any AWS call
+    records = stored_versions(rt.source, buckets, args.prefix)
     report = verify(
         rt.volume(),
         records,

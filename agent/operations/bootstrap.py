@@ -6,6 +6,9 @@ expirations, restores of archived objects), and the DynamoDB table. A notificati
 an earlier release, with fewer event types, gets the missing ones added.
 When the config has an `alerts:` section: the SNS topic (`alerts.sns_topic_arn`) and the SES
 verification of the sender (`alerts.email.sender`; SES mails the address a link to click).
+
+With `dry_run`, only the reads are made: the report lists what a real run would create or
+change, and nothing in AWS is.
 """
 
 from __future__ import annotations
@@ -43,18 +46,21 @@ RETENTION_SECONDS = 14 * 24 * 3600
 
 @dataclass
 class Report:
-    created: list[str] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)  # with dry_run: what would be
     existing: list[str] = field(default_factory=list)
+    dry_run: bool = False
 
     def add(self, what: str, created: bool) -> None:
         (self.created if created else self.existing).append(what)
 
 
 class Bootstrap:
-    def __init__(self, config: Config, clients: Clients) -> None:
+    def __init__(self, config: Config, clients: Clients, *, dry_run: bool = False) -> None:
         self.config = config
         self.clients = clients
-        self.report = Report()
+        self.dry_run = dry_run
+        self.report = Report(dry_run=dry_run)
+        self._not_yet: set[str] = set()  # dry run: buckets a real run would have created
 
     def run(self, *, create_buckets: bool = False) -> Report:
         if create_buckets:
@@ -99,6 +105,9 @@ class Bootstrap:
         if status in {"Success", "Pending"}:
             self.report.add(f"SES identity {sender} ({status.lower()})", False)
             return
+        if self.dry_run:
+            self.report.add(f"SES identity {sender} (verification mail)", True)
+            return
         ses.verify_email_identity(EmailAddress=sender)
         self.report.add(f"SES identity {sender} (verification mail sent)", True)
 
@@ -108,6 +117,10 @@ class Bootstrap:
             s3.head_bucket(Bucket=bucket)
             self.report.add(f"bucket {bucket}", False)
         except botocore.exceptions.ClientError:
+            if self.dry_run:
+                self._not_yet.add(bucket)
+                self.report.add(f"bucket {bucket}", True)
+                return
             kwargs: dict[str, Any] = {"Bucket": bucket}
             if self.config.aws.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.config.aws.region}
@@ -124,6 +137,9 @@ class Bootstrap:
         except botocore.exceptions.ClientError as exc:
             if "NonExistentQueue" not in error_code(exc):
                 raise
+            if self.dry_run:
+                self.report.add(f"queue {name}", True)
+                return "", self._queue_arn(name)
             url = sqs.create_queue(
                 QueueName=name,
                 Attributes={
@@ -136,13 +152,21 @@ class Bootstrap:
         if not created and attributes:
             current = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
             changed = {k: v for k, v in attributes.items() if not _same(k, current.get(k), v)}
-            if changed:  # only what differs: setting attributes is not free of side effects
+            if changed and self.dry_run:
+                self.report.add(f"queue {name} attributes ({', '.join(sorted(changed))})", True)
+            elif changed:  # only what differs: setting attributes is not free of side effects
                 sqs.set_queue_attributes(QueueUrl=url, Attributes=changed)
         arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
         self.report.add(f"queue {name}", created)
         return url, arn
+
+    def _queue_arn(self, name: str) -> str:
+        """The ARN a queue not yet created will have (dry run): the account is queue.url's."""
+        parts = self.config.queue.url.rstrip("/").split("/")
+        account = parts[-2] if len(parts) >= 2 else ""
+        return f"arn:aws:sqs:{self.config.aws.region}:{account}:{name}"
 
     def ensure_queue_policy(self, queue_url: str, queue_arn: str) -> None:
         """Add (or update) our statement; other statements in the policy are kept."""
@@ -156,6 +180,9 @@ class Bootstrap:
                 "ArnLike": {"aws:SourceArn": [f"arn:aws:s3:::{b}" for b in self.config.buckets]}
             },
         }
+        if not queue_url:  # dry run: the queue does not exist yet
+            self.report.add("queue policy for S3", True)
+            return
         current = self.clients.sqs.get_queue_attributes(
             QueueUrl=queue_url, AttributeNames=["Policy"]
         ).get("Attributes", {})
@@ -165,6 +192,9 @@ class Bootstrap:
             statements = [statements]
         if ours in statements:
             self.report.add("queue policy for S3", False)
+            return
+        if self.dry_run:
+            self.report.add("queue policy for S3", True)
             return
         policy["Statement"] = [s for s in statements if s.get("Sid") != POLICY_SID] + [ours]
         self.clients.sqs.set_queue_attributes(
@@ -176,7 +206,17 @@ class Bootstrap:
         """Our queue notified of every event type in NOTIFIED_EVENTS; other configurations
         of the bucket are kept (PutBucketNotificationConfiguration replaces them all)."""
         s3 = self.clients.s3
-        answer = s3.get_bucket_notification_configuration(Bucket=bucket)
+        if bucket in self._not_yet:  # dry run: a bucket --create-buckets would create
+            self.report.add(f"notification {bucket} → queue", True)
+            return
+        try:
+            answer = s3.get_bucket_notification_configuration(Bucket=bucket)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "NoSuchBucket":
+                raise
+            raise ConfigError(
+                [f"buckets: {bucket}: no such bucket (create it, or run with --create-buckets)"]
+            ) from None
         current: NotificationConfigurationTypeDef = {
             k: v for k, v in answer.items() if k != "ResponseMetadata"
         }  # type: ignore[assignment]  # the answer is the configuration plus metadata
@@ -199,6 +239,9 @@ class Bootstrap:
             queues.append(
                 {"Id": NOTIFICATION_ID, "QueueArn": queue_arn, "Events": list(NOTIFIED_EVENTS)}
             )
+        if self.dry_run:
+            self.report.add(what, True)
+            return
         current["QueueConfigurations"] = queues
         s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
         self.report.add(what, True)
@@ -213,6 +256,9 @@ class Bootstrap:
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) != "ResourceNotFoundException":
                 raise
+        if self.dry_run:
+            self.report.add(f"table {name}", True)
+            return
         db.create_table(**table_definition(name))
         db.get_waiter("table_exists").wait(TableName=name)
         self.report.add(f"table {name}", True)
@@ -227,6 +273,9 @@ class Bootstrap:
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) not in ("NotFound", "NotFoundException"):
                 raise
+        if self.dry_run:
+            self.report.add(f"topic {arn}", True)
+            return
         created = sns.create_topic(Name=arn.rsplit(":", 1)[-1])["TopicArn"]
         if created != arn:
             raise ConfigError([f"alerts.sns_topic_arn: {arn} is not in this account/region"])
@@ -237,6 +286,9 @@ class Bootstrap:
 
         bucket = staging_bucket(self.config.restore, self.config.buckets)
         self.ensure_bucket(bucket)
+        if self.dry_run:  # its encryption, public access block and lifecycle: set on a real run
+            self.report.add(f"staging bucket {bucket} settings (set again on a real run)", True)
+            return
         for what, changed in ensure_staging(self.clients.s3, self.config.restore, bucket):
             self.report.add(what, changed)
 

@@ -58,6 +58,18 @@ def queue_region(url: str) -> str | None:
     return match.group(1) or match.group(3)
 
 
+def region_problem(config: Config) -> str | None:
+    """`aws.region` against the region in queue.url's host (none to compare with for a
+    custom endpoint): needs no AWS call, so `check-config` without --online says it too."""
+    region = queue_region(config.queue.url)
+    if region is not None and region != config.aws.region:
+        return (
+            f"aws.region: {config.aws.region}, but queue.url is in {region}: set aws.region"
+            f" to {region}"
+        )
+    return None
+
+
 def check_online(config: Config, clients: Clients) -> OnlineReport:
     report = OnlineReport()
     try:
@@ -66,12 +78,9 @@ def check_online(config: Config, clients: Clients) -> OnlineReport:
         report.problems.append(f"aws: credentials: STS GetCallerIdentity failed: {_failed(exc)}")
         return report  # every other call would fail the same way
     report.notes.append(f"aws: credentials of {identity.get('Arn')}")
-    region = queue_region(config.queue.url)
-    if region is not None and region != config.aws.region:
-        report.problems.append(
-            f"aws.region: {config.aws.region}, but queue.url is in {region}: set aws.region"
-            f" to {region}"
-        )
+    disagrees = region_problem(config)
+    if disagrees:
+        report.problems.append(disagrees)
     queue_arn = _check_queue(config, clients, report)
     _check_table(config, clients, report)
     for bucket in config.buckets:

@@ -10,8 +10,11 @@ import pytest
 from moto import mock_aws
 
 from agent.aws import Clients
+from agent.cli import bootstrap as bootstrap_cli
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from tests.support.aws_hooks import CallLog, record_calls
+from tests.support.backed_up import write_config
 
 
 @pytest.fixture
@@ -221,3 +224,78 @@ def test_a_changed_setting_is_applied_to_an_existing_queue(clients, config, back
     redrive = json.loads(queue_attributes(clients, QUEUE_URL)["RedrivePolicy"])
     assert int(redrive["maxReceiveCount"]) == 7
     assert "Policy" in queue_attributes(clients, QUEUE_URL)  # S3 may still send
+
+
+# -- --dry-run: reads only ------------------------------------------------------------------
+
+READS = ("Get", "List", "Head", "Describe")
+
+
+def _recorded(clients: Clients) -> CallLog:
+    log = CallLog()
+    for client in (clients.s3, clients.sqs, clients.dynamodb):
+        record_calls(client, log)
+    return log
+
+
+def test_a_dry_run_on_an_empty_account_lists_everything_and_creates_nothing(clients, config):
+    calls = _recorded(clients)
+    report = Bootstrap(config, clients, dry_run=True).run(create_buckets=True)
+
+    assert report.dry_run and report.existing == []
+    assert sorted(report.created) == sorted(
+        [
+            f"bucket {BUCKET}",
+            "queue backup-events-dlq",
+            "queue backup-events",
+            "queue policy for S3",
+            f"notification {BUCKET} → queue",
+            f"table {TABLE}",
+        ]
+    )
+    assert [op for op in calls.operations() if not op.startswith(READS)] == []
+    assert clients.s3.list_buckets()["Buckets"] == []
+    assert clients.sqs.list_queues().get("QueueUrls", []) == []
+    assert clients.dynamodb.list_tables()["TableNames"] == []
+
+
+def test_a_dry_run_after_a_real_run_finds_everything_there(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    report = Bootstrap(config, clients, dry_run=True).run(create_buckets=True)
+    assert report.created == [] and len(report.existing) == 6
+
+
+def test_a_dry_run_names_a_changed_setting_and_leaves_it(clients, config, backup_root):
+    Bootstrap(config, clients).run(create_buckets=True)
+    changed = make_config(
+        backup_root, queue={"url": QUEUE_URL, "max_receive_count": 7, "visibility_timeout": 120}
+    )
+    calls = _recorded(clients)
+    report = Bootstrap(changed, clients, dry_run=True).run(create_buckets=True)
+    assert report.created == ["queue backup-events attributes (RedrivePolicy)"]
+    assert [op for op in calls.operations() if not op.startswith(READS)] == []
+    redrive = json.loads(queue_attributes(clients, QUEUE_URL)["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == 5
+
+
+def test_the_cli_dry_run_prints_the_plan_and_creates_nothing(tmp_path, backup_root, capsys):
+    path = write_config(tmp_path / "config.yaml", backup_root)
+    with mock_aws():
+        assert bootstrap_cli.main(["--config", str(path), "--dry-run", "--create-buckets"]) == 0
+        out = capsys.readouterr().out.splitlines()
+        assert "would create queue backup-events" in out
+        assert out[-1] == "dry run: nothing created or changed"
+        session = boto3.session.Session(region_name=REGION)
+        assert session.client("sqs").list_queues().get("QueueUrls", []) == []
+
+        argv = ["--json", "--config", str(path), "--dry-run", "--create-buckets"]
+        assert bootstrap_cli.main(argv) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert document["dry_run"] is True and "queue backup-events" in document["created"]
+        assert session.client("dynamodb").list_tables()["TableNames"] == []
+
+        # without --create-buckets, a missing bucket is one line naming it, not a traceback
+        assert bootstrap_cli.main(["--config", str(path), "--dry-run"]) == 2
+        assert capsys.readouterr().err.splitlines()[1] == (
+            f"  buckets: {BUCKET}: no such bucket (create it, or run with --create-buckets)"
+        )

@@ -478,3 +478,28 @@ def test_auto_grow_is_off_by_default_and_keeps_to_ebs_rules(tmp_path):
     assert any(
         "storage.auto_grow.used_percent" in p for p in problems_of(storage(used_percent=100))
     )
+
+
+# -- logging.level in any case; aws.region spelled as AWS spells it -------------------------
+
+
+@pytest.mark.parametrize(("written", "level"), [("info", "INFO"), ("Warning", "WARNING")])
+def test_log_levels_are_accepted_in_any_case(tmp_path, written, level):
+    config = parse_config({**valid(tmp_path), "logging": {"level": written}})
+    assert config.logging.level == level
+
+
+def test_an_unknown_log_level_names_its_key(tmp_path):
+    problems = problems_of({**valid(tmp_path), "logging": {"level": "loud"}})
+    assert problems == ["logging.level: input should be 'DEBUG', 'INFO', 'WARNING' or 'ERROR'"]
+
+
+@pytest.mark.parametrize("region", ["eu-west-1", "us-gov-west-1", "ap-southeast-2", "il-central-1"])
+def test_region_names_as_aws_spells_them_load(tmp_path, region):
+    assert parse_config({**valid(tmp_path), "aws": {"region": region}}).aws.region == region
+
+
+@pytest.mark.parametrize("region", ["EU-WEST-1", "eu-west", "euwest-1", "eu-west-1a", "frankfurt"])
+def test_a_region_that_is_no_region_name_is_refused_at_load_naming_its_key(tmp_path, region):
+    problems = problems_of({**valid(tmp_path), "aws": {"region": region}})
+    assert problems == [f"aws.region: {region!r} is not a region name like eu-west-1"]

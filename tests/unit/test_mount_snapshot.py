@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -71,6 +72,23 @@ def test_dry_run_prints_the_plan_and_creates_nothing(ec2, scene, capsys):
     assert volumes_from(ec2, snapshot) == []
     out = capsys.readouterr().out
     assert "attach it to" in out and "/dev/sdg" in out and "dry run" in out
+
+
+def test_json_dry_run_is_one_document_and_creates_nothing(ec2, scene, capsys):
+    instance, snapshot, source = scene
+    assert main(["--json", snapshot, "--instance-id", instance, "--dry-run"], ec2=ec2) == 0
+    assert volumes_from(ec2, snapshot) == []
+    document = json.loads(capsys.readouterr().out)
+    assert (document["dry_run"], document["volume_id"], document["mounted"]) == (True, None, False)
+    assert document["plan"]["snapshot_id"] == snapshot
+    assert document["plan"]["source_volume_id"] == source
+    assert document["plan"]["mount_point"] == f"/mnt/snapshot-{snapshot}"
+
+
+def test_quiet_prints_nothing_on_success(ec2, scene, capsys):
+    instance, snapshot, _ = scene
+    assert main([snapshot, "-q", "--instance-id", instance, "--dry-run"], ec2=ec2) == 0
+    assert capsys.readouterr().out == ""
 
 
 def test_an_explicit_zone_and_device_are_used(ec2, scene):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import pty
+import re
+import struct
+import termios
 
 import pytest
 import structlog
@@ -41,9 +47,47 @@ def test_bar_shows_files_bytes_rate_and_eta():
     progress.advance(2 << 20)
     progress.finished(_result("one"))
 
-    assert progress.line() == (
-        "[############............] 1/4 files  2.0 MiB/4.0 MiB  1.0 MiB/s  ETA 00:00:02"
+    assert progress.line() == ("1/4 files:  50%|#####     | 2.0 MiB/4.0 MiB  1.0 MiB/s  ETA 00:02")
+
+
+def test_an_eta_past_a_day_counts_hours_on():
+    clock = Clock()
+    progress = TtyProgress(io.StringIO(), clock=clock)
+    progress.start(files=1, total_bytes=2 << 20)
+    clock.now += (
+        100_000.0  # half done after 27 h 46 min 40 s: as long again to go (tqdm rounds down)
     )
+    progress.advance(1 << 20)
+
+    assert re.search(r"ETA 27:46:(39|40)$", progress.line()), progress.line()  # not 03:46:40
+
+
+def test_the_bar_fits_the_terminal_width():
+    """A real pseudo-terminal, 60 columns wide: no line of the bar is longer."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
+    with os.fdopen(terminal, "w") as stream:
+        clock = Clock()
+        progress = TtyProgress(stream, clock=clock)
+        progress.start(files=3, total_bytes=3 << 30)
+        clock.now += 10.0
+        progress.advance(1 << 30)
+        progress.close()
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal side is closed and everything was read
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", drawn.decode())  # cursor moves take no room
+    lines = [line for line in re.split(r"[\r\n]+", text) if line.strip()]
+    assert lines and all(len(line) <= 60 for line in lines), lines
+    assert "1.0 GiB/3.0 GiB" in lines[-1]
 
 
 def test_bar_names_failures_on_their_own_line():
