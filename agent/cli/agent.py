@@ -264,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "grow-filesystem",
         cmd_grow_filesystem,
         "As root (backup-agent-grow.service): grow the backup filesystem to its volume's size.",
+        "sudo backup-agent grow-filesystem --config /etc/backup-agent/config.yaml",
     )
     grow.add_argument(
         "--request",
@@ -396,10 +397,11 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
     )
     if args.json:
         document = dataclasses.asdict(report)
-        document["would_expire"] = [
-            {"bucket": r.bucket, "key": r.key, "version_token": r.version_token}
-            for r in report.would_expire
-        ]
+        for name in ("would_expire", "expired_records"):
+            document[name] = [
+                {"bucket": r.bucket, "key": r.key, "version_token": r.version_token}
+                for r in getattr(report, name)
+            ]
         print_json(document)
         return ExitCode.OK
     verb = "would expire" if args.dry_run else "expired"

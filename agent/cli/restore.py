@@ -331,9 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_find_parser(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+def add_find_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
     """`find`: `list` with a keyword first, paged, streaming with --json."""
-    find = command("find", cmd_find, "Find backed-up keys by keyword, tag, type, time, size.")
+    find = command(
+        "find",
+        cmd_find,
+        "Find backed-up keys by keyword, tag, type, time, size.",
+        "backup-restore find invoice --content-type application/pdf --since 2026-11-01",
+        "backup-restore find 'reports/*.csv' --tag team=finance --versions --json",
+        "backup-restore find --min-size 1GiB --limit 100",
+    )
     find.add_argument(
         "pattern",
         nargs="?",
@@ -508,9 +515,10 @@ def cmd_snapshots(rt: Runtime) -> int:
 
 def cmd_list(rt: Runtime) -> int:
     args = rt.args
+    buckets = rt.buckets()  # an unknown --source-bucket is refused before any AWS client
     found = rows(
         rt.source,
-        rt.buckets(),
+        buckets,
         prefix=args.prefix,
         only=_filter_of(args),
         versions=args.versions,
@@ -533,9 +541,10 @@ def cmd_find(rt: Runtime) -> int:
     only = _filter_of(args)
     after = _after(args.after) if args.after else None
     scan = Scan(tick=_find_progress(rt.err) if rt.err.isatty() and not args.json else None)
+    buckets = rt.buckets()  # an unknown --source-bucket is refused before any AWS client
     found = rows(
         rt.source,
-        rt.buckets(),
+        buckets,
         prefix=args.prefix,
         only=only,
         versions=args.versions,
