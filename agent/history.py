@@ -84,7 +84,8 @@ def _null_entry(entries: Sequence[VersionRecord]) -> VersionRecord | None:
     nulls = [r for r in entries if is_null(r)]
     if not nulls:
         return None
-    newest = max(nulls, key=lambda r: r.order_key)
+    # of two records in one place, the readable one (an archived object restored in S3)
+    newest = max(nulls, key=lambda r: (r.order_key, not r.unreadable))
     if empties_null(newest) and any(not is_null(r) for r in entries):
         return None
     return newest
