@@ -8,6 +8,10 @@ A key's records are of three kinds (agent/records.py):
 * a **removal**: ``ObjectRemoved:Delete`` with a versionId, S3's permanent delete of that
   one version or marker. Not an entry of the stack: it takes its version out of it.
 
+The ``null`` version (unversioned objects, and what a versioning-suspended bucket
+writes) is one entry: the newest null record replaces the older ones, and a delete of it
+that is not a marker (``DeleteObject versionId=null``) leaves the versions under it.
+
 S3 serves the top of the stack: of the versions and deletions created by then and not
 removed by then, the last in the version order (`order_key`, agent/order.py). That is
 `current(history, at)`; `at=None` is now. Every restore path (``--key``, ``--at``,
@@ -42,15 +46,49 @@ def current(history: Sequence[VersionRecord], at: datetime | None = None) -> Ver
     removed = {
         r.version_id for r in history if is_removal(r) and (at is None or created_at(r) <= at)
     }
+    entries = [
+        r
+        for r in history
+        if not is_removal(r)
+        and (at is None or created_at(r) <= at)
+        and (is_null(r) or r.version_id not in removed)
+    ]
+    null = _null_entry(entries)
     best: VersionRecord | None = None
-    for record in history:
-        if is_removal(record) or (at is not None and created_at(record) > at):
-            continue
-        if record.version_id not in (None, "null") and record.version_id in removed:
+    for record in entries:
+        if is_null(record) and record is not null:
             continue
         if best is None or record.order_key > best.order_key or _readable_twin(record, best):
             best = record
     return best
+
+
+def is_null(record: VersionRecord) -> bool:
+    """An entry of the ``null`` version: an unversioned object, or one written while the
+    bucket's versioning was suspended (or before it was enabled)."""
+    return record.version_id in (None, "null")
+
+
+def empties_null(record: VersionRecord) -> bool:
+    """A delete of the null version that leaves no entry in its place (``ObjectRemoved:Delete``
+    of ``versionId=null``, an unversioned delete, a key reconcile found missing): not a
+    delete marker."""
+    return is_null(record) and record.deleted and not record.delete_marker
+
+
+def _null_entry(entries: Sequence[VersionRecord]) -> VersionRecord | None:
+    """The one null entry of the stack: S3 keeps a single version with the ID null, which
+    each PUT and each delete marker of a suspended bucket replaces. A delete of it that
+    leaves nothing takes it out when other versions remain (S3 then serves the newest of
+    those); alone, it stays as the key's deletion."""
+    nulls = [r for r in entries if is_null(r)]
+    if not nulls:
+        return None
+    # of two records in one place, the readable one (an archived object restored in S3)
+    newest = max(nulls, key=lambda r: (r.order_key, not r.unreadable))
+    if empties_null(newest) and any(not is_null(r) for r in entries):
+        return None
+    return newest
 
 
 def _readable_twin(record: VersionRecord, best: VersionRecord) -> bool:

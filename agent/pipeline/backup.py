@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import botocore.exceptions
 import structlog
 
+from agent import order
 from agent.aws import classify, error_code
 from agent.categories import Categories
 from agent.errors import ObjectGone, ObjectUnreadable, PermanentError, RetryableError
@@ -154,7 +155,7 @@ class BackupService:
         replaces = self._unreadable_record_of(event)
         with contextlib.ExitStack() as critical:
             try:
-                copy, attributes = self._download_and_store(
+                copy, attributes, last_modified = self._download_and_store(
                     event, before_commit=lambda: critical.enter_context(self.barrier.shared())
                 )
             except ObjectUnreadable as unreadable:
@@ -180,6 +181,8 @@ class BackupService:
             )
             if replaces is not None:
                 record = _in_place_of(replaces, record)
+            elif event.restored and order_key is None and last_modified is not None:
+                record = _at_its_own_time(record, last_modified)
             self.journal.append(record)
             fresh = self.ledger.record(record)
             if replaces is not None:  # the same position in the key's order: LATEST, if it was
@@ -288,9 +291,10 @@ class BackupService:
 
     def _download_and_store(
         self, event: ObjectEvent, before_commit: Callable[[], object] | None = None
-    ) -> tuple[StoredCopy, dict[str, Any]]:
-        """The stored copy, and what S3 holds besides the bytes (`OBJECT_ATTRIBUTES`): the
-        headers and user metadata of this GetObject's response, and the tags."""
+    ) -> tuple[StoredCopy, dict[str, Any], datetime | None]:
+        """The stored copy, what S3 holds besides the bytes (`OBJECT_ATTRIBUTES`): the
+        headers and user metadata of this GetObject's response, and the tags; and the
+        version's LastModified."""
         response = self._get_object(event)
         length = int(response["ContentLength"])
         body = response["Body"]
@@ -314,7 +318,8 @@ class BackupService:
                 Expectation(size=length, md5_hex=_md5_from_etag(response)),
                 before_commit=before_commit,
             )
-            return copy, attributes
+            last_modified = response.get("LastModified")
+            return copy, attributes, last_modified if isinstance(last_modified, datetime) else None
         except (botocore.exceptions.BotoCoreError, ConnectionError, TimeoutError) as exc:
             raise classify(exc, f"S3 read of s3://{event.bucket}/{event.key}") from exc
         finally:
@@ -440,6 +445,18 @@ def _in_place_of(unreadable: VersionRecord, record: VersionRecord) -> VersionRec
         order_key=unreadable.order_key,
         event_time=unreadable.event_time,
         sequencer=unreadable.sequencer,
+    )
+
+
+def _at_its_own_time(record: VersionRecord, last_modified: datetime) -> VersionRecord:
+    """A version restored from an archive that was never recorded (its ObjectCreated event
+    lost, or handled before this release): its place in the key's order is its own
+    LastModified, as reconcile would list it, not the time of the restore, which would put
+    an old version above newer ones (docs/archived-objects.md)."""
+    return dataclasses.replace(
+        record,
+        order_key=order.listed_key(last_modified, 0),
+        event_time=last_modified.astimezone(UTC).isoformat(),
     )
 
 

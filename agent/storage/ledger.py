@@ -71,7 +71,8 @@ class Ledger:
             if history.is_removal(record):
                 self._remember_removal(pk, record.version_id)
                 self._after_removal(record)
-            elif self._was_removed(pk, record.version_id):
+            elif self._was_removed(pk, record.version_id) or history.empties_null(record):
+                # a delete of the null version uncovers the versions under it, if any
                 self.settle(record.bucket, record.key)
             else:
                 self._advance_latest(record)

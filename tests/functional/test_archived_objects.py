@@ -16,21 +16,23 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from agent import order
 from agent.cli.restore import main as restore_main
 from agent.config import ReconcileConfig
 from agent.errors import PermanentError
 from agent.events import ObjectEvent, parse_message
+from agent.history import current as history_current
 from agent.lifecycle.context import Pacer
 from agent.lifecycle.reconcile import Reconciler
 from agent.pipeline.backup import BackupService, Outcome
 from agent.pipeline.consumer import Consumer
-from agent.records import VersionRecord
+from agent.records import VersionRecord, parse_time
 from agent.restore.plan import RestoreScope, plan
 from agent.restore.source import JournalSource, LedgerSource, Selector
 from agent.runtime.wiring import consumer_settings
@@ -77,12 +79,16 @@ def created(key: str, body: bytes, sequencer: str = "0A", **obj: Any) -> ObjectE
     return event
 
 
-def restore_completed(key: str, body: bytes, version: dict[str, Any]) -> ObjectEvent:
-    """s3-restore-completed.json (the documented shape) for this object."""
+def restore_completed(
+    key: str, body: bytes, version: dict[str, Any], at: datetime | None = None
+) -> ObjectEvent:
+    """s3-restore-completed.json (the documented shape) for this object (at `at`)."""
     document = load_event("s3-restore-completed.json")
     document["Records"][0]["s3"]["object"].update(
         key=key, size=len(body), eTag=version["eTag"], versionId=version["versionId"]
     )
+    if at is not None:
+        document["Records"][0]["eventTime"] = at.isoformat().replace("+00:00", "Z")
     (event,) = parse_message(json.dumps(document)).events
     return event
 
@@ -269,6 +275,45 @@ def test_restore_completed_of_the_current_version_takes_over_latest(versioned, s
     latest = Ledger(versioned.dynamodb, TABLE).latest(BUCKET, "cold/only.txt")
     assert result.outcome is Outcome.STORED and latest == result.record
     assert latest.sha256 and not latest.unreadable
+
+
+def test_restore_completed_of_a_version_never_recorded_takes_its_own_place_not_the_restores(
+    versioned, service, volume
+):
+    """Found by the model test: the version's ObjectCreated event was lost, it was archived,
+    a newer version came, and then it was restored. Its place is its LastModified, as
+    reconcile would list it, not the restore's time (which would make it current)."""
+    body = b"archived before anyone saw it"
+    version = put(versioned, "cold/unseen.txt", body, StorageClass="GLACIER")
+    put_at = versioned.s3.head_object(
+        Bucket=BUCKET, Key="cold/unseen.txt", VersionId=version["versionId"]
+    )["LastModified"]
+    versioned.s3.restore_object(
+        Bucket=BUCKET,
+        Key="cold/unseen.txt",
+        VersionId=version["versionId"],
+        RestoreRequest={"Days": 1},
+    )
+    newer = put(versioned, "cold/unseen.txt", b"the newer one")
+    later = (put_at + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+    newest = service.process(
+        created("cold/unseen.txt", b"the newer one", sequencer="0B", event_time=later, **newer)
+    )
+
+    restored = restore_completed("cold/unseen.txt", body, version, at=put_at + timedelta(hours=4))
+    result = service.process(restored)
+
+    assert result.outcome is Outcome.STORED
+    record = result.record
+    assert record.version_token == f"v:{version['versionId']}"
+    assert parse_time(record.event_time) == put_at
+    assert record.order_key == order.listed_key(put_at, 0)
+    ledger = Ledger(versioned.dynamodb, TABLE)
+    assert ledger.latest(BUCKET, "cold/unseen.txt") == newest.record  # still the newer one
+    for source in (LedgerSource(ledger), JournalSource(service.journal)):
+        history = source.history(BUCKET, "cold/unseen.txt")
+        assert history_current(history) == newest.record, source.name
+        assert history_current(history, parse_time(record.event_time)) == record, source.name
 
 
 def test_restore_completed_of_a_version_backed_up_before_it_was_archived_is_a_no_op(

@@ -10,8 +10,24 @@ at every step. Rules, over three keys (one a prefix of another):
 * put, and delete (a delete marker), whose event is delivered at once, later, or never;
 * a permanent delete (``DeleteObject`` with a VersionId) of the current version, an older
   one, or a delete marker; its event likewise;
+* S3 Lifecycle: the expiration of a current version (a delete marker,
+  ``LifecycleExpiration:DeleteMarkerCreated``), of a noncurrent version (deleted for good,
+  ``LifecycleExpiration:Delete``), and of an expired object delete marker (the only entry
+  left, ``LifecycleExpiration:Delete``); the transition of a version to GLACIER or
+  DEEP_ARCHIVE (same VersionId and bytes; GetObject answers ``InvalidObjectState``), and
+  the restore of an archived version (``ObjectRestore:Completed``), its event likewise;
 * delivering a held-back event (reordered), delivering one again (a duplicate, or a
   stale redrive from the DLQ long after), and reconcile.
+
+Where moto differs from S3 (docs/testing.md): moto has no lifecycle engine, so an
+expiration is made with the DeleteObject that has the same effect (S3 documents the effect:
+https://docs.aws.amazon.com/AmazonS3/latest/userguide/lifecycle-expire-general-considerations.html),
+and a transition sets the version's storage class in moto's own backend, in place, as S3's
+transition does (`archive`); moto's RestoreObject ignores VersionId, so a restore calls the
+version's own `restore` in moto's backend (`restore_from_archive`). S3 dates a lifecycle
+delete marker at 00:00 UTC of its day (LastModified), not when it was made; the model dates
+it when made (not modelled). The transition's ``s3:LifecycleTransition`` event is ignored
+by the agent and not sent.
 
 Events are hand-made as S3 sends them (moto sends no versionId or sequencer, and nothing
 for a delete marker). One clock, advanced a second and a bit per step, stamps S3's versions
@@ -22,11 +38,14 @@ What is checked after every step, for the keys the step touched:
 * S3's answer equals the model's (the model is checked too);
 * now, and at every earlier step's time: `--key` (the key's history) and, for now, `--all`
   (the ledger's LATEST), from DynamoDB and from the journal (`--offline`), restore exactly
-  the bytes S3 served then, or nothing when the key was absent — whenever the backup can
-  know it: the version S3 served was backed up (its event delivered while it existed, or a
-  reconcile ran while it existed), and no backed-up version had been deleted for good by
-  then without the backup's record saying so by then (the removal's event delivered; or
-  reconcile, which dates a removal it finds at its own run).
+  the bytes S3 held then, or nothing when the key was absent — whenever the backup can
+  know it: the version S3 served was backed up (its event delivered while it existed and
+  was readable, or a reconcile ran then), and no backed-up version had been deleted for
+  good by then without the backup's record saying so by then (the removal's event
+  delivered; or reconcile, which dates a removal it finds at its own run);
+* a version the backup met only while it was archived is that version, recorded as
+  archived with its storage class (`--key` picks it and has no bytes; `--all` leaves the key
+  out saying it is archived): never lost, never another version's bytes.
 
 `make test` runs a fixed, bounded set (derandomized: 15 examples of up to 25 steps, about
 30 s of CPU); `make soak` 400 examples of up to 40 steps.
@@ -76,6 +95,7 @@ from tests.support.service import make_service
 from tests.support.truth import T0, Bucket, S3Clock, chosen_from
 
 KEYS = ("a.txt", "a.txt/b", "c.txt")
+ACCOUNT = "123456789012"  # moto's default account
 BODIES = (b"one", b"two", b"one", b"three!", b"")
 FATES = st.sampled_from(["now", "now", "later", "lost"])  # what happens to the event
 
@@ -91,9 +111,17 @@ class Entry:
     removed: datetime | None = None  # deleted for good
     known: bool = False  # the backup has a record of it
     removal_dated: datetime | None = None  # when the backup's record says it was removed
+    etag: str | None = None
+    archived: str | None = None  # the archive storage class it was transitioned to
+    restored: bool = False  # an archived version restored in S3: readable again
+    known_archived: bool = False  # the backup has a record of it as archived (no bytes)
 
     def alive(self, at: datetime) -> bool:
         return self.created <= at and (self.removed is None or self.removed > at)
+
+    @property
+    def readable(self) -> bool:
+        return self.body is not None and (self.archived is None or self.restored)
 
 
 @dataclass(eq=False)
@@ -101,6 +129,10 @@ class Delivery:
     event: ObjectEvent
     entry: Entry
     removal: bool
+    restore: bool = False  # ObjectRestore:Completed
+
+
+ARCHIVED = "archived"  # what GetObject answers for an archived version: InvalidObjectState
 
 
 @dataclass
@@ -176,8 +208,13 @@ class VersionModel(RuleBasedStateMachine):
         self.touched.add(entry.key)
         if delivery.removal:
             entry.removal_dated = entry.removal_dated or entry.removed  # the event's time
-        elif entry.body is None or entry.alive(self.clock.now):
-            entry.known = True  # a version deleted for good meanwhile cannot be read
+        elif entry.body is None:
+            entry.known = True  # a marker: nothing to read
+        elif entry.alive(self.clock.now):  # a version deleted for good meanwhile cannot be read
+            if entry.readable:
+                entry.known = True
+            elif not delivery.restore:
+                entry.known_archived = True  # GetObject: InvalidObjectState
         if delivery not in self.delivered:
             self.delivered.append(delivery)
 
@@ -185,7 +222,7 @@ class VersionModel(RuleBasedStateMachine):
     def put(self, key: str, body: bytes, fate: str) -> None:
         now = self.tick()
         version, event = self.bucket.put(key, body)
-        entry = Entry(key, version, body, now)
+        entry = Entry(key, version, body, now, etag=event.etag)
         self.touched.add(key)
         self.s3_touched.add(key)
         self.entries.append(entry)
@@ -224,6 +261,106 @@ class VersionModel(RuleBasedStateMachine):
         self.s3_touched.add(entry.key)
         self.dispatch(Delivery(event, entry, removal=True), fate)
 
+    def expirable(self) -> list[tuple[str, Entry]]:
+        """What S3 Lifecycle can expire now: a current version (not a marker), a noncurrent
+        version, an expired object delete marker (a marker with no other entry left)."""
+        alive = [e for e in self.entries if e.removed is None]
+        tops = {e.key: e for e in alive}
+        options: list[tuple[str, Entry]] = []
+        for entry in alive:
+            if entry.body is None:
+                if all(e is entry for e in alive if e.key == entry.key):
+                    options.append(("expired marker", entry))
+            elif tops[entry.key] is entry:
+                options.append(("current", entry))
+            else:
+                options.append(("noncurrent", entry))
+        return options
+
+    @precondition(lambda self: self.expirable())
+    @rule(pick=st.integers(0, 11), fate=FATES)
+    def lifecycle_expiration(self, pick: int, fate: str) -> None:
+        """S3 Lifecycle's Expiration (a current version: a delete marker is added,
+        LifecycleExpiration:DeleteMarkerCreated), NoncurrentVersionExpiration and
+        ExpiredObjectDeleteMarker (deleted for good, LifecycleExpiration:Delete). moto has no
+        lifecycle engine: the DeleteObject with the same effect, and the event S3 sends."""
+        options = self.expirable()
+        kind, entry = options[pick % len(options)]
+        now = self.tick()
+        self.touched.add(entry.key)
+        self.s3_touched.add(entry.key)
+        if kind == "current":
+            marker = str(self.s3.delete_object(Bucket=self.name, Key=entry.key)["VersionId"])
+            event = self.bucket.event(
+                entry.key, "LifecycleExpiration:DeleteMarkerCreated", versionId=marker
+            )
+            created = Entry(entry.key, marker, None, now)
+            self.entries.append(created)
+            self.dispatch(Delivery(event, created, removal=False), fate)
+            return
+        self.s3.delete_object(Bucket=self.name, Key=entry.key, VersionId=entry.version_id)
+        event = self.bucket.event(
+            entry.key, "LifecycleExpiration:Delete", versionId=entry.version_id
+        )
+        entry.removed = now
+        self.dispatch(Delivery(event, entry, removal=True), fate)
+
+    def moto_version(self, entry: Entry) -> Any:
+        """The version in moto's own backend (the in-process one of `mock_aws`)."""
+        bucket = moto.s3.models.s3_backends[ACCOUNT]["aws"].buckets[self.name]
+        versions = bucket.keys.getlist(entry.key)
+        return next(v for v in versions if str(v.version_id) == entry.version_id)
+
+    @precondition(
+        lambda self: any(
+            e.removed is None and e.body is not None and not e.archived for e in self.entries
+        )
+    )
+    @rule(pick=st.integers(0, 11), storage_class=st.sampled_from(["GLACIER", "DEEP_ARCHIVE"]))
+    def archive(self, pick: int, storage_class: str) -> None:
+        """S3 Lifecycle transitions a version to an archive class, in place: the same VersionId
+        and bytes, and GetObject answers InvalidObjectState until it is restored. moto has no
+        lifecycle engine: its backend's version gets the storage class (as a PutObject with
+        StorageClass would). S3 sends s3:LifecycleTransition, which the agent ignores."""
+        candidates = [
+            e for e in self.entries if e.removed is None and e.body is not None and not e.archived
+        ]
+        entry = candidates[pick % len(candidates)]
+        self.tick()
+        self.moto_version(entry).set_storage_class(storage_class)
+        entry.archived = storage_class
+        self.touched.add(entry.key)
+        self.s3_touched.add(entry.key)
+        self.changed = True
+
+    @precondition(
+        lambda self: any(e.removed is None and e.archived and not e.restored for e in self.entries)
+    )
+    @rule(pick=st.integers(0, 11), fate=FATES)
+    def restore_from_archive(self, pick: int, fate: str) -> None:
+        """RestoreObject with the version's VersionId has completed: a readable copy for some
+        days (the model never reaches its end), and S3 sends ObjectRestore:Completed. moto's
+        RestoreObject acts on the current version whatever the VersionId: the version's own
+        `restore` in moto's backend does what S3 does."""
+        candidates = [
+            e for e in self.entries if e.removed is None and e.archived and not e.restored
+        ]
+        entry = candidates[pick % len(candidates)]
+        self.tick()
+        self.moto_version(entry).restore(1)
+        entry.restored = True
+        self.touched.add(entry.key)
+        self.s3_touched.add(entry.key)
+        assert entry.body is not None
+        event = self.bucket.event(
+            entry.key,
+            "ObjectRestore:Completed",
+            versionId=entry.version_id,
+            size=len(entry.body),
+            eTag=entry.etag,
+        )
+        self.dispatch(Delivery(event, entry, removal=False, restore=True), fate)
+
     @precondition(lambda self: self.held_back)
     @rule(pick=st.integers(0, 7))
     def deliver_held_back(self, pick: int) -> None:
@@ -255,8 +392,10 @@ class VersionModel(RuleBasedStateMachine):
         ).run_once()
         self.touched.update(KEYS)
         for entry in self.entries:
-            if entry.alive(now):
+            if entry.alive(now) and (entry.body is None or entry.readable):
                 entry.known = True
+            elif entry.alive(now):
+                entry.known_archived = True
             elif entry.known and entry.removed is not None and entry.removal_dated is None:
                 entry.removal_dated = now  # found missing in the listing: dated now
 
@@ -267,19 +406,41 @@ class VersionModel(RuleBasedStateMachine):
         return alive[-1] if alive else None
 
     def served(self, key: str, at: datetime) -> bytes | None:
+        """The bytes S3 held as the key's content at `at` (None: absent)."""
         entry = self.top(key, at)
         return None if entry is None else entry.body
 
-    def knowable(self, key: str, at: datetime) -> bool:
-        """Can the backup know what S3 served at `at`? The version S3 served (if any) was
-        backed up, and no backed-up version of the key had been deleted for good by then
-        without the backup's record saying so by then (its event lost or still held back:
-        reconcile dates such a removal when it finds it)."""
+    def answers(self, key: str) -> bytes | str | None:
+        """What GetObject without VersionId answers now: bytes, 404 (None), or ARCHIVED."""
+        entry = self.top(key, self.clock.now)
+        if entry is not None and entry.body is not None and not entry.readable:
+            return ARCHIVED
+        return None if entry is None else entry.body
+
+    def s3_answers(self, key: str) -> bytes | str | None:
+        try:
+            return self.bucket.served(key)
+        except self.s3.exceptions.InvalidObjectState:
+            return ARCHIVED
+
+    def archived_top(self, key: str, at: datetime) -> Entry | None:
+        """The version S3 held at `at`, when the backup met it only while it was archived."""
         top = self.top(key, at)
-        if top is not None and not top.known:
+        if top is not None and not top.known and top.known_archived:
+            return top
+        return None
+
+    def knowable(self, key: str, at: datetime, *, archived: bool = False) -> bool:
+        """Can the backup know what S3 served at `at`? The version S3 served (if any) was
+        backed up (or, with `archived`, recorded as archived), and no backed-up version of
+        the key had been deleted for good by then without the backup's record saying so by
+        then (its event lost or still held back: reconcile dates such a removal when it
+        finds it)."""
+        top = self.top(key, at)
+        if top is not None and not top.known and not (archived and top.known_archived):
             return False
         return not any(
-            e.known
+            (e.known or e.known_archived)
             and e.removed is not None
             and e.removed <= at
             and (e.removal_dated is None or e.removal_dated > at)
@@ -310,12 +471,22 @@ class VersionModel(RuleBasedStateMachine):
         for source in sources:
             everything = plan(source, self.name, RestoreScope.everything(), Selector())
             by_prefix = {item.key: item.record for item in everything.items}
+            left_out = {choice.key: choice.reason for choice in everything.skipped}
             for key in sorted(self.touched):
                 where = f"{key} from {source.name}"
                 expected = self.served(key, now)
                 if source is sources[0] and key in self.s3_touched:
-                    assert self.bucket.served(key) == expected, f"the model of S3 ({key})"
+                    assert self.s3_answers(key) == self.answers(key), f"the model of S3 ({key})"
                 history = source.history(self.name, key)
+                if (cold := self.archived_top(key, now)) and self.knowable(key, now, archived=True):
+                    self.check_archived(cold, chosen_from(key, history), where)
+                    assert key not in by_prefix, f"--all {where}: archived, left out"
+                    assert "archived in S3" in left_out.get(key, ""), f"--all {where}: says why"
+                for at in self.steps:
+                    cold = self.archived_top(key, at)
+                    if cold and self.knowable(key, at, archived=True):
+                        got = chosen_from(key, history, at=at)
+                        self.check_archived(cold, got, f"--at {at.isoformat()} {where}")
                 if self.knowable(key, now):
                     assert self.content(chosen_from(key, history)) == expected, f"--key {where}"
                     got = self.content(by_prefix.get(key))
@@ -326,6 +497,13 @@ class VersionModel(RuleBasedStateMachine):
                         assert got == self.served(key, at), f"--at {at.isoformat()} {where}"
         self.touched.clear()
         self.s3_touched.clear()
+
+    @staticmethod
+    def check_archived(entry: Entry, record: VersionRecord | None, where: str) -> None:
+        """The version S3 held, recorded as archived with its storage class: not another."""
+        assert record is not None, f"{where}: the archived version is lost"
+        assert (record.version_id, record.sha256) == (entry.version_id, None), where
+        assert (record.unreadable, record.storage_class) == ("archived", entry.archived), where
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from agent import history
 from agent.errors import PermanentError, RetryableError
 from agent.events import EventKind, ObjectEvent
 from agent.records import VersionRecord
@@ -223,6 +224,79 @@ def test_a_put_recorded_after_its_own_removal_does_not_become_latest(ledger):
 def test_a_permanent_delete_of_an_unknown_key_becomes_latest(ledger):
     gone = tombstone(event(sequencer="30", version_id="v9", kind=EventKind.REMOVED))
     ledger.record(gone)
+    assert ledger.latest(BUCKET, "reports/q1.txt") == gone
+
+
+# -- the null version of a versioning-suspended bucket ------------------------------------------
+# "Deleting objects from versioning-suspended buckets": a DELETE without versionId inserts a
+# delete marker whose version ID is null, replacing the null version; a PUT replaces the
+# null version too; DELETE ?versionId=null removes the null entry for good, and S3 serves
+# the newest version left (https://docs.aws.amazon.com/AmazonS3/latest/userguide/
+# DeletingObjectsfromVersioningSuspendedBuckets.html, AddingObjectstoVersionSuspendedBuckets.html).
+# moto cannot show it: on a suspended bucket its PutObject drops every version of the key and
+# its DeleteObject leaves no marker (docs/testing.md).
+
+
+def null_delete(sequencer: str, *, marker: bool = False) -> VersionRecord:
+    return tombstone(
+        event(sequencer=sequencer, version_id="null", kind=EventKind.REMOVED, delete_marker=marker)
+    )
+
+
+def served_now(ledger: Ledger) -> VersionRecord | None:
+    return history.served(ledger.versions(BUCKET, "reports/q1.txt"))
+
+
+def test_deleting_the_null_marker_for_good_brings_back_the_version_under_it(ledger):
+    """Versioning on: v1. Suspended: a PUT (null "two"), a DELETE (a null marker, which
+    replaces "two"). DELETE ?versionId=null removes the marker: S3 serves v1 again, not
+    "two" (replaced) and not nothing."""
+    v1 = stored(event(sequencer="10", version_id="v1"), sha="1" * 64)
+    ledger.record(v1)
+    ledger.record(stored(event(sequencer="20", version_id="null"), sha="2" * 64))
+    ledger.record(null_delete("30", marker=True))
+    assert served_now(ledger) is None
+
+    ledger.record(null_delete("40"))
+
+    assert served_now(ledger) == v1
+    assert ledger.latest(BUCKET, "reports/q1.txt") == v1
+
+
+def test_deleting_the_null_version_for_good_serves_the_newest_version_left(ledger):
+    """Two PUTs while suspended: the second null version replaces the first, so removing
+    the null version leaves v1 (the first null version does not come back)."""
+    v1 = stored(event(sequencer="10", version_id="v1"), sha="1" * 64)
+    ledger.record(v1)
+    ledger.record(stored(event(sequencer="20", version_id="null"), sha="2" * 64))
+    ledger.record(stored(event(sequencer="30", version_id="null"), sha="3" * 64))
+
+    ledger.record(null_delete("40"))
+
+    assert served_now(ledger) == v1
+    assert ledger.latest(BUCKET, "reports/q1.txt") == v1
+
+
+def test_a_null_version_put_after_the_null_delete_is_served(ledger):
+    ledger.record(stored(event(sequencer="10", version_id="v1"), sha="1" * 64))
+    ledger.record(stored(event(sequencer="20", version_id="null"), sha="2" * 64))
+    ledger.record(null_delete("30"))
+    again = stored(event(sequencer="40", version_id="null"), sha="4" * 64)
+
+    ledger.record(again)
+
+    assert served_now(ledger) == again
+    assert ledger.latest(BUCKET, "reports/q1.txt") == again
+
+
+def test_deleting_the_only_null_version_leaves_the_key_deleted(ledger):
+    """An unversioned bucket (or a key with no other version): absent, as before."""
+    ledger.record(stored(event(sequencer="10", version_id="null")))
+    gone = null_delete("20")
+
+    ledger.record(gone)
+
+    assert served_now(ledger) is None
     assert ledger.latest(BUCKET, "reports/q1.txt") == gone
 
 
