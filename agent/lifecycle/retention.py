@@ -34,7 +34,7 @@ import structlog
 from agent import history
 from agent.config import RetentionConfig
 from agent.lifecycle.context import Clock, LifecycleContext, utc_now
-from agent.records import VersionRecord, parse_time
+from agent.records import Rejection, VersionRecord, parse_time
 from agent.stats import Stats
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
@@ -175,6 +175,7 @@ class RetentionReport:
     expired_stored_bytes: int = 0
     dry_run: bool = False
     would_expire: list[VersionRecord] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)  # ledger items skipped
 
 
 class Retention:
@@ -216,6 +217,7 @@ class Retention:
         for bucket in self.buckets:
             for latest in self.ledger.keys(bucket):
                 self.apply_key(latest, now, report)
+        report.rejected = self.ledger.rejections.all()
         log.info(
             "retention.finished",
             keys=report.keys,
