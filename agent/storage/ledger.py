@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
+import structlog
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from agent import history, order
@@ -47,6 +48,8 @@ VERSION_PREFIX = "V#"
 KEY_INDEX = "by-key"
 SETTLE_ATTEMPTS = 5
 RECENT_REMOVALS = 4096
+
+log = structlog.get_logger("agent.ledger")
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -146,20 +149,34 @@ class Ledger:
         self.settle(removal.bucket, removal.key)
 
     def _put_version(self, record: VersionRecord) -> bool:
+        """Write the version item unless it exists; one that exists but is malformed (a
+        `Rejection`) is replaced by this record, so a replay of the journal repairs it."""
         item = self._item(record, VERSION_PREFIX + record.version_token)
         try:
             self._db.put_item(
                 TableName=self.table,
                 Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
+                old: Any = exc.response.get("Item")
+                if old and isinstance(parse_item(old), Rejection):
+                    return self._repair(item, old)
                 return False
             raise classify(exc, "DynamoDB PutItem") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise classify(exc, "DynamoDB PutItem") from exc
         return True
+
+    def _repair(self, item: dict[str, Any], old: dict[str, Any]) -> bool:
+        repaired = self._conditional(
+            "PutItem", self._db.put_item, Item=item, **_unchanged(old, "version_token", "size")
+        )
+        if repaired:
+            log.warning("ledger.item_repaired", pk=item["pk"]["S"], sk=item["sk"]["S"])
+        return repaired
 
     def _advance_latest(self, record: VersionRecord) -> None:
         """LATEST := record if it is later in the order; a LATEST the condition cannot
@@ -396,17 +413,21 @@ class Ledger:
 
 def _unchanged(seen: dict[str, Any], *names: str) -> dict[str, Any]:
     """A condition that `seen`'s attributes `names` are still as read: equal to the value
-    read, or still absent (a malformed LATEST is replaced the same way)."""
+    read, or still absent (a malformed LATEST is replaced the same way). Names go through
+    ExpressionAttributeNames (``size`` is a reserved word)."""
     terms: list[str] = []
     values: dict[str, Any] = {}
     for index, name in enumerate(names):
         value = seen.get(name)
         if isinstance(value, dict) and value:
-            terms.append(f"{name} = :seen{index}")
+            terms.append(f"#a{index} = :seen{index}")
             values[f":seen{index}"] = value
         else:
-            terms.append(f"attribute_not_exists({name})")
-    condition: dict[str, Any] = {"ConditionExpression": " AND ".join(terms)}
+            terms.append(f"attribute_not_exists(#a{index})")
+    condition: dict[str, Any] = {
+        "ConditionExpression": " AND ".join(terms),
+        "ExpressionAttributeNames": {f"#a{index}": name for index, name in enumerate(names)},
+    }
     if values:
         condition["ExpressionAttributeValues"] = values
     return condition

@@ -464,3 +464,20 @@ def test_dynamodb_numbers_read_as_whole_numbers():
     assert record.size == 12 and isinstance(record.size, int)
     with pytest.raises(ValueError, match="size is not a whole number"):
         VersionRecord.from_dict({**RECORD, "size": Decimal("1.5")})
+
+
+def test_reindex_repairs_a_malformed_version_item_from_the_journal(
+    backups, aws, config_path, capsys
+):
+    ledger = Ledger(aws.dynamodb, TABLE)
+    good = ledger.latest(BUCKET, "good.txt")
+    item = ledger._item(good, "V#" + good.version_token)
+    aws.dynamodb.put_item(TableName=TABLE, Item=item | {"size": {"S": "not a size"}})
+    assert _restore(config_path, "list", "--versions")[0] == ExitCode.FAILURE
+
+    code, out, _ = _agent(config_path, capsys, "reindex")
+
+    assert code == ExitCode.OK, out
+    assert "1 added" in out  # the malformed item was replaced by the journal's record
+    assert Ledger(aws.dynamodb, TABLE).versions(BUCKET, "good.txt") == [good]
+    assert _restore(config_path, "list", "--versions")[0] == ExitCode.OK
