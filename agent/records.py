@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from agent import order
-from agent.events import ObjectEvent
+from agent.events import MAX_KEY_BYTES, ObjectEvent
 from agent.events import parse_time as parse_time  # re-exported: records are read with it
 
 _MARKER_EVENTS = ("DeleteMarkerCreated", "ReconcileDeleteMarker")
@@ -97,26 +99,13 @@ class VersionRecord:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VersionRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        for number in ("size", "stored_size"):
-            if values.get(number) is not None:
-                values[number] = int(values[number])
-        values["deleted"] = bool(values.get("deleted", False))
-        if "delete_marker" not in values:  # written before records said: the event's name
-            name = str(values.get("event_name", ""))
-            values["delete_marker"] = values["deleted"] and name.endswith(_MARKER_EVENTS)
-        values["delete_marker"] = bool(values["delete_marker"])
-        if "event_time" in values:  # records of older releases: the order key of today
-            values["order_key"] = order.migrated(
-                values.get("order_key"), parse_time(values["event_time"]), values.get("sequencer")
-            )
-        values.update(checked_attributes(values, "record"))  # untrusted: volume, DynamoDB
-        category = values.get("category")
-        if category is not None and (not isinstance(category, str) or len(category) > 64):
-            values["category"] = None
-        return cls(**values)
+    def from_dict(cls, data: Mapping[str, Any]) -> VersionRecord:
+        """The record `data` holds; ValueError naming the problem when it holds none
+        (`validated` is the same without the exception)."""
+        record = validated(data)
+        if isinstance(record, str):
+            raise ValueError(record)
+        return record
 
     @property
     def removes_one_version(self) -> bool:
@@ -129,6 +118,165 @@ class VersionRecord:
             and self.version_id is not None
             and self.version_id != "null"
         )
+
+
+# -- records read back: untrusted ---------------------------------------------------------
+# The journal lives on a volume that may have been tampered with (or cut by a crash), and
+# DynamoDB items may have been written by hand or by another tool. Every record read back
+# passes `validated` into the one typed shape, or is rejected with a reason: the reader
+# skips it, counts it and names it (`Rejection`), and the rest carries on.
+
+MAX_SIZE = 1 << 46  # 64 TiB: above S3's largest object (50 TB) and its compressed copy
+MAX_TEXT = 4096  # an event name, version id, eTag, token …: far below, a bound all the same
+_REQUIRED = ("bucket", "key", "version_token", "event_name", "event_time", "backup_time")
+_TEXTS = (
+    "volume_id",
+    "order_key",
+    "version_id",
+    "sequencer",
+    "etag",
+    "unreadable",
+    "storage_class",
+)
+_BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")  # S3's names, and older regions' looser ones
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def validated(data: Any) -> VersionRecord | str:
+    """The record `data` (a journal line's or a DynamoDB item's fields) holds, checked
+    field by field, or the reason it is none: a missing field, a wrong type, a NUL or an
+    over-long key, a size out of range, a digest that is not one, an unparsable time.
+    Fields of older releases are read as they meant (`order_key`, `delete_marker`); unknown
+    fields are ignored; object attributes that do not pass are dropped, not the record."""
+    if not isinstance(data, Mapping):
+        return f"not an object: {type(data).__name__}"
+    try:
+        return _validated(data)
+    except _Bad as bad:
+        return str(bad)
+
+
+class _Bad(Exception):
+    pass
+
+
+def _validated(data: Mapping[str, Any]) -> VersionRecord:
+    names = {f.name for f in dataclasses.fields(VersionRecord)}
+    values: dict[str, Any] = {k: v for k, v in data.items() if k in names}
+    for name in _REQUIRED:
+        if values.get(name) is None:
+            raise _Bad(f"{name} is missing")
+    for name in (*_REQUIRED, *_TEXTS):
+        _check_text(name, values.get(name))
+    if not _BUCKET.fullmatch(values["bucket"]):
+        raise _Bad("bucket is not a bucket name")
+    key = values["key"]
+    if not key or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise _Bad(f"key is empty or longer than {MAX_KEY_BYTES} bytes")
+    values.setdefault("volume_id", "")
+    for name in ("size", "stored_size"):
+        values[name] = _size(name, values.get(name))
+    for name in ("deleted", "delete_marker"):
+        if not isinstance(values.get(name, False), bool):
+            raise _Bad(f"{name} is not true or false")
+    sha = values.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        raise _Bad("sha256 is not a SHA-256 hex digest")
+    times = {}
+    for name in ("event_time", "backup_time"):
+        try:
+            times[name] = parse_time(values[name])
+        except (ValueError, OverflowError):
+            raise _Bad(f"{name} is not an ISO-8601 time") from None
+    values["deleted"] = values.get("deleted", False)
+    if "delete_marker" not in values:  # written before records said: the event's name
+        values["delete_marker"] = values["deleted"] and values["event_name"].endswith(
+            _MARKER_EVENTS
+        )
+    # records of older releases: the order key of today
+    values["order_key"] = order.migrated(
+        values.get("order_key"), times["event_time"], values.get("sequencer")
+    )
+    values.update(checked_attributes(values, "record"))
+    category = values.get("category")  # a name, not worth refusing the record for
+    if category is not None and (not isinstance(category, str) or len(category) > 64):
+        values["category"] = None
+    return VersionRecord(**values)
+
+
+def _check_text(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str):
+        raise _Bad(f"{name} is not a string: {type(value).__name__}")
+    if "\x00" in value:
+        raise _Bad(f"{name} holds a NUL")
+    if name != "key" and len(value) > MAX_TEXT:
+        raise _Bad(f"{name} is longer than {MAX_TEXT} characters")
+
+
+def _size(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        value = int(value)  # DynamoDB's numbers
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"{name} is not a whole number")
+    if not 0 <= value <= MAX_SIZE:
+        raise _Bad(f"{name} {value} is out of range (0 to {MAX_SIZE})")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record read back and not used: where it is, and why."""
+
+    source: str  # "journal" or "dynamodb"
+    where: str  # "2026-11-23.jsonl:17" (segment and line), or "<pk> <sk>" of an item
+    reason: str
+    sha256: str | None = None  # a well-formed digest it named: gc keeps that copy all the same
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.where}: {self.reason}"
+
+
+def digest_named(data: Any) -> str | None:
+    """The well-formed sha256 a rejected record names, if any (gc must not free it)."""
+    sha = data.get("sha256") if isinstance(data, Mapping) else None
+    return sha if isinstance(sha, str) and _SHA256.fullmatch(sha) else None
+
+
+class Rejections:
+    """Every record a reader skipped, each once (thread-safe). The first sighting is logged
+    at error (``record.rejected``) and handed to `on_reject` (the daemon counts it)."""
+
+    def __init__(self, on_reject: Callable[[Rejection], None] | None = None) -> None:
+        self._seen: dict[tuple[str, str], Rejection] = {}
+        self._lock = threading.Lock()
+        self.on_reject = on_reject
+
+    def add(self, rejection: Rejection) -> None:
+        with self._lock:
+            identity = (rejection.source, rejection.where)
+            if identity in self._seen:
+                return
+            self._seen[identity] = rejection
+        log.error(
+            "record.rejected",
+            source=rejection.source,
+            where=rejection.where,
+            reason=rejection.reason,
+        )
+        if self.on_reject is not None:
+            self.on_reject(rejection)
+
+    def all(self) -> list[Rejection]:
+        with self._lock:
+            return list(self._seen.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
 
 
 def _removes_one_version(event: ObjectEvent) -> bool:

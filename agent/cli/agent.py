@@ -47,6 +47,7 @@ from agent.operations import status as agent_status
 from agent.operations.dashboard import Dashboard, planned_body
 from agent.operations.iam import policy_document, trust_document
 from agent.operations.online_check import check_online, region_problem
+from agent.records import Rejection
 from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
 from agent.storage.grow import REQUEST_NAME, grow_filesystem, trusted_config
@@ -412,7 +413,7 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
     )
     for record in report.would_expire:
         print(f"  {printable_key(f's3://{record.bucket}/{record.key} {record.version_token}')}")
-    return ExitCode.OK
+    return _rejected(report.rejected, ExitCode.OK)
 
 
 def cmd_gc(args: argparse.Namespace, config: Config) -> int:
@@ -435,7 +436,7 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
         print(f"gc: would remove {len(report.would_remove)} copies, {report.bytes_freed} bytes")
     else:
         print(f"gc: removed {report.removed} copies, freed {report.bytes_freed} bytes")
-    return ExitCode.OK
+    return _rejected(report.rejected, ExitCode.OK)
 
 
 def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
@@ -447,7 +448,7 @@ def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
         f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
         f" {report.healed} healed, {report.unrecoverable} unrecoverable"
     )
-    return ExitCode.FAILURE if report.unrecoverable else ExitCode.OK
+    return _rejected(report.rejected, ExitCode.FAILURE if report.unrecoverable else ExitCode.OK)
 
 
 def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
@@ -520,8 +521,9 @@ def _alert_rejected_config(path: Path, problems: list[str]) -> None:
 def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
     volume = Volume(Path(args.root) if args.root else config.storage.root)
     volume.read_marker()
+    journal = Journal(volume.journal_dir)
     report = reindex(
-        Journal(volume.journal_dir).read_all(),
+        journal.read_all(),
         build_clients(config).dynamodb,
         config.state.table,
         workers=args.workers,
@@ -536,7 +538,7 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
         f"{config.state.table}{created}: {report.records} journal records,"
         f" {report.added} added, {report.known} already known"
     )
-    return ExitCode.OK
+    return _rejected(journal.rejections.all() + report.rejected, ExitCode.OK)
 
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
@@ -547,6 +549,17 @@ def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     else:
         describe_run(run)
     return ExitCode.OK if run.ok else ExitCode.FAILURE
+
+
+def _rejected(rejected: list[Rejection], code: int) -> int:
+    """Name the records a job read and skipped (bad journal lines, malformed items); with
+    any, it fails (1) though it did its work with the rest."""
+    if not rejected:
+        return code
+    print(f"bad records (skipped): {len(rejected)}")
+    for bad in rejected:
+        print(f"  {printable_key(str(bad))}")
+    return code if code != ExitCode.OK else ExitCode.FAILURE
 
 
 def _print_problems(path: Path, problems: list[str]) -> None:

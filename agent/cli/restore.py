@@ -4,9 +4,10 @@ Kept whole: one command line, its parser and a handler per subcommand, sharing `
 and the report helpers.
 
 Exit codes (agent/cli/common.py): 0 all good, 1 some items failed (the rest were still
-restored), 2 usage or configuration error, 3 backup volume not ready. Records come from
-DynamoDB, or with --offline from the volume's own journal (--root MOUNT reads another
-copy of the volume, e.g. a mounted snapshot).
+restored) or some records could not be read (skipped and named), 2 usage or configuration
+error, 3 backup volume not ready. Records come from DynamoDB, or with --offline from the
+volume's own journal (--root MOUNT reads another copy of the volume, e.g. a mounted
+snapshot).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
 from agent.config import Config, load_config, resolve_config_path
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
-from agent.records import OBJECT_ATTRIBUTES, VersionRecord, parse_time
+from agent.records import OBJECT_ATTRIBUTES, Rejection, VersionRecord, parse_time
 from agent.restore.find import Filter, FilterError, Row, Scan, narrowed, rows
 from agent.restore.plan import Plan, RestoreScope, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
@@ -113,6 +114,10 @@ class Runtime:
                 self._source = LedgerSource(Ledger(self.clients.dynamodb, self.config.state.table))
         return self._source
 
+    def rejected(self) -> list[Rejection]:
+        """The records the source read and skipped so far (none when it was not opened)."""
+        return self._source.rejections.all() if self._source is not None else []
+
     def buckets(self) -> list[str]:
         bucket = self.args.source_bucket
         if bucket is None:
@@ -168,7 +173,7 @@ def _main(argv: Sequence[str] | None, out: IO[str] | None, err: IO[str] | None) 
     runtime = Runtime(args, config, out, err)
     try:
         result: int = args.handler(runtime)
-        return result
+        return _report_rejected(runtime, result)
     except UsageError as exc:
         print(f"backup-restore: {printable_key(exc)}", file=err)
         return ExitCode.USAGE
@@ -903,6 +908,22 @@ def cmd_verify(rt: Runtime) -> int:
 
 
 # -- formatting ----------------------------------------------------------------------
+
+
+def _report_rejected(rt: Runtime, code: int) -> int:
+    """Name the records the source skipped (bad journal lines, malformed items); with any,
+    the command fails (1) though it did its work with the rest."""
+    rejected = rt.rejected()
+    if not rejected:
+        return code
+    if rt.args.json:
+        for bad in rejected:
+            rt.emit(
+                {"type": "rejected", "source": bad.source, "where": bad.where, "reason": bad.reason}
+            )
+    else:
+        _section(rt.out, f"bad records (skipped): {len(rejected)}", [str(r) for r in rejected])
+    return code if code != ExitCode.OK else ExitCode.FAILURE
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from pathlib import Path
 import structlog
 
 from agent.lifecycle.context import Clock, LifecycleContext, utc_now
+from agent.records import Rejection
 from agent.stats import Stats
 from agent.storage.journal import Journal, JournalPosition
 from agent.storage.volume import Volume, fsync_directory
@@ -64,6 +65,7 @@ class GcReport:
     kept_in_use: int = 0
     dry_run: bool = False
     would_remove: list[tuple[str, int]] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)  # journal lines skipped
 
 
 class GarbageCollector:
@@ -99,6 +101,9 @@ class GarbageCollector:
         report = GcReport(dry_run=dry_run)
         position = self.journal.position()
         referenced = {r.sha256 for r in self.journal.read_all() if r.sha256}
+        report.rejected = self.journal.rejections.all()
+        # A line rejected as a record may still name its copy: kept, for a person to judge.
+        referenced |= {r.sha256 for r in report.rejected if r.sha256}
         cutoff = (self.clock() - self.grace_period).timestamp()
         if not dry_run:
             self._recover_trash(referenced, position, cutoff, report)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import botocore.exceptions
 import structlog
 
 from agent.aws import error_code
-from agent.records import VersionRecord
+from agent.records import Rejection, VersionRecord
 from agent.storage.ledger import Ledger, table_definition
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class ReindexReport:
     table_created: bool = False
     records: int = 0
     added: int = 0  # versions the table did not know
+    rejected: list[Rejection] = field(default_factory=list)  # items read back and skipped
 
     @property
     def known(self) -> int:
@@ -77,5 +78,6 @@ def reindex(
             pending.add(pool.submit(write, record))
         for future in pending:
             future.result()
+    report.rejected = ledger.rejections.all()
     log.info("reindex.finished", table=table, records=report.records, added=report.added)
     return report

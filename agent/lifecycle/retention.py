@@ -34,7 +34,7 @@ import structlog
 from agent import history
 from agent.config import RetentionConfig
 from agent.lifecycle.context import Clock, LifecycleContext, utc_now
-from agent.records import VersionRecord, parse_time
+from agent.records import Rejection, VersionRecord, parse_time
 from agent.stats import Stats
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
@@ -176,6 +176,7 @@ class RetentionReport:
     dry_run: bool = False
     would_expire: list[VersionRecord] = field(default_factory=list)
     expired_records: list[VersionRecord] = field(default_factory=list)  # done (not dry_run)
+    rejected: list[Rejection] = field(default_factory=list)  # ledger items skipped
 
 
 class Retention:
@@ -217,6 +218,7 @@ class Retention:
         for bucket in self.buckets:
             for latest in self.ledger.keys(bucket):
                 self.apply_key(latest, now, report)
+        report.rejected = self.ledger.rejections.all()
         log.info(
             "retention.finished",
             keys=report.keys,

@@ -2,8 +2,10 @@
 
 Both sources answer the same two questions — the newest record of every key under a
 prefix, and the full history of one key — so the restore, list and verify code never
-knows which one it is using. `select` then picks the version a restore wants: the
-latest, a named version, or what the bucket held at a point in time.
+knows which one it is using. Records either source could not use (a bad journal line, a
+malformed item) are skipped and kept in its `rejections`, for the command's summary.
+`select` then picks the version a restore wants: the latest, a named version, or what the
+bucket held at a point in time.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import datetime
 from typing import Protocol
 
 from agent import history
-from agent.records import VersionRecord, parse_time
+from agent.records import Rejections, VersionRecord, parse_time
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 
@@ -24,6 +26,7 @@ class RestoreSource(Protocol):
     """What a restore reads records from."""
 
     name: str
+    rejections: Rejections  # records read and skipped: not used, named in the summary
 
     def latest(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[VersionRecord]:
         """Every key under `prefix` (and after `after`, a page's last key), in key order,
@@ -43,6 +46,7 @@ class LedgerSource:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
+        self.rejections = ledger.rejections
 
     def latest(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[VersionRecord]:
         return self.ledger.keys(bucket, prefix, after)
@@ -57,6 +61,7 @@ class JournalSource:
     name = "journal"
 
     def __init__(self, journal: Journal) -> None:
+        self.rejections = journal.rejections
         self._histories: dict[tuple[str, str], dict[str, VersionRecord]] = {}
         for record in journal.read_all():
             versions = self._histories.setdefault((record.bucket, record.key), {})

@@ -23,6 +23,7 @@ from agent.lifecycle.retention import Retention
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import ConsumerSettings
 from agent.pipeline.pause import VolumeCheck
+from agent.records import Rejections
 from agent.snapshots.manager import SnapshotManager
 from agent.stats import Stats
 from agent.storage.barrier import WriteBarrier
@@ -54,12 +55,14 @@ def compression_settings(config: Config) -> CompressionSettings:
 def backup_service(
     config: Config, clients: Clients, volume: Volume, volume_id: str, stats: Stats | None = None
 ) -> BackupService:
-    """The write path as configured: the daemon's and the lifecycle jobs' one recipe."""
+    """The write path as configured: the daemon's and the lifecycle jobs' one recipe.
+    Records its journal and ledger reject are counted in `stats` (``records.rejected``)."""
+    rejections = Rejections(on_reject=lambda _: stats.count("records.rejected") if stats else None)
     return BackupService(
         s3=clients.s3,
         volume=volume,
-        journal=Journal(volume.journal_dir),
-        ledger=Ledger(clients.dynamodb, config.state.table),
+        journal=Journal(volume.journal_dir, rejections=rejections),
+        ledger=Ledger(clients.dynamodb, config.state.table, rejections=rejections),
         volume_id=volume_id,
         buckets=frozenset(config.buckets),
         compression=compression_settings(config),

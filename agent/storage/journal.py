@@ -10,6 +10,16 @@ Besides version records the journal holds *notes*: lines with a ``kind`` field
 `read_all` never yields a note, forgets a version whose last mention is an ``expired``
 note, so a replay does not bring expired versions back, and yields a version with the
 ``order_key`` of an ``order`` note written after it.
+
+The journal is read as untrusted input (the volume may have been tampered with): each line
+goes through `parse_line` into a record, a note or a `Rejection` naming its segment and
+line. A rejected line is skipped, counted in `Journal.rejections` and logged at error;
+the other lines are read as usual. A line longer than `MAX_LINE_BYTES` is rejected
+unread; a segment that is not a regular file (a symlink, a FIFO) is not opened.
+
+A line torn by a crash or a full disk is followed, at the next append, by a ``torn`` note:
+such a line is a write that never completed (its record was retried), skipped without
+being counted.
 """
 
 from __future__ import annotations
@@ -17,15 +27,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.records import VersionRecord
+from agent.records import Rejection, Rejections, VersionRecord, digest_named, validated
 from agent.storage.volume import fsync_directory
+
+MAX_LINE_BYTES = 1 << 20  # a record is a few KiB at most (2 KiB metadata, a 1 KiB key)
+TORN = "torn"  # the note appended after a line a crash or a full disk cut short
+_IDENTITY = ("bucket", "key", "version_token")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +49,64 @@ class JournalPosition:
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A journal line that is not a version record: ``{"kind": …, …}``."""
+
+    kind: str
+    fields: dict[str, Any]
+
+
+Entry = VersionRecord | Note | Rejection
+
+
+def parse_line(raw: bytes, segment: str, line: int, *, notes_only: bool = False) -> Entry | None:
+    """One journal line (without its newline) as a record, a note, or why it is neither
+    (None for a record line when `notes_only`: it is not examined)."""
+    where = f"{segment}:{line}"
+    try:
+        data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
+    except (ValueError, RecursionError):
+        return Rejection("journal", where, "not JSON")
+    if not isinstance(data, dict):
+        return Rejection("journal", where, f"not an object: {type(data).__name__}")
+    if "kind" in data:
+        problem = _note_problem(data)
+        if problem is not None:
+            return Rejection("journal", where, problem, digest_named(data))
+        return Note(data["kind"], data)
+    if notes_only:
+        return None
+    record = validated(data)
+    if isinstance(record, str):
+        return Rejection("journal", where, record, digest_named(data))
+    return record
+
+
+def _note_problem(data: Mapping[str, Any]) -> str | None:
+    kind = data["kind"]
+    if not isinstance(kind, str):
+        return "kind is not a string"
+    if kind in ("expired", "order"):
+        for name in _IDENTITY:
+            if not isinstance(data.get(name), str):
+                return f"{kind} note: {name} is missing or not a string"
+    if kind == "order" and not isinstance(data.get("order_key"), str):
+        return "order note: order_key is missing or not a string"
+    return None
+
+
 class Journal:
-    def __init__(self, directory: Path, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        clock: Callable[[], datetime] | None = None,
+        rejections: Rejections | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()
+        self.rejections = rejections if rejections is not None else Rejections()
 
     def append(self, record: VersionRecord) -> JournalPosition:
         return self._append_line(record.to_dict())
@@ -67,7 +135,10 @@ class Journal:
             created = not segment.exists()
             fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
-                append_line(fd, data)
+                repair = after_torn_tail(fd)
+                if repair:  # the torn line is named as such: `read_all` does not count it
+                    repair += json.dumps({"kind": TORN}).encode() + b"\n"
+                _write_all(fd, repair + data)
                 os.fsync(fd)
                 offset = os.lseek(fd, 0, os.SEEK_END)
             finally:
@@ -87,64 +158,124 @@ class Journal:
         """Every live record, oldest segment first (two passes: expired versions are forgotten).
 
         A torn last line (crash mid-write) is skipped. A record appended again after its
-        ``expired`` note (backed up anew) is live again: the last mention wins.
+        ``expired`` note (backed up anew) is live again: the last mention wins. A line that
+        is neither a record nor a note is skipped and added to `rejections`.
         """
         expired_at: dict[tuple[str, str, str], int] = {}
         reordered: dict[tuple[str, str, str], tuple[int, str]] = {}
-        for index, data in enumerate(self._documents()):
-            if data.get("kind") == "expired":
-                expired_at[_identity(data)] = index
-            elif data.get("kind") == "order" and isinstance(data.get("order_key"), str):
-                reordered[_identity(data)] = (index, data["order_key"])
-        for index, data in enumerate(self._documents()):
-            if "kind" in data:
+        for index, entry in enumerate(self.entries(notes_only=True)):
+            if isinstance(entry, Note) and entry.kind == "expired":
+                expired_at[_identity(entry.fields)] = index
+            elif isinstance(entry, Note) and entry.kind == "order":
+                reordered[_identity(entry.fields)] = (index, entry.fields["order_key"])
+        for index, entry in enumerate(self.entries()):
+            if not isinstance(entry, VersionRecord):
                 continue
-            identity = _identity(data)
+            identity = (entry.bucket, entry.key, entry.version_token)
             if expired_at.get(identity, -1) > index:
                 continue
-            record = VersionRecord.from_dict(data)
             noted, order_key = reordered.get(identity, (-1, ""))
-            yield dataclasses.replace(record, order_key=order_key) if noted > index else record
+            yield dataclasses.replace(entry, order_key=order_key) if noted > index else entry
 
     def read_notes(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Every note (of `kind`, when given), oldest first."""
-        for data in self._documents():
-            if "kind" in data and (kind is None or data["kind"] == kind):
-                yield data
+        for entry in self.entries():
+            if isinstance(entry, Note) and entry.kind != TORN and kind in (None, entry.kind):
+                yield entry.fields
 
     def read_since(self, position: JournalPosition | None) -> Iterator[dict[str, Any]]:
-        """Every line (record or note, as a dict) appended after `position`."""
+        """Every line that is a JSON object (record or note, as read, unchecked) appended
+        after `position`: what gc searches for a digest, where a bad line counts too."""
         for segment in self._segments():
             if position is not None and segment.name < position.segment:
                 continue
             start = position.offset if position and segment.name == position.segment else 0
-            yield from _documents_of(segment, start)
+            for _number, raw in _lines_of(segment, start):
+                if raw is None:
+                    continue
+                try:
+                    data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(data, dict):
+                    yield data
 
-    def _documents(self) -> Iterator[dict[str, Any]]:
+    def entries(self, *, notes_only: bool = False) -> Iterator[Entry | None]:
+        """Every line as `parse_line` reads it, oldest first (None for a record line when
+        `notes_only`); rejections are also added to `rejections`, torn lines left out."""
         for segment in self._segments():
-            yield from _documents_of(segment, 0)
+            pending: Rejection | None = None  # not JSON: torn, if a torn note follows
+            for number, raw in _lines_of(segment, 0):
+                entry = (
+                    Rejection("journal", f"{segment.name}:{number}", "too long")
+                    if raw is None
+                    else parse_line(raw, segment.name, number, notes_only=notes_only)
+                )
+                if pending is not None and not (isinstance(entry, Note) and entry.kind == TORN):
+                    yield self._rejected(pending)
+                pending = None
+                if isinstance(entry, Rejection) and entry.reason == "not JSON":
+                    pending = entry
+                elif isinstance(entry, Rejection):
+                    yield self._rejected(entry)
+                else:
+                    yield entry
+            if pending is not None:
+                yield self._rejected(pending)
+
+    def _rejected(self, rejection: Rejection) -> Rejection:
+        self.rejections.add(rejection)
+        return rejection
 
     def _segments(self) -> list[Path]:
         if not self.directory.is_dir():
             return []
-        return sorted(self.directory.glob("*.jsonl"))
-
-
-def _documents_of(segment: Path, start: int) -> Iterator[dict[str, Any]]:
-    with segment.open("rb") as handle:
-        handle.seek(start)
-        for raw in handle:
-            if not raw.endswith(b"\n"):
-                break
+        segments = []
+        for path in sorted(self.directory.glob("*.jsonl")):
             try:
-                data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
-            except ValueError:
+                mode = path.lstat().st_mode
+            except FileNotFoundError:
                 continue
-            if isinstance(data, dict):
-                yield data
+            if stat.S_ISREG(mode):
+                segments.append(path)
+            else:
+                self.rejections.add(Rejection("journal", path.name, "not a regular file"))
+        return segments
 
 
-def _identity(data: dict[str, Any]) -> tuple[str, str, str]:
+def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | None]]:
+    """(line number, bytes without the newline) of every whole line from `start`; None for
+    a line longer than MAX_LINE_BYTES (never held in memory). A last line without its
+    newline is a write still under way or torn by a crash: not yielded. The file is opened
+    without following a symlink or waiting on a FIFO swapped in since the listing."""
+    try:
+        fd = os.open(segment, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        number = 0
+        if start:
+            handle.seek(start)
+            number = -1  # lines are numbered only when read from the start
+        while True:
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            number = number + 1 if number >= 0 else -1
+            if raw.endswith(b"\n"):
+                yield number, raw[:-1]
+                continue
+            if len(raw) <= MAX_LINE_BYTES:
+                return  # the torn or unfinished last line
+            while raw and not raw.endswith(b"\n"):  # skip the rest of the long line
+                raw = handle.readline(MAX_LINE_BYTES)
+            if raw:
+                yield number, None
+
+
+def _identity(data: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(data.get("bucket")), str(data.get("key")), str(data.get("version_token")))
 
 

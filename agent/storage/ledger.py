@@ -15,6 +15,12 @@ newer LATEST. A removal of the current version, a LATEST written by an older rel
 (another `order_key` format) and reconcile's corrections derive it again from the key's
 records (`settle`), conditionally on the LATEST that was read. Reads of a LATEST in the
 older format derive it the same way without writing (migrate on read).
+
+Items are read as untrusted input (written by hand, by another tool, by an attacker with
+table access): each goes through `parse_item`, which returns a record or a `Rejection`
+naming its pk and sk. A rejected item is skipped (a version item), or its key's LATEST is
+derived from the versions (a LATEST item), counted in `Ledger.rejections` and logged at
+error; the other items are read as usual.
 """
 
 from __future__ import annotations
@@ -27,11 +33,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
+import structlog
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from agent import history, order
 from agent.aws import classify, error_code
-from agent.records import VersionRecord
+from agent.records import Rejection, Rejections, VersionRecord, digest_named, validated
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -42,6 +49,8 @@ KEY_INDEX = "by-key"
 SETTLE_ATTEMPTS = 5
 RECENT_REMOVALS = 4096
 
+log = structlog.get_logger("agent.ledger")
+
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 
@@ -50,10 +59,39 @@ def object_pk(bucket: str, key: str) -> str:
     return f"{bucket}/{key}"
 
 
+def parse_item(item: Any) -> VersionRecord | Rejection:
+    """A DynamoDB item (wire format) as the record it holds, or why it holds none. The
+    record must be the one its pk and sk name."""
+    pk, sk = _key_text(item, "pk"), _key_text(item, "sk")
+    where = f"{pk} {sk}"
+    try:
+        data = {k: _deserializer.deserialize(v) for k, v in item.items()}
+    except Exception:  # noqa: BLE001 - any malformed attribute value: TypeError, decimal's, …
+        return Rejection("dynamodb", where, "an attribute DynamoDB's types cannot hold")
+    record = validated(data)
+    if isinstance(record, str):
+        return Rejection("dynamodb", where, record, digest_named(data))
+    if pk != object_pk(record.bucket, record.key) or sk not in (
+        LATEST,
+        VERSION_PREFIX + record.version_token,
+    ):
+        return Rejection("dynamodb", where, "pk and sk do not name this record")
+    return record
+
+
+def _key_text(item: Any, name: str) -> str:
+    value = item.get(name) if isinstance(item, dict) else None
+    text = value.get("S") if isinstance(value, dict) else None
+    return text if isinstance(text, str) else f"<no {name}>"
+
+
 class Ledger:
-    def __init__(self, dynamodb: DynamoDBClient, table: str) -> None:
+    def __init__(
+        self, dynamodb: DynamoDBClient, table: str, rejections: Rejections | None = None
+    ) -> None:
         self._db = dynamodb
         self.table = table
+        self.rejections = rejections if rejections is not None else Rejections()
         self._guard = threading.Lock()
         self._key_locks: dict[str, tuple[threading.Lock, int]] = {}
         # Versions removed lately: their put event, if it comes late (or a reindex replays
@@ -88,7 +126,7 @@ class Ledger:
                 if seen is None or self._delete_latest_item(bucket, key, seen):
                     return None
                 continue
-            if seen is not None and _same_entry(seen, wanted):
+            if seen is not None and _current_form(seen) and self._parsed(seen) == wanted:
                 return wanted
             if self._put_latest(wanted, seen):
                 return wanted
@@ -112,20 +150,34 @@ class Ledger:
         self.settle(removal.bucket, removal.key)
 
     def _put_version(self, record: VersionRecord) -> bool:
+        """Write the version item unless it exists; one that exists but is malformed (a
+        `Rejection`) is replaced by this record, so a replay of the journal repairs it."""
         item = self._item(record, VERSION_PREFIX + record.version_token)
         try:
             self._db.put_item(
                 TableName=self.table,
                 Item=item,
                 ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
+                old: Any = exc.response.get("Item")
+                if old and isinstance(parse_item(old), Rejection):
+                    return self._repair(item, old)
                 return False
             raise classify(exc, "DynamoDB PutItem") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise classify(exc, "DynamoDB PutItem") from exc
         return True
+
+    def _repair(self, item: dict[str, Any], old: dict[str, Any]) -> bool:
+        repaired = self._conditional(
+            "PutItem", self._db.put_item, Item=item, **_unchanged(old, "version_token", "size")
+        )
+        if repaired:
+            log.warning("ledger.item_repaired", pk=item["pk"]["S"], sk=item["sk"]["S"])
+        return repaired
 
     def _advance_latest(self, record: VersionRecord) -> None:
         """LATEST := record if it is later in the order; a LATEST the condition cannot
@@ -150,7 +202,8 @@ class Ledger:
                 raise classify(exc, "DynamoDB PutItem LATEST") from exc
             refused: Any = exc.response.get("Item")  # the LATEST it compared against
             seen: dict[str, Any] = refused or {}
-            if not seen or not _current_form(seen) or history.is_removal(_record(seen)):
+            latest = self._parsed(seen) if seen else None
+            if latest is None or not _current_form(seen) or history.is_removal(latest):
                 self.settle(record.bucket, record.key)
         except botocore.exceptions.BotoCoreError as exc:
             raise classify(exc, "DynamoDB PutItem LATEST") from exc
@@ -158,13 +211,7 @@ class Ledger:
     def _put_latest(self, record: VersionRecord, seen: dict[str, Any] | None) -> bool:
         condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
         if seen is not None:
-            condition = {
-                "ConditionExpression": "version_token = :seen AND order_key = :seen_order",
-                "ExpressionAttributeValues": {
-                    ":seen": seen["version_token"],
-                    ":seen_order": seen["order_key"],
-                },
-            }
+            condition = _unchanged(seen, "version_token", "order_key")
         return self._conditional(
             "PutItem LATEST", self._db.put_item, Item=self._latest_item(record), **condition
         )
@@ -174,8 +221,7 @@ class Ledger:
             "DeleteItem LATEST",
             self._db.delete_item,
             Key=self._key(bucket, key, LATEST),
-            ConditionExpression="version_token = :seen",
-            ExpressionAttributeValues={":seen": seen["version_token"]},
+            **_unchanged(seen, "version_token"),
         )
 
     def _latest_item(self, record: VersionRecord) -> dict[str, Any]:
@@ -257,7 +303,7 @@ class Ledger:
 
     def latest(self, bucket: str, key: str) -> VersionRecord | None:
         item = self._get_item(bucket, key, LATEST)
-        return self._latest_of(item) if item else None
+        return self._latest_of(item, bucket) if item else None
 
     def versions(self, bucket: str, key: str) -> list[VersionRecord]:
         """Every record of a key, oldest first in the version order (agent/order.py)."""
@@ -269,15 +315,16 @@ class Ledger:
             },
             ConsistentRead=True,
         )
-        return history.ordered(_record(i) for i in items)
+        return history.ordered(r for r in map(self._parsed, items) if r is not None)
 
     def state(self, bucket: str, key: str) -> tuple[VersionRecord | None, list[VersionRecord]]:
         """(LATEST, every record oldest first) of one key, in one Query (reconcile)."""
         latest, records = self._key_items(bucket, key)
         if latest is None:
             return None, records
-        if _current_form(latest):
-            return _record(latest), records
+        parsed = self._parsed(latest)
+        if parsed is not None and _current_form(latest):
+            return parsed, records
         return history.latest_entry(records), records
 
     def _key_items(
@@ -291,10 +338,13 @@ class Ledger:
             ExpressionAttributeValues={":pk": {"S": object_pk(bucket, key)}},
             ConsistentRead=True,
         ):
-            if item["sk"]["S"] == LATEST:
+            sk = _key_text(item, "sk")
+            if sk == LATEST:
                 latest = item
-            elif item["sk"]["S"].startswith(VERSION_PREFIX):
-                records.append(_record(item))
+            elif sk.startswith(VERSION_PREFIX):
+                record = self._parsed(item)
+                if record is not None:
+                    records.append(record)
         return latest, history.ordered(records)
 
     def keys(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[VersionRecord]:
@@ -316,21 +366,37 @@ class Ledger:
             key = item.get("gsi_key", {}).get("S", "")
             if not key.startswith(prefix):
                 break  # sorted: past the prefix
-            latest = self._latest_of(item)
+            latest = self._latest_of(item, bucket)
             if latest is not None:
                 yield latest
 
-    def _latest_of(self, item: dict[str, Any]) -> VersionRecord | None:
+    def _latest_of(self, item: dict[str, Any], bucket: str) -> VersionRecord | None:
         """A LATEST item as a record; one an older release wrote (another order) is
-        derived again from the key's records, without writing (migrate on read)."""
-        latest = _record(item)
-        if _current_form(item):
+        derived again from the key's records, without writing (migrate on read), and so is
+        one that does not parse (rejected), when its pk still names a key of `bucket`."""
+        latest = self._parsed(item)
+        if latest is not None and _current_form(item):
             return latest
-        return history.latest_entry(self.versions(latest.bucket, latest.key))
+        if latest is None:
+            pk = _key_text(item, "pk")
+            if not pk.startswith(bucket + "/"):
+                return None
+            key = pk[len(bucket) + 1 :]
+        else:
+            key = latest.key
+        return history.latest_entry(self.versions(bucket, key))
 
     def _get(self, bucket: str, key: str, sk: str) -> VersionRecord | None:
         item = self._get_item(bucket, key, sk)
-        return _record(item) if item else None
+        return self._parsed(item) if item else None
+
+    def _parsed(self, item: dict[str, Any]) -> VersionRecord | None:
+        """The record of `item`, or None: then it is added to `rejections`."""
+        parsed = parse_item(item)
+        if isinstance(parsed, Rejection):
+            self.rejections.add(parsed)
+            return None
+        return parsed
 
     def _get_item(self, bucket: str, key: str, sk: str) -> dict[str, Any] | None:
         try:
@@ -353,17 +419,33 @@ class Ledger:
             raise classify(exc, "DynamoDB Query") from exc
 
 
-def _record(item: dict[str, Any]) -> VersionRecord:
-    return VersionRecord.from_dict({k: _deserializer.deserialize(v) for k, v in item.items()})
+def _unchanged(seen: dict[str, Any], *names: str) -> dict[str, Any]:
+    """A condition that `seen`'s attributes `names` are still as read: equal to the value
+    read, or still absent (a malformed LATEST is replaced the same way). Names go through
+    ExpressionAttributeNames (``size`` is a reserved word)."""
+    terms: list[str] = []
+    values: dict[str, Any] = {}
+    for index, name in enumerate(names):
+        value = seen.get(name)
+        if isinstance(value, dict) and value:
+            terms.append(f"#a{index} = :seen{index}")
+            values[f":seen{index}"] = value
+        else:
+            terms.append(f"attribute_not_exists(#a{index})")
+    condition: dict[str, Any] = {
+        "ConditionExpression": " AND ".join(terms),
+        "ExpressionAttributeNames": {f"#a{index}": name for index, name in enumerate(names)},
+    }
+    if values:
+        condition["ExpressionAttributeValues"] = values
+    return condition
 
 
 def _current_form(item: dict[str, Any]) -> bool:
     """Was this item written with today's order key (or by an older release)?"""
-    return order.is_current(item.get("order_key", {}).get("S"))
-
-
-def _same_entry(item: dict[str, Any], record: VersionRecord) -> bool:
-    return _current_form(item) and _record(item) == record
+    value = item.get("order_key")
+    text = value.get("S") if isinstance(value, dict) else None
+    return isinstance(text, str) and order.is_current(text)
 
 
 def table_definition(table: str) -> dict[str, Any]:
