@@ -10,13 +10,18 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
 from agent import __version__, logs
-from agent.aws import build_clients
+from agent.audit import actions
+from agent.audit.auditor import Auditor
+from agent.audit.identity import whoami
+from agent.audit.records import Actor, AuditRecord
+from agent.aws import Clients, build_clients
 from agent.cli.common import ExitCode, StatusCode, exit_code_for, guarded, print_problems
 from agent.cli.output import describe_run, printable_key, status_lines
 from agent.cli.rejected_config import report_rejected_config
@@ -41,7 +46,7 @@ from agent.operations.dashboard import Dashboard
 from agent.operations.iam import policy_document, trust_document
 from agent.operations.online_check import check_online
 from agent.runtime.daemon import Daemon
-from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
+from agent.runtime.wiring import audit_trail, open_lifecycle_context, snapshot_manager
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 
@@ -212,15 +217,29 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
 
 
 def _locked_job(
-    config: Config, job: str, run: Callable[[LifecycleContext], R], *, dry_run: bool = False
+    config: Config,
+    job: str,
+    run: Callable[[LifecycleContext], R],
+    *,
+    dry_run: bool = False,
+    audited: Callable[[R, Actor, datetime], AuditRecord] | None = None,
 ) -> R:
     """Wire the lifecycle context and run one job under its volume lock (JobBusy if held).
 
-    A real run's outcome is recorded for `status`; a dry run's is not."""
+    A real run's outcome is recorded for `status`, and in the audit trail when `audited`
+    makes its record; a dry run's is not."""
 
-    ctx = open_lifecycle_context(config, build_clients(config))
+    clients = build_clients(config)
+    ctx = open_lifecycle_context(config, clients)
     with job_lock(ctx.volume, job, record=not dry_run):
-        return run(ctx)
+        if audited is None or dry_run:
+            return run(ctx)
+        return _auditor(config, clients, ctx.volume.root).around(job, lambda: run(ctx), audited)
+
+
+def _auditor(config: Config, clients: Clients, root: Path) -> Auditor:
+    """This command's audit trail; the STS identity is asked once, at its first record."""
+    return Auditor(audit_trail(config, clients, root), lambda: whoami(clients.sts()))
 
 
 def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
@@ -247,6 +266,7 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
         "retention",
         lambda ctx: Retention.from_context(ctx).run_once(dry_run=args.dry_run),
         dry_run=args.dry_run,
+        audited=actions.retention,
     )
     verb = "would expire" if args.dry_run else "expired"
     print(
@@ -265,6 +285,7 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
         "gc",
         lambda ctx: GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run),
         dry_run=args.dry_run,
+        audited=actions.gc,
     )
     if args.dry_run:
         for sha, size in report.would_remove:
@@ -276,7 +297,9 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
-    report = _locked_job(config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once())
+    report = _locked_job(
+        config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once(), audited=actions.scrub
+    )
     print(
         f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
         f" {report.healed} healed, {report.unrecoverable} unrecoverable"
@@ -337,11 +360,17 @@ def _alert_rejected_config(path: Path, problems: list[str]) -> None:
 def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
     volume = Volume(Path(args.root) if args.root else config.storage.root)
     volume.read_marker()
-    report = reindex(
-        Journal(volume.journal_dir).read_all(),
-        build_clients(config).dynamodb,
-        config.state.table,
-        workers=max(1, args.workers),
+    clients = build_clients(config)
+    table = config.state.table
+    report = _auditor(config, clients, volume.root).around(
+        "reindex",
+        lambda: reindex(
+            Journal(volume.journal_dir).read_all(),
+            clients.dynamodb,
+            table,
+            workers=max(1, args.workers),
+        ),
+        lambda done, who, at: actions.reindex(done, who, at, table=table),
     )
     created = " (table created)" if report.table_created else ""
     print(
@@ -353,7 +382,14 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
-    run = snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
+    clients = build_clients(config)
+    manager = snapshot_manager(config, clients)
+    if args.dry_run:
+        run = manager.take(dry_run=True)
+    else:
+        run = _auditor(config, clients, config.storage.root).around(
+            "snapshot", manager.take, actions.snapshot
+        )
     describe_run(run)
     return ExitCode.OK if run.ok else ExitCode.FAILURE
 

@@ -64,6 +64,7 @@ class GcReport:
     kept_in_use: int = 0
     dry_run: bool = False
     would_remove: list[tuple[str, int]] = field(default_factory=list)
+    removed_copies: list[tuple[str, int]] = field(default_factory=list)  # (sha256, bytes)
 
 
 class GarbageCollector:
@@ -176,6 +177,7 @@ class GarbageCollector:
         fsync_directory(self.trash_dir)
         report.removed += 1
         report.bytes_freed += stat.st_size
+        report.removed_copies.append((sha, stat.st_size))
         self.stats.count("gc.removed")
         self.stats.count("gc.bytes_freed", stat.st_size)
         log.info("gc.removed", sha256=sha, bytes=stat.st_size)

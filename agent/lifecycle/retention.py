@@ -175,6 +175,7 @@ class RetentionReport:
     expired_stored_bytes: int = 0
     dry_run: bool = False
     would_expire: list[VersionRecord] = field(default_factory=list)
+    expired_records: list[VersionRecord] = field(default_factory=list)  # what a real run expired
 
 
 class Retention:
@@ -243,6 +244,7 @@ class Retention:
                 report.would_expire.append(record)
             else:
                 self.expire(record, now)
+                report.expired_records.append(record)
         whole_key = not kept and bool(versions)
         if whole_key:
             report.keys_expired += 1

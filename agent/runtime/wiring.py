@@ -7,9 +7,13 @@ and the lifecycle jobs' context are assembled the same way in every process.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
+from agent.audit.cloudwatch import LogsShipper
+from agent.audit.trail import AuditTrail
 from agent.aws import Clients
 from agent.config import Config
 from agent.imds import Imds
@@ -137,3 +141,20 @@ def snapshot_manager(
         copy_ec2=copy_ec2,
         on_alert=on_alert,
     )
+
+
+def audit_trail(
+    config: Config,
+    clients: Clients | None,
+    root: Path | None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> AuditTrail:
+    """The audit trail: on the volume at `root` (None: no volume to write on), and shipped to
+    `audit.log_group` when one is configured and AWS may be used (`clients`)."""
+    shipper = None
+    if config.audit.log_group and clients is not None:
+        shipper = LogsShipper(clients.logs(), config.audit.log_group, socket.gethostname())
+    if root is None:
+        return AuditTrail(None, shipper=shipper, clock=clock)
+    return AuditTrail.on_volume(root, shipper=shipper, clock=clock)
