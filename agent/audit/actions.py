@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from agent.audit.inventory import InventoryReport
 from agent.audit.records import MAX_KEYS, Actor, AuditRecord
 from agent.config import Config
 from agent.lifecycle.gc import GcReport
@@ -203,6 +204,18 @@ def config_reload(old: Config, new: Config, who: Actor, at: datetime) -> AuditRe
         action="config-reload",
         outcome="ok",
         details={"changed_sections": changed},
+    )
+
+
+def inventory(report: InventoryReport, who: Actor, at: datetime) -> AuditRecord:
+    return AuditRecord(
+        at=at,
+        who=who,
+        action="inventory",
+        outcome="ok",
+        target=report.parts[0].rsplit("/", 1)[0] + "/" if report.parts else None,
+        files=len(report.parts),
+        details={"keys": report.keys, "rows": report.rows},
     )
 
 

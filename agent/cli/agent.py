@@ -20,6 +20,7 @@ from agent import __version__, logs
 from agent.audit import actions
 from agent.audit.auditor import Auditor
 from agent.audit.identity import whoami
+from agent.audit.inventory import table_ddl
 from agent.audit.records import Actor, AuditRecord
 from agent.aws import Clients, build_clients
 from agent.cli.common import ExitCode, StatusCode, exit_code_for, guarded, print_problems
@@ -46,7 +47,12 @@ from agent.operations.dashboard import Dashboard
 from agent.operations.iam import policy_document, trust_document
 from agent.operations.online_check import check_online
 from agent.runtime.daemon import Daemon
-from agent.runtime.wiring import audit_trail, open_lifecycle_context, snapshot_manager
+from agent.runtime.wiring import (
+    audit_trail,
+    inventory_export,
+    open_lifecycle_context,
+    snapshot_manager,
+)
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 
@@ -168,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument(
         "--dry-run", action="store_true", help="show the volume, tags and retention; change nothing"
     )
+    _add_inventory_parser(command)
     status = command(
         "status",
         cmd_status,
@@ -305,6 +312,34 @@ def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
         f" {report.healed} healed, {report.unrecoverable} unrecoverable"
     )
     return ExitCode.FAILURE if report.unrecoverable else ExitCode.OK
+
+
+def _add_inventory_parser(command: Callable[[str, Command, str], argparse.ArgumentParser]) -> None:
+    inventory = command(
+        "inventory", cmd_inventory, "Export what the ledger changed since the last export."
+    )
+    inventory.add_argument(
+        "--print-table-ddl",
+        action="store_true",
+        help="print the Athena table over the export instead (docs/audit.md has queries)",
+    )
+
+
+def cmd_inventory(args: argparse.Namespace, config: Config) -> int:
+    bucket = config.inventory.bucket
+    if args.print_table_ddl:
+        print(table_ddl(bucket or "BUCKET", config.inventory.prefix), end="")
+        return ExitCode.OK
+    report = _locked_job(
+        config,
+        "inventory",
+        lambda ctx: inventory_export(config, ctx).run_once(),
+        audited=actions.inventory,
+    )
+    print(f"inventory: {report.keys} keys changed, {report.rows} rows in {len(report.parts)} parts")
+    for part in report.parts:
+        print(f"  {printable_key(part)}")
+    return ExitCode.OK
 
 
 def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:

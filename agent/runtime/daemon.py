@@ -47,6 +47,7 @@ from agent.runtime.wiring import (
     backup_service,
     compression_settings,
     consumer_settings,
+    inventory_export,
     lifecycle_context,
     snapshot_manager,
     volume_check,
@@ -222,6 +223,13 @@ class Daemon:
                 ),
             ),
         }
+        if self.config.inventory.bucket:
+            jobs["inventory"] = (
+                self.config.inventory.schedule,
+                lambda: audit.around(
+                    "inventory", inventory_export(self.config, ctx).run_once, actions.inventory
+                ),
+            )
         for name, (schedule, run) in jobs.items():
             if schedule is not None:
                 # The same lock as `backup-agent gc` and friends: never two runs at once.

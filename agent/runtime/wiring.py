@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from agent.audit.cloudwatch import LogsShipper
+from agent.audit.inventory import InventoryExport
 from agent.audit.trail import AuditTrail
 from agent.aws import Clients
 from agent.config import Config
+from agent.errors import ConfigError
 from agent.imds import Imds
 from agent.lifecycle.context import LifecycleContext
 from agent.pipeline.backup import BackupService
@@ -158,3 +160,17 @@ def audit_trail(
     if root is None:
         return AuditTrail(None, shipper=shipper, clock=clock)
     return AuditTrail.on_volume(root, shipper=shipper, clock=clock)
+
+
+def inventory_export(config: Config, ctx: LifecycleContext) -> InventoryExport:
+    """The Athena export as configured (inventory.bucket is required to run it)."""
+    if not config.inventory.bucket:
+        raise ConfigError(["inventory.bucket: not set (where the export goes)"])
+    return InventoryExport(
+        s3=ctx.clients.s3,
+        ledger=ctx.ledger,
+        journal=ctx.journal,
+        volume=ctx.volume,
+        bucket=config.inventory.bucket,
+        prefix=config.inventory.prefix,
+    )
