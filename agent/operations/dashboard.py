@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
+from agent.audit.cloudwatch import METRIC_FILTERS
 from agent.aws import error_code
 from agent.config import Config
 
@@ -131,7 +132,78 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
         ]
         for column, (title, metrics, extra) in enumerate(cells):
             widgets.append(_widget(title, metrics, column * WIDTH, y, region, **extra))
+    bottom = HEIGHT + 1 + len(ordered) * (HEIGHT + 1)
+    widgets.extend(trend_widgets(config, ordered, bottom))
     return {"widgets": widgets}
+
+
+def trend_widgets(config: Config, instances: list[dict[str, str]], y: int) -> list[dict[str, Any]]:
+    """The trends below the instance rows: per instance, stored bytes and the dedup ratio
+    (bytes backed up over bytes newly stored, per day), backups per hour and days until
+    full; for the fleet, restores, shares and removals per day, counted by the metric
+    filters bootstrap puts on the audit log group (agent/audit/cloudwatch.py)."""
+    ns = config.metrics.namespace
+    region = config.aws.region
+    widgets: list[dict[str, Any]] = []
+    for row, dims in enumerate(instances):
+        label = " ".join(dims.values())
+        top = y + row * HEIGHT
+        widgets.append(
+            _widget(
+                f"{label}: stored bytes and dedup ratio (per day)",
+                [
+                    _metric(ns, "BytesStored", dims, stat="Sum", id="stored"),
+                    _metric(ns, "BytesBackedUp", dims, stat="Sum", id="backed", visible=False),
+                    [
+                        {
+                            "expression": "IF(stored > 0, backed / stored, 0)",
+                            "label": "dedup and compression ratio",
+                            "id": "ratio",
+                            "yAxis": "right",
+                        }
+                    ],
+                ],
+                0,
+                top,
+                region,
+                period=86400,
+            )
+        )
+        widgets.append(
+            _widget(
+                f"{label}: backups per hour",
+                [_metric(ns, "BackupsSucceeded", dims, stat="Sum")],
+                WIDTH,
+                top,
+                region,
+                period=3600,
+            )
+        )
+        widgets.append(
+            _widget(
+                f"{label}: days until full",
+                [_metric(ns, "DaysUntilFull", dims, stat="Minimum")],
+                2 * WIDTH,
+                top,
+                region,
+                period=3600,
+            )
+        )
+    if config.audit.log_group:
+        widgets.append(
+            _widget(
+                "Restores, shares and removals per day (audit trail)",
+                [
+                    [ns, metric, {"stat": "Sum", "label": metric.removeprefix("Audit")}]
+                    for metric, _pattern in METRIC_FILTERS.values()
+                ],
+                3 * WIDTH,
+                y,
+                region,
+                period=86400,
+            )
+        )
+    return widgets
 
 
 class Dashboard:

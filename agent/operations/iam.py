@@ -114,6 +114,9 @@ class PolicyScope:
     restore_to_s3: bool = True
     recovery_buckets: tuple[str, ...] = ()
     record_tags: bool = True
+    audit_log_group: str | None = None
+    inventory_bucket: str | None = None
+    inventory_prefix: str = "backup-agent-inventory/"
 
     @classmethod
     def from_config(
@@ -151,6 +154,9 @@ class PolicyScope:
             restore_to_s3=restore_to_s3,
             recovery_buckets=tuple(config.restore.recovery_buckets),
             record_tags=config.storage.record_tags,
+            audit_log_group=config.audit.log_group,
+            inventory_bucket=config.inventory.bucket,
+            inventory_prefix=config.inventory.prefix,
         )
 
     def arn(self, service: str, resource: str, *, region: str | None = None) -> str:
@@ -301,6 +307,46 @@ def agent_statements(scope: PolicyScope) -> list[dict[str, Any]]:
         )
     if scope.snapshots:
         found.extend(_snapshot_statements(scope))
+    found.extend(_audit_statements(scope, "agent"))
+    return found
+
+
+def _audit_statements(scope: PolicyScope, role: str) -> list[dict[str, Any]]:
+    """Both roles audit what they do (agent/audit/): records shipped to the audit log group's
+    streams. The operator creates the group (bootstrap: retention, metric filters) and reads
+    it (`backup-restore audit --cloudwatch`); the agent's inventory job writes under its
+    prefix, nowhere else."""
+    found = []
+    if scope.audit_log_group:
+        group = scope.arn("logs", f"log-group:{scope.audit_log_group}")
+        found.append(
+            _statement(
+                "ShipAuditTrail",
+                ["logs:CreateLogStream", "logs:PutLogEvents"],
+                [f"{group}:log-stream:*"],
+            )
+        )
+        if role == "operator":
+            found.append(
+                _statement(
+                    "BootstrapAndReadAuditLogGroup",
+                    [
+                        "logs:CreateLogGroup",
+                        "logs:PutRetentionPolicy",
+                        "logs:PutMetricFilter",
+                        "logs:FilterLogEvents",
+                    ],
+                    [group, f"{group}:*"],
+                )
+            )
+    if scope.inventory_bucket and role == "agent":
+        found.append(
+            _statement(
+                "ExportInventory",
+                ["s3:PutObject"],
+                [f"arn:{scope.partition}:s3:::{scope.inventory_bucket}/{scope.inventory_prefix}*"],
+            )
+        )
     return found
 
 
@@ -486,6 +532,7 @@ def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     )
     if scope.snapshots:
         found.extend(_mount_snapshot_statements(scope))
+    found.extend(_audit_statements(scope, "operator"))
     return found
 
 

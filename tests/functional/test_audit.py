@@ -299,3 +299,27 @@ def test_records_at_or_after_since(tmp_path):
             AuditRecord(at=now - timedelta(hours=hours), who=who, action="verify", outcome="ok")
         )
     assert len(list(trail.read(now - timedelta(hours=2)))) == 2
+
+
+def test_the_dashboard_shows_the_trends_and_the_audit_counts(aws, config):
+    from agent.operations.dashboard import Dashboard
+
+    cloudwatch = aws.session.client("cloudwatch")
+    board = Dashboard(cloudwatch, config)
+    assert board.apply({"InstanceId": "i-0test", "Volume": "/mnt/backups"}) == "created"
+    body = json.loads(cloudwatch.get_dashboard(DashboardName="backup-agent")["DashboardBody"])
+    titles = {w["properties"].get("title") for w in body["widgets"]}
+    assert "Restores, shares and removals per day (audit trail)" in titles
+    flat = json.dumps(body)
+    for name in (
+        "AuditRestores",
+        "AuditShares",
+        "AuditRemovals",
+        "DaysUntilFull",
+        "backed / stored",
+    ):
+        assert name in flat
+    per_hour = next(
+        w for w in body["widgets"] if "backups per hour" in str(w["properties"].get("title"))
+    )
+    assert per_hour["properties"]["period"] == 3600
