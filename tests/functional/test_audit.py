@@ -323,3 +323,44 @@ def test_the_dashboard_shows_the_trends_and_the_audit_counts(aws, config):
         w for w in body["widgets"] if "backups per hour" in str(w["properties"].get("title"))
     )
     assert per_hour["properties"]["period"] == 3600
+
+
+def test_the_daemons_scheduled_jobs_are_audited_and_the_inventory_job_registered(
+    aws, backups, volume, backup_root
+):
+    aws.s3.create_bucket(Bucket="company-analytics")
+    backups.put("k.txt", b"one")
+    backups.put("k.txt", b"two")
+    config = make_config(
+        backup_root,
+        **{
+            **SECTIONS,
+            "storage": {"root": str(backup_root), "min_free_bytes": 0},
+            "metrics": {"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+            "retention": {"keep_last_versions": 1, "schedule": 3600},
+            "gc": {"grace_period": "0s", "schedule": 3600},
+            "inventory": {"bucket": "company-analytics", "schedule": 3600},
+        },
+    )
+    while messages := aws.sqs.receive_message(QueueUrl=QUEUE_URL, MaxNumberOfMessages=10).get(
+        "Messages"
+    ):  # moto's own events for the puts: the consumer gets no work
+        for message in messages:
+            aws.sqs.delete_message(QueueUrl=QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
+    daemon = Daemon(config, aws)
+    daemon.start(volume.read_marker())
+    try:
+        for job in ("retention", "gc", "inventory"):
+            assert daemon.monitoring is not None and daemon.monitoring.jobs.run_now(job), job
+    finally:
+        daemon.stop()
+
+    records = {r.action: r for r in read_from_logs(aws.logs(), LOG_GROUP)}
+    assert set(records) == {"retention", "gc", "inventory"}
+    assert records["retention"].files == 1 and records["gc"].files == 1
+    assert records["inventory"].details["rows"] == 2  # the version kept, the one expired
+    assert [r.action for r in AuditTrail.on_volume(volume.root).read()] == [
+        "retention",
+        "gc",
+        "inventory",
+    ]
