@@ -80,7 +80,13 @@ class AuditTrail:
         if self.directory is None:
             self._ship([record])
             return
-        self._append(record)
+        try:
+            self._append(record)
+        except OSError as exc:  # a person without write access to audit/, a full disk
+            log.error("audit.write_failed", directory=str(self.directory), error=str(exc))
+            if not self._ship([record]):
+                raise
+            return
         self.ship_pending()
 
     def ship_pending(self) -> int:

@@ -55,3 +55,21 @@ def test_a_record_round_trips_and_refuses_unknown_actions():
     with pytest.raises(ValueError, match="unknown audit action"):
         AuditRecord(at=T0, who=WHO, action="format-disk", outcome="ok")
     assert parse_record({"at": "2026-12-01T09:00:00"}) is None  # no zone, no id: not a record
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.shipped: list[AuditRecord] = []
+
+    def ship(self, records: list[AuditRecord]) -> None:
+        self.shipped.extend(records)
+
+
+def test_a_record_the_volume_refuses_is_still_shipped(tmp_path):
+    (tmp_path / AUDIT_DIR).write_text("a file where the directory should be")
+    shipper = Collected()
+    trail = AuditTrail.on_volume(tmp_path, shipper=shipper)
+    trail.record(record(T0))
+    assert [r.at for r in shipper.shipped] == [T0]
+    with pytest.raises(OSError):
+        AuditTrail.on_volume(tmp_path).record(record(T0))  # nowhere to keep it: said loudly
