@@ -438,18 +438,25 @@ def cmd_restore(rt: Runtime) -> int:
     progress = NoProgress() if args.dry_run else rt.progress()
     stop = threading.Event()
     restorer = Restorer(target, workers=max(1, workers), progress=progress, stop=stop)
-    with first_interrupt_sets(stop, rt.err):
-        summary = restorer.run(chosen, dry_run=args.dry_run)
-    if not args.dry_run:
-        where = f"s3://{args.bucket or bucket}/{args.to_prefix}" if args.to_s3 else args.to
-        _audit(
-            rt,
-            lambda who, at: actions.restore(
-                summary,
+    where = f"s3://{args.bucket or bucket}/{args.to_prefix}" if args.to_s3 else args.to
+    where = where if args.to_s3 else str(Path(where).resolve())
+
+    def run() -> Summary:
+        with first_interrupt_sets(stop, rt.err):
+            return restorer.run(chosen, dry_run=args.dry_run)
+
+    if args.dry_run:
+        summary = run()
+    else:  # a restore that raises (Ctrl-C twice, a full disk) is recorded as failed
+        summary = _auditor(rt).around(
+            "restore-s3" if args.to_s3 else "restore",
+            run,
+            lambda done, who, at: actions.restore(
+                done,
                 who,
                 at,
                 to_s3=args.to_s3,
-                target=str(Path(where).resolve()) if not args.to_s3 else where,
+                target=where,
                 prefix=None if args.key else (args.prefix or ""),
             ),
         )
