@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # boto3-stubs: a development dependency, types only
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_logs import CloudWatchLogsClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_ses import SESClient
     from mypy_boto3_sns import SNSClient
@@ -80,6 +81,10 @@ class Clients:
 
     def ses(self) -> SESClient:
         return self._session().client("ses", config=self.settings, endpoint_url=self.endpoint_url)
+
+    def logs(self) -> CloudWatchLogsClient:
+        """CloudWatch Logs: where the audit trail is shipped (audit.log_group)."""
+        return self._session().client("logs", config=self.settings, endpoint_url=self.endpoint_url)
 
     def sts(self) -> STSClient:
         return self._session().client("sts", config=self.settings, endpoint_url=self.endpoint_url)

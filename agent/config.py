@@ -573,7 +573,50 @@ class RestoreConfig(Section):
         return int(self.share_expiry.total_seconds())
 
 
-SECTION_JOBS = ("reconcile", "retention", "gc", "scrub", "snapshots")
+# CloudWatch Logs accepts only these retention periods (PutRetentionPolicy, retentionInDays).
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+    2922, 3288, 3653,
+)  # fmt: skip
+
+
+class AuditConfig(Section):
+    """Who touched the backups (agent/audit/): records on the volume, optionally shipped."""
+
+    log_group: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description="CloudWatch Logs group the records are also sent to (bootstrap creates it)",
+    )
+    log_retention_days: int = Field(default=365, description="the log group's retention")
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"{value} is not a CloudWatch Logs retention ({LOG_RETENTION_DAYS})")
+        return value
+
+
+class InventoryConfig(Section):
+    """The ledger exported for Athena (agent/audit/inventory.py)."""
+
+    schedule: Schedule | None = Field(
+        default=None, description="interval (1d) or cron line; null: on demand only"
+    )
+    bucket: str | None = Field(default=None, description="where the export goes")
+    prefix: str = "backup-agent-inventory/"
+
+    @field_validator("prefix")
+    @classmethod
+    def _inventory_prefix(cls, value: str) -> str:
+        if not value or not value.endswith("/") or value.startswith("/"):
+            raise ValueError(f"{value!r} must be a non-empty prefix ending in '/'")
+        return value
+
+
+SECTION_JOBS = ("reconcile", "retention", "gc", "scrub", "snapshots", "inventory")
 """Jobs whose schedule is their own section's `schedule` key, never `schedules.<job>`."""
 
 
@@ -627,6 +670,8 @@ class Config(Section):
     categories: list[CategoryRule] = Field(
         default_factory=list, max_length=200, description="First match names a version."
     )
+    audit: AuditConfig = AuditConfig()
+    inventory: InventoryConfig = InventoryConfig()
 
     @field_validator("buckets")
     @classmethod

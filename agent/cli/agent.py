@@ -11,13 +11,19 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
 from agent import __version__, logs
-from agent.aws import build_clients
+from agent.audit import actions
+from agent.audit.auditor import Auditor
+from agent.audit.identity import whoami
+from agent.audit.inventory import table_ddl
+from agent.audit.records import Actor, AuditRecord
+from agent.aws import Clients, build_clients
 from agent.cli.common import (
     ExitCode,
     HelpFormatter,
@@ -49,7 +55,12 @@ from agent.operations.iam import policy_document, trust_document
 from agent.operations.online_check import check_online, region_problem
 from agent.records import Rejection
 from agent.runtime.daemon import Daemon
-from agent.runtime.wiring import open_lifecycle_context, snapshot_manager
+from agent.runtime.wiring import (
+    audit_trail,
+    inventory_export,
+    open_lifecycle_context,
+    snapshot_manager,
+)
 from agent.storage.grow import REQUEST_NAME, grow_filesystem, trusted_config
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
@@ -251,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument(
         "--dry-run", action="store_true", help="show the volume, tags and retention; change nothing"
     )
+    _add_inventory_parser(command)
     status = command(
         "status",
         cmd_status,
@@ -352,15 +364,29 @@ def cmd_init_volume(args: argparse.Namespace, config: Config) -> int:
 
 
 def _locked_job(
-    config: Config, job: str, run: Callable[[LifecycleContext], R], *, dry_run: bool = False
+    config: Config,
+    job: str,
+    run: Callable[[LifecycleContext], R],
+    *,
+    dry_run: bool = False,
+    audited: Callable[[R, Actor, datetime], AuditRecord] | None = None,
 ) -> R:
     """Wire the lifecycle context and run one job under its volume lock (JobBusy if held).
 
-    A real run's outcome is recorded for `status`; a dry run's is not."""
+    A real run's outcome is recorded for `status`, and in the audit trail when `audited`
+    makes its record; a dry run's is not."""
 
-    ctx = open_lifecycle_context(config, build_clients(config))
+    clients = build_clients(config)
+    ctx = open_lifecycle_context(config, clients)
     with job_lock(ctx.volume, job, record=not dry_run):
-        return run(ctx)
+        if audited is None or dry_run:
+            return run(ctx)
+        return _auditor(config, clients, ctx.volume.root).around(job, lambda: run(ctx), audited)
+
+
+def _auditor(config: Config, clients: Clients, root: Path) -> Auditor:
+    """This command's audit trail; the STS identity is asked once, at its first record."""
+    return Auditor(audit_trail(config, clients, root), lambda: whoami(clients.sts()))
 
 
 def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
@@ -395,6 +421,7 @@ def cmd_retention(args: argparse.Namespace, config: Config) -> int:
         "retention",
         lambda ctx: Retention.from_context(ctx).run_once(dry_run=args.dry_run),
         dry_run=args.dry_run,
+        audited=actions.retention,
     )
     if args.json:
         document = dataclasses.asdict(report)
@@ -422,12 +449,12 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
         "gc",
         lambda ctx: GarbageCollector.from_context(ctx).run_once(dry_run=args.dry_run),
         dry_run=args.dry_run,
+        audited=actions.gc,
     )
     if args.json:
         document = dataclasses.asdict(report)
-        document["would_remove"] = [
-            {"sha256": sha, "bytes": size} for sha, size in report.would_remove
-        ]
+        for name in ("would_remove", "removed_copies"):
+            document[name] = [{"sha256": sha, "bytes": size} for sha, size in getattr(report, name)]
         print_json(document)
         return ExitCode.OK
     if args.dry_run:
@@ -440,15 +467,54 @@ def cmd_gc(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_scrub(args: argparse.Namespace, config: Config) -> int:
-    report = _locked_job(config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once())
+    report = _locked_job(
+        config, "scrub", lambda ctx: Scrubber.from_context(ctx).run_once(), audited=actions.scrub
+    )
     if args.json:
-        print_json(dataclasses.asdict(report))
-        return ExitCode.FAILURE if report.unrecoverable else ExitCode.OK
+        document = dataclasses.asdict(report)
+        document["healed_records"] = [
+            {"bucket": r.bucket, "key": r.key, "version_token": r.version_token}
+            for r in report.healed_records
+        ]
+        print_json(document)
+        return ExitCode.FAILURE if report.unrecoverable or report.rejected else ExitCode.OK
     print(
         f"scrub: checked {report.checked} of {report.total} copies, {report.corrupt} corrupt,"
         f" {report.healed} healed, {report.unrecoverable} unrecoverable"
     )
     return _rejected(report.rejected, ExitCode.FAILURE if report.unrecoverable else ExitCode.OK)
+
+
+def _add_inventory_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
+    inventory = command(
+        "inventory",
+        cmd_inventory,
+        "Export what the ledger changed since the last export.",
+        "backup-agent inventory --config /etc/backup-agent/config.yaml",
+        "backup-agent inventory --print-table-ddl > inventory.sql",
+    )
+    inventory.add_argument(
+        "--print-table-ddl",
+        action="store_true",
+        help="print the Athena table over the export instead (docs/audit.md has queries)",
+    )
+
+
+def cmd_inventory(args: argparse.Namespace, config: Config) -> int:
+    bucket = config.inventory.bucket
+    if args.print_table_ddl:
+        print(table_ddl(bucket or "BUCKET", config.inventory.prefix), end="")
+        return ExitCode.OK
+    report = _locked_job(
+        config,
+        "inventory",
+        lambda ctx: inventory_export(config, ctx).run_once(),
+        audited=actions.inventory,
+    )
+    print(f"inventory: {report.keys} keys changed, {report.rows} rows in {len(report.parts)} parts")
+    for part in report.parts:
+        print(f"  {printable_key(part)}")
+    return ExitCode.OK
 
 
 def cmd_iam_policy(args: argparse.Namespace, config: Config) -> int:
@@ -522,11 +588,17 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
     volume = Volume(Path(args.root) if args.root else config.storage.root)
     volume.read_marker()
     journal = Journal(volume.journal_dir)
-    report = reindex(
-        journal.read_all(),
-        build_clients(config).dynamodb,
-        config.state.table,
-        workers=args.workers,
+    clients = build_clients(config)
+    table = config.state.table
+    report = _auditor(config, clients, volume.root).around(
+        "reindex",
+        lambda: reindex(
+            journal.read_all(),
+            clients.dynamodb,
+            table,
+            workers=args.workers,
+        ),
+        lambda done, who, at: actions.reindex(done, who, at, table=table),
     )
     if args.json:
         print_json(
@@ -543,7 +615,14 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_snapshot(args: argparse.Namespace, config: Config) -> int:
     Volume(config.storage.root).read_marker()  # never snapshot an unmounted root
-    run = snapshot_manager(config, build_clients(config)).take(dry_run=args.dry_run)
+    clients = build_clients(config)
+    manager = snapshot_manager(config, clients)
+    if args.dry_run:
+        run = manager.take(dry_run=True)
+    else:
+        run = _auditor(config, clients, config.storage.root).around(
+            "snapshot", manager.take, actions.snapshot
+        )
     if args.json:
         print_json(dataclasses.asdict(run))
     else:

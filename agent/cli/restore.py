@@ -24,12 +24,18 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
 from agent import __version__, logs
+from agent.audit import actions
+from agent.audit.auditor import Auditor, Build
+from agent.audit.cloudwatch import read_from_logs
+from agent.audit.identity import whoami
+from agent.audit.records import AuditRecord
+from agent.audit.trail import AuditTrail
 from agent.aws import build_clients
 from agent.cli.common import (
     ExitCode,
@@ -68,7 +74,8 @@ from agent.restore.targets import (
     Target,
 )
 from agent.restore.verify import stored_versions, verify
-from agent.schedule import duration_seconds
+from agent.runtime.wiring import audit_trail
+from agent.schedule import duration_seconds, parse_duration
 from agent.snapshots.listing import recorded_snapshots, snapshot_listing
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
@@ -333,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backup-restore snapshots --offline --root /mnt/snapshot-snap-0123 --json",
     )
     snaps.add_argument("--volume-id", metavar="VOL", help="only this volume's (default: any)")
+    _add_audit_parser(command)
     return parser
 
 
@@ -708,8 +716,28 @@ def cmd_restore(rt: Runtime) -> int:
     progress = NoProgress() if args.dry_run else rt.progress()
     stop = threading.Event()
     restorer = Restorer(target, workers=max(1, workers), progress=progress, stop=stop)
-    with first_interrupt_sets(stop, rt.err):
-        summary = restorer.run(chosen, dry_run=args.dry_run)
+    where = f"s3://{args.bucket or bucket}/{args.to_prefix}" if args.to_s3 else args.to
+    where = where if args.to_s3 else str(Path(where).resolve())
+
+    def run() -> Summary:
+        with first_interrupt_sets(stop, rt.err):
+            return restorer.run(chosen, dry_run=args.dry_run)
+
+    if args.dry_run:
+        summary = run()
+    else:  # a restore that raises (Ctrl-C twice, a full disk) is recorded as failed
+        summary = _auditor(rt).around(
+            "restore-s3" if args.to_s3 else "restore",
+            run,
+            lambda done, who, at: actions.restore(
+                done,
+                who,
+                at,
+                to_s3=args.to_s3,
+                target=where,
+                prefix=None if args.key else (args.prefix or ""),
+            ),
+        )
     _report_restore(rt, summary)
     if not chosen.items and not chosen.missing:
         print("backup-restore: nothing to restore", file=rt.err)
@@ -856,6 +884,7 @@ def cmd_share(rt: Runtime) -> int:
         credentials_expiry=rt.clients.credentials_expiry,
     )
     shared = sharer.share(choice.record, seconds)
+    _audit(rt, lambda who, at: actions.share(shared, who, at))
     if shared.cut_short:
         print(f"backup-restore: warning: {shared.cut_short}", file=rt.err)
     if args.json:
@@ -885,6 +914,7 @@ def cmd_verify(rt: Runtime) -> int:
         workers=max(1, args.workers or rt.config.restore.workers),
         progress=rt.progress("verify"),
     )
+    _audit(rt, lambda who, at: actions.verify(report, who, at, prefix=args.prefix))
     if args.json:
         for problem in report.problems:
             rt.emit(problem.to_dict())
@@ -905,6 +935,84 @@ def cmd_verify(rt: Runtime) -> int:
             f" {len(report.problems)} problems\n"
         )
     return ExitCode.OK if report.ok else ExitCode.FAILURE
+
+
+# -- audit ---------------------------------------------------------------------------
+
+
+def _add_audit_parser(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
+    audit = command("audit", cmd_audit, "Show who restored, shared, verified or removed what.")
+    audit.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="a duration back from now (24h, 7d) or an ISO-8601 time (default: everything)",
+    )
+    audit.add_argument(
+        "--cloudwatch",
+        action="store_true",
+        help="read audit.log_group in CloudWatch Logs (every host; survives the instance)",
+    )
+
+
+def _auditor(rt: Runtime) -> Auditor:
+    """The command's trail: the configured volume (when mounted), shipped unless --offline;
+    the STS identity asked once, through the command's clients."""
+    root: Path | None = rt.config.storage.root
+    try:
+        Volume(rt.config.storage.root).read_marker()
+    except VolumeNotReady:
+        root = None  # restoring from a snapshot elsewhere: CloudWatch Logs only
+    clients = None if rt.args.offline else rt.clients
+    trail = audit_trail(rt.config, clients, root)
+    return Auditor(trail, lambda: whoami(None if clients is None else clients.sts()))
+
+
+def _audit(rt: Runtime, build: Build) -> None:
+    _auditor(rt).record(build)
+
+
+def _since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        raise UsageError(f"--since: {text!r} is neither a duration (24h) nor a time") from None
+
+
+def cmd_audit(rt: Runtime) -> int:
+    since = _since(rt.args.since)
+    records: list[AuditRecord]
+    if rt.args.cloudwatch:
+        group = rt.config.audit.log_group
+        if not group:
+            raise UsageError("--cloudwatch: audit.log_group is not configured")
+        records = read_from_logs(rt.clients.logs(), group, since)
+    else:
+        root = Path(rt.args.root) if rt.args.root else rt.config.storage.root
+        Volume(root).read_marker()
+        records = list(AuditTrail.on_volume(root).read(since))
+    if rt.args.json:
+        for record in records:
+            rt.emit(record.to_dict())
+        return ExitCode.OK
+    for record in records:
+        what = record.target or record.prefix or (record.keys[0] if record.keys else "")
+        aws = f" [{record.who.aws_arn}]" if record.who.aws_arn else ""
+        rt.out.write(
+            printable_key(
+                f"{record.at.isoformat(timespec='seconds')}  {record.who.user}{aws}"
+                f"  {record.action} {record.outcome}  {what}"
+                f"  {record.files} files {human_size(record.bytes)}"
+            )
+            + "\n"
+        )
+    rt.out.write(f"{len(records)} records\n")
+    return ExitCode.OK
 
 
 # -- formatting ----------------------------------------------------------------------

@@ -66,6 +66,7 @@ class GcReport:
     dry_run: bool = False
     would_remove: list[tuple[str, int]] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)  # journal lines skipped
+    removed_copies: list[tuple[str, int]] = field(default_factory=list)  # (sha256, bytes)
 
 
 class GarbageCollector:
@@ -181,6 +182,7 @@ class GarbageCollector:
         fsync_directory(self.trash_dir)
         report.removed += 1
         report.bytes_freed += stat.st_size
+        report.removed_copies.append((sha, stat.st_size))
         self.stats.count("gc.removed")
         self.stats.count("gc.bytes_freed", stat.st_size)
         log.info("gc.removed", sha256=sha, bytes=stat.st_size)

@@ -63,6 +63,7 @@ class ScrubReport:
     cycle_completed: bool = False
     bad: list[str] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)  # journal lines skipped
+    healed_records: list[VersionRecord] = field(default_factory=list)  # the versions re-fetched
 
 
 class Scrubber:
@@ -186,6 +187,7 @@ class Scrubber:
         self.journal.append_note("scrub", note)
         if record is not None:
             report.healed += 1
+            report.healed_records.append(record)
             self.stats.count("scrub.healed")
             log.info("scrub.healed", sha256=sha, bucket=record.bucket, key=record.key)
         else:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
+from agent.audit.cloudwatch import METRIC_FILTERS
 from agent.aws import Clients, error_code
 from agent.config import Config
 from agent.errors import ConfigError
@@ -87,6 +88,8 @@ class Bootstrap:
         self.ensure_alerting()
         if self.config.restore.staging_bucket:
             self.ensure_share_staging()
+        if self.config.audit.log_group:
+            self.ensure_audit_log_group(self.config.audit.log_group)
         return self.report
 
     def ensure_alerting(self) -> None:
@@ -291,6 +294,34 @@ class Bootstrap:
             return
         for what, changed in ensure_staging(self.clients.s3, self.config.restore, bucket):
             self.report.add(what, changed)
+
+    def ensure_audit_log_group(self, group: str) -> None:
+        """The audit trail's log group, its retention, and the metric filters that count
+        restores, shares and removals for the dashboard (agent/audit/cloudwatch.py)."""
+        logs = self.clients.logs()
+        try:
+            logs.create_log_group(logGroupName=group)
+            self.report.add(f"log group {group}", True)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "ResourceAlreadyExistsException":
+                raise
+            self.report.add(f"log group {group}", False)
+        days = self.config.audit.log_retention_days
+        logs.put_retention_policy(logGroupName=group, retentionInDays=days)
+        for name, (metric, pattern) in METRIC_FILTERS.items():
+            logs.put_metric_filter(
+                logGroupName=group,
+                filterName=name,
+                filterPattern=pattern,
+                metricTransformations=[
+                    {
+                        "metricName": metric,
+                        "metricNamespace": self.config.metrics.namespace,
+                        "metricValue": "1",
+                        "defaultValue": 0,
+                    }
+                ],
+            )
 
 
 def covers(have: str, wanted: str) -> bool:

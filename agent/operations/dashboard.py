@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 
+from agent.audit.cloudwatch import METRIC_FILTERS
 from agent.aws import error_code
 from agent.config import Config
 
@@ -176,6 +177,8 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
             line, column = divmod(index, PER_LINE)
             x = column * WIDTH
             widgets.append(_widget(title, metrics, x, y + line * HEIGHT, region, **extra))
+    bottom = max((w["y"] + w["height"] for w in widgets), default=0) + 1
+    widgets.extend(trend_widgets(config, ordered, bottom))
     return {"widgets": widgets}
 
 
@@ -183,6 +186,66 @@ def planned_body(config: Config, current: Mapping[str, str]) -> dict[str, Any]:
     """The body `dashboard --dry-run` prints, built without calling AWS: the fleet row and
     this instance's row (the other instances are found with ListMetrics when applied)."""
     return dashboard_body(config, [dict(current)])
+
+
+def trend_widgets(config: Config, instances: list[dict[str, str]], y: int) -> list[dict[str, Any]]:
+    """The trends below the instance rows: per instance, stored bytes and the dedup ratio
+    (bytes backed up over bytes newly stored, per day) and backups per hour (days until
+    full is on each instance's second line); for the fleet, restores, shares and removals
+    per day, counted by the metric filters bootstrap puts on the audit log group
+    (agent/audit/cloudwatch.py)."""
+    ns = config.metrics.namespace
+    region = config.aws.region
+    widgets: list[dict[str, Any]] = []
+    for row, dims in enumerate(instances):
+        label = " ".join(dims.values())
+        top = y + row * HEIGHT
+        widgets.append(
+            _widget(
+                f"{label}: stored bytes and dedup ratio (per day)",
+                [
+                    _metric(ns, "BytesStored", dims, stat="Sum", id="stored"),
+                    _metric(ns, "BytesBackedUp", dims, stat="Sum", id="backed", visible=False),
+                    [
+                        {
+                            "expression": "IF(stored > 0, backed / stored, 0)",
+                            "label": "dedup and compression ratio",
+                            "id": "ratio",
+                            "yAxis": "right",
+                        }
+                    ],
+                ],
+                0,
+                top,
+                region,
+                period=86400,
+            )
+        )
+        widgets.append(
+            _widget(
+                f"{label}: backups per hour",
+                [_metric(ns, "BackupsSucceeded", dims, stat="Sum")],
+                WIDTH,
+                top,
+                region,
+                period=3600,
+            )
+        )
+    if config.audit.log_group:
+        widgets.append(
+            _widget(
+                "Restores, shares and removals per day (audit trail)",
+                [
+                    [ns, metric, {"stat": "Sum", "label": metric.removeprefix("Audit")}]
+                    for metric, _pattern in METRIC_FILTERS.values()
+                ],
+                2 * WIDTH,
+                y,
+                region,
+                period=86400,
+            )
+        )
+    return widgets
 
 
 class Dashboard:

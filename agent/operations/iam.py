@@ -115,6 +115,9 @@ class PolicyScope:
     recovery_buckets: tuple[str, ...] = ()
     record_tags: bool = True
     auto_grow: bool = False  # storage.auto_grow.enabled: ModifyVolume on the backup volume
+    audit_log_group: str | None = None
+    inventory_bucket: str | None = None
+    inventory_prefix: str = "backup-agent-inventory/"
 
     @classmethod
     def from_config(
@@ -153,6 +156,9 @@ class PolicyScope:
             recovery_buckets=tuple(config.restore.recovery_buckets),
             record_tags=config.storage.record_tags,
             auto_grow=config.storage.auto_grow.enabled,
+            audit_log_group=config.audit.log_group,
+            inventory_bucket=config.inventory.bucket,
+            inventory_prefix=config.inventory.prefix,
         )
 
     def arn(self, service: str, resource: str, *, region: str | None = None) -> str:
@@ -313,6 +319,46 @@ def agent_statements(scope: PolicyScope) -> list[dict[str, Any]]:
         found.extend(_snapshot_statements(scope))
     if scope.auto_grow:
         found.extend(_auto_grow_statements(scope))
+    found.extend(_audit_statements(scope, "agent"))
+    return found
+
+
+def _audit_statements(scope: PolicyScope, role: str) -> list[dict[str, Any]]:
+    """Both roles audit what they do (agent/audit/): records shipped to the audit log group's
+    streams. The operator creates the group (bootstrap: retention, metric filters) and reads
+    it (`backup-restore audit --cloudwatch`); the agent's inventory job writes under its
+    prefix, nowhere else."""
+    found = []
+    if scope.audit_log_group:
+        group = scope.arn("logs", f"log-group:{scope.audit_log_group}")
+        found.append(
+            _statement(
+                "ShipAuditTrail",
+                ["logs:CreateLogStream", "logs:PutLogEvents"],
+                [f"{group}:log-stream:*"],
+            )
+        )
+        if role == "operator":
+            found.append(
+                _statement(
+                    "BootstrapAndReadAuditLogGroup",
+                    [
+                        "logs:CreateLogGroup",
+                        "logs:PutRetentionPolicy",
+                        "logs:PutMetricFilter",
+                        "logs:FilterLogEvents",
+                    ],
+                    [group, f"{group}:*"],
+                )
+            )
+    if scope.inventory_bucket and role == "agent":
+        found.append(
+            _statement(
+                "ExportInventory",
+                ["s3:PutObject"],
+                [f"arn:{scope.partition}:s3:::{scope.inventory_bucket}/{scope.inventory_prefix}*"],
+            )
+        )
     return found
 
 
@@ -510,6 +556,7 @@ def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     )
     if scope.snapshots:
         found.extend(_mount_snapshot_statements(scope))
+    found.extend(_audit_statements(scope, "operator"))
     return found
 
 

@@ -22,6 +22,10 @@ from typing import Any
 import structlog
 
 from agent import logs
+from agent.audit import actions
+from agent.audit.auditor import Auditor
+from agent.audit.identity import whoami
+from agent.audit.records import Actor
 from agent.aws import Clients
 from agent.categories import Categories
 from agent.config import Config
@@ -41,9 +45,11 @@ from agent.runtime.agent_state import AgentState
 from agent.runtime.reload import ConfigReloader
 from agent.runtime.systemd import Notifier
 from agent.runtime.wiring import (
+    audit_trail,
     backup_service,
     compression_settings,
     consumer_settings,
+    inventory_export,
     lifecycle_context,
     pressure_retention,
     snapshot_manager,
@@ -93,9 +99,11 @@ class Daemon:
         self._alert_hook = alert
         self.reloader: ConfigReloader | None = None
         self.grower: VolumeGrower | None = None
+        self.auditor: Auditor | None = None  # made once the volume is ready
         if config_path is not None:
             self.reloader = ConfigReloader(config_path, config, on_rejected=self._config_rejected)
             self.reloader.subscribe(self.apply_live)
+            self.reloader.subscribe(self._audit_reload)
 
     # -- start and stop --------------------------------------------------------------
 
@@ -148,6 +156,7 @@ class Daemon:
         return 0
 
     def start(self, marker: VolumeMarker) -> None:
+        self.auditor = self.build_auditor()
         self.service = backup_service(
             self.config, self.clients, self.volume, marker.volume_id, self.stats
         )
@@ -182,6 +191,19 @@ class Daemon:
         state = state_directory()
         return state / "forecast.json" if state is not None else None
 
+    def build_auditor(self) -> Auditor:
+        """The daemon's audit trail; its STS identity is asked at the first record."""
+
+        def who() -> Actor:
+            try:
+                sts = self.clients.sts()
+            except BackupAgentError:
+                sts = None  # clients without a session (tests): the Unix user only
+            return whoami(sts)
+
+        trail = audit_trail(self.config, self.clients, self.volume.root)
+        return Auditor(trail, who)
+
     def register_lifecycle_jobs(self, marker: VolumeMarker) -> None:
         """Reconcile, retention, gc and scrub run on the scheduler when a schedule is set.
 
@@ -196,21 +218,38 @@ class Daemon:
             service=self.service,
             stats=self.stats,
         )
-        jobs = {
+        audit = self.auditor or self.build_auditor()
+        jobs: dict[str, tuple[Any, Callable[[], object]]] = {
             "reconcile": (
                 self.config.reconcile.schedule,
                 lambda: Reconciler.from_context(ctx, stop=self.stopping).run_once(),
             ),
             "retention": (
                 self.config.retention.schedule,
-                lambda: Retention.from_context(ctx).run_once(),
+                lambda: audit.around(
+                    "retention", Retention.from_context(ctx).run_once, actions.retention
+                ),
             ),
-            "gc": (self.config.gc.schedule, lambda: GarbageCollector.from_context(ctx).run_once()),
+            "gc": (
+                self.config.gc.schedule,
+                lambda: audit.around("gc", GarbageCollector.from_context(ctx).run_once, actions.gc),
+            ),
             "scrub": (
                 self.config.scrub.schedule,
-                lambda: Scrubber.from_context(ctx, on_alert=self._scrub_alert).run_once(),
+                lambda: audit.around(
+                    "scrub",
+                    Scrubber.from_context(ctx, on_alert=self._scrub_alert).run_once,
+                    actions.scrub,
+                ),
             ),
         }
+        if self.config.inventory.bucket:
+            jobs["inventory"] = (
+                self.config.inventory.schedule,
+                lambda: audit.around(
+                    "inventory", inventory_export(self.config, ctx).run_once, actions.inventory
+                ),
+            )
         for name, (schedule, run) in jobs.items():
             if schedule is not None:
                 # The same lock as `backup-agent gc` and friends: never two runs at once.
@@ -241,7 +280,12 @@ class Daemon:
         # snapshots.schedule is the only source (config refuses schedules.snapshots): the
         # snapshot-age alarm (operations/alarms.py) allows this same schedule's longest gap.
         schedule = self.config.snapshots.schedule
-        monitoring.jobs.register("snapshots", manager.run_scheduled, schedule)
+        audit = self.auditor or self.build_auditor()
+        monitoring.jobs.register(
+            "snapshots",
+            lambda: audit.around("snapshot", manager.run_scheduled, actions.scheduled_snapshot),
+            schedule,
+        )
 
         def publish_snapshot_metrics() -> None:
             now = datetime.now(UTC)
@@ -382,6 +426,10 @@ class Daemon:
             self.service.categories = Categories.of_config(new.categories)  # for later versions
         if self.monitoring is not None:
             self.monitoring.forecast.threshold_days = new.alerts.days_until_full
+
+    def _audit_reload(self, old: Config, new: Config) -> None:
+        if self.auditor is not None:
+            self.auditor.record(lambda who, at: actions.config_reload(old, new, who, at))
 
     def _config_rejected(self, problems: list[str]) -> None:
         if self._alert_hook is not None:

@@ -8,13 +8,18 @@ and the lifecycle jobs' context are assembled the same way in every process.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.audit.cloudwatch import LogsShipper
+from agent.audit.inventory import InventoryExport
+from agent.audit.trail import AuditTrail
 from agent.aws import Clients
 from agent.categories import Categories
 from agent.config import Config
+from agent.errors import ConfigError
 from agent.imds import Imds
 from agent.lifecycle.context import LifecycleContext
 from agent.lifecycle.gc import GarbageCollector
@@ -195,4 +200,35 @@ def snapshot_manager(
         table=config.state.table,
         copy_ec2=copy_ec2,
         on_alert=on_alert,
+    )
+
+
+def audit_trail(
+    config: Config,
+    clients: Clients | None,
+    root: Path | None,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> AuditTrail:
+    """The audit trail: on the volume at `root` (None: no volume to write on), and shipped to
+    `audit.log_group` when one is configured and AWS may be used (`clients`)."""
+    shipper = None
+    if config.audit.log_group and clients is not None:
+        shipper = LogsShipper(clients.logs(), config.audit.log_group, socket.gethostname())
+    if root is None:
+        return AuditTrail(None, shipper=shipper, clock=clock)
+    return AuditTrail.on_volume(root, shipper=shipper, clock=clock)
+
+
+def inventory_export(config: Config, ctx: LifecycleContext) -> InventoryExport:
+    """The Athena export as configured (inventory.bucket is required to run it)."""
+    if not config.inventory.bucket:
+        raise ConfigError(["inventory.bucket: not set (where the export goes)"])
+    return InventoryExport(
+        s3=ctx.clients.s3,
+        ledger=ctx.ledger,
+        journal=ctx.journal,
+        volume=ctx.volume,
+        bucket=config.inventory.bucket,
+        prefix=config.inventory.prefix,
     )

@@ -58,6 +58,7 @@ AZ = "us-east-1a"
 STAGING = "company-recovery-shares"
 RECOVERY = "company-recovery-area"  # the example's restore.recovery_buckets
 ARCHIVE = "company-archive"  # the example's second, unversioned bucket
+INVENTORY = "company-analytics"  # the example's inventory.bucket
 
 
 @pytest.fixture
@@ -134,6 +135,7 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
     s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
     s3.create_bucket(Bucket=ARCHIVE)
     s3.create_bucket(Bucket=RECOVERY)
+    s3.create_bucket(Bucket=INVENTORY)
     s3.put_object(Bucket=ARCHIVE, Key="old.txt", Body=b"before any event: reconcile finds it")
     volume_id = ec2.create_volume(AvailabilityZone=AZ, Size=1, Encrypted=True)["VolumeId"]
     kms_key = boto3.client("kms", region_name=REGION).create_key()["KeyMetadata"]["Arn"]
@@ -160,7 +162,7 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
         grow_the_volume(config)
         with recorder.quiet():  # gone without an event reaching the agent: reconcile notices
             s3.delete_object(Bucket=ARCHIVE, Key="new.txt")
-        for command in ("reconcile", "retention", "gc"):
+        for command in ("reconcile", "retention", "gc", "inventory"):
             assert cli.main([command, "--config", str(path)]) == ExitCode.OK, command
         with recorder.quiet():
             corrupt_copy_of(root, config, "kms.txt")  # scrub heals it from S3
@@ -190,6 +192,8 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
         recorder.add("operator", "s3", REGION, "GetObject", Bucket=STAGING, Key=staged)
         for command in ("reindex", "alarms", "dashboard"):
             assert cli.main([command, "--config", str(path)]) == ExitCode.OK, command
+        audit = ["audit", "--config", str(path), "--cloudwatch"]
+        assert restore_cli.main(audit, out=out) == 0
         with recorder.quiet():
             [snapshot] = ec2.describe_snapshots(
                 Filters=[{"Name": "tag:backup-agent:managed", "Values": ["true"]}]
@@ -346,6 +350,14 @@ def test_every_flow_ran_and_made_the_calls_it_stands_for(world):
         ("operator", "ec2", "AttachVolume"),
         ("operator", "ec2", "DetachVolume"),
         ("operator", "ec2", "DeleteVolume"),
+        ("agent", "logs", "CreateLogStream"),
+        ("agent", "logs", "PutLogEvents"),
+        ("agent", "s3", "PutObject"),  # the inventory export
+        ("operator", "logs", "CreateLogGroup"),
+        ("operator", "logs", "PutRetentionPolicy"),
+        ("operator", "logs", "PutMetricFilter"),
+        ("operator", "logs", "PutLogEvents"),
+        ("operator", "logs", "FilterLogEvents"),
     }
     assert expected - made == set()
     regions = {c.region for c in recorder.calls if c.operation == "DeleteSnapshot"}
@@ -418,9 +430,9 @@ def test_every_granted_action_of_every_statement_is_exercised_or_explained(world
 
 def test_the_agent_role_cannot_write_to_the_buckets_or_change_aws_resources(world):
     _recorder, _path, config = world
-    agent = granted_actions(role_policy(config, "agent"))
+    policy = role_policy(config, "agent")
+    agent = granted_actions(policy)
     forbidden = {
-        "s3:PutObject",
         "s3:DeleteObject",
         "s3:CreateBucket",
         "dynamodb:CreateTable",
@@ -433,6 +445,12 @@ def test_the_agent_role_cannot_write_to_the_buckets_or_change_aws_resources(worl
         "ec2:AttachVolume",
     }
     assert agent & forbidden == set()
+    # s3:PutObject only into the inventory export's prefix, never a backed-up bucket
+    puts = [
+        r for st in policy["Statement"] if "s3:PutObject" in st["Action"] for r in st["Resource"]
+    ]
+    assert puts == [f"arn:aws:s3:::{INVENTORY}/backup-agent-inventory/*"]
+    assert not any(r.startswith(f"arn:aws:s3:::{b}") for r in puts for b in config.buckets)
 
 
 def test_denials_are_detected_a_policy_without_a_statement_fails(world):

@@ -228,6 +228,14 @@ def checks(call: Call) -> list[Check]:
         return [Check(action, identity, (("ses:FromAddress", source),))]
     if service == "ec2":
         return _ec2_checks(call, action)
+    if service == "logs":
+        group = f"arn:aws:logs:{region}:{ACCOUNT}:log-group:{p['logGroupName']}"
+        if op in ("CreateLogStream", "PutLogEvents"):
+            return [Check(action, f"{group}:log-stream:{p['logStreamName']}")]
+        if op in ("CreateLogGroup", "PutRetentionPolicy", "PutMetricFilter", "FilterLogEvents"):
+            return [Check(action, group)]
+    if service == "sts" and op == "GetCallerIdentity":
+        return []  # needs no permission: AWS answers it for any caller (sts API reference)
     raise UnknownOperation(f"no authorisation model for {service}:{op} — add it to checks()")
 
 

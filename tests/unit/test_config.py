@@ -381,7 +381,7 @@ def test_snapshots_keep_their_five_minute_minimum_and_the_others_have_none(tmp_p
     assert parse_config(with_value(tmp_path, "reconcile", "schedule", "1s"))
 
 
-@pytest.mark.parametrize("job", ["snapshots", "reconcile", "retention", "gc", "scrub"])
+@pytest.mark.parametrize("job", ["snapshots", "reconcile", "retention", "gc", "scrub", "inventory"])
 def test_a_job_with_its_own_section_is_scheduled_there_only(tmp_path, job):
     (reported,) = problems_of(with_value(tmp_path, "schedules", job, "6h"))
     assert reported.startswith(f"schedules.{job}: the {job} job runs on {job}.schedule")
