@@ -940,8 +940,14 @@ def cmd_verify(rt: Runtime) -> int:
 # -- audit ---------------------------------------------------------------------------
 
 
-def _add_audit_parser(command: Callable[[str, Handler, str], argparse.ArgumentParser]) -> None:
-    audit = command("audit", cmd_audit, "Show who restored, shared, verified or removed what.")
+def _add_audit_parser(command: Callable[..., argparse.ArgumentParser]) -> None:
+    audit = command(
+        "audit",
+        cmd_audit,
+        "Show who restored, shared, verified or removed what.",
+        "backup-restore audit --since 24h",
+        "backup-restore audit --since 2026-11-01T00:00:00Z --cloudwatch --json",
+    )
     audit.add_argument(
         "--since",
         metavar="WHEN",
