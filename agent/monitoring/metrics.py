@@ -95,11 +95,13 @@ class Datapoint:
     value: float | StatisticSet
     unit: str
     timestamp: datetime
+    # dimensions of this series besides the instance's, e.g. (("Category", "finance"),)
+    extra: tuple[tuple[str, str], ...] = ()
 
     def to_cloudwatch(self, dimensions: list[dict[str, str]]) -> dict[str, Any]:
         datum: dict[str, Any] = {
             "MetricName": self.name,
-            "Dimensions": dimensions,
+            "Dimensions": dimensions + [{"Name": n, "Value": v} for n, v in self.extra],
             "Timestamp": self.timestamp,
             "Unit": self.unit,
         }
@@ -134,6 +136,11 @@ GAUGES = {
     "Paused": ("None", "1 while the consumer is paused (no volume, or no room on it), else 0"),
     "DaysUntilFull": ("None", "days until the volume reaches its floor at the recent growth"),
 }
+# Counted per category (`categories:` in config), with the dimension Category besides the
+# instance's: a series appears at a category's first backup.
+CATEGORY_COUNTERS = {
+    "BackupsByCategory": ("Count", "versions backed up since the last sample, per Category"),
+}
 STATISTIC_SETS = {
     "BackupLagSeconds": ("Seconds", "S3 event time to durable copy, per object"),
 }
@@ -161,6 +168,7 @@ class Sampler:
         self.counters = counters
         self.clock = clock
         self._previous: dict[str, int] = {}
+        self._previous_categories: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
     def totals(self) -> dict[str, int]:
@@ -201,6 +209,10 @@ class Sampler:
             )
         )
         current = self.stats.snapshot()
+        for category, count in sorted((current.categories - self._previous_categories).items()):
+            dimension = (("Category", category),)
+            points.append(Datapoint("BackupsByCategory", float(count), "Count", stamp, dimension))
+        self._previous_categories = collections.Counter(current.categories)
         points.append(
             Datapoint("MessagesInFlight", float(current.messages_in_flight), "Count", stamp)
         )

@@ -448,3 +448,33 @@ def test_the_daily_digest_is_an_email_with_the_days_figures(aws, backup_root, to
     assert "1 backups, 5000 bytes, 1 failed attempts" in email.body
     assert "<th>free_bytes</th><td>130</td>" in email.body
     assert inbox_messages(aws, topic[1]) == []  # the digest is not an SNS alert
+
+
+def test_backups_per_category_reach_cloudwatch_with_a_category_dimension(aws):
+    cloudwatch = aws.session.client("cloudwatch")
+    stats = Stats()
+    sampler = Sampler(stats, Path("/mnt/backups"), disk=usage_87)
+    for name in ("finance", "finance", "images"):
+        stats.record_category(name)
+    publisher = CloudWatchPublisher(cloudwatch, "BackupAgent", DIMS)
+    publisher.add(sampler.sample())
+    stats.record_category("finance")
+    publisher.add(sampler.sample())  # the next sample carries only what came since
+    assert publisher.flush() > 0
+
+    now = datetime.now(UTC)
+
+    def total(category: str) -> float:
+        dimensions = [*({"Name": k, "Value": v} for k, v in DIMS.items())]
+        points = cloudwatch.get_metric_statistics(
+            Namespace="BackupAgent",
+            MetricName="BackupsByCategory",
+            Dimensions=[*dimensions, {"Name": "Category", "Value": category}],
+            StartTime=now - timedelta(minutes=5),
+            EndTime=now + timedelta(minutes=5),
+            Period=60,
+            Statistics=["Sum"],
+        )["Datapoints"]
+        return sum(p["Sum"] for p in points)
+
+    assert (total("finance"), total("images"), total("legal")) == (3, 1, 0)
