@@ -52,6 +52,7 @@ ROW_FIELDS: dict[str, str] = {
     "storage_class": "string",
     "content_type": "string",
     "tags": "map<string,string>",
+    "category": "string",  # the `categories:` rule that named it at backup
     "volume_id": "string",
     "exported_at": "string",
 }
@@ -85,6 +86,7 @@ def row(record: VersionRecord, state: str, exported_at: datetime) -> dict[str, A
         "storage_class": record.storage_class,
         "content_type": record.content_type,
         "tags": record.tags or {},
+        "category": record.category,
         "volume_id": record.volume_id,
         "exported_at": exported_at.isoformat(),
     }

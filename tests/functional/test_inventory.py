@@ -12,10 +12,11 @@ import botocore.exceptions
 import pytest
 import yaml
 
-from agent.audit.inventory import ROW_FIELDS, InventoryExport, state_of
+from agent.audit.inventory import ROW_FIELDS, InventoryExport, row, state_of
 from agent.cli import agent as agent_cli
 from agent.cli.common import ExitCode
 from agent.lifecycle.retention import Retention, RetentionPolicy
+from agent.records import VersionRecord
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE
@@ -97,6 +98,7 @@ def test_the_export_round_trips_the_ledger_then_writes_only_changes(aws, volume,
         assert exported["stored_size"] == record.stored_size
         assert exported["volume_id"] == record.volume_id == "vol-test"
         assert exported["backup_time"] == record.backup_time
+        assert exported["category"] == record.category  # None: no categories configured
 
     assert exporter(aws, volume, DAY1).run_once().rows == 0  # nothing changed: nothing written
     assert len(written(aws)) == 2
@@ -177,3 +179,20 @@ def test_the_cli_exports_and_prints_the_athena_table(aws, volume, backups, tmp_p
     ddl = capsys.readouterr().out
     assert f"LOCATION 's3://{EXPORTS}/{PREFIX}'" in ddl and "PARTITIONED BY (`dt` string)" in ddl
     assert all(f"`{name}`" in ddl for name in ROW_FIELDS)
+
+
+def test_a_versions_category_is_a_column_of_its_row():
+    record = VersionRecord(
+        bucket=BUCKET,
+        key="invoices/7.pdf",
+        version_token="v:v1",
+        order_key="2026-12-01T10:00:00",
+        event_name="ObjectCreated:Put",
+        event_time="2026-12-01T10:00:00+00:00",
+        backup_time="2026-12-01T10:00:01+00:00",
+        volume_id="vol-test",
+        version_id="v1",
+        category="finance",
+    )
+    exported = row(record, "current", DAY1)
+    assert exported["category"] == "finance" and list(exported) == list(ROW_FIELDS)
