@@ -18,6 +18,7 @@ import structlog
 from agent import __version__, logs
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, StatusCode, exit_code_for, guarded, print_problems
+from agent.cli.fleet import add_fleet_options, cmd_fleet_status
 from agent.cli.output import describe_run, printable_key, status_lines
 from agent.cli.rejected_config import report_rejected_config
 from agent.config import (
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--offline", action="store_true", help="do not ask SQS for the queue depths"
     )
+    add_fleet_options(status)
     return parser
 
 
@@ -311,6 +313,8 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    if getattr(args, "fleet", False):
+        return cmd_fleet_status(args, config)
     sqs = None if args.offline else build_clients(config).sqs
     status = agent_status.gather(config, args.config_path, sqs)
     if args.json:

@@ -25,6 +25,7 @@ from agent import logs
 from agent.aws import Clients
 from agent.config import Config
 from agent.errors import BackupAgentError, VolumeNotReady
+from agent.fleet.heartbeat import Heartbeat
 from agent.lifecycle.context import run_exclusive
 from agent.lifecycle.gc import GarbageCollector
 from agent.lifecycle.reconcile import Reconciler
@@ -42,6 +43,7 @@ from agent.runtime.wiring import (
     backup_service,
     compression_settings,
     consumer_settings,
+    fleet_heartbeat,
     lifecycle_context,
     snapshot_manager,
     volume_check,
@@ -56,6 +58,7 @@ log = structlog.get_logger("agent.daemon")
 VOLUME_RETRY_SECONDS = 10.0
 MAIN_LOOP_SECONDS = 2.0
 EXIT_IMMEDIATELY = 130
+HEARTBEAT_DEFAULT = "30s"
 
 
 class Daemon:
@@ -82,6 +85,7 @@ class Daemon:
         self._signals = 0
         self.consumer: Consumer | None = None
         self.service: BackupService | None = None
+        self.heartbeat: Heartbeat | None = None
         self.monitoring = monitoring
         self._alert_hook = alert
         self.reloader: ConfigReloader | None = None
@@ -141,6 +145,7 @@ class Daemon:
         if self.monitoring is None:
             self.monitoring = self.build_monitoring()
         self.register_lifecycle_jobs(marker)
+        self.register_fleet_heartbeat(marker)
         self.monitoring.start()
         self.consumer = Consumer(
             self.clients.sqs,
@@ -198,6 +203,28 @@ class Daemon:
         if self.config.snapshots.enabled:
             self.register_snapshot_jobs()
 
+    def register_fleet_heartbeat(self, marker: VolumeMarker) -> None:
+        """Join the fleet on the queue (one beat now), then beat on the scheduler:
+        `schedules.fleet-heartbeat`, every 30 s unless set (agent/fleet/)."""
+        assert self.monitoring is not None
+        jobs = self.monitoring.jobs
+        record = jobs.register("fleet-heartbeat", lambda: self._beat(), every(HEARTBEAT_DEFAULT))
+        if record is None:
+            return  # turned off (schedules.fleet-heartbeat: null)
+        self.heartbeat = fleet_heartbeat(
+            self.config,
+            self.clients,
+            self.volume,
+            marker.volume_id,
+            self.stats,
+            interval_seconds=record.schedule.max_gap().total_seconds(),
+        )
+        jobs.run_now("fleet-heartbeat")
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
+
     def register_snapshot_jobs(self) -> None:
         """The scheduled EBS snapshot and its figures (age, count, duration) for CloudWatch."""
         assert self.monitoring is not None
@@ -240,6 +267,8 @@ class Daemon:
             self.consumer.stop(self.config.consumer.drain_timeout.total_seconds())
         if self.monitoring is not None:
             self.monitoring.stop()  # after the drain: the last figures and alerts go out
+        if self.heartbeat is not None:
+            self.heartbeat.leave()  # after the jobs: no heartbeat follows it
         self.agent_state.publish(stopped=True)
         log.info("agent.stopped", status=self.stats.status_line())
 

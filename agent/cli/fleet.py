@@ -1,0 +1,53 @@
+"""`backup-agent status --fleet [--json]`: the members on this agent's queue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from agent.aws import build_clients
+from agent.cli.common import StatusCode
+from agent.cli.output import printable_key
+from agent.config import Config, queue_name
+from agent.fleet.registry import Registry
+from agent.fleet.report import DEGRADED, OK, fleet_report
+
+
+def add_fleet_options(status: argparse.ArgumentParser) -> None:
+    status.add_argument(
+        "--fleet",
+        action="store_true",
+        help="list every agent on this queue (from the table); flag a missing heartbeat",
+    )
+
+
+def cmd_fleet_status(args: argparse.Namespace, config: Config) -> int:
+    clients = build_clients(config)
+    registry = Registry(clients.dynamodb, config.state.table, queue_name(config.queue.url))
+    members, bad = registry.members()
+    report = fleet_report(members, bad, datetime.now(UTC))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        for line in fleet_lines(report.to_dict()):
+            print(printable_key(line))
+    return {OK: StatusCode.OK, DEGRADED: StatusCode.DEGRADED}.get(report.health, StatusCode.DOWN)
+
+
+def fleet_lines(report: dict[str, Any]) -> list[str]:
+    lines = [f"fleet:       {report['health'].upper()}, {len(report['members'])} member(s)"]
+    for m in report["members"]:
+        used = m.get("disk_used_ratio")
+        lag = m.get("lag_seconds")
+        state = "HEARTBEAT MISSING" if m["missing"] else m["state"]
+        lines.append(
+            f"  {m['member_id']}: {state}, volume {m['volume_id']}"
+            f" ({'?' if used is None else f'{used:.0%}'} used),"
+            f" AZ {m.get('availability_zone') or '?'}, version {m['version']},"
+            f" heartbeat {m['heartbeat_age_seconds']:g}s ago,"
+            f" lag {'?' if lag is None else f'{lag:.1f}s'}, backed up {m.get('backed_up', 0)}"
+        )
+    lines.extend(f"problem:     {p}" for p in report["problems"])
+    return lines
