@@ -316,7 +316,7 @@ def cmd_list(rt: Runtime) -> int:
         for row in rows:
             rt.emit(row)
         return ExitCode.OK
-    table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "DELETED"]]
+    table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "HOLDER", "DELETED"]]
     for row in rows:
         table.append(
             [
@@ -325,6 +325,7 @@ def cmd_list(rt: Runtime) -> int:
                 "-" if row["size"] is None else human_size(row["size"]),
                 row["event_time"][:19],
                 row["backup_time"][:19],
+                row["volume_id"],
                 _state_cell(row),
             ]
         )
@@ -383,6 +384,7 @@ def _row(record: VersionRecord, deleted: bool) -> dict[str, Any]:
         "sha256": record.sha256,
         "event_time": record.event_time,
         "backup_time": record.backup_time,
+        "volume_id": record.volume_id,  # the volume that holds the copy (fleet: one of many)
         "deleted": deleted,
         "state": _state(record),
         "storage_class": record.storage_class,

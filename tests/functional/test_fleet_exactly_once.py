@@ -1,0 +1,134 @@
+"""Two members on one queue and one table (moto): each version is copied by one of them.
+
+The conditional version write decides. A redelivery of a version another member recorded
+is not copied again (its volume holds the copy); a duplicate S3 delivery taken by two
+members at once loses the write on one of them, which keeps its copy, counted as
+`fleet_duplicates` (docs/design.md, "A fleet on one queue").
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent.pipeline import delivery
+from agent.pipeline.backup import Outcome
+from agent.runtime.daemon import Daemon
+from agent.storage.journal import Journal
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
+from tests.support.aws import BUCKET, QUEUE_URL, TABLE, make_config, queue_counts
+from tests.support.events import notification, s3_record
+from tests.support.lifecycle import created, enable_versioning, put
+from tests.support.service import make_service
+from tests.support.waiting import wait_until
+
+AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+
+def _volume(tmp_path: Path, name: str) -> Volume:
+    root = tmp_path / name
+    root.mkdir()
+    volume = Volume(root)
+    volume.initialise(name)
+    volume.open()
+    return volume
+
+
+def test_a_redelivered_version_another_member_recorded_is_not_copied_again(aws, tmp_path):
+    enable_versioning(aws)
+    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    response = put(aws, "report.pdf", b"quarterly figures")
+    event = created("report.pdf", response, 17, at=AT)
+    member_a = make_service(aws, a, volume_id="vol-a")
+    member_b = make_service(aws, b, volume_id="vol-b")
+
+    assert member_a.process(event).outcome == Outcome.STORED
+    # a was killed before its DeleteMessage: the message comes back, to b
+    with delivery.delivering(delivery.Delivery("m-1", receive_count=2)):
+        again = member_b.process(event)
+
+    assert again.outcome == Outcome.ALREADY_DONE
+    assert again.record is not None and again.record.volume_id == "vol-a"
+    assert list(Journal(b.journal_dir).read_all()) == []
+    assert not list(b.objects_dir.rglob("*.zst"))
+    recorded = Ledger(aws.dynamodb, TABLE).get_version(BUCKET, "report.pdf", event.version_token)
+    assert recorded is not None and recorded.volume_id == "vol-a"
+
+
+def test_a_duplicate_delivery_both_members_took_is_recorded_once_and_counted(aws, tmp_path):
+    enable_versioning(aws)
+    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    response = put(aws, "report.pdf", b"quarterly figures")
+    event = created("report.pdf", response, 17, at=AT)
+    member_a = make_service(aws, a, volume_id="vol-a")
+    member_b = make_service(aws, b, volume_id="vol-b")
+
+    assert member_a.process(event).outcome == Outcome.STORED
+    # S3 sent the event twice; b took the second message at its first receive
+    with delivery.delivering(delivery.Delivery("m-2", receive_count=1)):
+        lost = member_b.process(event)
+
+    assert lost.outcome == Outcome.ALREADY_DONE
+    assert lost.record is not None and lost.record.volume_id == "vol-a"
+    assert member_b.stats.lifecycle["fleet_duplicates"] == 1
+    [kept] = Journal(b.journal_dir).read_all()  # b's copy stays, journalled: restorable
+    assert kept.volume_id == "vol-b" and b.has_copy(kept.sha256 or "")
+    recorded = Ledger(aws.dynamodb, TABLE).get_version(BUCKET, "report.pdf", event.version_token)
+    assert recorded is not None and recorded.volume_id == "vol-a"  # the winner, only
+
+
+def test_two_daemons_on_one_queue_copy_every_version_once(aws, tmp_path):
+    enable_versioning(aws)
+    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    # moto's own events carry no versionId: the test sends the events real S3 would
+    aws.s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={})
+    versions = {}
+    for n in range(24):
+        key = f"docs/file-{n:02d}.txt"
+        response = put(aws, key, f"content {n}".encode())
+        versions[key] = response["VersionId"]
+    assert queue_counts(aws.sqs) == (0, 0)
+    for n, (key, version_id) in enumerate(versions.items()):
+        record = s3_record(
+            key,
+            bucket=BUCKET,
+            size=len(f"content {n}"),
+            versionId=version_id,
+            sequencer=f"{n + 1:016X}",
+        )
+        aws.sqs.send_message(QueueUrl=QUEUE_URL, MessageBody=notification(record))
+    daemons = []
+    for volume in (a, b):
+        config = make_config(
+            volume.root,
+            metrics={"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+        )
+        daemons.append(Daemon(config, aws))
+    try:
+        for daemon, volume in zip(daemons, (a, b), strict=True):
+            daemon.start(volume.read_marker())
+        ledger = Ledger(aws.dynamodb, TABLE)
+
+        def all_recorded() -> bool:
+            return all(
+                [r.version_id for r in ledger.versions(BUCKET, k)] == [v]
+                for k, v in versions.items()
+            )
+
+        wait_until(all_recorded, timeout=60, what="every version recorded")
+        wait_until(lambda: queue_counts(aws.sqs) == (0, 0), timeout=30, what="queue drained")
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+    journals = {v.root.name: list(Journal(v.journal_dir).read_all()) for v in (a, b)}
+    copied = [(r.key, r.version_id) for records in journals.values() for r in records]
+    assert sorted(copied) == sorted(versions.items())  # each version once, fleet-wide
+    for key in versions:
+        [record] = ledger.versions(BUCKET, key)
+        holder = a if record.volume_id == "vol-a" else b
+        assert holder.has_copy(record.sha256 or "")
+        assert [r.key for r in journals[record.volume_id] if r.key == key] == [key]
+    backed_up = sum(d.stats.snapshot().backups_succeeded for d in daemons)
+    assert backed_up == len(versions)
