@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.aws import build_clients
 from agent.cli.common import StatusCode
 from agent.cli.output import printable_key
 from agent.config import Config, queue_name
+from agent.errors import BackupAgentError
+from agent.fleet.member import Member
 from agent.fleet.registry import Registry
 from agent.fleet.report import DEGRADED, OK, fleet_report
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 
 def add_fleet_options(status: argparse.ArgumentParser) -> None:
@@ -51,3 +56,12 @@ def fleet_lines(report: dict[str, Any]) -> list[str]:
         )
     lines.extend(f"problem:     {p}" for p in report["problems"])
     return lines
+
+
+def fleet_holders(config: Config, dynamodb: DynamoDBClient) -> dict[str, Member]:
+    """Volume id → the member writing to it; {} when the register cannot be read (a
+    restore names the volume all the same)."""
+    try:
+        return Registry(dynamodb, config.state.table, queue_name(config.queue.url)).holders()
+    except BackupAgentError:
+        return {}

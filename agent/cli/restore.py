@@ -28,6 +28,7 @@ from typing import IO, Any
 from agent import __version__, logs
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, exit_code_for, guarded, print_problems
+from agent.cli.fleet import fleet_holders
 from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
 from agent.config import (
@@ -38,7 +39,7 @@ from agent.config import (
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import OBJECT_ATTRIBUTES, VersionRecord, parse_time
-from agent.restore.plan import Plan, RestoreScope, place, plan, readable
+from agent.restore.plan import Plan, RestoreScope, held_here, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
 from agent.restore.share import Sharer, staging_bucket
 from agent.restore.source import (
@@ -409,6 +410,7 @@ def cmd_restore(rt: Runtime) -> int:
     selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
     volume = rt.volume()
     chosen = plan(rt.source, bucket, scope, selector)
+    chosen = held_here(chosen, volume.read_marker().volume_id, volume.has_copy)
     target: Target
     if args.to_s3:
         target = S3Target(
@@ -435,7 +437,7 @@ def cmd_restore(rt: Runtime) -> int:
     with first_interrupt_sets(stop, rt.err):
         summary = restorer.run(chosen, dry_run=args.dry_run)
     _report_restore(rt, summary)
-    if not chosen.items and not chosen.missing:
+    if not chosen.items and not chosen.missing and not chosen.elsewhere:
         print("backup-restore: nothing to restore", file=rt.err)
         return ExitCode.FAILURE
     return ExitCode.OK if summary.ok else ExitCode.FAILURE
@@ -467,6 +469,7 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
         "failed",
         [f"{printable_key(r.item.key)}: {r.error}" for r in summary.failed],
     )
+    _section(out, "held by another volume (restore there)", _elsewhere_lines(rt, summary.plan))
     _section(
         out,
         "not restored",
@@ -482,8 +485,29 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
         f" ({human_size(summary.plan.total_bytes if dry else summary.bytes)}),"
         f" unchanged {summary.count(Status.UNCHANGED)},"
         f" failed {len(summary.failed) + len(summary.plan.missing)},"
-        f" skipped {len(summary.plan.skipped)}\n"
+        f" skipped {len(summary.plan.skipped)}"
+        + (f", held elsewhere {len(summary.plan.elsewhere)}" if summary.plan.elsewhere else "")
+        + "\n"
     )
+
+
+def _elsewhere_lines(rt: Runtime, restore_plan: Plan) -> list[str]:
+    """Each version another volume holds, with its member when the fleet register says."""
+    if not restore_plan.elsewhere:
+        return []
+    members = {} if rt.args.offline else fleet_holders(rt.config, rt.clients.dynamodb)
+    lines = []
+    for item in restore_plan.elsewhere:
+        record = item.record
+        member = members.get(record.volume_id)
+        where = f"volume {record.volume_id}"
+        if member is not None:
+            where += f" on {member.member_id}"
+            if member.availability_zone:
+                where += f" ({member.availability_zone})"
+        version = record.version_id or record.version_token
+        lines.append(f"{printable_key(item.key)}: version {version}: {where}")
+    return lines
 
 
 def _renamed_lines(restore_plan: Plan) -> list[str]:

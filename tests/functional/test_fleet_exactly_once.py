@@ -8,9 +8,15 @@ members at once loses the write on one of them, which keeps its copy, counted as
 
 from __future__ import annotations
 
+import io
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.cli.restore import main as restore_main
+from agent.config import queue_name
+from agent.fleet.heartbeat import Heartbeat, Identity
+from agent.fleet.registry import Registry
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
 from agent.runtime.daemon import Daemon
@@ -18,6 +24,7 @@ from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE, make_config, queue_counts
+from tests.support.backed_up import write_config
 from tests.support.events import notification, s3_record
 from tests.support.lifecycle import created, enable_versioning, put
 from tests.support.service import make_service
@@ -132,3 +139,51 @@ def test_two_daemons_on_one_queue_copy_every_version_once(aws, tmp_path):
         assert [r.key for r in journals[record.volume_id] if r.key == key] == [key]
     backed_up = sum(d.stats.snapshot().backups_succeeded for d in daemons)
     assert backed_up == len(versions)
+
+
+# -- restore knows where ---------------------------------------------------------------
+
+
+def test_a_restore_from_one_member_takes_its_versions_and_names_the_holders_of_the_rest(
+    aws, tmp_path
+):
+    enable_versioning(aws)
+    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    member_a = make_service(aws, a, volume_id="vol-a")
+    member_b = make_service(aws, b, volume_id="vol-b")
+    for key, member in (("docs/a.txt", member_a), ("docs/b.txt", member_b)):
+        response = put(aws, key, key.encode())
+        assert member.process(created(key, response, len(key), at=AT)).outcome == Outcome.STORED
+    Heartbeat(
+        Registry(aws.dynamodb, TABLE, queue_name(QUEUE_URL)),
+        lambda: Identity("i-aaaa", "i-aaaa", "vol-a", "us-east-1a", "1.0"),
+        interval_seconds=30,
+        clock=lambda: datetime.now(UTC),
+    ).beat()
+    config_path = write_config(tmp_path / "config.yaml", b.root)
+
+    def restore(command: str, *args: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = restore_main([command, "--config", str(config_path), *args], out=out, err=err)
+        return code, out.getvalue()
+
+    code, rows = restore("list", "--json")
+    holders = {row["key"]: row["volume_id"] for row in map(json.loads, rows.splitlines())}
+    assert code == 0 and holders == {"docs/a.txt": "vol-a", "docs/b.txt": "vol-b"}
+
+    target = tmp_path / "restored"
+    code, out = restore("restore", "--prefix", "docs/", "--to", str(target))
+
+    assert code == 1  # not everything was restorable here
+    assert (target / "docs" / "b.txt").read_bytes() == b"docs/b.txt"
+    assert not (target / "docs" / "a.txt").exists()
+    assert "held by another volume (restore there):" in out
+    assert "docs/a.txt: version " in out and "volume vol-a on i-aaaa (us-east-1a)" in out
+    assert "restored 1 files" in out and "held elsewhere 1" in out
+
+    code, out = restore("restore", "--prefix", "docs/", "--to", str(tmp_path / "j"), "--json")
+    summary = json.loads(out.splitlines()[-1])
+    assert code == 1 and summary["restored"] == 1 and not summary["ok"]
+    assert [(h["key"], h["volume_id"]) for h in summary["held_elsewhere"]] == [
+        ("docs/a.txt", "vol-a")
+    ]
