@@ -87,6 +87,12 @@ class Heartbeat:
             log.info("fleet.joined", member=member.member_id, volume_id=member.volume_id)
         self.last = member
 
+    def missing_members(self) -> int:
+        """How many members of the fleet (this one aside) have a missing heartbeat."""
+        now = self.clock()
+        members, _ = self.registry.members()
+        return sum(1 for m in members if m.member_id != self.identity.member_id and m.missing(now))
+
     def leave(self) -> None:
         """The last heartbeat, `stopped`; never raises (the agent is stopping anyway)."""
         try:

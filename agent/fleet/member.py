@@ -18,6 +18,12 @@ FLEET_PREFIX = "fleet#"
 MEMBER_PREFIX = "member#"
 STALE_INTERVALS = 3  # a heartbeat older than this many intervals: the member is flagged
 
+# Each member publishes how many members' heartbeats are missing, fleet-wide (dimension
+# Fleet=<queue name>); the "heartbeat missing" alarm (agent/operations/alarms.py) fires
+# above 0, and when no member publishes at all.
+MISSING_METRIC = "FleetMembersMissing"
+FLEET_DIMENSION = "Fleet"
+
 ACTIVE, PAUSED, STOPPED = "active", "paused", "stopped"
 STATES = (ACTIVE, PAUSED, STOPPED)
 

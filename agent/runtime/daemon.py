@@ -23,9 +23,10 @@ import structlog
 
 from agent import logs
 from agent.aws import Clients
-from agent.config import Config
+from agent.config import Config, queue_name
 from agent.errors import BackupAgentError, VolumeNotReady
 from agent.fleet.heartbeat import Heartbeat
+from agent.fleet.member import FLEET_DIMENSION, MISSING_METRIC
 from agent.lifecycle.context import run_exclusive
 from agent.lifecycle.gc import GarbageCollector
 from agent.lifecycle.reconcile import Reconciler
@@ -222,8 +223,15 @@ class Daemon:
         jobs.run_now("fleet-heartbeat")
 
     def _beat(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.beat()
+        if self.heartbeat is None or self.monitoring is None:
+            return
+        self.heartbeat.beat()
+        publisher = self.monitoring.publisher
+        if publisher is not None:  # the survivors report the missing (one alarm, fleet-wide)
+            missing = self.heartbeat.missing_members()
+            fleet = ((FLEET_DIMENSION, queue_name(self.config.queue.url)),)
+            point = Datapoint(MISSING_METRIC, missing, "Count", datetime.now(UTC), fleet)
+            publisher.add([point])
 
     def register_snapshot_jobs(self) -> None:
         """The scheduled EBS snapshot and its figures (age, count, duration) for CloudWatch."""

@@ -23,6 +23,10 @@ class FakeRegistry:
     def announce(self, member: Member) -> None:
         self.written.append(member)
 
+    def members(self) -> tuple[list[Member], list[str]]:
+        latest = {m.member_id: m for m in self.written}
+        return list(latest.values()), []
+
 
 def _heartbeat(clock: FakeClock, figures: Figures = NO_FIGURES) -> tuple[Heartbeat, FakeRegistry]:
     registry = FakeRegistry()
@@ -128,3 +132,15 @@ def _paused_at(member: Member) -> Member:
     return dataclasses.replace(
         member, member_id="i-p", state=PAUSED, paused_reason="volume 95% full"
     )
+
+
+def test_the_survivors_count_the_members_whose_heartbeat_is_missing() -> None:
+    clock = FakeClock()
+    beat, registry = _heartbeat(clock)
+    registry.announce(_member(clock, "i-gone", ACTIVE))
+    registry.announce(_member(clock, "i-left", STOPPED))
+    beat.beat()
+    assert beat.missing_members() == 0
+    clock.advance(seconds=100)
+    beat.beat()  # this member beats on; i-gone stopped at 100 s, i-left said it left
+    assert beat.missing_members() == 1
