@@ -228,6 +228,7 @@ def test_dashboard_has_one_row_per_instance_and_is_idempotent(aws, config):
         "BackupLagSeconds",
         "SecondsSinceLastBackup",
         "ApproximateNumberOfMessagesVisible",
+        "FleetMembersMissing",
         "backup-events-dlq",
     ):
         assert name in flat
