@@ -18,7 +18,12 @@ import structlog
 from agent import __version__, logs
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, StatusCode, exit_code_for, guarded, print_problems
-from agent.cli.fleet import add_fleet_options, cmd_fleet_status
+from agent.cli.fleet import (
+    add_adopt_options,
+    add_fleet_options,
+    cmd_adopt_volume,
+    cmd_fleet_status,
+)
 from agent.cli.output import describe_run, printable_key, status_lines
 from agent.cli.rejected_config import report_rejected_config
 from agent.config import (
@@ -174,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline", action="store_true", help="do not ask SQS for the queue depths"
     )
     add_fleet_options(status)
+    add_adopt_options(
+        command(
+            "adopt-volume",
+            cmd_adopt_volume,
+            "Serve a departed fleet member's volume from this member (docs/fleet.md).",
+        )
+    )
     return parser
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 FLEET_PREFIX = "fleet#"
 MEMBER_PREFIX = "member#"
+ADOPTED_PREFIX = "adopted#"  # sk of "volume X is served by member Y" (agent/fleet/adopt.py)
 STALE_INTERVALS = 3  # a heartbeat older than this many intervals: the member is flagged
 
 # Each member publishes how many members' heartbeats are missing, fleet-wide (dimension

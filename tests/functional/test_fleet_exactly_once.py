@@ -13,6 +13,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.cli.agent import main as agent_main
 from agent.cli.restore import main as restore_main
 from agent.config import queue_name
 from agent.fleet.heartbeat import Heartbeat, Identity
@@ -20,6 +21,7 @@ from agent.fleet.registry import Registry
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
 from agent.runtime.daemon import Daemon
+from agent.runtime.wiring import fleet_identity
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
@@ -187,3 +189,54 @@ def test_a_restore_from_one_member_takes_its_versions_and_names_the_holders_of_t
     assert [(h["key"], h["volume_id"]) for h in summary["held_elsewhere"]] == [
         ("docs/a.txt", "vol-a")
     ]
+
+
+# -- a member leaves: its volume adopted -------------------------------------------------
+
+
+def test_an_adopted_volume_is_served_by_its_new_member_and_nothing_is_copied_again(
+    aws, tmp_path, capsys
+):
+    enable_versioning(aws)
+    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    member_a = make_service(aws, a, volume_id="vol-a")
+    events = []
+    for key in ("docs/one.txt", "docs/two.txt"):
+        response = put(aws, key, key.encode())
+        events.append(created(key, response, len(key), at=AT))
+        assert member_a.process(events[-1]).outcome == Outcome.STORED
+    # a was killed between its journal line and its ledger write for docs/two.txt
+    aws.dynamodb.delete_item(
+        TableName=TABLE,
+        Key={"pk": {"S": f"{BUCKET}/docs/two.txt"}, "sk": {"S": "V#" + events[1].version_token}},
+    )
+    registry = Registry(aws.dynamodb, TABLE, queue_name(QUEUE_URL))
+    Heartbeat(
+        registry,
+        lambda: Identity("i-aaaa", "i-aaaa", "vol-a", "us-east-1a", "1.0"),
+        interval_seconds=30,
+        clock=lambda: datetime(2026, 11, 30, tzinfo=UTC),  # long gone: heartbeat missing
+    ).beat()
+    Heartbeat(  # the adopting member, running on this host with vol-b
+        registry,
+        lambda: fleet_identity("vol-b"),
+        interval_seconds=30,
+        clock=lambda: datetime.now(UTC),
+    ).beat()
+    config_path = write_config(tmp_path / "config.yaml", b.root)
+    capsys.readouterr()
+
+    assert agent_main(["adopt-volume", "--config", str(config_path), "--root", str(a.root)]) == 0
+
+    out = capsys.readouterr().out
+    assert "volume vol-a" in out and "1 recorded now, 1 already recorded" in out
+    assert "members retired: i-aaaa" in out
+    ledger = Ledger(aws.dynamodb, TABLE)
+    for event in events:
+        recorded = ledger.get_version(BUCKET, event.key, event.version_token)
+        assert recorded is not None and recorded.volume_id == "vol-a"  # the volume, unchanged
+    holder = registry.holders()["vol-a"]
+    assert holder.member_id.endswith("/vol-b")  # this host's member (off EC2)
+    [gone] = [m for m in registry.members()[0] if m.member_id == "i-aaaa"]
+    assert gone.state == "stopped" and not gone.missing(datetime.now(UTC))
+    assert len(list(Journal(a.journal_dir).read_all())) == 2  # nothing copied again
