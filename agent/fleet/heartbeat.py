@@ -7,6 +7,7 @@ The figures (paused, disk used, lag) come from a callable the daemon passes in.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -54,6 +55,8 @@ class Heartbeat:
         self.figures = figures
         self.started = clock()
         self.last: Member | None = None
+        self._lock = threading.Lock()
+        self._left = False
 
     @property
     def identity(self) -> Identity:
@@ -81,8 +84,11 @@ class Heartbeat:
         )
 
     def beat(self) -> None:
-        member = self.member()
-        self.registry.announce(member)
+        with self._lock:  # never a beat after leave(): its `active` would outlive the stop
+            if self._left:
+                return
+            member = self.member()
+            self.registry.announce(member)
         if self.last is None:
             log.info("fleet.joined", member=member.member_id, volume_id=member.volume_id)
         self.last = member
@@ -96,8 +102,10 @@ class Heartbeat:
     def leave(self) -> None:
         """The last heartbeat, `stopped`; never raises (the agent is stopping anyway)."""
         try:
-            member = self.member(stopped=True)
-            self.registry.announce(member)
+            with self._lock:
+                self._left = True
+                member = self.member(stopped=True)
+                self.registry.announce(member)
             self.last = replace(member)
             log.info("fleet.left", member=member.member_id)
         except Exception:

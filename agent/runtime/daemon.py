@@ -205,7 +205,7 @@ class Daemon:
             self.register_snapshot_jobs()
 
     def register_fleet_heartbeat(self, marker: VolumeMarker) -> None:
-        """Join the fleet on the queue (one beat now), then beat on the scheduler:
+        """Join the fleet on the queue (one beat at once), then beat on the scheduler:
         `schedules.fleet-heartbeat`, every 30 s unless set (agent/fleet/)."""
         assert self.monitoring is not None
         jobs = self.monitoring.jobs
@@ -220,7 +220,10 @@ class Daemon:
             self.stats,
             interval_seconds=record.schedule.max_gap().total_seconds(),
         )
-        jobs.run_now("fleet-heartbeat")
+        # The first beat now, off the start path: IMDS and DynamoDB must not hold up READY=1.
+        threading.Thread(
+            target=jobs.run_now, args=("fleet-heartbeat",), name="fleet-join", daemon=True
+        ).start()
 
     def _beat(self) -> None:
         if self.heartbeat is None or self.monitoring is None:

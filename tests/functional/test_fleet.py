@@ -15,6 +15,7 @@ from agent.runtime.daemon import Daemon
 from tests.functional.test_lifecycle_cli import write_config
 from tests.support.aws import QUEUE_URL, TABLE, make_config
 from tests.support.clock import FakeClock
+from tests.support.waiting import wait_until
 
 
 def _registry(aws) -> Registry:
@@ -30,6 +31,7 @@ def test_a_daemon_joins_the_fleet_at_start_and_says_stopped_when_it_stops(aws, b
     daemon = Daemon(config, aws)
     daemon.start(volume.read_marker())
     try:
+        wait_until(lambda: _registry(aws).members()[0], what="the member registered")
         [member], bad = _registry(aws).members()
         assert bad == []
         assert member.volume_id == "vol-test" and member.state == ACTIVE

@@ -144,3 +144,13 @@ def test_the_survivors_count_the_members_whose_heartbeat_is_missing() -> None:
     clock.advance(seconds=100)
     beat.beat()  # this member beats on; i-gone stopped at 100 s, i-left said it left
     assert beat.missing_members() == 1
+
+
+def test_no_heartbeat_follows_leaving() -> None:
+    clock = FakeClock()
+    beat, registry = _heartbeat(clock)
+    beat.beat()
+    beat.leave()
+    clock.advance(seconds=30)
+    beat.beat()  # a scheduled run that raced the stop
+    assert [m.state for m in registry.written] == [ACTIVE, STOPPED]
