@@ -37,6 +37,12 @@ from agent.cli.common import (
     print_json,
     print_problems,
 )
+from agent.cli.fleet import (
+    add_adopt_options,
+    add_fleet_options,
+    cmd_adopt_volume,
+    cmd_fleet_status,
+)
 from agent.cli.output import describe_run, printable_key, status_lines
 from agent.cli.rejected_config import report_rejected_config
 from agent.config import Config, environment_problems, load_config, resolve_config_path
@@ -272,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--offline", action="store_true", help="do not ask SQS for the queue depths"
+    )
+    add_fleet_options(status)
+    add_adopt_options(
+        command(
+            "adopt-volume",
+            cmd_adopt_volume,
+            "Serve a departed fleet member's volume from this member (docs/fleet.md).",
+            "backup-agent adopt-volume --root /mnt/backups-of-i-0123",
+        )
     )
     grow = command(
         "grow-filesystem",
@@ -561,6 +576,8 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    if getattr(args, "fleet", False):
+        return cmd_fleet_status(args, config)
     sqs = None if args.offline else build_clients(config).sqs
     status = agent_status.gather(config, args.config_path, sqs)
     if args.json:

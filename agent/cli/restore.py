@@ -49,13 +49,14 @@ from agent.cli.common import (
     log_level,
     print_problems,
 )
+from agent.cli.fleet import fleet_holders
 from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
 from agent.config import Config, load_config, resolve_config_path
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import OBJECT_ATTRIBUTES, Rejection, VersionRecord, parse_time
 from agent.restore.find import Filter, FilterError, Row, Scan, narrowed, rows
-from agent.restore.plan import Plan, RestoreScope, place, plan, readable
+from agent.restore.plan import Plan, RestoreScope, held_here, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
 from agent.restore.share import Sharer, staging_bucket
 from agent.restore.source import (
@@ -613,7 +614,7 @@ def _find_progress(err: IO[str]) -> Callable[[Scan], None]:
 
 def _print_table(out: IO[str], rows_: list[dict[str, Any]]) -> None:
     categorised = any(row["category"] for row in rows_)  # the column when categories are used
-    table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "DELETED"]]
+    table = [["KEY", "VERSION", "SIZE", "EVENT TIME", "BACKED UP", "HOLDER", "DELETED"]]
     if categorised:
         table[0].insert(2, "CATEGORY")
     for row in rows_:
@@ -623,6 +624,7 @@ def _print_table(out: IO[str], rows_: list[dict[str, Any]]) -> None:
             "-" if row["size"] is None else human_size(row["size"]),
             row["event_time"][:19],
             row["backup_time"][:19],
+            row["volume_id"],  # the volume holding the copy (a fleet has several)
             _state_cell(row),
         ]
         if categorised:
@@ -663,6 +665,7 @@ def _row(found: Row) -> dict[str, Any]:
         "sha256": record.sha256,
         "event_time": record.event_time,
         "backup_time": record.backup_time,
+        "volume_id": record.volume_id,  # the volume that holds the copy (fleet: one of many)
         "deleted": deleted,
         "state": _state(record),
         "storage_class": record.storage_class,
@@ -693,6 +696,7 @@ def cmd_restore(rt: Runtime) -> int:
     selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
     volume = rt.volume()
     chosen = narrowed(plan(rt.source, bucket, scope, selector), _filter_of(args))
+    chosen = held_here(chosen, volume.read_marker().volume_id, volume.has_copy)
     target: Target
     if args.to_s3:
         target = S3Target(
@@ -739,7 +743,7 @@ def cmd_restore(rt: Runtime) -> int:
             ),
         )
     _report_restore(rt, summary)
-    if not chosen.items and not chosen.missing:
+    if not chosen.items and not chosen.missing and not chosen.elsewhere:
         print("backup-restore: nothing to restore", file=rt.err)
         return ExitCode.FAILURE
     return ExitCode.OK if summary.ok else ExitCode.FAILURE
@@ -784,6 +788,7 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
         "failed",
         [f"{printable_key(r.item.key)}: {r.error}" for r in summary.failed],
     )
+    _section(out, "held by another volume (restore there)", _elsewhere_lines(rt, summary.plan))
     _section(
         out,
         "not restored",
@@ -799,8 +804,29 @@ def _report_restore(rt: Runtime, summary: Summary) -> None:
         f" ({human_size(summary.plan.total_bytes if dry else summary.bytes)}),"
         f" unchanged {summary.count(Status.UNCHANGED)},"
         f" failed {len(summary.failed) + len(summary.plan.missing)},"
-        f" skipped {len(summary.plan.skipped)}\n"
+        f" skipped {len(summary.plan.skipped)}"
+        + (f", held elsewhere {len(summary.plan.elsewhere)}" if summary.plan.elsewhere else "")
+        + "\n"
     )
+
+
+def _elsewhere_lines(rt: Runtime, restore_plan: Plan) -> list[str]:
+    """Each version another volume holds, with its member when the fleet register says."""
+    if not restore_plan.elsewhere:
+        return []
+    members = {} if rt.args.offline else fleet_holders(rt.config, rt.clients.dynamodb)
+    lines = []
+    for item in restore_plan.elsewhere:
+        record = item.record
+        member = members.get(record.volume_id)
+        where = f"volume {record.volume_id}"
+        if member is not None:
+            where += f" on {member.member_id}"
+            if member.availability_zone:
+                where += f" ({member.availability_zone})"
+        version = record.version_id or record.version_token
+        lines.append(f"{printable_key(item.key)}: version {version}: {where}")
+    return lines
 
 
 def _renamed_lines(restore_plan: Plan) -> list[str]:

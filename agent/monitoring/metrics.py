@@ -95,10 +95,14 @@ class Datapoint:
     value: float | StatisticSet
     unit: str
     timestamp: datetime
+    # Its own dimensions in place of the instance's (a fleet-wide figure: `Fleet=<queue>`)
+    dimensions: tuple[tuple[str, str], ...] | None = None
     # dimensions of this series besides the instance's, e.g. (("Category", "finance"),)
     extra: tuple[tuple[str, str], ...] = ()
 
     def to_cloudwatch(self, dimensions: list[dict[str, str]]) -> dict[str, Any]:
+        if self.dimensions is not None:
+            dimensions = [{"Name": name, "Value": value} for name, value in self.dimensions]
         datum: dict[str, Any] = {
             "MetricName": self.name,
             "Dimensions": dimensions + [{"Name": n, "Value": v} for n, v in self.extra],

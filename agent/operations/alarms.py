@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from agent.config import Config
+from agent.config import Config, queue_name
 from agent.errors import ConfigError
+from agent.fleet.member import FLEET_DIMENSION, MISSING_METRIC
 from agent.monitoring.metrics import dimension_list
 from agent.snapshots.metrics import snapshot_age_alarm
 
@@ -133,6 +134,7 @@ def alarm_specs(config: Config, dimensions: Mapping[str, str]) -> list[dict[str,
     if alarms.no_backup_hours is not None:
         specs.append(no_backup_alarm(config, prefix, dims, common, alarms.no_backup_hours))
     specs.append(days_until_full_alarm(config, prefix, dims, common, dimensions["Volume"]))
+    specs.append(fleet_heartbeat_alarm(config, common))
     if config.snapshots.enabled:
         specs.append(
             snapshot_age_alarm(
@@ -226,6 +228,29 @@ def days_until_full_alarm(
         "Threshold": float(days),
         "ComparisonOperator": "LessThanThreshold",
         "TreatMissingData": "notBreaching",
+    }
+
+
+def fleet_heartbeat_alarm(config: Config, common: Mapping[str, Any]) -> dict[str, Any]:
+    """One alarm for the fleet on the queue: a member's heartbeat missing (its survivors
+    publish how many; agent/fleet/), or no member publishing at all (missing is breaching).
+    Every member's `backup-agent alarms` puts the same alarm."""
+    fleet = queue_name(config.queue.url)
+    return {
+        **common,
+        "AlarmName": f"{config.alarms.name_prefix}-fleet-{fleet}-heartbeat-missing",
+        "AlarmDescription": (
+            f"A member of the fleet on queue {fleet} stopped its heartbeat (or no member"
+            " reports at all): see backup-agent status --fleet."
+        ),
+        "Namespace": config.metrics.namespace,
+        "MetricName": MISSING_METRIC,
+        "Dimensions": [{"Name": FLEET_DIMENSION, "Value": fleet}],
+        "Statistic": "Maximum",
+        "Period": config.alarms.period_seconds,
+        "EvaluationPeriods": 1,
+        "Threshold": 0.0,
+        "TreatMissingData": "breaching",
     }
 
 

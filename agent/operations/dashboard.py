@@ -15,7 +15,8 @@ import botocore.exceptions
 
 from agent.audit.cloudwatch import METRIC_FILTERS
 from agent.aws import error_code
-from agent.config import Config
+from agent.config import Config, queue_name
+from agent.fleet.member import FLEET_DIMENSION, MISSING_METRIC
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
@@ -86,6 +87,24 @@ def space_cells(
     ]
 
 
+def fleet_widget(config: Config) -> dict[str, Any]:
+    """The fleet on the queue: members whose heartbeat is missing (agent/fleet/), and the
+    backups of every member summed by metric math (SEARCH over the instances' metrics)."""
+    ns = config.metrics.namespace
+    fleet = queue_name(config.queue.url)
+    search = f"SEARCH('{{{ns},InstanceId,Volume}} MetricName=\"BackupsSucceeded\"', 'Sum', 300)"
+    return _widget(
+        f"Fleet {fleet}: backups, members missing",
+        [
+            [{"expression": f"SUM({search})", "label": "backups, all members", "id": "fleet"}],
+            _metric(ns, MISSING_METRIC, {FLEET_DIMENSION: fleet}, stat="Maximum", yAxis="right"),
+        ],
+        2 * WIDTH,
+        0,
+        config.aws.region,
+    )
+
+
 def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str, Any]:
     """The dashboard JSON: a fleet row (dead-letter queue), then one row per instance."""
     ns = config.metrics.namespace
@@ -111,6 +130,7 @@ def dashboard_body(config: Config, instances: list[dict[str, str]]) -> dict[str,
             stat="Maximum",
             annotations={"horizontal": [{"label": "alarm", "value": oldest_limit}]},
         ),
+        fleet_widget(config),
     ]
     no_backup_hours = config.alarms.no_backup_hours
     disk_limit = config.alarms.disk_used_percent or config.alerts.disk_used_percent

@@ -188,6 +188,21 @@ class BackupService:
             if replaces is not None:  # the same position in the key's order: LATEST, if it was
                 self.ledger.settle(record.bucket, record.key)
         self._recent.remember(event.bucket, event.key, event.version_token, copy.sha256)
+        if not fresh:
+            holder = self._held_elsewhere(event)
+            if holder is not None:
+                # Another member's conditional write won: the ledger names its volume. The
+                # copy here stays (journalled, content-addressed: restorable from this
+                # volume too), counted; docs/design.md "A fleet on one queue".
+                self.stats.count("fleet_duplicates")
+                log.info(
+                    "backup.fleet_duplicate",
+                    bucket=event.bucket,
+                    key=event.key,
+                    version_token=event.version_token,
+                    holder=holder.volume_id,
+                )
+                return Result(Outcome.ALREADY_DONE, event, holder)
         if not fresh and copy.deduplicated:
             # A first delivery skips the look-up; the conditional write caught the duplicate.
             self._log_duplicate(event)
@@ -279,6 +294,25 @@ class BackupService:
         if known and known.sha256 and self.volume.has_copy(known.sha256):
             self.ledger.record(known)  # LATEST may still need advancing after a crash
             return Result(Outcome.ALREADY_DONE, event, known)
+        if known and known.sha256 and known.volume_id != self.volume_id:
+            # Copied by another member of the fleet (a redelivery after it was killed
+            # between its ledger write and its DeleteMessage): its volume holds the copy.
+            self.ledger.record(known)  # LATEST may still need advancing after a crash
+            log.info(
+                "backup.held_elsewhere",
+                bucket=event.bucket,
+                key=event.key,
+                version_token=event.version_token,
+                holder=known.volume_id,
+            )
+            return Result(Outcome.ALREADY_DONE, event, known)
+        return None
+
+    def _held_elsewhere(self, event: ObjectEvent) -> VersionRecord | None:
+        """The ledger's record of `event`'s version if another volume holds its copy."""
+        known = self.ledger.get_version(event.bucket, event.key, event.version_token)
+        if known is not None and known.sha256 and known.volume_id != self.volume_id:
+            return known
         return None
 
     def _log_duplicate(self, event: ObjectEvent) -> None:

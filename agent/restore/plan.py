@@ -8,7 +8,7 @@ under a restore directory (see paths.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from agent.records import VersionRecord
@@ -50,6 +50,8 @@ class Plan:
     items: list[Item]
     skipped: list[Choice] = field(default_factory=list)  # keys with no version to restore
     missing: list[Choice] = field(default_factory=list)  # asked for by name, not found
+    # A fleet: versions whose copy another member's volume holds (`held_here` splits them off)
+    elsewhere: list[Item] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -107,7 +109,22 @@ def place(items_plan: Plan) -> Plan:
     """Give every item a collision-free, escaped path relative to the restore directory."""
     placements = place_keys(item.key for item in items_plan.items)
     placed = [Item(i.record, i.deleted_in_s3, placements[i.key]) for i in items_plan.items]
-    return Plan(placed, items_plan.skipped, items_plan.missing)
+    return Plan(placed, items_plan.skipped, items_plan.missing, items_plan.elsewhere)
+
+
+def held_here(items_plan: Plan, volume_id: str, has_copy: Callable[[str], bool]) -> Plan:
+    """The items this volume can restore; the others, recorded on another volume (a fleet
+    member's) and not stored here too, move to `elsewhere` to be named with their holder.
+    A copy recorded on this volume but absent stays an item: it fails, as it should."""
+    here: list[Item] = []
+    elsewhere = list(items_plan.elsewhere)
+    for item in items_plan.items:
+        record = item.record
+        if record.volume_id != volume_id and not (record.sha256 and has_copy(record.sha256)):
+            elsewhere.append(item)
+        else:
+            here.append(item)
+    return Plan(here, items_plan.skipped, items_plan.missing, elsewhere)
 
 
 def _choices(

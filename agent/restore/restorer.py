@@ -91,7 +91,7 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.plan.missing
+        return not self.failed and not self.plan.missing and not self.plan.elsewhere
 
     @property
     def bytes(self) -> int:
@@ -109,6 +109,15 @@ class Summary:
             "renamed": len(self.plan.renamed),
             "skipped": [{"key": c.key, "reason": c.reason} for c in self.plan.skipped],
             "missing": [{"key": c.key, "reason": c.reason} for c in self.plan.missing],
+            "held_elsewhere": [
+                {
+                    "key": i.key,
+                    "version_id": i.record.version_id,
+                    "version_token": i.record.version_token,
+                    "volume_id": i.record.volume_id,
+                }
+                for i in self.plan.elsewhere
+            ],
         }
 
 

@@ -28,8 +28,10 @@ from agent.audit.identity import whoami
 from agent.audit.records import Actor
 from agent.aws import Clients
 from agent.categories import Categories
-from agent.config import Config
+from agent.config import Config, queue_name
 from agent.errors import BackupAgentError, VolumeNotInitialised, VolumeNotReady
+from agent.fleet.heartbeat import Heartbeat
+from agent.fleet.member import FLEET_DIMENSION, MISSING_METRIC
 from agent.lifecycle.context import run_exclusive
 from agent.lifecycle.gc import GarbageCollector
 from agent.lifecycle.pressure import PressureCheck, PressureReport
@@ -49,6 +51,7 @@ from agent.runtime.wiring import (
     backup_service,
     compression_settings,
     consumer_settings,
+    fleet_heartbeat,
     inventory_export,
     lifecycle_context,
     pressure_retention,
@@ -69,6 +72,7 @@ VOLUME_RETRY_SECONDS = 10.0
 ALERT_FLUSH_SECONDS = 10.0  # for the "not initialised" alert before exiting
 MAIN_LOOP_SECONDS = 2.0
 EXIT_IMMEDIATELY = 130
+HEARTBEAT_DEFAULT = "30s"
 
 
 class Daemon:
@@ -95,6 +99,7 @@ class Daemon:
         self._signals = 0
         self.consumer: Consumer | None = None
         self.service: BackupService | None = None
+        self.heartbeat: Heartbeat | None = None
         self.monitoring = monitoring
         self._alert_hook = alert
         self.reloader: ConfigReloader | None = None
@@ -163,6 +168,7 @@ class Daemon:
         if self.monitoring is None:
             self.monitoring = self.build_monitoring()
         self.register_lifecycle_jobs(marker)
+        self.register_fleet_heartbeat(marker)
         self.monitoring.start()
         self.consumer = Consumer(
             self.clients.sqs,
@@ -272,6 +278,38 @@ class Daemon:
         if self.config.snapshots.enabled:
             self.register_snapshot_jobs()
 
+    def register_fleet_heartbeat(self, marker: VolumeMarker) -> None:
+        """Join the fleet on the queue (one beat at once), then beat on the scheduler:
+        `schedules.fleet-heartbeat`, every 30 s unless set (agent/fleet/)."""
+        assert self.monitoring is not None
+        jobs = self.monitoring.jobs
+        record = jobs.register("fleet-heartbeat", lambda: self._beat(), every(HEARTBEAT_DEFAULT))
+        if record is None:
+            return  # turned off (schedules.fleet-heartbeat: null)
+        self.heartbeat = fleet_heartbeat(
+            self.config,
+            self.clients,
+            self.volume,
+            marker.volume_id,
+            self.stats,
+            interval_seconds=record.schedule.max_gap().total_seconds(),
+        )
+        # The first beat now, off the start path: IMDS and DynamoDB must not hold up READY=1.
+        threading.Thread(
+            target=jobs.run_now, args=("fleet-heartbeat",), name="fleet-join", daemon=True
+        ).start()
+
+    def _beat(self) -> None:
+        if self.heartbeat is None or self.monitoring is None:
+            return
+        self.heartbeat.beat()
+        publisher = self.monitoring.publisher
+        if publisher is not None:  # the survivors report the missing (one alarm, fleet-wide)
+            missing = self.heartbeat.missing_members()
+            fleet = ((FLEET_DIMENSION, queue_name(self.config.queue.url)),)
+            point = Datapoint(MISSING_METRIC, missing, "Count", datetime.now(UTC), fleet)
+            publisher.add([point])
+
     def register_snapshot_jobs(self) -> None:
         """The scheduled EBS snapshot and its figures (age, count, duration) for CloudWatch."""
         assert self.monitoring is not None
@@ -345,6 +383,8 @@ class Daemon:
             self.consumer.stop(self.config.consumer.drain_timeout.total_seconds())
         if self.monitoring is not None:
             self.monitoring.stop()  # after the drain: the last figures and alerts go out
+        if self.heartbeat is not None:
+            self.heartbeat.leave()  # after the jobs: no heartbeat follows it
         self.agent_state.publish(stopped=True)
         log.info("agent.stopped", status=self.stats.status_line())
 

@@ -8,19 +8,23 @@ and the lifecycle jobs' context are assembled the same way in every process.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent import __version__
 from agent.audit.cloudwatch import LogsShipper
 from agent.audit.inventory import InventoryExport
 from agent.audit.trail import AuditTrail
 from agent.aws import Clients
 from agent.categories import Categories
-from agent.config import Config
+from agent.config import Config, queue_name
 from agent.errors import ConfigError
-from agent.imds import Imds
+from agent.fleet.heartbeat import Figures, Heartbeat, Identity
+from agent.fleet.registry import Registry
+from agent.imds import Imds, MetadataUnavailable
 from agent.lifecycle.context import LifecycleContext
 from agent.lifecycle.gc import GarbageCollector
 from agent.lifecycle.pressure import PressureRetention, pressure_policy
@@ -231,4 +235,56 @@ def inventory_export(config: Config, ctx: LifecycleContext) -> InventoryExport:
         volume=ctx.volume,
         bucket=config.inventory.bucket,
         prefix=config.inventory.prefix,
+    )
+
+
+def fleet_identity(volume_id: str, imds: Imds | None = None) -> Identity:
+    """Who this member is: its instance id and AZ from instance metadata; off EC2 (tests,
+    an operator's host) the host name and the volume id, so two agents on one host differ.
+    `AWS_EC2_METADATA_DISABLED=true` (botocore's own switch) skips instance metadata."""
+    instance_id: str | None = None
+    zone: str | None = None
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() != "true":
+        imds = imds or Imds(timeout=1.0)
+        try:
+            instance_id, zone = imds.instance_id(), imds.availability_zone()
+        except MetadataUnavailable:
+            instance_id, zone = None, None
+    member_id = instance_id or f"{socket.gethostname()}/{volume_id}"
+    return Identity(member_id, instance_id, volume_id, zone, __version__)
+
+
+def fleet_heartbeat(
+    config: Config,
+    clients: Clients,
+    volume: Volume,
+    volume_id: str,
+    stats: Stats,
+    *,
+    interval_seconds: float,
+    clock: Callable[[], datetime] | None = None,
+    identity: Callable[[], Identity] | None = None,
+) -> Heartbeat:
+    """This agent's membership of the fleet on its queue, with the daemon's figures."""
+
+    def figures() -> Figures:
+        now = stats.snapshot()
+        try:
+            usage = shutil.disk_usage(volume.root)
+            used: float | None = usage.used / usage.total if usage.total else None
+        except OSError:
+            used = None
+        return Figures(
+            paused_reason=now.paused_reason,
+            disk_used_ratio=used,
+            lag_seconds=now.last_lag_seconds,
+            backed_up=now.backups_succeeded,
+        )
+
+    return Heartbeat(
+        Registry(clients.dynamodb, config.state.table, queue_name(config.queue.url)),
+        identity or (lambda: fleet_identity(volume_id)),
+        interval_seconds=interval_seconds,
+        clock=clock or (lambda: datetime.now(UTC)),
+        figures=figures,
     )

@@ -137,7 +137,7 @@ def test_alarms_are_created_with_thresholds_and_actions_and_reapplying_changes_n
     config = alerting_config(backup_root, arn, alarms={"no_backup_hours": 6})
     cloudwatch = aws.session.client("cloudwatch")
     first = Alarms(cloudwatch, config, DIMS).apply()
-    assert [c.action for c in first] == ["created"] * 7
+    assert [c.action for c in first] == ["created"] * 8
     alarms = {
         a["AlarmName"]: a
         for a in cloudwatch.describe_alarms(AlarmNamePrefix="backup-agent")["MetricAlarms"]
@@ -189,11 +189,17 @@ def test_alarms_are_created_with_thresholds_and_actions_and_reapplying_changes_n
         forecast["Threshold"],
         forecast["TreatMissingData"],
     ) == ("DaysUntilFull", "Minimum", "LessThanThreshold", 7.0, "notBreaching")
+    fleet = alarms["backup-agent-fleet-backup-events-heartbeat-missing"]  # one per queue
+    assert (fleet["MetricName"], fleet["Dimensions"], fleet["TreatMissingData"]) == (
+        "FleetMembersMissing",
+        [{"Name": "Fleet", "Value": "backup-events"}],
+        "breaching",  # no member reporting at all: the whole fleet is gone
+    )
     for alarm in alarms.values():
         assert alarm["AlarmActions"] == [arn] and alarm["OKActions"] == [arn]
 
     again = Alarms(cloudwatch, config, DIMS).apply()
-    assert [c.action for c in again] == ["unchanged"] * 7
+    assert [c.action for c in again] == ["unchanged"] * 8
 
     stricter = make_config(backup_root, alerts={"sns_topic_arn": arn, "disk_used_percent": 70})
     changed = {c.name: c.action for c in Alarms(cloudwatch, stricter, DIMS).apply()}
@@ -283,6 +289,7 @@ def test_dashboard_has_one_row_per_instance_and_is_idempotent(aws, config):
         "BackupLagSeconds",
         "SecondsSinceLastBackup",
         "ApproximateNumberOfMessagesVisible",
+        "FleetMembersMissing",
         "backup-events-dlq",
         "ApproximateAgeOfOldestMessage",
     ):
@@ -301,7 +308,7 @@ def test_cli_alarms_and_dashboard_commands(aws, backup_root, topic, tmp_path, ca
     assert cli.main(["alarms", "--config", str(path), "--dry-run"]) == 0
     assert "would be created" in capsys.readouterr().out
     assert cli.main(["alarms", "--config", str(path)]) == 0
-    assert capsys.readouterr().out.count("created") == 6
+    assert capsys.readouterr().out.count("created") == 7  # six of the instance, one of the fleet
     assert cli.main(["dashboard", "--config", str(path)]) == 0
     assert "created" in capsys.readouterr().out
     cloudwatch = aws.session.client("cloudwatch")

@@ -72,7 +72,9 @@ def test_the_daemon_serves_prometheus_and_flushes_metrics_on_stop(aws, monitored
         {"Name": "Volume", "Value": str(volume.root)},
     ]
     listed = aws.session.client("cloudwatch").list_metrics(Namespace="BackupAgent")["Metrics"]
-    assert all(m["Dimensions"] == dims for m in listed)
+    fleet = [m for m in listed if m["MetricName"] == "FleetMembersMissing"]
+    assert [m["Dimensions"] for m in fleet] == [[{"Name": "Fleet", "Value": "backup-events"}]]
+    assert all(m["Dimensions"] == dims for m in listed if m not in fleet)
     assert cloudwatch_sum(aws, "BackupsSucceeded", dims) == 1  # sent by the flush on stop
     assert cloudwatch_sum(aws, "BytesBackedUp", dims) == 600
 

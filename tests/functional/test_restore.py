@@ -408,8 +408,10 @@ def test_list_table_is_readable(history, restore):
         "TIME",
         "BACKED",
         "UP",
+        "HOLDER",
         "DELETED",
     ]
+    assert all("vol-test" in line for line in lines[1:-1])  # the volume holding each copy
     assert any(line.startswith("doc ") and line.rstrip().endswith("deleted") for line in lines)
     assert lines[-1] == "3 keys"
 
