@@ -17,6 +17,11 @@ verified files under their names and, at worst, temp names; the next restore int
 directories removes those (`stale_temp`). Since Linux 5.8 `syncfs` reports a write error on
 the filesystem since the descriptor was opened, as fsync does for its file.
 
+`syncfs` writes out every dirty page of the filesystem, other programs' too: on a target
+filesystem shared with heavy writers a batch's flush costs more than its own files' fsyncs
+would. Measured here (2 shared cores, ext4 on a virtual disk, 2,000 files of 4 KiB through
+`backup-restore restore --offline --all`): 4.0-4.4 s before, 3.0 s with batches.
+
 `Barriers` is the seam: tests count the flushes through it.
 """
 

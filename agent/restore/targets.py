@@ -70,8 +70,9 @@ MAX_PART_SIZE = 5 << 30
 MIB = 1 << 20
 AWS_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
 SHA256_METADATA = "backup-agent-sha256"
-log = structlog.get_logger("agent.restore")
 VERSION_METADATA = "backup-agent-version"
+
+log = structlog.get_logger("agent.restore")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
