@@ -4,22 +4,40 @@
 or S3 — on a pool of threads, and reports progress as bytes arrive. A corrupt or missing
 copy fails its item with the key and version named, and the other items carry on; a
 stop request skips the items not yet started. `Summary` counts what happened.
+
+A target that stages (a directory, durable.py) gets the plan in batches of at most
+`BATCH_FILES` files and `BATCH_BYTES` bytes: the pool writes the batch's files to temp
+names, then one commit makes them durable under their names. A file is reported (and
+counted restored) only once committed; a stop request lets the batch under way commit.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
 from agent.errors import BackupAgentError
 from agent.restore.plan import Item, Plan
-from agent.restore.targets import Status, Target
+from agent.restore.targets import Staged, Status, Target
 
 log = structlog.get_logger("agent.restore")
+
+BATCH_FILES = 4096  # files written before one commit (two filesystem flushes)
+BATCH_BYTES = 512 << 20  # and bytes: a temp file waits at most this much for its name
+
+
+@runtime_checkable
+class StagingTarget(Target, Protocol):
+    """A target whose files are written first and made durable per batch (DirectoryTarget)."""
+
+    def stage(self, item: Item, on_bytes: Callable[[int], None]) -> Staged | Status: ...
+    def commit(self, staged: Sequence[Staged]) -> list[BackupAgentError | OSError | None]: ...
+    def discard(self, staged: Sequence[Staged]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +149,13 @@ class Restorer:
         workers: int = 8,
         progress: Progress | None = None,
         stop: threading.Event | None = None,
+        batch_files: int = BATCH_FILES,
+        batch_bytes: int = BATCH_BYTES,
     ) -> None:
         self.target = target
         self.workers = workers
+        self.batch_files = max(1, batch_files)
+        self.batch_bytes = batch_bytes
         self.progress = progress or NoProgress()
         self.stop = stop or threading.Event()  # set: items not yet started are skipped
 
@@ -152,10 +174,94 @@ class Restorer:
         """Files in progress always finish or clean up; an exception cancels the rest."""
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore")
         try:
+            if isinstance(self.target, StagingTarget):
+                return self._in_batches(pool, self.target, items)
             futures = [pool.submit(self._one, item) for item in items]
             return [future.result() for future in futures]
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _in_batches(
+        self, pool: ThreadPoolExecutor, target: StagingTarget, items: list[Item]
+    ) -> list[ItemResult]:
+        results: list[ItemResult] = []
+        for batch in self._batches(items):
+            futures = [pool.submit(self._stage, target, item) for item in batch]
+            done: list[ItemResult | tuple[Staged, int]] = []
+            try:
+                done = [future.result() for future in futures]
+            finally:
+                if len(done) < len(futures):  # an unexpected error: no temp file is left
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    left = (
+                        f.result()
+                        for f in futures
+                        if f.done() and not f.cancelled() and f.exception() is None
+                    )
+                    target.discard([one[0] for one in left if isinstance(one, tuple)])
+            staged = [one for one in done if isinstance(one, tuple)]
+            errors = iter(target.commit([one[0] for one in staged]))
+            for one in done:
+                if isinstance(one, tuple):
+                    result = self._committed(one[0], one[1], next(errors))
+                else:
+                    result = one
+                self.progress.finished(result)
+                results.append(result)
+        return results
+
+    def _batches(self, items: list[Item]) -> Iterator[list[Item]]:
+        batch: list[Item] = []
+        size = 0
+        for item in items:
+            if batch and (len(batch) >= self.batch_files or size + item.size > self.batch_bytes):
+                yield batch
+                batch, size = [], 0
+            batch.append(item)
+            size += item.size
+        if batch:
+            yield batch
+
+    def _stage(self, target: StagingTarget, item: Item) -> ItemResult | tuple[Staged, int]:
+        """The item's result if it is already decided, else what commit must name."""
+        destination = target.destination(item)
+        if self.stop.is_set():
+            return ItemResult(item, destination, Status.FAILED, error="interrupted: not started")
+        written = 0
+
+        def on_bytes(nbytes: int) -> None:
+            nonlocal written
+            written += nbytes
+            self.progress.advance(nbytes)
+
+        try:
+            staged = target.stage(item, on_bytes)
+        except (BackupAgentError, OSError) as exc:
+            return self._failed(item, destination, exc, written)
+        if isinstance(staged, Status):
+            return ItemResult(item, destination, staged, bytes=written)
+        return staged, written
+
+    def _committed(
+        self, staged: Staged, written: int, error: BackupAgentError | OSError | None
+    ) -> ItemResult:
+        destination = self.target.destination(staged.item)
+        if error is None:
+            return ItemResult(staged.item, destination, Status.RESTORED, bytes=written)
+        return self._failed(staged.item, destination, error, written)
+
+    def _failed(
+        self, item: Item, destination: str, exc: BackupAgentError | OSError, written: int
+    ) -> ItemResult:
+        error = str(exc) if isinstance(exc, BackupAgentError) else f"{destination}: {exc}"
+        log.error(
+            "restore.failed",
+            bucket=item.record.bucket,
+            key=item.key,
+            version=item.record.version_id or item.record.version_token,
+            error=error,
+        )
+        return ItemResult(item, destination, Status.FAILED, bytes=written, error=error)
 
     def _dry(self, item: Item) -> ItemResult:
         result = ItemResult(

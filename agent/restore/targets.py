@@ -17,16 +17,20 @@ import base64
 import contextlib
 import dataclasses
 import enum
+import errno
 import hashlib
+import itertools
 import os
 import stat
+import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 from urllib.parse import quote, urlencode
 
 import botocore.exceptions
+import structlog
 
 from agent.aws import classify, error_code
 from agent.errors import BackupAgentError
@@ -39,9 +43,17 @@ from agent.records import (
     metadata_size,
 )
 from agent.restore.copies import verified_chunks
+from agent.restore.durable import Barriers, stale_temp, temp_name
 from agent.restore.plan import Item
 from agent.restore.source import event_datetime
-from agent.restore.tree import RestoreRefused, TargetTree, UnsafePath, entry, open_regular
+from agent.restore.tree import (
+    DIRECTORY_FLAGS,
+    RestoreRefused,
+    TargetTree,
+    UnsafePath,
+    entry,
+    open_regular,
+)
 from agent.storage.volume import READ_CHUNK, Volume, WritebackAsYouGo
 
 if TYPE_CHECKING:
@@ -59,6 +71,18 @@ MIB = 1 << 20
 AWS_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError)
 SHA256_METADATA = "backup-agent-sha256"
 VERSION_METADATA = "backup-agent-version"
+
+log = structlog.get_logger("agent.restore")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Staged:
+    """A verified copy written to `temp` in the directory of `parts`, not yet named."""
+
+    item: Item
+    parts: tuple[str, ...]
+    temp: str
+    inode: tuple[int, int]  # (st_dev, st_ino) of the temp file written
 
 
 class Status(enum.Enum):
@@ -101,6 +125,7 @@ class DirectoryTarget:
         overwrite: bool = False,
         file_mode: int = RESTORED_FILE_MODE,
         dir_mode: int = RESTORED_DIR_MODE,
+        barriers: Barriers | None = None,
     ) -> None:
         self.volume = volume
         self.directory = directory.resolve()  # created on the first write, never by dry runs
@@ -108,6 +133,11 @@ class DirectoryTarget:
         self.file_mode = file_mode
         self.dir_mode = dir_mode
         self.tree = TargetTree(self.directory, dir_mode=dir_mode)
+        self.barriers = barriers or Barriers()
+        self._run = uuid.uuid4().hex[:12]  # temp names of this run: .restore-<run>-<n>.part
+        self._serial = itertools.count()
+        self._lock = threading.Lock()
+        self._cleaned: set[tuple[str, ...]] = set()
 
     def close(self) -> None:
         """Let go of DIR's descriptor (also done when the target is garbage-collected)."""
@@ -143,11 +173,27 @@ class DirectoryTarget:
         return "exists; would be replaced" if self.overwrite else "exists; needs --overwrite"
 
     def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status:
+        """One file, durable when this returns (a batch of one: see `stage` and `commit`)."""
+        staged = self.stage(item, on_bytes)
+        if isinstance(staged, Status):
+            return staged
+        error = self.commit([staged])[0]
+        if error is not None:
+            raise error
+        return Status.RESTORED
+
+    def stage(self, item: Item, on_bytes: Callable[[int], None]) -> Staged | Status:
+        """Write a verified copy of `item` to a temp name beside its destination.
+
+        UNCHANGED if the destination already holds these bytes; RestoreRefused if it holds
+        something else (without --overwrite). Nothing is under the final name until
+        `commit`; a failure leaves no temp file behind."""
         parts = self._parts(item)
         name, shown = parts[-1], self.destination(item)
         with self.tree.directory(parts[:-1], create=True) as parent:
             if parent is None:  # pragma: no cover - create=True always yields a directory
                 raise UnsafePath(f"{shown}: its directory could not be opened")
+            self._clean_once(parent, parts[:-1])
             found = entry(parent, name)
             if found is not None:
                 if stat.S_ISDIR(found.st_mode):
@@ -161,26 +207,139 @@ class DirectoryTarget:
                     )
                 if not self.overwrite:
                     raise RestoreRefused(f"{shown} exists with other content; use --overwrite")
-            temp = f".restore-{uuid.uuid4().hex}.part"
+            temp = temp_name(self._run, next(self._serial))
             try:
-                self._write_temp(parent, temp, item, on_bytes)
-                if self.overwrite:
-                    # renameat replaces the name (a symlink there is replaced, not followed)
-                    os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
-                else:
-                    try:  # linkat never clobbers a name created meanwhile
-                        os.link(
-                            temp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False
-                        )
-                    except FileExistsError:
-                        raise RestoreRefused(
-                            f"{shown} appeared meanwhile; use --overwrite"
-                        ) from None
-                os.fsync(parent)
-            finally:
+                inode = self._write_temp(parent, temp, item, on_bytes)
+            except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp, dir_fd=parent)
-        return Status.RESTORED
+                raise
+        return Staged(item, parts, temp, inode)
+
+    def commit(self, staged: Sequence[Staged]) -> list[BackupAgentError | OSError | None]:
+        """Put staged files under their names, durably: one outcome per file, None if it
+        is in place. Bytes first (one syncfs, or the fsyncs done as each was written), then
+        the names (link, or rename with --overwrite), then the names' barrier (one syncfs,
+        or one fsync per directory touched and per parent of a directory created)."""
+        outcomes: list[BackupAgentError | OSError | None] = [None] * len(staged)
+        if not staged:
+            return outcomes
+        try:
+            if self.barriers.whole_filesystem:
+                self.barriers.sync_filesystem(self._root())
+        except OSError as exc:
+            self.discard(staged)
+            return [exc for _ in staged]
+        by_directory: dict[tuple[str, ...], list[int]] = {}
+        for index, one in enumerate(staged):
+            by_directory.setdefault(one.parts[:-1], []).append(index)
+        for directory, indexes in by_directory.items():
+            self._publish(directory, [staged[i] for i in indexes], indexes, outcomes)
+        try:
+            self._name_barrier(by_directory)
+        except OSError as exc:
+            for index in range(len(staged)):
+                if outcomes[index] is None:
+                    outcomes[index] = exc
+        return outcomes
+
+    def discard(self, staged: Sequence[Staged]) -> None:
+        """Remove the temp files of staged files that will not be committed."""
+        for one in staged:
+            with (
+                contextlib.suppress(OSError, BackupAgentError),
+                self.tree.directory(one.parts[:-1], create=False) as parent,
+            ):
+                if parent is not None:
+                    os.unlink(one.temp, dir_fd=parent)
+
+    def _publish(
+        self,
+        directory: tuple[str, ...],
+        staged: list[Staged],
+        indexes: list[int],
+        outcomes: list[BackupAgentError | OSError | None],
+    ) -> None:
+        try:
+            with self.tree.directory(directory, create=False) as parent:
+                if parent is None:
+                    shown = self.tree.shown(directory)  # moved away since its files were written
+                    raise FileNotFoundError(errno.ENOENT, "No such file or directory", shown)
+                for index, one in zip(indexes, staged, strict=True):
+                    outcomes[index] = self._name(parent, one)
+                if not self.barriers.whole_filesystem:
+                    self.barriers.fsync(parent)
+        except (BackupAgentError, OSError) as exc:
+            for index in indexes:
+                if outcomes[index] is None:
+                    outcomes[index] = exc
+
+    def _name(self, parent: int, one: Staged) -> BackupAgentError | OSError | None:
+        name, shown = one.parts[-1], self.destination(one.item)
+        try:
+            found = entry(parent, one.temp)  # walked to again: the same file? (gone: link fails)
+            if found is not None and (found.st_dev, found.st_ino) != one.inode:
+                return RestoreRefused(f"{shown}: its temp file was moved or replaced; not named")
+            if self.overwrite:
+                # renameat replaces the name (a symlink there is replaced, not followed)
+                os.rename(one.temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            else:
+                try:  # linkat never clobbers a name created meanwhile
+                    os.link(
+                        one.temp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False
+                    )
+                except FileExistsError:
+                    return RestoreRefused(f"{shown} appeared meanwhile; use --overwrite")
+            return None
+        except OSError as exc:
+            return exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(one.temp, dir_fd=parent)
+
+    def _name_barrier(self, touched: Mapping[tuple[str, ...], object]) -> None:
+        created = self.tree.take_created()
+        if self.barriers.whole_filesystem:
+            self.barriers.sync_filesystem(self._root())
+            return
+        done = set(touched)  # fsynced by _publish
+        for directory in created:
+            if not directory:  # the target itself: its parent is above the tree
+                parent = os.open(self.directory.parent, DIRECTORY_FLAGS)
+                try:
+                    self.barriers.fsync(parent)
+                finally:
+                    os.close(parent)
+                continue
+            above = directory[:-1]
+            if above in done:
+                continue
+            with self.tree.directory(above, create=False) as parent_fd:
+                if parent_fd is not None:
+                    self.barriers.fsync(parent_fd)
+                    done.add(above)
+
+    def _root(self) -> int:
+        root = self.tree.root(create=True)
+        if root is None:  # pragma: no cover - create=True always yields a directory
+            raise UnsafePath(f"{self.directory}: could not be opened")
+        return root
+
+    def _clean_once(self, parent: int, directory: tuple[str, ...]) -> None:
+        """Remove the temp files another restore left in `directory` (a crash mid-restore),
+        once per directory per run. Only regular files with a temp name not of this run."""
+        with self._lock:
+            if directory in self._cleaned:
+                return
+            self._cleaned.add(directory)
+        with os.scandir(parent) as entries:
+            names = [e.name for e in entries if stale_temp(e.name, self._run)]
+        for name in names:
+            found = entry(parent, name)
+            if found is not None and stat.S_ISREG(found.st_mode):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=parent)
+                log.info("restore.stale_temp_removed", path=self.tree.shown((*directory, name)))
 
     def _parts(self, item: Item) -> tuple[str, ...]:
         if item.placement is None:
@@ -189,7 +348,7 @@ class DirectoryTarget:
 
     def _write_temp(
         self, parent: int, temp: str, item: Item, on_bytes: Callable[[int], None]
-    ) -> None:
+    ) -> tuple[int, int]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temp, flags, 0o600, dir_fd=parent)
         os.fchmod(fd, self.file_mode)  # exactly the mode asked for, whatever the umask
@@ -203,7 +362,10 @@ class DirectoryTarget:
             sink.flush()
             stamp = event_datetime(item.record).timestamp()
             os.utime(sink.fileno(), (stamp, stamp))  # by descriptor: the file just written
-            os.fsync(sink.fileno())
+            if not self.barriers.whole_filesystem:  # else one syncfs per batch (durable.py)
+                self.barriers.fsync(sink.fileno())
+            written = os.fstat(sink.fileno())
+        return written.st_dev, written.st_ino
 
 
 class S3Target:

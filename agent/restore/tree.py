@@ -56,6 +56,7 @@ class TargetTree:
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[[int], TargetTree] | None = None
+        self._created: list[tuple[str, ...]] = []  # directories made, () for the target itself
 
     def root(self, *, create: bool) -> int | None:
         """The descriptor of the target directory; None if it does not exist and not
@@ -104,6 +105,13 @@ class TargetTree:
             if owned:
                 os.close(current)
 
+    def take_created(self) -> list[tuple[str, ...]]:
+        """The directories created since the last call (their entries need a parent fsync
+        to be durable), `()` standing for the target directory itself."""
+        with self._lock:
+            created, self._created = self._created, []
+        return created
+
     def shown(self, parts: tuple[str, ...]) -> str:
         """A path for messages only: never opened."""
         return str(self.path.joinpath(*parts))
@@ -126,6 +134,7 @@ class TargetTree:
             raise _blocked(os.lstat(self.path), str(self.path)) from None
         if created:
             _set_mode(fd, self.dir_mode)  # exactly the mode asked for, whatever the umask
+            self._created.append(())  # under self._lock (root holds it)
         return fd
 
     def _reopen_root(self) -> int:
@@ -150,6 +159,8 @@ class TargetTree:
         fd = _open_directory(parent, name, self.shown(parts))
         if created:
             _set_mode(fd, self.dir_mode)
+            with self._lock:
+                self._created.append(parts)
         return fd
 
 

@@ -3,6 +3,8 @@
 Append-only JSON lines in daily segments (``journal/YYYY-MM-DD.jsonl``). Each append
 is written whole and fsynced before the DynamoDB write, so a version the ledger knows
 is always in the journal too. Replaying the journal (`read_all`) rebuilds the ledger.
+Appends that finish together share one fsync (group commit, `Journal._commit`): an
+append still returns only once its line is durable.
 
 Besides version records the journal holds *notes*: lines with a ``kind`` field
 (``"expired"`` when retention forgets a version, ``"scrub"`` for a scrub outcome,
@@ -102,11 +104,20 @@ class Journal:
         directory: Path,
         clock: Callable[[], datetime] | None = None,
         rejections: Rejections | None = None,
+        *,
+        fsync: Callable[[int], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self._clock = clock or (lambda: datetime.now(UTC))
-        self._lock = threading.Lock()
         self.rejections = rejections if rejections is not None else Rejections()
+        self._fsync = fsync or _fsync  # a seam: tests count the group commits
+        self._lock = threading.Lock()  # the writes, and the counters below
+        self._sync_lock = threading.Lock()  # one fsync round at a time
+        self._written = 0  # lines appended by this process
+        self._synced = 0  # lines known durable
+        self._pending: dict[str, int] = {}  # segment -> last line written to it, not synced
+        self._failed: tuple[int, OSError] | None = None  # lines up to n: their fsync failed
+        self._new_segment = False  # a segment was created: its name needs a directory fsync
 
     def append(self, record: VersionRecord) -> JournalPosition:
         return self._append_line(record.to_dict())
@@ -138,14 +149,54 @@ class Journal:
                 repair = after_torn_tail(fd)
                 if repair:  # the torn line is named as such: `read_all` does not count it
                     repair += json.dumps({"kind": TORN}).encode() + b"\n"
-                _write_all(fd, repair + data)
-                os.fsync(fd)
+                _write_all(fd, repair + data)  # durable at the group commit below
                 offset = os.lseek(fd, 0, os.SEEK_END)
-            finally:
+            except BaseException:
                 os.close(fd)
-            if created:
-                fsync_directory(self.directory)
+                raise
+            self._written += 1
+            line_number = self._written
+            self._pending[segment.name] = line_number
+            self._new_segment = self._new_segment or created
+        try:
+            self._commit(line_number, segment.name, fd)
+        finally:
+            os.close(fd)
         return JournalPosition(segment.name, offset)
+
+    def _commit(self, line_number: int, segment: str, fd: int) -> None:
+        """Return once line `line_number` is durable (group commit).
+
+        The first appender to get here fsyncs every segment written since the last round,
+        covering the lines of every appender that wrote meanwhile; those find their line
+        synced and return without an fsync of their own. A failed round fails every line
+        it covered (a second fsync could claim success for pages the kernel dropped)."""
+        with self._sync_lock:
+            if self._failed is not None and line_number <= self._failed[0]:
+                exc = self._failed[1]
+                raise OSError(exc.errno, f"journal fsync failed: {exc.strerror}")
+            if line_number <= self._synced:
+                return
+            with self._lock:
+                through = self._written
+                segments, self._pending = self._pending, {}
+                new_segment, self._new_segment = self._new_segment, False
+            try:
+                for name in segments:
+                    if name == segment:
+                        self._fsync(fd)
+                    else:  # another day's segment (written just before midnight)
+                        other = os.open(self.directory / name, os.O_RDONLY | os.O_CLOEXEC)
+                        try:
+                            self._fsync(other)
+                        finally:
+                            os.close(other)
+                if new_segment:  # its name, once a day, after its first line
+                    fsync_directory(self.directory)
+            except OSError as exc:
+                self._failed = (through, exc)
+                raise
+            self._synced = through
 
     def position(self) -> JournalPosition | None:
         """The end of the newest segment (what a snapshot taken now contains)."""
@@ -277,6 +328,10 @@ def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | None]]:
 
 def _identity(data: Mapping[str, Any]) -> tuple[str, str, str]:
     return (str(data.get("bucket")), str(data.get("key")), str(data.get("version_token")))
+
+
+def _fsync(fd: int) -> None:
+    os.fsync(fd)  # looked up at each call (tests patch os.fsync)
 
 
 def after_torn_tail(fd: int) -> bytes:

@@ -1,0 +1,86 @@
+"""How a restore makes files durable: per batch, not per file.
+
+A file restored into a directory is durable when its bytes and its name are on disk. Doing
+that per file (fsync the file, link it, fsync its directory) costs two disk flushes per
+file: 349 small files/s where `zstd -d` writes 15,000 (docs/benchmarks.md). A batch of
+files needs the same two barriers once:
+
+1. the bytes: every file of the batch is written to a temp name (`.restore-<run>-*.part`),
+   then one `syncfs` of the target's filesystem (Linux) makes all their bytes durable; where
+   `syncfs` is missing each temp file is fsynced as it is written;
+2. the names: each temp file is linked (or renamed, with --overwrite) to its name, then one
+   more `syncfs` — or, without it, one fsync of each directory the batch touched and of the
+   parent of each directory the restore created.
+
+A name is made only after its bytes are durable, so a crash at any moment leaves complete,
+verified files under their names and, at worst, temp names; the next restore into the same
+directories removes those (`stale_temp`). Since Linux 5.8 `syncfs` reports a write error on
+the filesystem since the descriptor was opened, as fsync does for its file.
+
+`syncfs` writes out every dirty page of the filesystem, other programs' too: on a target
+filesystem shared with heavy writers a batch's flush costs more than its own files' fsyncs
+would. Measured here (2 shared cores, ext4 on a virtual disk, 2,000 files of 4 KiB through
+`backup-restore restore --offline --all`): 4.0-4.4 s before, 3.0 s with batches.
+
+`Barriers` is the seam: tests count the flushes through it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Callable
+
+TEMP_PREFIX = ".restore-"
+TEMP_SUFFIX = ".part"
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
+
+
+class Barriers:
+    """The disk flushes of a restore. `filesystem` is None where syncfs is missing."""
+
+    def __init__(self, *, use_syncfs: bool = True) -> None:
+        self._syncfs = _SYNCFS if use_syncfs else None
+
+    @property
+    def whole_filesystem(self) -> bool:
+        return self._syncfs is not None
+
+    def sync_filesystem(self, fd: int) -> None:
+        """Everything written to the filesystem holding `fd` is on disk (syncfs(2))."""
+        if self._syncfs is None:  # pragma: no cover - callers check whole_filesystem
+            raise RuntimeError("syncfs is not available here")
+        if self._syncfs(fd) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"syncfs: {os.strerror(number)}")
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+
+def temp_name(run: str, serial: int) -> str:
+    return f"{TEMP_PREFIX}{run}-{serial}{TEMP_SUFFIX}"
+
+
+def stale_temp(name: str, run: str) -> bool:
+    """A temp name left by another restore (a crash, or an older version's `.restore-<hex>`)."""
+    return (
+        name.startswith(TEMP_PREFIX)
+        and name.endswith(TEMP_SUFFIX)
+        and not name.startswith(f"{TEMP_PREFIX}{run}-")
+    )

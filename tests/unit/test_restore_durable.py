@@ -1,0 +1,192 @@
+"""A directory restore is durable per batch, not per file (issue 19, restore of small files).
+
+The flushes are counted through the `Barriers` seam, never timed: with syncfs, two per
+batch and no fsync; without it, one fsync per file and one per directory touched. A crash
+at either barrier leaves complete files under their names, or temp names only, and the
+next restore removes those.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from agent.restore.durable import Barriers
+from agent.restore.restorer import Restorer
+from agent.restore.targets import DirectoryTarget, Status
+from agent.restore.tree import RestoreRefused
+from tests.support.stored import placed_plan
+
+DATA = b"small restored file\n" * 3
+KEYS = ["top.txt", "a/1.txt", "a/2.txt", "a/b/3.txt", "c/4.txt", "c/5.txt", "c/6.txt"]
+
+
+class Crash(BaseException):
+    """The process dies here (nothing after it runs, nothing is cleaned up)."""
+
+
+class Counting(Barriers):
+    def __init__(self, *, use_syncfs: bool, crash_at_sync: int | None = None) -> None:
+        super().__init__(use_syncfs=use_syncfs)
+        self.syncs = 0
+        self.file_fsyncs = 0
+        self.directory_fsyncs: collections.Counter[int] = collections.Counter()  # by inode
+        self.crash_at_sync = crash_at_sync
+
+    def sync_filesystem(self, fd: int) -> None:
+        self.syncs += 1
+        if self.syncs == self.crash_at_sync:
+            raise Crash
+        super().sync_filesystem(fd)
+
+    def fsync(self, fd: int) -> None:
+        found = os.fstat(fd)
+        if stat.S_ISDIR(found.st_mode):
+            self.directory_fsyncs[found.st_ino] += 1
+        else:
+            self.file_fsyncs += 1
+        super().fsync(fd)
+
+
+def _everything(directory: Path) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, name), directory)
+        for d, _dirs, files in os.walk(directory)
+        for name in files
+    )
+
+
+def _temps(directory: Path) -> list[str]:
+    return [name for name in _everything(directory) if ".restore-" in name]
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Path:
+    place = tmp_path / "out"
+    place.mkdir()
+    return place
+
+
+needs_syncfs = pytest.mark.skipif(not Barriers().whole_filesystem, reason="syncfs(2) is Linux-only")
+
+
+@needs_syncfs
+def test_with_syncfs_each_batch_costs_two_flushes_and_no_fsync(volume, target):
+    barriers = Counting(use_syncfs=True)
+    plan = placed_plan(volume, KEYS, DATA)
+
+    summary = Restorer(
+        DirectoryTarget(volume, target, barriers=barriers), workers=3, batch_files=3
+    ).run(plan)
+
+    assert [r.status for r in summary.results] == [Status.RESTORED] * len(KEYS)
+    assert barriers.syncs == 2 * 3  # 7 files in batches of 3: bytes, then names, per batch
+    assert barriers.file_fsyncs == 0
+    assert not barriers.directory_fsyncs
+    assert _everything(target) == sorted(KEYS)
+    assert all((target / key).read_bytes() == DATA for key in KEYS)
+
+
+def test_without_syncfs_each_directory_is_fsynced_once_per_batch(volume, target):
+    barriers = Counting(use_syncfs=False)
+    plan = placed_plan(volume, KEYS, DATA)
+
+    summary = Restorer(DirectoryTarget(volume, target, barriers=barriers), workers=3).run(plan)
+
+    assert summary.ok and summary.count(Status.RESTORED) == len(KEYS)
+    assert barriers.file_fsyncs == len(KEYS)  # each file's bytes before its name
+    directories = {(target / d).stat().st_ino for d in ("", "a", "a/b", "c")}
+    assert set(barriers.directory_fsyncs) == directories
+    assert set(barriers.directory_fsyncs.values()) == {1}
+    assert _everything(target) == sorted(KEYS)
+
+
+def test_a_created_target_directory_is_made_durable_in_its_parent(volume, tmp_path):
+    barriers = Counting(use_syncfs=False)
+    fresh = tmp_path / "new" / "out"
+
+    Restorer(DirectoryTarget(volume, fresh, barriers=barriers)).run(
+        placed_plan(volume, ["x/only.txt"], DATA)
+    )
+
+    inodes = {p.stat().st_ino for p in (fresh.parent, fresh, fresh / "x")}
+    assert set(barriers.directory_fsyncs) == inodes
+    assert (fresh / "x" / "only.txt").read_bytes() == DATA
+
+
+@needs_syncfs
+def test_a_crash_before_the_names_leaves_only_temp_names_which_a_rerun_removes(volume, target):
+    plan = placed_plan(volume, KEYS, DATA)
+    crashing = Counting(use_syncfs=True, crash_at_sync=1)  # right after the bytes were written
+
+    with pytest.raises(Crash):
+        Restorer(DirectoryTarget(volume, target, barriers=crashing), workers=3).run(plan)
+
+    assert len(_temps(target)) == len(KEYS)
+    assert [name for name in _everything(target) if name not in _temps(target)] == []
+
+    summary = Restorer(DirectoryTarget(volume, target), workers=3).run(plan)
+
+    assert summary.ok and summary.count(Status.RESTORED) == len(KEYS)
+    assert _everything(target) == sorted(KEYS)  # the crashed run's temp files are gone
+
+
+@needs_syncfs
+def test_a_crash_after_the_names_leaves_complete_files(volume, target):
+    plan = placed_plan(volume, KEYS, DATA)
+    crashing = Counting(use_syncfs=True, crash_at_sync=2)  # bytes durable, names not yet
+
+    with pytest.raises(Crash):
+        Restorer(DirectoryTarget(volume, target, barriers=crashing), workers=3).run(plan)
+
+    assert _everything(target) == sorted(KEYS)
+    assert all((target / key).read_bytes() == DATA for key in KEYS)
+
+
+class FailingSync(Barriers):
+    def sync_filesystem(self, fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+@needs_syncfs
+def test_a_failed_flush_fails_every_file_of_the_batch_and_names_none(volume, target):
+    plan = placed_plan(volume, KEYS[:3], DATA)
+
+    summary = Restorer(DirectoryTarget(volume, target, barriers=FailingSync())).run(plan)
+
+    assert [r.status for r in summary.results] == [Status.FAILED] * 3
+    assert all("Input/output error" in (r.error or "") for r in summary.results)
+    assert _everything(target) == []  # neither names nor temp files
+
+
+def test_a_temp_name_of_the_running_restore_is_never_removed(volume, target):
+    """Workers stage into one directory at once: cleaning it up spares this run's files."""
+    keys = [f"d/{n}.txt" for n in range(12)]
+
+    summary = Restorer(DirectoryTarget(volume, target), workers=4, batch_files=5).run(
+        placed_plan(volume, keys, DATA)
+    )
+
+    assert summary.ok and summary.count(Status.RESTORED) == len(keys)
+    assert _everything(target) == sorted(keys)
+
+
+def test_a_temp_file_replaced_before_its_commit_is_not_named(volume, target):
+    [item] = placed_plan(volume, ["d/file.txt"], DATA).items
+    restore = DirectoryTarget(volume, target)
+    staged = restore.stage(item, lambda _n: None)
+    assert not isinstance(staged, Status)
+    other = target / "d" / "other"
+    other.write_bytes(b"someone else's bytes")
+    other.replace(target / "d" / staged.temp)  # renamed over it, as a writer of d/ could
+
+    [error] = restore.commit([staged])
+
+    assert isinstance(error, RestoreRefused)
+    assert "temp file was moved or replaced" in str(error)
+    assert not (target / "d" / "file.txt").exists()
