@@ -215,7 +215,9 @@ class Sampler:
         current = self.stats.snapshot()
         for category, count in sorted((current.categories - self._previous_categories).items()):
             dimension = (("Category", category),)
-            points.append(Datapoint("BackupsByCategory", float(count), "Count", stamp, dimension))
+            points.append(
+                Datapoint("BackupsByCategory", float(count), "Count", stamp, extra=dimension)
+            )
         self._previous_categories = collections.Counter(current.categories)
         points.append(
             Datapoint("MessagesInFlight", float(current.messages_in_flight), "Count", stamp)

@@ -226,9 +226,15 @@ def test_start_up_removes_only_the_volumes_own_temp_files(tmp_path):
 # -- item 4: install.sh follows no symlink and writes no value that could add a directive ----
 
 
-def _dropins(prefix: Path) -> str:
+def _dropins(prefix: Path, *, grow: bool = False) -> str:
+    """The agent's unit files as installed; with `grow`, the root-owned grow units only
+    (backup-agent-grow.path/.service: `User=root` is theirs by design, issue 17)."""
     unit_dir = prefix / "etc/systemd/system"
-    return "".join(p.read_text() for p in sorted(unit_dir.rglob("*")) if p.is_file())
+    return "".join(
+        p.read_text()
+        for p in sorted(unit_dir.rglob("*"))
+        if p.is_file() and p.name.startswith("backup-agent-grow.") == grow
+    )
 
 
 @pytest.mark.parametrize(
@@ -243,6 +249,8 @@ def test_a_newline_in_the_storage_root_adds_no_directive_to_the_unit(tmp_path, r
 
     units = _dropins(tmp_path)
     assert "ExecStartPre" not in units and "User=root" not in units, units
+    grow_units = _dropins(tmp_path, grow=True)
+    assert "ExecStartPre" not in grow_units and "/mnt/x" not in grow_units, grow_units
     assert "storage.root" in result.stderr  # check-config says what is wrong
 
 
