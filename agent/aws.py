@@ -10,6 +10,7 @@ import boto3
 import botocore.config
 import botocore.credentials
 import botocore.exceptions
+import botocore.session
 from botocore.client import BaseClient
 
 from agent.config import Config
@@ -138,6 +139,17 @@ def client_config(config: Config) -> botocore.config.Config:
         connect_timeout=10,
         read_timeout=60,
         tcp_keepalive=True,
+    )
+
+
+def known_regions() -> frozenset[str]:
+    """The regions the installed botocore's endpoint data names, in every partition (aws,
+    aws-cn, aws-us-gov, ...): what `check-config` holds `aws.region` against."""
+    session = botocore.session.get_session()
+    return frozenset(
+        region
+        for partition in session.get_available_partitions()
+        for region in session.get_available_regions("sqs", partition_name=partition)
     )
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-from agent.aws import Clients, error_code
+from agent.aws import Clients, error_code, known_regions
 from agent.config import Config
 from agent.errors import VolumeNotReady
 from agent.operations.bootstrap import NOTIFIED_EVENTS, covers
@@ -59,13 +59,19 @@ def queue_region(url: str) -> str | None:
 
 
 def region_problem(config: Config) -> str | None:
-    """`aws.region` against the region in queue.url's host (none to compare with for a
-    custom endpoint): needs no AWS call, so `check-config` without --online says it too."""
+    """`aws.region` against the region in queue.url's host and against the regions the
+    installed botocore knows (neither for a custom endpoint): needs no AWS call, so
+    `check-config` without --online says it too."""
     region = queue_region(config.queue.url)
     if region is not None and region != config.aws.region:
         return (
             f"aws.region: {config.aws.region}, but queue.url is in {region}: set aws.region"
             f" to {region}"
+        )
+    if config.aws.endpoint_url is None and config.aws.region not in known_regions():
+        return (
+            f"aws.region: {config.aws.region} is not a region this botocore knows"
+            " (a region newer than it? upgrade the agent)"
         )
     return None
 

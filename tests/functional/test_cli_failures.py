@@ -306,3 +306,34 @@ def test_alarms_and_dashboard_dry_run_json_change_nothing(aws, backup_root, tmp_
     cloudwatch = aws.session.client("cloudwatch")
     assert cloudwatch.describe_alarms()["MetricAlarms"] == []
     assert cloudwatch.list_dashboards()["DashboardEntries"] == []
+
+
+def test_check_config_names_a_region_botocore_does_not_know(tmp_path, capsys):
+    """Spelled as a region (the load accepts it), but no partition of the installed botocore
+    names it; a custom endpoint (the local AWS) is not held against the list."""
+    config = _config(tmp_path)
+    text = config.read_text()
+    config.write_text(
+        text.replace("aws: {region: us-east-1}", "aws: {region: eu-middle-7}").replace(
+            "sqs.us-east-1.amazonaws.com", "sqs.eu-middle-7.amazonaws.com"
+        )
+    )
+    assert agent.main(["check-config", "--config", str(config)]) == ExitCode.USAGE
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "  aws.region: eu-middle-7 is not a region this botocore knows"
+        " (a region newer than it? upgrade the agent)"
+    ]
+    for region in ("us-east-1", "eu-central-2", "us-gov-west-1", "cn-north-1"):
+        config.write_text(text.replace("aws: {region: us-east-1}", f"aws: {{region: {region}}}"))
+        config.write_text(
+            config.read_text().replace("sqs.us-east-1.amazonaws.com", f"sqs.{region}.amazonaws.com")
+        )
+        agent.main(["check-config", "--config", str(config)])
+        assert "not a region" not in capsys.readouterr().err, region
+    config.write_text(
+        'aws: {region: eu-middle-7, endpoint_url: "http://127.0.0.1:5000"}\n'
+        'queue: {url: "http://127.0.0.1:5000/123456789012/backup-events"}\n'
+        + text.split("\n", 2)[2]
+    )
+    agent.main(["check-config", "--config", str(config)])
+    assert "not a region" not in capsys.readouterr().err  # the local AWS: any region
