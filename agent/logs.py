@@ -5,11 +5,16 @@ the stdout/stderr it connected to journald), each line starts with its syslog pr
 (``<4>`` for a warning, sd-daemon(3)), so ``journalctl -u backup-agent -p warning`` shows the
 warnings and errors only. Anywhere else the lines are unchanged.
 
-The standard library's records (botocore, boto3, s3transfer, urllib3, APScheduler) go through
-the same renderer, with `logger` naming their source: one format (JSON stays JSON) and one
-level setting. Those libraries are held at WARNING (`LIBRARY_LEVEL`) whatever the agent's
-level, because botocore's DEBUG is the wire protocol and APScheduler's INFO is a line per job
-run; pass `library_level` to see more.
+The standard library's records (botocore, boto3, s3transfer, urllib3, APScheduler, watchdog:
+the agent itself logs through structlog only) go through the same renderer, with `logger`
+naming their source: one format (JSON stays JSON) and one level setting. Every library is
+held at WARNING (`LIBRARY_LEVEL`) whatever the agent's level, because botocore's DEBUG is the
+wire protocol, APScheduler's INFO is a line per job run, and watchdog's DEBUG is a line per
+inotify event: with the log file beside the watched config.yaml each line would make another,
+without end. Pass `library_level` to see more.
+
+Each line is written with one write() call (structlog's WriteLogger, not print(), which
+writes the newline apart), so a library's line never lands inside an event's.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ def _journal_priority(_logger: Any, method: str, rendered: Any) -> Any:
     return rendered
 
 
-# Libraries whose loggers are held at LIBRARY_LEVEL (or the agent's level, if higher).
-LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "apscheduler")
+# Libraries known to log (all the standard library's loggers are held at LIBRARY_LEVEL, or the
+# agent's level if higher: these are named for the docs and the tests).
+LIBRARY_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "apscheduler", "watchdog")
 LIBRARY_LEVEL = "WARNING"
 
 
@@ -97,7 +103,7 @@ def configure(
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, renderer, *journal],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
     handler = _StdlibHandler(stream)
@@ -115,6 +121,6 @@ def configure(
     for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(threshold)
+    root.setLevel(max(threshold, _level(library_level)))  # every library, named or not
     for name in LIBRARY_LOGGERS:
-        logging.getLogger(name).setLevel(max(threshold, _level(library_level)))
+        logging.getLogger(name).setLevel(logging.NOTSET)  # the root's level decides

@@ -119,10 +119,10 @@ def test_libraries_are_held_at_warning_and_the_agents_level_applies_to_the_rest(
     logging.getLogger("botocore.endpoint").info("Making request")  # wire chatter: held back
     logging.getLogger("apscheduler.executors.default").info("Job executed successfully")
     logging.getLogger("urllib3.connectionpool").warning("Retrying")
-    logging.getLogger("other").debug("below the level")
-    logging.getLogger("other").info("at the level")
+    logging.getLogger("other").info("a library nobody named")
+    logging.getLogger("other").warning("its warning")
     events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
-    assert events == ["Retrying", "at the level"]
+    assert events == ["Retrying", "its warning"]
 
     stream = io.StringIO()
     logs.configure("ERROR", "json", stream=stream)  # one setting: a stricter level wins
@@ -150,3 +150,37 @@ def test_stdlib_records_to_the_journal_carry_their_priority(tmp_path, monkeypatc
         lines = handle.read().splitlines()
     assert [line[:3] for line in lines] == ["<4>", "<3>"]
     assert json.loads(lines[0][3:])["logger"] == "botocore"
+
+
+def test_at_debug_a_library_stays_at_warning_so_watchdog_cannot_feed_on_the_log_file():
+    """The agent's log file beside the watched config.yaml: watchdog logged each inotify event
+    at DEBUG, each line was another event (seen: test_live_reload stalled the agent)."""
+    stream = io.StringIO()
+    logs.configure("DEBUG", "json", stream=stream)
+    logging.getLogger("watchdog.observers.inotify_buffer").debug("in-event IN_MODIFY")
+    logging.getLogger("some.library").info("chatter")
+    structlog.get_logger("agent").debug("the agent's own debug")
+    events = [json.loads(line)["event"] for line in stream.getvalue().splitlines()]
+    assert events == ["the agent's own debug"]
+    assert not logging.getLogger("watchdog").isEnabledFor(logging.INFO)
+
+
+class Writes(io.StringIO):
+    """Records each write() call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_each_event_is_one_write_so_a_librarys_line_cannot_land_inside_it():
+    stream = Writes()
+    logs.configure("INFO", "json", stream=stream)
+    structlog.get_logger("agent").info("audit.recorded", action="config-reload")
+    logging.getLogger("botocore").warning("from another thread")
+    assert len(stream.calls) == 2 and all(call.endswith("\n") for call in stream.calls)
+    assert all(json.loads(call) for call in stream.calls)
