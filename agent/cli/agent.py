@@ -28,6 +28,7 @@ from agent.cli.common import (
     ExitCode,
     HelpFormatter,
     StatusCode,
+    add_command,
     add_global_options,
     add_workers_option,
     examples,
@@ -136,16 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str, handler: Command, help_text: str, *example_lines: str
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            formatter_class=HelpFormatter,
-            epilog=examples(*example_lines) if example_lines else None,
-        )
-        add_global_options(sub, top=False)
-        sub.set_defaults(handler=handler)
-        return sub
+        return add_command(commands, name, handler, help_text, *example_lines)
 
     command("run", cmd_run, "Run the agent in the foreground (what systemd starts).")
     check = command(

@@ -117,6 +117,23 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def add_command(
+    commands: Any, name: str, handler: Any, help_text: str, *example_lines: str
+) -> argparse.ArgumentParser:
+    """One subcommand as both CLIs make it: its help as the description, its examples as the
+    epilog, the shared options (accepted after the command name too) and its handler."""
+    sub: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        formatter_class=HelpFormatter,
+        epilog=examples(*example_lines) if example_lines else None,
+    )
+    add_global_options(sub, top=False)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
 def examples(*lines: str) -> str:
     """A `--help` epilog: "examples:" and one indented command line each."""
     return "examples:\n" + "\n".join(f"  {line}" for line in lines)

@@ -40,6 +40,7 @@ from agent.aws import build_clients
 from agent.cli.common import (
     ExitCode,
     HelpFormatter,
+    add_command,
     add_global_options,
     add_workers_option,
     anywhere,
@@ -228,16 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(
         name: str, handler: Handler, help_text: str, *example_lines: str
     ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name,
-            help=help_text,
-            description=help_text,
-            formatter_class=HelpFormatter,
-            epilog=examples(*example_lines) if example_lines else None,
-        )
-        add_global_options(sub, top=False)
+        sub = add_command(commands, name, handler, help_text, *example_lines)
         _add_source_options(sub, top=False)
-        sub.set_defaults(handler=handler)
         return sub
 
     listing = command(
