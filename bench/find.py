@@ -28,6 +28,7 @@ from agent import order
 from agent.records import VersionRecord
 from agent.restore.find import Filter, Scan, rows
 from agent.restore.source import JournalSource, LedgerSource, RestoreSource
+from agent.storage import key_index
 from agent.storage.journal import Journal
 from agent.storage.ledger import LATEST, VERSION_PREFIX, Ledger, object_pk
 
@@ -72,13 +73,7 @@ def _items(rec: VersionRecord) -> list[dict[str, Any]]:
     body = {k: _serializer.serialize(v) for k, v in rec.to_dict().items()}
     pk = {"S": object_pk(rec.bucket, rec.key)}
     version = {**body, "pk": pk, "sk": {"S": VERSION_PREFIX + rec.version_token}}
-    latest = {
-        **body,
-        "pk": pk,
-        "sk": {"S": LATEST},
-        "gsi_bucket": {"S": rec.bucket},
-        "gsi_key": {"S": rec.key},
-    }
+    latest = {**body, "pk": pk, "sk": {"S": LATEST}, **key_index.index_fields(rec.bucket, rec.key)}
     return [version, latest]
 
 
@@ -136,12 +131,15 @@ PAGE_BYTES = 1 << 20  # DynamoDB: a Query page holds at most 1 MB of items
 
 
 class IndexPages:
-    """What the ledger asks of DynamoDB for `find` (Query on the key index), from memory."""
+    """What the ledger asks of DynamoDB for `find` (a Query per partition of the sharded key
+    index, agent/storage/key_index.py), from memory."""
 
     def __init__(self, count: int) -> None:
         latest = [_items(record(index))[1] for index in range(count)]
-        self.items = sorted(latest, key=lambda item: item["gsi_key"]["S"])
-        self.sizes = [len(json.dumps(item)) for item in self.items]
+        self.partitions: dict[str, list[tuple[dict[str, Any], int]]] = {}
+        for item in sorted(latest, key=lambda item: item["gsi_key"]["S"]):
+            pages = self.partitions.setdefault(item["gsi_bucket"]["S"], [])
+            pages.append((item, len(json.dumps(item))))
 
     def get_paginator(self, operation: str) -> IndexPages:
         assert operation == "query"
@@ -150,11 +148,12 @@ class IndexPages:
     def paginate(self, **query: Any) -> Any:
         assert query.get("IndexName"), "find reads the key index only"
         values = query["ExpressionAttributeValues"]
+        partition = values[":b"]["S"]
         prefix = values.get(":p", {}).get("S", "")
         after = values.get(":a", {}).get("S")
         page: list[dict[str, Any]] = []
         size = 0
-        for item, item_size in zip(self.items, self.sizes, strict=True):
+        for item, item_size in self.partitions.get(partition, []):
             key = item["gsi_key"]["S"]
             if not key.startswith(prefix) or (after is not None and key <= after):
                 continue

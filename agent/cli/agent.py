@@ -618,6 +618,11 @@ def cmd_reindex(args: argparse.Namespace, config: Config) -> int:
     print(
         f"{config.state.table}{created}: {report.records} journal records,"
         f" {report.added} added, {report.known} already known"
+        + (
+            f", {report.index_migrated} moved to their key-index shard"
+            if report.index_migrated
+            else ""
+        )
     )
     return _rejected(journal.rejections.all() + report.rejected, ExitCode.OK)
 

@@ -120,6 +120,7 @@ class ReconcileReport:
     gone: int = 0
     failed: int = 0
     bytes: int = 0
+    index_migrated: int = 0  # LATEST items moved to their key-index shard
     resumed: bool = False
     completed: bool = False
     dry_run: bool = False
@@ -231,6 +232,8 @@ class Reconciler:
         if not self.stop.is_set():
             for gone in absent.before(None):
                 self.reconcile_absent(gone, report)
+            if not report.dry_run:
+                report.index_migrated += self.ledger.migrate_key_index(bucket)
         self._save(state, report.dry_run)
 
     def reconcile_absent(self, latest: VersionRecord, report: ReconcileReport) -> None:
@@ -626,5 +629,6 @@ def _summary(report: ReconcileReport) -> dict[str, Any]:
         "gone": report.gone,
         "failed": report.failed,
         "bytes": report.bytes,
+        "index_migrated": report.index_migrated,
         "dry_run": report.dry_run,
     }

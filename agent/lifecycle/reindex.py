@@ -2,7 +2,9 @@
 
 Replays every journal record through `Ledger.record`, whose conditional writes make
 this safe to repeat and safe beside a running agent: a version already known is left
-alone, and LATEST is what agent/history.py derives from the records. The table is
+alone, and LATEST is what agent/history.py derives from the records. Then each bucket's
+LATEST items an older release indexed under the bucket name alone are moved to their
+shard of the key index (`Ledger.migrate_key_index`). The table is
 created first (from `ledger.table_definition`) when it is missing, e.g. after it was
 deleted.
 """
@@ -33,6 +35,7 @@ class ReindexReport:
     table_created: bool = False
     records: int = 0
     added: int = 0  # versions the table did not know
+    index_migrated: int = 0  # LATEST items moved to their key-index shard
     rejected: list[Rejection] = field(default_factory=list)  # items read back and skipped
 
     @property
@@ -61,10 +64,12 @@ def reindex(
     report = ReindexReport(table_created=ensure_table(dynamodb, table))
     ledger = Ledger(dynamodb, table)
     lock = threading.Lock()
+    buckets: set[str] = set()
 
     def write(record: VersionRecord) -> None:
         fresh = ledger.record(record)
         with lock:
+            buckets.add(record.bucket)
             report.records += 1
             report.added += int(fresh)
 
@@ -78,6 +83,14 @@ def reindex(
             pending.add(pool.submit(write, record))
         for future in pending:
             future.result()
+    for bucket in sorted(buckets):
+        report.index_migrated += ledger.migrate_key_index(bucket)
     report.rejected = ledger.rejections.all()
-    log.info("reindex.finished", table=table, records=report.records, added=report.added)
+    log.info(
+        "reindex.finished",
+        table=table,
+        records=report.records,
+        added=report.added,
+        index_migrated=report.index_migrated,
+    )
     return report

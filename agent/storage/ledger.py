@@ -6,7 +6,9 @@ Table layout (created by scripts/bootstrap-aws)::
     sk  = "V#<version token>"        one item per version, deletion or removal
         = "LATEST"                   `history.latest_entry` of the key's records
     GSI "by-key": gsi_bucket (hash), gsi_key (range) — only on LATEST items, so
-        "keys under a prefix" is a Query, never a Scan.
+        "keys under a prefix" is a Query, never a Scan. gsi_bucket is
+        "<bucket>#<shard>" (agent/storage/key_index.py): one Query per shard page,
+        merged in key order; "<bucket>" alone in tables an older release wrote.
 
 LATEST is what agent/history.py derives from the key's records: the version S3 serves
 (or the deletion on top). A new version or deletion moves it by one conditional write
@@ -39,6 +41,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from agent import history, order
 from agent.aws import classify, error_code
 from agent.records import Rejection, Rejections, VersionRecord, digest_named, validated
+from agent.storage import key_index
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -225,10 +228,7 @@ class Ledger:
         )
 
     def _latest_item(self, record: VersionRecord) -> dict[str, Any]:
-        item = self._item(record, LATEST)
-        item["gsi_bucket"] = {"S": record.bucket}
-        item["gsi_key"] = {"S": record.key}
-        return item
+        return {**self._item(record, LATEST), **key_index.index_fields(record.bucket, record.key)}
 
     def _remember_removal(self, pk: str, version_id: str | None) -> None:
         with self._guard:
@@ -348,27 +348,41 @@ class Ledger:
         return latest, history.ordered(records)
 
     def keys(self, bucket: str, prefix: str = "", after: str = "") -> Iterator[VersionRecord]:
-        """LATEST of every key under `prefix`, in key order (a Query on the key index);
-        with `after`, only the keys sorting after it (the next page of a listing)."""
-        condition = "gsi_bucket = :b"
-        values: dict[str, Any] = {":b": {"S": bucket}}
-        if after and after >= prefix:  # the page starts inside or past the prefix
-            condition += " AND gsi_key > :a"
-            values[":a"] = {"S": after}
-        elif prefix:
-            condition += " AND begins_with(gsi_key, :p)"
-            values[":p"] = {"S": prefix}
-        for item in self._query(
-            IndexName=KEY_INDEX,
-            KeyConditionExpression=condition,
-            ExpressionAttributeValues=values,
-        ):
-            key = item.get("gsi_key", {}).get("S", "")
-            if not key.startswith(prefix):
-                break  # sorted: past the prefix
+        """LATEST of every key under `prefix`, in key order (one Query per page of each
+        partition of the key index, merged: agent/storage/key_index.py); with `after`,
+        only the keys sorting after it (the next page of a listing)."""
+        streams = [
+            self._query(IndexName=KEY_INDEX, **key_index.key_condition(value, prefix, after))
+            for value in key_index.partitions(bucket)
+        ]
+        for item in key_index.merged(streams, prefix):
             latest = self._latest_of(item, bucket)
             if latest is not None:
                 yield latest
+
+    def migrate_key_index(self, bucket: str) -> int:
+        """Move every LATEST of `bucket` an older release indexed under the bucket name
+        alone to its shard (reindex, reconcile): the item as it is, only `gsi_bucket`
+        changed, conditionally on it being unchanged since read (a LATEST moved meanwhile
+        was written in the sharded form already). One PutItem per key; the index drops the
+        old entry and adds the new one (two index writes). Returns how many moved."""
+        moved = 0
+        for item in self._query(
+            IndexName=KEY_INDEX, **key_index.key_condition(bucket, prefix="", after="")
+        ):
+            key = key_index.item_key(item)
+            if not key_index.is_unsharded(item, bucket) or _key_text(item, "sk") != LATEST:
+                continue
+            if self._conditional(
+                "PutItem LATEST (index shard)",
+                self._db.put_item,
+                Item={**item, **key_index.index_fields(bucket, key)},
+                **_unchanged(item, "version_token", "order_key", key_index.BUCKET_ATTRIBUTE),
+            ):
+                moved += 1
+        if moved:
+            log.info("ledger.key_index_migrated", bucket=bucket, moved=moved)
+        return moved
 
     def _latest_of(self, item: dict[str, Any], bucket: str) -> VersionRecord | None:
         """A LATEST item as a record; one an older release wrote (another order) is
