@@ -48,6 +48,9 @@ VERSION_PREFIX = "V#"
 KEY_INDEX = "by-key"
 SETTLE_ATTEMPTS = 5
 RECENT_REMOVALS = 4096
+# What a replica group's holder write (UpdateItem) touches: the key and `holders`, nothing
+# else (IAM's dynamodb:Attributes must list the key attributes too).
+HOLDER_ATTRIBUTES = ("pk", "sk", "holders")
 
 log = structlog.get_logger("agent.ledger")
 

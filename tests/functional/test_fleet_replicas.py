@@ -23,6 +23,7 @@ from moto import mock_aws
 from agent.aws import Clients
 from agent.config import Config
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
+from agent.operations.iam import granted_actions, policy_document
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
 from agent.runtime.daemon import Daemon
@@ -31,6 +32,7 @@ from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, REGION, TABLE, make_config, queue_counts
 from tests.support.events import notification, s3_record
+from tests.support.iam import Call, Recorder, checks, matching_statements
 from tests.support.lifecycle import created, enable_versioning, put
 from tests.support.service import make_service
 from tests.support.waiting import wait_until
@@ -321,3 +323,52 @@ def test_a_duplicate_two_members_of_one_group_took_at_once_is_held_once_in_the_g
         BUCKET, "report.pdf", event.version_token
     )
     assert recorded is not None and recorded.holders == {GROUPS[0]: "vol-a"}
+
+
+# -- least privilege ----------------------------------------------------------------------
+
+
+def test_the_generated_policies_allow_the_fan_out_calls_and_the_holder_write_only(
+    clients, tmp_path
+):
+    """Bootstrap (operator) and a second group's holder write (agent), recorded against
+    moto and checked against `iam-policy` for a `replicas: 2` config."""
+    config = group_config(tmp_path, 2)
+    recorder = Recorder()
+    with recorder.installed():
+        clients.s3.create_bucket(Bucket=BUCKET)
+        with recorder.role("operator"):
+            Bootstrap(config, clients).run()
+        enable_versioning(clients)
+        a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+        response = put(clients, "report.pdf", b"quarterly figures")
+        event = created("report.pdf", response, 17, at=AT)
+        for volume, group in ((a, GROUPS[0]), (b, GROUPS[1])):
+            ledger = Ledger(clients.dynamodb, TABLE, group=group, volume_id=volume.root.name)
+            with recorder.role("agent"):
+                make_service(clients, volume, volume_id=volume.root.name, ledger=ledger).process(
+                    event
+                )
+
+    policies = {role: policy_document(config, role=role) for role in ("agent", "operator")}
+    made = {(c.role, c.operation) for c in recorder.calls}
+    assert {("operator", "Subscribe"), ("operator", "SetTopicAttributes")} <= made
+    assert ("agent", "UpdateItem") in made
+    for call in recorder.calls:
+        for check in checks(call):
+            assert matching_statements(policies[call.role], check), check
+    agent = {s["Sid"]: s for s in policies["agent"]["Statement"]}
+    assert "sns:Subscribe" not in granted_actions(policies["agent"])
+    holder = Call("agent", "dynamodb", REGION, "UpdateItem", {
+        "TableName": TABLE, "Key": {"pk": {}, "sk": {}},
+        "UpdateExpression": "SET volume_id = :v",
+    })  # fmt: skip
+    assert not any(matching_statements(policies["agent"], c) for c in checks(holder))
+    assert agent["RecordReplicaHolder"]["Action"] == ["dynamodb:UpdateItem"]
+    operator = {s["Sid"]: s for s in policies["operator"]["Statement"]}
+    assert operator["BootstrapFanOutTopic"]["Resource"] == [TOPIC_ARN]
+    assert sorted(operator["BootstrapQueues"]["Resource"]) == sorted(
+        f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}{suffix}"
+        for name in GROUPS
+        for suffix in ("", "-dlq")
+    )
