@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, StatusCode
 from agent.cli.output import printable_key
-from agent.config import Config, queue_name
+from agent.config import Config, queue_name, replica_groups
 from agent.errors import BackupAgentError
 from agent.fleet.adopt import adopt
 from agent.fleet.member import Member
@@ -65,12 +65,17 @@ def fleet_lines(report: dict[str, Any]) -> list[str]:
 
 
 def fleet_holders(config: Config, dynamodb: DynamoDBClient) -> dict[str, Member]:
-    """Volume id → the member writing to it; {} when the register cannot be read (a
-    restore names the volume all the same)."""
+    """Volume id → the member writing to it (with replicas, in any group); what could be
+    read when a register cannot be (a restore names the volume all the same)."""
+    groups = replica_groups(config)
+    queues = groups.queues if groups else [queue_name(config.queue.url)]
+    found: dict[str, Member] = {}
     try:
-        return Registry(dynamodb, config.state.table, queue_name(config.queue.url)).holders()
+        for queue in queues:  # with replicas, every group's register
+            found.update(Registry(dynamodb, config.state.table, queue).holders())
     except BackupAgentError:
-        return {}
+        return found
+    return found
 
 
 def add_adopt_options(adopt: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ nothing twice.
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ import pytest
 from moto import mock_aws
 
 from agent.aws import Clients
+from agent.cli.restore import main as restore_main
 from agent.config import Config
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
 from agent.operations.iam import granted_actions, policy_document
@@ -31,6 +33,7 @@ from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, REGION, TABLE, make_config, queue_counts
+from tests.support.backed_up import write_config
 from tests.support.events import notification, s3_record
 from tests.support.iam import Call, Recorder, checks, matching_statements
 from tests.support.lifecycle import created, enable_versioning, put
@@ -372,3 +375,57 @@ def test_the_generated_policies_allow_the_fan_out_calls_and_the_holder_write_onl
         for name in GROUPS
         for suffix in ("", "-dlq")
     )
+
+
+# -- restore knows every holder -------------------------------------------------------------
+
+
+def test_list_shows_every_holder_and_a_restore_counts_any_holder_as_local(clients, tmp_path):
+    Bootstrap(group_config(tmp_path, 1), clients).run(create_buckets=True)
+    enable_versioning(clients)
+    a, b, c = (_volume(tmp_path, n) for n in ("vol-a", "vol-b", "vol-c"))
+
+    def member(volume: Volume, group: str) -> Any:
+        ledger = Ledger(clients.dynamodb, TABLE, group=group, volume_id=volume.root.name)
+        return make_service(clients, volume, volume_id=volume.root.name, ledger=ledger)
+
+    both = created("docs/both.txt", put(clients, "docs/both.txt", b"both"), 4, at=AT)
+    only_c = created("docs/only-c.txt", put(clients, "docs/only-c.txt", b"only c"), 6, at=AT)
+    assert member(a, GROUPS[0]).process(both).outcome == Outcome.STORED
+    assert member(b, GROUPS[1]).process(both).outcome == Outcome.STORED
+    assert member(c, GROUPS[0]).process(only_c).outcome == Outcome.STORED
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        b.root,
+        queue={"url": f"{BASE}-2", "wait_time_seconds": 0},
+        fleet={"replicas": 2},
+    )
+
+    def restore(command: str, *args: str) -> tuple[int, str]:
+        out, err = io.StringIO(), io.StringIO()
+        code = restore_main([command, "--config", str(config_path), *args], out=out, err=err)
+        return code, out.getvalue() + err.getvalue()
+
+    code, lines = restore("list", "--json")
+    holders = {row["key"]: row["holders"] for row in map(json.loads, lines.splitlines())}
+    # both.txt's LATEST was written by a, before b added its holder: read from the version
+    assert code == 0 and holders == {
+        "docs/both.txt": ["vol-a", "vol-b"],
+        "docs/only-c.txt": ["vol-c"],
+    }
+    code, table = restore("list")
+    assert "vol-a, vol-b" in table
+
+    b.copy_path(both_sha(clients, both)).unlink()  # b's copy lost
+    code, out = restore("restore", "--prefix", "docs/", "--to", str(tmp_path / "restored"))
+
+    assert code != 0
+    # both.txt is b's (a holder): it fails here, it is not sent elsewhere; only-c.txt is c's
+    assert "docs/both.txt" in out.split("held by another volume")[0]
+    assert "docs/only-c.txt: version " in out and "volume vol-c" in out
+
+
+def both_sha(clients: Clients, event: Any) -> str:
+    record = Ledger(clients.dynamodb, TABLE).get_version(BUCKET, event.key, event.version_token)
+    assert record is not None and record.sha256
+    return record.sha256
