@@ -54,7 +54,13 @@ from agent.cli.common import (
 from agent.cli.fleet import fleet_holders
 from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
-from agent.config import Config, load_config, replica_group, resolve_config_path
+from agent.config import (
+    Config,
+    load_config,
+    replica_group,
+    replica_groups,
+    resolve_config_path,
+)
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import OBJECT_ATTRIBUTES, Rejection, VersionRecord, parse_time
 from agent.restore.find import Filter, FilterError, Row, Scan, narrowed, rows
@@ -957,6 +963,10 @@ def cmd_verify(rt: Runtime) -> int:
     args = rt.args
     buckets = rt.buckets()  # an unknown --source-bucket is refused before any AWS call
     records = stored_versions(rt.source, buckets, args.prefix)
+    groups = None if args.offline else replica_groups(rt.config)
+    short: list[VersionRecord] = []  # with replicas: held by fewer volumes than asked
+    if groups is not None:
+        records = _noting_short(records, groups.replicas, short)
     report = verify(
         rt.volume(),
         records,
@@ -969,8 +979,20 @@ def cmd_verify(rt: Runtime) -> int:
     if args.json:
         for problem in report.problems:
             rt.emit(problem.to_dict())
-        rt.emit(report.to_dict())
+        for record in short:
+            rt.emit(_short_row(record, groups.replicas if groups else 1))
+        rt.emit({**report.to_dict(), "under_replicated": len(short)})
     else:
+        _section(
+            rt.out,
+            f"held by fewer than {groups.replicas} volumes (fleet.replicas)" if groups else "",
+            [
+                f"s3://{r.bucket}/{printable_key(r.key)}"
+                f" (version {r.version_id or r.version_token}):"
+                f" {', '.join(r.holder_volumes()) or 'no volume'}"
+                for r in short
+            ],
+        )
         _section(
             rt.out,
             "problems",
@@ -985,7 +1007,30 @@ def cmd_verify(rt: Runtime) -> int:
             f" ({report.versions} versions, {human_size(report.bytes)}):"
             f" {len(report.problems)} problems\n"
         )
-    return ExitCode.OK if report.ok else ExitCode.FAILURE
+    return ExitCode.OK if report.ok and not short else ExitCode.FAILURE
+
+
+def _noting_short(
+    records: Iterator[VersionRecord], replicas: int, short: list[VersionRecord]
+) -> Iterator[VersionRecord]:
+    """`records`, passed on; each held by fewer than `replicas` volumes is noted in `short`
+    (a replica group that has not copied it yet, or lost it: its dead-letter queue)."""
+    for record in records:
+        if len(record.holder_volumes()) < replicas:
+            short.append(record)
+        yield record
+
+
+def _short_row(record: VersionRecord, replicas: int) -> dict[str, Any]:
+    return {
+        "type": "under_replicated",
+        "bucket": record.bucket,
+        "key": record.key,
+        "version_id": record.version_id,
+        "version_token": record.version_token,
+        "holders": record.holder_volumes(),
+        "replicas": replicas,
+    }
 
 
 # -- audit ---------------------------------------------------------------------------

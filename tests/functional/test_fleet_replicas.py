@@ -22,8 +22,12 @@ import pytest
 from moto import mock_aws
 
 from agent.aws import Clients
+from agent.cli.agent import main as agent_main
+from agent.cli.common import StatusCode
 from agent.cli.restore import main as restore_main
 from agent.config import Config
+from agent.fleet.heartbeat import Heartbeat, Identity
+from agent.fleet.registry import Registry
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
 from agent.operations.iam import granted_actions, policy_document
 from agent.pipeline import delivery
@@ -429,3 +433,82 @@ def both_sha(clients: Clients, event: Any) -> str:
     record = Ledger(clients.dynamodb, TABLE).get_version(BUCKET, event.key, event.version_token)
     assert record is not None and record.sha256
     return record.sha256
+
+
+# -- who needs a person: a group that copies nothing, versions on fewer volumes ------------
+
+
+def test_status_fleet_lists_every_group_and_flags_one_with_no_live_member(
+    clients, tmp_path, capsys
+):
+    Bootstrap(group_config(tmp_path, 1), clients).run(create_buckets=True)
+    Heartbeat(
+        Registry(clients.dynamodb, TABLE, GROUPS[0]),
+        lambda: Identity("i-aaaa", "i-aaaa", "vol-a", "us-east-1a", "1.0"),
+        interval_seconds=30,
+        clock=lambda: datetime.now(UTC),
+    ).beat()
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        tmp_path,
+        queue={"url": f"{BASE}-1", "wait_time_seconds": 0},
+        fleet={"replicas": 2},
+    )
+    capsys.readouterr()
+
+    code = agent_main(["status", "--config", str(config_path), "--fleet", "--json"])
+    report = json.loads(capsys.readouterr().out)
+
+    assert code == StatusCode.DOWN
+    assert report["replica_groups"] == {GROUPS[0]: 1, GROUPS[1]: 0}
+    assert [(m["member_id"], m["replica_group"]) for m in report["members"]] == [
+        ("i-aaaa", GROUPS[0])
+    ]
+    [problem] = report["problems"]
+    assert problem.startswith(f"replica group {GROUPS[1]}: no member with a heartbeat")
+
+    Heartbeat(
+        Registry(clients.dynamodb, TABLE, GROUPS[1]),
+        lambda: Identity("i-bbbb", "i-bbbb", "vol-b", "us-east-1b", "1.0"),
+        interval_seconds=30,
+        clock=lambda: datetime.now(UTC),
+    ).beat()
+    capsys.readouterr()
+    assert agent_main(["status", "--config", str(config_path), "--fleet"]) == StatusCode.OK
+    out = capsys.readouterr().out
+    assert f"replicas:    {GROUPS[0]}: 1 beating, {GROUPS[1]}: 1 beating" in out
+    assert f"i-bbbb [{GROUPS[1]}]: active, volume vol-b" in out
+
+
+def test_verify_flags_versions_held_by_fewer_volumes_than_replicas(clients, tmp_path):
+    Bootstrap(group_config(tmp_path, 1), clients).run(create_buckets=True)
+    enable_versioning(clients)
+    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+
+    def member(volume: Volume, group: str) -> Any:
+        ledger = Ledger(clients.dynamodb, TABLE, group=group, volume_id=volume.root.name)
+        return make_service(clients, volume, volume_id=volume.root.name, ledger=ledger)
+
+    event = created("docs/a.txt", put(clients, "docs/a.txt", b"abc"), 3, at=AT)
+    assert member(a, GROUPS[0]).process(event).outcome == Outcome.STORED
+    config_path = write_config(
+        tmp_path / "config.yaml",
+        a.root,
+        queue={"url": f"{BASE}-1", "wait_time_seconds": 0},
+        fleet={"replicas": 2},
+    )
+
+    def verify() -> tuple[int, list[dict[str, Any]]]:
+        out, err = io.StringIO(), io.StringIO()
+        code = restore_main(["verify", "--config", str(config_path), "--json"], out=out, err=err)
+        return code, [json.loads(line) for line in out.getvalue().splitlines()]
+
+    code, lines = verify()
+    assert code == 1
+    [short] = [line for line in lines if line.get("type") == "under_replicated"]
+    assert (short["key"], short["holders"], short["replicas"]) == ("docs/a.txt", ["vol-a"], 2)
+    assert lines[-1]["under_replicated"] == 1
+
+    assert member(b, GROUPS[1]).process(event).outcome == Outcome.STORED
+    code, lines = verify()
+    assert code == 0 and lines[-1]["under_replicated"] == 0
