@@ -30,6 +30,7 @@ from agent.fleet.heartbeat import Heartbeat, Identity
 from agent.fleet.registry import Registry
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
 from agent.operations.iam import granted_actions, policy_document
+from agent.operations.online_check import check_online
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
 from agent.runtime.daemon import Daemon
@@ -512,3 +513,17 @@ def test_verify_flags_versions_held_by_fewer_volumes_than_replicas(clients, tmp_
     assert member(b, GROUPS[1]).process(event).outcome == Outcome.STORED
     code, lines = verify()
     assert code == 0 and lines[-1]["under_replicated"] == 0
+
+
+def test_check_config_online_expects_the_bucket_to_notify_the_topic(clients, tmp_path):
+    config = group_config(tmp_path, 2)
+    Bootstrap(config, clients).run(create_buckets=True)
+
+    report = check_online(config, clients)
+    assert not [p for p in report.problems if p.startswith("buckets:")], report.problems
+
+    clients.s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={})
+    report = check_online(config, clients)
+    assert f"buckets: {BUCKET}: no notification sends its events to {TOPIC_ARN}" in " ".join(
+        report.problems
+    )
