@@ -236,3 +236,24 @@ def test_any_interleaving_leaves_exactly_one_holder_per_group(puts):
                 # the one put that returned True in each group is the holder it names
                 assert fresh[(group, version)] == [read.holders[group]]
             assert read.volume_id in read.holders.values()
+
+
+def test_a_group_racing_another_on_an_older_item_adds_itself_after_the_other(dynamodb):
+    """Two groups meet an item of an older release at once: one creates the map, the
+    other's `SET holders = :holders` is refused and it adds its entry to that map."""
+    Ledger(dynamodb, TABLE).record(stored("vol-old"))
+    raced = []
+
+    def the_other_group_first(params, **_):
+        if params.get("UpdateExpression") == "SET holders = :holders" and not raced:
+            raced.append(True)
+            assert member(dynamodb, "backup-events-1", "vol-a").record(stored("vol-a"))
+
+    dynamodb.meta.events.register(
+        "provide-client-params.dynamodb.UpdateItem", the_other_group_first
+    )
+    assert member(dynamodb, "backup-events-2", "vol-b").record(stored("vol-b"))
+
+    read = read_back(dynamodb)
+    assert raced and read is not None
+    assert read.holders == {"backup-events-1": "vol-a", "backup-events-2": "vol-b"}
