@@ -647,6 +647,54 @@ class CategoryRule(Section):
         return self
 
 
+# -- a fleet with replicas (issue 20; docs/fleet.md "Replicas") -----------------------------
+MAX_REPLICAS = 10
+_GROUP_QUEUE = re.compile(r"(?P<base>.+)-(?P<number>[1-9][0-9]?)")
+
+
+class FleetConfig(Section):
+    """`replicas: R`: R volumes hold each version. With R > 1 the bucket notifies an SNS
+    topic, `<base>-fanout`, subscribed by R queues `<base>-1` … `<base>-R` (one replica
+    group each); `queue.url` names the group this agent belongs to."""
+
+    replicas: int = Field(
+        default=1, ge=1, le=MAX_REPLICAS, description="Volumes that hold each version."
+    )
+
+
+class ReplicaGroups:
+    """The fan-out's names, derived from `queue.url` (every member computes the same)."""
+
+    def __init__(self, base: str, replicas: int, own: str) -> None:
+        self.base = base
+        self.replicas = replicas
+        self.own = own  # this agent's group: its queue's name
+
+    @property
+    def queues(self) -> list[str]:
+        return [f"{self.base}-{n}" for n in range(1, self.replicas + 1)]
+
+    @property
+    def topic(self) -> str:
+        return f"{self.base}-fanout"
+
+
+def replica_groups(config: Config) -> ReplicaGroups | None:
+    """The fleet's replica groups, or None with `fleet.replicas: 1` (S3 notifies the one
+    queue directly, the ledger records no groups)."""
+    if config.fleet.replicas == 1:
+        return None
+    match = _GROUP_QUEUE.fullmatch(config.queue.name)
+    assert match is not None  # Config._replica_queue checked it
+    return ReplicaGroups(match["base"], config.fleet.replicas, config.queue.name)
+
+
+def replica_group(config: Config) -> str | None:
+    """The replica group this agent belongs to (its queue's name), or None without replicas."""
+    groups = replica_groups(config)
+    return groups.own if groups else None
+
+
 class Config(Section):
     aws: AwsConfig = AwsConfig()
     queue: QueueConfig
@@ -672,11 +720,32 @@ class Config(Section):
     )
     audit: AuditConfig = AuditConfig()
     inventory: InventoryConfig = InventoryConfig()
+    fleet: FleetConfig = FleetConfig()
 
     @field_validator("buckets")
     @classmethod
     def _bucket_names(cls, value: list[str]) -> list[str]:
         return check_bucket_names(value)
+
+    @model_validator(mode="after")
+    def _replica_queue(self) -> Config:
+        """With replicas, the queue names its group: `<base>-<n>`, n in 1…R; its dead-letter
+        queue is `<queue>-dlq`, as bootstrap creates it for every group."""
+        replicas = self.fleet.replicas
+        if replicas == 1:
+            return self
+        match = _GROUP_QUEUE.fullmatch(self.queue.name)
+        if match is None or int(match["number"]) > replicas:
+            raise ValueError(
+                f"fleet.replicas: {replicas} needs queue.url to name a replica group's queue,"
+                f" <base>-1 … <base>-{replicas}, not {self.queue.name!r}"
+            )
+        if self.queue.dead_letter_name != self.queue.name + "-dlq":
+            raise ValueError(
+                f"fleet.replicas: {replicas} needs queue.dead_letter_url unset or"
+                f" {self.queue.name}-dlq (every group's dead-letter queue is <queue>-dlq)"
+            )
+        return self
 
 
 def check_bucket_names(value: list[str]) -> list[str]:
@@ -926,10 +995,16 @@ class _StrictLoader(yaml.SafeLoader):
             ) from None
 
 
+_KEYED = re.compile(r"[a-z_]+(\.[a-z_]+)+: .*", re.DOTALL)
+
+
 def _describe(error: Any) -> str:
     # A dict key's own error (schedules.snapshots) is reported at the key, without "[key]".
     location = ".".join(str(part) for part in error["loc"] if part != "[key]") or "(top level)"
     kind = error["type"]
+    keyed = _KEYED.match(error["msg"].removeprefix("Value error, "))
+    if location == "(top level)" and keyed:  # a check across sections names its key itself
+        return keyed[0]
     if kind == "missing":
         return f"{location}: field required"
     if kind == "extra_forbidden":

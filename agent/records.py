@@ -60,6 +60,11 @@ class VersionRecord:
     # The `categories:` rule that named it at backup (agent/categories.py); None: no rule
     # matched, or recorded before categories.
     category: str | None = None
+    # Every replica group's holder, in the ledger only (docs/fleet.md "Replicas"): queue
+    # name -> the volume holding the copy for that group. `volume_id` stays the first
+    # holder (older readers use it); None: no replicas, or an item of an older release.
+    # Not part of a record's identity: two reads of one version compare equal as it grows.
+    holders: dict[str, str] | None = field(default=None, hash=False, compare=False)
 
     @classmethod
     def for_event(
@@ -107,6 +112,23 @@ class VersionRecord:
             raise ValueError(record)
         return record
 
+    def holder_volumes(self) -> list[str]:
+        """Every volume that holds this record's copy: `volume_id` first, then each replica
+        group's, once each."""
+        found = [self.volume_id] if self.volume_id else []
+        for volume in (self.holders or {}).values():
+            if volume not in found:
+                found.append(volume)
+        return found
+
+    def holder_in(self, group: str | None) -> str | None:
+        """The volume that holds the copy for replica group `group`. Without replicas
+        (`group` None) it is `volume_id`; a record of an older release (no `holders`)
+        names no group, so it holds none for one."""
+        if group is None:
+            return self.volume_id
+        return (self.holders or {}).get(group)
+
     @property
     def removes_one_version(self) -> bool:
         """A permanent delete of one S3 version or marker (``ObjectRemoved:Delete`` with a
@@ -139,6 +161,8 @@ _TEXTS = (
     "storage_class",
 )
 _BUCKET = re.compile(r"[A-Za-z0-9._-]{1,255}")  # S3's names, and older regions' looser ones
+_GROUP = re.compile(r"[A-Za-z0-9_-]{1,80}")  # a replica group is an SQS queue's name
+MAX_HOLDERS = 32  # replica groups of one version: fleet.replicas is at most 10
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -197,6 +221,7 @@ def _validated(data: Mapping[str, Any]) -> VersionRecord:
     values["order_key"] = order.migrated(
         values.get("order_key"), times["event_time"], values.get("sequencer")
     )
+    values["holders"] = _holders(values.get("holders"))
     values.update(checked_attributes(values, "record"))
     category = values.get("category")  # a name, not worth refusing the record for
     if category is not None and (not isinstance(category, str) or len(category) > 64):
@@ -213,6 +238,22 @@ def _check_text(name: str, value: Any) -> None:
         raise _Bad(f"{name} holds a NUL")
     if name != "key" and len(value) > MAX_TEXT:
         raise _Bad(f"{name} is longer than {MAX_TEXT} characters")
+
+
+def _holders(value: Any) -> dict[str, str] | None:
+    """Replica group -> volume id; a malformed map refuses the record (it says where the
+    copies are: a guess would send a restore to the wrong volume)."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value or len(value) > MAX_HOLDERS:
+        raise _Bad(f"holders is not a map of 1 to {MAX_HOLDERS} replica groups")
+    for group, volume in value.items():
+        if not isinstance(group, str) or not _GROUP.fullmatch(group):
+            raise _Bad("holders names a replica group that is no queue name")
+        if not isinstance(volume, str) or not volume:
+            raise _Bad(f"holders[{group}] is not a volume id")
+        _check_text(f"holders[{group}]", volume)
+    return dict(value)
 
 
 def _size(name: str, value: Any) -> int | None:

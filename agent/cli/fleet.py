@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from agent.aws import build_clients
 from agent.cli.common import ExitCode, StatusCode
 from agent.cli.output import printable_key
-from agent.config import Config, queue_name
+from agent.config import Config, queue_name, replica_groups
 from agent.errors import BackupAgentError
 from agent.fleet.adopt import adopt
 from agent.fleet.member import Member
@@ -36,9 +36,19 @@ def add_fleet_options(status: argparse.ArgumentParser) -> None:
 
 def cmd_fleet_status(args: argparse.Namespace, config: Config) -> int:
     clients = build_clients(config)
-    registry = Registry(clients.dynamodb, config.state.table, queue_name(config.queue.url))
-    members, bad = registry.members()
-    report = fleet_report(members, bad, datetime.now(UTC))
+    groups = replica_groups(config)
+    queues = groups.queues if groups else [queue_name(config.queue.url)]
+    members, bad = [], []
+    by_group: dict[str, list[Member]] = {}
+    for queue in queues:  # with replicas, every group's register
+        found, problems = Registry(clients.dynamodb, config.state.table, queue).members()
+        by_group[queue] = found
+        members.extend(found)
+        bad.extend(problems)
+    now = datetime.now(UTC)
+    report = fleet_report(members, bad, now)
+    if groups is not None:
+        report.flag_groups(by_group, now)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
     else:
@@ -49,12 +59,18 @@ def cmd_fleet_status(args: argparse.Namespace, config: Config) -> int:
 
 def fleet_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"fleet:       {report['health'].upper()}, {len(report['members'])} member(s)"]
+    if report.get("replica_groups") is not None:
+        lines.append(
+            "replicas:    "
+            + ", ".join(f"{g}: {n} beating" for g, n in report["replica_groups"].items())
+        )
     for m in report["members"]:
         used = m.get("disk_used_ratio")
         lag = m.get("lag_seconds")
         state = "HEARTBEAT MISSING" if m["missing"] else m["state"]
+        group = f" [{m['replica_group']}]" if m.get("replica_group") else ""
         lines.append(
-            f"  {m['member_id']}: {state}, volume {m['volume_id']}"
+            f"  {m['member_id']}{group}: {state}, volume {m['volume_id']}"
             f" ({'?' if used is None else f'{used:.0%}'} used),"
             f" AZ {m.get('availability_zone') or '?'}, version {m['version']},"
             f" heartbeat {m['heartbeat_age_seconds']:g}s ago,"
@@ -65,12 +81,17 @@ def fleet_lines(report: dict[str, Any]) -> list[str]:
 
 
 def fleet_holders(config: Config, dynamodb: DynamoDBClient) -> dict[str, Member]:
-    """Volume id → the member writing to it; {} when the register cannot be read (a
-    restore names the volume all the same)."""
+    """Volume id → the member writing to it (with replicas, in any group); what could be
+    read when a register cannot be (a restore names the volume all the same)."""
+    groups = replica_groups(config)
+    queues = groups.queues if groups else [queue_name(config.queue.url)]
+    found: dict[str, Member] = {}
     try:
-        return Registry(dynamodb, config.state.table, queue_name(config.queue.url)).holders()
+        for queue in queues:  # with replicas, every group's register
+            found.update(Registry(dynamodb, config.state.table, queue).holders())
     except BackupAgentError:
-        return {}
+        return found
+    return found
 
 
 def add_adopt_options(adopt: argparse.ArgumentParser) -> None:

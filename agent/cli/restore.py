@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -53,7 +54,13 @@ from agent.cli.common import (
 from agent.cli.fleet import fleet_holders
 from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
-from agent.config import Config, load_config, resolve_config_path
+from agent.config import (
+    Config,
+    load_config,
+    replica_group,
+    replica_groups,
+    resolve_config_path,
+)
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
 from agent.records import OBJECT_ATTRIBUTES, Rejection, VersionRecord, parse_time
 from agent.restore.find import Filter, FilterError, Row, Scan, narrowed, rows
@@ -531,7 +538,7 @@ def cmd_list(rt: Runtime) -> int:
         versions=args.versions,
         deleted=args.deleted,
     )
-    table_rows = [_row(row) for row in found]
+    table_rows = [_row(_with_holders(rt, row)) for row in found]
     if args.json:
         for row in table_rows:
             rt.emit(row)
@@ -567,7 +574,7 @@ def cmd_find(rt: Runtime) -> int:
             more = True  # a key's versions are never split over two pages
             break
         last = row
-        data = _row(row)
+        data = _row(_with_holders(rt, row))
         page.append({} if args.json else data)
         if args.json:
             rt.emit(data)
@@ -617,7 +624,7 @@ def _print_table(out: IO[str], rows_: list[dict[str, Any]]) -> None:
             "-" if row["size"] is None else human_size(row["size"]),
             row["event_time"][:19],
             row["backup_time"][:19],
-            row["volume_id"],  # the volume holding the copy (a fleet has several)
+            ", ".join(row["holders"]) or "-",  # the volumes holding the copy (replicas: R)
             _state_cell(row),
         ]
         if categorised:
@@ -646,6 +653,32 @@ def _state(record: VersionRecord) -> str:
     return "deleted" if record.deleted else "stored"
 
 
+def _with_holders(rt: Runtime, row: Row) -> Row:
+    """With `fleet.replicas` > 1, the row's holders as the version item names them now: a
+    key's newest row comes from its LATEST item, a copy made when the version was first
+    recorded, before the other groups added their holders. One GetItem per such row."""
+    reader = _holders_reader(rt)
+    if rt.args.versions or reader is None or not row.record.sha256:
+        return row  # a version item already (history), or no replicas, or no copy
+    return dataclasses.replace(row, record=reader(row.record))
+
+
+def _holders_reader(rt: Runtime) -> Callable[[VersionRecord], VersionRecord] | None:
+    """A record with the holders its version item names now (one GetItem), or None without
+    replicas or when the journal is the source (it names this volume only)."""
+    source = rt.source
+    if replica_group(rt.config) is None or not isinstance(source, LedgerSource):
+        return None
+
+    def current(record: VersionRecord) -> VersionRecord:
+        read = source.ledger.get_version(record.bucket, record.key, record.version_token)
+        if read is None or read.holders is None:
+            return record
+        return dataclasses.replace(record, holders=read.holders)
+
+    return current
+
+
 def _row(found: Row) -> dict[str, Any]:
     record, deleted = found.record, found.deleted
     row = {
@@ -659,6 +692,7 @@ def _row(found: Row) -> dict[str, Any]:
         "event_time": record.event_time,
         "backup_time": record.backup_time,
         "volume_id": record.volume_id,  # the volume that holds the copy (fleet: one of many)
+        "holders": record.holder_volumes(),  # with replicas, every group's: volume_id first
         "deleted": deleted,
         "state": _state(record),
         "storage_class": record.storage_class,
@@ -689,7 +723,7 @@ def cmd_restore(rt: Runtime) -> int:
     selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
     volume = rt.volume()
     chosen = narrowed(plan(rt.source, bucket, scope, selector), _filter_of(args))
-    chosen = held_here(chosen, volume.read_marker().volume_id, volume.has_copy)
+    chosen = held_here(chosen, volume.read_marker().volume_id, volume.has_copy, _holders_reader(rt))
     target: Target
     if args.to_s3:
         target = S3Target(
@@ -811,12 +845,16 @@ def _elsewhere_lines(rt: Runtime, restore_plan: Plan) -> list[str]:
     lines = []
     for item in restore_plan.elsewhere:
         record = item.record
-        member = members.get(record.volume_id)
-        where = f"volume {record.volume_id}"
-        if member is not None:
-            where += f" on {member.member_id}"
-            if member.availability_zone:
-                where += f" ({member.availability_zone})"
+        places = []
+        for volume_id in record.holder_volumes():  # with replicas, each group's holder
+            member = members.get(volume_id)
+            where = f"volume {volume_id}"
+            if member is not None:
+                where += f" on {member.member_id}"
+                if member.availability_zone:
+                    where += f" ({member.availability_zone})"
+            places.append(where)
+        where = ", ".join(places)
         version = record.version_id or record.version_token
         lines.append(f"{printable_key(item.key)}: version {version}: {where}")
     return lines
@@ -925,6 +963,10 @@ def cmd_verify(rt: Runtime) -> int:
     args = rt.args
     buckets = rt.buckets()  # an unknown --source-bucket is refused before any AWS call
     records = stored_versions(rt.source, buckets, args.prefix)
+    groups = None if args.offline else replica_groups(rt.config)
+    short: list[VersionRecord] = []  # with replicas: held by fewer volumes than asked
+    if groups is not None:
+        records = _noting_short(records, groups.replicas, short)
     report = verify(
         rt.volume(),
         records,
@@ -937,8 +979,20 @@ def cmd_verify(rt: Runtime) -> int:
     if args.json:
         for problem in report.problems:
             rt.emit(problem.to_dict())
-        rt.emit(report.to_dict())
+        for record in short:
+            rt.emit(_short_row(record, groups.replicas if groups else 1))
+        rt.emit({**report.to_dict(), "under_replicated": len(short)})
     else:
+        _section(
+            rt.out,
+            f"held by fewer than {groups.replicas} volumes (fleet.replicas)" if groups else "",
+            [
+                f"s3://{r.bucket}/{printable_key(r.key)}"
+                f" (version {r.version_id or r.version_token}):"
+                f" {', '.join(r.holder_volumes()) or 'no volume'}"
+                for r in short
+            ],
+        )
         _section(
             rt.out,
             "problems",
@@ -953,7 +1007,30 @@ def cmd_verify(rt: Runtime) -> int:
             f" ({report.versions} versions, {human_size(report.bytes)}):"
             f" {len(report.problems)} problems\n"
         )
-    return ExitCode.OK if report.ok else ExitCode.FAILURE
+    return ExitCode.OK if report.ok and not short else ExitCode.FAILURE
+
+
+def _noting_short(
+    records: Iterator[VersionRecord], replicas: int, short: list[VersionRecord]
+) -> Iterator[VersionRecord]:
+    """`records`, passed on; each held by fewer than `replicas` volumes is noted in `short`
+    (a replica group that has not copied it yet, or lost it: its dead-letter queue)."""
+    for record in records:
+        if len(record.holder_volumes()) < replicas:
+            short.append(record)
+        yield record
+
+
+def _short_row(record: VersionRecord, replicas: int) -> dict[str, Any]:
+    return {
+        "type": "under_replicated",
+        "bucket": record.bucket,
+        "key": record.key,
+        "version_id": record.version_id,
+        "version_token": record.version_token,
+        "holders": record.holder_volumes(),
+        "replicas": replicas,
+    }
 
 
 # -- audit ---------------------------------------------------------------------------

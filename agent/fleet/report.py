@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.fleet.member import PAUSED, STALE_INTERVALS, Member
+from agent.fleet.member import PAUSED, STALE_INTERVALS, STOPPED, Member
 
 OK, DEGRADED, DOWN = "ok", "degraded", "down"
 
@@ -22,8 +22,34 @@ class FleetReport:
     members: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    groups: dict[str, int] | None = None  # replica group -> members beating (replicas > 1)
+
     def to_dict(self) -> dict[str, Any]:
-        return {"health": self.health, "members": self.members, "problems": self.problems}
+        found: dict[str, Any] = {
+            "health": self.health,
+            "members": self.members,
+            "problems": self.problems,
+        }
+        if self.groups is not None:
+            found["replica_groups"] = self.groups
+        return found
+
+    def flag_groups(self, by_group: dict[str, list[Member]], now: datetime) -> None:
+        """With replicas: a group none of whose members beats copies nothing, so every new
+        version stays on fewer volumes than asked: down."""
+        self.groups = {}
+        group_of = {m.member_id: group for group, members in by_group.items() for m in members}
+        for entry in self.members:
+            entry["replica_group"] = group_of.get(entry["member_id"])
+        for group, members in by_group.items():
+            beating = [m for m in members if m.state != STOPPED and not m.missing(now)]
+            self.groups[group] = len(beating)
+            if not beating:
+                self._flag(
+                    DOWN,
+                    f"replica group {group}: no member with a heartbeat; new versions are held"
+                    " by fewer volumes than fleet.replicas asks",
+                )
 
     def _flag(self, health: str, problem: str) -> None:
         self.problems.append(problem)

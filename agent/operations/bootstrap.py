@@ -4,6 +4,12 @@ Queue + dead-letter queue with a redrive policy, the queue policy that lets S3 s
 the bucket notifications (`NOTIFIED_EVENTS`: created and removed objects, S3 Lifecycle
 expirations, restores of archived objects), and the DynamoDB table. A notification of
 an earlier release, with fewer event types, gets the missing ones added.
+With `fleet.replicas: R` > 1 (docs/fleet.md "Replicas"): the fan-out instead of the one
+queue: the SNS topic `<base>-fanout` (its policy lets S3 publish, from the configured
+buckets of this account), R queues `<base>-1` … `<base>-R`, each with its dead-letter queue
+and redrive policy, a queue policy that lets the topic send, and a raw-delivery
+subscription; the buckets notify the topic (a direct notification of the agent's queue,
+from `replicas: 1`, is replaced: S3 refuses two destinations for one event type).
 When the config has an `alerts:` section: the SNS topic (`alerts.sns_topic_arn`) and the SES
 verification of the sender (`alerts.email.sender`; SES mails the address a link to click).
 
@@ -15,13 +21,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import botocore.exceptions
 
 from agent.audit.cloudwatch import METRIC_FILTERS
 from agent.aws import Clients, error_code
-from agent.config import Config
+from agent.config import Config, ReplicaGroups, replica_groups
 from agent.errors import ConfigError
 from agent.restore.share import ensure_staging, staging_bucket
 from agent.storage.ledger import table_definition
@@ -42,6 +48,8 @@ NOTIFIED_EVENTS: tuple[EventType, ...] = (
     "s3:ObjectRestore:Completed",
 )
 POLICY_SID = "AllowS3Notifications"
+FAN_OUT_SID = "AllowFanOutTopic"  # in each replica group's queue policy
+TOPIC_POLICY_SID = "AllowS3Publish"  # in the fan-out topic's policy
 RETENTION_SECONDS = 14 * 24 * 3600
 
 
@@ -67,9 +75,30 @@ class Bootstrap:
         if create_buckets:
             for bucket in self.config.buckets:
                 self.ensure_bucket(bucket)
-        _dlq_url, dlq_arn = self.ensure_queue(self.config.queue.dead_letter_name, {})
-        queue_url, queue_arn = self.ensure_queue(
-            self.config.queue.name,
+        groups = replica_groups(self.config)
+        if groups is None:
+            queue_url, queue_arn = self.ensure_group_queue(
+                self.config.queue.name, self.config.queue.dead_letter_name
+            )
+            self.ensure_queue_policy(queue_url, queue_arn)
+            for bucket in self.config.buckets:
+                self.ensure_notification(bucket, queue_arn)
+        else:
+            self.ensure_fan_out(groups)
+        self.ensure_table()
+        self.ensure_alerting()
+        if self.config.restore.staging_bucket:
+            self.ensure_share_staging()
+        if self.config.audit.log_group:
+            self.ensure_audit_log_group(self.config.audit.log_group)
+        return self.report
+
+    def ensure_group_queue(self, name: str, dead_letter_name: str) -> tuple[str, str]:
+        """A queue and its dead-letter queue, with the redrive policy and the settings of
+        the `queue:` section (every replica group's queue alike)."""
+        _dlq_url, dlq_arn = self.ensure_queue(dead_letter_name, {})
+        return self.ensure_queue(
+            name,
             {
                 "RedrivePolicy": json.dumps(
                     {
@@ -81,16 +110,113 @@ class Bootstrap:
                 "ReceiveMessageWaitTimeSeconds": str(self.config.queue.wait_time_seconds),
             },
         )
-        self.ensure_queue_policy(queue_url, queue_arn)
+
+    def ensure_fan_out(self, groups: ReplicaGroups) -> None:
+        """Topic, one queue per replica group subscribed to it, the buckets notifying it."""
+        topic_arn = self.ensure_fan_out_topic(groups.topic)
+        for name in groups.queues:
+            url, arn = self.ensure_group_queue(name, name + "-dlq")
+            self.ensure_queue_policy(url, arn, topic_arn)
+            self.ensure_subscription(topic_arn, name, arn)
         for bucket in self.config.buckets:
-            self.ensure_notification(bucket, queue_arn)
-        self.ensure_table()
-        self.ensure_alerting()
-        if self.config.restore.staging_bucket:
-            self.ensure_share_staging()
-        if self.config.audit.log_group:
-            self.ensure_audit_log_group(self.config.audit.log_group)
-        return self.report
+            self.ensure_notification(bucket, topic_arn, topic=True)
+
+    def ensure_fan_out_topic(self, name: str) -> str:
+        """The fan-out topic (CreateTopic returns an existing one's ARN) and the statement
+        of its policy that lets S3 publish: only from the configured buckets, only for this
+        account (aws:SourceAccount: bucket ARNs name no account). Other statements (the
+        owner's default one) are kept. Not encrypted with SNS's AWS-managed key: S3 could
+        not publish to it (that key's policy cannot grant S3 kms:GenerateDataKey)."""
+        sns = self.clients.sns()
+        arn = self._topic_arn(name)
+        exists = self._exists(arn)
+        self.report.add(f"topic {name}", not exists)
+        if not exists and self.dry_run:
+            self.report.add(f"topic policy for S3 ({name})", True)
+            return arn
+        if not exists:
+            arn = sns.create_topic(Name=name)["TopicArn"]
+        ours = {
+            "Sid": TOPIC_POLICY_SID,
+            "Effect": "Allow",
+            "Principal": {"Service": "s3.amazonaws.com"},
+            "Action": "SNS:Publish",
+            "Resource": arn,
+            "Condition": {
+                "ArnLike": {
+                    "aws:SourceArn": [
+                        f"arn:{self._partition}:s3:::{b}" for b in self.config.buckets
+                    ]
+                },
+                "StringEquals": {"aws:SourceAccount": arn.split(":")[4]},
+            },
+        }
+        current = sns.get_topic_attributes(TopicArn=arn)["Attributes"].get("Policy")
+        policy = _with_statement(current, ours)
+        if policy is None:
+            self.report.add(f"topic policy for S3 ({name})", False)
+            return arn
+        if not self.dry_run:
+            sns.set_topic_attributes(
+                TopicArn=arn, AttributeName="Policy", AttributeValue=json.dumps(policy)
+            )
+        self.report.add(f"topic policy for S3 ({name})", True)
+        return arn
+
+    @property
+    def _partition(self) -> str:
+        region = self.config.aws.region
+        if region.startswith("cn-"):
+            return "aws-cn"
+        return "aws-us-gov" if region.startswith("us-gov-") else "aws"
+
+    def _topic_arn(self, name: str) -> str:
+        """arn:PARTITION:sns:REGION:ACCOUNT:NAME, the account queue.url's."""
+        account = self._queue_arn(name).split(":")[4]
+        return f"arn:{self._partition}:sns:{self.config.aws.region}:{account}:{name}"
+
+    def ensure_subscription(self, topic_arn: str, queue_name: str, queue_arn: str) -> None:
+        """The group's queue subscribed to the topic with raw message delivery: the queue
+        gets S3's own notification, as from a direct notification, not SNS's envelope
+        (agent/events.py reads both)."""
+        what = f"subscription {queue_name} → topic (raw delivery)"
+        sns = self.clients.sns()
+        found = None
+        if not self.dry_run or self._exists(topic_arn):
+            paginator = sns.get_paginator("list_subscriptions_by_topic")
+            for page in paginator.paginate(TopicArn=topic_arn):
+                for subscription in page.get("Subscriptions", []):
+                    if subscription.get("Protocol") == "sqs" and (
+                        subscription.get("Endpoint") == queue_arn
+                    ):
+                        found = subscription.get("SubscriptionArn")
+        if found is None:
+            if not self.dry_run:
+                sns.subscribe(
+                    TopicArn=topic_arn,
+                    Protocol="sqs",
+                    Endpoint=queue_arn,
+                    Attributes={"RawMessageDelivery": "true"},
+                    ReturnSubscriptionArn=True,
+                )
+            self.report.add(what, True)
+            return
+        raw = sns.get_subscription_attributes(SubscriptionArn=found)["Attributes"]
+        if raw.get("RawMessageDelivery") == "true":
+            self.report.add(what, False)
+            return
+        if not self.dry_run:
+            sns.set_subscription_attributes(
+                SubscriptionArn=found, AttributeName="RawMessageDelivery", AttributeValue="true"
+            )
+        self.report.add(what, True)
+
+    def _exists(self, topic_arn: str) -> bool:
+        try:
+            self.clients.sns().get_topic_attributes(TopicArn=topic_arn)
+        except botocore.exceptions.ClientError:
+            return False
+        return True
 
     def ensure_alerting(self) -> None:
         """The SNS topic and the SES sender identity, when the alerts section names them."""
@@ -171,46 +297,62 @@ class Bootstrap:
         account = parts[-2] if len(parts) >= 2 else ""
         return f"arn:aws:sqs:{self.config.aws.region}:{account}:{name}"
 
-    def ensure_queue_policy(self, queue_url: str, queue_arn: str) -> None:
-        """Add (or update) our statement; other statements in the policy are kept."""
-        ours = {
-            "Sid": POLICY_SID,
-            "Effect": "Allow",
-            "Principal": {"Service": "s3.amazonaws.com"},
-            "Action": "sqs:SendMessage",
-            "Resource": queue_arn,
-            "Condition": {
-                "ArnLike": {"aws:SourceArn": [f"arn:aws:s3:::{b}" for b in self.config.buckets]}
-            },
-        }
+    def ensure_queue_policy(
+        self, queue_url: str, queue_arn: str, topic_arn: str | None = None
+    ) -> None:
+        """Add (or update) our statement; other statements in the policy are kept. It lets
+        S3 send from the configured buckets or, for a replica group's queue, the fan-out
+        topic `topic_arn` (nothing else) send."""
+        if topic_arn is None:
+            what = "queue policy for S3"
+            ours: dict[str, Any] = {
+                "Sid": POLICY_SID,
+                "Effect": "Allow",
+                "Principal": {"Service": "s3.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {
+                    "ArnLike": {"aws:SourceArn": [f"arn:aws:s3:::{b}" for b in self.config.buckets]}
+                },
+            }
+        else:
+            what = f"queue policy for the topic ({queue_arn.rsplit(':', 1)[-1]})"
+            ours = {
+                "Sid": FAN_OUT_SID,
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
         if not queue_url:  # dry run: the queue does not exist yet
-            self.report.add("queue policy for S3", True)
+            self.report.add(what, True)
             return
         current = self.clients.sqs.get_queue_attributes(
             QueueUrl=queue_url, AttributeNames=["Policy"]
         ).get("Attributes", {})
-        policy = json.loads(current.get("Policy") or '{"Version": "2012-10-17"}')
-        statements = policy.get("Statement", [])
-        if isinstance(statements, dict):
-            statements = [statements]
-        if ours in statements:
-            self.report.add("queue policy for S3", False)
+        policy = _with_statement(current.get("Policy"), ours)
+        if policy is None:
+            self.report.add(what, False)
             return
         if self.dry_run:
-            self.report.add("queue policy for S3", True)
+            self.report.add(what, True)
             return
-        policy["Statement"] = [s for s in statements if s.get("Sid") != POLICY_SID] + [ours]
         self.clients.sqs.set_queue_attributes(
             QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)}
         )
-        self.report.add("queue policy for S3", True)
+        self.report.add(what, True)
 
-    def ensure_notification(self, bucket: str, queue_arn: str) -> None:
-        """Our queue notified of every event type in NOTIFIED_EVENTS; other configurations
-        of the bucket are kept (PutBucketNotificationConfiguration replaces them all)."""
+    def ensure_notification(self, bucket: str, target_arn: str, *, topic: bool = False) -> None:
+        """Our queue (or, with replicas, the fan-out topic) notified of every event type in
+        NOTIFIED_EVENTS; other configurations of the bucket are kept
+        (PutBucketNotificationConfiguration replaces them all). Our configuration of the
+        other kind (`replicas` changed) is removed: S3 refuses overlapping ones."""
         s3 = self.clients.s3
+        kind, other = ("Topic", "Queue") if topic else ("Queue", "Topic")
+        what = f"notification {bucket} → {kind.lower()}"
         if bucket in self._not_yet:  # dry run: a bucket --create-buckets would create
-            self.report.add(f"notification {bucket} → queue", True)
+            self.report.add(what, True)
             return
         try:
             answer = s3.get_bucket_notification_configuration(Bucket=bucket)
@@ -220,33 +362,39 @@ class Bootstrap:
             raise ConfigError(
                 [f"buckets: {bucket}: no such bucket (create it, or run with --create-buckets)"]
             ) from None
-        current: NotificationConfigurationTypeDef = {
-            k: v for k, v in answer.items() if k != "ResponseMetadata"
-        }  # type: ignore[assignment]  # the answer is the configuration plus metadata
-        queues = list(current.get("QueueConfigurations", []))
-        ours = [q for q in queues if q.get("QueueArn") == queue_arn]
-        what = f"notification {bucket} → queue"
+        current: dict[str, Any] = {k: v for k, v in answer.items() if k != "ResponseMetadata"}
+        targets: list[dict[str, Any]] = list(current.get(f"{kind}Configurations", []))
+        others: list[dict[str, Any]] = list(current.get(f"{other}Configurations", []))
+        ours = [q for q in targets if q.get(f"{kind}Arn") == target_arn]
+        replaced = [q for q in others if q.get("Id") == NOTIFICATION_ID]
         if ours:
             have = [e for q in ours for e in q.get("Events", [])]
             missing = [e for e in NOTIFIED_EVENTS if not any(covers(h, e) for h in have)]
-            if not missing:
+            if not missing and not replaced:
                 self.report.add(what, False)
                 return
             # Into the configuration already pointing here (a second one with overlapping
             # events for the same queue would be refused by S3); its filter stays.
             target = next((q for q in ours if q.get("Id") == NOTIFICATION_ID), ours[0])
             target["Events"] = [*target.get("Events", []), *missing]
-            what += f" (added {', '.join(missing)})"
+            if missing:
+                what += f" (added {', '.join(missing)})"
         else:
-            queues = [q for q in queues if q.get("Id") != NOTIFICATION_ID]
-            queues.append(
-                {"Id": NOTIFICATION_ID, "QueueArn": queue_arn, "Events": list(NOTIFIED_EVENTS)}
+            targets = [q for q in targets if q.get("Id") != NOTIFICATION_ID]
+            targets.append(
+                {"Id": NOTIFICATION_ID, f"{kind}Arn": target_arn, "Events": list(NOTIFIED_EVENTS)}
             )
+        if replaced:
+            what += f" (in place of the {other.lower()})"
         if self.dry_run:
             self.report.add(what, True)
             return
-        current["QueueConfigurations"] = queues
-        s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=current)
+        current[f"{kind}Configurations"] = targets
+        current[f"{other}Configurations"] = [q for q in others if q.get("Id") != NOTIFICATION_ID]
+        configuration = cast("NotificationConfigurationTypeDef", current)
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration=configuration
+        )
         self.report.add(what, True)
 
     def ensure_table(self) -> None:
@@ -322,6 +470,19 @@ class Bootstrap:
                     }
                 ],
             )
+
+
+def _with_statement(current: str | None, ours: dict[str, Any]) -> dict[str, Any] | None:
+    """The policy document `current` with `ours` in place of the statement of the same Sid,
+    or None when it holds `ours` already."""
+    policy = json.loads(current or '{"Version": "2012-10-17"}')
+    statements = policy.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    if ours in statements:
+        return None
+    policy["Statement"] = [s for s in statements if s.get("Sid") != ours["Sid"]] + [ours]
+    return dict(policy)
 
 
 def covers(have: str, wanted: str) -> bool:

@@ -44,11 +44,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from agent.config import Config
+from agent.config import Config, replica_groups
 from agent.errors import ConfigError
 from agent.snapshots.mount import RESTORE_TAG
 from agent.snapshots.records import MANAGED_TAG
-from agent.storage.ledger import KEY_INDEX
+from agent.storage.ledger import HOLDER_ATTRIBUTES, KEY_INDEX
 
 VERSION = "2012-10-17"
 ROLES = ("agent", "operator")
@@ -118,6 +118,9 @@ class PolicyScope:
     audit_log_group: str | None = None
     inventory_bucket: str | None = None
     inventory_prefix: str = "backup-agent-inventory/"
+    # fleet.replicas > 1: every replica group's queue and the fan-out topic (bootstrap)
+    replica_queue_arns: tuple[str, ...] = ()
+    fan_out_topic_arn: str | None = None
 
     @classmethod
     def from_config(
@@ -132,6 +135,13 @@ class PolicyScope:
         else:
             dlq = queue + "-dlq"  # QueueConfig.dead_letter_name
         email = config.alerts.email
+        groups = replica_groups(config)
+        group_arns: tuple[str, ...] = ()
+        topic_arn = None
+        if groups is not None:
+            prefix = queue.rsplit(":", 1)[0]
+            group_arns = tuple(f"{prefix}:{name}" for name in groups.queues)
+            topic_arn = f"arn:{partition}:sns:{region}:{queue.split(':')[4]}:{groups.topic}"
         return cls(
             partition=partition,
             region=region,
@@ -159,6 +169,8 @@ class PolicyScope:
             audit_log_group=config.audit.log_group,
             inventory_bucket=config.inventory.bucket,
             inventory_prefix=config.inventory.prefix,
+            replica_queue_arns=group_arns,
+            fan_out_topic_arn=topic_arn,
         )
 
     def arn(self, service: str, resource: str, *, region: str | None = None) -> str:
@@ -286,6 +298,15 @@ def agent_statements(scope: PolicyScope) -> list[dict[str, Any]]:
             ["*"],  # Describe* actions support no resource-level permissions
         ),
     ]
+    if scope.fan_out_topic_arn:
+        found.append(
+            _statement(
+                "RecordReplicaHolder",  # a second replica group names its volume: holders only
+                ["dynamodb:UpdateItem"],
+                scope.table_arns[:1],
+                {"ForAllValues:StringEquals": {"dynamodb:Attributes": list(HOLDER_ATTRIBUTES)}},
+            )
+        )
     if scope.cloudwatch_metrics:
         found.append(
             _statement(
@@ -440,6 +461,8 @@ def _snapshot_statements(scope: PolicyScope) -> list[dict[str, Any]]:
 def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
     p = scope.partition
     queues = [scope.queue_arn, scope.dead_letter_arn]
+    if scope.replica_queue_arns:  # every replica group's queue and dead-letter queue
+        queues = [arn + suffix for arn in scope.replica_queue_arns for suffix in ("", "-dlq")]
     found = [
         _statement(
             "BootstrapQueues",
@@ -526,6 +549,27 @@ def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
                 ["sns:GetTopicAttributes", "sns:CreateTopic"],
                 [scope.sns_topic_arn],
             )
+        )
+    if scope.fan_out_topic_arn:
+        found.extend(
+            [
+                _statement(
+                    "BootstrapFanOutTopic",  # the topic, its policy, the groups' subscriptions
+                    [
+                        "sns:CreateTopic",
+                        "sns:GetTopicAttributes",
+                        "sns:SetTopicAttributes",
+                        "sns:ListSubscriptionsByTopic",
+                        "sns:Subscribe",
+                    ],
+                    [scope.fan_out_topic_arn],
+                ),
+                _statement(
+                    "BootstrapFanOutRawDelivery",  # a subscription is no IAM resource type
+                    ["sns:GetSubscriptionAttributes", "sns:SetSubscriptionAttributes"],
+                    ["*"],
+                ),
+            ]
         )
     if scope.email_sender:
         found.append(

@@ -8,7 +8,8 @@ only, and each problem is one line naming its config key:
 * the queue: exists and its attributes can be read; a redrive policy, its dead-letter queue
   existing and its maxReceiveCount equal to `queue.max_receive_count`;
 * the table: exists, with the key schema and the by-key index `table_definition` creates;
-* each bucket: reachable, and its notification sends this queue every event type
+* each bucket: reachable, and its notification sends this queue (with `fleet.replicas`
+  above 1: the fan-out topic) every event type
   bootstrap subscribes (`NOTIFIED_EVENTS`); its versioning state is reported, not judged
   (the agent backs up unversioned buckets too);
 * the volume: marker present, writable by this user.
@@ -27,7 +28,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from agent.aws import Clients, error_code, known_regions
-from agent.config import Config
+from agent.config import Config, replica_groups
 from agent.errors import VolumeNotReady
 from agent.operations.bootstrap import NOTIFIED_EVENTS, covers
 from agent.storage.ledger import KEY_INDEX, table_definition
@@ -176,18 +177,24 @@ def _check_bucket(
         return
     if queue_arn is None:
         return  # the queue's own problem is already said
-    ours = [q for q in answer.get("QueueConfigurations", []) if q.get("QueueArn") == queue_arn]
+    kind, target = "Queue", queue_arn
+    groups = replica_groups(config)
+    if groups is not None:  # replicas: the bucket notifies the fan-out topic instead
+        arn = queue_arn.split(":")
+        kind, target = "Topic", ":".join([*arn[:2], "sns", *arn[3:5], groups.topic])
+    found: dict[str, Any] = dict(answer)
+    configurations: list[dict[str, Any]] = found.get(f"{kind}Configurations", [])
+    ours = [q for q in configurations if q.get(f"{kind}Arn") == target]
     have = [e for q in ours for e in q.get("Events", [])]
     missing = [e for e in NOTIFIED_EVENTS if not any(covers(h, e) for h in have)]
     if not ours:
         report.problems.append(
-            f"buckets: {bucket}: no notification sends its events to {queue_arn}"
-            " (run bootstrap-aws)"
+            f"buckets: {bucket}: no notification sends its events to {target} (run bootstrap-aws)"
         )
     elif missing:
         report.problems.append(
-            f"buckets: {bucket}: the notification to the queue lacks {', '.join(missing)}"
-            " (run bootstrap-aws)"
+            f"buckets: {bucket}: the notification to the {kind.lower()} lacks"
+            f" {', '.join(missing)} (run bootstrap-aws)"
         )
 
 

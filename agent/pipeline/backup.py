@@ -189,8 +189,9 @@ class BackupService:
                 self.ledger.settle(record.bucket, record.key)
         self._recent.remember(event.bucket, event.key, event.version_token, copy.sha256)
         if not fresh:
-            holder = self._held_elsewhere(event)
-            if holder is not None:
+            elsewhere = self._held_elsewhere(event)
+            if elsewhere is not None:
+                known, holder = elsewhere
                 # Another member's conditional write won: the ledger names its volume. The
                 # copy here stays (journalled, content-addressed: restorable from this
                 # volume too), counted; docs/design.md "A fleet on one queue".
@@ -200,9 +201,9 @@ class BackupService:
                     bucket=event.bucket,
                     key=event.key,
                     version_token=event.version_token,
-                    holder=holder.volume_id,
+                    holder=holder,
                 )
-                return Result(Outcome.ALREADY_DONE, event, holder)
+                return Result(Outcome.ALREADY_DONE, event, known)
         if not fresh and copy.deduplicated:
             # A first delivery skips the look-up; the conditional write caught the duplicate.
             self._log_duplicate(event)
@@ -291,10 +292,16 @@ class BackupService:
                 return Result(Outcome.ALREADY_DONE, event)
             return None
         known = self.ledger.get_version(event.bucket, event.key, event.version_token)
-        if known and known.sha256 and self.volume.has_copy(known.sha256):
+        if not (known and known.sha256):
+            return None
+        # The volume that holds the copy for this agent's replica group (without replicas:
+        # the record's volume_id); None: the group has none yet, this agent copies it.
+        holder = known.holder_in(self.ledger.group)
+        mine = self.ledger.group is None or holder == self.volume_id
+        if mine and self.volume.has_copy(known.sha256):
             self.ledger.record(known)  # LATEST may still need advancing after a crash
             return Result(Outcome.ALREADY_DONE, event, known)
-        if known and known.sha256 and known.volume_id != self.volume_id:
+        if holder is not None and holder != self.volume_id:
             # Copied by another member of the fleet (a redelivery after it was killed
             # between its ledger write and its DeleteMessage): its volume holds the copy.
             self.ledger.record(known)  # LATEST may still need advancing after a crash
@@ -303,17 +310,21 @@ class BackupService:
                 bucket=event.bucket,
                 key=event.key,
                 version_token=event.version_token,
-                holder=known.volume_id,
+                holder=holder,
             )
             return Result(Outcome.ALREADY_DONE, event, known)
         return None
 
-    def _held_elsewhere(self, event: ObjectEvent) -> VersionRecord | None:
-        """The ledger's record of `event`'s version if another volume holds its copy."""
+    def _held_elsewhere(self, event: ObjectEvent) -> tuple[VersionRecord, str] | None:
+        """The ledger's record of `event`'s version and the volume that holds it for this
+        agent's replica group (without replicas: the record's), if that is another volume."""
         known = self.ledger.get_version(event.bucket, event.key, event.version_token)
-        if known is not None and known.sha256 and known.volume_id != self.volume_id:
-            return known
-        return None
+        if known is None or not known.sha256:
+            return None
+        holder = known.holder_in(self.ledger.group)
+        if holder is None or holder == self.volume_id:
+            return None
+        return known, holder
 
     def _log_duplicate(self, event: ObjectEvent) -> None:
         log.info(

@@ -8,6 +8,7 @@ under a restore directory (see paths.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -112,15 +113,28 @@ def place(items_plan: Plan) -> Plan:
     return Plan(placed, items_plan.skipped, items_plan.missing, items_plan.elsewhere)
 
 
-def held_here(items_plan: Plan, volume_id: str, has_copy: Callable[[str], bool]) -> Plan:
+def held_here(
+    items_plan: Plan,
+    volume_id: str,
+    has_copy: Callable[[str], bool],
+    current: Callable[[VersionRecord], VersionRecord] | None = None,
+) -> Plan:
     """The items this volume can restore; the others, recorded on another volume (a fleet
-    member's) and not stored here too, move to `elsewhere` to be named with their holder.
-    A copy recorded on this volume but absent stays an item: it fails, as it should."""
+    member's; with replicas, no holder is this volume) and not stored here too, move to
+    `elsewhere` to be named with their holder.
+    A copy recorded on this volume but absent stays an item: it fails, as it should.
+    `current` reads a record's holders again (replicas: a key's LATEST is a copy made before
+    the other groups added theirs), asked only of an item that would go elsewhere."""
     here: list[Item] = []
     elsewhere = list(items_plan.elsewhere)
     for item in items_plan.items:
         record = item.record
-        if record.volume_id != volume_id and not (record.sha256 and has_copy(record.sha256)):
+        here_too = volume_id in record.holder_volumes()  # with replicas: any group's holder
+        local = bool(record.sha256 and has_copy(record.sha256))
+        if not (here_too or local) and current is not None:
+            item = dataclasses.replace(item, record=current(record))
+            here_too = volume_id in item.record.holder_volumes()
+        if not (here_too or local):
             elsewhere.append(item)
         else:
             here.append(item)

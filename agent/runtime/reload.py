@@ -45,6 +45,7 @@ RESTART_ONLY = (
     "consumer.max_bytes_in_flight",
     "retention.when_full",  # its job is registered at start
     "storage.auto_grow",  # likewise
+    "fleet",  # the ledger's replica group is its queue's, fixed at start like the queue
 )
 WATCHED_EVENTS = {"created", "modified", "moved", "deleted", "closed"}
 DEBOUNCE_SECONDS = 0.2

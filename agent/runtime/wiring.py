@@ -20,7 +20,7 @@ from agent.audit.inventory import InventoryExport
 from agent.audit.trail import AuditTrail
 from agent.aws import Clients
 from agent.categories import Categories
-from agent.config import Config, queue_name
+from agent.config import Config, queue_name, replica_group
 from agent.errors import ConfigError
 from agent.fleet.heartbeat import Figures, Heartbeat, Identity
 from agent.fleet.registry import Registry
@@ -71,7 +71,13 @@ def backup_service(
         s3=clients.s3,
         volume=volume,
         journal=Journal(volume.journal_dir, rejections=rejections),
-        ledger=Ledger(clients.dynamodb, config.state.table, rejections=rejections),
+        ledger=Ledger(
+            clients.dynamodb,
+            config.state.table,
+            rejections=rejections,
+            group=replica_group(config),  # its queue: a replica group with fleet.replicas > 1
+            volume_id=volume_id,
+        ),
         volume_id=volume_id,
         buckets=frozenset(config.buckets),
         compression=compression_settings(config),

@@ -51,6 +51,9 @@ VERSION_PREFIX = "V#"
 KEY_INDEX = "by-key"
 SETTLE_ATTEMPTS = 5
 RECENT_REMOVALS = 4096
+# What a replica group's holder write (UpdateItem) touches: the key and `holders`, nothing
+# else (IAM's dynamodb:Attributes must list the key attributes too).
+HOLDER_ATTRIBUTES = ("pk", "sk", "holders")
 
 log = structlog.get_logger("agent.ledger")
 
@@ -90,10 +93,22 @@ def _key_text(item: Any, name: str) -> str:
 
 class Ledger:
     def __init__(
-        self, dynamodb: DynamoDBClient, table: str, rejections: Rejections | None = None
+        self,
+        dynamodb: DynamoDBClient,
+        table: str,
+        rejections: Rejections | None = None,
+        *,
+        group: str | None = None,
+        volume_id: str | None = None,
     ) -> None:
         self._db = dynamodb
         self.table = table
+        # The replica group this process writes for (its queue's name; `fleet.replicas` > 1)
+        # and its volume; None: one holder per version, `volume_id` (docs/fleet.md
+        # "Replicas"). Only records of this volume's copies make it a holder: a record read
+        # back and recorded again (LATEST after a crash) names another's.
+        self.group = group if volume_id else None
+        self.volume_id = volume_id
         self.rejections = rejections if rejections is not None else Rejections()
         self._guard = threading.Lock()
         self._key_locks: dict[str, tuple[threading.Lock, int]] = {}
@@ -154,8 +169,15 @@ class Ledger:
 
     def _put_version(self, record: VersionRecord) -> bool:
         """Write the version item unless it exists; one that exists but is malformed (a
-        `Rejection`) is replaced by this record, so a replay of the journal repairs it."""
+        `Rejection`) is replaced by this record, so a replay of the journal repairs it.
+        With a replica group: the item names this volume as the group's holder, and an
+        item another group wrote gets this group's holder added (`_add_holder`). True when
+        this call made `record`'s volume a holder."""
         item = self._item(record, VERSION_PREFIX + record.version_token)
+        holding = self.group is not None and record.volume_id == self.volume_id
+        if holding:
+            assert self.group is not None
+            item["holders"] = {"M": {self.group: {"S": record.volume_id}}}
         try:
             self._db.put_item(
                 TableName=self.table,
@@ -166,13 +188,72 @@ class Ledger:
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) == "ConditionalCheckFailedException":
                 old: Any = exc.response.get("Item")
-                if old and isinstance(parse_item(old), Rejection):
+                parsed = parse_item(old) if old else None
+                if isinstance(parsed, Rejection):
                     return self._repair(item, old)
+                if parsed is not None and holding:
+                    return self._add_holder(record, parsed)
                 return False
             raise classify(exc, "DynamoDB PutItem") from exc
         except botocore.exceptions.BotoCoreError as exc:
             raise classify(exc, "DynamoDB PutItem") from exc
         return True
+
+    def _add_holder(self, record: VersionRecord, seen: VersionRecord) -> bool:
+        """Name `record.volume_id` as this group's holder of a version another wrote: one
+        UpdateItem, conditional on the group naming no holder yet, so exactly one volume per
+        group holds each version. An item of an older release (no `holders`; its volume_id
+        holds the copy, in no named group) gets the map; the volume it names is not added
+        twice. False when the group has its holder (a duplicate in this group)."""
+        assert self.group is not None
+        key = self._key(record.bucket, record.key, VERSION_PREFIX + record.version_token)
+        for _ in range(SETTLE_ATTEMPTS):
+            if seen.holder_in(self.group) is not None:
+                return False
+            if seen.holders is None and seen.volume_id == record.volume_id:
+                return False  # an older release's item naming this very volume
+            if seen.holders is None:
+                update = "SET holders = :holders"
+                condition = "attribute_exists(pk) AND attribute_not_exists(holders)"
+                values: dict[str, Any] = {":holders": {"M": {self.group: {"S": record.volume_id}}}}
+                names: dict[str, str] | None = None
+            else:
+                update = "SET holders.#g = :volume"
+                condition = "attribute_exists(holders) AND attribute_not_exists(holders.#g)"
+                values = {":volume": {"S": record.volume_id}}
+                names = {"#g": self.group}
+            request: dict[str, Any] = {
+                "TableName": self.table,
+                "Key": key,
+                "UpdateExpression": update,
+                "ConditionExpression": condition,
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+            if names:
+                request["ExpressionAttributeNames"] = names
+            try:
+                self._db.update_item(**request)
+            except botocore.exceptions.ClientError as exc:
+                if error_code(exc) != "ConditionalCheckFailedException":
+                    raise classify(exc, "DynamoDB UpdateItem holders") from exc
+                old: Any = exc.response.get("Item")
+                parsed = parse_item(old) if old else None
+                if not isinstance(parsed, VersionRecord):
+                    return False  # gone (retention) or malformed meanwhile: nothing to add to
+                seen = parsed  # another group (or this one) wrote first: look again
+                continue
+            except botocore.exceptions.BotoCoreError as exc:
+                raise classify(exc, "DynamoDB UpdateItem holders") from exc
+            log.info(
+                "ledger.holder_added",
+                pk=key["pk"]["S"],
+                sk=key["sk"]["S"],
+                group=self.group,
+                volume_id=record.volume_id,
+            )
+            return True
+        raise RuntimeError(f"holders of {key['pk']['S']} {key['sk']['S']} kept changing")
 
     def _repair(self, item: dict[str, Any], old: dict[str, Any]) -> bool:
         repaired = self._conditional(

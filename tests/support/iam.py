@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -178,6 +179,8 @@ _UNSCOPED = {  # actions with no resource-level permissions: checked against "*"
     ("ec2", "DescribeSnapshots"),
     ("ec2", "DescribeInstances"),
     ("ec2", "DescribeVolumesModifications"),
+    ("sns", "GetSubscriptionAttributes"),
+    ("sns", "SetSubscriptionAttributes"),
 }
 
 
@@ -200,6 +203,8 @@ def checks(call: Call) -> list[Check]:
         return [Check(action, f"arn:aws:sqs:{region}:{ACCOUNT}:{p['QueueName']}")]
     if service == "dynamodb":
         table = f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{p['TableName']}"
+        if op == "UpdateItem":  # dynamodb:Attributes: the key and every attribute named
+            return [Check(action, table, (("dynamodb:Attributes", _attributes(p)),))]
         return [Check(action, f"{table}/index/{p['IndexName']}" if p.get("IndexName") else table)]
     if service == "s3":
         if op in _S3_OBJECT_OPERATIONS:  # a tagged upload needs s3:PutObjectTagging too
@@ -237,6 +242,24 @@ def checks(call: Call) -> list[Check]:
     if service == "sts" and op == "GetCallerIdentity":
         return []  # needs no permission: AWS answers it for any caller (sts API reference)
     raise UnknownOperation(f"no authorisation model for {service}:{op} — add it to checks()")
+
+
+def _attributes(params: dict[str, Any]) -> str:
+    """The top-level attributes an UpdateItem names (its key, the first name of every path
+    in its expressions), comma-separated: what IAM's multivalued dynamodb:Attributes holds."""
+    names = set(params["Key"])
+    aliases = params.get("ExpressionAttributeNames", {})
+    for expression in (params.get("UpdateExpression", ""), params.get("ConditionExpression", "")):
+        for word in re.findall(r"(?<![\w.:#])#?[A-Za-z_]\w*", expression):
+            if word.startswith("#"):
+                names.add(aliases[word])
+            elif word not in _EXPRESSION_WORDS:
+                names.add(word)
+    return ",".join(sorted(names))
+
+
+_EXPRESSION_WORDS = {"SET", "REMOVE", "ADD", "DELETE", "AND", "OR", "NOT", "attribute_exists",
+                     "attribute_not_exists", "if_not_exists", "begins_with", "size"}  # fmt: skip
 
 
 def _request_tags(params: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -332,6 +355,10 @@ def _conditions_hold(condition: dict[str, dict[str, Any]], keys: dict[str, str])
         for key, wanted in tests.items():
             values = wanted if isinstance(wanted, list) else [wanted]
             present = key in keys
+            if operator == "ForAllValues:StringEquals":  # every value of the key is allowed
+                if present and not set(keys[key].split(",")) <= set(values):
+                    return False
+                continue
             if operator == "Null":
                 if values != [str(not present).lower()]:
                     return False
