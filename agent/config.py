@@ -267,7 +267,7 @@ class ConsumerConfig(Section):
     workers: int = Field(default=4, ge=1, le=256)
     max_bytes_in_flight: int = Field(default=2 << 30, ge=1 << 20, le=1 << 40)
     drain_timeout: Annotated[Duration, within(maximum=MAX_DRAIN)] = timedelta(seconds=60)
-    receive_ahead: bool = False
+    receive_ahead: bool = True  # after a run that ended well: agent/pipeline/last_run.py
 
 
 class SnapshotRetention(Section):

@@ -54,6 +54,7 @@ class Outcome(enum.Enum):
     ARCHIVED = "archived"  # S3 will not serve the bytes (archived, SSE-C): recorded as such
 
 
+TAG_PROOF_SKIPS = 1000  # GetObjectTagging skipped this often between two that succeed
 ARCHIVED = "archived"  # VersionRecord.unreadable: InvalidObjectState
 SSE_C = "sse-c"  # VersionRecord.unreadable: encrypted with a customer-provided key
 WHAT_TO_DO = {
@@ -117,6 +118,10 @@ class BackupService:
         self.stats = stats or Stats()  # counts versions newly found unreadable, tag requests
         self.record_tags = record_tags  # storage.record_tags: one GetObjectTagging per version
         self._tags_denied: set[str] = set()  # buckets whose tags we were refused (said once)
+        # (bucket, with a VersionId): GetObject answers that may skip GetObjectTagging until
+        # the proof that we may read tags there is asked again (see `_tags`)
+        self._tags_readable: dict[tuple[str, bool], int] = {}
+        self._tags_guard = threading.Lock()
 
     def process(self, event: ObjectEvent, *, order_key: str | None = None) -> Result:
         """Back up one event; `order_key` places a listed version (reconcile)."""
@@ -353,7 +358,7 @@ class BackupService:
         try:
             # read before the copy: a failed tag request then costs no write, and no request
             # is made while the snapshot barrier is held
-            attributes = {**attributes_of(response), "tags": self._tags(event)}
+            attributes = {**attributes_of(response), "tags": self._tags(event, response)}
             attributes["category"] = self.categories.name(
                 event.key, attributes["content_type"], attributes["tags"]
             )
@@ -370,10 +375,18 @@ class BackupService:
         finally:
             body.close()
 
-    def _tags(self, event: ObjectEvent) -> dict[str, str] | None:
-        """The version's tags: one GetObjectTagging (with its VersionId when it has one), or
-        None when storage.record_tags is off or S3 would not tell (refused: said once per
-        bucket, the backup goes on without them; the version gone since the GET).
+    def _tags(self, event: ObjectEvent, response: dict[str, Any]) -> dict[str, str] | None:
+        """The version's tags: one GetObjectTagging (with its VersionId when it has one) when
+        the GetObject said the version has some; or None when storage.record_tags is off or
+        S3 would not tell (refused: said once per bucket, the backup goes on without them;
+        the version gone since the GET).
+
+        GetObject answers `x-amz-tagging-count` (TagCount) "when you have the relevant
+        permission to read object tags" (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html),
+        so its absence means "no tags" only where reading tags is allowed: the request is
+        still made until one has succeeded in the bucket (with or without a VersionId, the
+        two permissions), and again after every `TAG_PROOF_SKIPS` answers skipped there (a
+        permission withdrawn since is seen, at the price of one request in a thousand).
 
         Needs s3:GetObjectTagging, and s3:GetObjectVersionTagging for a VersionId
         (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObjectTagging.html). An
@@ -382,19 +395,33 @@ class BackupService:
         """
         if not self.record_tags:
             return None
+        versioned = bool(event.version_id and event.version_id != "null")
+        if not _tag_count(response) and self._skip_tag_request(event.bucket, versioned):
+            return {}  # no request, so not in stats.tag_requests
         request: dict[str, Any] = {"Bucket": event.bucket, "Key": event.key}
-        if event.version_id and event.version_id != "null":
+        if versioned:
             request["VersionId"] = event.version_id
         if self.expected_bucket_owner:
             request["ExpectedBucketOwner"] = self.expected_bucket_owner
         what = f"S3 GetObjectTagging s3://{event.bucket}/{event.key}"
         try:
-            response = self.s3.get_object_tagging(**request)
+            answer = self.s3.get_object_tagging(**request)
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             self._tags_refused(event, exc, what)  # raises when worth a retry
             return None
         self.stats.record_tag_request("read")
-        return tags_of(response.get("TagSet", []))
+        with self._tags_guard:
+            self._tags_readable[(event.bucket, versioned)] = TAG_PROOF_SKIPS
+        return tags_of(answer.get("TagSet", []))
+
+    def _skip_tag_request(self, bucket: str, versioned: bool) -> bool:
+        """May an answer without TagCount be taken as "no tags" here (and one skip used)?"""
+        with self._tags_guard:
+            left = self._tags_readable.get((bucket, versioned), 0)
+            if left <= 0:
+                return False
+            self._tags_readable[(bucket, versioned)] = left - 1
+            return True
 
     def _tags_refused(self, event: ObjectEvent, exc: Exception, what: str) -> None:
         """Count and say why GetObjectTagging failed; raise RetryableError when it may pass."""
@@ -440,6 +467,12 @@ class BackupService:
                 raise unreadable from exc
             raise classify(exc, what) from exc
         return response
+
+
+def _tag_count(response: dict[str, Any]) -> int:
+    """GetObject's TagCount: the version's number of tags; 0 when S3 did not say."""
+    count = response.get("TagCount")
+    return count if isinstance(count, int) and count > 0 else 0
 
 
 def _unreadable(exc: BaseException, what: str) -> ObjectUnreadable | None:

@@ -9,6 +9,11 @@ visible again → return.
 Threads: one receiver, N workers, one heartbeat (visibility extension), one that deletes
 finished messages in batches (agent/pipeline/deletes.py).
 
+Receiving ahead (`receive_ahead`, the daemon's default) happens only when the last run ended
+well and nothing received ahead has been given back unstarted in this run
+(agent/pipeline/last_run.py): a crash or restart loop cannot walk messages nobody attempted
+into the dead-letter queue.
+
 Paused (agent/pipeline/pause.py): with a `VolumeCheck`, the receiver checks the volume before
 each receive. When it is not ready or out of room (or a write says so) the consumer stops
 receiving, gives back what it holds at visibility 0, and checks again with a back-off until
@@ -35,6 +40,7 @@ from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
 from agent.pipeline.backup import Outcome, Processor
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
+from agent.pipeline.last_run import LastRun
 from agent.pipeline.pause import (
     Backoff,
     HeldBack,
@@ -123,6 +129,7 @@ class Consumer:
         on_gave_up: Callable[[str, list[str]], None] | None = None,
         volume_check: VolumeCheck | None = None,
         listener: PauseListener | None = None,
+        last_run: LastRun | None = None,
     ) -> None:
         self.sqs = sqs
         self.process = process
@@ -134,6 +141,11 @@ class Consumer:
         self.budget = ByteBudget(settings.max_bytes_in_flight)
         self._capacity = settings.workers
         self._receive_ahead = settings.receive_ahead
+        # Receiving ahead is safe (see agent/pipeline/last_run.py) until a message received
+        # ahead is given back unstarted; without a `last_run`, as the settings say.
+        self.last_run = last_run
+        self._ahead_safe = True
+        self._gave_back_unstarted = False
         self._work: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._in_flight: dict[str, InFlight] = {}
         self._lock = threading.Condition()
@@ -155,6 +167,8 @@ class Consumer:
     # -- start and stop --------------------------------------------------------------
 
     def start(self) -> None:
+        if self.last_run is not None:
+            self._ahead_safe = self.last_run.begin()
         self._receiving.set()
         self._spawn(self._receive_loop, "receiver")
         self._spawn(self._heartbeat_loop, "heartbeat")
@@ -178,7 +192,9 @@ class Consumer:
         log.info("consumer.stopping", in_flight=len(self._in_flight), drain_timeout=timeout)
         self._receiving.clear()
         deadline = self.clock() + timeout
-        waiting = self._take_waiting() + self._take_parked()
+        unstarted = self._take_waiting()
+        self._note_unstarted(unstarted)
+        waiting = unstarted + self._take_parked()
         for item in waiting:  # received but not started: give back at once, not drained
             self._change_visibility(item, 0, "released_on_shutdown")
         with self._lock:
@@ -192,6 +208,8 @@ class Consumer:
         for item in unfinished:
             self._change_visibility(item, 0, "released_on_shutdown")
         self._deletes.close()  # finished messages still waiting for their batch
+        if self.last_run is not None:
+            self.last_run.end(well=not self._gave_back_unstarted)
         self._stopped.set()
         for _ in self._workers:
             self._work.put(None)
@@ -214,6 +232,14 @@ class Consumer:
             if item is not None:
                 taken.append(item)
         return taken
+
+    def _note_unstarted(self, given_back: list[InFlight]) -> None:
+        """Messages no worker started are being given back: each paid a receive for
+        nothing, so no more receiving ahead in this run, nor in the next one."""
+        if given_back:
+            with self._lock:
+                self._gave_back_unstarted = True
+                self._ahead_safe = False
 
     def _take_parked(self) -> list[InFlight]:
         """Remove the messages parked by a pause from in-flight."""
@@ -286,10 +312,11 @@ class Consumer:
             return min(self.settings.max_messages, self._room())
 
     def _room(self) -> int:
-        """One message per free worker; with `receive_ahead`, once every received message
-        has been picked up, a further batch that waits in flight (kept invisible by the
-        heartbeat) so that receives stay full and a worker finds its next message ready."""
-        if not self._receive_ahead:
+        """One message per free worker; with `receive_ahead` (while safe), once every
+        received message has been picked up, a further batch that waits in flight (kept
+        invisible by the heartbeat) so that receives stay full and a worker finds its next
+        message ready."""
+        if not (self._receive_ahead and self._ahead_safe):
             return self._capacity - len(self._in_flight)
         if not self._work.empty():
             return 0
@@ -391,7 +418,9 @@ class Consumer:
         worker could not write. Only the receiver does this, between two receives: a message
         made visible while a long poll is under way would be received again at once, one
         more receive toward the redrive."""
-        held = self._take_waiting() + self._take_parked()
+        unstarted = self._take_waiting()
+        self._note_unstarted(unstarted)
+        held = unstarted + self._take_parked()
         for item in held:
             self._change_visibility(item, 0, "released_while_paused")
         if held:
@@ -468,6 +497,8 @@ class Consumer:
                 self._lock.notify_all()  # with receive_ahead, the next batch may come now
                 if self._paused is not None and message["ReceiptHandle"] in self._in_flight:
                     self._parked.add(message["ReceiptHandle"])  # paused: start nothing new
+                    self._gave_back_unstarted = True  # given back by the receiver, unstarted
+                    self._ahead_safe = False
                     continue
             try:
                 self._handle(message)

@@ -43,6 +43,7 @@ from agent.monitoring.metrics import Datapoint
 from agent.monitoring.monitor import Monitoring
 from agent.pipeline.backup import BackupService
 from agent.pipeline.consumer import Consumer
+from agent.pipeline.last_run import LastRun
 from agent.runtime.agent_state import AgentState
 from agent.runtime.reload import ConfigReloader
 from agent.runtime.systemd import Notifier
@@ -178,6 +179,7 @@ class Daemon:
             on_gave_up=self.monitoring.on_gave_up,
             volume_check=volume_check(self.config, self.volume),
             listener=self.monitoring,
+            last_run=LastRun(self.volume.root),
         )
         self.consumer.start()
 

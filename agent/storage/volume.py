@@ -6,6 +6,8 @@ Layout under the backup root::
     objects/ab/<sha256>.zst   one zstd frame per distinct content, content checksum on
     tmp/                      partial writes (<uuid>.part): removed at start-up, nothing else
     journal/                  the volume's own record of every version (see journal.py)
+    .backup-agent-running     present while the consumer runs; left by a kill
+                              (agent/pipeline/last_run.py)
 
 A copy is written once, in one streaming pass: chunks feed SHA-256 (and MD5 when the
 caller wants to check a single-part eTag) and a zstd stream into a temp file on the

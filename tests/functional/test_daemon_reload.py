@@ -21,7 +21,7 @@ def test_reload_applies_workers_receive_ahead_compression_and_drain_timeout_live
     daemon = Daemon(config, aws, config_path=path, alert=lambda s, d: rejected.append((s, d)))
     daemon.start(daemon.wait_for_volume())
     try:
-        raw["consumer"].update(workers=6, drain_timeout=3, receive_ahead=True)
+        raw["consumer"].update(workers=6, drain_timeout=3, receive_ahead=False)  # on by default
         raw["storage"].update(compression_level=12)
         raw["alerts"].update(days_until_full=14)
         path.write_text(yaml.safe_dump(raw))
@@ -36,7 +36,7 @@ def test_reload_applies_workers_receive_ahead_compression_and_drain_timeout_live
         )
         assert daemon.monitoring.forecast.threshold_days == 14
         assert daemon.consumer._capacity == 6 and len(daemon.consumer._workers) == 6
-        assert daemon.consumer._receive_ahead is True
+        assert daemon.consumer._receive_ahead is False
         assert daemon.service.compression.level == 12
         assert daemon.config.consumer.drain_timeout == timedelta(seconds=3)
 

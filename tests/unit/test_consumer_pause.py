@@ -180,10 +180,14 @@ def test_a_full_disk_gives_back_everything_at_visibility_0_and_receives_nothing_
     failed = next(e for e in logs if e["event"] == "backup.failed")
     assert failed["paused"] is True and failed["error_type"] == "DiskFull"
 
+    asked_before = len(calls.of("ReceiveMessage"))
     check.verdict = ROOMY
     wait_until(lambda: sorted(deleted_ids(calls)) == sorted(ids), what="all backed up")
     assert len(listener.paused) == 1 and len(listener.resumed) == 1
     assert max(receive_counts(calls).values()) == 2  # the receive before the pause, and one after
+    # messages received ahead were given back unstarted: no more receiving ahead in this run
+    # (agent/pipeline/last_run.py), one message per free worker
+    assert {p["MaxNumberOfMessages"] for p in calls.of("ReceiveMessage")[asked_before:]} == {1}
 
 
 def test_an_object_too_large_for_the_room_left_is_held_back_and_small_ones_go_on(

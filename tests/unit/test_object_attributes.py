@@ -4,7 +4,11 @@ The content headers and user metadata come from the GetObject the backup makes a
 (https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObject.html: Content-Type,
 Content-Encoding, Content-Language, Content-Disposition, Cache-Control, Expires, x-amz-meta-*);
 the tags from one GetObjectTagging, with the VersionId when there is one
-(https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObjectTagging.html). Bounded by S3's
+(https://docs.aws.amazon.com/AmazonS3/latest/API/API_GetObjectTagging.html), made only when
+GetObject's `x-amz-tagging-count` says the version has tags, once reading tags has been seen
+to be allowed (issue 19: the header is sent "when you have the relevant permission to read
+object tags"). moto sends the header for a tagged version, as S3 does, but checks no
+permission, so the "absent for want of permission" case is made by removing it. Bounded by S3's
 own limits: user metadata 2 KB (https://docs.aws.amazon.com/AmazonS3/latest/userguide/UsingMetadata.html),
 10 tags (https://docs.aws.amazon.com/AmazonS3/latest/userguide/object-tagging.html).
 Records read back from the volume or DynamoDB are untrusted: a wrong value is dropped with a
@@ -23,6 +27,7 @@ from structlog.testing import capture_logs
 from agent.errors import RetryableError
 from agent.events import ObjectEvent, parse_message
 from agent.order import event_key
+from agent.pipeline import backup
 from agent.pipeline.backup import Outcome
 from agent.records import VersionRecord
 from agent.stats import Stats
@@ -107,6 +112,70 @@ def test_an_object_without_any_is_recorded_as_having_none(aws, volume):
     assert record.content_type == "binary/octet-stream"  # what S3 answers for no type
     assert record.metadata == {} and record.tags == {}  # recorded, none (not "unknown")
     assert record.content_encoding is None and record.expires is None
+
+
+def test_an_untagged_version_costs_no_tag_request_once_reading_tags_is_seen_allowed(
+    versioned, volume
+):
+    """The first untagged version still asks (S3 leaves TagCount out when the role may not
+    read tags, too); a success proves the permission, and the next ones skip the request."""
+    bodies = {k: k.encode() for k in ("a", "b", "c")}
+    puts = {k: versioned.s3.put_object(Bucket=BUCKET, Key=k, Body=b) for k, b in bodies.items()}
+    calls = record_calls(versioned.s3)
+    stats = Stats()
+    service = make_service(versioned, volume, stats=stats)
+
+    records = [service.process(created(k, bodies[k], p)).record for k, p in puts.items()]
+
+    assert [r.tags for r in records] == [{}, {}, {}]  # "none", as when asked
+    assert calls.operations() == ["GetObject", "GetObjectTagging", "GetObject", "GetObject"]
+    assert stats.tag_requests == {"read": 1}
+
+
+def test_a_tagged_version_is_asked_for_its_tags_after_the_permission_is_proven(versioned, volume):
+    """moto answers TagCount for the exact version asked for, as S3 documents it."""
+    plain = versioned.s3.put_object(Bucket=BUCKET, Key="plain", Body=b"p")
+    tagged = versioned.s3.put_object(Bucket=BUCKET, Key="doc", Body=b"d", Tagging="team=web")
+    versioned.s3.put_object(Bucket=BUCKET, Key="doc", Body=b"newer")  # no tags
+    assert versioned.s3.get_object(Bucket=BUCKET, Key="doc", VersionId=tagged["VersionId"])[
+        "TagCount"
+    ] == 1 and "TagCount" not in versioned.s3.get_object(Bucket=BUCKET, Key="doc")
+    service = make_service(versioned, volume)
+    service.process(created("plain", b"p", plain))  # proves the permission
+    calls = record_calls(versioned.s3)
+
+    record = service.process(created("doc", b"d", tagged)).record
+
+    assert record.tags == {"team": "web"}
+    assert calls.operations() == ["GetObject", "GetObjectTagging"]
+
+
+def test_without_tag_count_the_tags_are_still_asked_until_a_request_succeeds(aws, volume):
+    """A role that may not read tags gets no TagCount even for a tagged object: before any
+    GetObjectTagging has succeeded, its absence proves nothing."""
+    put = aws.s3.put_object(Bucket=BUCKET, Key="k", Body=b"b", Tagging="a=1")
+    aws.s3.meta.events.register(
+        "after-call.s3.GetObject", lambda parsed, **_: parsed.pop("TagCount", None)
+    )
+    calls = record_calls(aws.s3)
+
+    record = make_service(aws, volume).process(created("k", b"b", put)).record
+
+    assert record.tags == {"a": "1"}
+    assert calls.operations() == ["GetObject", "GetObjectTagging"]
+
+
+def test_the_permission_is_proven_again_after_tag_proof_skips(aws, volume, monkeypatch):
+    """A permission withdrawn after the proof is seen within TAG_PROOF_SKIPS versions."""
+    monkeypatch.setattr(backup, "TAG_PROOF_SKIPS", 2)
+    puts = {k: aws.s3.put_object(Bucket=BUCKET, Key=k, Body=b"x") for k in "abcde"}
+    calls = record_calls(aws.s3)
+    service = make_service(aws, volume)
+
+    for key, put in puts.items():
+        service.process(created(key, b"x", put))
+
+    assert [p["Key"] for p in calls.of("GetObjectTagging")] == ["a", "d"]
 
 
 def test_record_tags_off_makes_no_tagging_request(aws, volume):

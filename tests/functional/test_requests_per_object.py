@@ -1,0 +1,86 @@
+"""Requests per small object with the default settings, by operation (issue 19).
+
+docs/benchmarks.md counts every request the endpoint served during a benchmark run, which
+includes what depends on time (visibility extensions, metrics) and so on the machine's load.
+This counts the agent's own requests per object, by operation, for 100 objects already
+queued: the breakdown docs/benchmarks.md explains. Against it: GetObjectTagging only for the
+tagged version and the one request that proves the role may read tags (1ddc11d), one receive
+per batch (receive ahead by default, 1c297d0).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from agent.aws import Clients
+from agent.pipeline.consumer import Consumer
+from agent.pipeline.last_run import LastRun
+from agent.runtime.wiring import compression_settings, consumer_settings
+from tests.support import service
+from tests.support.aws import BUCKET, QUEUE_URL
+from tests.support.aws_hooks import CallLog, record_calls
+from tests.support.events import notification, s3_record
+from tests.support.waiting import wait_until
+
+OBJECTS = 100
+
+
+@pytest.fixture
+def consumers() -> Iterator[list[Consumer]]:
+    made: list[Consumer] = []
+    yield made
+    for consumer in made:
+        consumer.stop(5)
+        for thread in consumer._threads:
+            thread.join(10)
+
+
+def queue_objects(aws: Clients, count: int) -> None:
+    """`count` objects, one tagged, each with its event queued (moto's own are dropped)."""
+    events = []
+    for n in range(count):
+        key = f"small/{n:04d}.txt"
+        tagging = {"Tagging": "team=web"} if n == count // 2 else {}
+        put = aws.s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" * 4096, **tagging)
+        events.append(s3_record(key, size=4096, eTag=put["ETag"].strip('"'), sequencer="0A"))
+    while messages := aws.sqs.receive_message(QueueUrl=QUEUE_URL, MaxNumberOfMessages=10).get(
+        "Messages"
+    ):
+        for message in messages:
+            aws.sqs.delete_message(QueueUrl=QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
+    for record in events:
+        aws.sqs.send_message(QueueUrl=QUEUE_URL, MessageBody=notification(record))
+
+
+def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
+    aws, config, volume, consumers
+):
+    queue_objects(aws, OBJECTS)
+    calls = CallLog()
+    for client in (aws.s3, aws.sqs, aws.dynamodb):
+        record_calls(client, calls)
+    settings = replace(consumer_settings(config), workers=4)
+    assert settings.receive_ahead  # the default
+    backup = service.make_service(aws, volume, compression=compression_settings(config))
+    consumer = Consumer(aws.sqs, backup.process, settings, last_run=LastRun(volume.root))
+    consumers.append(consumer)
+    consumer.start()
+
+    wait_until(lambda: len(calls.deleted_handles()) == OBJECTS, timeout=60, what="all deleted")
+    consumer.stop(5)
+
+    made = Counter(calls.operations())
+    per_object = {op: round(n / OBJECTS, 2) for op, n in sorted(made.items())}
+    print("requests per object:", per_object, "total", round(made.total() / OBJECTS, 2))
+    assert made["GetObject"] == OBJECTS
+    # the tagged version, and the first few: every worker asks until one has proven that
+    # tags may be read
+    assert made["GetObjectTagging"] <= settings.workers + 1
+    assert made["PutItem"] == 2 * OBJECTS  # the version and LATEST
+    assert made["ReceiveMessage"] <= OBJECTS / 5  # batches, not one per freed worker
+    assert made["DeleteMessageBatch"] <= OBJECTS / 2  # batched (how full depends on timing)
+    assert made.total() / OBJECTS <= 3.6
