@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from agent.holders import held_by
 from agent.records import VersionRecord
 from agent.restore.paths import Placement, place_keys
 from agent.restore.source import Choice, RestoreSource, Selector, select
@@ -119,12 +120,15 @@ def held_here(items_plan: Plan, volume_id: str, has_copy: Callable[[str], bool])
     here: list[Item] = []
     elsewhere = list(items_plan.elsewhere)
     for item in items_plan.items:
-        record = item.record
-        if record.volume_id != volume_id and not (record.sha256 and has_copy(record.sha256)):
-            elsewhere.append(item)
-        else:
-            here.append(item)
+        (here if restorable_here(item.record, volume_id, has_copy) else elsewhere).append(item)
     return Plan(here, items_plan.skipped, items_plan.missing, elsewhere)
+
+
+def restorable_here(record: VersionRecord, volume_id: str, has_copy: Callable[[str], bool]) -> bool:
+    """Recorded on this volume (`held_by`), or its content is stored here all the same (a
+    copy a fleet member kept when another won the version, or the same bytes of another
+    version: copies are content-addressed)."""
+    return held_by(record, volume_id) or bool(record.sha256 and has_copy(record.sha256))
 
 
 def _choices(
