@@ -84,7 +84,7 @@ from agent.restore.targets import (
     Status,
     Target,
 )
-from agent.restore.verify import stored_versions, verify
+from agent.restore.verify import Held, stored_versions, verify
 from agent.runtime.wiring import audit_trail, fleet_identity
 from agent.schedule import duration_seconds, parse_duration
 from agent.snapshots.listing import recorded_snapshots, snapshot_listing
@@ -1098,9 +1098,13 @@ def cmd_share(rt: Runtime) -> int:
 def cmd_verify(rt: Runtime) -> int:
     args = rt.args
     buckets = rt.buckets()  # an unknown --source-bucket is refused before any AWS call
+    volume = rt.volume()
+    held = Held(volume.read_marker().volume_id)
     records = stored_versions(rt.source, buckets, args.prefix)
+    if not args.offline:  # the journal is this volume's own; the table, the fleet's
+        records = held.only(records)
     report = verify(
-        rt.volume(),
+        volume,
         records,
         sample=args.sample,
         rng=random.Random(args.seed),  # noqa: S311 - sampling, not cryptography
@@ -1111,7 +1115,7 @@ def cmd_verify(rt: Runtime) -> int:
     if args.json:
         for problem in report.problems:
             rt.emit(problem.to_dict())
-        rt.emit(report.to_dict())
+        rt.emit({**report.to_dict(), "held_by_other_volumes": held.elsewhere})
     else:
         _section(
             rt.out,
@@ -1125,7 +1129,13 @@ def cmd_verify(rt: Runtime) -> int:
         rt.out.write(
             f"verified {report.checked} of {report.copies} stored copies"
             f" ({report.versions} versions, {human_size(report.bytes)}):"
-            f" {len(report.problems)} problems\n"
+            f" {len(report.problems)} problems"
+            + (
+                f"; {held.elsewhere} versions held by other volumes (verify on their members)"
+                if held.elsewhere
+                else ""
+            )
+            + "\n"
         )
     return ExitCode.OK if report.ok else ExitCode.FAILURE
 
