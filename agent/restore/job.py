@@ -244,16 +244,18 @@ class RestoreJob:
         return claims, sorted(runs, key=lambda r: r.member_id)
 
     def _get(self, sk: str) -> dict[str, Any] | None:
+        """One item, by a Query (the operator's role may Query the table, not GetItem)."""
         try:
-            response = self._db.get_item(
+            response = self._db.query(
                 TableName=self.table,
-                Key={"pk": {"S": self.pk}, "sk": {"S": sk}},
+                KeyConditionExpression="pk = :pk AND sk = :sk",
+                ExpressionAttributeValues={":pk": {"S": self.pk}, ":sk": {"S": sk}},
                 ConsistentRead=True,
             )
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
-            raise classify(exc, "DynamoDB GetItem restore job") from exc
-        item: dict[str, Any] | None = response.get("Item")
-        return item
+            raise classify(exc, "DynamoDB Query restore job") from exc
+        items: list[dict[str, Any]] = response.get("Items", [])
+        return items[0] if items else None
 
     def _put(
         self,
