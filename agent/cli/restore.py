@@ -1243,10 +1243,6 @@ def _report_rejected(rt: Runtime, code: int) -> int:
     return code if code != ExitCode.OK else ExitCode.FAILURE
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _octal_mode(text: str) -> int:
     """``0640`` or ``640``: permission bits only (no setuid, setgid or sticky)."""
     try:
@@ -1256,3 +1252,7 @@ def _octal_mode(text: str) -> int:
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"{text!r}: permission bits only (0000-0777)")
     return mode
+
+
+if __name__ == "__main__":  # last: every name above is defined by then
+    sys.exit(main())
