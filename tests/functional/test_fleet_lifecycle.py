@@ -17,9 +17,9 @@ from pathlib import Path
 from agent.cli.agent import main as agent_main
 from agent.cli.common import ExitCode
 from agent.cli.restore import main as restore_main
+from agent.config import load_config
 from agent.lifecycle.gc import GarbageCollector
-from agent.lifecycle.pressure import PressureRetention
-from agent.lifecycle.retention import Retention, RetentionPolicy
+from agent.runtime.wiring import lifecycle_context, pressure_retention
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
@@ -102,20 +102,13 @@ def test_retention_on_one_member_expires_only_the_versions_its_volume_holds(aws,
 def test_retention_under_pressure_expires_only_this_volumes_versions(aws, tmp_path):
     a, _b = _versions_on(aws, tmp_path)
     before = _tokens(aws)
-    rules = Retention(
-        ledger=Ledger(aws.dynamodb, TABLE),
-        journal=Journal(a.journal_dir),
-        policy=RetentionPolicy(),  # no rule: only the pressure stage expires anything
-        buckets=[BUCKET],
-        volume_id="vol-a",
-    )
-    strict = RetentionPolicy(keep_last_versions=1)
-    pressure = PressureRetention(rules=rules, strict=strict, collect=lambda: _collect(a))
+    config = load_config(write_config(tmp_path / "a.yaml", a.root, retention={"when_full": {}}))
+    ctx = lifecycle_context(config, aws, a, "vol-a")  # as the daemon wires it
 
-    report = pressure.run(needed_bytes=1 << 30)
+    report = pressure_retention(ctx).run(needed_bytes=1 << 30)
 
     assert report.removed == []  # a holds only the current version: nothing of its to free
-    assert _tokens(aws) == before
+    assert _tokens(aws) == before  # before: b's two versions expired, freeing nothing here
 
 
 def test_verify_on_a_member_checks_its_own_copies_and_counts_the_others(aws, tmp_path):
