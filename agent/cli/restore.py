@@ -55,6 +55,7 @@ from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
 from agent.config import Config, load_config, resolve_config_path
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
+from agent.fleet.member import STOPPED
 from agent.records import OBJECT_ATTRIBUTES, Rejection, VersionRecord, parse_time
 from agent.restore.find import Filter, FilterError, Row, Scan, narrowed, rows
 from agent.restore.job import (
@@ -856,11 +857,12 @@ def _report_job(rt: Runtime, job: RestoreJob, chosen: Plan, own: Summary | None 
     """The job's one summary (any member prints it); 0 only when every key is done."""
     members = fleet_holders(rt.config, rt.clients.dynamodb)
     now = datetime.now(UTC)
-    live = {
-        v: m.member_id for v, m in members.items() if m.state != "stopped" and not m.missing(now)
-    }
+    live = {v: m.member_id for v, m in members.items() if m.state != STOPPED and not m.missing(now)}
     live[job.volume_id] = job.member_id  # this member is running, whatever its heartbeat says
     result = summarise(job, chosen, job.volume_id, live, now)
+    if not result.selected and not result.missing:
+        print("backup-restore: nothing to restore", file=rt.err)
+        return ExitCode.FAILURE
     if rt.args.json:
         if own is not None:
             for one in own.results:
