@@ -789,6 +789,8 @@ def _fleet_job(rt: Runtime, bucket: str) -> RestoreJob:
         raise UsageError("--fleet goes with --to-s3 (each member puts its share back into S3)")
     if args.dry_run:
         raise UsageError("--fleet claims keys: leave it out to see this member's share (--dry-run)")
+    if args.offline:
+        raise UsageError("--fleet reads the table (the fleet's records and claims): not --offline")
     if args.status and not args.job:
         raise UsageError("--status needs --job ID (the job to report on)")
     if args.job and (problem := check_job_id(args.job)):
