@@ -709,6 +709,8 @@ def cmd_restore(rt: Runtime) -> int:
         raise UsageError("--version needs --key (versions belong to one key)")
     if not args.to_s3 and (args.bucket or args.to_prefix):
         raise UsageError("--bucket and --to-prefix go with --to-s3")
+    if (args.job or args.status) and not args.fleet:
+        raise UsageError("--job and --status go with --fleet")
     if args.to is not None:
         _check_writable(Path(args.to))
     bucket = rt.one_bucket()

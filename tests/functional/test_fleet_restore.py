@@ -233,6 +233,8 @@ def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
     missing = _restore(config, "--prefix", "docs/", *base[:-1], "nope", "--status")
     assert missing.code == 2 and "no restore job nope" in missing.err
     assert _restore(config, "--prefix", "docs/", "--to", str(tmp_path), "--fleet").code == 2
+    alone = _restore(config, "--prefix", "docs/", "--to-s3", "--job", "j-2", "--status")
+    assert alone.code == 2 and "go with --fleet" in alone.err
     offline = _restore(config, "--prefix", "docs/", *base, "--offline")
     assert offline.code == 2 and "not --offline" in offline.err
     nothing = _restore(config, "--prefix", "none/", *base[:-1], "j-3")
