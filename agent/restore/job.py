@@ -6,7 +6,8 @@ Command), each goes through the same selection, restores the versions its volume
 conditional PutItem in the ledger's table; only the member whose claim was written puts the
 object, so a version two volumes hold (a kept duplicate, a replica) is restored once. The
 claim is marked done after the PUT succeeded. A claim left by a member that died is retaken
-after its lease; a failed one by the next run (of any member).
+after its lease (renewed at half the lease while a multipart upload sends its parts); a
+failed one by the next run (of any member).
 
 Items, in a partition of their own (a bucket name cannot hold ``#``)::
 
@@ -171,6 +172,17 @@ class RestoreJob:
         won = self._put(item, condition, values, {"#s": "state"}, "claim")
         log.debug("restore.claim", job=self.job_id, key=record.key, won=won)
         return won
+
+    def renew(self, record: VersionRecord) -> bool:
+        """Extend this member's claim by a lease from now (a long upload still running);
+        False when the claim is no longer this member's."""
+        return self._put(
+            self._claim_item(record, CLAIMED, self.clock()),
+            "member_id = :me AND #s = :claimed",
+            {":me": {"S": self.member_id}, ":claimed": {"S": CLAIMED}},
+            {"#s": "state"},
+            "claim renewal",
+        )
 
     def finish(self, record: VersionRecord, *, error: str | None = None) -> bool:
         """Mark this member's claim done (or failed, with `error`); False when the claim
@@ -346,8 +358,17 @@ class ClaimingTarget:
     def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status:
         if not self.job.claim(item.record):
             return Status.TAKEN
+        renewed = self.job.clock()
+
+        def progress(nbytes: int) -> None:  # a part sent: renew at half the lease
+            nonlocal renewed
+            on_bytes(nbytes)
+            if self.job.clock() - renewed >= self.job.lease / 2:
+                self.job.renew(item.record)
+                renewed = self.job.clock()
+
         try:
-            status = self.target.restore(item, on_bytes)
+            status = self.target.restore(item, progress)
         except (BackupAgentError, OSError) as exc:
             self.job.finish(item.record, error=str(exc) or type(exc).__name__)
             raise

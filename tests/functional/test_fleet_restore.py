@@ -18,7 +18,9 @@ from agent.fleet.heartbeat import Heartbeat
 from agent.fleet.registry import Registry
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
-from agent.restore.job import RestoreJob
+from agent.restore.job import ClaimingTarget, RestoreJob
+from agent.restore.plan import Item
+from agent.restore.targets import Status
 from agent.runtime.wiring import fleet_identity
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
@@ -288,3 +290,46 @@ def test_a_failed_claim_is_retaken_at_once(aws, tmp_path):
     [failed] = y.items()[0].values()
     assert failed.state == "failed" and failed.error == "S3 PutObject: AccessDenied"
     assert y.claim(record)
+
+
+def test_a_long_upload_renews_its_claim_so_no_other_member_takes_it_over(aws, tmp_path):
+    enable_versioning(aws)
+    a = _volume(tmp_path, "vol-a")
+    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/big.bin")
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/big.bin")
+    clock = FakeClock(AT)
+
+    def job(member: str) -> RestoreJob:
+        return RestoreJob(
+            aws.dynamodb,
+            TABLE,
+            "long-1",
+            member_id=member,
+            volume_id="vol-" + member,
+            clock=clock,
+            lease=timedelta(minutes=10),
+        )
+
+    other = job("y")
+    taken_meanwhile: list[bool] = []
+
+    class SlowUpload:  # a multipart upload: a part every 4 minutes, 40 minutes in all
+        def destination(self, item: Item) -> str:
+            return "s3://recovery-area/" + item.key
+
+        def check(self, item: Item) -> str | None:
+            return None
+
+        def restore(self, item: Item, on_bytes) -> Status:
+            for _part in range(10):
+                clock.advance(minutes=4)
+                on_bytes(16 << 20)
+                taken_meanwhile.append(other.claim(item.record))
+            return Status.RESTORED
+
+    target = ClaimingTarget(SlowUpload(), job("x"))
+
+    assert target.restore(Item(record), lambda _n: None) is Status.RESTORED
+    assert taken_meanwhile == [False] * 10  # the lease never ran out under the upload
+    [claim] = other.items()[0].values()
+    assert (claim.state, claim.member_id) == ("done", "x")
