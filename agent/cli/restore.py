@@ -62,8 +62,18 @@ from agent.config import (
     resolve_config_path,
 )
 from agent.errors import BackupAgentError, ConfigError, VolumeNotReady
+from agent.fleet.member import STOPPED
 from agent.records import OBJECT_ATTRIBUTES, Rejection, VersionRecord, parse_time
 from agent.restore.find import Filter, FilterError, Row, Scan, narrowed, rows
+from agent.restore.job import (
+    ClaimingTarget,
+    JobMismatch,
+    JobSummary,
+    RestoreJob,
+    check_job_id,
+    new_job_id,
+    summarise,
+)
 from agent.restore.plan import Plan, RestoreScope, held_here, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
 from agent.restore.share import Sharer, staging_bucket
@@ -82,8 +92,8 @@ from agent.restore.targets import (
     Status,
     Target,
 )
-from agent.restore.verify import stored_versions, verify
-from agent.runtime.wiring import audit_trail
+from agent.restore.verify import Held, stored_versions, verify
+from agent.runtime.wiring import audit_trail, fleet_identity
 from agent.schedule import duration_seconds, parse_duration
 from agent.snapshots.listing import recorded_snapshots, snapshot_listing
 from agent.storage.journal import Journal
@@ -264,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
         "backup-restore restore --key reports/q3.pdf --to /tmp/restore",
         "backup-restore restore --prefix reports/ --at 2026-11-23T10:00:00Z --to /tmp/restore",
         "backup-restore restore --all --to-s3 --bucket recovery-bucket --dry-run",
+        "backup-restore restore --prefix reports/ --to-s3 --fleet --job reports-back",
+        "backup-restore restore --prefix reports/ --to-s3 --fleet --job reports-back --status",
     )
     scope = restore.add_mutually_exclusive_group(required=True)
     scope.add_argument("--key", metavar="K", help="restore this one key")
@@ -297,6 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     add_workers_option(restore, "files at once (default restore.workers)")
+    fleet = restore.add_argument_group("a fleet (docs/fleet.md): run on every member")
+    fleet.add_argument(
+        "--fleet",
+        action="store_true",
+        help="--to-s3: one job for the fleet; this member restores the keys its volume holds,"
+        " each key claimed in the table so that it is put once fleet-wide",
+    )
+    fleet.add_argument(
+        "--job",
+        metavar="ID",
+        help="--fleet: the job to join (default: start a new one and print its id)",
+    )
+    fleet.add_argument(
+        "--status",
+        action="store_true",
+        help="--fleet --job ID: print the job's summary, restore nothing",
+    )
     add_filter_options(restore)
 
     share = command(
@@ -714,6 +743,8 @@ def cmd_restore(rt: Runtime) -> int:
         raise UsageError("--version needs --key (versions belong to one key)")
     if not args.to_s3 and (args.bucket or args.to_prefix):
         raise UsageError("--bucket and --to-prefix go with --to-s3")
+    if (args.job or args.status) and not args.fleet:
+        raise UsageError("--job and --status go with --fleet")
     if args.to is not None:
         _check_writable(Path(args.to))
     bucket = rt.one_bucket()
@@ -721,9 +752,12 @@ def cmd_restore(rt: Runtime) -> int:
     # A key asked for by name is restored even when deleted in S3: that is the usual rescue.
     include_deleted = args.include_deleted or args.key is not None
     selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
+    job = _fleet_job(rt, bucket) if args.fleet else None
     volume = rt.volume()
     chosen = narrowed(plan(rt.source, bucket, scope, selector), _filter_of(args))
     chosen = held_here(chosen, volume.read_marker().volume_id, volume.has_copy, _holders_reader(rt))
+    if job is not None and args.status:
+        return _report_job(rt, job, chosen)
     target: Target
     if args.to_s3:
         target = S3Target(
@@ -734,6 +768,8 @@ def cmd_restore(rt: Runtime) -> int:
             overwrite=args.overwrite,
             expected_bucket_owner=_target_owner(rt.config, args.bucket or bucket),
         )
+        if job is not None:
+            target = ClaimingTarget(target, job)
     else:
         chosen = place(chosen)
         target = DirectoryTarget(
@@ -769,11 +805,155 @@ def cmd_restore(rt: Runtime) -> int:
                 prefix=None if args.key else (args.prefix or ""),
             ),
         )
+    if job is not None:
+        job.record_run(_run_counts(summary))
+        return _report_job(rt, job, chosen, summary)
     _report_restore(rt, summary)
     if not chosen.items and not chosen.missing and not chosen.elsewhere:
         print("backup-restore: nothing to restore", file=rt.err)
         return ExitCode.FAILURE
     return ExitCode.OK if summary.ok else ExitCode.FAILURE
+
+
+# -- restore --fleet: one job, every member its share (agent/restore/job.py) -----------------
+
+
+def _fleet_job(rt: Runtime, bucket: str) -> RestoreJob:
+    """This member's view of the job: started here, or joined with the same arguments."""
+    args = rt.args
+    if not args.to_s3:
+        raise UsageError("--fleet goes with --to-s3 (each member puts its share back into S3)")
+    if args.dry_run:
+        raise UsageError("--fleet claims keys: leave it out to see this member's share (--dry-run)")
+    if args.offline:
+        raise UsageError("--fleet reads the table (the fleet's records and claims): not --offline")
+    if args.status and not args.job:
+        raise UsageError("--status needs --job ID (the job to report on)")
+    if args.job and (problem := check_job_id(args.job)):
+        raise UsageError(f"--job {problem}")
+    own_id = rt.volume().read_marker().volume_id
+    job = RestoreJob(
+        rt.clients.dynamodb,
+        rt.config.state.table,
+        args.job or new_job_id(datetime.now(UTC)),
+        member_id=fleet_identity(own_id).member_id,
+        volume_id=own_id,
+        clock=lambda: datetime.now(UTC),
+    )
+    try:
+        started = job.open(_job_arguments(args, bucket), create=not args.status)
+    except JobMismatch as exc:
+        raise UsageError(str(exc)) from None
+    if started and not args.job:
+        print(
+            f"backup-restore: started restore job {job.job_id}: run the same command with"
+            f" --job {job.job_id} on every other member",
+            file=rt.err,
+        )
+    return job
+
+
+def _job_arguments(args: argparse.Namespace, bucket: str) -> dict[str, Any]:
+    """What every member must select alike: the scope, the version, the filters, the
+    target. Not --workers, --quiet and the like."""
+    names = (
+        "key",
+        "prefix",
+        "all",
+        "version",
+        "at",
+        "include_deleted",
+        "bucket",
+        "to_prefix",
+        "overwrite",
+        "pattern",
+        "regex",
+        "tag",
+        "content_type",
+        "since",
+        "until",
+        "min_size",
+        "max_size",
+        "category",
+    )
+    found = {name: getattr(args, name, None) for name in names}
+    found["source_bucket"] = bucket
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in found.items()}
+
+
+def _run_counts(summary: Summary) -> dict[str, int]:
+    return {
+        "restored": summary.count(Status.RESTORED),
+        "unchanged": summary.count(Status.UNCHANGED),
+        "taken": summary.count(Status.TAKEN),
+        "failed": len(summary.failed),
+        "held_elsewhere": len(summary.plan.elsewhere),
+    }
+
+
+def _report_job(rt: Runtime, job: RestoreJob, chosen: Plan, own: Summary | None = None) -> int:
+    """The job's one summary (any member prints it); 0 only when every key is done."""
+    members = fleet_holders(rt.config, rt.clients.dynamodb)
+    now = datetime.now(UTC)
+    live = {v: m.member_id for v, m in members.items() if m.state != STOPPED and not m.missing(now)}
+    live[job.volume_id] = job.member_id  # this member is running, whatever its heartbeat says
+    result = summarise(job, chosen, job.volume_id, live, now)
+    if not result.selected and not result.missing:
+        print("backup-restore: nothing to restore", file=rt.err)
+        return ExitCode.FAILURE
+    if rt.args.json:
+        if own is not None:
+            for one in own.results:
+                rt.emit(one.to_dict())
+            rt.emit({**own.to_dict(), "member_id": job.member_id})
+        rt.emit(result.to_dict())
+        return ExitCode.OK if result.complete else ExitCode.FAILURE
+    out = rt.out
+    if own is not None:
+        _section(
+            out, "failed here", [f"{printable_key(r.item.key)}: {r.error}" for r in own.failed]
+        )
+        out.write(
+            f"this member ({job.member_id}): restored {own.count(Status.RESTORED)} files"
+            f" ({human_size(own.bytes)}), unchanged {own.count(Status.UNCHANGED)},"
+            f" taken by another member {own.count(Status.TAKEN)}, failed {len(own.failed)},"
+            f" held by other volumes {len(chosen.elsewhere)}\n"
+        )
+    _job_lines(out, result)
+    return ExitCode.OK if result.complete else ExitCode.FAILURE
+
+
+def _job_lines(out: IO[str], result: JobSummary) -> None:
+    def line(entry: dict[str, Any], extra: str) -> str:
+        version = entry["version_id"] or entry["version_token"]
+        return f"{printable_key(entry['key'])}: version {version}: {extra}"
+
+    _section(out, "failed", [line(e, f"on {e['member_id']}: {e['error']}") for e in result.failed])
+    _section(
+        out, "in progress", [line(e, f"claimed by {e['member_id']}") for e in result.in_progress]
+    )
+    _section(
+        out,
+        "waiting for a member (run the job there)",
+        [line(e, f"volume {e['volume_id']} on {e['member_id']}") for e in result.waiting],
+    )
+    _section(
+        out,
+        "not held by any live volume (adopt-volume, or restore from a snapshot)",
+        [line(e, f"volume {e['volume_id'] or '?'}") for e in result.unheld],
+    )
+    _section(
+        out, "not found", [f"{printable_key(m['key'])}: {m['reason']}" for m in result.missing]
+    )
+    per_member = ", ".join(f"{m} {n}" for m, n in sorted(result.done_by.items())) or "none"
+    out.write(
+        f"job {result.job_id}: {'COMPLETE' if result.complete else 'INCOMPLETE'},"
+        f" {result.done} of {result.selected} keys done (by member: {per_member}),"
+        f" in progress {len(result.in_progress)}, failed {len(result.failed)},"
+        f" waiting {len(result.waiting)}, not held by a live volume {len(result.unheld)}"
+        + (f", not found {len(result.missing)}" if result.missing else "")
+        + "\n"
+    )
 
 
 def _check_writable(directory: Path) -> None:
@@ -962,13 +1142,17 @@ def cmd_share(rt: Runtime) -> int:
 def cmd_verify(rt: Runtime) -> int:
     args = rt.args
     buckets = rt.buckets()  # an unknown --source-bucket is refused before any AWS call
+    volume = rt.volume()
+    held = Held(volume.read_marker().volume_id)
     records = stored_versions(rt.source, buckets, args.prefix)
     groups = None if args.offline else replica_groups(rt.config)
     short: list[VersionRecord] = []  # with replicas: held by fewer volumes than asked
     if groups is not None:
         records = _noting_short(records, groups.replicas, short)
+    if not args.offline:  # the journal is this volume's own; the table, the fleet's
+        records = held.only(records)
     report = verify(
-        rt.volume(),
+        volume,
         records,
         sample=args.sample,
         rng=random.Random(args.seed),  # noqa: S311 - sampling, not cryptography
@@ -981,7 +1165,13 @@ def cmd_verify(rt: Runtime) -> int:
             rt.emit(problem.to_dict())
         for record in short:
             rt.emit(_short_row(record, groups.replicas if groups else 1))
-        rt.emit({**report.to_dict(), "under_replicated": len(short)})
+        rt.emit(
+            {
+                **report.to_dict(),
+                "under_replicated": len(short),
+                "held_by_other_volumes": held.elsewhere,
+            }
+        )
     else:
         _section(
             rt.out,
@@ -1005,7 +1195,13 @@ def cmd_verify(rt: Runtime) -> int:
         rt.out.write(
             f"verified {report.checked} of {report.copies} stored copies"
             f" ({report.versions} versions, {human_size(report.bytes)}):"
-            f" {len(report.problems)} problems\n"
+            f" {len(report.problems)} problems"
+            + (
+                f"; {held.elsewhere} versions held by other volumes (verify on their members)"
+                if held.elsewhere
+                else ""
+            )
+            + "\n"
         )
     return ExitCode.OK if report.ok and not short else ExitCode.FAILURE
 
@@ -1136,10 +1332,6 @@ def _report_rejected(rt: Runtime, code: int) -> int:
     return code if code != ExitCode.OK else ExitCode.FAILURE
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _octal_mode(text: str) -> int:
     """``0640`` or ``640``: permission bits only (no setuid, setgid or sticky)."""
     try:
@@ -1149,3 +1341,7 @@ def _octal_mode(text: str) -> int:
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"{text!r}: permission bits only (0000-0777)")
     return mode
+
+
+if __name__ == "__main__":  # last: every name above is defined by then
+    sys.exit(main())

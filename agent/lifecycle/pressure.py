@@ -130,10 +130,12 @@ class PressureRetention:
             kept = policy_view(self.strict, versions, latest, now)
             if not latest.deleted and latest.version_token not in kept:
                 continue  # never the current version of a live key (RetentionPolicy keeps it)
-            found.extend(
+            found.extend(  # this volume's only: expiring another's frees nothing here
                 r
                 for r in versions
-                if r.version_token not in kept and r.version_token != latest.version_token
+                if r.version_token not in kept
+                and r.version_token != latest.version_token
+                and self.rules.acts_on(r)
             )
         return sorted(found, key=lambda r: (parse_time(r.event_time), r.order_key))
 

@@ -16,6 +16,12 @@ older tombstone (delete, then re-created) is kept while any version before it is
 A removal record (a version deleted for good in S3) is kept exactly as long as the
 version it removes; that version counts as replaced from its removal on.
 
+In a fleet (several volumes on one table) each member acts on its own volume's records only
+(`acts_on`: `holders.held_by`, and records of older releases that name no volume): the
+policy still reads the key's whole history, so "the newest N" means fleet-wide, but the
+expiry note goes to the journal of the volume that holds the copy, whose gc frees it. A
+key's LATEST goes with its last record, by whichever member expires that one.
+
 Expiring a version: a journal note ``{"kind": "expired", ...record}`` is appended and
 fsynced first (so a journal replay forgets the version too), then the DynamoDB version
 item is deleted; a fully expired key also loses its LATEST item (conditionally, so a
@@ -33,6 +39,7 @@ import structlog
 
 from agent import history
 from agent.config import RetentionConfig
+from agent.holders import held_by
 from agent.lifecycle.context import Clock, LifecycleContext, utc_now
 from agent.records import Rejection, VersionRecord, parse_time
 from agent.stats import Stats
@@ -191,6 +198,7 @@ class Retention:
         buckets: Sequence[str],
         stats: Stats | None = None,
         clock: Clock = utc_now,
+        volume_id: str | None = None,
     ) -> None:
         self.ledger = ledger
         self.journal = journal
@@ -198,6 +206,7 @@ class Retention:
         self.buckets = list(buckets)
         self.stats = stats or Stats()
         self.clock = clock
+        self.volume_id = volume_id  # None: every record (the journal's volume holds all)
 
     @classmethod
     def from_context(cls, ctx: LifecycleContext) -> Retention:
@@ -207,7 +216,15 @@ class Retention:
             policy=RetentionPolicy.from_config(ctx.config.retention),
             buckets=ctx.config.buckets,
             stats=ctx.stats,
+            volume_id=ctx.volume_id,
         )
+
+    def acts_on(self, record: VersionRecord) -> bool:
+        """Is `record` this member's to expire? Its volume's, or one of an older release
+        that names no volume (written when one agent held everything)."""
+        if self.volume_id is None or not record.volume_id:
+            return True
+        return held_by(record, self.volume_id)
 
     def run_once(self, *, dry_run: bool = False) -> RetentionReport:
         report = RetentionReport(dry_run=dry_run)
@@ -238,7 +255,8 @@ class Retention:
         if not latest.deleted and latest.version_token not in kept:
             log.error("retention.refused", bucket=latest.bucket, key=latest.key)
             return  # never expire the current version of a live key
-        expired = [r for r in versions if r.version_token not in kept]
+        expired = [r for r in versions if r.version_token not in kept and self.acts_on(r)]
+        others = [r for r in versions if r.version_token not in kept and not self.acts_on(r)]
         for record in expired:
             report.expired += 1
             report.expired_stored_bytes += record.stored_size or 0
@@ -247,7 +265,7 @@ class Retention:
             else:
                 self.expire(record, now)
                 report.expired_records.append(record)
-        whole_key = not kept and bool(versions)
+        whole_key = not kept and bool(versions) and not others  # the key's last records
         if whole_key:
             report.keys_expired += 1
             if not report.dry_run:
@@ -260,6 +278,8 @@ class Retention:
                 versions=[r.version_token for r in expired],
                 whole_key=whole_key,
             )
+        if others:
+            log.debug("retention.left_to_holders", key=latest.key, versions=len(others))
 
     def expire(self, record: VersionRecord, now: datetime) -> None:
         """Journal first (a replay forgets it too), then the ledger."""

@@ -12,6 +12,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from agent.holders import held_by
 from agent.records import VersionRecord
 from agent.restore.paths import Placement, place_keys
 from agent.restore.source import Choice, RestoreSource, Selector, select
@@ -128,17 +129,17 @@ def held_here(
     here: list[Item] = []
     elsewhere = list(items_plan.elsewhere)
     for item in items_plan.items:
-        record = item.record
-        here_too = volume_id in record.holder_volumes()  # with replicas: any group's holder
-        local = bool(record.sha256 and has_copy(record.sha256))
-        if not (here_too or local) and current is not None:
-            item = dataclasses.replace(item, record=current(record))
-            here_too = volume_id in item.record.holder_volumes()
-        if not (here_too or local):
-            elsewhere.append(item)
-        else:
-            here.append(item)
+        if not restorable_here(item.record, volume_id, has_copy) and current is not None:
+            item = dataclasses.replace(item, record=current(item.record))
+        (here if restorable_here(item.record, volume_id, has_copy) else elsewhere).append(item)
     return Plan(here, items_plan.skipped, items_plan.missing, elsewhere)
+
+
+def restorable_here(record: VersionRecord, volume_id: str, has_copy: Callable[[str], bool]) -> bool:
+    """Recorded on this volume (`held_by`), or its content is stored here all the same (a
+    copy a fleet member kept when another won the version, or the same bytes of another
+    version: copies are content-addressed)."""
+    return held_by(record, volume_id) or bool(record.sha256 and has_copy(record.sha256))
 
 
 def _choices(

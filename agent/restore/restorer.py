@@ -122,6 +122,7 @@ class Summary:
             "restored": self.count(Status.RESTORED),
             "unchanged": self.count(Status.UNCHANGED),
             "planned": self.count(Status.PLANNED),
+            "taken": self.count(Status.TAKEN),  # restore --fleet: another member's
             "failed": len(self.failed),
             "bytes": self.bytes,
             "renamed": len(self.plan.renamed),

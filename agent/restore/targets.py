@@ -89,6 +89,7 @@ class Status(enum.Enum):
     RESTORED = "restored"
     UNCHANGED = "unchanged"  # the destination already holds exactly these bytes
     PLANNED = "planned"  # --dry-run
+    TAKEN = "taken"  # restore --fleet: another member claimed the key (agent/restore/job.py)
     FAILED = "failed"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from agent.holders import held_by
 from agent.records import VersionRecord
 from agent.restore.copies import CorruptCopy, verified_chunks
 from agent.restore.plan import Item
@@ -77,6 +78,23 @@ def stored_versions(
             for record in source.history(bucket, latest.key):
                 if not record.deleted and record.sha256:
                     yield record
+
+
+@dataclass
+class Held:
+    """Splits records into this volume's (passed on) and other volumes' (counted): in a
+    fleet a member verifies the copies its own volume holds; the others are verified
+    where they are. Records that name no volume (older releases) are this volume's."""
+
+    volume_id: str
+    elsewhere: int = 0
+
+    def only(self, records: Iterable[VersionRecord]) -> Iterator[VersionRecord]:
+        for record in records:
+            if not record.volume_id or held_by(record, self.volume_id):
+                yield record
+            else:
+                self.elsewhere += 1
 
 
 def verify(

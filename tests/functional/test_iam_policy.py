@@ -184,6 +184,9 @@ def run_every_flow(recorder: Recorder, tmp_path: Path) -> tuple[Path, Any]:
         assert restore_cli.main(to_s3, out=out) == 0
         elsewhere = [*to_s3[:-2], "--bucket", RECOVERY]  # the README's recovery-area restore
         assert restore_cli.main(elsewhere, out=out) == 0
+        fleet = [*to_s3[:-1], "fleet/", "--fleet", "--job", "iam-job"]  # the claim items
+        assert restore_cli.main(fleet, out=out) == 0
+        assert restore_cli.main([*fleet, "--status"], out=out) == 0
         share = ["share", "--config", str(path), "--source-bucket", BUCKET, "--key", "a.txt"]
         assert restore_cli.main(share, out=out) == 0
         with recorder.quiet():

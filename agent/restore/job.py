@@ -1,0 +1,470 @@
+"""A fleet restore to S3 (`restore --to-s3 --fleet`): every member restores its own share.
+
+No coordinator and no queue: the operator runs the same command on every member (SSM Run
+Command), each goes through the same selection, restores the versions its volume holds
+(`plan.held_here`) and skips the rest. Before each PUT it *claims* the key with one
+conditional PutItem in the ledger's table; only the member whose claim was written puts the
+object, so a version two volumes hold (a kept duplicate, a replica) is restored once. The
+claim is marked done after the PUT succeeded. A claim left by a member that died is retaken
+after its lease (renewed at half the lease while a multipart upload sends its parts); a
+failed one by the next run (of any member).
+
+Items, in a partition of their own (a bucket name cannot hold ``#``)::
+
+    pk = "restore-job#<job id>"
+    sk = "job"                 the job's arguments (a run with other arguments is refused)
+       = "key#<key>"           one claim per key: state claimed | done | failed, member,
+                               volume, version, lease (epoch seconds), error
+       = "member#<member id>"  each member's last run: its counts, when it finished
+
+`summarise` reads them back (one Query) against the selection: keys done per member, in
+progress, failed, waiting for a live member that holds them, and held by no live volume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions
+import structlog
+
+from agent.aws import classify, error_code
+from agent.errors import BackupAgentError
+from agent.records import VersionRecord
+from agent.restore.plan import Item, Plan
+from agent.restore.targets import Status, Target
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+log = structlog.get_logger("agent.restore")
+
+JOB_PREFIX = "restore-job#"
+JOB_SK = "job"
+CLAIM_PREFIX = "key#"
+MEMBER_PREFIX = "member#"
+CLAIMED, DONE, FAILED = "claimed", "done", "failed"
+DEFAULT_LEASE = timedelta(hours=1)
+MAX_SK_BYTES = 1024  # DynamoDB's limit on a sort key value
+MAX_ERROR = 1000
+_JOB_ID = "abcdefghijklmnopqrstuvwxyz0123456789-_."
+
+
+class JobMismatch(BackupAgentError):
+    """A job id already started with other arguments."""
+
+
+def new_job_id(now: datetime) -> str:
+    return f"restore-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def check_job_id(job_id: str) -> str | None:
+    """Why `job_id` is not a job id (letters, digits, - _ ., at most 64), or None."""
+    if not job_id or len(job_id) > 64 or any(c not in _JOB_ID for c in job_id.lower()):
+        return f"{job_id!r}: letters, digits, '-', '_' and '.', at most 64"
+    return None
+
+
+def claim_sk(key: str) -> str:
+    """The claim's sort key: the key itself, or its SHA-256 when that would be too long."""
+    sk = CLAIM_PREFIX + key
+    if len(sk.encode("utf-8", "surrogatepass")) <= MAX_SK_BYTES:
+        return sk
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{CLAIM_PREFIX}sha256:{digest}"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    key: str
+    state: str
+    member_id: str
+    volume_id: str
+    version_token: str
+    lease_until: float  # epoch seconds
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRun:
+    member_id: str
+    volume_id: str
+    finished: str
+    counts: dict[str, int]
+
+
+class RestoreJob:
+    """One job's items in the table, seen by one member."""
+
+    def __init__(
+        self,
+        dynamodb: DynamoDBClient,
+        table: str,
+        job_id: str,
+        *,
+        member_id: str,
+        volume_id: str,
+        clock: Callable[[], datetime],
+        lease: timedelta = DEFAULT_LEASE,
+    ) -> None:
+        self._db = dynamodb
+        self.table = table
+        self.job_id = job_id
+        self.pk = JOB_PREFIX + job_id
+        self.member_id = member_id
+        self.volume_id = volume_id
+        self.clock = clock
+        self.lease = lease
+
+    # -- the job -------------------------------------------------------------------------
+
+    def open(self, arguments: Mapping[str, Any], *, create: bool = True) -> bool:
+        """Start the job with `arguments` (unless `create` is False), or join it; True
+        when this run started it. JobMismatch when it was started with other arguments
+        (every member must select the same versions), or does not exist and may not be
+        started."""
+        text = json.dumps(dict(arguments), sort_keys=True, default=str)
+        if not create and self._get(JOB_SK) is None:
+            raise JobMismatch(f"no restore job {self.job_id} in the table")
+        item = {
+            "pk": {"S": self.pk},
+            "sk": {"S": JOB_SK},
+            "arguments": {"S": text},
+            "started": {"S": self.clock().isoformat()},
+            "started_by": {"S": self.member_id},
+        }
+        if self._put(item, "attribute_not_exists(pk)", {}, {}, "job"):
+            log.info("restore.job_started", job=self.job_id, member=self.member_id)
+            return True
+        stored = self._get(JOB_SK)
+        held = stored.get("arguments", {}).get("S") if stored else None
+        if held != text:
+            raise JobMismatch(
+                f"restore job {self.job_id} was started with other arguments ({held});"
+                " run the same command on every member, or choose another --job"
+            )
+        return False
+
+    # -- claims --------------------------------------------------------------------------
+
+    def claim(self, record: VersionRecord) -> bool:
+        """Take `record`'s key for this member; False when another member holds it (or
+        restored it). A key done is never taken again; a failed one, one this member held
+        before (a run that died), or one whose lease ran out is taken over."""
+        now = self.clock()
+        item = self._claim_item(record, CLAIMED, now)
+        condition = (
+            "attribute_not_exists(pk) OR (#s <> :done AND"
+            " (#s = :failed OR member_id = :me OR lease_until < :now))"
+        )
+        values = {
+            ":done": {"S": DONE},
+            ":failed": {"S": FAILED},
+            ":me": {"S": self.member_id},
+            ":now": {"N": _epoch(now)},
+        }
+        won = self._put(item, condition, values, {"#s": "state"}, "claim")
+        log.debug("restore.claim", job=self.job_id, key=record.key, won=won)
+        return won
+
+    def renew(self, record: VersionRecord) -> bool:
+        """Extend this member's claim by a lease from now (a long upload still running);
+        False when the claim is no longer this member's."""
+        return self._put(
+            self._claim_item(record, CLAIMED, self.clock()),
+            "member_id = :me AND #s = :claimed",
+            {":me": {"S": self.member_id}, ":claimed": {"S": CLAIMED}},
+            {"#s": "state"},
+            "claim renewal",
+        )
+
+    def finish(self, record: VersionRecord, *, error: str | None = None) -> bool:
+        """Mark this member's claim done (or failed, with `error`); False when the claim
+        is no longer this member's (its lease ran out and another member took it over)."""
+        item = self._claim_item(record, FAILED if error else DONE, self.clock(), error)
+        mine = self._put(
+            item,
+            "member_id = :me AND #s = :claimed",
+            {":me": {"S": self.member_id}, ":claimed": {"S": CLAIMED}},
+            {"#s": "state"},
+            "claim done",
+        )
+        if not mine:
+            log.warning("restore.claim_lost", job=self.job_id, key=record.key)
+        return mine
+
+    def record_run(self, counts: Mapping[str, int]) -> None:
+        """This member's run, for the summary: what it restored, left and failed."""
+        item: dict[str, Any] = {
+            "pk": {"S": self.pk},
+            "sk": {"S": MEMBER_PREFIX + self.member_id},
+            "member_id": {"S": self.member_id},
+            "volume_id": {"S": self.volume_id},
+            "finished": {"S": self.clock().isoformat()},
+            "counts": {"M": {k: {"N": str(v)} for k, v in counts.items()}},
+        }
+        self._put(item, None, {}, {}, "member run")
+
+    def _claim_item(
+        self, record: VersionRecord, state: str, now: datetime, error: str | None = None
+    ) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "pk": {"S": self.pk},
+            "sk": {"S": claim_sk(record.key)},
+            "object_key": {"S": record.key},
+            "state": {"S": state},
+            "member_id": {"S": self.member_id},
+            "volume_id": {"S": self.volume_id},
+            "version_token": {"S": record.version_token},
+            "lease_until": {"N": _epoch(now + self.lease)},
+            "at": {"S": now.isoformat()},
+        }
+        if error:
+            item["error"] = {"S": error[:MAX_ERROR]}
+        return item
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def items(self) -> tuple[dict[str, Claim], list[MemberRun]]:
+        """Every claim (by key) and every member's run: one Query of the job's partition."""
+        claims: dict[str, Claim] = {}
+        runs: list[MemberRun] = []
+        paginator = self._db.get_paginator("query")
+        try:
+            for page in paginator.paginate(
+                TableName=self.table,
+                KeyConditionExpression="pk = :pk",
+                ExpressionAttributeValues={":pk": {"S": self.pk}},
+                ConsistentRead=True,
+            ):
+                for item in page.get("Items", []):
+                    sk = _text(item, "sk")
+                    if sk.startswith(CLAIM_PREFIX):
+                        claim = _claim(item)
+                        if claim is not None:
+                            claims[claim.key] = claim
+                    elif sk.startswith(MEMBER_PREFIX):
+                        runs.append(_run(item))
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, "DynamoDB Query restore job") from exc
+        return claims, sorted(runs, key=lambda r: r.member_id)
+
+    def _get(self, sk: str) -> dict[str, Any] | None:
+        """One item, by a Query (the operator's role may Query the table, not GetItem)."""
+        try:
+            response = self._db.query(
+                TableName=self.table,
+                KeyConditionExpression="pk = :pk AND sk = :sk",
+                ExpressionAttributeValues={":pk": {"S": self.pk}, ":sk": {"S": sk}},
+                ConsistentRead=True,
+            )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, "DynamoDB Query restore job") from exc
+        items: list[dict[str, Any]] = response.get("Items", [])
+        return items[0] if items else None
+
+    def _put(
+        self,
+        item: dict[str, Any],
+        condition: str | None,
+        values: dict[str, Any],
+        names: dict[str, str],
+        what: str,
+    ) -> bool:
+        kwargs: dict[str, Any] = {"TableName": self.table, "Item": item}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        if values:
+            kwargs["ExpressionAttributeValues"] = values
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        try:
+            self._db.put_item(**kwargs)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise classify(exc, f"DynamoDB PutItem restore {what}") from exc
+        except botocore.exceptions.BotoCoreError as exc:
+            raise classify(exc, f"DynamoDB PutItem restore {what}") from exc
+        return True
+
+
+def _epoch(when: datetime) -> str:
+    return f"{when.timestamp():.3f}"
+
+
+def _text(item: Mapping[str, Any], name: str) -> str:
+    value = item.get(name)
+    text = value.get("S") if isinstance(value, dict) else None
+    return text if isinstance(text, str) else ""
+
+
+def _claim(item: Mapping[str, Any]) -> Claim | None:
+    """A claim item read back (untrusted: one that does not parse is skipped, logged)."""
+    try:
+        lease = float(item["lease_until"]["N"])
+    except (KeyError, TypeError, ValueError):
+        lease = 0.0
+    key, state = _text(item, "object_key"), _text(item, "state")
+    if not key or state not in (CLAIMED, DONE, FAILED):
+        log.warning("restore.bad_claim_item", sk=_text(item, "sk"))
+        return None
+    return Claim(
+        key,
+        state,
+        _text(item, "member_id"),
+        _text(item, "volume_id"),
+        _text(item, "version_token"),
+        lease,
+        _text(item, "error") or None,
+    )
+
+
+def _run(item: Mapping[str, Any]) -> MemberRun:
+    counts: dict[str, int] = {}
+    raw = item.get("counts", {}).get("M", {}) if isinstance(item.get("counts"), dict) else {}
+    for name, value in raw.items():
+        try:
+            counts[str(name)] = int(value["N"])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return MemberRun(
+        _text(item, "member_id"), _text(item, "volume_id"), _text(item, "finished"), counts
+    )
+
+
+# -- the member's target: claim, put, mark ---------------------------------------------------
+
+
+class ClaimingTarget:
+    """An S3 target that claims each key before its PUT and marks the claim after."""
+
+    def __init__(self, target: Target, job: RestoreJob) -> None:
+        self.target = target
+        self.job = job
+
+    def destination(self, item: Item) -> str:
+        return self.target.destination(item)
+
+    def check(self, item: Item) -> str | None:
+        return self.target.check(item)
+
+    def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status:
+        if not self.job.claim(item.record):
+            return Status.TAKEN
+        renewed = self.job.clock()
+
+        def progress(nbytes: int) -> None:  # a part sent: renew at half the lease
+            nonlocal renewed
+            on_bytes(nbytes)
+            if self.job.clock() - renewed >= self.job.lease / 2:
+                self.job.renew(item.record)
+                renewed = self.job.clock()
+
+        try:
+            status = self.target.restore(item, progress)
+        except (BackupAgentError, OSError) as exc:
+            self.job.finish(item.record, error=str(exc) or type(exc).__name__)
+            raise
+        except BaseException:
+            self.job.finish(item.record, error="interrupted")
+            raise
+        self.job.finish(item.record)
+        return status
+
+
+# -- the summary -----------------------------------------------------------------------------
+
+
+@dataclass
+class JobSummary:
+    job_id: str
+    selected: int = 0
+    done_by: dict[str, int] = field(default_factory=dict)  # member id -> keys done
+    in_progress: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    waiting: list[dict[str, Any]] = field(default_factory=list)  # a live member holds it
+    unheld: list[dict[str, Any]] = field(default_factory=list)  # no live volume holds it
+    missing: list[dict[str, Any]] = field(default_factory=list)  # asked for, not found
+    members: list[dict[str, Any]] = field(default_factory=list)  # each member's last run
+
+    @property
+    def done(self) -> int:
+        return sum(self.done_by.values())
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.selected and not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "job",
+            "job": self.job_id,
+            "complete": self.complete,
+            "selected": self.selected,
+            "done": self.done,
+            "done_by": dict(sorted(self.done_by.items())),
+            "in_progress": self.in_progress,
+            "failed": self.failed,
+            "waiting": self.waiting,
+            "not_held_by_a_live_volume": self.unheld,
+            "missing": self.missing,
+            "members": self.members,
+        }
+
+
+def summarise(
+    job: RestoreJob,
+    selection: Plan,
+    here: str,
+    live: Mapping[str, str],
+    now: datetime,
+) -> JobSummary:
+    """The job against `selection` (held here and elsewhere): `here` is this member's
+    volume id, `live` maps each volume a live member serves to that member."""
+    claims, runs = job.items()
+    summary = JobSummary(job.job_id)
+    summary.members = [
+        {"member_id": r.member_id, "volume_id": r.volume_id, "finished": r.finished, **r.counts}
+        for r in runs
+    ]
+    summary.missing = [{"key": c.key, "reason": c.reason} for c in selection.missing]
+    held_here = {item.key for item in selection.items}
+    for item in _by_key(selection.items, selection.elsewhere):
+        summary.selected += 1
+        claim = claims.get(item.key)
+        entry: dict[str, Any] = {
+            "key": item.key,
+            "version_id": item.record.version_id,
+            "version_token": item.record.version_token,
+        }
+        if claim is not None and claim.state == DONE:
+            summary.done_by[claim.member_id] = summary.done_by.get(claim.member_id, 0) + 1
+        elif claim is not None and claim.state == FAILED:
+            summary.failed.append({**entry, "member_id": claim.member_id, "error": claim.error})
+        elif claim is not None and claim.lease_until >= now.timestamp():
+            summary.in_progress.append({**entry, "member_id": claim.member_id})
+        else:
+            volumes = [item.record.volume_id] + ([here] if item.key in held_here else [])
+            served = [(v, live[v]) for v in volumes if v in live]
+            if served:
+                volume, member = served[0]
+                summary.waiting.append({**entry, "volume_id": volume, "member_id": member})
+            else:
+                summary.unheld.append({**entry, "volume_id": item.record.volume_id})
+    return summary
+
+
+def _by_key(*groups: Iterable[Item]) -> Iterable[Item]:
+    seen: set[str] = set()
+    for group in groups:
+        for item in group:
+            if item.key not in seen:
+                seen.add(item.key)
+                yield item

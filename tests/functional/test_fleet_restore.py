@@ -1,0 +1,335 @@
+"""`restore --to-s3 --fleet` (moto): every member restores its share, each key exactly once.
+
+Each member claims a key with a conditional PutItem before its PUT (agent/restore/job.py);
+the target bucket is versioned, so a key put twice would show two versions.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from agent.config import queue_name
+from agent.fleet.heartbeat import Heartbeat
+from agent.fleet.registry import Registry
+from agent.pipeline import delivery
+from agent.pipeline.backup import Outcome
+from agent.restore.job import ClaimingTarget, RestoreJob
+from agent.restore.plan import Item
+from agent.restore.targets import Status
+from agent.runtime.wiring import fleet_identity
+from agent.storage.ledger import Ledger
+from agent.storage.volume import Volume
+from tests.support.aws import BUCKET, QUEUE_URL, TABLE
+from tests.support.backed_up import write_config
+from tests.support.clock import FakeClock
+from tests.support.lifecycle import created, enable_versioning, put
+from tests.support.service import make_service
+
+AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
+TARGET = "recovery-area"
+
+
+def _volume(tmp_path: Path, name: str) -> Volume:
+    root = tmp_path / name
+    root.mkdir()
+    volume = Volume(root)
+    volume.initialise(name)
+    volume.open()
+    return volume
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def documents(self) -> list[dict]:
+        return [json.loads(line) for line in self.out.splitlines()]
+
+    def job(self) -> dict:
+        [job] = [d for d in self.documents() if d.get("type") == "job"]
+        return job
+
+
+def _restore(config: Path, *args: str) -> Run:
+    from agent.cli.restore import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["restore", "--config", str(config), *args], out=out, err=err)
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def _beat(aws, volume_id: str, *, clock=None) -> None:
+    Heartbeat(
+        Registry(aws.dynamodb, TABLE, queue_name(QUEUE_URL)),
+        lambda: fleet_identity(volume_id),
+        interval_seconds=30,
+        clock=clock or (lambda: datetime.now(UTC)),
+    ).beat()
+
+
+def _target_versions(aws) -> dict[str, int]:
+    """Key -> how many times it was put into the (versioned) target bucket."""
+    found: dict[str, int] = {}
+    paginator = aws.s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=TARGET):
+        for version in page.get("Versions", []):
+            found[version["Key"]] = found.get(version["Key"], 0) + 1
+    return found
+
+
+def _target(aws) -> None:
+    aws.s3.create_bucket(Bucket=TARGET)
+    aws.s3.put_bucket_versioning(Bucket=TARGET, VersioningConfiguration={"Status": "Enabled"})
+
+
+def _store(aws, member, key: str, *, duplicate_on=None) -> None:
+    response = put(aws, key, key.encode())
+    event = created(key, response, len(key), at=AT)
+    assert member.process(event).outcome == Outcome.STORED
+    if duplicate_on is not None:  # S3 sent the event twice; the other member kept a copy
+        with delivery.delivering(delivery.Delivery("dup-" + key, receive_count=1)):
+            assert duplicate_on.process(event).outcome == Outcome.ALREADY_DONE
+
+
+def test_two_members_restore_their_shares_and_every_key_lands_once(aws, tmp_path):
+    enable_versioning(aws)
+    _target(aws)
+    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    member_a = make_service(aws, a, volume_id="vol-a")
+    member_b = make_service(aws, b, volume_id="vol-b")
+    _store(aws, member_a, "docs/a1.txt")
+    _store(aws, member_a, "docs/a2.txt")
+    _store(aws, member_b, "docs/b1.txt")
+    _store(aws, member_a, "docs/dup.txt", duplicate_on=member_b)  # both volumes hold it
+    for volume_id in ("vol-a", "vol-b"):
+        _beat(aws, volume_id)
+    config_a = write_config(tmp_path / "a.yaml", a.root)
+    config_b = write_config(tmp_path / "b.yaml", b.root)
+    args = ("--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet")
+
+    first = _restore(config_b, *args, "--json")
+
+    assert first.code == 1, first.out + first.err  # a's keys are not restored yet
+    job_id = first.job()["job"]
+    assert f"started restore job {job_id}" in first.err
+    assert _target_versions(aws) == {"docs/b1.txt": 1, "docs/dup.txt": 1}
+    waiting = {e["key"]: e["volume_id"] for e in first.job()["waiting"]}
+    assert waiting == {"docs/a1.txt": "vol-a", "docs/a2.txt": "vol-a"}
+
+    second = _restore(config_a, *args, "--job", job_id)
+
+    assert second.code == 0, second.out + second.err
+    assert _target_versions(aws) == {  # every key exactly once, fleet-wide
+        "docs/a1.txt": 1,
+        "docs/a2.txt": 1,
+        "docs/b1.txt": 1,
+        "docs/dup.txt": 1,
+    }
+    assert "taken by another member 1" in second.out  # dup.txt: b had claimed it
+    assert f"job {job_id}: COMPLETE, 4 of 4 keys done" in second.out
+
+    status = _restore(config_b, *args, "--job", job_id, "--status", "--json")
+    job = status.job()
+    assert status.code == 0 and job["complete"]
+    member_a_id, member_b_id = (fleet_identity(v).member_id for v in ("vol-a", "vol-b"))
+    assert job["done_by"] == {member_a_id: 2, member_b_id: 2}
+    runs = {m["member_id"]: m for m in job["members"]}
+    assert runs[member_a_id]["restored"] == 2 and runs[member_a_id]["taken"] == 1
+    assert runs[member_b_id]["restored"] == 2
+    assert _target_versions(aws)["docs/dup.txt"] == 1  # the status form put nothing
+
+
+def _atomic_conditional_writes(monkeypatch) -> None:
+    """DynamoDB applies each write atomically, its condition included ("Individual write
+    operations such as UpdateItem are atomic", DynamoDB developer guide, best practices for
+    concurrent updates). moto checks a PutItem's condition and then writes, without a lock:
+    two threads can both pass. The test holds a lock around moto's put_item (moto's gap,
+    docs/testing.md), so what it shows is DynamoDB's behaviour."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.Lock()
+    original = DynamoDBBackend.put_item
+
+    def put_item(self, *args, **kwargs):
+        with lock:
+            return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoDBBackend, "put_item", put_item)
+
+
+def test_members_racing_over_versions_both_hold_put_each_key_once(aws, tmp_path, monkeypatch):
+    """Both volumes hold every version (kept duplicates, as replicas would): run at once,
+    the conditional claim alone keeps each key to one PUT."""
+    _atomic_conditional_writes(monkeypatch)
+    enable_versioning(aws)
+    _target(aws)
+    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    member_a = make_service(aws, a, volume_id="vol-a")
+    member_b = make_service(aws, b, volume_id="vol-b")
+    keys = [f"docs/f{n:02d}.txt" for n in range(16)]
+    for key in keys:
+        _store(aws, member_a, key, duplicate_on=member_b)
+    args = ("--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet", "--job", "race-1")
+    configs = [write_config(tmp_path / f"{v}.yaml", v.root) for v in (a, b)]
+    runs: list[Run] = []
+    barrier = threading.Barrier(2)
+
+    def member(config: Path) -> None:
+        barrier.wait()
+        runs.append(_restore(config, *args, "--json"))
+
+    threads = [threading.Thread(target=member, args=(c,)) for c in configs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert _target_versions(aws) == dict.fromkeys(keys, 1)
+    restored = sum(
+        1 for run in runs for d in run.documents() if d.get("status") in ("restored", "unchanged")
+    )
+    taken = sum(1 for run in runs for d in run.documents() if d.get("status") == "taken")
+    assert restored == len(keys) and taken == len(keys)  # each key: one PUT, one skip
+    assert len(runs) == 2 and any(run.job()["complete"] for run in runs)  # the later one
+
+
+def test_a_key_whose_volume_has_no_live_member_is_named_and_the_job_fails(aws, tmp_path):
+    enable_versioning(aws)
+    _target(aws)
+    a, c = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-c")
+    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/here.txt")
+    _store(aws, make_service(aws, c, volume_id="vol-c"), "docs/gone.txt")
+    _beat(aws, "vol-c", clock=lambda: datetime(2026, 11, 1, tzinfo=UTC))  # long silent
+    config = write_config(tmp_path / "a.yaml", a.root)
+
+    run = _restore(
+        config, "--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet", "--job", "j-1"
+    )
+
+    assert run.code == 1
+    assert _target_versions(aws) == {"docs/here.txt": 1}
+    assert "not held by any live volume" in run.out
+    assert "docs/gone.txt: version " in run.out and "volume vol-c" in run.out
+    assert "job j-1: INCOMPLETE, 1 of 2 keys done" in run.out
+
+
+def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
+    enable_versioning(aws)
+    _target(aws)
+    a = _volume(tmp_path, "vol-a")
+    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
+    config = write_config(tmp_path / "a.yaml", a.root)
+    base = ("--to-s3", "--bucket", TARGET, "--fleet", "--job", "j-2")
+    assert _restore(config, "--prefix", "docs/", *base).code == 0
+
+    other = _restore(config, "--prefix", "other/", *base)
+
+    assert other.code == 2 and "started with other arguments" in other.err
+    missing = _restore(config, "--prefix", "docs/", *base[:-1], "nope", "--status")
+    assert missing.code == 2 and "no restore job nope" in missing.err
+    assert _restore(config, "--prefix", "docs/", "--to", str(tmp_path), "--fleet").code == 2
+    alone = _restore(config, "--prefix", "docs/", "--to-s3", "--job", "j-2", "--status")
+    assert alone.code == 2 and "go with --fleet" in alone.err
+    offline = _restore(config, "--prefix", "docs/", *base, "--offline")
+    assert offline.code == 2 and "not --offline" in offline.err
+    nothing = _restore(config, "--prefix", "none/", *base[:-1], "j-3")
+    assert nothing.code == 1 and "nothing to restore" in nothing.err
+
+
+# -- the claim itself ---------------------------------------------------------------------
+
+
+def test_a_claim_is_held_for_its_lease_then_retaken_and_done_is_final(aws, tmp_path):
+    enable_versioning(aws)
+    a = _volume(tmp_path, "vol-a")
+    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    clock = FakeClock(AT)
+
+    def job(member: str) -> RestoreJob:
+        return RestoreJob(
+            aws.dynamodb,
+            TABLE,
+            "lease-1",
+            member_id=member,
+            volume_id="vol-" + member,
+            clock=clock,
+            lease=timedelta(minutes=10),
+        )
+
+    dead, live = job("x"), job("y")
+    assert dead.claim(record)  # then x dies before its PUT
+    assert not live.claim(record)  # within the lease: x may still be putting it
+    clock.advance(minutes=11)
+    assert live.claim(record)  # the lease ran out: taken over
+    assert not dead.finish(record)  # x's late finish does not overwrite y's claim
+    assert live.finish(record)
+    assert not dead.claim(record)  # done is never taken again, by anyone
+    assert not live.claim(record)
+    [claim] = live.items()[0].values()
+    assert (claim.state, claim.member_id) == ("done", "y")
+
+
+def test_a_failed_claim_is_retaken_at_once(aws, tmp_path):
+    enable_versioning(aws)
+    a = _volume(tmp_path, "vol-a")
+    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    clock = FakeClock(AT)
+    x = RestoreJob(aws.dynamodb, TABLE, "f-1", member_id="x", volume_id="vol-x", clock=clock)
+    y = RestoreJob(aws.dynamodb, TABLE, "f-1", member_id="y", volume_id="vol-y", clock=clock)
+    assert x.claim(record)
+    assert x.finish(record, error="S3 PutObject: AccessDenied")
+    [failed] = y.items()[0].values()
+    assert failed.state == "failed" and failed.error == "S3 PutObject: AccessDenied"
+    assert y.claim(record)
+
+
+def test_a_long_upload_renews_its_claim_so_no_other_member_takes_it_over(aws, tmp_path):
+    enable_versioning(aws)
+    a = _volume(tmp_path, "vol-a")
+    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/big.bin")
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/big.bin")
+    clock = FakeClock(AT)
+
+    def job(member: str) -> RestoreJob:
+        return RestoreJob(
+            aws.dynamodb,
+            TABLE,
+            "long-1",
+            member_id=member,
+            volume_id="vol-" + member,
+            clock=clock,
+            lease=timedelta(minutes=10),
+        )
+
+    other = job("y")
+    taken_meanwhile: list[bool] = []
+
+    class SlowUpload:  # a multipart upload: a part every 4 minutes, 40 minutes in all
+        def destination(self, item: Item) -> str:
+            return "s3://recovery-area/" + item.key
+
+        def check(self, item: Item) -> str | None:
+            return None
+
+        def restore(self, item: Item, on_bytes) -> Status:
+            for _part in range(10):
+                clock.advance(minutes=4)
+                on_bytes(16 << 20)
+                taken_meanwhile.append(other.claim(item.record))
+            return Status.RESTORED
+
+    target = ClaimingTarget(SlowUpload(), job("x"))
+
+    assert target.restore(Item(record), lambda _n: None) is Status.RESTORED
+    assert taken_meanwhile == [False] * 10  # the lease never ran out under the upload
+    [claim] = other.items()[0].values()
+    assert (claim.state, claim.member_id) == ("done", "x")
