@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,7 +39,7 @@ from agent.storage.journal import Journal
 from agent.storage.ledger import VERSION_PREFIX, parse_item
 from agent.storage.volume import Volume
 from bench.data import small_payload
-from bench.proxy import FaultProxy
+from bench.proxy import Exchange, FaultProxy
 from bench.report import Report
 from bench.settings import Settings
 from bench.small import Feeder
@@ -65,11 +66,16 @@ class Member:
     volume_root: Path
     volume_id: str
     run: AgentRun | None = None
+    _done: int = 0
+    _polled: float = 0.0
 
     def done(self) -> int:
-        if self.run is None:
-            return 0
-        return sum(len(self.run.log.named(name)) for name in DONE_EVENTS)
+        """Versions done, from the log read at most every 20 ms (the feeder and the main
+        loop both ask, and this process's CPU is the proxy's too)."""
+        if self.run is not None and time.monotonic() - self._polled >= 0.02:
+            self._done = sum(len(self.run.log.named(name)) for name in DONE_EVENTS)
+            self._polled = time.monotonic()
+        return self._done
 
 
 @dataclass
@@ -117,11 +123,16 @@ class FleetRun:
     endpoint_cpu: float | None  # moto_server's CPU seconds during the run
     agents_cpu: float  # every agent's CPU seconds during the run
     bench_cpu: float  # this process (the proxy and the feeder) during the run
-    requests: int  # requests through the proxy during the run
+    calls: Counter[str]  # requests through the proxy during the run, per service.operation
+    left: int = 0  # messages still counted in the queue 10 s after every version was done
 
     @property
     def rate(self) -> float:
         return self.count / self.seconds
+
+    @property
+    def requests(self) -> int:
+        return sum(self.calls.values())
 
 
 def upload_objects(clients: Clients, count: int, size: int, threads: int = 4) -> list[FleetObject]:
@@ -201,7 +212,7 @@ def measure(
     depth: int,
     *,
     endpoint_pid: int | None = None,
-    requests: Callable[[], int] | None = None,
+    calls: Callable[[], Counter[str]] | None = None,
     timeout: float = 600.0,
 ) -> FleetRun:
     """Start every member, feed every object's event to every group, time until every group
@@ -210,11 +221,11 @@ def measure(
     runs = [
         AgentRun(AgentProcess(m.config_path, m.config_path.with_name("agent.log"))) for m in members
     ]
-    with ThreadPoolExecutor(len(runs)) as pool:
-        list(pool.map(AgentRun.start, runs))
     for member, run in zip(members, runs, strict=True):
         member.run = run
     try:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(AgentRun.start, runs))
         bodies = [event_body(obj) for obj in objects]
         count = len(bodies)
         endpoint = psutil.Process(endpoint_pid) if endpoint_pid else None
@@ -222,7 +233,7 @@ def measure(
         endpoint_before = _cpu(endpoint) if endpoint else 0.0
         agents_before = sum(_cpu(a) for a in agents)
         bench_before = time.process_time()
-        requests_before = requests() if requests else 0
+        calls_before = calls() if calls else Counter()
         started = time.perf_counter()
         feeders = [
             Feeder(
@@ -242,16 +253,18 @@ def measure(
             if time.monotonic() > deadline:
                 done = [group.done() for group in fleet.groups]
                 raise TimeoutError(f"fleet {fleet.name}: {done} of {count} done after {timeout} s")
-            time.sleep(0.01)
+            time.sleep(0.05)
         seconds = time.perf_counter() - started
         endpoint_cpu = _cpu(endpoint) - endpoint_before if endpoint else None
         agents_cpu = sum(_cpu(a) for a in agents) - agents_before
         bench_cpu = time.process_time() - bench_before
-        proxied = (requests() if requests else 0) - requests_before
+        proxied = (calls() if calls else Counter()) - calls_before
         for feeder in feeders:
             feeder.join()
-        for group in fleet.groups:
-            wait_until_empty(fleet.setup.clients, group.queue_url)
+        left = {
+            group.queue_url: left_in_queue(fleet.setup.clients, group.queue_url)
+            for group in fleet.groups
+        }
     finally:
         with ThreadPoolExecutor(len(runs)) as pool:
             list(pool.map(AgentRun.stop, runs))
@@ -272,6 +285,7 @@ def measure(
         agents_cpu,
         bench_cpu,
         proxied,
+        sum(left.values()),
     )
 
 
@@ -280,18 +294,32 @@ def _cpu(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
-def wait_until_empty(clients: Clients, queue_url: str, timeout: float = 30.0) -> None:
-    """Every message deleted (not merely processed)."""
+def left_in_queue(clients: Clients, queue_url: str, timeout: float = 10.0) -> int:
+    """Messages still in the queue (visible or in flight) once every version is done: 0 as
+    soon as every message is deleted (not merely processed), else the count at `timeout`
+    (the agents delete in batches within 200 ms)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         attrs = clients.sqs.get_queue_attributes(
             QueueUrl=queue_url,
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
-        if set(attrs.values()) == {"0"}:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"queue {queue_url} still holds messages after {timeout} s")
+        left = sum(int(value) for value in attrs.values())
+        if not left:
+            return 0
+        if time.monotonic() > deadline:
+            seen = clients.sqs.receive_message(
+                QueueUrl=queue_url,
+                MaxNumberOfMessages=10,
+                VisibilityTimeout=0,
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            ).get("Messages", [])
+            print(f"  left in {queue_url}: {attrs}")
+            for message in seen:
+                receives = message.get("Attributes", {}).get("ApproximateReceiveCount")
+                print(f"    received {receives} time(s): {message['Body'][:300]}")
+            return left
+        time.sleep(0.1)
 
 
 def ledger_holders(clients: Clients, table: str) -> dict[str, list[str]]:
@@ -355,7 +383,7 @@ def section(
         f" each, every AWS call +{s.fleet_latency_ms:g} ms (proxy)"
     )
     report.text(
-        f"{s.fleet_objects} x {s.fleet_kb} KiB objects per agent, {s.fleet_workers} workers"
+        f"{s.fleet_objects} x {s.fleet_kb} KiB objects per agent, {s.fleet_workers} worker(s)"
         f" each, at most {s.fleet_depth} messages outstanding per agent"
     )
     uploads = make_setup(root, endpoint.url, "fleet-upload", bucket=BUCKET, notify=False)
@@ -363,6 +391,8 @@ def section(
     runs: dict[int, FleetRun] = {}
     with FaultProxy(endpoint.url) as proxy:
         proxy.latency = s.fleet_latency_ms / 1000
+        tally = MessageTally()
+        proxy.observers.append(tally.observe)
         for n in sizes:
             fleet = make_fleet(
                 root, endpoint.url, proxy.endpoint, f"fleet-{n}", n, workers=s.fleet_workers
@@ -372,13 +402,22 @@ def section(
                 objects[: n * s.fleet_objects],
                 s.fleet_depth,
                 endpoint_pid=endpoint.pid,
-                requests=proxy.requests,
+                calls=proxy.calls_so_far,
             )
             runs[n] = run
             report.line(f"{n} agent(s)", f"{run.rate:.1f} obj/s", describe(run))
+            received, deleted, failed = tally.take()
+            report.text(
+                f"  messages the agents received / deleted: {received} / {deleted}"
+                f" of {run.count}" + (f", {failed} deletes refused" if failed else "")
+            )
     first, last = runs[sizes[0]], runs[sizes[-1]]
     ratio = last.rate / first.rate
     target = f"target >= {0.875 * sizes[-1] / sizes[0]:.1f}x"
+    report.text(
+        f"requests per object through the proxy, {sizes[-1]} agent(s): "
+        + ", ".join(f"{op} {n / last.count:.2f}" for op, n in last.calls.most_common())
+    )
     report.line(f"{sizes[-1]} agents / {sizes[0]} agent(s)", f"{ratio:.2f}x", target)
     twice = sum(run.copies.twice for run in runs.values())
     journal = sum(run.copies.journal_twice for run in runs.values())
@@ -394,6 +433,36 @@ def section(
     return runs
 
 
+class MessageTally:
+    """Messages the agents received and deleted, read from the answers the proxy forwards."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def observe(self, exchange: Exchange) -> None:
+        if exchange.service != "sqs" or exchange.status != 200:
+            return
+        try:
+            answer = json.loads(exchange.response_body or b"{}")
+        except ValueError:
+            return
+        with self._lock:
+            if exchange.operation == "ReceiveMessage":
+                self._counts["received"] += len(answer.get("Messages", []))
+            elif exchange.operation == "DeleteMessageBatch":
+                self._counts["deleted"] += len(answer.get("Successful", []))
+                self._counts["failed"] += len(answer.get("Failed", []))
+            elif exchange.operation == "DeleteMessage":
+                self._counts["deleted"] += 1
+
+    def take(self) -> tuple[int, int, int]:
+        """(received, deleted, refused) since the last call."""
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        return counts["received"], counts["deleted"], counts["failed"]
+
+
 def describe(run: FleetRun) -> str:
     c = run.copies
     if c.missing or c.unrecorded or c.misplaced:
@@ -403,6 +472,8 @@ def describe(run: FleetRun) -> str:
             " without the copy"
         )
     parts = [f"{run.count} in {run.seconds:.1f} s", f"copied twice {c.twice}"]
+    if run.left:
+        parts.append(f"{run.left} message(s) still in the queue (moto's count)")
     parts.append(f"requests/object {run.requests / run.count:.2f}")
     cpu = f"CPU s: agents {run.agents_cpu:.1f}, proxy+feeder {run.bench_cpu:.1f}"
     if run.endpoint_cpu is not None:

@@ -142,10 +142,10 @@ class FaultProxy:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def requests(self) -> int:
-        """Requests received so far (faults included)."""
+    def calls_so_far(self) -> Counter[str]:
+        """A copy of `calls` (requests received per service.operation, faults included)."""
         with self._lock:
-            return sum(self.calls.values())
+            return Counter(self.calls)
 
     def fault_for(self, service: str, operation: str) -> str | None:
         with self._lock:

@@ -19,8 +19,8 @@ BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
 BENCH_LATENCY_RATE=20      uploads per second for BENCH_LATENCY_SECONDS=30
 BENCH_FIND_RECORDS=100000  records `find` searches, online and offline (section 6)
 BENCH_FLEET_AGENTS=1,2,4   agent processes on one queue and table (section 7), each
-                           backing up BENCH_FLEET_OBJECTS=200 objects of BENCH_FLEET_KB=4 KiB
-                           with BENCH_FLEET_WORKERS=2 workers, at most BENCH_FLEET_DEPTH=10
+                           backing up BENCH_FLEET_OBJECTS=150 objects of BENCH_FLEET_KB=4 KiB
+                           with BENCH_FLEET_WORKERS=1 worker(s), at most BENCH_FLEET_DEPTH=10
                            messages outstanding per agent, every AWS call delayed
                            BENCH_FLEET_LATENCY_MS=15 by a proxy
 BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency,
@@ -56,9 +56,9 @@ class Settings:
     restore_cmd: str | None
     find_records: int
     fleet_agents: tuple[int, ...] = (1, 2, 4)
-    fleet_objects: int = 200
+    fleet_objects: int = 150
     fleet_kb: int = 4
-    fleet_workers: int = 2
+    fleet_workers: int = 1
     fleet_depth: int = 10
     fleet_latency_ms: float = 15.0
 
@@ -92,9 +92,9 @@ class Settings:
             fleet_agents=tuple(
                 int(n) for n in os.environ.get("BENCH_FLEET_AGENTS", "1,2,4").split(",")
             ),
-            fleet_objects=max(10, int(_number("BENCH_FLEET_OBJECTS", 200 * scale))),
+            fleet_objects=max(10, int(_number("BENCH_FLEET_OBJECTS", 150 * scale))),
             fleet_kb=int(_number("BENCH_FLEET_KB", 4)),
-            fleet_workers=int(_number("BENCH_FLEET_WORKERS", 2)),
+            fleet_workers=int(_number("BENCH_FLEET_WORKERS", 1)),
             fleet_depth=int(_number("BENCH_FLEET_DEPTH", 10)),
             fleet_latency_ms=_number("BENCH_FLEET_LATENCY_MS", 15),
         )
