@@ -7,6 +7,8 @@ import hashlib
 
 import pytest
 
+from agent.records import VersionRecord
+from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 from bench.fleet import count_copies
 
@@ -58,3 +60,28 @@ def test_with_two_replica_groups_two_volumes_per_version_is_the_target(volumes):
     put_copy(volumes[0], "b")
     copies = count_copies(SHA, volumes, {"a": ["vol-1"], "b": ["vol-1"]}, groups=2)
     assert (copies.twice, copies.missing) == (0, 1)
+
+
+def journal(root, key, volume_id):
+    record = VersionRecord(
+        bucket="bench-fleet",
+        key=key,
+        version_token="etag:" + SHA[key][:32],
+        order_key="0",
+        event_name="ObjectCreated:Put",
+        event_time="2026-12-01T00:00:00.000Z",
+        backup_time="2026-12-01T00:00:01+00:00",
+        volume_id=volume_id,
+        sha256=SHA[key],
+    )
+    Journal(Volume(root).journal_dir).append(record)
+
+
+def test_the_journals_cross_check_counts_a_version_journalled_on_two_volumes(volumes):
+    for root, name in zip(volumes, ("vol-1", "vol-2"), strict=True):
+        put_copy(root, "a")
+        journal(root, "a", name)
+    put_copy(volumes[0], "b")
+    journal(volumes[0], "b", "vol-1")
+    copies = count_copies(SHA, volumes, {"a": ["vol-1"], "b": ["vol-1"]})
+    assert (copies.twice, copies.journal_twice) == (1, 1)
