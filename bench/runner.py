@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import compression, find, large, latency, small
+from bench import compression, find, fleet, large, latency, small
 from bench.data import write_data_file
 from bench.report import Report, machine
 from bench.restore import (
@@ -51,7 +51,7 @@ class Benchmark:
         self.cpus = os.cpu_count() or 1
 
     def run(self) -> None:
-        for name in ("large", "small", "restore", "compression", "latency", "find"):
+        for name in ("large", "small", "restore", "compression", "latency", "find", "fleet"):
             if name in self.settings.sections:
                 getattr(self, name)()
 
@@ -356,6 +356,11 @@ class Benchmark:
             "met" if ok else "MISSED",
         )
         self.report.add_summary(f"find {worst_online:.1f} s online {worst_offline:.1f} s offline")
+
+    # -- 7. fleet ---------------------------------------------------------------------
+
+    def fleet(self) -> None:
+        fleet.section(self.settings, self.root, self.endpoint, self.report)
 
 
 def main() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-SECTIONS = ("large", "small", "restore", "compression", "latency", "find")
+SECTIONS = ("large", "small", "restore", "compression", "latency", "find", "fleet")
 
 HELP = """\
 BENCH_SCALE=0.1            scale every size and count (default 1: 1 GiB, 10,000 objects)
@@ -18,8 +18,13 @@ BENCH_RECEIVE_AHEAD=1      also run the agent with consumer.receive_ahead; 0 to 
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
 BENCH_LATENCY_RATE=20      uploads per second for BENCH_LATENCY_SECONDS=30
 BENCH_FIND_RECORDS=100000  records `find` searches, online and offline (section 6)
+BENCH_FLEET_AGENTS=1,2,4   agent processes on one queue and table (section 7), each
+                           backing up BENCH_FLEET_OBJECTS=150 objects of BENCH_FLEET_KB=4 KiB
+                           with BENCH_FLEET_WORKERS=1 worker(s), at most BENCH_FLEET_DEPTH=10
+                           messages outstanding per agent, every AWS call delayed
+                           BENCH_FLEET_LATENCY_MS=15 by a proxy
 BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency,
-                           find)
+                           find, fleet)
 BENCH_ENDPOINT=http://…    an existing endpoint instead of a fresh moto_server
 BENCH_WORKDIR=/path        keep data and volumes there (default: a temp dir, removed)
 BENCH_RESTORE_CMD='…'      restore through a command instead of Volume.open_copy
@@ -50,6 +55,12 @@ class Settings:
     workdir: str | None
     restore_cmd: str | None
     find_records: int
+    fleet_agents: tuple[int, ...] = (1, 2, 4)
+    fleet_objects: int = 150
+    fleet_kb: int = 4
+    fleet_workers: int = 1
+    fleet_depth: int = 10
+    fleet_latency_ms: float = 15.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -78,4 +89,12 @@ class Settings:
             workdir=os.environ.get("BENCH_WORKDIR") or None,
             restore_cmd=os.environ.get("BENCH_RESTORE_CMD") or None,
             find_records=max(100, int(_number("BENCH_FIND_RECORDS", 100_000 * scale))),
+            fleet_agents=tuple(
+                int(n) for n in os.environ.get("BENCH_FLEET_AGENTS", "1,2,4").split(",")
+            ),
+            fleet_objects=max(10, int(_number("BENCH_FLEET_OBJECTS", 150 * scale))),
+            fleet_kb=int(_number("BENCH_FLEET_KB", 4)),
+            fleet_workers=int(_number("BENCH_FLEET_WORKERS", 1)),
+            fleet_depth=int(_number("BENCH_FLEET_DEPTH", 10)),
+            fleet_latency_ms=_number("BENCH_FLEET_LATENCY_MS", 15),
         )

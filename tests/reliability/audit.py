@@ -9,7 +9,7 @@ from agent.errors import IntegrityError, MalformedMessage
 from agent.events import parse_message
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.reliability.proxy import Exchange
+from bench.proxy import Exchange
 
 
 class DeleteAudit:

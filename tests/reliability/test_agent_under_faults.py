@@ -12,11 +12,11 @@ import pytest
 
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
+from bench.proxy import DROP, LOST_RESPONSE, SERVER_ERROR, SLOW, THROTTLE, FaultProxy
 from tests.e2e.conftest import Stack, make_stack
 from tests.reliability.audit import DeleteAudit
 from tests.reliability.conftest import point_agent_at
 from tests.reliability.pipeline import assert_backed_up_once, wait_until
-from tests.reliability.proxy import DROP, LOST_RESPONSE, SERVER_ERROR, SLOW, THROTTLE, FaultProxy
 from tests.support.aws import BUCKET, TABLE
 
 pytestmark = pytest.mark.e2e

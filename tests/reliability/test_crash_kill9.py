@@ -20,11 +20,11 @@ import pytest
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
+from bench.proxy import FaultProxy
 from tests.e2e.conftest import make_stack
 from tests.reliability.audit import DeleteAudit
 from tests.reliability.conftest import point_agent_at
 from tests.reliability.pipeline import assert_backed_up_once, wait_until
-from tests.reliability.proxy import FaultProxy
 from tests.support.aws import BUCKET, TABLE
 from tests.support.local_aws import MotoServer
 
@@ -151,8 +151,8 @@ def test_kill_9_soak(tmp_path, moto_server):
 
 def test_the_delete_audit_flags_a_message_deleted_before_its_copy(pipeline):
     """The audit itself can fail: a DeleteMessage for an event not yet backed up."""
+    from bench.proxy import Exchange
     from tests.reliability.pipeline import notification, s3_record
-    from tests.reliability.proxy import Exchange
 
     audit = DeleteAudit(pipeline.ledger, pipeline.volume)
     body = json.dumps(notification(s3_record(BUCKET, "early.txt", size=1, sequencer="01")))
