@@ -112,6 +112,11 @@ class Copies:
     unrecorded: int  # versions with no ledger record
     misplaced: int  # ledger records naming a volume that does not hold the copy
 
+    @property
+    def exact(self) -> int:
+        """Versions on exactly as many volumes as there are groups."""
+        return self.versions - self.twice - self.missing
+
 
 @dataclass(frozen=True)
 class FleetRun:
@@ -184,11 +189,13 @@ def make_fleet(
     raw["aws"]["endpoint_url"] = proxy
     raw["metrics"] = {"prometheus": None}  # one port per host: the members would collide
     fleet = Fleet(name, setup, [])
+    if groups > 1:  # replica groups are named by their queues: <base>-1 … <base>-R
+        raw["fleet"] = {"replicas": groups}
     for g in range(groups):
         queue_url = setup.queue_url
-        if g:
+        if groups > 1:
             queue_url = setup.clients.sqs.create_queue(
-                QueueName=f"bench-{name}-g{g}", Attributes={"VisibilityTimeout": "120"}
+                QueueName=f"bench-{name}-{g + 1}", Attributes={"VisibilityTimeout": "120"}
             )["QueueUrl"]
         group = Group(queue_url)
         for m in range(members):
@@ -332,7 +339,7 @@ def ledger_holders(clients: Clients, table: str) -> dict[str, list[str]]:
             record = parse_item(item)
             if not isinstance(record, VersionRecord):
                 raise RuntimeError(f"ledger item not readable: {record}")
-            holders.setdefault(record.key, []).append(record.volume_id)
+            holders.setdefault(record.key, []).extend(record.holder_volumes())
     return holders
 
 
@@ -411,6 +418,8 @@ def section(
                 f"  messages the agents received / deleted: {received} / {deleted}"
                 f" of {run.count}" + (f", {failed} deletes refused" if failed else "")
             )
+        replicated = _replicas_run(s, root, endpoint, proxy, objects)
+        tally.take()
     first, last = runs[sizes[0]], runs[sizes[-1]]
     ratio = last.rate / first.rate
     target = f"target >= {0.875 * sizes[-1] / sizes[0]:.1f}x"
@@ -426,11 +435,35 @@ def section(
         str(twice),
         f"target 0; journals say {journal}",
     )
+    report.line(
+        f"replicas: 2, {replicated.members} agents in 2 groups",
+        f"{replicated.rate:.1f} obj/s",
+        f"{replicated.copies.exact} of {replicated.count} versions on exactly 2 volumes"
+        f" (target all); {replicated.copies.twice} on more, {replicated.copies.missing} on fewer",
+    )
     report.add_summary(
         f"fleet {sizes[-1]}/{sizes[0]} agents {ratio:.2f}x"
-        f" ({last.rate:.0f} / {first.rate:.0f} obj/s), {twice} copied twice"
+        f" ({last.rate:.0f} / {first.rate:.0f} obj/s), {twice} copied twice;"
+        f" replicas 2: {replicated.copies.exact}/{replicated.count} on exactly 2 volumes"
     )
     return runs
+
+
+def _replicas_run(
+    s: Settings, root: Path, endpoint: Endpoint, proxy: FaultProxy, objects: Sequence[FleetObject]
+) -> FleetRun:
+    """`fleet.replicas: 2`: two groups of two members, each event fed to both groups' queues
+    (as the SNS fan-out does); every version must end on exactly two volumes."""
+    fleet = make_fleet(
+        root, endpoint.url, proxy.endpoint, "fleet-r2", 2, groups=2, workers=s.fleet_workers
+    )
+    return measure(
+        fleet,
+        objects[: 2 * s.fleet_objects],
+        s.fleet_depth,
+        endpoint_pid=endpoint.pid,
+        calls=proxy.calls_so_far,
+    )
 
 
 class MessageTally:

@@ -41,7 +41,10 @@ def test_the_fleet_section_measures_two_agents_and_counts_every_copy_once(
     # every agent call went through the proxy: at least a receive, a GET and a write each
     assert run.requests >= 3 * run.count
     [summary] = report.summary
-    assert summary.startswith("fleet 2/2 agents 1.00x") and summary.endswith(", 0 copied twice")
+    assert summary.startswith("fleet 2/2 agents 1.00x")
+    # replicas: 2 (two groups of two agents, each event to both queues): every version on
+    # exactly two volumes, one per group
+    assert summary.endswith(", 0 copied twice; replicas 2: 20/20 on exactly 2 volumes")
     out = capsys.readouterr().out
     assert "7. fleet: 2 agents on one queue and one table" in out
     assert "every AWS call +5 ms (proxy)" in out
