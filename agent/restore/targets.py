@@ -189,7 +189,7 @@ class DirectoryTarget:
         something else (without --overwrite). Nothing is under the final name until
         `commit`; a failure leaves no temp file behind."""
         parts = self._parts(item)
-        name, shown = parts[-1], self.destination(item)
+        name, shown = parts[-1], self.tree.shown(parts)
         with self.tree.directory(parts[:-1], create=True) as parent:
             if parent is None:  # pragma: no cover - create=True always yields a directory
                 raise UnsafePath(f"{shown}: its directory could not be opened")
