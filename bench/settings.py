@@ -10,9 +10,9 @@ SECTIONS = ("large", "small", "restore", "compression", "latency", "find")
 HELP = """\
 BENCH_SCALE=0.1            scale every size and count (default 1: 1 GiB, 10,000 objects)
 BENCH_LARGE_MB=1024        the large object; RSS is also measured at BENCH_RSS_MB=64
-BENCH_SMALL_COUNT=10000    small objects per run, of BENCH_SMALL_KB=4 KiB
-BENCH_RATE_COUNT=2000      of them per rate run (agent, agent with receive_ahead, ceiling
-                           loop; the rate is steady long before); the most workers back up all
+BENCH_SMALL_COUNT=10000    small copies section 3 restores, of BENCH_SMALL_KB=4 KiB
+BENCH_RATE_COUNT=2000      small objects per rate run of section 2 (agent, agent with
+                           receive_ahead, ceiling loop; the rate is steady long before)
 BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
 BENCH_RECEIVE_AHEAD=1      also run the agent with consumer.receive_ahead; 0 to skip
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
