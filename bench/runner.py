@@ -308,7 +308,9 @@ class Benchmark:
 
     def compression(self) -> None:
         mb = min(32, self.settings.large_mb)
-        self.report.section(f"4. zstd levels on {mb} MiB of the benchmark data, one thread")
+        self.report.section(
+            f"4. zstd levels, one thread: {mb} MiB of the benchmark data, then real files"
+        )
         for result in compression.measure_levels(self.data_file(mb), mb * MiB):
             self.report.line(
                 f"level {result.level}",
@@ -316,6 +318,30 @@ class Benchmark:
                 f"{mb_per_s(result.size, result.compress_seconds):.0f} MB/s compress, "
                 f"{mb_per_s(result.size, result.decompress_seconds):.0f} MB/s decompress",
             )
+        for corpus in compression.corpora():
+            files = corpus.sample(mb * MiB)
+            if not files:
+                self.report.text(f"{corpus.name}: no files at {corpus.root}")
+                continue
+            size = sum(len(f) for f in files)
+            self.report.text(
+                f"{corpus.name}: {len(files)} files, {size / MiB:.0f} MiB, each compressed alone"
+            )
+            for result in compression.measure_files(files):
+                self.report.line(
+                    f"  level {result.level}",
+                    f"ratio {result.ratio:.2f}",
+                    f"{mb_per_s(result.size, result.compress_seconds):.0f} MB/s compress, "
+                    f"{mb_per_s(result.size, result.decompress_seconds):.0f} MB/s decompress",
+                )
+            adapt = compression.cli_adapt(files)
+            if adapt is not None:
+                ratio, seconds = adapt
+                self.report.line(
+                    "  zstd --adapt -T1 (the CLI, files concatenated)",
+                    f"ratio {ratio:.2f}",
+                    f"{mb_per_s(size, seconds):.0f} MB/s compress",
+                )
 
     # -- 5. latency -------------------------------------------------------------------
 

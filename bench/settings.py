@@ -18,6 +18,8 @@ BENCH_RECEIVE_AHEAD=1      also run the agent with consumer.receive_ahead; 0 to 
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
 BENCH_LATENCY_RATE=20      uploads per second for BENCH_LATENCY_SECONDS=30
 BENCH_FIND_RECORDS=100000  records `find` searches, online and offline (section 6)
+BENCH_CORPORA=/a,/b        section 4's real files (default: the Python stdlib's .py files,
+                           botocore's data, the venv's shared libraries)
 BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency,
                            find)
 BENCH_ENDPOINT=http://…    an existing endpoint instead of a fresh moto_server
