@@ -142,7 +142,7 @@ class Benchmark:
     def small(self) -> None:
         s = self.settings
         self.report.section(
-            f"2. small objects: {s.small_count} x {s.small_kb} KiB, queued → durable and recorded,"
+            f"2. small objects: {s.rate_count} x {s.small_kb} KiB, queued → durable and recorded,"
             f" at most {s.queue_depth} messages outstanding"
         )
         self.report.text(
