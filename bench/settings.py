@@ -10,11 +10,12 @@ SECTIONS = ("large", "small", "restore", "compression", "latency", "find", "flee
 HELP = """\
 BENCH_SCALE=0.1            scale every size and count (default 1: 1 GiB, 10,000 objects)
 BENCH_LARGE_MB=1024        the large object; RSS is also measured at BENCH_RSS_MB=64
-BENCH_SMALL_COUNT=10000    small objects per run, of BENCH_SMALL_KB=4 KiB
-BENCH_RATE_COUNT=2000      of them per rate run (agent, agent with receive_ahead, ceiling
-                           loop; the rate is steady long before); the most workers back up all
+BENCH_SMALL_COUNT=10000    small copies section 3 restores, of BENCH_SMALL_KB=4 KiB
+BENCH_RATE_COUNT=2000      small objects per rate run of section 2 (agent, agent without
+                           receive_ahead, ceiling loop; the rate is steady long before)
 BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
-BENCH_RECEIVE_AHEAD=1      also run the agent with consumer.receive_ahead; 0 to skip
+BENCH_RECEIVE_AHEAD=1      also run the agent without receive_ahead (the default receives
+                           ahead; a run after a crash does not); 0 to skip
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
 BENCH_LATENCY_RATE=20      uploads per second for BENCH_LATENCY_SECONDS=30
 BENCH_FIND_RECORDS=100000  records `find` searches, online and offline (section 6)
@@ -23,6 +24,8 @@ BENCH_FLEET_AGENTS=1,2,4   agent processes on one queue and table (section 7), e
                            with BENCH_FLEET_WORKERS=1 worker(s), at most BENCH_FLEET_DEPTH=10
                            messages outstanding per agent, every AWS call delayed
                            BENCH_FLEET_LATENCY_MS=15 by a proxy
+BENCH_CORPORA=/a,/b        section 4's real files (default: the Python stdlib's .py files,
+                           botocore's data, the venv's shared libraries)
 BENCH_ONLY=large,small     sections to run (large, small, restore, compression, latency,
                            find, fleet)
 BENCH_ENDPOINT=http://…    an existing endpoint instead of a fresh moto_server

@@ -119,7 +119,7 @@ def make_setup(
     workers: int = 4,
     compression_threads: int = 0,
     wait_time_seconds: int = 20,
-    receive_ahead: bool = False,
+    receive_ahead: bool | None = None,
 ) -> Setup:
     """Write a config for scenario `name`, create its resources and initialise its volume."""
     workdir = root / name
@@ -139,9 +139,11 @@ def make_setup(
             "compression_threads": compression_threads,
         },
         "state": {"table": f"bench-{name}"},
-        "consumer": {"workers": workers, "drain_timeout": 10, "receive_ahead": receive_ahead},
+        "consumer": {"workers": workers, "drain_timeout": 10},
         "logging": {"format": "json", "level": "INFO"},
     }
+    if receive_ahead is not None:  # else the default, as an operator runs it
+        raw["consumer"]["receive_ahead"] = receive_ahead
     config_path = workdir / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     config = load_config(config_path)

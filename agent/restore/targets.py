@@ -43,7 +43,7 @@ from agent.records import (
     metadata_size,
 )
 from agent.restore.copies import verified_chunks
-from agent.restore.durable import Barriers, stale_temp, temp_name
+from agent.restore.durable import Barriers, rename_noreplace, stale_temp, temp_name
 from agent.restore.plan import Item
 from agent.restore.source import event_datetime
 from agent.restore.tree import (
@@ -190,7 +190,7 @@ class DirectoryTarget:
         something else (without --overwrite). Nothing is under the final name until
         `commit`; a failure leaves no temp file behind."""
         parts = self._parts(item)
-        name, shown = parts[-1], self.destination(item)
+        name, shown = parts[-1], self.tree.shown(parts)
         with self.tree.directory(parts[:-1], create=True) as parent:
             if parent is None:  # pragma: no cover - create=True always yields a directory
                 raise UnsafePath(f"{shown}: its directory could not be opened")
@@ -277,6 +277,7 @@ class DirectoryTarget:
 
     def _name(self, parent: int, one: Staged) -> BackupAgentError | OSError | None:
         name, shown = one.parts[-1], self.destination(one.item)
+        renamed = False  # the temp name is gone with the rename; else it is removed below
         try:
             found = entry(parent, one.temp)  # walked to again: the same file? (gone: link fails)
             if found is not None and (found.st_dev, found.st_ino) != one.inode:
@@ -284,19 +285,23 @@ class DirectoryTarget:
             if self.overwrite:
                 # renameat replaces the name (a symlink there is replaced, not followed)
                 os.rename(one.temp, name, src_dir_fd=parent, dst_dir_fd=parent)
-            else:
-                try:  # linkat never clobbers a name created meanwhile
+                renamed = True
+                return None
+            try:  # never clobbers a name created meanwhile: renameat2 NOREPLACE, else linkat
+                renamed = rename_noreplace(one.temp, name, parent)
+                if not renamed:
                     os.link(
                         one.temp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False
                     )
-                except FileExistsError:
-                    return RestoreRefused(f"{shown} appeared meanwhile; use --overwrite")
+            except FileExistsError:
+                return RestoreRefused(f"{shown} appeared meanwhile; use --overwrite")
             return None
         except OSError as exc:
             return exc
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(one.temp, dir_fd=parent)
+            if not renamed:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(one.temp, dir_fd=parent)
 
     def _name_barrier(self, touched: Mapping[tuple[str, ...], object]) -> None:
         created = self.tree.take_created()
@@ -352,8 +357,10 @@ class DirectoryTarget:
     ) -> tuple[int, int]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temp, flags, 0o600, dir_fd=parent)
-        os.fchmod(fd, self.file_mode)  # exactly the mode asked for, whatever the umask
         with os.fdopen(fd, "wb") as sink:
+            created = os.fstat(fd)
+            if stat.S_IMODE(created.st_mode) != self.file_mode:  # not already, by the umask
+                os.fchmod(fd, self.file_mode)  # exactly the mode asked for, whatever the umask
             writer = WritebackAsYouGo(sink)  # the fsync below then waits only for the tail
             # closing(): a failed write stops the read-ahead thread now, not at garbage collection
             with contextlib.closing(verified_chunks(self.volume, item.record)) as chunks:
@@ -365,8 +372,7 @@ class DirectoryTarget:
             os.utime(sink.fileno(), (stamp, stamp))  # by descriptor: the file just written
             if not self.barriers.whole_filesystem:  # else one syncfs per batch (durable.py)
                 self.barriers.fsync(sink.fileno())
-            written = os.fstat(sink.fileno())
-        return written.st_dev, written.st_ino
+        return created.st_dev, created.st_ino
 
 
 class S3Target:

@@ -53,6 +53,7 @@ class TargetTree:
     def __init__(self, root: Path, *, dir_mode: int) -> None:
         self.path = root
         self.dir_mode = dir_mode
+        self._shown_root = str(root)
         self._fd: int | None = None
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[[int], TargetTree] | None = None
@@ -113,8 +114,10 @@ class TargetTree:
         return created
 
     def shown(self, parts: tuple[str, ...]) -> str:
-        """A path for messages only: never opened."""
-        return str(self.path.joinpath(*parts))
+        """A path for messages only: never opened. (Parts are single clean components,
+        paths.py: a string join gives what Path.joinpath would, at a fraction of its cost,
+        which was 3% of a restore of small files.)"""
+        return os.path.join(self._shown_root, *parts)
 
     def _open_root(self, *, create: bool) -> int | None:
         created = False
