@@ -436,7 +436,7 @@ def section(
         f"target 0; journals say {journal}",
     )
     report.line(
-        f"replicas: 2, {replicated.members} agents in 2 groups",
+        f"replicas: 2, {replicated.members} agents in each of 2 groups",
         f"{replicated.rate:.1f} obj/s",
         f"{replicated.copies.exact} of {replicated.count} versions on exactly 2 volumes"
         f" (target all); {replicated.copies.twice} on more, {replicated.copies.missing} on fewer",
