@@ -19,8 +19,11 @@ version it removes; that version counts as replaced from its removal on.
 In a fleet (several volumes on one table) each member acts on its own volume's records only
 (`acts_on`: `holders.held_by`, and records of older releases that name no volume): the
 policy still reads the key's whole history, so "the newest N" means fleet-wide, but the
-expiry note goes to the journal of the volume that holds the copy, whose gc frees it. A
-key's LATEST goes with its last record, by whichever member expires that one.
+expiry note goes to the journal of the volume that holds the copy, whose gc frees it. With
+replicas a version has a holder per replica group, and each expires it on its own: it
+journals the expiry and releases its hold (`Ledger.release`); the item goes with the last
+holder, so every holder's retention still sees it. A key's LATEST goes with its last
+record, by whichever member deletes that one.
 
 Expiring a version: a journal note ``{"kind": "expired", ...record}`` is appended and
 fsynced first (so a journal replay forgets the version too), then the DynamoDB version
@@ -257,15 +260,18 @@ class Retention:
             return  # never expire the current version of a live key
         expired = [r for r in versions if r.version_token not in kept and self.acts_on(r)]
         others = [r for r in versions if r.version_token not in kept and not self.acts_on(r)]
+        forgotten = True  # every expired item deleted: no other volume holds one of them
         for record in expired:
             report.expired += 1
             report.expired_stored_bytes += record.stored_size or 0
             if report.dry_run:
                 report.would_expire.append(record)
+                forgotten = forgotten and not self._shared(record)
             else:
-                self.expire(record, now)
+                forgotten = self.expire(record, now) and forgotten
                 report.expired_records.append(record)
-        whole_key = not kept and bool(versions) and not others  # the key's last records
+        # the key's last records: LATEST goes too (a replica still held keeps it listed)
+        whole_key = not kept and bool(versions) and not others and forgotten
         if whole_key:
             report.keys_expired += 1
             if not report.dry_run:
@@ -281,8 +287,19 @@ class Retention:
         if others:
             log.debug("retention.left_to_holders", key=latest.key, versions=len(others))
 
-    def expire(self, record: VersionRecord, now: datetime) -> None:
-        """Journal first (a replay forgets it too), then the ledger."""
+    def expire(self, record: VersionRecord, now: datetime) -> bool:
+        """Journal first (a replay forgets it too), then the ledger: in a fleet this
+        volume releases its hold (`Ledger.release`), and the item goes with the last
+        holder. True when the item is gone."""
         self.journal.append_note("expired", {**record.to_dict(), "expired_at": now.isoformat()})
-        self.ledger.delete_version(record)
         self.stats.count("retention.expired")
+        if self.volume_id is None or not record.volume_id:
+            self.ledger.delete_version(record)  # one holder of everything: this volume
+            return True
+        return self.ledger.release(record, self.volume_id)
+
+    def _shared(self, record: VersionRecord) -> bool:
+        """Does another volume hold `record` too (a replica)?"""
+        if self.volume_id is None or not record.volume_id:
+            return False
+        return any(v != self.volume_id for v in record.holder_volumes())

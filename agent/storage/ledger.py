@@ -40,7 +40,14 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from agent import history, order
 from agent.aws import classify, error_code
-from agent.records import Rejection, Rejections, VersionRecord, digest_named, validated
+from agent.records import (
+    MAX_HOLDERS,
+    Rejection,
+    Rejections,
+    VersionRecord,
+    digest_named,
+    validated,
+)
 from agent.storage import key_index
 
 if TYPE_CHECKING:
@@ -51,9 +58,13 @@ VERSION_PREFIX = "V#"
 KEY_INDEX = "by-key"
 SETTLE_ATTEMPTS = 5
 RECENT_REMOVALS = 4096
-# What a replica group's holder write (UpdateItem) touches: the key and `holders`, nothing
-# else (IAM's dynamodb:Attributes must list the key attributes too).
-HOLDER_ATTRIBUTES = ("pk", "sk", "holders")
+# What a replica group's holder writes (UpdateItem) touch: the key, `holders`, and
+# `volume_id` (a release by the volume it names moves it to a holder left), nothing else
+# (IAM's dynamodb:Attributes must list the key attributes too).
+HOLDER_ATTRIBUTES = ("pk", "sk", "holders", "volume_id")
+# A release retries while other holders change the item; each failure is another's add or
+# release, at most two per replica group.
+RELEASE_ATTEMPTS = 2 * MAX_HOLDERS + SETTLE_ATTEMPTS
 
 log = structlog.get_logger("agent.ledger")
 
@@ -83,6 +94,64 @@ def parse_item(item: Any) -> VersionRecord | Rejection:
     ):
         return Rejection("dynamodb", where, "pk and sk do not name this record")
     return record
+
+
+def _holder_state(
+    seen: VersionRecord,
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """A condition (with its names and values) that holds while the item's holders are
+    those of `seen`: its `volume_id` and exactly its `holders` map (or none)."""
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    if seen.volume_id:
+        parts = ["volume_id = :seen_volume"]
+        values[":seen_volume"] = {"S": seen.volume_id}
+    else:
+        parts = ["(attribute_not_exists(volume_id) OR size(volume_id) = :zero)"]
+        values[":zero"] = {"N": "0"}
+    if seen.holders is None:
+        parts.append("attribute_not_exists(holders)")
+    else:
+        parts.append("size(holders) = :seen_count")
+        values[":seen_count"] = {"N": str(len(seen.holders))}
+        for index, (group, volume) in enumerate(sorted(seen.holders.items())):
+            names[f"#h{index}"] = group
+            values[f":h{index}"] = {"S": volume}
+            parts.append(f"holders.#h{index} = :h{index}")
+    return " AND ".join(parts), names, values
+
+
+def _released(seen: VersionRecord, volume_id: str) -> tuple[str, dict[str, str]] | None:
+    """The holders of `seen` once `volume_id` let go: (`volume_id`, `holders`), with
+    `volume_id` moved to a holder left if it named the one going; None when none is left."""
+    holders = {g: v for g, v in sorted((seen.holders or {}).items()) if v != volume_id}
+    first = seen.volume_id
+    if first == volume_id:
+        first = next(iter(holders.values()), "")
+    if not first:
+        return None
+    return first, holders
+
+
+def _release_update(
+    seen: VersionRecord,
+    left: tuple[str, dict[str, str]],
+    names: dict[str, str],
+    values: dict[str, Any],
+) -> str:
+    """The UpdateExpression taking `seen`'s holders to `left` (names and values added to
+    the condition's: the groups' placeholders are the condition's #h<i>)."""
+    first, holders = left
+    removed = [n for n, g in names.items() if n.startswith("#h") and g not in holders]
+    clauses = []
+    if first != seen.volume_id:
+        values[":first"] = {"S": first}
+        clauses.append("SET volume_id = :first")
+    if seen.holders is not None and not holders:
+        clauses.append("REMOVE holders")  # the holder left is an older release's volume_id
+    elif removed:
+        clauses.append("REMOVE " + ", ".join(f"holders.{n}" for n in sorted(removed)))
+    return " ".join(clauses)
 
 
 def _key_text(item: Any, name: str) -> str:
@@ -152,15 +221,33 @@ class Ledger:
 
     def reorder(self, record: VersionRecord, order_key: str) -> None:
         """Give a recorded version another place in the order (reconcile's correction,
-        journalled by the caller first), then settle LATEST."""
-        moved = dataclasses.replace(record, order_key=order_key)
+        journalled by the caller first), then settle LATEST. The item is written whole
+        (PutItem: the agent's role has no UpdateItem of order_key), conditionally on its
+        holders being the ones read (`_holder_state`): a holder another replica group adds
+        (or releases) meanwhile makes it read the item again and write that one moved."""
+        seen: VersionRecord = record
         with self._holding(object_pk(record.bucket, record.key)):
-            self._conditional(  # PutItem, not UpdateItem: the agent's role has PutItem
-                "PutItem",
-                self._db.put_item,
-                Item=self._item(moved, VERSION_PREFIX + record.version_token),
-                ConditionExpression="attribute_exists(pk)",
-            )
+            for _ in range(RELEASE_ATTEMPTS):
+                moved = dataclasses.replace(seen, order_key=order_key)
+                condition, names, values = _holder_state(seen)
+                request: dict[str, Any] = {
+                    "TableName": self.table,
+                    "Item": self._item(moved, VERSION_PREFIX + record.version_token),
+                    "ConditionExpression": "attribute_exists(pk) AND " + condition,
+                    "ExpressionAttributeValues": values,
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+                if names:
+                    request["ExpressionAttributeNames"] = names
+                changed = self._refused("PutItem", self._db.put_item, request)
+                if changed is None:
+                    break
+                fresh = parse_item(changed) if changed else None
+                if not isinstance(fresh, VersionRecord):
+                    break  # gone (retention) or malformed meanwhile: nothing to move
+                seen = fresh
+            else:
+                raise RuntimeError(f"holders of {record.key} kept changing while reordered")
             self.settle(record.bucket, record.key)
 
     def _after_removal(self, removal: VersionRecord) -> None:
@@ -346,6 +433,65 @@ class Ledger:
             self._db.delete_item,
             Key=self._key(record.bucket, record.key, VERSION_PREFIX + record.version_token),
         )
+
+    def release(self, record: VersionRecord, volume_id: str) -> bool:
+        """Volume `volume_id` lets go of its copy of `record` (retention expired it there,
+        journal first): its replica group's entry leaves `holders` and, if `volume_id` names
+        it, `volume_id` moves to a holder left (`holder_volumes` stays the truth for old
+        readers too). The member whose release leaves no holder deletes the item. Every
+        write is conditional on the holders being the ones read (`_holder_state`), so of
+        two members releasing at once exactly one sees itself last; a refusal reads the
+        item again (ALL_OLD) and decides anew. True when this call deleted the item."""
+        key = self._key(record.bucket, record.key, VERSION_PREFIX + record.version_token)
+        seen: VersionRecord | None = record
+        for _ in range(RELEASE_ATTEMPTS):
+            if seen is None or volume_id not in seen.holder_volumes():
+                return False  # gone, or released already (a retry after a timeout)
+            condition, names, values = _holder_state(seen)
+            request: dict[str, Any] = {
+                "TableName": self.table,
+                "Key": key,
+                "ConditionExpression": condition,
+                "ExpressionAttributeValues": values,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            }
+            left = _released(seen, volume_id)
+            if left is None:
+                what, call = "DeleteItem", self._db.delete_item
+            else:
+                what, call = "UpdateItem holders", self._db.update_item
+                request["UpdateExpression"] = _release_update(seen, left, names, values)
+            if names:
+                request["ExpressionAttributeNames"] = names
+            changed = self._refused(what, call, request)
+            if changed is None:
+                log.info(
+                    "ledger.holder_released",
+                    pk=key["pk"]["S"],
+                    sk=key["sk"]["S"],
+                    volume_id=volume_id,
+                    deleted=left is None,
+                )
+                return left is None
+            fresh = parse_item(changed) if changed else None
+            seen = fresh if isinstance(fresh, VersionRecord) else None
+            if isinstance(fresh, Rejection):
+                self.rejections.add(fresh)
+        raise RuntimeError(f"holders of {key['pk']['S']} {key['sk']['S']} kept changing")
+
+    def _refused(self, what: str, call: Any, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Make a conditional request: None when done, else the item the condition refused
+        (ALL_OLD; empty when there is none)."""
+        try:
+            call(**request)
+        except botocore.exceptions.ClientError as exc:
+            if error_code(exc) != "ConditionalCheckFailedException":
+                raise classify(exc, "DynamoDB " + what) from exc
+            old: Any = exc.response.get("Item")
+            return old if isinstance(old, dict) else {}
+        except botocore.exceptions.BotoCoreError as exc:
+            raise classify(exc, "DynamoDB " + what) from exc
+        return None
 
     def delete_latest(self, bucket: str, key: str, expected_token: str) -> bool:
         """Forget a key's LATEST only if it still points at `expected_token`."""
