@@ -26,9 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import quote_plus
 
 import psutil
 import yaml
@@ -42,7 +40,7 @@ from bench.data import small_payload
 from bench.proxy import Exchange, FaultProxy
 from bench.report import Report
 from bench.settings import Settings
-from bench.small import Feeder
+from bench.small import Feeder, event_body
 from bench.stack import AgentRun, Endpoint, Setup, make_setup
 from tests.support.local_aws import AgentProcess
 
@@ -153,25 +151,6 @@ def upload_objects(clients: Clients, count: int, size: int, threads: int = 4) ->
         return list(pool.map(put, range(count)))
 
 
-def event_body(obj: FleetObject, when: datetime | None = None) -> str:
-    """An `ObjectCreated:Put` notification as moto_server sends it (as in section 2)."""
-    when = when or datetime.now(UTC)
-    record = {
-        "eventVersion": "2.1",
-        "eventSource": "aws:s3",
-        "awsRegion": "us-east-1",
-        "eventTime": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "s3SchemaVersion": "1.0",
-            "configurationId": "backup-agent",
-            "bucket": {"name": BUCKET, "arn": f"arn:aws:s3:::{BUCKET}"},
-            "object": {"key": quote_plus(obj.key), "size": obj.size, "eTag": obj.etag},
-        },
-    }
-    return json.dumps({"Records": [record]})
-
-
 def make_fleet(
     root: Path,
     endpoint: str,
@@ -233,7 +212,7 @@ def measure(
     try:
         with ThreadPoolExecutor(len(runs)) as pool:
             list(pool.map(AgentRun.start, runs))
-        bodies = [event_body(obj) for obj in objects]
+        bodies = [event_body(obj, bucket=BUCKET) for obj in objects]
         count = len(bodies)
         endpoint = psutil.Process(endpoint_pid) if endpoint_pid else None
         agents = [psutil.Process(run.process.pid) for run in runs]

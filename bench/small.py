@@ -15,7 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote_plus, unquote_plus
 
 import botocore.exceptions
@@ -56,8 +56,19 @@ def upload_objects(clients: Clients, count: int, size: int, threads: int = 4) ->
         return list(pool.map(put, range(count)))
 
 
-def event_body(obj: SmallObject, when: datetime | None = None) -> str:
-    """An `ObjectCreated:Put` notification exactly as moto_server sends it."""
+class Uploaded(Protocol):
+    """What an event names of an uploaded object (SmallObject, bench.fleet's FleetObject)."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def etag(self) -> str: ...
+
+
+def event_body(obj: Uploaded, when: datetime | None = None, bucket: str = BUCKET) -> str:
+    """An `ObjectCreated:Put` notification of `bucket` exactly as moto_server sends it."""
     when = when or datetime.now(UTC)
     record = {
         "eventVersion": "2.1",
@@ -68,7 +79,7 @@ def event_body(obj: SmallObject, when: datetime | None = None) -> str:
         "s3": {
             "s3SchemaVersion": "1.0",
             "configurationId": "backup-agent",
-            "bucket": {"name": BUCKET, "arn": f"arn:aws:s3:::{BUCKET}"},
+            "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
             "object": {"key": quote_plus(obj.key), "size": obj.size, "eTag": obj.etag},
         },
     }
