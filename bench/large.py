@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,69 @@ class AgentBackup:
     sha256: str
     agent_cpu: float  # CPU seconds the agent process used for this object
     endpoint_cpu: float | None  # and the endpoint (moto_server), when it runs here
+    timeline: CpuTimeline | None = None
+
+
+class CpuTimeline:
+    """CPU seconds of the agent and the endpoint, sampled every `interval` seconds while an
+    object is backed up: where the wall time is not covered by every CPU working."""
+
+    def __init__(
+        self, agent: psutil.Process, endpoint: psutil.Process | None, interval: float = 0.02
+    ) -> None:
+        self.processes = (agent, endpoint)
+        self.interval = interval
+        self.samples: list[tuple[float, float, float]] = []  # (seconds, agent CPU, endpoint CPU)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
+
+    def start(self) -> CpuTimeline:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+    def sample(self) -> None:
+        agent, endpoint = self.processes
+        with contextlib.suppress(psutil.Error):
+            self.samples.append((time.perf_counter(), cpu_seconds(agent), cpu_seconds(endpoint)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def slices(self, count: int = 10) -> list[tuple[float, float]]:
+        """Agent and endpoint CPUs busy (0..cpus) in each of `count` equal slices of the run."""
+        if len(self.samples) < 2:
+            return []
+        start, end = self.samples[0][0], self.samples[-1][0]
+        width = (end - start) / count
+        out = []
+        for index in range(count):
+            low, high = start + index * width, start + (index + 1) * width
+            a0, e0 = _cpu_at(self.samples, low)
+            a1, e1 = _cpu_at(self.samples, high)
+            out.append(((a1 - a0) / width, (e1 - e0) / width))
+        return out
+
+
+def _cpu_at(samples: list[tuple[float, float, float]], moment: float) -> tuple[float, float]:
+    """The cumulative CPU seconds at `moment`, interpolated between samples."""
+    previous = samples[0]
+    for sample in samples[1:]:
+        if sample[0] >= moment:
+            span = sample[0] - previous[0]
+            share = (moment - previous[0]) / span if span > 0 else 1.0
+            return (
+                previous[1] + share * (sample[1] - previous[1]),
+                previous[2] + share * (sample[2] - previous[2]),
+            )
+        previous = sample
+    return samples[-1][1], samples[-1][2]
 
 
 @dataclass(frozen=True)
@@ -83,17 +148,28 @@ def agent_backup(
         idle = run.rss.reset()
         before = len(run.log.named("backup.stored"))
         cpu = (cpu_seconds(agent), cpu_seconds(endpoint) if endpoint else 0.0)
+        timeline = CpuTimeline(agent, endpoint).start()
         started = time.perf_counter()
-        setup.clients.sqs.send_message(QueueUrl=setup.queue_url, MessageBody=event_body)
-        stored = run.log.wait_for("backup.stored", before + 1)[-1]
-        seconds = time.perf_counter() - started
+        try:
+            setup.clients.sqs.send_message(QueueUrl=setup.queue_url, MessageBody=event_body)
+            stored = run.log.wait_for("backup.stored", before + 1)[-1]
+            seconds = time.perf_counter() - started
+        finally:
+            timeline.stop()
         agent_cpu = cpu_seconds(agent) - cpu[0]
         endpoint_cpu = cpu_seconds(endpoint) - cpu[1] if endpoint else None
         run.rss.sample()
         if int(stored["bytes"]) != size:
             raise RuntimeError(f"agent stored {stored['bytes']} bytes, expected {size}")
         return AgentBackup(
-            size, seconds, idle, run.rss.peak, str(stored["sha256"]), agent_cpu, endpoint_cpu
+            size,
+            seconds,
+            idle,
+            run.rss.peak,
+            str(stored["sha256"]),
+            agent_cpu,
+            endpoint_cpu,
+            timeline,
         )
     finally:
         run.stop()

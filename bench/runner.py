@@ -124,6 +124,14 @@ class Benchmark:
                 f"{bound:.2f}x",
                 f"the agent reaches {busy / self.cpus / agent.seconds:.2f} of that CPU bound",
             )
+            slices = agent.timeline.slices() if agent.timeline else []
+            if slices:  # where the wall time is not covered by every CPU working
+                r.line(
+                    "CPUs busy by tenth of the run",
+                    " ".join(f"{a + e:.1f}" for a, e in slices),
+                    f"of {self.cpus}; the endpoint's part: "
+                    + " ".join(f"{e:.1f}" for _, e in slices),
+                )
         vs_ceiling = ceiling / agent.seconds
         vs_script = script.seconds / agent.seconds
         r.line("agent / ceiling", f"{vs_ceiling:.2f}x", "target >= 0.9x")
