@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,3 +422,128 @@ def test_the_copy_is_fsynced_then_its_directory_after_the_rename(volume, fsynced
     assert len(temp) == 1 and temp[0].endswith(".part")
     assert fsynced.index(temp[0]) < fsynced.index(str(copy.path.parent))
     assert str(volume.objects_dir) in fsynced  # the new objects/ab directory entry
+
+
+# -- a large object is read and hashed in a thread of its own (issue 19) ---------------------
+
+LARGE = os.urandom(3 << 20) + TEXT * 40  # about 6.6 MiB: above readahead.THREAD_FROM_BYTES
+
+
+def recording(data: bytes, size: int, readers: list[int]) -> Iterator[bytes]:
+    """`data` in chunks of `size`, noting the thread that reads each one."""
+    for chunk in chunks_of(data, size):
+        readers.append(threading.get_ident())
+        yield chunk
+
+
+def read_ahead_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "read-ahead"]
+
+
+@pytest.mark.parametrize(
+    ("data", "size", "in_a_thread"),
+    [
+        (TEXT, 1, False),
+        (TEXT, len(TEXT), False),
+        (LARGE, 1 << 20, True),
+        (LARGE, 65_537, True),
+        (LARGE, len(LARGE), True),
+    ],
+    ids=["small-1B", "small-whole", "large-1MiB", "large-odd", "large-whole"],
+)
+@pytest.mark.parametrize("known_size", [True, False], ids=["size", "no-size"])
+def test_the_copy_and_its_checksums_are_the_same_whatever_the_chunking(
+    volume, data, size, in_a_thread, known_size
+):
+    readers: list[int] = []
+    expect = Expectation(
+        size=len(data) if known_size else None, md5_hex=hashlib.md5(data).hexdigest()
+    )
+
+    copy = volume.write_copy(recording(data, size, readers), SETTINGS, expect)
+
+    assert (copy.sha256, copy.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    with volume.open_copy(copy.sha256) as reader:
+        assert reader.read() == data
+    volume.verify_copy(copy.sha256, len(data))
+    # an unknown size is read in a thread whatever the object turns out to be
+    threaded = in_a_thread or not known_size
+    here = threading.get_ident()
+    assert len(set(readers)) == 1
+    assert (readers[0] == here) is not threaded
+    assert read_ahead_threads() == []  # the reader thread has ended when the copy is made
+
+
+def test_chunkings_of_one_object_make_byte_identical_copies(volume, backup_root):
+    first = volume.write_copy(chunks_of(LARGE, 1 << 20), SETTINGS, Expectation(len(LARGE)))
+    stored = first.path.read_bytes()
+    first.path.unlink()
+    second = volume.write_copy(chunks_of(LARGE, 4097), SETTINGS, Expectation(len(LARGE)))
+    assert second.sha256 == first.sha256
+    assert second.path.read_bytes() == stored
+
+
+@pytest.mark.parametrize(
+    ("expect", "reason"),
+    [
+        (Expectation(size=len(LARGE) + 1), f"read {len(LARGE)} bytes, expected {len(LARGE) + 1}"),
+        (Expectation(size=len(LARGE) - 1), f"longer than the expected {len(LARGE) - 1} bytes"),
+        (
+            Expectation(size=len(LARGE), md5_hex=hashlib.md5(b"tampered").hexdigest()),
+            "does not match eTag",
+        ),
+    ],
+    ids=["short", "long", "md5"],
+)
+def test_a_large_download_that_does_not_match_is_refused_too(volume, expect, reason):
+    """The checks run in the reader thread; their IntegrityError is raised to the caller."""
+    with pytest.raises(IntegrityError, match=reason):
+        volume.write_copy(chunks_of(LARGE, 1 << 20), SETTINGS, expect)
+    assert objects_and_tmp(volume) == []
+    assert read_ahead_threads() == []
+
+
+def test_a_tampered_byte_in_a_large_download_is_refused(volume):
+    """The eTag's MD5 is of the bytes S3 holds; one byte changed on the way is caught."""
+    tampered = bytearray(LARGE)
+    tampered[len(LARGE) // 2] ^= 0x01
+    expect = Expectation(size=len(LARGE), md5_hex=hashlib.md5(LARGE).hexdigest())
+    with pytest.raises(IntegrityError, match="does not match eTag"):
+        volume.write_copy(chunks_of(bytes(tampered), 1 << 20), SETTINGS, expect)
+    assert objects_and_tmp(volume) == []
+
+
+def test_a_large_source_failing_midway_raises_its_own_error_and_leaves_nothing(volume):
+    with pytest.raises(SourceFailed, match="connection reset"):
+        volume.write_copy(
+            failing_after(LARGE, 200, SourceFailed("connection reset")),
+            SETTINGS,
+            Expectation(size=len(LARGE)),
+        )
+    assert objects_and_tmp(volume) == []
+    assert read_ahead_threads() == []
+
+
+def test_a_failed_write_stops_the_reader_before_write_copy_returns(volume, monkeypatch):
+    """The caller closes the download once write_copy returns: no read may still be running
+    or start after that (the reader thread is stopped and joined on the way out)."""
+    reads = 0
+    noise = os.urandom(1 << 20)  # incompressible: zstd writes once its first 8 MiB job is done
+
+    def source() -> Iterator[bytes]:
+        nonlocal reads
+        for _ in range(32):
+            reads += 1
+            yield noise
+
+    def full(self: WritebackAsYouGo, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(WritebackAsYouGo, "write", full)
+    with pytest.raises(DiskFull):
+        volume.write_copy(source(), SETTINGS, Expectation(size=32 << 20))
+    assert read_ahead_threads() == []
+    reads_when_returned = reads
+    assert reads_when_returned < 32  # stopped early, not read to the end
+    assert reads == reads_when_returned
+    assert objects_and_tmp(volume) == []
