@@ -187,13 +187,22 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def plain_get(setup: Setup, key: str) -> float:
+@dataclass(frozen=True)
+class PlainGet:
+    seconds: float
+    first_byte: float  # seconds until the first chunk: moto_server reads the whole object first
+
+
+def plain_get(setup: Setup, key: str) -> PlainGet:
     """A streaming GET of the object to nowhere, in the agent's chunk size."""
     started = time.perf_counter()
     body = setup.clients.s3.get_object(Bucket=BUCKET, Key=key)["Body"]
+    first_byte = None
     while body.read(CHUNK):
-        pass
-    return time.perf_counter() - started
+        if first_byte is None:
+            first_byte = time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return PlainGet(seconds, seconds if first_byte is None else first_byte)
 
 
 def zstd_cli(path: Path, threads: int, level: int = 3) -> tuple[float, float]:
