@@ -6,10 +6,18 @@ import hashlib
 import json
 import threading
 
+import botocore.exceptions
 import pytest
 from structlog.testing import capture_logs
 
-from agent.errors import DiskFull, ObjectGone, PermanentError, RetryableError, VolumeNotReady
+from agent.errors import (
+    DiskFull,
+    IntegrityError,
+    ObjectGone,
+    PermanentError,
+    RetryableError,
+    VolumeNotReady,
+)
 from agent.events import ObjectEvent, parse_message
 from agent.pipeline.backup import BackupService, Outcome
 from agent.storage.ledger import Ledger
@@ -452,3 +460,77 @@ def test_a_delete_marker_marks_the_key_deleted_whatever_its_version_id(versioned
     service.process(created("doc.txt", b"first", sequencer="10", **v1))
     service.process(removed("doc.txt", versionId="marker-id", sequencer="20"))
     assert Ledger(versioned.dynamodb, TABLE).latest(BUCKET, "doc.txt").deleted is True
+
+
+# -- a large download is read in a thread of its own (issue 19): the same checks apply -------
+
+LARGE = hashlib.sha256(b"seed").digest() * (200 << 10)  # 6.25 MiB: read ahead in a thread
+
+
+class InterferedBody(WatchedBody):
+    """A GetObject body whose `at`-th read is changed by `interfere`; notes each reader."""
+
+    def __init__(self, body, at: int, interfere) -> None:
+        super().__init__(body)
+        self.at = at
+        self.interfere = interfere
+        self.readers: list[int] = []
+        self.reads_after_close = 0
+
+    def read(self, *args):
+        self.readers.append(threading.get_ident())
+        if self.closed:
+            self.reads_after_close += 1
+        data = self._body.read(*args)
+        if len(self.readers) == self.at:
+            return self.interfere(data)
+        return data
+
+
+def interfere_with_reads(s3, at: int, interfere) -> list[InterferedBody]:
+    bodies: list[InterferedBody] = []
+
+    def wrap(parsed, **_):
+        if "Body" in parsed and not bodies:  # the first GetObject only
+            parsed["Body"] = InterferedBody(parsed["Body"], at, interfere)
+            bodies.append(parsed["Body"])
+
+    s3.meta.events.register("after-call.s3.GetObject", wrap)
+    return bodies
+
+
+def flip_a_byte(data: bytes) -> bytes:
+    return data[:100] + bytes([data[100] ^ 1]) + data[101:]
+
+
+def test_a_large_download_tampered_on_the_way_is_refused_and_nothing_recorded(aws, service, volume):
+    etag = put(aws, "big.bin", LARGE)["eTag"]  # single part: the eTag is the MD5
+    bodies = interfere_with_reads(aws.s3, 30, flip_a_byte)
+
+    with pytest.raises(IntegrityError, match="does not match eTag"):
+        service.process(created("big.bin", LARGE, eTag=etag))
+
+    (body,) = bodies
+    assert threading.get_ident() not in body.readers  # read in the reader thread
+    assert body.closed and body.reads_after_close == 0
+    assert not volume.has_copy(hashlib.sha256(LARGE).hexdigest())
+    assert list(volume.objects_dir.rglob("*.zst")) == [] and list(volume.tmp_dir.iterdir()) == []
+    assert Ledger(aws.dynamodb, TABLE).versions(BUCKET, "big.bin") == []
+    assert journal_lines(volume) == []
+
+
+def test_a_large_download_that_times_out_midway_is_retryable(aws, service, volume):
+    etag = put(aws, "big.bin", LARGE)["eTag"]
+
+    def time_out(data: bytes) -> bytes:
+        raise botocore.exceptions.ReadTimeoutError(endpoint_url="http://s3")
+
+    bodies = interfere_with_reads(aws.s3, 30, time_out)
+    with pytest.raises(RetryableError, match="S3 read of s3://"):
+        service.process(created("big.bin", LARGE, eTag=etag))
+    assert bodies[0].closed and bodies[0].reads_after_close == 0
+    assert list(volume.tmp_dir.iterdir()) == []
+
+    copy = service.process(created("big.bin", LARGE, eTag=etag, sequencer="FF"))  # redelivered
+    assert copy.outcome is Outcome.STORED
+    volume.verify_copy(hashlib.sha256(LARGE).hexdigest(), len(LARGE))
