@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.errors import DiskFull, IntegrityError, RetryableError, VolumeNotReady
 from agent.storage.volume import (
@@ -547,3 +550,31 @@ def test_a_failed_write_stops_the_reader_before_write_copy_returns(volume, monke
     assert reads_when_returned < 32  # stopped early, not read to the end
     assert reads == reads_when_returned
     assert objects_and_tmp(volume) == []
+
+
+@given(
+    data=st.binary(min_size=0, max_size=20_000),
+    cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=12),
+    known_size=st.booleans(),
+    md5=st.booleans(),
+)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_chunking_gives_the_same_digest_size_and_bytes(volume, data, cuts, known_size, md5):
+    """Chunk boundaries anywhere (empty chunks too), inline (known small size) or in the reader
+    thread (unknown size): the copy is of `data`, named by its SHA-256, and the MD5 check
+    passes; the same with one byte more announced is refused."""
+    bounds = sorted({0, len(data), *(cut for cut in cuts if cut <= len(data))})
+    chunks = [part for a, b in itertools.pairwise(bounds) for part in (data[a:b], b"")]
+    expect = Expectation(
+        size=len(data) if known_size else None,
+        md5_hex=hashlib.md5(data).hexdigest() if md5 else None,
+    )
+    copy = volume.write_copy(iter(chunks), SETTINGS, expect)
+    assert (copy.sha256, copy.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    volume.verify_copy(copy.sha256, len(data))
+    if known_size:
+        with pytest.raises(IntegrityError):
+            volume.write_copy(iter(chunks), SETTINGS, Expectation(size=len(data) + 1))
+    assert read_ahead_threads() == []
