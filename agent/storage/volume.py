@@ -353,8 +353,10 @@ class _Digests:
     chunks ahead of the zstd stream. The download's socket reads and SHA-256 (both release
     the GIL) then overlap with zstd's copy of its input and with the waits for its workers,
     instead of adding to them in one thread: the thread feeding zstd carries about a third
-    of the CPU it did, which on a machine with more cores than two is what bounded a large
-    backup. Small objects are read inline (a thread costs more than it overlaps there).
+    of the CPU it did (0.5 instead of 1.5 CPU s per GiB here), which is what would bound a
+    large backup on a machine with more CPUs than one thread can feed zstd workers for (not
+    measured: docs/benchmarks.md). Small objects are read inline (a thread costs more than
+    it overlaps there).
 
     Sizes are checked here, before zstd sees the bytes: it enforces the pledged size itself
     and would otherwise replace the IntegrityError with its own "Src size is incorrect".
