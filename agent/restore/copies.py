@@ -7,6 +7,7 @@ and size. Restores, uploads and `verify` all read copies through it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Generator
 
@@ -14,7 +15,6 @@ import zstandard
 
 from agent.errors import IntegrityError
 from agent.records import VersionRecord
-from agent.storage import readahead
 from agent.storage.volume import READ_CHUNK, Volume
 
 
@@ -44,9 +44,10 @@ def verified_chunks(
     digest = hashlib.sha256()
     total = 0
     try:
-        with volume.open_copy(record.sha256) as reader:
-            # A large copy decompresses ahead in its own thread: hash and write overlap.
-            for data in readahead.chunks(lambda: reader.read(chunk), record.size):
+        # A large copy decompresses ahead in other threads (frames on every core, else one
+        # read-ahead thread): hash and write overlap with it.
+        with contextlib.closing(volume.copy_chunks(record.sha256, record.size)) as chunks:
+            for data in chunks:
                 if record.size is not None and total + len(data) > record.size:
                     # A planted or damaged copy that expands past the record: stop before a
                     # byte beyond the recorded size reaches the target (disk and memory flat).
