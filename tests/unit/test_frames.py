@@ -6,6 +6,7 @@ hundred KiB hold several frames; the code paths are the ones a 1 GiB copy takes.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from agent.errors import IntegrityError
 from agent.records import VersionRecord
+from agent.restore import copies
 from agent.restore.copies import CorruptCopy, verified_chunks
 from agent.storage import frames
 from agent.storage import volume as volume_module
@@ -258,3 +260,22 @@ def test_any_size_frame_and_chunking_round_trips(
             assert reader.read() == data
     finally:
         volume_module.FRAME_BYTES = saved
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_hashing_in_its_own_thread_verifies_the_same(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, split: bool
+) -> None:
+    monkeypatch.setattr(copies, "THREAD_FROM_BYTES", 0)  # every copy hashed in a thread
+    data = data_of(4 * FRAME + 9)
+    copy = store(volume, data, known_size=split)
+    assert b"".join(verified_chunks(volume, record_of(copy))) == data
+    wrong = dataclasses.replace(record_of(copy), sha256="0" * 64)
+    volume.copy_path(wrong.sha256 or "").parent.mkdir(exist_ok=True)
+    shutil.copy(copy.path, volume.copy_path(wrong.sha256 or ""))  # same bytes, other name
+    with pytest.raises(CorruptCopy, match="hash to"):
+        b"".join(verified_chunks(volume, wrong))
+    reading = verified_chunks(volume, record_of(copy))
+    next(reading)
+    reading.close()  # stopped early: the hashing thread is gone too
+    assert not [t for t in threading.enumerate() if t.name.startswith(("sha256", "frames"))]
