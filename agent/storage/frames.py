@@ -29,6 +29,9 @@ from dataclasses import dataclass
 import zstandard
 
 MAX_FRAME_BYTES = 64 << 20  # the most one frame may declare: decompressed whole in memory
+# libzstd fills blocks up to 128 KiB; a frame of many tiny blocks is no copy of ours and
+# would make the scan cost a read per few bytes: read serially instead.
+MIN_BLOCK_BYTES = 4096
 _HEADER_MAX = 18  # magic 4 + descriptor 1 + window 1 + dictionary id 4 + content size 8
 _MAGIC = b"\x28\xb5\x2f\xfd"
 _BLOCK_RLE = 1
@@ -74,7 +77,11 @@ def _frame_at(fd: int, offset: int, end: int, max_window: int) -> Frame | None:
         return None
     if params.window_size > max_window:
         return None
+    blocks_left = size // MIN_BLOCK_BYTES + 4
     while True:  # blocks: a 3-byte little-endian header each, last-block flag in bit 0
+        blocks_left -= 1
+        if blocks_left < 0:
+            return None
         header = os.pread(fd, 3, position)
         if len(header) < 3:
             return None

@@ -168,6 +168,18 @@ def test_a_frame_declaring_too_much_is_read_serially(
     assert b"".join(volume.copy_chunks(copy.sha256, len(data))) == data
 
 
+def test_a_frame_of_too_many_blocks_is_read_serially(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(volume_module, "FRAME_BYTES", 1 << 20)  # 8+ blocks of 128 KiB
+    data = data_of(3 << 20)
+    copy = store(volume, data)
+    assert scan(copy) is not None
+    monkeypatch.setattr(frames, "MIN_BLOCK_BYTES", 1 << 40)  # now at most 4 blocks a frame
+    assert scan(copy) is None
+    assert b"".join(volume.copy_chunks(copy.sha256, len(data))) == data
+
+
 def test_a_truncated_split_copy_is_corrupt(volume: Volume) -> None:
     data = data_of(3 * FRAME)
     copy = store(volume, data)
