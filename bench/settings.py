@@ -30,7 +30,7 @@ BENCH_ONLY=large,small     sections to run (large, small, restore, compression, 
                            find, fleet)
 BENCH_ENDPOINT=http://…    an existing endpoint instead of a fresh moto_server
 BENCH_WORKDIR=/path        keep data and volumes there (default: a temp dir, removed)
-BENCH_RESTORE_CMD='…'      restore through a command instead of Volume.open_copy
+BENCH_RESTORE_CMD='…'      restore through a command instead of Volume.copy_chunks
 BENCH_PROFILE=1            py-spy each agent process and print its top frames
 """
 

@@ -34,7 +34,9 @@ def _upload(stack, key: str, body: bytes) -> str:
 
 def _decompressed_sha256(path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+    decompressor = zstandard.ZstdDecompressor()
+    # every frame: copies above 16 MiB are several (docs/design.md, Store)
+    with path.open("rb") as raw, decompressor.stream_reader(raw, read_across_frames=True) as reader:
         while chunk := reader.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()

@@ -1,0 +1,293 @@
+"""Copies split into zstd frames: written per FRAME_BYTES, read back on every core, in order.
+
+FRAME_BYTES is made small here (the writer reads it at each write) so that copies of a few
+hundred KiB hold several frames; the code paths are the ones a 1 GiB copy takes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.errors import IntegrityError
+from agent.records import VersionRecord
+from agent.restore import copies
+from agent.restore.copies import CorruptCopy, verified_chunks
+from agent.storage import frames
+from agent.storage import volume as volume_module
+from agent.storage.volume import (
+    MAX_WINDOW_BYTES,
+    CompressionSettings,
+    Expectation,
+    StoredCopy,
+    Volume,
+)
+
+SETTINGS = CompressionSettings(level=3, threads=1)
+FRAME = 64 << 10
+
+
+def data_of(size: int, seed: int = 1) -> bytes:
+    """Compressible but distinct bytes (log-like lines with a counter)."""
+    lines = b"".join(
+        b"%08d seed=%d GET /v1/orders/%d 200\n" % (i, seed, i * 7) for i in range(size // 20 + 1)
+    )
+    return lines[:size]
+
+
+def chunks_of(data: bytes, size: int = 10_000) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def store(volume: Volume, data: bytes, *, known_size: bool = True) -> StoredCopy:
+    expect = Expectation(size=len(data)) if known_size else Expectation()
+    return volume.write_copy(chunks_of(data), SETTINGS, expect)
+
+
+def record_of(copy: StoredCopy, size: int | None = None) -> VersionRecord:
+    return VersionRecord(
+        bucket="b",
+        key="k",
+        version_token="t:1",
+        order_key="o",
+        event_name="ObjectCreated:Put",
+        event_time="2026-11-01T09:00:00+00:00",
+        backup_time="2026-11-01T09:00:00+00:00",
+        volume_id="vol-test",
+        sha256=copy.sha256,
+        size=copy.size if size is None else size,
+    )
+
+
+def scan(copy: StoredCopy, limit: int | None = None) -> list[frames.Frame] | None:
+    fd = os.open(copy.path, os.O_RDONLY)
+    try:
+        return frames.scan(fd, limit=limit, max_window=MAX_WINDOW_BYTES)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(autouse=True)
+def small_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(volume_module, "FRAME_BYTES", FRAME)
+
+
+def test_a_large_copy_is_written_as_frames_that_each_declare_their_size(volume: Volume) -> None:
+    data = data_of(5 * FRAME + 123)
+    copy = store(volume, data)
+    found = scan(copy, limit=len(data))
+    assert found is not None
+    assert [f.content_size for f in found] == [FRAME] * 5 + [123]
+    assert sum(f.length for f in found) == copy.stored_size
+    for frame in found:  # each frame alone is a complete zstd frame with its checksum
+        with copy.path.open("rb") as raw:
+            raw.seek(frame.offset)
+            params = zstandard.get_frame_parameters(raw.read(18))
+        assert params.has_checksum and params.content_size == frame.content_size
+
+
+def test_split_copy_reads_back_identically_through_every_reader(volume: Volume) -> None:
+    data = data_of(7 * FRAME + 5)
+    copy = store(volume, data)
+    assert b"".join(volume.copy_chunks(copy.sha256, len(data))) == data
+    with volume.open_copy(copy.sha256) as reader:  # the serial reader reads every frame
+        assert reader.read() == data
+    volume.verify_copy(copy.sha256, len(data))
+    assert b"".join(verified_chunks(volume, record_of(copy))) == data
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd command")
+def test_zstd_command_reads_a_split_copy(volume: Volume) -> None:
+    data = data_of(3 * FRAME + 77)
+    copy = store(volume, data)
+    done = subprocess.run(["zstd", "-d", "-c", str(copy.path)], capture_output=True, check=True)
+    assert done.stdout == data
+
+
+def test_unknown_size_or_small_copy_stays_one_frame_and_is_read_serially(volume: Volume) -> None:
+    data = data_of(3 * FRAME)
+    unknown = store(volume, data, known_size=False)
+    assert scan(unknown) is None  # one frame (no declared size): not split
+    small = store(volume, data_of(FRAME, seed=2))
+    assert scan(small) is None
+    assert b"".join(volume.copy_chunks(unknown.sha256, len(data))) == data
+
+
+def test_split_and_whole_copies_of_the_same_bytes_are_the_same_copy(volume: Volume) -> None:
+    data = data_of(3 * FRAME + 1)
+    split = store(volume, data)
+    whole = store(volume, data, known_size=False)
+    assert whole.sha256 == split.sha256 and whole.deduplicated
+
+
+@pytest.mark.parametrize("where", [0.5, 2.5, 4.9])
+def test_a_tampered_frame_is_detected(volume: Volume, where: float) -> None:
+    data = data_of(5 * FRAME)
+    copy = store(volume, data)
+    found = scan(copy)
+    assert found is not None
+    frame = found[int(where)]
+    raw = bytearray(copy.path.read_bytes())
+    position = frame.offset + int(frame.length * (where % 1))  # inside the frame's blocks
+    raw[position] ^= 0x55
+    copy.path.chmod(0o640)
+    copy.path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCopy):
+        b"".join(verified_chunks(volume, record_of(copy)))
+    with pytest.raises(IntegrityError):
+        volume.verify_copy(copy.sha256, len(data))
+
+
+def test_frames_declaring_more_than_the_record_are_not_decompressed_ahead(volume: Volume) -> None:
+    data = data_of(4 * FRAME)
+    copy = store(volume, data)
+    assert scan(copy, limit=len(data) - 1) is None  # the serial reader stops at the limit
+    with pytest.raises(CorruptCopy, match="expands past"):
+        b"".join(verified_chunks(volume, record_of(copy, size=len(data) - 1000)))
+
+
+def test_a_frame_declaring_too_much_is_read_serially(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = data_of(3 * FRAME)
+    copy = store(volume, data)
+    monkeypatch.setattr(frames, "MAX_FRAME_BYTES", FRAME - 1)
+    assert scan(copy) is None
+    assert b"".join(volume.copy_chunks(copy.sha256, len(data))) == data
+
+
+def test_a_frame_of_too_many_blocks_is_read_serially(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(volume_module, "FRAME_BYTES", 1 << 20)  # 8+ blocks of 128 KiB
+    data = data_of(3 << 20)
+    copy = store(volume, data)
+    assert scan(copy) is not None
+    monkeypatch.setattr(frames, "MIN_BLOCK_BYTES", 1 << 40)  # now at most 4 blocks a frame
+    assert scan(copy) is None
+    assert b"".join(volume.copy_chunks(copy.sha256, len(data))) == data
+
+
+def test_a_truncated_split_copy_is_corrupt(volume: Volume) -> None:
+    data = data_of(3 * FRAME)
+    copy = store(volume, data)
+    raw = copy.path.read_bytes()
+    copy.path.chmod(0o640)
+    copy.path.write_bytes(raw[: len(raw) - 10])
+    assert scan(copy) is None
+    with pytest.raises(CorruptCopy):
+        b"".join(verified_chunks(volume, record_of(copy)))
+
+
+def test_at_most_workers_plus_one_frames_are_held(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = data_of(10 * FRAME)
+    copy = store(volume, data)
+    found = scan(copy)
+    assert found is not None
+    started: list[int] = []
+    real_pread = os.pread
+
+    class CountingOs:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def pread(fd: int, length: int, offset: int) -> bytes:
+            started.append(offset)
+            return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(frames, "os", CountingOs())
+    fd = os.open(copy.path, os.O_RDONLY)
+    try:
+        out = frames.decompress(fd, found, workers=2, max_window=MAX_WINDOW_BYTES)
+        for index, chunk in enumerate(out):
+            # frames submitted so far: the ones handed out and at most `workers` ahead
+            assert len(started) <= index + 1 + 2
+            assert chunk == data[index * FRAME : (index + 1) * FRAME]
+    finally:
+        os.close(fd)
+
+
+def test_closing_early_leaves_no_thread(volume: Volume) -> None:
+    data = data_of(10 * FRAME)
+    copy = store(volume, data)
+    chunks = volume.copy_chunks(copy.sha256, len(data))
+    assert next(chunks) == data[:FRAME]
+    chunks.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("frames")]
+    # and the next copy may read in parallel again (the one-copy slot was given back)
+    assert volume_module._parallel_copy.acquire(blocking=False)
+    volume_module._parallel_copy.release()
+
+
+def test_a_second_copy_read_meanwhile_is_read_serially(volume: Volume) -> None:
+    first, second = data_of(4 * FRAME, seed=1), data_of(4 * FRAME, seed=2)
+    a, b = store(volume, first), store(volume, second)
+    reading = volume.copy_chunks(a.sha256, len(first))
+    head = next(reading)  # holds the parallel slot
+    assert b"".join(volume.copy_chunks(b.sha256, len(second))) == second
+    assert head + b"".join(reading) == first
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    size=st.integers(0, 6000),
+    frame=st.integers(1, 1500),
+    piece=st.integers(1, 2000),
+)
+def test_any_size_frame_and_chunking_round_trips(
+    tmp_path: Path, size: int, frame: int, piece: int
+) -> None:
+    root = tmp_path / f"v-{size}-{frame}-{piece}"
+    root.mkdir()
+    volume = Volume(root)
+    volume.initialise("vol-h")
+    volume.open()
+    data = data_of(size, seed=size)
+    saved = volume_module.FRAME_BYTES
+    volume_module.FRAME_BYTES = frame
+    try:  # written and read with this frame size: the parallel reader takes split copies
+        copy = volume.write_copy(chunks_of(data, piece), SETTINGS, Expectation(size=size))
+        found = scan(copy, limit=size)
+        expected_frames = -(-size // frame) if size > frame else 1
+        assert (len(found) if found else 1) == expected_frames
+        assert b"".join(verified_chunks(volume, record_of(copy))) == data
+        with volume.open_copy(copy.sha256) as reader:
+            assert reader.read() == data
+    finally:
+        volume_module.FRAME_BYTES = saved
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_hashing_in_its_own_thread_verifies_the_same(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, split: bool
+) -> None:
+    monkeypatch.setattr(copies, "THREAD_FROM_BYTES", 0)  # every copy hashed in a thread
+    data = data_of(4 * FRAME + 9)
+    copy = store(volume, data, known_size=split)
+    assert b"".join(verified_chunks(volume, record_of(copy))) == data
+    wrong = dataclasses.replace(record_of(copy), sha256="0" * 64)
+    volume.copy_path(wrong.sha256 or "").parent.mkdir(exist_ok=True)
+    shutil.copy(copy.path, volume.copy_path(wrong.sha256 or ""))  # same bytes, other name
+    with pytest.raises(CorruptCopy, match="hash to"):
+        b"".join(verified_chunks(volume, wrong))
+    reading = verified_chunks(volume, record_of(copy))
+    next(reading)
+    reading.close()  # stopped early: the hashing thread is gone too
+    assert not [t for t in threading.enumerate() if t.name.startswith(("sha256", "frames"))]
