@@ -23,24 +23,14 @@ from agent.restore.plan import Item
 from agent.restore.targets import Status
 from agent.runtime.wiring import fleet_identity
 from agent.storage.ledger import Ledger
-from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE
 from tests.support.backed_up import write_config
 from tests.support.clock import FakeClock
+from tests.support.fleet import member_service, member_volume, two_members
 from tests.support.lifecycle import created, enable_versioning, put
-from tests.support.service import make_service
 
 AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
 TARGET = "recovery-area"
-
-
-def _volume(tmp_path: Path, name: str) -> Volume:
-    root = tmp_path / name
-    root.mkdir()
-    volume = Volume(root)
-    volume.initialise(name)
-    volume.open()
-    return volume
 
 
 @dataclass
@@ -101,9 +91,7 @@ def _store(aws, member, key: str, *, duplicate_on=None) -> None:
 def test_two_members_restore_their_shares_and_every_key_lands_once(aws, tmp_path):
     enable_versioning(aws)
     _target(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
-    member_a = make_service(aws, a, volume_id="vol-a")
-    member_b = make_service(aws, b, volume_id="vol-b")
+    (a, member_a), (b, member_b) = two_members(aws, tmp_path)
     _store(aws, member_a, "docs/a1.txt")
     _store(aws, member_a, "docs/a2.txt")
     _store(aws, member_b, "docs/b1.txt")
@@ -170,9 +158,7 @@ def test_members_racing_over_versions_both_hold_put_each_key_once(aws, tmp_path,
     _atomic_conditional_writes(monkeypatch)
     enable_versioning(aws)
     _target(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
-    member_a = make_service(aws, a, volume_id="vol-a")
-    member_b = make_service(aws, b, volume_id="vol-b")
+    (a, member_a), (b, member_b) = two_members(aws, tmp_path)
     keys = [f"docs/f{n:02d}.txt" for n in range(16)]
     for key in keys:
         _store(aws, member_a, key, duplicate_on=member_b)
@@ -203,9 +189,9 @@ def test_members_racing_over_versions_both_hold_put_each_key_once(aws, tmp_path,
 def test_a_key_whose_volume_has_no_live_member_is_named_and_the_job_fails(aws, tmp_path):
     enable_versioning(aws)
     _target(aws)
-    a, c = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-c")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/here.txt")
-    _store(aws, make_service(aws, c, volume_id="vol-c"), "docs/gone.txt")
+    a, c = member_volume(tmp_path, "vol-a"), member_volume(tmp_path, "vol-c")
+    _store(aws, member_service(aws, a), "docs/here.txt")
+    _store(aws, member_service(aws, c), "docs/gone.txt")
     _beat(aws, "vol-c", clock=lambda: datetime(2026, 11, 1, tzinfo=UTC))  # long silent
     config = write_config(tmp_path / "a.yaml", a.root)
 
@@ -223,8 +209,8 @@ def test_a_key_whose_volume_has_no_live_member_is_named_and_the_job_fails(aws, t
 def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
     enable_versioning(aws)
     _target(aws)
-    a = _volume(tmp_path, "vol-a")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/one.txt")
     config = write_config(tmp_path / "a.yaml", a.root)
     base = ("--to-s3", "--bucket", TARGET, "--fleet", "--job", "j-2")
     assert _restore(config, "--prefix", "docs/", *base).code == 0
@@ -248,8 +234,8 @@ def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
 
 def test_a_claim_is_held_for_its_lease_then_retaken_and_done_is_final(aws, tmp_path):
     enable_versioning(aws)
-    a = _volume(tmp_path, "vol-a")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/one.txt")
     [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
     clock = FakeClock(AT)
 
@@ -279,8 +265,8 @@ def test_a_claim_is_held_for_its_lease_then_retaken_and_done_is_final(aws, tmp_p
 
 def test_a_failed_claim_is_retaken_at_once(aws, tmp_path):
     enable_versioning(aws)
-    a = _volume(tmp_path, "vol-a")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/one.txt")
     [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
     clock = FakeClock(AT)
     x = RestoreJob(aws.dynamodb, TABLE, "f-1", member_id="x", volume_id="vol-x", clock=clock)
@@ -294,8 +280,8 @@ def test_a_failed_claim_is_retaken_at_once(aws, tmp_path):
 
 def test_a_long_upload_renews_its_claim_so_no_other_member_takes_it_over(aws, tmp_path):
     enable_versioning(aws)
-    a = _volume(tmp_path, "vol-a")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/big.bin")
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/big.bin")
     [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/big.bin")
     clock = FakeClock(AT)
 

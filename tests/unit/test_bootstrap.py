@@ -12,21 +12,15 @@ from moto import mock_aws
 from agent.aws import Clients
 from agent.cli import bootstrap as bootstrap_cli
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
-from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config, mocked_aws
 from tests.support.aws_hooks import CallLog, record_calls
 from tests.support.backed_up import write_config
 
 
 @pytest.fixture
 def clients() -> Iterator[Clients]:
-    with mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        yield Clients(
-            s3=session.client("s3"),
-            sqs=session.client("sqs"),
-            dynamodb=session.client("dynamodb"),
-            session=session,
-        )
+    with mocked_aws() as clients:
+        yield clients
 
 
 @pytest.fixture
