@@ -96,6 +96,7 @@ def test_bootstrap_with_two_replicas_creates_the_fan_out_and_runs_twice(clients,
             ],
             f"notification {BUCKET} → topic",
             f"table {TABLE}",
+            f"time to live {TABLE}.expires_at",
         ]
     )
     again = Bootstrap(group_config(tmp_path, 2), clients).run()  # from the other group: same

@@ -18,7 +18,7 @@ from agent.fleet.heartbeat import Heartbeat
 from agent.fleet.registry import Registry
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
-from agent.restore.job import ClaimingTarget, RestoreJob
+from agent.restore.job import EXPIRES_AT, JOB_PREFIX, ClaimingTarget, RestoreJob
 from agent.restore.plan import Item
 from agent.restore.targets import Status
 from agent.runtime.wiring import fleet_identity
@@ -319,3 +319,84 @@ def test_a_long_upload_renews_its_claim_so_no_other_member_takes_it_over(aws, tm
     assert taken_meanwhile == [False] * 10  # the lease never ran out under the upload
     [claim] = other.items()[0].values()
     assert (claim.state, claim.member_id) == ("done", "x")
+
+
+# -- expiry (DynamoDB TTL on expires_at) ----------------------------------------------------
+
+
+def _items(aws, job_id: str) -> dict[str, dict]:
+    """The job's partition as stored, expired items too (moto never deletes them)."""
+    found = aws.dynamodb.query(
+        TableName=TABLE,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": JOB_PREFIX + job_id}},
+    )["Items"]
+    return {item["sk"]["S"]: item for item in found}
+
+
+def test_every_item_of_a_job_expires_thirty_days_after_its_last_write(aws, tmp_path):
+    enable_versioning(aws)
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/one.txt")
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    clock = FakeClock(AT)
+    job = RestoreJob(aws.dynamodb, TABLE, "t-1", member_id="x", volume_id="vol-a", clock=clock)
+    job.open({"prefix": "docs/"})
+    assert job.claim(record)
+    clock.advance(hours=2)
+    assert job.finish(record)
+    job.record_run({"restored": 1})
+
+    items = _items(aws, "t-1")
+    started, finished = AT + timedelta(days=30), AT + timedelta(days=30, hours=2)
+    assert {sk: int(item[EXPIRES_AT]["N"]) for sk, item in items.items()} == {
+        "job": int(started.timestamp()),
+        "key#docs/one.txt": int(finished.timestamp()),  # the claim's last write: done
+        "member#x": int(finished.timestamp()),
+    }
+
+
+def test_an_expired_item_is_as_absent_until_ttl_deletes_it(aws, tmp_path):
+    """TTL deletes within days: until then the reads leave an expired item out and the
+    conditional writes take it as absent (AWS: "Working with expired items")."""
+    enable_versioning(aws)
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/one.txt")
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    clock = FakeClock(AT)
+    x = RestoreJob(aws.dynamodb, TABLE, "t-2", member_id="x", volume_id="vol-a", clock=clock)
+    y = RestoreJob(aws.dynamodb, TABLE, "t-2", member_id="y", volume_id="vol-y", clock=clock)
+    assert x.open({"prefix": "docs/"})
+    assert x.claim(record) and x.finish(record)
+    assert not y.claim(record)  # done is final while it lasts
+
+    clock.advance(days=30)
+
+    assert x.items() == ({}, [])
+    assert "job" in _items(aws, "t-2")  # still stored (moto, like TTL for a while)
+    assert y.open({"prefix": "other/"})  # the id starts afresh, with its own arguments
+    assert y.claim(record)  # the expired done claim no longer holds the key
+    clock.advance(days=30)
+    assert not y.finish(record)  # nor does an expired claim let its member finish it
+    assert not y.renew(record)
+
+
+def test_status_ignores_an_expired_job_and_its_id_starts_afresh(aws, tmp_path):
+    enable_versioning(aws)
+    _target(aws)
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/one.txt")
+    config = write_config(tmp_path / "a.yaml", a.root)
+    args = ("--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet", "--job", "old-1")
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    long_ago = FakeClock(datetime.now(UTC) - timedelta(days=31))  # its items: expired
+    old = RestoreJob(aws.dynamodb, TABLE, "old-1", member_id="x", volume_id="vol-a", clock=long_ago)
+    assert old.open({"prefix": "other/"})
+    assert old.claim(record) and old.finish(record, error="S3 PutObject: AccessDenied")
+
+    gone = _restore(config, *args, "--status")
+
+    assert gone.code == 2 and "no restore job old-1" in gone.err
+    assert _restore(config, *args).code == 0  # not "started with other arguments"
+    today = _restore(config, *args, "--status", "--json")
+    assert today.code == 0 and today.job()["failed"] == [] and today.job()["done"] == 1
