@@ -18,6 +18,7 @@ from agent.fleet.heartbeat import Heartbeat
 from agent.fleet.registry import Registry
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
+from agent.records import VersionRecord
 from agent.restore.job import EXPIRES_AT, JOB_PREFIX, ClaimingTarget, RestoreJob
 from agent.restore.plan import Item
 from agent.restore.targets import Status
@@ -86,6 +87,23 @@ def _store(aws, member, key: str, *, duplicate_on=None) -> None:
     if duplicate_on is not None:  # S3 sent the event twice; the other member kept a copy
         with delivery.delivering(delivery.Delivery("dup-" + key, receive_count=1)):
             assert duplicate_on.process(event).outcome == Outcome.ALREADY_DONE
+
+
+def _member_a_config(aws, tmp_path: Path) -> Path:
+    """docs/one.txt backed up by member vol-a, the target bucket made: vol-a's config."""
+    enable_versioning(aws)
+    _target(aws)
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/one.txt")
+    return write_config(tmp_path / "a.yaml", a.root)
+
+
+def _stored_on_a(aws, tmp_path: Path, key: str = "docs/one.txt") -> VersionRecord:
+    """`key` backed up by member vol-a: the version's record."""
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), key)
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, key)
+    return record
 
 
 def test_two_members_restore_their_shares_and_every_key_lands_once(aws, tmp_path):
@@ -207,11 +225,7 @@ def test_a_key_whose_volume_has_no_live_member_is_named_and_the_job_fails(aws, t
 
 
 def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
-    enable_versioning(aws)
-    _target(aws)
-    a = member_volume(tmp_path, "vol-a")
-    _store(aws, member_service(aws, a), "docs/one.txt")
-    config = write_config(tmp_path / "a.yaml", a.root)
+    config = _member_a_config(aws, tmp_path)
     base = ("--to-s3", "--bucket", TARGET, "--fleet", "--job", "j-2")
     assert _restore(config, "--prefix", "docs/", *base).code == 0
 
@@ -234,9 +248,7 @@ def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
 
 def test_a_claim_is_held_for_its_lease_then_retaken_and_done_is_final(aws, tmp_path):
     enable_versioning(aws)
-    a = member_volume(tmp_path, "vol-a")
-    _store(aws, member_service(aws, a), "docs/one.txt")
-    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    record = _stored_on_a(aws, tmp_path)
     clock = FakeClock(AT)
 
     def job(member: str) -> RestoreJob:
@@ -265,9 +277,7 @@ def test_a_claim_is_held_for_its_lease_then_retaken_and_done_is_final(aws, tmp_p
 
 def test_a_failed_claim_is_retaken_at_once(aws, tmp_path):
     enable_versioning(aws)
-    a = member_volume(tmp_path, "vol-a")
-    _store(aws, member_service(aws, a), "docs/one.txt")
-    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    record = _stored_on_a(aws, tmp_path)
     clock = FakeClock(AT)
     x = RestoreJob(aws.dynamodb, TABLE, "f-1", member_id="x", volume_id="vol-x", clock=clock)
     y = RestoreJob(aws.dynamodb, TABLE, "f-1", member_id="y", volume_id="vol-y", clock=clock)
@@ -280,9 +290,7 @@ def test_a_failed_claim_is_retaken_at_once(aws, tmp_path):
 
 def test_a_long_upload_renews_its_claim_so_no_other_member_takes_it_over(aws, tmp_path):
     enable_versioning(aws)
-    a = member_volume(tmp_path, "vol-a")
-    _store(aws, member_service(aws, a), "docs/big.bin")
-    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/big.bin")
+    record = _stored_on_a(aws, tmp_path, "docs/big.bin")
     clock = FakeClock(AT)
 
     def job(member: str) -> RestoreJob:
@@ -336,9 +344,7 @@ def _items(aws, job_id: str) -> dict[str, dict]:
 
 def test_every_item_of_a_job_expires_thirty_days_after_its_last_write(aws, tmp_path):
     enable_versioning(aws)
-    a = member_volume(tmp_path, "vol-a")
-    _store(aws, member_service(aws, a), "docs/one.txt")
-    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    record = _stored_on_a(aws, tmp_path)
     clock = FakeClock(AT)
     job = RestoreJob(aws.dynamodb, TABLE, "t-1", member_id="x", volume_id="vol-a", clock=clock)
     job.open({"prefix": "docs/"})
@@ -360,9 +366,7 @@ def test_an_expired_item_is_as_absent_until_ttl_deletes_it(aws, tmp_path):
     """TTL deletes within days: until then the reads leave an expired item out and the
     conditional writes take it as absent (AWS: "Working with expired items")."""
     enable_versioning(aws)
-    a = member_volume(tmp_path, "vol-a")
-    _store(aws, member_service(aws, a), "docs/one.txt")
-    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    record = _stored_on_a(aws, tmp_path)
     clock = FakeClock(AT)
     x = RestoreJob(aws.dynamodb, TABLE, "t-2", member_id="x", volume_id="vol-a", clock=clock)
     y = RestoreJob(aws.dynamodb, TABLE, "t-2", member_id="y", volume_id="vol-y", clock=clock)
@@ -382,11 +386,7 @@ def test_an_expired_item_is_as_absent_until_ttl_deletes_it(aws, tmp_path):
 
 
 def test_status_ignores_an_expired_job_and_its_id_starts_afresh(aws, tmp_path):
-    enable_versioning(aws)
-    _target(aws)
-    a = member_volume(tmp_path, "vol-a")
-    _store(aws, member_service(aws, a), "docs/one.txt")
-    config = write_config(tmp_path / "a.yaml", a.root)
+    config = _member_a_config(aws, tmp_path)
     args = ("--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet", "--job", "old-1")
     [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
     long_ago = FakeClock(datetime.now(UTC) - timedelta(days=31))  # its items: expired
