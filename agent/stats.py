@@ -7,6 +7,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+# Records the journal and ledger readers skipped (agent/records.py `Rejections`): counted by
+# the daemon's wiring, exported as `RecordsRejected` and `backup_agent_records_rejected_total`.
+RECORDS_REJECTED = "records.rejected"
+
 
 @dataclass
 class Stats:
@@ -115,6 +119,7 @@ class Stats:
                 messages_in_flight=self.messages_in_flight,
                 outcomes=Counter(self.outcomes),
                 failures=Counter(self.failures),
+                lifecycle=Counter(self.lifecycle),
                 ignored=Counter(self.ignored),
                 archived=Counter(self.archived),
                 paused_reason=self.paused_reason,

@@ -10,6 +10,7 @@ import pytest
 
 from agent.aws import Clients
 from agent.config import Config
+from agent.pipeline.consumer import Consumer
 from agent.storage.volume import Volume
 from tests.support.aws import REGION, bootstrapped_aws, make_config
 
@@ -52,6 +53,18 @@ def aws(config: Config) -> Iterator[Clients]:
     """In-process moto with the bucket, queues, notification and table bootstrapped."""
     with bootstrapped_aws(config) as clients:
         yield clients
+
+
+@pytest.fixture
+def consumers() -> Iterator[list[Consumer]]:
+    """Consumers a test started (append them): stopped, and their threads ended, before
+    moto goes away."""
+    made: list[Consumer] = []
+    yield made
+    for consumer in made:
+        consumer.stop(5)
+        for thread in consumer._threads:
+            thread.join(10)
 
 
 @pytest.fixture(autouse=True)

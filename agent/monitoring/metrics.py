@@ -26,7 +26,7 @@ import structlog
 from agent.aws import error_code
 from agent.config import Config
 from agent.imds import DEFAULT_ENDPOINT, Imds, MetadataUnavailable
-from agent.stats import Stats
+from agent.stats import RECORDS_REJECTED, Stats
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
@@ -131,6 +131,7 @@ COUNTERS = {
     "EventsIgnored": ("Count", "event records ignored on purpose (tagging, ACL, test event, ...)"),
     "ObjectsArchived": ("Count", "versions found that S3 will not serve (archived, SSE-C)"),
     "MessagesHeldBack": ("Count", "messages held back: their object did not fit the room left"),
+    "RecordsRejected": ("Count", "journal lines and ledger items skipped as invalid (once each)"),
 }
 GAUGES = {
     "DiskUsedPercent": ("Percent", "used space of the backup volume"),
@@ -185,6 +186,7 @@ class Sampler:
             "EventsIgnored": sum(stats.ignored.values()),
             "ObjectsArchived": sum(stats.archived.values()),
             "MessagesHeldBack": stats.held_back,
+            "RecordsRejected": stats.lifecycle[RECORDS_REJECTED],
         }
         if self.counters is not None:
             totals.update(self.counters())

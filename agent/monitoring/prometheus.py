@@ -51,7 +51,7 @@ from agent.monitoring.alerts import AlertKind
 from agent.monitoring.metrics import DiskUsageReader
 from agent.pipeline.backup import ARCHIVED, SSE_C, Outcome
 from agent.scheduler import JobRecord
-from agent.stats import Stats
+from agent.stats import RECORDS_REJECTED, Stats
 from agent.storage.grow import GrowState
 
 log = structlog.get_logger("agent.prometheus")
@@ -181,6 +181,12 @@ class _ScrapeCollector(Collector):
             f"{PREFIX}_messages_held_back",
             "Messages held back because their object did not fit the room left.",
             value=stats.held_back,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}_records_rejected",
+            "Journal lines and ledger items skipped as invalid (each counted once; logged as"
+            " record.rejected).",
+            value=stats.lifecycle[RECORDS_REJECTED],
         )
         yield GaugeMetricFamily(f"{PREFIX}_workers", "Configured workers.", value=src.workers())
         yield GaugeMetricFamily(

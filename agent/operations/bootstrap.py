@@ -29,6 +29,7 @@ from agent.audit.cloudwatch import METRIC_FILTERS
 from agent.aws import Clients, error_code
 from agent.config import Config, ReplicaGroups, replica_groups
 from agent.errors import ConfigError
+from agent.restore.job import EXPIRES_AT
 from agent.restore.share import ensure_staging, staging_bucket
 from agent.storage.ledger import table_definition
 
@@ -403,16 +404,43 @@ class Bootstrap:
         try:
             db.describe_table(TableName=name)
             self.report.add(f"table {name}", False)
-            return
         except botocore.exceptions.ClientError as exc:
             if error_code(exc) != "ResourceNotFoundException":
                 raise
-        if self.dry_run:
             self.report.add(f"table {name}", True)
+            if self.dry_run:
+                self.report.add(f"time to live {name}.{EXPIRES_AT}", True)
+                return
+            db.create_table(**table_definition(name))
+            db.get_waiter("table_exists").wait(TableName=name)
+        self.ensure_time_to_live(name)
+
+    def ensure_time_to_live(self, table: str) -> None:
+        """DynamoDB TTL on `expires_at`: restore-job items (agent/restore/job.py) go some
+        days after they expire. Asked first, enabled only when off: AWS refuses a second
+        UpdateTimeToLive within the hour, and a table has one TTL attribute (one set to
+        another attribute is left alone, and said)."""
+        db = self.clients.dynamodb
+        what = f"time to live {table}.{EXPIRES_AT}"
+        described = db.describe_time_to_live(TableName=table).get("TimeToLiveDescription", {})
+        status = described.get("TimeToLiveStatus", "DISABLED")
+        attribute = described.get("AttributeName")
+        if status in ("ENABLED", "ENABLING") and attribute == EXPIRES_AT:
+            self.report.add(what, False)
             return
-        db.create_table(**table_definition(name))
-        db.get_waiter("table_exists").wait(TableName=name)
-        self.report.add(f"table {name}", True)
+        if status != "DISABLED":  # on another attribute, or being turned off: not ours to change
+            self.report.add(
+                f"{what}: not set, the table's time to live is {status.lower()} on"
+                f" {attribute} (restore-job items stay until deleted by hand)",
+                False,
+            )
+            return
+        if not self.dry_run:
+            db.update_time_to_live(
+                TableName=table,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": EXPIRES_AT},
+            )
+        self.report.add(what, True)
 
     def ensure_topic(self, arn: str) -> None:
         """The alert topic named by alerts.sns_topic_arn (subscribing people is up to you)."""

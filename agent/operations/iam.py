@@ -484,7 +484,13 @@ def operator_statements(scope: PolicyScope) -> list[dict[str, Any]]:
         ),
         _statement(
             "BootstrapAndReindexTable",
-            ["dynamodb:DescribeTable", "dynamodb:CreateTable", "dynamodb:PutItem"],
+            [
+                "dynamodb:DescribeTable",
+                "dynamodb:CreateTable",
+                "dynamodb:PutItem",
+                "dynamodb:DescribeTimeToLive",  # restore-job items expire (agent/restore/job.py)
+                "dynamodb:UpdateTimeToLive",
+            ],
             scope.table_arns[:1],
         ),
         _statement("ReadLedger", ["dynamodb:Query"], scope.table_arns),

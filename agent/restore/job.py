@@ -17,6 +17,13 @@ Items, in a partition of their own (a bucket name cannot hold ``#``)::
                                volume, version, lease (epoch seconds), error
        = "member#<member id>"  each member's last run: its counts, when it finished
 
+Every item carries ``expires_at`` (epoch seconds, a Number): RETENTION after it was last
+written. Bootstrap turns on the table's DynamoDB Time to Live on that attribute, which
+deletes an expired item lazily (typically within two days, and expired items show up in
+reads until then): so the readers here ignore an item whose ``expires_at`` has passed, and
+the conditional writes treat it as absent (a job id used again after that starts afresh).
+Items written before ``expires_at`` existed never expire.
+
 `summarise` reads them back (one Query) against the selection: keys done per member, in
 progress, failed, waiting for a live member that holds them, and held by no live volume.
 """
@@ -51,9 +58,16 @@ CLAIM_PREFIX = "key#"
 MEMBER_PREFIX = "member#"
 CLAIMED, DONE, FAILED = "claimed", "done", "failed"
 DEFAULT_LEASE = timedelta(hours=1)
+EXPIRES_AT = "expires_at"  # the table's TTL attribute (bootstrap enables it)
+RETENTION = timedelta(days=30)  # an item expires this long after its last write
 MAX_SK_BYTES = 1024  # DynamoDB's limit on a sort key value
 MAX_ERROR = 1000
 _JOB_ID = "abcdefghijklmnopqrstuvwxyz0123456789-_."
+# A claim this member holds: claimed by it and not expired (an expired item is as absent)
+_HELD_HERE = (
+    f"member_id = :me AND #s = :claimed AND"
+    f" (attribute_not_exists({EXPIRES_AT}) OR {EXPIRES_AT} > :expired)"
+)
 
 
 class JobMismatch(BackupAgentError):
@@ -138,8 +152,10 @@ class RestoreJob:
             "arguments": {"S": text},
             "started": {"S": self.clock().isoformat()},
             "started_by": {"S": self.member_id},
+            EXPIRES_AT: {"N": _expiry(self.clock())},
         }
-        if self._put(item, "attribute_not_exists(pk)", {}, {}, "job"):
+        vacant = f"attribute_not_exists(pk) OR {EXPIRES_AT} <= :now"
+        if self._put(item, vacant, {":now": {"N": _ttl_epoch(self.clock())}}, {}, "job"):
             log.info("restore.job_started", job=self.job_id, member=self.member_id)
             return True
         stored = self._get(JOB_SK)
@@ -160,7 +176,7 @@ class RestoreJob:
         now = self.clock()
         item = self._claim_item(record, CLAIMED, now)
         condition = (
-            "attribute_not_exists(pk) OR (#s <> :done AND"
+            f"attribute_not_exists(pk) OR {EXPIRES_AT} <= :expired OR (#s <> :done AND"
             " (#s = :failed OR member_id = :me OR lease_until < :now))"
         )
         values = {
@@ -168,6 +184,7 @@ class RestoreJob:
             ":failed": {"S": FAILED},
             ":me": {"S": self.member_id},
             ":now": {"N": _epoch(now)},
+            ":expired": {"N": _ttl_epoch(now)},
         }
         won = self._put(item, condition, values, {"#s": "state"}, "claim")
         log.debug("restore.claim", job=self.job_id, key=record.key, won=won)
@@ -176,10 +193,11 @@ class RestoreJob:
     def renew(self, record: VersionRecord) -> bool:
         """Extend this member's claim by a lease from now (a long upload still running);
         False when the claim is no longer this member's."""
+        now = self.clock()
         return self._put(
-            self._claim_item(record, CLAIMED, self.clock()),
-            "member_id = :me AND #s = :claimed",
-            {":me": {"S": self.member_id}, ":claimed": {"S": CLAIMED}},
+            self._claim_item(record, CLAIMED, now),
+            _HELD_HERE,
+            self._held_here_values(now),
             {"#s": "state"},
             "claim renewal",
         )
@@ -187,17 +205,21 @@ class RestoreJob:
     def finish(self, record: VersionRecord, *, error: str | None = None) -> bool:
         """Mark this member's claim done (or failed, with `error`); False when the claim
         is no longer this member's (its lease ran out and another member took it over)."""
-        item = self._claim_item(record, FAILED if error else DONE, self.clock(), error)
+        now = self.clock()
+        item = self._claim_item(record, FAILED if error else DONE, now, error)
         mine = self._put(
-            item,
-            "member_id = :me AND #s = :claimed",
-            {":me": {"S": self.member_id}, ":claimed": {"S": CLAIMED}},
-            {"#s": "state"},
-            "claim done",
+            item, _HELD_HERE, self._held_here_values(now), {"#s": "state"}, "claim done"
         )
         if not mine:
             log.warning("restore.claim_lost", job=self.job_id, key=record.key)
         return mine
+
+    def _held_here_values(self, now: datetime) -> dict[str, Any]:
+        return {
+            ":me": {"S": self.member_id},
+            ":claimed": {"S": CLAIMED},
+            ":expired": {"N": _ttl_epoch(now)},
+        }
 
     def record_run(self, counts: Mapping[str, int]) -> None:
         """This member's run, for the summary: what it restored, left and failed."""
@@ -208,6 +230,7 @@ class RestoreJob:
             "volume_id": {"S": self.volume_id},
             "finished": {"S": self.clock().isoformat()},
             "counts": {"M": {k: {"N": str(v)} for k, v in counts.items()}},
+            EXPIRES_AT: {"N": _expiry(self.clock())},
         }
         self._put(item, None, {}, {}, "member run")
 
@@ -224,6 +247,7 @@ class RestoreJob:
             "version_token": {"S": record.version_token},
             "lease_until": {"N": _epoch(now + self.lease)},
             "at": {"S": now.isoformat()},
+            EXPIRES_AT: {"N": _expiry(now)},
         }
         if error:
             item["error"] = {"S": error[:MAX_ERROR]}
@@ -232,9 +256,11 @@ class RestoreJob:
     # -- reads ---------------------------------------------------------------------------
 
     def items(self) -> tuple[dict[str, Claim], list[MemberRun]]:
-        """Every claim (by key) and every member's run: one Query of the job's partition."""
+        """Every claim (by key) and every member's run: one Query of the job's partition.
+        Expired items (TTL deletes them lazily) are left out."""
         claims: dict[str, Claim] = {}
         runs: list[MemberRun] = []
+        now = self.clock()
         paginator = self._db.get_paginator("query")
         try:
             for page in paginator.paginate(
@@ -244,6 +270,8 @@ class RestoreJob:
                 ConsistentRead=True,
             ):
                 for item in page.get("Items", []):
+                    if _expired(item, now):
+                        continue
                     sk = _text(item, "sk")
                     if sk.startswith(CLAIM_PREFIX):
                         claim = _claim(item)
@@ -256,7 +284,8 @@ class RestoreJob:
         return claims, sorted(runs, key=lambda r: r.member_id)
 
     def _get(self, sk: str) -> dict[str, Any] | None:
-        """One item, by a Query (the operator's role may Query the table, not GetItem)."""
+        """One item, by a Query (the operator's role may Query the table, not GetItem);
+        None when there is none or it expired."""
         try:
             response = self._db.query(
                 TableName=self.table,
@@ -267,7 +296,7 @@ class RestoreJob:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, "DynamoDB Query restore job") from exc
         items: list[dict[str, Any]] = response.get("Items", [])
-        return items[0] if items else None
+        return items[0] if items and not _expired(items[0], self.clock()) else None
 
     def _put(
         self,
@@ -297,6 +326,25 @@ class RestoreJob:
 
 def _epoch(when: datetime) -> str:
     return f"{when.timestamp():.3f}"
+
+
+def _ttl_epoch(when: datetime) -> str:
+    """Whole epoch seconds, as DynamoDB's TTL reads its attribute."""
+    return str(int(when.timestamp()))
+
+
+def _expiry(written: datetime) -> str:
+    return _ttl_epoch(written + RETENTION)
+
+
+def _expired(item: Mapping[str, Any], now: datetime) -> bool:
+    """Past its `expires_at` (as TTL sees it: at or before now); an item without one, or
+    with one that is not a number, never expires (TTL ignores it too)."""
+    value = item.get(EXPIRES_AT)
+    try:
+        return float(value["N"]) <= now.timestamp() if isinstance(value, dict) else False
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _text(item: Mapping[str, Any], name: str) -> str:

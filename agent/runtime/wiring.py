@@ -34,7 +34,7 @@ from agent.pipeline.consumer import ConsumerSettings
 from agent.pipeline.pause import VolumeCheck
 from agent.records import Rejections
 from agent.snapshots.manager import SnapshotManager
-from agent.stats import Stats
+from agent.stats import RECORDS_REJECTED, Stats
 from agent.storage.barrier import WriteBarrier
 from agent.storage.encryption import AlertHook
 from agent.storage.grow import VolumeGrower
@@ -66,7 +66,7 @@ def backup_service(
 ) -> BackupService:
     """The write path as configured: the daemon's and the lifecycle jobs' one recipe.
     Records its journal and ledger reject are counted in `stats` (``records.rejected``)."""
-    rejections = Rejections(on_reject=lambda _: stats.count("records.rejected") if stats else None)
+    rejections = Rejections(on_reject=lambda _: stats.count(RECORDS_REJECTED) if stats else None)
     return BackupService(
         s3=clients.s3,
         volume=volume,

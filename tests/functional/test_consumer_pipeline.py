@@ -26,17 +26,6 @@ def make_service(aws: Clients, config, volume) -> BackupService:
     return service.make_service(aws, volume, compression=compression_settings(config))
 
 
-@pytest.fixture
-def consumers() -> Iterator[list[Consumer]]:
-    """Consumers to stop (and whose threads must end) before moto goes away."""
-    made: list[Consumer] = []
-    yield made
-    for consumer in made:
-        consumer.stop(5)
-        for thread in consumer._threads:
-            thread.join(10)
-
-
 def start(consumers: list[Consumer], aws: Clients, service: BackupService, settings) -> Consumer:
     consumer = Consumer(aws.sqs, service.process, settings)
     consumers.append(consumer)

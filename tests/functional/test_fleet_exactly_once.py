@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 
 from agent.cli.agent import main as agent_main
 from agent.cli.restore import main as restore_main
@@ -24,33 +23,21 @@ from agent.runtime.daemon import Daemon
 from agent.runtime.wiring import fleet_identity
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
-from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE, make_config, queue_counts
 from tests.support.backed_up import write_config
 from tests.support.events import notification, s3_record
+from tests.support.fleet import member_service, member_volume, two_members
 from tests.support.lifecycle import created, enable_versioning, put
-from tests.support.service import make_service
 from tests.support.waiting import wait_until
 
 AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 
-def _volume(tmp_path: Path, name: str) -> Volume:
-    root = tmp_path / name
-    root.mkdir()
-    volume = Volume(root)
-    volume.initialise(name)
-    volume.open()
-    return volume
-
-
 def test_a_redelivered_version_another_member_recorded_is_not_copied_again(aws, tmp_path):
     enable_versioning(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    (_, member_a), (b, member_b) = two_members(aws, tmp_path)
     response = put(aws, "report.pdf", b"quarterly figures")
     event = created("report.pdf", response, 17, at=AT)
-    member_a = make_service(aws, a, volume_id="vol-a")
-    member_b = make_service(aws, b, volume_id="vol-b")
 
     assert member_a.process(event).outcome == Outcome.STORED
     # a was killed before its DeleteMessage: the message comes back, to b
@@ -67,11 +54,9 @@ def test_a_redelivered_version_another_member_recorded_is_not_copied_again(aws, 
 
 def test_a_duplicate_delivery_both_members_took_is_recorded_once_and_counted(aws, tmp_path):
     enable_versioning(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    (_, member_a), (b, member_b) = two_members(aws, tmp_path)
     response = put(aws, "report.pdf", b"quarterly figures")
     event = created("report.pdf", response, 17, at=AT)
-    member_a = make_service(aws, a, volume_id="vol-a")
-    member_b = make_service(aws, b, volume_id="vol-b")
 
     assert member_a.process(event).outcome == Outcome.STORED
     # S3 sent the event twice; b took the second message at its first receive
@@ -89,7 +74,7 @@ def test_a_duplicate_delivery_both_members_took_is_recorded_once_and_counted(aws
 
 def test_two_daemons_on_one_queue_copy_every_version_once(aws, tmp_path):
     enable_versioning(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+    a, b = member_volume(tmp_path, "vol-a"), member_volume(tmp_path, "vol-b")
     # moto's own events carry no versionId: the test sends the events real S3 would
     aws.s3.put_bucket_notification_configuration(Bucket=BUCKET, NotificationConfiguration={})
     versions = {}
@@ -150,9 +135,7 @@ def test_a_restore_from_one_member_takes_its_versions_and_names_the_holders_of_t
     aws, tmp_path
 ):
     enable_versioning(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
-    member_a = make_service(aws, a, volume_id="vol-a")
-    member_b = make_service(aws, b, volume_id="vol-b")
+    (_, member_a), (b, member_b) = two_members(aws, tmp_path)
     for key, member in (("docs/a.txt", member_a), ("docs/b.txt", member_b)):
         response = put(aws, key, key.encode())
         assert member.process(created(key, response, len(key), at=AT)).outcome == Outcome.STORED
@@ -198,8 +181,8 @@ def test_an_adopted_volume_is_served_by_its_new_member_and_nothing_is_copied_aga
     aws, tmp_path, capsys
 ):
     enable_versioning(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
-    member_a = make_service(aws, a, volume_id="vol-a")
+    a, b = member_volume(tmp_path, "vol-a"), member_volume(tmp_path, "vol-b")
+    member_a = member_service(aws, a)
     events = []
     for key in ("docs/one.txt", "docs/two.txt"):
         response = put(aws, key, key.encode())

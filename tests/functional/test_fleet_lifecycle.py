@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from agent.cli.agent import main as agent_main
 from agent.cli.common import ExitCode
@@ -26,30 +25,18 @@ from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, TABLE
 from tests.support.backed_up import write_config
 from tests.support.clock import FakeClock
+from tests.support.fleet import two_members
 from tests.support.lifecycle import created, enable_versioning, put
-from tests.support.service import make_service
 
 AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
 KEY = "docs/report.txt"
 
 
-def _volume(tmp_path: Path, name: str) -> Volume:
-    root = tmp_path / name
-    root.mkdir()
-    volume = Volume(root)
-    volume.initialise(name)
-    volume.open()
-    return volume
-
-
 def _versions_on(aws, tmp_path):
     """v1 and v2 of KEY backed up by member b, v3 (current) by member a."""
     enable_versioning(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
-    members = {
-        "a": make_service(aws, a, volume_id="vol-a"),
-        "b": make_service(aws, b, volume_id="vol-b"),
-    }
+    (a, member_a), (b, member_b) = two_members(aws, tmp_path)
+    members = {"a": member_a, "b": member_b}
     for n, holder in enumerate("bba"):
         body = f"version {n + 1}".encode()
         response = put(aws, KEY, body)

@@ -17,9 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
 from agent.aws import Clients
 from agent.cli.agent import main as agent_main
@@ -36,13 +34,12 @@ from agent.pipeline.backup import Outcome
 from agent.runtime.daemon import Daemon
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
-from agent.storage.volume import Volume
-from tests.support.aws import BUCKET, REGION, TABLE, make_config, queue_counts
+from tests.support.aws import BUCKET, REGION, TABLE, make_config, mocked_aws, queue_counts
 from tests.support.backed_up import write_config
 from tests.support.events import notification, s3_record
+from tests.support.fleet import member_service, member_volume
 from tests.support.iam import Call, Recorder, checks, matching_statements
 from tests.support.lifecycle import created, enable_versioning, put
-from tests.support.service import make_service
 from tests.support.waiting import wait_until
 
 ACCOUNT = "123456789012"
@@ -63,23 +60,8 @@ def group_config(root: Path, group: int, **overrides: Any) -> Config:
 
 @pytest.fixture
 def clients() -> Iterator[Clients]:
-    with mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        yield Clients(
-            s3=session.client("s3"),
-            sqs=session.client("sqs"),
-            dynamodb=session.client("dynamodb"),
-            session=session,
-        )
-
-
-def _volume(tmp_path: Path, name: str) -> Volume:
-    root = tmp_path / name
-    root.mkdir()
-    volume = Volume(root)
-    volume.initialise(name)
-    volume.open()
-    return volume
+    with mocked_aws() as clients:
+        yield clients
 
 
 def _url(clients: Clients, name: str) -> str:
@@ -114,6 +96,7 @@ def test_bootstrap_with_two_replicas_creates_the_fan_out_and_runs_twice(clients,
             ],
             f"notification {BUCKET} → topic",
             f"table {TABLE}",
+            f"time to live {TABLE}.expires_at",
         ]
     )
     again = Bootstrap(group_config(tmp_path, 2), clients).run()  # from the other group: same
@@ -215,7 +198,7 @@ def test_one_daemon_per_group_puts_every_version_on_exactly_two_volumes(clients,
             sequencer=f"{n + 1:016X}",
         )  # fmt: skip
         sns.publish(TopicArn=TOPIC_ARN, Message=notification(record))
-    volumes = [_volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")]
+    volumes = [member_volume(tmp_path, "vol-a"), member_volume(tmp_path, "vol-b")]
     daemons = [
         Daemon(
             group_config(
@@ -263,18 +246,10 @@ def test_one_daemon_per_group_puts_every_version_on_exactly_two_volumes(clients,
 def test_a_duplicate_in_one_group_copies_nothing_twice(clients, tmp_path):
     Bootstrap(group_config(tmp_path, 1), clients).run(create_buckets=True)
     enable_versioning(clients)
-    a, c, b = (_volume(tmp_path, n) for n in ("vol-a", "vol-c", "vol-b"))
-
-    def member(volume: Volume, group: str) -> Any:
-        return make_service(
-            clients,
-            volume,
-            volume_id=volume.root.name,
-            ledger=Ledger(clients.dynamodb, TABLE, group=group, volume_id=volume.root.name),
-        )
-
-    group_1_a, group_1_c = member(a, GROUPS[0]), member(c, GROUPS[0])
-    group_2_b = member(b, GROUPS[1])
+    a, c, b = (member_volume(tmp_path, n) for n in ("vol-a", "vol-c", "vol-b"))
+    group_1_a = member_service(clients, a, group=GROUPS[0])
+    group_1_c = member_service(clients, c, group=GROUPS[0])
+    group_2_b = member_service(clients, b, group=GROUPS[1])
     response = put(clients, "report.pdf", b"quarterly figures")
     event = created("report.pdf", response, 17, at=AT)
 
@@ -308,16 +283,8 @@ def test_a_duplicate_two_members_of_one_group_took_at_once_is_held_once_in_the_g
 ):
     Bootstrap(group_config(tmp_path, 1), clients).run(create_buckets=True)
     enable_versioning(clients)
-    a, c = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-c")
-    members = [
-        make_service(
-            clients,
-            v,
-            volume_id=v.root.name,
-            ledger=Ledger(clients.dynamodb, TABLE, group=GROUPS[0], volume_id=v.root.name),
-        )
-        for v in (a, c)
-    ]
+    a, c = member_volume(tmp_path, "vol-a"), member_volume(tmp_path, "vol-c")
+    members = [member_service(clients, v, group=GROUPS[0]) for v in (a, c)]
     response = put(clients, "report.pdf", b"quarterly figures")
     event = created("report.pdf", response, 17, at=AT)
 
@@ -348,15 +315,12 @@ def test_the_generated_policies_allow_the_fan_out_calls_and_the_holder_write_onl
         with recorder.role("operator"):
             Bootstrap(config, clients).run()
         enable_versioning(clients)
-        a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
+        a, b = member_volume(tmp_path, "vol-a"), member_volume(tmp_path, "vol-b")
         response = put(clients, "report.pdf", b"quarterly figures")
         event = created("report.pdf", response, 17, at=AT)
         for volume, group in ((a, GROUPS[0]), (b, GROUPS[1])):
-            ledger = Ledger(clients.dynamodb, TABLE, group=group, volume_id=volume.root.name)
             with recorder.role("agent"):
-                make_service(clients, volume, volume_id=volume.root.name, ledger=ledger).process(
-                    event
-                )
+                member_service(clients, volume, group=group).process(event)
 
     policies = {role: policy_document(config, role=role) for role in ("agent", "operator")}
     made = {(c.role, c.operation) for c in recorder.calls}
@@ -389,17 +353,13 @@ def test_the_generated_policies_allow_the_fan_out_calls_and_the_holder_write_onl
 def test_list_shows_every_holder_and_a_restore_counts_any_holder_as_local(clients, tmp_path):
     Bootstrap(group_config(tmp_path, 1), clients).run(create_buckets=True)
     enable_versioning(clients)
-    a, b, c = (_volume(tmp_path, n) for n in ("vol-a", "vol-b", "vol-c"))
-
-    def member(volume: Volume, group: str) -> Any:
-        ledger = Ledger(clients.dynamodb, TABLE, group=group, volume_id=volume.root.name)
-        return make_service(clients, volume, volume_id=volume.root.name, ledger=ledger)
+    a, b, c = (member_volume(tmp_path, n) for n in ("vol-a", "vol-b", "vol-c"))
 
     both = created("docs/both.txt", put(clients, "docs/both.txt", b"both"), 4, at=AT)
     only_c = created("docs/only-c.txt", put(clients, "docs/only-c.txt", b"only c"), 6, at=AT)
-    assert member(a, GROUPS[0]).process(both).outcome == Outcome.STORED
-    assert member(b, GROUPS[1]).process(both).outcome == Outcome.STORED
-    assert member(c, GROUPS[0]).process(only_c).outcome == Outcome.STORED
+    assert member_service(clients, a, group=GROUPS[0]).process(both).outcome == Outcome.STORED
+    assert member_service(clients, b, group=GROUPS[1]).process(both).outcome == Outcome.STORED
+    assert member_service(clients, c, group=GROUPS[0]).process(only_c).outcome == Outcome.STORED
     config_path = write_config(
         tmp_path / "config.yaml",
         b.root,
@@ -485,14 +445,10 @@ def test_status_fleet_lists_every_group_and_flags_one_with_no_live_member(
 def test_verify_flags_versions_held_by_fewer_volumes_than_replicas(clients, tmp_path):
     Bootstrap(group_config(tmp_path, 1), clients).run(create_buckets=True)
     enable_versioning(clients)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
-
-    def member(volume: Volume, group: str) -> Any:
-        ledger = Ledger(clients.dynamodb, TABLE, group=group, volume_id=volume.root.name)
-        return make_service(clients, volume, volume_id=volume.root.name, ledger=ledger)
+    a, b = member_volume(tmp_path, "vol-a"), member_volume(tmp_path, "vol-b")
 
     event = created("docs/a.txt", put(clients, "docs/a.txt", b"abc"), 3, at=AT)
-    assert member(a, GROUPS[0]).process(event).outcome == Outcome.STORED
+    assert member_service(clients, a, group=GROUPS[0]).process(event).outcome == Outcome.STORED
     config_path = write_config(
         tmp_path / "config.yaml",
         a.root,
@@ -511,7 +467,7 @@ def test_verify_flags_versions_held_by_fewer_volumes_than_replicas(clients, tmp_
     assert (short["key"], short["holders"], short["replicas"]) == ("docs/a.txt", ["vol-a"], 2)
     assert lines[-1]["under_replicated"] == 1
 
-    assert member(b, GROUPS[1]).process(event).outcome == Outcome.STORED
+    assert member_service(clients, b, group=GROUPS[1]).process(event).outcome == Outcome.STORED
     code, lines = verify()
     assert code == 0 and lines[-1]["under_replicated"] == 0
 

@@ -18,29 +18,20 @@ from agent.fleet.heartbeat import Heartbeat
 from agent.fleet.registry import Registry
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
-from agent.restore.job import ClaimingTarget, RestoreJob
+from agent.records import VersionRecord
+from agent.restore.job import EXPIRES_AT, JOB_PREFIX, ClaimingTarget, RestoreJob
 from agent.restore.plan import Item
 from agent.restore.targets import Status
 from agent.runtime.wiring import fleet_identity
 from agent.storage.ledger import Ledger
-from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE
 from tests.support.backed_up import write_config
 from tests.support.clock import FakeClock
+from tests.support.fleet import member_service, member_volume, two_members
 from tests.support.lifecycle import created, enable_versioning, put
-from tests.support.service import make_service
 
 AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
 TARGET = "recovery-area"
-
-
-def _volume(tmp_path: Path, name: str) -> Volume:
-    root = tmp_path / name
-    root.mkdir()
-    volume = Volume(root)
-    volume.initialise(name)
-    volume.open()
-    return volume
 
 
 @dataclass
@@ -98,12 +89,27 @@ def _store(aws, member, key: str, *, duplicate_on=None) -> None:
             assert duplicate_on.process(event).outcome == Outcome.ALREADY_DONE
 
 
+def _member_a_config(aws, tmp_path: Path) -> Path:
+    """docs/one.txt backed up by member vol-a, the target bucket made: vol-a's config."""
+    enable_versioning(aws)
+    _target(aws)
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), "docs/one.txt")
+    return write_config(tmp_path / "a.yaml", a.root)
+
+
+def _stored_on_a(aws, tmp_path: Path, key: str = "docs/one.txt") -> VersionRecord:
+    """`key` backed up by member vol-a: the version's record."""
+    a = member_volume(tmp_path, "vol-a")
+    _store(aws, member_service(aws, a), key)
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, key)
+    return record
+
+
 def test_two_members_restore_their_shares_and_every_key_lands_once(aws, tmp_path):
     enable_versioning(aws)
     _target(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
-    member_a = make_service(aws, a, volume_id="vol-a")
-    member_b = make_service(aws, b, volume_id="vol-b")
+    (a, member_a), (b, member_b) = two_members(aws, tmp_path)
     _store(aws, member_a, "docs/a1.txt")
     _store(aws, member_a, "docs/a2.txt")
     _store(aws, member_b, "docs/b1.txt")
@@ -170,9 +176,7 @@ def test_members_racing_over_versions_both_hold_put_each_key_once(aws, tmp_path,
     _atomic_conditional_writes(monkeypatch)
     enable_versioning(aws)
     _target(aws)
-    a, b = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-b")
-    member_a = make_service(aws, a, volume_id="vol-a")
-    member_b = make_service(aws, b, volume_id="vol-b")
+    (a, member_a), (b, member_b) = two_members(aws, tmp_path)
     keys = [f"docs/f{n:02d}.txt" for n in range(16)]
     for key in keys:
         _store(aws, member_a, key, duplicate_on=member_b)
@@ -203,9 +207,9 @@ def test_members_racing_over_versions_both_hold_put_each_key_once(aws, tmp_path,
 def test_a_key_whose_volume_has_no_live_member_is_named_and_the_job_fails(aws, tmp_path):
     enable_versioning(aws)
     _target(aws)
-    a, c = _volume(tmp_path, "vol-a"), _volume(tmp_path, "vol-c")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/here.txt")
-    _store(aws, make_service(aws, c, volume_id="vol-c"), "docs/gone.txt")
+    a, c = member_volume(tmp_path, "vol-a"), member_volume(tmp_path, "vol-c")
+    _store(aws, member_service(aws, a), "docs/here.txt")
+    _store(aws, member_service(aws, c), "docs/gone.txt")
     _beat(aws, "vol-c", clock=lambda: datetime(2026, 11, 1, tzinfo=UTC))  # long silent
     config = write_config(tmp_path / "a.yaml", a.root)
 
@@ -221,11 +225,7 @@ def test_a_key_whose_volume_has_no_live_member_is_named_and_the_job_fails(aws, t
 
 
 def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
-    enable_versioning(aws)
-    _target(aws)
-    a = _volume(tmp_path, "vol-a")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
-    config = write_config(tmp_path / "a.yaml", a.root)
+    config = _member_a_config(aws, tmp_path)
     base = ("--to-s3", "--bucket", TARGET, "--fleet", "--job", "j-2")
     assert _restore(config, "--prefix", "docs/", *base).code == 0
 
@@ -248,9 +248,7 @@ def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
 
 def test_a_claim_is_held_for_its_lease_then_retaken_and_done_is_final(aws, tmp_path):
     enable_versioning(aws)
-    a = _volume(tmp_path, "vol-a")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
-    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    record = _stored_on_a(aws, tmp_path)
     clock = FakeClock(AT)
 
     def job(member: str) -> RestoreJob:
@@ -279,9 +277,7 @@ def test_a_claim_is_held_for_its_lease_then_retaken_and_done_is_final(aws, tmp_p
 
 def test_a_failed_claim_is_retaken_at_once(aws, tmp_path):
     enable_versioning(aws)
-    a = _volume(tmp_path, "vol-a")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/one.txt")
-    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    record = _stored_on_a(aws, tmp_path)
     clock = FakeClock(AT)
     x = RestoreJob(aws.dynamodb, TABLE, "f-1", member_id="x", volume_id="vol-x", clock=clock)
     y = RestoreJob(aws.dynamodb, TABLE, "f-1", member_id="y", volume_id="vol-y", clock=clock)
@@ -294,9 +290,7 @@ def test_a_failed_claim_is_retaken_at_once(aws, tmp_path):
 
 def test_a_long_upload_renews_its_claim_so_no_other_member_takes_it_over(aws, tmp_path):
     enable_versioning(aws)
-    a = _volume(tmp_path, "vol-a")
-    _store(aws, make_service(aws, a, volume_id="vol-a"), "docs/big.bin")
-    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/big.bin")
+    record = _stored_on_a(aws, tmp_path, "docs/big.bin")
     clock = FakeClock(AT)
 
     def job(member: str) -> RestoreJob:
@@ -333,3 +327,76 @@ def test_a_long_upload_renews_its_claim_so_no_other_member_takes_it_over(aws, tm
     assert taken_meanwhile == [False] * 10  # the lease never ran out under the upload
     [claim] = other.items()[0].values()
     assert (claim.state, claim.member_id) == ("done", "x")
+
+
+# -- expiry (DynamoDB TTL on expires_at) ----------------------------------------------------
+
+
+def _items(aws, job_id: str) -> dict[str, dict]:
+    """The job's partition as stored, expired items too (moto never deletes them)."""
+    found = aws.dynamodb.query(
+        TableName=TABLE,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": JOB_PREFIX + job_id}},
+    )["Items"]
+    return {item["sk"]["S"]: item for item in found}
+
+
+def test_every_item_of_a_job_expires_thirty_days_after_its_last_write(aws, tmp_path):
+    enable_versioning(aws)
+    record = _stored_on_a(aws, tmp_path)
+    clock = FakeClock(AT)
+    job = RestoreJob(aws.dynamodb, TABLE, "t-1", member_id="x", volume_id="vol-a", clock=clock)
+    job.open({"prefix": "docs/"})
+    assert job.claim(record)
+    clock.advance(hours=2)
+    assert job.finish(record)
+    job.record_run({"restored": 1})
+
+    items = _items(aws, "t-1")
+    started, finished = AT + timedelta(days=30), AT + timedelta(days=30, hours=2)
+    assert {sk: int(item[EXPIRES_AT]["N"]) for sk, item in items.items()} == {
+        "job": int(started.timestamp()),
+        "key#docs/one.txt": int(finished.timestamp()),  # the claim's last write: done
+        "member#x": int(finished.timestamp()),
+    }
+
+
+def test_an_expired_item_is_as_absent_until_ttl_deletes_it(aws, tmp_path):
+    """TTL deletes within days: until then the reads leave an expired item out and the
+    conditional writes take it as absent (AWS: "Working with expired items")."""
+    enable_versioning(aws)
+    record = _stored_on_a(aws, tmp_path)
+    clock = FakeClock(AT)
+    x = RestoreJob(aws.dynamodb, TABLE, "t-2", member_id="x", volume_id="vol-a", clock=clock)
+    y = RestoreJob(aws.dynamodb, TABLE, "t-2", member_id="y", volume_id="vol-y", clock=clock)
+    assert x.open({"prefix": "docs/"})
+    assert x.claim(record) and x.finish(record)
+    assert not y.claim(record)  # done is final while it lasts
+
+    clock.advance(days=30)
+
+    assert x.items() == ({}, [])
+    assert "job" in _items(aws, "t-2")  # still stored (moto, like TTL for a while)
+    assert y.open({"prefix": "other/"})  # the id starts afresh, with its own arguments
+    assert y.claim(record)  # the expired done claim no longer holds the key
+    clock.advance(days=30)
+    assert not y.finish(record)  # nor does an expired claim let its member finish it
+    assert not y.renew(record)
+
+
+def test_status_ignores_an_expired_job_and_its_id_starts_afresh(aws, tmp_path):
+    config = _member_a_config(aws, tmp_path)
+    args = ("--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet", "--job", "old-1")
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    long_ago = FakeClock(datetime.now(UTC) - timedelta(days=31))  # its items: expired
+    old = RestoreJob(aws.dynamodb, TABLE, "old-1", member_id="x", volume_id="vol-a", clock=long_ago)
+    assert old.open({"prefix": "other/"})
+    assert old.claim(record) and old.finish(record, error="S3 PutObject: AccessDenied")
+
+    gone = _restore(config, *args, "--status")
+
+    assert gone.code == 2 and "no restore job old-1" in gone.err
+    assert _restore(config, *args).code == 0  # not "started with other arguments"
+    today = _restore(config, *args, "--status", "--json")
+    assert today.code == 0 and today.job()["failed"] == [] and today.job()["done"] == 1

@@ -2,7 +2,9 @@
 
 The oracle is the rule docs/fleet.md states: a member may claim a key that nobody claimed,
 one that failed, one it claimed itself before, or one whose lease ran out, never one that
-is done; only the member holding a claim marks it done or failed. Whatever the members do
+is done; only the member holding a claim marks it done or failed. An item past its
+`expires_at` (RETENTION after its last write: TTL deletes it some time later) is as absent:
+not read back, claimable by anyone, not finished. Whatever the members do
 in whatever order, the table answers as the rule says, and a key is never claimed by a
 second member while the first one's lease runs (so it is never put twice at once).
 """
@@ -22,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from moto import mock_aws
 
 from agent.records import VersionRecord
-from agent.restore.job import CLAIMED, DONE, FAILED, RestoreJob
+from agent.restore.job import CLAIMED, DONE, FAILED, RETENTION, RestoreJob
 from agent.storage.ledger import table_definition
 from tests.support.aws import REGION
 from tests.support.clock import FakeClock
@@ -52,6 +54,7 @@ class Held:
     state: str
     member: str
     lease_until: datetime
+    expires: datetime  # RETENTION after the write
 
 
 class Claims(RuleBasedStateMachine):
@@ -77,8 +80,12 @@ class Claims(RuleBasedStateMachine):
         self.model: dict[str, Held] = {}
         self.holding: dict[str, tuple[str, datetime]] = {}  # key -> (member, lease end) live
 
-    def _may_claim(self, member: str, key: str) -> bool:
+    def _live(self, key: str) -> Held | None:
         held = self.model.get(key)
+        return held if held is not None and held.expires > self.clock() else None
+
+    def _may_claim(self, member: str, key: str) -> bool:
+        held = self._live(key)
         if held is None:
             return True
         if held.state == DONE:
@@ -93,28 +100,35 @@ class Claims(RuleBasedStateMachine):
             live = self.holding.get(key)
             # never a second member while another's claim is live (claimed, lease running)
             assert live is None or live[0] == member or live[1] < self.clock()
-            self.model[key] = Held(CLAIMED, member, self.clock() + LEASE)
+            self.model[key] = Held(CLAIMED, member, self.clock() + LEASE, self.clock() + RETENTION)
             self.holding[key] = (member, self.clock() + LEASE)
 
     @rule(member=st.sampled_from(MEMBERS), key=st.sampled_from(KEYS), ok=st.booleans())
     def finish(self, member: str, key: str, ok: bool) -> None:
-        held = self.model.get(key)
+        held = self._live(key)
         expected = held is not None and held.state == CLAIMED and held.member == member
         error = None if ok else "S3 PutObject: SlowDown"
         assert self.members[member].finish(_record(key), error=error) is expected
         if expected and held is not None:
-            self.model[key] = Held(DONE if ok else FAILED, member, self.clock() + LEASE)
+            state = DONE if ok else FAILED
+            self.model[key] = Held(state, member, self.clock() + LEASE, self.clock() + RETENTION)
             self.holding.pop(key, None)
 
     @rule(minutes=st.integers(min_value=1, max_value=15))
     def wait(self, minutes: int) -> None:
         self.clock.advance(minutes=minutes)
 
+    @rule(days=st.sampled_from((1, 29, 31)))
+    def age(self, days: int) -> None:
+        """Days pass: up to RETENTION's edge, or past it (what was written expires)."""
+        self.clock.advance(days=days)
+
     @invariant()
     def the_table_says_what_the_model_says(self) -> None:
         claims, _runs = self.members["x"].items()
+        live = {k: h for k, h in self.model.items() if h.expires > self.clock()}
         assert {k: (c.state, c.member_id) for k, c in claims.items()} == {
-            k: (h.state, h.member) for k, h in self.model.items()
+            k: (h.state, h.member) for k, h in live.items()
         }
 
 

@@ -15,7 +15,7 @@ from agent.monitoring.metrics import DiskUsage
 from agent.monitoring.prometheus import PrometheusMetrics, Sources
 from agent.pipeline.backup import Outcome
 from agent.scheduler import JobRecord, every
-from agent.stats import Stats
+from agent.stats import RECORDS_REJECTED, Stats
 
 
 def scrape(port: int) -> dict[str, dict]:
@@ -42,6 +42,7 @@ def exporter():
     stats.record_archived("sse-c")
     for result in ("read", "read", "denied"):
         stats.record_tag_request(result)
+    stats.count(RECORDS_REJECTED, 2)
     job = JobRecord(
         "metrics", every(60), runs=5, failures=2, last_duration=0.25, last_success_at=1140.0
     )
@@ -99,6 +100,7 @@ def test_the_endpoint_serves_counters_gauges_and_histograms(exporter):
         (("result", "missing"),): 0.0,
         (("result", "read"),): 2.0,
     }
+    assert s["backup_agent_records_rejected_total"][()] == 2
     assert s["backup_agent_last_success_timestamp_seconds"][()] == 1150.0
     assert s["backup_agent_start_time_seconds"][()] == 1000.0
     assert s["backup_agent_messages_in_flight"][()] == 3
@@ -151,6 +153,7 @@ def test_a_fresh_agent_exports_every_counter_at_zero_and_no_created_series():
         "backup_agent_bytes_stored_total",
         "backup_agent_backups_gave_up_total",
         "backup_agent_messages_held_back_total",
+        "backup_agent_records_rejected_total",
     ):
         assert s[name] == {(): 0.0}, name
     assert s["process_cpu_seconds_total"][()] >= 0  # the process collector

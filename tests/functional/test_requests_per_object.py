@@ -11,10 +11,7 @@ per batch (receive ahead by default, 1c297d0).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
-
-import pytest
 
 from agent.aws import Clients
 from agent.pipeline.consumer import Consumer
@@ -27,16 +24,6 @@ from tests.support.events import notification, s3_record
 from tests.support.waiting import wait_until
 
 OBJECTS = 100
-
-
-@pytest.fixture
-def consumers() -> Iterator[list[Consumer]]:
-    made: list[Consumer] = []
-    yield made
-    for consumer in made:
-        consumer.stop(5)
-        for thread in consumer._threads:
-            thread.join(10)
 
 
 def queue_objects(aws: Clients, count: int) -> None:

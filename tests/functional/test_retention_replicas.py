@@ -28,22 +28,13 @@ from agent.storage.volume import Volume
 from tests.functional.test_fleet_replicas import group_config
 from tests.support.aws import BUCKET, TABLE
 from tests.support.clock import FakeClock
+from tests.support.fleet import two_members
 from tests.support.iam import Recorder, checks, matching_statements
 from tests.support.lifecycle import created, deleted, enable_versioning, put
-from tests.support.service import make_service
 
 AT = datetime(2026, 11, 30, 12, tzinfo=UTC)
 KEY = "docs/report.txt"
 GROUPS = {"vol-a": "backup-events-1", "vol-b": "backup-events-2"}
-
-
-def _volume(tmp_path: Path, name: str) -> Volume:
-    root = tmp_path / name
-    root.mkdir()
-    volume = Volume(root)
-    volume.initialise(name)
-    volume.open()
-    return volume
 
 
 def _ledger(aws: Any, volume_id: str) -> Ledger:
@@ -54,11 +45,9 @@ def _held_twice(aws: Any, tmp_path: Path, *, then_delete: bool = False) -> dict[
     """Three versions of KEY (and a delete marker on top, if asked), each backed up by
     both members, as the fan-out delivers every event to both groups."""
     enable_versioning(aws)
-    volumes = {name: _volume(tmp_path, name) for name in GROUPS}
-    members = [
-        make_service(aws, v, volume_id=name, ledger=_ledger(aws, name))
-        for name, v in volumes.items()
-    ]
+    pair = two_members(aws, tmp_path, ("vol-a", "vol-b"), groups=(GROUPS["vol-a"], GROUPS["vol-b"]))
+    volumes = {volume.root.name: volume for volume, _ in pair}
+    members = [service for _, service in pair]
     events = []
     for n in range(3):
         body = f"version {n + 1}".encode()

@@ -36,16 +36,22 @@ def make_config(root: Path, **overrides: Any) -> Config:
 
 
 @contextlib.contextmanager
-def bootstrapped_aws(config: Config) -> Iterator[Clients]:
-    """`aws` for a config of the test's own (another queue setting, say)."""
+def mocked_aws() -> Iterator[Clients]:
+    """In-process moto with nothing in it yet (for tests of bootstrap itself)."""
     with mock_aws():
         session = boto3.session.Session(region_name=REGION)
-        clients = Clients(
+        yield Clients(
             s3=session.client("s3"),
             sqs=session.client("sqs"),
             dynamodb=session.client("dynamodb"),
             session=session,
         )
+
+
+@contextlib.contextmanager
+def bootstrapped_aws(config: Config) -> Iterator[Clients]:
+    """`aws` for a config of the test's own (another queue setting, say)."""
+    with mocked_aws() as clients:
         Bootstrap(config, clients).run(create_buckets=True)
         _drain_test_events(clients)
         yield clients

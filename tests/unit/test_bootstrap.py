@@ -12,21 +12,16 @@ from moto import mock_aws
 from agent.aws import Clients
 from agent.cli import bootstrap as bootstrap_cli
 from agent.operations.bootstrap import NOTIFICATION_ID, NOTIFIED_EVENTS, Bootstrap
-from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
+from agent.restore.job import EXPIRES_AT
+from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config, mocked_aws
 from tests.support.aws_hooks import CallLog, record_calls
 from tests.support.backed_up import write_config
 
 
 @pytest.fixture
 def clients() -> Iterator[Clients]:
-    with mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        yield Clients(
-            s3=session.client("s3"),
-            sqs=session.client("sqs"),
-            dynamodb=session.client("dynamodb"),
-            session=session,
-        )
+    with mocked_aws() as clients:
+        yield clients
 
 
 @pytest.fixture
@@ -53,6 +48,7 @@ def test_a_first_run_creates_everything(clients, config):
             "queue policy for S3",
             f"notification {BUCKET} → queue",
             f"table {TABLE}",
+            f"time to live {TABLE}.expires_at",
         ]
     )
 
@@ -166,7 +162,7 @@ def test_a_second_run_creates_nothing(clients, config):
     clients.sqs.purge_queue(QueueUrl=QUEUE_URL)
     report = Bootstrap(config, clients).run(create_buckets=True)
     assert report.created == []
-    assert len(report.existing) == 6
+    assert len(report.existing) == 7
     messages = clients.sqs.receive_message(QueueUrl=QUEUE_URL, WaitTimeSeconds=0).get(
         "Messages", []
     )
@@ -251,6 +247,7 @@ def test_a_dry_run_on_an_empty_account_lists_everything_and_creates_nothing(clie
             "queue policy for S3",
             f"notification {BUCKET} → queue",
             f"table {TABLE}",
+            f"time to live {TABLE}.expires_at",
         ]
     )
     assert [op for op in calls.operations() if not op.startswith(READS)] == []
@@ -262,7 +259,7 @@ def test_a_dry_run_on_an_empty_account_lists_everything_and_creates_nothing(clie
 def test_a_dry_run_after_a_real_run_finds_everything_there(clients, config):
     Bootstrap(config, clients).run(create_buckets=True)
     report = Bootstrap(config, clients, dry_run=True).run(create_buckets=True)
-    assert report.created == [] and len(report.existing) == 6
+    assert report.created == [] and len(report.existing) == 7
 
 
 def test_a_dry_run_names_a_changed_setting_and_leaves_it(clients, config, backup_root):
@@ -299,3 +296,32 @@ def test_the_cli_dry_run_prints_the_plan_and_creates_nothing(tmp_path, backup_ro
         assert capsys.readouterr().err.splitlines()[1] == (
             f"  buckets: {BUCKET}: no such bucket (create it, or run with --create-buckets)"
         )
+
+
+def test_time_to_live_is_enabled_on_expires_at_once(clients, config):
+    """Restore-job items carry `expires_at` (agent/restore/job.py). AWS refuses a second
+    UpdateTimeToLive within the hour (moto does not): a run that finds it on asks nothing."""
+    Bootstrap(config, clients).run(create_buckets=True)
+    ttl = clients.dynamodb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
+    assert ttl == {"TimeToLiveStatus": "ENABLED", "AttributeName": EXPIRES_AT}
+
+    calls = _recorded(clients)
+    again = Bootstrap(config, clients).run()
+
+    assert f"time to live {TABLE}.{EXPIRES_AT}" in again.existing
+    assert "UpdateTimeToLive" not in calls.operations()
+    assert "DescribeTimeToLive" in calls.operations()
+
+
+def test_a_time_to_live_on_another_attribute_is_left_alone_and_said(clients, config):
+    Bootstrap(config, clients).run(create_buckets=True)
+    clients.dynamodb.update_time_to_live(
+        TableName=TABLE, TimeToLiveSpecification={"Enabled": True, "AttributeName": "gone_at"}
+    )
+
+    report = Bootstrap(config, clients).run()
+
+    ttl = clients.dynamodb.describe_time_to_live(TableName=TABLE)["TimeToLiveDescription"]
+    assert ttl["AttributeName"] == "gone_at"
+    [said] = [line for line in report.existing if line.startswith("time to live")]
+    assert "enabled on gone_at" in said and "restore-job items stay" in said

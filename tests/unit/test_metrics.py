@@ -21,8 +21,9 @@ from agent.monitoring.metrics import (
     resolve_dimensions,
     resolve_instance_id,
 )
+from agent.runtime.wiring import backup_service
 from agent.stats import Stats
-from tests.support.aws import make_config
+from tests.support.aws import BUCKET, TABLE, make_config
 
 
 def fixed_disk(root: Path) -> DiskUsage:
@@ -209,3 +210,21 @@ def test_a_long_outage_drops_the_oldest_datapoints_first():
     publisher.flush()
     sent = [d["Timestamp"].second for d in cloudwatch.calls[0]]
     assert sent == [3, 4, 5, 6, 7]
+
+
+def test_records_the_daemon_rejects_are_a_counter_counted_once_each(aws, config, volume):
+    """A malformed ledger item read through the daemon's wiring is counted once, however
+    often it is read again, and sampled as RecordsRejected (a delta, like the others)."""
+    stats = Stats()
+    sampler = Sampler(stats, Path("/mnt"), disk=fixed_disk)
+    service = backup_service(config, aws, volume, "vol-test", stats=stats)
+    item = {"pk": {"S": f"{BUCKET}/bad.txt"}, "sk": {"S": "LATEST"}, "size": {"N": "-5"}}
+    aws.dynamodb.put_item(TableName=TABLE, Item=item)
+
+    service.ledger.latest(BUCKET, "bad.txt")
+    service.ledger.latest(BUCKET, "bad.txt")  # the same item: not counted again
+
+    first = by_name(sampler.sample())
+    assert first["RecordsRejected"].value == 1 and first["RecordsRejected"].unit == "Count"
+    assert first["BackupsFailed"].value == 0
+    assert by_name(sampler.sample())["RecordsRejected"].value == 0
