@@ -20,7 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
@@ -209,6 +209,21 @@ def test_several_records_of_a_key_keep_their_order(dynamodb):
     assert ledger.latest(BUCKET, "a.txt") == records[1]  # the marker's removal uncovers v2
 
 
+def test_a_put_recorded_after_its_own_removal_does_not_become_latest(dynamodb):
+    """The removal was processed while the version's copy was still being written: the
+    put goes through `record` (LATEST derived again), not the transaction."""
+    ledger = Ledger(dynamodb, TABLE)
+    previous = stored("a.txt", "v1", "10")
+    ledger.record(previous)
+    ledger.record(removal("a.txt", "v2", "30"))
+    calls = record_calls(dynamodb)
+
+    assert ledger.record_many([stored("a.txt", "v2", "20"), stored("b.txt")]) == [True, True]
+
+    assert ledger.latest(BUCKET, "a.txt") == previous
+    assert len(calls.of("TransactWriteItems")[0]["TransactItems"]) == 2  # b's alone
+
+
 def test_a_conflict_sends_the_record_through_record_and_retries_the_rest(dynamodb):
     reasons = [{"Code": "TransactionConflict"}, {"Code": "None"}] + [{"Code": "None"}] * 4
     fault = inject(
@@ -313,12 +328,13 @@ def a_record(draw: st.DrawFn) -> VersionRecord:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> tuple[list[Any], list[VersionRecord], list[VersionRecord]]:
-    """(malformed items already there, records of the other replica group first, the batch)."""
+def histories(draw: st.DrawFn) -> tuple[list[Any], list[Any], list[VersionRecord]]:
+    """(malformed items already there, records first (True: by the other replica group,
+    False: by the ledger itself, which remembers its removals), the batch)."""
     malformed = draw(
         st.lists(st.tuples(st.sampled_from(KEYS), st.sampled_from([*VERSIONS, LATEST])), max_size=2)
     )
-    before = draw(st.lists(a_record(), max_size=4))
+    before = draw(st.lists(st.tuples(st.booleans(), a_record()), max_size=5))
     batch = draw(st.lists(a_record(), min_size=1, max_size=10))
     return malformed, before, batch
 
@@ -341,7 +357,14 @@ def test_record_many_leaves_the_items_and_results_of_record_in_order():
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
         @given(history=histories())
-        def check(history: tuple[list[Any], list[VersionRecord], list[VersionRecord]]) -> None:
+        @example(  # a put after its own removal (the ledger remembers it): never LATEST
+            history=(
+                [],
+                [(False, stored("k1.txt", "v1", "10")), (False, removal("k1.txt", "v2", "50"))],
+                [stored("k1.txt", "v2", "30")],
+            )
+        )
+        def check(history: tuple[list[Any], list[Any], list[VersionRecord]]) -> None:
             malformed, before, batch = history
             n = next(tables)
             names = (f"batched-{n}", f"oracle-{n}")
@@ -351,9 +374,10 @@ def test_record_many_leaves_the_items_and_results_of_record_in_order():
                 for key, version in malformed:
                     dynamodb.put_item(TableName=name, Item=_malformed(key, version))
                 other = Ledger(dynamodb, name, group=GROUPS[1], volume_id="vol-b")
-                for record in before:
-                    other.record(record)
-                ledgers.append(Ledger(dynamodb, name, group=GROUPS[0], volume_id="vol-a"))
+                ledger = Ledger(dynamodb, name, group=GROUPS[0], volume_id="vol-a")
+                for by_other, record in before:
+                    (other if by_other else ledger).record(record)
+                ledgers.append(ledger)
 
             batched = ledgers[0].record_many(batch)
             oracle = []
