@@ -13,7 +13,9 @@ docs/testing.md and tests/reliability/test_ledger_transactions.py.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -395,3 +397,45 @@ def test_record_many_leaves_the_items_and_results_of_record_in_order():
                 dynamodb.delete_table(TableName=name)
 
         check()
+
+
+def test_two_callers_with_the_same_keys_in_opposite_orders_both_finish(dynamodb):
+    """Each request holds its keys in sorted order, so two callers cannot wait on each
+    other; each version is fresh for exactly one of them."""
+    ledger = Ledger(dynamodb, TABLE)
+    records = [stored(f"reports/{n}.txt") for n in range(10)]
+    start = threading.Barrier(2)
+    results: dict[str, list[Any]] = {}
+    # Each caller, once it holds its first key, waits (2 s at most) for the other to hold
+    # one too: taken in request order, the two would then wait on each other for good.
+    first_held = threading.Barrier(2, timeout=2)
+    holding = ledger._holding
+    local = threading.local()
+
+    @contextlib.contextmanager
+    def held_then_met(pk: str) -> Iterator[None]:
+        with holding(pk):
+            if not getattr(local, "met", False):
+                local.met = True
+                with contextlib.suppress(threading.BrokenBarrierError):
+                    first_held.wait()
+            yield
+
+    ledger._holding = held_then_met  # type: ignore[method-assign]
+
+    def run(name: str, batch: list[VersionRecord]) -> None:
+        start.wait()
+        results[name] = ledger.record_many(batch)
+
+    threads = [
+        threading.Thread(target=run, args=("forward", records), daemon=True),
+        threading.Thread(target=run, args=("backward", records[::-1]), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+
+    fresh = [a + b for a, b in zip(results["forward"], results["backward"][::-1], strict=True)]
+    assert fresh == [1] * 10
