@@ -16,7 +16,9 @@ LATEST is what agent/history.py derives from the key's records: the version S3 s
 newer LATEST. A removal of the current version, a LATEST written by an older release
 (another `order_key` format) and reconcile's corrections derive it again from the key's
 records (`settle`), conditionally on the LATEST that was read. Reads of a LATEST in the
-older format derive it the same way without writing (migrate on read).
+older format derive it the same way without writing (migrate on read). `record_many` makes
+the two writes of many new versions in TransactWriteItems requests (same conditions, same
+results; docs/design.md "Transactions") and leaves everything else to `record`.
 
 Items are read as untrusted input (written by hand, by another tool, by an attacker with
 table access): each goes through `parse_item`, which returns a record or a `Rejection`
