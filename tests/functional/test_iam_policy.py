@@ -26,6 +26,7 @@ import boto3
 import pytest
 import structlog
 import yaml
+from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 
 from agent.aws import build_clients
@@ -43,7 +44,7 @@ from agent.operations.iam import (
 )
 from agent.records import VersionRecord
 from agent.runtime.daemon import Daemon
-from agent.storage.ledger import Ledger, table_definition
+from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE
 from tests.support.aws_hooks import Fault, inject
@@ -650,11 +651,21 @@ def test_a_ledger_transaction_is_authorised_as_its_puts_and_the_policy_allows_it
         size=10,
         stored_size=9,
     )
-    with mock_aws(), Recorder().installed() as recorder:
-        dynamodb = boto3.client("dynamodb", region_name=REGION)
-        dynamodb.create_table(**table_definition(config.state.table))
-        with recorder.role("agent"):
-            assert Ledger(dynamodb, config.state.table).record_many([record]) == [True]
+    # No moto of its own (the module's world may be running): DynamoDB's answer to a
+    # transaction that commits is an empty JSON object.
+    dynamodb = boto3.client(
+        "dynamodb",
+        region_name=REGION,
+        endpoint_url="http://dynamodb.invalid",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    dynamodb.meta.events.register(
+        "before-send.dynamodb.TransactWriteItems",
+        lambda request, **_: AWSResponse(request.url, 200, {}, _Answer(b"{}")),
+    )
+    with Recorder().installed() as recorder, recorder.role("agent"):
+        assert Ledger(dynamodb, config.state.table).record_many([record]) == [True]
     (call,) = recorder.calls
     assert call.operation == "TransactWriteItems"
     found = checks(call)
@@ -670,3 +681,11 @@ def test_a_ledger_transaction_is_authorised_as_its_puts_and_the_policy_allows_it
     (denied,) = checks(other)
     assert denied.resource == f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/someone-elses"
     assert not matching_statements(policy, denied)
+
+
+class _Answer:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body
