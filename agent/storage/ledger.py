@@ -16,7 +16,9 @@ LATEST is what agent/history.py derives from the key's records: the version S3 s
 newer LATEST. A removal of the current version, a LATEST written by an older release
 (another `order_key` format) and reconcile's corrections derive it again from the key's
 records (`settle`), conditionally on the LATEST that was read. Reads of a LATEST in the
-older format derive it the same way without writing (migrate on read).
+older format derive it the same way without writing (migrate on read). `record_many` makes
+the two writes of many new versions in TransactWriteItems requests (same conditions, same
+results; docs/design.md "Transactions") and leaves everything else to `record`.
 
 Items are read as untrusted input (written by hand, by another tool, by an attacker with
 table access): each goes through `parse_item`, which returns a record or a `Rejection`
@@ -29,9 +31,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
+import json
 import threading
+import uuid
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
@@ -40,6 +45,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from agent import history, order
 from agent.aws import classify, error_code
+from agent.errors import RetryableError
 from agent.records import (
     MAX_HOLDERS,
     Rejection,
@@ -62,9 +68,21 @@ RECENT_REMOVALS = 4096
 # `volume_id` (a release by the volume it names moves it to a holder left), nothing else
 # (IAM's dynamodb:Attributes must list the key attributes too).
 HOLDER_ATTRIBUTES = ("pk", "sk", "holders", "volume_id")
+# The conditions of a new version's two writes: its version item is not there yet, and
+# LATEST is absent or older (in today's order format) than the version.
+VERSION_CONDITION = "attribute_not_exists(pk)"
+ADVANCE_CONDITION = (
+    "attribute_not_exists(pk) OR (begins_with(order_key, :format) AND order_key < :order)"
+)
 # A release retries while other holders change the item; each failure is another's add or
 # release, at most two per replica group.
 RELEASE_ATTEMPTS = 2 * MAX_HOLDERS + SETTLE_ATTEMPTS
+
+# TransactWriteItems: at most 100 actions (two per record: the version and its LATEST) and
+# 4 MB of items per request (DynamoDB API reference); the size is counted as the items'
+# JSON, which is larger than DynamoDB's own measure, with room to spare.
+TRANSACT_ACTIONS = 100
+TRANSACT_BYTES = 3_500_000
 
 log = structlog.get_logger("agent.ledger")
 
@@ -203,6 +221,146 @@ class Ledger:
                 self._advance_latest(record)
         return fresh
 
+    def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
+        """`record` of each record, in order, in fewer requests: the same items in the end
+        and the same result per record (True fresh, False already known), or the exception
+        `record` would have raised for it (the other records still go through).
+
+        A plain new version (not a removal, not a version removed lately, not a delete that
+        empties the null version; the first record of its key in this call) is written by a
+        TransactWriteItems with its LATEST: the two PutItems of `record`, with their very
+        conditions, up to 50 records per request. A transaction is all or nothing: when one
+        record's condition fails (a duplicate, an out-of-order event, a malformed item, a
+        version another replica group wrote) DynamoDB cancels the request and says why per
+        action (CancellationReasons, in request order); those records, and those of a
+        conflict, go through `record` (which repairs, adds holders, settles), the others
+        are sent again. Every other record goes through `record`, after the records of its
+        key before it. The keys of a request are held (`_holding`, sorted: two callers take
+        them in the same order) while it is made; `record` is called with none held."""
+        results: list[bool | Exception | None] = [None] * len(records)
+        batched: list[int] = []
+        first_of_key: set[str] = set()
+        for index, record in enumerate(records):
+            pk = object_pk(record.bucket, record.key)
+            if pk not in first_of_key and self._plain_new(record, pk):
+                batched.append(index)
+            first_of_key.add(pk)
+        while batched:
+            request, batched = self._next_request(records, batched)
+            for index, outcome in self._transact(records, request).items():
+                if outcome is _AGAIN:
+                    batched.append(index)  # cancelled for another record's sake
+                elif not isinstance(outcome, _Then):
+                    results[index] = outcome
+            batched.sort()
+        for index, record in enumerate(records):
+            if results[index] is None:
+                try:
+                    results[index] = self.record(record)
+                except Exception as exc:  # noqa: BLE001 - per record, as `record` raised it
+                    results[index] = exc
+        return [r for r in results if r is not None]
+
+    def _next_request(
+        self, records: Sequence[VersionRecord], batched: list[int]
+    ) -> tuple[list[int], list[int]]:
+        """The records (indexes) of the next TransactWriteItems, from the front of
+        `batched`, and those left: two actions each, within TRANSACT_ACTIONS and
+        TRANSACT_BYTES."""
+        request: list[int] = []
+        size = 0
+        for position, index in enumerate(batched):
+            grown = size + len(json.dumps(self._new_version_actions(records[index])))
+            full = 2 * (len(request) + 1) > TRANSACT_ACTIONS or grown > TRANSACT_BYTES
+            if request and full:
+                return request, batched[position:]
+            request.append(index)
+            size = grown
+        return request, []
+
+    def _plain_new(self, record: VersionRecord, pk: str) -> bool:
+        """Would `record` write its version and advance LATEST, nothing else?"""
+        return not (
+            history.is_removal(record)
+            or history.empties_null(record)
+            or self._was_removed(pk, record.version_id)
+        )
+
+    def _transact(
+        self, records: Sequence[VersionRecord], request: list[int]
+    ) -> dict[int, bool | Exception | _Then]:
+        """Write the records `request` indexes in one TransactWriteItems. Each index maps
+        to True (written), `_AGAIN` (cancelled for another's sake: send it again), `_ALONE`
+        (its own condition failed, or a conflict: `record` decides) or the error."""
+        pks = sorted({object_pk(records[i].bucket, records[i].key) for i in request})
+        with contextlib.ExitStack() as held:
+            for pk in pks:
+                held.enter_context(self._holding(pk))
+            outcomes: dict[int, bool | Exception | _Then] = {}
+            sent = []
+            for index in request:  # another thread may have removed it since it was read
+                record = records[index]
+                if self._plain_new(record, object_pk(record.bucket, record.key)):
+                    sent.append(index)
+                else:
+                    outcomes[index] = _ALONE
+            if not sent:
+                return outcomes
+            actions: list[Any] = []
+            for index in sent:
+                actions.extend(self._new_version_actions(records[index]))
+            try:
+                self._db.transact_write_items(
+                    TransactItems=actions,
+                    # DynamoDB answers a request repeated with this token within 10 minutes
+                    # as the first was answered (botocore's retries send it again), so a
+                    # transaction that succeeded is not cancelled by its own writes
+                    ClientRequestToken=str(uuid.uuid4()),
+                )
+            except botocore.exceptions.ClientError as exc:
+                code = error_code(exc)
+                if code == "TransactionCanceledException":
+                    outcomes.update(_cancelled(sent, exc.response.get("CancellationReasons")))
+                    return outcomes
+                error: Exception = classify(exc, "DynamoDB TransactWriteItems")
+                if code == "TransactionInProgressException":  # still running: unknown yet
+                    error = RetryableError(str(error))
+                elif not isinstance(error, RetryableError):
+                    # refused whole (a validation of the request): one record at a time
+                    outcomes.update(dict.fromkeys(sent, _ALONE))
+                    return outcomes
+                outcomes.update(dict.fromkeys(sent, error))
+                return outcomes
+            except botocore.exceptions.BotoCoreError as exc:
+                outcomes.update(dict.fromkeys(sent, classify(exc, "DynamoDB TransactWriteItems")))
+                return outcomes
+        outcomes.update(dict.fromkeys(sent, True))
+        return outcomes
+
+    def _new_version_actions(self, record: VersionRecord) -> list[dict[str, Any]]:
+        """The two Puts of `record` for a transaction: `_put_version`'s and
+        `_advance_latest`'s, with their conditions."""
+        item, _ = self._version_item(record)
+        return [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": item,
+                    "ConditionExpression": VERSION_CONDITION,
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": self._latest_item(record),
+                    "ConditionExpression": ADVANCE_CONDITION,
+                    "ExpressionAttributeValues": _advance_values(record),
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            },
+        ]
+
     def settle(self, bucket: str, key: str) -> VersionRecord | None:
         """Make LATEST `history.latest_entry` of the key's records; return it. One Query
         reads both (reindex runs with an operator role that may Query, not GetItem)."""
@@ -260,16 +418,12 @@ class Ledger:
         With a replica group: the item names this volume as the group's holder, and an
         item another group wrote gets this group's holder added (`_add_holder`). True when
         this call made `record`'s volume a holder."""
-        item = self._item(record, VERSION_PREFIX + record.version_token)
-        holding = self.group is not None and record.volume_id == self.volume_id
-        if holding:
-            assert self.group is not None
-            item["holders"] = {"M": {self.group: {"S": record.volume_id}}}
+        item, holding = self._version_item(record)
         try:
             self._db.put_item(
                 TableName=self.table,
                 Item=item,
-                ConditionExpression="attribute_not_exists(pk)",
+                ConditionExpression=VERSION_CONDITION,
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except botocore.exceptions.ClientError as exc:
@@ -285,6 +439,16 @@ class Ledger:
         except botocore.exceptions.BotoCoreError as exc:
             raise classify(exc, "DynamoDB PutItem") from exc
         return True
+
+    def _version_item(self, record: VersionRecord) -> tuple[dict[str, Any], bool]:
+        """The version item of `record`, and whether it names this volume as its replica
+        group's holder (`holders`)."""
+        item = self._item(record, VERSION_PREFIX + record.version_token)
+        holding = self.group is not None and record.volume_id == self.volume_id
+        if holding:
+            assert self.group is not None
+            item["holders"] = {"M": {self.group: {"S": record.volume_id}}}
+        return item, holding
 
     def _add_holder(self, record: VersionRecord, seen: VersionRecord) -> bool:
         """Name `record.volume_id` as this group's holder of a version another wrote: one
@@ -358,14 +522,8 @@ class Ledger:
             self._db.put_item(
                 TableName=self.table,
                 Item=self._latest_item(record),
-                ConditionExpression=(
-                    "attribute_not_exists(pk) OR (begins_with(order_key, :format)"
-                    " AND order_key < :order)"
-                ),
-                ExpressionAttributeValues={
-                    ":order": {"S": record.order_key},
-                    ":format": {"S": order.FORMAT},
-                },
+                ConditionExpression=ADVANCE_CONDITION,
+                ExpressionAttributeValues=_advance_values(record),
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except botocore.exceptions.ClientError as exc:
@@ -658,6 +816,38 @@ class Ledger:
                 yield from page.get("Items", [])
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, "DynamoDB Query") from exc
+
+
+class _Then(enum.Enum):
+    """What becomes of a record a transaction did not write (`Ledger._transact`)."""
+
+    AGAIN = "again"  # nothing wrong with it (another record's write failed): send it again
+    ALONE = "alone"  # its own write failed (or a conflict): `record` decides
+
+
+_AGAIN, _ALONE = _Then.AGAIN, _Then.ALONE
+
+
+def _cancelled(sent: list[int], reasons: Any) -> dict[int, _Then]:
+    """Each record of a cancelled transaction: `_ALONE` when an action of its own was
+    refused (ConditionalCheckFailed, TransactionConflict, or any other code), `_AGAIN`
+    when both of its actions' reasons are "None" (AWS lists one reason per action, in
+    request order). Without readable reasons, or with no record refused, every record
+    goes alone: each round must leave one record fewer."""
+    if not isinstance(reasons, list) or len(reasons) != 2 * len(sent):
+        return dict.fromkeys(sent, _ALONE)
+    codes = [r.get("Code") if isinstance(r, dict) else None for r in reasons]
+    outcomes: dict[int, _Then] = {}
+    for position, index in enumerate(sent):
+        own = codes[2 * position : 2 * position + 2]
+        outcomes[index] = _AGAIN if all(c in (None, "None") for c in own) else _ALONE
+    if all(outcome is _AGAIN for outcome in outcomes.values()):
+        return dict.fromkeys(sent, _ALONE)
+    return outcomes
+
+
+def _advance_values(record: VersionRecord) -> dict[str, Any]:
+    return {":order": {"S": record.order_key}, ":format": {"S": order.FORMAT}}
 
 
 def _unchanged(seen: dict[str, Any], *names: str) -> dict[str, Any]:

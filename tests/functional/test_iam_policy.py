@@ -26,6 +26,7 @@ import boto3
 import pytest
 import structlog
 import yaml
+from botocore.awsrequest import AWSResponse
 from moto import mock_aws
 
 from agent.aws import build_clients
@@ -41,12 +42,21 @@ from agent.operations.iam import (
     policy_document,
     trust_document,
 )
+from agent.records import VersionRecord
 from agent.runtime.daemon import Daemon
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE
 from tests.support.aws_hooks import Fault, inject
-from tests.support.iam import Call, Check, Recorder, UnknownOperation, checks, matching_statements
+from tests.support.iam import (
+    ACCOUNT,
+    Call,
+    Check,
+    Recorder,
+    UnknownOperation,
+    checks,
+    matching_statements,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.xdist_group("iam-world")  # one moto world for the module's tests
@@ -616,3 +626,66 @@ def test_auto_grow_statements_only_when_on_and_only_with_the_volume_named(tmp_pa
     assert sids["WatchVolumeModifications"]["Resource"] == ["*"]
     assert sids["WatchVolumeModifications"]["Action"] == ["ec2:DescribeVolumesModifications"]
     assert sids["GrowBackupVolume"]["Resource"][0].endswith(":volume/vol-0123456789abcdef0")
+
+
+# -- ledger transactions (Ledger.record_many) ---------------------------------------------------
+
+
+def test_a_ledger_transaction_is_authorised_as_its_puts_and_the_policy_allows_it():
+    """AWS authorises each action of a TransactWriteItems as its underlying operation
+    (transaction-apis-iam.html): the agent's `dynamodb:PutItem` on the table covers
+    `record_many`, no new action is granted."""
+    config = load_config(EXAMPLE)
+    policy = role_policy(config, "agent")
+    record = VersionRecord(
+        bucket=BUCKET,
+        key="reports/q1.txt",
+        version_token="v:v1",
+        order_key="s:10",
+        event_name="ObjectCreated:Put",
+        event_time="2026-11-23T10:00:00+00:00",
+        backup_time="2026-11-23T10:00:00+00:00",
+        volume_id="vol-a",
+        deleted=False,
+        sha256="ab" * 32,
+        size=10,
+        stored_size=9,
+    )
+    # No moto of its own (the module's world may be running): DynamoDB's answer to a
+    # transaction that commits is an empty JSON object.
+    dynamodb = boto3.client(
+        "dynamodb",
+        region_name=REGION,
+        endpoint_url="http://dynamodb.invalid",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    dynamodb.meta.events.register(
+        "before-send.dynamodb.TransactWriteItems",
+        lambda request, **_: AWSResponse(request.url, 200, {}, _Answer(b"{}")),
+    )
+    with Recorder().installed() as recorder, recorder.role("agent"):
+        assert Ledger(dynamodb, config.state.table).record_many([record]) == [True]
+    (call,) = recorder.calls
+    assert call.operation == "TransactWriteItems"
+    found = checks(call)
+    assert {c.action for c in found} == {"dynamodb:PutItem"} and len(found) == 2
+    assert all(matching_statements(policy, c) == ["Ledger"] for c in found)
+    assert "dynamodb:TransactWriteItems" not in granted_actions(policy)
+
+    # not vacuous: the same Put on another table is denied
+    elsewhere = {**call.params["TransactItems"][0]["Put"], "TableName": "someone-elses"}
+    other = Call(
+        "agent", "dynamodb", REGION, "TransactWriteItems", {"TransactItems": [{"Put": elsewhere}]}
+    )
+    (denied,) = checks(other)
+    assert denied.resource == f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/someone-elses"
+    assert not matching_statements(policy, denied)
+
+
+class _Answer:
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self._body

@@ -32,6 +32,7 @@ FAULTED_OPERATIONS = [
     "sqs.ChangeMessageVisibility",
     "dynamodb.PutItem",
     "dynamodb.GetItem",
+    "dynamodb.TransactWriteItems",  # Ledger.record_many; test_ledger_transactions.py too
 ]
 
 
@@ -53,6 +54,7 @@ def test_random_faults_on_s3_sqs_and_dynamodb_lose_and_duplicate_nothing(make_pi
     # and one for sure on each service: 16 GETs at 25 % leave S3 without a fault once in ~100
     for operation in ("s3.GetObject", "sqs.ReceiveMessage", "dynamodb.PutItem"):
         faults.script(operation, rng.choice(ALL_KINDS))
+    faults.script("dynamodb.TransactWriteItems", THROTTLE)  # when the pipeline batches (rng kept)
     shared = os.urandom(3000)
     objects = {f"faults/{i:02d}.bin": os.urandom(rng.randrange(1, 200_000)) for i in range(12)}
     objects.update({f"faults/same-{i}.bin": shared for i in range(4)})

@@ -16,6 +16,7 @@ know fails the test, so a new call added to the code cannot slip past the policy
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import re
 import threading
@@ -184,6 +185,12 @@ _UNSCOPED = {  # actions with no resource-level permissions: checked against "*"
 }
 
 
+_TRANSACT = {  # a TransactWriteItems action -> the operation it is authorised as
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+}
 _VOLUME_OPERATIONS = {"AttachVolume", "DetachVolume", "DeleteVolume"}  # on an existing volume
 
 
@@ -201,6 +208,16 @@ def checks(call: Call) -> list[Check]:
         if "QueueUrl" in p:
             return [Check(action, sqs_arn(p["QueueUrl"], region, "aws"))]
         return [Check(action, f"arn:aws:sqs:{region}:{ACCOUNT}:{p['QueueName']}")]
+    if service == "dynamodb" and op == "TransactWriteItems":
+        # "Permissions for Put, Update, Delete, and Get actions are governed by the
+        # permissions used for the underlying PutItem, UpdateItem, DeleteItem, and GetItem
+        # operations" (transaction-apis-iam.html): each action as its own call
+        return [
+            check
+            for entry in p["TransactItems"]
+            for kind, body in entry.items()
+            for check in checks(dataclasses.replace(call, operation=_TRANSACT[kind], params=body))
+        ]
     if service == "dynamodb":
         table = f"arn:aws:dynamodb:{region}:{ACCOUNT}:table/{p['TableName']}"
         if op == "UpdateItem":  # dynamodb:Attributes: the key and every attribute named
