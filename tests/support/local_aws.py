@@ -6,7 +6,6 @@ Never used against real AWS: it only starts a process bound to loopback.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -31,13 +30,11 @@ def free_port() -> int:
 
 
 def moto_server_command() -> list[str]:
-    beside = Path(sys.executable).with_name("moto_server")
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("moto_server")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "moto.server"]
+    """moto_server, with tests/support/moto_server.py's change to TransactWriteItems."""
+    return [sys.executable, "-m", "tests.support.moto_server"]
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # where `tests.support` imports from
 
 
 class MotoServer:
@@ -50,7 +47,8 @@ class MotoServer:
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> MotoServer:
-        env = {**os.environ, **FAKE_CREDENTIALS}
+        path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, **FAKE_CREDENTIALS, "PYTHONPATH": path}
         output = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         self._process = subprocess.Popen(
             [*moto_server_command(), "-H", "127.0.0.1", "-p", str(self.port)],
