@@ -18,11 +18,14 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.aws import Clients
-from agent.pipeline.backup import BackupService
-from agent.pipeline.commit import Committer
+from agent.events import parse_message
+from agent.monitoring.monitor import Monitoring
+from agent.pipeline.backup import BackupService, Outcome, Result
+from agent.pipeline.commit import Committer, Pending
 from agent.pipeline.consumer import Consumer
 from agent.records import VersionRecord
 from agent.runtime.wiring import compression_settings, consumer_settings
+from agent.stats import Stats
 from agent.storage.barrier import BarrierTimeout, WriteBarrier
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
@@ -161,8 +164,6 @@ def test_the_snapshot_barrier_covers_a_copy_until_its_record_is_written(
 def test_outside_the_consumer_a_backup_is_recorded_before_process_returns(
     aws, config, volume, ledger
 ):
-    from agent.events import parse_message
-
     backup = committing_service(aws, config, volume, ledger)
     queue(aws, ("direct.txt", b"direct"))
     [message] = aws.sqs.receive_message(QueueUrl=QUEUE_URL)["Messages"]
@@ -174,3 +175,23 @@ def test_outside_the_consumer_a_backup_is_recorded_before_process_returns(
     assert result.outcome.value == "stored"
     assert ledger.recorded == ["direct.txt"]
     assert backup.committer is not None and backup.committer.commits == 0
+
+
+def test_monitoring_observes_a_committing_backup_once_it_is_recorded(aws, config):
+    monitoring = Monitoring(config, aws, stats=Stats())
+    [event] = parse_message(notification(s3_record("m.txt", size=1, sequencer="0A"))).events
+    record = VersionRecord.for_event(event, backup_time=event.event_time, volume_id="vol-test")
+    pending: Pending[Result] = Pending(record, lambda _fresh: Result(Outcome.STORED, event))
+
+    answer = monitoring.observe(lambda e: Result(Outcome.COMMITTING, e, record, None, pending))(
+        event
+    )
+
+    assert answer.pending is pending
+    assert monitoring.observations.drain() == {}  # nothing observed before the record
+    pending.resolve(Result(Outcome.STORED, event, record))
+    assert set(monitoring.observations.drain()) == {"BackupLagSeconds"}
+    failed: Pending[Result] = Pending(record, lambda _fresh: Result(Outcome.STORED, event))
+    monitoring.observe(lambda e: Result(Outcome.COMMITTING, e, record, None, failed))(event)
+    failed.resolve(RuntimeError("throttled"))
+    assert monitoring.observations.drain() == {}  # a failed record is not a backup
