@@ -3,7 +3,8 @@
 A worker's serial path ends when its copy is durable on the volume (renamed into place and
 fsynced). It hands the version's record to the committer (`Committer.submit`) and takes its
 next message. The committer takes every record waiting, appends their journal lines with ONE
-fsync (`Journal.append_many`), records them in the ledger with ONE call (`record_many`), then
+fsync (`Journal.append_many`), records them in the ledger with ONE call (`record_many`; until
+the ledger has it, one `record` per version, side by side in a small pool), then
 resolves each `Pending`: only then does the consumer delete its message, log
 ``backup.stored`` and count it. While one commit is under way the next records accumulate
 (group commit, with no timer: a lone record is committed at once).
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
 
 import structlog
@@ -46,9 +48,12 @@ class Recorder(Protocol):
     def record(self, record: VersionRecord) -> bool: ...
 
 
-def record_many(ledger: Recorder, records: Sequence[VersionRecord]) -> list[Outcome]:
+def record_many(
+    ledger: Recorder, records: Sequence[VersionRecord], pool: Executor | None = None
+) -> list[Outcome]:
     """Record `records` in one call when the ledger has `record_many` (TransactWriteItems,
-    branch s6-txn); until then one `record` each. One outcome per record, in order: True
+    branch s6-txn); until then one `record` each, side by side in `pool` when given (the
+    records of one round are of distinct keys). One outcome per record, in order: True
     (newly recorded), False (already recorded: the conditional write said so) or the
     exception that record's write raised."""
     many: Callable[[Sequence[VersionRecord]], list[Outcome]] | None = getattr(
@@ -56,13 +61,16 @@ def record_many(ledger: Recorder, records: Sequence[VersionRecord]) -> list[Outc
     )
     if many is not None:
         return list(many(records))
-    outcomes: list[Outcome] = []
-    for record in records:
+
+    def one(record: VersionRecord) -> Outcome:
         try:
-            outcomes.append(ledger.record(record))
+            return ledger.record(record)
         except Exception as exc:  # noqa: BLE001 - that record's failure, not the batch's
-            outcomes.append(exc)
-    return outcomes
+            return exc
+
+    if pool is None or len(records) < 2:
+        return [one(record) for record in records]
+    return list(pool.map(one, records))
 
 
 class Pending(Generic[T]):
@@ -122,9 +130,14 @@ class Committer:
     """One thread: journal lines of every waiting record under one fsync, then their ledger
     records in one call, then each record resolved."""
 
-    def __init__(self, journal: Journal, ledger: Recorder) -> None:
+    def __init__(self, journal: Journal, ledger: Recorder, *, fallback_threads: int = 8) -> None:
         self.journal = journal
         self.ledger = ledger
+        # Without `record_many`, a batch's `record` calls run side by side, as the workers'
+        # did before the commit stage: one thread doing two PutItems per record in turn
+        # would cap the agent at one worker's rate.
+        self._fallback_threads = fallback_threads
+        self._pool: ThreadPoolExecutor | None = None
         self._cond = threading.Condition()
         self._waiting: list[Pending[object]] = []
         self._committing = 0
@@ -157,6 +170,8 @@ class Committer:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+        if self._pool is not None and (thread is None or not thread.is_alive()):
+            self._pool.shutdown(wait=False)
 
     def _run(self) -> None:
         while True:
@@ -189,7 +204,7 @@ class Committer:
         self.commits += 1
         self.committed += len(batch)
         for round_ in _rounds(batch):
-            outcomes = record_many(self.ledger, [p.record for p in round_])
+            outcomes = record_many(self.ledger, [p.record for p in round_], self._fallback())
             if len(outcomes) != len(round_):
                 error = RuntimeError(f"record_many answered {len(outcomes)} for {len(round_)}")
                 outcomes = [error] * len(round_)
@@ -208,6 +223,13 @@ class Committer:
         finally:
             self._release(pending)
         pending.resolve(result)
+
+    def _fallback(self) -> Executor | None:
+        if hasattr(self.ledger, "record_many") or self._fallback_threads < 2:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._fallback_threads, thread_name_prefix="record")
+        return self._pool
 
     @staticmethod
     def _release(pending: Pending[object]) -> None:

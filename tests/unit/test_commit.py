@@ -14,6 +14,7 @@ import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,24 @@ def test_the_fallback_loop_also_fails_a_record_alone(tmp_path, committers):
         error,
         True,
     ]
+
+
+def test_the_fallback_records_a_batch_side_by_side_and_keeps_each_outcome_in_place(tmp_path):
+    error = RetryableError("throttled")
+    ledger = Ledger(fail={"k2": error})
+    both = threading.Barrier(2, timeout=WAIT)  # passed only if two records run at once
+    plain = ledger.record
+
+    def record(record: VersionRecord) -> bool:
+        if record.key in ("k1", "k3"):
+            both.wait()
+        return plain(record)
+
+    ledger.record = record  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = record_many(ledger, [_record(1), _record(2), _record(3)], pool)
+
+    assert outcomes == [True, error, True]
 
 
 def test_a_failed_journal_append_fails_the_batch_and_writes_no_record(tmp_path, committers):
