@@ -564,10 +564,12 @@ class Consumer:
                 left[0] -= 1
                 last = left[0] == 0
             if last:
-                with self._lock:
-                    self._committing -= 1
-                    self._lock.notify_all()
-                self._settle(message, failures)
+                try:
+                    self._settle(message, failures)
+                finally:  # after it left in-flight: the receive limit is never exceeded
+                    with self._lock:
+                        self._committing -= 1
+                        self._lock.notify_all()
 
         for event, pending in waiting:
             pending.on_done(functools.partial(resolved, event))
