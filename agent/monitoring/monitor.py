@@ -320,15 +320,25 @@ class Monitoring:
             except IntegrityError as exc:
                 self.alerts.submit(integrity_failure(f"s3://{event.bucket}/{event.key}", str(exc)))
                 raise
-            self.prometheus.duration.observe(time.monotonic() - started)
-            lag = max(0.0, self.clock() - event.event_time.timestamp())
-            self.prometheus.lag.observe(lag)
-            self.observations.add("BackupLagSeconds", lag)
-            if result.copy is not None:
-                self.prometheus.object_bytes.observe(result.copy.size)
+            if result.pending is not None:  # observed once recorded (agent/pipeline/commit.py)
+                result.pending.on_done(
+                    lambda done: (
+                        self._observe(event, started, done) if isinstance(done, Result) else None
+                    )
+                )
+                return result
+            self._observe(event, started, result)
             return result
 
         return observed
+
+    def _observe(self, event: ObjectEvent, started: float, result: Result) -> None:
+        self.prometheus.duration.observe(time.monotonic() - started)
+        lag = max(0.0, self.clock() - event.event_time.timestamp())
+        self.prometheus.lag.observe(lag)
+        self.observations.add("BackupLagSeconds", lag)
+        if result.copy is not None:
+            self.prometheus.object_bytes.observe(result.copy.size)
 
     # -- jobs ----------------------------------------------------------------------------
 

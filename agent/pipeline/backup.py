@@ -4,6 +4,14 @@ Order of effects, so that a crash at any point loses nothing:
 copy durable on the volume → journal line fsynced → DynamoDB record. Only then does the
 consumer delete the SQS message. Every step is idempotent, so redelivery is harmless.
 
+With a `Committer` (the daemon's), a copy made for the consumer (inside a delivery) ends
+the worker's part once it is durable: the journal line and the ledger record are written
+by the commit stage (agent/pipeline/commit.py) together with the other copies finished
+meanwhile, and `process` returns a `Result` whose outcome is COMMITTING and whose
+`pending` resolves to the final Result once recorded. Deletes, unreadable versions,
+duplicates, a restored version that replaces its archived record, and every call outside
+the consumer (reconcile, scrub) keep the synchronous path.
+
 A version S3 holds but will not serve (GetObject answers InvalidObjectState for GLACIER,
 DEEP_ARCHIVE and the Intelligent-Tiering archive tiers; 400 InvalidRequest for SSE-C) is a
 state, not an error: it is recorded as unreadable (`Outcome.ARCHIVED`, no copy) and the
@@ -31,6 +39,7 @@ from agent.categories import Categories
 from agent.errors import ObjectGone, ObjectUnreadable, PermanentError, RetryableError
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline import delivery
+from agent.pipeline.commit import Committer, Pending
 from agent.pipeline.recent import RecentVersions
 from agent.records import VersionRecord, attributes_of, tags_of
 from agent.stats import Stats
@@ -52,6 +61,7 @@ class Outcome(enum.Enum):
     TOMBSTONED = "tombstoned"  # a delete recorded
     GONE = "gone"  # deleted or replaced since the event; the newer event covers it
     ARCHIVED = "archived"  # S3 will not serve the bytes (archived, SSE-C): recorded as such
+    COMMITTING = "committing"  # copy durable; journal line and record with the committer
 
 
 TAG_PROOF_SKIPS = 1000  # GetObjectTagging skipped this often between two that succeed
@@ -75,6 +85,7 @@ class Result:
     event: ObjectEvent
     record: VersionRecord | None = None
     copy: StoredCopy | None = None
+    pending: Pending[Result] | None = None  # COMMITTING: resolves to the final Result
 
 
 Processor = Callable[[ObjectEvent], Result]
@@ -100,6 +111,7 @@ class BackupService:
         stats: Stats | None = None,
         record_tags: bool = True,
         categories: Categories | None = None,
+        committer: Committer | None = None,
     ) -> None:
         self.s3 = s3
         self.volume = volume
@@ -122,16 +134,20 @@ class BackupService:
         # the proof that we may read tags there is asked again (see `_tags`)
         self._tags_readable: dict[tuple[str, bool], int] = {}
         self._tags_guard = threading.Lock()
+        # The commit stage of the consumer's copies (None: every record written in `process`).
+        self.committer = committer
 
     def process(self, event: ObjectEvent, *, order_key: str | None = None) -> Result:
         """Back up one event; `order_key` places a listed version (reconcile)."""
         if event.bucket not in self.buckets:
             raise PermanentError(f"bucket {event.bucket!r} is not in the configured buckets")
-        # Two deliveries of one version at once: the second waits, then finds it recorded.
-        with self._locks.hold((event.bucket, event.key, event.version_token)):
+        # Two deliveries of one version at once: the second waits, then finds it recorded
+        # (with the commit stage the lock is released once the record is written).
+        with contextlib.ExitStack() as held:
+            held.enter_context(self._locks.hold((event.bucket, event.key, event.version_token)))
             if event.kind is EventKind.REMOVED:
                 return self._record_delete(event, order_key)
-            return self._back_up(event, order_key)
+            return self._back_up(event, order_key, held)
 
     def _record_delete(self, event: ObjectEvent, order_key: str | None = None) -> Result:
         record = VersionRecord.for_event(
@@ -149,7 +165,9 @@ class BackupService:
         )
         return Result(Outcome.TOMBSTONED, event, record)
 
-    def _back_up(self, event: ObjectEvent, order_key: str | None = None) -> Result:
+    def _back_up(
+        self, event: ObjectEvent, order_key: str | None, held: contextlib.ExitStack
+    ) -> Result:
         duplicate = self._duplicate(event)
         if duplicate is not None:
             self._log_duplicate(event)
@@ -188,10 +206,32 @@ class BackupService:
                 record = _in_place_of(replaces, record)
             elif event.restored and order_key is None and last_modified is not None:
                 record = _at_its_own_time(record, last_modified)
+            if self.committer is not None and replaces is None and delivery.current():
+                # The copy is durable: the rest is the committer's. It releases the barrier
+                # (taken before the rename), then the version's lock, once recorded.
+                passed = contextlib.ExitStack()
+                passed.push(held.pop_all())
+                passed.push(critical.pop_all())
+                pending: Pending[Result] = Pending(
+                    record, lambda fresh: self._recorded(event, record, copy, fresh), passed
+                )
+                try:
+                    self.committer.submit(pending)
+                except BaseException:
+                    passed.close()
+                    raise
+                return Result(Outcome.COMMITTING, event, record, copy, pending)
             self.journal.append(record)
             fresh = self.ledger.record(record)
             if replaces is not None:  # the same position in the key's order: LATEST, if it was
                 self.ledger.settle(record.bucket, record.key)
+        return self._recorded(event, record, copy, fresh)
+
+    def _recorded(
+        self, event: ObjectEvent, record: VersionRecord, copy: StoredCopy, fresh: bool
+    ) -> Result:
+        """The Result of a copy whose journal line and ledger record are written (`fresh`:
+        the ledger's conditional write was this one's)."""
         self._recent.remember(event.bucket, event.key, event.version_token, copy.sha256)
         if not fresh:
             elsewhere = self._held_elsewhere(event)

@@ -9,6 +9,14 @@ visible again → return.
 Threads: one receiver, N workers, one heartbeat (visibility extension), one that deletes
 finished messages in batches (agent/pipeline/deletes.py).
 
+Committing (agent/pipeline/commit.py): when `process` answers COMMITTING (the copy is
+durable, its record is with the commit stage), the worker takes its next message; the
+message stays in flight (extended by the heartbeat, counted toward the receive limit, which
+grows by at most `max_messages` for messages waiting on the committer) and is settled once
+every record of it is resolved: deleted when all are recorded, or handled as a failed
+`process` would be (retry delay, permanent, pause), message by message. Successes are
+counted then, not before.
+
 Receiving ahead (`receive_ahead`, the daemon's default) happens only when the last run ended
 well and nothing received ahead has been given back unstarted in this run
 (agent/pipeline/last_run.py): a crash or restart loop cannot walk messages nobody attempted
@@ -23,6 +31,7 @@ there is room; a message whose object alone does not fit is held back instead.
 from __future__ import annotations
 
 import errno
+import functools
 import queue
 import random
 import threading
@@ -37,7 +46,8 @@ import structlog
 from agent.aws import error_code, lost_handle
 from agent.errors import DiskFull, MalformedMessage, PermanentError, VolumeNotReady
 from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
-from agent.pipeline.backup import Outcome, Processor
+from agent.pipeline.backup import Outcome, Processor, Result
+from agent.pipeline.commit import Pending
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
 from agent.pipeline.last_run import LastRun
@@ -93,6 +103,7 @@ class _Failures:
     permanent: list[str] = field(default_factory=list)
     paused: list[str] = field(default_factory=list)  # no volume or no room: give back at once
     too_big: list[tuple[ObjectEvent, Verdict]] = field(default_factory=list)  # hold back
+    committing: list[tuple[ObjectEvent, Pending[Result]]] = field(default_factory=list)
 
 
 class ByteBudget:
@@ -162,6 +173,7 @@ class Consumer:
         # Receipt handles of messages a worker could not write for want of room or volume:
         # still in flight (extended), given back by the receiver between two receives.
         self._parked: set[str] = set()
+        self._committing = 0  # messages whose records wait for the committer
         self._backoff = Backoff(settings.pause_recheck_first, settings.pause_recheck_max)
 
     # -- start and stop --------------------------------------------------------------
@@ -316,11 +328,14 @@ class Consumer:
         received message has been picked up, a further batch that waits in flight (kept
         invisible by the heartbeat) so that receives stay full and a worker finds its next
         message ready."""
+        # messages waiting for the committer need no worker: up to `max_messages` of them
+        # do not take one's place (the commit stage's batch), the rest count in full
+        committing = min(self._committing, self.settings.max_messages)
         if not (self._receive_ahead and self._ahead_safe):
-            return self._capacity - len(self._in_flight)
+            return self._capacity + committing - len(self._in_flight)
         if not self._work.empty():
             return 0
-        return self._capacity + self.settings.max_messages - len(self._in_flight)
+        return self._capacity + self.settings.max_messages + committing - len(self._in_flight)
 
     def _receive(self, count: int) -> list[dict[str, Any]]:
         try:
@@ -524,7 +539,40 @@ class Consumer:
         attempt = Delivery(message_id, item.receive_count if item else 1)
         with delivering(attempt):
             failures = self._process_all(parsed)
+        if failures.committing:
+            self._settle_when_committed(message, failures)
+            return
         self._settle(message, failures)
+
+    def _settle_when_committed(self, message: dict[str, Any], failures: _Failures) -> None:
+        """Settle `message` once the committer has resolved every record of it (in the
+        committer's thread, or here if it already has)."""
+        waiting = list(failures.committing)
+        failures.committing.clear()
+        left = [len(waiting)]
+        guard = threading.Lock()
+        with self._lock:
+            self._committing += 1
+            self._lock.notify_all()  # its worker is free: the receiver may receive again
+
+        def resolved(event: ObjectEvent, outcome: Result | Exception) -> None:
+            with guard:
+                if isinstance(outcome, Exception):
+                    self._failed(event, outcome, failures)
+                else:
+                    self._succeeded(event, outcome)
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                try:
+                    self._settle(message, failures)
+                finally:  # after it left in-flight: the receive limit is never exceeded
+                    with self._lock:
+                        self._committing -= 1
+                        self._lock.notify_all()
+
+        for event, pending in waiting:
+            pending.on_done(functools.partial(resolved, event))
 
     def _ignore(self, message_id: str, ignored: IgnoredEvent) -> None:
         """Counted every time; logged at info the first time a name is seen, then at debug
@@ -556,28 +604,39 @@ class Consumer:
     def _process_one(self, event: ObjectEvent, failures: _Failures) -> None:
         try:
             result = self.process(event)
-        except PermanentError as exc:
+        except Exception as exc:  # noqa: BLE001 - sorted by _failed, never dropped
+            self._failed(event, exc, failures)
+            return
+        if result.pending is not None:
+            failures.committing.append((event, result.pending))
+            return
+        self._succeeded(event, result)
+
+    def _failed(self, event: ObjectEvent, exc: Exception, failures: _Failures) -> None:
+        """A failed `process` (or commit) of `event`: noted in `failures`, counted, logged."""
+        if isinstance(exc, PermanentError):
             failures.permanent.append(f"{event.key}: {exc}")
             self.stats.record_failure(type(exc).__name__)
             log.error(
                 "backup.failed", bucket=event.bucket, key=event.key, error=str(exc), retryable=False
             )
             return
-        except Exception as exc:  # noqa: BLE001 - everything else is retried, never dropped
-            if self.volume_check is not None and _is_out_of_space(exc):
-                self._out_of_space(event, exc, failures)
-                return
-            failures.retryable.append(f"{event.key}: {exc}")
-            self.stats.record_failure(type(exc).__name__)
-            log.warning(
-                "backup.failed",
-                bucket=event.bucket,
-                key=event.key,
-                error=str(exc),
-                error_type=type(exc).__name__,
-                retryable=True,
-            )
+        # everything else is retried, never dropped
+        if self.volume_check is not None and _is_out_of_space(exc):
+            self._out_of_space(event, exc, failures)
             return
+        failures.retryable.append(f"{event.key}: {exc}")
+        self.stats.record_failure(type(exc).__name__)
+        log.warning(
+            "backup.failed",
+            bucket=event.bucket,
+            key=event.key,
+            error=str(exc),
+            error_type=type(exc).__name__,
+            retryable=True,
+        )
+
+    def _succeeded(self, event: ObjectEvent, result: Result) -> None:
         if result.outcome is Outcome.ARCHIVED:
             return  # not a backup; BackupService counts the versions found unreadable
         lag = max(0.0, self.wall_clock() - event.event_time.timestamp())

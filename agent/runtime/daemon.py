@@ -383,6 +383,8 @@ class Daemon:
             self.reloader.stop()
         if self.consumer is not None:
             self.consumer.stop(self.config.consumer.drain_timeout.total_seconds())
+        if self.service is not None and self.service.committer is not None:
+            self.service.committer.close(5.0)  # the consumer has drained or given back its work
         if self.monitoring is not None:
             self.monitoring.stop()  # after the drain: the last figures and alerts go out
         if self.heartbeat is not None:

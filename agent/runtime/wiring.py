@@ -30,6 +30,7 @@ from agent.lifecycle.gc import GarbageCollector
 from agent.lifecycle.pressure import PressureRetention, pressure_policy
 from agent.lifecycle.retention import Retention
 from agent.pipeline.backup import BackupService
+from agent.pipeline.commit import Committer
 from agent.pipeline.consumer import ConsumerSettings
 from agent.pipeline.pause import VolumeCheck
 from agent.records import Rejections
@@ -67,17 +68,19 @@ def backup_service(
     """The write path as configured: the daemon's and the lifecycle jobs' one recipe.
     Records its journal and ledger reject are counted in `stats` (``records.rejected``)."""
     rejections = Rejections(on_reject=lambda _: stats.count(RECORDS_REJECTED) if stats else None)
+    journal = Journal(volume.journal_dir, rejections=rejections)
+    ledger = Ledger(
+        clients.dynamodb,
+        config.state.table,
+        rejections=rejections,
+        group=replica_group(config),  # its queue: a replica group with fleet.replicas > 1
+        volume_id=volume_id,
+    )
     return BackupService(
         s3=clients.s3,
         volume=volume,
-        journal=Journal(volume.journal_dir, rejections=rejections),
-        ledger=Ledger(
-            clients.dynamodb,
-            config.state.table,
-            rejections=rejections,
-            group=replica_group(config),  # its queue: a replica group with fleet.replicas > 1
-            volume_id=volume_id,
-        ),
+        journal=journal,
+        ledger=ledger,
         volume_id=volume_id,
         buckets=frozenset(config.buckets),
         compression=compression_settings(config),
@@ -86,6 +89,9 @@ def backup_service(
         stats=stats,
         record_tags=config.storage.record_tags,
         categories=Categories.of_config(config.categories),
+        # the consumer's copies are recorded by the commit stage (agent/pipeline/commit.py);
+        # its thread starts with the first one, so jobs alone never start it
+        committer=Committer(journal, ledger),
     )
 
 

@@ -4,7 +4,8 @@ Append-only JSON lines in daily segments (``journal/YYYY-MM-DD.jsonl``). Each ap
 is written whole and fsynced before the DynamoDB write, so a version the ledger knows
 is always in the journal too. Replaying the journal (`read_all`) rebuilds the ledger.
 Appends that finish together share one fsync (group commit, `Journal._commit`): an
-append still returns only once its line is durable.
+append still returns only once its line is durable. `append_many` writes a batch of lines
+at once under one fsync (the commit stage's, agent/pipeline/commit.py).
 
 Besides version records the journal holds *notes*: lines with a ``kind`` field
 (``"expired"`` when retention forgets a version, ``"scrub"`` for a scrub outcome,
@@ -31,7 +32,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,9 +139,24 @@ class Journal:
         """Append a note line ``{"kind": kind, **fields}`` (fsynced like a record)."""
         return self._append_line({"kind": kind, **fields})
 
+    def append_many(self, records: Sequence[VersionRecord]) -> list[JournalPosition]:
+        """Append the lines of `records` in one write and return once all are durable: one
+        fsync for them all (the commit stage's batch, agent/pipeline/commit.py)."""
+        if not records:
+            return []
+        return self._append_lines([record.to_dict() for record in records])
+
     def _append_line(self, document: dict[str, Any]) -> JournalPosition:
-        line = json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
-        data = line.encode("utf-8", errors="surrogatepass")
+        return self._append_lines([document])[0]
+
+    def _append_lines(self, documents: list[dict[str, Any]]) -> list[JournalPosition]:
+        lines = [
+            (json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n").encode(
+                "utf-8", errors="surrogatepass"
+            )
+            for document in documents
+        ]
+        data = b"".join(lines)
         segment = self.directory / f"{self._clock().strftime('%Y-%m-%d')}.jsonl"
         with self._lock:
             created = not segment.exists()
@@ -150,11 +166,11 @@ class Journal:
                 if repair:  # the torn line is named as such: `read_all` does not count it
                     repair += json.dumps({"kind": TORN}).encode() + b"\n"
                 _write_all(fd, repair + data)  # durable at the group commit below
-                offset = os.lseek(fd, 0, os.SEEK_END)
+                end = os.lseek(fd, 0, os.SEEK_END)
             except BaseException:
                 os.close(fd)
                 raise
-            self._written += 1
+            self._written += len(lines)
             line_number = self._written
             self._pending[segment.name] = line_number
             self._new_segment = self._new_segment or created
@@ -162,7 +178,12 @@ class Journal:
             self._commit(line_number, segment.name, fd)
         finally:
             os.close(fd)
-        return JournalPosition(segment.name, offset)
+        positions: list[JournalPosition] = []
+        offset = end - len(data)
+        for line in lines:  # each line's position: the offset just after it, as `append` says
+            offset += len(line)
+            positions.append(JournalPosition(segment.name, offset))
+        return positions
 
     def _commit(self, line_number: int, segment: str, fd: int) -> None:
         """Return once line `line_number` is durable (group commit).

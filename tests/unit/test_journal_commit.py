@@ -163,3 +163,34 @@ def test_every_append_reaches_the_file(tmp_path, count):
     for n in range(count):
         journal.append(_record(n))
     assert [r.key for r in journal.read_all()] == [f"k{n}" for n in range(count)]
+
+
+def test_append_many_writes_a_batch_under_one_fsync_and_returns_each_lines_position(tmp_path):
+    calls: list[int] = []
+    journal = Journal(tmp_path, fsync=lambda fd: calls.append(os.fstat(fd).st_size))
+    journal.append(_record(0))
+
+    positions = journal.append_many([_record(n) for n in range(1, 6)])
+
+    assert len(calls) == 2  # the lone append's, then one for the batch of five
+    assert calls[-1] == positions[-1].offset  # the whole batch was on file when fsynced
+    segment = tmp_path / positions[0].segment
+    data = segment.read_bytes()
+    offsets = [p.offset for p in positions]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 5
+    for n, position in enumerate(positions, start=1):  # each position ends its own line
+        assert data[: position.offset].endswith(b"\n")
+        assert f'"key":"k{n}"'.encode() in data[: position.offset]
+    assert [r.key for r in journal.read_all()] == [f"k{n}" for n in range(6)]
+    assert journal.append_many([]) == []
+    assert len(calls) == 2  # nothing to write: no fsync
+
+
+def test_append_many_fails_whole_when_its_fsync_fails(tmp_path):
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    journal = Journal(tmp_path, fsync=failing)
+
+    with pytest.raises(OSError, match="Input/output error"):
+        journal.append_many([_record(1), _record(2)])

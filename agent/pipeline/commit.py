@@ -1,0 +1,258 @@
+"""The commit stage: one thread that records the copies the workers made durable.
+
+A worker's serial path ends when its copy is durable on the volume (renamed into place and
+fsynced). It hands the version's record to the committer (`Committer.submit`) and takes its
+next message. The committer takes every record waiting, appends their journal lines with ONE
+fsync (`Journal.append_many`), records them in the ledger with ONE call (`record_many`; until
+the ledger has it, one `record` per version, side by side in a small pool), then
+resolves each `Pending`: only then does the consumer delete its message, log
+``backup.stored`` and count it. While one commit is under way the next records accumulate
+(group commit, with no timer: a lone record is committed at once).
+
+Each record carries what its worker held until the record is written (`Pending.held`): the
+snapshot barrier, taken shared before the rename, and the version's lock. The committer
+releases them after the ledger write, so the barrier still covers rename → journal line →
+DynamoDB record for every copy, and a second delivery of the version waits for the record.
+
+A failure is per record: a journal append that fails fails every record of its batch (none
+reached the ledger), a ledger write that fails fails its record alone; each `Pending` is
+resolved with the exception, which the consumer handles as it handles a failed `process()`.
+
+Lifecycle: the thread starts at the first `submit`; `close(timeout)` commits what was
+submitted until the deadline and ends it (the consumer's `stop` has already made visible
+again the messages whose records it did not see committed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Generic, Protocol, TypeVar
+
+import structlog
+
+from agent.records import VersionRecord
+from agent.storage.journal import Journal
+
+log = structlog.get_logger("agent.commit")
+
+T = TypeVar("T")
+Outcome = bool | Exception  # one record's ledger write: fresh (True), already there, failed
+
+
+class Recorder(Protocol):
+    """What the committer needs of the ledger (agent/storage/ledger.py's `Ledger`)."""
+
+    def record(self, record: VersionRecord) -> bool: ...
+
+
+def record_many(
+    ledger: Recorder, records: Sequence[VersionRecord], pool: Executor | None = None
+) -> list[Outcome]:
+    """Record `records` in one call when the ledger has `record_many` (TransactWriteItems,
+    branch s6-txn); until then one `record` each, side by side in `pool` when given (the
+    records of one round are of distinct keys). One outcome per record, in order: True
+    (newly recorded), False (already recorded: the conditional write said so) or the
+    exception that record's write raised."""
+    many: Callable[[Sequence[VersionRecord]], list[Outcome]] | None = getattr(
+        ledger, "record_many", None
+    )
+    if many is not None:
+        return list(many(records))
+
+    def one(record: VersionRecord) -> Outcome:
+        try:
+            return ledger.record(record)
+        except Exception as exc:  # noqa: BLE001 - that record's failure, not the batch's
+            return exc
+
+    if pool is None or len(records) < 2:
+        return [one(record) for record in records]
+    return list(pool.map(one, records))
+
+
+class Pending(Generic[T]):
+    """A record handed to the committer; resolved once, with what `finish` makes of its
+    ledger outcome, or with the exception that stopped it."""
+
+    def __init__(
+        self,
+        record: VersionRecord,
+        finish: Callable[[bool], T],
+        held: contextlib.ExitStack | None = None,
+    ) -> None:
+        self.record = record
+        self.finish = finish
+        self.held = held or contextlib.ExitStack()
+        self._done = threading.Event()
+        self._guard = threading.Lock()
+        self._outcome: T | Exception | None = None
+        self._callbacks: list[Callable[[T | Exception], None]] = []
+
+    def on_done(self, callback: Callable[[T | Exception], None]) -> None:
+        """Call `callback` with the result or the exception once resolved (at once if it is;
+        otherwise in the committer's thread)."""
+        with self._guard:
+            if not self._done.is_set():
+                self._callbacks.append(callback)
+                return
+            outcome = self._outcome
+        callback(outcome)  # type: ignore[arg-type]  # set before _done
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> T:
+        """The result; raises what failed it, or TimeoutError."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"record of {self.record.key!r} not committed in time")
+        if isinstance(self._outcome, Exception):
+            raise self._outcome
+        return self._outcome  # type: ignore[return-value]  # resolved with a T
+
+    def resolve(self, outcome: T | Exception) -> None:
+        with self._guard:
+            if self._done.is_set():
+                return
+            self._outcome = outcome
+            self._done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(outcome)
+            except Exception:
+                log.exception("commit.callback_failed", key=self.record.key)
+
+
+class Committer:
+    """One thread: journal lines of every waiting record under one fsync, then their ledger
+    records in one call, then each record resolved."""
+
+    def __init__(self, journal: Journal, ledger: Recorder, *, fallback_threads: int = 8) -> None:
+        self.journal = journal
+        self.ledger = ledger
+        # Without `record_many`, a batch's `record` calls run side by side, as the workers'
+        # did before the commit stage: one thread doing two PutItems per record in turn
+        # would cap the agent at one worker's rate.
+        self._fallback_threads = fallback_threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._cond = threading.Condition()
+        self._waiting: list[Pending[object]] = []
+        self._committing = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self.commits = 0  # batches committed (each one journal fsync)
+        self.committed = 0  # records in them
+
+    def submit(self, pending: Pending[T]) -> Pending[T]:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the committer is closed")
+            self._waiting.append(pending)  # type: ignore[arg-type]  # resolved, never read as T
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return pending
+
+    def backlog(self) -> int:
+        """Records submitted and not yet resolved."""
+        with self._cond:
+            return len(self._waiting) + self._committing
+
+    def close(self, timeout: float) -> None:
+        """Commit what was submitted until `timeout`, then end the thread. Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        if self._pool is not None and (thread is None or not thread.is_alive()):
+            self._pool.shutdown(wait=False)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._waiting) or self._closed)
+                batch, self._waiting = self._waiting, []
+                if not batch:
+                    return  # closed, nothing left
+                self._committing = len(batch)
+            try:
+                self._commit(batch)
+            except Exception as exc:  # never leave a record unresolved
+                log.exception("commit.crashed")
+                for pending in batch:
+                    self._release(pending)
+                    pending.resolve(exc)
+            finally:
+                with self._cond:
+                    self._committing = 0
+
+    def _commit(self, batch: list[Pending[object]]) -> None:
+        try:
+            self.journal.append_many([p.record for p in batch])
+        except Exception as exc:  # noqa: BLE001 - every record of the batch failed alike
+            log.warning("commit.journal_failed", records=len(batch), error=str(exc))
+            for pending in batch:
+                self._release(pending)
+                pending.resolve(exc)
+            return
+        self.commits += 1
+        self.committed += len(batch)
+        for round_ in _rounds(batch):
+            outcomes = record_many(self.ledger, [p.record for p in round_], self._fallback())
+            if len(outcomes) != len(round_):
+                error = RuntimeError(f"record_many answered {len(outcomes)} for {len(round_)}")
+                outcomes = [error] * len(round_)
+            for pending, outcome in zip(round_, outcomes, strict=True):
+                self._settle(pending, outcome)
+
+    def _settle(self, pending: Pending[object], outcome: Outcome) -> None:
+        if isinstance(outcome, Exception):
+            self._release(pending)
+            pending.resolve(outcome)
+            return
+        try:
+            result = pending.finish(outcome)
+        except Exception as exc:  # noqa: BLE001 - that record's failure
+            result = exc
+        finally:
+            self._release(pending)
+        pending.resolve(result)
+
+    def _fallback(self) -> Executor | None:
+        if hasattr(self.ledger, "record_many") or self._fallback_threads < 2:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._fallback_threads, thread_name_prefix="record")
+        return self._pool
+
+    @staticmethod
+    def _release(pending: Pending[object]) -> None:
+        try:
+            pending.held.close()
+        except Exception:
+            log.exception("commit.release_failed", key=pending.record.key)
+
+
+def _rounds(batch: list[Pending[object]]) -> list[list[Pending[object]]]:
+    """The batch in rounds with at most one record per object key, in submission order: a
+    key's versions are recorded one after the other (and one transaction may not write one
+    item, the key's LATEST, twice)."""
+    rounds: list[list[Pending[object]]] = []
+    keys: list[set[tuple[str, str]]] = []
+    for pending in batch:
+        key = (pending.record.bucket, pending.record.key)
+        # the round after the last one holding this key: never before an earlier version
+        holding = [i for i, seen in enumerate(keys) if key in seen]
+        index = holding[-1] + 1 if holding else 0
+        if index == len(rounds):
+            rounds.append([])
+            keys.append(set())
+        rounds[index].append(pending)
+        keys[index].add(key)
+    return rounds

@@ -1,0 +1,283 @@
+"""The commit stage (agent/pipeline/commit.py, issue 19): the records of copies finished
+while a commit is under way are committed together, one journal fsync and one ledger call
+for them all; each record's failure is its own; what a worker held is released only after
+its ledger write.
+
+Grouping is made certain with conditions (the first ledger call is held until the others
+have been submitted), never with sleeps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.errors import RetryableError
+from agent.pipeline.commit import Committer, Pending, _rounds, record_many
+from agent.records import VersionRecord
+from agent.storage.journal import Journal
+
+RECORD = VersionRecord(
+    bucket="b", key="k", version_token="v:1", order_key="s1", event_name="ObjectCreated:Put",
+    event_time="2026-11-01T09:00:00+00:00", backup_time="2026-11-01T09:00:01+00:00",
+    volume_id="vol-test", sha256="a" * 64, size=1,
+)  # fmt: skip
+WAIT = 30  # seconds: a safety net for a broken build; conditions decide
+
+
+def _record(n: int, key: str | None = None) -> VersionRecord:
+    return dataclasses.replace(RECORD, key=key or f"k{n}", version_token=f"v:{n}")
+
+
+class Ledger:
+    """A ledger with `record` only (today's); `fail` names keys whose write raises."""
+
+    def __init__(self, fail: dict[str, Exception] | None = None) -> None:
+        self.written: list[str] = []
+        self.calls: list[list[str]] = []
+        self.fail = fail or {}
+        self.events: list[str] = []  # what happened, in order (with the held stacks)
+
+    def record(self, record: VersionRecord) -> bool:
+        self.calls.append([record.key])
+        if record.key in self.fail:
+            raise self.fail[record.key]
+        self.written.append(record.key)
+        self.events.append(f"recorded {record.key}")
+        return True
+
+
+class ManyLedger(Ledger):
+    """A ledger with `record_many` (branch s6-txn's); its first call can be held."""
+
+    def __init__(self, hold_first: bool = False, **kwargs: dict[str, Exception]) -> None:
+        super().__init__(**kwargs)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+
+    def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
+        self.calls.append([r.key for r in records])
+        self.entered.set()
+        assert self.release.wait(WAIT)
+        outcomes: list[bool | Exception] = []
+        for record in records:
+            if record.key in self.fail:
+                outcomes.append(self.fail[record.key])
+                continue
+            self.written.append(record.key)
+            self.events.append(f"recorded {record.key}")
+            outcomes.append(record.key != "known")
+        return outcomes
+
+
+def _journal(tmp_path: Path) -> tuple[Journal, list[int]]:
+    fsyncs: list[int] = []
+    return Journal(tmp_path, fsync=lambda fd: (fsyncs.append(fd), os.fsync(fd))[0]), fsyncs
+
+
+@pytest.fixture
+def committers() -> Iterator[list[Committer]]:
+    made: list[Committer] = []
+    yield made
+    for committer in made:
+        committer.close(WAIT)
+
+
+def _pending(record: VersionRecord, events: list[str] | None = None) -> Pending[str]:
+    held = contextlib.ExitStack()
+    if events is not None:
+        held.callback(lambda: events.append(f"released {record.key}"))
+    return Pending(record, lambda fresh: f"{record.key}:{'fresh' if fresh else 'known'}", held)
+
+
+def test_records_finished_during_a_commit_are_committed_together(tmp_path, committers):
+    journal, fsyncs = _journal(tmp_path)
+    ledger = ManyLedger(hold_first=True)
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    first = committer.submit(_pending(_record(0)))
+    assert ledger.entered.wait(WAIT)  # the first record's commit is under way
+    others = [committer.submit(_pending(_record(n))) for n in range(1, 6)]
+    assert not any(p.done() for p in [first, *others])  # none resolved before its record
+    ledger.release.set()
+
+    assert [p.wait(WAIT) for p in [first, *others]] == [f"k{n}:fresh" for n in range(6)]
+    assert ledger.calls == [["k0"], ["k1", "k2", "k3", "k4", "k5"]]  # one call per batch
+    assert len(fsyncs) == 2  # one journal fsync per batch
+    assert [r.key for r in journal.read_all()] == [f"k{n}" for n in range(6)]
+    assert (committer.commits, committer.committed) == (2, 6)
+
+
+def test_without_record_many_each_record_is_written_alone(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    ledger = Ledger()
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    assert committer.submit(_pending(_record(1))).wait(WAIT) == "k1:fresh"
+    assert ledger.calls == [["k1"]]
+    assert record_many(ledger, [_record(2), _record(3)]) == [True, True]
+    assert ledger.calls[1:] == [["k2"], ["k3"]]
+
+
+def test_a_failed_ledger_write_fails_its_record_alone(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    throttled = RetryableError("ProvisionedThroughputExceededException")
+    ledger = ManyLedger(hold_first=True, fail={"k2": throttled})
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    blocker = committer.submit(_pending(_record(0)))
+    assert ledger.entered.wait(WAIT)
+    batch = [committer.submit(_pending(_record(n))) for n in range(1, 4)]
+    ledger.release.set()
+
+    assert blocker.wait(WAIT) == "k0:fresh"
+    assert batch[0].wait(WAIT) == "k1:fresh"
+    with pytest.raises(RetryableError):
+        batch[1].wait(WAIT)
+    assert batch[2].wait(WAIT) == "k3:fresh"
+    assert ledger.written == ["k0", "k1", "k3"]
+
+
+def test_the_fallback_loop_also_fails_a_record_alone(tmp_path, committers):
+    error = RetryableError("throttled")
+    assert record_many(Ledger(fail={"k2": error}), [_record(1), _record(2), _record(3)]) == [
+        True,
+        error,
+        True,
+    ]
+
+
+def test_the_fallback_records_a_batch_side_by_side_and_keeps_each_outcome_in_place(tmp_path):
+    error = RetryableError("throttled")
+    ledger = Ledger(fail={"k2": error})
+    both = threading.Barrier(2, timeout=WAIT)  # passed only if two records run at once
+    plain = ledger.record
+
+    def record(record: VersionRecord) -> bool:
+        if record.key in ("k1", "k3"):
+            both.wait()
+        return plain(record)
+
+    ledger.record = record  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = record_many(ledger, [_record(1), _record(2), _record(3)], pool)
+
+    assert outcomes == [True, error, True]
+
+
+def test_a_failed_journal_append_fails_the_batch_and_writes_no_record(tmp_path, committers):
+    journal = Journal(tmp_path, fsync=lambda fd: (_ for _ in ()).throw(OSError(28, "No space")))
+    ledger = ManyLedger()
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    pending = committer.submit(_pending(_record(1)))
+
+    with pytest.raises(OSError, match="No space"):
+        pending.wait(WAIT)
+    assert ledger.calls == []  # never a ledger record without its journal line
+
+
+def test_what_a_worker_held_is_released_after_its_record_is_written(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    ledger = ManyLedger()
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    pending = committer.submit(_pending(_record(1), ledger.events))
+    pending.wait(WAIT)
+
+    assert ledger.events == ["recorded k1", "released k1"]  # the barrier covered the record
+
+
+def test_a_failed_record_releases_what_it_held_too(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    events: list[str] = []
+    committer = Committer(journal, ManyLedger(fail={"k1": RetryableError("no")}))
+    committers.append(committer)
+
+    with pytest.raises(RetryableError):
+        committer.submit(_pending(_record(1), events)).wait(WAIT)
+    assert events == ["released k1"]  # a failed record never keeps a snapshot waiting
+
+
+def test_callbacks_see_the_outcome_in_order_and_late_ones_at_once(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    committer = Committer(journal, ManyLedger())
+    committers.append(committer)
+    seen: list[object] = []
+
+    pending = _pending(_record(1, key="known"))
+    pending.on_done(seen.append)
+    committer.submit(pending).wait(WAIT)
+    pending.on_done(seen.append)  # after resolution: called at once
+
+    assert seen == ["known:known", "known:known"]  # the conditional write lost: not fresh
+
+
+def test_two_versions_of_one_key_are_recorded_one_after_the_other(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    ledger = ManyLedger(hold_first=True)
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    blocker = committer.submit(_pending(_record(0)))
+    assert ledger.entered.wait(WAIT)
+    batch = [
+        committer.submit(_pending(_record(n, key=key)))
+        for n, key in enumerate(["a", "b", "a", "c", "a"], start=1)
+    ]
+    ledger.release.set()
+    for pending in [blocker, *batch]:
+        pending.wait(WAIT)
+
+    assert ledger.calls == [["k0"], ["a", "b", "c"], ["a"], ["a"]]
+    assert ledger.written == ["k0", "a", "b", "c", "a", "a"]
+
+
+@given(st.lists(st.sampled_from("abcd"), max_size=30))
+def test_rounds_keep_each_keys_order_and_never_hold_a_key_twice(keys):
+    batch = [_pending(_record(n, key=key)) for n, key in enumerate(keys)]
+
+    rounds = _rounds(batch)  # type: ignore[arg-type]
+
+    flat = [p for round_ in rounds for p in round_]
+    assert sorted(id(p) for p in flat) == sorted(id(p) for p in batch)  # each record once
+    for round_ in rounds:
+        assert len({p.record.key for p in round_}) == len(round_)
+    for key in set(keys):  # a key's versions: in submission order, one round after another
+        tokens = [p.record.version_token for p in flat if p.record.key == key]
+        assert tokens == [p.record.version_token for p in batch if p.record.key == key]
+    assert len(rounds) == max((keys.count(k) for k in set(keys)), default=0)
+
+
+def test_close_commits_what_was_submitted_then_refuses_more(tmp_path):
+    journal, _ = _journal(tmp_path)
+    ledger = ManyLedger(hold_first=True)
+    committer = Committer(journal, ledger)
+    first = committer.submit(_pending(_record(0)))
+    assert ledger.entered.wait(WAIT)
+    second = committer.submit(_pending(_record(1)))
+    closing = threading.Thread(target=committer.close, args=(WAIT,))
+    closing.start()
+    ledger.release.set()
+    closing.join(WAIT)
+
+    assert (first.wait(0), second.wait(0)) == ("k0:fresh", "k1:fresh")
+    assert committer.backlog() == 0
+    with pytest.raises(RuntimeError, match="closed"):
+        committer.submit(_pending(_record(2)))
