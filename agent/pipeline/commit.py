@@ -3,11 +3,11 @@
 A worker's serial path ends when its copy is durable on the volume (renamed into place and
 fsynced). It hands the version's record to the committer (`Committer.submit`) and takes its
 next message. The committer takes every record waiting, appends their journal lines with ONE
-fsync (`Journal.append_many`), records them in the ledger with ONE call (`record_many`; until
-the ledger has it, one `record` per version, side by side in a small pool), then
-resolves each `Pending`: only then does the consumer delete its message, log
-``backup.stored`` and count it. While one commit is under way the next records accumulate
-(group commit, with no timer: a lone record is committed at once).
+fsync (`Journal.append_many`), records them in the ledger with ONE call
+(`Ledger.record_many`: TransactWriteItems), then resolves each `Pending`: only then does
+the consumer delete its message, log ``backup.stored`` and count it. While one commit is
+under way the next records accumulate (group commit, with no timer: a lone record is
+committed at once).
 
 Each record carries what its worker held until the record is written (`Pending.held`): the
 snapshot barrier, taken shared before the rename, and the version's lock. The committer
@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar
 
 import structlog
@@ -43,34 +42,11 @@ Outcome = bool | Exception  # one record's ledger write: fresh (True), already t
 
 
 class Recorder(Protocol):
-    """What the committer needs of the ledger (agent/storage/ledger.py's `Ledger`)."""
+    """What the committer needs of the ledger (agent/storage/ledger.py's `Ledger`): one
+    outcome per record, in order: True (newly recorded), False (already recorded: the
+    conditional write said so) or the exception that record's write raised."""
 
-    def record(self, record: VersionRecord) -> bool: ...
-
-
-def record_many(
-    ledger: Recorder, records: Sequence[VersionRecord], pool: Executor | None = None
-) -> list[Outcome]:
-    """Record `records` in one call when the ledger has `record_many` (TransactWriteItems,
-    branch s6-txn); until then one `record` each, side by side in `pool` when given (the
-    records of one round are of distinct keys). One outcome per record, in order: True
-    (newly recorded), False (already recorded: the conditional write said so) or the
-    exception that record's write raised."""
-    many: Callable[[Sequence[VersionRecord]], list[Outcome]] | None = getattr(
-        ledger, "record_many", None
-    )
-    if many is not None:
-        return list(many(records))
-
-    def one(record: VersionRecord) -> Outcome:
-        try:
-            return ledger.record(record)
-        except Exception as exc:  # noqa: BLE001 - that record's failure, not the batch's
-            return exc
-
-    if pool is None or len(records) < 2:
-        return [one(record) for record in records]
-    return list(pool.map(one, records))
+    def record_many(self, records: Sequence[VersionRecord]) -> list[Outcome]: ...
 
 
 class Pending(Generic[T]):
@@ -130,14 +106,9 @@ class Committer:
     """One thread: journal lines of every waiting record under one fsync, then their ledger
     records in one call, then each record resolved."""
 
-    def __init__(self, journal: Journal, ledger: Recorder, *, fallback_threads: int = 8) -> None:
+    def __init__(self, journal: Journal, ledger: Recorder) -> None:
         self.journal = journal
         self.ledger = ledger
-        # Without `record_many`, a batch's `record` calls run side by side, as the workers'
-        # did before the commit stage: one thread doing two PutItems per record in turn
-        # would cap the agent at one worker's rate.
-        self._fallback_threads = fallback_threads
-        self._pool: ThreadPoolExecutor | None = None
         self._cond = threading.Condition()
         self._waiting: list[Pending[object]] = []
         self._committing = 0
@@ -170,8 +141,6 @@ class Committer:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
-        if self._pool is not None and (thread is None or not thread.is_alive()):
-            self._pool.shutdown(wait=False)
 
     def _run(self) -> None:
         while True:
@@ -204,7 +173,7 @@ class Committer:
         self.commits += 1
         self.committed += len(batch)
         for round_ in _rounds(batch):
-            outcomes = record_many(self.ledger, [p.record for p in round_], self._fallback())
+            outcomes = self.ledger.record_many([p.record for p in round_])
             if len(outcomes) != len(round_):
                 error = RuntimeError(f"record_many answered {len(outcomes)} for {len(round_)}")
                 outcomes = [error] * len(round_)
@@ -223,13 +192,6 @@ class Committer:
         finally:
             self._release(pending)
         pending.resolve(result)
-
-    def _fallback(self) -> Executor | None:
-        if hasattr(self.ledger, "record_many") or self._fallback_threads < 2:
-            return None
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._fallback_threads, thread_name_prefix="record")
-        return self._pool
 
     @staticmethod
     def _release(pending: Pending[object]) -> None:

@@ -40,7 +40,7 @@ WAIT = 30
 
 class HeldLedger(Ledger):
     """The moto ledger, whose writes of a key in `held` wait until `release` is set: through
-    `record`, or `record_many` once the ledger has it (branch s6-txn)."""
+    `record` or `record_many`."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -59,16 +59,7 @@ class HeldLedger(Ledger):
 
     def record_many(self, records: list[VersionRecord]) -> list[bool | Exception]:
         self._hold([r.key for r in records])
-        many = getattr(super(), "record_many", None)
-        if many is not None:
-            return list(many(records))
-        outcomes: list[bool | Exception] = []
-        for record in records:
-            try:
-                outcomes.append(super().record(record))
-            except Exception as exc:  # per record, as record_many answers
-                outcomes.append(exc)
-        return outcomes
+        return super().record_many(records)
 
 
 def recorded(aws: Clients, key: str) -> VersionRecord | None:

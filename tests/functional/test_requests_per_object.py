@@ -8,9 +8,8 @@ tagged version and the one request that proves the role may read tags (1ddc11d),
 per batch (receive ahead by default, 1c297d0).
 
 The records go through the commit stage as in the daemon (agent/pipeline/commit.py): one
-journal fsync and one ledger call per batch of records finished together. Until the
-ledger has `record_many` (TransactWriteItems, branch s6-txn) that call is one
-`record` per object, 2 PutItems (version + LATEST); with it the total must be <= 2.0.
+journal fsync and one ledger call per batch of records finished together: one
+TransactWriteItems (`Ledger.record_many`) for the versions and LATEST items of the batch.
 """
 
 from __future__ import annotations
@@ -82,15 +81,15 @@ def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
     print("requests per object:", per_object, "total", round(made.total() / OBJECTS, 2))
     print("commits:", committer.commits, "records:", committer.committed)
     assert committer.committed == OBJECTS  # every record went through the commit stage
-    assert committer.commits <= OBJECTS
     assert made["GetObject"] == OBJECTS
     # the tagged version, and the first few: every worker asks until one has proven that
     # tags may be read
     assert made["GetObjectTagging"] <= settings.workers + 1
-    assert made["ReceiveMessage"] <= OBJECTS / 5  # batches, not one per freed worker
+    # batches, not one per freed worker (about 0.9 per object without receive_ahead); a
+    # worker freed by the commit stage sooner makes some receives partial: 0.12-0.22 seen
+    assert made["ReceiveMessage"] <= OBJECTS / 3
     assert made["DeleteMessageBatch"] <= OBJECTS / 2  # batched (how full depends on timing)
-    if hasattr(ledger, "record_many"):  # one ledger call per batch of records (s6-txn)
-        assert made.total() / OBJECTS <= 2.0
-    else:  # the fallback: the version and LATEST, one record() each
-        assert made["PutItem"] == 2 * OBJECTS
-        assert made.total() / OBJECTS <= 3.6
+    # every version and its LATEST in one TransactWriteItems per batch (distinct keys)
+    assert made["PutItem"] == 0
+    assert made["TransactWriteItems"] == committer.commits
+    assert made.total() / OBJECTS <= 2.0

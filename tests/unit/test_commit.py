@@ -14,7 +14,6 @@ import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import RetryableError
-from agent.pipeline.commit import Committer, Pending, _rounds, record_many
+from agent.pipeline.commit import Committer, Pending, _rounds
 from agent.records import VersionRecord
 from agent.storage.journal import Journal
 
@@ -39,28 +38,14 @@ def _record(n: int, key: str | None = None) -> VersionRecord:
 
 
 class Ledger:
-    """A ledger with `record` only (today's); `fail` names keys whose write raises."""
+    """A ledger's `record_many`; `fail` names keys whose write fails; its first call can be
+    held."""
 
-    def __init__(self, fail: dict[str, Exception] | None = None) -> None:
+    def __init__(self, hold_first: bool = False, fail: dict[str, Exception] | None = None) -> None:
         self.written: list[str] = []
         self.calls: list[list[str]] = []
         self.fail = fail or {}
         self.events: list[str] = []  # what happened, in order (with the held stacks)
-
-    def record(self, record: VersionRecord) -> bool:
-        self.calls.append([record.key])
-        if record.key in self.fail:
-            raise self.fail[record.key]
-        self.written.append(record.key)
-        self.events.append(f"recorded {record.key}")
-        return True
-
-
-class ManyLedger(Ledger):
-    """A ledger with `record_many` (branch s6-txn's); its first call can be held."""
-
-    def __init__(self, hold_first: bool = False, **kwargs: dict[str, Exception]) -> None:
-        super().__init__(**kwargs)
         self.entered = threading.Event()
         self.release = threading.Event()
         if not hold_first:
@@ -103,7 +88,7 @@ def _pending(record: VersionRecord, events: list[str] | None = None) -> Pending[
 
 def test_records_finished_during_a_commit_are_committed_together(tmp_path, committers):
     journal, fsyncs = _journal(tmp_path)
-    ledger = ManyLedger(hold_first=True)
+    ledger = Ledger(hold_first=True)
     committer = Committer(journal, ledger)
     committers.append(committer)
 
@@ -120,22 +105,10 @@ def test_records_finished_during_a_commit_are_committed_together(tmp_path, commi
     assert (committer.commits, committer.committed) == (2, 6)
 
 
-def test_without_record_many_each_record_is_written_alone(tmp_path, committers):
-    journal, _ = _journal(tmp_path)
-    ledger = Ledger()
-    committer = Committer(journal, ledger)
-    committers.append(committer)
-
-    assert committer.submit(_pending(_record(1))).wait(WAIT) == "k1:fresh"
-    assert ledger.calls == [["k1"]]
-    assert record_many(ledger, [_record(2), _record(3)]) == [True, True]
-    assert ledger.calls[1:] == [["k2"], ["k3"]]
-
-
 def test_a_failed_ledger_write_fails_its_record_alone(tmp_path, committers):
     journal, _ = _journal(tmp_path)
     throttled = RetryableError("ProvisionedThroughputExceededException")
-    ledger = ManyLedger(hold_first=True, fail={"k2": throttled})
+    ledger = Ledger(hold_first=True, fail={"k2": throttled})
     committer = Committer(journal, ledger)
     committers.append(committer)
 
@@ -152,36 +125,9 @@ def test_a_failed_ledger_write_fails_its_record_alone(tmp_path, committers):
     assert ledger.written == ["k0", "k1", "k3"]
 
 
-def test_the_fallback_loop_also_fails_a_record_alone(tmp_path, committers):
-    error = RetryableError("throttled")
-    assert record_many(Ledger(fail={"k2": error}), [_record(1), _record(2), _record(3)]) == [
-        True,
-        error,
-        True,
-    ]
-
-
-def test_the_fallback_records_a_batch_side_by_side_and_keeps_each_outcome_in_place(tmp_path):
-    error = RetryableError("throttled")
-    ledger = Ledger(fail={"k2": error})
-    both = threading.Barrier(2, timeout=WAIT)  # passed only if two records run at once
-    plain = ledger.record
-
-    def record(record: VersionRecord) -> bool:
-        if record.key in ("k1", "k3"):
-            both.wait()
-        return plain(record)
-
-    ledger.record = record  # type: ignore[method-assign]
-    with ThreadPoolExecutor(4) as pool:
-        outcomes = record_many(ledger, [_record(1), _record(2), _record(3)], pool)
-
-    assert outcomes == [True, error, True]
-
-
 def test_a_failed_journal_append_fails_the_batch_and_writes_no_record(tmp_path, committers):
     journal = Journal(tmp_path, fsync=lambda fd: (_ for _ in ()).throw(OSError(28, "No space")))
-    ledger = ManyLedger()
+    ledger = Ledger()
     committer = Committer(journal, ledger)
     committers.append(committer)
 
@@ -194,7 +140,7 @@ def test_a_failed_journal_append_fails_the_batch_and_writes_no_record(tmp_path, 
 
 def test_what_a_worker_held_is_released_after_its_record_is_written(tmp_path, committers):
     journal, _ = _journal(tmp_path)
-    ledger = ManyLedger()
+    ledger = Ledger()
     committer = Committer(journal, ledger)
     committers.append(committer)
 
@@ -207,7 +153,7 @@ def test_what_a_worker_held_is_released_after_its_record_is_written(tmp_path, co
 def test_a_failed_record_releases_what_it_held_too(tmp_path, committers):
     journal, _ = _journal(tmp_path)
     events: list[str] = []
-    committer = Committer(journal, ManyLedger(fail={"k1": RetryableError("no")}))
+    committer = Committer(journal, Ledger(fail={"k1": RetryableError("no")}))
     committers.append(committer)
 
     with pytest.raises(RetryableError):
@@ -217,7 +163,7 @@ def test_a_failed_record_releases_what_it_held_too(tmp_path, committers):
 
 def test_callbacks_see_the_outcome_in_order_and_late_ones_at_once(tmp_path, committers):
     journal, _ = _journal(tmp_path)
-    committer = Committer(journal, ManyLedger())
+    committer = Committer(journal, Ledger())
     committers.append(committer)
     seen: list[object] = []
 
@@ -231,7 +177,7 @@ def test_callbacks_see_the_outcome_in_order_and_late_ones_at_once(tmp_path, comm
 
 def test_two_versions_of_one_key_are_recorded_one_after_the_other(tmp_path, committers):
     journal, _ = _journal(tmp_path)
-    ledger = ManyLedger(hold_first=True)
+    ledger = Ledger(hold_first=True)
     committer = Committer(journal, ledger)
     committers.append(committer)
 
@@ -267,7 +213,7 @@ def test_rounds_keep_each_keys_order_and_never_hold_a_key_twice(keys):
 
 def test_close_commits_what_was_submitted_then_refuses_more(tmp_path):
     journal, _ = _journal(tmp_path)
-    ledger = ManyLedger(hold_first=True)
+    ledger = Ledger(hold_first=True)
     committer = Committer(journal, ledger)
     first = committer.submit(_pending(_record(0)))
     assert ledger.entered.wait(WAIT)
