@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.restore import restorer as restorer_module
+from agent.restore import targets
 from agent.restore.restorer import SMALL_FILE_BYTES, Restorer
 from agent.restore.targets import DirectoryTarget, Status
 from tests.support.stored import placed_plan
@@ -104,3 +105,45 @@ def test_an_unexpected_error_in_a_run_leaves_no_temp_file(volume, tmp_path):
 
     assert [name for name in _files(tmp_path / "out") if ".restore-" in name] == []
     assert _files(tmp_path / "out") == []  # nothing was committed: the batch failed whole
+
+
+class Writeback(targets.WritebackAsYouGo):
+    used = 0
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        Writeback.used += 1
+
+
+def test_a_small_file_is_written_to_its_descriptor_a_large_one_with_writeback(
+    volume, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(targets, "WritebackAsYouGo", Writeback)
+    large = b"x" * targets.WRITEBACK_BYTES
+    plan = placed_plan(volume, ["small"], SMALL)
+    big = placed_plan(volume, ["large"], large)
+
+    Restorer(DirectoryTarget(volume, tmp_path / "out")).run(plan)
+    assert Writeback.used == 0
+    Restorer(DirectoryTarget(volume, tmp_path / "out")).run(big)
+    assert Writeback.used == 1
+
+    assert (tmp_path / "out" / "small").read_bytes() == SMALL
+    assert (tmp_path / "out" / "large").read_bytes() == large
+
+
+def test_a_short_write_is_continued_until_every_byte_is_written(volume, tmp_path, monkeypatch):
+    real_write = os.write
+    calls = []
+
+    def short(fd: int, data) -> int:  # as a signal or a full pipe may: fewer bytes than asked
+        calls.append(len(data))
+        return real_write(fd, bytes(data[:7]))
+
+    monkeypatch.setattr(targets.os, "write", short)
+    plan = placed_plan(volume, ["short"], SMALL)
+
+    summary = Restorer(DirectoryTarget(volume, tmp_path / "out")).run(plan)
+
+    assert summary.ok and (tmp_path / "out" / "short").read_bytes() == SMALL
+    assert len(calls) == -(-len(SMALL) // 7)
