@@ -9,10 +9,14 @@ A target that stages (a directory, durable.py) gets the plan in batches of at mo
 `BATCH_FILES` files and `BATCH_BYTES` bytes: the pool writes the batch's files to temp
 names, then one commit makes them durable under their names. A file is reported (and
 counted restored) only once committed; a stop request lets the batch under way commit.
+A worker takes a run of files at a time (`TASK_FILES`, `TASK_BYTES`), and a plan of small
+files gets at most one thread per CPU (`threads_for`): for 4 KiB files the hand-offs, not
+the writes, were the cost (issue 19, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +33,24 @@ log = structlog.get_logger("agent.restore")
 
 BATCH_FILES = 4096  # files written before one commit (two filesystem flushes)
 BATCH_BYTES = 512 << 20  # and bytes: a temp file waits at most this much for its name
+# Files a worker stages per task: one hand-off to the pool per run of small files, not per
+# file (a task per 4 KiB file cost more in futures and thread wake-ups than its write);
+# a large file is a task of its own, so the pool still spreads the large ones.
+TASK_FILES = 32
+TASK_BYTES = 4 << 20
+# A plan of small files (at most this many bytes a file on average) is restored by at most
+# one thread per CPU: each of its files is ~25 short syscalls, every one a hand-off of the
+# GIL, and 8 threads on 2 CPUs spent most of their time handing it over (170 futex calls a
+# file, 1 with one thread; docs/benchmarks.md). Larger files keep `workers` threads.
+SMALL_FILE_BYTES = 64 << 10
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 @runtime_checkable
@@ -152,11 +174,17 @@ class Restorer:
         stop: threading.Event | None = None,
         batch_files: int = BATCH_FILES,
         batch_bytes: int = BATCH_BYTES,
+        task_files: int = TASK_FILES,
+        task_bytes: int = TASK_BYTES,
+        cpus: int | None = None,
     ) -> None:
         self.target = target
         self.workers = workers
         self.batch_files = max(1, batch_files)
         self.batch_bytes = batch_bytes
+        self.task_files = max(1, task_files)
+        self.task_bytes = task_bytes
+        self.cpus = cpus or usable_cpus()
         self.progress = progress or NoProgress()
         self.stop = stop or threading.Event()  # set: items not yet started are skipped
 
@@ -171,9 +199,19 @@ class Restorer:
             self.progress.close()
         return Summary(results, plan)
 
+    def threads_for(self, items: list[Item]) -> int:
+        """Threads for a directory restore of `items`: `workers`, or at most one per CPU for
+        a plan of small files (SMALL_FILE_BYTES). (S3 uploads wait on the network: all
+        `workers`.)"""
+        if items and sum(item.size for item in items) <= SMALL_FILE_BYTES * len(items):
+            return max(1, min(self.workers, self.cpus))
+        return max(1, self.workers)
+
     def _in_parallel(self, items: list[Item]) -> list[ItemResult]:
         """Files in progress always finish or clean up; an exception cancels the rest."""
-        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="restore")
+        staging = isinstance(self.target, StagingTarget)
+        threads = self.threads_for(items) if staging else self.workers
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="restore")
         try:
             if isinstance(self.target, StagingTarget):
                 return self._in_batches(pool, self.target, items)
@@ -187,17 +225,20 @@ class Restorer:
     ) -> list[ItemResult]:
         results: list[ItemResult] = []
         for batch in self._batches(items):
-            futures = [pool.submit(self._stage, target, item) for item in batch]
+            tasks = list(_runs(batch, self.task_files, self.task_bytes))
+            futures = [pool.submit(self._stage_all, target, task) for task in tasks]
             done: list[ItemResult | tuple[Staged, int]] = []
             try:
-                done = [future.result() for future in futures]
+                for future in futures:
+                    done.extend(future.result())
             finally:
-                if len(done) < len(futures):  # an unexpected error: no temp file is left
+                if len(done) < len(batch):  # an unexpected error: no temp file is left
                     pool.shutdown(wait=True, cancel_futures=True)
                     left = (
-                        f.result()
+                        one
                         for f in futures
                         if f.done() and not f.cancelled() and f.exception() is None
+                        for one in f.result()
                     )
                     target.discard([one[0] for one in left if isinstance(one, tuple)])
             staged = [one for one in done if isinstance(one, tuple)]
@@ -211,17 +252,21 @@ class Restorer:
                 results.append(result)
         return results
 
+    def _stage_all(
+        self, target: StagingTarget, items: list[Item]
+    ) -> list[ItemResult | tuple[Staged, int]]:
+        """One task: its files staged in turn; an unexpected error discards the ones staged."""
+        done: list[ItemResult | tuple[Staged, int]] = []
+        try:
+            for item in items:
+                done.append(self._stage(target, item))
+        except BaseException:
+            target.discard([one[0] for one in done if isinstance(one, tuple)])
+            raise
+        return done
+
     def _batches(self, items: list[Item]) -> Iterator[list[Item]]:
-        batch: list[Item] = []
-        size = 0
-        for item in items:
-            if batch and (len(batch) >= self.batch_files or size + item.size > self.batch_bytes):
-                yield batch
-                batch, size = [], 0
-            batch.append(item)
-            size += item.size
-        if batch:
-            yield batch
+        return _runs(items, self.batch_files, self.batch_bytes)
 
     def _stage(self, target: StagingTarget, item: Item) -> ItemResult | tuple[Staged, int]:
         """The item's result if it is already decided, else what commit must name."""
@@ -299,3 +344,18 @@ class Restorer:
             )
         self.progress.finished(result)
         return result
+
+
+def _runs(items: list[Item], files: int, size: int) -> Iterator[list[Item]]:
+    """`items` in order, cut into runs of at most `files` files and `size` bytes (a file
+    larger than `size` is a run of its own)."""
+    run: list[Item] = []
+    total = 0
+    for item in items:
+        if run and (len(run) >= files or total + item.size > size):
+            yield run
+            run, total = [], 0
+        run.append(item)
+        total += item.size
+    if run:
+        yield run

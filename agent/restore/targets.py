@@ -54,7 +54,7 @@ from agent.restore.tree import (
     entry,
     open_regular,
 )
-from agent.storage.volume import READ_CHUNK, Volume, WritebackAsYouGo
+from agent.storage.volume import READ_CHUNK, WRITEBACK_BYTES, Volume, WritebackAsYouGo
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -357,21 +357,28 @@ class DirectoryTarget:
     ) -> tuple[int, int]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temp, flags, 0o600, dir_fd=parent)
-        with os.fdopen(fd, "wb") as sink:
+        try:
             created = os.fstat(fd)
             if stat.S_IMODE(created.st_mode) != self.file_mode:  # not already, by the umask
                 os.fchmod(fd, self.file_mode)  # exactly the mode asked for, whatever the umask
-            writer = WritebackAsYouGo(sink)  # the fsync below then waits only for the tail
             # closing(): a failed write stops the read-ahead thread now, not at garbage collection
             with contextlib.closing(verified_chunks(self.volume, item.record)) as chunks:
-                for chunk in chunks:
-                    writer.write(chunk)
-                    on_bytes(len(chunk))
-            sink.flush()
+                if item.record.size is not None and item.size < WRITEBACK_BYTES:
+                    for chunk in chunks:  # small: straight to the descriptor, no buffer object
+                        _write_all(fd, chunk)
+                        on_bytes(len(chunk))
+                else:
+                    with os.fdopen(fd, "wb", closefd=False) as sink:
+                        writer = WritebackAsYouGo(sink)  # the fsync then waits for the tail only
+                        for chunk in chunks:
+                            writer.write(chunk)
+                            on_bytes(len(chunk))
             stamp = event_datetime(item.record).timestamp()
-            os.utime(sink.fileno(), (stamp, stamp))  # by descriptor: the file just written
+            os.utime(fd, (stamp, stamp))  # by descriptor: the file just written
             if not self.barriers.whole_filesystem:  # else one syncfs per batch (durable.py)
-                self.barriers.fsync(sink.fileno())
+                self.barriers.fsync(fd)
+        finally:
+            os.close(fd)
         return created.st_dev, created.st_ino
 
 
@@ -634,3 +641,10 @@ def _same_file(directory: int, name: str, record: VersionRecord) -> bool:
         while chunk := handle.read(READ_CHUNK):
             digest.update(chunk)
     return digest.hexdigest() == record.sha256
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
