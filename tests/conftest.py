@@ -12,7 +12,12 @@ from agent.aws import Clients
 from agent.config import Config
 from agent.pipeline.consumer import Consumer
 from agent.storage.volume import Volume
+from tests.support import moto_server
 from tests.support.aws import REGION, bootstrapped_aws, make_config
+
+# moto's TransactWriteItems copies whole tables, racing other threads' writes: the local AWS
+# stand-in's change (tests/support/moto_server.py, compared with moto's in test_moto_server)
+moto_server.install()
 
 
 @pytest.fixture(autouse=True)

@@ -66,7 +66,8 @@ CONNECTION_TIMEOUT_SECONDS = 10.0  # from accept to close, whatever the client d
 _SLOT_WAIT_SECONDS = 0.5  # for a cut connection's thread to give its slot back
 
 # Label values known in advance: their counters are exported at 0 from the start.
-OUTCOMES = tuple(outcome.value for outcome in Outcome)
+# (COMMITTING is no outcome of its own: Monitoring.observe counts the result it resolves to)
+OUTCOMES = tuple(outcome.value for outcome in Outcome if outcome is not Outcome.COMMITTING)
 ARCHIVED_REASONS = (ARCHIVED, SSE_C)
 TAG_RESULTS = ("read", "denied", "missing", "failed")  # agent/pipeline/backup.py, _tags
 ALERT_KINDS = tuple(kind.value for kind in AlertKind)

@@ -139,7 +139,9 @@ def test_a_fresh_agent_exports_every_counter_at_zero_and_no_created_series():
     assert "backup_agent_last_success_timestamp_seconds" not in s  # no backup yet
     assert s["backup_agent_start_time_seconds"][()] == 1000.0
     assert set(s["backup_agent_backups_succeeded_total"].values()) == {0.0}
-    assert len(s["backup_agent_backups_succeeded_total"]) == len(Outcome)
+    assert (
+        len(s["backup_agent_backups_succeeded_total"]) == len(Outcome) - 1
+    )  # not COMMITTING: observed as what it resolves to
     assert s["backup_agent_objects_archived_total"] == {
         (("reason", "archived"),): 0.0,
         (("reason", "sse-c"),): 0.0,

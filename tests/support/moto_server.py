@@ -6,14 +6,17 @@ time in proportion to the table: 50 records (100 actions) took about 1 s on an e
 and 277 s on one of 10,000 items here (docs/testing.md). Real DynamoDB does no such thing.
 With it, any benchmark of the agent's ledger transactions measures moto's copies.
 
-`touched_items_only()` keeps moto's code and its answers, and changes what the undo keeps:
-the items the transaction's actions name, read before it runs and put back (or deleted,
-where there was none) if it raises. moto's own whole-table "copy" becomes the table itself
-while it is installed. The answers are the same: tests/unit/test_moto_server.py runs the
+`install()` (or `touched_items_only()`) keeps moto's code and its answers, and changes what
+the undo keeps: the items the transaction's actions name, read before it runs and put back
+(or deleted, where there was none) if it raises. moto's own whole-table "copy" becomes the
+table itself while it is installed. The answers are the same: tests/unit/test_moto_server.py runs the
 same transactions with and without it and compares every item.
 
 `python -m tests.support.moto_server -H 127.0.0.1 -p PORT` is moto_server with it installed;
 tests/support/local_aws.py starts that for `make demo`, the e2e tests and the benchmarks.
+tests/conftest.py installs it for the in-process tests too: moto's whole-table copy also
+iterates a table while another thread writes to it, and fails the transaction with
+"dictionary changed size during iteration" (two daemons on one table, 2026-12-01).
 """
 
 from __future__ import annotations
@@ -77,34 +80,64 @@ def _undo(backend: DynamoDBBackend, touched: list[Touched]) -> None:
             backend.put_item(name, item.to_json()["Attributes"])
 
 
+_MOTO_TRANSACT = DynamoDBBackend.transact_write_items
+_MOTO_COPY = dynamodb_models.copy
+
+
+def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    touched = _touched(self, transact_items)
+    try:
+        _MOTO_TRANSACT(self, transact_items)
+    except Exception:
+        _undo(self, touched)
+        raise
+
+
+def installed() -> bool:
+    return DynamoDBBackend.transact_write_items is _transact_write_items  # type: ignore[comparison-overlap]
+
+
+def install() -> None:
+    """Install the change (see the module docstring) in this process."""
+    DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    dynamodb_models.copy = _TablesByReference  # type: ignore[assignment]
+
+
+def uninstall() -> None:
+    DynamoDBBackend.transact_write_items = _MOTO_TRANSACT  # type: ignore[method-assign]
+    dynamodb_models.copy = _MOTO_COPY
+
+
 @contextlib.contextmanager
 def touched_items_only() -> Iterator[None]:
-    """Install the change (see the module docstring); take it out on exit."""
-    original = DynamoDBBackend.transact_write_items
-
-    def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
-        touched = _touched(self, transact_items)
-        try:
-            original(self, transact_items)
-        except Exception:
-            _undo(self, touched)
-            raise
-
-    saved_copy = dynamodb_models.copy
-    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-    dynamodb_models.copy = _TablesByReference  # type: ignore[assignment]
+    """The change installed while inside (as it was after)."""
+    was = installed()
+    install()
     try:
         yield
     finally:
-        DynamoDBBackend.transact_write_items = original  # type: ignore[method-assign]
-        dynamodb_models.copy = saved_copy
+        if not was:
+            uninstall()
+
+
+@contextlib.contextmanager
+def as_released() -> Iterator[None]:
+    """moto as released while inside (as it was after): for the comparison in
+    tests/unit/test_moto_server.py."""
+    was = installed()
+    uninstall()
+    try:
+        yield
+    finally:
+        if was:
+            install()
 
 
 def main(argv: list[str] | None = None) -> None:
     from moto.server import main as moto_main
 
-    with touched_items_only():
-        moto_main(argv if argv is not None else sys.argv[1:])
+    install()
+    moto_main(argv if argv is not None else sys.argv[1:])
 
 
 if __name__ == "__main__":
