@@ -9,8 +9,8 @@ With it, any benchmark of the agent's ledger transactions measures moto's copies
 `install()` (or `touched_items_only()`) keeps moto's code and its answers, and changes what
 the undo keeps: the items the transaction's actions name, read before it runs and put back
 (or deleted, where there was none) if it raises. moto's own whole-table "copy" becomes the
-table itself while it is installed. The answers are the same: tests/unit/test_moto_server.py runs the
-same transactions with and without it and compares every item.
+table itself while it is installed. The answers are the same: tests/unit/test_moto_server.py
+runs the same transactions with and without it and compares every item.
 
 `python -m tests.support.moto_server -H 127.0.0.1 -p PORT` is moto_server with it installed;
 tests/support/local_aws.py starts that for `make demo`, the e2e tests and the benchmarks.
