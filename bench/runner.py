@@ -181,7 +181,9 @@ class Benchmark:
         for workers in s.workers:
             setup = self.small_setup(f"small-w{workers}", workers)
             before = self.endpoint.requests()
+            meter = small.CpuMeter(self.endpoint.pid)
             agent, _stored = small.agent_run(setup, objects, s.queue_depth)
+            agent_endpoint_cpu, agent_bench_cpu = meter.used()
             agent_calls = self.calls_per_object(before, len(objects))
             ahead = None
             if s.receive_ahead:  # the other mode: held back, as after a crash, or turned off
@@ -190,9 +192,11 @@ class Benchmark:
                 ahead, _ = small.agent_run(ahead_setup, objects, s.queue_depth)
                 ahead_calls = self.calls_per_object(before, len(objects))
             before = self.endpoint.requests()
+            meter = small.CpuMeter(self.endpoint.pid)
             ceiling = small.ceiling_run(
                 self.small_setup(f"ceiling-w{workers}", workers), objects, s.queue_depth
             )
+            ceiling_endpoint_cpu, ceiling_bench_cpu = meter.used()
             ceiling_calls = self.calls_per_object(before, len(objects))
             ratios.append(agent.rate / ceiling.rate)
             self.report.line(
@@ -200,6 +204,16 @@ class Benchmark:
                 f"{agent.rate:.0f} / {ceiling.rate:.0f} obj/s",
                 f"{ratios[-1]:.2f}x  (requests/object {agent_calls} / {ceiling_calls};"
                 f" outstanding {agent.mean_outstanding:.0f} / {ceiling.mean_outstanding:.0f})",
+            )
+            n = len(objects)
+            endpoint_known = self.endpoint.pid is not None
+            self.report.line(
+                "  CPU ms/object: agent + endpoint / loop + endpoint",
+                f"{small.cpu_per_object(agent.agent_cpu, n)}"
+                f" + {small.cpu_per_object(agent_endpoint_cpu if endpoint_known else None, n)}"
+                f" / {small.cpu_per_object(ceiling_bench_cpu, n)}"
+                f" + {small.cpu_per_object(ceiling_endpoint_cpu if endpoint_known else None, n)}",
+                f"(the feeder in this process: {small.cpu_per_object(agent_bench_cpu, n)})",
             )
             if ahead is not None:
                 ahead_ratios.append(ahead.rate / ceiling.rate)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from urllib.parse import quote_plus, unquote_plus
 
 import botocore.exceptions
+import psutil
 
 from agent.aws import Clients
 from bench.data import small_payload
@@ -40,10 +41,34 @@ class Run:
     count: int
     seconds: float
     mean_outstanding: float
+    agent_cpu: float | None = None  # the agent process's CPU seconds during the run
 
     @property
     def rate(self) -> float:
         return self.count / self.seconds
+
+
+class CpuMeter:
+    """CPU seconds of processes (and this one: the feeder, the ceiling loop) over a run."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.process = psutil.Process(pid) if pid else None
+        self._start = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        times = self.process.cpu_times() if self.process else None
+        other = float(times.user + times.system) if times else 0.0
+        return other, time.process_time()
+
+    def used(self) -> tuple[float, float]:
+        """(the process's, this process's) CPU seconds since the meter was made."""
+        other, here = self._now()
+        return other - self._start[0], here - self._start[1]
+
+
+def cpu_per_object(seconds: float | None, count: int) -> str:
+    """CPU milliseconds per object, or "?" when not measured."""
+    return "?" if seconds is None else f"{1000 * seconds / count:.1f}"
 
 
 def upload_objects(clients: Clients, count: int, size: int, threads: int = 4) -> list[SmallObject]:
@@ -139,9 +164,11 @@ def agent_run(
     """The real agent with `setup`'s worker count; returns the run and its stored events."""
     workers = setup.config.consumer.workers
     run = setup.start_agent()
+    agent_cpu: float | None = None
     try:
         bodies = [event_body(obj) for obj in objects]
         count = len(bodies)
+        meter = CpuMeter(run.process.pid)
         started = time.perf_counter()
         feeder = Feeder(
             setup.clients,
@@ -152,11 +179,12 @@ def agent_run(
         ).start()
         stored = run.log.wait_for("backup.stored", count, timeout=1200)
         seconds = time.perf_counter() - started
+        agent_cpu = meter.used()[0]
         feeder.join()
         wait_until_empty(setup)
     finally:
         run.stop()
-    return Run(workers, count, seconds, feeder.mean_outstanding), stored
+    return Run(workers, count, seconds, feeder.mean_outstanding, agent_cpu), stored
 
 
 def wait_until_empty(setup: Setup, timeout: float = 30.0) -> None:
