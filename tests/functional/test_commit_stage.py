@@ -67,16 +67,6 @@ def recorded(aws: Clients, key: str) -> VersionRecord | None:
 
 
 @pytest.fixture
-def consumers() -> Iterator[list[Consumer]]:
-    made: list[Consumer] = []
-    yield made
-    for consumer in made:
-        consumer.stop(5)
-        for thread in consumer._threads:
-            thread.join(10)
-
-
-@pytest.fixture
 def ledger(aws: Clients) -> Iterator[HeldLedger]:
     held = HeldLedger(aws.dynamodb, TABLE)
     yield held
