@@ -32,7 +32,9 @@ import shutil
 import stat
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -359,20 +361,23 @@ def _compress_to(
     path: Path, chunks: Iterable[bytes], settings: CompressionSettings, expect: Expectation
 ) -> tuple[str, int, int]:
     digests = _Digests(chunks, expect)
-    compressor = zstandard.ZstdCompressor(
-        level=settings.level, write_checksum=True, threads=settings.zstd_threads
-    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     with os.fdopen(fd, "wb") as sink:
-        sized = _Frames(compressor, cast(IO[bytes], WritebackAsYouGo(sink)), expect.size)
+        writer = cast(IO[bytes], WritebackAsYouGo(sink))
+        sized: _OneFrame | _ParallelFrames
+        if expect.size is not None and expect.size > FRAME_BYTES:
+            sized = _ParallelFrames(settings, writer, expect.size)
+        else:
+            sized = _OneFrame(settings, writer, expect.size)
         source = cast(Generator[bytes], readahead.chunks(digests.read, expect.size))
-        with contextlib.closing(source):  # the reader thread is stopped and joined on any exit
+        # the reader thread and the frame workers are stopped and joined on any exit
+        with contextlib.closing(source), contextlib.closing(sized):
             for chunk in source:
                 sized.write(chunk)
-        size = digests.size
-        if expect.size is not None and size != expect.size:
-            raise IntegrityError(f"read {size} bytes, expected {expect.size}")
-        sized.end()  # ends the last frame, content checksum included
+            size = digests.size
+            if expect.size is not None and size != expect.size:
+                raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+            sized.end()  # ends the last frame, content checksum included
         md5 = digests.md5
         if md5 is not None and md5.hexdigest() != expect.md5_hex:
             raise IntegrityError(f"MD5 {md5.hexdigest()} does not match eTag {expect.md5_hex}")
@@ -422,52 +427,118 @@ class _Digests:
         return b""
 
 
-class _Frames:
-    """A copy's zstd frames: one frame when the size is unknown or at most `FRAME_BYTES`,
-    else one per `FRAME_BYTES` of input, each with its size pledged (so declared in its
-    header, which frames.py needs) and its own content checksum."""
+class _OneFrame:
+    """A copy of unknown size or of at most `FRAME_BYTES`: one zstd frame (its size pledged
+    when known), compressed by zstd's own worker threads as it streams."""
 
-    def __init__(
-        self, compressor: zstandard.ZstdCompressor, sink: IO[bytes], total: int | None
-    ) -> None:
-        self.compressor = compressor
-        self.sink = sink
-        self.split = total is not None and total > FRAME_BYTES
-        self.left = total  # bytes not yet given to a frame (None: unknown)
-        self.writer: Any = None
-        self.room = 0  # bytes the open frame still takes (split copies only)
+    def __init__(self, settings: CompressionSettings, sink: IO[bytes], total: int | None) -> None:
+        compressor = zstandard.ZstdCompressor(
+            level=settings.level, write_checksum=True, threads=settings.zstd_threads
+        )
+        size = total if total is not None else -1
+        self.writer = compressor.stream_writer(sink, size=size, closefd=False)
 
     def write(self, chunk: bytes) -> None:
-        if not self.split:
-            self._open(self.left if self.left is not None else -1)
-            self.writer.write(chunk)
-            return
-        view = memoryview(chunk)
-        while view:
-            if self.room == 0:
-                assert self.left is not None
-                self._close()
-                self._open(min(FRAME_BYTES, self.left))
-                self.room = min(FRAME_BYTES, self.left)
-                self.left -= self.room
-            take = view[: self.room]
-            self.writer.write(take)
-            self.room -= len(take)
-            view = view[len(take) :]
+        self.writer.write(chunk)
 
     def end(self) -> None:
-        if self.writer is None:  # nothing written: one empty frame, as before
-            self._open(0 if self.left is not None else -1)
-        self._close()
+        self.writer.flush(zstandard.FLUSH_FRAME)
 
-    def _open(self, size: int) -> None:
-        if self.writer is None:
-            self.writer = self.compressor.stream_writer(self.sink, size=size, closefd=False)
+    def close(self) -> None:
+        """Nothing to stop: zstd's workers end with the frame."""
 
-    def _close(self) -> None:
-        if self.writer is not None:
-            self.writer.flush(zstandard.FLUSH_FRAME)
-            self.writer = None
+
+class _ParallelFrames:
+    """A copy of a known size above `FRAME_BYTES`: one frame per `FRAME_BYTES` of input, each
+    with its size (frames.py needs it in the header) and its own content checksum, each
+    compressed whole by one single-threaded call, `workers` frames at once, written in order.
+
+    Why not zstd's own threads on one stream, frame after frame: ending a frame waits for all
+    of its jobs, so every 16 MiB zstd's workers drained (the second job's tail ran on one
+    worker while the other waited for the next frame's first job to fill). Frames are
+    independent, so here the next frame compresses while the previous one finishes and no
+    worker waits for a frame boundary (docs/benchmarks.md, "Large backup: frames compressed
+    side by side").
+    libzstd releases the GIL while it compresses.
+
+    Memory: at most `workers` frames compressing plus the one being filled, each a reused
+    `FRAME_BYTES` buffer, plus their compressed output until it is written. A failure in a
+    worker is raised in the caller when its frame's turn to be written comes (or at `end`);
+    `close` cancels what has not started and waits for what has, so nothing writes after.
+    """
+
+    def __init__(self, settings: CompressionSettings, sink: IO[bytes], total: int) -> None:
+        self.level = settings.level
+        self.sink = sink
+        self.left = total  # bytes not yet given to a frame
+        self.workers = max(1, settings.zstd_threads)
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zstd-frame")
+        self.pending: deque[Future[bytes]] = deque()
+        self.spare: deque[bytearray] = deque()  # buffers of compressed frames, for reuse
+        self.buffer: bytearray | None = None  # the frame being filled
+        self.size = 0  # its length
+        self.filled = 0
+        self._local = threading.local()  # one compressor per worker thread
+
+    def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            if self.buffer is None:
+                if self.left <= 0:
+                    raise IntegrityError("object is longer than its frames")
+                self.size = min(FRAME_BYTES, self.left)
+                self.left -= self.size
+                self.buffer = self._new_buffer()
+                self.filled = 0
+            take = min(len(view), self.size - self.filled)
+            self.buffer[self.filled : self.filled + take] = view[:take]
+            self.filled += take
+            view = view[take:]
+            if self.filled == self.size:
+                self._submit()
+        while self.pending and self.pending[0].done():  # write what is ready, free it
+            self._write_oldest()
+
+    def end(self) -> None:
+        if self.buffer is not None and self.filled:
+            self.size = self.filled  # only after a size check failed elsewhere
+            self._submit()
+        while self.pending:
+            self._write_oldest()
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+        self.spare.clear()
+
+    def _new_buffer(self) -> bytearray:
+        try:
+            return self.spare.popleft()
+        except IndexError:
+            return bytearray(FRAME_BYTES)
+
+    def _submit(self) -> None:
+        assert self.buffer is not None
+        while len(self.pending) >= self.workers:  # bounded: wait for the oldest frame
+            self._write_oldest()
+        self.pending.append(self.pool.submit(self._compress, self.buffer, self.size))
+        self.buffer = None
+
+    def _write_oldest(self) -> None:
+        self.sink.write(self.pending.popleft().result())
+
+    def _compress(self, buffer: bytearray, size: int) -> bytes:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
+            self._local.compressor = compressor
+        with memoryview(buffer) as view:
+            frame = compressor.compress(view[:size])
+        if len(buffer) == FRAME_BYTES:
+            self.spare.append(buffer)
+        return frame
 
 
 class WritebackAsYouGo:

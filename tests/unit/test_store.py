@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,10 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.errors import DiskFull, IntegrityError, RetryableError, VolumeNotReady
+from agent.storage import volume as volume_module
 from agent.storage.volume import (
     MARKER_NAME,
     CompressionSettings,
     Expectation,
+    StoredCopy,
     Volume,
     WritebackAsYouGo,
     atomic_write_bytes,
@@ -137,22 +139,51 @@ def test_verify_copy_checks_the_size(volume):
         volume.verify_copy(copy.sha256, 6)
 
 
-def test_memory_stays_flat_whatever_the_size(volume):
-    """32 MiB streamed in 1 MiB chunks: Python never holds more than a few chunks."""
-    total = 32 << 20
+def random_chunks(total: int) -> Iterator[bytes]:
+    for _ in range(total >> 20):
+        yield os.urandom(1 << 20)  # incompressible: each frame's output is as big as its input
 
-    def source() -> Iterator[bytes]:
-        for _ in range(total >> 20):
-            yield os.urandom(1 << 20)
 
+def traced_peak(write: Callable[[], StoredCopy]) -> tuple[StoredCopy, int]:
     tracemalloc.start()
     try:
-        copy = volume.write_copy(source(), SETTINGS, Expectation(size=total))
+        copy = write()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    return copy, peak
+
+
+def test_memory_stays_flat_whatever_the_size(volume):
+    """32 MiB of unknown size streamed in 1 MiB chunks: one frame, compressed by zstd's own
+    workers; Python never holds more than a few chunks."""
+    total = 32 << 20
+    copy, peak = traced_peak(lambda: volume.write_copy(random_chunks(total), SETTINGS))
     assert copy.size == total
     assert peak < 6 << 20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_memory_of_a_split_copy_is_bounded_by_its_frames_not_its_size(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """A copy of known size above FRAME_BYTES is compressed a frame per worker: Python holds
+    at most `threads` frames compressing, the one filling and their output (buffers reused),
+    so 8 and 32 frames both peak below that bound (which 32 frames' output alone exceeds)."""
+    frame = 2 << 20
+    monkeypatch.setattr(volume_module, "FRAME_BYTES", frame)
+    settings = CompressionSettings(level=3, threads=threads)
+    peaks = []
+    for total in (16 << 20, 64 << 20):
+        copy, peak = traced_peak(
+            lambda total=total: volume.write_copy(
+                random_chunks(total), settings, Expectation(size=total)
+            )
+        )
+        assert copy.size == total
+        peaks.append(peak)
+    bound = (threads + 1) * frame * 2 + (4 << 20)  # frames in and out, chunks read ahead
+    assert max(peaks) < bound < 64 << 20, f"peaks {peaks}, bound {bound}"
 
 
 # -- nothing partial is ever visible --------------------------------------------------------
