@@ -291,3 +291,87 @@ def test_hashing_in_its_own_thread_verifies_the_same(
     next(reading)
     reading.close()  # stopped early: the hashing thread is gone too
     assert not [t for t in threading.enumerate() if t.name.startswith(("sha256", "frames"))]
+
+
+# -- a split copy's frames compress side by side (volume._ParallelFrames) --------------------
+
+PARALLEL = CompressionSettings(level=3, threads=2)
+
+
+def frame_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("zstd-frame")]
+
+
+def leftovers(volume: Volume) -> list[str]:
+    return [p.name for p in volume.tmp_dir.iterdir()] + [
+        p.name for p in volume.objects_dir.rglob("*") if p.is_file()
+    ]
+
+
+def test_frames_are_written_in_order_when_a_later_one_finishes_first(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first frame's compression waits until the second's has finished: the copy still
+    holds them in order (and reads back)."""
+    real = volume_module._ParallelFrames._compress
+    second_done = threading.Event()
+    calls: list[int] = []
+
+    def compress(self: Any, buffer: bytearray, size: int) -> bytes:
+        calls.append(size)
+        if len(calls) == 1:
+            assert second_done.wait(timeout=30), "the second frame never compressed"
+            return real(self, buffer, size)
+        out = real(self, buffer, size)
+        second_done.set()
+        return out
+
+    monkeypatch.setattr(volume_module._ParallelFrames, "_compress", compress)
+    data = data_of(4 * FRAME + 5)
+    copy = volume.write_copy(chunks_of(data), PARALLEL, Expectation(size=len(data)))
+    found = scan(copy, limit=len(data))
+    assert found is not None and [f.content_size for f in found] == [FRAME] * 4 + [5]
+    assert b"".join(verified_chunks(volume, record_of(copy))) == data
+    assert not frame_threads()
+
+
+def test_a_failure_compressing_a_frame_surfaces_and_leaves_nothing(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = volume_module._ParallelFrames._compress
+    calls: list[int] = []
+
+    def compress(self: Any, buffer: bytearray, size: int) -> bytes:
+        calls.append(size)
+        if len(calls) == 3:
+            raise MemoryError("frame 3")
+        return real(self, buffer, size)
+
+    monkeypatch.setattr(volume_module._ParallelFrames, "_compress", compress)
+    data = data_of(8 * FRAME)
+    with pytest.raises(MemoryError, match="frame 3"):
+        volume.write_copy(chunks_of(data), PARALLEL, Expectation(size=len(data)))
+    assert leftovers(volume) == []  # no temp file, no copy
+    assert not frame_threads()  # the workers are stopped and joined
+
+
+def test_a_download_failing_after_some_frames_leaves_nothing(volume: Volume) -> None:
+    data = data_of(8 * FRAME)
+
+    def failing() -> Iterator[bytes]:
+        yield from chunks_of(data[: 5 * FRAME + 100])
+        raise ConnectionResetError("peer went away")
+
+    with pytest.raises(ConnectionResetError):
+        volume.write_copy(failing(), PARALLEL, Expectation(size=len(data)))
+    assert leftovers(volume) == []
+    assert not frame_threads()
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_split_copies_read_back_whatever_the_worker_count(volume: Volume, threads: int) -> None:
+    data = data_of(7 * FRAME + 1)
+    settings = CompressionSettings(level=3, threads=threads)
+    copy = volume.write_copy(chunks_of(data, 3 * FRAME + 7), settings, Expectation(len(data)))
+    assert b"".join(verified_chunks(volume, record_of(copy))) == data
