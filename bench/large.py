@@ -8,6 +8,7 @@ import resource
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,10 @@ class AgentBackup:
 
 
 class CpuTimeline:
-    """CPU seconds of the agent and the endpoint, sampled every `interval` seconds while an
-    object is backed up: where the wall time is not covered by every CPU working."""
+    """CPU seconds of the agent, the endpoint and the whole machine, sampled every `interval`
+    seconds while an object is backed up: where the wall time is not covered by every CPU
+    working, and whether the CPUs the two did not use were idle or used by something else
+    (other processes, the kernel's writeback threads, this benchmark)."""
 
     def __init__(
         self, agent: psutil.Process, endpoint: psutil.Process | None, interval: float = 0.02
@@ -51,6 +54,7 @@ class CpuTimeline:
         self.processes = (agent, endpoint)
         self.interval = interval
         self.samples: list[tuple[float, float, float]] = []  # (seconds, agent CPU, endpoint CPU)
+        self.machine: list[tuple[float, float]] = []  # (seconds, CPU seconds of every process)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
 
@@ -67,7 +71,9 @@ class CpuTimeline:
     def sample(self) -> None:
         agent, endpoint = self.processes
         with contextlib.suppress(psutil.Error):
-            self.samples.append((time.perf_counter(), cpu_seconds(agent), cpu_seconds(endpoint)))
+            now = time.perf_counter()
+            self.samples.append((now, cpu_seconds(agent), cpu_seconds(endpoint)))
+            self.machine.append((now, machine_busy_seconds()))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -75,32 +81,60 @@ class CpuTimeline:
 
     def slices(self, count: int = 10) -> list[tuple[float, float]]:
         """Agent and endpoint CPUs busy (0..cpus) in each of `count` equal slices of the run."""
-        if len(self.samples) < 2:
-            return []
-        start, end = self.samples[0][0], self.samples[-1][0]
-        width = (end - start) / count
         out = []
-        for index in range(count):
-            low, high = start + index * width, start + (index + 1) * width
+        for (low, high), width in self._bounds(count):
             a0, e0 = _cpu_at(self.samples, low)
             a1, e1 = _cpu_at(self.samples, high)
             out.append(((a1 - a0) / width, (e1 - e0) / width))
         return out
 
+    def others(self, count: int = 10) -> list[float]:
+        """CPUs busy with anything but the agent and the endpoint, in each slice."""
+        out = []
+        both = self.slices(count)
+        for ((low, high), width), (agent, endpoint) in zip(self._bounds(count), both, strict=True):
+            (m0,) = _at(self.machine, low)
+            (m1,) = _at(self.machine, high)
+            out.append(max(0.0, (m1 - m0) / width - agent - endpoint))
+        return out
+
+    def _bounds(self, count: int) -> list[tuple[tuple[float, float], float]]:
+        if len(self.samples) < 2:
+            return []
+        start, end = self.samples[0][0], self.samples[-1][0]
+        width = (end - start) / count
+        return [
+            ((start + index * width, start + (index + 1) * width), width) for index in range(count)
+        ]
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every CPU of the machine has spent not idle since boot (/proc/stat; steal,
+    the time the hypervisor gave to another guest, counts: this machine did not get it)."""
+    times = psutil.cpu_times()
+    busy = ("user", "nice", "system", "irq", "softirq", "steal")  # user includes guest
+    return float(sum(getattr(times, name, 0.0) for name in busy))
+
 
 def _cpu_at(samples: list[tuple[float, float, float]], moment: float) -> tuple[float, float]:
     """The cumulative CPU seconds at `moment`, interpolated between samples."""
+    agent, endpoint = _at(samples, moment)
+    return agent, endpoint
+
+
+def _at(samples: Sequence[tuple[float, ...]], moment: float) -> tuple[float, ...]:
+    """The cumulative values of `samples` ((seconds, value...)) at `moment`, interpolated."""
     previous = samples[0]
     for sample in samples[1:]:
         if sample[0] >= moment:
             span = sample[0] - previous[0]
             share = (moment - previous[0]) / span if span > 0 else 1.0
-            return (
-                previous[1] + share * (sample[1] - previous[1]),
-                previous[2] + share * (sample[2] - previous[2]),
+            return tuple(
+                before + share * (after - before)
+                for before, after in zip(previous[1:], sample[1:], strict=True)
             )
         previous = sample
-    return samples[-1][1], samples[-1][2]
+    return tuple(samples[-1][1:])
 
 
 @dataclass(frozen=True)

@@ -145,6 +145,23 @@ class Benchmark:
                     f"of {self.cpus}; the endpoint's part: "
                     + " ".join(f"{e:.1f}" for _, e in slices),
                 )
+            if agent.timeline and slices:  # the CPU the two did not use: idle, or someone's
+                others = agent.timeline.others()
+                r.line(
+                    "  other processes' CPUs by tenth",
+                    " ".join(f"{o:.1f}" for o in others),
+                    "(the kernel's writeback, this benchmark, other users of the machine)",
+                )
+                width = agent.seconds / len(others)
+                other_seconds = sum(others) * width
+                idle = max(0.0, self.cpus * agent.seconds - busy - other_seconds)
+                r.line(
+                    "  CPU seconds of the run",
+                    f"{busy:.1f} + {other_seconds:.1f} + {idle:.1f} s",
+                    f"agent and endpoint + others + idle, of {self.cpus * agent.seconds:.1f};"
+                    f" of the CPU the others left, the agent reaches"
+                    f" {busy / max(busy, busy + idle):.2f}",
+                )
         vs_ceiling = ceiling / agent.seconds
         vs_script = script.seconds / agent.seconds
         r.line("agent / ceiling", f"{vs_ceiling:.2f}x", "target >= 0.9x")

@@ -29,3 +29,11 @@ def test_a_slice_between_samples_is_interpolated():
 
 def test_too_few_samples_give_no_slices():
     assert timeline([(0.0, 0.0, 0.0)]).slices() == []
+
+
+def test_others_are_the_machine_cpu_the_agent_and_endpoint_did_not_use():
+    # 0-1 s: the endpoint on one CPU and someone else on the other; 1-2 s: the agent on one
+    # CPU, the other idle
+    line = timeline([(0.0, 0.0, 0.0), (1.0, 0.0, 1.0), (2.0, 1.0, 1.0)])
+    line.machine = [(0.0, 100.0), (1.0, 102.0), (2.0, 103.0)]
+    assert line.others(count=2) == [pytest.approx(1.0), pytest.approx(0.0)]
