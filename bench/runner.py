@@ -135,7 +135,8 @@ class Benchmark:
             r.line(
                 "  counting the endpoint's first-byte wait",
                 f"{serial:.2f} s at best",
-                f"the agent reaches {serial / agent.seconds:.2f} of that",
+                f"the agent reaches {serial / agent.seconds:.2f} of that; no program can reach"
+                f" more than {busy / self.cpus / serial:.2f} of the bound above here",
             )
             slices = agent.timeline.slices() if agent.timeline else []
             if slices:  # where the wall time is not covered by every CPU working
