@@ -7,6 +7,7 @@ hundred KiB hold several frames; the code paths are the ones a 1 GiB copy takes.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.errors import IntegrityError
+from agent.errors import DiskFull, IntegrityError
 from agent.records import VersionRecord
 from agent.restore import copies
 from agent.restore.copies import CorruptCopy, verified_chunks
@@ -375,3 +376,21 @@ def test_split_copies_read_back_whatever_the_worker_count(volume: Volume, thread
     settings = CompressionSettings(level=3, threads=threads)
     copy = volume.write_copy(chunks_of(data, 3 * FRAME + 7), settings, Expectation(len(data)))
     assert b"".join(verified_chunks(volume, record_of(copy))) == data
+
+
+def test_a_full_disk_while_frames_compress_is_disk_full_and_leaves_nothing(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = volume_module.WritebackAsYouGo.write
+
+    def write_until_full(self: Any, data: bytes) -> int:  # ENOSPC once some frames are out
+        if self._written > 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(volume_module.WritebackAsYouGo, "write", write_until_full)
+    data = data_of(8 * FRAME)
+    with pytest.raises(DiskFull):
+        volume.write_copy(chunks_of(data), PARALLEL, Expectation(size=len(data)))
+    assert leftovers(volume) == []
+    assert not frame_threads()
