@@ -291,3 +291,41 @@ def test_hashing_in_its_own_thread_verifies_the_same(
     next(reading)
     reading.close()  # stopped early: the hashing thread is gone too
     assert not [t for t in threading.enumerate() if t.name.startswith(("sha256", "frames"))]
+
+
+def test_the_kernel_is_asked_to_read_frames_ahead_of_the_workers(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = data_of(10 * FRAME)
+    copy = store(volume, data)
+    found = scan(copy)
+    assert found is not None
+    events: list[tuple[str, int]] = []
+    real_pread = os.pread
+
+    class NotingOs:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def pread(fd: int, length: int, offset: int) -> bytes:
+            events.append(("read", offset))
+            return real_pread(fd, length, offset)
+
+        @staticmethod
+        def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+            assert advice == os.POSIX_FADV_WILLNEED
+            events.append(("ahead", offset))
+
+    monkeypatch.setattr(frames, "os", NotingOs())
+    fd = os.open(copy.path, os.O_RDONLY)
+    try:
+        out = list(frames.decompress(fd, found, workers=2, max_window=MAX_WINDOW_BYTES))
+    finally:
+        os.close(fd)
+
+    assert b"".join(out) == data
+    advised = [offset for kind, offset in events if kind == "ahead"]
+    assert advised == [frame.offset for frame in found]  # each frame once, in order
+    for frame in found:  # and before a worker reads it
+        assert events.index(("ahead", frame.offset)) < events.index(("read", frame.offset))
