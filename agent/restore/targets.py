@@ -642,9 +642,9 @@ def _same_file(directory: int, name: str, record: VersionRecord) -> bool:
 
 def _write_large(fd: int, chunks: Iterator[bytes], on_bytes: Callable[[int], None]) -> None:
     """A large file's bytes straight to the disk (storage/direct.py: no page cache to copy
-    into and write back, ~1.8 CPU-seconds per GiB less); where the filesystem has no direct
-    I/O, through the page cache with its writeback started as it goes. Either way the
-    caller's fsync or syncfs is what makes the file durable."""
+    into and write back, ~0.3 CPU-seconds per GiB of writing instead of ~1.9); where the
+    filesystem has no direct I/O, through the page cache with its writeback started as it
+    goes. Either way the caller's fsync or syncfs is what makes the file durable."""
     direct = DirectWriter.open(fd)
     if direct is not None:
         with direct:
