@@ -20,6 +20,7 @@ the file's metadata); the restore's guarantees (docs/restore.md) do not change.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -45,6 +46,7 @@ class DirectWriter:
         self._map = mmap.mmap(-1, buffer_bytes)  # anonymous: page-aligned
         self._buffer = memoryview(self._map)
         self._filled = 0
+        self._released = False
 
     @classmethod
     def open(cls, fd: int, buffer_bytes: int = BUFFER_BYTES) -> DirectWriter | None:
@@ -94,7 +96,7 @@ class DirectWriter:
 
     def close(self) -> None:
         """Write what is buffered (its aligned head directly, the tail plainly)."""
-        if self._map.closed:
+        if self._released:
             return
         try:
             head = self._filled - self._filled % ALIGN
@@ -128,6 +130,11 @@ class DirectWriter:
             self.direct = False
 
     def _release(self) -> None:
-        if not self._map.closed:
-            self._buffer.release()
+        if self._released:
+            return
+        self._released = True
+        self._buffer.release()
+        # A slice may still be referenced (by the traceback of an error being raised): then
+        # the mapping goes with its last reference, and that error stays the one raised.
+        with contextlib.suppress(BufferError):
             self._map.close()

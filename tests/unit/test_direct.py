@@ -182,3 +182,19 @@ def test_a_large_restored_file_is_written_direct_and_a_small_one_is_not(
 
     assert summary.ok and len(opened) == 1 and opened[0].written == len(large)
     assert (out / "large").read_bytes() == large and (out / "small").read_bytes() == b"small\n"
+
+
+@pytest.mark.parametrize("size", [ALIGN + 100, 100, BUFFER + ALIGN])
+def test_a_disk_error_writing_the_last_bytes_is_the_error_raised(
+    fd: int, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    writer = _writer(fd)
+    writer.write(os.urandom(size) if size < BUFFER else os.urandom(ALIGN + 1))
+
+    def full(descriptor: int, data: memoryview) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(direct.os, "write", full)
+    with pytest.raises(OSError, match="No space left"):  # not a BufferError from the buffer
+        writer.close()
+    writer.close()  # and again: nothing left to do
