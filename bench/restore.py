@@ -11,6 +11,7 @@ sha256, dest).
 from __future__ import annotations
 
 import compileall
+import os
 import resource
 import shlex
 import subprocess
@@ -117,6 +118,37 @@ def zstd_decompress_all(volume: Volume, copies: Sequence[Copy], target: Path) ->
             str(target),
         ]
     seconds = run_timed(command)
+    return Timing(seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu)
+
+
+def drop_cached(path: Path) -> None:
+    """Evict the file's pages from the page cache (POSIX_FADV_DONTNEED drops the clean ones;
+    a stored copy was fsynced when stored), so each restore of it reads it from the disk.
+    Section 3 does this before every large restore it times: before 2026-12-01 the first one
+    (`backup-restore`) read the copy cold and the references after it read it from the cache
+    the restore had just filled."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def zstd_decompress_durable(volume: Volume, copy: Copy, target: Path) -> Timing:
+    """`zstd -d` of one copy, then an fsync of its output, timed together: the same work
+    a restore must finish before it reports success (the bytes on the disk). A second
+    reference beside plain `zstd -d`; the target stays against plain `zstd -d`."""
+    target.mkdir(parents=True, exist_ok=True)
+    output = target / "00000"
+    cpu = _cpu(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    zstd_decompress_all(volume, [copy], target)
+    fd = os.open(output, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - started
     return Timing(seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu)
 
 

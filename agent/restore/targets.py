@@ -54,6 +54,7 @@ from agent.restore.tree import (
     entry,
     open_regular,
 )
+from agent.storage.direct import DirectWriter
 from agent.storage.volume import READ_CHUNK, WRITEBACK_BYTES, Volume, WritebackAsYouGo
 
 if TYPE_CHECKING:
@@ -368,11 +369,7 @@ class DirectoryTarget:
                         _write_all(fd, chunk)
                         on_bytes(len(chunk))
                 else:
-                    with os.fdopen(fd, "wb", closefd=False) as sink:
-                        writer = WritebackAsYouGo(sink)  # the fsync then waits for the tail only
-                        for chunk in chunks:
-                            writer.write(chunk)
-                            on_bytes(len(chunk))
+                    _write_large(fd, chunks, on_bytes)
             stamp = event_datetime(item.record).timestamp()
             os.utime(fd, (stamp, stamp))  # by descriptor: the file just written
             if not self.barriers.whole_filesystem:  # else one syncfs per batch (durable.py)
@@ -641,6 +638,25 @@ def _same_file(directory: int, name: str, record: VersionRecord) -> bool:
         while chunk := handle.read(READ_CHUNK):
             digest.update(chunk)
     return digest.hexdigest() == record.sha256
+
+
+def _write_large(fd: int, chunks: Iterator[bytes], on_bytes: Callable[[int], None]) -> None:
+    """A large file's bytes straight to the disk (storage/direct.py: no page cache to copy
+    into and write back, ~0.3 CPU-seconds per GiB of writing instead of ~1.9); where the
+    filesystem has no direct I/O, through the page cache with its writeback started as it
+    goes. Either way the caller's fsync or syncfs is what makes the file durable."""
+    direct = DirectWriter.open(fd)
+    if direct is not None:
+        with direct:
+            for chunk in chunks:
+                direct.write(chunk)
+                on_bytes(len(chunk))
+        return
+    with os.fdopen(fd, "wb", closefd=False) as sink:
+        writer = WritebackAsYouGo(sink)  # the fsync then waits for the tail only
+        for chunk in chunks:
+            writer.write(chunk)
+            on_bytes(len(chunk))
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -20,6 +20,7 @@ in memory at once (decompressing, plus the one the caller is using).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -122,6 +123,9 @@ def decompress(fd: int, frames: list[Frame], *, workers: int, max_window: int) -
     pending: deque[Future[bytes]] = deque()
     upcoming = iter(frames)
     pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="frames")
+    for frame in frames[: 2 * max(1, workers)]:
+        _read_ahead(fd, frame)
+    ahead = 2 * max(1, workers)  # the next frame to ask the kernel to read ahead
     try:
         for frame in upcoming:
             pending.append(pool.submit(one, frame))
@@ -132,7 +136,21 @@ def decompress(fd: int, frames: list[Frame], *, workers: int, max_window: int) -
             following = next(upcoming, None)
             if following is not None:
                 pending.append(pool.submit(one, following))
+                if ahead < len(frames):
+                    _read_ahead(fd, frames[ahead])
+                    ahead += 1
             yield data
             del data
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_ahead(fd: int, frame: Frame) -> None:
+    """Ask the kernel to start reading `frame` now (POSIX_FADV_WILLNEED, asynchronous), so
+    that a copy not in the page cache (a restore days after the backup) is read while the
+    frames before it decompress: without it each worker's pread waited for the disk, one
+    frame's compressed bytes at a time. Only a hint (page cache, not this process's memory):
+    errors are ignored."""
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, frame.offset, frame.length, os.POSIX_FADV_WILLNEED)

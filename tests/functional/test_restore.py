@@ -28,6 +28,7 @@ from agent.restore.restorer import Restorer
 from agent.restore.source import LedgerSource, Selector
 from agent.restore.targets import DirectoryTarget, S3Target, Status
 from agent.storage import volume as volume_module
+from agent.storage.direct import DirectWriter
 from agent.storage.ledger import Ledger
 from agent.storage.volume import WritebackAsYouGo
 from tests.support.aws import BUCKET, REGION, TABLE
@@ -554,11 +555,23 @@ def test_a_large_file_streams_with_flat_memory(backups, volume, aws, tmp_path, m
     assert peak < (2 * volume_module.PARALLEL_FRAMES + 2) * (4 << 20) + (2 << 20)
 
 
+@pytest.mark.parametrize("writes", ["direct", "page cache"])
 def test_a_full_target_disk_fails_that_file_only_and_leaves_no_partial_file(
-    backups, volume, aws, tmp_path, monkeypatch
+    backups, volume, aws, tmp_path, monkeypatch, writes
 ):
     backups.put("big.bin", os.urandom(12 << 20))  # large enough to be read ahead in a thread
     backups.put("small.txt", b"fits")
+    if writes == "direct":  # storage/direct.py, where the filesystem has O_DIRECT
+        real_direct = DirectWriter._write
+
+        def direct_until_full(self, view):  # a fault-injecting wrapper: ENOSPC after 2 MiB
+            if self.written + len(view) > 2 << 20:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_direct(self, view)
+
+        monkeypatch.setattr(DirectWriter, "_write", direct_until_full)
+    else:  # a filesystem without O_DIRECT: the page cache, writeback started as it goes
+        monkeypatch.setattr(DirectWriter, "open", classmethod(lambda cls, fd, *a: None))
     real_write = WritebackAsYouGo.write
 
     def write_until_full(self, data):  # a fault-injecting wrapper: ENOSPC after 2 MiB

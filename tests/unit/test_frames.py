@@ -394,3 +394,41 @@ def test_a_full_disk_while_frames_compress_is_disk_full_and_leaves_nothing(
         volume.write_copy(chunks_of(data), PARALLEL, Expectation(size=len(data)))
     assert leftovers(volume) == []
     assert not frame_threads()
+
+
+def test_the_kernel_is_asked_to_read_frames_ahead_of_the_workers(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = data_of(10 * FRAME)
+    copy = store(volume, data)
+    found = scan(copy)
+    assert found is not None
+    events: list[tuple[str, int]] = []
+    real_pread = os.pread
+
+    class NotingOs:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def pread(fd: int, length: int, offset: int) -> bytes:
+            events.append(("read", offset))
+            return real_pread(fd, length, offset)
+
+        @staticmethod
+        def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+            assert advice == os.POSIX_FADV_WILLNEED
+            events.append(("ahead", offset))
+
+    monkeypatch.setattr(frames, "os", NotingOs())
+    fd = os.open(copy.path, os.O_RDONLY)
+    try:
+        out = list(frames.decompress(fd, found, workers=2, max_window=MAX_WINDOW_BYTES))
+    finally:
+        os.close(fd)
+
+    assert b"".join(out) == data
+    advised = [offset for kind, offset in events if kind == "ahead"]
+    assert advised == [frame.offset for frame in found]  # each frame once, in order
+    for frame in found:  # and before a worker reads it
+        assert events.index(("ahead", frame.offset)) < events.index(("read", frame.offset))
