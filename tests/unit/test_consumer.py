@@ -229,6 +229,32 @@ def test_a_retryable_failure_is_released_with_a_delay_that_grows_with_receives(
     assert calls.deleted_handles() == []
 
 
+def test_a_retryable_failure_logs_one_backup_failed_warning_without_pausing(
+    sqs, queue_url, make_consumer
+):
+    """The retry path's `backup.failed` (the out-of-space path's, with paused=True, is in
+    test_consumer_pause.py): one helper writes both."""
+    calls = record_calls(sqs)
+    send(sqs, queue_url, put_message("flaky.txt"))
+
+    def fail(_event: ObjectEvent) -> None:
+        raise RetryableError("S3 GetObject: SlowDown")
+
+    with capture_logs() as logs:
+        make_consumer(FakeProcessor(fail), retry_base_seconds=5).start()
+        wait_until(lambda: calls.of("ChangeMessageVisibility"), what="the release")
+    (failed,) = [e for e in logs if e["event"] == "backup.failed"]
+    assert failed["log_level"] == "warning"
+    assert {k: v for k, v in failed.items() if k not in ("error", "log_level")} == {
+        "event": "backup.failed",
+        "bucket": failed["bucket"],
+        "key": "flaky.txt",
+        "error_type": "RetryableError",
+        "retryable": True,
+    }
+    assert "SlowDown" in failed["error"]
+
+
 def test_retry_delays_double_up_to_the_cap():
     consumer = Consumer(
         None,
