@@ -14,6 +14,8 @@ BENCH_SMALL_COUNT=10000    small copies section 3 restores, of BENCH_SMALL_KB=4 
 BENCH_RATE_COUNT=2000      small objects per rate run of section 2 (agent, agent without
                            receive_ahead, ceiling loop; the rate is steady long before)
 BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
+BENCH_SMALL_ROUNDS=3       rounds the rate runs are split into, agent and loop alternating
+                           (agent, loop / loop, agent ...): the ratio's median and spread
 BENCH_RECEIVE_AHEAD=1      also run the agent without receive_ahead (the default receives
                            ahead; a run after a crash does not); 0 to skip
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
@@ -64,6 +66,7 @@ class Settings:
     fleet_workers: int = 1
     fleet_depth: int = 10
     fleet_latency_ms: float = 15.0
+    small_rounds: int = 3
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -100,4 +103,5 @@ class Settings:
             fleet_workers=int(_number("BENCH_FLEET_WORKERS", 1)),
             fleet_depth=int(_number("BENCH_FLEET_DEPTH", 10)),
             fleet_latency_ms=_number("BENCH_FLEET_LATENCY_MS", 15),
+            small_rounds=max(1, int(_number("BENCH_SMALL_ROUNDS", 3))),
         )

@@ -45,6 +45,8 @@ _lexed: dict[str, tuple[Any, ...]] = {}
 
 def _lex_condition_expression(self: ConditionExpressionParser) -> deque[Any]:
     text = self.condition_expression
+    if text is None:  # moto's parse does not lex a missing expression; just in case
+        return _MOTO_LEX(self)
     nodes = _lexed.get(text)
     if nodes is None:
         nodes = tuple(_MOTO_LEX(self))  # raises as moto does for text it cannot lex
@@ -65,7 +67,7 @@ def _item_init(
 
 
 def installed() -> bool:
-    return Item.__init__ is _item_init  # type: ignore[comparison-overlap]
+    return Item.__init__ is _item_init
 
 
 def install() -> None:
