@@ -190,15 +190,15 @@ class Benchmark:
             totals = {kind: small.Totals() for kind in kinds}
             for index, part in enumerate(small.round_slices(objects, rounds)):
                 for kind in small.round_order(index, kinds):
-                    before = self.endpoint.requests()
-                    meter = small.CpuMeter(self.endpoint.pid)
-                    own_cpu: float | None
                     name = {"agent": "small", "held": "held", "loop": "ceiling"}[kind]
                     setup = self.small_setup(
                         f"{name}-w{workers}-r{index}",
                         workers,
                         receive_ahead=False if kind == "held" else None,
                     )
+                    before = self.endpoint.requests()  # the run's requests, not the setup's
+                    meter = small.CpuMeter(self.endpoint.pid)
+                    own_cpu: float | None
                     if kind == "loop":
                         run = small.ceiling_run(setup, part, s.queue_depth)
                         endpoint_cpu, own_cpu = meter.used()
