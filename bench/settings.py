@@ -11,7 +11,7 @@ HELP = """\
 BENCH_SCALE=0.1            scale every size and count (default 1: 1 GiB, 10,000 objects)
 BENCH_LARGE_MB=1024        the large object; RSS is also measured at BENCH_RSS_MB=64
 BENCH_SMALL_COUNT=10000    small copies section 3 restores, of BENCH_SMALL_KB=4 KiB
-BENCH_RATE_COUNT=2000      small objects per rate run of section 2 (agent, agent without
+BENCH_RATE_COUNT=1500      small objects per rate run of section 2 (agent, agent without
                            receive_ahead, ceiling loop; the rate is steady long before)
 BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
 BENCH_SMALL_ROUNDS=3       rounds the rate runs are split into, agent and loop alternating
@@ -83,7 +83,7 @@ class Settings:
             large_mb=large_mb,
             rss_mb=min(large_mb, int(_number("BENCH_RSS_MB", 64))),
             small_count=small_count,
-            rate_count=min(small_count, int(_number("BENCH_RATE_COUNT", 2000))),
+            rate_count=min(small_count, int(_number("BENCH_RATE_COUNT", 1500))),
             small_kb=int(_number("BENCH_SMALL_KB", 4)),
             workers=tuple(int(w) for w in os.environ.get("BENCH_WORKERS", "1,2,4,8").split(",")),
             receive_ahead=os.environ.get("BENCH_RECEIVE_AHEAD", "1") != "0",
