@@ -196,58 +196,78 @@ class Benchmark:
             self.root, self.endpoint.url, "small-upload", bucket=small.BUCKET, notify=False
         )
         objects = small.upload_objects(uploads.clients, s.rate_count, s.small_kb << 10)
+        rounds = min(s.small_rounds, len(objects))
+        self.report.text(
+            f"each rate in {rounds} round(s) of about {len(objects) // rounds} objects,"
+            " agent and loop alternating (agent first, then loop first, ...); the ratio is"
+            " the rate over all rounds, then the median of the rounds' ratios (lowest-highest)"
+        )
+        kinds = ("agent", "held", "loop") if s.receive_ahead else ("agent", "loop")
         ratios: list[float] = []
         ahead_ratios: list[float] = []
+        endpoint_known = self.endpoint.pid is not None
         for workers in s.workers:
-            setup = self.small_setup(f"small-w{workers}", workers)
-            before = self.endpoint.requests()
-            meter = small.CpuMeter(self.endpoint.pid)
-            agent, _stored = small.agent_run(setup, objects, s.queue_depth)
-            agent_endpoint_cpu, agent_bench_cpu = meter.used()
-            agent_calls = self.calls_per_object(before, len(objects))
-            ahead = None
-            if s.receive_ahead:  # the other mode: held back, as after a crash, or turned off
-                ahead_setup = self.small_setup(f"held-w{workers}", workers, receive_ahead=False)
-                before = self.endpoint.requests()
-                ahead, _ = small.agent_run(ahead_setup, objects, s.queue_depth)
-                ahead_calls = self.calls_per_object(before, len(objects))
-            before = self.endpoint.requests()
-            meter = small.CpuMeter(self.endpoint.pid)
-            ceiling = small.ceiling_run(
-                self.small_setup(f"ceiling-w{workers}", workers), objects, s.queue_depth
-            )
-            ceiling_endpoint_cpu, ceiling_bench_cpu = meter.used()
-            ceiling_calls = self.calls_per_object(before, len(objects))
-            ratios.append(agent.rate / ceiling.rate)
+            totals = {kind: small.Totals() for kind in kinds}
+            for index, part in enumerate(small.round_slices(objects, rounds)):
+                for kind in small.round_order(index, kinds):
+                    name = {"agent": "small", "held": "held", "loop": "ceiling"}[kind]
+                    setup = self.small_setup(
+                        f"{name}-w{workers}-r{index}",
+                        workers,
+                        receive_ahead=False if kind == "held" else None,
+                    )
+                    before = self.endpoint.requests()  # the run's requests, not the setup's
+                    meter = small.CpuMeter(self.endpoint.pid)
+                    own_cpu: float | None
+                    if kind == "loop":
+                        run = small.ceiling_run(setup, part, s.queue_depth)
+                        endpoint_cpu, own_cpu = meter.used()
+                        bench_cpu = 0.0
+                    else:
+                        # the other mode, "held": held back, as after a crash, or turned off
+                        run, _ = small.agent_run(setup, part, s.queue_depth)
+                        endpoint_cpu, bench_cpu = meter.used()
+                        own_cpu = run.agent_cpu
+                    after = self.endpoint.requests()
+                    requests = None if before is None or after is None else after - before
+                    totals[kind].add(
+                        run, own_cpu, endpoint_cpu if endpoint_known else None, bench_cpu, requests
+                    )
+            agent, ceiling = totals["agent"], totals["loop"]
+            spread = small.Spread.of(small.round_ratios(agent.rates, ceiling.rates))
+            ratios.append(spread.median)
             self.report.line(
                 f"{workers} worker(s): agent / ceiling",
                 f"{agent.rate:.0f} / {ceiling.rate:.0f} obj/s",
-                f"{ratios[-1]:.2f}x  (requests/object {agent_calls} / {ceiling_calls};"
+                f"{agent.rate / ceiling.rate:.2f}x, rounds {spread}"
+                f"  (requests/object {agent.per_object()} / {ceiling.per_object()};"
                 f" outstanding {agent.mean_outstanding:.0f} / {ceiling.mean_outstanding:.0f})",
             )
-            n = len(objects)
-            endpoint_known = self.endpoint.pid is not None
+            n = agent.count
             self.report.line(
                 "  CPU ms/object: agent + endpoint / loop + endpoint",
-                f"{small.cpu_per_object(agent.agent_cpu, n)}"
-                f" + {small.cpu_per_object(agent_endpoint_cpu if endpoint_known else None, n)}"
-                f" / {small.cpu_per_object(ceiling_bench_cpu, n)}"
-                f" + {small.cpu_per_object(ceiling_endpoint_cpu if endpoint_known else None, n)}",
-                f"(the feeder in this process: {small.cpu_per_object(agent_bench_cpu, n)})",
+                f"{small.cpu_per_object(agent.own_cpu, n)}"
+                f" + {small.cpu_per_object(agent.endpoint_cpu, n)}"
+                f" / {small.cpu_per_object(ceiling.own_cpu, n)}"
+                f" + {small.cpu_per_object(ceiling.endpoint_cpu, n)}",
+                f"(the feeder in this process: {small.cpu_per_object(agent.bench_cpu, n)})",
             )
-            if ahead is not None:
-                ahead_ratios.append(ahead.rate / ceiling.rate)
+            if "held" in totals:
+                held = totals["held"]
+                held_spread = small.Spread.of(small.round_ratios(held.rates, ceiling.rates))
+                ahead_ratios.append(held_spread.median)
                 self.report.line(
                     f"{workers} worker(s), no receive_ahead: agent / ceiling",
-                    f"{ahead.rate:.0f} / {ceiling.rate:.0f} obj/s",
-                    f"{ahead_ratios[-1]:.2f}x  (requests/object {ahead_calls} / {ceiling_calls};"
-                    f" outstanding {ahead.mean_outstanding:.0f})",
+                    f"{held.rate:.0f} / {ceiling.rate:.0f} obj/s",
+                    f"{held.rate / ceiling.rate:.2f}x, rounds {held_spread}"
+                    f"  (requests/object {held.per_object()} / {ceiling.per_object()};"
+                    f" outstanding {held.mean_outstanding:.0f})",
                 )
         self.report.line("target", ">= 1.0x (issue 19), <= 2.0 requests/object")
         summary = f"small {min(ratios):.2f}-{max(ratios):.2f}x ceiling"
         if ahead_ratios:
             summary += f" ({min(ahead_ratios):.2f}-{max(ahead_ratios):.2f}x without receive_ahead)"
-        self.report.add_summary(summary)
+        self.report.add_summary(summary + f", medians of {rounds} rounds")
 
     def small_setup(self, name: str, workers: int, *, receive_ahead: bool | None = None) -> Setup:
         return make_setup(
@@ -259,12 +279,6 @@ class Benchmark:
             workers=workers,
             receive_ahead=receive_ahead,
         )
-
-    def calls_per_object(self, before: int | None, count: int) -> str:
-        after = self.endpoint.requests()
-        if before is None or after is None:
-            return "?"
-        return f"{(after - before) / count:.2f}"
 
     # -- 3. restore -------------------------------------------------------------------
 

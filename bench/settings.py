@@ -11,9 +11,11 @@ HELP = """\
 BENCH_SCALE=0.1            scale every size and count (default 1: 1 GiB, 10,000 objects)
 BENCH_LARGE_MB=1024        the large object; RSS is also measured at BENCH_RSS_MB=64
 BENCH_SMALL_COUNT=10000    small copies section 3 restores, of BENCH_SMALL_KB=4 KiB
-BENCH_RATE_COUNT=2000      small objects per rate run of section 2 (agent, agent without
+BENCH_RATE_COUNT=1500      small objects per rate run of section 2 (agent, agent without
                            receive_ahead, ceiling loop; the rate is steady long before)
 BENCH_WORKERS=1,2,4,8      worker counts for the small-object runs
+BENCH_SMALL_ROUNDS=3       rounds the rate runs are split into, agent and loop alternating
+                           (agent, loop / loop, agent ...): the ratio's median and spread
 BENCH_RECEIVE_AHEAD=1      also run the agent without receive_ahead (the default receives
                            ahead; a run after a crash does not); 0 to skip
 BENCH_QUEUE_DEPTH=50       at most this many small-object messages outstanding
@@ -64,6 +66,7 @@ class Settings:
     fleet_workers: int = 1
     fleet_depth: int = 10
     fleet_latency_ms: float = 15.0
+    small_rounds: int = 3
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -80,7 +83,7 @@ class Settings:
             large_mb=large_mb,
             rss_mb=min(large_mb, int(_number("BENCH_RSS_MB", 64))),
             small_count=small_count,
-            rate_count=min(small_count, int(_number("BENCH_RATE_COUNT", 2000))),
+            rate_count=min(small_count, int(_number("BENCH_RATE_COUNT", 1500))),
             small_kb=int(_number("BENCH_SMALL_KB", 4)),
             workers=tuple(int(w) for w in os.environ.get("BENCH_WORKERS", "1,2,4,8").split(",")),
             receive_ahead=os.environ.get("BENCH_RECEIVE_AHEAD", "1") != "0",
@@ -100,4 +103,5 @@ class Settings:
             fleet_workers=int(_number("BENCH_FLEET_WORKERS", 1)),
             fleet_depth=int(_number("BENCH_FLEET_DEPTH", 10)),
             fleet_latency_ms=_number("BENCH_FLEET_LATENCY_MS", 15),
+            small_rounds=max(1, int(_number("BENCH_SMALL_ROUNDS", 3))),
         )

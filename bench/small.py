@@ -9,13 +9,14 @@ queue grows. The same feed drives the agent and the endpoint's ceiling loop.
 from __future__ import annotations
 
 import json
+import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote_plus, unquote_plus
 
 import botocore.exceptions
@@ -26,6 +27,7 @@ from bench.data import small_payload
 from bench.stack import Setup
 
 BUCKET = "bench-small"
+N = TypeVar("N", int, float)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,87 @@ class CpuMeter:
         """(the process's, this process's) CPU seconds since the meter was made."""
         other, here = self._now()
         return other - self._start[0], here - self._start[1]
+
+
+@dataclass
+class Totals:
+    """One kind of run (the agent, the agent without receive_ahead, the loop) summed over the
+    rounds of one worker count, and each round's rate."""
+
+    count: int = 0
+    seconds: float = 0.0
+    outstanding: float = 0.0  # objects x mean outstanding, for the mean
+    own_cpu: float | None = 0.0  # the agent's (or this process's, for the loop) CPU seconds
+    endpoint_cpu: float | None = 0.0
+    bench_cpu: float = 0.0  # this process's (the feeder's) during agent runs
+    requests: int | None = 0
+    rates: list[float] = field(default_factory=list)
+
+    def add(
+        self,
+        run: Run,
+        own_cpu: float | None,
+        endpoint_cpu: float | None,
+        bench_cpu: float,
+        requests: int | None,
+    ) -> None:
+        self.count += run.count
+        self.seconds += run.seconds
+        self.outstanding += run.count * run.mean_outstanding
+        self.own_cpu = _plus(self.own_cpu, own_cpu)
+        self.endpoint_cpu = _plus(self.endpoint_cpu, endpoint_cpu)
+        self.bench_cpu += bench_cpu
+        self.requests = _plus(self.requests, requests)
+        self.rates.append(run.rate)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds
+
+    @property
+    def mean_outstanding(self) -> float:
+        return self.outstanding / self.count
+
+    def per_object(self) -> str:
+        return "?" if self.requests is None else f"{self.requests / self.count:.2f}"
+
+
+def _plus(total: N | None, more: N | None) -> N | None:
+    """A sum that stays unknown (None) once a part is."""
+    return None if total is None or more is None else total + more
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The median of per-round ratios, and the lowest and highest."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, ratios: Sequence[float]) -> Spread:
+        return cls(statistics.median(ratios), min(ratios), max(ratios))
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f}x ({self.low:.2f}-{self.high:.2f})"
+
+
+def round_ratios(agent: Sequence[float], loop: Sequence[float]) -> list[float]:
+    """Agent / loop rate of each round."""
+    return [a / b for a, b in zip(agent, loop, strict=True)]
+
+
+def round_order(index: int, kinds: Sequence[str]) -> list[str]:
+    """The runs of round `index`: as given in even rounds, reversed in odd ones (agent,
+    loop / loop, agent / ...), so that a load that grows or shrinks over the section, on a
+    machine shared with others, weighs on both sides alike."""
+    return list(kinds) if index % 2 == 0 else list(reversed(kinds))
+
+
+def round_slices(objects: Sequence[SmallObject], rounds: int) -> list[list[SmallObject]]:
+    """The objects of each round: every `rounds`-th, so the rounds are alike in size."""
+    return [list(objects[start::rounds]) for start in range(rounds)]
 
 
 def cpu_per_object(seconds: float | None, count: int) -> str:

@@ -484,15 +484,7 @@ class Consumer:
             )
             return
         failures.paused.append(f"{event.key}: {exc}")
-        log.warning(
-            "backup.failed",
-            bucket=event.bucket,
-            key=event.key,
-            error=str(exc),
-            error_type=type(exc).__name__,
-            retryable=True,
-            paused=True,
-        )
+        _retryable_failure(event, exc, paused=True)
         self._pause(verdict)
 
     def hold_delay(self, receive_count: int, held_for: float) -> int:
@@ -627,14 +619,7 @@ class Consumer:
             return
         failures.retryable.append(f"{event.key}: {exc}")
         self.stats.record_failure(type(exc).__name__)
-        log.warning(
-            "backup.failed",
-            bucket=event.bucket,
-            key=event.key,
-            error=str(exc),
-            error_type=type(exc).__name__,
-            retryable=True,
-        )
+        _retryable_failure(event, exc)
 
     def _succeeded(self, event: ObjectEvent, result: Result) -> None:
         if result.outcome is Outcome.ARCHIVED:
@@ -810,3 +795,18 @@ def _is_out_of_space(exc: Exception) -> bool:
     if isinstance(exc, DiskFull | VolumeNotReady):
         return True
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _retryable_failure(event: ObjectEvent, exc: Exception, *, paused: bool = False) -> None:
+    """The `backup.failed` warning of a failure that is retried (the message comes back):
+    a retry, or a write the volume refused for want of room (`paused`: the consumer pauses)."""
+    extra = {"paused": True} if paused else {}
+    log.warning(
+        "backup.failed",
+        bucket=event.bucket,
+        key=event.key,
+        error=str(exc),
+        error_type=type(exc).__name__,
+        retryable=True,
+        **extra,
+    )

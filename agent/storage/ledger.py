@@ -245,9 +245,10 @@ class Ledger:
             if pk not in first_of_key and self._plain_new(record, pk):
                 batched.append(index)
             first_of_key.add(pk)
+        built: dict[int, _Built] = {}  # each record's actions, made once, and their size
         while batched:
-            request, batched = self._next_request(records, batched)
-            for index, outcome in self._transact(records, request).items():
+            request, batched = self._next_request(records, batched, built)
+            for index, outcome in self._transact(records, request, built).items():
                 if outcome is _AGAIN:
                     batched.append(index)  # cancelled for another record's sake
                 elif not isinstance(outcome, _Then):
@@ -262,15 +263,15 @@ class Ledger:
         return [r for r in results if r is not None]
 
     def _next_request(
-        self, records: Sequence[VersionRecord], batched: list[int]
+        self, records: Sequence[VersionRecord], batched: list[int], built: dict[int, _Built]
     ) -> tuple[list[int], list[int]]:
         """The records (indexes) of the next TransactWriteItems, from the front of
         `batched`, and those left: two actions each, within TRANSACT_ACTIONS and
-        TRANSACT_BYTES."""
+        TRANSACT_BYTES. Each record's actions are made once, into `built`."""
         request: list[int] = []
         size = 0
         for position, index in enumerate(batched):
-            grown = size + len(json.dumps(self._new_version_actions(records[index])))
+            grown = size + self._built(records, index, built).size
             full = 2 * (len(request) + 1) > TRANSACT_ACTIONS or grown > TRANSACT_BYTES
             if request and full:
                 return request, batched[position:]
@@ -286,8 +287,18 @@ class Ledger:
             or self._was_removed(pk, record.version_id)
         )
 
+    def _built(
+        self, records: Sequence[VersionRecord], index: int, built: dict[int, _Built]
+    ) -> _Built:
+        """Record `index`'s transaction actions and their JSON size, made on first use."""
+        made = built.get(index)
+        if made is None:
+            actions = self._new_version_actions(records[index])
+            made = built[index] = _Built(actions, len(json.dumps(actions)))
+        return made
+
     def _transact(
-        self, records: Sequence[VersionRecord], request: list[int]
+        self, records: Sequence[VersionRecord], request: list[int], built: dict[int, _Built]
     ) -> dict[int, bool | Exception | _Then]:
         """Write the records `request` indexes in one TransactWriteItems. Each index maps
         to True (written), `_AGAIN` (cancelled for another's sake: send it again), `_ALONE`
@@ -308,7 +319,7 @@ class Ledger:
                 return outcomes
             actions: list[Any] = []
             for index in sent:
-                actions.extend(self._new_version_actions(records[index]))
+                actions.extend(self._built(records, index, built).actions)
             try:
                 self._db.transact_write_items(
                     TransactItems=actions,
@@ -826,6 +837,15 @@ class _Then(enum.Enum):
 
 
 _AGAIN, _ALONE = _Then.AGAIN, _Then.ALONE
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """One record's two transaction actions, and the size of their JSON (for
+    TRANSACT_BYTES)."""
+
+    actions: list[dict[str, Any]]
+    size: int
 
 
 def _cancelled(sent: list[int], reasons: Any) -> dict[int, _Then]:

@@ -32,6 +32,8 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import Item
 from moto.dynamodb.models.table import Table
 
+from tests.support import moto_dynamodb_fast
+
 
 class _TablesByReference:
     """What `moto.dynamodb.models` calls `copy` while installed: a table is kept by
@@ -101,6 +103,7 @@ def install() -> None:
     """Install the change (see the module docstring) in this process."""
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
     dynamodb_models.copy = _TablesByReference  # type: ignore[assignment]
+    moto_dynamodb_fast.install()  # two more moto costs out: see that module
 
 
 def uninstall() -> None:

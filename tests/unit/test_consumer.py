@@ -229,6 +229,32 @@ def test_a_retryable_failure_is_released_with_a_delay_that_grows_with_receives(
     assert calls.deleted_handles() == []
 
 
+def test_a_retryable_failure_logs_one_backup_failed_warning_without_pausing(
+    sqs, queue_url, make_consumer
+):
+    """The retry path's `backup.failed` (the out-of-space path's, with paused=True, is in
+    test_consumer_pause.py): one helper writes both."""
+    calls = record_calls(sqs)
+    send(sqs, queue_url, put_message("flaky.txt"))
+
+    def fail(_event: ObjectEvent) -> None:
+        raise RetryableError("S3 GetObject: SlowDown")
+
+    with capture_logs() as logs:
+        make_consumer(FakeProcessor(fail), retry_base_seconds=5).start()
+        wait_until(lambda: calls.of("ChangeMessageVisibility"), what="the release")
+    (failed,) = [e for e in logs if e["event"] == "backup.failed"]
+    assert failed["log_level"] == "warning"
+    assert {k: v for k, v in failed.items() if k not in ("error", "log_level")} == {
+        "event": "backup.failed",
+        "bucket": failed["bucket"],
+        "key": "flaky.txt",
+        "error_type": "RetryableError",
+        "retryable": True,
+    }
+    assert "SlowDown" in failed["error"]
+
+
 def test_retry_delays_double_up_to_the_cap():
     consumer = Consumer(
         None,
@@ -511,8 +537,10 @@ def test_stop_gives_back_messages_received_ahead_at_once(sqs, queue_url, make_co
     stopper = threading.Thread(target=consumer.stop, args=(10,))
     stopper.start()
     wait_until(lambda: len(visibility_changes(calls)) == 4, what="the waiting four released")
+    # record_calls notes a call as it is sent, so the fourth may not have reached the queue
+    # yet: wait for the queue to show it (it once read (4, 2) here)
+    wait_until(lambda: queue_counts(sqs, queue_url) == (5, 1), what="four visible, one working")
     assert stopper.is_alive()  # still draining the one being worked on
-    assert queue_counts(sqs, queue_url) == (5, 1)
     gate.set()
     stopper.join(15)
 

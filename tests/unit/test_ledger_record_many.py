@@ -160,6 +160,31 @@ def test_each_put_carries_todays_condition(dynamodb):
     }
 
 
+def test_each_records_actions_are_built_once_even_when_sent_again(dynamodb, monkeypatch):
+    """Sizing a request and sending it (and sending it again after a cancellation) use the
+    same actions: `_new_version_actions` runs once per batched record (the last review)."""
+    ledger = Ledger(dynamodb, TABLE)
+    ledger.record(stored("b.txt"))  # b's transaction is cancelled; a and c are sent again
+    built: list[str] = []
+    make = Ledger._new_version_actions
+
+    def counted(self: Ledger, record: VersionRecord) -> list[dict[str, Any]]:
+        built.append(record.key)
+        return make(self, record)
+
+    monkeypatch.setattr(Ledger, "_new_version_actions", counted)
+    calls = record_calls(dynamodb)
+
+    assert ledger.record_many([stored("a.txt"), stored("b.txt"), stored("c.txt")]) == [
+        True,
+        False,
+        True,
+    ]
+
+    assert len(calls.of("TransactWriteItems")) == 2
+    assert sorted(built) == ["a.txt", "b.txt", "c.txt"]
+
+
 # -- cancellations --------------------------------------------------------------------------
 
 
