@@ -134,6 +134,7 @@ def gc(report: GcReport, who: Actor, at: datetime) -> AuditRecord:
         details={
             "copies": report.copies,
             "kept_in_use": report.kept_in_use,
+            "fleet_duplicates": report.duplicates,  # records of copies another volume holds
             "removed_sha256": [sha for sha, _ in report.removed_copies[:MAX_KEYS]],
         },
     )

@@ -3,7 +3,8 @@
 References come from the volume's journal (replayed with expiries applied): every
 record is journaled before it reaches DynamoDB and every expiry is journaled before
 the DynamoDB item is deleted, so the journal's references are a superset of the
-ledger's, and the volume alone decides.
+ledger's, and the volume alone decides (the ledger is asked only to retire a fleet
+member's lost duplicates, below; unreachable, it is not asked this run).
 
 A copy is removed only when it is unreferenced AND its mtime is older than
 ``gc.grace_period`` (a backup that finds its content already stored refreshes the
@@ -49,6 +50,7 @@ from typing import Protocol
 
 import structlog
 
+from agent.errors import BackupAgentError
 from agent.holders import held_by
 from agent.lifecycle.context import Clock, LifecycleContext, StateFile, utc_now
 from agent.records import Rejection, VersionRecord
@@ -212,23 +214,28 @@ class GarbageCollector:
         since = _since(state.load())
         window = [r for r in records if self._examined(r, since, cutoff)]
         lost: set[Identity] = set()
-        with ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="gc-lookup") as pool:
-            for record, holder in zip(window, pool.map(self._other_holder, window), strict=True):
-                if holder is None:
-                    continue
-                lost.add((record.bucket, record.key, record.version_token))
-                report.duplicates += 1
-                log.info(
-                    "gc.fleet_duplicate",
-                    bucket=record.bucket,
-                    key=record.key,
-                    version_token=record.version_token,
-                    sha256=record.sha256,
-                    holder=holder,
-                    dry_run=dry_run,
-                )
-                if not dry_run:
-                    self._retire(record, holder)
+        try:
+            with ThreadPoolExecutor(LOOKUP_WORKERS, thread_name_prefix="gc-lookup") as pool:
+                holders = list(pool.map(self._other_holder, window))
+        except BackupAgentError as exc:  # the table unreachable: the volume's own rules still run
+            log.warning("gc.duplicates_skipped", records=len(window), error=str(exc))
+            return set()  # the window stays where it was: the next run looks again
+        for record, holder in zip(window, holders, strict=True):
+            if holder is None:
+                continue
+            lost.add((record.bucket, record.key, record.version_token))
+            report.duplicates += 1
+            log.info(
+                "gc.fleet_duplicate",
+                bucket=record.bucket,
+                key=record.key,
+                version_token=record.version_token,
+                sha256=record.sha256,
+                holder=holder,
+                dry_run=dry_run,
+            )
+            if not dry_run:
+                self._retire(record, holder)
         if not dry_run:
             state.save({"examined_before": (cutoff - LOOK_BACK).isoformat()})
             self.stats.count("gc.fleet_duplicates", report.duplicates)
