@@ -7,7 +7,7 @@ know nothing of it. The callers (agent/cli, agent/runtime) record at the end of 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -134,6 +134,7 @@ def gc(report: GcReport, who: Actor, at: datetime) -> AuditRecord:
         details={
             "copies": report.copies,
             "kept_in_use": report.kept_in_use,
+            "fleet_duplicates": report.duplicates,  # records of copies another volume holds
             "removed_sha256": [sha for sha, _ in report.removed_copies[:MAX_KEYS]],
         },
     )
@@ -219,12 +220,29 @@ def inventory(report: InventoryReport, who: Actor, at: datetime) -> AuditRecord:
     )
 
 
-def failed(action: str, who: Actor, at: datetime, error: BaseException) -> AuditRecord:
-    """An action that raised: still recorded, with the error."""
+def failed(
+    action: str,
+    who: Actor,
+    at: datetime,
+    error: BaseException | str,
+    *,
+    target: str | None = None,
+    prefix: str | None = None,
+    keys: Sequence[str] = (),
+    versions: Sequence[str] = (),
+) -> AuditRecord:
+    """An attempt that raised (`error`, the exception) or was refused (`error`, why): still
+    recorded, with what it was asked to touch and the error's class and message."""
+    kind = type(error).__name__ if isinstance(error, BaseException) else "Refused"
     return AuditRecord(
         at=at,
         who=who,
         action=action,
         outcome="failed",
-        details={"error": f"{type(error).__name__}: {error}"},
+        target=target,
+        prefix=prefix,
+        keys=tuple(keys[:MAX_KEYS]),
+        keys_total=len(keys),
+        versions=tuple(versions[:MAX_KEYS]),
+        details={"error": f"{kind}: {error}", "error_class": kind},
     )

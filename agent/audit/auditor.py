@@ -7,7 +7,7 @@ action that already happened: a failure to record is logged as an error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TypeVar
 
@@ -51,14 +51,34 @@ class Auditor:
         return record
 
     def around(
-        self, action: str, run: Callable[[], R], build: Callable[[R, Actor, datetime], AuditRecord]
+        self,
+        action: str,
+        run: Callable[[], R],
+        build: Callable[[R, Actor, datetime], AuditRecord],
+        *,
+        target: str | None = None,
+        prefix: str | None = None,
+        keys: Sequence[str] = (),
+        versions: Sequence[str] = (),
     ) -> R:
-        """Run `run`; record its result with `build`, or its failure; return the result."""
+        """Run `run`; record its result with `build`, or its failure (with what it was
+        asked to touch: `target`, `prefix`, `keys`, `versions`); return the result."""
         try:
             result = run()
         except BaseException as exc:
             error = exc
-            self.record(lambda who, at: actions.failed(action, who, at, error))
+            self.record(
+                lambda who, at: actions.failed(
+                    action,
+                    who,
+                    at,
+                    error,
+                    target=target,
+                    prefix=prefix,
+                    keys=keys,
+                    versions=versions,
+                )
+            )
             raise
         self.record(lambda who, at: build(result, who, at))
         return result

@@ -32,10 +32,10 @@ from typing import IO, Any
 
 from agent import __version__, logs
 from agent.audit import actions
-from agent.audit.auditor import Auditor, Build
+from agent.audit.auditor import Auditor
 from agent.audit.cloudwatch import read_from_logs
 from agent.audit.identity import whoami
-from agent.audit.records import AuditRecord
+from agent.audit.records import Actor, AuditRecord
 from agent.audit.trail import AuditTrail
 from agent.aws import build_clients
 from agent.cli.common import (
@@ -76,7 +76,7 @@ from agent.restore.job import (
 )
 from agent.restore.plan import Plan, RestoreScope, held_here, place, plan, readable
 from agent.restore.restorer import NoProgress, Progress, Restorer, Summary
-from agent.restore.share import Sharer, staging_bucket
+from agent.restore.share import Shared, Sharer, staging_bucket
 from agent.restore.source import (
     JournalSource,
     LedgerSource,
@@ -92,7 +92,7 @@ from agent.restore.targets import (
     Status,
     Target,
 )
-from agent.restore.verify import Held, stored_versions, verify
+from agent.restore.verify import Held, VerifyReport, stored_versions, verify
 from agent.runtime.wiring import audit_trail, fleet_identity
 from agent.schedule import duration_seconds, parse_duration
 from agent.snapshots.listing import recorded_snapshots, snapshot_listing
@@ -1096,32 +1096,44 @@ def cmd_share(rt: Runtime) -> int:
     except ValueError as exc:
         raise UsageError(f"--expires: {exc}") from None
     bucket = rt.one_bucket()
-    choice = readable(
-        rt.source,
-        bucket,
-        select(
-            args.key,
-            rt.source.history(bucket, args.key),
-            Selector(version=args.version, at=args.at, include_deleted=True),
-        ),
-    )
-    if choice.record is None:
-        print(f"backup-restore: {printable_key(f'{args.key}: {choice.reason}')}", file=rt.err)
+    keys = [f"s3://{bucket}/{args.key}"]
+    versions = [args.version] if args.version else []
+
+    def run() -> Shared | str:
+        choice = readable(
+            rt.source,
+            bucket,
+            select(
+                args.key,
+                rt.source.history(bucket, args.key),
+                Selector(version=args.version, at=args.at, include_deleted=True),
+            ),
+        )
+        if choice.record is None:
+            return choice.reason
+        if not _filter_of(args).matches(choice.record):
+            return "the version chosen does not match the filters"
+        sharer = Sharer(
+            rt.clients.s3,
+            rt.volume(),
+            rt.config.restore,
+            staging,
+            presigner=rt.clients.s3_presigner(),
+            credentials_expiry=rt.clients.credentials_expiry,
+        )
+        return sharer.share(choice.record, seconds)
+
+    def build(done: Shared | str, who: Actor, at: datetime) -> AuditRecord:
+        if isinstance(done, str):  # refused: a failed attempt all the same
+            return actions.failed("share", who, at, done, keys=keys, versions=versions)
+        return actions.share(done, who, at)
+
+    # A share that raises (credentials about to expire, S3 refusing the upload, a corrupt
+    # copy) is recorded as failed, with the key it was asked for, and the error goes on.
+    shared = _auditor(rt).around("share", run, build, keys=keys, versions=versions)
+    if isinstance(shared, str):
+        print(f"backup-restore: {printable_key(f'{args.key}: {shared}')}", file=rt.err)
         return ExitCode.FAILURE
-    if not _filter_of(args).matches(choice.record):
-        why = f"{args.key}: the version chosen does not match the filters"
-        print(f"backup-restore: {printable_key(why)}", file=rt.err)
-        return ExitCode.FAILURE
-    sharer = Sharer(
-        rt.clients.s3,
-        rt.volume(),
-        rt.config.restore,
-        staging,
-        presigner=rt.clients.s3_presigner(),
-        credentials_expiry=rt.clients.credentials_expiry,
-    )
-    shared = sharer.share(choice.record, seconds)
-    _audit(rt, lambda who, at: actions.share(shared, who, at))
     if shared.cut_short:
         print(f"backup-restore: warning: {shared.cut_short}", file=rt.err)
     if args.json:
@@ -1129,7 +1141,7 @@ def cmd_share(rt: Runtime) -> int:
     else:
         rt.out.write(f"{shared.url}\n")
         print(
-            f"shared {printable_key(args.key)} ({human_size(choice.record.size or 0)})"
+            f"shared {printable_key(args.key)} ({human_size(shared.record.size or 0)})"
             f" until {shared.expires_at.isoformat(timespec='seconds')}",
             file=rt.err,
         )
@@ -1144,22 +1156,32 @@ def cmd_verify(rt: Runtime) -> int:
     buckets = rt.buckets()  # an unknown --source-bucket is refused before any AWS call
     volume = rt.volume()
     held = Held(volume.read_marker().volume_id)
-    records = stored_versions(rt.source, buckets, args.prefix)
     groups = None if args.offline else replica_groups(rt.config)
     short: list[VersionRecord] = []  # with replicas: held by fewer volumes than asked
-    if groups is not None:
-        records = _noting_short(records, groups.replicas, short)
-    if not args.offline:  # the journal is this volume's own; the table, the fleet's
-        records = held.only(records)
-    report = verify(
-        volume,
-        records,
-        sample=args.sample,
-        rng=random.Random(args.seed),  # noqa: S311 - sampling, not cryptography
-        workers=max(1, args.workers or rt.config.restore.workers),
-        progress=rt.progress("verify"),
+
+    def run() -> VerifyReport:
+        records = stored_versions(rt.source, buckets, args.prefix)
+        if groups is not None:
+            records = _noting_short(records, groups.replicas, short)
+        if not args.offline:  # the journal is this volume's own; the table, the fleet's
+            records = held.only(records)
+        return verify(
+            volume,
+            records,
+            sample=args.sample,
+            rng=random.Random(args.seed),  # noqa: S311 - sampling, not cryptography
+            workers=max(1, args.workers or rt.config.restore.workers),
+            progress=rt.progress("verify"),
+        )
+
+    # A verify that raises (the table unreachable, a volume that fails reads) is recorded
+    # as failed with the prefix it was asked for, and the error goes on.
+    report = _auditor(rt).around(
+        "verify",
+        run,
+        lambda done, who, at: actions.verify(done, who, at, prefix=args.prefix),
+        prefix=args.prefix,
     )
-    _audit(rt, lambda who, at: actions.verify(report, who, at, prefix=args.prefix))
     if args.json:
         for problem in report.problems:
             rt.emit(problem.to_dict())
@@ -1263,10 +1285,6 @@ def _auditor(rt: Runtime) -> Auditor:
     clients = None if rt.args.offline else rt.clients
     trail = audit_trail(rt.config, clients, root)
     return Auditor(trail, lambda: whoami(None if clients is None else clients.sts()))
-
-
-def _audit(rt: Runtime, build: Build) -> None:
-    _auditor(rt).record(build)
 
 
 def _since(text: str | None) -> datetime | None:

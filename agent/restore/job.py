@@ -22,7 +22,12 @@ written. Bootstrap turns on the table's DynamoDB Time to Live on that attribute,
 deletes an expired item lazily (typically within two days, and expired items show up in
 reads until then): so the readers here ignore an item whose ``expires_at`` has passed, and
 the conditional writes treat it as absent (a job id used again after that starts afresh).
-Items written before ``expires_at`` existed never expire.
+Items written before ``expires_at`` existed never expire. The job item is kept alive with
+its claims: whenever a member joins the job or writes an item under it (a claim taken,
+renewed or finished, its run recorded) and the job item would expire before that item, the
+member moves the job's ``expires_at`` to RETENTION + KEEP_ALIVE_SLACK from now (one
+conditional PutItem of the same item, about once a day per member while the job runs), so
+a job that runs longer than RETENTION never expires before its claims.
 
 `summarise` reads them back (one Query) against the selection: keys done per member, in
 progress, failed, waiting for a live member that holds them, and held by no live volume.
@@ -60,6 +65,9 @@ CLAIMED, DONE, FAILED = "claimed", "done", "failed"
 DEFAULT_LEASE = timedelta(hours=1)
 EXPIRES_AT = "expires_at"  # the table's TTL attribute (bootstrap enables it)
 RETENTION = timedelta(days=30)  # an item expires this long after its last write
+# The job item is moved this far beyond RETENTION when it is kept alive: a member rewrites
+# it about once per KEEP_ALIVE_SLACK while it writes claims, not once per claim.
+KEEP_ALIVE_SLACK = timedelta(days=1)
 MAX_SK_BYTES = 1024  # DynamoDB's limit on a sort key value
 MAX_ERROR = 1000
 _JOB_ID = "abcdefghijklmnopqrstuvwxyz0123456789-_."
@@ -135,6 +143,7 @@ class RestoreJob:
         self.volume_id = volume_id
         self.clock = clock
         self.lease = lease
+        self._job: dict[str, Any] | None = None  # the job item as last written or read here
 
     # -- the job -------------------------------------------------------------------------
 
@@ -157,6 +166,7 @@ class RestoreJob:
         vacant = f"attribute_not_exists(pk) OR {EXPIRES_AT} <= :now"
         if self._put(item, vacant, {":now": {"N": _ttl_epoch(self.clock())}}, {}, "job"):
             log.info("restore.job_started", job=self.job_id, member=self.member_id)
+            self._job = item
             return True
         stored = self._get(JOB_SK)
         held = stored.get("arguments", {}).get("S") if stored else None
@@ -165,7 +175,49 @@ class RestoreJob:
                 f"restore job {self.job_id} was started with other arguments ({held});"
                 " run the same command on every member, or choose another --job"
             )
+        self._job = stored
+        self._keep_alive(self.clock())  # a member joins: the job lives RETENTION from now
         return False
+
+    def _keep_alive(self, now: datetime) -> None:
+        """Move the job item's ``expires_at`` forward when it would expire before an item
+        written `now` (RETENTION from now): to KEEP_ALIVE_SLACK beyond that. Conditional on
+        the job being the one this member opened (same arguments), still alive, and moved
+        forward only; otherwise it is read back: moved further by another member (kept),
+        expired (started again with the same arguments), or replaced (left alone)."""
+        job = self._job
+        if job is None:
+            return  # not opened here: no job item to keep alive
+        current = _expires_at(job)
+        if current is None or current >= (now + RETENTION).timestamp():
+            return  # never expires (an older release's), or outlives what is written now
+        moved = {**job, EXPIRES_AT: {"N": _ttl_epoch(now + RETENTION + KEEP_ALIVE_SLACK)}}
+        condition = f"arguments = :args AND {EXPIRES_AT} > :now AND {EXPIRES_AT} < :moved"
+        values = {
+            ":args": job["arguments"],
+            ":now": {"N": _ttl_epoch(now)},
+            ":moved": moved[EXPIRES_AT],
+        }
+        if self._put(moved, condition, values, {}, "job keep-alive"):
+            self._job = moved
+            log.debug("restore.job_kept_alive", job=self.job_id, expires_at=moved[EXPIRES_AT])
+            return
+        stored = self._get(JOB_SK)
+        if stored is None:
+            # Expired: nothing was written under it for RETENTION, so its claims expired
+            # too. It starts again with the same arguments (as `open` would start it).
+            vacant = f"attribute_not_exists(pk) OR {EXPIRES_AT} <= :now"
+            if self._put(moved, vacant, {":now": values[":now"]}, {}, "job restart"):
+                log.warning("restore.job_restarted", job=self.job_id, member=self.member_id)
+                self._job = moved
+                return
+            stored = self._get(JOB_SK)
+        if stored is None or stored.get("arguments") != job["arguments"]:
+            # started afresh meanwhile, with other arguments: no longer this member's job
+            log.warning("restore.job_replaced", job=self.job_id, member=self.member_id)
+            self._job = None
+            return
+        self._job = stored  # another member moved it already
 
     # -- claims --------------------------------------------------------------------------
 
@@ -188,19 +240,24 @@ class RestoreJob:
         }
         won = self._put(item, condition, values, {"#s": "state"}, "claim")
         log.debug("restore.claim", job=self.job_id, key=record.key, won=won)
+        if won:
+            self._keep_alive(now)
         return won
 
     def renew(self, record: VersionRecord) -> bool:
         """Extend this member's claim by a lease from now (a long upload still running);
         False when the claim is no longer this member's."""
         now = self.clock()
-        return self._put(
+        renewed = self._put(
             self._claim_item(record, CLAIMED, now),
             _HELD_HERE,
             self._held_here_values(now),
             {"#s": "state"},
             "claim renewal",
         )
+        if renewed:
+            self._keep_alive(now)
+        return renewed
 
     def finish(self, record: VersionRecord, *, error: str | None = None) -> bool:
         """Mark this member's claim done (or failed, with `error`); False when the claim
@@ -210,7 +267,9 @@ class RestoreJob:
         mine = self._put(
             item, _HELD_HERE, self._held_here_values(now), {"#s": "state"}, "claim done"
         )
-        if not mine:
+        if mine:
+            self._keep_alive(now)
+        else:
             log.warning("restore.claim_lost", job=self.job_id, key=record.key)
         return mine
 
@@ -223,16 +282,18 @@ class RestoreJob:
 
     def record_run(self, counts: Mapping[str, int]) -> None:
         """This member's run, for the summary: what it restored, left and failed."""
+        now = self.clock()
         item: dict[str, Any] = {
             "pk": {"S": self.pk},
             "sk": {"S": MEMBER_PREFIX + self.member_id},
             "member_id": {"S": self.member_id},
             "volume_id": {"S": self.volume_id},
-            "finished": {"S": self.clock().isoformat()},
+            "finished": {"S": now.isoformat()},
             "counts": {"M": {k: {"N": str(v)} for k, v in counts.items()}},
-            EXPIRES_AT: {"N": _expiry(self.clock())},
+            EXPIRES_AT: {"N": _expiry(now)},
         }
         self._put(item, None, {}, {}, "member run")
+        self._keep_alive(now)
 
     def _claim_item(
         self, record: VersionRecord, state: str, now: datetime, error: str | None = None
@@ -337,14 +398,21 @@ def _expiry(written: datetime) -> str:
     return _ttl_epoch(written + RETENTION)
 
 
-def _expired(item: Mapping[str, Any], now: datetime) -> bool:
-    """Past its `expires_at` (as TTL sees it: at or before now); an item without one, or
-    with one that is not a number, never expires (TTL ignores it too)."""
+def _expires_at(item: Mapping[str, Any]) -> float | None:
+    """An item's `expires_at` in epoch seconds; None without one, or with one that is not
+    a number (TTL ignores it: such an item never expires)."""
     value = item.get(EXPIRES_AT)
     try:
-        return float(value["N"]) <= now.timestamp() if isinstance(value, dict) else False
+        return float(value["N"]) if isinstance(value, dict) else None
     except (KeyError, TypeError, ValueError):
-        return False
+        return None
+
+
+def _expired(item: Mapping[str, Any], now: datetime) -> bool:
+    """Past its `expires_at` (as TTL sees it: at or before now); an item without one never
+    expires."""
+    expires = _expires_at(item)
+    return expires is not None and expires <= now.timestamp()
 
 
 def _text(item: Mapping[str, Any], name: str) -> str:

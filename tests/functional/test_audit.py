@@ -178,6 +178,52 @@ def test_verify_is_recorded_with_its_problems(aws, backups, volume, config_file)
     assert record.keys == (f"s3://{BUCKET}/a.txt",)
 
 
+def test_a_share_that_raises_is_recorded_as_failed_with_its_key_and_error(
+    aws, backups, volume, config_file
+):
+    backups.put("report.pdf", b"%PDF" * 100)
+    aws.s3.delete_bucket(Bucket=SHARES)  # the staging bucket is gone: the upload is refused
+
+    code, out, err = restore(config_file, "share", "--key", "report.pdf")
+
+    assert code != ExitCode.OK and out == ""
+    assert "NoSuchBucket" in err
+    record = found_everywhere(aws, volume.root, "share")
+    assert record.outcome == "failed"
+    assert record.keys == (f"s3://{BUCKET}/report.pdf",) and record.keys_total == 1
+    assert "NoSuchBucket" in record.details["error"]
+    assert record.details["error_class"] in record.details["error"]
+    assert record.who.aws_account == "123456789012"
+
+
+def test_a_share_refused_for_a_key_never_backed_up_is_recorded_as_failed(
+    aws, backups, volume, config_file
+):
+    code, _out, err = restore(config_file, "share", "--key", "secret.pdf", "--version", "v9")
+
+    assert code == ExitCode.FAILURE
+    [record] = on_volume(volume.root, "share")
+    assert record.outcome == "failed" and record.details["error_class"] == "Refused"
+    assert record.keys == (f"s3://{BUCKET}/secret.pdf",) and record.versions == ("v9",)
+    assert record.details["error"].split(": ", 1)[1] in err
+
+
+def test_a_verify_that_raises_is_recorded_as_failed_with_its_prefix_and_error(
+    aws, backups, volume, config_file
+):
+    backups.put("docs/a.txt", b"alpha")
+    aws.dynamodb.delete_table(TableName=TABLE)  # the ledger unreachable: the Query raises
+
+    code, _out, err = restore(config_file, "verify", "--prefix", "docs/")
+
+    assert code != ExitCode.OK and err  # the error goes on to the operator as before
+    record = found_everywhere(aws, volume.root, "verify")
+    assert record.outcome == "failed" and record.prefix == "docs/"
+    assert record.details["error_class"] in record.details["error"]
+    assert "ResourceNotFound" in record.details["error"] or "not found" in record.details["error"]
+    assert record.files == 0
+
+
 def test_retention_and_gc_removals_are_recorded(aws, backups, volume, config_file):
     first = backups.put("k.txt", b"one" * 10)
     backups.put("k.txt", b"two" * 10)

@@ -6,6 +6,7 @@ the target bucket is versioned, so a key put twice would show two versions.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -13,13 +14,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from agent.config import queue_name
 from agent.fleet.heartbeat import Heartbeat
 from agent.fleet.registry import Registry
 from agent.pipeline import delivery
 from agent.pipeline.backup import Outcome
 from agent.records import VersionRecord
-from agent.restore.job import EXPIRES_AT, JOB_PREFIX, ClaimingTarget, RestoreJob
+from agent.restore.job import (
+    EXPIRES_AT,
+    JOB_PREFIX,
+    KEEP_ALIVE_SLACK,
+    ClaimingTarget,
+    JobMismatch,
+    RestoreJob,
+)
 from agent.restore.plan import Item
 from agent.restore.targets import Status
 from agent.runtime.wiring import fleet_identity
@@ -354,12 +364,97 @@ def test_every_item_of_a_job_expires_thirty_days_after_its_last_write(aws, tmp_p
     job.record_run({"restored": 1})
 
     items = _items(aws, "t-1")
-    started, finished = AT + timedelta(days=30), AT + timedelta(days=30, hours=2)
+    finished = AT + timedelta(days=30, hours=2)
+    kept_alive = finished + KEEP_ALIVE_SLACK  # the job outlives what is written under it
     assert {sk: int(item[EXPIRES_AT]["N"]) for sk, item in items.items()} == {
-        "job": int(started.timestamp()),
+        "job": int(kept_alive.timestamp()),
         "key#docs/one.txt": int(finished.timestamp()),  # the claim's last write: done
         "member#x": int(finished.timestamp()),
     }
+
+
+def _member(aws, job_id: str, member: str, clock: FakeClock) -> RestoreJob:
+    return RestoreJob(
+        aws.dynamodb, TABLE, job_id, member_id=member, volume_id=f"vol-{member}", clock=clock
+    )
+
+
+def _puts(aws) -> list[str]:
+    """The sort key of every item PutItem writes from now on (the job's is "job")."""
+    written: list[str] = []
+    aws.dynamodb.meta.events.register(
+        "provide-client-params.dynamodb.PutItem",
+        lambda params, **_: written.append(params["Item"]["sk"]["S"]),
+    )
+    return written
+
+
+def _job_outlives_its_items(aws, job_id: str) -> None:
+    items = _items(aws, job_id)
+    job = int(items.pop("job")[EXPIRES_AT]["N"])
+    assert all(job >= int(item[EXPIRES_AT]["N"]) for item in items.values())
+
+
+def test_a_job_that_runs_longer_than_its_retention_is_kept_alive_by_its_claims(aws, tmp_path):
+    """Members come back to a job for 90 days (three times RETENTION), a key every 10 days:
+    the job item moves forward with them, never expires, and a member joining on day 90
+    with other arguments is refused (before: the job expired on day 30 and its id started
+    afresh with the new arguments, beside claims of the old job still live)."""
+    enable_versioning(aws)
+    first = _stored_on_a(aws, tmp_path)
+    records = [dataclasses.replace(first, key=f"docs/{n}.txt") for n in range(9)]
+    clock = FakeClock(AT)
+    x = _member(aws, "long-1", "x", clock)
+    assert x.open({"prefix": "docs/"})
+    writes = _puts(aws)
+
+    for record in records:
+        clock.advance(days=10)
+        assert x.claim(record) and x.finish(record)
+        _job_outlives_its_items(aws, "long-1")
+
+    assert writes.count("job") == len(records)  # once a visit (10 days apart), never a claim
+    y = _member(aws, "long-1", "y", clock)
+    with pytest.raises(JobMismatch):
+        y.open({"prefix": "other/"})
+    assert not y.open({"prefix": "docs/"})  # joined, not started afresh
+    claims, _runs = y.items()
+    assert len(claims) == 3  # the last 30 days' claims: the older ones expired on their own
+
+
+def test_many_claims_in_a_day_rewrite_the_job_item_once(aws, tmp_path):
+    enable_versioning(aws)
+    record = _stored_on_a(aws, tmp_path)
+    clock = FakeClock(AT)
+    x = _member(aws, "busy-1", "x", clock)
+    y = _member(aws, "busy-1", "y", clock)
+    assert x.open({"prefix": "docs/"}) and not y.open({"prefix": "docs/"})
+    writes = _puts(aws)
+
+    for _ in range(24 * 4):  # a claim renewed every 15 minutes for a day, by both members
+        clock.advance(minutes=15)
+        assert x.claim(record) and x.finish(record, error="S3 PutObject: SlowDown")
+        assert y.claim(record) and y.finish(record, error="S3 PutObject: SlowDown")
+        _job_outlives_its_items(aws, "busy-1")
+
+    assert writes.count("job") <= 2  # x moves it once; y finds it moved (a failed put)
+
+
+def test_a_job_that_expired_under_a_running_member_starts_again_with_its_arguments(aws, tmp_path):
+    enable_versioning(aws)
+    record = _stored_on_a(aws, tmp_path)
+    clock = FakeClock(AT)
+    x = _member(aws, "idle-1", "x", clock)
+    assert x.open({"prefix": "docs/"})
+    clock.advance(days=31)  # nothing written under it: the job and its claims expired
+
+    assert x.claim(record)
+
+    _job_outlives_its_items(aws, "idle-1")
+    assert json.loads(_items(aws, "idle-1")["job"]["arguments"]["S"]) == {"prefix": "docs/"}
+    y = _member(aws, "idle-1", "y", clock)
+    with pytest.raises(JobMismatch):
+        y.open({"prefix": "other/"})
 
 
 def test_an_expired_item_is_as_absent_until_ttl_deletes_it(aws, tmp_path):
@@ -368,8 +463,8 @@ def test_an_expired_item_is_as_absent_until_ttl_deletes_it(aws, tmp_path):
     enable_versioning(aws)
     record = _stored_on_a(aws, tmp_path)
     clock = FakeClock(AT)
-    x = RestoreJob(aws.dynamodb, TABLE, "t-2", member_id="x", volume_id="vol-a", clock=clock)
-    y = RestoreJob(aws.dynamodb, TABLE, "t-2", member_id="y", volume_id="vol-y", clock=clock)
+    x = _member(aws, "t-2", "x", clock)
+    y = _member(aws, "t-2", "y", clock)
     assert x.open({"prefix": "docs/"})
     assert x.claim(record) and x.finish(record)
     assert not y.claim(record)  # done is final while it lasts

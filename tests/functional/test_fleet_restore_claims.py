@@ -6,7 +6,8 @@ is done; only the member holding a claim marks it done or failed. An item past i
 `expires_at` (RETENTION after its last write: TTL deletes it some time later) is as absent:
 not read back, claimable by anyone, not finished. Whatever the members do
 in whatever order, the table answers as the rule says, and a key is never claimed by a
-second member while the first one's lease runs (so it is never put twice at once).
+second member while the first one's lease runs (so it is never put twice at once). And the
+job item outlives every item written under it: the members' writes keep it alive.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from moto import mock_aws
 
 from agent.records import VersionRecord
-from agent.restore.job import CLAIMED, DONE, FAILED, RETENTION, RestoreJob
+from agent.restore.job import (
+    CLAIMED,
+    DONE,
+    EXPIRES_AT,
+    FAILED,
+    JOB_PREFIX,
+    RETENTION,
+    RestoreJob,
+)
 from agent.storage.ledger import table_definition
 from tests.support.aws import REGION
 from tests.support.clock import FakeClock
@@ -77,6 +86,9 @@ class Claims(RuleBasedStateMachine):
             )
             for m in MEMBERS
         }
+        for member in MEMBERS:  # the first starts the job, the others join it
+            self.members[member].open({"prefix": "docs/"})
+        self.job_id = job_id
         self.model: dict[str, Held] = {}
         self.holding: dict[str, tuple[str, datetime]] = {}  # key -> (member, lease end) live
 
@@ -130,6 +142,22 @@ class Claims(RuleBasedStateMachine):
         assert {k: (c.state, c.member_id) for k, c in claims.items()} == {
             k: (h.state, h.member) for k, h in live.items()
         }
+
+    @invariant()
+    def the_job_outlives_every_item_written_under_it(self) -> None:
+        """Kept alive by the members' writes (a job running longer than RETENTION)."""
+        items = self.dynamodb.query(
+            TableName=TABLE,
+            KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": JOB_PREFIX + self.job_id}},
+            ConsistentRead=True,
+        )["Items"]
+        expiry = {i["sk"]["S"]: float(i[EXPIRES_AT]["N"]) for i in items}
+        job = expiry.pop("job")
+        assert all(job >= when for when in expiry.values())
+        assert job > self.clock().timestamp() or all(
+            when <= self.clock().timestamp() for when in expiry.values()
+        )  # alive while anything under it is
 
 
 def test_claims_follow_the_rule_whatever_the_members_do() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -24,12 +23,10 @@ import botocore.config
 import botocore.exceptions
 import pytest
 from botocore.awsrequest import AWSResponse
-from moto import mock_aws
 
 from agent.errors import RetryableError
-from agent.events import EventKind, ObjectEvent
 from agent.records import VersionRecord
-from agent.storage.ledger import Ledger, table_definition
+from agent.storage.ledger import Ledger
 from tests.reliability.pipeline import (
     LOST_RESPONSE,
     RESET,
@@ -40,37 +37,19 @@ from tests.reliability.pipeline import (
     Faults,
 )
 from tests.support.aws import REGION
+from tests.support.ledger_table import TABLE, ledger_table, stored_version
 
-BUCKET = "company-documents"
-TABLE = "backup-agent-objects"
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 RETRIES = botocore.config.Config(retries={"mode": "standard", "max_attempts": 4})
 
 
 @pytest.fixture
 def dynamodb() -> Iterator[Any]:
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name=REGION, config=RETRIES)
-        client.create_table(**table_definition(TABLE))
-        client.create_table(**{**table_definition("oracle"), "TableName": "oracle"})
+    with ledger_table("oracle", config=RETRIES) as client:
         yield client
 
 
 def stored(key: str, version_id: str, sequencer: str) -> VersionRecord:
-    event = ObjectEvent(
-        kind=EventKind.CREATED,
-        bucket=BUCKET,
-        key=key,
-        event_name="ObjectCreated:Put",
-        event_time=T0,
-        version_id=version_id,
-        etag="d41d8cd98f00b204e9800998ecf8427e",
-        size=10,
-        sequencer=sequencer,
-    )
-    return VersionRecord.for_event(
-        event, backup_time=T0, volume_id="vol-a", sha256="ab" * 32, size=10, stored_size=9
-    )
+    return stored_version(key, version_id, sequencer)
 
 
 def items(dynamodb: Any, table: str) -> list[dict[str, Any]]:

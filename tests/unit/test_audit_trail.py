@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.audit import cloudwatch
+from agent.audit.auditor import Auditor
 from agent.audit.cloudwatch import EVENT_OVERHEAD, MAX_BATCH_BYTES, MAX_EVENTS, batches
-from agent.audit.records import Actor, AuditRecord, parse_record
+from agent.audit.records import MAX_KEYS, Actor, AuditRecord, parse_record
 from agent.audit.trail import AUDIT_DIR, AuditTrail
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
@@ -73,3 +74,23 @@ def test_a_record_the_volume_refuses_is_still_shipped(tmp_path):
     assert [r.at for r in shipper.shipped] == [T0]
     with pytest.raises(OSError):
         AuditTrail.on_volume(tmp_path).record(record(T0))  # nowhere to keep it: said loudly
+
+
+def test_around_records_a_raised_attempt_with_what_it_was_asked_and_raises_it(tmp_path):
+    trail = AuditTrail.on_volume(tmp_path)
+    auditor = Auditor(trail, lambda: WHO, clock=lambda: T0)
+    keys = [f"s3://b/k{i}" for i in range(MAX_KEYS + 5)]
+
+    def run() -> None:
+        raise PermissionError("AccessDenied")
+
+    with pytest.raises(PermissionError):
+        auditor.around("share", run, lambda *_: pytest.fail("no result to build"), keys=keys)
+
+    [record] = trail.read()
+    assert (record.action, record.outcome, record.at, record.who) == ("share", "failed", T0, WHO)
+    assert record.keys == tuple(keys[:MAX_KEYS]) and record.keys_total == MAX_KEYS + 5
+    assert record.details == {
+        "error": "PermissionError: AccessDenied",
+        "error_class": "PermissionError",
+    }

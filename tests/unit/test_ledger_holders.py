@@ -12,47 +12,25 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
-import boto3
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
 
-from agent.events import EventKind, ObjectEvent
 from agent.records import VersionRecord, validated
-from agent.storage.ledger import Ledger, object_pk, parse_item, table_definition
+from agent.storage.ledger import Ledger, object_pk, parse_item
 from tests.support.aws_hooks import record_calls
-
-BUCKET = "company-documents"
-TABLE = "backup-agent-objects"
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+from tests.support.ledger_table import BUCKET, TABLE, ledger_table, stored_version
 
 
 @pytest.fixture
 def dynamodb() -> Iterator[object]:
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(**table_definition(TABLE))
+    with ledger_table() as client:
         yield client
 
 
 def stored(volume_id: str, version_id: str = "v1", key: str = "reports/q1.txt") -> VersionRecord:
-    event = ObjectEvent(
-        kind=EventKind.CREATED,
-        bucket=BUCKET,
-        key=key,
-        event_name="ObjectCreated:Put",
-        event_time=T0,
-        version_id=version_id,
-        etag="d41d8cd98f00b204e9800998ecf8427e",
-        size=10,
-        sequencer="0A",
-    )
-    return VersionRecord.for_event(
-        event, backup_time=T0, volume_id=volume_id, sha256="ab" * 32, size=10, stored_size=9
-    )
+    return stored_version(key, version_id, "0A", volume_id=volume_id)
 
 
 def raw_item(dynamodb, record: VersionRecord) -> dict:
@@ -220,9 +198,7 @@ def interleavings(draw: st.DrawFn) -> list[tuple[str, str, str]]:
 
 
 def test_any_interleaving_leaves_exactly_one_holder_per_group():
-    with mock_aws():  # one table for every example (each on a key of its own): fast
-        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-        dynamodb.create_table(**table_definition(TABLE))
+    with ledger_table() as dynamodb:  # one table for every example (each on a key of its own)
         examples = itertools.count()
 
         @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

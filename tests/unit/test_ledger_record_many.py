@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -27,56 +26,23 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from agent.errors import PermanentError, RetryableError
-from agent.events import EventKind, ObjectEvent
+from agent.events import EventKind
 from agent.records import VersionRecord
 from agent.storage.ledger import LATEST, VERSION_PREFIX, Ledger, object_pk, table_definition
 from tests.support.aws_hooks import Fault, inject, record_calls
+from tests.support.ledger_table import BUCKET, T0, TABLE, ledger_table, put_event, stored_version
 
-BUCKET = "company-documents"
-TABLE = "backup-agent-objects"
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+event = put_event  # this file's name for it
 
 
 @pytest.fixture
 def dynamodb() -> Iterator[Any]:
-    with mock_aws():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(**table_definition(TABLE))
+    with ledger_table() as client:
         yield client
 
 
-def event(
-    key: str,
-    version_id: str | None,
-    sequencer: str,
-    kind: EventKind = EventKind.CREATED,
-    *,
-    delete_marker: bool = False,
-) -> ObjectEvent:
-    created = kind is EventKind.CREATED
-    return ObjectEvent(
-        kind=kind,
-        bucket=BUCKET,
-        key=key,
-        event_name="ObjectCreated:Put" if created else "ObjectRemoved:Delete",
-        event_time=T0,
-        version_id=version_id,
-        etag="d41d8cd98f00b204e9800998ecf8427e" if created else None,
-        size=10 if created else None,
-        sequencer=sequencer,
-        delete_marker=delete_marker,
-    )
-
-
 def stored(key: str, version_id: str | None = "v1", sequencer: str = "10", volume: str = "vol-a"):
-    return VersionRecord.for_event(
-        event(key, version_id, sequencer),
-        backup_time=T0,
-        volume_id=volume,
-        sha256="ab" * 32,
-        size=10,
-        stored_size=9,
-    )
+    return stored_version(key, version_id, sequencer, volume_id=volume)
 
 
 def marker(key: str, version_id: str, sequencer: str) -> VersionRecord:
