@@ -255,11 +255,14 @@ class GarbageCollector:
     def _other_holder(self, record: VersionRecord) -> str | None:
         """The volume the ledger names for this version in this agent's replica group, when
         it is not this one; None when the version is held here, not recorded (in flight, or
-        on this volume alone), or its group has no holder yet."""
+        on this volume alone), its group has no holder yet, or the ledger's item names other
+        bytes than this copy (an untrusted item must not free the only good copy)."""
         assert self.ledger is not None
         known = self.ledger.get_version(record.bucket, record.key, record.version_token)
         if known is None or held_by(known, self.volume_id):
             return None
+        if known.sha256 != record.sha256:
+            return None  # the ledger names other bytes (tampered, or a bug): keep this copy
         holder = known.holder_in(self.ledger.group)
         return holder if holder and holder != self.volume_id else None
 

@@ -114,6 +114,28 @@ def test_a_version_journalled_but_not_yet_in_the_ledger_keeps_its_copy(aws, tmp_
     assert (report.duplicates, report.removed) == (0, 0) and volume_b.has_copy(record.sha256)
 
 
+def test_a_ledger_item_naming_other_bytes_does_not_free_the_copy(aws, tmp_path):
+    """Ledger items are untrusted: one that names the holder but another SHA-256 (tampered,
+    or a bug) must not make gc free the copy that may be the only good one."""
+    enable_versioning(aws)
+    (_volume_a, a), (volume_b, b) = two_members(aws, tmp_path)
+    sha = _both_copy(aws, a, b, "docs/report.txt", b"quarterly numbers")
+    [record] = Journal(volume_b.journal_dir).read_all()
+    aws.dynamodb.update_item(
+        TableName=TABLE,
+        Key={
+            "pk": {"S": object_pk(BUCKET, "docs/report.txt")},
+            "sk": {"S": VERSION_PREFIX + record.version_token},
+        },
+        UpdateExpression="SET sha256 = :other",
+        ExpressionAttributeValues={":other": {"S": "0" * 64}},
+    )
+
+    report = _collect(aws, volume_b, hours_later=2)
+
+    assert (report.duplicates, report.removed) == (0, 0) and volume_b.has_copy(sha)
+
+
 def test_with_the_table_unreachable_gc_runs_on_its_journal_alone_and_asks_next_time(aws, tmp_path):
     enable_versioning(aws)
     (_volume_a, a), (volume_b, b) = two_members(aws, tmp_path)
