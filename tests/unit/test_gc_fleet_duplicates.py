@@ -19,6 +19,7 @@ against moto's DynamoDB are tests/functional/test_gc_fleet_duplicates.py's.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import tempfile
@@ -138,14 +139,17 @@ class Duplicates(RuleBasedStateMachine):
         self.pending.discard(key)
         self.ledger.write(self.mine[key], ME, self.ledger.group)
 
-    @rule(version=st.sampled_from(VERSIONS), same_group=st.booleans())
-    def another_member_records(self, version: str, same_group: bool) -> None:
-        """Another member's conditional write of `version` (in this group, or another)."""
+    @rule(version=st.sampled_from(VERSIONS), same_group=st.booleans(), tampered=st.booleans())
+    def another_member_records(self, version: str, same_group: bool, tampered: bool) -> None:
+        """Another member's conditional write of `version` (in this group, or another): the
+        same bytes, so the same SHA-256, unless the item was `tampered` with."""
         group = self.ledger.group if same_group else OTHER_GROUP
         holder = OTHER if same_group else ELSEWHERE
         if self.ledger.group is None and not same_group:
             return  # no replica groups: one holder a version
-        self.ledger.write(self._record(version, "f" * 64), holder, group)
+        content = CONTENTS[VERSIONS.index(version) % len(CONTENTS)]
+        sha = "f" * 64 if tampered else hashlib.sha256(content).hexdigest()
+        self.ledger.write(self._record(version, sha), holder, group)
 
     @rule(hours=st.sampled_from((1, 5, 7, 30)))
     def wait(self, hours: int) -> None:
@@ -156,7 +160,8 @@ class Duplicates(RuleBasedStateMachine):
         if known is None or held_by(known, ME):
             return False
         holder = known.holder_in(self.ledger.group)
-        return bool(holder) and holder != ME
+        same_bytes = known.sha256 == self.mine[key].sha256  # else untrusted: keep the copy
+        return bool(holder) and holder != ME and same_bytes
 
     @rule()
     def gc(self) -> None:
