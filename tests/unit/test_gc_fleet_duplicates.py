@@ -200,7 +200,7 @@ def test_gc_removes_lost_duplicates_and_nothing_a_record_may_still_reference() -
     run_state_machine_as_test(
         Duplicates,
         settings=settings(
-            max_examples=60,
+            max_examples=150,
             stateful_step_count=30,
             derandomize=True,
             deadline=None,
