@@ -183,12 +183,16 @@ class DirectoryTarget:
             raise error
         return Status.RESTORED
 
-    def stage(self, item: Item, on_bytes: Callable[[int], None]) -> Staged | Status:
+    def stage(
+        self, item: Item, on_bytes: Callable[[int], None], *, serial: int | None = None
+    ) -> Staged | Status:
         """Write a verified copy of `item` to a temp name beside its destination.
 
         UNCHANGED if the destination already holds these bytes; RestoreRefused if it holds
         something else (without --overwrite). Nothing is under the final name until
-        `commit`; a failure leaves no temp file behind."""
+        `commit`; a failure leaves no temp file behind. `serial` names the temp file
+        (`temp_name`) instead of this target's counter: a worker process (workers.py) names
+        its files by their place in the plan, so that no two processes pick the same name."""
         parts = self._parts(item)
         name, shown = parts[-1], self.tree.shown(parts)
         with self.tree.directory(parts[:-1], create=True) as parent:
@@ -208,7 +212,7 @@ class DirectoryTarget:
                     )
                 if not self.overwrite:
                     raise RestoreRefused(f"{shown} exists with other content; use --overwrite")
-            temp = temp_name(self._run, next(self._serial))
+            temp = self.temp_name(next(self._serial) if serial is None else serial)
             try:
                 inode = self._write_temp(parent, temp, item, on_bytes)
             except BaseException:
@@ -216,6 +220,10 @@ class DirectoryTarget:
                     os.unlink(temp, dir_fd=parent)
                 raise
         return Staged(item, parts, temp, inode)
+
+    def temp_name(self, serial: int) -> str:
+        """The temp name of this run's file number `serial` (`.restore-<run>-<serial>.part`)."""
+        return temp_name(self._run, serial)
 
     def commit(self, staged: Sequence[Staged]) -> list[BackupAgentError | OSError | None]:
         """Put staged files under their names, durably: one outcome per file, None if it
