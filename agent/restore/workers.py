@@ -26,13 +26,18 @@ What keeps it safe:
   files the unfinished runs may have left and stages those runs itself, in its own thread
   (`restore.worker_lost` is logged). Nothing of a run is reported until the parent has it.
 * **Ctrl-C**: the children ignore SIGINT; the parent's handler decides (restorer.py).
+* **kill -9 of the parent**: each child asks the kernel to kill it when its parent dies
+  (`PR_SET_PDEATHSIG`), so no child is left waiting on a pipe it holds both ends of; its
+  temp files are what a crash leaves (the next restore removes them, durable.py).
 * **Memory**: the plan is not sent to the children (they have the parent's copy, made at
   the fork); each run's answer is a few tuples per file.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
 import sys
 import threading
@@ -76,6 +81,7 @@ Outcome = Written | Decided
 class _Shared:
     target: DirectoryTarget
     items: Sequence[Item]
+    parent: int  # the pid that forks the children
 
 
 _shared: _Shared | None = None  # set in the parent just before the fork; the children's copy
@@ -138,8 +144,16 @@ def _in_child(start: int, stop: int) -> list[Outcome]:
     return stage_run(_shared.target, _shared.items, start, stop)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
 def _child_started() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:  # pragma: no cover
+        os._exit(1)  # the parent stages the runs itself (a lost worker)
+    if _shared is None or os.getppid() != _shared.parent:  # it died before the prctl
+        os._exit(1)
 
 
 class ProcessStaging:
@@ -155,7 +169,7 @@ class ProcessStaging:
     def __enter__(self) -> ProcessStaging:
         global _shared
         self.target.tree.root(create=True)  # the target made (and recorded) here, not in a child
-        _shared = _Shared(self.target, self.items)
+        _shared = _Shared(self.target, self.items, os.getpid())
         self._pool = ProcessPoolExecutor(
             self.processes,
             mp_context=multiprocessing.get_context("fork"),
