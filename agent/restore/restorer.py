@@ -196,15 +196,22 @@ class Restorer:
         self.stop = stop or threading.Event()  # set: items not yet started are skipped
 
     def run(self, plan: Plan, *, dry_run: bool = False) -> Summary:
+        processes = 0 if dry_run else self.processes_for(plan.items)
+        if processes and isinstance(self.target, DirectoryTarget):
+            # forked before the progress display may start a thread (tqdm's monitor)
+            with ProcessStaging(self.target, plan.items, processes) as pool:
+                if pool.start():
+                    return self._run(plan, lambda: self._in_processes(pool, plan.items))
+        if dry_run:
+            return self._run(plan, lambda: [self._dry(item) for item in plan.items])
+        return self._run(plan, lambda: self._in_parallel(plan.items))
+
+    def _run(self, plan: Plan, results: Callable[[], list[ItemResult]]) -> Summary:
         self.progress.start(len(plan.items), plan.total_bytes)
         try:
-            if dry_run:
-                results = [self._dry(item) for item in plan.items]
-            else:
-                results = self._in_parallel(plan.items)
+            return Summary(results(), plan)
         finally:
             self.progress.close()
-        return Summary(results, plan)
 
     def threads_for(self, items: list[Item]) -> int:
         """Threads for a directory restore of `items`: `workers`, or at most one per CPU for
@@ -225,9 +232,6 @@ class Restorer:
 
     def _in_parallel(self, items: list[Item]) -> list[ItemResult]:
         """Files in progress always finish or clean up; an exception cancels the rest."""
-        processes = self.processes_for(items)
-        if processes and isinstance(self.target, DirectoryTarget):
-            return self._in_processes(self.target, items, processes)
         staging = isinstance(self.target, StagingTarget)
         threads = self.threads_for(items) if staging else self.workers
         pool = ThreadPoolExecutor(threads, thread_name_prefix="restore")
@@ -279,9 +283,7 @@ class Restorer:
             results.append(result)
         return results
 
-    def _in_processes(
-        self, target: DirectoryTarget, items: list[Item], processes: int
-    ) -> list[ItemResult]:
+    def _in_processes(self, pool: ProcessStaging, items: list[Item]) -> list[ItemResult]:
         """`_in_batches` with the staging done by worker processes (workers.py).
 
         Runs are handed out a few ahead of the one the parent waits for, so the children
@@ -297,36 +299,40 @@ class Restorer:
                 bounds[-1].append((start, start + len(run)))
                 start += len(run)
         queued = iter([run for batch_runs in bounds for run in batch_runs])
-        window = 4 * processes
+        target, window = pool.target, 4 * pool.processes
         pending: deque[tuple[int, int, Future[list[Outcome]] | None]] = deque()
         results: list[ItemResult] = []
         done: list[ItemResult | tuple[Staged, int]] = []
         broken = False
-        pool = ProcessStaging(target, items, processes)
         try:
-            with pool:
-                for batch_runs in bounds:
-                    done = []
-                    for _ in batch_runs:
-                        while len(pending) < window and (bound := next(queued, None)):
-                            skip = self.stop.is_set() or broken
-                            pending.append((*bound, None if skip else pool.submit(*bound)))
-                        first, last, future = pending.popleft()
-                        if future is None:
-                            done.extend(self._unstarted(target, items[first:last], broken))
-                            continue
-                        try:
-                            outcomes = future.result()
-                        except BrokenProcessPool:
-                            broken = True
-                            log.warning("restore.worker_lost", files=last - first)
-                            target.discard(pool.leftovers(first, last))
-                            done.extend(self._stage_all(target, items[first:last]))
-                            continue
-                        done.extend(self._received(target, items, first, outcomes))
-                    finished, done = done, []
-                    results.extend(self._commit(target, finished))
+            for batch_runs in bounds:
+                done = []
+                for _ in batch_runs:
+                    while len(pending) < window and (bound := next(queued, None)):
+                        future = None
+                        if not (self.stop.is_set() or broken):
+                            try:
+                                future = pool.submit(*bound)
+                            except BrokenProcessPool:  # a child died since the last answer
+                                broken = True
+                        pending.append((*bound, future))
+                    first, last, future = pending.popleft()
+                    if future is None:
+                        done.extend(self._unstarted(target, items[first:last], broken))
+                        continue
+                    try:
+                        outcomes = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        log.warning("restore.worker_lost", files=last - first)
+                        target.discard(pool.leftovers(first, last))
+                        done.extend(self._stage_all(target, items[first:last]))
+                        continue
+                    done.extend(self._received(target, items, first, outcomes))
+                finished, done = done, []
+                results.extend(self._commit(target, finished))
         except BaseException:
+            pool.shutdown()  # the runs under way finish: their files are known, then removed
             left = [one[0] for one in done if isinstance(one, tuple)]
             for first, _last, future in pending:
                 if (

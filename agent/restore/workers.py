@@ -43,7 +43,10 @@ import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+
+import structlog
 
 from agent.errors import BackupAgentError
 from agent.restore.plan import Item
@@ -53,6 +56,8 @@ from agent.restore.targets import DirectoryTarget, Staged, Status
 # (files it stages itself) never gets near it.
 SERIAL_BASE = 1 << 40
 MIN_FILES = 256  # below this, forking costs more than it spreads
+
+log = structlog.get_logger("agent.restore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +184,24 @@ class ProcessStaging:
 
     def __exit__(self, *exc: object) -> None:
         global _shared
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        self.shutdown()
         self._pool = None
         _shared = None
+
+    def start(self) -> bool:
+        """Fork the children now (the executor forks them all at its first task); False if
+        one died at once (then threads do the work)."""
+        try:
+            self.submit(0, 0).result()
+        except BrokenProcessPool:
+            log.warning("restore.worker_lost", files=0)
+            return False
+        return True
+
+    def shutdown(self) -> None:
+        """Let the runs under way finish, drop the others (idempotent)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, start: int, stop: int) -> Future[list[Outcome]]:
         if self._pool is None:

@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from agent.restore import workers
-from agent.restore.restorer import Restorer
+from agent.restore.restorer import NoProgress, Restorer
 from agent.restore.targets import DirectoryTarget, Status
 from tests.support.stored import placed_plan, stored_record
 
@@ -71,6 +71,33 @@ def test_small_files_are_staged_by_child_processes_and_committed_by_the_parent(v
     assert (tmp_path / "out" / KEYS[-1]).read_bytes() == SMALL
     stagers = _stagers(tmp_path / "pids")
     assert os.getpid() not in stagers and 1 <= len(stagers) <= 2
+
+
+class ThreadedProgress(NoProgress):
+    """Starts a thread in `start`, as tqdm's monitor does on a terminal."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self.release.wait)
+
+    def start(self, files: int, total_bytes: int) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.thread.join()
+
+
+def test_the_children_are_forked_before_the_progress_display_starts_a_thread(volume, tmp_path):
+    target = Planted(volume, tmp_path / "out", log=tmp_path / "pids")
+    plan = placed_plan(volume, KEYS, SMALL)
+    progress = ThreadedProgress()
+
+    summary = Restorer(target, cpus=2, progress=progress).run(plan)
+
+    assert summary.ok and _files(tmp_path / "out") == sorted(KEYS)
+    assert os.getpid() not in _stagers(tmp_path / "pids")
+    assert not progress.thread.is_alive()
 
 
 def test_processes_are_not_used_for_few_files_one_cpu_or_when_turned_off(volume, tmp_path):
@@ -199,7 +226,7 @@ def test_batches_and_runs_cover_the_plan_once_in_order(volume, tmp_path, batch_f
 _KILLED_PARENT = """
 import os, sys, time
 from pathlib import Path
-from agent.restore.restorer import Restorer
+from agent.restore.restorer import NoProgress, Restorer
 from agent.restore.targets import DirectoryTarget
 from agent.storage.volume import Volume
 from tests.support.stored import placed_plan
