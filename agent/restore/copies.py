@@ -3,12 +3,25 @@
 `verified_chunks` yields the original bytes of a stored version and raises `CorruptCopy`
 at the end when they are missing, undecodable, or do not hash to the recorded SHA-256
 and size. Restores, uploads and `verify` all read copies through it.
+
+A small copy (a recorded size up to `WHOLE_COPY_BYTES`) is first read whole and decompressed
+in one call (`_whole`): one open below a cached directory descriptor, one read, one
+decompression into a buffer of the recorded size, one hash. Only a copy that is exactly
+right comes out of it; anything else (missing, undecodable, a byte too many or too few, a
+second frame, another hash) is read again the usual way, which raises what it always did.
+For 4 KiB files the usual way's opens, path objects, stream reader and generators were most
+of a restore's CPU (docs/benchmarks.md, issue 19).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import re
+import stat
+import threading
+import weakref
 from collections.abc import Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -16,9 +29,90 @@ import zstandard
 
 from agent.errors import IntegrityError
 from agent.records import VersionRecord
-from agent.storage.volume import READ_CHUNK, Volume
+from agent.storage.volume import MAX_WINDOW_BYTES, READ_CHUNK, Volume
 
 THREAD_FROM_BYTES = 4 << 20  # smaller copies are hashed inline: a thread costs more
+WHOLE_COPY_BYTES = 1 << 20  # copies of at most this size are read whole first (`_whole`)
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+_NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _CopyDirectories:
+    """Descriptors of a volume's `objects/xx` directories, opened once each, never through a
+    symlink (as `Volume._copy_descriptor` does), closed with the volume object."""
+
+    def __init__(self, volume: Volume) -> None:
+        self._root = volume.root
+        self._objects = volume.objects_dir.name
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(volume, _close_all, self._fds)
+
+    def get(self, prefix: str) -> int:
+        with self._lock:
+            fd = self._fds.get(prefix)
+            if fd is None:
+                root = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    objects = os.open(self._objects, _NOFOLLOW | os.O_DIRECTORY, dir_fd=root)
+                finally:
+                    os.close(root)
+                try:
+                    fd = os.open(prefix, _NOFOLLOW | os.O_DIRECTORY, dir_fd=objects)
+                finally:
+                    os.close(objects)
+                self._fds[prefix] = fd
+            return fd
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
+_directories: weakref.WeakKeyDictionary[Volume, _CopyDirectories] = weakref.WeakKeyDictionary()
+_directories_lock = threading.Lock()
+
+
+def _copy_directory(volume: Volume, prefix: str) -> int:
+    with _directories_lock:
+        found = _directories.get(volume)
+        if found is None:
+            found = _directories[volume] = _CopyDirectories(volume)
+    return found.get(prefix)
+
+
+def _whole(volume: Volume, record: VersionRecord) -> bytes | None:
+    """The original bytes of a small copy, read and decompressed in one piece, if they are
+    exactly the recorded ones; None for anything else (the caller reads it the usual way)."""
+    sha256, size = record.sha256 or "", record.size or 0
+    if not 0 < size <= WHOLE_COPY_BYTES or not _DIGEST.fullmatch(sha256):
+        return None
+    try:
+        directory = _copy_directory(volume, sha256[:2])
+        flags = _NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        fd = os.open(f"{sha256}.zst", flags, dir_fd=directory)
+    except OSError:  # missing, a symlink, unreadable: the usual way says which
+        return None
+    try:
+        found = os.fstat(fd)
+        # a copy is never much larger than its bytes (zstd's bound: +1/256, + a header)
+        if not stat.S_ISREG(found.st_mode) or found.st_size > size + (size >> 7) + 4096:
+            return None
+        stored = os.read(fd, found.st_size + 1)
+    finally:
+        os.close(fd)
+    try:
+        data = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_BYTES).decompress(
+            stored, max_output_size=size, allow_extra_data=False
+        )
+    except zstandard.ZstdError:
+        return None
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+        return None
+    return data
 
 
 class _Hasher:
@@ -76,6 +170,10 @@ def verified_chunks(
     """
     if not record.sha256:
         raise CorruptCopy(record, "the record names no stored copy")
+    whole = _whole(volume, record)
+    if whole is not None:
+        yield whole
+        return
     digest = _Hasher(record.size is None or record.size > THREAD_FROM_BYTES)
     total = 0
     try:

@@ -11,15 +11,19 @@ names, then one commit makes them durable under their names. A file is reported 
 counted restored) only once committed; a stop request lets the batch under way commit.
 A worker takes a run of files at a time (`TASK_FILES`, `TASK_BYTES`), and a plan of small
 files gets at most one thread per CPU (`threads_for`): for 4 KiB files the hand-offs, not
-the writes, were the cost (issue 19, docs/benchmarks.md).
+the writes, were the cost (issue 19, docs/benchmarks.md). On a machine with several CPUs such
+a plan is staged by forked worker processes instead (`processes_for`, workers.py): the
+parent keeps the commit, the results and the decision; the children only write and verify.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -27,7 +31,8 @@ import structlog
 
 from agent.errors import BackupAgentError
 from agent.restore.plan import Item, Plan
-from agent.restore.targets import Staged, Status, Target
+from agent.restore.targets import DirectoryTarget, Staged, Status, Target
+from agent.restore.workers import Decided, Outcome, ProcessStaging, Written, error_text, usable
 
 log = structlog.get_logger("agent.restore")
 
@@ -177,6 +182,7 @@ class Restorer:
         task_files: int = TASK_FILES,
         task_bytes: int = TASK_BYTES,
         cpus: int | None = None,
+        processes: bool = True,
     ) -> None:
         self.target = target
         self.workers = workers
@@ -185,19 +191,27 @@ class Restorer:
         self.task_files = max(1, task_files)
         self.task_bytes = task_bytes
         self.cpus = cpus or usable_cpus()
+        self.processes = processes  # False: small files are staged by threads, never forked
         self.progress = progress or NoProgress()
         self.stop = stop or threading.Event()  # set: items not yet started are skipped
 
     def run(self, plan: Plan, *, dry_run: bool = False) -> Summary:
+        processes = 0 if dry_run else self.processes_for(plan.items)
+        if processes and isinstance(self.target, DirectoryTarget):
+            # forked before the progress display may start a thread (tqdm's monitor)
+            with ProcessStaging(self.target, plan.items, processes) as pool:
+                if pool.start():
+                    return self._run(plan, lambda: self._in_processes(pool, plan.items))
+        if dry_run:
+            return self._run(plan, lambda: [self._dry(item) for item in plan.items])
+        return self._run(plan, lambda: self._in_parallel(plan.items))
+
+    def _run(self, plan: Plan, results: Callable[[], list[ItemResult]]) -> Summary:
         self.progress.start(len(plan.items), plan.total_bytes)
         try:
-            if dry_run:
-                results = [self._dry(item) for item in plan.items]
-            else:
-                results = self._in_parallel(plan.items)
+            return Summary(results(), plan)
         finally:
             self.progress.close()
-        return Summary(results, plan)
 
     def threads_for(self, items: list[Item]) -> int:
         """Threads for a directory restore of `items`: `workers`, or at most one per CPU for
@@ -206,6 +220,15 @@ class Restorer:
         if items and sum(item.size for item in items) <= SMALL_FILE_BYTES * len(items):
             return max(1, min(self.workers, self.cpus))
         return max(1, self.workers)
+
+    def processes_for(self, items: list[Item]) -> int:
+        """Worker processes to stage `items` (0: threads do). A directory restore of small
+        files (as `threads_for`) on several CPUs, started from a single thread (workers.py)."""
+        processes = min(self.workers, self.cpus)
+        small = sum(item.size for item in items) <= SMALL_FILE_BYTES * len(items)
+        if self.processes and small and usable(self.target, len(items), processes):
+            return processes
+        return 0
 
     def _in_parallel(self, items: list[Item]) -> list[ItemResult]:
         """Files in progress always finish or clean up; an exception cancels the rest."""
@@ -241,16 +264,130 @@ class Restorer:
                         for one in f.result()
                     )
                     target.discard([one[0] for one in left if isinstance(one, tuple)])
-            staged = [one for one in done if isinstance(one, tuple)]
-            errors = iter(target.commit([one[0] for one in staged]))
-            for one in done:
-                if isinstance(one, tuple):
-                    result = self._committed(one[0], one[1], next(errors))
-                else:
-                    result = one
-                self.progress.finished(result)
-                results.append(result)
+            results.extend(self._commit(target, done))
         return results
+
+    def _commit(
+        self, target: StagingTarget, done: list[ItemResult | tuple[Staged, int]]
+    ) -> list[ItemResult]:
+        """Commit a batch's staged files; every file's result, in the plan's order."""
+        results: list[ItemResult] = []
+        staged = [one for one in done if isinstance(one, tuple)]
+        errors = iter(target.commit([one[0] for one in staged]))
+        for one in done:
+            if isinstance(one, tuple):
+                result = self._committed(one[0], one[1], next(errors))
+            else:
+                result = one
+            self.progress.finished(result)
+            results.append(result)
+        return results
+
+    def _in_processes(self, pool: ProcessStaging, items: list[Item]) -> list[ItemResult]:
+        """`_in_batches` with the staging done by worker processes (workers.py).
+
+        Runs are handed out a few ahead of the one the parent waits for, so the children
+        stage the next batch while the parent commits this one. A stop request skips the
+        runs not yet handed out. A dead child: the parent stages its runs itself. Anything
+        else unexpected: the runs under way finish, and every file staged and not committed
+        is removed."""
+        bounds: list[list[tuple[int, int]]] = []  # per batch, the runs' [start, stop)
+        start = 0
+        for batch in self._batches(items):
+            bounds.append([])
+            for run in _runs(batch, self.task_files, self.task_bytes):
+                bounds[-1].append((start, start + len(run)))
+                start += len(run)
+        queued = iter([run for batch_runs in bounds for run in batch_runs])
+        target, window = pool.target, 4 * pool.processes
+        pending: deque[tuple[int, int, Future[list[Outcome]] | None]] = deque()
+        results: list[ItemResult] = []
+        done: list[ItemResult | tuple[Staged, int]] = []
+        broken = False
+        try:
+            for batch_runs in bounds:
+                done = []
+                for _ in batch_runs:
+                    while len(pending) < window and (bound := next(queued, None)):
+                        future = None
+                        if not (self.stop.is_set() or broken):
+                            try:
+                                future = pool.submit(*bound)
+                            except BrokenProcessPool:  # a child died since the last answer
+                                broken = True
+                        pending.append((*bound, future))
+                    first, last, future = pending.popleft()
+                    if future is None:
+                        done.extend(self._unstarted(target, items[first:last], broken))
+                        continue
+                    try:
+                        outcomes = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        log.warning("restore.worker_lost", files=last - first)
+                        target.discard(pool.leftovers(first, last))
+                        done.extend(self._stage_all(target, items[first:last]))
+                        continue
+                    done.extend(self._received(target, items, first, outcomes))
+                finished, done = done, []
+                results.extend(self._commit(target, finished))
+        except BaseException:
+            pool.shutdown()  # the runs under way finish: their files are known, then removed
+            left = [one[0] for one in done if isinstance(one, tuple)]
+            for first, _last, future in pending:
+                if (
+                    future is not None
+                    and future.done()
+                    and not future.cancelled()
+                    and future.exception() is None
+                ):
+                    received = self._received(target, items, first, future.result(), quiet=True)
+                    left.extend(one[0] for one in received if isinstance(one, tuple))
+            target.discard(left)
+            raise
+        return results
+
+    def _unstarted(
+        self, target: DirectoryTarget, items: list[Item], broken: bool
+    ) -> list[ItemResult | tuple[Staged, int]]:
+        """A run not handed out: skipped after a stop request, staged here after a lost child."""
+        if broken and not self.stop.is_set():
+            return self._stage_all(target, items)
+        return [
+            ItemResult(
+                item, target.destination(item), Status.FAILED, error="interrupted: not started"
+            )
+            for item in items
+        ]
+
+    def _received(
+        self,
+        target: DirectoryTarget,
+        items: list[Item],
+        first: int,
+        outcomes: list[Outcome],
+        *,
+        quiet: bool = False,
+    ) -> list[ItemResult | tuple[Staged, int]]:
+        """A child's outcomes for the run starting at `first`, as `_stage` gives them."""
+        received: list[ItemResult | tuple[Staged, int]] = []
+        for item, outcome in zip(items[first : first + len(outcomes)], outcomes, strict=True):
+            if not quiet:
+                self.progress.advance(outcome.written)
+            if isinstance(outcome, Written):
+                parts = item.placement.parts if item.placement is not None else ()
+                received.append((Staged(item, parts, outcome.temp, outcome.inode), outcome.written))
+            elif isinstance(outcome, Decided) and outcome.error is not None:
+                destination = target.destination(item)
+                received.append(
+                    self._failed_with(item, destination, outcome.error, outcome.written, quiet)
+                )
+            else:
+                destination = target.destination(item)
+                received.append(
+                    ItemResult(item, destination, outcome.status, bytes=outcome.written)
+                )
+        return received
 
     def _stage_all(
         self, target: StagingTarget, items: list[Item]
@@ -299,14 +436,19 @@ class Restorer:
     def _failed(
         self, item: Item, destination: str, exc: BackupAgentError | OSError, written: int
     ) -> ItemResult:
-        error = str(exc) if isinstance(exc, BackupAgentError) else f"{destination}: {exc}"
-        log.error(
-            "restore.failed",
-            bucket=item.record.bucket,
-            key=item.key,
-            version=item.record.version_id or item.record.version_token,
-            error=error,
-        )
+        return self._failed_with(item, destination, error_text(exc, destination), written)
+
+    def _failed_with(
+        self, item: Item, destination: str, error: str, written: int, quiet: bool = False
+    ) -> ItemResult:
+        if not quiet:
+            log.error(
+                "restore.failed",
+                bucket=item.record.bucket,
+                key=item.key,
+                version=item.record.version_id or item.record.version_token,
+                error=error,
+            )
         return ItemResult(item, destination, Status.FAILED, bytes=written, error=error)
 
     def _dry(self, item: Item) -> ItemResult:

@@ -184,32 +184,38 @@ class DirectoryTarget:
             raise error
         return Status.RESTORED
 
-    def stage(self, item: Item, on_bytes: Callable[[int], None]) -> Staged | Status:
+    def stage(
+        self, item: Item, on_bytes: Callable[[int], None], *, serial: int | None = None
+    ) -> Staged | Status:
         """Write a verified copy of `item` to a temp name beside its destination.
 
         UNCHANGED if the destination already holds these bytes; RestoreRefused if it holds
         something else (without --overwrite). Nothing is under the final name until
-        `commit`; a failure leaves no temp file behind."""
+        `commit`; a failure leaves no temp file behind. `serial` names the temp file
+        (`temp_name`) instead of this target's counter: a worker process (workers.py) names
+        its files by their place in the plan, so that no two processes pick the same name."""
         parts = self._parts(item)
-        name, shown = parts[-1], self.tree.shown(parts)
+        name = parts[-1]  # the path shown in messages is made only for one (tree.shown)
         with self.tree.directory(parts[:-1], create=True) as parent:
             if parent is None:  # pragma: no cover - create=True always yields a directory
-                raise UnsafePath(f"{shown}: its directory could not be opened")
+                raise UnsafePath(f"{self.tree.shown(parts)}: its directory could not be opened")
             self._clean_once(parent, parts[:-1])
             found = entry(parent, name)
             if found is not None:
                 if stat.S_ISDIR(found.st_mode):
-                    raise RestoreRefused(f"{shown} is a directory")
+                    raise RestoreRefused(f"{self.tree.shown(parts)} is a directory")
                 if _same_file(parent, name, item.record):
                     return Status.UNCHANGED
                 if not self.overwrite and stat.S_ISLNK(found.st_mode):
                     raise RestoreRefused(
-                        f"{shown} is a symlink (never followed); use --overwrite to replace"
-                        " the link itself"
+                        f"{self.tree.shown(parts)} is a symlink (never followed); use"
+                        " --overwrite to replace the link itself"
                     )
                 if not self.overwrite:
-                    raise RestoreRefused(f"{shown} exists with other content; use --overwrite")
-            temp = temp_name(self._run, next(self._serial))
+                    raise RestoreRefused(
+                        f"{self.tree.shown(parts)} exists with other content; use --overwrite"
+                    )
+            temp = self.temp_name(next(self._serial) if serial is None else serial)
             try:
                 inode = self._write_temp(parent, temp, item, on_bytes)
             except BaseException:
@@ -217,6 +223,10 @@ class DirectoryTarget:
                     os.unlink(temp, dir_fd=parent)
                 raise
         return Staged(item, parts, temp, inode)
+
+    def temp_name(self, serial: int) -> str:
+        """The temp name of this run's file number `serial` (`.restore-<run>-<serial>.part`)."""
+        return temp_name(self._run, serial)
 
     def commit(self, staged: Sequence[Staged]) -> list[BackupAgentError | OSError | None]:
         """Put staged files under their names, durably: one outcome per file, None if it
@@ -277,12 +287,14 @@ class DirectoryTarget:
                     outcomes[index] = exc
 
     def _name(self, parent: int, one: Staged) -> BackupAgentError | OSError | None:
-        name, shown = one.parts[-1], self.destination(one.item)
+        name = one.parts[-1]
         renamed = False  # the temp name is gone with the rename; else it is removed below
         try:
             found = entry(parent, one.temp)  # walked to again: the same file? (gone: link fails)
             if found is not None and (found.st_dev, found.st_ino) != one.inode:
-                return RestoreRefused(f"{shown}: its temp file was moved or replaced; not named")
+                return RestoreRefused(
+                    f"{self.destination(one.item)}: its temp file was moved or replaced; not named"
+                )
             if self.overwrite:
                 # renameat replaces the name (a symlink there is replaced, not followed)
                 os.rename(one.temp, name, src_dir_fd=parent, dst_dir_fd=parent)
@@ -295,7 +307,9 @@ class DirectoryTarget:
                         one.temp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False
                     )
             except FileExistsError:
-                return RestoreRefused(f"{shown} appeared meanwhile; use --overwrite")
+                return RestoreRefused(
+                    f"{self.destination(one.item)} appeared meanwhile; use --overwrite"
+                )
             return None
         except OSError as exc:
             return exc

@@ -1,0 +1,296 @@
+"""A restore of many small files staged by worker processes (workers.py, issue 19).
+
+The children write and verify; the parent commits and reports. Each test runs the same plan
+through the processes and checks what an operator would see: the files, each file's status
+and error text (the same as the threads give), no temp file left, nothing outside the
+target. Faults are planted in the children through a target whose `stage` the fork copies.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import structlog
+
+from agent.restore import workers
+from agent.restore.restorer import NoProgress, Restorer
+from agent.restore.targets import DirectoryTarget, Status
+from tests.support.stored import placed_plan, stored_record
+
+SMALL = b"a small restored file\n" * 8
+COUNT = 300  # above workers.MIN_FILES
+KEYS = [f"d{i // 100}/f{i:03d}" for i in range(COUNT)]  # d0, d1, d2 in plan order
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, name), directory)
+        for d, _dirs, files in os.walk(directory)
+        for name in files
+    )
+
+
+class Planted(DirectoryTarget):
+    """Notes which process staged each file (a line per file in `log`) and runs `fault`
+    before staging `at` in a child."""
+
+    def __init__(self, *args, log: Path, at: str = "", fault=None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+        self.at = at
+        self.fault = fault
+        self.parent = os.getpid()
+
+    def stage(self, item, on_bytes, *, serial=None):
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+        if item.key == self.at and os.getpid() != self.parent and self.fault is not None:
+            self.fault(self)
+        return super().stage(item, on_bytes, serial=serial)
+
+
+def _stagers(log: Path) -> set[int]:
+    return {int(line) for line in log.read_text().split()}
+
+
+def test_small_files_are_staged_by_child_processes_and_committed_by_the_parent(volume, tmp_path):
+    target = Planted(volume, tmp_path / "out", log=tmp_path / "pids")
+    plan = placed_plan(volume, KEYS, SMALL)
+    restorer = Restorer(target, workers=8, cpus=2)
+
+    assert restorer.processes_for(plan.items) == 2
+    summary = restorer.run(plan)
+
+    assert [r.status for r in summary.results] == [Status.RESTORED] * COUNT
+    assert [r.item.key for r in summary.results] == KEYS  # the plan's order
+    assert _files(tmp_path / "out") == sorted(KEYS)
+    assert (tmp_path / "out" / KEYS[-1]).read_bytes() == SMALL
+    stagers = _stagers(tmp_path / "pids")
+    assert os.getpid() not in stagers and 1 <= len(stagers) <= 2
+
+
+class ThreadedProgress(NoProgress):
+    """Starts a thread in `start`, as tqdm's monitor does on a terminal."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.thread = threading.Thread(target=self.release.wait)
+
+    def start(self, files: int, total_bytes: int) -> None:
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.thread.join()
+
+
+def test_the_children_are_forked_before_the_progress_display_starts_a_thread(volume, tmp_path):
+    target = Planted(volume, tmp_path / "out", log=tmp_path / "pids")
+    plan = placed_plan(volume, KEYS, SMALL)
+    progress = ThreadedProgress()
+
+    summary = Restorer(target, cpus=2, progress=progress).run(plan)
+
+    assert summary.ok and _files(tmp_path / "out") == sorted(KEYS)
+    assert os.getpid() not in _stagers(tmp_path / "pids")
+    assert not progress.thread.is_alive()
+
+
+def test_processes_are_not_used_for_few_files_one_cpu_or_when_turned_off(volume, tmp_path):
+    plan = placed_plan(volume, KEYS, SMALL)
+    target = DirectoryTarget(volume, tmp_path / "out")
+
+    assert Restorer(target, cpus=1).processes_for(plan.items) == 0
+    assert Restorer(target, cpus=2).processes_for(plan.items[: workers.MIN_FILES - 1]) == 0
+    assert Restorer(target, cpus=2, processes=False).processes_for(plan.items) == 0
+    assert Restorer(target, cpus=2, workers=1).processes_for(plan.items) == 0
+
+
+def test_no_fork_while_another_thread_runs(volume, tmp_path):
+    plan = placed_plan(volume, KEYS, SMALL)
+    restorer = Restorer(DirectoryTarget(volume, tmp_path / "out"), cpus=2)
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert restorer.processes_for(plan.items) == 0  # a lock it holds would stay held
+    finally:
+        release.set()
+        other.join()
+    assert restorer.processes_for(plan.items) == 2
+
+
+def _with_a_tampered_copy(volume, tmp_path):
+    plan = placed_plan(volume, KEYS, SMALL)
+    other = stored_record(volume, "d1/f150", b"other bytes\n" * 40)
+    path = volume.copy_path(other.sha256)
+    path.chmod(0o600)
+    path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\0")
+    items = [
+        item if item.key != "d1/f150" else type(item)(other, placement=item.placement)
+        for item in plan.items
+    ]
+    return type(plan)(items)
+
+
+def test_a_tampered_copy_in_a_batch_fails_alone_with_the_threads_error(volume, tmp_path):
+    plan = _with_a_tampered_copy(volume, tmp_path)
+
+    with structlog.testing.capture_logs() as logs:
+        summary = Restorer(DirectoryTarget(volume, tmp_path / "out"), cpus=2).run(plan)
+    threads = Restorer(DirectoryTarget(volume, tmp_path / "threads"), processes=False).run(plan)
+
+    failed = [r for r in summary.results if r.status is Status.FAILED]
+    assert [r.item.key for r in failed] == ["d1/f150"]
+    assert failed[0].error == threads.failed[0].error
+    assert "is corrupt" in (failed[0].error or "")
+    assert [e["key"] for e in logs if e["event"] == "restore.failed"] == ["d1/f150"]
+    assert _files(tmp_path / "out") == sorted(set(KEYS) - {"d1/f150"})  # no temp file either
+    assert not summary.ok
+
+
+def test_a_child_that_dies_leaves_its_files_to_the_parent(volume, tmp_path):
+    target = Planted(
+        volume, tmp_path / "out", log=tmp_path / "pids", at="d1/f150", fault=lambda _t: os._exit(3)
+    )
+    plan = placed_plan(volume, KEYS, SMALL)
+
+    with structlog.testing.capture_logs() as logs:
+        summary = Restorer(target, cpus=2).run(plan)
+
+    assert [r.status for r in summary.results] == [Status.RESTORED] * COUNT
+    assert _files(tmp_path / "out") == sorted(KEYS)  # the dead child's temp files removed
+    assert any(e["event"] == "restore.worker_lost" for e in logs)
+    assert os.getpid() in _stagers(tmp_path / "pids")  # the parent took over
+
+
+def test_a_symlink_planted_mid_restore_is_not_followed(volume, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+
+    def plant(_target: DirectoryTarget) -> None:
+        for attempt in range(1000):  # a sibling child may be making d2 at the same moment
+            try:
+                if (out / "d2").is_dir() and not (out / "d2").is_symlink():
+                    os.rename(out / "d2", out / f"moved-{attempt}")
+                if not (out / "d2").is_symlink():
+                    os.symlink(outside, out / "d2")
+                return
+            except (FileExistsError, FileNotFoundError):
+                continue
+
+    target = Planted(volume, out, log=tmp_path / "pids", at="d2/f200", fault=plant)
+    plan = placed_plan(volume, KEYS, SMALL)
+
+    summary = Restorer(target, cpus=2).run(plan)
+
+    assert list(outside.iterdir()) == []
+    statuses = {r.item.key: r for r in summary.results}
+    for key in KEYS[:200]:
+        assert statuses[key].status is Status.RESTORED
+    # A file of d2 fails: its directory is a symlink when it is staged or named, or (a
+    # sibling's race with the plant) vanished under it; never written through the link.
+    assert {statuses[key].status for key in KEYS[200:]} == {Status.FAILED}
+    assert any("is a symlink" in (statuses[key].error or "") for key in KEYS[200:])
+    assert (out / "d2").is_symlink()
+
+
+def test_a_stop_request_before_the_run_starts_nothing(volume, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    plan = placed_plan(volume, KEYS, SMALL)
+
+    summary = Restorer(DirectoryTarget(volume, tmp_path / "out"), cpus=2, stop=stop).run(plan)
+
+    assert {r.error for r in summary.results} == {"interrupted: not started"}
+    assert _files(tmp_path / "out") == []
+
+
+@pytest.mark.parametrize("batch_files", [1, 50, 4096])
+def test_batches_and_runs_cover_the_plan_once_in_order(volume, tmp_path, batch_files):
+    plan = placed_plan(volume, KEYS, SMALL)
+
+    summary = Restorer(
+        DirectoryTarget(volume, tmp_path / "out"), cpus=2, batch_files=batch_files, task_files=7
+    ).run(plan)
+
+    assert [r.item.key for r in summary.results] == KEYS
+    assert summary.ok and _files(tmp_path / "out") == sorted(KEYS)
+
+
+_KILLED_PARENT = """
+import os, sys, time
+from pathlib import Path
+from agent.restore.restorer import NoProgress, Restorer
+from agent.restore.targets import DirectoryTarget
+from agent.storage.volume import Volume
+from tests.support.stored import placed_plan
+
+root = Path(sys.argv[1])
+(root / "volume").mkdir()
+volume = Volume(root / "volume")
+volume.initialise("vol-test")
+volume.open()
+plan = placed_plan(volume, [f"d/f{i:03d}" for i in range(300)], b"small\\n")
+parent = os.getpid()
+
+
+class Stuck(DirectoryTarget):
+    def stage(self, item, on_bytes, *, serial=None):
+        if os.getpid() != parent:
+            fd = os.open(root / "children", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(fd, f"{os.getpid()}\\n".encode())
+            os.close(fd)
+            time.sleep(3600)  # a child busy when its parent is killed
+        return super().stage(item, on_bytes, serial=serial)
+
+
+Restorer(Stuck(volume, root / "out"), cpus=2).run(plan)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie is dead, whoever reaps it
+
+
+def _wait_for(condition, timeout: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)  # polling a condition, not waiting for time to pass
+    return condition()
+
+
+def test_children_die_with_a_parent_killed_with_sigkill(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "parent.py"
+    script.write_text(_KILLED_PARENT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env)
+    children = tmp_path / "children"
+    try:
+        assert _wait_for(lambda: children.exists() and len(children.read_text().split()) == 2)
+        pids = [int(pid) for pid in children.read_text().split()]
+        assert all(_alive(pid) for pid in pids)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _wait_for(lambda: not any(_alive(pid) for pid in pids))
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
