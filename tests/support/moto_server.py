@@ -1,21 +1,40 @@
-"""moto_server, with one cost of moto's TransactWriteItems taken out (the local AWS stand-in).
+"""moto_server, with three of moto's costs taken out (the local AWS stand-in).
 
-moto 5.2.5 makes a transaction undoable by deep-copying every table it names, once per
-action, before running it (`DynamoDBBackend.transact_write_items`), so one transaction costs
-time in proportion to the table: 50 records (100 actions) took about 1 s on an empty table
-and 277 s on one of 10,000 items here (docs/testing.md). Real DynamoDB does no such thing.
-With it, any benchmark of the agent's ledger transactions measures moto's copies.
+1. TransactWriteItems. moto 5.2.5 makes a transaction undoable by deep-copying every table
+it names, once per action, before running it (`DynamoDBBackend.transact_write_items`), so one
+transaction costs time in proportion to the table: 50 records (100 actions) took about 1 s on
+an empty table and 277 s on one of 10,000 items here (docs/testing.md). Real DynamoDB does no
+such thing. With it, any benchmark of the agent's ledger transactions measures moto's copies.
+The change keeps moto's code and changes what the undo keeps: the items the transaction's
+actions name, read before it runs and put back (or deleted, where there was none) if it
+raises. moto's own whole-table "copy" becomes the table itself while it is installed.
 
-`install()` (or `touched_items_only()`) keeps moto's code and its answers, and changes what
-the undo keeps: the items the transaction's actions name, read before it runs and put back
-(or deleted, where there was none) if it raises. moto's own whole-table "copy" becomes the
-table itself while it is installed. The answers are the same: tests/unit/test_moto_server.py
-runs the same transactions with and without it and compares every item.
+2. Query. moto's `Table.query` starts from `Table.all_items()`: every item of the table,
+sorted by primary key with Python-level comparisons, then kept if it matches the key
+condition, so one Query of a 20,000-item table took 3-5 s (one page). Real DynamoDB reads one
+partition. The change keeps moto's `Table.query` and hands it, for that one call, the items
+of the queried partition instead of the whole table, in the order `all_items()` has them
+(`_partition`): moto's own code then filters, sorts, pages, projects and counts them exactly
+as before, since every item it would have dropped as not matching the partition key is
+simply absent. Table Queries read the partition from moto's own `Table.items`; index Queries
+from a lookup by the index's partition-key value, built on first use and built again after
+any write (`_writes`: every `DynamoDBBackend` method that is not a read bumps it).
 
-`python -m tests.support.moto_server -H 127.0.0.1 -p PORT` is moto_server with it installed;
-tests/support/local_aws.py starts that for `make demo`, the e2e tests and the benchmarks.
-tests/conftest.py installs it for the in-process tests too: moto's whole-table copy also
-iterates a table while another thread writes to it, and fails the transaction with
+3. DynamoDB responses. moto's JSON serializer writes each attribute value of each item by
+walking the AttributeValue shape's ten members and looking each up through its alias
+providers: after (2), most of a 1 MB Query page's time (2.0 of 2.3 s in a profile). An
+attribute value whose wire form is the value itself (S, N, BOOL, NULL, SS, NS, and L and M
+of those) is now written as it is (`_as_serialized`); binary ones (base64 on the wire) and
+anything else still go through moto's serializer.
+
+`install()` (or `changed()`) installs all three. The answers are the same:
+tests/unit/test_moto_server.py runs the same transactions, and random tables, indexes, items
+(any attribute type), writes and Queries, with and without them and compares every answer.
+
+`python -m tests.support.moto_server -H 127.0.0.1 -p PORT` is moto_server with them
+installed; tests/support/local_aws.py starts that for `make demo`, the e2e tests and the
+benchmarks. tests/conftest.py installs them for the in-process tests too: moto's whole-table
+copy also iterates a table while another thread writes to it, and fails the transaction with
 "dictionary changed size during iteration" (two daemons on one table, 2026-12-01).
 """
 
@@ -23,10 +42,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
+import itertools
 import sys
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from moto.core.serialize import BaseJSONSerializer
 from moto.dynamodb import models as dynamodb_models
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import Item
@@ -95,25 +120,291 @@ def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, 
         raise
 
 
+# -- 2. Query: the queried partition instead of the whole table -----------------------------
+
+# Changed after every write (moto_server answers requests on several threads): an index
+# lookup built at one value of `_written` is used while `_written` still has it. A write
+# bumps it when it returns, so a lookup built while a write ran is built again next time.
+_writes = itertools.count(1)
+_written = 0
+
+# The `DynamoDBBackend` methods that change no item; every other one bumps `_written`.
+_READS = frozenset(
+    {
+        "batch_get_item",
+        "default_vpc_endpoint_service",
+        "describe_backup",
+        "describe_continuous_backups",
+        "describe_endpoints",
+        "describe_export",
+        "describe_import",
+        "describe_table",
+        "describe_time_to_live",
+        "get_backup",
+        "get_item",
+        "get_keys_value",
+        "get_resource_policy",
+        "get_schema",
+        "get_table",
+        "get_table_keys_name",
+        "iter_tagged_resources",
+        "list_backups",
+        "list_exports",
+        "list_tables",
+        "list_tags_of_resource",
+        "query",
+        "scan",
+        "transact_get_items",
+    }
+)
+
+
+def _bumps_written(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def writing(*args: Any, **kwargs: Any) -> Any:
+        global _written
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _written = next(_writes)
+
+    return writing
+
+
+def _all_items_order(item: Item) -> Any:
+    """The sort key of moto's `Table.all_items()` (table.py), so a partition's items come in
+    the order moto's query would have met them."""
+    return (item.hash_key, item.range_key) if item.range_key else item.hash_key
+
+
+class _IndexLookup:
+    """One index's items by the value(s) of its partition-key attribute(s), as of `written`.
+    Items with a value Python cannot hash (a map or list, never a key type) are in `odd`
+    and offered to every Query: moto's own comparison then drops them."""
+
+    def __init__(self, table: Table, attrs: tuple[str, ...], written: int) -> None:
+        self.written = written
+        self.groups: dict[tuple[Any, ...], list[Item]] = {}
+        self.odd: list[Item] = []
+        self.sorted: set[tuple[Any, ...]] = set()
+        for item in _raw_items(table):
+            values = tuple(item.attrs.get(name) for name in attrs)
+            if any(not value for value in values):  # moto's test: absent from the index
+                continue
+            try:
+                self.groups.setdefault(values, []).append(item)
+            except TypeError:
+                self.odd.append(item)
+
+    def partition(self, values: tuple[Any, ...]) -> list[Item]:
+        group = self.groups.get(values, [])
+        if values not in self.sorted:  # once per build; a new list: other threads read it
+            group = self.groups[values] = sorted(group, key=_all_items_order)
+            self.sorted.add(values)
+        if not self.odd:
+            return group
+        return sorted(group + self.odd, key=_all_items_order)
+
+
+def _raw_items(table: Table) -> list[Item]:
+    """`Table.all_items()` without its sort."""
+    hash_sets: list[Any] = list(table.items.values())
+    if table.range_key_attr:
+        return [item for hash_set in hash_sets for item in list(hash_set.values())]
+    return hash_sets
+
+
+_LOOKUPS: weakref.WeakKeyDictionary[Table, dict[tuple[str, ...], _IndexLookup]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _partition(
+    table: Table,
+    hash_key: Any,
+    index_name: str | None,
+    hash_key_conditions: list[tuple[str, Any]] | None,
+) -> list[Item] | None:
+    """The items moto's `Table.query` can keep for this key condition, in `all_items()`
+    order; None where the change does not apply (moto's own path answers, or refuses)."""
+    try:
+        if index_name is None:
+            if hash_key is None:
+                return None
+            hash_set = table.items.get(hash_key)
+            if hash_set is None:
+                return []
+            found = list(hash_set.values()) if table.range_key_attr else [hash_set]
+            return sorted((i for i in found if isinstance(i, Item)), key=_all_items_order)
+        index = {i.name: i for i in table.all_indexes()}.get(index_name)
+        if index is None:
+            return None
+        attrs = tuple(k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH")
+        conditions = dict(hash_key_conditions or [])
+        if not attrs or set(conditions) != set(attrs):
+            return None
+        values = tuple(conditions[name] for name in attrs)
+        hash(values)
+    except TypeError:  # a value Python cannot hash: moto's own path answers
+        return None
+    written = _written  # read before the build: a write during it makes the next one rebuild
+    lookups = _LOOKUPS.setdefault(table, {})
+    lookup = lookups.get(attrs)
+    if lookup is None or lookup.written != written:
+        lookup = lookups[attrs] = _IndexLookup(table, attrs, written)
+    return lookup.partition(values)
+
+
+_narrowed = threading.local()  # (table, its items for the one query running on this thread)
+
+
+def _all_items(self: Table) -> list[Item]:
+    narrowed = getattr(_narrowed, "items", None)
+    if narrowed is not None and narrowed[0] is self:
+        return list(narrowed[1])
+    return _MOTO_ALL_ITEMS(self)
+
+
+def _query(
+    self: Table,
+    hash_key: Any,
+    range_comparison: str | None,
+    range_objs: list[Any],
+    limit: int,
+    exclusive_start_key: dict[str, Any],
+    scan_index_forward: bool,
+    projection_expressions: list[list[str]] | None,
+    index_name: str | None = None,
+    consistent_read: bool = False,
+    filter_expression: Any = None,
+    hash_key_conditions: list[tuple[str, Any]] | None = None,
+    range_key_conditions: list[tuple[str, str, list[Any]]] | None = None,
+    **filter_kwargs: Any,
+) -> tuple[list[Item], int, dict[str, Any] | None]:
+    items = _partition(self, hash_key, index_name, hash_key_conditions)
+    if items is not None:
+        _narrowed.items = (self, items)
+    try:
+        return _MOTO_QUERY(
+            self,
+            hash_key,
+            range_comparison,
+            range_objs,
+            limit,
+            exclusive_start_key,
+            scan_index_forward,
+            projection_expressions,
+            index_name,
+            consistent_read,
+            filter_expression,
+            hash_key_conditions=hash_key_conditions,
+            range_key_conditions=range_key_conditions,
+            **filter_kwargs,
+        )
+    finally:
+        _narrowed.items = None
+
+
+_MOTO_QUERY = Table.query
+_MOTO_ALL_ITEMS = Table.all_items
+
+# -- 3. DynamoDB's attribute values in a response: as they are, not shape by shape -----------
+
+# The members of DynamoDB's (and DynamoDB Streams') AttributeValue shape.
+_ATTRIBUTE_VALUE = frozenset({"S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL"})
+
+
+def _as_serialized(value: Any) -> Any:
+    """`value` (one AttributeValue, as moto's DynamoResult holds it) as moto's JSON serializer
+    would write it, where that is the value itself: S and N strings, BOOL and NULL booleans,
+    SS and NS lists of strings, and L and M of those. None for anything else (B and BS are
+    base64-encoded by the serializer, and anything unexpected): moto's own path then."""
+    if type(value) is not dict or len(value) != 1:
+        return None
+    ((kind, inner),) = value.items()
+    if kind in ("S", "N"):
+        return value if type(inner) is str else None
+    if kind in ("BOOL", "NULL"):
+        return value if type(inner) is bool else None
+    if kind in ("SS", "NS"):
+        return value if type(inner) is list and all(type(i) is str for i in inner) else None
+    if kind == "L" and type(inner) is list:
+        members = [_as_serialized(i) for i in inner]
+        return None if any(m is None for m in members) else {"L": members}
+    if kind == "M" and type(inner) is dict and all(type(k) is str for k in inner):
+        entries = {k: _as_serialized(v) for k, v in inner.items()}
+        return None if any(v is None for v in entries.values()) else {"M": entries}
+    return None
+
+
+def _serialize_type_structure(
+    self: BaseJSONSerializer, serialized: Any, value: Any, shape: Any, key: str
+) -> None:
+    if key and set(shape.members) == _ATTRIBUTE_VALUE:
+        plain = _as_serialized(value)
+        if plain is not None:
+            self._default_serialize(serialized, plain, shape, key)
+            return
+    _MOTO_JSON_STRUCTURE(self, serialized, value, shape, key)
+
+
+_MOTO_JSON_STRUCTURE = BaseJSONSerializer._serialize_type_structure
+
+# -- installing them --------------------------------------------------------------------------
+
+
+def _patches() -> dict[tuple[type, str], Any]:
+    """What `install()` sets: (class, attribute) -> value."""
+    patches: dict[tuple[type, str], Any] = {}
+    for name, method in _MOTO_BACKEND.items():
+        if name == "transact_write_items":
+            method = _transact_write_items
+        if name not in _READS:
+            patches[(DynamoDBBackend, name)] = _bumps_written(method)
+    patches[(Table, "query")] = _query
+    patches[(Table, "all_items")] = _all_items
+    patches[(BaseJSONSerializer, "_serialize_type_structure")] = _serialize_type_structure
+    return patches
+
+
+# moto's own methods, as released: the public functions DynamoDBBackend defines itself
+_MOTO_BACKEND: dict[str, Callable[..., Any]] = {
+    name: value
+    for name, value in vars(DynamoDBBackend).items()
+    if inspect.isfunction(value) and not name.startswith("_")
+}
+_MOTO_TABLE: dict[str, Callable[..., Any]] = {"query": _MOTO_QUERY, "all_items": _MOTO_ALL_ITEMS}
+_installed = False
+
+
 def installed() -> bool:
-    return DynamoDBBackend.transact_write_items is _transact_write_items  # type: ignore[comparison-overlap]
+    return _installed
 
 
 def install() -> None:
-    """Install the change (see the module docstring) in this process."""
-    DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+    """Install the changes (see the module docstring) in this process."""
+    global _installed
+    for (owner, name), value in _patches().items():
+        setattr(owner, name, value)
     dynamodb_models.copy = _TablesByReference  # type: ignore[assignment]
     moto_dynamodb_fast.install()  # two more moto costs out: see that module
+    _installed = True
 
 
 def uninstall() -> None:
-    DynamoDBBackend.transact_write_items = _MOTO_TRANSACT  # type: ignore[method-assign]
+    global _installed
+    for name, method in _MOTO_BACKEND.items():
+        setattr(DynamoDBBackend, name, method)
+    for name, method in _MOTO_TABLE.items():
+        setattr(Table, name, method)
+    BaseJSONSerializer._serialize_type_structure = _MOTO_JSON_STRUCTURE  # type: ignore[method-assign]
     dynamodb_models.copy = _MOTO_COPY
+    _installed = False
 
 
 @contextlib.contextmanager
-def touched_items_only() -> Iterator[None]:
-    """The change installed while inside (as it was after)."""
+def changed() -> Iterator[None]:
+    """The changes installed while inside (as it was after)."""
     was = installed()
     install()
     try:
@@ -123,9 +414,12 @@ def touched_items_only() -> Iterator[None]:
             uninstall()
 
 
+touched_items_only = changed  # the name from when there was one change
+
+
 @contextlib.contextmanager
 def as_released() -> Iterator[None]:
-    """moto as released while inside (as it was after): for the comparison in
+    """moto as released while inside (as it was after): for the comparisons in
     tests/unit/test_moto_server.py."""
     was = installed()
     uninstall()
