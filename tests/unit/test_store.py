@@ -560,13 +560,18 @@ def test_a_large_source_failing_midway_raises_its_own_error_and_leaves_nothing(v
 
 def test_a_failed_write_stops_the_reader_before_write_copy_returns(volume, monkeypatch):
     """The caller closes the download once write_copy returns: no read may still be running
-    or start after that (the reader thread is stopped and joined on the way out)."""
+    or start after that (the reader thread is stopped and joined on the way out).
+
+    96 MiB in frames of 16 MiB, one worker (SETTINGS): the second frame's submit waits for
+    the first frame and writes it, so the write fails after ~32 reads plus the read-ahead,
+    whatever the timing. (At 32 MiB both frames were read before the first was written
+    whenever its compression lost the race: the CI run of 2026-12-01 13:01.)"""
     reads = 0
-    noise = os.urandom(1 << 20)  # incompressible: zstd writes once its first 8 MiB job is done
+    noise = os.urandom(1 << 20)  # incompressible
 
     def source() -> Iterator[bytes]:
         nonlocal reads
-        for _ in range(32):
+        for _ in range(96):
             reads += 1
             yield noise
 
@@ -575,10 +580,10 @@ def test_a_failed_write_stops_the_reader_before_write_copy_returns(volume, monke
 
     monkeypatch.setattr(WritebackAsYouGo, "write", full)
     with pytest.raises(DiskFull):
-        volume.write_copy(source(), SETTINGS, Expectation(size=32 << 20))
+        volume.write_copy(source(), SETTINGS, Expectation(size=96 << 20))
     assert read_ahead_threads() == []
     reads_when_returned = reads
-    assert reads_when_returned < 32  # stopped early, not read to the end
+    assert reads_when_returned < 64  # stopped early, not read to the end
     assert reads == reads_when_returned
     assert objects_and_tmp(volume) == []
 
