@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 
 from agent.events import EventKind, ObjectEvent
 from agent.records import VersionRecord
+from agent.storage import journal as journal_module
 from agent.storage.journal import Journal, JournalPosition
 
 T0 = datetime(2026, 11, 23, 23, 59, tzinfo=UTC)
@@ -141,3 +143,39 @@ def test_tombstones_written_before_records_said_whether_they_were_markers(tmp_pa
     read = {r.key: r for r in Journal(tmp_path).read_all()}
     assert read["a"].delete_marker and not read["a"].removes_one_version
     assert read["b"].removes_one_version and not read["b"].delete_marker
+
+
+def test_replay_parses_each_record_line_once(tmp_path, monkeypatch):
+    """One JSON parse per record line (issue 19: the replay parsed every line twice); only a
+    line that can be a note is looked at before the records are read."""
+    journal = Journal(tmp_path, clock=lambda: T0)
+    kept, gone = record("kept"), record("gone", 2)
+    journal.append(kept)
+    journal.append(gone)
+    journal.append(record("third", 3))
+    journal.append_note("expired", gone.to_dict())
+    calls: list[bytes] = []
+    real_loads = journal_module.json.loads
+
+    def counting_loads(text: str) -> object:
+        calls.append(text.encode())
+        return real_loads(text)
+
+    monkeypatch.setattr(journal_module.json, "loads", counting_loads)
+    assert [r.key for r in Journal(tmp_path).read_all()] == ["kept", "third"]
+    assert len(calls) == 3 + 2  # three records once, the note in both looks
+
+
+def test_a_note_whose_kind_is_spelled_with_an_escape_still_expires_its_version(tmp_path):
+    """A hostile or foreign writer may spell ``kind`` as ``\\u006bind``: still a note to JSON,
+    so the look for notes by their bytes must not miss it."""
+    journal = Journal(tmp_path, clock=lambda: T0)
+    gone = record("gone")
+    journal.append(gone)
+    journal.append(record("kept", 2))
+    note = json.dumps({"kind": "expired", **gone.to_dict()}).replace('"kind"', '"\\u006bind"')
+    with (tmp_path / "2026-11-23.jsonl").open("a") as segment:
+        segment.write(note + "\n")
+    reader = Journal(tmp_path)
+    assert [r.key for r in reader.read_all()] == ["kept"]
+    assert len(reader.rejections) == 0
