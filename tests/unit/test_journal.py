@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.events import EventKind, ObjectEvent
 from agent.records import VersionRecord
 from agent.storage import journal as journal_module
-from agent.storage.journal import Journal, JournalPosition
+from agent.storage.journal import Journal, JournalPosition, Note
 
 T0 = datetime(2026, 11, 23, 23, 59, tzinfo=UTC)
 
@@ -179,3 +184,75 @@ def test_a_note_whose_kind_is_spelled_with_an_escape_still_expires_its_version(t
     reader = Journal(tmp_path)
     assert [r.key for r in reader.read_all()] == ["kept"]
     assert len(reader.rejections) == 0
+
+
+def _two_pass_read_all(journal: Journal) -> list[VersionRecord]:
+    """The replay before it parsed each line once (aee254e's parent): the reference model."""
+    expired_at: dict[tuple[str, str, str], int] = {}
+    reordered: dict[tuple[str, str, str], tuple[int, str]] = {}
+    for index, entry in enumerate(journal.entries(notes_only=True)):
+        if isinstance(entry, Note) and entry.kind == "expired":
+            expired_at[journal_module._identity(entry.fields)] = index
+        elif isinstance(entry, Note) and entry.kind == "order":
+            reordered[journal_module._identity(entry.fields)] = (index, entry.fields["order_key"])
+    live = []
+    for index, entry in enumerate(journal.entries()):
+        if not isinstance(entry, VersionRecord):
+            continue
+        identity = (entry.bucket, entry.key, entry.version_token)
+        if expired_at.get(identity, -1) > index:
+            continue
+        noted, order_key = reordered.get(identity, (-1, ""))
+        live.append(dataclasses.replace(entry, order_key=order_key) if noted > index else entry)
+    return live
+
+
+_KEYS = ["a", 'say "kind"', "kind", "b\\c"]
+_LINE = st.one_of(
+    st.tuples(st.just("record"), st.sampled_from(_KEYS), st.integers(1, 3)),
+    st.tuples(st.just("expired"), st.sampled_from(_KEYS), st.integers(1, 3)),
+    st.tuples(st.just("order"), st.sampled_from(_KEYS), st.integers(1, 3)),
+    st.tuples(st.just("escaped-expired"), st.sampled_from(_KEYS), st.integers(1, 3)),
+    st.tuples(st.just("garbage"), st.sampled_from(["{not json", "[1]", '{"kind": 3}', "{}"])),
+    st.tuples(st.just("torn"), st.just(None)),
+    st.tuples(st.just("new-segment"), st.just(None)),
+)
+
+
+def _line(item: tuple[Any, ...]) -> str:
+    kind = item[0]
+    if kind in ("record", "expired", "order", "escaped-expired"):
+        fields = record(item[1], item[2]).to_dict()
+        if kind == "record":
+            return json.dumps(fields, ensure_ascii=False)
+        if kind == "order":
+            identity = {name: fields[name] for name in ("bucket", "key", "version_token")}
+            return json.dumps({"kind": "order", **identity, "order_key": f"9:{item[2]}"})
+        note = json.dumps({"kind": "expired", **fields})
+        return note.replace('"kind"', '"\\u006bind"') if kind == "escaped-expired" else note
+    if kind == "torn":
+        return json.dumps({"kind": "torn"})
+    return str(item[1])
+
+
+@given(st.lists(_LINE, max_size=25))
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_one_pass_replay_reads_as_the_two_pass_one(tmp_path_factory, lines):
+    """Records, notes (some with an escaped kind), garbage and torn notes over segments:
+    the same live records, in the same order, and the same rejections as the old replay."""
+    directory = tmp_path_factory.mktemp("journal")
+    day = 1
+    segments: dict[int, list[str]] = {day: []}
+    for item in lines:
+        if item[0] == "new-segment":
+            day += 1
+            segments[day] = []
+        else:
+            segments[day].append(_line(item))
+    for number, content in segments.items():
+        (directory / f"2026-11-{number:02d}.jsonl").write_text(
+            "".join(line + "\n" for line in content), encoding="utf-8"
+        )
+    new, old = Journal(directory), Journal(directory)
+    assert list(new.read_all()) == _two_pass_read_all(old)
+    assert sorted(map(str, new.rejections.all())) == sorted(map(str, old.rejections.all()))
