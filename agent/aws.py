@@ -1,22 +1,28 @@
-"""boto3 clients built in one place, and AWS errors sorted into what the agent can do."""
+"""boto3 clients built in one place, and AWS errors sorted into what the agent can do.
+
+boto3 and botocore's session and client machinery are imported where a client is made, not
+with this module: a command that needs no AWS (``backup-restore restore --offline``) does not
+pay their ~0.2 s of imports (issue 19). Only `botocore.exceptions` (a few ms) is imported
+here, for sorting errors.
+"""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import boto3
-import botocore.config
-import botocore.credentials
 import botocore.exceptions
-import botocore.session
-from botocore.client import BaseClient
 
 from agent.config import Config
 from agent.errors import BackupAgentError, ObjectGone, PermanentError, RetryableError
 
 if TYPE_CHECKING:  # boto3-stubs: a development dependency, types only
+    import boto3.session
+    import botocore.config
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+    from botocore.client import BaseClient
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_ec2 import EC2Client
@@ -27,9 +33,32 @@ if TYPE_CHECKING:  # boto3-stubs: a development dependency, types only
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sts import STSClient
 
-# Presigned URLs: botocore still signs them with SigV2 unless told, which S3 buckets made
-# since 2020 refuse; SigV4 is also what caps a URL's life (X-Amz-Expires, 7 days at most).
-SIGV4 = botocore.config.Config(signature_version="s3v4")
+
+@functools.cache
+def dynamodb_serializer() -> TypeSerializer:
+    """boto3's Python -> DynamoDB wire format converter, made on first use (importing it
+    imports boto3 whole)."""
+    from boto3.dynamodb.types import TypeSerializer
+
+    return TypeSerializer()
+
+
+@functools.cache
+def dynamodb_deserializer() -> TypeDeserializer:
+    """boto3's DynamoDB wire format -> Python converter, made on first use."""
+    from boto3.dynamodb.types import TypeDeserializer
+
+    return TypeDeserializer()
+
+
+def sigv4() -> botocore.config.Config:
+    """Settings for presigned URLs: botocore still signs them with SigV2 unless told, which
+    S3 buckets made since 2020 refuse; SigV4 is also what caps a URL's life (X-Amz-Expires,
+    7 days at most)."""
+    import botocore.config
+
+    return botocore.config.Config(signature_version="s3v4")
+
 
 GONE_CODES = {"NoSuchKey", "NoSuchVersion", "404", "NotFound", "PreconditionFailed", "412"}
 RETRYABLE_CODES = {
@@ -98,7 +127,7 @@ class Clients:
 
     def s3_presigner(self) -> S3Client:
         """S3 that signs with SigV4: for presigned URLs (`share`), never botocore's SigV2."""
-        settings = self.settings.merge(SIGV4) if self.settings else SIGV4
+        settings = self.settings.merge(sigv4()) if self.settings else sigv4()
         return self._session().client("s3", config=settings, endpoint_url=self.endpoint_url)
 
     def credentials_expiry(self) -> datetime | None:
@@ -108,6 +137,8 @@ class Clients:
         they sign (a presigned URL) dies with them. They are refreshed first when due, so
         the expiry is the one the next signature will carry.
         """
+        import botocore.credentials
+
         credentials = self._session().get_credentials()
         if not isinstance(credentials, botocore.credentials.RefreshableCredentials):
             return None
@@ -132,6 +163,8 @@ class Clients:
 
 
 def client_config(config: Config) -> botocore.config.Config:
+    import botocore.config
+
     return botocore.config.Config(
         region_name=config.aws.region,
         retries={"mode": config.aws.retry_mode, "max_attempts": config.aws.max_attempts},
@@ -145,6 +178,8 @@ def client_config(config: Config) -> botocore.config.Config:
 def known_regions() -> frozenset[str]:
     """The regions the installed botocore's endpoint data names, in every partition (aws,
     aws-cn, aws-us-gov, ...): what `check-config` holds `aws.region` against."""
+    import botocore.session
+
     session = botocore.session.get_session()
     return frozenset(
         region
@@ -158,6 +193,8 @@ def build_clients(config: Config) -> Clients:
 
     `aws.endpoint_url` wins; otherwise boto3 itself honours $AWS_ENDPOINT_URL.
     """
+    import boto3.session
+
     return session_clients(
         boto3.session.Session(region_name=config.aws.region),
         settings=client_config(config),
@@ -189,6 +226,8 @@ def region_clients(
 ) -> Clients:
     """Clients for a command that has a region but no valid config (mount-snapshot,
     alerting about a rejected config file)."""
+    import boto3.session
+
     return session_clients(
         boto3.session.Session(region_name=region), settings=settings, endpoint_url=endpoint_url
     )

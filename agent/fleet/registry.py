@@ -12,18 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 import structlog
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from agent.aws import classify
+from agent.aws import classify, dynamodb_deserializer, dynamodb_serializer
 from agent.fleet.member import ADOPTED_PREFIX, MEMBER_PREFIX, BadMember, Member, fleet_pk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 log = structlog.get_logger("agent.fleet")
-
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
 
 
 class Registry:
@@ -34,7 +30,8 @@ class Registry:
 
     def announce(self, member: Member) -> None:
         """Write (or overwrite) the member's item: registration and heartbeat alike."""
-        item = {k: _serializer.serialize(_storable(v)) for k, v in member.to_dict().items()}
+        serializer = dynamodb_serializer()
+        item = {k: serializer.serialize(_storable(v)) for k, v in member.to_dict().items()}
         item["pk"] = {"S": self.pk}
         item["sk"] = {"S": MEMBER_PREFIX + member.member_id}
         try:
@@ -55,7 +52,8 @@ class Registry:
                 ConsistentRead=True,
             ):
                 for item in page.get("Items", []):
-                    values = {k: _deserializer.deserialize(v) for k, v in item.items()}
+                    deserializer = dynamodb_deserializer()
+                    values = {k: deserializer.deserialize(v) for k, v in item.items()}
                     try:
                         members.append(Member.from_dict(values))
                     except BadMember as exc:

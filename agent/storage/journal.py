@@ -227,20 +227,27 @@ class Journal:
         return JournalPosition(segments[-1].name, segments[-1].stat().st_size)
 
     def read_all(self) -> Iterator[VersionRecord]:
-        """Every live record, oldest segment first (two passes: expired versions are forgotten).
+        """Every live record, oldest segment first (expired versions are forgotten).
 
         A torn last line (crash mid-write) is skipped. A record appended again after its
         ``expired`` note (backed up anew) is live again: the last mention wins. A line that
         is neither a record nor a note is skipped and added to `rejections`.
+
+        Each line is parsed once. A first look over the lines' bytes finds the notes (a
+        line is parsed there only when it can be one: `_may_be_note`), so the records are
+        then parsed, validated and yielded one at a time, never all held at once.
         """
         expired_at: dict[tuple[str, str, str], int] = {}
         reordered: dict[tuple[str, str, str], tuple[int, str]] = {}
-        for index, entry in enumerate(self.entries(notes_only=True)):
+        for index, segment, number, raw in self._numbered_lines():
+            if raw is None or not _may_be_note(raw):
+                continue
+            entry = parse_line(raw, segment.name, number, notes_only=True)
             if isinstance(entry, Note) and entry.kind == "expired":
                 expired_at[_identity(entry.fields)] = index
             elif isinstance(entry, Note) and entry.kind == "order":
                 reordered[_identity(entry.fields)] = (index, entry.fields["order_key"])
-        for index, entry in enumerate(self.entries()):
+        for index, entry in self._indexed_entries(notes_only=False):
             if not isinstance(entry, VersionRecord):
                 continue
             identity = (entry.bucket, entry.key, entry.version_token)
@@ -275,25 +282,42 @@ class Journal:
     def entries(self, *, notes_only: bool = False) -> Iterator[Entry | None]:
         """Every line as `parse_line` reads it, oldest first (None for a record line when
         `notes_only`); rejections are also added to `rejections`, torn lines left out."""
+        for _index, entry in self._indexed_entries(notes_only=notes_only):
+            yield entry
+
+    def _indexed_entries(self, *, notes_only: bool) -> Iterator[tuple[int, Entry | None]]:
+        """`entries`, each with the index of its line among all segments' lines."""
+        pending: tuple[int, Rejection] | None = None  # not JSON: torn, if a torn note follows
+        segment_name = ""
+        for index, segment, number, raw in self._numbered_lines():
+            if segment.name != segment_name:  # a torn line is followed in its own segment
+                if pending is not None:
+                    yield pending[0], self._rejected(pending[1])
+                pending, segment_name = None, segment.name
+            entry = (
+                Rejection("journal", f"{segment.name}:{number}", "too long")
+                if raw is None
+                else parse_line(raw, segment.name, number, notes_only=notes_only)
+            )
+            if pending is not None and not (isinstance(entry, Note) and entry.kind == TORN):
+                yield pending[0], self._rejected(pending[1])
+            pending = None
+            if isinstance(entry, Rejection) and entry.reason == "not JSON":
+                pending = (index, entry)
+            elif isinstance(entry, Rejection):
+                yield index, self._rejected(entry)
+            else:
+                yield index, entry
+        if pending is not None:
+            yield pending[0], self._rejected(pending[1])
+
+    def _numbered_lines(self) -> Iterator[tuple[int, Path, int, bytes | None]]:
+        """(index among all lines, segment, line number, bytes) of every whole line."""
+        index = 0
         for segment in self._segments():
-            pending: Rejection | None = None  # not JSON: torn, if a torn note follows
             for number, raw in _lines_of(segment, 0):
-                entry = (
-                    Rejection("journal", f"{segment.name}:{number}", "too long")
-                    if raw is None
-                    else parse_line(raw, segment.name, number, notes_only=notes_only)
-                )
-                if pending is not None and not (isinstance(entry, Note) and entry.kind == TORN):
-                    yield self._rejected(pending)
-                pending = None
-                if isinstance(entry, Rejection) and entry.reason == "not JSON":
-                    pending = entry
-                elif isinstance(entry, Rejection):
-                    yield self._rejected(entry)
-                else:
-                    yield entry
-            if pending is not None:
-                yield self._rejected(pending)
+                yield index, segment, number, raw
+                index += 1
 
     def _rejected(self, rejection: Rejection) -> Rejection:
         self.rejections.add(rejection)
@@ -345,6 +369,13 @@ def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | None]]:
                 raw = handle.readline(MAX_LINE_BYTES)
             if raw:
                 yield number, None
+
+
+def _may_be_note(raw: bytes) -> bool:
+    """Whether a line can be a note, read from its bytes: a JSON object with a ``kind`` member
+    holds ``"kind"`` as such, or spelled with an escape (``\\u006b…``), which is then kept
+    for `parse_line` too. A line without either is a record or a rejection, never a note."""
+    return b'"kind"' in raw or b"\\" in raw
 
 
 def _identity(data: Mapping[str, Any]) -> tuple[str, str, str]:

@@ -41,10 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
 import structlog
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from agent import history, order
-from agent.aws import classify, error_code
+from agent.aws import classify, dynamodb_deserializer, dynamodb_serializer, error_code
 from agent.errors import RetryableError
 from agent.records import (
     MAX_HOLDERS,
@@ -86,9 +85,6 @@ TRANSACT_BYTES = 3_500_000
 
 log = structlog.get_logger("agent.ledger")
 
-_serializer = TypeSerializer()
-_deserializer = TypeDeserializer()
-
 
 def object_pk(bucket: str, key: str) -> str:
     return f"{bucket}/{key}"
@@ -99,8 +95,9 @@ def parse_item(item: Any) -> VersionRecord | Rejection:
     record must be the one its pk and sk name."""
     pk, sk = _key_text(item, "pk"), _key_text(item, "sk")
     where = f"{pk} {sk}"
+    deserializer = dynamodb_deserializer()
     try:
-        data = {k: _deserializer.deserialize(v) for k, v in item.items()}
+        data = {k: deserializer.deserialize(v) for k, v in item.items()}
     except Exception:  # noqa: BLE001 - any malformed attribute value: TypeError, decimal's, …
         return Rejection("dynamodb", where, "an attribute DynamoDB's types cannot hold")
     record = validated(data)
@@ -687,7 +684,8 @@ class Ledger:
         return {"pk": {"S": object_pk(bucket, key)}, "sk": {"S": sk}}
 
     def _item(self, record: VersionRecord, sk: str) -> dict[str, Any]:
-        item = {k: _serializer.serialize(v) for k, v in record.to_dict().items()}
+        serializer = dynamodb_serializer()
+        item = {k: serializer.serialize(v) for k, v in record.to_dict().items()}
         item["pk"] = {"S": object_pk(record.bucket, record.key)}
         item["sk"] = {"S": sk}
         return item

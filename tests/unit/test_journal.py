@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.events import EventKind, ObjectEvent
 from agent.records import VersionRecord
-from agent.storage.journal import Journal, JournalPosition
+from agent.storage import journal as journal_module
+from agent.storage.journal import Journal, JournalPosition, Note
 
 T0 = datetime(2026, 11, 23, 23, 59, tzinfo=UTC)
 
@@ -141,3 +148,111 @@ def test_tombstones_written_before_records_said_whether_they_were_markers(tmp_pa
     read = {r.key: r for r in Journal(tmp_path).read_all()}
     assert read["a"].delete_marker and not read["a"].removes_one_version
     assert read["b"].removes_one_version and not read["b"].delete_marker
+
+
+def test_replay_parses_each_record_line_once(tmp_path, monkeypatch):
+    """One JSON parse per record line (issue 19: the replay parsed every line twice); only a
+    line that can be a note is looked at before the records are read."""
+    journal = Journal(tmp_path, clock=lambda: T0)
+    kept, gone = record("kept"), record("gone", 2)
+    journal.append(kept)
+    journal.append(gone)
+    journal.append(record("third", 3))
+    journal.append_note("expired", gone.to_dict())
+    calls: list[bytes] = []
+    real_loads = journal_module.json.loads
+
+    def counting_loads(text: str) -> object:
+        calls.append(text.encode())
+        return real_loads(text)
+
+    monkeypatch.setattr(journal_module.json, "loads", counting_loads)
+    assert [r.key for r in Journal(tmp_path).read_all()] == ["kept", "third"]
+    assert len(calls) == 3 + 2  # three records once, the note in both looks
+
+
+def test_a_note_whose_kind_is_spelled_with_an_escape_still_expires_its_version(tmp_path):
+    """A hostile or foreign writer may spell ``kind`` as ``\\u006bind``: still a note to JSON,
+    so the look for notes by their bytes must not miss it."""
+    journal = Journal(tmp_path, clock=lambda: T0)
+    gone = record("gone")
+    journal.append(gone)
+    journal.append(record("kept", 2))
+    note = json.dumps({"kind": "expired", **gone.to_dict()}).replace('"kind"', '"\\u006bind"')
+    with (tmp_path / "2026-11-23.jsonl").open("a") as segment:
+        segment.write(note + "\n")
+    reader = Journal(tmp_path)
+    assert [r.key for r in reader.read_all()] == ["kept"]
+    assert len(reader.rejections) == 0
+
+
+def _two_pass_read_all(journal: Journal) -> list[VersionRecord]:
+    """The replay before it parsed each line once (aee254e's parent): the reference model."""
+    expired_at: dict[tuple[str, str, str], int] = {}
+    reordered: dict[tuple[str, str, str], tuple[int, str]] = {}
+    for index, entry in enumerate(journal.entries(notes_only=True)):
+        if isinstance(entry, Note) and entry.kind == "expired":
+            expired_at[journal_module._identity(entry.fields)] = index
+        elif isinstance(entry, Note) and entry.kind == "order":
+            reordered[journal_module._identity(entry.fields)] = (index, entry.fields["order_key"])
+    live = []
+    for index, entry in enumerate(journal.entries()):
+        if not isinstance(entry, VersionRecord):
+            continue
+        identity = (entry.bucket, entry.key, entry.version_token)
+        if expired_at.get(identity, -1) > index:
+            continue
+        noted, order_key = reordered.get(identity, (-1, ""))
+        live.append(dataclasses.replace(entry, order_key=order_key) if noted > index else entry)
+    return live
+
+
+_KEYS = ["a", 'say "kind"', "kind", "b\\c"]
+_LINE = st.one_of(
+    st.tuples(st.just("record"), st.sampled_from(_KEYS), st.integers(1, 3)),
+    st.tuples(st.just("expired"), st.sampled_from(_KEYS), st.integers(1, 3)),
+    st.tuples(st.just("order"), st.sampled_from(_KEYS), st.integers(1, 3)),
+    st.tuples(st.just("escaped-expired"), st.sampled_from(_KEYS), st.integers(1, 3)),
+    st.tuples(st.just("garbage"), st.sampled_from(["{not json", "[1]", '{"kind": 3}', "{}"])),
+    st.tuples(st.just("torn"), st.just(None)),
+    st.tuples(st.just("new-segment"), st.just(None)),
+)
+
+
+def _line(item: tuple[Any, ...]) -> str:
+    kind = item[0]
+    if kind in ("record", "expired", "order", "escaped-expired"):
+        fields = record(item[1], item[2]).to_dict()
+        if kind == "record":
+            return json.dumps(fields, ensure_ascii=False)
+        if kind == "order":
+            identity = {name: fields[name] for name in ("bucket", "key", "version_token")}
+            return json.dumps({"kind": "order", **identity, "order_key": f"9:{item[2]}"})
+        note = json.dumps({"kind": "expired", **fields})
+        return note.replace('"kind"', '"\\u006bind"') if kind == "escaped-expired" else note
+    if kind == "torn":
+        return json.dumps({"kind": "torn"})
+    return str(item[1])
+
+
+@given(st.lists(_LINE, max_size=25))
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_one_pass_replay_reads_as_the_two_pass_one(tmp_path_factory, lines):
+    """Records, notes (some with an escaped kind), garbage and torn notes over segments:
+    the same live records, in the same order, and the same rejections as the old replay."""
+    directory = tmp_path_factory.mktemp("journal")
+    day = 1
+    segments: dict[int, list[str]] = {day: []}
+    for item in lines:
+        if item[0] == "new-segment":
+            day += 1
+            segments[day] = []
+        else:
+            segments[day].append(_line(item))
+    for number, content in segments.items():
+        (directory / f"2026-11-{number:02d}.jsonl").write_text(
+            "".join(line + "\n" for line in content), encoding="utf-8"
+        )
+    new, old = Journal(directory), Journal(directory)
+    assert list(new.read_all()) == _two_pass_read_all(old)
+    assert sorted(map(str, new.rejections.all())) == sorted(map(str, old.rejections.all()))
