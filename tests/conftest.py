@@ -21,8 +21,9 @@ moto_server.install()
 
 # Tests that fork: agent/restore/workers.py forks only from a single-threaded process, and a
 # test session is not one once earlier tests have left threads behind (servers, pools; the
-# first CI run of 2026-12-01 13:01 failed five such tests). tests/unit/test_restore_processes_alone.py runs these files in an
-# interpreter of their own (ALONE set); named on the command line, they run here as well.
+# first CI run of 2026-12-01 13:01 failed five such tests).
+# tests/unit/test_restore_processes_alone.py runs these files in an interpreter of their own
+# (ALONE set); named on the command line, they run here as well.
 ALONE = "BACKUP_AGENT_TESTS_ALONE"
 SINGLE_THREADED = frozenset({"test_restore_processes.py"})
 

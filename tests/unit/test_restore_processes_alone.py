@@ -2,8 +2,9 @@
 
 agent/restore/workers.py forks only while the process has one thread, and earlier tests of a
 session leave threads behind (servers, pools), so in the whole suite a process restore falls
-back to threads and the tests of the processes fail (the CI run of 2026-12-01 13:01). Here they run in a fresh `python -m pytest`, single-threaded as a
-`backup-restore` command is.
+back to threads and the tests of the processes fail (the CI run of 2026-12-01 13:01).
+Here they run in a fresh `python -m pytest`, single-threaded as a `backup-restore` command
+is.
 """
 
 from __future__ import annotations
