@@ -475,15 +475,7 @@ class Restorer:
             status = self.target.restore(item, on_bytes)
             result = ItemResult(item, destination, status, bytes=written)
         except (BackupAgentError, OSError) as exc:
-            error = str(exc) if isinstance(exc, BackupAgentError) else f"{destination}: {exc}"
-            result = ItemResult(item, destination, Status.FAILED, bytes=written, error=error)
-            log.error(
-                "restore.failed",
-                bucket=item.record.bucket,
-                key=item.key,
-                version=item.record.version_id or item.record.version_token,
-                error=error,
-            )
+            result = self._failed_with(item, destination, error_text(exc, destination), written)
         self.progress.finished(result)
         return result
 
