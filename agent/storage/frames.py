@@ -23,9 +23,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import zstandard
 
@@ -57,7 +58,7 @@ def scan(fd: int, *, limit: int | None, max_window: int) -> list[Frame] | None:
     frames: list[Frame] = []
     offset = total = 0
     while offset < end:
-        frame = _frame_at(fd, offset, end, max_window)
+        frame = _frame_at(partial(_pread, fd), offset, end, max_window)
         if frame is None:
             return None
         total += frame.content_size
@@ -68,8 +69,16 @@ def scan(fd: int, *, limit: int | None, max_window: int) -> list[Frame] | None:
     return frames if len(frames) > 1 else None
 
 
-def _frame_at(fd: int, offset: int, end: int, max_window: int) -> Frame | None:
-    head = os.pread(fd, _HEADER_MAX, offset)
+def _pread(fd: int, position: int, length: int) -> bytes:
+    return os.pread(fd, length, position)
+
+
+def _frame_at(
+    read: Callable[[int, int], bytes | bytearray], offset: int, end: int, max_window: int
+) -> Frame | None:
+    """The frame at `offset` if this module may decompress it in parallel; `read(position,
+    length)` gives the copy's bytes there (fewer at its end)."""
+    head = read(offset, _HEADER_MAX)
     if not head.startswith(_MAGIC):
         return None  # a skippable frame or garbage: the serial reader decides
     try:
@@ -87,7 +96,7 @@ def _frame_at(fd: int, offset: int, end: int, max_window: int) -> Frame | None:
         blocks_left -= 1
         if blocks_left < 0:
             return None
-        header = os.pread(fd, 3, position)
+        header = read(position, 3)
         if len(header) < 3:
             return None
         value = int.from_bytes(header, "little")
@@ -160,54 +169,103 @@ def decompress_copy(
     with a serial read of the whole copy."""
     end = os.fstat(fd).st_size
     _advise(fd, 0, AHEAD_BYTES)
-    first = _frame_at(fd, 0, end, max_window)
-    if first is None or first.length >= end:
+    first = _walked_frame(fd, 0, end, max_window, 0)
+    if first is None or first[0].length >= end:
         return None  # not a frame of ours, or the only one
-    if limit is not None and first.content_size > limit:
+    if limit is not None and first[0].content_size > limit:
         return None
     return _decompress_walked(fd, first, end, limit, max(1, workers), max_window)
 
 
 def _decompress_walked(
-    fd: int, first: Frame, end: int, limit: int | None, workers: int, max_window: int
+    fd: int,
+    first: tuple[Frame, memoryview],
+    end: int,
+    limit: int | None,
+    workers: int,
+    max_window: int,
 ) -> Iterator[bytes]:
     rest_from: int | None = None  # where the serial part starts, if there is one
 
-    def walk() -> Iterator[Frame]:
+    def walk() -> Iterator[tuple[Frame, memoryview]]:
         nonlocal rest_from
-        offset, total, advised = first.length, first.content_size, AHEAD_BYTES
+        offset, total, advised = first[0].length, first[0].content_size, AHEAD_BYTES
         yield first
+        guess = first[0].length
         while offset < end:
             if offset + AHEAD_BYTES // 2 > advised:
                 _advise(fd, advised, AHEAD_BYTES // 2)
                 advised += AHEAD_BYTES // 2
-            frame = _frame_at(fd, offset, end, max_window)
-            if frame is None or (limit is not None and total + frame.content_size > limit):
+            found = _walked_frame(fd, offset, end, max_window, guess)
+            if found is None or (limit is not None and total + found[0].content_size > limit):
                 rest_from = offset
                 return
-            total += frame.content_size
-            yield frame
-            offset += frame.length
+            total += found[0].content_size
+            guess = found[0].length
+            yield found
+            offset += found[0].length
 
     pending: deque[Future[bytes]] = deque()
     upcoming = walk()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="frames")
     try:
-        for frame in upcoming:
-            pending.append(pool.submit(_decompress_one, fd, frame, max_window))
+        for frame, data in upcoming:
+            pending.append(pool.submit(_decompress_bytes, frame, data, max_window))
             if len(pending) >= workers:
                 break
         while pending:
-            data = pending.popleft().result()
+            out = pending.popleft().result()
             following = next(upcoming, None)
             if following is not None:
-                pending.append(pool.submit(_decompress_one, fd, following, max_window))
-            yield data
-            del data
+                pending.append(pool.submit(_decompress_bytes, *following, max_window))
+            yield out
+            del out
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if rest_from is not None:
         yield from _serial_from(fd, rest_from, max_window)
+
+
+class _Window:
+    """The copy's bytes from `base`, read in as few preads as the walk allows: the first one
+    as long as the frame before (`guess`), then doubling. A frame's block headers were read
+    one 3-byte pread each (~130 a frame: at load, each a wait for the GIL on the way back),
+    and its bytes once more by the worker; now the walk reads them once, in order."""
+
+    def __init__(self, fd: int, base: int, end: int, guess: int) -> None:
+        self.fd, self.base, self.end = fd, base, end
+        self.data = bytearray()
+        self.guess = max(guess + (64 << 10), 64 << 10)
+
+    def read(self, position: int, length: int) -> bytearray:
+        start = position - self.base
+        while len(self.data) < start + length and self.base + len(self.data) < self.end:
+            want = max(start + length - len(self.data), self.guess, len(self.data))
+            more = os.pread(self.fd, want, self.base + len(self.data))
+            if not more:
+                break
+            self.data += more
+        return self.data[start : start + length]
+
+
+def _walked_frame(
+    fd: int, offset: int, end: int, max_window: int, guess: int
+) -> tuple[Frame, memoryview] | None:
+    """The frame at `offset` (as `_frame_at` finds it) and its bytes, read in one go."""
+    window = _Window(fd, offset, end, guess)
+    frame = _frame_at(window.read, offset, end, max_window)
+    if frame is None or len(window.data) < frame.length:
+        return None
+    return frame, memoryview(window.data)[: frame.length]
+
+
+def _decompress_bytes(frame: Frame, data: memoryview, max_window: int) -> bytes:
+    """One frame's bytes, read by the walk: see `_decompress_one`."""
+    decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)
+    out = decompressor.decompress(data, max_output_size=frame.content_size)
+    if len(out) != frame.content_size:
+        raise zstandard.ZstdError(f"frame at {frame.offset} holds {len(out)} bytes")
+    return out
 
 
 def _decompress_one(fd: int, frame: Frame, max_window: int) -> bytes:

@@ -490,13 +490,13 @@ def test_a_later_frame_that_cannot_go_in_parallel_is_read_serially_from_there(
     parts = [data_of(FRAME, seed=seed) for seed in range(5)]
     sha256, data = _hand_made_copy(volume, parts)
     in_parallel: list[int] = []
-    real_one = frames._decompress_one
+    real_one = frames._decompress_bytes
 
-    def noting(fd: int, frame: frames.Frame, max_window: int) -> bytes:
+    def noting(frame: frames.Frame, data: memoryview, max_window: int) -> bytes:
         in_parallel.append(frame.offset)
-        return real_one(fd, frame, max_window)
+        return real_one(frame, data, max_window)
 
-    monkeypatch.setattr(frames, "_decompress_one", noting)
+    monkeypatch.setattr(frames, "_decompress_bytes", noting)
     assert b"".join(volume.copy_chunks(sha256, len(data))) == data
     assert len(in_parallel) == 2  # the two frames before the one without a size
     copy = StoredCopy(sha256, len(data), 0, volume.copy_path(sha256), deduplicated=False)
