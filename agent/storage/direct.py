@@ -29,7 +29,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 
 ALIGN = 4096  # a multiple of every logical block size Linux devices use (512, 4096)
-BUFFER_BYTES = 8 << 20  # one direct write: large enough that the disk stays busy
+# One direct write (the largest request this disk takes at once, max_sectors_kb 4096); two
+# buffers, one written while the other fills: 8 MiB mapped, as one 8 MiB buffer was before.
+BUFFER_BYTES = 4 << 20
 
 
 class DirectWriter:

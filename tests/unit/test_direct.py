@@ -259,7 +259,7 @@ def test_an_eio_from_a_direct_write_fails_the_restore_cleanly(
             pytest.skip("this filesystem has no O_DIRECT")
     finally:
         os.close(probe)
-    # two full 8 MiB buffers (the second written by the writer thread) and an aligned head
+    # two full buffers (the second written by the writer thread) and an aligned head
     large = os.urandom(2 * direct.BUFFER_BYTES + 3 * ALIGN + 17)
     plan = placed_plan(volume, ["large"], large)
     monkeypatch.setattr(direct.os, "write", failing_device)
