@@ -38,6 +38,7 @@ MIN_BLOCK_BYTES = 4096
 # headers (the page cache's memory, not this process's): a few frames of the bench's data.
 AHEAD_BYTES = 32 << 20
 SERIAL_CHUNK = 1 << 20  # what `_serial_from` reads and yields at a time
+WALK_READ = 1 << 20  # what the walk reads at a time past its first guess (`_Window`)
 _HEADER_MAX = 18  # magic 4 + descriptor 1 + window 1 + dictionary id 4 + content size 8
 _MAGIC = b"\x28\xb5\x2f\xfd"
 _BLOCK_RLE = 1
@@ -227,24 +228,25 @@ def _decompress_walked(
 
 
 class _Window:
-    """The copy's bytes from `base`, read in as few preads as the walk allows: the first one
-    as long as the frame before (`guess`), then doubling. A frame's block headers were read
-    one 3-byte pread each (~130 a frame: at load, each a wait for the GIL on the way back),
-    and its bytes once more by the worker; now the walk reads them once, in order."""
+    """The copy's bytes from `base`, read in as few preads as the walk allows: first as many
+    as the frame before was long (`guess`, + 64 KiB), else `WALK_READ` at a time. A frame's
+    block headers were read one 3-byte pread each (~130 a frame: at load, each a wait for
+    the GIL on the way back), and its bytes once more by the worker; now the walk reads them
+    once, in order, and at most one read's worth more than the frame is held."""
 
     def __init__(self, fd: int, base: int, end: int, guess: int) -> None:
         self.fd, self.base, self.end = fd, base, end
-        self.data = bytearray()
-        self.guess = max(guess + (64 << 10), 64 << 10)
+        self.data = b""
+        self.first = guess + (64 << 10) if guess else WALK_READ
 
-    def read(self, position: int, length: int) -> bytearray:
+    def read(self, position: int, length: int) -> bytes:
         start = position - self.base
         while len(self.data) < start + length and self.base + len(self.data) < self.end:
-            want = max(start + length - len(self.data), self.guess, len(self.data))
+            want = max(start + length - len(self.data), WALK_READ if self.data else self.first)
             more = os.pread(self.fd, want, self.base + len(self.data))
             if not more:
                 break
-            self.data += more
+            self.data = self.data + more if self.data else more
         return self.data[start : start + length]
 
 
