@@ -12,7 +12,10 @@ without decompressing, and accepts only plain zstd frames that each declare a co
 of at most `MAX_FRAME_BYTES`, within the window limit, and whose declared sizes add up to
 no more than the caller's limit. Anything else (a single frame, an old copy, a skippable
 frame, a truncated or damaged header) returns None and the caller reads serially as
-before, where the decompressor itself reports the damage. Each frame is decompressed in
+before, where the decompressor itself reports the damage. A restore does not scan first:
+`decompress_copy` walks each frame just before it is handed to a worker (the copy is read
+once, in order, while the frames before it decompress), and reads the rest serially from
+the first frame `scan` would refuse. Each frame is decompressed in
 one call that allocates exactly its declared size and fails when the frame holds a
 different amount or its content checksum does not match; at most `workers + 1` frames are
 in memory at once (decompressing, plus the one the caller is using).
