@@ -287,14 +287,14 @@ class Volume:
             parts = None
             if (limit is None or limit > FRAME_BYTES) and _parallel_copy.acquire(blocking=False):
                 try:
-                    parts = frames.scan(raw.fileno(), limit=limit, max_window=MAX_WINDOW_BYTES)
+                    parts = frames.decompress_copy(
+                        raw.fileno(),
+                        limit=limit,
+                        workers=PARALLEL_FRAMES,
+                        max_window=MAX_WINDOW_BYTES,
+                    )
                     if parts is not None:
-                        yield from frames.decompress(
-                            raw.fileno(),
-                            parts,
-                            workers=PARALLEL_FRAMES,
-                            max_window=MAX_WINDOW_BYTES,
-                        )
+                        yield from parts
                 finally:
                     _parallel_copy.release()
             if parts is None:

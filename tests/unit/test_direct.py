@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +199,76 @@ def test_a_disk_error_writing_the_last_bytes_is_the_error_raised(
     with pytest.raises(OSError, match="No space left"):  # not a BufferError from the buffer
         writer.close()
     writer.close()  # and again: nothing left to do
+
+
+def test_the_caller_fills_the_next_buffer_while_the_last_one_is_written(
+    fd: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct write returns once the disk has the bytes: the caller must not wait for it
+    before it fills the other buffer (docs/benchmarks.md, 2026-12-01 15:10)."""
+    real_write = os.write
+    caller_went_on = threading.Event()
+    seen: list[bool] = []
+
+    def slow_disk(descriptor: int, data: memoryview) -> int:
+        if not seen:  # the first buffer: the disk is busy until the caller has filled the next
+            seen.append(caller_went_on.wait(timeout=10))
+        return real_write(descriptor, data)
+
+    writer = _writer(fd)
+    monkeypatch.setattr(direct.os, "write", slow_disk)
+    data = os.urandom(BUFFER + 5)
+    with writer:
+        writer.write(data)  # fills buffer 1, hands it over, goes on with buffer 2
+        caller_went_on.set()
+
+    assert seen == [True]
+    assert (tmp_path / "out").read_bytes() == data
+    assert not any(t.name.startswith("direct-write") for t in threading.enumerate())
+
+
+def test_without_overlap_every_write_is_the_callers() -> None:
+    with open(os.devnull, "wb") as sink:  # the buffers, not the device: no O_DIRECT needed
+        writer = DirectWriter(sink.fileno(), BUFFER, overlap=False)
+        writer.write(os.urandom(3 * BUFFER))
+        assert writer.written == 3 * BUFFER  # written before write() returned
+        writer.close()
+
+
+@pytest.mark.parametrize("failing", [1, 2, 3], ids=["first", "in-thread", "last"])
+def test_an_eio_from_a_direct_write_fails_the_restore_cleanly(
+    volume: Volume, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: int
+) -> None:
+    """O_DIRECT accepted by the filesystem, then the device fails a write (EIO): the file
+    fails with the error named, nothing appears at the target (no file, no temp file), and
+    no write is made after the failed one."""
+    real_write = os.write
+    direct_writes = 0
+
+    def failing_device(descriptor: int, data: memoryview) -> int:
+        nonlocal direct_writes
+        if fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_DIRECT:
+            direct_writes += 1
+            if direct_writes >= failing:
+                raise OSError(errno.EIO, "Input/output error")
+        return real_write(descriptor, data)
+
+    probe = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if DirectWriter.open(probe) is None:
+            pytest.skip("this filesystem has no O_DIRECT")
+    finally:
+        os.close(probe)
+    # two full buffers (the second written by the writer thread) and an aligned head
+    large = os.urandom(2 * direct.BUFFER_BYTES + 3 * ALIGN + 17)
+    plan = placed_plan(volume, ["large"], large)
+    monkeypatch.setattr(direct.os, "write", failing_device)
+    out = tmp_path / "out"
+
+    summary = Restorer(DirectoryTarget(volume, out)).run(plan)
+
+    [failed] = summary.failed
+    assert not summary.ok and "Input/output error" in (failed.error or "")
+    assert direct_writes == failing  # none after the failed one
+    assert sorted(p.name for p in out.rglob("*")) == []  # no file, no .restore-*.part
+    assert not any(t.name.startswith("direct-write") for t in threading.enumerate())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import os
 import shutil
 import subprocess
@@ -432,3 +433,72 @@ def test_the_kernel_is_asked_to_read_frames_ahead_of_the_workers(
     assert advised == [frame.offset for frame in found]  # each frame once, in order
     for frame in found:  # and before a worker reads it
         assert events.index(("ahead", frame.offset)) < events.index(("read", frame.offset))
+
+
+def test_the_first_frame_decompresses_before_the_copy_is_walked_to_its_end(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`scan` walked every block header of the copy (read it all from the disk) before the
+    first frame started; a restore now walks the frames as the workers reach them."""
+    data = data_of(10 * FRAME)
+    copy = store(volume, data)
+    found = scan(copy)
+    assert found is not None and len(found) == 10
+    read: list[int] = []
+    real_pread = os.pread
+
+    class NotingOs:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def pread(fd: int, length: int, offset: int) -> bytes:
+            read.append(offset)
+            return real_pread(fd, length, offset)
+
+    monkeypatch.setattr(frames, "os", NotingOs())
+    chunks = volume.copy_chunks(copy.sha256, len(data))
+    assert next(chunks) == data[:FRAME]
+    walked = max(read)
+    assert walked < found[4].offset  # the first frame, `workers` more, and the next header
+    assert b"".join(chunks) == data[FRAME:]
+
+
+def _hand_made_copy(volume: Volume, parts: list[bytes]) -> tuple[str, bytes]:
+    """A copy of `parts[0] + parts[1] + ...`: every part a frame declaring its size, but the
+    third, which declares none (as a streaming compressor writes it)."""
+    data = b"".join(parts)
+    sized = zstandard.ZstdCompressor(level=3, write_checksum=True)
+    stream = zstandard.ZstdCompressor(level=3, write_checksum=True, write_content_size=False)
+    stored = b""
+    for index, part in enumerate(parts):
+        if index == 2:
+            unsized = stream.compressobj()
+            stored += unsized.compress(part) + unsized.flush()
+        else:
+            stored += sized.compress(part)
+    sha256 = hashlib.sha256(data).hexdigest()
+    path = volume.copy_path(sha256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(stored)
+    return sha256, data
+
+
+def test_a_later_frame_that_cannot_go_in_parallel_is_read_serially_from_there(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = [data_of(FRAME, seed=seed) for seed in range(5)]
+    sha256, data = _hand_made_copy(volume, parts)
+    in_parallel: list[int] = []
+    real_one = frames._decompress_bytes
+
+    def noting(frame: frames.Frame, data: memoryview, max_window: int) -> bytes:
+        in_parallel.append(frame.offset)
+        return real_one(frame, data, max_window)
+
+    monkeypatch.setattr(frames, "_decompress_bytes", noting)
+    assert b"".join(volume.copy_chunks(sha256, len(data))) == data
+    assert len(in_parallel) == 2  # the two frames before the one without a size
+    copy = StoredCopy(sha256, len(data), 0, volume.copy_path(sha256), deduplicated=False)
+    assert b"".join(verified_chunks(volume, record_of(copy))) == data
+    assert not [t for t in threading.enumerate() if t.name.startswith("frames")]
