@@ -141,6 +141,7 @@ class Consumer:
         volume_check: VolumeCheck | None = None,
         listener: PauseListener | None = None,
         last_run: LastRun | None = None,
+        expect: Callable[[int], None] | None = None,
     ) -> None:
         self.sqs = sqs
         self.process = process
@@ -175,6 +176,10 @@ class Consumer:
         self._parked: set[str] = set()
         self._committing = 0  # messages whose records wait for the committer
         self._backoff = Backoff(settings.pause_recheck_first, settings.pause_recheck_max)
+        # The commit stage's `Committer.expect`: told +1 when a worker starts on messages and
+        # -1 when it has none left to start, so that a small batch waits for the records
+        # under way (agent/pipeline/commit.py, "Lingering").
+        self._expect = expect or (lambda change: None)
 
     # -- start and stop --------------------------------------------------------------
 
@@ -496,22 +501,39 @@ class Consumer:
     # -- working ---------------------------------------------------------------------
 
     def _work_loop(self) -> None:
-        while True:
-            message = self._work.get()
-            if message is None:
+        busy = False  # this worker counted in the committer's `expect`
+        try:
+            while True:
+                try:
+                    message = self._work.get_nowait()  # received ahead: still busy
+                except queue.Empty:
+                    if busy:
+                        self._expect(-1)
+                        busy = False
+                    message = self._work.get()
+                if message is None:
+                    return
+                if not busy:
+                    self._expect(1)
+                    busy = True
+                self._work_on(message)
+        finally:
+            if busy:
+                self._expect(-1)
+
+    def _work_on(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._lock.notify_all()  # with receive_ahead, the next batch may come now
+            if self._paused is not None and message["ReceiptHandle"] in self._in_flight:
+                self._parked.add(message["ReceiptHandle"])  # paused: start nothing new
+                self._gave_back_unstarted = True  # given back by the receiver, unstarted
+                self._ahead_safe = False
                 return
-            with self._lock:
-                self._lock.notify_all()  # with receive_ahead, the next batch may come now
-                if self._paused is not None and message["ReceiptHandle"] in self._in_flight:
-                    self._parked.add(message["ReceiptHandle"])  # paused: start nothing new
-                    self._gave_back_unstarted = True  # given back by the receiver, unstarted
-                    self._ahead_safe = False
-                    continue
-            try:
-                self._handle(message)
-            except Exception:
-                log.exception("message.handler_crashed", message_id=message.get("MessageId"))
-                self._finish(message, release_after=self.settings.retry_base_seconds)
+        try:
+            self._handle(message)
+        except Exception:
+            log.exception("message.handler_crashed", message_id=message.get("MessageId"))
+            self._finish(message, release_after=self.settings.retry_base_seconds)
 
     def _handle(self, message: dict[str, Any]) -> None:
         message_id = message["MessageId"]

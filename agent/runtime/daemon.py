@@ -180,6 +180,8 @@ class Daemon:
             volume_check=volume_check(self.config, self.volume),
             listener=self.monitoring,
             last_run=LastRun(self.volume.root),
+            # a small commit batch waits for the records the workers have under way
+            expect=self.service.committer.expect if self.service.committer else None,
         )
         self.consumer.start()
 
