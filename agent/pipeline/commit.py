@@ -189,6 +189,7 @@ class Committer:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+            log.info("commit.stopped", commits=self.commits, records=self.committed)
 
     def _run(self) -> None:
         while True:
