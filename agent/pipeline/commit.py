@@ -10,12 +10,15 @@ under way the next records accumulate (group commit).
 
 Lingering (issue 19: at 1-2 workers a batch was mostly one record, i.e. one transaction and
 one delete per object). The consumer says how many records may come soon (`expect`: its
-workers that are handling a message or about to take one already received). While some
-are, the committer waits for them before committing a small batch, but never longer than
-`linger` after the oldest record of the batch was submitted, and never once the batch
-holds `batch_limit` records. A lone record with nothing under way is committed at once,
-and without a consumer's word (jobs, tests) nothing waits. The wait only groups records:
-what is durable, and when a message is deleted relative to its record, does not change.
+workers that are handling a message or about to take one already received) and how many
+messages it has received that wait for a worker (`follow`). While records are coming, the
+committer waits for them before committing a small batch, but never once the batch holds
+`batch_limit` records, and never longer after the oldest record of the batch was submitted
+than `linger_ahead` while messages wait for a worker (a backlog: throughput counts, and the
+worker, which does not wait for the committer, is not slowed) or `linger` when none do (a
+record's latency counts). A lone record with nothing under way is committed at once, and
+without a consumer's word (jobs, tests) nothing waits. The wait only groups records: what is
+durable, and when a message is deleted relative to its record, does not change.
 
 Each record carries what its worker held until the record is written (`Pending.held`): the
 snapshot barrier, taken shared before the rename, and the version's lock. The committer
@@ -49,22 +52,35 @@ log = structlog.get_logger("agent.commit")
 T = TypeVar("T")
 Outcome = bool | Exception  # one record's ledger write: fresh (True), already there, failed
 
-# How long the oldest record of a small batch may wait for records under way: about one
-# transaction's round trip on a loaded endpoint (docs/benchmarks.md, "the commit stage,
-# lingering"); the wait ends sooner when nothing more is coming or the batch is full.
-DEFAULT_LINGER = 0.03
+# How long the oldest record of a small batch may wait for records under way (the wait ends
+# sooner when nothing more is coming or the batch is full; docs/benchmarks.md, "Small
+# objects: lingering"): a few milliseconds when no message waits for a worker, where each
+# record's latency counts; with a backlog, about three copies of a 4 KiB object at one
+# worker on a loaded machine (~50 ms each), so that a batch holds about four records.
+DEFAULT_LINGER = 0.005
+DEFAULT_LINGER_AHEAD = 0.15
 # Records per batch that end the wait: one DeleteMessageBatch's worth of messages (SQS's 10),
 # so the deletes of one commit go out together (agent/pipeline/deletes.py).
 DEFAULT_BATCH_LIMIT = 10
 
 
-def linger_for(*, age: float, size: int, coming: int, linger: float, batch_limit: int) -> float:
+def linger_for(
+    *,
+    age: float,
+    size: int,
+    coming: int,
+    ahead: int,
+    linger: float,
+    linger_ahead: float,
+    batch_limit: int,
+) -> float:
     """Seconds a batch of `size` records, the oldest submitted `age` seconds ago, waits for
     more before it is committed (0: commit now). It waits only while records are coming
-    (`coming` > 0), the batch is not full and the oldest has not waited `linger`."""
+    (`coming` > 0) and the batch is not full, and the oldest waits at most `linger_ahead`
+    while messages wait for a worker (`ahead` > 0), `linger` when none do."""
     if size <= 0 or coming <= 0 or size >= batch_limit:
         return 0.0
-    return max(0.0, linger - age)
+    return max(0.0, (linger_ahead if ahead > 0 else linger) - age)
 
 
 class Recorder(Protocol):
@@ -139,18 +155,21 @@ class Committer:
         ledger: Recorder,
         *,
         linger: float = DEFAULT_LINGER,
+        linger_ahead: float = DEFAULT_LINGER_AHEAD,
         batch_limit: int = DEFAULT_BATCH_LIMIT,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.journal = journal
         self.ledger = ledger
         self.linger = linger
+        self.linger_ahead = linger_ahead
         self.batch_limit = batch_limit
         self.clock = clock
         self._cond = threading.Condition()
         self._waiting: list[Pending[object]] = []
         self._committing = 0
         self._coming = 0  # records the consumer says may come soon (`expect`)
+        self._ahead: Callable[[], int] = lambda: 0  # messages waiting for a worker (`follow`)
         self._closed = False
         self._thread: threading.Thread | None = None
         self.commits = 0  # batches committed (each one journal fsync)
@@ -175,6 +194,12 @@ class Committer:
         with self._cond:
             self._coming = max(0, self._coming + change)
             self._cond.notify_all()
+
+    def follow(self, received_ahead: Callable[[], int]) -> None:
+        """The consumer's count of messages received and waiting for a worker: while there
+        are some, a small batch may wait `linger_ahead` instead of `linger`."""
+        with self._cond:
+            self._ahead = received_ahead
 
     def backlog(self) -> int:
         """Records submitted and not yet resolved."""
@@ -219,7 +244,9 @@ class Committer:
                 age=self.clock() - self._waiting[0].submitted_at,
                 size=len(self._waiting),
                 coming=self._coming,
+                ahead=self._ahead() if self._coming else 0,
                 linger=self.linger,
+                linger_ahead=self.linger_ahead,
                 batch_limit=self.batch_limit,
             )
             if wait <= 0:

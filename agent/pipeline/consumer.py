@@ -47,7 +47,7 @@ from agent.aws import error_code, lost_handle
 from agent.errors import DiskFull, MalformedMessage, PermanentError, VolumeNotReady
 from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
 from agent.pipeline.backup import Outcome, Processor, Result
-from agent.pipeline.commit import Pending
+from agent.pipeline.commit import Committer, Pending
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
 from agent.pipeline.last_run import LastRun
@@ -141,7 +141,7 @@ class Consumer:
         volume_check: VolumeCheck | None = None,
         listener: PauseListener | None = None,
         last_run: LastRun | None = None,
-        expect: Callable[[int], None] | None = None,
+        committer: Committer | None = None,
     ) -> None:
         self.sqs = sqs
         self.process = process
@@ -176,10 +176,13 @@ class Consumer:
         self._parked: set[str] = set()
         self._committing = 0  # messages whose records wait for the committer
         self._backoff = Backoff(settings.pause_recheck_first, settings.pause_recheck_max)
-        # The commit stage's `Committer.expect`: told +1 when a worker starts on messages and
-        # -1 when it has none left to start, so that a small batch waits for the records
-        # under way (agent/pipeline/commit.py, "Lingering").
-        self._expect = expect or (lambda change: None)
+        # The commit stage: told +1 when a worker starts on messages and -1 when it has none
+        # left to start (`expect`), and how many received messages wait for a worker
+        # (`follow`), so that a small batch waits for the records under way
+        # (agent/pipeline/commit.py, "Lingering").
+        self._committer = committer
+        if committer is not None:
+            committer.follow(self._work.qsize)
 
     # -- start and stop --------------------------------------------------------------
 
@@ -499,6 +502,10 @@ class Consumer:
         return int(max(0.0, min(wanted, MAX_VISIBILITY - held_for - 60)))
 
     # -- working ---------------------------------------------------------------------
+
+    def _expect(self, change: int) -> None:
+        if self._committer is not None:
+            self._committer.expect(change)
 
     def _work_loop(self) -> None:
         busy = False  # this worker counted in the committer's `expect`

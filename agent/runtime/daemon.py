@@ -181,7 +181,7 @@ class Daemon:
             listener=self.monitoring,
             last_run=LastRun(self.volume.root),
             # a small commit batch waits for the records the workers have under way
-            expect=self.service.committer.expect if self.service.committer else None,
+            committer=self.service.committer,
         )
         self.consumer.start()
 

@@ -98,7 +98,7 @@ def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
 def test_at_one_worker_records_are_committed_in_batches_not_one_by_one(
     aws, config, volume, consumers
 ):
-    """The daemon's wiring (the consumer tells the committer what may come: `expect`), one
+    """The daemon's wiring (the consumer tells the committer what may come: `expect`, `follow`), one
     worker. Without it a batch held what finished during the previous commit: mostly one
     record at 1 worker, one transaction per object. With it a batch ends only when full
     (`batch_limit`) or when the worker found no message received and waiting: at most once
@@ -109,7 +109,7 @@ def test_at_one_worker_records_are_committed_in_batches_not_one_by_one(
         record_calls(client, calls)
     settings = replace(consumer_settings(config), workers=1)
     journal, ledger = Journal(volume.journal_dir), Ledger(aws.dynamodb, TABLE)
-    committer = Committer(journal, ledger, linger=3600)
+    committer = Committer(journal, ledger, linger=3600, linger_ahead=3600)
     backup = service.make_service(
         aws,
         volume,
@@ -119,7 +119,7 @@ def test_at_one_worker_records_are_committed_in_batches_not_one_by_one(
         committer=committer,
     )
     consumer = Consumer(
-        aws.sqs, backup.process, settings, last_run=LastRun(volume.root), expect=committer.expect
+        aws.sqs, backup.process, settings, last_run=LastRun(volume.root), committer=committer
     )
     consumers.append(consumer)
     consumer.start()

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -42,9 +42,16 @@ class Ledger:
     """A ledger's `record_many`; `fail` names keys whose write fails; its first call can be
     held."""
 
-    def __init__(self, hold_first: bool = False, fail: dict[str, Exception] | None = None) -> None:
+    def __init__(
+        self,
+        hold_first: bool = False,
+        fail: dict[str, Exception] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.written: list[str] = []
         self.calls: list[list[str]] = []
+        self.clock = clock
+        self.called_at: list[float] = []  # the clock at each call, with a clock
         self.fail = fail or {}
         self.events: list[str] = []  # what happened, in order (with the held stacks)
         self.entered = threading.Event()
@@ -54,6 +61,8 @@ class Ledger:
 
     def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
         self.calls.append([r.key for r in records])
+        if self.clock is not None:
+            self.called_at.append(self.clock())
         self.entered.set()
         assert self.release.wait(WAIT)
         outcomes: list[bool | Exception] = []
@@ -285,8 +294,8 @@ def test_a_full_batch_does_not_wait(tmp_path, committers):
 
 def test_a_record_waits_no_longer_than_the_linger(tmp_path, committers):
     journal, _ = _journal(tmp_path)
-    ledger = Ledger()
     clock = Clock()
+    ledger = Ledger(clock=clock)
     committer = Committer(journal, ledger, linger=5.0, clock=clock)
     committers.append(committer)
 
@@ -296,7 +305,7 @@ def test_a_record_waits_no_longer_than_the_linger(tmp_path, committers):
     committer.expect(0)  # wakes the committer (as any submit or expect does)
 
     assert pending.wait(WAIT) == "k1:fresh"  # committed while a worker is still busy
-    assert ledger.calls == [["k1"]]
+    assert ledger.called_at == [105.0]  # and not before its linger
 
 
 def test_the_linger_is_counted_on_the_clock(tmp_path, committers):
@@ -326,19 +335,42 @@ def test_close_commits_a_lingering_batch(tmp_path, committers):
     assert pending.wait(0) == "k1:fresh"
 
 
+def test_with_messages_waiting_for_a_worker_a_batch_waits_the_longer_linger(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    clock = Clock()
+    ledger = Ledger(clock=clock)
+    committer = Committer(journal, ledger, linger=0, linger_ahead=5.0, clock=clock)
+    committers.append(committer)
+    committer.follow(lambda: 3)  # three messages received, waiting for a worker
+    committer.expect(+1)
+
+    pending = committer.submit(_pending(_record(1)))
+    clock.now += 5.0
+    committer.expect(0)  # wakes the committer
+
+    assert pending.wait(WAIT) == "k1:fresh"
+    assert ledger.called_at == [105.0]  # not at 100: `linger` (0) did not apply
+
+
 @given(
     age=st.floats(0, 10),
     size=st.integers(0, 20),
     coming=st.integers(0, 8),
+    ahead=st.integers(0, 3),
     linger=st.floats(0, 5),
+    linger_ahead=st.floats(0, 5),
     limit=st.integers(1, 12),
 )
 def test_the_wait_is_bounded_by_the_linger_and_only_while_records_are_coming(
-    age, size, coming, linger, limit
+    age, size, coming, ahead, linger, linger_ahead, limit
 ):
-    wait = linger_for(age=age, size=size, coming=coming, linger=linger, batch_limit=limit)
-    assert 0 <= wait <= max(0.0, linger - age)  # never past the oldest record's linger
+    wait = linger_for(
+        age=age, size=size, coming=coming, ahead=ahead, linger=linger,
+        linger_ahead=linger_ahead, batch_limit=limit,
+    )  # fmt: skip
+    bound = linger_ahead if ahead else linger
+    assert 0 <= wait <= max(0.0, bound - age)  # never past the oldest record's linger
     if coming == 0 or size >= limit or size == 0:
         assert wait == 0  # nothing coming, or full: commit now
-    elif age < linger:
+    elif age < bound:
         assert wait > 0
