@@ -15,7 +15,9 @@ message stays in flight (extended by the heartbeat, counted toward the receive l
 grows by at most `max_messages` for messages waiting on the committer) and is settled once
 every record of it is resolved: deleted when all are recorded, or handled as a failed
 `process` would be (retry delay, permanent, pause), message by message. Successes are
-counted then, not before.
+counted then, not before. The committer hears from the workers how many are busy and sees
+how many received messages wait for one, so that a small batch waits for the records under
+way (`Committer.expect`, `Committer.follow`).
 
 Receiving ahead (`receive_ahead`, the daemon's default) happens only when the last run ended
 well and nothing received ahead has been given back unstarted in this run
