@@ -6,8 +6,19 @@ next message. The committer takes every record waiting, appends their journal li
 fsync (`Journal.append_many`), records them in the ledger with ONE call
 (`Ledger.record_many`: TransactWriteItems), then resolves each `Pending`: only then does
 the consumer delete its message, log ``backup.stored`` and count it. While one commit is
-under way the next records accumulate (group commit, with no timer: a lone record is
-committed at once).
+under way the next records accumulate (group commit).
+
+Lingering (issue 19: at 1-2 workers a batch was mostly one record, i.e. one transaction and
+one delete per object). The consumer says how many records may come soon (`expect`: its
+workers that are handling a message or about to take one already received) and how many
+messages it has received that wait for a worker (`follow`). While records are coming, the
+committer waits for them before committing a small batch, but never once the batch holds
+`batch_limit` records, and never longer after the oldest record of the batch was submitted
+than `linger_ahead` while messages wait for a worker (a backlog: throughput counts, and the
+worker, which does not wait for the committer, is not slowed) or `linger` when none do (a
+record's latency counts). A lone record with nothing under way is committed at once, and
+without a consumer's word (jobs, tests) nothing waits. The wait only groups records: what is
+durable, and when a message is deleted relative to its record, does not change.
 
 Each record carries what its worker held until the record is written (`Pending.held`): the
 snapshot barrier, taken shared before the rename, and the version's lock. The committer
@@ -27,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -39,6 +51,36 @@ log = structlog.get_logger("agent.commit")
 
 T = TypeVar("T")
 Outcome = bool | Exception  # one record's ledger write: fresh (True), already there, failed
+
+# How long the oldest record of a small batch may wait for records under way (the wait ends
+# sooner when nothing more is coming or the batch is full; docs/benchmarks.md, "Small
+# objects: lingering"): a few milliseconds when no message waits for a worker, where each
+# record's latency counts; with a backlog, about three copies of a 4 KiB object at one
+# worker on a loaded machine (~50 ms each), so that a batch holds about four records.
+DEFAULT_LINGER = 0.005
+DEFAULT_LINGER_AHEAD = 0.15
+# Records per batch that end the wait: one DeleteMessageBatch's worth of messages (SQS's 10),
+# so the deletes of one commit go out together (agent/pipeline/deletes.py).
+DEFAULT_BATCH_LIMIT = 10
+
+
+def linger_for(
+    *,
+    age: float,
+    size: int,
+    coming: int,
+    ahead: int,
+    linger: float,
+    linger_ahead: float,
+    batch_limit: int,
+) -> float:
+    """Seconds a batch of `size` records, the oldest submitted `age` seconds ago, waits for
+    more before it is committed (0: commit now). It waits only while records are coming
+    (`coming` > 0) and the batch is not full, and the oldest waits at most `linger_ahead`
+    while messages wait for a worker (`ahead` > 0), `linger` when none do."""
+    if size <= 0 or coming <= 0 or size >= batch_limit:
+        return 0.0
+    return max(0.0, (linger_ahead if ahead > 0 else linger) - age)
 
 
 class Recorder(Protocol):
@@ -62,6 +104,7 @@ class Pending(Generic[T]):
         self.record = record
         self.finish = finish
         self.held = held or contextlib.ExitStack()
+        self.submitted_at = 0.0  # the committer's clock, set by `submit`
         self._done = threading.Event()
         self._guard = threading.Lock()
         self._outcome: T | Exception | None = None
@@ -106,12 +149,27 @@ class Committer:
     """One thread: journal lines of every waiting record under one fsync, then their ledger
     records in one call, then each record resolved."""
 
-    def __init__(self, journal: Journal, ledger: Recorder) -> None:
+    def __init__(
+        self,
+        journal: Journal,
+        ledger: Recorder,
+        *,
+        linger: float = DEFAULT_LINGER,
+        linger_ahead: float = DEFAULT_LINGER_AHEAD,
+        batch_limit: int = DEFAULT_BATCH_LIMIT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.journal = journal
         self.ledger = ledger
+        self.linger = linger
+        self.linger_ahead = linger_ahead
+        self.batch_limit = batch_limit
+        self.clock = clock
         self._cond = threading.Condition()
         self._waiting: list[Pending[object]] = []
         self._committing = 0
+        self._coming = 0  # records the consumer says may come soon (`expect`)
+        self._ahead: Callable[[], int] = lambda: 0  # messages waiting for a worker (`follow`)
         self._closed = False
         self._thread: threading.Thread | None = None
         self.commits = 0  # batches committed (each one journal fsync)
@@ -121,12 +179,27 @@ class Committer:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the committer is closed")
+            pending.submitted_at = self.clock()
             self._waiting.append(pending)  # type: ignore[arg-type]  # resolved, never read as T
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="committer", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
         return pending
+
+    def expect(self, change: int) -> None:
+        """The consumer's word on what may come soon: +1 when a worker starts handling a
+        message (or keeps going with one already received), -1 when it stops; a batch waits
+        for more records only while the sum is above 0 (see the module's docstring)."""
+        with self._cond:
+            self._coming = max(0, self._coming + change)
+            self._cond.notify_all()
+
+    def follow(self, received_ahead: Callable[[], int]) -> None:
+        """The consumer's count of messages received and waiting for a worker: while there
+        are some, a small batch may wait `linger_ahead` instead of `linger`."""
+        with self._cond:
+            self._ahead = received_ahead
 
     def backlog(self) -> int:
         """Records submitted and not yet resolved."""
@@ -141,11 +214,13 @@ class Committer:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+            log.info("commit.stopped", commits=self.commits, records=self.committed)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._waiting) or self._closed)
+                self._linger()
                 batch, self._waiting = self._waiting, []
                 if not batch:
                     return  # closed, nothing left
@@ -160,6 +235,23 @@ class Committer:
             finally:
                 with self._cond:
                     self._committing = 0
+
+    def _linger(self) -> None:
+        """With the lock held and records waiting: wait for the records under way while
+        `linger_for` says so (woken by each submit and each `expect`)."""
+        while not self._closed:
+            wait = linger_for(
+                age=self.clock() - self._waiting[0].submitted_at,
+                size=len(self._waiting),
+                coming=self._coming,
+                ahead=self._ahead() if self._coming else 0,
+                linger=self.linger,
+                linger_ahead=self.linger_ahead,
+                batch_limit=self.batch_limit,
+            )
+            if wait <= 0:
+                return
+            self._cond.wait(wait)
 
     def _commit(self, batch: list[Pending[object]]) -> None:
         try:

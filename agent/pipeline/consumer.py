@@ -15,7 +15,9 @@ message stays in flight (extended by the heartbeat, counted toward the receive l
 grows by at most `max_messages` for messages waiting on the committer) and is settled once
 every record of it is resolved: deleted when all are recorded, or handled as a failed
 `process` would be (retry delay, permanent, pause), message by message. Successes are
-counted then, not before.
+counted then, not before. The committer hears from the workers how many are busy and sees
+how many received messages wait for one, so that a small batch waits for the records under
+way (`Committer.expect`, `Committer.follow`).
 
 Receiving ahead (`receive_ahead`, the daemon's default) happens only when the last run ended
 well and nothing received ahead has been given back unstarted in this run
@@ -47,7 +49,7 @@ from agent.aws import error_code, lost_handle
 from agent.errors import DiskFull, MalformedMessage, PermanentError, VolumeNotReady
 from agent.events import IgnoredEvent, ObjectEvent, ParsedMessage, parse_message
 from agent.pipeline.backup import Outcome, Processor, Result
-from agent.pipeline.commit import Pending
+from agent.pipeline.commit import Committer, Pending
 from agent.pipeline.deletes import DeleteBatcher
 from agent.pipeline.delivery import Delivery, delivering
 from agent.pipeline.last_run import LastRun
@@ -141,6 +143,7 @@ class Consumer:
         volume_check: VolumeCheck | None = None,
         listener: PauseListener | None = None,
         last_run: LastRun | None = None,
+        committer: Committer | None = None,
     ) -> None:
         self.sqs = sqs
         self.process = process
@@ -175,6 +178,13 @@ class Consumer:
         self._parked: set[str] = set()
         self._committing = 0  # messages whose records wait for the committer
         self._backoff = Backoff(settings.pause_recheck_first, settings.pause_recheck_max)
+        # The commit stage: told +1 when a worker starts on messages and -1 when it has none
+        # left to start (`expect`), and how many received messages wait for a worker
+        # (`follow`), so that a small batch waits for the records under way
+        # (agent/pipeline/commit.py, "Lingering").
+        self._committer = committer
+        if committer is not None:
+            committer.follow(self._work.qsize)
 
     # -- start and stop --------------------------------------------------------------
 
@@ -495,23 +505,44 @@ class Consumer:
 
     # -- working ---------------------------------------------------------------------
 
+    def _expect(self, change: int) -> None:
+        if self._committer is not None:
+            self._committer.expect(change)
+
     def _work_loop(self) -> None:
-        while True:
-            message = self._work.get()
-            if message is None:
+        busy = False  # this worker counted in the committer's `expect`
+        try:
+            while True:
+                try:
+                    message = self._work.get_nowait()  # received ahead: still busy
+                except queue.Empty:
+                    if busy:
+                        self._expect(-1)
+                        busy = False
+                    message = self._work.get()
+                if message is None:
+                    return
+                if not busy:
+                    self._expect(1)
+                    busy = True
+                self._work_on(message)
+        finally:
+            if busy:
+                self._expect(-1)
+
+    def _work_on(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._lock.notify_all()  # with receive_ahead, the next batch may come now
+            if self._paused is not None and message["ReceiptHandle"] in self._in_flight:
+                self._parked.add(message["ReceiptHandle"])  # paused: start nothing new
+                self._gave_back_unstarted = True  # given back by the receiver, unstarted
+                self._ahead_safe = False
                 return
-            with self._lock:
-                self._lock.notify_all()  # with receive_ahead, the next batch may come now
-                if self._paused is not None and message["ReceiptHandle"] in self._in_flight:
-                    self._parked.add(message["ReceiptHandle"])  # paused: start nothing new
-                    self._gave_back_unstarted = True  # given back by the receiver, unstarted
-                    self._ahead_safe = False
-                    continue
-            try:
-                self._handle(message)
-            except Exception:
-                log.exception("message.handler_crashed", message_id=message.get("MessageId"))
-                self._finish(message, release_after=self.settings.retry_base_seconds)
+        try:
+            self._handle(message)
+        except Exception:
+            log.exception("message.handler_crashed", message_id=message.get("MessageId"))
+            self._finish(message, release_after=self.settings.retry_base_seconds)
 
     def _handle(self, message: dict[str, Any]) -> None:
         message_id = message["MessageId"]

@@ -2,7 +2,7 @@
 
 The consumer hands a message over only once its work is durable and recorded; the
 batcher's thread sends what has gathered as soon as ten are waiting or `max_delay`
-after the first one, whichever comes first. A delete that fails is logged and left:
+(500 ms) after the first one, whichever comes first. A delete that fails is logged and left:
 the message comes back after its visibility timeout and its redelivery is a no-op.
 """
 
@@ -26,10 +26,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("agent.deletes")
 
 BATCH_LIMIT = 10  # SQS's limit per DeleteMessageBatch
-# How long a partial batch waits for company: 200 ms, as AWS's own buffering SQS client
-# (maxBatchOpenMs). A finished message is already durable, so waiting costs nothing but
-# that much longer "in flight"; a crash meanwhile only means a no-op redelivery.
-DEFAULT_MAX_DELAY = 0.2
+# How long a partial batch waits for company: 500 ms (AWS's own buffering SQS client waits
+# 200 ms, maxBatchOpenMs; at 1-2 workers, 15-20 objects/s on the bench's loaded endpoint,
+# that sent ~3 per call: docs/benchmarks.md, "Small objects: lingering"). A finished message
+# is already durable, so waiting costs nothing but that much longer "in flight" (far inside
+# its visibility timeout); a crash meanwhile only means a no-op redelivery.
+DEFAULT_MAX_DELAY = 0.5
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,6 +180,8 @@ class Daemon:
             volume_check=volume_check(self.config, self.volume),
             listener=self.monitoring,
             last_run=LastRun(self.volume.root),
+            # a small commit batch waits for the records the workers have under way
+            committer=self.service.committer,
         )
         self.consumer.start()
 

@@ -141,6 +141,9 @@ def test_run_backs_up_and_returns_0_when_asked_to_stop(aws, config, volume):
     runner.start()
     try:
         wait_until(lambda: daemon.consumer is not None, what="the consumer started")
+        # the consumer tells the commit stage what is under way (its linger, issue 19)
+        assert daemon.service is not None and daemon.service.committer is not None
+        assert daemon.consumer._committer is daemon.service.committer
         aws.s3.put_object(Bucket=BUCKET, Key="via daemon.txt", Body=b"daemon " * 100)
         ledger = Ledger(aws.dynamodb, TABLE)
         wait_until(lambda: ledger.latest(BUCKET, "via daemon.txt"), what="the backup")

@@ -93,3 +93,44 @@ def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
     assert made["PutItem"] == 0
     assert made["TransactWriteItems"] == committer.commits
     assert made.total() / OBJECTS <= 2.0
+
+
+def test_at_one_worker_records_are_committed_in_batches_not_one_by_one(
+    aws, config, volume, consumers
+):
+    """The daemon's wiring (the consumer tells the committer what may come: `expect`, `follow`), one
+    worker. Without it a batch held what finished during the previous commit: mostly one
+    record at 1 worker, one transaction per object. With it a batch ends only when full
+    (`batch_limit`) or when the worker found no message received and waiting: at most once
+    per receive. The linger is made long so that the count does not depend on timing."""
+    queue_objects(aws, OBJECTS)
+    calls = CallLog()
+    for client in (aws.s3, aws.sqs, aws.dynamodb):
+        record_calls(client, calls)
+    settings = replace(consumer_settings(config), workers=1)
+    journal, ledger = Journal(volume.journal_dir), Ledger(aws.dynamodb, TABLE)
+    committer = Committer(journal, ledger, linger=3600, linger_ahead=3600)
+    backup = service.make_service(
+        aws,
+        volume,
+        compression=compression_settings(config),
+        journal=journal,
+        ledger=ledger,
+        committer=committer,
+    )
+    consumer = Consumer(
+        aws.sqs, backup.process, settings, last_run=LastRun(volume.root), committer=committer
+    )
+    consumers.append(consumer)
+    consumer.start()
+
+    wait_until(lambda: len(calls.deleted_handles()) == OBJECTS, timeout=60, what="all deleted")
+    consumer.stop(5)
+
+    made = Counter(calls.operations())
+    print("commits:", committer.commits, "records:", committer.committed, dict(made))
+    assert committer.committed == OBJECTS
+    assert made["TransactWriteItems"] == committer.commits
+    # full batches, plus one per time the worker ran out of received messages
+    assert committer.commits <= OBJECTS // committer.batch_limit + made["ReceiveMessage"] + 1
+    assert committer.commits <= OBJECTS / 3  # not one per object

@@ -13,7 +13,8 @@ import contextlib
 import dataclasses
 import os
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import RetryableError
-from agent.pipeline.commit import Committer, Pending, _rounds
+from agent.pipeline.commit import Committer, Pending, _rounds, linger_for
 from agent.records import VersionRecord
 from agent.storage.journal import Journal
 
@@ -41,9 +42,16 @@ class Ledger:
     """A ledger's `record_many`; `fail` names keys whose write fails; its first call can be
     held."""
 
-    def __init__(self, hold_first: bool = False, fail: dict[str, Exception] | None = None) -> None:
+    def __init__(
+        self,
+        hold_first: bool = False,
+        fail: dict[str, Exception] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.written: list[str] = []
         self.calls: list[list[str]] = []
+        self.clock = clock
+        self.called_at: list[float] = []  # the clock at each call, with a clock
         self.fail = fail or {}
         self.events: list[str] = []  # what happened, in order (with the held stacks)
         self.entered = threading.Event()
@@ -53,6 +61,8 @@ class Ledger:
 
     def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
         self.calls.append([r.key for r in records])
+        if self.clock is not None:
+            self.called_at.append(self.clock())
         self.entered.set()
         assert self.release.wait(WAIT)
         outcomes: list[bool | Exception] = []
@@ -227,3 +237,140 @@ def test_close_commits_what_was_submitted_then_refuses_more(tmp_path):
     assert committer.backlog() == 0
     with pytest.raises(RuntimeError, match="closed"):
         committer.submit(_pending(_record(2)))
+
+
+# -- lingering: a small batch waits for the records under way (issue 19) -----------------
+
+
+class Clock:
+    """A monotonic clock the test moves (the committer's waits are bounded by it)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_lone_record_with_nothing_under_way_is_committed_at_once(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    ledger = Ledger()
+    committer = Committer(journal, ledger, linger=3600, clock=Clock())  # time never passes
+    committers.append(committer)
+
+    assert committer.submit(_pending(_record(1))).wait(WAIT) == "k1:fresh"
+    assert ledger.calls == [["k1"]]
+
+
+def test_a_small_batch_waits_for_the_records_under_way(tmp_path, committers):
+    journal, fsyncs = _journal(tmp_path)
+    ledger = Ledger()
+    committer = Committer(journal, ledger, linger=3600, clock=Clock())
+    committers.append(committer)
+
+    committer.expect(+2)  # two workers are copying
+    first = committer.submit(_pending(_record(1)))
+    second = committer.submit(_pending(_record(2)))
+    third = committer.submit(_pending(_record(3)))
+    committer.expect(-2)  # nothing more is coming: commit now
+
+    assert [p.wait(WAIT) for p in (first, second, third)] == ["k1:fresh", "k2:fresh", "k3:fresh"]
+    assert ledger.calls == [["k1", "k2", "k3"]]  # one transaction, not three
+    assert len(fsyncs) == 1
+
+
+def test_a_full_batch_does_not_wait(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    ledger = Ledger()
+    committer = Committer(journal, ledger, linger=3600, batch_limit=3, clock=Clock())
+    committers.append(committer)
+
+    committer.expect(+1)  # a worker stays busy for ever
+    batch = [committer.submit(_pending(_record(n))) for n in range(3)]
+
+    assert [p.wait(WAIT) for p in batch] == ["k0:fresh", "k1:fresh", "k2:fresh"]
+    assert ledger.calls == [["k0", "k1", "k2"]]
+
+
+def test_a_record_waits_no_longer_than_the_linger(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    clock = Clock()
+    ledger = Ledger(clock=clock)
+    committer = Committer(journal, ledger, linger=5.0, clock=clock)
+    committers.append(committer)
+
+    committer.expect(+1)  # a worker stays busy and never hands anything over
+    pending = committer.submit(_pending(_record(1)))
+    clock.now += 5.0  # the oldest record has waited its linger
+    committer.expect(0)  # wakes the committer (as any submit or expect does)
+
+    assert pending.wait(WAIT) == "k1:fresh"  # committed while a worker is still busy
+    assert ledger.called_at == [105.0]  # and not before its linger
+
+
+def test_the_linger_is_counted_on_the_clock(tmp_path, committers):
+    """The same, on the real clock: the record is committed although the worker never
+    stops, and not before its linger (a bound, not a sleep: the test waits on the record)."""
+    journal, _ = _journal(tmp_path)
+    ledger = Ledger()
+    committer = Committer(journal, ledger, linger=0.05)
+    committers.append(committer)
+    committer.expect(+1)
+
+    started = time.monotonic()
+    pending = committer.submit(_pending(_record(1)))
+    assert pending.wait(WAIT) == "k1:fresh"
+    assert time.monotonic() - started >= 0.05
+
+
+def test_close_commits_a_lingering_batch(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    ledger = Ledger()
+    committer = Committer(journal, ledger, linger=3600, clock=Clock())
+    committer.expect(+1)
+    pending = committer.submit(_pending(_record(1)))
+
+    committer.close(WAIT)
+
+    assert pending.wait(0) == "k1:fresh"
+
+
+def test_with_messages_waiting_for_a_worker_a_batch_waits_the_longer_linger(tmp_path, committers):
+    journal, _ = _journal(tmp_path)
+    clock = Clock()
+    ledger = Ledger(clock=clock)
+    committer = Committer(journal, ledger, linger=0, linger_ahead=5.0, clock=clock)
+    committers.append(committer)
+    committer.follow(lambda: 3)  # three messages received, waiting for a worker
+    committer.expect(+1)
+
+    pending = committer.submit(_pending(_record(1)))
+    clock.now += 5.0
+    committer.expect(0)  # wakes the committer
+
+    assert pending.wait(WAIT) == "k1:fresh"
+    assert ledger.called_at == [105.0]  # not at 100: `linger` (0) did not apply
+
+
+@given(
+    age=st.floats(0, 10),
+    size=st.integers(0, 20),
+    coming=st.integers(0, 8),
+    ahead=st.integers(0, 3),
+    linger=st.floats(0, 5),
+    linger_ahead=st.floats(0, 5),
+    limit=st.integers(1, 12),
+)
+def test_the_wait_is_bounded_by_the_linger_and_only_while_records_are_coming(
+    age, size, coming, ahead, linger, linger_ahead, limit
+):
+    wait = linger_for(
+        age=age, size=size, coming=coming, ahead=ahead, linger=linger,
+        linger_ahead=linger_ahead, batch_limit=limit,
+    )  # fmt: skip
+    bound = linger_ahead if ahead else linger
+    assert 0 <= wait <= max(0.0, bound - age)  # never past the oldest record's linger
+    if coming == 0 or size >= limit or size == 0:
+        assert wait == 0  # nothing coming, or full: commit now
+    elif age < bound:
+        assert wait > 0

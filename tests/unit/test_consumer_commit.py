@@ -10,13 +10,15 @@ a commit is chosen, none is timed.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 
 from agent.errors import DiskFull, PermanentError, RetryableError
 from agent.events import ObjectEvent
 from agent.pipeline.backup import Outcome, Result
-from agent.pipeline.commit import Pending
+from agent.pipeline.commit import Committer, Pending
+from agent.pipeline.consumer import Consumer, ConsumerSettings
 from agent.records import VersionRecord
 from agent.stats import Stats
 from tests.support.aws_hooks import record_calls
@@ -223,3 +225,62 @@ def test_a_message_of_two_records_settles_once_both_are_resolved(
         wait_until(lambda: consumer.in_flight() == 0, what="settled")
         assert deleted_ids(calls) == []
         assert [c[0] for c in visibility_changes(calls)] == [message_id]
+
+
+class Expected(Committer):
+    """A committer that notes what the consumer tells it: each `expect` change, their sum,
+    and what `follow` gave."""
+
+    def __init__(self) -> None:
+        super().__init__(journal=None, ledger=None)  # type: ignore[arg-type]  # never commits
+        self.changes: list[int] = []
+        self.followed: Callable[[], int] | None = None
+        self._lock = threading.Lock()
+
+    def expect(self, change: int) -> None:
+        with self._lock:
+            self.changes.append(change)
+
+    def follow(self, received_ahead: Callable[[], int]) -> None:
+        self.followed = received_ahead
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.changes)
+
+
+def test_a_busy_worker_tells_the_committer_records_may_come(sqs, queue_url, gate):
+    """A worker counts in `expect` from the message it starts until it finds none received
+    and waiting; messages received ahead keep it counted (no 0 between two of them, which
+    would commit a batch of one while the next record is on its way)."""
+    expected = Expected()
+    started: list[str] = []
+
+    def process(event: ObjectEvent) -> Result:
+        started.append(event.key)
+        assert gate.wait(30)
+        return Result(Outcome.STORED, event)
+
+    settings = ConsumerSettings(
+        queue_url=queue_url, workers=1, wait_time_seconds=0, visibility_timeout=30,
+        receive_ahead=True,
+    )  # fmt: skip
+    consumer = Consumer(sqs, process, settings, committer=expected)
+    sqs.send_message_batch(
+        QueueUrl=queue_url,
+        Entries=[{"Id": key, "MessageBody": put_message(key)} for key in ("a", "b")],
+    )
+    consumer.start()
+    try:
+        wait_until(lambda: len(started) == 1, what="the first message started")
+        wait_until(lambda: consumer.in_flight() == 2, what="the second received ahead")
+        assert expected.total() == 1  # busy: a record may come
+        assert expected.followed is not None
+        assert expected.followed() == 1  # the second, received ahead, waits for the worker
+        gate.set()
+        wait_until(lambda: consumer.in_flight() == 0, what="both settled")
+        wait_until(lambda: expected.total() == 0, what="idle again")
+        assert sorted(started) == ["a", "b"]
+        assert expected.changes == [1, -1]  # counted once across both messages
+    finally:
+        consumer.stop(5)
