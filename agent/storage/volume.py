@@ -44,6 +44,7 @@ import zstandard
 
 from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.storage import frames, readahead
+from agent.storage.frame_budget import FrameBudget
 
 MARKER_NAME = ".backup-agent-volume"
 TEMP_SUFFIX = ".part"
@@ -61,6 +62,11 @@ FRAME_BYTES = 16 << 20
 # keeps (PARALLEL_FRAMES + 1) * FRAME_BYTES in memory, whatever the copy's size.
 PARALLEL_FRAMES = 2
 _parallel_copy = threading.BoundedSemaphore(1)  # one copy at a time reads in parallel
+# Frames held at once by all the copies being written in this process (frame_budget.py): as
+# many as one copy alone holds with the default `compression_threads` (one per CPU, plus the
+# frame being filled), so one large object is as fast as without the budget and several
+# share it.
+FRAME_BUDGET = FrameBudget((os.cpu_count() or 1) + 1)
 
 
 # zstd's own default limit for decompression (ZSTD_WINDOWLOG_LIMIT_DEFAULT = 27): the largest
@@ -461,20 +467,34 @@ class _ParallelFrames:
     side by side").
     libzstd releases the GIL while it compresses.
 
-    Memory: at most `workers` frames compressing plus the one being filled, each a reused
-    `FRAME_BYTES` buffer, plus their compressed output until it is written. A failure in a
-    worker is raised in the caller when its frame's turn to be written comes (or at `end`);
-    `close` cancels what has not started and waits for what has, so nothing writes after.
+    Memory: every frame held (being filled, compressing, waiting to be written, or its buffer
+    kept for reuse) is a `FRAME_BYTES` buffer taken from the process's `FrameBudget`
+    (frame_budget.py), plus its compressed output until it is written: at most `workers`
+    compressing plus the one being filled for this copy, and at most the budget's frames for
+    all copies together. With the budget spent the copy reuses its own buffers (waits for its
+    oldest frame to be written); holding none, it waits for one. A failure in a worker is
+    raised in the caller when its frame's turn to be written comes (or at `end`); `close`
+    cancels what has not started, waits for what has, so nothing writes after, and gives
+    every frame back.
     """
 
-    def __init__(self, settings: CompressionSettings, sink: IO[bytes], total: int) -> None:
+    def __init__(
+        self,
+        settings: CompressionSettings,
+        sink: IO[bytes],
+        total: int,
+        budget: FrameBudget | None = None,
+    ) -> None:
         self.level = settings.level
         self.sink = sink
         self.left = total  # bytes not yet given to a frame
         self.workers = max(1, settings.zstd_threads)
+        self.budget = budget if budget is not None else FRAME_BUDGET
+        self.held = 0  # frames taken from the budget: buffers filling, compressing or spare
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zstd-frame")
-        self.pending: deque[Future[bytes]] = deque()
-        self.spare: deque[bytearray] = deque()  # buffers of compressed frames, for reuse
+        # frames compressing or compressed, each with the list its buffer comes back in
+        self.pending: deque[tuple[Future[bytes], list[bytearray]]] = deque()
+        self.spare: deque[bytearray] = deque()  # buffers of written frames, for reuse
         self.buffer: bytearray | None = None  # the frame being filled
         self.size = 0  # its length
         self.filled = 0
@@ -496,7 +516,7 @@ class _ParallelFrames:
             view = view[take:]
             if self.filled == self.size:
                 self._submit()
-        while self.pending and self.pending[0].done():  # write what is ready, free it
+        while self.pending and self.pending[0][0].done():  # write what is ready, free it
             self._write_oldest()
 
     def end(self) -> None:
@@ -507,27 +527,58 @@ class _ParallelFrames:
             self._write_oldest()
 
     def close(self) -> None:
-        for future in self.pending:
+        for future, _ in self.pending:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pending.clear()
         self.spare.clear()
+        self.buffer = None
+        if self.held:
+            held, self.held = self.held, 0
+            self.budget.give_back(held)
 
     def _new_buffer(self) -> bytearray:
-        try:
-            return self.spare.popleft()
-        except IndexError:
-            return bytearray(FRAME_BYTES)
+        while True:
+            if self.spare:
+                return self.spare.popleft()
+            if self.budget.take(holding=self.held):
+                self.held += 1
+                return bytearray(FRAME_BYTES)
+            # Budget spent and this copy holds frames (none spare, so all of them pending):
+            # write the oldest, its buffer comes back to `spare`.
+            self._write_oldest()
 
     def _submit(self) -> None:
         assert self.buffer is not None
         while len(self.pending) >= self.workers:  # bounded: wait for the oldest frame
             self._write_oldest()
-        self.pending.append(self.pool.submit(self._compress, self.buffer, self.size))
+        # The buffer travels in a list that this thread empties once the frame is compressed,
+        # so then nothing else refers to it (not the pool's record of the call, which may
+        # outlive the result for a moment): a buffer given back to the budget is freed at once.
+        handed = [self.buffer]
+        self.pending.append((self.pool.submit(self._frame_of, handed, self.size), handed))
         self.buffer = None
 
     def _write_oldest(self) -> None:
-        self.sink.write(self.pending.popleft().result())
+        future, handed = self.pending.popleft()
+        frame = future.result()
+        del future
+        buffer = handed.pop()
+        self.sink.write(frame)
+        del frame
+        if self.held > 1 and self.budget.waiting:
+            del buffer  # freed before another copy may take its place
+            self.held -= 1  # a copy waits for its first frame: make room for it
+            self.budget.give_back()
+        else:
+            self.spare.append(buffer)
+
+    def _frame_of(self, handed: list[bytearray], size: int) -> bytes:
+        buffer = handed.pop()
+        try:
+            return self._compress(buffer, size)
+        finally:
+            handed.append(buffer)
 
     def _compress(self, buffer: bytearray, size: int) -> bytes:
         compressor = getattr(self._local, "compressor", None)
@@ -535,10 +586,7 @@ class _ParallelFrames:
             compressor = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
             self._local.compressor = compressor
         with memoryview(buffer) as view:
-            frame = compressor.compress(view[:size])
-        if len(buffer) == FRAME_BYTES:
-            self.spare.append(buffer)
-        return frame
+            return compressor.compress(view[:size])
 
 
 class WritebackAsYouGo:
