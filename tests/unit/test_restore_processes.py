@@ -19,18 +19,11 @@ from agent.restore import workers
 from agent.restore.restorer import NoProgress, Restorer
 from agent.restore.targets import DirectoryTarget, Status
 from tests.support.stored import placed_plan, stored_record
+from tests.support.tree import files_under
 
 SMALL = b"a small restored file\n" * 8
 COUNT = 300  # above workers.MIN_FILES
 KEYS = [f"d{i // 100}/f{i:03d}" for i in range(COUNT)]  # d0, d1, d2 in plan order
-
-
-def _files(directory: Path) -> list[str]:
-    return sorted(
-        os.path.relpath(os.path.join(d, name), directory)
-        for d, _dirs, files in os.walk(directory)
-        for name in files
-    )
 
 
 class Planted(DirectoryTarget):
@@ -67,7 +60,7 @@ def test_small_files_are_staged_by_child_processes_and_committed_by_the_parent(v
 
     assert [r.status for r in summary.results] == [Status.RESTORED] * COUNT
     assert [r.item.key for r in summary.results] == KEYS  # the plan's order
-    assert _files(tmp_path / "out") == sorted(KEYS)
+    assert files_under(tmp_path / "out") == sorted(KEYS)
     assert (tmp_path / "out" / KEYS[-1]).read_bytes() == SMALL
     stagers = _stagers(tmp_path / "pids")
     assert os.getpid() not in stagers and 1 <= len(stagers) <= 2
@@ -95,7 +88,7 @@ def test_the_children_are_forked_before_the_progress_display_starts_a_thread(vol
 
     summary = Restorer(target, cpus=2, progress=progress).run(plan)
 
-    assert summary.ok and _files(tmp_path / "out") == sorted(KEYS)
+    assert summary.ok and files_under(tmp_path / "out") == sorted(KEYS)
     assert os.getpid() not in _stagers(tmp_path / "pids")
     assert not progress.thread.is_alive()
 
@@ -149,7 +142,7 @@ def test_a_tampered_copy_in_a_batch_fails_alone_with_the_threads_error(volume, t
     assert failed[0].error == threads.failed[0].error
     assert "is corrupt" in (failed[0].error or "")
     assert [e["key"] for e in logs if e["event"] == "restore.failed"] == ["d1/f150"]
-    assert _files(tmp_path / "out") == sorted(set(KEYS) - {"d1/f150"})  # no temp file either
+    assert files_under(tmp_path / "out") == sorted(set(KEYS) - {"d1/f150"})  # no temp file either
     assert not summary.ok
 
 
@@ -163,7 +156,7 @@ def test_a_child_that_dies_leaves_its_files_to_the_parent(volume, tmp_path):
         summary = Restorer(target, cpus=2).run(plan)
 
     assert [r.status for r in summary.results] == [Status.RESTORED] * COUNT
-    assert _files(tmp_path / "out") == sorted(KEYS)  # the dead child's temp files removed
+    assert files_under(tmp_path / "out") == sorted(KEYS)  # the dead child's temp files removed
     assert any(e["event"] == "restore.worker_lost" for e in logs)
     assert os.getpid() in _stagers(tmp_path / "pids")  # the parent took over
 
@@ -208,7 +201,7 @@ def test_a_stop_request_before_the_run_starts_nothing(volume, tmp_path):
     summary = Restorer(DirectoryTarget(volume, tmp_path / "out"), cpus=2, stop=stop).run(plan)
 
     assert {r.error for r in summary.results} == {"interrupted: not started"}
-    assert _files(tmp_path / "out") == []
+    assert files_under(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("batch_files", [1, 50, 4096])
@@ -220,7 +213,7 @@ def test_batches_and_runs_cover_the_plan_once_in_order(volume, tmp_path, batch_f
     ).run(plan)
 
     assert [r.item.key for r in summary.results] == KEYS
-    assert summary.ok and _files(tmp_path / "out") == sorted(KEYS)
+    assert summary.ok and files_under(tmp_path / "out") == sorted(KEYS)
 
 
 _KILLED_PARENT = """
