@@ -9,6 +9,7 @@ target. Faults are planted in the children through a target whose `stage` the fo
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -159,6 +160,78 @@ def test_a_child_that_dies_leaves_its_files_to_the_parent(volume, tmp_path):
     assert files_under(tmp_path / "out") == sorted(KEYS)  # the dead child's temp files removed
     assert any(e["event"] == "restore.worker_lost" for e in logs)
     assert os.getpid() in _stagers(tmp_path / "pids")  # the parent took over
+
+
+def _final_names(directory: Path) -> list[str]:
+    """What a reader of `directory` sees as restored: every name but the restore's temp files."""
+    return [name for name in files_under(directory) if ".restore-" not in name]
+
+
+def test_a_child_killed_mid_run_as_by_the_oom_killer_leaves_its_files_to_the_parent(
+    volume, tmp_path
+):
+    """SIGKILL (what the OOM killer sends) to a child that has staged three files of its run
+    (d1/f150-152): at that moment none of them has a final name, only a temp file; the parent
+    removes what the lost runs left, stages them itself, and restores every file (docs/
+    restore.md: "a worker that dies has its files restored by the parent")."""
+    out, seen = tmp_path / "out", tmp_path / "seen"
+
+    def oom_kill(_target: DirectoryTarget) -> None:
+        seen.write_text("\n".join(files_under(out)))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    target = Planted(volume, out, log=tmp_path / "pids", at="d1/f153", fault=oom_kill)
+    plan = placed_plan(volume, KEYS, SMALL)
+
+    with structlog.testing.capture_logs() as logs:
+        summary = Restorer(target, cpus=2, batch_files=50, task_files=7).run(plan)
+
+    at_kill = seen.read_text().split()
+    staged = [n for n in at_kill if any(str(workers.SERIAL_BASE + i) in n for i in (150, 151, 152))]
+    assert len(staged) == 3  # the run's first three files were written, under temp names
+    named = [name for name in at_kill if ".restore-" not in name]
+    assert set(named) <= set(KEYS[:150])  # only batches committed before: nothing unverified
+    assert [r.status for r in summary.results] == [Status.RESTORED] * COUNT
+    assert files_under(out) == sorted(KEYS)  # every temp file of the lost runs removed
+    assert all((out / key).read_bytes() == SMALL for key in KEYS)
+    assert any(e["event"] == "restore.worker_lost" for e in logs)
+    assert os.getpid() in _stagers(tmp_path / "pids")  # the parent took over
+
+
+class OutOfMemoryAt(DirectoryTarget):
+    """Raises MemoryError (what a failed allocation raises) staging `at`, in whichever
+    process or thread stages it."""
+
+    def __init__(self, *args, at: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def stage(self, item, on_bytes, *, serial=None):
+        if item.key == self.at:
+            raise MemoryError(f"staging {item.key}")
+        return super().stage(item, on_bytes, serial=serial)
+
+
+def test_a_child_out_of_memory_stops_the_restore_as_a_thread_does_leaving_only_verified_files(
+    volume, tmp_path
+):
+    """A MemoryError in a child is not a file's error (those are BackupAgentError / OSError)
+    and not a lost worker (the child lives): like any unexpected error it stops the restore,
+    the same as with threads. The batches named before it stay (complete, verified); the
+    failing batch's staged files, in the child and in the parent, are removed."""
+    plan = placed_plan(volume, KEYS, SMALL)
+    outcomes = {}
+    for processes in (True, False):
+        out = tmp_path / ("processes" if processes else "threads")
+        target = OutOfMemoryAt(volume, out, at="d1/f153")
+        restorer = Restorer(target, cpus=2, batch_files=50, task_files=7, processes=processes)
+        assert restorer.processes_for(plan.items) == (2 if processes else 0)
+        with pytest.raises(MemoryError, match="staging d1/f153"):
+            restorer.run(plan)
+        outcomes[processes] = files_under(out)
+        assert all((out / name).read_bytes() == SMALL for name in outcomes[processes])
+
+    assert outcomes[True] == outcomes[False] == sorted(KEYS[:150])  # no temp file either
 
 
 def test_a_symlink_planted_mid_restore_is_not_followed(volume, tmp_path):
