@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -493,9 +494,9 @@ class _ParallelFrames:
         self.held = 0  # frames taken from the budget: buffers filling, compressing or spare
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zstd-frame")
         # frames compressing or compressed, each with the list its buffer comes back in
-        self.pending: deque[tuple[Future[bytes], list[bytearray]]] = deque()
-        self.spare: deque[bytearray] = deque()  # buffers of written frames, for reuse
-        self.buffer: bytearray | None = None  # the frame being filled
+        self.pending: deque[tuple[Future[bytes], list[mmap.mmap]]] = deque()
+        self.spare: deque[mmap.mmap] = deque()  # buffers of written frames, for reuse
+        self.buffer: mmap.mmap | None = None  # the frame being filled
         self.size = 0  # its length
         self.filled = 0
         self._local = threading.local()  # one compressor per worker thread
@@ -537,13 +538,13 @@ class _ParallelFrames:
             held, self.held = self.held, 0
             self.budget.give_back(held)
 
-    def _new_buffer(self) -> bytearray:
+    def _new_buffer(self) -> mmap.mmap:
         while True:
             if self.spare:
                 return self.spare.popleft()
             if self.budget.take(holding=self.held):
                 self.held += 1
-                return bytearray(FRAME_BYTES)
+                return frame_buffer(FRAME_BYTES)
             # Budget spent and this copy holds frames (none spare, so all of them pending):
             # write the oldest, its buffer comes back to `spare`.
             self._write_oldest()
@@ -573,20 +574,29 @@ class _ParallelFrames:
         else:
             self.spare.append(buffer)
 
-    def _frame_of(self, handed: list[bytearray], size: int) -> bytes:
+    def _frame_of(self, handed: list[mmap.mmap], size: int) -> bytes:
         buffer = handed.pop()
         try:
             return self._compress(buffer, size)
         finally:
             handed.append(buffer)
 
-    def _compress(self, buffer: bytearray, size: int) -> bytes:
+    def _compress(self, buffer: mmap.mmap, size: int) -> bytes:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             compressor = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
             self._local.compressor = compressor
         with memoryview(buffer) as view:
             return compressor.compress(view[:size])
+
+
+def frame_buffer(size: int) -> mmap.mmap:
+    """A frame's input buffer: anonymous memory of its own, given back to the kernel as soon
+    as the buffer is dropped. From malloc, 16 MiB buffers freed by one copy's thread and
+    allocated by another's stayed in the freeing thread's arena: 4 copies of 256 MiB at once
+    under a 3-frame budget peaked at 191-197 MiB RSS with bytearrays, 144 MiB with mapped
+    buffers (bench/frame_memory.py, docs/benchmarks.md)."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 class WritebackAsYouGo:
