@@ -22,6 +22,7 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
 
 from agent.records import VersionRecord
 from agent.restore.copies import verified_chunks
@@ -397,3 +398,47 @@ def test_one_copy_alone_holds_at_most_its_workers_plus_one_frames_whatever_its_s
     assert b"".join(verified_chunks(volume, record_of(copy))) == data
     assert live_frames.peak <= threads + 1 and budget.peak <= threads + 1
     assert budget.held == 0 and live_frames.live == 0
+
+
+class BudgetMachine(RuleBasedStateMachine):
+    """Copies taking and giving back frames in any order, against a model: a list of what
+    each copy holds. Only takes that do not block are made here (a frameless copy takes when
+    a frame is free); the waits are the threaded tests' above."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 3
+        self.budget = FrameBudget(self.frames)
+        self.holding: list[int] = []
+
+    copies = Bundle("copies")
+
+    @precondition(lambda self: sum(self.holding) < self.frames)
+    @rule(target=copies)
+    def start_a_copy(self) -> int:
+        assert self.budget.take(holding=0)
+        self.holding.append(1)
+        return len(self.holding) - 1
+
+    @rule(copy=copies)
+    def take_another(self, copy: int) -> None:
+        if not self.holding[copy]:
+            return  # a frameless copy would wait: not here
+        free = sum(self.holding) < self.frames
+        assert self.budget.take(holding=self.holding[copy]) is free
+        self.holding[copy] += free
+
+    @rule(copy=copies, data=st.data())
+    def give_back(self, copy: int, data: st.DataObject) -> None:
+        if self.holding[copy]:
+            frames = data.draw(st.integers(1, self.holding[copy]))
+            self.budget.give_back(frames)
+            self.holding[copy] -= frames
+
+    @invariant()
+    def held_is_what_the_copies_hold_and_never_more_than_the_budget(self) -> None:
+        assert self.budget.held == sum(self.holding) <= self.frames
+        assert self.budget.peak <= self.frames and self.budget.waiting == 0
+
+
+TestBudgetMachine = BudgetMachine.TestCase
