@@ -6,16 +6,14 @@ plus, until it is written, its compressed output. One budget per process counts 
 every such copy holds, so the agent's frame memory is at most `frames` of them however many
 large objects are in flight (docs/design.md, "Concurrency").
 
-No deadlock, by two rules:
-
-* a copy that holds no frame waits for one. It holds nothing while it waits, so it keeps
-  nobody else from finishing;
-* a copy that holds frames never waits for the budget. It takes another frame only if one
-  is free and no frameless copy is waiting; otherwise it goes on with the frames it has
-  (waits for its own oldest frame to be written and reuses its buffer), which needs nothing
-  from anyone else. When a frameless copy waits, a copy holding more than one frame gives
-  one back as soon as it has written it, so the waiter is served within a frame's
-  compression, or at the latest when a one-frame copy ends.
+Nobody waits for the budget, so there is no deadlock to argue about: `take` answers at
+once. A copy that gets a frame fills it and compresses it on its workers; a copy that holds
+frames but gets no more goes on with its own (waits for its own oldest frame to be written
+and reuses its buffer, which needs nothing from anyone else); a copy that holds none
+compresses its next frame streaming in its own thread (same frame boundaries, header and
+checksum, no `FRAME_BYTES` buffer: only a zstd context of a few MiB) and asks again at the
+next frame boundary. So a large object never stalls with its download open and unread
+however many others hold the frames; it is only slower (one thread) while they do.
 
 Every frame a copy took goes back when the copy ends, however it ends (`_ParallelFrames.close`).
 """
@@ -34,8 +32,8 @@ class FrameBudget:
         self.frames = frames
         self._held = 0
         self._peak = 0
-        self._waiting = 0  # copies holding no frame, waiting for one
-        self._changed = threading.Condition()
+        self._refused = 0
+        self._lock = threading.Lock()
 
     @property
     def held(self) -> int:
@@ -48,35 +46,23 @@ class FrameBudget:
         return self._peak
 
     @property
-    def waiting(self) -> int:
-        """Copies waiting for their first frame."""
-        return self._waiting
+    def refused(self) -> int:
+        """Takes answered False so far (the budget was spent)."""
+        return self._refused
 
-    def take(self, *, holding: int) -> bool:
-        """One more frame for a copy that holds `holding` of them.
-
-        With none held: waits until one is free, then True. With some held: True if one is
-        free and no frameless copy waits, else False at once (the copy goes on with its own).
-        """
-        with self._changed:
-            if holding:
-                if self._held >= self.frames or self._waiting:
-                    return False
-            else:
-                self._waiting += 1
-                try:
-                    while self._held >= self.frames:
-                        self._changed.wait()
-                finally:
-                    self._waiting -= 1
+    def take(self) -> bool:
+        """One more frame if one is free (True), else False at once: never waits."""
+        with self._lock:
+            if self._held >= self.frames:
+                self._refused += 1
+                return False
             self._held += 1
             self._peak = max(self._peak, self._held)
             return True
 
     def give_back(self, frames: int = 1) -> None:
         """Return `frames` frames a copy took."""
-        with self._changed:
+        with self._lock:
             if not 0 < frames <= self._held:
                 raise RuntimeError(f"giving back {frames} frames, {self._held} held")
             self._held -= frames
-            self._changed.notify(frames)

@@ -472,11 +472,15 @@ class _ParallelFrames:
     kept for reuse) is a `FRAME_BYTES` buffer taken from the process's `FrameBudget`
     (frame_budget.py), plus its compressed output until it is written: at most `workers`
     compressing plus the one being filled for this copy, and at most the budget's frames for
-    all copies together. With the budget spent the copy reuses its own buffers (waits for its
-    oldest frame to be written); holding none, it waits for one. A failure in a worker is
-    raised in the caller when its frame's turn to be written comes (or at `end`); `close`
-    cancels what has not started, waits for what has, so nothing writes after, and gives
-    every frame back.
+    all copies together. The budget never makes a copy wait. With the budget spent, a copy
+    holding frames reuses its own buffers (waits for its oldest frame to be written); a copy
+    holding none compresses its next frame streaming, in the caller's thread, as the chunks
+    arrive (`_streamed_write`): the same boundaries, header (content size) and checksum, so
+    frames.py reads it like the others, with no input buffer, only a single-threaded zstd
+    context (~3.5 MiB at level 3); at the next boundary it asks the budget again. A failure
+    in a worker is raised in the caller when its frame's turn to be written comes (or at
+    `end`); `close` cancels what has not started, waits for what has, so nothing writes
+    after, and gives every frame back.
     """
 
     def __init__(
@@ -497,30 +501,39 @@ class _ParallelFrames:
         self.pending: deque[tuple[Future[bytes], list[mmap.mmap]]] = deque()
         self.spare: deque[mmap.mmap] = deque()  # buffers of written frames, for reuse
         self.buffer: mmap.mmap | None = None  # the frame being filled
-        self.size = 0  # its length
-        self.filled = 0
+        self.stream: zstandard.ZstdCompressionWriter | None = None  # the frame streaming
+        self._streamer: zstandard.ZstdCompressor | None = None  # its compressor, reused
+        self.streamed = 0  # frames compressed streaming (no frame from the budget)
+        self.size = 0  # the length of the frame being filled or streamed
+        self.filled = 0  # the bytes given to it so far
         self._local = threading.local()  # one compressor per worker thread
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
-            if self.buffer is None:
-                if self.left <= 0:
-                    raise IntegrityError("object is longer than its frames")
-                self.size = min(FRAME_BYTES, self.left)
-                self.left -= self.size
-                self.buffer = self._new_buffer()
-                self.filled = 0
+            if self.buffer is None and self.stream is None:
+                self._begin_frame()
             take = min(len(view), self.size - self.filled)
-            self.buffer[self.filled : self.filled + take] = view[:take]
+            if self.buffer is not None:
+                self.buffer[self.filled : self.filled + take] = view[:take]
+            else:
+                self._streamed_write(view[:take])
             self.filled += take
             view = view[take:]
             if self.filled == self.size:
-                self._submit()
+                if self.buffer is not None:
+                    self._submit()
+                else:
+                    self._end_stream()
         while self.pending and self.pending[0][0].done():  # write what is ready, free it
             self._write_oldest()
 
     def end(self) -> None:
+        if self.stream is not None:
+            # a pledged size cannot shrink; _compress_to checks the size before `end`
+            raise IntegrityError(
+                f"object ended {self.size - self.filled} bytes into a frame it pledged"
+            )
         if self.buffer is not None and self.filled:
             self.size = self.filled  # only after a size check failed elsewhere
             self._submit()
@@ -534,17 +547,48 @@ class _ParallelFrames:
         self.pending.clear()
         self.spare.clear()
         self.buffer = None
+        self.stream = self._streamer = None
         if self.held:
             held, self.held = self.held, 0
             self.budget.give_back(held)
 
-    def _new_buffer(self) -> mmap.mmap:
+    def _begin_frame(self) -> None:
+        """The next frame: in a buffer of the budget's or of this copy's, else streaming."""
+        if self.left <= 0:
+            raise IntegrityError("object is longer than its frames")
+        self.size = min(FRAME_BYTES, self.left)
+        self.left -= self.size
+        self.filled = 0
+        self.buffer = self._new_buffer()
+        if self.buffer is None:
+            while self.pending:  # frames stay in order (none pending unless held)
+                self._write_oldest()
+            if self._streamer is None:
+                self._streamer = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
+            self.stream = self._streamer.stream_writer(self.sink, size=self.size, closefd=False)
+            self.streamed += 1
+
+    def _streamed_write(self, data: memoryview) -> None:
+        assert self.stream is not None
+        self.stream.write(data)
+
+    def _end_stream(self) -> None:
+        assert self.stream is not None
+        self.stream.flush(zstandard.FLUSH_FRAME)
+        self.stream = None
+
+    def _new_buffer(self) -> mmap.mmap | None:
+        """A buffer for the next frame, or None: stream it (this copy holds no frame and the
+        budget has none free)."""
         while True:
             if self.spare:
                 return self.spare.popleft()
-            if self.budget.take(holding=self.held):
+            if self.budget.take():
                 self.held += 1
+                self._streamer = None  # its context is freed: this copy has frames now
                 return frame_buffer(FRAME_BYTES)
+            if not self.held:
+                return None
             # Budget spent and this copy holds frames (none spare, so all of them pending):
             # write the oldest, its buffer comes back to `spare`.
             self._write_oldest()
@@ -555,7 +599,8 @@ class _ParallelFrames:
             self._write_oldest()
         # The buffer travels in a list that this thread empties once the frame is compressed,
         # so then nothing else refers to it (not the pool's record of the call, which may
-        # outlive the result for a moment): a buffer given back to the budget is freed at once.
+        # outlive the result for a moment): the buffers a copy gives back at `close` are freed
+        # at once.
         handed = [self.buffer]
         self.pending.append((self.pool.submit(self._frame_of, handed, self.size), handed))
         self.buffer = None
@@ -564,15 +609,8 @@ class _ParallelFrames:
         future, handed = self.pending.popleft()
         frame = future.result()
         del future
-        buffer = handed.pop()
+        self.spare.append(handed.pop())
         self.sink.write(frame)
-        del frame
-        if self.held > 1 and self.budget.waiting:
-            del buffer  # freed before another copy may take its place
-            self.held -= 1  # a copy waits for its first frame: make room for it
-            self.budget.give_back()
-        else:
-            self.spare.append(buffer)
 
     def _frame_of(self, handed: list[mmap.mmap], size: int) -> bytes:
         buffer = handed.pop()

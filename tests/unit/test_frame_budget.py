@@ -5,7 +5,9 @@ Frames are counted twice: by the budget itself, and independently by counting th
 module's `frame_buffer` is replaced by one that counts, a buffer is dead once nothing refers
 to it). The second count is what memory holds, whatever the budget's own bookkeeping says.
 FRAME_BYTES is made small (64 KiB) so that copies of a few MiB go through the paths a 1 GiB
-copy takes.
+copy takes. Nobody waits for the budget: a copy that gets no frame and holds none compresses
+its next frame streaming; `frames_in` walks a copy's frames (frames.scan, as the restore
+does) to check that those frames are the parallel path's, boundary for boundary.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import gc
 import io
 import mmap
+import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
@@ -22,10 +25,12 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
+from agent.errors import IntegrityError
 from agent.records import VersionRecord
 from agent.restore.copies import verified_chunks
+from agent.storage import frames as frames_module
 from agent.storage import volume as volume_module
 from agent.storage.frame_budget import FrameBudget
 from agent.storage.volume import CompressionSettings, Expectation, StoredCopy, Volume
@@ -70,6 +75,50 @@ def frame_threads() -> list[str]:
 
 def decompressed(stored: bytes) -> bytes:
     return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(stored)
+
+
+def frames_in(stored: bytes) -> list[tuple[int, bool]]:
+    """Each frame's declared content size and whether it carries a checksum, walked as the
+    restore walks a copy (frames.scan: None unless every frame is one it reads in parallel)."""
+    with tempfile.TemporaryFile() as file:
+        file.write(stored)
+        file.flush()
+        found = frames_module.scan(
+            file.fileno(), limit=None, max_window=volume_module.MAX_WINDOW_BYTES
+        )
+    assert found is not None, "not a copy frames.py reads in parallel"
+    return [
+        (
+            frame.content_size,
+            zstandard.get_frame_parameters(stored[frame.offset : frame.offset + 18]).has_checksum,
+        )
+        for frame in found
+    ]
+
+
+def expected_frames(size: int) -> list[tuple[int, bool]]:
+    """The parallel path's frames for `size` bytes: FRAME each, the rest in the last."""
+    return [(min(FRAME, size - start), True) for start in range(0, size, FRAME)]
+
+
+def written(
+    content: bytes,
+    budget: FrameBudget,
+    chunk: int = 10_000,
+    settings_: CompressionSettings = PARALLEL,
+    chunks: Iterator[bytes] | None = None,
+) -> tuple[bytes, int]:
+    """`content` through `_ParallelFrames` into memory: the stored bytes and how many of its
+    frames were streamed."""
+    sink = io.BytesIO()
+    sized = volume_module._ParallelFrames(settings_, sink, len(content), budget)
+    try:
+        for part in chunks if chunks is not None else chunks_of(content, chunk):
+            sized.write(part)
+        sized.end()
+    finally:
+        sized.close()
+    return sink.getvalue(), sized.streamed
 
 
 class LiveFrames:
@@ -148,46 +197,21 @@ def test_a_budget_needs_a_frame() -> None:
         FrameBudget(0)
 
 
-def test_a_copy_holding_frames_gets_no_more_than_the_budget_and_never_waits() -> None:
+def test_a_take_answers_at_once_yes_while_a_frame_is_free() -> None:
     budget = FrameBudget(2)
-    assert budget.take(holding=0) and budget.take(holding=1)
-    assert not budget.take(holding=2)  # at once, not after a wait
-    assert (budget.held, budget.peak) == (2, 2)
+    assert budget.take() and budget.take()
+    assert not budget.take() and not budget.take()  # at once, not after a wait
+    assert (budget.held, budget.peak, budget.refused) == (2, 2, 2)
     budget.give_back(2)
-    assert budget.held == 0 and budget.take(holding=0)
+    assert budget.held == 0 and budget.take() and budget.peak == 2
 
 
 def test_giving_back_more_than_was_taken_is_a_bug_not_a_bigger_budget() -> None:
     budget = FrameBudget(2)
-    budget.take(holding=0)
+    budget.take()
     with pytest.raises(RuntimeError, match="giving back 2 frames, 1 held"):
         budget.give_back(2)
     assert budget.held == 1
-
-
-def test_a_frameless_copy_waits_and_holders_take_no_more_while_it_does() -> None:
-    budget = FrameBudget(2)
-    budget.take(holding=0)
-    budget.take(holding=1)
-    got = threading.Event()
-    waiter = threading.Thread(target=lambda: budget.take(holding=0) and got.set())
-    waiter.start()
-    wait_until(lambda: budget.waiting == 1, what="the frameless copy to wait")
-    assert not got.is_set()
-    budget.give_back()
-    assert got.wait(JOIN)
-    waiter.join(JOIN)
-    assert (budget.held, budget.waiting) == (2, 0)
-    # one free frame, but a frameless copy waits again: the holders go on with their own
-    budget.give_back()
-    second = threading.Thread(target=lambda: budget.take(holding=0))
-    budget.take(holding=0)  # the budget is spent again
-    second.start()
-    wait_until(lambda: budget.waiting == 1, what="the second frameless copy to wait")
-    budget.give_back()
-    second.join(JOIN)
-    assert not second.is_alive() and budget.held == 2
-    assert not budget.take(holding=1)
 
 
 def test_the_default_budget_lets_one_copy_hold_what_it_held_before() -> None:
@@ -246,12 +270,13 @@ def test_without_the_bound_the_same_four_copies_hold_more(
     assert live_frames.peak >= 4
 
 
-def test_a_frameless_copy_waits_for_a_frame_a_busy_copy_gives_back(
+def test_a_frameless_copy_streams_while_another_holds_the_budget(
     monkeypatch: pytest.MonkeyPatch, live_frames: LiveFrames
 ) -> None:
-    """Copy A holds the whole budget (two frames compressing, held at a gate); copy B waits
-    for its first frame without taking any; once A's first frame is written A gives it back
-    (B waits) and goes on with the one it has; both finish and read back."""
+    """Copy A holds the whole budget (two frames compressing, held at a gate); copy B, with
+    no frame to take, does not wait: it streams every frame and completes while A's gate is
+    still closed, holding no frame buffer; its frames are the parallel path's, boundary for
+    boundary, each with its size and checksum. Then A completes. (Before, B waited for A.)"""
     budget = FrameBudget(2)
     gate = threading.Event()
     real = volume_module._ParallelFrames._compress
@@ -262,38 +287,98 @@ def test_a_frameless_copy_waits_for_a_frame_a_busy_copy_gives_back(
 
     monkeypatch.setattr(volume_module._ParallelFrames, "_compress", gated)
     first, second = data_of(5 * FRAME, seed=1), data_of(3 * FRAME + 9, seed=2)
-    sinks = [io.BytesIO(), io.BytesIO()]
-
-    def write(index: int, content: bytes) -> None:
-        frames = volume_module._ParallelFrames(PARALLEL, sinks[index], len(content), budget)
-        try:
-            for chunk in chunks_of(content):
-                frames.write(chunk)
-            frames.end()
-        finally:
-            frames.close()
-
     copies = Copies()
-    copies.start(0, lambda: write(0, first))
+    copies.start(0, lambda: written(first, budget))
     wait_until(lambda: budget.held == 2, what="copy A to hold the budget")
-    copies.start(1, lambda: write(1, second))
-    wait_until(lambda: budget.waiting == 1, what="copy B to wait for its first frame")
-    assert budget.held == 2 and live_frames.live == 2
+    copies.start(1, lambda: written(second, budget, chunk=7_777))
+    copies.threads[1].join(JOIN)
+    assert not copies.threads[1].is_alive(), "copy B waited for the budget"
+    assert not gate.is_set() and budget.held == 2 and live_frames.peak == 2
+    stored, streamed = copies.results[1]
+    assert streamed == 4 and decompressed(stored) == second
+    assert frames_in(stored) == expected_frames(len(second))
     gate.set()
     results = copies.join()
-    assert results == {0: None, 1: None}
-    assert decompressed(sinks[0].getvalue()) == first
-    assert decompressed(sinks[1].getvalue()) == second
-    assert (budget.peak, live_frames.peak) == (2, 2)
+    stored_a, streamed_a = results[0]
+    assert streamed_a == 0 and decompressed(stored_a) == first
+    assert frames_in(stored_a) == expected_frames(len(first))
     assert budget.held == 0 and live_frames.live == 0
     assert not frame_threads()
 
 
-def test_a_copy_that_fails_gives_its_frames_back_to_the_copy_waiting_for_them(
+def test_a_copy_with_the_budget_spent_is_stored_and_restored_byte_for_byte(
     volume: Volume, monkeypatch: pytest.MonkeyPatch, live_frames: LiveFrames
 ) -> None:
-    """A holds the budget and fails compressing (MemoryError); B, waiting meanwhile, gets
-    the frames A held and completes; nothing is left held or running."""
+    """Through `Volume.write_copy` with every frame of the budget held elsewhere: the copy
+    completes without a frame buffer, and the restore reads it as a copy of frames, in
+    parallel (frames.decompress), byte for byte; same frames as a copy with frames free."""
+    budget = budget_of(monkeypatch, 2)
+    assert budget.take() and budget.take()  # held by copies not shown here
+    data = data_of(6 * FRAME + 123, seed=5)
+    copy = volume.write_copy(chunks_of(data, 3 * FRAME + 1), PARALLEL, Expectation(len(data)))
+    assert live_frames.peak == 0 and budget.held == 2 and budget.refused >= 7
+    decompress = frames_module.decompress
+    parallel_reads: list[int] = []
+
+    def counting(fd: int, found: list[frames_module.Frame], **kwargs: Any) -> Iterator[bytes]:
+        parallel_reads.append(len(found))
+        return decompress(fd, found, **kwargs)
+
+    monkeypatch.setattr(frames_module, "decompress", counting)
+    assert b"".join(verified_chunks(volume, record_of(copy))) == data
+    assert parallel_reads == [7]
+    stored = volume.copy_path(copy.sha256).read_bytes()
+    assert frames_in(stored) == expected_frames(len(data))
+    budget.give_back(2)
+    reference, streamed = written(data, budget)
+    assert streamed == 0 and frames_in(reference) == frames_in(stored)
+    assert live_frames.live == 0 and not frame_threads()
+
+
+def test_a_streaming_copy_takes_a_frame_at_the_next_boundary_once_one_is_free(
+    live_frames: LiveFrames,
+) -> None:
+    """The budget's one frame is held elsewhere while the copy's first frame and a half go
+    by (streamed); it is given back mid-frame: the copy finishes that frame streaming,
+    takes the frame at the next boundary and compresses the rest in parallel, in order."""
+    budget = FrameBudget(1)
+    assert budget.take()
+    data = data_of(6 * FRAME + 77, seed=3)
+
+    def chunks() -> Iterator[bytes]:
+        yield from chunks_of(data[: FRAME + FRAME // 2])
+        budget.give_back()  # the other copy ends
+        yield from chunks_of(data[FRAME + FRAME // 2 :])
+
+    stored, streamed = written(data, budget, chunks=chunks())
+    assert streamed == 2
+    assert decompressed(stored) == data
+    assert frames_in(stored) == expected_frames(len(data))
+    assert budget.peak == 1 and live_frames.peak == 1
+    assert budget.held == 0 and live_frames.live == 0
+
+
+def test_a_copy_ending_inside_a_streamed_frame_is_an_integrity_error() -> None:
+    """A streamed frame pledged its size: a copy cannot end short of it (_compress_to checks
+    the size first; this is the frames' own guard)."""
+    budget = FrameBudget(1)
+    assert budget.take()
+    sized = volume_module._ParallelFrames(PARALLEL, io.BytesIO(), 3 * FRAME, budget)
+    try:
+        sized.write(data_of(FRAME + 10))
+        with pytest.raises(IntegrityError, match="pledged"):
+            sized.end()
+    finally:
+        sized.close()
+    assert budget.held == 1 and sized.stream is None
+
+
+def test_a_copy_that_fails_gives_its_frames_back_while_another_streams(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, live_frames: LiveFrames
+) -> None:
+    """A holds the budget and fails compressing (MemoryError); B, started meanwhile,
+    streams and is stored before A fails; then A gives every frame back; nothing is left
+    held or running."""
     budget = budget_of(monkeypatch, 2)
     gate = threading.Event()
     real = volume_module._ParallelFrames._compress
@@ -312,11 +397,12 @@ def test_a_copy_that_fails_gives_its_frames_back_to_the_copy_waiting_for_them(
     copies.start(
         1, lambda: volume.write_copy(chunks_of(second), PARALLEL, Expectation(len(second)))
     )
-    wait_until(lambda: budget.waiting == 1, what="copy B to wait for its first frame")
+    copies.threads[1].join(JOIN)
+    assert not copies.threads[1].is_alive(), "copy B waited for the budget"
+    assert isinstance(copies.results[1], StoredCopy) and budget.held == 2
     gate.set()
     results = copies.join()
     assert isinstance(results[0], MemoryError)
-    assert isinstance(results[1], StoredCopy)
     assert b"".join(verified_chunks(volume, record_of(results[1]))) == second
     assert budget.held == 0
     # the MemoryError's traceback holds the failed frame's buffer (its frames' locals) for
@@ -344,6 +430,24 @@ def test_a_download_failing_midway_gives_its_frames_back(
     assert not frame_threads()
 
 
+def test_a_download_failing_inside_a_streamed_frame_leaves_nothing(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, live_frames: LiveFrames
+) -> None:
+    budget = budget_of(monkeypatch, 1)
+    assert budget.take()  # held elsewhere: this copy streams
+    data = data_of(8 * FRAME)
+
+    def failing() -> Iterator[bytes]:
+        yield from chunks_of(data[: 2 * FRAME + 100])
+        raise ConnectionResetError("peer went away")
+
+    with pytest.raises(ConnectionResetError):
+        volume.write_copy(failing(), PARALLEL, Expectation(size=len(data)))
+    assert budget.held == 1 and live_frames.peak == 0
+    assert [p.name for p in volume.tmp_dir.iterdir()] == []
+    assert not frame_threads()
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -351,37 +455,34 @@ def test_a_download_failing_midway_gives_its_frames_back(
 )
 @given(
     frames=st.integers(1, 4),
+    elsewhere=st.integers(0, 4),
     threads=st.integers(1, 3),
     sizes=st.lists(st.integers(FRAME + 1, 6 * FRAME), min_size=1, max_size=4),
     chunk=st.integers(1_000, 3 * FRAME),
 )
 def test_any_budget_workers_and_copies_complete_within_the_bound(
-    frames: int, threads: int, sizes: list[int], chunk: int
+    frames: int, elsewhere: int, threads: int, sizes: list[int], chunk: int
 ) -> None:
-    """However small the budget and however many copies share it, every copy completes,
-    reads back, and together they never hold more than the budget."""
+    """However small the budget, however much of it is held elsewhere, and however many
+    copies share it, every copy completes with the parallel path's frames, reads back, and
+    together they never hold more than the budget."""
     budget = FrameBudget(frames)
+    elsewhere = min(elsewhere, frames)
+    for _ in range(elsewhere):
+        assert budget.take()
     settings_ = CompressionSettings(level=1, threads=threads)
     contents = [data_of(size, seed=index) for index, size in enumerate(sizes)]
-    sinks = [io.BytesIO() for _ in contents]
-
-    def write(index: int) -> None:
-        content = contents[index]
-        sized = volume_module._ParallelFrames(settings_, sinks[index], len(content), budget)
-        try:
-            for part in chunks_of(content, chunk):
-                sized.write(part)
-            sized.end()
-        finally:
-            sized.close()
-
     copies = Copies()
-    for index in range(len(contents)):
-        copies.start(index, lambda i=index: write(i))
-    assert all(result is None for result in copies.join().values())
-    for sink, content in zip(sinks, contents, strict=True):
-        assert decompressed(sink.getvalue()) == content
-    assert budget.peak <= frames and budget.held == 0
+    for index, content in enumerate(contents):
+        copies.start(index, lambda c=content: written(c, budget, chunk, settings_))
+    results = copies.join()
+    for index, content in enumerate(contents):
+        stored, streamed = results[index]
+        assert decompressed(stored) == content
+        assert frames_in(stored) == expected_frames(len(content))
+        if elsewhere == frames:
+            assert streamed == len(frames_in(stored))  # no frame free: every one streamed
+    assert budget.peak <= frames and budget.held == elsewhere
     assert not frame_threads()
 
 
@@ -402,31 +503,29 @@ def test_one_copy_alone_holds_at_most_its_workers_plus_one_frames_whatever_its_s
 
 class BudgetMachine(RuleBasedStateMachine):
     """Copies taking and giving back frames in any order, against a model: a list of what
-    each copy holds. Only takes that do not block are made here (a frameless copy takes when
-    a frame is free); the waits are the threaded tests' above."""
+    each copy holds. Every take answers at once (nobody waits): yes exactly when a frame is
+    free, whatever the copy holds."""
 
     def __init__(self) -> None:
         super().__init__()
         self.frames = 3
         self.budget = FrameBudget(self.frames)
         self.holding: list[int] = []
+        self.refused = 0
 
     copies = Bundle("copies")
 
-    @precondition(lambda self: sum(self.holding) < self.frames)
     @rule(target=copies)
     def start_a_copy(self) -> int:
-        assert self.budget.take(holding=0)
-        self.holding.append(1)
+        self.holding.append(0)
         return len(self.holding) - 1
 
     @rule(copy=copies)
-    def take_another(self, copy: int) -> None:
-        if not self.holding[copy]:
-            return  # a frameless copy would wait: not here
+    def take(self, copy: int) -> None:
         free = sum(self.holding) < self.frames
-        assert self.budget.take(holding=self.holding[copy]) is free
+        assert self.budget.take() is free
         self.holding[copy] += free
+        self.refused += not free
 
     @rule(copy=copies, data=st.data())
     def give_back(self, copy: int, data: st.DataObject) -> None:
@@ -435,10 +534,17 @@ class BudgetMachine(RuleBasedStateMachine):
             self.budget.give_back(frames)
             self.holding[copy] -= frames
 
+    @rule(copy=copies)
+    def end_a_copy(self, copy: int) -> None:
+        """However it ends, a copy gives back every frame it holds."""
+        if self.holding[copy]:
+            self.budget.give_back(self.holding[copy])
+            self.holding[copy] = 0
+
     @invariant()
     def held_is_what_the_copies_hold_and_never_more_than_the_budget(self) -> None:
         assert self.budget.held == sum(self.holding) <= self.frames
-        assert self.budget.peak <= self.frames and self.budget.waiting == 0
+        assert self.budget.peak <= self.frames and self.budget.refused == self.refused
 
 
 TestBudgetMachine = BudgetMachine.TestCase
