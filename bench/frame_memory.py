@@ -4,10 +4,11 @@
 `--objects` objects of `--mib` MiB each at once, each in a thread of its own (as the
 consumer's workers do), through `Volume.write_copy` with its size known (so each is split
 into 16 MiB frames compressed side by side), into a fresh volume under DIR (default: the
-system's temp directory). It prints the wall and CPU time, the process's peak RSS and the
-most frames held at once. `--frames N` gives the copies a budget of N frames instead of the
-default (CPUs + 1); `--frames 1000` is what they held before the budget (each its own
-`compression_threads + 1`). Run each way in a process
+system's temp directory). It prints the wall and CPU time, the process's peak RSS, the
+most frames held at once and how many takes the budget refused (each a frame that copy
+compressed streaming, or with a buffer of its own). `--frames N` gives the copies a budget
+of N frames instead of the default (CPUs + 1); `--frames 1000` is what they held before the
+budget (each its own `compression_threads + 1`). Run each way in a process
 of its own (peak RSS is per process). The data is semi-compressible log lines
 (bench.data.log_lines, ~4-5x): a 16 MiB pool read at a different offset by each object,
 so no two objects are the same copy and nothing repeats within zstd's window.
@@ -81,7 +82,8 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{args.objects} x {args.mib} MiB at once, budget {budget.frames} frames"
-        f" (peak held {budget.peak}): {wall:5.2f} s wall {cpu:5.2f} s CPU,"
+        f" (peak held {budget.peak}, {budget.refused} takes refused):"
+        f" {wall:5.2f} s wall {cpu:5.2f} s CPU,"
         f" RSS {before_mib:.0f} MiB before the copies, peak {peak_mib:.0f} MiB",
         flush=True,
     )
