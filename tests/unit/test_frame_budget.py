@@ -306,16 +306,33 @@ def test_a_frameless_copy_streams_while_another_holds_the_budget(
     assert not frame_threads()
 
 
+def windows(stored: bytes) -> list[int]:
+    """Each frame's window size, as its header declares it (the restore's max_window check)."""
+    with tempfile.TemporaryFile() as file:
+        file.write(stored)
+        file.flush()
+        found = frames_module.scan(
+            file.fileno(), limit=None, max_window=volume_module.MAX_WINDOW_BYTES
+        )
+    assert found is not None
+    return [
+        zstandard.get_frame_parameters(stored[f.offset : f.offset + 18]).window_size for f in found
+    ]
+
+
+@pytest.mark.parametrize("level", [3, 19])
 def test_a_copy_with_the_budget_spent_is_stored_and_restored_byte_for_byte(
-    volume: Volume, monkeypatch: pytest.MonkeyPatch, live_frames: LiveFrames
+    volume: Volume, monkeypatch: pytest.MonkeyPatch, live_frames: LiveFrames, level: int
 ) -> None:
     """Through `Volume.write_copy` with every frame of the budget held elsewhere: the copy
     completes without a frame buffer, and the restore reads it as a copy of frames, in
-    parallel (frames.decompress), byte for byte; same frames as a copy with frames free."""
+    parallel (frames.decompress), byte for byte; same frames (sizes, checksums, windows) as
+    a copy with frames free, at the default level and at a high one."""
     budget = budget_of(monkeypatch, 2)
     assert budget.take() and budget.take()  # held by copies not shown here
+    settings_ = CompressionSettings(level=level, threads=2)
     data = data_of(6 * FRAME + 123, seed=5)
-    copy = volume.write_copy(chunks_of(data, 3 * FRAME + 1), PARALLEL, Expectation(len(data)))
+    copy = volume.write_copy(chunks_of(data, 3 * FRAME + 1), settings_, Expectation(len(data)))
     assert live_frames.peak == 0 and budget.held == 2 and budget.refused >= 7
     decompress = frames_module.decompress
     parallel_reads: list[int] = []
@@ -330,8 +347,9 @@ def test_a_copy_with_the_budget_spent_is_stored_and_restored_byte_for_byte(
     stored = volume.copy_path(copy.sha256).read_bytes()
     assert frames_in(stored) == expected_frames(len(data))
     budget.give_back(2)
-    reference, streamed = written(data, budget)
+    reference, streamed = written(data, budget, settings_=settings_)
     assert streamed == 0 and frames_in(reference) == frames_in(stored)
+    assert windows(reference) == windows(stored)
     assert live_frames.live == 0 and not frame_threads()
 
 
