@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -44,6 +45,7 @@ import zstandard
 
 from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.storage import frames, readahead
+from agent.storage.frame_budget import FrameBudget
 
 MARKER_NAME = ".backup-agent-volume"
 TEMP_SUFFIX = ".part"
@@ -61,6 +63,11 @@ FRAME_BYTES = 16 << 20
 # keeps (PARALLEL_FRAMES + 1) * FRAME_BYTES in memory, whatever the copy's size.
 PARALLEL_FRAMES = 2
 _parallel_copy = threading.BoundedSemaphore(1)  # one copy at a time reads in parallel
+# Frames held at once by all the copies being written in this process (frame_budget.py): as
+# many as one copy alone holds with the default `compression_threads` (one per CPU, plus the
+# frame being filled), so one large object is as fast as without the budget and several
+# share it.
+FRAME_BUDGET = FrameBudget((os.cpu_count() or 1) + 1)
 
 
 # zstd's own default limit for decompression (ZSTD_WINDOWLOG_LIMIT_DEFAULT = 27): the largest
@@ -461,45 +468,72 @@ class _ParallelFrames:
     side by side").
     libzstd releases the GIL while it compresses.
 
-    Memory: at most `workers` frames compressing plus the one being filled, each a reused
-    `FRAME_BYTES` buffer, plus their compressed output until it is written. A failure in a
-    worker is raised in the caller when its frame's turn to be written comes (or at `end`);
-    `close` cancels what has not started and waits for what has, so nothing writes after.
+    Memory: every frame held (being filled, compressing, waiting to be written, or its buffer
+    kept for reuse) is a `FRAME_BYTES` buffer taken from the process's `FrameBudget`
+    (frame_budget.py), plus its compressed output until it is written: at most `workers`
+    compressing plus the one being filled for this copy, and at most the budget's frames for
+    all copies together. The budget never makes a copy wait. With the budget spent, a copy
+    holding frames reuses its own buffers (waits for its oldest frame to be written); a copy
+    holding none compresses its next frame streaming, in the caller's thread, as the chunks
+    arrive (`_streamed_write`): the same boundaries, header (content size) and checksum, so
+    frames.py reads it like the others, with no input buffer, only a single-threaded zstd
+    context (~3.5 MiB at level 3); at the next boundary it asks the budget again. A failure
+    in a worker is raised in the caller when its frame's turn to be written comes (or at
+    `end`); `close` cancels what has not started, waits for what has, so nothing writes
+    after, and gives every frame back.
     """
 
-    def __init__(self, settings: CompressionSettings, sink: IO[bytes], total: int) -> None:
+    def __init__(
+        self,
+        settings: CompressionSettings,
+        sink: IO[bytes],
+        total: int,
+        budget: FrameBudget | None = None,
+    ) -> None:
         self.level = settings.level
         self.sink = sink
         self.left = total  # bytes not yet given to a frame
         self.workers = max(1, settings.zstd_threads)
+        self.budget = budget if budget is not None else FRAME_BUDGET
+        self.held = 0  # frames taken from the budget: buffers filling, compressing or spare
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zstd-frame")
-        self.pending: deque[Future[bytes]] = deque()
-        self.spare: deque[bytearray] = deque()  # buffers of compressed frames, for reuse
-        self.buffer: bytearray | None = None  # the frame being filled
-        self.size = 0  # its length
-        self.filled = 0
+        # frames compressing or compressed, each with the list its buffer comes back in
+        self.pending: deque[tuple[Future[bytes], list[mmap.mmap]]] = deque()
+        self.spare: deque[mmap.mmap] = deque()  # buffers of written frames, for reuse
+        self.buffer: mmap.mmap | None = None  # the frame being filled
+        self.stream: zstandard.ZstdCompressionWriter | None = None  # the frame streaming
+        self._streamer: zstandard.ZstdCompressor | None = None  # its compressor, reused
+        self.streamed = 0  # frames compressed streaming (no frame from the budget)
+        self.size = 0  # the length of the frame being filled or streamed
+        self.filled = 0  # the bytes given to it so far
         self._local = threading.local()  # one compressor per worker thread
 
     def write(self, chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
-            if self.buffer is None:
-                if self.left <= 0:
-                    raise IntegrityError("object is longer than its frames")
-                self.size = min(FRAME_BYTES, self.left)
-                self.left -= self.size
-                self.buffer = self._new_buffer()
-                self.filled = 0
+            if self.buffer is None and self.stream is None:
+                self._begin_frame()
             take = min(len(view), self.size - self.filled)
-            self.buffer[self.filled : self.filled + take] = view[:take]
+            if self.buffer is not None:
+                self.buffer[self.filled : self.filled + take] = view[:take]
+            else:
+                self._streamed_write(view[:take])
             self.filled += take
             view = view[take:]
             if self.filled == self.size:
-                self._submit()
-        while self.pending and self.pending[0].done():  # write what is ready, free it
+                if self.buffer is not None:
+                    self._submit()
+                else:
+                    self._end_stream()
+        while self.pending and self.pending[0][0].done():  # write what is ready, free it
             self._write_oldest()
 
     def end(self) -> None:
+        if self.stream is not None:
+            # a pledged size cannot shrink; _compress_to checks the size before `end`
+            raise IntegrityError(
+                f"object ended {self.size - self.filled} bytes into a frame it pledged"
+            )
         if self.buffer is not None and self.filled:
             self.size = self.filled  # only after a size check failed elsewhere
             self._submit()
@@ -507,38 +541,100 @@ class _ParallelFrames:
             self._write_oldest()
 
     def close(self) -> None:
-        for future in self.pending:
+        for future, _ in self.pending:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pending.clear()
         self.spare.clear()
+        self.buffer = None
+        self.stream = self._streamer = None
+        if self.held:
+            held, self.held = self.held, 0
+            self.budget.give_back(held)
 
-    def _new_buffer(self) -> bytearray:
-        try:
-            return self.spare.popleft()
-        except IndexError:
-            return bytearray(FRAME_BYTES)
+    def _begin_frame(self) -> None:
+        """The next frame: in a buffer of the budget's or of this copy's, else streaming."""
+        if self.left <= 0:
+            raise IntegrityError("object is longer than its frames")
+        self.size = min(FRAME_BYTES, self.left)
+        self.left -= self.size
+        self.filled = 0
+        self.buffer = self._new_buffer()
+        if self.buffer is None:
+            while self.pending:  # frames stay in order (none pending unless held)
+                self._write_oldest()
+            if self._streamer is None:
+                self._streamer = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
+            self.stream = self._streamer.stream_writer(self.sink, size=self.size, closefd=False)
+            self.streamed += 1
+
+    def _streamed_write(self, data: memoryview) -> None:
+        assert self.stream is not None
+        self.stream.write(data)
+
+    def _end_stream(self) -> None:
+        assert self.stream is not None
+        self.stream.flush(zstandard.FLUSH_FRAME)
+        self.stream = None
+
+    def _new_buffer(self) -> mmap.mmap | None:
+        """A buffer for the next frame, or None: stream it (this copy holds no frame and the
+        budget has none free)."""
+        while True:
+            if self.spare:
+                return self.spare.popleft()
+            if self.budget.take():
+                self.held += 1
+                self._streamer = None  # its context is freed: this copy has frames now
+                return frame_buffer(FRAME_BYTES)
+            if not self.held:
+                return None
+            # Budget spent and this copy holds frames (none spare, so all of them pending):
+            # write the oldest, its buffer comes back to `spare`.
+            self._write_oldest()
 
     def _submit(self) -> None:
         assert self.buffer is not None
         while len(self.pending) >= self.workers:  # bounded: wait for the oldest frame
             self._write_oldest()
-        self.pending.append(self.pool.submit(self._compress, self.buffer, self.size))
+        # The buffer travels in a list that this thread empties once the frame is compressed,
+        # so then nothing else refers to it (not the pool's record of the call, which may
+        # outlive the result for a moment): the buffers a copy gives back at `close` are freed
+        # at once.
+        handed = [self.buffer]
+        self.pending.append((self.pool.submit(self._frame_of, handed, self.size), handed))
         self.buffer = None
 
     def _write_oldest(self) -> None:
-        self.sink.write(self.pending.popleft().result())
+        future, handed = self.pending.popleft()
+        frame = future.result()
+        del future
+        self.spare.append(handed.pop())
+        self.sink.write(frame)
 
-    def _compress(self, buffer: bytearray, size: int) -> bytes:
+    def _frame_of(self, handed: list[mmap.mmap], size: int) -> bytes:
+        buffer = handed.pop()
+        try:
+            return self._compress(buffer, size)
+        finally:
+            handed.append(buffer)
+
+    def _compress(self, buffer: mmap.mmap, size: int) -> bytes:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
             compressor = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
             self._local.compressor = compressor
         with memoryview(buffer) as view:
-            frame = compressor.compress(view[:size])
-        if len(buffer) == FRAME_BYTES:
-            self.spare.append(buffer)
-        return frame
+            return compressor.compress(view[:size])
+
+
+def frame_buffer(size: int) -> mmap.mmap:
+    """A frame's input buffer: anonymous memory of its own, given back to the kernel as soon
+    as the buffer is dropped. From malloc, 16 MiB buffers freed by one copy's thread and
+    allocated by another's stayed in the freeing thread's arena: 4 copies of 256 MiB at once
+    under a 3-frame budget peaked at 191-197 MiB RSS with bytearrays, 144 MiB with mapped
+    buffers (bench/frame_memory.py, docs/benchmarks.md)."""
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
 
 class WritebackAsYouGo:

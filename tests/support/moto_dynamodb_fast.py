@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Iterator
 from typing import Any
 
 from moto.dynamodb.comparisons import ConditionExpressionParser
 from moto.dynamodb.exceptions import ItemSizeTooLarge
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.utilities import bytesize
+
+from tests.support import patching
 
 ITEM_LIMIT = 405_000  # moto's own figure (dynamo_type.LimitedSizeDict)
 LEXED_MAX = 1024  # expressions kept; an application uses a handful
@@ -81,14 +82,7 @@ def uninstall() -> None:
     Item.__init__ = _MOTO_ITEM_INIT  # type: ignore[method-assign]
 
 
-@contextlib.contextmanager
-def as_released() -> Iterator[None]:
+def as_released() -> contextlib.AbstractContextManager[None]:
     """moto's DynamoDB as released while inside (as it was after): for the comparison in
     tests/unit/test_moto_dynamodb_fast.py."""
-    was = installed()
-    uninstall()
-    try:
-        yield
-    finally:
-        if was:
-            install()
+    return patching.released(installed, install, uninstall)

@@ -57,7 +57,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import Item
 from moto.dynamodb.models.table import Table
 
-from tests.support import moto_dynamodb_fast
+from tests.support import moto_dynamodb_fast, patching
 
 
 class _TablesByReference:
@@ -417,17 +417,10 @@ def changed() -> Iterator[None]:
 touched_items_only = changed  # the name from when there was one change
 
 
-@contextlib.contextmanager
-def as_released() -> Iterator[None]:
+def as_released() -> contextlib.AbstractContextManager[None]:
     """moto as released while inside (as it was after): for the comparisons in
     tests/unit/test_moto_server.py."""
-    was = installed()
-    uninstall()
-    try:
-        yield
-    finally:
-        if was:
-            install()
+    return patching.released(installed, install, uninstall)
 
 
 def main(argv: list[str] | None = None) -> None:

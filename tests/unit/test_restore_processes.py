@@ -9,6 +9,7 @@ target. Faults are planted in the children through a target whose `stage` the fo
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -19,18 +20,11 @@ from agent.restore import workers
 from agent.restore.restorer import NoProgress, Restorer
 from agent.restore.targets import DirectoryTarget, Status
 from tests.support.stored import placed_plan, stored_record
+from tests.support.tree import files_under
 
 SMALL = b"a small restored file\n" * 8
 COUNT = 300  # above workers.MIN_FILES
 KEYS = [f"d{i // 100}/f{i:03d}" for i in range(COUNT)]  # d0, d1, d2 in plan order
-
-
-def _files(directory: Path) -> list[str]:
-    return sorted(
-        os.path.relpath(os.path.join(d, name), directory)
-        for d, _dirs, files in os.walk(directory)
-        for name in files
-    )
 
 
 class Planted(DirectoryTarget):
@@ -67,7 +61,7 @@ def test_small_files_are_staged_by_child_processes_and_committed_by_the_parent(v
 
     assert [r.status for r in summary.results] == [Status.RESTORED] * COUNT
     assert [r.item.key for r in summary.results] == KEYS  # the plan's order
-    assert _files(tmp_path / "out") == sorted(KEYS)
+    assert files_under(tmp_path / "out") == sorted(KEYS)
     assert (tmp_path / "out" / KEYS[-1]).read_bytes() == SMALL
     stagers = _stagers(tmp_path / "pids")
     assert os.getpid() not in stagers and 1 <= len(stagers) <= 2
@@ -95,7 +89,7 @@ def test_the_children_are_forked_before_the_progress_display_starts_a_thread(vol
 
     summary = Restorer(target, cpus=2, progress=progress).run(plan)
 
-    assert summary.ok and _files(tmp_path / "out") == sorted(KEYS)
+    assert summary.ok and files_under(tmp_path / "out") == sorted(KEYS)
     assert os.getpid() not in _stagers(tmp_path / "pids")
     assert not progress.thread.is_alive()
 
@@ -149,7 +143,7 @@ def test_a_tampered_copy_in_a_batch_fails_alone_with_the_threads_error(volume, t
     assert failed[0].error == threads.failed[0].error
     assert "is corrupt" in (failed[0].error or "")
     assert [e["key"] for e in logs if e["event"] == "restore.failed"] == ["d1/f150"]
-    assert _files(tmp_path / "out") == sorted(set(KEYS) - {"d1/f150"})  # no temp file either
+    assert files_under(tmp_path / "out") == sorted(set(KEYS) - {"d1/f150"})  # no temp file either
     assert not summary.ok
 
 
@@ -163,9 +157,81 @@ def test_a_child_that_dies_leaves_its_files_to_the_parent(volume, tmp_path):
         summary = Restorer(target, cpus=2).run(plan)
 
     assert [r.status for r in summary.results] == [Status.RESTORED] * COUNT
-    assert _files(tmp_path / "out") == sorted(KEYS)  # the dead child's temp files removed
+    assert files_under(tmp_path / "out") == sorted(KEYS)  # the dead child's temp files removed
     assert any(e["event"] == "restore.worker_lost" for e in logs)
     assert os.getpid() in _stagers(tmp_path / "pids")  # the parent took over
+
+
+def _final_names(directory: Path) -> list[str]:
+    """What a reader of `directory` sees as restored: every name but the restore's temp files."""
+    return [name for name in files_under(directory) if ".restore-" not in name]
+
+
+def test_a_child_killed_mid_run_as_by_the_oom_killer_leaves_its_files_to_the_parent(
+    volume, tmp_path
+):
+    """SIGKILL (what the OOM killer sends) to a child that has staged three files of its run
+    (d1/f150-152): at that moment none of them has a final name, only a temp file; the parent
+    removes what the lost runs left, stages them itself, and restores every file (docs/
+    restore.md: "a worker that dies has its files restored by the parent")."""
+    out, seen = tmp_path / "out", tmp_path / "seen"
+
+    def oom_kill(_target: DirectoryTarget) -> None:
+        seen.write_text("\n".join(files_under(out)))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    target = Planted(volume, out, log=tmp_path / "pids", at="d1/f153", fault=oom_kill)
+    plan = placed_plan(volume, KEYS, SMALL)
+
+    with structlog.testing.capture_logs() as logs:
+        summary = Restorer(target, cpus=2, batch_files=50, task_files=7).run(plan)
+
+    at_kill = seen.read_text().split()
+    staged = [n for n in at_kill if any(str(workers.SERIAL_BASE + i) in n for i in (150, 151, 152))]
+    assert len(staged) == 3  # the run's first three files were written, under temp names
+    named = [name for name in at_kill if ".restore-" not in name]
+    assert set(named) <= set(KEYS[:150])  # only batches committed before: nothing unverified
+    assert [r.status for r in summary.results] == [Status.RESTORED] * COUNT
+    assert files_under(out) == sorted(KEYS)  # every temp file of the lost runs removed
+    assert all((out / key).read_bytes() == SMALL for key in KEYS)
+    assert any(e["event"] == "restore.worker_lost" for e in logs)
+    assert os.getpid() in _stagers(tmp_path / "pids")  # the parent took over
+
+
+class OutOfMemoryAt(DirectoryTarget):
+    """Raises MemoryError (what a failed allocation raises) staging `at`, in whichever
+    process or thread stages it."""
+
+    def __init__(self, *args, at: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def stage(self, item, on_bytes, *, serial=None):
+        if item.key == self.at:
+            raise MemoryError(f"staging {item.key}")
+        return super().stage(item, on_bytes, serial=serial)
+
+
+def test_a_child_out_of_memory_stops_the_restore_as_a_thread_does_leaving_only_verified_files(
+    volume, tmp_path
+):
+    """A MemoryError in a child is not a file's error (those are BackupAgentError / OSError)
+    and not a lost worker (the child lives): like any unexpected error it stops the restore,
+    the same as with threads. The batches named before it stay (complete, verified); the
+    failing batch's staged files, in the child and in the parent, are removed."""
+    plan = placed_plan(volume, KEYS, SMALL)
+    outcomes = {}
+    for processes in (True, False):
+        out = tmp_path / ("processes" if processes else "threads")
+        target = OutOfMemoryAt(volume, out, at="d1/f153")
+        restorer = Restorer(target, cpus=2, batch_files=50, task_files=7, processes=processes)
+        assert restorer.processes_for(plan.items) == (2 if processes else 0)
+        with pytest.raises(MemoryError, match="staging d1/f153"):
+            restorer.run(plan)
+        outcomes[processes] = files_under(out)
+        assert all((out / name).read_bytes() == SMALL for name in outcomes[processes])
+
+    assert outcomes[True] == outcomes[False] == sorted(KEYS[:150])  # no temp file either
 
 
 def test_a_symlink_planted_mid_restore_is_not_followed(volume, tmp_path):
@@ -208,7 +274,7 @@ def test_a_stop_request_before_the_run_starts_nothing(volume, tmp_path):
     summary = Restorer(DirectoryTarget(volume, tmp_path / "out"), cpus=2, stop=stop).run(plan)
 
     assert {r.error for r in summary.results} == {"interrupted: not started"}
-    assert _files(tmp_path / "out") == []
+    assert files_under(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("batch_files", [1, 50, 4096])
@@ -220,7 +286,7 @@ def test_batches_and_runs_cover_the_plan_once_in_order(volume, tmp_path, batch_f
     ).run(plan)
 
     assert [r.item.key for r in summary.results] == KEYS
-    assert summary.ok and _files(tmp_path / "out") == sorted(KEYS)
+    assert summary.ok and files_under(tmp_path / "out") == sorted(KEYS)
 
 
 _KILLED_PARENT = """

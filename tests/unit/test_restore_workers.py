@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -19,17 +18,10 @@ from agent.restore import targets
 from agent.restore.restorer import SMALL_FILE_BYTES, Restorer
 from agent.restore.targets import DirectoryTarget, Status
 from tests.support.stored import placed_plan
+from tests.support.tree import files_under
 
 SMALL = b"a small restored file\n" * 8
 KEYS = [f"d{i % 3}/f{i:03d}" for i in range(90)]
-
-
-def _files(directory: Path) -> list[str]:
-    return sorted(
-        os.path.relpath(os.path.join(d, name), directory)
-        for d, _dirs, files in os.walk(directory)
-        for name in files
-    )
 
 
 class Recording(DirectoryTarget):
@@ -60,7 +52,7 @@ def test_a_plan_of_small_files_runs_on_at_most_one_thread_per_cpu(volume, tmp_pa
 
     assert [r.status for r in summary.results] == [Status.RESTORED] * len(KEYS)
     assert 1 <= len(target.threads) <= 2
-    assert _files(tmp_path / "out") == sorted(KEYS)
+    assert files_under(tmp_path / "out") == sorted(KEYS)
 
 
 @pytest.mark.parametrize(
@@ -103,8 +95,8 @@ def test_an_unexpected_error_in_a_run_leaves_no_temp_file(volume, tmp_path):
     with pytest.raises(RuntimeError, match="unexpected"):
         Restorer(target, workers=2, cpus=2, task_files=32).run(plan)
 
-    assert [name for name in _files(tmp_path / "out") if ".restore-" in name] == []
-    assert _files(tmp_path / "out") == []  # nothing was committed: the batch failed whole
+    assert [name for name in files_under(tmp_path / "out") if ".restore-" in name] == []
+    assert files_under(tmp_path / "out") == []  # nothing was committed: the batch failed whole
 
 
 class Writeback(targets.WritebackAsYouGo):
