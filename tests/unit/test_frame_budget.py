@@ -326,7 +326,7 @@ def test_a_copy_with_the_budget_spent_is_stored_and_restored_byte_for_byte(
 ) -> None:
     """Through `Volume.write_copy` with every frame of the budget held elsewhere: the copy
     completes without a frame buffer, and the restore reads it as a copy of frames, in
-    parallel (frames.decompress), byte for byte; same frames (sizes, checksums, windows) as
+    parallel (frames.decompress_copy), byte for byte; same frames (sizes, checksums, windows) as
     a copy with frames free, at the default level and at a high one."""
     budget = budget_of(monkeypatch, 2)
     assert budget.take() and budget.take()  # held by copies not shown here
@@ -334,16 +334,24 @@ def test_a_copy_with_the_budget_spent_is_stored_and_restored_byte_for_byte(
     data = data_of(6 * FRAME + 123, seed=5)
     copy = volume.write_copy(chunks_of(data, 3 * FRAME + 1), settings_, Expectation(len(data)))
     assert live_frames.peak == 0 and budget.held == 2 and budget.refused >= 7
-    decompress = frames_module.decompress
-    parallel_reads: list[int] = []
+    one_frame = frames_module._decompress_bytes
+    serial_from = frames_module._serial_from
+    parallel_frames: list[int] = []
+    serial_reads: list[int] = []
 
-    def counting(fd: int, found: list[frames_module.Frame], **kwargs: Any) -> Iterator[bytes]:
-        parallel_reads.append(len(found))
-        return decompress(fd, found, **kwargs)
+    def counting(frame: frames_module.Frame, data: memoryview, max_window: int) -> bytes:
+        parallel_frames.append(frame.content_size)
+        return one_frame(frame, data, max_window)
 
-    monkeypatch.setattr(frames_module, "decompress", counting)
+    def serial(fd: int, offset: int, max_window: int) -> Iterator[bytes]:
+        serial_reads.append(offset)
+        return serial_from(fd, offset, max_window)
+
+    monkeypatch.setattr(frames_module, "_decompress_bytes", counting)
+    monkeypatch.setattr(frames_module, "_serial_from", serial)
     assert b"".join(verified_chunks(volume, record_of(copy))) == data
-    assert parallel_reads == [7]
+    # every frame went to the parallel reader (frames.decompress_copy), none read serially
+    assert parallel_frames == [FRAME] * 6 + [123] and serial_reads == []
     stored = volume.copy_path(copy.sha256).read_bytes()
     assert frames_in(stored) == expected_frames(len(data))
     budget.give_back(2)
