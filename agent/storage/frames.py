@@ -57,7 +57,9 @@ class Frame:
 
 def scan(fd: int, *, limit: int | None, max_window: int) -> list[Frame] | None:
     """The frames of the copy open at `fd`, or None when it is not a sequence of two or
-    more frames this module may decompress in parallel (see the module docstring)."""
+    more frames this module may decompress in parallel (see the module docstring): the
+    whole copy's list, for inspecting a copy (the tests walk written copies with it); a
+    restore walks frame by frame instead (`decompress_copy`)."""
     end = os.fstat(fd).st_size
     frames: list[Frame] = []
     offset = total = 0
@@ -119,49 +121,16 @@ def _frame_at(
     return Frame(offset, position - offset, size)
 
 
-def decompress(fd: int, frames: list[Frame], *, workers: int, max_window: int) -> Iterator[bytes]:
-    """Each frame's bytes in order, `workers` frames decompressing ahead of the caller.
-
-    A damaged frame raises zstandard.ZstdError when the caller reaches it. Closing the
-    iterator early cancels what has not started and waits for what has (the caller may
-    close `fd` once this returns)."""
-
-    def one(frame: Frame) -> bytes:
-        return _decompress_one(fd, frame, max_window)
-
-    pending: deque[Future[bytes]] = deque()
-    upcoming = iter(frames)
-    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="frames")
-    for frame in frames[: 2 * max(1, workers)]:
-        _read_ahead(fd, frame)
-    ahead = 2 * max(1, workers)  # the next frame to ask the kernel to read ahead
-    try:
-        for frame in upcoming:
-            pending.append(pool.submit(one, frame))
-            if len(pending) >= workers:
-                break
-        while pending:
-            data = pending.popleft().result()
-            following = next(upcoming, None)
-            if following is not None:
-                pending.append(pool.submit(one, following))
-                if ahead < len(frames):
-                    _read_ahead(fd, frames[ahead])
-                    ahead += 1
-            yield data
-            del data
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def decompress_copy(
     fd: int, *, limit: int | None, workers: int, max_window: int
 ) -> Iterator[bytes] | None:
-    """The copy's bytes in order, decompressed as `decompress` does, or None when the copy
-    does not start with a frame this module may decompress in parallel followed by
-    another (the caller reads it serially).
+    """The copy's bytes in order, `workers` frames decompressing ahead of the caller, or None
+    when the copy does not start with a frame this module may decompress in parallel
+    followed by another (the caller reads it serially). A damaged frame raises
+    zstandard.ZstdError when the caller reaches it; closing the iterator early cancels what
+    has not started and waits for what has (the caller may close `fd` once it returns).
 
-    Unlike `scan` then `decompress`, the frames are found as the workers reach them: `scan`
+    The frames are found as the workers reach them. A restore used to `scan` first, which
     walked every block header of the copy before the first frame could start, i.e. read
     the whole copy from the disk first (190 MB, 0.8-1.2 s under load, 2026-12-01 15:15),
     while no core decompressed and the disk wrote nothing. Here the first frame starts once
@@ -197,7 +166,7 @@ def _decompress_walked(
         yield first
         guess = first[0].length
         while offset < end:
-            if offset + AHEAD_BYTES // 2 > advised:
+            while offset + AHEAD_BYTES // 2 > advised:  # frames may be longer than the step
                 _advise(fd, advised, AHEAD_BYTES // 2)
                 advised += AHEAD_BYTES // 2
             found = _walked_frame(fd, offset, end, max_window, guess)
@@ -265,20 +234,10 @@ def _walked_frame(
 
 
 def _decompress_bytes(frame: Frame, data: memoryview, max_window: int) -> bytes:
-    """One frame's bytes, read by the walk: see `_decompress_one`."""
+    """One frame's bytes (read by the walk), decompressed in one call that allocates exactly
+    its declared size; a frame holding a different amount, or whose checksum does not match,
+    raises zstandard.ZstdError."""
     decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)
-    out = decompressor.decompress(data, max_output_size=frame.content_size)
-    if len(out) != frame.content_size:
-        raise zstandard.ZstdError(f"frame at {frame.offset} holds {len(out)} bytes")
-    return out
-
-
-def _decompress_one(fd: int, frame: Frame, max_window: int) -> bytes:
-    data = os.pread(fd, frame.length, frame.offset)
-    if len(data) != frame.length:
-        raise zstandard.ZstdError(f"frame at {frame.offset} is truncated")
-    decompressor = zstandard.ZstdDecompressor(max_window_size=max_window)
-    # One frame, its declared size allocated once; extra bytes after it are an error.
     out = decompressor.decompress(data, max_output_size=frame.content_size)
     if len(out) != frame.content_size:
         raise zstandard.ZstdError(f"frame at {frame.offset} holds {len(out)} bytes")
@@ -297,18 +256,10 @@ def _serial_from(fd: int, offset: int, max_window: int) -> Iterator[bytes]:
 
 
 def _advise(fd: int, offset: int, length: int) -> None:
-    """POSIX_FADV_WILLNEED of a byte range (see `_read_ahead`)."""
+    """Ask the kernel to start reading a byte range now (POSIX_FADV_WILLNEED, asynchronous),
+    so that a copy not in the page cache (a restore days after the backup) is read while the
+    frames before it decompress. Only a hint (page cache, not this process's memory): errors
+    are ignored."""
     if hasattr(os, "posix_fadvise"):
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, offset, length, os.POSIX_FADV_WILLNEED)
-
-
-def _read_ahead(fd: int, frame: Frame) -> None:
-    """Ask the kernel to start reading `frame` now (POSIX_FADV_WILLNEED, asynchronous), so
-    that a copy not in the page cache (a restore days after the backup) is read while the
-    frames before it decompress: without it each worker's pread waited for the disk, one
-    frame's compressed bytes at a time. Only a hint (page cache, not this process's memory):
-    errors are ignored."""
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, frame.offset, frame.length, os.POSIX_FADV_WILLNEED)

@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import hashlib
 import os
+import random
 import shutil
 import subprocess
 import threading
@@ -196,32 +197,29 @@ def test_a_truncated_split_copy_is_corrupt(volume: Volume) -> None:
 def test_at_most_workers_plus_one_frames_are_held(
     volume: Volume, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The restore's reader (`decompress_copy`): frames handed to the workers never run more
+    than `workers` ahead of the frame the caller is using."""
     data = data_of(10 * FRAME)
     copy = store(volume, data)
-    found = scan(copy)
-    assert found is not None
-    started: list[int] = []
-    real_pread = os.pread
+    submitted: list[int] = []
+    real_one = frames._decompress_bytes
 
-    class CountingOs:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
+    def counting(frame: frames.Frame, data: memoryview, max_window: int) -> bytes:
+        submitted.append(frame.offset)
+        return real_one(frame, data, max_window)
 
-        @staticmethod
-        def pread(fd: int, length: int, offset: int) -> bytes:
-            started.append(offset)
-            return real_pread(fd, length, offset)
-
-    monkeypatch.setattr(frames, "os", CountingOs())
+    monkeypatch.setattr(frames, "_decompress_bytes", counting)
     fd = os.open(copy.path, os.O_RDONLY)
     try:
-        out = frames.decompress(fd, found, workers=2, max_window=MAX_WINDOW_BYTES)
+        out = frames.decompress_copy(fd, limit=len(data), workers=2, max_window=MAX_WINDOW_BYTES)
+        assert out is not None
         for index, chunk in enumerate(out):
-            # frames submitted so far: the ones handed out and at most `workers` ahead
-            assert len(started) <= index + 1 + 2
+            # frames decompressed or decompressing: the ones handed out and `workers` ahead
+            assert len(submitted) <= index + 1 + 2
             assert chunk == data[index * FRAME : (index + 1) * FRAME]
     finally:
         os.close(fd)
+    assert len(submitted) == 10
 
 
 def test_closing_early_leaves_no_thread(volume: Volume) -> None:
@@ -397,14 +395,16 @@ def test_a_full_disk_while_frames_compress_is_disk_full_and_leaves_nothing(
     assert not frame_threads()
 
 
-def test_the_kernel_is_asked_to_read_frames_ahead_of_the_workers(
+def test_the_kernel_is_asked_to_read_frames_ahead_of_the_walk(
     volume: Volume, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    data = data_of(10 * FRAME)
+    """The kernel was asked (POSIX_FADV_WILLNEED) for every frame before the walk reads it,
+    in order and without a gap, so a copy not in the page cache is read while the frames
+    before it decompress. Incompressible data, so frames are longer than half the window the
+    walk keeps asked for ahead."""
+    data = random.Random(7).randbytes(10 * FRAME)
     copy = store(volume, data)
-    found = scan(copy)
-    assert found is not None
-    events: list[tuple[str, int]] = []
+    events: list[tuple[str, int, int]] = []
     real_pread = os.pread
 
     class NotingOs:
@@ -413,26 +413,32 @@ def test_the_kernel_is_asked_to_read_frames_ahead_of_the_workers(
 
         @staticmethod
         def pread(fd: int, length: int, offset: int) -> bytes:
-            events.append(("read", offset))
+            events.append(("read", offset, length))
             return real_pread(fd, length, offset)
 
         @staticmethod
         def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
             assert advice == os.POSIX_FADV_WILLNEED
-            events.append(("ahead", offset))
+            events.append(("ahead", offset, length))
 
     monkeypatch.setattr(frames, "os", NotingOs())
+    monkeypatch.setattr(frames, "AHEAD_BYTES", FRAME)  # a tenth of the copy
     fd = os.open(copy.path, os.O_RDONLY)
     try:
-        out = list(frames.decompress(fd, found, workers=2, max_window=MAX_WINDOW_BYTES))
+        out = frames.decompress_copy(fd, limit=len(data), workers=2, max_window=MAX_WINDOW_BYTES)
+        assert out is not None
+        assert b"".join(out) == data
     finally:
         os.close(fd)
 
-    assert b"".join(out) == data
-    advised = [offset for kind, offset in events if kind == "ahead"]
-    assert advised == [frame.offset for frame in found]  # each frame once, in order
-    for frame in found:  # and before a worker reads it
-        assert events.index(("ahead", frame.offset)) < events.index(("read", frame.offset))
+    advised_to = 0  # everything below this offset has been asked for ahead
+    for kind, offset, length in events:
+        if kind == "ahead":
+            assert offset <= advised_to  # in order, no gap
+            advised_to = max(advised_to, offset + length)
+        else:
+            assert offset < advised_to, (offset, advised_to)  # asked for before it is read
+    assert advised_to > 9 * FRAME  # asked again and again, up to the last frame
 
 
 def test_the_first_frame_decompresses_before_the_copy_is_walked_to_its_end(
