@@ -422,7 +422,8 @@ class Reconciler:
         self._back_up(bucket, entry, report, event, order_key=place)
         if report.backed_up > before:
             report.replicated += 1
-            self.stats.count("reconcile.replicated")
+            if not report.dry_run:
+                self.stats.count("reconcile.replicated")
 
     def _back_up(
         self,
