@@ -229,3 +229,26 @@ def test_a_version_deleted_between_listing_and_copy_is_reported_gone_once(client
     assert (again.gone, again.replicated, again.backed_up, again.tombstoned) == (0, 0, 0, 1)
     third = reconciler(clients, b, service).run_once()
     assert (third.gone, third.replicated, third.backed_up, third.tombstoned) == (0, 0, 0, 0)
+
+
+@pytest.mark.parametrize("sequencer", ["0055AED6DCD90281E5", None])
+def test_an_unversioned_object_is_copied_under_its_recorded_token(clients, tmp_path, sequencer):
+    Bootstrap(make_config(tmp_path, queue={"url": BASE}), clients).run(create_buckets=True)
+    a = member_volume(tmp_path, "vol-a")
+    body = b"plain " * 40
+    response = put(clients, "plain.txt", body)
+    event = created("plain.txt", response, len(body), at=AT, sequencer=sequencer)
+    assert member_service(clients, a).process(event).outcome == Outcome.STORED
+    b = member_volume(tmp_path, "vol-b")
+    group_2 = member_service(clients, b, group=GROUPS[1])
+
+    report = reconciler(clients, b, group_2).run_once()
+
+    assert (report.replicated, report.failed) == (1, 0)
+    [record] = Ledger(clients.dynamodb, TABLE).versions(BUCKET, "plain.txt")
+    assert record.version_token == event.version_token
+    assert record.holders == {GROUPS[1]: "vol-b"}
+    [mine] = Journal(b.journal_dir).read_all()
+    assert (mine.version_token, mine.order_key) == (record.version_token, record.order_key)
+    again = reconciler(clients, b, group_2).run_once()
+    assert (again.replicated, again.backed_up) == (0, 0)
