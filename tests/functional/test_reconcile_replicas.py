@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from agent.aws import Clients
+from agent.cli.agent import main as agent_main
 from agent.cli.restore import main as restore_main
 from agent.config import ReconcileConfig
 from agent.lifecycle.context import Pacer
@@ -252,3 +255,39 @@ def test_an_unversioned_object_is_copied_under_its_recorded_token(clients, tmp_p
     assert (mine.version_token, mine.order_key) == (record.version_token, record.order_key)
     again = reconciler(clients, b, group_2).run_once()
     assert (again.replicated, again.backed_up) == (0, 0)
+
+
+@pytest.fixture
+def _restore_logging() -> Iterator[None]:
+    """agent_main() configures logging onto pytest's captured stream: undo that afterwards."""
+    handlers = list(logging.root.handlers)
+    yield
+    structlog.reset_defaults()
+    logging.root.handlers[:] = handlers
+
+
+@pytest.mark.usefixtures("_restore_logging")
+def test_the_documented_commands_on_the_new_groups_member(clients, tmp_path, capsys):
+    """docs/fleet.md "Changing R", step 4 and 5: `backup-agent reconcile --dry-run`, then
+    `backup-agent reconcile --json` on group 2's member, then verify."""
+    versions = backed_up_with_one_replica(clients, tmp_path)
+    b = member_volume(tmp_path, "vol-b")
+    b_config = write_config(
+        tmp_path / "vol-b.yaml",
+        b.root,
+        queue={"url": f"{BASE}-2", "wait_time_seconds": 0},
+        fleet={"replicas": 2},
+        reconcile={"objects_per_second": 1000},
+    )
+    capsys.readouterr()
+
+    assert agent_main(["reconcile", "--config", str(b_config), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert "would back up 3" in listed
+    assert all(version in listed for ids in versions.values() for version in ids)
+    assert agent_main(["reconcile", "--config", str(b_config), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert (document["backed_up"], document["replicated"], document["failed"]) == (3, 3, 0)
+    assert all(r.holders == {GROUPS[1]: "vol-b"} for r in records(clients))
+    code, lines = verify(tmp_path, tmp_path / "vol-a")
+    assert code == 0 and lines[-1]["under_replicated"] == 0
