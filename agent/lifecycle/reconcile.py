@@ -14,6 +14,12 @@ with the ledger:
 * versions: backed up when the ledger has no record of that VersionId. Noncurrent
   versions are backed up only when retention would keep them (else the next
   retention run would only expire them again), and only with ``include_noncurrent``;
+* with replicas (``fleet.replicas`` > 1), a version the ledger records that this member's
+  replica group does not hold (no holder for the group; an item written before replicas:
+  not this volume) is missing *for the group*: backed up the same way (the same rules for
+  noncurrent versions), under the record's own token and order, so the ledger's
+  conditional holder write adds the group (docs/fleet.md "Changing R"). Delete markers and
+  archived records hold no copy and are not replicated;
 * a delete marker that is the current version and a ledger whose LATEST is live:
   a tombstone is recorded;
 * a version or marker the ledger holds (not removed) that the listing lacks: deleted
@@ -74,6 +80,7 @@ CHECKPOINT_NAME = "reconcile.json"
 EVENT_NAME = "ObjectCreated:Reconcile"
 DELETE_EVENT_NAME = "ObjectRemoved:ReconcileDeleteMarker"
 REMOVED_EVENT_NAME = "ObjectRemoved:ReconcileRemoved"  # a version deleted for good
+REPLICA_EVENT_NAME = "ObjectCreated:ReconcileReplica"  # a recorded version, for this group
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,7 @@ class ReconcileReport:
     failed: int = 0
     bytes: int = 0
     index_migrated: int = 0  # LATEST items moved to their key-index shard
+    replicated: int = 0  # of backed_up: recorded versions copied for this replica group
     resumed: bool = False
     completed: bool = False
     dry_run: bool = False
@@ -296,7 +304,8 @@ class Reconciler:
         missing = self._missing(bucket, entries, current, seen, wanted, records)
         listed = {e.token(bucket) for e in entries}
         unlisted = _unlisted(records, listed)
-        if not missing and not unlisted and _agrees(bucket, seen, current):
+        short = self._not_held(bucket, entries, current, wanted, records, missing)
+        if not missing and not unlisted and not short and _agrees(bucket, seen, current):
             report.up_to_date += 1
             self.stats.count("reconcile.up_to_date")
             return
@@ -304,6 +313,8 @@ class Reconciler:
         for entry in missing:
             place = order.listed_key(entry.last_modified, ranks[id(entry)])
             self._back_up(bucket, entry, report, order_key=place)
+        for entry, event, place in short:
+            self._replicate(bucket, entry, event, place, report)
         if report.dry_run:
             return
         for record in unlisted:
@@ -344,6 +355,75 @@ class Reconciler:
         if others:
             candidates = [e for e in others if not _known(e, bucket, known)] + candidates
         return candidates
+
+    def _holds(self, record: VersionRecord) -> bool:
+        """Does this member's replica group hold `record`'s copy? Without replicas the
+        question does not arise (True). An item written before replicas names no group:
+        held when it names this volume (the ledger's holder write adds no group for it)."""
+        group = self.service.ledger.group
+        if group is None or record.holder_in(group) is not None:
+            return True
+        return record.holders is None and record.volume_id == self.service.volume_id
+
+    def _not_held(
+        self,
+        bucket: str,
+        entries: Sequence[Listed],
+        current: Listed,
+        wanted: set[str],
+        records: Sequence[VersionRecord],
+        missing: Sequence[Listed],
+    ) -> list[tuple[Listed, ObjectEvent, str]]:
+        """Listed versions the ledger records with a copy that this member's replica group
+        does not hold, each with the event that backs it up under the record's own token
+        (so the ledger write lands on the recorded item and adds the group as a holder).
+        Only versions reconcile would back up if they were missing: the current one, and
+        noncurrent ones retention keeps when ``include_noncurrent``."""
+        if self.service.ledger.group is None:
+            return []
+        found: list[tuple[Listed, ObjectEvent, str]] = []
+        for entry in entries:
+            if entry.delete_marker or any(entry is m for m in missing):
+                continue
+            if entry is not current and entry.token(bucket) not in wanted:
+                continue
+            record = _record_of(bucket, entry, records)
+            if record is None or record.deleted or not record.sha256 or record.unreadable:
+                continue
+            if self._holds(record):
+                continue
+            event = _replica_event(bucket, entry, record)
+            if event is None:
+                log.warning(
+                    "reconcile.replica_skipped",
+                    bucket=bucket,
+                    key=entry.key,
+                    version_token=record.version_token,
+                    reason="the listed entry does not give the recorded version's token",
+                )
+                continue
+            found.append((entry, event, record.order_key))
+        return found
+
+    def _replicate(
+        self, bucket: str, entry: Listed, event: ObjectEvent, place: str, report: ReconcileReport
+    ) -> None:
+        """Copy a recorded version for this member's replica group (`_not_held`), in the
+        recorded version's place in the order (this volume's journal agrees with the ledger)."""
+        before = report.backed_up
+        log.info(
+            "reconcile.replicate",
+            bucket=bucket,
+            key=entry.key,
+            version_id=entry.version_id,
+            group=self.service.ledger.group,
+            dry_run=report.dry_run,
+        )
+        self._back_up(bucket, entry, report, event, order_key=place)
+        if report.backed_up > before:
+            report.replicated += 1
+            if not report.dry_run:
+                self.stats.count("reconcile.replicated")
 
     def _back_up(
         self,
@@ -553,6 +633,28 @@ def _known(entry: Listed, bucket: str, known: Sequence[VersionRecord]) -> bool:
     return any(r.version_token == entry.token(bucket) for r in known)
 
 
+def _replica_event(bucket: str, entry: Listed, record: VersionRecord) -> ObjectEvent | None:
+    """The event that backs up listed `entry` as the recorded `record` (its token, its
+    event time, its sequencer), or None when no event gives the record's token."""
+    sequencer = record.version_token[2:] if record.version_token.startswith("s:") else None
+    try:
+        event_time = _utc(datetime.fromisoformat(record.event_time))
+    except ValueError:
+        return None
+    event = ObjectEvent(
+        kind=EventKind.CREATED,
+        bucket=bucket,
+        key=entry.key,
+        event_name=REPLICA_EVENT_NAME,
+        event_time=event_time,
+        version_id=entry.version_id,
+        etag=entry.etag,
+        size=entry.size,
+        sequencer=sequencer,
+    )
+    return event if event.version_token == record.version_token else None
+
+
 def _real(version_id: str | None) -> bool:
     return version_id not in (None, "null")
 
@@ -630,5 +732,6 @@ def _summary(report: ReconcileReport) -> dict[str, Any]:
         "failed": report.failed,
         "bytes": report.bytes,
         "index_migrated": report.index_migrated,
+        "replicated": report.replicated,
         "dry_run": report.dry_run,
     }
