@@ -1158,11 +1158,12 @@ def cmd_verify(rt: Runtime) -> int:
     held = Held(volume.read_marker().volume_id)
     groups = None if args.offline else replica_groups(rt.config)
     short: list[VersionRecord] = []  # with replicas: held by fewer volumes than asked
+    gone: set[str] = set()  # version tokens S3 deleted for good: no group can copy them
 
     def run() -> VerifyReport:
-        records = stored_versions(rt.source, buckets, args.prefix)
+        records = stored_versions(rt.source, buckets, args.prefix, removed=gone)
         if groups is not None:
-            records = _noting_short(records, groups.replicas, short)
+            records = _noting_short(records, groups.replicas, short, gone)
         if not args.offline:  # the journal is this volume's own; the table, the fleet's
             records = held.only(records)
         return verify(
@@ -1229,12 +1230,17 @@ def cmd_verify(rt: Runtime) -> int:
 
 
 def _noting_short(
-    records: Iterator[VersionRecord], replicas: int, short: list[VersionRecord]
+    records: Iterator[VersionRecord],
+    replicas: int,
+    short: list[VersionRecord],
+    gone: set[str],
 ) -> Iterator[VersionRecord]:
     """`records`, passed on; each held by fewer than `replicas` volumes is noted in `short`
-    (a replica group that has not copied it yet, or lost it: its dead-letter queue)."""
+    (a replica group that has not copied it yet, or lost it: its dead-letter queue), unless
+    S3 deleted it for good (`gone`, filled by `stored_versions` before it yields the
+    record): no group can copy it any more, and its copies are verified all the same."""
     for record in records:
-        if len(record.holder_volumes()) < replicas:
+        if len(record.holder_volumes()) < replicas and record.version_token not in gone:
             short.append(record)
         yield record
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from agent.history import is_removal
 from agent.holders import held_by
 from agent.records import VersionRecord
 from agent.restore.copies import CorruptCopy, verified_chunks
@@ -70,13 +71,28 @@ class VerifyReport:
 
 
 def stored_versions(
-    source: RestoreSource, buckets: Iterable[str], prefix: str = ""
+    source: RestoreSource,
+    buckets: Iterable[str],
+    prefix: str = "",
+    *,
+    removed: set[str] | None = None,
 ) -> Iterator[VersionRecord]:
-    """Every stored (non-tombstone) version under `prefix` in `buckets`."""
+    """Every stored (non-tombstone) version under `prefix` in `buckets`. With `removed`,
+    the version token of each one whose removal from S3 is recorded (a version deleted for
+    good: its copy is still a point in time to verify and restore, but no replica group
+    can copy it any more) is added to it before the version is yielded."""
     for bucket in buckets:
         for latest in source.latest(bucket, prefix):
-            for record in source.history(bucket, latest.key):
+            history = list(source.history(bucket, latest.key))
+            gone = {
+                r.version_id
+                for r in history
+                if is_removal(r) and r.version_id not in (None, "null")
+            }
+            for record in history:
                 if not record.deleted and record.sha256:
+                    if removed is not None and record.version_id in gone:
+                        removed.add(record.version_token)
                     yield record
 
 

@@ -206,11 +206,13 @@ def test_a_version_deleted_from_s3_before_the_run_is_recorded_removed_not_copied
     assert old not in {r.version_id for r in Journal(b.journal_dir).read_all() if r.sha256}
     removals = [r for r in Ledger(clients.dynamodb, TABLE).versions(BUCKET, "a.txt") if r.deleted]
     assert [r.version_id for r in removals] == [old]
-    # a known limit, shown as it is (docs/fleet.md "Changing R"): verify still lists the
-    # version S3 deleted for good as held by fewer than R volumes
+    # verify does not count the version S3 deleted for good as held by fewer than R volumes
+    # (no group can copy it any more); its copy on vol-a is still verified
     code, lines = verify(tmp_path, tmp_path / "vol-a")
     short = [line["version_id"] for line in lines if line.get("type") == "under_replicated"]
-    assert (code, short) == (1, [old])
+    summary = lines[-1]
+    assert (code, short, summary["under_replicated"]) == (0, [], 0)
+    assert summary["ok"] and summary["versions"] == 3 and summary["problems"] == 0
 
 
 def test_a_version_deleted_between_listing_and_copy_is_reported_gone_once(clients, tmp_path):
