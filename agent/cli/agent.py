@@ -412,9 +412,11 @@ def cmd_reconcile(args: argparse.Namespace, config: Config) -> int:
         print_json(document)
         return ExitCode.FAILURE if report.failed else ExitCode.OK
     verb = "would back up" if args.dry_run else "backed up"
+    replicas = f" of which {report.replicated} for this replica group" if report.replicated else ""
     print(
-        f"reconcile: {report.keys} keys, {verb} {report.backed_up} ({report.bytes} bytes),"
-        f" {report.tombstoned} deletes, {report.up_to_date} up to date, {report.failed} failed"
+        f"reconcile: {report.keys} keys, {verb} {report.backed_up} ({report.bytes} bytes)"
+        f"{replicas}, {report.tombstoned} deletes, {report.up_to_date} up to date,"
+        f" {report.failed} failed"
     )
     for bucket, key, version in report.would_back_up:
         shown = f"s3://{bucket}/{key}" + (f" ({version})" if version else "")

@@ -285,7 +285,7 @@ def test_the_documented_commands_on_the_new_groups_member(clients, tmp_path, cap
 
     assert agent_main(["reconcile", "--config", str(b_config), "--dry-run"]) == 0
     listed = capsys.readouterr().out
-    assert "would back up 3" in listed
+    assert "would back up 3 (" in listed and "of which 3 for this replica group," in listed
     assert all(version in listed for ids in versions.values() for version in ids)
     assert agent_main(["reconcile", "--config", str(b_config), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
