@@ -15,7 +15,8 @@ A copy is written once, in one streaming pass: chunks feed SHA-256 (and MD5 when
 caller wants to check a single-part eTag) and a zstd stream into a temp file on the
 same filesystem; then fsync, rename, fsync of the directory. For a large object the
 chunks are read and hashed in a thread of their own, a few chunks ahead of the zstd
-stream (`_Digests`). No S3 key ever becomes a path: copies are named by the SHA-256 of
+stream (`_Digests`); a small one of a known size is read whole and compressed in one
+call (`_compress_small_to`). No S3 key ever becomes a path: copies are named by the SHA-256 of
 their content.
 """
 
@@ -60,6 +61,10 @@ FRAME_BYTES = 16 << 20
 # Frames decompressing at once for one copy; with the one the caller holds, a parallel read
 # keeps (PARALLEL_FRAMES + 1) * FRAME_BYTES in memory, whatever the copy's size.
 PARALLEL_FRAMES = 2
+# A copy of a known size up to this is read whole and compressed in one call
+# (`_compress_small_to`): the per-object machinery of the streaming path costs more than
+# the bytes there.
+SMALL_COPY_BYTES = 1 << 20
 _parallel_copy = threading.BoundedSemaphore(1)  # one copy at a time reads in parallel
 
 
@@ -361,6 +366,8 @@ def _compress_to(
     path: Path, chunks: Iterable[bytes], settings: CompressionSettings, expect: Expectation
 ) -> tuple[str, int, int]:
     digests = _Digests(chunks, expect)
+    if expect.size is not None and expect.size <= SMALL_COPY_BYTES:
+        return _compress_small_to(path, digests, settings, expect)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     with os.fdopen(fd, "wb") as sink:
         writer = cast(IO[bytes], WritebackAsYouGo(sink))
@@ -385,6 +392,51 @@ def _compress_to(
         os.fsync(sink.fileno())
         stored_size = sink.tell()
     return digests.sha.hexdigest(), size, stored_size
+
+
+def _compress_small_to(
+    path: Path, digests: _Digests, settings: CompressionSettings, expect: Expectation
+) -> tuple[str, int, int]:
+    """A copy of a known size of at most `SMALL_COPY_BYTES`: read whole (hashed on the way),
+    one compress call, one write, one fsync. The same copy as the streaming path (one frame,
+    its content size and checksum in it) without its machinery per object: no file object,
+    no read-ahead generator, no stream writer, no zstd worker threads (a frame this small is
+    one zstd job anyway), a compressor kept per thread (docs/benchmarks.md, issue 19)."""
+    parts = []
+    while chunk := digests.read():
+        parts.append(chunk)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    size = digests.size
+    if size != expect.size:
+        raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+    md5 = digests.md5
+    if md5 is not None and md5.hexdigest() != expect.md5_hex:
+        raise IntegrityError(f"MD5 {md5.hexdigest()} does not match eTag {expect.md5_hex}")
+    compressed = _small_compressor(settings.level).compress(data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        view = memoryview(compressed)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digests.sha.hexdigest(), size, len(compressed)
+
+
+_compressors = threading.local()
+
+
+def _small_compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's one-shot compressor at `level` (a ZstdCompressor is not thread-safe;
+    `compress` starts a new frame every call)."""
+    kept: dict[int, zstandard.ZstdCompressor] | None = getattr(_compressors, "by_level", None)
+    if kept is None:
+        kept = _compressors.by_level = {}
+    compressor = kept.get(level)
+    if compressor is None:
+        compressor = kept[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return compressor
 
 
 class _Digests:
