@@ -366,7 +366,7 @@ def _compress_to(
     path: Path, chunks: Iterable[bytes], settings: CompressionSettings, expect: Expectation
 ) -> tuple[str, int, int]:
     digests = _Digests(chunks, expect)
-    if expect.size is not None and expect.size <= SMALL_COPY_BYTES:
+    if expect.size is not None and expect.size <= min(SMALL_COPY_BYTES, FRAME_BYTES):
         return _compress_small_to(path, digests, settings, expect)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     with os.fdopen(fd, "wb") as sink:
