@@ -121,6 +121,11 @@ class Volume:
         self.journal_dir = self.root / "journal"
         self.marker_path = self.root / MARKER_NAME
         self.temp_files_removed = 0  # by the last open()
+        # Directories a rename changed whose fsync was left to the committer
+        # (`write_copy(sync_directory=False)`, `sync_directories`).
+        self._unsynced: set[Path] = set()
+        self._unsynced_lock = threading.Lock()
+        self._syncing = threading.Lock()  # one sync_directories at a time: see there
 
     # -- start and stop --------------------------------------------------------------
 
@@ -229,11 +234,18 @@ class Volume:
         compression: CompressionSettings,
         expect: Expectation = Expectation(),
         before_commit: Callable[[], object] | None = None,
+        *,
+        sync_directory: bool = True,
     ) -> StoredCopy:
         """Stream `chunks` into a durable, content-addressed copy.
 
         `before_commit` runs after the temp file is durable and just before the rename
         (the write barrier is entered there, so a snapshot never waits for a download).
+
+        `sync_directory=False`: the rename's directory is not fsynced here but noted for
+        `sync_directories`, which the caller must run before anything names the copy
+        (the committer does, before its journal append: docs/reliability.md). The copy's
+        own bytes are fsynced before the rename either way.
         """
         self.ensure_ready()
         temp_path = self.tmp_dir / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -241,7 +253,7 @@ class Volume:
             digest, size, stored_size = _compress_to(temp_path, chunks, compression, expect)
             if before_commit is not None:
                 before_commit()
-            return self._commit(temp_path, digest, size, stored_size)
+            return self._commit(temp_path, digest, size, stored_size, sync_directory)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(f"backup volume {self.root} is full: {exc.strerror}") from exc
@@ -250,7 +262,9 @@ class Volume:
             with contextlib.suppress(FileNotFoundError):
                 temp_path.unlink()
 
-    def _commit(self, temp_path: Path, sha256: str, size: int, stored_size: int) -> StoredCopy:
+    def _commit(
+        self, temp_path: Path, sha256: str, size: int, stored_size: int, sync_directory: bool
+    ) -> StoredCopy:
         final = self.copy_path(sha256)
         if final.exists():
             try:
@@ -261,9 +275,40 @@ class Volume:
         if not final.parent.is_dir():
             final.parent.mkdir(exist_ok=True)
             fsync_directory(self.objects_dir)
-        os.rename(temp_path, final)
-        fsync_directory(final.parent)
+        if sync_directory:
+            os.rename(temp_path, final)
+            fsync_directory(final.parent)
+        else:
+            # noted before the rename: whoever finds the copy in place (a dedup, in any
+            # thread) and has its record committed after this is covered by the same sync
+            with self._unsynced_lock:
+                self._unsynced.add(final.parent)
+            os.rename(temp_path, final)
         return StoredCopy(sha256, size, stored_size, final, deduplicated=False)
+
+    def sync_directories(self) -> int:
+        """fsync every directory a rename changed since the last call, for renames made with
+        `sync_directory=False` (returns how many). On a failure the directories not known
+        synced stay noted (the next call tries them again) and the error is raised: nothing
+        that names their copies may be written.
+
+        One call at a time: a caller that finds the set empty because another call took it
+        must still wait for that call's fsyncs (or for the directories it puts back)."""
+        with self._syncing:
+            with self._unsynced_lock:
+                if not self._unsynced:
+                    return 0
+                directories, self._unsynced = self._unsynced, set()
+            done: set[Path] = set()
+            try:
+                for directory in sorted(directories):
+                    fsync_directory(directory)
+                    done.add(directory)
+            except BaseException:
+                with self._unsynced_lock:
+                    self._unsynced |= directories - done
+                raise
+            return len(done)
 
     # -- reading ---------------------------------------------------------------------
 

@@ -710,3 +710,73 @@ def test_small_copies_written_from_many_threads_at_once_are_each_whole(volume):
         (c, p) for p in payloads for c in copies if c.sha256 == hashlib.sha256(p).hexdigest()
     ):
         assert zstandard.ZstdDecompressor().decompress(copy.path.read_bytes()) == data
+
+
+# -- the rename's directory fsync left to the committer (issue 19) --------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_a_deferred_copy_syncs_its_file_not_its_directory_until_asked(volume, fsynced):
+    data = b"deferred " * 3
+    (volume.objects_dir / hashlib.sha256(data).hexdigest()[:2]).mkdir()  # not a new prefix
+    copy = volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    assert [p for p in fsynced if not p.startswith(str(volume.tmp_dir))] == []
+    assert len(fsynced) == 1  # the copy's own bytes, before the rename
+    fsynced.clear()
+    assert volume.sync_directories() == 1
+    assert fsynced == [str(copy.path.parent)]
+    assert volume.sync_directories() == 0  # nothing changed since
+
+
+def test_a_dedup_onto_a_copy_whose_directory_is_not_yet_synced_is_covered(volume, fsynced):
+    data = b"shared bytes"
+    first = volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    # a second version with the same bytes, recorded inline (no committer)
+    second = volume.write_copy([data], SETTINGS, Expectation(size=len(data)))
+    assert second.deduplicated and second.path == first.path
+    fsynced.clear()
+    volume.sync_directories()  # what the inline path runs before its journal line
+    assert fsynced == [str(first.path.parent)]
+
+
+def test_a_failed_directory_sync_keeps_the_directory_for_the_next_one(volume, monkeypatch):
+    data = b"x" * 100
+    copy = volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    calls: list[Path] = []
+
+    def failing(path: Path) -> None:
+        calls.append(path)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(volume_module, "fsync_directory", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        volume.sync_directories()
+    monkeypatch.setattr(volume_module, "fsync_directory", lambda path: calls.append(path))
+    assert volume.sync_directories() == 1
+    assert calls == [copy.path.parent, copy.path.parent]
+
+
+def test_a_sync_under_way_is_waited_for_by_the_next_caller(volume, monkeypatch):
+    # the inline path must not pass a sync that has taken the set but not yet fsynced it
+    data = b"y" * 100
+    volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    entered, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow(path: Path) -> None:
+        entered.set()
+        assert release.wait(30)
+        order.append("synced")
+
+    monkeypatch.setattr(volume_module, "fsync_directory", slow)
+    first = threading.Thread(target=volume.sync_directories)
+    first.start()
+    assert entered.wait(30)
+    second = threading.Thread(target=lambda: (volume.sync_directories(), order.append("second")))
+    second.start()
+    second.join(0.2)  # a bounded look: it must still be waiting (not a synchronisation)
+    assert order == []
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert order == ["synced", "second"]
