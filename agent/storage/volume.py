@@ -13,7 +13,8 @@ Layout under the backup root::
 
 A copy is written once, in one streaming pass: chunks feed SHA-256 (and MD5 when the
 caller wants to check a single-part eTag) and a zstd stream into a temp file on the
-same filesystem; then fsync, rename, fsync of the directory. For a large object the
+same filesystem; then fsync, rename, fsync of the directory (or, for the committer, the
+directory noted for its next `sync_directories`). For a large object the
 chunks are read and hashed in a thread of their own, a few chunks ahead of the zstd
 stream (`_Digests`); a small one of a known size is read whole and compressed in one
 call (`_compress_small_to`). No S3 key ever becomes a path: copies are named by the SHA-256 of
