@@ -176,10 +176,19 @@ class BackupService:
         if event.size:
             self.volume.ensure_room(event.size)
         replaces = self._unreadable_record_of(event)
+        # the committer records it: the rename's directory fsync is left to its next batch
+        committing = bool(
+            self.committer is not None
+            and self.committer.directories is not None
+            and replaces is None
+            and delivery.current()
+        )
         with contextlib.ExitStack() as critical:
             try:
                 copy, attributes, last_modified = self._download_and_store(
-                    event, before_commit=lambda: critical.enter_context(self.barrier.shared())
+                    event,
+                    before_commit=lambda: critical.enter_context(self.barrier.shared()),
+                    sync_directory=not committing,
                 )
             except ObjectUnreadable as unreadable:
                 return self._record_unreadable(event, unreadable)
@@ -207,6 +216,8 @@ class BackupService:
             elif event.restored and order_key is None and last_modified is not None:
                 record = _at_its_own_time(record, last_modified)
             if self.committer is not None and replaces is None and delivery.current():
+                # (`committing` or a committer that syncs no directories: every copy's
+                # directory was fsynced at its rename)
                 # The copy is durable: the rest is the committer's. It releases the barrier
                 # (taken before the rename), then the version's lock, once recorded.
                 passed = contextlib.ExitStack()
@@ -221,6 +232,9 @@ class BackupService:
                     passed.close()
                     raise
                 return Result(Outcome.COMMITTING, event, record, copy, pending)
+            # a dedup onto a copy another worker renamed for the committer: its directory
+            # entry durable before this journal line names it (docs/reliability.md)
+            self.volume.sync_directories()
             self.journal.append(record)
             fresh = self.ledger.record(record)
             if replaces is not None:  # the same position in the key's order: LATEST, if it was
@@ -380,7 +394,11 @@ class BackupService:
         )
 
     def _download_and_store(
-        self, event: ObjectEvent, before_commit: Callable[[], object] | None = None
+        self,
+        event: ObjectEvent,
+        before_commit: Callable[[], object] | None = None,
+        *,
+        sync_directory: bool = True,
     ) -> tuple[StoredCopy, dict[str, Any], datetime | None]:
         """The stored copy, what S3 holds besides the bytes (`OBJECT_ATTRIBUTES`): the
         headers and user metadata of this GetObject's response, and the tags; and the
@@ -407,6 +425,7 @@ class BackupService:
                 self.compression,
                 Expectation(size=length, md5_hex=_md5_from_etag(response)),
                 before_commit=before_commit,
+                sync_directory=sync_directory,
             )
             last_modified = response.get("LastModified")
             return copy, attributes, last_modified if isinstance(last_modified, datetime) else None

@@ -25,6 +25,11 @@ snapshot barrier, taken shared before the rename, and the version's lock. The co
 releases them after the ledger write, so the barrier still covers rename → journal line →
 DynamoDB record for every copy, and a second delivery of the version waits for the record.
 
+Directories (issue 19): a worker's copy is fsynced before its rename, but the rename's
+directory is fsynced here, once per batch for every directory changed since the last commit
+(`directories`: Volume.sync_directories), before the journal append; its failure fails the
+batch like the append's. The crash analysis: docs/reliability.md.
+
 A failure is per record: a journal append that fails fails every record of its batch (none
 reached the ledger), a ledger write that fails fails its record alone; each `Pending` is
 resolved with the exception, which the consumer handles as it handles a failed `process()`.
@@ -158,8 +163,11 @@ class Committer:
         linger_ahead: float = DEFAULT_LINGER_AHEAD,
         batch_limit: int = DEFAULT_BATCH_LIMIT,
         clock: Callable[[], float] = time.monotonic,
+        directories: Callable[[], object] | None = None,
     ) -> None:
         self.journal = journal
+        # fsyncs the directories of the copies renamed without one (Volume.sync_directories)
+        self.directories = directories
         self.ledger = ledger
         self.linger = linger
         self.linger_ahead = linger_ahead
@@ -255,6 +263,9 @@ class Committer:
 
     def _commit(self, batch: list[Pending[object]]) -> None:
         try:
+            if self.directories is not None:
+                # every copy's directory entry durable before a journal line names it
+                self.directories()
             self.journal.append_many([p.record for p in batch])
         except Exception as exc:  # noqa: BLE001 - every record of the batch failed alike
             log.warning("commit.journal_failed", records=len(batch), error=str(exc))

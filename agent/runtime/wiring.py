@@ -91,7 +91,7 @@ def backup_service(
         categories=Categories.of_config(config.categories),
         # the consumer's copies are recorded by the commit stage (agent/pipeline/commit.py);
         # its thread starts with the first one, so jobs alone never start it
-        committer=Committer(journal, ledger),
+        committer=Committer(journal, ledger, directories=volume.sync_directories),
     )
 
 

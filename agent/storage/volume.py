@@ -13,9 +13,11 @@ Layout under the backup root::
 
 A copy is written once, in one streaming pass: chunks feed SHA-256 (and MD5 when the
 caller wants to check a single-part eTag) and a zstd stream into a temp file on the
-same filesystem; then fsync, rename, fsync of the directory. For a large object the
+same filesystem; then fsync, rename, fsync of the directory (or, for the committer, the
+directory noted for its next `sync_directories`). For a large object the
 chunks are read and hashed in a thread of their own, a few chunks ahead of the zstd
-stream (`_Digests`). No S3 key ever becomes a path: copies are named by the SHA-256 of
+stream (`_Digests`); a small one of a known size is read whole and compressed in one
+call (`_compress_small_to`). No S3 key ever becomes a path: copies are named by the SHA-256 of
 their content.
 """
 
@@ -62,6 +64,10 @@ FRAME_BYTES = 16 << 20
 # Frames decompressing at once for one copy; with the one the caller holds, a parallel read
 # keeps (PARALLEL_FRAMES + 1) * FRAME_BYTES in memory, whatever the copy's size.
 PARALLEL_FRAMES = 2
+# A copy of a known size up to this is read whole and compressed in one call
+# (`_compress_small_to`): the per-object machinery of the streaming path costs more than
+# the bytes there.
+SMALL_COPY_BYTES = 1 << 20
 _parallel_copy = threading.BoundedSemaphore(1)  # one copy at a time reads in parallel
 # Frames held at once by all the copies being written in this process (frame_budget.py): as
 # many as one copy alone holds with the default `compression_threads` (one per CPU, plus the
@@ -123,6 +129,11 @@ class Volume:
         self.journal_dir = self.root / "journal"
         self.marker_path = self.root / MARKER_NAME
         self.temp_files_removed = 0  # by the last open()
+        # Directories a rename changed whose fsync was left to the committer
+        # (`write_copy(sync_directory=False)`, `sync_directories`).
+        self._unsynced: set[Path] = set()
+        self._unsynced_lock = threading.Lock()
+        self._syncing = threading.Lock()  # one sync_directories at a time: see there
 
     # -- start and stop --------------------------------------------------------------
 
@@ -231,11 +242,18 @@ class Volume:
         compression: CompressionSettings,
         expect: Expectation = Expectation(),
         before_commit: Callable[[], object] | None = None,
+        *,
+        sync_directory: bool = True,
     ) -> StoredCopy:
         """Stream `chunks` into a durable, content-addressed copy.
 
         `before_commit` runs after the temp file is durable and just before the rename
         (the write barrier is entered there, so a snapshot never waits for a download).
+
+        `sync_directory=False`: the rename's directory is not fsynced here but noted for
+        `sync_directories`, which the caller must run before anything names the copy
+        (the committer does, before its journal append: docs/reliability.md). The copy's
+        own bytes are fsynced before the rename either way.
         """
         self.ensure_ready()
         temp_path = self.tmp_dir / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
@@ -243,7 +261,7 @@ class Volume:
             digest, size, stored_size = _compress_to(temp_path, chunks, compression, expect)
             if before_commit is not None:
                 before_commit()
-            return self._commit(temp_path, digest, size, stored_size)
+            return self._commit(temp_path, digest, size, stored_size, sync_directory)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(f"backup volume {self.root} is full: {exc.strerror}") from exc
@@ -252,7 +270,9 @@ class Volume:
             with contextlib.suppress(FileNotFoundError):
                 temp_path.unlink()
 
-    def _commit(self, temp_path: Path, sha256: str, size: int, stored_size: int) -> StoredCopy:
+    def _commit(
+        self, temp_path: Path, sha256: str, size: int, stored_size: int, sync_directory: bool
+    ) -> StoredCopy:
         final = self.copy_path(sha256)
         if final.exists():
             try:
@@ -263,9 +283,40 @@ class Volume:
         if not final.parent.is_dir():
             final.parent.mkdir(exist_ok=True)
             fsync_directory(self.objects_dir)
-        os.rename(temp_path, final)
-        fsync_directory(final.parent)
+        if sync_directory:
+            os.rename(temp_path, final)
+            fsync_directory(final.parent)
+        else:
+            # noted before the rename: whoever finds the copy in place (a dedup, in any
+            # thread) and has its record committed after this is covered by the same sync
+            with self._unsynced_lock:
+                self._unsynced.add(final.parent)
+            os.rename(temp_path, final)
         return StoredCopy(sha256, size, stored_size, final, deduplicated=False)
+
+    def sync_directories(self) -> int:
+        """fsync every directory a rename changed since the last call, for renames made with
+        `sync_directory=False` (returns how many). On a failure the directories not known
+        synced stay noted (the next call tries them again) and the error is raised: nothing
+        that names their copies may be written.
+
+        One call at a time: a caller that finds the set empty because another call took it
+        must still wait for that call's fsyncs (or for the directories it puts back)."""
+        with self._syncing:
+            with self._unsynced_lock:
+                if not self._unsynced:
+                    return 0
+                directories, self._unsynced = self._unsynced, set()
+            done: set[Path] = set()
+            try:
+                for directory in sorted(directories):
+                    fsync_directory(directory)
+                    done.add(directory)
+            except BaseException:
+                with self._unsynced_lock:
+                    self._unsynced |= directories - done
+                raise
+            return len(done)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -368,6 +419,8 @@ def _compress_to(
     path: Path, chunks: Iterable[bytes], settings: CompressionSettings, expect: Expectation
 ) -> tuple[str, int, int]:
     digests = _Digests(chunks, expect)
+    if expect.size is not None and expect.size <= min(SMALL_COPY_BYTES, FRAME_BYTES):
+        return _compress_small_to(path, digests, settings, expect)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
     with os.fdopen(fd, "wb") as sink:
         writer = cast(IO[bytes], WritebackAsYouGo(sink))
@@ -392,6 +445,51 @@ def _compress_to(
         os.fsync(sink.fileno())
         stored_size = sink.tell()
     return digests.sha.hexdigest(), size, stored_size
+
+
+def _compress_small_to(
+    path: Path, digests: _Digests, settings: CompressionSettings, expect: Expectation
+) -> tuple[str, int, int]:
+    """A copy of a known size of at most `SMALL_COPY_BYTES`: read whole (hashed on the way),
+    one compress call, one write, one fsync. The same copy as the streaming path (one frame,
+    its content size and checksum in it) without its machinery per object: no file object,
+    no read-ahead generator, no stream writer, no zstd worker threads (a frame this small is
+    one zstd job anyway), a compressor kept per thread (docs/benchmarks.md, issue 19)."""
+    parts = []
+    while chunk := digests.read():
+        parts.append(chunk)
+    data = parts[0] if len(parts) == 1 else b"".join(parts)
+    size = digests.size
+    if size != expect.size:
+        raise IntegrityError(f"read {size} bytes, expected {expect.size}")
+    md5 = digests.md5
+    if md5 is not None and md5.hexdigest() != expect.md5_hex:
+        raise IntegrityError(f"MD5 {md5.hexdigest()} does not match eTag {expect.md5_hex}")
+    compressed = _small_compressor(settings.level).compress(data)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+    try:
+        view = memoryview(compressed)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return digests.sha.hexdigest(), size, len(compressed)
+
+
+_compressors = threading.local()
+
+
+def _small_compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's one-shot compressor at `level` (a ZstdCompressor is not thread-safe;
+    `compress` starts a new frame every call)."""
+    kept: dict[int, zstandard.ZstdCompressor] | None = getattr(_compressors, "by_level", None)
+    if kept is None:
+        kept = _compressors.by_level = {}
+    compressor = kept.get(level)
+    if compressor is None:
+        compressor = kept[level] = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    return compressor
 
 
 class _Digests:

@@ -10,6 +10,7 @@ for, never timed.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -195,3 +196,53 @@ def test_monitoring_observes_a_committing_backup_once_it_is_recorded(aws, config
     monitoring.observe(lambda e: Result(Outcome.COMMITTING, e, record, None, failed))(event)
     failed.resolve(RuntimeError("throttled"))
     assert monitoring.observations.drain() == {}  # a failed record is not a backup
+
+
+def test_the_copys_directory_is_fsynced_by_the_committer_before_its_journal_line(
+    aws, config, volume, ledger, consumers, monkeypatch
+):
+    # issue 19: the worker fsyncs the copy's bytes before the rename; the committer fsyncs
+    # the rename's directory before the batch's journal append (docs/reliability.md)
+    fsyncs: list[tuple[str, str]] = []  # (thread, path), in order
+    real_fsync = os.fsync
+
+    def recording(fd: int) -> None:
+        fsyncs.append((threading.current_thread().name, os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    journal = Journal(volume.journal_dir)
+    backup = service.make_service(
+        aws,
+        volume,
+        compression=compression_settings(config),
+        journal=journal,
+        ledger=ledger,
+        committer=Committer(journal, ledger, directories=volume.sync_directories),
+    )
+    consumer = Consumer(aws.sqs, backup.process, replace(consumer_settings(config), workers=1))
+    consumers.append(consumer)
+    body = b"synced " * 100
+    sha = hashlib.sha256(body).hexdigest()
+    (volume.objects_dir / sha[:2]).mkdir(parents=True, exist_ok=True)  # not a new prefix
+    queue(aws, ("synced.txt", body))
+    sqs_calls = record_calls(aws.sqs)
+    consumer.start()
+    wait_until(lambda: sqs_calls.deleted_handles(), what="deleted")
+
+    directory = str(volume.copy_path(sha).parent)
+    at = {path: index for index, (_, path) in enumerate(fsyncs)}
+    [temp] = [i for i, (_, path) in enumerate(fsyncs) if path.startswith(str(volume.tmp_dir))]
+    journal_line = min(i for i, (_, path) in enumerate(fsyncs) if "journal" in path)
+    assert fsyncs[temp][0] != "committer"  # the worker: its copy's bytes, before the rename
+    assert [name for name, path in fsyncs if path == directory] == ["committer"]
+    assert temp < at[directory] < journal_line
+    assert [r.key for r in journal.read_all()] == ["synced.txt"]
+
+    # a version of the same bytes recorded inline (reconcile, no delivery) finds the copy
+    # whose directory is synced already: nothing left to sync, its journal line follows
+    queue(aws, ("again.txt", body))
+    [message] = aws.sqs.receive_message(QueueUrl=QUEUE_URL)["Messages"]
+    [event] = parse_message(message["Body"]).events
+    consumer.stop(WAIT)
+    assert backup.process(event).outcome is Outcome.DEDUPLICATED

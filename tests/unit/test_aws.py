@@ -75,3 +75,58 @@ def test_network_errors_are_retryable():
 def test_the_agents_own_errors_pass_through():
     error = IntegrityError("bad bytes")
     assert classify(error, "x") is error
+
+
+# -- timestamps: S3's header dates parsed without dateutil's general parser (issue 19) ------
+
+from datetime import UTC, datetime, timedelta  # noqa: E402
+
+import boto3.session  # noqa: E402
+from botocore.utils import parse_timestamp  # noqa: E402
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from agent.aws import fast_timestamps, http_date  # noqa: E402
+
+
+@given(
+    st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31)).map(
+        lambda moment: moment.replace(microsecond=0)
+    )
+)
+def test_an_http_date_parses_exactly_as_botocore_parses_it(moment):
+    text = moment.strftime("%a, %d %b %Y %H:%M:%S GMT")
+    ours, theirs = http_date(text), parse_timestamp(text)
+    assert ours == theirs and ours.utcoffset() == timedelta(0)
+    assert type(ours.tzinfo) is type(theirs.tzinfo)
+    assert ours == moment.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-12-01T15:00:00.000Z",  # ISO 8601 (XML bodies)
+        "2026-12-01T15:00:00+02:00",
+        1764601200,  # epoch seconds (JSON protocols)
+        "1764601200.5",
+        "Tue, 01 Dec 2026 15:00:00 +0000",  # not GMT: not the fast path's form
+        "Tuesday, 01-Dec-26 15:00:00 GMT",  # RFC 850
+        "Tue, 1 Dec 2026 15:00:00 GMT",  # one-digit day
+        "Sat, 29 Feb 2025 15:00:00 GMT",  # no such day: botocore decides
+    ],
+)
+def test_every_other_timestamp_is_left_to_botocore(value):
+    try:
+        expected: object = parse_timestamp(value)
+    except Exception as exc:  # botocore refuses it: so must we, the same way
+        with pytest.raises(type(exc)):
+            http_date(value)
+        return
+    assert http_date(value) == expected
+
+
+def test_the_agents_clients_parse_timestamps_with_the_fast_path(monkeypatch):
+    session = boto3.session.Session(region_name="us-east-1")
+    fast_timestamps(session)
+    parser = session._session.get_component("response_parser_factory").create_parser("rest-xml")
+    assert parser._timestamp_parser is http_date

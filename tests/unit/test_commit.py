@@ -374,3 +374,53 @@ def test_the_wait_is_bounded_by_the_linger_and_only_while_records_are_coming(
         assert wait == 0  # nothing coming, or full: commit now
     elif age < bound:
         assert wait > 0
+
+
+# -- the rename's directory fsync, moved to the committer (issue 19) ------------------------
+
+
+class RecordingJournal(Journal):
+    """A journal that notes its appends in a shared list of events."""
+
+    def __init__(self, root: Path, events: list[str]) -> None:
+        super().__init__(root)
+        self.events = events
+
+    def append_many(self, records: Sequence[VersionRecord]) -> None:
+        self.events.append("journal " + ",".join(r.key for r in records))
+        super().append_many(records)
+
+
+def test_the_committer_syncs_the_directories_before_it_appends_the_journal(tmp_path, committers):
+    events: list[str] = []
+    ledger = Ledger()
+    ledger.events = events
+    committer = Committer(
+        RecordingJournal(tmp_path, events),
+        ledger,
+        directories=lambda: events.append("directories"),
+    )
+    committers.append(committer)
+
+    assert committer.submit(_pending(_record(1))).wait(WAIT) == "k1:fresh"
+    assert events == ["directories", "journal k1", "recorded k1"]
+
+
+def test_a_failed_directory_sync_fails_the_batch_and_journals_nothing(tmp_path, committers):
+    events: list[str] = []
+    ledger = Ledger()
+    journal = RecordingJournal(tmp_path, events)
+
+    def failing() -> None:
+        raise OSError(5, "Input/output error")
+
+    committer = Committer(journal, ledger, directories=failing)
+    committers.append(committer)
+    released: list[str] = []
+    batch = [committer.submit(_pending(_record(n), released)) for n in range(3)]
+
+    for pending in batch:
+        with pytest.raises(OSError, match="Input/output error"):
+            pending.wait(WAIT)  # the consumer deletes no message of a failed record
+    assert events == [] and list(journal.read_all()) == [] and ledger.calls == []
+    assert sorted(released) == ["released k0", "released k1", "released k2"]

@@ -614,3 +614,169 @@ def test_any_chunking_gives_the_same_digest_size_and_bytes(volume, data, cuts, k
         with pytest.raises(IntegrityError):
             volume.write_copy(iter(chunks), SETTINGS, Expectation(size=len(data) + 1))
     assert read_ahead_threads() == []
+
+
+# -- a small copy of a known size: read whole, one compress call, one write (issue 19) ------
+
+
+def no_streaming(monkeypatch) -> None:
+    """Fail the test if the streaming path's machinery is used."""
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the streaming path was taken for a small copy")
+
+    monkeypatch.setattr(volume_module, "_OneFrame", refused)
+    monkeypatch.setattr(volume_module, "WritebackAsYouGo", refused)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, volume_module.SMALL_COPY_BYTES])
+def test_a_small_copy_of_a_known_size_is_one_frame_with_its_size_and_checksum(
+    volume, monkeypatch, size
+):
+    data = (TEXT * (size // len(TEXT) + 1))[:size]
+    no_streaming(monkeypatch)
+    expect = Expectation(size=size, md5_hex=hashlib.md5(data).hexdigest())
+    copy = volume.write_copy(chunks_of(data, 7000), SETTINGS, expect)
+    assert copy.sha256 == hashlib.sha256(data).hexdigest() and copy.size == size
+    stored = copy.path.read_bytes()
+    assert copy.stored_size == len(stored)
+    params = zstandard.get_frame_parameters(stored)
+    assert params.has_checksum is True and params.content_size == size
+    assert zstandard.ZstdDecompressor().decompress(stored) == data
+    volume.verify_copy(copy.sha256, size)
+    assert objects_and_tmp(volume) == [f"objects/{copy.sha256[:2]}/{copy.sha256}.zst"]
+
+
+def test_a_copy_just_above_the_small_size_streams(volume, monkeypatch):
+    data = os.urandom(volume_module.SMALL_COPY_BYTES + 1)
+    no_streaming(monkeypatch)
+    with pytest.raises(AssertionError, match="streaming path"):
+        volume.write_copy(chunks_of(data), SETTINGS, Expectation(size=len(data)))
+
+
+@pytest.mark.parametrize(
+    ("expect", "reason"),
+    [
+        (Expectation(size=len(TEXT) + 1), f"read {len(TEXT)} bytes, expected {len(TEXT) + 1}"),
+        (Expectation(size=len(TEXT) - 1), f"longer than the expected {len(TEXT) - 1} bytes"),
+        (Expectation(size=len(TEXT), md5_hex="0" * 32), "does not match eTag " + "0" * 32),
+    ],
+    ids=["short", "long", "md5"],
+)
+def test_a_small_copy_that_does_not_match_is_never_moved_into_place(
+    volume, monkeypatch, expect, reason
+):
+    no_streaming(monkeypatch)
+    with pytest.raises(IntegrityError) as raised:
+        volume.write_copy(chunks_of(TEXT), SETTINGS, expect)
+    assert reason in str(raised.value)
+    assert objects_and_tmp(volume) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_a_small_copy_is_fsynced_before_its_rename(volume, fsynced, monkeypatch):
+    no_streaming(monkeypatch)
+    copy = volume.write_copy([b"durable"], SETTINGS, Expectation(size=7))
+    temp = [p for p in fsynced if p.startswith(str(volume.tmp_dir))]
+    assert len(temp) == 1 and temp[0].endswith(".part")
+    assert fsynced.index(temp[0]) < fsynced.index(str(copy.path.parent))
+
+
+def test_small_copies_written_from_many_threads_at_once_are_each_whole(volume):
+    # one compressor per thread: a shared one would mix frames
+    payloads = [os.urandom(64) + TEXT[: 1000 + index] for index in range(64)]
+    copies: list[StoredCopy] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def write(part: list[bytes]) -> None:
+        barrier.wait()
+        try:
+            for data in part:
+                copies.append(volume.write_copy([data], SETTINGS, Expectation(size=len(data))))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(payloads[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(c.sha256 for c in copies) == sorted(
+        hashlib.sha256(p).hexdigest() for p in payloads
+    )
+    for copy, data in (
+        (c, p) for p in payloads for c in copies if c.sha256 == hashlib.sha256(p).hexdigest()
+    ):
+        assert zstandard.ZstdDecompressor().decompress(copy.path.read_bytes()) == data
+
+
+# -- the rename's directory fsync left to the committer (issue 19) --------------------------
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
+def test_a_deferred_copy_syncs_its_file_not_its_directory_until_asked(volume, fsynced):
+    data = b"deferred " * 3
+    (volume.objects_dir / hashlib.sha256(data).hexdigest()[:2]).mkdir()  # not a new prefix
+    copy = volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    assert [p for p in fsynced if not p.startswith(str(volume.tmp_dir))] == []
+    assert len(fsynced) == 1  # the copy's own bytes, before the rename
+    fsynced.clear()
+    assert volume.sync_directories() == 1
+    assert fsynced == [str(copy.path.parent)]
+    assert volume.sync_directories() == 0  # nothing changed since
+
+
+def test_a_dedup_onto_a_copy_whose_directory_is_not_yet_synced_is_covered(volume, fsynced):
+    data = b"shared bytes"
+    first = volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    # a second version with the same bytes, recorded inline (no committer)
+    second = volume.write_copy([data], SETTINGS, Expectation(size=len(data)))
+    assert second.deduplicated and second.path == first.path
+    fsynced.clear()
+    volume.sync_directories()  # what the inline path runs before its journal line
+    assert fsynced == [str(first.path.parent)]
+
+
+def test_a_failed_directory_sync_keeps_the_directory_for_the_next_one(volume, monkeypatch):
+    data = b"x" * 100
+    copy = volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    calls: list[Path] = []
+
+    def failing(path: Path) -> None:
+        calls.append(path)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(volume_module, "fsync_directory", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        volume.sync_directories()
+    monkeypatch.setattr(volume_module, "fsync_directory", lambda path: calls.append(path))
+    assert volume.sync_directories() == 1
+    assert calls == [copy.path.parent, copy.path.parent]
+
+
+def test_a_sync_under_way_is_waited_for_by_the_next_caller(volume, monkeypatch):
+    # the inline path must not pass a sync that has taken the set but not yet fsynced it
+    data = b"y" * 100
+    volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    entered, release = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def slow(path: Path) -> None:
+        entered.set()
+        assert release.wait(30)
+        order.append("synced")
+
+    monkeypatch.setattr(volume_module, "fsync_directory", slow)
+    first = threading.Thread(target=volume.sync_directories)
+    first.start()
+    assert entered.wait(30)
+    second = threading.Thread(target=lambda: (volume.sync_directories(), order.append("second")))
+    second.start()
+    second.join(0.2)  # a bounded look: it must still be waiting (not a synchronisation)
+    assert order == []
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert order == ["synced", "second"]
