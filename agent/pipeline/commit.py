@@ -14,11 +14,12 @@ workers that are handling a message or about to take one already received) and h
 messages it has received that wait for a worker (`follow`). While records are coming, the
 committer waits for them before committing a small batch, but never once the batch holds
 `batch_limit` records, and never longer after the oldest record of the batch was submitted
-than `linger_ahead` while messages wait for a worker (a backlog: throughput counts, and the
-worker, which does not wait for the committer, is not slowed) or `linger` when none do (a
-record's latency counts). A lone record with nothing under way is committed at once, and
-without a consumer's word (jobs, tests) nothing waits. The wait only groups records: what is
-durable, and when a message is deleted relative to its record, does not change.
+than `linger_ahead` while at least one message per worker waits for one (a backlog:
+throughput counts, and the workers, which do not wait for the committer, are not slowed) or
+`linger` otherwise (a record's latency counts). A lone record with nothing under way is
+committed at once, and without a consumer's word (jobs, tests) nothing waits. The wait only
+groups records: what is durable, and when a message is deleted relative to its record, does
+not change.
 
 Each record carries what its worker held until the record is written (`Pending.held`): the
 snapshot barrier, taken shared before the rename, and the version's lock. The committer
@@ -178,6 +179,7 @@ class Committer:
         self._committing = 0
         self._coming = 0  # records the consumer says may come soon (`expect`)
         self._ahead: Callable[[], int] = lambda: 0  # messages waiting for a worker (`follow`)
+        self._workers: Callable[[], int] = lambda: 1  # a backlog: a waiting message each
         self._closed = False
         self._thread: threading.Thread | None = None
         self.commits = 0  # batches committed (each one journal fsync)
@@ -203,11 +205,19 @@ class Committer:
             self._coming = max(0, self._coming + change)
             self._cond.notify_all()
 
-    def follow(self, received_ahead: Callable[[], int]) -> None:
-        """The consumer's count of messages received and waiting for a worker: while there
-        are some, a small batch may wait `linger_ahead` instead of `linger`."""
+    def follow(
+        self, received_ahead: Callable[[], int], workers: Callable[[], int] = lambda: 1
+    ) -> None:
+        """The consumer's count of messages received and waiting for a worker, and its
+        number of workers: while at least as many messages wait as there are workers (a
+        backlog: every worker has another object to copy after this one), a small batch may
+        wait `linger_ahead` instead of `linger`. Fewer waiting is a passing burst, where a
+        record's latency counts (section 5 of the bench: p99 107 -> 234 ms with any waiting
+        message counted as a backlog, 2026-12-01 16:28). Both are read at each wait (the
+        number of workers is live)."""
         with self._cond:
             self._ahead = received_ahead
+            self._workers = workers
 
     def backlog(self) -> int:
         """Records submitted and not yet resolved."""
@@ -252,7 +262,7 @@ class Committer:
                 age=self.clock() - self._waiting[0].submitted_at,
                 size=len(self._waiting),
                 coming=self._coming,
-                ahead=self._ahead() if self._coming else 0,
+                ahead=self._backlog(),
                 linger=self.linger,
                 linger_ahead=self.linger_ahead,
                 batch_limit=self.batch_limit,
@@ -260,6 +270,13 @@ class Committer:
             if wait <= 0:
                 return
             self._cond.wait(wait)
+
+    def _backlog(self) -> int:
+        """Messages waiting for a worker, when they make a backlog (`follow`), else 0."""
+        if not self._coming:
+            return 0
+        ahead = self._ahead()
+        return ahead if ahead >= max(1, self._workers()) else 0
 
     def _commit(self, batch: list[Pending[object]]) -> None:
         try:

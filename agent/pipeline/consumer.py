@@ -184,7 +184,7 @@ class Consumer:
         # (agent/pipeline/commit.py, "Lingering").
         self._committer = committer
         if committer is not None:
-            committer.follow(self._work.qsize)
+            committer.follow(self._work.qsize, workers=lambda: self._capacity)
 
     # -- start and stop --------------------------------------------------------------
 

@@ -352,6 +352,37 @@ def test_with_messages_waiting_for_a_worker_a_batch_waits_the_longer_linger(tmp_
     assert ledger.called_at == [105.0]  # not at 100: `linger` (0) did not apply
 
 
+def test_fewer_messages_waiting_than_workers_is_no_backlog(tmp_path, committers):
+    """A passing burst (fewer messages waiting than there are workers to take them) keeps
+    the short linger: a record's latency counts there (bench section 5's p99). The number of
+    workers is read at each wait (it is live)."""
+    journal, _ = _journal(tmp_path)
+    clock = Clock()
+    ledger = Ledger(clock=clock)
+    committer = Committer(journal, ledger, linger=1.0, linger_ahead=5.0, clock=clock)
+    committers.append(committer)
+    workers = [4]
+    committer.follow(lambda: 3, workers=lambda: workers[0])  # 3 waiting, 4 workers
+    committer.expect(+1)
+
+    first = committer.submit(_pending(_record(1)))
+    clock.now += 1.0
+    committer.expect(0)  # wakes the committer: the short linger is over
+    assert first.wait(WAIT) == "k1:fresh"
+    assert ledger.called_at == [101.0]
+
+    workers[0] = 3  # now 3 waiting for 3 workers: a backlog
+    second = committer.submit(_pending(_record(2)))
+    clock.now += 1.0
+    committer.expect(0)
+    with pytest.raises(TimeoutError):  # still lingering: the longer linger applies
+        second.wait(0.2)
+    clock.now += 4.0
+    committer.expect(0)
+    assert second.wait(WAIT) == "k2:fresh"
+    assert ledger.called_at == [101.0, 106.0]
+
+
 @given(
     age=st.floats(0, 10),
     size=st.integers(0, 20),

@@ -235,14 +235,18 @@ class Expected(Committer):
         super().__init__(journal=None, ledger=None)  # type: ignore[arg-type]  # never commits
         self.changes: list[int] = []
         self.followed: Callable[[], int] | None = None
+        self.workers: Callable[[], int] | None = None
         self._lock = threading.Lock()
 
     def expect(self, change: int) -> None:
         with self._lock:
             self.changes.append(change)
 
-    def follow(self, received_ahead: Callable[[], int]) -> None:
+    def follow(
+        self, received_ahead: Callable[[], int], workers: Callable[[], int] = lambda: 1
+    ) -> None:
         self.followed = received_ahead
+        self.workers = workers
 
     def total(self) -> int:
         with self._lock:
@@ -277,6 +281,7 @@ def test_a_busy_worker_tells_the_committer_records_may_come(sqs, queue_url, gate
         assert expected.total() == 1  # busy: a record may come
         assert expected.followed is not None
         assert expected.followed() == 1  # the second, received ahead, waits for the worker
+        assert expected.workers is not None and expected.workers() == 1
         gate.set()
         wait_until(lambda: consumer.in_flight() == 0, what="both settled")
         wait_until(lambda: expected.total() == 0, what="idle again")
