@@ -211,10 +211,9 @@ class Committer:
         """The consumer's count of messages received and waiting for a worker, and its
         number of workers: while at least as many messages wait as there are workers (a
         backlog: every worker has another object to copy after this one), a small batch may
-        wait `linger_ahead` instead of `linger`. Fewer waiting is a passing burst, where a
-        record's latency counts (section 5 of the bench: p99 107 -> 234 ms with any waiting
-        message counted as a backlog, 2026-12-01 16:28). Both are read at each wait (the
-        number of workers is live)."""
+        wait `linger_ahead` instead of `linger`. Fewer waiting is a passing burst, each
+        taken by a worker at once, where a record's latency counts. Both are read at each
+        wait (the number of workers is live)."""
         with self._cond:
             self._ahead = received_ahead
             self._workers = workers
