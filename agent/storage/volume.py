@@ -287,11 +287,14 @@ class Volume:
             os.rename(temp_path, final)
             fsync_directory(final.parent)
         else:
-            # noted before the rename: whoever finds the copy in place (a dedup, in any
-            # thread) and has its record committed after this is covered by the same sync
+            # Noted and renamed under the lock `sync_directories` takes the set with, so no
+            # sync falls between the two: one that took the set before holds no note of
+            # this rename and the next finds it; one that takes it after fsyncs the
+            # directory after the rename. Whoever finds the copy in place (a dedup, in any
+            # thread) finds it noted, or in a sync under way, which the next call waits for.
             with self._unsynced_lock:
                 self._unsynced.add(final.parent)
-            os.rename(temp_path, final)
+                os.rename(temp_path, final)
         return StoredCopy(sha256, size, stored_size, final, deduplicated=False)
 
     def sync_directories(self) -> int:

@@ -780,3 +780,30 @@ def test_a_sync_under_way_is_waited_for_by_the_next_caller(volume, monkeypatch):
     first.join(30)
     second.join(30)
     assert order == ["synced", "second"]
+
+
+def test_a_sync_never_falls_between_a_deferred_rename_and_its_note(volume, monkeypatch):
+    """A sync that took the set after the directory was noted but before the rename would
+    fsync the directory without the new entry, and the next sync, finding the set empty,
+    would let a journal line name a copy whose entry is not durable (the session-8 review).
+    The note and the rename are one step for `sync_directories`: here a sync is started
+    from inside the rename; the directory must be fsynced after the rename."""
+    data = b"z" * 100
+    (volume.objects_dir / hashlib.sha256(data).hexdigest()[:2]).mkdir()  # not a new prefix
+    events: list[str] = []
+    real_rename = os.rename
+    racing: list[threading.Thread] = []
+
+    def renaming(source: object, target: object) -> None:
+        racing.append(threading.Thread(target=volume.sync_directories))
+        racing[0].start()
+        racing[0].join(0.2)  # a bounded look: a sync that can run now runs before the rename
+        events.append("rename")
+        real_rename(source, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(volume_module.os, "rename", renaming)
+    monkeypatch.setattr(volume_module, "fsync_directory", lambda path: events.append("fsync"))
+    volume.write_copy([data], SETTINGS, Expectation(size=len(data)), sync_directory=False)
+    racing[0].join(30)
+    volume.sync_directories()  # the committer's next batch, before its journal append
+    assert "fsync" in events[events.index("rename") :]
