@@ -57,7 +57,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import Item
 from moto.dynamodb.models.table import Table
 
-from tests.support import moto_dynamodb_fast, patching
+from tests.support import moto_dynamodb_fast, moto_sqs, patching
 
 
 class _TablesByReference:
@@ -388,6 +388,7 @@ def install() -> None:
         setattr(owner, name, value)
     dynamodb_models.copy = _TablesByReference  # type: ignore[assignment]
     moto_dynamodb_fast.install()  # two more moto costs out: see that module
+    moto_sqs.install()  # ReceiveMessage one at a time: see that module
     _installed = True
 
 

@@ -1,0 +1,78 @@
+"""moto's ReceiveMessage, one at a time: a race in the local AWS stand-in taken out.
+
+moto 5.2.5's `SQSBackend.receive_message` looks at each message's visibility and marks it
+received without a lock, so two ReceiveMessage requests served at once (moto_server answers
+each request in a thread of its own) can both take the same visible message: it is then
+delivered twice within its visibility timeout. Real SQS standard queues deliver at least
+once and may also deliver a message twice, which the agent handles (the ledger's conditional
+write keeps one holder; a fleet member's losing copy is counted and freed by gc), but moto
+did it at every such coincidence: the full bench of 2026-12-01 16:28 saw 301 receives for
+300 messages with 2 agents, and the fleet e2e tests, which count copies, depended on how the
+threads were scheduled.
+
+Installed, receives run one at a time (`_receiving`), and a long poll lets the others in
+while it waits for messages (`Queue.wait_for_messages`), as before. `install()` is called
+by tests/support/moto_server.py's `install()`; tests/unit/test_moto_sqs.py shows the race on
+moto as released and its absence with this installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any
+
+from moto.sqs.models import Queue, SQSBackend
+
+from tests.support import patching
+
+_MOTO_RECEIVE = SQSBackend.receive_message
+_MOTO_WAIT = Queue.wait_for_messages
+_receiving = threading.Lock()
+_holder = threading.local()  # `holding`: this thread is inside a receive, the lock held
+_installed = False
+
+
+def _receive_message(self: SQSBackend, *args: Any, **kwargs: Any) -> Any:
+    with _receiving:
+        _holder.holding = True
+        try:
+            return _MOTO_RECEIVE(self, *args, **kwargs)
+        finally:
+            _holder.holding = False
+
+
+def _wait_for_messages(self: Queue, timeout: int) -> None:
+    if not getattr(_holder, "holding", False):
+        _MOTO_WAIT(self, timeout)
+        return
+    _holder.holding = False
+    _receiving.release()  # others receive while this one waits for messages
+    try:
+        _MOTO_WAIT(self, timeout)
+    finally:
+        _receiving.acquire()
+        _holder.holding = True
+
+
+def installed() -> bool:
+    return _installed
+
+
+def install() -> None:
+    global _installed
+    SQSBackend.receive_message = _receive_message  # type: ignore[method-assign]
+    Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
+    _installed = True
+
+
+def uninstall() -> None:
+    global _installed
+    SQSBackend.receive_message = _MOTO_RECEIVE  # type: ignore[method-assign]
+    Queue.wait_for_messages = _MOTO_WAIT  # type: ignore[method-assign]
+    _installed = False
+
+
+def as_released() -> contextlib.AbstractContextManager[None]:
+    """moto as released while inside (as it was after)."""
+    return patching.released(installed, install, uninstall)

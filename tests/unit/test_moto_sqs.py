@@ -1,0 +1,92 @@
+"""The stand-in's ReceiveMessage takes a message once (tests/support/moto_sqs.py).
+
+Two receives are made to find the same message visible at the same moment: each, having
+found it visible and before marking it received, waits (a bounded look, at most 1 s) for the
+other to get there too. On moto as released both then take the message (the race: a
+message delivered twice within its visibility timeout, which real SQS does only rarely);
+with the stand-in's patch the second receive cannot look until the first has taken it, so
+one gets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+from moto.sqs.models import Message
+
+from tests.support import moto_sqs
+
+
+@pytest.fixture
+def queue() -> Iterator[tuple[Any, str]]:
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="race", Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="once")
+        yield sqs, url
+
+
+def _receive_together(
+    sqs: Any, url: str, monkeypatch: pytest.MonkeyPatch, wait_seconds: int
+) -> list[str]:
+    together = threading.Barrier(2, timeout=1.0)
+    real_mark = Message.mark_received
+
+    def mark_received(message: Message, visibility_timeout: int | None = None) -> None:
+        # found visible, about to be marked received: wait for the other receive to get here
+        with contextlib.suppress(threading.BrokenBarrierError):  # the patch holds the other
+            together.wait()
+        real_mark(message, visibility_timeout)
+
+    monkeypatch.setattr(Message, "mark_received", mark_received)
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def receive() -> None:
+        answer = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=wait_seconds)
+        with lock:
+            got.extend(m["Body"] for m in answer.get("Messages", []))
+
+    threads = [threading.Thread(target=receive) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return got
+
+
+def test_moto_as_released_delivers_one_message_to_two_receives_at_once(queue, monkeypatch):
+    sqs, url = queue
+    with moto_sqs.as_released():
+        assert _receive_together(sqs, url, monkeypatch, wait_seconds=0) == ["once", "once"]
+
+
+@pytest.mark.parametrize("wait_seconds", [0, 1])
+def test_with_the_stand_in_one_receive_takes_the_message(queue, monkeypatch, wait_seconds):
+    """With a long poll too: the receive that finds nothing waits with the lock let go (it
+    would otherwise hold the other for its whole poll)."""
+    sqs, url = queue
+    moto_sqs.install()
+    assert moto_sqs.installed()
+    assert _receive_together(sqs, url, monkeypatch, wait_seconds=wait_seconds) == ["once"]
+
+
+def test_a_long_poll_lets_other_receives_in(queue):
+    """A receive waiting on an empty queue does not hold the others up."""
+    sqs, url = queue
+    moto_sqs.install()
+    empty = sqs.create_queue(QueueName="empty")["QueueUrl"]
+    polling = threading.Thread(
+        target=lambda: sqs.receive_message(QueueUrl=empty, WaitTimeSeconds=3)
+    )
+    polling.start()
+    answer = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
+    assert [m["Body"] for m in answer["Messages"]] == ["once"]
+    assert polling.is_alive()  # still polling: the answer above did not wait for it
+    polling.join(10)
