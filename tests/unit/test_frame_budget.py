@@ -34,24 +34,12 @@ from agent.storage import frames as frames_module
 from agent.storage import volume as volume_module
 from agent.storage.frame_budget import FrameBudget
 from agent.storage.volume import CompressionSettings, Expectation, StoredCopy, Volume
+from tests.support.frame_data import chunks_of, data_of
 from tests.support.waiting import wait_until
 
 FRAME = 64 << 10
 PARALLEL = CompressionSettings(level=3, threads=2)
 JOIN = 60.0  # seconds: a copy still running then is a deadlock
-
-
-def data_of(size: int, seed: int = 1) -> bytes:
-    """Compressible but distinct bytes (log-like lines with a counter)."""
-    lines = b"".join(
-        b"%08d seed=%d GET /v1/orders/%d 200\n" % (i, seed, i * 7) for i in range(size // 20 + 1)
-    )
-    return lines[:size]
-
-
-def chunks_of(data: bytes, size: int = 10_000) -> Iterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
 
 
 def record_of(copy: StoredCopy) -> VersionRecord:

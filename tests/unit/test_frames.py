@@ -36,22 +36,10 @@ from agent.storage.volume import (
     StoredCopy,
     Volume,
 )
+from tests.support.frame_data import chunks_of, data_of
 
 SETTINGS = CompressionSettings(level=3, threads=1)
 FRAME = 64 << 10
-
-
-def data_of(size: int, seed: int = 1) -> bytes:
-    """Compressible but distinct bytes (log-like lines with a counter)."""
-    lines = b"".join(
-        b"%08d seed=%d GET /v1/orders/%d 200\n" % (i, seed, i * 7) for i in range(size // 20 + 1)
-    )
-    return lines[:size]
-
-
-def chunks_of(data: bytes, size: int = 10_000) -> Iterator[bytes]:
-    for start in range(0, len(data), size):
-        yield data[start : start + size]
 
 
 def store(volume: Volume, data: bytes, *, known_size: bool = True) -> StoredCopy:
