@@ -16,20 +16,73 @@ next frame boundary. So a large object never stalls with its download open and u
 however many others hold the frames; it is only slower (one thread) while they do.
 
 Every frame a copy took goes back when the copy ends, however it ends (`_ParallelFrames.close`).
+
+What a frame costs (`frame_bytes`): its `FRAME_BYTES` input buffer, its compressed output
+(at most zstd's compress bound of it) and the zstd context of the worker thread compressing
+it. The context is counted because it grows with the level: 3.5 MiB at level 3, 14.7 at 9,
+89.5 at 19, 273.5 at 22 (what zstd allocates for a 16 MiB frame, `context_bytes`). A copy's
+pool starts a thread only for a frame it submits and holds, so its threads (each keeping one
+compressor) are never more than the frames it holds, and they end with the copy. The budget
+is a number of bytes, `frames` frames at `BASE_LEVEL`'s cost; at the level in use
+(`use_level`, set by the wiring from `storage.compression_level`) it grants as many frames as
+fit in those bytes: all of them at level 3, 2 of 3 at level 9, none at level 19 on 2 CPUs
+(every large copy then streams).
+
+Not counted: a copy streaming holds one context of its own outside the budget (so up to one
+per worker copying a large object: the pipeline's workers bound them, not this budget), and
+copies up to 1 MiB or of unknown size compress outside `_ParallelFrames` altogether
+(docs/design.md, "Concurrency", says what each costs).
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import threading
+
+import zstandard
+
+# The input of one frame; volume.FRAME_BYTES, which imports this module (a test checks both
+# agree).
+FRAME_BYTES = 16 << 20
+# The level whose frame cost sizes a budget: the default `storage.compression_level`.
+BASE_LEVEL = 3
+
+
+def compress_bound(size: int) -> int:
+    """The most bytes zstd writes for `size` bytes of input (ZSTD_COMPRESSBOUND, zstd.h)."""
+    small = ((128 << 10) - size) >> 11 if size < (128 << 10) else 0
+    return size + (size >> 8) + small
+
+
+@functools.cache
+def context_bytes(level: int) -> int:
+    """The memory zstd allocates for one single-threaded context at `level` compressing a
+    frame of `FRAME_BYTES` (ZSTD_sizeof_CCtx once the frame's size is pledged: what the
+    one-shot compress of a frame allocates too, and above python-zstandard's
+    `estimated_compression_context_size`, which leaves out part of the workspace)."""
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    writer = compressor.stream_writer(io.BytesIO(), size=FRAME_BYTES, closefd=False)
+    writer.write(b"\0")  # the context is sized on the first write, for the pledged size
+    return int(compressor.memory_size())
+
+
+def frame_bytes(level: int) -> int:
+    """The memory one held frame may cost at `level`: input, output and its worker's context."""
+    return FRAME_BYTES + compress_bound(FRAME_BYTES) + context_bytes(level)
 
 
 class FrameBudget:
-    """At most `frames` frames held at once by all the copies of the process."""
+    """At most `frames` frames at `BASE_LEVEL`'s cost held at once by all the copies of the
+    process; at another level (`use_level`), as many as fit in the same bytes."""
 
-    def __init__(self, frames: int) -> None:
+    def __init__(self, frames: int, *, level: int = BASE_LEVEL) -> None:
         if frames < 1:
             raise ValueError(f"a frame budget needs at least one frame, not {frames}")
         self.frames = frames
+        self.memory = frames * frame_bytes(BASE_LEVEL)  # bytes: the bound the docs state
+        self.level = level
+        self.limit = self.memory // frame_bytes(level)  # frames granted at `level`
         self._held = 0
         self._peak = 0
         self._refused = 0
@@ -50,10 +103,18 @@ class FrameBudget:
         """Takes answered False so far (the budget was spent)."""
         return self._refused
 
+    def use_level(self, level: int) -> None:
+        """Count frames at `level`'s cost from now on. Frames already held stay held (a
+        reload that raises the level lets them go back with their copies; none is granted
+        until the held ones fit)."""
+        limit = self.memory // frame_bytes(level)
+        with self._lock:
+            self.level, self.limit = level, limit
+
     def take(self) -> bool:
         """One more frame if one is free (True), else False at once: never waits."""
         with self._lock:
-            if self._held >= self.frames:
+            if self._held >= self.limit:
                 self._refused += 1
                 return False
             self._held += 1

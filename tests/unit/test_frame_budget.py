@@ -30,14 +30,19 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from agent.errors import IntegrityError
 from agent.records import VersionRecord
 from agent.restore.copies import verified_chunks
+from agent.runtime import wiring
+from agent.storage import frame_budget
 from agent.storage import frames as frames_module
 from agent.storage import volume as volume_module
-from agent.storage.frame_budget import FrameBudget
+from agent.storage.frame_budget import FrameBudget, context_bytes, frame_bytes
 from agent.storage.volume import CompressionSettings, Expectation, StoredCopy, Volume
+from tests.support.aws import make_config
 from tests.support.frame_data import chunks_of, data_of
 from tests.support.waiting import wait_until
 
 FRAME = 64 << 10
+VOLUME_FRAME_BYTES = volume_module.FRAME_BYTES  # before the fixture below makes it FRAME
+MIB = 1 << 20
 PARALLEL = CompressionSettings(level=3, threads=2)
 JOIN = 60.0  # seconds: a copy still running then is a deadlock
 
@@ -200,6 +205,73 @@ def test_giving_back_more_than_was_taken_is_a_bug_not_a_bigger_budget() -> None:
     with pytest.raises(RuntimeError, match="giving back 2 frames, 1 held"):
         budget.give_back(2)
     assert budget.held == 1
+
+
+# -- what a frame costs: its input, its output and its worker's zstd context ------------------
+
+
+def test_the_budget_prices_the_frames_the_volume_writes() -> None:
+    assert frame_budget.FRAME_BYTES == VOLUME_FRAME_BYTES
+    assert frame_bytes(3) == 2 * VOLUME_FRAME_BYTES + (VOLUME_FRAME_BYTES >> 8) + context_bytes(3)
+
+
+@pytest.mark.parametrize("level", [1, 3, 9, 19])
+def test_a_context_is_counted_at_what_zstd_allocates_for_a_frame(level: int) -> None:
+    """What a worker's one-shot compress of a whole frame allocates, measured by zstd itself
+    (ZSTD_sizeof_CCtx), is what the budget counts."""
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    compressor.compress(bytes(range(256)) * (VOLUME_FRAME_BYTES // 256))
+    assert context_bytes(level) == compressor.memory_size()
+
+
+@pytest.mark.parametrize(
+    ("level", "granted", "context_mib"),
+    [(1, 3, (1, 2)), (3, 3, (3, 4)), (9, 2, (14, 16)), (12, 1, (40, 50)), (19, 0, (85, 95))],
+)
+def test_at_a_costlier_level_the_same_bytes_grant_fewer_frames(
+    level: int, granted: int, context_mib: tuple[int, int]
+) -> None:
+    """3 frames (2 CPUs' default) are ~107 MiB at level 3; at level 19 one frame's context
+    alone is ~90 MiB, so the budget grants none and every copy streams."""
+    low, high = context_mib
+    assert low * MIB <= context_bytes(level) <= high * MIB
+    budget = FrameBudget(3)
+    budget.use_level(level)
+    assert sum(budget.take() for _ in range(5)) == granted
+    assert budget.held * frame_bytes(level) <= budget.memory
+
+
+@given(frames=st.integers(1, 64), level=st.integers(1, 22))
+@settings(max_examples=60, deadline=None)
+def test_the_frames_granted_at_any_level_fit_in_the_bytes_of_the_budget(
+    frames: int, level: int
+) -> None:
+    budget = FrameBudget(frames, level=level)
+    while budget.take():
+        pass
+    assert (
+        budget.held * frame_bytes(level) <= budget.memory < (budget.held + 1) * frame_bytes(level)
+    )
+    assert FrameBudget(frames).limit == frames  # at the base level, `frames` frames
+
+
+def test_with_no_frame_affordable_at_the_level_every_frame_streams() -> None:
+    budget = FrameBudget(3, level=19)
+    content = data_of(3 * FRAME + 11)
+    stored, streamed = written(content, budget, settings_=CompressionSettings(level=1, threads=2))
+    assert decompressed(stored) == content
+    assert frames_in(stored) == expected_frames(len(content)) and streamed == 4
+    assert budget.peak == 0 and budget.refused == 4
+
+
+def test_the_wiring_sets_the_configured_level_on_the_process_budget(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    budget = FrameBudget(3)
+    monkeypatch.setattr(wiring, "FRAME_BUDGET", budget)
+    config = make_config(tmp_path, storage={"root": str(tmp_path), "compression_level": 9})
+    assert wiring.compression_settings(config).level == 9
+    assert (budget.level, budget.limit) == (9, 2)
 
 
 def test_the_default_budget_lets_one_copy_hold_what_it_held_before() -> None:
@@ -517,13 +589,15 @@ def test_one_copy_alone_holds_at_most_its_workers_plus_one_frames_whatever_its_s
 
 class BudgetMachine(RuleBasedStateMachine):
     """Copies taking and giving back frames in any order, against a model: a list of what
-    each copy holds. Every take answers at once (nobody waits): yes exactly when a frame is
-    free, whatever the copy holds."""
+    each copy holds. Every take answers at once (nobody waits): yes exactly when one more
+    frame at the level in use fits in the budget's bytes, whatever the copy holds; the level
+    changes at any time (a reload)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.frames = 3
         self.budget = FrameBudget(self.frames)
+        self.level = frame_budget.BASE_LEVEL
         self.holding: list[int] = []
         self.refused = 0
 
@@ -536,10 +610,12 @@ class BudgetMachine(RuleBasedStateMachine):
 
     @rule(copy=copies)
     def take(self, copy: int) -> None:
-        free = sum(self.holding) < self.frames
+        free = (sum(self.holding) + 1) * frame_bytes(self.level) <= self.budget.memory
         assert self.budget.take() is free
         self.holding[copy] += free
         self.refused += not free
+        if free:  # the frames held, priced at this level, fit in the budget's bytes
+            assert self.budget.held * frame_bytes(self.level) <= self.budget.memory
 
     @rule(copy=copies, data=st.data())
     def give_back(self, copy: int, data: st.DataObject) -> None:
@@ -547,6 +623,12 @@ class BudgetMachine(RuleBasedStateMachine):
             frames = data.draw(st.integers(1, self.holding[copy]))
             self.budget.give_back(frames)
             self.holding[copy] -= frames
+
+    @rule(level=st.sampled_from([1, 3, 6, 9, 12, 19]))
+    def configure_a_level(self, level: int) -> None:
+        """A reload: frames held stay held, new ones are priced at the new level."""
+        self.budget.use_level(level)
+        self.level = level
 
     @rule(copy=copies)
     def end_a_copy(self, copy: int) -> None:
