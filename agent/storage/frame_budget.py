@@ -38,9 +38,13 @@ from __future__ import annotations
 
 import functools
 import io
+import sys
 import threading
 
+import structlog
 import zstandard
+
+log = structlog.get_logger("agent.frame_budget")
 
 # The input of one frame; volume.FRAME_BYTES, which imports this module (a test checks both
 # agree).
@@ -122,8 +126,23 @@ class FrameBudget:
             return True
 
     def give_back(self, frames: int = 1) -> None:
-        """Return `frames` frames a copy took."""
+        """Return `frames` frames a copy took.
+
+        More than are held is a bug in the accounting: raised, unless an error is already on
+        its way out (a copy's `close` runs as its failure unwinds): then that error, the one
+        the operator can act on, must not be hidden, so the miscount is logged instead. Either
+        way nothing is given back: what is held may be other copies' frames."""
         with self._lock:
-            if not 0 < frames <= self._held:
-                raise RuntimeError(f"giving back {frames} frames, {self._held} held")
-            self._held -= frames
+            held = self._held
+            if 0 < frames <= held:
+                self._held -= frames
+                return
+        unwinding = sys.exception()
+        if unwinding is None:
+            raise RuntimeError(f"giving back {frames} frames, {held} held")
+        log.error(
+            "frame_budget.miscounted",
+            giving_back=frames,
+            held=held,
+            while_raising=repr(unwinding),
+        )

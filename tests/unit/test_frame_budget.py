@@ -12,6 +12,7 @@ does) to check that those frames are the parallel path's, boundary for boundary.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import mmap
@@ -26,6 +27,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+from structlog.testing import capture_logs
 
 from agent.errors import IntegrityError
 from agent.records import VersionRecord
@@ -205,6 +207,31 @@ def test_giving_back_more_than_was_taken_is_a_bug_not_a_bigger_budget() -> None:
     with pytest.raises(RuntimeError, match="giving back 2 frames, 1 held"):
         budget.give_back(2)
     assert budget.held == 1
+
+
+def test_a_copy_failing_with_the_accounting_wrong_raises_its_own_error() -> None:
+    """The accounting error (a frame given back twice) is logged, and the copy's own error,
+    the one the operator can act on, is what its caller sees."""
+    budget = FrameBudget(2)
+    sized = volume_module._ParallelFrames(PARALLEL, io.BytesIO(), 3 * FRAME, budget)
+    sized.write(data_of(FRAME // 2))  # a frame taken, being filled
+    budget.give_back(1)  # a bug elsewhere gives it back behind the copy's back
+    raising = pytest.raises(IntegrityError, match="the copy's own")
+    with capture_logs() as logs, raising, contextlib.closing(sized):  # closed as it unwinds
+        raise IntegrityError("the copy's own")
+    (logged,) = [line for line in logs if line["event"] == "frame_budget.miscounted"]
+    assert logged["log_level"] == "error" and logged["giving_back"] == 1
+    assert logged["held"] == 0 and "the copy's own" in logged["while_raising"]
+    assert budget.held == 0
+
+
+def test_with_no_error_on_the_way_a_miscount_still_raises() -> None:
+    budget = FrameBudget(2)
+    sized = volume_module._ParallelFrames(PARALLEL, io.BytesIO(), 3 * FRAME, budget)
+    sized.write(data_of(FRAME // 2))
+    budget.give_back(1)
+    with pytest.raises(RuntimeError, match="giving back 1 frames, 0 held"):
+        sized.close()
 
 
 # -- what a frame costs: its input, its output and its worker's zstd context ------------------
