@@ -498,15 +498,17 @@ def _small_compressor(level: int) -> zstandard.ZstdCompressor:
 class _Digests:
     """Reads the chunks, checks their length and takes SHA-256 (and MD5) of them on the way.
 
-    `_compress_to` runs `read` through `readahead.chunks`: for an object above
-    `readahead.THREAD_FROM_BYTES` (or of unknown size) in a thread of its own, a couple of
-    chunks ahead of the zstd stream. The download's socket reads and SHA-256 (both release
-    the GIL) then overlap with zstd's copy of its input and with the waits for its workers,
-    instead of adding to them in one thread: the thread feeding zstd carries about a third
-    of the CPU it did (0.5 instead of 1.5 CPU s per GiB here), which is what would bound a
-    large backup on a machine with more CPUs than one thread can feed zstd workers for (not
-    measured: docs/benchmarks.md). Small objects are read inline (a thread costs more than
-    it overlaps there).
+    A copy of a known size up to `SMALL_COPY_BYTES` calls `read` directly, in the caller's
+    thread, until it returns b"" (`_compress_small_to`: no `readahead.chunks`, no thread).
+    Every other copy runs `read` through `readahead.chunks` (`_compress_to`): for an object
+    above `readahead.THREAD_FROM_BYTES` (or of unknown size) in a thread of its own, a
+    couple of chunks ahead of the zstd stream, inline below that (a thread costs more than
+    it overlaps there). The download's socket reads and SHA-256 (both release the GIL) then
+    overlap with zstd's copy of its input and with the waits for its workers, instead of
+    adding to them in one thread: the thread feeding zstd carries about a third of the CPU
+    it did (0.5 instead of 1.5 CPU s per GiB here), which is what would bound a large backup
+    on a machine with more CPUs than one thread can feed zstd workers for (not measured:
+    docs/benchmarks.md).
 
     Sizes are checked here, before zstd sees the bytes: it enforces the pledged size itself
     and would otherwise replace the IntegrityError with its own "Src size is incorrect".
