@@ -38,6 +38,11 @@ class RestoreSource(Protocol):
         """Every record of one key, oldest first in the version order."""
         ...
 
+    def records(self, bucket: str, key: str) -> Iterator[VersionRecord]:
+        """Every record of one key, streamed in no promised order (memory: what the source
+        holds anyway, not the key's history)."""
+        ...
+
 
 class LedgerSource:
     """The DynamoDB table: LATEST items through the key index, versions by key."""
@@ -53,6 +58,9 @@ class LedgerSource:
 
     def history(self, bucket: str, key: str) -> list[VersionRecord]:
         return self.ledger.versions(bucket, key)
+
+    def records(self, bucket: str, key: str) -> Iterator[VersionRecord]:
+        return self.ledger.stream_versions(bucket, key)
 
 
 class JournalSource:
@@ -83,6 +91,9 @@ class JournalSource:
 
     def history(self, bucket: str, key: str) -> list[VersionRecord]:
         return history.ordered(self._histories.get((bucket, key), {}).values())
+
+    def records(self, bucket: str, key: str) -> Iterator[VersionRecord]:
+        return iter(list(self._histories.get((bucket, key), {}).values()))
 
 
 @dataclass(frozen=True, slots=True)

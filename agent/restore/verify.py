@@ -70,6 +70,11 @@ class VerifyReport:
         }
 
 
+# Stored versions of one key kept between the two passes of `stored_versions`; a key with
+# more is read a second time instead.
+KEPT_VERSIONS = 1000
+
+
 def stored_versions(
     source: RestoreSource,
     buckets: Iterable[str],
@@ -77,23 +82,44 @@ def stored_versions(
     *,
     removed: set[str] | None = None,
 ) -> Iterator[VersionRecord]:
-    """Every stored (non-tombstone) version under `prefix` in `buckets`. With `removed`,
-    the version token of each one whose removal from S3 is recorded (a version deleted for
-    good: its copy is still a point in time to verify and restore, but no replica group
-    can copy it any more) is added to it before the version is yielded."""
+    """Every stored (non-tombstone) version under `prefix` in `buckets`, each key's in no
+    promised order. With `removed`, the version token of each one whose removal from S3 is
+    recorded (a version deleted for good: its copy is still a point in time to verify and
+    restore, but no replica group can copy it any more) is added to it before the version
+    is yielded.
+
+    A removal may come after the version it removes, so a key's records are read twice:
+    once for the removals, then for the versions. The first pass keeps up to `KEPT_VERSIONS`
+    stored versions, so a key with fewer is read once; a longer history is streamed again
+    (online: a second Query). Memory per key: the removed version ids and at most
+    `KEPT_VERSIONS` records, however many versions the key has."""
     for bucket in buckets:
         for latest in source.latest(bucket, prefix):
-            history = list(source.history(bucket, latest.key))
-            gone = {
-                r.version_id
-                for r in history
-                if is_removal(r) and r.version_id not in (None, "null")
-            }
-            for record in history:
-                if not record.deleted and record.sha256:
-                    if removed is not None and record.version_id in gone:
-                        removed.add(record.version_token)
-                    yield record
+            gone: set[str] = set()
+            kept: list[VersionRecord] | None = []
+            for record in source.records(bucket, latest.key):
+                if is_removal(record) and record.version_id not in (None, "null"):
+                    gone.add(record.version_id)
+                if kept is not None and _stored(record):
+                    kept.append(record)
+                    if len(kept) > KEPT_VERSIONS:
+                        kept = None  # too many to keep: the second pass reads them again
+            if kept is None:
+                kept_or_again: Iterable[VersionRecord] = _stored_of(source, bucket, latest.key)
+            else:
+                kept_or_again = kept
+            for record in kept_or_again:
+                if removed is not None and record.version_id in gone:
+                    removed.add(record.version_token)
+                yield record
+
+
+def _stored(record: VersionRecord) -> bool:
+    return not record.deleted and bool(record.sha256)
+
+
+def _stored_of(source: RestoreSource, bucket: str, key: str) -> Iterator[VersionRecord]:
+    return (record for record in source.records(bucket, key) if _stored(record))
 
 
 @dataclass

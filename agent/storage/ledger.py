@@ -711,6 +711,19 @@ class Ledger:
         )
         return history.ordered(r for r in map(self._parsed, items) if r is not None)
 
+    def stream_versions(self, bucket: str, key: str) -> Iterator[VersionRecord]:
+        """Every record of a key as the Query's pages bring them (in `sk` order, not the
+        version order): one page in memory at a time, however long the key's history."""
+        items = self._query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
+            ExpressionAttributeValues={
+                ":pk": {"S": object_pk(bucket, key)},
+                ":v": {"S": VERSION_PREFIX},
+            },
+            ConsistentRead=True,
+        )
+        return (r for r in map(self._parsed, items) if r is not None)
+
     def state(self, bucket: str, key: str) -> tuple[VersionRecord | None, list[VersionRecord]]:
         """(LATEST, every record oldest first) of one key, in one Query (reconcile)."""
         latest, records = self._key_items(bucket, key)
