@@ -701,15 +701,7 @@ class Ledger:
 
     def versions(self, bucket: str, key: str) -> list[VersionRecord]:
         """Every record of a key, oldest first in the version order (agent/order.py)."""
-        items = self._query(
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :v)",
-            ExpressionAttributeValues={
-                ":pk": {"S": object_pk(bucket, key)},
-                ":v": {"S": VERSION_PREFIX},
-            },
-            ConsistentRead=True,
-        )
-        return history.ordered(r for r in map(self._parsed, items) if r is not None)
+        return history.ordered(self.stream_versions(bucket, key))
 
     def stream_versions(self, bucket: str, key: str) -> Iterator[VersionRecord]:
         """Every record of a key as the Query's pages bring them (in `sk` order, not the
