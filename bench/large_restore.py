@@ -28,12 +28,11 @@ from pathlib import Path
 
 import yaml
 
-from agent.order import event_key
-from agent.records import VersionRecord
 from agent.storage.journal import Journal
 from agent.storage.volume import CompressionSettings, Expectation, Volume
 from bench.data import log_lines
 from bench.restore import compile_agent, drop_cached
+from bench.seed import put_record
 
 BUCKET = "bench-large"
 KEY = "large/data.json"
@@ -57,22 +56,7 @@ def setup(workdir: Path, megabytes: int) -> None:
     stored = volume.write_copy(chunks(), CompressionSettings(), Expectation(size=size))  # type: ignore[arg-type]
     at = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
     etag = hashlib.md5(stored.sha256.encode(), usedforsecurity=False).hexdigest()
-    Journal(volume.journal_dir).append(
-        VersionRecord(
-            bucket=BUCKET,
-            key=KEY,
-            version_token=f"t:{at.strftime('%Y%m%dT%H%M%S.%fZ')}:{etag}",
-            order_key=event_key(at, None),
-            event_name="ObjectCreated:Put",
-            event_time=at.isoformat(),
-            backup_time=at.isoformat(),
-            volume_id=marker.volume_id,
-            etag=etag,
-            sha256=stored.sha256,
-            size=stored.size,
-            stored_size=stored.stored_size,
-        )
-    )
+    Journal(volume.journal_dir).append(put_record(BUCKET, KEY, at, etag, marker.volume_id, stored))
     endpoint = "http://127.0.0.1:9"  # never called: --offline
     raw = {
         "aws": {"region": "us-east-1", "endpoint_url": endpoint},

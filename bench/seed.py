@@ -22,11 +22,32 @@ from agent.order import event_key
 from agent.records import VersionRecord
 from agent.storage.journal import Journal
 from agent.storage.ledger import VERSION_PREFIX, Ledger
-from agent.storage.volume import CompressionSettings, Volume
+from agent.storage.volume import CompressionSettings, StoredCopy, Volume
 from bench.data import small_payload
 from bench.restore import Copy
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
+
+
+def put_record(
+    bucket: str, key: str, at: datetime, etag: str, volume_id: str, stored: StoredCopy
+) -> VersionRecord:
+    """The record the agent writes for an ObjectCreated:Put at `at` stored as `stored`
+    (an unversioned bucket's version token, as the agent makes it)."""
+    return VersionRecord(
+        bucket=bucket,
+        key=key,
+        version_token=f"t:{at.strftime('%Y%m%dT%H%M%S.%fZ')}:{etag}",
+        order_key=event_key(at, None),
+        event_name="ObjectCreated:Put",
+        event_time=at.isoformat(),
+        backup_time=at.isoformat(),
+        volume_id=volume_id,
+        etag=etag,
+        sha256=stored.sha256,
+        size=stored.size,
+        stored_size=stored.stored_size,
+    )
 
 
 def seed_small(
@@ -54,20 +75,7 @@ def seed_small(
         stored = volume.write_copy([data], settings)
         at = T0 + timedelta(milliseconds=index)
         etag = hashlib.md5(data, usedforsecurity=False).hexdigest()
-        record = VersionRecord(
-            bucket=bucket,
-            key=key,
-            version_token=f"t:{at.strftime('%Y%m%dT%H%M%S.%fZ')}:{etag}",
-            order_key=event_key(at, None),
-            event_name="ObjectCreated:Put",
-            event_time=at.isoformat(),
-            backup_time=at.isoformat(),
-            volume_id=marker.volume_id,
-            etag=etag,
-            sha256=stored.sha256,
-            size=stored.size,
-            stored_size=stored.stored_size,
-        )
+        record = put_record(bucket, key, at, etag, marker.volume_id, stored)
         journal.append(record)
         return record
 
