@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from agent.aws import Clients
 from agent.events import parse_message
 from agent.monitoring.monitor import Monitoring
-from agent.pipeline.backup import BackupService, Outcome, Result
+from agent.pipeline.backup import Outcome, Result
 from agent.pipeline.commit import Committer, Pending
 from agent.pipeline.consumer import Consumer
 from agent.records import VersionRecord
@@ -33,6 +33,7 @@ from agent.storage.ledger import Ledger
 from tests.support import service
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE
 from tests.support.aws_hooks import record_calls
+from tests.support.committing import committing_service, put_and_queue
 from tests.support.events import notification, s3_record
 from tests.support.waiting import wait_until
 
@@ -74,33 +75,8 @@ def ledger(aws: Clients) -> Iterator[HeldLedger]:
     held.release.set()  # no committer left waiting
 
 
-def committing_service(aws, config, volume, ledger, barrier=None) -> BackupService:
-    journal = Journal(volume.journal_dir)
-    return service.make_service(
-        aws,
-        volume,
-        compression=compression_settings(config),
-        journal=journal,
-        ledger=ledger,
-        committer=Committer(journal, ledger),
-        **({"barrier": barrier} if barrier is not None else {}),
-    )
-
-
 def queue(aws: Clients, *objects: tuple[str, bytes]) -> None:
-    """Put the objects, then queue their events in order (moto's own are dropped: the test
-    sends the real-shaped ones)."""
-    records = []
-    for key, body in objects:
-        put = aws.s3.put_object(Bucket=BUCKET, Key=key, Body=body)
-        records.append(s3_record(key, size=len(body), eTag=put["ETag"].strip('"'), sequencer="0A"))
-    while messages := aws.sqs.receive_message(QueueUrl=QUEUE_URL, MaxNumberOfMessages=10).get(
-        "Messages"
-    ):
-        for message in messages:
-            aws.sqs.delete_message(QueueUrl=QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
-    for record in records:
-        aws.sqs.send_message(QueueUrl=QUEUE_URL, MessageBody=notification(record))
+    put_and_queue(aws, objects)
 
 
 def test_the_worker_moves_on_once_the_copy_is_durable_and_the_rest_follows_the_record(
@@ -145,7 +121,7 @@ def test_the_snapshot_barrier_covers_a_copy_until_its_record_is_written(
 ):
     ledger.held.add("held.txt")
     barrier = WriteBarrier(volume.root)
-    backup = committing_service(aws, config, volume, ledger, barrier)
+    backup = committing_service(aws, config, volume, ledger, barrier=barrier)
     consumer = Consumer(aws.sqs, backup.process, replace(consumer_settings(config), workers=1))
     consumers.append(consumer)
     queue(aws, ("held.txt", b"held " * 100))

@@ -16,18 +16,20 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from typing import Any
 
 from agent.aws import Clients
+from agent.config import Config
+from agent.pipeline.backup import BackupService
 from agent.pipeline.commit import Committer
 from agent.pipeline.consumer import Consumer
 from agent.pipeline.last_run import LastRun
-from agent.runtime.wiring import compression_settings, consumer_settings
-from agent.storage.journal import Journal
+from agent.runtime.wiring import consumer_settings
 from agent.storage.ledger import Ledger
-from tests.support import service
-from tests.support.aws import BUCKET, QUEUE_URL, TABLE
+from agent.storage.volume import Volume
+from tests.support.aws import TABLE
 from tests.support.aws_hooks import CallLog, record_calls
-from tests.support.events import notification, s3_record
+from tests.support.committing import committing_service, put_and_queue
 from tests.support.waiting import wait_until
 
 OBJECTS = 100
@@ -35,19 +37,19 @@ OBJECTS = 100
 
 def queue_objects(aws: Clients, count: int) -> None:
     """`count` objects, one tagged, each with its event queued (moto's own are dropped)."""
-    events = []
-    for n in range(count):
-        key = f"small/{n:04d}.txt"
-        tagging = {"Tagging": "team=web"} if n == count // 2 else {}
-        put = aws.s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" * 4096, **tagging)
-        events.append(s3_record(key, size=4096, eTag=put["ETag"].strip('"'), sequencer="0A"))
-    while messages := aws.sqs.receive_message(QueueUrl=QUEUE_URL, MaxNumberOfMessages=10).get(
-        "Messages"
-    ):
-        for message in messages:
-            aws.sqs.delete_message(QueueUrl=QUEUE_URL, ReceiptHandle=message["ReceiptHandle"])
-    for record in events:
-        aws.sqs.send_message(QueueUrl=QUEUE_URL, MessageBody=notification(record))
+    keys = [f"small/{n:04d}.txt" for n in range(count)]
+    put_and_queue(aws, [(key, b"x" * 4096) for key in keys], tags={keys[count // 2]: "team=web"})
+
+
+def committing(
+    aws: Clients, config: Config, volume: Volume, **committer_options: Any
+) -> tuple[BackupService, Committer]:
+    """The write path with its commit stage to the volume's journal and the moto table."""
+    backup = committing_service(
+        aws, config, volume, Ledger(aws.dynamodb, TABLE), **committer_options
+    )
+    assert backup.committer is not None
+    return backup, backup.committer
 
 
 def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
@@ -59,16 +61,7 @@ def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
         record_calls(client, calls)
     settings = replace(consumer_settings(config), workers=4)
     assert settings.receive_ahead  # the default
-    journal, ledger = Journal(volume.journal_dir), Ledger(aws.dynamodb, TABLE)
-    committer = Committer(journal, ledger)
-    backup = service.make_service(
-        aws,
-        volume,
-        compression=compression_settings(config),
-        journal=journal,
-        ledger=ledger,
-        committer=committer,
-    )
+    backup, committer = committing(aws, config, volume)
     consumer = Consumer(aws.sqs, backup.process, settings, last_run=LastRun(volume.root))
     consumers.append(consumer)
     consumer.start()
@@ -108,16 +101,7 @@ def test_at_one_worker_records_are_committed_in_batches_not_one_by_one(
     for client in (aws.s3, aws.sqs, aws.dynamodb):
         record_calls(client, calls)
     settings = replace(consumer_settings(config), workers=1)
-    journal, ledger = Journal(volume.journal_dir), Ledger(aws.dynamodb, TABLE)
-    committer = Committer(journal, ledger, linger=3600, linger_ahead=3600)
-    backup = service.make_service(
-        aws,
-        volume,
-        compression=compression_settings(config),
-        journal=journal,
-        ledger=ledger,
-        committer=committer,
-    )
+    backup, committer = committing(aws, config, volume, linger=3600, linger_ahead=3600)
     consumer = Consumer(
         aws.sqs, backup.process, settings, last_run=LastRun(volume.root), committer=committer
     )
