@@ -383,6 +383,30 @@ def test_a_full_disk_while_frames_compress_is_disk_full_and_leaves_nothing(
     assert not frame_threads()
 
 
+class NotingOs:
+    """`os` for frames.py, noting in `events` every pread as ("read", offset, length) and,
+    with `advice`, every posix_fadvise as ("ahead", offset, length) instead of making it
+    (each must be POSIX_FADV_WILLNEED); everything else is the real `os`."""
+
+    def __init__(self, *, advice: bool = False) -> None:
+        self.events: list[tuple[str, int, int]] = []
+        self.advice = advice
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        self.events.append(("read", offset, length))
+        return os.pread(fd, length, offset)
+
+    def posix_fadvise(self, fd: int, offset: int, length: int, advice: int) -> None:
+        if not self.advice:
+            return os.posix_fadvise(fd, offset, length, advice)
+        assert advice == os.POSIX_FADV_WILLNEED
+        self.events.append(("ahead", offset, length))
+        return None
+
+
 def test_the_kernel_is_asked_to_read_frames_ahead_of_the_walk(
     volume: Volume, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -392,24 +416,9 @@ def test_the_kernel_is_asked_to_read_frames_ahead_of_the_walk(
     walk keeps asked for ahead."""
     data = random.Random(7).randbytes(10 * FRAME)
     copy = store(volume, data)
-    events: list[tuple[str, int, int]] = []
-    real_pread = os.pread
-
-    class NotingOs:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
-        @staticmethod
-        def pread(fd: int, length: int, offset: int) -> bytes:
-            events.append(("read", offset, length))
-            return real_pread(fd, length, offset)
-
-        @staticmethod
-        def posix_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
-            assert advice == os.POSIX_FADV_WILLNEED
-            events.append(("ahead", offset, length))
-
-    monkeypatch.setattr(frames, "os", NotingOs())
+    noting = NotingOs(advice=True)
+    events = noting.events
+    monkeypatch.setattr(frames, "os", noting)
     monkeypatch.setattr(frames, "AHEAD_BYTES", FRAME)  # a tenth of the copy
     fd = os.open(copy.path, os.O_RDONLY)
     try:
@@ -438,22 +447,11 @@ def test_the_first_frame_decompresses_before_the_copy_is_walked_to_its_end(
     copy = store(volume, data)
     found = scan(copy)
     assert found is not None and len(found) == 10
-    read: list[int] = []
-    real_pread = os.pread
-
-    class NotingOs:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(os, name)
-
-        @staticmethod
-        def pread(fd: int, length: int, offset: int) -> bytes:
-            read.append(offset)
-            return real_pread(fd, length, offset)
-
-    monkeypatch.setattr(frames, "os", NotingOs())
+    noting = NotingOs()
+    monkeypatch.setattr(frames, "os", noting)
     chunks = volume.copy_chunks(copy.sha256, len(data))
     assert next(chunks) == data[:FRAME]
-    walked = max(read)
+    walked = max(offset for kind, offset, _ in noting.events if kind == "read")
     assert walked < found[4].offset  # the first frame, `workers` more, and the next header
     assert b"".join(chunks) == data[FRAME:]
 
