@@ -50,17 +50,25 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=4)
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--frames", type=int, default=0, help="the frame budget (0: default)")
+    parser.add_argument("--level", type=int, default=3, help="zstd level of the copies")
+    parser.add_argument(
+        "--unpriced",
+        action="store_true",
+        help="the budget not priced at --level: as many frames at any level (before 2b8c2bb)",
+    )
     parser.add_argument("directory", nargs="?", default=tempfile.gettempdir())
     args = parser.parse_args()
     if args.frames:
         volume_module.FRAME_BUDGET = FrameBudget(args.frames)
     budget = volume_module.FRAME_BUDGET
+    if not args.unpriced:
+        budget.use_level(args.level)  # as the wiring does (frame_budget.py)
     size = args.mib << 20
     with tempfile.TemporaryDirectory(dir=args.directory, prefix="bench-frame-memory-") as root:
         volume = Volume(Path(root))
         volume.initialise("vol-frame-memory")
         volume.open()
-        settings = CompressionSettings()
+        settings = CompressionSettings(level=args.level)
         errors: list[BaseException] = []
 
         def copy(index: int) -> None:
@@ -81,7 +89,8 @@ def main() -> None:
         raise SystemExit(f"{len(errors)} copies failed: {errors[0]!r}")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
-        f"{args.objects} x {args.mib} MiB at once, budget {budget.frames} frames"
+        f"{args.objects} x {args.mib} MiB at once, level {args.level}, budget {budget.frames}"
+        f" frames ({budget.limit} granted at the level)"
         f" (peak held {budget.peak}, {budget.refused} takes refused):"
         f" {wall:5.2f} s wall {cpu:5.2f} s CPU,"
         f" RSS {before_mib:.0f} MiB before the copies, peak {peak_mib:.0f} MiB",

@@ -36,7 +36,12 @@ from agent.runtime import wiring
 from agent.storage import frame_budget
 from agent.storage import frames as frames_module
 from agent.storage import volume as volume_module
-from agent.storage.frame_budget import FrameBudget, context_bytes, frame_bytes
+from agent.storage.frame_budget import (
+    FrameBudget,
+    allocated_context_bytes,
+    context_bytes,
+    frame_bytes,
+)
 from agent.storage.volume import CompressionSettings, Expectation, StoredCopy, Volume
 from tests.support.aws import make_config
 from tests.support.frame_data import chunks_of, data_of
@@ -249,6 +254,14 @@ def test_a_context_is_counted_at_what_zstd_allocates_for_a_frame(level: int) -> 
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
     compressor.compress(bytes(range(256)) * (VOLUME_FRAME_BYTES // 256))
     assert context_bytes(level) == compressor.memory_size()
+
+
+def test_the_table_of_contexts_is_what_this_zstd_allocates_at_every_level() -> None:
+    """Pricing reads the table (no context allocated); a zstd that allocates otherwise
+    fails here, naming the levels to write down again."""
+    measured = {level: allocated_context_bytes(level) for level in frame_budget.CONTEXT_BYTES}
+    assert measured == frame_budget.CONTEXT_BYTES
+    assert context_bytes(-1) == allocated_context_bytes(-1)  # a fast level, not listed: measured
 
 
 @pytest.mark.parametrize(
