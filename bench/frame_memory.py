@@ -1,6 +1,7 @@
 """Peak RSS of large backups written at once: the process-wide frame budget's effect.
 
-`python -m bench.frame_memory [--objects 4] [--mib 256] [--frames N] [DIR]` writes
+`python -m bench.frame_memory [--objects 4] [--mib 256] [--frames N] [--level L]
+[--unpriced] [DIR]` writes
 `--objects` objects of `--mib` MiB each at once, each in a thread of its own (as the
 consumer's workers do), through `Volume.write_copy` with its size known (so each is split
 into 16 MiB frames compressed side by side), into a fresh volume under DIR (default: the
@@ -8,7 +9,10 @@ system's temp directory). It prints the wall and CPU time, the process's peak RS
 most frames held at once and how many takes the budget refused (each a frame that copy
 compressed streaming, or with a buffer of its own). `--frames N` gives the copies a budget
 of N frames instead of the default (CPUs + 1); `--frames 1000` is what they held before the
-budget (each its own `compression_threads + 1`). Run each way in a process
+budget (each its own `compression_threads + 1`). `--level L` compresses at level L (default
+3) with the budget priced at it as the wiring does (fewer frames at a costlier level);
+`--unpriced` leaves it at level 3's count, as before the budget priced contexts. Run each
+way in a process
 of its own (peak RSS is per process). The data is semi-compressible log lines
 (bench.data.log_lines, ~4-5x): a 16 MiB pool read at a different offset by each object,
 so no two objects are the same copy and nothing repeats within zstd's window.
