@@ -1,7 +1,7 @@
 """Optional py-spy profile of each agent process (BENCH_PROFILE=1; `pip install py-spy`).
 
-Each agent run writes collapsed stacks to `<workdir>/<scenario>/profile-N.txt` (view them
-with speedscope or flamegraph.pl); the top frames are printed after the run.
+Each agent run writes collapsed stacks to `<workdir>/<scenario>/logs/profile-agent-N.txt`
+(view them with speedscope or flamegraph.pl); the top frames are printed after the run.
 """
 
 from __future__ import annotations

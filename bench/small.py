@@ -249,6 +249,7 @@ def agent_run(
     run = setup.start_agent()
     agent_cpu: float | None = None
     try:
+        run.wait_settled()  # the rate and CPU of the steady state, not of the start-up checks
         bodies = [event_body(obj) for obj in objects]
         count = len(bodies)
         meter = CpuMeter(run.process.pid)

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
+import pytest
+
+from agent.aws import Clients
+from agent.config import Config
 from bench.small import (
     CpuMeter,
     Run,
@@ -16,6 +25,7 @@ from bench.small import (
     round_ratios,
     round_slices,
 )
+from bench.stack import AgentRun, Setup
 
 
 def test_cpu_per_object_is_milliseconds_or_a_question_mark():
@@ -65,3 +75,35 @@ def test_totals_sum_the_rounds_and_stay_unknown_once_a_part_is():
     assert totals.mean_outstanding == (100 * 40 + 300 * 50) / 400
     assert totals.own_cpu == 4.0 and totals.endpoint_cpu is None
     assert totals.per_object() == "1.50"
+
+
+class _Process:
+    """An AgentProcess's path only (AgentRun reads its log through it)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+
+
+def test_a_run_is_settled_once_the_encryption_check_has_logged_its_end(tmp_path: Path) -> None:
+    log = tmp_path / "agent.log"
+    log.write_text(json.dumps({"event": "agent.started"}) + "\n")
+    run = AgentRun(_Process(log))  # type: ignore[arg-type]
+    started = time.monotonic()
+    run.wait_settled(timeout=0.2)  # nothing ended yet: waits out its timeout
+    assert time.monotonic() - started >= 0.2
+    with log.open("a") as handle:
+        handle.write(json.dumps({"event": "volume.encryption_not_checked"}) + "\n")
+    started = time.monotonic()
+    run.wait_settled(timeout=30)
+    assert time.monotonic() - started < 5
+
+
+def test_the_agents_log_is_not_in_the_directory_its_config_watcher_watches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(AgentRun, "start", lambda self: None)
+    config_path = tmp_path / "config.yaml"
+    config = cast(Config, SimpleNamespace(queue=SimpleNamespace(wait_time_seconds=0)))
+    setup = Setup("s", config_path, config, cast(Clients, None), tmp_path)
+    run = setup.start_agent()
+    assert run.process.log_path.parent != config_path.parent
