@@ -360,3 +360,66 @@ def test_children_die_with_a_parent_killed_with_sigkill(tmp_path):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def _count_runs_handed_out(monkeypatch) -> list[tuple[int, int]]:
+    handed: list[tuple[int, int]] = []
+    submit = workers.ProcessStaging.submit
+
+    def counting(self, start, stop):
+        if stop > start:  # not `start`'s empty run that forks the children
+            handed.append((start, stop))
+        return submit(self, start, stop)
+
+    monkeypatch.setattr(workers.ProcessStaging, "submit", counting)
+    return handed
+
+
+def test_the_children_stage_the_next_batch_while_the_parent_commits_this_one(
+    volume, tmp_path, monkeypatch
+):
+    """Before, at most 4 runs a child were handed out: a commit of 4,096 files left the
+    children 256 to stage, then idle (staging and commit ran in turn, issue 19)."""
+    handed = _count_runs_handed_out(monkeypatch)
+    target = DirectoryTarget(volume, tmp_path / "out")
+    at_first_commit: list[int] = []
+    commit = target.commit
+
+    def noting(staged):
+        if not at_first_commit:
+            at_first_commit.append(max(stop for _start, stop in handed))
+        return commit(staged)
+
+    target.commit = noting
+    plan = placed_plan(volume, KEYS, SMALL)
+    summary = Restorer(target, cpus=2, batch_files=100, task_files=10).run(plan)
+
+    assert summary.ok and files_under(tmp_path / "out") == sorted(KEYS)
+    assert at_first_commit == [200]  # the whole second batch handed out, not the third
+    assert sorted(handed) == [(i, i + 10) for i in range(0, COUNT, 10)]  # each run once
+
+
+def test_a_stop_during_a_commit_skips_the_runs_handed_out_ahead_and_not_started(
+    volume, tmp_path, monkeypatch
+):
+    handed = _count_runs_handed_out(monkeypatch)
+    stop = threading.Event()
+    target = DirectoryTarget(volume, tmp_path / "out")
+    commit = target.commit
+
+    def stopping(staged):
+        stop.set()  # Ctrl-C while the first batch is named
+        return commit(staged)
+
+    target.commit = stopping
+    plan = placed_plan(volume, KEYS, SMALL)
+    summary = Restorer(target, cpus=2, batch_files=100, task_files=10, stop=stop).run(plan)
+
+    statuses = [r.status for r in summary.results]
+    errors = {r.error for r in summary.results if r.status is Status.FAILED}
+    assert [r.item.key for r in summary.results] == KEYS
+    assert statuses[:100] == [Status.RESTORED] * 100  # the batch under way is committed
+    assert errors == {"interrupted: not started"}
+    restored = [r.item.key for r in summary.results if r.status is Status.RESTORED]
+    assert files_under(tmp_path / "out") == sorted(restored)  # no temp file, nothing more
+    assert len(restored) < COUNT and max(stop for _start, stop in handed) <= 200
