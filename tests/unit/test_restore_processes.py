@@ -423,3 +423,19 @@ def test_a_stop_during_a_commit_skips_the_runs_handed_out_ahead_and_not_started(
     restored = [r.item.key for r in summary.results if r.status is Status.RESTORED]
     assert files_under(tmp_path / "out") == sorted(restored)  # no temp file, nothing more
     assert len(restored) < COUNT and max(stop for _start, stop in handed) <= 200
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        workers.Written(".restore-0123456789ab-1099511627776.part", (2049, 77), 4096),
+        workers.Decided(Status.UNCHANGED, 0),
+        workers.Decided(Status.FAILED, 12, "d0/f000: copy is corrupt"),
+    ],
+)
+def test_a_childs_outcome_comes_back_whole_through_pickle(outcome):
+    import pickle
+
+    back = pickle.loads(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+
+    assert back == outcome and type(back) is type(outcome)
