@@ -316,9 +316,10 @@ class Restorer:
                             except BrokenProcessPool:  # a child died since the last answer
                                 broken = True
                         pending.append((*bound, future))
+                    self._cancel_ahead(pending)
                     first, last, future = pending.popleft()
-                    if future is not None and self.stop.is_set() and future.cancel():
-                        future = None  # handed out ahead, not started: skipped as unstarted
+                    if future is not None and future.cancelled():
+                        future = None  # skipped as not started
                     if future is None:
                         done.extend(self._unstarted(target, items[first:last], broken))
                         continue
@@ -332,6 +333,7 @@ class Restorer:
                         continue
                     done.extend(self._received(target, items, first, outcomes))
                 finished, done = done, []
+                self._cancel_ahead(pending)  # before the commit, which gives the children time
                 results.extend(self._commit(target, finished))
         except BaseException:
             pool.shutdown()  # the runs under way finish: their files are known, then removed
@@ -348,6 +350,14 @@ class Restorer:
             target.discard(left)
             raise
         return results
+
+    def _cancel_ahead(self, pending: deque[tuple[int, int, Future[list[Outcome]] | None]]) -> None:
+        """After a stop request: cancel every run handed out and not taken by a child yet
+        (all at once: the children would take them while the parent waits for one)."""
+        if self.stop.is_set():
+            for _first, _last, future in pending:
+                if future is not None:
+                    future.cancel()
 
     def runs_ahead(self, processes: int) -> int:
         """Runs handed to the children ahead of the one the parent waits for: a whole

@@ -439,3 +439,57 @@ def test_a_childs_outcome_comes_back_whole_through_pickle(outcome):
     back = pickle.loads(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
 
     assert back == outcome and type(back) is type(outcome)
+
+
+class HeldAt(DirectoryTarget):
+    """In a child, staging a file from plan index `held` on waits until `go` exists."""
+
+    def __init__(self, *args, held: int, go: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.held = held
+        self.go = go
+        self.parent = os.getpid()
+
+    def stage(self, item, on_bytes, *, serial=None):
+        if os.getpid() != self.parent and serial - workers.SERIAL_BASE >= self.held:
+            assert _wait_for(self.go.exists), "the parent never let the children go on"
+        return super().stage(item, on_bytes, serial=serial)
+
+
+def test_a_stop_cancels_the_runs_handed_out_ahead_that_no_child_has_taken(volume, tmp_path):
+    """Ctrl-C as the first batch's last file comes back: the second batch's 10 runs are
+    handed out, the two children are held on their first run of it and the executor's call
+    queue holds at most 3 more (processes + 1): at most those 5 runs are restored, the
+    others are cancelled before the commit lets the children go on (before, all 10 were
+    restored: a run was cancelled only when the parent came to it, by then taken)."""
+    stop, go = threading.Event(), tmp_path / "go"
+    target = HeldAt(volume, tmp_path / "out", held=100, go=go)
+    commit = target.commit
+
+    def releasing(staged):
+        go.write_text("")
+        return commit(staged)
+
+    class StopAtTheFirstBatchsEnd(NoProgress):
+        received = 0
+
+        def advance(self, nbytes: int) -> None:
+            self.received += 1
+            if self.received == 100:
+                stop.set()
+
+    target.commit = releasing
+    plan = placed_plan(volume, KEYS, SMALL)
+    summary = Restorer(
+        target,
+        cpus=2,
+        batch_files=100,
+        task_files=10,
+        stop=stop,
+        progress=StopAtTheFirstBatchsEnd(),
+    ).run(plan)
+
+    restored = [r.item.key for r in summary.results if r.status is Status.RESTORED]
+    assert 100 <= len(restored) <= 150 and restored == KEYS[: len(restored)]
+    assert {r.error for r in summary.results[len(restored) :]} == {"interrupted: not started"}
+    assert files_under(tmp_path / "out") == sorted(restored)  # no temp file left
