@@ -286,11 +286,12 @@ class Restorer:
     def _in_processes(self, pool: ProcessStaging, items: list[Item]) -> list[ItemResult]:
         """`_in_batches` with the staging done by worker processes (workers.py).
 
-        Runs are handed out a few ahead of the one the parent waits for, so the children
-        stage the next batch while the parent commits this one. A stop request skips the
-        runs not yet handed out. A dead child: the parent stages its runs itself. Anything
-        else unexpected: the runs under way finish, and every file staged and not committed
-        is removed."""
+        Runs are handed out a batch ahead of the one the parent waits for (`runs_ahead`),
+        so the children stage the next batch while the parent commits this one. A stop
+        request skips the runs not yet handed out and cancels those handed out and not yet
+        taken by a child (`_cancel_ahead`). A dead child: the parent stages its runs
+        itself. Anything else unexpected: the runs under way finish, and every file staged
+        and not committed is removed."""
         bounds: list[list[tuple[int, int]]] = []  # per batch, the runs' [start, stop)
         start = 0
         for batch in self._batches(items):
