@@ -85,7 +85,11 @@ class JournalSource:
             key = keys[index]
             if not key.startswith(prefix):
                 break
-            entry = history.latest_entry(list(self._histories[(bucket, key)].values()))
+            versions = self._histories[(bucket, key)]
+            if len(versions) == 1:  # `history.latest_entry` of one record is that record
+                yield next(iter(versions.values()))  # (the entry, or the key's one removal)
+                continue
+            entry = history.latest_entry(list(versions.values()))
             if entry is not None:
                 yield entry
 

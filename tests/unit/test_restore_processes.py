@@ -360,3 +360,136 @@ def test_children_die_with_a_parent_killed_with_sigkill(tmp_path):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def _count_runs_handed_out(monkeypatch) -> list[tuple[int, int]]:
+    handed: list[tuple[int, int]] = []
+    submit = workers.ProcessStaging.submit
+
+    def counting(self, start, stop):
+        if stop > start:  # not `start`'s empty run that forks the children
+            handed.append((start, stop))
+        return submit(self, start, stop)
+
+    monkeypatch.setattr(workers.ProcessStaging, "submit", counting)
+    return handed
+
+
+def test_the_children_stage_the_next_batch_while_the_parent_commits_this_one(
+    volume, tmp_path, monkeypatch
+):
+    """Before, at most 4 runs a child were handed out: a commit of 4,096 files left the
+    children 256 to stage, then idle (staging and commit ran in turn, issue 19)."""
+    handed = _count_runs_handed_out(monkeypatch)
+    target = DirectoryTarget(volume, tmp_path / "out")
+    at_first_commit: list[int] = []
+    commit = target.commit
+
+    def noting(staged):
+        if not at_first_commit:
+            at_first_commit.append(max(stop for _start, stop in handed))
+        return commit(staged)
+
+    target.commit = noting
+    plan = placed_plan(volume, KEYS, SMALL)
+    summary = Restorer(target, cpus=2, batch_files=100, task_files=10).run(plan)
+
+    assert summary.ok and files_under(tmp_path / "out") == sorted(KEYS)
+    assert at_first_commit == [200]  # the whole second batch handed out, not the third
+    assert sorted(handed) == [(i, i + 10) for i in range(0, COUNT, 10)]  # each run once
+
+
+def test_a_stop_during_a_commit_skips_the_runs_handed_out_ahead_and_not_started(
+    volume, tmp_path, monkeypatch
+):
+    handed = _count_runs_handed_out(monkeypatch)
+    stop = threading.Event()
+    target = DirectoryTarget(volume, tmp_path / "out")
+    commit = target.commit
+
+    def stopping(staged):
+        stop.set()  # Ctrl-C while the first batch is named
+        return commit(staged)
+
+    target.commit = stopping
+    plan = placed_plan(volume, KEYS, SMALL)
+    summary = Restorer(target, cpus=2, batch_files=100, task_files=10, stop=stop).run(plan)
+
+    statuses = [r.status for r in summary.results]
+    errors = {r.error for r in summary.results if r.status is Status.FAILED}
+    assert [r.item.key for r in summary.results] == KEYS
+    assert statuses[:100] == [Status.RESTORED] * 100  # the batch under way is committed
+    assert errors == {"interrupted: not started"}
+    restored = [r.item.key for r in summary.results if r.status is Status.RESTORED]
+    assert files_under(tmp_path / "out") == sorted(restored)  # no temp file, nothing more
+    assert len(restored) < COUNT and max(stop for _start, stop in handed) <= 200
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        workers.Written(".restore-0123456789ab-1099511627776.part", (2049, 77), 4096),
+        workers.Decided(Status.UNCHANGED, 0),
+        workers.Decided(Status.FAILED, 12, "d0/f000: copy is corrupt"),
+    ],
+)
+def test_a_childs_outcome_comes_back_whole_through_pickle(outcome):
+    import pickle
+
+    back = pickle.loads(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+
+    assert back == outcome and type(back) is type(outcome)
+
+
+class HeldAt(DirectoryTarget):
+    """In a child, staging a file from plan index `held` on waits until `go` exists."""
+
+    def __init__(self, *args, held: int, go: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.held = held
+        self.go = go
+        self.parent = os.getpid()
+
+    def stage(self, item, on_bytes, *, serial=None):
+        if os.getpid() != self.parent and serial - workers.SERIAL_BASE >= self.held:
+            assert _wait_for(self.go.exists), "the parent never let the children go on"
+        return super().stage(item, on_bytes, serial=serial)
+
+
+def test_a_stop_cancels_the_runs_handed_out_ahead_that_no_child_has_taken(volume, tmp_path):
+    """Ctrl-C as the first batch's last file comes back: the second batch's 10 runs are
+    handed out, the two children are held on their first run of it and the executor's call
+    queue holds at most 3 more (processes + 1): at most those 5 runs are restored, the
+    others are cancelled before the commit lets the children go on (before, all 10 were
+    restored: a run was cancelled only when the parent came to it, by then taken)."""
+    stop, go = threading.Event(), tmp_path / "go"
+    target = HeldAt(volume, tmp_path / "out", held=100, go=go)
+    commit = target.commit
+
+    def releasing(staged):
+        go.write_text("")
+        return commit(staged)
+
+    class StopAtTheFirstBatchsEnd(NoProgress):
+        received = 0
+
+        def advance(self, nbytes: int) -> None:
+            self.received += 1
+            if self.received == 100:
+                stop.set()
+
+    target.commit = releasing
+    plan = placed_plan(volume, KEYS, SMALL)
+    summary = Restorer(
+        target,
+        cpus=2,
+        batch_files=100,
+        task_files=10,
+        stop=stop,
+        progress=StopAtTheFirstBatchsEnd(),
+    ).run(plan)
+
+    restored = [r.item.key for r in summary.results if r.status is Status.RESTORED]
+    assert 100 <= len(restored) <= 150 and restored == KEYS[: len(restored)]
+    assert {r.error for r in summary.results[len(restored) :]} == {"interrupted: not started"}
+    assert files_under(tmp_path / "out") == sorted(restored)  # no temp file left
