@@ -132,16 +132,24 @@ class DynamoDBJSONParser(JSONParser):
         return _STOCK._handle_list(self, shape, node)
 
     def _item(self, attribute: Shape, item: dict[str, Any]) -> dict[str, Any]:
-        """A map of AttributeValue (an item, a key, an M), from its decoded JSON object."""
+        """A map of AttributeValue (an item, a key, an M), from its decoded JSON object.
+
+        An attribute of one plain member (S, N, NULL, BOOL) not null, nearly every one,
+        is botocore's result as it is: the decoded object is kept, not rebuilt."""
         value = self._value
-        return {
-            name: None
-            if each is None
-            else value(attribute, each)
-            if each.__class__ is dict
-            else _STOCK._handle_structure(self, attribute, each)
-            for name, each in item.items()
-        }
+        plain = _PLAIN
+        parsed: dict[str, Any] = {}
+        for name, each in item.items():
+            if each.__class__ is dict:
+                if len(each) == 1 and each.keys() <= plain and None not in each.values():
+                    parsed[name] = each
+                else:
+                    parsed[name] = value(attribute, each)
+            elif each is None:
+                parsed[name] = None
+            else:
+                parsed[name] = _STOCK._handle_structure(self, attribute, each)
+        return parsed
 
     def _value(self, attribute: Shape, value: dict[str, Any]) -> Any:
         """One AttributeValue, from its decoded JSON object."""
