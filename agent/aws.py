@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import botocore.exceptions
@@ -51,6 +53,15 @@ def dynamodb_deserializer() -> TypeDeserializer:
     from boto3.dynamodb.types import TypeDeserializer
 
     return TypeDeserializer()
+
+
+@functools.cache
+def dynamodb_number() -> Callable[[object], Decimal]:
+    """boto3's reading of a DynamoDB number (`TypeDeserializer`'s for "N"): a Decimal in
+    DynamoDB's context (38 digits, exponents -128..126), which refuses what it would round."""
+    from boto3.dynamodb.types import DYNAMODB_CONTEXT
+
+    return DYNAMODB_CONTEXT.create_decimal  # type: ignore[return-value]
 
 
 def sigv4() -> botocore.config.Config:
