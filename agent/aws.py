@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 import botocore.exceptions
@@ -51,6 +53,15 @@ def dynamodb_deserializer() -> TypeDeserializer:
     from boto3.dynamodb.types import TypeDeserializer
 
     return TypeDeserializer()
+
+
+@functools.cache
+def dynamodb_number() -> Callable[[object], Decimal]:
+    """boto3's reading of a DynamoDB number (`TypeDeserializer`'s for "N"): a Decimal in
+    DynamoDB's context (38 digits, exponents -128..126), which refuses what it would round."""
+    from boto3.dynamodb.types import DYNAMODB_CONTEXT
+
+    return DYNAMODB_CONTEXT.create_decimal  # type: ignore[return-value]
 
 
 def sigv4() -> botocore.config.Config:
@@ -211,7 +222,7 @@ def session_clients(
     endpoint_url: str | None = None,
 ) -> Clients:
     """Clients made from `session` (the one way the agent and its tests make them)."""
-    fast_timestamps(session)
+    fast_parsers(session)
     return Clients(
         s3=session.client("s3", config=settings, endpoint_url=endpoint_url),
         sqs=session.client("sqs", config=settings, endpoint_url=endpoint_url),
@@ -269,9 +280,21 @@ def _botocore_utc() -> tzinfo:
     return zone
 
 
-def fast_timestamps(session: boto3.session.Session) -> None:
-    """Have the clients of `session` parse timestamps with `http_date`."""
-    factory = session._session.get_component("response_parser_factory")
+def fast_parsers(session: boto3.session.Session) -> None:
+    """Have the clients made from `session` from now on parse timestamps with `http_date`
+    and DynamoDB's attribute values without walking their shapes
+    (agent/dynamodb_wire.py). The session's response parser factory is replaced by one
+    that makes `DynamoDBJSONParser` for the JSON protocol (the defaults set on the old one
+    carried over); clients made before keep theirs."""
+    from agent.dynamodb_wire import DynamoDBParserFactory
+
+    botocore_session = session._session
+    factory = botocore_session.get_component("response_parser_factory")
+    if not isinstance(factory, DynamoDBParserFactory):
+        replacement = DynamoDBParserFactory()
+        replacement.set_parser_defaults(**getattr(factory, "_defaults", {}))
+        botocore_session.register_component("response_parser_factory", replacement)
+        factory = replacement
     factory.set_parser_defaults(timestamp_parser=http_date)
 
 

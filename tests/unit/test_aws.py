@@ -86,7 +86,7 @@ from botocore.utils import parse_timestamp  # noqa: E402
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from agent.aws import fast_timestamps, http_date  # noqa: E402
+from agent.aws import fast_parsers, http_date  # noqa: E402
 
 
 @given(
@@ -127,6 +127,6 @@ def test_every_other_timestamp_is_left_to_botocore(value):
 
 def test_the_agents_clients_parse_timestamps_with_the_fast_path(monkeypatch):
     session = boto3.session.Session(region_name="us-east-1")
-    fast_timestamps(session)
+    fast_parsers(session)
     parser = session._session.get_component("response_parser_factory").create_parser("rest-xml")
     assert parser._timestamp_parser is http_date

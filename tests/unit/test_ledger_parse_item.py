@@ -1,0 +1,143 @@
+"""`parse_item` without boto3's `TypeDeserializer` for plain attributes (issue 19) is exactly
+as strict as the form it replaced (tests/support/ledger_reference.py): on well-formed items
+mutated attribute by attribute and on untrusted ones (wrong types, huge numbers, sets,
+nested maps, several or unknown members, values that are not objects), both accept the
+same record or reject with the same reason, place and digest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.aws import dynamodb_serializer
+from agent.storage.ledger import parse_item
+from tests.support import ledger_reference
+
+RECORD: dict[str, Any] = {
+    "bucket": "bench-small",
+    "key": "small/00002.json",
+    "version_token": "t:20261101T090000.002000Z:8ccdab648cef6446af3f7398d46f8925",
+    "order_key": "2:20261101T090000:e002000",
+    "event_name": "ObjectCreated:Put",
+    "event_time": "2026-11-01T09:00:00.002000+00:00",
+    "backup_time": "2026-11-01T09:00:00.002000+00:00",
+    "volume_id": "vol-bench-restore-small",
+    "deleted": False,
+    "delete_marker": False,
+    "etag": "8ccdab648cef6446af3f7398d46f8925",
+    "sha256": "ff4cb65a4f7190c9f9c0893889ed93c5f0f1c78f3d5cc55bb9199687e309745c",
+    "size": 4096,
+    "stored_size": 1275,
+    "storage_class": "STANDARD",
+    "metadata": {"owner": "ops"},
+}
+SERIALIZED = {name: dynamodb_serializer().serialize(value) for name, value in RECORD.items()}
+KEYS = {"pk": {"S": "bench-small/small/00002.json"}, "sk": {"S": "LATEST"}}
+NAMES = [*RECORD, "pk", "sk", "holders", "unknown", "unreadable", "category", "sequencer"]
+
+texts = st.one_of(
+    st.text(max_size=10),
+    st.sampled_from(["", "\x00", "LATEST", "V#x", "2026-11-01T09:00:00Z", "0" * 64, "q-a"]),
+)
+numbers = st.one_of(
+    st.integers(min_value=-(10**45), max_value=10**45).map(str),
+    st.sampled_from(
+        [
+            "0",
+            "-0",
+            "4096",
+            "1.5",
+            "1e400",
+            "1e-400",
+            "1" * 39,
+            "9" * 38,
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            " 12",
+            "1_000",
+            "0x10",
+            "",
+            "1e126",
+            "1e127",
+            "1E2",
+            "+7",
+            "١٢",
+        ]
+    ),
+)
+odd = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), texts, st.binary(max_size=4))
+
+
+def _wire(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    tags = st.sampled_from(
+        ["S", "N", "B", "SS", "NS", "BS", "M", "L", "NULL", "BOOL", "s", "n", "Bool", "X", ""]
+    )
+    return st.one_of(
+        st.builds(lambda v: {"S": v}, texts),
+        st.builds(lambda v: {"N": v}, numbers),
+        st.builds(lambda v: {"BOOL": v}, st.booleans()),
+        st.builds(lambda v: {"NULL": v}, st.booleans()),
+        st.builds(lambda v: {"B": v}, st.binary(max_size=4)),
+        st.builds(lambda v: {"SS": v}, st.lists(texts, max_size=3)),
+        st.builds(lambda v: {"NS": v}, st.lists(numbers, max_size=3)),
+        st.builds(lambda v: {"BS": v}, st.lists(st.binary(max_size=3), max_size=3)),
+        st.builds(lambda v: {"M": v}, st.dictionaries(texts, children, max_size=3)),
+        st.builds(lambda v: {"L": v}, st.lists(children, max_size=3)),
+        st.dictionaries(tags, st.one_of(odd, children), max_size=3),  # several, unknown, none
+        st.builds(lambda tag, v: {tag: v}, st.sampled_from(["S", "N", "BOOL", "NULL"]), odd),
+        odd,  # not an object at all
+    )
+
+
+wire_values = st.recursive(st.builds(lambda v: {"S": v}, texts), _wire, max_leaves=8)
+plain = st.one_of(texts, numbers, st.booleans(), st.none())
+# the fast path's edges: one plain member in another spelling (boto3 lower-cases the tag),
+# several plain members (boto3 reads the first), a plain tag holding the wrong type
+tricky = st.one_of(
+    st.builds(
+        lambda tag, v: {tag: v},
+        st.sampled_from(["s", "n", "Bool", "bool", "null", "Null", "ns", "S ", "N#"]),
+        plain,
+    ),
+    st.dictionaries(st.sampled_from(["S", "N", "BOOL", "NULL", "B", "s"]), plain, min_size=2),
+    st.builds(lambda tag, v: {tag: v}, st.sampled_from(["S", "N", "BOOL", "NULL"]), plain),
+)
+holders = st.dictionaries(
+    st.sampled_from(["q-a", "q_b", "bad name", ""]),
+    st.one_of(st.builds(lambda v: {"S": v}, st.sampled_from(["vol-1", "", "v\x00"])), wire_values),
+    max_size=3,
+).map(lambda held: {"M": held})
+
+
+@st.composite
+def items(draw: st.DrawFn) -> dict[str, Any]:
+    item = {**KEYS, **SERIALIZED}
+    if draw(st.booleans()):
+        item["sk"] = {"S": "V#" + RECORD["version_token"]}
+    for _ in range(draw(st.integers(0, 4))):
+        name = draw(st.sampled_from(NAMES))
+        change = draw(st.sampled_from(["replace", "drop", "holders"]))
+        if change == "drop":
+            item.pop(name, None)
+        elif change == "holders":
+            item["holders"] = draw(holders)
+        else:
+            item[name] = draw(st.one_of(wire_values, tricky))
+    return item
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(item=st.one_of(items(), items(), st.dictionaries(st.sampled_from(NAMES), wire_values)))
+def test_parse_item_agrees_with_the_deserializer_form_it_replaced(item):
+    ours, theirs = parse_item(item), ledger_reference.parse_item(item)
+    assert ours == theirs
+    assert type(ours) is type(theirs)
+
+
+def test_a_well_formed_item_is_its_record_in_both():
+    ours = parse_item({**KEYS, **SERIALIZED})
+    assert ours == ledger_reference.parse_item({**KEYS, **SERIALIZED})
+    assert ours.size == 4096 and ours.metadata == {"owner": "ops"}  # type: ignore[union-attr]
