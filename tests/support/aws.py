@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 from moto import mock_aws
 
-from agent.aws import Clients
+from agent.aws import Clients, session_clients
 from agent.config import Config, parse_config
 from agent.operations.bootstrap import Bootstrap
 
@@ -37,15 +37,11 @@ def make_config(root: Path, **overrides: Any) -> Config:
 
 @contextlib.contextmanager
 def mocked_aws() -> Iterator[Clients]:
-    """In-process moto with nothing in it yet (for tests of bootstrap itself)."""
+    """In-process moto with nothing in it yet (for tests of bootstrap itself). The clients
+    are made as the agent makes them (`session_clients`: its timestamp and DynamoDB
+    response parsers), so every test that uses them reads responses the agent's way."""
     with mock_aws():
-        session = boto3.session.Session(region_name=REGION)
-        yield Clients(
-            s3=session.client("s3"),
-            sqs=session.client("sqs"),
-            dynamodb=session.client("dynamodb"),
-            session=session,
-        )
+        yield session_clients(boto3.session.Session(region_name=REGION))
 
 
 @contextlib.contextmanager
