@@ -84,7 +84,6 @@ class Staged:
     parts: tuple[str, ...]
     temp: str
     inode: tuple[int, int]  # (st_dev, st_ino) of the temp file written
-    synced: bool = False  # its bytes fsynced as it was written (a large file: `_write_temp`)
 
 
 class Status(enum.Enum):
@@ -218,12 +217,12 @@ class DirectoryTarget:
                     )
             temp = self.temp_name(next(self._serial) if serial is None else serial)
             try:
-                inode, synced = self._write_temp(parent, temp, item, on_bytes)
+                inode = self._write_temp(parent, temp, item, on_bytes)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(temp, dir_fd=parent)
                 raise
-        return Staged(item, parts, temp, inode, synced)
+        return Staged(item, parts, temp, inode)
 
     def temp_name(self, serial: int) -> str:
         """The temp name of this run's file number `serial` (`.restore-<run>-<serial>.part`)."""
@@ -233,18 +232,12 @@ class DirectoryTarget:
         """Put staged files under their names, durably: one outcome per file, None if it
         is in place. Bytes first (one syncfs, or the fsyncs done as each was written), then
         the names (link, or rename with --overwrite), then the names' barrier (one syncfs,
-        or one fsync per directory touched and per parent of a directory created).
-
-        A batch whose files were all fsynced as they were written (large files) takes the
-        second way even where syncfs exists: syncfs writes out every dirty page of the
-        filesystem, other programs' too, where one large file needs only its own fsync and
-        its directory's."""
+        or one fsync per directory touched and per parent of a directory created)."""
         outcomes: list[BackupAgentError | OSError | None] = [None] * len(staged)
         if not staged:
             return outcomes
-        whole = self.barriers.whole_filesystem and not all(one.synced for one in staged)
         try:
-            if whole:
+            if self.barriers.whole_filesystem:
                 self.barriers.sync_filesystem(self._root())
         except OSError as exc:
             self.discard(staged)
@@ -253,9 +246,9 @@ class DirectoryTarget:
         for index, one in enumerate(staged):
             by_directory.setdefault(one.parts[:-1], []).append(index)
         for directory, indexes in by_directory.items():
-            self._publish(directory, [staged[i] for i in indexes], indexes, outcomes, whole)
+            self._publish(directory, [staged[i] for i in indexes], indexes, outcomes)
         try:
-            self._name_barrier(by_directory, whole)
+            self._name_barrier(by_directory)
         except OSError as exc:
             for index in range(len(staged)):
                 if outcomes[index] is None:
@@ -278,7 +271,6 @@ class DirectoryTarget:
         staged: list[Staged],
         indexes: list[int],
         outcomes: list[BackupAgentError | OSError | None],
-        whole: bool,
     ) -> None:
         try:
             with self.tree.directory(directory, create=False) as parent:
@@ -287,7 +279,7 @@ class DirectoryTarget:
                     raise FileNotFoundError(errno.ENOENT, "No such file or directory", shown)
                 for index, one in zip(indexes, staged, strict=True):
                     outcomes[index] = self._name(parent, one)
-                if not whole:
+                if not self.barriers.whole_filesystem:
                     self.barriers.fsync(parent)
         except (BackupAgentError, OSError) as exc:
             for index in indexes:
@@ -326,9 +318,9 @@ class DirectoryTarget:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(one.temp, dir_fd=parent)
 
-    def _name_barrier(self, touched: Mapping[tuple[str, ...], object], whole: bool) -> None:
+    def _name_barrier(self, touched: Mapping[tuple[str, ...], object]) -> None:
         created = self.tree.take_created()
-        if whole:
+        if self.barriers.whole_filesystem:
             self.barriers.sync_filesystem(self._root())
             return
         done = set(touched)  # fsynced by _publish
@@ -377,10 +369,7 @@ class DirectoryTarget:
 
     def _write_temp(
         self, parent: int, temp: str, item: Item, on_bytes: Callable[[int], None]
-    ) -> tuple[tuple[int, int], bool]:
-        """The temp file's (st_dev, st_ino), and whether its bytes are fsynced already: a
-        large file always is (`commit` then needs no syncfs for a batch of them), a small
-        one only where syncfs is missing (else one syncfs per batch, durable.py)."""
+    ) -> tuple[int, int]:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(temp, flags, 0o600, dir_fd=parent)
         try:
@@ -388,9 +377,8 @@ class DirectoryTarget:
             if stat.S_IMODE(created.st_mode) != self.file_mode:  # not already, by the umask
                 os.fchmod(fd, self.file_mode)  # exactly the mode asked for, whatever the umask
             # closing(): a failed write stops the read-ahead thread now, not at garbage collection
-            large = item.record.size is None or item.size >= WRITEBACK_BYTES
             with contextlib.closing(verified_chunks(self.volume, item.record)) as chunks:
-                if not large:
+                if item.record.size is not None and item.size < WRITEBACK_BYTES:
                     for chunk in chunks:  # small: straight to the descriptor, no buffer object
                         _write_all(fd, chunk)
                         on_bytes(len(chunk))
@@ -398,12 +386,11 @@ class DirectoryTarget:
                     _write_large(fd, chunks, on_bytes)
             stamp = event_datetime(item.record).timestamp()
             os.utime(fd, (stamp, stamp))  # by descriptor: the file just written
-            synced = large or not self.barriers.whole_filesystem
-            if synced:
+            if not self.barriers.whole_filesystem:  # else one syncfs per batch (durable.py)
                 self.barriers.fsync(fd)
         finally:
             os.close(fd)
-        return (created.st_dev, created.st_ino), synced
+        return created.st_dev, created.st_ino
 
 
 class S3Target:
@@ -671,7 +658,7 @@ def _write_large(fd: int, chunks: Iterator[bytes], on_bytes: Callable[[int], Non
     """A large file's bytes straight to the disk (storage/direct.py: no page cache to copy
     into and write back, ~0.3 CPU-seconds per GiB of writing instead of ~1.9); where the
     filesystem has no direct I/O, through the page cache with its writeback started as it
-    goes. Either way the caller's fsync is what makes the file durable."""
+    goes. Either way the caller's fsync or syncfs is what makes the file durable."""
     direct = DirectWriter.open(fd)
     if direct is not None:
         with direct:

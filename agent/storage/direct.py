@@ -14,10 +14,8 @@ into one page-aligned buffer (mmap) and writes it whole each time it fills; the 
 is not a multiple of `ALIGN` is written after clearing O_DIRECT. A filesystem that refuses
 O_DIRECT (`DirectWriter.open` returns None) or an EINVAL from a direct write (an alignment
 this module did not expect) falls back to plain writes: only slower. Durability still comes
-from the caller's fsync (O_DIRECT neither flushes the device's cache nor writes the file's
-metadata): the restore fsyncs each large file as it ends, then its directory after the
-rename (targets.py, `DirectoryTarget.commit`); its guarantees (docs/restore.md) do not
-change.
+from the caller's fsync or syncfs (O_DIRECT neither flushes the device's cache nor writes
+the file's metadata); the restore's guarantees (docs/restore.md) do not change.
 """
 
 from __future__ import annotations

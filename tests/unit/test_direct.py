@@ -20,14 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.restore.durable import Barriers
-from agent.restore.plan import Plan
 from agent.restore.restorer import Restorer
 from agent.restore.targets import DirectoryTarget
 from agent.storage import direct
 from agent.storage.direct import ALIGN, DirectWriter
 from agent.storage.volume import WRITEBACK_BYTES, Volume
-from tests.support.flushes import CountingBarriers
 from tests.support.stored import placed_plan
 
 BUFFER = 4 * ALIGN  # small, so that a few KiB cross several buffer fills
@@ -275,57 +272,3 @@ def test_an_eio_from_a_direct_write_fails_the_restore_cleanly(
     assert direct_writes == failing  # none after the failed one
     assert sorted(p.name for p in out.rglob("*")) == []  # no file, no .restore-*.part
     assert not any(t.name.startswith("direct-write") for t in threading.enumerate())
-
-
-# -- the end of a large restore: its own flushes, not the whole filesystem's ----------------
-
-
-def _flushing(target: Path, name: str, *, use_syncfs: bool) -> CountingBarriers:
-    """Barriers that note at each flush whether `name` is under `target` yet."""
-    return CountingBarriers(use_syncfs=use_syncfs, look=lambda: (target / name).exists())
-
-
-@pytest.mark.parametrize("use_syncfs", [True, False], ids=["syncfs-here", "no-syncfs"])
-def test_a_large_file_is_made_durable_by_its_own_fsyncs_never_a_syncfs(
-    volume: Volume, tmp_path: Path, use_syncfs: bool
-) -> None:
-    """Its bytes fsynced before its name exists, then the directory that got the name and
-    the parents of the directories the restore created: nothing else, however many other
-    writers have dirty pages on the filesystem (syncfs would write theirs out too)."""
-    if use_syncfs and not Barriers().whole_filesystem:
-        pytest.skip("syncfs(2) is Linux-only")
-    data = os.urandom(WRITEBACK_BYTES + 5)
-    out = tmp_path / "out"
-    barriers = _flushing(out, "big/one.bin", use_syncfs=use_syncfs)
-
-    summary = Restorer(DirectoryTarget(volume, out, barriers=barriers)).run(
-        placed_plan(volume, ["big/one.bin"], data)
-    )
-
-    assert summary.ok and (out / "big" / "one.bin").read_bytes() == data
-    assert barriers.syncs == 0 and barriers.file_fsyncs == 1
-    directories = {p.stat().st_ino for p in (tmp_path, out, out / "big")}
-    assert set(barriers.directory_fsyncs) == directories
-    assert set(barriers.directory_fsyncs.values()) == {1}
-    assert barriers.seen[0] == ("file", False)  # the bytes before the name
-    assert all(seen == ("directory", True) for seen in barriers.seen[1:])
-
-
-@pytest.mark.skipif(not Barriers().whole_filesystem, reason="syncfs(2) is Linux-only")
-def test_a_batch_with_small_files_in_it_keeps_its_two_syncfs(
-    volume: Volume, tmp_path: Path
-) -> None:
-    """The small files' bytes are not fsynced one by one: the batch's syncfs covers them
-    (the large file's own fsync comes first, as it is written)."""
-    out = tmp_path / "out"
-    out.mkdir()
-    large = placed_plan(volume, ["big.bin"], os.urandom(WRITEBACK_BYTES + 5)).items
-    small = placed_plan(volume, ["a.txt", "b.txt"], b"small\n").items
-    barriers = CountingBarriers(use_syncfs=True)
-
-    summary = Restorer(DirectoryTarget(volume, out, barriers=barriers), workers=1).run(
-        Plan([*large, *small])
-    )
-
-    assert summary.ok and sorted(p.name for p in out.iterdir()) == ["a.txt", "b.txt", "big.bin"]
-    assert (barriers.syncs, barriers.file_fsyncs, barriers.directory_fsyncs) == (2, 1, {})
