@@ -302,6 +302,8 @@ class Restorer:
         queued = iter([run for batch_runs in bounds for run in batch_runs])
         target, window = pool.target, self.runs_ahead(pool.processes)
         pending: deque[tuple[int, int, Future[list[Outcome]] | None]] = deque()
+        ahead_bytes = 0  # of the runs in `pending`: at most a batch's (`batch_bytes`) ahead
+        after: tuple[int, int] | None = next(queued, None)
         results: list[ItemResult] = []
         done: list[ItemResult | tuple[Staged, int]] = []
         broken = False
@@ -309,7 +311,11 @@ class Restorer:
             for batch_runs in bounds:
                 done = []
                 for _ in batch_runs:
-                    while len(pending) < window and (bound := next(queued, None)):
+                    while after is not None and len(pending) < window:
+                        size = sum(item.size for item in items[after[0] : after[1]])
+                        if pending and ahead_bytes + size > self.batch_bytes:
+                            break  # the runs' temp files wait for their commit on the disk
+                        bound, after, ahead_bytes = after, next(queued, None), ahead_bytes + size
                         future = None
                         if not (self.stop.is_set() or broken):
                             try:
@@ -319,6 +325,7 @@ class Restorer:
                         pending.append((*bound, future))
                     self._cancel_ahead(pending)
                     first, last, future = pending.popleft()
+                    ahead_bytes -= sum(item.size for item in items[first:last])
                     if future is not None and future.cancelled():
                         future = None  # skipped as not started
                     if future is None:
@@ -363,7 +370,9 @@ class Restorer:
     def runs_ahead(self, processes: int) -> int:
         """Runs handed to the children ahead of the one the parent waits for: a whole
         batch's (when the parent takes the last run of a batch, the next batch's runs are
-        all handed out), so that the children stage it while the parent commits (with
+        all handed out; `_in_processes` also holds the runs ahead to a batch's bytes, so that
+        at most two batches of temp files wait for their names), so that the children stage
+        it while the parent commits (with
         `4 * processes` they had at most 256 files to stage during a commit of 4,096, and
         the restore ran staging and commit in turn, one CPU idle: issue 19)."""
         return max(4 * processes, -(-self.batch_files // self.task_files) + 1)

@@ -399,6 +399,33 @@ def test_the_children_stage_the_next_batch_while_the_parent_commits_this_one(
     assert sorted(handed) == [(i, i + 10) for i in range(0, COUNT, 10)]  # each run once
 
 
+def test_the_runs_handed_out_ahead_hold_at_most_a_batch_of_bytes(volume, tmp_path, monkeypatch):
+    """The window counts runs (a batch's worth at `task_files` a run); batches cut by bytes
+    hold fewer runs, and the window alone would then stage several batches ahead, each file
+    a temp file on the target until its commit (review of issue 19's change)."""
+    handed = _count_runs_handed_out(monkeypatch)
+    target = DirectoryTarget(volume, tmp_path / "out")
+    at_first_commit: list[int] = []
+    commit = target.commit
+
+    def noting(staged):
+        if not at_first_commit:
+            at_first_commit.append(max(stop for _start, stop in handed))
+        return commit(staged)
+
+    target.commit = noting
+    plan = placed_plan(volume, KEYS, SMALL)
+    restorer = Restorer(target, cpus=2, batch_files=100, batch_bytes=20 * len(SMALL), task_files=10)
+    assert restorer.runs_ahead(2) == 11  # runs: 110 files, 5 batches of 20 files
+    summary = restorer.run(plan)
+
+    assert summary.ok and files_under(tmp_path / "out") == sorted(KEYS)
+    # batches of 20 files (2 runs); when the first is committed, the runs handed out and not
+    # yet taken by the parent hold at most 20 files' bytes: run 20-30 only (0-10, 10-20 taken)
+    assert at_first_commit == [30]
+    assert sorted(handed) == [(i, i + 10) for i in range(0, COUNT, 10)]  # each run once
+
+
 def test_a_stop_during_a_commit_skips_the_runs_handed_out_ahead_and_not_started(
     volume, tmp_path, monkeypatch
 ):
