@@ -10,6 +10,7 @@ import pytest
 
 from agent.aws import Clients
 from agent.config import Config
+from agent.pipeline.commit import Committer
 from agent.pipeline.consumer import Consumer
 from agent.storage.frame_budget import BASE_LEVEL
 from agent.storage.volume import FRAME_BUDGET, Volume
@@ -77,9 +78,21 @@ def aws(config: Config) -> Iterator[Clients]:
 
 
 @pytest.fixture
-def consumers() -> Iterator[list[Consumer]]:
+def committers() -> Iterator[list[Committer]]:
+    """Committers a test made (append them): closed, their threads ended, after the test's
+    consumers stopped (as the daemon does). One left open keeps its thread waiting for the
+    rest of the process, and a later test of the restore's worker processes, which fork
+    only from a lone thread (agent/restore/workers.py `usable`), ran with threads instead."""
+    made: list[Committer] = []
+    yield made
+    for committer in made:
+        committer.close(5)
+
+
+@pytest.fixture
+def consumers(committers: list[Committer]) -> Iterator[list[Consumer]]:
     """Consumers a test started (append them): stopped, and their threads ended, before
-    moto goes away."""
+    moto goes away (and before the test's `committers` close)."""
     made: list[Consumer] = []
     yield made
     for consumer in made:

@@ -80,10 +80,11 @@ def queue(aws: Clients, *objects: tuple[str, bytes]) -> None:
 
 
 def test_the_worker_moves_on_once_the_copy_is_durable_and_the_rest_follows_the_record(
-    aws, config, volume, ledger, consumers
+    aws, config, volume, ledger, consumers, committers
 ):
     ledger.held.add("first.txt")
     backup = committing_service(aws, config, volume, ledger)
+    committers.append(backup.committer)
     settings = replace(consumer_settings(config), workers=1, receive_ahead=False)
     consumer = Consumer(aws.sqs, backup.process, settings)
     consumers.append(consumer)
@@ -117,11 +118,12 @@ def test_the_worker_moves_on_once_the_copy_is_durable_and_the_rest_follows_the_r
 
 
 def test_the_snapshot_barrier_covers_a_copy_until_its_record_is_written(
-    aws, config, volume, ledger, consumers
+    aws, config, volume, ledger, consumers, committers
 ):
     ledger.held.add("held.txt")
     barrier = WriteBarrier(volume.root)
     backup = committing_service(aws, config, volume, ledger, barrier=barrier)
+    committers.append(backup.committer)
     consumer = Consumer(aws.sqs, backup.process, replace(consumer_settings(config), workers=1))
     consumers.append(consumer)
     queue(aws, ("held.txt", b"held " * 100))
@@ -139,9 +141,10 @@ def test_the_snapshot_barrier_covers_a_copy_until_its_record_is_written(
 
 
 def test_outside_the_consumer_a_backup_is_recorded_before_process_returns(
-    aws, config, volume, ledger
+    aws, config, volume, ledger, committers
 ):
     backup = committing_service(aws, config, volume, ledger)
+    committers.append(backup.committer)
     queue(aws, ("direct.txt", b"direct"))
     [message] = aws.sqs.receive_message(QueueUrl=QUEUE_URL)["Messages"]
     [event] = parse_message(message["Body"]).events
@@ -175,7 +178,7 @@ def test_monitoring_observes_a_committing_backup_once_it_is_recorded(aws, config
 
 
 def test_the_copys_directory_is_fsynced_by_the_committer_before_its_journal_line(
-    aws, config, volume, ledger, consumers, monkeypatch
+    aws, config, volume, ledger, consumers, committers, monkeypatch
 ):
     # issue 19: the worker fsyncs the copy's bytes before the rename; the committer fsyncs
     # the rename's directory before the batch's journal append (docs/reliability.md)
@@ -196,6 +199,7 @@ def test_the_copys_directory_is_fsynced_by_the_committer_before_its_journal_line
         ledger=ledger,
         committer=Committer(journal, ledger, directories=volume.sync_directories),
     )
+    committers.append(backup.committer)
     consumer = Consumer(aws.sqs, backup.process, replace(consumer_settings(config), workers=1))
     consumers.append(consumer)
     body = b"synced " * 100

@@ -53,7 +53,7 @@ def committing(
 
 
 def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
-    aws, config, volume, consumers
+    aws, config, volume, consumers, committers
 ):
     queue_objects(aws, OBJECTS)
     calls = CallLog()
@@ -62,6 +62,7 @@ def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
     settings = replace(consumer_settings(config), workers=4)
     assert settings.receive_ahead  # the default
     backup, committer = committing(aws, config, volume)
+    committers.append(committer)
     consumer = Consumer(aws.sqs, backup.process, settings, last_run=LastRun(volume.root))
     consumers.append(consumer)
     consumer.start()
@@ -89,7 +90,7 @@ def test_a_small_object_costs_get_put_put_and_a_share_of_a_receive_and_a_delete(
 
 
 def test_at_one_worker_records_are_committed_in_batches_not_one_by_one(
-    aws, config, volume, consumers
+    aws, config, volume, consumers, committers
 ):
     """The daemon's wiring (the consumer tells the committer what may come: `expect`, `follow`), one
     worker. Without it a batch held what finished during the previous commit: mostly one
@@ -102,6 +103,7 @@ def test_at_one_worker_records_are_committed_in_batches_not_one_by_one(
         record_calls(client, calls)
     settings = replace(consumer_settings(config), workers=1)
     backup, committer = committing(aws, config, volume, linger=3600, linger_ahead=3600)
+    committers.append(committer)
     consumer = Consumer(
         aws.sqs, backup.process, settings, last_run=LastRun(volume.root), committer=committer
     )

@@ -47,6 +47,14 @@ class Planted(DirectoryTarget):
         return super().stage(item, on_bytes, serial=serial)
 
 
+@pytest.fixture(autouse=True)
+def _a_lone_thread() -> None:
+    """The children are forked only from a lone thread (workers.py `usable`): a thread an
+    earlier test left running would send these tests to the threads instead. Name it."""
+    others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    assert not others, f"threads left running by an earlier test: {others}"
+
+
 def _stagers(log: Path) -> set[int]:
     return {int(line) for line in log.read_text().split()}
 
