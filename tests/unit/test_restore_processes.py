@@ -50,7 +50,12 @@ class Planted(DirectoryTarget):
 @pytest.fixture(autouse=True)
 def _a_lone_thread() -> None:
     """The children are forked only from a lone thread (workers.py `usable`): a thread an
-    earlier test left running would send these tests to the threads instead. Name it."""
+    earlier test left running would send these tests to the threads instead. One still
+    winding down (a stopped consumer's receiver ends with its long poll) is waited for; one
+    that does not end is named."""
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread():
+            thread.join(30)
     others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     assert not others, f"threads left running by an earlier test: {others}"
 
