@@ -30,8 +30,9 @@ fit in those bytes: all of them at level 3, 2 of 3 at level 9, none at level 19 
 
 Not counted: a copy streaming holds one context of its own outside the budget (so up to one
 per worker copying a large object: the pipeline's workers bound them, not this budget), and
-copies up to 1 MiB or of unknown size compress outside `_ParallelFrames` altogether
-(docs/design.md, "Concurrency", says what each costs).
+copies of a known size up to `FRAME_BYTES` (one call up to 1 MiB, one frame streamed by zstd's
+own threads above) or of unknown size compress outside `_ParallelFrames` altogether, each
+with contexts at the configured level (docs/design.md, "Concurrency", says what each costs).
 """
 
 from __future__ import annotations
