@@ -221,8 +221,9 @@ def test_the_copys_directory_is_fsynced_by_the_committer_before_its_journal_line
 
     # a version of the same bytes recorded inline (reconcile, no delivery) finds the copy
     # whose directory is synced already: nothing left to sync, its journal line follows
+    # (the consumer stopped first: it would otherwise race this test for the message)
+    consumer.stop(WAIT)
     queue(aws, ("again.txt", body))
     [message] = aws.sqs.receive_message(QueueUrl=QUEUE_URL)["Messages"]
     [event] = parse_message(message["Body"]).events
-    consumer.stop(WAIT)
     assert backup.process(event).outcome is Outcome.DEDUPLICATED
