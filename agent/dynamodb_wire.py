@@ -120,16 +120,21 @@ class DynamoDBJSONParser(JSONParser):
                     for each in node
                 ]
             if is_attribute_value(member):
-                value = self._value
-                return [
-                    None
-                    if each is None
-                    else value(member, each)
-                    if each.__class__ is dict
-                    else _STOCK._handle_structure(self, member, each)
-                    for each in node
-                ]
+                return self._values(member, node)
         return _STOCK._handle_list(self, shape, node)
+
+    def _values(self, attribute: Shape, node: list[Any]) -> list[Any]:
+        """A list of AttributeValue (an L), from its decoded JSON array: None kept, a
+        value that is not an object left to botocore's walk."""
+        value = self._value
+        return [
+            None
+            if each is None
+            else value(attribute, each)
+            if each.__class__ is dict
+            else _STOCK._handle_structure(self, attribute, each)
+            for each in node
+        ]
 
     def _item(self, attribute: Shape, item: dict[str, Any]) -> dict[str, Any]:
         """A map of AttributeValue (an item, a key, an M), from its decoded JSON object.
@@ -181,15 +186,7 @@ class DynamoDBJSONParser(JSONParser):
             if tag == "BS":
                 blob: Callable[[Any], Any] = self._blob_parser
                 return [None if one is None else blob(one) for one in each]
-            value = self._value
-            return [
-                None
-                if one is None
-                else value(attribute, one)
-                if one.__class__ is dict
-                else _STOCK._handle_structure(self, attribute, one)
-                for one in each
-            ]
+            return self._values(attribute, each)
         members: dict[str, Shape] = attribute.members  # type: ignore[attr-defined]
         return self._parse_shape(members[tag], each)  # botocore's walk decides
 

@@ -388,13 +388,10 @@ def _count_runs_handed_out(monkeypatch) -> list[tuple[int, int]]:
     return handed
 
 
-def test_the_children_stage_the_next_batch_while_the_parent_commits_this_one(
-    volume, tmp_path, monkeypatch
-):
-    """Before, at most 4 runs a child were handed out: a commit of 4,096 files left the
-    children 256 to stage, then idle (staging and commit ran in turn, issue 19)."""
-    handed = _count_runs_handed_out(monkeypatch)
-    target = DirectoryTarget(volume, tmp_path / "out")
+def _note_handed_out_at_first_commit(
+    target: DirectoryTarget, handed: list[tuple[int, int]]
+) -> list[int]:
+    """The end of the furthest run handed out when `target` commits its first batch."""
     at_first_commit: list[int] = []
     commit = target.commit
 
@@ -404,6 +401,17 @@ def test_the_children_stage_the_next_batch_while_the_parent_commits_this_one(
         return commit(staged)
 
     target.commit = noting
+    return at_first_commit
+
+
+def test_the_children_stage_the_next_batch_while_the_parent_commits_this_one(
+    volume, tmp_path, monkeypatch
+):
+    """Before, at most 4 runs a child were handed out: a commit of 4,096 files left the
+    children 256 to stage, then idle (staging and commit ran in turn, issue 19)."""
+    handed = _count_runs_handed_out(monkeypatch)
+    target = DirectoryTarget(volume, tmp_path / "out")
+    at_first_commit = _note_handed_out_at_first_commit(target, handed)
     plan = placed_plan(volume, KEYS, SMALL)
     summary = Restorer(target, cpus=2, batch_files=100, task_files=10).run(plan)
 
@@ -418,15 +426,7 @@ def test_the_runs_handed_out_ahead_hold_at_most_a_batch_of_bytes(volume, tmp_pat
     a temp file on the target until its commit (review of issue 19's change)."""
     handed = _count_runs_handed_out(monkeypatch)
     target = DirectoryTarget(volume, tmp_path / "out")
-    at_first_commit: list[int] = []
-    commit = target.commit
-
-    def noting(staged):
-        if not at_first_commit:
-            at_first_commit.append(max(stop for _start, stop in handed))
-        return commit(staged)
-
-    target.commit = noting
+    at_first_commit = _note_handed_out_at_first_commit(target, handed)
     plan = placed_plan(volume, KEYS, SMALL)
     restorer = Restorer(target, cpus=2, batch_files=100, batch_bytes=20 * len(SMALL), task_files=10)
     assert restorer.runs_ahead(2) == 11  # runs: 110 files, 5 batches of 20 files
