@@ -26,6 +26,20 @@ from typing import Protocol
 from agent.storage.volume import Volume
 from bench.timing import run_timed
 
+TARGET_SMALL_RESTORE = 0.33  # issue 19: restore of many small files >= 0.33x zstd -d --filelist
+
+
+def cpu_budget(reference_seconds: float, ratio: float, cpus: int) -> float:
+    """The CPU seconds a run may use and still reach `ratio` of a reference that took
+    `reference_seconds`: every CPU busy for the whole of the time the ratio allows.
+
+    Against the local stand-in the endpoint's CPU comes out of the same budget (one
+    machine), so when `backup-restore`'s CPU plus the endpoint's is above it, no ordering of
+    the work reaches the ratio here; real DynamoDB's work is done elsewhere."""
+    if reference_seconds <= 0 or ratio <= 0 or cpus < 1:
+        raise ValueError("cpu_budget needs a positive reference time, ratio and CPU count")
+    return reference_seconds / ratio * cpus
+
 
 @dataclass(frozen=True)
 class Copy:
