@@ -653,7 +653,7 @@ class _ParallelFrames:
         self.stream = self._streamer = None
         if self.held:
             held, self.held = self.held, 0
-            self.budget.give_back(held)
+            self.budget.give_back(held, self.level)
 
     def _begin_frame(self) -> None:
         """The next frame: in a buffer of the budget's or of this copy's, else streaming."""
@@ -686,7 +686,7 @@ class _ParallelFrames:
         while True:
             if self.spare:
                 return self.spare.popleft()
-            if self.budget.take():
+            if self.budget.take(self.level):
                 self.held += 1
                 self._streamer = None  # its context is freed: this copy has frames now
                 return frame_buffer(FRAME_BYTES)
