@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import io
-import sys
 import threading
 
 import structlog
@@ -178,13 +177,16 @@ class FrameBudget:
             self._peak_bytes = max(self._peak_bytes, self._held_bytes)
             return True
 
-    def give_back(self, frames: int, level: int) -> None:
+    def give_back(self, frames: int, level: int, *, unwinding: BaseException | None = None) -> None:
         """Return `frames` frames a copy at `level` took.
 
-        More than are held is a bug in the accounting: raised, unless an error is already on
-        its way out (a copy's `close` runs as its failure unwinds): then that error, the one
-        the operator can act on, must not be hidden, so the miscount is logged instead. Either
-        way nothing is given back: what is held may be other copies' frames."""
+        More than are held is a bug in the accounting: raised, unless the caller says its
+        copy's own error is unwinding (`unwinding`: a copy's `close` as its failure
+        propagates): then that error, the one the operator can act on, must not be hidden, so
+        the miscount is logged instead. Only the copy's own error counts: one merely being
+        handled around the call (`sys.exception()` inside an unrelated `except`) is not on
+        its way out, and the miscount is raised. Either way nothing is given back: what is
+        held may be other copies' frames."""
         cost = frames * frame_bytes(level)
         with self._lock:
             held, held_bytes = self._held, self._held_bytes
@@ -192,7 +194,6 @@ class FrameBudget:
                 self._held -= frames
                 self._held_bytes -= cost
                 return
-        unwinding = sys.exception()
         if unwinding is None:
             raise RuntimeError(
                 f"giving back {frames} frames ({cost} bytes), {held} held ({held_bytes} bytes)"

@@ -12,7 +12,6 @@ does) to check that those frames are the parallel path's, boundary for boundary.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import io
@@ -114,13 +113,10 @@ def written(
     """`content` through `_ParallelFrames` into memory: the stored bytes and how many of its
     frames were streamed."""
     sink = io.BytesIO()
-    sized = volume_module._ParallelFrames(settings_, sink, len(content), budget)
-    try:
+    with volume_module._ParallelFrames(settings_, sink, len(content), budget) as sized:
         for part in chunks if chunks is not None else chunks_of(content, chunk):
             sized.write(part)
         sized.end()
-    finally:
-        sized.close()
     return sink.getvalue(), sized.streamed
 
 
@@ -236,11 +232,65 @@ def test_a_copy_failing_with_the_accounting_wrong_raises_its_own_error() -> None
     sized.write(data_of(FRAME // 2))  # a frame taken, being filled
     budget.give_back(1, 3)  # a bug elsewhere gives it back behind the copy's back
     raising = pytest.raises(IntegrityError, match="the copy's own")
-    with capture_logs() as logs, raising, contextlib.closing(sized):  # closed as it unwinds
+    with capture_logs() as logs, raising, sized:  # closed as its own error unwinds
         raise IntegrityError("the copy's own")
     (logged,) = [line for line in logs if line["event"] == "frame_budget.miscounted"]
     assert logged["log_level"] == "error" and logged["giving_back"] == 1
     assert logged["held"] == 0 and "the copy's own" in logged["while_raising"]
+    assert budget.held == 0
+
+
+def test_a_write_copy_failing_with_the_accounting_wrong_raises_the_downloads_error(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through `Volume.write_copy`: the download's error is what the caller sees
+    (the copy's frames are closed with it as the error unwinding)."""
+    budget = budget_of(monkeypatch, 2)
+    data = data_of(4 * FRAME)
+
+    def failing() -> Iterator[bytes]:
+        yield from chunks_of(data[: FRAME // 2])
+        # read in the copy's thread (below readahead.THREAD_FROM_BYTES): its first chunk
+        # is written, so its frame is taken, before this line runs
+        assert budget.held == 1
+        budget.give_back(1, 3)  # a bug elsewhere gives this copy's frame back
+        raise ConnectionResetError("peer went away")
+
+    with capture_logs() as logs, pytest.raises(ConnectionResetError):
+        volume.write_copy(failing(), PARALLEL, Expectation(size=len(data)))
+    (logged,) = [line for line in logs if line["event"] == "frame_budget.miscounted"]
+    assert "peer went away" in logged["while_raising"] and budget.held == 0
+
+
+def test_an_unrelated_error_being_handled_around_the_close_does_not_hide_a_miscount() -> None:
+    """A copy closed inside an `except` block of its caller (an error already handled, not
+    the copy's own failure) still raises the miscount: only the copy's own error unwinding
+    through it turns the raise into a log line."""
+    budget = FrameBudget(2)
+    sized = volume_module._ParallelFrames(PARALLEL, io.BytesIO(), 3 * FRAME, budget)
+    sized.write(data_of(FRAME // 2))
+    budget.give_back(1, 3)
+    try:
+        raise KeyError("handled by the caller, nothing to do with the copy")
+    except KeyError:
+        with capture_logs() as logs, pytest.raises(RuntimeError, match="giving back 1 frames"):
+            sized.close()
+    assert [line for line in logs if line["event"] == "frame_budget.miscounted"] == []
+
+
+def test_the_budget_raises_a_miscount_inside_a_handler_unless_told_an_error_unwinds() -> None:
+    budget = FrameBudget(2)
+    try:
+        raise OSError("unrelated, handled")
+    except OSError:
+        with pytest.raises(RuntimeError, match="giving back 1 frames"):
+            budget.give_back(1, 3)
+        with capture_logs() as logs:
+            budget.give_back(1, 3, unwinding=IntegrityError("the copy's own"))
+    (logged,) = logs
+    assert (
+        logged["event"] == "frame_budget.miscounted" and "the copy's own" in logged["while_raising"]
+    )
     assert budget.held == 0
 
 
