@@ -67,6 +67,14 @@ class Member:
     _done: int = 0
     _polled: float = 0.0
 
+    @property
+    def log_path(self) -> Path:
+        """This member's agent log: `<fleet>/logs/<member>.log`, out of the directory of its
+        config.yaml, which the agent watches for edits (agent/runtime/reload.py): a log line
+        there woke the watcher each time (an inotify event per `backup.stored`, ~0.5 ms of
+        the agent's CPU: bench/stack.py's `start_agent`, docs/benchmarks.md)."""
+        return self.config_path.parent.parent / "logs" / f"{self.config_path.parent.name}.log"
+
     def done(self) -> int:
         """Versions done, from the log read at most every 20 ms (the feeder and the main
         loop both ask, and this process's CPU is the proxy's too)."""
@@ -204,14 +212,16 @@ def measure(
     """Start every member, feed every object's event to every group, time until every group
     has done them all, stop the members, and count the copies on the volumes."""
     members = fleet.members
-    runs = [
-        AgentRun(AgentProcess(m.config_path, m.config_path.with_name("agent.log"))) for m in members
-    ]
+    for member in members:
+        member.log_path.parent.mkdir(exist_ok=True)
+    runs = [AgentRun(AgentProcess(m.config_path, m.log_path)) for m in members]
     for member, run in zip(members, runs, strict=True):
         member.run = run
     try:
         with ThreadPoolExecutor(len(runs)) as pool:
             list(pool.map(AgentRun.start, runs))
+            # measured from the steady state: the start-up encryption check has ended
+            list(pool.map(AgentRun.wait_settled, runs))
         bodies = [event_body(obj, bucket=BUCKET) for obj in objects]
         count = len(bodies)
         endpoint = psutil.Process(endpoint_pid) if endpoint_pid else None

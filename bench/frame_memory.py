@@ -10,7 +10,7 @@ most frames held at once and how many takes the budget refused (each a frame tha
 compressed streaming, or with a buffer of its own). `--frames N` gives the copies a budget
 of N frames instead of the default (CPUs + 1); `--frames 1000` is what they held before the
 budget (each its own `compression_threads + 1`). `--level L` compresses at level L (default
-3) with the budget priced at it as the wiring does (fewer frames at a costlier level);
+3) with each frame priced at it as the copies' own level (fewer frames at a costlier level);
 `--unpriced` leaves it at level 3's count, as before the budget priced contexts. Run each
 way in a process
 of its own (peak RSS is per process). The data is semi-compressible log lines
@@ -30,7 +30,7 @@ from itertools import islice
 from pathlib import Path
 
 from agent.storage import volume as volume_module
-from agent.storage.frame_budget import FrameBudget
+from agent.storage.frame_budget import BASE_LEVEL, FrameBudget
 from agent.storage.volume import CompressionSettings, Expectation, Volume
 from bench.data import log_lines
 
@@ -58,15 +58,13 @@ def main() -> None:
     parser.add_argument(
         "--unpriced",
         action="store_true",
-        help="the budget not priced at --level: as many frames at any level (before 2b8c2bb)",
+        help="frames not priced at --level: as many frames at any level (before 2b8c2bb)",
     )
     parser.add_argument("directory", nargs="?", default=tempfile.gettempdir())
     args = parser.parse_args()
-    if args.frames:
-        volume_module.FRAME_BUDGET = FrameBudget(args.frames)
-    budget = volume_module.FRAME_BUDGET
-    if not args.unpriced:
-        budget.use_level(args.level)  # as the wiring does (frame_budget.py)
+    frames = args.frames or volume_module.FRAME_BUDGET.frames
+    budget = UnpricedBudget(frames) if args.unpriced else FrameBudget(frames)
+    volume_module.FRAME_BUDGET = budget
     size = args.mib << 20
     with tempfile.TemporaryDirectory(dir=args.directory, prefix="bench-frame-memory-") as root:
         volume = Volume(Path(root))
@@ -94,12 +92,25 @@ def main() -> None:
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(
         f"{args.objects} x {args.mib} MiB at once, level {args.level}, budget {budget.frames}"
-        f" frames ({budget.limit} granted at the level)"
+        f" frames ({budget.grants(args.level)} granted at the level)"
         f" (peak held {budget.peak}, {budget.refused} takes refused):"
         f" {wall:5.2f} s wall {cpu:5.2f} s CPU,"
         f" RSS {before_mib:.0f} MiB before the copies, peak {peak_mib:.0f} MiB",
         flush=True,
     )
+
+
+class UnpricedBudget(FrameBudget):
+    """Every frame priced at the base level, whatever the copy's level (before 2b8c2bb)."""
+
+    def grants(self, level: int) -> int:
+        return super().grants(BASE_LEVEL)
+
+    def take(self, level: int) -> bool:
+        return super().take(BASE_LEVEL)
+
+    def give_back(self, frames: int, level: int) -> None:
+        super().give_back(frames, BASE_LEVEL)
 
 
 def rss_mib() -> float:

@@ -12,8 +12,7 @@ from agent.aws import Clients
 from agent.config import Config
 from agent.pipeline.commit import Committer
 from agent.pipeline.consumer import Consumer
-from agent.storage.frame_budget import BASE_LEVEL
-from agent.storage.volume import FRAME_BUDGET, Volume
+from agent.storage.volume import Volume
 from tests.support import moto_server
 from tests.support.aws import REGION, bootstrapped_aws, make_config
 
@@ -124,12 +123,3 @@ def _reset_logging() -> Iterator[None]:
             and type(handler).__module__ == "logging"
         ):
             root.removeHandler(handler)
-
-
-@pytest.fixture(autouse=True)
-def _frame_budget_at_base_level() -> Iterator[None]:
-    """The wiring prices the process's frame budget at the configured level (a reload test
-    sets 12): every test starts and ends at the default, so no test inherits another's."""
-    FRAME_BUDGET.use_level(BASE_LEVEL)
-    yield
-    FRAME_BUDGET.use_level(BASE_LEVEL)

@@ -101,6 +101,28 @@ from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 
 
+class RestoreAborted(KeyboardInterrupt):
+    """A directory restore stopped by a second Ctrl-C, with its temp files looked for after
+    the cleanup: `left` are those still there (shown paths), so the message says what is
+    true (the cleanup itself can be interrupted, by a third Ctrl-C)."""
+
+    def __init__(self, left: Sequence[str], directory: str) -> None:
+        super().__init__()
+        self.left = list(left)
+        self.directory = directory
+
+    def message(self) -> str:
+        head = "interrupted; files already in place are complete"
+        if not self.left:
+            return f"{head}, the rest were not started or were cleaned up"
+        shown = ", ".join(printable_key(path) for path in self.left[:3])
+        more = f" and {len(self.left) - 3} more" if len(self.left) > 3 else ""
+        return (
+            f"{head}; {len(self.left)} temp files were left: {shown}{more}; the next restore"
+            f" into {printable_key(self.directory)} removes them from the directories it writes to"
+        )
+
+
 class UsageError(Exception):
     """Arguments that parse but do not make sense together."""
 
@@ -213,10 +235,14 @@ def _main(argv: Sequence[str] | None, out: IO[str] | None, err: IO[str] | None) 
         hint = "" if args.offline else " (DynamoDB unreachable? --offline reads the volume)"
         print(f"backup-restore: {printable_key(exc)}{hint}", file=err)
         return ExitCode.FAILURE
+    except RestoreAborted as exc:
+        print(f"backup-restore: {exc.message()}", file=err)
+        return ExitCode.INTERRUPTED
     except KeyboardInterrupt:
         print(
-            "backup-restore: interrupted; files already in place are complete,"
-            " the rest were not started or were cleaned up",
+            "backup-restore: interrupted; files already in place are complete; a temp file"
+            " (.restore-*.part) a restore leaves is removed by the next restore into its"
+            " directory",
             file=err,
         )
         return ExitCode.INTERRUPTED
@@ -788,7 +814,12 @@ def cmd_restore(rt: Runtime) -> int:
 
     def run() -> Summary:
         with first_interrupt_sets(stop, rt.err):
-            return restorer.run(chosen, dry_run=args.dry_run)
+            try:
+                return restorer.run(chosen, dry_run=args.dry_run)
+            except KeyboardInterrupt:
+                if not isinstance(target, DirectoryTarget) or args.dry_run:
+                    raise
+                raise RestoreAborted(target.left_behind(chosen.items), where) from None
 
     if args.dry_run:
         summary = run()

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions
 import structlog
 
-from agent.aws import classify, dynamodb_deserializer, dynamodb_serializer
+from agent.aws import classify, dynamodb_serializer
 from agent.fleet.member import ADOPTED_PREFIX, MEMBER_PREFIX, BadMember, Member, fleet_pk
+from agent.storage.item_values import item_values
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -52,8 +53,7 @@ class Registry:
                 ConsistentRead=True,
             ):
                 for item in page.get("Items", []):
-                    deserializer = dynamodb_deserializer()
-                    values = {k: deserializer.deserialize(v) for k, v in item.items()}
+                    values = item_values(item)  # as the ledger reads its items
                     try:
                         members.append(Member.from_dict(values))
                     except BadMember as exc:

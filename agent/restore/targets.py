@@ -43,7 +43,13 @@ from agent.records import (
     metadata_size,
 )
 from agent.restore.copies import verified_chunks
-from agent.restore.durable import Barriers, rename_noreplace, stale_temp, temp_name
+from agent.restore.durable import (
+    TEMP_SUFFIX,
+    Barriers,
+    rename_noreplace,
+    stale_temp,
+    temp_name,
+)
 from agent.restore.plan import Item
 from agent.restore.source import event_datetime
 from agent.restore.tree import (
@@ -264,6 +270,27 @@ class DirectoryTarget:
             ):
                 if parent is not None:
                     os.unlink(one.temp, dir_fd=parent)
+
+    def left_behind(self, items: Sequence[Item]) -> list[str]:
+        """This run's temp files still in the directories of `items` (after an abort: what
+        the cleanup did not remove), as shown in messages. Nothing is created or followed."""
+        left: list[str] = []
+        mine = temp_name(self._run, 0).removesuffix(f"0{TEMP_SUFFIX}")  # .restore-<run>-
+        for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
+            with (
+                contextlib.suppress(OSError, BackupAgentError),
+                self.tree.directory(directory, create=False) as parent,
+            ):
+                if parent is None:
+                    continue
+                with os.scandir(parent) as entries:
+                    names = sorted(e.name for e in entries)
+                left.extend(
+                    self.tree.shown((*directory, name))
+                    for name in names
+                    if name.startswith(mine) and name.endswith(TEMP_SUFFIX)
+                )
+        return left
 
     def _publish(
         self,

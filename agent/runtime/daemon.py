@@ -484,12 +484,10 @@ class Daemon:
             self.monitoring.config_rejected(str(self.config_path), problems)
 
     def check_volume_encryption(self) -> None:
-        try:
-            ec2 = self.clients.ec2()
-        except Exception:  # a start-up check must never stop the agent
-            log.exception("volume.encryption_check_failed")
-            return
-        check_at_startup(ec2, self.config.storage.volume_id, self.volume.root, self.alert)
+        """The start-up check; its EC2 client is made only if the volume's id is known."""
+        check_at_startup(
+            self.clients.ec2, self.config.storage.volume_id, self.volume.root, self.alert
+        )
 
     # -- signals ---------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ from agent.storage.encryption import AlertHook
 from agent.storage.grow import VolumeGrower
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
-from agent.storage.volume import FRAME_BUDGET, CompressionSettings, Volume
+from agent.storage.volume import CompressionSettings, Volume
 from agent.storage.volume_id import discover_volume_id
 
 
@@ -55,9 +55,9 @@ def state_directory() -> Path | None:
 
 
 def compression_settings(config: Config) -> CompressionSettings:
-    """The configured compression; the process's frame budget counts this level's zstd
-    contexts from now on (frame_budget.py: fewer frames at a costlier level, same bytes)."""
-    FRAME_BUDGET.use_level(config.storage.compression_level)
+    """The configured compression. Each copy keeps the settings it started with (a reload
+    gives new copies new ones), and the frame budget prices its frames at its level
+    (frame_budget.py), so nothing process-wide is set here."""
     return CompressionSettings(
         level=config.storage.compression_level,
         threads=config.storage.compression_threads,

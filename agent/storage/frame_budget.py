@@ -23,10 +23,12 @@ it. The context is counted because it grows with the level: 3.5 MiB at level 3, 
 89.5 at 19, 273.5 at 22 (what zstd allocates for a 16 MiB frame, `context_bytes`). A copy's
 pool starts a thread only for a frame it submits and holds, so its threads (each keeping one
 compressor) are never more than the frames it holds, and they end with the copy. The budget
-is a number of bytes, `frames` frames at `BASE_LEVEL`'s cost; at the level in use
-(`use_level`, set by the wiring from `storage.compression_level`) it grants as many frames as
-fit in those bytes: all of them at level 3, 2 of 3 at level 9, none at level 19 on 2 CPUs
-(every large copy then streams).
+is a number of bytes, `frames` frames at `BASE_LEVEL`'s cost; each frame is priced at the
+level of the copy that takes it (the copy's `CompressionSettings`, which a config reload does
+not change for a copy in flight: its compressors stay at its level), so copies alone at one
+level are granted as many frames as fit in those bytes (all of them at level 3, 2 of 3 at
+level 9, none at level 19 on 2 CPUs: every large copy then streams), and copies at
+different levels, before and after a reload, share the same bytes.
 
 Not counted: a copy streaming holds one context of its own outside the budget (so up to one
 per worker copying a large object: the pipeline's workers bound them, not this budget), and
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 import functools
 import io
-import sys
 import threading
 
 import structlog
@@ -117,17 +118,19 @@ def frame_bytes(level: int) -> int:
 
 class FrameBudget:
     """At most `frames` frames at `BASE_LEVEL`'s cost held at once by all the copies of the
-    process; at another level (`use_level`), as many as fit in the same bytes."""
+    process, counted in bytes: each frame at the cost of the level of the copy that takes it
+    (`frame_bytes`), so a costlier level gets fewer frames from the same bytes, and copies at
+    different levels (before and after a reload) share them."""
 
-    def __init__(self, frames: int, *, level: int = BASE_LEVEL) -> None:
+    def __init__(self, frames: int) -> None:
         if frames < 1:
             raise ValueError(f"a frame budget needs at least one frame, not {frames}")
         self.frames = frames
         self.memory = frames * frame_bytes(BASE_LEVEL)  # bytes: the bound the docs state
-        self.level = level
-        self.limit = self.memory // frame_bytes(level)  # frames granted at `level`
         self._held = 0
+        self._held_bytes = 0
         self._peak = 0
+        self._peak_bytes = 0
         self._refused = 0
         self._lock = threading.Lock()
 
@@ -137,48 +140,64 @@ class FrameBudget:
         return self._held
 
     @property
+    def held_bytes(self) -> int:
+        """What the frames held now cost, each at its copy's level: at most `memory`."""
+        return self._held_bytes
+
+    @property
     def peak(self) -> int:
         """The most frames ever held at once."""
         return self._peak
+
+    @property
+    def peak_bytes(self) -> int:
+        """The most bytes of frames ever held at once."""
+        return self._peak_bytes
 
     @property
     def refused(self) -> int:
         """Takes answered False so far (the budget was spent)."""
         return self._refused
 
-    def use_level(self, level: int) -> None:
-        """Count frames at `level`'s cost from now on. Frames already held stay held (a
-        reload that raises the level lets them go back with their copies; none is granted
-        until the held ones fit)."""
-        limit = self.memory // frame_bytes(level)
-        with self._lock:
-            self.level, self.limit = level, limit
+    def grants(self, level: int) -> int:
+        """How many frames copies at `level` alone would be granted."""
+        return self.memory // frame_bytes(level)
 
-    def take(self) -> bool:
-        """One more frame if one is free (True), else False at once: never waits."""
+    def take(self, level: int) -> bool:
+        """One more frame for a copy compressing at `level`, if its cost fits in what the
+        frames held leave of the budget (True), else False at once: never waits."""
+        cost = frame_bytes(level)
         with self._lock:
-            if self._held >= self.limit:
+            if self._held_bytes + cost > self.memory:
                 self._refused += 1
                 return False
             self._held += 1
+            self._held_bytes += cost
             self._peak = max(self._peak, self._held)
+            self._peak_bytes = max(self._peak_bytes, self._held_bytes)
             return True
 
-    def give_back(self, frames: int = 1) -> None:
-        """Return `frames` frames a copy took.
+    def give_back(self, frames: int, level: int, *, unwinding: BaseException | None = None) -> None:
+        """Return `frames` frames a copy at `level` took.
 
-        More than are held is a bug in the accounting: raised, unless an error is already on
-        its way out (a copy's `close` runs as its failure unwinds): then that error, the one
-        the operator can act on, must not be hidden, so the miscount is logged instead. Either
-        way nothing is given back: what is held may be other copies' frames."""
+        More than are held is a bug in the accounting: raised, unless the caller says its
+        copy's own error is unwinding (`unwinding`: a copy's `close` as its failure
+        propagates): then that error, the one the operator can act on, must not be hidden, so
+        the miscount is logged instead. Only the copy's own error counts: one merely being
+        handled around the call (`sys.exception()` inside an unrelated `except`) is not on
+        its way out, and the miscount is raised. Either way nothing is given back: what is
+        held may be other copies' frames."""
+        cost = frames * frame_bytes(level)
         with self._lock:
-            held = self._held
-            if 0 < frames <= held:
+            held, held_bytes = self._held, self._held_bytes
+            if 0 < frames <= held and cost <= held_bytes:
                 self._held -= frames
+                self._held_bytes -= cost
                 return
-        unwinding = sys.exception()
         if unwinding is None:
-            raise RuntimeError(f"giving back {frames} frames, {held} held")
+            raise RuntimeError(
+                f"giving back {frames} frames ({cost} bytes), {held} held ({held_bytes} bytes)"
+            )
         log.error(
             "frame_budget.miscounted",
             giving_back=frames,

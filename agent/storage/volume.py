@@ -433,8 +433,9 @@ def _compress_to(
         else:
             sized = _OneFrame(settings, writer, expect.size)
         source = cast(Generator[bytes], readahead.chunks(digests.read, expect.size))
-        # the reader thread and the frame workers are stopped and joined on any exit
-        with contextlib.closing(source), contextlib.closing(sized):
+        # the reader thread and the frame workers are stopped and joined on any exit (`sized`
+        # told whether its own error is unwinding: frame_budget.FrameBudget.give_back)
+        with contextlib.closing(source), sized:
             for chunk in source:
                 sized.write(chunk)
             size = digests.size
@@ -554,7 +555,10 @@ class _OneFrame:
     def end(self) -> None:
         self.writer.flush(zstandard.FLUSH_FRAME)
 
-    def close(self) -> None:
+    def __enter__(self) -> _OneFrame:
+        return self
+
+    def __exit__(self, *_: object) -> None:
         """Nothing to stop: zstd's workers end with the frame."""
 
 
@@ -643,7 +647,18 @@ class _ParallelFrames:
         while self.pending:
             self._write_oldest()
 
-    def close(self) -> None:
+    def __enter__(self) -> _ParallelFrames:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, _: object
+    ) -> None:
+        """`close`, told the copy's own error if one is unwinding out of the block."""
+        self.close(unwinding=error)
+
+    def close(self, unwinding: BaseException | None = None) -> None:
+        """Stop the workers and give every frame back. `unwinding`: the copy's own error, on
+        its way out; a miscount of the budget is then logged, not raised over it."""
         for future, _ in self.pending:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -653,7 +668,7 @@ class _ParallelFrames:
         self.stream = self._streamer = None
         if self.held:
             held, self.held = self.held, 0
-            self.budget.give_back(held)
+            self.budget.give_back(held, self.level, unwinding=unwinding)
 
     def _begin_frame(self) -> None:
         """The next frame: in a buffer of the budget's or of this copy's, else streaming."""
@@ -686,7 +701,7 @@ class _ParallelFrames:
         while True:
             if self.spare:
                 return self.spare.popleft()
-            if self.budget.take():
+            if self.budget.take(self.level):
                 self.held += 1
                 self._streamer = None  # its context is freed: this copy has frames now
                 return frame_buffer(FRAME_BYTES)

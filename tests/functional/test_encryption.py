@@ -96,7 +96,9 @@ def test_unencrypted_volume_is_warned_about_and_alerted(aws, backup_root):
     alerts: list[tuple[str, str]] = []
 
     with capture_logs() as logs:
-        result = check_at_startup(ec2, volume_id, backup_root, lambda s, d: alerts.append((s, d)))
+        result = check_at_startup(
+            lambda: ec2, volume_id, backup_root, lambda s, d: alerts.append((s, d))
+        )
 
     assert result is not None and result.encrypted is False
     assert [e["event"] for e in logs] == ["volume.unencrypted"]
@@ -110,7 +112,7 @@ def test_encrypted_volume_is_logged_and_not_alerted(aws, backup_root):
     alerts: list[tuple[str, str]] = []
 
     with capture_logs() as logs:
-        check_at_startup(ec2, volume_id, backup_root, lambda s, d: alerts.append((s, d)))
+        check_at_startup(lambda: ec2, volume_id, backup_root, lambda s, d: alerts.append((s, d)))
 
     assert [e["event"] for e in logs] == ["volume.encrypted"]
     assert alerts == []
@@ -118,7 +120,7 @@ def test_encrypted_volume_is_logged_and_not_alerted(aws, backup_root):
 
 def test_unknown_volume_is_reported_not_fatal(aws, backup_root):
     with capture_logs() as logs:
-        result = check_at_startup(aws.ec2(), "vol-0123456789abcdef0", backup_root)
+        result = check_at_startup(aws.ec2, "vol-0123456789abcdef0", backup_root)
     assert result is not None and result.encrypted is None
     assert [e["event"] for e in logs] == ["volume.encryption_unknown"]
 

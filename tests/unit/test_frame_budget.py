@@ -12,7 +12,7 @@ does) to check that those frames are the parallel path's, boundary for boundary.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import gc
 import io
 import mmap
@@ -20,6 +20,7 @@ import tempfile
 import threading
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 from structlog.testing import capture_logs
 
+from agent.config import Config
 from agent.errors import IntegrityError
 from agent.records import VersionRecord
 from agent.restore.copies import verified_chunks
@@ -111,13 +113,10 @@ def written(
     """`content` through `_ParallelFrames` into memory: the stored bytes and how many of its
     frames were streamed."""
     sink = io.BytesIO()
-    sized = volume_module._ParallelFrames(settings_, sink, len(content), budget)
-    try:
+    with volume_module._ParallelFrames(settings_, sink, len(content), budget) as sized:
         for part in chunks if chunks is not None else chunks_of(content, chunk):
             sized.write(part)
         sized.end()
-    finally:
-        sized.close()
     return sink.getvalue(), sized.streamed
 
 
@@ -199,19 +198,30 @@ def test_a_budget_needs_a_frame() -> None:
 
 def test_a_take_answers_at_once_yes_while_a_frame_is_free() -> None:
     budget = FrameBudget(2)
-    assert budget.take() and budget.take()
-    assert not budget.take() and not budget.take()  # at once, not after a wait
+    assert budget.take(3) and budget.take(3)
+    assert not budget.take(3) and not budget.take(3)  # at once, not after a wait
     assert (budget.held, budget.peak, budget.refused) == (2, 2, 2)
-    budget.give_back(2)
-    assert budget.held == 0 and budget.take() and budget.peak == 2
+    assert budget.held_bytes == budget.peak_bytes == 2 * frame_bytes(3) == budget.memory
+    budget.give_back(2, 3)
+    assert budget.held == budget.held_bytes == 0 and budget.take(3) and budget.peak == 2
 
 
 def test_giving_back_more_than_was_taken_is_a_bug_not_a_bigger_budget() -> None:
     budget = FrameBudget(2)
-    budget.take()
-    with pytest.raises(RuntimeError, match="giving back 2 frames, 1 held"):
-        budget.give_back(2)
+    budget.take(3)
+    with pytest.raises(RuntimeError, match=r"giving back 2 frames \(\d+ bytes\), 1 held"):
+        budget.give_back(2, 3)
     assert budget.held == 1
+
+
+def test_giving_back_a_frame_at_a_costlier_level_than_it_was_taken_is_a_bug_too() -> None:
+    """The bytes are checked as well as the count: a frame taken at 3 and given back at 19
+    would free more than it held, and the budget would then grant too much."""
+    budget = FrameBudget(2)
+    budget.take(3)
+    with pytest.raises(RuntimeError, match="giving back 1 frames"):
+        budget.give_back(1, 19)
+    assert (budget.held, budget.held_bytes) == (1, frame_bytes(3))
 
 
 def test_a_copy_failing_with_the_accounting_wrong_raises_its_own_error() -> None:
@@ -220,9 +230,9 @@ def test_a_copy_failing_with_the_accounting_wrong_raises_its_own_error() -> None
     budget = FrameBudget(2)
     sized = volume_module._ParallelFrames(PARALLEL, io.BytesIO(), 3 * FRAME, budget)
     sized.write(data_of(FRAME // 2))  # a frame taken, being filled
-    budget.give_back(1)  # a bug elsewhere gives it back behind the copy's back
+    budget.give_back(1, 3)  # a bug elsewhere gives it back behind the copy's back
     raising = pytest.raises(IntegrityError, match="the copy's own")
-    with capture_logs() as logs, raising, contextlib.closing(sized):  # closed as it unwinds
+    with capture_logs() as logs, raising, sized:  # closed as its own error unwinds
         raise IntegrityError("the copy's own")
     (logged,) = [line for line in logs if line["event"] == "frame_budget.miscounted"]
     assert logged["log_level"] == "error" and logged["giving_back"] == 1
@@ -230,12 +240,66 @@ def test_a_copy_failing_with_the_accounting_wrong_raises_its_own_error() -> None
     assert budget.held == 0
 
 
+def test_a_write_copy_failing_with_the_accounting_wrong_raises_the_downloads_error(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same through `Volume.write_copy`: the download's error is what the caller sees
+    (the copy's frames are closed with it as the error unwinding)."""
+    budget = budget_of(monkeypatch, 2)
+    data = data_of(4 * FRAME)
+
+    def failing() -> Iterator[bytes]:
+        yield from chunks_of(data[: FRAME // 2])
+        # read in the copy's thread (below readahead.THREAD_FROM_BYTES): its first chunk
+        # is written, so its frame is taken, before this line runs
+        assert budget.held == 1
+        budget.give_back(1, 3)  # a bug elsewhere gives this copy's frame back
+        raise ConnectionResetError("peer went away")
+
+    with capture_logs() as logs, pytest.raises(ConnectionResetError):
+        volume.write_copy(failing(), PARALLEL, Expectation(size=len(data)))
+    (logged,) = [line for line in logs if line["event"] == "frame_budget.miscounted"]
+    assert "peer went away" in logged["while_raising"] and budget.held == 0
+
+
+def test_an_unrelated_error_being_handled_around_the_close_does_not_hide_a_miscount() -> None:
+    """A copy closed inside an `except` block of its caller (an error already handled, not
+    the copy's own failure) still raises the miscount: only the copy's own error unwinding
+    through it turns the raise into a log line."""
+    budget = FrameBudget(2)
+    sized = volume_module._ParallelFrames(PARALLEL, io.BytesIO(), 3 * FRAME, budget)
+    sized.write(data_of(FRAME // 2))
+    budget.give_back(1, 3)
+    try:
+        raise KeyError("handled by the caller, nothing to do with the copy")
+    except KeyError:
+        with capture_logs() as logs, pytest.raises(RuntimeError, match="giving back 1 frames"):
+            sized.close()
+    assert [line for line in logs if line["event"] == "frame_budget.miscounted"] == []
+
+
+def test_the_budget_raises_a_miscount_inside_a_handler_unless_told_an_error_unwinds() -> None:
+    budget = FrameBudget(2)
+    try:
+        raise OSError("unrelated, handled")
+    except OSError:
+        with pytest.raises(RuntimeError, match="giving back 1 frames"):
+            budget.give_back(1, 3)
+        with capture_logs() as logs:
+            budget.give_back(1, 3, unwinding=IntegrityError("the copy's own"))
+    (logged,) = logs
+    assert (
+        logged["event"] == "frame_budget.miscounted" and "the copy's own" in logged["while_raising"]
+    )
+    assert budget.held == 0
+
+
 def test_with_no_error_on_the_way_a_miscount_still_raises() -> None:
     budget = FrameBudget(2)
     sized = volume_module._ParallelFrames(PARALLEL, io.BytesIO(), 3 * FRAME, budget)
     sized.write(data_of(FRAME // 2))
-    budget.give_back(1)
-    with pytest.raises(RuntimeError, match="giving back 1 frames, 0 held"):
+    budget.give_back(1, 3)
+    with pytest.raises(RuntimeError, match=r"giving back 1 frames \(\d+ bytes\), 0 held"):
         sized.close()
 
 
@@ -276,9 +340,8 @@ def test_at_a_costlier_level_the_same_bytes_grant_fewer_frames(
     low, high = context_mib
     assert low * MIB <= context_bytes(level) <= high * MIB
     budget = FrameBudget(3)
-    budget.use_level(level)
-    assert sum(budget.take() for _ in range(5)) == granted
-    assert budget.held * frame_bytes(level) <= budget.memory
+    assert sum(budget.take(level) for _ in range(5)) == granted == budget.grants(level)
+    assert budget.held * frame_bytes(level) == budget.held_bytes <= budget.memory
 
 
 @given(frames=st.integers(1, 64), level=st.integers(1, 22))
@@ -286,32 +349,39 @@ def test_at_a_costlier_level_the_same_bytes_grant_fewer_frames(
 def test_the_frames_granted_at_any_level_fit_in_the_bytes_of_the_budget(
     frames: int, level: int
 ) -> None:
-    budget = FrameBudget(frames, level=level)
-    while budget.take():
+    budget = FrameBudget(frames)
+    while budget.take(level):
         pass
     assert (
         budget.held * frame_bytes(level) <= budget.memory < (budget.held + 1) * frame_bytes(level)
     )
-    assert FrameBudget(frames).limit == frames  # at the base level, `frames` frames
+    assert budget.held == budget.grants(level)
+    assert FrameBudget(frames).grants(frame_budget.BASE_LEVEL) == frames  # `frames` at level 3
 
 
-def test_with_no_frame_affordable_at_the_level_every_frame_streams() -> None:
-    budget = FrameBudget(3, level=19)
+def test_with_no_frame_affordable_at_the_copys_level_every_frame_streams() -> None:
+    budget = FrameBudget(3)
     content = data_of(3 * FRAME + 11)
-    stored, streamed = written(content, budget, settings_=CompressionSettings(level=1, threads=2))
+    stored, streamed = written(content, budget, settings_=CompressionSettings(level=19, threads=2))
     assert decompressed(stored) == content
     assert frames_in(stored) == expected_frames(len(content)) and streamed == 4
     assert budget.peak == 0 and budget.refused == 4
 
 
-def test_the_wiring_sets_the_configured_level_on_the_process_budget(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
-    budget = FrameBudget(3)
-    monkeypatch.setattr(wiring, "FRAME_BUDGET", budget)
+def test_copies_at_two_levels_share_the_bytes_each_frame_priced_at_its_copys_level() -> None:
+    """A level-19 frame (~122 MiB) fits in 6 frames' bytes (~214 MiB) with two level-3 frames
+    beside it, not three; given back, it leaves room for six level-3 frames."""
+    budget = FrameBudget(6)
+    assert budget.take(19)
+    assert budget.take(3) and budget.take(3) and not budget.take(3)
+    assert budget.held_bytes == frame_bytes(19) + 2 * frame_bytes(3) <= budget.memory
+    budget.give_back(1, 19)
+    assert sum(budget.take(3) for _ in range(10)) == 4 and budget.held == 6
+
+
+def test_the_wiring_gives_the_copies_the_configured_level(tmp_path: Any) -> None:
     config = make_config(tmp_path, storage={"root": str(tmp_path), "compression_level": 9})
     assert wiring.compression_settings(config).level == 9
-    assert (budget.level, budget.limit) == (9, 2)
 
 
 def test_the_default_budget_lets_one_copy_hold_what_it_held_before() -> None:
@@ -429,7 +499,7 @@ def test_a_copy_with_the_budget_spent_is_stored_and_restored_byte_for_byte(
     parallel (frames.decompress_copy), byte for byte; same frames (sizes, checksums, windows) as
     a copy with frames free, at the default level and at a high one."""
     budget = budget_of(monkeypatch, 2)
-    assert budget.take() and budget.take()  # held by copies not shown here
+    assert budget.take(3) and budget.take(3)  # held by copies not shown here
     settings_ = CompressionSettings(level=level, threads=2)
     data = data_of(6 * FRAME + 123, seed=5)
     copy = volume.write_copy(chunks_of(data, 3 * FRAME + 1), settings_, Expectation(len(data)))
@@ -454,8 +524,10 @@ def test_a_copy_with_the_budget_spent_is_stored_and_restored_byte_for_byte(
     assert parallel_frames == [FRAME] * 6 + [123] and serial_reads == []
     stored = volume.copy_path(copy.sha256).read_bytes()
     assert frames_in(stored) == expected_frames(len(data))
-    budget.give_back(2)
-    reference, streamed = written(data, budget, settings_=settings_)
+    budget.give_back(2, 3)
+    # the reference with frames free at its level (a level-19 frame costs more than the
+    # 2 frames' bytes of `budget`)
+    reference, streamed = written(data, FrameBudget(1000), settings_=settings_)
     assert streamed == 0 and frames_in(reference) == frames_in(stored)
     assert windows(reference) == windows(stored)
     assert live_frames.live == 0 and not frame_threads()
@@ -468,12 +540,12 @@ def test_a_streaming_copy_takes_a_frame_at_the_next_boundary_once_one_is_free(
     by (streamed); it is given back mid-frame: the copy finishes that frame streaming,
     takes the frame at the next boundary and compresses the rest in parallel, in order."""
     budget = FrameBudget(1)
-    assert budget.take()
+    assert budget.take(3)
     data = data_of(6 * FRAME + 77, seed=3)
 
     def chunks() -> Iterator[bytes]:
         yield from chunks_of(data[: FRAME + FRAME // 2])
-        budget.give_back()  # the other copy ends
+        budget.give_back(1, 3)  # the other copy ends
         yield from chunks_of(data[FRAME + FRAME // 2 :])
 
     stored, streamed = written(data, budget, chunks=chunks())
@@ -488,7 +560,7 @@ def test_a_copy_ending_inside_a_streamed_frame_is_an_integrity_error() -> None:
     """A streamed frame pledged its size: a copy cannot end short of it (_compress_to checks
     the size first; this is the frames' own guard)."""
     budget = FrameBudget(1)
-    assert budget.take()
+    assert budget.take(3)
     sized = volume_module._ParallelFrames(PARALLEL, io.BytesIO(), 3 * FRAME, budget)
     try:
         sized.write(data_of(FRAME + 10))
@@ -560,7 +632,7 @@ def test_a_download_failing_inside_a_streamed_frame_leaves_nothing(
     volume: Volume, monkeypatch: pytest.MonkeyPatch, live_frames: LiveFrames
 ) -> None:
     budget = budget_of(monkeypatch, 1)
-    assert budget.take()  # held elsewhere: this copy streams
+    assert budget.take(3)  # held elsewhere: this copy streams
     data = data_of(8 * FRAME)
 
     def failing() -> Iterator[bytes]:
@@ -595,7 +667,7 @@ def test_any_budget_workers_and_copies_complete_within_the_bound(
     budget = FrameBudget(frames)
     elsewhere = min(elsewhere, frames)
     for _ in range(elsewhere):
-        assert budget.take()
+        assert budget.take(3)
     settings_ = CompressionSettings(level=1, threads=threads)
     contents = [data_of(size, seed=index) for index, size in enumerate(sizes)]
     copies = Copies()
@@ -608,7 +680,7 @@ def test_any_budget_workers_and_copies_complete_within_the_bound(
         assert frames_in(stored) == expected_frames(len(content))
         if elsewhere == frames:
             assert streamed == len(frames_in(stored))  # no frame free: every one streamed
-    assert budget.peak <= frames and budget.held == elsewhere
+    assert budget.peak_bytes <= budget.memory and budget.held == elsewhere
     assert not frame_threads()
 
 
@@ -628,59 +700,77 @@ def test_one_copy_alone_holds_at_most_its_workers_plus_one_frames_whatever_its_s
 
 
 class BudgetMachine(RuleBasedStateMachine):
-    """Copies taking and giving back frames in any order, against a model: a list of what
-    each copy holds. Every take answers at once (nobody waits): yes exactly when one more
-    frame at the level in use fits in the budget's bytes, whatever the copy holds; the level
-    changes at any time (a reload)."""
+    """Copies taking and giving back frames in any order, against a model: what each copy
+    holds and the level it started at. Every take answers at once (nobody waits): yes
+    exactly when one more frame at the copy's level fits in the budget's bytes beside what
+    all copies hold, each priced at its own copy's level. The configured level changes at
+    any time (a reload), between any copy's frames: copies started before keep theirs, so
+    their later frames are priced at the level they compress at, not at the new one."""
 
     def __init__(self) -> None:
         super().__init__()
         self.frames = 3
         self.budget = FrameBudget(self.frames)
-        self.level = frame_budget.BASE_LEVEL
+        self.configured = frame_budget.BASE_LEVEL
         self.holding: list[int] = []
+        self.levels: list[int] = []
         self.refused = 0
 
     copies = Bundle("copies")
 
+    def held_bytes(self) -> int:
+        return sum(h * frame_bytes(lv) for h, lv in zip(self.holding, self.levels, strict=True))
+
     @rule(target=copies)
     def start_a_copy(self) -> int:
+        """A copy compresses at the level configured when it starts, to its end."""
         self.holding.append(0)
+        self.levels.append(self.configured)
         return len(self.holding) - 1
 
     @rule(copy=copies)
     def take(self, copy: int) -> None:
-        free = (sum(self.holding) + 1) * frame_bytes(self.level) <= self.budget.memory
-        assert self.budget.take() is free
+        level = self.levels[copy]
+        free = self.held_bytes() + frame_bytes(level) <= self.budget.memory
+        assert self.budget.take(level) is free
         self.holding[copy] += free
         self.refused += not free
-        if free:  # the frames held, priced at this level, fit in the budget's bytes
-            assert self.budget.held * frame_bytes(self.level) <= self.budget.memory
 
     @rule(copy=copies, data=st.data())
     def give_back(self, copy: int, data: st.DataObject) -> None:
         if self.holding[copy]:
             frames = data.draw(st.integers(1, self.holding[copy]))
-            self.budget.give_back(frames)
+            self.budget.give_back(frames, self.levels[copy])
             self.holding[copy] -= frames
 
     @rule(level=st.sampled_from([1, 3, 6, 9, 12, 19]))
-    def configure_a_level(self, level: int) -> None:
-        """A reload: frames held stay held, new ones are priced at the new level."""
-        self.budget.use_level(level)
-        self.level = level
+    def reload_to_a_level(self, level: int) -> None:
+        """Frames held stay held; copies in flight keep their level; new copies get this one
+        (compression_settings, as the daemon's reload calls it)."""
+        assert wiring.compression_settings(config_at(level)).level == level
+        self.configured = level
 
     @rule(copy=copies)
     def end_a_copy(self, copy: int) -> None:
         """However it ends, a copy gives back every frame it holds."""
         if self.holding[copy]:
-            self.budget.give_back(self.holding[copy])
+            self.budget.give_back(self.holding[copy], self.levels[copy])
             self.holding[copy] = 0
 
     @invariant()
-    def held_is_what_the_copies_hold_and_never_more_than_the_budget(self) -> None:
-        assert self.budget.held == sum(self.holding) <= self.frames
-        assert self.budget.peak <= self.frames and self.budget.refused == self.refused
+    def what_is_held_is_what_the_copies_hold_priced_at_their_levels_within_the_bytes(
+        self,
+    ) -> None:
+        assert self.budget.held == sum(self.holding)
+        assert self.budget.held_bytes == self.held_bytes() <= self.budget.memory
+        assert self.budget.peak_bytes <= self.budget.memory
+        assert self.budget.refused == self.refused
+
+
+@functools.cache
+def config_at(level: int) -> Config:
+    root = Path(tempfile.mkdtemp(prefix="frame-budget-config-"))  # never written to
+    return make_config(root, storage={"root": str(root), "compression_level": level})
 
 
 TestBudgetMachine = BudgetMachine.TestCase

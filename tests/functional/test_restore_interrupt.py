@@ -1,0 +1,130 @@
+"""Ctrl-C twice during `backup-restore restore`: what the CLI says about temp files is true.
+
+Ctrl-C is pressed the way test_restore.py's `first_interrupt_sets` test presses it
+(`signal.raise_signal(SIGINT)` in the CLI's own thread, its handler installed): the first
+sets the stop flag, the second raises KeyboardInterrupt where the restore is. Pressed here
+from inside the commit of a batch (DirectoryTarget._name, once a file is named), and from
+inside the cleanup itself (a third press while temp files are removed). Runs the CLI
+in-process against in-process moto, files in tmp_path.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cli.restore import main
+from agent.restore.targets import DirectoryTarget
+from tests.support.backed_up import BackedUp, write_config
+
+FILES = {f"docs/f{index:02}.txt": b"content %d\n" % index for index in range(8)}
+CtrlC = Callable[..., Any]
+
+
+@pytest.fixture
+def backups(aws: Any, volume: Any) -> BackedUp:
+    backed_up = BackedUp(aws, volume)
+    for key, body in FILES.items():
+        backed_up.put(key, body)
+    return backed_up
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, backup_root: Path) -> Path:
+    return write_config(tmp_path / "config.yaml", backup_root)
+
+
+def restore_into(config_path: Path, out: Path) -> tuple[int, str]:
+    stdout, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["restore", "--config", str(config_path), "--all", "--to", str(out)], out=stdout, err=err
+    )
+    return code, err.getvalue()
+
+
+def temp_files(directory: Path) -> list[str]:
+    return sorted(
+        os.path.relpath(os.path.join(d, f), directory)
+        for d, _dirs, files in os.walk(directory)
+        for f in files
+        if f.startswith(".restore-") and f.endswith(".part")
+    )
+
+
+def ctrl_c_twice() -> None:
+    signal.raise_signal(signal.SIGINT)  # stop after the files in progress
+    signal.raise_signal(signal.SIGINT)  # abort: KeyboardInterrupt raised here
+
+
+def test_a_second_ctrl_c_during_a_commit_leaves_no_temp_file_and_says_so(
+    backups: BackedUp, config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's first two files are named, the abort comes before the third: its temp
+    file and the five after it are removed (before, those five stayed as .part files while
+    the CLI said the rest were cleaned up)."""
+    real = DirectoryTarget._name
+    named: list[str] = []
+
+    def name_then_abort(self: DirectoryTarget, parent: int, one: Any) -> Any:
+        if len(named) == 2:
+            ctrl_c_twice()
+        named.append(one.temp)
+        return real(self, parent, one)
+
+    monkeypatch.setattr(DirectoryTarget, "_name", name_then_abort)
+    out = tmp_path / "out"
+
+    code, err = restore_into(config_path, out)
+
+    assert code == 130, err
+    assert len(named) == 2 and temp_files(out) == []
+    assert sorted(p.name for p in (out / "docs").iterdir()) == ["f00.txt", "f01.txt"]
+    assert "the rest were not started or were cleaned up" in err
+
+
+def test_when_the_cleanup_is_interrupted_too_the_cli_names_what_was_left_and_the_next_run_sweeps_it(
+    backups: BackedUp, config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A third Ctrl-C while the temp files are removed: some stay. The CLI says which (it
+    looks after the cleanup), not that they were cleaned up; the next restore into the same
+    directory removes them and completes the restore."""
+    real_name = DirectoryTarget._name
+    real_discard = DirectoryTarget.discard
+    calls = {"name": 0}
+
+    def name_then_abort(self: DirectoryTarget, parent: int, one: Any) -> Any:
+        calls["name"] += 1
+        if calls["name"] == 3:
+            ctrl_c_twice()
+        return real_name(self, parent, one)
+
+    def interrupted_discard(self: DirectoryTarget, staged: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # a third Ctrl-C: the stop flag is set, it raises
+
+    monkeypatch.setattr(DirectoryTarget, "_name", name_then_abort)
+    monkeypatch.setattr(DirectoryTarget, "discard", interrupted_discard)
+    out = tmp_path / "out"
+
+    code, err = restore_into(config_path, out)
+
+    left = temp_files(out)
+    assert code == 130, err
+    assert len(left) == 6  # the six files of the batch not named yet
+    assert "cleaned up" not in err
+    assert f"{len(left)} temp files were left: " in err and "and 3 more" in err
+    assert str(out / left[0]) in err
+    assert f"the next restore into {out} removes them" in err
+
+    monkeypatch.setattr(DirectoryTarget, "_name", real_name)
+    monkeypatch.setattr(DirectoryTarget, "discard", real_discard)
+    code, err = restore_into(config_path, out)
+
+    assert code == 0, err
+    assert temp_files(out) == []
+    assert {f"docs/{p.name}": p.read_bytes() for p in (out / "docs").iterdir()} == FILES
