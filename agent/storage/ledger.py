@@ -783,14 +783,37 @@ class Ledger:
         """LATEST of every key under `prefix`, in key order (one Query per page of each
         partition of the key index, merged: agent/storage/key_index.py); with `after`,
         only the keys sorting after it (the next page of a listing)."""
-        streams = [
-            self._query(IndexName=KEY_INDEX, **key_index.key_condition(value, prefix, after))
-            for value in key_index.partitions(bucket)
-        ]
-        for item in key_index.merged(streams, prefix):
-            latest = self._latest_of(item, bucket)
-            if latest is not None:
-                yield latest
+
+        def read_page(value: str, start: dict[str, Any] | None) -> key_index.Page:
+            return self._index_page(key_index.key_condition(value, prefix, after), start)
+
+        listing = key_index.listing(read_page, key_index.partitions(bucket), prefix)
+        with contextlib.closing(listing):  # closed with this generator: no thread outlives it
+            for item in listing:
+                latest = self._latest_of(item, bucket)
+                if latest is not None:
+                    yield latest
+
+    def _index_page(
+        self, condition: dict[str, Any], start: dict[str, Any] | None
+    ) -> key_index.Page:
+        """One Query of the key index (a pool thread of `key_index.listing` calls it): the
+        page's items and its LastEvaluatedKey. Errors are classified as `_query`'s, and a
+        LastEvaluatedKey equal to the page's start is refused as boto3's paginator does."""
+        request: dict[str, Any] = {"TableName": self.table, "IndexName": KEY_INDEX, **condition}
+        if start is not None:
+            request["ExclusiveStartKey"] = start
+        try:
+            response = self._db.query(**request)
+            last: dict[str, Any] | None = response.get("LastEvaluatedKey")
+            if last is not None and last == start:
+                raise botocore.exceptions.PaginationError(
+                    message=f"The same next token was received twice: {last}"
+                )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, "DynamoDB Query") from exc
+        items: list[dict[str, Any]] = response.get("Items", [])
+        return items, last
 
     def migrate_key_index(self, bucket: str) -> int:
         """Move every LATEST of `bucket` an older release indexed under the bucket name
