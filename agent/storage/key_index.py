@@ -47,7 +47,7 @@ import itertools
 import zlib
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 SHARDS = 16
 SEPARATOR = "#"
@@ -62,9 +62,11 @@ THREADS = 8
 Item = dict[str, Any]
 # One Query's `Items` and `LastEvaluatedKey` (None: the partition's last page).
 Page = tuple[list[Item], Item | None]
+T = TypeVar("T")
 # Reads one page of a partition: (the partition's `gsi_bucket` value, ExclusiveStartKey or
-# None for its first page) -> the page. Called from the pool's threads.
-ReadPage = Callable[[str, Item | None], Page]
+# None for its first page) -> its items (or what is made of each) and LastEvaluatedKey.
+# Called from the pool's threads.
+ReadPage = Callable[[str, Item | None], tuple[list[T], Item | None]]
 
 
 def shard_of(key: str) -> int:
@@ -122,48 +124,58 @@ def merged(streams: Iterable[Iterator[Item]], prefix: str) -> Iterator[Item]:
 
     Python compares `str` by code point, DynamoDB sorts a string range key by its UTF-8
     bytes: the same order for every string UTF-8 can encode."""
-    inside = (
-        itertools.takewhile(lambda item: item_key(item).startswith(prefix), s) for s in streams
-    )
+    return _merged(streams, prefix, item_key)
+
+
+def _merged(streams: Iterable[Iterator[T]], prefix: str, key: Callable[[T], str]) -> Iterator[T]:
+    """`merged` of streams of anything that carries an item (`key` reads its `gsi_key`)."""
+    inside = (itertools.takewhile(lambda e: key(e).startswith(prefix), s) for s in streams)
     last: str | None = None
-    for item in heapq.merge(*inside, key=item_key):
-        key = item_key(item)
-        if key != last:
-            last = key
-            yield item
+    for element in heapq.merge(*inside, key=key):
+        current = key(element)
+        if current != last:
+            last = current
+            yield element
 
 
 def listing(
-    read_page: ReadPage, values: Sequence[str], prefix: str, threads: int = THREADS
-) -> Generator[Item, None, None]:
+    read_page: ReadPage[T],
+    values: Sequence[str],
+    prefix: str,
+    key: Callable[[T], str],
+    threads: int = THREADS,
+) -> Generator[T, None, None]:
     """`merged` over the partitions `values`, their pages read by `read_page` in a pool of
-    `threads` threads, one page ahead per partition (the module's docstring). The pool is
-    made at the first item asked for and joined when this generator ends, is closed, or
-    raises."""
+    `threads` threads, one page ahead per partition (the module's docstring). A page holds
+    items or anything made of them in the pool's thread (the ledger parses them there,
+    while the merge waits for the other partitions' first pages); `key` reads the
+    `gsi_key`. The pool is made at the first item asked for and joined when this generator
+    ends, is closed, or raises."""
     pool = ThreadPoolExecutor(max(1, min(threads, len(values))), thread_name_prefix="key-index")
     try:
         firsts = [pool.submit(read_page, value, None) for value in values]
         streams = [
-            _ahead(pool, read_page, value, first, prefix)
+            _ahead(pool, read_page, value, first, prefix, key)
             for value, first in zip(values, firsts, strict=True)
         ]
-        yield from merged(streams, prefix)
+        yield from _merged(streams, prefix, key)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _ahead(
     pool: ThreadPoolExecutor,
-    read_page: ReadPage,
+    read_page: ReadPage[T],
     value: str,
-    pending: Future[Page] | None,
+    pending: Future[tuple[list[T], Item | None]] | None,
     prefix: str,
-) -> Iterator[Item]:
+    key: Callable[[T], str],
+) -> Iterator[T]:
     """One partition's items: waits for its page in flight (raising the Query's error) and,
     before yielding the page's first item, asks for the next page unless this one was the
     last or ends past `prefix` (where `merged` stops the partition)."""
     while pending is not None:
-        items, start = pending.result()
-        past = bool(items) and not item_key(items[-1]).startswith(prefix)
+        elements, start = pending.result()
+        past = bool(elements) and not key(elements[-1]).startswith(prefix)
         pending = pool.submit(read_page, value, start) if start is not None and not past else None
-        yield from items
+        yield from elements

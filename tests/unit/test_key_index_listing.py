@@ -142,7 +142,7 @@ def test_the_listing_is_the_sequential_merge_and_asks_at_most_one_page_ahead(pai
     before = set(threading.enumerate())
 
     want, want_error = _taken(sequential(old, values, old.prefix), limit)
-    listing = key_index.listing(new.read_page, values, new.prefix, threads)
+    listing = key_index.listing(new.read_page, values, new.prefix, item_key, threads)
     got, error = _taken(listing, limit)
     listing.close()
 
@@ -174,7 +174,7 @@ def _wide_index(keys_per_partition: int, page_size: int) -> Index:
 
 def test_every_partitions_first_page_is_asked_for_before_the_first_item_and_one_more_at_most():
     index = _wide_index(20, 3)
-    listing = key_index.listing(index.read_page, partitions(BUCKET), "")
+    listing = key_index.listing(index.read_page, partitions(BUCKET), "", item_key)
     first = next(listing)
     listing.close()
     assert item_key(first) == "k/00000"
@@ -186,7 +186,7 @@ def test_every_partitions_first_page_is_asked_for_before_the_first_item_and_one_
 
 def test_the_pages_are_read_by_a_small_pool_not_the_consumers_thread():
     index = _wide_index(10, 2)
-    listing = key_index.listing(index.read_page, partitions(BUCKET), "", threads=3)
+    listing = key_index.listing(index.read_page, partitions(BUCKET), "", item_key, threads=3)
     assert [item_key(i) for i in listing] == sorted(
         item_key(i) for items in index.items.values() for i in items
     )
@@ -198,7 +198,7 @@ def test_the_pages_are_read_by_a_small_pool_not_the_consumers_thread():
 def test_a_consumer_that_stops_after_a_few_items_leaves_no_thread(how):
     index = _wide_index(20, 2)
     before = set(threading.enumerate())
-    listing = key_index.listing(index.read_page, partitions(BUCKET), "")
+    listing = key_index.listing(index.read_page, partitions(BUCKET), "", item_key)
     if how == "islice":  # `find --limit`: the listing is dropped with the islice
         taken = [item_key(i) for i in itertools.islice(listing, 5)]
         del listing
@@ -221,7 +221,7 @@ def test_a_listing_resumed_after_a_key_reads_no_partition_past_the_prefix():
         items.setdefault(key_index.partition(BUCKET, key), []).append(_item(key, "new"))
     old, new = Index(items, "b/", "b/100", 2), Index(items, "b/", "b/100", 2)
     want = list(sequential(old, partitions(BUCKET), "b/"))
-    got = list(key_index.listing(new.read_page, partitions(BUCKET), "b/"))
+    got = list(key_index.listing(new.read_page, partitions(BUCKET), "b/", item_key))
     assert [item_key(i) for i in got] == [f"b/{n:03}" for n in range(101, 200)]
     assert got == want
     assert new.pages() == old.pages()
@@ -235,7 +235,7 @@ def test_a_failing_query_reaches_the_consumer_where_the_merge_needs_its_page():
     want, want_error = _taken(sequential(reference, partitions(BUCKET), ""), None)
     before = set(threading.enumerate())
 
-    got, error = _taken(key_index.listing(index.read_page, partitions(BUCKET), ""), None)
+    got, error = _taken(key_index.listing(index.read_page, partitions(BUCKET), "", item_key), None)
 
     assert want_error == error == f"{failing} page 1"
     assert [item_key(i) for i in got] == [item_key(i) for i in want]

@@ -27,6 +27,7 @@ from agent import order
 from agent.errors import BackupAgentError, PermanentError, RetryableError
 from agent.records import VersionRecord
 from agent.storage import key_index
+from agent.storage import ledger as ledger_module
 from agent.storage.ledger import Ledger, table_definition
 from tests.support import key_index_reference
 from tests.support.aws_hooks import Fault, inject
@@ -230,3 +231,39 @@ def test_a_consumer_that_stops_after_a_few_records_leaves_no_thread(dynamodb, pa
     asked = Counter(condition for condition, _start in pages.take())
     assert len(asked) == key_index.SHARDS + 1
     assert max(asked.values()) == 2  # 3 items a page: the shards' second pages were asked for
+
+
+def test_the_items_are_parsed_in_the_pool_while_the_merge_waits(dynamodb, monkeypatch):
+    """parse_item (a third of the listing's CPU in the CLI) runs in the pool's threads, as
+    each page comes, not in the consumer's thread after the merge has every first page."""
+    ledger = build(dynamodb, KEYS)
+    parsed_in: set[str] = set()
+    real = ledger_module.parse_item
+
+    def spy(item: Any) -> Any:
+        parsed_in.add(threading.current_thread().name)
+        return real(item)
+
+    monkeypatch.setattr(ledger_module, "parse_item", spy)
+    assert [r.key for r in ledger.keys(BUCKET)] == KEYS
+    assert parsed_in and threading.current_thread().name not in parsed_in
+
+
+def test_a_rejection_is_counted_only_for_an_item_the_listing_yields(dynamodb):
+    """A malformed stale copy of a key in two partitions is parsed in the pool but skipped
+    by the merge, as the sequential listing never parsed it: no rejection. A malformed
+    LATEST the listing reaches is rejected and derived from the key's versions, as before."""
+    ledger = build(dynamodb, KEYS[:20])
+    index = {"gsi_bucket": {"S": BUCKET}, "gsi_key": {"S": "a/005"}}
+    stale = {"pk": {"S": f"{BUCKET}/a/005"}, "sk": {"S": "V#junk"}, **index}  # no fields
+    dynamodb.put_item(TableName=ledger.table, Item=stale)
+    listed = [(r.key, r.version_id) for r in ledger.keys(BUCKET)]
+    assert listed == [(r.key, r.version_id) for r in key_index_reference.keys(ledger, BUCKET)]
+    assert ("a/005", "v6") in listed
+    assert len(ledger.rejections) == 0
+
+    bad = {"pk": {"S": f"{BUCKET}/a/007"}, "sk": {"S": "LATEST"}, "size": {"S": "big"}}
+    item = dynamodb.get_item(TableName=ledger.table, Key={k: bad[k] for k in ("pk", "sk")})
+    dynamodb.put_item(TableName=ledger.table, Item={**item["Item"], **bad})
+    assert [(r.key, r.version_id) for r in ledger.keys(BUCKET)] == listed  # derived again
+    assert len(ledger.rejections) == 1
