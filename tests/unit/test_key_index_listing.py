@@ -7,8 +7,9 @@ got, the same error at the same place, and no thread left when it ends, stops or
 The partitions here are a fake of DynamoDB's Query of the `by-key` index (`Index`): the key
 condition of `key_index.key_condition`, pages of a few items with a `LastEvaluatedKey`, and,
 as DynamoDB may, a `LastEvaluatedKey` on a partition's last page followed by an empty page
-(docs: "If LastEvaluatedKey is not empty, it does not necessarily mean that there is more
-data in the result set"). The Ledger's own Query is tested against moto in
+("If LastEvaluatedKey is not empty, it does not necessarily mean that there is more data in
+the result set", https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/
+Query.Pagination.html). The Ledger's own Query is tested against moto in
 tests/unit/test_ledger_listing.py.
 """
 

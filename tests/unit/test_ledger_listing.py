@@ -6,7 +6,10 @@ Pages are made small by adding `Limit` to each Query through a botocore hook (as
 tests/functional/test_sharded_index.py does): DynamoDB then stops at `Limit` items and
 returns a `LastEvaluatedKey`, as it does at 1 MB. Errors are injected before the request
 (tests/support/aws_hooks.py), so botocore's own retries of throttling are not exercised
-here: what reaches the listing is the error left after them.
+here: what reaches the listing is the error left after them ("The AWS SDKs for DynamoDB
+automatically retry requests that receive this exception", https://docs.aws.amazon.com/
+botocore/latest/reference/services/dynamodb/client/exceptions/
+ProvisionedThroughputExceededException.html).
 """
 
 from __future__ import annotations
