@@ -22,10 +22,23 @@ value (``<bucket>``) is told apart by the missing ``#``.
 "Keys under a prefix" is one Query per partition (the SHARDS shards, then the unsharded
 partition an older release wrote, read while any item may remain in it: a Query that
 finds nothing is one request, the same as reading a marker to skip it), merged in key
-order (`merged`), lazily: a partition's next page is asked for only when the merge has
-used its last item, so a listing costs one Query per partition page. A key's LATEST is
-one item, so it is in one partition; while `unsharded` items are rewritten the index
-(eventually consistent) may briefly show it in two, and the merge yields it once.
+order (`merged`). A key's LATEST is one item, so it is in one partition; while
+`unsharded` items are rewritten the index (eventually consistent) may briefly show it in
+two, and the merge yields it once.
+
+The partitions are read concurrently (`listing`), one page ahead each: every partition's
+first page is asked for at once, and a partition's next page when the merge starts on its
+current one, by a pool of THREADS threads (which may also make something of each page's
+items: the ledger parses them there). So the 17 first pages cost a few round trips, not 17
+one after another, parsing overlaps the Queries, and memory stays bounded (at most two
+pages of 1 MB a partition: the one merged and the one ahead). A partition whose page ends
+past the prefix (a listing resumed with `after`) is not read further, so a whole listing
+asks for exactly the pages the sequential merge asked for: one Query per partition page
+(what DynamoDB bills). A Query's error (after botocore's own retries of throttling) is
+raised where the merge needs that page, as it was when pages were read one after another;
+and the pool is shut down, its threads joined, whenever the listing ends: used up, closed
+half-way (`find --limit`) or failed (a restore forks its worker processes only from a
+lone thread, agent/restore/workers.py `usable`).
 """
 
 from __future__ import annotations
@@ -33,15 +46,28 @@ from __future__ import annotations
 import heapq
 import itertools
 import zlib
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 SHARDS = 16
 SEPARATOR = "#"
 BUCKET_ATTRIBUTE = "gsi_bucket"
 KEY_ATTRIBUTE = "gsi_key"
 
+# Queries in flight at once: the 17 first pages in 3 round trips instead of 17, within
+# botocore's default pool of 10 connections (one left for the consumer's own reads; a
+# request beyond the pool opens a connection and drops it afterwards).
+THREADS = 8
+
 Item = dict[str, Any]
+# One Query's `Items` and `LastEvaluatedKey` (None: the partition's last page).
+Page = tuple[list[Item], Item | None]
+T = TypeVar("T")
+# Reads one page of a partition: (the partition's `gsi_bucket` value, ExclusiveStartKey or
+# None for its first page) -> its items (or what is made of each) and LastEvaluatedKey.
+# Called from the pool's threads.
+ReadPage = Callable[[str, Item | None], tuple[list[T], Item | None]]
 
 
 def shard_of(key: str) -> int:
@@ -99,12 +125,58 @@ def merged(streams: Iterable[Iterator[Item]], prefix: str) -> Iterator[Item]:
 
     Python compares `str` by code point, DynamoDB sorts a string range key by its UTF-8
     bytes: the same order for every string UTF-8 can encode."""
-    inside = (
-        itertools.takewhile(lambda item: item_key(item).startswith(prefix), s) for s in streams
-    )
+    return _merged(streams, prefix, item_key)
+
+
+def _merged(streams: Iterable[Iterator[T]], prefix: str, key: Callable[[T], str]) -> Iterator[T]:
+    """`merged` of streams of anything that carries an item (`key` reads its `gsi_key`)."""
+    inside = (itertools.takewhile(lambda e: key(e).startswith(prefix), s) for s in streams)
     last: str | None = None
-    for item in heapq.merge(*inside, key=item_key):
-        key = item_key(item)
-        if key != last:
-            last = key
-            yield item
+    for element in heapq.merge(*inside, key=key):
+        current = key(element)
+        if current != last:
+            last = current
+            yield element
+
+
+def listing(
+    read_page: ReadPage[T],
+    values: Sequence[str],
+    prefix: str,
+    key: Callable[[T], str],
+    threads: int = THREADS,
+) -> Generator[T, None, None]:
+    """`merged` over the partitions `values`, their pages read by `read_page` in a pool of
+    `threads` threads, one page ahead per partition (the module's docstring). A page holds
+    items or anything made of them in the pool's thread (the ledger parses them there,
+    while the merge waits for the other partitions' first pages); `key` reads the
+    `gsi_key`. The pool is made at the first item asked for and joined when this generator
+    ends, is closed, or raises."""
+    pool = ThreadPoolExecutor(max(1, min(threads, len(values))), thread_name_prefix="key-index")
+    try:
+        firsts = [pool.submit(read_page, value, None) for value in values]
+        streams = [
+            _ahead(pool, read_page, value, first, prefix, key)
+            for value, first in zip(values, firsts, strict=True)
+        ]
+        yield from _merged(streams, prefix, key)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ahead(
+    pool: ThreadPoolExecutor,
+    read_page: ReadPage[T],
+    value: str,
+    pending: Future[tuple[list[T], Item | None]] | None,
+    prefix: str,
+    key: Callable[[T], str],
+) -> Iterator[T]:
+    """One partition's items: waits for its page in flight (raising the Query's error) and,
+    before yielding the page's first item, asks for the next page unless this one was the
+    last or ends past `prefix` (where `merged` stops the partition)."""
+    while pending is not None:
+        elements, start = pending.result()
+        past = bool(elements) and not key(elements[-1]).startswith(prefix)
+        pending = pool.submit(read_page, value, start) if start is not None and not past else None
+        yield from elements

@@ -120,9 +120,11 @@ def _attributes(item: Any) -> dict[str, Any]:
     """An item's attributes as boto3's `TypeDeserializer` reads them, exactly: a value of
     one member S, N, BOOL or NULL (every attribute a record has but `holders`) is read
     here, without the deserializer's lookup of a method by name per attribute (a third of
-    `parse_item`, issue 19); anything else goes to the deserializer itself.
-    tests/unit/test_ledger_parse_item.py compares `parse_item` with its previous form
-    (tests/support/ledger_reference.py) on random and mutated items."""
+    `parse_item`, issue 19); so is an M of S members only (`metadata`), and a whole number
+    of at most 38 ASCII digits in `size` / `stored_size`, as the int the record takes from
+    the Decimal (the Decimal's context refuses no such number); anything else goes to the
+    deserializer itself. tests/unit/test_ledger_parse_item.py compares `parse_item` with
+    its previous form (tests/support/ledger_reference.py) on random and mutated items."""
     number = dynamodb_number()
     deserialize = dynamodb_deserializer().deserialize
     data: dict[str, Any] = {}
@@ -132,7 +134,11 @@ def _attributes(item: Any) -> dict[str, Any]:
                 data[name] = value["S"]
                 continue
             if "N" in value:
-                data[name] = number(value["N"])
+                text = value["N"]
+                if name in _WHOLE_NUMBERS and _is_digits(text):
+                    data[name] = int(text)
+                else:
+                    data[name] = number(text)
                 continue
             if "BOOL" in value:
                 data[name] = value["BOOL"]
@@ -140,8 +146,34 @@ def _attributes(item: Any) -> dict[str, Any]:
             if "NULL" in value:
                 data[name] = None
                 continue
+            if "M" in value:
+                strings = _strings_map(value["M"])
+                if strings is not None:
+                    data[name] = strings
+                    continue
         data[name] = deserialize(value)
     return data
+
+
+# Record fields the record holds as an int (`records._size`: a whole Decimal is int()'d).
+_WHOLE_NUMBERS = frozenset(("size", "stored_size"))
+
+
+def _is_digits(text: Any) -> bool:
+    """A whole number DynamoDB's Decimal context reads exactly (38 digits, exponent 0)."""
+    return text.__class__ is str and len(text) <= 38 and text.isascii() and text.isdigit()
+
+
+def _strings_map(members: Any) -> dict[str, Any] | None:
+    """An M whose members are each one S, as the deserializer reads it; None otherwise."""
+    if members.__class__ is not dict:
+        return None
+    strings: dict[str, Any] = {}
+    for key, member in members.items():
+        if member.__class__ is not dict or len(member) != 1 or "S" not in member:
+            return None
+        strings[key] = member["S"]
+    return strings
 
 
 def _holder_state(
@@ -783,14 +815,45 @@ class Ledger:
         """LATEST of every key under `prefix`, in key order (one Query per page of each
         partition of the key index, merged: agent/storage/key_index.py); with `after`,
         only the keys sorting after it (the next page of a listing)."""
-        streams = [
-            self._query(IndexName=KEY_INDEX, **key_index.key_condition(value, prefix, after))
-            for value in key_index.partitions(bucket)
-        ]
-        for item in key_index.merged(streams, prefix):
-            latest = self._latest_of(item, bucket)
-            if latest is not None:
-                yield latest
+
+        def read_page(value: str, start: dict[str, Any] | None) -> _ListedPage:
+            # parsed here, in the pool's thread, while the merge waits for other pages; a
+            # Rejection is counted only for an item the merge yields (`_latest_of`), and an
+            # item past the prefix (the merge stops there) is not parsed
+            items, last = self._index_page(key_index.key_condition(value, prefix, after), start)
+            inside = key_index.item_key
+            return [
+                (i, parse_item(i) if inside(i).startswith(prefix) else None) for i in items
+            ], last
+
+        values = key_index.partitions(bucket)
+        listing = key_index.listing(read_page, values, prefix, _listed_key)
+        with contextlib.closing(listing):  # closed with this generator: no thread outlives it
+            for item, parsed in listing:
+                latest = self._latest_of(item, bucket, parsed)
+                if latest is not None:
+                    yield latest
+
+    def _index_page(
+        self, condition: dict[str, Any], start: dict[str, Any] | None
+    ) -> key_index.Page:
+        """One Query of the key index (a pool thread of `key_index.listing` calls it): the
+        page's items and its LastEvaluatedKey. Errors are classified as `_query`'s, and a
+        LastEvaluatedKey equal to the page's start is refused as boto3's paginator does."""
+        request: dict[str, Any] = {"TableName": self.table, "IndexName": KEY_INDEX, **condition}
+        if start is not None:
+            request["ExclusiveStartKey"] = start
+        try:
+            response = self._db.query(**request)
+            last: dict[str, Any] | None = response.get("LastEvaluatedKey")
+            if last is not None and last == start:
+                raise botocore.exceptions.PaginationError(
+                    message=f"The same next token was received twice: {last}"
+                )
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+            raise classify(exc, "DynamoDB Query") from exc
+        items: list[dict[str, Any]] = response.get("Items", [])
+        return items, last
 
     def migrate_key_index(self, bucket: str) -> int:
         """Move every LATEST of `bucket` an older release indexed under the bucket name
@@ -816,11 +879,14 @@ class Ledger:
             log.info("ledger.key_index_migrated", bucket=bucket, moved=moved)
         return moved
 
-    def _latest_of(self, item: dict[str, Any], bucket: str) -> VersionRecord | None:
-        """A LATEST item as a record; one an older release wrote (another order) is
-        derived again from the key's records, without writing (migrate on read), and so is
-        one that does not parse (rejected), when its pk still names a key of `bucket`."""
-        latest = self._parsed(item)
+    def _latest_of(
+        self, item: dict[str, Any], bucket: str, parsed: VersionRecord | Rejection | None = None
+    ) -> VersionRecord | None:
+        """A LATEST item as a record (`parsed`: its `parse_item`, made already); one an
+        older release wrote (another order) is derived again from the key's records, without
+        writing (migrate on read), and so is one that does not parse (rejected), when its pk
+        still names a key of `bucket`."""
+        latest = self._parsed(item) if parsed is None else self._accepted(parsed)
         if latest is not None and _current_form(item):
             return latest
         if latest is None:
@@ -838,7 +904,9 @@ class Ledger:
 
     def _parsed(self, item: dict[str, Any]) -> VersionRecord | None:
         """The record of `item`, or None: then it is added to `rejections`."""
-        parsed = parse_item(item)
+        return self._accepted(parse_item(item))
+
+    def _accepted(self, parsed: VersionRecord | Rejection) -> VersionRecord | None:
         if isinstance(parsed, Rejection):
             self.rejections.add(parsed)
             return None
@@ -863,6 +931,15 @@ class Ledger:
                 yield from page.get("Items", [])
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
             raise classify(exc, "DynamoDB Query") from exc
+
+
+# An item of the key index and its `parse_item` (None: past the listing's prefix).
+_Listed = tuple[dict[str, Any], VersionRecord | Rejection | None]
+_ListedPage = tuple[list[_Listed], dict[str, Any] | None]
+
+
+def _listed_key(listed: _Listed) -> str:
+    return key_index.item_key(listed[0])
 
 
 class _Then(enum.Enum):

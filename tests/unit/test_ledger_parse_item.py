@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.aws import dynamodb_serializer
@@ -129,3 +129,58 @@ def test_a_well_formed_item_is_its_record_in_both():
     ours = parse_item({**KEYS, **SERIALIZED})
     assert ours == ledger_reference.parse_item({**KEYS, **SERIALIZED})
     assert ours.size == 4096 and ours.metadata == {"owner": "ops"}  # type: ignore[union-attr]
+
+
+# `size` / `stored_size` read as int from 38 ASCII digits at most, `metadata` read as a map
+# of S members: every edge of those fast paths (more digits than DynamoDB's context holds,
+# leading zeros, other digits, a sign, an exponent; members of other types, several or no
+# tags, S holding what is not a string), in the fields that take them and in the others.
+digits = st.one_of(
+    st.text(alphabet="0123456789", min_size=1, max_size=42),
+    st.builds(lambda zeros, n: "0" * zeros + str(n), st.integers(30, 45), st.integers(0, 10**9)),
+    st.sampled_from(["0", "00", "9" * 38, "1" * 38, "1" * 39, "٣", "²", "-1", "+1", "1e2", ""]),
+)
+members = st.one_of(
+    st.builds(lambda v: {"S": v}, st.one_of(texts, odd)),
+    st.builds(lambda v: {"N": v}, digits),
+    st.dictionaries(st.sampled_from(["S", "N", "s", "M"]), texts, max_size=2),
+    st.sampled_from([{"N": "1", "S": "x"}, {"S": "x", "N": "1"}, {"BOOL": True, "S": "x"}, {}]),
+    odd,
+)
+well_formed = st.builds(lambda v: {"S": v}, st.sampled_from(["ops", "", "a b"]))
+string_maps = st.dictionaries(
+    st.one_of(st.sampled_from(["owner", "x-amz", "team"]), texts),
+    st.one_of(well_formed, well_formed, members),
+    max_size=3,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@example("4096", "7", "key", {"owner": {"N": "1", "S": "x"}}, "tags")
+@example("1" * 39, "7", "key", {"owner": {"S": "x"}}, "tags")
+@example("0" * 40 + "5", "٣", "etag", {"owner": {"S": "x", "N": "1"}, "team": {"S": 5}}, "unknown")
+@given(
+    size=digits,
+    stored=st.one_of(digits, numbers),
+    other=st.sampled_from(["key", "etag", "volume_id", "unknown"]),
+    metadata=st.one_of(string_maps, odd),
+    elsewhere=st.sampled_from(["tags", "holders", "unknown", "content_type"]),
+)
+def test_whole_numbers_and_string_maps_agree_with_the_deserializer_form(
+    size, stored, other, metadata, elsewhere
+):
+    item = {
+        **KEYS,
+        **SERIALIZED,
+        "size": {"N": size},
+        "stored_size": {"N": stored},
+        "metadata": {"M": metadata},
+    }
+    for changed in (
+        item,
+        {**item, other: {"N": size}},
+        {**item, elsewhere: {"M": metadata}},
+    ):
+        ours, theirs = parse_item(changed), ledger_reference.parse_item(changed)
+        assert ours == theirs
+        assert type(ours) is type(theirs)
