@@ -45,8 +45,6 @@ import structlog
 from agent import history, order
 from agent.aws import (
     classify,
-    dynamodb_deserializer,
-    dynamodb_number,
     dynamodb_serializer,
     error_code,
 )
@@ -60,6 +58,7 @@ from agent.records import (
     validated,
 )
 from agent.storage import key_index
+from agent.storage.item_values import item_values
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -117,63 +116,14 @@ def parse_item(item: Any) -> VersionRecord | Rejection:
 
 
 def _attributes(item: Any) -> dict[str, Any]:
-    """An item's attributes as boto3's `TypeDeserializer` reads them, exactly: a value of
-    one member S, N, BOOL or NULL (every attribute a record has but `holders`) is read
-    here, without the deserializer's lookup of a method by name per attribute (a third of
-    `parse_item`, issue 19); so is an M of S members only (`metadata`), and a whole number
-    of at most 38 ASCII digits in `size` / `stored_size`, as the int the record takes from
-    the Decimal (the Decimal's context refuses no such number); anything else goes to the
-    deserializer itself. tests/unit/test_ledger_parse_item.py compares `parse_item` with
-    its previous form (tests/support/ledger_reference.py) on random and mutated items."""
-    number = dynamodb_number()
-    deserialize = dynamodb_deserializer().deserialize
-    data: dict[str, Any] = {}
-    for name, value in item.items():
-        if value.__class__ is dict and len(value) == 1:
-            if "S" in value:
-                data[name] = value["S"]
-                continue
-            if "N" in value:
-                text = value["N"]
-                if name in _WHOLE_NUMBERS and _is_digits(text):
-                    data[name] = int(text)
-                else:
-                    data[name] = number(text)
-                continue
-            if "BOOL" in value:
-                data[name] = value["BOOL"]
-                continue
-            if "NULL" in value:
-                data[name] = None
-                continue
-            if "M" in value:
-                strings = _strings_map(value["M"])
-                if strings is not None:
-                    data[name] = strings
-                    continue
-        data[name] = deserialize(value)
-    return data
+    """An item's attributes as boto3's `TypeDeserializer` reads them (item_values.py), with
+    `size` and `stored_size` as the int the record takes when they are whole numbers
+    (`records._size`: a whole Decimal is int()'d)."""
+    return item_values(item, _WHOLE_NUMBERS)
 
 
 # Record fields the record holds as an int (`records._size`: a whole Decimal is int()'d).
 _WHOLE_NUMBERS = frozenset(("size", "stored_size"))
-
-
-def _is_digits(text: Any) -> bool:
-    """A whole number DynamoDB's Decimal context reads exactly (38 digits, exponent 0)."""
-    return text.__class__ is str and len(text) <= 38 and text.isascii() and text.isdigit()
-
-
-def _strings_map(members: Any) -> dict[str, Any] | None:
-    """An M whose members are each one S, as the deserializer reads it; None otherwise."""
-    if members.__class__ is not dict:
-        return None
-    strings: dict[str, Any] = {}
-    for key, member in members.items():
-        if member.__class__ is not dict or len(member) != 1 or "S" not in member:
-            return None
-        strings[key] = member["S"]
-    return strings
 
 
 def _holder_state(
