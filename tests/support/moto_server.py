@@ -58,6 +58,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models import table as table_module
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.models.utilities import bytesize
 
 from tests.support import moto_dynamodb_fast, moto_sqs, patching
 
@@ -351,7 +352,32 @@ def _serialize_type_structure(
     _MOTO_JSON_STRUCTURE(self, serialized, value, shape, key)
 
 
+def _serialize_type_map(
+    self: BaseJSONSerializer, serialized: Any, value: Any, shape: Any, key: str
+) -> None:
+    """An item (a map of attribute values): each plain value written as it is, as
+    `_serialize_type_structure` writes it, without moto's `_serialize` dispatch per value."""
+    member = getattr(shape, "value", None)
+    if (
+        type(value) is not dict
+        or getattr(member, "type_name", None) != "structure"
+        or set(member.members) != _ATTRIBUTE_VALUE
+        or type(self)._serialize_type_structure is not _serialize_type_structure
+    ):
+        _MOTO_JSON_MAP(self, serialized, value, shape, key)
+        return
+    map_obj = self.MAP_TYPE()
+    self._default_serialize(serialized, map_obj, shape, key)
+    for sub_key, sub_value in value.items():
+        plain = _as_serialized(sub_value) if sub_key else None
+        if plain is None:
+            self._serialize(map_obj, sub_value, member, sub_key)
+        else:
+            self._default_serialize(map_obj, plain, member, sub_key)
+
+
 _MOTO_JSON_STRUCTURE = BaseJSONSerializer._serialize_type_structure
+_MOTO_JSON_MAP = BaseJSONSerializer._serialize_type_map
 
 # -- 4. A Query's (and Scan's) page: moto's copies made directly, each item sized once ------
 
@@ -430,9 +456,26 @@ def _item_size(self: Item) -> int:
     known = sizes.get(id(self))
     if known is not None and known[0] is self:
         return known[1]
-    size = _MOTO_ITEM_SIZE(self)
+    size = _size_of(self)
     sizes[id(self)] = (self, size)
     return size
+
+
+def _size_of(item: Item) -> int:
+    """moto's `Item.size()`, with `DynamoType.size()` made directly for S (its UTF-8 bytes)
+    and N (its characters), the types of nearly every attribute; the others ask moto."""
+    total = 0
+    for name, value in item.attrs.items():
+        total += bytesize(name)
+        if type(value) is DynamoType and type(value.value) is str:
+            if value.type == "S":
+                total += len(value.value.encode("utf-8"))
+                continue
+            if value.type == "N":
+                total += len(value.value)
+                continue
+        total += value.size()
+    return total
 
 
 @contextlib.contextmanager
@@ -504,6 +547,7 @@ def _patches() -> dict[tuple[type, str], Any]:
     patches[(Table, "scan")] = _scan
     patches[(Item, "size")] = _item_size
     patches[(BaseJSONSerializer, "_serialize_type_structure")] = _serialize_type_structure
+    patches[(BaseJSONSerializer, "_serialize_type_map")] = _serialize_type_map
     return patches
 
 
@@ -545,6 +589,7 @@ def uninstall() -> None:
     for name, method in _MOTO_TABLE.items():
         setattr(Table, name, method)
     BaseJSONSerializer._serialize_type_structure = _MOTO_JSON_STRUCTURE  # type: ignore[method-assign]
+    BaseJSONSerializer._serialize_type_map = _MOTO_JSON_MAP  # type: ignore[method-assign]
     Item.size = _MOTO_ITEM_SIZE  # type: ignore[method-assign]
     dynamodb_models.copy = _MOTO_COPY
     table_module.copy = _TABLE_COPY

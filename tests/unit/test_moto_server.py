@@ -134,6 +134,7 @@ def test_it_is_taken_out_again():
             BaseJSONSerializer._serialize_type_structure,
             Table.scan,
             Item.size,
+            BaseJSONSerializer._serialize_type_map,
             table.copy,
             responses.dynamo_to_dict,
         )
@@ -145,6 +146,7 @@ def test_it_is_taken_out_again():
                 False,  # transact_write_items: the undo, and counted as a write
                 False,  # put_item: counted as a write
                 True,  # query: a read
+                False,
                 False,
                 False,
                 False,
@@ -262,6 +264,7 @@ _SCALARS = st.one_of(
     st.builds(lambda v: {"NS": sorted(map(str, v))}, st.sets(st.integers(0, 99), min_size=1)),
     st.builds(lambda v: {"BS": sorted(v)}, st.sets(st.binary(min_size=1, max_size=3), min_size=1)),
 )
+_UNICODE = st.builds(lambda v: {"S": v}, st.text(st.characters(min_codepoint=128), max_size=4))
 _VALUES = st.recursive(
     _SCALARS,
     lambda inner: st.one_of(
@@ -809,8 +812,8 @@ def test_a_page_with_one_item_twice_has_one_copy_twice_as_deepcopy_makes_it():
 def test_each_result_is_sized_once_per_query(module_dynamodb, monkeypatch):
     table = _ledger_like(module_dynamodb, 40)
     sized: list[Any] = []
-    real = moto_server._MOTO_ITEM_SIZE
-    monkeypatch.setattr(moto_server, "_MOTO_ITEM_SIZE", lambda i: sized.append(i) or real(i))
+    real = moto_server._size_of
+    monkeypatch.setattr(moto_server, "_size_of", lambda i: sized.append(i) or real(i))
     with changed():
         every = module_dynamodb.query(**_by_key(table, 1))
         assert len(sized) == every["Count"] > 4  # moto asks twice per result
@@ -819,6 +822,20 @@ def test_each_result_is_sized_once_per_query(module_dynamodb, monkeypatch):
     assert sum(p["Count"] for p in pages) == every["Count"] and len(pages) > 1
     # a page's Limit is met at the next item, sized and left for the next page's Query
     assert len(sized) == every["Count"] + len(pages) - 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(attrs=st.dictionaries(st.text(min_size=1, max_size=4), _VALUES | _UNICODE, max_size=6))
+def test_an_item_is_sized_as_moto_sizes_it(attrs):
+    item = Item(DynamoType({"S": "h"}), None, attrs)
+
+    def sized(size: Any) -> Any:
+        try:
+            return size(item)
+        except UnicodeEncodeError as exc:  # a lone surrogate: moto cannot size it either
+            return repr(exc)
+
+    assert sized(moto_server._size_of) == sized(moto_server._MOTO_ITEM_SIZE)
 
 
 _TREES = st.recursive(
