@@ -4,6 +4,7 @@ raise the same cancellations; and it undoes only what the transaction touched.""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import random
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
+from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 
 from agent.storage.ledger import KEY_INDEX, table_definition
 from tests.support import moto_server
@@ -116,8 +118,9 @@ def test_a_cancelled_transaction_undoes_its_earlier_writes_and_nothing_else(dyna
 
 def test_it_is_taken_out_again():
     from moto.core.serialize import BaseJSONSerializer
-    from moto.dynamodb import models
-    from moto.dynamodb.models import DynamoDBBackend
+    from moto.dynamodb import models, responses
+    from moto.dynamodb.models import DynamoDBBackend, table
+    from moto.dynamodb.models.dynamo_type import Item
     from moto.dynamodb.models.table import Table
 
     def state() -> tuple[Any, ...]:
@@ -129,6 +132,11 @@ def test_it_is_taken_out_again():
             Table.query,
             Table.all_items,
             BaseJSONSerializer._serialize_type_structure,
+            Table.scan,
+            Item.size,
+            BaseJSONSerializer._serialize_type_map,
+            table.copy,
+            responses.dynamo_to_dict,
         )
 
     with as_released():
@@ -138,6 +146,11 @@ def test_it_is_taken_out_again():
                 False,  # transact_write_items: the undo, and counted as a write
                 False,  # put_item: counted as a write
                 True,  # query: a read
+                False,
+                False,
+                False,
+                False,
+                False,
                 False,
                 False,
                 False,
@@ -214,6 +227,14 @@ def _create(client: Any, schema: dict[str, Any]) -> str:
                 "KeySchema": [{"AttributeName": "g2", "KeyType": "HASH"}],
                 "Projection": {"ProjectionType": "KEYS_ONLY"},
             },
+            {  # gsi_hr's keys, some attributes: moto projects each item anew (Item.project)
+                "IndexName": "gsi_inc",
+                "KeySchema": [
+                    {"AttributeName": "g", "KeyType": "HASH"},
+                    {"AttributeName": "r", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "INCLUDE", "NonKeyAttributes": ["v", "x"]},
+            },
         ],
         **extra,
     )
@@ -243,6 +264,7 @@ _SCALARS = st.one_of(
     st.builds(lambda v: {"NS": sorted(map(str, v))}, st.sets(st.integers(0, 99), min_size=1)),
     st.builds(lambda v: {"BS": sorted(v)}, st.sets(st.binary(min_size=1, max_size=3), min_size=1)),
 )
+_UNICODE = st.builds(lambda v: {"S": v}, st.text(st.characters(min_codepoint=128), max_size=4))
 _VALUES = st.recursive(
     _SCALARS,
     lambda inner: st.one_of(
@@ -286,6 +308,7 @@ def _item(schema: dict[str, Any], choices: dict[str, Any]) -> dict[str, Any]:
         item["pad"] = {"S": "x" * choices["pad"]}
     if choices.get("x") is not None:
         item["x"] = choices["x"]
+        item["m"] = {"M": {"a": {"N": str(choices["v"] % 3)}, "b": choices["x"]}}
     return item
 
 
@@ -309,9 +332,20 @@ _WRITES = st.one_of(
     st.tuples(st.just("batch"), st.lists(_items(), min_size=1, max_size=4)),
 )
 
+# A FilterExpression (its values, besides :f), or "legacy": KeyConditions and QueryFilter
+# (moto's filter_kwargs path, which can put one item in a page twice).
+FILTERS: dict[str, tuple[str, dict[str, Any]] | None] = {
+    "none": None,
+    "v": ("v > :f", {}),
+    "x": ("attribute_exists(x) OR v < :f", {}),
+    "m.a": ("m.a = :a OR attribute_type(x, :t)", {":a": {"N": "1"}, ":t": {"S": "M"}}),
+    "legacy": None,
+}
+# Paths into x, any type, would meet moto's own failures: m is a map where present.
+PROJECTIONS = {"none": None, "some": "#h, v, x", "nested": "m.b, m.a, #p", "keys": "#h"}
 _QUERIES = st.fixed_dictionaries(
     {
-        "index": st.sampled_from([None, "gsi_hr", "gsi_h", "lsi"]),
+        "index": st.sampled_from([None, "gsi_hr", "gsi_h", "gsi_inc", "lsi"]),
         "hash": st.integers(0, 3),  # 3: no item has it (in the pools of 3)
         "range": st.one_of(
             st.none(),
@@ -323,8 +357,8 @@ _QUERIES = st.fixed_dictionaries(
         ),
         "forward": st.booleans(),
         "limit": st.one_of(st.none(), st.integers(1, 4)),
-        "filter": st.booleans(),
-        "projection": st.booleans(),
+        "filter": st.sampled_from(sorted(FILTERS)),
+        "projection": st.sampled_from(sorted(PROJECTIONS)),
         "count": st.booleans(),
     }
 )
@@ -383,6 +417,9 @@ def _write(client: Any, table: str, schema: dict[str, Any], op: tuple[Any, ...])
     return client.batch_write_item(RequestItems={table: requests})
 
 
+_LEGACY_OPS = {"=": "EQ", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE", "BETWEEN": "BETWEEN"}
+
+
 def _query(client: Any, table: str, schema: dict[str, Any], q: dict[str, Any]) -> list[Any]:
     """Every page of the Query, following LastEvaluatedKey."""
     index = q["index"]
@@ -391,47 +428,77 @@ def _query(client: Any, table: str, schema: dict[str, Any], q: dict[str, Any]) -
     hash_attr, range_attr = {
         None: ("h", "s" if schema["range"] else None),
         "gsi_hr": ("g", "r"),
+        "gsi_inc": ("g", "r"),
         "gsi_h": ("g2", None),
         "lsi": ("h", "l"),
     }[index]
     names = {"#h": hash_attr}
     values = {":h": _value(schema, hash_attr, q["hash"])}
     condition = "#h = :h"
+    legacy = {hash_attr: {"ComparisonOperator": "EQ", "AttributeValueList": [values[":h"]]}}
     if q["range"] and range_attr:
         op, low, high = q["range"]
         kind = schema[{"s": "range"}.get(range_attr, range_attr)]
         names["#r"] = range_attr
         values[":lo"] = _value(schema, range_attr, min(low, high))
+        legacy[range_attr] = {"ComparisonOperator": _LEGACY_OPS.get(op, "BEGINS_WITH")}
+        legacy[range_attr]["AttributeValueList"] = [values[":lo"]]
         if op == "BETWEEN":
             values[":hi"] = _value(schema, range_attr, max(low, high))
             condition += " AND #r BETWEEN :lo AND :hi"
+            legacy[range_attr]["AttributeValueList"].append(values[":hi"])
         elif op == "begins_with" and kind == "S":
             condition += " AND begins_with(#r, :lo)"
         elif op != "begins_with":
             condition += f" AND #r {op} :lo"
         else:
-            del values[":lo"]
-    request: dict[str, Any] = {
-        "TableName": table,
-        "KeyConditionExpression": condition,
-        "ScanIndexForward": q["forward"],
-    }
+            del values[":lo"], legacy[range_attr]
+    request: dict[str, Any] = {"TableName": table, "ScanIndexForward": q["forward"]}
     if index:
         request["IndexName"] = index
     if q["limit"]:
         request["Limit"] = q["limit"]
-    if q["filter"]:
-        request["FilterExpression"] = "v > :f"
-        values[":f"] = {"N": "4"}
     if q["count"]:
         request["Select"] = "COUNT"
-    elif q["projection"]:
-        request["ProjectionExpression"] = "#h, v, x"
-    request["ExpressionAttributeNames"] = names
-    request["ExpressionAttributeValues"] = values
+    if q["filter"] == "legacy":  # no expressions at all: DynamoDB refuses a mix
+        request["KeyConditions"] = legacy
+        request["QueryFilter"] = {
+            "v": {"ComparisonOperator": "GT", "AttributeValueList": [{"N": "4"}]}
+        }
+        return _pages(client.query, request)
+    request["KeyConditionExpression"] = condition
+    _expressions(request, names, values, q)
+    return _pages(client.query, request)
+
+
+def _expressions(
+    request: dict[str, Any], names: dict[str, str], values: dict[str, Any], q: dict[str, Any]
+) -> None:
+    """The request's FilterExpression and ProjectionExpression (q's), names and values."""
+    names = {**names, "#h": names.get("#h", "h"), "#p": "pad"}
+    filtered = FILTERS[q["filter"]]
+    if filtered:
+        request["FilterExpression"], more = filtered
+        values = {**values, ":f": {"N": "4"}, **more}
+    projection = PROJECTIONS[q["projection"]]
+    if projection and not q["count"]:
+        request["ProjectionExpression"] = projection
+    used = " ".join(str(request.get(k)) for k in ("KeyConditionExpression", *EXPRESSIONS))
+    names = {k: v for k, v in names.items() if k in used}  # DynamoDB refuses unused ones
+    values = {k: v for k, v in values.items() if k in used}
+    if names:
+        request["ExpressionAttributeNames"] = names
+    if values:
+        request["ExpressionAttributeValues"] = values
+
+
+EXPRESSIONS = ("FilterExpression", "ProjectionExpression")
+
+
+def _pages(call: Any, request: dict[str, Any]) -> list[Any]:
     pages = []
     for _ in range(60):
-        page = client.query(**request)
+        page = call(**request)
         page.pop("ResponseMetadata")
         pages.append(page)
         if "LastEvaluatedKey" not in page:
@@ -440,12 +507,41 @@ def _query(client: Any, table: str, schema: dict[str, Any], q: dict[str, Any]) -
     raise AssertionError("more than 60 pages")
 
 
+_SCANS = st.fixed_dictionaries(
+    {
+        "index": st.sampled_from([None, "gsi_hr", "gsi_h", "gsi_inc", "lsi"]),
+        "limit": st.one_of(st.none(), st.integers(1, 4)),
+        "filter": st.sampled_from(sorted(set(FILTERS) - {"legacy"})),
+        "projection": st.sampled_from(sorted(PROJECTIONS)),
+        "count": st.booleans(),
+        "segment": st.sampled_from([None, 0, 1]),  # of 2
+    }
+)
+
+
+def _scan(client: Any, table: str, schema: dict[str, Any], q: dict[str, Any]) -> list[Any]:
+    """Every page of the Scan (of an index, or the table), following LastEvaluatedKey."""
+    request: dict[str, Any] = {"TableName": table}
+    if q["index"] and (q["index"] != "lsi" or schema["range"]):
+        request["IndexName"] = q["index"]
+    if q["limit"]:
+        request["Limit"] = q["limit"]
+    if q["count"]:
+        request["Select"] = "COUNT"
+    if q["segment"] is not None:
+        request["Segment"], request["TotalSegments"] = q["segment"], 2
+    _expressions(request, {}, {}, q)
+    return _pages(client.scan, request)
+
+
 def _answer(run: Any, client: Any, table: str, schema: dict[str, Any], op: Any) -> str:
     """`run`'s answer, or error, as JSON with the table's name replaced."""
     try:
         answer = run(client, table, schema, op)
     except botocore.exceptions.ClientError as exc:
         answer = ("error", exc.response["Error"]["Code"], exc.response["Error"]["Message"])
+    except Exception as exc:  # moto's own failure (in process it reaches the caller as is)
+        answer = ("error", type(exc).__name__, str(exc))
     if isinstance(answer, dict):
         answer.pop("ResponseMetadata", None)
     return json.dumps(answer, sort_keys=True, default=repr).replace(f'"{table}"', '"TABLE"')
@@ -464,32 +560,46 @@ def module_dynamodb() -> Iterator[Any]:
 )
 @given(
     schema=_schemas(),
+    filled=st.lists(  # first: partitions with items in them, so most reads find some
+        st.tuples(st.just("write"), st.tuples(st.just("fill"), _items(), st.integers(2, 6))),
+        min_size=1,
+        max_size=4,
+    ),
     steps=st.lists(
-        st.one_of(st.tuples(st.just("write"), _WRITES), st.tuples(st.just("query"), _QUERIES)),
+        st.one_of(
+            st.tuples(st.just("write"), _WRITES),
+            st.tuples(st.just("query"), _QUERIES),
+            st.tuples(st.just("scan"), _SCANS),
+        ),
         min_size=5,
         max_size=30,
     ),
 )
-def test_every_query_is_answered_as_moto_answers_it(module_dynamodb, schema, steps):
+def test_every_query_and_scan_is_answered_as_moto_answers_it(
+    module_dynamodb, schema, filled, steps
+):
     with as_released():
         released = _create(module_dynamodb, schema)
     with changed():
         changed_table = _create(module_dynamodb, schema)
-    for kind, op in steps:
-        run = _write if kind == "write" else _query
+    for kind, op in filled + steps:
+        run = {"write": _write, "query": _query, "scan": _scan}[kind]
         with as_released():
             plain = _answer(run, module_dynamodb, released, schema, op)
         with changed():
             answer = _answer(run, module_dynamodb, changed_table, schema, op)
         assert answer == plain, (kind, op)
-        if kind == "query":
+        if kind != "write":
             pages = json.loads(plain)
             if pages[0] == "error":
-                event(f"query: {pages[1]}")
+                event(f"{kind}: {pages[1]}: {pages[2][:70]}")
             else:
-                event(f"query: {min(len(pages), 3)} pages, items: {pages[0]['Count'] > 0}")
+                items = sum(p["Count"] for p in pages)
+                event(f"{kind}: {min(len(pages), 3)} pages, items: {min(items, 3)}")
                 if not op["limit"] and len(pages) > 1:
-                    event("query: a page stopped at 1 MB")
+                    event(f"{kind}: a page stopped at 1 MB")
+                if any(p.get("Items") and p["Count"] < p["ScannedCount"] for p in pages):
+                    event(f"{kind}: the filter dropped items")
 
 
 def _ledger_like(client: Any, items: int) -> str:
@@ -577,3 +687,182 @@ def test_the_index_lookup_is_built_once_and_again_after_a_write(module_dynamodb,
         after = [module_dynamodb.query(**_by_key(table, s))["Count"] for s in range(3)]
     assert len(builds) == 2
     assert after == [first[0], first[1] - 1, first[2] + 1]  # p1 moved from b#1 to b#2 in place
+
+
+# -- 4. A page's copies, sizes and response --------------------------------------------------
+
+
+_STORED_KEY = {"pk": {"S": "p"}, "sk": {"S": "v"}}
+
+
+def _stored(client: Any) -> tuple[str, dict[str, Any]]:
+    """A table with one item of every kind of attribute value moto can change in place."""
+    client.create_table(**table_definition(name := f"ledger-{next(_tables)}"))
+    item = {
+        "pk": {"S": "p"},
+        "sk": {"S": "v"},
+        "gsi_bucket": {"S": "b#0"},
+        "gsi_key": {"S": "k"},
+        "s": {"S": "text"},
+        "n": {"N": "1"},
+        "b": {"B": b"bytes"},
+        "flag": {"BOOL": True},
+        "ss": {"SS": ["a"]},
+        "ns": {"NS": ["1"]},
+        "l": {"L": [{"S": "first"}, {"M": {"deep": {"N": "2"}}}]},
+        "m": {"M": {"k": {"S": "v"}, "inner": {"L": [{"N": "3"}]}}},
+    }
+    client.put_item(TableName=name, Item=item)
+    return name, item
+
+
+def _change_as_moto_writes_do(answer: Any) -> None:
+    """What moto's writes do to a stored item (parsing/executors.py, dynamo_type.py), done to
+    an answer: replace and delete attributes, change L, M and sets in place."""
+    attrs = answer.attrs
+    attrs["s"] = DynamoType({"S": "replaced"})
+    del attrs["n"]
+    attrs["ss"].value.append("added")  # ADD ss :v
+    attrs["ns"].value.remove("1")  # DELETE ns :v
+    attrs["l"].value[1]["deep"] = DynamoType({"N": "9"})  # SET l[1].deep = :v
+    attrs["l"].value.append(DynamoType({"S": "appended"}))  # SET l[5] = :v
+    attrs["m"]["k"] = DynamoType({"S": "changed"})  # SET m.k = :v
+    attrs["m"].value["inner"].value.pop()  # REMOVE m.inner[0]
+    del attrs["l"].value[0]  # REMOVE l[0]
+    answer.hash_key = DynamoType({"S": "other"})
+
+
+@pytest.mark.parametrize("moto", ["as released", "changed"])
+@pytest.mark.parametrize("read", ["table query", "index query", "scan", "index scan"])
+def test_a_caller_changing_an_answer_does_not_change_the_stored_item(module_dynamodb, moto, read):
+    # the reason moto copies a page: its answer is not the stored item
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    backend = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    table, item = _stored(module_dynamodb)
+    with as_released() if moto == "as released" else changed():
+        if read.endswith("query"):
+            index = KEY_INDEX if read == "index query" else None
+            hash_key = {"S": "b#0"} if index else {"S": "p"}
+            answers, _, _ = backend.query(
+                table,
+                hash_key,
+                None,
+                [],
+                None,
+                None,
+                True,
+                None,
+                index_name=index,
+                hash_key_conditions=[("gsi_bucket" if index else "pk", hash_key)],
+            )
+        else:
+            index = KEY_INDEX if read == "index scan" else None
+            answers, _, _ = backend.scan(
+                table, {}, None, None, None, {}, {}, index, False, None, (None, None)
+            )
+        assert len(answers) == 1
+        _change_as_moto_writes_do(answers[0])
+        stored = module_dynamodb.get_item(TableName=table, Key=_STORED_KEY)
+        again = module_dynamodb.query(**_by_key(table, 0))["Items"]
+    assert stored["Item"] == item
+    assert again == [item]
+
+
+@pytest.mark.parametrize("moto", ["as released", "changed"])
+def test_a_write_after_a_query_does_not_change_its_answer(module_dynamodb, moto):
+    # the other way round: UpdateItem changes L, M and sets of the stored item in place
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    backend = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    table, _ = _stored(module_dynamodb)
+    with as_released() if moto == "as released" else changed():
+        answers, _, _ = backend.query(
+            table, {"S": "p"}, None, [], None, None, True, None, hash_key_conditions=[]
+        )
+        before = answers[0].to_json()
+        module_dynamodb.update_item(
+            TableName=table,
+            Key=_STORED_KEY,
+            UpdateExpression="SET m.k = :v, l[0] = :v, s = :v ADD ss :set, n :one",
+            ExpressionAttributeValues={
+                ":v": {"S": "new"},
+                ":set": {"SS": ["z"]},
+                ":one": {"N": "1"},
+            },
+        )
+        after = module_dynamodb.get_item(TableName=table, Key=_STORED_KEY)["Item"]
+    assert after["ss"] == {"SS": ["a", "z"]} and after["m"]["M"]["k"] == {"S": "new"}
+    assert answers[0].to_json() == before  # the answer as it was read
+    assert before["Attributes"]["ss"] == {"SS": ["a"]}
+
+
+def test_a_page_with_one_item_twice_has_one_copy_twice_as_deepcopy_makes_it():
+    # moto's legacy QueryFilter puts an item in a page once per condition it meets
+    item = Item(DynamoType({"S": "p"}), None, {"pk": {"S": "p"}, "m": {"M": {"a": {"N": "1"}}}})
+    copied = moto_server._PageCopies.deepcopy([item, item])
+    assert copied[0] is copied[1] and copied[0] is not item
+    assert copied[0].attrs["m"] is not item.attrs["m"] and copied[0].to_json() == item.to_json()
+    by_moto = copy.deepcopy([item, item])
+    assert by_moto[0] is by_moto[1]
+
+
+def test_each_result_is_sized_once_per_query(module_dynamodb, monkeypatch):
+    table = _ledger_like(module_dynamodb, 40)
+    sized: list[Any] = []
+    real = moto_server._size_of
+    monkeypatch.setattr(moto_server, "_size_of", lambda i: sized.append(i) or real(i))
+    with changed():
+        every = module_dynamodb.query(**_by_key(table, 1))
+        assert len(sized) == every["Count"] > 4  # moto asks twice per result
+        sized.clear()
+        pages = _pages(module_dynamodb.query, _by_key(table, 1, Limit=4))
+    assert sum(p["Count"] for p in pages) == every["Count"] and len(pages) > 1
+    # a page's Limit is met at the next item, sized and left for the next page's Query
+    assert len(sized) == every["Count"] + len(pages) - 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(attrs=st.dictionaries(st.text(min_size=1, max_size=4), _VALUES | _UNICODE, max_size=6))
+def test_an_item_is_sized_as_moto_sizes_it(attrs):
+    item = Item(DynamoType({"S": "h"}), None, attrs)
+
+    def sized(size: Any) -> Any:
+        try:
+            return size(item)
+        except UnicodeEncodeError as exc:  # a lone surrogate: moto cannot size it either
+            return repr(exc)
+
+    assert sized(moto_server._size_of) == sized(moto_server._MOTO_ITEM_SIZE)
+
+
+_TREES = st.recursive(
+    st.one_of(
+        _VALUES.map(DynamoType),
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.text(max_size=3),
+        st.binary(max_size=3),
+        st.datetimes(),
+        st.just(DynamoType({"S": b"not a str"})),
+        st.just(DynamoType({"SS": ("a", "tuple")})),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(st.text(max_size=3), inner, max_size=3),
+        st.dictionaries(st.text(max_size=3), inner, max_size=3).map(LimitedSizeDict),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(tree=_TREES)
+def test_the_response_is_built_as_moto_builds_it(tree):
+    from moto.dynamodb.models.utilities import dynamo_to_dict
+
+    made = moto_server._dynamo_to_dict(tree)
+    assert repr(made) == repr(dynamo_to_dict(tree))  # repr: True is not 1, b"a" is not "a"
