@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import botocore.exceptions
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
@@ -827,7 +827,10 @@ def test_each_result_is_sized_once_per_query(module_dynamodb, monkeypatch):
 @settings(max_examples=200, deadline=None)
 @given(attrs=st.dictionaries(st.text(min_size=1, max_size=4), _VALUES | _UNICODE, max_size=6))
 def test_an_item_is_sized_as_moto_sizes_it(attrs):
-    item = Item(DynamoType({"S": "h"}), None, attrs)
+    try:
+        item = Item(DynamoType({"S": "h"}), None, attrs)
+    except UnicodeEncodeError:  # a lone surrogate: moto sizes an item as it makes it, and fails
+        assume(False)
 
     def sized(size: Any) -> Any:
         try:
