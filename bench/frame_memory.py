@@ -109,8 +109,8 @@ class UnpricedBudget(FrameBudget):
     def take(self, level: int) -> bool:
         return super().take(BASE_LEVEL)
 
-    def give_back(self, frames: int, level: int) -> None:
-        super().give_back(frames, BASE_LEVEL)
+    def give_back(self, frames: int, level: int, *, unwinding: BaseException | None = None) -> None:
+        super().give_back(frames, BASE_LEVEL, unwinding=unwinding)
 
 
 def rss_mib() -> float:

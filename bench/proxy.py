@@ -98,8 +98,8 @@ def error_body(service: str, fault: str) -> tuple[int, str, bytes]:
         status = 400
     else:
         kind, status = "InternalFailure", 500
-    body = json.dumps({"__type": kind, "message": f"injected {fault}"}).encode()
-    return status, "application/x-amz-json-1.0", body
+    payload = json.dumps({"__type": kind, "message": f"injected {fault}"}).encode()
+    return status, "application/x-amz-json-1.0", payload
 
 
 class _QuietServer(ThreadingHTTPServer):

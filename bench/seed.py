@@ -69,7 +69,7 @@ def seed_small(
     journal = Journal(volume.journal_dir)
     settings = CompressionSettings(level=config.storage.compression_level, threads=1)
 
-    def store(index: int) -> Copy:
+    def store(index: int) -> VersionRecord:
         key = f"{prefix}{index:05d}.json"
         data = small_payload(index, size)
         stored = volume.write_copy([data], settings)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote_plus, unquote_plus
 
 import botocore.exceptions
@@ -25,6 +25,9 @@ import psutil
 from agent.aws import Clients
 from bench.data import small_payload
 from bench.stack import Setup
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 BUCKET = "bench-small"
 N = TypeVar("N", int, float)
@@ -336,7 +339,7 @@ def ceiling_run(setup: Setup, objects: list[SmallObject], depth: int) -> Run:
     return Run(workers, count, finished - started, feeder.mean_outstanding)
 
 
-def _ceiling_one(clients: Clients, table: str, message: dict[str, Any]) -> None:
+def _ceiling_one(clients: Clients, table: str, message: MessageTypeDef) -> None:
     record = json.loads(message["Body"])["Records"][0]
     key = unquote_plus(record["s3"]["object"]["key"])
     body = clients.s3.get_object(Bucket=BUCKET, Key=key)["Body"]
