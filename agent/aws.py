@@ -175,13 +175,18 @@ class Clients:
         return self.session
 
 
+# Queries of the key index in flight at once during a listing (agent/storage/key_index.py):
+# the client's connection pool has room for them beside the pipeline's workers.
+LISTING_THREADS = 8
+
+
 def client_config(config: Config) -> botocore.config.Config:
     import botocore.config
 
     return botocore.config.Config(
         region_name=config.aws.region,
         retries={"mode": config.aws.retry_mode, "max_attempts": config.aws.max_attempts},
-        max_pool_connections=max(10, config.consumer.workers * 2 + 4),
+        max_pool_connections=max(10, config.consumer.workers * 2 + 4) + LISTING_THREADS,
         connect_timeout=10,
         read_timeout=60,
         tcp_keepalive=True,

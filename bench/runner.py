@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.restore.restorer import usable_cpus
 from agent.storage.ledger import Ledger
 from bench import compression, find, fleet, large, latency, small
 from bench.data import write_data_file
@@ -358,7 +359,7 @@ class Benchmark:
                 f"{zstd.seconds / cli.seconds:.2f}x",
                 f"{zstd.seconds / offline.seconds:.2f}x offline; target >= {TARGET_SMALL_RESTORE}x",
             )
-            budget = cpu_budget(zstd.seconds, TARGET_SMALL_RESTORE, os.cpu_count() or 1)
+            budget = cpu_budget(zstd.seconds, TARGET_SMALL_RESTORE, usable_cpus())
             online_cpu = cli.cpu + (endpoint_cpu or 0.0)
             self.report.line(
                 "CPU used / CPU the target allows",

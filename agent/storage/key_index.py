@@ -50,15 +50,17 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from agent.aws import LISTING_THREADS
+
 SHARDS = 16
 SEPARATOR = "#"
 BUCKET_ATTRIBUTE = "gsi_bucket"
 KEY_ATTRIBUTE = "gsi_key"
 
-# Queries in flight at once: the 17 first pages in 3 round trips instead of 17, within
-# botocore's default pool of 10 connections (one left for the consumer's own reads; a
-# request beyond the pool opens a connection and drops it afterwards).
-THREADS = 8
+# Queries in flight at once: the 17 first pages in 3 round trips instead of 17. The agent's
+# clients keep room for them in their connection pool beside the pipeline's workers
+# (`agent.aws.client_config`): a request beyond the pool would open a connection and drop it.
+THREADS = LISTING_THREADS
 
 Item = dict[str, Any]
 # One Query's `Items` and `LastEvaluatedKey` (None: the partition's last page).

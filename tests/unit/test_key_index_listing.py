@@ -25,8 +25,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.aws import client_config
 from agent.storage import key_index
 from agent.storage.key_index import Item, Page, item_key, merged, partitions
+from tests.support.aws import make_config
 
 BUCKET = "company-documents"
 KEYS = st.text(alphabet=st.sampled_from("ab/-.é✓"), min_size=1, max_size=5)
@@ -242,3 +244,15 @@ def test_a_failing_query_reaches_the_consumer_where_the_merge_needs_its_page():
     assert [item_key(i) for i in got] == [item_key(i) for i in want]
     assert got  # the items before the failed page came, as they did one page at a time
     assert set(threading.enumerate()) == before
+
+
+@pytest.mark.parametrize("workers", [1, 4, 16])
+def test_the_agents_clients_have_a_connection_for_each_listing_query_beside_the_workers(
+    tmp_path, workers
+):
+    """A listing's pool runs THREADS Queries at once on the client the pipeline's workers
+    use (retention, pressure and reconcile list keys in the daemon): a request beyond the
+    client's connection pool opens a connection and drops it afterwards."""
+    config = make_config(tmp_path, consumer={"workers": workers})
+    pool = client_config(config).max_pool_connections
+    assert pool >= workers * 2 + 4 + key_index.THREADS

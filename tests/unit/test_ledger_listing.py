@@ -270,3 +270,30 @@ def test_a_rejection_is_counted_only_for_an_item_the_listing_yields(dynamodb):
     dynamodb.put_item(TableName=ledger.table, Item={**item["Item"], **bad})
     assert [(r.key, r.version_id) for r in ledger.keys(BUCKET)] == listed  # derived again
     assert len(ledger.rejections) == 1
+
+
+class _RepeatingIndex:
+    """A DynamoDB client whose key index answers every page with one more page that starts
+    where this one started: the LastEvaluatedKey a paginator would follow for ever."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+
+    def query(self, **request: Any) -> dict[str, Any]:
+        self.queries += 1
+        start = request.get("ExclusiveStartKey")
+        last = start or {"gsi_bucket": {"S": f"{BUCKET}#0"}, "gsi_key": {"S": "a"}}
+        return {"Items": [], "Count": 0, "LastEvaluatedKey": last}
+
+
+def test_a_page_that_points_back_at_its_own_start_is_an_error_not_a_loop() -> None:
+    """boto3's paginator refuses a next token equal to the one just sent ("The same next
+    token was received twice"); the listing reads its pages itself and refuses it too, as a
+    classified DynamoDB Query error, with no thread left."""
+    client = _RepeatingIndex()
+    ledger = Ledger(client, "t")  # type: ignore[arg-type]
+    before = set(threading.enumerate())
+    with pytest.raises(BackupAgentError, match="DynamoDB Query"):
+        list(ledger.keys(BUCKET))
+    assert set(threading.enumerate()) == before
+    assert client.queries <= 2 * (key_index.SHARDS + 1)  # a first page and its repeat each
