@@ -88,6 +88,7 @@ from agent.restore.targets import (
     RESTORED_DIR_MODE,
     RESTORED_FILE_MODE,
     DirectoryTarget,
+    Leftovers,
     S3Target,
     Status,
     Target,
@@ -103,24 +104,36 @@ from agent.storage.volume import Volume
 
 class RestoreAborted(KeyboardInterrupt):
     """A directory restore stopped by a second Ctrl-C, with its temp files looked for after
-    the cleanup: `left` are those still there (shown paths), so the message says what is
-    true (the cleanup itself can be interrupted, by a third Ctrl-C)."""
+    the cleanup (`Leftovers`): the files still there and the directories that could not be
+    looked in, so the message says what is true (the cleanup itself can be interrupted, by
+    a third Ctrl-C)."""
 
-    def __init__(self, left: Sequence[str], directory: str) -> None:
+    def __init__(self, left: Leftovers, directory: str) -> None:
         super().__init__()
-        self.left = list(left)
+        self.left = left
         self.directory = directory
 
     def message(self) -> str:
         head = "interrupted; files already in place are complete"
-        if not self.left:
+        files, unchecked = self.left.files, self.left.unchecked
+        if not files and not unchecked:
             return f"{head}, the rest were not started or were cleaned up"
-        shown = ", ".join(printable_key(path) for path in self.left[:3])
-        more = f" and {len(self.left) - 3} more" if len(self.left) > 3 else ""
-        return (
-            f"{head}; {len(self.left)} temp files were left: {shown}{more}; the next restore"
-            f" into {printable_key(self.directory)} removes them from the directories it writes to"
+        parts = [head]
+        if files:
+            shown = ", ".join(printable_key(path) for path in files[:3])
+            more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+            parts.append(f"{len(files)} temp files were left: {shown}{more}")
+        if unchecked:
+            shown = ", ".join(printable_key(path) for path in unchecked[:3])
+            more = f" and {len(unchecked) - 3} more" if len(unchecked) > 3 else ""
+            parts.append(
+                f"{len(unchecked)} directories could not be checked for temp files: {shown}{more}"
+            )
+        parts.append(
+            f"the next restore into {printable_key(self.directory)} removes them from the"
+            " directories it writes to"
         )
+        return "; ".join(parts)
 
 
 class UsageError(Exception):

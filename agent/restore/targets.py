@@ -113,6 +113,14 @@ RESTORED_FILE_MODE = 0o600  # a restore often runs as root: nothing readable by 
 RESTORED_DIR_MODE = 0o700  # unless --mode / --dir-mode say otherwise
 
 
+@dataclasses.dataclass
+class Leftovers:
+    """What an aborted restore left in its directories (`DirectoryTarget.left_behind`)."""
+
+    files: list[str] = dataclasses.field(default_factory=list)  # this run's temp files, shown
+    unchecked: list[str] = dataclasses.field(default_factory=list)  # directories not read
+
+
 class DirectoryTarget:
     """Files land at DIR/<escaped key>; nothing is written outside DIR.
 
@@ -271,25 +279,28 @@ class DirectoryTarget:
                 if parent is not None:
                     os.unlink(one.temp, dir_fd=parent)
 
-    def left_behind(self, items: Sequence[Item]) -> list[str]:
+    def left_behind(self, items: Sequence[Item]) -> Leftovers:
         """This run's temp files still in the directories of `items` (after an abort: what
-        the cleanup did not remove), as shown in messages. Nothing is created or followed."""
-        left: list[str] = []
+        the cleanup did not remove), as shown in messages, and the directories that could
+        not be looked in (a message must not call those clean). Nothing is created or
+        followed."""
+        left = Leftovers()
         mine = temp_name(self._run, 0).removesuffix(f"0{TEMP_SUFFIX}")  # .restore-<run>-
         for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
-            with (
-                contextlib.suppress(OSError, BackupAgentError),
-                self.tree.directory(directory, create=False) as parent,
-            ):
-                if parent is None:
-                    continue
-                with os.scandir(parent) as entries:
-                    names = sorted(e.name for e in entries)
-                left.extend(
-                    self.tree.shown((*directory, name))
-                    for name in names
-                    if name.startswith(mine) and name.endswith(TEMP_SUFFIX)
-                )
+            try:
+                with self.tree.directory(directory, create=False) as parent:
+                    if parent is None:
+                        continue
+                    with os.scandir(parent) as entries:
+                        names = sorted(e.name for e in entries)
+            except (OSError, BackupAgentError):
+                left.unchecked.append(self.tree.shown(directory))
+                continue
+            left.files.extend(
+                self.tree.shown((*directory, name))
+                for name in names
+                if name.startswith(mine) and name.endswith(TEMP_SUFFIX)
+            )
         return left
 
     def _publish(

@@ -128,3 +128,47 @@ def test_when_the_cleanup_is_interrupted_too_the_cli_names_what_was_left_and_the
     assert code == 0, err
     assert temp_files(out) == []
     assert {f"docs/{p.name}": p.read_bytes() for p in (out / "docs").iterdir()} == FILES
+
+
+def test_a_directory_that_cannot_be_looked_in_after_the_abort_is_not_called_clean(
+    backups: BackedUp, config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cleanup is interrupted and the directory then cannot be read (an error, or it
+    became unsafe): the CLI says it could not check it, not that the rest were cleaned up
+    (before, the error was suppressed and the directory counted as clean)."""
+    calls = {"name": 0}
+    real_name = DirectoryTarget._name
+
+    def name_then_abort(self: DirectoryTarget, parent: int, one: Any) -> Any:
+        calls["name"] += 1
+        if calls["name"] == 3:
+            ctrl_c_twice()
+        return real_name(self, parent, one)
+
+    def interrupted_discard(self: DirectoryTarget, staged: Any) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    real_left_behind = DirectoryTarget.left_behind
+    real_scandir = os.scandir
+
+    def unreadable(fd: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    def left_behind_unreadable(self: DirectoryTarget, items: Any) -> Any:
+        monkeypatch.setattr(os, "scandir", unreadable)  # only while it looks
+        try:
+            return real_left_behind(self, items)
+        finally:
+            monkeypatch.setattr(os, "scandir", real_scandir)
+
+    monkeypatch.setattr(DirectoryTarget, "_name", name_then_abort)
+    monkeypatch.setattr(DirectoryTarget, "discard", interrupted_discard)
+    monkeypatch.setattr(DirectoryTarget, "left_behind", left_behind_unreadable)
+    out = tmp_path / "out"
+
+    code, err = restore_into(config_path, out)
+
+    assert code == 130, err
+    assert len(temp_files(out)) == 6
+    assert "cleaned up" not in err
+    assert f"1 directories could not be checked for temp files: {out / 'docs'}" in err
