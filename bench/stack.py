@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -295,6 +296,11 @@ class AgentRun:
             if any(name in self.log.events for name in STARTUP_CHECK_ENDS):
                 return
             time.sleep(0.01)
+        print(  # measured all the same, but the reader must know
+            f"  warning: the agent's start-up check did not end within {timeout:.0f} s;"
+            " this run's figures include it",
+            file=sys.stderr,
+        )
 
     def stop(self) -> None:
         if self.rss:

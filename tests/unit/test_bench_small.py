@@ -84,18 +84,22 @@ class _Process:
         self.log_path = log_path
 
 
-def test_a_run_is_settled_once_the_encryption_check_has_logged_its_end(tmp_path: Path) -> None:
+def test_a_run_is_settled_once_the_encryption_check_has_logged_its_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     log = tmp_path / "agent.log"
     log.write_text(json.dumps({"event": "agent.started"}) + "\n")
     run = AgentRun(_Process(log))  # type: ignore[arg-type]
     started = time.monotonic()
-    run.wait_settled(timeout=0.2)  # nothing ended yet: waits out its timeout
+    run.wait_settled(timeout=0.2)  # nothing ended yet: waits out its timeout, and says so
     assert time.monotonic() - started >= 0.2
+    assert "start-up check did not end within 0 s" in capsys.readouterr().err
     with log.open("a") as handle:
         handle.write(json.dumps({"event": "volume.encryption_not_checked"}) + "\n")
     started = time.monotonic()
     run.wait_settled(timeout=30)
     assert time.monotonic() - started < 5
+    assert capsys.readouterr().err == ""
 
 
 def test_the_agents_log_is_not_in_the_directory_its_config_watcher_watches(
