@@ -141,28 +141,38 @@ class IndexPages:
             pages = self.partitions.setdefault(item["gsi_bucket"]["S"], [])
             pages.append((item, len(json.dumps(item))))
 
-    def get_paginator(self, operation: str) -> IndexPages:
-        assert operation == "query"
-        return self
-
-    def paginate(self, **query: Any) -> Any:
-        assert query.get("IndexName"), "find reads the key index only"
-        values = query["ExpressionAttributeValues"]
+    def query(self, **request: Any) -> dict[str, Any]:
+        """One page of one partition, as DynamoDB answers a Query of the index: at most
+        PAGE_BYTES of items after `ExclusiveStartKey`, and a `LastEvaluatedKey` (the last
+        item's key attributes) when more remain."""
+        assert request.get("IndexName"), "find reads the key index only"
+        values = request["ExpressionAttributeValues"]
         partition = values[":b"]["S"]
         prefix = values.get(":p", {}).get("S", "")
         after = values.get(":a", {}).get("S")
+        start = request.get("ExclusiveStartKey")
+        resume = start["gsi_key"]["S"] if start else None
         page: list[dict[str, Any]] = []
         size = 0
         for item, item_size in self.partitions.get(partition, []):
             key = item["gsi_key"]["S"]
             if not key.startswith(prefix) or (after is not None and key <= after):
                 continue
+            if resume is not None and key <= resume:
+                continue
+            if page and size + item_size > PAGE_BYTES:
+                last = page[-1]
+                return {
+                    "Items": page,
+                    "LastEvaluatedKey": {name: last[name] for name in INDEX_KEY_ATTRIBUTES},
+                }
             page.append(item)
             size += item_size
-            if size >= PAGE_BYTES:
-                yield {"Items": page}
-                page, size = [], 0
-        yield {"Items": page}
+        return {"Items": page}
+
+
+# The key attributes of an item of the by-key index: the index's, then the table's.
+INDEX_KEY_ATTRIBUTES = ("gsi_bucket", "gsi_key", "pk", "sk")
 
 
 def pages_source(count: int) -> LedgerSource:
