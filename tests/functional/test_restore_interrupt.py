@@ -62,6 +62,25 @@ def ctrl_c_twice() -> None:
     signal.raise_signal(signal.SIGINT)  # abort: KeyboardInterrupt raised here
 
 
+def abort_at_the_third_name_and_in_the_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C twice as the batch's third file is named, and a third time as the cleanup
+    starts removing the temp files (the stop flag is set: it raises there)."""
+    real_name = DirectoryTarget._name
+    calls = {"name": 0}
+
+    def name_then_abort(self: DirectoryTarget, parent: int, one: Any) -> Any:
+        calls["name"] += 1
+        if calls["name"] == 3:
+            ctrl_c_twice()
+        return real_name(self, parent, one)
+
+    def interrupted_discard(self: DirectoryTarget, staged: Any) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(DirectoryTarget, "_name", name_then_abort)
+    monkeypatch.setattr(DirectoryTarget, "discard", interrupted_discard)
+
+
 def test_a_second_ctrl_c_during_a_commit_leaves_no_temp_file_and_says_so(
     backups: BackedUp, config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,19 +115,7 @@ def test_when_the_cleanup_is_interrupted_too_the_cli_names_what_was_left_and_the
     directory removes them and completes the restore."""
     real_name = DirectoryTarget._name
     real_discard = DirectoryTarget.discard
-    calls = {"name": 0}
-
-    def name_then_abort(self: DirectoryTarget, parent: int, one: Any) -> Any:
-        calls["name"] += 1
-        if calls["name"] == 3:
-            ctrl_c_twice()
-        return real_name(self, parent, one)
-
-    def interrupted_discard(self: DirectoryTarget, staged: Any) -> None:
-        signal.raise_signal(signal.SIGINT)  # a third Ctrl-C: the stop flag is set, it raises
-
-    monkeypatch.setattr(DirectoryTarget, "_name", name_then_abort)
-    monkeypatch.setattr(DirectoryTarget, "discard", interrupted_discard)
+    abort_at_the_third_name_and_in_the_cleanup(monkeypatch)
     out = tmp_path / "out"
 
     code, err = restore_into(config_path, out)
@@ -136,18 +143,6 @@ def test_a_directory_that_cannot_be_looked_in_after_the_abort_is_not_called_clea
     """The cleanup is interrupted and the directory then cannot be read (an error, or it
     became unsafe): the CLI says it could not check it, not that the rest were cleaned up
     (before, the error was suppressed and the directory counted as clean)."""
-    calls = {"name": 0}
-    real_name = DirectoryTarget._name
-
-    def name_then_abort(self: DirectoryTarget, parent: int, one: Any) -> Any:
-        calls["name"] += 1
-        if calls["name"] == 3:
-            ctrl_c_twice()
-        return real_name(self, parent, one)
-
-    def interrupted_discard(self: DirectoryTarget, staged: Any) -> None:
-        signal.raise_signal(signal.SIGINT)
-
     real_left_behind = DirectoryTarget.left_behind
     real_scandir = os.scandir
 
@@ -161,8 +156,7 @@ def test_a_directory_that_cannot_be_looked_in_after_the_abort_is_not_called_clea
         finally:
             monkeypatch.setattr(os, "scandir", real_scandir)
 
-    monkeypatch.setattr(DirectoryTarget, "_name", name_then_abort)
-    monkeypatch.setattr(DirectoryTarget, "discard", interrupted_discard)
+    abort_at_the_third_name_and_in_the_cleanup(monkeypatch)
     monkeypatch.setattr(DirectoryTarget, "left_behind", left_behind_unreadable)
     out = tmp_path / "out"
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -24,14 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from agent import order
 from agent.records import VersionRecord
 from agent.storage import key_index
 from agent.storage.ledger import Ledger, table_definition
+from tests.support.record_fields import numbered_record
 
 BUCKET = "company-documents"
 OTHER = "company-documents-2"  # a neighbour whose name starts with BUCKET's
-T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 KEYS = st.text(alphabet=st.sampled_from("ab/.-é✓"), min_size=1, max_size=5)
 _tables = itertools.count()
 
@@ -49,23 +47,7 @@ def fresh_table(dynamodb: Any) -> str:
 
 
 def record(key: str, n: int = 1, bucket: str = BUCKET) -> VersionRecord:
-    at = T0 + timedelta(seconds=n)
-    sequencer = f"{n:016X}"
-    return VersionRecord(
-        bucket=bucket,
-        key=key,
-        version_token=f"v:v{n}",
-        order_key=order.event_key(at, sequencer),
-        event_name="ObjectCreated:Put",
-        event_time=at.isoformat(),
-        backup_time=at.isoformat(),
-        volume_id="vol-test",
-        version_id=f"v{n}",
-        sequencer=sequencer,
-        sha256=f"{n:064x}",
-        size=10,
-        stored_size=10,
-    )
+    return numbered_record(bucket, key, n)
 
 
 def write_unsharded(dynamodb: Any, table: str, rec: VersionRecord) -> None:

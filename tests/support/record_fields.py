@@ -1,10 +1,18 @@
-"""One well-formed version record as a dict of its fields (what `records.validated` takes,
-what a ledger item or journal line holds once read): the starting point the tests of the
-record's parsing mutate (test_records_validated.py, test_ledger_parse_item.py)."""
+"""Version records the tests start from.
+
+`WELL_FORMED`: one well-formed version record as a dict of its fields (what
+`records.validated` takes, what a ledger item or journal line holds once read), the
+starting point the tests of the record's parsing mutate (test_records_validated.py,
+test_ledger_parse_item.py). `numbered_record`: the n-th version of a key, for the key
+index's tests."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from agent import order
+from agent.records import VersionRecord
 
 WELL_FORMED: dict[str, Any] = {
     "bucket": "bench-small",
@@ -22,3 +30,26 @@ WELL_FORMED: dict[str, Any] = {
     "size": 4096,
     "stored_size": 1275,
 }
+
+
+def numbered_record(bucket: str, key: str, n: int) -> VersionRecord:
+    """The n-th version of `key`, `n` seconds after 2026-11-01 09:00 UTC, with a sequencer,
+    SHA-256 and version id made from `n` (the key index's tests: test_sharded_index.py,
+    test_ledger_listing.py)."""
+    at = datetime(2026, 11, 1, 9, 0, tzinfo=UTC) + timedelta(seconds=n)
+    sequencer = f"{n:016X}"
+    return VersionRecord(
+        bucket=bucket,
+        key=key,
+        version_token=f"v:v{n}",
+        order_key=order.event_key(at, sequencer),
+        event_name="ObjectCreated:Put",
+        event_time=at.isoformat(),
+        backup_time=at.isoformat(),
+        volume_id="vol-test",
+        version_id=f"v{n}",
+        sequencer=sequencer,
+        sha256=f"{n:064x}",
+        size=10,
+        stored_size=10,
+    )

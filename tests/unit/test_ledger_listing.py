@@ -18,7 +18,6 @@ import itertools
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -26,7 +25,6 @@ import pytest
 from boto3.dynamodb.types import TypeSerializer
 from moto import mock_aws
 
-from agent import order
 from agent.errors import BackupAgentError, PermanentError, RetryableError
 from agent.records import VersionRecord
 from agent.storage import key_index
@@ -34,9 +32,9 @@ from agent.storage import ledger as ledger_module
 from agent.storage.ledger import Ledger, table_definition
 from tests.support import key_index_reference
 from tests.support.aws_hooks import Fault, inject
+from tests.support.record_fields import numbered_record
 
 BUCKET = "company-documents"
-T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
 QUERY = "provide-client-params.dynamodb.Query"
 _tables = itertools.count()
 
@@ -48,23 +46,7 @@ def dynamodb() -> Iterator[Any]:
 
 
 def record(key: str, n: int) -> VersionRecord:
-    at = T0 + timedelta(seconds=n)
-    sequencer = f"{n:016X}"
-    return VersionRecord(
-        bucket=BUCKET,
-        key=key,
-        version_token=f"v:v{n}",
-        order_key=order.event_key(at, sequencer),
-        event_name="ObjectCreated:Put",
-        event_time=at.isoformat(),
-        backup_time=at.isoformat(),
-        volume_id="vol-test",
-        version_id=f"v{n}",
-        sequencer=sequencer,
-        sha256=f"{n:064x}",
-        size=10,
-        stored_size=10,
-    )
+    return numbered_record(BUCKET, key, n)
 
 
 def build(dynamodb: Any, keys: list[str], unsharded: set[str] | None = None) -> Ledger:
