@@ -1,4 +1,5 @@
-"""moto's ReceiveMessage, one at a time: a race in the local AWS stand-in taken out.
+"""moto's ReceiveMessage one at a time, its DeleteMessage whole: two races of the local AWS
+stand-in taken out.
 
 moto 5.2.5's `SQSBackend.receive_message` looks at each message's visibility and marks it
 received without a lock, so two ReceiveMessage requests served at once (moto_server answers
@@ -14,6 +15,18 @@ Installed, receives run one at a time (`_receiving`), and a long poll lets the o
 while it waits for messages (`Queue.wait_for_messages`), as before. `install()` is called
 by tests/support/moto_server.py's `install()`; tests/unit/test_moto_sqs.py shows the race on
 moto as released and its absence with this installed.
+
+The second race: `Queue.delete_message` builds the queue's list of messages without the one
+deleted and then assigns it, without a lock. Two deletes at once (two members' delete
+threads on one queue, in-process or in moto_server) can each build their list from the list
+before the other's delete, and the one assigned last puts the other's message back: deleted
+for the agent, in flight for moto, delivered again after its visibility timeout. A message
+sent at that moment (`add_message` appends under the queue's lock) can likewise be lost. The
+CI run of 2026-12-01 23:45 failed on it: `test_two_daemons_on_one_queue_copy_every_version_once`
+saw every version recorded and one message still in flight 30 s later. Installed, a delete
+holds the queue's own lock (`Queue._messages_lock`, the one `add_message` takes), so it is
+whole with respect to the other deletes and to sends. Real SQS does not bring back a message
+that a DeleteMessage with its current receipt handle deleted.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from tests.support import patching
 
 _MOTO_RECEIVE = SQSBackend.receive_message
 _MOTO_WAIT = Queue.wait_for_messages
+_MOTO_DELETE = Queue.delete_message
 _receiving = threading.Lock()
 _holder = threading.local()  # `holding`: this thread is inside a receive, the lock held
 _installed = False
@@ -55,6 +69,11 @@ def _wait_for_messages(self: Queue, timeout: int) -> None:
         _holder.holding = True
 
 
+def _delete_message(self: Queue, receipt_handle: str) -> None:
+    with self._messages_lock:  # a Condition on an RLock: add_message's lock
+        _MOTO_DELETE(self, receipt_handle)
+
+
 def installed() -> bool:
     return _installed
 
@@ -63,6 +82,7 @@ def install() -> None:
     global _installed
     SQSBackend.receive_message = _receive_message  # type: ignore[method-assign]
     Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
+    Queue.delete_message = _delete_message  # type: ignore[method-assign]
     _installed = True
 
 
@@ -70,6 +90,7 @@ def uninstall() -> None:
     global _installed
     SQSBackend.receive_message = _MOTO_RECEIVE  # type: ignore[method-assign]
     Queue.wait_for_messages = _MOTO_WAIT  # type: ignore[method-assign]
+    Queue.delete_message = _MOTO_DELETE  # type: ignore[method-assign]
     _installed = False
 
 

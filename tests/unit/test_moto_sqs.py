@@ -1,4 +1,5 @@
-"""The stand-in's ReceiveMessage takes a message once (tests/support/moto_sqs.py).
+"""The stand-in's ReceiveMessage takes a message once and its DeleteMessage is whole
+(tests/support/moto_sqs.py).
 
 Two receives are made to find the same message visible at the same moment: each, having
 found it visible and before marking it received, waits (a bounded look, at most 1 s) for the
@@ -6,6 +7,11 @@ other to get there too. On moto as released both then take the message (the race
 message delivered twice within its visibility timeout, which real SQS does only rarely);
 with the stand-in's patch the second receive cannot look until the first has taken it, so
 one gets it.
+
+Two deletes are made to overlap: the first, having built the queue's list without its
+message, waits (at most 1 s) for the second to finish before it assigns the list. On moto as
+released the second's message comes back (in flight, delivered again after its visibility
+timeout); with the patch the second delete waits for the first, and both messages are gone.
 """
 
 from __future__ import annotations
@@ -90,3 +96,59 @@ def test_a_long_poll_lets_other_receives_in(queue):
     assert [m["Body"] for m in answer["Messages"]] == ["once"]
     assert polling.is_alive()  # still polling: the answer above did not wait for it
     polling.join(10)
+
+
+def _delete_overlapping(sqs: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """Two received messages deleted by two threads, the second delete run whole while the
+    first is between building the queue's list and assigning it; (visible, in flight) after."""
+    sqs.send_message(QueueUrl=url, MessageBody="twice")
+    received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2)["Messages"]
+    handles = {m["Body"]: m["ReceiptHandle"] for m in received}
+    assert set(handles) == {"once", "twice"}
+    first_paused, second_done = threading.Event(), threading.Event()
+    real_had = Message.had_receipt_handle
+
+    def had_receipt_handle(message: Message, receipt_handle: str) -> bool:
+        # the first delete's check of "once" finds it at once; its look at "twice" comes
+        # only in the loop that builds the new list, just before it is assigned
+        if receipt_handle == handles["once"] and message.body == "twice":
+            first_paused.set()
+            second_done.wait(1.0)  # the patch holds the second delete until this one ends
+        return real_had(message, receipt_handle)
+
+    monkeypatch.setattr(Message, "had_receipt_handle", had_receipt_handle)
+
+    def second() -> None:
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=handles["twice"])
+        second_done.set()
+
+    first = threading.Thread(
+        target=lambda: sqs.delete_message(QueueUrl=url, ReceiptHandle=handles["once"])
+    )
+    first.start()
+    assert first_paused.wait(10)
+    other = threading.Thread(target=second)
+    other.start()
+    for thread in (first, other):
+        thread.join(30)
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (
+        int(attrs["ApproximateNumberOfMessages"]),
+        int(attrs["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+def test_moto_as_released_brings_back_a_message_deleted_beside_another(queue, monkeypatch):
+    sqs, url = queue
+    with moto_sqs.as_released():
+        assert _delete_overlapping(sqs, url, monkeypatch) == (0, 1)
+
+
+def test_with_the_stand_in_two_deletes_at_once_delete_both(queue, monkeypatch):
+    sqs, url = queue
+    moto_sqs.install()
+    assert moto_sqs.installed()
+    assert _delete_overlapping(sqs, url, monkeypatch) == (0, 0)
