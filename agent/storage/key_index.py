@@ -28,9 +28,9 @@ two, and the merge yields it once.
 
 The partitions are read concurrently (`listing`), one page ahead each: every partition's
 first page is asked for at once, and a partition's next page when the merge starts on its
-current one, by a pool of THREADS threads (which may also make something of each page's
-items: the ledger parses them there). So the 17 first pages cost a few round trips, not 17
-one after another, parsing overlaps the Queries, and memory stays bounded (at most two
+current one, by a pool of THREADS threads. So the 17 first pages cost a few round trips,
+not 17 one after another, the consumer works on one page while others are read, and memory
+stays bounded (at most two
 pages of 1 MB a partition: the one merged and the one ahead). A partition whose page ends
 past the prefix (a listing resumed with `after`) is not read further, so a whole listing
 asks for exactly the pages the sequential merge asked for: one Query per partition page
@@ -150,8 +150,9 @@ def listing(
 ) -> Generator[T, None, None]:
     """`merged` over the partitions `values`, their pages read by `read_page` in a pool of
     `threads` threads, one page ahead per partition (the module's docstring). A page holds
-    items or anything made of them in the pool's thread (the ledger parses them there,
-    while the merge waits for the other partitions' first pages); `key` reads the
+    items or anything `read_page` makes of them in the pool's thread; the ledger leaves
+    them as they are and parses each one the merge yields in the consumer's thread (Python
+    under the GIL: in the pool it only took turns with the consumer). `key` reads the
     `gsi_key`. The pool is made at the first item asked for and joined when this generator
     ends, is closed, or raises."""
     pool = ThreadPoolExecutor(max(1, min(threads, len(values))), thread_name_prefix="key-index")

@@ -218,25 +218,39 @@ def test_a_consumer_that_stops_after_a_few_records_leaves_no_thread(dynamodb, pa
     assert max(asked.values()) == 2  # 3 items a page: the shards' second pages were asked for
 
 
-def test_the_items_are_parsed_in_the_pool_while_the_merge_waits(dynamodb, monkeypatch):
-    """parse_item (a third of the listing's CPU in the CLI) runs in the pool's threads, as
-    each page comes, not in the consumer's thread after the merge has every first page."""
+def test_each_item_is_parsed_once_in_the_consumers_thread_as_the_merge_yields_it(
+    dynamodb, monkeypatch
+):
+    """The pool's threads only read pages: parse_item (Python, under the GIL) runs in the
+    consumer's thread, once per key the merge yields and for nothing it drops: a copy of a
+    key in a second partition and the keys past a listing's prefix are not parsed. Parsed in
+    the pool (session 10) the threads took turns with the consumer: find over 20,000 items
+    from memory took 1.09 s against 0.85 s."""
     ledger = build(dynamodb, KEYS)
-    parsed_in: set[str] = set()
+    stale = {"pk": {"S": f"{BUCKET}/a/005"}, "sk": {"S": "V#copy"}}
+    stale |= {"gsi_bucket": {"S": BUCKET}, "gsi_key": {"S": "a/005"}}  # a/005 twice
+    dynamodb.put_item(TableName=ledger.table, Item=stale)
+    parsed: list[str] = []
     real = ledger_module.parse_item
 
     def spy(item: Any) -> Any:
-        parsed_in.add(threading.current_thread().name)
+        assert threading.current_thread() is consumer
+        parsed.append(item["gsi_key"]["S"])
         return real(item)
 
+    consumer = threading.current_thread()
     monkeypatch.setattr(ledger_module, "parse_item", spy)
     assert [r.key for r in ledger.keys(BUCKET)] == KEYS
-    assert parsed_in and threading.current_thread().name not in parsed_in
+    assert parsed == KEYS  # once each, in order: the stale copy was not parsed
+    parsed.clear()
+    under = [k for k in KEYS if k.startswith("b/")]
+    assert [r.key for r in ledger.keys(BUCKET, "b/")] == under
+    assert parsed == under
 
 
 def test_a_rejection_is_counted_only_for_an_item_the_listing_yields(dynamodb):
-    """A malformed stale copy of a key in two partitions is parsed in the pool but skipped
-    by the merge, as the sequential listing never parsed it: no rejection. A malformed
+    """A malformed stale copy of a key in two partitions is skipped by the merge and never
+    parsed, as the sequential listing never parsed it: no rejection. A malformed
     LATEST the listing reaches is rejected and derived from the key's versions, as before."""
     ledger = build(dynamodb, KEYS[:20])
     index = {"gsi_bucket": {"S": BUCKET}, "gsi_key": {"S": "a/005"}}
