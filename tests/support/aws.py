@@ -6,7 +6,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from moto import mock_aws
@@ -14,6 +14,9 @@ from moto import mock_aws
 from agent.aws import Clients, session_clients
 from agent.config import Config, parse_config
 from agent.operations.bootstrap import Bootstrap
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.type_defs import MessageTypeDef
 
 REGION = "us-east-1"
 BUCKET = "company-documents"
@@ -77,7 +80,7 @@ def count_sqs_calls(sqs: Any) -> Counter[str]:
     return counted
 
 
-def receive_all(clients: Clients, queue_url: str = QUEUE_URL) -> list[dict[str, Any]]:
+def receive_all(clients: Clients, queue_url: str = QUEUE_URL) -> list[MessageTypeDef]:
     messages = clients.sqs.receive_message(
         QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
     ).get("Messages", [])

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from botocore.awsrequest import AWSResponse
+from botocore.awsrequest import AWSResponse, HTTPHeaders
 
 
 @dataclass
@@ -117,7 +117,7 @@ def inject(client: Any, fault: Fault) -> Fault:
     def maybe_fail(context: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
         if not fault.take(context.get("fault_params", {})):
             return None
-        http = AWSResponse("https://fault.invalid/", fault.status, {}, None)
+        http = AWSResponse("https://fault.invalid/", fault.status, HTTPHeaders(), None)
         parsed = {
             "Error": {"Code": fault.code, "Message": fault.message or f"injected {fault.code}"},
             "ResponseMetadata": {"HTTPStatusCode": fault.status, "HTTPHeaders": {}},

@@ -4,7 +4,7 @@ functional tests of the commit stage and of the requests per object set up alike
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.aws import Clients
 from agent.config import Config
@@ -18,6 +18,9 @@ from agent.storage.volume import Volume
 from tests.support import service
 from tests.support.aws import BUCKET, QUEUE_URL
 from tests.support.events import notification, s3_record
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
 
 
 def committing_service(
@@ -50,8 +53,10 @@ def put_and_queue(
     order: moto's own are dropped, the real-shaped ones (tests/support/events.py) sent."""
     records = []
     for key, body in objects:
-        tagging = {"Tagging": tags[key]} if tags and key in tags else {}
-        put = aws.s3.put_object(Bucket=BUCKET, Key=key, Body=body, **tagging)
+        request: PutObjectRequestTypeDef = {"Bucket": BUCKET, "Key": key, "Body": body}
+        if tags and key in tags:
+            request["Tagging"] = tags[key]
+        put = aws.s3.put_object(**request)
         records.append(s3_record(key, size=len(body), eTag=put["ETag"].strip('"'), sequencer="0A"))
     while messages := aws.sqs.receive_message(QueueUrl=QUEUE_URL, MaxNumberOfMessages=10).get(
         "Messages"

@@ -31,7 +31,7 @@ def s3_record(
 ) -> dict[str, Any]:
     """One record shaped like s3-put.json; `key` is form-encoded as S3 does; `obj` replaces
     the object fields (size, eTag, versionId, sequencer; None drops one)."""
-    record = copy.deepcopy(load_event("s3-put.json")["Records"][0])
+    record: dict[str, Any] = copy.deepcopy(load_event("s3-put.json")["Records"][0])
     record["eventName"] = event_name
     record["eventTime"] = event_time
     record["s3"]["bucket"]["name"] = bucket

@@ -22,12 +22,15 @@ import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 import botocore.client
 
 from agent.operations.iam import iam_action, iam_actions, sqs_arn
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import SnapshotTypeDef, VolumeTypeDef
 
 ACCOUNT = "123456789012"  # moto's account
 
@@ -82,7 +85,8 @@ class Recorder:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[Recorder]:
-        original = botocore.client.BaseClient._make_api_call
+        # botocore-stubs do not declare the private _make_api_call (attr-defined here and below)
+        original = botocore.client.BaseClient._make_api_call  # type: ignore[attr-defined]
         recorder = self
 
         def make_api_call(client: Any, operation: str, params: dict[str, Any]) -> Any:
@@ -90,11 +94,11 @@ class Recorder:
                 recorder._record(client, operation, params)
             return original(client, operation, params)
 
-        botocore.client.BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
+        botocore.client.BaseClient._make_api_call = make_api_call  # type: ignore[attr-defined]
         try:
             yield self
         finally:
-            botocore.client.BaseClient._make_api_call = original  # type: ignore[method-assign]
+            botocore.client.BaseClient._make_api_call = original  # type: ignore[attr-defined]
 
     def add(self, role: str, service: str, region: str, operation: str, **params: Any) -> None:
         """A call made outside botocore (the recipient of a presigned URL)."""
@@ -120,21 +124,21 @@ class Recorder:
             if snapshot:
                 where = params.get("SourceRegion", region)
                 ec2 = boto3.client("ec2", region_name=where)
-                items = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
+                snapshots = ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"]
                 arn = snapshot_arn(where, snapshot)
-                call.resource_tags[arn] = _tags(items[0]) if items else {}
-                if items and items[0].get("VolumeId"):
-                    call.parent_volumes[arn] = volume_arn(where, items[0]["VolumeId"])
+                call.resource_tags[arn] = _tags(snapshots[0]) if snapshots else {}
+                if snapshots and snapshots[0].get("VolumeId"):
+                    call.parent_volumes[arn] = volume_arn(where, snapshots[0]["VolumeId"])
             if operation in _VOLUME_OPERATIONS:
                 ec2 = boto3.client("ec2", region_name=region)
-                items = ec2.describe_volumes(VolumeIds=[params["VolumeId"]])["Volumes"]
+                volumes = ec2.describe_volumes(VolumeIds=[params["VolumeId"]])["Volumes"]
                 arn = volume_arn(region, params["VolumeId"])
-                call.resource_tags[arn] = _tags(items[0]) if items else {}
-                for attachment in items[0].get("Attachments", []) if items else []:
+                call.resource_tags[arn] = _tags(volumes[0]) if volumes else {}
+                for attachment in volumes[0].get("Attachments", []) if volumes else []:
                     call.attached_to[arn] = attachment["InstanceId"]
 
 
-def _tags(item: dict[str, Any]) -> dict[str, str]:
+def _tags(item: SnapshotTypeDef | VolumeTypeDef) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in item.get("Tags", [])}
 
 

@@ -76,7 +76,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models import table as table_module
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import Table
-from moto.dynamodb.models.utilities import bytesize
+from moto.dynamodb.models.utilities import bytesize, dynamo_to_dict
 
 from tests.support import moto_dynamodb_fast, moto_sqs, patching
 
@@ -129,7 +129,7 @@ def _undo(backend: DynamoDBBackend, touched: list[Touched]) -> None:
 
 
 _MOTO_TRANSACT = DynamoDBBackend.transact_write_items
-_MOTO_COPY = dynamodb_models.copy
+_MOTO_COPY = copy  # the module moto's models/__init__.py imports as `copy` (not re-exported)
 
 
 def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
@@ -378,13 +378,14 @@ def _serialize_type_map(
     member = getattr(shape, "value", None)
     if (
         type(value) is not dict
+        or member is None
         or getattr(member, "type_name", None) != "structure"
         or set(member.members) != _ATTRIBUTE_VALUE
         or type(self)._serialize_type_structure is not _serialize_type_structure
     ):
         _MOTO_JSON_MAP(self, serialized, value, shape, key)
         return
-    map_obj = self.MAP_TYPE()
+    map_obj: dict[str, Any] = self.MAP_TYPE()
     self._default_serialize(serialized, map_obj, shape, key)
     for sub_key, sub_value in value.items():
         plain = _as_serialized(sub_value) if sub_key else None
@@ -399,7 +400,7 @@ _MOTO_JSON_MAP = BaseJSONSerializer._serialize_type_map
 
 # -- 4. A Query's (and Scan's) page: moto's copies made directly, each item sized once ------
 
-_TABLE_COPY = table_module.copy  # the `copy` module, as moto's table.py imports it
+_TABLE_COPY = copy  # the `copy` module, as moto's table.py imports it (not re-exported)
 
 
 _SCALARS = frozenset({"S", "N", "B", "BOOL", "NULL"})
@@ -436,7 +437,7 @@ def _item_copy(item: Item, memo: dict[int, Any]) -> Item:
     found = memo.get(id(item))
     if found is not None:  # the same item twice in one page: one copy, as deepcopy does
         return cast(Item, found)
-    made = Item.__new__(Item)
+    made = cast(Item, Item.__new__(Item))  # moto annotates BaseModel.__new__ as BaseModel
     memo[id(item)] = made
     made.hash_key = _value_copy(item.hash_key)
     made.range_key = _value_copy(item.range_key)
@@ -547,7 +548,7 @@ def _dynamo_to_dict(obj: Any) -> Any:
     return _MOTO_TO_DICT(obj)
 
 
-_MOTO_TO_DICT = dynamodb_responses.dynamo_to_dict
+_MOTO_TO_DICT = dynamo_to_dict  # as moto's responses.py imports it (not re-exported)
 
 # -- installing them --------------------------------------------------------------------------
 
@@ -592,9 +593,11 @@ def install() -> None:
     global _installed
     for (owner, name), value in _patches().items():
         setattr(owner, name, value)
-    dynamodb_models.copy = _TablesByReference  # type: ignore[assignment]
-    table_module.copy = _PageCopies  # type: ignore[assignment]
-    dynamodb_responses.dynamo_to_dict = _dynamo_to_dict
+    # moto's modules import these names without re-exporting them (attr-defined, here and in
+    # uninstall()); a class with the `copy` module's functions stands in for it (assignment)
+    dynamodb_models.copy = _TablesByReference  # type: ignore[attr-defined, assignment]
+    table_module.copy = _PageCopies  # type: ignore[attr-defined, assignment]
+    dynamodb_responses.dynamo_to_dict = _dynamo_to_dict  # type: ignore[attr-defined]
     moto_dynamodb_fast.install()  # two more moto costs out: see that module
     moto_sqs.install()  # ReceiveMessage one at a time: see that module
     _installed = True
@@ -609,9 +612,9 @@ def uninstall() -> None:
     BaseJSONSerializer._serialize_type_structure = _MOTO_JSON_STRUCTURE  # type: ignore[method-assign]
     BaseJSONSerializer._serialize_type_map = _MOTO_JSON_MAP  # type: ignore[method-assign]
     Item.size = _MOTO_ITEM_SIZE  # type: ignore[method-assign]
-    dynamodb_models.copy = _MOTO_COPY
-    table_module.copy = _TABLE_COPY
-    dynamodb_responses.dynamo_to_dict = _MOTO_TO_DICT
+    dynamodb_models.copy = _MOTO_COPY  # type: ignore[attr-defined]
+    table_module.copy = _TABLE_COPY  # type: ignore[attr-defined]
+    dynamodb_responses.dynamo_to_dict = _MOTO_TO_DICT  # type: ignore[attr-defined]
     _installed = False
 
 
