@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from agent.config import Config
@@ -68,15 +68,3 @@ def enable_versioning(aws: Any) -> None:
 
 def journal_records(volume: Volume) -> list[Any]:
     return list(Journal(volume.journal_dir).read_all())
-
-
-def utc(
-    year: int,
-    month: int,
-    day: int,
-    hour: int = 0,
-    minute: int = 0,
-    second: int = 0,
-    microsecond: int = 0,
-) -> datetime:
-    return datetime(year, month, day, hour, minute, second, microsecond, tzinfo=UTC)
