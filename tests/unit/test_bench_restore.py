@@ -1,10 +1,26 @@
-"""bench/restore.py's CPU budget: what the small-file restore target leaves for the run."""
+"""bench/restore.py's CPU budget (what the small-file restore target leaves for the run)
+and its durable reference (`zstd -d`, then the output flushed)."""
 
 from __future__ import annotations
 
-import pytest
+import hashlib
+import os
+import shutil
+from pathlib import Path
 
-from bench.restore import TARGET_SMALL_RESTORE, cpu_budget
+import pytest
+import zstandard
+
+from agent.restore.durable import Barriers
+from agent.storage.volume import Volume
+from bench.restore import (
+    TARGET_SMALL_RESTORE,
+    Copy,
+    Timing,
+    cpu_budget,
+    median_timing,
+    zstd_decompress_durable,
+)
 
 
 def test_the_budget_is_every_cpu_for_the_time_the_ratio_allows() -> None:
@@ -23,3 +39,74 @@ def test_a_higher_ratio_leaves_less() -> None:
 def test_a_budget_needs_positive_inputs(seconds: float, ratio: float, cpus: int) -> None:
     with pytest.raises(ValueError, match="positive"):
         cpu_budget(seconds, ratio, cpus)
+
+
+def _stored(volume: Volume, bodies: list[bytes]) -> list[Copy]:
+    copies = []
+    for body in bodies:
+        sha256 = hashlib.sha256(body).hexdigest()
+        path = volume.copy_path(sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(zstandard.ZstdCompressor().compress(body))
+        copies.append(Copy(sha256, len(body)))
+    return copies
+
+
+def _flushes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[str]]]:
+    """Each flush of the reference: what it flushed and the files there at that moment."""
+    seen: list[tuple[str, list[str]]] = []
+
+    def listing(fd: int) -> list[str]:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        return sorted(p.name for p in (path.iterdir() if path.is_dir() else [path]))
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        Barriers, "sync_filesystem", lambda _, fd: seen.append(("syncfs", listing(fd)))
+    )
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: (seen.append(("fsync", listing(fd))), real_fsync(fd))
+    )
+    return seen
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd command")
+def test_the_durable_reference_syncs_the_filesystem_once_after_every_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = Volume(tmp_path / "volume")
+    bodies = [f"file {n}".encode() * (n + 1) for n in range(5)]
+    copies = _stored(volume, bodies)
+    flushes = _flushes(monkeypatch)
+
+    timing = zstd_decompress_durable(volume, copies, tmp_path / "out")
+
+    assert flushes == [("syncfs", sorted(c.sha256 for c in copies))]  # once, all written
+    assert sorted((tmp_path / "out").iterdir()) == sorted(
+        tmp_path / "out" / c.sha256 for c in copies
+    )
+    for copy, body in zip(copies, bodies, strict=True):
+        assert (tmp_path / "out" / copy.sha256).read_bytes() == body
+    assert timing.seconds > 0
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd command")
+def test_for_one_copy_the_durable_reference_fsyncs_its_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = Volume(tmp_path / "volume")
+    [copy] = _stored(volume, [b"one large copy"])
+    flushes = _flushes(monkeypatch)
+
+    zstd_decompress_durable(volume, [copy], tmp_path / "out")
+
+    assert flushes == [("fsync", ["00000"])]
+    assert (tmp_path / "out" / "00000").read_bytes() == b"one large copy"
+
+
+def test_the_median_timing_takes_each_figure_s_own_median() -> None:
+    runs = [Timing(3.0, 1.0), Timing(1.0, 5.0), Timing(2.0, 2.0)]
+    assert median_timing(runs) == Timing(2.0, 2.0)
+    assert median_timing(runs[:2]) == Timing(2.0, 3.0)
+    with pytest.raises(ValueError, match="at least one"):
+        median_timing([])
