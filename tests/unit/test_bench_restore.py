@@ -79,7 +79,7 @@ def test_the_durable_reference_syncs_the_filesystem_once_after_every_file_is_wri
     copies = _stored(volume, bodies)
     flushes = _flushes(monkeypatch)
 
-    timing = zstd_decompress_durable(volume, copies, tmp_path / "out")
+    zstd_decompress_durable(volume, copies, tmp_path / "out")
 
     assert flushes == [("syncfs", sorted(c.sha256 for c in copies))]  # once, all written
     assert sorted((tmp_path / "out").iterdir()) == sorted(
@@ -87,7 +87,6 @@ def test_the_durable_reference_syncs_the_filesystem_once_after_every_file_is_wri
     )
     for copy, body in zip(copies, bodies, strict=True):
         assert (tmp_path / "out" / copy.sha256).read_bytes() == body
-    assert timing.seconds > 0
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd command")
