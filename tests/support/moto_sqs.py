@@ -11,28 +11,30 @@ did it at every such coincidence: the full bench of 2026-12-01 16:28 saw 301 rec
 300 messages with 2 agents, and the fleet e2e tests, which count copies, depended on how the
 threads were scheduled.
 
-Installed, receives run one at a time (`_receiving`), and a long poll lets the others in
-while it waits for messages (`Queue.wait_for_messages`), as before. `install()` is called
-by tests/support/moto_server.py's `install()`; tests/unit/test_moto_sqs.py shows the race on
-moto as released and its absence with this installed.
-
 The second race: `Queue.delete_message` builds the queue's list of messages without the one
 deleted and then assigns it, without a lock. Two deletes at once (two members' delete
 threads on one queue, in-process or in moto_server) can each build their list from the list
 before the other's delete, and the one assigned last puts the other's message back: deleted
 for the agent, in flight for moto, delivered again after its visibility timeout. A message
-sent at that moment (`add_message` appends under the queue's lock) can likewise be lost. The
-CI run of 2026-12-01 23:45 failed on it: `test_two_daemons_on_one_queue_copy_every_version_once`
-saw every version recorded and one message still in flight 30 s later. Installed, a delete
-holds the queue's own lock (`Queue._messages_lock`, the one `add_message` takes), so it is
-whole with respect to the other deletes and to sends. Real SQS does not bring back a message
-that a DeleteMessage with its current receipt handle deleted.
+sent at that moment (`add_message` appends under the queue's lock), a message a receive
+moves to the dead-letter queue (`_messages.remove`) and a purge (`_messages = []`) race
+with it alike. The CI run of 2026-12-01 23:45 failed on it:
+`test_two_daemons_on_one_queue_copy_every_version_once` saw every version recorded and one
+message still in flight 30 s later. Real SQS does not bring back a message that a
+DeleteMessage with its current receipt handle deleted.
+
+Installed, every change to a queue's messages holds that queue's own lock
+(`Queue._messages_lock`, the Condition `add_message` already takes): a receive (one at a
+time per queue, its move to the dead-letter queue included), a delete and a purge. A long
+poll lets the others in while it waits for messages: moto waits on that same Condition,
+which lets go of the lock (an RLock, however deep) while it waits. tests/unit/test_moto_sqs.py
+shows both races on moto as released and their absence with this installed; `install()` is
+called by tests/support/moto_server.py's `install()`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Any
 
 from moto.sqs.models import Queue, SQSBackend
@@ -40,37 +42,23 @@ from moto.sqs.models import Queue, SQSBackend
 from tests.support import patching
 
 _MOTO_RECEIVE = SQSBackend.receive_message
-_MOTO_WAIT = Queue.wait_for_messages
+_MOTO_PURGE = SQSBackend.purge_queue
 _MOTO_DELETE = Queue.delete_message
-_receiving = threading.Lock()
-_holder = threading.local()  # `holding`: this thread is inside a receive, the lock held
 _installed = False
 
 
-def _receive_message(self: SQSBackend, *args: Any, **kwargs: Any) -> Any:
-    with _receiving:
-        _holder.holding = True
-        try:
-            return _MOTO_RECEIVE(self, *args, **kwargs)
-        finally:
-            _holder.holding = False
+def _receive_message(self: SQSBackend, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+    with self.get_queue(queue_name)._messages_lock:
+        return _MOTO_RECEIVE(self, queue_name, *args, **kwargs)
 
 
-def _wait_for_messages(self: Queue, timeout: int) -> None:
-    if not getattr(_holder, "holding", False):
-        _MOTO_WAIT(self, timeout)
-        return
-    _holder.holding = False
-    _receiving.release()  # others receive while this one waits for messages
-    try:
-        _MOTO_WAIT(self, timeout)
-    finally:
-        _receiving.acquire()
-        _holder.holding = True
+def _purge_queue(self: SQSBackend, queue_name: str) -> None:
+    with self.get_queue(queue_name)._messages_lock:
+        _MOTO_PURGE(self, queue_name)
 
 
 def _delete_message(self: Queue, receipt_handle: str) -> None:
-    with self._messages_lock:  # a Condition on an RLock: add_message's lock
+    with self._messages_lock:
         _MOTO_DELETE(self, receipt_handle)
 
 
@@ -81,7 +69,7 @@ def installed() -> bool:
 def install() -> None:
     global _installed
     SQSBackend.receive_message = _receive_message  # type: ignore[method-assign]
-    Queue.wait_for_messages = _wait_for_messages  # type: ignore[method-assign]
+    SQSBackend.purge_queue = _purge_queue  # type: ignore[method-assign]
     Queue.delete_message = _delete_message  # type: ignore[method-assign]
     _installed = True
 
@@ -89,7 +77,7 @@ def install() -> None:
 def uninstall() -> None:
     global _installed
     SQSBackend.receive_message = _MOTO_RECEIVE  # type: ignore[method-assign]
-    Queue.wait_for_messages = _MOTO_WAIT  # type: ignore[method-assign]
+    SQSBackend.purge_queue = _MOTO_PURGE  # type: ignore[method-assign]
     Queue.delete_message = _MOTO_DELETE  # type: ignore[method-assign]
     _installed = False
 

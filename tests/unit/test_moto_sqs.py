@@ -9,7 +9,8 @@ with the stand-in's patch the second receive cannot look until the first has tak
 one gets it.
 
 Two deletes are made to overlap: the first, having built the queue's list without its
-message, waits (at most 1 s) for the second to finish before it assigns the list. On moto as
+message, waits for the second to finish before it assigns the list (with the patch the
+second cannot start: the first gives up after 0.5 s). On moto as
 released the second's message comes back (in flight, delivered again after its visibility
 timeout); with the patch the second delete waits for the first, and both messages are gone.
 """
@@ -98,9 +99,12 @@ def test_a_long_poll_lets_other_receives_in(queue):
     polling.join(10)
 
 
-def _delete_overlapping(sqs: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+def _delete_overlapping(
+    sqs: Any, url: str, monkeypatch: pytest.MonkeyPatch, wait: float
+) -> tuple[int, int]:
     """Two received messages deleted by two threads, the second delete run whole while the
-    first is between building the queue's list and assigning it; (visible, in flight) after."""
+    first is between building the queue's list and assigning it (the first waits `wait`
+    seconds at most for it); (visible, in flight) after."""
     sqs.send_message(QueueUrl=url, MessageBody="twice")
     received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2)["Messages"]
     handles = {m["Body"]: m["ReceiptHandle"] for m in received}
@@ -113,24 +117,29 @@ def _delete_overlapping(sqs: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> 
         # only in the loop that builds the new list, just before it is assigned
         if receipt_handle == handles["once"] and message.body == "twice":
             first_paused.set()
-            second_done.wait(1.0)  # the patch holds the second delete until this one ends
+            second_done.wait(wait)  # the patch holds the second delete until this one ends
         return real_had(message, receipt_handle)
 
     monkeypatch.setattr(Message, "had_receipt_handle", had_receipt_handle)
 
-    def second() -> None:
-        sqs.delete_message(QueueUrl=url, ReceiptHandle=handles["twice"])
-        second_done.set()
+    failed: list[BaseException] = []
 
-    first = threading.Thread(
-        target=lambda: sqs.delete_message(QueueUrl=url, ReceiptHandle=handles["once"])
-    )
+    def delete(body: str) -> None:
+        try:
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=handles[body])
+        except BaseException as exc:  # seen by the test, not lost in the thread
+            failed.append(exc)
+        if body == "twice":
+            second_done.set()
+
+    first = threading.Thread(target=delete, args=("once",))
     first.start()
     assert first_paused.wait(10)
-    other = threading.Thread(target=second)
+    other = threading.Thread(target=delete, args=("twice",))
     other.start()
     for thread in (first, other):
         thread.join(30)
+    assert not first.is_alive() and not other.is_alive() and failed == []
     attrs = sqs.get_queue_attributes(
         QueueUrl=url,
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
@@ -143,12 +152,12 @@ def _delete_overlapping(sqs: Any, url: str, monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_moto_as_released_brings_back_a_message_deleted_beside_another(queue, monkeypatch):
     sqs, url = queue
-    with moto_sqs.as_released():
-        assert _delete_overlapping(sqs, url, monkeypatch) == (0, 1)
+    with moto_sqs.as_released():  # the second delete ends at once: the wait is not paid
+        assert _delete_overlapping(sqs, url, monkeypatch, wait=30) == (0, 1)
 
 
 def test_with_the_stand_in_two_deletes_at_once_delete_both(queue, monkeypatch):
     sqs, url = queue
     moto_sqs.install()
     assert moto_sqs.installed()
-    assert _delete_overlapping(sqs, url, monkeypatch) == (0, 0)
+    assert _delete_overlapping(sqs, url, monkeypatch, wait=0.5) == (0, 0)
