@@ -28,6 +28,7 @@ from moto import mock_aws
 from moto.sqs.models import Message
 
 from tests.support import moto_sqs
+from tests.support.aws import queue_counts
 
 
 @pytest.fixture
@@ -140,14 +141,7 @@ def _delete_overlapping(
     for thread in (first, other):
         thread.join(30)
     assert not first.is_alive() and not other.is_alive() and failed == []
-    attrs = sqs.get_queue_attributes(
-        QueueUrl=url,
-        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-    )["Attributes"]
-    return (
-        int(attrs["ApproximateNumberOfMessages"]),
-        int(attrs["ApproximateNumberOfMessagesNotVisible"]),
-    )
+    return queue_counts(sqs, url)
 
 
 def test_moto_as_released_brings_back_a_message_deleted_beside_another(queue, monkeypatch):
