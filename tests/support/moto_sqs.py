@@ -20,8 +20,12 @@ sent at that moment (`add_message` appends under the queue's lock), a message a 
 moves to the dead-letter queue (`_messages.remove`) and a purge (`_messages = []`) race
 with it alike. The CI run of 2026-12-01 23:45 failed on it:
 `test_two_daemons_on_one_queue_copy_every_version_once` saw every version recorded and one
-message still in flight 30 s later. Real SQS does not bring back a message that a
-DeleteMessage with its current receipt handle deleted.
+message still in flight 30 s later. Real SQS documents the like only as rare (DeleteMessage:
+"for standard queues, it is possible to receive a message even after you delete it", when a
+server holding a copy was unavailable at the delete), which the agent handles as any
+redelivery (the version is recorded: a no-op, then deleted again); moto did it at every
+coincidence of two deletes, so a test waiting for the queue to drain depended on thread
+scheduling.
 
 Installed, every change to a queue's messages holds that queue's own lock
 (`Queue._messages_lock`, the Condition `add_message` already takes): a receive (one at a
