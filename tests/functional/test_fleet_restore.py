@@ -162,28 +162,10 @@ def test_two_members_restore_their_shares_and_every_key_lands_once(aws, tmp_path
     assert _target_versions(aws)["docs/dup.txt"] == 1  # the status form put nothing
 
 
-def _atomic_conditional_writes(monkeypatch) -> None:
-    """DynamoDB applies each write atomically, its condition included ("Individual write
-    operations such as UpdateItem are atomic", DynamoDB developer guide, best practices for
-    concurrent updates). moto checks a PutItem's condition and then writes, without a lock:
-    two threads can both pass. The test holds a lock around moto's put_item (moto's gap,
-    docs/testing.md), so what it shows is DynamoDB's behaviour."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.Lock()
-    original = DynamoDBBackend.put_item
-
-    def put_item(self, *args, **kwargs):
-        with lock:
-            return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(DynamoDBBackend, "put_item", put_item)
-
-
-def test_members_racing_over_versions_both_hold_put_each_key_once(aws, tmp_path, monkeypatch):
+def test_members_racing_over_versions_both_hold_put_each_key_once(aws, tmp_path):
     """Both volumes hold every version (kept duplicates, as replicas would): run at once,
-    the conditional claim alone keeps each key to one PUT."""
-    _atomic_conditional_writes(monkeypatch)
+    the conditional claim alone keeps each key to one PUT (moto's writes made atomic, as
+    DynamoDB's are: tests/support/moto_dynamodb_writes.py)."""
     enable_versioning(aws)
     _target(aws)
     (a, member_a), (b, member_b) = two_members(aws, tmp_path)

@@ -44,7 +44,10 @@ plain wire types (`_dynamo_to_dict`, `_serialize_type_map`; binary and anything 
 moto). Server CPU for that listing, two servers seeded alike and alternated, under load
 (2026-12-01): 3.8-7.8 CPU-s before (median 4.7), 1.8-2.7 after (median 2.1).
 
-`install()` (or `changed()`) installs all four. The answers are the same:
+`install()` (or `changed()`) installs all four, and with them three fixes of moto's races
+that have modules of their own: moto_dynamodb_fast.py, moto_sqs.py (ReceiveMessage and
+DeleteMessage) and moto_dynamodb_writes.py (each write atomic with its condition). The
+answers are the same:
 tests/unit/test_moto_server.py runs the same transactions, and random tables, indexes, items
 (any attribute type), writes, Queries and Scans, with and without them and compares every
 answer; a caller changing an answer as moto's writes change items leaves the stored item.
@@ -78,7 +81,7 @@ from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.models.utilities import bytesize, dynamo_to_dict
 
-from tests.support import moto_dynamodb_fast, moto_sqs, patching
+from tests.support import moto_dynamodb_fast, moto_dynamodb_writes, moto_sqs, patching
 
 
 class _TablesByReference:
@@ -600,6 +603,7 @@ def install() -> None:
     dynamodb_responses.dynamo_to_dict = _dynamo_to_dict  # type: ignore[attr-defined]
     moto_dynamodb_fast.install()  # two more moto costs out: see that module
     moto_sqs.install()  # ReceiveMessage one at a time: see that module
+    moto_dynamodb_writes.install()  # each write atomic with its condition: see that module
     _installed = True
 
 
