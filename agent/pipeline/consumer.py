@@ -294,15 +294,21 @@ class Consumer:
         with self._lock:
             return not self._in_flight and self._work.empty()
 
-    def _spawn(self, target: Callable[[], None], name: str) -> threading.Thread:
+    def _spawn(
+        self, target: Callable[[], None], name: str, listed: list[threading.Thread] | None = None
+    ) -> threading.Thread:
+        """Start a thread, listed (in `_threads`, and in `listed`) before it runs: a worker
+        whose first message stops the consumer finds itself among the workers to stop."""
         thread = threading.Thread(target=target, name=f"consumer-{name}", daemon=True)
-        thread.start()
         self._threads.append(thread)
+        if listed is not None:
+            listed.append(thread)
+        thread.start()
         return thread
 
     def _ensure_workers(self, count: int) -> None:
         while len(self._workers) < count:
-            self._workers.append(self._spawn(self._work_loop, f"worker-{len(self._workers)}"))
+            self._spawn(self._work_loop, f"worker-{len(self._workers)}", self._workers)
 
     # -- receiving -------------------------------------------------------------------
 

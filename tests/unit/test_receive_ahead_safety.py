@@ -125,6 +125,10 @@ def run(
         consumer.stop(5)
     for thread in consumer._threads:
         thread.join(10)
+    # every thread of the run has ended: before the workers were listed before they ran, the
+    # first run's worker, killed by its first message, was not among those `kill` stopped
+    # and waited for work for ever (each such run then took the joins' 10 s)
+    assert not [t.name for t in consumer._threads if t.is_alive()]
     consumer._deletes.close()
     return died.is_set()
 
