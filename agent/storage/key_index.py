@@ -28,18 +28,16 @@ two, and the merge yields it once.
 
 The partitions are read concurrently (`listing`), one page ahead each: every partition's
 first page is asked for at once, and a partition's next page when the merge starts on its
-current one, by a pool of THREADS threads. So the 17 first pages cost a few round trips,
-not 17 one after another, the consumer works on one page while others are read, and memory
-stays bounded (at most two
-pages of 1 MB a partition: the one merged and the one ahead). A partition whose page ends
-past the prefix (a listing resumed with `after`) is not read further, so a whole listing
-asks for exactly the pages the sequential merge asked for: one Query per partition page
-(what DynamoDB bills). A Query's error (after botocore's own retries of throttling) is
-raised where the merge needs that page, as it was when pages were read one after another;
-and the pool is shut down, its threads joined, whenever the listing ends: used up, closed
-half-way (`find --limit`) or failed (a restore forks its worker processes only from a
-lone thread, agent/restore/workers.py `usable`).
-"""
+current one, by a pool of THREADS threads. So the 17 first pages cost a few round trips, not
+17 one after another, the consumer works on one page while others are read, and memory stays
+bounded (at most two pages of 1 MB a partition: the one merged and the one ahead). A
+partition whose page ends past the prefix (a listing resumed with `after`) is not read
+further, so a whole listing asks for exactly the pages the sequential merge asked for: one
+Query per partition page (what DynamoDB bills). A Query's error (after botocore's own
+retries of throttling) is raised where the merge needs that page, as it was when pages were
+read one after another; and the pool is shut down, its threads joined, whenever the listing
+ends: used up, closed half-way (`find --limit`) or failed (a restore forks its worker
+processes only from a lone thread, agent/restore/workers.py `usable`)."""
 
 from __future__ import annotations
 
