@@ -1,5 +1,5 @@
-"""moto's ReceiveMessage one at a time, its DeleteMessage whole: two races of the local AWS
-stand-in taken out.
+"""moto's ReceiveMessage one at a time, its DeleteMessage whole, its message counts taken at
+one instant: three races of the local AWS stand-in taken out.
 
 moto 5.2.5's `SQSBackend.receive_message` looks at each message's visibility and marks it
 received without a lock, so two ReceiveMessage requests served at once (moto_server answers
@@ -34,6 +34,21 @@ poll lets the others in while it waits for messages: moto waits on that same Con
 which lets go of the lock (an RLock, however deep) while it waits. tests/unit/test_moto_sqs.py
 shows both races on moto as released and their absence with this installed; `install()` is
 called by tests/support/moto_server.py's `install()`.
+
+The third: GetQueueAttributes reads ApproximateNumberOfMessages (visible messages) and then
+ApproximateNumberOfMessagesNotVisible (the rest), each looking at the clock again, so a
+message whose visibility timeout ends between the two reads is in neither: the queue looks
+empty while it holds a message. The tests' "drained" checks (visible + in flight == 0) then
+stop a run early. A CI run of 2026-12-02 failed on it:
+`test_a_crash_loop_dead_letters_only_the_message_that_kills_the_agent` stopped its fourth
+run while the poison (received three times, about to be moved to the dead-letter queue by
+the next receive) was turning visible again, and found the dead-letter queue empty. Real SQS
+documents these counts as approximate (they "may not achieve consistency until at least 1
+minute after the producers stop sending messages", GetQueueAttributes reference), so no
+agent logic relies on them (they are reported by `status` and the monitor only); for the
+tests' checks the stand-in now counts each message once: installed, the three counts come
+from one look at each message (moto's GetQueueAttributes builds its answer from a fresh
+`Queue.attributes` for each name asked for, so the counts are put in after it).
 """
 
 from __future__ import annotations
@@ -48,6 +63,7 @@ from tests.support import patching
 _MOTO_RECEIVE = SQSBackend.receive_message
 _MOTO_PURGE = SQSBackend.purge_queue
 _MOTO_DELETE = Queue.delete_message
+_MOTO_ATTRIBUTES = SQSBackend.get_queue_attributes
 _installed = False
 
 
@@ -66,6 +82,29 @@ def _delete_message(self: Queue, receipt_handle: str) -> None:
         _MOTO_DELETE(self, receipt_handle)
 
 
+def _counts(queue: Queue) -> dict[str, int]:
+    visible = not_visible = delayed = 0
+    with queue._messages_lock:  # a receive's messages turn invisible together
+        for message in queue._messages:  # each message looked at once
+            is_visible, is_delayed = message.visible, message.delayed
+            visible += is_visible and not is_delayed
+            not_visible += not is_visible
+            delayed += is_delayed
+    return {
+        "ApproximateNumberOfMessages": visible,
+        "ApproximateNumberOfMessagesNotVisible": not_visible,
+        "ApproximateNumberOfMessagesDelayed": delayed,
+    }
+
+
+def _get_queue_attributes(
+    self: SQSBackend, queue_name: str, attribute_names: list[str]
+) -> dict[str, Any]:
+    result = _MOTO_ATTRIBUTES(self, queue_name, attribute_names)
+    counts = _counts(self.get_queue(queue_name))
+    return {name: counts.get(name, value) for name, value in result.items()}
+
+
 def installed() -> bool:
     return _installed
 
@@ -75,6 +114,7 @@ def install() -> None:
     SQSBackend.receive_message = _receive_message  # type: ignore[method-assign]
     SQSBackend.purge_queue = _purge_queue  # type: ignore[method-assign]
     Queue.delete_message = _delete_message  # type: ignore[method-assign]
+    SQSBackend.get_queue_attributes = _get_queue_attributes  # type: ignore[method-assign]
     _installed = True
 
 
@@ -83,6 +123,7 @@ def uninstall() -> None:
     SQSBackend.receive_message = _MOTO_RECEIVE  # type: ignore[method-assign]
     SQSBackend.purge_queue = _MOTO_PURGE  # type: ignore[method-assign]
     Queue.delete_message = _MOTO_DELETE  # type: ignore[method-assign]
+    SQSBackend.get_queue_attributes = _MOTO_ATTRIBUTES  # type: ignore[method-assign]
     _installed = False
 
 

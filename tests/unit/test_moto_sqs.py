@@ -13,6 +13,10 @@ message, waits for the second to finish before it assigns the list (with the pat
 second cannot start: the first gives up after 0.5 s). On moto as
 released the second's message comes back (in flight, delivered again after its visibility
 timeout); with the patch the second delete waits for the first, and both messages are gone.
+
+A message's visibility timeout is made to end between the queue's count of visible messages
+and its count of messages in flight: on moto as released the message is in neither count (the
+queue looks empty); with the patch each message is looked at once and counted once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
-from moto.sqs.models import Message
+from moto.sqs.models import Message, Queue
 
 from tests.support import moto_sqs
 from tests.support.aws import queue_counts
@@ -155,3 +159,45 @@ def test_with_the_stand_in_two_deletes_at_once_delete_both(queue, monkeypatch):
     moto_sqs.install()
     assert moto_sqs.installed()
     assert _delete_overlapping(sqs, url, monkeypatch, wait=0.5) == (0, 0)
+
+
+def _counts_across_a_timeout_ending(
+    sqs: Any, url: str, monkeypatch: pytest.MonkeyPatch, names: list[str]
+) -> tuple[int, int]:
+    """(visible, in flight) read while the one message's visibility timeout ends just after
+    moto's first count of the visible messages."""
+    sqs.receive_message(QueueUrl=url, VisibilityTimeout=60)  # in flight for a minute
+    real_count = Queue.approximate_number_of_messages
+    ended = threading.Event()
+
+    def count_visible(queue: Queue) -> int:
+        count: int = real_count.fget(queue)  # type: ignore[attr-defined]
+        if not ended.is_set():
+            ended.set()
+            for message in queue._messages:
+                message.visible_at = 0  # its timeout is over: visible again from now
+        return count
+
+    monkeypatch.setattr(Queue, "approximate_number_of_messages", property(count_visible))
+    answer = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    assert ended.is_set()
+    return (
+        int(answer["ApproximateNumberOfMessages"]),
+        int(answer["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+def test_moto_as_released_counts_a_message_turning_visible_in_neither_count(queue, monkeypatch):
+    sqs, url = queue
+    with moto_sqs.as_released():
+        assert _counts_across_a_timeout_ending(sqs, url, monkeypatch, ["All"]) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "names",
+    [["All"], ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]],
+)
+def test_with_the_stand_in_a_message_turning_visible_is_counted_once(queue, monkeypatch, names):
+    sqs, url = queue
+    moto_sqs.install()
+    assert _counts_across_a_timeout_ending(sqs, url, monkeypatch, names) == (1, 0)
