@@ -213,8 +213,16 @@ class DirectoryTarget:
         with self.tree.directory(parts[:-1], create=True) as parent:
             if parent is None:  # pragma: no cover - create=True always yields a directory
                 raise UnsafePath(f"{self.tree.shown(parts)}: its directory could not be opened")
-            self._clean_once(parent, parts[:-1])
-            found = entry(parent, name)
+            # a directory this run made holds only what the run put there (no earlier
+            # restore's temp files, no file of the same name: each key has its own path,
+            # paths.py), so its names are not looked up first (a fifth of a small-file
+            # restore's time in the worker processes, where the lookups wait behind the
+            # creates in the same directory); a name that appears anyway is met by `commit`,
+            # which never replaces one without --overwrite
+            fresh = self.tree.made(parts[:-1])
+            if not fresh:
+                self._clean_once(parent, parts[:-1])
+            found = None if fresh else entry(parent, name)
             if found is not None:
                 if stat.S_ISDIR(found.st_mode):
                     raise RestoreRefused(f"{self.tree.shown(parts)} is a directory")
@@ -237,6 +245,18 @@ class DirectoryTarget:
                     os.unlink(temp, dir_fd=parent)
                 raise
         return Staged(item, parts, temp, inode)
+
+    def prepare(self, items: Sequence[Item]) -> None:
+        """Create the target and the directories of `items` now, in this process (before
+        workers.py forks: each child then knows which directories this run made, `stage`).
+        A directory that cannot be made is left for its files to meet, one error each."""
+        self._root()
+        for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
+            with (
+                contextlib.suppress(BackupAgentError, OSError),
+                self.tree.directory(directory, create=True),
+            ):
+                pass
 
     def temp_name(self, serial: int) -> str:
         """The temp name of this run's file number `serial` (`.restore-<run>-<serial>.part`)."""

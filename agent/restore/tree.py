@@ -58,6 +58,7 @@ class TargetTree:
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[[int], TargetTree] | None = None
         self._created: list[tuple[str, ...]] = []  # directories made, () for the target itself
+        self._made: set[tuple[str, ...]] = set()  # every directory this tree made, kept
 
     def root(self, *, create: bool) -> int | None:
         """The descriptor of the target directory; None if it does not exist and not
@@ -106,6 +107,13 @@ class TargetTree:
             if owned:
                 os.close(current)
 
+    def made(self, parts: tuple[str, ...]) -> bool:
+        """Whether this tree created the directory `parts` (mkdirat by this run, 0700 and
+        then `dir_mode`, owned by the restoring user): a name in it was put there by this
+        run, unless by root or that user (targets.py names files without replacing them, so
+        a name that appears anyway is met there, not overwritten)."""
+        return parts in self._made
+
     def take_created(self) -> list[tuple[str, ...]]:
         """The directories created since the last call (their entries need a parent fsync
         to be durable), `()` standing for the target directory itself."""
@@ -138,6 +146,7 @@ class TargetTree:
         if created:
             _set_mode(fd, self.dir_mode)  # exactly the mode asked for, whatever the umask
             self._created.append(())  # under self._lock (root holds it)
+            self._made.add(())
         return fd
 
     def _reopen_root(self) -> int:
@@ -164,6 +173,7 @@ class TargetTree:
             _set_mode(fd, self.dir_mode)
             with self._lock:
                 self._created.append(parts)
+                self._made.add(parts)
         return fd
 
 

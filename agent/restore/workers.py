@@ -181,7 +181,7 @@ class ProcessStaging:
 
     def __enter__(self) -> ProcessStaging:
         global _shared
-        self.target.tree.root(create=True)  # the target made (and recorded) here, not in a child
+        self.target.prepare(self.items)  # its directories made (and recorded) here, not in a child
         _shared = _Shared(self.target, self.items, os.getpid())
         self._pool = ProcessPoolExecutor(
             self.processes,

@@ -242,3 +242,82 @@ def test_naming_a_file_is_one_rename_not_a_link_and_an_unlink(volume, target, mo
     assert summary.ok and _everything(target) == sorted(KEYS)
     assert calls == {}  # no link, no unlink, and no fchmod where the create gave 0600
     assert {(target / key).stat().st_mode & 0o777 for key in KEYS} == {0o600}
+
+
+# -- directories this run made: their names are not looked up before staging (issue 19) ----
+
+
+def _lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names `stage` looks up in their directory before writing."""
+    looked: list[str] = []
+    real = targets.entry
+
+    def entry(directory: int, name: str) -> os.stat_result | None:
+        if not name.startswith(".restore-"):  # not a temp file's check in `commit`
+            looked.append(name)
+        return real(directory, name)
+
+    monkeypatch.setattr(targets, "entry", entry)
+    return looked
+
+
+def test_names_are_looked_up_only_in_directories_the_run_did_not_make(volume, target, monkeypatch):
+    """`a/` exists before the restore (it may hold anything: each name is looked up first);
+    `c/` is made by the run, so only the run's own files can be in it."""
+    (target / "a").mkdir()
+    looked = _lookups(monkeypatch)
+    plan = placed_plan(volume, ["a/1.txt", "a/2.txt", "c/4.txt", "c/5.txt"], DATA)
+
+    summary = Restorer(DirectoryTarget(volume, target), workers=1).run(plan)
+
+    assert summary.ok and summary.count(Status.RESTORED) == 4
+    assert sorted(looked) == ["1.txt", "2.txt"]
+    assert _everything(target) == ["a/1.txt", "a/2.txt", "c/4.txt", "c/5.txt"]
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["refused", "--overwrite"])
+def test_a_name_put_into_a_directory_the_run_made_is_never_replaced_unasked(
+    volume, target, overwrite
+):
+    """Another process (root, or the restoring user) writes a name into a directory the run
+    made, before the run stages that name: not looked up, it is met when the file is named
+    and kept, as any name that appears meanwhile; --overwrite replaces it, as it would have."""
+    first, second = placed_plan(volume, ["d/1.txt", "d/2.txt"], DATA).items
+    restore = DirectoryTarget(volume, target, overwrite=overwrite)
+    staged = restore.stage(first, lambda _n: None)  # makes d/
+    assert not isinstance(staged, Status) and restore.tree.made(("d",))
+    (target / "d" / "2.txt").write_bytes(b"written meanwhile")
+
+    later = restore.stage(second, lambda _n: None)
+    assert not isinstance(later, Status)  # staged: the name was not looked up
+    errors = restore.commit([staged, later])
+
+    assert errors[0] is None and (target / "d" / "1.txt").read_bytes() == DATA
+    if overwrite:
+        assert errors[1] is None and (target / "d" / "2.txt").read_bytes() == DATA
+    else:
+        assert isinstance(errors[1], RestoreRefused) and "appeared meanwhile" in str(errors[1])
+        assert (target / "d" / "2.txt").read_bytes() == b"written meanwhile"
+    assert _temps(target) == []
+
+
+def test_a_directory_moved_in_where_the_run_made_one_is_still_walked_safely(volume, target):
+    """The run made `d/`; someone renames it away and puts a directory of their own, with a
+    file in it, at `d`. The walk opens what is at `d` (a directory, not a symlink); the
+    name there is not looked up but is never replaced without --overwrite."""
+    first, second = placed_plan(volume, ["d/1.txt", "d/2.txt"], DATA).items
+    restore = DirectoryTarget(volume, target)
+    made = restore.stage(first, lambda _n: None)
+    assert not isinstance(made, Status)
+    restore.discard([made])  # only `d/` is wanted from it
+    os.rename(target / "d", target / "moved")
+    (target / "d").mkdir()
+    (target / "d" / "2.txt").write_bytes(b"theirs")
+
+    staged = restore.stage(second, lambda _n: None)
+    assert not isinstance(staged, Status)
+    [error] = restore.commit([staged])
+
+    assert isinstance(error, RestoreRefused) and "appeared meanwhile" in str(error)
+    assert (target / "d" / "2.txt").read_bytes() == b"theirs"
+    assert _temps(target) == []  # `moved/` too

@@ -533,3 +533,50 @@ def test_a_stop_cancels_the_runs_handed_out_ahead_that_no_child_has_taken(volume
     assert 100 <= len(restored) <= 150 and restored == KEYS[: len(restored)]
     assert {r.error for r in summary.results[len(restored) :]} == {"interrupted: not started"}
     assert files_under(tmp_path / "out") == sorted(restored)  # no temp file left
+
+
+class Fresh(DirectoryTarget):
+    """Notes, per file a child stages, whether its directory was made by this run."""
+
+    def __init__(self, *args, log: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def stage(self, item, on_bytes, *, serial=None):
+        made = self.tree.made(item.placement.parts[:-1])
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, f"{os.getpid()} {int(made)}\n".encode())
+        os.close(fd)
+        return super().stage(item, on_bytes, serial=serial)
+
+
+def test_the_parent_makes_the_plans_directories_so_each_child_knows_them_new(volume, tmp_path):
+    """Made before the fork (`DirectoryTarget.prepare`), every directory of the plan is one
+    this run made, in every child: no child looks a name up in it (targets.py `stage`).
+    Made by the children instead, a child would know only the ones it made itself."""
+    (tmp_path / "out" / "d1").mkdir(parents=True)  # there before: its names are looked up
+    target = Fresh(volume, tmp_path / "out", log=tmp_path / "made")
+
+    summary = Restorer(target, cpus=2).run(placed_plan(volume, KEYS, SMALL))
+
+    assert summary.ok and files_under(tmp_path / "out") == sorted(KEYS)
+    lines = [line.split() for line in (tmp_path / "made").read_text().splitlines()]
+    assert len(lines) == COUNT and os.getpid() not in {int(pid) for pid, _ in lines}
+    made = [flag == "1" for _pid, flag in lines]
+    assert sorted(made) == [False] * 100 + [True] * 200  # d1's 100 files, then d0's and d2's
+
+
+def test_a_plan_directory_that_cannot_be_made_fails_its_files_alone(volume, tmp_path):
+    """A file where the plan needs a directory: `prepare` leaves it to the files, and each
+    of them fails with the error the threads report; the other directories are restored."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "d1").write_bytes(b"a file, not a directory")
+
+    summary = Restorer(DirectoryTarget(volume, out), cpus=2).run(placed_plan(volume, KEYS, SMALL))
+
+    statuses = {r.item.key: r for r in summary.results}
+    assert all(statuses[key].status is Status.RESTORED for key in KEYS[:100] + KEYS[200:])
+    assert {statuses[key].status for key in KEYS[100:200]} == {Status.FAILED}
+    assert all("where a directory is needed" in (statuses[k].error or "") for k in KEYS[100:200])
+    assert (out / "d1").read_bytes() == b"a file, not a directory"
