@@ -28,6 +28,7 @@ from bench.restore import (
     median_timing,
     restore_all,
     restore_cli,
+    run_rounds,
     settled,
     zstd_decompress_all,
     zstd_decompress_durable,
@@ -352,7 +353,8 @@ class Benchmark:
         """10,000 small files through `backup-restore` (online and offline) and `zstd -d`
         (plain, and made durable), in BENCH_SMALL_ROUNDS rounds, each run in every round, the
         order reversed every other round; every run starts with nothing dirty in the page
-        cache (`settled`) and restores into a directory of its own, removed after it. The
+        cache (`settled`) and restores into a directory of its own, all kept until the last
+        run (`run_rounds` says why). The
         ratios are per round, their median printed: on this shared machine the same run's
         speed changed twofold within a minute (2026-12-02), more than one run each could
         tell apart. Returns the summary's part."""
@@ -360,34 +362,31 @@ class Benchmark:
 
         volume = Volume(volume_root)
         restorer = self.restorer(volume_root, None)
-        alone = restore_all(restorer, copies, target / "small-ours")  # decompression alone, once
-        shutil.rmtree(target / "small-ours")
+        kept = target / "small"  # every run's files, removed only after the last run
+        alone = restore_all(restorer, copies, kept / "alone")  # decompression alone, once
         runs: dict[str, Callable[[Path], Timing]] = {
             "cli": lambda out: restore_cli(config, ["--all"], out),
             "offline": lambda out: restore_cli(config, ["--offline", "--all"], out),
             "zstd": lambda out: zstd_decompress_all(volume, copies, out),
             "synced": lambda out: zstd_decompress_durable(volume, copies, out),
         }
-        rounds: list[dict[str, Timing]] = []
         endpoint_cpu: list[float] = []
-        for index in range(self.settings.small_rounds):
-            timings: dict[str, Timing] = {}
-            for kind in small.round_order(index, list(runs)):
-                out = target / f"small-{kind}"
-                settled()
-                meter = small.CpuMeter(self.endpoint.pid) if kind == "cli" else None
-                try:
-                    timings[kind] = runs[kind](out)
-                    if meter is not None:
-                        endpoint_cpu.append(meter.used()[0])
-                        restored = sum(1 for p in out.rglob("*") if p.is_file())
-                        if restored != len(copies):
-                            raise RuntimeError(
-                                f"backup-restore restored {restored} of {len(copies)} files"
-                            )
-                finally:
-                    shutil.rmtree(out, ignore_errors=True)
-            rounds.append(timings)
+        meter: small.CpuMeter | None = None
+
+        def before(kind: str) -> None:
+            nonlocal meter
+            settled()
+            meter = small.CpuMeter(self.endpoint.pid) if kind == "cli" else None
+
+        def after(kind: str, out: Path) -> None:
+            if kind != "cli" or meter is None:
+                return
+            endpoint_cpu.append(meter.used()[0])
+            restored = sum(1 for p in out.rglob("*") if p.is_file())
+            if restored != len(copies):
+                raise RuntimeError(f"backup-restore restored {restored} of {len(copies)} files")
+
+        rounds = run_rounds(runs, self.settings.small_rounds, kept, before=before, after=after)
         shutil.rmtree(target)  # and the filelists zstd read
         median = {kind: median_timing([r[kind] for r in rounds]) for kind in runs}
         self.report.text(

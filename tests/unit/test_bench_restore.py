@@ -19,6 +19,7 @@ from bench.restore import (
     Timing,
     cpu_budget,
     median_timing,
+    run_rounds,
     zstd_decompress_durable,
 )
 
@@ -109,3 +110,47 @@ def test_the_median_timing_takes_each_figure_s_own_median() -> None:
     assert median_timing(runs[:2]) == Timing(2.0, 3.0)
     with pytest.raises(ValueError, match="at least one"):
         median_timing([])
+
+
+def test_the_rounds_keep_every_runs_files_until_the_last_run_then_remove_them(tmp_path) -> None:
+    """No run's files are removed while another run follows (a removal of thousands of files
+    made the next run's creates scan recently freed inodes, run_rounds), each run writes
+    into a directory of its own, the order is reversed every other round, and the whole
+    target goes at the end."""
+    seen: list[tuple[str, list[str]]] = []
+    readied: list[str] = []
+
+    def run(kind: str):
+        def write(out: Path) -> Timing:
+            seen.append((kind, sorted(p.name for p in (tmp_path / "rounds").glob("*"))))
+            out.mkdir(parents=True)
+            (out / "file").write_bytes(b"x")
+            return Timing(1.0, 0.5)
+
+        return write
+
+    rounds = run_rounds(
+        {"a": run("a"), "b": run("b")}, 3, tmp_path / "rounds", before=readied.append
+    )
+
+    assert readied == ["a", "b", "b", "a", "a", "b"]
+    assert seen == [
+        ("a", []),
+        ("b", ["a-0"]),
+        ("b", ["a-0", "b-0"]),
+        ("a", ["a-0", "b-0", "b-1"]),
+        ("a", ["a-0", "a-1", "b-0", "b-1"]),
+        ("b", ["a-0", "a-1", "a-2", "b-0", "b-1"]),
+    ]
+    assert [sorted(r) for r in rounds] == [["a", "b"]] * 3
+    assert not (tmp_path / "rounds").exists()
+
+
+def test_the_rounds_remove_their_files_when_a_run_fails(tmp_path) -> None:
+    def fails(out: Path) -> Timing:
+        out.mkdir(parents=True)
+        raise RuntimeError("a run failed")
+
+    with pytest.raises(RuntimeError, match="a run failed"):
+        run_rounds({"a": fails}, 2, tmp_path / "rounds", before=lambda _kind: None)
+    assert not (tmp_path / "rounds").exists()
