@@ -619,6 +619,9 @@ def uninstall() -> None:
     dynamodb_models.copy = _MOTO_COPY  # type: ignore[attr-defined]
     table_module.copy = _TABLE_COPY  # type: ignore[attr-defined]
     dynamodb_responses.dynamo_to_dict = _MOTO_TO_DICT  # type: ignore[attr-defined]
+    moto_dynamodb_fast.uninstall()  # all that install() installed: moto as released
+    moto_sqs.uninstall()
+    moto_dynamodb_writes.uninstall()
     _installed = False
 
 

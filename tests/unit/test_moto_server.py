@@ -20,7 +20,7 @@ from moto import mock_aws
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 
 from agent.storage.ledger import KEY_INDEX, table_definition
-from tests.support import moto_server
+from tests.support import moto_dynamodb_fast, moto_dynamodb_writes, moto_server, moto_sqs
 from tests.support.moto_server import as_released, changed, touched_items_only
 
 TABLE = "ledger"
@@ -869,3 +869,15 @@ def test_the_response_is_built_as_moto_builds_it(tree):
 
     made = moto_server._dynamo_to_dict(tree)
     assert repr(made) == repr(dynamo_to_dict(tree))  # repr: True is not 1, b"a" is not "a"
+
+
+def test_moto_as_released_is_moto_without_any_of_the_changes():
+    """`as_released` takes out every change `install` makes, the other modules' too (they
+    stayed installed before, so a comparison "with moto as released" ran with them), and
+    puts them all back after."""
+    moto_server.install()
+    parts = (moto_server, moto_dynamodb_fast, moto_sqs, moto_dynamodb_writes)
+    assert all(part.installed() for part in parts)
+    with moto_server.as_released():
+        assert not any(part.installed() for part in parts)
+    assert all(part.installed() for part in parts)
