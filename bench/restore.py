@@ -121,15 +121,18 @@ def run_rounds(
 ) -> list[dict[str, Timing]]:
     """Each run of `runs` once per round, the order reversed every other round
     (`small.round_order`), each into a directory of its own under `target` (`before` readies
-    the machine for it, `after` checks it); nothing is removed until every round has run
-    (`target` is removed then, however the rounds end).
+    the machine for it, `after` checks it). Nothing is removed: the runs' files stay until
+    the benchmark's working directory goes at its end (`target` is removed here only when a
+    run fails).
 
-    Why nothing is removed between runs: on an ext4 without a journal (this machine's root,
-    2026-12-02) the inode allocator skips each inode freed in the last 60-300 s, reading its
-    inode-table block to see when (`recently_deleted`, fs/ext4/ialloc.c). A run right
-    after 10,000 files were removed then paid a scan per file created: a restore by two
-    processes and the parent, which wait on the directory's lock while one scans, 1.7x
-    slower; `zstd -d` alone 1.0-1.9x. That measured the removal before, not the run."""
+    Why: on an ext4 without a journal (this machine's root, 2026-12-02) the inode allocator
+    skips each inode freed in the last 60 s (360 s while its inode-table block is dirty),
+    looking that block up in the buffer cache for every free inode it passes
+    (`recently_deleted`, fs/ext4/ialloc.c). A run right after 10,000 files were removed then
+    paid that per file created: a restore by two processes and the parent, which wait on the
+    directory's lock while one scans, 1.7x slower; `zstd -d` (one process) 0.8-1.9x. That
+    measured the removal before, not the run; and a removal at the end of the section would
+    land on the sections after it."""
     timings: list[dict[str, Timing]] = []
     try:
         for index in range(rounds):
@@ -139,8 +142,9 @@ def run_rounds(
                 before(kind)
                 timings[-1][kind] = runs[kind](out)
                 after(kind, out)
-    finally:
+    except BaseException:
         shutil.rmtree(target, ignore_errors=True)
+        raise
     return timings
 
 

@@ -353,8 +353,8 @@ class Benchmark:
         """10,000 small files through `backup-restore` (online and offline) and `zstd -d`
         (plain, and made durable), in BENCH_SMALL_ROUNDS rounds, each run in every round, the
         order reversed every other round; every run starts with nothing dirty in the page
-        cache (`settled`) and restores into a directory of its own, all kept until the last
-        run (`run_rounds` says why). The
+        cache (`settled`) and restores into a directory of its own, all kept until the
+        benchmark ends (`run_rounds` says why). The
         ratios are per round, their median printed: on this shared machine the same run's
         speed changed twofold within a minute (2026-12-02), more than one run each could
         tell apart. Returns the summary's part."""
@@ -386,8 +386,8 @@ class Benchmark:
             if restored != len(copies):
                 raise RuntimeError(f"backup-restore restored {restored} of {len(copies)} files")
 
+        # kept, with the filelists zstd read, until the working directory goes (run_rounds)
         rounds = run_rounds(runs, self.settings.small_rounds, kept, before=before, after=after)
-        shutil.rmtree(target)  # and the filelists zstd read
         median = {kind: median_timing([r[kind] for r in rounds]) for kind in runs}
         self.report.text(
             f"{len(rounds)} round(s), each run in each, the order reversed every other round;"

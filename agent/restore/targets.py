@@ -213,13 +213,14 @@ class DirectoryTarget:
         with self.tree.directory(parts[:-1], create=True) as parent:
             if parent is None:  # pragma: no cover - create=True always yields a directory
                 raise UnsafePath(f"{self.tree.shown(parts)}: its directory could not be opened")
-            # a directory this run made holds only what the run put there (no earlier
-            # restore's temp files, no file of the same name: each key has its own path,
-            # paths.py), so its names are not looked up first (a fifth of a small-file
-            # restore's time in the worker processes, where the lookups wait behind the
-            # creates in the same directory); a name that appears anyway is met by `commit`,
-            # which never replaces one without --overwrite
-            fresh = self.tree.made(parts[:-1])
+            # a directory this run made, writable by no one else, holds only what the run
+            # (or root, or the restoring user) put there: no earlier restore's temp files, no
+            # file of the same name (each key has its own path, paths.py). So its names are
+            # not looked up first (a fifth of a small-file restore's time in the worker
+            # processes, where the lookups wait behind the creates in the same directory);
+            # a name that appears anyway is met by `commit`, which never replaces one
+            # without --overwrite
+            fresh = self.tree.made(parts[:-1], parent)
             if not fresh:
                 self._clean_once(parent, parts[:-1])
             found = None if fresh else entry(parent, name)

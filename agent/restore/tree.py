@@ -58,7 +58,9 @@ class TargetTree:
         self._lock = threading.Lock()
         self._finalizer: weakref.finalize[[int], TargetTree] | None = None
         self._created: list[tuple[str, ...]] = []  # directories made, () for the target itself
-        self._made: set[tuple[str, ...]] = set()  # every directory this tree made, kept
+        # every directory this tree made, kept: its (st_dev, st_ino), so that a directory put
+        # at its path later (by someone who can write the one above) is not taken for it
+        self._made: dict[tuple[str, ...], tuple[int, int]] = {}
 
     def root(self, *, create: bool) -> int | None:
         """The descriptor of the target directory; None if it does not exist and not
@@ -107,12 +109,20 @@ class TargetTree:
             if owned:
                 os.close(current)
 
-    def made(self, parts: tuple[str, ...]) -> bool:
-        """Whether this tree created the directory `parts` (mkdirat by this run, 0700 and
-        then `dir_mode`, owned by the restoring user): a name in it was put there by this
-        run, unless by root or that user (targets.py names files without replacing them, so
-        a name that appears anyway is met there, not overwritten)."""
-        return parts in self._made
+    def made(self, parts: tuple[str, ...], fd: int) -> bool:
+        """Whether `fd`, open at `parts`, is the very directory this tree created there
+        (mkdirat by this run, 0700 and then `dir_mode`, owned by the restoring user) and
+        `dir_mode` lets no group or other user write it: then only the run, root or the
+        restoring user can have put a name in it. A directory moved in at that path since is
+        another inode, so not "made". (targets.py never replaces a name without --overwrite
+        either way: this only spares the lookups.)"""
+        if self.dir_mode & 0o022:
+            return False
+        made = self._made.get(parts)
+        if made is None:
+            return False
+        found = os.fstat(fd)
+        return (found.st_dev, found.st_ino) == made
 
     def take_created(self) -> list[tuple[str, ...]]:
         """The directories created since the last call (their entries need a parent fsync
@@ -146,7 +156,7 @@ class TargetTree:
         if created:
             _set_mode(fd, self.dir_mode)  # exactly the mode asked for, whatever the umask
             self._created.append(())  # under self._lock (root holds it)
-            self._made.add(())
+            self._made[()] = _identity(fd)
         return fd
 
     def _reopen_root(self) -> int:
@@ -173,8 +183,13 @@ class TargetTree:
             _set_mode(fd, self.dir_mode)
             with self._lock:
                 self._created.append(parts)
-                self._made.add(parts)
+                self._made[parts] = _identity(fd)
         return fd
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    found = os.fstat(fd)
+    return found.st_dev, found.st_ino
 
 
 def _set_mode(fd: int, mode: int) -> None:

@@ -14,9 +14,10 @@ What keeps it safe:
   parent with no lock held by a thread that does not exist in them. The executor forks all
   its children at the first submit, before it starts its own manager thread (Python 3.11,
   the "fork" start method).
-* **Only where the name barrier is `syncfs`**: a child's directories are created in the
-  child, and one syncfs of the filesystem covers their entries without the parent knowing
-  them (without syncfs, threads stage, as before).
+* **Only where the name barrier is `syncfs`**: one syncfs of the filesystem covers every
+  entry a child makes without the parent knowing them (without syncfs, threads stage, as
+  before). The plan's directories are made by the parent before the fork
+  (`DirectoryTarget.prepare`), so every child knows which ones this run made.
 * **No shared names**: a child names its temp file by the file's place in the plan
   (`SERIAL_BASE + index`), never by a counter it shares with its siblings; the parent knows
   every name, so it can remove what a dead child left.

@@ -22,6 +22,7 @@ queue looks empty); with the patch each message is looked at once and counted on
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -193,11 +194,38 @@ def test_moto_as_released_counts_a_message_turning_visible_in_neither_count(queu
         assert _counts_across_a_timeout_ending(sqs, url, monkeypatch, ["All"]) == (0, 0)
 
 
-@pytest.mark.parametrize(
-    "names",
-    [["All"], ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]],
-)
+def _counts_of_a_flickering_message(
+    sqs: Any, url: str, monkeypatch: pytest.MonkeyPatch, names: list[str]
+) -> tuple[int, int]:
+    """(visible, in flight) of a queue whose one message is invisible, visible, invisible ...
+    at each look: a count that looks at a message twice counts it twice or not at all."""
+    looks = itertools.count()
+    monkeypatch.setattr(Message, "visible", property(lambda _message: next(looks) % 2 == 1))
+    answer = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return (
+        int(answer["ApproximateNumberOfMessages"]),
+        int(answer["ApproximateNumberOfMessagesNotVisible"]),
+    )
+
+
+NAMES = [["All"], ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]]
+
+
+@pytest.mark.parametrize("names", NAMES)
 def test_with_the_stand_in_a_message_turning_visible_is_counted_once(queue, monkeypatch, names):
     sqs, url = queue
     moto_sqs.install()
     assert _counts_across_a_timeout_ending(sqs, url, monkeypatch, names) == (1, 0)
+
+
+@pytest.mark.parametrize("names", NAMES)
+def test_with_the_stand_in_each_message_is_looked_at_once_for_its_counts(queue, monkeypatch, names):
+    sqs, url = queue
+    moto_sqs.install()
+    assert sum(_counts_of_a_flickering_message(sqs, url, monkeypatch, names)) == 1
+
+
+def test_moto_as_released_looks_at_a_message_twice_for_its_counts(queue, monkeypatch):
+    sqs, url = queue
+    with moto_sqs.as_released():
+        assert sum(_counts_of_a_flickering_message(sqs, url, monkeypatch, ["All"])) != 1

@@ -275,36 +275,64 @@ def test_names_are_looked_up_only_in_directories_the_run_did_not_make(volume, ta
     assert _everything(target) == ["a/1.txt", "a/2.txt", "c/4.txt", "c/5.txt"]
 
 
+def _made(restore: DirectoryTarget, parts: tuple[str, ...]) -> bool:
+    with restore.tree.directory(parts, create=False) as fd:
+        return fd is not None and restore.tree.made(parts, fd)
+
+
+def _plant(kind: str, path: Path, outside: Path) -> None:
+    if kind == "file":
+        path.write_bytes(b"written meanwhile")
+    elif kind == "symlink":
+        path.symlink_to(outside)
+    else:
+        path.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink", "directory"])
 @pytest.mark.parametrize("overwrite", [False, True], ids=["refused", "--overwrite"])
 def test_a_name_put_into_a_directory_the_run_made_is_never_replaced_unasked(
-    volume, target, overwrite
+    volume, target, tmp_path, overwrite, kind
 ):
-    """Another process (root, or the restoring user) writes a name into a directory the run
-    made, before the run stages that name: not looked up, it is met when the file is named
-    and kept, as any name that appears meanwhile; --overwrite replaces it, as it would have."""
+    """Another process (root, or the restoring user) puts a name into a directory the run
+    made, before the run stages that name: not looked up, it is met when the file is named.
+    Without --overwrite it is kept, as any name that appears meanwhile. With --overwrite a
+    file or a symlink is replaced (the link itself: nothing is written where it points) and a
+    directory fails the file, as it always did."""
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"not the restore's")
     first, second = placed_plan(volume, ["d/1.txt", "d/2.txt"], DATA).items
     restore = DirectoryTarget(volume, target, overwrite=overwrite)
     staged = restore.stage(first, lambda _n: None)  # makes d/
-    assert not isinstance(staged, Status) and restore.tree.made(("d",))
-    (target / "d" / "2.txt").write_bytes(b"written meanwhile")
+    assert not isinstance(staged, Status) and _made(restore, ("d",))
+    planted = target / "d" / "2.txt"
+    _plant(kind, planted, outside)
 
     later = restore.stage(second, lambda _n: None)
     assert not isinstance(later, Status)  # staged: the name was not looked up
     errors = restore.commit([staged, later])
 
     assert errors[0] is None and (target / "d" / "1.txt").read_bytes() == DATA
-    if overwrite:
-        assert errors[1] is None and (target / "d" / "2.txt").read_bytes() == DATA
+    assert outside.read_bytes() == b"not the restore's"
+    if overwrite and kind != "directory":
+        assert errors[1] is None and not planted.is_symlink() and planted.read_bytes() == DATA
     else:
-        assert isinstance(errors[1], RestoreRefused) and "appeared meanwhile" in str(errors[1])
-        assert (target / "d" / "2.txt").read_bytes() == b"written meanwhile"
+        assert errors[1] is not None
+        if not overwrite:
+            assert isinstance(errors[1], RestoreRefused) and "appeared meanwhile" in str(errors[1])
+        if kind == "symlink":
+            assert planted.is_symlink()
+        elif kind == "directory":
+            assert planted.is_dir() and not planted.is_symlink()
+        else:
+            assert planted.read_bytes() == b"written meanwhile"
     assert _temps(target) == []
 
 
-def test_a_directory_moved_in_where_the_run_made_one_is_still_walked_safely(volume, target):
-    """The run made `d/`; someone renames it away and puts a directory of their own, with a
-    file in it, at `d`. The walk opens what is at `d` (a directory, not a symlink); the
-    name there is not looked up but is never replaced without --overwrite."""
+def test_a_directory_moved_in_where_the_run_made_one_is_not_taken_for_it(volume, target):
+    """The run made `d/`; someone who can write the target renames it away and puts a
+    directory of their own, with a file in it, at `d`. It is another directory (inode), so
+    its names are looked up as in any directory the run did not make: refused at once."""
     first, second = placed_plan(volume, ["d/1.txt", "d/2.txt"], DATA).items
     restore = DirectoryTarget(volume, target)
     made = restore.stage(first, lambda _n: None)
@@ -314,10 +342,22 @@ def test_a_directory_moved_in_where_the_run_made_one_is_still_walked_safely(volu
     (target / "d").mkdir()
     (target / "d" / "2.txt").write_bytes(b"theirs")
 
-    staged = restore.stage(second, lambda _n: None)
-    assert not isinstance(staged, Status)
-    [error] = restore.commit([staged])
+    assert not _made(restore, ("d",))
+    with pytest.raises(RestoreRefused, match="exists with other content"):
+        restore.stage(second, lambda _n: None)
 
-    assert isinstance(error, RestoreRefused) and "appeared meanwhile" in str(error)
     assert (target / "d" / "2.txt").read_bytes() == b"theirs"
     assert _temps(target) == []  # `moved/` too
+
+
+def test_a_directory_others_may_write_is_looked_in_even_when_the_run_made_it(
+    volume, target, monkeypatch
+):
+    """With a --dir-mode that lets the group or others write, anyone of them may have put a
+    name in a directory the run made: its names are looked up first, as anywhere else."""
+    looked = _lookups(monkeypatch)
+    plan = placed_plan(volume, ["c/4.txt", "c/5.txt"], DATA)
+
+    summary = Restorer(DirectoryTarget(volume, target, dir_mode=0o770), workers=1).run(plan)
+
+    assert summary.ok and sorted(looked) == ["4.txt", "5.txt"]

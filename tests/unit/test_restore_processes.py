@@ -544,7 +544,9 @@ class Fresh(DirectoryTarget):
         self.log = log
 
     def stage(self, item, on_bytes, *, serial=None):
-        made = self.tree.made(item.placement.parts[:-1])
+        parts = item.placement.parts[:-1]
+        with self.tree.directory(parts, create=False) as directory:
+            made = directory is not None and self.tree.made(parts, directory)
         fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         os.write(fd, f"{os.getpid()} {int(made)}\n".encode())
         os.close(fd)
@@ -573,14 +575,16 @@ def test_a_plan_directory_that_cannot_be_made_fails_its_files_alone(volume, tmp_
     out = tmp_path / "out"
     out.mkdir()
     (out / "d1").write_bytes(b"a file, not a directory")
+    target = Planted(volume, out, log=tmp_path / "pids")
 
-    summary = Restorer(DirectoryTarget(volume, out), cpus=2).run(placed_plan(volume, KEYS, SMALL))
+    summary = Restorer(target, cpus=2).run(placed_plan(volume, KEYS, SMALL))
 
     statuses = {r.item.key: r for r in summary.results}
     assert all(statuses[key].status is Status.RESTORED for key in KEYS[:100] + KEYS[200:])
     assert {statuses[key].status for key in KEYS[100:200]} == {Status.FAILED}
     assert all("where a directory is needed" in (statuses[k].error or "") for k in KEYS[100:200])
     assert (out / "d1").read_bytes() == b"a file, not a directory"
+    assert os.getpid() not in _stagers(tmp_path / "pids")  # the children staged every file
 
 
 class Frozen(DirectoryTarget):
