@@ -119,10 +119,7 @@ class TargetTree:
         if self.dir_mode & 0o022:
             return False
         made = self._made.get(parts)
-        if made is None:
-            return False
-        found = os.fstat(fd)
-        return (found.st_dev, found.st_ino) == made
+        return made is not None and _identity(fd) == made
 
     def take_created(self) -> list[tuple[str, ...]]:
         """The directories created since the last call (their entries need a parent fsync
