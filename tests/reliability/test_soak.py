@@ -1,6 +1,14 @@
 """A bounded soak of the real agent: a steady stream of events (kept shallow in the queue)
-while its resident memory and open file descriptors are sampled with psutil. Neither may
-show a growth trend. `make test` runs 500 events; `make soak` runs 20,000.
+while its resident memory and open file descriptors are sampled with psutil. Memory may
+show no growth trend; every file the agent opened during the stream must be closed once the
+queue is drained, and its sockets stay within its connection pools. `make test` runs 500
+events; `make soak` runs 20,000.
+
+Descriptors are not compared as a trend of samples: a copy holds some for a moment (the
+barrier's room, its temp file, a stream's socket), up to one set per message in flight, so
+the count at any sample is the number of copies caught mid-commit (8 to 22 in one 500-event
+run). Comparing the largest sample of two thirds failed CI once on that alone
+(`22 <= 17 + 4`). A leak is what stays open when nothing is under way.
 """
 
 from __future__ import annotations
@@ -12,11 +20,13 @@ import signal
 import statistics
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import psutil
 import pytest
 
+from agent.aws import client_config
 from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 from tests.e2e.conftest import make_stack
@@ -30,10 +40,38 @@ MAX_VISIBLE = 60
 
 
 @dataclass
+class Descriptors:
+    """What a process has open: each file it points at (a path, pipe:[inode],
+    anon_inode:...) counted, and its sockets apart."""
+
+    files: Counter[str]
+    sockets: int
+
+    @classmethod
+    def of(cls, pid: int) -> Descriptors:
+        files: Counter[str] = Counter()
+        sockets = 0
+        directory = f"/proc/{pid}/fd"
+        for fd in os.listdir(directory):
+            try:
+                target = os.readlink(f"{directory}/{fd}")
+            except FileNotFoundError:  # closed since the listing
+                continue
+            if target.startswith("socket:"):
+                sockets += 1
+            else:
+                files[target] += 1
+        return cls(files, sockets)
+
+
+@dataclass
 class Samples:
     times: list[float] = field(default_factory=list)
     rss: list[int] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
+    idle_before: Descriptors | None = None
+    idle_after: Descriptors | None = None
+    socket_limit: int = 0
 
     def thirds(self, values: list[int]) -> tuple[list[int], list[int]]:
         third = max(1, len(values) // 3)
@@ -80,7 +118,9 @@ def run_soak(tmp_path, moto_server, events: int) -> Samples:
     sampler = threading.Thread(target=_sample, args=(agent.pid, samples, stop), daemon=True)
     keys = sorted(bodies)
     try:
-        wait_until(lambda: psutil.Process(agent.pid).num_threads() > 4, timeout=30)
+        # Started: the config watcher (an inotify descriptor) is the daemon's last start step.
+        wait_until(lambda: "anon_inode:inotify" in Descriptors.of(agent.pid).files, timeout=30)
+        samples.idle_before = Descriptors.of(agent.pid)
         sampler.start()
         sent = 0
         while sent < events:
@@ -104,6 +144,7 @@ def run_soak(tmp_path, moto_server, events: int) -> Samples:
         wait_until(lambda: stack.queue_depth() == (0, 0), timeout=max(60, events / 10), every=1)
         stop.set()
         sampler.join(5)
+        samples.idle_after = settled_descriptors(agent.pid, samples.idle_before)
         assert agent.process.poll() is None
     finally:
         stop.set()
@@ -111,11 +152,25 @@ def run_soak(tmp_path, moto_server, events: int) -> Samples:
     assert code == 0
     assert sum(1 for _ in journal.read_all()) == events  # each event recorded once
     assert len(list(Volume(stack.root).objects_dir.rglob("*.zst"))) == KEYS
+    # Each client (S3, SQS, DynamoDB) keeps at most its pool's connections.
+    samples.socket_limit = 3 * client_config(stack.config).max_pool_connections
     return samples
 
 
-def assert_no_growth(samples: Samples, *, rss_slack: float, fd_slack: int) -> None:
+def settled_descriptors(pid: int, before: Descriptors, timeout: float = 15.0) -> Descriptors:
+    """The agent's descriptors once no file beyond `before` is open, or after `timeout`
+    (a commit may still be closing its barrier descriptor when the queue reads empty)."""
+    now = Descriptors.of(pid)
+    deadline = time.monotonic() + timeout
+    while now.files - before.files and time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = Descriptors.of(pid)
+    return now
+
+
+def assert_no_growth(samples: Samples, *, rss_slack: float) -> None:
     assert len(samples.rss) >= 6, "too few samples"
+    assert samples.idle_before is not None and samples.idle_after is not None
     middle_rss, last_rss = samples.thirds(samples.rss)
     middle_fds, last_fds = samples.thirds(samples.fds)
     summary = {
@@ -126,16 +181,19 @@ def assert_no_growth(samples: Samples, *, rss_slack: float, fd_slack: int) -> No
         "rss_mib_per_minute": round(samples.slope_per_minute(samples.rss) / 2**20, 2),
         "fds_middle_max": max(middle_fds),
         "fds_last_max": max(last_fds),
+        "sockets_idle": samples.idle_after.sockets,
     }
     print("soak:", summary)
     assert statistics.median(last_rss) <= statistics.median(middle_rss) * rss_slack, summary
-    assert max(last_fds) <= max(middle_fds) + fd_slack, summary
+    left_open = samples.idle_after.files - samples.idle_before.files
+    assert not left_open, f"open after the stream, not before it: {dict(left_open)}"
+    assert samples.idle_after.sockets <= samples.socket_limit, summary
 
 
 def test_a_short_soak_shows_no_memory_or_descriptor_growth(tmp_path, moto_server):
     events = int(os.environ.get("RELIABILITY_SHORT_SOAK_EVENTS", "500"))
     samples = run_soak(tmp_path, moto_server, events)
-    assert_no_growth(samples, rss_slack=1.15, fd_slack=4)
+    assert_no_growth(samples, rss_slack=1.15)
 
 
 @pytest.mark.soak
@@ -143,4 +201,41 @@ def test_a_short_soak_shows_no_memory_or_descriptor_growth(tmp_path, moto_server
 def test_a_20000_event_soak_shows_no_memory_or_descriptor_growth(tmp_path, moto_server):
     events = int(os.environ.get("RELIABILITY_SOAK_EVENTS", "20000"))
     samples = run_soak(tmp_path, moto_server, events)
-    assert_no_growth(samples, rss_slack=1.05, fd_slack=2)
+    assert_no_growth(samples, rss_slack=1.05)
+
+
+def test_descriptors_name_each_open_file_and_count_sockets_apart(tmp_path):
+    import socket
+
+    leaked = tmp_path / "left-open.bin"
+    before = Descriptors.of(os.getpid())
+    with open(leaked, "wb"), socket.socket():
+        during = Descriptors.of(os.getpid())
+    assert during.files - before.files == Counter({str(leaked): 1})
+    assert during.sockets == before.sockets + 1
+
+
+def test_a_file_left_open_after_the_stream_fails_the_soak_but_transient_peaks_do_not():
+    before = Descriptors(Counter({"/dev/null": 1, "pipe:[1]": 2}), sockets=2)
+    # Copies caught mid-commit; the largest in the last third (22) is more than the middle
+    # third's (17) + 4: the comparison that failed CI.
+    peaks = [8, 12, 15, 17, 14, 15, 16, 22, 9, 8]
+    samples = Samples(
+        times=[i * 0.25 for i in range(len(peaks))],
+        rss=[80 * 2**20] * len(peaks),
+        fds=peaks,
+        idle_before=before,
+        idle_after=Descriptors(Counter({"/dev/null": 1, "pipe:[1]": 2}), sockets=6),
+        socket_limit=60,
+    )
+    assert_no_growth(samples, rss_slack=1.05)
+
+    samples.idle_after = Descriptors(
+        Counter({"/dev/null": 1, "pipe:[1]": 2, "/v/tmp/a.part": 1}), sockets=6
+    )
+    with pytest.raises(AssertionError, match=r"/v/tmp/a\.part"):
+        assert_no_growth(samples, rss_slack=1.05)
+
+    samples.idle_after = Descriptors(Counter({"/dev/null": 1, "pipe:[1]": 2}), sockets=61)
+    with pytest.raises(AssertionError):
+        assert_no_growth(samples, rss_slack=1.05)
