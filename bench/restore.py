@@ -11,6 +11,7 @@ sha256, dest).
 from __future__ import annotations
 
 import compileall
+import json
 import os
 import resource
 import shlex
@@ -20,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -93,6 +95,29 @@ class CommandRestorer:
 class Timing:
     seconds: float
     cpu: float  # CPU seconds of whoever did the work (this process, or the child)
+    # `backup-restore`'s own phases, from its log: seconds from the command's start to its
+    # `restore.started` line (interpreter, imports, the records read and checked, the plan),
+    # and from there to `restore.finished` (the files)
+    first_file: float | None = None
+    files: float | None = None
+
+
+def phases(log: bytes, started: float) -> tuple[float | None, float | None]:
+    """(first_file, files) from a `backup-restore` run's JSON log lines (`started`: the
+    wall-clock time, time.time(), the command was started at); None where a line is
+    missing (a run logging below INFO, or in text)."""
+    seen: dict[str, float] = {}
+    for line in log.splitlines():
+        try:
+            event = json.loads(line)
+            seen.setdefault(event["event"], datetime.fromisoformat(event["timestamp"]).timestamp())
+        except (ValueError, KeyError, TypeError):
+            continue
+    begun, ended = seen.get("restore.started"), seen.get("restore.finished")
+    return (
+        None if begun is None else begun - started,
+        None if begun is None or ended is None else ended - begun,
+    )
 
 
 def median_timing(timings: Sequence[Timing]) -> Timing:
@@ -101,8 +126,16 @@ def median_timing(timings: Sequence[Timing]) -> Timing:
     if not timings:
         raise ValueError("median_timing needs at least one run")
     return Timing(
-        statistics.median(t.seconds for t in timings), statistics.median(t.cpu for t in timings)
+        statistics.median(t.seconds for t in timings),
+        statistics.median(t.cpu for t in timings),
+        _median_of(t.first_file for t in timings),
+        _median_of(t.files for t in timings),
     )
+
+
+def _median_of(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def settled() -> None:
@@ -240,6 +273,19 @@ def compile_agent() -> None:
     compileall.compile_dir(Path(agent.__file__).parent, quiet=1)
 
 
+def cli_start(runs: int = 3) -> float:
+    """`backup-restore --version`'s wall time, the median of `runs`: the interpreter and
+    every import the command makes before it reads a record."""
+    compile_agent()
+    command = [str(Path(sys.executable).with_name("backup-restore")), "--version"]
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(command, stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def restore_cli(config: Path, scope: Sequence[str], target: Path) -> Timing:
     """`backup-restore restore --config CONFIG SCOPE --to TARGET`, timed end to end."""
     compile_agent()  # not timed; a no-op once compiled
@@ -254,11 +300,13 @@ def restore_cli(config: Path, scope: Sequence[str], target: Path) -> Timing:
     ]
     cpu = _cpu(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile() as log:
-        started = time.perf_counter()
+        wall, started = time.time(), time.perf_counter()
         done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=log, check=False)
         seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            log.seek(0)
-            tail = log.read()[-2000:].decode(errors="replace")
-            raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
-    return Timing(seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu)
+        log.seek(0)
+        lines = log.read()
+    if done.returncode != 0:
+        tail = lines[-2000:].decode(errors="replace")
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{tail}")
+    first_file, files = phases(lines, wall)
+    return Timing(seconds, _cpu(resource.RUSAGE_CHILDREN) - cpu, first_file, files)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
+import structlog
 import zstandard
 
 from agent.restore.durable import Barriers
@@ -19,6 +21,7 @@ from bench.restore import (
     Timing,
     cpu_budget,
     median_timing,
+    phases,
     run_rounds,
     zstd_decompress_durable,
 )
@@ -110,6 +113,42 @@ def test_the_median_timing_takes_each_figure_s_own_median() -> None:
     assert median_timing(runs[:2]) == Timing(2.0, 3.0)
     with pytest.raises(ValueError, match="at least one"):
         median_timing([])
+
+
+def _log_line(event: str, **fields: object) -> bytes:
+    """A line as `backup-restore` writes it: agent/logs.py's time stamp and JSON renderer."""
+    stamped = structlog.processors.TimeStamper(fmt="iso", utc=True)(
+        None, "info", {"event": event, **fields}
+    )
+    rendered = structlog.processors.JSONRenderer()(None, "info", stamped)
+    assert isinstance(rendered, str)
+    return rendered.encode()
+
+
+def test_the_phases_come_from_the_restore_s_own_log_lines() -> None:
+    started = time.time()
+    lines = [_log_line("config.loaded"), b"not json", _log_line("restore.started", files=2)]
+    time.sleep(0.02)
+    lines += [_log_line("restore.finished", files=2), _log_line("audit.recorded")]
+    first_file, files = phases(b"\n".join(lines), started)
+    assert first_file is not None and files is not None
+    assert 0 <= first_file < 1
+    assert 0.02 <= files < 1
+    assert first_file + files <= time.time() - started
+
+
+def test_phases_missing_from_the_log_are_none() -> None:
+    started = time.time()
+    assert phases(b"", started) == (None, None)
+    first_file, files = phases(_log_line("restore.started"), started)
+    assert first_file is not None and files is None
+    assert phases(b"restore.started restore.finished", started) == (None, None)
+
+
+def test_the_median_timing_takes_the_phases_it_has() -> None:
+    runs = [Timing(3.0, 1.0, 0.7, 2.0), Timing(1.0, 5.0, 0.5, None), Timing(2.0, 2.0)]
+    assert median_timing(runs) == Timing(2.0, 2.0, 0.6, 2.0)
+    assert median_timing(runs[2:]) == Timing(2.0, 2.0, None, None)
 
 
 def test_the_rounds_keep_every_runs_files(tmp_path) -> None:
