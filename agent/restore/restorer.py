@@ -199,7 +199,7 @@ class Restorer:
         processes = 0 if dry_run else self.processes_for(plan.items)
         if processes and isinstance(self.target, DirectoryTarget):
             # forked before the progress display may start a thread (tqdm's monitor)
-            with ProcessStaging(self.target, plan.items, processes) as pool:
+            with ProcessStaging(self.target, plan.items, processes, self.stop) as pool:
                 if pool.start():
                     return self._run(plan, lambda: self._in_processes(pool, plan.items))
         if dry_run:

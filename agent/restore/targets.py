@@ -247,12 +247,15 @@ class DirectoryTarget:
                 raise
         return Staged(item, parts, temp, inode)
 
-    def prepare(self, items: Sequence[Item]) -> None:
+    def prepare(self, items: Sequence[Item], stop: threading.Event | None = None) -> None:
         """Create the target and the directories of `items` now, in this process (before
         workers.py forks: each child then knows which directories this run made, `stage`).
-        A directory that cannot be made is left for its files to meet, one error each."""
+        A directory that cannot be made is left for its files to meet, one error each.
+        Once `stop` is set no more are made: the files not started will not need them."""
         self._root()
         for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
+            if stop is not None and stop.is_set():
+                return
             with (
                 contextlib.suppress(BackupAgentError, OSError),
                 self.tree.directory(directory, create=True),

@@ -179,15 +179,23 @@ class ProcessStaging:
     """A pool of forked processes staging runs of `items` into `target` (a context manager:
     the pool is shut down, waiting for runs under way, on the way out)."""
 
-    def __init__(self, target: DirectoryTarget, items: Sequence[Item], processes: int) -> None:
+    def __init__(
+        self,
+        target: DirectoryTarget,
+        items: Sequence[Item],
+        processes: int,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.target = target
         self.items = items
         self.processes = processes
+        self.stop = stop
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ProcessStaging:
         global _shared
-        self.target.prepare(self.items)  # its directories made (and recorded) here, not in a child
+        # its directories made (and recorded) here, not in a child; none after a stop request
+        self.target.prepare(self.items, self.stop)
         _shared = _Shared(self.target, self.items, os.getpid())
         self._pool = ProcessPoolExecutor(
             self.processes,

@@ -289,6 +289,25 @@ def test_a_stop_request_before_the_run_starts_nothing(volume, tmp_path):
 
     assert {r.error for r in summary.results} == {"interrupted: not started"}
     assert files_under(tmp_path / "out") == []
+    assert list((tmp_path / "out").iterdir()) == []  # nor the plan's directories
+
+
+def test_a_stop_while_the_plan_s_directories_are_made_makes_no_more(volume, tmp_path):
+    """Ctrl-C while the parent makes the plan's directories (before the fork; a million
+    files' directories take a while): it makes no more, and the files are not started."""
+    stop = threading.Event()
+    target = DirectoryTarget(volume, tmp_path / "out")
+    directory = target.tree.directory
+
+    def stopping(*args, **kwargs):
+        stop.set()  # during the first directory
+        return directory(*args, **kwargs)
+
+    target.tree.directory = stopping
+    summary = Restorer(target, cpus=2, stop=stop).run(placed_plan(volume, KEYS, SMALL))
+
+    assert {r.error for r in summary.results} == {"interrupted: not started"}
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["d0"]
 
 
 @pytest.mark.parametrize("batch_files", [1, 50, 4096])
