@@ -59,6 +59,7 @@ from agent.restore.tree import (
     UnsafePath,
     entry,
     open_regular,
+    others_may_write,
 )
 from agent.storage.direct import DirectWriter
 from agent.storage.volume import READ_CHUNK, WRITEBACK_BYTES, Volume, WritebackAsYouGo
@@ -339,8 +340,9 @@ class DirectoryTarget:
                 if parent is None:
                     shown = self.tree.shown(directory)  # moved away since its files were written
                     raise FileNotFoundError(errno.ENOENT, "No such file or directory", shown)
+                shared = others_may_write(parent)
                 for index, one in zip(indexes, staged, strict=True):
-                    outcomes[index] = self._name(parent, one)
+                    outcomes[index] = self._name(parent, one, shared=shared)
                 if not self.barriers.whole_filesystem:
                     self.barriers.fsync(parent)
         except (BackupAgentError, OSError) as exc:
@@ -348,7 +350,13 @@ class DirectoryTarget:
                 if outcomes[index] is None:
                     outcomes[index] = exc
 
-    def _name(self, parent: int, one: Staged) -> BackupAgentError | OSError | None:
+    def _name(
+        self, parent: int, one: Staged, *, shared: bool = False
+    ) -> BackupAgentError | OSError | None:
+        """Put `one`'s temp file under its name. In a directory others may write (`shared`,
+        `others_may_write`) another user can swap the temp name's file between the check
+        below and the rename or link: the name is looked at again afterwards, and a file
+        that is not the one verified is reported, not counted restored."""
         name = one.parts[-1]
         renamed = False  # the temp name is gone with the rename; else it is removed below
         try:
@@ -361,17 +369,28 @@ class DirectoryTarget:
                 # renameat replaces the name (a symlink there is replaced, not followed)
                 os.rename(one.temp, name, src_dir_fd=parent, dst_dir_fd=parent)
                 renamed = True
-                return None
-            try:  # never clobbers a name created meanwhile: renameat2 NOREPLACE, else linkat
-                renamed = rename_noreplace(one.temp, name, parent)
-                if not renamed:
-                    os.link(
-                        one.temp, name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=False
+            else:
+                try:  # never clobbers a name created meanwhile: renameat2 NOREPLACE, else linkat
+                    renamed = rename_noreplace(one.temp, name, parent)
+                    if not renamed:
+                        os.link(
+                            one.temp,
+                            name,
+                            src_dir_fd=parent,
+                            dst_dir_fd=parent,
+                            follow_symlinks=False,
+                        )
+                except FileExistsError:
+                    return RestoreRefused(
+                        f"{self.destination(one.item)} appeared meanwhile; use --overwrite"
                     )
-            except FileExistsError:
-                return RestoreRefused(
-                    f"{self.destination(one.item)} appeared meanwhile; use --overwrite"
-                )
+            if shared:
+                named = entry(parent, name)
+                if named is None or (named.st_dev, named.st_ino) != one.inode:
+                    return RestoreRefused(
+                        f"{self.destination(one.item)}: another user replaced the file while it"
+                        " was named; what is there now is not the restored bytes"
+                    )
             return None
         except OSError as exc:
             return exc

@@ -215,6 +215,16 @@ def _blocked(found: os.stat_result | None, shown: str) -> BackupAgentError:
     return RestoreRefused(f"{shown} is a file, where a directory is needed")
 
 
+def others_may_write(directory: int) -> bool:
+    """Whether a user other than this process's may rename or replace names in `directory`:
+    it belongs to another user, or its group or others may write it and it is not sticky (in
+    a sticky directory, /tmp's mode, only a file's owner may rename or remove it)."""
+    found = os.fstat(directory)
+    if found.st_uid != os.geteuid():
+        return True
+    return bool(found.st_mode & 0o022) and not found.st_mode & stat.S_ISVTX
+
+
 def entry(directory: int, name: str) -> os.stat_result | None:
     """What `name` in `directory` is (a symlink is described, not followed); None if absent."""
     try:

@@ -68,11 +68,11 @@ def abort_at_the_third_name_and_in_the_cleanup(monkeypatch: pytest.MonkeyPatch) 
     real_name = DirectoryTarget._name
     calls = {"name": 0}
 
-    def name_then_abort(self: DirectoryTarget, parent: int, one: Any) -> Any:
+    def name_then_abort(self: DirectoryTarget, parent: int, one: Any, **kwargs: Any) -> Any:
         calls["name"] += 1
         if calls["name"] == 3:
             ctrl_c_twice()
-        return real_name(self, parent, one)
+        return real_name(self, parent, one, **kwargs)
 
     def interrupted_discard(self: DirectoryTarget, staged: Any) -> None:
         signal.raise_signal(signal.SIGINT)
@@ -90,11 +90,11 @@ def test_a_second_ctrl_c_during_a_commit_leaves_no_temp_file_and_says_so(
     real = DirectoryTarget._name
     named: list[str] = []
 
-    def name_then_abort(self: DirectoryTarget, parent: int, one: Any) -> Any:
+    def name_then_abort(self: DirectoryTarget, parent: int, one: Any, **kwargs: Any) -> Any:
         if len(named) == 2:
             ctrl_c_twice()
         named.append(one.temp)
-        return real(self, parent, one)
+        return real(self, parent, one, **kwargs)
 
     monkeypatch.setattr(DirectoryTarget, "_name", name_then_abort)
     out = tmp_path / "out"

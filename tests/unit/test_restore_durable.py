@@ -193,6 +193,103 @@ def test_a_temp_file_replaced_before_its_commit_is_not_named(volume, target):
     assert not (target / "d" / "file.txt").exists()
 
 
+def _swapped_at_naming(target: Path, staged, monkeypatch, *, overwrite: bool) -> None:
+    """Another user's file renamed over the temp name just after the restore checked it and
+    just before the rename or link names it: the window a writer of the directory has."""
+
+    def swap() -> None:
+        other = target / "d" / "other"
+        other.write_bytes(b"someone else's bytes")
+        other.replace(target / "d" / staged.temp)
+
+    if overwrite:
+        real_rename = os.rename
+
+        def rename(src, dst, **kwargs):
+            if src == staged.temp:
+                swap()
+            return real_rename(src, dst, **kwargs)
+
+        monkeypatch.setattr(targets.os, "rename", rename)
+    else:
+        real_noreplace = targets.rename_noreplace
+
+        def noreplace(temp, name, parent):
+            swap()
+            return real_noreplace(temp, name, parent)
+
+        monkeypatch.setattr(targets, "rename_noreplace", noreplace)
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["link", "--overwrite"])
+def test_a_temp_file_swapped_while_it_is_named_in_a_shared_directory_is_reported(
+    volume, target, monkeypatch, overwrite
+):
+    """d/ is writable by everyone (0777, not sticky): a user can swap the temp file between
+    the check and the rename. The name is looked at again: the file is not counted restored,
+    and the error says what is there is not the restored bytes."""
+    [item] = placed_plan(volume, ["d/file.txt"], DATA).items
+    (target / "d").mkdir()
+    (target / "d").chmod(0o777)
+    restore = DirectoryTarget(volume, target, overwrite=overwrite)
+    staged = restore.stage(item, lambda _n: None)
+    assert not isinstance(staged, Status)
+    _swapped_at_naming(target, staged, monkeypatch, overwrite=overwrite)
+
+    [error] = restore.commit([staged])
+
+    assert isinstance(error, RestoreRefused)
+    assert "not the restored bytes" in str(error)
+    assert (target / "d" / "file.txt").read_bytes() == b"someone else's bytes"
+
+
+@pytest.mark.parametrize("mode", [0o755, 0o1777], ids=["own-0755", "sticky-1777"])
+def test_no_second_look_where_no_other_user_can_swap_the_temp_file(
+    volume, target, monkeypatch, mode
+):
+    """Where only the restoring user may rename its files (its own 0755 directory; a sticky
+    directory such as /tmp), naming is not looked at again: no extra lookup per file."""
+    [item] = placed_plan(volume, ["d/file.txt"], DATA).items
+    (target / "d").mkdir()
+    (target / "d").chmod(mode)
+    restore = DirectoryTarget(volume, target)
+    staged = restore.stage(item, lambda _n: None)
+    assert not isinstance(staged, Status)
+    looked: list[str] = []
+    real_entry = targets.entry
+
+    def counting(directory, name):
+        looked.append(name)
+        return real_entry(directory, name)
+
+    monkeypatch.setattr(targets, "entry", counting)
+
+    assert restore.commit([staged]) == [None]
+    assert "file.txt" not in looked
+    assert (target / "d" / "file.txt").read_bytes() == DATA
+
+
+def test_a_directory_of_another_user_counts_as_shared(tmp_path):
+    from agent.restore.tree import others_may_write
+
+    def shared(mode: int, uid: int | None = None) -> bool:
+        path = tmp_path / f"{mode:o}-{uid}"
+        path.mkdir()
+        path.chmod(mode)
+        if uid is not None:
+            os.chown(path, uid, -1)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return others_may_write(fd)
+        finally:
+            os.close(fd)
+
+    assert not shared(0o755) and not shared(0o700) and not shared(0o1777)
+    assert shared(0o775) and shared(0o777) and shared(0o757)
+    if os.geteuid() == 0:  # only root can give a directory away
+        assert shared(0o755, uid=4242)
+
+
 @pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-and-unlink"])
 def test_a_name_that_appears_before_the_commit_is_never_replaced(
     volume, target, monkeypatch, renameat2
@@ -354,10 +451,11 @@ def test_a_directory_others_may_write_is_looked_in_even_when_the_run_made_it(
     volume, target, monkeypatch
 ):
     """With a --dir-mode that lets the group or others write, anyone of them may have put a
-    name in a directory the run made: its names are looked up first, as anywhere else."""
+    name in a directory the run made: its names are looked up first, as anywhere else, and
+    again once named (they may also swap a temp file: `_name`)."""
     looked = _lookups(monkeypatch)
     plan = placed_plan(volume, ["c/4.txt", "c/5.txt"], DATA)
 
     summary = Restorer(DirectoryTarget(volume, target, dir_mode=0o770), workers=1).run(plan)
 
-    assert summary.ok and sorted(looked) == ["4.txt", "5.txt"]
+    assert summary.ok and sorted(looked) == ["4.txt", "4.txt", "5.txt", "5.txt"]
