@@ -96,8 +96,9 @@ class Timing:
     seconds: float
     cpu: float  # CPU seconds of whoever did the work (this process, or the child)
     # `backup-restore`'s own phases, from its log: seconds from the command's start to its
-    # `restore.started` line (interpreter, imports, the records read and checked, the plan),
-    # and from there to `restore.finished` (the files)
+    # `restore.started` line (interpreter, imports, the records read and checked, the plan,
+    # the plan's directories made and the worker processes forked), and from there to
+    # `restore.finished` (the files)
     first_file: float | None = None
     files: float | None = None
 
@@ -105,7 +106,7 @@ class Timing:
 def phases(log: bytes, started: float) -> tuple[float | None, float | None]:
     """(first_file, files) from a `backup-restore` run's JSON log lines (`started`: the
     wall-clock time, time.time(), the command was started at); None where a line is
-    missing (a run logging below INFO, or in text)."""
+    missing (a run whose level hides INFO, or a log that is not JSON lines)."""
     seen: dict[str, float] = {}
     for line in log.splitlines():
         try:

@@ -432,7 +432,7 @@ class Benchmark:
                 f"{first:.2f} + {files:.2f} / {allowed:.2f} s",
                 f"before the first file: the interpreter and imports ({started:.2f} s,"
                 f" backup-restore --version), the journal's {len(copies)} records read and"
-                " checked, the plan",
+                " checked, the plan, its directories made, the workers forked",
             )
         budget = cpu_budget(zstd_seconds, TARGET_SMALL_RESTORE, usable_cpus())
         endpoint = statistics.median(endpoint_cpu) if self.endpoint.pid else None

@@ -200,7 +200,8 @@ class Restorer:
         if processes and isinstance(self.target, DirectoryTarget):
             # forked before the progress display may start a thread (tqdm's monitor)
             with ProcessStaging(self.target, plan.items, processes, self.stop) as pool:
-                if pool.start():
+                # stopped while the directories were made: no child, every item skipped below
+                if not self.stop.is_set() and pool.start():
                     return self._run(plan, lambda: self._in_processes(pool, plan.items))
         if dry_run:
             return self._run(plan, lambda: [self._dry(item) for item in plan.items])

@@ -216,9 +216,12 @@ def _blocked(found: os.stat_result | None, shown: str) -> BackupAgentError:
 
 
 def others_may_write(directory: int) -> bool:
-    """Whether a user other than this process's may rename or replace names in `directory`:
-    it belongs to another user, or its group or others may write it and it is not sticky (in
-    a sticky directory, /tmp's mode, only a file's owner may rename or remove it)."""
+    """Whether a user other than this process's may rename or replace names in `directory`
+    by its mode bits: it belongs to another user (its owner may rename any entry, sticky or
+    not), or its group or others may write it and it is not sticky (in a sticky directory,
+    the mode of /tmp, only a file's owner or the directory's may rename or remove it).
+    Filesystems whose permissions are not the mode bits (FUSE without default_permissions,
+    CIFS with noperm) are not judged here."""
     found = os.fstat(directory)
     if found.st_uid != os.geteuid():
         return True

@@ -287,7 +287,25 @@ def test_a_directory_of_another_user_counts_as_shared(tmp_path):
     assert not shared(0o755) and not shared(0o700) and not shared(0o1777)
     assert shared(0o775) and shared(0o777) and shared(0o757)
     if os.geteuid() == 0:  # only root can give a directory away
-        assert shared(0o755, uid=4242)
+        assert shared(0o755, uid=4242) and shared(0o1777, uid=4242)
+
+
+def test_a_directory_is_shared_when_the_restoring_user_is_not_its_owner(tmp_path, monkeypatch):
+    """The owner may rename any entry: to a restore running as another user (here the
+    effective uid made to differ, so the case runs without root) its own 0755 and sticky
+    directories are shared."""
+    from agent.restore import tree
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.chmod(fd, 0o755)
+        assert not tree.others_may_write(fd)
+        monkeypatch.setattr(tree.os, "geteuid", lambda: os.fstat(fd).st_uid + 1)
+        assert tree.others_may_write(fd)
+        os.chmod(fd, 0o1777)
+        assert tree.others_may_write(fd)
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.parametrize("renameat2", [True, False], ids=["renameat2", "link-and-unlink"])

@@ -292,7 +292,7 @@ def test_a_stop_request_before_the_run_starts_nothing(volume, tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # nor the plan's directories
 
 
-def test_a_stop_while_the_plan_s_directories_are_made_makes_no_more(volume, tmp_path):
+def test_a_stop_while_the_plan_s_directories_are_made_makes_no_more(volume, tmp_path, monkeypatch):
     """Ctrl-C while the parent makes the plan's directories (before the fork; a million
     files' directories take a while): it makes no more, and the files are not started."""
     stop = threading.Event()
@@ -304,10 +304,14 @@ def test_a_stop_while_the_plan_s_directories_are_made_makes_no_more(volume, tmp_
         return directory(*args, **kwargs)
 
     target.tree.directory = stopping
+    forked: list[bool] = []
+    start = workers.ProcessStaging.start
+    monkeypatch.setattr(workers.ProcessStaging, "start", lambda pool: forked.append(start(pool)))
     summary = Restorer(target, cpus=2, stop=stop).run(placed_plan(volume, KEYS, SMALL))
 
     assert {r.error for r in summary.results} == {"interrupted: not started"}
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["d0"]
+    assert forked == []  # no worker process forked for nothing
 
 
 @pytest.mark.parametrize("batch_files", [1, 50, 4096])
