@@ -268,6 +268,9 @@ class ConsumerConfig(Section):
     max_bytes_in_flight: int = Field(default=2 << 30, ge=1 << 20, le=1 << 40)
     drain_timeout: Annotated[Duration, within(maximum=MAX_DRAIN)] = timedelta(seconds=60)
     receive_ahead: bool = True  # after a run that ended well: agent/pipeline/last_run.py
+    # versions remembered to answer a duplicate event without a request (~210 bytes each:
+    # agent/pipeline/recent.py); 0 turns the memory off
+    recent_versions: int = Field(default=65_536, ge=0, le=1 << 22)
 
 
 class SnapshotRetention(Section):

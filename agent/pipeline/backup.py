@@ -40,7 +40,7 @@ from agent.errors import ObjectGone, ObjectUnreadable, PermanentError, Retryable
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline import delivery
 from agent.pipeline.commit import Committer, Pending
-from agent.pipeline.recent import RecentVersions
+from agent.pipeline.recent import DEFAULT_CAPACITY, RecentVersions
 from agent.records import VersionRecord, attributes_of, tags_of
 from agent.stats import Stats
 from agent.storage.barrier import Barrier, NoBarrier
@@ -112,6 +112,7 @@ class BackupService:
         record_tags: bool = True,
         categories: Categories | None = None,
         committer: Committer | None = None,
+        recent_versions: int = DEFAULT_CAPACITY,
     ) -> None:
         self.s3 = s3
         self.volume = volume
@@ -124,7 +125,7 @@ class BackupService:
         self.clock = clock or (lambda: datetime.now(UTC))
         self.categories = categories or Categories()
         self._locks = KeyedLocks()
-        self._recent = RecentVersions()
+        self._recent = RecentVersions(capacity=recent_versions)
         # Held shared from the rename to the DynamoDB record (see agent/storage/barrier.py).
         self.barrier: Barrier = barrier or NoBarrier()
         self.stats = stats or Stats()  # counts versions newly found unreadable, tag requests

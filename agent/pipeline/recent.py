@@ -7,18 +7,25 @@ answer such a duplicate from memory. A miss is never wrong, only slower: the con
 ledger write still catches the duplicate after one download. Entries count for `max_age`
 (an hour): S3's duplicates arrive close together, and a version expired by retention
 meanwhile is then asked of the ledger again.
+
+Memory: each entry is its 16-byte digest and one 40-byte value (the content hash's 32 bytes
+and the time remembered), about 210 bytes with the ordered map's own, so the default 65,536
+entries hold about 13 MiB once full (they were a tuple of the hex digest and a float: 330
+bytes, 21 MiB). `consumer.recent_versions` sets the capacity; 0 turns the memory off.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-DEFAULT_CAPACITY = 65_536  # ~10 MiB at most
+DEFAULT_CAPACITY = 65_536  # ~13 MiB once full
 DEFAULT_MAX_AGE = 3600.0
+_REMEMBERED = struct.Struct("=32sd")  # the SHA-256 digest, the clock's reading
 
 
 class RecentVersions:
@@ -31,13 +38,22 @@ class RecentVersions:
         self.capacity = capacity
         self.max_age = max_age
         self.clock = clock
-        self._sha256: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._sha256: OrderedDict[bytes, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     def remember(self, bucket: str, key: str, version_token: str, sha256: str) -> None:
+        if self.capacity <= 0:
+            return
+        try:
+            raw = bytes.fromhex(sha256)
+        except ValueError:
+            return  # not a hex digest: not remembered (a miss is only slower)
+        if len(raw) != 32:
+            return
         digest = _digest(bucket, key, version_token)
+        value = _REMEMBERED.pack(raw, self.clock())
         with self._lock:
-            self._sha256[digest] = (sha256, self.clock())
+            self._sha256[digest] = value
             self._sha256.move_to_end(digest)
             while len(self._sha256) > self.capacity:
                 self._sha256.popitem(last=False)
@@ -46,9 +62,12 @@ class RecentVersions:
         """The content hash recorded for this version, if this process recorded it lately."""
         with self._lock:
             found = self._sha256.get(_digest(bucket, key, version_token))
-        if found is None or self.clock() - found[1] > self.max_age:
+        if found is None:
             return None
-        return found[0]
+        sha256, remembered = _REMEMBERED.unpack(found)
+        if self.clock() - remembered > self.max_age:
+            return None
+        return str(sha256.hex())
 
     def __len__(self) -> int:
         with self._lock:

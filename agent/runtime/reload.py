@@ -43,6 +43,7 @@ RESTART_ONLY = (
     "storage.hold_back",
     "storage.pause_recheck_max",
     "consumer.max_bytes_in_flight",
+    "consumer.recent_versions",  # the memory is made with the backup service
     "retention.when_full",  # its job is registered at start
     "storage.auto_grow",  # likewise
     "fleet",  # the ledger's replica group is its queue's, fixed at start like the queue

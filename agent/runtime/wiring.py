@@ -95,6 +95,7 @@ def backup_service(
         # the consumer's copies are recorded by the commit stage (agent/pipeline/commit.py);
         # its thread starts with the first one, so jobs alone never start it
         committer=Committer(journal, ledger, directories=volume.sync_directories),
+        recent_versions=config.consumer.recent_versions,
     )
 
 
