@@ -1104,9 +1104,10 @@ def _section(out: IO[str], title: str, lines: list[str]) -> None:
 
 @contextlib.contextmanager
 def first_interrupt_sets(stop: threading.Event, err: IO[str]) -> Iterator[None]:
-    """Ctrl-C once: finish the files in progress, skip the rest, print the summary.
+    """Ctrl-C (or SIGTERM: `timeout`, `systemctl stop` of a unit running it) once: finish the
+    files in progress, skip the rest, print the summary.
 
-    Ctrl-C twice: stop at once (files in progress still remove their temp files).
+    Twice: stop at once (files in progress still remove their temp files).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -1116,16 +1117,18 @@ def first_interrupt_sets(stop: threading.Event, err: IO[str]) -> Iterator[None]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
+        again = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
-            "\nbackup-restore: stopping after the files in progress (Ctrl-C again to abort)",
+            f"\nbackup-restore: stopping after the files in progress ({again} again to abort)",
             file=err,
         )
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 # -- share ---------------------------------------------------------------------------

@@ -645,6 +645,30 @@ def test_first_ctrl_c_sets_the_stop_flag_and_the_second_aborts():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_sigterm_stops_a_restore_as_ctrl_c_does():
+    """`timeout` or `systemctl stop` send SIGTERM: it killed the restore at once (no summary,
+    temp files left for the next run to sweep). Now it stops as Ctrl-C does."""
+    stop = threading.Event()
+    err = io.StringIO()
+
+    class NotHandled(Exception):
+        pass
+
+    def unhandled(signum: int, frame: object) -> None:
+        raise NotHandled  # in place of the default action: ending this test run
+
+    outside = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        with first_interrupt_sets(stop, err):
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.is_set() and "SIGTERM again to abort" in err.getvalue()
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, outside)
+
+
 # -- modes of what a restore writes (issue 16, item 5) -----------------------------------------
 
 

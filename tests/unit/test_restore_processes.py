@@ -637,3 +637,32 @@ def test_a_child_leaves_the_objects_it_inherits_out_of_its_collections(volume, t
     counts = [int(line.split()[1]) for line in (tmp_path / "frozen").read_text().splitlines()]
     assert len(counts) == COUNT and min(counts) > COUNT  # at least the plan's items each
     assert gc.get_freeze_count() == before
+
+
+class Signals(DirectoryTarget):
+    """Notes, per file a child stages, whether it ignores Ctrl-C and SIGTERM."""
+
+    def __init__(self, *args, log: Path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log = log
+
+    def stage(self, item, on_bytes, *, serial=None):
+        ignored = [signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)]
+        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(fd, f"{os.getpid()} {int(ignored[0])}{int(ignored[1])}\n".encode())
+        os.close(fd)
+        return super().stage(item, on_bytes, serial=serial)
+
+
+def test_the_children_leave_ctrl_c_and_sigterm_to_the_parent(volume, tmp_path):
+    """A unit's stop sends SIGTERM to every process in it: a child that died of it lost its
+    run. The children ignore both signals; the parent stops the restore."""
+    target = Signals(volume, tmp_path / "out", log=tmp_path / "signals")
+
+    summary = Restorer(target, cpus=2).run(placed_plan(volume, KEYS, SMALL))
+
+    assert summary.ok
+    lines = [line.split() for line in (tmp_path / "signals").read_text().splitlines()]
+    assert len(lines) == COUNT and os.getpid() not in {int(pid) for pid, _ in lines}
+    assert {flags for _pid, flags in lines} == {"11"}
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # the parent's untouched
