@@ -345,6 +345,9 @@ class Restorer:
                     except BrokenProcessPool:
                         broken = True
                         log.warning("restore.worker_lost", files=last - first)
+                        # the pool fails the futures, then ends the other children: wait
+                        # for them to be gone before removing what the lost runs left
+                        pool.shutdown()
                         target.discard(pool.leftovers(first, last))
                         done.extend(self._stage_all(target, items[first:last]))
                         continue

@@ -167,10 +167,11 @@ def _child_started() -> None:
     # collector leaves them out of its passes, which walked them all (and wrote to their
     # pages, copying them) for nothing
     gc.freeze()
-    # Ctrl-C and SIGTERM (sent to every process of a unit on stop) are the parent's to
-    # handle: it lets the runs under way finish; PR_SET_PDEATHSIG ends a child it leaves
+    # Ctrl-C is the parent's to handle. SIGTERM keeps its default: the pool ends the other
+    # children with it when one dies (concurrent.futures' terminate), and a child that
+    # outlived that would write temp files after the parent removed its lost runs' ones; a
+    # unit's stop that reaches a child makes a lost worker, which the parent handles
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:  # pragma: no cover
         os._exit(1)  # the parent stages the runs itself (a lost worker)

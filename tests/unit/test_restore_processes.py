@@ -640,7 +640,7 @@ def test_a_child_leaves_the_objects_it_inherits_out_of_its_collections(volume, t
 
 
 class Signals(DirectoryTarget):
-    """Notes, per file a child stages, whether it ignores Ctrl-C and SIGTERM."""
+    """Notes, per file a child stages, how it handles Ctrl-C and SIGTERM."""
 
     def __init__(self, *args, log: Path, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -654,9 +654,10 @@ class Signals(DirectoryTarget):
         return super().stage(item, on_bytes, serial=serial)
 
 
-def test_the_children_leave_ctrl_c_and_sigterm_to_the_parent(volume, tmp_path):
-    """A unit's stop sends SIGTERM to every process in it: a child that died of it lost its
-    run. The children ignore both signals; the parent stops the restore."""
+def test_the_children_leave_ctrl_c_to_the_parent_and_die_of_sigterm(volume, tmp_path):
+    """Ctrl-C is the parent's. SIGTERM keeps its default in a child: the pool ends the other
+    children with it when one dies, and one that ignored it wrote temp files after the parent
+    had removed the lost runs' (a flake of the two lost-child tests under load, 7 in 30)."""
     target = Signals(volume, tmp_path / "out", log=tmp_path / "signals")
 
     summary = Restorer(target, cpus=2).run(placed_plan(volume, KEYS, SMALL))
@@ -664,5 +665,4 @@ def test_the_children_leave_ctrl_c_and_sigterm_to_the_parent(volume, tmp_path):
     assert summary.ok
     lines = [line.split() for line in (tmp_path / "signals").read_text().splitlines()]
     assert len(lines) == COUNT and os.getpid() not in {int(pid) for pid, _ in lines}
-    assert {flags for _pid, flags in lines} == {"11"}
-    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # the parent's untouched
+    assert {flags for _pid, flags in lines} == {"10"}
