@@ -632,41 +632,33 @@ def test_an_interrupted_restore_finishes_started_files_and_skips_the_rest(backup
     assert summary.failed[0].error == "interrupted: not started"
 
 
-def test_first_ctrl_c_sets_the_stop_flag_and_the_second_aborts():
-    stop = threading.Event()
-    err = io.StringIO()
-    before = signal.getsignal(signal.SIGINT)
-
-    with first_interrupt_sets(stop, err):
-        signal.raise_signal(signal.SIGINT)
-        assert stop.is_set() and "Ctrl-C again to abort" in err.getvalue()
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+class NotHandled(Exception):
+    pass
 
 
-def test_sigterm_stops_a_restore_as_ctrl_c_does():
+@pytest.mark.parametrize(
+    ("signum", "again"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")]
+)
+def test_the_first_ctrl_c_or_sigterm_sets_the_stop_flag_and_the_second_aborts(signum, again):
     """`timeout` or `systemctl stop` send SIGTERM: it killed the restore at once (no summary,
-    temp files left for the next run to sweep). Now it stops as Ctrl-C does."""
+    temp files left for the next run to sweep); it now stops as Ctrl-C does. A handler of the
+    test's own stands in for the default action (which would end this test run)."""
     stop = threading.Event()
     err = io.StringIO()
-
-    class NotHandled(Exception):
-        pass
 
     def unhandled(signum: int, frame: object) -> None:
-        raise NotHandled  # in place of the default action: ending this test run
+        raise NotHandled
 
-    outside = signal.signal(signal.SIGTERM, unhandled)
+    outside = signal.signal(signum, unhandled)
     try:
         with first_interrupt_sets(stop, err):
-            signal.raise_signal(signal.SIGTERM)
-            assert stop.is_set() and "SIGTERM again to abort" in err.getvalue()
+            signal.raise_signal(signum)
+            assert stop.is_set() and f"{again} again to abort" in err.getvalue()
             with pytest.raises(KeyboardInterrupt):
-                signal.raise_signal(signal.SIGTERM)
-        assert signal.getsignal(signal.SIGTERM) is unhandled
+                signal.raise_signal(signum)
+        assert signal.getsignal(signum) is unhandled
     finally:
-        signal.signal(signal.SIGTERM, outside)
+        signal.signal(signum, outside)
 
 
 # -- modes of what a restore writes (issue 16, item 5) -----------------------------------------
