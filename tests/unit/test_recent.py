@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.pipeline.recent import RecentVersions
+from agent.pipeline.recent import DEFAULT_CAPACITY, RecentVersions
 
 
 def test_a_remembered_version_gives_its_content_hash():
@@ -105,5 +105,6 @@ def test_the_capacity_is_the_config_s_and_a_change_needs_a_restart(tmp_path, vol
         service = backup_service(config, clients, volume, "vol-test")
 
     assert service._recent.capacity == 7
-    assert make_config(tmp_path).consumer.recent_versions == 65_536
+    # the config's default (agent/config.py may not import the pipeline) is the memory's
+    assert make_config(tmp_path).consumer.recent_versions == 65_536 == DEFAULT_CAPACITY
     assert needs_restart("consumer.recent_versions")
