@@ -20,6 +20,7 @@ from bench.restore import (
     Copy,
     Timing,
     cpu_budget,
+    least_time,
     median_timing,
     phases,
     run_rounds,
@@ -43,6 +44,24 @@ def test_a_higher_ratio_leaves_less() -> None:
 def test_a_budget_needs_positive_inputs(seconds: float, ratio: float, cpus: int) -> None:
     with pytest.raises(ValueError, match="positive"):
         cpu_budget(seconds, ratio, cpus)
+
+
+def test_the_least_time_is_the_start_then_the_rest_of_the_cpu_on_every_cpu() -> None:
+    # session 14's run: started in 0.37 s, 1.80 CPU-s in all: 0.37 + 1.43 / 2
+    assert least_time(0.37, 1.80, 2) == pytest.approx(1.085)
+    assert least_time(0.37, 1.80, 1) == pytest.approx(1.80)  # one CPU: all of it, in turn
+
+
+def test_a_run_that_used_no_more_cpu_than_its_start_takes_its_start() -> None:
+    assert least_time(0.4, 0.3, 2) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize(("start", "cpu", "cpus"), [(0.1, 1.0, 0), (-0.1, 1.0, 2), (0.1, -1.0, 2)])
+def test_the_least_time_needs_a_cpu_and_no_negative_time(
+    start: float, cpu: float, cpus: int
+) -> None:
+    with pytest.raises(ValueError, match="least_time"):
+        least_time(start, cpu, cpus)
 
 
 def _stored(volume: Volume, bodies: list[bytes]) -> list[Copy]:
