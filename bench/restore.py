@@ -33,6 +33,7 @@ from bench.small import round_order
 from bench.timing import run_timed
 
 TARGET_SMALL_RESTORE = 0.33  # issue 19: restore of many small files >= 0.33x zstd -d --filelist
+TARGET_LARGE_RESTORE = 0.8  # issue 19: restore of the large copy >= 0.8x zstd -d
 
 
 def cpu_budget(reference_seconds: float, ratio: float, cpus: int) -> float:

@@ -17,6 +17,7 @@ from bench import compression, find, fleet, large, latency, small
 from bench.data import write_data_file
 from bench.report import Report, machine
 from bench.restore import (
+    TARGET_LARGE_RESTORE,
     TARGET_SMALL_RESTORE,
     CommandRestorer,
     Copy,
@@ -305,8 +306,10 @@ class Benchmark:
 
         self.report.section("3. restore: stored copies → files")
         o = self.outcome
-        parts = []
+        parts: list[str] = []
+        notes: list[str] = []
         target = self.root / "restored"
+        start = cli_start()  # backup-restore's interpreter and imports, for both least times
         if o.large_copy and o.large_volume and o.large_config:
             copy, size = o.large_copy, o.large_copy.size
             stored = Volume(o.large_volume).copy_path(copy.sha256)
@@ -336,21 +339,50 @@ class Benchmark:
             self.report.line(
                 "backup-restore / zstd -d",
                 f"{zstd.seconds / cli.seconds:.2f}x",
-                f"{durable.seconds / cli.seconds:.2f}x of zstd -d + fsync; target >= 0.8x",
+                f"{durable.seconds / cli.seconds:.2f}x of zstd -d + fsync;"
+                f" target >= {TARGET_LARGE_RESTORE}x",
+            )
+            allowed = zstd.seconds / TARGET_LARGE_RESTORE
+            least = self.least_line(
+                "large", start, cli.cpu, allowed, "and the disk: copy read, file made durable"
             )
             parts.append(f"restore {zstd.seconds / cli.seconds:.2f}x zstd -d")
+            notes.append(f"its CPU in any order {least:.2f} of the {allowed:.2f} s allowed")
         self.seed_small()
         if o.small_copies and o.small_volume and o.small_config:
-            parts.append(self.restore_small(o.small_copies, o.small_volume, o.small_config, target))
-        if parts:
-            self.report.add_summary(
-                " ".join(parts[:1]) + (f" ({parts[1]})" if len(parts) > 1 else "")
+            notes.append(
+                self.restore_small(o.small_copies, o.small_volume, o.small_config, target, start)
             )
+        if parts or notes:
+            head = parts[0] if parts else "restore"
+            self.report.add_summary(head + (f" ({'; '.join(notes)})" if notes else ""))
         else:
             self.report.text("nothing to restore")
 
+    def least_line(
+        self, label: str, start: Timing, cpu: float, allowed: float, serial: str
+    ) -> float:
+        """Report a restore's least time in any order of its work (`least_time`) against
+        the time its target allows; returns it. `serial` names what runs before the rest
+        can, for when the least time fits and the order of the work is the limit."""
+        cpus = usable_cpus()
+        least = least_time(start.cpu, cpu, cpus)
+        self.report.line(
+            f"{label}: least time on {cpus} CPUs / time allowed",
+            f"{least:.2f} / {allowed:.2f} s",
+            f"its start ({start.cpu:.2f} CPU-s: backup-restore --version, one CPU) + the rest"
+            f" of its {cpu:.2f} CPU-s on every CPU: "
+            + (
+                "above the time allowed, so no order of this work meets the target here;"
+                " only less CPU would"
+                if least > allowed
+                else f"within the time allowed: what is left is the order of the work ({serial})"
+            ),
+        )
+        return least
+
     def restore_small(
-        self, copies: list[Copy], volume_root: Path, config: Path, target: Path
+        self, copies: list[Copy], volume_root: Path, config: Path, target: Path, start: Timing
     ) -> str:
         """10,000 small files through `backup-restore` (online and offline) and `zstd -d`
         (plain, and made durable), in BENCH_SMALL_ROUNDS rounds, each run in every round, the
@@ -426,7 +458,6 @@ class Benchmark:
         zstd_seconds = median["zstd"].seconds
         allowed = zstd_seconds / TARGET_SMALL_RESTORE
         first, files = median["offline"].first_file, median["offline"].files
-        start = cli_start()
         if first is not None and files is not None:
             self.report.line(
                 "offline: first file + files / time allowed",
@@ -435,22 +466,9 @@ class Benchmark:
                 f" backup-restore --version), the journal's {len(copies)} records read and"
                 " checked, the plan, its directories made, the workers forked",
             )
-        cpus = usable_cpus()
-        budget = cpu_budget(zstd_seconds, TARGET_SMALL_RESTORE, cpus)
-        offline_cpu = median["offline"].cpu
-        least = least_time(start.cpu, offline_cpu, cpus)
-        self.report.line(
-            f"offline: least time on {cpus} CPUs / time allowed",
-            f"{least:.2f} / {allowed:.2f} s",
-            f"its start ({start.cpu:.2f} CPU-s: backup-restore --version, one CPU) + the rest"
-            f" of its {offline_cpu:.2f} CPU-s on every CPU: "
-            + (
-                "above the time allowed, so no order of this work meets the target here;"
-                " only less CPU would"
-                if least > allowed
-                else "within the time allowed: what is left is the order of the work (the"
-                " first phase above before any file)"
-            ),
+        budget = cpu_budget(zstd_seconds, TARGET_SMALL_RESTORE, usable_cpus())
+        least = self.least_line(
+            "offline", start, median["offline"].cpu, allowed, "the first phase, before any file"
         )
         endpoint = statistics.median(endpoint_cpu) if self.endpoint.pid else None
         online_cpu = median["cli"].cpu + (endpoint or 0.0)
