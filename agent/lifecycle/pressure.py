@@ -175,7 +175,10 @@ class PressureCheck:
         verdict = self.check.check(to_resume=True)
         if verdict.ok or verdict.headroom is None:
             return None  # room enough, or no volume to measure: expiring would not help
-        return self.check.resume_headroom - verdict.headroom
+        needed = self.check.resume_headroom - verdict.headroom
+        # bytes enough, paused for something else (mounted read-only, no inode left):
+        # expiring versions is no answer to that, an operator is (docs/runbooks.md)
+        return needed if needed > 0 else None
 
     def __call__(self) -> PressureReport | None:
         needed = self.needed_bytes()

@@ -173,6 +173,7 @@ class Consumer:
         self.listener: PauseListener = listener or NoListener()
         self._paused: Verdict | None = None
         self._paused_at = 0.0
+        self._probe_to_resume = False  # paused by a refused write: resuming needs a probe write
         # Receipt handles of messages a worker could not write for want of room or volume:
         # still in flight (extended), given back by the receiver between two receives.
         self._parked: set[str] = set()
@@ -409,6 +410,10 @@ class Consumer:
         if self.volume_check is None:
             return True
         if self.paused() is None:
+            # parked by a pause that ended before the receiver gave them back (a worker's
+            # failure settled during the back-off, or after the resume): given back now, or
+            # they would stay in flight, invisible, kept so by the heartbeat
+            self._give_back_parked()
             verdict = self.volume_check.check()
             if verdict.ok:
                 return True
@@ -417,7 +422,7 @@ class Consumer:
         self._sleep_unless_stopping(self._backoff.next())
         if not self._receiving.is_set():
             return False
-        verdict = self.volume_check.check(to_resume=True)
+        verdict = self.volume_check.check(to_resume=True, probe=self._probe_to_resume)
         if verdict.ok:
             self._resume(verdict)
             return True
@@ -457,6 +462,13 @@ class Consumer:
         if held:
             log.info("consumer.gave_back", messages=len(held), why="paused")
 
+    def _give_back_parked(self) -> None:
+        parked = self._take_parked()
+        for item in parked:
+            self._change_visibility(item, 0, "released_after_pause")
+        if parked:
+            log.info("consumer.gave_back", messages=len(parked), why="parked by a pause")
+
     def _still_paused(self, verdict: Verdict) -> None:
         with self._lock:
             previous, self._paused = self._paused, verdict
@@ -467,6 +479,7 @@ class Consumer:
     def _resume(self, verdict: Verdict) -> None:
         with self._lock:
             self._paused = None
+            self._probe_to_resume = False
             paused_for = max(0.0, self.clock() - self._paused_at)
             self._lock.notify_all()
         self.stats.set_paused(None)
@@ -478,15 +491,22 @@ class Consumer:
         )
         self.listener.on_resumed(verdict, paused_for)
 
-    def _out_of_space(self, event: ObjectEvent, exc: Exception, failures: _Failures) -> None:
-        """A write failed for want of volume or room: pause, or hold back this one object
-        when the volume still has comfortable room (it is simply too large for it)."""
+    def _volume_failure(self, event: ObjectEvent, exc: Exception, failures: _Failures) -> None:
+        """A write failed for want of volume or room, or the volume refused it (read-only,
+        an I/O error): pause, or hold back this one object when the volume still has
+        comfortable room (it is simply too large for it), or retry it as any failure when a
+        refused write was passing (a probe write succeeds)."""
         assert self.volume_check is not None
         self.stats.record_failure(type(exc).__name__)
+        refused = _write_refused(exc)
         if isinstance(exc, VolumeNotReady):
             verdict = Verdict(False, f"backup volume not ready: {exc}")
         else:
-            verdict = self.volume_check.check(to_resume=True)
+            verdict = self.volume_check.check(to_resume=True, probe=refused)
+        if verdict.ok and refused:
+            failures.retryable.append(f"{event.key}: {exc}")
+            _retryable_failure(event, exc)
+            return
         if verdict.ok:
             failures.too_big.append((event, verdict))
             log.warning(
@@ -501,6 +521,9 @@ class Consumer:
             return
         failures.paused.append(f"{event.key}: {exc}")
         _retryable_failure(event, exc, paused=True)
+        if refused:
+            with self._lock:
+                self._probe_to_resume = True  # only a write tells that writes work again
         self._pause(verdict)
 
     def hold_delay(self, receive_count: int, held_for: float) -> int:
@@ -651,8 +674,8 @@ class Consumer:
             )
             return
         # everything else is retried, never dropped
-        if self.volume_check is not None and _is_out_of_space(exc):
-            self._out_of_space(event, exc, failures)
+        if self.volume_check is not None and _is_volume_failure(exc):
+            self._volume_failure(event, exc, failures)
             return
         failures.retryable.append(f"{event.key}: {exc}")
         self.stats.record_failure(type(exc).__name__)
@@ -826,12 +849,33 @@ class Consumer:
             item.extendable = False
 
 
-def _is_out_of_space(exc: Exception) -> bool:
-    """No volume, or no room on it: DiskFull, VolumeNotReady, or an ENOSPC that reached here
-    unconverted (the journal's append)."""
-    if isinstance(exc, DiskFull | VolumeNotReady):
-        return True
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+_REFUSED = (errno.EROFS, errno.EIO)  # a filesystem remounted read-only, a failing device
+
+
+def _volume_errno(exc: BaseException) -> int | None:
+    """The errno of the first OSError in `exc`'s chain that says the volume is out of room
+    or refuses writes, else None (the journal's append raises it unconverted; a wrapper
+    keeps it as its cause)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not loop
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in _NO_ROOM + _REFUSED:
+            return seen.errno
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _is_volume_failure(exc: Exception) -> bool:
+    """No volume, no room on it, or a write it refused: DiskFull, VolumeNotReady, or an
+    ENOSPC, EDQUOT, EROFS or EIO that reached here unconverted."""
+    return isinstance(exc, DiskFull | VolumeNotReady) or _volume_errno(exc) is not None
+
+
+def _write_refused(exc: Exception) -> bool:
+    """The volume refused a write (EROFS, EIO) rather than lacking room or being absent."""
+    return not isinstance(exc, DiskFull | VolumeNotReady) and _volume_errno(exc) in _REFUSED
 
 
 def _retryable_failure(event: ObjectEvent, exc: Exception, *, paused: bool = False) -> None:

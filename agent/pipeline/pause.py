@@ -5,17 +5,21 @@ while it cannot write walks every waiting message into the dead-letter queue. In
 consumer asks `VolumeCheck` before each receive and after a write fails for want of space or
 volume, and pauses (docs/runbooks.md, "The disk is full"):
 
-* **pause** when the volume is not ready (no marker: unmounted, not initialised), when its
-  free space is at or below `storage.min_free_bytes` (the floor), or when a write met
-  `DiskFull` (the pre-write room check or a real ENOSPC) with less than
-  `storage.resume_headroom_bytes` free above the floor;
+* **pause** when the volume is not ready (no marker: unmounted, not initialised), when it
+  is mounted read-only (the kernel remounts ext4 read-only after an error), when its free
+  space is at or below `storage.min_free_bytes` (the floor), when its free inodes are at or
+  below `INODE_FLOOR` (each copy needs one: a volume of small objects can run out of inodes
+  with bytes to spare), when a write met `DiskFull` (the pre-write room check or a real
+  ENOSPC) with less than `storage.resume_headroom_bytes` free above the floor, or when a
+  write failed with EROFS or EIO and a probe write (`Volume.probe_write`) fails too;
 * **hold back** one message instead when a write met `DiskFull` while at least
   `resume_headroom_bytes` remain above the floor: the volume has room, that one object is
   larger than the room. It is given back with a long visibility (`storage.hold_back`,
   doubled per receive) and smaller objects go on;
-* **resume** when the volume is ready and at least `resume_headroom_bytes` are free above
-  the floor: the gap between the floor and that is the hysteresis that keeps a volume at the
-  floor from pausing and resuming every few seconds.
+* **resume** when the volume is ready, writable, at least `resume_headroom_bytes` are free
+  above the floor and at least `INODE_RESUME` inodes are free: the gap between the floor and
+  that is the hysteresis that keeps a volume at the floor from pausing and resuming every few
+  seconds. After a pause for a failed write, resuming also needs a probe write to succeed.
 
 While paused the volume is checked again after 2 s, 4 s, 8 s … up to
 `storage.pause_recheck_max` (`Backoff`).
@@ -23,7 +27,7 @@ While paused the volume is checked again after 2 s, 4 s, 8 s … up to
 
 from __future__ import annotations
 
-import shutil
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,14 @@ from typing import Protocol
 
 from agent.errors import VolumeNotReady
 from agent.storage.volume import Volume
+
+# Free inodes (statvfs f_favail) at or below which the consumer pauses, and from which it
+# resumes: every copy takes one inode, a temp file one more while it is written. Fixed, not
+# settings: a few thousand inodes are nothing on any volume, and a volume that runs out of
+# them needs an operator (docs/runbooks.md) whatever the number. A filesystem that reports
+# no inode count (f_files 0: btrfs, XFS can too) has no such limit.
+INODE_FLOOR = 1024
+INODE_RESUME = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,27 +109,45 @@ class VolumeCheck:
         *,
         resume_headroom: int,
         free_bytes: Callable[[Path], int] | None = None,
+        statvfs: Callable[[Path], os.statvfs_result] = os.statvfs,
     ) -> None:
         self.volume = volume
         self.resume_headroom = resume_headroom
-        self._free_bytes = free_bytes or (lambda root: shutil.disk_usage(root).free)
+        self._statvfs = statvfs  # a seam: tests set the read-only flag and the inode counts
+        self._free_bytes = free_bytes
 
     @property
     def floor(self) -> int:
         return self.volume.min_free_bytes
 
-    def check(self, *, to_resume: bool = False) -> Verdict:
+    def check(self, *, to_resume: bool = False, probe: bool = False) -> Verdict:
         """May work go on? `to_resume`: the stricter test (room above the floor of at least
-        `resume_headroom`) for resuming, and for telling "nearly full" from "this one
-        object is too large" after a DiskFull."""
+        `resume_headroom`, `INODE_RESUME` inodes) for resuming, and for telling "nearly
+        full" from "this one object is too large" after a DiskFull. `probe`: also write,
+        fsync and remove a small file (after a write failed with EROFS or EIO: only a
+        write tells whether writes work again)."""
+        root = self.volume.root
         try:
             self.volume.ensure_ready()
         except VolumeNotReady as exc:
             return Verdict(False, f"backup volume not ready: {exc}")
+        except OSError as exc:  # the marker's stat met EIO, EACCES: a reason, not a crash
+            return Verdict(False, f"backup volume {root} unreadable: {exc}")
         try:
-            free = self._free_bytes(self.volume.root)
+            found = self._statvfs(root)
+            free = found.f_bavail * found.f_frsize
+            if self._free_bytes is not None:
+                free = self._free_bytes(root)
         except OSError as exc:
-            return Verdict(False, f"backup volume {self.volume.root} unreadable: {exc}")
+            return Verdict(False, f"backup volume {root} unreadable: {exc}")
+        if found.f_flag & os.ST_RDONLY:
+            return Verdict(
+                False,
+                f"backup volume {root} is mounted read-only (the kernel remounts a filesystem"
+                " read-only after an error: see `dmesg`)",
+                free,
+                free - self.floor,
+            )
         headroom = free - self.floor
         if headroom <= 0:
             return Verdict(
@@ -136,6 +166,26 @@ class VolumeCheck:
                 free,
                 headroom,
             )
+        inodes = found.f_favail if found.f_files > 0 else None
+        if inodes is not None and (inodes <= INODE_FLOOR or (to_resume and inodes < INODE_RESUME)):
+            wanted = (
+                f"at or below {INODE_FLOOR}"
+                if inodes <= INODE_FLOOR
+                else (f"fewer than the {INODE_RESUME} a pause ends with")
+            )
+            return Verdict(
+                False,
+                f"backup volume {root} has {inodes} free inodes, {wanted}: each copy needs"
+                " one (a volume of many small objects; docs/runbooks.md)",
+                free,
+                headroom,
+            )
+        if probe:
+            try:
+                self.volume.probe_write()
+            except OSError as exc:
+                reason = f"backup volume {root} cannot be written: {exc}"
+                return Verdict(False, reason, free, headroom)
         return Verdict(True, "", free, headroom)
 
 

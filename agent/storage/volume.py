@@ -228,6 +228,23 @@ class Volume:
         if not self.marker_path.is_file():
             self.read_marker()  # raises with the precise reason
 
+    def probe_write(self) -> None:
+        """Write, fsync and remove a small file in tmp/: OSError when the volume cannot be
+        written (read-only, an I/O error, no inode left). Named as `write_copy`'s temp files
+        are, so one a crash leaves between the write and the removal goes at start-up."""
+        path = self.tmp_dir / f"{uuid.uuid4().hex}{TEMP_SUFFIX}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+        try:
+            try:
+                os.write(fd, b"backup-agent write probe\n")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
     def ensure_room(self, incoming_bytes: int) -> None:
         free = shutil.disk_usage(self.root).free
         if free - incoming_bytes < self.min_free_bytes:

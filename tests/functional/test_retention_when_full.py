@@ -215,3 +215,22 @@ def test_the_check_does_nothing_for_a_volume_that_is_not_there(tmp_path):
     volume = Volume(tmp_path / "unmounted", min_free_bytes=KiB)
     check, fake, _ = make_check(volume, free=0, paused="not ready", can_grow=False)
     assert check() is None and fake.runs == []
+
+
+def test_the_check_does_nothing_when_the_pause_is_not_for_bytes(ready_volume):
+    """A volume mounted read-only (or out of inodes) pauses the consumer with bytes to spare:
+    no version is expired for it (it would not let the consumer resume)."""
+    check, fake, _ = make_check(ready_volume, free=200 * KiB, paused="read-only", can_grow=False)
+
+    def read_only(root: Path) -> os.statvfs_result:
+        found = os.statvfs(root)
+        return os.statvfs_result((*found[:8], found.f_flag | os.ST_RDONLY, found.f_namemax))
+
+    check.check = VolumeCheck(
+        ready_volume,
+        resume_headroom=50 * KiB,
+        free_bytes=lambda _root: 200 * KiB,
+        statvfs=read_only,
+    )
+    assert not check.check.check(to_resume=True).ok
+    assert check() is None and fake.runs == []

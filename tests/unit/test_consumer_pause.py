@@ -48,11 +48,13 @@ class FakeCheck:
     def __init__(self, verdict: Verdict = ROOMY) -> None:
         self.verdict = verdict
         self.asked: list[bool] = []  # to_resume of each check
+        self.probed: list[bool] = []  # probe of each check
         self._lock = threading.Lock()
 
-    def check(self, *, to_resume: bool = False) -> Verdict:
+    def check(self, *, to_resume: bool = False, probe: bool = False) -> Verdict:
         with self._lock:
             self.asked.append(to_resume)
+            self.probed.append(probe)
             return self.verdict
 
 
@@ -288,9 +290,9 @@ def test_while_paused_the_volume_is_checked_again_with_a_growing_back_off(
     check_times: list[float] = []
 
     class TimedCheck(FakeCheck):
-        def check(self, *, to_resume: bool = False) -> Verdict:
+        def check(self, *, to_resume: bool = False, probe: bool = False) -> Verdict:
             check_times.append(fake.now)
-            return super().check(to_resume=to_resume)
+            return super().check(to_resume=to_resume, probe=probe)
 
     check = TimedCheck(NEARLY_FULL)
     consumer = Consumer(
@@ -308,3 +310,115 @@ def test_while_paused_the_volume_is_checked_again_with_a_growing_back_off(
 
     gaps = [round(b - a) for a, b in itertools.pairwise(check_times[:8])]
     assert gaps == [2, 4, 8, 16, 30, 30, 30]
+
+
+UNWRITABLE = Verdict(False, "backup volume /v cannot be written: [Errno 30] Read-only file system")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.EROFS, "Read-only file system"),
+        OSError(errno.EIO, "Input/output error"),
+        RuntimeError("the journal's append failed"),  # raised from an EIO: its cause is seen
+    ],
+    ids=["erofs", "eio", "caused-by-eio"],
+)
+def test_a_write_the_volume_refuses_pauses_until_a_probe_write_succeeds(
+    sqs, queue_url, make, error
+):
+    """A filesystem remounted read-only after an error, or a failing device: retrying every
+    message walked the whole queue into the dead-letter queue (each retry is a receive)."""
+    if isinstance(error, RuntimeError):
+        error.__cause__ = OSError(errno.EIO, "Input/output error")
+    calls = record_calls(sqs)
+    check, listener = FakeCheck(), Listener()
+    failing = threading.Event()
+    failing.set()
+
+    def refuse(_event: ObjectEvent) -> None:
+        if failing.is_set():
+            check.verdict = UNWRITABLE  # what the probe write meets now
+            raise error
+
+    message_id = send(sqs, queue_url, put_message("one.txt"))
+    make(FakeProcessor(refuse), check, listener).start()
+    wait_until(lambda: listener.paused, what="the pause")
+    wait_until(lambda: visibility_changes(calls), what="the message given back")
+    wait_until(lambda: len(check.asked) >= 5, what="checks while paused")
+    assert [v.reason for v in listener.paused] == [UNWRITABLE.reason]
+    assert receive_counts(calls) == {message_id: 1}  # paused: not received again
+    # the check after the failed write, and every check to resume, write a probe
+    strict = [probe for resume, probe in zip(check.asked, check.probed, strict=True) if resume]
+    assert len(strict) >= 3 and all(strict)
+
+    failing.clear()
+    check.verdict = ROOMY  # the probe write succeeds: writes work again
+    wait_until(lambda: deleted_ids(calls) == [message_id], what="the backup after resuming")
+    assert len(listener.resumed) == 1
+    probes_at_resume = len(check.probed)
+    send(sqs, queue_url, put_message("two.txt"))
+    wait_until(lambda: len(deleted_ids(calls)) == 2, what="the next backup")
+    # resumed: the checks before each receive write no probe again
+    assert not any(check.probed[probes_at_resume:])
+
+
+def test_a_refused_write_that_a_probe_write_passes_is_retried_without_a_pause(sqs, queue_url, make):
+    calls = record_calls(sqs)
+    check, listener = FakeCheck(), Listener()
+    failed = threading.Event()
+
+    def refuse_once(_event: ObjectEvent) -> None:
+        if not failed.is_set():
+            failed.set()
+            raise OSError(errno.EIO, "Input/output error")
+
+    message_id = send(sqs, queue_url, put_message("one.txt"))
+    make(FakeProcessor(refuse_once), check, listener, retry_base_seconds=0).start()
+    wait_until(lambda: deleted_ids(calls) == [message_id], what="backed up on the retry")
+    assert listener.paused == []
+    # one strict check, after the failed write, with a probe write: it passed, no pause
+    assert [p for resume, p in zip(check.asked, check.probed, strict=True) if resume] == [True]
+
+
+def test_a_message_parked_while_the_receiver_resumes_is_given_back(sqs, queue_url, make):
+    """A worker's write fails for want of room during the receiver's back-off, after it gave
+    back what was parked and before it resumes: its message was parked and stayed in flight,
+    kept invisible by the heartbeat, for up to 12 hours (a review found it, 2026-12-02)."""
+    calls = record_calls(sqs)
+    listener = Listener()
+    slow_started, slow_go, slow_parked = threading.Event(), threading.Event(), threading.Event()
+    attempts: dict[str, int] = {}
+
+    class ResumeAfterPark(FakeCheck):
+        def check(self, *, to_resume: bool = False, probe: bool = False) -> Verdict:
+            super().check(to_resume=to_resume, probe=probe)
+            receiver = threading.current_thread().name == "consumer-receiver"
+            if receiver and to_resume and not slow_parked.is_set():
+                before = set(consumer._parked)  # the first one, if not given back yet
+                slow_go.set()  # the slow one fails now, in the receiver's back-off
+                wait_until(lambda: set(consumer._parked) - before, what="the slow one parked")
+                slow_parked.set()
+                self.verdict = ROOMY  # room again: this check resumes, and so do the next
+            return self.verdict
+
+    check = ResumeAfterPark()
+
+    def behaviour(event: ObjectEvent) -> None:
+        attempts[event.key] = attempts.get(event.key, 0) + 1
+        if attempts[event.key] > 1:
+            return  # backed up on its next receive
+        if event.key == "slow.bin":
+            slow_started.set()
+            slow_go.wait(10)
+            raise DiskFull("backup volume /v is full: No space left on device")
+        slow_started.wait(10)  # both in progress before the first pause
+        check.verdict = NEARLY_FULL
+        raise DiskFull("backup volume /v is full: No space left on device")
+
+    ids = [send(sqs, queue_url, put_message(name)) for name in ("first.bin", "slow.bin")]
+    consumer = make(FakeProcessor(behaviour), check, listener, max_messages=2)
+    consumer.start()
+    wait_until(lambda: slow_parked.is_set(), what="the slow one parked as the pause ends")
+    wait_until(lambda: sorted(deleted_ids(calls)) == sorted(ids), what="both backed up")
+    assert consumer.in_flight() == 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
-from agent.pipeline.pause import Backoff, VolumeCheck, size_text
-from agent.storage.volume import Volume
+from agent.pipeline.pause import INODE_FLOOR, INODE_RESUME, Backoff, VolumeCheck, size_text
+from agent.storage.volume import TEMP_NAME, Volume
 
 MiB = 1 << 20
 
@@ -82,3 +84,98 @@ def test_sizes_read_as_people_write_them():
         "1.5 GiB",
         "-1.0 MiB",
     ]
+
+
+def filesystem(*, read_only: bool = False, files: int = 1 << 20, free_inodes: int = 1 << 19):
+    """A statvfs answer: 1 GiB free in 4 KiB blocks, the flag and inode counts given."""
+
+    def statvfs(_root: Path) -> os.statvfs_result:
+        flag = os.ST_RDONLY if read_only else 0
+        blocks = (1 << 30) // 4096
+        return os.statvfs_result(
+            (4096, 4096, 2 * blocks, blocks, blocks, files, free_inodes, free_inodes, flag, 255)
+        )
+
+    return statvfs
+
+
+def test_a_volume_mounted_read_only_is_a_reason_to_pause(floored):
+    """ext4 remounts itself read-only after an error (errors=remount-ro): every write would
+    fail with EROFS and every message walk to the dead-letter queue (review, 2026-12-02)."""
+    check = VolumeCheck(floored, resume_headroom=0, statvfs=filesystem(read_only=True))
+    verdict = check.check()
+    assert not verdict.ok and "is mounted read-only" in verdict.reason
+    assert verdict.free_bytes == 1 << 30
+
+
+def test_a_volume_out_of_inodes_pauses_with_bytes_to_spare(floored):
+    """Small objects can use up a volume's inodes first (ext4: one per 16 KiB by default):
+    each write then fails with ENOSPC while bytes are free, and was held back as too big."""
+    at_floor = VolumeCheck(floored, resume_headroom=0, statvfs=filesystem(free_inodes=INODE_FLOOR))
+    verdict = at_floor.check()
+    assert not verdict.ok
+    assert f"has {INODE_FLOOR} free inodes, at or below {INODE_FLOOR}" in verdict.reason
+    between = VolumeCheck(
+        floored, resume_headroom=0, statvfs=filesystem(free_inodes=INODE_RESUME - 1)
+    )
+    assert between.check().ok  # work goes on above the floor
+    resume = between.check(to_resume=True)
+    assert (
+        not resume.ok and f"fewer than the {INODE_RESUME}" in resume.reason
+    )  # a pause does not end
+    enough = VolumeCheck(floored, resume_headroom=0, statvfs=filesystem(free_inodes=INODE_RESUME))
+    assert enough.check(to_resume=True).ok
+
+
+def test_a_filesystem_without_an_inode_count_has_no_inode_floor(floored):
+    # f_files 0: btrfs (and XFS can) allocate inodes as needed
+    check = VolumeCheck(floored, resume_headroom=0, statvfs=filesystem(files=0, free_inodes=0))
+    assert check.check(to_resume=True).ok
+
+
+def test_a_probe_write_that_fails_is_a_reason_to_pause(floored, monkeypatch):
+    def refused() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    check = VolumeCheck(floored, resume_headroom=0)
+    assert check.check(probe=True).ok  # the real probe: the test's filesystem takes writes
+    monkeypatch.setattr(floored, "probe_write", refused)
+    assert check.check().ok  # no probe asked: not written
+    verdict = check.check(probe=True)
+    assert not verdict.ok
+    assert (
+        verdict.reason
+        == f"backup volume {floored.root} cannot be written: [Errno 5] Input/output error"
+    )
+
+
+def test_the_probe_write_leaves_nothing_and_a_crash_leaves_what_start_up_removes(
+    floored, monkeypatch
+):
+    floored.probe_write()
+    assert list(floored.tmp_dir.iterdir()) == []
+    written: list[str] = []
+    real_fsync = os.fsync
+
+    def crash(fd: int) -> None:
+        written.extend(os.listdir(floored.tmp_dir))
+        real_fsync(fd)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="Input/output error"):
+        floored.probe_write()
+    assert len(written) == 1 and TEMP_NAME.fullmatch(written[0])  # start-up's sweep takes it
+    assert list(floored.tmp_dir.iterdir()) == []  # removed after the failed fsync too
+
+
+def test_a_marker_that_cannot_be_looked_at_is_a_reason_to_pause_not_a_crash(floored, monkeypatch):
+    """Path.is_file raises what is not "absent" (EIO, EACCES): the receiver thread, which
+    asks before every receive, died of it and the daemon with it (review, 2026-12-02)."""
+
+    def failing(_volume: Volume) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(Volume, "ensure_ready", failing)
+    verdict = VolumeCheck(floored, resume_headroom=0).check()
+    assert not verdict.ok and verdict.reason.endswith("unreadable: [Errno 5] Input/output error")
