@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 LATEST = "LATEST"
+SETTLED_THROUGH = "settled_through"  # on LATEST: see ADVANCE_CONDITION
 VERSION_PREFIX = "V#"
 KEY_INDEX = "by-key"
 SETTLE_ATTEMPTS = 5
@@ -75,8 +76,14 @@ HOLDER_ATTRIBUTES = ("pk", "sk", "holders", "volume_id")
 # The conditions of a new version's two writes: its version item is not there yet, and
 # LATEST is absent or older (in today's order format) than the version.
 VERSION_CONDITION = "attribute_not_exists(pk)"
+# LATEST moves to a record later in the version order, and past every record the last
+# settle saw (`settled_through`: the order key of the newest of them, written when it is past
+# the entry LATEST holds): a version removed for good sorts below its removal, so a put of
+# it that comes late, to another process than the one that recorded the removal (a fleet,
+# or the same agent after a restart), no longer makes it LATEST (a review, 2026-12-02)
 ADVANCE_CONDITION = (
-    "attribute_not_exists(pk) OR (begins_with(order_key, :format) AND order_key < :order)"
+    "attribute_not_exists(pk) OR (begins_with(order_key, :format) AND order_key < :order"
+    " AND (attribute_not_exists(settled_through) OR settled_through < :order))"
 )
 # A release retries while other holders change the item; each failure is another's add or
 # release, at most two per replica group.
@@ -182,6 +189,13 @@ def _release_update(
     elif removed:
         clauses.append("REMOVE " + ", ".join(f"holders.{n}" for n in sorted(removed)))
     return " ".join(clauses)
+
+
+def _text(item: dict[str, Any], name: str) -> str:
+    """A string attribute of a raw item, "" when absent or not a string (sorts first)."""
+    value = item.get(name)
+    text = value.get("S") if isinstance(value, dict) else None
+    return text if isinstance(text, str) else ""
 
 
 def _key_text(item: Any, name: str) -> str:
@@ -394,9 +408,16 @@ class Ledger:
                 if seen is None or self._delete_latest_item(bucket, key, seen):
                     return None
                 continue
-            if seen is not None and _current_form(seen) and self._parsed(seen) == wanted:
+            newest = max(r.order_key for r in records)
+            through = newest if newest > wanted.order_key else None
+            if (
+                seen is not None
+                and _current_form(seen)
+                and self._parsed(seen) == wanted
+                and (through is None or _text(seen, SETTLED_THROUGH) >= through)
+            ):
                 return wanted
-            if self._put_latest(wanted, seen):
+            if self._put_latest(wanted, seen, through):
                 return wanted
         raise RuntimeError(f"LATEST of s3://{bucket}/{key} kept changing while settled")
 
@@ -555,18 +576,31 @@ class Ledger:
             refused: Any = exc.response.get("Item")  # the LATEST it compared against
             seen: dict[str, Any] = refused or {}
             latest = self._parsed(seen) if seen else None
-            if latest is None or not _current_form(seen) or history.is_removal(latest):
+            if (
+                latest is None
+                or not _current_form(seen)
+                or history.is_removal(latest)
+                # refused only by what the last settle saw: a removed version's late put,
+                # or a version older than a removal that is current all the same: derived
+                or (
+                    latest.order_key < record.order_key
+                    and _text(seen, SETTLED_THROUGH) >= record.order_key
+                )
+            ):
                 self.settle(record.bucket, record.key)
         except botocore.exceptions.BotoCoreError as exc:
             raise classify(exc, "DynamoDB PutItem LATEST") from exc
 
-    def _put_latest(self, record: VersionRecord, seen: dict[str, Any] | None) -> bool:
+    def _put_latest(
+        self, record: VersionRecord, seen: dict[str, Any] | None, through: str | None = None
+    ) -> bool:
         condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
         if seen is not None:
-            condition = _unchanged(seen, "version_token", "order_key")
-        return self._conditional(
-            "PutItem LATEST", self._db.put_item, Item=self._latest_item(record), **condition
-        )
+            condition = _unchanged(seen, "version_token", "order_key", SETTLED_THROUGH)
+        item = self._latest_item(record)
+        if through is not None:
+            item[SETTLED_THROUGH] = {"S": through}
+        return self._conditional("PutItem LATEST", self._db.put_item, Item=item, **condition)
 
     def _delete_latest_item(self, bucket: str, key: str, seen: dict[str, Any]) -> bool:
         return self._conditional(

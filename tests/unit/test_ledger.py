@@ -442,3 +442,59 @@ def test_the_first_write_after_the_upgrade_rewrites_an_old_latest(ledger, dynamo
     )
     assert raw["Item"]["order_key"]["S"] == v2.order_key and v2.order_key.startswith("2:")
     assert ledger.latest(BUCKET, v2.key) == v2
+
+
+# -- a version removed for good, its put recorded late by another process ------------------
+# A fleet shares one queue, and an agent restarts: the removal of a version and its late put
+# can be recorded by two Ledger objects, and the one that remembered the removal
+# (`_was_removed`) is not the one that sees the put. LATEST moved to the removed version, so
+# `--prefix`/`--all` restores and `list` brought it back while `--key` (the history) did not
+# (a review, 2026-12-02). Each test failed before.
+
+
+def test_a_removed_version_recorded_late_by_another_process_does_not_become_latest(dynamodb):
+    here, there = Ledger(dynamodb, TABLE), Ledger(dynamodb, TABLE)
+    here.record(stored(event(sequencer="10", version_id="v1")))
+    there.record(tombstone(event(sequencer="30", version_id="v2", kind=EventKind.REMOVED)))
+    here.record(stored(event(sequencer="20", version_id="v2")))  # its put, late
+
+    latest = here.latest(BUCKET, "reports/q1.txt")
+    assert latest is not None and latest.version_id == "v1"
+    assert latest == history.current(here.versions(BUCKET, "reports/q1.txt"))
+
+
+def test_the_same_late_put_in_a_batch_does_not_become_latest_either(dynamodb):
+    here, there = Ledger(dynamodb, TABLE), Ledger(dynamodb, TABLE)
+    here.record(stored(event(sequencer="10", version_id="v1")))
+    there.record(tombstone(event(sequencer="30", version_id="v2", kind=EventKind.REMOVED)))
+    assert here.record_many([stored(event(sequencer="20", version_id="v2"))]) == [True]
+
+    latest = here.latest(BUCKET, "reports/q1.txt")
+    assert latest is not None and latest.version_id == "v1"
+
+
+def test_a_live_version_older_than_a_removal_and_newer_than_latest_becomes_latest(dynamodb):
+    """The mark that stops a removed version's late put must not stop a live one: v2 came
+    late, after v3 was put and removed; v2 is what S3 serves. (It held before the fix: it
+    guards the fix against refusing too much.)"""
+    here, there = Ledger(dynamodb, TABLE), Ledger(dynamodb, TABLE)
+    here.record(stored(event(sequencer="10", version_id="v1")))
+    there.record(stored(event(sequencer="30", version_id="v3")))
+    there.record(tombstone(event(sequencer="40", version_id="v3", kind=EventKind.REMOVED)))
+    here.record(stored(event(sequencer="20", version_id="v2")))
+
+    latest = here.latest(BUCKET, "reports/q1.txt")
+    assert latest is not None and latest.version_id == "v2"
+    assert latest == history.current(here.versions(BUCKET, "reports/q1.txt"))
+
+
+def test_a_new_version_after_a_removal_advances_latest_as_before(dynamodb):
+    here, there = Ledger(dynamodb, TABLE), Ledger(dynamodb, TABLE)
+    here.record(stored(event(sequencer="10", version_id="v1")))
+    there.record(tombstone(event(sequencer="30", version_id="v2", kind=EventKind.REMOVED)))
+    calls = record_calls(dynamodb)
+    here.record(stored(event(sequencer="50", version_id="v4")))
+    assert calls.operations() == ["PutItem", "PutItem"]  # the version, LATEST: no settle
+
+    latest = here.latest(BUCKET, "reports/q1.txt")
+    assert latest is not None and latest.version_id == "v4"

@@ -119,7 +119,8 @@ def test_each_put_carries_todays_condition(dynamodb):
     assert version["Put"]["ConditionExpression"] == "attribute_not_exists(pk)"
     assert latest["Put"]["Item"]["sk"] == {"S": LATEST}
     assert latest["Put"]["ConditionExpression"] == (
-        "attribute_not_exists(pk) OR (begins_with(order_key, :format) AND order_key < :order)"
+        "attribute_not_exists(pk) OR (begins_with(order_key, :format) AND order_key < :order"
+        " AND (attribute_not_exists(settled_through) OR settled_through < :order))"
     )
     assert {a["Put"]["ReturnValuesOnConditionCheckFailure"] for a in (version, latest)} == {
         "ALL_OLD"
