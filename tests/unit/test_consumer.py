@@ -532,7 +532,12 @@ def test_stop_gives_back_messages_received_ahead_at_once(sqs, queue_url, make_co
     processor = FakeProcessor(lambda _event: gate.wait(15))
     consumer = make_consumer(processor, workers=1, max_messages=5, receive_ahead=True)
     consumer.start()
-    wait_until(lambda: consumer.in_flight() == 5, what="one working, four waiting")
+    # the worker has its message (five in flight alone does not say so: a stop before the
+    # worker took it gave back all five, and the test failed under load, 2026-12-02)
+    wait_until(
+        lambda: processor.calls == 1 and consumer.in_flight() == 5,
+        what="one working, four waiting",
+    )
 
     stopper = threading.Thread(target=consumer.stop, args=(10,))
     stopper.start()
