@@ -108,6 +108,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def s3_key(text: str) -> str:
+    """An argparse type for a key: S3 keys have at least one character. An empty --key (a
+    script's unset variable) was taken as no key at all: `restore --key ""` restored the
+    whole bucket, deleted keys included (a review, 2026-12-02)."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty: an S3 key has at least one character")
+    return text
+
+
 def print_json(document: Any, out: IO[str] | None = None) -> None:
     """One JSON document on stdout (dates as ISO-8601 strings)."""
     print(json.dumps(document, indent=2, default=_json_default), file=out or sys.stdout)

@@ -24,6 +24,7 @@ from agent.cli.common import (
     guarded,
     log_level,
     print_json,
+    s3_key,
 )
 from agent.cli.output import PrintableLines, printable_key
 from agent.config import load_config
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     find = parser.add_argument_group(
         "instead of SNAPSHOT_ID: the snapshot that holds a version (any member's volume)"
     )
-    find.add_argument("--key", metavar="K", help="the backed-up key (needs --config)")
+    find.add_argument("--key", metavar="K", type=s3_key, help="the backed-up key (needs --config)")
     which = find.add_mutually_exclusive_group()
     which.add_argument("--version", metavar="V", help="an S3 version id or a version_token")
     which.add_argument(

@@ -50,6 +50,7 @@ from agent.cli.common import (
     guarded,
     log_level,
     print_problems,
+    s3_key,
 )
 from agent.cli.fleet import fleet_holders
 from agent.cli.output import human_size, print_snapshots, printable_key
@@ -317,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backup-restore restore --prefix reports/ --to-s3 --fleet --job reports-back --status",
     )
     scope = restore.add_mutually_exclusive_group(required=True)
-    scope.add_argument("--key", metavar="K", help="restore this one key")
+    scope.add_argument("--key", metavar="K", type=s3_key, help="restore this one key")
     scope.add_argument("--prefix", metavar="P", help="restore every key starting with P")
     scope.add_argument("--all", action="store_true", help="restore every key of the bucket")
     _add_version_options(restore)
@@ -373,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Stage one file and print a presigned GET URL.",
         "backup-restore share --key reports/q3.pdf --expires 1h",
     )
-    share.add_argument("--key", metavar="K", required=True, help="the key to share")
+    share.add_argument("--key", metavar="K", type=s3_key, required=True, help="the key to share")
     _add_version_options(share)
     share.add_argument(
         "--expires", metavar="DURATION", help="URL lifetime, e.g. 1h (default restore.share_expiry)"

@@ -147,6 +147,24 @@ def test_workers_below_one_are_refused_before_anything_runs(tool, argv, capsys):
     assert "argument --workers" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("tool", "argv"),
+    [
+        # a script's unset variable: `--key ""` was taken as no key, so `restore` restored the
+        # whole bucket, deleted keys included (a review, 2026-12-02)
+        (restore.main, ["restore", "--key", "", "--to", "/tmp/x"]),
+        (restore.main, ["restore", "--key", "", "--to-s3"]),
+        (restore.main, ["share", "--key", ""]),
+        (mount_snapshot.main, ["find", "--key", ""]),
+    ],
+)
+def test_an_empty_key_is_refused_before_anything_runs(tool, argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        tool(argv)
+    assert exit_.value.code == ExitCode.USAGE
+    assert "argument --key: empty: an S3 key has at least one character" in capsys.readouterr().err
+
+
 def test_positive_int_says_what_is_wrong():
     assert positive_int("4") == 4
     with pytest.raises(argparse.ArgumentTypeError, match="'0': at least 1"):
