@@ -531,16 +531,25 @@ class S3Target:
         return Status.RESTORED
 
     def _conflict(self, item: Item, current: dict[str, Any] | None) -> str | None:
+        """What the target holds, for --dry-run and for the refusal: any other object is
+        replaced only with --overwrite, older or newer (S3's LastModified of a multipart
+        upload is when the upload began: age is no safe test). The message said an older
+        one "will be replaced" and the restore refused it (a review, 2026-12-02)."""
         if current is None:
             return None
         if _same_content(current, item.record):
             return "exists with the same content"
-        if _same_bytes(current, item.record):
-            return "holds these bytes with other headers or metadata; needs --overwrite"
         modified = current.get("LastModified")
-        if modified is not None and modified > event_datetime(item.record):
-            return f"holds a newer object (modified {modified.isoformat()}); needs --overwrite"
-        return "holds an older object; it will be replaced"
+        when = f" (modified {modified.isoformat()})" if modified is not None else ""
+        if _same_bytes(current, item.record):
+            what = "holds these bytes with other headers or metadata"
+        elif modified is not None and modified > event_datetime(item.record):
+            what = f"holds a newer object{when}"
+        else:
+            what = f"holds an older object{when}"
+        return f"{what}; " + (
+            "it will be replaced (--overwrite)" if self.overwrite else "needs --overwrite"
+        )
 
     def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
         try:

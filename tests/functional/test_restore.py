@@ -27,6 +27,7 @@ from agent.restore.plan import RestoreScope, place, plan
 from agent.restore.restorer import Restorer
 from agent.restore.source import LedgerSource, Selector
 from agent.restore.targets import DirectoryTarget, S3Target, Status
+from agent.restore.tree import RestoreRefused
 from agent.storage import volume as volume_module
 from agent.storage.direct import DirectWriter
 from agent.storage.ledger import Ledger
@@ -490,6 +491,38 @@ def test_expected_bucket_owner_goes_to_the_backed_up_bucket_only(
     assert run("--key", "late", "--to-s3", "--to-prefix", "again/") == 0
     home = [c for c in calls.calls if c.params.get("Bucket") == BUCKET]
     assert home and all(c.params.get("ExpectedBucketOwner") == OWNER for c in home)
+
+
+def test_to_s3_an_older_object_is_replaced_only_with_the_flag_and_says_so(
+    backups, volume, aws, monkeypatch
+):
+    """It was refused without --overwrite with the words "it will be replaced", and --dry-run
+    said the same (a review, 2026-12-02). Older as S3 tells it: a multipart upload's
+    LastModified is when the upload began, so older is no reason to replace silently."""
+    backups.put("old.txt", b"the backed-up bytes")
+    aws.s3.put_object(Bucket=BUCKET, Key="old.txt", Body=b"something else")
+    source = LedgerSource(Ledger(aws.dynamodb, TABLE))
+    (item,) = plan(source, BUCKET, RestoreScope(key="old.txt"), Selector()).items
+    head = S3Target._head
+
+    def older(self: S3Target, bucket: str, key: str) -> dict[str, Any] | None:
+        found = head(self, bucket, key)
+        return None if found is None else {**found, "LastModified": T0 - timedelta(days=1)}
+
+    monkeypatch.setattr(S3Target, "_head", older)
+    when = f"(modified {(T0 - timedelta(days=1)).isoformat()})"
+    keeping = S3Target(aws.s3, volume)
+    assert keeping.check(item) == f"holds an older object {when}; needs --overwrite"
+    with pytest.raises(RestoreRefused, match=r"older object .*; needs --overwrite$"):
+        keeping.restore(item, lambda _bytes: None)
+    assert aws.s3.get_object(Bucket=BUCKET, Key="old.txt")["Body"].read() == b"something else"
+
+    replacing = S3Target(aws.s3, volume, overwrite=True)
+    assert (
+        replacing.check(item) == f"holds an older object {when}; it will be replaced (--overwrite)"
+    )
+    assert replacing.restore(item, lambda _bytes: None) is Status.RESTORED
+    assert aws.s3.get_object(Bucket=BUCKET, Key="old.txt")["Body"].read() == b"the backed-up bytes"
 
 
 def test_large_files_go_back_as_verified_multipart_uploads(backups, volume, aws):
