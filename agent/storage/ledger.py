@@ -191,11 +191,30 @@ def _release_update(
     return " ".join(clauses)
 
 
-def _text(item: dict[str, Any], name: str) -> str:
-    """A string attribute of a raw item, "" when absent or not a string (sorts first)."""
-    value = item.get(name)
+def _settled(latest: dict[str, Any]) -> str | None:
+    """A raw LATEST item's `settled_through`: None when absent, "" when it is not a string
+    (the item is untrusted: such a mark refuses every advance, so it is settled over)."""
+    if SETTLED_THROUGH not in latest:
+        return None
+    value = latest[SETTLED_THROUGH]
     text = value.get("S") if isinstance(value, dict) else None
-    return text if isinstance(text, str) else ""
+    return text if isinstance(text, str) and text else ""
+
+
+def _settle_mark(records: Sequence[VersionRecord], wanted: VersionRecord) -> str | None:
+    """The `settled_through` LATEST needs beside `wanted`: the order key of the newest removal
+    of a version that a late put could make LATEST (one not recorded yet, or recorded above
+    `wanted`); None when there is none (a removal of a version below `wanted` needs no mark:
+    the order already refuses its put, and LATEST is not written again for it)."""
+    recorded = {r.version_id: r.order_key for r in records if not history.is_removal(r)}
+    marks = [
+        removal.order_key
+        for removal in records
+        if history.is_removal(removal)
+        and removal.order_key > wanted.order_key
+        and recorded.get(removal.version_id, removal.order_key) > wanted.order_key
+    ]
+    return max(marks) if marks else None
 
 
 def _key_text(item: Any, name: str) -> str:
@@ -408,13 +427,14 @@ class Ledger:
                 if seen is None or self._delete_latest_item(bucket, key, seen):
                     return None
                 continue
-            newest = max(r.order_key for r in records)
-            through = newest if newest > wanted.order_key else None
+            through = _settle_mark(records, wanted)
+            mark = _settled(seen) if seen is not None else None
             if (
                 seen is not None
                 and _current_form(seen)
                 and self._parsed(seen) == wanted
-                and (through is None or _text(seen, SETTLED_THROUGH) >= through)
+                and mark != ""  # a mark that is no string is written over
+                and (through is None or (mark is not None and mark >= through))
             ):
                 return wanted
             if self._put_latest(wanted, seen, through):
@@ -584,7 +604,8 @@ class Ledger:
                 # or a version older than a removal that is current all the same: derived
                 or (
                     latest.order_key < record.order_key
-                    and _text(seen, SETTLED_THROUGH) >= record.order_key
+                    and (mark := _settled(seen)) is not None
+                    and (mark == "" or mark >= record.order_key)
                 )
             ):
                 self.settle(record.bucket, record.key)

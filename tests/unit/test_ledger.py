@@ -498,3 +498,32 @@ def test_a_new_version_after_a_removal_advances_latest_as_before(dynamodb):
 
     latest = here.latest(BUCKET, "reports/q1.txt")
     assert latest is not None and latest.version_id == "v4"
+
+
+def test_a_removal_of_a_version_below_latest_writes_latest_no_more_than_before(dynamodb):
+    """S3 Lifecycle's noncurrent-version expiration removes old versions one per overwrite:
+    their late put is refused by the order already, so no mark, no second write of LATEST
+    (the session's review measured one per removal in the first form of the fix)."""
+    ledger = Ledger(dynamodb, TABLE)
+    ledger.record(stored(event(sequencer="10", version_id="v1")))
+    ledger.record(stored(event(sequencer="20", version_id="v2")))
+    calls = record_calls(dynamodb)
+    ledger.record(tombstone(event(sequencer="30", version_id="v1", kind=EventKind.REMOVED)))
+    assert calls.operations() == ["PutItem", "Query"]  # the removal, the settle's read
+    latest = dynamodb.get_item(
+        TableName=TABLE, Key={"pk": {"S": f"{BUCKET}/reports/q1.txt"}, "sk": {"S": "LATEST"}}
+    )
+    assert "settled_through" not in latest["Item"]
+
+
+def test_a_mark_that_is_no_string_is_settled_over(dynamodb):
+    """LATEST is untrusted: a `settled_through` that is a number would refuse every advance
+    (DynamoDB compares no N with an S)."""
+    ledger = Ledger(dynamodb, TABLE)
+    ledger.record(stored(event(sequencer="10", version_id="v1")))
+    key = {"pk": {"S": f"{BUCKET}/reports/q1.txt"}, "sk": {"S": "LATEST"}}
+    item = dynamodb.get_item(TableName=TABLE, Key=key)["Item"]
+    dynamodb.put_item(TableName=TABLE, Item={**item, "settled_through": {"N": "1"}})
+
+    assert ledger.settle(BUCKET, "reports/q1.txt") is not None
+    assert "settled_through" not in dynamodb.get_item(TableName=TABLE, Key=key)["Item"]
