@@ -173,12 +173,12 @@ class PressureCheck:
         if self.paused() is None:
             return None
         verdict = self.check.check(to_resume=True)
-        if verdict.ok or verdict.headroom is None:
-            return None  # room enough, or no volume to measure: expiring would not help
-        needed = self.check.resume_headroom - verdict.headroom
-        # bytes enough, paused for something else (mounted read-only, no inode left):
-        # expiring versions is no answer to that, an operator is (docs/runbooks.md)
-        return needed if needed > 0 else None
+        # room enough, no volume to measure, or paused for something else than bytes (mounted
+        # read-only, no inode left, a failing write): expiring versions would not help, an
+        # operator does (docs/runbooks.md)
+        if verdict.ok or verdict.headroom is None or not verdict.for_bytes:
+            return None
+        return self.check.resume_headroom - verdict.headroom
 
     def __call__(self) -> PressureReport | None:
         needed = self.needed_bytes()

@@ -863,7 +863,8 @@ def _volume_errno(exc: BaseException) -> int | None:
             return None
         if isinstance(seen, OSError) and seen.errno in _NO_ROOM + _REFUSED:
             return seen.errno
-        seen = seen.__cause__ or seen.__context__
+        # the explicit cause, or the exception being handled unless `from None` hid it
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
     return None
 
 

@@ -53,6 +53,9 @@ class Verdict:
     reason: str = ""  # empty when ok
     free_bytes: int | None = None  # None when the volume could not be measured
     headroom: int | None = None  # free bytes above the floor (negative below it)
+    # not ok for want of bytes (at the floor, or short of the resume headroom) and for no
+    # other reason: what retention under pressure can answer (lifecycle/pressure.py)
+    for_bytes: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +159,7 @@ class VolumeCheck:
                 f" the {size_text(self.floor)} floor (storage.min_free_bytes)",
                 free,
                 headroom,
+                for_bytes=True,
             )
         if to_resume and headroom < self.resume_headroom:
             return Verdict(
@@ -165,6 +169,7 @@ class VolumeCheck:
                 " (storage.resume_headroom_bytes)",
                 free,
                 headroom,
+                for_bytes=True,
             )
         inodes = found.f_favail if found.f_files > 0 else None
         if inodes is not None and (inodes <= INODE_FLOOR or (to_resume and inodes < INODE_RESUME)):

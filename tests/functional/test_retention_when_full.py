@@ -217,10 +217,11 @@ def test_the_check_does_nothing_for_a_volume_that_is_not_there(tmp_path):
     assert check() is None and fake.runs == []
 
 
-def test_the_check_does_nothing_when_the_pause_is_not_for_bytes(ready_volume):
-    """A volume mounted read-only (or out of inodes) pauses the consumer with bytes to spare:
-    no version is expired for it (it would not let the consumer resume)."""
-    check, fake, _ = make_check(ready_volume, free=200 * KiB, paused="read-only", can_grow=False)
+@pytest.mark.parametrize("free", [200 * KiB, 120 * KiB], ids=["bytes-to-spare", "short-of-bytes"])
+def test_the_check_does_nothing_when_the_pause_is_not_for_bytes(ready_volume, free):
+    """A volume mounted read-only pauses the consumer whatever its bytes: no version is
+    expired for it (its deletes would fail, and bytes would not let the consumer resume)."""
+    check, fake, _ = make_check(ready_volume, free=free, paused="read-only", can_grow=False)
 
     def read_only(root: Path) -> os.statvfs_result:
         found = os.statvfs(root)
@@ -229,8 +230,9 @@ def test_the_check_does_nothing_when_the_pause_is_not_for_bytes(ready_volume):
     check.check = VolumeCheck(
         ready_volume,
         resume_headroom=50 * KiB,
-        free_bytes=lambda _root: 200 * KiB,
+        free_bytes=lambda _root: free,
         statvfs=read_only,
     )
-    assert not check.check.check(to_resume=True).ok
+    verdict = check.check.check(to_resume=True)
+    assert not verdict.ok and not verdict.for_bytes
     assert check() is None and fake.runs == []

@@ -57,6 +57,16 @@ class FakeCheck:
             self.probed.append(probe)
             return self.verdict
 
+    def probes(self) -> list[bool]:
+        with self._lock:
+            return list(self.probed)
+
+    def strict_probes(self) -> list[bool]:
+        """`probe` of each strict check (to_resume), read under the lock (the receiver may
+        be checking while the test reads)."""
+        with self._lock:
+            return [probe for resume, probe in zip(self.asked, self.probed, strict=True) if resume]
+
 
 class Listener:
     def __init__(self) -> None:
@@ -349,18 +359,18 @@ def test_a_write_the_volume_refuses_pauses_until_a_probe_write_succeeds(
     assert [v.reason for v in listener.paused] == [UNWRITABLE.reason]
     assert receive_counts(calls) == {message_id: 1}  # paused: not received again
     # the check after the failed write, and every check to resume, write a probe
-    strict = [probe for resume, probe in zip(check.asked, check.probed, strict=True) if resume]
+    strict = check.strict_probes()
     assert len(strict) >= 3 and all(strict)
 
     failing.clear()
     check.verdict = ROOMY  # the probe write succeeds: writes work again
     wait_until(lambda: deleted_ids(calls) == [message_id], what="the backup after resuming")
     assert len(listener.resumed) == 1
-    probes_at_resume = len(check.probed)
+    probes_at_resume = len(check.probes())
     send(sqs, queue_url, put_message("two.txt"))
     wait_until(lambda: len(deleted_ids(calls)) == 2, what="the next backup")
     # resumed: the checks before each receive write no probe again
-    assert not any(check.probed[probes_at_resume:])
+    assert not any(check.probes()[probes_at_resume:])
 
 
 def test_a_refused_write_that_a_probe_write_passes_is_retried_without_a_pause(sqs, queue_url, make):
@@ -378,7 +388,7 @@ def test_a_refused_write_that_a_probe_write_passes_is_retried_without_a_pause(sq
     wait_until(lambda: deleted_ids(calls) == [message_id], what="backed up on the retry")
     assert listener.paused == []
     # one strict check, after the failed write, with a probe write: it passed, no pause
-    assert [p for resume, p in zip(check.asked, check.probed, strict=True) if resume] == [True]
+    assert check.strict_probes() == [True]
 
 
 def test_a_message_parked_while_the_receiver_resumes_is_given_back(sqs, queue_url, make):
@@ -422,3 +432,25 @@ def test_a_message_parked_while_the_receiver_resumes_is_given_back(sqs, queue_ur
     wait_until(lambda: slow_parked.is_set(), what="the slow one parked as the pause ends")
     wait_until(lambda: sorted(deleted_ids(calls)) == sorted(ids), what="both backed up")
     assert consumer.in_flight() == 0
+
+
+def test_the_volume_error_is_found_in_the_chain_unless_it_was_hidden():
+    no_room = OSError(errno.ENOSPC, "No space left on device")
+    caused = RuntimeError("the journal's append failed")
+    caused.__cause__ = OSError(errno.EIO, "Input/output error")
+    assert consumer_module._volume_errno(caused) == errno.EIO
+    try:
+        try:
+            raise no_room
+        except OSError:
+            raise RuntimeError("while handling it")  # noqa: B904 - the implicit context
+    except RuntimeError as exc:
+        assert consumer_module._volume_errno(exc) == errno.ENOSPC
+    try:
+        try:
+            raise no_room
+        except OSError:
+            raise RuntimeError("unrelated") from None  # the context hidden on purpose
+    except RuntimeError as exc:
+        assert consumer_module._volume_errno(exc) is None
+    assert consumer_module._volume_errno(ValueError("no OSError at all")) is None
