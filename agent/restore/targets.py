@@ -547,9 +547,7 @@ class S3Target:
             what = f"holds a newer object{when}"
         else:
             what = f"holds an older object{when}"
-        return f"{what}; " + (
-            "it will be replaced (--overwrite)" if self.overwrite else "needs --overwrite"
-        )
+        return f"{what}; would be replaced" if self.overwrite else f"{what}; needs --overwrite"
 
     def _head(self, bucket: str, key: str) -> dict[str, Any] | None:
         try:

@@ -518,9 +518,7 @@ def test_to_s3_an_older_object_is_replaced_only_with_the_flag_and_says_so(
     assert aws.s3.get_object(Bucket=BUCKET, Key="old.txt")["Body"].read() == b"something else"
 
     replacing = S3Target(aws.s3, volume, overwrite=True)
-    assert (
-        replacing.check(item) == f"holds an older object {when}; it will be replaced (--overwrite)"
-    )
+    assert replacing.check(item) == f"holds an older object {when}; would be replaced"
     assert replacing.restore(item, lambda _bytes: None) is Status.RESTORED
     assert aws.s3.get_object(Bucket=BUCKET, Key="old.txt")["Body"].read() == b"the backed-up bytes"
 
