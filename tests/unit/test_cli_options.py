@@ -12,6 +12,7 @@ import pytest
 from agent.cli import agent, bootstrap, mount_snapshot, restore
 from agent.cli.common import ExitCode, log_level, positive_int
 
+EMPTY_KEY = "argument --key: empty: an S3 key has at least one character"
 PARSERS = {
     "backup-agent": agent.build_parser,
     "backup-restore": restore.build_parser,
@@ -132,37 +133,25 @@ def test_quiet_and_verbose_set_the_log_level(quiet, verbose, configured, level):
 
 
 @pytest.mark.parametrize(
-    ("tool", "argv"),
+    ("tool", "argv", "said"),
     [
-        (agent.main, ["reindex", "--workers", "0"]),
-        (agent.main, ["reindex", "--workers", "many"]),
-        (restore.main, ["restore", "--all", "--to", "/tmp/x", "--workers", "0"]),
-        (restore.main, ["verify", "--workers", "-3"]),
-    ],
-)
-def test_workers_below_one_are_refused_before_anything_runs(tool, argv, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        tool(argv)
-    assert exit_.value.code == ExitCode.USAGE
-    assert "argument --workers" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("tool", "argv"),
-    [
+        (agent.main, ["reindex", "--workers", "0"], "argument --workers"),
+        (agent.main, ["reindex", "--workers", "many"], "argument --workers"),
+        (restore.main, ["restore", "--all", "--to", "/tmp/x", "--workers", "0"], "--workers"),
+        (restore.main, ["verify", "--workers", "-3"], "argument --workers"),
         # a script's unset variable: `--key ""` was taken as no key, so `restore` restored the
         # whole bucket, deleted keys included (a review, 2026-12-02)
-        (restore.main, ["restore", "--key", "", "--to", "/tmp/x"]),
-        (restore.main, ["restore", "--key", "", "--to-s3"]),
-        (restore.main, ["share", "--key", ""]),
-        (mount_snapshot.main, ["find", "--key", ""]),
+        (restore.main, ["restore", "--key", "", "--to", "/tmp/x"], EMPTY_KEY),
+        (restore.main, ["restore", "--key", "", "--to-s3"], EMPTY_KEY),
+        (restore.main, ["share", "--key", ""], EMPTY_KEY),
+        (mount_snapshot.main, ["find", "--key", ""], EMPTY_KEY),
     ],
 )
-def test_an_empty_key_is_refused_before_anything_runs(tool, argv, capsys):
+def test_bad_values_are_refused_before_anything_runs(tool, argv, said, capsys):
     with pytest.raises(SystemExit) as exit_:
         tool(argv)
     assert exit_.value.code == ExitCode.USAGE
-    assert "argument --key: empty: an S3 key has at least one character" in capsys.readouterr().err
+    assert said in capsys.readouterr().err
 
 
 def test_positive_int_says_what_is_wrong():
