@@ -167,11 +167,23 @@ def verify(
         first = by_copy[sha][0]
         item = Item(first)
         try:
+            held = 0
             for chunk in verified_chunks(volume, first):
+                held += len(chunk)
                 progress.advance(len(chunk))
             status, error = Status.UNCHANGED, None
+            # the copy is checked against the first record's size; another version of the
+            # same bytes whose record says another size would fail its restore, so it is a
+            # problem here too (only the first one's was compared before, 2026-12-02)
+            wrong = [r for r in by_copy[sha][1:] if r.size is not None and r.size != held]
             with lock:
-                checked_bytes += first.size or 0
+                checked_bytes += held
+                problems.extend(
+                    Problem(r, f"recorded size {r.size}, but the copy holds {held} bytes")
+                    for r in wrong
+                )
+            if wrong:
+                status, error = Status.FAILED, f"{len(wrong)} record(s) give another size"
         except CorruptCopy as exc:
             status, error = Status.FAILED, exc.reason
             with lock:

@@ -7,6 +7,7 @@ it was opened, and copies on the volume reached through a symlink.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -222,3 +223,18 @@ def test_a_copy_directory_that_is_a_symlink_is_not_read(volume, outside):
     report = verify(volume, [record], workers=1)
 
     assert len(report.problems) == 1 and "not followed" in report.problems[0].error
+
+
+def test_verify_checks_every_records_size_against_the_copy(volume):
+    """Two versions with the same bytes share one copy; one record's size was wrong (a
+    tampered journal line) and passed verify, which compared only the first's, while its
+    restore would fail (a review, 2026-12-02)."""
+    good = stored_record(volume, "a.txt", DATA)
+    bad = dataclasses.replace(good, key="b.txt", version_token="v:2", size=len(DATA) + 1)
+
+    report = verify(volume, [good, bad], workers=1)
+
+    assert [(p.record.key, p.error) for p in report.problems] == [
+        ("b.txt", f"recorded size {len(DATA) + 1}, but the copy holds {len(DATA)} bytes")
+    ]
+    assert report.checked == 1 and report.bytes == len(DATA)
