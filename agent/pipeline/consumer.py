@@ -267,6 +267,8 @@ class Consumer:
     def _take_parked(self) -> list[InFlight]:
         """Remove the messages parked by a pause from in-flight."""
         with self._lock:
+            if not self._parked:  # asked before every receive: nothing to change or wake
+                return []
             parked = [self._in_flight.pop(h) for h in self._parked if h in self._in_flight]
             self._parked.clear()
             self.stats.set_in_flight(len(self._in_flight))
@@ -456,18 +458,17 @@ class Consumer:
         more receive toward the redrive."""
         unstarted = self._take_waiting()
         self._note_unstarted(unstarted)
-        held = unstarted + self._take_parked()
-        for item in held:
-            self._change_visibility(item, 0, "released_while_paused")
-        if held:
-            log.info("consumer.gave_back", messages=len(held), why="paused")
+        self._give_back(unstarted + self._take_parked(), "released_while_paused", "paused")
 
     def _give_back_parked(self) -> None:
-        parked = self._take_parked()
-        for item in parked:
-            self._change_visibility(item, 0, "released_after_pause")
-        if parked:
-            log.info("consumer.gave_back", messages=len(parked), why="parked by a pause")
+        self._give_back(self._take_parked(), "released_after_pause", "parked by a pause")
+
+    def _give_back(self, items: list[InFlight], reason: str, why: str) -> None:
+        """Make `items` (out of in-flight already) visible again at once."""
+        for item in items:
+            self._change_visibility(item, 0, reason)
+        if items:
+            log.info("consumer.gave_back", messages=len(items), why=why)
 
     def _still_paused(self, verdict: Verdict) -> None:
         with self._lock:

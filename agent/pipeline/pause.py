@@ -138,20 +138,19 @@ class VolumeCheck:
             return Verdict(False, f"backup volume {root} unreadable: {exc}")
         try:
             found = self._statvfs(root)
-            free = found.f_bavail * found.f_frsize
-            if self._free_bytes is not None:
-                free = self._free_bytes(root)
+            measured = self._free_bytes
+            free = measured(root) if measured else found.f_bavail * found.f_frsize
         except OSError as exc:
             return Verdict(False, f"backup volume {root} unreadable: {exc}")
+        headroom = free - self.floor
         if found.f_flag & os.ST_RDONLY:
             return Verdict(
                 False,
                 f"backup volume {root} is mounted read-only (the kernel remounts a filesystem"
                 " read-only after an error: see `dmesg`)",
                 free,
-                free - self.floor,
+                headroom,
             )
-        headroom = free - self.floor
         if headroom <= 0:
             return Verdict(
                 False,
@@ -173,11 +172,9 @@ class VolumeCheck:
             )
         inodes = found.f_favail if found.f_files > 0 else None
         if inodes is not None and (inodes <= INODE_FLOOR or (to_resume and inodes < INODE_RESUME)):
-            wanted = (
-                f"at or below {INODE_FLOOR}"
-                if inodes <= INODE_FLOOR
-                else (f"fewer than the {INODE_RESUME} a pause ends with")
-            )
+            wanted = f"at or below {INODE_FLOOR}"
+            if inodes > INODE_FLOOR:
+                wanted = f"fewer than the {INODE_RESUME} a pause ends with"
             return Verdict(
                 False,
                 f"backup volume {root} has {inodes} free inodes, {wanted}: each copy needs"

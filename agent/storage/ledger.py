@@ -76,11 +76,13 @@ HOLDER_ATTRIBUTES = ("pk", "sk", "holders", "volume_id")
 # The conditions of a new version's two writes: its version item is not there yet, and
 # LATEST is absent or older (in today's order format) than the version.
 VERSION_CONDITION = "attribute_not_exists(pk)"
-# LATEST moves to a record later in the version order, and past every record the last
-# settle saw (`settled_through`: the order key of the newest of them, written when it is past
-# the entry LATEST holds): a version removed for good sorts below its removal, so a put of
-# it that comes late, to another process than the one that recorded the removal (a fleet,
-# or the same agent after a restart), no longer makes it LATEST (a review, 2026-12-02)
+# LATEST moves to a record later in the version order, and past its `settled_through` when
+# it has one (`_settle_mark`: the newest removal a settle saw of a version not recorded yet
+# or recorded above LATEST's entry): a version removed for good sorts below its removal, so
+# its put, recorded late by another process than the one that recorded the removal (a fleet,
+# or the same agent after a restart), no longer makes it LATEST (a review, 2026-12-02). A
+# `settled_through` that is no string fails the comparison (DynamoDB: values of another type
+# do not match) and the refusal settles LATEST again (`_settled`).
 ADVANCE_CONDITION = (
     "attribute_not_exists(pk) OR (begins_with(order_key, :format) AND order_key < :order"
     " AND (attribute_not_exists(settled_through) OR settled_through < :order))"
