@@ -33,23 +33,13 @@ import os
 import sys
 from collections.abc import Callable
 
+from agent.storage import syscalls
+
 TEMP_PREFIX = ".restore-"
 TEMP_SUFFIX = ".part"
 
 
-def _load_syncfs() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-_SYNCFS = _load_syncfs()
+_SYNCFS = syscalls.SYNCFS
 
 RENAME_NOREPLACE = 1  # linux/fs.h: renameat2 fails with EEXIST instead of replacing
 
@@ -106,11 +96,7 @@ class Barriers:
 
     def sync_filesystem(self, fd: int) -> None:
         """Everything written to the filesystem holding `fd` is on disk (syncfs(2))."""
-        if self._syncfs is None:  # pragma: no cover - callers check whole_filesystem
-            raise RuntimeError("syncfs is not available here")
-        if self._syncfs(fd) != 0:
-            number = ctypes.get_errno()
-            raise OSError(number, f"syncfs: {os.strerror(number)}")
+        syscalls.syncfs(fd, self._syncfs)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)

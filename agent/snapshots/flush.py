@@ -10,8 +10,6 @@ is in it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import shutil
 import subprocess
@@ -22,6 +20,7 @@ from typing import Any
 import structlog
 
 from agent.errors import BackupAgentError
+from agent.storage import syscalls
 from agent.storage.volume_id import mount_of
 
 log = structlog.get_logger("agent.flush")
@@ -120,17 +119,13 @@ def has_capability(bit: int, proc_root: Path = Path("/proc")) -> bool:
 def sync_filesystem(root: Path) -> None:
     """sync(2), then syncfs(2) on the backup filesystem (reports its errors, unlike sync)."""
     os.sync()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    syncfs = getattr(libc, "syncfs", None)
-    if syncfs is None:
+    function = syscalls.SYNCFS
+    if function is None:
         return
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if syncfs(fd) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"syncfs {root}: {os.strerror(errno)}")
+        syscalls.syncfs(fd, function)
+    except OSError as exc:
+        raise OSError(exc.errno, f"syncfs {root}: {exc.strerror}") from None
     finally:
         os.close(fd)
