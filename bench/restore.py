@@ -13,6 +13,7 @@ from __future__ import annotations
 import compileall
 import json
 import os
+import pickle
 import resource
 import shlex
 import shutil
@@ -48,15 +49,72 @@ def cpu_budget(reference_seconds: float, ratio: float, cpus: int) -> float:
     return reference_seconds / ratio * cpus
 
 
-def least_time(start: float, cpu: float, cpus: int) -> float:
+def least_time(
+    start: float, cpu: float, cpus: int, serial: float = 0.0, serial_cpu: float | None = None
+) -> float:
     """The least wall time a run that used `cpu` CPU seconds could take on `cpus` CPUs in
     any order of its work: its `start` (the interpreter and imports: one CPU, and nothing
-    else can run before the command knows what it is to do), then the rest of its CPU on
-    every CPU at once. Above the time a target allows, no reordering (overlapping the
-    journal read with the files, say) reaches the target on this machine: only less CPU."""
-    if cpus < 1 or start < 0 or cpu < 0:
+    else can run before the command knows what it is to do), then work that must also be
+    done before the rest can start (`serial` seconds at best, `JournalRead.serial`; it
+    used `serial_cpu` of the run's CPU, `serial` unless given), then the rest of its CPU
+    on every CPU at once. Above the time a target allows, no reordering reaches the target
+    on this machine: only less CPU."""
+    before = serial if serial_cpu is None else serial_cpu
+    if cpus < 1 or min(start, cpu, serial, before) < 0:
         raise ValueError("least_time needs a CPU and no negative time")
-    return start + max(0.0, cpu - start) / cpus
+    return start + serial + max(0.0, cpu - start - before) / cpus
+
+
+@dataclass(frozen=True)
+class JournalRead:
+    """What an offline restore must do before it can place its first file, measured in
+    this process: the journal's records read, checked and replayed (`JournalSource`,
+    `read`), and what handing those records to another process would cost (`pickle`,
+    `unpickle`). CPU seconds, medians of a few runs."""
+
+    records: int
+    read: float
+    pickle: float
+    unpickle: float
+
+    def serial(self, cpus: int) -> float:
+        """The least time on `cpus` CPUs before the first file can be placed (a file's
+        place and version depend on every record: paths.py, history.py): the read on one
+        CPU, or split over every CPU with the records then pickled on every CPU and
+        unpickled by the one process that places them, whichever is less."""
+        if cpus < 1:
+            raise ValueError("serial needs a CPU")
+        return min(self.read, (self.read + self.pickle) / cpus + self.unpickle)
+
+
+def journal_read(journal_dir: Path, runs: int = 3) -> JournalRead:
+    """`JournalRead` of the journal in `journal_dir` (CPU time: a busy machine stretches
+    wall time, not the work)."""
+    from agent.restore.source import JournalSource
+    from agent.storage.journal import Journal
+
+    reads: list[float] = []
+    pickles: list[float] = []
+    unpickles: list[float] = []
+    records = 0
+    for _ in range(max(1, runs)):
+        started = time.process_time()
+        JournalSource(Journal(journal_dir))
+        reads.append(time.process_time() - started)
+        every = list(Journal(journal_dir).read_all())
+        records = len(every)
+        started = time.process_time()
+        data = pickle.dumps(every, protocol=pickle.HIGHEST_PROTOCOL)
+        pickles.append(time.process_time() - started)
+        started = time.process_time()
+        pickle.loads(data)
+        unpickles.append(time.process_time() - started)
+    return JournalRead(
+        records,
+        statistics.median(reads),
+        statistics.median(pickles),
+        statistics.median(unpickles),
+    )
 
 
 @dataclass(frozen=True)

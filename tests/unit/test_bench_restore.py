@@ -13,13 +13,17 @@ import pytest
 import structlog
 import zstandard
 
+from agent.records import VersionRecord
 from agent.restore.durable import Barriers
+from agent.storage.journal import Journal
 from agent.storage.volume import Volume
 from bench.restore import (
     TARGET_SMALL_RESTORE,
     Copy,
+    JournalRead,
     Timing,
     cpu_budget,
+    journal_read,
     least_time,
     median_timing,
     phases,
@@ -56,12 +60,60 @@ def test_a_run_that_used_no_more_cpu_than_its_start_takes_its_start() -> None:
     assert least_time(0.4, 0.3, 2) == pytest.approx(0.4)
 
 
-@pytest.mark.parametrize(("start", "cpu", "cpus"), [(0.1, 1.0, 0), (-0.1, 1.0, 2), (0.1, -1.0, 2)])
+def test_work_that_must_come_first_is_added_whole_and_only_the_rest_is_shared() -> None:
+    # started in 0.3 s, then 0.2 s of journal read on one CPU, 1.3 CPU-s in all: 0.3 + 0.2
+    # + 0.8 / 2
+    assert least_time(0.3, 1.3, 2, serial=0.2) == pytest.approx(0.9)
+    # the same read split (0.15 s at best) frees only the CPU the run spent on it (0.2)
+    assert least_time(0.3, 1.3, 2, serial=0.15, serial_cpu=0.2) == pytest.approx(0.85)
+    assert least_time(0.3, 1.3, 2, serial=0.2) > least_time(0.3, 1.3, 2)
+
+
+@pytest.mark.parametrize(
+    ("start", "cpu", "cpus", "serial"),
+    [(0.1, 1.0, 0, 0.0), (-0.1, 1.0, 2, 0.0), (0.1, -1.0, 2, 0.0), (0.1, 1.0, 2, -0.1)],
+)
 def test_the_least_time_needs_a_cpu_and_no_negative_time(
-    start: float, cpu: float, cpus: int
+    start: float, cpu: float, cpus: int, serial: float
 ) -> None:
     with pytest.raises(ValueError, match="least_time"):
-        least_time(start, cpu, cpus)
+        least_time(start, cpu, cpus, serial)
+
+
+def test_a_read_is_split_only_where_handing_its_records_back_costs_less() -> None:
+    # session 15: read 0.145 s, pickle 0.05, unpickle 0.055 (10,000 records)
+    measured = JournalRead(10_000, read=0.145, pickle=0.05, unpickle=0.055)
+    assert measured.serial(2) == pytest.approx(0.145)  # split: 0.0975 + 0.055 = 0.1525
+    assert measured.serial(1) == pytest.approx(0.145)
+    cheap = JournalRead(10_000, read=0.2, pickle=0.02, unpickle=0.01)
+    assert cheap.serial(2) == pytest.approx(0.12)  # (0.2 + 0.02) / 2 + 0.01
+    with pytest.raises(ValueError, match="CPU"):
+        cheap.serial(0)
+
+
+def test_the_journal_read_measures_every_record_of_the_journal(tmp_path: Path) -> None:
+    directory = Volume(tmp_path).journal_dir
+    directory.mkdir()
+    journal = Journal(directory)
+    for number in range(50):
+        sha = hashlib.sha256(str(number).encode()).hexdigest()
+        journal.append(
+            VersionRecord(
+                bucket="bench-small",
+                key=f"small/{number:05d}.json",
+                version_token="etag:" + sha[:32],
+                order_key="0",
+                event_name="ObjectCreated:Put",
+                event_time="2026-12-01T00:00:00.000Z",
+                backup_time="2026-12-01T00:00:01+00:00",
+                volume_id="vol-1",
+                sha256=sha,
+                size=1,
+            )
+        )
+    measured = journal_read(directory, runs=2)
+    assert measured.records == 50
+    assert min(measured.read, measured.pickle, measured.unpickle) >= 0
 
 
 def _stored(volume: Volume, bodies: list[bytes]) -> list[Copy]:
