@@ -511,7 +511,7 @@ class S3Target:
     def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status:
         bucket, key = self.location(item)
         current = self._head(bucket, key)
-        if current is not None and _same_content(current, item.record):
+        if current is not None and self._same_content(current, item):
             return Status.UNCHANGED
         conflict = self._conflict(item, current)
         if conflict and not self.overwrite:
@@ -537,11 +537,12 @@ class S3Target:
         one "will be replaced" and the restore refused it (a review, 2026-12-02)."""
         if current is None:
             return None
-        if _same_content(current, item.record):
+        same_bytes = self._same_bytes(current, item)
+        if same_bytes and _same_attributes(current, item.record):
             return "exists with the same content"
         modified = current.get("LastModified")
         when = f" (modified {modified.isoformat()})" if modified is not None else ""
-        if _same_bytes(current, item.record):
+        if same_bytes:
             what = "holds these bytes with other headers or metadata"
         elif modified is not None and modified > event_datetime(item.record):
             what = f"holds a newer object{when}"
@@ -563,19 +564,49 @@ class S3Target:
     def _owner(self) -> dict[str, Any]:
         return {"ExpectedBucketOwner": self.owner} if self.owner else {}
 
+    def _same_content(self, head: dict[str, Any], item: Item) -> bool:
+        """The recorded bytes, with the recorded headers and user metadata (when recorded)."""
+        return self._same_bytes(head, item) and _same_attributes(head, item.record)
 
-def _same_content(head: dict[str, Any], record: VersionRecord) -> bool:
-    """The recorded bytes, with the recorded headers and user metadata (when recorded)."""
-    return _same_bytes(head, record) and _same_attributes(head, record)
+    def _same_bytes(self, head: dict[str, Any], item: Item) -> bool:
+        """Does the object hold the recorded bytes? Only what S3 computed says so: the eTag
+        of the very upload that was backed up, or the bytes themselves. Our
+        `backup-agent-sha256` metadata (a restore's) is a reason to read them, never proof:
+        anyone with s3:PutObject writes metadata, and a tool that replaces an object's bytes
+        may keep its metadata (ransomware that did would have every key called unchanged
+        and never restored: a review, 2026-12-02)."""
+        record = item.record
+        size = head.get("ContentLength")
+        if record.size is not None and size is not None and size != record.size:
+            return False
+        etag = str(head.get("ETag", "")).strip('"')
+        if record.etag and etag == record.etag.strip('"'):
+            return True
+        claimed = (head.get("Metadata") or {}).get(SHA256_METADATA)
+        if not record.sha256 or claimed != record.sha256 or record.size is None:
+            return False
+        return self._holds(*self.location(item), head.get("ETag"), record.sha256, record.size)
 
-
-def _same_bytes(head: dict[str, Any], record: VersionRecord) -> bool:
-    """Restored earlier (our metadata), or still the very upload that was backed up (eTag)."""
-    metadata = head.get("Metadata") or {}
-    if record.sha256 and metadata.get(SHA256_METADATA) == record.sha256:
-        return True
-    etag = str(head.get("ETag", "")).strip('"')
-    return bool(record.etag) and etag == (record.etag or "").strip('"')
+    def _holds(self, bucket: str, key: str, etag: str | None, sha256: str, size: int) -> bool:
+        """Read the object HeadObject described (If-Match its eTag: a newer one fails) and
+        compare its SHA-256; never more than `size` + 1 bytes are read."""
+        condition: dict[str, Any] = {"IfMatch": etag} if etag else {}
+        digest, read = hashlib.sha256(), 0
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key, **condition, **self._owner())["Body"]
+            try:
+                for chunk in body.iter_chunks(READ_CHUNK):
+                    read += len(chunk)
+                    if read > size:
+                        return False
+                    digest.update(chunk)
+            finally:
+                body.close()
+        except AWS_ERRORS as exc:
+            if error_code(exc) in ("412", "PreconditionFailed", "404", "NoSuchKey", "NotFound"):
+                return False  # replaced or deleted since HeadObject: not these bytes
+            raise classify(exc, f"S3 GetObject s3://{bucket}/{key}") from exc
+        return read == size and digest.hexdigest() == sha256
 
 
 def _same_attributes(head: dict[str, Any], record: VersionRecord) -> bool:

@@ -5,6 +5,7 @@ Runs the CLI in-process against in-process moto (`mock_aws`), files in tmp_path.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
@@ -26,7 +27,7 @@ from agent.cli.restore import first_interrupt_sets, main
 from agent.restore.plan import RestoreScope, place, plan
 from agent.restore.restorer import Restorer
 from agent.restore.source import LedgerSource, Selector
-from agent.restore.targets import DirectoryTarget, S3Target, Status
+from agent.restore.targets import SHA256_METADATA, DirectoryTarget, S3Target, Status
 from agent.restore.tree import RestoreRefused
 from agent.storage import volume as volume_module
 from agent.storage.direct import DirectWriter
@@ -521,6 +522,76 @@ def test_to_s3_an_older_object_is_replaced_only_with_the_flag_and_says_so(
     assert replacing.check(item) == f"holds an older object {when}; would be replaced"
     assert replacing.restore(item, lambda _bytes: None) is Status.RESTORED
     assert aws.s3.get_object(Bucket=BUCKET, Key="old.txt")["Body"].read() == b"the backed-up bytes"
+
+
+def _late_item(backups: Any, aws: Any) -> Any:
+    backups.put("late.txt", b"the backed-up bytes")
+    source = LedgerSource(Ledger(aws.dynamodb, TABLE))
+    (item,) = plan(source, BUCKET, RestoreScope(key="late.txt"), Selector()).items
+    return item
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"ENCRYPTED BY RANSOMWARE", b"ENCRYPTED BY RANSOMWAR"],  # other size; the same size
+    ids=["other-size", "same-size"],
+)
+def test_to_s3_our_sha256_metadata_on_other_bytes_is_no_proof_of_them(backups, volume, aws, body):
+    """Anyone with s3:PutObject writes user metadata, and a tool that replaces an object's
+    bytes may keep its metadata: an object claiming the backed-up SHA-256 was reported
+    unchanged and never restored (a review, 2026-12-02). Only S3's own eTag or the bytes
+    read back count."""
+    item = _late_item(backups, aws)
+    aws.s3.put_object(
+        Bucket=BUCKET, Key="late.txt", Body=body, Metadata={SHA256_METADATA: item.record.sha256}
+    )
+    keeping = S3Target(aws.s3, volume)
+    assert keeping.check(item) is not None and "same content" not in (keeping.check(item) or "")
+    with pytest.raises(RestoreRefused, match="needs --overwrite"):
+        keeping.restore(item, lambda _bytes: None)
+
+    replacing = S3Target(aws.s3, volume, overwrite=True)
+    assert replacing.restore(item, lambda _bytes: None) is Status.RESTORED
+    restored = aws.s3.get_object(Bucket=BUCKET, Key="late.txt")["Body"].read()
+    assert restored == b"the backed-up bytes"
+
+
+def test_to_s3_a_restore_run_again_reads_its_own_upload_back_to_call_it_unchanged(
+    backups, volume, aws
+):
+    """A restored object's eTag is not the backed-up upload's (a multipart original, or
+    another bucket's encryption): our metadata says which version it holds, and the bytes
+    read back (If-Match the eTag HeadObject gave) confirm it."""
+    item = _late_item(backups, aws)
+    target = S3Target(aws.s3, volume, prefix="again/", multipart_threshold=1 << 20)
+    record = dataclasses.replace(item.record, etag="0" * 32)  # as if from another upload
+    item = dataclasses.replace(item, record=record)
+    calls = record_calls(aws.s3)
+    assert target.restore(item, lambda _bytes: None) is Status.RESTORED
+    assert target.restore(item, lambda _bytes: None) is Status.UNCHANGED
+    reads = [c for c in calls.calls if c.operation == "GetObject"]
+    assert len(reads) == 1 and reads[0].params.get("IfMatch")
+
+
+def test_to_s3_an_object_replaced_between_head_and_read_is_not_unchanged(
+    backups, volume, aws, monkeypatch
+):
+    item = _late_item(backups, aws)
+    target = S3Target(aws.s3, volume, prefix="again/")
+    record = dataclasses.replace(item.record, etag="0" * 32)
+    item = dataclasses.replace(item, record=record)
+    assert target.restore(item, lambda _bytes: None) is Status.RESTORED
+    head = S3Target._head
+
+    def then_replaced(self: S3Target, bucket: str, key: str) -> dict[str, Any] | None:
+        found = head(self, bucket, key)
+        aws.s3.put_object(
+            Bucket=bucket, Key=key, Body=b"the backed-up byteZ", Metadata=found["Metadata"]
+        )
+        return found
+
+    monkeypatch.setattr(S3Target, "_head", then_replaced)
+    assert "same content" not in (target.check(item) or "")
 
 
 def test_large_files_go_back_as_verified_multipart_uploads(backups, volume, aws):
