@@ -182,24 +182,29 @@ def verified_chunks(
     """
     if not record.sha256:
         raise CorruptCopy(record, "the record names no stored copy")
+    if record.size is None:
+        # Every copy the agent makes is recorded with its size; without one nothing bounds
+        # what a planted copy expands to (written out whole, or held whole by a single
+        # PutObject: the restore review, 2026-12-02)
+        raise CorruptCopy(record, "the record gives no size, so its copy cannot be checked")
+    size = record.size
     whole = _whole(volume, record)
     if whole is not None:
         yield whole
         return
-    digest = _Hasher(record.size is None or record.size > THREAD_FROM_BYTES)
+    digest = _Hasher(size > THREAD_FROM_BYTES)
     total = 0
     try:
         # A large copy decompresses ahead in other threads (frames on every core, else one
         # read-ahead thread) and is hashed in one more while the caller writes the chunk.
-        with contextlib.closing(volume.copy_chunks(record.sha256, record.size)) as chunks:
+        with contextlib.closing(volume.copy_chunks(record.sha256, size)) as chunks:
             for data in chunks:
-                if record.size is not None and total + len(data) > record.size:
+                if total + len(data) > size:
                     # A planted or damaged copy that expands past the record: stop before a
                     # byte beyond the recorded size reaches the target (disk and memory flat).
                     raise CorruptCopy(
                         record,
-                        f"stored copy {record.sha256} expands past the recorded"
-                        f" {record.size} bytes",
+                        f"stored copy {record.sha256} expands past the recorded {size} bytes",
                     )
                 digest.update(data)
                 total += len(data)
@@ -221,7 +226,7 @@ def verified_chunks(
             record,
             f"stored copy {record.sha256} is corrupt (its bytes hash to {digest.hexdigest()})",
         )
-    if record.size is not None and total != record.size:
+    if total != size:
         raise CorruptCopy(
-            record, f"stored copy {record.sha256} holds {total} bytes, expected {record.size}"
+            record, f"stored copy {record.sha256} holds {total} bytes, expected {size}"
         )

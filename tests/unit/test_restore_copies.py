@@ -7,6 +7,7 @@ checked against the usual way alone (`WHOLE_COPY_BYTES` 0).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -150,3 +151,23 @@ def test_each_thread_makes_one_decompressor_and_a_failed_copy_leaves_it_clean(vo
         read = list(pool.map(lambda r: _read(volume, r), good * 4))
     assert read == [DATA + bytes([n]) for n in range(3)] * 4
     assert len(made) == len(set(made)) <= 2  # one per pool thread
+
+
+def test_a_record_without_a_size_is_refused_before_its_copy_is_read(volume, monkeypatch):
+    """Every copy the agent makes is recorded with its size. A record without one (a journal
+    line cut or edited) put no bound on what its copy expands to: a planted copy of a few KiB
+    went to the target whole, 256 MiB of it (the restore review, 2026-12-02)."""
+    record = dataclasses.replace(stored_record(volume, "small.txt", b"hello\n"), size=None)
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (256 << 20))
+    volume.copy_path(record.sha256).write_bytes(bomb)  # the copy swapped on the volume
+    opened: list[str] = []
+    real = type(volume).copy_chunks
+    monkeypatch.setattr(
+        type(volume),
+        "copy_chunks",
+        lambda self, *args, **kwargs: (opened.append("copy"), real(self, *args, **kwargs))[1],
+    )
+
+    with pytest.raises(CorruptCopy, match="gives no size"):
+        next(verified_chunks(volume, record))
+    assert opened == []
