@@ -39,7 +39,7 @@ from agent.categories import Categories
 from agent.errors import ObjectGone, ObjectUnreadable, PermanentError, RetryableError
 from agent.events import EventKind, ObjectEvent
 from agent.pipeline import delivery
-from agent.pipeline.commit import Committer, Pending
+from agent.pipeline.commit import Committer, Pending, journal_again_if_expired
 from agent.pipeline.recent import DEFAULT_CAPACITY, RecentVersions
 from agent.records import VersionRecord, attributes_of, tags_of
 from agent.stats import Stats
@@ -159,8 +159,7 @@ class BackupService:
             return Result(Outcome.ALREADY_DONE, event, record)
         self.volume.ensure_ready()
         with self.barrier.shared():
-            self.journal.append(record)
-            self.ledger.record(record)
+            self._journal_and_record(record)
         log.info(
             "backup.tombstoned", bucket=event.bucket, key=event.key, event_name=event.event_name
         )
@@ -236,11 +235,20 @@ class BackupService:
             # a dedup onto a copy another worker renamed for the committer: its directory
             # entry durable before this journal line names it (docs/reliability.md)
             self.volume.sync_directories()
-            self.journal.append(record)
-            fresh = self.ledger.record(record)
+            fresh = self._journal_and_record(record)
             if replaces is not None:  # the same position in the key's order: LATEST, if it was
                 self.ledger.settle(record.bucket, record.key)
         return self._recorded(event, record, copy, fresh)
+
+    def _journal_and_record(self, record: VersionRecord) -> bool:
+        """The journal line, then the ledger record (fresh: the conditional write was this
+        one's), as the committer writes a batch; journalled again if retention expired the
+        version in between (`journal_again_if_expired`)."""
+        end = self.journal.append(record)
+        fresh = self.ledger.record(record)
+        if fresh:
+            journal_again_if_expired(self.journal, self.ledger, end, [record])
+        return fresh
 
     def _recorded(
         self, event: ObjectEvent, record: VersionRecord, copy: StoredCopy, fresh: bool
@@ -308,8 +316,7 @@ class BackupService:
             return Result(Outcome.ARCHIVED, event, known)
         self.volume.ensure_ready()
         with self.barrier.shared():
-            self.journal.append(record)
-            fresh = self.ledger.record(record)
+            fresh = self._journal_and_record(record)
         if fresh:
             self.stats.record_archived(unreadable.reason)
             log.warning(

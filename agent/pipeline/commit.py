@@ -51,7 +51,7 @@ from typing import Generic, Protocol, TypeVar
 import structlog
 
 from agent.records import VersionRecord
-from agent.storage.journal import Journal
+from agent.storage.journal import Journal, JournalPosition
 
 log = structlog.get_logger("agent.commit")
 
@@ -92,9 +92,12 @@ def linger_for(
 class Recorder(Protocol):
     """What the committer needs of the ledger (agent/storage/ledger.py's `Ledger`): one
     outcome per record, in order: True (newly recorded), False (already recorded: the
-    conditional write said so) or the exception that record's write raised."""
+    conditional write said so) or the exception that record's write raised; and a version's
+    item as it is now (`get_version`, after retention expired one meanwhile)."""
 
     def record_many(self, records: Sequence[VersionRecord]) -> list[Outcome]: ...
+
+    def get_version(self, bucket: str, key: str, version_token: str) -> VersionRecord | None: ...
 
 
 class Pending(Generic[T]):
@@ -282,7 +285,7 @@ class Committer:
             if self.directories is not None:
                 # every copy's directory entry durable before a journal line names it
                 self.directories()
-            self.journal.append_many([p.record for p in batch])
+            positions = self.journal.append_many([p.record for p in batch])
         except Exception as exc:  # noqa: BLE001 - every record of the batch failed alike
             log.warning("commit.journal_failed", records=len(batch), error=str(exc))
             for pending in batch:
@@ -291,13 +294,33 @@ class Committer:
             return
         self.commits += 1
         self.committed += len(batch)
+        results: list[tuple[Pending[object], Outcome]] = []
         for round_ in _rounds(batch):
             outcomes = self.ledger.record_many([p.record for p in round_])
             if len(outcomes) != len(round_):
                 error = RuntimeError(f"record_many answered {len(outcomes)} for {len(round_)}")
                 outcomes = [error] * len(round_)
-            for pending, outcome in zip(round_, outcomes, strict=True):
-                self._settle(pending, outcome)
+            results.extend(zip(round_, outcomes, strict=True))
+        if positions:
+            results = self._expired_meanwhile(positions[-1], results)
+        for pending, outcome in results:
+            self._settle(pending, outcome)
+
+    def _expired_meanwhile(
+        self, end: JournalPosition, results: list[tuple[Pending[object], Outcome]]
+    ) -> list[tuple[Pending[object], Outcome]]:
+        """`journal_again_if_expired` for the records this batch wrote afresh. If that
+        cannot be checked, those records fail: their messages come back, and their retry
+        journals them again."""
+        fresh = [p.record for p, outcome in results if outcome is True]
+        if not fresh:
+            return results
+        try:
+            journal_again_if_expired(self.journal, self.ledger, end, fresh)
+        except Exception as exc:  # noqa: BLE001 - those records failed; their retry repairs
+            log.warning("commit.expired_check_failed", records=len(fresh), error=str(exc))
+            return [(p, exc if o is True else o) for p, o in results]
+        return results
 
     def _settle(self, pending: Pending[object], outcome: Outcome) -> None:
         if isinstance(outcome, Exception):
@@ -337,3 +360,32 @@ def _rounds(batch: list[Pending[object]]) -> list[list[Pending[object]]]:
         rounds[index].append(pending)
         keys[index].add(key)
     return rounds
+
+
+def journal_again_if_expired(
+    journal: Journal, ledger: Recorder, end: JournalPosition, fresh: Sequence[VersionRecord]
+) -> None:
+    """Retention may expire a version between its journal line and its ledger write (a
+    second delivery of an old version: retention's note after the line, the item deleted
+    before the write, which recreates it). The journal then forgets a version the ledger
+    lists, and gc frees the copy the item names (a review, 2026-12-02). Each of `fresh` (the
+    records whose ledger write was this one's, journalled up to `end`) that an ``expired``
+    note after `end` names is journalled again if its item is there: journal and ledger
+    agree, and retention expires it anew on its next run. Its item gone too (retention's
+    delete came after the write), both have forgotten it and nothing is done."""
+    by_identity = {(r.bucket, r.key, r.version_token): r for r in fresh}
+    for identity in sorted(journal.expired_after(end, by_identity.keys())):
+        record = by_identity[identity]
+        found = ledger.get_version(*identity)
+        held = found is not None and (
+            not record.volume_id or record.volume_id in found.holder_volumes()
+        )
+        if held:
+            journal.append_many([record])
+        log.warning(
+            "commit.expired_meanwhile",
+            bucket=record.bucket,
+            key=record.key,
+            version=record.version_token,
+            journalled_again=held,
+        )

@@ -32,7 +32,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -255,6 +255,33 @@ class Journal:
                 continue
             noted, order_key = reordered.get(identity, (-1, ""))
             yield dataclasses.replace(entry, order_key=order_key) if noted > index else entry
+
+    def expired_after(
+        self, position: JournalPosition, identities: Collection[tuple[str, str, str]]
+    ) -> set[tuple[str, str, str]]:
+        """Which of `identities` (bucket, key, version token) an ``expired`` note appended
+        after `position` names: retention expiring a version (note, then its ledger item)
+        while the commit stage recorded it again (journal line, then the item) leaves the
+        item and a journal that forgot it, and gc would free the copy the item names (a
+        review, 2026-12-02). Costs one stat when nothing was appended since `position`."""
+        wanted = set(identities)
+        if not wanted:
+            return set()
+        if position.segment == f"{self._clock().strftime('%Y-%m-%d')}.jsonl":
+            try:
+                grown = (self.directory / position.segment).stat().st_size > position.offset
+            except FileNotFoundError:
+                grown = True  # read below, which says what there is
+            if not grown:
+                return set()
+        found: set[tuple[str, str, str]] = set()
+        for data in self.read_since(position):
+            if data.get("kind") != "expired":
+                continue
+            identity = tuple(data.get(name) for name in _IDENTITY)
+            if identity in wanted:
+                found.add(identity)
+        return found
 
     def read_notes(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
         """Every note (of `kind`, when given), oldest first."""

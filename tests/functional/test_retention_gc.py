@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from agent.lifecycle.gc import TRASH_DIR, GarbageCollector
 from agent.lifecycle.retention import Retention, RetentionPolicy
+from agent.pipeline.delivery import Delivery, delivering
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from tests.support.aws import BUCKET, TABLE
@@ -243,3 +244,56 @@ def test_a_deduplicating_backup_survives_gc_taking_the_copy_mid_commit(
     monkeypatch.undo()
     assert not again.deduplicated
     volume.verify_copy(copy.sha256, len(body))
+
+
+def test_retention_expiring_a_version_while_it_is_recorded_again_leaves_its_copy(
+    aws, config, volume
+):
+    """A second S3 notification of an old version, in another message, reaches an agent with
+    nothing in memory (a restart): its journal line is written, retention runs to the end
+    (its ``expired`` note after that line, the item deleted), then the backup's conditional
+    write recreates the item. The ledger named v1 on this volume, the journal had forgotten
+    it, and gc freed its copy (a review, 2026-12-02). Now the journal agrees with the
+    ledger again, and the copy stays."""
+    enable_versioning(aws)
+    first = make_service(aws, config, volume, clock=FakeClock(NOW))
+    r1 = put(aws, "doc.txt", b"version one" * 100)
+    e1 = created("doc.txt", r1, 1100, at=T0, sequencer=f"{1:016X}")
+    first.process(e1)
+    r2 = put(aws, "doc.txt", b"version two" * 100)
+    first.process(created("doc.txt", r2, 1100, at=T0 + timedelta(days=1), sequencer=f"{2:016X}"))
+    ledger = Ledger(aws.dynamodb, TABLE)
+    token = "v:" + r1["VersionId"]
+    v1 = ledger.get_version(BUCKET, "doc.txt", token)
+    assert v1 is not None and v1.sha256
+    retention = Retention(
+        ledger=Ledger(aws.dynamodb, TABLE),
+        journal=Journal(volume.journal_dir),
+        policy=RetentionPolicy(keep_last_versions=1),
+        buckets=[BUCKET],
+        clock=FakeClock(T0 + timedelta(days=10)),
+    )
+    again = make_service(aws, config, volume, clock=FakeClock(NOW))
+    real_record = again.ledger.record
+    reports = []
+
+    def record_after_retention(record):
+        if not reports:
+            reports.append(retention.run_once())
+        return real_record(record)
+
+    again.ledger.record = record_after_retention
+    with delivering(Delivery("second-message", 1)):
+        again.process(e1)
+    assert reports[0].expired == 1
+
+    GarbageCollector(
+        volume=volume,
+        journal=Journal(volume.journal_dir),
+        grace_period=timedelta(hours=1),
+        clock=FakeClock(NOW + timedelta(days=2)),
+    ).run_once()
+
+    assert ledger.get_version(BUCKET, "doc.txt", token) is not None  # the write's item
+    assert volume.has_copy(v1.sha256)
+    assert token in {r.version_token for r in Journal(volume.journal_dir).read_all()}

@@ -455,3 +455,63 @@ def test_a_failed_directory_sync_fails_the_batch_and_journals_nothing(tmp_path, 
             pending.wait(WAIT)  # the consumer deletes no message of a failed record
     assert events == [] and list(journal.read_all()) == [] and ledger.calls == []
     assert sorted(released) == ["released k0", "released k1", "released k2"]
+
+
+class ExpiringLedger(Ledger):
+    """Retention runs inside the ledger write: its ``expired`` note lands after the batch's
+    journal lines, and its item delete before the write (`deleted_first`, the write then
+    recreates it) or after it (the item is gone)."""
+
+    def __init__(self, journal: Journal, expire: str, *, deleted_first: bool) -> None:
+        super().__init__()
+        self.journal, self.expire, self.deleted_first = journal, expire, deleted_first
+        self.items: dict[str, VersionRecord] = {}
+        self.fail_get: Exception | None = None
+
+    def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
+        for record in records:
+            if record.key == self.expire:
+                self.journal.append_note("expired", record.to_dict())
+            if record.key != self.expire or self.deleted_first:
+                self.items[record.key] = record
+        return super().record_many(records)
+
+    def get_version(self, bucket: str, key: str, version_token: str) -> VersionRecord | None:
+        if self.fail_get is not None:
+            raise self.fail_get
+        return self.items.get(key)
+
+
+@pytest.mark.parametrize("deleted_first", [True, False], ids=["item-recreated", "item-gone"])
+def test_a_version_expired_between_its_line_and_its_write_ends_journalled_as_the_ledger_holds_it(
+    tmp_path, committers, deleted_first
+):
+    """Retention expiring a version between the commit's journal line and its ledger write
+    (note after the line, item deleted before the write) left an item the journal had
+    forgotten: gc then freed its copy (a review, 2026-12-02). The journal must end up
+    agreeing with the ledger: live again where the item is, forgotten where it is not."""
+    journal, _ = _journal(tmp_path)
+    ledger = ExpiringLedger(journal, "k1", deleted_first=deleted_first)
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    pending = [committer.submit(_pending(_record(n))) for n in range(3)]
+
+    assert [p.wait(WAIT) for p in pending] == ["k0:fresh", "k1:fresh", "k2:fresh"]
+    live = sorted(r.key for r in journal.read_all())
+    assert live == (["k0", "k1", "k2"] if deleted_first else ["k0", "k2"])
+
+
+def test_a_record_whose_expiry_cannot_be_checked_fails_so_its_retry_journals_it(
+    tmp_path, committers
+):
+    journal, _ = _journal(tmp_path)
+    ledger = ExpiringLedger(journal, "k1", deleted_first=True)
+    ledger.fail_get = RetryableError("ThrottlingException")
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    pending = committer.submit(_pending(_record(1)))
+
+    with pytest.raises(RetryableError):
+        pending.wait(WAIT)  # its message comes back; the retry's journal line is after the note

@@ -256,3 +256,31 @@ def test_one_pass_replay_reads_as_the_two_pass_one(tmp_path_factory, lines):
     new, old = Journal(directory), Journal(directory)
     assert list(new.read_all()) == _two_pass_read_all(old)
     assert sorted(map(str, new.rejections.all())) == sorted(map(str, old.rejections.all()))
+
+
+def _identity(r: VersionRecord) -> tuple[str, str, str]:
+    return (r.bucket, r.key, r.version_token)
+
+
+def test_expired_after_names_only_notes_after_the_position_and_of_the_versions_asked(tmp_path):
+    now = [T0]
+    journal = Journal(tmp_path, clock=lambda: now[0])
+    a, b, c = record("a"), record("b"), record("c")
+    journal.append_note("expired", a.to_dict())  # before the position: not after it
+    end = journal.append_many([a, b])[-1]
+    assert journal.expired_after(end, {_identity(a), _identity(b)}) == set()
+    journal.append_note("expired", c.to_dict())  # not asked about
+    journal.append_note("order", {**b.to_dict(), "order_key": "z"})  # another kind
+    assert journal.expired_after(end, {_identity(a), _identity(b)}) == set()
+    now[0] = T0.replace(day=T0.day + 1)  # past midnight: the note goes to the next segment
+    journal.append_note("expired", b.to_dict())
+    assert journal.expired_after(end, {_identity(a), _identity(b)}) == {_identity(b)}
+
+
+def test_expired_after_reads_nothing_when_nothing_was_appended_since(tmp_path, monkeypatch):
+    journal = Journal(tmp_path, clock=lambda: T0)
+    end = journal.append_many([record("a")])[-1]
+    monkeypatch.setattr(
+        Journal, "read_since", lambda *_: (_ for _ in ()).throw(AssertionError("read"))
+    )
+    assert journal.expired_after(end, {_identity(record("a"))}) == set()
