@@ -4,7 +4,8 @@ A restore runs as root into directories other users can write. Checking a path a
 opening it by name lets such a user swap a directory for a symlink in between and send
 root's write anywhere; so no path below the target directory is ever resolved by name:
 
-* the target directory is opened once (`O_DIRECTORY|O_NOFOLLOW`) and that descriptor is
+* the target directory is reached from `/` one component at a time, each `O_NOFOLLOW`
+  relative to the one above (missing ones made with mkdirat), and that descriptor is
   held for the whole restore (`TargetTree.root`);
 * each component below it is opened relative to its parent's descriptor with
   `O_DIRECTORY|O_NOFOLLOW` (openat) and created with mkdirat when missing
@@ -33,6 +34,8 @@ import structlog
 from agent.errors import BackupAgentError
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# the target's ancestors: walked through (openat, mkdirat), never read, so no read permission
+_SEARCH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Not a directory / a symlink met with O_NOFOLLOW (Linux says ENOTDIR with O_DIRECTORY).
 _BLOCKED = (errno.ENOTDIR, errno.ELOOP)
 
@@ -143,36 +146,46 @@ class TargetTree:
         return os.path.join(self._shown_root, *parts)
 
     def _open_root(self, *, create: bool) -> int | None:
-        created = False
+        """Walk to the target from `/` by descriptor, each component opened `O_NOFOLLOW`
+        relative to the one above (`O_PATH`: searching them is enough, as for a path) and,
+        when `create`, made if missing: ancestors as `mkdir -p` makes them (the umask's
+        mode), the target by `_make`. The path was resolved once (DirectoryTarget): a
+        symlink met now was put there since, by someone who may write an ancestor, and is
+        refused rather than followed."""
+        anchor, names = (
+            (self.path.anchor, self.path.parts[1:])
+            if self.path.is_absolute()
+            else (".", self.path.parts)
+        )
+        if not names:  # the target is "/" (or ".")
+            return os.open(anchor, DIRECTORY_FLAGS)
+        *ancestors, last = names
+        fd = os.open(anchor, _SEARCH_FLAGS)
         try:
-            fd = os.open(self.path, DIRECTORY_FLAGS)
-        except FileNotFoundError:
-            if not create:
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(self.path, 0o700)
-                created = True
-            fd = self._reopen_root()
-        except OSError as exc:
-            if exc.errno not in _BLOCKED:
-                raise
-            raise _blocked(os.lstat(self.path), str(self.path)) from None
-        if created and not _just_made(fd, str(self.path)):
-            created = False  # someone else's now: as if it had been there before
-        if created:
-            _set_mode(fd, self.dir_mode)  # exactly the mode asked for, whatever the umask
-            self._created.append(())  # under self._lock (root holds it)
-            self._made[()] = _identity(fd)
-        return fd
-
-    def _reopen_root(self) -> int:
-        try:
-            return os.open(self.path, DIRECTORY_FLAGS)
-        except OSError as exc:
-            if exc.errno not in _BLOCKED:
-                raise
-            raise _blocked(os.lstat(self.path), str(self.path)) from None
+            for depth, name in enumerate(ancestors, start=1):
+                shown = os.path.join(anchor, *names[:depth])
+                try:
+                    below = _open_directory(fd, name, shown, _SEARCH_FLAGS)
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o777, dir_fd=fd)
+                    below = _open_directory(fd, name, shown, _SEARCH_FLAGS)
+                os.close(fd)
+                fd = below
+            try:
+                return _open_directory(fd, last, str(self.path))
+            except FileNotFoundError:
+                if not create:
+                    return None
+            target, made = _make(fd, last, str(self.path), self.dir_mode)
+            if made:
+                self._created.append(())  # under self._lock (root holds it)
+                self._made[()] = _identity(target)
+            return target
+        finally:
+            os.close(fd)
 
     def _step(self, parent: int, name: str, parts: tuple[str, ...], *, create: bool) -> int | None:
         """Open `name` in `parent` as a directory, never through a symlink."""
@@ -252,18 +265,9 @@ def _just_made(fd: int, shown: str) -> bool:
     return False
 
 
-def _set_mode(fd: int, mode: int) -> None:
-    """fchmod, closing the descriptor if it fails (the caller never gets it then)."""
+def _open_directory(parent: int, name: str, shown: str, flags: int = DIRECTORY_FLAGS) -> int:
     try:
-        os.fchmod(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _open_directory(parent: int, name: str, shown: str) -> int:
-    try:
-        return os.open(name, DIRECTORY_FLAGS, dir_fd=parent)
+        return os.open(name, flags, dir_fd=parent)
     except OSError as exc:
         if exc.errno not in _BLOCKED:
             raise
