@@ -4,7 +4,8 @@ A restore runs as root into directories other users can write. Checking a path a
 opening it by name lets such a user swap a directory for a symlink in between and send
 root's write anywhere; so no path below the target directory is ever resolved by name:
 
-* the target directory is opened once (`O_DIRECTORY|O_NOFOLLOW`) and that descriptor is
+* the target directory is reached from `/` one component at a time, each `O_NOFOLLOW`
+  relative to the one above (missing ones made with mkdirat), and that descriptor is
   held for the whole restore (`TargetTree.root`);
 * each component below it is opened relative to its parent's descriptor with
   `O_DIRECTORY|O_NOFOLLOW` (openat) and created with mkdirat when missing
@@ -28,11 +29,17 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
+import structlog
+
 from agent.errors import BackupAgentError
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# the target's ancestors: walked through (openat, mkdirat), never read, so no read permission
+_SEARCH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # Not a directory / a symlink met with O_NOFOLLOW (Linux says ENOTDIR with O_DIRECTORY).
 _BLOCKED = (errno.ENOTDIR, errno.ELOOP)
+
+log = structlog.get_logger("agent.restore")
 
 
 class RestoreRefused(BackupAgentError):
@@ -61,6 +68,8 @@ class TargetTree:
         # every directory this tree made, kept: its (st_dev, st_ino), so that a directory put
         # at its path later (by someone who can write the one above) is not taken for it
         self._made: dict[tuple[str, ...], tuple[int, int]] = {}
+        self._making: set[tuple[str, ...]] = set()  # being made by a thread (`_step`)
+        self._making_lock = threading.Lock()
 
     def root(self, *, create: bool) -> int | None:
         """The descriptor of the target directory; None if it does not exist and not
@@ -87,7 +96,9 @@ class TargetTree:
         """The descriptor of the directory `parts` below the target, open while in the block.
 
         Missing directories are created (0700, then exactly `dir_mode`) when `create`, else
-        the block gets None. A symlink is `UnsafePath`, a file `RestoreRefused`.
+        the block gets None; one swapped for another directory before it was opened keeps
+        its mode and is not "made" (`_just_made`). A symlink is `UnsafePath`, a file
+        `RestoreRefused`.
         """
         current = self.root(create=create)
         if current is None:
@@ -111,11 +122,11 @@ class TargetTree:
 
     def made(self, parts: tuple[str, ...], fd: int) -> bool:
         """Whether `fd`, open at `parts`, is the very directory this tree created there
-        (mkdirat by this run, 0700 and then `dir_mode`, owned by the restoring user) and
-        `dir_mode` lets no group or other user write it: then only the run, root or the
-        restoring user can have put a name in it. A directory moved in at that path since is
-        another inode, so not "made". (targets.py never replaces a name without --overwrite
-        either way: this only spares the lookups.)"""
+        (mkdirat by this run, found owned by the restoring user and empty when opened, then
+        given `dir_mode`) and `dir_mode` lets no group or other user write it: then only the
+        run, root or the restoring user can have put a name in it. A directory moved in at
+        that path since is another inode, so not "made". (targets.py never replaces a name
+        without --overwrite either way: this only spares the lookups.)"""
         if self.dir_mode & 0o022:
             return False
         made = self._made.get(parts)
@@ -135,53 +146,76 @@ class TargetTree:
         return os.path.join(self._shown_root, *parts)
 
     def _open_root(self, *, create: bool) -> int | None:
-        created = False
+        """Walk to the target from `/` by descriptor, each component opened `O_NOFOLLOW`
+        relative to the one above (`O_PATH`: searching them is enough, as for a path) and,
+        when `create`, made if missing: ancestors as `mkdir -p` makes them (the umask's
+        mode), the target by `_make`. The path was resolved once (DirectoryTarget): a
+        symlink met now was put there since, by someone who may write an ancestor, and is
+        refused rather than followed."""
+        anchor, names = (
+            (self.path.anchor, self.path.parts[1:])
+            if self.path.is_absolute()
+            else (".", self.path.parts)
+        )
+        if not names:  # the target is "/" (or ".")
+            return os.open(anchor, DIRECTORY_FLAGS)
+        *ancestors, last = names
+        fd = os.open(anchor, _SEARCH_FLAGS)
         try:
-            fd = os.open(self.path, DIRECTORY_FLAGS)
-        except FileNotFoundError:
-            if not create:
-                return None
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(self.path, 0o700)
-                created = True
-            fd = self._reopen_root()
-        except OSError as exc:
-            if exc.errno not in _BLOCKED:
-                raise
-            raise _blocked(os.lstat(self.path), str(self.path)) from None
-        if created:
-            _set_mode(fd, self.dir_mode)  # exactly the mode asked for, whatever the umask
-            self._created.append(())  # under self._lock (root holds it)
-            self._made[()] = _identity(fd)
-        return fd
-
-    def _reopen_root(self) -> int:
-        try:
-            return os.open(self.path, DIRECTORY_FLAGS)
-        except OSError as exc:
-            if exc.errno not in _BLOCKED:
-                raise
-            raise _blocked(os.lstat(self.path), str(self.path)) from None
+            for depth, name in enumerate(ancestors, start=1):
+                shown = os.path.join(anchor, *names[:depth])
+                try:
+                    below = _open_directory(fd, name, shown, _SEARCH_FLAGS)
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(name, 0o777, dir_fd=fd)
+                    below = _open_directory(fd, name, shown, _SEARCH_FLAGS)
+                os.close(fd)
+                fd = below
+            try:
+                return _open_directory(fd, last, str(self.path))
+            except FileNotFoundError:
+                if not create:
+                    return None
+            target, made = _make(fd, last, str(self.path), self.dir_mode)
+            if made:
+                self._created.append(())  # under self._lock (root holds it)
+                self._made[()] = _identity(target)
+            return target
+        finally:
+            os.close(fd)
 
     def _step(self, parent: int, name: str, parts: tuple[str, ...], *, create: bool) -> int | None:
         """Open `name` in `parent` as a directory, never through a symlink."""
         try:
-            return _open_directory(parent, name, self.shown(parts))
+            fd = _open_directory(parent, name, self.shown(parts))
         except FileNotFoundError:
             if not create:
                 return None
-        created = False
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=parent)
-            created = True
-        fd = _open_directory(parent, name, self.shown(parts))
-        if created:
-            _set_mode(fd, self.dir_mode)
-            with self._lock:
-                self._created.append(parts)
-                self._made[parts] = _identity(fd)
+        else:
+            self._wait_if_making(parts)
+            return fd
+        with self._making_lock:  # one at a time: see `_wait_if_making`
+            self._making.add(parts)
+            try:
+                fd, made = _make(parent, name, self.shown(parts), self.dir_mode)
+                if made:
+                    with self._lock:
+                        self._created.append(parts)
+                        self._made[parts] = _identity(fd)
+            finally:
+                self._making.discard(parts)
         return fd
+
+    def _wait_if_making(self, parts: tuple[str, ...]) -> None:
+        """Wait while another thread of this run makes the directory `parts`, just opened
+        here: its check that it opened the directory it made (`_just_made`) must not see
+        this thread's files in it."""
+        if self._making and parts in self._making:
+            with self._making_lock:
+                pass
 
 
 def _identity(fd: int) -> tuple[int, int]:
@@ -189,18 +223,51 @@ def _identity(fd: int) -> tuple[int, int]:
     return found.st_dev, found.st_ino
 
 
-def _set_mode(fd: int, mode: int) -> None:
-    """fchmod, closing the descriptor if it fails (the caller never gets it then)."""
+def _make(parent: int, name: str, shown: str, mode: int) -> tuple[int, bool]:
+    """Make the directory `name` in `parent` if it is missing (mkdirat, 0700) and open it:
+    its descriptor, and whether it is the directory made here (`_just_made`; then it has
+    exactly `mode`, whatever the umask). False: it was there, or was put there since."""
+    made = False
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o700, dir_fd=parent)
+        made = True
+    fd = _open_directory(parent, name, shown)
     try:
-        os.fchmod(fd, mode)
+        if made and _just_made(fd, shown):
+            os.fchmod(fd, mode)
+            return fd, True
     except BaseException:
         os.close(fd)
         raise
+    return fd, False
 
 
-def _open_directory(parent: int, name: str, shown: str) -> int:
+def _just_made(fd: int, shown: str) -> bool:
+    """Whether `fd`, opened at the name this process has just made with mkdirat(0700), is
+    that directory: owned by the effective uid, no permission beyond the owner's (mkdirat's
+    0700 less the umask; setgid comes from a setgid parent) and empty. Someone who may
+    write the parent can rename the new directory away and move another one to its name
+    before the open; that one is left as it is (no fchmod, not "made") and logged. (Not
+    st_nlink == 2: btrfs counts 1 for every directory.)"""
+    found = os.fstat(fd)
+    mode = stat.S_IMODE(found.st_mode)
+    if found.st_uid == os.geteuid() and not mode & ~(0o700 | stat.S_ISGID):
+        with os.scandir(fd) as entries:
+            if next(entries, None) is None:
+                return True
+    log.warning(
+        "restore.directory_replaced",
+        path=shown,
+        uid=found.st_uid,
+        mode=f"{mode:04o}",
+        note="not the directory the restore just made: left as it is",
+    )
+    return False
+
+
+def _open_directory(parent: int, name: str, shown: str, flags: int = DIRECTORY_FLAGS) -> int:
     try:
-        return os.open(name, DIRECTORY_FLAGS, dir_fd=parent)
+        return os.open(name, flags, dir_fd=parent)
     except OSError as exc:
         if exc.errno not in _BLOCKED:
             raise

@@ -12,11 +12,14 @@ import collections
 import errno
 import os
 import stat
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import structlog
 
-from agent.restore import durable, targets
+from agent.restore import durable, targets, tree
 from agent.restore.durable import Barriers
 from agent.restore.restorer import Restorer
 from agent.restore.targets import DirectoryTarget, Status
@@ -463,6 +466,110 @@ def test_a_directory_moved_in_where_the_run_made_one_is_not_taken_for_it(volume,
 
     assert (target / "d" / "2.txt").read_bytes() == b"theirs"
     assert _temps(target) == []  # `moved/` too
+
+
+def _after_mkdir(monkeypatch: pytest.MonkeyPatch, name: str, then: Callable[[], None]) -> None:
+    """Run `then()` just after the restore's mkdir of `name` (tree.py), before it opens
+    it: where another user, woken by inotify, would act."""
+    real = os.mkdir
+
+    def mkdir(path: str, mode: int = 0o777, *, dir_fd: int | None = None) -> None:
+        real(path, mode, dir_fd=dir_fd)
+        if os.path.basename(path) == name:
+            then()
+
+    monkeypatch.setattr(tree.os, "mkdir", mkdir)
+
+
+@pytest.mark.parametrize("whose", ["root's, not empty", "another user's, empty"])
+@pytest.mark.parametrize("made", ["out/sub", "out"], ids=["below the target", "the target"])
+def test_a_directory_swapped_in_just_after_the_mkdir_keeps_its_mode(
+    volume, tmp_path, monkeypatch, made, whose
+):
+    """Someone who may write the directory above renames the directory the restore has just
+    made away and moves another one to its name before the restore opens it: root's
+    `private/` (0700, its files), or an empty one of their own. It is not given --dir-mode,
+    nor taken for a directory the run made (its names are looked up), and the restore says
+    so."""
+    target = tmp_path / "out"
+    new = tmp_path / made
+    if new != target:
+        target.mkdir()
+    os.chmod(new.parent, 0o777)  # other users may write it: the case this is about
+    private = new.parent / "private"
+    private.mkdir(mode=0o700)
+    if whose == "root's, not empty":
+        (private / "secret").write_bytes(b"root only\n")
+    elif os.geteuid() == 0:
+        os.chown(private, 4242, 4242)
+    else:
+        pytest.skip("only root can give a directory away")
+
+    def swap() -> None:
+        new.rename(new.with_name("gone"))
+        private.rename(new)
+
+    _after_mkdir(monkeypatch, new.name, swap)
+    [item] = placed_plan(volume, ["sub/file.txt"], DATA).items
+    restore = DirectoryTarget(volume, target, dir_mode=0o755)
+
+    with structlog.testing.capture_logs() as logs:
+        assert restore.restore(item, lambda _n: None) is Status.RESTORED
+
+    assert (target / "sub" / "file.txt").read_bytes() == DATA
+    assert stat.S_IMODE(new.stat().st_mode) == 0o700
+    assert not _made(restore, new.relative_to(target).parts)
+    [warned] = [e for e in logs if e["event"] == "restore.directory_replaced"]
+    assert warned["path"] == str(new) and warned["log_level"] == "warning"
+
+
+def test_threads_making_one_directory_do_not_take_each_other_for_a_swap(
+    volume, target, monkeypatch
+):
+    """Two threads of one restore need the new `d/` at once: the one that finds it just
+    made waits until the maker has looked at it (empty, `_just_made`), so its temp file is
+    never taken for a sign of a swap: `d/` gets --dir-mode and counts as made."""
+    first, second = placed_plan(volume, ["d/1.txt", "d/2.txt"], DATA).items
+    restore = DirectoryTarget(volume, target, dir_mode=0o755)
+    settled = threading.Event()  # the other thread has staged its file, or waits for the maker
+
+    class Watched:
+        """The tree's lock around making a directory; says when another thread waits."""
+
+        def __init__(self, lock: threading.Lock) -> None:
+            self.lock = lock
+
+        def __enter__(self) -> None:
+            if threading.current_thread() is not threading.main_thread():
+                settled.set()
+            self.lock.acquire()
+
+        def __exit__(self, *_exc: object) -> None:
+            self.lock.release()
+
+    restore.tree._making_lock = Watched(restore.tree._making_lock)
+    other: list[object] = []
+
+    def stage_other() -> None:
+        other.append(restore.stage(second, lambda _n: None))
+        settled.set()
+
+    thread = threading.Thread(target=stage_other)
+
+    def start_other() -> None:
+        thread.start()
+        assert settled.wait(10)
+
+    _after_mkdir(monkeypatch, "d", start_other)
+    with structlog.testing.capture_logs() as logs:
+        staged = restore.stage(first, lambda _n: None)
+        thread.join(10)
+
+    assert not isinstance(staged, Status) and not isinstance(other[0], Status)
+    assert restore.commit([staged, other[0]]) == [None, None]
+    assert stat.S_IMODE((target / "d").stat().st_mode) == 0o755
+    assert _made(restore, ("d",))
+    assert [e for e in logs if e["event"] == "restore.directory_replaced"] == []
 
 
 def test_a_directory_others_may_write_is_looked_in_even_when_the_run_made_it(

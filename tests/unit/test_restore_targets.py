@@ -157,6 +157,32 @@ def test_the_target_directory_swapped_for_a_symlink_before_the_first_write_is_re
     assert _files(outside) == []
 
 
+@pytest.mark.parametrize("exists", [True, False], ids=["target there", "target missing"])
+def test_an_ancestor_of_the_target_swapped_for_a_symlink_before_the_first_write_is_refused(
+    volume, tmp_path, outside, exists
+):
+    """--to shared/restore/today where another user may write shared/: once the path was
+    resolved they put a symlink at shared/restore. The walk to the target refuses it, on
+    the dry run too: nothing is made or written where it points (opening the path followed
+    it, and `mkdir -p` made the missing target there)."""
+    shared = tmp_path / "shared"
+    to = shared / "restore" / "today"
+    (to if exists else shared).mkdir(parents=True)
+    item = placed_item(volume, "file.txt", DATA)
+    restore = DirectoryTarget(volume, to)  # resolved now, opened on the first write
+    if exists:
+        (shared / "restore").rename(shared / "moved")
+        (outside / "today").mkdir()
+    (shared / "restore").symlink_to(outside)
+
+    assert (restore.check(item) or "").startswith("would fail: ")
+    with pytest.raises(UnsafePath, match="restore is a symlink"):
+        restore.restore(item, _nothing)
+
+    assert _files(outside) == []
+    assert os.listdir(outside) == (["today"] if exists else [])
+
+
 def test_once_opened_the_target_is_held_even_if_its_name_is_swapped(volume, target, outside):
     """The descriptor held is the directory the restore started in: moving it away and
     putting a symlink in its place changes nothing about where files go."""
