@@ -116,6 +116,12 @@ def _agent(config_path: Path, capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def _age(path: Path, days: int = 30) -> None:
+    """Date a copy far past any grace period (as if backed up long ago)."""
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
+
+
 # -- the reader, per kind --------------------------------------------------------------
 
 
@@ -273,6 +279,7 @@ def test_gc_keeps_a_copy_that_only_a_rejected_line_names(backups, volume, config
     good = _good_line(volume)
     (segment,) = volume.journal_dir.glob("*.jsonl")
     segment.write_bytes(_bad(good, event_time="not a time") + b"\n")
+    _age(volume.copy_path(good["sha256"]))  # else the grace period alone keeps it
 
     code, out, _ = _agent(config_path, capsys, "gc")
 
@@ -303,12 +310,6 @@ ROTS: dict[str, Callable[[str], tuple[bytes, bytes]]] = {
 def _upper_first_letter(sha: str) -> str:
     at = next(i for i, c in enumerate(sha) if c in "abcdef")
     return sha[:at] + sha[at].upper() + sha[at + 1 :]
-
-
-def _age(path: Path, days: int = 30) -> None:
-    """Date a copy far past any grace period (as if backed up long ago)."""
-    then = time.time() - days * 86400
-    os.utime(path, (then, then))
 
 
 @pytest.mark.parametrize("rot", list(ROTS))
