@@ -303,9 +303,16 @@ class Rejection:
     where: str  # "2026-11-23.jsonl:17" (segment and line), or "<pk> <sk>" of an item
     reason: str
     sha256: str | None = None  # a well-formed digest it named: gc keeps that copy all the same
+    # Digests its bytes may name, damaged as they are (a journal line's: agent/storage/
+    # journal.py `digests_in`): gc keeps those copies too.
+    raw_digests: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return f"{self.source} {self.where}: {self.reason}"
+
+    def digests(self) -> set[str]:
+        """Every copy gc keeps for this record: the digest it named, those in its bytes."""
+        return {self.sha256, *self.raw_digests} if self.sha256 else set(self.raw_digests)
 
 
 def digest_named(data: Any) -> str | None:

@@ -6,6 +6,10 @@ the DynamoDB item is deleted, so the journal's references are a superset of the
 ledger's, and the volume alone decides (the ledger is asked only to retire a fleet
 member's lost duplicates, below; unreachable, it is not asked this run).
 
+A journal line rejected as damaged references every copy it may name (`Rejection.digests`:
+its ``sha256`` field, or any digest in its bytes when they no longer parse, e.g. one byte of
+bit rot), so a damaged record never frees the copy DynamoDB still points at.
+
 A copy is removed only when it is unreferenced AND its mtime is older than
 ``gc.grace_period`` (a backup that finds its content already stored refreshes the
 mtime, see `Volume._commit`). Removing never races a backup of the same content:
@@ -156,8 +160,10 @@ class GarbageCollector:
             r.sha256 for r in records if r.sha256 and (r.bucket, r.key, r.version_token) not in lost
         }
         report.rejected = self.journal.rejections.all()
-        # A line rejected as a record may still name its copy: kept, for a person to judge.
-        referenced |= {r.sha256 for r in report.rejected if r.sha256}
+        # A rejected line may still name its copy (as a field, or in its damaged bytes): kept,
+        # for a person to judge.
+        for rejection in report.rejected:
+            referenced |= rejection.digests()
         cutoff = (now - self.grace_period).timestamp()
         if not dry_run:
             self._recover_trash(referenced, position, cutoff, report)

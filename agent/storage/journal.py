@@ -18,7 +18,11 @@ The journal is read as untrusted input (the volume may have been tampered with):
 goes through `parse_line` into a record, a note or a `Rejection` naming its segment and
 line. A rejected line is skipped, counted in `Journal.rejections` and logged at error;
 the other lines are read as usual. A line longer than `MAX_LINE_BYTES` is rejected
-unread; a segment that is not a regular file (a symlink, a FIFO) is not opened.
+without being held; a segment that is not a regular file (a symlink, a FIFO) is not opened.
+
+A rejected line may be a record damaged by a byte (bit rot, a damaged volume) whose copy
+DynamoDB still names, so its rejection carries every digest its bytes may name
+(`digests_in`), and gc keeps those copies. Only rejected lines are scanned.
 
 A line torn by a crash or a full disk is followed, at the next append, by a ``torn`` note:
 such a line is a write that never completed (its record was retried), skipped without
@@ -30,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -42,6 +47,7 @@ from agent.records import Rejection, Rejections, VersionRecord, digest_named, va
 from agent.storage.volume import fsync_directory
 
 MAX_LINE_BYTES = 1 << 20  # a record is a few KiB at most (2 KiB metadata, a 1 KiB key)
+MAX_LINE_DIGESTS = 64  # digests a rejected line's rejection holds at most (`digests_in`)
 TORN = "torn"  # the note appended after a line a crash or a full disk cut short
 _IDENTITY = ("bucket", "key", "version_token")
 
@@ -60,6 +66,14 @@ class Note:
     fields: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _TooLong:
+    """A line longer than MAX_LINE_BYTES, read through but never held: what `digests_in`
+    found in its bytes as they were read."""
+
+    digests: tuple[str, ...]
+
+
 Entry = VersionRecord | Note | Rejection
 
 
@@ -70,20 +84,49 @@ def parse_line(raw: bytes, segment: str, line: int, *, notes_only: bool = False)
     try:
         data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
     except (ValueError, RecursionError):
-        return Rejection("journal", where, "not JSON")
+        return _rejection(raw, where, "not JSON")
     if not isinstance(data, dict):
-        return Rejection("journal", where, f"not an object: {type(data).__name__}")
+        return _rejection(raw, where, f"not an object: {type(data).__name__}")
     if "kind" in data:
         problem = _note_problem(data)
         if problem is not None:
-            return Rejection("journal", where, problem, digest_named(data))
+            return _rejection(raw, where, problem, digest_named(data))
         return Note(data["kind"], data)
     if notes_only:
         return None
     record = validated(data)
     if isinstance(record, str):
-        return Rejection("journal", where, record, digest_named(data))
+        return _rejection(raw, where, record, digest_named(data))
     return record
+
+
+def _rejection(raw: bytes, where: str, reason: str, sha256: str | None = None) -> Rejection:
+    return Rejection("journal", where, reason, sha256, digests_in(raw))
+
+
+# A digest as a record writes it, and any run of hex digits as long as one or longer: bit
+# rot may have changed the name ("sha256"), a quote around the value (the run grows by a
+# digit) or the case of a letter (a→A is one bit), and the copy is still known by the run.
+_NAMED_DIGEST = re.compile(rb'"sha256"\s*:\s*"([0-9a-fA-F]{64})"')
+_HEX_RUN = re.compile(rb"[0-9a-fA-F]{64,}")
+_OVERLAP = 256  # bytes either side of a cut in a long line, scanned together
+
+
+def digests_in(raw: bytes, found: dict[str, None] | None = None) -> tuple[str, ...]:
+    """Every SHA-256 the bytes of a rejected line may name, in lower case: each ``"sha256"``
+    value first, then the first and the last 64 digits of each run of 64 hex digits or
+    more; at most MAX_LINE_DIGESTS (a record names one; a line that held more was
+    tampered with). A digest too many only keeps a copy longer; one missed loses it.
+    `found`: those of the line's earlier pieces (a long line's, `_lines_of`), added to."""
+    found = {} if found is None else found
+    for pattern, group in ((_NAMED_DIGEST, 1), (_HEX_RUN, 0)):
+        for match in pattern.finditer(raw):
+            run = match.group(group)
+            for digest in (run[:64], run[-64:]):
+                if len(found) >= MAX_LINE_DIGESTS:
+                    return tuple(found)
+                found.setdefault(digest.decode("ascii").lower())
+    return tuple(found)
 
 
 def _note_problem(data: Mapping[str, Any]) -> str | None:
@@ -240,7 +283,7 @@ class Journal:
         expired_at: dict[tuple[str, str, str], int] = {}
         reordered: dict[tuple[str, str, str], tuple[int, str]] = {}
         for index, segment, number, raw in self._numbered_lines():
-            if raw is None or not _may_be_note(raw):
+            if isinstance(raw, _TooLong) or not _may_be_note(raw):
                 continue
             entry = parse_line(raw, segment.name, number, notes_only=True)
             if isinstance(entry, Note) and entry.kind == "expired":
@@ -297,7 +340,7 @@ class Journal:
                 continue
             start = position.offset if position and segment.name == position.segment else 0
             for _number, raw in _lines_of(segment, start):
-                if raw is None:
+                if isinstance(raw, _TooLong):
                     continue
                 try:
                     data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
@@ -322,8 +365,8 @@ class Journal:
                     yield pending[0], self._rejected(pending[1])
                 pending, segment_name = None, segment.name
             entry = (
-                Rejection("journal", f"{segment.name}:{number}", "too long")
-                if raw is None
+                Rejection("journal", f"{segment.name}:{number}", "too long", None, raw.digests)
+                if isinstance(raw, _TooLong)
                 else parse_line(raw, segment.name, number, notes_only=notes_only)
             )
             if pending is not None and not (isinstance(entry, Note) and entry.kind == TORN):
@@ -338,7 +381,7 @@ class Journal:
         if pending is not None:
             yield pending[0], self._rejected(pending[1])
 
-    def _numbered_lines(self) -> Iterator[tuple[int, Path, int, bytes | None]]:
+    def _numbered_lines(self) -> Iterator[tuple[int, Path, int, bytes | _TooLong]]:
         """(index among all lines, segment, line number, bytes) of every whole line."""
         index = 0
         for segment in self._segments():
@@ -366,9 +409,11 @@ class Journal:
         return segments
 
 
-def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | None]]:
-    """(line number, bytes without the newline) of every whole line from `start`; None for
-    a line longer than MAX_LINE_BYTES (never held in memory). A last line without its
+def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | _TooLong]]:
+    """(line number, bytes without the newline) of every whole line from `start`; `_TooLong`
+    for a line longer than MAX_LINE_BYTES, never held in memory: read a piece at a time (at
+    most MAX_LINE_BYTES + 1 bytes, and the last `_OVERLAP` of the one before), each scanned
+    by `digests_in` until it has found MAX_LINE_DIGESTS. A last line without its
     newline is a write still under way or torn by a crash: not yielded. The file is opened
     without following a symlink or waiting on a FIFO swapped in since the listing."""
     try:
@@ -392,10 +437,15 @@ def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | None]]:
                 continue
             if len(raw) <= MAX_LINE_BYTES:
                 return  # the torn or unfinished last line
-            while raw and not raw.endswith(b"\n"):  # skip the rest of the long line
-                raw = handle.readline(MAX_LINE_BYTES)
+            found: dict[str, None] = {}
+            digests_in(raw, found)
+            while raw and not raw.endswith(b"\n"):  # the rest of the long line, scanned
+                tail, raw = raw[-_OVERLAP:], handle.readline(MAX_LINE_BYTES)
+                if len(found) < MAX_LINE_DIGESTS:
+                    digests_in(tail + raw[:_OVERLAP], found)  # a digest across the cut
+                    digests_in(raw, found)
             if raw:
-                yield number, None
+                yield number, _TooLong(tuple(found))
 
 
 def _may_be_note(raw: bytes) -> bool:

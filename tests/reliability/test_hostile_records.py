@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -112,6 +114,12 @@ def _agent(config_path: Path, capsys, *args: str) -> tuple[int, str, str]:
     code = agent_cli.main([*args, "--config", str(config_path)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def _age(path: Path, days: int = 30) -> None:
+    """Date a copy far past any grace period (as if backed up long ago)."""
+    then = time.time() - days * 86400
+    os.utime(path, (then, then))
 
 
 # -- the reader, per kind --------------------------------------------------------------
@@ -271,12 +279,78 @@ def test_gc_keeps_a_copy_that_only_a_rejected_line_names(backups, volume, config
     good = _good_line(volume)
     (segment,) = volume.journal_dir.glob("*.jsonl")
     segment.write_bytes(_bad(good, event_time="not a time") + b"\n")
+    _age(volume.copy_path(good["sha256"]))  # else the grace period alone keeps it
 
     code, out, _ = _agent(config_path, capsys, "gc")
 
     assert code == ExitCode.FAILURE
     assert volume.has_copy(good["sha256"])
     assert f"journal {segment.name}:1: event_time is not an ISO-8601 time" in out
+
+
+# One byte of a record's line changed, as bit rot or a damaged volume changes it (old -> new
+# bytes of the line, given its digest). The line no longer parses, or names its digest in a
+# form no record has, and is rejected; DynamoDB still points at the copy.
+ROTS: dict[str, Callable[[str], tuple[bytes, bytes]]] = {
+    "a comma turned semicolon": lambda sha: (b',"key":', b';"key":'),
+    "a high bit in another name (not UTF-8)": lambda sha: (b'"bucket"', b'"buck\xe5t"'),
+    "a high bit in the sha256 name": lambda sha: (b'"sha256"', b'"sh\xe1256"'),
+    "the quote before the digest a hex digit": lambda sha: (
+        b':"' + sha.encode(),
+        b":b" + sha.encode(),
+    ),
+    "the quote after the digest a hex digit": lambda sha: (
+        sha.encode() + b'"',
+        sha.encode() + b"b",
+    ),
+    "a digest letter upper case": lambda sha: (sha.encode(), _upper_first_letter(sha).encode()),
+}
+
+
+def _upper_first_letter(sha: str) -> str:
+    at = next(i for i, c in enumerate(sha) if c in "abcdef")
+    return sha[:at] + sha[at].upper() + sha[at + 1 :]
+
+
+@pytest.mark.parametrize("rot", list(ROTS))
+def test_gc_keeps_the_copy_a_line_damaged_in_one_byte_names(
+    rot, backups, volume, config_path, capsys, aws
+):
+    """The line is rejected (named by gc as bad), but a person may still recover it: gc must
+    not free its copy, which the ledger still names, long past the grace period."""
+    sha = _good_line(volume)["sha256"]
+    (segment,) = volume.journal_dir.glob("*.jsonl")
+    line = segment.read_bytes()
+    old, new = ROTS[rot](sha)
+    assert line.count(old) == 1 and len(old) == len(new)
+    assert sum(a != b for a, b in zip(old, new, strict=True)) == 1
+    segment.write_bytes(line.replace(old, new))
+    _age(volume.copy_path(sha))
+
+    code, out, _ = _agent(config_path, capsys, "gc")
+
+    assert code == ExitCode.FAILURE
+    assert f"journal {segment.name}:1: " in out
+    assert volume.has_copy(sha), "gc freed the copy the ledger names"
+    latest = Ledger(aws.dynamodb, TABLE).latest(BUCKET, "good.txt")
+    assert latest is not None and latest.sha256 == sha
+
+
+def test_gc_keeps_the_copies_a_line_past_the_length_bound_names(
+    backups, volume, config_path, capsys
+):
+    """A line longer than MAX_LINE_BYTES (tampered with, or written by a bug) is never held,
+    but its bytes are scanned as they are read: the digest past its first MiB counts too."""
+    good = _good_line(volume)
+    (segment,) = volume.journal_dir.glob("*.jsonl")
+    segment.write_bytes(json.dumps({**good, "etag": "x" * (2 * MAX_LINE_BYTES)}).encode() + b"\n")
+    _age(volume.copy_path(good["sha256"]))
+
+    code, out, _ = _agent(config_path, capsys, "gc")
+
+    assert code == ExitCode.FAILURE
+    assert f"journal {segment.name}:1: too long" in out
+    assert volume.has_copy(good["sha256"])
 
 
 # -- every command, DynamoDB items -----------------------------------------------------------

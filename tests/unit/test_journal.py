@@ -284,3 +284,68 @@ def test_expired_after_reads_nothing_when_nothing_was_appended_since(tmp_path, m
         Journal, "read_since", lambda *_: (_ for _ in ()).throw(AssertionError("read"))
     )
     assert journal.expired_after(end, {_identity(record("a"))}) == set()
+
+
+# -- the digests a rejected line may name (gc keeps those copies) ---------------------------
+
+D1, D2, D3 = "1" * 63 + "a", "2" * 63 + "b", "3" * 63 + "c"
+
+
+def test_a_rejected_line_carries_every_digest_its_bytes_may_name():
+    """The ``"sha256"`` value first; then any run of 64 hex digits or more (its name may be
+    what rotted), the first and the last 64 of a longer one (a quote turned digit), in lower
+    case (a letter's case is one bit); shorter runs (an eTag) are none."""
+    raw = (
+        f'{{"etag":"{"e" * 32}","key":"{D2.upper()}";"sha256":"{D1}","x":"{D3}f","y":"f{D3}"}}'
+    ).encode()
+    assert journal_module.digests_in(raw) == (D1, D2.lower(), D3, "3" * 62 + "cf", "f" + D3[:63])
+
+
+def test_a_rejected_line_carries_at_most_a_bounded_number_of_digests():
+    raw = b" ".join(f"{n:064x}".encode() for n in range(1000)) + f' "sha256":"{D1}"'.encode()
+    found = journal_module.digests_in(raw)
+    assert len(found) == journal_module.MAX_LINE_DIGESTS and found[0] == D1
+
+
+def test_a_line_past_the_length_bound_is_scanned_a_piece_at_a_time_across_its_cuts(tmp_path):
+    """Never held whole: the reader reads MAX_LINE_BYTES + 1 bytes, then MAX_LINE_BYTES at a
+    time; a digest cut in two by a piece's end still counts."""
+    cut = journal_module.MAX_LINE_BYTES + 1
+    line = bytearray(b"." * (3 * journal_module.MAX_LINE_BYTES))
+    for at, digest in ((10, D1), (cut - 30, D2), (len(line) - 80, D3)):
+        line[at : at + 64] = digest.encode()
+    (tmp_path / "2026-11-23.jsonl").write_bytes(bytes(line) + b"\n" + record_line("after"))
+    journal = Journal(tmp_path)
+
+    assert [r.key for r in journal.read_all()] == ["after"]
+    (rejected,) = journal.rejections.all()
+    assert (rejected.reason, rejected.digests()) == ("too long", {D1, D2, D3})
+
+
+def test_only_a_rejected_line_is_scanned_for_digests(tmp_path, monkeypatch):
+    """A journal's good lines cost the scan nothing: records, notes and a torn line's note."""
+    journal = Journal(tmp_path, clock=lambda: T0)
+    journal.append(record("a"))
+    journal.append_note("expired", record("gone").to_dict())
+    journal.append_order(record("a"), "9:x")
+    scanned: list[bytes] = []
+    real = journal_module.digests_in
+
+    def counting(raw: bytes, found: dict[str, None] | None = None) -> tuple[str, ...]:
+        scanned.append(raw)
+        return real(raw, found)
+
+    monkeypatch.setattr(journal_module, "digests_in", counting)
+    reader = Journal(tmp_path)
+    assert [r.key for r in reader.read_all()] == ["a"] and list(reader.read_notes())
+    assert scanned == []
+
+    with (tmp_path / "2026-11-23.jsonl").open("ab") as segment:
+        segment.write(record_line("b").replace(b",", b";", 1))
+    reader = Journal(tmp_path)
+    assert [r.key for r in reader.read_all()] == ["a"]
+    assert len(scanned) == 1 and "c" * 64 in reader.rejections.all()[0].digests()
+
+
+def record_line(key: str) -> bytes:
+    return json.dumps(record(key).to_dict()).encode() + b"\n"
