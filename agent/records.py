@@ -241,6 +241,11 @@ def _validated(data: Mapping[str, Any]) -> VersionRecord:
     except (ValueError, OverflowError):
         raise _Bad("backup_time is not an ISO-8601 time") from None
     deleted = values["deleted"] = get("deleted", False)
+    if sha is None and not deleted and get("unreadable") is None:
+        # every version the agent keeps names its copy (a deletion or a version S3 would not
+        # serve has none): a damaged field name ("sha246") made the record one with no copy,
+        # and gc freed the copy it named (the lifecycle review, 2026-12-02)
+        raise _Bad("sha256 is missing from a version that has content")
     if "delete_marker" not in values:  # written before records said: the event's name
         values["delete_marker"] = deleted and values["event_name"].endswith(_MARKER_EVENTS)
     # records of older releases: the order key of today

@@ -69,6 +69,8 @@ def _validated(data: Mapping[str, Any]) -> VersionRecord:
         except (ValueError, OverflowError):
             raise _Bad(f"{name} is not an ISO-8601 time") from None
     values["deleted"] = values.get("deleted", False)
+    if sha is None and not values["deleted"] and values.get("unreadable") is None:
+        raise _Bad("sha256 is missing from a version that has content")
     if "delete_marker" not in values:
         values["delete_marker"] = values["deleted"] and values["event_name"].endswith(
             _MARKER_EVENTS
