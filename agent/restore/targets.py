@@ -23,6 +23,7 @@ import itertools
 import os
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -44,8 +45,9 @@ from agent.records import (
 )
 from agent.restore.copies import verified_chunks
 from agent.restore.durable import (
-    TEMP_SUFFIX,
     Barriers,
+    kept_because,
+    of_run,
     rename_noreplace,
     stale_temp,
     temp_name,
@@ -143,6 +145,7 @@ class DirectoryTarget:
         file_mode: int = RESTORED_FILE_MODE,
         dir_mode: int = RESTORED_DIR_MODE,
         barriers: Barriers | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.volume = volume
         self.directory = directory.resolve()  # created on the first write, never by dry runs
@@ -151,6 +154,7 @@ class DirectoryTarget:
         self.dir_mode = dir_mode
         self.tree = TargetTree(self.directory, dir_mode=dir_mode)
         self.barriers = barriers or Barriers()
+        self.clock = clock  # the age of another restore's temp files (durable.kept_because)
         self._run = uuid.uuid4().hex[:12]  # temp names of this run: .restore-<run>-<n>.part
         self._serial = itertools.count()
         self._lock = threading.Lock()
@@ -310,7 +314,6 @@ class DirectoryTarget:
         not be looked in (a message must not call those clean). Nothing is created or
         followed."""
         left = Leftovers()
-        mine = temp_name(self._run, 0).removesuffix(f"0{TEMP_SUFFIX}")  # .restore-<run>-
         for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
             try:
                 with self.tree.directory(directory, create=False) as parent:
@@ -322,9 +325,7 @@ class DirectoryTarget:
                 left.unchecked.append(self.tree.shown(directory))
                 continue
             left.files.extend(
-                self.tree.shown((*directory, name))
-                for name in names
-                if name.startswith(mine) and name.endswith(TEMP_SUFFIX)
+                self.tree.shown((*directory, name)) for name in names if of_run(name, self._run)
             )
         return left
 
@@ -429,19 +430,31 @@ class DirectoryTarget:
 
     def _clean_once(self, parent: int, directory: tuple[str, ...]) -> None:
         """Remove the temp files another restore left in `directory` (a crash mid-restore),
-        once per directory per run. Only regular files with a temp name not of this run."""
+        once per directory per run: only files with exactly a temp name of another run,
+        the restoring user's, unchanged for an hour (durable.py `stale_temp`,
+        `kept_because`). The others stay, logged (`restore.temp_kept`); they are in no
+        restore's way (every run has its own temp names)."""
         with self._lock:
             if directory in self._cleaned:
                 return
             self._cleaned.add(directory)
         with os.scandir(parent) as entries:
             names = [e.name for e in entries if stale_temp(e.name, self._run)]
+        if not names:
+            return
+        euid, now = os.geteuid(), self.clock()
         for name in names:
             found = entry(parent, name)
-            if found is not None and stat.S_ISREG(found.st_mode):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=parent)
-                log.info("restore.stale_temp_removed", path=self.tree.shown((*directory, name)))
+            if found is None:
+                continue
+            shown = self.tree.shown((*directory, name))
+            reason = kept_because(found, euid=euid, now=now)
+            if reason is not None:
+                log.info("restore.temp_kept", path=shown, reason=reason)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=parent)
+            log.info("restore.stale_temp_removed", path=shown)
 
     def _parts(self, item: Item) -> tuple[str, ...]:
         if item.placement is None:

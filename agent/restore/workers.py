@@ -29,7 +29,7 @@ What keeps it safe:
 * **Ctrl-C**: the children ignore SIGINT; the parent's handler decides (restorer.py).
 * **kill -9 of the parent**: each child asks the kernel to kill it when its parent dies
   (`PR_SET_PDEATHSIG`), so no child is left waiting on a pipe it holds both ends of; its
-  temp files are what a crash leaves (the next restore removes them, durable.py).
+  temp files are what a crash leaves (a restore an hour later removes them, durable.py).
 * **Memory**: the plan is not sent to the children (they have the parent's copy, made at
   the fork); each run's answer is a few tuples per file.
 """
