@@ -198,6 +198,27 @@ def test_a_file_named_like_a_temp_file_but_not_one_is_never_removed(volume, targ
     assert (target / "docs" / name).read_bytes() == b"precious user data\n"
 
 
+def test_a_file_restored_from_a_key_named_like_a_temp_file_survives_later_restores(volume, target):
+    """The key `d/.restore-0123456789ab-1.part` was restored under exactly that name, which a
+    restore into d/ an hour later removed as a crash's temp file (found by a review). Its
+    dot is escaped (paths.py), and the key is reported renamed."""
+    key = "d/.restore-0123456789ab-1.part"
+    first = Restorer(DirectoryTarget(volume, target), workers=1).run(
+        placed_plan(volume, [key], DATA)
+    )
+    assert first.count(Status.RESTORED) == 1
+    [restored] = first.results
+    assert restored.destination == str(target / "d" / "%2Erestore-0123456789ab-1.part")
+    assert restored.to_dict()["renamed"]
+
+    later = Restorer(DirectoryTarget(volume, target, clock=_an_hour_on), workers=1).run(
+        placed_plan(volume, ["d/other"], DATA)
+    )
+
+    assert later.ok
+    assert _everything(target) == ["d/%2Erestore-0123456789ab-1.part", "d/other"]
+
+
 def test_another_users_temp_file_is_never_removed(volume, target, monkeypatch):
     """A restore removes only the restoring user's temp files: root's restore leaves alone
     a file another user named like one (here: the restoring user is another uid)."""
