@@ -253,19 +253,25 @@ class DirectoryTarget:
         return Staged(item, parts, temp, inode)
 
     def prepare(self, items: Sequence[Item], stop: threading.Event | None = None) -> None:
-        """Create the target and the directories of `items` now, in this process (before
-        workers.py forks: each child then knows which directories this run made, `stage`).
-        A directory that cannot be made is left for its files to meet, one error each.
-        Once `stop` is set no more are made: the files not started will not need them."""
+        """Create the target and the directories of `items` now, in this process, and sweep
+        the ones that were there (`_clean_once`), before workers.py forks: each child then
+        knows which directories this run made (`stage`), and has every directory of the plan
+        noted as swept, so that none sweeps one after the parent named files in it (each
+        child's note is its own). A directory that cannot be made is left for its files to
+        meet, one error each, and swept by no one this run. Once `stop` is set no more are
+        made: the files not started will not need them."""
         self._root()
         for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
             if stop is not None and stop.is_set():
                 return
             with (
                 contextlib.suppress(BackupAgentError, OSError),
-                self.tree.directory(directory, create=True),
+                self.tree.directory(directory, create=True) as parent,
             ):
-                pass
+                if parent is not None and not self.tree.made(directory, parent):
+                    self._clean_once(parent, directory)
+            with self._lock:
+                self._cleaned.add(directory)
 
     def temp_name(self, serial: int) -> str:
         """The temp name of this run's file number `serial` (`.restore-<run>-<serial>.part`)."""
