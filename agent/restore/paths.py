@@ -9,6 +9,11 @@ safe component are escaped, never dropped, so nothing is written outside the tar
   durable.py) has its dot escaped the same way (``%2Erestore-0123456789ab-7.part``): a later
   restore into its directory removes a stale temp file of that name, so no restored file
   may have one;
+* a lone surrogate (U+D800 to U+DFFF: no S3 key holds one, but a record read from the
+  journal may, JSON ``"\\ud800"``) becomes the ``%XX`` of its three bytes as Python's
+  ``surrogatepass`` writes them (``\\ud800`` → ``%ED%A0%80``): as it is, it is no file
+  name (``os.fsencode`` fails on it, or writes U+DC80 to U+DCFF as a lone byte 0x80 to 0xFF,
+  which is no UTF-8);
 * a part longer than 255 bytes (NAME_MAX, once escaped) is cut to 200 bytes plus ``~`` and
   16 hex digits of the part's SHA-256.
 
@@ -23,6 +28,7 @@ directory above (tree.py); `Placement.relative` is for messages.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -33,6 +39,7 @@ LONG_PART_KEEP = 200
 EMPTY_PART = "%"
 ESCAPED_PARTS = {".": "%2E", "..": "%2E%2E"}
 ESCAPED_DOT = ESCAPED_PARTS["."]
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 Parts = tuple[str, ...]
 
@@ -62,7 +69,8 @@ def escape_part(part: str) -> str:
     if part in ESCAPED_PARTS:
         return ESCAPED_PARTS[part]
     name = ESCAPED_DOT + part[1:] if is_temp_name(part) else part
-    raw = name.encode("utf-8", errors="surrogatepass")
+    name = SURROGATE.sub(_percent, name)
+    raw = name.encode("utf-8")
     if len(raw) > NAME_MAX:
         digest = hashlib.sha256(part.encode("utf-8", errors="surrogatepass")).hexdigest()[:16]
         return _cut(raw, LONG_PART_KEEP) + "~" + digest
@@ -100,6 +108,10 @@ def _suffixed(name: str, key: str, attempt: int) -> str:
         suffix += f"-{attempt}"
     raw = name.encode("utf-8", errors="surrogatepass")
     return _cut(raw, NAME_MAX - len(suffix)) + suffix
+
+
+def _percent(found: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in found[0].encode("utf-8", errors="surrogatepass"))
 
 
 def _cut(raw: bytes, limit: int) -> str:
