@@ -87,12 +87,17 @@ _NO_RENAMEAT2 = (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)
 def rename_noreplace(source: str, name: str, directory: int) -> bool:
     """Rename `source` to `name`, both in `directory` (a descriptor: nothing resolved above
     it, a symlink at `name` is a name like any other), only if `name` does not exist:
-    FileExistsError if it does. One directory update where link + unlink are two.
+    FileExistsError if it does. One directory update where link + unlink are two. ValueError,
+    as from os.rename, for a name the system cannot take (a NUL byte, which ctypes would
+    pass on as the end of the name; a character the filesystem's encoding cannot hold).
 
     False if renameat2(RENAME_NOREPLACE) is not available (then nothing was done)."""
     if _RENAMEAT2 is None:
         return False
-    if _RENAMEAT2(directory, os.fsencode(source), directory, os.fsencode(name), RENAME_NOREPLACE):
+    encoded = os.fsencode(source), os.fsencode(name)
+    if any(b"\0" in one for one in encoded):  # C would cut the name there: refused as os.* do
+        raise ValueError("embedded null byte")
+    if _RENAMEAT2(directory, encoded[0], directory, encoded[1], RENAME_NOREPLACE):
         number = ctypes.get_errno()
         if number in _NO_RENAMEAT2:
             return False

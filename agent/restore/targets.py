@@ -62,6 +62,7 @@ from agent.restore.tree import (
     entry,
     open_regular,
     others_may_write,
+    refused_name,
 )
 from agent.storage.direct import DirectWriter
 from agent.storage.volume import READ_CHUNK, WRITEBACK_BYTES, Volume, WritebackAsYouGo
@@ -179,6 +180,11 @@ class DirectoryTarget:
             return f"would fail: {exc}"
         except OSError as exc:
             return f"cannot check: {exc.strerror}"
+        except ValueError:
+            refused = refused_name(parts, self.tree.shown(parts))
+            if refused is None:
+                raise
+            return f"would fail: {refused}"
 
     def _note(self, parent: int, name: str, record: VersionRecord) -> str | None:
         found = entry(parent, name)
@@ -212,8 +218,25 @@ class DirectoryTarget:
         something else (without --overwrite). Nothing is under the final name until
         `commit`; a failure leaves no temp file behind. `serial` names the temp file
         (`temp_name`) instead of this target's counter: a worker process (workers.py) names
-        its files by their place in the plan, so that no two processes pick the same name."""
+        its files by their place in the plan, so that no two processes pick the same name.
+        A part of its path the system refuses as a file name is `NameRefused` (not the
+        ValueError of os.*, which its callers would not take for one file's failure)."""
         parts = self._parts(item)
+        try:
+            return self._stage(item, parts, on_bytes, serial)
+        except ValueError as exc:
+            refused = refused_name(parts, self.tree.shown(parts))
+            if refused is None:
+                raise
+            raise refused from exc
+
+    def _stage(
+        self,
+        item: Item,
+        parts: tuple[str, ...],
+        on_bytes: Callable[[int], None],
+        serial: int | None,
+    ) -> Staged | Status:
         name = parts[-1]  # the path shown in messages is made only for one (tree.shown)
         with self.tree.directory(parts[:-1], create=True) as parent:
             if parent is None:  # pragma: no cover - create=True always yields a directory
@@ -265,7 +288,7 @@ class DirectoryTarget:
             if stop is not None and stop.is_set():
                 return
             with (
-                contextlib.suppress(BackupAgentError, OSError),
+                contextlib.suppress(BackupAgentError, OSError, ValueError),
                 self.tree.directory(directory, create=True) as parent,
             ):
                 if parent is not None and not self.tree.made(directory, parent):
@@ -308,7 +331,7 @@ class DirectoryTarget:
         """Remove the temp files of staged files that will not be committed."""
         for one in staged:
             with (
-                contextlib.suppress(OSError, BackupAgentError),
+                contextlib.suppress(OSError, BackupAgentError, ValueError),
                 self.tree.directory(one.parts[:-1], create=False) as parent,
             ):
                 if parent is not None:
@@ -329,6 +352,10 @@ class DirectoryTarget:
                         names = sorted(e.name for e in entries)
             except (OSError, BackupAgentError):
                 left.unchecked.append(self.tree.shown(directory))
+                continue
+            except ValueError:  # a name the system refuses: no such directory can be there
+                if refused_name(directory, self.tree.shown(directory)) is None:
+                    raise
                 continue
             left.files.extend(
                 self.tree.shown((*directory, name)) for name in names if of_run(name, self._run)
@@ -401,6 +428,11 @@ class DirectoryTarget:
             return None
         except OSError as exc:
             return exc
+        except ValueError:  # staged in a directory the run made: its name not used till now
+            refused = refused_name(one.parts, self.destination(one.item))
+            if refused is None:
+                raise
+            return refused
         finally:
             if not renamed:
                 with contextlib.suppress(FileNotFoundError):

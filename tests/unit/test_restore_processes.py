@@ -121,6 +121,25 @@ def test_the_directories_that_were_there_are_swept_once_by_the_parent_before_the
     assert scans.read_text().split() == [str(os.getpid())]
 
 
+@pytest.mark.parametrize("exists", [False, True], ids=["made-by-the-run", "already-there"])
+def test_a_name_the_system_refuses_fails_alone_with_worker_processes(volume, tmp_path, exists):
+    """A name os.* refuses (ValueError: a NUL byte here) fails its file alone, whether a
+    child meets it while staging (a directory that was there: its name is looked up) or the
+    parent while naming (a directory the run made: the name is first used there)."""
+    out = tmp_path / "out"
+    if exists:
+        (out / "d1").mkdir(parents=True)
+    keys = [key if key != "d1/f150" else "d1/f150 \x00" for key in KEYS]
+
+    summary = Restorer(DirectoryTarget(volume, out), cpus=2).run(placed_plan(volume, keys, SMALL))
+
+    failed = [r for r in summary.results if r.status is Status.FAILED]
+    assert [r.item.key for r in failed] == ["d1/f150 \x00"]
+    assert "cannot be a file name here (embedded null byte)" in (failed[0].error or "")
+    assert summary.count(Status.RESTORED) == COUNT - 1
+    assert files_under(out) == sorted(set(KEYS) - {"d1/f150"})  # no temp file, no "d1/f150 "
+
+
 class ThreadedProgress(NoProgress):
     """Starts a thread in `start`, as tqdm's monitor does on a terminal."""
 

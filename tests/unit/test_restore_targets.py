@@ -165,6 +165,41 @@ def test_a_key_with_a_lone_surrogate_is_restored_under_an_escaped_name(volume, t
     assert (out / escaped).read_bytes() == DATA
 
 
+@pytest.mark.parametrize("workers", [1, 3])
+@pytest.mark.parametrize("exists", [False, True], ids=["made-by-the-run", "already-there"])
+def test_a_name_the_system_refuses_with_a_value_error_fails_alone(
+    volume, tmp_path, exists, workers
+):
+    """A name os.* refuses with ValueError (a NUL byte, which validated() keeps out of the
+    records; or a key part the filesystem encoding cannot hold) fails its file alone, named,
+    as an OSError would: it stopped the restore (in the commit: the rest of the batch
+    unnamed, its temp files left; while staging: the batch cancelled). renameat2, called
+    through ctypes, would have cut the name at the NUL: it is refused before."""
+    out = tmp_path / "out"
+    if exists:
+        (out / "docs").mkdir(parents=True)
+    keys = ["docs/a.txt", "docs/nul \x00 byte", "docs/b.txt"]
+
+    summary = Restorer(DirectoryTarget(volume, out), workers=workers).run(
+        placed_plan(volume, keys, DATA)
+    )
+
+    assert [r.status for r in summary.results] == [
+        Status.RESTORED,
+        Status.FAILED,
+        Status.RESTORED,
+    ]
+    assert "cannot be a file name here" in (summary.results[1].error or "")
+    assert _files(out) == ["docs/a.txt", "docs/b.txt"]  # nothing at "nul ", no temp file
+
+
+def test_a_name_the_system_refuses_is_a_dry_run_note(volume, target):
+    item = placed_item(volume, "docs/nul \x00 byte", DATA)
+    (target / "docs").mkdir()
+
+    assert "cannot be a file name here" in (DirectoryTarget(volume, target).check(item) or "")
+
+
 def test_a_fifo_at_the_final_name_does_not_block_a_dry_run(volume, target):
     os.mkfifo(target / "file.txt")
     item = placed_item(volume, "file.txt", DATA)
