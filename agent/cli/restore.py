@@ -131,8 +131,9 @@ class RestoreAborted(KeyboardInterrupt):
                 f"{len(unchecked)} directories could not be checked for temp files: {shown}{more}"
             )
         parts.append(
-            f"the next restore into {printable_key(self.directory)} removes them from the"
-            " directories it writes to"
+            f"a restore into {printable_key(self.directory)} an hour from now or later removes"
+            " them from the directories it writes to (no restore uses them: they may also be"
+            " deleted by hand)"
         )
         return "; ".join(parts)
 
@@ -255,8 +256,8 @@ def _main(argv: Sequence[str] | None, out: IO[str] | None, err: IO[str] | None) 
     except KeyboardInterrupt:
         print(
             "backup-restore: interrupted; files already in place are complete; a temp file"
-            " (.restore-*.part) a restore leaves is removed by the next restore into its"
-            " directory",
+            " (.restore-*.part) a restore leaves is removed by a restore into its directory"
+            " an hour later or more",
             file=err,
         )
         return ExitCode.INTERRUPTED

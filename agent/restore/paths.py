@@ -5,8 +5,17 @@ safe component are escaped, never dropped, so nothing is written outside the tar
 
 * an empty part (leading ``/``, ``a//b``, trailing ``/``) becomes ``%``;
 * ``.`` becomes ``%2E`` and ``..`` becomes ``%2E%2E``;
-* a part longer than 255 bytes (NAME_MAX) is cut to 200 bytes plus ``~`` and 16 hex
-  digits of the part's SHA-256.
+* a part of the form of a restore's temp names (``.restore-0123456789ab-7.part``,
+  durable.py) has its dot escaped the same way (``%2Erestore-0123456789ab-7.part``): a later
+  restore into its directory removes a stale temp file of that name, so no restored file
+  may have one;
+* a lone surrogate (U+D800 to U+DFFF: no S3 key holds one, but a record read from the
+  journal may, JSON ``"\\ud800"``) becomes the ``%XX`` of its three bytes as Python's
+  ``surrogatepass`` writes them (``\\ud800`` → ``%ED%A0%80``): as it is, it is no file
+  name (``os.fsencode`` fails on it, or writes U+DC80 to U+DCFF as a lone byte 0x80 to 0xFF,
+  which is no UTF-8);
+* a part longer than 255 bytes (NAME_MAX, once escaped) is cut to 200 bytes plus ``~`` and
+  16 hex digits of the part's SHA-256.
 
 Keys that still collide on a filesystem — ``a`` (a file) and ``a/b`` (needs a directory
 ``a``), or two keys escaping to one name — are all kept: the file gives way and gets
@@ -19,13 +28,18 @@ directory above (tree.py); `Placement.relative` is for messages.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from agent.restore.durable import is_temp_name
 
 NAME_MAX = 255
 LONG_PART_KEEP = 200
 EMPTY_PART = "%"
 ESCAPED_PARTS = {".": "%2E", "..": "%2E%2E"}
+ESCAPED_DOT = ESCAPED_PARTS["."]
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 Parts = tuple[str, ...]
 
@@ -54,11 +68,13 @@ def escape_part(part: str) -> str:
         return EMPTY_PART
     if part in ESCAPED_PARTS:
         return ESCAPED_PARTS[part]
-    raw = part.encode("utf-8", errors="surrogatepass")
+    name = ESCAPED_DOT + part[1:] if is_temp_name(part) else part
+    name = SURROGATE.sub(_percent, name)
+    raw = name.encode("utf-8")
     if len(raw) > NAME_MAX:
-        digest = hashlib.sha256(raw).hexdigest()[:16]
+        digest = hashlib.sha256(part.encode("utf-8", errors="surrogatepass")).hexdigest()[:16]
         return _cut(raw, LONG_PART_KEEP) + "~" + digest
-    return part
+    return name
 
 
 def key_parts(key: str) -> tuple[Parts, bool]:
@@ -92,6 +108,10 @@ def _suffixed(name: str, key: str, attempt: int) -> str:
         suffix += f"-{attempt}"
     raw = name.encode("utf-8", errors="surrogatepass")
     return _cut(raw, NAME_MAX - len(suffix)) + suffix
+
+
+def _percent(found: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in found[0].encode("utf-8", errors="surrogatepass"))
 
 
 def _cut(raw: bytes, limit: int) -> str:

@@ -23,6 +23,7 @@ import itertools
 import os
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -44,8 +45,9 @@ from agent.records import (
 )
 from agent.restore.copies import verified_chunks
 from agent.restore.durable import (
-    TEMP_SUFFIX,
     Barriers,
+    kept_because,
+    of_run,
     rename_noreplace,
     stale_temp,
     temp_name,
@@ -60,6 +62,7 @@ from agent.restore.tree import (
     entry,
     open_regular,
     others_may_write,
+    refused_name,
 )
 from agent.storage.direct import DirectWriter
 from agent.storage.volume import READ_CHUNK, WRITEBACK_BYTES, Volume, WritebackAsYouGo
@@ -143,6 +146,7 @@ class DirectoryTarget:
         file_mode: int = RESTORED_FILE_MODE,
         dir_mode: int = RESTORED_DIR_MODE,
         barriers: Barriers | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.volume = volume
         self.directory = directory.resolve()  # created on the first write, never by dry runs
@@ -151,6 +155,7 @@ class DirectoryTarget:
         self.dir_mode = dir_mode
         self.tree = TargetTree(self.directory, dir_mode=dir_mode)
         self.barriers = barriers or Barriers()
+        self.clock = clock  # the age of another restore's temp files (durable.kept_because)
         self._run = uuid.uuid4().hex[:12]  # temp names of this run: .restore-<run>-<n>.part
         self._serial = itertools.count()
         self._lock = threading.Lock()
@@ -175,6 +180,11 @@ class DirectoryTarget:
             return f"would fail: {exc}"
         except OSError as exc:
             return f"cannot check: {exc.strerror}"
+        except ValueError:
+            refused = refused_name(parts, self.tree.shown(parts))
+            if refused is None:
+                raise
+            return f"would fail: {refused}"
 
     def _note(self, parent: int, name: str, record: VersionRecord) -> str | None:
         found = entry(parent, name)
@@ -208,8 +218,25 @@ class DirectoryTarget:
         something else (without --overwrite). Nothing is under the final name until
         `commit`; a failure leaves no temp file behind. `serial` names the temp file
         (`temp_name`) instead of this target's counter: a worker process (workers.py) names
-        its files by their place in the plan, so that no two processes pick the same name."""
+        its files by their place in the plan, so that no two processes pick the same name.
+        A part of its path the system refuses as a file name is `NameRefused` (not the
+        ValueError of os.*, which its callers would not take for one file's failure)."""
         parts = self._parts(item)
+        try:
+            return self._stage(item, parts, on_bytes, serial)
+        except ValueError as exc:
+            refused = refused_name(parts, self.tree.shown(parts))
+            if refused is None:
+                raise
+            raise refused from exc
+
+    def _stage(
+        self,
+        item: Item,
+        parts: tuple[str, ...],
+        on_bytes: Callable[[int], None],
+        serial: int | None,
+    ) -> Staged | Status:
         name = parts[-1]  # the path shown in messages is made only for one (tree.shown)
         with self.tree.directory(parts[:-1], create=True) as parent:
             if parent is None:  # pragma: no cover - create=True always yields a directory
@@ -249,19 +276,25 @@ class DirectoryTarget:
         return Staged(item, parts, temp, inode)
 
     def prepare(self, items: Sequence[Item], stop: threading.Event | None = None) -> None:
-        """Create the target and the directories of `items` now, in this process (before
-        workers.py forks: each child then knows which directories this run made, `stage`).
-        A directory that cannot be made is left for its files to meet, one error each.
-        Once `stop` is set no more are made: the files not started will not need them."""
+        """Create the target and the directories of `items` now, in this process, and sweep
+        the ones that were there (`_clean_once`), before workers.py forks: each child then
+        knows which directories this run made (`stage`), and has every directory of the plan
+        noted as swept, so that none sweeps one after the parent named files in it (each
+        child's note is its own). A directory that cannot be made is left for its files to
+        meet, one error each, and swept by no one this run. Once `stop` is set no more are
+        made: the files not started will not need them."""
         self._root()
         for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
             if stop is not None and stop.is_set():
                 return
             with (
-                contextlib.suppress(BackupAgentError, OSError),
-                self.tree.directory(directory, create=True),
+                contextlib.suppress(BackupAgentError, OSError, ValueError),
+                self.tree.directory(directory, create=True) as parent,
             ):
-                pass
+                if parent is not None and not self.tree.made(directory, parent):
+                    self._clean_once(parent, directory)
+            with self._lock:
+                self._cleaned.add(directory)
 
     def temp_name(self, serial: int) -> str:
         """The temp name of this run's file number `serial` (`.restore-<run>-<serial>.part`)."""
@@ -298,7 +331,7 @@ class DirectoryTarget:
         """Remove the temp files of staged files that will not be committed."""
         for one in staged:
             with (
-                contextlib.suppress(OSError, BackupAgentError),
+                contextlib.suppress(OSError, BackupAgentError, ValueError),
                 self.tree.directory(one.parts[:-1], create=False) as parent,
             ):
                 if parent is not None:
@@ -310,7 +343,6 @@ class DirectoryTarget:
         not be looked in (a message must not call those clean). Nothing is created or
         followed."""
         left = Leftovers()
-        mine = temp_name(self._run, 0).removesuffix(f"0{TEMP_SUFFIX}")  # .restore-<run>-
         for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
             try:
                 with self.tree.directory(directory, create=False) as parent:
@@ -321,10 +353,12 @@ class DirectoryTarget:
             except (OSError, BackupAgentError):
                 left.unchecked.append(self.tree.shown(directory))
                 continue
+            except ValueError:  # a name the system refuses: no such directory can be there
+                if refused_name(directory, self.tree.shown(directory)) is None:
+                    raise
+                continue
             left.files.extend(
-                self.tree.shown((*directory, name))
-                for name in names
-                if name.startswith(mine) and name.endswith(TEMP_SUFFIX)
+                self.tree.shown((*directory, name)) for name in names if of_run(name, self._run)
             )
         return left
 
@@ -394,6 +428,11 @@ class DirectoryTarget:
             return None
         except OSError as exc:
             return exc
+        except ValueError:  # staged in a directory the run made: its name not used till now
+            refused = refused_name(one.parts, self.destination(one.item))
+            if refused is None:
+                raise
+            return refused
         finally:
             if not renamed:
                 with contextlib.suppress(FileNotFoundError):
@@ -429,19 +468,31 @@ class DirectoryTarget:
 
     def _clean_once(self, parent: int, directory: tuple[str, ...]) -> None:
         """Remove the temp files another restore left in `directory` (a crash mid-restore),
-        once per directory per run. Only regular files with a temp name not of this run."""
+        once per directory per run: only files with exactly a temp name of another run,
+        the restoring user's, unchanged for an hour (durable.py `stale_temp`,
+        `kept_because`). The others stay, logged (`restore.temp_kept`); they are in no
+        restore's way (every run has its own temp names)."""
         with self._lock:
             if directory in self._cleaned:
                 return
             self._cleaned.add(directory)
         with os.scandir(parent) as entries:
             names = [e.name for e in entries if stale_temp(e.name, self._run)]
+        if not names:
+            return
+        euid, now = os.geteuid(), self.clock()
         for name in names:
             found = entry(parent, name)
-            if found is not None and stat.S_ISREG(found.st_mode):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=parent)
-                log.info("restore.stale_temp_removed", path=self.tree.shown((*directory, name)))
+            if found is None:
+                continue
+            shown = self.tree.shown((*directory, name))
+            reason = kept_because(found, euid=euid, now=now)
+            if reason is not None:
+                log.info("restore.temp_kept", path=shown, reason=reason)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=parent)
+            log.info("restore.stale_temp_removed", path=shown)
 
     def _parts(self, item: Item) -> tuple[str, ...]:
         if item.placement is None:

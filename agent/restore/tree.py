@@ -50,6 +50,23 @@ class UnsafePath(BackupAgentError):
     """A path under the restore directory is a symlink or not a directory."""
 
 
+class NameRefused(BackupAgentError):
+    """A part of a path the system refuses as a file name (os.* raised ValueError)."""
+
+
+def refused_name(parts: tuple[str, ...], shown: str) -> NameRefused | None:
+    """Why the system refuses a part of `parts` as a file name, as os.* would (a NUL byte,
+    or a character the filesystem's encoding cannot hold), for the path `shown`; None if it
+    takes them all. Asked only once a ValueError was raised: no cost on the way."""
+    for part in parts:
+        try:
+            if b"\0" in os.fsencode(part):
+                raise ValueError("embedded null byte")
+        except ValueError as exc:
+            return NameRefused(f"{shown}: cannot be a file name here ({exc})")
+    return None
+
+
 class TargetTree:
     """The target directory and the directories below it, opened by descriptor.
 

@@ -17,7 +17,10 @@ What keeps it safe:
 * **Only where the name barrier is `syncfs`**: one syncfs of the filesystem covers every
   entry a child makes without the parent knowing them (without syncfs, threads stage, as
   before). The plan's directories are made by the parent before the fork
-  (`DirectoryTarget.prepare`), so every child knows which ones this run made.
+  (`DirectoryTarget.prepare`), so every child knows which ones this run made; the ones that
+  were there are swept of a dead restore's temp files then, by the parent, and never by a
+  child (its note of what was swept is its own: a child that met a directory late swept it
+  after the parent had named files there).
 * **No shared names**: a child names its temp file by the file's place in the plan
   (`SERIAL_BASE + index`), never by a counter it shares with its siblings; the parent knows
   every name, so it can remove what a dead child left.
@@ -29,7 +32,7 @@ What keeps it safe:
 * **Ctrl-C**: the children ignore SIGINT; the parent's handler decides (restorer.py).
 * **kill -9 of the parent**: each child asks the kernel to kill it when its parent dies
   (`PR_SET_PDEATHSIG`), so no child is left waiting on a pipe it holds both ends of; its
-  temp files are what a crash leaves (the next restore removes them, durable.py).
+  temp files are what a crash leaves (a restore an hour later removes them, durable.py).
 * **Memory**: the plan is not sent to the children (they have the parent's copy, made at
   the fork); each run's answer is a few tuples per file.
 """

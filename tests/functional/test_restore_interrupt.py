@@ -13,13 +13,16 @@ from __future__ import annotations
 import io
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.cli import restore as restore_cli
 from agent.cli.restore import main
+from agent.restore.durable import STALE_AFTER
 from agent.restore.targets import DirectoryTarget
 from tests.support.backed_up import BackedUp, write_config
 
@@ -107,12 +110,20 @@ def test_a_second_ctrl_c_during_a_commit_leaves_no_temp_file_and_says_so(
     assert "the rest were not started or were cleaned up" in err
 
 
-def test_when_the_cleanup_is_interrupted_too_the_cli_names_what_was_left_and_the_next_run_sweeps_it(
+class AnHourOn(DirectoryTarget):
+    """The CLI's target with a clock an hour ahead: the temp files on disk are as old as a
+    crash's leftovers that a later restore removes (durable.STALE_AFTER)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, clock=lambda: time.time() + STALE_AFTER + 1, **kwargs)
+
+
+def test_when_the_cleanup_is_interrupted_too_the_cli_names_what_was_left_and_a_later_run_sweeps_it(
     backups: BackedUp, config_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A third Ctrl-C while the temp files are removed: some stay. The CLI says which (it
     looks after the cleanup), not that they were cleaned up; the next restore into the same
-    directory removes them and completes the restore."""
+    directory completes the restore beside them, and one an hour later removes them."""
     real_name = DirectoryTarget._name
     real_discard = DirectoryTarget.discard
     abort_at_the_third_name_and_in_the_cleanup(monkeypatch)
@@ -126,10 +137,18 @@ def test_when_the_cleanup_is_interrupted_too_the_cli_names_what_was_left_and_the
     assert "cleaned up" not in err
     assert f"{len(left)} temp files were left: " in err and "and 3 more" in err
     assert str(out / left[0]) in err
-    assert f"the next restore into {out} removes them" in err
+    assert f"a restore into {out} an hour from now or later removes them" in err
 
     monkeypatch.setattr(DirectoryTarget, "_name", real_name)
     monkeypatch.setattr(DirectoryTarget, "discard", real_discard)
+    code, err = restore_into(config_path, out)
+
+    assert code == 0, err
+    assert temp_files(out) == left  # changed within the hour: another restore's, maybe
+    restored = {f"docs/{p.name}": p.read_bytes() for p in (out / "docs").iterdir()}
+    assert {key: body for key, body in restored.items() if key not in left} == FILES
+
+    monkeypatch.setattr(restore_cli, "DirectoryTarget", AnHourOn)
     code, err = restore_into(config_path, out)
 
     assert code == 0, err

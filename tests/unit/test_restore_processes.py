@@ -12,12 +12,14 @@ import gc
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import structlog
 
 from agent.restore import workers
+from agent.restore.durable import STALE_AFTER, temp_name
 from agent.restore.restorer import NoProgress, Restorer
 from agent.restore.targets import DirectoryTarget, Status
 from tests.support.stored import placed_plan, stored_record
@@ -79,6 +81,63 @@ def test_small_files_are_staged_by_child_processes_and_committed_by_the_parent(v
     assert (tmp_path / "out" / KEYS[-1]).read_bytes() == SMALL
     stagers = _stagers(tmp_path / "pids")
     assert os.getpid() not in stagers and 1 <= len(stagers) <= 2
+
+
+def test_the_directories_that_were_there_are_swept_once_by_the_parent_before_the_fork(
+    volume, tmp_path, monkeypatch
+):
+    """Each child kept its own note of the directories it had swept: a child that met pre/
+    late swept it again, after the parent had named files there (with any `.restore-*.part`
+    taken for a temp file, one the run had reported restored went: found by a review). The
+    parent sweeps every directory of the plan that was there before it forks; no child
+    sweeps one."""
+    out = tmp_path / "out"
+    (out / "pre").mkdir(parents=True)
+    stale = out / "pre" / temp_name("0123456789ab", 1)
+    stale.write_bytes(b"what a crash left")
+    found = (out / "pre").stat()
+    scans, real_scandir = tmp_path / "scans", os.scandir
+
+    def scandir(path):
+        if isinstance(path, int) and (os.fstat(path).st_dev, os.fstat(path).st_ino) == (
+            found.st_dev,
+            found.st_ino,
+        ):
+            fd = os.open(scans, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.close(fd)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    keys = [f"d/f{i:03d}" for i in range(200)] + [f"pre/g{i:03d}" for i in range(100)]
+    an_hour_on = DirectoryTarget(volume, out, clock=lambda: time.time() + STALE_AFTER + 1)
+    restorer = Restorer(an_hour_on, workers=2, cpus=2, batch_files=16, task_files=1)
+    plan = placed_plan(volume, keys, SMALL)
+    assert restorer.processes_for(plan.items) == 2
+
+    summary = restorer.run(plan)
+
+    assert summary.ok and files_under(out) == sorted(keys)  # `stale` removed
+    assert scans.read_text().split() == [str(os.getpid())]
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["made-by-the-run", "already-there"])
+def test_a_name_the_system_refuses_fails_alone_with_worker_processes(volume, tmp_path, exists):
+    """A name os.* refuses (ValueError: a NUL byte here) fails its file alone, whether a
+    child meets it while staging (a directory that was there: its name is looked up) or the
+    parent while naming (a directory the run made: the name is first used there)."""
+    out = tmp_path / "out"
+    if exists:
+        (out / "d1").mkdir(parents=True)
+    keys = [key if key != "d1/f150" else "d1/f150 \x00" for key in KEYS]
+
+    summary = Restorer(DirectoryTarget(volume, out), cpus=2).run(placed_plan(volume, keys, SMALL))
+
+    failed = [r for r in summary.results if r.status is Status.FAILED]
+    assert [r.item.key for r in failed] == ["d1/f150 \x00"]
+    assert "cannot be a file name here (embedded null byte)" in (failed[0].error or "")
+    assert summary.count(Status.RESTORED) == COUNT - 1
+    assert files_under(out) == sorted(set(KEYS) - {"d1/f150"})  # no temp file, no "d1/f150 "
 
 
 class ThreadedProgress(NoProgress):
