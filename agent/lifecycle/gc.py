@@ -19,10 +19,12 @@ mtime, see `Volume._commit`). Removing never races a backup of the same content:
 
 A crash between 1 and 3 leaves the copy in ``gc/``; the next run checks it again.
 
-Runs must not overlap (they share ``gc/``): were two to run at once, one could move a
-backup's fresh copy onto the trash file of the other, which would then unlink it. So a
-run unlinks a trash file only while it still is the file (st_dev, st_ino) it moved there,
-and a trash file that vanished is left to the run that took it.
+Runs never overlap (they share ``gc/``): each holds the volume's ``gc`` job lock
+(`backup-agent gc`, the scheduled job, and the collection `retention.when_full` runs). Were
+two to run at once, one could move a backup's fresh copy onto the trash file of the other,
+which would then unlink it; so, as a backstop, a run unlinks a trash file only while it
+still is the file (st_dev, st_ino) it moved there, and a trash file that vanished is left
+to the run that took it.
 
 **A fleet member's lost duplicates.** When two members copy the same version (a duplicate
 delivery), both journal it and one ledger write wins: the loser's journal line keeps its

@@ -11,6 +11,12 @@ safe:
    keep, only until the stored bytes expired reach what is needed to resume;
 3. **garbage collection** with `when_full.gc_grace_period`, which frees the copies.
 
+The whole run holds the volume's ``gc`` job lock (`exclusive`, given by the wiring), as
+`backup-agent gc` and the scheduled gc do: collections never overlap (two at once could
+lose a copy a backup just recorded: agent/lifecycle/gc.py). While another gc run holds it,
+nothing is expired and the check waits for its next turn: expiring without collecting would
+free nothing, and the next check would expire more for the same bytes.
+
 Never expired: the current version of a live key, the version S3 served last of a deleted
 key, the newest `keep_last_versions` versions of any key (`RetentionPolicy.kept` decides,
 as for normal retention). Every version expired is named in the report (and so in the
@@ -21,13 +27,16 @@ runs this again at the next check.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
 from agent.config import RetentionConfig
+from agent.lifecycle.context import JobBusy
 from agent.lifecycle.gc import GcReport
 from agent.lifecycle.retention import Retention, RetentionPolicy, policy_view
 from agent.pipeline.pause import VolumeCheck
@@ -83,7 +92,8 @@ def pressure_policy(config: RetentionConfig) -> RetentionPolicy:
 
 class PressureRetention:
     """Expires in the stated order until `needed_bytes` of stored bytes are expired, then
-    runs `collect` (a GarbageCollector's run_once with the pressure grace period)."""
+    runs `collect` (a GarbageCollector's run_once with the pressure grace period), all under
+    `exclusive` (the volume's gc job lock: it raises JobBusy while another gc run holds it)."""
 
     def __init__(
         self,
@@ -91,12 +101,19 @@ class PressureRetention:
         rules: Retention,
         strict: RetentionPolicy,
         collect: Callable[[], GcReport],
+        exclusive: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.rules = rules
         self.strict = strict
         self.collect = collect
+        self.exclusive = exclusive
 
     def run(self, needed_bytes: int) -> PressureReport:
+        """JobBusy, before anything is expired, while another gc run holds the volume."""
+        with self.exclusive():
+            return self._run(needed_bytes)
+
+    def _run(self, needed_bytes: int) -> PressureReport:
         report = PressureReport(needed_bytes=max(0, needed_bytes))
         now = self.rules.clock()
         for record in self.rules.run_once().expired_records:  # the normal rules, early
@@ -151,7 +168,7 @@ class PressureCheck:
     """The daemon's scheduled check (every `when_full.check_every`): runs `PressureRetention`
     only while the consumer is paused, the volume is ready and measured with less than
     floor + `resume_headroom_bytes` free, and the volume cannot grow (`can_grow` False:
-    auto-grow off, capped, or waiting out EBS's 6 hours)."""
+    auto-grow off, capped, or waiting out EBS's 6 hours), and no other gc run is under way."""
 
     def __init__(
         self,
@@ -187,6 +204,10 @@ class PressureCheck:
         if self.can_grow():
             log.info("retention.when_full_waits", reason="the volume can still grow")
             return None
-        report = self.make().run(needed)
+        try:
+            report = self.make().run(needed)
+        except JobBusy as busy:  # nothing expired: the next check tries again
+            log.info("retention.when_full_waits", reason=str(busy))
+            return None
         self.on_report(report)
         return report

@@ -9,16 +9,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.config import RetentionConfig, RetentionWhenFullConfig
+from agent.lifecycle.context import JobBusy, job_lock
 from agent.lifecycle.gc import GarbageCollector, GcReport
-from agent.lifecycle.pressure import PressureCheck, PressureRetention, pressure_policy
+from agent.lifecycle.pressure import (
+    PressureCheck,
+    PressureReport,
+    PressureRetention,
+    pressure_policy,
+)
 from agent.lifecycle.retention import Retention, RetentionPolicy
 from agent.pipeline.pause import VolumeCheck
+from agent.runtime.wiring import lifecycle_context, pressure_retention
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.support.aws import BUCKET, TABLE
+from tests.support.aws import BUCKET, TABLE, make_config
 from tests.support.clock import FakeClock
 from tests.support.lifecycle import created, deleted, enable_versioning, make_service, put
 
@@ -170,8 +178,6 @@ class FakePressure:
         self.runs: list[int] = []
 
     def run(self, needed_bytes: int):
-        from agent.lifecycle.pressure import PressureReport
-
         self.runs.append(needed_bytes)
         return PressureReport(needed_bytes=needed_bytes)
 
@@ -236,3 +242,62 @@ def test_the_check_does_nothing_when_the_pause_is_not_for_bytes(ready_volume, fr
     verdict = check.check.check(to_resume=True)
     assert not verdict.ok and not verdict.for_bytes
     assert check() is None and fake.runs == []
+
+
+# -- beside the other gc runs -----------------------------------------------------------------
+
+
+def wired(aws, volume, backup_root):
+    """The pressure run as the daemon wires it, with `retention.when_full` set."""
+    config = make_config(backup_root, retention={"when_full": {"keep_last_versions": 1}})
+    return pressure_retention(lifecycle_context(config, aws, volume, "vol-test"))
+
+
+def test_nothing_is_expired_under_pressure_while_another_gc_run_holds_the_volume(
+    aws, config, volume, backup_root
+):
+    """Expiring without collecting frees nothing, and the next check would expire more for
+    the same bytes: the check waits for its next turn instead."""
+    enable_versioning(aws)
+    _, a = back_up(aws, config, volume, "a.txt", [0, 1, 2])
+    reports: list[PressureReport] = []
+    check = PressureCheck(
+        check=VolumeCheck(
+            Volume(volume.root, min_free_bytes=100 * KiB),
+            resume_headroom=50 * KiB,
+            free_bytes=lambda _root: 120 * KiB,
+        ),
+        paused=lambda: "low space",
+        can_grow=lambda: False,
+        make=lambda: wired(aws, volume, backup_root),
+        on_report=reports.append,
+    )
+
+    with job_lock(volume, "gc"), capture_logs() as logs:  # `backup-agent gc`, say
+        assert check() is None
+
+    assert versions(aws, "a.txt") == set(a) and reports == []
+    [waits] = [e for e in logs if e["event"] == "retention.when_full_waits"]
+    assert "another gc run is in progress" in waits["reason"]
+    assert check() is not None and versions(aws, "a.txt") == {a[2]}  # its next turn
+
+
+def test_a_gc_run_is_refused_while_the_pressure_run_collects(aws, config, volume, backup_root):
+    enable_versioning(aws)
+    back_up(aws, config, volume, "a.txt", [0, 1, 2])
+    pressure = wired(aws, volume, backup_root)
+    collect, refused = pressure.collect, []
+
+    def collect_while_a_gc_starts() -> GcReport:
+        with pytest.raises(JobBusy) as busy, job_lock(volume, "gc"):
+            pass  # the scheduled gc, or `backup-agent gc`
+        refused.append(str(busy.value))
+        return collect()
+
+    pressure.collect = collect_while_a_gc_starts
+    report = pressure.run(1 << 40)
+
+    assert len(report.removed) == 2 and report.gc is not None
+    assert refused and "another gc run is in progress" in refused[0]
+    with job_lock(volume, "gc"):  # released once the pressure run is done
+        pass
