@@ -4,6 +4,7 @@ version, never below one version per key; then GC; the report names every versio
 
 from __future__ import annotations
 
+import itertools
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.config import RetentionConfig, RetentionWhenFullConfig
+from agent.errors import BackupAgentError
 from agent.lifecycle.context import JobBusy, job_lock
 from agent.lifecycle.gc import GarbageCollector, GcReport
 from agent.lifecycle.pressure import (
@@ -27,6 +29,7 @@ from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 from tests.support.aws import BUCKET, TABLE, make_config
+from tests.support.aws_hooks import Fault, inject
 from tests.support.clock import FakeClock
 from tests.support.lifecycle import created, deleted, enable_versioning, make_service, put
 
@@ -177,9 +180,11 @@ class FakePressure:
     def __init__(self) -> None:
         self.runs: list[int] = []
 
-    def run(self, needed_bytes: int):
+    def run(self, needed_bytes: int, on_report):
         self.runs.append(needed_bytes)
-        return PressureReport(needed_bytes=needed_bytes)
+        report = PressureReport(needed_bytes=needed_bytes)
+        on_report(report)
+        return report
 
 
 @pytest.fixture
@@ -301,3 +306,72 @@ def test_a_gc_run_is_refused_while_the_pressure_run_collects(aws, config, volume
     assert refused and "another gc run is in progress" in refused[0]
     with job_lock(volume, "gc"):  # released once the pressure run is done
         pass
+
+
+# -- when a step fails part-way -----------------------------------------------------------------
+
+
+def test_versions_expired_under_pressure_are_named_when_the_collection_then_fails(
+    aws, config, volume
+):
+    enable_versioning(aws)
+    _, a = back_up(aws, config, volume, "a.txt", [0, 1, 2])
+    retention = Retention(
+        ledger=Ledger(aws.dynamodb, TABLE),
+        journal=Journal(volume.journal_dir),
+        policy=RetentionPolicy(),
+        buckets=[BUCKET],
+        clock=FakeClock(day(10)),
+    )
+
+    def collect() -> GcReport:
+        raise OSError(5, "Input/output error")
+
+    pressure = PressureRetention(
+        rules=retention, strict=RetentionPolicy(keep_last_versions=1), collect=collect
+    )
+    with capture_logs() as logs, pytest.raises(OSError):
+        pressure.run(1 << 40)
+
+    assert versions(aws, "a.txt") == {a[2]}  # a[0] and a[1] are expired for good
+    expired = [e for e in logs if e["event"] == "retention.when_full_expired"]
+    assert [(e["version_id"], e["stage"]) for e in expired] == [
+        (a[0], "when_full"),
+        (a[1], "when_full"),
+    ]
+    [end] = [e for e in logs if e["event"] == "retention.when_full"]
+    assert end["log_level"] == "error" and end["error"] == "OSError: [Errno 5] Input/output error"
+    assert a[0] in " ".join(end["versions"]) and a[1] in " ".join(end["versions"])
+
+
+def test_versions_the_normal_rules_expired_are_reported_when_the_ledger_then_fails(
+    aws, config, volume
+):
+    """The report `on_report` gets (the daemon alerts and audits it) names what the normal
+    rules expired before DynamoDB refused the next delete, and the error."""
+    enable_versioning(aws)
+    _, a = back_up(aws, config, volume, "a.txt", [0, 1, 2])
+    deletes = itertools.count()
+    refuse_after_the_first = Fault(
+        "DeleteItem", "AccessDeniedException", when=lambda _params: next(deletes) >= 1
+    )
+    inject(aws.dynamodb, refuse_after_the_first)
+    pressure = PressureRetention(
+        rules=Retention(
+            ledger=Ledger(aws.dynamodb, TABLE),
+            journal=Journal(volume.journal_dir),
+            policy=RetentionPolicy(keep_last_versions=1),
+            buckets=[BUCKET],
+            clock=FakeClock(day(10)),
+        ),
+        strict=RetentionPolicy(keep_last_versions=1),
+        collect=GcReport,
+    )
+    reports: list[PressureReport] = []
+    with pytest.raises(BackupAgentError):
+        pressure.run(1 << 40, reports.append)
+
+    [report] = reports
+    assert [(r.version_id, r.stage) for r in report.removed] == [(a[0], "rules")]
+    assert report.gc is None and "AccessDenied" in str(report.error)
+    assert "then it failed" in report.summary() and a[0] in report.summary()
