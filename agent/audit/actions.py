@@ -8,6 +8,7 @@ know nothing of it. The callers (agent/cli, agent/runtime) record at the end of 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from agent.audit.inventory import InventoryReport
 from agent.audit.records import MAX_KEYS, Actor, AuditRecord
 from agent.config import Config
 from agent.lifecycle.gc import GcReport
+from agent.lifecycle.pressure import PressureReport
 from agent.lifecycle.reindex import ReindexReport
 from agent.lifecycle.retention import RetentionReport
 from agent.lifecycle.scrub import ScrubReport
@@ -121,6 +123,41 @@ def retention(report: RetentionReport, who: Actor, at: datetime) -> AuditRecord:
         details={"keys": report.keys, "keys_expired": report.keys_expired},
         **_named(report.expired_records),
     )
+
+
+def when_full(report: PressureReport, who: Actor, at: datetime) -> AuditRecord:
+    """Retention under pressure: a retention record naming every version it expired, failed
+    (with its error) when a later step raised; its collection is a gc record of its own."""
+    keys = list(dict.fromkeys(f"s3://{r.bucket}/{r.key}" for r in report.removed))
+    details: dict[str, Any] = {
+        "when_full": True,
+        "needed_bytes": report.needed_bytes,
+        "by_stage": {
+            stage: sum(1 for r in report.removed if r.stage == stage)
+            for stage in ("rules", "when_full")
+        },
+        "bytes_freed": report.bytes_freed,
+    }
+    if report.failed is not None:
+        details.update(error=report.error, error_class=type(report.failed).__name__)
+    return AuditRecord(
+        at=at,
+        who=who,
+        action="retention",
+        outcome="failed" if report.failed is not None else "ok",
+        files=len(report.removed),
+        bytes=report.expired_stored_bytes,
+        keys=tuple(keys[:MAX_KEYS]),
+        keys_total=len(keys),
+        versions=tuple(r.version_id or r.version_token for r in report.removed[:MAX_KEYS]),
+        details=details,
+    )
+
+
+def when_full_gc(report: GcReport, who: Actor, at: datetime) -> AuditRecord:
+    """The collection retention under pressure ran (`when_full.gc_grace_period`)."""
+    record = gc(report, who, at)
+    return replace(record, details={**record.details, "when_full": True})
 
 
 def gc(report: GcReport, who: Actor, at: datetime) -> AuditRecord:

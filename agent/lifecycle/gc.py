@@ -23,6 +23,13 @@ mtime, see `Volume._commit`). Removing never races a backup of the same content:
 
 A crash between 1 and 3 leaves the copy in ``gc/``; the next run checks it again.
 
+Runs never overlap (they share ``gc/``): each holds the volume's ``gc`` job lock
+(`backup-agent gc`, the scheduled job, and the collection `retention.when_full` runs). Were
+two to run at once, one could move a backup's fresh copy onto the trash file of the other,
+which would then unlink it; so, as a backstop, a run unlinks a trash file only while it
+still is the file (st_dev, st_ino) it moved there, and a trash file that vanished is left
+to the run that took it.
+
 **A fleet member's lost duplicates.** When two members copy the same version (a duplicate
 delivery), both journal it and one ledger write wins: the loser's journal line keeps its
 copy referenced for ever, though no ledger record names it (docs/fleet.md). So each run
@@ -84,6 +91,7 @@ class Holders(Protocol):
 
 
 Identity = tuple[str, str, str]  # bucket, key, version token
+FileId = tuple[int, int]  # st_dev, st_ino: which file a name holds
 
 
 def stored_copies(volume: Volume) -> Iterator[tuple[str, Path]]:
@@ -308,13 +316,19 @@ class GarbageCollector:
         report: GcReport,
     ) -> None:
         """The copy is out of reach now: look once more, then unlink or put it back."""
-        stat = trash.stat()
+        try:
+            stat = trash.lstat()
+        except FileNotFoundError:
+            log.warning("gc.trash_vanished", sha256=sha)
+            return
+        moved = (stat.st_dev, stat.st_ino)
         if stat.st_mtime > cutoff or self._referenced_since(sha, position):
-            self._restore(sha, trash)
+            self._restore(sha, trash, moved)
             report.kept_in_use += 1
             log.info("gc.kept_in_use", sha256=sha)
             return
-        trash.unlink()
+        if not self._discard(sha, trash, moved):
+            return
         fsync_directory(self.trash_dir)
         report.removed += 1
         report.bytes_freed += stat.st_size
@@ -329,14 +343,33 @@ class GarbageCollector:
             for line in self.journal.read_since(position)
         )
 
-    def _restore(self, sha: str, trash: Path) -> None:
+    def _restore(self, sha: str, trash: Path, moved: FileId | None = None) -> None:
         final = self.volume.copy_path(sha)
         final.parent.mkdir(exist_ok=True)
         if final.exists():  # a backup wrote the same content afresh meanwhile
-            trash.unlink()
-        else:
+            self._discard(sha, trash, moved)
+            return
+        try:
             os.rename(trash, final)
-            fsync_directory(final.parent)
+        except FileNotFoundError:
+            log.warning("gc.trash_vanished", sha256=sha)
+            return
+        fsync_directory(final.parent)
+
+    def _discard(self, sha: str, trash: Path, moved: FileId | None) -> bool:
+        """Unlink `trash` if it still is the file this run moved there (`moved`; None: a
+        crashed run's, whatever is there). False when it vanished, or holds another file:
+        another run's, which may be a backup's fresh copy; that run settles it."""
+        try:
+            found = trash.lstat()
+            if moved is not None and (found.st_dev, found.st_ino) != moved:
+                log.warning("gc.trash_replaced", sha256=sha)
+                return False
+            trash.unlink()
+        except FileNotFoundError:
+            log.warning("gc.trash_vanished", sha256=sha)
+            return False
+        return True
 
     def _recover_trash(
         self,

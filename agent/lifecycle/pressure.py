@@ -11,25 +11,37 @@ safe:
    keep, only until the stored bytes expired reach what is needed to resume;
 3. **garbage collection** with `when_full.gc_grace_period`, which frees the copies.
 
+The whole run holds the volume's ``gc`` job lock (`exclusive`, given by the wiring), as
+`backup-agent gc` and the scheduled gc do: collections never overlap (two at once could
+lose a copy a backup just recorded: agent/lifecycle/gc.py). While another gc run holds it,
+nothing is expired and the check waits for its next turn: expiring without collecting would
+free nothing, and the next check would expire more for the same bytes.
+
 Never expired: the current version of a live key, the version S3 served last of a deleted
 key, the newest `keep_last_versions` versions of any key (`RetentionPolicy.kept` decides,
-as for normal retention). Every version expired is named in the report (and so in the
-log and the alert). Copies shared by a kept version (deduplicated content) are not freed:
-the GC report, not the expired bytes, says what the volume got back; a pause that goes on
-runs this again at the next check.
+as for normal retention). Every version expired is named however the run ends: in the log
+as it goes (``retention.when_full_expired``, one event per version), then in the report,
+which the ``retention.when_full`` event and `on_report` (the daemon: the alert and the audit
+trail) get even when a later step raised (the collection, the ledger), with the error.
+Copies shared by a kept version (deduplicated content) are not freed: the GC report, not the
+expired bytes, says what the volume got back; a pause that goes on runs this again at the
+next check.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
 
 from agent.config import RetentionConfig
+from agent.lifecycle.context import JobBusy
 from agent.lifecycle.gc import GcReport
-from agent.lifecycle.retention import Retention, RetentionPolicy, policy_view
+from agent.lifecycle.retention import Retention, RetentionPolicy, RetentionReport, policy_view
 from agent.pipeline.pause import VolumeCheck
 from agent.records import VersionRecord, parse_time
 
@@ -43,6 +55,7 @@ class Removed:
     bucket: str
     key: str
     version_id: str | None
+    version_token: str
     created: str
     stored_size: int
     stage: str  # "rules" (the normal policy, early) or "when_full" (the stricter minimums)
@@ -61,6 +74,11 @@ class PressureReport:
     expired_stored_bytes: int = 0
     bytes_freed: int = 0  # by the garbage collection that followed
     gc: GcReport | None = None
+    failed: BaseException | None = None  # what ended the run early (it went on raising)
+
+    @property
+    def error(self) -> str | None:
+        return None if self.failed is None else f"{type(self.failed).__name__}: {self.failed}"
 
     def summary(self) -> str:
         head = (
@@ -68,6 +86,10 @@ class PressureReport:
             f" {self.expired_stored_bytes} bytes stored, to make {self.needed_bytes} bytes of"
             f" room; garbage collection freed {self.bytes_freed} bytes"
         )
+        if self.failed is not None:
+            head += f"; then it failed ({self.error})"
+            if self.gc is None and self.removed:
+                head += ": the copies of the versions expired stay until a gc run frees them"
         return "\n".join([head, *(r.line() for r in self.removed)])
 
 
@@ -83,7 +105,8 @@ def pressure_policy(config: RetentionConfig) -> RetentionPolicy:
 
 class PressureRetention:
     """Expires in the stated order until `needed_bytes` of stored bytes are expired, then
-    runs `collect` (a GarbageCollector's run_once with the pressure grace period)."""
+    runs `collect` (a GarbageCollector's run_once with the pressure grace period), all under
+    `exclusive` (the volume's gc job lock: it raises JobBusy while another gc run holds it)."""
 
     def __init__(
         self,
@@ -91,16 +114,38 @@ class PressureRetention:
         rules: Retention,
         strict: RetentionPolicy,
         collect: Callable[[], GcReport],
+        exclusive: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
     ) -> None:
         self.rules = rules
         self.strict = strict
         self.collect = collect
+        self.exclusive = exclusive
 
-    def run(self, needed_bytes: int) -> PressureReport:
-        report = PressureReport(needed_bytes=max(0, needed_bytes))
+    def run(
+        self, needed_bytes: int, on_report: Callable[[PressureReport], None] | None = None
+    ) -> PressureReport:
+        """The report; `on_report` gets it however the run ends (an error is raised on after
+        it, and named in it). JobBusy, before anything is expired and with no report, while
+        another gc run holds the volume."""
+        with self.exclusive():
+            report = PressureReport(needed_bytes=max(0, needed_bytes))
+            try:
+                self._run(report)
+            except BaseException as exc:
+                report.failed = exc
+                raise
+            finally:
+                self._finished(report, on_report)
+            return report
+
+    def _run(self, report: PressureReport) -> None:
         now = self.rules.clock()
-        for record in self.rules.run_once().expired_records:  # the normal rules, early
-            self._note(report, record, "rules")
+        rules = RetentionReport()
+        try:
+            self.rules.run_once(report=rules)  # the normal rules, early
+        finally:  # what they expired before an error too
+            for record in rules.expired_records:
+                self._note(report, record, "rules")
         for record in self._candidates(now):
             if report.expired_stored_bytes >= report.needed_bytes:
                 break
@@ -109,15 +154,26 @@ class PressureRetention:
         if report.removed:
             report.gc = self.collect()
             report.bytes_freed = report.gc.bytes_freed
-        log.warning(
+
+    def _finished(
+        self, report: PressureReport, on_report: Callable[[PressureReport], None] | None
+    ) -> None:
+        emit = log.error if report.failed is not None else log.warning
+        emit(
             "retention.when_full",
             needed_bytes=report.needed_bytes,
             expired=len(report.removed),
             expired_stored_bytes=report.expired_stored_bytes,
             bytes_freed=report.bytes_freed,
             versions=[r.line() for r in report.removed],
+            error=report.error,
         )
-        return report
+        if on_report is None:
+            return
+        try:
+            on_report(report)
+        except Exception:  # the run's own outcome (or error) goes on; the log names it all
+            log.exception("retention.when_full_report_failed")
 
     def _keys(self) -> list[VersionRecord]:
         return [latest for b in self.rules.buckets for latest in self.rules.ledger.keys(b)]
@@ -142,8 +198,25 @@ class PressureRetention:
     def _note(self, report: PressureReport, record: VersionRecord, stage: str) -> None:
         size = record.stored_size or 0
         report.expired_stored_bytes += size
-        report.removed.append(
-            Removed(record.bucket, record.key, record.version_id, record.event_time, size, stage)
+        removed = Removed(
+            bucket=record.bucket,
+            key=record.key,
+            version_id=record.version_id,
+            version_token=record.version_token,
+            created=record.event_time,
+            stored_size=size,
+            stage=stage,
+        )
+        report.removed.append(removed)
+        log.warning(
+            "retention.when_full_expired",
+            bucket=removed.bucket,
+            key=removed.key,
+            version_id=removed.version_id,
+            version_token=removed.version_token,
+            created=removed.created,
+            stored_bytes=size,
+            stage=stage,
         )
 
 
@@ -151,7 +224,7 @@ class PressureCheck:
     """The daemon's scheduled check (every `when_full.check_every`): runs `PressureRetention`
     only while the consumer is paused, the volume is ready and measured with less than
     floor + `resume_headroom_bytes` free, and the volume cannot grow (`can_grow` False:
-    auto-grow off, capped, or waiting out EBS's 6 hours)."""
+    auto-grow off, capped, or waiting out EBS's 6 hours), and no other gc run is under way."""
 
     def __init__(
         self,
@@ -187,6 +260,8 @@ class PressureCheck:
         if self.can_grow():
             log.info("retention.when_full_waits", reason="the volume can still grow")
             return None
-        report = self.make().run(needed)
-        self.on_report(report)
-        return report
+        try:
+            return self.make().run(needed, self.on_report)
+        except JobBusy as busy:  # nothing expired: the next check tries again
+            log.info("retention.when_full_waits", reason=str(busy))
+            return None

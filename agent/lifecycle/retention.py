@@ -229,8 +229,14 @@ class Retention:
             return True
         return held_by(record, self.volume_id)
 
-    def run_once(self, *, dry_run: bool = False) -> RetentionReport:
-        report = RetentionReport(dry_run=dry_run)
+    def run_once(
+        self, *, dry_run: bool = False, report: RetentionReport | None = None
+    ) -> RetentionReport:
+        """`report`, when given, is filled as the run goes: a caller still has what was
+        expired when the run raises part-way (retention under pressure names it)."""
+        if report is None:
+            report = RetentionReport()
+        report.dry_run = dry_run
         if self.policy.keeps_everything:
             log.info("retention.nothing_to_do", reason="no retention rule configured")
             return report

@@ -16,6 +16,13 @@ A bad copy is:
 4. recorded: a journal note ``{"kind": "scrub", "outcome": "healed"|"unrecoverable"}``
    and ``scrub.healed`` / ``scrub.unrecoverable`` logged (the latter also alerted).
 
+Scrub takes no gc lock (its runs are long), so garbage collection may take a copy while it
+is checked. A copy gone before it is read was removed, not lost: nothing is reported. A bad
+verdict counts only while the copy's name still holds the file that was checked (st_dev,
+st_ino, the file held open meanwhile so that its inode is not reused), looked at again just
+before reporting and just before quarantining: gc may have put its copy back, or a backup
+written the same bytes afresh; that copy is left for a later run to check.
+
 Each run also reads the whole journal once: a line that is not a valid record is reported
 (`ScrubReport.rejected`, ``record.rejected`` at error), never a crash.
 """
@@ -151,28 +158,57 @@ class Scrubber:
     # -- one copy --------------------------------------------------------------------
 
     def check(self, sha: str, report: ScrubReport) -> None:
-        path = self.volume.copy_path(sha)
         try:
-            size = path.stat().st_size
-            self.volume.verify_copy(sha)
-        except FileNotFoundError:
-            return  # removed by garbage collection since the listing
-        except IntegrityError as exc:
-            self._on_corrupt(sha, str(exc), report)
-            return
+            self._check(sha, report)
         finally:
             report.checked += 1
             self.stats.count("scrub.checked")
-        report.bytes_read += size
-        self.stats.count("scrub.bytes_read", size)
 
-    def _on_corrupt(self, sha: str, reason: str, report: ScrubReport) -> None:
+    def _check(self, sha: str, report: ScrubReport) -> None:
+        # Held open (O_PATH: nothing is read through it, a FIFO does not block) until the
+        # verdict is acted on, so its inode is not freed and reused by a fresh copy meanwhile.
+        try:
+            held = os.open(self.volume.copy_path(sha), os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # removed by garbage collection since the listing
+        try:
+            checked = os.fstat(held)
+            try:
+                verified = self.volume.verify_copy(sha, missing_ok=True)
+            except IntegrityError as exc:
+                if self._still_there(sha, checked):
+                    self._on_corrupt(sha, str(exc), report, checked)
+                return
+        finally:
+            os.close(held)
+        if not verified:
+            return  # removed by garbage collection between the listing and the read
+        report.bytes_read += checked.st_size
+        self.stats.count("scrub.bytes_read", checked.st_size)
+
+    def _still_there(self, sha: str, checked: os.stat_result) -> bool:
+        """Does the copy's name still hold the file that was checked? Not when garbage
+        collection took it meanwhile, or a backup (or gc, putting its own back) put another
+        file there: the verdict is not that file's."""
+        try:
+            now = self.volume.copy_path(sha).lstat()
+        except FileNotFoundError:
+            log.info("scrub.skipped", sha256=sha, reason="removed during the check")
+            return False
+        if (now.st_dev, now.st_ino) != (checked.st_dev, checked.st_ino):
+            log.info("scrub.skipped", sha256=sha, reason="replaced during the check")
+            return False
+        return True
+
+    def _on_corrupt(
+        self, sha: str, reason: str, report: ScrubReport, checked: os.stat_result | None = None
+    ) -> None:
         report.corrupt += 1
         report.bad.append(sha)
         self.stats.count("scrub.corrupt")
         log.error("scrub.corrupt", sha256=sha, reason=reason)
         self._alert("scrub.corrupt", {"sha256": sha, "reason": reason})
-        moved_to = self.quarantine(sha)
+        moved_to = self.quarantine(sha, checked)
         record = self.heal(sha)
         outcome = "healed" if record else "unrecoverable"
         note: dict[str, Any] = {
@@ -196,8 +232,11 @@ class Scrubber:
             log.error("scrub.unrecoverable", sha256=sha)
             self._alert("scrub.unrecoverable", {"sha256": sha, "reason": reason})
 
-    def quarantine(self, sha: str) -> Any:
-        """Move a bad copy to quarantine/ (never deleted by the agent)."""
+    def quarantine(self, sha: str, checked: os.stat_result | None = None) -> Any:
+        """Move a bad copy to quarantine/ (never deleted by the agent); given `checked`, only
+        while the copy's name still holds that file (None otherwise)."""
+        if checked is not None and not self._still_there(sha, checked):
+            return None
         self.quarantine_dir.mkdir(exist_ok=True)
         stamp = self.clock().strftime("%Y%m%dT%H%M%SZ")
         target = self.quarantine_dir / f"{sha}.zst.{stamp}"

@@ -272,7 +272,7 @@ class Daemon:
                 paused=lambda: self.stats.paused_reason,
                 can_grow=self.can_grow,
                 make=lambda: pressure_retention(ctx),
-                on_report=self._pressure_report,
+                on_report=lambda report: self._pressure_report(report, audit),
             )
             self.monitoring.jobs.register(
                 "retention-when-full",
@@ -364,8 +364,21 @@ class Daemon:
         EBS's rate or an error)? Retention under pressure waits while it may."""
         return self.grower is not None and self.grower.can_grow()
 
-    def _pressure_report(self, report: PressureReport) -> None:
-        self.alert("retention.when_full expired versions to make room", report.summary())
+    def _pressure_report(self, report: PressureReport, audit: Auditor) -> None:
+        """However the run ended: what it expired, alerted and in the audit trail (a
+        retention record, and a gc record for its collection), like the scheduled jobs."""
+        if report.failed is not None:
+            subject = "retention.when_full failed while making room"
+        else:
+            subject = "retention.when_full expired versions to make room"
+        try:
+            self.alert(subject, report.summary())
+        finally:
+            if report.removed or report.failed is not None:  # else it changed nothing
+                audit.record(lambda who, at: actions.when_full(report, who, at))
+            gc = report.gc
+            if gc is not None:
+                audit.record(lambda who, at: actions.when_full_gc(gc, who, at))
 
     def _scrub_alert(self, event: str, details: dict[str, Any]) -> None:
         if self.monitoring is not None:

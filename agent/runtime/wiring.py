@@ -25,7 +25,7 @@ from agent.errors import ConfigError
 from agent.fleet.heartbeat import Figures, Heartbeat, Identity
 from agent.fleet.registry import Registry
 from agent.imds import Imds, MetadataUnavailable
-from agent.lifecycle.context import LifecycleContext
+from agent.lifecycle.context import LifecycleContext, job_lock
 from agent.lifecycle.gc import GarbageCollector
 from agent.lifecycle.pressure import PressureRetention, pressure_policy
 from agent.lifecycle.retention import Retention
@@ -147,7 +147,8 @@ def lifecycle_context(
 
 def pressure_retention(ctx: LifecycleContext) -> PressureRetention:
     """`retention.when_full` (set): the normal rules, the stricter minimums, then a GC with
-    the pressure grace period."""
+    the pressure grace period, all under the volume's gc job lock, as every gc run is (not
+    recorded as a gc run in `state/last-gc.json`: `status` shows the gc job's own runs)."""
     when_full = ctx.config.retention.when_full
     assert when_full is not None
     collector = GarbageCollector(
@@ -160,6 +161,7 @@ def pressure_retention(ctx: LifecycleContext) -> PressureRetention:
         rules=Retention.from_context(ctx),
         strict=pressure_policy(ctx.config.retention),
         collect=collector.run_once,
+        exclusive=lambda: job_lock(ctx.volume, "gc", record=False),
     )
 
 

@@ -411,8 +411,12 @@ class Volume:
         os.set_blocking(fd, True)
         return fd
 
-    def verify_copy(self, sha256: str, size: int | None = None) -> None:
-        """Decompress a copy and check its SHA-256 (and size); raise IntegrityError."""
+    def verify_copy(
+        self, sha256: str, size: int | None = None, *, missing_ok: bool = False
+    ) -> bool:
+        """Decompress a copy and check its SHA-256 (and size); raise IntegrityError. True when
+        verified; with `missing_ok`, False when there is no copy (garbage collection removed
+        it: scrub's case) rather than IntegrityError."""
         digest = hashlib.sha256()
         total = 0
         try:
@@ -423,6 +427,8 @@ class Volume:
                         raise IntegrityError(f"copy {sha256} expands past {size} bytes")
                     digest.update(chunk)
         except FileNotFoundError:
+            if missing_ok:
+                return False
             raise IntegrityError(f"copy {sha256} is missing") from None
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"copy {sha256} is corrupt: {exc}") from None
@@ -430,6 +436,7 @@ class Volume:
             raise IntegrityError(f"copy {sha256} has SHA-256 {digest.hexdigest()}")
         if size is not None and total != size:
             raise IntegrityError(f"copy {sha256} holds {total} bytes, expected {size}")
+        return True
 
     def usage(self) -> Any:
         return shutil.disk_usage(self.root)

@@ -20,10 +20,12 @@ from agent.cli import agent as agent_cli
 from agent.cli import restore as restore_cli
 from agent.cli.common import ExitCode
 from agent.config import Config, load_config
+from agent.lifecycle.gc import GarbageCollector
 from agent.runtime.daemon import Daemon
 from tests.support.aws import BUCKET, QUEUE_URL, REGION, TABLE, make_config
 from tests.support.backed_up import BackedUp
 from tests.support.snapshots import make_volume
+from tests.support.waiting import wait_until
 
 LOG_GROUP = "backup-agent-audit"
 SHARES = "company-shares"
@@ -410,3 +412,74 @@ def test_the_daemons_scheduled_jobs_are_audited_and_the_inventory_job_registered
         "gc",
         "inventory",
     ]
+
+
+def test_retention_under_pressure_is_audited_and_alerted_even_when_its_collection_fails(
+    aws, backups, volume, backup_root, monkeypatch
+):
+    first = backups.put("k.txt", b"one" * 10)
+    second = backups.put("k.txt", b"two" * 10)
+    backups.put("k.txt", b"three" * 10)
+    config = make_config(
+        backup_root,
+        **{
+            **SECTIONS,
+            # never room enough: the consumer pauses, and the pressure check acts
+            "storage": {"root": str(backup_root), "min_free_bytes": 64 << 40},
+            "metrics": {"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+            "retention": {"when_full": {"keep_last_versions": 1}},
+        },
+    )
+
+    def collection_fails(self, **_kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(GarbageCollector, "run_once", collection_fails)
+    alerts: list[tuple[str, str]] = []
+    daemon = Daemon(config, aws, alert=lambda subject, detail: alerts.append((subject, detail)))
+    daemon.start(volume.read_marker())
+    try:
+        wait_until(lambda: daemon.stats.paused_reason, what="the consumer paused for room")
+        assert daemon.monitoring is not None
+        assert not daemon.monitoring.jobs.run_now("retention-when-full")  # it raised
+    finally:
+        daemon.stop()
+
+    [record] = on_volume(volume.root, "retention")
+    assert record.outcome == "failed" and record.versions == (first, second)
+    assert record.keys == (f"s3://{BUCKET}/k.txt",) and record.files == 2
+    assert record.details["when_full"] and record.details["error_class"] == "OSError"
+    assert on_volume(volume.root, "gc") == []  # the collection never finished
+    [(subject, detail)] = [a for a in alerts if a[0].startswith("retention.when_full")]
+    assert subject == "retention.when_full failed while making room"
+    assert first in detail and second in detail and "OSError" in detail
+
+
+def test_retention_under_pressure_records_its_versions_and_its_collection(
+    aws, backups, volume, backup_root
+):
+    first = backups.put("k.txt", b"one" * 10)
+    backups.put("k.txt", b"two" * 10)
+    config = make_config(
+        backup_root,
+        **{
+            **SECTIONS,
+            "storage": {"root": str(backup_root), "min_free_bytes": 64 << 40},
+            "metrics": {"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+            "retention": {"when_full": {"keep_last_versions": 1, "gc_grace_period": "5m"}},
+        },
+    )
+    daemon = Daemon(config, aws, alert=lambda subject, detail: None)
+    daemon.start(volume.read_marker())
+    try:
+        wait_until(lambda: daemon.stats.paused_reason, what="the consumer paused for room")
+        assert daemon.monitoring is not None
+        assert daemon.monitoring.jobs.run_now("retention-when-full")
+    finally:
+        daemon.stop()
+
+    [retention] = on_volume(volume.root, "retention")
+    assert retention.outcome == "ok" and retention.versions == (first,)
+    assert retention.details["by_stage"] == {"rules": 0, "when_full": 1}
+    [gc] = on_volume(volume.root, "gc")
+    assert gc.outcome == "ok" and gc.details["when_full"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import threading
 from datetime import UTC, datetime, timedelta
 
 from agent.lifecycle.gc import TRASH_DIR, GarbageCollector
@@ -297,3 +299,88 @@ def test_retention_expiring_a_version_while_it_is_recorded_again_leaves_its_copy
     assert ledger.get_version(BUCKET, "doc.txt", token) is not None  # the write's item
     assert volume.has_copy(v1.sha256)
     assert token in {r.version_token for r in Journal(volume.journal_dir).read_all()}
+
+
+def test_a_collection_never_unlinks_a_fresh_copy_another_collection_moved_onto_its_trash(
+    aws, config, volume, monkeypatch
+):
+    """Two runs sharing gc/ (runs hold the gc lock; this is the backstop): A moves an old
+    orphan X to gc/; a backup of X's bytes writes a fresh X and records it; A, putting X
+    back, finds the fresh copy in place; B, which listed X before, moves the fresh X onto
+    A's trash file; A must not unlink it, and B must put it back."""
+    body = b"shared content" * 300
+    old = orphan(volume, config, body, timedelta(days=2))
+    final = volume.copy_path(old.sha256)
+    service = make_service(aws, config, volume)
+    a = threading.current_thread()
+    b_scanned, b_go, b_moved, a_done = (threading.Event() for _ in range(4))
+    real_rename, real_exists = os.rename, pathlib.Path.exists
+    raced: list[str] = []
+
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst, *args, **kwargs)
+        if pathlib.Path(dst).parent.name != TRASH_DIR:
+            return
+        if threading.current_thread() is a and not raced:
+            raced.append("backed up")  # X is in A's trash: the backup finds no copy
+            response = put(aws, "new/upload.bin", body)
+            service.process(created("new/upload.bin", response, len(body), at=NOW))
+        elif threading.current_thread() is not a:
+            b_moved.set()  # B holds the fresh copy in gc/ now; it settles after A
+            a_done.wait(10)
+
+    def exists(self, *args, **kwargs):
+        found = real_exists(self, *args, **kwargs)
+        if threading.current_thread() is a and self == final and found and raced == ["backed up"]:
+            raced.append("fresh copy found")  # A's put-back finds the fresh copy in place
+            b_go.set()
+            b_moved.wait(10)
+        return found
+
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(pathlib.Path, "exists", exists)
+    errors: list[BaseException] = []
+
+    def b_listed_x() -> None:  # B's scan found X an old orphan: it waits for A mid-way
+        b_scanned.set()
+        b_go.wait(10)
+
+    def run_b() -> None:
+        try:
+            collector(volume, now=datetime.now(UTC), after_scan=b_listed_x).run_once()
+        except BaseException as exc:  # reported by the assertions below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_b)
+    thread.start()
+    try:
+        assert b_scanned.wait(10)
+        report = collector(volume, now=datetime.now(UTC)).run_once()
+    finally:
+        a_done.set()
+        thread.join(10)
+    monkeypatch.undo()
+
+    assert raced == ["backed up", "fresh copy found"] and b_moved.is_set()
+    latest = Ledger(aws.dynamodb, TABLE).latest(BUCKET, "new/upload.bin")
+    assert latest is not None and latest.sha256 == old.sha256
+    assert volume.has_copy(old.sha256), "the copy of a version just recorded is gone"
+    volume.verify_copy(old.sha256, len(body))
+    assert report.kept_in_use == 1 and report.removed == 0
+    assert errors == []  # B found its trash file and put it back
+
+
+def test_a_trash_file_that_vanished_is_left_to_whoever_took_it(aws, config, volume, monkeypatch):
+    old = orphan(volume, config, b"taken by another run" * 50, timedelta(days=2))
+    real_rename = os.rename
+
+    def rename(src, dst, *args, **kwargs):
+        real_rename(src, dst, *args, **kwargs)
+        if pathlib.Path(dst).parent.name == TRASH_DIR:
+            os.unlink(dst)  # another run settled it between this run's rename and its look
+
+    monkeypatch.setattr(os, "rename", rename)
+    report = collector(volume).run_once()
+
+    assert (report.removed, report.kept_in_use, report.bytes_freed) == (0, 0, 0)
+    assert not volume.has_copy(old.sha256)

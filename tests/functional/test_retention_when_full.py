@@ -4,21 +4,32 @@ version, never below one version per key; then GC; the report names every versio
 
 from __future__ import annotations
 
+import itertools
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from agent.config import RetentionConfig, RetentionWhenFullConfig
+from agent.errors import BackupAgentError
+from agent.lifecycle.context import JobBusy, job_lock
 from agent.lifecycle.gc import GarbageCollector, GcReport
-from agent.lifecycle.pressure import PressureCheck, PressureRetention, pressure_policy
+from agent.lifecycle.pressure import (
+    PressureCheck,
+    PressureReport,
+    PressureRetention,
+    pressure_policy,
+)
 from agent.lifecycle.retention import Retention, RetentionPolicy
 from agent.pipeline.pause import VolumeCheck
+from agent.runtime.wiring import lifecycle_context, pressure_retention
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
-from tests.support.aws import BUCKET, TABLE
+from tests.support.aws import BUCKET, TABLE, make_config
+from tests.support.aws_hooks import Fault, inject
 from tests.support.clock import FakeClock
 from tests.support.lifecycle import created, deleted, enable_versioning, make_service, put
 
@@ -169,11 +180,11 @@ class FakePressure:
     def __init__(self) -> None:
         self.runs: list[int] = []
 
-    def run(self, needed_bytes: int):
-        from agent.lifecycle.pressure import PressureReport
-
+    def run(self, needed_bytes: int, on_report):
         self.runs.append(needed_bytes)
-        return PressureReport(needed_bytes=needed_bytes)
+        report = PressureReport(needed_bytes=needed_bytes)
+        on_report(report)
+        return report
 
 
 @pytest.fixture
@@ -236,3 +247,131 @@ def test_the_check_does_nothing_when_the_pause_is_not_for_bytes(ready_volume, fr
     verdict = check.check.check(to_resume=True)
     assert not verdict.ok and not verdict.for_bytes
     assert check() is None and fake.runs == []
+
+
+# -- beside the other gc runs -----------------------------------------------------------------
+
+
+def wired(aws, volume, backup_root):
+    """The pressure run as the daemon wires it, with `retention.when_full` set."""
+    config = make_config(backup_root, retention={"when_full": {"keep_last_versions": 1}})
+    return pressure_retention(lifecycle_context(config, aws, volume, "vol-test"))
+
+
+def test_nothing_is_expired_under_pressure_while_another_gc_run_holds_the_volume(
+    aws, config, volume, backup_root
+):
+    """Expiring without collecting frees nothing, and the next check would expire more for
+    the same bytes: the check waits for its next turn instead."""
+    enable_versioning(aws)
+    _, a = back_up(aws, config, volume, "a.txt", [0, 1, 2])
+    reports: list[PressureReport] = []
+    check = PressureCheck(
+        check=VolumeCheck(
+            Volume(volume.root, min_free_bytes=100 * KiB),
+            resume_headroom=50 * KiB,
+            free_bytes=lambda _root: 120 * KiB,
+        ),
+        paused=lambda: "low space",
+        can_grow=lambda: False,
+        make=lambda: wired(aws, volume, backup_root),
+        on_report=reports.append,
+    )
+
+    with job_lock(volume, "gc"), capture_logs() as logs:  # `backup-agent gc`, say
+        assert check() is None
+
+    assert versions(aws, "a.txt") == set(a) and reports == []
+    [waits] = [e for e in logs if e["event"] == "retention.when_full_waits"]
+    assert "another gc run is in progress" in waits["reason"]
+    assert check() is not None and versions(aws, "a.txt") == {a[2]}  # its next turn
+
+
+def test_a_gc_run_is_refused_while_the_pressure_run_collects(aws, config, volume, backup_root):
+    enable_versioning(aws)
+    back_up(aws, config, volume, "a.txt", [0, 1, 2])
+    pressure = wired(aws, volume, backup_root)
+    collect, refused = pressure.collect, []
+
+    def collect_while_a_gc_starts() -> GcReport:
+        with pytest.raises(JobBusy) as busy, job_lock(volume, "gc"):
+            pass  # the scheduled gc, or `backup-agent gc`
+        refused.append(str(busy.value))
+        return collect()
+
+    pressure.collect = collect_while_a_gc_starts
+    report = pressure.run(1 << 40)
+
+    assert len(report.removed) == 2 and report.gc is not None
+    assert refused and "another gc run is in progress" in refused[0]
+    with job_lock(volume, "gc"):  # released once the pressure run is done
+        pass
+
+
+# -- when a step fails part-way -----------------------------------------------------------------
+
+
+def test_versions_expired_under_pressure_are_named_when_the_collection_then_fails(
+    aws, config, volume
+):
+    enable_versioning(aws)
+    _, a = back_up(aws, config, volume, "a.txt", [0, 1, 2])
+    retention = Retention(
+        ledger=Ledger(aws.dynamodb, TABLE),
+        journal=Journal(volume.journal_dir),
+        policy=RetentionPolicy(),
+        buckets=[BUCKET],
+        clock=FakeClock(day(10)),
+    )
+
+    def collect() -> GcReport:
+        raise OSError(5, "Input/output error")
+
+    pressure = PressureRetention(
+        rules=retention, strict=RetentionPolicy(keep_last_versions=1), collect=collect
+    )
+    with capture_logs() as logs, pytest.raises(OSError):
+        pressure.run(1 << 40)
+
+    assert versions(aws, "a.txt") == {a[2]}  # a[0] and a[1] are expired for good
+    expired = [e for e in logs if e["event"] == "retention.when_full_expired"]
+    assert [(e["version_id"], e["stage"]) for e in expired] == [
+        (a[0], "when_full"),
+        (a[1], "when_full"),
+    ]
+    [end] = [e for e in logs if e["event"] == "retention.when_full"]
+    assert end["log_level"] == "error" and end["error"] == "OSError: [Errno 5] Input/output error"
+    assert a[0] in " ".join(end["versions"]) and a[1] in " ".join(end["versions"])
+
+
+def test_versions_the_normal_rules_expired_are_reported_when_the_ledger_then_fails(
+    aws, config, volume
+):
+    """The report `on_report` gets (the daemon alerts and audits it) names what the normal
+    rules expired before DynamoDB refused the next delete, and the error."""
+    enable_versioning(aws)
+    _, a = back_up(aws, config, volume, "a.txt", [0, 1, 2])
+    deletes = itertools.count()
+    refuse_after_the_first = Fault(
+        "DeleteItem", "AccessDeniedException", when=lambda _params: next(deletes) >= 1
+    )
+    inject(aws.dynamodb, refuse_after_the_first)
+    pressure = PressureRetention(
+        rules=Retention(
+            ledger=Ledger(aws.dynamodb, TABLE),
+            journal=Journal(volume.journal_dir),
+            policy=RetentionPolicy(keep_last_versions=1),
+            buckets=[BUCKET],
+            clock=FakeClock(day(10)),
+        ),
+        strict=RetentionPolicy(keep_last_versions=1),
+        collect=GcReport,
+    )
+    reports: list[PressureReport] = []
+    with pytest.raises(BackupAgentError):
+        pressure.run(1 << 40, reports.append)
+
+    [report] = reports
+    assert [(r.version_id, r.stage) for r in report.removed] == [(a[0], "rules")]
+    assert report.gc is None and "AccessDenied" in str(report.error)
+    assert "then it failed" in report.summary() and a[0] in report.summary()
