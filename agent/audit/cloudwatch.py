@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions
 import structlog
 
+from agent import json_text
 from agent.audit.records import AuditRecord, parse_record
 from agent.aws import error_code
 
@@ -50,11 +51,11 @@ METRIC_FILTERS: dict[str, tuple[str, str]] = {
 def message_of(record: AuditRecord) -> str:
     """The event's text: the record's JSON, without its key list when that is too big."""
     document = record.to_dict()
-    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    text = json_text.dumps(document, separators=(",", ":"))
     if len(text.encode()) + EVENT_OVERHEAD > MAX_EVENT_BYTES:
         document["keys"] = []
         document["details"] = {**record.details, "keys_left_out": True}
-        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        text = json_text.dumps(document, separators=(",", ":"))
     return text
 
 

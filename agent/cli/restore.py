@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import random
 import re
@@ -30,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from agent import __version__, logs
+from agent import __version__, json_text, logs
 from agent.audit import actions
 from agent.audit.auditor import Auditor
 from agent.audit.cloudwatch import read_from_logs
@@ -199,7 +198,7 @@ class Runtime:
         return buckets[0]
 
     def emit(self, data: dict[str, Any]) -> None:
-        self.out.write(json.dumps(data, ensure_ascii=False) + "\n")
+        self.out.write(json_text.dumps(data) + "\n")
 
     def progress(self, kind: str = "restore") -> Progress:
         if getattr(self.args, "quiet", False):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import email.utils
 import html
-import json
 import os
 import urllib.error
 import urllib.request
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
+from agent import json_text
 from agent.aws import Clients
 from agent.config import AlertsConfig, WebhookConfig
 from agent.errors import ConfigError, PermanentError, RetryableError
@@ -199,7 +199,7 @@ class WebhookChannel:
         text = f"*{message.subject}*\n{message.text}"
         if len(text) > WEBHOOK_TEXT_LIMIT:
             text = text[: WEBHOOK_TEXT_LIMIT - 1] + "…"
-        body = json.dumps({"text": text}, ensure_ascii=False).encode("utf-8")
+        body = json_text.dumps({"text": text}).encode("utf-8")
         request = urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__
             self._url,
             data=body,

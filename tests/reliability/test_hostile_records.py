@@ -558,3 +558,33 @@ def test_reindex_repairs_a_malformed_version_item_from_the_journal(
     assert "1 added" in out  # the malformed item was replaced by the journal's record
     assert Ledger(aws.dynamodb, TABLE).versions(BUCKET, "good.txt") == [good]
     assert _restore(config_path, "list", "--versions")[0] == ExitCode.OK
+
+
+def test_a_key_with_a_lone_surrogate_is_restored_and_reported_in_json_a_utf8_stream_takes(
+    backups, volume, config_path, tmp_path
+):
+    """S3 keys are UTF-8, so only a damaged journal line carries a lone surrogate. Its file
+    is restored under an escaped name; `--json` wrote the key as is, and a UTF-8 stdout
+    raised UnicodeEncodeError after the files were restored (the temp-sweep fix's note,
+    2026-12-02)."""
+    line = _good_line(volume)
+    (segment,) = volume.journal_dir.glob("*.jsonl")
+    with segment.open("ab") as journal:
+        journal.write(_bad(line, key="lone \ud800 key") + b"\n")
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8", write_through=True)  # as sys.stdout
+    target = str(tmp_path / "out")
+    args = ["restore", "--offline", "--all", "--json", "--to", target]
+    code = restore_cli.main(
+        [*args, "--config", str(config_path)],
+        out=out,
+        err=io.StringIO(),
+    )
+    rows = [json.loads(line) for line in raw.getvalue().splitlines()]
+    assert code == ExitCode.OK, rows
+    files = {row["key"]: row for row in rows if row["type"] == "file"}
+    assert files["lone \ud800 key"]["status"] == "restored"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "good.txt",
+        "lone %ED%A0%80 key",
+    ]
