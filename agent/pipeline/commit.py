@@ -309,16 +309,15 @@ class Committer:
     def _expired_meanwhile(
         self, end: JournalPosition, results: list[tuple[Pending[object], Outcome]]
     ) -> list[tuple[Pending[object], Outcome]]:
-        """`journal_again_if_expired` for the records this batch wrote afresh. If that
-        cannot be checked, those records fail: their messages come back, and their retry
-        journals them again."""
+        """`journal_again_if_expired` for the records this batch wrote afresh; those it
+        could not journal again fail (the journal itself failing)."""
         fresh = [p.record for p, outcome in results if outcome is True]
         if not fresh:
             return results
         try:
             journal_again_if_expired(self.journal, self.ledger, end, fresh)
-        except Exception as exc:  # noqa: BLE001 - those records failed; their retry repairs
-            log.warning("commit.expired_check_failed", records=len(fresh), error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - the journal append failed: those records
+            log.warning("commit.journal_again_failed", records=len(fresh), error=str(exc))
             return [(p, exc if o is True else o) for p, o in results]
         return results
 
@@ -371,21 +370,36 @@ def journal_again_if_expired(
     lists, and gc frees the copy the item names (a review, 2026-12-02). Each of `fresh` (the
     records whose ledger write was this one's, journalled up to `end`) that an ``expired``
     note after `end` names is journalled again if its item is there: journal and ledger
-    agree, and retention expires it anew on its next run. Its item gone too (retention's
-    delete came after the write), both have forgotten it and nothing is done."""
+    agree, and retention expires it anew on its next run. Its item gone (retention's
+    delete came after the write), it is not: both have forgotten it, unless that delete
+    lands after the look, when the journal keeps the version a while (its copy kept until
+    retention's next run, never lost).
+
+    If the journal or the ledger cannot be asked, every one of `fresh` is journalled again
+    unasked: an extra line only keeps a copy longer, and a retry would not do it (a
+    redelivery finds the item and the copy, and journals nothing). Raises only when that
+    append fails."""
     by_identity = {(r.bucket, r.key, r.version_token): r for r in fresh}
-    for identity in sorted(journal.expired_after(end, by_identity.keys())):
-        record = by_identity[identity]
-        found = ledger.get_version(*identity)
-        held = found is not None and (
-            not record.volume_id or record.volume_id in found.holder_volumes()
-        )
-        if held:
-            journal.append_many([record])
-        log.warning(
-            "commit.expired_meanwhile",
-            bucket=record.bucket,
-            key=record.key,
-            version=record.version_token,
-            journalled_again=held,
-        )
+    try:
+        expired = journal.expired_after(end, by_identity.keys())
+        again = []
+        for identity in sorted(expired):
+            record = by_identity[identity]
+            found = ledger.get_version(*identity)
+            held = found is not None and (
+                not record.volume_id or record.volume_id in found.holder_volumes()
+            )
+            if held:
+                again.append(record)
+            log.warning(
+                "commit.expired_meanwhile",
+                bucket=record.bucket,
+                key=record.key,
+                version=record.version_token,
+                journalled_again=held,
+            )
+    except Exception as exc:  # noqa: BLE001 - unasked, every fresh record again (above)
+        log.warning("commit.expired_check_failed", records=len(fresh), error=str(exc))
+        again = list(fresh)
+    if again:
+        journal.append_many(again)

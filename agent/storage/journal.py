@@ -306,24 +306,40 @@ class Journal:
         after `position` names: retention expiring a version (note, then its ledger item)
         while the commit stage recorded it again (journal line, then the item) leaves the
         item and a journal that forgot it, and gc would free the copy the item names (a
-        review, 2026-12-02). Costs one stat when nothing was appended since `position`."""
+        review, 2026-12-02).
+
+        Asked after every fresh ledger write, so it reads only what was appended since: one
+        lstat when nothing was; else the rest of `position`'s segment (and, past midnight,
+        the segments after it, never the older ones), a line parsed only if it holds
+        ``"expired"``."""
         wanted = set(identities)
         if not wanted:
             return set()
         if position.segment == f"{self._clock().strftime('%Y-%m-%d')}.jsonl":
             try:
-                grown = (self.directory / position.segment).stat().st_size > position.offset
+                found_stat = (self.directory / position.segment).lstat()
+                if stat.S_ISREG(found_stat.st_mode) and found_stat.st_size <= position.offset:
+                    return set()
             except FileNotFoundError:
-                grown = True  # read below, which says what there is
-            if not grown:
-                return set()
+                pass  # read below, which finds what there is
+            segments = [self.directory / position.segment]
+        else:  # a day began since: this segment's rest, and the newer ones
+            segments = self._segments(since=position.segment)
         found: set[tuple[str, str, str]] = set()
-        for data in self.read_since(position):
-            if data.get("kind") != "expired":
-                continue
-            identity = tuple(data.get(name) for name in _IDENTITY)
-            if identity in wanted:
-                found.add(identity)
+        for segment in segments:
+            start = position.offset if segment.name == position.segment else 0
+            for _number, raw in _lines_of(segment, start):
+                if isinstance(raw, _TooLong) or b'"expired"' not in raw:
+                    continue
+                try:
+                    data = json.loads(raw.decode("utf-8", errors="surrogatepass"))
+                except (ValueError, RecursionError):
+                    continue
+                if not isinstance(data, dict) or data.get("kind") != "expired":
+                    continue
+                identity = tuple(data.get(name) for name in _IDENTITY)
+                if identity in wanted:
+                    found.add(identity)
         return found
 
     def read_notes(self, kind: str | None = None) -> Iterator[dict[str, Any]]:
@@ -393,11 +409,14 @@ class Journal:
         self.rejections.add(rejection)
         return rejection
 
-    def _segments(self) -> list[Path]:
+    def _segments(self, since: str = "") -> list[Path]:
+        """The segments, oldest first (those named `since` or later, when given)."""
         if not self.directory.is_dir():
             return []
         segments = []
         for path in sorted(self.directory.glob("*.jsonl")):
+            if path.name < since:
+                continue
             try:
                 mode = path.lstat().st_mode
             except FileNotFoundError:

@@ -281,9 +281,27 @@ def test_expired_after_reads_nothing_when_nothing_was_appended_since(tmp_path, m
     journal = Journal(tmp_path, clock=lambda: T0)
     end = journal.append_many([record("a")])[-1]
     monkeypatch.setattr(
-        Journal, "read_since", lambda *_: (_ for _ in ()).throw(AssertionError("read"))
+        journal_module, "_lines_of", lambda *_: (_ for _ in ()).throw(AssertionError("read"))
     )
     assert journal.expired_after(end, {_identity(record("a"))}) == set()
+
+
+def test_expired_after_looks_at_no_segment_older_than_the_position(tmp_path, monkeypatch):
+    now = [T0]
+    journal = Journal(tmp_path, clock=lambda: now[0])
+    journal.append_note("expired", record("a").to_dict())  # an older day's segment
+    now[0] = T0.replace(day=T0.day + 1)
+    end = journal.append_many([record("a")])[-1]
+    journal.append_many([record("b")])  # appended since: the segment is read
+    read: list[str] = []
+    real = journal_module._lines_of
+    monkeypatch.setattr(
+        journal_module,
+        "_lines_of",
+        lambda segment, start: (read.append(segment.name), real(segment, start))[1],
+    )
+    assert journal.expired_after(end, {_identity(record("a"))}) == set()
+    assert read == [end.segment]
 
 
 # -- the digests a rejected line may name (gc keeps those copies) ---------------------------
