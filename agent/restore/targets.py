@@ -284,8 +284,11 @@ class DirectoryTarget:
         meet, one error each, and swept by no one this run. Once `stop` is set no more are
         made: the files not started will not need them."""
         self._root()
-        for directory in dict.fromkeys(self._parts(item)[:-1] for item in items):
+        directories = list(dict.fromkeys(self._parts(item)[:-1] for item in items))
+        for directory in directories:
             if stop is not None and stop.is_set():
+                with self._lock:  # (no child starts after a stop: noted all the same)
+                    self._cleaned.update(directories)
                 return
             with (
                 contextlib.suppress(BackupAgentError, OSError, ValueError),
@@ -562,9 +565,10 @@ class S3Target:
     def restore(self, item: Item, on_bytes: Callable[[int], None]) -> Status:
         bucket, key = self.location(item)
         current = self._head(bucket, key)
-        if current is not None and self._same_content(current, item):
+        same_bytes = current is not None and self._same_bytes(current, item)
+        if current is not None and same_bytes and _same_attributes(current, item.record):
             return Status.UNCHANGED
-        conflict = self._conflict(item, current)
+        conflict = self._conflict(item, current, same_bytes)
         if conflict and not self.overwrite:
             raise RestoreRefused(f"s3://{bucket}/{key} {conflict}")
         upload_verified(
@@ -581,14 +585,17 @@ class S3Target:
         )
         return Status.RESTORED
 
-    def _conflict(self, item: Item, current: dict[str, Any] | None) -> str | None:
+    def _conflict(
+        self, item: Item, current: dict[str, Any] | None, same_bytes: bool | None = None
+    ) -> str | None:
         """What the target holds, for --dry-run and for the refusal: any other object is
         replaced only with --overwrite, older or newer (S3's LastModified of a multipart
         upload is when the upload began: age is no safe test). The message said an older
         one "will be replaced" and the restore refused it (a review, 2026-12-02)."""
         if current is None:
             return None
-        same_bytes = self._same_bytes(current, item)
+        if same_bytes is None:  # read back once at most (`_holds`): restore passes it on
+            same_bytes = self._same_bytes(current, item)
         if same_bytes and _same_attributes(current, item.record):
             return "exists with the same content"
         modified = current.get("LastModified")
@@ -614,10 +621,6 @@ class S3Target:
 
     def _owner(self) -> dict[str, Any]:
         return {"ExpectedBucketOwner": self.owner} if self.owner else {}
-
-    def _same_content(self, head: dict[str, Any], item: Item) -> bool:
-        """The recorded bytes, with the recorded headers and user metadata (when recorded)."""
-        return self._same_bytes(head, item) and _same_attributes(head, item.record)
 
     def _same_bytes(self, head: dict[str, Any], item: Item) -> bool:
         """Does the object hold the recorded bytes? Only what S3 computed says so: the eTag

@@ -533,7 +533,7 @@ def _late_item(backups: Any, aws: Any) -> Any:
 
 @pytest.mark.parametrize(
     "body",
-    [b"ENCRYPTED BY RANSOMWARE", b"ENCRYPTED BY RANSOMWAR"],  # other size; the same size
+    [b"ENCRYPTED BY RANSOMWARE", b"ENCRYPTED BY RANSOM"],  # other size; the same size
     ids=["other-size", "same-size"],
 )
 def test_to_s3_our_sha256_metadata_on_other_bytes_is_no_proof_of_them(backups, volume, aws, body):
@@ -542,13 +542,18 @@ def test_to_s3_our_sha256_metadata_on_other_bytes_is_no_proof_of_them(backups, v
     unchanged and never restored (a review, 2026-12-02). Only S3's own eTag or the bytes
     read back count."""
     item = _late_item(backups, aws)
+    assert (len(body) == item.record.size) == (body == b"ENCRYPTED BY RANSOM")
     aws.s3.put_object(
         Bucket=BUCKET, Key="late.txt", Body=body, Metadata={SHA256_METADATA: item.record.sha256}
     )
+    calls = record_calls(aws.s3)
     keeping = S3Target(aws.s3, volume)
-    assert keeping.check(item) is not None and "same content" not in (keeping.check(item) or "")
+    assert "needs --overwrite" in (keeping.check(item) or "")
     with pytest.raises(RestoreRefused, match="needs --overwrite"):
         keeping.restore(item, lambda _bytes: None)
+    reads = [c for c in calls.calls if c.operation == "GetObject"]
+    # the same size: read back (once by check, once by restore), its SHA-256 compared
+    assert len(reads) == (2 if len(body) == item.record.size else 0)
 
     replacing = S3Target(aws.s3, volume, overwrite=True)
     assert replacing.restore(item, lambda _bytes: None) is Status.RESTORED
