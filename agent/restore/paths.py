@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent.restore.durable import is_temp_name
+from agent.restore.durable import TEMP_PREFIX, is_temp_name
 
 NAME_MAX = 255
 LONG_PART_KEEP = 200
@@ -68,8 +68,12 @@ def escape_part(part: str) -> str:
         return EMPTY_PART
     if part in ESCAPED_PARTS:
         return ESCAPED_PARTS[part]
-    name = ESCAPED_DOT + part[1:] if is_temp_name(part) else part
-    name = SURROGATE.sub(_percent, name)
+    # the common part (short, ASCII, no leading ".restore-") costs three string tests
+    name = ESCAPED_DOT + part[1:] if part.startswith(TEMP_PREFIX) and is_temp_name(part) else part
+    if not name.isascii():
+        name = SURROGATE.sub(_percent, name)
+    if len(name) * 4 <= NAME_MAX:  # at most 4 UTF-8 bytes a character: no encoding needed
+        return name
     raw = name.encode("utf-8")
     if len(raw) > NAME_MAX:
         digest = hashlib.sha256(part.encode("utf-8", errors="surrogatepass")).hexdigest()[:16]
