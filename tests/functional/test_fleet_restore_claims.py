@@ -12,6 +12,7 @@ job item outlives every item written under it: the members' writes keep it alive
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,8 @@ def _record(key: str) -> VersionRecord:
             "event_name": "ObjectCreated:Put",
             "event_time": T0.isoformat(),
             "backup_time": T0.isoformat(),
+            "sha256": hashlib.sha256(key.encode()).hexdigest(),  # a version with content
+            "size": len(key),
         }
     )
 
