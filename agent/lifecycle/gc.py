@@ -172,6 +172,7 @@ class GarbageCollector:
         # for a person to judge.
         for rejection in report.rejected:
             referenced |= rejection.digests()
+        referenced |= self.journal.torn_digests  # a last line cut short, or its newline rotted
         cutoff = (now - self.grace_period).timestamp()
         if not dry_run:
             self._recover_trash(referenced, position, cutoff, report)

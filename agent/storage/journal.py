@@ -162,6 +162,10 @@ class Journal:
         self._pending: dict[str, int] = {}  # segment -> last line written to it, not synced
         self._failed: tuple[int, OSError] | None = None  # lines up to n: their fsync failed
         self._new_segment = False  # a segment was created: its name needs a directory fsync
+        # digests the bytes of torn lines name, as read: a crash's cut line is never
+        # recorded in the ledger, but the same look has a last line whose newline rotted
+        # (then DynamoDB names its copy): gc keeps them too, a copy too many at worst
+        self.torn_digests: set[str] = set()
 
     def append(self, record: VersionRecord) -> JournalPosition:
         return self._append_line(record.to_dict())
@@ -387,6 +391,8 @@ class Journal:
             )
             if pending is not None and not (isinstance(entry, Note) and entry.kind == TORN):
                 yield pending[0], self._rejected(pending[1])
+            elif pending is not None:  # torn: not counted, its copy kept all the same
+                self.torn_digests.update(pending[1].digests())
             pending = None
             if isinstance(entry, Rejection) and entry.reason == "not JSON":
                 pending = (index, entry)
@@ -401,7 +407,7 @@ class Journal:
         """(index among all lines, segment, line number, bytes) of every whole line."""
         index = 0
         for segment in self._segments():
-            for number, raw in _lines_of(segment, 0):
+            for number, raw in _lines_of(segment, 0, self.torn_digests.update):
                 yield index, segment, number, raw
                 index += 1
 
@@ -428,12 +434,15 @@ class Journal:
         return segments
 
 
-def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | _TooLong]]:
+def _lines_of(
+    segment: Path, start: int, torn: Callable[[tuple[str, ...]], object] | None = None
+) -> Iterator[tuple[int, bytes | _TooLong]]:
     """(line number, bytes without the newline) of every whole line from `start`; `_TooLong`
     for a line longer than MAX_LINE_BYTES, never held in memory: read a piece at a time (at
     most MAX_LINE_BYTES + 1 bytes, and the last `_OVERLAP` of the one before), each scanned
     by `digests_in` until it has found MAX_LINE_DIGESTS. A last line without its
-    newline is a write still under way or torn by a crash: not yielded. The file is opened
+    newline is a write still under way or torn by a crash: not yielded, its digests given to
+    `torn` (when given: gc keeps them, `Journal.torn_digests`). The file is opened
     without following a symlink or waiting on a FIFO swapped in since the listing."""
     try:
         fd = os.open(segment, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -454,8 +463,10 @@ def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | _TooLong
             if raw.endswith(b"\n"):
                 yield number, raw[:-1]
                 continue
-            if len(raw) <= MAX_LINE_BYTES:
-                return  # the torn or unfinished last line
+            if len(raw) <= MAX_LINE_BYTES:  # the torn or unfinished last line
+                if torn is not None:
+                    torn(digests_in(raw))
+                return
             found: dict[str, None] = {}
             digests_in(raw, found)
             while raw and not raw.endswith(b"\n"):  # the rest of the long line, scanned
@@ -465,6 +476,8 @@ def _lines_of(segment: Path, start: int) -> Iterator[tuple[int, bytes | _TooLong
                     digests_in(raw, found)
             if raw:
                 yield number, _TooLong(tuple(found))
+            elif torn is not None:  # a long last line, unfinished
+                torn(tuple(found))
 
 
 def _may_be_note(raw: bytes) -> bool:

@@ -588,3 +588,28 @@ def test_a_key_with_a_lone_surrogate_is_restored_and_reported_in_json_a_utf8_str
         "good.txt",
         "lone %ED%A0%80 key",
     ]
+
+
+@pytest.mark.parametrize("appended_after", [False, True], ids=["last-segment-line", "then-torn"])
+def test_gc_keeps_the_copy_of_a_last_line_whose_newline_rotted(
+    appended_after, backups, volume, config_path, capsys, aws
+):
+    """The last newline of a segment damaged: the line reads as one a crash cut short (never
+    yielded; once something is appended after it, followed by a `torn` note and not counted),
+    and gc freed its copy while DynamoDB named it (noted by the rotten-line fix, 2026-12-02).
+    A torn line's copy is kept too: a crash's costs one copy kept a while at worst."""
+    sha = _good_line(volume)["sha256"]
+    (segment,) = volume.journal_dir.glob("*.jsonl")
+    line = segment.read_bytes()
+    assert line.endswith(b"}\n") and line.count(b"\n") == 1
+    segment.write_bytes(line[:-1] + b"x")
+    if appended_after:
+        backups.put("later.txt", b"a later version\n")
+        assert b'"torn"' in segment.read_bytes()
+    _age(volume.copy_path(sha))
+
+    _agent(config_path, capsys, "gc")
+
+    assert volume.has_copy(sha), "gc freed the copy the ledger names"
+    latest = Ledger(aws.dynamodb, TABLE).latest(BUCKET, "good.txt")
+    assert latest is not None and latest.sha256 == sha
