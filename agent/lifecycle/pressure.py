@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import structlog
@@ -208,16 +208,7 @@ class PressureRetention:
             stage=stage,
         )
         report.removed.append(removed)
-        log.warning(
-            "retention.when_full_expired",
-            bucket=removed.bucket,
-            key=removed.key,
-            version_id=removed.version_id,
-            version_token=removed.version_token,
-            created=removed.created,
-            stored_bytes=size,
-            stage=stage,
-        )
+        log.warning("retention.when_full_expired", **asdict(removed))
 
 
 class PressureCheck:

@@ -414,22 +414,26 @@ def test_the_daemons_scheduled_jobs_are_audited_and_the_inventory_job_registered
     ]
 
 
+def _never_room(backup_root: Path, when_full: dict[str, Any]) -> Any:
+    """A daemon's config with never room enough: the consumer pauses, the pressure check acts."""
+    return make_config(
+        backup_root,
+        **{
+            **SECTIONS,
+            "storage": {"root": str(backup_root), "min_free_bytes": 64 << 40},
+            "metrics": {"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
+            "retention": {"when_full": when_full},
+        },
+    )
+
+
 def test_retention_under_pressure_is_audited_and_alerted_even_when_its_collection_fails(
     aws, backups, volume, backup_root, monkeypatch
 ):
     first = backups.put("k.txt", b"one" * 10)
     second = backups.put("k.txt", b"two" * 10)
     backups.put("k.txt", b"three" * 10)
-    config = make_config(
-        backup_root,
-        **{
-            **SECTIONS,
-            # never room enough: the consumer pauses, and the pressure check acts
-            "storage": {"root": str(backup_root), "min_free_bytes": 64 << 40},
-            "metrics": {"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
-            "retention": {"when_full": {"keep_last_versions": 1}},
-        },
-    )
+    config = _never_room(backup_root, {"keep_last_versions": 1})
 
     def collection_fails(self, **_kwargs):
         raise OSError(5, "Input/output error")
@@ -460,15 +464,7 @@ def test_retention_under_pressure_records_its_versions_and_its_collection(
 ):
     first = backups.put("k.txt", b"one" * 10)
     backups.put("k.txt", b"two" * 10)
-    config = make_config(
-        backup_root,
-        **{
-            **SECTIONS,
-            "storage": {"root": str(backup_root), "min_free_bytes": 64 << 40},
-            "metrics": {"prometheus": None, "cloudwatch": False, "instance_id": "i-test"},
-            "retention": {"when_full": {"keep_last_versions": 1, "gc_grace_period": "5m"}},
-        },
-    )
+    config = _never_room(backup_root, {"keep_last_versions": 1, "gc_grace_period": "5m"})
     daemon = Daemon(config, aws, alert=lambda subject, detail: None)
     daemon.start(volume.read_marker())
     try:
