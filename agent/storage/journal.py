@@ -43,8 +43,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from agent.records import Rejection, Rejections, VersionRecord, digest_named, validated
 from agent.storage.volume import fsync_directory
+
+log = structlog.get_logger("agent.journal")
 
 MAX_LINE_BYTES = 1 << 20  # a record is a few KiB at most (2 KiB metadata, a 1 KiB key)
 MAX_LINE_DIGESTS = 64  # digests a rejected line's rejection holds at most (`digests_in`)
@@ -166,6 +170,7 @@ class Journal:
         # recorded in the ledger, but the same look has a last line whose newline rotted
         # (then DynamoDB names its copy): gc keeps them too, a copy too many at worst
         self.torn_digests: set[str] = set()
+        self._newest: str | None = None  # the newest segment's name (`_segment_for`)
 
     def append(self, record: VersionRecord) -> JournalPosition:
         return self._append_line(record.to_dict())
@@ -204,8 +209,9 @@ class Journal:
             for document in documents
         ]
         data = b"".join(lines)
-        segment = self.directory / f"{self._clock().strftime('%Y-%m-%d')}.jsonl"
+        name = f"{self._clock().strftime('%Y-%m-%d')}.jsonl"
         with self._lock:
+            segment = self.directory / self._segment_for(name)
             created = not segment.exists()
             fd = os.open(segment, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
             try:
@@ -231,6 +237,19 @@ class Journal:
             offset += len(line)
             positions.append(JournalPosition(segment.name, offset))
         return positions
+
+    def _segment_for(self, name: str) -> str:
+        """The segment to append to: today's, or the newest there is if that is later. A
+        replay reads segments in name order, so a line appended to an earlier-named segment
+        than one holding an ``expired`` note would be read before it, and taken as expired
+        though written after (a clock stepped back across midnight)."""
+        if self._newest is None:
+            self._newest = max((p.name for p in self.directory.glob("*.jsonl")), default="")
+        if name < self._newest:
+            log.warning("journal.clock_behind", today=name, appending_to=self._newest)
+            return self._newest
+        self._newest = name
+        return name
 
     def _commit(self, line_number: int, segment: str, fd: int) -> None:
         """Return once line `line_number` is durable (group commit).

@@ -367,3 +367,22 @@ def test_only_a_rejected_line_is_scanned_for_digests(tmp_path, monkeypatch):
 
 def record_line(key: str) -> bytes:
     return json.dumps(record(key).to_dict()).encode() + b"\n"
+
+
+def test_a_clock_stepped_back_across_midnight_never_puts_a_line_before_a_later_note(tmp_path):
+    """A replay reads segments in name order: a record appended, after the clock stepped
+    back a day, to the earlier day's segment was read before the `expired` note of the
+    later one and taken as expired, though written after it (its copy then freed by gc)."""
+    now = [T0.replace(day=T0.day + 1)]
+    journal = Journal(tmp_path, clock=lambda: now[0])
+    a = record("a")
+    journal.append(a)
+    journal.append_note("expired", a.to_dict())
+    now[0] = T0  # an NTP step back across midnight
+    journal.append(a)  # backed up again, after the note
+
+    assert [r.key for r in Journal(tmp_path, clock=lambda: T0).read_all()] == ["a"]
+    assert [p.name for p in tmp_path.glob("*.jsonl")] == ["2026-11-24.jsonl"]  # T0 + 1 day
+    # a fresh Journal (another process, a restart) finds the newest segment itself
+    Journal(tmp_path, clock=lambda: T0).append(record("b"))
+    assert len(list(tmp_path.glob("*.jsonl"))) == 1
