@@ -260,6 +260,13 @@ class Retention:
         versions = self.ledger.versions(latest.bucket, latest.key)
         report.keys += 1
         report.versions += len(versions)
+        if not versions:
+            # a LATEST with no version left (the last hold's delete answered late, or an
+            # older release): nothing would ever remove it, and the key stayed listed
+            log.warning("retention.orphan_latest", bucket=latest.bucket, key=latest.key)
+            if not report.dry_run:
+                self.ledger.settle(latest.bucket, latest.key)
+            return
         kept = policy_view(self.policy, versions, latest, now)
         if not latest.deleted and latest.version_token not in kept:
             log.error("retention.refused", bucket=latest.bucket, key=latest.key)

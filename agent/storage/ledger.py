@@ -679,7 +679,9 @@ class Ledger:
         readers too). The member whose release leaves no holder deletes the item. Every
         write is conditional on the holders being the ones read (`_holder_state`), so of
         two members releasing at once exactly one sees itself last; a refusal reads the
-        item again (ALL_OLD) and decides anew. True when this call deleted the item."""
+        item again (ALL_OLD) and decides anew. True when the item is gone after this call
+        (deleted by it, or found gone by the last hold's delete: a retry after a lost
+        response)."""
         key = self._key(record.bucket, record.key, VERSION_PREFIX + record.version_token)
         seen: VersionRecord | None = record
         for _ in range(RELEASE_ATTEMPTS):
@@ -711,6 +713,14 @@ class Ledger:
                     deleted=left is None,
                 )
                 return left is None
+            if not changed and left is None:
+                # the last hold's DeleteItem refused for want of an item: gone, by this call
+                # whose response was lost and which botocore sent again, or by another;
+                # either way no holder is left (retention then forgets the key's LATEST too:
+                # it stayed for ever when this said False, the fleet review, 2026-12-02)
+                log.info("ledger.holder_released", pk=key["pk"]["S"], sk=key["sk"]["S"],
+                         volume_id=volume_id, deleted=True, already_gone=True)  # fmt: skip
+                return True
             fresh = parse_item(changed) if changed else None
             seen = fresh if isinstance(fresh, VersionRecord) else None
             if isinstance(fresh, Rejection):

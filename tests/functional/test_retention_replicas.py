@@ -204,3 +204,52 @@ def test_the_agent_role_allows_every_release_and_delete(aws, tmp_path):
     for call in recorder.calls:
         for check in checks(call):
             assert matching_statements(policy, check), check
+
+
+class _LostDeleteResponse:
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def delete_item(self, **kwargs: Any) -> Any:
+        self._client.delete_item(**kwargs)  # applied; its response lost
+        return self._client.delete_item(**kwargs)  # botocore's retry: refused, no item
+
+
+def test_a_lost_response_to_the_last_holds_delete_still_forgets_the_deleted_key(aws, tmp_path):
+    """The last holder's DeleteItem applied, its response lost and the request sent again:
+    release said nothing was deleted, so the deleted key's LATEST stayed, by this run and
+    every later one (the fleet review, 2026-12-02)."""
+    volumes = _held_twice(aws, tmp_path, then_delete=True)
+    rules = {"keep_deleted": timedelta(days=1)}
+    _retention(aws, volumes, "vol-b", **rules).run_once()  # b releases its holds first
+    Retention(
+        ledger=Ledger(
+            _LostDeleteResponse(aws.dynamodb), TABLE, group=GROUPS["vol-a"], volume_id="vol-a"
+        ),
+        journal=Journal(volumes["vol-a"].journal_dir),
+        policy=RetentionPolicy(**rules),
+        buckets=[BUCKET],
+        clock=FakeClock(AT + timedelta(days=30)),
+        volume_id="vol-a",
+    ).run_once()  # a holds the last of each: its deletes go through, their answers lost
+
+    ledger = Ledger(aws.dynamodb, TABLE)
+    assert ledger.versions(BUCKET, KEY) == []
+    assert ledger.latest(BUCKET, KEY) is None
+
+
+def test_a_latest_with_no_version_left_is_removed_by_the_next_run(aws, tmp_path):
+    """However it came about (a release's answer lost before the fix above, an older
+    release), a LATEST with no version behind it was never removed: the key stayed listed."""
+    volumes = _held_twice(aws, tmp_path, then_delete=True)
+    ledger = Ledger(aws.dynamodb, TABLE)
+    for record in ledger.versions(BUCKET, KEY):
+        ledger.delete_version(record)  # the versions gone, LATEST left
+    assert ledger.latest(BUCKET, KEY) is not None
+
+    _retention(aws, volumes, "vol-a", keep_deleted=timedelta(days=1)).run_once()
+
+    assert ledger.latest(BUCKET, KEY) is None

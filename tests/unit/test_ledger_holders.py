@@ -242,3 +242,34 @@ def test_a_group_racing_another_on_an_older_item_adds_itself_after_the_other(dyn
     read = read_back(dynamodb)
     assert raced and read is not None
     assert read.holders == {"backup-events-1": "vol-a", "backup-events-2": "vol-b"}
+
+
+class _LostDeleteResponse:
+    """The client, except that each DeleteItem is sent twice and the caller sees the second
+    answer: the first response lost (a read timeout, a 500), and botocore sent it again."""
+
+    def __init__(self, client: object) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+    def delete_item(self, **kwargs: object) -> object:
+        self._client.delete_item(**kwargs)  # type: ignore[attr-defined]
+        return self._client.delete_item(**kwargs)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("group", [None, "backup-events-1"])
+def test_a_last_release_sent_again_after_a_lost_response_still_says_the_item_is_gone(
+    dynamodb, group
+):
+    """The retry was refused with no item, and release said it deleted nothing: retention
+    then kept the key's LATEST (a delete marker) for ever (the fleet review, 2026-12-02)."""
+    record = stored_version("reports/q1.txt", "v1", "0A", volume_id="vol-a")
+    assert Ledger(dynamodb, TABLE, group=group, volume_id="vol-a").record(record)
+    seen = Ledger(dynamodb, TABLE).get_version(record.bucket, record.key, record.version_token)
+    assert seen is not None
+    ledger = Ledger(_LostDeleteResponse(dynamodb), TABLE, group=group, volume_id="vol-a")
+
+    assert ledger.release(seen, "vol-a")
+    assert Ledger(dynamodb, TABLE).get_version(BUCKET, record.key, record.version_token) is None
