@@ -154,8 +154,12 @@ class BackupService:
         record = VersionRecord.for_event(
             event, backup_time=self.clock(), volume_id=self.volume_id, order_key=order_key
         )
-        if self.ledger.get_version(event.bucket, event.key, record.version_token):
-            self.ledger.record(record)  # LATEST may still need advancing after a crash
+        known = self.ledger.get_version(event.bucket, event.key, record.version_token)
+        if known is not None:
+            if self.ledger.group is not None and known.holder_in(self.ledger.group) is None:
+                self.ledger.record(record)  # this replica group's hold, and LATEST
+            else:
+                self.ledger.advance(known)  # LATEST may still need advancing after a crash
             return Result(Outcome.ALREADY_DONE, event, record)
         self.volume.ensure_ready()
         with self.barrier.shared():
@@ -305,7 +309,7 @@ class BackupService:
         )
         known = self.ledger.get_version(event.bucket, event.key, record.version_token)
         if known is not None:
-            self.ledger.record(known)  # LATEST may still need advancing after a crash
+            self.ledger.advance(known)  # LATEST may still need advancing after a crash
             log.debug(
                 "backup.still_archived",
                 bucket=event.bucket,
@@ -366,12 +370,12 @@ class BackupService:
         holder = known.holder_in(self.ledger.group)
         mine = self.ledger.group is None or holder == self.volume_id
         if mine and self.volume.has_copy(known.sha256):
-            self.ledger.record(known)  # LATEST may still need advancing after a crash
+            self.ledger.advance(known)  # LATEST may still need advancing after a crash
             return Result(Outcome.ALREADY_DONE, event, known)
         if holder is not None and holder != self.volume_id:
             # Copied by another member of the fleet (a redelivery after it was killed
             # between its ledger write and its DeleteMessage): its volume holds the copy.
-            self.ledger.record(known)  # LATEST may still need advancing after a crash
+            self.ledger.advance(known)  # LATEST may still need advancing after a crash
             log.info(
                 "backup.held_elsewhere",
                 bucket=event.bucket,

@@ -268,6 +268,27 @@ class Ledger:
                 self._advance_latest(record)
         return fresh
 
+    def advance(self, known: VersionRecord) -> None:
+        """Bring LATEST up to date for a version read back from the ledger (`known`: a
+        redelivery finds it recorded, and a crash may have come between its write and
+        LATEST's). The version item is never written: a put would recreate an item that
+        retention deleted since it was read, naming a volume whose journal forgot it (its
+        copy then freed by gc), and with LATEST a key S3 had deleted (the fleet review,
+        2026-12-02). The item is looked at again after LATEST is advanced: gone, LATEST is
+        derived from what is left."""
+        pk = object_pk(known.bucket, known.key)
+        with self._holding(pk):
+            if (
+                history.is_removal(known)
+                or self._was_removed(pk, known.version_id)
+                or history.empties_null(known)
+            ):
+                self.settle(known.bucket, known.key)
+                return
+            self._advance_latest(known)
+            if self.get_version(known.bucket, known.key, known.version_token) is None:
+                self.settle(known.bucket, known.key)
+
     def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
         """`record` of each record, in order, in fewer requests: the same items in the end
         and the same result per record (True fresh, False already known), or the exception
@@ -680,8 +701,8 @@ class Ledger:
         write is conditional on the holders being the ones read (`_holder_state`), so of
         two members releasing at once exactly one sees itself last; a refusal reads the
         item again (ALL_OLD) and decides anew. True when the item is gone after this call
-        (deleted by it, or found gone by the last hold's delete: a retry after a lost
-        response)."""
+        (deleted by it, or found gone: a retry after a lost answer, or another holder's
+        release); False when it stays, held by others."""
         key = self._key(record.bucket, record.key, VERSION_PREFIX + record.version_token)
         seen: VersionRecord | None = record
         for _ in range(RELEASE_ATTEMPTS):
@@ -713,11 +734,11 @@ class Ledger:
                     deleted=left is None,
                 )
                 return left is None
-            if not changed and left is None:
-                # the last hold's DeleteItem refused for want of an item: gone, by this call
-                # whose response was lost and which botocore sent again, or by another;
-                # either way no holder is left (retention then forgets the key's LATEST too:
-                # it stayed for ever when this said False, the fleet review, 2026-12-02)
+            if not changed:
+                # refused for want of an item: gone, by this call whose answer was lost and
+                # which botocore sent again, or by another holder's last release; either way
+                # no holder is left (retention then forgets the key's LATEST too: it stayed
+                # for ever when this said False, the fleet review, 2026-12-02)
                 log.info("ledger.holder_released", pk=key["pk"]["S"], sk=key["sk"]["S"],
                          volume_id=volume_id, deleted=True, already_gone=True)  # fmt: skip
                 return True

@@ -18,6 +18,9 @@ from agent.cli.common import ExitCode
 from agent.cli.restore import main as restore_main
 from agent.config import load_config
 from agent.lifecycle.gc import GarbageCollector
+from agent.lifecycle.retention import Retention
+from agent.pipeline.backup import Outcome
+from agent.pipeline.delivery import Delivery, delivering
 from agent.runtime.wiring import lifecycle_context, pressure_retention
 from agent.storage.journal import Journal
 from agent.storage.ledger import Ledger
@@ -109,3 +112,37 @@ def test_verify_on_a_member_checks_its_own_copies_and_counts_the_others(aws, tmp
     assert code == ExitCode.OK, out.getvalue()  # before: b's two copies "missing" here
     assert (summary["versions"], summary["problems"]) == (1, 0)
     assert summary["held_by_other_volumes"] == 2
+
+
+def test_a_redelivery_never_recreates_an_item_another_members_retention_deleted(aws, tmp_path):
+    """Member a records a version and dies before deleting its message; the message comes
+    back to b, whose look-up finds the version; a's retention then expires it (its journal
+    forgets it, the item and the key's LATEST go). b's "LATEST may still need advancing"
+    was a whole `record`: its PutItem recreated the item naming vol-a (whose gc then frees
+    the copy) and LATEST with it (the fleet review, 2026-12-02)."""
+    enable_versioning(aws)
+    (a, member_a), (_b, member_b) = two_members(aws, tmp_path)
+    response = put(aws, "report.pdf", b"quarterly figures")
+    event = created("report.pdf", response, 17, at=AT)
+    assert member_a.process(event).outcome == Outcome.STORED
+    ledger = Ledger(aws.dynamodb, TABLE)
+    retention_a = Retention(
+        ledger=ledger, journal=Journal(a.journal_dir), policy=None, buckets=[BUCKET],
+        volume_id="vol-a",
+    )  # fmt: skip
+    looked_up = member_b.ledger.get_version
+
+    def look_up_then_expire(bucket: str, key: str, token: str):  # type: ignore[no-untyped-def]
+        known = looked_up(bucket, key, token)
+        if known is not None and known.version_token == event.version_token:
+            assert retention_a.expire(known, AT)  # a's journal first, then the item
+            ledger.delete_latest(bucket, key, known.version_token)  # the whole key expired
+        return known
+
+    member_b.ledger.get_version = look_up_then_expire  # type: ignore[method-assign]
+    with delivering(Delivery("m-1", receive_count=2)):
+        assert member_b.process(event).outcome == Outcome.ALREADY_DONE
+
+    assert list(Journal(a.journal_dir).read_all()) == []
+    assert ledger.get_version(BUCKET, "report.pdf", event.version_token) is None
+    assert ledger.latest(BUCKET, "report.pdf") is None
