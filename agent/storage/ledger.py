@@ -576,9 +576,19 @@ class Ledger:
                 if error_code(exc) != "ConditionalCheckFailedException":
                     raise classify(exc, "DynamoDB UpdateItem holders") from exc
                 old: Any = exc.response.get("Item")
-                parsed = parse_item(old) if old else None
+                if not old:
+                    # gone: the other groups' last hold released meanwhile. This volume holds
+                    # the copy (journalled): the item is made again, naming this group, so
+                    # that this group's retention expires it in its turn (returning False
+                    # left a version no item named, its copy kept for ever, and LATEST
+                    # pointing at it: the fleet review, 2026-12-02)
+                    made = self._create_version(record)
+                    if made is None:
+                        return True
+                    old = made
+                parsed = parse_item(old)
                 if not isinstance(parsed, VersionRecord):
-                    return False  # gone (retention) or malformed meanwhile: nothing to add to
+                    return False  # malformed meanwhile: nothing to add to
                 seen = parsed  # another group (or this one) wrote first: look again
                 continue
             except botocore.exceptions.BotoCoreError as exc:
@@ -592,6 +602,21 @@ class Ledger:
             )
             return True
         raise RuntimeError(f"holders of {key['pk']['S']} {key['sk']['S']} kept changing")
+
+    def _create_version(self, record: VersionRecord) -> dict[str, Any] | None:
+        """Write `record`'s version item, naming this group's holder, unless one exists:
+        None when written, else the item that exists (ALL_OLD)."""
+        item, _holding = self._version_item(record)
+        return self._refused(
+            "PutItem",
+            self._db.put_item,
+            {
+                "TableName": self.table,
+                "Item": item,
+                "ConditionExpression": VERSION_CONDITION,
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            },
+        )
 
     def _repair(self, item: dict[str, Any], old: dict[str, Any]) -> bool:
         repaired = self._conditional(

@@ -273,3 +273,38 @@ def test_a_last_release_sent_again_after_a_lost_response_still_says_the_item_is_
 
     assert ledger.release(seen, "vol-a")
     assert Ledger(dynamodb, TABLE).get_version(BUCKET, record.key, record.version_token) is None
+
+
+def test_a_holder_added_as_the_other_groups_last_release_deletes_the_item_makes_it_again(
+    dynamodb,
+):
+    """Group 2's member copied v1 and records it: its PutItem is refused (group 1's item),
+    then group 1's retention releases the last hold (item and LATEST deleted) before group
+    2's UpdateItem. That said False: no item named the version vol-b holds (its copy kept
+    for ever) and LATEST pointed at it (the fleet review, 2026-12-02). The item is made
+    again, naming group 2, for its own retention to expire."""
+    groups = ("backup-events-1", "backup-events-2")
+    a = Ledger(dynamodb, TABLE, group=groups[0], volume_id="vol-a")
+    b = Ledger(dynamodb, TABLE, group=groups[1], volume_id="vol-b")
+    v_a = stored_version("reports/q1.txt", "v1", "0A", volume_id="vol-a")
+    assert a.record(v_a)
+    seen = a.get_version(v_a.bucket, v_a.key, v_a.version_token)
+    assert seen is not None
+    ran: list[bool] = []
+
+    def a_retention_in_between(**_: object) -> None:
+        if not ran:
+            ran.append(True)
+            assert a.release(seen, "vol-a")  # the last hold: the item deleted
+            assert a.delete_latest(v_a.bucket, v_a.key, v_a.version_token)
+
+    dynamodb.meta.events.register(
+        "provide-client-params.dynamodb.UpdateItem", a_retention_in_between
+    )
+    assert b.record(stored_version("reports/q1.txt", "v1", "0A", volume_id="vol-b"))
+
+    reader = Ledger(dynamodb, TABLE)
+    item = reader.get_version(v_a.bucket, v_a.key, v_a.version_token)
+    assert item is not None and item.holder_volumes() == ["vol-b"]
+    latest = reader.latest(v_a.bucket, v_a.key)
+    assert latest is not None and latest.version_token == v_a.version_token
