@@ -506,26 +506,15 @@ class Ledger:
         item another group wrote gets this group's holder added (`_add_holder`). True when
         this call made `record`'s volume a holder."""
         item, holding = self._version_item(record)
-        try:
-            self._db.put_item(
-                TableName=self.table,
-                Item=item,
-                ConditionExpression=VERSION_CONDITION,
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except botocore.exceptions.ClientError as exc:
-            if error_code(exc) == "ConditionalCheckFailedException":
-                old: Any = exc.response.get("Item")
-                parsed = parse_item(old) if old else None
-                if isinstance(parsed, Rejection):
-                    return self._repair(item, old)
-                if parsed is not None and holding:
-                    return self._add_holder(record, parsed)
-                return False
-            raise classify(exc, "DynamoDB PutItem") from exc
-        except botocore.exceptions.BotoCoreError as exc:
-            raise classify(exc, "DynamoDB PutItem") from exc
-        return True
+        old = self._create_version(item)
+        if old is None:
+            return True
+        parsed = parse_item(old) if old else None
+        if isinstance(parsed, Rejection):
+            return self._repair(item, old)
+        if parsed is not None and holding:
+            return self._add_holder(record, parsed)
+        return False
 
     def _version_item(self, record: VersionRecord) -> tuple[dict[str, Any], bool]:
         """The version item of `record`, and whether it names this volume as its replica
@@ -582,7 +571,7 @@ class Ledger:
                     # that this group's retention expires it in its turn (returning False
                     # left a version no item named, its copy kept for ever, and LATEST
                     # pointing at it: the fleet review, 2026-12-02)
-                    made = self._create_version(record)
+                    made = self._create_version(self._version_item(record)[0])
                     if made is None:
                         return True
                     old = made
@@ -603,10 +592,9 @@ class Ledger:
             return True
         raise RuntimeError(f"holders of {key['pk']['S']} {key['sk']['S']} kept changing")
 
-    def _create_version(self, record: VersionRecord) -> dict[str, Any] | None:
-        """Write `record`'s version item, naming this group's holder, unless one exists:
-        None when written, else the item that exists (ALL_OLD)."""
-        item, _holding = self._version_item(record)
+    def _create_version(self, item: dict[str, Any]) -> dict[str, Any] | None:
+        """Write a version item (`_version_item`) unless one exists: None when written, else
+        the item that exists (ALL_OLD; empty if the refusal returned none)."""
         return self._refused(
             "PutItem",
             self._db.put_item,
