@@ -30,8 +30,11 @@ level are granted as many frames as fit in those bytes (all of them at level 3, 
 level 9, none at level 19 on 2 CPUs: every large copy then streams), and copies at
 different levels, before and after a reload, share the same bytes.
 
-Not counted: a copy streaming holds one context of its own outside the budget (so up to one
-per worker copying a large object: the pipeline's workers bound them, not this budget), and
+Not counted: the compressed output of the one frame a copy is writing (its input buffer is
+already filling the next frame: at most a compress bound of `FRAME_BYTES` per copy, about a
+fifth of that for log-like data), a copy streaming holds one context of its own outside the
+budget (so up to one per worker copying a large object: the pipeline's workers bound them,
+not this budget), and
 copies of a known size up to `FRAME_BYTES` (one call up to 1 MiB, one frame streamed by zstd's
 own threads above) or of unknown size compress outside `_ParallelFrames` altogether, each
 with contexts at the configured level (docs/design.md, "Concurrency", says what each costs).

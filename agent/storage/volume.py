@@ -603,7 +603,8 @@ class _ParallelFrames:
     kept for reuse) is a `FRAME_BYTES` buffer taken from the process's `FrameBudget`
     (frame_budget.py), plus its compressed output until it is written: at most `workers`
     compressing plus the one being filled for this copy, and at most the budget's frames for
-    all copies together. The budget never makes a copy wait. With the budget spent, a copy
+    all copies together; and the output of the one frame being written (by a thread of its
+    own, in order, so that a write that blocks does not stop the reading). The budget never makes a copy wait. With the budget spent, a copy
     holding frames reuses its own buffers (waits for its oldest frame to be written); a copy
     holding none compresses its next frame streaming, in the caller's thread, as the chunks
     arrive (`_streamed_write`): the same boundaries, header (content size) and checksum, so
@@ -628,6 +629,12 @@ class _ParallelFrames:
         self.budget = budget if budget is not None else FRAME_BUDGET
         self.held = 0  # frames taken from the budget: buffers filling, compressing or spare
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="zstd-frame")
+        # Compressed frames go to the disk from a thread of their own, one at a time, in order:
+        # a write that blocks (dirty pages throttled, the writeback hint waiting for the
+        # device's queue: 40-50 ms here, more on a slow EBS volume) no longer stops the reading
+        # and with it the workers, who ran out of frames and left CPUs idle.
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="zstd-frame-write")
+        self.writing: Future[int] | None = None  # the frame being written
         # frames compressing or compressed, each with the list its buffer comes back in
         self.pending: deque[tuple[Future[bytes], list[mmap.mmap]]] = deque()
         self.spare: deque[mmap.mmap] = deque()  # buffers of written frames, for reuse
@@ -670,6 +677,7 @@ class _ParallelFrames:
             self._submit()
         while self.pending:
             self._write_oldest()
+        self._written()
 
     def __enter__(self) -> _ParallelFrames:
         return self
@@ -686,6 +694,8 @@ class _ParallelFrames:
         for future, _ in self.pending:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.writer.shutdown(wait=True)  # nothing writes to the sink after close
+        self.writing = None
         self.pending.clear()
         self.spare.clear()
         self.buffer = None
@@ -705,6 +715,7 @@ class _ParallelFrames:
         if self.buffer is None:
             while self.pending:  # frames stay in order (none pending unless held)
                 self._write_oldest()
+            self._written()  # the stream writes to the sink from this thread
             if self._streamer is None:
                 self._streamer = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
             self.stream = self._streamer.stream_writer(self.sink, size=self.size, closefd=False)
@@ -752,7 +763,14 @@ class _ParallelFrames:
         frame = future.result()
         del future
         self.spare.append(handed.pop())
-        self.sink.write(frame)
+        self._written()  # one frame written at a time: its output is the only one held past it
+        self.writing = self.writer.submit(self.sink.write, frame)
+
+    def _written(self) -> None:
+        """Wait for the frame being written; its error (a full disk) is raised here."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            writing.result()
 
     def _frame_of(self, handed: list[mmap.mmap], size: int) -> bytes:
         buffer = handed.pop()

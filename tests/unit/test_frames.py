@@ -28,6 +28,7 @@ from agent.records import VersionRecord
 from agent.restore import copies
 from agent.restore.copies import CorruptCopy, verified_chunks
 from agent.storage import frames
+from agent.storage.frame_budget import FrameBudget
 from agent.storage import volume as volume_module
 from agent.storage.volume import (
     MAX_WINDOW_BYTES,
@@ -380,6 +381,51 @@ def test_a_full_disk_while_frames_compress_is_disk_full_and_leaves_nothing(
     with pytest.raises(DiskFull):
         volume.write_copy(chunks_of(data), PARALLEL, Expectation(size=len(data)))
     assert leftovers(volume) == []
+    assert not frame_threads()
+
+
+def test_a_write_that_blocks_does_not_stop_the_next_frames_compressing(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first frame's write blocks (dirty pages throttled, a slow volume): the third frame
+    is still read and compressed meanwhile. The writes went from the reading thread, so a
+    blocked write stopped the reading, the workers ran out of frames and CPUs stood idle."""
+    monkeypatch.setattr(volume_module, "FRAME_BUDGET", FrameBudget(3))
+    real_write = volume_module.WritebackAsYouGo.write
+    real_compress = volume_module._ParallelFrames._compress
+    released, third = threading.Event(), threading.Event()
+    writes: list[int] = []
+    compressed: list[int] = []
+
+    def blocking_write(self: Any, data: bytes) -> int:
+        writes.append(len(data))
+        if len(writes) == 1:
+            released.wait(timeout=30)
+        return real_write(self, data)
+
+    def compress(self: Any, buffer: bytearray, size: int) -> bytes:
+        compressed.append(size)
+        if len(compressed) == 3 and not released.is_set():
+            third.set()
+        return real_compress(self, buffer, size)
+
+    monkeypatch.setattr(volume_module.WritebackAsYouGo, "write", blocking_write)
+    monkeypatch.setattr(volume_module._ParallelFrames, "_compress", compress)
+    data = data_of(6 * FRAME)
+    copies: list[StoredCopy] = []
+    writer = threading.Thread(
+        target=lambda: copies.append(
+            volume.write_copy(chunks_of(data), PARALLEL, Expectation(size=len(data)))
+        )
+    )
+    writer.start()
+    try:
+        overlapped = third.wait(timeout=10)
+    finally:
+        released.set()
+        writer.join(timeout=60)
+    assert overlapped, f"{len(compressed)} frames compressed while the first write blocked"
+    assert copies and b"".join(verified_chunks(volume, record_of(copies[0]))) == data
     assert not frame_threads()
 
 
