@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import resource
 import shutil
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -54,26 +56,33 @@ class CpuTimeline:
         self.processes = (agent, endpoint)
         self.interval = interval
         self.samples: list[tuple[float, float, float]] = []  # (seconds, agent CPU, endpoint CPU)
-        self.machine: list[tuple[float, float]] = []  # (seconds, CPU seconds of every process)
+        # (seconds, CPU seconds of every process, of interrupts, of this benchmark's process)
+        self.machine: list[tuple[float, ...]] = []
+        self.kernel: tuple[dict[int, float], dict[int, tuple[str, float]]] = ({}, {})
+        self._bench = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
 
     def start(self) -> CpuTimeline:
+        before = kernel_threads()  # read outside the timed window: its own cost is not counted
         self.sample()
         self._thread.start()
+        self.kernel = ({pid: seconds for pid, (_, seconds) in before.items()}, {})
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
         self.sample()
+        self.kernel = (self.kernel[0], kernel_threads())
 
     def sample(self) -> None:
         agent, endpoint = self.processes
         with contextlib.suppress(psutil.Error):
             now = time.perf_counter()
             self.samples.append((now, cpu_seconds(agent), cpu_seconds(endpoint)))
-            self.machine.append((now, machine_busy_seconds()))
+            busy, interrupts, idle = machine_busy_seconds()
+            self.machine.append((now, busy, interrupts, cpu_seconds(self._bench), idle))
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -93,10 +102,49 @@ class CpuTimeline:
         out = []
         both = self.slices(count)
         for ((low, high), width), (agent, endpoint) in zip(self._bounds(count), both, strict=True):
-            (m0,) = _at(self.machine, low)
-            (m1,) = _at(self.machine, high)
+            m0 = _at(self.machine, low)[0]
+            m1 = _at(self.machine, high)[0]
             out.append(max(0.0, (m1 - m0) / width - agent - endpoint))
         return out
+
+    def agent_started(self, rate: float = 0.5) -> float | None:
+        """Seconds from the first sample until the agent first used `rate` CPUs over a
+        sample's interval once the endpoint had (reading the object before its first byte):
+        when its stream began, so the first-byte wait of this very run (its message's
+        delivery, its GET, the endpoint reading the object), at the sampling interval's
+        resolution. None when it never did."""
+        endpoint_busy = False
+        for (t0, a0, e0), (t1, a1, e1) in itertools.pairwise(self.samples):
+            if t1 <= t0:
+                continue
+            endpoint_busy = endpoint_busy or (e1 - e0) / (t1 - t0) >= rate
+            if endpoint_busy and (a1 - a0) / (t1 - t0) >= rate:
+                return t0 - self.samples[0][0]
+        return None
+
+    def shares(self) -> Shares:
+        """Whose were the CPU seconds of the run that neither the agent nor the endpoint used
+        (their sum is `others` over the whole run, read from /proc/stat)."""
+        if len(self.machine) < 2 or len(self.samples) < 2:
+            return Shares(0.0, 0.0, 0.0, 0.0, (), 0.0, 0.0)
+        first, last = self.machine[0], self.machine[-1]
+        agent = self.samples[-1][1] - self.samples[0][1]
+        endpoint = self.samples[-1][2] - self.samples[0][2]
+        others = max(0.0, last[1] - first[1] - agent - endpoint)
+        before, after = self.kernel
+        used = sorted(
+            ((name, seconds - before.get(pid, 0.0)) for pid, (name, seconds) in after.items()),
+            key=lambda item: -item[1],
+        )
+        return Shares(
+            others,
+            bench=last[3] - first[3],
+            kernel=sum(seconds for _, seconds in used),
+            interrupts=last[2] - first[2],
+            busiest=tuple((name, seconds) for name, seconds in used[:3] if seconds > 0),
+            idle=last[4] - first[4],
+            window=last[0] - first[0],
+        )
 
     def _bounds(self, count: int) -> list[tuple[tuple[float, float], float]]:
         if len(self.samples) < 2:
@@ -108,12 +156,57 @@ class CpuTimeline:
         ]
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every CPU of the machine has spent not idle since boot (/proc/stat; steal,
-    the time the hypervisor gave to another guest, counts: this machine did not get it)."""
+@dataclass(frozen=True)
+class Shares:
+    """The CPU seconds of a run used by neither the agent nor the endpoint, and whose they
+    were: this benchmark's own process (its sampling, its reading of the agent's log), the
+    kernel's threads (writeback of the copy's pages, reclaim: pid 2 and its children) and
+    interrupts (/proc/stat's irq and softirq: the loopback's packets, the disk's completions).
+    The rest is everyone else's."""
+
+    others: float
+    bench: float
+    kernel: float
+    interrupts: float
+    busiest: tuple[tuple[str, float], ...]  # the kernel threads that used the most
+    idle: float  # CPU seconds no one used (/proc/stat's idle and iowait)
+    window: float  # the seconds these were measured over (the run, from sample to sample)
+
+    @property
+    def machine(self) -> float:
+        """The machine's own work in the run, never more than `others` (a tick taken in an
+        interrupt may be charged to the process it interrupted as well)."""
+        return min(self.others, self.bench + self.kernel + self.interrupts)
+
+    @property
+    def rest(self) -> float:
+        return self.others - self.machine
+
+
+def kernel_threads() -> dict[int, tuple[str, float]]:
+    """Every kernel thread's name and CPU seconds since it started, by pid (kthreadd, pid 2,
+    and its children; a kworker's name says what it works on, e.g. `+flush-253:0`)."""
+    out = {}
+    for process in psutil.process_iter(["pid", "ppid", "name"]):
+        info = process.info
+        if info["pid"] == 2 or info["ppid"] == 2:
+            with contextlib.suppress(psutil.Error):
+                out[info["pid"]] = (str(info["name"]), cpu_seconds(process))
+    return out
+
+
+def machine_busy_seconds() -> tuple[float, float, float]:
+    """CPU seconds every CPU of the machine has spent not idle since boot, of those in
+    interrupts, and idle (/proc/stat; steal, the time the hypervisor gave to another guest,
+    counts as busy: this machine did not get it; iowait counts as idle)."""
     times = psutil.cpu_times()
     busy = ("user", "nice", "system", "irq", "softirq", "steal")  # user includes guest
-    return float(sum(getattr(times, name, 0.0) for name in busy))
+    interrupts = ("irq", "softirq")
+    return (
+        float(sum(getattr(times, name, 0.0) for name in busy)),
+        float(sum(getattr(times, name, 0.0) for name in interrupts)),
+        float(times.idle + getattr(times, "iowait", 0.0)),
+    )
 
 
 def _cpu_at(samples: list[tuple[float, float, float]], moment: float) -> tuple[float, float]:
@@ -183,11 +276,12 @@ def agent_backup(
         before = len(run.log.named("backup.stored"))
         cpu = (cpu_seconds(agent), cpu_seconds(endpoint) if endpoint else 0.0)
         timeline = CpuTimeline(agent, endpoint).start()
+        sent = time.time()
         started = time.perf_counter()
         try:
             setup.clients.sqs.send_message(QueueUrl=setup.queue_url, MessageBody=event_body)
             stored = run.log.wait_for("backup.stored", before + 1)[-1]
-            seconds = time.perf_counter() - started
+            seconds = logged_seconds(stored, sent, time.perf_counter() - started)
         finally:
             timeline.stop()
         agent_cpu = cpu_seconds(agent) - cpu[0]
@@ -207,6 +301,19 @@ def agent_backup(
         )
     finally:
         run.stop()
+
+
+def logged_seconds(event: dict[str, object], sent: float, seen: float) -> float:
+    """Seconds from `sent` (time.time()) to the moment the agent logged `event`, by the log
+    line's own timestamp (the agent's clock is this machine's): not the `seen` seconds until
+    the benchmark's polling of the log (every 10 ms) noticed it. `seen` when the timestamp
+    is missing or unreadable."""
+    stamp = event.get("timestamp")
+    try:
+        logged = datetime.fromisoformat(str(stamp)).timestamp() - sent
+    except ValueError:
+        return seen
+    return logged if 0 < logged <= seen else seen
 
 
 def cpu_seconds(process: psutil.Process | None) -> float:

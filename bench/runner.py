@@ -105,8 +105,11 @@ class Benchmark:
         size = s.large_mb * MiB
         key = LARGE_KEY.format(mb=s.large_mb)
         data = self.data_file(s.large_mb)
-        plain = large.plain_get(setup, key)
-        get = plain.seconds
+        # the better of two GETs: the reference and the first-byte wait the bound allows are
+        # then the endpoint's fastest, never one slowed by a hiccup
+        plains = [large.plain_get(setup, key) for _ in range(2)]
+        get = min(plain.seconds for plain in plains)
+        first_byte = min(plain.first_byte for plain in plains)
         squeeze, squeeze_cpu = large.zstd_cli(data, self.cpus)
         script = large.scripted(setup, key, self.root / "scripted")
         agent = backups[s.large_mb]
@@ -120,7 +123,7 @@ class Benchmark:
         r.line(
             "plain streaming GET to nowhere",
             f"{mb_per_s(size, get):.0f} MB/s",
-            f"{get:.2f} s, first byte after {plain.first_byte:.2f} s",
+            f"{get:.2f} s, first byte after {first_byte:.2f} s (the better of 2)",
         )
         r.line(f"zstd -3 -T{self.cpus}", f"{mb_per_s(size, squeeze):.0f} MB/s", f"{squeeze:.2f} s")
         r.line("ceiling (slower of the two)", f"{mb_per_s(size, ceiling):.0f} MB/s")
@@ -130,6 +133,7 @@ class Benchmark:
             f"{mb_per_s(size, script.seconds):.0f} MB/s",
             f"{script.download:.2f} + {script.compress:.2f} + {script.checksum:.2f} s",
         )
+        reach: float | None = None  # of the bound counting the machine's own work
         if agent.endpoint_cpu is not None:
             busy = agent.agent_cpu + agent.endpoint_cpu
             r.line(
@@ -147,7 +151,7 @@ class Benchmark:
             )
             # moto_server reads the whole object before its first byte (real S3 streams):
             # one CPU works while the others wait for it, whatever the program.
-            serial = (busy + plain.first_byte * (self.cpus - 1)) / self.cpus
+            serial = (busy + first_byte * (self.cpus - 1)) / self.cpus
             r.line(
                 "  counting the endpoint's first-byte wait",
                 f"{serial:.2f} s at best",
@@ -169,16 +173,50 @@ class Benchmark:
                     " ".join(f"{o:.1f}" for o in others),
                     "(the kernel's writeback, this benchmark, other users of the machine)",
                 )
-                width = agent.seconds / len(others)
-                other_seconds = sum(others) * width
-                idle = max(0.0, self.cpus * agent.seconds - busy - other_seconds)
+                shares = agent.timeline.shares()
                 r.line(
                     "  CPU seconds of the run",
-                    f"{busy:.1f} + {other_seconds:.1f} + {idle:.1f} s",
-                    f"agent and endpoint + others + idle, of {self.cpus * agent.seconds:.1f};"
-                    f" of the CPU the others left, the agent reaches"
-                    f" {busy / max(busy, busy + idle):.2f}",
+                    f"{busy:.1f} + {shares.others:.1f} + {shares.idle:.1f} s",
+                    f"agent and endpoint + others + idle (/proc/stat), of"
+                    f" {self.cpus * shares.window:.1f}; of the CPU the others left, the agent"
+                    f" reaches {busy / max(busy, busy + shares.idle):.2f}",
                 )
+                busiest = ", ".join(f"{name} {seconds:.2f}" for name, seconds in shares.busiest)
+                r.line(
+                    "  the others, whose",
+                    f"{shares.bench:.2f} + {shares.kernel:.2f} + {shares.interrupts:.2f}"
+                    f" + {shares.rest:.2f} s",
+                    f"this benchmark (its sampling, reading the agent's log) + kernel threads"
+                    f" ({busiest or 'none'}) + interrupts (the loopback's packets, the disk's)"
+                    f" + everyone else",
+                )
+                # The machine's own work for the run is part of the bound as well: writing
+                # the copy's pages back, carrying the object over the loopback, measuring.
+                # Only everyone else's CPU is left out. What the bound does not count is the
+                # idle CPU past the first-byte wait: the agent's own stalls.
+                whole = (busy + shares.machine + first_byte * (self.cpus - 1)) / self.cpus
+                reach = whole / agent.seconds
+                stalls = max(0.0, shares.idle - first_byte * (self.cpus - 1))
+                r.line(
+                    "  counting the machine's own work too",
+                    f"{whole:.2f} s at best",
+                    f"the agent reaches {reach:.2f} of that (target >= 0.95): the CPU this"
+                    f" machine had for the run; idle besides the first-byte wait: {stalls:.2f}"
+                    " CPU-s",
+                )
+                began = agent.timeline.agent_started()
+                if began is not None:
+                    # the bound allows the plain GET's first-byte wait; this run's own
+                    # (delivery, GET, the endpoint reading the object) may be longer
+                    longer = max(0.0, began - first_byte) * (self.cpus - 1)
+                    r.line(
+                        "  this run's own first-byte wait",
+                        f"{began:.2f} s",
+                        f"from the CPU timeline (the agent's stream began): {longer:.2f} CPU-s"
+                        f" of the {stalls:.2f} idle are its wait beyond the plain GET's;"
+                        f" the rest, {max(0.0, stalls - longer):.2f}, is the agent's start,"
+                        " stream and end",
+                    )
         vs_ceiling = ceiling / agent.seconds
         vs_script = script.seconds / agent.seconds
         r.line("agent / ceiling", f"{vs_ceiling:.2f}x", "target >= 0.9x")
@@ -190,7 +228,8 @@ class Benchmark:
         self.outcome.large_copy = Copy(agent.sha256, size, large.BUCKET, key)
         self.outcome.large_volume = setup.config.storage.root
         self.outcome.large_config = setup.config_path
-        r.add_summary(f"large {vs_ceiling:.2f}x ceiling {vs_script:.2f}x scripted")
+        of_bound = f" ({reach:.2f} of the machine's bound)" if reach is not None else ""
+        r.add_summary(f"large {vs_ceiling:.2f}x ceiling{of_bound} {vs_script:.2f}x scripted")
 
     # -- 2. small objects -------------------------------------------------------------
 
