@@ -61,6 +61,8 @@ WRITEBACK_BYTES = 8 << 20
 # bench's log data: none measurable (0.18590 split into 16 MiB frames, 0.18602 whole). 16 MiB
 # keeps two 8 MiB zstd jobs per frame at level 3, so `threads` still compress in parallel.
 FRAME_BYTES = 16 << 20
+RAMP_FRAMES = 4  # a split copy's first frames: FRAME_BYTES / 16, / 8, / 4, / 2 (_next_size)
+TAIL_FRAMES = 4  # and its last FRAME_BYTES, in quarters
 # Frames decompressing at once for one copy; with the one the caller holds, a parallel read
 # keeps (PARALLEL_FRAMES + 1) * FRAME_BYTES in memory, whatever the copy's size.
 PARALLEL_FRAMES = 2
@@ -604,12 +606,13 @@ class _ParallelFrames:
     (frame_budget.py), plus its compressed output until it is written: at most `workers`
     compressing plus the one being filled for this copy, and at most the budget's frames for
     all copies together; and the output of the one frame being written (by a thread of its
-    own, in order, so that a write that blocks does not stop the reading). The budget never makes a copy wait. With the budget spent, a copy
-    holding frames reuses its own buffers (waits for its oldest frame to be written); a copy
-    holding none compresses its next frame streaming, in the caller's thread, as the chunks
-    arrive (`_streamed_write`): the same boundaries, header (content size) and checksum, so
-    frames.py reads it like the others, with no input buffer, only a single-threaded zstd
-    context (~3.5 MiB at level 3); at the next boundary it asks the budget again. A failure
+    own, in order, so that a write that blocks does not stop the reading). The budget never
+    makes a copy wait. With the budget spent, a copy holding frames reuses its own buffers
+    (waits for its oldest frame to be written); a copy holding none compresses its next
+    frame streaming, in the caller's thread, as the chunks arrive (`_streamed_write`): the
+    same boundaries, header (content size) and checksum, so frames.py reads it like the
+    others, with no input buffer, only a single-threaded zstd context (~3.5 MiB at level
+    3); at the next boundary it asks the budget again. A failure
     in a worker is raised in the caller when its frame's turn to be written comes (or at
     `end`); `close` cancels what has not started, waits for what has, so nothing writes
     after, and gives every frame back.
@@ -643,6 +646,7 @@ class _ParallelFrames:
         self._streamer: zstandard.ZstdCompressor | None = None  # its compressor, reused
         self.streamed = 0  # frames compressed streaming (no frame from the budget)
         self.size = 0  # the length of the frame being filled or streamed
+        self.begun = 0  # frames begun so far
         self.filled = 0  # the bytes given to it so far
         self._local = threading.local()  # one compressor per worker thread
 
@@ -663,7 +667,8 @@ class _ParallelFrames:
                     self._submit()
                 else:
                     self._end_stream()
-        while self.pending and self.pending[0][0].done():  # write what is ready, free it
+        # write what is ready, free it; never waiting for a write (the writer's own pace)
+        while self.pending and self.pending[0][0].done() and self._writer_free():
             self._write_oldest()
 
     def end(self) -> None:
@@ -708,8 +713,9 @@ class _ParallelFrames:
         """The next frame: in a buffer of the budget's or of this copy's, else streaming."""
         if self.left <= 0:
             raise IntegrityError("object is longer than its frames")
-        self.size = min(FRAME_BYTES, self.left)
+        self.size = self._next_size()
         self.left -= self.size
+        self.begun += 1
         self.filled = 0
         self.buffer = self._new_buffer()
         if self.buffer is None:
@@ -720,6 +726,21 @@ class _ParallelFrames:
                 self._streamer = zstandard.ZstdCompressor(level=self.level, write_checksum=True)
             self.stream = self._streamer.stream_writer(self.sink, size=self.size, closefd=False)
             self.streamed += 1
+
+    def _next_size(self) -> int:
+        """The next frame's size: `FRAME_BYTES`, except at both ends when frames compress side
+        by side. The first `RAMP_FRAMES` double up to it (1, 2, 4 and 8 MiB): a worker starts
+        on the first MiB instead of waiting for 16 to be read while the other CPUs idle. The
+        last `FRAME_BYTES` go in quarters: the workers end together instead of one compressing
+        a whole frame alone after the reading has ended. Each frame declares its size, so
+        frames.py reads any mix (docs/benchmarks.md, issue 19)."""
+        size = FRAME_BYTES
+        if self.workers > 1:
+            if self.begun < RAMP_FRAMES:
+                size = FRAME_BYTES >> (RAMP_FRAMES - self.begun)
+            elif self.left <= FRAME_BYTES:
+                size = FRAME_BYTES // TAIL_FRAMES
+        return min(size, self.left)
 
     def _streamed_write(self, data: memoryview) -> None:
         assert self.stream is not None
@@ -765,6 +786,9 @@ class _ParallelFrames:
         self.spare.append(handed.pop())
         self._written()  # one frame written at a time: its output is the only one held past it
         self.writing = self.writer.submit(self.sink.write, frame)
+
+    def _writer_free(self) -> bool:
+        return self.writing is None or self.writing.done()
 
     def _written(self) -> None:
         """Wait for the frame being written; its error (a full disk) is raised here."""

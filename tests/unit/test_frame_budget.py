@@ -148,6 +148,15 @@ class _Counted(mmap.mmap):
 @pytest.fixture(autouse=True)
 def small_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(volume_module, "FRAME_BYTES", FRAME)
+    uniform_frames(monkeypatch)
+
+
+def uniform_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frame FRAME_BYTES (the last the rest): no smaller frames at a split copy's two
+    ends, so the tests here count frames and boundaries simply (test_frames.py tests the
+    ends: `test_a_split_copy_starts_and_ends_with_smaller_frames`)."""
+    monkeypatch.setattr(volume_module, "RAMP_FRAMES", 0)
+    monkeypatch.setattr(volume_module, "TAIL_FRAMES", 1)
 
 
 @pytest.fixture

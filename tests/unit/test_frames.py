@@ -28,8 +28,8 @@ from agent.records import VersionRecord
 from agent.restore import copies
 from agent.restore.copies import CorruptCopy, verified_chunks
 from agent.storage import frames
-from agent.storage.frame_budget import FrameBudget
 from agent.storage import volume as volume_module
+from agent.storage.frame_budget import FrameBudget
 from agent.storage.volume import (
     MAX_WINDOW_BYTES,
     CompressionSettings,
@@ -74,6 +74,15 @@ def scan(copy: StoredCopy, limit: int | None = None) -> list[frames.Frame] | Non
 @pytest.fixture(autouse=True)
 def small_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(volume_module, "FRAME_BYTES", FRAME)
+    uniform_frames(monkeypatch)
+
+
+def uniform_frames(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frame FRAME_BYTES (the last the rest): no smaller frames at a split copy's two
+    ends, so the tests here count frames and boundaries simply (test_frames.py tests the
+    ends: `test_a_split_copy_starts_and_ends_with_smaller_frames`)."""
+    monkeypatch.setattr(volume_module, "RAMP_FRAMES", 0)
+    monkeypatch.setattr(volume_module, "TAIL_FRAMES", 1)
 
 
 def test_a_large_copy_is_written_as_frames_that_each_declare_their_size(volume: Volume) -> None:
@@ -384,6 +393,27 @@ def test_a_full_disk_while_frames_compress_is_disk_full_and_leaves_nothing(
     assert not frame_threads()
 
 
+def test_a_split_copy_starts_and_ends_with_smaller_frames(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With frames compressing side by side the first frames double up to FRAME_BYTES (the
+    workers start before a whole frame is read) and the last FRAME_BYTES go in quarters
+    (they end together); one worker writes FRAME_BYTES frames throughout. Read back alike."""
+    monkeypatch.setattr(volume_module, "RAMP_FRAMES", 4)
+    monkeypatch.setattr(volume_module, "TAIL_FRAMES", 4)
+    data = data_of(4 * FRAME + FRAME * 15 // 16)
+    quarter = FRAME // 4
+    for settings_, expected in (
+        (PARALLEL, [FRAME // 16, FRAME // 8, FRAME // 4, FRAME // 2] + [FRAME] * 3 + [quarter] * 4),
+        (SETTINGS, [FRAME] * 4 + [FRAME * 15 // 16]),
+    ):
+        copy = volume.write_copy(chunks_of(data), settings_, Expectation(size=len(data)))
+        found = scan(copy, limit=len(data))
+        assert found is not None and [f.content_size for f in found] == expected
+        assert b"".join(verified_chunks(volume, record_of(copy))) == data
+        volume.copy_path(copy.sha256).unlink()
+
+
 def test_a_write_that_blocks_does_not_stop_the_next_frames_compressing(
     volume: Volume, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -405,7 +435,7 @@ def test_a_write_that_blocks_does_not_stop_the_next_frames_compressing(
 
     def compress(self: Any, buffer: bytearray, size: int) -> bytes:
         compressed.append(size)
-        if len(compressed) == 3 and not released.is_set():
+        if len(compressed) >= 3 and not released.is_set():  # two workers append at once
             third.set()
         return real_compress(self, buffer, size)
 
