@@ -17,9 +17,8 @@ from agent.fleet.adopt import adopt
 from agent.fleet.member import Member
 from agent.fleet.registry import Registry
 from agent.fleet.report import DEGRADED, OK, fleet_report
-from agent.runtime.wiring import fleet_identity
+from agent.runtime.wiring import fleet_identity, member_ledger
 from agent.storage.journal import Journal
-from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 
 if TYPE_CHECKING:
@@ -111,7 +110,8 @@ def cmd_adopt_volume(args: argparse.Namespace, config: Config) -> int:
     clients = build_clients(config)
     result = adopt(
         Registry(clients.dynamodb, config.state.table, queue_name(config.queue.url)),
-        Ledger(clients.dynamodb, config.state.table),
+        # this member's replica group holds the adopted volume's copies from now on
+        member_ledger(config, clients, adopted_id),
         Journal(volume.journal_dir).read_all(),
         volume_id=adopted_id,
         member_id=identity.member_id,
