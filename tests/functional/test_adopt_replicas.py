@@ -180,3 +180,20 @@ def test_adopt_does_not_record_again_a_version_the_volume_s_retention_expired(
     assert "1 journal records: 0 recorded now, 1 already recorded" in capsys.readouterr().out
     assert ledger.get_version(BUCKET, expired.key, expired.version_token) is None
     assert [r.version_token for r in ledger.versions(BUCKET, kept.key)] == [kept.version_token]
+
+
+def test_adopt_on_a_member_of_another_replica_group_is_refused(aws, tmp_path, volumes, capsys):
+    enable_versioning(aws)
+    member_a = member_service(aws, volumes["vol-a"], group=ONE)
+    [event] = _events(aws, "docs/report.txt", 1)
+    assert member_a.process(event).outcome == Outcome.STORED
+    aws.dynamodb.delete_item(TableName=TABLE, Key=_item_key(event))  # a lost ledger write
+
+    # vol-c's member is in group 2: its holds would name vol-a for group 2
+    assert _adopt(aws, tmp_path, volumes["vol-a"], volumes["vol-c"], group=2) == 2
+
+    err = capsys.readouterr().err
+    assert "volume vol-a belongs to replica group backup-events-1" in err
+    assert Ledger(aws.dynamodb, TABLE).get_version(BUCKET, event.key, event.version_token) is None
+    [departed] = Registry(aws.dynamodb, TABLE, ONE).members()[0]
+    assert departed.state != "stopped"  # nothing done
