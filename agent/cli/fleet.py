@@ -12,14 +12,13 @@ from agent.aws import build_clients
 from agent.cli.common import ExitCode, StatusCode
 from agent.cli.output import printable_key
 from agent.config import Config, queue_name, replica_groups
-from agent.errors import BackupAgentError
+from agent.errors import BackupAgentError, ConfigError
 from agent.fleet.adopt import adopt
 from agent.fleet.member import Member
 from agent.fleet.registry import Registry
 from agent.fleet.report import DEGRADED, OK, fleet_report
-from agent.runtime.wiring import fleet_identity
+from agent.runtime.wiring import fleet_identity, member_ledger
 from agent.storage.journal import Journal
-from agent.storage.ledger import Ledger
 from agent.storage.volume import Volume
 
 if TYPE_CHECKING:
@@ -109,9 +108,13 @@ def cmd_adopt_volume(args: argparse.Namespace, config: Config) -> int:
     own_id = Volume(config.storage.root).read_marker().volume_id
     identity = fleet_identity(own_id)
     clients = build_clients(config)
+    problem = other_group(config, clients.dynamodb, adopted_id)
+    if problem is not None:
+        raise ConfigError([problem])
     result = adopt(
         Registry(clients.dynamodb, config.state.table, queue_name(config.queue.url)),
-        Ledger(clients.dynamodb, config.state.table),
+        # this member's replica group holds the adopted volume's copies from now on
+        member_ledger(config, clients, adopted_id),
         Journal(volume.journal_dir).read_all(),
         volume_id=adopted_id,
         member_id=identity.member_id,
@@ -126,3 +129,25 @@ def cmd_adopt_volume(args: argparse.Namespace, config: Config) -> int:
         f" members retired: {retired}"
     )
     return ExitCode.OK
+
+
+def other_group(config: Config, dynamodb: DynamoDBClient, volume_id: str) -> str | None:
+    """Why this member may not adopt `volume_id`: with replicas, its member registered in
+    another replica group's register only (adopting it here would write this group's holds
+    naming it, and leave its own group's missing); None when it may."""
+    groups = replica_groups(config)
+    if groups is None:
+        return None
+    found = [q for q in groups.queues if _registered(config, dynamodb, q, volume_id)]
+    if not found or groups.own in found:
+        return None
+    return (
+        f"queue.url: volume {volume_id} belongs to replica group {', '.join(found)}, this member"
+        f" to {groups.own}: run adopt-volume on a member of {found[0]}"
+    )
+
+
+def _registered(config: Config, dynamodb: DynamoDBClient, queue: str, volume_id: str) -> bool:
+    """Has a member of `queue`'s register written to the volume `volume_id`?"""
+    members = Registry(dynamodb, config.state.table, queue).members()[0]
+    return any(member.volume_id == volume_id for member in members)

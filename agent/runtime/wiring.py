@@ -65,6 +65,22 @@ def compression_settings(config: Config) -> CompressionSettings:
     )
 
 
+def member_ledger(
+    config: Config, clients: Clients, volume_id: str, rejections: Rejections | None = None
+) -> Ledger:
+    """The ledger as a member writes it for the volume `volume_id`: its records name that
+    volume, and with `fleet.replicas` > 1 as its replica group's holder (the group is the
+    queue's name). The write path and `backup-agent adopt-volume` both use it: a ledger
+    without the group records versions no replica group holds (docs/fleet.md "Replicas")."""
+    return Ledger(
+        clients.dynamodb,
+        config.state.table,
+        rejections=rejections,
+        group=replica_group(config),
+        volume_id=volume_id,
+    )
+
+
 def backup_service(
     config: Config, clients: Clients, volume: Volume, volume_id: str, stats: Stats | None = None
 ) -> BackupService:
@@ -72,13 +88,7 @@ def backup_service(
     Records its journal and ledger reject are counted in `stats` (``records.rejected``)."""
     rejections = Rejections(on_reject=lambda _: stats.count(RECORDS_REJECTED) if stats else None)
     journal = Journal(volume.journal_dir, rejections=rejections)
-    ledger = Ledger(
-        clients.dynamodb,
-        config.state.table,
-        rejections=rejections,
-        group=replica_group(config),  # its queue: a replica group with fleet.replicas > 1
-        volume_id=volume_id,
-    )
+    ledger = member_ledger(config, clients, volume_id, rejections)
     return BackupService(
         s3=clients.s3,
         volume=volume,
