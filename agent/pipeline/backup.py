@@ -45,7 +45,7 @@ from agent.records import VersionRecord, attributes_of, tags_of
 from agent.stats import Stats
 from agent.storage.barrier import Barrier, NoBarrier
 from agent.storage.journal import Journal
-from agent.storage.ledger import Ledger
+from agent.storage.ledger import Ledger, Written
 from agent.storage.volume import CompressionSettings, Expectation, StoredCopy, Volume
 
 if TYPE_CHECKING:
@@ -247,12 +247,19 @@ class BackupService:
     def _journal_and_record(self, record: VersionRecord) -> bool:
         """The journal line, then the ledger record (fresh: the conditional write was this
         one's), as the committer writes a batch; journalled again if retention expired the
-        version in between (`journal_again_if_expired`)."""
+        version in between (`journal_again_if_expired`), whatever the write answered (its
+        answer lost, the retry says "already recorded" or fails)."""
         end = self.journal.append(record)
-        fresh = self.ledger.record(record)
-        if fresh:
-            journal_again_if_expired(self.journal, self.ledger, end, [record])
-        return fresh
+        try:
+            written = self.ledger.write(record)
+        except Exception as exc:
+            try:
+                journal_again_if_expired(self.journal, self.ledger, end, [(record, exc)])
+            except Exception as again:  # noqa: BLE001 - the write's own failure is the one raised
+                log.warning("backup.journal_again_failed", key=record.key, error=str(again))
+            raise
+        journal_again_if_expired(self.journal, self.ledger, end, [(record, written)])
+        return written is Written.FRESH
 
     def _recorded(
         self, event: ObjectEvent, record: VersionRecord, copy: StoredCopy, fresh: bool

@@ -4,7 +4,7 @@ A worker's serial path ends when its copy is durable on the volume (renamed into
 fsynced). It hands the version's record to the committer (`Committer.submit`) and takes its
 next message. The committer takes every record waiting, appends their journal lines with ONE
 fsync (`Journal.append_many`), records them in the ledger with ONE call
-(`Ledger.record_many`: TransactWriteItems), then resolves each `Pending`: only then does
+(`Ledger.write_many`: TransactWriteItems), then resolves each `Pending`: only then does
 the consumer delete its message, log ``backup.stored`` and count it. While one commit is
 under way the next records accumulate (group commit).
 
@@ -52,11 +52,13 @@ import structlog
 
 from agent.records import VersionRecord
 from agent.storage.journal import Journal, JournalPosition
+from agent.storage.ledger import Written
 
 log = structlog.get_logger("agent.commit")
 
 T = TypeVar("T")
-Outcome = bool | Exception  # one record's ledger write: fresh (True), already there, failed
+# one record's ledger write: what it found (agent/storage/ledger.py's `Written`), or its failure
+Outcome = Written | Exception
 
 # How long the oldest record of a small batch may wait for records under way (the wait ends
 # sooner when nothing more is coming or the batch is full; docs/benchmarks.md, "Small
@@ -91,11 +93,12 @@ def linger_for(
 
 class Recorder(Protocol):
     """What the committer needs of the ledger (agent/storage/ledger.py's `Ledger`): one
-    outcome per record, in order: True (newly recorded), False (already recorded: the
-    conditional write said so) or the exception that record's write raised; and a version's
-    item as it is now (`get_version`, after retention expired one meanwhile)."""
+    outcome per record, in order: what its write found (`Written`: FRESH newly recorded;
+    HELD already recorded, the item naming the record's volume and copy; KNOWN already
+    recorded otherwise) or the exception that record's write raised; and a version's item
+    as it is now (`get_version`, after retention expired one meanwhile)."""
 
-    def record_many(self, records: Sequence[VersionRecord]) -> list[Outcome]: ...
+    def write_many(self, records: Sequence[VersionRecord]) -> list[Outcome]: ...
 
     def get_version(self, bucket: str, key: str, version_token: str) -> VersionRecord | None: ...
 
@@ -296,9 +299,9 @@ class Committer:
         self.committed += len(batch)
         results: list[tuple[Pending[object], Outcome]] = []
         for round_ in _rounds(batch):
-            outcomes = self.ledger.record_many([p.record for p in round_])
+            outcomes = self.ledger.write_many([p.record for p in round_])
             if len(outcomes) != len(round_):
-                error = RuntimeError(f"record_many answered {len(outcomes)} for {len(round_)}")
+                error = RuntimeError(f"write_many answered {len(outcomes)} for {len(round_)}")
                 outcomes = [error] * len(round_)
             results.extend(zip(round_, outcomes, strict=True))
         if positions:
@@ -309,16 +312,16 @@ class Committer:
     def _expired_meanwhile(
         self, end: JournalPosition, results: list[tuple[Pending[object], Outcome]]
     ) -> list[tuple[Pending[object], Outcome]]:
-        """`journal_again_if_expired` for the records this batch wrote afresh; those it
-        could not journal again fail (the journal itself failing)."""
-        fresh = [p.record for p, outcome in results if outcome is True]
-        if not fresh:
-            return results
+        """`journal_again_if_expired` for every record of the batch, whatever its ledger
+        outcome; when the append it needs fails, each record not failed already fails (the
+        journal itself failing)."""
         try:
-            journal_again_if_expired(self.journal, self.ledger, end, fresh)
+            journal_again_if_expired(
+                self.journal, self.ledger, end, [(p.record, o) for p, o in results]
+            )
         except Exception as exc:  # noqa: BLE001 - the journal append failed: those records
-            log.warning("commit.journal_again_failed", records=len(fresh), error=str(exc))
-            return [(p, exc if o is True else o) for p, o in results]
+            log.warning("commit.journal_again_failed", records=len(results), error=str(exc))
+            return [(p, o if isinstance(o, Exception) else exc) for p, o in results]
         return results
 
     def _settle(self, pending: Pending[object], outcome: Outcome) -> None:
@@ -327,7 +330,7 @@ class Committer:
             pending.resolve(outcome)
             return
         try:
-            result = pending.finish(outcome)
+            result = pending.finish(outcome is Written.FRESH)
         except Exception as exc:  # noqa: BLE001 - that record's failure
             result = exc
         finally:
@@ -362,24 +365,45 @@ def _rounds(batch: list[Pending[object]]) -> list[list[Pending[object]]]:
 
 
 def journal_again_if_expired(
-    journal: Journal, ledger: Recorder, end: JournalPosition, fresh: Sequence[VersionRecord]
+    journal: Journal,
+    ledger: Recorder,
+    end: JournalPosition,
+    written: Sequence[tuple[VersionRecord, Outcome]],
 ) -> None:
     """Retention may expire a version between its journal line and its ledger write (a
     second delivery of an old version: retention's note after the line, the item deleted
     before the write, which recreates it). The journal then forgets a version the ledger
-    lists, and gc frees the copy the item names (a review, 2026-12-02). Each of `fresh` (the
-    records whose ledger write was this one's, journalled up to `end`) that an ``expired``
-    note after `end` names is journalled again if its item is there: journal and ledger
-    agree, and retention expires it anew on its next run. Its item gone (retention's
-    delete came after the write), it is not: both have forgotten it, unless that delete
-    lands after the look, when the journal keeps the version a while (its copy kept until
-    retention's next run, never lost).
+    lists, and gc frees the copy the item names (a review, 2026-12-02). Each record of
+    `written` (journalled up to `end`, with its ledger write's outcome) that an ``expired``
+    note after `end` names is journalled again if its item is there and names the record's
+    volume: journal and ledger agree, and retention expires it anew on its next run. Its
+    item gone (retention's delete came after the write), it is not: both have forgotten it,
+    unless that delete lands after the look, when the journal keeps the version a while
+    (its copy kept until retention's next run, never lost). An item naming only other
+    volumes is never journalled again here (this volume's journal would keep a copy no
+    record of it names).
 
-    If the journal or the ledger cannot be asked, every one of `fresh` is journalled again
-    unasked: an extra line only keeps a copy longer, and a retry would not do it (a
-    redelivery finds the item and the copy, and journals nothing). Raises only when that
-    append fails."""
-    by_identity = {(r.bucket, r.key, r.version_token): r for r in fresh}
+    Every outcome is looked at, not only a fresh write's: the write's answer may have been
+    lost (a read timeout, a 500) after its first request made the item, and botocore's
+    retry, refused by that item, answers "already recorded" (`Written.HELD`) or fails;
+    the redelivery of a failed record then finds the item and the copy and journals
+    nothing (the lost-answer review, 2026-12-03). The look costs the same: one lstat when
+    nothing was appended since `end` (`Journal.expired_after`), one GetItem per version
+    expired meanwhile.
+
+    If the journal or the ledger cannot be asked, each record whose write's answer named
+    its volume (`Written.FRESH` or `Written.HELD`; of those the journal said expired,
+    when it could say) is journalled again unasked: an extra line only keeps a copy
+    longer, and a retry would not do it (a redelivery finds the item and the copy, and
+    journals nothing). A failed write's record is not (nothing says the item names its
+    volume). Raises only when that append fails."""
+    by_identity = {(r.bucket, r.key, r.version_token): r for r, _ in written}
+    named = {
+        (r.bucket, r.key, r.version_token)
+        for r, outcome in written
+        if outcome is Written.FRESH or outcome is Written.HELD
+    }
+    expired: set[tuple[str, str, str]] | None = None
     try:
         expired = journal.expired_after(end, by_identity.keys())
         again = []
@@ -398,8 +422,9 @@ def journal_again_if_expired(
                 version=record.version_token,
                 journalled_again=held,
             )
-    except Exception as exc:  # noqa: BLE001 - unasked, every fresh record again (above)
-        log.warning("commit.expired_check_failed", records=len(fresh), error=str(exc))
-        again = list(fresh)
+    except Exception as exc:  # noqa: BLE001 - unasked, the records named (above)
+        unasked = named if expired is None else named & expired
+        log.warning("commit.expired_check_failed", records=len(unasked), error=str(exc))
+        again = [by_identity[identity] for identity in sorted(unasked)]
     if again:
         journal.append_many(again)

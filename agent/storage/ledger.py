@@ -100,6 +100,20 @@ TRANSACT_BYTES = 3_500_000
 log = structlog.get_logger("agent.ledger")
 
 
+class Written(enum.Enum):
+    """What a record's write found (`Ledger.write`): whether it made the record's volume a
+    holder, and if not, whether the item it found names that volume (with this copy)."""
+
+    FRESH = "fresh"  # this call's conditional write made the record's volume a holder
+    # Already recorded, and the item the refusal returned (ALL_OLD) names the record's volume
+    # as a holder of the record's copy (`_found`): an earlier record of this volume's, or
+    # this call's own write whose answer was lost (a read timeout, a 500) and which botocore
+    # sent again, refused by the item the first request made. No request tells the two
+    # apart, and a caller keeping the journal in step with the item need not (commit.py).
+    HELD = "held"
+    KNOWN = "known"  # already recorded, not naming the record's volume (or malformed)
+
+
 def object_pk(bucket: str, key: str) -> str:
     return f"{bucket}/{key}"
 
@@ -219,6 +233,21 @@ def _settle_mark(records: Sequence[VersionRecord], wanted: VersionRecord) -> str
     return max(marks) if marks else None
 
 
+def _found(record: VersionRecord, seen: VersionRecord | None) -> Written:
+    """What a refused write of `record` found in `seen` (the item the refusal returned,
+    None when it returned none or a malformed one): HELD when it names `record`'s volume
+    among its holders (`holder_volumes`: this group's, or an older release's `volume_id`;
+    a volume belongs to one group) for the same copy (`sha256`), else KNOWN."""
+    if (
+        seen is not None
+        and record.volume_id
+        and record.volume_id in seen.holder_volumes()
+        and seen.sha256 == record.sha256
+    ):
+        return Written.HELD
+    return Written.KNOWN
+
+
 def _key_text(item: Any, name: str) -> str:
     value = item.get(name) if isinstance(item, dict) else None
     text = value.get("S") if isinstance(value, dict) else None
@@ -255,9 +284,14 @@ class Ledger:
     def record(self, record: VersionRecord) -> bool:
         """Record a version, deletion or removal and bring LATEST up to date. False if
         already known. Writes of one key are serialised in this process."""
+        return self.write(record) is Written.FRESH
+
+    def write(self, record: VersionRecord) -> Written:
+        """`record`, saying what the version's write found: `Written.FRESH` where `record`
+        says True; `Written.HELD` or `Written.KNOWN` where it says False."""
         pk = object_pk(record.bucket, record.key)
         with self._holding(pk):
-            fresh = self._put_version(record)
+            written = self._put_version(record)
             if history.is_removal(record):
                 self._remember_removal(pk, record.version_id)
                 self._after_removal(record)
@@ -266,7 +300,7 @@ class Ledger:
                 self.settle(record.bucket, record.key)
             else:
                 self._advance_latest(record)
-        return fresh
+        return written
 
     def advance(self, known: VersionRecord) -> None:
         """Bring LATEST up to date for a version read back from the ledger (`known`: a
@@ -292,7 +326,16 @@ class Ledger:
     def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
         """`record` of each record, in order, in fewer requests: the same items in the end
         and the same result per record (True fresh, False already known), or the exception
-        `record` would have raised for it (the other records still go through).
+        `record` would have raised for it (the other records still go through); see
+        `write_many`."""
+        return [
+            w if isinstance(w, Exception) else w is Written.FRESH for w in self.write_many(records)
+        ]
+
+    def write_many(self, records: Sequence[VersionRecord]) -> list[Written | Exception]:
+        """`write` of each record, in order, in fewer requests: the same items in the end
+        and the same result per record, or the exception `write` would have raised for it
+        (the other records still go through).
 
         A plain new version (not a removal, not a version removed lately, not a delete that
         empties the null version; the first record of its key in this call) is written by a
@@ -304,8 +347,10 @@ class Ledger:
         conflict, go through `record` (which repairs, adds holders, settles), the others
         are sent again. Every other record goes through `record`, after the records of its
         key before it. The keys of a request are held (`_holding`, sorted: two callers take
-        them in the same order) while it is made; `record` is called with none held."""
-        results: list[bool | Exception | None] = [None] * len(records)
+        them in the same order) while it is made; `record` is called with none held. A
+        transaction written is `Written.FRESH` for each of its records, even when botocore
+        sent it again after a lost answer (its ClientRequestToken: `_transact`)."""
+        results: list[Written | Exception | None] = [None] * len(records)
         batched: list[int] = []
         first_of_key: set[str] = set()
         for index, record in enumerate(records):
@@ -325,8 +370,8 @@ class Ledger:
         for index, record in enumerate(records):
             if results[index] is None:
                 try:
-                    results[index] = self.record(record)
-                except Exception as exc:  # noqa: BLE001 - per record, as `record` raised it
+                    results[index] = self.write(record)
+                except Exception as exc:  # noqa: BLE001 - per record, as `write` raised it
                     results[index] = exc
         return [r for r in results if r is not None]
 
@@ -367,15 +412,16 @@ class Ledger:
 
     def _transact(
         self, records: Sequence[VersionRecord], request: list[int], built: dict[int, _Built]
-    ) -> dict[int, bool | Exception | _Then]:
+    ) -> dict[int, Written | Exception | _Then]:
         """Write the records `request` indexes in one TransactWriteItems. Each index maps
-        to True (written), `_AGAIN` (cancelled for another's sake: send it again), `_ALONE`
-        (its own condition failed, or a conflict: `record` decides) or the error."""
+        to `Written.FRESH` (written), `_AGAIN` (cancelled for another's sake: send it
+        again), `_ALONE` (its own condition failed, or a conflict: `write` decides) or the
+        error."""
         pks = sorted({object_pk(records[i].bucket, records[i].key) for i in request})
         with contextlib.ExitStack() as held:
             for pk in pks:
                 held.enter_context(self._holding(pk))
-            outcomes: dict[int, bool | Exception | _Then] = {}
+            outcomes: dict[int, Written | Exception | _Then] = {}
             sent = []
             for index in request:  # another thread may have removed it since it was read
                 record = records[index]
@@ -413,7 +459,7 @@ class Ledger:
             except botocore.exceptions.BotoCoreError as exc:
                 outcomes.update(dict.fromkeys(sent, classify(exc, "DynamoDB TransactWriteItems")))
                 return outcomes
-        outcomes.update(dict.fromkeys(sent, True))
+        outcomes.update(dict.fromkeys(sent, Written.FRESH))
         return outcomes
 
     def _new_version_actions(self, record: VersionRecord) -> list[dict[str, Any]]:
@@ -499,22 +545,23 @@ class Ledger:
         """A version went: LATEST is derived again (it stays when an older one went)."""
         self.settle(removal.bucket, removal.key)
 
-    def _put_version(self, record: VersionRecord) -> bool:
+    def _put_version(self, record: VersionRecord) -> Written:
         """Write the version item unless it exists; one that exists but is malformed (a
         `Rejection`) is replaced by this record, so a replay of the journal repairs it.
         With a replica group: the item names this volume as the group's holder, and an
-        item another group wrote gets this group's holder added (`_add_holder`). True when
-        this call made `record`'s volume a holder."""
+        item another group wrote gets this group's holder added (`_add_holder`). FRESH when
+        this call made `record`'s volume a holder; else what the refusal returned says
+        (`_found`)."""
         item, holding = self._version_item(record)
         old = self._create_version(item)
         if old is None:
-            return True
+            return Written.FRESH
         parsed = parse_item(old) if old else None
         if isinstance(parsed, Rejection):
-            return self._repair(item, old)
+            return self._repair(record, item, old)
         if parsed is not None and holding:
             return self._add_holder(record, parsed)
-        return False
+        return _found(record, parsed)
 
     def _version_item(self, record: VersionRecord) -> tuple[dict[str, Any], bool]:
         """The version item of `record`, and whether it names this volume as its replica
@@ -526,19 +573,21 @@ class Ledger:
             item["holders"] = {"M": {self.group: {"S": record.volume_id}}}
         return item, holding
 
-    def _add_holder(self, record: VersionRecord, seen: VersionRecord) -> bool:
+    def _add_holder(self, record: VersionRecord, seen: VersionRecord) -> Written:
         """Name `record.volume_id` as this group's holder of a version another wrote: one
         UpdateItem, conditional on the group naming no holder yet, so exactly one volume per
         group holds each version. An item of an older release (no `holders`; its volume_id
         holds the copy, in no named group) gets the map; the volume it names is not added
-        twice. False when the group has its holder (a duplicate in this group)."""
+        twice. FRESH when added; else what the item says (`_found`): HELD when the group's
+        holder is this volume (a duplicate in this group, or this call's UpdateItem whose
+        answer was lost, refused when sent again), KNOWN when it is another."""
         assert self.group is not None
         key = self._key(record.bucket, record.key, VERSION_PREFIX + record.version_token)
         for _ in range(SETTLE_ATTEMPTS):
             if seen.holder_in(self.group) is not None:
-                return False
+                return _found(record, seen)
             if seen.holders is None and seen.volume_id == record.volume_id:
-                return False  # an older release's item naming this very volume
+                return _found(record, seen)  # an older release's item naming this very volume
             if seen.holders is None:
                 update = "SET holders = :holders"
                 condition = "attribute_exists(pk) AND attribute_not_exists(holders)"
@@ -573,11 +622,11 @@ class Ledger:
                     # pointing at it: the fleet review, 2026-12-02)
                     made = self._create_version(self._version_item(record)[0])
                     if made is None:
-                        return True
+                        return Written.FRESH
                     old = made
                 parsed = parse_item(old)
                 if not isinstance(parsed, VersionRecord):
-                    return False  # malformed meanwhile: nothing to add to
+                    return Written.KNOWN  # malformed meanwhile: nothing to add to
                 seen = parsed  # another group (or this one) wrote first: look again
                 continue
             except botocore.exceptions.BotoCoreError as exc:
@@ -589,7 +638,7 @@ class Ledger:
                 group=self.group,
                 volume_id=record.volume_id,
             )
-            return True
+            return Written.FRESH
         raise RuntimeError(f"holders of {key['pk']['S']} {key['sk']['S']} kept changing")
 
     def _create_version(self, item: dict[str, Any]) -> dict[str, Any] | None:
@@ -606,13 +655,25 @@ class Ledger:
             },
         )
 
-    def _repair(self, item: dict[str, Any], old: dict[str, Any]) -> bool:
-        repaired = self._conditional(
-            "PutItem", self._db.put_item, Item=item, **_unchanged(old, "version_token", "size")
+    def _repair(self, record: VersionRecord, item: dict[str, Any], old: dict[str, Any]) -> Written:
+        """Replace a malformed version item (`old`) by `record`'s, unless it changed since
+        read; refused, what the item now is says (`_found`: this call's repair whose answer
+        was lost is HELD)."""
+        changed = self._refused(
+            "PutItem",
+            self._db.put_item,
+            {
+                "TableName": self.table,
+                "Item": item,
+                **_unchanged(old, "version_token", "size"),
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+            },
         )
-        if repaired:
+        if changed is None:
             log.warning("ledger.item_repaired", pk=item["pk"]["S"], sk=item["sk"]["S"])
-        return repaired
+            return Written.FRESH
+        parsed = parse_item(changed) if changed else None
+        return _found(record, parsed if isinstance(parsed, VersionRecord) else None)
 
     def _advance_latest(self, record: VersionRecord) -> None:
         """LATEST := record if it is later in the order; a LATEST the condition cannot

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import pytest
@@ -29,7 +29,7 @@ from agent.runtime.wiring import compression_settings, consumer_settings
 from agent.stats import Stats
 from agent.storage.barrier import BarrierTimeout, WriteBarrier
 from agent.storage.journal import Journal
-from agent.storage.ledger import Ledger
+from agent.storage.ledger import Ledger, Written
 from tests.support import service
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE
 from tests.support.aws_hooks import record_calls
@@ -42,7 +42,7 @@ WAIT = 30
 
 class HeldLedger(Ledger):
     """The moto ledger, whose writes of a key in `held` wait until `release` is set: through
-    `record` or `record_many`."""
+    `write` or `write_many`."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -55,13 +55,13 @@ class HeldLedger(Ledger):
             self.waiting.set()
             assert self.release.wait(WAIT)
 
-    def record(self, record: VersionRecord) -> bool:
+    def write(self, record: VersionRecord) -> Written:
         self._hold([record.key])
-        return super().record(record)
+        return super().write(record)
 
-    def record_many(self, records: list[VersionRecord]) -> list[bool | Exception]:
+    def write_many(self, records: Sequence[VersionRecord]) -> list[Written | Exception]:
         self._hold([r.key for r in records])
-        return super().record_many(records)
+        return super().write_many(records)
 
 
 def recorded(aws: Clients, key: str) -> VersionRecord | None:

@@ -276,15 +276,15 @@ def test_retention_expiring_a_version_while_it_is_recorded_again_leaves_its_copy
         clock=FakeClock(T0 + timedelta(days=10)),
     )
     again = make_service(aws, config, volume, clock=FakeClock(NOW))
-    real_record = again.ledger.record
+    real_write = again.ledger.write
     reports = []
 
-    def record_after_retention(record):
+    def write_after_retention(record):
         if not reports:
             reports.append(retention.run_once())
-        return real_record(record)
+        return real_write(record)
 
-    again.ledger.record = record_after_retention
+    again.ledger.write = write_after_retention
     with delivering(Delivery("second-message", 1)):
         again.process(e1)
     assert reports[0].expired == 1

@@ -395,11 +395,11 @@ def test_a_backup_in_flight_finishes_before_the_snapshot_and_a_new_one_waits(
     let_first_finish = threading.Event()
 
     class GatedLedger(Ledger):
-        def record(self, record):
+        def write(self, record):
             if record.key == "first.txt":
                 first_in_ledger.set()
                 assert let_first_finish.wait(10)
-            result = super().record(record)
+            result = super().write(record)
             order.append(f"ledger:{record.key}")
             return result
 

@@ -25,6 +25,7 @@ from agent.errors import RetryableError
 from agent.pipeline.commit import Committer, Pending, _rounds, linger_for
 from agent.records import VersionRecord
 from agent.storage.journal import Journal
+from agent.storage.ledger import Written
 
 RECORD = VersionRecord(
     bucket="b", key="k", version_token="v:1", order_key="s1", event_name="ObjectCreated:Put",
@@ -39,7 +40,7 @@ def _record(n: int, key: str | None = None) -> VersionRecord:
 
 
 class Ledger:
-    """A ledger's `record_many`; `fail` names keys whose write fails; its first call can be
+    """A ledger's `write_many`; `fail` names keys whose write fails; its first call can be
     held."""
 
     def __init__(
@@ -59,20 +60,20 @@ class Ledger:
         if not hold_first:
             self.release.set()
 
-    def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
+    def write_many(self, records: Sequence[VersionRecord]) -> list[Written | Exception]:
         self.calls.append([r.key for r in records])
         if self.clock is not None:
             self.called_at.append(self.clock())
         self.entered.set()
         assert self.release.wait(WAIT)
-        outcomes: list[bool | Exception] = []
+        outcomes: list[Written | Exception] = []
         for record in records:
             if record.key in self.fail:
                 outcomes.append(self.fail[record.key])
                 continue
             self.written.append(record.key)
             self.events.append(f"recorded {record.key}")
-            outcomes.append(record.key != "known")
+            outcomes.append(Written.KNOWN if record.key == "known" else Written.FRESH)
         return outcomes
 
 
@@ -468,13 +469,13 @@ class ExpiringLedger(Ledger):
         self.items: dict[str, VersionRecord] = {}
         self.fail_get: Exception | None = None
 
-    def record_many(self, records: Sequence[VersionRecord]) -> list[bool | Exception]:
+    def write_many(self, records: Sequence[VersionRecord]) -> list[Written | Exception]:
         for record in records:
             if record.key == self.expire:
                 self.journal.append_note("expired", record.to_dict())
             if record.key != self.expire or self.deleted_first:
                 self.items[record.key] = record
-        return super().record_many(records)
+        return super().write_many(records)
 
     def get_version(self, bucket: str, key: str, version_token: str) -> VersionRecord | None:
         if self.fail_get is not None:
@@ -516,3 +517,67 @@ def test_a_record_whose_expiry_cannot_be_checked_is_journalled_again_unasked(tmp
 
     assert pending.wait(WAIT) == "k1:fresh"
     assert [r.key for r in journal.read_all()] == ["k1"]  # its line after the note
+
+
+class AnsweringLedger(ExpiringLedger):
+    """An `ExpiringLedger` whose write of the expired key answers `answer` (its item made
+    all the same, as by a first request whose answer was lost), the item naming `holder`."""
+
+    def __init__(self, journal: Journal, answer: Written | Exception, holder: str) -> None:
+        super().__init__(journal, "k1", deleted_first=True)
+        self.answer, self.holder = answer, holder
+
+    def write_many(self, records: Sequence[VersionRecord]) -> list[Written | Exception]:
+        outcomes = super().write_many(records)
+        for index, record in enumerate(records):
+            if record.key == self.expire:
+                self.items[record.key] = dataclasses.replace(record, volume_id=self.holder)
+                outcomes[index] = self.answer
+        return outcomes
+
+
+ANSWERS = [Written.HELD, Written.KNOWN, RetryableError("read timeout")]
+
+
+@pytest.mark.parametrize("answer", ANSWERS, ids=["held", "known", "failed"])
+@pytest.mark.parametrize("holder", ["vol-test", "vol-other"], ids=["this-volume", "another"])
+def test_a_version_expired_meanwhile_is_journalled_again_whatever_its_write_answered(
+    tmp_path, committers, answer, holder
+):
+    """A lost answer makes a write that made the item answer "already recorded" or fail
+    (the lost-answer review, 2026-12-03): the item is looked at all the same, and the
+    version journalled again exactly when the item names this volume; never for an item
+    of another volume's."""
+    journal, _ = _journal(tmp_path)
+    ledger = AnsweringLedger(journal, answer, holder)
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    pending = committer.submit(_pending(_record(1)))
+
+    if isinstance(answer, Exception):
+        with pytest.raises(RetryableError):
+            pending.wait(WAIT)
+    else:
+        assert pending.wait(WAIT) == "k1:known"
+    assert [r.key for r in journal.read_all()] == (["k1"] if holder == "vol-test" else [])
+
+
+@pytest.mark.parametrize("answer", ANSWERS, ids=["held", "known", "failed"])
+def test_unasked_only_a_write_whose_answer_named_this_volume_is_journalled_again(
+    tmp_path, committers, answer
+):
+    """The item cannot be read: a HELD answer named this volume (journalled again, as a
+    fresh one is), a KNOWN one named another, and a failed write said nothing (neither
+    is: the journal never keeps a version for a copy another volume holds)."""
+    journal, _ = _journal(tmp_path)
+    ledger = AnsweringLedger(journal, answer, "vol-test")
+    ledger.fail_get = RetryableError("ThrottlingException")
+    committer = Committer(journal, ledger)
+    committers.append(committer)
+
+    pending = committer.submit(_pending(_record(1)))
+
+    with contextlib.suppress(RetryableError):
+        pending.wait(WAIT)
+    assert [r.key for r in journal.read_all()] == (["k1"] if answer is Written.HELD else [])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from agent.records import VersionRecord
-from agent.storage.ledger import Ledger, table_definition
+from agent.storage.ledger import Ledger, Written, table_definition
 from tests.unit.test_ledger_holders import TABLE, raw_item, read_back, stored
 
 G1, G2, G3 = "backup-events-1", "backup-events-2", "backup-events-3"
@@ -172,12 +173,33 @@ def test_an_older_items_volume_outside_any_group_keeps_its_hold(dynamodb):
 
 @st.composite
 def histories(draw: st.DrawFn) -> list[tuple[str, str]]:
-    kinds = st.sampled_from(["add", "release", "stale-release"])
+    kinds = st.sampled_from(["add", "lost-add", "release", "stale-release"])
     steps = st.tuples(kinds, st.sampled_from([G1, G2, G3]))
     return draw(st.lists(steps, min_size=1, max_size=12))
 
 
 EXAMPLES = itertools.count()
+
+
+class _LostVersionAnswers:
+    """The client, except that each write of a version item is sent twice and the caller
+    sees the second answer: the first response lost (a read timeout, a 500), and botocore
+    sent it again."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **kwargs: Any) -> Any:
+        if kwargs["Item"]["sk"]["S"].startswith("V#"):
+            self._client.put_item(**kwargs)
+        return self._client.put_item(**kwargs)
+
+    def update_item(self, **kwargs: Any) -> Any:
+        self._client.update_item(**kwargs)
+        return self._client.update_item(**kwargs)
 
 
 @settings(
@@ -192,15 +214,21 @@ def test_the_item_goes_exactly_when_its_last_holder_releases(dynamodb, steps):
     can be): the item lists exactly the holders not released, and a release returns True
     exactly when the item is gone after it (deleted by it, its holder the last, or found
     gone: a release sent again after a lost answer must say so, or retention keeps the
-    key's LATEST for ever). One table, a key per example."""
+    key's LATEST for ever). An add is fresh exactly when its group held nothing, and
+    HELD otherwise, its answer lost or not (the retry of an add whose first request went
+    through is refused by it: the commit stage must still see the item naming its
+    volume, the lost-answer review, 2026-12-03). One table, a key per example."""
     key = f"prop/{next(EXAMPLES)}.txt"
     holding: set[str] = set()
     first_read: dict[str, VersionRecord] = {}
     for kind, group in steps:
         volume = VOLUMES[group]
-        if kind == "add":
-            fresh = member(dynamodb, group).record(stored(volume, key=key))
-            assert fresh == (group not in holding)
+        if kind in ("add", "lost-add"):
+            client = _LostVersionAnswers(dynamodb) if kind == "lost-add" else dynamodb
+            ledger = Ledger(client, TABLE, group=group, volume_id=volume)
+            written = ledger.write(stored(volume, key=key))
+            fresh = group not in holding and kind == "add"
+            assert written is (Written.FRESH if fresh else Written.HELD)
             holding.add(group)
         else:
             seen = (
