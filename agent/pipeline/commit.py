@@ -387,7 +387,7 @@ def journal_again_if_expired(
     lost (a read timeout, a 500) after its first request made the item, and botocore's
     retry, refused by that item, answers "already recorded" (`Written.HELD`) or fails;
     the redelivery of a failed record then finds the item and the copy and journals
-    nothing (the lost-answer review, 2026-12-03). The look costs the same: one lstat when
+    nothing (the lost-answer review, 2026-12-02). The look costs the same: one lstat when
     nothing was appended since `end` (`Journal.expired_after`), one GetItem per version
     expired meanwhile.
 

@@ -545,7 +545,7 @@ def test_a_version_expired_meanwhile_is_journalled_again_whatever_its_write_answ
     tmp_path, committers, answer, holder
 ):
     """A lost answer makes a write that made the item answer "already recorded" or fail
-    (the lost-answer review, 2026-12-03): the item is looked at all the same, and the
+    (the lost-answer review, 2026-12-02): the item is looked at all the same, and the
     version journalled again exactly when the item names this volume; never for an item
     of another volume's."""
     journal, _ = _journal(tmp_path)

@@ -6,7 +6,7 @@ keep a version whose item names this volume. When the write's first request succ
 its answer was lost (a read timeout, a 500) botocore sends it again, the condition of the
 retry fails on the item the first one made, and the ledger answers "already recorded": the
 check was skipped, the journal forgot the version, gc freed the copy the item names, and a
-restore found a record but no copy (the lost-answer review, 2026-12-03).
+restore found a record but no copy (the lost-answer review, 2026-12-02).
 
 Retention runs here inside the ledger write, as in tests/unit/test_commit.py: its
 ``expired`` note after the line, its delete (or, with replica groups, its release) before

@@ -217,7 +217,7 @@ def test_the_item_goes_exactly_when_its_last_holder_releases(dynamodb, steps):
     key's LATEST for ever). An add is fresh exactly when its group held nothing, and
     HELD otherwise, its answer lost or not (the retry of an add whose first request went
     through is refused by it: the commit stage must still see the item naming its
-    volume, the lost-answer review, 2026-12-03). One table, a key per example."""
+    volume, the lost-answer review, 2026-12-02). One table, a key per example."""
     key = f"prop/{next(EXAMPLES)}.txt"
     holding: set[str] = set()
     first_read: dict[str, VersionRecord] = {}
