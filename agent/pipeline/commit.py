@@ -395,13 +395,17 @@ def journal_again_if_expired(
     its volume (`Written.FRESH` or `Written.HELD`; of those the journal said expired,
     when it could say) is journalled again unasked: an extra line only keeps a copy
     longer, and a retry would not do it (a redelivery finds the item and the copy, and
-    journals nothing). A failed write's record is not (nothing says the item names its
-    volume). Raises only when that append fails."""
+    journals nothing). So is a failed write's record: its first attempt may have made the
+    item before its answer was lost and the retry failed. Raises only when that append
+    fails."""
     by_identity = {(r.bucket, r.key, r.version_token): r for r, _ in written}
+    # journalled again unasked: the writes whose answer named the record's volume, and the
+    # failed ones (the first attempt may have made the item: a lost answer whose retry
+    # failed; the session's review, 2026-12-02)
     named = {
         (r.bucket, r.key, r.version_token)
         for r, outcome in written
-        if outcome is Written.FRESH or outcome is Written.HELD
+        if outcome is Written.FRESH or outcome is Written.HELD or isinstance(outcome, Exception)
     }
     expired: set[tuple[str, str, str]] | None = None
     try:

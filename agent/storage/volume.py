@@ -43,11 +43,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, cast
 
+import structlog
 import zstandard
 
 from agent.errors import DiskFull, IntegrityError, VolumeNotReady
 from agent.storage import frames, readahead
 from agent.storage.frame_budget import FrameBudget
+
+log = structlog.get_logger("agent.volume")
 
 MARKER_NAME = ".backup-agent-volume"
 TEMP_SUFFIX = ".part"
@@ -62,7 +65,7 @@ WRITEBACK_BYTES = 8 << 20
 # keeps two 8 MiB zstd jobs per frame at level 3, so `threads` still compress in parallel.
 FRAME_BYTES = 16 << 20
 RAMP_FRAMES = 4  # a split copy's first frames: FRAME_BYTES / 16, / 8, / 4, / 2 (_next_size)
-TAIL_FRAMES = 4  # and its last FRAME_BYTES, in quarters
+TAIL_FRAMES = 4  # and its last 16-32 MiB, in quarters of FRAME_BYTES
 # Frames decompressing at once for one copy; with the one the caller holds, a parallel read
 # keeps (PARALLEL_FRAMES + 1) * FRAME_BYTES in memory, whatever the copy's size.
 PARALLEL_FRAMES = 2
@@ -700,7 +703,10 @@ class _ParallelFrames:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.writer.shutdown(wait=True)  # nothing writes to the sink after close
-        self.writing = None
+        writing, self.writing = self.writing, None
+        failed = writing.exception() if writing is not None else None
+        if failed is not None and unwinding is not None:  # said, not lost under the other
+            log.warning("storage.frame_write_failed", error=str(failed), unwinding=str(unwinding))
         self.pending.clear()
         self.spare.clear()
         self.buffer = None
@@ -731,15 +737,15 @@ class _ParallelFrames:
         """The next frame's size: `FRAME_BYTES`, except at both ends when frames compress side
         by side. The first `RAMP_FRAMES` double up to it (1, 2, 4 and 8 MiB): a worker starts
         on the first MiB instead of waiting for 16 to be read while the other CPUs idle. The
-        last `FRAME_BYTES` go in quarters: the workers end together instead of one compressing
+        last 16-32 MiB go in quarters: the workers end together instead of one compressing
         a whole frame alone after the reading has ended. Each frame declares its size, so
         frames.py reads any mix (docs/benchmarks.md, issue 19)."""
         size = FRAME_BYTES
         if self.workers > 1:
             if self.begun < RAMP_FRAMES:
                 size = FRAME_BYTES >> (RAMP_FRAMES - self.begun)
-            elif self.left <= FRAME_BYTES:
-                size = FRAME_BYTES // TAIL_FRAMES
+            elif self.left < 2 * FRAME_BYTES:  # `left <= FRAME_BYTES` came too late: after
+                size = FRAME_BYTES // TAIL_FRAMES  # the ramp's 15 MiB, 1 GiB ended [.., 16, 1]
         return min(size, self.left)
 
     def _streamed_write(self, data: memoryview) -> None:

@@ -564,12 +564,14 @@ def test_a_version_expired_meanwhile_is_journalled_again_whatever_its_write_answ
 
 
 @pytest.mark.parametrize("answer", ANSWERS, ids=["held", "known", "failed"])
-def test_unasked_only_a_write_whose_answer_named_this_volume_is_journalled_again(
+def test_unasked_a_write_that_named_this_volume_or_failed_is_journalled_again(
     tmp_path, committers, answer
 ):
     """The item cannot be read: a HELD answer named this volume (journalled again, as a
-    fresh one is), a KNOWN one named another, and a failed write said nothing (neither
-    is: the journal never keeps a version for a copy another volume holds)."""
+    fresh one is), and so is a failed write (its first attempt may have made the item
+    before its answer was lost and the retry failed: the session's review, 2026-12-02; an
+    extra line only keeps this volume's own copy longer); a KNOWN one named another volume
+    (not journalled: the journal never keeps a version for a copy another volume holds)."""
     journal, _ = _journal(tmp_path)
     ledger = AnsweringLedger(journal, answer, "vol-test")
     ledger.fail_get = RetryableError("ThrottlingException")
@@ -580,4 +582,5 @@ def test_unasked_only_a_write_whose_answer_named_this_volume_is_journalled_again
 
     with contextlib.suppress(RetryableError):
         pending.wait(WAIT)
-    assert [r.key for r in journal.read_all()] == (["k1"] if answer is Written.HELD else [])
+    again = answer is Written.HELD or isinstance(answer, Exception)
+    assert [r.key for r in journal.read_all()] == (["k1"] if again else [])

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+import structlog.testing
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -397,16 +399,20 @@ def test_a_split_copy_starts_and_ends_with_smaller_frames(
     volume: Volume, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With frames compressing side by side the first frames double up to FRAME_BYTES (the
-    workers start before a whole frame is read) and the last FRAME_BYTES go in quarters
-    (they end together); one worker writes FRAME_BYTES frames throughout. Read back alike."""
+    workers start before a whole frame is read) and the last 16-32 MiB go in quarters (they
+    end together); one worker writes FRAME_BYTES frames throughout. Read back alike. A size
+    of a power of two (1 GiB: the ramp leaves 1 MiB over) ends in quarters too: the rule
+    `left <= FRAME_BYTES` came after the last whole frame (the session's review)."""
     monkeypatch.setattr(volume_module, "RAMP_FRAMES", 4)
     monkeypatch.setattr(volume_module, "TAIL_FRAMES", 4)
-    data = data_of(4 * FRAME + FRAME * 15 // 16)
-    quarter = FRAME // 4
-    for settings_, expected in (
-        (PARALLEL, [FRAME // 16, FRAME // 8, FRAME // 4, FRAME // 2] + [FRAME] * 3 + [quarter] * 4),
-        (SETTINGS, [FRAME] * 4 + [FRAME * 15 // 16]),
+    ramp = [FRAME // 16, FRAME // 8, FRAME // 4, FRAME // 2]
+    quarters = [FRAME // 4] * 4
+    for size, settings_, expected in (
+        (4 * FRAME + FRAME * 15 // 16, PARALLEL, ramp + [FRAME] * 3 + quarters),
+        (5 * FRAME, PARALLEL, ramp + [FRAME] * 3 + quarters + [FRAME // 16]),
+        (5 * FRAME, SETTINGS, [FRAME] * 5),
     ):
+        data = data_of(size)
         copy = volume.write_copy(chunks_of(data), settings_, Expectation(size=len(data)))
         found = scan(copy, limit=len(data))
         assert found is not None and [f.content_size for f in found] == expected
@@ -456,6 +462,39 @@ def test_a_write_that_blocks_does_not_stop_the_next_frames_compressing(
         writer.join(timeout=60)
     assert overlapped, f"{len(compressed)} frames compressed while the first write blocked"
     assert copies and b"".join(verified_chunks(volume, record_of(copies[0]))) == data
+    assert not frame_threads()
+
+
+def test_a_full_disk_is_said_even_when_the_download_fails_first(
+    volume: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame's write fails (ENOSPC) in the writer's thread, then the download fails before
+    the caller next waits for a write: the download's error unwinds, and the full disk is
+    logged, not lost under it."""
+    monkeypatch.setattr(volume_module, "FRAME_BUDGET", FrameBudget(3))
+
+    gate = threading.Event()  # the write fails only once the download is failing
+
+    def no_space(self: Any, data: bytes) -> int:
+        gate.wait(timeout=30)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(volume_module.WritebackAsYouGo, "write", no_space)
+    data = data_of(8 * FRAME)
+
+    def failing() -> Iterator[bytes]:
+        yield from chunks_of(data[: 3 * FRAME + 100])
+        gate.set()
+        raise ConnectionResetError("peer went away")
+
+    with (
+        structlog.testing.capture_logs() as logs,
+        pytest.raises(ConnectionResetError),
+    ):
+        volume.write_copy(failing(), PARALLEL, Expectation(size=len(data)))
+    said = [e for e in logs if e["event"] == "storage.frame_write_failed"]
+    assert said and "No space" in said[0]["error"]
+    assert leftovers(volume) == []
     assert not frame_threads()
 
 
