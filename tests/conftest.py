@@ -49,6 +49,17 @@ def _fake_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BACKUP_AGENT_CONFIG", raising=False)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_state_directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A command's own state (agent/cli/state_dir.py: a fleet restore's lock, the rejected
+    config's dedup) goes to the session's temporary directory, never the user's home; for
+    the session, so module fixtures that run commands (test_iam_policy's world) see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("STATE_DIRECTORY", raising=False)
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-state"))
+        yield
+
+
 @pytest.fixture
 def backup_root(tmp_path: Path) -> Path:
     root = tmp_path / "backups"

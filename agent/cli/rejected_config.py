@@ -7,9 +7,10 @@ dispatcher instead (agent/runtime/reload.py → Monitoring.config_rejected).
 
 Its dedup state (the last problems sent, and when) lives in systemd's state directory
 ($STATE_DIRECTORY, `StateDirectory=backup-agent`), or outside systemd in a per-user one
-($XDG_STATE_HOME/backup-agent, else ~/.local/state/backup-agent, made 0700); never at a
-fixed name in /tmp, where anyone could plant a link for root to write through. The
-directory and the file are opened with O_NOFOLLOW and the file replaced by rename.
+($XDG_STATE_HOME/backup-agent, else ~/.local/state/backup-agent, made 0700: see
+agent/cli/state_dir.py); never at a fixed name in /tmp, where anyone could plant a link for
+root to write through. The directory and the file are opened with O_NOFOLLOW and the file
+replaced by rename.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import botocore.config
 import structlog
 
 from agent.aws import Clients, region_clients
+from agent.cli.state_dir import open_state_dir
+from agent.cli.state_dir import state_dir as default_state_dir
 from agent.config import AlertsConfig, AwsConfig, read_yaml
 from agent.errors import ConfigError
 from agent.monitoring.alerts import config_rejected
@@ -63,10 +66,10 @@ def report_rejected_config(
     channels_configured = (alerts_config.sns_topic_arn, alerts_config.email, alerts_config.webhook)
     if not any(channels_configured):
         return False
-    directory, private = (state_dir, False) if state_dir else _state_dir()
+    directory, private = (state_dir, False) if state_dir else default_state_dir()
     digest = hashlib.sha256(json.dumps([str(path), *problems]).encode()).hexdigest()
     try:
-        dir_fd: int | None = _open_state_dir(directory, private=private)
+        dir_fd: int | None = open_state_dir(directory, private=private)
     except OSError as exc:  # the alert still goes out, without its dedup state
         log.warning("alert.state_dir_unusable", path=str(directory), error=str(exc))
         dir_fd = None
@@ -94,41 +97,6 @@ def report_rejected_config(
     finally:
         if dir_fd is not None:
             os.close(dir_fd)
-
-
-def _state_dir() -> tuple[Path, bool]:
-    """Where the dedup state lives, and whether it is a per-user directory to keep 0700.
-
-    systemd's StateDirectory= ($STATE_DIRECTORY; the first if it lists several), else
-    $XDG_STATE_HOME/backup-agent, else ~/.local/state/backup-agent.
-    """
-    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    if systemd:
-        return Path(systemd), False
-    xdg = os.environ.get("XDG_STATE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "state"
-    return base / "backup-agent", True
-
-
-def _open_state_dir(directory: Path, *, private: bool) -> int:
-    """A descriptor of `directory`, never through a symbolic link at its last component.
-
-    A per-user directory is created 0700 if missing, and must belong to this user (it is
-    made 0700 if it was more open); OSError otherwise.
-    """
-    if private:
-        os.makedirs(directory.parent, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    if private:
-        info = os.fstat(fd)
-        if info.st_uid != os.geteuid():
-            os.close(fd)
-            raise PermissionError(f"{directory} belongs to uid {info.st_uid}, not to this user")
-        if info.st_mode & 0o077:
-            os.fchmod(fd, 0o700)
-    return fd
 
 
 def _recently_sent(dir_fd: int, digest: str, now: float) -> bool:

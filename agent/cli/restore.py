@@ -54,6 +54,7 @@ from agent.cli.common import (
 from agent.cli.fleet import fleet_holders
 from agent.cli.output import human_size, print_snapshots, printable_key
 from agent.cli.progress import LogProgress, TtyProgress
+from agent.cli.state_dir import open_state_dir, state_dir
 from agent.config import (
     Config,
     load_config,
@@ -70,8 +71,10 @@ from agent.restore.job import (
     JobMismatch,
     JobSummary,
     RestoreJob,
+    RunRefused,
     check_job_id,
     new_job_id,
+    one_run,
     summarise,
 )
 from agent.restore.plan import Plan, RestoreScope, held_here, place, plan, readable
@@ -245,6 +248,9 @@ def _main(argv: Sequence[str] | None, out: IO[str] | None, err: IO[str] | None) 
     except VolumeNotReady as exc:
         print(f"backup-restore: backup volume not ready: {printable_key(exc)}", file=err)
         return exit_code_for(exc)
+    except RunRefused as exc:  # another run of the fleet job here: not a DynamoDB problem
+        print(f"backup-restore: {printable_key(exc)}", file=err)
+        return ExitCode.FAILURE
     except BackupAgentError as exc:
         hint = "" if args.offline else " (DynamoDB unreachable? --offline reads the volume)"
         print(f"backup-restore: {printable_key(exc)}{hint}", file=err)
@@ -792,7 +798,15 @@ def cmd_restore(rt: Runtime) -> int:
     # A key asked for by name is restored even when deleted in S3: that is the usual rescue.
     include_deleted = args.include_deleted or args.key is not None
     selector = Selector(version=args.version, at=args.at, include_deleted=include_deleted)
-    job = _fleet_job(rt, bucket) if args.fleet else None
+    with contextlib.ExitStack() as held:  # a fleet run's lock on its job, to the run's end
+        job = _fleet_job(rt, bucket, held) if args.fleet else None
+        return _restore(rt, bucket, scope, selector, job)
+
+
+def _restore(
+    rt: Runtime, bucket: str, scope: RestoreScope, selector: Selector, job: RestoreJob | None
+) -> int:
+    args = rt.args
     volume = rt.volume()
     chosen = narrowed(plan(rt.source, bucket, scope, selector), _filter_of(args))
     chosen = held_here(chosen, volume.read_marker().volume_id, volume.has_copy, _holders_reader(rt))
@@ -863,8 +877,9 @@ def cmd_restore(rt: Runtime) -> int:
 # -- restore --fleet: one job, every member its share (agent/restore/job.py) -----------------
 
 
-def _fleet_job(rt: Runtime, bucket: str) -> RestoreJob:
-    """This member's view of the job: started here, or joined with the same arguments."""
+def _fleet_job(rt: Runtime, bucket: str, held: contextlib.ExitStack) -> RestoreJob:
+    """This member's view of the job: started here, or joined with the same arguments. A
+    run (not --status) first takes this member's lock on the job, kept in `held`."""
     args = rt.args
     if not args.to_s3:
         raise UsageError("--fleet goes with --to-s3 (each member puts its share back into S3)")
@@ -885,6 +900,8 @@ def _fleet_job(rt: Runtime, bucket: str) -> RestoreJob:
         volume_id=own_id,
         clock=lambda: datetime.now(UTC),
     )
+    if not args.status:  # before anything is written to the table
+        held.enter_context(_one_run_here(job))
     try:
         started = job.open(_job_arguments(args, bucket), create=not args.status)
     except JobMismatch as exc:
@@ -896,6 +913,27 @@ def _fleet_job(rt: Runtime, bucket: str) -> RestoreJob:
             file=rt.err,
         )
     return job
+
+
+@contextlib.contextmanager
+def _one_run_here(job: RestoreJob) -> Iterator[None]:
+    """This member's lock on the job, for the whole run (agent/restore/job.py `one_run`):
+    its own claims would let a second run of it put every key again. The lock lives in the
+    operator's state directory (agent/cli/state_dir.py); RunRefused when it cannot be had."""
+    directory, private = state_dir()
+    try:
+        dir_fd = open_state_dir(directory, private=private)
+    except OSError as exc:
+        raise RunRefused(
+            f"restore job {job.job_id}: cannot keep its lock in {directory}"
+            f" ({exc.strerror or exc}); nothing was restored: set XDG_STATE_HOME to a"
+            " directory of yours"
+        ) from None
+    try:
+        with one_run(dir_fd, directory, job.job_id, job.member_id):
+            yield
+    finally:
+        os.close(dir_fd)
 
 
 def _job_arguments(args: argparse.Namespace, bucket: str) -> dict[str, Any]:

@@ -31,16 +31,28 @@ a job that runs longer than RETENTION never expires before its claims.
 
 `summarise` reads them back (one Query) against the selection: keys done per member, in
 progress, failed, waiting for a live member that holds them, and held by no live volume.
+
+One run of a job per member at a time (`one_run`): a member retakes its own claims at once
+(its run that died), so two runs of the same member would both pass every claim and put
+every key twice. Each run holds an exclusive `flock` on a file of its own for (job, member)
+in a directory of the operator's (agent/cli/state_dir.py) for its whole length; a second
+run is refused before it writes anything to the table. The kernel drops the lock with the
+process, so a run killed outright never blocks the next one, which retakes its claims.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+import stat
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import botocore.exceptions
@@ -80,6 +92,11 @@ _HELD_HERE = (
 
 class JobMismatch(BackupAgentError):
     """A job id already started with other arguments."""
+
+
+class RunRefused(BackupAgentError):
+    """This run may not work on the job: another run of it on this member holds its lock,
+    or the lock cannot be taken."""
 
 
 def new_job_id(now: datetime) -> str:
@@ -224,7 +241,8 @@ class RestoreJob:
     def claim(self, record: VersionRecord) -> bool:
         """Take `record`'s key for this member; False when another member holds it (or
         restored it). A key done is never taken again; a failed one, one this member held
-        before (a run that died), or one whose lease ran out is taken over."""
+        before (a run that died: hence one run per member at a time, `one_run`), or one
+        whose lease ran out is taken over."""
         now = self.clock()
         item = self._claim_item(record, CLAIMED, now)
         condition = (
@@ -453,6 +471,85 @@ def _run(item: Mapping[str, Any]) -> MemberRun:
     return MemberRun(
         _text(item, "member_id"), _text(item, "volume_id"), _text(item, "finished"), counts
     )
+
+
+# -- one run per member: the lock ------------------------------------------------------------
+
+LOCK_PREFIX = "restore-job-"
+_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LOCK_ATTEMPTS = 5  # a finishing run removes the file between our open and our flock
+
+
+def lock_name(job_id: str, member_id: str) -> str:
+    """The lock file's name: the job id (already checked: `check_job_id`) and a digest of
+    the member id (an instance id, or host/volume: two agents on one host are two members,
+    each with its own claims, and run the job side by side)."""
+    digest = hashlib.sha256(member_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{LOCK_PREFIX}{job_id}.{digest}.lock"
+
+
+@contextlib.contextmanager
+def one_run(dir_fd: int, directory: Path, job_id: str, member_id: str) -> Iterator[None]:
+    """Hold this member's lock on `job_id` (a file in the directory `dir_fd`, `directory`
+    for messages) while the body runs; RunRefused, having done nothing, when another run
+    holds it or it cannot be taken.
+
+    The file is opened relative to the directory, O_NOFOLLOW (a link planted there is not
+    followed), created 0600, and must be a regular file. The run removes it when it ends,
+    still holding the lock; a run that opened it meanwhile finds, once its flock is granted,
+    that the name no longer leads to it, and takes the new file instead. A run killed outright
+    leaves the file, unlocked: the next run takes it."""
+    name = lock_name(job_id, member_id)
+    for _ in range(_LOCK_ATTEMPTS):
+        fd = _lock_file(dir_fd, directory, name, job_id)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunRefused(
+                f"restore job {job_id} is already running on this member ({member_id}):"
+                " this run would put the keys that run is putting again; let it finish (or"
+                " stop it), then run the command again; --status shows the job meanwhile"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _names(dir_fd, name, fd):
+            break
+        os.close(fd)  # removed by the run that held it, which ended: take the new one
+    else:
+        raise RunRefused(f"restore job {job_id}: could not take its lock in {directory}")
+    log.debug("restore.job_locked", job=job_id, lock=str(directory / name))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+        os.close(fd)  # closing releases the lock
+
+
+def _lock_file(dir_fd: int, directory: Path, name: str, job_id: str) -> int:
+    try:
+        fd = os.open(name, _LOCK_FLAGS, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        raise RunRefused(
+            f"restore job {job_id}: cannot open its lock {directory / name}"
+            f" ({exc.strerror or exc}); nothing was restored"
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunRefused(f"restore job {job_id}: {directory / name} is not a regular file")
+    return fd
+
+
+def _names(dir_fd: int, name: str, fd: int) -> bool:
+    """Whether `name` in the directory still leads to the file open as `fd`."""
+    try:
+        there = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (there.st_dev, there.st_ino) == (held.st_dev, held.st_ino)
 
 
 # -- the member's target: claim, put, mark ---------------------------------------------------

@@ -40,7 +40,8 @@ def _restore(config: Path, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**FAKE_CREDENTIALS, "PATH": "/usr/bin:/bin"},
+        # its lock on the job (one run per member) in the test's directory, not the home's
+        env={**FAKE_CREDENTIALS, "PATH": "/usr/bin:/bin", "XDG_STATE_HOME": str(config.parent)},
     )
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import agent
+from agent.cli.state_dir import state_dir
 from agent.config import queue_name
 from agent.fleet.heartbeat import Heartbeat
 from agent.fleet.registry import Registry
@@ -26,12 +30,13 @@ from agent.restore.job import (
     EXPIRES_AT,
     JOB_PREFIX,
     KEEP_ALIVE_SLACK,
+    LOCK_PREFIX,
     ClaimingTarget,
     JobMismatch,
     RestoreJob,
 )
 from agent.restore.plan import Item
-from agent.restore.targets import Status
+from agent.restore.targets import S3Target, Status
 from agent.runtime.wiring import fleet_identity
 from agent.storage.ledger import Ledger
 from tests.support.aws import BUCKET, QUEUE_URL, TABLE
@@ -233,6 +238,146 @@ def test_a_member_joining_with_other_arguments_is_refused(aws, tmp_path):
     assert offline.code == 2 and "not --offline" in offline.err
     nothing = _restore(config, "--prefix", "none/", *base[:-1], "j-3")
     assert nothing.code == 1 and "nothing to restore" in nothing.err
+
+
+# -- one run of a job per member at a time ----------------------------------------------
+
+
+def _held_before_its_first_put(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """The first run to claim a key stops after it claimed it and looked at the target (the
+    object is not there yet), before its PUT, until `go` is set (`held` says it got there):
+    another run started meanwhile sees the same."""
+    held, go = threading.Event(), threading.Event()
+    claimed = threading.Event()
+    claim, head = RestoreJob.claim, S3Target._head
+
+    def claiming(self: RestoreJob, record: VersionRecord) -> bool:
+        won = claim(self, record)
+        claimed.set()
+        return won
+
+    def looking(self: S3Target, bucket: str, key: str) -> dict | None:
+        found = head(self, bucket, key)
+        if claimed.is_set() and not held.is_set():
+            held.set()
+            assert go.wait(60)
+        return found
+
+    monkeypatch.setattr(RestoreJob, "claim", claiming)
+    monkeypatch.setattr(S3Target, "_head", looking)
+    return held, go
+
+
+def test_a_second_run_of_the_job_on_the_same_member_is_refused_and_claims_nothing(
+    aws, tmp_path, monkeypatch
+):
+    """Both runs carry the member's id, and a member retakes its own claims (a run of it that
+    died): a second run started meanwhile (twice by hand, cron over a slow run) would pass
+    every claim and put every key again — a second S3 version of each."""
+    config = _member_a_config(aws, tmp_path)
+    args = ("--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet", "--job", "twice")
+    held, go = _held_before_its_first_put(monkeypatch)
+    runs: list[Run] = []
+    first = threading.Thread(target=lambda: runs.append(_restore(config, *args)))
+    first.start()
+    assert held.wait(60)  # the first run holds docs/one.txt's claim, not put yet
+    claims = _puts(aws)
+
+    second = _restore(config, *args)
+
+    go.set()
+    first.join(timeout=60)
+    assert _target_versions(aws) == {"docs/one.txt": 1}  # one PUT
+    assert second.code == 1, second.out + second.err
+    assert "restore job twice is already running on this member" in second.err
+    assert claims == []  # the refused run wrote nothing to the table: no claim, no run item
+    [done] = runs
+    assert done.code == 0, done.out + done.err
+    again = _restore(config, *args)  # the first run ended: its lock went with it
+    assert again.code == 0 and "job twice: COMPLETE" in again.out, again.out + again.err
+    assert _target_versions(aws) == {"docs/one.txt": 1}
+    assert _lock_files() == []
+
+
+def _lock_files() -> list[str]:
+    directory, _ = state_dir()
+    return sorted(p.name for p in directory.glob(f"{LOCK_PREFIX}*"))
+
+
+# A run of the job on member vol-a (argv: job id, member id) that holds its lock, says so,
+# and waits to be killed.
+_HOLDER = """
+import sys, time
+from datetime import UTC, datetime
+from agent.cli.restore import _one_run_here
+from agent.restore.job import RestoreJob
+
+job = RestoreJob(None, "t", sys.argv[1], member_id=sys.argv[2], volume_id="vol-a",
+                 clock=lambda: datetime.now(UTC))
+with _one_run_here(job):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+def test_a_run_killed_outright_blocks_no_one_and_its_claim_is_retaken_at_once(aws, tmp_path):
+    """The lock is the kernel's: it goes with the process, whatever killed it, and the next
+    run of the member takes back the key the dead one had claimed (no lease to wait for)."""
+    config = _member_a_config(aws, tmp_path)
+    [record] = Ledger(aws.dynamodb, TABLE).versions(BUCKET, "docs/one.txt")
+    member = fleet_identity("vol-a").member_id
+    args = ("--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet", "--job", "killed")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, "killed", member],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(agent.__file__).parents[1],
+    )
+    try:
+        assert holder.stdout is not None
+        assert "held\n" in iter(holder.stdout.readline, "")  # after its log lines
+        refused = _restore(config, *args)  # another process holds it
+        assert refused.code == 1 and "already running on this member" in refused.err
+        dead = RestoreJob(
+            aws.dynamodb, TABLE, "killed", member_id=member, volume_id="vol-a", clock=AT.now
+        )
+        assert dead.claim(record)  # claimed, then killed before its PUT
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        holder.stdout.close()
+
+    after = _restore(config, *args)
+
+    assert after.code == 0, after.out + after.err
+    assert "restored 1 files" in after.out and "job killed: COMPLETE" in after.out
+    assert _target_versions(aws) == {"docs/one.txt": 1}
+    assert _lock_files() == []  # the dead run's file, taken and removed by this one
+
+
+def test_another_member_on_the_same_host_runs_the_job_alongside(aws, tmp_path, monkeypatch):
+    """The lock is per member: two agents on one host (off EC2: host/volume ids) are two
+    members with claims of their own, and run the same job side by side."""
+    enable_versioning(aws)
+    _target(aws)
+    (a, member_a), (b, member_b) = two_members(aws, tmp_path)
+    _store(aws, member_a, "docs/a.txt")
+    _store(aws, member_b, "docs/b.txt")
+    configs = [write_config(tmp_path / f"{v}.yaml", v.root) for v in (a, b)]
+    args = ("--prefix", "docs/", "--to-s3", "--bucket", TARGET, "--fleet", "--job", "side")
+    held, go = _held_before_its_first_put(monkeypatch)
+    runs: list[Run] = []
+    first = threading.Thread(target=lambda: runs.append(_restore(configs[0], *args)))
+    first.start()
+    assert held.wait(60)
+
+    second = _restore(configs[1], *args)
+
+    go.set()
+    first.join(timeout=60)
+    assert "already running" not in second.err, second.err
+    assert "restored 1 files" in second.out and "restored 1 files" in runs[0].out
+    assert _target_versions(aws) == {"docs/a.txt": 1, "docs/b.txt": 1}
 
 
 # -- the claim itself ---------------------------------------------------------------------
