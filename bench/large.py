@@ -59,6 +59,7 @@ class CpuTimeline:
         # (seconds, CPU seconds of every process, of interrupts, of this benchmark's process)
         self.machine: list[tuple[float, ...]] = []
         self.kernel: tuple[dict[int, float], dict[int, tuple[str, float]]] = ({}, {})
+        self.sent: float | None = None  # perf_counter() when the event was sent
         self._bench = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-timeline", daemon=True)
@@ -122,6 +123,15 @@ class CpuTimeline:
                 return t0 - self.samples[0][0]
         return None
 
+    def within(self, start: float, end: float) -> Window:
+        """The CPU seconds between two perf_counter() moments, interpolated between samples:
+        the agent's, the endpoint's, the machine's busy, this benchmark's and the idle."""
+        a0, e0 = _cpu_at(self.samples, start)
+        a1, e1 = _cpu_at(self.samples, end)
+        m0 = _at(self.machine, start)
+        m1 = _at(self.machine, end)
+        return Window(a1 - a0, e1 - e0, m1[0] - m0[0], m1[2] - m0[2], m1[3] - m0[3])
+
     def shares(self) -> Shares:
         """Whose were the CPU seconds of the run that neither the agent nor the endpoint used
         (their sum is `others` over the whole run, read from /proc/stat)."""
@@ -157,6 +167,21 @@ class CpuTimeline:
 
 
 @dataclass(frozen=True)
+class Window:
+    """CPU seconds between two moments of a run (`CpuTimeline.within`)."""
+
+    agent: float
+    endpoint: float
+    busy: float  # the whole machine's, not idle
+    bench: float  # this benchmark's process
+    idle: float
+
+    @property
+    def others(self) -> float:
+        return max(0.0, self.busy - self.agent - self.endpoint)
+
+
+@dataclass(frozen=True)
 class Shares:
     """The CPU seconds of a run used by neither the agent nor the endpoint, and whose they
     were: this benchmark's own process (its sampling, its reading of the agent's log), the
@@ -174,9 +199,11 @@ class Shares:
 
     @property
     def machine(self) -> float:
-        """The machine's own work in the run, never more than `others` (a tick taken in an
-        interrupt may be charged to the process it interrupted as well)."""
-        return min(self.others, self.bench + self.kernel + self.interrupts)
+        """The machine's own work in the run: this benchmark and the kernel's threads, never
+        more than `others`. Not interrupts: on a kernel that accounts by ticks (this one), a
+        tick taken in an interrupt is charged to the process it interrupted as well, so
+        the agent's and the endpoint's CPU already hold some of it (the session's review)."""
+        return min(self.others, self.bench + self.kernel)
 
     @property
     def rest(self) -> float:
@@ -277,7 +304,7 @@ def agent_backup(
         cpu = (cpu_seconds(agent), cpu_seconds(endpoint) if endpoint else 0.0)
         timeline = CpuTimeline(agent, endpoint).start()
         sent = time.time()
-        started = time.perf_counter()
+        started = timeline.sent = time.perf_counter()
         try:
             setup.clients.sqs.send_message(QueueUrl=setup.queue_url, MessageBody=event_body)
             stored = run.log.wait_for("backup.stored", before + 1)[-1]
