@@ -46,7 +46,7 @@ from agent.storage.frame_budget import (
 )
 from agent.storage.volume import CompressionSettings, Expectation, StoredCopy, Volume
 from tests.support.aws import make_config
-from tests.support.frame_data import chunks_of, data_of
+from tests.support.frame_data import chunks_of, data_of, uniform_frames
 from tests.support.waiting import wait_until
 
 FRAME = 64 << 10
@@ -149,14 +149,6 @@ class _Counted(mmap.mmap):
 def small_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(volume_module, "FRAME_BYTES", FRAME)
     uniform_frames(monkeypatch)
-
-
-def uniform_frames(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every frame FRAME_BYTES (the last the rest): no smaller frames at a split copy's two
-    ends, so the tests here count frames and boundaries simply (test_frames.py tests the
-    ends: `test_a_split_copy_starts_and_ends_with_smaller_frames`)."""
-    monkeypatch.setattr(volume_module, "RAMP_FRAMES", 0)
-    monkeypatch.setattr(volume_module, "TAIL_FRAMES", 1)
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ from agent.storage.volume import (
     StoredCopy,
     Volume,
 )
-from tests.support.frame_data import chunks_of, data_of
+from tests.support.frame_data import chunks_of, data_of, uniform_frames
 
 SETTINGS = CompressionSettings(level=3, threads=1)
 FRAME = 64 << 10
@@ -77,14 +77,6 @@ def scan(copy: StoredCopy, limit: int | None = None) -> list[frames.Frame] | Non
 def small_frames(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(volume_module, "FRAME_BYTES", FRAME)
     uniform_frames(monkeypatch)
-
-
-def uniform_frames(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every frame FRAME_BYTES (the last the rest): no smaller frames at a split copy's two
-    ends, so the tests here count frames and boundaries simply (test_frames.py tests the
-    ends: `test_a_split_copy_starts_and_ends_with_smaller_frames`)."""
-    monkeypatch.setattr(volume_module, "RAMP_FRAMES", 0)
-    monkeypatch.setattr(volume_module, "TAIL_FRAMES", 1)
 
 
 def test_a_large_copy_is_written_as_frames_that_each_declare_their_size(volume: Volume) -> None:
