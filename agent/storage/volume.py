@@ -615,10 +615,11 @@ class _ParallelFrames:
     frame streaming, in the caller's thread, as the chunks arrive (`_streamed_write`): the
     same boundaries, header (content size) and checksum, so frames.py reads it like the
     others, with no input buffer, only a single-threaded zstd context (~3.5 MiB at level
-    3); at the next boundary it asks the budget again. A failure
-    in a worker is raised in the caller when its frame's turn to be written comes (or at
+    3); at the next boundary it asks the budget again. A failure in a worker (or in the
+    writer) is raised in the caller when its frame's turn to be written comes (or at
     `end`); `close` cancels what has not started, waits for what has, so nothing writes
-    after, and gives every frame back.
+    after (a write that failed while another error unwinds is logged), and gives every
+    frame back.
     """
 
     def __init__(
